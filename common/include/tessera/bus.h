@@ -1,0 +1,125 @@
+/* The message bus: wraps nats.c (core NATS and JetStream). The rest of
+ * Tessera only sees these types.
+ *
+ * Every message Tessera publishes carries headers:
+ *   Ts-Type   protobuf message name, e.g. "tessera.v1.InputBatch"
+ *   Ts-Epoch  epoch of the cell the message is about (0 if none)
+ *   Ts-Seq    publisher's sequence number
+ *   Ts-Count  number of items batched in the message (inputs), if > 1
+ *
+ * Threading: the connection is thread-safe. Subscription callbacks run on
+ * nats.c's delivery threads, never on the caller's thread; the message passed
+ * to a callback is borrowed and freed when the callback returns. */
+#ifndef TESSERA_BUS_H
+#define TESSERA_BUS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "tessera/status.h"
+
+typedef struct ts_bus ts_bus_t;
+typedef struct ts_bus_sub ts_bus_sub_t;
+typedef struct ts_bus_msg ts_bus_msg_t;
+
+#define TS_HDR_TYPE "Ts-Type"
+#define TS_HDR_EPOCH "Ts-Epoch"
+#define TS_HDR_SEQ "Ts-Seq"
+#define TS_HDR_COUNT "Ts-Count"
+
+/* What a publish puts in the headers. type must not be NULL. */
+typedef struct {
+    const char *type;
+    uint64_t epoch;
+    uint64_t seq;
+    uint32_t count;      /* items in the message; 0 is treated as 1 */
+    const char *msg_id;  /* JetStream de-duplication id (Nats-Msg-Id); NULL: none */
+} ts_bus_hdr_t;
+
+/* Called for every message of a subscription (on a nats.c thread). */
+typedef void (*ts_bus_msg_cb)(void *ud, const ts_bus_msg_t *msg);
+
+/* Called once per asynchronous JetStream publish when it is finally
+ * acknowledged (ok, stream_seq set) or given up after retries (!ok). count is
+ * the Ts-Count of the message. Runs on a nats.c thread. */
+typedef void (*ts_bus_ack_cb)(void *ud, const char *subject, uint32_t count, bool ok, uint64_t stream_seq);
+
+/* Connects with unlimited reconnects. name shows in the server's connz. */
+ts_status_t ts_bus_connect(ts_bus_t **out, const char *url, const char *name);
+/* Drains nothing: waits up to 2 s for outstanding async publishes, then closes.
+ * NULL is a no-op. */
+void ts_bus_destroy(ts_bus_t *bus);
+
+/* Creates (or updates) the world's JetStream streams:
+ *   TS_INPUT_<world>  subjects cell.<world>.*.*.*.*.input,  limits retention, max_age
+ *   TS_CKPT_<world>   subjects cell.<world>.*.*.*.*.checkpoint, 1 message per subject
+ * storage is "file" or "memory". */
+ts_status_t ts_bus_ensure_streams(ts_bus_t *bus, uint32_t world, const char *storage, int64_t max_age_s,
+                                  int replicas);
+
+/* Core NATS publish (fire and forget). */
+ts_status_t ts_bus_publish(ts_bus_t *bus, const char *subject, const ts_bus_hdr_t *hdr, const void *data,
+                           size_t len);
+/* Core NATS publish with a reply subject. */
+ts_status_t ts_bus_publish_reply(ts_bus_t *bus, const char *subject, const char *reply, const ts_bus_hdr_t *hdr,
+                                 const void *data, size_t len);
+/* Request-reply. On TS_OK *reply is a message the caller frees with ts_bus_msg_destroy. */
+ts_status_t ts_bus_request(ts_bus_t *bus, const char *subject, const ts_bus_hdr_t *hdr, const void *data,
+                           size_t len, int64_t timeout_ms, ts_bus_msg_t **reply);
+/* Replies to a received message (uses its reply subject). */
+ts_status_t ts_bus_respond(ts_bus_t *bus, const ts_bus_msg_t *to, const ts_bus_hdr_t *hdr, const void *data,
+                           size_t len);
+
+/* JetStream publish, waiting for the acknowledgement; *stream_seq (may be
+ * NULL) receives the stream sequence. */
+ts_status_t ts_bus_js_publish(ts_bus_t *bus, const char *subject, const ts_bus_hdr_t *hdr, const void *data,
+                              size_t len, int64_t timeout_ms, uint64_t *stream_seq);
+/* JetStream publish without waiting. Failed publishes are retried (same
+ * msg id, so the stream stores them once) up to 5 times before the ack
+ * callback reports !ok. */
+ts_status_t ts_bus_js_publish_async(ts_bus_t *bus, const char *subject, const ts_bus_hdr_t *hdr,
+                                    const void *data, size_t len);
+/* Sets the callback for async publish outcomes (set before publishing). */
+void ts_bus_set_ack_handler(ts_bus_t *bus, ts_bus_ack_cb cb, void *ud);
+/* Waits until every async publish so far is acknowledged (or failed). */
+ts_status_t ts_bus_js_flush(ts_bus_t *bus, int64_t timeout_ms);
+/* Round trip to the server: everything published before is processed. */
+ts_status_t ts_bus_flush(ts_bus_t *bus, int64_t timeout_ms);
+
+/* Core subscription. */
+ts_status_t ts_bus_subscribe(ts_bus_t *bus, const char *subject, ts_bus_msg_cb cb, void *ud, ts_bus_sub_t **out);
+/* Ordered JetStream consumer of one subject, starting at stream sequence
+ * start_seq (0: from the first message still in the stream). Messages arrive
+ * in stream order, without gaps, exactly once per consumer; the consumer is
+ * ephemeral (no acks). ts_bus_msg_stream_seq() gives each one's sequence. */
+ts_status_t ts_bus_consume(ts_bus_t *bus, uint32_t world, const char *subject, uint64_t start_seq, ts_bus_msg_cb cb,
+                           void *ud, ts_bus_sub_t **out);
+/* Unsubscribes and frees; waits until no callback of this subscription is
+ * running. NULL is a no-op. */
+void ts_bus_sub_destroy(ts_bus_sub_t *sub);
+
+/* Latest message on a JetStream subject (e.g. a checkpoint). TS_ERR_NOT_FOUND
+ * if none. On TS_OK the caller frees *out with ts_bus_msg_destroy. */
+ts_status_t ts_bus_last_msg(ts_bus_t *bus, const char *stream, const char *subject, ts_bus_msg_t **out);
+/* Name of the input / checkpoint stream of a world, into buf. */
+void ts_bus_input_stream(char *buf, size_t cap, uint32_t world);
+void ts_bus_ckpt_stream(char *buf, size_t cap, uint32_t world);
+
+/* Message accessors (borrowed pointers, valid while the message lives). */
+const char *ts_bus_msg_subject(const ts_bus_msg_t *m);
+const char *ts_bus_msg_reply(const ts_bus_msg_t *m);
+const uint8_t *ts_bus_msg_data(const ts_bus_msg_t *m);
+size_t ts_bus_msg_len(const ts_bus_msg_t *m);
+/* Header value or NULL. */
+const char *ts_bus_msg_header(const ts_bus_msg_t *m, const char *name);
+/* Header parsed as an unsigned number, or 0. */
+uint64_t ts_bus_msg_header_u64(const ts_bus_msg_t *m, const char *name);
+/* JetStream stream sequence, or 0 for core messages. */
+uint64_t ts_bus_msg_stream_seq(const ts_bus_msg_t *m);
+void ts_bus_msg_destroy(ts_bus_msg_t *m);
+
+/* Totals since connect. */
+uint64_t ts_bus_bytes_out(const ts_bus_t *bus);
+
+#endif

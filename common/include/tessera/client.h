@@ -1,0 +1,37 @@
+/* A blocking client connection to a gateway (tessera-client, tests, sim in
+ * gateway mode). Frames are sent and received whole; not thread-safe. */
+#ifndef TESSERA_CLIENT_H
+#define TESSERA_CLIENT_H
+
+#include <stdint.h>
+
+#include "tessera/frame.h"
+#include "tessera/proto.h"
+#include "tessera/status.h"
+
+typedef struct ts_client ts_client_t;
+
+/* Connects to host:port (TCP, TCP_NODELAY). timeout_ms bounds the connect. */
+ts_status_t ts_client_connect(ts_client_t **out, const char *host, int port, int64_t timeout_ms);
+void ts_client_destroy(ts_client_t *c);
+
+/* Sends a frame. If frame->seq is 0 the client fills the next sequence
+ * number. */
+ts_status_t ts_client_send(ts_client_t *c, Tessera__V1__ClientFrame *frame);
+/* Sends raw bytes (tests: malformed frames). */
+ts_status_t ts_client_send_raw(ts_client_t *c, const void *data, size_t len);
+/* Receives the next frame within timeout_ms. On TS_OK the caller frees *out
+ * with tessera__v1__server_frame__free_unpacked(*out, NULL). TS_ERR_TIMEOUT,
+ * TS_ERR_CLOSED (peer closed), TS_ERR_MALFORMED otherwise. */
+ts_status_t ts_client_recv(ts_client_t *c, int64_t timeout_ms, Tessera__V1__ServerFrame **out);
+
+/* Convenience wrappers that fill a ClientFrame and send it. */
+ts_status_t ts_client_hello(ts_client_t *c, const char *name);
+ts_status_t ts_client_join(ts_client_t *c, double x, double y, const char *name);
+ts_status_t ts_client_move(ts_client_t *c, double dx, double dy);
+ts_status_t ts_client_ping(ts_client_t *c, uint64_t client_time_us);
+ts_status_t ts_client_leave(ts_client_t *c);
+/* Sequence number the last send used. */
+uint64_t ts_client_last_seq(const ts_client_t *c);
+
+#endif

@@ -1,0 +1,85 @@
+/* Configuration: built-in defaults, overridden by one YAML file, overridden
+ * by TESSERA_* environment variables, overridden by command-line flags.
+ *
+ * Every key has a dotted name ("gateway.listen"); its environment variable
+ * is TESSERA_ + the name upper-cased with dots as underscores
+ * (TESSERA_GATEWAY_LISTEN); its flag is --gateway.listen=VALUE or
+ * --gateway.listen VALUE. The YAML file nests the same names:
+ *     gateway:
+ *       listen: 127.0.0.1:7400
+ * A YAML sequence is read as its items joined with ','. */
+#ifndef TESSERA_CONFIG_H
+#define TESSERA_CONFIG_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stddef.h>
+
+#include "tessera/status.h"
+
+typedef struct {
+    /* common */
+    char *config_file;   /* --config / TESSERA_CONFIG; NULL: none */
+    char *log_level;     /* debug|info|warn|error */
+    char *log_format;    /* text|json */
+    char *nats_url;
+    char *redis_url;     /* redis://host:port[/db] */
+    int64_t world_id;
+
+    /* world layout (orchestrator) */
+    double world_cell_size;
+    int64_t world_x0, world_y0;      /* first root cell */
+    int64_t world_width, world_height; /* root cells */
+    char *world_workers;             /* comma list of worker ids */
+    char *world_assign;              /* comma list "cx:cy=worker" overriding the default split */
+
+    /* JetStream */
+    int64_t stream_max_age_s;        /* input stream retention */
+    char *stream_storage;            /* file|memory */
+    int64_t stream_replicas;
+
+    /* gateway */
+    char *gateway_listen;            /* host:port */
+    int64_t gateway_id;
+    int64_t gateway_max_frame;
+    int64_t gateway_max_clients;
+    int64_t gateway_rate_limit;      /* frames per second per client */
+    int64_t gateway_tick_hz;         /* merged frames per second */
+    int64_t gateway_aoi_radius;      /* root cells around the player's cell */
+
+    /* worker */
+    char *worker_id;
+    int64_t worker_tick_hz;
+    int64_t worker_capacity;
+    int64_t worker_hb_ms;
+    double worker_max_speed;
+
+    /* orchestrator */
+    int64_t orch_hb_ttl_ms;
+    int64_t orch_status_ms;
+
+    /* sim */
+    int64_t sim_players;
+    int64_t sim_rate_hz;             /* inputs per player per second */
+    int64_t sim_duration_s;          /* 0 = until signalled */
+    int64_t sim_seed;
+    double sim_speed;
+} ts_config_t;
+
+/* Fills cfg from defaults, file, environment and argv, in that order.
+ * argv[0] is skipped; the remaining non-flag arguments are returned through
+ * *rest / *nrest (borrowed from argv) when rest is not NULL, else they are
+ * an error. On error, a message is written into err. cfg must be freed with
+ * ts_config_free even on error. */
+ts_status_t ts_config_load(ts_config_t *cfg, int argc, char **argv, char ***rest, int *nrest,
+                           char *err, size_t errcap);
+/* Sets one key from text, as a flag would. */
+ts_status_t ts_config_set(ts_config_t *cfg, const char *key, const char *value, char *err, size_t errcap);
+void ts_config_free(ts_config_t *cfg);
+/* Prints every key, its environment variable, default and help to out. */
+void ts_config_usage(FILE *out);
+/* Splits "host:port" (port required). host is written into hostbuf. */
+ts_status_t ts_config_split_hostport(const char *s, char *hostbuf, size_t hostcap, int *port);
+
+#endif

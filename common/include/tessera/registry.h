@@ -1,0 +1,89 @@
+/* The cell registry in Redis (wraps hiredis). Authoritative for who owns
+ * which cell at which epoch. One ts_registry_t per thread.
+ *
+ * Keys (the {w<world>} hash tag keeps one world on one cluster slot):
+ *   ts:{w<world>}:meta            hash  cell_size x0 y0 width height
+ *   ts:{w<world>}:cells           set   cell keys
+ *   ts:{w<world>}:cell:<key>      hash  owner epoch state parent children
+ *   ts:{w<world>}:version         counter, bumped by every change
+ *   ts:worker:<id>                hash  capacity started_ms
+ *   ts:worker:<id>:alive          string with a TTL (liveness)
+ *   ts:workers                    set   known worker ids
+ *   ts:lock:<name>                string holder, with a TTL
+ * Every ownership change is one Lua compare-and-set on the epoch. */
+#ifndef TESSERA_REGISTRY_H
+#define TESSERA_REGISTRY_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "tessera/cell.h"
+#include "tessera/status.h"
+
+#define TS_WORKER_ID_MAX 64
+
+typedef enum { TS_CELL_ACTIVE = 0, TS_CELL_HANDOVER, TS_CELL_SPLIT, TS_CELL_RETIRED } ts_cell_state_t;
+
+typedef struct {
+    ts_cell_t cell;
+    char owner[TS_WORKER_ID_MAX];
+    uint64_t epoch;
+    ts_cell_state_t state;
+} ts_cell_entry_t;
+
+typedef struct {
+    uint32_t id;
+    double cell_size;
+    int32_t x0, y0;
+    int32_t width, height;
+} ts_world_t;
+
+typedef struct ts_registry ts_registry_t;
+
+const char *ts_cell_state_str(ts_cell_state_t s);
+ts_status_t ts_cell_state_parse(const char *s, ts_cell_state_t *out);
+
+/* url: redis://host:port[/db]. */
+ts_status_t ts_registry_connect(ts_registry_t **out, const char *url);
+void ts_registry_destroy(ts_registry_t *reg);
+
+ts_status_t ts_registry_world_set(ts_registry_t *reg, const ts_world_t *w);
+/* TS_ERR_NOT_FOUND if the orchestrator has not written the world yet. */
+ts_status_t ts_registry_world_get(ts_registry_t *reg, uint32_t world, ts_world_t *out);
+
+/* Creates the cell at epoch 1 if absent (TS_OK, *out filled) or returns
+ * TS_ERR_EXISTS with the current entry in *out. Bumps the version on create. */
+ts_status_t ts_registry_cell_create(ts_registry_t *reg, const ts_cell_entry_t *want, ts_cell_entry_t *out,
+                                    uint64_t *version);
+/* TS_ERR_NOT_FOUND for an unknown cell. */
+ts_status_t ts_registry_cell_get(ts_registry_t *reg, const ts_cell_t *cell, ts_cell_entry_t *out);
+/* All cells of a world; caller frees *out with free(). */
+ts_status_t ts_registry_cells(ts_registry_t *reg, uint32_t world, ts_cell_entry_t **out, size_t *n);
+/* Atomic compare-and-set: if the cell's epoch is expected_epoch, set owner
+ * and state, epoch+1, bump the world version. TS_ERR_CONFLICT (and *out =
+ * current entry) otherwise. On TS_OK *out is the new entry. */
+ts_status_t ts_registry_cell_cas(ts_registry_t *reg, const ts_cell_t *cell, uint64_t expected_epoch,
+                                 const char *new_owner, ts_cell_state_t new_state, ts_cell_entry_t *out,
+                                 uint64_t *version);
+ts_status_t ts_registry_version(ts_registry_t *reg, uint32_t world, uint64_t *version);
+
+/* Marks a worker alive for ttl_ms and records its capacity. */
+ts_status_t ts_registry_worker_alive(ts_registry_t *reg, const char *id, int64_t ttl_ms, uint32_t capacity);
+ts_status_t ts_registry_worker_is_alive(ts_registry_t *reg, const char *id, bool *alive);
+/* Known worker ids (alive or not); caller frees with ts_registry_free_list. */
+ts_status_t ts_registry_workers(ts_registry_t *reg, char ***ids, size_t *n);
+ts_status_t ts_registry_worker_forget(ts_registry_t *reg, const char *id);
+void ts_registry_free_list(char **ids, size_t n);
+
+/* Leader lock: acquires the lock if free, or renews it if holder holds it.
+ * *held tells whether holder holds it now. */
+ts_status_t ts_registry_lock(ts_registry_t *reg, const char *name, const char *holder, int64_t ttl_ms,
+                             bool *held);
+/* Releases only if holder holds it. */
+ts_status_t ts_registry_unlock(ts_registry_t *reg, const char *name, const char *holder);
+
+/* Deletes every key of a world (tests, make run). */
+ts_status_t ts_registry_world_reset(ts_registry_t *reg, uint32_t world);
+
+#endif

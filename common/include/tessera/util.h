@@ -1,0 +1,37 @@
+/* Small helpers: clocks, random numbers, growable byte buffer. */
+#ifndef TESSERA_UTIL_H
+#define TESSERA_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "tessera/status.h"
+
+/* Wall clock, microseconds since the epoch. */
+uint64_t ts_now_us(void);
+/* Monotonic clock, microseconds / nanoseconds. */
+uint64_t ts_mono_us(void);
+uint64_t ts_mono_ns(void);
+void ts_sleep_ms(int64_t ms);
+
+/* xorshift64* generator; state must be non-zero (seed 0 is replaced). */
+typedef struct {
+    uint64_t s;
+} ts_rng_t;
+void ts_rng_seed(ts_rng_t *r, uint64_t seed);
+uint64_t ts_rng_next(ts_rng_t *r);
+/* Uniform in [0, 1). */
+double ts_rng_unit(ts_rng_t *r);
+
+/* Parses a whole string as a signed / unsigned integer or a double. */
+ts_status_t ts_parse_i64(const char *s, int64_t *out);
+ts_status_t ts_parse_u64(const char *s, uint64_t *out);
+ts_status_t ts_parse_double(const char *s, double *out);
+
+/* Copies src into dst (cap bytes), always NUL-terminated; returns strlen(src). */
+size_t ts_strlcpy(char *dst, const char *src, size_t cap);
+
+/* Percentile (0..100) of n samples; sorts the array in place. 0 if n == 0. */
+double ts_percentile(double *v, size_t n, double pct);
+
+#endif
