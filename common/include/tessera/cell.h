@@ -32,7 +32,8 @@ typedef enum { TS_QUAD_SW = 0, TS_QUAD_SE = 1, TS_QUAD_NW = 2, TS_QUAD_NE = 3 } 
 bool ts_cell_eq(const ts_cell_t *a, const ts_cell_t *b);
 /* True if the id is well formed: depth in range and sub < 4^depth. */
 bool ts_cell_valid(const ts_cell_t *c);
-/* Hash suitable for open-addressing tables. */
+/* Hash suitable for open-addressing tables (splitmix64 mixing); never 0 or
+ * UINT64_MAX, so it can key a ts_map_t. */
 uint64_t ts_cell_hash(const ts_cell_t *c);
 
 /* Writes "<world>.<cx>.<cy>.<depth>.<sub>" into buf (NUL-terminated).

@@ -18,6 +18,7 @@ typedef struct {
     size_t len;      /* bytes buffered */
     size_t cap;
     size_t max_frame; /* largest accepted payload */
+    size_t off;       /* buf[off..len) not yet handed out by ts_frame_reader_next */
 } ts_frame_reader_t;
 
 void ts_frame_reader_init(ts_frame_reader_t *r, size_t max_frame);
@@ -26,7 +27,7 @@ void ts_frame_reader_free(ts_frame_reader_t *r);
 /* Appends n bytes read from the peer. TS_ERR_NOMEM on allocation failure. */
 ts_status_t ts_frame_reader_feed(ts_frame_reader_t *r, const void *data, size_t n);
 
-/* Takes the next whole frame. On TS_OK *payload/*len point into the reader
+/* Takes the next whole frame. On TS_OK *payload and *len point into the reader
  * (borrowed, valid until the next feed/next call). TS_ERR_AGAIN: need more
  * bytes. TS_ERR_OVERSIZED: the announced length exceeds max_frame (the
  * stream cannot be resynchronised; close it). */

@@ -1,5 +1,5 @@
 /* Glue between Tessera types and the protobuf-c generated code
- * (schemas/*.proto, generated at build time). */
+ * (schemas/<name>.proto, generated at build time). */
 #ifndef TESSERA_PROTO_H
 #define TESSERA_PROTO_H
 

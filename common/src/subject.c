@@ -1,0 +1,107 @@
+/* NATS subject names. Cell subjects are "cell.<cell key>.<kind>" with the
+ * canonical key from ts_cell_format, so building and parsing round-trip and
+ * one cell has exactly one subject per kind. Builders return -1 (and leave
+ * an empty string) when the buffer is too small or a token would not be a
+ * single valid NATS token. */
+#include "tessera/subject.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+
+static const char *const kind_names[TS_SUBJ_KIND_COUNT] = {
+    [TS_SUBJ_INPUT] = "input",
+    [TS_SUBJ_STATE] = "state",
+    [TS_SUBJ_GHOST] = "ghost",
+    [TS_SUBJ_HANDOVER] = "handover",
+    [TS_SUBJ_CHECKPOINT] = "checkpoint",
+};
+
+const char *ts_subject_kind_str(ts_subject_kind_t kind)
+{
+    if ((unsigned)kind >= TS_SUBJ_KIND_COUNT)
+        return NULL;
+    return kind_names[kind];
+}
+
+static int finish(char *buf, size_t cap, int n)
+{
+    if (n < 0 || (size_t)n >= cap) {
+        if (cap > 0)
+            buf[0] = '\0';
+        return -1;
+    }
+    return n;
+}
+
+int ts_subject_cell(char *buf, size_t cap, const ts_cell_t *c, ts_subject_kind_t kind)
+{
+    const char *k = ts_subject_kind_str(kind);
+    char key[TS_CELL_STR_MAX];
+    if (buf == NULL || cap == 0)
+        return -1;
+    if (k == NULL || c == NULL || !ts_cell_valid(c) || ts_cell_format(c, key, sizeof key) < 0)
+        return finish(buf, cap, -1);
+    return finish(buf, cap, snprintf(buf, cap, "cell.%s.%s", key, k));
+}
+
+ts_status_t ts_subject_parse(const char *subject, ts_cell_t *cell, ts_subject_kind_t *kind)
+{
+    static const char prefix[] = "cell.";
+    if (subject == NULL || cell == NULL || kind == NULL)
+        return TS_ERR_INVALID;
+    if (strncmp(subject, prefix, sizeof prefix - 1) != 0)
+        return TS_ERR_PARSE;
+    ts_cell_t c;
+    const char *p = NULL;
+    if (ts_cell_parse_prefix(subject + sizeof prefix - 1, &c, &p) != TS_OK || *p != '.')
+        return TS_ERR_PARSE;
+    p++;
+    for (int k = 0; k < TS_SUBJ_KIND_COUNT; k++) {
+        if (strcmp(p, kind_names[k]) == 0) {
+            *cell = c;
+            *kind = (ts_subject_kind_t)k;
+            return TS_OK;
+        }
+    }
+    return TS_ERR_PARSE;
+}
+
+int ts_subject_world_wildcard(char *buf, size_t cap, uint32_t world, ts_subject_kind_t kind)
+{
+    const char *k = ts_subject_kind_str(kind);
+    if (buf == NULL || cap == 0)
+        return -1;
+    if (k == NULL)
+        return finish(buf, cap, -1);
+    return finish(buf, cap, snprintf(buf, cap, "cell.%" PRIu32 ".*.*.*.*.%s", world, k));
+}
+
+/* A worker id must be one non-empty NATS token without wildcards. */
+static bool valid_token(const char *s)
+{
+    if (s == NULL || *s == '\0')
+        return false;
+    for (; *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch <= ' ' || ch == '.' || ch == '*' || ch == '>' || ch == 0x7f)
+            return false;
+    }
+    return true;
+}
+
+int ts_subject_heartbeat(char *buf, size_t cap, const char *worker_id)
+{
+    if (buf == NULL || cap == 0)
+        return -1;
+    if (!valid_token(worker_id))
+        return finish(buf, cap, -1);
+    return finish(buf, cap, snprintf(buf, cap, "tessera.worker.%s.hb", worker_id));
+}
+
+int ts_subject_registry(char *buf, size_t cap, uint32_t world)
+{
+    if (buf == NULL || cap == 0)
+        return -1;
+    return finish(buf, cap, snprintf(buf, cap, "tessera.registry.%" PRIu32, world));
+}
