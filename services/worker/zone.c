@@ -1,0 +1,513 @@
+/* Zone: the simulation state of one owned cell. See zone.h for invariants. */
+#include "zone.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tessera/log.h"
+#include "tessera/util.h"
+
+typedef struct {
+    ts_cell_t to;
+    uint64_t until_tick;
+} departed_t;
+
+ts_status_t ts_zone_create(ts_zone_t **out, const ts_cell_t *cell, uint64_t epoch, const ts_world_t *world,
+                           double max_speed)
+{
+    ts_zone_t *z = calloc(1, sizeof(*z));
+    if (!z) return TS_ERR_NOMEM;
+    z->cell = *cell;
+    ts_cell_format(cell, z->key, sizeof(z->key));
+    z->epoch = epoch;
+    ts_map_init(&z->entities);
+    ts_map_init(&z->departed);
+    z->cell_size = world->cell_size;
+    z->min_x = (double)world->x0 * world->cell_size;
+    z->min_y = (double)world->y0 * world->cell_size;
+    z->max_x = (double)(world->x0 + world->width) * world->cell_size;
+    z->max_y = (double)(world->y0 + world->height) * world->cell_size;
+    z->max_speed = max_speed;
+    *out = z;
+    return TS_OK;
+}
+
+void ts_zone_destroy(ts_zone_t *z)
+{
+    if (!z) return;
+    uint64_t k;
+    void *v;
+    for (size_t it = 0; ts_map_next(&z->entities, &it, &k, &v);) free(v);
+    for (size_t it = 0; ts_map_next(&z->departed, &it, &k, &v);) free(v);
+    ts_map_free(&z->entities);
+    ts_map_free(&z->departed);
+    for (size_t i = 0; i < z->cap_out; i++) {
+        free(z->out[i].transfers);
+        free(z->out[i].inputs);
+    }
+    free(z->out);
+    for (size_t i = 0; i < z->nleft; i++) free(z->left[i].to);
+    free(z->left);
+    free(z);
+}
+
+size_t ts_zone_entities(const ts_zone_t *z)
+{
+    return z->entities.len;
+}
+
+bool ts_entity_accept_seq(ts_entity_t *e, uint64_t seq)
+{
+    if (seq > e->last_input_seq) {
+        uint64_t shift = seq - e->last_input_seq;
+        if (e->last_input_seq == 0) {
+            e->applied_window = 0;
+        } else if (shift > 64) {
+            e->applied_window = 0;
+        } else {
+            /* the old last_input_seq becomes bit shift-1 */
+            uint64_t w = shift == 64 ? 0 : e->applied_window << shift;
+            e->applied_window = w | (1ULL << (shift - 1));
+        }
+        e->last_input_seq = seq;
+        return true;
+    }
+    if (seq == e->last_input_seq) return false;
+    uint64_t d = e->last_input_seq - seq;
+    if (d > 64) return false;
+    uint64_t bit = 1ULL << (d - 1);
+    if (e->applied_window & bit) return false;
+    e->applied_window |= bit;
+    return true;
+}
+
+/* Grows an array of elem-sized items to hold one more. */
+static bool grow(void **arr, size_t *cap, size_t n, size_t elem)
+{
+    if (n < *cap) return true;
+    size_t ncap = *cap ? *cap * 2 : 8;
+    void *p = realloc(*arr, ncap * elem);
+    if (!p) return false;
+    memset((char *)p + *cap * elem, 0, (ncap - *cap) * elem);
+    *arr = p;
+    *cap = ncap;
+    return true;
+}
+
+static ts_zone_out_t *outbox_for(ts_zone_t *z, const ts_cell_t *dest)
+{
+    for (size_t i = 0; i < z->nout; i++)
+        if (ts_cell_eq(&z->out[i].dest, dest)) return &z->out[i];
+    if (!grow((void **)&z->out, &z->cap_out, z->nout, sizeof(*z->out))) return NULL;
+    ts_zone_out_t *o = &z->out[z->nout++];
+    o->dest = *dest;
+    o->ntransfers = 0;
+    o->ninputs = 0;
+    return o;
+}
+
+static void forward_input(ts_zone_t *z, const ts_cell_t *to, const ts_input_t *in)
+{
+    ts_zone_out_t *o = outbox_for(z, to);
+    if (!o || !grow((void **)&o->inputs, &o->cap_inputs, o->ninputs, sizeof(*o->inputs))) {
+        z->stats.dropped++;
+        ts_error("cell %s: out of memory forwarding input of entity %llu", z->key,
+                 (unsigned long long)in->entity);
+        return;
+    }
+    o->inputs[o->ninputs++] = *in;
+    z->stats.forwarded++;
+}
+
+static double clamp_speed(double v, double max)
+{
+    if (!isfinite(v)) return 0;
+    return v > max ? max : (v < -max ? -max : v);
+}
+
+static void put_entity(ts_zone_t *z, ts_entity_t *e)
+{
+    if (ts_map_put(&z->entities, e->id, e) != TS_OK) {
+        ts_error("cell %s: out of memory adding entity %llu", z->key, (unsigned long long)e->id);
+        free(e);
+        return;
+    }
+    free(ts_map_del(&z->departed, e->id));
+}
+
+void ts_zone_apply_input(ts_zone_t *z, const ts_input_t *in, uint64_t tick)
+{
+    ts_entity_t *e = ts_map_get(&z->entities, in->entity);
+    if (!e) {
+        departed_t *d = ts_map_get(&z->departed, in->entity);
+        if (d) {
+            forward_input(z, &d->to, in);
+            return;
+        }
+        if (in->kind != TS_INPUT_JOIN) {
+            z->stats.dropped++;
+            ts_debug("cell %s: input for unknown entity %llu dropped", z->key, (unsigned long long)in->entity);
+            return;
+        }
+        e = calloc(1, sizeof(*e));
+        if (!e) {
+            z->stats.dropped++;
+            return;
+        }
+        e->id = in->entity;
+        double x = isfinite(in->a) ? in->a : 0, y = isfinite(in->b) ? in->b : 0;
+        /* keep the spawn inside the world; a spawn outside this cell walks out next tick */
+        e->x = fmin(fmax(x, z->min_x), nextafter(z->max_x, z->min_x));
+        e->y = fmin(fmax(y, z->min_y), nextafter(z->max_y, z->min_y));
+        ts_strlcpy(e->name, in->name, sizeof(e->name));
+        ts_entity_accept_seq(e, in->seq);
+        e->inputs_applied = 1;
+        e->dirty = true;
+        put_entity(z, e);
+        z->stats.applied++;
+        return;
+    }
+    if (!ts_entity_accept_seq(e, in->seq)) {
+        z->stats.duplicates++;
+        return;
+    }
+    e->inputs_applied++;
+    e->dirty = true;
+    z->stats.applied++;
+    switch (in->kind) {
+    case TS_INPUT_JOIN: /* re-join of a live entity: treat as a stop */
+        e->vx = e->vy = 0;
+        break;
+    case TS_INPUT_MOVE:
+        e->vx = clamp_speed(in->a, z->max_speed);
+        e->vy = clamp_speed(in->b, z->max_speed);
+        break;
+    case TS_INPUT_LEAVE: {
+        ts_map_del(&z->entities, e->id);
+        if (grow((void **)&z->left, &z->cap_left, z->nleft, sizeof(*z->left))) {
+            Tessera__V1__EntityLeft *l = &z->left[z->nleft++];
+            tessera__v1__entity_left__init(l);
+            l->id = e->id;
+            l->despawned = true;
+        }
+        free(e);
+        break;
+    }
+    }
+    (void)tick;
+}
+
+static void input_from_pb(const Tessera__V1__Input *pb, ts_input_t *in)
+{
+    memset(in, 0, sizeof(*in));
+    in->entity = pb->entity;
+    in->seq = pb->seq;
+    in->sent_us = pb->sent_us;
+    switch (pb->kind_case) {
+    case TESSERA__V1__INPUT__KIND_JOIN:
+        in->kind = TS_INPUT_JOIN;
+        in->a = pb->join->x;
+        in->b = pb->join->y;
+        if (pb->join->name) ts_strlcpy(in->name, pb->join->name, sizeof(in->name));
+        break;
+    case TESSERA__V1__INPUT__KIND_MOVE:
+        in->kind = TS_INPUT_MOVE;
+        in->a = pb->move->dx;
+        in->b = pb->move->dy;
+        break;
+    case TESSERA__V1__INPUT__KIND_LEAVE:
+        in->kind = TS_INPUT_LEAVE;
+        break;
+    default:
+        in->kind = 0;
+        break;
+    }
+}
+
+static void entity_from_pb(const Tessera__V1__EntityState *pb, ts_entity_t *e)
+{
+    memset(e, 0, sizeof(*e));
+    e->id = pb->id;
+    e->x = pb->x;
+    e->y = pb->y;
+    e->vx = pb->vx;
+    e->vy = pb->vy;
+    e->last_input_seq = pb->last_input_seq;
+    e->inputs_applied = pb->inputs_applied;
+    e->applied_window = pb->applied_window;
+    if (pb->name) ts_strlcpy(e->name, pb->name, sizeof(e->name));
+}
+
+static void entity_to_pb(const ts_entity_t *e, Tessera__V1__EntityState *pb)
+{
+    tessera__v1__entity_state__init(pb);
+    pb->id = e->id;
+    pb->x = e->x;
+    pb->y = e->y;
+    pb->vx = e->vx;
+    pb->vy = e->vy;
+    pb->last_input_seq = e->last_input_seq;
+    pb->inputs_applied = e->inputs_applied;
+    pb->applied_window = e->applied_window;
+    pb->name = (char *)e->name;
+}
+
+void ts_zone_accept_transfer(ts_zone_t *z, const ts_entity_t *in)
+{
+    if (ts_map_get(&z->entities, in->id)) return;
+    ts_entity_t *e = malloc(sizeof(*e));
+    if (!e) return;
+    *e = *in;
+    e->dirty = true;
+    put_entity(z, e);
+    z->stats.transfers_in++;
+}
+
+bool ts_zone_apply_batch(ts_zone_t *z, uint64_t stream_seq, const Tessera__V1__InputBatch *batch, uint64_t tick)
+{
+    if (stream_seq != 0 && stream_seq <= z->last_applied_seq) return false;
+    /* transfers first: inputs forwarded in the same batch follow their entity */
+    for (size_t i = 0; i < batch->n_transfers; i++) {
+        const Tessera__V1__Transfer *t = batch->transfers[i];
+        if (!t->entity || t->entity->id == 0) {
+            z->stats.dropped++;
+            continue;
+        }
+        ts_entity_t e;
+        entity_from_pb(t->entity, &e);
+        ts_zone_accept_transfer(z, &e);
+    }
+    for (size_t i = 0; i < batch->n_inputs; i++) {
+        ts_input_t in;
+        input_from_pb(batch->inputs[i], &in);
+        if (in.entity == 0 || in.kind == 0) {
+            z->stats.dropped++;
+            continue;
+        }
+        ts_zone_apply_input(z, &in, tick);
+    }
+    if (stream_seq) z->last_applied_seq = stream_seq;
+    return true;
+}
+
+/* Reflects v into [lo, hi) and flips the velocity on a bounce. */
+static void bounce(double *v, double *vel, double lo, double hi)
+{
+    if (*v < lo) {
+        *v = fmin(lo + (lo - *v), nextafter(hi, lo));
+        *vel = -*vel;
+    } else if (*v >= hi) {
+        *v = fmax(hi - (*v - hi), lo);
+        if (*v >= hi) *v = nextafter(hi, lo);
+        *vel = -*vel;
+    }
+}
+
+void ts_zone_step(ts_zone_t *z, double dt, uint64_t tick)
+{
+    uint64_t id;
+    void *v;
+    for (size_t it = 0; ts_map_next(&z->entities, &it, &id, &v);) {
+        ts_entity_t *e = v;
+        if (e->vx == 0 && e->vy == 0 && ts_cell_has_pos(&z->cell, z->cell_size, e->x, e->y)) continue;
+        e->x += e->vx * dt;
+        e->y += e->vy * dt;
+        bounce(&e->x, &e->vx, z->min_x, z->max_x);
+        bounce(&e->y, &e->vy, z->min_y, z->max_y);
+        e->dirty = true;
+        if (ts_cell_has_pos(&z->cell, z->cell_size, e->x, e->y)) continue;
+
+        ts_cell_t to;
+        ts_cell_from_pos(z->cell.world, z->cell_size, z->cell.depth, e->x, e->y, &to);
+        ts_zone_out_t *o = outbox_for(z, &to);
+        departed_t *d = malloc(sizeof(*d));
+        if (!o || !d || !grow((void **)&o->transfers, &o->cap_transfers, o->ntransfers, sizeof(*o->transfers))) {
+            free(d);
+            ts_error("cell %s: out of memory transferring entity %llu", z->key, (unsigned long long)e->id);
+            continue;
+        }
+        o->transfers[o->ntransfers++] = *e;
+        d->to = to;
+        d->until_tick = tick + TS_ZONE_DEPARTED_TICKS;
+        free(ts_map_del(&z->departed, e->id));
+        if (ts_map_put(&z->departed, e->id, d) != TS_OK) free(d);
+        ts_map_del(&z->entities, e->id);
+        free(e);
+        z->stats.transfers_out++;
+        if (grow((void **)&z->left, &z->cap_left, z->nleft, sizeof(*z->left))) {
+            Tessera__V1__EntityLeft *l = &z->left[z->nleft++];
+            tessera__v1__entity_left__init(l);
+            l->id = id;
+            l->to = malloc(sizeof(*l->to));
+            if (l->to) ts_proto_cell_init(l->to, &to);
+        }
+    }
+    /* forget old departures */
+    if (tick % 100 == 0) {
+        for (size_t it = 0; ts_map_next(&z->departed, &it, &id, &v);) {
+            departed_t *d = v;
+            if (d->until_tick < tick) free(ts_map_del(&z->departed, id));
+        }
+    }
+}
+
+void ts_zone_outbox_failed(ts_zone_t *z, size_t i)
+{
+    ts_zone_out_t *o = &z->out[i];
+    for (size_t k = 0; k < o->ntransfers; k++) {
+        ts_entity_t *e = malloc(sizeof(*e));
+        if (!e) continue;
+        *e = o->transfers[k];
+        /* back inside its old cell at the border; it tries again next tick */
+        double x0, y0, x1, y1;
+        ts_cell_bounds(&z->cell, z->cell_size, &x0, &y0, &x1, &y1);
+        e->x = fmin(fmax(e->x, x0), nextafter(x1, x0));
+        e->y = fmin(fmax(e->y, y0), nextafter(y1, y0));
+        free(ts_map_del(&z->departed, e->id));
+        if (ts_map_put(&z->entities, e->id, e) != TS_OK) free(e);
+        z->stats.transfers_out--;
+    }
+    o->ntransfers = 0;
+}
+
+void ts_zone_outbox_clear(ts_zone_t *z)
+{
+    size_t keep = 0;
+    for (size_t i = 0; i < z->nout; i++) {
+        if (z->out[i].ntransfers == 0 && z->out[i].ninputs == 0) continue;
+        if (keep != i) {
+            ts_zone_out_t tmp = z->out[keep];
+            z->out[keep] = z->out[i];
+            z->out[i] = tmp;
+        }
+        keep++;
+    }
+    z->nout = keep;
+}
+
+ts_status_t ts_zone_pack_outbox(const ts_zone_t *z, size_t i, uint8_t **buf, size_t *len)
+{
+    const ts_zone_out_t *o = &z->out[i];
+    ts_status_t st = TS_ERR_NOMEM;
+    Tessera__V1__InputBatch b = TESSERA__V1__INPUT_BATCH__INIT;
+    Tessera__V1__CellId cell;
+    ts_proto_cell_init(&cell, &o->dest);
+    b.cell = &cell;
+
+    Tessera__V1__Transfer *tr = calloc(o->ntransfers ? o->ntransfers : 1, sizeof(*tr));
+    Tessera__V1__Transfer **trp = calloc(o->ntransfers ? o->ntransfers : 1, sizeof(*trp));
+    Tessera__V1__EntityState *es = calloc(o->ntransfers ? o->ntransfers : 1, sizeof(*es));
+    Tessera__V1__Input *in = calloc(o->ninputs ? o->ninputs : 1, sizeof(*in));
+    Tessera__V1__Input **inp = calloc(o->ninputs ? o->ninputs : 1, sizeof(*inp));
+    Tessera__V1__JoinInput *joins = calloc(o->ninputs ? o->ninputs : 1, sizeof(*joins));
+    Tessera__V1__MoveInput *moves = calloc(o->ninputs ? o->ninputs : 1, sizeof(*moves));
+    Tessera__V1__LeaveInput leave = TESSERA__V1__LEAVE_INPUT__INIT;
+    Tessera__V1__CellId from;
+    ts_proto_cell_init(&from, &z->cell);
+    if (!tr || !trp || !es || !in || !inp || !joins || !moves) goto cleanup;
+
+    for (size_t k = 0; k < o->ntransfers; k++) {
+        tessera__v1__transfer__init(&tr[k]);
+        entity_to_pb(&o->transfers[k], &es[k]);
+        tr[k].entity = &es[k];
+        tr[k].from = &from;
+        tr[k].from_epoch = z->epoch;
+        trp[k] = &tr[k];
+    }
+    for (size_t k = 0; k < o->ninputs; k++) {
+        const ts_input_t *src = &o->inputs[k];
+        tessera__v1__input__init(&in[k]);
+        in[k].entity = src->entity;
+        in[k].seq = src->seq;
+        in[k].sent_us = src->sent_us;
+        switch (src->kind) {
+        case TS_INPUT_JOIN:
+            tessera__v1__join_input__init(&joins[k]);
+            joins[k].x = src->a;
+            joins[k].y = src->b;
+            joins[k].name = (char *)src->name;
+            in[k].kind_case = TESSERA__V1__INPUT__KIND_JOIN;
+            in[k].join = &joins[k];
+            break;
+        case TS_INPUT_MOVE:
+            tessera__v1__move_input__init(&moves[k]);
+            moves[k].dx = src->a;
+            moves[k].dy = src->b;
+            in[k].kind_case = TESSERA__V1__INPUT__KIND_MOVE;
+            in[k].move = &moves[k];
+            break;
+        case TS_INPUT_LEAVE:
+            in[k].kind_case = TESSERA__V1__INPUT__KIND_LEAVE;
+            in[k].leave = &leave;
+            break;
+        }
+        inp[k] = &in[k];
+    }
+    b.n_transfers = o->ntransfers;
+    b.transfers = trp;
+    b.n_inputs = o->ninputs;
+    b.inputs = inp;
+    st = ts_proto_pack(&b.base, buf, len);
+cleanup:
+    free(tr);
+    free(trp);
+    free(es);
+    free(in);
+    free(inp);
+    free(joins);
+    free(moves);
+    return st;
+}
+
+ts_status_t ts_zone_pack_delta(ts_zone_t *z, uint64_t tick, bool full, const char *owner, uint8_t **buf,
+                               size_t *len)
+{
+    *buf = NULL;
+    *len = 0;
+    size_t n = 0;
+    uint64_t id;
+    void *v;
+    for (size_t it = 0; ts_map_next(&z->entities, &it, &id, &v);)
+        if (full || ((ts_entity_t *)v)->dirty) n++;
+    if (n == 0 && z->nleft == 0 && !full) return TS_OK;
+
+    Tessera__V1__EntityState *es = calloc(n ? n : 1, sizeof(*es));
+    Tessera__V1__EntityState **esp = calloc(n ? n : 1, sizeof(*esp));
+    Tessera__V1__EntityLeft **lp = calloc(z->nleft ? z->nleft : 1, sizeof(*lp));
+    ts_status_t st = TS_ERR_NOMEM;
+    if (!es || !esp || !lp) goto cleanup;
+
+    size_t k = 0;
+    for (size_t it = 0; ts_map_next(&z->entities, &it, &id, &v);) {
+        ts_entity_t *e = v;
+        if (!full && !e->dirty) continue;
+        entity_to_pb(e, &es[k]);
+        esp[k] = &es[k];
+        k++;
+        e->dirty = false;
+    }
+    for (size_t i = 0; i < z->nleft; i++) lp[i] = &z->left[i];
+
+    Tessera__V1__StateDelta d = TESSERA__V1__STATE_DELTA__INIT;
+    Tessera__V1__CellId cell;
+    ts_proto_cell_init(&cell, &z->cell);
+    d.cell = &cell;
+    d.epoch = z->epoch;
+    d.tick = tick;
+    d.full = full;
+    d.n_entities = k;
+    d.entities = esp;
+    d.n_left = z->nleft;
+    d.left = lp;
+    d.last_applied_seq = z->last_applied_seq;
+    d.owner = (char *)owner;
+    st = ts_proto_pack(&d.base, buf, len);
+cleanup:
+    for (size_t i = 0; i < z->nleft; i++) free(z->left[i].to);
+    z->nleft = 0;
+    free(es);
+    free(esp);
+    free(lp);
+    return st;
+}

@@ -1,0 +1,224 @@
+/* Unit tests of services/worker/zone.c: the exactly-once rules of a cell. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "zone.h"
+
+static const ts_world_t WORLD = {.id = 0, .cell_size = 100, .x0 = -2, .y0 = -2, .width = 4, .height = 4};
+
+static ts_zone_t *zone_at(int cx, int cy)
+{
+    ts_cell_t c = {.world = 0, .cx = cx, .cy = cy};
+    ts_zone_t *z = NULL;
+    assert_int_equal(ts_zone_create(&z, &c, 1, &WORLD, 50), TS_OK);
+    return z;
+}
+
+static ts_input_t move(uint64_t entity, uint64_t seq, double dx, double dy)
+{
+    ts_input_t in = {.entity = entity, .seq = seq, .kind = TS_INPUT_MOVE, .a = dx, .b = dy};
+    return in;
+}
+
+static ts_input_t join(uint64_t entity, uint64_t seq, double x, double y)
+{
+    ts_input_t in = {.entity = entity, .seq = seq, .kind = TS_INPUT_JOIN, .a = x, .b = y};
+    return in;
+}
+
+static ts_entity_t *get(ts_zone_t *z, uint64_t id)
+{
+    return ts_map_get(&z->entities, id);
+}
+
+static void test_seq_window(void **state)
+{
+    (void)state;
+    ts_entity_t e = {0};
+    assert_true(ts_entity_accept_seq(&e, 1));
+    assert_false(ts_entity_accept_seq(&e, 1));
+    assert_true(ts_entity_accept_seq(&e, 5));
+    /* 2..4 arrive late (forwarded): each applies once */
+    assert_true(ts_entity_accept_seq(&e, 3));
+    assert_false(ts_entity_accept_seq(&e, 3));
+    assert_true(ts_entity_accept_seq(&e, 2));
+    assert_true(ts_entity_accept_seq(&e, 4));
+    assert_false(ts_entity_accept_seq(&e, 4));
+    assert_false(ts_entity_accept_seq(&e, 5));
+    assert_false(ts_entity_accept_seq(&e, 1));
+    /* a jump of exactly 64 keeps the previous one in the window */
+    assert_true(ts_entity_accept_seq(&e, 69));
+    assert_false(ts_entity_accept_seq(&e, 5));
+    assert_true(ts_entity_accept_seq(&e, 6));
+    /* beyond the window: refused rather than risk a double apply */
+    assert_true(ts_entity_accept_seq(&e, 1000));
+    assert_false(ts_entity_accept_seq(&e, 900));
+}
+
+static void test_join_move_step(void **state)
+{
+    (void)state;
+    ts_zone_t *z = zone_at(0, 0);
+    ts_input_t j = join(7, 1, 10, 10);
+    ts_zone_apply_input(z, &j, 1);
+    ts_input_t m = move(7, 2, 1000, 0); /* clamped to max speed 50 */
+    ts_zone_apply_input(z, &m, 1);
+    ts_zone_apply_input(z, &m, 1); /* duplicate */
+    ts_entity_t *e = get(z, 7);
+    assert_non_null(e);
+    assert_int_equal(e->inputs_applied, 2);
+    assert_int_equal(e->last_input_seq, 2);
+    assert_true(e->vx == 50.0);
+    assert_int_equal(z->stats.duplicates, 1);
+    ts_zone_step(z, 0.1, 2);
+    assert_true(e->x > 14.9 && e->x < 15.1);
+    ts_zone_destroy(z);
+}
+
+static void test_stream_seq_replay_skipped(void **state)
+{
+    (void)state;
+    ts_zone_t *z = zone_at(0, 0);
+    Tessera__V1__InputBatch b = TESSERA__V1__INPUT_BATCH__INIT;
+    Tessera__V1__Input in = TESSERA__V1__INPUT__INIT;
+    Tessera__V1__JoinInput jn = TESSERA__V1__JOIN_INPUT__INIT;
+    Tessera__V1__Input *inp[1] = {&in};
+    in.entity = 9;
+    in.seq = 1;
+    in.kind_case = TESSERA__V1__INPUT__KIND_JOIN;
+    in.join = &jn;
+    jn.x = 5;
+    jn.y = 5;
+    b.n_inputs = 1;
+    b.inputs = inp;
+    assert_true(ts_zone_apply_batch(z, 10, &b, 1));
+    assert_false(ts_zone_apply_batch(z, 10, &b, 1));
+    assert_false(ts_zone_apply_batch(z, 3, &b, 1));
+    assert_int_equal(z->last_applied_seq, 10);
+    assert_int_equal(get(z, 9)->inputs_applied, 1);
+    /* the same client input again under a new stream sequence (a retried
+     * publish that escaped de-duplication) is still applied once */
+    assert_true(ts_zone_apply_batch(z, 11, &b, 1));
+    assert_int_equal(get(z, 9)->inputs_applied, 1);
+    ts_zone_destroy(z);
+}
+
+/* Walks an entity from cell (-1,0) into (0,0) through the outbox, with an
+ * input that reaches the old cell after the crossing. */
+static void test_crossing_forward_exactly_once(void **state)
+{
+    (void)state;
+    ts_zone_t *a = zone_at(-1, 0);
+    ts_zone_t *b = zone_at(0, 0);
+    ts_input_t j = join(42, 1, -1, 50);
+    ts_zone_apply_input(a, &j, 1);
+    ts_input_t m = move(42, 2, 40, 0);
+    ts_zone_apply_input(a, &m, 1);
+    ts_zone_step(a, 0.05, 2); /* x = -1 + 2 = 1: crossed */
+    assert_null(get(a, 42));
+    assert_int_equal(a->nout, 1);
+    assert_int_equal(a->out[0].dest.cx, 0);
+    assert_int_equal(a->out[0].ntransfers, 1);
+
+    /* a late input to the old cell is forwarded, not dropped */
+    ts_input_t late = move(42, 3, 0, 10);
+    ts_zone_apply_input(a, &late, 2);
+    assert_int_equal(a->out[0].ninputs, 1);
+    assert_int_equal(a->stats.forwarded, 1);
+
+    uint8_t *buf;
+    size_t len;
+    assert_int_equal(ts_zone_pack_outbox(a, 0, &buf, &len), TS_OK);
+    Tessera__V1__InputBatch *ib = tessera__v1__input_batch__unpack(NULL, len, buf);
+    free(buf);
+    assert_non_null(ib);
+    assert_int_equal(ib->n_transfers, 1);
+    assert_int_equal(ib->n_inputs, 1);
+    assert_true(ts_zone_apply_batch(b, 100, ib, 3));
+    /* the same batch delivered again under another stream seq: no double apply */
+    assert_true(ts_zone_apply_batch(b, 101, ib, 3));
+    tessera__v1__input_batch__free_unpacked(ib, NULL);
+
+    ts_entity_t *e = get(b, 42);
+    assert_non_null(e);
+    assert_int_equal(e->inputs_applied, 3); /* join + move + late move */
+    assert_int_equal(e->last_input_seq, 3);
+    assert_true(e->vy == 10.0);
+    assert_int_equal(b->stats.transfers_in, 1);
+
+    /* the departure is in the old cell's delta, with its destination */
+    assert_int_equal(ts_zone_pack_delta(a, 2, false, "w1", &buf, &len), TS_OK);
+    Tessera__V1__StateDelta *d = tessera__v1__state_delta__unpack(NULL, len, buf);
+    free(buf);
+    assert_non_null(d);
+    assert_int_equal(d->n_left, 1);
+    assert_int_equal(d->left[0]->id, 42);
+    assert_non_null(d->left[0]->to);
+    assert_int_equal(d->left[0]->to->cx, 0);
+    tessera__v1__state_delta__free_unpacked(d, NULL);
+    ts_zone_destroy(a);
+    ts_zone_destroy(b);
+}
+
+static void test_outbox_failure_keeps_entity(void **state)
+{
+    (void)state;
+    ts_zone_t *a = zone_at(-1, 0);
+    ts_input_t j = join(5, 1, -1, 50);
+    ts_zone_apply_input(a, &j, 1);
+    ts_input_t m = move(5, 2, 40, 0);
+    ts_zone_apply_input(a, &m, 1);
+    ts_zone_step(a, 0.05, 2);
+    assert_null(get(a, 5));
+    ts_zone_outbox_failed(a, 0);
+    ts_zone_outbox_clear(a);
+    ts_entity_t *e = get(a, 5);
+    assert_non_null(e);
+    assert_true(e->x < 0);
+    assert_int_equal(e->inputs_applied, 2);
+    assert_int_equal(a->nout, 0);
+    ts_zone_destroy(a);
+}
+
+static void test_leave_and_world_edge(void **state)
+{
+    (void)state;
+    ts_zone_t *z = zone_at(-2, -2);
+    ts_input_t j = join(1, 1, -199, -199);
+    ts_zone_apply_input(z, &j, 1);
+    ts_input_t m = move(1, 2, -50, -50);
+    ts_zone_apply_input(z, &m, 1);
+    for (int t = 0; t < 20; t++) ts_zone_step(z, 0.05, (uint64_t)t);
+    ts_entity_t *e = get(z, 1);
+    assert_non_null(e); /* bounced back inside, never left the world */
+    assert_true(e->x >= -200 && e->y >= -200);
+    assert_true(e->vx > 0 && e->vy > 0);
+    ts_input_t lv = {.entity = 1, .seq = 3, .kind = TS_INPUT_LEAVE};
+    ts_zone_apply_input(z, &lv, 30);
+    assert_null(get(z, 1));
+    assert_int_equal(ts_zone_entities(z), 0);
+    ts_input_t stray = move(1, 4, 1, 1); /* after leave: dropped, not resurrected */
+    ts_zone_apply_input(z, &stray, 31);
+    assert_null(get(z, 1));
+    assert_int_equal(z->stats.dropped, 1);
+    ts_zone_destroy(z);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_seq_window),
+        cmocka_unit_test(test_join_move_step),
+        cmocka_unit_test(test_stream_seq_replay_skipped),
+        cmocka_unit_test(test_crossing_forward_exactly_once),
+        cmocka_unit_test(test_outbox_failure_keeps_entity),
+        cmocka_unit_test(test_leave_and_world_edge),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
