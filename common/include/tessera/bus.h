@@ -122,4 +122,9 @@ void ts_bus_msg_destroy(ts_bus_msg_t *m);
 /* Totals since connect. */
 uint64_t ts_bus_bytes_out(const ts_bus_t *bus);
 
+/* Releases nats.c's process-wide state (threads, timers, caches) so leak
+ * checkers stay quiet. Call once at the very end of main, after every bus and
+ * subscription is destroyed and never from a bus callback. */
+void ts_bus_shutdown_library(void);
+
 #endif

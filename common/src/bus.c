@@ -1,0 +1,828 @@
+/* The message bus over nats.c: core publish/subscribe, request-reply and
+ * JetStream (streams, synchronous and asynchronous publishes, ordered
+ * consumers, last-message lookups). Nothing outside this file sees a nats.c
+ * type or status.
+ *
+ * Invariants:
+ *  - No subscription callback runs after ts_bus_sub_destroy() returns: the
+ *    wrapper is freed only once nats.c reports (on-complete callback) that
+ *    the subscription is closed and its handler has returned.
+ *  - No async-publish ack callback touches a destroyed bus: nats.c gets the
+ *    bus's numeric id, not its address, and the handler looks the id up in
+ *    a table of live buses; ts_bus_destroy() removes the bus and waits for
+ *    handlers that are already running.
+ *  - A failed async publish is re-published with its original Nats-Msg-Id
+ *    (JetStream de-duplicates it) at most TS_BUS_PUB_TRIES times in all; the
+ *    user's ack callback fires exactly once per ts_bus_js_publish_async(). */
+#include "tessera/bus.h"
+
+#include <inttypes.h>
+#include <nats/nats.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "tessera/log.h"
+#include "tessera/util.h"
+
+#define TS_BUS_PUB_TRIES 5
+#define HDR_TRY "Ts-Try"
+#define HDR_MSG_ID "Nats-Msg-Id"
+#define ASYNC_ACK_WAIT_MS 5000
+#define ASYNC_MAX_PENDING 16384
+#define ASYNC_STALL_WAIT_MS 500
+#define DESTROY_FLUSH_MS 2000
+#define SUB_CLOSE_WAIT_MS 5000
+#define SUB_PENDING_MSGS (1 << 20)
+#define SUB_PENDING_BYTES (256 * 1024 * 1024)
+#define DUPLICATE_WINDOW_NS (120LL * 1000000000LL)
+
+struct ts_bus {
+    natsConnection *nc;
+    jsCtx *js;
+    uint64_t id;
+    _Atomic uint64_t bytes_out;
+    ts_bus_ack_cb ack_cb;
+    void *ack_ud;
+    /* guarded by live_mu */
+    int ack_running;
+    struct ts_bus *next_live;
+};
+
+struct ts_bus_sub {
+    natsSubscription *nsub;
+    ts_bus_msg_cb cb;
+    void *ud;
+    bool jetstream;
+    atomic_bool closing;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool completed;        /* nats.c will not call on_msg again */
+    bool free_on_complete; /* destroyed from its own callback */
+};
+
+struct ts_bus_msg {
+    natsMsg *msg;
+    uint64_t stream_seq;
+};
+
+static pthread_mutex_t live_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t live_cv = PTHREAD_COND_INITIALIZER;
+static ts_bus_t *live_head;
+static uint64_t live_next_id = 1;
+
+static _Thread_local ts_bus_sub_t *tls_delivering;
+
+/* ---- status mapping ---------------------------------------------------- */
+
+static ts_status_t map_status(natsStatus s, jsErrCode jerr)
+{
+    if (s == NATS_OK)
+        return TS_OK;
+    if (s == NATS_TIMEOUT)
+        return TS_ERR_TIMEOUT;
+    if (s == NATS_NOT_FOUND || jerr == JSNoMessageFoundErr || jerr == JSStreamNotFoundErr)
+        return TS_ERR_NOT_FOUND;
+    if (s == NATS_NO_RESPONDERS)
+        return TS_ERR_UNAVAILABLE;
+    if (s == NATS_NO_MEMORY)
+        return TS_ERR_NOMEM;
+    if (s == NATS_INVALID_ARG || s == NATS_INVALID_SUBJECT)
+        return TS_ERR_INVALID;
+    return TS_ERR_BUS;
+}
+
+/* Logs the failure with nats.c's own error text and returns the mapped status. */
+static ts_status_t fail(const char *what, const char *subject, natsStatus s, jsErrCode jerr)
+{
+    ts_status_t st = map_status(s, jerr);
+    const char *detail = nats_GetLastError(NULL);
+    if (detail == NULL || detail[0] == '\0')
+        detail = natsStatus_GetText(s);
+    if (st == TS_ERR_NOT_FOUND)
+        ts_debug("bus: %s %s: %s", what, subject ? subject : "", detail);
+    else
+        ts_warn("bus: %s %s failed: %s (js error %d)", what, subject ? subject : "", detail, (int)jerr);
+    return st;
+}
+
+/* ---- messages ---------------------------------------------------------- */
+
+static natsStatus set_u64(natsMsg *m, const char *key, uint64_t v)
+{
+    char buf[24];
+    snprintf(buf, sizeof buf, "%" PRIu64, v);
+    return natsMsgHeader_Set(m, key, buf);
+}
+
+/* Builds a message with the Tessera headers; hdr may be NULL (no headers). */
+static ts_status_t make_msg(natsMsg **out, const char *subject, const char *reply, const ts_bus_hdr_t *hdr,
+                            const void *data, size_t len)
+{
+    *out = NULL;
+    if (subject == NULL || subject[0] == '\0' || (data == NULL && len > 0) || len > INT32_MAX)
+        return TS_ERR_INVALID;
+    if (hdr != NULL && hdr->type == NULL)
+        return TS_ERR_INVALID;
+    natsMsg *m = NULL;
+    natsStatus s = natsMsg_Create(&m, subject, reply, (const char *)data, (int)len);
+    if (s == NATS_OK && hdr != NULL) {
+        s = natsMsgHeader_Set(m, TS_HDR_TYPE, hdr->type);
+        if (s == NATS_OK)
+            s = set_u64(m, TS_HDR_EPOCH, hdr->epoch);
+        if (s == NATS_OK)
+            s = set_u64(m, TS_HDR_SEQ, hdr->seq);
+        if (s == NATS_OK)
+            s = set_u64(m, TS_HDR_COUNT, hdr->count ? hdr->count : 1);
+        if (s == NATS_OK && hdr->msg_id != NULL)
+            s = natsMsgHeader_Set(m, HDR_MSG_ID, hdr->msg_id);
+    }
+    if (s != NATS_OK) {
+        natsMsg_Destroy(m);
+        return fail("create message", subject, s, 0);
+    }
+    *out = m;
+    return TS_OK;
+}
+
+static uint64_t header_u64(natsMsg *m, const char *key, uint64_t dflt)
+{
+    const char *v = NULL;
+    uint64_t n = 0;
+    if (natsMsgHeader_Get(m, key, &v) != NATS_OK || v == NULL || ts_parse_u64(v, &n) != TS_OK)
+        return dflt;
+    return n;
+}
+
+static ts_status_t wrap_msg(natsMsg *m, uint64_t stream_seq, ts_bus_msg_t **out)
+{
+    ts_bus_msg_t *w = malloc(sizeof *w);
+    if (w == NULL) {
+        natsMsg_Destroy(m);
+        return TS_ERR_NOMEM;
+    }
+    w->msg = m;
+    w->stream_seq = stream_seq;
+    *out = w;
+    return TS_OK;
+}
+
+const char *ts_bus_msg_subject(const ts_bus_msg_t *m)
+{
+    return natsMsg_GetSubject(m->msg);
+}
+
+const char *ts_bus_msg_reply(const ts_bus_msg_t *m)
+{
+    return natsMsg_GetReply(m->msg);
+}
+
+const uint8_t *ts_bus_msg_data(const ts_bus_msg_t *m)
+{
+    return (const uint8_t *)natsMsg_GetData(m->msg);
+}
+
+size_t ts_bus_msg_len(const ts_bus_msg_t *m)
+{
+    int n = natsMsg_GetDataLength(m->msg);
+    return n > 0 ? (size_t)n : 0;
+}
+
+const char *ts_bus_msg_header(const ts_bus_msg_t *m, const char *name)
+{
+    const char *v = NULL;
+    if (name == NULL || natsMsgHeader_Get(m->msg, name, &v) != NATS_OK)
+        return NULL;
+    return v;
+}
+
+uint64_t ts_bus_msg_header_u64(const ts_bus_msg_t *m, const char *name)
+{
+    if (name == NULL)
+        return 0;
+    return header_u64(m->msg, name, 0);
+}
+
+uint64_t ts_bus_msg_stream_seq(const ts_bus_msg_t *m)
+{
+    return m->stream_seq;
+}
+
+void ts_bus_msg_destroy(ts_bus_msg_t *m)
+{
+    if (m == NULL)
+        return;
+    natsMsg_Destroy(m->msg);
+    free(m);
+}
+
+/* ---- live-bus table (async ack handler lifetime) ------------------------ */
+
+static ts_bus_t *live_enter(uint64_t id)
+{
+    pthread_mutex_lock(&live_mu);
+    ts_bus_t *b = live_head;
+    while (b != NULL && b->id != id)
+        b = b->next_live;
+    if (b != NULL)
+        b->ack_running++;
+    pthread_mutex_unlock(&live_mu);
+    return b;
+}
+
+static void live_leave(ts_bus_t *b)
+{
+    pthread_mutex_lock(&live_mu);
+    if (--b->ack_running == 0)
+        pthread_cond_broadcast(&live_cv);
+    pthread_mutex_unlock(&live_mu);
+}
+
+static void live_add(ts_bus_t *b)
+{
+    pthread_mutex_lock(&live_mu);
+    b->id = live_next_id++;
+    b->next_live = live_head;
+    live_head = b;
+    pthread_mutex_unlock(&live_mu);
+}
+
+/* Unlinks b and waits until no ack handler uses it any more. */
+static void live_remove(ts_bus_t *b)
+{
+    pthread_mutex_lock(&live_mu);
+    for (ts_bus_t **p = &live_head; *p != NULL; p = &(*p)->next_live) {
+        if (*p == b) {
+            *p = b->next_live;
+            break;
+        }
+    }
+    while (b->ack_running > 0)
+        pthread_cond_wait(&live_cv, &live_mu);
+    pthread_mutex_unlock(&live_mu);
+}
+
+/* ---- connection ---------------------------------------------------------- */
+
+static void on_disconnected(natsConnection *nc, void *closure)
+{
+    ts_warn("bus: disconnected from NATS, reconnecting");
+}
+
+static void on_reconnected(natsConnection *nc, void *closure)
+{
+    char url[256] = "";
+    natsConnection_GetConnectedUrl(nc, url, sizeof url);
+    ts_info("bus: reconnected to %s", url);
+}
+
+static void on_async_error(natsConnection *nc, natsSubscription *sub, natsStatus err, void *closure)
+{
+    const char *subj = sub != NULL ? natsSubscription_GetSubject(sub) : NULL;
+    ts_warn("bus: asynchronous error on %s: %s", subj ? subj : "connection", natsStatus_GetText(err));
+}
+
+static void on_pub_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *closure);
+
+ts_status_t ts_bus_connect(ts_bus_t **out, const char *url, const char *name)
+{
+    if (out == NULL || url == NULL || url[0] == '\0')
+        return TS_ERR_INVALID;
+    *out = NULL;
+    ts_bus_t *bus = calloc(1, sizeof *bus);
+    if (bus == NULL)
+        return TS_ERR_NOMEM;
+    atomic_init(&bus->bytes_out, 0);
+    live_add(bus);
+
+    natsOptions *opts = NULL;
+    natsStatus s = natsOptions_Create(&opts);
+    if (s == NATS_OK)
+        s = natsOptions_SetURL(opts, url);
+    if (s == NATS_OK && name != NULL)
+        s = natsOptions_SetName(opts, name);
+    if (s == NATS_OK)
+        s = natsOptions_SetAllowReconnect(opts, true);
+    if (s == NATS_OK)
+        s = natsOptions_SetMaxReconnect(opts, -1);
+    if (s == NATS_OK)
+        s = natsOptions_SetReconnectWait(opts, 250);
+    if (s == NATS_OK)
+        s = natsOptions_SetReconnectBufSize(opts, 64 * 1024 * 1024);
+    if (s == NATS_OK)
+        s = natsOptions_SetTimeout(opts, 2000);
+    if (s == NATS_OK)
+        s = natsOptions_SetDisconnectedCB(opts, on_disconnected, NULL);
+    if (s == NATS_OK)
+        s = natsOptions_SetReconnectedCB(opts, on_reconnected, NULL);
+    if (s == NATS_OK)
+        s = natsOptions_SetErrorHandler(opts, on_async_error, NULL);
+    if (s == NATS_OK)
+        s = natsConnection_Connect(&bus->nc, opts);
+    natsOptions_Destroy(opts);
+    if (s != NATS_OK) {
+        ts_status_t st = fail("connect", url, s, 0);
+        ts_bus_destroy(bus);
+        return st == TS_ERR_BUS ? TS_ERR_UNAVAILABLE : st;
+    }
+
+    jsOptions jo;
+    jsOptions_Init(&jo);
+    jo.Wait = 5000;
+    jo.PublishAsync.MaxPending = ASYNC_MAX_PENDING;
+    jo.PublishAsync.StallWait = ASYNC_STALL_WAIT_MS;
+    jo.PublishAsync.AckHandler = on_pub_ack;
+    jo.PublishAsync.AckHandlerClosure = (void *)(uintptr_t)bus->id;
+    s = natsConnection_JetStream(&bus->js, bus->nc, &jo);
+    if (s != NATS_OK) {
+        ts_status_t st = fail("jetstream context", url, s, 0);
+        ts_bus_destroy(bus);
+        return st;
+    }
+    ts_debug("bus: connected to %s as %s", url, name ? name : "(unnamed)");
+    *out = bus;
+    return TS_OK;
+}
+
+void ts_bus_destroy(ts_bus_t *bus)
+{
+    if (bus == NULL)
+        return;
+    if (bus->js != NULL) {
+        jsPubOptions po;
+        jsPubOptions_Init(&po);
+        po.MaxWait = DESTROY_FLUSH_MS;
+        natsStatus s = js_PublishAsyncComplete(bus->js, &po);
+        if (s != NATS_OK)
+            ts_warn("bus: closing with unacknowledged async publishes (%s)", natsStatus_GetText(s));
+    }
+    live_remove(bus);
+    if (bus->nc != NULL)
+        natsConnection_Close(bus->nc);
+    jsCtx_Destroy(bus->js);
+    natsConnection_Destroy(bus->nc);
+    free(bus);
+}
+
+void ts_bus_shutdown_library(void)
+{
+    natsStatus s = nats_CloseAndWait(2000);
+    if (s != NATS_OK)
+        ts_warn("bus: nats library shutdown: %s", natsStatus_GetText(s));
+}
+
+uint64_t ts_bus_bytes_out(const ts_bus_t *bus)
+{
+    if (bus == NULL)
+        return 0;
+    return atomic_load(&((ts_bus_t *)bus)->bytes_out);
+}
+
+static void count_out(ts_bus_t *bus, size_t len)
+{
+    atomic_fetch_add_explicit(&bus->bytes_out, (uint64_t)len, memory_order_relaxed);
+}
+
+void ts_bus_input_stream(char *buf, size_t cap, uint32_t world)
+{
+    snprintf(buf, cap, "TS_INPUT_%" PRIu32, world);
+}
+
+void ts_bus_ckpt_stream(char *buf, size_t cap, uint32_t world)
+{
+    snprintf(buf, cap, "TS_CKPT_%" PRIu32, world);
+}
+
+/* ---- streams ----------------------------------------------------------- */
+
+static ts_status_t ensure_stream(ts_bus_t *bus, jsStreamConfig *cfg)
+{
+    jsErrCode jerr = 0;
+    jsStreamInfo *si = NULL;
+    natsStatus s = js_AddStream(&si, bus->js, cfg, NULL, &jerr);
+    if (s != NATS_OK && jerr == JSStreamNameExistErr) {
+        jerr = 0;
+        s = js_UpdateStream(&si, bus->js, cfg, NULL, &jerr);
+    }
+    jsStreamInfo_Destroy(si);
+    if (s != NATS_OK)
+        return fail("ensure stream", cfg->Name, s, jerr);
+    return TS_OK;
+}
+
+ts_status_t ts_bus_ensure_streams(ts_bus_t *bus, uint32_t world, const char *storage, int64_t max_age_s,
+                                  int replicas)
+{
+    if (bus == NULL || max_age_s < 0)
+        return TS_ERR_INVALID;
+    jsStorageType st_type;
+    if (storage == NULL || strcmp(storage, "file") == 0)
+        st_type = js_FileStorage;
+    else if (strcmp(storage, "memory") == 0)
+        st_type = js_MemoryStorage;
+    else {
+        ts_error("bus: stream storage must be file or memory, not '%s'", storage);
+        return TS_ERR_INVALID;
+    }
+    if (replicas < 1)
+        replicas = 1;
+
+    char name[64], subj[96];
+    const char *subjects[1] = {subj};
+    jsStreamConfig cfg;
+
+    ts_bus_input_stream(name, sizeof name, world);
+    snprintf(subj, sizeof subj, "cell.%" PRIu32 ".*.*.*.*.input", world);
+    jsStreamConfig_Init(&cfg);
+    cfg.Name = name;
+    cfg.Subjects = subjects;
+    cfg.SubjectsLen = 1;
+    cfg.Retention = js_LimitsPolicy;
+    cfg.Storage = st_type;
+    cfg.Replicas = replicas;
+    cfg.MaxAge = max_age_s * 1000000000LL;
+    cfg.Duplicates = DUPLICATE_WINDOW_NS;
+    if (cfg.MaxAge > 0 && cfg.Duplicates > cfg.MaxAge)
+        cfg.Duplicates = cfg.MaxAge;
+    ts_status_t st = ensure_stream(bus, &cfg);
+    if (st != TS_OK)
+        return st;
+
+    ts_bus_ckpt_stream(name, sizeof name, world);
+    snprintf(subj, sizeof subj, "cell.%" PRIu32 ".*.*.*.*.checkpoint", world);
+    jsStreamConfig_Init(&cfg);
+    cfg.Name = name;
+    cfg.Subjects = subjects;
+    cfg.SubjectsLen = 1;
+    cfg.Retention = js_LimitsPolicy;
+    cfg.Storage = st_type;
+    cfg.Replicas = replicas;
+    cfg.MaxMsgsPerSubject = 1;
+    return ensure_stream(bus, &cfg);
+}
+
+/* ---- core publish / request -------------------------------------------- */
+
+ts_status_t ts_bus_publish(ts_bus_t *bus, const char *subject, const ts_bus_hdr_t *hdr, const void *data,
+                           size_t len)
+{
+    return ts_bus_publish_reply(bus, subject, NULL, hdr, data, len);
+}
+
+ts_status_t ts_bus_publish_reply(ts_bus_t *bus, const char *subject, const char *reply, const ts_bus_hdr_t *hdr,
+                                 const void *data, size_t len)
+{
+    if (bus == NULL)
+        return TS_ERR_INVALID;
+    natsMsg *m = NULL;
+    ts_status_t st = make_msg(&m, subject, reply, hdr, data, len);
+    if (st != TS_OK)
+        return st;
+    natsStatus s = natsConnection_PublishMsg(bus->nc, m);
+    natsMsg_Destroy(m);
+    if (s != NATS_OK)
+        return fail("publish", subject, s, 0);
+    count_out(bus, len);
+    return TS_OK;
+}
+
+ts_status_t ts_bus_request(ts_bus_t *bus, const char *subject, const ts_bus_hdr_t *hdr, const void *data,
+                           size_t len, int64_t timeout_ms, ts_bus_msg_t **reply)
+{
+    if (bus == NULL || reply == NULL || timeout_ms <= 0)
+        return TS_ERR_INVALID;
+    *reply = NULL;
+    natsMsg *m = NULL, *r = NULL;
+    ts_status_t st = make_msg(&m, subject, NULL, hdr, data, len);
+    if (st != TS_OK)
+        return st;
+    natsStatus s = natsConnection_RequestMsg(&r, bus->nc, m, timeout_ms);
+    natsMsg_Destroy(m);
+    if (s != NATS_OK)
+        return fail("request", subject, s, 0);
+    count_out(bus, len);
+    return wrap_msg(r, 0, reply);
+}
+
+ts_status_t ts_bus_respond(ts_bus_t *bus, const ts_bus_msg_t *to, const ts_bus_hdr_t *hdr, const void *data,
+                           size_t len)
+{
+    if (to == NULL)
+        return TS_ERR_INVALID;
+    const char *reply = ts_bus_msg_reply(to);
+    if (reply == NULL || reply[0] == '\0') {
+        ts_warn("bus: cannot respond to a message on %s without a reply subject", ts_bus_msg_subject(to));
+        return TS_ERR_INVALID;
+    }
+    return ts_bus_publish_reply(bus, reply, NULL, hdr, data, len);
+}
+
+ts_status_t ts_bus_flush(ts_bus_t *bus, int64_t timeout_ms)
+{
+    if (bus == NULL || timeout_ms <= 0)
+        return TS_ERR_INVALID;
+    natsStatus s = natsConnection_FlushTimeout(bus->nc, timeout_ms);
+    if (s != NATS_OK)
+        return fail("flush", NULL, s, 0);
+    return TS_OK;
+}
+
+/* ---- JetStream publish --------------------------------------------------- */
+
+ts_status_t ts_bus_js_publish(ts_bus_t *bus, const char *subject, const ts_bus_hdr_t *hdr, const void *data,
+                              size_t len, int64_t timeout_ms, uint64_t *stream_seq)
+{
+    if (bus == NULL || timeout_ms <= 0)
+        return TS_ERR_INVALID;
+    natsMsg *m = NULL;
+    ts_status_t st = make_msg(&m, subject, NULL, hdr, data, len);
+    if (st != TS_OK)
+        return st;
+    jsPubOptions po;
+    jsPubOptions_Init(&po);
+    po.MaxWait = timeout_ms;
+    jsPubAck *pa = NULL;
+    jsErrCode jerr = 0;
+    natsStatus s = js_PublishMsg(&pa, bus->js, m, &po, &jerr);
+    natsMsg_Destroy(m);
+    if (s != NATS_OK) {
+        jsPubAck_Destroy(pa);
+        return fail("js publish", subject, s, jerr);
+    }
+    count_out(bus, len);
+    if (stream_seq != NULL)
+        *stream_seq = pa != NULL ? pa->Sequence : 0;
+    jsPubAck_Destroy(pa);
+    return TS_OK;
+}
+
+void ts_bus_set_ack_handler(ts_bus_t *bus, ts_bus_ack_cb cb, void *ud)
+{
+    if (bus == NULL)
+        return;
+    bus->ack_ud = ud;
+    bus->ack_cb = cb;
+}
+
+static natsStatus publish_async(jsCtx *js, natsMsg **m)
+{
+    jsPubOptions po;
+    jsPubOptions_Init(&po);
+    po.MaxWait = ASYNC_ACK_WAIT_MS;
+    return js_PublishMsgAsync(js, m, &po);
+}
+
+ts_status_t ts_bus_js_publish_async(ts_bus_t *bus, const char *subject, const ts_bus_hdr_t *hdr,
+                                    const void *data, size_t len)
+{
+    if (bus == NULL)
+        return TS_ERR_INVALID;
+    natsMsg *m = NULL;
+    ts_status_t st = make_msg(&m, subject, NULL, hdr, data, len);
+    if (st != TS_OK)
+        return st;
+    natsStatus s = publish_async(bus->js, &m);
+    if (s != NATS_OK) {
+        natsMsg_Destroy(m);
+        return fail("js publish async", subject, s, 0);
+    }
+    count_out(bus, len);
+    return TS_OK;
+}
+
+/* Runs on the JetStream context's reply thread for every async publish
+ * outcome (including nats.c's own ack timeouts). We own msg. */
+static void on_pub_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *closure)
+{
+    ts_bus_t *bus = live_enter((uint64_t)(uintptr_t)closure);
+    if (bus == NULL) {
+        natsMsg_Destroy(msg);
+        return;
+    }
+    const char *subject = natsMsg_GetSubject(msg);
+    uint32_t count = (uint32_t)header_u64(msg, TS_HDR_COUNT, 1);
+    if (pa != NULL) {
+        if (bus->ack_cb != NULL)
+            bus->ack_cb(bus->ack_ud, subject, count, true, pa->Sequence);
+        goto done;
+    }
+
+    uint64_t tries = header_u64(msg, HDR_TRY, 1);
+    const char *why = pae != NULL && pae->ErrText != NULL ? pae->ErrText : "unknown error";
+    if (tries < TS_BUS_PUB_TRIES) {
+        ts_debug("bus: async publish to %s failed (%s), retry %" PRIu64, subject, why, tries);
+        natsStatus s = set_u64(msg, HDR_TRY, tries + 1);
+        if (s == NATS_OK)
+            s = publish_async(js, &msg);
+        if (s == NATS_OK)
+            goto done; /* nats.c owns msg again; msg is NULL */
+        why = natsStatus_GetText(s);
+    }
+    ts_warn("bus: async publish to %s given up after %" PRIu64 " tries: %s", subject, tries, why);
+    if (bus->ack_cb != NULL)
+        bus->ack_cb(bus->ack_ud, subject, count, false, 0);
+done:
+    natsMsg_Destroy(msg);
+    live_leave(bus);
+}
+
+ts_status_t ts_bus_js_flush(ts_bus_t *bus, int64_t timeout_ms)
+{
+    if (bus == NULL || timeout_ms <= 0)
+        return TS_ERR_INVALID;
+    jsPubOptions po;
+    jsPubOptions_Init(&po);
+    po.MaxWait = timeout_ms;
+    natsStatus s = js_PublishAsyncComplete(bus->js, &po);
+    if (s != NATS_OK)
+        return fail("js flush", NULL, s, 0);
+    return TS_OK;
+}
+
+/* ---- subscriptions -------------------------------------------------------- */
+
+static void on_msg(natsConnection *nc, natsSubscription *nsub, natsMsg *m, void *closure)
+{
+    ts_bus_sub_t *sub = closure;
+    if (!atomic_load(&sub->closing)) {
+        ts_bus_msg_t bm = {.msg = m, .stream_seq = 0};
+        if (sub->jetstream) {
+            jsMsgMetaData *meta = NULL;
+            if (natsMsg_GetMetaData(&meta, m) == NATS_OK)
+                bm.stream_seq = meta->Sequence.Stream;
+            jsMsgMetaData_Destroy(meta);
+        }
+        tls_delivering = sub;
+        sub->cb(sub->ud, &bm);
+        tls_delivering = NULL;
+    }
+    natsMsg_Destroy(m);
+}
+
+static void free_sub(ts_bus_sub_t *sub)
+{
+    pthread_cond_destroy(&sub->cv);
+    pthread_mutex_destroy(&sub->mu);
+    free(sub);
+}
+
+/* nats.c calls this once the subscription is closed and on_msg has returned
+ * for the last time. */
+static void on_sub_complete(void *closure)
+{
+    ts_bus_sub_t *sub = closure;
+    pthread_mutex_lock(&sub->mu);
+    sub->completed = true;
+    bool self_free = sub->free_on_complete;
+    pthread_cond_broadcast(&sub->cv);
+    pthread_mutex_unlock(&sub->mu);
+    if (self_free)
+        free_sub(sub);
+}
+
+static ts_status_t new_sub(ts_bus_msg_cb cb, void *ud, bool jetstream, ts_bus_sub_t **out)
+{
+    ts_bus_sub_t *sub = calloc(1, sizeof *sub);
+    if (sub == NULL)
+        return TS_ERR_NOMEM;
+    sub->cb = cb;
+    sub->ud = ud;
+    sub->jetstream = jetstream;
+    atomic_init(&sub->closing, false);
+    pthread_mutex_init(&sub->mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&sub->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    *out = sub;
+    return TS_OK;
+}
+
+/* Hooks the completion callback; if that fails the subscription is already
+ * closed and nothing will be delivered. */
+static void arm_sub(ts_bus_sub_t *sub)
+{
+    if (natsSubscription_SetOnCompleteCB(sub->nsub, on_sub_complete, sub) != NATS_OK)
+        sub->completed = true;
+    natsSubscription_SetPendingLimits(sub->nsub, SUB_PENDING_MSGS, SUB_PENDING_BYTES);
+}
+
+ts_status_t ts_bus_subscribe(ts_bus_t *bus, const char *subject, ts_bus_msg_cb cb, void *ud, ts_bus_sub_t **out)
+{
+    if (bus == NULL || subject == NULL || subject[0] == '\0' || cb == NULL || out == NULL)
+        return TS_ERR_INVALID;
+    *out = NULL;
+    ts_bus_sub_t *sub = NULL;
+    ts_status_t st = new_sub(cb, ud, false, &sub);
+    if (st != TS_OK)
+        return st;
+    natsStatus s = natsConnection_Subscribe(&sub->nsub, bus->nc, subject, on_msg, sub);
+    if (s != NATS_OK) {
+        free_sub(sub);
+        return fail("subscribe", subject, s, 0);
+    }
+    arm_sub(sub);
+    *out = sub;
+    return TS_OK;
+}
+
+static bool has_suffix(const char *s, const char *suffix)
+{
+    size_t n = strlen(s), k = strlen(suffix);
+    return n >= k && strcmp(s + n - k, suffix) == 0;
+}
+
+ts_status_t ts_bus_consume(ts_bus_t *bus, uint32_t world, const char *subject, uint64_t start_seq, ts_bus_msg_cb cb,
+                           void *ud, ts_bus_sub_t **out)
+{
+    if (bus == NULL || subject == NULL || subject[0] == '\0' || cb == NULL || out == NULL)
+        return TS_ERR_INVALID;
+    *out = NULL;
+    char stream[64];
+    if (has_suffix(subject, ".checkpoint"))
+        ts_bus_ckpt_stream(stream, sizeof stream, world);
+    else
+        ts_bus_input_stream(stream, sizeof stream, world);
+
+    ts_bus_sub_t *sub = NULL;
+    ts_status_t st = new_sub(cb, ud, true, &sub);
+    if (st != TS_OK)
+        return st;
+    jsSubOptions so;
+    jsSubOptions_Init(&so);
+    so.Stream = stream;
+    so.Ordered = true;
+    if (start_seq == 0) {
+        so.Config.DeliverPolicy = js_DeliverAll;
+    } else {
+        so.Config.DeliverPolicy = js_DeliverByStartSequence;
+        so.Config.OptStartSeq = start_seq;
+    }
+    jsErrCode jerr = 0;
+    natsStatus s = js_Subscribe(&sub->nsub, bus->js, subject, on_msg, sub, NULL, &so, &jerr);
+    if (s != NATS_OK) {
+        free_sub(sub);
+        return fail("consume", subject, s, jerr);
+    }
+    arm_sub(sub);
+    *out = sub;
+    return TS_OK;
+}
+
+void ts_bus_sub_destroy(ts_bus_sub_t *sub)
+{
+    if (sub == NULL)
+        return;
+    atomic_store(&sub->closing, true);
+
+    if (tls_delivering == sub) {
+        /* Called from its own callback: waiting would deadlock, so the
+         * completion callback frees the wrapper once this handler returns. */
+        pthread_mutex_lock(&sub->mu);
+        bool completed = sub->completed;
+        sub->free_on_complete = !completed;
+        pthread_mutex_unlock(&sub->mu);
+        natsSubscription_Unsubscribe(sub->nsub);
+        natsSubscription_Destroy(sub->nsub);
+        if (completed)
+            free_sub(sub);
+        return;
+    }
+
+    natsSubscription_Unsubscribe(sub->nsub);
+    struct timespec deadline;
+    clock_gettime(CLOCK_MONOTONIC, &deadline);
+    deadline.tv_sec += SUB_CLOSE_WAIT_MS / 1000;
+    pthread_mutex_lock(&sub->mu);
+    int rc = 0;
+    while (!sub->completed && rc == 0)
+        rc = pthread_cond_timedwait(&sub->cv, &sub->mu, &deadline);
+    bool completed = sub->completed;
+    if (!completed)
+        sub->free_on_complete = true;
+    pthread_mutex_unlock(&sub->mu);
+    natsSubscription_Destroy(sub->nsub);
+    if (completed)
+        free_sub(sub);
+    else
+        ts_warn("bus: subscription did not close within %d ms; freeing it when it does", SUB_CLOSE_WAIT_MS);
+}
+
+/* ---- last message ------------------------------------------------------- */
+
+ts_status_t ts_bus_last_msg(ts_bus_t *bus, const char *stream, const char *subject, ts_bus_msg_t **out)
+{
+    if (bus == NULL || stream == NULL || subject == NULL || out == NULL)
+        return TS_ERR_INVALID;
+    *out = NULL;
+    natsMsg *m = NULL;
+    jsErrCode jerr = 0;
+    natsStatus s = js_GetLastMsg(&m, bus->js, stream, subject, NULL, &jerr);
+    if (s != NATS_OK)
+        return fail("last message", subject, s, jerr);
+    return wrap_msg(m, natsMsg_GetSequence(m), out);
+}
