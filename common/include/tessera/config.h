@@ -71,15 +71,32 @@ typedef struct {
  * argv[0] is skipped; the remaining non-flag arguments are returned through
  * *rest / *nrest (borrowed from argv) when rest is not NULL, else they are
  * an error. On error, a message is written into err. cfg must be freed with
- * ts_config_free even on error. */
+ * ts_config_free even on error.
+ *
+ * Details:
+ *  - cfg is zeroed first (its previous strings are not freed).
+ *  - The config file comes from --config FILE, else TESSERA_CONFIG.
+ *  - An unknown flag or YAML key is an error; TESSERA_* variables that match
+ *    no key are ignored, and so is an empty variable.
+ *  - Error messages name the key and the source: "file.yaml:12: ...",
+ *    "env TESSERA_WORLD_ID: ...", "flag --world.id: ...".
+ *  - "--" ends the flags. Arguments starting with "--" are flags anywhere
+ *    else; "-1" and other single-dash words are positional.
+ *  - argv is permuted so the positional arguments come first: *rest is
+ *    argv + 1.
+ *  - --help or -h prints ts_config_usage(stdout) and returns TS_ERR_CONFIG
+ *    with err set to "help" (the caller exits 0). */
 ts_status_t ts_config_load(ts_config_t *cfg, int argc, char **argv, char ***rest, int *nrest,
                            char *err, size_t errcap);
-/* Sets one key from text, as a flag would. */
+/* Sets one key from text, as a flag would (same validation). */
 ts_status_t ts_config_set(ts_config_t *cfg, const char *key, const char *value, char *err, size_t errcap);
 void ts_config_free(ts_config_t *cfg);
 /* Prints every key, its environment variable, default and help to out. */
 void ts_config_usage(FILE *out);
-/* Splits "host:port" (port required). host is written into hostbuf. */
+/* Splits "host:port" (port required). host is written into hostbuf.
+ * "[::1]:7400" gives host "::1". TS_ERR_PARSE for a missing host or port
+ * or a non-numeric port, TS_ERR_RANGE for a port above 65535 or a host
+ * longer than hostcap - 1. */
 ts_status_t ts_config_split_hostport(const char *s, char *hostbuf, size_t hostcap, int *port);
 
 #endif
