@@ -1,0 +1,161 @@
+/* NATS subjects: cell subjects build and parse back to the same cell and
+ * kind; anything that is not exactly a cell subject is rejected. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <string.h>
+
+#include "tessera/subject.h"
+
+static void test_kind_names(void **state)
+{
+    assert_string_equal(ts_subject_kind_str(TS_SUBJ_INPUT), "input");
+    assert_string_equal(ts_subject_kind_str(TS_SUBJ_STATE), "state");
+    assert_string_equal(ts_subject_kind_str(TS_SUBJ_GHOST), "ghost");
+    assert_string_equal(ts_subject_kind_str(TS_SUBJ_HANDOVER), "handover");
+    assert_string_equal(ts_subject_kind_str(TS_SUBJ_CHECKPOINT), "checkpoint");
+    assert_null(ts_subject_kind_str(TS_SUBJ_KIND_COUNT));
+    assert_null(ts_subject_kind_str((ts_subject_kind_t)-1));
+}
+
+static void test_cell_subject_exact(void **state)
+{
+    char buf[TS_SUBJECT_MAX];
+    ts_cell_t c = {.world = 0, .cx = -2, .cy = 1, .depth = 0, .sub = 0};
+    int n = ts_subject_cell(buf, sizeof buf, &c, TS_SUBJ_INPUT);
+    assert_string_equal(buf, "cell.0.-2.1.0.0.input");
+    assert_int_equal(n, (int)strlen(buf));
+    ts_cell_t d = {.world = 12, .cx = 3, .cy = -4, .depth = 2, .sub = 13};
+    ts_subject_cell(buf, sizeof buf, &d, TS_SUBJ_CHECKPOINT);
+    assert_string_equal(buf, "cell.12.3.-4.2.13.checkpoint");
+}
+
+static void test_round_trip(void **state)
+{
+    const ts_cell_t cells[] = {
+        {.world = 0, .cx = 0, .cy = 0, .depth = 0, .sub = 0},
+        {.world = 1, .cx = -1, .cy = -1, .depth = 1, .sub = 3},
+        {.world = UINT32_MAX, .cx = INT32_MIN, .cy = INT32_MAX, .depth = TS_CELL_MAX_DEPTH, .sub = (1ull << 32) - 1},
+    };
+    for (size_t i = 0; i < sizeof cells / sizeof cells[0]; i++) {
+        for (int k = 0; k < TS_SUBJ_KIND_COUNT; k++) {
+            char buf[TS_SUBJECT_MAX];
+            assert_true(ts_subject_cell(buf, sizeof buf, &cells[i], (ts_subject_kind_t)k) > 0);
+            ts_cell_t back;
+            ts_subject_kind_t kind;
+            assert_int_equal(ts_subject_parse(buf, &back, &kind), TS_OK);
+            assert_true(ts_cell_eq(&back, &cells[i]));
+            assert_int_equal(kind, k);
+        }
+    }
+}
+
+static void test_build_rejects(void **state)
+{
+    char buf[TS_SUBJECT_MAX];
+    ts_cell_t c = {.world = 0, .cx = -2, .cy = 1, .depth = 0, .sub = 0};
+    char small[21]; /* "cell.0.-2.1.0.0.input" needs 22 */
+    assert_int_equal(ts_subject_cell(small, sizeof small, &c, TS_SUBJ_INPUT), -1);
+    assert_int_equal(small[0], '\0');
+    char exact[22];
+    assert_int_equal(ts_subject_cell(exact, sizeof exact, &c, TS_SUBJ_INPUT), 21);
+    assert_int_equal(ts_subject_cell(buf, sizeof buf, &c, TS_SUBJ_KIND_COUNT), -1);
+    ts_cell_t bad = {.world = 0, .cx = 0, .cy = 0, .depth = 1, .sub = 4};
+    assert_int_equal(ts_subject_cell(buf, sizeof buf, &bad, TS_SUBJ_STATE), -1);
+    assert_int_equal(ts_subject_cell(buf, 0, &c, TS_SUBJ_STATE), -1);
+}
+
+static void test_parse_rejects(void **state)
+{
+    static const char *const bad[] = {
+        /* wrong prefix */
+        "",
+        "cell",
+        "cell.",
+        "Cell.0.0.0.0.0.input",
+        "cells.0.0.0.0.0.input",
+        "tessera.0.0.0.0.0.input",
+        ".cell.0.0.0.0.0.input",
+        /* bad numbers */
+        "cell.x.0.0.0.0.input",
+        "cell.0.0.0.0.x.input",
+        "cell.-1.0.0.0.0.input",
+        "cell.0.01.0.0.0.input",
+        "cell.0.0.0.17.0.input",
+        "cell.0.0.0.1.4.input",
+        "cell.0.99999999999.0.0.0.input",
+        "cell.0..0.0.0.input",
+        "cell.*.*.*.*.*.input",
+        /* missing tokens */
+        "cell.0.0.0.0.input",
+        "cell.0.0.0.0.0",
+        "cell.0.0.0.0.0.",
+        /* unknown kind */
+        "cell.0.0.0.0.0.inputs",
+        "cell.0.0.0.0.0.INPUT",
+        "cell.0.0.0.0.0.inp",
+        "cell.0.0.0.0.0.*",
+        "cell.0.0.0.0.0.>",
+        /* trailing tokens */
+        "cell.0.0.0.0.0.input.x",
+        "cell.0.0.0.0.0.input.",
+        "cell.0.0.0.0.0.state ",
+        /* service subjects are not cell subjects */
+        "tessera.worker.w1.hb",
+        "tessera.registry.0",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        ts_cell_t c = {.world = 77};
+        ts_subject_kind_t k = TS_SUBJ_GHOST;
+        ts_status_t st = ts_subject_parse(bad[i], &c, &k);
+        if (st != TS_ERR_PARSE)
+            fail_msg("\"%s\": got %s, want parse error", bad[i], ts_status_str(st));
+        assert_int_equal(c.world, 77);
+        assert_int_equal(k, TS_SUBJ_GHOST);
+    }
+    ts_cell_t c;
+    ts_subject_kind_t k;
+    assert_int_not_equal(ts_subject_parse(NULL, &c, &k), TS_OK);
+}
+
+static void test_service_subjects(void **state)
+{
+    char buf[TS_SUBJECT_MAX];
+    assert_int_equal(ts_subject_world_wildcard(buf, sizeof buf, 0, TS_SUBJ_INPUT), 20);
+    assert_string_equal(buf, "cell.0.*.*.*.*.input");
+    ts_subject_world_wildcard(buf, sizeof buf, 4000000000u, TS_SUBJ_CHECKPOINT);
+    assert_string_equal(buf, "cell.4000000000.*.*.*.*.checkpoint");
+    assert_int_equal(ts_subject_world_wildcard(buf, sizeof buf, 0, TS_SUBJ_KIND_COUNT), -1);
+
+    assert_int_equal(ts_subject_heartbeat(buf, sizeof buf, "w1"), 20);
+    assert_string_equal(buf, "tessera.worker.w1.hb");
+    /* ids that would change the subject's shape are refused */
+    assert_int_equal(ts_subject_heartbeat(buf, sizeof buf, ""), -1);
+    assert_int_equal(ts_subject_heartbeat(buf, sizeof buf, NULL), -1);
+    assert_int_equal(ts_subject_heartbeat(buf, sizeof buf, "a.b"), -1);
+    assert_int_equal(ts_subject_heartbeat(buf, sizeof buf, "*"), -1);
+    assert_int_equal(ts_subject_heartbeat(buf, sizeof buf, "w>"), -1);
+    assert_int_equal(ts_subject_heartbeat(buf, sizeof buf, "w 1"), -1);
+    char small[10];
+    assert_int_equal(ts_subject_heartbeat(small, sizeof small, "w1"), -1);
+
+    assert_int_equal(ts_subject_registry(buf, sizeof buf, 3), 18);
+    assert_string_equal(buf, "tessera.registry.3");
+    assert_int_equal(ts_subject_registry(small, sizeof small, 3), -1);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_kind_names),
+        cmocka_unit_test(test_cell_subject_exact),
+        cmocka_unit_test(test_round_trip),
+        cmocka_unit_test(test_build_rejects),
+        cmocka_unit_test(test_parse_rejects),
+        cmocka_unit_test(test_service_subjects),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
