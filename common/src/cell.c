@@ -39,14 +39,14 @@ static uint64_t sub_limit(uint8_t depth)
 static int64_t floor_div(int64_t a, int64_t b)
 {
     int64_t q = a / b;
-    if ((a % b != 0) && ((a < 0) != (b < 0)))
-        q--;
+    if ((a % b != 0) && ((a < 0) != (b < 0))) q--;
     return q;
 }
 
 bool ts_cell_eq(const ts_cell_t *a, const ts_cell_t *b)
 {
-    return a->world == b->world && a->cx == b->cx && a->cy == b->cy && a->depth == b->depth && a->sub == b->sub;
+    return a->world == b->world && a->cx == b->cx && a->cy == b->cy && a->depth == b->depth &&
+           a->sub == b->sub;
 }
 
 bool ts_cell_valid(const ts_cell_t *c)
@@ -60,15 +60,13 @@ uint64_t ts_cell_hash(const ts_cell_t *c)
     h = splitmix64(h ^ (((uint64_t)(uint32_t)c->cx << 32) | (uint32_t)c->cy));
     h = splitmix64(h ^ c->depth);
     h = splitmix64(h ^ c->sub);
-    if (h == 0 || h == UINT64_MAX)
-        h = 0x9e3779b97f4a7c15ull;
+    if (h == 0 || h == UINT64_MAX) h = 0x9e3779b97f4a7c15ull;
     return h;
 }
 
 int ts_cell_format(const ts_cell_t *c, char *buf, size_t cap)
 {
-    if (c == NULL || buf == NULL || cap == 0)
-        return -1;
+    if (c == NULL || buf == NULL || cap == 0) return -1;
     int n = snprintf(buf, cap, "%" PRIu32 ".%" PRId32 ".%" PRId32 ".%u.%" PRIu64, c->world, c->cx, c->cy,
                      (unsigned)c->depth, c->sub);
     if (n < 0 || (size_t)n >= cap) {
@@ -86,15 +84,12 @@ static ts_status_t take_number(const char **p, bool neg_ok, bool *neg, uint64_t 
     const char *s = *p;
     *neg = false;
     if (*s == '-') {
-        if (!neg_ok)
-            return TS_ERR_PARSE;
+        if (!neg_ok) return TS_ERR_PARSE;
         *neg = true;
         s++;
     }
-    if (*s < '0' || *s > '9')
-        return TS_ERR_PARSE;
-    if (*s == '0' && s[1] >= '0' && s[1] <= '9')
-        return TS_ERR_PARSE;
+    if (*s < '0' || *s > '9') return TS_ERR_PARSE;
+    if (*s == '0' && s[1] >= '0' && s[1] <= '9') return TS_ERR_PARSE;
     uint64_t v = 0;
     bool overflow = false;
     for (; *s >= '0' && *s <= '9'; s++) {
@@ -104,12 +99,9 @@ static ts_status_t take_number(const char **p, bool neg_ok, bool *neg, uint64_t 
         else
             v = v * 10 + d;
     }
-    if (*s != '.' && *s != '\0')
-        return TS_ERR_PARSE;
-    if (*neg && v == 0 && !overflow)
-        return TS_ERR_PARSE;
-    if (overflow)
-        return TS_ERR_RANGE;
+    if (*s != '.' && *s != '\0') return TS_ERR_PARSE;
+    if (*neg && v == 0 && !overflow) return TS_ERR_PARSE;
+    if (overflow) return TS_ERR_RANGE;
     *mag = v;
     *p = s;
     return TS_OK;
@@ -119,8 +111,7 @@ static ts_status_t take_u(const char **p, uint64_t max, uint64_t *out)
 {
     bool neg;
     ts_status_t st = take_number(p, false, &neg, out);
-    if (st == TS_OK && *out > max)
-        st = TS_ERR_RANGE;
+    if (st == TS_OK && *out > max) st = TS_ERR_RANGE;
     return st;
 }
 
@@ -129,26 +120,22 @@ static ts_status_t take_i32(const char **p, int32_t *out)
     bool neg;
     uint64_t mag;
     ts_status_t st = take_number(p, true, &neg, &mag);
-    if (st != TS_OK)
-        return st;
-    if ((!neg && mag > (uint64_t)INT32_MAX) || (neg && mag > (uint64_t)INT32_MAX + 1))
-        return TS_ERR_RANGE;
+    if (st != TS_OK) return st;
+    if ((!neg && mag > (uint64_t)INT32_MAX) || (neg && mag > (uint64_t)INT32_MAX + 1)) return TS_ERR_RANGE;
     *out = neg ? (int32_t)(-(int64_t)mag) : (int32_t)mag;
     return TS_OK;
 }
 
 static ts_status_t take_dot(const char **p)
 {
-    if (**p != '.')
-        return TS_ERR_PARSE;
+    if (**p != '.') return TS_ERR_PARSE;
     (*p)++;
     return TS_OK;
 }
 
 ts_status_t ts_cell_parse_prefix(const char *s, ts_cell_t *out, const char **end)
 {
-    if (s == NULL || out == NULL)
-        return TS_ERR_INVALID;
+    if (s == NULL || out == NULL) return TS_ERR_INVALID;
     const char *p = s;
     ts_cell_t c;
     uint64_t world, depth;
@@ -161,11 +148,9 @@ ts_status_t ts_cell_parse_prefix(const char *s, ts_cell_t *out, const char **end
         return st;
     c.world = (uint32_t)world;
     c.depth = (uint8_t)depth;
-    if (c.sub >= sub_limit(c.depth))
-        return TS_ERR_RANGE;
+    if (c.sub >= sub_limit(c.depth)) return TS_ERR_RANGE;
     *out = c;
-    if (end)
-        *end = p;
+    if (end) *end = p;
     return TS_OK;
 }
 
@@ -174,20 +159,16 @@ ts_status_t ts_cell_parse(const char *s, ts_cell_t *out)
     const char *end = NULL;
     ts_cell_t c;
     ts_status_t st = ts_cell_parse_prefix(s, &c, &end);
-    if (st != TS_OK)
-        return st;
-    if (*end != '\0')
-        return TS_ERR_PARSE;
+    if (st != TS_OK) return st;
+    if (*end != '\0') return TS_ERR_PARSE;
     *out = c;
     return TS_OK;
 }
 
 ts_status_t ts_cell_parent(const ts_cell_t *c, ts_cell_t *out)
 {
-    if (c == NULL || out == NULL || !ts_cell_valid(c))
-        return TS_ERR_INVALID;
-    if (c->depth == 0)
-        return TS_ERR_RANGE;
+    if (c == NULL || out == NULL || !ts_cell_valid(c)) return TS_ERR_INVALID;
+    if (c->depth == 0) return TS_ERR_RANGE;
     *out = *c;
     out->depth = (uint8_t)(c->depth - 1);
     out->sub = c->sub >> 2;
@@ -196,10 +177,8 @@ ts_status_t ts_cell_parent(const ts_cell_t *c, ts_cell_t *out)
 
 ts_status_t ts_cell_children(const ts_cell_t *c, ts_cell_t out[4])
 {
-    if (c == NULL || out == NULL || !ts_cell_valid(c))
-        return TS_ERR_INVALID;
-    if (c->depth >= TS_CELL_MAX_DEPTH)
-        return TS_ERR_RANGE;
+    if (c == NULL || out == NULL || !ts_cell_valid(c)) return TS_ERR_INVALID;
+    if (c->depth >= TS_CELL_MAX_DEPTH) return TS_ERR_RANGE;
     for (unsigned q = 0; q < 4; q++) {
         out[q] = *c;
         out[q].depth = (uint8_t)(c->depth + 1);
@@ -215,10 +194,8 @@ ts_quad_t ts_cell_quadrant(const ts_cell_t *c)
 
 bool ts_cell_contains(const ts_cell_t *anc, const ts_cell_t *c)
 {
-    if (!ts_cell_valid(anc) || !ts_cell_valid(c))
-        return false;
-    if (anc->world != c->world || anc->cx != c->cx || anc->cy != c->cy || anc->depth > c->depth)
-        return false;
+    if (!ts_cell_valid(anc) || !ts_cell_valid(c)) return false;
+    if (anc->world != c->world || anc->cx != c->cx || anc->cy != c->cy || anc->depth > c->depth) return false;
     return (c->sub >> (2u * (unsigned)(c->depth - anc->depth))) == anc->sub;
 }
 
@@ -279,12 +256,9 @@ static int64_t pos_to_global(double v, double side, uint8_t depth)
     double q = floor(v / side);
     double lo = (double)INT32_MIN * ldexp(1.0, depth);
     double hi = ((double)INT32_MAX + 1.0) * ldexp(1.0, depth) - 1.0;
-    if (isnan(q))
-        return 0;
-    if (q < lo)
-        q = lo;
-    if (q > hi)
-        q = hi;
+    if (isnan(q)) return 0;
+    if (q < lo) q = lo;
+    if (q > hi) q = hi;
     return (int64_t)q;
 }
 
@@ -309,8 +283,7 @@ void ts_cell_bounds(const ts_cell_t *c, double cell_size, double *x0, double *y0
 
 bool ts_cell_has_pos(const ts_cell_t *c, double cell_size, double x, double y)
 {
-    if (!ts_cell_valid(c) || !isfinite(x) || !isfinite(y))
-        return false;
+    if (!ts_cell_valid(c) || !isfinite(x) || !isfinite(y)) return false;
     ts_cell_t at;
     ts_cell_from_pos(c->world, cell_size, c->depth, x, y, &at);
     return ts_cell_eq(&at, c);

@@ -39,19 +39,16 @@ struct ts_client {
 /* Milliseconds left until deadline_us (a ts_mono_us value); -1: no deadline. */
 static int remaining_ms(uint64_t deadline_us)
 {
-    if (deadline_us == UINT64_MAX)
-        return -1;
+    if (deadline_us == UINT64_MAX) return -1;
     uint64_t now = ts_mono_us();
-    if (now >= deadline_us)
-        return 0;
+    if (now >= deadline_us) return 0;
     uint64_t ms = (deadline_us - now + 999) / 1000;
     return ms > INT32_MAX ? INT32_MAX : (int)ms;
 }
 
 static uint64_t deadline_after(int64_t timeout_ms)
 {
-    if (timeout_ms < 0)
-        return UINT64_MAX;
+    if (timeout_ms < 0) return UINT64_MAX;
     return ts_mono_us() + (uint64_t)timeout_ms * 1000u;
 }
 
@@ -61,12 +58,9 @@ static ts_status_t wait_fd(int fd, short events, uint64_t deadline_us)
     for (;;) {
         struct pollfd p = {.fd = fd, .events = events};
         int rc = poll(&p, 1, remaining_ms(deadline_us));
-        if (rc > 0)
-            return TS_OK;
-        if (rc == 0)
-            return TS_ERR_TIMEOUT;
-        if (errno != EINTR)
-            return TS_ERR_IO;
+        if (rc > 0) return TS_OK;
+        if (rc == 0) return TS_ERR_TIMEOUT;
+        if (errno != EINTR) return TS_ERR_IO;
     }
 }
 
@@ -78,11 +72,9 @@ static int connect_one(const struct addrinfo *ai, uint64_t deadline_us, ts_statu
         return -1;
     }
     int flags = fcntl(fd, F_GETFL, 0);
-    if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0)
-        goto fail_io;
+    if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) goto fail_io;
     if (connect(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
-        if (errno != EINPROGRESS && errno != EINTR)
-            goto fail_io;
+        if (errno != EINPROGRESS && errno != EINTR) goto fail_io;
         *st = wait_fd(fd, POLLOUT, deadline_us);
         if (*st != TS_OK) {
             close(fd);
@@ -90,11 +82,9 @@ static int connect_one(const struct addrinfo *ai, uint64_t deadline_us, ts_statu
         }
         int err = 0;
         socklen_t elen = sizeof err;
-        if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &elen) != 0 || err != 0)
-            goto fail_io;
+        if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &elen) != 0 || err != 0) goto fail_io;
     }
-    if (fcntl(fd, F_SETFL, flags) < 0)
-        goto fail_io;
+    if (fcntl(fd, F_SETFL, flags) < 0) goto fail_io;
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     struct timeval tv = {.tv_sec = CLIENT_SEND_TIMEOUT_S};
@@ -109,26 +99,22 @@ fail_io:
 
 ts_status_t ts_client_connect(ts_client_t **out, const char *host, int port, int64_t timeout_ms)
 {
-    if (out == NULL || host == NULL || *host == '\0' || port <= 0 || port > 65535)
-        return TS_ERR_INVALID;
+    if (out == NULL || host == NULL || *host == '\0' || port <= 0 || port > 65535) return TS_ERR_INVALID;
     *out = NULL;
     char portstr[16];
     snprintf(portstr, sizeof portstr, "%d", port);
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
     struct addrinfo *res = NULL;
-    if (getaddrinfo(host, portstr, &hints, &res) != 0 || res == NULL)
-        return TS_ERR_UNAVAILABLE;
+    if (getaddrinfo(host, portstr, &hints, &res) != 0 || res == NULL) return TS_ERR_UNAVAILABLE;
     uint64_t deadline_us = deadline_after(timeout_ms);
     ts_status_t st = TS_ERR_UNAVAILABLE;
     int fd = -1;
     for (const struct addrinfo *ai = res; ai != NULL && fd < 0; ai = ai->ai_next) {
         fd = connect_one(ai, deadline_us, &st);
-        if (st == TS_ERR_TIMEOUT)
-            break;
+        if (st == TS_ERR_TIMEOUT) break;
     }
     freeaddrinfo(res);
-    if (fd < 0)
-        return st == TS_ERR_TIMEOUT ? TS_ERR_TIMEOUT : TS_ERR_UNAVAILABLE;
+    if (fd < 0) return st == TS_ERR_TIMEOUT ? TS_ERR_TIMEOUT : TS_ERR_UNAVAILABLE;
 
     ts_client_t *c = calloc(1, sizeof *c);
     if (c == NULL) {
@@ -143,10 +129,8 @@ ts_status_t ts_client_connect(ts_client_t **out, const char *host, int port, int
 
 void ts_client_destroy(ts_client_t *c)
 {
-    if (c == NULL)
-        return;
-    if (c->fd >= 0)
-        close(c->fd);
+    if (c == NULL) return;
+    if (c->fd >= 0) close(c->fd);
     ts_frame_reader_free(&c->reader);
     free(c);
 }
@@ -156,12 +140,9 @@ static ts_status_t send_all(int fd, const uint8_t *p, size_t n)
     while (n > 0) {
         ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
         if (w < 0) {
-            if (errno == EINTR)
-                continue;
-            if (errno == EAGAIN || errno == EWOULDBLOCK)
-                return TS_ERR_TIMEOUT;
-            if (errno == EPIPE || errno == ECONNRESET)
-                return TS_ERR_CLOSED;
+            if (errno == EINTR) continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK) return TS_ERR_TIMEOUT;
+            if (errno == EPIPE || errno == ECONNRESET) return TS_ERR_CLOSED;
             return TS_ERR_IO;
         }
         p += w;
@@ -172,29 +153,23 @@ static ts_status_t send_all(int fd, const uint8_t *p, size_t n)
 
 ts_status_t ts_client_send_raw(ts_client_t *c, const void *data, size_t len)
 {
-    if (c == NULL || (data == NULL && len > 0))
-        return TS_ERR_INVALID;
+    if (c == NULL || (data == NULL && len > 0)) return TS_ERR_INVALID;
     return send_all(c->fd, data, len);
 }
 
 ts_status_t ts_client_send(ts_client_t *c, Tessera__V1__ClientFrame *frame)
 {
-    if (c == NULL || frame == NULL)
-        return TS_ERR_INVALID;
-    if (frame->seq == 0)
-        frame->seq = c->last_seq + 1;
+    if (c == NULL || frame == NULL) return TS_ERR_INVALID;
+    if (frame->seq == 0) frame->seq = c->last_seq + 1;
     size_t len = protobuf_c_message_get_packed_size(&frame->base);
-    if (len > UINT32_MAX)
-        return TS_ERR_OVERSIZED;
+    if (len > UINT32_MAX) return TS_ERR_OVERSIZED;
     uint8_t *buf = malloc(TS_FRAME_HEADER + len);
-    if (buf == NULL)
-        return TS_ERR_NOMEM;
+    if (buf == NULL) return TS_ERR_NOMEM;
     ts_frame_put_header(buf, (uint32_t)len);
     protobuf_c_message_pack(&frame->base, buf + TS_FRAME_HEADER);
     ts_status_t st = send_all(c->fd, buf, TS_FRAME_HEADER + len);
     free(buf);
-    if (st == TS_OK)
-        c->last_seq = frame->seq;
+    if (st == TS_OK) c->last_seq = frame->seq;
     return st;
 }
 
@@ -210,8 +185,7 @@ static void remember_cell(ts_client_t *c, const Tessera__V1__ServerFrame *f)
 
 ts_status_t ts_client_recv(ts_client_t *c, int64_t timeout_ms, Tessera__V1__ServerFrame **out)
 {
-    if (c == NULL || out == NULL)
-        return TS_ERR_INVALID;
+    if (c == NULL || out == NULL) return TS_ERR_INVALID;
     *out = NULL;
     uint64_t deadline_us = deadline_after(timeout_ms);
     for (;;) {
@@ -220,30 +194,24 @@ ts_status_t ts_client_recv(ts_client_t *c, int64_t timeout_ms, Tessera__V1__Serv
         ts_status_t st = ts_frame_reader_next(&c->reader, &payload, &len);
         if (st == TS_OK) {
             Tessera__V1__ServerFrame *f = tessera__v1__server_frame__unpack(NULL, len, payload);
-            if (f == NULL)
-                return TS_ERR_MALFORMED;
+            if (f == NULL) return TS_ERR_MALFORMED;
             remember_cell(c, f);
             *out = f;
             return TS_OK;
         }
-        if (st != TS_ERR_AGAIN)
-            return TS_ERR_MALFORMED;
+        if (st != TS_ERR_AGAIN) return TS_ERR_MALFORMED;
 
         st = wait_fd(c->fd, POLLIN, deadline_us);
-        if (st != TS_OK)
-            return st;
+        if (st != TS_OK) return st;
         uint8_t chunk[CLIENT_READ_CHUNK];
         ssize_t n = recv(c->fd, chunk, sizeof chunk, 0);
-        if (n == 0)
-            return TS_ERR_CLOSED;
+        if (n == 0) return TS_ERR_CLOSED;
         if (n < 0) {
-            if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)
-                continue;
+            if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK) continue;
             return errno == ECONNRESET ? TS_ERR_CLOSED : TS_ERR_IO;
         }
         st = ts_frame_reader_feed(&c->reader, chunk, (size_t)n);
-        if (st != TS_OK)
-            return st;
+        if (st != TS_OK) return st;
     }
 }
 
@@ -261,8 +229,7 @@ static ts_status_t send_payload(ts_client_t *c, Tessera__V1__ClientFrame *f)
 
 ts_status_t ts_client_hello(ts_client_t *c, const char *name)
 {
-    if (c == NULL)
-        return TS_ERR_INVALID;
+    if (c == NULL) return TS_ERR_INVALID;
     Tessera__V1__Hello hello = TESSERA__V1__HELLO__INIT;
     hello.protocol_version = TS_PROTOCOL_VERSION;
     hello.client_name = (char *)(name ? name : "");
@@ -274,8 +241,7 @@ ts_status_t ts_client_hello(ts_client_t *c, const char *name)
 
 ts_status_t ts_client_join(ts_client_t *c, double x, double y, const char *name)
 {
-    if (c == NULL)
-        return TS_ERR_INVALID;
+    if (c == NULL) return TS_ERR_INVALID;
     Tessera__V1__Join join = TESSERA__V1__JOIN__INIT;
     join.x = x;
     join.y = y;
@@ -288,8 +254,7 @@ ts_status_t ts_client_join(ts_client_t *c, double x, double y, const char *name)
 
 ts_status_t ts_client_move(ts_client_t *c, double dx, double dy)
 {
-    if (c == NULL)
-        return TS_ERR_INVALID;
+    if (c == NULL) return TS_ERR_INVALID;
     Tessera__V1__Move move = TESSERA__V1__MOVE__INIT;
     move.dx = dx;
     move.dy = dy;
@@ -301,8 +266,7 @@ ts_status_t ts_client_move(ts_client_t *c, double dx, double dy)
 
 ts_status_t ts_client_ping(ts_client_t *c, uint64_t client_time_us)
 {
-    if (c == NULL)
-        return TS_ERR_INVALID;
+    if (c == NULL) return TS_ERR_INVALID;
     Tessera__V1__Ping ping = TESSERA__V1__PING__INIT;
     ping.client_time_us = client_time_us;
     Tessera__V1__ClientFrame f = TESSERA__V1__CLIENT_FRAME__INIT;
@@ -313,8 +277,7 @@ ts_status_t ts_client_ping(ts_client_t *c, uint64_t client_time_us)
 
 ts_status_t ts_client_leave(ts_client_t *c)
 {
-    if (c == NULL)
-        return TS_ERR_INVALID;
+    if (c == NULL) return TS_ERR_INVALID;
     Tessera__V1__Leave leave = TESSERA__V1__LEAVE__INIT;
     Tessera__V1__ClientFrame f = TESSERA__V1__CLIENT_FRAME__INIT;
     f.payload_case = TESSERA__V1__CLIENT_FRAME__PAYLOAD_LEAVE;

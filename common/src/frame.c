@@ -25,8 +25,7 @@ void ts_frame_reader_init(ts_frame_reader_t *r, size_t max_frame)
 
 void ts_frame_reader_free(ts_frame_reader_t *r)
 {
-    if (r == NULL)
-        return;
+    if (r == NULL) return;
     free(r->buf);
     r->buf = NULL;
     r->len = 0;
@@ -52,10 +51,8 @@ void ts_frame_put_header(uint8_t out[TS_FRAME_HEADER], uint32_t len)
 
 static void compact(ts_frame_reader_t *r)
 {
-    if (r->off == 0)
-        return;
-    if (r->off < r->len)
-        memmove(r->buf, r->buf + r->off, r->len - r->off);
+    if (r->off == 0) return;
+    if (r->off < r->len) memmove(r->buf, r->buf + r->off, r->len - r->off);
     r->len -= r->off;
     r->off = 0;
     if (r->len == 0 && r->cap > FRAME_KEEP_CAP) {
@@ -76,8 +73,7 @@ static bool cut_oversized(ts_frame_reader_t *r)
             r->len = pos + TS_FRAME_HEADER;
             return true;
         }
-        if (r->len - pos - TS_FRAME_HEADER < flen)
-            return false;
+        if (r->len - pos - TS_FRAME_HEADER < flen) return false;
         pos += TS_FRAME_HEADER + flen;
     }
     return false;
@@ -85,21 +81,17 @@ static bool cut_oversized(ts_frame_reader_t *r)
 
 ts_status_t ts_frame_reader_feed(ts_frame_reader_t *r, const void *data, size_t n)
 {
-    if (r == NULL || (data == NULL && n > 0))
-        return TS_ERR_INVALID;
+    if (r == NULL || (data == NULL && n > 0)) return TS_ERR_INVALID;
     compact(r);
-    if (n == 0 || cut_oversized(r))
-        return TS_OK;
-    if (n > SIZE_MAX - r->len)
-        return TS_ERR_NOMEM;
+    if (n == 0 || cut_oversized(r)) return TS_OK;
+    if (n > SIZE_MAX - r->len) return TS_ERR_NOMEM;
     size_t need = r->len + n;
     if (need > r->cap) {
         size_t cap = r->cap ? r->cap : 256;
         while (cap < need)
             cap = cap > SIZE_MAX / 2 ? need : cap * 2;
         uint8_t *nb = realloc(r->buf, cap);
-        if (nb == NULL)
-            return TS_ERR_NOMEM;
+        if (nb == NULL) return TS_ERR_NOMEM;
         r->buf = nb;
         r->cap = cap;
     }
@@ -111,16 +103,12 @@ ts_status_t ts_frame_reader_feed(ts_frame_reader_t *r, const void *data, size_t 
 
 ts_status_t ts_frame_reader_next(ts_frame_reader_t *r, const uint8_t **payload, size_t *len)
 {
-    if (r == NULL || payload == NULL || len == NULL)
-        return TS_ERR_INVALID;
+    if (r == NULL || payload == NULL || len == NULL) return TS_ERR_INVALID;
     size_t avail = r->len - r->off;
-    if (avail < TS_FRAME_HEADER)
-        return TS_ERR_AGAIN;
+    if (avail < TS_FRAME_HEADER) return TS_ERR_AGAIN;
     uint32_t flen = ts_frame_get_header(r->buf + r->off);
-    if (flen > r->max_frame)
-        return TS_ERR_OVERSIZED;
-    if (avail - TS_FRAME_HEADER < flen)
-        return TS_ERR_AGAIN;
+    if (flen > r->max_frame) return TS_ERR_OVERSIZED;
+    if (avail - TS_FRAME_HEADER < flen) return TS_ERR_AGAIN;
     *payload = r->buf + r->off + TS_FRAME_HEADER;
     *len = flen;
     r->off += TS_FRAME_HEADER + flen;

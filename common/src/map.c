@@ -31,8 +31,7 @@ void ts_map_init(ts_map_t *m)
 
 void ts_map_free(ts_map_t *m)
 {
-    if (m == NULL)
-        return;
+    if (m == NULL) return;
     free(m->keys);
     free(m->vals);
     ts_map_init(m);
@@ -42,15 +41,13 @@ static size_t find_slot(const ts_map_t *m, uint64_t key)
 {
     size_t mask = m->cap - 1;
     for (size_t i = mix(key) & mask;; i = (i + 1) & mask) {
-        if (m->keys[i] == key || m->keys[i] == MAP_EMPTY)
-            return i;
+        if (m->keys[i] == key || m->keys[i] == MAP_EMPTY) return i;
     }
 }
 
 void *ts_map_get(const ts_map_t *m, uint64_t key)
 {
-    if (m == NULL || m->cap == 0 || key == MAP_EMPTY || key == MAP_TOMB)
-        return NULL;
+    if (m == NULL || m->cap == 0 || key == MAP_EMPTY || key == MAP_TOMB) return NULL;
     size_t i = find_slot(m, key);
     return m->keys[i] == key ? m->vals[i] : NULL;
 }
@@ -67,8 +64,7 @@ static ts_status_t rebuild(ts_map_t *m, size_t cap)
     size_t mask = cap - 1;
     for (size_t j = 0; j < m->cap; j++) {
         uint64_t k = m->keys[j];
-        if (k == MAP_EMPTY || k == MAP_TOMB)
-            continue;
+        if (k == MAP_EMPTY || k == MAP_TOMB) continue;
         size_t i = mix(k) & mask;
         while (keys[i] != MAP_EMPTY)
             i = (i + 1) & mask;
@@ -86,8 +82,7 @@ static ts_status_t rebuild(ts_map_t *m, size_t cap)
 
 ts_status_t ts_map_put(ts_map_t *m, uint64_t key, void *val)
 {
-    if (m == NULL || key == MAP_EMPTY || key == MAP_TOMB)
-        return TS_ERR_INVALID;
+    if (m == NULL || key == MAP_EMPTY || key == MAP_TOMB) return TS_ERR_INVALID;
     if (m->cap > 0) {
         size_t i = find_slot(m, key);
         if (m->keys[i] == key) {
@@ -100,16 +95,14 @@ ts_status_t ts_map_put(ts_map_t *m, uint64_t key, void *val)
         while ((m->len + 1) * 2 >= cap)
             cap *= 2;
         ts_status_t st = rebuild(m, cap);
-        if (st != TS_OK)
-            return st;
+        if (st != TS_OK) return st;
     }
     /* reuse the first tombstone on the probe path, else the empty slot */
     size_t mask = m->cap - 1;
     size_t i = mix(key) & mask;
     while (m->keys[i] != MAP_EMPTY && m->keys[i] != MAP_TOMB)
         i = (i + 1) & mask;
-    if (m->keys[i] == MAP_TOMB)
-        m->tombs--;
+    if (m->keys[i] == MAP_TOMB) m->tombs--;
     m->keys[i] = key;
     m->vals[i] = val;
     m->len++;
@@ -118,11 +111,9 @@ ts_status_t ts_map_put(ts_map_t *m, uint64_t key, void *val)
 
 void *ts_map_del(ts_map_t *m, uint64_t key)
 {
-    if (m == NULL || m->cap == 0 || key == MAP_EMPTY || key == MAP_TOMB)
-        return NULL;
+    if (m == NULL || m->cap == 0 || key == MAP_EMPTY || key == MAP_TOMB) return NULL;
     size_t i = find_slot(m, key);
-    if (m->keys[i] != key)
-        return NULL;
+    if (m->keys[i] != key) return NULL;
     void *val = m->vals[i];
     m->keys[i] = MAP_TOMB;
     m->vals[i] = NULL;
@@ -133,16 +124,12 @@ void *ts_map_del(ts_map_t *m, uint64_t key)
 
 int ts_map_next(const ts_map_t *m, size_t *iter, uint64_t *key, void **val)
 {
-    if (m == NULL || iter == NULL)
-        return 0;
+    if (m == NULL || iter == NULL) return 0;
     for (size_t i = *iter; i < m->cap; i++) {
         uint64_t k = m->keys[i];
-        if (k == MAP_EMPTY || k == MAP_TOMB)
-            continue;
-        if (key)
-            *key = k;
-        if (val)
-            *val = m->vals[i];
+        if (k == MAP_EMPTY || k == MAP_TOMB) continue;
+        if (key) *key = k;
+        if (val) *val = m->vals[i];
         *iter = i + 1;
         return 1;
     }

@@ -16,29 +16,23 @@ void ts_proto_cell_init(Tessera__V1__CellId *pb, const ts_cell_t *c)
 
 ts_status_t ts_proto_cell_get(const Tessera__V1__CellId *pb, ts_cell_t *out)
 {
-    if (pb == NULL)
-        return TS_ERR_MALFORMED;
-    if (out == NULL)
-        return TS_ERR_INVALID;
-    if (pb->depth > TS_CELL_MAX_DEPTH)
-        return TS_ERR_UNKNOWN_CELL;
+    if (pb == NULL) return TS_ERR_MALFORMED;
+    if (out == NULL) return TS_ERR_INVALID;
+    if (pb->depth > TS_CELL_MAX_DEPTH) return TS_ERR_UNKNOWN_CELL;
     ts_cell_t c = {
         .world = pb->world, .cx = pb->cx, .cy = pb->cy, .depth = (uint8_t)pb->depth, .sub = pb->sub};
-    if (!ts_cell_valid(&c))
-        return TS_ERR_UNKNOWN_CELL;
+    if (!ts_cell_valid(&c)) return TS_ERR_UNKNOWN_CELL;
     *out = c;
     return TS_OK;
 }
 
 ts_status_t ts_proto_pack(const ProtobufCMessage *msg, uint8_t **out, size_t *len)
 {
-    if (msg == NULL || out == NULL || len == NULL)
-        return TS_ERR_INVALID;
+    if (msg == NULL || out == NULL || len == NULL) return TS_ERR_INVALID;
     size_t size = protobuf_c_message_get_packed_size(msg);
     /* an empty message packs to zero bytes; still hand back a freeable buffer */
     uint8_t *buf = malloc(size ? size : 1);
-    if (buf == NULL)
-        return TS_ERR_NOMEM;
+    if (buf == NULL) return TS_ERR_NOMEM;
     size_t written = protobuf_c_message_pack(msg, buf);
     if (written != size) {
         free(buf);

@@ -10,7 +10,6 @@ static const char *const status_text[TS_STATUS_COUNT] = {
 
 const char *ts_status_str(ts_status_t st)
 {
-    if ((unsigned)st >= TS_STATUS_COUNT)
-        return "unknown status";
+    if ((unsigned)st >= TS_STATUS_COUNT) return "unknown status";
     return status_text[st];
 }

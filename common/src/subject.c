@@ -10,25 +10,20 @@
 #include <string.h>
 
 static const char *const kind_names[TS_SUBJ_KIND_COUNT] = {
-    [TS_SUBJ_INPUT] = "input",
-    [TS_SUBJ_STATE] = "state",
-    [TS_SUBJ_GHOST] = "ghost",
-    [TS_SUBJ_HANDOVER] = "handover",
-    [TS_SUBJ_CHECKPOINT] = "checkpoint",
+    [TS_SUBJ_INPUT] = "input",       [TS_SUBJ_STATE] = "state",           [TS_SUBJ_GHOST] = "ghost",
+    [TS_SUBJ_HANDOVER] = "handover", [TS_SUBJ_CHECKPOINT] = "checkpoint",
 };
 
 const char *ts_subject_kind_str(ts_subject_kind_t kind)
 {
-    if ((unsigned)kind >= TS_SUBJ_KIND_COUNT)
-        return NULL;
+    if ((unsigned)kind >= TS_SUBJ_KIND_COUNT) return NULL;
     return kind_names[kind];
 }
 
 static int finish(char *buf, size_t cap, int n)
 {
     if (n < 0 || (size_t)n >= cap) {
-        if (cap > 0)
-            buf[0] = '\0';
+        if (cap > 0) buf[0] = '\0';
         return -1;
     }
     return n;
@@ -38,8 +33,7 @@ int ts_subject_cell(char *buf, size_t cap, const ts_cell_t *c, ts_subject_kind_t
 {
     const char *k = ts_subject_kind_str(kind);
     char key[TS_CELL_STR_MAX];
-    if (buf == NULL || cap == 0)
-        return -1;
+    if (buf == NULL || cap == 0) return -1;
     if (k == NULL || c == NULL || !ts_cell_valid(c) || ts_cell_format(c, key, sizeof key) < 0)
         return finish(buf, cap, -1);
     return finish(buf, cap, snprintf(buf, cap, "cell.%s.%s", key, k));
@@ -48,14 +42,11 @@ int ts_subject_cell(char *buf, size_t cap, const ts_cell_t *c, ts_subject_kind_t
 ts_status_t ts_subject_parse(const char *subject, ts_cell_t *cell, ts_subject_kind_t *kind)
 {
     static const char prefix[] = "cell.";
-    if (subject == NULL || cell == NULL || kind == NULL)
-        return TS_ERR_INVALID;
-    if (strncmp(subject, prefix, sizeof prefix - 1) != 0)
-        return TS_ERR_PARSE;
+    if (subject == NULL || cell == NULL || kind == NULL) return TS_ERR_INVALID;
+    if (strncmp(subject, prefix, sizeof prefix - 1) != 0) return TS_ERR_PARSE;
     ts_cell_t c;
     const char *p = NULL;
-    if (ts_cell_parse_prefix(subject + sizeof prefix - 1, &c, &p) != TS_OK || *p != '.')
-        return TS_ERR_PARSE;
+    if (ts_cell_parse_prefix(subject + sizeof prefix - 1, &c, &p) != TS_OK || *p != '.') return TS_ERR_PARSE;
     p++;
     for (int k = 0; k < TS_SUBJ_KIND_COUNT; k++) {
         if (strcmp(p, kind_names[k]) == 0) {
@@ -70,38 +61,31 @@ ts_status_t ts_subject_parse(const char *subject, ts_cell_t *cell, ts_subject_ki
 int ts_subject_world_wildcard(char *buf, size_t cap, uint32_t world, ts_subject_kind_t kind)
 {
     const char *k = ts_subject_kind_str(kind);
-    if (buf == NULL || cap == 0)
-        return -1;
-    if (k == NULL)
-        return finish(buf, cap, -1);
+    if (buf == NULL || cap == 0) return -1;
+    if (k == NULL) return finish(buf, cap, -1);
     return finish(buf, cap, snprintf(buf, cap, "cell.%" PRIu32 ".*.*.*.*.%s", world, k));
 }
 
 /* A worker id must be one non-empty NATS token without wildcards. */
 static bool valid_token(const char *s)
 {
-    if (s == NULL || *s == '\0')
-        return false;
+    if (s == NULL || *s == '\0') return false;
     for (; *s; s++) {
         unsigned char ch = (unsigned char)*s;
-        if (ch <= ' ' || ch == '.' || ch == '*' || ch == '>' || ch == 0x7f)
-            return false;
+        if (ch <= ' ' || ch == '.' || ch == '*' || ch == '>' || ch == 0x7f) return false;
     }
     return true;
 }
 
 int ts_subject_heartbeat(char *buf, size_t cap, const char *worker_id)
 {
-    if (buf == NULL || cap == 0)
-        return -1;
-    if (!valid_token(worker_id))
-        return finish(buf, cap, -1);
+    if (buf == NULL || cap == 0) return -1;
+    if (!valid_token(worker_id)) return finish(buf, cap, -1);
     return finish(buf, cap, snprintf(buf, cap, "tessera.worker.%s.hb", worker_id));
 }
 
 int ts_subject_registry(char *buf, size_t cap, uint32_t world)
 {
-    if (buf == NULL || cap == 0)
-        return -1;
+    if (buf == NULL || cap == 0) return -1;
     return finish(buf, cap, snprintf(buf, cap, "tessera.registry.%" PRIu32, world));
 }

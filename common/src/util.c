@@ -31,8 +31,7 @@ uint64_t ts_mono_us(void)
 
 void ts_sleep_ms(int64_t ms)
 {
-    if (ms <= 0)
-        return;
+    if (ms <= 0) return;
     struct timespec req = {.tv_sec = (time_t)(ms / 1000), .tv_nsec = (long)(ms % 1000) * 1000000L};
     struct timespec rem;
     while (nanosleep(&req, &rem) != 0 && errno == EINTR)
@@ -51,8 +50,7 @@ void ts_rng_seed(ts_rng_t *r, uint64_t seed)
 
 uint64_t ts_rng_next(ts_rng_t *r)
 {
-    if (r->s == 0)
-        r->s = 0x2545f4914f6cdd1dull;
+    if (r->s == 0) r->s = 0x2545f4914f6cdd1dull;
     uint64_t x = r->s;
     x ^= x >> 12;
     x ^= x << 25;
@@ -73,25 +71,20 @@ static int is_space(char c)
 
 ts_status_t ts_parse_i64(const char *s, int64_t *out)
 {
-    if (s == NULL || out == NULL)
-        return TS_ERR_INVALID;
-    if (*s == '\0' || is_space(*s))
-        return TS_ERR_PARSE;
+    if (s == NULL || out == NULL) return TS_ERR_INVALID;
+    if (*s == '\0' || is_space(*s)) return TS_ERR_PARSE;
     char *end = NULL;
     errno = 0;
     long long v = strtoll(s, &end, 10);
-    if (end == s || *end != '\0')
-        return TS_ERR_PARSE;
-    if (errno == ERANGE)
-        return TS_ERR_RANGE;
+    if (end == s || *end != '\0') return TS_ERR_PARSE;
+    if (errno == ERANGE) return TS_ERR_RANGE;
     *out = (int64_t)v;
     return TS_OK;
 }
 
 ts_status_t ts_parse_u64(const char *s, uint64_t *out)
 {
-    if (s == NULL || out == NULL)
-        return TS_ERR_INVALID;
+    if (s == NULL || out == NULL) return TS_ERR_INVALID;
     /* strtoull accepts "-1" and wraps it; reject any sign up front */
     if (*s < '0' || *s > '9') {
         if (*s == '+' && s[1] >= '0' && s[1] <= '9')
@@ -102,27 +95,21 @@ ts_status_t ts_parse_u64(const char *s, uint64_t *out)
     char *end = NULL;
     errno = 0;
     unsigned long long v = strtoull(s, &end, 10);
-    if (end == s || *end != '\0')
-        return TS_ERR_PARSE;
-    if (errno == ERANGE)
-        return TS_ERR_RANGE;
+    if (end == s || *end != '\0') return TS_ERR_PARSE;
+    if (errno == ERANGE) return TS_ERR_RANGE;
     *out = (uint64_t)v;
     return TS_OK;
 }
 
 ts_status_t ts_parse_double(const char *s, double *out)
 {
-    if (s == NULL || out == NULL)
-        return TS_ERR_INVALID;
-    if (*s == '\0' || is_space(*s))
-        return TS_ERR_PARSE;
+    if (s == NULL || out == NULL) return TS_ERR_INVALID;
+    if (*s == '\0' || is_space(*s)) return TS_ERR_PARSE;
     char *end = NULL;
     errno = 0;
     double v = strtod(s, &end);
-    if (end == s || *end != '\0')
-        return TS_ERR_PARSE;
-    if (!isfinite(v))
-        return errno == ERANGE ? TS_ERR_RANGE : TS_ERR_PARSE;
+    if (end == s || *end != '\0') return TS_ERR_PARSE;
+    if (!isfinite(v)) return errno == ERANGE ? TS_ERR_RANGE : TS_ERR_PARSE;
     /* a finite result with ERANGE is an underflow: the nearest double is fine */
     *out = v;
     return TS_OK;
@@ -147,18 +134,14 @@ static int cmp_double(const void *a, const void *b)
 
 double ts_percentile(double *v, size_t n, double pct)
 {
-    if (v == NULL || n == 0)
-        return 0.0;
+    if (v == NULL || n == 0) return 0.0;
     qsort(v, n, sizeof *v, cmp_double);
-    if (!(pct > 0.0))
-        return v[0];
-    if (pct >= 100.0)
-        return v[n - 1];
+    if (!(pct > 0.0)) return v[0];
+    if (pct >= 100.0) return v[n - 1];
     /* linear interpolation between closest ranks */
     double rank = pct / 100.0 * (double)(n - 1);
     size_t lo = (size_t)rank;
     double frac = rank - (double)lo;
-    if (lo + 1 >= n)
-        return v[n - 1];
+    if (lo + 1 >= n) return v[n - 1];
     return v[lo] + (v[lo + 1] - v[lo]) * frac;
 }

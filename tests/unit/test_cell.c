@@ -4,6 +4,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+
 #include <cmocka.h>
 
 #include <math.h>
@@ -102,8 +103,7 @@ static void test_parse_rejects(void **state)
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         ts_cell_t c = mk(9, 9, 9, 0, 0);
         ts_status_t st = ts_cell_parse(bad[i], &c);
-        if (st == TS_OK)
-            fail_msg("accepted \"%s\"", bad[i]);
+        if (st == TS_OK) fail_msg("accepted \"%s\"", bad[i]);
         assert_cell(&c, 9, 9, 9, 0, 0); /* untouched on failure */
     }
     ts_cell_t c;
@@ -249,8 +249,9 @@ static void test_bounds_and_has_pos(void **state)
     ts_rng_seed(&rng, 7);
     for (int i = 0; i < 5000; i++) {
         uint8_t d = (uint8_t)(ts_rng_next(&rng) % (TS_CELL_MAX_DEPTH + 1));
-        ts_cell_t r = mk(3, (int32_t)(ts_rng_next(&rng) % 2001) - 1000, (int32_t)(ts_rng_next(&rng) % 2001) - 1000, d,
-                         ts_rng_next(&rng) & ((d == 0) ? 0 : ((1ull << (2 * d)) - 1)));
+        ts_cell_t r =
+            mk(3, (int32_t)(ts_rng_next(&rng) % 2001) - 1000, (int32_t)(ts_rng_next(&rng) % 2001) - 1000, d,
+               ts_rng_next(&rng) & ((d == 0) ? 0 : ((1ull << (2 * d)) - 1)));
         ts_cell_bounds(&r, 64, &x0, &y0, &x1, &y1);
         ts_cell_t back;
         ts_cell_from_pos(3, 64, d, (x0 + x1) / 2, (y0 + y1) / 2, &back);

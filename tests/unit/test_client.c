@@ -6,6 +6,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+
 #include <cmocka.h>
 
 #include <arpa/inet.h>
@@ -55,11 +56,9 @@ static int read_full(int fd, void *buf, size_t n, int timeout_ms)
     uint8_t *p = buf;
     while (n > 0) {
         struct pollfd pfd = {.fd = fd, .events = POLLIN};
-        if (poll(&pfd, 1, timeout_ms) <= 0)
-            return -1;
+        if (poll(&pfd, 1, timeout_ms) <= 0) return -1;
         ssize_t r = read(fd, p, n);
-        if (r <= 0)
-            return -1;
+        if (r <= 0) return -1;
         p += r;
         n -= (size_t)r;
     }
@@ -70,8 +69,7 @@ static void write_frame(int fd, const ProtobufCMessage *msg)
 {
     uint8_t *payload;
     size_t len;
-    if (ts_proto_pack(msg, &payload, &len) != TS_OK)
-        return;
+    if (ts_proto_pack(msg, &payload, &len) != TS_OK) return;
     uint8_t hdr[TS_FRAME_HEADER];
     ts_frame_put_header(hdr, (uint32_t)len);
     (void)!send(fd, hdr, sizeof hdr, MSG_NOSIGNAL);
@@ -83,8 +81,7 @@ static void serve_echo(server_t *s, int fd)
 {
     while (s->nframes < MAX_FRAMES) {
         uint8_t hdr[TS_FRAME_HEADER];
-        if (read_full(fd, hdr, sizeof hdr, 5000) != 0)
-            return;
+        if (read_full(fd, hdr, sizeof hdr, 5000) != 0) return;
         uint32_t len = ts_frame_get_header(hdr);
         uint8_t *buf = malloc(len ? len : 1);
         if (buf == NULL || read_full(fd, buf, len, 5000) != 0) {
@@ -93,8 +90,7 @@ static void serve_echo(server_t *s, int fd)
         }
         Tessera__V1__ClientFrame *f = tessera__v1__client_frame__unpack(NULL, len, buf);
         free(buf);
-        if (f == NULL)
-            return;
+        if (f == NULL) return;
         s->frames[s->nframes++] = f;
 
         Tessera__V1__ServerFrame out = TESSERA__V1__SERVER_FRAME__INIT;
@@ -125,11 +121,9 @@ static void *server_main(void *arg)
 {
     server_t *s = arg;
     struct pollfd pfd = {.fd = s->listen_fd, .events = POLLIN};
-    if (poll(&pfd, 1, 5000) <= 0)
-        return NULL;
+    if (poll(&pfd, 1, 5000) <= 0) return NULL;
     int fd = accept(s->listen_fd, NULL, NULL);
-    if (fd < 0)
-        return NULL;
+    if (fd < 0) return NULL;
     switch (s->mode) {
     case SRV_ECHO:
         serve_echo(s, fd);
@@ -168,25 +162,21 @@ static void *server_main(void *arg)
         s->raw_len = 0;
         while (s->raw_len < sizeof s->raw) {
             struct pollfd c = {.fd = fd, .events = POLLIN};
-            if (poll(&c, 1, 5000) <= 0)
-                break;
+            if (poll(&c, 1, 5000) <= 0) break;
             ssize_t r = read(fd, s->raw + s->raw_len, sizeof s->raw - s->raw_len);
-            if (r <= 0)
-                break;
+            if (r <= 0) break;
             s->raw_len += (size_t)r;
         }
         break;
     case SRV_SLOW_READ: {
         uint8_t hdr[TS_FRAME_HEADER];
-        if (read_full(fd, hdr, sizeof hdr, 5000) != 0)
-            break;
+        if (read_full(fd, hdr, sizeof hdr, 5000) != 0) break;
         uint32_t len = ts_frame_get_header(hdr);
         uint8_t *buf = malloc(len);
         size_t got = 0;
         while (buf != NULL && got < len) {
             size_t want = len - got < 65536 ? len - got : 65536;
-            if (read_full(fd, buf + got, want, 5000) != 0)
-                break;
+            if (read_full(fd, buf + got, want, 5000) != 0) break;
             got += want;
             ts_sleep_ms(1);
         }
@@ -444,12 +434,9 @@ static void test_connect_errors(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_send_recv_wrappers),
-        cmocka_unit_test(test_recv_timeout),
-        cmocka_unit_test(test_peer_close),
-        cmocka_unit_test(test_garbage_from_peer),
-        cmocka_unit_test(test_send_raw),
-        cmocka_unit_test(test_large_frame_partial_writes),
+        cmocka_unit_test(test_send_recv_wrappers), cmocka_unit_test(test_recv_timeout),
+        cmocka_unit_test(test_peer_close),         cmocka_unit_test(test_garbage_from_peer),
+        cmocka_unit_test(test_send_raw),           cmocka_unit_test(test_large_frame_partial_writes),
         cmocka_unit_test(test_connect_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

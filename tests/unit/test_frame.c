@@ -5,6 +5,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+
 #include <cmocka.h>
 
 #include <stdlib.h>
@@ -220,7 +221,8 @@ static void test_malformed_payload(void **state)
     /* field 3 (cell) announced with 127 bytes, only 2 present */
     static const uint8_t truncated[] = {0x1a, 0x7f, 0x08, 0x01};
     /* varint that never terminates */
-    static const uint8_t bad_varint[] = {0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
+    static const uint8_t bad_varint[] = {0x08, 0xff, 0xff, 0xff, 0xff, 0xff,
+                                         0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
     /* field number 0 is invalid */
     static const uint8_t field_zero[] = {0x00, 0x01};
     /* wire type 7 does not exist */
@@ -276,8 +278,7 @@ static void test_random_chunks(void **state)
     int got = 0;
     while (pos < n) {
         size_t chunk = 1 + ts_rng_next(&rng) % 700;
-        if (chunk > n - pos)
-            chunk = n - pos;
+        if (chunk > n - pos) chunk = n - pos;
         assert_int_equal(ts_frame_reader_feed(&r, stream + pos, chunk), TS_OK);
         assert_true(r.len <= chunk + TS_FRAME_HEADER + MAX);
         pos += chunk;

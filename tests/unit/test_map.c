@@ -4,6 +4,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+
 #include <cmocka.h>
 
 #include <stdlib.h>
@@ -150,8 +151,7 @@ static void test_delete_during_iteration(void **state)
         assert_false(seen[i]);
         seen[i] = 1;
         visited++;
-        if (i % 3 == 0)
-            assert_ptr_equal(ts_map_del(&m, k), val_of(i));
+        if (i % 3 == 0) assert_ptr_equal(ts_map_del(&m, k), val_of(i));
     }
     assert_int_equal(visited, N);
     size_t left = N - (N + 2) / 3;

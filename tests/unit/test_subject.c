@@ -4,6 +4,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+
 #include <cmocka.h>
 
 #include <string.h>
@@ -38,7 +39,11 @@ static void test_round_trip(void **state)
     const ts_cell_t cells[] = {
         {.world = 0, .cx = 0, .cy = 0, .depth = 0, .sub = 0},
         {.world = 1, .cx = -1, .cy = -1, .depth = 1, .sub = 3},
-        {.world = UINT32_MAX, .cx = INT32_MIN, .cy = INT32_MAX, .depth = TS_CELL_MAX_DEPTH, .sub = (1ull << 32) - 1},
+        {.world = UINT32_MAX,
+         .cx = INT32_MIN,
+         .cy = INT32_MAX,
+         .depth = TS_CELL_MAX_DEPTH,
+         .sub = (1ull << 32) - 1},
     };
     for (size_t i = 0; i < sizeof cells / sizeof cells[0]; i++) {
         for (int k = 0; k < TS_SUBJ_KIND_COUNT; k++) {
@@ -111,8 +116,7 @@ static void test_parse_rejects(void **state)
         ts_cell_t c = {.world = 77};
         ts_subject_kind_t k = TS_SUBJ_GHOST;
         ts_status_t st = ts_subject_parse(bad[i], &c, &k);
-        if (st != TS_ERR_PARSE)
-            fail_msg("\"%s\": got %s, want parse error", bad[i], ts_status_str(st));
+        if (st != TS_ERR_PARSE) fail_msg("\"%s\": got %s, want parse error", bad[i], ts_status_str(st));
         assert_int_equal(c.world, 77);
         assert_int_equal(k, TS_SUBJ_GHOST);
     }
@@ -150,12 +154,9 @@ static void test_service_subjects(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_kind_names),
-        cmocka_unit_test(test_cell_subject_exact),
-        cmocka_unit_test(test_round_trip),
-        cmocka_unit_test(test_build_rejects),
-        cmocka_unit_test(test_parse_rejects),
-        cmocka_unit_test(test_service_subjects),
+        cmocka_unit_test(test_kind_names),    cmocka_unit_test(test_cell_subject_exact),
+        cmocka_unit_test(test_round_trip),    cmocka_unit_test(test_build_rejects),
+        cmocka_unit_test(test_parse_rejects), cmocka_unit_test(test_service_subjects),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

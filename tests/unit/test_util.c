@@ -4,6 +4,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+
 #include <cmocka.h>
 
 #include <math.h>
@@ -43,8 +44,7 @@ static void test_parse_i64(void **state)
     assert_int_equal(ts_parse_i64("-9223372036854775809", &v), TS_ERR_RANGE);
     const char *bad[] = {"", " ", " 1", "1 ", "1x", "x1", "0x10", "1.5", "--1", "-", "1e3"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        if (ts_parse_i64(bad[i], &v) != TS_ERR_PARSE)
-            fail_msg("i64 accepted \"%s\"", bad[i]);
+        if (ts_parse_i64(bad[i], &v) != TS_ERR_PARSE) fail_msg("i64 accepted \"%s\"", bad[i]);
     }
     assert_int_equal(v, 5);
     assert_int_not_equal(ts_parse_i64(NULL, &v), TS_OK);
@@ -61,8 +61,7 @@ static void test_parse_u64(void **state)
     assert_int_equal(ts_parse_u64("18446744073709551616", &v), TS_ERR_RANGE);
     const char *bad[] = {"", "-1", "-0", " 1", "1 ", "+", "abc", "12a", "1.0"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        if (ts_parse_u64(bad[i], &v) != TS_ERR_PARSE)
-            fail_msg("u64 accepted \"%s\"", bad[i]);
+        if (ts_parse_u64(bad[i], &v) != TS_ERR_PARSE) fail_msg("u64 accepted \"%s\"", bad[i]);
     }
     assert_true(v == 9);
 }
@@ -82,8 +81,7 @@ static void test_parse_double(void **state)
     assert_int_equal(ts_parse_double("1e400", &v), TS_ERR_RANGE);
     const char *bad[] = {"", " 1", "1 ", "1.5x", "x", "nan", "inf", "-inf", "1..2", "."};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        if (ts_parse_double(bad[i], &v) != TS_ERR_PARSE)
-            fail_msg("double accepted \"%s\"", bad[i]);
+        if (ts_parse_double(bad[i], &v) != TS_ERR_PARSE) fail_msg("double accepted \"%s\"", bad[i]);
     }
     assert_true(v == 3);
 }
@@ -170,14 +168,10 @@ static void test_clocks(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_status_str),
-        cmocka_unit_test(test_parse_i64),
-        cmocka_unit_test(test_parse_u64),
-        cmocka_unit_test(test_parse_double),
-        cmocka_unit_test(test_strlcpy),
-        cmocka_unit_test(test_percentile),
-        cmocka_unit_test(test_rng),
-        cmocka_unit_test(test_clocks),
+        cmocka_unit_test(test_status_str), cmocka_unit_test(test_parse_i64),
+        cmocka_unit_test(test_parse_u64),  cmocka_unit_test(test_parse_double),
+        cmocka_unit_test(test_strlcpy),    cmocka_unit_test(test_percentile),
+        cmocka_unit_test(test_rng),        cmocka_unit_test(test_clocks),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
