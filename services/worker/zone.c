@@ -10,8 +10,17 @@
 
 typedef struct {
     ts_cell_t to;
+    uint64_t hops; /* the entity's hops after it left here */
     uint64_t until_tick;
 } departed_t;
+
+static void note_left(ts_zone_t *z, uint64_t id, const ts_cell_t *to);
+
+static void touch(ts_zone_t *z, ts_entity_t *e)
+{
+    e->dirty = true;
+    e->mod = ++z->mod_counter;
+}
 
 ts_status_t ts_zone_create(ts_zone_t **out, const ts_cell_t *cell, uint64_t epoch, const ts_world_t *world,
                            double max_speed)
@@ -23,6 +32,7 @@ ts_status_t ts_zone_create(ts_zone_t **out, const ts_cell_t *cell, uint64_t epoc
     z->epoch = epoch;
     ts_map_init(&z->entities);
     ts_map_init(&z->departed);
+    ts_map_init(&z->precopy_ids);
     z->cell_size = world->cell_size;
     z->min_x = (double)world->x0 * world->cell_size;
     z->min_y = (double)world->y0 * world->cell_size;
@@ -42,6 +52,8 @@ void ts_zone_destroy(ts_zone_t *z)
     for (size_t it = 0; ts_map_next(&z->departed, &it, &k, &v);) free(v);
     ts_map_free(&z->entities);
     ts_map_free(&z->departed);
+    ts_map_free(&z->precopy_ids);
+    free(z->deps);
     for (size_t i = 0; i < z->cap_out; i++) {
         free(z->out[i].transfers);
         free(z->out[i].inputs);
@@ -95,13 +107,14 @@ static bool grow(void **arr, size_t *cap, size_t n, size_t elem)
     return true;
 }
 
-static ts_zone_out_t *outbox_for(ts_zone_t *z, const ts_cell_t *dest)
+static ts_zone_out_t *outbox_for(ts_zone_t *z, const ts_cell_t *dest, uint64_t marker_seq)
 {
     for (size_t i = 0; i < z->nout; i++)
-        if (ts_cell_eq(&z->out[i].dest, dest)) return &z->out[i];
+        if (z->out[i].marker_seq == marker_seq && ts_cell_eq(&z->out[i].dest, dest)) return &z->out[i];
     if (!grow((void **)&z->out, &z->cap_out, z->nout, sizeof(*z->out))) return NULL;
     ts_zone_out_t *o = &z->out[z->nout++];
     o->dest = *dest;
+    o->marker_seq = marker_seq;
     o->ntransfers = 0;
     o->ninputs = 0;
     return o;
@@ -109,7 +122,7 @@ static ts_zone_out_t *outbox_for(ts_zone_t *z, const ts_cell_t *dest)
 
 static void forward_input(ts_zone_t *z, const ts_cell_t *to, const ts_input_t *in)
 {
-    ts_zone_out_t *o = outbox_for(z, to);
+    ts_zone_out_t *o = outbox_for(z, to, 0);
     if (!o || !grow((void **)&o->inputs, &o->cap_inputs, o->ninputs, sizeof(*o->inputs))) {
         z->stats.dropped++;
         ts_error("cell %s: out of memory forwarding input of entity %llu", z->key,
@@ -163,7 +176,7 @@ void ts_zone_apply_input(ts_zone_t *z, const ts_input_t *in, uint64_t tick)
         ts_strlcpy(e->name, in->name, sizeof(e->name));
         ts_entity_accept_seq(e, in->seq);
         e->inputs_applied = 1;
-        e->dirty = true;
+        touch(z, e);
         put_entity(z, e);
         z->stats.applied++;
         return;
@@ -173,7 +186,7 @@ void ts_zone_apply_input(ts_zone_t *z, const ts_input_t *in, uint64_t tick)
         return;
     }
     e->inputs_applied++;
-    e->dirty = true;
+    touch(z, e);
     z->stats.applied++;
     switch (in->kind) {
     case TS_INPUT_JOIN: /* re-join of a live entity: treat as a stop */
@@ -183,17 +196,11 @@ void ts_zone_apply_input(ts_zone_t *z, const ts_input_t *in, uint64_t tick)
         e->vx = clamp_speed(in->a, z->max_speed);
         e->vy = clamp_speed(in->b, z->max_speed);
         break;
-    case TS_INPUT_LEAVE: {
+    case TS_INPUT_LEAVE:
         ts_map_del(&z->entities, e->id);
-        if (grow((void **)&z->left, &z->cap_left, z->nleft, sizeof(*z->left))) {
-            Tessera__V1__EntityLeft *l = &z->left[z->nleft++];
-            tessera__v1__entity_left__init(l);
-            l->id = e->id;
-            l->despawned = true;
-        }
+        note_left(z, e->id, NULL);
         free(e);
         break;
-    }
     }
     (void)tick;
 }
@@ -236,6 +243,7 @@ static void entity_from_pb(const Tessera__V1__EntityState *pb, ts_entity_t *e)
     e->last_input_seq = pb->last_input_seq;
     e->inputs_applied = pb->inputs_applied;
     e->applied_window = pb->applied_window;
+    e->hops = pb->hops;
     if (pb->name) ts_strlcpy(e->name, pb->name, sizeof(e->name));
 }
 
@@ -250,18 +258,72 @@ static void entity_to_pb(const ts_entity_t *e, Tessera__V1__EntityState *pb)
     pb->last_input_seq = e->last_input_seq;
     pb->inputs_applied = e->inputs_applied;
     pb->applied_window = e->applied_window;
+    pb->hops = e->hops;
     pb->name = (char *)e->name;
 }
 
 void ts_zone_accept_transfer(ts_zone_t *z, const ts_entity_t *in)
 {
     if (ts_map_get(&z->entities, in->id)) return;
+    departed_t *d = ts_map_get(&z->departed, in->id);
+    if (d && in->hops <= d->hops) {
+        ts_debug("cell %s: stale transfer of entity %llu (hops %llu <= %llu) dropped", z->key,
+                 (unsigned long long)in->id, (unsigned long long)in->hops, (unsigned long long)d->hops);
+        return;
+    }
     ts_entity_t *e = malloc(sizeof(*e));
     if (!e) return;
     *e = *in;
-    e->dirty = true;
+    e->departing = false;
+    touch(z, e);
     put_entity(z, e);
     z->stats.transfers_in++;
+}
+
+static void note_left(ts_zone_t *z, uint64_t id, const ts_cell_t *to)
+{
+    if (!grow((void **)&z->left, &z->cap_left, z->nleft, sizeof(*z->left))) return;
+    Tessera__V1__EntityLeft *l = &z->left[z->nleft++];
+    tessera__v1__entity_left__init(l);
+    l->id = id;
+    if (to) {
+        l->to = malloc(sizeof(*l->to));
+        if (l->to) ts_proto_cell_init(l->to, to);
+    } else {
+        l->despawned = true;
+    }
+}
+
+/* The Departure at stream sequence marker_seq is consumed: the entity leaves
+ * for `to` unless it is gone already or has crossed since (hops differ). */
+static void apply_departure(ts_zone_t *z, const ts_departure_t *dep, uint64_t marker_seq, uint64_t tick)
+{
+    ts_entity_t *e = ts_map_get(&z->entities, dep->entity);
+    if (!e || e->hops != dep->hops) return;
+    departed_t *d = malloc(sizeof(*d));
+    ts_zone_out_t *o = outbox_for(z, &dep->to, marker_seq);
+    if (!d || !o || !grow((void **)&o->transfers, &o->cap_transfers, o->ntransfers, sizeof(*o->transfers))) {
+        free(d);
+        ts_error("cell %s: out of memory transferring entity %llu", z->key, (unsigned long long)e->id);
+        return;
+    }
+    /* it arrives inside its new cell, whatever it did since deciding to go */
+    double x0, y0, x1, y1;
+    ts_cell_bounds(&dep->to, z->cell_size, &x0, &y0, &x1, &y1);
+    e->x = fmin(fmax(e->x, x0), nextafter(x1, x0));
+    e->y = fmin(fmax(e->y, y0), nextafter(y1, y0));
+    e->hops++;
+    e->departing = false;
+    o->transfers[o->ntransfers++] = *e;
+    d->to = dep->to;
+    d->hops = e->hops;
+    d->until_tick = tick + TS_ZONE_DEPARTED_TICKS;
+    free(ts_map_del(&z->departed, e->id));
+    if (ts_map_put(&z->departed, e->id, d) != TS_OK) free(d);
+    ts_map_del(&z->entities, e->id);
+    note_left(z, e->id, &dep->to);
+    free(e);
+    z->stats.transfers_out++;
 }
 
 bool ts_zone_apply_batch(ts_zone_t *z, uint64_t stream_seq, const Tessera__V1__InputBatch *batch, uint64_t tick)
@@ -277,6 +339,15 @@ bool ts_zone_apply_batch(ts_zone_t *z, uint64_t stream_seq, const Tessera__V1__I
         ts_entity_t e;
         entity_from_pb(t->entity, &e);
         ts_zone_accept_transfer(z, &e);
+    }
+    for (size_t i = 0; i < batch->n_departures; i++) {
+        const Tessera__V1__Departure *pd = batch->departures[i];
+        ts_departure_t dep = {.entity = pd->entity, .hops = pd->hops};
+        if (ts_proto_cell_get(pd->to, &dep.to) != TS_OK || dep.to.world != z->cell.world) {
+            z->stats.dropped++;
+            continue;
+        }
+        apply_departure(z, &dep, stream_seq, tick);
     }
     for (size_t i = 0; i < batch->n_inputs; i++) {
         ts_input_t in;
@@ -310,38 +381,20 @@ void ts_zone_step(ts_zone_t *z, double dt, uint64_t tick)
     void *v;
     for (size_t it = 0; ts_map_next(&z->entities, &it, &id, &v);) {
         ts_entity_t *e = v;
-        if (e->vx == 0 && e->vy == 0 && ts_cell_has_pos(&z->cell, z->cell_size, e->x, e->y)) continue;
-        e->x += e->vx * dt;
-        e->y += e->vy * dt;
-        bounce(&e->x, &e->vx, z->min_x, z->max_x);
-        bounce(&e->y, &e->vy, z->min_y, z->max_y);
-        e->dirty = true;
-        if (ts_cell_has_pos(&z->cell, z->cell_size, e->x, e->y)) continue;
-
-        ts_cell_t to;
-        ts_cell_from_pos(z->cell.world, z->cell_size, z->cell.depth, e->x, e->y, &to);
-        ts_zone_out_t *o = outbox_for(z, &to);
-        departed_t *d = malloc(sizeof(*d));
-        if (!o || !d || !grow((void **)&o->transfers, &o->cap_transfers, o->ntransfers, sizeof(*o->transfers))) {
-            free(d);
-            ts_error("cell %s: out of memory transferring entity %llu", z->key, (unsigned long long)e->id);
-            continue;
+        if (e->vx != 0 || e->vy != 0) {
+            e->x += e->vx * dt;
+            e->y += e->vy * dt;
+            bounce(&e->x, &e->vx, z->min_x, z->max_x);
+            bounce(&e->y, &e->vy, z->min_y, z->max_y);
+            touch(z, e);
         }
-        o->transfers[o->ntransfers++] = *e;
-        d->to = to;
-        d->until_tick = tick + TS_ZONE_DEPARTED_TICKS;
-        free(ts_map_del(&z->departed, e->id));
-        if (ts_map_put(&z->departed, e->id, d) != TS_OK) free(d);
-        ts_map_del(&z->entities, e->id);
-        free(e);
-        z->stats.transfers_out++;
-        if (grow((void **)&z->left, &z->cap_left, z->nleft, sizeof(*z->left))) {
-            Tessera__V1__EntityLeft *l = &z->left[z->nleft++];
-            tessera__v1__entity_left__init(l);
-            l->id = id;
-            l->to = malloc(sizeof(*l->to));
-            if (l->to) ts_proto_cell_init(l->to, &to);
-        }
+        if (e->departing || ts_cell_has_pos(&z->cell, z->cell_size, e->x, e->y)) continue;
+        if (!grow((void **)&z->deps, &z->cap_deps, z->ndeps, sizeof(*z->deps))) continue;
+        ts_departure_t *dep = &z->deps[z->ndeps++];
+        dep->entity = e->id;
+        dep->hops = e->hops;
+        ts_cell_from_pos(z->cell.world, z->cell_size, z->cell.depth, e->x, e->y, &dep->to);
+        e->departing = true;
     }
     /* forget old departures */
     if (tick % 100 == 0) {
@@ -359,12 +412,21 @@ void ts_zone_outbox_failed(ts_zone_t *z, size_t i)
         ts_entity_t *e = malloc(sizeof(*e));
         if (!e) continue;
         *e = o->transfers[k];
+        for (size_t l = 0; l < z->nleft; l++) {
+            if (z->left[l].id != e->id) continue;
+            free(z->left[l].to);
+            z->left[l] = z->left[--z->nleft];
+            break;
+        }
+        e->hops--;
+        e->departing = false;
         /* back inside its old cell at the border; it tries again next tick */
         double x0, y0, x1, y1;
         ts_cell_bounds(&z->cell, z->cell_size, &x0, &y0, &x1, &y1);
         e->x = fmin(fmax(e->x, x0), nextafter(x1, x0));
         e->y = fmin(fmax(e->y, y0), nextafter(y1, y0));
         free(ts_map_del(&z->departed, e->id));
+        touch(z, e);
         if (ts_map_put(&z->entities, e->id, e) != TS_OK) free(e);
         z->stats.transfers_out--;
     }
@@ -510,4 +572,162 @@ cleanup:
     free(esp);
     free(lp);
     return st;
+}
+
+ts_status_t ts_zone_pack_departures(const ts_zone_t *z, uint8_t **buf, size_t *len)
+{
+    *buf = NULL;
+    *len = 0;
+    if (z->ndeps == 0) return TS_OK;
+    Tessera__V1__Departure *d = calloc(z->ndeps, sizeof(*d));
+    Tessera__V1__Departure **dp = calloc(z->ndeps, sizeof(*dp));
+    Tessera__V1__CellId *to = calloc(z->ndeps, sizeof(*to));
+    ts_status_t st = TS_ERR_NOMEM;
+    if (!d || !dp || !to) goto cleanup;
+    for (size_t i = 0; i < z->ndeps; i++) {
+        tessera__v1__departure__init(&d[i]);
+        ts_proto_cell_init(&to[i], &z->deps[i].to);
+        d[i].entity = z->deps[i].entity;
+        d[i].to = &to[i];
+        d[i].hops = z->deps[i].hops;
+        d[i].epoch = z->epoch;
+        dp[i] = &d[i];
+    }
+    Tessera__V1__InputBatch b = TESSERA__V1__INPUT_BATCH__INIT;
+    Tessera__V1__CellId cell;
+    ts_proto_cell_init(&cell, &z->cell);
+    b.cell = &cell;
+    b.n_departures = z->ndeps;
+    b.departures = dp;
+    st = ts_proto_pack(&b.base, buf, len);
+cleanup:
+    free(d);
+    free(dp);
+    free(to);
+    return st;
+}
+
+void ts_zone_departures_sent(ts_zone_t *z)
+{
+    z->ndeps = 0;
+}
+
+void ts_zone_mark_precopy(ts_zone_t *z)
+{
+    ts_map_free(&z->precopy_ids);
+    ts_map_init(&z->precopy_ids);
+    uint64_t id;
+    void *v;
+    for (size_t it = 0; ts_map_next(&z->entities, &it, &id, &v);) ts_map_put(&z->precopy_ids, id, (void *)1);
+    z->precopy_mark = z->mod_counter;
+}
+
+ts_status_t ts_zone_pack_checkpoint(const ts_zone_t *z, uint64_t tick, const char *owner, bool diff,
+                                    uint8_t **buf, size_t *len)
+{
+    size_t n = 0, nd = z->departed.len, nr = 0;
+    uint64_t id;
+    void *v;
+    for (size_t it = 0; ts_map_next(&z->entities, &it, &id, &v);)
+        if (!diff || ((ts_entity_t *)v)->mod > z->precopy_mark) n++;
+    if (diff)
+        for (size_t it = 0; ts_map_next(&z->precopy_ids, &it, &id, &v);)
+            if (!ts_map_get(&z->entities, id)) nr++;
+
+    Tessera__V1__EntityState *es = calloc(n ? n : 1, sizeof(*es));
+    Tessera__V1__EntityState **esp = calloc(n ? n : 1, sizeof(*esp));
+    Tessera__V1__Departed *dd = calloc(nd ? nd : 1, sizeof(*dd));
+    Tessera__V1__Departed **ddp = calloc(nd ? nd : 1, sizeof(*ddp));
+    Tessera__V1__CellId *dto = calloc(nd ? nd : 1, sizeof(*dto));
+    uint64_t *removed = calloc(nr ? nr : 1, sizeof(*removed));
+    ts_status_t st = TS_ERR_NOMEM;
+    if (!es || !esp || !dd || !ddp || !dto || !removed) goto cleanup;
+
+    size_t k = 0;
+    for (size_t it = 0; ts_map_next(&z->entities, &it, &id, &v);) {
+        const ts_entity_t *e = v;
+        if (diff && e->mod <= z->precopy_mark) continue;
+        entity_to_pb(e, &es[k]);
+        esp[k] = &es[k];
+        k++;
+    }
+    k = 0;
+    for (size_t it = 0; ts_map_next(&z->departed, &it, &id, &v);) {
+        const departed_t *d = v;
+        tessera__v1__departed__init(&dd[k]);
+        ts_proto_cell_init(&dto[k], &d->to);
+        dd[k].id = id;
+        dd[k].to = &dto[k];
+        dd[k].hops = d->hops;
+        dd[k].ttl_ticks = d->until_tick > tick ? d->until_tick - tick : 0;
+        ddp[k] = &dd[k];
+        k++;
+    }
+    k = 0;
+    if (diff)
+        for (size_t it = 0; ts_map_next(&z->precopy_ids, &it, &id, &v);)
+            if (!ts_map_get(&z->entities, id)) removed[k++] = id;
+
+    Tessera__V1__Checkpoint cp = TESSERA__V1__CHECKPOINT__INIT;
+    Tessera__V1__CellId cell;
+    ts_proto_cell_init(&cell, &z->cell);
+    cp.cell = &cell;
+    cp.epoch = z->epoch;
+    cp.last_applied_seq = z->last_applied_seq;
+    cp.tick = tick;
+    cp.n_entities = n;
+    cp.entities = esp;
+    cp.n_departed = nd;
+    cp.departed = ddp;
+    cp.n_removed = nr;
+    cp.removed = removed;
+    cp.owner = (char *)owner;
+    cp.time_us = ts_now_us();
+    st = ts_proto_pack(&cp.base, buf, len);
+cleanup:
+    free(es);
+    free(esp);
+    free(dd);
+    free(ddp);
+    free(dto);
+    free(removed);
+    return st;
+}
+
+ts_status_t ts_zone_load_checkpoint(ts_zone_t *z, const Tessera__V1__Checkpoint *cp, bool diff, uint64_t tick)
+{
+    ts_cell_t c;
+    if (ts_proto_cell_get(cp->cell, &c) != TS_OK || !ts_cell_eq(&c, &z->cell)) return TS_ERR_INVALID;
+    uint64_t id;
+    void *v;
+    if (!diff)
+        for (size_t it = 0; ts_map_next(&z->entities, &it, &id, &v);) free(ts_map_del(&z->entities, id));
+    for (size_t it = 0; ts_map_next(&z->departed, &it, &id, &v);) free(ts_map_del(&z->departed, id));
+    for (size_t i = 0; i < cp->n_removed; i++) free(ts_map_del(&z->entities, cp->removed[i]));
+    for (size_t i = 0; i < cp->n_entities; i++) {
+        if (cp->entities[i]->id == 0) continue;
+        ts_entity_t *e = malloc(sizeof(*e));
+        if (!e) return TS_ERR_NOMEM;
+        entity_from_pb(cp->entities[i], e);
+        touch(z, e);
+        free(ts_map_del(&z->entities, e->id));
+        if (ts_map_put(&z->entities, e->id, e) != TS_OK) {
+            free(e);
+            return TS_ERR_NOMEM;
+        }
+    }
+    for (size_t i = 0; i < cp->n_departed; i++) {
+        const Tessera__V1__Departed *pd = cp->departed[i];
+        departed_t *d = malloc(sizeof(*d));
+        if (!d) return TS_ERR_NOMEM;
+        if (pd->id == 0 || ts_proto_cell_get(pd->to, &d->to) != TS_OK) {
+            free(d);
+            continue;
+        }
+        d->hops = pd->hops;
+        d->until_tick = tick + pd->ttl_ticks;
+        if (ts_map_put(&z->departed, pd->id, d) != TS_OK) free(d);
+    }
+    z->last_applied_seq = cp->last_applied_seq;
+    return TS_OK;
 }

@@ -6,11 +6,16 @@
  *   sequence is not above last_applied_seq is skipped (replay-safe).
  * - An input (entity, client seq) changes its entity at most once: the entity
  *   keeps the highest applied client seq and a 64-bit window of the ones below.
- * - An entity lives in exactly one zone; when it walks out, it is moved to the
- *   outbox (a Transfer to the destination cell) and remembered as departed so
- *   late inputs for it are forwarded to where it went.
- * The zone knows nothing of the bus: the worker publishes the outbox and the
- * state delta the zone builds. */
+ * - The zone's state is a function of its input stream up to last_applied_seq
+ *   (plus simulated motion): when an entity walks out, the zone only queues a
+ *   Departure for its own input stream; the entity leaves when that Departure
+ *   is consumed. So every input ordered before the Departure is applied here
+ *   and every input after it is forwarded — identically when a new owner
+ *   replays the stream from a checkpoint or a handover snapshot.
+ * - A Transfer is accepted only if the entity is not here and its hop count is
+ *   newer than the one it had when it last left here (replayed or zombie
+ *   transfers are dropped).
+ * The zone knows nothing of the bus: the worker publishes what it builds. */
 #ifndef TS_WORKER_ZONE_H
 #define TS_WORKER_ZONE_H
 
@@ -34,8 +39,17 @@ typedef struct {
     uint64_t inputs_applied;
     uint64_t applied_window;
     char name[TS_ENTITY_NAME_MAX];
-    bool dirty; /* changed since the last published delta */
+    uint64_t hops;
+    uint64_t mod;   /* zone modification counter at the last change */
+    bool dirty;     /* changed since the last published delta */
+    bool departing; /* a Departure for it is queued or in the stream */
 } ts_entity_t;
+
+typedef struct {
+    uint64_t entity;
+    ts_cell_t to;
+    uint64_t hops;
+} ts_departure_t;
 
 typedef enum { TS_INPUT_JOIN = 1, TS_INPUT_MOVE, TS_INPUT_LEAVE } ts_input_kind_t;
 
@@ -49,9 +63,12 @@ typedef struct {
     char name[TS_ENTITY_NAME_MAX];
 } ts_input_t;
 
-/* Everything one tick sends to one destination cell. */
+/* Everything one tick sends to one destination cell. Transfers caused by the
+ * Departure at stream sequence marker_seq travel in their own entry, so the
+ * message id can be derived from it (a replay re-publishes the same id). */
 typedef struct {
     ts_cell_t dest;
+    uint64_t marker_seq;
     ts_entity_t *transfers;
     size_t ntransfers, cap_transfers;
     ts_input_t *inputs;
@@ -79,6 +96,11 @@ typedef struct {
     size_t nout, cap_out;
     Tessera__V1__EntityLeft *left;
     size_t nleft, cap_left;
+    ts_departure_t *deps; /* to publish into the own input stream */
+    size_t ndeps, cap_deps;
+    uint64_t mod_counter;
+    uint64_t precopy_mark; /* mod_counter at the handover PreCopy */
+    ts_map_t precopy_ids;  /* entities the PreCopy carried */
     ts_zone_stats_t stats;
     /* world geometry */
     double cell_size;
@@ -115,6 +137,21 @@ ts_status_t ts_zone_pack_delta(ts_zone_t *z, uint64_t tick, bool full, const cha
                                size_t *len);
 /* Packs an InputBatch for outbox entry i (caller frees *buf). */
 ts_status_t ts_zone_pack_outbox(const ts_zone_t *z, size_t i, uint8_t **buf, size_t *len);
+
+/* Packs the queued Departures as an InputBatch for the zone's own input
+ * subject; *len == 0 when there are none. ts_zone_departures_sent() clears
+ * them after the publish was acknowledged (otherwise they go again). */
+ts_status_t ts_zone_pack_departures(const ts_zone_t *z, uint8_t **buf, size_t *len);
+void ts_zone_departures_sent(ts_zone_t *z);
+
+/* Checkpoint of the whole zone (diff=false) or of what changed since
+ * ts_zone_mark_precopy (diff=true: changed entities, removed ids). */
+ts_status_t ts_zone_pack_checkpoint(const ts_zone_t *z, uint64_t tick, const char *owner, bool diff,
+                                    uint8_t **buf, size_t *len);
+void ts_zone_mark_precopy(ts_zone_t *z);
+/* Loads a checkpoint: a full one replaces the zone's state, a diff updates
+ * it. Sets last_applied_seq from it. */
+ts_status_t ts_zone_load_checkpoint(ts_zone_t *z, const Tessera__V1__Checkpoint *cp, bool diff, uint64_t tick);
 
 /* Number of entities in the zone. */
 size_t ts_zone_entities(const ts_zone_t *z);

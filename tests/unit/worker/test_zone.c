@@ -109,8 +109,34 @@ static void test_stream_seq_replay_skipped(void **state)
     ts_zone_destroy(z);
 }
 
-/* Walks an entity from cell (-1,0) into (0,0) through the outbox, with an
- * input that reaches the old cell after the crossing. */
+/* Publishes the zone's queued Departures "into its own stream" at seq. */
+static void loop_departures(ts_zone_t *z, uint64_t seq, uint64_t tick)
+{
+    uint8_t *buf;
+    size_t len;
+    assert_int_equal(ts_zone_pack_departures(z, &buf, &len), TS_OK);
+    assert_non_null(buf);
+    Tessera__V1__InputBatch *ib = tessera__v1__input_batch__unpack(NULL, len, buf);
+    free(buf);
+    assert_non_null(ib);
+    ts_zone_departures_sent(z);
+    assert_true(ts_zone_apply_batch(z, seq, ib, tick));
+    tessera__v1__input_batch__free_unpacked(ib, NULL);
+}
+
+static Tessera__V1__InputBatch *take_outbox(ts_zone_t *z, size_t i)
+{
+    uint8_t *buf;
+    size_t len;
+    assert_int_equal(ts_zone_pack_outbox(z, i, &buf, &len), TS_OK);
+    Tessera__V1__InputBatch *ib = tessera__v1__input_batch__unpack(NULL, len, buf);
+    free(buf);
+    assert_non_null(ib);
+    return ib;
+}
+
+/* Walks an entity from cell (-1,0) into (0,0) through its Departure and the
+ * outbox, with an input that reaches the old cell after the crossing. */
 static void test_crossing_forward_exactly_once(void **state)
 {
     (void)state;
@@ -120,40 +146,47 @@ static void test_crossing_forward_exactly_once(void **state)
     ts_zone_apply_input(a, &j, 1);
     ts_input_t m = move(42, 2, 40, 0);
     ts_zone_apply_input(a, &m, 1);
-    ts_zone_step(a, 0.05, 2); /* x = -1 + 2 = 1: crossed */
+    ts_zone_step(a, 0.05, 2); /* x = -1 + 2 = 1: outside, a Departure is queued */
+    assert_non_null(get(a, 42));
+    assert_int_equal(a->ndeps, 1);
+    ts_zone_step(a, 0.05, 3); /* only one Departure per crossing */
+    assert_int_equal(a->ndeps, 1);
+    loop_departures(a, 50, 3);
     assert_null(get(a, 42));
     assert_int_equal(a->nout, 1);
     assert_int_equal(a->out[0].dest.cx, 0);
+    assert_int_equal(a->out[0].marker_seq, 50);
     assert_int_equal(a->out[0].ntransfers, 1);
 
     /* a late input to the old cell is forwarded, not dropped */
     ts_input_t late = move(42, 3, 0, 10);
-    ts_zone_apply_input(a, &late, 2);
-    assert_int_equal(a->out[0].ninputs, 1);
+    ts_zone_apply_input(a, &late, 4);
     assert_int_equal(a->stats.forwarded, 1);
 
-    uint8_t *buf;
-    size_t len;
-    assert_int_equal(ts_zone_pack_outbox(a, 0, &buf, &len), TS_OK);
-    Tessera__V1__InputBatch *ib = tessera__v1__input_batch__unpack(NULL, len, buf);
-    free(buf);
-    assert_non_null(ib);
+    Tessera__V1__InputBatch *ib = take_outbox(a, 0);
     assert_int_equal(ib->n_transfers, 1);
+    assert_int_equal(ib->transfers[0]->entity->hops, 1);
+    assert_true(ts_zone_apply_batch(b, 100, ib, 4));
+    /* the same batch again under another stream seq: no double apply */
+    assert_true(ts_zone_apply_batch(b, 101, ib, 4));
+    tessera__v1__input_batch__free_unpacked(ib, NULL);
+    ib = take_outbox(a, 1);
     assert_int_equal(ib->n_inputs, 1);
-    assert_true(ts_zone_apply_batch(b, 100, ib, 3));
-    /* the same batch delivered again under another stream seq: no double apply */
-    assert_true(ts_zone_apply_batch(b, 101, ib, 3));
+    assert_true(ts_zone_apply_batch(b, 102, ib, 4));
     tessera__v1__input_batch__free_unpacked(ib, NULL);
 
     ts_entity_t *e = get(b, 42);
     assert_non_null(e);
+    assert_true(e->x >= 0);
     assert_int_equal(e->inputs_applied, 3); /* join + move + late move */
     assert_int_equal(e->last_input_seq, 3);
     assert_true(e->vy == 10.0);
     assert_int_equal(b->stats.transfers_in, 1);
 
     /* the departure is in the old cell's delta, with its destination */
-    assert_int_equal(ts_zone_pack_delta(a, 2, false, "w1", &buf, &len), TS_OK);
+    uint8_t *buf;
+    size_t len;
+    assert_int_equal(ts_zone_pack_delta(a, 4, false, "w1", &buf, &len), TS_OK);
     Tessera__V1__StateDelta *d = tessera__v1__state_delta__unpack(NULL, len, buf);
     free(buf);
     assert_non_null(d);
@@ -166,6 +199,138 @@ static void test_crossing_forward_exactly_once(void **state)
     ts_zone_destroy(b);
 }
 
+/* A new owner that loads a checkpoint and replays the stream makes the same
+ * apply / forward decisions as the old one, and the destination drops the
+ * transfer it already has. */
+static void test_checkpoint_replay_is_exactly_once(void **state)
+{
+    (void)state;
+    ts_zone_t *a = zone_at(-1, 0);
+    ts_zone_t *b = zone_at(0, 0);
+    ts_input_t j = join(8, 1, -1, 50);
+    ts_zone_apply_input(a, &j, 1);
+    a->last_applied_seq = 10;
+
+    uint8_t *cpbuf;
+    size_t cplen;
+    assert_int_equal(ts_zone_pack_checkpoint(a, 1, "w1", false, &cpbuf, &cplen), TS_OK);
+
+    /* the stream after the checkpoint: move (11), departure (12), move (13) */
+    Tessera__V1__InputBatch mb = TESSERA__V1__INPUT_BATCH__INIT;
+    Tessera__V1__Input in = TESSERA__V1__INPUT__INIT;
+    Tessera__V1__MoveInput mv = TESSERA__V1__MOVE_INPUT__INIT;
+    Tessera__V1__Input *inp[1] = {&in};
+    in.entity = 8;
+    in.kind_case = TESSERA__V1__INPUT__KIND_MOVE;
+    in.move = &mv;
+    mv.dx = 40;
+    mb.n_inputs = 1;
+    mb.inputs = inp;
+    in.seq = 2;
+    assert_true(ts_zone_apply_batch(a, 11, &mb, 2));
+    ts_zone_step(a, 0.05, 2);
+    uint8_t *depbuf;
+    size_t deplen;
+    assert_int_equal(ts_zone_pack_departures(a, &depbuf, &deplen), TS_OK);
+    Tessera__V1__InputBatch *dep = tessera__v1__input_batch__unpack(NULL, deplen, depbuf);
+    free(depbuf);
+    ts_zone_departures_sent(a);
+    assert_true(ts_zone_apply_batch(a, 12, dep, 3));
+    in.seq = 3;
+    assert_true(ts_zone_apply_batch(a, 13, &mb, 3));
+    Tessera__V1__InputBatch *t1 = take_outbox(a, 0);
+    Tessera__V1__InputBatch *f1 = take_outbox(a, 1);
+    assert_true(ts_zone_apply_batch(b, 100, t1, 3));
+    assert_true(ts_zone_apply_batch(b, 101, f1, 3));
+    assert_int_equal(get(b, 8)->inputs_applied, 3);
+
+    /* the old owner dies; a new one loads the checkpoint and replays 11..13 */
+    ts_zone_t *a2 = zone_at(-1, 0);
+    Tessera__V1__Checkpoint *cp = tessera__v1__checkpoint__unpack(NULL, cplen, cpbuf);
+    free(cpbuf);
+    assert_int_equal(ts_zone_load_checkpoint(a2, cp, false, 1), TS_OK);
+    tessera__v1__checkpoint__free_unpacked(cp, NULL);
+    assert_int_equal(a2->last_applied_seq, 10);
+    in.seq = 2;
+    assert_true(ts_zone_apply_batch(a2, 11, &mb, 5));
+    assert_true(ts_zone_apply_batch(a2, 12, dep, 5));
+    in.seq = 3;
+    assert_true(ts_zone_apply_batch(a2, 13, &mb, 5));
+    assert_null(get(a2, 8));
+    assert_int_equal(a2->stats.forwarded, 1);
+    Tessera__V1__InputBatch *t2 = take_outbox(a2, 0);
+    Tessera__V1__InputBatch *f2 = take_outbox(a2, 1);
+    assert_true(ts_zone_apply_batch(b, 102, t2, 5));
+    assert_true(ts_zone_apply_batch(b, 103, f2, 5));
+    assert_int_equal(get(b, 8)->inputs_applied, 3);
+    assert_int_equal(b->stats.transfers_in, 1);
+
+    /* the entity moves on from b; a replayed transfer into b stays dropped */
+    ts_zone_step(b, 5.0, 6);
+    assert_int_equal(b->ndeps, 1);
+    loop_departures(b, 104, 6);
+    assert_null(get(b, 8));
+    assert_true(ts_zone_apply_batch(b, 105, t2, 6));
+    assert_null(get(b, 8));
+
+    tessera__v1__input_batch__free_unpacked(dep, NULL);
+    tessera__v1__input_batch__free_unpacked(t1, NULL);
+    tessera__v1__input_batch__free_unpacked(f1, NULL);
+    tessera__v1__input_batch__free_unpacked(t2, NULL);
+    tessera__v1__input_batch__free_unpacked(f2, NULL);
+    ts_zone_destroy(a);
+    ts_zone_destroy(a2);
+    ts_zone_destroy(b);
+}
+
+/* PreCopy + Diff rebuild the zone exactly. */
+static void test_precopy_diff(void **state)
+{
+    (void)state;
+    ts_zone_t *src = zone_at(0, 0);
+    for (uint64_t id = 1; id <= 10; id++) {
+        ts_input_t j = join(id, 1, (double)id * 5, 50);
+        ts_zone_apply_input(src, &j, 1);
+    }
+    src->last_applied_seq = 20;
+    ts_zone_mark_precopy(src);
+    uint8_t *pre;
+    size_t prelen;
+    assert_int_equal(ts_zone_pack_checkpoint(src, 1, "w1", false, &pre, &prelen), TS_OK);
+    /* after the PreCopy: one moves, one leaves, one joins */
+    ts_input_t m = move(3, 2, 0, 5);
+    ts_zone_apply_input(src, &m, 2);
+    ts_input_t lv = {.entity = 4, .seq = 2, .kind = TS_INPUT_LEAVE};
+    ts_zone_apply_input(src, &lv, 2);
+    ts_input_t j = join(11, 1, 90, 90);
+    ts_zone_apply_input(src, &j, 2);
+    src->last_applied_seq = 25;
+    uint8_t *diff;
+    size_t difflen;
+    assert_int_equal(ts_zone_pack_checkpoint(src, 2, "w1", true, &diff, &difflen), TS_OK);
+    Tessera__V1__Checkpoint *dcp = tessera__v1__checkpoint__unpack(NULL, difflen, diff);
+    assert_non_null(dcp);
+    assert_int_equal(dcp->n_entities, 2); /* 3 moved, 11 joined */
+    assert_int_equal(dcp->n_removed, 1);
+
+    ts_zone_t *dst = zone_at(0, 0);
+    Tessera__V1__Checkpoint *pcp = tessera__v1__checkpoint__unpack(NULL, prelen, pre);
+    assert_int_equal(ts_zone_load_checkpoint(dst, pcp, false, 1), TS_OK);
+    assert_int_equal(ts_zone_load_checkpoint(dst, dcp, true, 2), TS_OK);
+    assert_int_equal(dst->last_applied_seq, 25);
+    assert_int_equal(ts_zone_entities(dst), 10);
+    assert_null(get(dst, 4));
+    assert_non_null(get(dst, 11));
+    assert_true(get(dst, 3)->vy == 5.0);
+    assert_int_equal(get(dst, 3)->inputs_applied, 2);
+    tessera__v1__checkpoint__free_unpacked(pcp, NULL);
+    tessera__v1__checkpoint__free_unpacked(dcp, NULL);
+    free(pre);
+    free(diff);
+    ts_zone_destroy(src);
+    ts_zone_destroy(dst);
+}
+
 static void test_outbox_failure_keeps_entity(void **state)
 {
     (void)state;
@@ -175,6 +340,7 @@ static void test_outbox_failure_keeps_entity(void **state)
     ts_input_t m = move(5, 2, 40, 0);
     ts_zone_apply_input(a, &m, 1);
     ts_zone_step(a, 0.05, 2);
+    loop_departures(a, 7, 2);
     assert_null(get(a, 5));
     ts_zone_outbox_failed(a, 0);
     ts_zone_outbox_clear(a);
@@ -217,6 +383,8 @@ int main(void)
         cmocka_unit_test(test_join_move_step),
         cmocka_unit_test(test_stream_seq_replay_skipped),
         cmocka_unit_test(test_crossing_forward_exactly_once),
+        cmocka_unit_test(test_checkpoint_replay_is_exactly_once),
+        cmocka_unit_test(test_precopy_diff),
         cmocka_unit_test(test_outbox_failure_keeps_entity),
         cmocka_unit_test(test_leave_and_world_edge),
     };
