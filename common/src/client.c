@@ -2,7 +2,9 @@
  *
  * One socket, one frame reader (frames up to TS_CLIENT_MAX_FRAME). Every wait
  * goes through poll() with the caller's timeout; sends loop over partial
- * writes and EINTR and never raise SIGPIPE (MSG_NOSIGNAL). Sequence numbers
+ * writes and EINTR and never raise SIGPIPE (MSG_NOSIGNAL); a send blocked for
+ * CLIENT_SEND_TIMEOUT_S gives TS_ERR_TIMEOUT and may leave a frame half
+ * written, so the connection should be closed then. Sequence numbers
  * increase by one per frame unless the caller sets its own. The client
  * remembers the cell and epoch of the last ServerFrame that named one and
  * stamps them on the frames the convenience wrappers build. */
