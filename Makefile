@@ -1,0 +1,61 @@
+# Convenience wrapper around CMake. The real build is CMakeLists.txt.
+#
+#   make deps     install missing Debian packages (scripts/deps.sh)
+#   make          configure and build into build/ with -Werror
+#   make test     deps + build + every test, then again under ASan/UBSan in
+#                 build-asan/ (SANITIZE=0 make test skips the second pass)
+#   make run      deps + build + a local cluster (scripts/run-local.sh)
+#   make bench    scripts/bench.sh, if present
+#   make format   clang-format -i on every C source and header
+#   make clean    remove build/ and build-asan/
+
+BUILD_DIR    ?= build
+ASAN_DIR     ?= build-asan
+JOBS         ?= 2
+SANITIZE     ?= 1
+TEST_TIMEOUT ?= 1800
+CMAKE_ARGS   ?=
+
+CTEST = timeout -k 30 $(TEST_TIMEOUT) ctest --output-on-failure -j$(JOBS) --timeout 300
+
+FORMAT_SRCS = $(wildcard common/src/*.c common/src/*.h common/include/tessera/*.h \
+                         services/*/*.c services/*/*.h tests/unit/*.c tests/integration/*.c \
+                         tests/integration/*.h)
+
+.PHONY: all build deps test run bench format clean
+
+all: build
+
+deps:
+	scripts/deps.sh
+
+build:
+	cmake -S . -B $(BUILD_DIR) -DTS_WERROR=ON $(CMAKE_ARGS)
+	cmake --build $(BUILD_DIR) -j$(JOBS)
+
+test: deps
+	$(MAKE) --no-print-directory build
+	$(CTEST) --test-dir $(BUILD_DIR)
+ifneq ($(SANITIZE),0)
+	cmake -S . -B $(ASAN_DIR) -DTS_WERROR=ON -DTS_SANITIZE=address,undefined $(CMAKE_ARGS)
+	cmake --build $(ASAN_DIR) -j$(JOBS)
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+		$(CTEST) --test-dir $(ASAN_DIR)
+endif
+
+run: deps
+	$(MAKE) --no-print-directory build
+	BUILD_DIR=$(BUILD_DIR) scripts/run-local.sh
+
+bench:
+	@if [ -x scripts/bench.sh ]; then \
+		$(MAKE) --no-print-directory build && BUILD_DIR=$(BUILD_DIR) scripts/bench.sh; \
+	else \
+		echo "make bench: scripts/bench.sh does not exist yet"; \
+	fi
+
+format:
+	clang-format -i $(FORMAT_SRCS)
+
+clean:
+	rm -rf $(BUILD_DIR) $(ASAN_DIR)

@@ -1,0 +1,216 @@
+#!/usr/bin/env bash
+# Runs a whole Tessera cluster on this machine (what `make run` runs):
+# nats-server (JetStream) and redis-server on loopback ports, the
+# orchestrator, two workers, a gateway and the load simulator, then
+# `tessera-ctl watch` in the foreground until Ctrl-C or DURATION seconds.
+#
+# Every process it starts is stopped on exit (SIGTERM, SIGKILL after 5 s)
+# and the temp dir is removed. If a service dies, the tail of its log is
+# printed and the script exits 1.
+#
+# Environment: PLAYERS (sim players, 1000), DURATION (seconds; default until
+# Ctrl-C), BUILD_DIR (build), KEEP=1 (keep the temp dir with the logs).
+# shellcheck disable=SC2317 # cleanup and its helpers run from traps
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+BUILD_DIR=${BUILD_DIR:-build}
+PLAYERS=${PLAYERS:-1000}
+DURATION=${DURATION:-}
+KEEP=${KEEP:-0}
+
+die() {
+    echo "run-local: $*" >&2
+    exit 1
+}
+
+for tool in nats-server redis-server; do
+    command -v "$tool" >/dev/null 2>&1 || die "$tool not found (run: make deps)"
+done
+for bin in tessera-orch tessera-worker tessera-gateway tessera-sim; do
+    [[ -x "$BUILD_DIR/$bin" ]] || die "$BUILD_DIR/$bin not built (run: make build)"
+done
+if [[ -n "$DURATION" && ! "$DURATION" =~ ^[0-9]+$ ]]; then
+    die "DURATION must be a number of seconds, got '$DURATION'"
+fi
+
+# ---- ports -----------------------------------------------------------------
+
+used_ports=()
+
+port_busy() {
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+port_taken() {
+    local p
+    for p in "${used_ports[@]}"; do
+        [[ "$p" == "$1" ]] && return 0
+    done
+    port_busy "$1"
+}
+
+# pick_port VAR DEFAULT: sets VAR to DEFAULT if free, else to a free port in
+# 20000..59999 not picked before.
+pick_port() {
+    local port=$2 tries=0
+    while port_taken "$port"; do
+        ((++tries > 200)) && die "no free loopback port found"
+        port=$((20000 + RANDOM % 40000))
+    done
+    used_ports+=("$port")
+    printf -v "$1" '%s' "$port"
+}
+
+# ---- processes -------------------------------------------------------------
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/tessera-run.XXXXXX")
+names=()
+pids=()
+watch_pid=
+
+# Stops pids (SIGTERM, then SIGKILL after 5 s) and reaps them.
+stop_pids() {
+    local pid deadline
+    (($# == 0)) && return 0
+    for pid in "$@"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    deadline=$((SECONDS + 5))
+    for pid in "$@"; do
+        while kill -0 "$pid" 2>/dev/null && ! is_zombie "$pid" && ((SECONDS < deadline)); do
+            sleep 0.1
+        done
+        if kill -0 "$pid" 2>/dev/null && ! is_zombie "$pid"; then
+            echo "run-local: pid $pid did not stop in 5 s, killing it" >&2
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+        wait "$pid" 2>/dev/null || true
+    done
+}
+
+is_zombie() {
+    local stat
+    stat=$(sed -E 's/^.*\) (.).*$/\1/' "/proc/$1/stat" 2>/dev/null) || return 1
+    [[ "$stat" == Z ]]
+}
+
+cleanup() {
+    trap - EXIT INT TERM
+    set +e
+    [[ -n "$watch_pid" ]] && stop_pids "$watch_pid"
+    # Reverse start order: clients of the bus first, the servers last.
+    local i
+    for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+        stop_pids "${pids[$i]}"
+    done
+    if [[ "$KEEP" == 1 ]]; then
+        echo "run-local: logs kept in $TMP"
+    else
+        rm -rf "$TMP"
+    fi
+}
+trap cleanup EXIT
+trap 'echo; echo "run-local: stopping"; exit 0' INT TERM
+
+show_log() {
+    echo "---- last lines of $TMP/$1.log" >&2
+    tail -n 30 "$TMP/$1.log" >&2 || true
+    echo "----" >&2
+}
+
+# start NAME CMD...: runs CMD in its own session (so Ctrl-C reaches only this
+# script, which then stops everything in order), output to $TMP/NAME.log.
+start() {
+    local name=$1
+    shift
+    if command -v setsid >/dev/null 2>&1; then
+        setsid "$@" >"$TMP/$name.log" 2>&1 </dev/null &
+    else
+        "$@" >"$TMP/$name.log" 2>&1 </dev/null &
+    fi
+    names+=("$name")
+    pids+=("$!")
+}
+
+# wait_port NAME PORT SECONDS: until PORT accepts connections; fails if the
+# process NAME (the last one started under that name) exits first.
+wait_port() {
+    local name=$1 port=$2 deadline=$((SECONDS + $3)) i pid=
+    for i in "${!names[@]}"; do
+        [[ "${names[$i]}" == "$name" ]] && pid=${pids[$i]}
+    done
+    until port_busy "$port"; do
+        if ! kill -0 "$pid" 2>/dev/null || is_zombie "$pid"; then
+            show_log "$name"
+            die "$name exited during startup"
+        fi
+        ((SECONDS >= deadline)) && { show_log "$name"; die "$name is not listening on port $port after $3 s"; }
+        sleep 0.1
+    done
+}
+
+pick_port NATS_PORT 4222
+pick_port REDIS_PORT 6379
+pick_port GATEWAY_PORT 7400
+export TESSERA_NATS_URL="nats://127.0.0.1:$NATS_PORT"
+export TESSERA_REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
+
+start nats nats-server -js -a 127.0.0.1 -p "$NATS_PORT" -sd "$TMP/js"
+start redis redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$TMP"
+wait_port nats "$NATS_PORT" 10
+wait_port redis "$REDIS_PORT" 10
+
+start orch "$BUILD_DIR/tessera-orch"
+start worker-w1 "$BUILD_DIR/tessera-worker" --worker.id=w1
+start worker-w2 "$BUILD_DIR/tessera-worker" --worker.id=w2
+start gateway "$BUILD_DIR/tessera-gateway" --gateway.listen="127.0.0.1:$GATEWAY_PORT"
+start sim "$BUILD_DIR/tessera-sim" --sim.players="$PLAYERS"
+wait_port gateway "$GATEWAY_PORT" 20
+
+cat <<EOF
+Tessera is running (PLAYERS=$PLAYERS${DURATION:+, DURATION=${DURATION}s}):
+  NATS     $TESSERA_NATS_URL  (JetStream store $TMP/js)
+  Redis    $TESSERA_REDIS_URL
+  gateway  127.0.0.1:$GATEWAY_PORT
+  logs     $TMP/{nats,redis,orch,worker-w1,worker-w2,gateway,sim}.log$([[ "$KEEP" == 1 ]] || echo " (removed on exit; KEEP=1 keeps them)")
+Watch traffic:
+  nats --server $TESSERA_NATS_URL sub 'cell.0.>'
+  $BUILD_DIR/tessera-client --gateway.listen=127.0.0.1:$GATEWAY_PORT repl
+Ctrl-C stops everything.
+EOF
+
+# The foreground watcher: tessera-ctl watch, for DURATION seconds if set.
+watch_cmd=()
+if [[ -x "$BUILD_DIR/tessera-ctl" ]]; then
+    watch_cmd=("$BUILD_DIR/tessera-ctl" watch)
+else
+    echo "run-local: $BUILD_DIR/tessera-ctl not built; not showing live stats" >&2
+    watch_cmd=(sleep infinity)
+fi
+if [[ -n "$DURATION" ]]; then
+    timeout "$DURATION" "${watch_cmd[@]}" &
+else
+    "${watch_cmd[@]}" &
+fi
+watch_pid=$!
+
+# Whichever ends first: the watcher (normal end) or a service (failure).
+finished=
+status=0
+wait -n -p finished "$watch_pid" "${pids[@]}" || status=$?
+if [[ "$finished" == "$watch_pid" ]]; then
+    watch_pid=
+    # 124: timeout ended it after DURATION seconds
+    if [[ $status -ne 0 && $status -ne 124 ]]; then
+        die "${watch_cmd[*]} exited with status $status"
+    fi
+    exit 0
+fi
+for i in "${!pids[@]}"; do
+    if [[ "${pids[$i]}" == "$finished" ]]; then
+        show_log "${names[$i]}"
+        die "${names[$i]} exited unexpectedly (status $status)"
+    fi
+done
+die "unexpected wait result (status $status)"
