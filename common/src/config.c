@@ -509,7 +509,7 @@ static ts_status_t apply_flags(ts_config_t *cfg, int argc, char **argv, char ***
         if (st != TS_OK) return st;
     }
     if (rest) {
-        *rest = argv + 1;
+        *rest = argv + (argc > 0);
         if (nrest) *nrest = npos;
     }
     return TS_OK;
@@ -523,9 +523,14 @@ ts_status_t ts_config_load(ts_config_t *cfg, int argc, char **argv, char ***rest
     ts_status_t st;
     char src[160];
 
+    if (!cfg) {
+        seterr(err, errcap, "ts_config_load: NULL config");
+        return TS_ERR_INVALID;
+    }
     memset(cfg, 0, sizeof *cfg);
     seterr(err, errcap, "%s", "");
-    if (rest) *rest = argc > 1 ? argv + 1 : argv + argc;
+    if (!argv || argc < 0) argc = 0;
+    if (rest) *rest = argv ? argv + (argc > 0) : NULL;
     if (nrest) *nrest = 0;
 
     for (int i = 1; i < argc && strcmp(argv[i], "--") != 0; i++) {

@@ -123,6 +123,14 @@ static void test_defaults(void **state)
     assert_int_equal(cfg.sim_seed, 1);
     assert_true(cfg.sim_speed == 20.0);
     ts_config_free(&cfg);
+
+    /* no argv at all (embedded use) */
+    char **rest = NULL;
+    int nrest = -1;
+    assert_int_equal(ts_config_load(&cfg, 0, NULL, &rest, &nrest, err, sizeof err), TS_OK);
+    assert_int_equal(nrest, 0);
+    assert_string_equal(cfg.worker_id, "w1");
+    ts_config_free(&cfg);
 }
 
 /* Each source overrides the one before, for a string, an int and a double. */
