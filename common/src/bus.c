@@ -12,7 +12,8 @@
  *    a table of live buses; ts_bus_destroy() removes the bus and waits for
  *    handlers that are already running.
  *  - A failed async publish is re-published with its original Nats-Msg-Id
- *    (JetStream de-duplicates it) at most TS_BUS_PUB_TRIES times in all; the
+ *    (one is generated when the caller gave none, so JetStream de-duplicates
+ *    it) at most TS_BUS_PUB_TRIES times in all; the
  *    user's ack callback fires exactly once per ts_bus_js_publish_async(). */
 #include "tessera/bus.h"
 
@@ -24,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "tessera/log.h"
 #include "tessera/util.h"
@@ -45,6 +47,8 @@ struct ts_bus {
     jsCtx *js;
     uint64_t id;
     _Atomic uint64_t bytes_out;
+    char msg_id_prefix[24];       /* unique per connection */
+    _Atomic uint64_t next_msg_id; /* ids for async publishes without one */
     ts_bus_ack_cb ack_cb;
     void *ack_ud;
     /* guarded by live_mu */
@@ -296,7 +300,11 @@ ts_status_t ts_bus_connect(ts_bus_t **out, const char *url, const char *name)
     if (bus == NULL)
         return TS_ERR_NOMEM;
     atomic_init(&bus->bytes_out, 0);
+    atomic_init(&bus->next_msg_id, 1);
     live_add(bus);
+    ts_rng_t rng;
+    ts_rng_seed(&rng, ts_now_us() ^ ((uint64_t)getpid() << 32) ^ (bus->id * 0x9e3779b97f4a7c15ull));
+    snprintf(bus->msg_id_prefix, sizeof bus->msg_id_prefix, "%016" PRIx64, ts_rng_next(&rng));
 
     natsOptions *opts = NULL;
     natsStatus s = natsOptions_Create(&opts);
@@ -584,7 +592,15 @@ ts_status_t ts_bus_js_publish_async(ts_bus_t *bus, const char *subject, const ts
     ts_status_t st = make_msg(&m, subject, NULL, hdr, data, len);
     if (st != TS_OK)
         return st;
-    natsStatus s = publish_async(bus->js, &m);
+    natsStatus s = NATS_OK;
+    if (hdr == NULL || hdr->msg_id == NULL) {
+        /* retries must be recognisable as the same message */
+        char id[48];
+        snprintf(id, sizeof id, "%s-%" PRIu64, bus->msg_id_prefix, atomic_fetch_add(&bus->next_msg_id, 1));
+        s = natsMsgHeader_Set(m, HDR_MSG_ID, id);
+    }
+    if (s == NATS_OK)
+        s = publish_async(bus->js, &m);
     if (s != NATS_OK) {
         natsMsg_Destroy(m);
         return fail("js publish async", subject, s, 0);

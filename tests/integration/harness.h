@@ -20,6 +20,8 @@ typedef struct {
     pid_t pid;
     char name[64];
     char log_path[512];
+    bool reaped;     /* exited and waited for; exit_code is valid */
+    int exit_code;   /* WEXITSTATUS, or 128+signal */
 } ts_h_proc_t;
 
 typedef struct {

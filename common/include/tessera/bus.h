@@ -77,7 +77,7 @@ ts_status_t ts_bus_js_publish(ts_bus_t *bus, const char *subject, const ts_bus_h
                               size_t len, int64_t timeout_ms, uint64_t *stream_seq);
 /* JetStream publish without waiting. Failed publishes are retried (same
  * msg id, so the stream stores them once) up to 5 times before the ack
- * callback reports !ok. */
+ * callback reports !ok. Without hdr->msg_id a unique id is generated. */
 ts_status_t ts_bus_js_publish_async(ts_bus_t *bus, const char *subject, const ts_bus_hdr_t *hdr,
                                     const void *data, size_t len);
 /* Sets the callback for async publish outcomes (set before publishing). */

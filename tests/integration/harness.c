@@ -1,0 +1,549 @@
+/* Integration-test harness: real nats-server (JetStream) and redis-server on
+ * free loopback ports, Tessera binaries spawned against them, and a promise
+ * that none of them outlives the test:
+ *  - every child gets PR_SET_PDEATHSIG=SIGKILL (it dies with the thread that
+ *    forked it, so start the harness from the test's main thread);
+ *  - every started harness is kept in a global list that an atexit handler
+ *    and SIGINT/SIGTERM/SIGABRT/SIGSEGV handlers walk to kill what is left,
+ *    so a cmocka assertion that longjmps past ts_h_stop() leaks nothing;
+ *  - ts_h_stop() terminates and reaps everything, servers last.
+ * Children are built with execve and an environment prepared before fork,
+ * because the test process has nats.c threads running. */
+#define _GNU_SOURCE
+#include "harness.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <netinet/in.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "tessera/util.h"
+
+#ifndef TS_BIN_DIR
+#define TS_BIN_DIR "."
+#endif
+
+#define MAX_LIVE 8
+#define TAIL_LINES 60
+#define TERM_GRACE_MS 3000
+#define SERVER_START_MS 10000
+#define NSERVERS 2 /* procs[0] = nats, procs[1] = redis */
+
+extern char **environ;
+
+static ts_h_t *volatile live[MAX_LIVE];
+static bool hooks_installed;
+
+/* ---- kill-everything hooks ------------------------------------------------ */
+
+static void kill_all_children(void)
+{
+    for (int i = 0; i < MAX_LIVE; i++) {
+        ts_h_t *h = live[i];
+        if (h == NULL)
+            continue;
+        for (int k = 0; k < h->nprocs; k++)
+            if (h->procs[k].pid > 0 && !h->procs[k].reaped)
+                kill(h->procs[k].pid, SIGKILL);
+    }
+}
+
+static void on_fatal_signal(int sig)
+{
+    kill_all_children();
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
+static void on_exit_cleanup(void)
+{
+    for (int i = 0; i < MAX_LIVE; i++) {
+        ts_h_t *h = live[i];
+        if (h != NULL) {
+            /* never stopped: the test bailed out early */
+            h->failed = true;
+            ts_h_stop(h);
+        }
+    }
+}
+
+static void install_hooks(void)
+{
+    if (hooks_installed)
+        return;
+    hooks_installed = true;
+    atexit(on_exit_cleanup);
+    const int sigs[] = {SIGINT, SIGTERM, SIGABRT, SIGSEGV, SIGBUS, SIGHUP};
+    for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++) {
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = on_fatal_signal;
+        sigemptyset(&sa.sa_mask);
+        sigaction(sigs[i], &sa, NULL);
+    }
+    /* a child that closes its end early must not kill the test */
+    signal(SIGPIPE, SIG_IGN);
+}
+
+static void live_add(ts_h_t *h)
+{
+    for (int i = 0; i < MAX_LIVE; i++) {
+        if (live[i] == h)
+            return;
+    }
+    for (int i = 0; i < MAX_LIVE; i++) {
+        if (live[i] == NULL) {
+            live[i] = h;
+            return;
+        }
+    }
+    fprintf(stderr, "harness: more than %d harnesses at once\n", MAX_LIVE);
+    abort();
+}
+
+static void live_remove(ts_h_t *h)
+{
+    for (int i = 0; i < MAX_LIVE; i++)
+        if (live[i] == h)
+            live[i] = NULL;
+}
+
+/* ---- ports ------------------------------------------------------------------ */
+
+int ts_h_free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = 0};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof sa;
+    int port = -1;
+    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0 && getsockname(fd, (struct sockaddr *)&sa, &len) == 0)
+        port = ntohs(sa.sin_port);
+    close(fd);
+    return port;
+}
+
+static bool port_open(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return false;
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    bool ok = connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0;
+    close(fd);
+    return ok;
+}
+
+bool ts_h_wait_port(int port, int64_t timeout_ms)
+{
+    uint64_t deadline = ts_mono_us() + (uint64_t)timeout_ms * 1000;
+    do {
+        if (port_open(port))
+            return true;
+        ts_sleep_ms(20);
+    } while (ts_mono_us() < deadline);
+    return false;
+}
+
+/* ---- processes ------------------------------------------------------------- */
+
+/* environ plus TESSERA_NATS_URL / TESSERA_REDIS_URL (malloc'd array; the
+ * two strings live in bufs). */
+static char **child_env(ts_h_t *h, char *nats_kv, char *redis_kv, size_t cap)
+{
+    size_t n = 0;
+    while (environ[n] != NULL)
+        n++;
+    char **env = calloc(n + 3, sizeof *env);
+    if (env == NULL)
+        return NULL;
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (strncmp(environ[i], "TESSERA_NATS_URL=", 17) == 0 || strncmp(environ[i], "TESSERA_REDIS_URL=", 18) == 0)
+            continue;
+        env[k++] = environ[i];
+    }
+    snprintf(nats_kv, cap, "TESSERA_NATS_URL=%s", h->nats_url);
+    snprintf(redis_kv, cap, "TESSERA_REDIS_URL=%s", h->redis_url);
+    env[k++] = nats_kv;
+    env[k++] = redis_kv;
+    return env;
+}
+
+/* Forks and execs path with argv (argv[0] included); returns the index or -1. */
+static int launch(ts_h_t *h, const char *name, const char *path, char *const *argv)
+{
+    if (h->nprocs >= TS_H_MAX_PROCS) {
+        fprintf(stderr, "harness: too many processes (max %d)\n", TS_H_MAX_PROCS);
+        return -1;
+    }
+    ts_h_proc_t *p = &h->procs[h->nprocs];
+    memset(p, 0, sizeof *p);
+    ts_strlcpy(p->name, name, sizeof p->name);
+    char log_path[sizeof p->log_path];
+    snprintf(log_path, sizeof log_path, "%s/%s.log", h->dir, name);
+    ts_strlcpy(p->log_path, log_path, sizeof p->log_path);
+
+    char nats_kv[192], redis_kv[192];
+    char **env = child_env(h, nats_kv, redis_kv, sizeof nats_kv);
+    int logfd = open(p->log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    int nullfd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (env == NULL || logfd < 0 || nullfd < 0) {
+        fprintf(stderr, "harness: cannot prepare %s: %s\n", name, strerror(errno));
+        free(env);
+        if (logfd >= 0)
+            close(logfd);
+        if (nullfd >= 0)
+            close(nullfd);
+        return -1;
+    }
+    pid_t parent = getpid();
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        /* child: async-signal-safe calls only */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent)
+            _exit(127);
+        setpgid(0, 0);
+        dup2(nullfd, STDIN_FILENO);
+        dup2(logfd, STDOUT_FILENO);
+        dup2(logfd, STDERR_FILENO);
+        execve(path, argv, env);
+        static const char msg[] = "harness: exec failed\n";
+        ssize_t w = write(STDERR_FILENO, msg, sizeof msg - 1);
+        (void)w;
+        _exit(127);
+    }
+    int err = errno;
+    free(env);
+    close(logfd);
+    close(nullfd);
+    if (pid < 0) {
+        fprintf(stderr, "harness: fork for %s failed: %s\n", name, strerror(err));
+        return -1;
+    }
+    p->pid = pid;
+    p->exit_code = -1;
+    return h->nprocs++;
+}
+
+static bool reap(ts_h_proc_t *p, bool block)
+{
+    if (p->pid <= 0 || p->reaped)
+        return true;
+    int status = 0;
+    pid_t r;
+    do
+        r = waitpid(p->pid, &status, block ? 0 : WNOHANG);
+    while (r < 0 && errno == EINTR);
+    if (r == 0)
+        return false;
+    p->reaped = true;
+    if (r < 0)
+        p->exit_code = -1;
+    else if (WIFEXITED(status))
+        p->exit_code = WEXITSTATUS(status);
+    else if (WIFSIGNALED(status))
+        p->exit_code = 128 + WTERMSIG(status);
+    return true;
+}
+
+int ts_h_spawn(ts_h_t *h, const char *name, const char *bin, const char *const *argv)
+{
+    char path[1024];
+    if (strchr(bin, '/') != NULL)
+        ts_strlcpy(path, bin, sizeof path);
+    else
+        snprintf(path, sizeof path, "%s/%s", TS_BIN_DIR, bin);
+    if (access(path, X_OK) != 0) {
+        h->failed = true;
+        fail_msg("harness: %s is not an executable: %s", path, strerror(errno));
+    }
+    char *args[64];
+    int n = 0;
+    args[n++] = path;
+    for (int i = 0; argv != NULL && argv[i] != NULL; i++) {
+        if (n >= 63) {
+            h->failed = true;
+            fail_msg("harness: too many arguments for %s", name);
+        }
+        args[n++] = (char *)argv[i];
+    }
+    args[n] = NULL;
+    int idx = launch(h, name, path, args);
+    if (idx < 0) {
+        h->failed = true;
+        fail_msg("harness: cannot start %s", name);
+    }
+    return idx;
+}
+
+void ts_h_signal(ts_h_t *h, int idx, int sig)
+{
+    if (idx < 0 || idx >= h->nprocs)
+        return;
+    ts_h_proc_t *p = &h->procs[idx];
+    if (p->pid > 0 && !p->reaped)
+        kill(p->pid, sig);
+}
+
+int ts_h_wait(ts_h_t *h, int idx, int64_t timeout_ms)
+{
+    if (idx < 0 || idx >= h->nprocs)
+        return -1;
+    ts_h_proc_t *p = &h->procs[idx];
+    uint64_t deadline = ts_mono_us() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 0) * 1000;
+    for (;;) {
+        if (reap(p, false))
+            return p->exit_code;
+        if (ts_mono_us() >= deadline)
+            return -1;
+        ts_sleep_ms(10);
+    }
+}
+
+/* Sends SIGTERM to procs [from, to), waits, then SIGKILLs the stragglers. */
+static void terminate_range(ts_h_t *h, int from, int to)
+{
+    for (int i = from; i < to; i++)
+        ts_h_signal(h, i, SIGTERM);
+    uint64_t deadline = ts_mono_us() + TERM_GRACE_MS * 1000ull;
+    for (;;) {
+        bool all = true;
+        for (int i = from; i < to; i++)
+            all = reap(&h->procs[i], false) && all;
+        if (all)
+            return;
+        if (ts_mono_us() >= deadline)
+            break;
+        ts_sleep_ms(10);
+    }
+    for (int i = from; i < to; i++) {
+        if (!h->procs[i].reaped) {
+            fprintf(stderr, "harness: %s did not stop within %d ms, killing it\n", h->procs[i].name,
+                    TERM_GRACE_MS);
+            kill(h->procs[i].pid, SIGKILL);
+            reap(&h->procs[i], true);
+        }
+    }
+}
+
+/* ---- logs and the temp dir --------------------------------------------------- */
+
+static char *read_file(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (f == NULL)
+        return NULL;
+    size_t cap = 4096, len = 0;
+    char *buf = malloc(cap);
+    while (buf != NULL) {
+        size_t got = fread(buf + len, 1, cap - len - 1, f);
+        len += got;
+        if (got == 0)
+            break;
+        if (cap - len - 1 == 0) {
+            char *nb = realloc(buf, cap * 2);
+            if (nb == NULL) {
+                free(buf);
+                buf = NULL;
+                break;
+            }
+            buf = nb;
+            cap *= 2;
+        }
+    }
+    fclose(f);
+    if (buf != NULL)
+        buf[len] = '\0';
+    return buf;
+}
+
+char *ts_h_read_log(ts_h_t *h, int idx)
+{
+    if (idx < 0 || idx >= h->nprocs)
+        return NULL;
+    return read_file(h->procs[idx].log_path);
+}
+
+static void print_tail(const ts_h_proc_t *p)
+{
+    char *text = read_file(p->log_path);
+    fprintf(stderr, "----- %s (%s, exit %d) last %d lines -----\n", p->name, p->log_path, p->exit_code,
+            TAIL_LINES);
+    if (text != NULL) {
+        size_t len = strlen(text);
+        size_t start = len;
+        int lines = 0;
+        while (start > 0) {
+            if (text[start - 1] == '\n' && start != len && ++lines >= TAIL_LINES)
+                break;
+            start--;
+        }
+        fputs(text + start, stderr);
+        if (len > 0 && text[len - 1] != '\n')
+            fputc('\n', stderr);
+        free(text);
+    }
+}
+
+static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    remove(path);
+    return 0;
+}
+
+void ts_h_fail_dump(ts_h_t *h)
+{
+    h->failed = true;
+}
+
+void ts_h_stop(ts_h_t *h)
+{
+    if (h == NULL)
+        return;
+    if (h->nprocs > NSERVERS)
+        terminate_range(h, NSERVERS, h->nprocs);
+    terminate_range(h, 0, h->nprocs < NSERVERS ? h->nprocs : NSERVERS);
+    live_remove(h);
+
+    bool keep = getenv("TS_KEEP_LOGS") != NULL;
+    if (h->failed || keep) {
+        for (int i = 0; i < h->nprocs; i++)
+            print_tail(&h->procs[i]);
+    }
+    if (h->dir[0] != '\0') {
+        if (h->failed || keep)
+            fprintf(stderr, "harness: logs kept in %s\n", h->dir);
+        else
+            nftw(h->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    }
+    h->nprocs = 0;
+    h->dir[0] = '\0';
+}
+
+/* ---- servers ------------------------------------------------------------------ */
+
+/* Starts one server on a fresh port; retries if another process grabbed it. */
+static bool start_server(ts_h_t *h, int slot, const char *name, int *port_out)
+{
+    for (int attempt = 0; attempt < 3; attempt++) {
+        int port = ts_h_free_port();
+        if (port <= 0)
+            return false;
+        char portbuf[16], dirbuf[300];
+        snprintf(portbuf, sizeof portbuf, "%d", port);
+        h->nprocs = slot;
+        int idx;
+        if (slot == 0) {
+            snprintf(dirbuf, sizeof dirbuf, "%s/js", h->dir);
+            char *argv[] = {(char *)"nats-server", (char *)"-js", (char *)"-a", (char *)"127.0.0.1",
+                            (char *)"-p", portbuf, (char *)"-sd", dirbuf, NULL};
+            const char *bin = access("/usr/sbin/nats-server", X_OK) == 0 ? "/usr/sbin/nats-server"
+                                                                           : "/usr/bin/nats-server";
+            idx = launch(h, name, bin, argv);
+        } else {
+            snprintf(dirbuf, sizeof dirbuf, "%s", h->dir);
+            char *argv[] = {(char *)"redis-server", (char *)"--port", portbuf, (char *)"--bind",
+                            (char *)"127.0.0.1", (char *)"--save", (char *)"", (char *)"--appendonly",
+                            (char *)"no", (char *)"--dir", dirbuf, NULL};
+            idx = launch(h, name, "/usr/bin/redis-server", argv);
+        }
+        if (idx < 0)
+            return false;
+        uint64_t deadline = ts_mono_us() + SERVER_START_MS * 1000ull;
+        while (ts_mono_us() < deadline) {
+            if (port_open(port) && !reap(&h->procs[idx], false)) {
+                *port_out = port;
+                return true;
+            }
+            if (h->procs[idx].reaped)
+                break;
+            ts_sleep_ms(20);
+        }
+        if (!h->procs[idx].reaped) {
+            kill(h->procs[idx].pid, SIGKILL);
+            reap(&h->procs[idx], true);
+        }
+        print_tail(&h->procs[idx]);
+    }
+    return false;
+}
+
+void ts_h_start(ts_h_t *h)
+{
+    memset(h, 0, sizeof *h);
+    install_hooks();
+    const char *tmp = getenv("TMPDIR");
+    snprintf(h->dir, sizeof h->dir, "%s/tessera-it-XXXXXX", tmp && tmp[0] ? tmp : "/tmp");
+    if (mkdtemp(h->dir) == NULL) {
+        int err = errno;
+        h->dir[0] = '\0';
+        fail_msg("harness: mkdtemp failed: %s", strerror(err));
+    }
+    char js[300];
+    snprintf(js, sizeof js, "%s/js", h->dir);
+    mkdir(js, 0755);
+    live_add(h);
+
+    if (!start_server(h, 0, "nats", &h->nats_port)) {
+        h->failed = true;
+        ts_h_stop(h);
+        fail_msg("harness: nats-server -js did not start");
+    }
+    snprintf(h->nats_url, sizeof h->nats_url, "nats://127.0.0.1:%d", h->nats_port);
+    if (!start_server(h, 1, "redis", &h->redis_port)) {
+        h->failed = true;
+        ts_h_stop(h);
+        fail_msg("harness: redis-server did not start");
+    }
+    snprintf(h->redis_url, sizeof h->redis_url, "redis://127.0.0.1:%d", h->redis_port);
+}
+
+bool ts_h_wait_world(ts_h_t *h, uint32_t world, int ncells, int64_t timeout_ms)
+{
+    uint64_t deadline = ts_mono_us() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 0) * 1000;
+    ts_registry_t *reg = NULL;
+    bool ready = false;
+    while (!ready) {
+        if (reg == NULL && ts_registry_connect(&reg, h->redis_url) != TS_OK)
+            reg = NULL;
+        if (reg != NULL) {
+            ts_world_t w;
+            ts_cell_entry_t *cells = NULL;
+            size_t n = 0;
+            if (ts_registry_world_get(reg, world, &w) == TS_OK &&
+                ts_registry_cells(reg, world, &cells, &n) == TS_OK && (int)n >= ncells) {
+                ready = true;
+                for (size_t i = 0; i < n; i++)
+                    if (cells[i].owner[0] == '\0')
+                        ready = false;
+            }
+            free(cells);
+        }
+        if (ready || ts_mono_us() >= deadline)
+            break;
+        ts_sleep_ms(50);
+    }
+    ts_registry_destroy(reg);
+    return ready;
+}
