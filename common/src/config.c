@@ -73,6 +73,8 @@ static const key_def_t keys[] = {
     INT("worker.tick_hz", worker_tick_hz, "20", 1, 1000, "simulation ticks per second"),
     INT("worker.capacity", worker_capacity, "5000", 1, 10000000, "entities the worker is sized for"),
     INT("worker.hb_ms", worker_hb_ms, "500", 10, 60000, "heartbeat interval in milliseconds"),
+    INT("worker.checkpoint_ms", worker_checkpoint_ms, "1000", 10, 3600000,
+        "how often each cell's checkpoint is written, in milliseconds"),
     DBL("worker.max_speed", worker_max_speed, "50", 0, 1e6, "entity speed limit in world units per second"),
     INT("orch.hb_ttl_ms", orch_hb_ttl_ms, "3000", 100, 600000, "worker liveness TTL in milliseconds"),
     INT("orch.status_ms", orch_status_ms, "0", 0, 3600000, "status log interval in milliseconds (0: off)"),

@@ -53,6 +53,7 @@ typedef struct {
     int64_t worker_tick_hz;
     int64_t worker_capacity;
     int64_t worker_hb_ms;
+    int64_t worker_checkpoint_ms;
     double worker_max_speed;
 
     /* orchestrator */

@@ -1,0 +1,487 @@
+/* Worker side of a handover: cell C moves from source A to target B.
+ *
+ *   orch -> A  PREPARE   A marks the zone, sends B a PreCopy (snapshot at s1)
+ *   orch -> A  FREEZE    A publishes pending Departures, stops consuming C,
+ *                        applies what it received, publishes the effects,
+ *                        sends B the Diff (exact state at s2)
+ *   orch       CAS       registry: owner B, epoch + 1
+ *   orch -> B  COMMIT    B consumes C from s2 + 1 with the new epoch
+ *   orch -> A  COMMIT    A drops C
+ *   orch -> *  ABORT     before the CAS: A resumes from s2 + 1, B discards
+ *
+ * All messages travel on <cell>.handover; every worker of the world listens
+ * and only the named target acts. PreCopy / Diff / target-side Abort are
+ * handled directly on the nats.c thread (they only touch pending zones, under
+ * the worker mutex) so a source waiting for them never waits on the target's
+ * tick. Requests that touch bound cells are queued for the tick thread, which
+ * serves them as soon as they arrive, between ticks.
+ *
+ * Whatever is lost — an orchestrator dying between CAS and COMMIT, a COMMIT
+ * that never arrives — the registry decides: a frozen source that hears
+ * nothing for FROZEN_TIMEOUT_US resumes only if the registry still names it at
+ * the same epoch, and a target binds its pending zone when the registry gives
+ * it the cell. */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tessera/log.h"
+#include "tessera/subject.h"
+#include "tessera/util.h"
+#include "worker_internal.h"
+
+#define PEER_TIMEOUT_MS 1000
+#define FROZEN_TIMEOUT_US 3000000ULL
+#define PENDING_TIMEOUT_US 15000000ULL
+#define TS_TYPE_HANDOVER "tessera.v1.Handover"
+
+typedef struct {
+    bool ok;
+    const char *error;
+    uint64_t seq;
+    uint64_t freeze_us, resume_us;
+    uint32_t entities;
+} ack_t;
+
+static void send_ack(ts_worker_t *w, const char *reply, const Tessera__V1__Handover *req, const ack_t *a)
+{
+    if (!reply || !*reply) return;
+    Tessera__V1__Handover m = TESSERA__V1__HANDOVER__INIT;
+    m.id = req->id;
+    m.phase = TESSERA__V1__HANDOVER_PHASE__HANDOVER_ACK;
+    m.cell = req->cell;
+    m.epoch = req->epoch;
+    m.target = w->id;
+    m.ok = a->ok;
+    m.error = (char *)(a->error ? a->error : "");
+    m.seq = a->seq;
+    m.freeze_us = a->freeze_us;
+    m.resume_us = a->resume_us;
+    m.entities = a->entities;
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    if (ts_proto_pack(&m.base, &buf, &len) != TS_OK) return;
+    ts_bus_hdr_t hdr = {.type = TS_TYPE_HANDOVER, .epoch = req->epoch};
+    ts_bus_publish(w->bus, reply, &hdr, buf, len);
+    free(buf);
+}
+
+static ts_pending_t *find_pending(ts_worker_t *w, const char *id)
+{
+    for (size_t i = 0; i < w->npending; i++)
+        if (strcmp(w->pending[i].id, id) == 0) return &w->pending[i];
+    return NULL;
+}
+
+static void drop_pending(ts_worker_t *w, ts_pending_t *p)
+{
+    ts_zone_destroy(p->zone);
+    *p = w->pending[--w->npending];
+}
+
+static Tessera__V1__Checkpoint *unpack_snapshot(const Tessera__V1__Handover *m)
+{
+    if (!m->snapshot.data || m->snapshot.len == 0) return NULL;
+    return tessera__v1__checkpoint__unpack(NULL, m->snapshot.len, m->snapshot.data);
+}
+
+/* Target side, on a nats.c thread: the PreCopy. */
+static void on_precopy(ts_worker_t *w, const Tessera__V1__Handover *m, const char *reply)
+{
+    ack_t a = {.ok = false};
+    ts_cell_t cell;
+    Tessera__V1__Checkpoint *cp = unpack_snapshot(m);
+    ts_zone_t *z = NULL;
+    if (!cp || ts_proto_cell_get(m->cell, &cell) != TS_OK) {
+        a.error = "malformed PreCopy";
+    } else if (ts_zone_create(&z, &cell, m->epoch, &w->world, w->cfg->worker_max_speed) != TS_OK ||
+               ts_zone_load_checkpoint(z, cp, false, 0) != TS_OK) {
+        a.error = "cannot load the PreCopy snapshot";
+        ts_zone_destroy(z);
+        z = NULL;
+    }
+    if (z) {
+        pthread_mutex_lock(&w->mu);
+        for (size_t i = 0; i < w->npending;) {
+            if (ts_cell_eq(&w->pending[i].zone->cell, &cell)) drop_pending(w, &w->pending[i]);
+            else i++;
+        }
+        if (w->npending == w->cap_pending) {
+            size_t ncap = w->cap_pending ? w->cap_pending * 2 : 8;
+            ts_pending_t *v = realloc(w->pending, ncap * sizeof(*v));
+            if (v) {
+                w->pending = v;
+                w->cap_pending = ncap;
+            }
+        }
+        if (w->npending < w->cap_pending) {
+            ts_pending_t *p = &w->pending[w->npending++];
+            memset(p, 0, sizeof(*p));
+            ts_strlcpy(p->id, m->id, sizeof(p->id));
+            p->zone = z;
+            p->created_us = ts_mono_us();
+            a.ok = true;
+            a.seq = z->last_applied_seq;
+            a.entities = (uint32_t)ts_zone_entities(z);
+        } else {
+            ts_zone_destroy(z);
+            a.error = "out of memory";
+        }
+        pthread_mutex_unlock(&w->mu);
+    }
+    if (cp) tessera__v1__checkpoint__free_unpacked(cp, NULL);
+    send_ack(w, reply, m, &a);
+}
+
+/* Target side, on a nats.c thread: the Diff. */
+static void on_diff(ts_worker_t *w, const Tessera__V1__Handover *m, const char *reply)
+{
+    ack_t a = {.ok = false, .error = "no PreCopy for this handover"};
+    Tessera__V1__Checkpoint *cp = unpack_snapshot(m);
+    pthread_mutex_lock(&w->mu);
+    ts_pending_t *p = find_pending(w, m->id);
+    if (!cp) {
+        a.error = "malformed Diff";
+    } else if (p && ts_zone_load_checkpoint(p->zone, cp, true, 0) == TS_OK) {
+        p->diffed = true;
+        a = (ack_t){.ok = true, .seq = p->zone->last_applied_seq, .entities = (uint32_t)ts_zone_entities(p->zone)};
+    }
+    pthread_mutex_unlock(&w->mu);
+    if (cp) tessera__v1__checkpoint__free_unpacked(cp, NULL);
+    send_ack(w, reply, m, &a);
+}
+
+static void queue_ctl(ts_worker_t *w, Tessera__V1__Handover *m, const char *reply)
+{
+    char *r = reply ? strdup(reply) : NULL;
+    pthread_mutex_lock(&w->mu);
+    if (w->nctl == w->cap_ctl) {
+        size_t ncap = w->cap_ctl ? w->cap_ctl * 2 : 8;
+        ts_ctl_req_t *v = realloc(w->ctl, ncap * sizeof(*v));
+        if (!v) {
+            pthread_mutex_unlock(&w->mu);
+            free(r);
+            tessera__v1__handover__free_unpacked(m, NULL);
+            return;
+        }
+        w->ctl = v;
+        w->cap_ctl = ncap;
+    }
+    w->ctl[w->nctl++] = (ts_ctl_req_t){m, r};
+    pthread_cond_signal(&w->cond);
+    pthread_mutex_unlock(&w->mu);
+}
+
+static void on_handover(void *ud, const ts_bus_msg_t *msg)
+{
+    ts_worker_t *w = ud;
+    Tessera__V1__Handover *m = tessera__v1__handover__unpack(NULL, ts_bus_msg_len(msg), ts_bus_msg_data(msg));
+    if (!m) {
+        ts_warn("undecodable handover message on %s ignored", ts_bus_msg_subject(msg));
+        return;
+    }
+    if (!m->target || strcmp(m->target, w->id) != 0 || !m->id || !m->cell) {
+        tessera__v1__handover__free_unpacked(m, NULL);
+        return;
+    }
+    const char *reply = ts_bus_msg_reply(msg);
+    switch (m->phase) {
+    case TESSERA__V1__HANDOVER_PHASE__HANDOVER_PRECOPY:
+        on_precopy(w, m, reply);
+        break;
+    case TESSERA__V1__HANDOVER_PHASE__HANDOVER_DIFF:
+        on_diff(w, m, reply);
+        break;
+    case TESSERA__V1__HANDOVER_PHASE__HANDOVER_ABORT: {
+        pthread_mutex_lock(&w->mu);
+        ts_pending_t *p = find_pending(w, m->id);
+        if (p) drop_pending(w, p);
+        pthread_mutex_unlock(&w->mu);
+        if (p) {
+            ack_t a = {.ok = true};
+            send_ack(w, reply, m, &a);
+            break;
+        }
+        queue_ctl(w, m, reply); /* source side: resume on the tick thread */
+        return;
+    }
+    case TESSERA__V1__HANDOVER_PHASE__HANDOVER_PREPARE:
+    case TESSERA__V1__HANDOVER_PHASE__HANDOVER_FREEZE:
+    case TESSERA__V1__HANDOVER_PHASE__HANDOVER_COMMIT:
+        queue_ctl(w, m, reply);
+        return;
+    default:
+        break;
+    }
+    tessera__v1__handover__free_unpacked(m, NULL);
+}
+
+ts_status_t ts_handover_subscribe(ts_worker_t *w)
+{
+    char subj[TS_SUBJECT_MAX];
+    ts_subject_world_wildcard(subj, sizeof(subj), w->world.id, TS_SUBJ_HANDOVER);
+    return ts_bus_subscribe(w->bus, subj, on_handover, w, &w->ho_sub);
+}
+
+/* Source side: sends a PreCopy or Diff of z to the target and waits for its
+ * ACK. */
+static ts_status_t send_to_target(ts_worker_t *w, const Tessera__V1__Handover *req, ts_zone_t *z,
+                                  Tessera__V1__HandoverPhase phase)
+{
+    uint8_t *snap = NULL, *buf = NULL;
+    size_t snaplen = 0, len = 0;
+    ts_status_t st = ts_zone_pack_checkpoint(z, w->tick, w->id, phase == TESSERA__V1__HANDOVER_PHASE__HANDOVER_DIFF,
+                                             &snap, &snaplen);
+    if (st != TS_OK) return st;
+    Tessera__V1__Handover m = TESSERA__V1__HANDOVER__INIT;
+    m.id = req->id;
+    m.phase = phase;
+    m.cell = req->cell;
+    m.epoch = z->epoch;
+    m.from = w->id;
+    m.to = req->to;
+    m.target = req->to;
+    m.snapshot.data = snap;
+    m.snapshot.len = snaplen;
+    m.seq = z->last_applied_seq;
+    st = ts_proto_pack(&m.base, &buf, &len);
+    free(snap);
+    if (st != TS_OK) return st;
+    char subj[TS_SUBJECT_MAX];
+    ts_subject_cell(subj, sizeof(subj), &z->cell, TS_SUBJ_HANDOVER);
+    ts_bus_hdr_t hdr = {.type = TS_TYPE_HANDOVER, .epoch = z->epoch, .seq = z->last_applied_seq};
+    ts_bus_msg_t *reply = NULL;
+    st = ts_bus_request(w->bus, subj, &hdr, buf, len, PEER_TIMEOUT_MS, &reply);
+    free(buf);
+    if (st != TS_OK) return st;
+    Tessera__V1__Handover *ack = tessera__v1__handover__unpack(NULL, ts_bus_msg_len(reply), ts_bus_msg_data(reply));
+    st = ack && ack->ok ? TS_OK : TS_ERR_UNAVAILABLE;
+    if (ack && !ack->ok) ts_warn("cell %s: target %s refused: %s", z->key, req->to, ack->error);
+    if (ack) tessera__v1__handover__free_unpacked(ack, NULL);
+    ts_bus_msg_destroy(reply);
+    return st;
+}
+
+static ts_binding_t *owned_binding(ts_worker_t *w, const Tessera__V1__Handover *m, ack_t *a)
+{
+    ts_cell_t cell;
+    if (ts_proto_cell_get(m->cell, &cell) != TS_OK) {
+        a->error = "malformed cell";
+        return NULL;
+    }
+    ts_binding_t *b = ts_worker_find_binding(w, &cell);
+    if (!b) {
+        a->error = "not the owner of this cell";
+        return NULL;
+    }
+    if (b->zone->epoch != m->epoch) {
+        a->error = "stale epoch";
+        return NULL;
+    }
+    return b;
+}
+
+static void do_prepare(ts_worker_t *w, const Tessera__V1__Handover *m, const char *reply)
+{
+    ack_t a = {.ok = false};
+    ts_binding_t *b = owned_binding(w, m, &a);
+    if (b && b->state != TS_BIND_ACTIVE) {
+        a.error = "cell is frozen in another handover";
+    } else if (b && (!m->to || !*m->to || strcmp(m->to, w->id) == 0)) {
+        a.error = "bad target";
+    } else if (b) {
+        ts_zone_mark_precopy(b->zone);
+        ts_status_t st = send_to_target(w, m, b->zone, TESSERA__V1__HANDOVER_PHASE__HANDOVER_PRECOPY);
+        if (st == TS_OK)
+            a = (ack_t){.ok = true, .seq = b->zone->last_applied_seq, .entities = (uint32_t)ts_zone_entities(b->zone)};
+        else
+            a.error = "PreCopy to the target failed";
+    }
+    send_ack(w, reply, m, &a);
+}
+
+static void do_freeze(ts_worker_t *w, const Tessera__V1__Handover *m, const char *reply)
+{
+    ack_t a = {.ok = false};
+    ts_binding_t *b = owned_binding(w, m, &a);
+    if (b && b->state != TS_BIND_ACTIVE) {
+        a.error = "cell is already frozen";
+        b = NULL;
+    }
+    if (!b) {
+        send_ack(w, reply, m, &a);
+        return;
+    }
+    ts_zone_t *z = b->zone;
+    /* decisions already taken go into the stream, so the target sees them */
+    ts_worker_publish_departures(w, z);
+    ts_worker_stop_consuming(w, b);
+    uint64_t freeze_us = ts_now_us();
+    /* what arrived before the unsubscribe is applied here: state exact at s2 */
+    ts_worker_apply_inbox(w);
+    ts_worker_publish_outboxes(w, z);
+    ts_status_t st = send_to_target(w, m, z, TESSERA__V1__HANDOVER_PHASE__HANDOVER_DIFF);
+    if (st != TS_OK) {
+        ts_warn("cell %s: Diff to %s failed (%s); resuming", z->key, m->to, ts_status_str(st));
+        ts_worker_consume(w, b);
+        a.error = "Diff to the target failed";
+        send_ack(w, reply, m, &a);
+        return;
+    }
+    b->state = TS_BIND_FROZEN;
+    ts_strlcpy(b->handover_id, m->id, sizeof(b->handover_id));
+    b->frozen_us = ts_mono_us();
+    a = (ack_t){.ok = true, .seq = z->last_applied_seq, .freeze_us = freeze_us,
+                .entities = (uint32_t)ts_zone_entities(z)};
+    send_ack(w, reply, m, &a);
+}
+
+static void do_commit(ts_worker_t *w, const Tessera__V1__Handover *m, const char *reply)
+{
+    ack_t a = {.ok = false};
+    ts_cell_t cell;
+    if (ts_proto_cell_get(m->cell, &cell) != TS_OK) {
+        a.error = "malformed cell";
+        send_ack(w, reply, m, &a);
+        return;
+    }
+    ts_binding_t *b = ts_worker_find_binding(w, &cell);
+    if (b && b->state == TS_BIND_FROZEN && strcmp(b->handover_id, m->id) == 0) {
+        /* source: the registry names the target now */
+        w->stats.handovers_out++;
+        ts_worker_unbind(w, b);
+        a.ok = true;
+    } else if (b && b->state == TS_BIND_ACTIVE && b->zone->epoch == m->new_epoch) {
+        a = (ack_t){.ok = true, .resume_us = ts_now_us(), .seq = b->zone->last_applied_seq}; /* bound already */
+    } else if (!b) {
+        pthread_mutex_lock(&w->mu);
+        ts_pending_t *p = find_pending(w, m->id);
+        ts_zone_t *z = NULL;
+        if (p && p->diffed) {
+            z = p->zone;
+            p->zone = NULL;
+            *p = w->pending[--w->npending];
+        }
+        pthread_mutex_unlock(&w->mu);
+        if (z) {
+            uint64_t s2 = z->last_applied_seq;
+            if (ts_worker_bind(w, &cell, m->new_epoch, z) == TS_OK) {
+                w->stats.handovers_in++;
+                a = (ack_t){.ok = true, .resume_us = ts_now_us(), .seq = s2};
+            } else {
+                a.error = "cannot consume the cell's input";
+            }
+        } else {
+            a.error = "no completed Diff for this handover";
+        }
+    } else {
+        a.error = "cell is in another state";
+    }
+    send_ack(w, reply, m, &a);
+}
+
+static void do_abort(ts_worker_t *w, const Tessera__V1__Handover *m, const char *reply)
+{
+    ack_t a = {.ok = true};
+    ts_cell_t cell;
+    ts_binding_t *b = ts_proto_cell_get(m->cell, &cell) == TS_OK ? ts_worker_find_binding(w, &cell) : NULL;
+    if (b && b->state == TS_BIND_FROZEN && strcmp(b->handover_id, m->id) == 0) {
+        ts_info("cell %s: handover %s aborted; resuming at seq %" PRIu64, b->zone->key, m->id,
+                b->zone->last_applied_seq);
+        w->stats.handovers_aborted++;
+        if (ts_worker_consume(w, b) != TS_OK) a = (ack_t){.ok = false, .error = "cannot resume consuming"};
+    }
+    send_ack(w, reply, m, &a);
+}
+
+/* A frozen cell that heard nothing: the registry decides. */
+static void check_frozen(ts_worker_t *w)
+{
+    uint64_t now = ts_mono_us();
+    for (size_t i = 0; i < w->nbind; i++) {
+        ts_binding_t *b = &w->bindings[i];
+        if (b->state != TS_BIND_FROZEN || now - b->frozen_us < FROZEN_TIMEOUT_US) continue;
+        ts_cell_entry_t e;
+        ts_status_t st = ts_registry_cell_get(w->reg, &b->zone->cell, &e);
+        if (st != TS_OK) continue; /* cannot tell: stay frozen, ask again next tick */
+        if (strcmp(e.owner, w->id) == 0 && e.epoch == b->zone->epoch) {
+            ts_warn("cell %s: handover %s timed out before commit; resuming", b->zone->key, b->handover_id);
+            w->stats.handovers_aborted++;
+            ts_worker_consume(w, b);
+        } else {
+            ts_info("cell %s: handover %s committed (owner %s, epoch %" PRIu64 ")", b->zone->key, b->handover_id,
+                    e.owner, e.epoch);
+            w->stats.handovers_out++;
+            ts_worker_unbind(w, b);
+            i--;
+        }
+    }
+    pthread_mutex_lock(&w->mu);
+    for (size_t i = 0; i < w->npending;) {
+        if (now - w->pending[i].created_us > PENDING_TIMEOUT_US) drop_pending(w, &w->pending[i]);
+        else i++;
+    }
+    pthread_mutex_unlock(&w->mu);
+}
+
+void ts_handover_poll(ts_worker_t *w)
+{
+    for (;;) {
+        pthread_mutex_lock(&w->mu);
+        ts_ctl_req_t *reqs = w->ctl;
+        size_t n = w->nctl;
+        w->ctl = NULL;
+        w->nctl = w->cap_ctl = 0;
+        pthread_mutex_unlock(&w->mu);
+        if (n == 0) {
+            free(reqs);
+            break;
+        }
+        for (size_t i = 0; i < n; i++) {
+            Tessera__V1__Handover *m = reqs[i].msg;
+            switch (m->phase) {
+            case TESSERA__V1__HANDOVER_PHASE__HANDOVER_PREPARE: do_prepare(w, m, reqs[i].reply); break;
+            case TESSERA__V1__HANDOVER_PHASE__HANDOVER_FREEZE: do_freeze(w, m, reqs[i].reply); break;
+            case TESSERA__V1__HANDOVER_PHASE__HANDOVER_COMMIT: do_commit(w, m, reqs[i].reply); break;
+            case TESSERA__V1__HANDOVER_PHASE__HANDOVER_ABORT: do_abort(w, m, reqs[i].reply); break;
+            default: break;
+            }
+            tessera__v1__handover__free_unpacked(m, NULL);
+            free(reqs[i].reply);
+        }
+        free(reqs);
+    }
+    check_frozen(w);
+}
+
+ts_zone_t *ts_handover_take_pending(ts_worker_t *w, const ts_cell_t *cell)
+{
+    ts_zone_t *z = NULL;
+    pthread_mutex_lock(&w->mu);
+    for (size_t i = 0; i < w->npending; i++) {
+        ts_pending_t *p = &w->pending[i];
+        if (!p->diffed || !ts_cell_eq(&p->zone->cell, cell)) continue;
+        z = p->zone;
+        p->zone = NULL;
+        *p = w->pending[--w->npending];
+        break;
+    }
+    pthread_mutex_unlock(&w->mu);
+    if (z) w->stats.handovers_in++;
+    return z;
+}
+
+void ts_handover_free_all(ts_worker_t *w)
+{
+    for (size_t i = 0; i < w->nctl; i++) {
+        tessera__v1__handover__free_unpacked(w->ctl[i].msg, NULL);
+        free(w->ctl[i].reply);
+    }
+    free(w->ctl);
+    w->ctl = NULL;
+    w->nctl = w->cap_ctl = 0;
+    while (w->npending) drop_pending(w, &w->pending[w->npending - 1]);
+    free(w->pending);
+    w->pending = NULL;
+}
