@@ -750,6 +750,44 @@ static void test_registry_bad_data_and_urls(void **state)
     test_passed = true;
 }
 
+static void test_registry_reconnects(void **state)
+{
+    ts_registry_t *reg = reg_connect();
+    ts_world_t want = {.id = 27, .cell_size = 100, .x0 = -2, .y0 = -2, .width = 4, .height = 4}, w;
+    assert_int_equal(ts_registry_world_set(reg, &want), TS_OK);
+    ts_cell_entry_t e = {.cell = {.world = 27}, .owner = "w1"}, out;
+    assert_int_equal(ts_registry_cell_create(reg, &e, &out, NULL), TS_OK);
+
+    redisContext *c = redisConnect("127.0.0.1", H.redis_port);
+    assert_non_null(c);
+    assert_int_equal(c->err, 0);
+    /* drop every other client connection (ours included) */
+    raw(c, "CLIENT KILL TYPE normal SKIPME yes");
+
+    /* a read is re-sent on a fresh connection */
+    assert_int_equal(ts_registry_world_get(reg, 27, &w), TS_OK);
+    assert_int_equal(w.width, 4);
+
+    /* a CAS is not re-sent (it may have been applied): it fails clearly,
+     * changes nothing, and the next call works */
+    raw(c, "CLIENT KILL TYPE normal SKIPME yes");
+    assert_int_equal(ts_registry_cell_cas(reg, &e.cell, 1, "w2", TS_CELL_ACTIVE, &out, NULL), TS_ERR_UNAVAILABLE);
+    assert_int_equal(ts_registry_cell_get(reg, &e.cell, &out), TS_OK);
+    assert_int_equal(out.epoch, 1);
+    assert_int_equal(ts_registry_cell_cas(reg, &e.cell, 1, "w2", TS_CELL_ACTIVE, &out, NULL), TS_OK);
+    assert_int_equal(out.epoch, 2);
+
+    raw(c, "CLIENT KILL TYPE normal SKIPME yes");
+    ts_cell_entry_t *cells = NULL;
+    size_t n = 0;
+    assert_int_equal(ts_registry_cells(reg, 27, &cells, &n), TS_OK);
+    assert_int_equal(n, 1);
+    free(cells);
+    redisFree(c);
+    ts_registry_destroy(reg);
+    test_passed = true;
+}
+
 /* ---- harness itself --------------------------------------------------------- */
 
 static void test_harness_spawn_and_wait(void **state)
@@ -826,6 +864,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_registry_lock, test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_registry_worker_alive, test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_registry_bad_data_and_urls, test_setup, test_teardown),
+        cmocka_unit_test_setup_teardown(test_registry_reconnects, test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_harness_spawn_and_wait, test_setup, test_teardown),
     };
     int failed = cmocka_run_group_tests(tests, group_setup, group_teardown);
