@@ -341,7 +341,8 @@ ts_status_t ts_registry_world_set(ts_registry_t *reg, const ts_world_t *w)
     snprintf(y0, sizeof y0, "%" PRId32, w->y0);
     snprintf(width, sizeof width, "%" PRId32, w->width);
     snprintf(height, sizeof height, "%" PRId32, w->height);
-    const char *argv[] = {"HSET", key, "cell_size", size, "x0", x0, "y0", y0, "width", width, "height", height};
+    const char *argv[] = {"HSET", key, "cell_size", size, "x0", x0,
+                          "y0", y0, "width", width, "height", height};
     redisReply *r = NULL;
     ts_status_t st = command(reg, true, &r, (int)(sizeof argv / sizeof argv[0]), argv, NULL);
     if (r != NULL)
@@ -543,8 +544,8 @@ ts_status_t ts_registry_cell_cas(ts_registry_t *reg, const ts_cell_t *cell, uint
     long long outcome, epoch = 0, v = 0;
     if (r->type != REDIS_REPLY_ARRAY || r->elements < 1 || !reply_int(r->element[0], &outcome))
         return unexpected(r, "cell CAS");
-    if (outcome == 1 && (r->elements < 3 || !reply_int(r->element[1], &epoch) || !reply_int(r->element[2], &v) ||
-                         epoch < 1))
+    if (outcome == 1 && (r->elements < 3 || !reply_int(r->element[1], &epoch) ||
+                         !reply_int(r->element[2], &v) || epoch < 1))
         return unexpected(r, "cell CAS");
     freeReplyObject(r);
     if (outcome == -1)
@@ -589,8 +590,8 @@ static ts_status_t cells_once(ts_registry_t *reg, uint32_t world, ts_cell_entry_
     for (size_t i = 0; i < count; i++) {
         const redisReply *m = members->element[i];
         char ckey[KEY_MAX], text[TS_CELL_STR_MAX];
-        if (m->type != REDIS_REPLY_STRING || ts_cell_parse(m->str, &ids[i]) != TS_OK || ids[i].world != world ||
-            cell_key(ckey, text, &ids[i]) != TS_OK) {
+        if (m->type != REDIS_REPLY_STRING || ts_cell_parse(m->str, &ids[i]) != TS_OK ||
+            ids[i].world != world || cell_key(ckey, text, &ids[i]) != TS_OK) {
             ts_warn("registry: world %" PRIu32 " lists a malformed cell key", world);
             st = TS_ERR_REGISTRY;
             break;

@@ -134,7 +134,8 @@ int ts_h_free_port(void)
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     socklen_t len = sizeof sa;
     int port = -1;
-    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0 && getsockname(fd, (struct sockaddr *)&sa, &len) == 0)
+    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0 &&
+        getsockname(fd, (struct sockaddr *)&sa, &len) == 0)
         port = ntohs(sa.sin_port);
     close(fd);
     return port;
@@ -177,7 +178,8 @@ static char **child_env(ts_h_t *h, char *nats_kv, char *redis_kv, size_t cap)
         return NULL;
     size_t k = 0;
     for (size_t i = 0; i < n; i++) {
-        if (strncmp(environ[i], "TESSERA_NATS_URL=", 17) == 0 || strncmp(environ[i], "TESSERA_REDIS_URL=", 18) == 0)
+        if (strncmp(environ[i], "TESSERA_NATS_URL=", 17) == 0 ||
+            strncmp(environ[i], "TESSERA_REDIS_URL=", 18) == 0)
             continue;
         env[k++] = environ[i];
     }
@@ -491,6 +493,10 @@ static bool start_server(ts_h_t *h, int slot, const char *name, int *port_out)
 
 void ts_h_start(ts_h_t *h)
 {
+    for (int i = 0; i < MAX_LIVE; i++) {
+        if (live[i] == h)
+            ts_h_stop(h); /* started twice: do not lose the first servers */
+    }
     memset(h, 0, sizeof *h);
     install_hooks();
     const char *tmp = getenv("TMPDIR");
