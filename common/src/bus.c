@@ -273,6 +273,8 @@ static void live_remove(ts_bus_t *b)
 
 static void on_disconnected(natsConnection *nc, void *closure)
 {
+    if (natsConnection_IsClosed(nc))
+        return; /* our own close, not an outage */
     ts_warn("bus: disconnected from NATS, reconnecting");
 }
 
