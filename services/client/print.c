@@ -1,0 +1,145 @@
+/* Receiving and printing server frames, one readable line each:
+ *
+ *   welcome entity=0 cell=- gateway=gateway-1 cell_size=100 protocol=1
+ *   snapshot entity=281474976710657 cell=0.-1.0.0.0 epoch=1 n=3
+ *   delta tick=812 n=4 me=(12.5,10.0) applied=7
+ *   cell_changed 0.-1.0.0.0 -> 0.0.0.0.0
+ *   pong rtt=0.214ms
+ *   error MALFORMED: frame has no payload (fatal)
+ *
+ * Invariant: cli_t's view of its own entity only moves forward with frames
+ * that name it; nothing is guessed. */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+#include "tessera/util.h"
+
+void cli_format_cell(const Tessera__V1__CellId *pb, char *buf, size_t cap)
+{
+    if (pb == NULL) {
+        snprintf(buf, cap, "-");
+        return;
+    }
+    snprintf(buf, cap, "%u.%d.%d.%u.%llu", pb->world, pb->cx, pb->cy, pb->depth, (unsigned long long)pb->sub);
+}
+
+static const char *error_name(Tessera__V1__ErrorCode code)
+{
+    const ProtobufCEnumValue *v =
+        protobuf_c_enum_descriptor_get_value(&tessera__v1__error_code__descriptor, (int)code);
+    if (v == NULL)
+        return "UNKNOWN";
+    return strncmp(v->name, "ERROR_", 6) == 0 ? v->name + 6 : v->name;
+}
+
+static void note_me(cli_t *c, Tessera__V1__EntityState *const *ents, size_t n, bool *seen)
+{
+    *seen = false;
+    if (c->entity == 0)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        if (ents[i] != NULL && ents[i]->id == c->entity) {
+            c->me_known = true;
+            c->me_x = ents[i]->x;
+            c->me_y = ents[i]->y;
+            c->me_applied = ents[i]->inputs_applied;
+            c->me_last_seq = ents[i]->last_input_seq;
+            *seen = true;
+        }
+    }
+}
+
+void cli_handle_frame(cli_t *c, const Tessera__V1__ServerFrame *f, cli_print_t mode)
+{
+    char cell[TS_CELL_STR_MAX], to[TS_CELL_STR_MAX];
+    bool seen;
+    cli_format_cell(f->cell, cell, sizeof cell);
+    switch (f->payload_case) {
+    case TESSERA__V1__SERVER_FRAME__PAYLOAD_WELCOME:
+        fprintf(c->out, "welcome entity=%llu cell=%s gateway=%s cell_size=%g protocol=%u\n",
+                (unsigned long long)f->welcome->entity, cell, f->welcome->gateway, f->welcome->cell_size,
+                f->welcome->protocol_version);
+        break;
+    case TESSERA__V1__SERVER_FRAME__PAYLOAD_SNAPSHOT:
+        c->entity = f->snapshot->entity;
+        note_me(c, f->snapshot->entities, f->snapshot->n_entities, &seen);
+        fprintf(c->out, "snapshot entity=%llu cell=%s epoch=%llu n=%zu\n", (unsigned long long)f->snapshot->entity,
+                cell, (unsigned long long)f->epoch, f->snapshot->n_entities);
+        break;
+    case TESSERA__V1__SERVER_FRAME__PAYLOAD_DELTA:
+        note_me(c, f->delta->entities, f->delta->n_entities, &seen);
+        if (mode != CLI_PRINT_ALL) {
+            c->deltas_quiet++;
+            break;
+        }
+        fprintf(c->out, "delta tick=%llu n=%zu", (unsigned long long)f->delta->tick, f->delta->n_entities);
+        if (seen)
+            fprintf(c->out, " me=(%.1f,%.1f) applied=%llu", c->me_x, c->me_y, (unsigned long long)c->me_applied);
+        else
+            fprintf(c->out, " me=-");
+        if (f->delta->n_removed > 0)
+            fprintf(c->out, " removed=%zu", f->delta->n_removed);
+        fprintf(c->out, "\n");
+        break;
+    case TESSERA__V1__SERVER_FRAME__PAYLOAD_CELL_CHANGED:
+        cli_format_cell(f->cell_changed->from, cell, sizeof cell);
+        cli_format_cell(f->cell_changed->to, to, sizeof to);
+        fprintf(c->out, "cell_changed %s -> %s\n", cell, to);
+        break;
+    case TESSERA__V1__SERVER_FRAME__PAYLOAD_PONG: {
+        uint64_t now = ts_now_us(), sent = f->pong->client_time_us;
+        c->last_rtt_us = now > sent ? now - sent : 0;
+        if (sent != CLI_SYNC_MARK)
+            fprintf(c->out, "pong rtt=%.3fms\n", (double)c->last_rtt_us / 1000.0);
+        break;
+    }
+    case TESSERA__V1__SERVER_FRAME__PAYLOAD_ERROR:
+        c->errors++;
+        fprintf(c->out, "error %s: %s%s\n", error_name(f->error->code), f->error->message,
+                f->error->fatal ? " (fatal)" : "");
+        break;
+    default:
+        fprintf(c->out, "frame seq=%llu with no payload\n", (unsigned long long)f->seq);
+        break;
+    }
+    fflush(c->out);
+}
+
+bool cli_pump(cli_t *c, int64_t timeout_ms, int until, bool sync, cli_print_t mode)
+{
+    uint64_t deadline = ts_mono_us() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 0) * 1000;
+    while (!c->closed) {
+        uint64_t now = ts_mono_us();
+        int64_t left = now < deadline ? (int64_t)((deadline - now) / 1000) : 0;
+        Tessera__V1__ServerFrame *f = NULL;
+        ts_status_t st = ts_client_recv(c->conn, left > 0 ? left : 1, &f);
+        if (st == TS_ERR_TIMEOUT)
+            return false;
+        if (st != TS_OK) {
+            c->closed = true;
+            fprintf(c->out, "closed: %s\n", ts_status_str(st));
+            fflush(c->out);
+            return false;
+        }
+        cli_handle_frame(c, f, mode);
+        bool done = false;
+        if (until != 0) {
+            if ((int)f->payload_case == until)
+                done = !sync || f->pong->client_time_us == CLI_SYNC_MARK;
+            else if (f->payload_case == TESSERA__V1__SERVER_FRAME__PAYLOAD_ERROR)
+                done = !sync;
+        }
+        tessera__v1__server_frame__free_unpacked(f, NULL);
+        if (done)
+            return true;
+    }
+    return false;
+}
+
+bool cli_sync(cli_t *c, int64_t timeout_ms)
+{
+    if (c->closed || ts_client_ping(c->conn, CLI_SYNC_MARK) != TS_OK)
+        return false;
+    return cli_pump(c, timeout_ms, TESSERA__V1__SERVER_FRAME__PAYLOAD_PONG, true, CLI_PRINT_ALL);
+}

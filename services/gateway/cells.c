@@ -1,0 +1,142 @@
+/* The gateway's table of cells: what the registry says exists (owner epoch,
+ * state) plus cells only seen in state messages (e.g. a destination not yet
+ * in the registry view).
+ *
+ * Invariants: one record per cell id, found through its root (cx, cy) in
+ * gw->cell_roots (chains hold every depth under a root, and roots whose
+ * hashes collide); records are never freed before gw_cells_free_all, so
+ * connections and queued work may keep pointers to them. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "gateway.h"
+#include "tessera/log.h"
+
+static uint64_t root_key(uint32_t world, int32_t cx, int32_t cy)
+{
+    ts_cell_t root = {.world = world, .cx = cx, .cy = cy, .depth = 0, .sub = 0};
+    uint64_t h = ts_cell_hash(&root);
+    return (h == 0 || h == UINT64_MAX) ? 1 : h;
+}
+
+gw_cell_t *gw_cell_find(gw_t *gw, const ts_cell_t *id)
+{
+    gw_cell_t *c = ts_map_get(&gw->cell_roots, root_key(id->world, id->cx, id->cy));
+    for (; c != NULL; c = c->next_same_root) {
+        if (ts_cell_eq(&c->id, id))
+            return c;
+    }
+    return NULL;
+}
+
+gw_cell_t *gw_cell_get(gw_t *gw, const ts_cell_t *id)
+{
+    gw_cell_t *c = gw_cell_find(gw, id);
+    if (c != NULL)
+        return c;
+    c = calloc(1, sizeof *c);
+    if (c == NULL)
+        return NULL;
+    c->id = *id;
+    if (ts_cell_format(id, c->key, sizeof c->key) < 0 ||
+        ts_subject_cell(c->input_subject, sizeof c->input_subject, id, TS_SUBJ_INPUT) < 0 ||
+        ts_subject_cell(c->state_subject, sizeof c->state_subject, id, TS_SUBJ_STATE) < 0) {
+        free(c);
+        return NULL;
+    }
+    ts_map_init(&c->entities);
+    ts_map_init(&c->changed);
+    ts_map_init(&c->removed);
+    uint64_t rk = root_key(id->world, id->cx, id->cy);
+    c->next_same_root = ts_map_get(&gw->cell_roots, rk);
+    if (ts_map_put(&gw->cell_roots, rk, c) != TS_OK) {
+        free(c);
+        return NULL;
+    }
+    c->next_all = gw->all_cells;
+    gw->all_cells = c;
+    gw->ncells++;
+    return c;
+}
+
+uint64_t gw_cell_epoch(const gw_cell_t *cell)
+{
+    return cell->seen_epoch > cell->reg_epoch ? cell->seen_epoch : cell->reg_epoch;
+}
+
+bool gw_cell_live(const gw_cell_t *cell)
+{
+    return cell->in_registry && (cell->reg_state == TS_CELL_ACTIVE || cell->reg_state == TS_CELL_HANDOVER);
+}
+
+bool gw_cells_apply_registry(gw_t *gw, const ts_cell_entry_t *entries, size_t n)
+{
+    bool changed = false;
+    for (gw_cell_t *c = gw->all_cells; c != NULL; c = c->next_all)
+        c->reg_mark = false;
+    for (size_t i = 0; i < n; i++) {
+        const ts_cell_entry_t *e = &entries[i];
+        if (e->cell.world != gw->world.id || !ts_cell_valid(&e->cell))
+            continue;
+        gw_cell_t *c = gw_cell_get(gw, &e->cell);
+        if (c == NULL) {
+            ts_warn("registry: out of memory for cell records");
+            return changed;
+        }
+        bool was_live = gw_cell_live(c);
+        c->in_registry = true;
+        c->reg_mark = true;
+        c->reg_state = e->state;
+        if (e->epoch > c->reg_epoch)
+            c->reg_epoch = e->epoch;
+        if (gw_cell_live(c) != was_live)
+            changed = true;
+    }
+    for (gw_cell_t *c = gw->all_cells; c != NULL; c = c->next_all) {
+        if (!c->in_registry || c->reg_mark)
+            continue;
+        if (gw_cell_live(c))
+            changed = true;
+        c->in_registry = false;
+    }
+    return changed;
+}
+
+void gw_cells_under_root(gw_t *gw, int32_t cx, int32_t cy, void (*fn)(void *ud, gw_cell_t *cell), void *ud)
+{
+    gw_cell_t *c = ts_map_get(&gw->cell_roots, root_key(gw->world.id, cx, cy));
+    for (; c != NULL; c = c->next_same_root) {
+        if (c->id.cx == cx && c->id.cy == cy && c->id.world == gw->world.id && gw_cell_live(c))
+            fn(ud, c);
+    }
+}
+
+void gw_cell_clear_entities(gw_t *gw, gw_cell_t *cell)
+{
+    uint64_t id;
+    void *v;
+    for (size_t it = 0; ts_map_next(&cell->entities, &it, &id, &v);)
+        free(v);
+    ts_map_free(&cell->entities);
+    ts_map_free(&cell->changed);
+    ts_map_free(&cell->removed);
+    (void)gw;
+}
+
+void gw_cells_free_all(gw_t *gw)
+{
+    gw_cell_t *c = gw->all_cells;
+    while (c != NULL) {
+        gw_cell_t *next = c->next_all;
+        ts_bus_sub_destroy(c->sub);
+        gw_cell_clear_entities(gw, c);
+        free(c->inputs);
+        free(c);
+        c = next;
+    }
+    gw->all_cells = NULL;
+    gw->ncells = 0;
+    gw->batch_head = NULL;
+    gw->dirty_head = NULL;
+    ts_map_free(&gw->cell_roots);
+}

@@ -1,0 +1,308 @@
+/* Client TCP connections: accept, per-connection frame reader, write queue.
+ *
+ * Invariants: a connection is on gw->conns from accept until its close
+ * callback frees it; out_pending counts bytes handed to uv_write and not yet
+ * written, so output memory per client is bounded (Delta frames stop at
+ * GW_SLOW_CLIENT_BYTES, the connection is dropped at GW_MAX_CLIENT_BYTES).
+ * A connection that got a fatal error (`closing`) reads and discards input
+ * until the peer closes or its linger time ends, so the peer receives the
+ * Error instead of a reset. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "gateway.h"
+#include "tessera/config.h"
+#include "tessera/log.h"
+#include "tessera/util.h"
+
+#define READ_CHUNK 65536
+
+typedef struct {
+    uv_write_t req;
+    gw_conn_t *conn;
+    size_t len;
+    uint8_t data[];
+} write_req_t;
+
+static void on_close(uv_handle_t *h)
+{
+    gw_conn_t *c = h->data;
+    gw_t *gw = c->gw;
+    if (c->prev != NULL)
+        c->prev->next = c->next;
+    else
+        gw->conns = c->next;
+    if (c->next != NULL)
+        c->next->prev = c->prev;
+    gw->nconns--;
+    ts_frame_reader_free(&c->reader);
+    free(c->aoi);
+    free(c->gone);
+    free(c);
+}
+
+static void mark_closing(gw_conn_t *c)
+{
+    if (!c->closing) {
+        c->closing = true;
+        c->gw->nopen--;
+    }
+}
+
+void gw_conn_close(gw_conn_t *c)
+{
+    if (c->handle_closed)
+        return;
+    gw_session_release(c);
+    mark_closing(c);
+    c->handle_closed = true;
+    ts_debug("conn %llu (%s) closed", (unsigned long long)c->id, c->peer);
+    uv_close((uv_handle_t *)&c->tcp, on_close);
+}
+
+static void on_shutdown(uv_shutdown_t *req, int status)
+{
+    gw_conn_t *c = req->data;
+    free(req);
+    if (status < 0 && !c->handle_closed)
+        gw_conn_close(c);
+}
+
+void gw_conn_close_after_write(gw_conn_t *c)
+{
+    if (c->closing || c->handle_closed)
+        return;
+    gw_session_release(c);
+    mark_closing(c);
+    c->linger_until_us = ts_mono_us() + GW_LINGER_US;
+    uv_shutdown_t *req = malloc(sizeof *req);
+    if (req == NULL) {
+        gw_conn_close(c);
+        return;
+    }
+    req->data = c;
+    if (uv_shutdown(req, (uv_stream_t *)&c->tcp, on_shutdown) != 0) {
+        free(req);
+        gw_conn_close(c);
+    }
+}
+
+void gw_conns_sweep(gw_t *gw)
+{
+    uint64_t now = ts_mono_us();
+    for (gw_conn_t *c = gw->conns; c != NULL; c = c->next) {
+        if (c->closing && !c->handle_closed && now >= c->linger_until_us)
+            gw_conn_close(c);
+    }
+}
+
+static void on_write(uv_write_t *req, int status)
+{
+    write_req_t *w = (write_req_t *)req;
+    gw_conn_t *c = w->conn;
+    c->out_pending -= w->len;
+    free(w);
+    if (status < 0 && status != UV_ECANCELED && !c->handle_closed) {
+        ts_debug("conn %llu (%s): write failed: %s", (unsigned long long)c->id, c->peer, uv_strerror(status));
+        gw_conn_close(c);
+    }
+}
+
+ts_status_t gw_conn_write(gw_conn_t *c, const uint8_t *data, size_t len)
+{
+    if (c->handle_closed)
+        return TS_ERR_CLOSED;
+    size_t off = 0;
+    if (c->out_pending == 0) {
+        uv_buf_t b = uv_buf_init((char *)data, (unsigned)len);
+        int n = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+        if (n > 0)
+            off = (size_t)n;
+        else if (n < 0 && n != UV_EAGAIN) {
+            gw_conn_close(c);
+            return TS_ERR_IO;
+        }
+    }
+    if (off == len)
+        return TS_OK;
+    size_t rest = len - off;
+    if (c->out_pending + rest > GW_MAX_CLIENT_BYTES) {
+        ts_warn("conn %llu (%s): over %zu bytes of unsent output, disconnecting", (unsigned long long)c->id,
+                c->peer, (size_t)GW_MAX_CLIENT_BYTES);
+        gw_conn_close(c);
+        return TS_ERR_UNAVAILABLE;
+    }
+    write_req_t *w = malloc(sizeof *w + rest);
+    if (w == NULL) {
+        gw_conn_close(c);
+        return TS_ERR_NOMEM;
+    }
+    w->conn = c;
+    w->len = rest;
+    memcpy(w->data, data + off, rest);
+    uv_buf_t b = uv_buf_init((char *)w->data, (unsigned)rest);
+    int rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_write);
+    if (rc != 0) {
+        free(w);
+        gw_conn_close(c);
+        return TS_ERR_IO;
+    }
+    c->out_pending += rest;
+    return TS_OK;
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    static char chunk[READ_CHUNK];
+    (void)h;
+    (void)suggested;
+    *buf = uv_buf_init(chunk, sizeof chunk);
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    gw_conn_t *c = s->data;
+    if (nread < 0) {
+        if (nread != UV_EOF)
+            ts_debug("conn %llu (%s): read: %s", (unsigned long long)c->id, c->peer, uv_strerror((int)nread));
+        gw_conn_close(c);
+        return;
+    }
+    if (nread == 0 || c->closing)
+        return;
+    if (ts_frame_reader_feed(&c->reader, buf->base, (size_t)nread) != TS_OK) {
+        ts_warn("conn %llu (%s): out of memory buffering input", (unsigned long long)c->id, c->peer);
+        gw_conn_close(c);
+        return;
+    }
+    while (!c->closing) {
+        const uint8_t *payload;
+        size_t len;
+        ts_status_t st = ts_frame_reader_next(&c->reader, &payload, &len);
+        if (st == TS_ERR_AGAIN)
+            break;
+        if (st == TS_ERR_OVERSIZED) {
+            gw_session_error(c, TESSERA__V1__ERROR_CODE__ERROR_OVERSIZED, true,
+                             "frame larger than the maximum of %zu bytes", c->reader.max_frame);
+            break;
+        }
+        if (st != TS_OK) {
+            gw_session_error(c, TESSERA__V1__ERROR_CODE__ERROR_MALFORMED, true, "unreadable frame: %s",
+                             ts_status_str(st));
+            break;
+        }
+        gw_session_on_frame(c, payload, len);
+    }
+}
+
+static void format_peer(uv_tcp_t *tcp, char *buf, size_t cap)
+{
+    struct sockaddr_storage ss;
+    int n = sizeof ss;
+    char host[64] = "?";
+    int port = 0;
+    if (uv_tcp_getpeername(tcp, (struct sockaddr *)&ss, &n) == 0) {
+        if (ss.ss_family == AF_INET) {
+            struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+            uv_ip4_name(a, host, sizeof host);
+            port = ntohs(a->sin_port);
+        } else if (ss.ss_family == AF_INET6) {
+            struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+            uv_ip6_name(a, host, sizeof host);
+            port = ntohs(a->sin6_port);
+        }
+    }
+    snprintf(buf, cap, "%s:%d", host, port);
+}
+
+static void on_connection(uv_stream_t *server, int status)
+{
+    gw_t *gw = server->data;
+    if (status < 0) {
+        ts_warn("accept: %s", uv_strerror(status));
+        return;
+    }
+    gw_conn_t *c = calloc(1, sizeof *c);
+    if (c == NULL) {
+        ts_error("accept: out of memory");
+        return;
+    }
+    if (uv_tcp_init(gw->loop, &c->tcp) != 0) {
+        free(c);
+        return;
+    }
+    c->tcp.data = c;
+    c->gw = gw;
+    c->id = ++gw->next_conn_id;
+    ts_frame_reader_init(&c->reader, (size_t)gw->cfg->gateway_max_frame);
+    gw_session_init(c);
+    c->next = gw->conns;
+    if (gw->conns != NULL)
+        gw->conns->prev = c;
+    gw->conns = c;
+    gw->nconns++;
+    gw->nopen++;
+    if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0) {
+        gw_conn_close(c);
+        return;
+    }
+    uv_tcp_nodelay(&c->tcp, 1);
+    format_peer(&c->tcp, c->peer, sizeof c->peer);
+    if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) != 0) {
+        gw_conn_close(c);
+        return;
+    }
+    if (gw->stopping || gw->nopen > (size_t)gw->cfg->gateway_max_clients) {
+        gw_session_error(c, TESSERA__V1__ERROR_CODE__ERROR_UNAVAILABLE, true,
+                         gw->stopping ? "gateway is shutting down" : "gateway is full (%lld clients)",
+                         (long long)gw->cfg->gateway_max_clients);
+        return;
+    }
+    ts_debug("conn %llu from %s", (unsigned long long)c->id, c->peer);
+}
+
+ts_status_t gw_listen(gw_t *gw, const char *hostport)
+{
+    char host[256];
+    int port = 0;
+    if (ts_config_split_hostport(hostport, host, sizeof host, &port) != TS_OK || port < 0 || port > 65535) {
+        ts_error("gateway.listen: '%s' is not host:port", hostport);
+        return TS_ERR_CONFIG;
+    }
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof ss);
+    if (uv_ip4_addr(host, port, (struct sockaddr_in *)&ss) != 0 &&
+        uv_ip6_addr(host, port, (struct sockaddr_in6 *)&ss) != 0) {
+        ts_error("gateway.listen: '%s' is not a numeric IPv4/IPv6 address", host);
+        return TS_ERR_CONFIG;
+    }
+    if (uv_tcp_init(gw->loop, &gw->server) != 0)
+        return TS_ERR_IO;
+    gw->server.data = gw;
+    gw->server_open = true;
+    int rc = uv_tcp_bind(&gw->server, (const struct sockaddr *)&ss, 0);
+    if (rc == 0)
+        rc = uv_listen((uv_stream_t *)&gw->server, 511, on_connection);
+    if (rc != 0) {
+        ts_error("cannot listen on %s: %s", hostport, uv_strerror(rc));
+        return TS_ERR_IO;
+    }
+    struct sockaddr_storage bound;
+    int n = sizeof bound;
+    if (uv_tcp_getsockname(&gw->server, (struct sockaddr *)&bound, &n) == 0) {
+        if (bound.ss_family == AF_INET)
+            gw->port = ntohs(((struct sockaddr_in *)&bound)->sin_port);
+        else if (bound.ss_family == AF_INET6)
+            gw->port = ntohs(((struct sockaddr_in6 *)&bound)->sin6_port);
+    }
+    ts_info("listening on %s:%d", host, gw->port);
+    return TS_OK;
+}
+
+void gw_listen_close(gw_t *gw)
+{
+    if (!gw->server_open)
+        return;
+    gw->server_open = false;
+    uv_close((uv_handle_t *)&gw->server, NULL);
+}

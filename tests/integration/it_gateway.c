@@ -1,0 +1,532 @@
+/* tessera-gateway end to end: real nats-server -js and redis-server,
+ * tessera-orch, workers w1 and w2 and a gateway. What players rely on:
+ * their inputs reach the worker exactly once (also while their entity
+ * crosses from w1's cells to w2's on one connection), they see their entity
+ * move in Delta frames, bad frames from one client cost that client its
+ * connection and nobody else anything, and the CLI works against it. */
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "harness.h"
+#include "tessera/client.h"
+#include "tessera/log.h"
+#include "tessera/proto.h"
+#include "tessera/util.h"
+
+#define WORLD 0
+#define NCELLS 16
+
+static ts_h_t H;
+static int gw_idx = -1;
+static int gw_port;
+static bool test_passed;
+
+/* One connected player and what its frames told it. */
+typedef struct {
+    ts_client_t *c;
+    uint64_t entity;
+    bool closed;
+    bool me_seen;
+    Tessera__V1__EntityState me; /* latest own state (name not kept) */
+    double first_x;
+    bool first_x_set;
+    uint64_t max_applied;
+    int deltas;
+    int cell_changes;
+    Tessera__V1__CellId last_to;
+    Tessera__V1__CellId frame_cell; /* cell of the latest frame that named one */
+    int errors;
+    Tessera__V1__ErrorCode last_error;
+    bool last_error_fatal;
+} player_t;
+
+static void player_connect(player_t *p)
+{
+    memset(p, 0, sizeof *p);
+    assert_int_equal(ts_client_connect(&p->c, "127.0.0.1", gw_port, 3000), TS_OK);
+}
+
+static void player_close(player_t *p)
+{
+    ts_client_destroy(p->c);
+    p->c = NULL;
+}
+
+static void note_frame(player_t *p, const Tessera__V1__ServerFrame *f)
+{
+    if (f->cell != NULL)
+        p->frame_cell = *f->cell;
+    switch (f->payload_case) {
+    case TESSERA__V1__SERVER_FRAME__PAYLOAD_SNAPSHOT:
+        p->entity = f->snapshot->entity;
+        break;
+    case TESSERA__V1__SERVER_FRAME__PAYLOAD_DELTA:
+        p->deltas++;
+        for (size_t i = 0; i < f->delta->n_entities; i++) {
+            const Tessera__V1__EntityState *e = f->delta->entities[i];
+            if (p->entity == 0 || e->id != p->entity)
+                continue;
+            p->me = *e;
+            p->me.name = NULL;
+            p->me_seen = true;
+            if (!p->first_x_set) {
+                p->first_x = e->x;
+                p->first_x_set = true;
+            }
+            if (e->inputs_applied > p->max_applied)
+                p->max_applied = e->inputs_applied;
+        }
+        break;
+    case TESSERA__V1__SERVER_FRAME__PAYLOAD_CELL_CHANGED:
+        p->cell_changes++;
+        if (f->cell_changed->to != NULL)
+            p->last_to = *f->cell_changed->to;
+        break;
+    case TESSERA__V1__SERVER_FRAME__PAYLOAD_ERROR:
+        p->errors++;
+        p->last_error = f->error->code;
+        p->last_error_fatal = f->error->fatal;
+        break;
+    default:
+        break;
+    }
+}
+
+/* Receives until a frame with payload `want` (returned, caller frees) or
+ * timeout (NULL). Every frame on the way updates p. */
+static Tessera__V1__ServerFrame *recv_until(player_t *p, int want, int64_t timeout_ms)
+{
+    uint64_t deadline = ts_mono_us() + (uint64_t)timeout_ms * 1000;
+    while (!p->closed) {
+        uint64_t now = ts_mono_us();
+        if (now >= deadline)
+            return NULL;
+        Tessera__V1__ServerFrame *f = NULL;
+        ts_status_t st = ts_client_recv(p->c, (int64_t)((deadline - now) / 1000) + 1, &f);
+        if (st == TS_ERR_TIMEOUT)
+            return NULL;
+        if (st != TS_OK) {
+            p->closed = true;
+            return NULL;
+        }
+        note_frame(p, f);
+        if ((int)f->payload_case == want)
+            return f;
+        tessera__v1__server_frame__free_unpacked(f, NULL);
+    }
+    return NULL;
+}
+
+/* Receives for ms milliseconds (or until closed). */
+static void pump(player_t *p, int64_t ms)
+{
+    Tessera__V1__ServerFrame *f = recv_until(p, -1, ms);
+    assert_null(f);
+}
+
+static void expect_pong(player_t *p)
+{
+    uint64_t t = ts_now_us();
+    assert_int_equal(ts_client_ping(p->c, t), TS_OK);
+    Tessera__V1__ServerFrame *f = recv_until(p, TESSERA__V1__SERVER_FRAME__PAYLOAD_PONG, 3000);
+    assert_non_null(f);
+    assert_int_equal(f->pong->client_time_us, t);
+    assert_true(f->pong->server_time_us > 0);
+    tessera__v1__server_frame__free_unpacked(f, NULL);
+}
+
+static void expect_error(player_t *p, Tessera__V1__ErrorCode code, bool fatal)
+{
+    Tessera__V1__ServerFrame *f = recv_until(p, TESSERA__V1__SERVER_FRAME__PAYLOAD_ERROR, 3000);
+    assert_non_null(f);
+    assert_int_equal(f->error->code, code);
+    assert_int_equal(f->error->fatal, fatal);
+    assert_true(strlen(f->error->message) > 0);
+    tessera__v1__server_frame__free_unpacked(f, NULL);
+}
+
+/* Joins at (x, y); returns the Snapshot frame's cell. */
+static Tessera__V1__CellId join_at(player_t *p, double x, double y)
+{
+    assert_int_equal(ts_client_join(p->c, x, y, "it"), TS_OK);
+    Tessera__V1__ServerFrame *f = recv_until(p, TESSERA__V1__SERVER_FRAME__PAYLOAD_SNAPSHOT, 5000);
+    assert_non_null(f);
+    assert_non_null(f->cell);
+    assert_true(f->snapshot->entity != 0);
+    assert_true(f->epoch >= 1);
+    Tessera__V1__CellId cell = *f->cell;
+    tessera__v1__server_frame__free_unpacked(f, NULL);
+    return cell;
+}
+
+/* Waits until the player's own entity shows `applied` inputs and
+ * last_input_seq == seq, and stays there for a second (no late doubles). */
+static void expect_applied(player_t *p, uint64_t applied, uint64_t seq, int64_t timeout_ms)
+{
+    uint64_t deadline = ts_mono_us() + (uint64_t)timeout_ms * 1000;
+    while (ts_mono_us() < deadline && !p->closed) {
+        if (p->me_seen && p->me.inputs_applied >= applied && p->me.last_input_seq >= seq)
+            break;
+        pump(p, 100);
+    }
+    assert_false(p->closed);
+    assert_true(p->me_seen);
+    pump(p, 1000);
+    assert_int_equal(p->me.inputs_applied, applied);
+    assert_int_equal(p->me.last_input_seq, seq);
+    assert_int_equal(p->max_applied, applied);
+}
+
+static void test_join_move_ping(void **state)
+{
+    (void)state;
+    player_t p;
+    player_connect(&p);
+
+    assert_int_equal(ts_client_hello(p.c, "it"), TS_OK);
+    Tessera__V1__ServerFrame *f = recv_until(&p, TESSERA__V1__SERVER_FRAME__PAYLOAD_WELCOME, 3000);
+    assert_non_null(f);
+    assert_int_equal(f->welcome->protocol_version, TS_PROTOCOL_VERSION);
+    assert_int_equal(f->welcome->entity, 0);
+    assert_true(f->welcome->cell_size == 100.0);
+    assert_true(strlen(f->welcome->gateway) > 0);
+    tessera__v1__server_frame__free_unpacked(f, NULL);
+
+    Tessera__V1__CellId cell = join_at(&p, 10, 10);
+    assert_int_equal(cell.cx, 0);
+    assert_int_equal(cell.cy, 0);
+    uint64_t sent = 1;
+
+    for (int i = 0; i < 10; i++) {
+        assert_int_equal(ts_client_move(p.c, 20, 0), TS_OK);
+        sent++;
+        pump(&p, 100);
+    }
+    uint64_t last_seq = ts_client_last_seq(p.c);
+    expect_pong(&p);
+    expect_applied(&p, sent, last_seq, 10000);
+    assert_true(p.deltas > 0);
+    assert_true(p.me.x > p.first_x);
+    assert_true(p.me.vx > 0);
+
+    /* Welcome after the join names the entity */
+    assert_int_equal(ts_client_hello(p.c, "it"), TS_OK);
+    f = recv_until(&p, TESSERA__V1__SERVER_FRAME__PAYLOAD_WELCOME, 3000);
+    assert_non_null(f);
+    assert_int_equal(f->welcome->entity, p.entity);
+    tessera__v1__server_frame__free_unpacked(f, NULL);
+
+    assert_int_equal(ts_client_leave(p.c), TS_OK);
+    expect_pong(&p);
+    assert_int_equal(p.errors, 0);
+    player_close(&p);
+    test_passed = true;
+}
+
+static void test_walk_across_workers(void **state)
+{
+    (void)state;
+    player_t p;
+    player_connect(&p);
+    Tessera__V1__CellId cell = join_at(&p, -30, 50);
+    assert_int_equal(cell.cx, -1);
+    assert_int_equal(cell.cy, 0);
+    uint64_t sent = 1;
+
+    /* 100 moves over ~4 s at 25 units/s: x goes from -30 across 0 to ~70 */
+    for (int i = 0; i < 100; i++) {
+        assert_int_equal(ts_client_move(p.c, 25, 0), TS_OK);
+        sent++;
+        pump(&p, 40);
+        assert_false(p.closed);
+    }
+    uint64_t last_seq = ts_client_last_seq(p.c);
+    uint64_t deadline = ts_mono_us() + 10000000;
+    while (p.cell_changes == 0 && ts_mono_us() < deadline && !p.closed)
+        pump(&p, 100);
+    assert_true(p.cell_changes >= 1);
+    assert_int_equal(p.last_to.cx, 0);
+    assert_int_equal(p.last_to.cy, 0);
+
+    expect_applied(&p, sent, last_seq, 10000);
+    assert_true(p.me.x > 0);
+    /* frames now speak of the new cell */
+    assert_int_equal(p.frame_cell.cx, 0);
+    assert_int_equal(p.frame_cell.cy, 0);
+
+    assert_int_equal(ts_client_move(p.c, 0, 0), TS_OK);
+    expect_pong(&p);
+    assert_int_equal(p.errors, 0);
+    assert_false(p.closed);
+    player_close(&p);
+    test_passed = true;
+}
+
+static bool gateway_alive(void)
+{
+    return ts_h_wait(&H, gw_idx, 0) == -1;
+}
+
+static void test_bad_frames_isolated(void **state)
+{
+    (void)state;
+    player_t good;
+    player_connect(&good);
+    join_at(&good, 50, -50);
+    assert_int_equal(ts_client_move(good.c, 5, 0), TS_OK);
+    pump(&good, 500);
+
+    /* length 5, bytes that are not a ClientFrame */
+    player_t bad;
+    player_connect(&bad);
+    const uint8_t garbage[] = {0, 0, 0, 5, 0xff, 0xff, 0xff, 0xff, 0xff};
+    assert_int_equal(ts_client_send_raw(bad.c, garbage, sizeof garbage), TS_OK);
+    expect_error(&bad, TESSERA__V1__ERROR_CODE__ERROR_MALFORMED, true);
+    pump(&bad, 2000);
+    assert_true(bad.closed);
+    player_close(&bad);
+
+    /* a frame announcing 10 MB */
+    player_connect(&bad);
+    uint8_t huge[TS_FRAME_HEADER];
+    ts_frame_put_header(huge, 10u * 1024 * 1024);
+    assert_int_equal(ts_client_send_raw(bad.c, huge, sizeof huge), TS_OK);
+    expect_error(&bad, TESSERA__V1__ERROR_CODE__ERROR_OVERSIZED, true);
+    pump(&bad, 2000);
+    assert_true(bad.closed);
+    player_close(&bad);
+
+    /* a frame without payload */
+    player_connect(&bad);
+    const uint8_t empty[] = {0, 0, 0, 2, 0x08, 0x01}; /* seq = 1, nothing else */
+    assert_int_equal(ts_client_send_raw(bad.c, empty, sizeof empty), TS_OK);
+    expect_error(&bad, TESSERA__V1__ERROR_CODE__ERROR_MALFORMED, true);
+    player_close(&bad);
+
+    /* the well-behaved client did not notice */
+    int deltas = good.deltas;
+    pump(&good, 1000);
+    assert_false(good.closed);
+    assert_true(good.deltas > deltas + 5);
+    expect_pong(&good);
+
+    /* a sequence number going backwards is refused, not fatal */
+    Tessera__V1__Ping ping = TESSERA__V1__PING__INIT;
+    ping.client_time_us = 42;
+    Tessera__V1__ClientFrame cf = TESSERA__V1__CLIENT_FRAME__INIT;
+    cf.seq = 1;
+    cf.payload_case = TESSERA__V1__CLIENT_FRAME__PAYLOAD_PING;
+    cf.ping = &ping;
+    assert_int_equal(ts_client_send(good.c, &cf), TS_OK);
+    expect_error(&good, TESSERA__V1__ERROR_CODE__ERROR_PROTOCOL, false);
+    /* the connection goes on once the sequence moves forward again */
+    cf.seq = 1000;
+    assert_int_equal(ts_client_send(good.c, &cf), TS_OK);
+    Tessera__V1__ServerFrame *f = recv_until(&good, TESSERA__V1__SERVER_FRAME__PAYLOAD_PONG, 3000);
+    assert_non_null(f);
+    assert_int_equal(f->pong->client_time_us, 42);
+    tessera__v1__server_frame__free_unpacked(f, NULL);
+    expect_pong(&good);
+    assert_int_equal(good.errors, 1);
+
+    assert_true(gateway_alive());
+    player_close(&good);
+    test_passed = true;
+}
+
+static void test_protocol_errors(void **state)
+{
+    (void)state;
+    player_t p;
+    player_connect(&p);
+
+    assert_int_equal(ts_client_move(p.c, 1, 0), TS_OK);
+    expect_error(&p, TESSERA__V1__ERROR_CODE__ERROR_PROTOCOL, false);
+
+    assert_int_equal(ts_client_join(p.c, 5000, 5000, "far"), TS_OK);
+    expect_error(&p, TESSERA__V1__ERROR_CODE__ERROR_UNKNOWN_CELL, false);
+
+    join_at(&p, -150, -150);
+    assert_int_equal(ts_client_join(p.c, 0, 0, "again"), TS_OK);
+    expect_error(&p, TESSERA__V1__ERROR_CODE__ERROR_PROTOCOL, false);
+
+    /* over the rate limit: frames dropped with a non-fatal error */
+    for (int i = 0; i < 400; i++)
+        assert_int_equal(ts_client_ping(p.c, 7), TS_OK);
+    int pongs = 0, rate_errors = 0;
+    for (;;) {
+        Tessera__V1__ServerFrame *f = recv_until(&p, TESSERA__V1__SERVER_FRAME__PAYLOAD_PONG, 1000);
+        if (f == NULL)
+            break;
+        pongs++;
+        tessera__v1__server_frame__free_unpacked(f, NULL);
+    }
+    rate_errors = p.last_error == TESSERA__V1__ERROR_CODE__ERROR_RATE_LIMIT;
+    assert_true(rate_errors);
+    assert_false(p.last_error_fatal);
+    assert_true(pongs < 400);
+    assert_true(pongs >= 150);
+    ts_sleep_ms(1100);
+    expect_pong(&p);
+    assert_false(p.closed);
+    player_close(&p);
+    test_passed = true;
+}
+
+static char *write_script(const char *name, const char *text)
+{
+    static char path[512];
+    snprintf(path, sizeof path, "%s/%s", H.dir, name);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+    return path;
+}
+
+static int run_client(const char *name, const char *const *args, char **log)
+{
+    char listen[64];
+    snprintf(listen, sizeof listen, "--gateway.listen=127.0.0.1:%d", gw_port);
+    const char *argv[16];
+    int n = 0;
+    argv[n++] = listen;
+    for (; *args != NULL && n < 15; args++)
+        argv[n++] = *args;
+    argv[n] = NULL;
+    int idx = ts_h_spawn(&H, name, "tessera-client", argv);
+    int rc = ts_h_wait(&H, idx, 20000);
+    *log = ts_h_read_log(&H, idx);
+    assert_non_null(*log);
+    return rc;
+}
+
+static void test_client_cli(void **state)
+{
+    (void)state;
+    char *log;
+    const char *ping[] = {"ping", "2", NULL};
+    assert_int_equal(run_client("cli-ping", ping, &log), 0);
+    assert_non_null(strstr(log, "2/2 pongs"));
+    free(log);
+
+    const char *move[] = {"--at", "-20,10", "move", "40", "0", "1.5", NULL};
+    assert_int_equal(run_client("cli-move", move, &log), 0);
+    assert_non_null(strstr(log, "snapshot entity="));
+    assert_non_null(strstr(log, "cell_changed 0.-1.0.0.0 -> 0.0.0.0.0"));
+    assert_non_null(strstr(log, "me=("));
+    free(log);
+
+    const char *ok_script[] = {"script", write_script("ok.txt", "hello\n"
+                                                                  "-move 1 0\n"
+                                                                  "join 10 -10\n"
+                                                                  "move 5 0\n"
+                                                                  "wait 0.3\n"
+                                                                  "ping\n"
+                                                                  "!3\n" /* join again: refused */
+                                                                  "leave\n"),
+                               NULL};
+    assert_int_equal(run_client("cli-script-ok", ok_script, &log), 1);
+    assert_non_null(strstr(log, "welcome entity=0"));
+    assert_non_null(strstr(log, "error PROTOCOL"));
+    assert_non_null(strstr(log, "line 7 failed"));
+    free(log);
+
+    const char *good_script[] = {"script", write_script("good.txt", "hello\n"
+                                                                      "join 10 -10\n"
+                                                                      "move 5 0\n"
+                                                                      "wait 0.3\n"
+                                                                      "-join 1 1\n"
+                                                                      "ping\n"
+                                                                      "leave\n"),
+                                 NULL};
+    assert_int_equal(run_client("cli-script-good", good_script, &log), 0);
+    assert_non_null(strstr(log, "pong rtt="));
+    assert_non_null(strstr(log, "delta tick="));
+    free(log);
+    test_passed = true;
+}
+
+static void test_sigterm_exits_cleanly(void **state)
+{
+    (void)state;
+    player_t p;
+    player_connect(&p);
+    join_at(&p, 20, 20);
+    pump(&p, 300);
+    ts_h_signal(&H, gw_idx, SIGTERM);
+    assert_int_equal(ts_h_wait(&H, gw_idx, 10000), 0);
+    pump(&p, 1000);
+    assert_true(p.closed);
+    player_close(&p);
+    test_passed = true;
+}
+
+static int group_setup(void **state)
+{
+    (void)state;
+    ts_h_start(&H);
+    const char *orch[] = {NULL};
+    ts_h_spawn(&H, "orch", "tessera-orch", orch);
+    const char *w1[] = {"--worker.id=w1", NULL};
+    const char *w2[] = {"--worker.id=w2", NULL};
+    ts_h_spawn(&H, "w1", "tessera-worker", w1);
+    ts_h_spawn(&H, "w2", "tessera-worker", w2);
+    gw_port = ts_h_free_port();
+    char listen[64];
+    snprintf(listen, sizeof listen, "--gateway.listen=127.0.0.1:%d", gw_port);
+    const char *gw[] = {listen, "--log.level=debug", NULL};
+    gw_idx = ts_h_spawn(&H, "gateway", "tessera-gateway", gw);
+    if (!ts_h_wait_world(&H, WORLD, NCELLS, 30000) || !ts_h_wait_port(gw_port, 15000)) {
+        ts_h_fail_dump(&H);
+        ts_h_stop(&H);
+        return -1;
+    }
+    return 0;
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    ts_h_stop(&H);
+    return 0;
+}
+
+static int test_setup(void **state)
+{
+    (void)state;
+    test_passed = false;
+    return 0;
+}
+
+static int test_teardown(void **state)
+{
+    (void)state;
+    if (!test_passed)
+        ts_h_fail_dump(&H);
+    return 0;
+}
+
+int main(void)
+{
+    ts_log_init("it_gateway", TS_LOG_ERROR, false);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_join_move_ping, test_setup, test_teardown),
+        cmocka_unit_test_setup_teardown(test_walk_across_workers, test_setup, test_teardown),
+        cmocka_unit_test_setup_teardown(test_bad_frames_isolated, test_setup, test_teardown),
+        cmocka_unit_test_setup_teardown(test_protocol_errors, test_setup, test_teardown),
+        cmocka_unit_test_setup_teardown(test_client_cli, test_setup, test_teardown),
+        cmocka_unit_test_setup_teardown(test_sigterm_exits_cleanly, test_setup, test_teardown),
+    };
+    int failed = cmocka_run_group_tests(tests, group_setup, group_teardown);
+    ts_bus_shutdown_library();
+    return failed;
+}
