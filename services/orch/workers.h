@@ -1,0 +1,51 @@
+/* Worker liveness as the orchestrator sees it: the last Heartbeat of every
+ * worker and when it arrived. Fed from a bus subscription (any thread),
+ * checked from the main loop. */
+#ifndef TESSERA_ORCH_WORKERS_H
+#define TESSERA_ORCH_WORKERS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "tessera/bus.h"
+#include "tessera/registry.h"
+#include "tessera/status.h"
+
+/* Most workers tracked; heartbeats from further ids are ignored. */
+#define TS_WORKERS_MAX 4096
+
+typedef struct ts_workers ts_workers_t;
+
+typedef struct {
+    char id[TS_WORKER_ID_MAX];
+    bool alive;
+    uint64_t last_hb_us;  /* monotonic time the last heartbeat arrived */
+    uint64_t ticks;
+    uint32_t entities;
+    uint32_t cells;
+    uint32_t capacity;
+    uint64_t inputs_applied;
+    uint64_t transfers_out;
+    double tick_p99_ms;
+} ts_worker_info_t;
+
+/* ttl_ms: a worker whose last heartbeat is older than this is dead. */
+ts_status_t ts_workers_create(ts_workers_t **out, int64_t ttl_ms);
+void ts_workers_destroy(ts_workers_t *w);
+
+/* ts_bus_msg_cb for "tessera.worker.*.hb" (ud is the ts_workers_t). Logs
+ * when a worker appears or comes back. */
+void ts_workers_on_heartbeat(void *ud, const ts_bus_msg_t *msg);
+/* Records one encoded Heartbeat received at now_us (monotonic). Thread-safe.
+ * TS_ERR_MALFORMED if it does not decode or names no valid worker. */
+ts_status_t ts_workers_record(ts_workers_t *w, const uint8_t *data, size_t len, uint64_t now_us);
+/* Marks workers whose heartbeat is older than the TTL dead, logging each
+ * once. Returns how many are alive. */
+size_t ts_workers_check(ts_workers_t *w, uint64_t now_us);
+/* Copies up to cap entries into out; returns the number of workers known. */
+size_t ts_workers_snapshot(ts_workers_t *w, ts_worker_info_t *out, size_t cap);
+/* Logs one status line per known worker. */
+void ts_workers_log_status(ts_workers_t *w, uint64_t now_us);
+
+#endif
