@@ -1,0 +1,318 @@
+/* tessera-sim: synthetic players publishing straight into cell input
+ * subjects, checking that every input JetStream acknowledged is applied
+ * exactly once (as witnessed by inputs_applied in the workers' state).
+ *
+ * Invariants: inputs go out in batches every FLUSH_MS; the counted totals
+ * cover Joins and Moves only (the closing Leaves are not counted); with a
+ * duration the exit status says whether applied == acked == sent. */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "players.h"
+#include "sender.h"
+#include "tessera/bus.h"
+#include "tessera/config.h"
+#include "tessera/log.h"
+#include "tessera/registry.h"
+#include "tessera/subject.h"
+#include "tessera/util.h"
+
+#define CONNECT_TIMEOUT_MS 10000
+#define RETRY_MS 250
+#define FLUSH_MS 50
+#define REPORT_MS 1000
+#define SETTLE_MS 10000
+#define LEAVE_FLUSH_MS 5000
+
+#define EXIT_MISMATCH 2
+
+static volatile sig_atomic_t g_signals;
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    g_signals++;
+}
+
+static void install_signals(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+}
+
+typedef struct {
+    ts_config_t *cfg;
+    ts_world_t world;
+    ts_bus_t *bus;
+    ts_players_t *players;
+    ts_sender_t *sender;
+    ts_bus_sub_t *state_sub;
+    ts_sim_inputs_t pending;
+    uint64_t last_applied;  /* for inputs/s */
+} sim_t;
+
+static bool wants_help(int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0)
+            return true;
+    }
+    return false;
+}
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: tessera-sim [--key=value ...]\n"
+            "Runs sim.players synthetic players that publish InputBatches straight into\n"
+            "the cell input subjects of world.id (sim.rate_hz inputs per player per second,\n"
+            "speed sim.speed), follows their cells through the workers' state and reports\n"
+            "inputs sent, acknowledged by JetStream and applied, once a second.\n"
+            "With sim.duration_s > 0 it stops by itself and exits 0 if applied == acked ==\n"
+            "sent, 2 otherwise; on SIGINT/SIGTERM it stops and exits 0.\n\n");
+    ts_config_usage(out);
+}
+
+static ts_status_t check_config(const ts_config_t *cfg, char *err, size_t cap)
+{
+    if (cfg->sim_players < 1 || cfg->sim_players > TS_SIM_MAX_PLAYERS)
+        snprintf(err, cap, "sim.players: must be 1..%d, got %lld", TS_SIM_MAX_PLAYERS, (long long)cfg->sim_players);
+    else if (cfg->sim_rate_hz < 1 || cfg->sim_rate_hz > 1000)
+        snprintf(err, cap, "sim.rate_hz: must be 1..1000, got %lld", (long long)cfg->sim_rate_hz);
+    else if (cfg->sim_duration_s < 0)
+        snprintf(err, cap, "sim.duration_s: must be >= 0 (0 = until signalled), got %lld",
+                 (long long)cfg->sim_duration_s);
+    else if (!(cfg->sim_speed >= 0 && cfg->sim_speed < 1e9))
+        snprintf(err, cap, "sim.speed: must be a number >= 0, got %g", cfg->sim_speed);
+    else if (cfg->world_id < 0 || cfg->world_id > (int64_t)UINT32_MAX)
+        snprintf(err, cap, "world.id: %lld is out of range", (long long)cfg->world_id);
+    else
+        return TS_OK;
+    return TS_ERR_CONFIG;
+}
+
+/* Reads the world from the registry, waiting for the orchestrator. */
+static ts_status_t load_world(sim_t *s)
+{
+    uint64_t deadline = ts_mono_us() + CONNECT_TIMEOUT_MS * 1000ULL;
+    uint32_t id = (uint32_t)s->cfg->world_id;
+    ts_status_t st;
+    do {
+        ts_registry_t *reg = NULL;
+        st = ts_registry_connect(&reg, s->cfg->redis_url);
+        if (st == TS_OK)
+            st = ts_registry_world_get(reg, id, &s->world);
+        ts_registry_destroy(reg);
+        if (st == TS_OK)
+            return TS_OK;
+        ts_sleep_ms(RETRY_MS);
+    } while (!g_signals && ts_mono_us() < deadline);
+    if (st == TS_ERR_NOT_FOUND)
+        ts_error("world %u is not in the registry at %s after %d s (is tessera-orch running?)", id,
+                 s->cfg->redis_url, CONNECT_TIMEOUT_MS / 1000);
+    else
+        ts_error("cannot read world %u from Redis at %s within %d s: %s", id, s->cfg->redis_url,
+                 CONNECT_TIMEOUT_MS / 1000, ts_status_str(st));
+    return st;
+}
+
+static ts_status_t connect_bus(sim_t *s)
+{
+    uint64_t deadline = ts_mono_us() + CONNECT_TIMEOUT_MS * 1000ULL;
+    ts_status_t st;
+    do {
+        st = ts_bus_connect(&s->bus, s->cfg->nats_url, "tessera-sim");
+        if (st == TS_OK)
+            return TS_OK;
+        ts_sleep_ms(RETRY_MS);
+    } while (!g_signals && ts_mono_us() < deadline);
+    ts_error("cannot connect to NATS at %s within %d s: %s", s->cfg->nats_url, CONNECT_TIMEOUT_MS / 1000,
+             ts_status_str(st));
+    return st;
+}
+
+static void report(sim_t *s, double secs)
+{
+    ts_sender_stats_t ss;
+    ts_players_stats_t ps;
+    ts_sender_stats(s->sender, &ss);
+    ts_players_stats(s->players, &ps);
+    double rate = secs > 0 ? (double)(ps.applied - s->last_applied) / secs : 0;
+    s->last_applied = ps.applied;
+    printf("sim: players=%zu sent=%llu acked=%llu applied=%llu inputs/s=%.0f failed=%llu\n",
+           ts_players_count(s->players), (unsigned long long)ss.sent, (unsigned long long)ss.acked,
+           (unsigned long long)ps.applied, rate, (unsigned long long)ss.failed);
+    fflush(stdout);
+}
+
+static void flush_inputs(sim_t *s, uint64_t now_us, bool *warned)
+{
+    s->pending.len = 0;
+    ts_status_t st = ts_players_collect(s->players, now_us, &s->pending);
+    if (st == TS_OK)
+        st = ts_sender_send(s->sender, &s->pending);
+    if (st != TS_OK && !*warned) {
+        ts_warn("publishing inputs failed: %s (counted as failed; further failures are only counted)",
+                ts_status_str(st));
+        *warned = true;
+    }
+}
+
+/* Sends until signalled or the duration is over. Returns true if it ran
+ * the full duration. */
+static bool run(sim_t *s)
+{
+    uint64_t start = ts_mono_us();
+    uint64_t end = s->cfg->sim_duration_s > 0 ? start + (uint64_t)s->cfg->sim_duration_s * 1000000 : UINT64_MAX;
+    uint64_t next_flush = start, next_report = start + REPORT_MS * 1000, last_report = start;
+    bool warned = false;
+    while (!g_signals) {
+        uint64_t now = ts_mono_us();
+        if (now >= end)
+            return true;
+        if (now >= next_flush) {
+            flush_inputs(s, now, &warned);
+            next_flush += FLUSH_MS * 1000;
+            if (next_flush <= now)
+                next_flush = now + FLUSH_MS * 1000;
+        }
+        if (now >= next_report) {
+            report(s, (double)(now - last_report) / 1e6);
+            last_report = now;
+            next_report += REPORT_MS * 1000;
+        }
+        uint64_t wake = next_flush < next_report ? next_flush : next_report;
+        if (wake > end)
+            wake = end;
+        now = ts_mono_us();
+        if (wake > now)
+            ts_sleep_ms((int64_t)((wake - now + 999) / 1000));
+    }
+    return false;
+}
+
+/* Waits for the outstanding acks, then for the state to show every acked
+ * input applied; returns the final counters. */
+static void settle(sim_t *s, ts_sender_stats_t *ss, ts_players_stats_t *ps)
+{
+    uint64_t deadline = ts_mono_us() + SETTLE_MS * 1000ULL;
+    int signals = g_signals;
+    ts_bus_js_flush(s->bus, SETTLE_MS);
+    for (;;) {
+        ts_sender_stats(s->sender, ss);
+        ts_players_stats(s->players, ps);
+        if (ss->acked + ss->failed >= ss->sent && ps->applied >= ss->acked)
+            break;
+        if (ts_mono_us() >= deadline || g_signals > signals)
+            break;
+        ts_sleep_ms(50);
+    }
+}
+
+static void send_leaves(sim_t *s)
+{
+    ts_sender_set_counting(s->sender, false);
+    s->pending.len = 0;
+    if (ts_players_collect_leaves(s->players, &s->pending) == TS_OK && ts_sender_send(s->sender, &s->pending) == TS_OK)
+        ts_bus_js_flush(s->bus, LEAVE_FLUSH_MS);
+    else
+        ts_warn("could not publish every Leave input");
+}
+
+int main(int argc, char **argv)
+{
+    if (wants_help(argc, argv)) {
+        usage(stdout);
+        return 0;
+    }
+    ts_config_t cfg;
+    char err[512] = "";
+    int rc = 1;
+    sim_t s = {.cfg = &cfg};
+
+    if (ts_config_load(&cfg, argc, argv, NULL, NULL, err, sizeof err) != TS_OK) {
+        fprintf(stderr, "tessera-sim: %s (see --help)\n", err[0] ? err : "bad configuration");
+        ts_config_free(&cfg);
+        return 1;
+    }
+    ts_log_level_t level;
+    if (!ts_log_level_parse(cfg.log_level, &level)) {
+        fprintf(stderr, "tessera-sim: log.level: unknown level '%s' (debug|info|warn|error)\n", cfg.log_level);
+        goto cleanup;
+    }
+    if (strcmp(cfg.log_format, "text") != 0 && strcmp(cfg.log_format, "json") != 0) {
+        fprintf(stderr, "tessera-sim: log.format: must be text or json, got '%s'\n", cfg.log_format);
+        goto cleanup;
+    }
+    ts_log_init("tessera-sim", level, strcmp(cfg.log_format, "json") == 0);
+    if (check_config(&cfg, err, sizeof err) != TS_OK) {
+        ts_error("%s", err);
+        goto cleanup;
+    }
+    install_signals();
+
+    if (load_world(&s) != TS_OK || connect_bus(&s) != TS_OK) {
+        rc = g_signals ? 0 : 1;
+        goto cleanup;
+    }
+    char id_prefix[96], host[48] = "host", subject[TS_SUBJECT_MAX];
+    gethostname(host, sizeof host);
+    host[sizeof host - 1] = '\0';
+    snprintf(id_prefix, sizeof id_prefix, "sim-%s-%ld-%llu", host, (long)getpid(), (unsigned long long)ts_now_us());
+    ts_subject_world_wildcard(subject, sizeof subject, s.world.id, TS_SUBJ_STATE);
+    if (ts_players_create(&s.players, (size_t)cfg.sim_players, (uint64_t)cfg.sim_seed, &s.world, cfg.sim_speed,
+                          cfg.sim_rate_hz, ts_mono_us()) != TS_OK ||
+        ts_sender_create(&s.sender, s.bus, id_prefix) != TS_OK) {
+        ts_error("cannot set up %lld players: out of memory", (long long)cfg.sim_players);
+        goto cleanup;
+    }
+    if (ts_bus_subscribe(s.bus, subject, ts_players_on_state, s.players, &s.state_sub) != TS_OK) {
+        ts_error("cannot subscribe to %s on %s", subject, cfg.nats_url);
+        goto cleanup;
+    }
+    ts_info("started: nats %s, redis %s, world %u (%dx%d cells of %g), %lld players at %lld inputs/s each, "
+            "speed %g, duration %lld s, entity ids %016llx..",
+            cfg.nats_url, cfg.redis_url, s.world.id, s.world.width, s.world.height, s.world.cell_size,
+            (long long)cfg.sim_players, (long long)cfg.sim_rate_hz, cfg.sim_speed, (long long)cfg.sim_duration_s,
+            (unsigned long long)ts_players_entity(s.players, 0));
+
+    bool full_run = run(&s);
+    ts_info(full_run ? "duration over; waiting for acks and state" : "signalled; waiting for acks and state");
+    ts_sender_stats_t ss;
+    ts_players_stats_t ps;
+    settle(&s, &ss, &ps);
+    printf("sim: done sent=%llu acked=%llu applied=%llu lost=%lld\n", (unsigned long long)ss.sent,
+           (unsigned long long)ss.acked, (unsigned long long)ps.applied, (long long)(ss.acked - ps.applied));
+    fflush(stdout);
+    ts_info("%llu cell crossings seen, %llu state deltas decoded (%llu malformed), %zu of %zu players seen",
+            (unsigned long long)ps.crossings, (unsigned long long)ps.deltas, (unsigned long long)ps.malformed,
+            ps.seen, ts_players_count(s.players));
+    if (ps.seen < ts_players_count(s.players))
+        ts_warn("%zu of %zu players never showed up in a state delta", ts_players_count(s.players) - ps.seen,
+                ts_players_count(s.players));
+    rc = 0;
+    if (full_run && !(ps.applied == ss.acked && ss.acked == ss.sent)) {
+        ts_error("mismatch: sent=%llu acked=%llu failed=%llu applied=%llu", (unsigned long long)ss.sent,
+                 (unsigned long long)ss.acked, (unsigned long long)ss.failed, (unsigned long long)ps.applied);
+        rc = EXIT_MISMATCH;
+    }
+    send_leaves(&s);
+
+cleanup:
+    ts_bus_sub_destroy(s.state_sub);
+    ts_bus_destroy(s.bus);
+    ts_sender_destroy(s.sender);
+    ts_players_destroy(s.players);
+    ts_sim_inputs_free(&s.pending);
+    ts_config_free(&cfg);
+    ts_bus_shutdown_library();
+    return rc;
+}

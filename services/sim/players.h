@@ -1,0 +1,79 @@
+/* The sim's synthetic players: who they are, what they send next, and what
+ * the workers' state deltas say about them (their cell and how many of
+ * their inputs were applied). Thread-safe: state arrives on nats.c threads
+ * while the main thread generates inputs. */
+#ifndef TESSERA_SIM_PLAYERS_H
+#define TESSERA_SIM_PLAYERS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "tessera/bus.h"
+#include "tessera/cell.h"
+#include "tessera/registry.h"
+#include "tessera/status.h"
+
+#define TS_SIM_ENTITY_TAG 0x5150ULL
+#define TS_SIM_MAX_PLAYERS 1000000
+/* Players start within this distance (per axis) of the origin, so that some
+ * of them walk across cell and worker borders. */
+#define TS_SIM_START_SPREAD 150.0
+
+typedef enum { TS_SIM_JOIN = 0, TS_SIM_MOVE, TS_SIM_LEAVE } ts_sim_kind_t;
+
+/* One input to publish, addressed to the cell its player is believed in. */
+typedef struct {
+    ts_cell_t cell;
+    uint64_t epoch;  /* newest epoch seen for the player's cell, 0 if none */
+    uint64_t entity;
+    uint64_t seq;
+    ts_sim_kind_t kind;
+    double a, b;     /* join: x, y; move: dx, dy */
+    size_t order;    /* generation order, keeps a player's inputs in sequence */
+} ts_sim_input_t;
+
+/* Growable list of inputs (reused between flushes). */
+typedef struct {
+    ts_sim_input_t *v;
+    size_t len, cap;
+} ts_sim_inputs_t;
+
+typedef struct ts_players ts_players_t;
+
+typedef struct {
+    uint64_t applied;    /* sum over players of the highest inputs_applied seen */
+    size_t seen;         /* players seen in any state delta */
+    uint64_t deltas;     /* state deltas decoded */
+    uint64_t malformed;  /* state messages that did not decode */
+    uint64_t crossings;  /* times a player's believed cell changed */
+} ts_players_stats_t;
+
+/* n players in world w, seeded by seed; rate_hz inputs per player per
+ * second at speed units per second. Join times are spread over the first
+ * input period after now_us (monotonic). */
+ts_status_t ts_players_create(ts_players_t **out, size_t n, uint64_t seed, const ts_world_t *w, double speed,
+                              int64_t rate_hz, uint64_t now_us);
+void ts_players_destroy(ts_players_t *pl);
+
+/* Entity id of player i: tag << 48 | (16 seeded random bits) << 32 | i. */
+uint64_t ts_players_entity(const ts_players_t *pl, size_t i);
+/* Player index of an entity id, or -1 if it is not one of ours. */
+long ts_players_index(const ts_players_t *pl, uint64_t entity);
+size_t ts_players_count(const ts_players_t *pl);
+
+/* Appends the inputs due at now_us: a Join first, then Moves at rate_hz. */
+ts_status_t ts_players_collect(ts_players_t *pl, uint64_t now_us, ts_sim_inputs_t *out);
+/* Appends one Leave per player that joined. */
+ts_status_t ts_players_collect_leaves(ts_players_t *pl, ts_sim_inputs_t *out);
+
+/* ts_bus_msg_cb for cell state subjects (ud is the ts_players_t). */
+void ts_players_on_state(void *ud, const ts_bus_msg_t *msg);
+/* Applies one encoded StateDelta. TS_ERR_MALFORMED if it does not decode. */
+ts_status_t ts_players_apply_state(ts_players_t *pl, const uint8_t *data, size_t len);
+
+void ts_players_stats(ts_players_t *pl, ts_players_stats_t *out);
+
+void ts_sim_inputs_free(ts_sim_inputs_t *in);
+
+#endif

@@ -1,0 +1,268 @@
+/* The sim's players: entity ids the sim can recognise, a Join then Moves
+ * with gap-free client sequences, inputs addressed to the cell the workers'
+ * state last showed, and an applied count that only the state can raise. */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "players.h"
+#include "tessera/proto.h"
+
+static const ts_world_t WORLD = {.id = 3, .cell_size = 100, .x0 = -2, .y0 = -2, .width = 4, .height = 4};
+#define PERIOD_US 200000 /* 5 Hz */
+
+static ts_players_t *make(size_t n, uint64_t seed)
+{
+    ts_players_t *pl = NULL;
+    assert_int_equal(ts_players_create(&pl, n, seed, &WORLD, 20, 5, 1000000), TS_OK);
+    assert_non_null(pl);
+    return pl;
+}
+
+/* Packs a StateDelta of cell (cx, cy) showing entity with inputs_applied,
+ * and optionally a departure of left_entity to (tx, ty). */
+static uint8_t *state_delta(int32_t cx, int32_t cy, uint64_t entity, uint64_t applied, uint64_t left_entity,
+                            int32_t tx, int32_t ty, size_t *len)
+{
+    ts_cell_t cell = {.world = WORLD.id, .cx = cx, .cy = cy}, to = {.world = WORLD.id, .cx = tx, .cy = ty};
+    Tessera__V1__CellId cell_pb, to_pb;
+    ts_proto_cell_init(&cell_pb, &cell);
+    ts_proto_cell_init(&to_pb, &to);
+    Tessera__V1__EntityState es = TESSERA__V1__ENTITY_STATE__INIT, *esp = &es;
+    es.id = entity;
+    es.x = cx * 100.0 + 50;
+    es.y = cy * 100.0 + 50;
+    es.inputs_applied = applied;
+    Tessera__V1__EntityLeft left = TESSERA__V1__ENTITY_LEFT__INIT, *leftp = &left;
+    left.id = left_entity;
+    left.to = &to_pb;
+    Tessera__V1__StateDelta d = TESSERA__V1__STATE_DELTA__INIT;
+    d.cell = &cell_pb;
+    d.epoch = 4;
+    if (entity) {
+        d.n_entities = 1;
+        d.entities = &esp;
+    }
+    if (left_entity) {
+        d.n_left = 1;
+        d.left = &leftp;
+    }
+    uint8_t *buf = NULL;
+    assert_int_equal(ts_proto_pack(&d.base, &buf, len), TS_OK);
+    return buf;
+}
+
+static void apply(ts_players_t *pl, int32_t cx, int32_t cy, uint64_t entity, uint64_t applied, uint64_t left_entity,
+                  int32_t tx, int32_t ty)
+{
+    size_t len;
+    uint8_t *buf = state_delta(cx, cy, entity, applied, left_entity, tx, ty, &len);
+    assert_int_equal(ts_players_apply_state(pl, buf, len), TS_OK);
+    free(buf);
+}
+
+/* Inputs for `entity` in the next collect at now_us. */
+static size_t collect_for(ts_players_t *pl, uint64_t now_us, uint64_t entity, ts_sim_input_t *out, size_t cap)
+{
+    ts_sim_inputs_t in = {0};
+    assert_int_equal(ts_players_collect(pl, now_us, &in), TS_OK);
+    size_t n = 0;
+    for (size_t i = 0; i < in.len; i++) {
+        if (in.v[i].entity == entity && n < cap)
+            out[n++] = in.v[i];
+    }
+    ts_sim_inputs_free(&in);
+    return n;
+}
+
+static void test_entity_ids(void **state)
+{
+    ts_players_t *a = make(100, 42), *b = make(100, 42), *c = make(100, 43);
+    uint64_t id0 = ts_players_entity(a, 0), id99 = ts_players_entity(a, 99);
+    assert_int_equal(id0 >> 48, 0x5150);
+    assert_int_equal(id0 & 0xffffffffu, 0);
+    assert_int_equal(id99 & 0xffffffffu, 99);
+    assert_int_equal(id0 >> 32, id99 >> 32);
+    assert_int_equal(ts_players_entity(b, 7), ts_players_entity(a, 7));
+    assert_int_not_equal(ts_players_entity(c, 7), ts_players_entity(a, 7));
+    assert_int_equal(ts_players_index(a, id99), 99);
+    assert_int_equal(ts_players_index(a, id0 + 100), -1);
+    assert_int_equal(ts_players_index(a, ts_players_entity(c, 5)), -1);
+    assert_int_equal(ts_players_index(a, 5), -1);
+    assert_int_equal(ts_players_count(a), 100);
+    ts_players_destroy(a);
+    ts_players_destroy(b);
+    ts_players_destroy(c);
+    ts_players_destroy(NULL);
+}
+
+static void test_create_rejects_bad_arguments(void **state)
+{
+    ts_players_t *pl = (ts_players_t *)&pl;
+    assert_int_equal(ts_players_create(&pl, 0, 1, &WORLD, 20, 5, 0), TS_ERR_INVALID);
+    assert_null(pl);
+    assert_int_equal(ts_players_create(&pl, 10, 1, &WORLD, 20, 0, 0), TS_ERR_INVALID);
+    assert_int_equal(ts_players_create(&pl, 10, 1, &WORLD, NAN, 5, 0), TS_ERR_INVALID);
+    ts_world_t w = WORLD;
+    w.cell_size = 0;
+    assert_int_equal(ts_players_create(&pl, 10, 1, &w, 20, 5, 0), TS_ERR_INVALID);
+}
+
+static void test_join_then_moves(void **state)
+{
+    const size_t n = 200;
+    ts_players_t *pl = make(n, 1);
+    ts_sim_inputs_t in = {0};
+    /* joins are spread over the first period: all are due after it */
+    assert_int_equal(ts_players_collect(pl, 1000000 + PERIOD_US, &in), TS_OK);
+    assert_int_equal(in.len, n);
+    bool seen[200] = {false};
+    bool west = false, east = false;
+    for (size_t i = 0; i < in.len; i++) {
+        const ts_sim_input_t *j = &in.v[i];
+        long idx = ts_players_index(pl, j->entity);
+        assert_true(idx >= 0);
+        assert_false(seen[idx]);
+        seen[idx] = true;
+        assert_int_equal(j->kind, TS_SIM_JOIN);
+        assert_int_equal(j->seq, 1);
+        assert_true(fabs(j->a) <= TS_SIM_START_SPREAD && fabs(j->b) <= TS_SIM_START_SPREAD);
+        ts_cell_t want;
+        ts_cell_from_pos(WORLD.id, WORLD.cell_size, 0, j->a, j->b, &want);
+        assert_true(ts_cell_eq(&j->cell, &want));
+        west |= j->a < 0;
+        east |= j->a >= 0;
+    }
+    assert_true(west && east); /* players start on both workers' sides */
+
+    /* nothing is due again before a period passed */
+    in.len = 0;
+    assert_int_equal(ts_players_collect(pl, 1000000 + PERIOD_US + 1000, &in), TS_OK);
+    assert_true(in.len < n / 4);
+
+    /* every period brings one Move per player, sequences without gaps */
+    uint64_t id = ts_players_entity(pl, 17), next_seq = 2;
+    for (uint64_t k = 2; k < 8; k++) {
+        ts_sim_input_t got[8];
+        size_t m = collect_for(pl, 1000000 + k * PERIOD_US, id, got, 8);
+        assert_true(m <= 1);
+        for (size_t i = 0; i < m; i++) {
+            assert_int_equal(got[i].kind, TS_SIM_MOVE);
+            assert_int_equal(got[i].seq, next_seq++);
+            assert_true(fabs(hypot(got[i].a, got[i].b) - 20) < 1e-6);
+        }
+    }
+    assert_true(next_seq >= 7);
+    ts_sim_inputs_free(&in);
+    ts_players_destroy(pl);
+}
+
+static void test_state_moves_believed_cell_and_applied(void **state)
+{
+    ts_players_t *pl = make(10, 5);
+    ts_sim_inputs_t in = {0};
+    assert_int_equal(ts_players_collect(pl, 1000000 + PERIOD_US, &in), TS_OK);
+    ts_sim_inputs_free(&in);
+    uint64_t id = ts_players_entity(pl, 3), other = ts_players_entity(pl, 4);
+
+    ts_players_stats_t st;
+    ts_players_stats(pl, &st);
+    assert_int_equal(st.applied, 0);
+    assert_int_equal(st.seen, 0);
+
+    apply(pl, 1, -2, id, 7, 0, 0, 0);
+    ts_sim_input_t got[8];
+    assert_int_equal(collect_for(pl, 1000000 + 2 * PERIOD_US, id, got, 8), 1);
+    assert_int_equal(got[0].cell.cx, 1);
+    assert_int_equal(got[0].cell.cy, -2);
+    assert_int_equal(got[0].epoch, 4);
+    ts_players_stats(pl, &st);
+    assert_int_equal(st.applied, 7);
+    assert_int_equal(st.seen, 1);
+
+    /* an older delta cannot lower the applied count */
+    apply(pl, 1, -2, id, 5, 0, 0, 0);
+    ts_players_stats(pl, &st);
+    assert_int_equal(st.applied, 7);
+
+    /* departure: the next input goes to the destination */
+    apply(pl, 1, -2, other, 2, id, 0, -2);
+    assert_int_equal(collect_for(pl, 1000000 + 3 * PERIOD_US, id, got, 8), 1);
+    assert_int_equal(got[0].cell.cx, 0);
+    assert_int_equal(got[0].cell.cy, -2);
+    ts_players_stats(pl, &st);
+    assert_int_equal(st.applied, 9);
+    assert_int_equal(st.seen, 2);
+    assert_true(st.crossings >= 2);
+
+    /* entities that are not ours change nothing */
+    apply(pl, -2, -2, 0x1234, 1000, 0x5678, 1, 1);
+    ts_players_stats(pl, &st);
+    assert_int_equal(st.applied, 9);
+    assert_int_equal(st.deltas, 4);
+
+    const uint8_t junk[] = {0xff, 0xff, 0xff, 0xff, 0x0f};
+    assert_int_equal(ts_players_apply_state(pl, junk, sizeof junk), TS_ERR_MALFORMED);
+    ts_players_stats(pl, &st);
+    assert_int_equal(st.malformed, 1);
+    ts_players_destroy(pl);
+}
+
+static void test_leaves_follow_the_last_seq(void **state)
+{
+    ts_players_t *pl = make(4, 9);
+    ts_sim_inputs_t in = {0};
+    assert_int_equal(ts_players_collect_leaves(pl, &in), TS_OK);
+    assert_int_equal(in.len, 0); /* nobody joined yet */
+    assert_int_equal(ts_players_collect(pl, 1000000 + PERIOD_US, &in), TS_OK);
+    assert_int_equal(ts_players_collect(pl, 1000000 + 2 * PERIOD_US, &in), TS_OK);
+    assert_int_equal(in.len, 8);
+    in.len = 0;
+    assert_int_equal(ts_players_collect_leaves(pl, &in), TS_OK);
+    assert_int_equal(in.len, 4);
+    for (size_t i = 0; i < in.len; i++) {
+        assert_int_equal(in.v[i].kind, TS_SIM_LEAVE);
+        assert_int_equal(in.v[i].seq, 3);
+    }
+    ts_sim_inputs_free(&in);
+    ts_players_destroy(pl);
+}
+
+static void test_players_stay_inside_a_small_world(void **state)
+{
+    ts_world_t w = {.id = 0, .cell_size = 10, .x0 = 0, .y0 = 0, .width = 1, .height = 1};
+    ts_players_t *pl = NULL;
+    assert_int_equal(ts_players_create(&pl, 20, 3, &w, 10, 10, 0), TS_OK);
+    ts_sim_inputs_t in = {0};
+    for (uint64_t t = 0; t < 200; t++) {
+        in.len = 0;
+        assert_int_equal(ts_players_collect(pl, t * 100000, &in), TS_OK);
+        for (size_t i = 0; i < in.len; i++) {
+            if (in.v[i].kind == TS_SIM_JOIN)
+                assert_true(in.v[i].a >= 0 && in.v[i].a < 10 && in.v[i].b >= 0 && in.v[i].b < 10);
+            assert_int_equal(in.v[i].cell.cx, 0);
+            assert_int_equal(in.v[i].cell.cy, 0);
+        }
+    }
+    ts_sim_inputs_free(&in);
+    ts_players_destroy(pl);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_entity_ids),
+        cmocka_unit_test(test_create_rejects_bad_arguments),
+        cmocka_unit_test(test_join_then_moves),
+        cmocka_unit_test(test_state_moves_believed_cell_and_applied),
+        cmocka_unit_test(test_leaves_follow_the_last_seq),
+        cmocka_unit_test(test_players_stay_inside_a_small_world),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
