@@ -1,0 +1,65 @@
+/* tessera-ctl internals: one function per subcommand plus the helpers they
+ * share. Subcommands return the process exit status. */
+#ifndef TESSERA_CTL_H
+#define TESSERA_CTL_H
+
+#include <signal.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "tessera/bus.h"
+#include "tessera/config.h"
+#include "tessera/registry.h"
+#include "tessera/status.h"
+
+#define TS_CTL_EXIT_USAGE 2
+/* How long the CLI keeps trying to reach NATS / Redis. */
+#define TS_CTL_CONNECT_MS 5000
+
+/* Latest heartbeat of one worker, as the CLI saw it. */
+typedef struct {
+    char id[TS_WORKER_ID_MAX];
+    uint64_t seen_us; /* monotonic arrival time */
+    uint64_t ticks;
+    uint64_t inputs_applied;
+    uint64_t transfers_out;
+    uint64_t transfers_out_remote;
+    uint32_t entities;
+    uint32_t capacity;
+    uint32_t cells;
+    double tick_p99_ms;
+} ts_ctl_hb_t;
+
+/* Heartbeats collected from "tessera.worker.*.hb" (thread-safe). */
+typedef struct ts_ctl_hbs ts_ctl_hbs_t;
+ts_status_t ts_ctl_hbs_create(ts_ctl_hbs_t **out);
+void ts_ctl_hbs_destroy(ts_ctl_hbs_t *h);
+/* ts_bus_msg_cb; ud is the ts_ctl_hbs_t. Malformed heartbeats are ignored. */
+void ts_ctl_hbs_on_msg(void *ud, const ts_bus_msg_t *msg);
+/* Copies the table; caller frees *out. */
+ts_status_t ts_ctl_hbs_snapshot(ts_ctl_hbs_t *h, ts_ctl_hb_t **out, size_t *n);
+
+/* Set by SIGINT/SIGTERM. */
+extern volatile sig_atomic_t ts_ctl_stop;
+
+/* Connect with retries for TS_CTL_CONNECT_MS; log a clear error on failure. */
+ts_status_t ts_ctl_connect_registry(const ts_config_t *cfg, ts_registry_t **out);
+ts_status_t ts_ctl_connect_bus(const ts_config_t *cfg, ts_bus_t **out);
+
+int ts_ctl_cells(const ts_config_t *cfg);
+int ts_ctl_workers(const ts_config_t *cfg);
+/* Prints one summary line per second; count 0 = until signalled. */
+int ts_ctl_watch(const ts_config_t *cfg, long count);
+/* Reads one payload from in and prints it decoded to out. */
+int ts_ctl_decode(const char *subject, bool json, FILE *in, FILE *out);
+
+/* Decodes one payload of the message type that subject carries and prints it
+ * as one line (text, or JSON if json) followed by '\n'. TS_ERR_INVALID for a
+ * subject with no known message type, TS_ERR_MALFORMED if the payload does
+ * not decode; err says why. */
+ts_status_t ts_ctl_decode_payload(const char *subject, const uint8_t *data, size_t len, bool json, FILE *out,
+                                  char *err, size_t errcap);
+
+#endif

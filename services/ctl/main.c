@@ -1,0 +1,219 @@
+/* tessera-ctl: admin CLI. Separates its own options (--count, --subject,
+ * --json) from the shared configuration flags, then runs one subcommand.
+ * Exit status: 0 ok, 1 failure, 2 usage error. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "ctl.h"
+#include "tessera/log.h"
+#include "tessera/util.h"
+
+#define RETRY_MS 250
+
+volatile sig_atomic_t ts_ctl_stop;
+static bool bus_used;
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    ts_ctl_stop = 1;
+}
+
+static void install_signals(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+}
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: tessera-ctl [--key=value ...] <command> [options]\n\n"
+            "commands:\n"
+            "  cells                    cells of world.id from the registry: owner, epoch, state\n"
+            "  workers                  known workers, alive or not, with their latest heartbeat\n"
+            "                           (waits 1.5 s for heartbeats)\n"
+            "  watch [--count N]        one line per second: cells, owners, entities, inputs/s,\n"
+            "                           ticks (per second, all workers), transfers/s, cross-worker\n"
+            "                           transfers/s; until SIGINT or N lines\n"
+            "  decode --subject SUBJ [--json]\n"
+            "                           reads one message payload from stdin and prints it decoded\n"
+            "                           (type chosen from the subject), e.g.\n"
+            "                           nats sub 'cell.>' --translate 'tessera-ctl decode --subject {{Subject}}'\n\n");
+    ts_config_usage(out);
+}
+
+ts_status_t ts_ctl_connect_registry(const ts_config_t *cfg, ts_registry_t **out)
+{
+    uint64_t deadline = ts_mono_us() + TS_CTL_CONNECT_MS * 1000ULL;
+    ts_status_t st;
+    do {
+        uint64_t version;
+        st = ts_registry_connect(out, cfg->redis_url);
+        if (st == TS_OK)
+            st = ts_registry_version(*out, (uint32_t)cfg->world_id, &version);
+        if (st == TS_OK || st == TS_ERR_NOT_FOUND)
+            return TS_OK;
+        ts_registry_destroy(*out);
+        *out = NULL;
+        ts_sleep_ms(RETRY_MS);
+    } while (!ts_ctl_stop && ts_mono_us() < deadline);
+    fprintf(stderr, "tessera-ctl: cannot reach Redis at %s: %s\n", cfg->redis_url, ts_status_str(st));
+    return st;
+}
+
+ts_status_t ts_ctl_connect_bus(const ts_config_t *cfg, ts_bus_t **out)
+{
+    uint64_t deadline = ts_mono_us() + TS_CTL_CONNECT_MS * 1000ULL;
+    ts_status_t st;
+    bus_used = true;
+    do {
+        st = ts_bus_connect(out, cfg->nats_url, "tessera-ctl");
+        if (st == TS_OK)
+            return TS_OK;
+        *out = NULL;
+        ts_sleep_ms(RETRY_MS);
+    } while (!ts_ctl_stop && ts_mono_us() < deadline);
+    fprintf(stderr, "tessera-ctl: cannot reach NATS at %s: %s\n", cfg->nats_url, ts_status_str(st));
+    return st;
+}
+
+typedef struct {
+    const char *subject;
+    const char *count;
+    bool json;
+} ctl_opts_t;
+
+/* Takes --count/--subject (with "=value" or the next argument) and --json
+ * out of argv; the remaining arguments are compacted into kept. */
+static bool take_options(int argc, char **argv, char **kept, int *nkept, ctl_opts_t *o)
+{
+    *nkept = 0;
+    kept[(*nkept)++] = argv[0];
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char **slot = NULL;
+        size_t n = 0;
+        if (strncmp(a, "--count", 7) == 0 && (a[7] == '\0' || a[7] == '=')) {
+            slot = &o->count;
+            n = 7;
+        } else if (strncmp(a, "--subject", 9) == 0 && (a[9] == '\0' || a[9] == '=')) {
+            slot = &o->subject;
+            n = 9;
+        } else if (strcmp(a, "--json") == 0) {
+            o->json = true;
+            continue;
+        } else if (strcmp(a, "--") == 0) {
+            while (i < argc)
+                kept[(*nkept)++] = argv[i++];
+            break;
+        } else {
+            kept[(*nkept)++] = argv[i];
+            continue;
+        }
+        if (a[n] == '=') {
+            *slot = a + n + 1;
+        } else if (i + 1 < argc) {
+            *slot = argv[++i];
+        } else {
+            fprintf(stderr, "tessera-ctl: %s needs a value\n", a);
+            return false;
+        }
+    }
+    kept[*nkept] = NULL;
+    return true;
+}
+
+static int run_command(const char *cmd, const ts_config_t *cfg, const ctl_opts_t *o)
+{
+    long count = 0;
+    if (o->count && strcmp(cmd, "watch") != 0) {
+        fprintf(stderr, "tessera-ctl: --count only applies to watch\n");
+        return TS_CTL_EXIT_USAGE;
+    }
+    if ((o->subject || o->json) && strcmp(cmd, "decode") != 0) {
+        fprintf(stderr, "tessera-ctl: --subject and --json only apply to decode\n");
+        return TS_CTL_EXIT_USAGE;
+    }
+    if (strcmp(cmd, "cells") == 0)
+        return ts_ctl_cells(cfg);
+    if (strcmp(cmd, "workers") == 0)
+        return ts_ctl_workers(cfg);
+    if (strcmp(cmd, "watch") == 0) {
+        int64_t v = 0;
+        if (o->count && (ts_parse_i64(o->count, &v) != TS_OK || v < 1)) {
+            fprintf(stderr, "tessera-ctl: --count must be a positive integer, got '%s'\n", o->count);
+            return TS_CTL_EXIT_USAGE;
+        }
+        count = (long)v;
+        return ts_ctl_watch(cfg, count);
+    }
+    if (strcmp(cmd, "decode") == 0) {
+        if (!o->subject || !*o->subject) {
+            fprintf(stderr, "tessera-ctl: decode needs --subject SUBJECT\n");
+            return TS_CTL_EXIT_USAGE;
+        }
+        return ts_ctl_decode(o->subject, o->json, stdin, stdout);
+    }
+    fprintf(stderr, "tessera-ctl: unknown command '%s'\n\n", cmd);
+    usage(stderr);
+    return TS_CTL_EXIT_USAGE;
+}
+
+int main(int argc, char **argv)
+{
+    for (int i = 1; i < argc && strcmp(argv[i], "--") != 0; i++) {
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            usage(stdout);
+            return 0;
+        }
+    }
+    char **kept = calloc((size_t)argc + 1, sizeof *kept);
+    if (!kept) {
+        fprintf(stderr, "tessera-ctl: out of memory\n");
+        return 1;
+    }
+    ctl_opts_t opts = {0};
+    int nkept = 0, rc = TS_CTL_EXIT_USAGE;
+    ts_config_t cfg;
+    char err[512] = "", **rest = NULL;
+    int nrest = 0;
+    if (!take_options(argc, argv, kept, &nkept, &opts)) {
+        free(kept);
+        return TS_CTL_EXIT_USAGE;
+    }
+    if (ts_config_load(&cfg, nkept, kept, &rest, &nrest, err, sizeof err) != TS_OK) {
+        fprintf(stderr, "tessera-ctl: %s (see --help)\n", err[0] ? err : "bad configuration");
+        rc = 1;
+        goto cleanup;
+    }
+    ts_log_level_t level = TS_LOG_INFO;
+    if (!ts_log_level_parse(cfg.log_level, &level)) {
+        fprintf(stderr, "tessera-ctl: log.level: unknown level '%s'\n", cfg.log_level);
+        rc = 1;
+        goto cleanup;
+    }
+    ts_log_init("tessera-ctl", level, strcmp(cfg.log_format, "json") == 0);
+    if (nrest < 1) {
+        usage(stderr);
+        goto cleanup;
+    }
+    if (nrest > 1) {
+        fprintf(stderr, "tessera-ctl: unexpected argument '%s' after '%s'\n", rest[1], rest[0]);
+        goto cleanup;
+    }
+    install_signals();
+    rc = run_command(rest[0], &cfg, &opts);
+
+cleanup:
+    ts_config_free(&cfg);
+    free(kept);
+    if (bus_used)
+        ts_bus_shutdown_library();
+    return rc;
+}
