@@ -19,6 +19,7 @@
 #include "tessera/client.h"
 #include "tessera/log.h"
 #include "tessera/proto.h"
+#include "tessera/subject.h"
 #include "tessera/util.h"
 
 #define WORLD 0
@@ -381,6 +382,140 @@ static void test_protocol_errors(void **state)
     test_passed = true;
 }
 
+static void test_flood_is_fatal(void **state)
+{
+    (void)state;
+    player_t p;
+    player_connect(&p);
+    /* ~5000 frames/s for up to 4 s: far above 10 x the 200 frames/s limit */
+    uint64_t until = ts_mono_us() + 4000000;
+    while (ts_mono_us() < until && !p.closed) {
+        for (int i = 0; i < 100; i++) {
+            if (ts_client_ping(p.c, 9) != TS_OK) {
+                p.closed = true;
+                break;
+            }
+        }
+        pump(&p, 20);
+        if (p.last_error_fatal)
+            break;
+    }
+    pump(&p, 2000);
+    assert_true(p.errors >= 2);
+    assert_int_equal(p.last_error, TESSERA__V1__ERROR_CODE__ERROR_RATE_LIMIT);
+    assert_true(p.last_error_fatal);
+    assert_true(p.closed);
+    assert_true(gateway_alive());
+    player_close(&p);
+    test_passed = true;
+}
+
+static bool delta_has(player_t *p, uint64_t id, int64_t ms)
+{
+    uint64_t deadline = ts_mono_us() + (uint64_t)ms * 1000;
+    while (ts_mono_us() < deadline) {
+        Tessera__V1__ServerFrame *f = recv_until(p, TESSERA__V1__SERVER_FRAME__PAYLOAD_DELTA, 200);
+        if (f == NULL)
+            continue;
+        bool found = false;
+        for (size_t i = 0; i < f->delta->n_entities; i++)
+            found = found || f->delta->entities[i]->id == id;
+        tessera__v1__server_frame__free_unpacked(f, NULL);
+        if (found)
+            return true;
+    }
+    return false;
+}
+
+static void publish_state(ts_bus_t *bus, uint64_t epoch, uint64_t id)
+{
+    ts_cell_t cell = {.world = WORLD, .cx = 1, .cy = 1};
+    Tessera__V1__CellId cell_pb;
+    ts_proto_cell_init(&cell_pb, &cell);
+    Tessera__V1__EntityState e = TESSERA__V1__ENTITY_STATE__INIT;
+    e.id = id;
+    e.x = 160;
+    e.y = 160;
+    Tessera__V1__EntityState *ents[] = {&e};
+    Tessera__V1__StateDelta d = TESSERA__V1__STATE_DELTA__INIT;
+    d.cell = &cell_pb;
+    d.epoch = epoch;
+    d.n_entities = 1;
+    d.entities = ents;
+    d.owner = (char *)"impostor";
+    uint8_t *buf;
+    size_t len;
+    assert_int_equal(ts_proto_pack(&d.base, &buf, &len), TS_OK);
+    char subject[TS_SUBJECT_MAX];
+    ts_subject_cell(subject, sizeof subject, &cell, TS_SUBJ_STATE);
+    ts_bus_hdr_t hdr = {.type = TS_TYPE_STATE_DELTA, .epoch = epoch, .seq = 1};
+    assert_int_equal(ts_bus_publish(bus, subject, &hdr, buf, len), TS_OK);
+    assert_int_equal(ts_bus_flush(bus, 2000), TS_OK);
+    free(buf);
+}
+
+static void test_stale_epoch_fenced(void **state)
+{
+    (void)state;
+    ts_bus_t *bus = NULL;
+    assert_int_equal(ts_bus_connect(&bus, H.nats_url, "it-gateway"), TS_OK);
+    player_t p;
+    player_connect(&p);
+    join_at(&p, 150, 150);
+    pump(&p, 500);
+
+    /* a deposed owner (epoch 0, below the registry's 1) is not believed */
+    publish_state(bus, 0, 0x7777);
+    bool stale_seen = delta_has(&p, 0x7777, 1000);
+    /* state at the current epoch is */
+    publish_state(bus, 1, 0x7778);
+    bool current_seen = delta_has(&p, 0x7778, 2000);
+    ts_bus_destroy(bus);
+    player_close(&p);
+    assert_false(stale_seen);
+    assert_true(current_seen);
+    test_passed = true;
+}
+
+static void test_max_clients(void **state)
+{
+    (void)state;
+    int port = ts_h_free_port();
+    char listen[64];
+    snprintf(listen, sizeof listen, "--gateway.listen=127.0.0.1:%d", port);
+    const char *argv[] = {listen, "--gateway.max_clients=1", "--gateway.id=2", NULL};
+    int idx = ts_h_spawn(&H, "gateway-small", "tessera-gateway", argv);
+    assert_true(ts_h_wait_port(port, 15000));
+    ts_sleep_ms(300); /* the port probe's connection counts until the gateway sees it close */
+
+    player_t first, second;
+    memset(&first, 0, sizeof first);
+    memset(&second, 0, sizeof second);
+    assert_int_equal(ts_client_connect(&first.c, "127.0.0.1", port, 3000), TS_OK);
+    uint64_t t = ts_now_us();
+    assert_int_equal(ts_client_ping(first.c, t), TS_OK);
+    Tessera__V1__ServerFrame *f = recv_until(&first, TESSERA__V1__SERVER_FRAME__PAYLOAD_PONG, 3000);
+    assert_non_null(f);
+    tessera__v1__server_frame__free_unpacked(f, NULL);
+
+    assert_int_equal(ts_client_connect(&second.c, "127.0.0.1", port, 3000), TS_OK);
+    expect_error(&second, TESSERA__V1__ERROR_CODE__ERROR_UNAVAILABLE, true);
+    pump(&second, 2000);
+    assert_true(second.closed);
+    player_close(&second);
+
+    /* the slot frees up when the first client goes */
+    player_close(&first);
+    ts_sleep_ms(200);
+    player_connect(&second);
+    expect_pong(&second);
+    player_close(&second);
+
+    ts_h_signal(&H, idx, SIGTERM);
+    assert_int_equal(ts_h_wait(&H, idx, 10000), 0);
+    test_passed = true;
+}
+
 static char *write_script(const char *name, const char *text)
 {
     static char path[512];
@@ -523,6 +658,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_walk_across_workers, test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_bad_frames_isolated, test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_protocol_errors, test_setup, test_teardown),
+        cmocka_unit_test_setup_teardown(test_flood_is_fatal, test_setup, test_teardown),
+        cmocka_unit_test_setup_teardown(test_stale_epoch_fenced, test_setup, test_teardown),
+        cmocka_unit_test_setup_teardown(test_max_clients, test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_client_cli, test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_sigterm_exits_cleanly, test_setup, test_teardown),
     };
