@@ -12,9 +12,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <arpa/inet.h>
 #include <cmocka.h>
 #include <hiredis/hiredis.h>
+#include <netinet/in.h>
 #include <pthread.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "harness.h"
 #include "tessera/log.h"
@@ -89,6 +93,20 @@ static bool wait_count(got_t *g, int n, int64_t timeout_ms)
         ts_sleep_ms(5);
     }
     return true;
+}
+
+/* A loopback port that refuses connections for as long as *fd stays open
+ * (bound, never listening), so no other process can take it meanwhile. */
+static int refusing_port(int *fd)
+{
+    *fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(*fd >= 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = 0};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof sa;
+    assert_int_equal(bind(*fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    assert_int_equal(getsockname(*fd, (struct sockaddr *)&sa, &len), 0);
+    return ntohs(sa.sin_port);
 }
 
 static ts_bus_t *bus_connect(void)
@@ -458,8 +476,10 @@ static void test_bus_connect_errors(void **state)
 {
     ts_bus_t *bus = NULL;
     char url[64];
-    snprintf(url, sizeof url, "nats://127.0.0.1:%d", ts_h_free_port());
+    int fd;
+    snprintf(url, sizeof url, "nats://127.0.0.1:%d", refusing_port(&fd));
     assert_int_not_equal(ts_bus_connect(&bus, url, "it"), TS_OK);
+    close(fd);
     assert_null(bus);
     assert_int_equal(ts_bus_connect(&bus, NULL, "it"), TS_ERR_INVALID);
     ts_bus_destroy(NULL);
@@ -716,8 +736,10 @@ static void test_registry_bad_data_and_urls(void **state)
     assert_int_equal(ts_registry_connect(&reg, "redis://127.0.0.1:99999"), TS_ERR_CONFIG);
     assert_int_equal(ts_registry_connect(&reg, "redis://127.0.0.1:6379/x"), TS_ERR_CONFIG);
     char url[64];
-    snprintf(url, sizeof url, "redis://127.0.0.1:%d", ts_h_free_port());
+    int fd;
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d", refusing_port(&fd));
     assert_int_equal(ts_registry_connect(&reg, url), TS_ERR_UNAVAILABLE);
+    close(fd);
     assert_null(reg);
     snprintf(url, sizeof url, "redis://127.0.0.1:%d/3", H.redis_port);
     assert_int_equal(ts_registry_connect(&reg, url), TS_OK);
