@@ -29,7 +29,7 @@ int main(int argc, char **argv)
     }
     ts_log_level_t level = TS_LOG_INFO;
     ts_log_level_parse(cfg.log_level, &level);
-    ts_log_init("worker", level, strcmp(cfg.log_format, "json") == 0);
+    ts_log_init("tessera-worker", level, strcmp(cfg.log_format, "json") == 0);
 
     struct sigaction sa;
     memset(&sa, 0, sizeof(sa));
@@ -43,5 +43,6 @@ int main(int argc, char **argv)
     if (ts_worker_create(&w, &cfg) == TS_OK) rc = ts_worker_run(w, &stop_flag) == TS_OK ? 0 : 1;
     ts_worker_destroy(w);
     ts_config_free(&cfg);
+    ts_bus_shutdown_library();
     return rc;
 }
