@@ -16,9 +16,9 @@
 typedef struct {
     ts_client_t *conn;
     FILE *out;
-    uint64_t entity;    /* 0 until a Snapshot named it */
-    uint64_t errors;    /* Error frames received */
-    bool closed;        /* the gateway closed the connection */
+    uint64_t entity; /* 0 until a Snapshot named it */
+    uint64_t errors; /* Error frames received */
+    bool closed;     /* the gateway closed the connection */
     bool me_known;
     double me_x, me_y;
     uint64_t me_applied, me_last_seq;

@@ -25,15 +25,16 @@
 
 static void usage(FILE *out)
 {
-    fprintf(out, "usage: tessera-client [--gateway.listen=HOST:PORT] [--at X,Y] COMMAND [ARGS]\n\n"
-                 "commands:\n"
-                 "  ping [N]               N round trips (default %d), prints each time\n"
-                 "  join [X Y]             join at (X, Y) (default 0 0), print frames for 1 s\n"
-                 "  move DX DY [SECONDS]   join at --at X,Y (default 0,0), move with velocity\n"
-                 "                         (DX, DY) for SECONDS (default %g), print positions\n"
-                 "  repl                   read commands from stdin (type help)\n"
-                 "  script FILE            run repl commands from FILE; exit 1 on an Error\n"
-                 "                         unless the line starts with '-'\n\n",
+    fprintf(out,
+            "usage: tessera-client [--gateway.listen=HOST:PORT] [--at X,Y] COMMAND [ARGS]\n\n"
+            "commands:\n"
+            "  ping [N]               N round trips (default %d), prints each time\n"
+            "  join [X Y]             join at (X, Y) (default 0 0), print frames for 1 s\n"
+            "  move DX DY [SECONDS]   join at --at X,Y (default 0,0), move with velocity\n"
+            "                         (DX, DY) for SECONDS (default %g), print positions\n"
+            "  repl                   read commands from stdin (type help)\n"
+            "  script FILE            run repl commands from FILE; exit 1 on an Error\n"
+            "                         unless the line starts with '-'\n\n",
             DEFAULT_PINGS, DEFAULT_MOVE_S);
     ts_config_usage(out);
 }
@@ -58,18 +59,14 @@ static bool split_args(int argc, char **argv, args_t *a)
         } else if (strncmp(arg, "--at=", 5) == 0) {
             a->at = arg + 5;
         } else if (strcmp(arg, "--at") == 0) {
-            if (i + 1 >= argc)
-                return false;
+            if (i + 1 >= argc) return false;
             a->at = argv[++i];
         } else if (strncmp(arg, "--", 2) == 0) {
-            if (a->cfg_argc + 2 >= (int)(sizeof a->cfg_argv / sizeof a->cfg_argv[0]))
-                return false;
+            if (a->cfg_argc + 2 >= (int)(sizeof a->cfg_argv / sizeof a->cfg_argv[0])) return false;
             a->cfg_argv[a->cfg_argc++] = arg;
-            if (strchr(arg, '=') == NULL && i + 1 < argc)
-                a->cfg_argv[a->cfg_argc++] = argv[++i];
+            if (strchr(arg, '=') == NULL && i + 1 < argc) a->cfg_argv[a->cfg_argc++] = argv[++i];
         } else {
-            if (a->npos >= MAX_ARGS)
-                return false;
+            if (a->npos >= MAX_ARGS) return false;
             a->pos[a->npos++] = arg;
         }
     }
@@ -82,8 +79,7 @@ static bool parse_xy(const char *s, double *x, double *y)
     char buf[128];
     ts_strlcpy(buf, s, sizeof buf);
     char *comma = strchr(buf, ',');
-    if (comma == NULL)
-        return false;
+    if (comma == NULL) return false;
     *comma = '\0';
     return ts_parse_double(buf, x) == TS_OK && ts_parse_double(comma + 1, y) == TS_OK;
 }
@@ -107,10 +103,8 @@ static int cmd_ping(cli_t *c, char **pos, int npos)
     double min = 0, max = 0, sum = 0;
     int got = 0;
     for (int i = 0; i < (int)n && !c->closed; i++) {
-        if (i > 0)
-            ts_sleep_ms(100);
-        if (ts_client_ping(c->conn, ts_now_us()) != TS_OK)
-            break;
+        if (i > 0) ts_sleep_ms(100);
+        if (ts_client_ping(c->conn, ts_now_us()) != TS_OK) break;
         if (!cli_pump(c, REPLY_TIMEOUT_MS, TESSERA__V1__SERVER_FRAME__PAYLOAD_PONG, false, CLI_PRINT_ALL))
             continue;
         double ms = (double)c->last_rtt_us / 1000.0;
@@ -120,8 +114,7 @@ static int cmd_ping(cli_t *c, char **pos, int npos)
         got++;
     }
     fprintf(c->out, "%d/%d pongs", got, (int)n);
-    if (got > 0)
-        fprintf(c->out, ", rtt min/avg/max = %.3f/%.3f/%.3f ms", min, sum / got, max);
+    if (got > 0) fprintf(c->out, ", rtt min/avg/max = %.3f/%.3f/%.3f ms", min, sum / got, max);
     fprintf(c->out, "\n");
     return got == (int)n && c->errors == 0 ? 0 : 1;
 }
@@ -139,8 +132,7 @@ static bool do_join(cli_t *c, double x, double y)
 
 static void do_leave(cli_t *c)
 {
-    if (!c->closed && ts_client_leave(c->conn) == TS_OK)
-        cli_sync(c, REPLY_TIMEOUT_MS);
+    if (!c->closed && ts_client_leave(c->conn) == TS_OK) cli_sync(c, REPLY_TIMEOUT_MS);
 }
 
 static int cmd_join(cli_t *c, char **pos, int npos)
@@ -150,8 +142,7 @@ static int cmd_join(cli_t *c, char **pos, int npos)
         fprintf(stderr, "usage: join [X Y]\n");
         return 2;
     }
-    if (!do_join(c, x, y))
-        return 1;
+    if (!do_join(c, x, y)) return 1;
     cli_pump(c, JOIN_STAY_MS, 0, false, CLI_PRINT_ALL);
     do_leave(c);
     return c->errors == 0 && !c->closed ? 0 : 1;
@@ -169,13 +160,10 @@ static int cmd_move(cli_t *c, char **pos, int npos, const char *at)
         fprintf(stderr, "--at wants X,Y, got '%s'\n", at);
         return 2;
     }
-    if (!do_join(c, x, y))
-        return 1;
-    if (ts_client_move(c->conn, dx, dy) != TS_OK)
-        return 1;
+    if (!do_join(c, x, y)) return 1;
+    if (ts_client_move(c->conn, dx, dy) != TS_OK) return 1;
     cli_pump(c, (int64_t)(secs * 1000.0), 0, false, CLI_PRINT_ALL);
-    if (!c->closed && ts_client_move(c->conn, 0, 0) == TS_OK)
-        cli_sync(c, REPLY_TIMEOUT_MS);
+    if (!c->closed && ts_client_move(c->conn, 0, 0) == TS_OK) cli_sync(c, REPLY_TIMEOUT_MS);
     if (c->me_known)
         fprintf(c->out, "final me=(%.1f,%.1f) applied=%llu last_seq=%llu\n", c->me_x, c->me_y,
                 (unsigned long long)c->me_applied, (unsigned long long)c->me_last_seq);
@@ -188,14 +176,10 @@ static int run_command(cli_t *c, args_t *a)
     const char *cmd = a->pos[0];
     char **rest = a->pos + 1;
     int nrest = a->npos - 1;
-    if (strcmp(cmd, "ping") == 0)
-        return cmd_ping(c, rest, nrest);
-    if (strcmp(cmd, "join") == 0)
-        return cmd_join(c, rest, nrest);
-    if (strcmp(cmd, "move") == 0)
-        return cmd_move(c, rest, nrest, a->at);
-    if (strcmp(cmd, "repl") == 0 && nrest == 0)
-        return cli_repl(c, stdin, false);
+    if (strcmp(cmd, "ping") == 0) return cmd_ping(c, rest, nrest);
+    if (strcmp(cmd, "join") == 0) return cmd_join(c, rest, nrest);
+    if (strcmp(cmd, "move") == 0) return cmd_move(c, rest, nrest, a->at);
+    if (strcmp(cmd, "repl") == 0 && nrest == 0) return cli_repl(c, stdin, false);
     if (strcmp(cmd, "script") == 0 && nrest == 1) {
         FILE *f = fopen(rest[0], "r");
         if (f == NULL) {
@@ -214,8 +198,7 @@ static bool known_command(const char *cmd)
 {
     static const char *const cmds[] = {"ping", "join", "move", "repl", "script"};
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
-        if (strcmp(cmd, cmds[i]) == 0)
-            return true;
+        if (strcmp(cmd, cmds[i]) == 0) return true;
     }
     return false;
 }
@@ -243,8 +226,7 @@ int main(int argc, char **argv)
         return 2;
     }
     ts_log_level_t level = TS_LOG_WARN;
-    if (!ts_log_level_parse(cfg.log_level, &level))
-        level = TS_LOG_WARN;
+    if (!ts_log_level_parse(cfg.log_level, &level)) level = TS_LOG_WARN;
     ts_log_init("client", level, cfg.log_format != NULL && strcmp(cfg.log_format, "json") == 0);
 
     char host[256];

@@ -28,16 +28,14 @@ static const char *error_name(Tessera__V1__ErrorCode code)
 {
     const ProtobufCEnumValue *v =
         protobuf_c_enum_descriptor_get_value(&tessera__v1__error_code__descriptor, (int)code);
-    if (v == NULL)
-        return "UNKNOWN";
+    if (v == NULL) return "UNKNOWN";
     return strncmp(v->name, "ERROR_", 6) == 0 ? v->name + 6 : v->name;
 }
 
 static void note_me(cli_t *c, Tessera__V1__EntityState *const *ents, size_t n, bool *seen)
 {
     *seen = false;
-    if (c->entity == 0)
-        return;
+    if (c->entity == 0) return;
     for (size_t i = 0; i < n; i++) {
         if (ents[i] != NULL && ents[i]->id == c->entity) {
             c->me_known = true;
@@ -64,8 +62,9 @@ void cli_handle_frame(cli_t *c, const Tessera__V1__ServerFrame *f, cli_print_t m
     case TESSERA__V1__SERVER_FRAME__PAYLOAD_SNAPSHOT:
         c->entity = f->snapshot->entity;
         note_me(c, f->snapshot->entities, f->snapshot->n_entities, &seen);
-        fprintf(c->out, "snapshot entity=%llu cell=%s epoch=%llu n=%zu\n", (unsigned long long)f->snapshot->entity,
-                cell, (unsigned long long)f->epoch, f->snapshot->n_entities);
+        fprintf(c->out, "snapshot entity=%llu cell=%s epoch=%llu n=%zu\n",
+                (unsigned long long)f->snapshot->entity, cell, (unsigned long long)f->epoch,
+                f->snapshot->n_entities);
         break;
     case TESSERA__V1__SERVER_FRAME__PAYLOAD_DELTA:
         note_me(c, f->delta->entities, f->delta->n_entities, &seen);
@@ -75,11 +74,11 @@ void cli_handle_frame(cli_t *c, const Tessera__V1__ServerFrame *f, cli_print_t m
         }
         fprintf(c->out, "delta tick=%llu n=%zu", (unsigned long long)f->delta->tick, f->delta->n_entities);
         if (seen)
-            fprintf(c->out, " me=(%.1f,%.1f) applied=%llu", c->me_x, c->me_y, (unsigned long long)c->me_applied);
+            fprintf(c->out, " me=(%.1f,%.1f) applied=%llu", c->me_x, c->me_y,
+                    (unsigned long long)c->me_applied);
         else
             fprintf(c->out, " me=-");
-        if (f->delta->n_removed > 0)
-            fprintf(c->out, " removed=%zu", f->delta->n_removed);
+        if (f->delta->n_removed > 0) fprintf(c->out, " removed=%zu", f->delta->n_removed);
         fprintf(c->out, "\n");
         break;
     case TESSERA__V1__SERVER_FRAME__PAYLOAD_CELL_CHANGED:
@@ -90,8 +89,7 @@ void cli_handle_frame(cli_t *c, const Tessera__V1__ServerFrame *f, cli_print_t m
     case TESSERA__V1__SERVER_FRAME__PAYLOAD_PONG: {
         uint64_t now = ts_now_us(), sent = f->pong->client_time_us;
         c->last_rtt_us = now > sent ? now - sent : 0;
-        if (sent != CLI_SYNC_MARK)
-            fprintf(c->out, "pong rtt=%.3fms\n", (double)c->last_rtt_us / 1000.0);
+        if (sent != CLI_SYNC_MARK) fprintf(c->out, "pong rtt=%.3fms\n", (double)c->last_rtt_us / 1000.0);
         break;
     }
     case TESSERA__V1__SERVER_FRAME__PAYLOAD_ERROR:
@@ -114,8 +112,7 @@ bool cli_pump(cli_t *c, int64_t timeout_ms, int until, bool sync, cli_print_t mo
         int64_t left = now < deadline ? (int64_t)((deadline - now) / 1000) : 0;
         Tessera__V1__ServerFrame *f = NULL;
         ts_status_t st = ts_client_recv(c->conn, left > 0 ? left : 1, &f);
-        if (st == TS_ERR_TIMEOUT)
-            return false;
+        if (st == TS_ERR_TIMEOUT) return false;
         if (st != TS_OK) {
             c->closed = true;
             fprintf(c->out, "closed: %s\n", ts_status_str(st));
@@ -131,15 +128,13 @@ bool cli_pump(cli_t *c, int64_t timeout_ms, int until, bool sync, cli_print_t mo
                 done = !sync;
         }
         tessera__v1__server_frame__free_unpacked(f, NULL);
-        if (done)
-            return true;
+        if (done) return true;
     }
     return false;
 }
 
 bool cli_sync(cli_t *c, int64_t timeout_ms)
 {
-    if (c->closed || ts_client_ping(c->conn, CLI_SYNC_MARK) != TS_OK)
-        return false;
+    if (c->closed || ts_client_ping(c->conn, CLI_SYNC_MARK) != TS_OK) return false;
     return cli_pump(c, timeout_ms, TESSERA__V1__SERVER_FRAME__PAYLOAD_PONG, true, CLI_PRINT_ALL);
 }

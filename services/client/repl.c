@@ -30,14 +30,12 @@ static void history_add(history_t *h, const char *line)
     if (h->n == h->cap) {
         size_t cap = h->cap ? h->cap * 2 : 32;
         char **v = realloc(h->items, cap * sizeof *v);
-        if (v == NULL)
-            return;
+        if (v == NULL) return;
         h->items = v;
         h->cap = cap;
     }
     char *copy = strdup(line);
-    if (copy != NULL)
-        h->items[h->n++] = copy;
+    if (copy != NULL) h->items[h->n++] = copy;
 }
 
 static void history_free(history_t *h)
@@ -65,11 +63,9 @@ static void help(FILE *out)
 
 static bool parse_doubles(char **args, int nargs, double *out, int want)
 {
-    if (nargs != want)
-        return false;
+    if (nargs != want) return false;
     for (int i = 0; i < want; i++) {
-        if (ts_parse_double(args[i], &out[i]) != TS_OK)
-            return false;
+        if (ts_parse_double(args[i], &out[i]) != TS_OK) return false;
     }
     return true;
 }
@@ -81,8 +77,7 @@ static bool run(cli_t *c, history_t *h, char *line, bool *quit)
     int nargs = 0;
     for (char *tok = strtok(line, " \t"); tok != NULL && nargs < 8; tok = strtok(NULL, " \t"))
         args[nargs++] = tok;
-    if (nargs == 0)
-        return true;
+    if (nargs == 0) return true;
     const char *cmd = args[0];
     char **rest = args + 1;
     int nrest = nargs - 1;
@@ -116,8 +111,8 @@ static bool run(cli_t *c, history_t *h, char *line, bool *quit)
     ts_status_t st;
     if (strcmp(cmd, "hello") == 0 && nrest == 0) {
         st = ts_client_hello(c->conn, "tessera-client");
-        return st == TS_OK &&
-               cli_pump(c, REPLY_TIMEOUT_MS, TESSERA__V1__SERVER_FRAME__PAYLOAD_WELCOME, false, CLI_PRINT_ALL);
+        return st == TS_OK && cli_pump(c, REPLY_TIMEOUT_MS, TESSERA__V1__SERVER_FRAME__PAYLOAD_WELCOME, false,
+                                       CLI_PRINT_ALL);
     }
     if (strcmp(cmd, "join") == 0) {
         if (!parse_doubles(rest, nrest, v, 2)) {
@@ -125,8 +120,8 @@ static bool run(cli_t *c, history_t *h, char *line, bool *quit)
             return false;
         }
         st = ts_client_join(c->conn, v[0], v[1], "cli");
-        return st == TS_OK &&
-               cli_pump(c, REPLY_TIMEOUT_MS, TESSERA__V1__SERVER_FRAME__PAYLOAD_SNAPSHOT, false, CLI_PRINT_ALL);
+        return st == TS_OK && cli_pump(c, REPLY_TIMEOUT_MS, TESSERA__V1__SERVER_FRAME__PAYLOAD_SNAPSHOT,
+                                       false, CLI_PRINT_ALL);
     }
     if (strcmp(cmd, "move") == 0) {
         if (!parse_doubles(rest, nrest, v, 2)) {
@@ -167,16 +162,14 @@ static char *trim(char *s)
 /* Replaces "!N" by history entry N; false (with a message) if there is none. */
 static bool expand(cli_t *c, const history_t *h, char *line, size_t cap, bool echo)
 {
-    if (line[0] != '!')
-        return true;
+    if (line[0] != '!') return true;
     uint64_t n;
     if (ts_parse_u64(line + 1, &n) != TS_OK || n == 0 || n > h->n) {
         fprintf(c->out, "no history entry %s\n", line + 1);
         return false;
     }
     ts_strlcpy(line, h->items[n - 1], cap);
-    if (echo)
-        fprintf(c->out, "%s\n", line);
+    if (echo) fprintf(c->out, "%s\n", line);
     return true;
 }
 
@@ -193,8 +186,7 @@ int cli_repl(cli_t *c, FILE *in, bool script)
             fprintf(c->out, "> ");
             fflush(c->out);
         }
-        if (fgets(buf, sizeof buf, in) == NULL)
-            break;
+        if (fgets(buf, sizeof buf, in) == NULL) break;
         lineno++;
         char *line = trim(buf);
         bool may_fail = false;
@@ -202,8 +194,7 @@ int cli_repl(cli_t *c, FILE *in, bool script)
             may_fail = true;
             line = trim(line + 1);
         }
-        if (line[0] == '\0' || line[0] == '#')
-            continue;
+        if (line[0] == '\0' || line[0] == '#') continue;
 
         /* what arrived since the last command */
         if (!c->closed) {
@@ -221,10 +212,8 @@ int cli_repl(cli_t *c, FILE *in, bool script)
             }
             continue;
         }
-        if (strcmp(cmd, "history") != 0)
-            history_add(&h, cmd);
-        if (script)
-            fprintf(c->out, "%s %s\n", may_fail ? "-" : ">", cmd);
+        if (strcmp(cmd, "history") != 0) history_add(&h, cmd);
+        if (script) fprintf(c->out, "%s %s\n", may_fail ? "-" : ">", cmd);
         uint64_t errors_before = c->errors;
         char work[LINE_MAX_LEN];
         ts_strlcpy(work, cmd, sizeof work);
@@ -236,8 +225,7 @@ int cli_repl(cli_t *c, FILE *in, bool script)
             break;
         }
     }
-    if (!script && prompt)
-        fprintf(c->out, "\n");
+    if (!script && prompt) fprintf(c->out, "\n");
     history_free(&h);
     return rc;
 }

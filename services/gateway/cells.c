@@ -23,8 +23,7 @@ gw_cell_t *gw_cell_find(gw_t *gw, const ts_cell_t *id)
 {
     gw_cell_t *c = ts_map_get(&gw->cell_roots, root_key(id->world, id->cx, id->cy));
     for (; c != NULL; c = c->next_same_root) {
-        if (ts_cell_eq(&c->id, id))
-            return c;
+        if (ts_cell_eq(&c->id, id)) return c;
     }
     return NULL;
 }
@@ -32,11 +31,9 @@ gw_cell_t *gw_cell_find(gw_t *gw, const ts_cell_t *id)
 gw_cell_t *gw_cell_get(gw_t *gw, const ts_cell_t *id)
 {
     gw_cell_t *c = gw_cell_find(gw, id);
-    if (c != NULL)
-        return c;
+    if (c != NULL) return c;
     c = calloc(1, sizeof *c);
-    if (c == NULL)
-        return NULL;
+    if (c == NULL) return NULL;
     c->id = *id;
     if (ts_cell_format(id, c->key, sizeof c->key) < 0 ||
         ts_subject_cell(c->input_subject, sizeof c->input_subject, id, TS_SUBJ_INPUT) < 0 ||
@@ -76,8 +73,7 @@ bool gw_cells_apply_registry(gw_t *gw, const ts_cell_entry_t *entries, size_t n)
         c->reg_mark = false;
     for (size_t i = 0; i < n; i++) {
         const ts_cell_entry_t *e = &entries[i];
-        if (e->cell.world != gw->world.id || !ts_cell_valid(&e->cell))
-            continue;
+        if (e->cell.world != gw->world.id || !ts_cell_valid(&e->cell)) continue;
         gw_cell_t *c = gw_cell_get(gw, &e->cell);
         if (c == NULL) {
             ts_warn("registry: out of memory for cell records");
@@ -87,16 +83,12 @@ bool gw_cells_apply_registry(gw_t *gw, const ts_cell_entry_t *entries, size_t n)
         c->in_registry = true;
         c->reg_mark = true;
         c->reg_state = e->state;
-        if (e->epoch > c->reg_epoch)
-            c->reg_epoch = e->epoch;
-        if (gw_cell_live(c) != was_live)
-            changed = true;
+        if (e->epoch > c->reg_epoch) c->reg_epoch = e->epoch;
+        if (gw_cell_live(c) != was_live) changed = true;
     }
     for (gw_cell_t *c = gw->all_cells; c != NULL; c = c->next_all) {
-        if (!c->in_registry || c->reg_mark)
-            continue;
-        if (gw_cell_live(c))
-            changed = true;
+        if (!c->in_registry || c->reg_mark) continue;
+        if (gw_cell_live(c)) changed = true;
         c->in_registry = false;
     }
     return changed;
@@ -106,8 +98,7 @@ void gw_cells_under_root(gw_t *gw, int32_t cx, int32_t cy, void (*fn)(void *ud, 
 {
     gw_cell_t *c = ts_map_get(&gw->cell_roots, root_key(gw->world.id, cx, cy));
     for (; c != NULL; c = c->next_same_root) {
-        if (c->id.cx == cx && c->id.cy == cy && c->id.world == gw->world.id && gw_cell_live(c))
-            fn(ud, c);
+        if (c->id.cx == cx && c->id.cy == cy && c->id.world == gw->world.id && gw_cell_live(c)) fn(ud, c);
     }
 }
 

@@ -32,8 +32,7 @@ static void on_close(uv_handle_t *h)
         c->prev->next = c->next;
     else
         gw->conns = c->next;
-    if (c->next != NULL)
-        c->next->prev = c->prev;
+    if (c->next != NULL) c->next->prev = c->prev;
     gw->nconns--;
     ts_frame_reader_free(&c->reader);
     free(c->aoi);
@@ -51,8 +50,7 @@ static void mark_closing(gw_conn_t *c)
 
 void gw_conn_close(gw_conn_t *c)
 {
-    if (c->handle_closed)
-        return;
+    if (c->handle_closed) return;
     gw_session_release(c);
     mark_closing(c);
     c->handle_closed = true;
@@ -64,14 +62,12 @@ static void on_shutdown(uv_shutdown_t *req, int status)
 {
     gw_conn_t *c = req->data;
     free(req);
-    if (status < 0 && !c->handle_closed)
-        gw_conn_close(c);
+    if (status < 0 && !c->handle_closed) gw_conn_close(c);
 }
 
 void gw_conn_close_after_write(gw_conn_t *c)
 {
-    if (c->closing || c->handle_closed)
-        return;
+    if (c->closing || c->handle_closed) return;
     gw_session_release(c);
     mark_closing(c);
     c->linger_until_us = ts_mono_us() + GW_LINGER_US;
@@ -91,8 +87,7 @@ void gw_conns_sweep(gw_t *gw)
 {
     uint64_t now = ts_mono_us();
     for (gw_conn_t *c = gw->conns; c != NULL; c = c->next) {
-        if (c->closing && !c->handle_closed && now >= c->linger_until_us)
-            gw_conn_close(c);
+        if (c->closing && !c->handle_closed && now >= c->linger_until_us) gw_conn_close(c);
     }
 }
 
@@ -110,8 +105,7 @@ static void on_write(uv_write_t *req, int status)
 
 ts_status_t gw_conn_write(gw_conn_t *c, const uint8_t *data, size_t len)
 {
-    if (c->handle_closed)
-        return TS_ERR_CLOSED;
+    if (c->handle_closed) return TS_ERR_CLOSED;
     size_t off = 0;
     if (c->out_pending == 0) {
         uv_buf_t b = uv_buf_init((char *)data, (unsigned)len);
@@ -123,8 +117,7 @@ ts_status_t gw_conn_write(gw_conn_t *c, const uint8_t *data, size_t len)
             return TS_ERR_IO;
         }
     }
-    if (off == len)
-        return TS_OK;
+    if (off == len) return TS_OK;
     size_t rest = len - off;
     if (c->out_pending + rest > GW_MAX_CLIENT_BYTES) {
         ts_warn("conn %llu (%s): over %zu bytes of unsent output, disconnecting", (unsigned long long)c->id,
@@ -168,8 +161,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         gw_conn_close(c);
         return;
     }
-    if (nread == 0 || c->closing)
-        return;
+    if (nread == 0 || c->closing) return;
     if (ts_frame_reader_feed(&c->reader, buf->base, (size_t)nread) != TS_OK) {
         ts_warn("conn %llu (%s): out of memory buffering input", (unsigned long long)c->id, c->peer);
         gw_conn_close(c);
@@ -179,8 +171,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         const uint8_t *payload;
         size_t len;
         ts_status_t st = ts_frame_reader_next(&c->reader, &payload, &len);
-        if (st == TS_ERR_AGAIN)
-            break;
+        if (st == TS_ERR_AGAIN) break;
         if (st == TS_ERR_OVERSIZED) {
             gw_session_error(c, TESSERA__V1__ERROR_CODE__ERROR_OVERSIZED, true,
                              "frame larger than the maximum of %zu bytes", c->reader.max_frame);
@@ -237,8 +228,7 @@ static void on_connection(uv_stream_t *server, int status)
     ts_frame_reader_init(&c->reader, (size_t)gw->cfg->gateway_max_frame);
     gw_session_init(c);
     c->next = gw->conns;
-    if (gw->conns != NULL)
-        gw->conns->prev = c;
+    if (gw->conns != NULL) gw->conns->prev = c;
     gw->conns = c;
     gw->nconns++;
     gw->nopen++;
@@ -276,13 +266,11 @@ ts_status_t gw_listen(gw_t *gw, const char *hostport)
         ts_error("gateway.listen: '%s' is not a numeric IPv4/IPv6 address", host);
         return TS_ERR_CONFIG;
     }
-    if (uv_tcp_init(gw->loop, &gw->server) != 0)
-        return TS_ERR_IO;
+    if (uv_tcp_init(gw->loop, &gw->server) != 0) return TS_ERR_IO;
     gw->server.data = gw;
     gw->server_open = true;
     int rc = uv_tcp_bind(&gw->server, (const struct sockaddr *)&ss, 0);
-    if (rc == 0)
-        rc = uv_listen((uv_stream_t *)&gw->server, 511, on_connection);
+    if (rc == 0) rc = uv_listen((uv_stream_t *)&gw->server, 511, on_connection);
     if (rc != 0) {
         ts_error("cannot listen on %s: %s", hostport, uv_strerror(rc));
         return TS_ERR_IO;
@@ -301,8 +289,7 @@ ts_status_t gw_listen(gw_t *gw, const char *hostport)
 
 void gw_listen_close(gw_t *gw)
 {
-    if (!gw->server_open)
-        return;
+    if (!gw->server_open) return;
     gw->server_open = false;
     uv_close((uv_handle_t *)&gw->server, NULL);
 }

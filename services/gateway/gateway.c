@@ -32,20 +32,16 @@ void gw_inbox_push(gw_t *gw, gw_msg_kind_t kind, const ts_bus_msg_t *msg)
 
     pthread_mutex_lock(&gw->inbox_mu);
     bool full = gw->inbox_len >= GW_INBOX_MAX;
-    if (full)
-        gw->inbox_dropped++;
+    if (full) gw->inbox_dropped++;
     pthread_mutex_unlock(&gw->inbox_mu);
-    if (full)
-        return;
+    if (full) return;
 
     gw_msg_t *m = malloc(sizeof *m + len + slen + 1);
-    if (m == NULL)
-        return;
+    if (m == NULL) return;
     m->next = NULL;
     m->kind = kind;
     m->len = len;
-    if (len > 0)
-        memcpy(m->data, ts_bus_msg_data(msg), len);
+    if (len > 0) memcpy(m->data, ts_bus_msg_data(msg), len);
     m->subject = (char *)m->data + len;
     memcpy(m->subject, subject, slen + 1);
 
@@ -77,8 +73,7 @@ static void on_inbox(uv_async_t *a)
     gw_t *gw = a->data;
     uint64_t dropped;
     gw_msg_t *m = inbox_take(gw, &dropped);
-    if (dropped > 0)
-        ts_warn("bus inbox full: %llu messages dropped", (unsigned long long)dropped);
+    if (dropped > 0) ts_warn("bus inbox full: %llu messages dropped", (unsigned long long)dropped);
     while (m != NULL) {
         gw_msg_t *next = m->next;
         if (!gw->stopping) {
@@ -118,8 +113,7 @@ static void reload_work(uv_work_t *req)
     gw->reload_cells = NULL;
     gw->reload_n = 0;
     gw->reload_status = ts_registry_version(gw->reg, gw->world.id, &version);
-    if (gw->reload_status != TS_OK || (!gw->reload_job_force && version == gw->reg_version))
-        return;
+    if (gw->reload_status != TS_OK || (!gw->reload_job_force && version == gw->reg_version)) return;
     gw->reload_version = version;
     gw->reload_status = ts_registry_cells(gw->reg, gw->world.id, &gw->reload_cells, &gw->reload_n);
     gw->reload_changed = gw->reload_status == TS_OK;
@@ -140,7 +134,8 @@ static void reload_done(uv_work_t *req, int status)
         } else if (gw->reload_changed) {
             gw->reg_version = gw->reload_version;
             if (gw_cells_apply_registry(gw, gw->reload_cells, gw->reload_n)) {
-                ts_info("registry version %llu: %zu cells", (unsigned long long)gw->reg_version, gw->reload_n);
+                ts_info("registry version %llu: %zu cells", (unsigned long long)gw->reg_version,
+                        gw->reload_n);
                 for (gw_conn_t *c = gw->conns; c != NULL; c = c->next)
                     gw_aoi_update(gw, c);
             }
@@ -148,16 +143,13 @@ static void reload_done(uv_work_t *req, int status)
     }
     free(gw->reload_cells);
     gw->reload_cells = NULL;
-    if (gw->reload_again)
-        gw_request_reload(gw, false);
+    if (gw->reload_again) gw_request_reload(gw, false);
 }
 
 void gw_request_reload(gw_t *gw, bool force)
 {
-    if (gw->stopping)
-        return;
-    if (force)
-        gw->reload_force = true;
+    if (gw->stopping) return;
+    if (force) gw->reload_force = true;
     if (gw->reload_running) {
         gw->reload_again = true;
         return;
@@ -166,8 +158,7 @@ void gw_request_reload(gw_t *gw, bool force)
     gw->reload_job_force = gw->reload_force;
     gw->reload_force = false;
     gw->reload_req.data = gw;
-    if (uv_queue_work(gw->loop, &gw->reload_req, reload_work, reload_done) == 0)
-        gw->reload_running = true;
+    if (uv_queue_work(gw->loop, &gw->reload_req, reload_work, reload_done) == 0) gw->reload_running = true;
 }
 
 static void on_tick(uv_timer_t *t)
@@ -183,8 +174,7 @@ static void on_retry_flush(uv_timer_t *t)
 static void on_check(uv_check_t *h)
 {
     gw_t *gw = h->data;
-    if (gw->batch_head == NULL)
-        return;
+    if (gw->batch_head == NULL) return;
     gw_router_flush(gw);
     if (gw->batch_head != NULL && !uv_is_active((uv_handle_t *)&gw->retry_timer))
         uv_timer_start(&gw->retry_timer, on_retry_flush, RETRY_FLUSH_MS, 0);
@@ -201,12 +191,13 @@ static void log_stats(gw_t *gw)
         stale += cell->stale_dropped;
         subscribed += cell->aoi_refs > 0;
     }
-    ts_debug("clients=%zu joined=%zu cells=%zu subscribed=%zu inputs=%llu dropped=%llu batches=%llu acked=%llu "
-             "failed=%llu states=%llu stale=%llu",
-             gw->nopen, joined, gw->ncells, subscribed, (unsigned long long)gw->inputs_queued,
-             (unsigned long long)gw->inputs_dropped, (unsigned long long)gw->batches_published,
-             (unsigned long long)atomic_load(&gw->acks_ok), (unsigned long long)atomic_load(&gw->acks_failed),
-             (unsigned long long)gw->states_applied, (unsigned long long)stale);
+    ts_debug(
+        "clients=%zu joined=%zu cells=%zu subscribed=%zu inputs=%llu dropped=%llu batches=%llu acked=%llu "
+        "failed=%llu states=%llu stale=%llu",
+        gw->nopen, joined, gw->ncells, subscribed, (unsigned long long)gw->inputs_queued,
+        (unsigned long long)gw->inputs_dropped, (unsigned long long)gw->batches_published,
+        (unsigned long long)atomic_load(&gw->acks_ok), (unsigned long long)atomic_load(&gw->acks_failed),
+        (unsigned long long)gw->states_applied, (unsigned long long)stale);
 }
 
 static void on_housekeeping(uv_timer_t *t)
@@ -216,8 +207,7 @@ static void on_housekeeping(uv_timer_t *t)
     gw_request_reload(gw, false);
     gw_conns_sweep(gw);
     gw_aoi_resubscribe(gw);
-    if (++rounds % STATS_EVERY == 0)
-        log_stats(gw);
+    if (++rounds % STATS_EVERY == 0) log_stats(gw);
 }
 
 static void on_signal(uv_signal_t *s, int signum)
@@ -231,8 +221,7 @@ static void random_bytes(void *buf, size_t n)
 {
     FILE *f = fopen("/dev/urandom", "rb");
     size_t got = f != NULL ? fread(buf, 1, n, f) : 0;
-    if (f != NULL)
-        fclose(f);
+    if (f != NULL) fclose(f);
     if (got < n) {
         ts_rng_t rng;
         ts_rng_seed(&rng, ts_now_us() ^ ((uint64_t)getpid() << 32) ^ ts_mono_ns());
@@ -246,8 +235,7 @@ ts_status_t gw_create(gw_t **out, uv_loop_t *loop, const ts_config_t *cfg, ts_bu
 {
     *out = NULL;
     gw_t *gw = calloc(1, sizeof *gw);
-    if (gw == NULL)
-        return TS_ERR_NOMEM;
+    if (gw == NULL) return TS_ERR_NOMEM;
     gw->loop = loop;
     gw->cfg = cfg;
     gw->bus = bus;
@@ -257,8 +245,8 @@ ts_status_t gw_create(gw_t **out, uv_loop_t *loop, const ts_config_t *cfg, ts_bu
     uint8_t rnd[8];
     random_bytes(rnd, sizeof rnd);
     gw->entity_rand = (uint16_t)(rnd[0] | rnd[1] << 8);
-    snprintf(gw->boot_nonce, sizeof gw->boot_nonce, "%02x%02x%02x%02x%02x%02x", rnd[2], rnd[3], rnd[4], rnd[5],
-             rnd[6], rnd[7]);
+    snprintf(gw->boot_nonce, sizeof gw->boot_nonce, "%02x%02x%02x%02x%02x%02x", rnd[2], rnd[3], rnd[4],
+             rnd[5], rnd[6], rnd[7]);
     atomic_init(&gw->acks_ok, 0);
     atomic_init(&gw->acks_failed, 0);
     pthread_mutex_init(&gw->inbox_mu, NULL);
@@ -296,8 +284,7 @@ ts_status_t gw_start(gw_t *gw)
         return st;
     }
     st = gw_listen(gw, gw->cfg->gateway_listen);
-    if (st != TS_OK)
-        return st;
+    if (st != TS_OK) return st;
     uint64_t tick_ms = (uint64_t)(1000 / gw->cfg->gateway_tick_hz);
     uv_timer_start(&gw->tick_timer, on_tick, tick_ms ? tick_ms : 1, tick_ms ? tick_ms : 1);
     uv_timer_start(&gw->house_timer, on_housekeeping, HOUSEKEEPING_MS, HOUSEKEEPING_MS);
@@ -307,14 +294,12 @@ ts_status_t gw_start(gw_t *gw)
 
 static void close_handle(uv_handle_t *h)
 {
-    if (!uv_is_closing(h))
-        uv_close(h, NULL);
+    if (!uv_is_closing(h)) uv_close(h, NULL);
 }
 
 void gw_stop(gw_t *gw)
 {
-    if (gw->stopping)
-        return;
+    if (gw->stopping) return;
     size_t joined = 0;
     gw_listen_close(gw);
     for (gw_conn_t *c = gw->conns; c != NULL; c = c->next) {
@@ -323,11 +308,9 @@ void gw_stop(gw_t *gw)
     }
     gw->stopping = true;
     gw_router_flush(gw);
-    if (gw->batch_head != NULL)
-        ts_warn("stopping with inputs the bus did not take");
+    if (gw->batch_head != NULL) ts_warn("stopping with inputs the bus did not take");
     ts_status_t st = ts_bus_js_flush(gw->bus, STOP_FLUSH_MS);
-    if (st != TS_OK)
-        ts_warn("bus flush on stop: %s", ts_status_str(st));
+    if (st != TS_OK) ts_warn("bus flush on stop: %s", ts_status_str(st));
     for (gw_conn_t *c = gw->conns; c != NULL; c = c->next)
         gw_conn_close(c);
 
@@ -352,8 +335,7 @@ void gw_stop(gw_t *gw)
 
 void gw_destroy(gw_t *gw)
 {
-    if (gw == NULL)
-        return;
+    if (gw == NULL) return;
     uint64_t dropped;
     gw_msg_t *m = inbox_take(gw, &dropped);
     while (m != NULL) {

@@ -118,7 +118,7 @@ struct gw_conn {
     ts_frame_reader_t reader;
     size_t out_pending; /* bytes handed to uv_write, not yet written */
 
-    bool closing;      /* fatal error sent or peer gone: input is ignored */
+    bool closing;       /* fatal error sent or peer gone: input is ignored */
     bool handle_closed; /* uv_close called */
     uint64_t linger_until_us;
 

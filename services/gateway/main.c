@@ -31,8 +31,7 @@ static void usage(FILE *out)
 
 static bool check_range(const char *key, int64_t v, int64_t lo, int64_t hi)
 {
-    if (v >= lo && v <= hi)
-        return true;
+    if (v >= lo && v <= hi) return true;
     ts_error("%s = %lld is out of range [%lld, %lld]", key, (long long)v, (long long)lo, (long long)hi);
     return false;
 }
@@ -50,8 +49,7 @@ static bool check_config(const ts_config_t *cfg)
 
 static bool keep_trying(uint64_t deadline_us)
 {
-    if (startup_signal || ts_mono_us() >= deadline_us)
-        return false;
+    if (startup_signal || ts_mono_us() >= deadline_us) return false;
     ts_sleep_ms(RETRY_MS);
     return !startup_signal;
 }
@@ -68,12 +66,10 @@ static int connect_all(const ts_config_t *cfg, ts_bus_t **bus, ts_registry_t **r
     ts_status_t st;
 
     while ((st = ts_bus_connect(bus, cfg->nats_url, name)) != TS_OK) {
-        if (!keep_trying(deadline))
-            goto fail_nats;
+        if (!keep_trying(deadline)) goto fail_nats;
     }
     while ((st = ts_registry_connect(reg, cfg->redis_url)) != TS_OK) {
-        if (!keep_trying(deadline))
-            goto fail_redis;
+        if (!keep_trying(deadline)) goto fail_redis;
     }
     bool told = false;
     while ((st = ts_registry_world_get(*reg, world_id, world)) != TS_OK) {
@@ -81,33 +77,28 @@ static int connect_all(const ts_config_t *cfg, ts_bus_t **bus, ts_registry_t **r
             ts_info("waiting for the orchestrator to write world %u", world_id);
             told = true;
         }
-        if (!keep_trying(deadline))
-            goto fail_world;
+        if (!keep_trying(deadline)) goto fail_world;
     }
     if (!(world->cell_size > 0) || world->width <= 0 || world->height <= 0) {
-        ts_error("world %u in the registry is invalid (cell_size %g, %d x %d cells)", world_id, world->cell_size,
-                 world->width, world->height);
+        ts_error("world %u in the registry is invalid (cell_size %g, %d x %d cells)", world_id,
+                 world->cell_size, world->width, world->height);
         return 1;
     }
     while ((st = ts_registry_cells(*reg, world_id, cells, ncells)) != TS_OK) {
-        if (!keep_trying(deadline))
-            goto fail_world;
+        if (!keep_trying(deadline)) goto fail_world;
     }
     return 0;
 
 fail_nats:
-    if (startup_signal)
-        return -1;
+    if (startup_signal) return -1;
     ts_error("cannot connect to NATS at %s: %s", cfg->nats_url, ts_status_str(st));
     return 1;
 fail_redis:
-    if (startup_signal)
-        return -1;
+    if (startup_signal) return -1;
     ts_error("cannot connect to Redis at %s: %s", cfg->redis_url, ts_status_str(st));
     return 1;
 fail_world:
-    if (startup_signal)
-        return -1;
+    if (startup_signal) return -1;
     ts_error("cannot read world %u from Redis at %s: %s (is tessera-orch running?)", world_id, cfg->redis_url,
              ts_status_str(st));
     return 1;
@@ -164,8 +155,8 @@ int main(int argc, char **argv)
     }
     ts_info("connected to nats %s and redis %s; world %u: %dx%d root cells of %g from (%d,%d), %zu in the "
             "registry",
-            cfg.nats_url, cfg.redis_url, world.id, world.width, world.height, world.cell_size, world.x0, world.y0,
-            ncells);
+            cfg.nats_url, cfg.redis_url, world.id, world.width, world.height, world.cell_size, world.x0,
+            world.y0, ncells);
     if (uv_loop_init(&loop) != 0) {
         ts_error("cannot create the event loop");
         goto cleanup;
@@ -178,16 +169,14 @@ int main(int argc, char **argv)
     free(cells);
     cells = NULL;
     rc = gw_start(gw) == TS_OK ? 0 : 1;
-    if (rc != 0 || startup_signal)
-        gw_stop(gw);
+    if (rc != 0 || startup_signal) gw_stop(gw);
     uv_run(&loop, UV_RUN_DEFAULT);
 
 cleanup:
     /* the bus goes first: its callbacks may still reference the gateway */
     ts_bus_destroy(bus);
     gw_destroy(gw);
-    if (loop_ok && uv_loop_close(&loop) != 0)
-        ts_warn("event loop closed with handles still open");
+    if (loop_ok && uv_loop_close(&loop) != 0) ts_warn("event loop closed with handles still open");
     ts_registry_destroy(reg);
     free(cells);
     ts_config_free(&cfg);

@@ -24,8 +24,7 @@
 static void warn_limited(uint64_t *last_us, const char *what, const char *cell, ts_status_t st)
 {
     uint64_t now = ts_mono_us();
-    if (*last_us != 0 && now - *last_us < WARN_EVERY_US)
-        return;
+    if (*last_us != 0 && now - *last_us < WARN_EVERY_US) return;
     *last_us = now;
     ts_warn("%s %s: %s", what, cell, ts_status_str(st));
 }
@@ -41,8 +40,7 @@ ts_status_t gw_router_queue(gw_t *gw, gw_cell_t *cell, const gw_input_t *in)
     if (cell->ninputs == cell->inputs_cap) {
         size_t cap = cell->inputs_cap ? cell->inputs_cap * 2 : 16;
         gw_input_t *v = realloc(cell->inputs, cap * sizeof *v);
-        if (v == NULL)
-            return TS_ERR_NOMEM;
+        if (v == NULL) return TS_ERR_NOMEM;
         cell->inputs = v;
         cell->inputs_cap = cap;
     }
@@ -99,8 +97,7 @@ static size_t publish_cell(gw_t *gw, gw_cell_t *cell, pb_input_t *pb, Tessera__V
     size_t done = 0;
     while (done < cell->ninputs) {
         size_t n = cell->ninputs - done;
-        if (n > GW_BATCH_MAX_INPUTS)
-            n = GW_BATCH_MAX_INPUTS;
+        if (n > GW_BATCH_MAX_INPUTS) n = GW_BATCH_MAX_INPUTS;
         for (size_t i = 0; i < n; i++) {
             fill_input(&pb[i], &cell->inputs[done + i]);
             ptrs[i] = &pb[i].in;
@@ -119,12 +116,14 @@ static size_t publish_cell(gw_t *gw, gw_cell_t *cell, pb_input_t *pb, Tessera__V
             char msg_id[96];
             snprintf(msg_id, sizeof msg_id, "%lld-%s-%llu", (long long)gw->cfg->gateway_id, gw->boot_nonce,
                      (unsigned long long)seq);
-            ts_bus_hdr_t hdr = {.type = TS_TYPE_INPUT_BATCH, .epoch = gw_cell_epoch(cell), .seq = seq,
-                                .count = (uint32_t)n, .msg_id = msg_id};
+            ts_bus_hdr_t hdr = {.type = TS_TYPE_INPUT_BATCH,
+                                .epoch = gw_cell_epoch(cell),
+                                .seq = seq,
+                                .count = (uint32_t)n,
+                                .msg_id = msg_id};
             st = ts_bus_js_publish_async(gw->bus, cell->input_subject, &hdr, buf, len);
             free(buf);
-            if (st == TS_OK)
-                gw->publish_seq = seq;
+            if (st == TS_OK) gw->publish_seq = seq;
         }
         if (st != TS_OK) {
             gw->publish_errors++;
@@ -139,8 +138,7 @@ static size_t publish_cell(gw_t *gw, gw_cell_t *cell, pb_input_t *pb, Tessera__V
 
 void gw_router_flush(gw_t *gw)
 {
-    if (gw->batch_head == NULL)
-        return;
+    if (gw->batch_head == NULL) return;
     pb_input_t *pb = malloc(GW_BATCH_MAX_INPUTS * sizeof *pb);
     Tessera__V1__Input **ptrs = malloc(GW_BATCH_MAX_INPUTS * sizeof *ptrs);
     if (pb == NULL || ptrs == NULL) {
@@ -188,14 +186,12 @@ static void subscribe(gw_t *gw, gw_cell_t *cell)
 
 static void cell_ref(gw_t *gw, gw_cell_t *cell)
 {
-    if (cell->aoi_refs++ == 0 && !gw->stopping)
-        subscribe(gw, cell);
+    if (cell->aoi_refs++ == 0 && !gw->stopping) subscribe(gw, cell);
 }
 
 static void cell_unref(gw_t *gw, gw_cell_t *cell)
 {
-    if (cell->aoi_refs == 0 || --cell->aoi_refs > 0)
-        return;
+    if (cell->aoi_refs == 0 || --cell->aoi_refs > 0) return;
     ts_bus_sub_destroy(cell->sub);
     cell->sub = NULL;
     gw_cell_clear_entities(gw, cell);
@@ -204,8 +200,7 @@ static void cell_unref(gw_t *gw, gw_cell_t *cell)
 void gw_aoi_resubscribe(gw_t *gw)
 {
     for (gw_cell_t *cell = gw->all_cells; cell != NULL; cell = cell->next_all) {
-        if (cell->aoi_refs > 0 && cell->sub == NULL && !gw->stopping)
-            subscribe(gw, cell);
+        if (cell->aoi_refs > 0 && cell->sub == NULL && !gw->stopping) subscribe(gw, cell);
     }
 }
 
@@ -219,8 +214,7 @@ static void vec_add(void *ud, gw_cell_t *cell)
 {
     cell_vec_t *vec = ud;
     for (size_t i = 0; i < vec->n; i++) {
-        if (vec->v[i] == cell)
-            return;
+        if (vec->v[i] == cell) return;
     }
     if (vec->n == vec->cap) {
         size_t cap = vec->cap ? vec->cap * 2 : 16;
@@ -242,8 +236,7 @@ static void collect_gone(gw_conn_t *c, gw_cell_t *cell)
         if (c->ngone == c->gone_cap) {
             size_t cap = c->gone_cap ? c->gone_cap * 2 : 64;
             uint64_t *v = realloc(c->gone, cap * sizeof *v);
-            if (v == NULL)
-                return;
+            if (v == NULL) return;
             c->gone = v;
             c->gone_cap = cap;
         }
@@ -260,15 +253,13 @@ void gw_aoi_update(gw_t *gw, gw_conn_t *c)
         for (int64_t dy = -r; dy <= r; dy++) {
             for (int64_t dx = -r; dx <= r; dx++) {
                 int64_t cx = (int64_t)c->cell->id.cx + dx, cy = (int64_t)c->cell->id.cy + dy;
-                if (cx < INT32_MIN || cx > INT32_MAX || cy < INT32_MIN || cy > INT32_MAX)
-                    continue;
+                if (cx < INT32_MIN || cx > INT32_MAX || cy < INT32_MIN || cy > INT32_MAX) continue;
                 gw_cells_under_root(gw, (int32_t)cx, (int32_t)cy, vec_add, &want);
             }
         }
     }
     gw_aoi_slot_t *slots = NULL;
-    if (want.n > 0)
-        slots = malloc(want.n * sizeof *slots);
+    if (want.n > 0) slots = malloc(want.n * sizeof *slots);
     if (want.oom || (want.n > 0 && slots == NULL)) {
         ts_warn("conn %llu: out of memory updating the area of interest", (unsigned long long)c->id);
         free(want.v);
@@ -287,12 +278,10 @@ void gw_aoi_update(gw_t *gw, gw_conn_t *c)
                 break;
             }
         }
-        if (!kept)
-            cell_ref(gw, want.v[i]);
+        if (!kept) cell_ref(gw, want.v[i]);
     }
     for (size_t j = 0; j < c->naoi; j++) {
-        if (c->aoi[j].cell == NULL)
-            continue;
+        if (c->aoi[j].cell == NULL) continue;
         collect_gone(c, c->aoi[j].cell);
         cell_unref(gw, c->aoi[j].cell);
     }

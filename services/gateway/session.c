@@ -27,8 +27,7 @@
 
 ts_status_t gw_session_send(gw_conn_t *c, Tessera__V1__ServerFrame *f)
 {
-    if (c->handle_closed)
-        return TS_ERR_CLOSED;
+    if (c->handle_closed) return TS_ERR_CLOSED;
     Tessera__V1__CellId cell_pb;
     bool own_cell = false;
     if (f->cell == NULL && c->cell != NULL) {
@@ -46,18 +45,15 @@ ts_status_t gw_session_send(gw_conn_t *c, Tessera__V1__ServerFrame *f)
         ts_frame_put_header(buf, (uint32_t)len);
         tessera__v1__server_frame__pack(f, buf + TS_FRAME_HEADER);
         st = gw_conn_write(c, buf, len + TS_FRAME_HEADER);
-        if (buf != stack_buf)
-            free(buf);
+        if (buf != stack_buf) free(buf);
     }
-    if (own_cell)
-        f->cell = NULL;
+    if (own_cell) f->cell = NULL;
     return st;
 }
 
 void gw_session_error(gw_conn_t *c, Tessera__V1__ErrorCode code, bool fatal, const char *fmt, ...)
 {
-    if (c->closing)
-        return;
+    if (c->closing) return;
     char msg[256];
     va_list ap;
     va_start(ap, fmt);
@@ -102,15 +98,15 @@ static bool rate_allow(gw_conn_t *c, uint64_t now)
         c->window_frames = 0;
         if (c->flood_windows >= FLOOD_WINDOWS) {
             gw_session_error(c, TESSERA__V1__ERROR_CODE__ERROR_RATE_LIMIT, true,
-                             "flooding: more than %d x %.0f frames/s for %d s", FLOOD_FACTOR, rate, FLOOD_WINDOWS);
+                             "flooding: more than %d x %.0f frames/s for %d s", FLOOD_FACTOR, rate,
+                             FLOOD_WINDOWS);
             return false;
         }
     }
     c->window_frames++;
 
     c->tokens += (double)(now - c->refill_us) / US_PER_S * rate;
-    if (c->tokens > rate)
-        c->tokens = rate;
+    if (c->tokens > rate) c->tokens = rate;
     c->refill_us = now;
     if (c->tokens >= 1.0) {
         c->tokens -= 1.0;
@@ -126,24 +122,21 @@ static bool rate_allow(gw_conn_t *c, uint64_t now)
 
 static uint64_t next_entity_id(gw_t *gw)
 {
-    if (++gw->entity_counter == 0)
-        gw->entity_counter = 1;
+    if (++gw->entity_counter == 0) gw->entity_counter = 1;
     return ((uint64_t)gw->cfg->gateway_id << 48) | ((uint64_t)gw->entity_rand << 32) | gw->entity_counter;
 }
 
 static void release_player(gw_conn_t *c, bool queue_leave, uint64_t seq)
 {
     gw_t *gw = c->gw;
-    if (c->phase != GW_PHASE_JOINED)
-        return;
+    if (c->phase != GW_PHASE_JOINED) return;
     if (queue_leave && c->cell != NULL) {
-        gw_input_t in = {.entity = c->entity, .seq = seq, .sent_us = ts_now_us(),
-                         .kind = TESSERA__V1__INPUT__KIND_LEAVE};
+        gw_input_t in = {
+            .entity = c->entity, .seq = seq, .sent_us = ts_now_us(), .kind = TESSERA__V1__INPUT__KIND_LEAVE};
         if (gw_router_queue(gw, c->cell, &in) != TS_OK)
             ts_warn("entity %llu: Leave could not be queued", (unsigned long long)c->entity);
     }
-    if (ts_map_get(&gw->players, c->entity) == c)
-        ts_map_del(&gw->players, c->entity);
+    if (ts_map_get(&gw->players, c->entity) == c) ts_map_del(&gw->players, c->entity);
     c->phase = GW_PHASE_LEFT;
     gw_aoi_update(gw, c);
     c->cell = NULL;
@@ -197,8 +190,8 @@ static void on_join(gw_conn_t *c, uint64_t seq, const Tessera__V1__Join *j)
     }
     size_t name_len = strlen(j->name);
     if (name_len > GW_NAME_MAX) {
-        gw_session_error(c, TESSERA__V1__ERROR_CODE__ERROR_PROTOCOL, false, "name is %zu bytes, the limit is %d",
-                         name_len, GW_NAME_MAX);
+        gw_session_error(c, TESSERA__V1__ERROR_CODE__ERROR_PROTOCOL, false,
+                         "name is %zu bytes, the limit is %d", name_len, GW_NAME_MAX);
         return;
     }
     if (!inside_world(gw, j->x, j->y)) {
@@ -217,8 +210,12 @@ static void on_join(gw_conn_t *c, uint64_t seq, const Tessera__V1__Join *j)
         return;
     }
     uint64_t entity = next_entity_id(gw);
-    gw_input_t in = {.entity = entity, .seq = seq, .sent_us = ts_now_us(), .kind = TESSERA__V1__INPUT__KIND_JOIN,
-                     .a = j->x, .b = j->y};
+    gw_input_t in = {.entity = entity,
+                     .seq = seq,
+                     .sent_us = ts_now_us(),
+                     .kind = TESSERA__V1__INPUT__KIND_JOIN,
+                     .a = j->x,
+                     .b = j->y};
     memcpy(in.name, j->name, name_len + 1);
     if (gw_router_queue(gw, cell, &in) != TS_OK) {
         gw_session_error(c, TESSERA__V1__ERROR_CODE__ERROR_UNAVAILABLE, false, "cell %s is not taking inputs",
@@ -248,8 +245,12 @@ static void on_move(gw_conn_t *c, uint64_t seq, const Tessera__V1__Move *m)
         gw_session_error(c, TESSERA__V1__ERROR_CODE__ERROR_PROTOCOL, false, "move velocity must be finite");
         return;
     }
-    gw_input_t in = {.entity = c->entity, .seq = seq, .sent_us = ts_now_us(),
-                     .kind = TESSERA__V1__INPUT__KIND_MOVE, .a = m->dx, .b = m->dy};
+    gw_input_t in = {.entity = c->entity,
+                     .seq = seq,
+                     .sent_us = ts_now_us(),
+                     .kind = TESSERA__V1__INPUT__KIND_MOVE,
+                     .a = m->dx,
+                     .b = m->dy};
     if (gw_router_queue(c->gw, c->cell, &in) != TS_OK)
         gw_session_error(c, TESSERA__V1__ERROR_CODE__ERROR_UNAVAILABLE, false,
                          "cell %s is not taking inputs: move dropped", c->cell->key);
@@ -288,8 +289,7 @@ void gw_session_on_frame(gw_conn_t *c, const uint8_t *payload, size_t len)
         gw_session_error(c, TESSERA__V1__ERROR_CODE__ERROR_MALFORMED, true, "frame has no payload");
         goto done;
     }
-    if (!rate_allow(c, ts_mono_us()))
-        goto done;
+    if (!rate_allow(c, ts_mono_us())) goto done;
     if (f->seq <= c->last_seq) {
         gw_session_error(c, TESSERA__V1__ERROR_CODE__ERROR_PROTOCOL, false,
                          "seq %llu is not above the previous %llu: frame ignored", (unsigned long long)f->seq,
@@ -325,8 +325,7 @@ done:
 void gw_session_move_cell(gw_conn_t *c, gw_cell_t *to)
 {
     gw_cell_t *from = c->cell;
-    if (to == NULL || to == from || c->phase != GW_PHASE_JOINED)
-        return;
+    if (to == NULL || to == from || c->phase != GW_PHASE_JOINED) return;
     c->cell = to;
     gw_aoi_update(c->gw, c);
 

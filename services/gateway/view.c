@@ -51,7 +51,8 @@ static bool same_state(const gw_entity_t *e, const Tessera__V1__EntityState *s)
     const Tessera__V1__EntityState *p = &e->pb;
     return p->x == s->x && p->y == s->y && p->vx == s->vx && p->vy == s->vy &&
            p->last_input_seq == s->last_input_seq && p->inputs_applied == s->inputs_applied &&
-           p->applied_window == s->applied_window && strncmp(e->name, s->name ? s->name : "", GW_NAME_MAX) == 0;
+           p->applied_window == s->applied_window &&
+           strncmp(e->name, s->name ? s->name : "", GW_NAME_MAX) == 0;
 }
 
 /* Stores s in the cell; true if it is new or differs from what was known. */
@@ -82,8 +83,7 @@ static bool upsert(gw_cell_t *cell, const Tessera__V1__EntityState *s, bool *oom
 static void follow_sighting(gw_t *gw, gw_cell_t *cell, uint64_t id)
 {
     gw_conn_t *c = ts_map_get(&gw->players, id);
-    if (c == NULL || c->cell == cell || c->awaiting_left == cell)
-        return;
+    if (c == NULL || c->cell == cell || c->awaiting_left == cell) return;
     gw_cell_t *old = c->cell;
     gw_session_move_cell(c, cell);
     c->awaiting_left = old;
@@ -92,25 +92,21 @@ static void follow_sighting(gw_t *gw, gw_cell_t *cell, uint64_t id)
 static void follow_left(gw_t *gw, gw_cell_t *cell, const Tessera__V1__EntityLeft *l)
 {
     gw_conn_t *c = ts_map_get(&gw->players, l->id);
-    if (c == NULL)
-        return;
+    if (c == NULL) return;
     if (c->awaiting_left == cell) {
         c->awaiting_left = NULL;
         return;
     }
-    if (c->cell != cell || l->to == NULL)
-        return;
+    if (c->cell != cell || l->to == NULL) return;
     ts_cell_t to;
     if (ts_proto_cell_get(l->to, &to) != TS_OK || to.world != gw->world.id) {
         ts_warn("%s: entity %llu left to an invalid cell", cell->key, (unsigned long long)l->id);
         return;
     }
     gw_cell_t *dest = gw_cell_get(gw, &to);
-    if (dest == NULL)
-        return;
+    if (dest == NULL) return;
     gw_session_move_cell(c, dest);
-    if (c->awaiting_left == dest)
-        c->awaiting_left = NULL;
+    if (c->awaiting_left == dest) c->awaiting_left = NULL;
 }
 
 void gw_view_on_state(gw_t *gw, const char *subject, const uint8_t *data, size_t len)
@@ -118,11 +114,9 @@ void gw_view_on_state(gw_t *gw, const char *subject, const uint8_t *data, size_t
     static uint64_t warned_us;
     ts_cell_t id;
     ts_subject_kind_t kind;
-    if (ts_subject_parse(subject, &id, &kind) != TS_OK || kind != TS_SUBJ_STATE)
-        return;
+    if (ts_subject_parse(subject, &id, &kind) != TS_OK || kind != TS_SUBJ_STATE) return;
     gw_cell_t *cell = gw_cell_find(gw, &id);
-    if (cell == NULL || cell->aoi_refs == 0)
-        return;
+    if (cell == NULL || cell->aoi_refs == 0) return;
     Tessera__V1__StateDelta *d = tessera__v1__state_delta__unpack(NULL, len, data);
     if (d == NULL) {
         gw->states_bad++;
@@ -145,10 +139,8 @@ void gw_view_on_state(gw_t *gw, const char *subject, const uint8_t *data, size_t
     bool oom = false;
     for (size_t i = 0; i < d->n_entities; i++) {
         const Tessera__V1__EntityState *s = d->entities[i];
-        if (s == NULL || s->id == 0 || s->id == UINT64_MAX)
-            continue;
-        if (upsert(cell, s, &oom))
-            mark_changed(gw, cell, s->id);
+        if (s == NULL || s->id == 0 || s->id == UINT64_MAX) continue;
+        if (upsert(cell, s, &oom)) mark_changed(gw, cell, s->id);
         follow_sighting(gw, cell, s->id);
     }
     if (d->full && !oom) {
@@ -164,8 +156,7 @@ void gw_view_on_state(gw_t *gw, const char *subject, const uint8_t *data, size_t
     }
     for (size_t i = 0; i < d->n_left; i++) {
         const Tessera__V1__EntityLeft *l = d->left[i];
-        if (l == NULL)
-            continue;
+        if (l == NULL) continue;
         gw_entity_t *e = ts_map_del(&cell->entities, l->id);
         if (e != NULL) {
             free(e);
@@ -173,8 +164,7 @@ void gw_view_on_state(gw_t *gw, const char *subject, const uint8_t *data, size_t
         }
         follow_left(gw, cell, l);
     }
-    if (oom)
-        ts_warn("%s: out of memory caching entities", cell->key);
+    if (oom) ts_warn("%s: out of memory caching entities", cell->key);
     gw->states_applied++;
 done:
     tessera__v1__state_delta__free_unpacked(d, NULL);
@@ -182,14 +172,12 @@ done:
 
 static bool grow_ents(gw_t *gw, size_t need)
 {
-    if (need <= gw->tmp_ents_cap)
-        return true;
+    if (need <= gw->tmp_ents_cap) return true;
     size_t cap = gw->tmp_ents_cap ? gw->tmp_ents_cap * 2 : 256;
     while (cap < need)
         cap *= 2;
     Tessera__V1__EntityState **v = realloc(gw->tmp_ents, cap * sizeof *v);
-    if (v == NULL)
-        return false;
+    if (v == NULL) return false;
     gw->tmp_ents = v;
     gw->tmp_ents_cap = cap;
     return true;
@@ -197,14 +185,12 @@ static bool grow_ents(gw_t *gw, size_t need)
 
 static bool grow_removed(gw_t *gw, size_t need)
 {
-    if (need <= gw->tmp_removed_cap)
-        return true;
+    if (need <= gw->tmp_removed_cap) return true;
     size_t cap = gw->tmp_removed_cap ? gw->tmp_removed_cap * 2 : 256;
     while (cap < need)
         cap *= 2;
     uint64_t *v = realloc(gw->tmp_removed, cap * sizeof *v);
-    if (v == NULL)
-        return false;
+    if (v == NULL) return false;
     gw->tmp_removed = v;
     gw->tmp_removed_cap = cap;
     return true;
@@ -217,8 +203,7 @@ static void merge_add(gw_t *gw, size_t *n, Tessera__V1__EntityState *s)
     void *v = ts_map_get(&gw->scratch, s->id);
     if (v != NULL && v != REMOVED_TAG) {
         size_t idx = (size_t)(uintptr_t)v - 2;
-        if (s->inputs_applied > gw->tmp_ents[idx]->inputs_applied)
-            gw->tmp_ents[idx] = s;
+        if (s->inputs_applied > gw->tmp_ents[idx]->inputs_applied) gw->tmp_ents[idx] = s;
         return;
     }
     if (!grow_ents(gw, *n + 1) || ts_map_put(&gw->scratch, s->id, (void *)(uintptr_t)(*n + 2)) != TS_OK)
@@ -229,18 +214,15 @@ static void merge_add(gw_t *gw, size_t *n, Tessera__V1__EntityState *s)
 static bool in_aoi(const gw_conn_t *c, uint64_t id)
 {
     for (size_t i = 0; i < c->naoi; i++) {
-        if (ts_map_get(&c->aoi[i].cell->entities, id) != NULL)
-            return true;
+        if (ts_map_get(&c->aoi[i].cell->entities, id) != NULL) return true;
     }
     return false;
 }
 
 static void merge_remove(gw_t *gw, const gw_conn_t *c, size_t *n, uint64_t id)
 {
-    if (ts_map_get(&gw->scratch, id) != NULL || in_aoi(c, id))
-        return;
-    if (!grow_removed(gw, *n + 1) || ts_map_put(&gw->scratch, id, REMOVED_TAG) != TS_OK)
-        return;
+    if (ts_map_get(&gw->scratch, id) != NULL || in_aoi(c, id)) return;
+    if (!grow_removed(gw, *n + 1) || ts_map_put(&gw->scratch, id, REMOVED_TAG) != TS_OK) return;
     gw->tmp_removed[(*n)++] = id;
 }
 
@@ -277,8 +259,7 @@ static void send_delta(gw_t *gw, gw_conn_t *c)
         uint64_t id;
         for (size_t it = 0; ts_map_next(&cell->changed, &it, &id, NULL);) {
             gw_entity_t *e = ts_map_get(&cell->entities, id);
-            if (e != NULL)
-                merge_add(gw, &nents, &e->pb);
+            if (e != NULL) merge_add(gw, &nents, &e->pb);
         }
     }
     for (size_t i = 0; i < c->naoi; i++) {
@@ -291,8 +272,7 @@ static void send_delta(gw_t *gw, gw_conn_t *c)
 
     size_t sent = 0;
     do {
-        if (nents == 0 && nremoved == 0)
-            break;
+        if (nents == 0 && nremoved == 0) break;
         size_t chunk = nents - sent > GW_FRAME_MAX_ENTITIES ? GW_FRAME_MAX_ENTITIES : nents - sent;
         bool last = sent + chunk == nents;
         Tessera__V1__Delta delta = TESSERA__V1__DELTA__INIT;
@@ -304,8 +284,7 @@ static void send_delta(gw_t *gw, gw_conn_t *c)
         Tessera__V1__ServerFrame f = TESSERA__V1__SERVER_FRAME__INIT;
         f.payload_case = TESSERA__V1__SERVER_FRAME__PAYLOAD_DELTA;
         f.delta = &delta;
-        if (gw_session_send(c, &f) != TS_OK)
-            break;
+        if (gw_session_send(c, &f) != TS_OK) break;
         sent += chunk;
     } while (sent < nents);
 
@@ -319,8 +298,7 @@ void gw_view_tick(gw_t *gw)
 {
     gw->tick++;
     for (gw_conn_t *c = gw->conns; c != NULL; c = c->next) {
-        if (c->phase == GW_PHASE_JOINED && !c->closing)
-            send_delta(gw, c);
+        if (c->phase == GW_PHASE_JOINED && !c->closing) send_delta(gw, c);
     }
     gw_cell_t *cell = gw->dirty_head;
     gw->dirty_head = NULL;

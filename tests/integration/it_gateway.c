@@ -63,8 +63,7 @@ static void player_close(player_t *p)
 
 static void note_frame(player_t *p, const Tessera__V1__ServerFrame *f)
 {
-    if (f->cell != NULL)
-        p->frame_cell = *f->cell;
+    if (f->cell != NULL) p->frame_cell = *f->cell;
     switch (f->payload_case) {
     case TESSERA__V1__SERVER_FRAME__PAYLOAD_SNAPSHOT:
         p->entity = f->snapshot->entity;
@@ -73,8 +72,7 @@ static void note_frame(player_t *p, const Tessera__V1__ServerFrame *f)
         p->deltas++;
         for (size_t i = 0; i < f->delta->n_entities; i++) {
             const Tessera__V1__EntityState *e = f->delta->entities[i];
-            if (p->entity == 0 || e->id != p->entity)
-                continue;
+            if (p->entity == 0 || e->id != p->entity) continue;
             p->me = *e;
             p->me.name = NULL;
             p->me_seen = true;
@@ -82,14 +80,12 @@ static void note_frame(player_t *p, const Tessera__V1__ServerFrame *f)
                 p->first_x = e->x;
                 p->first_x_set = true;
             }
-            if (e->inputs_applied > p->max_applied)
-                p->max_applied = e->inputs_applied;
+            if (e->inputs_applied > p->max_applied) p->max_applied = e->inputs_applied;
         }
         break;
     case TESSERA__V1__SERVER_FRAME__PAYLOAD_CELL_CHANGED:
         p->cell_changes++;
-        if (f->cell_changed->to != NULL)
-            p->last_to = *f->cell_changed->to;
+        if (f->cell_changed->to != NULL) p->last_to = *f->cell_changed->to;
         break;
     case TESSERA__V1__SERVER_FRAME__PAYLOAD_ERROR:
         p->errors++;
@@ -108,19 +104,16 @@ static Tessera__V1__ServerFrame *recv_until(player_t *p, int want, int64_t timeo
     uint64_t deadline = ts_mono_us() + (uint64_t)timeout_ms * 1000;
     while (!p->closed) {
         uint64_t now = ts_mono_us();
-        if (now >= deadline)
-            return NULL;
+        if (now >= deadline) return NULL;
         Tessera__V1__ServerFrame *f = NULL;
         ts_status_t st = ts_client_recv(p->c, (int64_t)((deadline - now) / 1000) + 1, &f);
-        if (st == TS_ERR_TIMEOUT)
-            return NULL;
+        if (st == TS_ERR_TIMEOUT) return NULL;
         if (st != TS_OK) {
             p->closed = true;
             return NULL;
         }
         note_frame(p, f);
-        if ((int)f->payload_case == want)
-            return f;
+        if ((int)f->payload_case == want) return f;
         tessera__v1__server_frame__free_unpacked(f, NULL);
     }
     return NULL;
@@ -174,8 +167,7 @@ static void expect_applied(player_t *p, uint64_t applied, uint64_t seq, int64_t 
 {
     uint64_t deadline = ts_mono_us() + (uint64_t)timeout_ms * 1000;
     while (ts_mono_us() < deadline && !p->closed) {
-        if (p->me_seen && p->me.inputs_applied >= applied && p->me.last_input_seq >= seq)
-            break;
+        if (p->me_seen && p->me.inputs_applied >= applied && p->me.last_input_seq >= seq) break;
         pump(p, 100);
     }
     assert_false(p->closed);
@@ -365,8 +357,7 @@ static void test_protocol_errors(void **state)
     int pongs = 0, rate_errors = 0;
     for (;;) {
         Tessera__V1__ServerFrame *f = recv_until(&p, TESSERA__V1__SERVER_FRAME__PAYLOAD_PONG, 1000);
-        if (f == NULL)
-            break;
+        if (f == NULL) break;
         pongs++;
         tessera__v1__server_frame__free_unpacked(f, NULL);
     }
@@ -397,8 +388,7 @@ static void test_flood_is_fatal(void **state)
             }
         }
         pump(&p, 20);
-        if (p.last_error_fatal)
-            break;
+        if (p.last_error_fatal) break;
     }
     pump(&p, 2000);
     assert_true(p.errors >= 2);
@@ -415,14 +405,12 @@ static bool delta_has(player_t *p, uint64_t id, int64_t ms)
     uint64_t deadline = ts_mono_us() + (uint64_t)ms * 1000;
     while (ts_mono_us() < deadline) {
         Tessera__V1__ServerFrame *f = recv_until(p, TESSERA__V1__SERVER_FRAME__PAYLOAD_DELTA, 200);
-        if (f == NULL)
-            continue;
+        if (f == NULL) continue;
         bool found = false;
         for (size_t i = 0; i < f->delta->n_entities; i++)
             found = found || f->delta->entities[i]->id == id;
         tessera__v1__server_frame__free_unpacked(f, NULL);
-        if (found)
-            return true;
+        if (found) return true;
     }
     return false;
 }
@@ -560,28 +548,30 @@ static void test_client_cli(void **state)
     assert_non_null(strstr(log, "me=("));
     free(log);
 
-    const char *ok_script[] = {"script", write_script("ok.txt", "hello\n"
-                                                                  "-move 1 0\n"
-                                                                  "join 10 -10\n"
-                                                                  "move 5 0\n"
-                                                                  "wait 0.3\n"
-                                                                  "ping\n"
-                                                                  "!3\n" /* join again: refused */
-                                                                  "leave\n"),
+    const char *failing_script[] = {"script",
+                               write_script("failing.txt", "hello\n"
+                                                      "-move 1 0\n"
+                                                      "join 10 -10\n"
+                                                      "move 5 0\n"
+                                                      "wait 0.3\n"
+                                                      "ping\n"
+                                                      "!3\n" /* join again: refused */
+                                                      "leave\n"),
                                NULL};
-    assert_int_equal(run_client("cli-script-ok", ok_script, &log), 1);
+    assert_int_equal(run_client("cli-script-fail", failing_script, &log), 1);
     assert_non_null(strstr(log, "welcome entity=0"));
     assert_non_null(strstr(log, "error PROTOCOL"));
     assert_non_null(strstr(log, "line 7 failed"));
     free(log);
 
-    const char *good_script[] = {"script", write_script("good.txt", "hello\n"
-                                                                      "join 10 -10\n"
-                                                                      "move 5 0\n"
-                                                                      "wait 0.3\n"
-                                                                      "-join 1 1\n"
-                                                                      "ping\n"
-                                                                      "leave\n"),
+    const char *good_script[] = {"script",
+                                 write_script("good.txt", "hello\n"
+                                                          "join 10 -10\n"
+                                                          "move 5 0\n"
+                                                          "wait 0.3\n"
+                                                          "-join 1 1\n"
+                                                          "ping\n"
+                                                          "leave\n"),
                                  NULL};
     assert_int_equal(run_client("cli-script-good", good_script, &log), 0);
     assert_non_null(strstr(log, "pong rtt="));
@@ -645,8 +635,7 @@ static int test_setup(void **state)
 static int test_teardown(void **state)
 {
     (void)state;
-    if (!test_passed)
-        ts_h_fail_dump(&H);
+    if (!test_passed) ts_h_fail_dump(&H);
     return 0;
 }
 
