@@ -54,6 +54,13 @@ static bool split_args(int argc, char **argv, args_t *a)
     a->cfg_argv[a->cfg_argc++] = argv[0];
     for (int i = 1; i < argc; i++) {
         char *arg = argv[i];
+        if (strcmp(arg, "--") == 0) {
+            for (i++; i < argc; i++) {
+                if (a->npos >= MAX_ARGS) return false;
+                a->pos[a->npos++] = argv[i];
+            }
+            break;
+        }
         if (strcmp(arg, "--help") == 0 || strcmp(arg, "-h") == 0) {
             a->help = true;
         } else if (strncmp(arg, "--at=", 5) == 0) {
@@ -227,7 +234,7 @@ int main(int argc, char **argv)
     }
     ts_log_level_t level = TS_LOG_WARN;
     if (!ts_log_level_parse(cfg.log_level, &level)) level = TS_LOG_WARN;
-    ts_log_init("client", level, cfg.log_format != NULL && strcmp(cfg.log_format, "json") == 0);
+    ts_log_init("tessera-client", level, cfg.log_format != NULL && strcmp(cfg.log_format, "json") == 0);
 
     char host[256];
     int port = 0;

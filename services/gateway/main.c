@@ -12,7 +12,7 @@
 #include "tessera/util.h"
 
 #define STARTUP_WAIT_MS 10000
-#define RETRY_MS 200
+#define RETRY_MS 500
 
 static volatile sig_atomic_t startup_signal;
 
@@ -125,7 +125,7 @@ int main(int argc, char **argv)
         ts_config_free(&cfg);
         return 2;
     }
-    ts_log_init("gateway", level, cfg.log_format != NULL && strcmp(cfg.log_format, "json") == 0);
+    ts_log_init("tessera-gateway", level, cfg.log_format != NULL && strcmp(cfg.log_format, "json") == 0);
     if (!check_config(&cfg)) {
         ts_config_free(&cfg);
         return 2;
