@@ -287,7 +287,5 @@ void gw_view_on_state(gw_t *gw, const char *subject, const uint8_t *data, size_t
 void gw_view_tick(gw_t *gw);
 /* Sends the Snapshot for a player who just joined. */
 void gw_view_send_snapshot(gw_t *gw, gw_conn_t *c);
-/* Records that an entity left the cell's cache (for the next Delta). */
-void gw_view_mark_removed(gw_t *gw, gw_cell_t *cell, uint64_t id);
 
 #endif

@@ -39,7 +39,7 @@ static void mark_changed(gw_t *gw, gw_cell_t *cell, uint64_t id)
     mark_dirty(gw, cell);
 }
 
-void gw_view_mark_removed(gw_t *gw, gw_cell_t *cell, uint64_t id)
+static void mark_removed(gw_t *gw, gw_cell_t *cell, uint64_t id)
 {
     ts_map_del(&cell->changed, id);
     (void)ts_map_put(&cell->removed, id, REMOVED_TAG);
@@ -150,7 +150,7 @@ void gw_view_on_state(gw_t *gw, const char *subject, const uint8_t *data, size_t
             gw_entity_t *e = v;
             if (e->gen != cell->gen) {
                 free(ts_map_del(&cell->entities, eid));
-                gw_view_mark_removed(gw, cell, eid);
+                mark_removed(gw, cell, eid);
             }
         }
     }
@@ -160,7 +160,7 @@ void gw_view_on_state(gw_t *gw, const char *subject, const uint8_t *data, size_t
         gw_entity_t *e = ts_map_del(&cell->entities, l->id);
         if (e != NULL) {
             free(e);
-            gw_view_mark_removed(gw, cell, l->id);
+            mark_removed(gw, cell, l->id);
         }
         follow_left(gw, cell, l);
     }
