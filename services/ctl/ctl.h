@@ -24,6 +24,8 @@ typedef struct {
     uint64_t seen_us; /* monotonic arrival time */
     uint64_t ticks;
     uint64_t inputs_applied;
+    uint64_t inputs_dropped;
+    uint64_t inputs_duplicate;
     uint64_t transfers_out;
     uint64_t transfers_out_remote;
     uint32_t entities;

@@ -70,6 +70,8 @@ void ts_ctl_hbs_on_msg(void *ud, const ts_bus_msg_t *msg)
             e->seen_us = ts_mono_us();
             e->ticks = hb->ticks;
             e->inputs_applied = hb->inputs_applied;
+            e->inputs_dropped = hb->inputs_dropped;
+            e->inputs_duplicate = hb->inputs_duplicate;
             e->transfers_out = hb->transfers_out;
             e->transfers_out_remote = hb->transfers_out_remote;
             e->entities = hb->entities;

@@ -8,7 +8,7 @@
 #include "tessera/log.h"
 #include "tessera/util.h"
 
-#define RETRY_MS 250
+#define RETRY_MS 500
 
 volatile sig_atomic_t ts_ctl_stop;
 static bool bus_used;

@@ -22,9 +22,10 @@
 #include "workers.h"
 
 #define CONNECT_TIMEOUT_MS 10000
-#define RETRY_MS 250
+#define RETRY_MS 500
 #define LOOP_MS 50
 
+static bool g_bus_used; /* nats.c was initialised */
 static volatile sig_atomic_t g_stop;
 
 static void on_signal(int sig)
@@ -80,6 +81,7 @@ static ts_status_t connect_bus(orch_t *o)
 {
     uint64_t deadline = ts_mono_us() + CONNECT_TIMEOUT_MS * 1000ULL;
     ts_status_t st;
+    g_bus_used = true;
     do {
         st = ts_bus_connect(&o->bus, o->cfg->nats_url, "tessera-orch");
         if (st == TS_OK)
@@ -294,6 +296,10 @@ int main(int argc, char **argv)
         ts_error("bad world layout: %s", err);
         goto cleanup;
     }
+    for (size_t i = 0; i < o.layout.nworkers; i++) {
+        if (ts_layout_count_owned(&o.layout, o.layout.workers[i]) == 0)
+            ts_warn("worker %s owns no cell in the layout (more workers than columns?)", o.layout.workers[i]);
+    }
     if (cfg.orch_hb_ttl_ms <= 0) {
         ts_error("orch.hb_ttl_ms: must be > 0, got %lld", (long long)cfg.orch_hb_ttl_ms);
         goto cleanup;
@@ -325,6 +331,7 @@ cleanup:
     ts_workers_destroy(o.workers);
     ts_layout_free(&o.layout);
     ts_config_free(&cfg);
-    ts_bus_shutdown_library();
+    if (g_bus_used)
+        ts_bus_shutdown_library();
     return rc;
 }

@@ -21,7 +21,7 @@
 #include "tessera/util.h"
 
 #define CONNECT_TIMEOUT_MS 10000
-#define RETRY_MS 250
+#define RETRY_MS 500
 #define FLUSH_MS 50
 #define REPORT_MS 1000
 #define SETTLE_MS 10000
@@ -29,6 +29,7 @@
 
 #define EXIT_MISMATCH 2
 
+static bool g_bus_used; /* nats.c was initialised */
 static volatile sig_atomic_t g_signals;
 
 static void on_signal(int sig)
@@ -128,6 +129,7 @@ static ts_status_t connect_bus(sim_t *s)
 {
     uint64_t deadline = ts_mono_us() + CONNECT_TIMEOUT_MS * 1000ULL;
     ts_status_t st;
+    g_bus_used = true;
     do {
         st = ts_bus_connect(&s->bus, s->cfg->nats_url, "tessera-sim");
         if (st == TS_OK)
@@ -313,6 +315,7 @@ cleanup:
     ts_players_destroy(s.players);
     ts_sim_inputs_free(&s.pending);
     ts_config_free(&cfg);
-    ts_bus_shutdown_library();
+    if (g_bus_used)
+        ts_bus_shutdown_library();
     return rc;
 }

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "tessera/log.h"
 #include "tessera/proto.h"
 #include "tessera/util.h"
 
@@ -261,8 +262,12 @@ ts_status_t ts_players_apply_state(ts_players_t *pl, const uint8_t *data, size_t
         if (idx < 0)
             continue;
         player_t *p = &pl->p[idx];
-        if (!ts_cell_eq(&p->cell, &cell))
+        if (!ts_cell_eq(&p->cell, &cell)) {
             pl->crossings++;
+            ts_debug("entity %llu: seen in %d,%d (was %d,%d) tick %llu applied %llu", (unsigned long long)p->entity,
+                     cell.cx, cell.cy, p->cell.cx, p->cell.cy, (unsigned long long)d->tick,
+                     (unsigned long long)e->inputs_applied);
+        }
         p->cell = cell;
         p->cell_epoch = d->epoch;
         p->x = e->x;
@@ -278,8 +283,11 @@ ts_status_t ts_players_apply_state(ts_players_t *pl, const uint8_t *data, size_t
         ts_cell_t to;
         if (idx < 0 || l->despawned || !l->to || ts_proto_cell_get(l->to, &to) != TS_OK)
             continue;
-        if (!ts_cell_eq(&pl->p[idx].cell, &to))
+        if (!ts_cell_eq(&pl->p[idx].cell, &to)) {
             pl->crossings++;
+            ts_debug("entity %llu: left %d,%d for %d,%d (believed %d,%d) tick %llu", (unsigned long long)l->id, cell.cx,
+                     cell.cy, to.cx, to.cy, pl->p[idx].cell.cx, pl->p[idx].cell.cy, (unsigned long long)d->tick);
+        }
         pl->p[idx].cell = to;
         pl->p[idx].cell_epoch = 0;
     }
