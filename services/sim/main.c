@@ -76,7 +76,8 @@ static void usage(FILE *out)
             "Runs sim.players synthetic players that publish InputBatches straight into\n"
             "the cell input subjects of world.id (sim.rate_hz inputs per player per second,\n"
             "speed sim.speed), follows their cells through the workers' state and reports\n"
-            "inputs sent, acknowledged by JetStream and applied, once a second.\n"
+            "inputs sent, acknowledged by JetStream and applied (inputs/s: applied per\n"
+            "second), once a second.\n"
             "With sim.duration_s > 0 it stops by itself and exits 0 if applied == acked ==\n"
             "sent, 2 otherwise; on SIGINT/SIGTERM it stops and exits 0.\n\n");
     ts_config_usage(out);
