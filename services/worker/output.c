@@ -19,10 +19,13 @@ static ts_status_t js_publish_retry(ts_worker_t *w, const char *subj, const ts_b
                                     size_t len)
 {
     ts_status_t st = TS_ERR_BUS;
+    uint64_t seq = 0;
     for (int attempt = 0; attempt < JS_ATTEMPTS; attempt++) {
-        st = ts_bus_js_publish(w->bus, subj, hdr, buf, len, JS_TIMEOUT_MS, NULL);
+        st = ts_bus_js_publish(w->bus, subj, hdr, buf, len, JS_TIMEOUT_MS, &seq);
         if (st == TS_OK) break;
     }
+    ts_debug("published %u items to %s as stream seq %llu (id %s): %s", hdr->count, subj, (unsigned long long)seq,
+             hdr->msg_id ? hdr->msg_id : "-", ts_status_str(st));
     return st;
 }
 

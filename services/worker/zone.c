@@ -10,6 +10,7 @@
 
 typedef struct {
     ts_cell_t to;
+    uint64_t incarnation;
     uint64_t hops; /* the entity's hops after it left here */
     uint64_t until_tick;
 } departed_t;
@@ -160,7 +161,9 @@ void ts_zone_apply_input(ts_zone_t *z, const ts_input_t *in, uint64_t tick)
         }
         if (in->kind != TS_INPUT_JOIN) {
             z->stats.dropped++;
-            ts_debug("cell %s: input for unknown entity %llu dropped", z->key, (unsigned long long)in->entity);
+            ts_debug("cell %s: input seq %llu for unknown entity %llu dropped (stream seq %llu)", z->key,
+                     (unsigned long long)in->seq, (unsigned long long)in->entity,
+                     (unsigned long long)z->cur_stream_seq);
             return;
         }
         e = calloc(1, sizeof(*e));
@@ -169,6 +172,7 @@ void ts_zone_apply_input(ts_zone_t *z, const ts_input_t *in, uint64_t tick)
             return;
         }
         e->id = in->entity;
+        e->incarnation = z->cur_stream_seq;
         double x = isfinite(in->a) ? in->a : 0, y = isfinite(in->b) ? in->b : 0;
         /* keep the spawn inside the world; a spawn outside this cell walks out next tick */
         e->x = fmin(fmax(x, z->min_x), nextafter(z->max_x, z->min_x));
@@ -244,6 +248,7 @@ static void entity_from_pb(const Tessera__V1__EntityState *pb, ts_entity_t *e)
     e->inputs_applied = pb->inputs_applied;
     e->applied_window = pb->applied_window;
     e->hops = pb->hops;
+    e->incarnation = pb->incarnation;
     if (pb->name) ts_strlcpy(e->name, pb->name, sizeof(e->name));
 }
 
@@ -259,6 +264,7 @@ static void entity_to_pb(const ts_entity_t *e, Tessera__V1__EntityState *pb)
     pb->inputs_applied = e->inputs_applied;
     pb->applied_window = e->applied_window;
     pb->hops = e->hops;
+    pb->incarnation = e->incarnation;
     pb->name = (char *)e->name;
 }
 
@@ -266,7 +272,7 @@ void ts_zone_accept_transfer(ts_zone_t *z, const ts_entity_t *in)
 {
     if (ts_map_get(&z->entities, in->id)) return;
     departed_t *d = ts_map_get(&z->departed, in->id);
-    if (d && in->hops <= d->hops) {
+    if (d && (in->incarnation < d->incarnation || (in->incarnation == d->incarnation && in->hops <= d->hops))) {
         ts_debug("cell %s: stale transfer of entity %llu (hops %llu <= %llu) dropped", z->key,
                  (unsigned long long)in->id, (unsigned long long)in->hops, (unsigned long long)d->hops);
         return;
@@ -276,6 +282,8 @@ void ts_zone_accept_transfer(ts_zone_t *z, const ts_entity_t *in)
     *e = *in;
     e->departing = false;
     touch(z, e);
+    ts_debug("cell %s: entity %llu arrived (hops %llu, stream seq %llu)", z->key, (unsigned long long)e->id,
+             (unsigned long long)e->hops, (unsigned long long)z->cur_stream_seq);
     put_entity(z, e);
     z->stats.transfers_in++;
 }
@@ -317,11 +325,14 @@ static void apply_departure(ts_zone_t *z, const ts_departure_t *dep, uint64_t ma
     o->transfers[o->ntransfers++] = *e;
     d->to = dep->to;
     d->hops = e->hops;
+    d->incarnation = e->incarnation;
     d->until_tick = tick + TS_ZONE_DEPARTED_TICKS;
     free(ts_map_del(&z->departed, e->id));
     if (ts_map_put(&z->departed, e->id, d) != TS_OK) free(d);
     ts_map_del(&z->entities, e->id);
     note_left(z, e->id, &dep->to);
+    ts_debug("cell %s: entity %llu departs (hops %llu, departure at stream seq %llu)", z->key,
+             (unsigned long long)e->id, (unsigned long long)e->hops, (unsigned long long)marker_seq);
     free(e);
     z->stats.transfers_out++;
 }
@@ -329,6 +340,7 @@ static void apply_departure(ts_zone_t *z, const ts_departure_t *dep, uint64_t ma
 bool ts_zone_apply_batch(ts_zone_t *z, uint64_t stream_seq, const Tessera__V1__InputBatch *batch, uint64_t tick)
 {
     if (stream_seq != 0 && stream_seq <= z->last_applied_seq) return false;
+    z->cur_stream_seq = stream_seq;
     /* transfers first: inputs forwarded in the same batch follow their entity */
     for (size_t i = 0; i < batch->n_transfers; i++) {
         const Tessera__V1__Transfer *t = batch->transfers[i];
@@ -659,6 +671,7 @@ ts_status_t ts_zone_pack_checkpoint(const ts_zone_t *z, uint64_t tick, const cha
         dd[k].id = id;
         dd[k].to = &dto[k];
         dd[k].hops = d->hops;
+        dd[k].incarnation = d->incarnation;
         dd[k].ttl_ticks = d->until_tick > tick ? d->until_tick - tick : 0;
         ddp[k] = &dd[k];
         k++;
@@ -725,6 +738,7 @@ ts_status_t ts_zone_load_checkpoint(ts_zone_t *z, const Tessera__V1__Checkpoint 
             continue;
         }
         d->hops = pd->hops;
+        d->incarnation = pd->incarnation;
         d->until_tick = tick + pd->ttl_ticks;
         if (ts_map_put(&z->departed, pd->id, d) != TS_OK) free(d);
     }

@@ -12,9 +12,10 @@
  *   is consumed. So every input ordered before the Departure is applied here
  *   and every input after it is forwarded — identically when a new owner
  *   replays the stream from a checkpoint or a handover snapshot.
- * - A Transfer is accepted only if the entity is not here and its hop count is
- *   newer than the one it had when it last left here (replayed or zombie
- *   transfers are dropped).
+ * - A Transfer is accepted only if the entity is not here and its
+ *   (incarnation, hop count) is newer than what it had when it last left here
+ *   (replayed or zombie transfers are dropped; an id that left the game and
+ *   joined again is a newer incarnation).
  * The zone knows nothing of the bus: the worker publishes what it builds. */
 #ifndef TS_WORKER_ZONE_H
 #define TS_WORKER_ZONE_H
@@ -40,6 +41,7 @@ typedef struct {
     uint64_t applied_window;
     char name[TS_ENTITY_NAME_MAX];
     uint64_t hops;
+    uint64_t incarnation; /* stream seq of the Join that created it */
     uint64_t mod;   /* zone modification counter at the last change */
     bool dirty;     /* changed since the last published delta */
     bool departing; /* a Departure for it is queued or in the stream */
@@ -89,6 +91,7 @@ typedef struct {
     char key[TS_CELL_STR_MAX];
     uint64_t epoch;
     uint64_t last_applied_seq;
+    uint64_t cur_stream_seq; /* of the message being applied (for logs) */
     ts_map_t entities; /* id -> ts_entity_t* */
     ts_map_t departed; /* id -> departed record */
     /* per-tick output */

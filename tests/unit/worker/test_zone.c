@@ -331,6 +331,67 @@ static void test_precopy_diff(void **state)
     ts_zone_destroy(dst);
 }
 
+/* An id that left the game and joined again is a new incarnation: its
+ * transfers are not mistaken for stale ones of the old incarnation. */
+static void test_rejoin_is_new_incarnation(void **state)
+{
+    (void)state;
+    ts_zone_t *a = zone_at(-1, 0);
+    ts_zone_t *b = zone_at(0, 0);
+    Tessera__V1__InputBatch jb = TESSERA__V1__INPUT_BATCH__INIT;
+    Tessera__V1__Input in = TESSERA__V1__INPUT__INIT;
+    Tessera__V1__JoinInput jn = TESSERA__V1__JOIN_INPUT__INIT;
+    Tessera__V1__Input *inp[1] = {&in};
+    in.entity = 77;
+    in.seq = 1;
+    in.kind_case = TESSERA__V1__INPUT__KIND_JOIN;
+    in.join = &jn;
+    jn.x = -1;
+    jn.y = 50;
+    jb.n_inputs = 1;
+    jb.inputs = inp;
+
+    /* first life: a -> b (hops 1) -> back to a (hops 2), then it leaves the game */
+    assert_true(ts_zone_apply_batch(a, 10, &jb, 1));
+    ts_input_t m = move(77, 2, 40, 0);
+    ts_zone_apply_input(a, &m, 1);
+    ts_zone_step(a, 0.05, 1);
+    loop_departures(a, 11, 1);
+    Tessera__V1__InputBatch *t = take_outbox(a, 0);
+    assert_true(ts_zone_apply_batch(b, 12, t, 1));
+    tessera__v1__input_batch__free_unpacked(t, NULL);
+    ts_input_t back = move(77, 3, -40, 0);
+    ts_zone_apply_input(b, &back, 2);
+    ts_zone_step(b, 0.1, 2);
+    loop_departures(b, 13, 2);
+    t = take_outbox(b, 0);
+    ts_zone_outbox_failed(a, 0);
+    ts_zone_outbox_clear(a);
+    free(ts_map_del(&a->entities, 77));
+    assert_true(ts_zone_apply_batch(a, 14, t, 2));
+    tessera__v1__input_batch__free_unpacked(t, NULL);
+    assert_int_equal(get(a, 77)->hops, 2);
+    ts_input_t lv = {.entity = 77, .seq = 4, .kind = TS_INPUT_LEAVE};
+    ts_zone_apply_input(a, &lv, 3);
+    assert_null(get(a, 77));
+
+    /* second life with the same id: a -> b at hops 1, below b's record (2) */
+    assert_true(ts_zone_apply_batch(a, 20, &jb, 4));
+    ts_zone_apply_input(a, &m, 4);
+    ts_zone_step(a, 0.05, 4);
+    loop_departures(a, 21, 4);
+    t = take_outbox(a, 0);
+    assert_int_equal(t->transfers[0]->entity->hops, 1);
+    assert_true(ts_zone_apply_batch(b, 22, t, 4));
+    tessera__v1__input_batch__free_unpacked(t, NULL);
+    ts_entity_t *e = get(b, 77);
+    assert_non_null(e); /* not mistaken for a stale transfer */
+    assert_int_equal(e->incarnation, 20);
+    assert_int_equal(e->inputs_applied, 2);
+    ts_zone_destroy(a);
+    ts_zone_destroy(b);
+}
+
 static void test_outbox_failure_keeps_entity(void **state)
 {
     (void)state;
@@ -385,6 +446,7 @@ int main(void)
         cmocka_unit_test(test_crossing_forward_exactly_once),
         cmocka_unit_test(test_checkpoint_replay_is_exactly_once),
         cmocka_unit_test(test_precopy_diff),
+        cmocka_unit_test(test_rejoin_is_new_incarnation),
         cmocka_unit_test(test_outbox_failure_keeps_entity),
         cmocka_unit_test(test_leave_and_world_edge),
     };
