@@ -92,7 +92,10 @@ ts_status_t ts_players_create(ts_players_t **out, size_t n, uint64_t seed, const
     if (pl->period_us == 0)
         pl->period_us = 1;
     ts_rng_seed(&pl->rng, seed);
-    pl->run_bits = ts_rng_next(&pl->rng) >> 48;
+    /* the walk follows the seed, but entity ids are new on every run: an id
+     * reused while its previous incarnation may still be in the world would
+     * have its inputs taken as duplicates */
+    pl->run_bits = (ts_rng_next(&pl->rng) ^ (now_us * 0x9E3779B97F4A7C15ULL)) >> 48;
 
     double ax, bx, ay, by;
     start_range(pl->wx0, pl->wx1, &ax, &bx);
