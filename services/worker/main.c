@@ -10,10 +10,11 @@
 
 static volatile sig_atomic_t stop_flag;
 
+/* First signal: drain and stop; second: stop now. */
 static void on_signal(int sig)
 {
     (void)sig;
-    stop_flag = 1;
+    if (stop_flag < 2) stop_flag++;
 }
 
 int main(int argc, char **argv)
@@ -40,7 +41,7 @@ int main(int argc, char **argv)
 
     ts_worker_t *w = NULL;
     int rc = 1;
-    if (ts_worker_create(&w, &cfg) == TS_OK) rc = ts_worker_run(w, &stop_flag) == TS_OK ? 0 : 1;
+    if (ts_worker_create(&w, &cfg, &stop_flag) == TS_OK) rc = ts_worker_run(w, &stop_flag) == TS_OK ? 0 : 1;
     ts_worker_destroy(w);
     ts_config_free(&cfg);
     ts_bus_shutdown_library();

@@ -256,7 +256,7 @@ void ts_worker_apply_inbox(ts_worker_t *w)
     free(batch.v);
 }
 
-ts_status_t ts_worker_create(ts_worker_t **out, const ts_config_t *cfg)
+ts_status_t ts_worker_create(ts_worker_t **out, const ts_config_t *cfg, volatile sig_atomic_t *stop)
 {
     ts_worker_t *w = calloc(1, sizeof(*w));
     if (!w) return TS_ERR_NOMEM;
@@ -277,20 +277,20 @@ ts_status_t ts_worker_create(ts_worker_t **out, const ts_config_t *cfg)
     uint64_t deadline = ts_mono_us() + CONNECT_RETRY_MS * 1000ULL;
     char name[128];
     snprintf(name, sizeof(name), "tessera-worker-%s", w->id);
-    while ((st = ts_bus_connect(&w->bus, cfg->nats_url, name)) != TS_OK && ts_mono_us() < deadline)
+    while ((st = ts_bus_connect(&w->bus, cfg->nats_url, name)) != TS_OK && ts_mono_us() < deadline && !*stop)
         ts_sleep_ms(250);
     if (st != TS_OK) {
         ts_error("cannot connect to NATS at %s: %s", cfg->nats_url, ts_status_str(st));
         goto fail;
     }
-    while ((st = ts_registry_connect(&w->reg, cfg->redis_url)) != TS_OK && ts_mono_us() < deadline)
+    while ((st = ts_registry_connect(&w->reg, cfg->redis_url)) != TS_OK && ts_mono_us() < deadline && !*stop)
         ts_sleep_ms(250);
     if (st != TS_OK) {
         ts_error("cannot connect to Redis at %s: %s", cfg->redis_url, ts_status_str(st));
         goto fail;
     }
     while ((st = ts_registry_world_get(w->reg, (uint32_t)cfg->world_id, &w->world)) != TS_OK &&
-           ts_mono_us() < deadline)
+           ts_mono_us() < deadline && !*stop)
         ts_sleep_ms(250);
     if (st != TS_OK) {
         ts_error("world %" PRId64 " is not in the registry (is tessera-orch running?): %s", cfg->world_id,
@@ -393,7 +393,9 @@ ts_status_t ts_worker_run(ts_worker_t *w, volatile sig_atomic_t *stop)
                 ts_info("draining %zu cells before exit", w->nbind);
             }
         }
-        if (w->draining && (w->nbind == 0 || drain_deadline == 0 || ts_mono_us() > drain_deadline)) break;
+        if (w->draining &&
+            (w->nbind == 0 || drain_deadline == 0 || ts_mono_us() > drain_deadline || *stop >= 2))
+            break;
 
         uint64_t t0 = ts_mono_ns();
         tick_once(w, dt, hz, hb_every, ckpt_every);
