@@ -108,12 +108,24 @@ static bool grow(void **arr, size_t *cap, size_t n, size_t elem)
     return true;
 }
 
+/* The outbox keeps every transfer entry before every forward-only entry, so a
+ * tick publishes an entity's Transfer before any input forwarded after it,
+ * whatever order they were created in. */
 static ts_zone_out_t *outbox_for(ts_zone_t *z, const ts_cell_t *dest, uint64_t marker_seq)
 {
-    for (size_t i = 0; i < z->nout; i++)
+    size_t ntransfer_entries = 0;
+    for (size_t i = 0; i < z->nout; i++) {
         if (z->out[i].marker_seq == marker_seq && ts_cell_eq(&z->out[i].dest, dest)) return &z->out[i];
+        if (z->out[i].marker_seq) ntransfer_entries++;
+    }
     if (!grow((void **)&z->out, &z->cap_out, z->nout, sizeof(*z->out))) return NULL;
-    ts_zone_out_t *o = &z->out[z->nout++];
+    size_t at = marker_seq ? ntransfer_entries : z->nout;
+    /* rotate the spare slot (its buffers) into place */
+    ts_zone_out_t spare = z->out[z->nout];
+    memmove(&z->out[at + 1], &z->out[at], (z->nout - at) * sizeof(*z->out));
+    z->out[at] = spare;
+    z->nout++;
+    ts_zone_out_t *o = &z->out[at];
     o->dest = *dest;
     o->marker_seq = marker_seq;
     o->ntransfers = 0;
@@ -443,10 +455,26 @@ void ts_zone_outbox_failed(ts_zone_t *z, size_t i)
         z->stats.transfers_out--;
     }
     o->ntransfers = 0;
+    /* inputs forwarded after them this tick belong here again */
+    for (size_t j = 0; j < z->nout; j++) {
+        ts_zone_out_t *f = &z->out[j];
+        if (f->marker_seq || !ts_cell_eq(&f->dest, &o->dest)) continue;
+        size_t keep = 0;
+        for (size_t k = 0; k < f->ninputs; k++) {
+            if (ts_map_get(&z->entities, f->inputs[k].entity)) {
+                z->stats.forwarded--;
+                ts_zone_apply_input(z, &f->inputs[k], 0);
+            } else {
+                f->inputs[keep++] = f->inputs[k];
+            }
+        }
+        f->ninputs = keep;
+    }
 }
 
 void ts_zone_outbox_clear(ts_zone_t *z)
 {
+    /* stable: entries still pending keep their relative order */
     size_t keep = 0;
     for (size_t i = 0; i < z->nout; i++) {
         if (z->out[i].ntransfers == 0 && z->out[i].ninputs == 0) continue;

@@ -392,6 +392,51 @@ static void test_rejoin_is_new_incarnation(void **state)
     ts_zone_destroy(b);
 }
 
+/* A forward entry created before a transfer to the same cell must not be
+ * published before it: the forwarded input of the transferred entity would
+ * reach the destination before the entity does. */
+static void test_transfers_precede_forwards(void **state)
+{
+    (void)state;
+    ts_zone_t *a = zone_at(-1, 0);
+    for (uint64_t id = 1; id <= 2; id++) {
+        ts_input_t j = join(id, 1, id == 1 ? -1 : -1.5, 50);
+        ts_zone_apply_input(a, &j, 1);
+        ts_input_t m = move(id, 2, 40, 0);
+        ts_zone_apply_input(a, &m, 1);
+    }
+    ts_zone_step(a, 0.03, 2); /* only entity 1 crosses */
+    assert_int_equal(a->ndeps, 1);
+    loop_departures(a, 10, 2);
+    ts_zone_outbox_clear(a);
+    a->nout = 0; /* its transfer went out */
+
+    /* next tick: a late input for 1 (forward entry first), then 2 departs */
+    ts_input_t late1 = move(1, 3, 1, 1);
+    ts_zone_apply_input(a, &late1, 3);
+    ts_zone_step(a, 0.03, 3);
+    assert_int_equal(a->ndeps, 1);
+    loop_departures(a, 11, 3);
+    ts_input_t late2 = move(2, 3, 1, 1);
+    ts_zone_apply_input(a, &late2, 3);
+    assert_int_equal(a->nout, 2);
+    assert_int_equal(a->out[0].marker_seq, 11);
+    assert_int_equal(a->out[0].ntransfers, 1);
+    assert_int_equal(a->out[1].marker_seq, 0);
+    assert_int_equal(a->out[1].ninputs, 2);
+
+    /* the transfer fails: entity 2 stays, and its forwarded input is applied here */
+    ts_zone_outbox_failed(a, 0);
+    ts_zone_outbox_clear(a);
+    ts_entity_t *e2 = get(a, 2);
+    assert_non_null(e2);
+    assert_int_equal(e2->inputs_applied, 3);
+    assert_int_equal(a->nout, 1);
+    assert_int_equal(a->out[0].ninputs, 1);
+    assert_int_equal(a->out[0].inputs[0].entity, 1);
+    ts_zone_destroy(a);
+}
+
 static void test_outbox_failure_keeps_entity(void **state)
 {
     (void)state;
@@ -447,6 +492,7 @@ int main(void)
         cmocka_unit_test(test_checkpoint_replay_is_exactly_once),
         cmocka_unit_test(test_precopy_diff),
         cmocka_unit_test(test_rejoin_is_new_incarnation),
+        cmocka_unit_test(test_transfers_precede_forwards),
         cmocka_unit_test(test_outbox_failure_keeps_entity),
         cmocka_unit_test(test_leave_and_world_edge),
     };
