@@ -1,0 +1,842 @@
+/* Live handover end to end: real nats-server -js and redis-server,
+ * tessera-orch (no automatic rebalancing), workers w1 and w2, a gateway,
+ * tessera-sim and three gateway clients that keep playing while cells move
+ * between the workers through tessera.ctl.<world>.handover.
+ *
+ * What players rely on, asserted here:
+ *  - 200 handovers under load succeed, and the registry ends with exactly
+ *    the owners and epochs the replies announced (one epoch step each);
+ *  - no acknowledged input is lost or applied twice: the sim ends with
+ *    applied == acked == sent, and every gateway client's entity shows
+ *    inputs_applied == the inputs it sent and last_input_seq == its last seq;
+ *  - a client keeps its one TCP connection, never sees its input count go
+ *    backwards, and its entity keeps moving (no stall, no jump back to an
+ *    older state) across the handovers of the cells it is in;
+ *  - a handover to a target that does not answer (SIGSTOPped) is aborted:
+ *    the reply is an error, the registry keeps the source at the same epoch,
+ *    and the cell goes on applying inputs. */
+#include <inttypes.h>
+#include <math.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "harness.h"
+#include "tessera/client.h"
+#include "tessera/log.h"
+#include "tessera/proto.h"
+#include "tessera/subject.h"
+#include "tessera/util.h"
+
+#define WORLD 0
+#define NCELLS 16
+#define NPLAYERS 3
+#define HANDOVERS 200
+#define HANDOVERS_MIN_OK 190
+#define HANDOVER_PHASE_MS 60000
+#define CTL_TIMEOUT_MS 10000
+#define WAIT_MS 20000
+#define MOVE_MS 100
+#define WANDER_SPEED 20.0
+#define HOVER_SPEED 3.0
+#define MAX_SPEED 50.0
+#define JUMP_SLACK 30.0
+#define MAX_GAP_US 2000000ULL
+/* Liveness TTL long enough that a few seconds of SIGSTOP never look like a
+ * crash here: this file tests handover, it_recovery.c tests recovery. */
+#define HB_TTL_ARG "--orch.hb_ttl_ms=10000"
+
+static ts_h_t H;
+static bool test_passed;
+static int gw_port;
+static int w_idx[2] = {-1, -1};
+static const char *const WORKERS[2] = {"w1", "w2"};
+
+/* ---- gateway clients, each on its own thread ------------------------------ */
+
+typedef struct {
+    ts_client_t *c;
+    pthread_t thread;
+    bool running;
+    bool hover; /* small back-and-forth moves that keep it in its cell */
+    uint64_t seed;
+    atomic_bool stop_sending;
+    atomic_bool stop;
+
+    pthread_mutex_t mu; /* guards everything below */
+    uint64_t entity;
+    uint64_t sent; /* inputs sent: the Join and every Move */
+    uint64_t last_seq;
+    bool closed;
+    ts_status_t close_status;
+    int errors;
+    char last_error[128];
+    bool me_seen;
+    uint64_t applied, max_applied, last_input_seq;
+    uint64_t regressions;
+    char regression[128];
+    double x, y;
+    uint64_t seen_us, moved_us;
+    uint64_t position_changes;
+    bool watching;
+    uint64_t max_gap_us;
+    uint64_t jumps;
+    char jump[160];
+    ts_cell_t cell;
+    uint64_t cell_changes;
+    uint64_t deltas;
+} player_t;
+
+static player_t P[NPLAYERS];
+
+/* What a test holds, released by its teardown even when it fails. */
+static ts_bus_t *t_bus;
+static ts_registry_t *t_reg;
+static ts_cell_entry_t *t_cells;
+
+static void note_own_state(player_t *p, const Tessera__V1__EntityState *e)
+{
+    uint64_t now = ts_mono_us();
+    if (p->me_seen) {
+        double d = hypot(e->x - p->x, e->y - p->y);
+        double dt = (double)(now - p->seen_us) / 1e6;
+        if (d > JUMP_SLACK + 1.5 * MAX_SPEED * dt && p->jumps++ == 0)
+            snprintf(p->jump, sizeof p->jump, "(%.1f,%.1f) -> (%.1f,%.1f) in %.3f s", p->x, p->y, e->x, e->y,
+                     dt);
+        if (d > 0) {
+            p->position_changes++;
+            if (p->watching && now - p->moved_us > p->max_gap_us) p->max_gap_us = now - p->moved_us;
+            p->moved_us = now;
+        }
+        if (e->inputs_applied < p->applied && p->regressions++ == 0)
+            snprintf(p->regression, sizeof p->regression, "inputs_applied %" PRIu64 " -> %" PRIu64,
+                     p->applied, e->inputs_applied);
+    }
+    p->me_seen = true;
+    p->x = e->x;
+    p->y = e->y;
+    p->seen_us = now;
+    p->applied = e->inputs_applied;
+    p->last_input_seq = e->last_input_seq;
+    if (e->inputs_applied > p->max_applied) p->max_applied = e->inputs_applied;
+}
+
+static void note_frame(player_t *p, const Tessera__V1__ServerFrame *f)
+{
+    pthread_mutex_lock(&p->mu);
+    ts_cell_t cell;
+    if (f->cell != NULL && ts_proto_cell_get(f->cell, &cell) == TS_OK) p->cell = cell;
+    switch (f->payload_case) {
+    case TESSERA__V1__SERVER_FRAME__PAYLOAD_SNAPSHOT:
+        p->entity = f->snapshot->entity;
+        break;
+    case TESSERA__V1__SERVER_FRAME__PAYLOAD_DELTA:
+        p->deltas++;
+        for (size_t i = 0; i < f->delta->n_entities; i++)
+            if (p->entity != 0 && f->delta->entities[i]->id == p->entity)
+                note_own_state(p, f->delta->entities[i]);
+        break;
+    case TESSERA__V1__SERVER_FRAME__PAYLOAD_CELL_CHANGED:
+        p->cell_changes++;
+        break;
+    case TESSERA__V1__SERVER_FRAME__PAYLOAD_ERROR:
+        p->errors++;
+        snprintf(p->last_error, sizeof p->last_error, "code %d: %s", f->error->code, f->error->message);
+        break;
+    default:
+        break;
+    }
+    pthread_mutex_unlock(&p->mu);
+}
+
+static void player_closed(player_t *p, ts_status_t st)
+{
+    pthread_mutex_lock(&p->mu);
+    p->closed = true;
+    p->close_status = st;
+    pthread_mutex_unlock(&p->mu);
+}
+
+static void *player_main(void *arg)
+{
+    player_t *p = arg;
+    ts_rng_t rng;
+    ts_rng_seed(&rng, p->seed);
+    uint64_t next_move = ts_mono_us();
+    double vx = 0, vy = 0;
+    for (int k = 0; !atomic_load(&p->stop);) {
+        uint64_t now = ts_mono_us();
+        if (!atomic_load(&p->stop_sending) && now >= next_move) {
+            if (p->hover) {
+                vx = k % 2 ? HOVER_SPEED : -HOVER_SPEED;
+            } else if (k % 10 == 0) {
+                double a = ts_rng_unit(&rng) * 2 * M_PI;
+                vx = WANDER_SPEED * cos(a);
+                vy = WANDER_SPEED * sin(a);
+            }
+            k++;
+            ts_status_t st = ts_client_move(p->c, vx, vy);
+            if (st != TS_OK) {
+                player_closed(p, st);
+                break;
+            }
+            pthread_mutex_lock(&p->mu);
+            p->sent++;
+            p->last_seq = ts_client_last_seq(p->c);
+            pthread_mutex_unlock(&p->mu);
+            next_move = now + MOVE_MS * 1000;
+        }
+        int64_t wait_ms = next_move > now ? (int64_t)((next_move - now) / 1000) + 1 : 1;
+        Tessera__V1__ServerFrame *f = NULL;
+        ts_status_t st = ts_client_recv(p->c, wait_ms < 50 ? wait_ms : 50, &f);
+        if (st == TS_ERR_TIMEOUT) continue;
+        if (st != TS_OK) {
+            player_closed(p, st);
+            break;
+        }
+        note_frame(p, f);
+        tessera__v1__server_frame__free_unpacked(f, NULL);
+    }
+    return NULL;
+}
+
+/* Connects, joins at (x, y) and starts the player's thread. A refused Join
+ * (the gateway may not know every cell in its first second) is retried. */
+static void player_start(player_t *p, double x, double y, bool hover, uint64_t seed)
+{
+    memset(p, 0, sizeof *p);
+    pthread_mutex_init(&p->mu, NULL);
+    p->hover = hover;
+    p->seed = seed;
+    assert_int_equal(ts_client_connect(&p->c, "127.0.0.1", gw_port, 3000), TS_OK);
+    uint64_t deadline = ts_mono_us() + 10000000;
+    int errors = -1;
+    while (p->entity == 0 && ts_mono_us() < deadline) {
+        if (errors != p->errors) {
+            if (errors >= 0) ts_sleep_ms(200);
+            errors = p->errors;
+            assert_int_equal(ts_client_join(p->c, x, y, "it-handover"), TS_OK);
+        }
+        Tessera__V1__ServerFrame *f = NULL;
+        ts_status_t st = ts_client_recv(p->c, 200, &f);
+        if (st == TS_ERR_TIMEOUT) continue;
+        assert_int_equal(st, TS_OK);
+        note_frame(p, f);
+        tessera__v1__server_frame__free_unpacked(f, NULL);
+    }
+    if (p->entity == 0) {
+        H.failed = true;
+        fail_msg("no Snapshot within 10 s after joining at (%.0f, %.0f); last error: %s", x, y,
+                 p->errors ? p->last_error : "none");
+    }
+    p->errors = 0;
+    p->sent = 1;
+    p->last_seq = ts_client_last_seq(p->c);
+    assert_int_equal(pthread_create(&p->thread, NULL, player_main, p), 0);
+    p->running = true;
+}
+
+static void player_stop(player_t *p)
+{
+    if (p->running) {
+        atomic_store(&p->stop, true);
+        pthread_join(p->thread, NULL);
+        p->running = false;
+    }
+    ts_client_destroy(p->c);
+    p->c = NULL;
+}
+
+static void players_stop_all(void)
+{
+    for (int i = 0; i < NPLAYERS; i++) {
+        if (P[i].running || P[i].c != NULL) {
+            player_stop(&P[i]);
+            pthread_mutex_destroy(&P[i].mu);
+        }
+        memset(&P[i], 0, sizeof P[i]);
+    }
+}
+
+static void player_copy(player_t *p, player_t *out)
+{
+    pthread_mutex_lock(&p->mu);
+    memcpy(out, p, sizeof *out);
+    pthread_mutex_unlock(&p->mu);
+}
+
+static void players_watch(bool on)
+{
+    for (int i = 0; i < NPLAYERS; i++) {
+        player_t *p = &P[i];
+        if (!p->running) continue;
+        pthread_mutex_lock(&p->mu);
+        uint64_t now = ts_mono_us();
+        if (on)
+            p->moved_us = now;
+        else if (p->watching && now - p->moved_us > p->max_gap_us)
+            p->max_gap_us = now - p->moved_us;
+        p->watching = on;
+        pthread_mutex_unlock(&p->mu);
+    }
+}
+
+/* Stops sending and waits until the entity shows every input applied, then
+ * a second more so that a late double would show. */
+static void player_settle(player_t *p, int64_t timeout_ms)
+{
+    atomic_store(&p->stop_sending, true);
+    uint64_t deadline = ts_mono_us() + (uint64_t)timeout_ms * 1000;
+    player_t s;
+    do {
+        ts_sleep_ms(100);
+        player_copy(p, &s);
+    } while (!s.closed && !(s.applied >= s.sent && s.last_input_seq >= s.last_seq) &&
+             ts_mono_us() < deadline);
+    ts_sleep_ms(1000);
+}
+
+/* What a player relies on after all the moving around. */
+static void player_assert_exact(player_t *p, int i)
+{
+    player_t s;
+    player_copy(p, &s);
+    fprintf(stderr,
+            "player %d: entity %" PRIx64 " sent %" PRIu64 " applied %" PRIu64 " (max %" PRIu64
+            ") last_seq %" PRIu64 "/%" PRIu64 " deltas %" PRIu64 " moves seen %" PRIu64 " crossings %" PRIu64
+            " longest stall %.0f ms\n",
+            i, s.entity, s.sent, s.applied, s.max_applied, s.last_input_seq, s.last_seq, s.deltas,
+            s.position_changes, s.cell_changes, (double)s.max_gap_us / 1000);
+    if (s.closed) {
+        H.failed = true;
+        fail_msg("player %d lost its connection: %s", i, ts_status_str(s.close_status));
+    }
+    if (s.errors != 0) {
+        H.failed = true;
+        fail_msg("player %d got %d error frames, last: %s", i, s.errors, s.last_error);
+    }
+    if (s.applied != s.sent || s.max_applied != s.sent || s.last_input_seq != s.last_seq) {
+        H.failed = true;
+        fail_msg("player %d: sent %" PRIu64 " inputs (last seq %" PRIu64
+                 ") but its entity shows inputs_applied %" PRIu64 " (max seen %" PRIu64
+                 "), last_input_seq %" PRIu64,
+                 i, s.sent, s.last_seq, s.applied, s.max_applied, s.last_input_seq);
+    }
+    if (s.regressions != 0) {
+        H.failed = true;
+        fail_msg("player %d saw its input count go backwards %" PRIu64 " times, first: %s", i, s.regressions,
+                 s.regression);
+    }
+}
+
+/* ---- bus helpers ------------------------------------------------------------- */
+
+/* Latest heartbeat per worker. */
+#define HB_WORKERS 4
+#define HB_CELLS 32
+typedef struct {
+    ts_cell_t cell;
+    uint64_t epoch;
+} hb_cell_t;
+typedef struct {
+    char worker[TS_WORKER_ID_MAX];
+    uint64_t received_us;
+    size_t ncells;
+    hb_cell_t cells[HB_CELLS];
+} hb_last_t;
+typedef struct {
+    pthread_mutex_t mu;
+    size_t n;
+    hb_last_t w[HB_WORKERS];
+} hbwatch_t;
+
+static hbwatch_t HBW = {.mu = PTHREAD_MUTEX_INITIALIZER};
+
+static void on_heartbeat(void *ud, const ts_bus_msg_t *m)
+{
+    hbwatch_t *hw = ud;
+    Tessera__V1__Heartbeat *hb = tessera__v1__heartbeat__unpack(NULL, ts_bus_msg_len(m), ts_bus_msg_data(m));
+    if (hb == NULL) return;
+    pthread_mutex_lock(&hw->mu);
+    size_t i = 0;
+    while (i < hw->n && strcmp(hw->w[i].worker, hb->worker) != 0)
+        i++;
+    if (i == hw->n && hw->n < HB_WORKERS) ts_strlcpy(hw->w[hw->n++].worker, hb->worker, TS_WORKER_ID_MAX);
+    if (i < hw->n) {
+        hb_last_t *l = &hw->w[i];
+        l->received_us = ts_mono_us();
+        l->ncells = 0;
+        for (size_t k = 0; k < hb->n_cells && l->ncells < HB_CELLS; k++) {
+            ts_cell_t c;
+            if (hb->cells[k]->cell && ts_proto_cell_get(hb->cells[k]->cell, &c) == TS_OK)
+                l->cells[l->ncells++] = (hb_cell_t){c, hb->cells[k]->epoch};
+        }
+    }
+    pthread_mutex_unlock(&hw->mu);
+    tessera__v1__heartbeat__free_unpacked(hb, NULL);
+}
+
+static bool hb_get(const char *worker, hb_last_t *out)
+{
+    bool found = false;
+    pthread_mutex_lock(&HBW.mu);
+    for (size_t i = 0; i < HBW.n && !found; i++) {
+        if (strcmp(HBW.w[i].worker, worker) == 0) {
+            *out = HBW.w[i];
+            found = true;
+        }
+    }
+    pthread_mutex_unlock(&HBW.mu);
+    return found;
+}
+
+static void hb_reset(void)
+{
+    pthread_mutex_lock(&HBW.mu);
+    HBW.n = 0;
+    pthread_mutex_unlock(&HBW.mu);
+}
+
+static bool hb_has_cell(const hb_last_t *l, const ts_cell_t *c)
+{
+    for (size_t i = 0; i < l->ncells; i++)
+        if (ts_cell_eq(&l->cells[i].cell, c)) return true;
+    return false;
+}
+
+/* Sends a text request to tessera.ctl.<world>.<verb>; the reply text goes
+ * into out. */
+static ts_status_t ctl(ts_bus_t *bus, const char *verb, const char *payload, int64_t timeout_ms, char *out,
+                       size_t cap)
+{
+    char subject[64];
+    snprintf(subject, sizeof subject, "tessera.ctl.%d.%s", WORLD, verb);
+    ts_bus_hdr_t hdr = {.type = "text/plain"};
+    ts_bus_msg_t *m = NULL;
+    out[0] = '\0';
+    ts_status_t st = ts_bus_request(bus, subject, &hdr, payload, strlen(payload), timeout_ms, &m);
+    if (st != TS_OK) return st;
+    size_t n = ts_bus_msg_len(m) < cap - 1 ? ts_bus_msg_len(m) : cap - 1;
+    memcpy(out, ts_bus_msg_data(m), n);
+    out[n] = '\0';
+    ts_bus_msg_destroy(m);
+    return TS_OK;
+}
+
+static bool json_number(const char *json, const char *key, double *out)
+{
+    char pattern[64];
+    snprintf(pattern, sizeof pattern, "\"%s\"", key);
+    const char *p = strstr(json, pattern);
+    if (p == NULL) return false;
+    p += strlen(pattern);
+    while (*p == ' ' || *p == ':')
+        p++;
+    char *end;
+    double v = strtod(p, &end);
+    if (end == p) return false;
+    *out = v;
+    return true;
+}
+
+typedef struct {
+    char from[TS_WORKER_ID_MAX], to[TS_WORKER_ID_MAX];
+    uint64_t epoch_from, epoch_to, freeze_us, total_us;
+} ho_ok_t;
+
+/* Parses "ok <from>-><to> epoch <E>-><E+1> freeze_us=<n> total_us=<n>". */
+static bool parse_ok(const char *reply, ho_ok_t *r)
+{
+    return sscanf(reply,
+                  "ok %63[^-]->%63s epoch %" SCNu64 "->%" SCNu64 " freeze_us=%" SCNu64 " total_us=%" SCNu64,
+                  r->from, r->to, &r->epoch_from, &r->epoch_to, &r->freeze_us, &r->total_us) == 6;
+}
+
+static ts_bus_t *bus_connect(void)
+{
+    assert_int_equal(ts_bus_connect(&t_bus, H.nats_url, "it_handover"), TS_OK);
+    return t_bus;
+}
+
+static ts_registry_t *registry(void)
+{
+    assert_int_equal(ts_registry_connect(&t_reg, H.redis_url), TS_OK);
+    return t_reg;
+}
+
+static ts_cell_entry_t cell_get(ts_registry_t *reg, const ts_cell_t *c)
+{
+    ts_cell_entry_t e;
+    assert_int_equal(ts_registry_cell_get(reg, c, &e), TS_OK);
+    return e;
+}
+
+/* Starts the sim (runs until signalled); each run needs its own seed, so
+ * that its players are new entities. */
+static int sim_start(const char *name, int seed)
+{
+    char seed_arg[32];
+    snprintf(seed_arg, sizeof seed_arg, "--sim.seed=%d", seed);
+    const char *args[] = {"--sim.players=300", seed_arg, NULL};
+    return ts_h_spawn(&H, name, "tessera-sim", args);
+}
+
+/* Stops the sim and checks its verdict: every input it sent was
+ * acknowledged and applied exactly once. */
+static void sim_verify(int idx)
+{
+    ts_h_signal(&H, idx, SIGINT);
+    int rc = ts_h_wait(&H, idx, 30000);
+    char *log = ts_h_read_log(&H, idx);
+    assert_non_null(log);
+    char verdict[256] = "none";
+    const char *line = strstr(log, "sim: done ");
+    if (line != NULL) sscanf(line, "%255[^\n]", verdict);
+    unsigned long long sent = 0, acked = 0, applied = 0;
+    bool parsed =
+        line && sscanf(line, "sim: done sent=%llu acked=%llu applied=%llu", &sent, &acked, &applied) == 3;
+    if (rc != 0 || !parsed || sent == 0 || sent != acked || acked != applied) {
+        H.failed = true;
+        free(log);
+        fail_msg("sim: exit %d, want 0 with applied == acked == sent > 0; its verdict: %s", rc, verdict);
+    }
+    fprintf(stderr, "sim: sent=%llu acked=%llu applied=%llu\n", sent, acked, applied);
+    free(log);
+}
+
+/* ---- tests ---------------------------------------------------------------------- */
+
+static int worker_index(const char *id)
+{
+    return strcmp(id, WORKERS[0]) == 0 ? 0 : 1;
+}
+
+static void test_handovers_under_load(void **state)
+{
+    (void)state;
+    ts_bus_t *bus = bus_connect();
+    ts_registry_t *reg = registry();
+    size_t n = 0;
+    assert_int_equal(ts_registry_cells(reg, WORLD, &t_cells, &n), TS_OK);
+    ts_cell_entry_t *cells = t_cells;
+    assert_int_equal(n, NCELLS);
+
+    player_start(&P[0], -150, -150, false, 11);
+    player_start(&P[1], 50, 50, false, 12);
+    player_start(&P[2], -50, 150, false, 13);
+    int sim = sim_start("sim-load", 7);
+    ts_sleep_ms(2000);
+
+    ts_rng_t rng;
+    ts_rng_seed(&rng, 2024);
+    int ok = 0, busy = 0;
+    double freeze[HANDOVERS], total[HANDOVERS];
+    uint64_t moved[NCELLS] = {0};
+    char reply[512];
+    players_watch(true);
+    uint64_t phase_end = ts_mono_us() + HANDOVER_PHASE_MS * 1000ULL;
+    for (int i = 0; i < HANDOVERS; i++) {
+        if (ts_mono_us() > phase_end) {
+            H.failed = true;
+            fail_msg("only %d of %d handovers done in %d s", i, HANDOVERS, HANDOVER_PHASE_MS / 1000);
+        }
+        /* every other handover moves a cell a player stands in */
+        size_t k = (size_t)(ts_rng_next(&rng) % n);
+        if (i % 2 == 1) {
+            player_t s;
+            player_copy(&P[(i / 2) % NPLAYERS], &s);
+            for (size_t j = 0; j < n; j++)
+                if (ts_cell_eq(&cells[j].cell, &s.cell)) k = j;
+        }
+        ts_cell_entry_t *e = &cells[k];
+        const char *to = WORKERS[1 - worker_index(e->owner)];
+        char key[TS_CELL_STR_MAX], payload[160];
+        ts_cell_format(&e->cell, key, sizeof key);
+        snprintf(payload, sizeof payload, "%s %s", key, to);
+        ts_status_t st = ctl(bus, "handover", payload, CTL_TIMEOUT_MS, reply, sizeof reply);
+        if (st != TS_OK) {
+            H.failed = true;
+            fail_msg("handover %d (%s): no reply from the orchestrator: %s", i, payload, ts_status_str(st));
+        }
+        ho_ok_t r;
+        if (strncmp(reply, "error:", 6) == 0 && (strstr(reply, "in flight") || strstr(reply, "busy"))) {
+            busy++;
+            continue;
+        }
+        if (!parse_ok(reply, &r)) {
+            H.failed = true;
+            fail_msg("handover %d (%s, registry says %s at epoch %" PRIu64 "): reply \"%s\"", i, payload,
+                     e->owner, e->epoch, reply);
+        }
+        if (strcmp(r.from, e->owner) != 0 || strcmp(r.to, to) != 0 || r.epoch_from != e->epoch ||
+            r.epoch_to != e->epoch + 1) {
+            H.failed = true;
+            fail_msg("handover %d (%s): reply \"%s\", want %s->%s epoch %" PRIu64 "->%" PRIu64, i, payload,
+                     reply, e->owner, to, e->epoch, e->epoch + 1);
+        }
+        ts_strlcpy(e->owner, to, sizeof e->owner);
+        e->epoch = r.epoch_to;
+        freeze[ok] = (double)r.freeze_us;
+        total[ok] = (double)r.total_us;
+        moved[k]++;
+        ok++;
+    }
+    players_watch(false);
+    fprintf(stderr,
+            "handovers: %d ok, %d busy; freeze p50 %.0f us p99 %.0f us, total p50 %.0f us p99 %.0f us\n", ok,
+            busy, ts_percentile(freeze, (size_t)ok, 50), ts_percentile(freeze, (size_t)ok, 99),
+            ts_percentile(total, (size_t)ok, 50), ts_percentile(total, (size_t)ok, 99));
+    assert_true(ok >= HANDOVERS_MIN_OK);
+
+    /* the registry agrees with every reply: owner and exactly one epoch step per move */
+    for (size_t k = 0; k < n; k++) {
+        ts_cell_entry_t now = cell_get(reg, &cells[k].cell);
+        char key[TS_CELL_STR_MAX];
+        ts_cell_format(&cells[k].cell, key, sizeof key);
+        if (strcmp(now.owner, cells[k].owner) != 0 || now.epoch != cells[k].epoch ||
+            now.epoch != 1 + moved[k] || now.state != TS_CELL_ACTIVE) {
+            H.failed = true;
+            fail_msg("cell %s: registry says %s epoch %" PRIu64 " (%s); the replies said %s epoch %" PRIu64
+                     " after %" PRIu64 " moves",
+                     key, now.owner, now.epoch, ts_cell_state_str(now.state), cells[k].owner, cells[k].epoch,
+                     moved[k]);
+        }
+    }
+
+    /* each worker's heartbeat lists exactly the cells the registry gives it */
+    ts_sleep_ms(1500);
+    for (int w = 0; w < 2; w++) {
+        hb_last_t l;
+        assert_true(hb_get(WORKERS[w], &l));
+        size_t want = 0;
+        for (size_t k = 0; k < n; k++) {
+            if (strcmp(cells[k].owner, WORKERS[w]) != 0) continue;
+            want++;
+            char key[TS_CELL_STR_MAX];
+            ts_cell_format(&cells[k].cell, key, sizeof key);
+            if (!hb_has_cell(&l, &cells[k].cell)) {
+                H.failed = true;
+                fail_msg("%s owns %s in the registry but its heartbeat does not list it", WORKERS[w], key);
+            }
+        }
+        assert_int_equal(l.ncells, want);
+    }
+
+    if (ctl(bus, "stats", "", CTL_TIMEOUT_MS, reply, sizeof reply) == TS_OK) {
+        double handovers = 0, p50 = 0, p99 = 0;
+        json_number(reply, "freeze_us_p50", &p50);
+        json_number(reply, "freeze_us_p99", &p99);
+        fprintf(stderr, "orchestrator stats: freeze p50 %.0f us, p99 %.0f us (%s)\n", p50, p99, reply);
+        assert_true(json_number(reply, "handovers", &handovers));
+        assert_true(handovers >= ok);
+    }
+
+    for (int i = 0; i < NPLAYERS; i++)
+        player_settle(&P[i], 15000);
+    for (int i = 0; i < NPLAYERS; i++) {
+        player_t s;
+        player_assert_exact(&P[i], i);
+        player_copy(&P[i], &s);
+        if (s.max_gap_us > MAX_GAP_US || s.jumps != 0 || s.position_changes < 100) {
+            H.failed = true;
+            fail_msg("player %d: entity stood still for %.0f ms during the handovers, %" PRIu64
+                     " jumps (first: %s), %" PRIu64 " position changes",
+                     i, (double)s.max_gap_us / 1000, s.jumps, s.jumps ? s.jump : "-", s.position_changes);
+        }
+    }
+    sim_verify(sim);
+
+    test_passed = true;
+}
+
+static void test_abort_when_target_stalls(void **state)
+{
+    (void)state;
+    ts_bus_t *bus = bus_connect();
+    ts_registry_t *reg = registry();
+    const ts_cell_t cell = {.world = WORLD, .cx = -1, .cy = 0};
+    char key[TS_CELL_STR_MAX], payload[160], reply[512];
+    ts_cell_format(&cell, key, sizeof key);
+
+    /* the cell belongs to w1 (the previous test may have moved it) */
+    ts_cell_entry_t before = cell_get(reg, &cell);
+    if (strcmp(before.owner, "w1") != 0) {
+        snprintf(payload, sizeof payload, "%s w1", key);
+        assert_int_equal(ctl(bus, "handover", payload, CTL_TIMEOUT_MS, reply, sizeof reply), TS_OK);
+        if (strncmp(reply, "ok ", 3) != 0) {
+            H.failed = true;
+            fail_msg("handover of %s back to w1: %s", key, reply);
+        }
+        before = cell_get(reg, &cell);
+    }
+    assert_string_equal(before.owner, "w1");
+
+    player_start(&P[0], -50, 50, true, 21);
+    int sim = sim_start("sim-abort", 8);
+    ts_sleep_ms(1500);
+
+    ts_h_signal(&H, w_idx[1], SIGSTOP);
+    snprintf(payload, sizeof payload, "%s w2", key);
+    uint64_t t0 = ts_mono_us();
+    ts_status_t st = ctl(bus, "handover", payload, 30000, reply, sizeof reply);
+    double took_ms = (double)(ts_mono_us() - t0) / 1000;
+    fprintf(stderr, "handover to a stopped w2: \"%s\" after %.0f ms\n", reply, took_ms);
+    if (st != TS_OK || strncmp(reply, "error:", 6) != 0) {
+        ts_h_signal(&H, w_idx[1], SIGCONT);
+        H.failed = true;
+        fail_msg("handover of %s to a stopped w2: %s, reply \"%s\"; want an error", key, ts_status_str(st),
+                 reply);
+    }
+    ts_cell_entry_t after = cell_get(reg, &cell);
+    if (strcmp(after.owner, "w1") != 0 || after.epoch != before.epoch || after.state != TS_CELL_ACTIVE) {
+        ts_h_signal(&H, w_idx[1], SIGCONT);
+        H.failed = true;
+        fail_msg("after the aborted handover the registry says %s epoch %" PRIu64
+                 " (%s), want w1 epoch %" PRIu64 " active",
+                 after.owner, after.epoch, ts_cell_state_str(after.state), before.epoch);
+    }
+
+    /* w2 still stopped: the cell is back in w1's hands and applies new inputs */
+    player_t s;
+    player_copy(&P[0], &s);
+    uint64_t target = s.sent + 5;
+    uint64_t deadline = ts_mono_us() + 5000000;
+    while (ts_mono_us() < deadline) {
+        player_copy(&P[0], &s);
+        if (s.applied >= target) break;
+        ts_sleep_ms(50);
+    }
+    ts_h_signal(&H, w_idx[1], SIGCONT);
+    if (s.applied < target) {
+        H.failed = true;
+        fail_msg("after the abort the cell %s stopped applying inputs: %" PRIu64 " applied, %" PRIu64 " sent",
+                 key, s.applied, s.sent);
+    }
+
+    /* nothing commits late once the target wakes up */
+    ts_sleep_ms(2000);
+    after = cell_get(reg, &cell);
+    assert_string_equal(after.owner, "w1");
+    assert_int_equal(after.epoch, before.epoch);
+    hb_last_t l;
+    assert_true(hb_get("w2", &l));
+    assert_true(ts_mono_us() - l.received_us < 1500000);
+    assert_false(hb_has_cell(&l, &cell));
+    assert_true(hb_get("w1", &l));
+    assert_true(hb_has_cell(&l, &cell));
+
+    player_settle(&P[0], 15000);
+    player_assert_exact(&P[0], 0);
+    sim_verify(sim);
+
+    test_passed = true;
+}
+
+/* ---- fixtures ---------------------------------------------------------------------- */
+
+static ts_bus_t *hb_bus;
+static ts_bus_sub_t *hb_sub;
+
+static bool wait_ready(void)
+{
+    char reply[512];
+    uint64_t deadline = ts_mono_us() + WAIT_MS * 1000ULL;
+    bool ctl_ok = false, bound = false;
+    while (ts_mono_us() < deadline && !(ctl_ok && bound)) {
+        if (!ctl_ok) ctl_ok = ctl(hb_bus, "stats", "", 500, reply, sizeof reply) == TS_OK && reply[0] == '{';
+        hb_last_t a, b;
+        bound = hb_get("w1", &a) && hb_get("w2", &b) && a.ncells == NCELLS / 2 && b.ncells == NCELLS / 2;
+        ts_sleep_ms(100);
+    }
+    if (!ctl_ok) fprintf(stderr, "tessera-orch does not answer tessera.ctl.%d.stats\n", WORLD);
+    if (!bound)
+        fprintf(stderr, "workers w1 and w2 did not report %d cells each in their heartbeats\n", NCELLS / 2);
+    return ctl_ok && bound;
+}
+
+static int group_setup(void **state)
+{
+    (void)state;
+    ts_h_start(&H);
+    if (ts_bus_connect(&hb_bus, H.nats_url, "it_handover-hb") != TS_OK ||
+        ts_bus_subscribe(hb_bus, "tessera.worker.*.hb", on_heartbeat, &HBW, &hb_sub) != TS_OK)
+        goto fail;
+    hb_reset();
+    const char *orch[] = {"--orch.rebalance=0", HB_TTL_ARG, NULL};
+    ts_h_spawn(&H, "orch", "tessera-orch", orch);
+    for (int i = 0; i < 2; i++) {
+        char id[32];
+        snprintf(id, sizeof id, "--worker.id=%s", WORKERS[i]);
+        const char *args[] = {id, "--worker.hb_ms=250", HB_TTL_ARG, NULL};
+        w_idx[i] = ts_h_spawn(&H, WORKERS[i], "tessera-worker", args);
+    }
+    gw_port = ts_h_free_port();
+    char listen[64];
+    snprintf(listen, sizeof listen, "--gateway.listen=127.0.0.1:%d", gw_port);
+    const char *gw[] = {listen, NULL};
+    ts_h_spawn(&H, "gateway", "tessera-gateway", gw);
+    if (!ts_h_wait_world(&H, WORLD, NCELLS, WAIT_MS) || !ts_h_wait_port(gw_port, WAIT_MS) || !wait_ready())
+        goto fail;
+    return 0;
+fail:
+    ts_h_fail_dump(&H);
+    ts_bus_sub_destroy(hb_sub);
+    hb_sub = NULL;
+    ts_bus_destroy(hb_bus);
+    hb_bus = NULL;
+    ts_h_stop(&H);
+    return -1;
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    players_stop_all();
+    ts_bus_sub_destroy(hb_sub);
+    ts_bus_destroy(hb_bus);
+    ts_h_stop(&H);
+    return 0;
+}
+
+static int test_setup(void **state)
+{
+    (void)state;
+    test_passed = false;
+    return 0;
+}
+
+static int test_teardown(void **state)
+{
+    (void)state;
+    players_stop_all();
+    free(t_cells);
+    ts_registry_destroy(t_reg);
+    ts_bus_destroy(t_bus);
+    t_cells = NULL;
+    t_reg = NULL;
+    t_bus = NULL;
+    ts_h_signal(&H, w_idx[1], SIGCONT);
+    if (!test_passed) ts_h_fail_dump(&H);
+    return 0;
+}
+
+int main(void)
+{
+    ts_log_init("it_handover", TS_LOG_ERROR, false);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_handovers_under_load, test_setup, test_teardown),
+        cmocka_unit_test_setup_teardown(test_abort_when_target_stalls, test_setup, test_teardown),
+    };
+    int failed = cmocka_run_group_tests(tests, group_setup, group_teardown);
+    ts_bus_shutdown_library();
+    return failed;
+}
