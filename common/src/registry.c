@@ -702,19 +702,18 @@ void ts_registry_free_list(char **ids, size_t n)
     free(ids);
 }
 
-ts_status_t ts_registry_workers(ts_registry_t *reg, char ***ids, size_t *n)
+/* Members of a set of worker ids; caller frees with ts_registry_free_list. */
+static ts_status_t smembers(ts_registry_t *reg, const char *key, char ***ids, size_t *n)
 {
-    if (reg == NULL || ids == NULL || n == NULL)
-        return TS_ERR_INVALID;
     *ids = NULL;
     *n = 0;
-    const char *argv[] = {"SMEMBERS", "ts:workers"};
+    const char *argv[] = {"SMEMBERS", key};
     redisReply *r = NULL;
     ts_status_t st = command(reg, true, &r, 2, argv, NULL);
     if (st != TS_OK)
         return st;
     if (r->type != REDIS_REPLY_ARRAY)
-        return unexpected(r, "SMEMBERS workers");
+        return unexpected(r, "SMEMBERS");
     char **list = calloc(r->elements ? r->elements : 1, sizeof *list);
     if (list == NULL) {
         freeReplyObject(r);
@@ -738,6 +737,13 @@ ts_status_t ts_registry_workers(ts_registry_t *reg, char ***ids, size_t *n)
     return TS_OK;
 }
 
+ts_status_t ts_registry_workers(ts_registry_t *reg, char ***ids, size_t *n)
+{
+    if (reg == NULL || ids == NULL || n == NULL)
+        return TS_ERR_INVALID;
+    return smembers(reg, "ts:workers", ids, n);
+}
+
 ts_status_t ts_registry_worker_forget(ts_registry_t *reg, const char *id)
 {
     if (reg == NULL || !valid_id(id))
@@ -756,6 +762,41 @@ ts_status_t ts_registry_worker_forget(ts_registry_t *reg, const char *id)
     if (r != NULL)
         freeReplyObject(r);
     return st;
+}
+
+/* ---- draining workers -------------------------------------------------------- */
+
+static ts_status_t draining_change(ts_registry_t *reg, uint32_t world, const char *id, const char *op)
+{
+    if (reg == NULL || !valid_id(id))
+        return TS_ERR_INVALID;
+    char key[KEY_MAX];
+    world_key(key, world, "draining");
+    const char *argv[] = {op, key, id};
+    redisReply *r = NULL;
+    ts_status_t st = command(reg, true, &r, 3, argv, NULL);
+    if (r != NULL)
+        freeReplyObject(r);
+    return st;
+}
+
+ts_status_t ts_registry_draining_add(ts_registry_t *reg, uint32_t world, const char *id)
+{
+    return draining_change(reg, world, id, "SADD");
+}
+
+ts_status_t ts_registry_draining_remove(ts_registry_t *reg, uint32_t world, const char *id)
+{
+    return draining_change(reg, world, id, "SREM");
+}
+
+ts_status_t ts_registry_draining(ts_registry_t *reg, uint32_t world, char ***ids, size_t *n)
+{
+    if (reg == NULL || ids == NULL || n == NULL)
+        return TS_ERR_INVALID;
+    char key[KEY_MAX];
+    world_key(key, world, "draining");
+    return smembers(reg, key, ids, n);
 }
 
 /* ---- leader lock ------------------------------------------------------------ */

@@ -31,7 +31,9 @@ typedef struct {
     uint32_t entities;
     uint32_t capacity;
     uint32_t cells;
+    double tick_p50_ms;
     double tick_p99_ms;
+    bool draining;
 } ts_ctl_hb_t;
 
 /* Heartbeats collected from "tessera.worker.*.hb" (thread-safe). */
@@ -54,6 +56,20 @@ int ts_ctl_cells(const ts_config_t *cfg);
 int ts_ctl_workers(const ts_config_t *cfg);
 /* Prints one summary line per second; count 0 = until signalled. */
 int ts_ctl_watch(const ts_config_t *cfg, long count);
+/* Administration through the leading orchestrator (tessera.ctl.<world>.*). */
+int ts_ctl_handover(const ts_config_t *cfg, const char *cell, const char *worker);
+int ts_ctl_drain(const ts_config_t *cfg, const char *worker);
+int ts_ctl_stats(const ts_config_t *cfg);
+/* Live per-worker table, refreshed every second; count 0 = until signalled. */
+int ts_ctl_top(const ts_config_t *cfg, long count);
+/* Sends a text request to tessera.ctl.<world>.<verb>. On TS_OK *reply is the
+ * NUL-terminated answer (caller frees). TS_ERR_TIMEOUT / TS_ERR_UNAVAILABLE:
+ * no orchestrator answered. */
+ts_status_t ts_ctl_request(ts_bus_t *bus, uint32_t world, const char *verb, const char *payload, int64_t timeout_ms,
+                           char **reply);
+/* Number after "key": in a flat JSON object; false if absent. */
+bool ts_ctl_json_number(const char *json, const char *key, double *out);
+
 /* Reads one payload from in and prints it decoded to out. */
 int ts_ctl_decode(const char *subject, bool json, FILE *in, FILE *out);
 

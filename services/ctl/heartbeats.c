@@ -77,7 +77,9 @@ void ts_ctl_hbs_on_msg(void *ud, const ts_bus_msg_t *msg)
             e->entities = hb->entities;
             e->capacity = hb->capacity;
             e->cells = (uint32_t)hb->n_cells;
+            e->tick_p50_ms = hb->tick_p50_ms;
             e->tick_p99_ms = hb->tick_p99_ms;
+            e->draining = hb->draining;
         }
         pthread_mutex_unlock(&h->mu);
     }

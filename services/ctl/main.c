@@ -40,7 +40,14 @@ static void usage(FILE *out)
             "                           (waits 1.5 s for heartbeats)\n"
             "  watch [--count N]        one line per second: cells, owners, entities, inputs/s,\n"
             "                           ticks (per second, all workers), transfers/s, cross-worker\n"
-            "                           transfers/s; until SIGINT or N lines\n"
+            "                           transfers/s, handovers so far; until SIGINT or N lines\n"
+            "  top [--count N]          live table, refreshed every second: per worker cells, entities,\n"
+            "                           inputs/s, tick p50/p99, load score, draining; orchestrator\n"
+            "                           counters below; until SIGINT or N refreshes\n"
+            "  handover CELL WORKER     asks the leading orchestrator to move CELL (e.g. 0.-1.0.0.0)\n"
+            "                           to WORKER live; prints its answer\n"
+            "  drain WORKER             hands every cell of WORKER to the other workers\n"
+            "  stats                    the orchestrator's handover/recovery/rebalancing figures (JSON)\n"
             "  decode --subject SUBJ [--json]\n"
             "                           reads one message payload from stdin and prints it decoded\n"
             "                           (type chosen from the subject), e.g.\n"
@@ -129,11 +136,42 @@ static bool take_options(int argc, char **argv, char **kept, int *nkept, ctl_opt
     return true;
 }
 
-static int run_command(const char *cmd, const ts_config_t *cfg, const ctl_opts_t *o)
+/* Positional arguments each command takes after its name. */
+static int command_args(const char *cmd)
 {
+    static const struct {
+        const char *name;
+        int args;
+    } cmds[] = {{"cells", 0}, {"workers", 0}, {"watch", 0},    {"top", 0},
+                {"stats", 0}, {"decode", 0},  {"handover", 2}, {"drain", 1}};
+    for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
+        if (strcmp(cmds[i].name, cmd) == 0)
+            return cmds[i].args;
+    }
+    return -1;
+}
+
+static int run_command(char **args, int nargs, const ts_config_t *cfg, const ctl_opts_t *o)
+{
+    const char *cmd = args[0];
     long count = 0;
-    if (o->count && strcmp(cmd, "watch") != 0) {
-        fprintf(stderr, "tessera-ctl: --count only applies to watch\n");
+    int want = command_args(cmd);
+    if (want < 0) {
+        fprintf(stderr, "tessera-ctl: unknown command '%s'\n\n", cmd);
+        usage(stderr);
+        return TS_CTL_EXIT_USAGE;
+    }
+    if (nargs - 1 != want) {
+        if (nargs - 1 > want)
+            fprintf(stderr, "tessera-ctl: unexpected argument '%s' after '%s'\n", args[want + 1], cmd);
+        else
+            fprintf(stderr, "tessera-ctl: %s needs %s\n", cmd,
+                    strcmp(cmd, "handover") == 0 ? "CELL WORKER" : "WORKER");
+        return TS_CTL_EXIT_USAGE;
+    }
+    bool counted = strcmp(cmd, "watch") == 0 || strcmp(cmd, "top") == 0;
+    if (o->count && !counted) {
+        fprintf(stderr, "tessera-ctl: --count only applies to watch and top\n");
         return TS_CTL_EXIT_USAGE;
     }
     if ((o->subject || o->json) && strcmp(cmd, "decode") != 0) {
@@ -142,17 +180,21 @@ static int run_command(const char *cmd, const ts_config_t *cfg, const ctl_opts_t
     }
     if (strcmp(cmd, "cells") == 0)
         return ts_ctl_cells(cfg);
-    if (strcmp(cmd, "workers") == 0)
-        return ts_ctl_workers(cfg);
-    if (strcmp(cmd, "watch") == 0) {
+    if (counted) {
         int64_t v = 0;
         if (o->count && (ts_parse_i64(o->count, &v) != TS_OK || v < 1)) {
             fprintf(stderr, "tessera-ctl: --count must be a positive integer, got '%s'\n", o->count);
             return TS_CTL_EXIT_USAGE;
         }
         count = (long)v;
-        return ts_ctl_watch(cfg, count);
+        return strcmp(cmd, "top") == 0 ? ts_ctl_top(cfg, count) : ts_ctl_watch(cfg, count);
     }
+    if (strcmp(cmd, "handover") == 0)
+        return ts_ctl_handover(cfg, args[1], args[2]);
+    if (strcmp(cmd, "drain") == 0)
+        return ts_ctl_drain(cfg, args[1]);
+    if (strcmp(cmd, "stats") == 0)
+        return ts_ctl_stats(cfg);
     if (strcmp(cmd, "decode") == 0) {
         if (!o->subject || !*o->subject) {
             fprintf(stderr, "tessera-ctl: decode needs --subject SUBJECT\n");
@@ -160,9 +202,7 @@ static int run_command(const char *cmd, const ts_config_t *cfg, const ctl_opts_t
         }
         return ts_ctl_decode(o->subject, o->json, stdin, stdout);
     }
-    fprintf(stderr, "tessera-ctl: unknown command '%s'\n\n", cmd);
-    usage(stderr);
-    return TS_CTL_EXIT_USAGE;
+    return ts_ctl_workers(cfg); /* the only command left */
 }
 
 int main(int argc, char **argv)
@@ -203,12 +243,8 @@ int main(int argc, char **argv)
         usage(stderr);
         goto cleanup;
     }
-    if (nrest > 1) {
-        fprintf(stderr, "tessera-ctl: unexpected argument '%s' after '%s'\n", rest[1], rest[0]);
-        goto cleanup;
-    }
     install_signals();
-    rc = run_command(rest[0], &cfg, &opts);
+    rc = run_command(rest, nrest, &cfg, &opts);
 
 cleanup:
     ts_config_free(&cfg);

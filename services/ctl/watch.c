@@ -6,7 +6,9 @@
  * previous line (a worker seen for the first time, or whose counters went
  * back after a restart, contributes nothing for that second). ticks= is
  * ticks per second over all workers; cross-worker= transfers per second
- * into cells owned by another worker. */
+ * into cells owned by another worker; handovers= the leading orchestrator's
+ * handover count (tessera.ctl.<world>.stats, omitted while none answers;
+ * after a miss it is asked again STATS_BACKOFF_US later). */
 #include <stdlib.h>
 #include <string.h>
 
@@ -17,6 +19,8 @@
 #define LIVE_MS 3000
 #define PERIOD_MS 1000
 #define MAX_OWNERS_SHOWN 32
+#define STATS_TIMEOUT_MS 300
+#define STATS_BACKOFF_US 5000000ULL
 
 typedef struct {
     char owner[TS_WORKER_ID_MAX];
@@ -107,7 +111,7 @@ int ts_ctl_watch(const ts_config_t *cfg, long count)
         fprintf(stderr, "tessera-ctl: cannot subscribe to heartbeats on %s\n", cfg->nats_url);
         goto cleanup;
     }
-    uint64_t last = ts_mono_us(), next = last + PERIOD_MS * 1000ULL;
+    uint64_t last = ts_mono_us(), next = last + PERIOD_MS * 1000ULL, next_stats = 0;
     for (long lines = 0; !ts_ctl_stop && (count <= 0 || lines < count);) {
         uint64_t now = ts_mono_us();
         if (now < next) {
@@ -142,11 +146,21 @@ int ts_ctl_watch(const ts_config_t *cfg, long count)
         prev = cur;
         nprev = ncur;
 
-        char cells[1024];
+        char cells[1024], handovers[48] = "";
         describe_cells(cfg, &reg, cells, sizeof cells);
-        printf("%s entities=%llu inputs/s=%.0f ticks=%.0f transfers/s=%.1f cross-worker=%.1f\n", cells,
+        char *stats = NULL;
+        double n_handovers = 0;
+        if (now >= next_stats) {
+            if (ts_ctl_request(bus, (uint32_t)cfg->world_id, "stats", "", STATS_TIMEOUT_MS, &stats) == TS_OK &&
+                ts_ctl_json_number(stats, "handovers", &n_handovers))
+                snprintf(handovers, sizeof handovers, " handovers=%.0f", n_handovers);
+            else
+                next_stats = ts_mono_us() + STATS_BACKOFF_US;
+        }
+        free(stats);
+        printf("%s entities=%llu inputs/s=%.0f ticks=%.0f transfers/s=%.1f cross-worker=%.1f%s\n", cells,
                (unsigned long long)entities, (double)inputs / secs, (double)ticks / secs, (double)transfers / secs,
-               (double)remote / secs);
+               (double)remote / secs, handovers);
         fflush(stdout);
         lines++;
     }

@@ -1,38 +1,34 @@
 /* Orchestrator leadership: the Redis lock "orch.<world>", held by
- * "<hostname>-<pid>" with a TTL and renewed every TTL/3. Only the holder
- * writes to the registry. */
+ * "<hostname>-<pid>" with a TTL. A thread of its own (with its own Redis
+ * connection) renews it every TTL/3 while held and tries to take it every
+ * TTL/4 otherwise, so a long handover on the main loop never lets the lease
+ * lapse. Only the holder writes to the registry. */
 #ifndef TESSERA_ORCH_LEADER_H
 #define TESSERA_ORCH_LEADER_H
 
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "tessera/registry.h"
+#include "tessera/status.h"
 
-typedef enum {
-    TS_LEADER_SAME = 0, /* nothing changed (or nothing was due) */
-    TS_LEADER_GAINED,   /* this process just became the leader */
-    TS_LEADER_LOST,     /* this process was the leader and is not any more */
-} ts_leader_event_t;
+typedef struct ts_leader ts_leader_t;
 
-typedef struct {
-    char name[64];
-    char holder[128];
-    int64_t ttl_ms;
-    bool held;
-    uint64_t next_try_us;   /* monotonic time of the next acquire/renew */
-    uint64_t renewed_us;    /* monotonic time of the last successful acquire/renew */
-    ts_status_t last_error; /* of the last attempt, TS_OK if it reached Redis */
-    bool attempted;         /* the last ts_leader_poll call made an attempt */
-} ts_leader_t;
+/* Starts the lock thread. Free with ts_leader_stop. */
+ts_status_t ts_leader_start(ts_leader_t **out, uint32_t world, const char *redis_url, int64_t ttl_ms);
+/* Stops the thread and releases the lock if held. NULL is a no-op. */
+void ts_leader_stop(ts_leader_t *l);
 
-void ts_leader_init(ts_leader_t *l, uint32_t world, int64_t ttl_ms);
-/* Acquires or renews the lock when due (immediately after init, then every
- * TTL/3). A Redis error keeps the current state until the lease could have
- * expired (TTL since the last renewal), then reports LOST; l->last_error
- * tells the caller to reconnect. */
-ts_leader_event_t ts_leader_poll(ts_leader_t *l, ts_registry_t *reg, uint64_t now_us);
-/* Releases the lock if held (best effort). */
-void ts_leader_release(ts_leader_t *l, ts_registry_t *reg);
+/* True while this process may act as the leader: the lock is held and the
+ * last successful renewal is recent enough that the lease cannot have
+ * expired in Redis. Cheap; call before every registry write. */
+bool ts_leader_held(ts_leader_t *l);
+/* Whether the last attempt reached Redis (false: Redis unreachable, or no
+ * attempt yet). */
+bool ts_leader_reached(ts_leader_t *l);
+/* Lock name ("orch.<world>") and this process's holder id; static storage
+ * of l. */
+const char *ts_leader_name(const ts_leader_t *l);
+const char *ts_leader_holder(const ts_leader_t *l);
+int64_t ts_leader_ttl_ms(const ts_leader_t *l);
 
 #endif

@@ -113,10 +113,17 @@ static void test_defaults(void **state)
     assert_string_equal(cfg.worker_id, "w1");
     assert_int_equal(cfg.worker_tick_hz, 20);
     assert_int_equal(cfg.worker_capacity, 5000);
-    assert_int_equal(cfg.worker_hb_ms, 500);
+    assert_int_equal(cfg.worker_hb_ms, 250);
     assert_true(cfg.worker_max_speed == 50.0);
-    assert_int_equal(cfg.orch_hb_ttl_ms, 3000);
+    assert_int_equal(cfg.orch_hb_ttl_ms, 1500);
     assert_int_equal(cfg.orch_status_ms, 0);
+    assert_int_equal(cfg.orch_lock_ttl_ms, 2000);
+    assert_int_equal(cfg.orch_handover_timeout_ms, 1000);
+    assert_int_equal(cfg.orch_rebalance, 1);
+    assert_int_equal(cfg.orch_rebalance_interval_ms, 2000);
+    assert_int_equal(cfg.orch_rebalance_cooldown_ms, 10000);
+    assert_true(cfg.orch_rebalance_threshold == 0.25);
+    assert_int_equal(cfg.orch_rebalance_hysteresis, 3);
     assert_int_equal(cfg.sim_players, 1000);
     assert_int_equal(cfg.sim_rate_hz, 5);
     assert_int_equal(cfg.sim_duration_s, 0);
@@ -458,11 +465,11 @@ static void test_set_and_free(void **state)
     assert_int_equal(load(&cfg, argv.argc, argv.argv, err, sizeof err), TS_OK);
     assert_int_equal(ts_config_set(&cfg, "worker.id", "w42", err, sizeof err), TS_OK);
     assert_string_equal(cfg.worker_id, "w42");
-    assert_int_equal(ts_config_set(&cfg, "worker.hb_ms", "250", err, sizeof err), TS_OK);
-    assert_int_equal(cfg.worker_hb_ms, 250);
+    assert_int_equal(ts_config_set(&cfg, "worker.hb_ms", "300", err, sizeof err), TS_OK);
+    assert_int_equal(cfg.worker_hb_ms, 300);
     assert_int_equal(ts_config_set(&cfg, "worker.hb_ms", "soon", err, sizeof err), TS_ERR_CONFIG);
     assert_non_null(strstr(err, "worker.hb_ms"));
-    assert_int_equal(cfg.worker_hb_ms, 250); /* unchanged on error */
+    assert_int_equal(cfg.worker_hb_ms, 300); /* unchanged on error */
     assert_int_equal(ts_config_set(&cfg, "nope", "1", err, sizeof err), TS_ERR_CONFIG);
     assert_non_null(strstr(err, "nope"));
     ts_config_free(&cfg);

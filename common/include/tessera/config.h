@@ -59,6 +59,14 @@ typedef struct {
     /* orchestrator */
     int64_t orch_hb_ttl_ms;
     int64_t orch_status_ms;
+    int64_t orch_lock_ttl_ms;        /* leader lock TTL */
+    int64_t orch_handover_timeout_ms; /* per handover request */
+    int64_t orch_recovery_grace_ms;  /* never-seen workers keep their cells this long after gaining the lead */
+    int64_t orch_rebalance;          /* 1: move cells from hot to cold workers */
+    int64_t orch_rebalance_interval_ms;
+    int64_t orch_rebalance_cooldown_ms;
+    double orch_rebalance_threshold; /* hottest load above (1+threshold)*mean triggers a move */
+    int64_t orch_rebalance_hysteresis; /* consecutive evaluations over the threshold */
 
     /* sim */
     int64_t sim_players;

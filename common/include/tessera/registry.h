@@ -6,6 +6,7 @@
  *   ts:{w<world>}:cells           set   cell keys
  *   ts:{w<world>}:cell:<key>      hash  owner epoch state parent children
  *   ts:{w<world>}:version         counter, bumped by every change
+ *   ts:{w<world>}:draining        set   workers being drained (orchestrator)
  *   ts:worker:<id>                hash  capacity started_ms
  *   ts:worker:<id>:alive          string with a TTL (liveness)
  *   ts:workers                    set   known worker ids
@@ -82,6 +83,13 @@ ts_status_t ts_registry_lock(ts_registry_t *reg, const char *name, const char *h
                              bool *held);
 /* Releases only if holder holds it. */
 ts_status_t ts_registry_unlock(ts_registry_t *reg, const char *name, const char *holder);
+
+/* Workers of a world that are being drained (their cells handed away), so a
+ * new orchestrator leader carries on. */
+ts_status_t ts_registry_draining_add(ts_registry_t *reg, uint32_t world, const char *id);
+ts_status_t ts_registry_draining_remove(ts_registry_t *reg, uint32_t world, const char *id);
+/* Caller frees with ts_registry_free_list. */
+ts_status_t ts_registry_draining(ts_registry_t *reg, uint32_t world, char ***ids, size_t *n);
 
 /* Deletes every key of a world (tests, make run). */
 ts_status_t ts_registry_world_reset(ts_registry_t *reg, uint32_t world);

@@ -1,0 +1,125 @@
+/* Orchestrator statistics. Invariants: every field is read and written under
+ * the mutex; the rings hold the most recent min(nsamples, TS_STATS_WINDOW)
+ * handovers, the oldest overwritten first. */
+#include "stats.h"
+
+#include <ctype.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tessera/util.h"
+
+void ts_stats_init(ts_stats_t *s)
+{
+    memset(s, 0, sizeof *s);
+    pthread_mutex_init(&s->mu, NULL);
+}
+
+void ts_stats_free(ts_stats_t *s)
+{
+    pthread_mutex_destroy(&s->mu);
+}
+
+void ts_stats_count(ts_stats_t *s, ts_stat_counter_t which)
+{
+    pthread_mutex_lock(&s->mu);
+    switch (which) {
+    case TS_STAT_HANDOVER:
+        s->handovers++;
+        break;
+    case TS_STAT_ABORTED:
+        s->aborted++;
+        break;
+    case TS_STAT_FAILED:
+        s->failed++;
+        break;
+    case TS_STAT_REFUSED:
+        s->refused++;
+        break;
+    case TS_STAT_REBALANCE_MOVE:
+        s->rebalance_moves++;
+        break;
+    case TS_STAT_DRAIN_MOVE:
+        s->drain_moves++;
+        break;
+    }
+    pthread_mutex_unlock(&s->mu);
+}
+
+void ts_stats_sample(ts_stats_t *s, uint64_t freeze_us, uint64_t total_us)
+{
+    pthread_mutex_lock(&s->mu);
+    size_t i = s->nsamples++ % TS_STATS_WINDOW;
+    s->freeze_us[i] = (double)freeze_us;
+    s->total_us[i] = (double)total_us;
+    pthread_mutex_unlock(&s->mu);
+}
+
+void ts_stats_recovered(ts_stats_t *s, uint64_t recovery_ms)
+{
+    pthread_mutex_lock(&s->mu);
+    s->recoveries++;
+    s->recovery_ms_last = recovery_ms;
+    pthread_mutex_unlock(&s->mu);
+}
+
+/* Holds mu. ts_percentile sorts, so it works on a copy. */
+static double pct_locked(const ts_stats_t *s, const double *ring, double pct)
+{
+    size_t n = s->nsamples < TS_STATS_WINDOW ? s->nsamples : TS_STATS_WINDOW;
+    if (n == 0)
+        return 0;
+    double *copy = malloc(n * sizeof *copy);
+    if (!copy)
+        return 0;
+    memcpy(copy, ring, n * sizeof *copy);
+    double v = ts_percentile(copy, n, pct);
+    free(copy);
+    return v;
+}
+
+double ts_stats_freeze_pct(ts_stats_t *s, double pct)
+{
+    pthread_mutex_lock(&s->mu);
+    double v = pct_locked(s, s->freeze_us, pct);
+    pthread_mutex_unlock(&s->mu);
+    return v;
+}
+
+double ts_stats_total_pct(ts_stats_t *s, double pct)
+{
+    pthread_mutex_lock(&s->mu);
+    double v = pct_locked(s, s->total_us, pct);
+    pthread_mutex_unlock(&s->mu);
+    return v;
+}
+
+/* The holder is a hostname and a pid; anything that would need escaping in
+ * JSON is replaced. */
+static void json_safe(char *dst, const char *src, size_t cap)
+{
+    size_t k = 0;
+    for (; src && *src && k + 1 < cap; src++)
+        dst[k++] = (*src == '"' || *src == '\\' || !isprint((unsigned char)*src)) ? '_' : *src;
+    dst[k] = '\0';
+}
+
+int ts_stats_json(ts_stats_t *s, const char *leader, char *buf, size_t cap)
+{
+    char holder[160];
+    json_safe(holder, leader, sizeof holder);
+    pthread_mutex_lock(&s->mu);
+    int n =
+        snprintf(buf, cap,
+                 "{\"leader\":\"%s\",\"handovers\":%" PRIu64 ",\"aborted\":%" PRIu64 ",\"failed\":%" PRIu64
+                 ",\"refused\":%" PRIu64 ",\"freeze_us_p50\":%.0f,\"freeze_us_p99\":%.0f,\"total_us_p50\":%.0f"
+                 ",\"total_us_p99\":%.0f,\"recoveries\":%" PRIu64 ",\"recovery_ms_last\":%" PRIu64
+                 ",\"rebalance_moves\":%" PRIu64 ",\"drain_moves\":%" PRIu64 "}",
+                 holder, s->handovers, s->aborted, s->failed, s->refused, pct_locked(s, s->freeze_us, 50),
+                 pct_locked(s, s->freeze_us, 99), pct_locked(s, s->total_us, 50), pct_locked(s, s->total_us, 99),
+                 s->recoveries, s->recovery_ms_last, s->rebalance_moves, s->drain_moves);
+    pthread_mutex_unlock(&s->mu);
+    return n < 0 || (size_t)n >= cap ? -1 : n;
+}
