@@ -13,12 +13,13 @@
  *      registry, and to all of them reported bound by the surviving worker
  *      (median of several runs; the killed worker is restarted and given its
  *      cells back between runs);
- *   4. the sim's verdict: inputs sent, acknowledged and applied.
+ *   4. the sim's verdict: inputs sent, acknowledged and applied (and, when
+ *      they differ, the input ledger's account of which inputs of which
+ *      entities went missing, where and when).
  * It is bounded: every phase has a deadline and the whole run stays under
  * three minutes. Exit status 0 when every figure was measured, 1 otherwise
  * (targets missed are reported, not fatal). */
 #include <inttypes.h>
-#include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -33,6 +34,8 @@
 #include <cmocka.h>
 
 #include "harness.h"
+#include "ledger.h"
+#include "probe.h"
 #include "tessera/log.h"
 #include "tessera/proto.h"
 #include "tessera/subject.h"
@@ -60,117 +63,30 @@ typedef struct {
 static ts_h_t H;
 static ts_bus_t *bus;
 static ts_registry_t *reg;
-static ts_bus_sub_t *hb_sub;
+static ts_probe_t *probe;
+static ts_ledger_t *ledger;
 static int w2_idx = -1;
 static int w2_restarts;
 static int sim_idx = -1;
 
-/* ---- heartbeats ---------------------------------------------------------------- */
-
-#define HB_WORKERS 4
-typedef struct {
-    char worker[TS_WORKER_ID_MAX];
-    uint64_t received_us;
-    uint64_t inputs_applied;
-    double tick_p99_ms;
-    size_t ncells;
-    ts_cell_t cells[NCELLS];
-    uint64_t epochs[NCELLS];
-} hb_last_t;
-
-static struct {
-    pthread_mutex_t mu;
-    size_t n;
-    hb_last_t w[HB_WORKERS];
-} HBW = {.mu = PTHREAD_MUTEX_INITIALIZER};
-
-static void on_heartbeat(void *ud, const ts_bus_msg_t *m)
-{
-    (void)ud;
-    Tessera__V1__Heartbeat *hb = tessera__v1__heartbeat__unpack(NULL, ts_bus_msg_len(m), ts_bus_msg_data(m));
-    if (hb == NULL) return;
-    pthread_mutex_lock(&HBW.mu);
-    size_t i = 0;
-    while (i < HBW.n && strcmp(HBW.w[i].worker, hb->worker) != 0)
-        i++;
-    if (i == HBW.n && HBW.n < HB_WORKERS) ts_strlcpy(HBW.w[HBW.n++].worker, hb->worker, TS_WORKER_ID_MAX);
-    if (i < HBW.n) {
-        hb_last_t *l = &HBW.w[i];
-        l->received_us = ts_mono_us();
-        l->inputs_applied = hb->inputs_applied;
-        l->tick_p99_ms = hb->tick_p99_ms;
-        l->ncells = 0;
-        for (size_t k = 0; k < hb->n_cells && l->ncells < NCELLS; k++) {
-            if (hb->cells[k]->cell && ts_proto_cell_get(hb->cells[k]->cell, &l->cells[l->ncells]) == TS_OK)
-                l->epochs[l->ncells++] = hb->cells[k]->epoch;
-        }
-    }
-    pthread_mutex_unlock(&HBW.mu);
-    tessera__v1__heartbeat__free_unpacked(hb, NULL);
-}
-
-static bool hb_get(const char *worker, hb_last_t *out)
-{
-    bool found = false;
-    pthread_mutex_lock(&HBW.mu);
-    for (size_t i = 0; i < HBW.n && !found; i++) {
-        if (strcmp(HBW.w[i].worker, worker) == 0) {
-            *out = HBW.w[i];
-            found = true;
-        }
-    }
-    pthread_mutex_unlock(&HBW.mu);
-    return found;
-}
-
-static bool hb_bound(const hb_last_t *l, const ts_cell_entry_t *want, size_t n)
-{
-    for (size_t i = 0; i < n; i++) {
-        bool found = false;
-        for (size_t k = 0; k < l->ncells && !found; k++)
-            found = ts_cell_eq(&l->cells[k], &want[i].cell) && l->epochs[k] >= want[i].epoch;
-        if (!found) return false;
-    }
-    return true;
-}
-
 /* ---- control requests -------------------------------------------------------------- */
 
-static ts_status_t ctl(const char *verb, const char *payload, int64_t timeout_ms, char *out, size_t cap)
-{
-    char subject[64];
-    snprintf(subject, sizeof subject, "tessera.ctl.%d.%s", WORLD, verb);
-    ts_bus_hdr_t hdr = {.type = "text/plain"};
-    ts_bus_msg_t *m = NULL;
-    out[0] = '\0';
-    ts_status_t st = ts_bus_request(bus, subject, &hdr, payload, strlen(payload), timeout_ms, &m);
-    if (st != TS_OK) return st;
-    size_t n = ts_bus_msg_len(m) < cap - 1 ? ts_bus_msg_len(m) : cap - 1;
-    memcpy(out, ts_bus_msg_data(m), n);
-    out[n] = '\0';
-    ts_bus_msg_destroy(m);
-    return TS_OK;
-}
-
-/* Moves cell to worker `to`. On success fills freeze/total (us) if not NULL. */
+/* Moves cell to worker `to`; on success fills freeze / total (us) when not
+ * NULL. reply receives the orchestrator's answer. */
 static bool handover(const ts_cell_t *cell, const char *to, double *freeze_us, double *total_us, char *reply,
                      size_t cap)
 {
     char key[TS_CELL_STR_MAX], payload[160];
     ts_cell_format(cell, key, sizeof key);
     snprintf(payload, sizeof payload, "%s %s", key, to);
-    if (ctl("handover", payload, CTL_TIMEOUT_MS, reply, cap) != TS_OK) {
+    if (ts_probe_ctl(bus, WORLD, "handover", payload, CTL_TIMEOUT_MS, reply, cap) != TS_OK) {
         snprintf(reply, cap, "no reply");
         return false;
     }
-    char from[TS_WORKER_ID_MAX], dest[TS_WORKER_ID_MAX];
-    uint64_t e0, e1, fr, tot;
-    if (sscanf(reply,
-               "ok %63[^-]->%63s epoch %" SCNu64 "->%" SCNu64 " freeze_us=%" SCNu64 " total_us=%" SCNu64,
-               from, dest, &e0, &e1, &fr, &tot) != 6)
-        return false;
-    if (freeze_us) *freeze_us = (double)fr;
-    if (total_us) *total_us = (double)tot;
+    ts_probe_handover_t r;
+    if (!ts_probe_parse_handover(reply, &r)) return false;
+    if (freeze_us) *freeze_us = (double)r.freeze_us;
+    if (total_us) *total_us = (double)r.total_us;
     return true;
 }
 
@@ -180,7 +96,7 @@ static int spawn_worker(const char *id, const char *name)
 {
     char arg[64];
     snprintf(arg, sizeof arg, "--worker.id=%s", id);
-    const char *args[] = {arg, "--worker.hb_ms=250", "--orch.hb_ttl_ms=1500", "--log.level=warn", NULL};
+    const char *args[] = {arg, "--worker.hb_ms=250", "--orch.hb_ttl_ms=1500", NULL};
     return ts_h_spawn(&H, name, "tessera-worker", args);
 }
 
@@ -190,9 +106,12 @@ static bool wait_ready(void)
     uint64_t deadline = ts_mono_us() + WAIT_MS * 1000ULL;
     bool ctl_ok = false, bound = false;
     while (ts_mono_us() < deadline && !(ctl_ok && bound)) {
-        if (!ctl_ok) ctl_ok = ctl("stats", "", 500, reply, sizeof reply) == TS_OK && reply[0] == '{';
-        hb_last_t a, b;
-        bound = hb_get("w1", &a) && hb_get("w2", &b) && a.ncells + b.ncells == NCELLS;
+        if (!ctl_ok)
+            ctl_ok =
+                ts_probe_ctl(bus, WORLD, "stats", "", 500, reply, sizeof reply) == TS_OK && reply[0] == '{';
+        ts_probe_hb_t a, b;
+        bound = ts_probe_heartbeat(probe, "w1", &a) && ts_probe_heartbeat(probe, "w2", &b) &&
+                a.ncells + b.ncells == NCELLS;
         ts_sleep_ms(100);
     }
     if (!ctl_ok)
@@ -210,7 +129,7 @@ static bool cluster_start(const options_t *o)
         fprintf(stderr, "tessera-bench: cannot connect to the servers it started\n");
         return false;
     }
-    if (ts_bus_subscribe(bus, "tessera.worker.*.hb", on_heartbeat, NULL, &hb_sub) != TS_OK) return false;
+    if (ts_probe_create(&probe, bus) != TS_OK || ts_ledger_create(&ledger, bus, WORLD) != TS_OK) return false;
     const char *orch[] = {"--orch.rebalance=0", "--orch.hb_ttl_ms=1500", NULL};
     ts_h_spawn(&H, "orch", "tessera-orch", orch);
     spawn_worker("w1", "w1");
@@ -226,25 +145,16 @@ static bool cluster_start(const options_t *o)
 
 /* ---- phases ------------------------------------------------------------------------- */
 
-static uint64_t applied_total(void)
-{
-    uint64_t sum = 0;
-    pthread_mutex_lock(&HBW.mu);
-    for (size_t i = 0; i < HBW.n; i++)
-        sum += HBW.w[i].inputs_applied;
-    pthread_mutex_unlock(&HBW.mu);
-    return sum;
-}
-
 static double measure_throughput(int seconds, double *tick_p99_ms)
 {
-    uint64_t a0 = applied_total(), t0 = ts_mono_us();
+    uint64_t a0 = ts_probe_inputs_applied(probe), t0 = ts_mono_us();
     ts_sleep_ms((int64_t)seconds * 1000);
-    uint64_t a1 = applied_total(), t1 = ts_mono_us();
+    uint64_t a1 = ts_probe_inputs_applied(probe), t1 = ts_mono_us();
     *tick_p99_ms = 0;
-    hb_last_t l;
+    ts_probe_hb_t l;
     for (int i = 0; i < 2; i++)
-        if (hb_get(i ? "w2" : "w1", &l) && l.tick_p99_ms > *tick_p99_ms) *tick_p99_ms = l.tick_p99_ms;
+        if (ts_probe_heartbeat(probe, i ? "w2" : "w1", &l) && l.tick_p99_ms > *tick_p99_ms)
+            *tick_p99_ms = l.tick_p99_ms;
     return (double)(a1 - a0) / ((double)(t1 - t0) / 1e6);
 }
 
@@ -313,20 +223,24 @@ static bool run_recovery(double *registry_ms, double *bound_ms)
 
     uint64_t t_kill = ts_mono_us();
     ts_h_signal(&H, w2_idx, SIGKILL);
-    ts_cell_entry_t moved[NCELLS];
+    ts_probe_cell_t moved[NCELLS];
     *registry_ms = *bound_ms = -1;
     while (ts_mono_us() - t_kill < RECOVERY_TIMEOUT_US && (*registry_ms < 0 || *bound_ms < 0)) {
         if (*registry_ms < 0) {
             size_t done = 0;
             for (size_t i = 0; i < nlost; i++) {
-                if (ts_registry_cell_get(reg, &lost[i].cell, &moved[i]) == TS_OK &&
-                    strcmp(moved[i].owner, "w2") != 0 && moved[i].epoch > lost[i].epoch)
+                ts_cell_entry_t e;
+                if (ts_registry_cell_get(reg, &lost[i].cell, &e) == TS_OK && strcmp(e.owner, "w2") != 0 &&
+                    e.epoch > lost[i].epoch) {
+                    moved[i] = (ts_probe_cell_t){e.cell, e.epoch};
                     done++;
+                }
             }
             if (done == nlost) *registry_ms = (double)(ts_mono_us() - t_kill) / 1000;
         } else {
-            hb_last_t l;
-            if (hb_get("w1", &l) && l.received_us > t_kill && hb_bound(&l, moved, nlost))
+            ts_probe_hb_t l;
+            if (ts_probe_heartbeat(probe, "w1", &l) && l.received_us > t_kill &&
+                ts_probe_hb_lists(&l, moved, nlost))
                 *bound_ms = (double)(l.received_us - t_kill) / 1000;
         }
         ts_sleep_ms(10);
@@ -337,8 +251,9 @@ static bool run_recovery(double *registry_ms, double *bound_ms)
     w2_idx = spawn_worker("w2", name);
     /* wait for the new w2 to be alive before handing it cells */
     uint64_t t_spawn = ts_mono_us();
-    hb_last_t l;
-    while (!(hb_get("w2", &l) && l.received_us > t_spawn) && ts_mono_us() - t_spawn < WAIT_MS * 1000ULL)
+    ts_probe_hb_t l;
+    while (!(ts_probe_heartbeat(probe, "w2", &l) && l.received_us > t_spawn) &&
+           ts_mono_us() - t_spawn < WAIT_MS * 1000ULL)
         ts_sleep_ms(50);
     return *registry_ms >= 0 && *bound_ms >= 0;
 }
@@ -365,20 +280,19 @@ static void cpu_model(char *out, size_t cap)
     fclose(f);
 }
 
-/* Stops the sim and reads its verdict line. */
-static bool sim_verdict(int idx, char *out, size_t cap, bool *exact)
+/* Stops the sim and reads its verdict; on a mismatch the ledger says which
+ * inputs went missing, timed from since_us. */
+static void sim_verdict(int idx, uint64_t since_us, ts_probe_verdict_t *v)
 {
     ts_h_signal(&H, idx, SIGINT);
     ts_h_wait(&H, idx, 30000);
     char *log = ts_h_read_log(&H, idx);
-    const char *line = log ? strstr(log, "sim: done ") : NULL;
-    unsigned long long sent = 0, acked = 0, applied = 0;
-    bool parsed =
-        line && sscanf(line, "sim: done sent=%llu acked=%llu applied=%llu", &sent, &acked, &applied) == 3;
-    snprintf(out, cap, "sent=%llu acked=%llu applied=%llu", sent, acked, applied);
-    *exact = parsed && sent > 0 && sent == acked && acked == applied;
+    ts_probe_sim_verdict(log, v);
     free(log);
-    return parsed;
+    if (!ts_probe_verdict_exact(v)) {
+        ts_sleep_ms(500);
+        ts_ledger_report(ledger, stderr, "the first handover", since_us, 5);
+    }
 }
 
 /* ---- main ---------------------------------------------------------------------------- */
@@ -457,8 +371,8 @@ int main(int argc, char **argv)
     double reg_ms[MAX_KILLS], bound_ms[MAX_KILLS];
     int kills_done = 0, handovers_ok = 0, handover_errors = 0;
     double throughput = 0, tick_p99 = 0;
-    char sim_line[160] = "not run";
-    bool sim_exact = false;
+    ts_probe_verdict_t sim = {.line = "not run"};
+    uint64_t t_handovers = 0;
 
     printf("tessera-bench: %ld CPUs (%s); %d sim players at %d inputs/s each\n", ncpu, cpu, o.players,
            o.rate_hz);
@@ -475,6 +389,7 @@ int main(int argc, char **argv)
 
     printf("running %d handovers under load...\n", o.handovers);
     fflush(stdout);
+    t_handovers = ts_mono_us();
     handovers_ok = run_handovers(o.handovers, freeze, total, &handover_errors);
 
     for (int k = 0; k < o.kills; k++) {
@@ -483,7 +398,7 @@ int main(int argc, char **argv)
         if (!restore_layout() || !run_recovery(&reg_ms[kills_done], &bound_ms[kills_done])) break;
         kills_done++;
     }
-    sim_verdict(sim_idx, sim_line, sizeof sim_line, &sim_exact);
+    sim_verdict(sim_idx, t_handovers, &sim);
 
     double fr50 = ts_percentile(freeze, (size_t)handovers_ok, 50);
     double fr99 = ts_percentile(freeze, (size_t)handovers_ok, 99);
@@ -511,16 +426,17 @@ int main(int argc, char **argv)
            verdict(kills_done > 0 && bound_med <= RECOVERY_TARGET_MS));
     printf("inputs applied            %8.0f /s sustained over %d s (offered %d/s), worker tick p99 %.2f ms\n",
            throughput, o.throughput_s, o.players * o.rate_hz, tick_p99);
-    printf("sim verdict               %s (%s)\n", sim_line,
-           sim_exact ? "no input lost or doubled" : "MISMATCH");
+    printf("sim verdict               %s (%s)\n", sim.line,
+           ts_probe_verdict_exact(&sim) ? "no input lost or doubled" : "MISMATCH");
     printf("bench took %.0f s\n", (double)(ts_mono_us() - t_start) / 1e6);
     rc = handovers_ok > 0 && kills_done == o.kills ? 0 : 1;
-    if (!sim_exact) H.failed = true;
+    if (!ts_probe_verdict_exact(&sim)) H.failed = true;
 
 done:
     fflush(stdout);
     if (rc != 0) H.failed = true;
-    ts_bus_sub_destroy(hb_sub);
+    ts_ledger_destroy(ledger);
+    ts_probe_destroy(probe);
     ts_bus_destroy(bus);
     ts_registry_destroy(reg);
     ts_h_stop(&H);

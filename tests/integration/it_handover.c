@@ -31,6 +31,8 @@
 #include <cmocka.h>
 
 #include "harness.h"
+#include "ledger.h"
+#include "probe.h"
 #include "tessera/client.h"
 #include "tessera/log.h"
 #include "tessera/proto.h"
@@ -97,6 +99,11 @@ typedef struct {
 } player_t;
 
 static player_t P[NPLAYERS];
+
+/* Watching the cluster for the whole group (bus hb_bus). */
+static ts_bus_t *hb_bus;
+static ts_probe_t *probe;
+static ts_ledger_t *ledger;
 
 /* What a test holds, released by its teardown even when it fails. */
 static ts_bus_t *t_bus;
@@ -338,128 +345,7 @@ static void player_assert_exact(player_t *p, int i)
     }
 }
 
-/* ---- bus helpers ------------------------------------------------------------- */
-
-/* Latest heartbeat per worker. */
-#define HB_WORKERS 4
-#define HB_CELLS 32
-typedef struct {
-    ts_cell_t cell;
-    uint64_t epoch;
-} hb_cell_t;
-typedef struct {
-    char worker[TS_WORKER_ID_MAX];
-    uint64_t received_us;
-    size_t ncells;
-    hb_cell_t cells[HB_CELLS];
-} hb_last_t;
-typedef struct {
-    pthread_mutex_t mu;
-    size_t n;
-    hb_last_t w[HB_WORKERS];
-} hbwatch_t;
-
-static hbwatch_t HBW = {.mu = PTHREAD_MUTEX_INITIALIZER};
-
-static void on_heartbeat(void *ud, const ts_bus_msg_t *m)
-{
-    hbwatch_t *hw = ud;
-    Tessera__V1__Heartbeat *hb = tessera__v1__heartbeat__unpack(NULL, ts_bus_msg_len(m), ts_bus_msg_data(m));
-    if (hb == NULL) return;
-    pthread_mutex_lock(&hw->mu);
-    size_t i = 0;
-    while (i < hw->n && strcmp(hw->w[i].worker, hb->worker) != 0)
-        i++;
-    if (i == hw->n && hw->n < HB_WORKERS) ts_strlcpy(hw->w[hw->n++].worker, hb->worker, TS_WORKER_ID_MAX);
-    if (i < hw->n) {
-        hb_last_t *l = &hw->w[i];
-        l->received_us = ts_mono_us();
-        l->ncells = 0;
-        for (size_t k = 0; k < hb->n_cells && l->ncells < HB_CELLS; k++) {
-            ts_cell_t c;
-            if (hb->cells[k]->cell && ts_proto_cell_get(hb->cells[k]->cell, &c) == TS_OK)
-                l->cells[l->ncells++] = (hb_cell_t){c, hb->cells[k]->epoch};
-        }
-    }
-    pthread_mutex_unlock(&hw->mu);
-    tessera__v1__heartbeat__free_unpacked(hb, NULL);
-}
-
-static bool hb_get(const char *worker, hb_last_t *out)
-{
-    bool found = false;
-    pthread_mutex_lock(&HBW.mu);
-    for (size_t i = 0; i < HBW.n && !found; i++) {
-        if (strcmp(HBW.w[i].worker, worker) == 0) {
-            *out = HBW.w[i];
-            found = true;
-        }
-    }
-    pthread_mutex_unlock(&HBW.mu);
-    return found;
-}
-
-static void hb_reset(void)
-{
-    pthread_mutex_lock(&HBW.mu);
-    HBW.n = 0;
-    pthread_mutex_unlock(&HBW.mu);
-}
-
-static bool hb_has_cell(const hb_last_t *l, const ts_cell_t *c)
-{
-    for (size_t i = 0; i < l->ncells; i++)
-        if (ts_cell_eq(&l->cells[i].cell, c)) return true;
-    return false;
-}
-
-/* Sends a text request to tessera.ctl.<world>.<verb>; the reply text goes
- * into out. */
-static ts_status_t ctl(ts_bus_t *bus, const char *verb, const char *payload, int64_t timeout_ms, char *out,
-                       size_t cap)
-{
-    char subject[64];
-    snprintf(subject, sizeof subject, "tessera.ctl.%d.%s", WORLD, verb);
-    ts_bus_hdr_t hdr = {.type = "text/plain"};
-    ts_bus_msg_t *m = NULL;
-    out[0] = '\0';
-    ts_status_t st = ts_bus_request(bus, subject, &hdr, payload, strlen(payload), timeout_ms, &m);
-    if (st != TS_OK) return st;
-    size_t n = ts_bus_msg_len(m) < cap - 1 ? ts_bus_msg_len(m) : cap - 1;
-    memcpy(out, ts_bus_msg_data(m), n);
-    out[n] = '\0';
-    ts_bus_msg_destroy(m);
-    return TS_OK;
-}
-
-static bool json_number(const char *json, const char *key, double *out)
-{
-    char pattern[64];
-    snprintf(pattern, sizeof pattern, "\"%s\"", key);
-    const char *p = strstr(json, pattern);
-    if (p == NULL) return false;
-    p += strlen(pattern);
-    while (*p == ' ' || *p == ':')
-        p++;
-    char *end;
-    double v = strtod(p, &end);
-    if (end == p) return false;
-    *out = v;
-    return true;
-}
-
-typedef struct {
-    char from[TS_WORKER_ID_MAX], to[TS_WORKER_ID_MAX];
-    uint64_t epoch_from, epoch_to, freeze_us, total_us;
-} ho_ok_t;
-
-/* Parses "ok <from>-><to> epoch <E>-><E+1> freeze_us=<n> total_us=<n>". */
-static bool parse_ok(const char *reply, ho_ok_t *r)
-{
-    return sscanf(reply,
-                  "ok %63[^-]->%63s epoch %" SCNu64 "->%" SCNu64 " freeze_us=%" SCNu64 " total_us=%" SCNu64,
-                  r->from, r->to, &r->epoch_from, &r->epoch_to, &r->freeze_us, &r->total_us) == 6;
-}
+/* ---- bus and registry helpers ------------------------------------------------- */
 
 static ts_bus_t *bus_connect(void)
 {
@@ -491,26 +377,23 @@ static int sim_start(const char *name, int seed)
 }
 
 /* Stops the sim and checks its verdict: every input it sent was
- * acknowledged and applied exactly once. */
-static void sim_verify(int idx)
+ * acknowledged and applied exactly once. On a mismatch the ledger names
+ * what went missing. */
+static void sim_verify(int idx, uint64_t event_us, const char *event)
 {
     ts_h_signal(&H, idx, SIGINT);
     int rc = ts_h_wait(&H, idx, 30000);
     char *log = ts_h_read_log(&H, idx);
-    assert_non_null(log);
-    char verdict[256] = "none";
-    const char *line = strstr(log, "sim: done ");
-    if (line != NULL) sscanf(line, "%255[^\n]", verdict);
-    unsigned long long sent = 0, acked = 0, applied = 0;
-    bool parsed =
-        line && sscanf(line, "sim: done sent=%llu acked=%llu applied=%llu", &sent, &acked, &applied) == 3;
-    if (rc != 0 || !parsed || sent == 0 || sent != acked || acked != applied) {
-        H.failed = true;
-        free(log);
-        fail_msg("sim: exit %d, want 0 with applied == acked == sent > 0; its verdict: %s", rc, verdict);
-    }
-    fprintf(stderr, "sim: sent=%llu acked=%llu applied=%llu\n", sent, acked, applied);
+    ts_probe_verdict_t v;
+    ts_probe_sim_verdict(log, &v);
     free(log);
+    fprintf(stderr, "%s\n", v.line);
+    if (rc != 0 || !ts_probe_verdict_exact(&v)) {
+        ts_sleep_ms(500);
+        ts_ledger_report(ledger, stderr, event, event_us, 5);
+        H.failed = true;
+        fail_msg("sim: exit %d, want 0 with applied == acked == sent > 0; its verdict: %s", rc, v.line);
+    }
 }
 
 /* ---- tests ---------------------------------------------------------------------- */
@@ -543,6 +426,7 @@ static void test_handovers_under_load(void **state)
     uint64_t moved[NCELLS] = {0};
     char reply[512];
     players_watch(true);
+    uint64_t t_first = ts_mono_us();
     uint64_t phase_end = ts_mono_us() + HANDOVER_PHASE_MS * 1000ULL;
     for (int i = 0; i < HANDOVERS; i++) {
         if (ts_mono_us() > phase_end) {
@@ -562,17 +446,17 @@ static void test_handovers_under_load(void **state)
         char key[TS_CELL_STR_MAX], payload[160];
         ts_cell_format(&e->cell, key, sizeof key);
         snprintf(payload, sizeof payload, "%s %s", key, to);
-        ts_status_t st = ctl(bus, "handover", payload, CTL_TIMEOUT_MS, reply, sizeof reply);
+        ts_status_t st = ts_probe_ctl(bus, WORLD, "handover", payload, CTL_TIMEOUT_MS, reply, sizeof reply);
         if (st != TS_OK) {
             H.failed = true;
             fail_msg("handover %d (%s): no reply from the orchestrator: %s", i, payload, ts_status_str(st));
         }
-        ho_ok_t r;
+        ts_probe_handover_t r;
         if (strncmp(reply, "error:", 6) == 0 && (strstr(reply, "in flight") || strstr(reply, "busy"))) {
             busy++;
             continue;
         }
-        if (!parse_ok(reply, &r)) {
+        if (!ts_probe_parse_handover(reply, &r)) {
             H.failed = true;
             fail_msg("handover %d (%s, registry says %s at epoch %" PRIu64 "): reply \"%s\"", i, payload,
                      e->owner, e->epoch, reply);
@@ -615,15 +499,15 @@ static void test_handovers_under_load(void **state)
     /* each worker's heartbeat lists exactly the cells the registry gives it */
     ts_sleep_ms(1500);
     for (int w = 0; w < 2; w++) {
-        hb_last_t l;
-        assert_true(hb_get(WORKERS[w], &l));
+        ts_probe_hb_t l;
+        assert_true(ts_probe_heartbeat(probe, WORKERS[w], &l));
         size_t want = 0;
         for (size_t k = 0; k < n; k++) {
             if (strcmp(cells[k].owner, WORKERS[w]) != 0) continue;
             want++;
             char key[TS_CELL_STR_MAX];
             ts_cell_format(&cells[k].cell, key, sizeof key);
-            if (!hb_has_cell(&l, &cells[k].cell)) {
+            if (!ts_probe_hb_has(&l, &cells[k].cell)) {
                 H.failed = true;
                 fail_msg("%s owns %s in the registry but its heartbeat does not list it", WORKERS[w], key);
             }
@@ -631,12 +515,12 @@ static void test_handovers_under_load(void **state)
         assert_int_equal(l.ncells, want);
     }
 
-    if (ctl(bus, "stats", "", CTL_TIMEOUT_MS, reply, sizeof reply) == TS_OK) {
+    if (ts_probe_ctl(bus, WORLD, "stats", "", CTL_TIMEOUT_MS, reply, sizeof reply) == TS_OK) {
         double handovers = 0, p50 = 0, p99 = 0;
-        json_number(reply, "freeze_us_p50", &p50);
-        json_number(reply, "freeze_us_p99", &p99);
+        ts_probe_json_number(reply, "freeze_us_p50", &p50);
+        ts_probe_json_number(reply, "freeze_us_p99", &p99);
         fprintf(stderr, "orchestrator stats: freeze p50 %.0f us, p99 %.0f us (%s)\n", p50, p99, reply);
-        assert_true(json_number(reply, "handovers", &handovers));
+        assert_true(ts_probe_json_number(reply, "handovers", &handovers));
         assert_true(handovers >= ok);
     }
 
@@ -653,7 +537,7 @@ static void test_handovers_under_load(void **state)
                      i, (double)s.max_gap_us / 1000, s.jumps, s.jumps ? s.jump : "-", s.position_changes);
         }
     }
-    sim_verify(sim);
+    sim_verify(sim, t_first, "the first handover");
 
     test_passed = true;
 }
@@ -671,7 +555,8 @@ static void test_abort_when_target_stalls(void **state)
     ts_cell_entry_t before = cell_get(reg, &cell);
     if (strcmp(before.owner, "w1") != 0) {
         snprintf(payload, sizeof payload, "%s w1", key);
-        assert_int_equal(ctl(bus, "handover", payload, CTL_TIMEOUT_MS, reply, sizeof reply), TS_OK);
+        assert_int_equal(ts_probe_ctl(bus, WORLD, "handover", payload, CTL_TIMEOUT_MS, reply, sizeof reply),
+                         TS_OK);
         if (strncmp(reply, "ok ", 3) != 0) {
             H.failed = true;
             fail_msg("handover of %s back to w1: %s", key, reply);
@@ -687,7 +572,7 @@ static void test_abort_when_target_stalls(void **state)
     ts_h_signal(&H, w_idx[1], SIGSTOP);
     snprintf(payload, sizeof payload, "%s w2", key);
     uint64_t t0 = ts_mono_us();
-    ts_status_t st = ctl(bus, "handover", payload, 30000, reply, sizeof reply);
+    ts_status_t st = ts_probe_ctl(bus, WORLD, "handover", payload, 30000, reply, sizeof reply);
     double took_ms = (double)(ts_mono_us() - t0) / 1000;
     fprintf(stderr, "handover to a stopped w2: \"%s\" after %.0f ms\n", reply, took_ms);
     if (st != TS_OK || strncmp(reply, "error:", 6) != 0) {
@@ -727,24 +612,31 @@ static void test_abort_when_target_stalls(void **state)
     after = cell_get(reg, &cell);
     assert_string_equal(after.owner, "w1");
     assert_int_equal(after.epoch, before.epoch);
-    hb_last_t l;
-    assert_true(hb_get("w2", &l));
+    ts_probe_hb_t l;
+    assert_true(ts_probe_heartbeat(probe, "w2", &l));
     assert_true(ts_mono_us() - l.received_us < 1500000);
-    assert_false(hb_has_cell(&l, &cell));
-    assert_true(hb_get("w1", &l));
-    assert_true(hb_has_cell(&l, &cell));
+    assert_false(ts_probe_hb_has(&l, &cell));
+    assert_true(ts_probe_heartbeat(probe, "w1", &l));
+    assert_true(ts_probe_hb_has(&l, &cell));
 
     player_settle(&P[0], 15000);
     player_assert_exact(&P[0], 0);
-    sim_verify(sim);
+    sim_verify(sim, t0, "the handover request");
 
     test_passed = true;
 }
 
 /* ---- fixtures ---------------------------------------------------------------------- */
 
-static ts_bus_t *hb_bus;
-static ts_bus_sub_t *hb_sub;
+static void unwatch(void)
+{
+    ts_ledger_destroy(ledger);
+    ts_probe_destroy(probe);
+    ts_bus_destroy(hb_bus);
+    ledger = NULL;
+    probe = NULL;
+    hb_bus = NULL;
+}
 
 static bool wait_ready(void)
 {
@@ -752,9 +644,12 @@ static bool wait_ready(void)
     uint64_t deadline = ts_mono_us() + WAIT_MS * 1000ULL;
     bool ctl_ok = false, bound = false;
     while (ts_mono_us() < deadline && !(ctl_ok && bound)) {
-        if (!ctl_ok) ctl_ok = ctl(hb_bus, "stats", "", 500, reply, sizeof reply) == TS_OK && reply[0] == '{';
-        hb_last_t a, b;
-        bound = hb_get("w1", &a) && hb_get("w2", &b) && a.ncells == NCELLS / 2 && b.ncells == NCELLS / 2;
+        if (!ctl_ok)
+            ctl_ok = ts_probe_ctl(hb_bus, WORLD, "stats", "", 500, reply, sizeof reply) == TS_OK &&
+                     reply[0] == '{';
+        ts_probe_hb_t a, b;
+        bound = ts_probe_heartbeat(probe, "w1", &a) && ts_probe_heartbeat(probe, "w2", &b) &&
+                a.ncells == NCELLS / 2 && b.ncells == NCELLS / 2;
         ts_sleep_ms(100);
     }
     if (!ctl_ok) fprintf(stderr, "tessera-orch does not answer tessera.ctl.%d.stats\n", WORLD);
@@ -767,10 +662,9 @@ static int group_setup(void **state)
 {
     (void)state;
     ts_h_start(&H);
-    if (ts_bus_connect(&hb_bus, H.nats_url, "it_handover-hb") != TS_OK ||
-        ts_bus_subscribe(hb_bus, "tessera.worker.*.hb", on_heartbeat, &HBW, &hb_sub) != TS_OK)
+    if (ts_bus_connect(&hb_bus, H.nats_url, "it_handover-watch") != TS_OK ||
+        ts_probe_create(&probe, hb_bus) != TS_OK || ts_ledger_create(&ledger, hb_bus, WORLD) != TS_OK)
         goto fail;
-    hb_reset();
     const char *orch[] = {"--orch.rebalance=0", HB_TTL_ARG, NULL};
     ts_h_spawn(&H, "orch", "tessera-orch", orch);
     for (int i = 0; i < 2; i++) {
@@ -789,10 +683,7 @@ static int group_setup(void **state)
     return 0;
 fail:
     ts_h_fail_dump(&H);
-    ts_bus_sub_destroy(hb_sub);
-    hb_sub = NULL;
-    ts_bus_destroy(hb_bus);
-    hb_bus = NULL;
+    unwatch();
     ts_h_stop(&H);
     return -1;
 }
@@ -801,8 +692,7 @@ static int group_teardown(void **state)
 {
     (void)state;
     players_stop_all();
-    ts_bus_sub_destroy(hb_sub);
-    ts_bus_destroy(hb_bus);
+    unwatch();
     ts_h_stop(&H);
     return 0;
 }

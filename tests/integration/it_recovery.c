@@ -28,9 +28,10 @@
 #include <cmocka.h>
 
 #include "harness.h"
+#include "ledger.h"
+#include "probe.h"
 #include "tessera/client.h"
 #include "tessera/log.h"
-#include "tessera/map.h"
 #include "tessera/proto.h"
 #include "tessera/subject.h"
 #include "tessera/util.h"
@@ -50,256 +51,20 @@ static int gw_port;
 static int w_idx[2] = {-1, -1};
 static const char *const WORKERS[2] = {"w1", "w2"};
 static ts_bus_t *bus;
-static ts_bus_sub_t *hb_sub, *state_sub, *input_sub;
+static ts_bus_sub_t *state_sub;
+static ts_probe_t *probe;
+static ts_ledger_t *ledger;
 static ts_registry_t *reg;
 
-/* ---- latest heartbeat per worker ------------------------------------------ */
-
-#define HB_WORKERS 4
-#define HB_CELLS 32
-typedef struct {
-    ts_cell_t cell;
-    uint64_t epoch;
-} cell_epoch_t;
-typedef struct {
-    char worker[TS_WORKER_ID_MAX];
-    uint64_t received_us;
-    size_t ncells;
-    cell_epoch_t cells[HB_CELLS];
-} hb_last_t;
-
-static struct {
-    pthread_mutex_t mu;
-    size_t n;
-    hb_last_t w[HB_WORKERS];
-} HBW = {.mu = PTHREAD_MUTEX_INITIALIZER};
-
-static void on_heartbeat(void *ud, const ts_bus_msg_t *m)
-{
-    (void)ud;
-    Tessera__V1__Heartbeat *hb = tessera__v1__heartbeat__unpack(NULL, ts_bus_msg_len(m), ts_bus_msg_data(m));
-    if (hb == NULL) return;
-    pthread_mutex_lock(&HBW.mu);
-    size_t i = 0;
-    while (i < HBW.n && strcmp(HBW.w[i].worker, hb->worker) != 0)
-        i++;
-    if (i == HBW.n && HBW.n < HB_WORKERS) ts_strlcpy(HBW.w[HBW.n++].worker, hb->worker, TS_WORKER_ID_MAX);
-    if (i < HBW.n) {
-        hb_last_t *l = &HBW.w[i];
-        l->received_us = ts_mono_us();
-        l->ncells = 0;
-        for (size_t k = 0; k < hb->n_cells && l->ncells < HB_CELLS; k++) {
-            ts_cell_t c;
-            if (hb->cells[k]->cell && ts_proto_cell_get(hb->cells[k]->cell, &c) == TS_OK)
-                l->cells[l->ncells++] = (cell_epoch_t){c, hb->cells[k]->epoch};
-        }
-    }
-    pthread_mutex_unlock(&HBW.mu);
-    tessera__v1__heartbeat__free_unpacked(hb, NULL);
-}
-
-static bool hb_get(const char *worker, hb_last_t *out)
-{
-    bool found = false;
-    pthread_mutex_lock(&HBW.mu);
-    for (size_t i = 0; i < HBW.n && !found; i++) {
-        if (strcmp(HBW.w[i].worker, worker) == 0) {
-            *out = HBW.w[i];
-            found = true;
-        }
-    }
-    pthread_mutex_unlock(&HBW.mu);
-    return found;
-}
-
-/* True if the heartbeat lists every cell of want at (at least) its epoch. */
-static bool hb_lists(const hb_last_t *l, const cell_epoch_t *want, size_t n)
-{
-    for (size_t i = 0; i < n; i++) {
-        bool found = false;
-        for (size_t k = 0; k < l->ncells && !found; k++)
-            found = ts_cell_eq(&l->cells[k].cell, &want[i].cell) && l->cells[k].epoch >= want[i].epoch;
-        if (!found) return false;
-    }
-    return true;
-}
-
-/* ---- input ledger (diagnostics) ------------------------------------------------
- * Every Join/Move published on a cell input subject, per entity and client seq
- * (seen through a core subscription, so forwarded copies count once), against
- * the newest state the entity showed. When inputs go missing it names the
- * entity, the missing seqs, and where and when they were published. */
-
-typedef struct {
-    uint32_t at_ms; /* since the ledger started */
-    int16_t cx, cy;
-    bool seen;
-} ledger_input_t;
-
-typedef struct {
-    uint64_t id;
-    ledger_input_t *in; /* index: client seq */
-    size_t cap;
-    uint64_t published, max_seq;
-    bool has_state;
-    uint64_t applied, last_input_seq, window, epoch;
-    ts_cell_t cell;
-    char owner[TS_WORKER_ID_MAX];
-} ledger_entry_t;
-
-static struct {
-    pthread_mutex_t mu;
-    ts_map_t entities; /* id -> ledger_entry_t* */
-    uint64_t start_us;
-    bool on;
-} LG = {.mu = PTHREAD_MUTEX_INITIALIZER};
-
-static ledger_entry_t *ledger_entry(uint64_t id)
-{
-    if (id == 0 || id == UINT64_MAX) return NULL;
-    ledger_entry_t *e = ts_map_get(&LG.entities, id);
-    if (e == NULL && (e = calloc(1, sizeof *e)) != NULL) {
-        e->id = id;
-        if (ts_map_put(&LG.entities, id, e) != TS_OK) {
-            free(e);
-            e = NULL;
-        }
-    }
-    return e;
-}
-
-static void on_input(void *ud, const ts_bus_msg_t *m)
-{
-    (void)ud;
-    Tessera__V1__InputBatch *b =
-        tessera__v1__input_batch__unpack(NULL, ts_bus_msg_len(m), ts_bus_msg_data(m));
-    ts_cell_t cell;
-    ts_subject_kind_t kind;
-    if (b == NULL || ts_subject_parse(ts_bus_msg_subject(m), &cell, &kind) != TS_OK) {
-        if (b != NULL) tessera__v1__input_batch__free_unpacked(b, NULL);
-        return;
-    }
-    pthread_mutex_lock(&LG.mu);
-    uint32_t at_ms = (uint32_t)((ts_mono_us() - LG.start_us) / 1000);
-    for (size_t i = 0; LG.on && i < b->n_inputs; i++) {
-        const Tessera__V1__Input *in = b->inputs[i];
-        if (in->kind_case != TESSERA__V1__INPUT__KIND_JOIN && in->kind_case != TESSERA__V1__INPUT__KIND_MOVE)
-            continue;
-        ledger_entry_t *e = ledger_entry(in->entity);
-        if (e == NULL || in->seq == 0 || in->seq > 1000000) continue;
-        if (in->seq >= e->cap) {
-            size_t ncap = e->cap ? e->cap : 128;
-            while (ncap <= in->seq)
-                ncap *= 2;
-            ledger_input_t *v = realloc(e->in, ncap * sizeof *v);
-            if (v == NULL) continue;
-            memset(v + e->cap, 0, (ncap - e->cap) * sizeof *v);
-            e->in = v;
-            e->cap = ncap;
-        }
-        if (!e->in[in->seq].seen) {
-            e->in[in->seq] = (ledger_input_t){at_ms, (int16_t)cell.cx, (int16_t)cell.cy, true};
-            e->published++;
-            if (in->seq > e->max_seq) e->max_seq = in->seq;
-        }
-    }
-    pthread_mutex_unlock(&LG.mu);
-    tessera__v1__input_batch__free_unpacked(b, NULL);
-}
-
-static void ledger_state(const Tessera__V1__StateDelta *d)
-{
-    ts_cell_t cell;
-    if (d->cell == NULL || ts_proto_cell_get(d->cell, &cell) != TS_OK) return;
-    pthread_mutex_lock(&LG.mu);
-    for (size_t i = 0; LG.on && i < d->n_entities; i++) {
-        const Tessera__V1__EntityState *s = d->entities[i];
-        ledger_entry_t *e = ledger_entry(s->id);
-        if (e == NULL || (e->has_state && s->inputs_applied < e->applied)) continue;
-        e->has_state = true;
-        e->applied = s->inputs_applied;
-        e->last_input_seq = s->last_input_seq;
-        e->window = s->applied_window;
-        e->epoch = d->epoch;
-        e->cell = cell;
-        ts_strlcpy(e->owner, d->owner ? d->owner : "?", sizeof e->owner);
-    }
-    pthread_mutex_unlock(&LG.mu);
-}
-
-static bool ledger_applied(const ledger_entry_t *e, uint64_t seq)
-{
-    if (seq == e->last_input_seq) return true;
-    if (seq > e->last_input_seq) return false;
-    uint64_t back = e->last_input_seq - 1 - seq;
-    return back >= 64 || (e->window >> back) & 1;
-}
-
-/* Prints the entities whose state shows fewer inputs than were published. */
-static void ledger_report(const char *what, uint64_t event_us)
-{
-    pthread_mutex_lock(&LG.mu);
-    int shown = 0;
-    size_t short_entities = 0;
-    uint64_t k;
-    void *v;
-    for (size_t it = 0; ts_map_next(&LG.entities, &it, &k, &v);) {
-        ledger_entry_t *e = v;
-        if (e->has_state && e->applied >= e->published) continue;
-        short_entities++;
-        if (shown++ >= 5) continue;
-        char key[TS_CELL_STR_MAX] = "-";
-        if (e->has_state) ts_cell_format(&e->cell, key, sizeof key);
-        fprintf(stderr,
-                "ledger: entity %" PRIx64 " (%" PRIu64 "): %" PRIu64 " inputs published (max seq %" PRIu64
-                "), newest state shows %" PRIu64 " applied, last_input_seq %" PRIu64
-                " (cell %s, owner %s, epoch %" PRIu64 "); missing:",
-                e->id, e->id, e->published, e->max_seq, e->applied, e->last_input_seq, key, e->owner,
-                e->epoch);
-        int listed = 0;
-        for (uint64_t s = 1; s <= e->max_seq && listed < 12; s++) {
-            if (!e->in[s].seen || ledger_applied(e, s)) continue;
-            listed++;
-            fprintf(stderr, " seq %" PRIu64 " (cell %d,%d at %+.2f s from %s)", s, e->in[s].cx, e->in[s].cy,
-                    ((double)e->in[s].at_ms * 1000 - (double)(event_us - LG.start_us)) / 1e6, what);
-        }
-        fputc('\n', stderr);
-    }
-    fprintf(stderr, "ledger: %zu entities tracked, %zu short of inputs\n", LG.entities.len, short_entities);
-    pthread_mutex_unlock(&LG.mu);
-}
-
-static void ledger_start(void)
-{
-    pthread_mutex_lock(&LG.mu);
-    ts_map_init(&LG.entities);
-    LG.start_us = ts_mono_us();
-    LG.on = true;
-    pthread_mutex_unlock(&LG.mu);
-}
-
-static void ledger_free(void)
-{
-    pthread_mutex_lock(&LG.mu);
-    uint64_t k;
-    void *v;
-    for (size_t it = 0; ts_map_next(&LG.entities, &it, &k, &v);) {
-        ledger_entry_t *e = v;
-        free(e->in);
-        free(e);
-    }
-    ts_map_free(&LG.entities);
-    LG.on = false;
-    pthread_mutex_unlock(&LG.mu);
-}
+#define MAX_CELLS TS_PROBE_CELLS
 
 /* ---- state published on the reassigned cells ---------------------------------- */
 
 static struct {
     pthread_mutex_t mu;
     bool armed;
-    const char *zombie;           /* worker id whose state is watched */
-    cell_epoch_t cells[HB_CELLS]; /* reassigned cells and their new epochs */
+    const char *zombie;               /* worker id whose state is watched */
+    ts_probe_cell_t cells[MAX_CELLS]; /* reassigned cells and their new epochs */
     size_t n;
     uint64_t zombie_msgs, zombie_bad, hdr_mismatch, new_owner_msgs;
     uint64_t last_zombie_us;
@@ -312,7 +77,6 @@ static void on_state(void *ud, const ts_bus_msg_t *m)
     Tessera__V1__StateDelta *d =
         tessera__v1__state_delta__unpack(NULL, ts_bus_msg_len(m), ts_bus_msg_data(m));
     if (d == NULL) return;
-    ledger_state(d);
     ts_cell_t c;
     uint64_t hdr_epoch = ts_bus_msg_header_u64(m, TS_HDR_EPOCH);
     pthread_mutex_lock(&SW.mu);
@@ -517,42 +281,30 @@ static void player_assert_exact(void)
 
 static bool ctl_answers(void)
 {
-    ts_bus_hdr_t hdr = {.type = "text/plain"};
-    ts_bus_msg_t *m = NULL;
-    char subject[64];
-    snprintf(subject, sizeof subject, "tessera.ctl.%d.stats", WORLD);
-    if (ts_bus_request(bus, subject, &hdr, "", 0, 500, &m) != TS_OK) return false;
-    ts_bus_msg_destroy(m);
-    return true;
+    char reply[1024];
+    return ts_probe_ctl(bus, WORLD, "stats", "", 500, reply, sizeof reply) == TS_OK && reply[0] == '{';
 }
 
 static void print_stats(void)
 {
-    ts_bus_hdr_t hdr = {.type = "text/plain"};
-    ts_bus_msg_t *m = NULL;
-    char subject[64];
-    snprintf(subject, sizeof subject, "tessera.ctl.%d.stats", WORLD);
-    if (ts_bus_request(bus, subject, &hdr, "", 0, 2000, &m) != TS_OK) return;
-    fprintf(stderr, "orchestrator stats: %.*s\n", (int)ts_bus_msg_len(m), (const char *)ts_bus_msg_data(m));
-    ts_bus_msg_destroy(m);
+    char reply[1024];
+    if (ts_probe_ctl(bus, WORLD, "stats", "", 2000, reply, sizeof reply) == TS_OK)
+        fprintf(stderr, "orchestrator stats: %s\n", reply);
 }
 
 static void cluster_start(void)
 {
     ts_h_start(&H);
-    HBW.n = 0;
     memset(&SW.cells, 0, sizeof SW.cells);
     SW.armed = false;
     SW.n = 0;
     SW.zombie_msgs = SW.zombie_bad = SW.hdr_mismatch = SW.new_owner_msgs = SW.last_zombie_us = 0;
     assert_int_equal(ts_bus_connect(&bus, H.nats_url, "it_recovery"), TS_OK);
-    assert_int_equal(ts_bus_subscribe(bus, "tessera.worker.*.hb", on_heartbeat, NULL, &hb_sub), TS_OK);
-    ledger_start();
+    assert_int_equal(ts_probe_create(&probe, bus), TS_OK);
+    assert_int_equal(ts_ledger_create(&ledger, bus, WORLD), TS_OK);
     char subject[TS_SUBJECT_MAX];
     ts_subject_world_wildcard(subject, sizeof subject, WORLD, TS_SUBJ_STATE);
     assert_int_equal(ts_bus_subscribe(bus, subject, on_state, NULL, &state_sub), TS_OK);
-    ts_subject_world_wildcard(subject, sizeof subject, WORLD, TS_SUBJ_INPUT);
-    assert_int_equal(ts_bus_subscribe(bus, subject, on_input, NULL, &input_sub), TS_OK);
     assert_int_equal(ts_registry_connect(&reg, H.redis_url), TS_OK);
 
     const char *orch[] = {"--orch.rebalance=0", HB_TTL_ARG, NULL};
@@ -577,8 +329,9 @@ static void cluster_start(void)
     bool ctl_ok = false, bound = false;
     while (ts_mono_us() < deadline && !(ctl_ok && bound)) {
         ctl_ok = ctl_ok || ctl_answers();
-        hb_last_t a, b;
-        bound = hb_get("w1", &a) && hb_get("w2", &b) && a.ncells == NCELLS / 2 && b.ncells == NCELLS / 2;
+        ts_probe_hb_t a, b;
+        bound = ts_probe_heartbeat(probe, "w1", &a) && ts_probe_heartbeat(probe, "w2", &b) &&
+                a.ncells == NCELLS / 2 && b.ncells == NCELLS / 2;
         ts_sleep_ms(100);
     }
     if (!ctl_ok) {
@@ -594,13 +347,14 @@ static void cluster_start(void)
 static void cluster_stop(void)
 {
     player_stop();
-    ts_bus_sub_destroy(input_sub);
     ts_bus_sub_destroy(state_sub);
-    ts_bus_sub_destroy(hb_sub);
+    ts_ledger_destroy(ledger);
+    ts_probe_destroy(probe);
     ts_bus_destroy(bus);
     ts_registry_destroy(reg);
-    input_sub = state_sub = hb_sub = NULL;
-    ledger_free();
+    state_sub = NULL;
+    ledger = NULL;
+    probe = NULL;
     bus = NULL;
     reg = NULL;
     ts_h_stop(&H);
@@ -613,37 +367,32 @@ static int sim_start(void)
 }
 
 /* Stops the sim and checks its verdict: applied == acked == sent. On a
- * mismatch the ledger shows what went missing, timed from event_us. */
+ * mismatch the ledger names what went missing, timed from event_us. */
 static void sim_verify(int idx, const char *event, uint64_t event_us)
 {
     ts_h_signal(&H, idx, SIGINT);
     int rc = ts_h_wait(&H, idx, 30000);
     char *log = ts_h_read_log(&H, idx);
-    assert_non_null(log);
-    char verdict[256] = "none";
-    const char *line = strstr(log, "sim: done ");
-    if (line != NULL) sscanf(line, "%255[^\n]", verdict);
-    unsigned long long sent = 0, acked = 0, applied = 0;
-    bool parsed =
-        line && sscanf(line, "sim: done sent=%llu acked=%llu applied=%llu", &sent, &acked, &applied) == 3;
+    ts_probe_verdict_t v;
+    ts_probe_sim_verdict(log, &v);
     free(log);
-    if (rc != 0 || !parsed || sent == 0 || sent != acked || acked != applied) {
+    fprintf(stderr, "%s\n", v.line);
+    if (rc != 0 || !ts_probe_verdict_exact(&v)) {
         ts_sleep_ms(500);
-        ledger_report(event, event_us);
+        ts_ledger_report(ledger, stderr, event, event_us, 5);
         H.failed = true;
-        fail_msg("sim: exit %d, want 0 with applied == acked == sent > 0; its verdict: %s", rc, verdict);
+        fail_msg("sim: exit %d, want 0 with applied == acked == sent > 0; its verdict: %s", rc, v.line);
     }
-    fprintf(stderr, "%s\n", verdict);
 }
 
 /* The cells the registry gives to worker, with their epochs. */
-static size_t owned_cells(const char *worker, cell_epoch_t *out, size_t cap)
+static size_t owned_cells(const char *worker, ts_probe_cell_t *out, size_t cap)
 {
     ts_cell_entry_t *cells = NULL;
     size_t n = 0, k = 0;
     assert_int_equal(ts_registry_cells(reg, WORLD, &cells, &n), TS_OK);
     for (size_t i = 0; i < n && k < cap; i++)
-        if (strcmp(cells[i].owner, worker) == 0) out[k++] = (cell_epoch_t){cells[i].cell, cells[i].epoch};
+        if (strcmp(cells[i].owner, worker) == 0) out[k++] = (ts_probe_cell_t){cells[i].cell, cells[i].epoch};
     free(cells);
     return k;
 }
@@ -651,8 +400,9 @@ static size_t owned_cells(const char *worker, cell_epoch_t *out, size_t cap)
 /* Polls the registry every POLL_MS until every cell in lost has another
  * owner at epoch + 1; fills moved with the new entries. Returns the time it
  * took from since_us, or UINT64_MAX after timeout_us. */
-static uint64_t wait_reassigned(const char *from, const cell_epoch_t *lost, size_t n, cell_epoch_t *moved,
-                                char owners[][TS_WORKER_ID_MAX], uint64_t since_us, uint64_t timeout_us)
+static uint64_t wait_reassigned(const char *from, const ts_probe_cell_t *lost, size_t n,
+                                ts_probe_cell_t *moved, char owners[][TS_WORKER_ID_MAX], uint64_t since_us,
+                                uint64_t timeout_us)
 {
     for (;;) {
         size_t done = 0;
@@ -667,7 +417,7 @@ static uint64_t wait_reassigned(const char *from, const cell_epoch_t *lost, size
                          "; want exactly one epoch step",
                          key, from, lost[i].epoch, e.owner, e.epoch);
             }
-            moved[i] = (cell_epoch_t){e.cell, e.epoch};
+            moved[i] = (ts_probe_cell_t){e.cell, e.epoch};
             ts_strlcpy(owners[i], e.owner, TS_WORKER_ID_MAX);
             done++;
         }
@@ -687,9 +437,9 @@ static void test_killed_worker_cells_recovered(void **state)
     int sim = sim_start();
     ts_sleep_ms(3000); /* load, and checkpoints of every cell */
 
-    cell_epoch_t lost[HB_CELLS], moved[HB_CELLS];
-    char owners[HB_CELLS][TS_WORKER_ID_MAX];
-    size_t n = owned_cells("w2", lost, HB_CELLS);
+    ts_probe_cell_t lost[MAX_CELLS], moved[MAX_CELLS];
+    char owners[MAX_CELLS][TS_WORKER_ID_MAX];
+    size_t n = owned_cells("w2", lost, MAX_CELLS);
     assert_int_equal(n, NCELLS / 2);
 
     uint64_t t_kill = ts_mono_us();
@@ -704,8 +454,9 @@ static void test_killed_worker_cells_recovered(void **state)
 
     uint64_t hb_us = UINT64_MAX;
     while (ts_mono_us() - t_kill < 10000000) {
-        hb_last_t l;
-        if (hb_get("w1", &l) && l.received_us > t_kill && hb_lists(&l, moved, n)) {
+        ts_probe_hb_t l;
+        if (ts_probe_heartbeat(probe, "w1", &l) && l.received_us > t_kill &&
+            ts_probe_hb_lists(&l, moved, n)) {
             hb_us = l.received_us - t_kill;
             break;
         }
@@ -735,9 +486,9 @@ static void test_stalled_worker_is_fenced(void **state)
     player_start(-50, 50); /* cell 0.-1.0.0.0, w1's */
     ts_sleep_ms(2000);
 
-    cell_epoch_t lost[HB_CELLS], moved[HB_CELLS];
-    char owners[HB_CELLS][TS_WORKER_ID_MAX];
-    size_t n = owned_cells("w1", lost, HB_CELLS);
+    ts_probe_cell_t lost[MAX_CELLS], moved[MAX_CELLS];
+    char owners[MAX_CELLS][TS_WORKER_ID_MAX];
+    size_t n = owned_cells("w1", lost, MAX_CELLS);
     assert_int_equal(n, NCELLS / 2);
 
     uint64_t t_stop = ts_mono_us();
@@ -763,11 +514,11 @@ static void test_stalled_worker_is_fenced(void **state)
     fprintf(stderr, "w1 stopped: cells reassigned to w2 in %.0f ms; SIGCONT\n", (double)reg_us / 1000);
 
     /* a heartbeat from w1 sent 2 s after it woke up shows it owns nothing */
-    hb_last_t l = {.ncells = 0};
+    ts_probe_hb_t l = {.ncells = 0};
     bool fresh = false;
     while (!fresh && ts_mono_us() - t_cont < 10000000) {
         ts_sleep_ms(50);
-        fresh = hb_get("w1", &l) && l.received_us > t_cont + FENCE_MAX_US;
+        fresh = ts_probe_heartbeat(probe, "w1", &l) && l.received_us > t_cont + FENCE_MAX_US;
     }
     ts_sleep_ms(2000);
 

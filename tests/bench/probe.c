@@ -1,0 +1,186 @@
+/* Cluster observation for the bench and the failure-mode tests: latest
+ * heartbeat per worker (kept under a mutex, filled on nats.c threads),
+ * orchestrator control requests, and tessera-sim's verdict line. */
+#include "probe.h"
+
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tessera/proto.h"
+#include "tessera/util.h"
+
+struct ts_probe {
+    ts_bus_sub_t *sub;
+    pthread_mutex_t mu;
+    size_t n;
+    ts_probe_hb_t w[TS_PROBE_WORKERS];
+};
+
+static void on_heartbeat(void *ud, const ts_bus_msg_t *m)
+{
+    ts_probe_t *p = ud;
+    Tessera__V1__Heartbeat *hb = tessera__v1__heartbeat__unpack(NULL, ts_bus_msg_len(m), ts_bus_msg_data(m));
+    if (hb == NULL) return;
+    pthread_mutex_lock(&p->mu);
+    size_t i = 0;
+    while (i < p->n && strcmp(p->w[i].worker, hb->worker) != 0)
+        i++;
+    if (i == p->n && p->n < TS_PROBE_WORKERS) ts_strlcpy(p->w[p->n++].worker, hb->worker, TS_WORKER_ID_MAX);
+    if (i < p->n) {
+        ts_probe_hb_t *l = &p->w[i];
+        l->received_us = ts_mono_us();
+        l->inputs_applied = hb->inputs_applied;
+        l->tick_p99_ms = hb->tick_p99_ms;
+        l->ncells = 0;
+        for (size_t k = 0; k < hb->n_cells && l->ncells < TS_PROBE_CELLS; k++) {
+            ts_cell_t c;
+            if (hb->cells[k]->cell && ts_proto_cell_get(hb->cells[k]->cell, &c) == TS_OK)
+                l->cells[l->ncells++] = (ts_probe_cell_t){c, hb->cells[k]->epoch};
+        }
+    }
+    pthread_mutex_unlock(&p->mu);
+    tessera__v1__heartbeat__free_unpacked(hb, NULL);
+}
+
+ts_status_t ts_probe_create(ts_probe_t **out, ts_bus_t *bus)
+{
+    ts_probe_t *p = calloc(1, sizeof *p);
+    if (p == NULL) return TS_ERR_NOMEM;
+    pthread_mutex_init(&p->mu, NULL);
+    ts_status_t st = ts_bus_subscribe(bus, "tessera.worker.*.hb", on_heartbeat, p, &p->sub);
+    if (st != TS_OK) {
+        ts_probe_destroy(p);
+        return st;
+    }
+    *out = p;
+    return TS_OK;
+}
+
+void ts_probe_destroy(ts_probe_t *p)
+{
+    if (p == NULL) return;
+    ts_bus_sub_destroy(p->sub);
+    pthread_mutex_destroy(&p->mu);
+    free(p);
+}
+
+void ts_probe_reset(ts_probe_t *p)
+{
+    pthread_mutex_lock(&p->mu);
+    p->n = 0;
+    pthread_mutex_unlock(&p->mu);
+}
+
+bool ts_probe_heartbeat(ts_probe_t *p, const char *worker, ts_probe_hb_t *out)
+{
+    bool found = false;
+    pthread_mutex_lock(&p->mu);
+    for (size_t i = 0; i < p->n && !found; i++) {
+        if (strcmp(p->w[i].worker, worker) == 0) {
+            *out = p->w[i];
+            found = true;
+        }
+    }
+    pthread_mutex_unlock(&p->mu);
+    return found;
+}
+
+bool ts_probe_hb_has(const ts_probe_hb_t *hb, const ts_cell_t *cell)
+{
+    for (size_t i = 0; i < hb->ncells; i++)
+        if (ts_cell_eq(&hb->cells[i].cell, cell)) return true;
+    return false;
+}
+
+bool ts_probe_hb_lists(const ts_probe_hb_t *hb, const ts_probe_cell_t *cells, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        bool found = false;
+        for (size_t k = 0; k < hb->ncells && !found; k++)
+            found = ts_cell_eq(&hb->cells[k].cell, &cells[i].cell) && hb->cells[k].epoch >= cells[i].epoch;
+        if (!found) return false;
+    }
+    return true;
+}
+
+uint64_t ts_probe_inputs_applied(ts_probe_t *p)
+{
+    uint64_t sum = 0;
+    pthread_mutex_lock(&p->mu);
+    for (size_t i = 0; i < p->n; i++)
+        sum += p->w[i].inputs_applied;
+    pthread_mutex_unlock(&p->mu);
+    return sum;
+}
+
+ts_status_t ts_probe_ctl(ts_bus_t *bus, uint32_t world, const char *verb, const char *payload,
+                         int64_t timeout_ms, char *out, size_t cap)
+{
+    char subject[96];
+    snprintf(subject, sizeof subject, "tessera.ctl.%" PRIu32 ".%s", world, verb);
+    ts_bus_hdr_t hdr = {.type = "text/plain"};
+    ts_bus_msg_t *m = NULL;
+    if (cap > 0) out[0] = '\0';
+    ts_status_t st = ts_bus_request(bus, subject, &hdr, payload, strlen(payload), timeout_ms, &m);
+    if (st != TS_OK || cap == 0) {
+        ts_bus_msg_destroy(m);
+        return st;
+    }
+    size_t n = ts_bus_msg_len(m) < cap - 1 ? ts_bus_msg_len(m) : cap - 1;
+    memcpy(out, ts_bus_msg_data(m), n);
+    out[n] = '\0';
+    ts_bus_msg_destroy(m);
+    return TS_OK;
+}
+
+bool ts_probe_parse_handover(const char *reply, ts_probe_handover_t *out)
+{
+    return sscanf(reply,
+                  "ok %63[^-]->%63s epoch %" SCNu64 "->%" SCNu64 " freeze_us=%" SCNu64 " total_us=%" SCNu64,
+                  out->from, out->to, &out->epoch_from, &out->epoch_to, &out->freeze_us, &out->total_us) == 6;
+}
+
+bool ts_probe_json_number(const char *json, const char *key, double *out)
+{
+    char pattern[96];
+    snprintf(pattern, sizeof pattern, "\"%s\"", key);
+    const char *p = strstr(json, pattern);
+    if (p == NULL) return false;
+    p += strlen(pattern);
+    while (*p == ' ' || *p == ':')
+        p++;
+    char *end;
+    double v = strtod(p, &end);
+    if (end == p) return false;
+    *out = v;
+    return true;
+}
+
+void ts_probe_sim_verdict(const char *log, ts_probe_verdict_t *out)
+{
+    memset(out, 0, sizeof *out);
+    ts_strlcpy(out->line, "none", sizeof out->line);
+    const char *line = NULL;
+    for (const char *p = log; p != NULL && (p = strstr(p, "sim: done ")) != NULL; p++)
+        line = p;
+    if (line == NULL) return;
+    size_t len = strcspn(line, "\n");
+    if (len >= sizeof out->line) len = sizeof out->line - 1;
+    memcpy(out->line, line, len);
+    out->line[len] = '\0';
+    unsigned long long sent, acked, applied;
+    if (sscanf(line, "sim: done sent=%llu acked=%llu applied=%llu", &sent, &acked, &applied) == 3) {
+        out->parsed = true;
+        out->sent = sent;
+        out->acked = acked;
+        out->applied = applied;
+    }
+}
+
+bool ts_probe_verdict_exact(const ts_probe_verdict_t *v)
+{
+    return v->parsed && v->sent > 0 && v->sent == v->acked && v->acked == v->applied;
+}

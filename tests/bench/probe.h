@@ -1,0 +1,82 @@
+/* What tessera-bench and the failure-mode integration tests (it_handover,
+ * it_recovery) observe of a running cluster: the latest heartbeat of every
+ * worker, the orchestrator's tessera.ctl.<world>.* requests and their
+ * replies, and tessera-sim's final verdict. No cmocka here: callers decide
+ * what a failure means. */
+#ifndef TS_PROBE_H
+#define TS_PROBE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "tessera/bus.h"
+#include "tessera/cell.h"
+#include "tessera/registry.h"
+#include "tessera/status.h"
+
+#define TS_PROBE_CELLS 64
+#define TS_PROBE_WORKERS 8
+
+typedef struct {
+    ts_cell_t cell;
+    uint64_t epoch;
+} ts_probe_cell_t;
+
+/* A worker's latest heartbeat. */
+typedef struct {
+    char worker[TS_WORKER_ID_MAX];
+    uint64_t received_us; /* ts_mono_us() when it arrived */
+    uint64_t inputs_applied;
+    double tick_p99_ms;
+    size_t ncells;
+    ts_probe_cell_t cells[TS_PROBE_CELLS];
+} ts_probe_hb_t;
+
+typedef struct ts_probe ts_probe_t;
+
+/* Subscribes to tessera.worker.*.hb on bus (borrowed; destroy the probe
+ * before the bus). */
+ts_status_t ts_probe_create(ts_probe_t **out, ts_bus_t *bus);
+void ts_probe_destroy(ts_probe_t *p);
+/* Forgets every heartbeat seen so far. */
+void ts_probe_reset(ts_probe_t *p);
+/* The latest heartbeat of worker; false if none arrived yet. */
+bool ts_probe_heartbeat(ts_probe_t *p, const char *worker, ts_probe_hb_t *out);
+/* True if hb lists every one of cells at its epoch or a later one. */
+bool ts_probe_hb_lists(const ts_probe_hb_t *hb, const ts_probe_cell_t *cells, size_t n);
+/* True if hb lists cell (any epoch). */
+bool ts_probe_hb_has(const ts_probe_hb_t *hb, const ts_cell_t *cell);
+/* Sum of inputs_applied over the latest heartbeats of every worker. */
+uint64_t ts_probe_inputs_applied(ts_probe_t *p);
+
+/* Request to tessera.ctl.<world>.<verb> with a text payload; the reply
+ * text (NUL-terminated, truncated to cap) goes into out. */
+ts_status_t ts_probe_ctl(ts_bus_t *bus, uint32_t world, const char *verb, const char *payload,
+                         int64_t timeout_ms, char *out, size_t cap);
+
+/* A successful handover reply:
+ * "ok <from>-><to> epoch <E>-><E+1> freeze_us=<n> total_us=<n>". */
+typedef struct {
+    char from[TS_WORKER_ID_MAX], to[TS_WORKER_ID_MAX];
+    uint64_t epoch_from, epoch_to;
+    uint64_t freeze_us, total_us;
+} ts_probe_handover_t;
+
+bool ts_probe_parse_handover(const char *reply, ts_probe_handover_t *out);
+/* The number after "key": in a flat JSON object; false if absent. */
+bool ts_probe_json_number(const char *json, const char *key, double *out);
+
+/* tessera-sim's final line: "sim: done sent=N acked=N applied=N ...". */
+typedef struct {
+    bool parsed;
+    uint64_t sent, acked, applied;
+    char line[256]; /* the line itself, or "none" */
+} ts_probe_verdict_t;
+
+/* Parses the last "sim: done" line of a sim's log. exact: parsed and
+ * applied == acked == sent > 0. */
+void ts_probe_sim_verdict(const char *log, ts_probe_verdict_t *out);
+bool ts_probe_verdict_exact(const ts_probe_verdict_t *v);
+
+#endif
