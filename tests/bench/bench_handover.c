@@ -65,7 +65,7 @@ static ts_bus_t *bus;
 static ts_registry_t *reg;
 static ts_probe_t *probe;
 static ts_ledger_t *ledger;
-static int w2_idx = -1;
+static int w1_idx = -1, w2_idx = -1;
 static int w2_restarts;
 static int sim_idx = -1;
 
@@ -132,7 +132,7 @@ static bool cluster_start(const options_t *o)
     if (ts_probe_create(&probe, bus) != TS_OK || ts_ledger_create(&ledger, bus, WORLD) != TS_OK) return false;
     const char *orch[] = {"--orch.rebalance=0", "--orch.hb_ttl_ms=1500", NULL};
     ts_h_spawn(&H, "orch", "tessera-orch", orch);
-    spawn_worker("w1", "w1");
+    w1_idx = spawn_worker("w1", "w1");
     w2_idx = spawn_worker("w2", "w2");
     if (!ts_h_wait_world(&H, WORLD, NCELLS, WAIT_MS) || !wait_ready()) return false;
     char players[48], rate[48];
@@ -295,6 +295,19 @@ static void sim_verdict(int idx, uint64_t since_us, ts_probe_verdict_t *v)
     }
 }
 
+/* Stops both workers: a first SIGTERM asks for a drain, a second one cuts
+ * it short (there is nobody left to take the cells). */
+static void stop_workers(void)
+{
+    for (int round = 0; round < 2; round++) {
+        ts_h_signal(&H, w1_idx, SIGTERM);
+        ts_h_signal(&H, w2_idx, SIGTERM);
+        ts_sleep_ms(100);
+    }
+    ts_h_wait(&H, w1_idx, 3000);
+    ts_h_wait(&H, w2_idx, 3000);
+}
+
 /* ---- main ---------------------------------------------------------------------------- */
 
 static void usage(FILE *out)
@@ -399,6 +412,7 @@ int main(int argc, char **argv)
         kills_done++;
     }
     sim_verdict(sim_idx, t_handovers, &sim);
+    stop_workers();
 
     double fr50 = ts_percentile(freeze, (size_t)handovers_ok, 50);
     double fr99 = ts_percentile(freeze, (size_t)handovers_ok, 99);

@@ -195,6 +195,11 @@ static void report_entry(const ts_ledger_t *l, const entry_t *e, FILE *out, cons
         fprintf(out, " seq %" PRIu64 " (to cell %d,%d at %+.2f s from %s)", s, e->in[s].cx, e->in[s].cy,
                 (double)e->in[s].at_ms / 1000 - event_s, event);
     }
+    if (listed == 0 && e->has_state && e->applied < e->published)
+        fprintf(out,
+                " none within the 64-seq window below last_input_seq, so %" PRIu64
+                " older inputs were never applied (a late input that fell out of the window?)",
+                e->published - e->applied);
     fputc('\n', out);
 }
 
