@@ -305,6 +305,7 @@ int main(int argc, char **argv)
     if (full_run && !(ps.applied == ss.acked && ss.acked == ss.sent)) {
         ts_error("mismatch: sent=%llu acked=%llu failed=%llu applied=%llu", (unsigned long long)ss.sent,
                  (unsigned long long)ss.acked, (unsigned long long)ss.failed, (unsigned long long)ps.applied);
+        ts_players_log_mismatches(s.players, 10);
         rc = EXIT_MISMATCH;
     }
     send_leaves(&s);

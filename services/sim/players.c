@@ -317,3 +317,18 @@ void ts_players_stats(ts_players_t *pl, ts_players_stats_t *out)
     out->crossings = pl->crossings;
     pthread_mutex_unlock(&pl->mu);
 }
+
+size_t ts_players_log_mismatches(ts_players_t *pl, size_t max)
+{
+    size_t found = 0;
+    pthread_mutex_lock(&pl->mu);
+    for (size_t i = 0; i < pl->n; i++) {
+        const player_t *p = &pl->p[i];
+        if (!p->joined || p->inputs_applied == p->next_seq - 1) continue;
+        if (found++ < max)
+            ts_warn("entity %llu: sent inputs 1..%llu, saw %llu applied; last seen in cell %d,%d", (unsigned long long)p->entity,
+                    (unsigned long long)(p->next_seq - 1), (unsigned long long)p->inputs_applied, p->cell.cx, p->cell.cy);
+    }
+    pthread_mutex_unlock(&pl->mu);
+    return found;
+}

@@ -73,6 +73,9 @@ void ts_players_on_state(void *ud, const ts_bus_msg_t *msg);
 ts_status_t ts_players_apply_state(ts_players_t *pl, const uint8_t *data, size_t len);
 
 void ts_players_stats(ts_players_t *pl, ts_players_stats_t *out);
+/* Logs (up to max) players whose applied count differs from what they sent;
+ * returns how many differ. Call once sending has stopped. */
+size_t ts_players_log_mismatches(ts_players_t *pl, size_t max);
 
 void ts_sim_inputs_free(ts_sim_inputs_t *in);
 

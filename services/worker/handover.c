@@ -1,20 +1,24 @@
 /* Worker side of a handover: cell C moves from source A to target B.
  *
  *   orch -> A  PREPARE   A marks the zone, sends B a PreCopy (snapshot at s1)
- *   orch -> A  FREEZE    A publishes pending Departures, stops consuming C,
- *                        applies what it received, publishes the effects,
- *                        sends B the Diff (exact state at s2)
+ *   orch -> A  FREEZE    A publishes pending Departures, applies what it has
+ *                        received, stops applying (s2; later input is held),
+ *                        publishes the effects, sends B the Diff; B, on the
+ *                        Diff, starts consuming C after s2, holding the input
  *   orch       CAS       registry: owner B, epoch + 1
- *   orch -> B  COMMIT    B consumes C from s2 + 1 with the new epoch
- *   orch -> A  COMMIT    A drops C
- *   orch -> *  ABORT     before the CAS: A resumes from s2 + 1, B discards
+ *   orch -> B  COMMIT    B owns C: its tick thread binds the zone and applies
+ *                        what it held
+ *   orch -> A  COMMIT    A drops C and what it held
+ *   orch -> *  ABORT     before the CAS: A resumes, applying what it held;
+ *                        B discards
  *
  * All messages travel on <cell>.handover; every worker of the world listens
- * and only the named target acts. PreCopy / Diff / target-side Abort are
- * handled directly on the nats.c thread (they only touch pending zones, under
- * the worker mutex) so a source waiting for them never waits on the target's
- * tick. Requests that touch bound cells are queued for the tick thread, which
- * serves them as soon as they arrive, between ticks.
+ * and only the named target acts. PreCopy / Diff / COMMIT / Abort on the
+ * target side are handled directly on the nats.c thread (they only touch
+ * pending zones, under the worker mutex) so neither the source nor the
+ * orchestrator ever waits for the target's tick. Requests that touch bound
+ * cells are queued for the tick thread, which serves them as soon as they
+ * arrive, between ticks.
  *
  * Whatever is lost — an orchestrator dying between CAS and COMMIT, a COMMIT
  * that never arrives — the registry decides: a frozen source that hears
@@ -74,10 +78,22 @@ static ts_pending_t *find_pending(ts_worker_t *w, const char *id)
     return NULL;
 }
 
-static void drop_pending(ts_worker_t *w, ts_pending_t *p)
+/* Removes p from the pending list (caller holds w->mu) and returns it by
+ * value; the caller frees it with free_pending() after unlocking, since
+ * destroying its subscription waits for callbacks that take w->mu. */
+static ts_pending_t take_pending(ts_worker_t *w, ts_pending_t *p)
 {
-    ts_zone_destroy(p->zone);
+    ts_pending_t out = *p;
     *p = w->pending[--w->npending];
+    return out;
+}
+
+static void free_pending(ts_pending_t *p)
+{
+    ts_bus_sub_destroy(p->sub);
+    ts_worker_free_ctx(p->ctx);
+    ts_zone_destroy(p->zone);
+    memset(p, 0, sizeof(*p));
 }
 
 static Tessera__V1__Checkpoint *unpack_snapshot(const Tessera__V1__Handover *m)
@@ -96,16 +112,18 @@ static void on_precopy(ts_worker_t *w, const Tessera__V1__Handover *m, const cha
     if (!cp || ts_proto_cell_get(m->cell, &cell) != TS_OK) {
         a.error = "malformed PreCopy";
     } else if (ts_zone_create(&z, &cell, m->epoch, &w->world, w->cfg->worker_max_speed) != TS_OK ||
-               ts_zone_load_checkpoint(z, cp, false, 0) != TS_OK) {
+               ts_zone_load_checkpoint(z, cp, false, w->tick) != TS_OK) {
         a.error = "cannot load the PreCopy snapshot";
         ts_zone_destroy(z);
         z = NULL;
     }
     if (z) {
+        ts_pending_t old = {0};
         pthread_mutex_lock(&w->mu);
-        for (size_t i = 0; i < w->npending;) {
-            if (ts_cell_eq(&w->pending[i].zone->cell, &cell)) drop_pending(w, &w->pending[i]);
-            else i++;
+        for (size_t i = 0; i < w->npending; i++) {
+            if (!ts_cell_eq(&w->pending[i].zone->cell, &cell)) continue;
+            old = take_pending(w, &w->pending[i]); /* at most one per cell */
+            break;
         }
         if (w->npending == w->cap_pending) {
             size_t ncap = w->cap_pending ? w->cap_pending * 2 : 8;
@@ -129,26 +147,72 @@ static void on_precopy(ts_worker_t *w, const Tessera__V1__Handover *m, const cha
             a.error = "out of memory";
         }
         pthread_mutex_unlock(&w->mu);
+        free_pending(&old);
     }
     if (cp) tessera__v1__checkpoint__free_unpacked(cp, NULL);
     send_ack(w, reply, m, &a);
 }
 
-/* Target side, on a nats.c thread: the Diff. */
+/* Target side, on a nats.c thread: the Diff. The zone is now exact as of s2;
+ * start consuming the cell's input after s2 right away (held, not applied),
+ * so that the COMMIT costs no subscription round trip. */
 static void on_diff(ts_worker_t *w, const Tessera__V1__Handover *m, const char *reply)
 {
     ack_t a = {.ok = false, .error = "no PreCopy for this handover"};
     Tessera__V1__Checkpoint *cp = unpack_snapshot(m);
+    ts_cell_t cell = {0};
+    uint64_t s2 = 0;
     pthread_mutex_lock(&w->mu);
     ts_pending_t *p = find_pending(w, m->id);
     if (!cp) {
         a.error = "malformed Diff";
-    } else if (p && ts_zone_load_checkpoint(p->zone, cp, true, 0) == TS_OK) {
+    } else if (p && ts_zone_load_checkpoint(p->zone, cp, true, w->tick) == TS_OK) {
         p->diffed = true;
-        a = (ack_t){.ok = true, .seq = p->zone->last_applied_seq, .entities = (uint32_t)ts_zone_entities(p->zone)};
+        cell = p->zone->cell;
+        s2 = p->zone->last_applied_seq;
+        a = (ack_t){.ok = true, .seq = s2, .entities = (uint32_t)ts_zone_entities(p->zone)};
     }
     pthread_mutex_unlock(&w->mu);
     if (cp) tessera__v1__checkpoint__free_unpacked(cp, NULL);
+
+    if (a.ok) {
+        ts_sub_ctx_t *ctx = NULL;
+        ts_bus_sub_t *sub = NULL;
+        if (ts_worker_subscribe_input(w, &cell, s2, true, &ctx, &sub) != TS_OK) {
+            a = (ack_t){.ok = false, .error = "cannot consume the cell's input"};
+        } else {
+            pthread_mutex_lock(&w->mu);
+            p = find_pending(w, m->id);
+            if (p && !p->sub) {
+                p->ctx = ctx;
+                p->sub = sub;
+                ctx = NULL;
+                sub = NULL;
+            } else {
+                a = (ack_t){.ok = false, .error = "handover aborted meanwhile"};
+            }
+            pthread_mutex_unlock(&w->mu);
+            ts_bus_sub_destroy(sub);
+            ts_worker_free_ctx(ctx);
+        }
+    }
+    send_ack(w, reply, m, &a);
+}
+
+/* Target side, on a nats.c thread: the registry names us; the cell is ours.
+ * The tick thread binds it (ts_handover_poll) without further round trips. */
+static void on_commit_target(ts_worker_t *w, const Tessera__V1__Handover *m, const char *reply)
+{
+    ack_t a = {.ok = false, .error = "no completed Diff for this handover"};
+    pthread_mutex_lock(&w->mu);
+    ts_pending_t *p = find_pending(w, m->id);
+    if (p && p->diffed && p->sub) {
+        p->committed = true;
+        p->new_epoch = m->new_epoch;
+        a = (ack_t){.ok = true, .resume_us = ts_now_us(), .seq = p->zone->last_applied_seq};
+        pthread_cond_signal(&w->cond);
+    }
+    pthread_mutex_unlock(&w->mu);
     send_ack(w, reply, m, &a);
 }
 
@@ -196,9 +260,12 @@ static void on_handover(void *ud, const ts_bus_msg_t *msg)
     case TESSERA__V1__HANDOVER_PHASE__HANDOVER_ABORT: {
         pthread_mutex_lock(&w->mu);
         ts_pending_t *p = find_pending(w, m->id);
-        if (p) drop_pending(w, p);
+        ts_pending_t gone = {0};
+        bool target = p != NULL;
+        if (p) gone = take_pending(w, p);
         pthread_mutex_unlock(&w->mu);
-        if (p) {
+        if (target) {
+            free_pending(&gone);
             ack_t a = {.ok = true};
             send_ack(w, reply, m, &a);
             break;
@@ -206,9 +273,19 @@ static void on_handover(void *ud, const ts_bus_msg_t *msg)
         queue_ctl(w, m, reply); /* source side: resume on the tick thread */
         return;
     }
+    case TESSERA__V1__HANDOVER_PHASE__HANDOVER_COMMIT: {
+        pthread_mutex_lock(&w->mu);
+        bool target = find_pending(w, m->id) != NULL;
+        pthread_mutex_unlock(&w->mu);
+        if (target) {
+            on_commit_target(w, m, reply);
+            break;
+        }
+        queue_ctl(w, m, reply); /* source side: let go on the tick thread */
+        return;
+    }
     case TESSERA__V1__HANDOVER_PHASE__HANDOVER_PREPARE:
     case TESSERA__V1__HANDOVER_PHASE__HANDOVER_FREEZE:
-    case TESSERA__V1__HANDOVER_PHASE__HANDOVER_COMMIT:
         queue_ctl(w, m, reply);
         return;
     default:
@@ -301,6 +378,15 @@ static void do_prepare(ts_worker_t *w, const Tessera__V1__Handover *m, const cha
     send_ack(w, reply, m, &a);
 }
 
+/* Source: back to owning the cell after an abort, applying what arrived
+ * while frozen. */
+static void resume(ts_worker_t *w, ts_binding_t *b)
+{
+    b->state = TS_BIND_ACTIVE;
+    b->handover_id[0] = '\0';
+    ts_worker_apply_msgs(w, b->zone, &b->held);
+}
+
 static void do_freeze(ts_worker_t *w, const Tessera__V1__Handover *m, const char *reply)
 {
     ack_t a = {.ok = false};
@@ -316,67 +402,41 @@ static void do_freeze(ts_worker_t *w, const Tessera__V1__Handover *m, const char
     ts_zone_t *z = b->zone;
     /* decisions already taken go into the stream, so the target sees them */
     ts_worker_publish_departures(w, z);
-    ts_worker_stop_consuming(w, b);
-    uint64_t freeze_us = ts_now_us();
-    /* what arrived before the unsubscribe is applied here: state exact at s2 */
+    /* apply what has arrived; from here on input is held, not applied: s2 */
     ts_worker_apply_inbox(w);
+    b->state = TS_BIND_FROZEN;
+    uint64_t freeze_us = ts_now_us();
+    ts_strlcpy(b->handover_id, m->id, sizeof(b->handover_id));
+    b->frozen_us = ts_mono_us();
     ts_worker_publish_outboxes(w, z);
     ts_status_t st = send_to_target(w, m, z, TESSERA__V1__HANDOVER_PHASE__HANDOVER_DIFF);
     if (st != TS_OK) {
         ts_warn("cell %s: Diff to %s failed (%s); resuming", z->key, m->to, ts_status_str(st));
-        ts_worker_consume(w, b);
+        resume(w, b);
         a.error = "Diff to the target failed";
         send_ack(w, reply, m, &a);
         return;
     }
-    b->state = TS_BIND_FROZEN;
-    ts_strlcpy(b->handover_id, m->id, sizeof(b->handover_id));
-    b->frozen_us = ts_mono_us();
     a = (ack_t){.ok = true, .seq = z->last_applied_seq, .freeze_us = freeze_us,
                 .entities = (uint32_t)ts_zone_entities(z)};
     send_ack(w, reply, m, &a);
 }
 
+/* Source: the registry names the target now; let go of the cell. */
 static void do_commit(ts_worker_t *w, const Tessera__V1__Handover *m, const char *reply)
 {
-    ack_t a = {.ok = false};
+    ack_t a = {.ok = true};
     ts_cell_t cell;
-    if (ts_proto_cell_get(m->cell, &cell) != TS_OK) {
-        a.error = "malformed cell";
-        send_ack(w, reply, m, &a);
-        return;
-    }
-    ts_binding_t *b = ts_worker_find_binding(w, &cell);
+    ts_binding_t *b = ts_proto_cell_get(m->cell, &cell) == TS_OK ? ts_worker_find_binding(w, &cell) : NULL;
     if (b && b->state == TS_BIND_FROZEN && strcmp(b->handover_id, m->id) == 0) {
-        /* source: the registry names the target now */
         w->stats.handovers_out++;
         ts_worker_unbind(w, b);
-        a.ok = true;
     } else if (b && b->state == TS_BIND_ACTIVE && b->zone->epoch == m->new_epoch) {
-        a = (ack_t){.ok = true, .resume_us = ts_now_us(), .seq = b->zone->last_applied_seq}; /* bound already */
-    } else if (!b) {
-        pthread_mutex_lock(&w->mu);
-        ts_pending_t *p = find_pending(w, m->id);
-        ts_zone_t *z = NULL;
-        if (p && p->diffed) {
-            z = p->zone;
-            p->zone = NULL;
-            *p = w->pending[--w->npending];
-        }
-        pthread_mutex_unlock(&w->mu);
-        if (z) {
-            uint64_t s2 = z->last_applied_seq;
-            if (ts_worker_bind(w, &cell, m->new_epoch, z) == TS_OK) {
-                w->stats.handovers_in++;
-                a = (ack_t){.ok = true, .resume_us = ts_now_us(), .seq = s2};
-            } else {
-                a.error = "cannot consume the cell's input";
-            }
-        } else {
-            a.error = "no completed Diff for this handover";
-        }
-    } else {
-        a.error = "cell is in another state";
+        /* the target, which took the cell from the registry before the COMMIT */
+        a.resume_us = b->bound_us;
+        a.seq = b->zone->last_applied_seq;
+    } else if (b) {
+        a = (ack_t){.ok = false, .error = "cell is not frozen in this handover"};
     }
     send_ack(w, reply, m, &a);
 }
@@ -387,10 +447,10 @@ static void do_abort(ts_worker_t *w, const Tessera__V1__Handover *m, const char 
     ts_cell_t cell;
     ts_binding_t *b = ts_proto_cell_get(m->cell, &cell) == TS_OK ? ts_worker_find_binding(w, &cell) : NULL;
     if (b && b->state == TS_BIND_FROZEN && strcmp(b->handover_id, m->id) == 0) {
-        ts_info("cell %s: handover %s aborted; resuming at seq %" PRIu64, b->zone->key, m->id,
+        ts_info("cell %s: handover %s aborted; resuming after seq %" PRIu64, b->zone->key, m->id,
                 b->zone->last_applied_seq);
         w->stats.handovers_aborted++;
-        if (ts_worker_consume(w, b) != TS_OK) a = (ack_t){.ok = false, .error = "cannot resume consuming"};
+        resume(w, b);
     }
     send_ack(w, reply, m, &a);
 }
@@ -399,34 +459,87 @@ static void do_abort(ts_worker_t *w, const Tessera__V1__Handover *m, const char 
 static void check_frozen(ts_worker_t *w)
 {
     uint64_t now = ts_mono_us();
-    for (size_t i = 0; i < w->nbind; i++) {
+    for (size_t i = 0; i < w->nbind;) {
         ts_binding_t *b = &w->bindings[i];
-        if (b->state != TS_BIND_FROZEN || now - b->frozen_us < FROZEN_TIMEOUT_US) continue;
+        if (b->state != TS_BIND_FROZEN || now - b->frozen_us < FROZEN_TIMEOUT_US) {
+            i++;
+            continue;
+        }
         ts_cell_entry_t e;
-        ts_status_t st = ts_registry_cell_get(w->reg, &b->zone->cell, &e);
-        if (st != TS_OK) continue; /* cannot tell: stay frozen, ask again next tick */
+        if (ts_registry_cell_get(w->reg, &b->zone->cell, &e) != TS_OK) {
+            i++; /* cannot tell: stay frozen, ask again next time */
+            continue;
+        }
         if (strcmp(e.owner, w->id) == 0 && e.epoch == b->zone->epoch) {
             ts_warn("cell %s: handover %s timed out before commit; resuming", b->zone->key, b->handover_id);
             w->stats.handovers_aborted++;
-            ts_worker_consume(w, b);
+            resume(w, b);
+            i++;
         } else {
             ts_info("cell %s: handover %s committed (owner %s, epoch %" PRIu64 ")", b->zone->key, b->handover_id,
                     e.owner, e.epoch);
             w->stats.handovers_out++;
-            ts_worker_unbind(w, b);
-            i--;
+            ts_worker_unbind(w, b); /* moves another binding into slot i */
         }
     }
+    ts_pending_t expired[8];
+    size_t nexp = 0;
     pthread_mutex_lock(&w->mu);
-    for (size_t i = 0; i < w->npending;) {
-        if (now - w->pending[i].created_us > PENDING_TIMEOUT_US) drop_pending(w, &w->pending[i]);
-        else i++;
+    for (size_t i = 0; i < w->npending && nexp < 8;) {
+        if (!w->pending[i].committed && now - w->pending[i].created_us > PENDING_TIMEOUT_US)
+            expired[nexp++] = take_pending(w, &w->pending[i]);
+        else
+            i++;
     }
     pthread_mutex_unlock(&w->mu);
+    for (size_t i = 0; i < nexp; i++) {
+        ts_warn("handover %s: no commit within %llu s; discarding the received cell", expired[i].id,
+                (unsigned long long)(PENDING_TIMEOUT_US / 1000000));
+        free_pending(&expired[i]);
+    }
+}
+
+/* Binds the first pending zone that is committed (or, with cell, the diffed
+ * one for that cell). Returns false if there was none. */
+static bool adopt_pending(ts_worker_t *w, const ts_cell_t *cell, uint64_t epoch)
+{
+    ts_pending_t p = {0};
+    bool found = false;
+    pthread_mutex_lock(&w->mu);
+    for (size_t i = 0; i < w->npending; i++) {
+        ts_pending_t *q = &w->pending[i];
+        bool match = cell ? (q->diffed && q->sub && ts_cell_eq(&q->zone->cell, cell)) : q->committed;
+        if (!match) continue;
+        p = take_pending(w, q);
+        found = true;
+        break;
+    }
+    pthread_mutex_unlock(&w->mu);
+    if (!found) return false;
+    uint64_t new_epoch = cell ? epoch : p.new_epoch;
+    ts_cell_t c = p.zone->cell;
+    if (ts_worker_find_binding(w, &c)) {
+        free_pending(&p); /* bound meanwhile from the registry */
+        return true;
+    }
+    uint64_t s2 = p.zone->last_applied_seq;
+    if (ts_worker_adopt(w, p.zone, new_epoch, p.sub, p.ctx) == TS_OK) {
+        w->stats.handovers_in++;
+        ts_info("cell %s: bound at epoch %" PRIu64 " from handover %s, consuming after seq %" PRIu64,
+                w->bindings[w->nbind - 1].zone->key, new_epoch, p.id, s2);
+    }
+    return true;
+}
+
+bool ts_handover_bind_pending(ts_worker_t *w, const ts_cell_t *cell, uint64_t epoch)
+{
+    return adopt_pending(w, cell, epoch);
 }
 
 void ts_handover_poll(ts_worker_t *w)
 {
+    while (adopt_pending(w, NULL, 0)) {
+    }
     for (;;) {
         pthread_mutex_lock(&w->mu);
         ts_ctl_req_t *reqs = w->ctl;
@@ -455,23 +568,6 @@ void ts_handover_poll(ts_worker_t *w)
     check_frozen(w);
 }
 
-ts_zone_t *ts_handover_take_pending(ts_worker_t *w, const ts_cell_t *cell)
-{
-    ts_zone_t *z = NULL;
-    pthread_mutex_lock(&w->mu);
-    for (size_t i = 0; i < w->npending; i++) {
-        ts_pending_t *p = &w->pending[i];
-        if (!p->diffed || !ts_cell_eq(&p->zone->cell, cell)) continue;
-        z = p->zone;
-        p->zone = NULL;
-        *p = w->pending[--w->npending];
-        break;
-    }
-    pthread_mutex_unlock(&w->mu);
-    if (z) w->stats.handovers_in++;
-    return z;
-}
-
 void ts_handover_free_all(ts_worker_t *w)
 {
     for (size_t i = 0; i < w->nctl; i++) {
@@ -481,7 +577,12 @@ void ts_handover_free_all(ts_worker_t *w)
     free(w->ctl);
     w->ctl = NULL;
     w->nctl = w->cap_ctl = 0;
-    while (w->npending) drop_pending(w, &w->pending[w->npending - 1]);
-    free(w->pending);
+    pthread_mutex_lock(&w->mu);
+    ts_pending_t *all = w->pending;
+    size_t n = w->npending;
     w->pending = NULL;
+    w->npending = w->cap_pending = 0;
+    pthread_mutex_unlock(&w->mu);
+    for (size_t i = 0; i < n; i++) free_pending(&all[i]);
+    free(all);
 }

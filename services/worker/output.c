@@ -37,10 +37,13 @@ void ts_worker_publish_departures(ts_worker_t *w, ts_zone_t *z)
     if (ts_zone_pack_departures(z, &buf, &len) != TS_OK) return;
     char subj[TS_SUBJECT_MAX], msg_id[256];
     ts_subject_cell(subj, sizeof(subj), &z->cell, TS_SUBJ_INPUT);
-    snprintf(msg_id, sizeof(msg_id), "dep-%s-%016" PRIx64 "-t%" PRIu64 "-%s", w->id, w->boot_nonce, w->tick, z->key);
+    /* unique per publish (a tick may publish a zone's departures twice: at the
+     * tick and at a handover freeze); retries below reuse it */
+    uint64_t pub_seq = ++w->seq;
+    snprintf(msg_id, sizeof(msg_id), "dep-%s-%016" PRIx64 "-%" PRIu64, w->id, w->boot_nonce, pub_seq);
     ts_bus_hdr_t hdr = {.type = TS_TYPE_INPUT_BATCH,
                         .epoch = z->epoch,
-                        .seq = ++w->seq,
+                        .seq = pub_seq,
                         .count = (uint32_t)z->ndeps,
                         .msg_id = msg_id};
     ts_status_t st = js_publish_retry(w, subj, &hdr, buf, len);
@@ -62,18 +65,19 @@ void ts_worker_publish_outboxes(ts_worker_t *w, ts_zone_t *z)
         char subj[TS_SUBJECT_MAX], dest[TS_CELL_STR_MAX], msg_id[512];
         ts_subject_cell(subj, sizeof(subj), &o->dest, TS_SUBJ_INPUT);
         ts_cell_format(&o->dest, dest, sizeof(dest));
+        uint64_t pub_seq = ++w->seq;
         if (o->marker_seq)
             /* the same Departure replayed by a later owner publishes the same id */
             snprintf(msg_id, sizeof(msg_id), "xfer-%s-m%" PRIu64 "-%s", z->key, o->marker_seq, dest);
         else
-            snprintf(msg_id, sizeof(msg_id), "fwd-%s-%016" PRIx64 "-%s-t%" PRIu64 "-%s", w->id, w->boot_nonce,
-                     z->key, w->tick, dest);
+            /* unique per publish: forwarded inputs are de-duplicated by (entity, seq) */
+            snprintf(msg_id, sizeof(msg_id), "fwd-%s-%016" PRIx64 "-%" PRIu64, w->id, w->boot_nonce, pub_seq);
         const ts_cell_entry_t *de = ts_worker_find_entry(w, &o->dest);
         ts_status_t st = de ? ts_zone_pack_outbox(z, i, &buf, &len) : TS_ERR_UNKNOWN_CELL;
         if (st == TS_OK) {
             ts_bus_hdr_t hdr = {.type = TS_TYPE_INPUT_BATCH,
                                 .epoch = de->epoch,
-                                .seq = ++w->seq,
+                                .seq = pub_seq,
                                 .count = (uint32_t)(o->ninputs + o->ntransfers),
                                 .msg_id = msg_id};
             st = js_publish_retry(w, subj, &hdr, buf, len);

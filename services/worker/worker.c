@@ -37,32 +37,45 @@ const ts_cell_entry_t *ts_worker_find_entry(const ts_worker_t *w, const ts_cell_
     return NULL;
 }
 
+static bool inbox_push(ts_inbox_t *in, const ts_inbox_msg_t *m)
+{
+    if (in->n == in->cap) {
+        size_t ncap = in->cap ? in->cap * 2 : 256;
+        ts_inbox_msg_t *v = realloc(in->v, ncap * sizeof(*v));
+        if (!v) return false;
+        in->v = v;
+        in->cap = ncap;
+    }
+    in->v[in->n++] = *m;
+    return true;
+}
+
+void ts_inbox_free(ts_inbox_t *in)
+{
+    for (size_t i = 0; i < in->n; i++) free(in->v[i].data);
+    free(in->v);
+    *in = (ts_inbox_t){0};
+}
+
 static void on_input(void *ud, const ts_bus_msg_t *m)
 {
     ts_sub_ctx_t *ctx = ud;
     ts_worker_t *w = ctx->w;
     size_t len = ts_bus_msg_len(m);
-    uint8_t *data = malloc(len ? len : 1);
-    if (!data) {
+    ts_inbox_msg_t msg = {ctx->cell, 0, ts_bus_msg_stream_seq(m), malloc(len ? len : 1), len};
+    if (!msg.data) {
         ts_error("out of memory queueing input for a cell");
         return;
     }
-    memcpy(data, ts_bus_msg_data(m), len);
+    memcpy(msg.data, ts_bus_msg_data(m), len);
     pthread_mutex_lock(&w->mu);
-    if (w->inbox.n == w->inbox.cap) {
-        size_t ncap = w->inbox.cap ? w->inbox.cap * 2 : 256;
-        ts_inbox_msg_t *v = realloc(w->inbox.v, ncap * sizeof(*v));
-        if (!v) {
-            pthread_mutex_unlock(&w->mu);
-            free(data);
-            ts_error("out of memory queueing input for a cell");
-            return;
-        }
-        w->inbox.v = v;
-        w->inbox.cap = ncap;
-    }
-    w->inbox.v[w->inbox.n++] = (ts_inbox_msg_t){ctx->cell, ctx->gen, ts_bus_msg_stream_seq(m), data, len};
+    msg.gen = ctx->gen;
+    bool ok = inbox_push(ctx->hold ? &ctx->held : &w->inbox, &msg);
     pthread_mutex_unlock(&w->mu);
+    if (!ok) {
+        free(msg.data);
+        ts_error("out of memory queueing input for a cell");
+    }
 }
 
 static void on_registry(void *ud, const ts_bus_msg_t *m)
@@ -84,23 +97,31 @@ static void add_stats(ts_zone_stats_t *dst, const ts_zone_stats_t *s)
     dst->transfers_out += s->transfers_out;
 }
 
-ts_status_t ts_worker_consume(ts_worker_t *w, ts_binding_t *b)
+ts_status_t ts_worker_subscribe_input(ts_worker_t *w, const ts_cell_t *cell, uint64_t after_seq, bool hold,
+                                      ts_sub_ctx_t **ctx, ts_bus_sub_t **sub)
 {
-    b->gen = ++w->next_gen;
-    b->ctx->gen = b->gen;
+    ts_sub_ctx_t *c = calloc(1, sizeof(*c));
+    if (!c) return TS_ERR_NOMEM;
+    pthread_mutex_lock(&w->mu);
+    *c = (ts_sub_ctx_t){.w = w, .cell = *cell, .gen = ++w->next_gen, .hold = hold};
+    pthread_mutex_unlock(&w->mu);
     char subj[TS_SUBJECT_MAX];
-    ts_subject_cell(subj, sizeof(subj), &b->zone->cell, TS_SUBJ_INPUT);
-    uint64_t start = b->zone->last_applied_seq ? b->zone->last_applied_seq + 1 : 0;
-    ts_status_t st = ts_bus_consume(w->bus, w->world.id, subj, start, on_input, b->ctx, &b->sub);
-    if (st != TS_OK) ts_error("cell %s: cannot consume %s: %s", b->zone->key, subj, ts_status_str(st));
-    b->state = TS_BIND_ACTIVE;
-    return st;
+    ts_subject_cell(subj, sizeof(subj), cell, TS_SUBJ_INPUT);
+    ts_status_t st = ts_bus_consume(w->bus, w->world.id, subj, after_seq ? after_seq + 1 : 0, on_input, c, sub);
+    if (st != TS_OK) {
+        ts_error("cannot consume %s: %s", subj, ts_status_str(st));
+        free(c);
+        return st;
+    }
+    *ctx = c;
+    return TS_OK;
 }
 
-void ts_worker_stop_consuming(ts_worker_t *w, ts_binding_t *b)
+void ts_worker_free_ctx(ts_sub_ctx_t *ctx)
 {
-    ts_bus_sub_destroy(b->sub);
-    b->sub = NULL;
+    if (!ctx) return;
+    ts_inbox_free(&ctx->held);
+    free(ctx);
 }
 
 /* Loads the cell's latest checkpoint into z, if there is one. */
@@ -127,43 +148,61 @@ static void load_checkpoint(ts_worker_t *w, ts_zone_t *z)
     ts_bus_msg_destroy(m);
 }
 
-ts_status_t ts_worker_bind(ts_worker_t *w, const ts_cell_t *cell, uint64_t epoch, ts_zone_t *zone)
+static ts_binding_t *new_binding(ts_worker_t *w)
 {
     if (w->nbind == w->cap_bind) {
         size_t ncap = w->cap_bind ? w->cap_bind * 2 : 16;
         ts_binding_t *v = realloc(w->bindings, ncap * sizeof(*v));
-        if (!v) {
-            ts_zone_destroy(zone);
-            return TS_ERR_NOMEM;
-        }
+        if (!v) return NULL;
         w->bindings = v;
         w->cap_bind = ncap;
     }
-    ts_binding_t b = {0};
-    bool from_handover = zone != NULL;
-    if (!zone) {
-        ts_status_t st = ts_zone_create(&zone, cell, epoch, &w->world, w->cfg->worker_max_speed);
-        if (st != TS_OK) return st;
-        load_checkpoint(w, zone);
-    }
-    zone->epoch = epoch;
-    b.zone = zone;
-    b.ctx = malloc(sizeof(*b.ctx));
-    if (!b.ctx) {
+    ts_binding_t *b = &w->bindings[w->nbind];
+    memset(b, 0, sizeof(*b));
+    return b;
+}
+
+ts_status_t ts_worker_adopt(ts_worker_t *w, ts_zone_t *zone, uint64_t epoch, ts_bus_sub_t *sub, ts_sub_ctx_t *ctx)
+{
+    ts_binding_t *b = new_binding(w);
+    if (!b) {
+        ts_bus_sub_destroy(sub);
+        ts_worker_free_ctx(ctx);
         ts_zone_destroy(zone);
         return TS_ERR_NOMEM;
     }
-    *b.ctx = (ts_sub_ctx_t){w, *cell, 0};
-    ts_status_t st = ts_worker_consume(w, &b);
+    zone->epoch = epoch;
+    b->zone = zone;
+    b->sub = sub;
+    b->ctx = ctx;
+    b->bound_us = ts_now_us();
+    pthread_mutex_lock(&w->mu);
+    b->gen = ctx->gen;
+    ts_inbox_t held = ctx->held;
+    ctx->held = (ts_inbox_t){0};
+    ctx->hold = false;
+    pthread_mutex_unlock(&w->mu);
+    w->nbind++;
+    ts_worker_apply_msgs(w, zone, &held);
+    return TS_OK;
+}
+
+ts_status_t ts_worker_bind(ts_worker_t *w, const ts_cell_t *cell, uint64_t epoch)
+{
+    ts_zone_t *zone = NULL;
+    ts_status_t st = ts_zone_create(&zone, cell, epoch, &w->world, w->cfg->worker_max_speed);
+    if (st != TS_OK) return st;
+    load_checkpoint(w, zone);
+    ts_sub_ctx_t *ctx = NULL;
+    ts_bus_sub_t *sub = NULL;
+    st = ts_worker_subscribe_input(w, cell, zone->last_applied_seq, false, &ctx, &sub);
     if (st != TS_OK) {
-        free(b.ctx);
         ts_zone_destroy(zone);
         return st;
     }
-    w->bindings[w->nbind++] = b;
-    ts_info("cell %s: bound at epoch %" PRIu64 " from %s, consuming after seq %" PRIu64, zone->key, epoch,
-            from_handover ? "handover" : "checkpoint/replay", zone->last_applied_seq);
-    return TS_OK;
+    ts_info("cell %s: bound at epoch %" PRIu64 " from checkpoint/replay, consuming after seq %" PRIu64, zone->key,
+            epoch, zone->last_applied_seq);
+    return ts_worker_adopt(w, zone, epoch, sub, ctx);
 }
 
 void ts_worker_unbind(ts_worker_t *w, ts_binding_t *b)
@@ -173,7 +212,8 @@ void ts_worker_unbind(ts_worker_t *w, ts_binding_t *b)
     ts_bus_sub_destroy(b->sub);
     add_stats(&w->stats.zones, &b->zone->stats);
     ts_zone_destroy(b->zone);
-    free(b->ctx);
+    ts_worker_free_ctx(b->ctx);
+    ts_inbox_free(&b->held);
     *b = w->bindings[--w->nbind];
 }
 
@@ -215,7 +255,8 @@ void ts_worker_sync_registry(ts_worker_t *w)
     for (size_t i = 0; i < n; i++) {
         if (strcmp(cells[i].owner, w->id) != 0 || cells[i].state != TS_CELL_ACTIVE) continue;
         if (ts_worker_find_binding(w, &cells[i].cell)) continue;
-        ts_worker_bind(w, &cells[i].cell, cells[i].epoch, ts_handover_take_pending(w, &cells[i].cell));
+        if (!ts_handover_bind_pending(w, &cells[i].cell, cells[i].epoch))
+            ts_worker_bind(w, &cells[i].cell, cells[i].epoch);
     }
 }
 
@@ -229,6 +270,25 @@ static void maybe_sync_registry(ts_worker_t *w, bool force)
     ts_worker_sync_registry(w);
 }
 
+static void apply_msg(ts_worker_t *w, ts_zone_t *z, ts_inbox_msg_t *m)
+{
+    Tessera__V1__InputBatch *ib = tessera__v1__input_batch__unpack(NULL, m->len, m->data);
+    if (ib) {
+        ts_zone_apply_batch(z, m->stream_seq, ib, w->tick);
+        tessera__v1__input_batch__free_unpacked(ib, NULL);
+    } else if (m->stream_seq > z->last_applied_seq) {
+        ts_warn("cell %s: undecodable input message at stream seq %" PRIu64 " skipped", z->key, m->stream_seq);
+        z->last_applied_seq = m->stream_seq;
+        z->stats.dropped++;
+    }
+}
+
+void ts_worker_apply_msgs(ts_worker_t *w, ts_zone_t *z, ts_inbox_t *msgs)
+{
+    for (size_t i = 0; i < msgs->n; i++) apply_msg(w, z, &msgs->v[i]);
+    ts_inbox_free(msgs);
+}
+
 void ts_worker_apply_inbox(ts_worker_t *w)
 {
     pthread_mutex_lock(&w->mu);
@@ -240,15 +300,12 @@ void ts_worker_apply_inbox(ts_worker_t *w)
         ts_inbox_msg_t *m = &batch.v[i];
         ts_binding_t *b = ts_worker_find_binding(w, &m->cell);
         if (b && b->gen == m->gen) {
-            Tessera__V1__InputBatch *ib = tessera__v1__input_batch__unpack(NULL, m->len, m->data);
-            if (ib) {
-                ts_zone_apply_batch(b->zone, m->stream_seq, ib, w->tick);
-                tessera__v1__input_batch__free_unpacked(ib, NULL);
+            if (b->state == TS_BIND_FROZEN) {
+                /* after s2: the target applies it, unless the handover aborts */
+                if (inbox_push(&b->held, m)) continue;
+                ts_error("cell %s: out of memory holding input during a handover", b->zone->key);
             } else {
-                ts_warn("cell %s: undecodable input message at stream seq %" PRIu64 " skipped", b->zone->key,
-                        m->stream_seq);
-                if (m->stream_seq > b->zone->last_applied_seq) b->zone->last_applied_seq = m->stream_seq;
-                b->zone->stats.dropped++;
+                apply_msg(w, b->zone, m);
             }
         }
         free(m->data);
@@ -436,8 +493,7 @@ void ts_worker_destroy(ts_worker_t *w)
     ts_handover_free_all(w);
     free(w->bindings);
     free(w->cells);
-    for (size_t i = 0; i < w->inbox.n; i++) free(w->inbox.v[i].data);
-    free(w->inbox.v);
+    ts_inbox_free(&w->inbox);
     pthread_mutex_destroy(&w->mu);
     pthread_cond_destroy(&w->cond);
     ts_bus_destroy(w->bus);

@@ -21,24 +21,6 @@
 #define TS_TICK_SAMPLES 256
 
 typedef struct {
-    ts_worker_t *w;
-    ts_cell_t cell;
-    uint64_t gen;
-} ts_sub_ctx_t;
-
-typedef enum { TS_BIND_ACTIVE = 0, TS_BIND_FROZEN } ts_bind_state_t;
-
-typedef struct {
-    ts_zone_t *zone;
-    ts_bus_sub_t *sub; /* NULL while frozen */
-    ts_sub_ctx_t *ctx;
-    uint64_t gen;
-    ts_bind_state_t state;
-    char handover_id[64]; /* while frozen */
-    uint64_t frozen_us;   /* monotonic */
-} ts_binding_t;
-
-typedef struct {
     ts_cell_t cell;
     uint64_t gen;
     uint64_t stream_seq;
@@ -51,17 +33,46 @@ typedef struct {
     size_t n, cap;
 } ts_inbox_t;
 
+/* Context of one input subscription (owned by its binding or pending zone). */
+typedef struct {
+    ts_worker_t *w;
+    ts_cell_t cell;
+    uint64_t gen;
+    bool hold;       /* a handover target not committed yet: keep, don't apply */
+    ts_inbox_t held; /* under w->mu */
+} ts_sub_ctx_t;
+
+typedef enum { TS_BIND_ACTIVE = 0, TS_BIND_FROZEN } ts_bind_state_t;
+
+typedef struct {
+    ts_zone_t *zone;
+    ts_bus_sub_t *sub;
+    ts_sub_ctx_t *ctx;
+    uint64_t gen;
+    ts_bind_state_t state;
+    char handover_id[64]; /* while frozen */
+    uint64_t frozen_us;   /* monotonic */
+    ts_inbox_t held;      /* input received while frozen (after s2), in order */
+    uint64_t bound_us;    /* wall clock when this worker took the cell */
+} ts_binding_t;
+
 /* A handover request waiting for the tick thread. */
 typedef struct {
     Tessera__V1__Handover *msg;
     char *reply;
 } ts_ctl_req_t;
 
-/* A cell this worker is receiving in a handover (target side). */
+/* A cell this worker is receiving in a handover (target side). From the
+ * Diff on it already consumes the cell's input after s2, holding it, so the
+ * COMMIT only has to flip ownership. */
 typedef struct {
     char id[64];
     ts_zone_t *zone;
-    bool diffed; /* the Diff arrived: the zone is exact as of its last_applied_seq */
+    bool diffed;    /* the Diff arrived: the zone is exact as of its last_applied_seq */
+    bool committed; /* COMMIT arrived: the tick thread binds it */
+    uint64_t new_epoch;
+    ts_sub_ctx_t *ctx;
+    ts_bus_sub_t *sub;
     uint64_t created_us;
 } ts_pending_t;
 
@@ -111,15 +122,20 @@ struct ts_worker {
 /* worker.c */
 ts_binding_t *ts_worker_find_binding(ts_worker_t *w, const ts_cell_t *c);
 const ts_cell_entry_t *ts_worker_find_entry(const ts_worker_t *w, const ts_cell_t *c);
-/* Binds a cell: with `zone` (a handover's pending zone, taken over) or from
- * the cell's checkpoint and replay. Consumes from last_applied_seq + 1. */
-ts_status_t ts_worker_bind(ts_worker_t *w, const ts_cell_t *cell, uint64_t epoch, ts_zone_t *zone);
+/* Binds a cell from its checkpoint and a replay of its input after it. */
+ts_status_t ts_worker_bind(ts_worker_t *w, const ts_cell_t *cell, uint64_t epoch);
+/* Binds a zone whose consumer already runs (a handover target): takes
+ * ownership of zone, sub and ctx, applies what ctx held. */
+ts_status_t ts_worker_adopt(ts_worker_t *w, ts_zone_t *zone, uint64_t epoch, ts_bus_sub_t *sub, ts_sub_ctx_t *ctx);
+/* Allocates a subscription context and starts consuming cell's input after
+ * after_seq. */
+ts_status_t ts_worker_subscribe_input(ts_worker_t *w, const ts_cell_t *cell, uint64_t after_seq, bool hold,
+                                      ts_sub_ctx_t **ctx, ts_bus_sub_t **sub);
+void ts_worker_free_ctx(ts_sub_ctx_t *ctx);
+void ts_inbox_free(ts_inbox_t *in);
+/* Applies queued input messages to z in order (and frees them). */
+void ts_worker_apply_msgs(ts_worker_t *w, ts_zone_t *z, ts_inbox_t *msgs);
 void ts_worker_unbind(ts_worker_t *w, ts_binding_t *b);
-/* Starts (again) consuming a binding's input after its last applied seq. */
-ts_status_t ts_worker_consume(ts_worker_t *w, ts_binding_t *b);
-/* Stops consuming (no callback runs after it returns); what the inbox
- * already holds for it is still applied. */
-void ts_worker_stop_consuming(ts_worker_t *w, ts_binding_t *b);
 void ts_worker_apply_inbox(ts_worker_t *w);
 void ts_worker_sync_registry(ts_worker_t *w);
 
@@ -134,8 +150,9 @@ void ts_worker_heartbeat(ts_worker_t *w);
 ts_status_t ts_handover_subscribe(ts_worker_t *w);
 /* Runs queued control requests and handover timeouts (tick thread). */
 void ts_handover_poll(ts_worker_t *w);
-/* Takes the pending zone for cell if its Diff arrived (caller owns it). */
-ts_zone_t *ts_handover_take_pending(ts_worker_t *w, const ts_cell_t *cell);
+/* Binds the pending zone for cell if its Diff arrived (the registry gave us
+ * the cell before the COMMIT did). Returns false if there is none. */
+bool ts_handover_bind_pending(ts_worker_t *w, const ts_cell_t *cell, uint64_t epoch);
 void ts_handover_free_all(ts_worker_t *w);
 
 #endif
