@@ -154,6 +154,7 @@ typedef struct {
     bool *alive; /* liveness key present in Redis, per worker */
     bool *fresh; /* heartbeat within the TTL, per worker */
     size_t nw;
+    size_t warming; /* cells whose input rate is not measured yet */
     ts_balance_cell_t *c;
     size_t nc;
     ts_balance_view_t v;

@@ -4,8 +4,9 @@
  * performs it as a live handover. Every decision that moves a cell is logged
  * with the scores behind it; the reasons for not moving at debug level.
  *
- * Invariants: nothing moves while a drain is in progress or while an
- * eligible worker's heartbeat is missing (its load would read as zero);
+ * Invariants: nothing moves while a drain is in progress, while an
+ * eligible worker's heartbeat is missing or while a cell's input rate is not
+ * measured yet (its load would read as zero);
  * a failed move still starts the cooldown, so a broken worker is not
  * hammered with handovers. */
 #include <stdlib.h>
@@ -86,6 +87,7 @@ ts_status_t ts_orch_view_build(ts_orch_t *o, ts_orch_view_t *vw)
         if (ts_workers_cell_load(o->workers, &c->cell, now, &load)) {
             c->entities = load.entities;
             c->inputs_per_s = load.inputs_per_s;
+            vw->warming += !load.rate_known;
         }
     }
     for (size_t i = 0; i < vw->nw; i++) {
@@ -161,6 +163,11 @@ void ts_rebalance_poll(ts_orch_t *o)
     ts_orch_view_t vw;
     if (ts_orch_view_build(o, &vw) != TS_OK)
         return;
+    if (vw.warming) {
+        ts_debug("rebalance: skipped, %zu cells have no input rate yet", vw.warming);
+        ts_orch_view_free(&vw);
+        return;
+    }
     for (size_t i = 0; i < vw.nw; i++) {
         if (vw.w[i].eligible && !vw.fresh[i]) {
             ts_debug("rebalance: skipped, no recent heartbeat from %s", vw.w[i].id);
@@ -179,13 +186,15 @@ void ts_rebalance_poll(ts_orch_t *o)
     const ts_balance_cell_t *c = &vw.c[mv.cell];
     const char *from = vw.w[mv.from].id, *to = vw.w[mv.to].id;
     ts_cell_format(&c->cell, key, sizeof key);
-    ts_info("rebalance (%s): moving cell %s (load %.3f: %.0f entities, %.0f inputs/s) from %s (load %.3f, "
-            "%zu cells) "
-            "to %s (load %.3f, %zu cells), mean load %.3f, %s; expected %.3f / %.3f after",
-            kind_name(mv.kind), key, mv.cell_load, c->entities, c->inputs_per_s, from, mv.from_load,
-            vw.w[mv.from].ncells, to, mv.to_load, vw.w[mv.to].ncells, mv.mean_load,
-            mv.adjacent ? "adjacent to its cells" : "not adjacent", mv.from_load - mv.cell_load,
-            mv.to_load + mv.cell_load);
+    const ts_balance_worker_t *fw = &vw.w[mv.from], *tw = &vw.w[mv.to];
+    ts_info(
+        "rebalance (%s): moving cell %s (load %.3f: %.0f entities, %.0f inputs/s) from %s (load %.3f: %zu cells, "
+        "%.0f entities, %.0f inputs/s, tick p99 %.1f ms) to %s (load %.3f: %zu cells, %.0f entities, %.0f "
+        "inputs/s, tick p99 %.1f ms), mean load %.3f, %s; expected %.3f / %.3f after",
+        kind_name(mv.kind), key, mv.cell_load, c->entities, c->inputs_per_s, from, mv.from_load, fw->ncells,
+        fw->entities, fw->inputs_per_s, fw->tick_p99_ms, to, mv.to_load, tw->ncells, tw->entities, tw->inputs_per_s,
+        tw->tick_p99_ms, mv.mean_load, mv.adjacent ? "adjacent to its cells" : "not adjacent",
+        mv.from_load - mv.cell_load, mv.to_load + mv.cell_load);
     ts_balance_moved(&o->balance, now);
     if (ts_orch_handover(o, &c->cell, to, TS_HO_REBALANCE, reply, sizeof reply) == TS_OK)
         ts_stats_count(&o->stats, TS_STAT_REBALANCE_MOVE);

@@ -47,20 +47,28 @@ struct ts_workers {
     uint64_t malformed;
 };
 
-/* Feeds one sample of a monotonic counter; updates *rate when a window closes.
- * A counter that went back (restart, new zone) restarts the window. */
-static void rate_sample(baseline_t *b, uint64_t value, uint64_t now_us, double *rate)
+/* Time since `then`; 0 if it lies after now (a heartbeat recorded on another
+ * thread after the caller read the clock). */
+static uint64_t age(uint64_t now_us, uint64_t then_us)
+{
+    return now_us > then_us ? now_us - then_us : 0;
+}
+
+/* Feeds one sample of a monotonic counter; updates *rate when a window
+ * closes and then returns true. A counter that went back (restart, new zone)
+ * restarts the window. */
+static bool rate_sample(baseline_t *b, uint64_t value, uint64_t now_us, double *rate)
 {
     if (!b->set || value < b->value || now_us < b->at_us) {
         *b = (baseline_t){.value = value, .at_us = now_us, .set = true};
-        return;
+        return false;
     }
     uint64_t dt = now_us - b->at_us;
     if (dt < RATE_WINDOW_US)
-        return;
-    double sample = (double)(value - b->value) * 1e6 / (double)dt;
-    *rate = sample;
+        return false;
+    *rate = (double)(value - b->value) * 1e6 / (double)dt;
     *b = (baseline_t){.value = value, .at_us = now_us, .set = true};
+    return true;
 }
 
 ts_status_t ts_workers_create(ts_workers_t **out, int64_t ttl_ms)
@@ -154,7 +162,7 @@ static void record_cell(ts_workers_t *w, const char *worker, const Tessera__V1__
         e->load.cell = cell;
     }
     ts_cell_load_t *l = &e->load;
-    bool fresh = now_us - l->seen_us <= (uint64_t)w->ttl_ms * 1000;
+    bool fresh = l->seen_us && age(now_us, l->seen_us) <= (uint64_t)w->ttl_ms * 1000;
     if (l->worker[0] && strcmp(l->worker, worker) != 0 && cl->epoch < l->epoch && fresh)
         return; /* a previous owner still lists it */
     if (strcmp(l->worker, worker) != 0 || cl->epoch != l->epoch) {
@@ -164,7 +172,8 @@ static void record_cell(ts_workers_t *w, const char *worker, const Tessera__V1__
     }
     l->entities = cl->entities;
     l->seen_us = now_us;
-    rate_sample(&e->base, cl->inputs_applied, now_us, &l->inputs_per_s);
+    if (rate_sample(&e->base, cl->inputs_applied, now_us, &l->inputs_per_s))
+        l->rate_known = true;
 }
 
 ts_status_t ts_workers_record(ts_workers_t *w, const uint8_t *data, size_t len, uint64_t now_us)
@@ -186,7 +195,7 @@ ts_status_t ts_workers_record(ts_workers_t *w, const uint8_t *data, size_t len, 
                     hb->capacity);
         else if (!e->alive)
             ts_info("worker %s is back after %.1f s without heartbeat", e->id,
-                    (double)(now_us - e->last_hb_us) / 1e6);
+                    (double)age(now_us, e->last_hb_us) / 1e6);
         e->alive = true;
         e->last_hb_us = now_us;
         e->ticks = hb->ticks;
@@ -227,12 +236,12 @@ size_t ts_workers_check(ts_workers_t *w, uint64_t now_us)
     pthread_mutex_lock(&w->mu);
     for (size_t i = 0; i < w->len; i++) {
         ts_worker_info_t *e = &w->list[i].info;
-        if (e->alive && now_us - e->last_hb_us > ttl_us) {
+        if (e->alive && age(now_us, e->last_hb_us) > ttl_us) {
             e->alive = false;
             w->list[i].base.set = false;
             e->inputs_per_s = 0;
             ts_warn("worker %s is dead: no heartbeat for %.1f s (ttl %lld ms, %u cells in its last heartbeat)",
-                    e->id, (double)(now_us - e->last_hb_us) / 1e6, (long long)w->ttl_ms, e->cells);
+                    e->id, (double)age(now_us, e->last_hb_us) / 1e6, (long long)w->ttl_ms, e->cells);
         }
         alive += e->alive;
     }
@@ -240,7 +249,7 @@ size_t ts_workers_check(ts_workers_t *w, uint64_t now_us)
     void *val;
     for (size_t it = 0; ts_map_next(&w->cells, &it, &key, &val);) {
         cell_entry_t *c = val;
-        if (now_us - c->load.seen_us > CELL_FORGET_TTLS * ttl_us) {
+        if (age(now_us, c->load.seen_us) > CELL_FORGET_TTLS * ttl_us) {
             ts_map_del(&w->cells, key);
             free(c);
         }
@@ -273,7 +282,7 @@ bool ts_workers_cell_load(ts_workers_t *w, const ts_cell_t *cell, uint64_t now_u
 {
     pthread_mutex_lock(&w->mu);
     cell_entry_t *e = ts_map_get(&w->cells, ts_cell_hash(cell));
-    bool ok = e && ts_cell_eq(&e->load.cell, cell) && now_us - e->load.seen_us <= (uint64_t)w->ttl_ms * 1000;
+    bool ok = e && ts_cell_eq(&e->load.cell, cell) && age(now_us, e->load.seen_us) <= (uint64_t)w->ttl_ms * 1000;
     if (ok)
         *out = e->load;
     pthread_mutex_unlock(&w->mu);
@@ -290,7 +299,7 @@ void ts_workers_log_status(ts_workers_t *w, uint64_t now_us)
         ts_info("status: worker %s %s%s last_hb=%.1fs cells=%u entities=%u capacity=%u ticks=%llu "
                 "inputs_applied=%llu inputs/s=%.0f transfers_out=%llu tick_p99=%.2fms",
                 e->id, e->alive ? "alive" : "dead", e->draining ? " draining" : "",
-                (double)(now_us - e->last_hb_us) / 1e6, e->cells, e->entities, e->capacity,
+                (double)age(now_us, e->last_hb_us) / 1e6, e->cells, e->entities, e->capacity,
                 (unsigned long long)e->ticks, (unsigned long long)e->inputs_applied, e->inputs_per_s,
                 (unsigned long long)e->transfers_out, e->tick_p99_ms);
     }

@@ -42,6 +42,7 @@ typedef struct {
     uint64_t epoch;
     uint32_t entities;
     double inputs_per_s;
+    bool rate_known;  /* inputs_per_s was measured at least once */
     uint64_t seen_us; /* monotonic arrival of the heartbeat */
 } ts_cell_load_t;
 

@@ -1,0 +1,321 @@
+/* Rebalancing against real nats-server -js and redis-server: with every cell
+ * on w1 and 400 simulated players, a worker w3 that joins receives cells
+ * from the orchestrator (live handovers) until the load is even — at least
+ * four cells, entity counts within a factor of two — and then nothing moves
+ * any more; no input the sim sent is lost or doubled on the way. An idle,
+ * balanced two-worker cluster never moves a cell. Short rebalancing
+ * intervals (flags) keep the test fast. */
+#include <inttypes.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "harness.h"
+#include "tessera/log.h"
+#include "tessera/proto.h"
+#include "tessera/subject.h"
+#include "tessera/util.h"
+
+#define WORLD 0
+#define NCELLS 16
+#define WAIT_MS 20000
+#define PLAYERS 400
+#define SETTLE_MS 5000
+#define STILL_MS 12000
+#define IDLE_MS 10000
+#define MAX_WORKERS 8
+
+static ts_h_t H;
+static bool test_passed;
+static ts_bus_t *bus;
+static ts_bus_sub_t *hb_sub;
+static ts_registry_t *reg;
+
+static const char *const ORCH_ARGS[] = {"--orch.rebalance_interval_ms=500", "--orch.rebalance_cooldown_ms=1500",
+                                        "--orch.rebalance_hysteresis=2", NULL};
+
+/* ---- heartbeats ------------------------------------------------------------------------ */
+
+typedef struct {
+    char id[TS_WORKER_ID_MAX];
+    uint32_t entities;
+    size_t ncells;
+} hb_t;
+
+static struct {
+    pthread_mutex_t mu;
+    hb_t v[MAX_WORKERS];
+    size_t n;
+} HB = {.mu = PTHREAD_MUTEX_INITIALIZER};
+
+static void on_heartbeat(void *ud, const ts_bus_msg_t *m)
+{
+    Tessera__V1__Heartbeat *hb = tessera__v1__heartbeat__unpack(NULL, ts_bus_msg_len(m), ts_bus_msg_data(m));
+    if (!hb || !hb->worker) {
+        if (hb)
+            tessera__v1__heartbeat__free_unpacked(hb, NULL);
+        return;
+    }
+    pthread_mutex_lock(&HB.mu);
+    size_t i = 0;
+    while (i < HB.n && strcmp(HB.v[i].id, hb->worker) != 0)
+        i++;
+    if (i == HB.n && HB.n < MAX_WORKERS)
+        snprintf(HB.v[HB.n++].id, TS_WORKER_ID_MAX, "%s", hb->worker);
+    if (i < HB.n) {
+        HB.v[i].entities = hb->entities;
+        HB.v[i].ncells = hb->n_cells;
+    }
+    pthread_mutex_unlock(&HB.mu);
+    tessera__v1__heartbeat__free_unpacked(hb, NULL);
+}
+
+static bool hb_get(const char *id, hb_t *out)
+{
+    pthread_mutex_lock(&HB.mu);
+    bool found = false;
+    for (size_t i = 0; i < HB.n && !found; i++) {
+        if (strcmp(HB.v[i].id, id) == 0) {
+            *out = HB.v[i];
+            found = true;
+        }
+    }
+    pthread_mutex_unlock(&HB.mu);
+    return found;
+}
+
+/* ---- cluster --------------------------------------------------------------------------- */
+
+static void cluster_start(const char *workers)
+{
+    ts_h_start(&H);
+    HB.n = 0;
+    assert_int_equal(ts_bus_connect(&bus, H.nats_url, "it_rebalance"), TS_OK);
+    assert_int_equal(ts_bus_subscribe(bus, "tessera.worker.*.hb", on_heartbeat, NULL, &hb_sub), TS_OK);
+    assert_int_equal(ts_registry_connect(&reg, H.redis_url), TS_OK);
+    char flag[64];
+    snprintf(flag, sizeof flag, "--world.workers=%s", workers);
+    const char *args[] = {ORCH_ARGS[0], ORCH_ARGS[1], ORCH_ARGS[2], flag, NULL};
+    ts_h_spawn(&H, "orch", "tessera-orch", args);
+    if (!ts_h_wait_world(&H, WORLD, NCELLS, WAIT_MS)) {
+        H.failed = true;
+        fail_msg("the world did not come up");
+    }
+}
+
+static void cluster_stop(void)
+{
+    ts_bus_sub_destroy(hb_sub);
+    hb_sub = NULL;
+    ts_bus_destroy(bus);
+    bus = NULL;
+    ts_registry_destroy(reg);
+    reg = NULL;
+}
+
+static int worker_start(const char *id)
+{
+    char flag[64];
+    snprintf(flag, sizeof flag, "--worker.id=%s", id);
+    const char *args[] = {flag, NULL};
+    return ts_h_spawn(&H, id, "tessera-worker", args);
+}
+
+/* Waits until worker id reports `cells` cells and at least `entities` entities. */
+static void wait_worker(const char *id, size_t cells, uint32_t entities)
+{
+    uint64_t deadline = ts_mono_us() + WAIT_MS * 1000ULL;
+    hb_t h = {0};
+    while (ts_mono_us() < deadline) {
+        if (hb_get(id, &h) && h.ncells == cells && h.entities >= entities)
+            return;
+        ts_sleep_ms(100);
+    }
+    H.failed = true;
+    fail_msg("%s reports %zu cells and %u entities, want %zu cells and >= %u", id, h.ncells, h.entities, cells,
+             entities);
+}
+
+/* The orchestrator's handover count, or -1 if it does not answer. */
+static long handovers(void)
+{
+    ts_bus_hdr_t hdr = {.type = "text/plain"};
+    ts_bus_msg_t *m = NULL;
+    if (ts_bus_request(bus, "tessera.ctl.0.stats", &hdr, "", 0, 2000, &m) != TS_OK)
+        return -1;
+    char json[1024];
+    size_t n = ts_bus_msg_len(m) < sizeof json - 1 ? ts_bus_msg_len(m) : sizeof json - 1;
+    memcpy(json, ts_bus_msg_data(m), n);
+    json[n] = '\0';
+    ts_bus_msg_destroy(m);
+    const char *p = strstr(json, "\"handovers\":");
+    return p ? strtol(p + strlen("\"handovers\":"), NULL, 10) : -1;
+}
+
+/* Cells per owner in the registry, and the sum of all epochs (any move adds one). */
+static size_t owned(const char *worker, uint64_t *epoch_sum)
+{
+    ts_cell_entry_t *cells = NULL;
+    size_t n = 0, k = 0;
+    assert_int_equal(ts_registry_cells(reg, WORLD, &cells, &n), TS_OK);
+    assert_int_equal(n, NCELLS);
+    uint64_t sum = 0;
+    for (size_t i = 0; i < n; i++) {
+        k += strcmp(cells[i].owner, worker) == 0;
+        sum += cells[i].epoch;
+    }
+    free(cells);
+    if (epoch_sum)
+        *epoch_sum = sum;
+    return k;
+}
+
+static void sim_verify(int idx)
+{
+    ts_h_signal(&H, idx, SIGINT);
+    int rc = ts_h_wait(&H, idx, 30000);
+    char *log = ts_h_read_log(&H, idx);
+    assert_non_null(log);
+    const char *line = strstr(log, "sim: done ");
+    unsigned long long sent = 0, acked = 0, applied = 0;
+    bool parsed = line && sscanf(line, "sim: done sent=%llu acked=%llu applied=%llu", &sent, &acked, &applied) == 3;
+    char verdict[256] = "none";
+    if (line)
+        sscanf(line, "%255[^\n]", verdict);
+    free(log);
+    if (rc != 0 || !parsed || sent == 0 || sent != acked || acked != applied) {
+        H.failed = true;
+        fail_msg("sim: exit %d, want 0 with applied == acked == sent > 0; its verdict: %s", rc, verdict);
+    }
+    fprintf(stderr, "%s\n", verdict);
+}
+
+/* ---- tests ------------------------------------------------------------------------------ */
+
+static void test_new_worker_receives_cells_then_stillness(void **state)
+{
+    cluster_start("w1");
+    worker_start("w1");
+    wait_worker("w1", NCELLS, 0);
+    char players[64];
+    snprintf(players, sizeof players, "--sim.players=%d", PLAYERS);
+    /* slow walkers: the load stays put over the test (walking across cells
+     * during handovers is it_handover's business), so convergence is a fact
+     * of the policy, not of where the players happen to wander */
+    const char *sim_args[] = {players, "--sim.seed=7", "--sim.speed=2", NULL};
+    int sim = ts_h_spawn(&H, "sim", "tessera-sim", sim_args);
+    wait_worker("w1", NCELLS, PLAYERS * 95 / 100);
+    assert_int_equal(handovers(), 0); /* a single worker: nothing to balance */
+
+    uint64_t t_join = ts_mono_us();
+    worker_start("w3");
+    size_t w3_cells = 0;
+    while (ts_mono_us() - t_join < 30000000ULL && (w3_cells = owned("w3", NULL)) < 4)
+        ts_sleep_ms(250);
+    fprintf(stderr, "w3 owns %zu cells %.1f s after it started\n", w3_cells, (double)(ts_mono_us() - t_join) / 1e6);
+    if (w3_cells < 4) {
+        H.failed = true;
+        fail_msg("30 s after w3 joined it owns %zu cells, want >= 4", w3_cells);
+    }
+
+    /* converged: no handover for SETTLE_MS (bounded) */
+    long last = handovers();
+    uint64_t quiet_since = ts_mono_us(), deadline = quiet_since + 30000000ULL;
+    while (ts_mono_us() - quiet_since < SETTLE_MS * 1000ULL && ts_mono_us() < deadline) {
+        ts_sleep_ms(250);
+        long now = handovers();
+        if (now != last) {
+            last = now;
+            quiet_since = ts_mono_us();
+        }
+    }
+    if (ts_mono_us() - quiet_since < SETTLE_MS * 1000ULL) {
+        H.failed = true;
+        fail_msg("handovers still happening %.0f s after w3 joined (%ld so far)",
+                 (double)(ts_mono_us() - t_join) / 1e6, last);
+    }
+    hb_t h1, h3;
+    ts_sleep_ms(600);
+    assert_true(hb_get("w1", &h1) && hb_get("w3", &h3));
+    uint64_t sum_before = 0;
+    size_t w1_cells = owned("w1", &sum_before);
+    w3_cells = owned("w3", NULL);
+    fprintf(stderr, "converged after %ld handovers: w1 %zu cells %u entities, w3 %zu cells %u entities\n", last,
+            w1_cells, h1.entities, w3_cells, h3.entities);
+    assert_int_equal(w1_cells + w3_cells, NCELLS);
+    uint32_t lo = h1.entities < h3.entities ? h1.entities : h3.entities;
+    uint32_t hi = h1.entities < h3.entities ? h3.entities : h1.entities;
+    if (lo == 0 || hi > 2 * lo) {
+        H.failed = true;
+        fail_msg("entity loads after rebalancing: w1 %u, w3 %u (want within a factor of 2)", h1.entities,
+                 h3.entities);
+    }
+
+    /* and then it stays still */
+    ts_sleep_ms(STILL_MS);
+    uint64_t sum_after = 0;
+    owned("w1", &sum_after);
+    long after = handovers();
+    if (after != last || sum_after != sum_before) {
+        H.failed = true;
+        fail_msg("after convergence %ld more handovers in %d s (epoch sum %" PRIu64 " -> %" PRIu64 ")",
+                 after - last, STILL_MS / 1000, sum_before, sum_after);
+    }
+    sim_verify(sim);
+    cluster_stop();
+    test_passed = true;
+}
+
+static void test_idle_balanced_cluster_never_moves(void **state)
+{
+    cluster_start("w1,w2");
+    worker_start("w1");
+    worker_start("w2");
+    wait_worker("w1", NCELLS / 2, 0);
+    wait_worker("w2", NCELLS / 2, 0);
+    uint64_t sum_before = 0;
+    owned("w1", &sum_before);
+    assert_int_equal(sum_before, NCELLS); /* every cell still at epoch 1 */
+    ts_sleep_ms(IDLE_MS);
+    uint64_t sum_after = 0;
+    assert_int_equal(owned("w1", &sum_after), NCELLS / 2);
+    assert_int_equal(sum_after, NCELLS);
+    assert_int_equal(handovers(), 0);
+    cluster_stop();
+    test_passed = true;
+}
+
+static int setup(void **state)
+{
+    test_passed = false;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    if (!test_passed)
+        ts_h_fail_dump(&H);
+    cluster_stop();
+    ts_h_stop(&H);
+    return 0;
+}
+
+int main(void)
+{
+    ts_log_init("it_rebalance", TS_LOG_ERROR, false);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_new_worker_receives_cells_then_stillness, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_idle_balanced_cluster_never_moves, setup, teardown),
+    };
+    int rc = cmocka_run_group_tests(tests, NULL, NULL);
+    ts_bus_shutdown_library();
+    return rc;
+}
