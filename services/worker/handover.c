@@ -1,13 +1,13 @@
 /* Worker side of a handover: cell C moves from source A to target B.
  *
  *   orch -> A  PREPARE   A marks the zone, sends B a PreCopy (snapshot at s1)
+ *                        B starts consuming C after s1, holding the input
  *   orch -> A  FREEZE    A publishes pending Departures, applies what it has
  *                        received, stops applying (s2; later input is held),
- *                        publishes the effects, sends B the Diff; B, on the
- *                        Diff, starts consuming C after s2, holding the input
+ *                        publishes the effects, sends B the Diff
  *   orch       CAS       registry: owner B, epoch + 1
  *   orch -> B  COMMIT    B owns C: its tick thread binds the zone and applies
- *                        what it held
+ *                        what it held after s2
  *   orch -> A  COMMIT    A drops C and what it held
  *   orch -> *  ABORT     before the CAS: A resumes, applying what it held;
  *                        B discards
@@ -102,18 +102,27 @@ static Tessera__V1__Checkpoint *unpack_snapshot(const Tessera__V1__Handover *m)
     return tessera__v1__checkpoint__unpack(NULL, m->snapshot.len, m->snapshot.data);
 }
 
-/* Target side, on a nats.c thread: the PreCopy. */
+/* Target side, on a nats.c thread: the PreCopy. The target starts consuming
+ * the cell's input after s1 right away, holding it (not applying), so that
+ * neither the Diff nor the COMMIT costs a subscription round trip; what it
+ * holds up to s2 is skipped when it takes the cell. */
 static void on_precopy(ts_worker_t *w, const Tessera__V1__Handover *m, const char *reply)
 {
     ack_t a = {.ok = false};
     ts_cell_t cell;
     Tessera__V1__Checkpoint *cp = unpack_snapshot(m);
     ts_zone_t *z = NULL;
+    ts_sub_ctx_t *ctx = NULL;
+    ts_bus_sub_t *sub = NULL;
     if (!cp || ts_proto_cell_get(m->cell, &cell) != TS_OK) {
         a.error = "malformed PreCopy";
     } else if (ts_zone_create(&z, &cell, m->epoch, &w->world, w->cfg->worker_max_speed) != TS_OK ||
                ts_zone_load_checkpoint(z, cp, false, w->tick) != TS_OK) {
         a.error = "cannot load the PreCopy snapshot";
+        ts_zone_destroy(z);
+        z = NULL;
+    } else if (ts_worker_subscribe_input(w, &cell, z->last_applied_seq, true, &ctx, &sub) != TS_OK) {
+        a.error = "cannot consume the cell's input";
         ts_zone_destroy(z);
         z = NULL;
     }
@@ -133,69 +142,43 @@ static void on_precopy(ts_worker_t *w, const Tessera__V1__Handover *m, const cha
                 w->cap_pending = ncap;
             }
         }
+        ts_pending_t fail = {0};
         if (w->npending < w->cap_pending) {
             ts_pending_t *p = &w->pending[w->npending++];
             memset(p, 0, sizeof(*p));
             ts_strlcpy(p->id, m->id, sizeof(p->id));
             p->zone = z;
+            p->ctx = ctx;
+            p->sub = sub;
             p->created_us = ts_mono_us();
-            a.ok = true;
-            a.seq = z->last_applied_seq;
-            a.entities = (uint32_t)ts_zone_entities(z);
+            a = (ack_t){.ok = true, .seq = z->last_applied_seq, .entities = (uint32_t)ts_zone_entities(z)};
         } else {
-            ts_zone_destroy(z);
+            fail = (ts_pending_t){.zone = z, .ctx = ctx, .sub = sub};
             a.error = "out of memory";
         }
         pthread_mutex_unlock(&w->mu);
         free_pending(&old);
+        free_pending(&fail);
     }
     if (cp) tessera__v1__checkpoint__free_unpacked(cp, NULL);
     send_ack(w, reply, m, &a);
 }
 
-/* Target side, on a nats.c thread: the Diff. The zone is now exact as of s2;
- * start consuming the cell's input after s2 right away (held, not applied),
- * so that the COMMIT costs no subscription round trip. */
+/* Target side, on a nats.c thread: the Diff. The zone is now exact as of s2. */
 static void on_diff(ts_worker_t *w, const Tessera__V1__Handover *m, const char *reply)
 {
     ack_t a = {.ok = false, .error = "no PreCopy for this handover"};
     Tessera__V1__Checkpoint *cp = unpack_snapshot(m);
-    ts_cell_t cell = {0};
-    uint64_t s2 = 0;
     pthread_mutex_lock(&w->mu);
     ts_pending_t *p = find_pending(w, m->id);
     if (!cp) {
         a.error = "malformed Diff";
     } else if (p && ts_zone_load_checkpoint(p->zone, cp, true, w->tick) == TS_OK) {
         p->diffed = true;
-        cell = p->zone->cell;
-        s2 = p->zone->last_applied_seq;
-        a = (ack_t){.ok = true, .seq = s2, .entities = (uint32_t)ts_zone_entities(p->zone)};
+        a = (ack_t){.ok = true, .seq = p->zone->last_applied_seq, .entities = (uint32_t)ts_zone_entities(p->zone)};
     }
     pthread_mutex_unlock(&w->mu);
     if (cp) tessera__v1__checkpoint__free_unpacked(cp, NULL);
-
-    if (a.ok) {
-        ts_sub_ctx_t *ctx = NULL;
-        ts_bus_sub_t *sub = NULL;
-        if (ts_worker_subscribe_input(w, &cell, s2, true, &ctx, &sub) != TS_OK) {
-            a = (ack_t){.ok = false, .error = "cannot consume the cell's input"};
-        } else {
-            pthread_mutex_lock(&w->mu);
-            p = find_pending(w, m->id);
-            if (p && !p->sub) {
-                p->ctx = ctx;
-                p->sub = sub;
-                ctx = NULL;
-                sub = NULL;
-            } else {
-                a = (ack_t){.ok = false, .error = "handover aborted meanwhile"};
-            }
-            pthread_mutex_unlock(&w->mu);
-            ts_bus_sub_destroy(sub);
-            ts_worker_free_ctx(ctx);
-        }
-    }
     send_ack(w, reply, m, &a);
 }
 
@@ -486,7 +469,9 @@ static void check_frozen(ts_worker_t *w)
     size_t nexp = 0;
     pthread_mutex_lock(&w->mu);
     for (size_t i = 0; i < w->npending && nexp < 8;) {
-        if (!w->pending[i].committed && now - w->pending[i].created_us > PENDING_TIMEOUT_US)
+        /* created_us may be later than now: pendings are made on nats.c threads */
+        const ts_pending_t *q = &w->pending[i];
+        if (!q->committed && now > q->created_us && now - q->created_us > PENDING_TIMEOUT_US)
             expired[nexp++] = take_pending(w, &w->pending[i]);
         else
             i++;
