@@ -2,9 +2,9 @@
  *
  *   orch -> A  PREPARE   A marks the zone, sends B a PreCopy (snapshot at s1)
  *                        B starts consuming C after s1, holding the input
- *   orch -> A  FREEZE    A publishes pending Departures, applies what it has
- *                        received, stops applying (s2; later input is held),
- *                        publishes the effects, sends B the Diff
+ *   orch -> A  FREEZE    A applies what it has received, stops applying (s2;
+ *                        later input is held), sends B the Diff, which also
+ *                        carries A's unpublished transfers and forwards
  *   orch       CAS       registry: owner B, epoch + 1
  *   orch -> B  COMMIT    B owns C: its tick thread binds the zone and applies
  *                        what it held after s2
@@ -383,16 +383,19 @@ static void do_freeze(ts_worker_t *w, const Tessera__V1__Handover *m, const char
         return;
     }
     ts_zone_t *z = b->zone;
-    /* decisions already taken go into the stream, so the target sees them */
-    ts_worker_publish_departures(w, z);
     /* apply what has arrived; from here on input is held, not applied: s2 */
     ts_worker_apply_inbox(w);
     b->state = TS_BIND_FROZEN;
     uint64_t freeze_us = ts_now_us();
     ts_strlcpy(b->handover_id, m->id, sizeof(b->handover_id));
     b->frozen_us = ts_mono_us();
-    ts_worker_publish_outboxes(w, z);
+    /* unpublished transfers, forwards and announcements travel in the Diff and
+     * the target publishes them; queued Departures are decided anew there */
+    ts_zone_cancel_departures(z);
+    uint64_t t0 = ts_mono_us();
     ts_status_t st = send_to_target(w, m, z, TESSERA__V1__HANDOVER_PHASE__HANDOVER_DIFF);
+    ts_debug("cell %s: frozen at seq %" PRIu64 "; Diff took %" PRIu64 " us", z->key, z->last_applied_seq,
+             ts_mono_us() - t0);
     if (st != TS_OK) {
         ts_warn("cell %s: Diff to %s failed (%s); resuming", z->key, m->to, ts_status_str(st));
         resume(w, b);

@@ -488,77 +488,132 @@ void ts_zone_outbox_clear(ts_zone_t *z)
     z->nout = keep;
 }
 
+/* Scratch memory for building protobuf messages: everything is freed at once. */
+typedef struct {
+    void **ptrs;
+    size_t n, cap;
+    bool failed;
+} arena_t;
+
+static void *arena_alloc(arena_t *a, size_t size)
+{
+    if (a->failed) return NULL;
+    if (a->n == a->cap) {
+        size_t ncap = a->cap ? a->cap * 2 : 32;
+        void **v = realloc(a->ptrs, ncap * sizeof(*v));
+        if (!v) {
+            a->failed = true;
+            return NULL;
+        }
+        a->ptrs = v;
+        a->cap = ncap;
+    }
+    void *p = calloc(1, size ? size : 1);
+    if (!p) {
+        a->failed = true;
+        return NULL;
+    }
+    a->ptrs[a->n++] = p;
+    return p;
+}
+
+static void arena_free(arena_t *a)
+{
+    for (size_t i = 0; i < a->n; i++) free(a->ptrs[i]);
+    free(a->ptrs);
+}
+
+static Tessera__V1__Input *input_to_pb(arena_t *a, const ts_input_t *src)
+{
+    Tessera__V1__Input *in = arena_alloc(a, sizeof(*in));
+    if (!in) return NULL;
+    tessera__v1__input__init(in);
+    in->entity = src->entity;
+    in->seq = src->seq;
+    in->sent_us = src->sent_us;
+    switch (src->kind) {
+    case TS_INPUT_JOIN: {
+        Tessera__V1__JoinInput *j = arena_alloc(a, sizeof(*j));
+        if (!j) return NULL;
+        tessera__v1__join_input__init(j);
+        j->x = src->a;
+        j->y = src->b;
+        j->name = (char *)src->name;
+        in->kind_case = TESSERA__V1__INPUT__KIND_JOIN;
+        in->join = j;
+        break;
+    }
+    case TS_INPUT_MOVE: {
+        Tessera__V1__MoveInput *m = arena_alloc(a, sizeof(*m));
+        if (!m) return NULL;
+        tessera__v1__move_input__init(m);
+        m->dx = src->a;
+        m->dy = src->b;
+        in->kind_case = TESSERA__V1__INPUT__KIND_MOVE;
+        in->move = m;
+        break;
+    }
+    case TS_INPUT_LEAVE: {
+        Tessera__V1__LeaveInput *l = arena_alloc(a, sizeof(*l));
+        if (!l) return NULL;
+        tessera__v1__leave_input__init(l);
+        in->kind_case = TESSERA__V1__INPUT__KIND_LEAVE;
+        in->leave = l;
+        break;
+    }
+    }
+    return in;
+}
+
+static Tessera__V1__CellId *cell_to_pb(arena_t *a, const ts_cell_t *c)
+{
+    Tessera__V1__CellId *pb = arena_alloc(a, sizeof(*pb));
+    if (pb) ts_proto_cell_init(pb, c);
+    return pb;
+}
+
+/* The inputs of outbox entry o as an array of messages (n = o->ninputs). */
+static Tessera__V1__Input **inputs_to_pb(arena_t *a, const ts_zone_out_t *o)
+{
+    Tessera__V1__Input **v = arena_alloc(a, o->ninputs * sizeof(*v));
+    for (size_t k = 0; v && k < o->ninputs; k++) v[k] = input_to_pb(a, &o->inputs[k]);
+    return v;
+}
+
+static Tessera__V1__EntityState **entities_to_pb(arena_t *a, const ts_entity_t *es, size_t n)
+{
+    Tessera__V1__EntityState **v = arena_alloc(a, n * sizeof(*v));
+    for (size_t k = 0; v && k < n; k++) {
+        v[k] = arena_alloc(a, sizeof(*v[k]));
+        if (v[k]) entity_to_pb(&es[k], v[k]);
+    }
+    return v;
+}
+
 ts_status_t ts_zone_pack_outbox(const ts_zone_t *z, size_t i, uint8_t **buf, size_t *len)
 {
     const ts_zone_out_t *o = &z->out[i];
-    ts_status_t st = TS_ERR_NOMEM;
+    arena_t a = {0};
     Tessera__V1__InputBatch b = TESSERA__V1__INPUT_BATCH__INIT;
-    Tessera__V1__CellId cell;
-    ts_proto_cell_init(&cell, &o->dest);
-    b.cell = &cell;
-
-    Tessera__V1__Transfer *tr = calloc(o->ntransfers ? o->ntransfers : 1, sizeof(*tr));
-    Tessera__V1__Transfer **trp = calloc(o->ntransfers ? o->ntransfers : 1, sizeof(*trp));
-    Tessera__V1__EntityState *es = calloc(o->ntransfers ? o->ntransfers : 1, sizeof(*es));
-    Tessera__V1__Input *in = calloc(o->ninputs ? o->ninputs : 1, sizeof(*in));
-    Tessera__V1__Input **inp = calloc(o->ninputs ? o->ninputs : 1, sizeof(*inp));
-    Tessera__V1__JoinInput *joins = calloc(o->ninputs ? o->ninputs : 1, sizeof(*joins));
-    Tessera__V1__MoveInput *moves = calloc(o->ninputs ? o->ninputs : 1, sizeof(*moves));
-    Tessera__V1__LeaveInput leave = TESSERA__V1__LEAVE_INPUT__INIT;
-    Tessera__V1__CellId from;
-    ts_proto_cell_init(&from, &z->cell);
-    if (!tr || !trp || !es || !in || !inp || !joins || !moves) goto cleanup;
-
-    for (size_t k = 0; k < o->ntransfers; k++) {
-        tessera__v1__transfer__init(&tr[k]);
-        entity_to_pb(&o->transfers[k], &es[k]);
-        tr[k].entity = &es[k];
-        tr[k].from = &from;
-        tr[k].from_epoch = z->epoch;
-        trp[k] = &tr[k];
-    }
-    for (size_t k = 0; k < o->ninputs; k++) {
-        const ts_input_t *src = &o->inputs[k];
-        tessera__v1__input__init(&in[k]);
-        in[k].entity = src->entity;
-        in[k].seq = src->seq;
-        in[k].sent_us = src->sent_us;
-        switch (src->kind) {
-        case TS_INPUT_JOIN:
-            tessera__v1__join_input__init(&joins[k]);
-            joins[k].x = src->a;
-            joins[k].y = src->b;
-            joins[k].name = (char *)src->name;
-            in[k].kind_case = TESSERA__V1__INPUT__KIND_JOIN;
-            in[k].join = &joins[k];
-            break;
-        case TS_INPUT_MOVE:
-            tessera__v1__move_input__init(&moves[k]);
-            moves[k].dx = src->a;
-            moves[k].dy = src->b;
-            in[k].kind_case = TESSERA__V1__INPUT__KIND_MOVE;
-            in[k].move = &moves[k];
-            break;
-        case TS_INPUT_LEAVE:
-            in[k].kind_case = TESSERA__V1__INPUT__KIND_LEAVE;
-            in[k].leave = &leave;
-            break;
-        }
-        inp[k] = &in[k];
-    }
+    b.cell = cell_to_pb(&a, &o->dest);
+    Tessera__V1__CellId *from = cell_to_pb(&a, &z->cell);
     b.n_transfers = o->ntransfers;
-    b.transfers = trp;
+    b.transfers = arena_alloc(&a, o->ntransfers * sizeof(*b.transfers));
+    for (size_t k = 0; b.transfers && k < o->ntransfers; k++) {
+        Tessera__V1__Transfer *t = arena_alloc(&a, sizeof(*t));
+        Tessera__V1__EntityState *es = arena_alloc(&a, sizeof(*es));
+        if (!t || !es) break;
+        tessera__v1__transfer__init(t);
+        entity_to_pb(&o->transfers[k], es);
+        t->entity = es;
+        t->from = from;
+        t->from_epoch = z->epoch;
+        b.transfers[k] = t;
+    }
     b.n_inputs = o->ninputs;
-    b.inputs = inp;
-    st = ts_proto_pack(&b.base, buf, len);
-cleanup:
-    free(tr);
-    free(trp);
-    free(es);
-    free(in);
-    free(inp);
-    free(joins);
-    free(moves);
+    b.inputs = inputs_to_pb(&a, o);
+    ts_status_t st = a.failed ? TS_ERR_NOMEM : ts_proto_pack(&b.base, buf, len);
+    arena_free(&a);
     return st;
 }
 
@@ -724,7 +779,30 @@ ts_status_t ts_zone_pack_checkpoint(const ts_zone_t *z, uint64_t tick, const cha
     cp.removed = removed;
     cp.owner = (char *)owner;
     cp.time_us = ts_now_us();
-    st = ts_proto_pack(&cp.base, buf, len);
+    arena_t a = {0};
+    if (diff) {
+        /* what this zone decided but did not publish goes with it */
+        cp.n_outbox = z->nout;
+        cp.outbox = arena_alloc(&a, z->nout * sizeof(*cp.outbox));
+        for (size_t i = 0; cp.outbox && i < z->nout; i++) {
+            const ts_zone_out_t *o = &z->out[i];
+            Tessera__V1__Outbox *ob = arena_alloc(&a, sizeof(*ob));
+            if (!ob) break;
+            tessera__v1__outbox__init(ob);
+            ob->dest = cell_to_pb(&a, &o->dest);
+            ob->marker_seq = o->marker_seq;
+            ob->n_transfers = o->ntransfers;
+            ob->transfers = entities_to_pb(&a, o->transfers, o->ntransfers);
+            ob->n_inputs = o->ninputs;
+            ob->inputs = inputs_to_pb(&a, o);
+            cp.outbox[i] = ob;
+        }
+        cp.n_left = z->nleft;
+        cp.left = arena_alloc(&a, z->nleft * sizeof(*cp.left));
+        for (size_t i = 0; cp.left && i < z->nleft; i++) cp.left[i] = &z->left[i];
+    }
+    st = a.failed ? TS_ERR_NOMEM : ts_proto_pack(&cp.base, buf, len);
+    arena_free(&a);
 cleanup:
     free(es);
     free(esp);
@@ -770,6 +848,36 @@ ts_status_t ts_zone_load_checkpoint(ts_zone_t *z, const Tessera__V1__Checkpoint 
         d->until_tick = tick + pd->ttl_ticks;
         if (ts_map_put(&z->departed, pd->id, d) != TS_OK) free(d);
     }
+    for (size_t i = 0; i < cp->n_outbox; i++) {
+        const Tessera__V1__Outbox *ob = cp->outbox[i];
+        ts_cell_t dest;
+        if (ts_proto_cell_get(ob->dest, &dest) != TS_OK) continue;
+        ts_zone_out_t *o = outbox_for(z, &dest, ob->marker_seq);
+        if (!o) return TS_ERR_NOMEM;
+        for (size_t k = 0; k < ob->n_transfers; k++) {
+            if (!grow((void **)&o->transfers, &o->cap_transfers, o->ntransfers, sizeof(*o->transfers)))
+                return TS_ERR_NOMEM;
+            entity_from_pb(ob->transfers[k], &o->transfers[o->ntransfers++]);
+        }
+        for (size_t k = 0; k < ob->n_inputs; k++) {
+            if (!grow((void **)&o->inputs, &o->cap_inputs, o->ninputs, sizeof(*o->inputs))) return TS_ERR_NOMEM;
+            input_from_pb(ob->inputs[k], &o->inputs[o->ninputs++]);
+        }
+    }
+    for (size_t i = 0; i < cp->n_left; i++) {
+        ts_cell_t to;
+        bool has_to = cp->left[i]->to && ts_proto_cell_get(cp->left[i]->to, &to) == TS_OK;
+        note_left(z, cp->left[i]->id, has_to ? &to : NULL);
+    }
     z->last_applied_seq = cp->last_applied_seq;
     return TS_OK;
+}
+
+void ts_zone_cancel_departures(ts_zone_t *z)
+{
+    for (size_t i = 0; i < z->ndeps; i++) {
+        ts_entity_t *e = ts_map_get(&z->entities, z->deps[i].entity);
+        if (e) e->departing = false;
+    }
+    z->ndeps = 0;
 }

@@ -148,13 +148,18 @@ ts_status_t ts_zone_pack_departures(const ts_zone_t *z, uint8_t **buf, size_t *l
 void ts_zone_departures_sent(ts_zone_t *z);
 
 /* Checkpoint of the whole zone (diff=false) or of what changed since
- * ts_zone_mark_precopy (diff=true: changed entities, removed ids). */
+ * ts_zone_mark_precopy (diff=true: changed entities, removed ids, and the
+ * outbox and departures not yet published, which the loader takes over). */
 ts_status_t ts_zone_pack_checkpoint(const ts_zone_t *z, uint64_t tick, const char *owner, bool diff,
                                     uint8_t **buf, size_t *len);
 void ts_zone_mark_precopy(ts_zone_t *z);
 /* Loads a checkpoint: a full one replaces the zone's state, a diff updates
  * it. Sets last_applied_seq from it. */
 ts_status_t ts_zone_load_checkpoint(ts_zone_t *z, const Tessera__V1__Checkpoint *cp, bool diff, uint64_t tick);
+
+/* Forgets queued (unpublished) Departures; the entities will be seen
+ * outside the cell again and decided anew. */
+void ts_zone_cancel_departures(ts_zone_t *z);
 
 /* Number of entities in the zone. */
 size_t ts_zone_entities(const ts_zone_t *z);

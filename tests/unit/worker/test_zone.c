@@ -437,6 +437,51 @@ static void test_transfers_precede_forwards(void **state)
     ts_zone_destroy(a);
 }
 
+/* What the source decided but did not publish moves with the Diff. */
+static void test_diff_carries_outbox(void **state)
+{
+    (void)state;
+    ts_zone_t *src = zone_at(-1, 0);
+    ts_input_t j = join(5, 1, -1, 50);
+    ts_zone_apply_input(src, &j, 1);
+    ts_input_t m = move(5, 2, 40, 0);
+    ts_zone_apply_input(src, &m, 1);
+    src->last_applied_seq = 9;
+    ts_zone_mark_precopy(src);
+    ts_zone_step(src, 0.05, 2);
+    loop_departures(src, 10, 2); /* departs: transfer in the outbox, a `left` to announce */
+    ts_input_t late = move(5, 3, 0, 1);
+    ts_zone_apply_input(src, &late, 2); /* forwarded */
+    uint8_t *buf;
+    size_t len;
+    assert_int_equal(ts_zone_pack_checkpoint(src, 2, "w1", true, &buf, &len), TS_OK);
+    Tessera__V1__Checkpoint *cp = tessera__v1__checkpoint__unpack(NULL, len, buf);
+    free(buf);
+    assert_non_null(cp);
+    assert_int_equal(cp->n_outbox, 2);
+    assert_int_equal(cp->n_left, 1);
+    assert_int_equal(cp->n_removed, 1);
+
+    ts_zone_t *dst = zone_at(-1, 0);
+    assert_int_equal(ts_zone_load_checkpoint(dst, cp, true, 2), TS_OK);
+    tessera__v1__checkpoint__free_unpacked(cp, NULL);
+    assert_int_equal(dst->last_applied_seq, 10);
+    assert_int_equal(dst->nout, 2);
+    assert_int_equal(dst->out[0].marker_seq, 10);
+    assert_int_equal(dst->out[0].ntransfers, 1);
+    assert_int_equal(dst->out[0].transfers[0].id, 5);
+    assert_int_equal(dst->out[1].ninputs, 1);
+    assert_int_equal(dst->out[1].inputs[0].seq, 3);
+    assert_int_equal(dst->nleft, 1);
+    assert_null(get(dst, 5));
+    /* and late input for it at the new owner is forwarded too */
+    ts_input_t later = move(5, 4, 0, 2);
+    ts_zone_apply_input(dst, &later, 3);
+    assert_int_equal(dst->out[1].ninputs, 2);
+    ts_zone_destroy(src);
+    ts_zone_destroy(dst);
+}
+
 static void test_outbox_failure_keeps_entity(void **state)
 {
     (void)state;
@@ -493,6 +538,7 @@ int main(void)
         cmocka_unit_test(test_precopy_diff),
         cmocka_unit_test(test_rejoin_is_new_incarnation),
         cmocka_unit_test(test_transfers_precede_forwards),
+        cmocka_unit_test(test_diff_carries_outbox),
         cmocka_unit_test(test_outbox_failure_keeps_entity),
         cmocka_unit_test(test_leave_and_world_edge),
     };
