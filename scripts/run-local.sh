@@ -9,7 +9,8 @@
 # printed and the script exits 1.
 #
 # Environment: PLAYERS (sim players, 1000), DURATION (seconds; default until
-# Ctrl-C), BUILD_DIR (build), KEEP=1 (keep the temp dir with the logs).
+# Ctrl-C), HANDOVERS (live handovers to show after start, 4), BUILD_DIR
+# (build), KEEP=1 (keep the temp dir with the logs).
 # shellcheck disable=SC2317 # cleanup and its helpers run from traps
 set -euo pipefail
 
@@ -82,7 +83,7 @@ stop_pids() {
             sleep 0.1
         done
         if kill -0 "$pid" 2>/dev/null && ! is_zombie "$pid"; then
-            echo "run-local: pid $pid did not stop in 5 s, killing it" >&2
+            echo "run-local: $(ps -o args= -p "$pid" | cut -c1-60) (pid $pid) did not stop in 5 s, killing it" >&2
             kill -KILL "$pid" 2>/dev/null || true
         fi
         wait "$pid" 2>/dev/null || true
@@ -99,8 +100,13 @@ cleanup() {
     trap - EXIT INT TERM
     set +e
     [[ -n "$watch_pid" ]] && stop_pids "$watch_pid"
-    # Reverse start order: clients of the bus first, the servers last.
+    [[ -n "${demo_pid:-}" ]] && stop_pids "$demo_pid"
+    # The orchestrator first, so stopping workers do not wait for a drain;
+    # then reverse start order: clients of the bus first, the servers last.
     local i
+    for i in "${!names[@]}"; do
+        [[ "${names[$i]}" == orch ]] && stop_pids "${pids[$i]}"
+    done
     for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
         stop_pids "${pids[$i]}"
     done
@@ -194,6 +200,28 @@ else
     "${watch_cmd[@]}" &
 fi
 watch_pid=$!
+
+# A few live handovers while players play, so the live line shows cells
+# moving between workers (HANDOVERS=0 turns this off).
+demo_handovers() {
+    set +e
+    trap 'kill $nap 2>/dev/null; exit 0' TERM
+    local cells=(0.-1.0.0.0 0.0.0.0.0 0.-1.-1.0.0 0.0.-1.0.0 0.-2.1.0.0 0.1.-2.0.0) cell out nap
+    sleep 5 & nap=$!; wait $nap
+    for cell in "${cells[@]:0:$HANDOVERS}"; do
+        # hand it to whichever worker does not own it
+        out=$("$BUILD_DIR/tessera-ctl" handover "$cell" w2 2>&1 | tail -n 1)
+        [[ "$out" == *"already owns"* ]] && out=$("$BUILD_DIR/tessera-ctl" handover "$cell" w1 2>&1 | tail -n 1)
+        echo "handover $cell: $out"
+        sleep 3 & nap=$!; wait $nap
+    done
+}
+HANDOVERS=${HANDOVERS:-4}
+demo_pid=
+if [[ "$HANDOVERS" =~ ^[0-9]+$ && "$HANDOVERS" -gt 0 && -x "$BUILD_DIR/tessera-ctl" ]]; then
+    demo_handovers &
+    demo_pid=$!
+fi
 
 # Whichever ends first: the watcher (normal end) or a service (failure).
 finished=
