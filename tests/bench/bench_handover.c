@@ -210,8 +210,9 @@ static bool restore_layout(void)
 }
 
 /* Kills w2 and measures until its cells are reassigned (registry) and
- * reported bound by w1 (heartbeat); restarts w2. */
-static bool run_recovery(double *registry_ms, double *bound_ms)
+ * reported bound by w1 (heartbeat); restarts w2. since_us: the reference
+ * time the kill is printed against (the ledger uses the same). */
+static bool run_recovery(uint64_t since_us, double *registry_ms, double *bound_ms)
 {
     ts_cell_entry_t *cells = NULL, lost[NCELLS];
     size_t n = 0, nlost = 0;
@@ -222,6 +223,9 @@ static bool run_recovery(double *registry_ms, double *bound_ms)
     if (nlost == 0) return false;
 
     uint64_t t_kill = ts_mono_us();
+    printf("  SIGKILL w2 (%zu cells) at %+.2f s from the first handover\n", nlost,
+           (double)(t_kill - since_us) / 1e6);
+    fflush(stdout);
     ts_h_signal(&H, w2_idx, SIGKILL);
     ts_probe_cell_t moved[NCELLS];
     *registry_ms = *bound_ms = -1;
@@ -408,7 +412,8 @@ int main(int argc, char **argv)
     for (int k = 0; k < o.kills; k++) {
         printf("recovery run %d/%d: SIGKILL w2...\n", k + 1, o.kills);
         fflush(stdout);
-        if (!restore_layout() || !run_recovery(&reg_ms[kills_done], &bound_ms[kills_done])) break;
+        if (!restore_layout() || !run_recovery(t_handovers, &reg_ms[kills_done], &bound_ms[kills_done]))
+            break;
         kills_done++;
     }
     sim_verdict(sim_idx, t_handovers, &sim);

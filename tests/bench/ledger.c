@@ -1,9 +1,13 @@
 /* Input ledger: per entity, every published Join/Move client seq (with the
- * cell and time of its first publication) and the newest state seen
- * (inputs_applied, last_input_seq, applied_window, cell, owner, epoch).
- * The newest state is the one with the highest inputs_applied, so a stale
- * delta never hides a later one. All under one mutex; callbacks run on
- * nats.c threads. */
+ * cell and time of its first publication), every client seq some state
+ * acknowledged (its last_input_seq or a bit of its 64-entry window), the
+ * first state that showed the entity and the newest one (the one with the
+ * highest inputs_applied, so a stale delta never hides a later one). An
+ * input normally shows in a state's window within a tick of being applied;
+ * one applied in a burst of more than 64 inputs of its entity within one
+ * tick (a replay after a crash) never does, so the seqs reported are
+ * candidates and the count short (published - applied) is the fact.
+ * All under one mutex; callbacks run on nats.c threads. */
 #include "ledger.h"
 
 #include <inttypes.h>
@@ -24,7 +28,8 @@
 typedef struct {
     uint32_t at_ms; /* since the ledger started */
     int32_t cx, cy;
-    bool seen;
+    bool seen;  /* published */
+    bool acked; /* acknowledged by some state */
 } published_t;
 
 typedef struct {
@@ -36,6 +41,11 @@ typedef struct {
     uint64_t applied, last_input_seq, window, epoch;
     ts_cell_t cell;
     char owner[TS_WORKER_ID_MAX];
+    /* the first state that showed the entity */
+    uint64_t first_applied, first_last_input_seq;
+    uint32_t first_ms;
+    ts_cell_t first_cell;
+    char first_owner[TS_WORKER_ID_MAX];
 } entry_t;
 
 struct ts_ledger {
@@ -91,7 +101,7 @@ static void on_input(void *ud, const ts_bus_msg_t *m)
         entry_t *e = entry(l, in->entity);
         if (e == NULL || in->seq == 0 || in->seq > MAX_SEQ || !reserve(e, in->seq) || e->in[in->seq].seen)
             continue;
-        e->in[in->seq] = (published_t){at_ms, cell.cx, cell.cy, true};
+        e->in[in->seq] = (published_t){at_ms, cell.cx, cell.cy, true, e->in[in->seq].acked};
         e->published++;
         if (in->seq > e->max_seq) e->max_seq = in->seq;
     }
@@ -113,7 +123,20 @@ static void on_state(void *ud, const ts_bus_msg_t *m)
     for (size_t i = 0; i < d->n_entities; i++) {
         const Tessera__V1__EntityState *s = d->entities[i];
         entry_t *e = entry(l, s->id);
-        if (e == NULL || (e->has_state && s->inputs_applied < e->applied)) continue;
+        if (e == NULL || s->last_input_seq == 0 || s->last_input_seq > MAX_SEQ ||
+            !reserve(e, s->last_input_seq))
+            continue;
+        e->in[s->last_input_seq].acked = true;
+        for (uint64_t b = 0; b < 64 && b + 1 < s->last_input_seq; b++)
+            if ((s->applied_window >> b) & 1) e->in[s->last_input_seq - 1 - b].acked = true;
+        if (!e->has_state) {
+            e->first_applied = s->inputs_applied;
+            e->first_last_input_seq = s->last_input_seq;
+            e->first_ms = (uint32_t)((ts_mono_us() - l->start_us) / 1000);
+            e->first_cell = cell;
+            ts_strlcpy(e->first_owner, d->owner ? d->owner : "?", sizeof e->first_owner);
+        }
+        if (e->has_state && s->inputs_applied < e->applied) continue;
         e->has_state = true;
         e->applied = s->inputs_applied;
         e->last_input_seq = s->last_input_seq;
@@ -165,17 +188,6 @@ void ts_ledger_destroy(ts_ledger_t *l)
     free(l);
 }
 
-/* Whether the entity's newest state acknowledges client seq: its
- * last_input_seq, or a set bit of the 64-entry window below it (older
- * seqs are taken as applied). */
-static bool acknowledged(const entry_t *e, uint64_t seq)
-{
-    if (seq == e->last_input_seq) return true;
-    if (seq > e->last_input_seq) return false;
-    uint64_t back = e->last_input_seq - 1 - seq;
-    return back >= 64 || ((e->window >> back) & 1) != 0;
-}
-
 static void report_entry(const ts_ledger_t *l, const entry_t *e, FILE *out, const char *event,
                          uint64_t event_us)
 {
@@ -183,23 +195,28 @@ static void report_entry(const ts_ledger_t *l, const entry_t *e, FILE *out, cons
     if (e->has_state) ts_cell_format(&e->cell, key, sizeof key);
     fprintf(out,
             "ledger: entity %" PRIu64 " (0x%" PRIx64 "): %" PRIu64 " inputs published (max seq %" PRIu64
-            "), newest state: %" PRIu64 " applied, last_input_seq %" PRIu64 " in %s (owner %s, epoch %" PRIu64
-            "); not acknowledged:",
-            e->id, e->id, e->published, e->max_seq, e->applied, e->last_input_seq, key,
+            "), newest state: %" PRIu64 " applied (%" PRIu64 " short), last_input_seq %" PRIu64
+            " in %s (owner %s, epoch %" PRIu64 "); seqs no state acknowledged:",
+            e->id, e->id, e->published, e->max_seq, e->applied,
+            e->applied < e->published ? e->published - e->applied : 0, e->last_input_seq, key,
             e->has_state ? e->owner : "-", e->epoch);
     int listed = 0;
     double event_s = (double)(event_us - l->start_us) / 1e6;
     for (uint64_t s = 1; s <= e->max_seq && listed < MISSING_LISTED; s++) {
-        if (!e->in[s].seen || acknowledged(e, s)) continue;
+        if (!e->in[s].seen || e->in[s].acked) continue;
         listed++;
         fprintf(out, " seq %" PRIu64 " (to cell %d,%d at %+.2f s from %s)", s, e->in[s].cx, e->in[s].cy,
                 (double)e->in[s].at_ms / 1000 - event_s, event);
     }
-    if (listed == 0 && e->has_state && e->applied < e->published)
+    if (listed == 0) fprintf(out, " none: every published seq showed in some state, yet the count is short");
+    if (e->has_state) {
+        char first[TS_CELL_STR_MAX];
+        ts_cell_format(&e->first_cell, first, sizeof first);
         fprintf(out,
-                " none within the 64-seq window below last_input_seq, so %" PRIu64
-                " older inputs were never applied (a late input that fell out of the window?)",
-                e->published - e->applied);
+                "; first seen at %+.2f s in %s (owner %s) with %" PRIu64 " applied, last_input_seq %" PRIu64,
+                (double)e->first_ms / 1000 - event_s, first, e->first_owner, e->first_applied,
+                e->first_last_input_seq);
+    }
     fputc('\n', out);
 }
 

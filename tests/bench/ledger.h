@@ -3,8 +3,9 @@
  * (a core subscription, so a forwarded copy of an input counts once) and
  * the newest state every entity showed on the state subjects. When the
  * sim or a player comes up short, ts_ledger_report names the entities,
- * the client seqs their state never acknowledged, and where and when those
- * were published. Diagnostics only: it decides nothing. */
+ * how many inputs each is short, the client seqs no state acknowledged
+ * (candidates: see ledger.c) and where and when those were published.
+ * Diagnostics only: it decides nothing. */
 #ifndef TS_LEDGER_H
 #define TS_LEDGER_H
 
