@@ -70,29 +70,46 @@ size_t ts_zone_entities(const ts_zone_t *z)
     return z->entities.len;
 }
 
-bool ts_entity_accept_seq(ts_entity_t *e, uint64_t seq)
+/* Shifts the window n bits towards older sequences. */
+static void window_shift(uint64_t *w, uint64_t n)
+{
+    if (n >= TS_WINDOW_BITS) {
+        memset(w, 0, TS_WINDOW_WORDS * sizeof(*w));
+        return;
+    }
+    size_t words = (size_t)(n / 64);
+    unsigned bits = (unsigned)(n % 64);
+    for (size_t i = TS_WINDOW_WORDS; i-- > 0;) {
+        uint64_t v = 0;
+        if (i >= words) {
+            v = w[i - words] << bits;
+            if (bits && i >= words + 1) v |= w[i - words - 1] >> (64 - bits);
+        }
+        w[i] = v;
+    }
+}
+
+ts_seq_verdict_t ts_entity_accept_seq(ts_entity_t *e, uint64_t seq)
 {
     if (seq > e->last_input_seq) {
         uint64_t shift = seq - e->last_input_seq;
         if (e->last_input_seq == 0) {
-            e->applied_window = 0;
-        } else if (shift > 64) {
-            e->applied_window = 0;
+            memset(e->applied_window, 0, sizeof(e->applied_window));
         } else {
             /* the old last_input_seq becomes bit shift-1 */
-            uint64_t w = shift == 64 ? 0 : e->applied_window << shift;
-            e->applied_window = w | (1ULL << (shift - 1));
+            window_shift(e->applied_window, shift);
+            if (shift - 1 < TS_WINDOW_BITS) e->applied_window[(shift - 1) / 64] |= 1ULL << ((shift - 1) % 64);
         }
         e->last_input_seq = seq;
-        return true;
+        return TS_SEQ_APPLY;
     }
-    if (seq == e->last_input_seq) return false;
-    uint64_t d = e->last_input_seq - seq;
-    if (d > 64) return false;
-    uint64_t bit = 1ULL << (d - 1);
-    if (e->applied_window & bit) return false;
-    e->applied_window |= bit;
-    return true;
+    if (seq == e->last_input_seq) return TS_SEQ_DUPLICATE;
+    uint64_t idx = e->last_input_seq - seq - 1;
+    if (idx >= TS_WINDOW_BITS) return TS_SEQ_TOO_OLD;
+    uint64_t bit = 1ULL << (idx % 64);
+    if (e->applied_window[idx / 64] & bit) return TS_SEQ_DUPLICATE;
+    e->applied_window[idx / 64] |= bit;
+    return TS_SEQ_APPLY;
 }
 
 /* Grows an array of elem-sized items to hold one more. */
@@ -197,8 +214,16 @@ void ts_zone_apply_input(ts_zone_t *z, const ts_input_t *in, uint64_t tick)
         z->stats.applied++;
         return;
     }
-    if (!ts_entity_accept_seq(e, in->seq)) {
+    switch (ts_entity_accept_seq(e, in->seq)) {
+    case TS_SEQ_APPLY:
+        break;
+    case TS_SEQ_DUPLICATE:
         z->stats.duplicates++;
+        return;
+    case TS_SEQ_TOO_OLD:
+        z->stats.dropped++;
+        ts_warn("cell %s: input seq %llu of entity %llu arrived more than %d inputs late; dropped", z->key,
+                (unsigned long long)in->seq, (unsigned long long)e->id, TS_WINDOW_BITS);
         return;
     }
     e->inputs_applied++;
@@ -258,7 +283,9 @@ static void entity_from_pb(const Tessera__V1__EntityState *pb, ts_entity_t *e)
     e->vy = pb->vy;
     e->last_input_seq = pb->last_input_seq;
     e->inputs_applied = pb->inputs_applied;
-    e->applied_window = pb->applied_window;
+    e->applied_window[0] = pb->applied_window;
+    for (size_t i = 0; i < pb->n_applied_window_ext && i + 1 < TS_WINDOW_WORDS; i++)
+        e->applied_window[i + 1] = pb->applied_window_ext[i];
     e->hops = pb->hops;
     e->incarnation = pb->incarnation;
     if (pb->name) ts_strlcpy(e->name, pb->name, sizeof(e->name));
@@ -274,7 +301,12 @@ static void entity_to_pb(const ts_entity_t *e, Tessera__V1__EntityState *pb)
     pb->vy = e->vy;
     pb->last_input_seq = e->last_input_seq;
     pb->inputs_applied = e->inputs_applied;
-    pb->applied_window = e->applied_window;
+    pb->applied_window = e->applied_window[0];
+    /* only as many extension words as carry bits */
+    size_t ext = TS_WINDOW_WORDS - 1;
+    while (ext > 0 && e->applied_window[ext] == 0) ext--;
+    pb->n_applied_window_ext = ext;
+    pb->applied_window_ext = (uint64_t *)&e->applied_window[1];
     pb->hops = e->hops;
     pb->incarnation = e->incarnation;
     pb->name = (char *)e->name;

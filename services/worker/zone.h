@@ -30,6 +30,11 @@
 #include "tessera/registry.h"
 
 #define TS_ENTITY_NAME_MAX 32
+/* The exactly-once window: the last 512 client sequences of an entity. An
+ * input older than that (512 inputs behind the newest applied one) cannot be
+ * told from a duplicate and is dropped, counted as lost. */
+#define TS_WINDOW_WORDS 8
+#define TS_WINDOW_BITS (TS_WINDOW_WORDS * 64)
 /* How long (ticks) a departed entity's destination is remembered. */
 #define TS_ZONE_DEPARTED_TICKS 1200
 
@@ -38,7 +43,7 @@ typedef struct {
     double x, y, vx, vy;
     uint64_t last_input_seq;
     uint64_t inputs_applied;
-    uint64_t applied_window;
+    uint64_t applied_window[TS_WINDOW_WORDS];
     char name[TS_ENTITY_NAME_MAX];
     uint64_t hops;
     uint64_t incarnation; /* stream seq of the Join that created it */
@@ -81,7 +86,7 @@ typedef struct {
     uint64_t applied;     /* inputs applied */
     uint64_t forwarded;   /* inputs sent on to the entity's new cell */
     uint64_t duplicates;  /* inputs already applied (dropped) */
-    uint64_t dropped;     /* inputs for unknown entities or too old (dropped) */
+    uint64_t dropped;     /* inputs for unknown entities or too old (lost) */
     uint64_t transfers_in;
     uint64_t transfers_out;
 } ts_zone_stats_t;
@@ -164,8 +169,11 @@ void ts_zone_cancel_departures(ts_zone_t *z);
 /* Number of entities in the zone. */
 size_t ts_zone_entities(const ts_zone_t *z);
 
-/* Exactly-once filter: true if (entity, seq) has not been applied yet, and
- * marks it applied. */
-bool ts_entity_accept_seq(ts_entity_t *e, uint64_t seq);
+typedef enum { TS_SEQ_APPLY = 0, TS_SEQ_DUPLICATE, TS_SEQ_TOO_OLD } ts_seq_verdict_t;
+
+/* Exactly-once filter: TS_SEQ_APPLY if (entity, seq) has not been applied
+ * yet (and marks it applied), TS_SEQ_DUPLICATE if it has, TS_SEQ_TOO_OLD if it
+ * is older than the window. */
+ts_seq_verdict_t ts_entity_accept_seq(ts_entity_t *e, uint64_t seq);
 
 #endif

@@ -37,28 +37,83 @@ static ts_entity_t *get(ts_zone_t *z, uint64_t id)
     return ts_map_get(&z->entities, id);
 }
 
+static void loop_departures(ts_zone_t *z, uint64_t seq, uint64_t tick);
+static Tessera__V1__InputBatch *take_outbox(ts_zone_t *z, size_t i);
+
+#define APPLY(e, s) assert_int_equal(ts_entity_accept_seq((e), (s)), TS_SEQ_APPLY)
+#define DUP(e, s) assert_int_equal(ts_entity_accept_seq((e), (s)), TS_SEQ_DUPLICATE)
+
 static void test_seq_window(void **state)
 {
     (void)state;
     ts_entity_t e = {0};
-    assert_true(ts_entity_accept_seq(&e, 1));
-    assert_false(ts_entity_accept_seq(&e, 1));
-    assert_true(ts_entity_accept_seq(&e, 5));
+    APPLY(&e, 1);
+    DUP(&e, 1);
+    APPLY(&e, 5);
     /* 2..4 arrive late (forwarded): each applies once */
-    assert_true(ts_entity_accept_seq(&e, 3));
-    assert_false(ts_entity_accept_seq(&e, 3));
-    assert_true(ts_entity_accept_seq(&e, 2));
-    assert_true(ts_entity_accept_seq(&e, 4));
-    assert_false(ts_entity_accept_seq(&e, 4));
-    assert_false(ts_entity_accept_seq(&e, 5));
-    assert_false(ts_entity_accept_seq(&e, 1));
-    /* a jump of exactly 64 keeps the previous one in the window */
-    assert_true(ts_entity_accept_seq(&e, 69));
-    assert_false(ts_entity_accept_seq(&e, 5));
-    assert_true(ts_entity_accept_seq(&e, 6));
-    /* beyond the window: refused rather than risk a double apply */
-    assert_true(ts_entity_accept_seq(&e, 1000));
-    assert_false(ts_entity_accept_seq(&e, 900));
+    APPLY(&e, 3);
+    DUP(&e, 3);
+    APPLY(&e, 2);
+    APPLY(&e, 4);
+    DUP(&e, 4);
+    DUP(&e, 5);
+    DUP(&e, 1);
+    /* jumps across word boundaries keep what was applied and what was not */
+    APPLY(&e, 69);
+    DUP(&e, 5);
+    APPLY(&e, 6);
+    APPLY(&e, 300);
+    DUP(&e, 69);
+    DUP(&e, 6);
+    APPLY(&e, 7);
+    APPLY(&e, 200);
+    DUP(&e, 200);
+    /* a gap of 511 behind the newest is still inside the window */
+    APPLY(&e, 600);
+    APPLY(&e, 600 - 511);
+    DUP(&e, 300);
+    /* beyond the window: refused as too old rather than risk a double apply */
+    assert_int_equal(ts_entity_accept_seq(&e, 600 - 513), TS_SEQ_TOO_OLD);
+    APPLY(&e, 5000);
+    assert_int_equal(ts_entity_accept_seq(&e, 600), TS_SEQ_TOO_OLD);
+}
+
+/* The whole window survives a transfer (protobuf round trip). */
+static void test_window_travels(void **state)
+{
+    (void)state;
+    ts_zone_t *a = zone_at(-1, 0);
+    ts_input_t j = join(3, 1, -1, 50);
+    ts_zone_apply_input(a, &j, 1);
+    for (uint64_t s = 2; s <= 400; s += 2) {
+        ts_input_t m = move(3, s, 0, 0);
+        ts_zone_apply_input(a, &m, 1);
+    }
+    ts_input_t go = move(3, 401, 40, 0);
+    ts_zone_apply_input(a, &go, 1);
+    ts_zone_step(a, 0.05, 2);
+    loop_departures(a, 10, 2);
+    Tessera__V1__InputBatch *t = take_outbox(a, 0);
+    assert_true(t->transfers[0]->entity->n_applied_window_ext > 0);
+    ts_zone_t *b = zone_at(0, 0);
+    assert_true(ts_zone_apply_batch(b, 11, t, 2));
+    tessera__v1__input_batch__free_unpacked(t, NULL);
+    ts_entity_t *e = get(b, 3);
+    assert_non_null(e);
+    /* the odd ones were never applied: late, they apply once; the even ones are duplicates */
+    for (uint64_t s = 3; s < 400; s += 2) {
+        ts_input_t late = move(3, s, 0, 0);
+        ts_zone_apply_input(b, &late, 3);
+    }
+    for (uint64_t s = 2; s <= 400; s += 2) {
+        ts_input_t again = move(3, s, 0, 0);
+        ts_zone_apply_input(b, &again, 3);
+    }
+    assert_int_equal(e->inputs_applied, 401);
+    assert_int_equal(b->stats.duplicates, 200);
+    assert_int_equal(b->stats.dropped, 0);
+    ts_zone_destroy(a);
+    ts_zone_destroy(b);
 }
 
 static void test_join_move_step(void **state)
@@ -531,6 +586,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_seq_window),
+        cmocka_unit_test(test_window_travels),
         cmocka_unit_test(test_join_move_step),
         cmocka_unit_test(test_stream_seq_replay_skipped),
         cmocka_unit_test(test_crossing_forward_exactly_once),
