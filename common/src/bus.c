@@ -324,6 +324,11 @@ ts_status_t ts_bus_connect(ts_bus_t **out, const char *url, const char *name)
         s = natsOptions_SetReconnectBufSize(opts, 64 * 1024 * 1024);
     if (s == NATS_OK)
         s = natsOptions_SetTimeout(opts, 2000);
+    /* Tessera batches before it publishes (one message per cell per tick or
+     * loop iteration), so every publish is worth sending at once: no wait for
+     * nats.c's flusher thread on the handover and input paths. */
+    if (s == NATS_OK)
+        s = natsOptions_SetSendAsap(opts, true);
     if (s == NATS_OK)
         s = natsOptions_SetDisconnectedCB(opts, on_disconnected, NULL);
     if (s == NATS_OK)

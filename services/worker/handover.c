@@ -4,7 +4,8 @@
  *                        B starts consuming C after s1, holding the input
  *   orch -> A  FREEZE    A applies what it has received, stops applying (s2;
  *                        later input is held), sends B the Diff, which also
- *                        carries A's unpublished transfers and forwards
+ *                        carries A's unpublished transfers and forwards; B
+ *                        answers the FREEZE to the orchestrator
  *   orch       CAS       registry: owner B, epoch + 1
  *   orch -> B  COMMIT    B owns C: its tick thread binds the zone and applies
  *                        what it held after s2
@@ -175,11 +176,14 @@ static void on_diff(ts_worker_t *w, const Tessera__V1__Handover *m, const char *
         a.error = "malformed Diff";
     } else if (p && ts_zone_load_checkpoint(p->zone, cp, true, w->tick) == TS_OK) {
         p->diffed = true;
-        a = (ack_t){.ok = true, .seq = p->zone->last_applied_seq, .entities = (uint32_t)ts_zone_entities(p->zone)};
+        a = (ack_t){.ok = true, .seq = p->zone->last_applied_seq, .freeze_us = m->freeze_us,
+                    .entities = (uint32_t)ts_zone_entities(p->zone)};
     }
     pthread_mutex_unlock(&w->mu);
     if (cp) tessera__v1__checkpoint__free_unpacked(cp, NULL);
     send_ack(w, reply, m, &a);
+    ts_debug("handover %s: Diff in %llu us after the freeze (%zu bytes)", m->id,
+             (unsigned long long)(ts_now_us() - m->freeze_us), m->snapshot.len);
 }
 
 /* Target side, on a nats.c thread: the registry names us; the cell is ours.
@@ -286,8 +290,13 @@ ts_status_t ts_handover_subscribe(ts_worker_t *w)
 
 /* Source side: sends a PreCopy or Diff of z to the target and waits for its
  * ACK. */
+/* Sends the target a PreCopy (waiting for its ACK) or a Diff. The Diff is
+ * published with the orchestrator's reply subject: the target acknowledges
+ * the FREEZE straight to the orchestrator, one hop less inside the freeze
+ * window; if it never does, the orchestrator's ABORT (or our own timeout)
+ * resumes us. */
 static ts_status_t send_to_target(ts_worker_t *w, const Tessera__V1__Handover *req, ts_zone_t *z,
-                                  Tessera__V1__HandoverPhase phase)
+                                  Tessera__V1__HandoverPhase phase, const char *orch_reply, uint64_t freeze_us)
 {
     uint8_t *snap = NULL, *buf = NULL;
     size_t snaplen = 0, len = 0;
@@ -305,12 +314,18 @@ static ts_status_t send_to_target(ts_worker_t *w, const Tessera__V1__Handover *r
     m.snapshot.data = snap;
     m.snapshot.len = snaplen;
     m.seq = z->last_applied_seq;
+    m.freeze_us = freeze_us;
     st = ts_proto_pack(&m.base, &buf, &len);
     free(snap);
     if (st != TS_OK) return st;
     char subj[TS_SUBJECT_MAX];
     ts_subject_cell(subj, sizeof(subj), &z->cell, TS_SUBJ_HANDOVER);
     ts_bus_hdr_t hdr = {.type = TS_TYPE_HANDOVER, .epoch = z->epoch, .seq = z->last_applied_seq};
+    if (orch_reply) {
+        st = ts_bus_publish_reply(w->bus, subj, orch_reply, &hdr, buf, len);
+        free(buf);
+        return st;
+    }
     ts_bus_msg_t *reply = NULL;
     st = ts_bus_request(w->bus, subj, &hdr, buf, len, PEER_TIMEOUT_MS, &reply);
     free(buf);
@@ -352,7 +367,7 @@ static void do_prepare(ts_worker_t *w, const Tessera__V1__Handover *m, const cha
         a.error = "bad target";
     } else if (b) {
         ts_zone_mark_precopy(b->zone);
-        ts_status_t st = send_to_target(w, m, b->zone, TESSERA__V1__HANDOVER_PHASE__HANDOVER_PRECOPY);
+        ts_status_t st = send_to_target(w, m, b->zone, TESSERA__V1__HANDOVER_PHASE__HANDOVER_PRECOPY, NULL, 0);
         if (st == TS_OK)
             a = (ack_t){.ok = true, .seq = b->zone->last_applied_seq, .entities = (uint32_t)ts_zone_entities(b->zone)};
         else
@@ -392,20 +407,16 @@ static void do_freeze(ts_worker_t *w, const Tessera__V1__Handover *m, const char
     /* unpublished transfers, forwards and announcements travel in the Diff and
      * the target publishes them; queued Departures are decided anew there */
     ts_zone_cancel_departures(z);
-    uint64_t t0 = ts_mono_us();
-    ts_status_t st = send_to_target(w, m, z, TESSERA__V1__HANDOVER_PHASE__HANDOVER_DIFF);
-    ts_debug("cell %s: frozen at seq %" PRIu64 "; Diff took %" PRIu64 " us", z->key, z->last_applied_seq,
-             ts_mono_us() - t0);
+    ts_status_t st = reply && *reply ? send_to_target(w, m, z, TESSERA__V1__HANDOVER_PHASE__HANDOVER_DIFF, reply,
+                                                      freeze_us)
+                                     : TS_ERR_INVALID;
     if (st != TS_OK) {
         ts_warn("cell %s: Diff to %s failed (%s); resuming", z->key, m->to, ts_status_str(st));
         resume(w, b);
         a.error = "Diff to the target failed";
         send_ack(w, reply, m, &a);
-        return;
     }
-    a = (ack_t){.ok = true, .seq = z->last_applied_seq, .freeze_us = freeze_us,
-                .entities = (uint32_t)ts_zone_entities(z)};
-    send_ack(w, reply, m, &a);
+    /* on success the target answers the orchestrator */
 }
 
 /* Source: the registry names the target now; let go of the cell. */
