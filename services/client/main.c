@@ -13,31 +13,32 @@
 
 #include "cli.h"
 #include "tessera/config.h"
-#include "tessera/log.h"
+#include "tessera/service.h"
 #include "tessera/util.h"
 
 #define CONNECT_TIMEOUT_MS 5000
 #define REPLY_TIMEOUT_MS 3000
 #define JOIN_STAY_MS 1000
 #define DEFAULT_PINGS 3
-#define DEFAULT_MOVE_S 5.0
+#define DEFAULT_MOVE_S 5
 #define MAX_ARGS 16
+#define STR_(x) #x
+#define STR(x) STR_(x)
 
-static void usage(FILE *out)
-{
-    fprintf(out,
-            "usage: tessera-client [--gateway.listen=HOST:PORT] [--at X,Y] COMMAND [ARGS]\n\n"
-            "commands:\n"
-            "  ping [N]               N round trips (default %d), prints each time\n"
-            "  join [X Y]             join at (X, Y) (default 0 0), print frames for 1 s\n"
-            "  move DX DY [SECONDS]   join at --at X,Y (default 0,0), move with velocity\n"
-            "                         (DX, DY) for SECONDS (default %g), print positions\n"
-            "  repl                   read commands from stdin (type help)\n"
-            "  script FILE            run repl commands from FILE; exit 1 on an Error\n"
-            "                         unless the line starts with '-'\n\n",
-            DEFAULT_PINGS, DEFAULT_MOVE_S);
-    ts_config_usage(out);
-}
+/* Ctrl-C ends the client at once: no signal handlers. */
+static const ts_service_t service = {
+    .name = "tessera-client",
+    .usage = "usage: tessera-client [--gateway.listen=HOST:PORT] [--at X,Y] COMMAND [ARGS]\n\n"
+             "commands:\n"
+             "  ping [N]               N round trips (default " STR(DEFAULT_PINGS) "), prints each time\n"
+             "  join [X Y]             join at (X, Y) (default 0 0), print frames for 1 s\n"
+             "  move DX DY [SECONDS]   join at --at X,Y (default 0,0), move with velocity\n"
+             "                         (DX, DY) for SECONDS (default " STR(DEFAULT_MOVE_S) "), print positions\n"
+             "  repl                   read commands from stdin (type help)\n"
+             "  script FILE            run repl commands from FILE; exit 1 on an Error\n"
+             "                         unless the line starts with '-'\n\n",
+    .no_signals = true,
+};
 
 typedef struct {
     char *cfg_argv[2 * MAX_ARGS + 1];
@@ -218,23 +219,16 @@ int main(int argc, char **argv)
         return 2;
     }
     if (a.help) {
-        usage(stdout);
+        ts_service_usage(&service, stdout);
         return 0;
     }
     if (a.npos == 0 || !known_command(a.pos[0])) {
-        usage(stderr);
+        ts_service_usage(&service, stderr);
         return 2;
     }
     ts_config_t cfg;
-    char err[512] = "";
-    if (ts_config_load(&cfg, a.cfg_argc, a.cfg_argv, NULL, NULL, err, sizeof err) != TS_OK) {
-        fprintf(stderr, "tessera-client: %s (try --help)\n", err);
-        ts_config_free(&cfg);
-        return 2;
-    }
-    ts_log_level_t level = TS_LOG_WARN;
-    if (!ts_log_level_parse(cfg.log_level, &level)) level = TS_LOG_WARN;
-    ts_log_init("tessera-client", level, cfg.log_format != NULL && strcmp(cfg.log_format, "json") == 0);
+    int rc;
+    if (!ts_service_init(&service, a.cfg_argc, a.cfg_argv, &cfg, NULL, NULL, &rc)) return rc;
 
     char host[256];
     int port = 0;
@@ -252,7 +246,7 @@ int main(int argc, char **argv)
         ts_config_free(&cfg);
         return 1;
     }
-    int rc = run_command(&c, &a);
+    rc = run_command(&c, &a);
     ts_client_destroy(c.conn);
     ts_config_free(&cfg);
     return rc;

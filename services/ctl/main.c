@@ -5,89 +5,45 @@
 #include <string.h>
 
 #include "ctl.h"
-#include "tessera/log.h"
+#include "tessera/service.h"
 #include "tessera/util.h"
 
-#define RETRY_MS 500
-
 volatile sig_atomic_t ts_ctl_stop;
-static bool bus_used;
 
-static void on_signal(int sig)
-{
-    (void)sig;
-    ts_ctl_stop = 1;
-}
-
-static void install_signals(void)
-{
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
-}
-
-static void usage(FILE *out)
-{
-    fprintf(out,
-            "usage: tessera-ctl [--key=value ...] <command> [options]\n\n"
-            "commands:\n"
-            "  cells                    cells of world.id from the registry: owner, epoch, state\n"
-            "  workers                  known workers, alive or not, with their latest heartbeat\n"
-            "                           (waits 1.5 s for heartbeats)\n"
-            "  watch [--count N]        one line per second: cells, owners, entities, inputs/s,\n"
-            "                           ticks (per second, all workers), transfers/s, cross-worker\n"
-            "                           transfers/s, handovers so far; until SIGINT or N lines\n"
-            "  top [--count N]          live table, refreshed every second: per worker cells, entities,\n"
-            "                           inputs/s, tick p50/p99, load score, draining; orchestrator\n"
-            "                           counters below; until SIGINT or N refreshes\n"
-            "  handover CELL WORKER     asks the leading orchestrator to move CELL (e.g. 0.-1.0.0.0)\n"
-            "                           to WORKER live; prints its answer\n"
-            "  drain WORKER             hands every cell of WORKER to the other workers\n"
-            "  stats                    the orchestrator's handover/recovery/rebalancing figures (JSON)\n"
-            "  decode --subject SUBJ [--json]\n"
-            "                           reads one message payload from stdin and prints it decoded\n"
-            "                           (type chosen from the subject), e.g.\n"
-            "                           nats sub 'cell.>' --translate 'tessera-ctl decode --subject {{Subject}}'\n\n");
-    ts_config_usage(out);
-}
+static const ts_service_t service = {
+    .name = "tessera-ctl",
+    .usage =
+        "usage: tessera-ctl [--key=value ...] <command> [options]\n\n"
+        "commands:\n"
+        "  cells                    cells of world.id from the registry: owner, epoch, state\n"
+        "  workers                  known workers, alive or not, with their latest heartbeat\n"
+        "                           (waits 1.5 s for heartbeats)\n"
+        "  watch [--count N]        one line per second: cells, owners, entities, inputs/s,\n"
+        "                           ticks (per second, all workers), transfers/s, cross-worker\n"
+        "                           transfers/s, handovers so far; until SIGINT or N lines\n"
+        "  top [--count N]          live table, refreshed every second: per worker cells, entities,\n"
+        "                           inputs/s, tick p50/p99, load score, draining; orchestrator\n"
+        "                           counters below; until SIGINT or N refreshes\n"
+        "  handover CELL WORKER     asks the leading orchestrator to move CELL (e.g. 0.-1.0.0.0)\n"
+        "                           to WORKER live; prints its answer\n"
+        "  drain WORKER             hands every cell of WORKER to the other workers\n"
+        "  stats                    the orchestrator's handover/recovery/rebalancing figures (JSON)\n"
+        "  decode --subject SUBJ [--json]\n"
+        "                           reads one message payload from stdin and prints it decoded\n"
+        "                           (type chosen from the subject), e.g.\n"
+        "                           nats sub 'cell.>' --translate 'tessera-ctl decode --subject {{Subject}}'\n\n",
+    .config_exit = 1,
+    .stop = &ts_ctl_stop,
+};
 
 ts_status_t ts_ctl_connect_registry(const ts_config_t *cfg, ts_registry_t **out)
 {
-    uint64_t deadline = ts_mono_us() + TS_CTL_CONNECT_MS * 1000ULL;
-    ts_status_t st;
-    do {
-        uint64_t version;
-        st = ts_registry_connect(out, cfg->redis_url);
-        if (st == TS_OK)
-            st = ts_registry_version(*out, (uint32_t)cfg->world_id, &version);
-        if (st == TS_OK || st == TS_ERR_NOT_FOUND)
-            return TS_OK;
-        ts_registry_destroy(*out);
-        *out = NULL;
-        ts_sleep_ms(RETRY_MS);
-    } while (!ts_ctl_stop && ts_mono_us() < deadline);
-    fprintf(stderr, "tessera-ctl: cannot reach Redis at %s: %s\n", cfg->redis_url, ts_status_str(st));
-    return st;
+    return ts_service_connect_registry(cfg, TS_CTL_CONNECT_MS, out);
 }
 
 ts_status_t ts_ctl_connect_bus(const ts_config_t *cfg, ts_bus_t **out)
 {
-    uint64_t deadline = ts_mono_us() + TS_CTL_CONNECT_MS * 1000ULL;
-    ts_status_t st;
-    bus_used = true;
-    do {
-        st = ts_bus_connect(out, cfg->nats_url, "tessera-ctl");
-        if (st == TS_OK)
-            return TS_OK;
-        *out = NULL;
-        ts_sleep_ms(RETRY_MS);
-    } while (!ts_ctl_stop && ts_mono_us() < deadline);
-    fprintf(stderr, "tessera-ctl: cannot reach NATS at %s: %s\n", cfg->nats_url, ts_status_str(st));
-    return st;
+    return ts_service_connect_bus(cfg, "tessera-ctl", TS_CTL_CONNECT_MS, out);
 }
 
 typedef struct {
@@ -158,7 +114,7 @@ static int run_command(char **args, int nargs, const ts_config_t *cfg, const ctl
     int want = command_args(cmd);
     if (want < 0) {
         fprintf(stderr, "tessera-ctl: unknown command '%s'\n\n", cmd);
-        usage(stderr);
+        ts_service_usage(&service, stderr);
         return TS_CTL_EXIT_USAGE;
     }
     if (nargs - 1 != want) {
@@ -207,49 +163,31 @@ static int run_command(char **args, int nargs, const ts_config_t *cfg, const ctl
 
 int main(int argc, char **argv)
 {
-    for (int i = 1; i < argc && strcmp(argv[i], "--") != 0; i++) {
-        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
-            usage(stdout);
-            return 0;
-        }
-    }
     char **kept = calloc((size_t)argc + 1, sizeof *kept);
     if (!kept) {
         fprintf(stderr, "tessera-ctl: out of memory\n");
         return 1;
     }
     ctl_opts_t opts = {0};
-    int nkept = 0, rc = TS_CTL_EXIT_USAGE;
+    int nkept = 0, nrest = 0, rc = TS_CTL_EXIT_USAGE;
+    char **rest = NULL;
     ts_config_t cfg;
-    char err[512] = "", **rest = NULL;
-    int nrest = 0;
     if (!take_options(argc, argv, kept, &nkept, &opts)) {
         free(kept);
         return TS_CTL_EXIT_USAGE;
     }
-    if (ts_config_load(&cfg, nkept, kept, &rest, &nrest, err, sizeof err) != TS_OK) {
-        fprintf(stderr, "tessera-ctl: %s (see --help)\n", err[0] ? err : "bad configuration");
-        rc = 1;
-        goto cleanup;
+    if (!ts_service_init(&service, nkept, kept, &cfg, &rest, &nrest, &rc)) {
+        free(kept);
+        return rc;
     }
-    ts_log_level_t level = TS_LOG_INFO;
-    if (!ts_log_level_parse(cfg.log_level, &level)) {
-        fprintf(stderr, "tessera-ctl: log.level: unknown level '%s'\n", cfg.log_level);
-        rc = 1;
-        goto cleanup;
-    }
-    ts_log_init("tessera-ctl", level, strcmp(cfg.log_format, "json") == 0);
     if (nrest < 1) {
-        usage(stderr);
-        goto cleanup;
+        ts_service_usage(&service, stderr);
+        rc = TS_CTL_EXIT_USAGE;
+    } else {
+        rc = run_command(rest, nrest, &cfg, &opts);
     }
-    install_signals();
-    rc = run_command(rest, nrest, &cfg, &opts);
-
-cleanup:
     ts_config_free(&cfg);
     free(kept);
-    if (bus_used)
-        ts_bus_shutdown_library();
+    ts_service_shutdown();
     return rc;
 }

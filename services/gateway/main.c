@@ -1,33 +1,21 @@
 /* tessera-gateway: client TCP sockets in, cell input batches out, merged
  * cell state back to each client. Reads its configuration, connects to NATS
- * and Redis (retrying for STARTUP_WAIT_MS), waits for the world the
+ * and Redis (retrying for TS_SERVICE_CONNECT_MS), waits for the world the
  * orchestrator writes, then runs one libuv loop until SIGINT/SIGTERM. */
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
 
 #include "gateway.h"
 #include "tessera/log.h"
+#include "tessera/service.h"
 #include "tessera/util.h"
 
-#define STARTUP_WAIT_MS 10000
-#define RETRY_MS 500
-
-static volatile sig_atomic_t startup_signal;
-
-static void on_startup_signal(int sig)
-{
-    startup_signal = sig;
-}
-
-static void usage(FILE *out)
-{
-    fprintf(out, "usage: tessera-gateway [--key=value ...]\n\n"
-                 "Accepts game clients on gateway.listen, batches their inputs into the cells'\n"
-                 "JetStream input subjects and sends each client the merged state around it.\n\n");
-    ts_config_usage(out);
-}
+static const ts_service_t service = {
+    .name = "tessera-gateway",
+    .usage = "usage: tessera-gateway [--key=value ...]\n\n"
+             "Accepts game clients on gateway.listen, batches their inputs into the cells'\n"
+             "JetStream input subjects and sends each client the merged state around it.\n\n",
+};
 
 static bool check_range(const char *key, int64_t v, int64_t lo, int64_t hi)
 {
@@ -47,96 +35,43 @@ static bool check_config(const ts_config_t *cfg)
            check_range("gateway.aoi_radius", cfg->gateway_aoi_radius, 0, 8);
 }
 
-static bool keep_trying(uint64_t deadline_us)
-{
-    if (startup_signal || ts_mono_us() >= deadline_us) return false;
-    ts_sleep_ms(RETRY_MS);
-    return !startup_signal;
-}
-
-/* Connects and reads the world. Returns 0 on success, 1 on failure, -1 if
- * a signal asked to stop meanwhile. */
+/* Connects and reads the world and its cells. Returns 0 on success, 1 on
+ * failure, -1 if a signal asked to stop meanwhile. */
 static int connect_all(const ts_config_t *cfg, ts_bus_t **bus, ts_registry_t **reg, ts_world_t *world,
                        ts_cell_entry_t **cells, size_t *ncells)
 {
-    uint64_t deadline = ts_mono_us() + STARTUP_WAIT_MS * 1000ull;
     uint32_t world_id = (uint32_t)cfg->world_id;
     char name[64];
     snprintf(name, sizeof name, "tessera-gateway-%lld", (long long)cfg->gateway_id);
-    ts_status_t st;
-
-    while ((st = ts_bus_connect(bus, cfg->nats_url, name)) != TS_OK) {
-        if (!keep_trying(deadline)) goto fail_nats;
-    }
-    while ((st = ts_registry_connect(reg, cfg->redis_url)) != TS_OK) {
-        if (!keep_trying(deadline)) goto fail_redis;
-    }
-    bool told = false;
-    while ((st = ts_registry_world_get(*reg, world_id, world)) != TS_OK) {
-        if (st == TS_ERR_NOT_FOUND && !told) {
-            ts_info("waiting for the orchestrator to write world %u", world_id);
-            told = true;
-        }
-        if (!keep_trying(deadline)) goto fail_world;
-    }
+    ts_status_t st = ts_service_connect_bus(cfg, name, TS_SERVICE_CONNECT_MS, bus);
+    if (st == TS_OK) st = ts_service_connect_registry(cfg, TS_SERVICE_CONNECT_MS, reg);
+    if (st == TS_OK) st = ts_service_wait_world(cfg, *reg, TS_SERVICE_CONNECT_MS, world);
+    if (st != TS_OK) return ts_service_stopping() ? -1 : 1;
     if (!(world->cell_size > 0) || world->width <= 0 || world->height <= 0) {
         ts_error("world %u in the registry is invalid (cell_size %g, %d x %d cells)", world_id,
                  world->cell_size, world->width, world->height);
         return 1;
     }
+    uint64_t deadline = ts_mono_us() + TS_SERVICE_CONNECT_MS * 1000ull;
     while ((st = ts_registry_cells(*reg, world_id, cells, ncells)) != TS_OK) {
-        if (!keep_trying(deadline)) goto fail_world;
+        if (ts_service_retry_wait(deadline)) continue;
+        if (ts_service_stopping()) return -1;
+        ts_error("cannot read the cells of world %u from Redis at %s: %s", world_id, cfg->redis_url,
+                 ts_status_str(st));
+        return 1;
     }
     return 0;
-
-fail_nats:
-    if (startup_signal) return -1;
-    ts_error("cannot connect to NATS at %s: %s", cfg->nats_url, ts_status_str(st));
-    return 1;
-fail_redis:
-    if (startup_signal) return -1;
-    ts_error("cannot connect to Redis at %s: %s", cfg->redis_url, ts_status_str(st));
-    return 1;
-fail_world:
-    if (startup_signal) return -1;
-    ts_error("cannot read world %u from Redis at %s: %s (is tessera-orch running?)", world_id, cfg->redis_url,
-             ts_status_str(st));
-    return 1;
 }
 
 int main(int argc, char **argv)
 {
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
-            usage(stdout);
-            return 0;
-        }
-    }
     ts_config_t cfg;
-    char err[512] = "";
-    if (ts_config_load(&cfg, argc, argv, NULL, NULL, err, sizeof err) != TS_OK) {
-        fprintf(stderr, "tessera-gateway: %s (try --help)\n", err);
-        ts_config_free(&cfg);
-        return 2;
-    }
-    ts_log_level_t level;
-    if (!ts_log_level_parse(cfg.log_level, &level)) {
-        fprintf(stderr, "tessera-gateway: log.level '%s' is not debug|info|warn|error\n", cfg.log_level);
-        ts_config_free(&cfg);
-        return 2;
-    }
-    ts_log_init("tessera-gateway", level, cfg.log_format != NULL && strcmp(cfg.log_format, "json") == 0);
+    int exit_code;
+    if (!ts_service_init(&service, argc, argv, &cfg, NULL, NULL, &exit_code)) return exit_code;
     if (!check_config(&cfg)) {
         ts_config_free(&cfg);
         return 2;
     }
-
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_startup_signal;
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
 
     int rc = 1;
     ts_bus_t *bus = NULL;
@@ -169,7 +104,7 @@ int main(int argc, char **argv)
     free(cells);
     cells = NULL;
     rc = gw_start(gw) == TS_OK ? 0 : 1;
-    if (rc != 0 || startup_signal) gw_stop(gw);
+    if (rc != 0 || ts_service_stopping()) gw_stop(gw);
     uv_run(&loop, UV_RUN_DEFAULT);
 
 cleanup:
@@ -180,6 +115,6 @@ cleanup:
     ts_registry_destroy(reg);
     free(cells);
     ts_config_free(&cfg);
-    ts_bus_shutdown_library();
+    ts_service_shutdown();
     return rc;
 }

@@ -7,99 +7,48 @@
  * serves tessera.ctl.<world>.*; the main loop notices a lost lock within one
  * iteration and every registry write re-checks it; a clean shutdown releases
  * the lock and frees everything. */
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "orch.h"
 #include "tessera/log.h"
+#include "tessera/service.h"
 #include "tessera/util.h"
 
-#define CONNECT_TIMEOUT_MS 10000
-#define RETRY_MS 500
 #define LOOP_MS 50
 
-static bool g_bus_used; /* nats.c was initialised */
-static volatile sig_atomic_t g_stop;
+static const ts_service_t service = {
+    .name = "tessera-orch",
+    .usage = "usage: tessera-orch [--key=value ...]\n"
+             "Writes the world layout (world.*) into the Redis registry and, while it holds\n"
+             "the leader lock orch.<world.id> (orch.lock_ttl_ms), drives the cells: live\n"
+             "handovers and drains requested on tessera.ctl.<world>.{handover,drain,stats},\n"
+             "crash recovery of the cells of dead workers (liveness TTL orch.hb_ttl_ms) and\n"
+             "load rebalancing (orch.rebalance*). Other instances stand by.\n\n",
+    .config_exit = 1,
+};
 
-static void on_signal(int sig)
-{
-    (void)sig;
-    g_stop = 1;
-}
-
-static void install_signals(void)
-{
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
-}
-
-static bool wants_help(int argc, char **argv)
-{
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0)
-            return true;
-    }
-    return false;
-}
-
-static void usage(FILE *out)
-{
-    fprintf(out, "usage: tessera-orch [--key=value ...]\n"
-                 "Writes the world layout (world.*) into the Redis registry and, while it holds\n"
-                 "the leader lock orch.<world.id> (orch.lock_ttl_ms), drives the cells: live\n"
-                 "handovers and drains requested on tessera.ctl.<world>.{handover,drain,stats},\n"
-                 "crash recovery of the cells of dead workers (liveness TTL orch.hb_ttl_ms) and\n"
-                 "load rebalancing (orch.rebalance*). Other instances stand by.\n\n");
-    ts_config_usage(out);
-}
-
+/* Connects to NATS and creates the world's streams, retrying both. */
 static ts_status_t connect_bus(ts_orch_t *o)
 {
-    uint64_t deadline = ts_mono_us() + CONNECT_TIMEOUT_MS * 1000ULL;
-    ts_status_t st;
-    g_bus_used = true;
-    do {
-        st = ts_bus_connect(&o->bus, o->cfg->nats_url, "tessera-orch");
-        if (st == TS_OK)
-            st = ts_bus_ensure_streams(o->bus, o->world, o->cfg->stream_storage, o->cfg->stream_max_age_s,
-                                       (int)o->cfg->stream_replicas);
-        if (st == TS_OK)
-            return TS_OK;
-        ts_bus_destroy(o->bus);
-        o->bus = NULL;
-        ts_debug("nats %s not ready: %s", o->cfg->nats_url, ts_status_str(st));
-        ts_sleep_ms(RETRY_MS);
-    } while (!g_stop && ts_mono_us() < deadline);
-    ts_error("cannot connect to NATS at %s and create the streams of world %u within %d s: %s", o->cfg->nats_url,
-             o->world, CONNECT_TIMEOUT_MS / 1000, ts_status_str(st));
-    return st;
-}
-
-static ts_status_t connect_registry(ts_orch_t *o)
-{
-    uint64_t deadline = ts_mono_us() + CONNECT_TIMEOUT_MS * 1000ULL;
-    ts_status_t st;
-    do {
-        uint64_t version;
-        st = ts_registry_connect(&o->reg, o->cfg->redis_url);
-        if (st == TS_OK)
-            st = ts_registry_version(o->reg, o->world, &version);
+    const ts_config_t *cfg = o->cfg;
+    uint64_t deadline = ts_mono_us() + TS_SERVICE_CONNECT_MS * 1000ULL;
+    ts_status_t st = ts_service_connect_bus(cfg, "tessera-orch", TS_SERVICE_CONNECT_MS, &o->bus);
+    if (st != TS_OK)
+        return st;
+    for (;;) {
+        st = ts_bus_ensure_streams(o->bus, o->world, cfg->stream_storage, cfg->stream_max_age_s,
+                                   (int)cfg->stream_replicas);
         if (st == TS_OK)
             return TS_OK;
-        ts_registry_destroy(o->reg);
-        o->reg = NULL;
-        ts_debug("redis %s not ready: %s", o->cfg->redis_url, ts_status_str(st));
-        ts_sleep_ms(RETRY_MS);
-    } while (!g_stop && ts_mono_us() < deadline);
-    ts_error("cannot connect to Redis at %s within %d s: %s", o->cfg->redis_url, CONNECT_TIMEOUT_MS / 1000,
-             ts_status_str(st));
+        ts_debug("streams of world %u not created yet: %s", o->world, ts_status_str(st));
+        if (!ts_service_retry_wait(deadline))
+            break;
+    }
+    if (!ts_service_stopping())
+        ts_error("cannot create the streams of world %u on NATS at %s: %s", o->world, cfg->nats_url,
+                 ts_status_str(st));
     return st;
 }
 
@@ -153,7 +102,7 @@ static void run(ts_orch_t *o)
     uint64_t status_us = o->cfg->orch_status_ms > 0 ? (uint64_t)o->cfg->orch_status_ms * 1000 : 0;
     uint64_t next_status_us = ts_mono_us() + status_us, next_reconnect_us = 0;
 
-    while (!g_stop) {
+    while (!ts_service_stopping()) {
         uint64_t now = ts_mono_us();
         if (!o->reg && now >= next_reconnect_us) {
             next_reconnect_us = now + 1000000;
@@ -197,33 +146,13 @@ static bool check_config(const ts_config_t *cfg)
 
 int main(int argc, char **argv)
 {
-    if (wants_help(argc, argv)) {
-        usage(stdout);
-        return 0;
-    }
     ts_config_t cfg;
     char err[512] = "";
-    int rc = 1;
-    ts_orch_t o = {.cfg = &cfg, .stop = &g_stop};
+    int rc;
+    if (!ts_service_init(&service, argc, argv, &cfg, NULL, NULL, &rc)) return rc;
+    rc = 1;
+    ts_orch_t o = {.cfg = &cfg, .stop = ts_service_stop_flag()};
     ts_stats_init(&o.stats);
-
-    if (ts_config_load(&cfg, argc, argv, NULL, NULL, err, sizeof err) != TS_OK) {
-        fprintf(stderr, "tessera-orch: %s (see --help)\n", err[0] ? err : "bad configuration");
-        ts_config_free(&cfg);
-        ts_stats_free(&o.stats);
-        return 1;
-    }
-    ts_log_level_t level;
-    if (!ts_log_level_parse(cfg.log_level, &level)) {
-        fprintf(stderr, "tessera-orch: log.level: unknown level '%s' (debug|info|warn|error)\n", cfg.log_level);
-        goto cleanup;
-    }
-    if (strcmp(cfg.log_format, "text") != 0 && strcmp(cfg.log_format, "json") != 0) {
-        fprintf(stderr, "tessera-orch: log.format: must be text or json, got '%s'\n", cfg.log_format);
-        goto cleanup;
-    }
-    ts_log_init("tessera-orch", level, strcmp(cfg.log_format, "json") == 0);
-    install_signals();
 
     if (ts_layout_build(&o.layout, &cfg, err, sizeof err) != TS_OK) {
         ts_error("bad world layout: %s", err);
@@ -236,8 +165,8 @@ int main(int argc, char **argv)
     }
     if (!check_config(&cfg))
         goto cleanup;
-    if (connect_registry(&o) != TS_OK || connect_bus(&o) != TS_OK) {
-        rc = g_stop ? 0 : 1;
+    if (ts_service_connect_registry(&cfg, TS_SERVICE_CONNECT_MS, &o.reg) != TS_OK || connect_bus(&o) != TS_OK) {
+        rc = ts_service_stopping() ? 0 : 1;
         goto cleanup;
     }
     if (ts_workers_create(&o.workers, cfg.orch_hb_ttl_ms) != TS_OK || ts_ctl_create(&o.ctl, &o) != TS_OK ||
@@ -270,7 +199,6 @@ cleanup:
     ts_layout_free(&o.layout);
     ts_config_free(&cfg);
     ts_stats_free(&o.stats);
-    if (g_bus_used)
-        ts_bus_shutdown_library();
+    ts_service_shutdown();
     return rc;
 }

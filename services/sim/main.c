@@ -5,7 +5,6 @@
  * Invariants: inputs go out in batches every FLUSH_MS; the counted totals
  * cover Joins and Moves only (the closing Leaves are not counted); with a
  * duration the exit status says whether applied == acked == sent. */
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,11 +16,10 @@
 #include "tessera/config.h"
 #include "tessera/log.h"
 #include "tessera/registry.h"
+#include "tessera/service.h"
 #include "tessera/subject.h"
 #include "tessera/util.h"
 
-#define CONNECT_TIMEOUT_MS 10000
-#define RETRY_MS 500
 #define FLUSH_MS 50
 #define REPORT_MS 1000
 #define SETTLE_MS 10000
@@ -29,25 +27,18 @@
 
 #define EXIT_MISMATCH 2
 
-static bool g_bus_used; /* nats.c was initialised */
-static volatile sig_atomic_t g_signals;
-
-static void on_signal(int sig)
-{
-    (void)sig;
-    g_signals++;
-}
-
-static void install_signals(void)
-{
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
-}
+static const ts_service_t service = {
+    .name = "tessera-sim",
+    .usage = "usage: tessera-sim [--key=value ...]\n"
+             "Runs sim.players synthetic players that publish InputBatches straight into\n"
+             "the cell input subjects of world.id (sim.rate_hz inputs per player per second,\n"
+             "speed sim.speed), follows their cells through the workers' state and reports\n"
+             "inputs sent, acknowledged by JetStream and applied (inputs/s: applied per\n"
+             "second), once a second.\n"
+             "With sim.duration_s > 0 it stops by itself and exits 0 if applied == acked ==\n"
+             "sent, 2 otherwise; on SIGINT/SIGTERM it stops and exits 0.\n\n",
+    .config_exit = 1,
+};
 
 typedef struct {
     ts_config_t *cfg;
@@ -59,29 +50,6 @@ typedef struct {
     ts_sim_inputs_t pending;
     uint64_t last_applied;  /* for inputs/s */
 } sim_t;
-
-static bool wants_help(int argc, char **argv)
-{
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0)
-            return true;
-    }
-    return false;
-}
-
-static void usage(FILE *out)
-{
-    fprintf(out,
-            "usage: tessera-sim [--key=value ...]\n"
-            "Runs sim.players synthetic players that publish InputBatches straight into\n"
-            "the cell input subjects of world.id (sim.rate_hz inputs per player per second,\n"
-            "speed sim.speed), follows their cells through the workers' state and reports\n"
-            "inputs sent, acknowledged by JetStream and applied (inputs/s: applied per\n"
-            "second), once a second.\n"
-            "With sim.duration_s > 0 it stops by itself and exits 0 if applied == acked ==\n"
-            "sent, 2 otherwise; on SIGINT/SIGTERM it stops and exits 0.\n\n");
-    ts_config_usage(out);
-}
 
 static ts_status_t check_config(const ts_config_t *cfg, char *err, size_t cap)
 {
@@ -101,44 +69,17 @@ static ts_status_t check_config(const ts_config_t *cfg, char *err, size_t cap)
     return TS_ERR_CONFIG;
 }
 
-/* Reads the world from the registry, waiting for the orchestrator. */
-static ts_status_t load_world(sim_t *s)
+/* Reads the world from the registry (waiting for the orchestrator), then
+ * connects to NATS. */
+static ts_status_t connect_all(sim_t *s)
 {
-    uint64_t deadline = ts_mono_us() + CONNECT_TIMEOUT_MS * 1000ULL;
-    uint32_t id = (uint32_t)s->cfg->world_id;
-    ts_status_t st;
-    do {
-        ts_registry_t *reg = NULL;
-        st = ts_registry_connect(&reg, s->cfg->redis_url);
-        if (st == TS_OK)
-            st = ts_registry_world_get(reg, id, &s->world);
-        ts_registry_destroy(reg);
-        if (st == TS_OK)
-            return TS_OK;
-        ts_sleep_ms(RETRY_MS);
-    } while (!g_signals && ts_mono_us() < deadline);
-    if (st == TS_ERR_NOT_FOUND)
-        ts_error("world %u is not in the registry at %s after %d s (is tessera-orch running?)", id,
-                 s->cfg->redis_url, CONNECT_TIMEOUT_MS / 1000);
-    else
-        ts_error("cannot read world %u from Redis at %s within %d s: %s", id, s->cfg->redis_url,
-                 CONNECT_TIMEOUT_MS / 1000, ts_status_str(st));
-    return st;
-}
-
-static ts_status_t connect_bus(sim_t *s)
-{
-    uint64_t deadline = ts_mono_us() + CONNECT_TIMEOUT_MS * 1000ULL;
-    ts_status_t st;
-    g_bus_used = true;
-    do {
-        st = ts_bus_connect(&s->bus, s->cfg->nats_url, "tessera-sim");
-        if (st == TS_OK)
-            return TS_OK;
-        ts_sleep_ms(RETRY_MS);
-    } while (!g_signals && ts_mono_us() < deadline);
-    ts_error("cannot connect to NATS at %s within %d s: %s", s->cfg->nats_url, CONNECT_TIMEOUT_MS / 1000,
-             ts_status_str(st));
+    ts_registry_t *reg = NULL;
+    ts_status_t st = ts_service_connect_registry(s->cfg, TS_SERVICE_CONNECT_MS, &reg);
+    if (st == TS_OK)
+        st = ts_service_wait_world(s->cfg, reg, TS_SERVICE_CONNECT_MS, &s->world);
+    ts_registry_destroy(reg);
+    if (st == TS_OK)
+        st = ts_service_connect_bus(s->cfg, "tessera-sim", TS_SERVICE_CONNECT_MS, &s->bus);
     return st;
 }
 
@@ -177,7 +118,7 @@ static bool run(sim_t *s)
     uint64_t end = s->cfg->sim_duration_s > 0 ? start + (uint64_t)s->cfg->sim_duration_s * 1000000 : UINT64_MAX;
     uint64_t next_flush = start, next_report = start + REPORT_MS * 1000, last_report = start;
     bool warned = false;
-    while (!g_signals) {
+    while (!ts_service_stopping()) {
         uint64_t now = ts_mono_us();
         if (now >= end)
             return true;
@@ -207,14 +148,15 @@ static bool run(sim_t *s)
 static void settle(sim_t *s, ts_sender_stats_t *ss, ts_players_stats_t *ps)
 {
     uint64_t deadline = ts_mono_us() + SETTLE_MS * 1000ULL;
-    int signals = g_signals;
+    volatile sig_atomic_t *stop = ts_service_stop_flag();
+    sig_atomic_t signals = *stop;
     ts_bus_js_flush(s->bus, SETTLE_MS);
     for (;;) {
         ts_sender_stats(s->sender, ss);
         ts_players_stats(s->players, ps);
         if (ss->acked + ss->failed >= ss->sent && ps->applied >= ss->acked)
             break;
-        if (ts_mono_us() >= deadline || g_signals > signals)
+        if (ts_mono_us() >= deadline || *stop > signals)
             break;
         ts_sleep_ms(50);
     }
@@ -232,38 +174,19 @@ static void send_leaves(sim_t *s)
 
 int main(int argc, char **argv)
 {
-    if (wants_help(argc, argv)) {
-        usage(stdout);
-        return 0;
-    }
     ts_config_t cfg;
     char err[512] = "";
-    int rc = 1;
+    int rc;
+    if (!ts_service_init(&service, argc, argv, &cfg, NULL, NULL, &rc)) return rc;
+    rc = 1;
     sim_t s = {.cfg = &cfg};
 
-    if (ts_config_load(&cfg, argc, argv, NULL, NULL, err, sizeof err) != TS_OK) {
-        fprintf(stderr, "tessera-sim: %s (see --help)\n", err[0] ? err : "bad configuration");
-        ts_config_free(&cfg);
-        return 1;
-    }
-    ts_log_level_t level;
-    if (!ts_log_level_parse(cfg.log_level, &level)) {
-        fprintf(stderr, "tessera-sim: log.level: unknown level '%s' (debug|info|warn|error)\n", cfg.log_level);
-        goto cleanup;
-    }
-    if (strcmp(cfg.log_format, "text") != 0 && strcmp(cfg.log_format, "json") != 0) {
-        fprintf(stderr, "tessera-sim: log.format: must be text or json, got '%s'\n", cfg.log_format);
-        goto cleanup;
-    }
-    ts_log_init("tessera-sim", level, strcmp(cfg.log_format, "json") == 0);
     if (check_config(&cfg, err, sizeof err) != TS_OK) {
         ts_error("%s", err);
         goto cleanup;
     }
-    install_signals();
-
-    if (load_world(&s) != TS_OK || connect_bus(&s) != TS_OK) {
-        rc = g_signals ? 0 : 1;
+    if (connect_all(&s) != TS_OK) {
+        rc = ts_service_stopping() ? 0 : 1;
         goto cleanup;
     }
     char id_prefix[96], host[48] = "host", subject[TS_SUBJECT_MAX];
@@ -317,7 +240,6 @@ cleanup:
     ts_players_destroy(s.players);
     ts_sim_inputs_free(&s.pending);
     ts_config_free(&cfg);
-    if (g_bus_used)
-        ts_bus_shutdown_library();
+    ts_service_shutdown();
     return rc;
 }

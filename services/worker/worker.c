@@ -16,11 +16,11 @@
 #include <unistd.h>
 
 #include "tessera/log.h"
+#include "tessera/service.h"
 #include "tessera/subject.h"
 #include "tessera/util.h"
 #include "worker_internal.h"
 
-#define CONNECT_RETRY_MS 10000
 #define DRAIN_TIMEOUT_MS 30000
 
 ts_binding_t *ts_worker_find_binding(ts_worker_t *w, const ts_cell_t *c)
@@ -330,30 +330,12 @@ ts_status_t ts_worker_create(ts_worker_t **out, const ts_config_t *cfg, volatile
     ts_rng_seed(&rng, ts_now_us() ^ ((uint64_t)getpid() << 32));
     w->boot_nonce = ts_rng_next(&rng);
 
-    ts_status_t st;
-    uint64_t deadline = ts_mono_us() + CONNECT_RETRY_MS * 1000ULL;
     char name[128];
     snprintf(name, sizeof(name), "tessera-worker-%s", w->id);
-    while ((st = ts_bus_connect(&w->bus, cfg->nats_url, name)) != TS_OK && ts_mono_us() < deadline && !*stop)
-        ts_sleep_ms(250);
-    if (st != TS_OK) {
-        ts_error("cannot connect to NATS at %s: %s", cfg->nats_url, ts_status_str(st));
-        goto fail;
-    }
-    while ((st = ts_registry_connect(&w->reg, cfg->redis_url)) != TS_OK && ts_mono_us() < deadline && !*stop)
-        ts_sleep_ms(250);
-    if (st != TS_OK) {
-        ts_error("cannot connect to Redis at %s: %s", cfg->redis_url, ts_status_str(st));
-        goto fail;
-    }
-    while ((st = ts_registry_world_get(w->reg, (uint32_t)cfg->world_id, &w->world)) != TS_OK &&
-           ts_mono_us() < deadline && !*stop)
-        ts_sleep_ms(250);
-    if (st != TS_OK) {
-        ts_error("world %" PRId64 " is not in the registry (is tessera-orch running?): %s", cfg->world_id,
-                 ts_status_str(st));
-        goto fail;
-    }
+    ts_status_t st = ts_service_connect_bus(cfg, name, TS_SERVICE_CONNECT_MS, &w->bus);
+    if (st == TS_OK) st = ts_service_connect_registry(cfg, TS_SERVICE_CONNECT_MS, &w->reg);
+    if (st == TS_OK) st = ts_service_wait_world(cfg, w->reg, TS_SERVICE_CONNECT_MS, &w->world);
+    if (st != TS_OK) goto fail;
     st = ts_bus_ensure_streams(w->bus, w->world.id, cfg->stream_storage, cfg->stream_max_age_s,
                                (int)cfg->stream_replicas);
     if (st != TS_OK) {
