@@ -21,7 +21,7 @@ int main(int argc, char **argv)
 
     volatile sig_atomic_t *stop = ts_service_stop_flag();
     ts_worker_t *w = NULL;
-    if (ts_worker_create(&w, &cfg, stop) == TS_OK)
+    if (ts_worker_create(&w, &cfg) == TS_OK)
         rc = ts_worker_run(w, stop) == TS_OK ? 0 : 1;
     else
         rc = *stop ? 0 : 1;

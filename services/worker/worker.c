@@ -313,7 +313,7 @@ void ts_worker_apply_inbox(ts_worker_t *w)
     free(batch.v);
 }
 
-ts_status_t ts_worker_create(ts_worker_t **out, const ts_config_t *cfg, volatile sig_atomic_t *stop)
+ts_status_t ts_worker_create(ts_worker_t **out, const ts_config_t *cfg)
 {
     ts_worker_t *w = calloc(1, sizeof(*w));
     if (!w) return TS_ERR_NOMEM;

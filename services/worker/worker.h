@@ -14,9 +14,9 @@
 
 typedef struct ts_worker ts_worker_t;
 
-/* Connects to NATS and Redis (retrying ~10 s, or until *stop) and waits for
+/* Connects to NATS and Redis (retrying ~10 s each, or until a stop signal) and waits for
  * the world. */
-ts_status_t ts_worker_create(ts_worker_t **out, const ts_config_t *cfg, volatile sig_atomic_t *stop);
+ts_status_t ts_worker_create(ts_worker_t **out, const ts_config_t *cfg);
 /* Ticks until *stop becomes non-zero, then drains: asks the orchestrator to
  * move its cells away and goes on ticking until it owns none (at most 30 s;
  * *stop >= 2 — a second signal — cuts it short). */
