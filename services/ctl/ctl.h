@@ -70,6 +70,10 @@ ts_status_t ts_ctl_request(ts_bus_t *bus, uint32_t world, const char *verb, cons
 /* Number after "key": in a flat JSON object; false if absent. */
 bool ts_ctl_json_number(const char *json, const char *key, double *out);
 
+/* Prints every message on subject (wildcards allowed) decoded, one line
+ * each; count 0 = until signalled. */
+int ts_ctl_tail(const ts_config_t *cfg, const char *subject, bool json, long count);
+
 /* Reads one payload from in and prints it decoded to out. */
 int ts_ctl_decode(const char *subject, bool json, FILE *in, FILE *out);
 

@@ -28,6 +28,9 @@ static const ts_service_t service = {
         "                           to WORKER live; prints its answer\n"
         "  drain WORKER             hands every cell of WORKER to the other workers\n"
         "  stats                    the orchestrator's handover/recovery/rebalancing figures (JSON)\n"
+        "  tail SUBJECT [--count N] [--json]\n"
+        "                           every message on SUBJECT (wildcards allowed) decoded, one\n"
+        "                           line each, e.g. tail 'cell.0.*.*.*.*.state'\n"
         "  decode --subject SUBJ [--json]\n"
         "                           reads one message payload from stdin and prints it decoded\n"
         "                           (type chosen from the subject), e.g.\n"
@@ -99,7 +102,7 @@ static int command_args(const char *cmd)
         const char *name;
         int args;
     } cmds[] = {{"cells", 0}, {"workers", 0}, {"watch", 0},    {"top", 0},
-                {"stats", 0}, {"decode", 0},  {"handover", 2}, {"drain", 1}};
+                {"stats", 0}, {"decode", 0},  {"handover", 2}, {"drain", 1}, {"tail", 1}};
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
         if (strcmp(cmds[i].name, cmd) == 0)
             return cmds[i].args;
@@ -122,16 +125,21 @@ static int run_command(char **args, int nargs, const ts_config_t *cfg, const ctl
             fprintf(stderr, "tessera-ctl: unexpected argument '%s' after '%s'\n", args[want + 1], cmd);
         else
             fprintf(stderr, "tessera-ctl: %s needs %s\n", cmd,
-                    strcmp(cmd, "handover") == 0 ? "CELL WORKER" : "WORKER");
+                    strcmp(cmd, "handover") == 0 ? "CELL WORKER" : strcmp(cmd, "tail") == 0 ? "SUBJECT" : "WORKER");
         return TS_CTL_EXIT_USAGE;
     }
-    bool counted = strcmp(cmd, "watch") == 0 || strcmp(cmd, "top") == 0;
+    bool tail = strcmp(cmd, "tail") == 0;
+    bool counted = strcmp(cmd, "watch") == 0 || strcmp(cmd, "top") == 0 || tail;
     if (o->count && !counted) {
-        fprintf(stderr, "tessera-ctl: --count only applies to watch and top\n");
+        fprintf(stderr, "tessera-ctl: --count only applies to watch, top and tail\n");
         return TS_CTL_EXIT_USAGE;
     }
-    if ((o->subject || o->json) && strcmp(cmd, "decode") != 0) {
-        fprintf(stderr, "tessera-ctl: --subject and --json only apply to decode\n");
+    if (o->subject && strcmp(cmd, "decode") != 0) {
+        fprintf(stderr, "tessera-ctl: --subject only applies to decode\n");
+        return TS_CTL_EXIT_USAGE;
+    }
+    if (o->json && strcmp(cmd, "decode") != 0 && !tail) {
+        fprintf(stderr, "tessera-ctl: --json only applies to decode and tail\n");
         return TS_CTL_EXIT_USAGE;
     }
     if (strcmp(cmd, "cells") == 0)
@@ -143,6 +151,7 @@ static int run_command(char **args, int nargs, const ts_config_t *cfg, const ctl
             return TS_CTL_EXIT_USAGE;
         }
         count = (long)v;
+        if (tail) return ts_ctl_tail(cfg, args[1], o->json, count);
         return strcmp(cmd, "top") == 0 ? ts_ctl_top(cfg, count) : ts_ctl_watch(cfg, count);
     }
     if (strcmp(cmd, "handover") == 0)
