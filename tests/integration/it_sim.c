@@ -217,6 +217,21 @@ static void test_ctl_reports_running_system(void **state)
     assert_int_equal(cells2, 8);
     assert_non_null(strstr(out, "2 sent a heartbeat"));
     free(out);
+
+    /* live traffic, decoded, without the NATS CLI */
+    const char *tail_args[] = {"tail", "tessera.worker.*.hb", "--count", "2", NULL};
+    int tail = ts_h_spawn(&H, "ctl-tail", "tessera-ctl", tail_args);
+    assert_int_equal(ts_h_wait(&H, tail, 15000), 0);
+    out = ts_h_read_log(&H, tail);
+    assert_non_null(out);
+    int decoded = 0;
+    for (const char *p = out; (p = strstr(p, "tessera.v1.Heartbeat {worker=\"w")) != NULL; p++)
+        decoded++;
+    if (decoded != 2) {
+        H.failed = true;
+        fail_msg("`tessera-ctl tail tessera.worker.*.hb --count 2` printed:\n%s", out);
+    }
+    free(out);
     test_passed = true;
 }
 
