@@ -45,6 +45,25 @@ void ts_ctl_hbs_on_msg(void *ud, const ts_bus_msg_t *msg);
 /* Copies the table; caller frees *out. */
 ts_status_t ts_ctl_hbs_snapshot(ts_ctl_hbs_t *h, ts_ctl_hb_t **out, size_t *n);
 
+/* One frame of a live view (watch, top). */
+typedef struct {
+    const ts_config_t *cfg;
+    ts_registry_t *reg;        /* NULL while Redis cannot be reached */
+    const ts_ctl_hb_t *cur;    /* latest heartbeat per worker */
+    size_t ncur;
+    const ts_ctl_hb_t *prev;   /* the same, one frame earlier (NULL at first) */
+    size_t nprev;
+    double secs;               /* since the previous frame */
+    const char *stats;         /* the orchestrator's stats JSON, or NULL */
+    uint64_t now_us;           /* monotonic */
+} ts_ctl_frame_t;
+/* Draws one frame; false when the registry could not be read (the loop
+ * re-opens it). */
+typedef bool (*ts_ctl_draw_fn)(const ts_ctl_frame_t *f, void *ud);
+/* Runs a live view, one frame a second; count 0 = until signalled. */
+int ts_ctl_live(const ts_config_t *cfg, long count, ts_ctl_draw_fn draw, void *ud);
+const ts_ctl_hb_t *ts_ctl_hb_find(const ts_ctl_hb_t *v, size_t n, const char *id);
+
 /* Set by SIGINT/SIGTERM. */
 extern volatile sig_atomic_t ts_ctl_stop;
 

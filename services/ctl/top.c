@@ -18,10 +18,7 @@
 #include "tessera/log.h"
 #include "tessera/util.h"
 
-#define PERIOD_MS 1000
 #define LIVE_MS 3000
-#define STATS_TIMEOUT_MS 300
-#define STATS_BACKOFF_US 5000000ULL
 
 typedef struct {
     char id[TS_WORKER_ID_MAX];
@@ -46,15 +43,6 @@ static top_row_t *row(top_row_t *rows, size_t *n, const char *id)
 static int cmp_row(const void *a, const void *b)
 {
     return strcmp(((const top_row_t *)a)->id, ((const top_row_t *)b)->id);
-}
-
-static const ts_ctl_hb_t *find_prev(const ts_ctl_hb_t *v, size_t n, const char *id)
-{
-    for (size_t i = 0; i < n; i++) {
-        if (strcmp(v[i].id, id) == 0)
-            return &v[i];
-    }
-    return NULL;
 }
 
 static void score(top_row_t *rows, size_t n, double budget_ms)
@@ -97,9 +85,16 @@ static void print_footer(const char *stats)
 }
 
 /* One table. Returns false when the registry could not be read. */
-static bool draw(const ts_config_t *cfg, ts_registry_t *reg, const ts_ctl_hb_t *cur, size_t ncur,
-                 const ts_ctl_hb_t *prev, size_t nprev, double secs, const char *stats, uint64_t now)
+static bool draw(const ts_ctl_frame_t *f, void *ud)
 {
+    (void)ud;
+    const ts_config_t *cfg = f->cfg;
+    ts_registry_t *reg = f->reg;
+    const ts_ctl_hb_t *cur = f->cur;
+    size_t ncur = f->ncur;
+    double secs = f->secs;
+    uint64_t now = f->now_us;
+    if (!reg) return false;
     ts_cell_entry_t *cells = NULL;
     size_t ncells = 0, ndrain = 0, n = 0;
     char **drain = NULL;
@@ -121,7 +116,7 @@ static bool draw(const ts_config_t *cfg, ts_registry_t *reg, const ts_ctl_hb_t *
         r->hb = &cur[i];
         r->live = now - cur[i].seen_us <= LIVE_MS * 1000ULL;
         r->draining = cur[i].draining;
-        const ts_ctl_hb_t *p = find_prev(prev, nprev, cur[i].id);
+        const ts_ctl_hb_t *p = ts_ctl_hb_find(f->prev, f->nprev, cur[i].id);
         if (p && cur[i].inputs_applied >= p->inputs_applied && secs > 0)
             r->inputs_per_s = (double)(cur[i].inputs_applied - p->inputs_applied) / secs;
     }
@@ -146,7 +141,7 @@ static bool draw(const ts_config_t *cfg, ts_registry_t *reg, const ts_ctl_hb_t *
         printf("%-16s %-5s %6zu %9u %9.0f %7.2fms %7.2fms %6.2f  %s\n", r->id, "yes", r->cells, r->hb->entities,
                r->inputs_per_s, r->hb->tick_p50_ms, r->hb->tick_p99_ms, r->load, r->draining ? "yes" : "no");
     }
-    print_footer(stats);
+    print_footer(f->stats);
     if (!isatty(STDOUT_FILENO))
         printf("\n");
     fflush(stdout);
@@ -158,62 +153,5 @@ static bool draw(const ts_config_t *cfg, ts_registry_t *reg, const ts_ctl_hb_t *
 
 int ts_ctl_top(const ts_config_t *cfg, long count)
 {
-    ts_registry_t *reg = NULL;
-    ts_bus_t *bus = NULL;
-    ts_bus_sub_t *sub = NULL;
-    ts_ctl_hbs_t *table = NULL;
-    ts_ctl_hb_t *prev = NULL;
-    size_t nprev = 0;
-    int rc = 1;
-
-    if (ts_ctl_connect_registry(cfg, &reg) != TS_OK || ts_ctl_connect_bus(cfg, &bus) != TS_OK)
-        goto cleanup;
-    if (ts_ctl_hbs_create(&table) != TS_OK ||
-        ts_bus_subscribe(bus, "tessera.worker.*.hb", ts_ctl_hbs_on_msg, table, &sub) != TS_OK) {
-        fprintf(stderr, "tessera-ctl: cannot subscribe to heartbeats on %s\n", cfg->nats_url);
-        goto cleanup;
-    }
-    uint64_t last = ts_mono_us(), next = last + PERIOD_MS * 1000ULL, next_stats = 0;
-    for (long shown = 0; !ts_ctl_stop && (count <= 0 || shown < count);) {
-        uint64_t now = ts_mono_us();
-        if (now < next) {
-            ts_sleep_ms(50);
-            continue;
-        }
-        next = now + PERIOD_MS * 1000ULL;
-        double secs = (double)(now - last) / 1e6;
-        last = now;
-        ts_ctl_hb_t *cur = NULL;
-        size_t ncur = 0;
-        if (ts_ctl_hbs_snapshot(table, &cur, &ncur) != TS_OK)
-            break;
-        char *stats = NULL;
-        if (now >= next_stats &&
-            ts_ctl_request(bus, (uint32_t)cfg->world_id, "stats", "", STATS_TIMEOUT_MS, &stats) != TS_OK)
-            next_stats = now + STATS_BACKOFF_US;
-        if (!draw(cfg, reg, cur, ncur, prev, nprev, secs, stats, now)) {
-            fprintf(stderr, "tessera-ctl: cannot read the registry at %s; retrying\n", cfg->redis_url);
-            ts_registry_destroy(reg);
-            reg = NULL;
-            if (ts_ctl_connect_registry(cfg, &reg) != TS_OK) {
-                free(stats);
-                free(cur);
-                goto cleanup;
-            }
-        }
-        free(stats);
-        free(prev);
-        prev = cur;
-        nprev = ncur;
-        shown++;
-    }
-    rc = 0;
-
-cleanup:
-    ts_bus_sub_destroy(sub);
-    ts_bus_destroy(bus);
-    ts_ctl_hbs_destroy(table);
-    ts_registry_destroy(reg);
-    free(prev);
-    return rc;
+    return ts_ctl_live(cfg, count, draw, NULL);
 }
