@@ -5,6 +5,7 @@
 
 #include <inttypes.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -183,4 +184,38 @@ void ts_probe_sim_verdict(const char *log, ts_probe_verdict_t *out)
 bool ts_probe_verdict_exact(const ts_probe_verdict_t *v)
 {
     return v->parsed && v->sent > 0 && v->sent == v->acked && v->acked == v->applied;
+}
+
+bool ts_probe_sim_check(ts_h_t *h, int idx, ts_ledger_t *ledger, const char *event, uint64_t event_us, int *rc,
+                        ts_probe_verdict_t *v)
+{
+    ts_h_signal(h, idx, SIGINT);
+    *rc = ts_h_wait(h, idx, 30000);
+    char *log = ts_h_read_log(h, idx);
+    ts_probe_sim_verdict(log, v);
+    free(log);
+    fprintf(stderr, "%s\n", v->line);
+    if (*rc == 0 && ts_probe_verdict_exact(v)) return true;
+    if (ledger != NULL) {
+        ts_sleep_ms(500);
+        ts_ledger_report(ledger, stderr, event, event_us, 5);
+    }
+    return false;
+}
+
+bool ts_probe_wait_ready(ts_probe_t *p, ts_bus_t *bus, uint32_t world, size_t per_worker, int64_t timeout_ms,
+                         bool *ctl_ok, bool *bound)
+{
+    char reply[1024];
+    uint64_t deadline = ts_mono_us() + (uint64_t)timeout_ms * 1000ULL;
+    *ctl_ok = *bound = false;
+    while (ts_mono_us() < deadline && !(*ctl_ok && *bound)) {
+        if (!*ctl_ok)
+            *ctl_ok = ts_probe_ctl(bus, world, "stats", "", 500, reply, sizeof reply) == TS_OK && reply[0] == '{';
+        ts_probe_hb_t a, b;
+        *bound = ts_probe_heartbeat(p, "w1", &a) && ts_probe_heartbeat(p, "w2", &b) && a.ncells == per_worker &&
+                 b.ncells == per_worker;
+        ts_sleep_ms(100);
+    }
+    return *ctl_ok && *bound;
 }

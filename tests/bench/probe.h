@@ -10,6 +10,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "harness.h"
+#include "ledger.h"
 #include "tessera/bus.h"
 #include "tessera/cell.h"
 #include "tessera/registry.h"
@@ -78,5 +80,19 @@ typedef struct {
  * applied == acked == sent > 0. */
 void ts_probe_sim_verdict(const char *log, ts_probe_verdict_t *out);
 bool ts_probe_verdict_exact(const ts_probe_verdict_t *v);
+/* Stops a tessera-sim started through h (SIGINT, waits up to 30 s), prints
+ * its verdict line to stderr; *rc and *v get its exit status and verdict.
+ * True if it exited 0 with an exact verdict. Otherwise, if ledger is not
+ * NULL, waits 500 ms and lets the ledger name what went missing, timed from
+ * event_us (named event). */
+bool ts_probe_sim_check(ts_h_t *h, int idx, ts_ledger_t *ledger, const char *event, uint64_t event_us, int *rc,
+                        ts_probe_verdict_t *v);
+
+/* Polls every 100 ms until the orchestrator answers tessera.ctl.<world>.stats
+ * with a JSON object and workers w1 and w2 both report per_worker cells in
+ * their heartbeats, or timeout_ms passes. *ctl_ok and *bound say which of
+ * the two came true; returns both. */
+bool ts_probe_wait_ready(ts_probe_t *p, ts_bus_t *bus, uint32_t world, size_t per_worker, int64_t timeout_ms,
+                         bool *ctl_ok, bool *bound);
 
 #endif

@@ -32,6 +32,7 @@
 
 #include <cmocka.h>
 
+#include "tessera/log.h"
 #include "tessera/util.h"
 
 #ifndef TS_BIN_DIR
@@ -552,4 +553,99 @@ bool ts_h_wait_world(ts_h_t *h, uint32_t world, int ncells, int64_t timeout_ms)
     }
     ts_registry_destroy(reg);
     return ready;
+}
+
+void ts_h_spawn_stack(ts_h_t *h, const char *const *orch_args, const char *const *worker_args,
+                      const char *const *gateway_args, ts_h_stack_t *out)
+{
+    static const char *const ids[2] = {"w1", "w2"};
+    const char *args[32];
+    size_t n;
+    out->orch = ts_h_spawn(h, "orch", "tessera-orch", orch_args);
+    for (int i = 0; i < 2; i++) {
+        char id[32];
+        snprintf(id, sizeof id, "--worker.id=%s", ids[i]);
+        n = 0;
+        args[n++] = id;
+        for (size_t k = 0; worker_args != NULL && worker_args[k] != NULL && n < 31; k++)
+            args[n++] = worker_args[k];
+        args[n] = NULL;
+        out->workers[i] = ts_h_spawn(h, ids[i], "tessera-worker", args);
+    }
+    out->gw_port = ts_h_free_port();
+    char listen[64];
+    snprintf(listen, sizeof listen, "--gateway.listen=127.0.0.1:%d", out->gw_port);
+    n = 0;
+    args[n++] = listen;
+    for (size_t k = 0; gateway_args != NULL && gateway_args[k] != NULL && n < 31; k++)
+        args[n++] = gateway_args[k];
+    args[n] = NULL;
+    out->gateway = ts_h_spawn(h, "gateway", "tessera-gateway", args);
+}
+
+/* ---- shared cmocka fixtures ------------------------------------------------------- */
+
+ts_h_t ts_h;
+static bool test_passed;
+
+void ts_h_pass(void)
+{
+    test_passed = true;
+}
+
+bool ts_h_passed(void)
+{
+    return test_passed;
+}
+
+int ts_h_group_setup(void **state)
+{
+    (void)state;
+    ts_h_start(&ts_h);
+    return 0;
+}
+
+int ts_h_group_teardown(void **state)
+{
+    (void)state;
+    ts_h_stop(&ts_h);
+    return 0;
+}
+
+int ts_h_test_setup(void **state)
+{
+    (void)state;
+    test_passed = false;
+    return 0;
+}
+
+int ts_h_test_teardown(void **state)
+{
+    (void)state;
+    if (!test_passed)
+        ts_h_fail_dump(&ts_h);
+    return 0;
+}
+
+int ts_h_test_start(void **state)
+{
+    ts_h_test_setup(state);
+    ts_h_start(&ts_h);
+    return 0;
+}
+
+int ts_h_test_stop(void **state)
+{
+    ts_h_test_teardown(state);
+    ts_h_stop(&ts_h);
+    return 0;
+}
+
+int ts_h_run(const char *name, const struct CMUnitTest *tests, size_t n, CMFixtureFunction group_setup,
+             CMFixtureFunction group_teardown)
+{
+    ts_log_init(name, TS_LOG_ERROR, false);
+    int failed = _cmocka_run_group_tests(name, tests, n, group_setup, group_teardown);
+    ts_bus_shutdown_library();
+    return failed;
 }

@@ -3,13 +3,20 @@
  * reaps every process it started — at ts_h_stop(), at exit, and when the test
  * process dies (children get PR_SET_PDEATHSIG). Logs of every process go to
  * files under a temporary directory; ts_h_stop() prints their tails when the
- * test failed (ts_h_fail_dump) and deletes the directory otherwise. */
+ * test failed (ts_h_fail_dump) and deletes the directory otherwise. It also
+ * carries what every it_* binary shares: the standard orch + w1 + w2 +
+ * gateway stack and the cmocka fixtures around one global harness, ts_h. */
 #ifndef TS_HARNESS_H
 #define TS_HARNESS_H
 
+#include <setjmp.h>
+#include <stdarg.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
+
+#include <cmocka.h>
 
 #include "tessera/bus.h"
 #include "tessera/registry.h"
@@ -63,5 +70,56 @@ char *ts_h_read_log(ts_h_t *h, int idx);
 /* Waits until the orchestrator wrote the world and every cell of it has an
  * owner (polls Redis); false after timeout_ms. */
 bool ts_h_wait_world(ts_h_t *h, uint32_t world, int ncells, int64_t timeout_ms);
+
+/* Spawns the standard stack against h: tessera-orch ("orch"), tessera-worker
+ * w1 and w2 ("w1", "w2", each given --worker.id=<id> first) and
+ * tessera-gateway ("gateway", given --gateway.listen=127.0.0.1:<free port>
+ * first), in that order. Each *_args list (NULL-terminated, may be NULL) is
+ * appended to that process's own flags. Does not wait for anything. */
+typedef struct {
+    int orch;        /* index in h->procs */
+    int workers[2];  /* w1, w2 */
+    int gateway;
+    int gw_port;     /* where the gateway listens */
+} ts_h_stack_t;
+
+void ts_h_spawn_stack(ts_h_t *h, const char *const *orch_args, const char *const *worker_args,
+                      const char *const *gateway_args, ts_h_stack_t *out);
+
+/* ---- shared cmocka fixtures -----------------------------------------------------
+ * One harness per test binary, ts_h. A test calls ts_h_pass() as its last
+ * statement; a teardown that sees it was not called marks the run failed so
+ * ts_h_stop() prints every process's log tail. */
+extern ts_h_t ts_h;
+
+/* Marks the running test passed. */
+void ts_h_pass(void);
+/* Whether the running test called ts_h_pass(). */
+bool ts_h_passed(void);
+
+/* Group fixtures for binaries that share one set of servers:
+ * ts_h_start(&ts_h) / ts_h_stop(&ts_h). */
+int ts_h_group_setup(void **state);
+int ts_h_group_teardown(void **state);
+/* Per-test fixtures: clears the passed flag / dumps logs unless passed. */
+int ts_h_test_setup(void **state);
+int ts_h_test_teardown(void **state);
+/* Per-test fixtures for binaries whose tests need fresh servers each:
+ * ts_h_test_setup, then ts_h_start(&ts_h) / ts_h_test_teardown, then
+ * ts_h_stop(&ts_h). */
+int ts_h_test_start(void **state);
+/* Per-test teardown for binaries whose tests start their own servers:
+ * ts_h_test_teardown, then ts_h_stop(&ts_h). */
+int ts_h_test_stop(void **state);
+
+/* A test with the per-test fixtures above. */
+#define TS_H_TEST(fn) cmocka_unit_test_setup_teardown(fn, ts_h_test_setup, ts_h_test_teardown)
+
+/* The whole main() of a test binary: ts_log_init(name) at error level, runs
+ * the group, shuts the NATS library down; returns the failed-test count. */
+int ts_h_run(const char *name, const struct CMUnitTest *tests, size_t n, CMFixtureFunction group_setup,
+             CMFixtureFunction group_teardown);
+#define TS_H_RUN(name, tests, group_setup, group_teardown) \
+    ts_h_run(name, tests, sizeof(tests) / sizeof((tests)[0]), group_setup, group_teardown)
 
 #endif

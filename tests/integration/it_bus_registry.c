@@ -25,8 +25,6 @@
 #include "tessera/proto.h"
 #include "tessera/util.h"
 
-static ts_h_t H;
-static bool test_passed;
 
 #define MAX_GOT 256
 
@@ -112,14 +110,14 @@ static int refusing_port(int *fd)
 static ts_bus_t *bus_connect(void)
 {
     ts_bus_t *bus = NULL;
-    assert_int_equal(ts_bus_connect(&bus, H.nats_url, "it_bus_registry"), TS_OK);
+    assert_int_equal(ts_bus_connect(&bus, ts_h.nats_url, "it_bus_registry"), TS_OK);
     return bus;
 }
 
 static ts_registry_t *reg_connect(void)
 {
     ts_registry_t *reg = NULL;
-    assert_int_equal(ts_registry_connect(&reg, H.redis_url), TS_OK);
+    assert_int_equal(ts_registry_connect(&reg, ts_h.redis_url), TS_OK);
     return reg;
 }
 
@@ -192,7 +190,7 @@ static void test_core_pubsub_headers(void **state)
     ts_bus_sub_destroy(NULL);
     ts_bus_destroy(bus);
     got_free(&g);
-    test_passed = true;
+    ts_h_pass();
 }
 
 static void test_js_publish_sequence(void **state)
@@ -231,7 +229,7 @@ static void test_js_publish_sequence(void **state)
     ts_bus_ckpt_stream(name, sizeof name, 7);
     assert_string_equal(name, "TS_CKPT_7");
     ts_bus_destroy(bus);
-    test_passed = true;
+    ts_h_pass();
 }
 
 static void test_ordered_consumer_from_seq(void **state)
@@ -308,7 +306,7 @@ static void test_ordered_consumer_from_seq(void **state)
     ts_bus_destroy(bus);
     got_free(&g);
     got_free(&all);
-    test_passed = true;
+    ts_h_pass();
 }
 
 typedef struct {
@@ -373,7 +371,7 @@ static void test_async_publish_acks(void **state)
     ts_bus_destroy(bus);
     pthread_mutex_destroy(&a.mu);
     pthread_mutex_destroy(&b.mu);
-    test_passed = true;
+    ts_h_pass();
 }
 
 static void test_last_msg_checkpoint(void **state)
@@ -416,7 +414,7 @@ static void test_last_msg_checkpoint(void **state)
     assert_null(m);
     assert_int_equal(ts_bus_last_msg(bus, "TS_CKPT_404", subj, &m), TS_ERR_NOT_FOUND);
     ts_bus_destroy(bus);
-    test_passed = true;
+    ts_h_pass();
 }
 
 typedef struct {
@@ -469,7 +467,7 @@ static void test_sub_destroy_waits_for_callbacks(void **state)
     assert_int_equal(got_count(&s.g), 1);
     got_free(&s.g);
     ts_bus_destroy(bus);
-    test_passed = true;
+    ts_h_pass();
 }
 
 static void test_bus_connect_errors(void **state)
@@ -483,7 +481,7 @@ static void test_bus_connect_errors(void **state)
     assert_null(bus);
     assert_int_equal(ts_bus_connect(&bus, NULL, "it"), TS_ERR_INVALID);
     ts_bus_destroy(NULL);
-    test_passed = true;
+    ts_h_pass();
 }
 
 /* ---- registry ------------------------------------------------------------- */
@@ -516,7 +514,7 @@ static void test_registry_world(void **state)
     assert_int_equal(ts_registry_version(reg, 21, &v), TS_OK);
     assert_int_equal(v, 0);
     ts_registry_destroy(reg);
-    test_passed = true;
+    ts_h_pass();
 }
 
 static void test_registry_cell_create(void **state)
@@ -570,7 +568,7 @@ static void test_registry_cell_create(void **state)
     assert_int_equal(n, 0);
     free(cells);
     ts_registry_destroy(reg);
-    test_passed = true;
+    ts_h_pass();
 }
 
 typedef struct {
@@ -622,7 +620,7 @@ static void test_registry_cas(void **state)
     assert_int_equal(ts_registry_cell_cas(reg, &want.cell, 5, "w3", TS_CELL_ACTIVE, &out, NULL), TS_ERR_CONFLICT);
 
     /* two writers with the same expected epoch: exactly one wins */
-    cas_race_t r1 = {.url = H.redis_url, .owner = "wa"}, r2 = {.url = H.redis_url, .owner = "wb"};
+    cas_race_t r1 = {.url = ts_h.redis_url, .owner = "wa"}, r2 = {.url = ts_h.redis_url, .owner = "wb"};
     pthread_t t1, t2;
     assert_int_equal(pthread_create(&t1, NULL, cas_racer, &r1), 0);
     assert_int_equal(pthread_create(&t2, NULL, cas_racer, &r2), 0);
@@ -652,7 +650,7 @@ static void test_registry_cas(void **state)
     assert_int_equal(ts_registry_cell_cas(reg, &want.cell, epoch, "has space", TS_CELL_ACTIVE, &out, NULL),
                      TS_ERR_INVALID);
     ts_registry_destroy(reg);
-    test_passed = true;
+    ts_h_pass();
 }
 
 static void test_registry_lock(void **state)
@@ -680,7 +678,7 @@ static void test_registry_lock(void **state)
     assert_int_equal(ts_registry_lock(reg, "it-leader", "orch-a", 0, &held), TS_ERR_INVALID);
     assert_int_equal(ts_registry_unlock(reg, "it-leader", "orch-a"), TS_OK);
     ts_registry_destroy(reg);
-    test_passed = true;
+    ts_h_pass();
 }
 
 static void test_registry_worker_alive(void **state)
@@ -719,7 +717,7 @@ static void test_registry_worker_alive(void **state)
     ts_registry_free_list(ids, n);
     assert_int_equal(ts_registry_worker_alive(reg, "", 300, 1), TS_ERR_INVALID);
     ts_registry_destroy(reg);
-    test_passed = true;
+    ts_h_pass();
 }
 
 static void raw(redisContext *c, const char *cmd)
@@ -741,13 +739,13 @@ static void test_registry_bad_data_and_urls(void **state)
     assert_int_equal(ts_registry_connect(&reg, url), TS_ERR_UNAVAILABLE);
     close(fd);
     assert_null(reg);
-    snprintf(url, sizeof url, "redis://127.0.0.1:%d/3", H.redis_port);
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d/3", ts_h.redis_port);
     assert_int_equal(ts_registry_connect(&reg, url), TS_OK);
     ts_registry_destroy(reg);
     ts_registry_destroy(NULL);
 
     /* garbage written behind the registry's back gives an error, not a crash */
-    redisContext *c = redisConnect("127.0.0.1", H.redis_port);
+    redisContext *c = redisConnect("127.0.0.1", ts_h.redis_port);
     assert_non_null(c);
     assert_int_equal(c->err, 0);
     raw(c, "HSET ts:{w25}:cell:25.0.0.0.0 owner w1 epoch notanumber state active");
@@ -769,7 +767,7 @@ static void test_registry_bad_data_and_urls(void **state)
     assert_int_equal(ts_registry_world_reset(reg, 25), TS_OK);
     assert_int_equal(ts_registry_world_get(reg, 25, &w), TS_ERR_NOT_FOUND);
     ts_registry_destroy(reg);
-    test_passed = true;
+    ts_h_pass();
 }
 
 static void test_registry_reconnects(void **state)
@@ -780,7 +778,7 @@ static void test_registry_reconnects(void **state)
     ts_cell_entry_t e = {.cell = {.world = 27}, .owner = "w1"}, out;
     assert_int_equal(ts_registry_cell_create(reg, &e, &out, NULL), TS_OK);
 
-    redisContext *c = redisConnect("127.0.0.1", H.redis_port);
+    redisContext *c = redisConnect("127.0.0.1", ts_h.redis_port);
     assert_non_null(c);
     assert_int_equal(c->err, 0);
     /* drop every other client connection (ours included) */
@@ -807,7 +805,7 @@ static void test_registry_reconnects(void **state)
     free(cells);
     redisFree(c);
     ts_registry_destroy(reg);
-    test_passed = true;
+    ts_h_pass();
 }
 
 /* ---- harness itself --------------------------------------------------------- */
@@ -815,81 +813,53 @@ static void test_registry_reconnects(void **state)
 static void test_harness_spawn_and_wait(void **state)
 {
     const char *args[] = {"-c", "echo started; exit 3", NULL};
-    int idx = ts_h_spawn(&H, "sh-exit", "/bin/sh", args);
-    assert_int_equal(ts_h_wait(&H, idx, 5000), 3);
-    char *log = ts_h_read_log(&H, idx);
+    int idx = ts_h_spawn(&ts_h, "sh-exit", "/bin/sh", args);
+    assert_int_equal(ts_h_wait(&ts_h, idx, 5000), 3);
+    char *log = ts_h_read_log(&ts_h, idx);
     assert_non_null(log);
     assert_non_null(strstr(log, "started"));
     free(log);
 
     const char *env_args[] = {"-c", "echo \"$TESSERA_NATS_URL $TESSERA_REDIS_URL\"", NULL};
-    idx = ts_h_spawn(&H, "sh-env", "/bin/sh", env_args);
-    assert_int_equal(ts_h_wait(&H, idx, 5000), 0);
-    log = ts_h_read_log(&H, idx);
+    idx = ts_h_spawn(&ts_h, "sh-env", "/bin/sh", env_args);
+    assert_int_equal(ts_h_wait(&ts_h, idx, 5000), 0);
+    log = ts_h_read_log(&ts_h, idx);
     char want[300];
-    snprintf(want, sizeof want, "%s %s", H.nats_url, H.redis_url);
+    snprintf(want, sizeof want, "%s %s", ts_h.nats_url, ts_h.redis_url);
     assert_non_null(strstr(log, want));
     free(log);
 
     const char *sleep_args[] = {"-c", "exec sleep 30", NULL};
-    idx = ts_h_spawn(&H, "sh-sleep", "/bin/sh", sleep_args);
-    assert_int_equal(ts_h_wait(&H, idx, 100), -1);
-    ts_h_signal(&H, idx, SIGTERM);
-    assert_int_equal(ts_h_wait(&H, idx, 5000), 128 + SIGTERM);
+    idx = ts_h_spawn(&ts_h, "sh-sleep", "/bin/sh", sleep_args);
+    assert_int_equal(ts_h_wait(&ts_h, idx, 100), -1);
+    ts_h_signal(&ts_h, idx, SIGTERM);
+    assert_int_equal(ts_h_wait(&ts_h, idx, 5000), 128 + SIGTERM);
 
     /* the world is not there: waiting for it times out */
-    assert_false(ts_h_wait_world(&H, 26, 1, 200));
-    test_passed = true;
+    assert_false(ts_h_wait_world(&ts_h, 26, 1, 200));
+    ts_h_pass();
 }
 
 /* ---- fixtures ------------------------------------------------------------------ */
 
-static int group_setup(void **state)
-{
-    ts_h_start(&H);
-    return 0;
-}
-
-static int group_teardown(void **state)
-{
-    ts_h_stop(&H);
-    return 0;
-}
-
-static int test_setup(void **state)
-{
-    test_passed = false;
-    return 0;
-}
-
-static int test_teardown(void **state)
-{
-    if (!test_passed)
-        ts_h_fail_dump(&H);
-    return 0;
-}
-
 int main(void)
 {
-    ts_log_init("it_bus_registry", TS_LOG_ERROR, false);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_core_pubsub_headers, test_setup, test_teardown),
-        cmocka_unit_test_setup_teardown(test_js_publish_sequence, test_setup, test_teardown),
-        cmocka_unit_test_setup_teardown(test_ordered_consumer_from_seq, test_setup, test_teardown),
-        cmocka_unit_test_setup_teardown(test_async_publish_acks, test_setup, test_teardown),
-        cmocka_unit_test_setup_teardown(test_last_msg_checkpoint, test_setup, test_teardown),
-        cmocka_unit_test_setup_teardown(test_sub_destroy_waits_for_callbacks, test_setup, test_teardown),
-        cmocka_unit_test_setup_teardown(test_bus_connect_errors, test_setup, test_teardown),
-        cmocka_unit_test_setup_teardown(test_registry_world, test_setup, test_teardown),
-        cmocka_unit_test_setup_teardown(test_registry_cell_create, test_setup, test_teardown),
-        cmocka_unit_test_setup_teardown(test_registry_cas, test_setup, test_teardown),
-        cmocka_unit_test_setup_teardown(test_registry_lock, test_setup, test_teardown),
-        cmocka_unit_test_setup_teardown(test_registry_worker_alive, test_setup, test_teardown),
-        cmocka_unit_test_setup_teardown(test_registry_bad_data_and_urls, test_setup, test_teardown),
-        cmocka_unit_test_setup_teardown(test_registry_reconnects, test_setup, test_teardown),
-        cmocka_unit_test_setup_teardown(test_harness_spawn_and_wait, test_setup, test_teardown),
+        TS_H_TEST(test_core_pubsub_headers),
+        TS_H_TEST(test_js_publish_sequence),
+        TS_H_TEST(test_ordered_consumer_from_seq),
+        TS_H_TEST(test_async_publish_acks),
+        TS_H_TEST(test_last_msg_checkpoint),
+        TS_H_TEST(test_sub_destroy_waits_for_callbacks),
+        TS_H_TEST(test_bus_connect_errors),
+        TS_H_TEST(test_registry_world),
+        TS_H_TEST(test_registry_cell_create),
+        TS_H_TEST(test_registry_cas),
+        TS_H_TEST(test_registry_lock),
+        TS_H_TEST(test_registry_worker_alive),
+        TS_H_TEST(test_registry_bad_data_and_urls),
+        TS_H_TEST(test_registry_reconnects),
+        TS_H_TEST(test_harness_spawn_and_wait),
     };
-    int failed = cmocka_run_group_tests(tests, group_setup, group_teardown);
-    ts_bus_shutdown_library();
-    return failed;
+    return TS_H_RUN("it_bus_registry", tests, ts_h_group_setup, ts_h_group_teardown);
 }

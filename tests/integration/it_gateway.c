@@ -25,10 +25,7 @@
 #define WORLD 0
 #define NCELLS 16
 
-static ts_h_t H;
-static int gw_idx = -1;
-static int gw_port;
-static bool test_passed;
+static ts_h_stack_t stack = {-1, {-1, -1}, -1, 0};
 
 /* One connected player and what its frames told it. */
 typedef struct {
@@ -52,7 +49,7 @@ typedef struct {
 static void player_connect(player_t *p)
 {
     memset(p, 0, sizeof *p);
-    assert_int_equal(ts_client_connect(&p->c, "127.0.0.1", gw_port, 3000), TS_OK);
+    assert_int_equal(ts_client_connect(&p->c, "127.0.0.1", stack.gw_port, 3000), TS_OK);
 }
 
 static void player_close(player_t *p)
@@ -221,7 +218,7 @@ static void test_join_move_ping(void **state)
     expect_pong(&p);
     assert_int_equal(p.errors, 0);
     player_close(&p);
-    test_passed = true;
+    ts_h_pass();
 }
 
 static void test_walk_across_workers(void **state)
@@ -260,12 +257,12 @@ static void test_walk_across_workers(void **state)
     assert_int_equal(p.errors, 0);
     assert_false(p.closed);
     player_close(&p);
-    test_passed = true;
+    ts_h_pass();
 }
 
 static bool gateway_alive(void)
 {
-    return ts_h_wait(&H, gw_idx, 0) == -1;
+    return ts_h_wait(&ts_h, stack.gateway, 0) == -1;
 }
 
 static void test_bad_frames_isolated(void **state)
@@ -332,7 +329,7 @@ static void test_bad_frames_isolated(void **state)
 
     assert_true(gateway_alive());
     player_close(&good);
-    test_passed = true;
+    ts_h_pass();
 }
 
 static void test_protocol_errors(void **state)
@@ -370,7 +367,7 @@ static void test_protocol_errors(void **state)
     expect_pong(&p);
     assert_false(p.closed);
     player_close(&p);
-    test_passed = true;
+    ts_h_pass();
 }
 
 static void test_flood_is_fatal(void **state)
@@ -397,7 +394,7 @@ static void test_flood_is_fatal(void **state)
     assert_true(p.closed);
     assert_true(gateway_alive());
     player_close(&p);
-    test_passed = true;
+    ts_h_pass();
 }
 
 static bool delta_has(player_t *p, uint64_t id, int64_t ms)
@@ -446,7 +443,7 @@ static void test_stale_epoch_fenced(void **state)
 {
     (void)state;
     ts_bus_t *bus = NULL;
-    assert_int_equal(ts_bus_connect(&bus, H.nats_url, "it-gateway"), TS_OK);
+    assert_int_equal(ts_bus_connect(&bus, ts_h.nats_url, "it-gateway"), TS_OK);
     player_t p;
     player_connect(&p);
     join_at(&p, 150, 150);
@@ -462,7 +459,7 @@ static void test_stale_epoch_fenced(void **state)
     player_close(&p);
     assert_false(stale_seen);
     assert_true(current_seen);
-    test_passed = true;
+    ts_h_pass();
 }
 
 static void test_max_clients(void **state)
@@ -472,7 +469,7 @@ static void test_max_clients(void **state)
     char listen[64];
     snprintf(listen, sizeof listen, "--gateway.listen=127.0.0.1:%d", port);
     const char *argv[] = {listen, "--gateway.max_clients=1", "--gateway.id=2", NULL};
-    int idx = ts_h_spawn(&H, "gateway-small", "tessera-gateway", argv);
+    int idx = ts_h_spawn(&ts_h, "gateway-small", "tessera-gateway", argv);
     assert_true(ts_h_wait_port(port, 15000));
     ts_sleep_ms(300); /* the port probe's connection counts until the gateway sees it close */
 
@@ -499,15 +496,15 @@ static void test_max_clients(void **state)
     expect_pong(&second);
     player_close(&second);
 
-    ts_h_signal(&H, idx, SIGTERM);
-    assert_int_equal(ts_h_wait(&H, idx, 10000), 0);
-    test_passed = true;
+    ts_h_signal(&ts_h, idx, SIGTERM);
+    assert_int_equal(ts_h_wait(&ts_h, idx, 10000), 0);
+    ts_h_pass();
 }
 
 static char *write_script(const char *name, const char *text)
 {
     static char path[512];
-    snprintf(path, sizeof path, "%s/%s", H.dir, name);
+    snprintf(path, sizeof path, "%s/%s", ts_h.dir, name);
     FILE *f = fopen(path, "w");
     assert_non_null(f);
     fputs(text, f);
@@ -518,16 +515,16 @@ static char *write_script(const char *name, const char *text)
 static int run_client(const char *name, const char *const *args, char **log)
 {
     char listen[64];
-    snprintf(listen, sizeof listen, "--gateway.listen=127.0.0.1:%d", gw_port);
+    snprintf(listen, sizeof listen, "--gateway.listen=127.0.0.1:%d", stack.gw_port);
     const char *argv[16];
     int n = 0;
     argv[n++] = listen;
     for (; *args != NULL && n < 15; args++)
         argv[n++] = *args;
     argv[n] = NULL;
-    int idx = ts_h_spawn(&H, name, "tessera-client", argv);
-    int rc = ts_h_wait(&H, idx, 20000);
-    *log = ts_h_read_log(&H, idx);
+    int idx = ts_h_spawn(&ts_h, name, "tessera-client", argv);
+    int rc = ts_h_wait(&ts_h, idx, 20000);
+    *log = ts_h_read_log(&ts_h, idx);
     assert_non_null(*log);
     return rc;
 }
@@ -577,7 +574,7 @@ static void test_client_cli(void **state)
     assert_non_null(strstr(log, "pong rtt="));
     assert_non_null(strstr(log, "delta tick="));
     free(log);
-    test_passed = true;
+    ts_h_pass();
 }
 
 static void test_sigterm_exits_cleanly(void **state)
@@ -587,73 +584,40 @@ static void test_sigterm_exits_cleanly(void **state)
     player_connect(&p);
     join_at(&p, 20, 20);
     pump(&p, 300);
-    ts_h_signal(&H, gw_idx, SIGTERM);
-    assert_int_equal(ts_h_wait(&H, gw_idx, 10000), 0);
+    ts_h_signal(&ts_h, stack.gateway, SIGTERM);
+    assert_int_equal(ts_h_wait(&ts_h, stack.gateway, 10000), 0);
     pump(&p, 1000);
     assert_true(p.closed);
     player_close(&p);
-    test_passed = true;
+    ts_h_pass();
 }
 
 static int group_setup(void **state)
 {
     (void)state;
-    ts_h_start(&H);
-    const char *orch[] = {NULL};
-    ts_h_spawn(&H, "orch", "tessera-orch", orch);
-    const char *w1[] = {"--worker.id=w1", NULL};
-    const char *w2[] = {"--worker.id=w2", NULL};
-    ts_h_spawn(&H, "w1", "tessera-worker", w1);
-    ts_h_spawn(&H, "w2", "tessera-worker", w2);
-    gw_port = ts_h_free_port();
-    char listen[64];
-    snprintf(listen, sizeof listen, "--gateway.listen=127.0.0.1:%d", gw_port);
-    const char *gw[] = {listen, "--log.level=debug", NULL};
-    gw_idx = ts_h_spawn(&H, "gateway", "tessera-gateway", gw);
-    if (!ts_h_wait_world(&H, WORLD, NCELLS, 30000) || !ts_h_wait_port(gw_port, 15000)) {
-        ts_h_fail_dump(&H);
-        ts_h_stop(&H);
+    ts_h_start(&ts_h);
+    const char *gw[] = {"--log.level=debug", NULL};
+    ts_h_spawn_stack(&ts_h, NULL, NULL, gw, &stack);
+    if (!ts_h_wait_world(&ts_h, WORLD, NCELLS, 30000) || !ts_h_wait_port(stack.gw_port, 15000)) {
+        ts_h_fail_dump(&ts_h);
+        ts_h_stop(&ts_h);
         return -1;
     }
     return 0;
 }
 
-static int group_teardown(void **state)
-{
-    (void)state;
-    ts_h_stop(&H);
-    return 0;
-}
-
-static int test_setup(void **state)
-{
-    (void)state;
-    test_passed = false;
-    return 0;
-}
-
-static int test_teardown(void **state)
-{
-    (void)state;
-    if (!test_passed) ts_h_fail_dump(&H);
-    return 0;
-}
-
 int main(void)
 {
-    ts_log_init("it_gateway", TS_LOG_ERROR, false);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_join_move_ping, test_setup, test_teardown),
-        cmocka_unit_test_setup_teardown(test_walk_across_workers, test_setup, test_teardown),
-        cmocka_unit_test_setup_teardown(test_bad_frames_isolated, test_setup, test_teardown),
-        cmocka_unit_test_setup_teardown(test_protocol_errors, test_setup, test_teardown),
-        cmocka_unit_test_setup_teardown(test_flood_is_fatal, test_setup, test_teardown),
-        cmocka_unit_test_setup_teardown(test_stale_epoch_fenced, test_setup, test_teardown),
-        cmocka_unit_test_setup_teardown(test_max_clients, test_setup, test_teardown),
-        cmocka_unit_test_setup_teardown(test_client_cli, test_setup, test_teardown),
-        cmocka_unit_test_setup_teardown(test_sigterm_exits_cleanly, test_setup, test_teardown),
+        TS_H_TEST(test_join_move_ping),
+        TS_H_TEST(test_walk_across_workers),
+        TS_H_TEST(test_bad_frames_isolated),
+        TS_H_TEST(test_protocol_errors),
+        TS_H_TEST(test_flood_is_fatal),
+        TS_H_TEST(test_stale_epoch_fenced),
+        TS_H_TEST(test_max_clients),
+        TS_H_TEST(test_client_cli),
+        TS_H_TEST(test_sigterm_exits_cleanly),
     };
-    int failed = cmocka_run_group_tests(tests, group_setup, group_teardown);
-    ts_bus_shutdown_library();
-    return failed;
+    return TS_H_RUN("it_gateway", tests, group_setup, ts_h_group_teardown);
 }

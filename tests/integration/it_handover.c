@@ -57,10 +57,7 @@
  * crash here: this file tests handover, it_recovery.c tests recovery. */
 #define HB_TTL_ARG "--orch.hb_ttl_ms=10000"
 
-static ts_h_t H;
-static bool test_passed;
-static int gw_port;
-static int w_idx[2] = {-1, -1};
+static ts_h_stack_t stack = {-1, {-1, -1}, -1, 0};
 static const char *const WORKERS[2] = {"w1", "w2"};
 
 /* ---- gateway clients, each on its own thread ------------------------------ */
@@ -224,7 +221,7 @@ static void player_start(player_t *p, double x, double y, bool hover, uint64_t s
     pthread_mutex_init(&p->mu, NULL);
     p->hover = hover;
     p->seed = seed;
-    assert_int_equal(ts_client_connect(&p->c, "127.0.0.1", gw_port, 3000), TS_OK);
+    assert_int_equal(ts_client_connect(&p->c, "127.0.0.1", stack.gw_port, 3000), TS_OK);
     uint64_t deadline = ts_mono_us() + 10000000;
     int errors = -1;
     while (p->entity == 0 && ts_mono_us() < deadline) {
@@ -241,7 +238,7 @@ static void player_start(player_t *p, double x, double y, bool hover, uint64_t s
         tessera__v1__server_frame__free_unpacked(f, NULL);
     }
     if (p->entity == 0) {
-        H.failed = true;
+        ts_h.failed = true;
         fail_msg("no Snapshot within 10 s after joining at (%.0f, %.0f); last error: %s", x, y,
                  p->errors ? p->last_error : "none");
     }
@@ -324,22 +321,22 @@ static void player_assert_exact(player_t *p, int i)
             i, s.entity, s.sent, s.applied, s.max_applied, s.last_input_seq, s.last_seq, s.deltas,
             s.position_changes, s.cell_changes, (double)s.max_gap_us / 1000);
     if (s.closed) {
-        H.failed = true;
+        ts_h.failed = true;
         fail_msg("player %d lost its connection: %s", i, ts_status_str(s.close_status));
     }
     if (s.errors != 0) {
-        H.failed = true;
+        ts_h.failed = true;
         fail_msg("player %d got %d error frames, last: %s", i, s.errors, s.last_error);
     }
     if (s.applied != s.sent || s.max_applied != s.sent || s.last_input_seq != s.last_seq) {
-        H.failed = true;
+        ts_h.failed = true;
         fail_msg("player %d: sent %" PRIu64 " inputs (last seq %" PRIu64
                  ") but its entity shows inputs_applied %" PRIu64 " (max seen %" PRIu64
                  "), last_input_seq %" PRIu64,
                  i, s.sent, s.last_seq, s.applied, s.max_applied, s.last_input_seq);
     }
     if (s.regressions != 0) {
-        H.failed = true;
+        ts_h.failed = true;
         fail_msg("player %d saw its input count go backwards %" PRIu64 " times, first: %s", i, s.regressions,
                  s.regression);
     }
@@ -349,13 +346,13 @@ static void player_assert_exact(player_t *p, int i)
 
 static ts_bus_t *bus_connect(void)
 {
-    assert_int_equal(ts_bus_connect(&t_bus, H.nats_url, "it_handover"), TS_OK);
+    assert_int_equal(ts_bus_connect(&t_bus, ts_h.nats_url, "it_handover"), TS_OK);
     return t_bus;
 }
 
 static ts_registry_t *registry(void)
 {
-    assert_int_equal(ts_registry_connect(&t_reg, H.redis_url), TS_OK);
+    assert_int_equal(ts_registry_connect(&t_reg, ts_h.redis_url), TS_OK);
     return t_reg;
 }
 
@@ -373,7 +370,7 @@ static int sim_start(const char *name, int seed)
     char seed_arg[32];
     snprintf(seed_arg, sizeof seed_arg, "--sim.seed=%d", seed);
     const char *args[] = {"--sim.players=300", seed_arg, NULL};
-    return ts_h_spawn(&H, name, "tessera-sim", args);
+    return ts_h_spawn(&ts_h, name, "tessera-sim", args);
 }
 
 /* Stops the sim and checks its verdict: every input it sent was
@@ -381,17 +378,10 @@ static int sim_start(const char *name, int seed)
  * what went missing. */
 static void sim_verify(int idx, uint64_t event_us, const char *event)
 {
-    ts_h_signal(&H, idx, SIGINT);
-    int rc = ts_h_wait(&H, idx, 30000);
-    char *log = ts_h_read_log(&H, idx);
+    int rc;
     ts_probe_verdict_t v;
-    ts_probe_sim_verdict(log, &v);
-    free(log);
-    fprintf(stderr, "%s\n", v.line);
-    if (rc != 0 || !ts_probe_verdict_exact(&v)) {
-        ts_sleep_ms(500);
-        ts_ledger_report(ledger, stderr, event, event_us, 5);
-        H.failed = true;
+    if (!ts_probe_sim_check(&ts_h, idx, ledger, event, event_us, &rc, &v)) {
+        ts_h.failed = true;
         fail_msg("sim: exit %d, want 0 with applied == acked == sent > 0; its verdict: %s", rc, v.line);
     }
 }
@@ -430,7 +420,7 @@ static void test_handovers_under_load(void **state)
     uint64_t phase_end = ts_mono_us() + HANDOVER_PHASE_MS * 1000ULL;
     for (int i = 0; i < HANDOVERS; i++) {
         if (ts_mono_us() > phase_end) {
-            H.failed = true;
+            ts_h.failed = true;
             fail_msg("only %d of %d handovers done in %d s", i, HANDOVERS, HANDOVER_PHASE_MS / 1000);
         }
         /* every other handover moves a cell a player stands in */
@@ -448,7 +438,7 @@ static void test_handovers_under_load(void **state)
         snprintf(payload, sizeof payload, "%s %s", key, to);
         ts_status_t st = ts_probe_ctl(bus, WORLD, "handover", payload, CTL_TIMEOUT_MS, reply, sizeof reply);
         if (st != TS_OK) {
-            H.failed = true;
+            ts_h.failed = true;
             fail_msg("handover %d (%s): no reply from the orchestrator: %s", i, payload, ts_status_str(st));
         }
         ts_probe_handover_t r;
@@ -457,13 +447,13 @@ static void test_handovers_under_load(void **state)
             continue;
         }
         if (!ts_probe_parse_handover(reply, &r)) {
-            H.failed = true;
+            ts_h.failed = true;
             fail_msg("handover %d (%s, registry says %s at epoch %" PRIu64 "): reply \"%s\"", i, payload,
                      e->owner, e->epoch, reply);
         }
         if (strcmp(r.from, e->owner) != 0 || strcmp(r.to, to) != 0 || r.epoch_from != e->epoch ||
             r.epoch_to != e->epoch + 1) {
-            H.failed = true;
+            ts_h.failed = true;
             fail_msg("handover %d (%s): reply \"%s\", want %s->%s epoch %" PRIu64 "->%" PRIu64, i, payload,
                      reply, e->owner, to, e->epoch, e->epoch + 1);
         }
@@ -488,7 +478,7 @@ static void test_handovers_under_load(void **state)
         ts_cell_format(&cells[k].cell, key, sizeof key);
         if (strcmp(now.owner, cells[k].owner) != 0 || now.epoch != cells[k].epoch ||
             now.epoch != 1 + moved[k] || now.state != TS_CELL_ACTIVE) {
-            H.failed = true;
+            ts_h.failed = true;
             fail_msg("cell %s: registry says %s epoch %" PRIu64 " (%s); the replies said %s epoch %" PRIu64
                      " after %" PRIu64 " moves",
                      key, now.owner, now.epoch, ts_cell_state_str(now.state), cells[k].owner, cells[k].epoch,
@@ -508,7 +498,7 @@ static void test_handovers_under_load(void **state)
             char key[TS_CELL_STR_MAX];
             ts_cell_format(&cells[k].cell, key, sizeof key);
             if (!ts_probe_hb_has(&l, &cells[k].cell)) {
-                H.failed = true;
+                ts_h.failed = true;
                 fail_msg("%s owns %s in the registry but its heartbeat does not list it", WORKERS[w], key);
             }
         }
@@ -531,7 +521,7 @@ static void test_handovers_under_load(void **state)
         player_assert_exact(&P[i], i);
         player_copy(&P[i], &s);
         if (s.max_gap_us > MAX_GAP_US || s.jumps != 0 || s.position_changes < 100) {
-            H.failed = true;
+            ts_h.failed = true;
             fail_msg("player %d: entity stood still for %.0f ms during the handovers, %" PRIu64
                      " jumps (first: %s), %" PRIu64 " position changes",
                      i, (double)s.max_gap_us / 1000, s.jumps, s.jumps ? s.jump : "-", s.position_changes);
@@ -539,7 +529,7 @@ static void test_handovers_under_load(void **state)
     }
     sim_verify(sim, t_first, "the first handover");
 
-    test_passed = true;
+    ts_h_pass();
 }
 
 static void test_abort_when_target_stalls(void **state)
@@ -558,7 +548,7 @@ static void test_abort_when_target_stalls(void **state)
         assert_int_equal(ts_probe_ctl(bus, WORLD, "handover", payload, CTL_TIMEOUT_MS, reply, sizeof reply),
                          TS_OK);
         if (strncmp(reply, "ok ", 3) != 0) {
-            H.failed = true;
+            ts_h.failed = true;
             fail_msg("handover of %s back to w1: %s", key, reply);
         }
         before = cell_get(reg, &cell);
@@ -569,22 +559,22 @@ static void test_abort_when_target_stalls(void **state)
     int sim = sim_start("sim-abort", 8);
     ts_sleep_ms(1500);
 
-    ts_h_signal(&H, w_idx[1], SIGSTOP);
+    ts_h_signal(&ts_h, stack.workers[1], SIGSTOP);
     snprintf(payload, sizeof payload, "%s w2", key);
     uint64_t t0 = ts_mono_us();
     ts_status_t st = ts_probe_ctl(bus, WORLD, "handover", payload, 30000, reply, sizeof reply);
     double took_ms = (double)(ts_mono_us() - t0) / 1000;
     fprintf(stderr, "handover to a stopped w2: \"%s\" after %.0f ms\n", reply, took_ms);
     if (st != TS_OK || strncmp(reply, "error:", 6) != 0) {
-        ts_h_signal(&H, w_idx[1], SIGCONT);
-        H.failed = true;
+        ts_h_signal(&ts_h, stack.workers[1], SIGCONT);
+        ts_h.failed = true;
         fail_msg("handover of %s to a stopped w2: %s, reply \"%s\"; want an error", key, ts_status_str(st),
                  reply);
     }
     ts_cell_entry_t after = cell_get(reg, &cell);
     if (strcmp(after.owner, "w1") != 0 || after.epoch != before.epoch || after.state != TS_CELL_ACTIVE) {
-        ts_h_signal(&H, w_idx[1], SIGCONT);
-        H.failed = true;
+        ts_h_signal(&ts_h, stack.workers[1], SIGCONT);
+        ts_h.failed = true;
         fail_msg("after the aborted handover the registry says %s epoch %" PRIu64
                  " (%s), want w1 epoch %" PRIu64 " active",
                  after.owner, after.epoch, ts_cell_state_str(after.state), before.epoch);
@@ -600,9 +590,9 @@ static void test_abort_when_target_stalls(void **state)
         if (s.applied >= target) break;
         ts_sleep_ms(50);
     }
-    ts_h_signal(&H, w_idx[1], SIGCONT);
+    ts_h_signal(&ts_h, stack.workers[1], SIGCONT);
     if (s.applied < target) {
-        H.failed = true;
+        ts_h.failed = true;
         fail_msg("after the abort the cell %s stopped applying inputs: %" PRIu64 " applied, %" PRIu64 " sent",
                  key, s.applied, s.sent);
     }
@@ -623,7 +613,7 @@ static void test_abort_when_target_stalls(void **state)
     player_assert_exact(&P[0], 0);
     sim_verify(sim, t0, "the handover request");
 
-    test_passed = true;
+    ts_h_pass();
 }
 
 /* ---- fixtures ---------------------------------------------------------------------- */
@@ -640,18 +630,8 @@ static void unwatch(void)
 
 static bool wait_ready(void)
 {
-    char reply[512];
-    uint64_t deadline = ts_mono_us() + WAIT_MS * 1000ULL;
-    bool ctl_ok = false, bound = false;
-    while (ts_mono_us() < deadline && !(ctl_ok && bound)) {
-        if (!ctl_ok)
-            ctl_ok = ts_probe_ctl(hb_bus, WORLD, "stats", "", 500, reply, sizeof reply) == TS_OK &&
-                     reply[0] == '{';
-        ts_probe_hb_t a, b;
-        bound = ts_probe_heartbeat(probe, "w1", &a) && ts_probe_heartbeat(probe, "w2", &b) &&
-                a.ncells == NCELLS / 2 && b.ncells == NCELLS / 2;
-        ts_sleep_ms(100);
-    }
+    bool ctl_ok, bound;
+    ts_probe_wait_ready(probe, hb_bus, WORLD, NCELLS / 2, WAIT_MS, &ctl_ok, &bound);
     if (!ctl_ok) fprintf(stderr, "tessera-orch does not answer tessera.ctl.%d.stats\n", WORLD);
     if (!bound)
         fprintf(stderr, "workers w1 and w2 did not report %d cells each in their heartbeats\n", NCELLS / 2);
@@ -661,30 +641,20 @@ static bool wait_ready(void)
 static int group_setup(void **state)
 {
     (void)state;
-    ts_h_start(&H);
-    if (ts_bus_connect(&hb_bus, H.nats_url, "it_handover-watch") != TS_OK ||
+    ts_h_start(&ts_h);
+    if (ts_bus_connect(&hb_bus, ts_h.nats_url, "it_handover-watch") != TS_OK ||
         ts_probe_create(&probe, hb_bus) != TS_OK || ts_ledger_create(&ledger, hb_bus, WORLD) != TS_OK)
         goto fail;
     const char *orch[] = {"--orch.rebalance=0", HB_TTL_ARG, NULL};
-    ts_h_spawn(&H, "orch", "tessera-orch", orch);
-    for (int i = 0; i < 2; i++) {
-        char id[32];
-        snprintf(id, sizeof id, "--worker.id=%s", WORKERS[i]);
-        const char *args[] = {id, "--worker.hb_ms=250", HB_TTL_ARG, NULL};
-        w_idx[i] = ts_h_spawn(&H, WORKERS[i], "tessera-worker", args);
-    }
-    gw_port = ts_h_free_port();
-    char listen[64];
-    snprintf(listen, sizeof listen, "--gateway.listen=127.0.0.1:%d", gw_port);
-    const char *gw[] = {listen, NULL};
-    ts_h_spawn(&H, "gateway", "tessera-gateway", gw);
-    if (!ts_h_wait_world(&H, WORLD, NCELLS, WAIT_MS) || !ts_h_wait_port(gw_port, WAIT_MS) || !wait_ready())
+    const char *worker[] = {"--worker.hb_ms=250", HB_TTL_ARG, NULL};
+    ts_h_spawn_stack(&ts_h, orch, worker, NULL, &stack);
+    if (!ts_h_wait_world(&ts_h, WORLD, NCELLS, WAIT_MS) || !ts_h_wait_port(stack.gw_port, WAIT_MS) || !wait_ready())
         goto fail;
     return 0;
 fail:
-    ts_h_fail_dump(&H);
+    ts_h_fail_dump(&ts_h);
     unwatch();
-    ts_h_stop(&H);
+    ts_h_stop(&ts_h);
     return -1;
 }
 
@@ -693,20 +663,12 @@ static int group_teardown(void **state)
     (void)state;
     players_stop_all();
     unwatch();
-    ts_h_stop(&H);
-    return 0;
-}
-
-static int test_setup(void **state)
-{
-    (void)state;
-    test_passed = false;
+    ts_h_stop(&ts_h);
     return 0;
 }
 
 static int test_teardown(void **state)
 {
-    (void)state;
     players_stop_all();
     free(t_cells);
     ts_registry_destroy(t_reg);
@@ -714,19 +676,16 @@ static int test_teardown(void **state)
     t_cells = NULL;
     t_reg = NULL;
     t_bus = NULL;
-    ts_h_signal(&H, w_idx[1], SIGCONT);
-    if (!test_passed) ts_h_fail_dump(&H);
+    ts_h_signal(&ts_h, stack.workers[1], SIGCONT);
+    ts_h_test_teardown(state);
     return 0;
 }
 
 int main(void)
 {
-    ts_log_init("it_handover", TS_LOG_ERROR, false);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_handovers_under_load, test_setup, test_teardown),
-        cmocka_unit_test_setup_teardown(test_abort_when_target_stalls, test_setup, test_teardown),
+        cmocka_unit_test_setup_teardown(test_handovers_under_load, ts_h_test_setup, test_teardown),
+        cmocka_unit_test_setup_teardown(test_abort_when_target_stalls, ts_h_test_setup, test_teardown),
     };
-    int failed = cmocka_run_group_tests(tests, group_setup, group_teardown);
-    ts_bus_shutdown_library();
-    return failed;
+    return TS_H_RUN("it_handover", tests, group_setup, group_teardown);
 }

@@ -22,8 +22,6 @@
 #include "tessera/subject.h"
 #include "tessera/util.h"
 
-static ts_h_t H;
-static bool test_passed;
 
 #define MAX_CHANGES 64
 #define WAIT_MS 15000
@@ -72,7 +70,7 @@ static bool wait_log(int idx, const char *needle, int64_t timeout_ms)
 {
     uint64_t deadline = ts_mono_us() + (uint64_t)timeout_ms * 1000;
     do {
-        char *log = ts_h_read_log(&H, idx);
+        char *log = ts_h_read_log(&ts_h, idx);
         bool found = log && strstr(log, needle);
         free(log);
         if (found)
@@ -85,25 +83,25 @@ static bool wait_log(int idx, const char *needle, int64_t timeout_ms)
 static void assert_log(int idx, const char *needle, int64_t timeout_ms)
 {
     if (!wait_log(idx, needle, timeout_ms)) {
-        H.failed = true;
-        fail_msg("log of %s never showed \"%s\"", H.procs[idx].name, needle);
+        ts_h.failed = true;
+        fail_msg("log of %s never showed \"%s\"", ts_h.procs[idx].name, needle);
     }
 }
 
 static void stop_ok(int idx)
 {
-    ts_h_signal(&H, idx, SIGTERM);
-    int rc = ts_h_wait(&H, idx, 8000);
+    ts_h_signal(&ts_h, idx, SIGTERM);
+    int rc = ts_h_wait(&ts_h, idx, 8000);
     if (rc != 0) {
-        H.failed = true;
-        fail_msg("%s exited with %d after SIGTERM, want 0", H.procs[idx].name, rc);
+        ts_h.failed = true;
+        fail_msg("%s exited with %d after SIGTERM, want 0", ts_h.procs[idx].name, rc);
     }
 }
 
 static ts_registry_t *registry(void)
 {
     ts_registry_t *reg = NULL;
-    assert_int_equal(ts_registry_connect(&reg, H.redis_url), TS_OK);
+    assert_int_equal(ts_registry_connect(&reg, ts_h.redis_url), TS_OK);
     return reg;
 }
 
@@ -111,7 +109,7 @@ static void test_default_world_written_and_announced(void **state)
 {
     ts_registry_t *reg = registry();
     ts_bus_t *bus = NULL;
-    assert_int_equal(ts_bus_connect(&bus, H.nats_url, "it_orch"), TS_OK);
+    assert_int_equal(ts_bus_connect(&bus, ts_h.nats_url, "it_orch"), TS_OK);
     changes_t ch = {.n = 0};
     pthread_mutex_init(&ch.mu, NULL);
     ts_bus_sub_t *sub = NULL;
@@ -119,8 +117,8 @@ static void test_default_world_written_and_announced(void **state)
     assert_int_equal(ts_bus_flush(bus, 2000), TS_OK);
 
     const char *args[] = {"--orch.hb_ttl_ms=900", NULL};
-    int orch = ts_h_spawn(&H, "orch-default", "tessera-orch", args);
-    assert_true(ts_h_wait_world(&H, 0, 16, WAIT_MS));
+    int orch = ts_h_spawn(&ts_h, "orch-default", "tessera-orch", args);
+    assert_true(ts_h_wait_world(&ts_h, 0, 16, WAIT_MS));
 
     ts_world_t w;
     assert_int_equal(ts_registry_world_get(reg, 0, &w), TS_OK);
@@ -197,15 +195,15 @@ static void test_default_world_written_and_announced(void **state)
     ts_bus_destroy(bus);
     changes_free(&ch);
     ts_registry_destroy(reg);
-    test_passed = true;
+    ts_h_pass();
 }
 
 static void test_restart_keeps_epochs(void **state)
 {
     ts_registry_t *reg = registry();
     const char *args[] = {"--world.id=3", "--world.workers=a,b,c", "--world.width=3", "--world.height=2", NULL};
-    int first = ts_h_spawn(&H, "orch-restart-1", "tessera-orch", args);
-    assert_true(ts_h_wait_world(&H, 3, 6, WAIT_MS));
+    int first = ts_h_spawn(&ts_h, "orch-restart-1", "tessera-orch", args);
+    assert_true(ts_h_wait_world(&ts_h, 3, 6, WAIT_MS));
     ts_cell_t moved = {.world = 3, .cx = 0, .cy = -1};
     ts_cell_entry_t e;
     assert_int_equal(ts_registry_cell_get(reg, &moved, &e), TS_OK);
@@ -216,14 +214,14 @@ static void test_restart_keeps_epochs(void **state)
     stop_ok(first);
 
     ts_bus_t *bus = NULL;
-    assert_int_equal(ts_bus_connect(&bus, H.nats_url, "it_orch"), TS_OK);
+    assert_int_equal(ts_bus_connect(&bus, ts_h.nats_url, "it_orch"), TS_OK);
     changes_t ch = {.n = 0};
     pthread_mutex_init(&ch.mu, NULL);
     ts_bus_sub_t *sub = NULL;
     assert_int_equal(ts_bus_subscribe(bus, "tessera.registry.3", on_change, &ch, &sub), TS_OK);
     assert_int_equal(ts_bus_flush(bus, 2000), TS_OK);
 
-    int second = ts_h_spawn(&H, "orch-restart-2", "tessera-orch", args);
+    int second = ts_h_spawn(&ts_h, "orch-restart-2", "tessera-orch", args);
     assert_log(second, "(0 created, 6 kept)", WAIT_MS);
     assert_int_equal(ts_registry_cell_get(reg, &moved, &e), TS_OK);
     assert_int_equal(e.epoch, 2);
@@ -245,19 +243,19 @@ static void test_restart_keeps_epochs(void **state)
     ts_bus_destroy(bus);
     changes_free(&ch);
     ts_registry_destroy(reg);
-    test_passed = true;
+    ts_h_pass();
 }
 
 static void test_standby_takes_over(void **state)
 {
     const char *args[] = {"--world.id=4", "--orch.hb_ttl_ms=600", NULL};
-    int a = ts_h_spawn(&H, "orch-leader", "tessera-orch", args);
-    assert_true(ts_h_wait_world(&H, 4, 16, WAIT_MS));
+    int a = ts_h_spawn(&ts_h, "orch-leader", "tessera-orch", args);
+    assert_true(ts_h_wait_world(&ts_h, 4, 16, WAIT_MS));
     assert_log(a, "leader of world 4", 2000);
-    int b = ts_h_spawn(&H, "orch-standby", "tessera-orch", args);
+    int b = ts_h_spawn(&ts_h, "orch-standby", "tessera-orch", args);
     assert_log(b, "standby: lock orch.4 is held by another orchestrator", WAIT_MS);
     ts_sleep_ms(1000); /* several renewals: a keeps the lock, b stays standby */
-    char *log = ts_h_read_log(&H, b);
+    char *log = ts_h_read_log(&ts_h, b);
     assert_non_null(log);
     assert_null(strstr(log, "leader of world"));
     free(log);
@@ -265,7 +263,7 @@ static void test_standby_takes_over(void **state)
     assert_log(b, "leader of world 4", 3000);
     assert_log(b, "(0 created, 16 kept)", 3000);
     stop_ok(b);
-    test_passed = true;
+    ts_h_pass();
 }
 
 static void test_bad_layout_exits_with_message(void **state)
@@ -284,10 +282,10 @@ static void test_bad_layout_exits_with_message(void **state)
         const char *args[] = {"--world.id=9", cases[i].flag, NULL};
         char name[32];
         snprintf(name, sizeof name, "orch-bad-%zu", i);
-        int idx = ts_h_spawn(&H, name, "tessera-orch", args);
-        int rc = ts_h_wait(&H, idx, 8000);
+        int idx = ts_h_spawn(&ts_h, name, "tessera-orch", args);
+        int rc = ts_h_wait(&ts_h, idx, 8000);
         if (rc != 1) {
-            H.failed = true;
+            ts_h.failed = true;
             fail_msg("%s: exit status %d, want 1", cases[i].flag, rc);
         }
         assert_log(idx, cases[i].message, 100);
@@ -296,7 +294,7 @@ static void test_bad_layout_exits_with_message(void **state)
     ts_world_t w;
     assert_int_equal(ts_registry_world_get(reg, 9, &w), TS_ERR_NOT_FOUND);
     ts_registry_destroy(reg);
-    test_passed = true;
+    ts_h_pass();
 }
 
 static void publish_heartbeat(ts_bus_t *bus, const char *worker)
@@ -317,11 +315,11 @@ static void publish_heartbeat(ts_bus_t *bus, const char *worker)
 static void test_heartbeats_tracked(void **state)
 {
     const char *args[] = {"--world.id=5", "--orch.hb_ttl_ms=500", NULL};
-    int orch = ts_h_spawn(&H, "orch-hb", "tessera-orch", args);
-    assert_true(ts_h_wait_world(&H, 5, 16, WAIT_MS));
+    int orch = ts_h_spawn(&ts_h, "orch-hb", "tessera-orch", args);
+    assert_true(ts_h_wait_world(&ts_h, 5, 16, WAIT_MS));
     assert_log(orch, "leader of world 5", 2000);
     ts_bus_t *bus = NULL;
-    assert_int_equal(ts_bus_connect(&bus, H.nats_url, "it_orch"), TS_OK);
+    assert_int_equal(ts_bus_connect(&bus, ts_h.nats_url, "it_orch"), TS_OK);
     for (int i = 0; i < 4; i++) {
         publish_heartbeat(bus, "hb-worker");
         ts_bus_flush(bus, 1000);
@@ -333,7 +331,7 @@ static void test_heartbeats_tracked(void **state)
     assert_log(orch, "worker hb-worker appeared", 3000);
     assert_log(orch, "capacity 77", 100);
     assert_log(orch, "ignoring malformed heartbeat on tessera.worker.junk.hb", 3000);
-    char *log = ts_h_read_log(&H, orch);
+    char *log = ts_h_read_log(&ts_h, orch);
     assert_null(strstr(log, "hb-worker is dead"));
     free(log);
     assert_log(orch, "worker hb-worker is dead", 3000);
@@ -342,21 +340,21 @@ static void test_heartbeats_tracked(void **state)
     assert_log(orch, "worker hb-worker is back", 3000);
     stop_ok(orch);
     ts_bus_destroy(bus);
-    test_passed = true;
+    ts_h_pass();
 }
 
 static void test_ctl_cells_and_usage(void **state)
 {
     const char *args[] = {"--world.id=6", "--world.width=2", "--world.height=1", NULL};
-    int orch = ts_h_spawn(&H, "orch-ctl", "tessera-orch", args);
-    assert_true(ts_h_wait_world(&H, 6, 2, WAIT_MS));
+    int orch = ts_h_spawn(&ts_h, "orch-ctl", "tessera-orch", args);
+    assert_true(ts_h_wait_world(&ts_h, 6, 2, WAIT_MS));
     const char *cells_args[] = {"--world.id=6", "cells", NULL};
-    int ctl = ts_h_spawn(&H, "ctl-cells", "tessera-ctl", cells_args);
-    assert_int_equal(ts_h_wait(&H, ctl, 10000), 0);
-    char *out = ts_h_read_log(&H, ctl);
+    int ctl = ts_h_spawn(&ts_h, "ctl-cells", "tessera-ctl", cells_args);
+    assert_int_equal(ts_h_wait(&ts_h, ctl, 10000), 0);
+    char *out = ts_h_read_log(&ts_h, ctl);
     assert_non_null(out);
     if (!strstr(out, "6.-2.-2.0.0") || !strstr(out, "6.-1.-2.0.0") || !strstr(out, "world 6: 2 cells")) {
-        H.failed = true;
+        ts_h.failed = true;
         fail_msg("unexpected `tessera-ctl cells` output:\n%s", out);
     }
     const char *line = strstr(out, "6.-2.-2.0.0");
@@ -369,54 +367,26 @@ static void test_ctl_cells_and_usage(void **state)
     free(out);
 
     const char *bogus[] = {"frobnicate", NULL};
-    ctl = ts_h_spawn(&H, "ctl-bogus", "tessera-ctl", bogus);
-    assert_int_equal(ts_h_wait(&H, ctl, 5000), 2);
+    ctl = ts_h_spawn(&ts_h, "ctl-bogus", "tessera-ctl", bogus);
+    assert_int_equal(ts_h_wait(&ts_h, ctl, 5000), 2);
     assert_log(ctl, "unknown command 'frobnicate'", 100);
     const char *missing[] = {"--world.id=77", "cells", NULL};
-    ctl = ts_h_spawn(&H, "ctl-missing", "tessera-ctl", missing);
-    assert_int_equal(ts_h_wait(&H, ctl, 10000), 1);
+    ctl = ts_h_spawn(&ts_h, "ctl-missing", "tessera-ctl", missing);
+    assert_int_equal(ts_h_wait(&ts_h, ctl, 10000), 1);
     assert_log(ctl, "world 77 is not in the registry", 100);
     stop_ok(orch);
-    test_passed = true;
-}
-
-static int group_setup(void **state)
-{
-    ts_h_start(&H);
-    return 0;
-}
-
-static int group_teardown(void **state)
-{
-    ts_h_stop(&H);
-    return 0;
-}
-
-static int test_setup(void **state)
-{
-    test_passed = false;
-    return 0;
-}
-
-static int test_teardown(void **state)
-{
-    if (!test_passed)
-        ts_h_fail_dump(&H);
-    return 0;
+    ts_h_pass();
 }
 
 int main(void)
 {
-    ts_log_init("it_orch", TS_LOG_ERROR, false);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_default_world_written_and_announced, test_setup, test_teardown),
-        cmocka_unit_test_setup_teardown(test_restart_keeps_epochs, test_setup, test_teardown),
-        cmocka_unit_test_setup_teardown(test_standby_takes_over, test_setup, test_teardown),
-        cmocka_unit_test_setup_teardown(test_bad_layout_exits_with_message, test_setup, test_teardown),
-        cmocka_unit_test_setup_teardown(test_heartbeats_tracked, test_setup, test_teardown),
-        cmocka_unit_test_setup_teardown(test_ctl_cells_and_usage, test_setup, test_teardown),
+        TS_H_TEST(test_default_world_written_and_announced),
+        TS_H_TEST(test_restart_keeps_epochs),
+        TS_H_TEST(test_standby_takes_over),
+        TS_H_TEST(test_bad_layout_exits_with_message),
+        TS_H_TEST(test_heartbeats_tracked),
+        TS_H_TEST(test_ctl_cells_and_usage),
     };
-    int failed = cmocka_run_group_tests(tests, group_setup, group_teardown);
-    ts_bus_shutdown_library();
-    return failed;
+    return TS_H_RUN("it_orch", tests, ts_h_group_setup, ts_h_group_teardown);
 }

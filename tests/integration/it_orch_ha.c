@@ -20,6 +20,7 @@
 #include <cmocka.h>
 
 #include "harness.h"
+#include "probe.h"
 #include "tessera/log.h"
 #include "tessera/proto.h"
 #include "tessera/subject.h"
@@ -32,8 +33,6 @@
 #define CTL_TIMEOUT_MS 10000
 #define MAX_WORKERS 4
 
-static ts_h_t H;
-static bool test_passed;
 
 /* ---- bus observers: RegistryChanges and heartbeats -------------------------------- */
 
@@ -134,19 +133,7 @@ static void on_reply(void *ud, const ts_bus_msg_t *m)
 static ts_status_t ctl(ts_bus_t *bus, const char *verb, const char *payload, int64_t timeout_ms, char *out,
                        size_t cap)
 {
-    char subject[64];
-    snprintf(subject, sizeof subject, "tessera.ctl.%d.%s", WORLD, verb);
-    ts_bus_hdr_t hdr = {.type = "text/plain"};
-    ts_bus_msg_t *m = NULL;
-    out[0] = '\0';
-    ts_status_t st = ts_bus_request(bus, subject, &hdr, payload, strlen(payload), timeout_ms, &m);
-    if (st != TS_OK)
-        return st;
-    size_t n = ts_bus_msg_len(m) < cap - 1 ? ts_bus_msg_len(m) : cap - 1;
-    memcpy(out, ts_bus_msg_data(m), n);
-    out[n] = '\0';
-    ts_bus_msg_destroy(m);
-    return TS_OK;
+    return ts_probe_ctl(bus, WORLD, verb, payload, timeout_ms, out, cap);
 }
 
 /* The pid in the stats' "leader":"<host>-<pid>", or -1. */
@@ -199,7 +186,7 @@ static cell_epoch_t *registry_snapshot(ts_registry_t *reg, size_t *n)
     for (size_t i = 0; i < *n; i++) {
         out[i] = (cell_epoch_t){cells[i].cell, cells[i].epoch};
         if (strcmp(cells[i].owner, "w1") != 0 && strcmp(cells[i].owner, "w2") != 0) {
-            H.failed = true;
+            ts_h.failed = true;
             fail_msg("cell %d,%d has owner '%s'", cells[i].cell.cx, cells[i].cell.cy, cells[i].owner);
         }
     }
@@ -229,7 +216,7 @@ static void assert_one_owner_each(ts_registry_t *reg)
         }
         if (listed != 1 || strcmp(by, cells[i].owner) != 0) {
             pthread_mutex_unlock(&OBS.mu);
-            H.failed = true;
+            ts_h.failed = true;
             fail_msg("cell %d,%d: registry owner %s, listed by %d worker heartbeats (last: %s)", cells[i].cell.cx,
                      cells[i].cell.cy, cells[i].owner, listed, by);
         }
@@ -270,7 +257,7 @@ static void handover_ok(ts_bus_t *bus, ts_registry_t *reg, const ts_cell_t *cell
     assert_int_equal(ctl(bus, "handover", payload, CTL_TIMEOUT_MS, reply, sizeof reply), TS_OK);
     uint64_t fe = 0, te = 0;
     if (!parse_ok(reply, &fe, &te) || fe != e.epoch || te != e.epoch + 1) {
-        H.failed = true;
+        ts_h.failed = true;
         fail_msg("handover %s (epoch %" PRIu64 "): reply \"%s\"", payload, e.epoch, reply);
     }
 }
@@ -282,35 +269,35 @@ static void test_standby_takes_over_after_sigkill(void **state)
     ts_bus_t *bus = NULL;
     ts_registry_t *reg = NULL;
     ts_bus_sub_t *changes = NULL, *hbs = NULL;
-    assert_int_equal(ts_bus_connect(&bus, H.nats_url, "it_orch_ha"), TS_OK);
-    assert_int_equal(ts_registry_connect(&reg, H.redis_url), TS_OK);
+    assert_int_equal(ts_bus_connect(&bus, ts_h.nats_url, "it_orch_ha"), TS_OK);
+    assert_int_equal(ts_registry_connect(&reg, ts_h.redis_url), TS_OK);
     assert_int_equal(ts_bus_subscribe(bus, "tessera.registry.0", on_change, NULL, &changes), TS_OK);
     assert_int_equal(ts_bus_subscribe(bus, "tessera.worker.*.hb", on_heartbeat, NULL, &hbs), TS_OK);
     assert_int_equal(ts_bus_flush(bus, 2000), TS_OK);
 
     const char *orch_args[] = {"--orch.rebalance=0", "--orch.lock_ttl_ms=2000", NULL};
     int orch[2];
-    orch[0] = ts_h_spawn(&H, "orch-a", "tessera-orch", orch_args);
-    assert_true(ts_h_wait_world(&H, WORLD, NCELLS, WAIT_MS));
-    orch[1] = ts_h_spawn(&H, "orch-b", "tessera-orch", orch_args);
+    orch[0] = ts_h_spawn(&ts_h, "orch-a", "tessera-orch", orch_args);
+    assert_true(ts_h_wait_world(&ts_h, WORLD, NCELLS, WAIT_MS));
+    orch[1] = ts_h_spawn(&ts_h, "orch-b", "tessera-orch", orch_args);
     const char *w1[] = {"--worker.id=w1", NULL}, *w2[] = {"--worker.id=w2", NULL};
-    ts_h_spawn(&H, "w1", "tessera-worker", w1);
-    ts_h_spawn(&H, "w2", "tessera-worker", w2);
+    ts_h_spawn(&ts_h, "w1", "tessera-worker", w1);
+    ts_h_spawn(&ts_h, "w2", "tessera-worker", w2);
     uint64_t deadline = ts_mono_us() + WAIT_MS * 1000ULL;
     while (!workers_bound(NCELLS / 2) && ts_mono_us() < deadline)
         ts_sleep_ms(100);
     if (!workers_bound(NCELLS / 2)) {
-        H.failed = true;
+        ts_h.failed = true;
         fail_msg("w1 and w2 did not report %d cells each", NCELLS / 2);
     }
 
     /* exactly one leads: one answer to stats, from orch-a (it started first) */
     char json[512];
     int answers = stats_answers(bus, 700, json, sizeof json);
-    if (answers != 1 || stats_leader_pid(json) != H.procs[orch[0]].pid) {
-        H.failed = true;
+    if (answers != 1 || stats_leader_pid(json) != ts_h.procs[orch[0]].pid) {
+        ts_h.failed = true;
         fail_msg("%d answers to stats, first \"%s\"; want exactly one, from orch-a (pid %d)", answers, json,
-                 (int)H.procs[orch[0]].pid);
+                 (int)ts_h.procs[orch[0]].pid);
     }
     size_t nbefore = 0;
     cell_epoch_t *before = registry_snapshot(reg, &nbefore);
@@ -320,22 +307,22 @@ static void test_standby_takes_over_after_sigkill(void **state)
 
     /* SIGKILL the leader: the standby leads within the lock TTL + 1 s */
     uint64_t t_kill = ts_mono_us();
-    ts_h_signal(&H, orch[0], SIGKILL);
-    assert_int_equal(ts_h_wait(&H, orch[0], 2000), 128 + SIGKILL);
+    ts_h_signal(&ts_h, orch[0], SIGKILL);
+    assert_int_equal(ts_h_wait(&ts_h, orch[0], 2000), 128 + SIGKILL);
     long leader = -1;
     char reply[512];
     while (ts_mono_us() - t_kill < (LOCK_TTL_MS + 3000) * 1000ULL) {
         if (ctl(bus, "stats", "", 200, reply, sizeof reply) == TS_OK &&
-            (leader = stats_leader_pid(reply)) == H.procs[orch[1]].pid)
+            (leader = stats_leader_pid(reply)) == ts_h.procs[orch[1]].pid)
             break;
         ts_sleep_ms(50);
     }
     double took_ms = (double)(ts_mono_us() - t_kill) / 1000;
     fprintf(stderr, "standby leads %.0f ms after SIGKILL of the leader (lock ttl %d ms)\n", took_ms, LOCK_TTL_MS);
-    if (leader != H.procs[orch[1]].pid || took_ms > LOCK_TTL_MS + 1000) {
-        H.failed = true;
+    if (leader != ts_h.procs[orch[1]].pid || took_ms > LOCK_TTL_MS + 1000) {
+        ts_h.failed = true;
         fail_msg("after SIGKILL of orch-a the leader is pid %ld after %.0f ms; want orch-b (pid %d) within %d ms",
-                 leader, took_ms, (int)H.procs[orch[1]].pid, LOCK_TTL_MS + 1000);
+                 leader, took_ms, (int)ts_h.procs[orch[1]].pid, LOCK_TTL_MS + 1000);
     }
     answers = stats_answers(bus, 500, json, sizeof json);
     assert_int_equal(answers, 1);
@@ -359,7 +346,7 @@ static void test_standby_takes_over_after_sigkill(void **state)
                                            : ts_cell_eq(&before[i].cell, &second) ? 1
                                                                                   : 0);
         if (after[k].epoch != want) {
-            H.failed = true;
+            ts_h.failed = true;
             fail_msg("cell %d,%d: epoch %" PRIu64 " -> %" PRIu64 ", want %" PRIu64, before[i].cell.cx,
                      before[i].cell.cy, before[i].epoch, after[k].epoch, want);
         }
@@ -381,56 +368,38 @@ static void test_standby_takes_over_after_sigkill(void **state)
     ts_sleep_ms(LOCK_TTL_MS / 3 + 500);
     answers = stats_answers(bus, 500, json, sizeof json);
     if (answers != 0) {
-        H.failed = true;
+        ts_h.failed = true;
         fail_msg("%d answers to stats while an intruder holds the lock (first: %s)", answers, json);
     }
     assert_int_equal(ts_registry_unlock(reg, "orch.0", "it-intruder"), TS_OK);
     deadline = ts_mono_us() + 3000000ULL;
     while (ts_mono_us() < deadline && ctl(bus, "stats", "", 200, reply, sizeof reply) != TS_OK)
         ts_sleep_ms(50);
-    assert_int_equal(stats_leader_pid(reply), H.procs[orch[1]].pid);
+    assert_int_equal(stats_leader_pid(reply), ts_h.procs[orch[1]].pid);
     handover_ok(bus, reg, &second);
 
     pthread_mutex_lock(&OBS.mu);
     int backwards = OBS.backwards;
     pthread_mutex_unlock(&OBS.mu);
     if (backwards) {
-        H.failed = true;
+        ts_h.failed = true;
         fail_msg("%d RegistryChanges went backwards, first: %s", backwards, OBS.backwards_what);
     }
     assert_one_owner_each(reg);
 
-    ts_h_signal(&H, orch[1], SIGTERM);
-    assert_int_equal(ts_h_wait(&H, orch[1], 8000), 0);
+    ts_h_signal(&ts_h, orch[1], SIGTERM);
+    assert_int_equal(ts_h_wait(&ts_h, orch[1], 8000), 0);
     ts_bus_sub_destroy(changes);
     ts_bus_sub_destroy(hbs);
     ts_bus_destroy(bus);
     ts_registry_destroy(reg);
-    test_passed = true;
-}
-
-static int setup(void **state)
-{
-    test_passed = false;
-    ts_h_start(&H);
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    if (!test_passed)
-        ts_h_fail_dump(&H);
-    ts_h_stop(&H);
-    return 0;
+    ts_h_pass();
 }
 
 int main(void)
 {
-    ts_log_init("it_orch_ha", TS_LOG_ERROR, false);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_standby_takes_over_after_sigkill, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_standby_takes_over_after_sigkill, ts_h_test_start, ts_h_test_stop),
     };
-    int rc = cmocka_run_group_tests(tests, NULL, NULL);
-    ts_bus_shutdown_library();
-    return rc;
+    return TS_H_RUN("it_orch_ha", tests, NULL, NULL);
 }

@@ -19,6 +19,7 @@
 #include <cmocka.h>
 
 #include "harness.h"
+#include "probe.h"
 #include "tessera/log.h"
 #include "tessera/proto.h"
 #include "tessera/subject.h"
@@ -33,8 +34,6 @@
 #define IDLE_MS 10000
 #define MAX_WORKERS 8
 
-static ts_h_t H;
-static bool test_passed;
 static ts_bus_t *bus;
 static ts_bus_sub_t *hb_sub;
 static ts_registry_t *reg;
@@ -96,17 +95,17 @@ static bool hb_get(const char *id, hb_t *out)
 
 static void cluster_start(const char *workers)
 {
-    ts_h_start(&H);
+    ts_h_start(&ts_h);
     HB.n = 0;
-    assert_int_equal(ts_bus_connect(&bus, H.nats_url, "it_rebalance"), TS_OK);
+    assert_int_equal(ts_bus_connect(&bus, ts_h.nats_url, "it_rebalance"), TS_OK);
     assert_int_equal(ts_bus_subscribe(bus, "tessera.worker.*.hb", on_heartbeat, NULL, &hb_sub), TS_OK);
-    assert_int_equal(ts_registry_connect(&reg, H.redis_url), TS_OK);
+    assert_int_equal(ts_registry_connect(&reg, ts_h.redis_url), TS_OK);
     char flag[64];
     snprintf(flag, sizeof flag, "--world.workers=%s", workers);
     const char *args[] = {ORCH_ARGS[0], ORCH_ARGS[1], ORCH_ARGS[2], flag, NULL};
-    ts_h_spawn(&H, "orch", "tessera-orch", args);
-    if (!ts_h_wait_world(&H, WORLD, NCELLS, WAIT_MS)) {
-        H.failed = true;
+    ts_h_spawn(&ts_h, "orch", "tessera-orch", args);
+    if (!ts_h_wait_world(&ts_h, WORLD, NCELLS, WAIT_MS)) {
+        ts_h.failed = true;
         fail_msg("the world did not come up");
     }
 }
@@ -126,7 +125,7 @@ static int worker_start(const char *id)
     char flag[64];
     snprintf(flag, sizeof flag, "--worker.id=%s", id);
     const char *args[] = {flag, NULL};
-    return ts_h_spawn(&H, id, "tessera-worker", args);
+    return ts_h_spawn(&ts_h, id, "tessera-worker", args);
 }
 
 /* Waits until worker id reports `cells` cells and at least `entities` entities. */
@@ -139,7 +138,7 @@ static void wait_worker(const char *id, size_t cells, uint32_t entities)
             return;
         ts_sleep_ms(100);
     }
-    H.failed = true;
+    ts_h.failed = true;
     fail_msg("%s reports %zu cells and %u entities, want %zu cells and >= %u", id, h.ncells, h.entities, cells,
              entities);
 }
@@ -180,22 +179,12 @@ static size_t owned(const char *worker, uint64_t *epoch_sum)
 
 static void sim_verify(int idx)
 {
-    ts_h_signal(&H, idx, SIGINT);
-    int rc = ts_h_wait(&H, idx, 30000);
-    char *log = ts_h_read_log(&H, idx);
-    assert_non_null(log);
-    const char *line = strstr(log, "sim: done ");
-    unsigned long long sent = 0, acked = 0, applied = 0;
-    bool parsed = line && sscanf(line, "sim: done sent=%llu acked=%llu applied=%llu", &sent, &acked, &applied) == 3;
-    char verdict[256] = "none";
-    if (line)
-        sscanf(line, "%255[^\n]", verdict);
-    free(log);
-    if (rc != 0 || !parsed || sent == 0 || sent != acked || acked != applied) {
-        H.failed = true;
-        fail_msg("sim: exit %d, want 0 with applied == acked == sent > 0; its verdict: %s", rc, verdict);
+    int rc;
+    ts_probe_verdict_t v;
+    if (!ts_probe_sim_check(&ts_h, idx, NULL, "", 0, &rc, &v)) {
+        ts_h.failed = true;
+        fail_msg("sim: exit %d, want 0 with applied == acked == sent > 0; its verdict: %s", rc, v.line);
     }
-    fprintf(stderr, "%s\n", verdict);
 }
 
 /* ---- tests ------------------------------------------------------------------------------ */
@@ -211,7 +200,7 @@ static void test_new_worker_receives_cells_then_stillness(void **state)
      * during handovers is it_handover's business), so convergence is a fact
      * of the policy, not of where the players happen to wander */
     const char *sim_args[] = {players, "--sim.seed=7", "--sim.speed=2", NULL};
-    int sim = ts_h_spawn(&H, "sim", "tessera-sim", sim_args);
+    int sim = ts_h_spawn(&ts_h, "sim", "tessera-sim", sim_args);
     wait_worker("w1", NCELLS, PLAYERS * 95 / 100);
     assert_int_equal(handovers(), 0); /* a single worker: nothing to balance */
 
@@ -222,7 +211,7 @@ static void test_new_worker_receives_cells_then_stillness(void **state)
         ts_sleep_ms(250);
     fprintf(stderr, "w3 owns %zu cells %.1f s after it started\n", w3_cells, (double)(ts_mono_us() - t_join) / 1e6);
     if (w3_cells < 4) {
-        H.failed = true;
+        ts_h.failed = true;
         fail_msg("30 s after w3 joined it owns %zu cells, want >= 4", w3_cells);
     }
 
@@ -238,7 +227,7 @@ static void test_new_worker_receives_cells_then_stillness(void **state)
         }
     }
     if (ts_mono_us() - quiet_since < SETTLE_MS * 1000ULL) {
-        H.failed = true;
+        ts_h.failed = true;
         fail_msg("handovers still happening %.0f s after w3 joined (%ld so far)",
                  (double)(ts_mono_us() - t_join) / 1e6, last);
     }
@@ -254,7 +243,7 @@ static void test_new_worker_receives_cells_then_stillness(void **state)
     uint32_t lo = h1.entities < h3.entities ? h1.entities : h3.entities;
     uint32_t hi = h1.entities < h3.entities ? h3.entities : h1.entities;
     if (lo == 0 || hi > 2 * lo) {
-        H.failed = true;
+        ts_h.failed = true;
         fail_msg("entity loads after rebalancing: w1 %u, w3 %u (want within a factor of 2)", h1.entities,
                  h3.entities);
     }
@@ -265,13 +254,13 @@ static void test_new_worker_receives_cells_then_stillness(void **state)
     owned("w1", &sum_after);
     long after = handovers();
     if (after != last || sum_after != sum_before) {
-        H.failed = true;
+        ts_h.failed = true;
         fail_msg("after convergence %ld more handovers in %d s (epoch sum %" PRIu64 " -> %" PRIu64 ")",
                  after - last, STILL_MS / 1000, sum_before, sum_after);
     }
     sim_verify(sim);
     cluster_stop();
-    test_passed = true;
+    ts_h_pass();
 }
 
 static void test_idle_balanced_cluster_never_moves(void **state)
@@ -290,32 +279,20 @@ static void test_idle_balanced_cluster_never_moves(void **state)
     assert_int_equal(sum_after, NCELLS);
     assert_int_equal(handovers(), 0);
     cluster_stop();
-    test_passed = true;
-}
-
-static int setup(void **state)
-{
-    test_passed = false;
-    return 0;
+    ts_h_pass();
 }
 
 static int teardown(void **state)
 {
-    if (!test_passed)
-        ts_h_fail_dump(&H);
     cluster_stop();
-    ts_h_stop(&H);
-    return 0;
+    return ts_h_test_stop(state);
 }
 
 int main(void)
 {
-    ts_log_init("it_rebalance", TS_LOG_ERROR, false);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_new_worker_receives_cells_then_stillness, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_idle_balanced_cluster_never_moves, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_new_worker_receives_cells_then_stillness, ts_h_test_setup, teardown),
+        cmocka_unit_test_setup_teardown(test_idle_balanced_cluster_never_moves, ts_h_test_setup, teardown),
     };
-    int rc = cmocka_run_group_tests(tests, NULL, NULL);
-    ts_bus_shutdown_library();
-    return rc;
+    return TS_H_RUN("it_rebalance", tests, NULL, NULL);
 }

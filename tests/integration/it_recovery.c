@@ -45,11 +45,7 @@
 #define MOVE_MS 100
 #define HB_TTL_ARG "--orch.hb_ttl_ms=1500"
 
-static ts_h_t H;
-static bool test_passed;
-static int gw_port;
-static int w_idx[2] = {-1, -1};
-static const char *const WORKERS[2] = {"w1", "w2"};
+static ts_h_stack_t stack = {-1, {-1, -1}, -1, 0};
 static ts_bus_t *bus;
 static ts_bus_sub_t *state_sub;
 static ts_probe_t *probe;
@@ -199,7 +195,7 @@ static void *player_main(void *arg)
  * (the gateway may not know every cell in its first second) is retried. */
 static void player_start(double x, double y)
 {
-    assert_int_equal(ts_client_connect(&PL.c, "127.0.0.1", gw_port, 3000), TS_OK);
+    assert_int_equal(ts_client_connect(&PL.c, "127.0.0.1", stack.gw_port, 3000), TS_OK);
     uint64_t deadline = ts_mono_us() + 10000000;
     int errors = -1;
     while (PL.entity == 0 && ts_mono_us() < deadline) {
@@ -216,7 +212,7 @@ static void player_start(double x, double y)
         tessera__v1__server_frame__free_unpacked(f, NULL);
     }
     if (PL.entity == 0) {
-        H.failed = true;
+        ts_h.failed = true;
         fail_msg("no Snapshot within 10 s after joining at (%.0f, %.0f); last error: %s", x, y,
                  PL.errors ? PL.last_error : "none");
     }
@@ -257,20 +253,20 @@ static void player_assert_exact(void)
             "\n",
             v.sent, v.applied, v.max_applied, v.last_input_seq, v.last_seq);
     if (v.closed) {
-        H.failed = true;
+        ts_h.failed = true;
         fail_msg("the player lost its connection: %s", ts_status_str(PL.close_status));
     }
     if (v.errors) {
-        H.failed = true;
+        ts_h.failed = true;
         fail_msg("the player got %d error frames, last: %s", v.errors, PL.last_error);
     }
     if (v.regressions) {
-        H.failed = true;
+        ts_h.failed = true;
         fail_msg("the player saw its input count go backwards %" PRIu64 " times, first: %s", v.regressions,
                  PL.regression);
     }
     if (v.applied != v.sent || v.max_applied != v.sent || v.last_input_seq != v.last_seq) {
-        H.failed = true;
+        ts_h.failed = true;
         fail_msg("the player sent %" PRIu64 " inputs (last seq %" PRIu64 ") but its entity shows %" PRIu64
                  " applied (max %" PRIu64 "), last_input_seq %" PRIu64,
                  v.sent, v.last_seq, v.applied, v.max_applied, v.last_input_seq);
@@ -278,12 +274,6 @@ static void player_assert_exact(void)
 }
 
 /* ---- cluster ------------------------------------------------------------------------ */
-
-static bool ctl_answers(void)
-{
-    char reply[1024];
-    return ts_probe_ctl(bus, WORLD, "stats", "", 500, reply, sizeof reply) == TS_OK && reply[0] == '{';
-}
 
 static void print_stats(void)
 {
@@ -294,52 +284,35 @@ static void print_stats(void)
 
 static void cluster_start(void)
 {
-    ts_h_start(&H);
+    ts_h_start(&ts_h);
     memset(&SW.cells, 0, sizeof SW.cells);
     SW.armed = false;
     SW.n = 0;
     SW.zombie_msgs = SW.zombie_bad = SW.hdr_mismatch = SW.new_owner_msgs = SW.last_zombie_us = 0;
-    assert_int_equal(ts_bus_connect(&bus, H.nats_url, "it_recovery"), TS_OK);
+    assert_int_equal(ts_bus_connect(&bus, ts_h.nats_url, "it_recovery"), TS_OK);
     assert_int_equal(ts_probe_create(&probe, bus), TS_OK);
     assert_int_equal(ts_ledger_create(&ledger, bus, WORLD), TS_OK);
     char subject[TS_SUBJECT_MAX];
     ts_subject_world_wildcard(subject, sizeof subject, WORLD, TS_SUBJ_STATE);
     assert_int_equal(ts_bus_subscribe(bus, subject, on_state, NULL, &state_sub), TS_OK);
-    assert_int_equal(ts_registry_connect(&reg, H.redis_url), TS_OK);
+    assert_int_equal(ts_registry_connect(&reg, ts_h.redis_url), TS_OK);
 
     const char *orch[] = {"--orch.rebalance=0", HB_TTL_ARG, NULL};
-    ts_h_spawn(&H, "orch", "tessera-orch", orch);
-    for (int i = 0; i < 2; i++) {
-        char id[32];
-        snprintf(id, sizeof id, "--worker.id=%s", WORKERS[i]);
-        const char *args[] = {id, "--worker.hb_ms=250", HB_TTL_ARG, NULL};
-        w_idx[i] = ts_h_spawn(&H, WORKERS[i], "tessera-worker", args);
-    }
-    gw_port = ts_h_free_port();
-    char listen[64];
-    snprintf(listen, sizeof listen, "--gateway.listen=127.0.0.1:%d", gw_port);
-    const char *gw[] = {listen, NULL};
-    ts_h_spawn(&H, "gateway", "tessera-gateway", gw);
+    const char *worker[] = {"--worker.hb_ms=250", HB_TTL_ARG, NULL};
+    ts_h_spawn_stack(&ts_h, orch, worker, NULL, &stack);
 
-    if (!ts_h_wait_world(&H, WORLD, NCELLS, WAIT_MS) || !ts_h_wait_port(gw_port, WAIT_MS)) {
-        H.failed = true;
+    if (!ts_h_wait_world(&ts_h, WORLD, NCELLS, WAIT_MS) || !ts_h_wait_port(stack.gw_port, WAIT_MS)) {
+        ts_h.failed = true;
         fail_msg("the world or the gateway did not come up");
     }
-    uint64_t deadline = ts_mono_us() + WAIT_MS * 1000ULL;
-    bool ctl_ok = false, bound = false;
-    while (ts_mono_us() < deadline && !(ctl_ok && bound)) {
-        ctl_ok = ctl_ok || ctl_answers();
-        ts_probe_hb_t a, b;
-        bound = ts_probe_heartbeat(probe, "w1", &a) && ts_probe_heartbeat(probe, "w2", &b) &&
-                a.ncells == NCELLS / 2 && b.ncells == NCELLS / 2;
-        ts_sleep_ms(100);
-    }
+    bool ctl_ok, bound;
+    ts_probe_wait_ready(probe, bus, WORLD, NCELLS / 2, WAIT_MS, &ctl_ok, &bound);
     if (!ctl_ok) {
-        H.failed = true;
+        ts_h.failed = true;
         fail_msg("tessera-orch does not answer tessera.ctl.%d.stats", WORLD);
     }
     if (!bound) {
-        H.failed = true;
+        ts_h.failed = true;
         fail_msg("workers w1 and w2 did not report %d cells each in their heartbeats", NCELLS / 2);
     }
 }
@@ -357,30 +330,23 @@ static void cluster_stop(void)
     probe = NULL;
     bus = NULL;
     reg = NULL;
-    ts_h_stop(&H);
+    ts_h_stop(&ts_h);
 }
 
 static int sim_start(void)
 {
     const char *args[] = {"--sim.players=300", "--sim.seed=3", NULL};
-    return ts_h_spawn(&H, "sim", "tessera-sim", args);
+    return ts_h_spawn(&ts_h, "sim", "tessera-sim", args);
 }
 
 /* Stops the sim and checks its verdict: applied == acked == sent. On a
  * mismatch the ledger names what went missing, timed from event_us. */
 static void sim_verify(int idx, const char *event, uint64_t event_us)
 {
-    ts_h_signal(&H, idx, SIGINT);
-    int rc = ts_h_wait(&H, idx, 30000);
-    char *log = ts_h_read_log(&H, idx);
+    int rc;
     ts_probe_verdict_t v;
-    ts_probe_sim_verdict(log, &v);
-    free(log);
-    fprintf(stderr, "%s\n", v.line);
-    if (rc != 0 || !ts_probe_verdict_exact(&v)) {
-        ts_sleep_ms(500);
-        ts_ledger_report(ledger, stderr, event, event_us, 5);
-        H.failed = true;
+    if (!ts_probe_sim_check(&ts_h, idx, ledger, event, event_us, &rc, &v)) {
+        ts_h.failed = true;
         fail_msg("sim: exit %d, want 0 with applied == acked == sent > 0; its verdict: %s", rc, v.line);
     }
 }
@@ -412,7 +378,7 @@ static uint64_t wait_reassigned(const char *from, const ts_probe_cell_t *lost, s
             char key[TS_CELL_STR_MAX];
             ts_cell_format(&e.cell, key, sizeof key);
             if (e.epoch != lost[i].epoch + 1) {
-                H.failed = true;
+                ts_h.failed = true;
                 fail_msg("cell %s went from %s epoch %" PRIu64 " to %s epoch %" PRIu64
                          "; want exactly one epoch step",
                          key, from, lost[i].epoch, e.owner, e.epoch);
@@ -443,10 +409,10 @@ static void test_killed_worker_cells_recovered(void **state)
     assert_int_equal(n, NCELLS / 2);
 
     uint64_t t_kill = ts_mono_us();
-    ts_h_signal(&H, w_idx[1], SIGKILL);
+    ts_h_signal(&ts_h, stack.workers[1], SIGKILL);
     uint64_t reg_us = wait_reassigned("w2", lost, n, moved, owners, t_kill, 10000000);
     if (reg_us == UINT64_MAX) {
-        H.failed = true;
+        ts_h.failed = true;
         fail_msg("10 s after SIGKILL of w2 not all of its %zu cells have a new owner", n);
     }
     for (size_t i = 0; i < n; i++)
@@ -466,7 +432,7 @@ static void test_killed_worker_cells_recovered(void **state)
             n, (double)reg_us / 1000, hb_us == UINT64_MAX ? -1.0 : (double)hb_us / 1000);
     print_stats();
     if (reg_us > RECOVERY_MAX_US || hb_us > RECOVERY_MAX_US) {
-        H.failed = true;
+        ts_h.failed = true;
         fail_msg("recovery too slow: registry %.0f ms, heartbeat %.0f ms after the kill (limit %llu ms)",
                  (double)reg_us / 1000, hb_us == UINT64_MAX ? -1.0 : (double)hb_us / 1000,
                  RECOVERY_MAX_US / 1000);
@@ -475,7 +441,7 @@ static void test_killed_worker_cells_recovered(void **state)
     ts_sleep_ms(3000); /* the sim goes on against the recovered cells */
     sim_verify(sim, "the kill", t_kill);
     cluster_stop();
-    test_passed = true;
+    ts_h_pass();
 }
 
 static void test_stalled_worker_is_fenced(void **state)
@@ -492,11 +458,11 @@ static void test_stalled_worker_is_fenced(void **state)
     assert_int_equal(n, NCELLS / 2);
 
     uint64_t t_stop = ts_mono_us();
-    ts_h_signal(&H, w_idx[0], SIGSTOP);
+    ts_h_signal(&ts_h, stack.workers[0], SIGSTOP);
     uint64_t reg_us = wait_reassigned("w1", lost, n, moved, owners, t_stop, 10000000);
     if (reg_us == UINT64_MAX) {
-        ts_h_signal(&H, w_idx[0], SIGCONT);
-        H.failed = true;
+        ts_h_signal(&ts_h, stack.workers[0], SIGCONT);
+        ts_h.failed = true;
         fail_msg("10 s after SIGSTOP of w1 not all of its %zu cells have a new owner", n);
     }
     for (size_t i = 0; i < n; i++)
@@ -510,7 +476,7 @@ static void test_stalled_worker_is_fenced(void **state)
     SW.armed = true;
     pthread_mutex_unlock(&SW.mu);
     uint64_t t_cont = ts_mono_us();
-    ts_h_signal(&H, w_idx[0], SIGCONT);
+    ts_h_signal(&ts_h, stack.workers[0], SIGCONT);
     fprintf(stderr, "w1 stopped: cells reassigned to w2 in %.0f ms; SIGCONT\n", (double)reg_us / 1000);
 
     /* a heartbeat from w1 sent 2 s after it woke up shows it owns nothing */
@@ -535,17 +501,17 @@ static void test_stalled_worker_is_fenced(void **state)
             " from w2 at the new epochs\n",
             zombie_msgs, last_zombie ? (double)(last_zombie - t_cont) / 1000 : 0.0, new_owner_msgs);
     if (zombie_bad) {
-        H.failed = true;
+        ts_h.failed = true;
         fail_msg("not fenced: %s", bad);
     }
     assert_int_equal(hdr_mismatch, 0);
     if (last_zombie && last_zombie > t_cont + FENCE_MAX_US) {
-        H.failed = true;
+        ts_h.failed = true;
         fail_msg("w1 still published state of its former cells %.0f ms after SIGCONT",
                  (double)(last_zombie - t_cont) / 1000);
     }
     if (!fresh || l.ncells != 0) {
-        H.failed = true;
+        ts_h.failed = true;
         fail_msg("w1 %s", fresh ? "still lists cells in its heartbeat 2 s after SIGCONT"
                                 : "sent no heartbeat after SIGCONT");
     }
@@ -565,13 +531,12 @@ static void test_stalled_worker_is_fenced(void **state)
     sim_verify(sim, "SIGSTOP", t_stop);
     print_stats();
     cluster_stop();
-    test_passed = true;
+    ts_h_pass();
 }
 
 static int test_setup(void **state)
 {
-    (void)state;
-    test_passed = false;
+    ts_h_test_setup(state);
     atomic_store(&PL.stop, false);
     atomic_store(&PL.stop_sending, false);
     PL.entity = PL.sent = PL.last_seq = PL.applied = PL.max_applied = PL.last_input_seq = PL.regressions = 0;
@@ -582,22 +547,18 @@ static int test_setup(void **state)
 
 static int test_teardown(void **state)
 {
-    (void)state;
-    if (!test_passed) ts_h_fail_dump(&H);
+    ts_h_test_teardown(state);
     for (int i = 0; i < 2; i++)
-        ts_h_signal(&H, w_idx[i], SIGCONT);
+        ts_h_signal(&ts_h, stack.workers[i], SIGCONT);
     cluster_stop();
     return 0;
 }
 
 int main(void)
 {
-    ts_log_init("it_recovery", TS_LOG_ERROR, false);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_killed_worker_cells_recovered, test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_stalled_worker_is_fenced, test_setup, test_teardown),
     };
-    int failed = cmocka_run_group_tests(tests, NULL, NULL);
-    ts_bus_shutdown_library();
-    return failed;
+    return TS_H_RUN("it_recovery", tests, NULL, NULL);
 }

@@ -21,8 +21,6 @@
 #include "tessera/proto.h"
 #include "tessera/util.h"
 
-static ts_h_t H;
-static bool test_passed;
 static int orch_idx = -1;
 
 #define WAIT_MS 15000
@@ -88,7 +86,7 @@ typedef struct {
 static sim_result_t parse_sim_log(int idx)
 {
     sim_result_t r = {0};
-    char *log = ts_h_read_log(&H, idx);
+    char *log = ts_h_read_log(&ts_h, idx);
     assert_non_null(log);
     const char *done = NULL;
     for (const char *p = log; (p = strstr(p, "sim: ")) != NULL; p++) {
@@ -99,7 +97,7 @@ static sim_result_t parse_sim_log(int idx)
     }
     if (!done || sscanf(done, "sim: done sent=%llu acked=%llu applied=%llu lost=%lld", &r.sent, &r.acked,
                         &r.applied, &r.lost) != 4) {
-        H.failed = true;
+        ts_h.failed = true;
         free(log);
         fail_msg("the sim printed no final line");
     }
@@ -111,27 +109,27 @@ static void test_sim_detects_unapplied_inputs(void **state)
 {
     /* no worker owns anything yet: inputs are stored but never applied */
     const char *args[] = {"--sim.players=20", "--sim.duration_s=1", "--sim.seed=99", NULL};
-    int sim = ts_h_spawn(&H, "sim-unapplied", "tessera-sim", args);
-    int rc = ts_h_wait(&H, sim, 40000);
+    int sim = ts_h_spawn(&ts_h, "sim-unapplied", "tessera-sim", args);
+    int rc = ts_h_wait(&ts_h, sim, 40000);
     sim_result_t r = parse_sim_log(sim);
     assert_int_equal(rc, 2);
     assert_true(r.sent > 0);
     assert_int_equal(r.acked, r.sent);
     assert_int_equal(r.applied, 0);
     assert_int_equal(r.lost, (long long)r.acked);
-    test_passed = true;
+    ts_h_pass();
 }
 
 static void test_sim_inputs_applied_exactly_once(void **state)
 {
     ts_bus_t *bus = NULL;
     ts_bus_sub_t *sub = NULL;
-    assert_int_equal(ts_bus_connect(&bus, H.nats_url, "it_sim"), TS_OK);
+    assert_int_equal(ts_bus_connect(&bus, ts_h.nats_url, "it_sim"), TS_OK);
     assert_int_equal(ts_bus_subscribe(bus, "tessera.worker.*.hb", on_heartbeat, &HB, &sub), TS_OK);
 
     const char *w1_args[] = {"--worker.id=w1", NULL}, *w2_args[] = {"--worker.id=w2", NULL};
-    ts_h_spawn(&H, "worker-w1", "tessera-worker", w1_args);
-    ts_h_spawn(&H, "worker-w2", "tessera-worker", w2_args);
+    ts_h_spawn(&ts_h, "worker-w1", "tessera-worker", w1_args);
+    ts_h_spawn(&ts_h, "worker-w2", "tessera-worker", w2_args);
     bool ready = false;
     uint64_t deadline = ts_mono_us() + WAIT_MS * 1000ULL;
     while (!ready && ts_mono_us() < deadline) {
@@ -139,7 +137,7 @@ static void test_sim_inputs_applied_exactly_once(void **state)
         ts_sleep_ms(100);
     }
     if (!ready) {
-        H.failed = true;
+        ts_h.failed = true;
         fail_msg("workers w1 and w2 did not report 8 cells each within %d s", WAIT_MS / 1000);
     }
     /* let the workers drain what the previous test left in the streams */
@@ -147,11 +145,11 @@ static void test_sim_inputs_applied_exactly_once(void **state)
     uint64_t before = hb_applied(NULL);
 
     const char *args[] = {"--sim.players=200", "--sim.duration_s=5", NULL};
-    int sim = ts_h_spawn(&H, "sim", "tessera-sim", args);
-    int rc = ts_h_wait(&H, sim, 60000);
+    int sim = ts_h_spawn(&ts_h, "sim", "tessera-sim", args);
+    int rc = ts_h_wait(&ts_h, sim, 60000);
     sim_result_t r = parse_sim_log(sim);
     if (rc != 0) {
-        H.failed = true;
+        ts_h.failed = true;
         fail_msg("tessera-sim exited with %d (sent=%llu acked=%llu applied=%llu)", rc, r.sent, r.acked, r.applied);
     }
     assert_true(r.sent > 0);
@@ -172,43 +170,43 @@ static void test_sim_inputs_applied_exactly_once(void **state)
         ts_sleep_ms(100);
     } while (ts_mono_us() < deadline);
     if (applied < r.acked) {
-        H.failed = true;
+        ts_h.failed = true;
         fail_msg("workers' heartbeats show %llu inputs applied, the sim had %llu acknowledged",
                  (unsigned long long)applied, r.acked);
     }
 
     ts_bus_sub_destroy(sub);
     ts_bus_destroy(bus);
-    test_passed = true;
+    ts_h_pass();
 }
 
 static void test_ctl_reports_running_system(void **state)
 {
     const char *watch_args[] = {"watch", "--count", "2", NULL};
-    int watch = ts_h_spawn(&H, "ctl-watch", "tessera-ctl", watch_args);
-    assert_int_equal(ts_h_wait(&H, watch, 15000), 0);
-    char *out = ts_h_read_log(&H, watch);
+    int watch = ts_h_spawn(&ts_h, "ctl-watch", "tessera-ctl", watch_args);
+    assert_int_equal(ts_h_wait(&ts_h, watch, 15000), 0);
+    char *out = ts_h_read_log(&ts_h, watch);
     assert_non_null(out);
     int lines = 0;
     for (const char *p = out; (p = strstr(p, "cells=16 owners=w1:8,w2:8 entities=")) != NULL; p++)
         lines++;
     if (lines != 2) {
-        H.failed = true;
+        ts_h.failed = true;
         fail_msg("`tessera-ctl watch --count 2` printed:\n%s", out);
     }
     free(out);
 
     const char *workers_args[] = {"workers", NULL};
-    int workers = ts_h_spawn(&H, "ctl-workers", "tessera-ctl", workers_args);
-    assert_int_equal(ts_h_wait(&H, workers, 15000), 0);
-    out = ts_h_read_log(&H, workers);
+    int workers = ts_h_spawn(&ts_h, "ctl-workers", "tessera-ctl", workers_args);
+    assert_int_equal(ts_h_wait(&ts_h, workers, 15000), 0);
+    out = ts_h_read_log(&ts_h, workers);
     assert_non_null(out);
     char alive1[8] = "", alive2[8] = "";
     size_t cells1 = 0, cells2 = 0;
     const char *l1 = strstr(out, "\nw1 "), *l2 = strstr(out, "\nw2 ");
     if (!l1 || !l2 || sscanf(l1, " w1 %7s %zu", alive1, &cells1) != 2 ||
         sscanf(l2, " w2 %7s %zu", alive2, &cells2) != 2) {
-        H.failed = true;
+        ts_h.failed = true;
         fail_msg("`tessera-ctl workers` printed:\n%s", out);
     }
     assert_string_equal(alive1, "yes");
@@ -220,29 +218,29 @@ static void test_ctl_reports_running_system(void **state)
 
     /* live traffic, decoded, without the NATS CLI */
     const char *tail_args[] = {"tail", "tessera.worker.*.hb", "--count", "2", NULL};
-    int tail = ts_h_spawn(&H, "ctl-tail", "tessera-ctl", tail_args);
-    assert_int_equal(ts_h_wait(&H, tail, 15000), 0);
-    out = ts_h_read_log(&H, tail);
+    int tail = ts_h_spawn(&ts_h, "ctl-tail", "tessera-ctl", tail_args);
+    assert_int_equal(ts_h_wait(&ts_h, tail, 15000), 0);
+    out = ts_h_read_log(&ts_h, tail);
     assert_non_null(out);
     int decoded = 0;
     for (const char *p = out; (p = strstr(p, "tessera.v1.Heartbeat {worker=\"w")) != NULL; p++)
         decoded++;
     if (decoded != 2) {
-        H.failed = true;
+        ts_h.failed = true;
         fail_msg("`tessera-ctl tail tessera.worker.*.hb --count 2` printed:\n%s", out);
     }
     free(out);
-    test_passed = true;
+    ts_h_pass();
 }
 
 static int group_setup(void **state)
 {
     pthread_mutex_init(&HB.mu, NULL);
-    ts_h_start(&H);
-    orch_idx = ts_h_spawn(&H, "orch", "tessera-orch", NULL);
-    if (!ts_h_wait_world(&H, 0, 16, WAIT_MS)) {
-        ts_h_fail_dump(&H);
-        ts_h_stop(&H);
+    ts_h_start(&ts_h);
+    orch_idx = ts_h_spawn(&ts_h, "orch", "tessera-orch", NULL);
+    if (!ts_h_wait_world(&ts_h, 0, 16, WAIT_MS)) {
+        ts_h_fail_dump(&ts_h);
+        ts_h_stop(&ts_h);
         return -1;
     }
     return 0;
@@ -250,39 +248,23 @@ static int group_setup(void **state)
 
 static int group_teardown(void **state)
 {
-    ts_h_signal(&H, orch_idx, SIGTERM);
-    int rc = ts_h_wait(&H, orch_idx, 8000);
+    ts_h_signal(&ts_h, orch_idx, SIGTERM);
+    int rc = ts_h_wait(&ts_h, orch_idx, 8000);
     if (rc != 0) {
         fprintf(stderr, "it_sim: tessera-orch exited with %d after SIGTERM\n", rc);
-        ts_h_fail_dump(&H);
+        ts_h_fail_dump(&ts_h);
     }
-    ts_h_stop(&H);
+    ts_h_stop(&ts_h);
     pthread_mutex_destroy(&HB.mu);
     return rc == 0 ? 0 : -1;
 }
 
-static int test_setup(void **state)
-{
-    test_passed = false;
-    return 0;
-}
-
-static int test_teardown(void **state)
-{
-    if (!test_passed)
-        ts_h_fail_dump(&H);
-    return 0;
-}
-
 int main(void)
 {
-    ts_log_init("it_sim", TS_LOG_ERROR, false);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_sim_detects_unapplied_inputs, test_setup, test_teardown),
-        cmocka_unit_test_setup_teardown(test_sim_inputs_applied_exactly_once, test_setup, test_teardown),
-        cmocka_unit_test_setup_teardown(test_ctl_reports_running_system, test_setup, test_teardown),
+        TS_H_TEST(test_sim_detects_unapplied_inputs),
+        TS_H_TEST(test_sim_inputs_applied_exactly_once),
+        TS_H_TEST(test_ctl_reports_running_system),
     };
-    int failed = cmocka_run_group_tests(tests, group_setup, group_teardown);
-    ts_bus_shutdown_library();
-    return failed;
+    return TS_H_RUN("it_sim", tests, group_setup, group_teardown);
 }
