@@ -74,6 +74,10 @@ static bool upsert(gw_cell_t *cell, const Tessera__V1__EntityState *s, bool *oom
     e->pb = *s;
     e->pb.base.unknown_fields = NULL;
     e->pb.base.n_unknown_fields = 0;
+    /* s is freed after this delta: keep nothing that points into it. Clients
+     * get the newest 64 bits of the applied window, not the extension. */
+    e->pb.n_applied_window_ext = 0;
+    e->pb.applied_window_ext = NULL;
     ts_strlcpy(e->name, s->name ? s->name : "", sizeof e->name);
     e->pb.name = e->name;
     e->gen = cell->gen;
