@@ -428,6 +428,19 @@ static ts_status_t ensure_stream(ts_bus_t *bus, jsStreamConfig *cfg)
     return TS_OK;
 }
 
+/* A limits-retention stream over one subject. */
+static void stream_config(jsStreamConfig *cfg, const char *name, const char **subjects, jsStorageType storage,
+                          int replicas)
+{
+    jsStreamConfig_Init(cfg);
+    cfg->Name = name;
+    cfg->Subjects = subjects;
+    cfg->SubjectsLen = 1;
+    cfg->Retention = js_LimitsPolicy;
+    cfg->Storage = storage;
+    cfg->Replicas = replicas;
+}
+
 ts_status_t ts_bus_ensure_streams(ts_bus_t *bus, uint32_t world, const char *storage, int64_t max_age_s,
                                   int replicas)
 {
@@ -449,15 +462,10 @@ ts_status_t ts_bus_ensure_streams(ts_bus_t *bus, uint32_t world, const char *sto
     const char *subjects[1] = {subj};
     jsStreamConfig cfg;
 
+    /* inputs: everything, for max_age, de-duplicated by message id */
     ts_bus_input_stream(name, sizeof name, world);
     snprintf(subj, sizeof subj, "cell.%" PRIu32 ".*.*.*.*.input", world);
-    jsStreamConfig_Init(&cfg);
-    cfg.Name = name;
-    cfg.Subjects = subjects;
-    cfg.SubjectsLen = 1;
-    cfg.Retention = js_LimitsPolicy;
-    cfg.Storage = st_type;
-    cfg.Replicas = replicas;
+    stream_config(&cfg, name, subjects, st_type, replicas);
     cfg.MaxAge = max_age_s * 1000000000LL;
     cfg.Duplicates = DUPLICATE_WINDOW_NS;
     if (cfg.MaxAge > 0 && cfg.Duplicates > cfg.MaxAge)
@@ -466,15 +474,10 @@ ts_status_t ts_bus_ensure_streams(ts_bus_t *bus, uint32_t world, const char *sto
     if (st != TS_OK)
         return st;
 
+    /* checkpoints: the latest per cell */
     ts_bus_ckpt_stream(name, sizeof name, world);
     snprintf(subj, sizeof subj, "cell.%" PRIu32 ".*.*.*.*.checkpoint", world);
-    jsStreamConfig_Init(&cfg);
-    cfg.Name = name;
-    cfg.Subjects = subjects;
-    cfg.SubjectsLen = 1;
-    cfg.Retention = js_LimitsPolicy;
-    cfg.Storage = st_type;
-    cfg.Replicas = replicas;
+    stream_config(&cfg, name, subjects, st_type, replicas);
     cfg.MaxMsgsPerSubject = 1;
     return ensure_stream(bus, &cfg);
 }
