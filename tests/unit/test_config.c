@@ -11,28 +11,7 @@
 #include <cmocka.h>
 
 #include "tessera/config.h"
-
-/* A writable argv built from string constants (argv[0] is "prog"). */
-typedef struct {
-    int argc;
-    char *argv[16];
-    char store[16][256];
-} args_t;
-
-static void mkargs(args_t *a, ...)
-{
-    va_list ap;
-    va_start(ap, a);
-    a->argc = 0;
-    for (const char *s = "prog"; s; s = va_arg(ap, const char *)) {
-        assert_true(a->argc < 15 && strlen(s) < sizeof a->store[0]);
-        strcpy(a->store[a->argc], s);
-        a->argv[a->argc] = a->store[a->argc];
-        a->argc++;
-    }
-    a->argv[a->argc] = NULL;
-    va_end(ap);
-}
+#include "testutil.h"
 
 static char tmp_paths[8][64];
 static int ntmp;

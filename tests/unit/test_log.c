@@ -13,43 +13,30 @@
 #include <cmocka.h>
 
 #include "tessera/log.h"
+#include "testutil.h"
 
 #define TS_LEN 24 /* "2026-11-22T03:30:00.123Z" */
 #define MAX_LINES 8192
 
 typedef struct {
-    FILE *file;
-    int saved_fd;
+    capture_t fd;
     char *text;
     char *lines[MAX_LINES];
     int nlines;
-} capture_t;
+} log_capture_t;
 
-static void capture_start(capture_t *c)
+static void log_capture_start(log_capture_t *c)
 {
     memset(c, 0, sizeof *c);
-    fflush(stderr);
-    c->file = tmpfile();
-    assert_non_null(c->file);
-    c->saved_fd = dup(STDERR_FILENO);
-    assert_true(c->saved_fd >= 0);
-    assert_true(dup2(fileno(c->file), STDERR_FILENO) >= 0);
+    capture_start(&c->fd, STDERR_FILENO);
 }
 
 /* Restores stderr and splits what was logged into lines (the '\n' of each
  * line is checked and removed). */
-static void capture_end(capture_t *c)
+static void log_capture_end(log_capture_t *c)
 {
-    dup2(c->saved_fd, STDERR_FILENO);
-    close(c->saved_fd);
-    fseek(c->file, 0, SEEK_END);
-    long n = ftell(c->file);
-    rewind(c->file);
-    c->text = malloc((size_t)n + 1);
-    assert_non_null(c->text);
-    size_t got = fread(c->text, 1, (size_t)n, c->file);
-    c->text[got] = '\0';
-    fclose(c->file);
+    c->text = capture_end(&c->fd);
+    size_t got = strlen(c->text);
     assert_true(got == 0 || c->text[got - 1] == '\n');
     for (char *p = c->text; *p;) {
         char *nl = strchr(p, '\n');
@@ -61,7 +48,7 @@ static void capture_end(capture_t *c)
     }
 }
 
-static void capture_free(capture_t *c)
+static void log_capture_free(log_capture_t *c)
 {
     free(c->text);
     c->text = NULL;
@@ -82,14 +69,14 @@ static void assert_timestamp(const char *s)
 
 static void test_text_format(void **state)
 {
-    capture_t c;
+    log_capture_t c;
     ts_log_init("gateway", TS_LOG_DEBUG, false);
-    capture_start(&c);
+    log_capture_start(&c);
     ts_debug("tick %d", 1);
     ts_info("listening on %s:%d", "127.0.0.1", 7400);
     ts_warn("slow");
     ts_error("bad\nthing\x01 end\n");
-    capture_end(&c);
+    log_capture_end(&c);
 
     assert_int_equal(c.nlines, 4);
     for (int i = 0; i < c.nlines; i++)
@@ -99,18 +86,18 @@ static void test_text_format(void **state)
     assert_string_equal(c.lines[2] + TS_LEN, " WARN  gateway: slow");
     /* an embedded newline never splits the event; the trailing one is dropped */
     assert_string_equal(c.lines[3] + TS_LEN, " ERROR gateway: bad\\nthing\\x01 end");
-    capture_free(&c);
+    log_capture_free(&c);
 }
 
 static void test_json_format_and_escaping(void **state)
 {
-    capture_t c;
+    log_capture_t c;
     ts_log_init("wor\"ker", TS_LOG_INFO, true);
-    capture_start(&c);
+    log_capture_start(&c);
     ts_info("plain");
     ts_warn("quote \" backslash \\ nl \n tab \t cr \r ctl \x01\x1f del \x7f");
     ts_error("utf8 caf\xc3\xa9 \xe2\x82\xac bad \xff \xc3 end");
-    capture_end(&c);
+    log_capture_end(&c);
 
     assert_int_equal(c.nlines, 3);
     const char *pre = "{\"ts\":\"";
@@ -127,27 +114,27 @@ static void test_json_format_and_escaping(void **state)
     /* valid UTF-8 passes through; invalid bytes become U+FFFD */
     assert_string_equal(c.lines[2] + off, "\",\"level\":\"error\",\"svc\":\"wor\\\"ker\",\"msg\":"
                                           "\"utf8 caf\xc3\xa9 \xe2\x82\xac bad \\ufffd \\ufffd end\"}");
-    capture_free(&c);
+    log_capture_free(&c);
 }
 
 static void test_level_filter(void **state)
 {
-    capture_t c;
+    log_capture_t c;
     ts_log_init("orch", TS_LOG_WARN, false);
     assert_false(ts_log_enabled(TS_LOG_DEBUG));
     assert_false(ts_log_enabled(TS_LOG_INFO));
     assert_true(ts_log_enabled(TS_LOG_WARN));
     assert_true(ts_log_enabled(TS_LOG_ERROR));
-    capture_start(&c);
+    log_capture_start(&c);
     ts_debug("d");
     ts_info("i");
     ts_warn("w");
     ts_error("e");
-    capture_end(&c);
+    log_capture_end(&c);
     assert_int_equal(c.nlines, 2);
     assert_string_equal(c.lines[0] + TS_LEN, " WARN  orch: w");
     assert_string_equal(c.lines[1] + TS_LEN, " ERROR orch: e");
-    capture_free(&c);
+    log_capture_free(&c);
 }
 
 static void test_level_parse(void **state)
@@ -176,18 +163,18 @@ static void test_long_message(void **state)
     memset(big, 'x', n);
     big[n] = '\0';
     big[n / 2] = '"';
-    capture_t c;
+    log_capture_t c;
     ts_log_init("sim", TS_LOG_INFO, true);
-    capture_start(&c);
+    log_capture_start(&c);
     ts_info("%s", big);
-    capture_end(&c);
+    log_capture_end(&c);
     assert_int_equal(c.nlines, 1);
     const char *msg = strstr(c.lines[0], "\"msg\":\"");
     assert_non_null(msg);
     msg += strlen("\"msg\":\"");
     assert_int_equal(strlen(msg), n + 1 /* escape */ + 2 /* "} */);
     assert_memory_equal(msg + n / 2, "\\\"", 2);
-    capture_free(&c);
+    log_capture_free(&c);
     free(big);
 }
 
@@ -206,15 +193,15 @@ static void *log_many(void *arg)
 /* Lines logged by concurrent threads come out whole, none lost. */
 static void test_threads_do_not_interleave(void **state)
 {
-    capture_t c;
+    log_capture_t c;
     ts_log_init("worker", TS_LOG_INFO, false);
-    capture_start(&c);
+    log_capture_start(&c);
     pthread_t th[THREADS];
     for (long i = 0; i < THREADS; i++)
         assert_int_equal(pthread_create(&th[i], NULL, log_many, (void *)i), 0);
     for (int i = 0; i < THREADS; i++)
         pthread_join(th[i], NULL);
-    capture_end(&c);
+    log_capture_end(&c);
 
     assert_int_equal(c.nlines, THREADS * PER_THREAD);
     int next[THREADS] = {0};
@@ -230,7 +217,7 @@ static void test_threads_do_not_interleave(void **state)
         assert_int_equal(seq, next[id]); /* each thread's lines in order */
         next[id]++;
     }
-    capture_free(&c);
+    log_capture_free(&c);
 }
 
 int main(void)
