@@ -25,6 +25,10 @@ static void on_heartbeat(void *ud, const ts_bus_msg_t *m)
     ts_probe_t *p = ud;
     Tessera__V1__Heartbeat *hb = tessera__v1__heartbeat__unpack(NULL, ts_bus_msg_len(m), ts_bus_msg_data(m));
     if (hb == NULL) return;
+    if (hb->worker == NULL) {
+        tessera__v1__heartbeat__free_unpacked(hb, NULL);
+        return;
+    }
     pthread_mutex_lock(&p->mu);
     size_t i = 0;
     while (i < p->n && strcmp(p->w[i].worker, hb->worker) != 0)
@@ -34,6 +38,7 @@ static void on_heartbeat(void *ud, const ts_bus_msg_t *m)
         ts_probe_hb_t *l = &p->w[i];
         l->received_us = ts_mono_us();
         l->inputs_applied = hb->inputs_applied;
+        l->entities = hb->entities;
         l->tick_p99_ms = hb->tick_p99_ms;
         l->ncells = 0;
         for (size_t k = 0; k < hb->n_cells && l->ncells < TS_PROBE_CELLS; k++) {

@@ -30,6 +30,7 @@ typedef struct {
     char worker[TS_WORKER_ID_MAX];
     uint64_t received_us; /* ts_mono_us() when it arrived */
     uint64_t inputs_applied;
+    uint32_t entities;
     double tick_p99_ms;
     size_t ncells;
     ts_probe_cell_t cells[TS_PROBE_CELLS];

@@ -31,7 +31,6 @@
 #define WAIT_MS 20000
 #define LOCK_TTL_MS 2000
 #define CTL_TIMEOUT_MS 10000
-#define MAX_WORKERS 4
 
 
 /* ---- bus observers: RegistryChanges and heartbeats -------------------------------- */
@@ -41,12 +40,6 @@ typedef struct {
     uint64_t epoch;
 } cell_epoch_t;
 
-typedef struct {
-    char id[TS_WORKER_ID_MAX];
-    ts_cell_t cells[NCELLS * 2];
-    size_t ncells;
-    uint64_t received_us;
-} hb_t;
 
 static struct {
     pthread_mutex_t mu;
@@ -54,8 +47,6 @@ static struct {
     size_t nlast;
     int backwards; /* RegistryChanges whose epoch was not above the previous one for the cell */
     char backwards_what[160];
-    hb_t hb[MAX_WORKERS];
-    size_t nhb;
     char replies[8][512]; /* answers collected on a private inbox */
     int nreplies;
 } OBS = {.mu = PTHREAD_MUTEX_INITIALIZER};
@@ -85,33 +76,6 @@ static void on_change(void *ud, const ts_bus_msg_t *m)
     }
     pthread_mutex_unlock(&OBS.mu);
     tessera__v1__registry_change__free_unpacked(rc, NULL);
-}
-
-static void on_heartbeat(void *ud, const ts_bus_msg_t *m)
-{
-    Tessera__V1__Heartbeat *hb = tessera__v1__heartbeat__unpack(NULL, ts_bus_msg_len(m), ts_bus_msg_data(m));
-    if (!hb || !hb->worker) {
-        if (hb)
-            tessera__v1__heartbeat__free_unpacked(hb, NULL);
-        return;
-    }
-    pthread_mutex_lock(&OBS.mu);
-    size_t i = 0;
-    while (i < OBS.nhb && strcmp(OBS.hb[i].id, hb->worker) != 0)
-        i++;
-    if (i == OBS.nhb && OBS.nhb < MAX_WORKERS)
-        snprintf(OBS.hb[OBS.nhb++].id, TS_WORKER_ID_MAX, "%s", hb->worker);
-    if (i < OBS.nhb) {
-        hb_t *e = &OBS.hb[i];
-        e->ncells = 0;
-        for (size_t k = 0; k < hb->n_cells && e->ncells < NCELLS * 2; k++) {
-            if (ts_proto_cell_get(hb->cells[k]->cell, &e->cells[e->ncells]) == TS_OK)
-                e->ncells++;
-        }
-        e->received_us = ts_mono_us();
-    }
-    pthread_mutex_unlock(&OBS.mu);
-    tessera__v1__heartbeat__free_unpacked(hb, NULL);
 }
 
 static void on_reply(void *ud, const ts_bus_msg_t *m)
@@ -194,44 +158,44 @@ static cell_epoch_t *registry_snapshot(ts_registry_t *reg, size_t *n)
     return out;
 }
 
+static const char *const WORKERS[] = {"w1", "w2"};
+
 /* Every cell in the registry is listed by exactly the heartbeat of its owner. */
-static void assert_one_owner_each(ts_registry_t *reg)
+static void assert_one_owner_each(ts_probe_t *probe, ts_registry_t *reg)
 {
     ts_sleep_ms(1200); /* fresh heartbeats after the last change */
     ts_cell_entry_t *cells = NULL;
     size_t n = 0;
     assert_int_equal(ts_registry_cells(reg, WORLD, &cells, &n), TS_OK);
     assert_int_equal(n, NCELLS);
-    pthread_mutex_lock(&OBS.mu);
+    ts_probe_hb_t hb[2];
+    bool seen[2];
+    for (size_t w = 0; w < 2; w++) seen[w] = ts_probe_heartbeat(probe, WORKERS[w], &hb[w]);
     for (size_t i = 0; i < n; i++) {
         int listed = 0;
         const char *by = "";
-        for (size_t w = 0; w < OBS.nhb; w++) {
-            for (size_t k = 0; k < OBS.hb[w].ncells; k++) {
-                if (ts_cell_eq(&OBS.hb[w].cells[k], &cells[i].cell)) {
-                    listed++;
-                    by = OBS.hb[w].id;
-                }
+        for (size_t w = 0; w < 2; w++) {
+            if (seen[w] && ts_probe_hb_has(&hb[w], &cells[i].cell)) {
+                listed++;
+                by = WORKERS[w];
             }
         }
         if (listed != 1 || strcmp(by, cells[i].owner) != 0) {
-            pthread_mutex_unlock(&OBS.mu);
             ts_h.failed = true;
             fail_msg("cell %d,%d: registry owner %s, listed by %d worker heartbeats (last: %s)", cells[i].cell.cx,
                      cells[i].cell.cy, cells[i].owner, listed, by);
         }
     }
-    pthread_mutex_unlock(&OBS.mu);
     free(cells);
 }
 
-static bool workers_bound(int per_worker)
+static bool workers_bound(ts_probe_t *probe, int per_worker)
 {
-    pthread_mutex_lock(&OBS.mu);
     int ok = 0;
-    for (size_t w = 0; w < OBS.nhb; w++)
-        ok += (int)OBS.hb[w].ncells == per_worker;
-    pthread_mutex_unlock(&OBS.mu);
+    for (size_t w = 0; w < 2; w++) {
+        ts_probe_hb_t hb;
+        ok += ts_probe_heartbeat(probe, WORKERS[w], &hb) && (int)hb.ncells == per_worker;
+    }
     return ok == 2;
 }
 
@@ -268,11 +232,12 @@ static void test_standby_takes_over_after_sigkill(void **state)
 {
     ts_bus_t *bus = NULL;
     ts_registry_t *reg = NULL;
-    ts_bus_sub_t *changes = NULL, *hbs = NULL;
+    ts_bus_sub_t *changes = NULL;
+    ts_probe_t *probe = NULL;
     assert_int_equal(ts_bus_connect(&bus, ts_h.nats_url, "it_orch_ha"), TS_OK);
     assert_int_equal(ts_registry_connect(&reg, ts_h.redis_url), TS_OK);
     assert_int_equal(ts_bus_subscribe(bus, "tessera.registry.0", on_change, NULL, &changes), TS_OK);
-    assert_int_equal(ts_bus_subscribe(bus, "tessera.worker.*.hb", on_heartbeat, NULL, &hbs), TS_OK);
+    assert_int_equal(ts_probe_create(&probe, bus), TS_OK);
     assert_int_equal(ts_bus_flush(bus, 2000), TS_OK);
 
     const char *orch_args[] = {"--orch.rebalance=0", "--orch.lock_ttl_ms=2000", NULL};
@@ -284,9 +249,9 @@ static void test_standby_takes_over_after_sigkill(void **state)
     ts_h_spawn(&ts_h, "w1", "tessera-worker", w1);
     ts_h_spawn(&ts_h, "w2", "tessera-worker", w2);
     uint64_t deadline = ts_mono_us() + WAIT_MS * 1000ULL;
-    while (!workers_bound(NCELLS / 2) && ts_mono_us() < deadline)
+    while (!workers_bound(probe, NCELLS / 2) && ts_mono_us() < deadline)
         ts_sleep_ms(100);
-    if (!workers_bound(NCELLS / 2)) {
+    if (!workers_bound(probe, NCELLS / 2)) {
         ts_h.failed = true;
         fail_msg("w1 and w2 did not report %d cells each", NCELLS / 2);
     }
@@ -353,7 +318,7 @@ static void test_standby_takes_over_after_sigkill(void **state)
     }
     free(before);
     free(after);
-    assert_one_owner_each(reg);
+    assert_one_owner_each(probe, reg);
 
     /* a leader whose lock is taken stops serving at once; nobody leads while
      * an intruder holds it, and the lead comes back when it lets go */
@@ -385,12 +350,12 @@ static void test_standby_takes_over_after_sigkill(void **state)
         ts_h.failed = true;
         fail_msg("%d RegistryChanges went backwards, first: %s", backwards, OBS.backwards_what);
     }
-    assert_one_owner_each(reg);
+    assert_one_owner_each(probe, reg);
 
     ts_h_signal(&ts_h, orch[1], SIGTERM);
     assert_int_equal(ts_h_wait(&ts_h, orch[1], 8000), 0);
     ts_bus_sub_destroy(changes);
-    ts_bus_sub_destroy(hbs);
+    ts_probe_destroy(probe);
     ts_bus_destroy(bus);
     ts_registry_destroy(reg);
     ts_h_pass();

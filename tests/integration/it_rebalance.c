@@ -32,73 +32,21 @@
 #define SETTLE_MS 5000
 #define STILL_MS 12000
 #define IDLE_MS 10000
-#define MAX_WORKERS 8
 
 static ts_bus_t *bus;
-static ts_bus_sub_t *hb_sub;
+static ts_probe_t *probe; /* latest heartbeat per worker */
 static ts_registry_t *reg;
 
 static const char *const ORCH_ARGS[] = {"--orch.rebalance_interval_ms=500", "--orch.rebalance_cooldown_ms=1500",
                                         "--orch.rebalance_hysteresis=2", NULL};
-
-/* ---- heartbeats ------------------------------------------------------------------------ */
-
-typedef struct {
-    char id[TS_WORKER_ID_MAX];
-    uint32_t entities;
-    size_t ncells;
-} hb_t;
-
-static struct {
-    pthread_mutex_t mu;
-    hb_t v[MAX_WORKERS];
-    size_t n;
-} HB = {.mu = PTHREAD_MUTEX_INITIALIZER};
-
-static void on_heartbeat(void *ud, const ts_bus_msg_t *m)
-{
-    Tessera__V1__Heartbeat *hb = tessera__v1__heartbeat__unpack(NULL, ts_bus_msg_len(m), ts_bus_msg_data(m));
-    if (!hb || !hb->worker) {
-        if (hb)
-            tessera__v1__heartbeat__free_unpacked(hb, NULL);
-        return;
-    }
-    pthread_mutex_lock(&HB.mu);
-    size_t i = 0;
-    while (i < HB.n && strcmp(HB.v[i].id, hb->worker) != 0)
-        i++;
-    if (i == HB.n && HB.n < MAX_WORKERS)
-        snprintf(HB.v[HB.n++].id, TS_WORKER_ID_MAX, "%s", hb->worker);
-    if (i < HB.n) {
-        HB.v[i].entities = hb->entities;
-        HB.v[i].ncells = hb->n_cells;
-    }
-    pthread_mutex_unlock(&HB.mu);
-    tessera__v1__heartbeat__free_unpacked(hb, NULL);
-}
-
-static bool hb_get(const char *id, hb_t *out)
-{
-    pthread_mutex_lock(&HB.mu);
-    bool found = false;
-    for (size_t i = 0; i < HB.n && !found; i++) {
-        if (strcmp(HB.v[i].id, id) == 0) {
-            *out = HB.v[i];
-            found = true;
-        }
-    }
-    pthread_mutex_unlock(&HB.mu);
-    return found;
-}
 
 /* ---- cluster --------------------------------------------------------------------------- */
 
 static void cluster_start(const char *workers)
 {
     ts_h_start(&ts_h);
-    HB.n = 0;
     assert_int_equal(ts_bus_connect(&bus, ts_h.nats_url, "it_rebalance"), TS_OK);
-    assert_int_equal(ts_bus_subscribe(bus, "tessera.worker.*.hb", on_heartbeat, NULL, &hb_sub), TS_OK);
+    assert_int_equal(ts_probe_create(&probe, bus), TS_OK);
     assert_int_equal(ts_registry_connect(&reg, ts_h.redis_url), TS_OK);
     char flag[64];
     snprintf(flag, sizeof flag, "--world.workers=%s", workers);
@@ -112,8 +60,8 @@ static void cluster_start(const char *workers)
 
 static void cluster_stop(void)
 {
-    ts_bus_sub_destroy(hb_sub);
-    hb_sub = NULL;
+    ts_probe_destroy(probe);
+    probe = NULL;
     ts_bus_destroy(bus);
     bus = NULL;
     ts_registry_destroy(reg);
@@ -132,9 +80,9 @@ static int worker_start(const char *id)
 static void wait_worker(const char *id, size_t cells, uint32_t entities)
 {
     uint64_t deadline = ts_mono_us() + WAIT_MS * 1000ULL;
-    hb_t h = {0};
+    ts_probe_hb_t h = {0};
     while (ts_mono_us() < deadline) {
-        if (hb_get(id, &h) && h.ncells == cells && h.entities >= entities)
+        if (ts_probe_heartbeat(probe, id, &h) && h.ncells == cells && h.entities >= entities)
             return;
         ts_sleep_ms(100);
     }
@@ -146,17 +94,12 @@ static void wait_worker(const char *id, size_t cells, uint32_t entities)
 /* The orchestrator's handover count, or -1 if it does not answer. */
 static long handovers(void)
 {
-    ts_bus_hdr_t hdr = {.type = "text/plain"};
-    ts_bus_msg_t *m = NULL;
-    if (ts_bus_request(bus, "tessera.ctl.0.stats", &hdr, "", 0, 2000, &m) != TS_OK)
-        return -1;
     char json[1024];
-    size_t n = ts_bus_msg_len(m) < sizeof json - 1 ? ts_bus_msg_len(m) : sizeof json - 1;
-    memcpy(json, ts_bus_msg_data(m), n);
-    json[n] = '\0';
-    ts_bus_msg_destroy(m);
-    const char *p = strstr(json, "\"handovers\":");
-    return p ? strtol(p + strlen("\"handovers\":"), NULL, 10) : -1;
+    double v = -1;
+    if (ts_probe_ctl(bus, 0, "stats", "", 2000, json, sizeof json) != TS_OK ||
+        !ts_probe_json_number(json, "handovers", &v))
+        return -1;
+    return (long)v;
 }
 
 /* Cells per owner in the registry, and the sum of all epochs (any move adds one). */
@@ -231,9 +174,9 @@ static void test_new_worker_receives_cells_then_stillness(void **state)
         fail_msg("handovers still happening %.0f s after w3 joined (%ld so far)",
                  (double)(ts_mono_us() - t_join) / 1e6, last);
     }
-    hb_t h1, h3;
+    ts_probe_hb_t h1, h3;
     ts_sleep_ms(600);
-    assert_true(hb_get("w1", &h1) && hb_get("w3", &h3));
+    assert_true(ts_probe_heartbeat(probe, "w1", &h1) && ts_probe_heartbeat(probe, "w3", &h3));
     uint64_t sum_before = 0;
     size_t w1_cells = owned("w1", &sum_before);
     w3_cells = owned("w3", NULL);
