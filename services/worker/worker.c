@@ -260,14 +260,18 @@ void ts_worker_sync_registry(ts_worker_t *w)
     }
 }
 
-static void maybe_sync_registry(ts_worker_t *w, bool force)
+/* Re-reads the registry when a RegistryChange said so or when force is set;
+ * with check_version (once a second) asks Redis for the version first, which
+ * catches a missed RegistryChange without reading every cell. Otherwise it
+ * costs nothing: no Redis round trip on an ordinary tick. */
+static void maybe_sync_registry(ts_worker_t *w, bool force, bool check_version)
 {
     if (atomic_exchange(&w->reg_dirty, false)) force = true;
-    if (!force) {
+    if (!force && check_version) {
         uint64_t version = 0;
-        if (ts_registry_version(w->reg, w->world.id, &version) != TS_OK || version == w->reg_version) return;
+        force = ts_registry_version(w->reg, w->world.id, &version) == TS_OK && version != w->reg_version;
     }
-    ts_worker_sync_registry(w);
+    if (force) ts_worker_sync_registry(w);
 }
 
 static void apply_msg(ts_worker_t *w, ts_zone_t *z, ts_inbox_msg_t *m)
@@ -397,7 +401,7 @@ static void tick_once(ts_worker_t *w, double dt, uint64_t full_every, uint64_t h
     w->tick++;
     /* after a stall (SIGSTOP, a long GC-like pause) check ownership before acting */
     bool stalled = w->last_hb_us && ts_mono_us() - w->last_hb_us > (uint64_t)w->cfg->orch_hb_ttl_ms * 500ULL;
-    maybe_sync_registry(w, stalled || w->tick % full_every == 0);
+    maybe_sync_registry(w, stalled, w->tick % full_every == 0);
     ts_handover_poll(w);
     ts_worker_apply_inbox(w);
     for (size_t i = 0; i < w->nbind; i++) {
@@ -454,7 +458,7 @@ ts_status_t ts_worker_run(ts_worker_t *w, volatile sig_atomic_t *stop)
         while (!past(&next) && !(*stop && !w->draining)) {
             wait_until(w, &next);
             ts_handover_poll(w);
-            if (atomic_load(&w->reg_dirty)) maybe_sync_registry(w, true);
+            if (atomic_load(&w->reg_dirty)) maybe_sync_registry(w, true, false);
         }
     }
     /* last words: checkpoints of whatever is still here, and no liveness */
