@@ -89,3 +89,10 @@ int ts_subject_registry(char *buf, size_t cap, uint32_t world)
     if (buf == NULL || cap == 0) return -1;
     return finish(buf, cap, snprintf(buf, cap, "tessera.registry.%" PRIu32, world));
 }
+
+int ts_subject_ctl(char *buf, size_t cap, uint32_t world, const char *verb)
+{
+    if (buf == NULL || cap == 0) return -1;
+    if (!valid_token(verb)) return finish(buf, cap, -1);
+    return finish(buf, cap, snprintf(buf, cap, "tessera.ctl.%" PRIu32 ".%s", world, verb));
+}

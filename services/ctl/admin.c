@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "ctl.h"
+#include "tessera/subject.h"
 #include "tessera/cell.h"
 #include "tessera/log.h"
 #include "tessera/util.h"
@@ -19,7 +20,8 @@ ts_status_t ts_ctl_request(ts_bus_t *bus, uint32_t world, const char *verb, cons
 {
     *reply = NULL;
     char subject[96];
-    snprintf(subject, sizeof subject, "tessera.ctl.%u.%s", world, verb);
+    if (ts_subject_ctl(subject, sizeof subject, world, verb) < 0)
+        return TS_ERR_INVALID;
     ts_bus_hdr_t hdr = {.type = "text/plain"};
     ts_bus_msg_t *m = NULL;
     ts_status_t st = ts_bus_request(bus, subject, &hdr, payload, strlen(payload), timeout_ms, &m);

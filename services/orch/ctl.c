@@ -22,6 +22,7 @@
 #include <time.h>
 
 #include "orch.h"
+#include "tessera/subject.h"
 #include "tessera/log.h"
 #include "tessera/util.h"
 
@@ -282,7 +283,7 @@ ts_status_t ts_ctl_serve(ts_ctl_t *c, bool on)
         pthread_mutex_unlock(&c->mu);
         for (int i = 0; i < 3; i++) {
             char subject[96];
-            snprintf(subject, sizeof subject, "tessera.ctl.%u.%s", c->o->world, verbs[i]);
+            ts_subject_ctl(subject, sizeof subject, c->o->world, verbs[i]);
             ts_status_t st = ts_bus_subscribe(c->o->bus, subject, cbs[i], c, &c->subs[i]);
             if (st != TS_OK) {
                 ts_error("cannot subscribe to %s: %s", subject, ts_status_str(st));

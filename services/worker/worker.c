@@ -382,7 +382,7 @@ static bool past(const struct timespec *t)
 static bool request_drain(ts_worker_t *w)
 {
     char subj[TS_SUBJECT_MAX];
-    snprintf(subj, sizeof(subj), "tessera.ctl.%u.drain", w->world.id);
+    ts_subject_ctl(subj, sizeof(subj), w->world.id, "drain");
     ts_bus_hdr_t hdr = {.type = "text/plain"};
     ts_bus_msg_t *reply = NULL;
     ts_status_t st = ts_bus_request(w->bus, subj, &hdr, w->id, strlen(w->id), 2000, &reply);

@@ -2,6 +2,7 @@
  * heartbeat per worker (kept under a mutex, filled on nats.c threads),
  * orchestrator control requests, and tessera-sim's verdict line. */
 #include "probe.h"
+#include "tessera/subject.h"
 
 #include <inttypes.h>
 #include <pthread.h>
@@ -10,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "tessera/subject.h"
 #include "tessera/proto.h"
 #include "tessera/util.h"
 
@@ -126,7 +128,7 @@ ts_status_t ts_probe_ctl(ts_bus_t *bus, uint32_t world, const char *verb, const 
                          int64_t timeout_ms, char *out, size_t cap)
 {
     char subject[96];
-    snprintf(subject, sizeof subject, "tessera.ctl.%" PRIu32 ".%s", world, verb);
+    if (ts_subject_ctl(subject, sizeof subject, world, verb) < 0) return TS_ERR_INVALID;
     ts_bus_hdr_t hdr = {.type = "text/plain"};
     ts_bus_msg_t *m = NULL;
     if (cap > 0) out[0] = '\0';

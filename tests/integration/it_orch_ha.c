@@ -123,7 +123,7 @@ static int stats_answers(ts_bus_t *bus, int64_t wait_ms, char *first, size_t cap
     static int n_inbox;
     char inbox[64], subject[64];
     snprintf(inbox, sizeof inbox, "it_orch_ha.inbox.%d", ++n_inbox);
-    snprintf(subject, sizeof subject, "tessera.ctl.%d.stats", WORLD);
+    ts_subject_ctl(subject, sizeof subject, WORLD, "stats");
     pthread_mutex_lock(&OBS.mu);
     OBS.nreplies = 0;
     pthread_mutex_unlock(&OBS.mu);

@@ -149,6 +149,12 @@ static void test_service_subjects(void **state)
     assert_int_equal(ts_subject_registry(buf, sizeof buf, 3), 18);
     assert_string_equal(buf, "tessera.registry.3");
     assert_int_equal(ts_subject_registry(small, sizeof small, 3), -1);
+
+    assert_int_equal(ts_subject_ctl(buf, sizeof buf, 7, "drain"), 19);
+    assert_string_equal(buf, "tessera.ctl.7.drain");
+    assert_int_equal(ts_subject_ctl(buf, sizeof buf, 7, "a.b"), -1);
+    assert_int_equal(ts_subject_ctl(buf, sizeof buf, 7, NULL), -1);
+    assert_int_equal(ts_subject_ctl(small, sizeof small, 7, "stats"), -1);
 }
 
 int main(void)

@@ -34,5 +34,8 @@ int ts_subject_world_wildcard(char *buf, size_t cap, uint32_t world, ts_subject_
 int ts_subject_heartbeat(char *buf, size_t cap, const char *worker_id);
 /* "tessera.registry.<world>" */
 int ts_subject_registry(char *buf, size_t cap, uint32_t world);
+/* "tessera.ctl.<world>.<verb>" (handover, drain, stats): requests the leading
+ * orchestrator serves. */
+int ts_subject_ctl(char *buf, size_t cap, uint32_t world, const char *verb);
 
 #endif
