@@ -49,6 +49,16 @@ bool ts_cell_eq(const ts_cell_t *a, const ts_cell_t *b)
            a->sub == b->sub;
 }
 
+int ts_cell_cmp(const ts_cell_t *a, const ts_cell_t *b)
+{
+    if (a->world != b->world) return a->world < b->world ? -1 : 1;
+    if (a->cx != b->cx) return a->cx < b->cx ? -1 : 1;
+    if (a->cy != b->cy) return a->cy < b->cy ? -1 : 1;
+    if (a->depth != b->depth) return a->depth < b->depth ? -1 : 1;
+    if (a->sub != b->sub) return a->sub < b->sub ? -1 : 1;
+    return 0;
+}
+
 bool ts_cell_valid(const ts_cell_t *c)
 {
     return c != NULL && c->depth <= TS_CELL_MAX_DEPTH && c->sub < sub_limit(c->depth);

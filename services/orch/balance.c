@@ -209,17 +209,6 @@ void ts_balance_moved(ts_balance_t *b, uint64_t now_us)
     b->last_move_us = now_us ? now_us : 1;
 }
 
-static int cmp_cell(const ts_cell_t *a, const ts_cell_t *b)
-{
-    if (a->cx != b->cx)
-        return a->cx < b->cx ? -1 : 1;
-    if (a->cy != b->cy)
-        return a->cy < b->cy ? -1 : 1;
-    if (a->depth != b->depth)
-        return a->depth < b->depth ? -1 : 1;
-    return a->sub < b->sub ? -1 : a->sub > b->sub;
-}
-
 /* Picks the cell of `from` to give to `to`, preferring one that touches a
  * cell of `to`, then the lowest resulting max(load_from, load_to), then one
  * on the border of `from`'s area, then the smallest id. With improve, only
@@ -250,7 +239,7 @@ static bool choose_cell(const ts_balance_view_t *v, int from, int to, bool impro
             } else if (inner != best_inner) {
                 if (inner > best_inner)
                     continue;
-            } else if (cmp_cell(&v->c[i].cell, &v->c[best].cell) >= 0) {
+            } else if (ts_cell_cmp(&v->c[i].cell, &v->c[best].cell) >= 0) {
                 continue;
             }
         }

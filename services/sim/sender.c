@@ -83,25 +83,10 @@ void ts_sender_destroy(ts_sender_t *s)
     free(s);
 }
 
-static int cmp_cell(const ts_cell_t *a, const ts_cell_t *b)
-{
-    if (a->world != b->world)
-        return a->world < b->world ? -1 : 1;
-    if (a->cx != b->cx)
-        return a->cx < b->cx ? -1 : 1;
-    if (a->cy != b->cy)
-        return a->cy < b->cy ? -1 : 1;
-    if (a->depth != b->depth)
-        return a->depth < b->depth ? -1 : 1;
-    if (a->sub != b->sub)
-        return a->sub < b->sub ? -1 : 1;
-    return 0;
-}
-
 static int cmp_input(const void *pa, const void *pb)
 {
     const ts_sim_input_t *a = pa, *b = pb;
-    int c = cmp_cell(&a->cell, &b->cell);
+    int c = ts_cell_cmp(&a->cell, &b->cell);
     if (c)
         return c;
     return a->order < b->order ? -1 : a->order > b->order;
@@ -180,7 +165,7 @@ ts_status_t ts_sender_send(ts_sender_t *s, ts_sim_inputs_t *in)
     size_t start = 0;
     while (start < in->len) {
         size_t end = start + 1;
-        while (end < in->len && end - start < TS_SIM_BATCH_MAX && cmp_cell(&in->v[end].cell, &in->v[start].cell) == 0)
+        while (end < in->len && end - start < TS_SIM_BATCH_MAX && ts_cell_cmp(&in->v[end].cell, &in->v[start].cell) == 0)
             end++;
         ts_status_t st = publish_chunk(s, &in->v[start], end - start);
         if (st != TS_OK && first == TS_OK)

@@ -147,6 +147,15 @@ static void test_valid_and_eq(void **state)
     b = a;
     b.sub = 3;
     assert_false(ts_cell_eq(&a, &b));
+
+    /* the total order: world, cx, cy, depth, sub; negative coordinates first */
+    assert_int_equal(ts_cell_cmp(&a, &a), 0);
+    assert_true(ts_cell_cmp(&a, &b) < 0 && ts_cell_cmp(&b, &a) > 0);
+    ts_cell_t neg = mk(1, -5, 9, 0, 0), pos = mk(1, 0, -9, 0, 0), other = mk(0, 9, 9, 0, 0);
+    assert_true(ts_cell_cmp(&neg, &pos) < 0);
+    assert_true(ts_cell_cmp(&other, &neg) < 0);
+    ts_cell_t shallow = mk(1, 2, 3, 0, 0);
+    assert_true(ts_cell_cmp(&shallow, &a) < 0);
 }
 
 static void test_from_pos_borders(void **state)

@@ -30,6 +30,8 @@ typedef struct {
 typedef enum { TS_QUAD_SW = 0, TS_QUAD_SE = 1, TS_QUAD_NW = 2, TS_QUAD_NE = 3 } ts_quad_t;
 
 bool ts_cell_eq(const ts_cell_t *a, const ts_cell_t *b);
+/* A total order (world, cx, cy, depth, sub): <0, 0, >0 like strcmp. */
+int ts_cell_cmp(const ts_cell_t *a, const ts_cell_t *b);
 /* True if the id is well formed: depth in range and sub < 4^depth. */
 bool ts_cell_valid(const ts_cell_t *c);
 /* Hash suitable for open-addressing tables (splitmix64 mixing); never 0 or
