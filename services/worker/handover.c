@@ -446,7 +446,6 @@ static void do_abort(ts_worker_t *w, const Tessera__V1__Handover *m, const char 
     if (b && b->state == TS_BIND_FROZEN && strcmp(b->handover_id, m->id) == 0) {
         ts_info("cell %s: handover %s aborted; resuming after seq %" PRIu64, b->zone->key, m->id,
                 b->zone->last_applied_seq);
-        w->stats.handovers_aborted++;
         resume(w, b);
     }
     send_ack(w, reply, m, &a);
@@ -469,7 +468,6 @@ static void check_frozen(ts_worker_t *w)
         }
         if (strcmp(e.owner, w->id) == 0 && e.epoch == b->zone->epoch) {
             ts_warn("cell %s: handover %s timed out before commit; resuming", b->zone->key, b->handover_id);
-            w->stats.handovers_aborted++;
             resume(w, b);
             i++;
         } else {

@@ -79,7 +79,7 @@ typedef struct {
 typedef struct {
     ts_zone_stats_t zones; /* summed over zones, including unbound ones */
     uint64_t transfers_out_remote;
-    uint64_t handovers_out, handovers_in, handovers_aborted;
+    uint64_t handovers_out, handovers_in;
     uint64_t recovered; /* cells bound from a checkpoint + replay */
 } ts_worker_stats_t;
 
