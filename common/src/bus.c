@@ -34,8 +34,11 @@
 #define HDR_TRY "Ts-Try"
 #define HDR_MSG_ID "Nats-Msg-Id"
 #define ASYNC_ACK_WAIT_MS 5000
-#define ASYNC_MAX_PENDING 16384
-#define ASYNC_STALL_WAIT_MS 500
+/* nats.c's own bound stays above ours, so its stall wait never runs */
+#define ASYNC_MAX_PENDING (TS_BUS_MAX_IN_FLIGHT * 2)
+#define ASYNC_STALL_WAIT_MS 1
+/* threads of nats.c's shared message-delivery pool (whole process) */
+#define DELIVERY_POOL_THREADS 2
 #define DESTROY_FLUSH_MS 2000
 #define SUB_CLOSE_WAIT_MS 5000
 #define SUB_PENDING_MSGS (1 << 20)
@@ -49,6 +52,7 @@ struct ts_bus {
     _Atomic uint64_t bytes_out;
     char msg_id_prefix[24];       /* unique per connection */
     _Atomic uint64_t next_msg_id; /* ids for async publishes without one */
+    _Atomic uint64_t in_flight;   /* async publishes without a final outcome */
     ts_bus_ack_cb ack_cb;
     void *ack_ud;
     /* guarded by live_mu */
@@ -293,6 +297,13 @@ static void on_async_error(natsConnection *nc, natsSubscription *sub, natsStatus
 
 static void on_pub_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *closure);
 
+static void set_delivery_pool(void)
+{
+    natsStatus s = nats_SetMessageDeliveryPoolSize(DELIVERY_POOL_THREADS);
+    if (s != NATS_OK)
+        ts_warn("bus: cannot size nats.c's delivery pool: %s", natsStatus_GetText(s));
+}
+
 ts_status_t ts_bus_connect(ts_bus_t **out, const char *url, const char *name)
 {
     if (out == NULL || url == NULL || url[0] == '\0')
@@ -303,7 +314,10 @@ ts_status_t ts_bus_connect(ts_bus_t **out, const char *url, const char *name)
         return TS_ERR_NOMEM;
     atomic_init(&bus->bytes_out, 0);
     atomic_init(&bus->next_msg_id, 1);
+    atomic_init(&bus->in_flight, 0);
     live_add(bus);
+    static pthread_once_t pool_once = PTHREAD_ONCE_INIT;
+    pthread_once(&pool_once, set_delivery_pool);
     ts_rng_t rng;
     ts_rng_seed(&rng, ts_now_us() ^ ((uint64_t)getpid() << 32) ^ (bus->id * 0x9e3779b97f4a7c15ull));
     snprintf(bus->msg_id_prefix, sizeof bus->msg_id_prefix, "%016" PRIx64, ts_rng_next(&rng));
@@ -329,6 +343,9 @@ ts_status_t ts_bus_connect(ts_bus_t **out, const char *url, const char *name)
      * nats.c's flusher thread on the handover and input paths. */
     if (s == NATS_OK)
         s = natsOptions_SetSendAsap(opts, true);
+    /* a few shared delivery threads instead of one per subscription */
+    if (s == NATS_OK)
+        s = natsOptions_UseGlobalMessageDelivery(opts, true);
     if (s == NATS_OK)
         s = natsOptions_SetDisconnectedCB(opts, on_disconnected, NULL);
     if (s == NATS_OK)
@@ -598,6 +615,8 @@ ts_status_t ts_bus_js_publish_async(ts_bus_t *bus, const char *subject, const ts
 {
     if (bus == NULL)
         return TS_ERR_INVALID;
+    if (atomic_load(&bus->in_flight) >= TS_BUS_MAX_IN_FLIGHT)
+        return TS_ERR_BUSY;
     natsMsg *m = NULL;
     ts_status_t st = make_msg(&m, subject, NULL, hdr, data, len);
     if (st != TS_OK)
@@ -609,14 +628,21 @@ ts_status_t ts_bus_js_publish_async(ts_bus_t *bus, const char *subject, const ts
         snprintf(id, sizeof id, "%s-%" PRIu64, bus->msg_id_prefix, atomic_fetch_add(&bus->next_msg_id, 1));
         s = natsMsgHeader_Set(m, HDR_MSG_ID, id);
     }
+    atomic_fetch_add(&bus->in_flight, 1);
     if (s == NATS_OK)
         s = publish_async(bus->js, &m);
     if (s != NATS_OK) {
+        atomic_fetch_sub(&bus->in_flight, 1);
         natsMsg_Destroy(m);
         return fail("js publish async", subject, s, 0);
     }
     count_out(bus, len);
     return TS_OK;
+}
+
+uint64_t ts_bus_in_flight(const ts_bus_t *bus)
+{
+    return bus ? atomic_load(&((ts_bus_t *)bus)->in_flight) : 0;
 }
 
 /* Runs on the JetStream context's reply thread for every async publish
@@ -630,9 +656,11 @@ static void on_pub_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, 
     }
     const char *subject = natsMsg_GetSubject(msg);
     uint32_t count = (uint32_t)header_u64(msg, TS_HDR_COUNT, 1);
+    uint64_t seq = header_u64(msg, TS_HDR_SEQ, 0);
     if (pa != NULL) {
+        atomic_fetch_sub(&bus->in_flight, 1);
         if (bus->ack_cb != NULL)
-            bus->ack_cb(bus->ack_ud, subject, count, true, pa->Sequence);
+            bus->ack_cb(bus->ack_ud, subject, seq, count, true, pa->Sequence);
         goto done;
     }
 
@@ -648,8 +676,9 @@ static void on_pub_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, 
         why = natsStatus_GetText(s);
     }
     ts_warn("bus: async publish to %s given up after %" PRIu64 " tries: %s", subject, tries, why);
+    atomic_fetch_sub(&bus->in_flight, 1);
     if (bus->ack_cb != NULL)
-        bus->ack_cb(bus->ack_ud, subject, count, false, 0);
+        bus->ack_cb(bus->ack_ud, subject, seq, count, false, 0);
 done:
     natsMsg_Destroy(msg);
     live_leave(bus);
@@ -836,6 +865,22 @@ void ts_bus_sub_destroy(ts_bus_sub_t *sub)
         free_sub(sub);
     else
         ts_warn("bus: subscription did not close within %d ms; freeing it when it does", SUB_CLOSE_WAIT_MS);
+}
+
+void ts_bus_sub_close(ts_bus_sub_t *sub)
+{
+    if (sub == NULL)
+        return;
+    atomic_store(&sub->closing, true);
+    natsSubscription *nsub = sub->nsub; /* sub may be freed once unsubscribed */
+    pthread_mutex_lock(&sub->mu);
+    bool completed = sub->completed;
+    sub->free_on_complete = !completed;
+    pthread_mutex_unlock(&sub->mu);
+    natsSubscription_Unsubscribe(nsub);
+    natsSubscription_Destroy(nsub);
+    if (completed)
+        free_sub(sub);
 }
 
 /* ---- last message ------------------------------------------------------- */

@@ -92,7 +92,7 @@ static void on_registry_msg(void *ud, const ts_bus_msg_t *msg)
     gw_inbox_push(ud, GW_MSG_REGISTRY, msg);
 }
 
-static void on_ack(void *ud, const char *subject, uint32_t count, bool ok, uint64_t stream_seq)
+static void on_ack(void *ud, const char *subject, uint64_t seq, uint32_t count, bool ok, uint64_t stream_seq)
 {
     gw_t *gw = ud;
     (void)stream_seq;

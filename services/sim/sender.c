@@ -31,7 +31,7 @@ struct ts_sender {
 
 static Tessera__V1__LeaveInput leave_input = TESSERA__V1__LEAVE_INPUT__INIT;
 
-static void on_ack(void *ud, const char *subject, uint32_t count, bool ok, uint64_t stream_seq)
+static void on_ack(void *ud, const char *subject, uint64_t seq, uint32_t count, bool ok, uint64_t stream_seq)
 {
     ts_sender_t *s = ud;
     if (!atomic_load(&s->counting))

@@ -315,7 +315,7 @@ typedef struct {
     uint64_t items, max_seq;
 } acks_t;
 
-static void on_ack(void *ud, const char *subject, uint32_t count, bool ok, uint64_t stream_seq)
+static void on_ack(void *ud, const char *subject, uint64_t seq, uint32_t count, bool ok, uint64_t stream_seq)
 {
     acks_t *a = ud;
     pthread_mutex_lock(&a->mu);

@@ -8,7 +8,8 @@
  *   Ts-Count  number of items batched in the message (inputs), if > 1
  *
  * Threading: the connection is thread-safe. Subscription callbacks run on
- * nats.c's delivery threads, never on the caller's thread; the message passed
+ * nats.c's shared delivery thread pool (a handful of threads for the whole
+ * process, not one per subscription), never on the caller's thread; the message passed
  * to a callback is borrowed and freed when the callback returns. */
 #ifndef TESSERA_BUS_H
 #define TESSERA_BUS_H
@@ -41,9 +42,15 @@ typedef struct {
 typedef void (*ts_bus_msg_cb)(void *ud, const ts_bus_msg_t *msg);
 
 /* Called once per asynchronous JetStream publish when it is finally
- * acknowledged (ok, stream_seq set) or given up after retries (!ok). count is
- * the Ts-Count of the message. Runs on a nats.c thread. */
-typedef void (*ts_bus_ack_cb)(void *ud, const char *subject, uint32_t count, bool ok, uint64_t stream_seq);
+ * acknowledged (ok, stream_seq set) or given up after retries (!ok). seq and
+ * count are the Ts-Seq and Ts-Count the publisher set, so it can find which
+ * of its in-flight messages completed. Runs on a nats.c thread. */
+typedef void (*ts_bus_ack_cb)(void *ud, const char *subject, uint64_t seq, uint32_t count, bool ok,
+                              uint64_t stream_seq);
+
+/* Asynchronous JetStream publishes in flight (published, outcome not yet
+ * reported) per connection before ts_bus_js_publish_async says TS_ERR_BUSY. */
+#define TS_BUS_MAX_IN_FLIGHT 16384
 
 /* Connects with unlimited reconnects. name shows in the server's connz. */
 ts_status_t ts_bus_connect(ts_bus_t **out, const char *url, const char *name);
@@ -75,9 +82,11 @@ ts_status_t ts_bus_respond(ts_bus_t *bus, const ts_bus_msg_t *to, const ts_bus_h
  * NULL) receives the stream sequence. */
 ts_status_t ts_bus_js_publish(ts_bus_t *bus, const char *subject, const ts_bus_hdr_t *hdr, const void *data,
                               size_t len, int64_t timeout_ms, uint64_t *stream_seq);
-/* JetStream publish without waiting. Failed publishes are retried (same
- * msg id, so the stream stores them once) up to 5 times before the ack
- * callback reports !ok. Without hdr->msg_id a unique id is generated. */
+/* JetStream publish without waiting, ever. Failed publishes are retried
+ * (same msg id, so the stream stores them once) up to 5 times before the ack
+ * callback reports !ok. Without hdr->msg_id a unique id is generated. With
+ * TS_BUS_MAX_IN_FLIGHT publishes outstanding it returns TS_ERR_BUSY at once
+ * (nothing was sent; the caller keeps the data and tries again later). */
 ts_status_t ts_bus_js_publish_async(ts_bus_t *bus, const char *subject, const ts_bus_hdr_t *hdr,
                                     const void *data, size_t len);
 /* Sets the callback for async publish outcomes (set before publishing). */
@@ -98,6 +107,14 @@ ts_status_t ts_bus_consume(ts_bus_t *bus, uint32_t world, const char *subject, u
 /* Unsubscribes and frees; waits until no callback of this subscription is
  * running. NULL is a no-op. */
 void ts_bus_sub_destroy(ts_bus_sub_t *sub);
+
+/* Unsubscribes without waiting (safe on an event loop or a tick thread): no
+ * callback starts after it returns, though one already running on another
+ * thread may finish; the wrapper frees itself once nats.c has closed the
+ * subscription. NULL is a no-op. */
+void ts_bus_sub_close(ts_bus_sub_t *sub);
+/* Async publishes in flight on this connection (see TS_BUS_MAX_IN_FLIGHT). */
+uint64_t ts_bus_in_flight(const ts_bus_t *bus);
 
 /* Latest message on a JetStream subject (e.g. a checkpoint). TS_ERR_NOT_FOUND
  * if none. On TS_OK the caller frees *out with ts_bus_msg_destroy. */

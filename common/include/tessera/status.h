@@ -23,7 +23,8 @@
     X(ERR_BUS, "message bus error")                                   \
     X(ERR_REGISTRY, "registry error")                                 \
     X(ERR_CONFIG, "configuration error")                              \
-    X(ERR_UNAVAILABLE, "service unavailable")
+    X(ERR_UNAVAILABLE, "service unavailable")                         \
+    X(ERR_BUSY, "too many requests in flight")
 
 typedef enum {
 #define TS_STATUS_ENUM(name, text) TS_##name,
