@@ -88,18 +88,13 @@ static _Thread_local ts_bus_sub_t *tls_delivering;
 
 static ts_status_t map_status(natsStatus s, jsErrCode jerr)
 {
-    if (s == NATS_OK)
-        return TS_OK;
-    if (s == NATS_TIMEOUT)
-        return TS_ERR_TIMEOUT;
+    if (s == NATS_OK) return TS_OK;
+    if (s == NATS_TIMEOUT) return TS_ERR_TIMEOUT;
     if (s == NATS_NOT_FOUND || jerr == JSNoMessageFoundErr || jerr == JSStreamNotFoundErr)
         return TS_ERR_NOT_FOUND;
-    if (s == NATS_NO_RESPONDERS)
-        return TS_ERR_UNAVAILABLE;
-    if (s == NATS_NO_MEMORY)
-        return TS_ERR_NOMEM;
-    if (s == NATS_INVALID_ARG || s == NATS_INVALID_SUBJECT)
-        return TS_ERR_INVALID;
+    if (s == NATS_NO_RESPONDERS) return TS_ERR_UNAVAILABLE;
+    if (s == NATS_NO_MEMORY) return TS_ERR_NOMEM;
+    if (s == NATS_INVALID_ARG || s == NATS_INVALID_SUBJECT) return TS_ERR_INVALID;
     return TS_ERR_BUS;
 }
 
@@ -108,8 +103,7 @@ static ts_status_t fail(const char *what, const char *subject, natsStatus s, jsE
 {
     ts_status_t st = map_status(s, jerr);
     const char *detail = nats_GetLastError(NULL);
-    if (detail == NULL || detail[0] == '\0')
-        detail = natsStatus_GetText(s);
+    if (detail == NULL || detail[0] == '\0') detail = natsStatus_GetText(s);
     if (st == TS_ERR_NOT_FOUND)
         ts_debug("bus: %s %s: %s", what, subject ? subject : "", detail);
     else
@@ -133,20 +127,15 @@ static ts_status_t make_msg(natsMsg **out, const char *subject, const char *repl
     *out = NULL;
     if (subject == NULL || subject[0] == '\0' || (data == NULL && len > 0) || len > INT32_MAX)
         return TS_ERR_INVALID;
-    if (hdr != NULL && hdr->type == NULL)
-        return TS_ERR_INVALID;
+    if (hdr != NULL && hdr->type == NULL) return TS_ERR_INVALID;
     natsMsg *m = NULL;
     natsStatus s = natsMsg_Create(&m, subject, reply, (const char *)data, (int)len);
     if (s == NATS_OK && hdr != NULL) {
         s = natsMsgHeader_Set(m, TS_HDR_TYPE, hdr->type);
-        if (s == NATS_OK)
-            s = set_u64(m, TS_HDR_EPOCH, hdr->epoch);
-        if (s == NATS_OK)
-            s = set_u64(m, TS_HDR_SEQ, hdr->seq);
-        if (s == NATS_OK)
-            s = set_u64(m, TS_HDR_COUNT, hdr->count ? hdr->count : 1);
-        if (s == NATS_OK && hdr->msg_id != NULL)
-            s = natsMsgHeader_Set(m, HDR_MSG_ID, hdr->msg_id);
+        if (s == NATS_OK) s = set_u64(m, TS_HDR_EPOCH, hdr->epoch);
+        if (s == NATS_OK) s = set_u64(m, TS_HDR_SEQ, hdr->seq);
+        if (s == NATS_OK) s = set_u64(m, TS_HDR_COUNT, hdr->count ? hdr->count : 1);
+        if (s == NATS_OK && hdr->msg_id != NULL) s = natsMsgHeader_Set(m, HDR_MSG_ID, hdr->msg_id);
     }
     if (s != NATS_OK) {
         natsMsg_Destroy(m);
@@ -160,8 +149,7 @@ static uint64_t header_u64(natsMsg *m, const char *key, uint64_t dflt)
 {
     const char *v = NULL;
     uint64_t n = 0;
-    if (natsMsgHeader_Get(m, key, &v) != NATS_OK || v == NULL || ts_parse_u64(v, &n) != TS_OK)
-        return dflt;
+    if (natsMsgHeader_Get(m, key, &v) != NATS_OK || v == NULL || ts_parse_u64(v, &n) != TS_OK) return dflt;
     return n;
 }
 
@@ -202,15 +190,13 @@ size_t ts_bus_msg_len(const ts_bus_msg_t *m)
 const char *ts_bus_msg_header(const ts_bus_msg_t *m, const char *name)
 {
     const char *v = NULL;
-    if (name == NULL || natsMsgHeader_Get(m->msg, name, &v) != NATS_OK)
-        return NULL;
+    if (name == NULL || natsMsgHeader_Get(m->msg, name, &v) != NATS_OK) return NULL;
     return v;
 }
 
 uint64_t ts_bus_msg_header_u64(const ts_bus_msg_t *m, const char *name)
 {
-    if (name == NULL)
-        return 0;
+    if (name == NULL) return 0;
     return header_u64(m->msg, name, 0);
 }
 
@@ -219,10 +205,33 @@ uint64_t ts_bus_msg_stream_seq(const ts_bus_msg_t *m)
     return m->stream_seq;
 }
 
+ts_bus_held_t ts_bus_msg_hold(const ts_bus_msg_t *m)
+{
+    ts_bus_msg_t *mm = (ts_bus_msg_t *)m;
+    ts_bus_held_t h = {.impl = mm->msg, .stream_seq = mm->stream_seq};
+    mm->msg = NULL; /* on_msg no longer frees it */
+    return h;
+}
+
+const uint8_t *ts_bus_held_data(ts_bus_held_t h)
+{
+    return h.impl ? (const uint8_t *)natsMsg_GetData(h.impl) : NULL;
+}
+
+size_t ts_bus_held_len(ts_bus_held_t h)
+{
+    int n = h.impl ? natsMsg_GetDataLength(h.impl) : 0;
+    return n > 0 ? (size_t)n : 0;
+}
+
+void ts_bus_held_free(ts_bus_held_t h)
+{
+    natsMsg_Destroy(h.impl);
+}
+
 void ts_bus_msg_destroy(ts_bus_msg_t *m)
 {
-    if (m == NULL)
-        return;
+    if (m == NULL) return;
     natsMsg_Destroy(m->msg);
     free(m);
 }
@@ -235,8 +244,7 @@ static ts_bus_t *live_enter(uint64_t id)
     ts_bus_t *b = live_head;
     while (b != NULL && b->id != id)
         b = b->next_live;
-    if (b != NULL)
-        b->ack_running++;
+    if (b != NULL) b->ack_running++;
     pthread_mutex_unlock(&live_mu);
     return b;
 }
@@ -244,8 +252,7 @@ static ts_bus_t *live_enter(uint64_t id)
 static void live_leave(ts_bus_t *b)
 {
     pthread_mutex_lock(&live_mu);
-    if (--b->ack_running == 0)
-        pthread_cond_broadcast(&live_cv);
+    if (--b->ack_running == 0) pthread_cond_broadcast(&live_cv);
     pthread_mutex_unlock(&live_mu);
 }
 
@@ -277,8 +284,7 @@ static void live_remove(ts_bus_t *b)
 
 static void on_disconnected(natsConnection *nc, void *closure)
 {
-    if (natsConnection_IsClosed(nc))
-        return; /* our own close, not an outage */
+    if (natsConnection_IsClosed(nc)) return; /* our own close, not an outage */
     ts_warn("bus: disconnected from NATS, reconnecting");
 }
 
@@ -300,18 +306,15 @@ static void on_pub_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, 
 static void set_delivery_pool(void)
 {
     natsStatus s = nats_SetMessageDeliveryPoolSize(DELIVERY_POOL_THREADS);
-    if (s != NATS_OK)
-        ts_warn("bus: cannot size nats.c's delivery pool: %s", natsStatus_GetText(s));
+    if (s != NATS_OK) ts_warn("bus: cannot size nats.c's delivery pool: %s", natsStatus_GetText(s));
 }
 
 ts_status_t ts_bus_connect(ts_bus_t **out, const char *url, const char *name)
 {
-    if (out == NULL || url == NULL || url[0] == '\0')
-        return TS_ERR_INVALID;
+    if (out == NULL || url == NULL || url[0] == '\0') return TS_ERR_INVALID;
     *out = NULL;
     ts_bus_t *bus = calloc(1, sizeof *bus);
-    if (bus == NULL)
-        return TS_ERR_NOMEM;
+    if (bus == NULL) return TS_ERR_NOMEM;
     atomic_init(&bus->bytes_out, 0);
     atomic_init(&bus->next_msg_id, 1);
     atomic_init(&bus->in_flight, 0);
@@ -324,36 +327,23 @@ ts_status_t ts_bus_connect(ts_bus_t **out, const char *url, const char *name)
 
     natsOptions *opts = NULL;
     natsStatus s = natsOptions_Create(&opts);
-    if (s == NATS_OK)
-        s = natsOptions_SetURL(opts, url);
-    if (s == NATS_OK && name != NULL)
-        s = natsOptions_SetName(opts, name);
-    if (s == NATS_OK)
-        s = natsOptions_SetAllowReconnect(opts, true);
-    if (s == NATS_OK)
-        s = natsOptions_SetMaxReconnect(opts, -1);
-    if (s == NATS_OK)
-        s = natsOptions_SetReconnectWait(opts, 250);
-    if (s == NATS_OK)
-        s = natsOptions_SetReconnectBufSize(opts, 64 * 1024 * 1024);
-    if (s == NATS_OK)
-        s = natsOptions_SetTimeout(opts, 2000);
+    if (s == NATS_OK) s = natsOptions_SetURL(opts, url);
+    if (s == NATS_OK && name != NULL) s = natsOptions_SetName(opts, name);
+    if (s == NATS_OK) s = natsOptions_SetAllowReconnect(opts, true);
+    if (s == NATS_OK) s = natsOptions_SetMaxReconnect(opts, -1);
+    if (s == NATS_OK) s = natsOptions_SetReconnectWait(opts, 250);
+    if (s == NATS_OK) s = natsOptions_SetReconnectBufSize(opts, 64 * 1024 * 1024);
+    if (s == NATS_OK) s = natsOptions_SetTimeout(opts, 2000);
     /* Tessera batches before it publishes (one message per cell per tick or
      * loop iteration), so every publish is worth sending at once: no wait for
      * nats.c's flusher thread on the handover and input paths. */
-    if (s == NATS_OK)
-        s = natsOptions_SetSendAsap(opts, true);
+    if (s == NATS_OK) s = natsOptions_SetSendAsap(opts, true);
     /* a few shared delivery threads instead of one per subscription */
-    if (s == NATS_OK)
-        s = natsOptions_UseGlobalMessageDelivery(opts, true);
-    if (s == NATS_OK)
-        s = natsOptions_SetDisconnectedCB(opts, on_disconnected, NULL);
-    if (s == NATS_OK)
-        s = natsOptions_SetReconnectedCB(opts, on_reconnected, NULL);
-    if (s == NATS_OK)
-        s = natsOptions_SetErrorHandler(opts, on_async_error, NULL);
-    if (s == NATS_OK)
-        s = natsConnection_Connect(&bus->nc, opts);
+    if (s == NATS_OK) s = natsOptions_UseGlobalMessageDelivery(opts, true);
+    if (s == NATS_OK) s = natsOptions_SetDisconnectedCB(opts, on_disconnected, NULL);
+    if (s == NATS_OK) s = natsOptions_SetReconnectedCB(opts, on_reconnected, NULL);
+    if (s == NATS_OK) s = natsOptions_SetErrorHandler(opts, on_async_error, NULL);
+    if (s == NATS_OK) s = natsConnection_Connect(&bus->nc, opts);
     natsOptions_Destroy(opts);
     if (s != NATS_OK) {
         ts_status_t st = fail("connect", url, s, 0);
@@ -381,8 +371,7 @@ ts_status_t ts_bus_connect(ts_bus_t **out, const char *url, const char *name)
 
 void ts_bus_destroy(ts_bus_t *bus)
 {
-    if (bus == NULL)
-        return;
+    if (bus == NULL) return;
     if (bus->js != NULL) {
         jsPubOptions po;
         jsPubOptions_Init(&po);
@@ -392,8 +381,7 @@ void ts_bus_destroy(ts_bus_t *bus)
             ts_warn("bus: closing with unacknowledged async publishes (%s)", natsStatus_GetText(s));
     }
     live_remove(bus);
-    if (bus->nc != NULL)
-        natsConnection_Close(bus->nc);
+    if (bus->nc != NULL) natsConnection_Close(bus->nc);
     jsCtx_Destroy(bus->js);
     natsConnection_Destroy(bus->nc);
     free(bus);
@@ -402,14 +390,12 @@ void ts_bus_destroy(ts_bus_t *bus)
 void ts_bus_shutdown_library(void)
 {
     natsStatus s = nats_CloseAndWait(2000);
-    if (s != NATS_OK)
-        ts_warn("bus: nats library shutdown: %s", natsStatus_GetText(s));
+    if (s != NATS_OK) ts_warn("bus: nats library shutdown: %s", natsStatus_GetText(s));
 }
 
 uint64_t ts_bus_bytes_out(const ts_bus_t *bus)
 {
-    if (bus == NULL)
-        return 0;
+    if (bus == NULL) return 0;
     return atomic_load(&((ts_bus_t *)bus)->bytes_out);
 }
 
@@ -440,8 +426,7 @@ static ts_status_t ensure_stream(ts_bus_t *bus, jsStreamConfig *cfg)
         s = js_UpdateStream(&si, bus->js, cfg, NULL, &jerr);
     }
     jsStreamInfo_Destroy(si);
-    if (s != NATS_OK)
-        return fail("ensure stream", cfg->Name, s, jerr);
+    if (s != NATS_OK) return fail("ensure stream", cfg->Name, s, jerr);
     return TS_OK;
 }
 
@@ -461,8 +446,7 @@ static void stream_config(jsStreamConfig *cfg, const char *name, const char **su
 ts_status_t ts_bus_ensure_streams(ts_bus_t *bus, uint32_t world, const char *storage, int64_t max_age_s,
                                   int replicas)
 {
-    if (bus == NULL || max_age_s < 0)
-        return TS_ERR_INVALID;
+    if (bus == NULL || max_age_s < 0) return TS_ERR_INVALID;
     jsStorageType st_type;
     if (storage == NULL || strcmp(storage, "file") == 0)
         st_type = js_FileStorage;
@@ -472,8 +456,7 @@ ts_status_t ts_bus_ensure_streams(ts_bus_t *bus, uint32_t world, const char *sto
         ts_error("bus: stream storage must be file or memory, not '%s'", storage);
         return TS_ERR_INVALID;
     }
-    if (replicas < 1)
-        replicas = 1;
+    if (replicas < 1) replicas = 1;
 
     char name[64], subj[96];
     const char *subjects[1] = {subj};
@@ -485,11 +468,9 @@ ts_status_t ts_bus_ensure_streams(ts_bus_t *bus, uint32_t world, const char *sto
     stream_config(&cfg, name, subjects, st_type, replicas);
     cfg.MaxAge = max_age_s * 1000000000LL;
     cfg.Duplicates = DUPLICATE_WINDOW_NS;
-    if (cfg.MaxAge > 0 && cfg.Duplicates > cfg.MaxAge)
-        cfg.Duplicates = cfg.MaxAge;
+    if (cfg.MaxAge > 0 && cfg.Duplicates > cfg.MaxAge) cfg.Duplicates = cfg.MaxAge;
     ts_status_t st = ensure_stream(bus, &cfg);
-    if (st != TS_OK)
-        return st;
+    if (st != TS_OK) return st;
 
     /* checkpoints: the latest per cell */
     ts_bus_ckpt_stream(name, sizeof name, world);
@@ -507,19 +488,16 @@ ts_status_t ts_bus_publish(ts_bus_t *bus, const char *subject, const ts_bus_hdr_
     return ts_bus_publish_reply(bus, subject, NULL, hdr, data, len);
 }
 
-ts_status_t ts_bus_publish_reply(ts_bus_t *bus, const char *subject, const char *reply, const ts_bus_hdr_t *hdr,
-                                 const void *data, size_t len)
+ts_status_t ts_bus_publish_reply(ts_bus_t *bus, const char *subject, const char *reply,
+                                 const ts_bus_hdr_t *hdr, const void *data, size_t len)
 {
-    if (bus == NULL)
-        return TS_ERR_INVALID;
+    if (bus == NULL) return TS_ERR_INVALID;
     natsMsg *m = NULL;
     ts_status_t st = make_msg(&m, subject, reply, hdr, data, len);
-    if (st != TS_OK)
-        return st;
+    if (st != TS_OK) return st;
     natsStatus s = natsConnection_PublishMsg(bus->nc, m);
     natsMsg_Destroy(m);
-    if (s != NATS_OK)
-        return fail("publish", subject, s, 0);
+    if (s != NATS_OK) return fail("publish", subject, s, 0);
     count_out(bus, len);
     return TS_OK;
 }
@@ -527,17 +505,14 @@ ts_status_t ts_bus_publish_reply(ts_bus_t *bus, const char *subject, const char 
 ts_status_t ts_bus_request(ts_bus_t *bus, const char *subject, const ts_bus_hdr_t *hdr, const void *data,
                            size_t len, int64_t timeout_ms, ts_bus_msg_t **reply)
 {
-    if (bus == NULL || reply == NULL || timeout_ms <= 0)
-        return TS_ERR_INVALID;
+    if (bus == NULL || reply == NULL || timeout_ms <= 0) return TS_ERR_INVALID;
     *reply = NULL;
     natsMsg *m = NULL, *r = NULL;
     ts_status_t st = make_msg(&m, subject, NULL, hdr, data, len);
-    if (st != TS_OK)
-        return st;
+    if (st != TS_OK) return st;
     natsStatus s = natsConnection_RequestMsg(&r, bus->nc, m, timeout_ms);
     natsMsg_Destroy(m);
-    if (s != NATS_OK)
-        return fail("request", subject, s, 0);
+    if (s != NATS_OK) return fail("request", subject, s, 0);
     count_out(bus, len);
     return wrap_msg(r, 0, reply);
 }
@@ -545,8 +520,7 @@ ts_status_t ts_bus_request(ts_bus_t *bus, const char *subject, const ts_bus_hdr_
 ts_status_t ts_bus_respond(ts_bus_t *bus, const ts_bus_msg_t *to, const ts_bus_hdr_t *hdr, const void *data,
                            size_t len)
 {
-    if (to == NULL)
-        return TS_ERR_INVALID;
+    if (to == NULL) return TS_ERR_INVALID;
     const char *reply = ts_bus_msg_reply(to);
     if (reply == NULL || reply[0] == '\0') {
         ts_warn("bus: cannot respond to a message on %s without a reply subject", ts_bus_msg_subject(to));
@@ -557,11 +531,9 @@ ts_status_t ts_bus_respond(ts_bus_t *bus, const ts_bus_msg_t *to, const ts_bus_h
 
 ts_status_t ts_bus_flush(ts_bus_t *bus, int64_t timeout_ms)
 {
-    if (bus == NULL || timeout_ms <= 0)
-        return TS_ERR_INVALID;
+    if (bus == NULL || timeout_ms <= 0) return TS_ERR_INVALID;
     natsStatus s = natsConnection_FlushTimeout(bus->nc, timeout_ms);
-    if (s != NATS_OK)
-        return fail("flush", NULL, s, 0);
+    if (s != NATS_OK) return fail("flush", NULL, s, 0);
     return TS_OK;
 }
 
@@ -570,12 +542,10 @@ ts_status_t ts_bus_flush(ts_bus_t *bus, int64_t timeout_ms)
 ts_status_t ts_bus_js_publish(ts_bus_t *bus, const char *subject, const ts_bus_hdr_t *hdr, const void *data,
                               size_t len, int64_t timeout_ms, uint64_t *stream_seq)
 {
-    if (bus == NULL || timeout_ms <= 0)
-        return TS_ERR_INVALID;
+    if (bus == NULL || timeout_ms <= 0) return TS_ERR_INVALID;
     natsMsg *m = NULL;
     ts_status_t st = make_msg(&m, subject, NULL, hdr, data, len);
-    if (st != TS_OK)
-        return st;
+    if (st != TS_OK) return st;
     jsPubOptions po;
     jsPubOptions_Init(&po);
     po.MaxWait = timeout_ms;
@@ -588,16 +558,14 @@ ts_status_t ts_bus_js_publish(ts_bus_t *bus, const char *subject, const ts_bus_h
         return fail("js publish", subject, s, jerr);
     }
     count_out(bus, len);
-    if (stream_seq != NULL)
-        *stream_seq = pa != NULL ? pa->Sequence : 0;
+    if (stream_seq != NULL) *stream_seq = pa != NULL ? pa->Sequence : 0;
     jsPubAck_Destroy(pa);
     return TS_OK;
 }
 
 void ts_bus_set_ack_handler(ts_bus_t *bus, ts_bus_ack_cb cb, void *ud)
 {
-    if (bus == NULL)
-        return;
+    if (bus == NULL) return;
     bus->ack_ud = ud;
     bus->ack_cb = cb;
 }
@@ -613,14 +581,11 @@ static natsStatus publish_async(jsCtx *js, natsMsg **m)
 ts_status_t ts_bus_js_publish_async(ts_bus_t *bus, const char *subject, const ts_bus_hdr_t *hdr,
                                     const void *data, size_t len)
 {
-    if (bus == NULL)
-        return TS_ERR_INVALID;
-    if (atomic_load(&bus->in_flight) >= TS_BUS_MAX_IN_FLIGHT)
-        return TS_ERR_BUSY;
+    if (bus == NULL) return TS_ERR_INVALID;
+    if (atomic_load(&bus->in_flight) >= TS_BUS_MAX_IN_FLIGHT) return TS_ERR_BUSY;
     natsMsg *m = NULL;
     ts_status_t st = make_msg(&m, subject, NULL, hdr, data, len);
-    if (st != TS_OK)
-        return st;
+    if (st != TS_OK) return st;
     natsStatus s = NATS_OK;
     if (hdr == NULL || hdr->msg_id == NULL) {
         /* retries must be recognisable as the same message */
@@ -629,8 +594,7 @@ ts_status_t ts_bus_js_publish_async(ts_bus_t *bus, const char *subject, const ts
         s = natsMsgHeader_Set(m, HDR_MSG_ID, id);
     }
     atomic_fetch_add(&bus->in_flight, 1);
-    if (s == NATS_OK)
-        s = publish_async(bus->js, &m);
+    if (s == NATS_OK) s = publish_async(bus->js, &m);
     if (s != NATS_OK) {
         atomic_fetch_sub(&bus->in_flight, 1);
         natsMsg_Destroy(m);
@@ -659,8 +623,7 @@ static void on_pub_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, 
     uint64_t seq = header_u64(msg, TS_HDR_SEQ, 0);
     if (pa != NULL) {
         atomic_fetch_sub(&bus->in_flight, 1);
-        if (bus->ack_cb != NULL)
-            bus->ack_cb(bus->ack_ud, subject, seq, count, true, pa->Sequence);
+        if (bus->ack_cb != NULL) bus->ack_cb(bus->ack_ud, subject, seq, count, true, pa->Sequence);
         goto done;
     }
 
@@ -669,16 +632,13 @@ static void on_pub_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, 
     if (tries < TS_BUS_PUB_TRIES) {
         ts_debug("bus: async publish to %s failed (%s), retry %" PRIu64, subject, why, tries);
         natsStatus s = set_u64(msg, HDR_TRY, tries + 1);
-        if (s == NATS_OK)
-            s = publish_async(js, &msg);
-        if (s == NATS_OK)
-            goto done; /* nats.c owns msg again; msg is NULL */
+        if (s == NATS_OK) s = publish_async(js, &msg);
+        if (s == NATS_OK) goto done; /* nats.c owns msg again; msg is NULL */
         why = natsStatus_GetText(s);
     }
     ts_warn("bus: async publish to %s given up after %" PRIu64 " tries: %s", subject, tries, why);
     atomic_fetch_sub(&bus->in_flight, 1);
-    if (bus->ack_cb != NULL)
-        bus->ack_cb(bus->ack_ud, subject, seq, count, false, 0);
+    if (bus->ack_cb != NULL) bus->ack_cb(bus->ack_ud, subject, seq, count, false, 0);
 done:
     natsMsg_Destroy(msg);
     live_leave(bus);
@@ -686,14 +646,12 @@ done:
 
 ts_status_t ts_bus_js_flush(ts_bus_t *bus, int64_t timeout_ms)
 {
-    if (bus == NULL || timeout_ms <= 0)
-        return TS_ERR_INVALID;
+    if (bus == NULL || timeout_ms <= 0) return TS_ERR_INVALID;
     jsPubOptions po;
     jsPubOptions_Init(&po);
     po.MaxWait = timeout_ms;
     natsStatus s = js_PublishAsyncComplete(bus->js, &po);
-    if (s != NATS_OK)
-        return fail("js flush", NULL, s, 0);
+    if (s != NATS_OK) return fail("js flush", NULL, s, 0);
     return TS_OK;
 }
 
@@ -706,13 +664,13 @@ static void on_msg(natsConnection *nc, natsSubscription *nsub, natsMsg *m, void 
         ts_bus_msg_t bm = {.msg = m, .stream_seq = 0};
         if (sub->jetstream) {
             jsMsgMetaData *meta = NULL;
-            if (natsMsg_GetMetaData(&meta, m) == NATS_OK)
-                bm.stream_seq = meta->Sequence.Stream;
+            if (natsMsg_GetMetaData(&meta, m) == NATS_OK) bm.stream_seq = meta->Sequence.Stream;
             jsMsgMetaData_Destroy(meta);
         }
         tls_delivering = sub;
         sub->cb(sub->ud, &bm);
         tls_delivering = NULL;
+        m = bm.msg; /* NULL if the callback held it */
     }
     natsMsg_Destroy(m);
 }
@@ -734,15 +692,13 @@ static void on_sub_complete(void *closure)
     bool self_free = sub->free_on_complete;
     pthread_cond_broadcast(&sub->cv);
     pthread_mutex_unlock(&sub->mu);
-    if (self_free)
-        free_sub(sub);
+    if (self_free) free_sub(sub);
 }
 
 static ts_status_t new_sub(ts_bus_msg_cb cb, void *ud, bool jetstream, ts_bus_sub_t **out)
 {
     ts_bus_sub_t *sub = calloc(1, sizeof *sub);
-    if (sub == NULL)
-        return TS_ERR_NOMEM;
+    if (sub == NULL) return TS_ERR_NOMEM;
     sub->cb = cb;
     sub->ud = ud;
     sub->jetstream = jetstream;
@@ -761,20 +717,19 @@ static ts_status_t new_sub(ts_bus_msg_cb cb, void *ud, bool jetstream, ts_bus_su
  * closed and nothing will be delivered. */
 static void arm_sub(ts_bus_sub_t *sub)
 {
-    if (natsSubscription_SetOnCompleteCB(sub->nsub, on_sub_complete, sub) != NATS_OK)
-        sub->completed = true;
+    if (natsSubscription_SetOnCompleteCB(sub->nsub, on_sub_complete, sub) != NATS_OK) sub->completed = true;
     natsSubscription_SetPendingLimits(sub->nsub, SUB_PENDING_MSGS, SUB_PENDING_BYTES);
 }
 
-ts_status_t ts_bus_subscribe(ts_bus_t *bus, const char *subject, ts_bus_msg_cb cb, void *ud, ts_bus_sub_t **out)
+ts_status_t ts_bus_subscribe(ts_bus_t *bus, const char *subject, ts_bus_msg_cb cb, void *ud,
+                             ts_bus_sub_t **out)
 {
     if (bus == NULL || subject == NULL || subject[0] == '\0' || cb == NULL || out == NULL)
         return TS_ERR_INVALID;
     *out = NULL;
     ts_bus_sub_t *sub = NULL;
     ts_status_t st = new_sub(cb, ud, false, &sub);
-    if (st != TS_OK)
-        return st;
+    if (st != TS_OK) return st;
     natsStatus s = natsConnection_Subscribe(&sub->nsub, bus->nc, subject, on_msg, sub);
     if (s != NATS_OK) {
         free_sub(sub);
@@ -791,8 +746,8 @@ static bool has_suffix(const char *s, const char *suffix)
     return n >= k && strcmp(s + n - k, suffix) == 0;
 }
 
-ts_status_t ts_bus_consume(ts_bus_t *bus, uint32_t world, const char *subject, uint64_t start_seq, ts_bus_msg_cb cb,
-                           void *ud, ts_bus_sub_t **out)
+ts_status_t ts_bus_consume(ts_bus_t *bus, uint32_t world, const char *subject, uint64_t start_seq,
+                           ts_bus_msg_cb cb, void *ud, ts_bus_sub_t **out)
 {
     if (bus == NULL || subject == NULL || subject[0] == '\0' || cb == NULL || out == NULL)
         return TS_ERR_INVALID;
@@ -805,8 +760,7 @@ ts_status_t ts_bus_consume(ts_bus_t *bus, uint32_t world, const char *subject, u
 
     ts_bus_sub_t *sub = NULL;
     ts_status_t st = new_sub(cb, ud, true, &sub);
-    if (st != TS_OK)
-        return st;
+    if (st != TS_OK) return st;
     jsSubOptions so;
     jsSubOptions_Init(&so);
     so.Stream = stream;
@@ -830,8 +784,7 @@ ts_status_t ts_bus_consume(ts_bus_t *bus, uint32_t world, const char *subject, u
 
 void ts_bus_sub_destroy(ts_bus_sub_t *sub)
 {
-    if (sub == NULL)
-        return;
+    if (sub == NULL) return;
     atomic_store(&sub->closing, true);
 
     if (tls_delivering == sub) {
@@ -843,8 +796,7 @@ void ts_bus_sub_destroy(ts_bus_sub_t *sub)
         pthread_mutex_unlock(&sub->mu);
         natsSubscription_Unsubscribe(sub->nsub);
         natsSubscription_Destroy(sub->nsub);
-        if (completed)
-            free_sub(sub);
+        if (completed) free_sub(sub);
         return;
     }
 
@@ -857,8 +809,7 @@ void ts_bus_sub_destroy(ts_bus_sub_t *sub)
     while (!sub->completed && rc == 0)
         rc = pthread_cond_timedwait(&sub->cv, &sub->mu, &deadline);
     bool completed = sub->completed;
-    if (!completed)
-        sub->free_on_complete = true;
+    if (!completed) sub->free_on_complete = true;
     pthread_mutex_unlock(&sub->mu);
     natsSubscription_Destroy(sub->nsub);
     if (completed)
@@ -869,8 +820,7 @@ void ts_bus_sub_destroy(ts_bus_sub_t *sub)
 
 void ts_bus_sub_close(ts_bus_sub_t *sub)
 {
-    if (sub == NULL)
-        return;
+    if (sub == NULL) return;
     atomic_store(&sub->closing, true);
     natsSubscription *nsub = sub->nsub; /* sub may be freed once unsubscribed */
     pthread_mutex_lock(&sub->mu);
@@ -879,21 +829,18 @@ void ts_bus_sub_close(ts_bus_sub_t *sub)
     pthread_mutex_unlock(&sub->mu);
     natsSubscription_Unsubscribe(nsub);
     natsSubscription_Destroy(nsub);
-    if (completed)
-        free_sub(sub);
+    if (completed) free_sub(sub);
 }
 
 /* ---- last message ------------------------------------------------------- */
 
 ts_status_t ts_bus_last_msg(ts_bus_t *bus, const char *stream, const char *subject, ts_bus_msg_t **out)
 {
-    if (bus == NULL || stream == NULL || subject == NULL || out == NULL)
-        return TS_ERR_INVALID;
+    if (bus == NULL || stream == NULL || subject == NULL || out == NULL) return TS_ERR_INVALID;
     *out = NULL;
     natsMsg *m = NULL;
     jsErrCode jerr = 0;
     natsStatus s = js_GetLastMsg(&m, bus->js, stream, subject, NULL, &jerr);
-    if (s != NATS_OK)
-        return fail("last message", subject, s, jerr);
+    if (s != NATS_OK) return fail("last message", subject, s, jerr);
     return wrap_msg(m, natsMsg_GetSequence(m), out);
 }

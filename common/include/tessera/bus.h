@@ -34,8 +34,8 @@ typedef struct {
     const char *type;
     uint64_t epoch;
     uint64_t seq;
-    uint32_t count;      /* items in the message; 0 is treated as 1 */
-    const char *msg_id;  /* JetStream de-duplication id (Nats-Msg-Id); NULL: none */
+    uint32_t count;     /* items in the message; 0 is treated as 1 */
+    const char *msg_id; /* JetStream de-duplication id (Nats-Msg-Id); NULL: none */
 } ts_bus_hdr_t;
 
 /* Called for every message of a subscription (on a nats.c thread). */
@@ -69,8 +69,8 @@ ts_status_t ts_bus_ensure_streams(ts_bus_t *bus, uint32_t world, const char *sto
 ts_status_t ts_bus_publish(ts_bus_t *bus, const char *subject, const ts_bus_hdr_t *hdr, const void *data,
                            size_t len);
 /* Core NATS publish with a reply subject. */
-ts_status_t ts_bus_publish_reply(ts_bus_t *bus, const char *subject, const char *reply, const ts_bus_hdr_t *hdr,
-                                 const void *data, size_t len);
+ts_status_t ts_bus_publish_reply(ts_bus_t *bus, const char *subject, const char *reply,
+                                 const ts_bus_hdr_t *hdr, const void *data, size_t len);
 /* Request-reply. On TS_OK *reply is a message the caller frees with ts_bus_msg_destroy. */
 ts_status_t ts_bus_request(ts_bus_t *bus, const char *subject, const ts_bus_hdr_t *hdr, const void *data,
                            size_t len, int64_t timeout_ms, ts_bus_msg_t **reply);
@@ -97,13 +97,14 @@ ts_status_t ts_bus_js_flush(ts_bus_t *bus, int64_t timeout_ms);
 ts_status_t ts_bus_flush(ts_bus_t *bus, int64_t timeout_ms);
 
 /* Core subscription. */
-ts_status_t ts_bus_subscribe(ts_bus_t *bus, const char *subject, ts_bus_msg_cb cb, void *ud, ts_bus_sub_t **out);
+ts_status_t ts_bus_subscribe(ts_bus_t *bus, const char *subject, ts_bus_msg_cb cb, void *ud,
+                             ts_bus_sub_t **out);
 /* Ordered JetStream consumer of one subject, starting at stream sequence
  * start_seq (0: from the first message still in the stream). Messages arrive
  * in stream order, without gaps, exactly once per consumer; the consumer is
  * ephemeral (no acks). ts_bus_msg_stream_seq() gives each one's sequence. */
-ts_status_t ts_bus_consume(ts_bus_t *bus, uint32_t world, const char *subject, uint64_t start_seq, ts_bus_msg_cb cb,
-                           void *ud, ts_bus_sub_t **out);
+ts_status_t ts_bus_consume(ts_bus_t *bus, uint32_t world, const char *subject, uint64_t start_seq,
+                           ts_bus_msg_cb cb, void *ud, ts_bus_sub_t **out);
 /* Unsubscribes and frees; waits until no callback of this subscription is
  * running. NULL is a no-op. */
 void ts_bus_sub_destroy(ts_bus_sub_t *sub);
@@ -135,6 +136,19 @@ uint64_t ts_bus_msg_header_u64(const ts_bus_msg_t *m, const char *name);
 /* JetStream stream sequence, or 0 for core messages. */
 uint64_t ts_bus_msg_stream_seq(const ts_bus_msg_t *m);
 void ts_bus_msg_destroy(ts_bus_msg_t *m);
+
+/* A message kept beyond its callback without a copy or an allocation: inside
+ * a subscription callback, ts_bus_msg_hold() takes the message over (the
+ * bus then does not free it when the callback returns). Free it with
+ * ts_bus_held_free(); a zero ts_bus_held_t is empty. */
+typedef struct {
+    void *impl;
+    uint64_t stream_seq;
+} ts_bus_held_t;
+ts_bus_held_t ts_bus_msg_hold(const ts_bus_msg_t *m);
+const uint8_t *ts_bus_held_data(ts_bus_held_t h);
+size_t ts_bus_held_len(ts_bus_held_t h);
+void ts_bus_held_free(ts_bus_held_t h);
 
 /* Totals since connect. */
 uint64_t ts_bus_bytes_out(const ts_bus_t *bus);
