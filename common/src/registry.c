@@ -23,23 +23,28 @@
 #define COMMAND_TIMEOUT_MS 2000
 #define KEY_MAX 256
 
-struct ts_registry {
-    redisContext *ctx;
-    char host[256];
-    int port;
-    int db;
-};
-
-/* KEYS: cell hash, version. ARGV: expected epoch, owner, state.
- * Returns {1, new epoch, version}, {0, current epoch} or {-1}. */
+/* KEYS[1]: version, KEYS[1+i]: cell hash i. ARGV[3i-2..3i]: expected epoch,
+ * owner, state of cell i. Returns five items per cell: outcome (1 set, 0
+ * conflict, -1 unknown cell), epoch (new or current), version (after the
+ * change, or current), owner and state (current, on a conflict). */
 static const char CAS_LUA[] =
-    "local e = redis.call('HGET', KEYS[1], 'epoch')\n"
-    "if not e then return {-1} end\n"
-    "if e ~= ARGV[1] then return {0, tonumber(e)} end\n"
-    "redis.call('HSET', KEYS[1], 'owner', ARGV[2], 'state', ARGV[3])\n"
-    "local ne = redis.call('HINCRBY', KEYS[1], 'epoch', 1)\n"
-    "local v = redis.call('INCR', KEYS[2])\n"
-    "return {1, ne, v}\n";
+    "local out = {}\n"
+    "for i = 2, #KEYS do\n"
+    "  local a = (i - 2) * 3\n"
+    "  local cur = redis.call('HMGET', KEYS[i], 'epoch', 'owner', 'state')\n"
+    "  if not cur[1] then\n"
+    "    out[#out + 1] = -1; out[#out + 1] = 0; out[#out + 1] = 0; out[#out + 1] = ''; out[#out + 1] = ''\n"
+    "  elseif cur[1] ~= ARGV[a + 1] then\n"
+    "    out[#out + 1] = 0; out[#out + 1] = tonumber(cur[1])\n"
+    "    out[#out + 1] = tonumber(redis.call('GET', KEYS[1]) or '0')\n"
+    "    out[#out + 1] = cur[2] or ''; out[#out + 1] = cur[3] or ''\n"
+    "  else\n"
+    "    redis.call('HSET', KEYS[i], 'owner', ARGV[a + 2], 'state', ARGV[a + 3])\n"
+    "    out[#out + 1] = 1; out[#out + 1] = redis.call('HINCRBY', KEYS[i], 'epoch', 1)\n"
+    "    out[#out + 1] = redis.call('INCR', KEYS[1]); out[#out + 1] = ''; out[#out + 1] = ''\n"
+    "  end\n"
+    "end\n"
+    "return out\n";
 
 /* KEYS: cell hash, cells set, version. ARGV: owner, state, cell key, parent
  * key ('' for a root cell). Returns {1, version} or {0}. */
@@ -51,11 +56,19 @@ static const char CREATE_LUA[] =
     "local v = redis.call('INCR', KEYS[3])\n"
     "return {1, v}\n";
 
-/* KEYS: alive key, worker hash, workers set. ARGV: ttl ms, capacity, now ms, id. */
+/* KEYS: alive key, worker hash, workers set. ARGV: ttl ms, capacity, now ms,
+ * id, token, mode. Sets the alive key to token unless it holds another token
+ * (returns 0 then, 1 otherwise). Mode "claim" also restarts started_ms;
+ * mode "any" sets the key whatever it holds (the token-less refresh). */
 static const char ALIVE_LUA[] =
-    "redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])\n"
+    "if ARGV[6] ~= 'any' then\n"
+    "  local cur = redis.call('GET', KEYS[1])\n"
+    "  if cur and cur ~= ARGV[5] then return 0 end\n"
+    "end\n"
+    "redis.call('SET', KEYS[1], ARGV[5], 'PX', ARGV[1])\n"
     "redis.call('HSET', KEYS[2], 'capacity', ARGV[2])\n"
-    "redis.call('HSETNX', KEYS[2], 'started_ms', ARGV[3])\n"
+    "if ARGV[6] == 'claim' then redis.call('HSET', KEYS[2], 'started_ms', ARGV[3])\n"
+    "else redis.call('HSETNX', KEYS[2], 'started_ms', ARGV[3]) end\n"
     "redis.call('SADD', KEYS[3], ARGV[4])\n"
     "return 1\n";
 
@@ -70,19 +83,38 @@ static const char UNLOCK_LUA[] =
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end\n"
     "return 0\n";
 
+/* Every script, by index; loaded once per connection (SCRIPT LOAD) and run
+ * by EVALSHA. */
+typedef enum {
+    SCRIPT_CAS = 0,
+    SCRIPT_CREATE,
+    SCRIPT_ALIVE,
+    SCRIPT_LOCK,
+    SCRIPT_UNLOCK,
+    SCRIPT_COUNT
+} script_t;
+static const char *const SCRIPTS[SCRIPT_COUNT] = {CAS_LUA, CREATE_LUA, ALIVE_LUA, LOCK_LUA, UNLOCK_LUA};
+
+struct ts_registry {
+    redisContext *ctx;
+    char host[256];
+    int port;
+    int db;
+    char sha[SCRIPT_COUNT][41]; /* SHA1 of each script loaded on ctx; "" if not loaded */
+    uint64_t round_trips;
+};
+
 static const char *const state_names[] = {"active", "handover", "split", "retired"};
 
 const char *ts_cell_state_str(ts_cell_state_t s)
 {
-    if ((unsigned)s >= sizeof state_names / sizeof state_names[0])
-        return "unknown";
+    if ((unsigned)s >= sizeof state_names / sizeof state_names[0]) return "unknown";
     return state_names[s];
 }
 
 ts_status_t ts_cell_state_parse(const char *s, ts_cell_state_t *out)
 {
-    if (s == NULL || out == NULL)
-        return TS_ERR_INVALID;
+    if (s == NULL || out == NULL) return TS_ERR_INVALID;
     for (size_t i = 0; i < sizeof state_names / sizeof state_names[0]; i++) {
         if (strcmp(s, state_names[i]) == 0) {
             *out = (ts_cell_state_t)i;
@@ -105,14 +137,12 @@ static struct timeval ms_tv(int ms)
 static ts_status_t parse_url(ts_registry_t *reg, const char *url)
 {
     const char *p = url;
-    if (strncmp(p, "redis://", 8) == 0)
-        p += 8;
+    if (strncmp(p, "redis://", 8) == 0) p += 8;
     const char *host_end;
     const char *rest;
     if (*p == '[') {
         host_end = strchr(p, ']');
-        if (host_end == NULL)
-            return TS_ERR_PARSE;
+        if (host_end == NULL) return TS_ERR_PARSE;
         p++;
         rest = host_end + 1;
     } else {
@@ -120,8 +150,7 @@ static ts_status_t parse_url(ts_registry_t *reg, const char *url)
         rest = host_end;
     }
     size_t hlen = (size_t)(host_end - p);
-    if (hlen == 0 || hlen >= sizeof reg->host)
-        return TS_ERR_PARSE;
+    if (hlen == 0 || hlen >= sizeof reg->host) return TS_ERR_PARSE;
     memcpy(reg->host, p, hlen);
     reg->host[hlen] = '\0';
 
@@ -132,12 +161,10 @@ static ts_status_t parse_url(ts_registry_t *reg, const char *url)
         rest++;
         size_t n = strcspn(rest, "/");
         int64_t port;
-        if (n == 0 || n >= sizeof num)
-            return TS_ERR_PARSE;
+        if (n == 0 || n >= sizeof num) return TS_ERR_PARSE;
         memcpy(num, rest, n);
         num[n] = '\0';
-        if (ts_parse_i64(num, &port) != TS_OK || port < 1 || port > 65535)
-            return TS_ERR_PARSE;
+        if (ts_parse_i64(num, &port) != TS_OK || port < 1 || port > 65535) return TS_ERR_PARSE;
         reg->port = (int)port;
         rest += n;
     }
@@ -145,8 +172,7 @@ static ts_status_t parse_url(ts_registry_t *reg, const char *url)
         rest++;
         int64_t db;
         if (*rest != '\0') {
-            if (ts_parse_i64(rest, &db) != TS_OK || db < 0 || db > 1000000)
-                return TS_ERR_PARSE;
+            if (ts_parse_i64(rest, &db) != TS_OK || db < 0 || db > 1000000) return TS_ERR_PARSE;
             reg->db = (int)db;
         }
     } else if (*rest != '\0') {
@@ -178,27 +204,24 @@ static ts_status_t open_ctx(ts_registry_t *reg)
         if (!ok)
             ts_warn("registry: SELECT %d failed: %s", reg->db,
                     r == NULL ? c->errstr : (r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply"));
-        if (r != NULL)
-            freeReplyObject(r);
+        if (r != NULL) freeReplyObject(r);
         if (!ok) {
             redisFree(c);
             return TS_ERR_UNAVAILABLE;
         }
     }
-    if (reg->ctx != NULL)
-        redisFree(reg->ctx);
+    if (reg->ctx != NULL) redisFree(reg->ctx);
     reg->ctx = c;
+    memset(reg->sha, 0, sizeof reg->sha);
     return TS_OK;
 }
 
 ts_status_t ts_registry_connect(ts_registry_t **out, const char *url)
 {
-    if (out == NULL || url == NULL)
-        return TS_ERR_INVALID;
+    if (out == NULL || url == NULL) return TS_ERR_INVALID;
     *out = NULL;
     ts_registry_t *reg = calloc(1, sizeof *reg);
-    if (reg == NULL)
-        return TS_ERR_NOMEM;
+    if (reg == NULL) return TS_ERR_NOMEM;
     if (parse_url(reg, url) != TS_OK) {
         ts_error("registry: bad url '%s' (want redis://host:port[/db])", url);
         free(reg);
@@ -215,14 +238,34 @@ ts_status_t ts_registry_connect(ts_registry_t **out, const char *url)
 
 void ts_registry_destroy(ts_registry_t *reg)
 {
-    if (reg == NULL)
-        return;
-    if (reg->ctx != NULL)
-        redisFree(reg->ctx);
+    if (reg == NULL) return;
+    if (reg->ctx != NULL) redisFree(reg->ctx);
     free(reg);
 }
 
 /* ---- commands ------------------------------------------------------------ */
+
+/* Sends one command and reads its reply: one round trip. NULL on an I/O
+ * failure, and the connection is dropped. */
+static redisReply *roundtrip(ts_registry_t *reg, int argc, const char **argv, const size_t *lens)
+{
+    reg->round_trips++;
+    redisReply *r = redisCommandArgv(reg->ctx, argc, argv, lens);
+    if (r == NULL) {
+        ts_warn("registry: %s: %s", argv[0], reg->ctx->errstr);
+        redisFree(reg->ctx);
+        reg->ctx = NULL;
+    }
+    return r;
+}
+
+/* After an I/O failure: false if the caller must give up (the command may
+ * have been applied and must not be re-sent), true to try again. */
+static bool may_resend(ts_registry_t *reg, bool resend)
+{
+    if (!resend) open_ctx(reg);
+    return resend;
+}
 
 /* Runs one command. On TS_OK *out is a reply that is not an error (caller
  * frees). A Redis error reply gives TS_ERR_REGISTRY. An I/O failure
@@ -234,18 +277,11 @@ static ts_status_t command(ts_registry_t *reg, bool resend, redisReply **out, in
     for (int attempt = 0; attempt < 2; attempt++) {
         if (reg->ctx == NULL || reg->ctx->err) {
             ts_status_t st = open_ctx(reg);
-            if (st != TS_OK)
-                return st;
+            if (st != TS_OK) return st;
         }
-        redisReply *r = redisCommandArgv(reg->ctx, argc, argv, lens);
+        redisReply *r = roundtrip(reg, argc, argv, lens);
         if (r == NULL) {
-            ts_warn("registry: %s: %s", argv[0], reg->ctx->errstr);
-            redisFree(reg->ctx);
-            reg->ctx = NULL;
-            if (!resend) {
-                open_ctx(reg);
-                return TS_ERR_UNAVAILABLE;
-            }
+            if (!may_resend(reg, resend)) return TS_ERR_UNAVAILABLE;
             continue;
         }
         if (r->type == REDIS_REPLY_ERROR) {
@@ -259,31 +295,118 @@ static ts_status_t command(ts_registry_t *reg, bool resend, redisReply **out, in
     return TS_ERR_UNAVAILABLE;
 }
 
-/* Runs a Lua script with nkeys keys followed by nargs arguments. */
-static ts_status_t eval(ts_registry_t *reg, bool resend, redisReply **out, const char *script, int nkeys,
+/* Loads script s on the current connection unless it is loaded. TS_OK, or
+ * TS_ERR_UNAVAILABLE (connection dropped) / TS_ERR_REGISTRY. */
+static ts_status_t load_script(ts_registry_t *reg, script_t s)
+{
+    if (reg->sha[s][0]) return TS_OK;
+    const char *argv[] = {"SCRIPT", "LOAD", SCRIPTS[s]};
+    redisReply *r = roundtrip(reg, 3, argv, NULL);
+    if (r == NULL) return TS_ERR_UNAVAILABLE;
+    bool ok = r->type == REDIS_REPLY_STRING && r->len == 40;
+    if (ok)
+        memcpy(reg->sha[s], r->str, 41);
+    else
+        ts_warn("registry: SCRIPT LOAD: %s",
+                r->type == REDIS_REPLY_ERROR && r->str ? r->str : "unexpected reply");
+    freeReplyObject(r);
+    return ok ? TS_OK : TS_ERR_REGISTRY;
+}
+
+static bool is_noscript(const redisReply *r)
+{
+    return r->type == REDIS_REPLY_ERROR && r->str && strncmp(r->str, "NOSCRIPT", 8) == 0;
+}
+
+/* argv of a script call: "EVALSHA" sha nkeys keys... args... (argv[0] and
+ * argv[1] are set by the caller). Caller frees the array. */
+static const char **script_argv(char *nk, size_t nkcap, int nkeys, const char *const *keys, int nargs,
+                                const char *const *args, int *argc)
+{
+    const char **argv = malloc((size_t)(3 + nkeys + nargs) * sizeof *argv);
+    if (argv == NULL) return NULL;
+    snprintf(nk, nkcap, "%d", nkeys);
+    int k = 2;
+    argv[k++] = nk;
+    for (int i = 0; i < nkeys; i++)
+        argv[k++] = keys[i];
+    for (int i = 0; i < nargs; i++)
+        argv[k++] = args[i];
+    *argc = k;
+    return argv;
+}
+
+/* One script call by EVALSHA: loads the script once per connection; on
+ * NOSCRIPT (the server lost it) runs it by EVAL and loads it again next
+ * time. Reply and retry rules as for command(). */
+static ts_status_t eval_argv(ts_registry_t *reg, bool resend, redisReply **out, script_t s, int argc,
+                             const char **argv)
+{
+    *out = NULL;
+    for (int attempt = 0; attempt < 2; attempt++) {
+        if (reg->ctx == NULL || reg->ctx->err) {
+            ts_status_t st = open_ctx(reg);
+            if (st != TS_OK) return st;
+        }
+        ts_status_t st = load_script(reg, s);
+        if (st == TS_ERR_UNAVAILABLE) continue; /* nothing was run: safe to try again */
+        redisReply *r = NULL;
+        if (st == TS_OK) {
+            argv[0] = "EVALSHA";
+            argv[1] = reg->sha[s];
+            r = roundtrip(reg, argc, argv, NULL);
+            if (r != NULL && is_noscript(r)) {
+                freeReplyObject(r);
+                reg->sha[s][0] = '\0';
+                r = NULL;
+                st = TS_ERR_NOT_FOUND;
+            } else if (r == NULL) {
+                if (!may_resend(reg, resend)) return TS_ERR_UNAVAILABLE;
+                continue;
+            }
+        }
+        if (r == NULL) {
+            argv[0] = "EVAL";
+            argv[1] = SCRIPTS[s];
+            r = roundtrip(reg, argc, argv, NULL);
+            if (r == NULL) {
+                if (!may_resend(reg, resend)) return TS_ERR_UNAVAILABLE;
+                continue;
+            }
+        }
+        if (r->type == REDIS_REPLY_ERROR) {
+            ts_warn("registry: script: %s", r->str ? r->str : "error");
+            freeReplyObject(r);
+            return TS_ERR_REGISTRY;
+        }
+        *out = r;
+        return TS_OK;
+    }
+    return TS_ERR_UNAVAILABLE;
+}
+
+/* Runs script s with nkeys keys followed by nargs arguments. */
+static ts_status_t eval(ts_registry_t *reg, bool resend, redisReply **out, script_t s, int nkeys,
                         const char *const *keys, int nargs, const char *const *args)
 {
-    const char *argv[16];
-    char nk[8];
-    if (3 + nkeys + nargs > (int)(sizeof argv / sizeof argv[0]))
-        return TS_ERR_INVALID;
-    snprintf(nk, sizeof nk, "%d", nkeys);
+    char nk[16];
     int argc = 0;
-    argv[argc++] = "EVAL";
-    argv[argc++] = script;
-    argv[argc++] = nk;
-    for (int i = 0; i < nkeys; i++)
-        argv[argc++] = keys[i];
-    for (int i = 0; i < nargs; i++)
-        argv[argc++] = args[i];
-    return command(reg, resend, out, argc, argv, NULL);
+    const char **argv = script_argv(nk, sizeof nk, nkeys, keys, nargs, args, &argc);
+    if (argv == NULL) return TS_ERR_NOMEM;
+    ts_status_t st = eval_argv(reg, resend, out, s, argc, argv);
+    free(argv);
+    return st;
+}
+
+uint64_t ts_registry_round_trips(const ts_registry_t *reg)
+{
+    return reg != NULL ? reg->round_trips : 0;
 }
 
 static ts_status_t unexpected(redisReply *r, const char *what)
 {
     ts_warn("registry: unexpected reply type %d to %s", r != NULL ? r->type : -1, what);
-    if (r != NULL)
-        freeReplyObject(r);
+    if (r != NULL) freeReplyObject(r);
     return TS_ERR_REGISTRY;
 }
 
@@ -295,8 +418,7 @@ static bool reply_int(const redisReply *r, long long *out)
     }
     if (r->type == REDIS_REPLY_STRING && r->str != NULL) {
         int64_t v;
-        if (ts_parse_i64(r->str, &v) != TS_OK)
-            return false;
+        if (ts_parse_i64(r->str, &v) != TS_OK) return false;
         *out = v;
         return true;
     }
@@ -305,11 +427,9 @@ static bool reply_int(const redisReply *r, long long *out)
 
 static bool valid_id(const char *id)
 {
-    if (id == NULL || id[0] == '\0' || strlen(id) >= TS_WORKER_ID_MAX)
-        return false;
+    if (id == NULL || id[0] == '\0' || strlen(id) >= TS_WORKER_ID_MAX) return false;
     for (const char *p = id; *p; p++)
-        if (*p <= ' ' || *p == 0x7f)
-            return false;
+        if (*p <= ' ' || *p == 0x7f) return false;
     return true;
 }
 
@@ -341,37 +461,32 @@ ts_status_t ts_registry_world_set(ts_registry_t *reg, const ts_world_t *w)
     snprintf(y0, sizeof y0, "%" PRId32, w->y0);
     snprintf(width, sizeof width, "%" PRId32, w->width);
     snprintf(height, sizeof height, "%" PRId32, w->height);
-    const char *argv[] = {"HSET", key, "cell_size", size, "x0", x0,
-                          "y0", y0, "width", width, "height", height};
+    const char *argv[] = {"HSET", key, "cell_size", size,  "x0",     x0,
+                          "y0",   y0,  "width",     width, "height", height};
     redisReply *r = NULL;
     ts_status_t st = command(reg, true, &r, (int)(sizeof argv / sizeof argv[0]), argv, NULL);
-    if (r != NULL)
-        freeReplyObject(r);
+    if (r != NULL) freeReplyObject(r);
     return st;
 }
 
 static bool field_i32(const char *v, int32_t *out)
 {
     int64_t n;
-    if (ts_parse_i64(v, &n) != TS_OK || n < INT32_MIN || n > INT32_MAX)
-        return false;
+    if (ts_parse_i64(v, &n) != TS_OK || n < INT32_MIN || n > INT32_MAX) return false;
     *out = (int32_t)n;
     return true;
 }
 
 ts_status_t ts_registry_world_get(ts_registry_t *reg, uint32_t world, ts_world_t *out)
 {
-    if (reg == NULL || out == NULL)
-        return TS_ERR_INVALID;
+    if (reg == NULL || out == NULL) return TS_ERR_INVALID;
     char key[KEY_MAX];
     world_key(key, world, "meta");
     const char *argv[] = {"HGETALL", key};
     redisReply *r = NULL;
     ts_status_t st = command(reg, true, &r, 2, argv, NULL);
-    if (st != TS_OK)
-        return st;
-    if (r->type != REDIS_REPLY_ARRAY || r->elements % 2 != 0)
-        return unexpected(r, "HGETALL meta");
+    if (st != TS_OK) return st;
+    if (r->type != REDIS_REPLY_ARRAY || r->elements % 2 != 0) return unexpected(r, "HGETALL meta");
     if (r->elements == 0) {
         freeReplyObject(r);
         return TS_ERR_NOT_FOUND;
@@ -414,29 +529,23 @@ ts_status_t ts_registry_world_get(ts_registry_t *reg, uint32_t world, ts_world_t
 /* Fills e from an HGETALL reply of a cell hash (not freed here). */
 static ts_status_t parse_entry(const redisReply *r, const ts_cell_t *cell, ts_cell_entry_t *e)
 {
-    if (r->type != REDIS_REPLY_ARRAY || r->elements % 2 != 0)
-        return TS_ERR_REGISTRY;
-    if (r->elements == 0)
-        return TS_ERR_NOT_FOUND;
+    if (r->type != REDIS_REPLY_ARRAY || r->elements % 2 != 0) return TS_ERR_REGISTRY;
+    if (r->elements == 0) return TS_ERR_NOT_FOUND;
     memset(e, 0, sizeof *e);
     e->cell = *cell;
     int seen = 0;
     for (size_t i = 0; i + 1 < r->elements; i += 2) {
         const redisReply *k = r->element[i], *v = r->element[i + 1];
-        if (k->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING)
-            return TS_ERR_REGISTRY;
+        if (k->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING) return TS_ERR_REGISTRY;
         if (strcmp(k->str, "owner") == 0) {
-            if (v->len >= sizeof e->owner)
-                return TS_ERR_REGISTRY;
+            if (v->len >= sizeof e->owner) return TS_ERR_REGISTRY;
             ts_strlcpy(e->owner, v->str, sizeof e->owner);
             seen |= 1;
         } else if (strcmp(k->str, "epoch") == 0) {
-            if (ts_parse_u64(v->str, &e->epoch) != TS_OK)
-                return TS_ERR_REGISTRY;
+            if (ts_parse_u64(v->str, &e->epoch) != TS_OK) return TS_ERR_REGISTRY;
             seen |= 2;
         } else if (strcmp(k->str, "state") == 0) {
-            if (ts_cell_state_parse(v->str, &e->state) != TS_OK)
-                return TS_ERR_REGISTRY;
+            if (ts_cell_state_parse(v->str, &e->state) != TS_OK) return TS_ERR_REGISTRY;
             seen |= 4;
         }
     }
@@ -445,34 +554,28 @@ static ts_status_t parse_entry(const redisReply *r, const ts_cell_t *cell, ts_ce
 
 ts_status_t ts_registry_cell_get(ts_registry_t *reg, const ts_cell_t *cell, ts_cell_entry_t *out)
 {
-    if (reg == NULL || out == NULL)
-        return TS_ERR_INVALID;
+    if (reg == NULL || out == NULL) return TS_ERR_INVALID;
     char key[KEY_MAX], text[TS_CELL_STR_MAX];
-    if (cell_key(key, text, cell) != TS_OK)
-        return TS_ERR_INVALID;
+    if (cell_key(key, text, cell) != TS_OK) return TS_ERR_INVALID;
     const char *argv[] = {"HGETALL", key};
     redisReply *r = NULL;
     ts_status_t st = command(reg, true, &r, 2, argv, NULL);
-    if (st != TS_OK)
-        return st;
+    if (st != TS_OK) return st;
     st = parse_entry(r, cell, out);
     freeReplyObject(r);
-    if (st == TS_ERR_REGISTRY)
-        ts_warn("registry: cell %s has a malformed entry", text);
+    if (st == TS_ERR_REGISTRY) ts_warn("registry: cell %s has a malformed entry", text);
     return st;
 }
 
 ts_status_t ts_registry_version(ts_registry_t *reg, uint32_t world, uint64_t *version)
 {
-    if (reg == NULL || version == NULL)
-        return TS_ERR_INVALID;
+    if (reg == NULL || version == NULL) return TS_ERR_INVALID;
     char key[KEY_MAX];
     world_key(key, world, "version");
     const char *argv[] = {"GET", key};
     redisReply *r = NULL;
     ts_status_t st = command(reg, true, &r, 2, argv, NULL);
-    if (st != TS_OK)
-        return st;
+    if (st != TS_OK) return st;
     long long v = 0;
     if (r->type == REDIS_REPLY_NIL)
         v = 0;
@@ -490,8 +593,7 @@ ts_status_t ts_registry_cell_create(ts_registry_t *reg, const ts_cell_entry_t *w
         (unsigned)want->state > TS_CELL_RETIRED)
         return TS_ERR_INVALID;
     char key[KEY_MAX], text[TS_CELL_STR_MAX], cells[KEY_MAX], vkey[KEY_MAX], parent[TS_CELL_STR_MAX] = "";
-    if (cell_key(key, text, &want->cell) != TS_OK)
-        return TS_ERR_INVALID;
+    if (cell_key(key, text, &want->cell) != TS_OK) return TS_ERR_INVALID;
     ts_cell_t up;
     if (want->cell.depth > 0 && ts_cell_parent(&want->cell, &up) == TS_OK)
         ts_cell_format(&up, parent, sizeof parent);
@@ -500,9 +602,8 @@ ts_status_t ts_registry_cell_create(ts_registry_t *reg, const ts_cell_entry_t *w
     const char *keys[] = {key, cells, vkey};
     const char *args[] = {want->owner, ts_cell_state_str(want->state), text, parent};
     redisReply *r = NULL;
-    ts_status_t st = eval(reg, true, &r, CREATE_LUA, 3, keys, 4, args);
-    if (st != TS_OK)
-        return st;
+    ts_status_t st = eval(reg, true, &r, SCRIPT_CREATE, 3, keys, 4, args);
+    if (st != TS_OK) return st;
     long long created, v = 0;
     if (r->type != REDIS_REPLY_ARRAY || r->elements < 1 || !reply_int(r->element[0], &created) ||
         (created == 1 && (r->elements < 2 || !reply_int(r->element[1], &v))))
@@ -514,56 +615,213 @@ ts_status_t ts_registry_cell_create(ts_registry_t *reg, const ts_cell_entry_t *w
         ts_strlcpy(out->owner, want->owner, sizeof out->owner);
         out->epoch = 1;
         out->state = want->state;
-        if (version != NULL)
-            *version = (uint64_t)v;
+        if (version != NULL) *version = (uint64_t)v;
         return TS_OK;
     }
     st = ts_registry_cell_get(reg, &want->cell, out);
-    if (st == TS_OK && version != NULL)
-        st = ts_registry_version(reg, want->cell.world, version);
+    if (st == TS_OK && version != NULL) st = ts_registry_version(reg, want->cell.world, version);
     return st == TS_OK ? TS_ERR_EXISTS : st;
+}
+
+/* Cells per script call of ts_registry_cells_cas (each call is atomic and
+ * keeps Redis busy for a bounded time). */
+#define CAS_CHUNK 256
+
+/* Fills op's outcome from the five reply items at e. */
+static ts_status_t cas_result(ts_registry_cas_t *op, redisReply *const *e)
+{
+    long long outcome, epoch, version;
+    if (!reply_int(e[0], &outcome) || !reply_int(e[1], &epoch) || !reply_int(e[2], &version) ||
+        e[3]->type != REDIS_REPLY_STRING || e[4]->type != REDIS_REPLY_STRING || epoch < 0 || version < 0)
+        return TS_ERR_REGISTRY;
+    memset(&op->entry, 0, sizeof op->entry);
+    op->entry.cell = op->cell;
+    op->version = (uint64_t)version;
+    if (outcome == -1) {
+        op->result = TS_ERR_NOT_FOUND;
+        return TS_OK;
+    }
+    if (outcome == 1) {
+        if (epoch < 1) return TS_ERR_REGISTRY;
+        op->result = TS_OK;
+        ts_strlcpy(op->entry.owner, op->new_owner, sizeof op->entry.owner);
+        op->entry.epoch = (uint64_t)epoch;
+        op->entry.state = op->new_state;
+        return TS_OK;
+    }
+    if (e[3]->len >= sizeof op->entry.owner || ts_cell_state_parse(e[4]->str, &op->entry.state) != TS_OK)
+        return TS_ERR_REGISTRY;
+    op->result = TS_ERR_CONFLICT;
+    ts_strlcpy(op->entry.owner, e[3]->str, sizeof op->entry.owner);
+    op->entry.epoch = (uint64_t)epoch;
+    return TS_OK;
+}
+
+/* Builds the argv of one script call over ops[0..n) (argv[0..1] left for
+ * eval_argv). Keys and arguments live in *strings (caller frees both). */
+static const char **cas_argv(const ts_registry_cas_t *ops, size_t n, char nk[16], char **strings, int *argc)
+{
+    enum { KEY = KEY_MAX, NUM = 24 };
+    size_t per = KEY + NUM;
+    *strings = malloc(KEY + n * per);
+    const char **argv = malloc((3 + 1 + 4 * n) * sizeof *argv);
+    if (*strings == NULL || argv == NULL) {
+        free(argv);
+        return NULL;
+    }
+    char *vkey = *strings;
+    world_key(vkey, ops[0].cell.world, "version");
+    snprintf(nk, 16, "%zu", n + 1);
+    int k = 2;
+    argv[k++] = nk;
+    argv[k++] = vkey;
+    for (size_t i = 0; i < n; i++) {
+        char *key = *strings + KEY + i * per, text[TS_CELL_STR_MAX];
+        if (cell_key(key, text, &ops[i].cell) != TS_OK) {
+            free(argv);
+            return NULL;
+        }
+        argv[k++] = key;
+    }
+    for (size_t i = 0; i < n; i++) {
+        char *num = *strings + KEY + i * per + KEY;
+        snprintf(num, NUM, "%" PRIu64, ops[i].expected_epoch);
+        argv[k++] = num;
+        argv[k++] = ops[i].new_owner;
+        argv[k++] = ts_cell_state_str(ops[i].new_state);
+    }
+    *argc = k;
+    return argv;
+}
+
+static bool cas_op_ok(const ts_registry_cas_t *op, uint32_t world)
+{
+    return valid_id(op->new_owner) && (unsigned)op->new_state <= TS_CELL_RETIRED && op->cell.world == world &&
+           ts_cell_valid(&op->cell);
+}
+
+ts_status_t ts_registry_cells_cas(ts_registry_t *reg, ts_registry_cas_t *ops, size_t n)
+{
+    if (reg == NULL || (ops == NULL && n > 0)) return TS_ERR_INVALID;
+    for (size_t i = 0; i < n; i++) {
+        if (!cas_op_ok(&ops[i], ops[0].cell.world)) return TS_ERR_INVALID;
+        ops[i].result = TS_ERR_UNAVAILABLE;
+    }
+    if (n == 0) return TS_OK;
+    size_t nchunks = (n + CAS_CHUNK - 1) / CAS_CHUNK;
+    const char ***argvs = calloc(nchunks, sizeof *argvs);
+    char **strings = calloc(nchunks, sizeof *strings);
+    int *argcs = calloc(nchunks, sizeof *argcs);
+    char(*nks)[16] = calloc(nchunks, sizeof *nks);
+    ts_status_t st = argvs && strings && argcs && nks ? TS_OK : TS_ERR_NOMEM;
+    for (size_t c = 0; st == TS_OK && c < nchunks; c++) {
+        size_t from = c * CAS_CHUNK, len = n - from < CAS_CHUNK ? n - from : CAS_CHUNK;
+        argvs[c] = cas_argv(ops + from, len, nks[c], &strings[c], &argcs[c]);
+        if (argvs[c] == NULL) st = TS_ERR_NOMEM;
+    }
+    if (st != TS_OK) goto cleanup;
+    if (nchunks == 1) {
+        /* one call: EVALSHA with its NOSCRIPT fallback */
+        redisReply *r = NULL;
+        st = eval_argv(reg, false, &r, SCRIPT_CAS, argcs[0], argvs[0]);
+        if (st == TS_OK) {
+            if (r->type != REDIS_REPLY_ARRAY || r->elements != 5 * n) {
+                st = unexpected(r, "cell CAS");
+                goto cleanup;
+            }
+            for (size_t i = 0; i < n && st == TS_OK; i++)
+                st = cas_result(&ops[i], r->element + 5 * i);
+            freeReplyObject(r);
+        }
+        goto cleanup;
+    }
+    /* several calls pipelined: one round trip */
+    if (reg->ctx == NULL || reg->ctx->err) {
+        if ((st = open_ctx(reg)) != TS_OK) goto cleanup;
+    }
+    if ((st = load_script(reg, SCRIPT_CAS)) != TS_OK) goto cleanup;
+    for (size_t c = 0; c < nchunks; c++) {
+        argvs[c][0] = "EVALSHA";
+        argvs[c][1] = reg->sha[SCRIPT_CAS];
+        if (redisAppendCommandArgv(reg->ctx, argcs[c], argvs[c], NULL) != REDIS_OK) {
+            st = TS_ERR_NOMEM;
+            break;
+        }
+    }
+    reg->round_trips++;
+    size_t queued = st == TS_OK ? nchunks : 0;
+    bool *rerun = calloc(nchunks, sizeof *rerun);
+    for (size_t c = 0; c < queued; c++) {
+        redisReply *r = NULL;
+        if (redisGetReply(reg->ctx, (void **)&r) != REDIS_OK || r == NULL) {
+            ts_warn("registry: cell CAS: %s", reg->ctx->errstr);
+            redisFree(reg->ctx);
+            reg->ctx = NULL;
+            open_ctx(reg);
+            st = TS_ERR_UNAVAILABLE;
+            break;
+        }
+        size_t from = c * CAS_CHUNK, len = n - from < CAS_CHUNK ? n - from : CAS_CHUNK;
+        if (is_noscript(r) && rerun != NULL) {
+            rerun[c] = true; /* not run: by EVAL once the pipeline is read */
+            reg->sha[SCRIPT_CAS][0] = '\0';
+            freeReplyObject(r);
+            continue;
+        }
+        if (r->type != REDIS_REPLY_ARRAY || r->elements != 5 * len) {
+            if (st == TS_OK) st = TS_ERR_REGISTRY;
+            ts_warn("registry: unexpected reply type %d to cell CAS", r->type);
+            freeReplyObject(r);
+            continue; /* keep reading: the connection stays in step */
+        }
+        for (size_t i = 0; i < len; i++) {
+            ts_status_t rs = cas_result(&ops[from + i], r->element + 5 * i);
+            if (rs != TS_OK && st == TS_OK) st = rs;
+        }
+        freeReplyObject(r);
+    }
+    for (size_t c = 0; st == TS_OK && rerun != NULL && c < nchunks; c++) {
+        if (!rerun[c]) continue;
+        size_t from = c * CAS_CHUNK, len = n - from < CAS_CHUNK ? n - from : CAS_CHUNK;
+        redisReply *r = NULL;
+        st = eval_argv(reg, false, &r, SCRIPT_CAS, argcs[c], argvs[c]);
+        if (st != TS_OK) break;
+        if (r->type != REDIS_REPLY_ARRAY || r->elements != 5 * len) {
+            st = unexpected(r, "cell CAS");
+            break;
+        }
+        for (size_t i = 0; i < len && st == TS_OK; i++)
+            st = cas_result(&ops[from + i], r->element + 5 * i);
+        freeReplyObject(r);
+    }
+    if (rerun == NULL && st == TS_OK) st = TS_ERR_NOMEM;
+    free(rerun);
+cleanup:
+    for (size_t c = 0; argvs && strings && c < nchunks; c++) {
+        free(argvs[c]);
+        free(strings[c]);
+    }
+    free(argvs);
+    free(strings);
+    free(argcs);
+    free(nks);
+    return st;
 }
 
 ts_status_t ts_registry_cell_cas(ts_registry_t *reg, const ts_cell_t *cell, uint64_t expected_epoch,
                                  const char *new_owner, ts_cell_state_t new_state, ts_cell_entry_t *out,
                                  uint64_t *version)
 {
-    if (reg == NULL || out == NULL || !valid_id(new_owner) || (unsigned)new_state > TS_CELL_RETIRED)
+    if (reg == NULL || cell == NULL || out == NULL || !valid_id(new_owner) ||
+        (unsigned)new_state > TS_CELL_RETIRED)
         return TS_ERR_INVALID;
-    char key[KEY_MAX], text[TS_CELL_STR_MAX], vkey[KEY_MAX], expected[24];
-    if (cell_key(key, text, cell) != TS_OK)
-        return TS_ERR_INVALID;
-    world_key(vkey, cell->world, "version");
-    snprintf(expected, sizeof expected, "%" PRIu64, expected_epoch);
-    const char *keys[] = {key, vkey};
-    const char *args[] = {expected, new_owner, ts_cell_state_str(new_state)};
-    redisReply *r = NULL;
-    ts_status_t st = eval(reg, false, &r, CAS_LUA, 2, keys, 3, args);
-    if (st != TS_OK)
-        return st;
-    long long outcome, epoch = 0, v = 0;
-    if (r->type != REDIS_REPLY_ARRAY || r->elements < 1 || !reply_int(r->element[0], &outcome))
-        return unexpected(r, "cell CAS");
-    if (outcome == 1 && (r->elements < 3 || !reply_int(r->element[1], &epoch) ||
-                         !reply_int(r->element[2], &v) || epoch < 1))
-        return unexpected(r, "cell CAS");
-    freeReplyObject(r);
-    if (outcome == -1)
-        return TS_ERR_NOT_FOUND;
-    if (outcome == 1) {
-        memset(out, 0, sizeof *out);
-        out->cell = *cell;
-        ts_strlcpy(out->owner, new_owner, sizeof out->owner);
-        out->epoch = (uint64_t)epoch;
-        out->state = new_state;
-        if (version != NULL)
-            *version = (uint64_t)v;
-        return TS_OK;
-    }
-    st = ts_registry_cell_get(reg, cell, out);
-    if (st == TS_OK && version != NULL)
-        st = ts_registry_version(reg, cell->world, version);
-    return st == TS_OK ? TS_ERR_CONFLICT : st;
+    ts_registry_cas_t op = {.cell = *cell, .expected_epoch = expected_epoch, .new_state = new_state};
+    ts_strlcpy(op.new_owner, new_owner, sizeof op.new_owner);
+    ts_status_t st = ts_registry_cells_cas(reg, &op, 1);
+    if (st != TS_OK) return st;
+    *out = op.entry;
+    if (version != NULL) *version = op.version;
+    return op.result;
 }
 
 /* One attempt at reading every cell; pipelined HGETALLs. */
@@ -574,10 +832,8 @@ static ts_status_t cells_once(ts_registry_t *reg, uint32_t world, ts_cell_entry_
     const char *argv[] = {"SMEMBERS", key};
     redisReply *members = NULL;
     ts_status_t st = command(reg, true, &members, 2, argv, NULL);
-    if (st != TS_OK)
-        return st;
-    if (members->type != REDIS_REPLY_ARRAY)
-        return unexpected(members, "SMEMBERS cells");
+    if (st != TS_OK) return st;
+    if (members->type != REDIS_REPLY_ARRAY) return unexpected(members, "SMEMBERS cells");
 
     size_t count = members->elements;
     ts_cell_t *ids = calloc(count ? count : 1, sizeof *ids);
@@ -603,6 +859,7 @@ static ts_status_t cells_once(ts_registry_t *reg, uint32_t world, ts_cell_entry_
         }
         sent++;
     }
+    reg->round_trips++;
     /* read every reply that was queued, even after an error, so the
      * connection stays in step */
     size_t got = 0;
@@ -638,13 +895,11 @@ cleanup:
 
 ts_status_t ts_registry_cells(ts_registry_t *reg, uint32_t world, ts_cell_entry_t **out, size_t *n)
 {
-    if (reg == NULL || out == NULL || n == NULL)
-        return TS_ERR_INVALID;
+    if (reg == NULL || out == NULL || n == NULL) return TS_ERR_INVALID;
     *out = NULL;
     *n = 0;
     ts_status_t st = cells_once(reg, world, out, n);
-    if (st == TS_ERR_UNAVAILABLE)
-        st = cells_once(reg, world, out, n);
+    if (st == TS_ERR_UNAVAILABLE) st = cells_once(reg, world, out, n);
     return st;
 }
 
@@ -656,38 +911,181 @@ static void worker_keys(const char *id, char *alive, char *hash)
     snprintf(hash, KEY_MAX, "ts:worker:%s", id);
 }
 
-ts_status_t ts_registry_worker_alive(ts_registry_t *reg, const char *id, int64_t ttl_ms, uint32_t capacity)
+static bool valid_token(const char *token)
 {
-    if (reg == NULL || !valid_id(id) || ttl_ms <= 0)
-        return TS_ERR_INVALID;
+    return valid_id(token) && strlen(token) < TS_WORKER_TOKEN_MAX;
+}
+
+/* Runs ALIVE_LUA; *set tells whether the key now holds token. */
+static ts_status_t alive_script(ts_registry_t *reg, const char *id, const char *token, int64_t ttl_ms,
+                                uint32_t capacity, const char *mode, bool *set)
+{
     char alive[KEY_MAX], hash[KEY_MAX], ttl[24], cap[16], now[24];
     worker_keys(id, alive, hash);
     snprintf(ttl, sizeof ttl, "%" PRId64, ttl_ms);
     snprintf(cap, sizeof cap, "%" PRIu32, capacity);
     snprintf(now, sizeof now, "%" PRIu64, ts_now_us() / 1000);
     const char *keys[] = {alive, hash, "ts:workers"};
-    const char *args[] = {ttl, cap, now, id};
+    const char *args[] = {ttl, cap, now, id, token, mode};
     redisReply *r = NULL;
-    ts_status_t st = eval(reg, true, &r, ALIVE_LUA, 3, keys, 4, args);
-    if (r != NULL)
+    ts_status_t st = eval(reg, true, &r, SCRIPT_ALIVE, 3, keys, 6, args);
+    if (st != TS_OK) return st;
+    long long v;
+    if (!reply_int(r, &v)) return unexpected(r, "worker liveness");
+    freeReplyObject(r);
+    *set = v == 1;
+    return TS_OK;
+}
+
+ts_status_t ts_registry_worker_alive(ts_registry_t *reg, const char *id, int64_t ttl_ms, uint32_t capacity)
+{
+    if (reg == NULL || !valid_id(id) || ttl_ms <= 0) return TS_ERR_INVALID;
+    bool set;
+    return alive_script(reg, id, "1", ttl_ms, capacity, "any", &set);
+}
+
+ts_status_t ts_registry_worker_claim(ts_registry_t *reg, const char *id, const char *token, int64_t ttl_ms,
+                                     uint32_t capacity)
+{
+    if (reg == NULL || !valid_id(id) || !valid_token(token) || ttl_ms <= 0) return TS_ERR_INVALID;
+    bool set = false;
+    ts_status_t st = alive_script(reg, id, token, ttl_ms, capacity, "claim", &set);
+    return st != TS_OK ? st : set ? TS_OK : TS_ERR_EXISTS;
+}
+
+ts_status_t ts_registry_worker_refresh(ts_registry_t *reg, const char *id, const char *token, int64_t ttl_ms,
+                                       uint32_t capacity)
+{
+    if (reg == NULL || !valid_id(id) || !valid_token(token) || ttl_ms <= 0) return TS_ERR_INVALID;
+    bool set = false;
+    ts_status_t st = alive_script(reg, id, token, ttl_ms, capacity, "refresh", &set);
+    return st != TS_OK ? st : set ? TS_OK : TS_ERR_CONFLICT;
+}
+
+/* One pipelined round trip: GET of every alive key, then (with_world) the
+ * world's version and the known worker ids. The connection is re-opened and
+ * the pipeline re-sent once after an I/O failure (it only reads). */
+static ts_status_t liveness_once(ts_registry_t *reg, const char *const *ids, size_t n,
+                                 char (*tokens)[TS_WORKER_TOKEN_MAX], bool with_world, uint32_t world,
+                                 uint64_t *version, char ***known, size_t *nknown)
+{
+    if (reg->ctx == NULL || reg->ctx->err) {
+        ts_status_t st = open_ctx(reg);
+        if (st != TS_OK) return st;
+    }
+    size_t sent = 0;
+    ts_status_t st = TS_OK;
+    for (size_t i = 0; i < n; i++) {
+        char alive[KEY_MAX], hash[KEY_MAX];
+        worker_keys(ids[i], alive, hash);
+        const char *argv[] = {"GET", alive};
+        if (redisAppendCommandArgv(reg->ctx, 2, argv, NULL) != REDIS_OK) {
+            st = TS_ERR_NOMEM;
+            break;
+        }
+        sent++;
+    }
+    if (st == TS_OK && with_world) {
+        char vkey[KEY_MAX];
+        world_key(vkey, world, "version");
+        const char *get[] = {"GET", vkey};
+        const char *members[] = {"SMEMBERS", "ts:workers"};
+        if (redisAppendCommandArgv(reg->ctx, 2, get, NULL) != REDIS_OK ||
+            redisAppendCommandArgv(reg->ctx, 2, members, NULL) != REDIS_OK)
+            st = TS_ERR_NOMEM;
+        else
+            sent += 2;
+    }
+    reg->round_trips++;
+    for (size_t i = 0; i < sent; i++) {
+        redisReply *r = NULL;
+        if (redisGetReply(reg->ctx, (void **)&r) != REDIS_OK || r == NULL) {
+            ts_warn("registry: reading liveness: %s", reg->ctx->errstr);
+            redisFree(reg->ctx);
+            reg->ctx = NULL;
+            return TS_ERR_UNAVAILABLE;
+        }
+        if (i < n) {
+            tokens[i][0] = '\0';
+            if (r->type == REDIS_REPLY_STRING)
+                ts_strlcpy(tokens[i], r->str, TS_WORKER_TOKEN_MAX);
+            else if (r->type != REDIS_REPLY_NIL && st == TS_OK)
+                st = TS_ERR_REGISTRY;
+        } else if (i == n) {
+            long long v = 0;
+            if (r->type != REDIS_REPLY_NIL && (!reply_int(r, &v) || v < 0) && st == TS_OK)
+                st = TS_ERR_REGISTRY;
+            *version = (uint64_t)v;
+        } else if (r->type != REDIS_REPLY_ARRAY) {
+            if (st == TS_OK) st = TS_ERR_REGISTRY;
+        } else if (st == TS_OK) {
+            char **list = calloc(r->elements ? r->elements : 1, sizeof *list);
+            size_t k = 0;
+            for (size_t e = 0; list != NULL && e < r->elements; e++) {
+                if (r->element[e]->type != REDIS_REPLY_STRING) continue;
+                if ((list[k] = strdup(r->element[e]->str)) == NULL) {
+                    ts_registry_free_list(list, k);
+                    list = NULL;
+                    break;
+                }
+                k++;
+            }
+            if (list == NULL) st = TS_ERR_NOMEM;
+            *known = list;
+            *nknown = list ? k : 0;
+        }
         freeReplyObject(r);
+    }
+    if (st == TS_ERR_REGISTRY) ts_warn("registry: unexpected reply reading worker liveness");
+    return st;
+}
+
+ts_status_t ts_registry_workers_liveness(ts_registry_t *reg, const char *const *ids, size_t n,
+                                         char (*tokens)[TS_WORKER_TOKEN_MAX])
+{
+    if (reg == NULL || (n > 0 && (ids == NULL || tokens == NULL))) return TS_ERR_INVALID;
+    for (size_t i = 0; i < n; i++) {
+        if (!valid_id(ids[i])) return TS_ERR_INVALID;
+    }
+    ts_status_t st = liveness_once(reg, ids, n, tokens, false, 0, NULL, NULL, NULL);
+    if (st == TS_ERR_UNAVAILABLE) st = liveness_once(reg, ids, n, tokens, false, 0, NULL, NULL, NULL);
+    return st;
+}
+
+ts_status_t ts_registry_liveness_poll(ts_registry_t *reg, uint32_t world, const char *const *ids, size_t n,
+                                      char (*tokens)[TS_WORKER_TOKEN_MAX], uint64_t *version, char ***known,
+                                      size_t *nknown)
+{
+    if (reg == NULL || version == NULL || known == NULL || nknown == NULL ||
+        (n > 0 && (ids == NULL || tokens == NULL)))
+        return TS_ERR_INVALID;
+    *known = NULL;
+    *nknown = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!valid_id(ids[i])) return TS_ERR_INVALID;
+    }
+    ts_status_t st = liveness_once(reg, ids, n, tokens, true, world, version, known, nknown);
+    if (st == TS_ERR_UNAVAILABLE)
+        st = liveness_once(reg, ids, n, tokens, true, world, version, known, nknown);
+    if (st != TS_OK) {
+        ts_registry_free_list(*known, *nknown);
+        *known = NULL;
+        *nknown = 0;
+    }
     return st;
 }
 
 ts_status_t ts_registry_worker_is_alive(ts_registry_t *reg, const char *id, bool *alive)
 {
-    if (reg == NULL || !valid_id(id) || alive == NULL)
-        return TS_ERR_INVALID;
+    if (reg == NULL || !valid_id(id) || alive == NULL) return TS_ERR_INVALID;
     char akey[KEY_MAX], hash[KEY_MAX];
     worker_keys(id, akey, hash);
     const char *argv[] = {"EXISTS", akey};
     redisReply *r = NULL;
     ts_status_t st = command(reg, true, &r, 2, argv, NULL);
-    if (st != TS_OK)
-        return st;
+    if (st != TS_OK) return st;
     long long v;
-    if (!reply_int(r, &v))
-        return unexpected(r, "EXISTS alive");
+    if (!reply_int(r, &v)) return unexpected(r, "EXISTS alive");
     freeReplyObject(r);
     *alive = v > 0;
     return TS_OK;
@@ -695,8 +1093,7 @@ ts_status_t ts_registry_worker_is_alive(ts_registry_t *reg, const char *id, bool
 
 void ts_registry_free_list(char **ids, size_t n)
 {
-    if (ids == NULL)
-        return;
+    if (ids == NULL) return;
     for (size_t i = 0; i < n; i++)
         free(ids[i]);
     free(ids);
@@ -710,10 +1107,8 @@ static ts_status_t smembers(ts_registry_t *reg, const char *key, char ***ids, si
     const char *argv[] = {"SMEMBERS", key};
     redisReply *r = NULL;
     ts_status_t st = command(reg, true, &r, 2, argv, NULL);
-    if (st != TS_OK)
-        return st;
-    if (r->type != REDIS_REPLY_ARRAY)
-        return unexpected(r, "SMEMBERS");
+    if (st != TS_OK) return st;
+    if (r->type != REDIS_REPLY_ARRAY) return unexpected(r, "SMEMBERS");
     char **list = calloc(r->elements ? r->elements : 1, sizeof *list);
     if (list == NULL) {
         freeReplyObject(r);
@@ -722,8 +1117,7 @@ static ts_status_t smembers(ts_registry_t *reg, const char *key, char ***ids, si
     size_t k = 0;
     for (size_t i = 0; i < r->elements; i++) {
         const redisReply *e = r->element[i];
-        if (e->type != REDIS_REPLY_STRING)
-            continue;
+        if (e->type != REDIS_REPLY_STRING) continue;
         if ((list[k] = strdup(e->str)) == NULL) {
             ts_registry_free_list(list, k);
             freeReplyObject(r);
@@ -739,28 +1133,23 @@ static ts_status_t smembers(ts_registry_t *reg, const char *key, char ***ids, si
 
 ts_status_t ts_registry_workers(ts_registry_t *reg, char ***ids, size_t *n)
 {
-    if (reg == NULL || ids == NULL || n == NULL)
-        return TS_ERR_INVALID;
+    if (reg == NULL || ids == NULL || n == NULL) return TS_ERR_INVALID;
     return smembers(reg, "ts:workers", ids, n);
 }
 
 ts_status_t ts_registry_worker_forget(ts_registry_t *reg, const char *id)
 {
-    if (reg == NULL || !valid_id(id))
-        return TS_ERR_INVALID;
+    if (reg == NULL || !valid_id(id)) return TS_ERR_INVALID;
     char alive[KEY_MAX], hash[KEY_MAX];
     worker_keys(id, alive, hash);
     const char *del[] = {"DEL", alive, hash};
     const char *srem[] = {"SREM", "ts:workers", id};
     redisReply *r = NULL;
     ts_status_t st = command(reg, true, &r, 3, del, NULL);
-    if (r != NULL)
-        freeReplyObject(r);
-    if (st != TS_OK)
-        return st;
+    if (r != NULL) freeReplyObject(r);
+    if (st != TS_OK) return st;
     st = command(reg, true, &r, 3, srem, NULL);
-    if (r != NULL)
-        freeReplyObject(r);
+    if (r != NULL) freeReplyObject(r);
     return st;
 }
 
@@ -768,15 +1157,13 @@ ts_status_t ts_registry_worker_forget(ts_registry_t *reg, const char *id)
 
 static ts_status_t draining_change(ts_registry_t *reg, uint32_t world, const char *id, const char *op)
 {
-    if (reg == NULL || !valid_id(id))
-        return TS_ERR_INVALID;
+    if (reg == NULL || !valid_id(id)) return TS_ERR_INVALID;
     char key[KEY_MAX];
     world_key(key, world, "draining");
     const char *argv[] = {op, key, id};
     redisReply *r = NULL;
     ts_status_t st = command(reg, true, &r, 3, argv, NULL);
-    if (r != NULL)
-        freeReplyObject(r);
+    if (r != NULL) freeReplyObject(r);
     return st;
 }
 
@@ -792,8 +1179,7 @@ ts_status_t ts_registry_draining_remove(ts_registry_t *reg, uint32_t world, cons
 
 ts_status_t ts_registry_draining(ts_registry_t *reg, uint32_t world, char ***ids, size_t *n)
 {
-    if (reg == NULL || ids == NULL || n == NULL)
-        return TS_ERR_INVALID;
+    if (reg == NULL || ids == NULL || n == NULL) return TS_ERR_INVALID;
     char key[KEY_MAX];
     world_key(key, world, "draining");
     return smembers(reg, key, ids, n);
@@ -810,8 +1196,7 @@ static bool valid_lock(const char *name, const char *holder)
 ts_status_t ts_registry_lock(ts_registry_t *reg, const char *name, const char *holder, int64_t ttl_ms,
                              bool *held)
 {
-    if (reg == NULL || held == NULL || !valid_lock(name, holder) || ttl_ms <= 0)
-        return TS_ERR_INVALID;
+    if (reg == NULL || held == NULL || !valid_lock(name, holder) || ttl_ms <= 0) return TS_ERR_INVALID;
     *held = false;
     char key[KEY_MAX], ttl[24];
     snprintf(key, sizeof key, "ts:lock:%s", name);
@@ -819,12 +1204,10 @@ ts_status_t ts_registry_lock(ts_registry_t *reg, const char *name, const char *h
     const char *keys[] = {key};
     const char *args[] = {holder, ttl};
     redisReply *r = NULL;
-    ts_status_t st = eval(reg, true, &r, LOCK_LUA, 1, keys, 2, args);
-    if (st != TS_OK)
-        return st;
+    ts_status_t st = eval(reg, true, &r, SCRIPT_LOCK, 1, keys, 2, args);
+    if (st != TS_OK) return st;
     long long v;
-    if (!reply_int(r, &v))
-        return unexpected(r, "lock");
+    if (!reply_int(r, &v)) return unexpected(r, "lock");
     freeReplyObject(r);
     *held = v == 1;
     return TS_OK;
@@ -832,16 +1215,14 @@ ts_status_t ts_registry_lock(ts_registry_t *reg, const char *name, const char *h
 
 ts_status_t ts_registry_unlock(ts_registry_t *reg, const char *name, const char *holder)
 {
-    if (reg == NULL || !valid_lock(name, holder))
-        return TS_ERR_INVALID;
+    if (reg == NULL || !valid_lock(name, holder)) return TS_ERR_INVALID;
     char key[KEY_MAX];
     snprintf(key, sizeof key, "ts:lock:%s", name);
     const char *keys[] = {key};
     const char *args[] = {holder};
     redisReply *r = NULL;
-    ts_status_t st = eval(reg, true, &r, UNLOCK_LUA, 1, keys, 1, args);
-    if (r != NULL)
-        freeReplyObject(r);
+    ts_status_t st = eval(reg, true, &r, SCRIPT_UNLOCK, 1, keys, 1, args);
+    if (r != NULL) freeReplyObject(r);
     return st;
 }
 
@@ -849,16 +1230,14 @@ ts_status_t ts_registry_unlock(ts_registry_t *reg, const char *name, const char 
 
 ts_status_t ts_registry_world_reset(ts_registry_t *reg, uint32_t world)
 {
-    if (reg == NULL)
-        return TS_ERR_INVALID;
+    if (reg == NULL) return TS_ERR_INVALID;
     char pattern[KEY_MAX], cursor[32] = "0";
     world_key(pattern, world, "*");
     do {
         const char *argv[] = {"SCAN", cursor, "MATCH", pattern, "COUNT", "1000"};
         redisReply *r = NULL;
         ts_status_t st = command(reg, true, &r, 6, argv, NULL);
-        if (st != TS_OK)
-            return st;
+        if (st != TS_OK) return st;
         if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 || r->element[0]->type != REDIS_REPLY_STRING ||
             r->element[1]->type != REDIS_REPLY_ARRAY || r->element[0]->len >= sizeof cursor)
             return unexpected(r, "SCAN");
@@ -873,17 +1252,14 @@ ts_status_t ts_registry_world_reset(ts_registry_t *reg, uint32_t world)
             int argc = 0;
             del[argc++] = "UNLINK";
             for (size_t i = 0; i < keys->elements; i++)
-                if (keys->element[i]->type == REDIS_REPLY_STRING)
-                    del[argc++] = keys->element[i]->str;
+                if (keys->element[i]->type == REDIS_REPLY_STRING) del[argc++] = keys->element[i]->str;
             redisReply *dr = NULL;
             st = argc > 1 ? command(reg, true, &dr, argc, del, NULL) : TS_OK;
-            if (dr != NULL)
-                freeReplyObject(dr);
+            if (dr != NULL) freeReplyObject(dr);
             free(del);
         }
         freeReplyObject(r);
-        if (st != TS_OK)
-            return st;
+        if (st != TS_OK) return st;
     } while (strcmp(cursor, "0") != 0);
     return TS_OK;
 }

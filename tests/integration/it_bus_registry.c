@@ -720,11 +720,146 @@ static void test_registry_worker_alive(void **state)
     ts_h_pass();
 }
 
+
 static void raw(redisContext *c, const char *cmd)
 {
     redisReply *r = redisCommand(c, cmd);
     assert_non_null(r);
     freeReplyObject(r);
+}
+
+static void test_registry_worker_claim_refresh(void **state)
+{
+    ts_registry_t *reg = reg_connect();
+    const char *ids[] = {"it-w7", "it-w8"};
+    char tokens[2][TS_WORKER_TOKEN_MAX];
+
+    /* the first process claims the id; a second one with another token is refused */
+    assert_int_equal(ts_registry_worker_claim(reg, "it-w7", "tok-a", 300, 10), TS_OK);
+    assert_int_equal(ts_registry_worker_claim(reg, "it-w7", "tok-b", 300, 10), TS_ERR_EXISTS);
+    assert_int_equal(ts_registry_workers_liveness(reg, ids, 2, tokens), TS_OK);
+    assert_string_equal(tokens[0], "tok-a");
+    assert_string_equal(tokens[1], "");
+    /* the holder refreshes; the other one learns it is not the id */
+    assert_int_equal(ts_registry_worker_refresh(reg, "it-w7", "tok-a", 300, 10), TS_OK);
+    assert_int_equal(ts_registry_worker_refresh(reg, "it-w7", "tok-b", 300, 10), TS_ERR_CONFLICT);
+    bool alive = false;
+    assert_int_equal(ts_registry_worker_is_alive(reg, "it-w7", &alive), TS_OK);
+    assert_true(alive);
+
+    /* expired: nobody holds it; a late refresh of the same process takes it back */
+    ts_sleep_ms(450);
+    assert_int_equal(ts_registry_workers_liveness(reg, ids, 1, tokens), TS_OK);
+    assert_string_equal(tokens[0], "");
+    assert_int_equal(ts_registry_worker_refresh(reg, "it-w7", "tok-a", 300, 10), TS_OK);
+    assert_int_equal(ts_registry_workers_liveness(reg, ids, 1, tokens), TS_OK);
+    assert_string_equal(tokens[0], "tok-a");
+
+    /* a new incarnation claims the id once the old one's key expired; the old
+     * one's refresh then fails: two processes never both hold it */
+    ts_sleep_ms(450);
+    assert_int_equal(ts_registry_worker_claim(reg, "it-w7", "tok-b", 300, 10), TS_OK);
+    assert_int_equal(ts_registry_worker_refresh(reg, "it-w7", "tok-a", 300, 10), TS_ERR_CONFLICT);
+    assert_int_equal(ts_registry_workers_liveness(reg, ids, 1, tokens), TS_OK);
+    assert_string_equal(tokens[0], "tok-b");
+    /* claiming again with its own token is fine (a retried start) */
+    assert_int_equal(ts_registry_worker_claim(reg, "it-w7", "tok-b", 300, 10), TS_OK);
+
+    /* one round trip for the liveness of many workers, the version and the known ids */
+    assert_int_equal(ts_registry_worker_claim(reg, "it-w8", "tok-c", 5000, 10), TS_OK);
+    uint64_t rt = ts_registry_round_trips(reg), version = 1;
+    char **known = NULL;
+    size_t nknown = 0;
+    assert_int_equal(ts_registry_liveness_poll(reg, 29, ids, 2, tokens, &version, &known, &nknown), TS_OK);
+    assert_int_equal(ts_registry_round_trips(reg) - rt, 1);
+    assert_string_equal(tokens[0], "tok-b");
+    assert_string_equal(tokens[1], "tok-c");
+    assert_int_equal(version, 0); /* world 29 has no registry */
+    int listed = 0;
+    for (size_t i = 0; i < nknown; i++)
+        listed += strcmp(known[i], "it-w7") == 0 || strcmp(known[i], "it-w8") == 0;
+    assert_int_equal(listed, 2);
+    ts_registry_free_list(known, nknown);
+
+    assert_int_equal(ts_registry_worker_claim(reg, "it-w7", "", 300, 1), TS_ERR_INVALID);
+    assert_int_equal(ts_registry_worker_claim(reg, "it-w7", "has space", 300, 1), TS_ERR_INVALID);
+    assert_int_equal(ts_registry_worker_refresh(reg, "it-w7", "tok-b", 0, 1), TS_ERR_INVALID);
+    assert_int_equal(ts_registry_worker_forget(reg, "it-w7"), TS_OK);
+    assert_int_equal(ts_registry_worker_forget(reg, "it-w8"), TS_OK);
+    ts_registry_destroy(reg);
+    ts_h_pass();
+}
+
+static void test_registry_cells_cas_batch(void **state)
+{
+    enum { N = 600 };
+    ts_registry_t *reg = reg_connect();
+    ts_registry_cas_t *ops = calloc(N + 1, sizeof *ops);
+    assert_non_null(ops);
+    uint64_t v0 = 0;
+    for (int i = 0; i < N; i++) {
+        ts_cell_entry_t want = {.cell = {.world = 28, .cx = i % 40, .cy = i / 40}, .owner = "w1"}, out;
+        assert_int_equal(ts_registry_cell_create(reg, &want, &out, &v0), TS_OK);
+        ops[i].cell = want.cell;
+        ops[i].expected_epoch = i % 10 == 3 ? 7 : 1; /* every tenth is stale */
+        snprintf(ops[i].new_owner, sizeof ops[i].new_owner, "w%d", 2 + i % 3);
+        ops[i].new_state = TS_CELL_ACTIVE;
+    }
+    ops[N].cell = (ts_cell_t){.world = 28, .cx = 99, .cy = 99}; /* unknown */
+    ops[N].expected_epoch = 1;
+    snprintf(ops[N].new_owner, sizeof ops[N].new_owner, "w2");
+
+    /* 601 compare-and-sets: the script is loaded once, then one round trip */
+    uint64_t rt = ts_registry_round_trips(reg);
+    assert_int_equal(ts_registry_cells_cas(reg, ops, N + 1), TS_OK);
+    assert_true(ts_registry_round_trips(reg) - rt <= 2);
+    uint64_t v = v0;
+    for (int i = 0; i < N; i++) {
+        if (i % 10 == 3) {
+            assert_int_equal(ops[i].result, TS_ERR_CONFLICT);
+            assert_int_equal(ops[i].entry.epoch, 1);
+            assert_string_equal(ops[i].entry.owner, "w1");
+            continue;
+        }
+        assert_int_equal(ops[i].result, TS_OK);
+        assert_int_equal(ops[i].entry.epoch, 2);
+        assert_string_equal(ops[i].entry.owner, ops[i].new_owner);
+        assert_int_equal(ops[i].version, ++v); /* one version per change, in order */
+        ts_cell_entry_t now;
+        assert_int_equal(ts_registry_cell_get(reg, &ops[i].cell, &now), TS_OK);
+        assert_int_equal(now.epoch, 2);
+        assert_string_equal(now.owner, ops[i].new_owner);
+    }
+    assert_int_equal(ops[N].result, TS_ERR_NOT_FOUND);
+    uint64_t version = 0;
+    assert_int_equal(ts_registry_version(reg, 28, &version), TS_OK);
+    assert_int_equal(version, v);
+
+    /* scripts flushed behind our back: the calls fall back to EVAL and work */
+    redisContext *c = redisConnect("127.0.0.1", ts_h.redis_port);
+    assert_non_null(c);
+    raw(c, "SCRIPT FLUSH");
+    for (int i = 0; i < N; i++)
+        ops[i].expected_epoch = 2;
+    assert_int_equal(ts_registry_cells_cas(reg, ops, N), TS_OK);
+    assert_int_equal(ops[0].result, TS_OK);
+    assert_int_equal(ops[0].entry.epoch, 3);
+    raw(c, "SCRIPT FLUSH");
+    ts_cell_entry_t out;
+    assert_int_equal(ts_registry_cell_cas(reg, &ops[0].cell, 3, "w9", TS_CELL_ACTIVE, &out, NULL), TS_OK);
+    assert_int_equal(out.epoch, 4);
+    raw(c, "SCRIPT FLUSH");
+    assert_int_equal(ts_registry_worker_claim(reg, "it-w6", "tok", 300, 1), TS_OK);
+    assert_int_equal(ts_registry_worker_forget(reg, "it-w6"), TS_OK);
+    redisFree(c);
+
+    /* the same cell in two worlds cannot be batched */
+    ops[1].cell.world = 27;
+    assert_int_equal(ts_registry_cells_cas(reg, ops, 2), TS_ERR_INVALID);
+    free(ops);
+    assert_int_equal(ts_registry_world_reset(reg, 28), TS_OK);
+    ts_registry_destroy(reg);
+    ts_h_pass();
 }
 
 static void test_registry_bad_data_and_urls(void **state)
@@ -789,7 +924,9 @@ static void test_registry_reconnects(void **state)
     assert_int_equal(w.width, 4);
 
     /* a CAS is not re-sent (it may have been applied): it fails clearly,
-     * changes nothing, and the next call works */
+     * changes nothing, and the next call works (a stale CAS first loads the
+     * script on the connection, so the kill hits the CAS itself) */
+    assert_int_equal(ts_registry_cell_cas(reg, &e.cell, 9, "w2", TS_CELL_ACTIVE, &out, NULL), TS_ERR_CONFLICT);
     raw(c, "CLIENT KILL TYPE normal SKIPME yes");
     assert_int_equal(ts_registry_cell_cas(reg, &e.cell, 1, "w2", TS_CELL_ACTIVE, &out, NULL), TS_ERR_UNAVAILABLE);
     assert_int_equal(ts_registry_cell_get(reg, &e.cell, &out), TS_OK);
@@ -857,6 +994,8 @@ int main(void)
         TS_H_TEST(test_registry_cas),
         TS_H_TEST(test_registry_lock),
         TS_H_TEST(test_registry_worker_alive),
+        TS_H_TEST(test_registry_worker_claim_refresh),
+        TS_H_TEST(test_registry_cells_cas_batch),
         TS_H_TEST(test_registry_bad_data_and_urls),
         TS_H_TEST(test_registry_reconnects),
         TS_H_TEST(test_harness_spawn_and_wait),

@@ -8,10 +8,11 @@
  *   ts:{w<world>}:version         counter, bumped by every change
  *   ts:{w<world>}:draining        set   workers being drained (orchestrator)
  *   ts:worker:<id>                hash  capacity started_ms
- *   ts:worker:<id>:alive          string with a TTL (liveness)
+ *   ts:worker:<id>:alive          the live process's instance token, with a TTL
  *   ts:workers                    set   known worker ids
  *   ts:lock:<name>                string holder, with a TTL
- * Every ownership change is one Lua compare-and-set on the epoch. */
+ * Every ownership change is one Lua compare-and-set on the epoch. Scripts run
+ * by EVALSHA (loaded once per connection, EVAL if the server lost them). */
 #ifndef TESSERA_REGISTRY_H
 #define TESSERA_REGISTRY_H
 
@@ -23,6 +24,8 @@
 #include "tessera/status.h"
 
 #define TS_WORKER_ID_MAX 64
+/* Longest instance token + 1 (what a worker process puts in its liveness key). */
+#define TS_WORKER_TOKEN_MAX 64
 
 typedef enum { TS_CELL_ACTIVE = 0, TS_CELL_HANDOVER, TS_CELL_SPLIT, TS_CELL_RETIRED } ts_cell_state_t;
 
@@ -69,8 +72,51 @@ ts_status_t ts_registry_cell_cas(ts_registry_t *reg, const ts_cell_t *cell, uint
                                  uint64_t *version);
 ts_status_t ts_registry_version(ts_registry_t *reg, uint32_t world, uint64_t *version);
 
-/* Marks a worker alive for ttl_ms and records its capacity. */
+/* One compare-and-set of ts_registry_cells_cas: in are cell, expected_epoch,
+ * new_owner, new_state; out are result (TS_OK: set; TS_ERR_CONFLICT: the
+ * epoch differed; TS_ERR_NOT_FOUND: unknown cell), entry (the new entry, or
+ * the current one on a conflict) and version (the registry version the change
+ * produced, or the current one on a conflict). */
+typedef struct {
+    ts_cell_t cell;
+    uint64_t expected_epoch;
+    char new_owner[TS_WORKER_ID_MAX];
+    ts_cell_state_t new_state;
+    ts_status_t result;
+    ts_cell_entry_t entry;
+    uint64_t version;
+} ts_registry_cas_t;
+/* Many compare-and-sets of cells of one world in one round trip (pipelined
+ * script calls, each atomic over up to 256 cells). TS_OK: every op's result
+ * is set. TS_ERR_UNAVAILABLE: the connection broke and nothing is re-sent
+ * (some changes may have been applied: re-read). */
+ts_status_t ts_registry_cells_cas(ts_registry_t *reg, ts_registry_cas_t *ops, size_t n);
+
+/* Marks a worker alive for ttl_ms and records its capacity, whatever process
+ * held the id before (the liveness key holds the token "1"). Superseded by
+ * claim/refresh. */
 ts_status_t ts_registry_worker_alive(ts_registry_t *reg, const char *id, int64_t ttl_ms, uint32_t capacity);
+/* Instance tokens: a worker process picks a token unique to itself (1-63
+ * printable characters) and keeps it for its life.
+ * claim (at start): atomically, if ts:worker:<id>:alive holds another token
+ * -> TS_ERR_EXISTS (another live process is this id: refuse to start); else
+ * the key holds token for ttl_ms and the capacity is recorded.
+ * refresh (periodically): if the key holds another token -> TS_ERR_CONFLICT
+ * (another process is this id now: stop acting as it); else (same token, or
+ * expired) the key holds token for ttl_ms again. */
+ts_status_t ts_registry_worker_claim(ts_registry_t *reg, const char *id, const char *token, int64_t ttl_ms,
+                                     uint32_t capacity);
+ts_status_t ts_registry_worker_refresh(ts_registry_t *reg, const char *id, const char *token, int64_t ttl_ms,
+                                       uint32_t capacity);
+/* The current token of each of n workers in one round trip (pipelined);
+ * tokens[i] is "" if ids[i] is not alive. */
+ts_status_t ts_registry_workers_liveness(ts_registry_t *reg, const char *const *ids, size_t n,
+                                         char (*tokens)[TS_WORKER_TOKEN_MAX]);
+/* The same, plus the world's registry version and the known worker ids
+ * (caller frees *known with ts_registry_free_list), in one round trip. */
+ts_status_t ts_registry_liveness_poll(ts_registry_t *reg, uint32_t world, const char *const *ids, size_t n,
+                                      char (*tokens)[TS_WORKER_TOKEN_MAX], uint64_t *version, char ***known,
+                                      size_t *nknown);
 ts_status_t ts_registry_worker_is_alive(ts_registry_t *reg, const char *id, bool *alive);
 /* Known worker ids (alive or not); caller frees with ts_registry_free_list. */
 ts_status_t ts_registry_workers(ts_registry_t *reg, char ***ids, size_t *n);
@@ -90,6 +136,9 @@ ts_status_t ts_registry_draining_add(ts_registry_t *reg, uint32_t world, const c
 ts_status_t ts_registry_draining_remove(ts_registry_t *reg, uint32_t world, const char *id);
 /* Caller frees with ts_registry_free_list. */
 ts_status_t ts_registry_draining(ts_registry_t *reg, uint32_t world, char ***ids, size_t *n);
+
+/* Round trips to Redis this connection made so far (a pipeline counts one). */
+uint64_t ts_registry_round_trips(const ts_registry_t *reg);
 
 /* Deletes every key of a world (tests, make run). */
 ts_status_t ts_registry_world_reset(ts_registry_t *reg, uint32_t world);
