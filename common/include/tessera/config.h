@@ -67,6 +67,7 @@ typedef struct {
     int64_t orch_rebalance_cooldown_ms;
     double orch_rebalance_threshold; /* hottest load above (1+threshold)*mean triggers a move */
     int64_t orch_rebalance_hysteresis; /* consecutive evaluations over the threshold */
+    int64_t orch_max_handovers;      /* live handovers in flight at once */
 
     /* sim */
     int64_t sim_players;
