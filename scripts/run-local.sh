@@ -10,7 +10,11 @@
 #
 # Environment: PLAYERS (sim players, 1000), DURATION (seconds; default until
 # Ctrl-C), HANDOVERS (live handovers to show after start, 4), BUILD_DIR
-# (build), KEEP=1 (keep the temp dir with the logs).
+# (build), KEEP=1 (keep the temp dir with the logs), VIA_GATEWAY=1 (the sim
+# plays through the gateway instead of publishing straight onto the bus:
+# `tessera-sim --via-gateway 127.0.0.1:<gateway port>` connects PLAYERS real
+# TCP clients that join and move; its per-second line, with input->own state
+# latency, is in sim.log, and `tail -f` on it shows the run live).
 # shellcheck disable=SC2317 # cleanup and its helpers run from traps
 set -euo pipefail
 
@@ -19,6 +23,7 @@ BUILD_DIR=${BUILD_DIR:-build}
 PLAYERS=${PLAYERS:-1000}
 DURATION=${DURATION:-}
 KEEP=${KEEP:-0}
+VIA_GATEWAY=${VIA_GATEWAY:-0}
 
 die() {
     echo "run-local: $*" >&2
@@ -33,6 +38,9 @@ for bin in tessera-orch tessera-worker tessera-gateway tessera-sim; do
 done
 if [[ -n "$DURATION" && ! "$DURATION" =~ ^[0-9]+$ ]]; then
     die "DURATION must be a number of seconds, got '$DURATION'"
+fi
+if [[ "$VIA_GATEWAY" != 0 && "$VIA_GATEWAY" != 1 ]]; then
+    die "VIA_GATEWAY must be 0 or 1, got '$VIA_GATEWAY'"
 fi
 
 # ---- ports -----------------------------------------------------------------
@@ -171,11 +179,17 @@ start orch "$BUILD_DIR/tessera-orch"
 start worker-w1 "$BUILD_DIR/tessera-worker" --worker.id=w1
 start worker-w2 "$BUILD_DIR/tessera-worker" --worker.id=w2
 start gateway "$BUILD_DIR/tessera-gateway" --gateway.listen="127.0.0.1:$GATEWAY_PORT"
-start sim "$BUILD_DIR/tessera-sim" --sim.players="$PLAYERS"
-wait_port gateway "$GATEWAY_PORT" 20
+if [[ "$VIA_GATEWAY" == 1 ]]; then
+    # real clients need the gateway listening first
+    wait_port gateway "$GATEWAY_PORT" 20
+    start sim "$BUILD_DIR/tessera-sim" --via-gateway "127.0.0.1:$GATEWAY_PORT" --sim.players="$PLAYERS"
+else
+    start sim "$BUILD_DIR/tessera-sim" --sim.players="$PLAYERS"
+    wait_port gateway "$GATEWAY_PORT" 20
+fi
 
 cat <<EOF
-Tessera is running (PLAYERS=$PLAYERS${DURATION:+, DURATION=${DURATION}s}):
+Tessera is running (PLAYERS=$PLAYERS$([[ "$VIA_GATEWAY" == 1 ]] && echo " through the gateway")${DURATION:+, DURATION=${DURATION}s}):
   NATS     $TESSERA_NATS_URL  (JetStream store $TMP/js)
   Redis    $TESSERA_REDIS_URL
   gateway  127.0.0.1:$GATEWAY_PORT

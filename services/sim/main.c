@@ -1,6 +1,7 @@
 /* tessera-sim: synthetic players publishing straight into cell input
  * subjects, checking that every input JetStream acknowledged is applied
- * exactly once (as witnessed by inputs_applied in the workers' state).
+ * exactly once (as witnessed by inputs_applied in the workers' state); or,
+ * with --via-gateway ADDR, real clients through a gateway (via_gateway.c).
  *
  * Invariants: inputs go out in batches every FLUSH_MS; the counted totals
  * cover Joins and Moves only (the closing Leaves are not counted); with a
@@ -19,6 +20,7 @@
 #include "tessera/service.h"
 #include "tessera/subject.h"
 #include "tessera/util.h"
+#include "via_gateway.h"
 
 #define FLUSH_MS 50
 #define REPORT_MS 1000
@@ -29,14 +31,27 @@
 
 static const ts_service_t service = {
     .name = "tessera-sim",
-    .usage = "usage: tessera-sim [--key=value ...]\n"
+    .usage = "usage: tessera-sim [--via-gateway HOST:PORT] [--key=value ...]\n"
              "Runs sim.players synthetic players that publish InputBatches straight into\n"
              "the cell input subjects of world.id (sim.rate_hz inputs per player per second,\n"
              "speed sim.speed), follows their cells through the workers' state and reports\n"
              "inputs sent, acknowledged by JetStream and applied (inputs/s: applied per\n"
              "second), once a second.\n"
              "With sim.duration_s > 0 it stops by itself and exits 0 if applied == acked ==\n"
-             "sent, 2 otherwise; on SIGINT/SIGTERM it stops and exits 0.\n\n",
+             "sent, 2 otherwise; on SIGINT/SIGTERM it stops and exits 0.\n\n"
+             "--via-gateway HOST:PORT instead connects sim.players real clients to that gateway\n"
+             "(TCP, one event loop, up to 1000 new connections/s): each sends Hello and Join, then\n"
+             "Moves at sim.rate_hz, and reads its Deltas. Once all joined it plays sim.duration_s\n"
+             "(0: until signalled), waits up to 10 s for the last inputs to show in each client's\n"
+             "own entity and prints input->own state latency (p50/p99/p999 over the Moves sent\n"
+             "while playing), Deltas/s and bytes/s per client, and inputs sent/applied/missing,\n"
+             "ending with one line\n"
+             "  via-gateway: clients=N connected=C sent=S applied=A missing=M errors=E lat_p50_ms=..\n"
+             "  lat_p99_ms=.. lat_p999_ms=.. deltas_per_s_per_client=.. bytes_per_s_per_client=..\n"
+             "It exits 0 if every client joined, stayed and got Deltas and every input was applied\n"
+             "exactly once, 2 otherwise, 1 if it could not start (address, open-file limit).\n"
+             "Players start anywhere in the world (read from the registry as in bus mode), so\n"
+             "each client's area of interest holds its share of the crowd.\n\n",
     .config_exit = 1,
 };
 
@@ -48,13 +63,73 @@ typedef struct {
     ts_sender_t *sender;
     ts_bus_sub_t *state_sub;
     ts_sim_inputs_t pending;
-    uint64_t last_applied;  /* for inputs/s */
+    uint64_t last_applied; /* for inputs/s */
 } sim_t;
+
+/* Takes "--via-gateway ADDR" / "--via-gateway=ADDR" out of argv (before
+ * the first "--"), so the configuration never sees it. Returns the address
+ * (borrowed from argv), NULL if absent; *bad if the flag has no value. */
+static const char *take_via_gateway(int *argc, char **argv, bool *bad)
+{
+    static const char flag[] = "--via-gateway";
+    const char *addr = NULL;
+    int out = 1;
+    bool done = false;
+    for (int i = 1; i < *argc; i++) {
+        const char *a = argv[i];
+        if (!done && strcmp(a, "--") == 0) done = true;
+        if (!done && strcmp(a, flag) == 0) {
+            if (i + 1 >= *argc) {
+                *bad = true;
+                continue;
+            }
+            addr = argv[++i];
+            continue;
+        }
+        if (!done && strncmp(a, flag, sizeof flag - 1) == 0 && a[sizeof flag - 1] == '=') {
+            addr = a + sizeof flag;
+            continue;
+        }
+        argv[out++] = argv[i];
+    }
+    *argc = out;
+    argv[out] = NULL;
+    if (addr != NULL && *addr == '\0') *bad = true;
+    return addr;
+}
+
+/* Gateway mode: the world from the registry, then ts_vg_run. */
+static int run_via_gateway(const ts_config_t *cfg, const char *addr)
+{
+    ts_vg_opts_t o = {.clients = (size_t)cfg->sim_players,
+                      .rate_hz = cfg->sim_rate_hz,
+                      .duration_s = cfg->sim_duration_s,
+                      .speed = cfg->sim_speed,
+                      .seed = (uint64_t)cfg->sim_seed};
+    char host[256];
+    if (ts_config_split_hostport(addr, host, sizeof host, &o.port) != TS_OK) {
+        ts_error("--via-gateway: '%s' is not host:port", addr);
+        return TS_VG_EXIT_SETUP;
+    }
+    o.host = host;
+    if (cfg->sim_players > TS_VG_MAX_CLIENTS) {
+        ts_error("--via-gateway: sim.players must be at most %d, got %lld", TS_VG_MAX_CLIENTS,
+                 (long long)cfg->sim_players);
+        return TS_VG_EXIT_SETUP;
+    }
+    ts_registry_t *reg = NULL;
+    ts_status_t st = ts_service_connect_registry(cfg, TS_SERVICE_CONNECT_MS, &reg);
+    if (st == TS_OK) st = ts_service_wait_world(cfg, reg, TS_SERVICE_CONNECT_MS, &o.world);
+    ts_registry_destroy(reg);
+    if (st != TS_OK) return ts_service_stopping() ? TS_VG_EXIT_OK : TS_VG_EXIT_SETUP;
+    return ts_vg_run(&o);
+}
 
 static ts_status_t check_config(const ts_config_t *cfg, char *err, size_t cap)
 {
     if (cfg->sim_players < 1 || cfg->sim_players > TS_SIM_MAX_PLAYERS)
-        snprintf(err, cap, "sim.players: must be 1..%d, got %lld", TS_SIM_MAX_PLAYERS, (long long)cfg->sim_players);
+        snprintf(err, cap, "sim.players: must be 1..%d, got %lld", TS_SIM_MAX_PLAYERS,
+                 (long long)cfg->sim_players);
     else if (cfg->sim_rate_hz < 1 || cfg->sim_rate_hz > 1000)
         snprintf(err, cap, "sim.rate_hz: must be 1..1000, got %lld", (long long)cfg->sim_rate_hz);
     else if (cfg->sim_duration_s < 0)
@@ -75,11 +150,9 @@ static ts_status_t connect_all(sim_t *s)
 {
     ts_registry_t *reg = NULL;
     ts_status_t st = ts_service_connect_registry(s->cfg, TS_SERVICE_CONNECT_MS, &reg);
-    if (st == TS_OK)
-        st = ts_service_wait_world(s->cfg, reg, TS_SERVICE_CONNECT_MS, &s->world);
+    if (st == TS_OK) st = ts_service_wait_world(s->cfg, reg, TS_SERVICE_CONNECT_MS, &s->world);
     ts_registry_destroy(reg);
-    if (st == TS_OK)
-        st = ts_service_connect_bus(s->cfg, "tessera-sim", TS_SERVICE_CONNECT_MS, &s->bus);
+    if (st == TS_OK) st = ts_service_connect_bus(s->cfg, "tessera-sim", TS_SERVICE_CONNECT_MS, &s->bus);
     return st;
 }
 
@@ -101,8 +174,7 @@ static void flush_inputs(sim_t *s, uint64_t now_us, bool *warned)
 {
     s->pending.len = 0;
     ts_status_t st = ts_players_collect(s->players, now_us, &s->pending);
-    if (st == TS_OK)
-        st = ts_sender_send(s->sender, &s->pending);
+    if (st == TS_OK) st = ts_sender_send(s->sender, &s->pending);
     if (st != TS_OK && !*warned) {
         ts_warn("publishing inputs failed: %s (counted as failed; further failures are only counted)",
                 ts_status_str(st));
@@ -115,18 +187,17 @@ static void flush_inputs(sim_t *s, uint64_t now_us, bool *warned)
 static bool run(sim_t *s)
 {
     uint64_t start = ts_mono_us();
-    uint64_t end = s->cfg->sim_duration_s > 0 ? start + (uint64_t)s->cfg->sim_duration_s * 1000000 : UINT64_MAX;
+    uint64_t end =
+        s->cfg->sim_duration_s > 0 ? start + (uint64_t)s->cfg->sim_duration_s * 1000000 : UINT64_MAX;
     uint64_t next_flush = start, next_report = start + REPORT_MS * 1000, last_report = start;
     bool warned = false;
     while (!ts_service_stopping()) {
         uint64_t now = ts_mono_us();
-        if (now >= end)
-            return true;
+        if (now >= end) return true;
         if (now >= next_flush) {
             flush_inputs(s, now, &warned);
             next_flush += FLUSH_MS * 1000;
-            if (next_flush <= now)
-                next_flush = now + FLUSH_MS * 1000;
+            if (next_flush <= now) next_flush = now + FLUSH_MS * 1000;
         }
         if (now >= next_report) {
             report(s, (double)(now - last_report) / 1e6);
@@ -134,11 +205,9 @@ static bool run(sim_t *s)
             next_report += REPORT_MS * 1000;
         }
         uint64_t wake = next_flush < next_report ? next_flush : next_report;
-        if (wake > end)
-            wake = end;
+        if (wake > end) wake = end;
         now = ts_mono_us();
-        if (wake > now)
-            ts_sleep_ms((int64_t)((wake - now + 999) / 1000));
+        if (wake > now) ts_sleep_ms((int64_t)((wake - now + 999) / 1000));
     }
     return false;
 }
@@ -154,10 +223,8 @@ static void settle(sim_t *s, ts_sender_stats_t *ss, ts_players_stats_t *ps)
     for (;;) {
         ts_sender_stats(s->sender, ss);
         ts_players_stats(s->players, ps);
-        if (ss->acked + ss->failed >= ss->sent && ps->applied >= ss->acked)
-            break;
-        if (ts_mono_us() >= deadline || *stop > signals)
-            break;
+        if (ss->acked + ss->failed >= ss->sent && ps->applied >= ss->acked) break;
+        if (ts_mono_us() >= deadline || *stop > signals) break;
         ts_sleep_ms(50);
     }
 }
@@ -166,7 +233,8 @@ static void send_leaves(sim_t *s)
 {
     ts_sender_set_counting(s->sender, false);
     s->pending.len = 0;
-    if (ts_players_collect_leaves(s->players, &s->pending) == TS_OK && ts_sender_send(s->sender, &s->pending) == TS_OK)
+    if (ts_players_collect_leaves(s->players, &s->pending) == TS_OK &&
+        ts_sender_send(s->sender, &s->pending) == TS_OK)
         ts_bus_js_flush(s->bus, LEAVE_FLUSH_MS);
     else
         ts_warn("could not publish every Leave input");
@@ -177,12 +245,22 @@ int main(int argc, char **argv)
     ts_config_t cfg;
     char err[512] = "";
     int rc;
+    bool bad_flag = false;
+    const char *via_gateway = take_via_gateway(&argc, argv, &bad_flag);
     if (!ts_service_init(&service, argc, argv, &cfg, NULL, NULL, &rc)) return rc;
     rc = 1;
     sim_t s = {.cfg = &cfg};
 
+    if (bad_flag) {
+        ts_error("--via-gateway needs an address (host:port)");
+        goto cleanup;
+    }
     if (check_config(&cfg, err, sizeof err) != TS_OK) {
         ts_error("%s", err);
+        goto cleanup;
+    }
+    if (via_gateway != NULL) {
+        rc = run_via_gateway(&cfg, via_gateway);
         goto cleanup;
     }
     if (connect_all(&s) != TS_OK) {
@@ -192,10 +270,11 @@ int main(int argc, char **argv)
     char id_prefix[96], host[48] = "host", subject[TS_SUBJECT_MAX];
     gethostname(host, sizeof host);
     host[sizeof host - 1] = '\0';
-    snprintf(id_prefix, sizeof id_prefix, "sim-%s-%ld-%llu", host, (long)getpid(), (unsigned long long)ts_now_us());
+    snprintf(id_prefix, sizeof id_prefix, "sim-%s-%ld-%llu", host, (long)getpid(),
+             (unsigned long long)ts_now_us());
     ts_subject_world_wildcard(subject, sizeof subject, s.world.id, TS_SUBJ_STATE);
-    if (ts_players_create(&s.players, (size_t)cfg.sim_players, (uint64_t)cfg.sim_seed, &s.world, cfg.sim_speed,
-                          cfg.sim_rate_hz, ts_mono_us()) != TS_OK ||
+    if (ts_players_create(&s.players, (size_t)cfg.sim_players, (uint64_t)cfg.sim_seed, &s.world,
+                          cfg.sim_speed, cfg.sim_rate_hz, ts_mono_us()) != TS_OK ||
         ts_sender_create(&s.sender, s.bus, id_prefix) != TS_OK) {
         ts_error("cannot set up %lld players: out of memory", (long long)cfg.sim_players);
         goto cleanup;
@@ -207,8 +286,8 @@ int main(int argc, char **argv)
     ts_info("started: nats %s, redis %s, world %u (%dx%d cells of %g), %lld players at %lld inputs/s each, "
             "speed %g, duration %lld s, entity ids %016llx..",
             cfg.nats_url, cfg.redis_url, s.world.id, s.world.width, s.world.height, s.world.cell_size,
-            (long long)cfg.sim_players, (long long)cfg.sim_rate_hz, cfg.sim_speed, (long long)cfg.sim_duration_s,
-            (unsigned long long)ts_players_entity(s.players, 0));
+            (long long)cfg.sim_players, (long long)cfg.sim_rate_hz, cfg.sim_speed,
+            (long long)cfg.sim_duration_s, (unsigned long long)ts_players_entity(s.players, 0));
 
     bool full_run = run(&s);
     ts_info(full_run ? "duration over; waiting for acks and state" : "signalled; waiting for acks and state");
