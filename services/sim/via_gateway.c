@@ -177,7 +177,7 @@ static void on_write(uv_write_t *req, int status)
 {
     wreq_t *w = (wreq_t *)req;
     client_t *c = w->c;
-    c->out_pending -= w->len;
+    c->out_pending = c->out_pending > w->len ? c->out_pending - w->len : 0;
     free(w);
     if (status < 0 && status != UV_ECANCELED && c->handle_open) fail_client(c, uv_strerror(status));
 }

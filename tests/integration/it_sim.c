@@ -2,8 +2,9 @@
  * nats-server -js and redis-server. What users rely on: every input the
  * sim sent is acknowledged and applied exactly once (the sim exits 0 with
  * applied == acked == sent), the workers' own counters agree, the sim
- * exits 2 when inputs are not applied, and tessera-ctl reports the running
- * system. */
+ * exits 2 when inputs are not applied (on the bus and through a gateway),
+ * and tessera-ctl reports the running system. it_gateway_load runs the
+ * gateway mode at scale. */
 #include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -42,14 +43,12 @@ static void on_heartbeat(void *ud, const ts_bus_msg_t *m)
 {
     hbs_t *h = ud;
     Tessera__V1__Heartbeat *hb = tessera__v1__heartbeat__unpack(NULL, ts_bus_msg_len(m), ts_bus_msg_data(m));
-    if (!hb)
-        return;
+    if (!hb) return;
     pthread_mutex_lock(&h->mu);
     int i = 0;
     while (i < h->n && strcmp(h->id[i], hb->worker) != 0)
         i++;
-    if (i == h->n && h->n < MAX_WORKERS)
-        ts_strlcpy(h->id[h->n++], hb->worker, sizeof h->id[0]);
+    if (i == h->n && h->n < MAX_WORKERS) ts_strlcpy(h->id[h->n++], hb->worker, sizeof h->id[0]);
     if (i < h->n) {
         h->inputs_applied[i] = hb->inputs_applied;
         h->cells[i] = hb->n_cells;
@@ -67,12 +66,12 @@ static uint64_t hb_applied(bool *ready)
     pthread_mutex_lock(&HB.mu);
     for (int i = 0; i < HB.n; i++) {
         sum += HB.inputs_applied[i];
-        if ((strcmp(HB.id[i], "w1") == 0 || strcmp(HB.id[i], "w2") == 0) && HB.cells[i] == 8 && HB.beats[i] >= 2)
+        if ((strcmp(HB.id[i], "w1") == 0 || strcmp(HB.id[i], "w2") == 0) && HB.cells[i] == 8 &&
+            HB.beats[i] >= 2)
             ok++;
     }
     pthread_mutex_unlock(&HB.mu);
-    if (ready)
-        *ready = ok == 2;
+    if (ready) *ready = ok == 2;
     return sum;
 }
 
@@ -90,10 +89,8 @@ static sim_result_t parse_sim_log(int idx)
     assert_non_null(log);
     const char *done = NULL;
     for (const char *p = log; (p = strstr(p, "sim: ")) != NULL; p++) {
-        if (strncmp(p, "sim: players=", 13) == 0)
-            r.report_lines++;
-        if (strncmp(p, "sim: done ", 10) == 0)
-            done = p;
+        if (strncmp(p, "sim: players=", 13) == 0) r.report_lines++;
+        if (strncmp(p, "sim: done ", 10) == 0) done = p;
     }
     if (!done || sscanf(done, "sim: done sent=%llu acked=%llu applied=%llu lost=%lld", &r.sent, &r.acked,
                         &r.applied, &r.lost) != 4) {
@@ -117,6 +114,67 @@ static void test_sim_detects_unapplied_inputs(void **state)
     assert_int_equal(r.acked, r.sent);
     assert_int_equal(r.applied, 0);
     assert_int_equal(r.lost, (long long)r.acked);
+    ts_h_pass();
+}
+
+/* The final line of `tessera-sim --via-gateway`. */
+typedef struct {
+    unsigned long long clients, connected, sent, applied, missing, errors;
+} vg_result_t;
+
+static bool parse_vg_log(int idx, vg_result_t *r)
+{
+    memset(r, 0, sizeof *r);
+    char *log = ts_h_read_log(&ts_h, idx);
+    assert_non_null(log);
+    const char *p = strstr(log, "via-gateway: clients=");
+    bool ok =
+        p != NULL && sscanf(p,
+                            "via-gateway: clients=%llu connected=%llu sent=%llu applied=%llu missing=%llu "
+                            "errors=%llu",
+                            &r->clients, &r->connected, &r->sent, &r->applied, &r->missing, &r->errors) == 6;
+    free(log);
+    return ok;
+}
+
+static void test_via_gateway_detects_unapplied_inputs(void **state)
+{
+    /* a gateway takes the clients' inputs into the streams, but no worker
+     * runs yet, so none is applied: every input is reported missing */
+    int port = ts_h_free_port();
+    char listen[64], addr[64];
+    snprintf(listen, sizeof listen, "--gateway.listen=127.0.0.1:%d", port);
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", port);
+    const char *gw_args[] = {listen, NULL};
+    int gw = ts_h_spawn(&ts_h, "gateway-unapplied", "tessera-gateway", gw_args);
+    assert_true(ts_h_wait_port(port, WAIT_MS));
+
+    const char *args[] = {"--via-gateway", addr, "--sim.players=20", "--sim.duration_s=1", NULL};
+    int sim = ts_h_spawn(&ts_h, "sim-vg-unapplied", "tessera-sim", args);
+    int rc = ts_h_wait(&ts_h, sim, 40000);
+    vg_result_t r;
+    if (!parse_vg_log(sim, &r)) {
+        ts_h.failed = true;
+        fail_msg("tessera-sim --via-gateway printed no final line (exit %d)", rc);
+    }
+    assert_int_equal(rc, 2);
+    assert_int_equal(r.clients, 20);
+    assert_int_equal(r.connected, 20);
+    assert_true(r.sent > 20); /* Joins and Moves */
+    assert_int_equal(r.applied, 0);
+    assert_int_equal(r.missing, r.sent);
+
+    /* no gateway at all: every client fails to connect, exit 2 */
+    ts_h_signal(&ts_h, gw, SIGTERM);
+    assert_int_equal(ts_h_wait(&ts_h, gw, 10000), 0);
+    const char *args2[] = {"--via-gateway", addr, "--sim.players=5", "--sim.duration_s=1", NULL};
+    sim = ts_h_spawn(&ts_h, "sim-vg-nogateway", "tessera-sim", args2);
+    rc = ts_h_wait(&ts_h, sim, 40000);
+    assert_true(parse_vg_log(sim, &r));
+    assert_int_equal(rc, 2);
+    assert_int_equal(r.clients, 5);
+    assert_int_equal(r.connected, 0);
+    assert_int_equal(r.sent, 0);
     ts_h_pass();
 }
 
@@ -150,7 +208,8 @@ static void test_sim_inputs_applied_exactly_once(void **state)
     sim_result_t r = parse_sim_log(sim);
     if (rc != 0) {
         ts_h.failed = true;
-        fail_msg("tessera-sim exited with %d (sent=%llu acked=%llu applied=%llu)", rc, r.sent, r.acked, r.applied);
+        fail_msg("tessera-sim exited with %d (sent=%llu acked=%llu applied=%llu)", rc, r.sent, r.acked,
+                 r.applied);
     }
     assert_true(r.sent > 0);
     /* 200 players at 5 inputs/s for 5 s: about 5000 inputs */
@@ -165,8 +224,7 @@ static void test_sim_inputs_applied_exactly_once(void **state)
     deadline = ts_mono_us() + 5000000;
     do {
         applied = hb_applied(NULL) - before;
-        if (applied >= r.acked)
-            break;
+        if (applied >= r.acked) break;
         ts_sleep_ms(100);
     } while (ts_mono_us() < deadline);
     if (applied < r.acked) {
@@ -263,6 +321,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         TS_H_TEST(test_sim_detects_unapplied_inputs),
+        TS_H_TEST(test_via_gateway_detects_unapplied_inputs),
         TS_H_TEST(test_sim_inputs_applied_exactly_once),
         TS_H_TEST(test_ctl_reports_running_system),
     };
