@@ -34,6 +34,7 @@ gw_cell_t *gw_cell_get(gw_t *gw, const ts_cell_t *id)
     if (c != NULL) return c;
     c = calloc(1, sizeof *c);
     if (c == NULL) return NULL;
+    c->gw = gw;
     c->id = *id;
     if (ts_cell_format(id, c->key, sizeof c->key) < 0 ||
         ts_subject_cell(c->input_subject, sizeof c->input_subject, id, TS_SUBJ_INPUT) < 0 ||
@@ -42,8 +43,6 @@ gw_cell_t *gw_cell_get(gw_t *gw, const ts_cell_t *id)
         return NULL;
     }
     ts_map_init(&c->entities);
-    ts_map_init(&c->changed);
-    ts_map_init(&c->removed);
     uint64_t rk = root_key(id->world, id->cx, id->cy);
     c->next_same_root = ts_map_get(&gw->cell_roots, rk);
     if (ts_map_put(&gw->cell_roots, rk, c) != TS_OK) {
@@ -66,7 +65,20 @@ bool gw_cell_live(const gw_cell_t *cell)
     return cell->in_registry && (cell->reg_state == TS_CELL_ACTIVE || cell->reg_state == TS_CELL_HANDOVER);
 }
 
-bool gw_cells_apply_registry(gw_t *gw, const ts_cell_entry_t *entries, size_t n)
+/* Takes what the registry says of the cell unless an older epoch; returns
+ * true if the cell's liveness changed. */
+static bool take_entry(gw_cell_t *c, const ts_cell_entry_t *e)
+{
+    bool was_live = gw_cell_live(c);
+    if (!c->in_registry || e->epoch >= c->reg_epoch) {
+        c->reg_state = e->state;
+        c->reg_epoch = e->epoch;
+    }
+    c->in_registry = true;
+    return gw_cell_live(c) != was_live;
+}
+
+bool gw_cells_apply_registry(gw_t *gw, const ts_cell_entry_t *entries, size_t n, uint64_t version)
 {
     bool changed = false;
     for (gw_cell_t *c = gw->all_cells; c != NULL; c = c->next_all)
@@ -79,19 +91,47 @@ bool gw_cells_apply_registry(gw_t *gw, const ts_cell_entry_t *entries, size_t n)
             ts_warn("registry: out of memory for cell records");
             return changed;
         }
-        bool was_live = gw_cell_live(c);
-        c->in_registry = true;
         c->reg_mark = true;
-        c->reg_state = e->state;
-        if (e->epoch > c->reg_epoch) c->reg_epoch = e->epoch;
-        if (gw_cell_live(c) != was_live) changed = true;
+        if (c->reg_ver > version) continue; /* a newer RegistryChange said more */
+        if (take_entry(c, e)) changed = true;
+        c->reg_ver = version;
     }
     for (gw_cell_t *c = gw->all_cells; c != NULL; c = c->next_all) {
-        if (!c->in_registry || c->reg_mark) continue;
+        if (!c->in_registry || c->reg_mark || c->reg_ver > version) continue;
         if (gw_cell_live(c)) changed = true;
         c->in_registry = false;
     }
     return changed;
+}
+
+bool gw_cells_apply_change(gw_t *gw, const ts_cell_entry_t *e, uint64_t version, gw_cell_t **cell_out)
+{
+    *cell_out = NULL;
+    if (e->cell.world != gw->world.id || !ts_cell_valid(&e->cell)) return false;
+    gw_cell_t *c = gw_cell_get(gw, &e->cell);
+    if (c == NULL) {
+        ts_warn("registry: out of memory for cell records");
+        return false;
+    }
+    *cell_out = c;
+    if (version != 0 && version < c->reg_ver) return false;
+    if (version > c->reg_ver) c->reg_ver = version;
+    return take_entry(c, e);
+}
+
+void gw_cells_near(gw_t *gw, int32_t cx, int32_t cy, int64_t r, void (*fn)(void *ud, gw_cell_t *cell),
+                   void *ud)
+{
+    for (int64_t dy = -r; dy <= r; dy++) {
+        for (int64_t dx = -r; dx <= r; dx++) {
+            int64_t x = (int64_t)cx + dx, y = (int64_t)cy + dy;
+            if (x < INT32_MIN || x > INT32_MAX || y < INT32_MIN || y > INT32_MAX) continue;
+            gw_cell_t *c = ts_map_get(&gw->cell_roots, root_key(gw->world.id, (int32_t)x, (int32_t)y));
+            for (; c != NULL; c = c->next_same_root) {
+                if (c->id.cx == x && c->id.cy == y && c->id.world == gw->world.id) fn(ud, c);
+            }
+        }
+    }
 }
 
 void gw_cells_under_root(gw_t *gw, int32_t cx, int32_t cy, void (*fn)(void *ud, gw_cell_t *cell), void *ud)
@@ -106,12 +146,15 @@ void gw_cell_clear_entities(gw_t *gw, gw_cell_t *cell)
 {
     uint64_t id;
     void *v;
-    for (size_t it = 0; ts_map_next(&cell->entities, &it, &id, &v);)
+    for (size_t it = 0; ts_map_next(&cell->entities, &it, &id, &v);) {
+        if (ts_map_get(&gw->homes, id) == cell) ts_map_del(&gw->homes, id);
         free(v);
+    }
     ts_map_free(&cell->entities);
-    ts_map_free(&cell->changed);
-    ts_map_free(&cell->removed);
-    (void)gw;
+    cell->nchanged = cell->nremoved = 0;
+    cell->full_ver = 0;
+    cell->ver++;
+    memset(&cell->kf, 0, sizeof cell->kf);
 }
 
 void gw_cells_free_all(gw_t *gw)
@@ -122,6 +165,12 @@ void gw_cells_free_all(gw_t *gw)
         ts_bus_sub_destroy(c->sub);
         gw_cell_clear_entities(gw, c);
         free(c->inputs);
+        free(c->recs);
+        free(c->subs);
+        free(c->changed);
+        free(c->removed);
+        gw_blk_free(&c->blk);
+        gw_blk_free(&c->full);
         free(c);
         c = next;
     }

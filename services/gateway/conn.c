@@ -34,6 +34,12 @@ static void on_close(uv_handle_t *h)
         gw->conns = c->next;
     if (c->next != NULL) c->next->prev = c->prev;
     gw->nconns--;
+    if (c->flush_queued) {
+        gw_conn_t **pp = &gw->flush_head;
+        while (*pp != NULL && *pp != c)
+            pp = &(*pp)->next_flush;
+        if (*pp == c) *pp = c->next_flush;
+    }
     ts_frame_reader_free(&c->reader);
     free(c->aoi);
     free(c->gone);
@@ -100,25 +106,14 @@ static void on_write(uv_write_t *req, int status)
     if (status < 0 && status != UV_ECANCELED && !c->handle_closed) {
         ts_debug("conn %llu (%s): write failed: %s", (unsigned long long)c->id, c->peer, uv_strerror(status));
         gw_conn_close(c);
+        return;
     }
+    if (c->out_pending == 0 && c->behind && !c->handle_closed) gw_view_caught_up(c->gw, c);
 }
 
-ts_status_t gw_conn_write(gw_conn_t *c, const uint8_t *data, size_t len)
+/* Queues what the socket did not take: bufs from byte `skip` on. */
+static ts_status_t queue_rest(gw_conn_t *c, const uv_buf_t *bufs, size_t nbufs, size_t skip, size_t rest)
 {
-    if (c->handle_closed) return TS_ERR_CLOSED;
-    size_t off = 0;
-    if (c->out_pending == 0) {
-        uv_buf_t b = uv_buf_init((char *)data, (unsigned)len);
-        int n = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
-        if (n > 0)
-            off = (size_t)n;
-        else if (n < 0 && n != UV_EAGAIN) {
-            gw_conn_close(c);
-            return TS_ERR_IO;
-        }
-    }
-    if (off == len) return TS_OK;
-    size_t rest = len - off;
     if (c->out_pending + rest > GW_MAX_CLIENT_BYTES) {
         ts_warn("conn %llu (%s): over %zu bytes of unsent output, disconnecting", (unsigned long long)c->id,
                 c->peer, (size_t)GW_MAX_CLIENT_BYTES);
@@ -132,7 +127,17 @@ ts_status_t gw_conn_write(gw_conn_t *c, const uint8_t *data, size_t len)
     }
     w->conn = c;
     w->len = rest;
-    memcpy(w->data, data + off, rest);
+    size_t off = 0;
+    for (size_t i = 0; i < nbufs; i++) {
+        size_t len = bufs[i].len;
+        if (skip >= len) {
+            skip -= len;
+            continue;
+        }
+        memcpy(w->data + off, bufs[i].base + skip, len - skip);
+        off += len - skip;
+        skip = 0;
+    }
     uv_buf_t b = uv_buf_init((char *)w->data, (unsigned)rest);
     int rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_write);
     if (rc != 0) {
@@ -142,6 +147,38 @@ ts_status_t gw_conn_write(gw_conn_t *c, const uint8_t *data, size_t len)
     }
     c->out_pending += rest;
     return TS_OK;
+}
+
+ts_status_t gw_conn_writev(gw_conn_t *c, const uv_buf_t *bufs, size_t nbufs, size_t total)
+{
+    if (c->handle_closed) return TS_ERR_CLOSED;
+    size_t off = 0;
+    if (c->out_pending == 0) {
+        /* writev takes at most IOV_MAX pieces; uv_try_write passes them on */
+        size_t done = 0;
+        while (done < nbufs) {
+            size_t n = nbufs - done > 1024 ? 1024 : nbufs - done;
+            size_t want = 0;
+            for (size_t i = 0; i < n; i++)
+                want += bufs[done + i].len;
+            int w = uv_try_write((uv_stream_t *)&c->tcp, bufs + done, (unsigned)n);
+            if (w < 0 && w != UV_EAGAIN) {
+                gw_conn_close(c);
+                return TS_ERR_IO;
+            }
+            if (w > 0) off += (size_t)w;
+            if (w < 0 || (size_t)w < want) break;
+            done += n;
+        }
+    }
+    if (off == total) return TS_OK;
+    return queue_rest(c, bufs, nbufs, off, total - off);
+}
+
+ts_status_t gw_conn_write(gw_conn_t *c, const uint8_t *data, size_t len)
+{
+    uv_buf_t b = uv_buf_init((char *)data, (unsigned)len);
+    return gw_conn_writev(c, &b, 1, len);
 }
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)

@@ -1,11 +1,23 @@
 /* The gateway object: its libuv handles, the hand-off from nats.c threads to
- * the loop, registry reloads and the orderly stop.
+ * the loop, the registry view and the orderly stop.
  *
  * Threads: everything runs on the loop thread except bus callbacks, which
- * only copy the message into the mutex-protected inbox and wake the loop
- * (uv_async), the ack callback (atomic counters), and registry reads, which
- * run in libuv's thread pool one at a time, so the blocking Redis calls never
- * stall the loop and gw->reg is never used by two threads at once.
+ * only hold the message (no copy) and push it into a bounded lock-free ring
+ * (full: dropped and counted; a dropped RegistryChange asks for a resync),
+ * the ack callback, which pushes (seq, ok) into a second ring sized for
+ * every publish the bus allows in flight, both waking the loop (uv_async);
+ * and registry reads, which run in libuv's thread pool one at a time, so the
+ * blocking Redis calls never stall the loop and gw->reg is never used by two
+ * threads at once.
+ *
+ * Registry: each RegistryChange (cell, owner, epoch, state, version) is
+ * applied on arrival in O(1); a version gap, an undecodable or dropped change
+ * or a version poll (one GET a second on the pool) that shows a missed change
+ * (e.g. across a NATS reconnect) triggers one full read on the pool.
+ *
+ * Loop turn: the inbox and sockets are read during the poll phase; the check
+ * handle then publishes one InputBatch per cell and runs one fan-out flush
+ * (gw_view_flush), so state is forwarded as it arrives.
  *
  * Stop order: listener closed, Leave queued for every joined player, inputs
  * flushed and acknowledged, connections closed, subscriptions destroyed
@@ -25,71 +37,108 @@
 #define STATS_EVERY 10
 #define STOP_FLUSH_MS 2000
 
-void gw_inbox_push(gw_t *gw, gw_msg_kind_t kind, const ts_bus_msg_t *msg)
+void gw_inbox_push(gw_t *gw, gw_msg_kind_t kind, gw_cell_t *cell, const ts_bus_msg_t *msg)
 {
-    const char *subject = ts_bus_msg_subject(msg);
-    size_t slen = strlen(subject), len = ts_bus_msg_len(msg);
-
-    pthread_mutex_lock(&gw->inbox_mu);
-    bool full = gw->inbox_len >= GW_INBOX_MAX;
-    if (full) gw->inbox_dropped++;
-    pthread_mutex_unlock(&gw->inbox_mu);
-    if (full) return;
-
-    gw_msg_t *m = malloc(sizeof *m + len + slen + 1);
-    if (m == NULL) return;
-    m->next = NULL;
-    m->kind = kind;
-    m->len = len;
-    if (len > 0) memcpy(m->data, ts_bus_msg_data(msg), len);
-    m->subject = (char *)m->data + len;
-    memcpy(m->subject, subject, slen + 1);
-
-    pthread_mutex_lock(&gw->inbox_mu);
-    if (gw->inbox_tail != NULL)
-        gw->inbox_tail->next = m;
-    else
-        gw->inbox_head = m;
-    gw->inbox_tail = m;
-    gw->inbox_len++;
-    pthread_mutex_unlock(&gw->inbox_mu);
+    gw_msg_t m = {.kind = kind, .cell = cell, .msg = ts_bus_msg_hold(msg)};
+    if (m.msg.impl == NULL) return;
+    if (!ts_ring_push(gw->inbox, &m)) {
+        ts_bus_held_free(m.msg);
+        atomic_fetch_add(&gw->inbox_dropped, 1);
+        if (kind == GW_MSG_REGISTRY) atomic_store(&gw->registry_lost, true);
+    }
     uv_async_send(&gw->inbox_async);
 }
 
-static gw_msg_t *inbox_take(gw_t *gw, uint64_t *dropped)
+/* Recomputes the AOI of the players whose own cell is this one. */
+static void update_home_aoi(void *ud, gw_cell_t *cell)
 {
-    pthread_mutex_lock(&gw->inbox_mu);
-    gw_msg_t *list = gw->inbox_head;
-    gw->inbox_head = gw->inbox_tail = NULL;
-    gw->inbox_len = 0;
-    *dropped = gw->inbox_dropped;
-    gw->inbox_dropped = 0;
-    pthread_mutex_unlock(&gw->inbox_mu);
-    return list;
+    gw_t *gw = ud;
+    for (size_t i = 0; i < cell->nsubs; i++) {
+        gw_conn_t *c = cell->subs[i].conn;
+        if (c->cell == cell) gw_aoi_update(gw, c);
+    }
+}
+
+/* Applies one RegistryChange: O(1) for the cell, plus the clients near it
+ * when it became live or stopped being live. A version gap asks for one
+ * asynchronous resync. */
+static void on_registry_change(gw_t *gw, const uint8_t *data, size_t len)
+{
+    Tessera__V1__RegistryChange *rc = tessera__v1__registry_change__unpack(NULL, len, data);
+    if (rc == NULL) {
+        ts_warn("undecodable RegistryChange (%zu bytes): re-reading the registry", len);
+        gw_request_reload(gw, true);
+        return;
+    }
+    ts_cell_entry_t e = {.epoch = rc->epoch, .state = (ts_cell_state_t)rc->state};
+    if (rc->world != gw->world.id || rc->cell == NULL || ts_proto_cell_get(rc->cell, &e.cell) != TS_OK) {
+        tessera__v1__registry_change__free_unpacked(rc, NULL);
+        return;
+    }
+    ts_strlcpy(e.owner, rc->owner ? rc->owner : "", sizeof e.owner);
+    uint64_t version = rc->version;
+    tessera__v1__registry_change__free_unpacked(rc, NULL);
+
+    gw->reg_changes++;
+    if (version > gw->reg_version + 1 && gw->reg_version != 0) {
+        ts_debug("registry version %llu after %llu: re-reading", (unsigned long long)version,
+                 (unsigned long long)gw->reg_version);
+        gw_request_reload(gw, true);
+    }
+    if (version > gw->reg_version) gw->reg_version = version;
+    gw_cell_t *cell;
+    if (!gw_cells_apply_change(gw, &e, version, &cell) || cell == NULL) return;
+    /* its liveness changed: the clients whose AOI may hold it re-bind */
+    gw_cells_near(gw, cell->id.cx, cell->id.cy, gw->cfg->gateway_aoi_radius, update_home_aoi, gw);
 }
 
 static void on_inbox(uv_async_t *a)
 {
     gw_t *gw = a->data;
-    uint64_t dropped;
-    gw_msg_t *m = inbox_take(gw, &dropped);
-    if (dropped > 0) ts_warn("bus inbox full: %llu messages dropped", (unsigned long long)dropped);
-    while (m != NULL) {
-        gw_msg_t *next = m->next;
-        if (!gw->stopping) {
-            if (m->kind == GW_MSG_STATE)
-                gw_view_on_state(gw, m->subject, m->data, m->len);
-            else
-                gw_request_reload(gw, true);
-        }
-        free(m);
-        m = next;
+    uint64_t dropped = atomic_exchange(&gw->inbox_dropped, 0);
+    if (dropped > 0) {
+        gw->inbox_dropped_total += dropped;
+        ts_warn("bus inbox full: %llu messages dropped", (unsigned long long)dropped);
     }
+    if (atomic_exchange(&gw->registry_lost, false)) gw_request_reload(gw, true);
+    uint64_t acks_lost = atomic_exchange(&gw->acks_dropped, 0);
+    if (acks_lost > 0) {
+        /* cannot happen while the ring holds every publish the bus allows
+         * in flight; if it did, no cell may wait forever for its ack */
+        ts_warn("%llu publish outcomes lost: input batches in flight are no longer tracked",
+                (unsigned long long)acks_lost);
+        ts_map_free(&gw->inflight);
+        gw->ninflight = 0;
+        for (gw_cell_t *cell = gw->all_cells; cell != NULL; cell = cell->next_all) {
+            cell->inflight = false;
+            cell->nrecs = 0;
+            if (cell->ninputs > 0) gw_router_wake(gw, cell);
+        }
+    }
+    gw_ack_t ack;
+    while (ts_ring_pop(gw->acks, &ack)) {
+        if (!gw->stopping) gw_router_on_ack(gw, ack.seq, ack.ok);
+    }
+    /* at most one ring's worth per turn, so sockets get their turn too */
+    size_t budget = GW_INBOX_MAX;
+    gw_msg_t m;
+    while (budget-- > 0 && ts_ring_pop(gw->inbox, &m)) {
+        if (!gw->stopping) {
+            const uint8_t *data = ts_bus_held_data(m.msg);
+            size_t len = ts_bus_held_len(m.msg);
+            if (m.kind == GW_MSG_STATE)
+                gw_view_on_state(gw, m.cell, data, len);
+            else
+                on_registry_change(gw, data, len);
+        }
+        ts_bus_held_free(m.msg);
+    }
+    if (budget == (size_t)-1) uv_async_send(&gw->inbox_async);
 }
 
 static void on_registry_msg(void *ud, const ts_bus_msg_t *msg)
 {
-    gw_inbox_push(ud, GW_MSG_REGISTRY, msg);
+    gw_inbox_push(ud, GW_MSG_REGISTRY, NULL, msg);
 }
 
 static void on_ack(void *ud, const char *subject, uint64_t seq, uint32_t count, bool ok, uint64_t stream_seq)
@@ -100,11 +149,17 @@ static void on_ack(void *ud, const char *subject, uint64_t seq, uint32_t count, 
         atomic_fetch_add(&gw->acks_ok, 1);
     } else {
         atomic_fetch_add(&gw->acks_failed, 1);
-        ts_warn("input batch of %u inputs to %s was not stored by JetStream", count, subject);
+        ts_warn("input batch %llu of %u inputs to %s was not stored by JetStream", (unsigned long long)seq,
+                count, subject);
     }
+    gw_ack_t a = {.seq = seq, .ok = ok};
+    if (!ts_ring_push(gw->acks, &a)) atomic_fetch_add(&gw->acks_dropped, 1);
+    uv_async_send(&gw->inbox_async);
 }
 
-/* Thread pool: reads the registry if its version moved (or when forced). */
+/* Thread pool: reads the registry version, and every cell if it moved past
+ * the newest change the loop had applied when the job was queued (or when
+ * forced). */
 static void reload_work(uv_work_t *req)
 {
     gw_t *gw = req->data;
@@ -113,7 +168,7 @@ static void reload_work(uv_work_t *req)
     gw->reload_cells = NULL;
     gw->reload_n = 0;
     gw->reload_status = ts_registry_version(gw->reg, gw->world.id, &version);
-    if (gw->reload_status != TS_OK || (!gw->reload_job_force && version == gw->reg_version)) return;
+    if (gw->reload_status != TS_OK || (!gw->reload_job_force && version <= gw->reload_known)) return;
     gw->reload_version = version;
     gw->reload_status = ts_registry_cells(gw->reg, gw->world.id, &gw->reload_cells, &gw->reload_n);
     gw->reload_changed = gw->reload_status == TS_OK;
@@ -132,9 +187,10 @@ static void reload_done(uv_work_t *req, int status)
                         ts_status_str(gw->reload_status));
             }
         } else if (gw->reload_changed) {
-            gw->reg_version = gw->reload_version;
-            if (gw_cells_apply_registry(gw, gw->reload_cells, gw->reload_n)) {
-                ts_info("registry version %llu: %zu cells", (unsigned long long)gw->reg_version,
+            gw->reg_resyncs++;
+            if (gw->reload_version > gw->reg_version) gw->reg_version = gw->reload_version;
+            if (gw_cells_apply_registry(gw, gw->reload_cells, gw->reload_n, gw->reload_version)) {
+                ts_info("registry version %llu: %zu cells", (unsigned long long)gw->reload_version,
                         gw->reload_n);
                 for (gw_conn_t *c = gw->conns; c != NULL; c = c->next)
                     gw_aoi_update(gw, c);
@@ -157,27 +213,55 @@ void gw_request_reload(gw_t *gw, bool force)
     gw->reload_again = false;
     gw->reload_job_force = gw->reload_force;
     gw->reload_force = false;
+    gw->reload_known = gw->reg_version;
     gw->reload_req.data = gw;
     if (uv_queue_work(gw->loop, &gw->reload_req, reload_work, reload_done) == 0) gw->reload_running = true;
 }
 
-static void on_tick(uv_timer_t *t)
+static void on_flush_timer(uv_timer_t *t)
 {
-    gw_view_tick(t->data);
+    gw_t *gw = t->data;
+    if (!gw->stopping) gw_view_flush(gw);
+}
+
+/* Flushes now, or when GW_FLUSH_MIN_US since the last flush have passed. */
+static void flush_view(gw_t *gw)
+{
+    if (gw->dirty_head == NULL && gw->flush_head == NULL) return;
+    uint64_t now = ts_mono_us();
+    if (gw->last_flush_us != 0 && now - gw->last_flush_us < GW_FLUSH_MIN_US) {
+        uint64_t wait_ms = (GW_FLUSH_MIN_US - (now - gw->last_flush_us) + 999) / 1000;
+        if (!uv_is_active((uv_handle_t *)&gw->flush_timer))
+            uv_timer_start(&gw->flush_timer, on_flush_timer, wait_ms, 0);
+        return;
+    }
+    gw_view_flush(gw);
+}
+
+void gw_flush_soon(gw_t *gw)
+{
+    (void)gw; /* the check handle flushes at the end of every loop turn */
 }
 
 static void on_retry_flush(uv_timer_t *t)
 {
-    gw_router_flush(t->data);
+    gw_t *gw = t->data;
+    gw_router_flush(gw, false);
+    if (gw->batch_busy) uv_timer_start(&gw->retry_timer, on_retry_flush, RETRY_FLUSH_MS, 0);
 }
 
+/* End of every loop turn, after the inbox and the sockets were read: one
+ * InputBatch per cell for everything that arrived, then one fan-out. */
 static void on_check(uv_check_t *h)
 {
     gw_t *gw = h->data;
-    if (gw->batch_head == NULL) return;
-    gw_router_flush(gw);
-    if (gw->batch_head != NULL && !uv_is_active((uv_handle_t *)&gw->retry_timer))
-        uv_timer_start(&gw->retry_timer, on_retry_flush, RETRY_FLUSH_MS, 0);
+    if (gw->stopping) return;
+    if (gw->batch_head != NULL) {
+        gw_router_flush(gw, false);
+        if (gw->batch_busy && !uv_is_active((uv_handle_t *)&gw->retry_timer))
+            uv_timer_start(&gw->retry_timer, on_retry_flush, RETRY_FLUSH_MS, 0);
+    }
+    flush_view(gw);
 }
 
 static void log_stats(gw_t *gw)
@@ -192,18 +276,27 @@ static void log_stats(gw_t *gw)
         subscribed += cell->aoi_refs > 0;
     }
     ts_debug(
-        "clients=%zu joined=%zu cells=%zu subscribed=%zu inputs=%llu dropped=%llu batches=%llu acked=%llu "
-        "failed=%llu states=%llu stale=%llu",
+        "clients=%zu joined=%zu cells=%zu subscribed=%zu inputs=%llu published=%llu batches=%llu "
+        "(%.1f inputs/batch) in_flight=%zu acked=%llu failed=%llu not_stored=%llu states=%llu stale=%llu "
+        "inbox_dropped=%llu flushes=%llu frames=%llu bytes=%llu deltas_skipped=%llu registry_changes=%llu "
+        "resyncs=%llu",
         gw->nopen, joined, gw->ncells, subscribed, (unsigned long long)gw->inputs_queued,
-        (unsigned long long)gw->inputs_dropped, (unsigned long long)gw->batches_published,
-        (unsigned long long)atomic_load(&gw->acks_ok), (unsigned long long)atomic_load(&gw->acks_failed),
-        (unsigned long long)gw->states_applied, (unsigned long long)stale);
+        (unsigned long long)gw->inputs_published, (unsigned long long)gw->batches_published,
+        gw->batches_published ? (double)gw->inputs_published / (double)gw->batches_published : 0.0,
+        gw->ninflight, (unsigned long long)atomic_load(&gw->acks_ok),
+        (unsigned long long)atomic_load(&gw->acks_failed), (unsigned long long)gw->inputs_not_stored,
+        (unsigned long long)gw->states_applied, (unsigned long long)stale,
+        (unsigned long long)gw->inbox_dropped_total, (unsigned long long)gw->tick,
+        (unsigned long long)gw->frames_sent, (unsigned long long)gw->bytes_sent,
+        (unsigned long long)gw->deltas_skipped, (unsigned long long)gw->reg_changes,
+        (unsigned long long)gw->reg_resyncs);
 }
 
 static void on_housekeeping(uv_timer_t *t)
 {
     static unsigned rounds;
     gw_t *gw = t->data;
+    /* one GET of the version; every cell is read only if a change was missed */
     gw_request_reload(gw, false);
     gw_conns_sweep(gw);
     gw_aoi_resubscribe(gw);
@@ -236,6 +329,12 @@ ts_status_t gw_create(gw_t **out, uv_loop_t *loop, const ts_config_t *cfg, ts_bu
     *out = NULL;
     gw_t *gw = calloc(1, sizeof *gw);
     if (gw == NULL) return TS_ERR_NOMEM;
+    if (ts_ring_create(&gw->inbox, GW_INBOX_MAX, sizeof(gw_msg_t)) != TS_OK ||
+        ts_ring_create(&gw->acks, TS_BUS_MAX_IN_FLIGHT, sizeof(gw_ack_t)) != TS_OK) {
+        ts_ring_destroy(gw->inbox);
+        free(gw);
+        return TS_ERR_NOMEM;
+    }
     gw->loop = loop;
     gw->cfg = cfg;
     gw->bus = bus;
@@ -249,23 +348,27 @@ ts_status_t gw_create(gw_t **out, uv_loop_t *loop, const ts_config_t *cfg, ts_bu
              rnd[5], rnd[6], rnd[7]);
     atomic_init(&gw->acks_ok, 0);
     atomic_init(&gw->acks_failed, 0);
-    pthread_mutex_init(&gw->inbox_mu, NULL);
+    atomic_init(&gw->inbox_dropped, 0);
+    atomic_init(&gw->acks_dropped, 0);
+    atomic_init(&gw->registry_lost, false);
     ts_map_init(&gw->players);
     ts_map_init(&gw->cell_roots);
     ts_map_init(&gw->scratch);
+    ts_map_init(&gw->homes);
+    ts_map_init(&gw->inflight);
 
     uv_async_init(loop, &gw->inbox_async, on_inbox);
     uv_check_init(loop, &gw->flush_check);
-    uv_timer_init(loop, &gw->tick_timer);
+    uv_timer_init(loop, &gw->flush_timer);
     uv_timer_init(loop, &gw->house_timer);
     uv_timer_init(loop, &gw->retry_timer);
     uv_signal_init(loop, &gw->sigint);
     uv_signal_init(loop, &gw->sigterm);
     gw->inbox_async.data = gw->flush_check.data = gw;
-    gw->tick_timer.data = gw->house_timer.data = gw->retry_timer.data = gw;
+    gw->flush_timer.data = gw->house_timer.data = gw->retry_timer.data = gw;
     gw->sigint.data = gw->sigterm.data = gw;
 
-    gw_cells_apply_registry(gw, cells, ncells);
+    gw_cells_apply_registry(gw, cells, ncells, 0);
     *out = gw;
     return TS_OK;
 }
@@ -285,8 +388,8 @@ ts_status_t gw_start(gw_t *gw)
     }
     st = gw_listen(gw, gw->cfg->gateway_listen);
     if (st != TS_OK) return st;
-    uint64_t tick_ms = (uint64_t)(1000 / gw->cfg->gateway_tick_hz);
-    uv_timer_start(&gw->tick_timer, on_tick, tick_ms ? tick_ms : 1, tick_ms ? tick_ms : 1);
+    /* learn the registry version the startup read corresponds to */
+    gw_request_reload(gw, true);
     uv_timer_start(&gw->house_timer, on_housekeeping, HOUSEKEEPING_MS, HOUSEKEEPING_MS);
     uv_check_start(&gw->flush_check, on_check);
     return TS_OK;
@@ -307,22 +410,20 @@ void gw_stop(gw_t *gw)
         gw_session_release(c);
     }
     gw->stopping = true;
-    gw_router_flush(gw);
+    gw_router_flush(gw, true);
     if (gw->batch_head != NULL) ts_warn("stopping with inputs the bus did not take");
+    /* the one wait on the loop: the players' Leave inputs, at stop only */
     ts_status_t st = ts_bus_js_flush(gw->bus, STOP_FLUSH_MS);
     if (st != TS_OK) ts_warn("bus flush on stop: %s", ts_status_str(st));
     for (gw_conn_t *c = gw->conns; c != NULL; c = c->next)
         gw_conn_close(c);
 
-    ts_bus_sub_destroy(gw->registry_sub);
+    ts_bus_sub_close(gw->registry_sub);
     gw->registry_sub = NULL;
-    for (gw_cell_t *cell = gw->all_cells; cell != NULL; cell = cell->next_all) {
-        ts_bus_sub_destroy(cell->sub);
-        cell->sub = NULL;
-    }
+    gw_aoi_close_all(gw);
     close_handle((uv_handle_t *)&gw->inbox_async);
     close_handle((uv_handle_t *)&gw->flush_check);
-    close_handle((uv_handle_t *)&gw->tick_timer);
+    close_handle((uv_handle_t *)&gw->flush_timer);
     close_handle((uv_handle_t *)&gw->house_timer);
     close_handle((uv_handle_t *)&gw->retry_timer);
     close_handle((uv_handle_t *)&gw->sigint);
@@ -336,19 +437,18 @@ void gw_stop(gw_t *gw)
 void gw_destroy(gw_t *gw)
 {
     if (gw == NULL) return;
-    uint64_t dropped;
-    gw_msg_t *m = inbox_take(gw, &dropped);
-    while (m != NULL) {
-        gw_msg_t *next = m->next;
-        free(m);
-        m = next;
-    }
+    gw_msg_t m;
+    while (ts_ring_pop(gw->inbox, &m))
+        ts_bus_held_free(m.msg);
+    ts_ring_destroy(gw->inbox);
+    ts_ring_destroy(gw->acks);
     gw_cells_free_all(gw);
+    gw_view_free(gw);
     ts_map_free(&gw->players);
-    ts_map_free(&gw->scratch);
-    free(gw->tmp_ents);
-    free(gw->tmp_removed);
+    ts_map_free(&gw->inflight);
+    free(gw->pack_buf);
+    free(gw->pb_inputs);
+    free(gw->pb_ptrs);
     free(gw->reload_cells);
-    pthread_mutex_destroy(&gw->inbox_mu);
     free(gw);
 }

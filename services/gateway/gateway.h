@@ -5,14 +5,14 @@
  *   session.c  the client protocol, one state machine per connection
  *   cells.c    the table of known cells (registry view, epochs)
  *   router.c   per-cell input batching and ref-counted AOI subscriptions
- *   view.c     per-cell entity caches, fencing, merged Delta frames
+ *   view.c     per-cell entity caches, fencing, spliced Delta frames
+ *   fanout.c   encoded blocks, frame heads, keyframe parts (no gw_t)
  *
  * Everything here is touched by the loop thread only, except gw_t's inbox
- * (mutex) and ack counters (atomics), which nats.c threads feed. */
+ * and ack rings and the atomics beside them, which nats.c threads feed. */
 #ifndef TS_GATEWAY_H
 #define TS_GATEWAY_H
 
-#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -26,21 +26,31 @@
 #include "tessera/map.h"
 #include "tessera/proto.h"
 #include "tessera/registry.h"
+#include "tessera/ring.h"
 #include "tessera/subject.h"
 
+#include "fanout.h"
+
 #define GW_NAME_MAX 64
-/* Delta frames are skipped for a client with more unsent output than this. */
+/* Delta frames are skipped for a client with more unsent output than this;
+ * once its output drained it gets a fresh full view. */
 #define GW_SLOW_CLIENT_BYTES ((size_t)1 << 20)
 /* A client that lets this much pile up (non-Delta frames) is disconnected. */
 #define GW_MAX_CLIENT_BYTES ((size_t)8 << 20)
-/* Entities per Delta/Snapshot frame; larger updates are split. */
-#define GW_FRAME_MAX_ENTITIES 512
+/* Payload bytes per Delta/Snapshot frame before the view is split over
+ * several frames (clients accept 4 MB). */
+#define GW_FRAME_MAX_BYTES ((size_t)256 << 10)
 /* Inputs per InputBatch bus message. */
 #define GW_BATCH_MAX_INPUTS 1024
-/* Inputs waiting for one cell before new ones are dropped. */
+/* Inputs waiting for one cell before new ones are refused (and reported). */
 #define GW_CELL_MAX_PENDING 100000
+/* Input batches awaiting their JetStream acknowledgement, all cells. */
+#define GW_INFLIGHT_MAX 8192
 /* Bus messages waiting for the loop before new ones are dropped. */
-#define GW_INBOX_MAX 100000
+#define GW_INBOX_MAX 65536
+/* Fan-out flushes are at least this far apart; state that arrives sooner is
+ * coalesced into the next one. */
+#define GW_FLUSH_MIN_US 2000
 /* How long a connection closed with a fatal error keeps draining input. */
 #define GW_LINGER_US 2000000
 
@@ -58,23 +68,39 @@ typedef struct {
     char name[GW_NAME_MAX + 1];
 } gw_input_t;
 
+/* Which client inputs one in-flight InputBatch carries. */
+typedef struct {
+    uint64_t entity;
+    uint64_t first_seq, last_seq;
+} gw_flrec_t;
+
 /* Latest state of one entity as its cell's owner published it. */
 typedef struct {
     Tessera__V1__EntityState pb; /* pb.name points at name */
     uint64_t gen;                /* keyframe generation that last saw it */
+    uint64_t listed;             /* flush number it was last put on `changed` */
     char name[GW_NAME_MAX + 1];
 } gw_entity_t;
 
+/* A client whose AOI holds the cell; slot indexes the client's aoi array. */
+typedef struct {
+    gw_conn_t *conn;
+    size_t slot;
+} gw_subref_t;
+
 /* A cell the gateway knows of, from the registry or from state it saw.
- * Records live until the gateway stops, so connections may point at them. */
+ * Records live until the gateway stops, so connections, queued bus messages
+ * and subscription closures may point at them. */
 struct gw_cell {
+    gw_t *gw;
     ts_cell_t id;
     char key[TS_CELL_STR_MAX];
     char input_subject[TS_SUBJECT_MAX];
     char state_subject[TS_SUBJECT_MAX];
 
     bool in_registry;
-    bool reg_mark; /* seen in the registry read being applied */
+    bool reg_mark;    /* seen in the registry read being applied */
+    uint64_t reg_ver; /* registry version of the newest change applied */
     ts_cell_state_t reg_state;
     uint64_t reg_epoch;
     uint64_t seen_epoch; /* highest epoch of state accepted (fencing) */
@@ -83,20 +109,34 @@ struct gw_cell {
     /* state subscription, ref-counted across players' AOIs */
     uint32_t aoi_refs;
     ts_bus_sub_t *sub;
+    gw_subref_t *subs; /* the clients referencing the cell */
+    size_t nsubs, subs_cap;
     ts_map_t entities; /* id -> gw_entity_t* */
     uint64_t gen;
+    gw_kf_t kf;
+    uint64_t ver; /* bumped by every change of entities */
 
-    /* changes since the last gateway tick */
-    ts_map_t changed; /* id -> (void *)1 */
-    ts_map_t removed; /* id -> (void *)1 */
+    /* changes since the last flush */
+    uint64_t *changed, *removed;
+    size_t nchanged, changed_cap, nremoved, removed_cap;
     bool dirty;
     gw_cell_t *next_dirty;
+    /* encoded once per flush, shared by every client */
+    gw_blk_t blk;      /* changed entities */
+    gw_blk_t full;     /* every entity, built on demand */
+    uint64_t full_ver; /* ver the full block was built at, +1 (0: none) */
 
     /* inputs waiting for the next flush */
     gw_input_t *inputs;
     size_t ninputs, inputs_cap;
     bool batch_queued;
     gw_cell_t *next_batch;
+    /* the one batch awaiting its acknowledgement */
+    bool inflight;
+    uint64_t inflight_seq;
+    size_t inflight_count;
+    gw_flrec_t *recs;
+    size_t nrecs, recs_cap;
 
     gw_cell_t *next_same_root; /* chain in gw->cell_roots */
     gw_cell_t *next_all;
@@ -104,7 +144,8 @@ struct gw_cell {
 
 typedef struct {
     gw_cell_t *cell;
-    bool fresh; /* send all its entities in the next Delta */
+    bool fresh;     /* send all its entities in the next Delta */
+    size_t sub_idx; /* index in cell->subs */
 } gw_aoi_slot_t;
 
 typedef enum { GW_PHASE_NEW = 0, GW_PHASE_JOINED, GW_PHASE_LEFT } gw_phase_t;
@@ -135,6 +176,12 @@ struct gw_conn {
     size_t ngone, gone_cap;
     uint64_t deltas_skipped;
 
+    /* fan-out */
+    bool flush_queued; /* on gw->flush_head */
+    gw_conn_t *next_flush;
+    bool need_snapshot; /* joined: the next flush sends a Snapshot */
+    bool behind;        /* Deltas were skipped: a full view once output drained */
+
     /* rate limit: token bucket plus flood detection in 1 s windows */
     double tokens;
     uint64_t refill_us;
@@ -144,15 +191,19 @@ struct gw_conn {
     int flood_windows;
 };
 
-/* A bus message copied off a nats.c thread. */
+/* A bus message handed from a nats.c thread to the loop (held, not copied). */
 typedef enum { GW_MSG_STATE = 0, GW_MSG_REGISTRY } gw_msg_kind_t;
-typedef struct gw_msg {
-    struct gw_msg *next;
+typedef struct {
     gw_msg_kind_t kind;
-    size_t len;
-    char *subject; /* points into the same allocation */
-    uint8_t data[];
+    gw_cell_t *cell; /* GW_MSG_STATE: the subscription's cell */
+    ts_bus_held_t msg;
 } gw_msg_t;
+
+/* An asynchronous publish's outcome, handed from nats.c to the loop. */
+typedef struct {
+    uint64_t seq;
+    bool ok;
+} gw_ack_t;
 
 struct gw {
     uv_loop_t *loop;
@@ -172,9 +223,9 @@ struct gw {
     bool server_open;
     int port;
     uv_signal_t sigint, sigterm;
-    uv_timer_t tick_timer;
     uv_timer_t house_timer;
     uv_check_t flush_check;
+    uv_timer_t flush_timer; /* a flush held back by GW_FLUSH_MIN_US */
     uv_timer_t retry_timer; /* re-flushes inputs a publish could not take */
     uv_async_t inbox_async;
 
@@ -189,17 +240,36 @@ struct gw {
     size_t ncells;
     gw_cell_t *batch_head;
     gw_cell_t *dirty_head;
-    uint64_t tick;
-    ts_map_t scratch; /* per-client merge de-duplication */
-    Tessera__V1__EntityState **tmp_ents;
-    size_t tmp_ents_cap;
+    gw_conn_t *flush_head;
+    uint64_t tick; /* flushes so far */
+    uint64_t last_flush_us;
+    ts_map_t homes;   /* entity id -> gw_cell_t* holding its newest state */
+    ts_map_t scratch; /* per-client removed de-duplication */
     uint64_t *tmp_removed;
     size_t tmp_removed_cap;
+    uv_buf_t *iov; /* one client's frames: heads, block pieces, removed */
+    size_t iov_cap;
+    uv_buf_t *segs; /* one client's block pieces */
+    size_t segs_cap;
+    uint8_t *heads; /* frame heads of one client's flush */
+    size_t heads_cap;
+    uint8_t *rmbuf;
+    size_t rmbuf_cap;
 
-    pthread_mutex_t inbox_mu;
-    gw_msg_t *inbox_head, *inbox_tail;
-    size_t inbox_len;
-    uint64_t inbox_dropped;
+    /* hand-off from nats.c threads: bounded lock-free rings */
+    ts_ring_t *inbox; /* gw_msg_t, GW_INBOX_MAX */
+    ts_ring_t *acks;  /* gw_ack_t, TS_BUS_MAX_IN_FLIGHT */
+    atomic_uint_fast64_t inbox_dropped, acks_dropped;
+    atomic_bool registry_lost; /* a RegistryChange was dropped: resync */
+    uint64_t inbox_dropped_total;
+
+    ts_map_t inflight; /* publish seq -> gw_cell_t* */
+    size_t ninflight;
+    bool batch_busy;   /* cells wait on the bus: retry timer */
+    uint8_t *pack_buf; /* one InputBatch, reused */
+    size_t pack_cap;
+    void *pb_inputs; /* GW_BATCH_MAX_INPUTS protobuf inputs, reused */
+    Tessera__V1__Input **pb_ptrs;
 
     ts_bus_sub_t *registry_sub;
     uv_work_t reload_req;
@@ -208,14 +278,18 @@ struct gw {
     ts_status_t reload_status;
     ts_cell_entry_t *reload_cells;
     size_t reload_n;
+    uint64_t reload_known; /* reg_version when the read was queued */
     uint64_t reload_version;
     bool reload_job_force;
     bool reload_changed;
     uint64_t reload_warn_us;
+    uint64_t reg_changes, reg_resyncs;
 
     /* counters */
-    uint64_t inputs_queued, inputs_dropped, batches_published, publish_errors;
+    uint64_t inputs_queued, inputs_dropped, inputs_not_stored, inputs_published, batches_published;
+    uint64_t publish_errors;
     uint64_t states_applied, states_bad;
+    uint64_t frames_sent, bytes_sent, deltas_skipped;
     atomic_uint_fast64_t acks_ok, acks_failed;
 };
 
@@ -228,15 +302,26 @@ ts_status_t gw_start(gw_t *gw);
  * uv_run returns once the loop is empty. Idempotent. */
 void gw_stop(gw_t *gw);
 void gw_destroy(gw_t *gw);
+/* Queues one registry read on the thread pool (coalesced with one running):
+ * force reads every cell, otherwise only if the registry version moved past
+ * the newest change applied. */
 void gw_request_reload(gw_t *gw, bool force);
-/* Copies a bus message for the loop thread (called on nats.c threads). */
-void gw_inbox_push(gw_t *gw, gw_msg_kind_t kind, const ts_bus_msg_t *msg);
+/* Hands a bus message to the loop thread (called in a subscription
+ * callback on a nats.c thread); cell is the subscription's cell for
+ * GW_MSG_STATE. */
+void gw_inbox_push(gw_t *gw, gw_msg_kind_t kind, gw_cell_t *cell, const ts_bus_msg_t *msg);
+/* Asks for a fan-out flush at the end of this loop turn. */
+void gw_flush_soon(gw_t *gw);
 
 /* conn.c */
 ts_status_t gw_listen(gw_t *gw, const char *hostport);
 void gw_listen_close(gw_t *gw);
 /* Queues one ServerFrame (header + payload) for the connection. */
 ts_status_t gw_conn_write(gw_conn_t *c, const uint8_t *data, size_t len);
+/* Writes the pieces (borrowed: only read during the call) in order with one
+ * system call when the connection has nothing queued; what the socket does
+ * not take at once is copied to the connection's queue. */
+ts_status_t gw_conn_writev(gw_conn_t *c, const uv_buf_t *bufs, size_t nbufs, size_t total);
 /* Stops reading input, lets queued output drain, then closes. */
 void gw_conn_close_after_write(gw_conn_t *c);
 /* Closes now, dropping unsent output. */
@@ -253,6 +338,8 @@ void gw_session_release(gw_conn_t *c);
 ts_status_t gw_session_send(gw_conn_t *c, Tessera__V1__ServerFrame *f);
 void gw_session_error(gw_conn_t *c, Tessera__V1__ErrorCode code, bool fatal, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
+/* Tells the client its inputs first_seq..last_seq will never be applied. */
+void gw_session_not_stored(gw_conn_t *c, uint64_t first_seq, uint64_t last_seq, const char *why);
 /* The player's entity is now owned by `to`: re-bind inputs and AOI, tell the client. */
 void gw_session_move_cell(gw_conn_t *c, gw_cell_t *to);
 
@@ -264,28 +351,52 @@ gw_cell_t *gw_cell_get(gw_t *gw, const ts_cell_t *id);
 uint64_t gw_cell_epoch(const gw_cell_t *cell);
 /* True if the registry says the cell exists and takes inputs. */
 bool gw_cell_live(const gw_cell_t *cell);
-/* Replaces the registry view; true if the set of live cells changed. */
-bool gw_cells_apply_registry(gw_t *gw, const ts_cell_entry_t *entries, size_t n);
+/* Applies a whole registry read taken at `version` (cells changed by a
+ * newer RegistryChange keep what it said); true if the set of live cells
+ * changed. */
+bool gw_cells_apply_registry(gw_t *gw, const ts_cell_entry_t *entries, size_t n, uint64_t version);
+/* Applies one RegistryChange; true if the cell became live or stopped being
+ * live. *cell_out receives the cell's record (NULL if ignored). */
+bool gw_cells_apply_change(gw_t *gw, const ts_cell_entry_t *e, uint64_t version, gw_cell_t **cell_out);
 /* Calls fn for every live cell whose root is (cx, cy). */
 void gw_cells_under_root(gw_t *gw, int32_t cx, int32_t cy, void (*fn)(void *ud, gw_cell_t *cell), void *ud);
+/* Calls fn for every cell record, live or not, whose root is within r of (cx, cy). */
+void gw_cells_near(gw_t *gw, int32_t cx, int32_t cy, int64_t r, void (*fn)(void *ud, gw_cell_t *cell),
+                   void *ud);
 void gw_cells_free_all(gw_t *gw);
 void gw_cell_clear_entities(gw_t *gw, gw_cell_t *cell);
 
 /* router.c */
-/* Queues an input for the cell's next InputBatch. */
+/* Queues an input for the cell's next InputBatch. TS_ERR_UNAVAILABLE: the
+ * cell's queue is full (the input is not taken). */
 ts_status_t gw_router_queue(gw_t *gw, gw_cell_t *cell, const gw_input_t *in);
-/* Publishes every queued batch. */
-void gw_router_flush(gw_t *gw);
+/* Publishes queued inputs: per cell one batch in flight at a time, so the
+ * inputs of every client that arrive meanwhile leave together in the next.
+ * force (stopping): publishes everything now. */
+void gw_router_flush(gw_t *gw, bool force);
+/* Puts a cell with queued inputs on the next flush. */
+void gw_router_wake(gw_t *gw, gw_cell_t *cell);
+/* A publish's outcome (loop thread). */
+void gw_router_on_ack(gw_t *gw, uint64_t seq, bool ok);
 /* Recomputes the connection's AOI from its cell (empty unless joined). */
 void gw_aoi_update(gw_t *gw, gw_conn_t *c);
 /* Retries subscriptions that failed. */
 void gw_aoi_resubscribe(gw_t *gw);
+/* Closes every state subscription (stopping). */
+void gw_aoi_close_all(gw_t *gw);
 
 /* view.c */
-void gw_view_on_state(gw_t *gw, const char *subject, const uint8_t *data, size_t len);
-/* One gateway tick: a merged Delta to every joined client. */
-void gw_view_tick(gw_t *gw);
-/* Sends the Snapshot for a player who just joined. */
+void gw_view_on_state(gw_t *gw, gw_cell_t *cell, const uint8_t *data, size_t len);
+/* One fan-out: every client whose view changed gets its frame(s). */
+void gw_view_flush(gw_t *gw);
+/* Queues the client for the next flush. */
+void gw_view_want_flush(gw_t *gw, gw_conn_t *c);
+/* The player just joined: the next flush sends its Snapshot. */
 void gw_view_send_snapshot(gw_t *gw, gw_conn_t *c);
+/* The client's output drained after it was behind: send it a full view. */
+void gw_view_caught_up(gw_t *gw, gw_conn_t *c);
+/* The cell's entities are forgotten (unsubscribed). */
+void gw_view_forget_cell(gw_t *gw, gw_cell_t *cell);
+void gw_view_free(gw_t *gw);
 
 #endif

@@ -1,16 +1,24 @@
 /* Where inputs go and which state the gateway listens to.
  *
- * Inputs: every client input is queued on its destination cell; once per
- * loop iteration each cell's queue leaves as InputBatch messages (at most
- * GW_BATCH_MAX_INPUTS inputs each) through an asynchronous JetStream publish
- * whose message id "<gateway id>-<boot nonce>-<publish seq>" lets the bus
- * retry without storing a batch twice. A queue keeps its order; inputs stay
- * queued when a publish cannot even be started, and are retried.
+ * Inputs: every client input is queued on its destination cell. Each cell
+ * has at most one InputBatch in flight (asynchronous JetStream publish,
+ * message id "<gateway id>-<boot nonce>-<publish seq>" so the bus retries
+ * without storing a batch twice); what all clients send meanwhile leaves in
+ * the next batch once the acknowledgement arrives (group commit): batches
+ * grow with load, a quiet cell publishes at once, and a cell's batches are
+ * stored in order. A publish the bus has no room for (TS_ERR_BUSY) keeps its
+ * inputs queued and is retried; a queue that is full refuses new inputs.
+ * The in-flight batch remembers which clients' seq ranges it carries
+ * (cell->recs), so when JetStream finally refuses it each affected client
+ * still connected gets ERROR_INPUT_NOT_STORED with its range; nothing is
+ * dropped silently.
  *
  * AOI: a joined player references its own cell and the live cells whose
  * roots lie within gateway.aoi_radius of it. A cell's state subscription
  * exists while at least one player references it (aoi_refs > 0); dropping
- * the last reference unsubscribes and forgets the cell's entities. */
+ * the last reference unsubscribes (without waiting) and forgets the cell's
+ * entities. cell->subs lists the clients referencing a cell, so a flush
+ * visits only the clients of cells that changed. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,7 +42,8 @@ ts_status_t gw_router_queue(gw_t *gw, gw_cell_t *cell, const gw_input_t *in)
     static uint64_t warned_us;
     if (cell->ninputs >= GW_CELL_MAX_PENDING) {
         gw->inputs_dropped++;
-        warn_limited(&warned_us, "input queue full, dropping inputs for", cell->key, TS_ERR_UNAVAILABLE);
+        gw->inputs_not_stored++;
+        warn_limited(&warned_us, "input queue full, refusing inputs for", cell->key, TS_ERR_UNAVAILABLE);
         return TS_ERR_UNAVAILABLE;
     }
     if (cell->ninputs == cell->inputs_cap) {
@@ -45,7 +54,7 @@ ts_status_t gw_router_queue(gw_t *gw, gw_cell_t *cell, const gw_input_t *in)
         cell->inputs_cap = cap;
     }
     cell->inputs[cell->ninputs++] = *in;
-    if (!cell->batch_queued) {
+    if (!cell->batch_queued && !cell->inflight) {
         cell->batch_queued = true;
         cell->next_batch = gw->batch_head;
         gw->batch_head = cell;
@@ -90,29 +99,104 @@ static void fill_input(pb_input_t *p, gw_input_t *in)
     }
 }
 
-/* Publishes the cell's queued inputs; returns how many left the queue. */
-static size_t publish_cell(gw_t *gw, gw_cell_t *cell, pb_input_t *pb, Tessera__V1__Input **ptrs)
+static void batch_push(gw_t *gw, gw_cell_t *cell)
+{
+    if (cell->batch_queued) return;
+    cell->batch_queued = true;
+    cell->next_batch = gw->batch_head;
+    gw->batch_head = cell;
+}
+
+void gw_router_wake(gw_t *gw, gw_cell_t *cell)
+{
+    batch_push(gw, cell);
+}
+
+/* Which clients' inputs inputs[0..n) are, one record per entity (its lowest
+ * and highest seq in them), into cell->recs. */
+static void build_recs(gw_t *gw, gw_cell_t *cell, const gw_input_t *inputs, size_t n)
+{
+    cell->nrecs = 0;
+    for (size_t i = 0; i < n; i++) {
+        const gw_input_t *in = &inputs[i];
+        void *v = ts_map_get(&gw->scratch, in->entity);
+        if (v != NULL) {
+            gw_flrec_t *r = &cell->recs[(uintptr_t)v - 2];
+            if (in->seq < r->first_seq) r->first_seq = in->seq;
+            if (in->seq > r->last_seq) r->last_seq = in->seq;
+            continue;
+        }
+        if (cell->nrecs == cell->recs_cap) {
+            size_t cap = cell->recs_cap ? cell->recs_cap * 2 : 16;
+            gw_flrec_t *nv = realloc(cell->recs, cap * sizeof *nv);
+            if (nv == NULL) break;
+            cell->recs = nv;
+            cell->recs_cap = cap;
+        }
+        if (ts_map_put(&gw->scratch, in->entity, (void *)(uintptr_t)(cell->nrecs + 2)) != TS_OK) break;
+        cell->recs[cell->nrecs++] =
+            (gw_flrec_t){.entity = in->entity, .first_seq = in->seq, .last_seq = in->seq};
+    }
+    for (size_t i = 0; i < cell->nrecs; i++)
+        ts_map_del(&gw->scratch, cell->recs[i].entity);
+}
+
+/* Tells every still-connected client of cell->recs its inputs are lost. */
+static void report_not_stored(gw_t *gw, gw_cell_t *cell, const char *why)
+{
+    for (size_t i = 0; i < cell->nrecs; i++) {
+        const gw_flrec_t *r = &cell->recs[i];
+        gw_conn_t *c = ts_map_get(&gw->players, r->entity);
+        if (c != NULL && c->entity == r->entity) gw_session_not_stored(c, r->first_seq, r->last_seq, why);
+    }
+    cell->nrecs = 0;
+}
+
+/* Packs inputs[0..n) as one InputBatch into gw's reusable buffer. */
+static ts_status_t pack_batch(gw_t *gw, gw_cell_t *cell, gw_input_t *inputs, size_t n, pb_input_t *pb,
+                              Tessera__V1__Input **ptrs, size_t *len)
+{
+    for (size_t i = 0; i < n; i++) {
+        fill_input(&pb[i], &inputs[i]);
+        ptrs[i] = &pb[i].in;
+    }
+    Tessera__V1__CellId cell_pb;
+    ts_proto_cell_init(&cell_pb, &cell->id);
+    Tessera__V1__InputBatch batch = TESSERA__V1__INPUT_BATCH__INIT;
+    batch.cell = &cell_pb;
+    batch.n_inputs = n;
+    batch.inputs = ptrs;
+    *len = tessera__v1__input_batch__get_packed_size(&batch);
+    if (*len > gw->pack_cap) {
+        uint8_t *v = realloc(gw->pack_buf, *len);
+        if (v == NULL) return TS_ERR_NOMEM;
+        gw->pack_buf = v;
+        gw->pack_cap = *len;
+    }
+    tessera__v1__input_batch__pack(&batch, gw->pack_buf);
+    return TS_OK;
+}
+
+/* Publishes the cell's queued inputs: one batch, and only if none of the
+ * cell's is in flight (force: all of them, unrecorded). Returns how many
+ * left the queue; inputs a publish refused for good are reported to their
+ * clients and leave the queue too. *busy: the bus had no room. */
+static size_t publish_cell(gw_t *gw, gw_cell_t *cell, bool force, bool *busy, pb_input_t *pb,
+                           Tessera__V1__Input **ptrs)
 {
     static uint64_t warned_us;
     size_t done = 0;
-    while (done < cell->ninputs) {
+    while (done < cell->ninputs && (force || !cell->inflight)) {
+        if (!force && gw->ninflight >= GW_INFLIGHT_MAX) {
+            *busy = true;
+            break;
+        }
         size_t n = cell->ninputs - done;
         if (n > GW_BATCH_MAX_INPUTS) n = GW_BATCH_MAX_INPUTS;
-        for (size_t i = 0; i < n; i++) {
-            fill_input(&pb[i], &cell->inputs[done + i]);
-            ptrs[i] = &pb[i].in;
-        }
-        Tessera__V1__CellId cell_pb;
-        ts_proto_cell_init(&cell_pb, &cell->id);
-        Tessera__V1__InputBatch batch = TESSERA__V1__INPUT_BATCH__INIT;
-        batch.cell = &cell_pb;
-        batch.n_inputs = n;
-        batch.inputs = ptrs;
-        uint8_t *buf = NULL;
         size_t len = 0;
-        ts_status_t st = ts_proto_pack(&batch.base, &buf, &len);
+        ts_status_t st = pack_batch(gw, cell, cell->inputs + done, n, pb, ptrs, &len);
+        uint64_t seq = gw->publish_seq + 1;
         if (st == TS_OK) {
-            uint64_t seq = gw->publish_seq + 1;
             char msg_id[96];
             snprintf(msg_id, sizeof msg_id, "%lld-%s-%llu", (long long)gw->cfg->gateway_id, gw->boot_nonce,
                      (unsigned long long)seq);
@@ -121,63 +205,97 @@ static size_t publish_cell(gw_t *gw, gw_cell_t *cell, pb_input_t *pb, Tessera__V
                                 .seq = seq,
                                 .count = (uint32_t)n,
                                 .msg_id = msg_id};
-            st = ts_bus_js_publish_async(gw->bus, cell->input_subject, &hdr, buf, len);
-            free(buf);
-            if (st == TS_OK) gw->publish_seq = seq;
+            st = ts_bus_js_publish_async(gw->bus, cell->input_subject, &hdr, gw->pack_buf, len);
         }
-        if (st != TS_OK) {
-            gw->publish_errors++;
-            warn_limited(&warned_us, "cannot publish inputs to", cell->input_subject, st);
+        if (st == TS_ERR_BUSY) {
+            *busy = true;
             break;
         }
-        gw->batches_published++;
+        if (!force) build_recs(gw, cell, cell->inputs + done, n);
         done += n;
+        if (st != TS_OK) {
+            gw->publish_errors++;
+            gw->inputs_not_stored += n;
+            warn_limited(&warned_us, "cannot publish inputs to", cell->input_subject, st);
+            report_not_stored(gw, cell, "the gateway could not publish them");
+            continue;
+        }
+        gw->publish_seq = seq;
+        gw->batches_published++;
+        gw->inputs_published += n;
+        if (force) continue;
+        if (ts_map_put(&gw->inflight, seq, cell) != TS_OK) {
+            cell->nrecs = 0; /* its outcome cannot be matched: not tracked */
+            continue;
+        }
+        cell->inflight = true;
+        cell->inflight_seq = seq;
+        cell->inflight_count = n;
+        gw->ninflight++;
     }
     return done;
 }
 
-void gw_router_flush(gw_t *gw)
+void gw_router_flush(gw_t *gw, bool force)
 {
-    if (gw->batch_head == NULL) return;
-    pb_input_t *pb = malloc(GW_BATCH_MAX_INPUTS * sizeof *pb);
-    Tessera__V1__Input **ptrs = malloc(GW_BATCH_MAX_INPUTS * sizeof *ptrs);
-    if (pb == NULL || ptrs == NULL) {
-        free(pb);
-        free(ptrs);
-        return;
+    if (force) {
+        for (gw_cell_t *cell = gw->all_cells; cell != NULL; cell = cell->next_all) {
+            if (cell->ninputs > 0) batch_push(gw, cell);
+        }
     }
+    if (gw->batch_head == NULL) return;
+    if (gw->pb_inputs == NULL) gw->pb_inputs = malloc(GW_BATCH_MAX_INPUTS * sizeof(pb_input_t));
+    if (gw->pb_ptrs == NULL) gw->pb_ptrs = malloc(GW_BATCH_MAX_INPUTS * sizeof *gw->pb_ptrs);
+    if (gw->pb_inputs == NULL || gw->pb_ptrs == NULL) return;
     gw_cell_t *list = gw->batch_head;
     gw->batch_head = NULL;
     gw_cell_t *retry = NULL;
     while (list != NULL) {
         gw_cell_t *cell = list;
         list = cell->next_batch;
-        size_t done = publish_cell(gw, cell, pb, ptrs);
-        if (done < cell->ninputs) {
+        cell->next_batch = NULL;
+        bool busy = false;
+        size_t done = publish_cell(gw, cell, force, &busy, gw->pb_inputs, gw->pb_ptrs);
+        if (done > 0) {
             memmove(cell->inputs, cell->inputs + done, (cell->ninputs - done) * sizeof *cell->inputs);
             cell->ninputs -= done;
+        }
+        if (busy && cell->ninputs > 0) {
             cell->next_batch = retry;
             retry = cell;
         } else {
-            cell->ninputs = 0;
+            /* the rest leaves when the batch in flight is acknowledged */
             cell->batch_queued = false;
-            cell->next_batch = NULL;
         }
     }
     gw->batch_head = retry;
-    free(pb);
-    free(ptrs);
+    gw->batch_busy = retry != NULL;
+}
+
+void gw_router_on_ack(gw_t *gw, uint64_t seq, bool ok)
+{
+    gw_cell_t *cell = ts_map_del(&gw->inflight, seq);
+    if (cell == NULL) return;
+    gw->ninflight--;
+    cell->inflight = false;
+    if (!ok) {
+        gw->inputs_not_stored += cell->inflight_count;
+        report_not_stored(gw, cell, "JetStream did not store them");
+    }
+    cell->nrecs = 0;
+    if (cell->ninputs > 0) batch_push(gw, cell);
 }
 
 static void on_state_msg(void *ud, const ts_bus_msg_t *msg)
 {
-    gw_inbox_push(ud, GW_MSG_STATE, msg);
+    gw_cell_t *cell = ud;
+    gw_inbox_push(cell->gw, GW_MSG_STATE, cell, msg);
 }
 
 static void subscribe(gw_t *gw, gw_cell_t *cell)
 {
     static uint64_t warned_us;
-    ts_status_t st = ts_bus_subscribe(gw->bus, cell->state_subject, on_state_msg, gw, &cell->sub);
+    ts_status_t st = ts_bus_subscribe(gw->bus, cell->state_subject, on_state_msg, cell, &cell->sub);
     if (st != TS_OK) {
         cell->sub = NULL;
         warn_limited(&warned_us, "cannot subscribe to", cell->state_subject, st);
@@ -192,15 +310,23 @@ static void cell_ref(gw_t *gw, gw_cell_t *cell)
 static void cell_unref(gw_t *gw, gw_cell_t *cell)
 {
     if (cell->aoi_refs == 0 || --cell->aoi_refs > 0) return;
-    ts_bus_sub_destroy(cell->sub);
+    ts_bus_sub_close(cell->sub);
     cell->sub = NULL;
-    gw_cell_clear_entities(gw, cell);
+    gw_view_forget_cell(gw, cell);
 }
 
 void gw_aoi_resubscribe(gw_t *gw)
 {
     for (gw_cell_t *cell = gw->all_cells; cell != NULL; cell = cell->next_all) {
         if (cell->aoi_refs > 0 && cell->sub == NULL && !gw->stopping) subscribe(gw, cell);
+    }
+}
+
+void gw_aoi_close_all(gw_t *gw)
+{
+    for (gw_cell_t *cell = gw->all_cells; cell != NULL; cell = cell->next_all) {
+        ts_bus_sub_close(cell->sub);
+        cell->sub = NULL;
     }
 }
 
@@ -244,6 +370,29 @@ static void collect_gone(gw_conn_t *c, gw_cell_t *cell)
     }
 }
 
+/* Adds c (its aoi slot `slot`) to the cell's clients; the index, or SIZE_MAX. */
+static size_t subs_add(gw_cell_t *cell, gw_conn_t *c, size_t slot)
+{
+    if (cell->nsubs == cell->subs_cap) {
+        size_t cap = cell->subs_cap ? cell->subs_cap * 2 : 8;
+        gw_subref_t *v = realloc(cell->subs, cap * sizeof *v);
+        if (v == NULL) return SIZE_MAX;
+        cell->subs = v;
+        cell->subs_cap = cap;
+    }
+    cell->subs[cell->nsubs] = (gw_subref_t){.conn = c, .slot = slot};
+    return cell->nsubs++;
+}
+
+static void subs_del(gw_cell_t *cell, size_t idx)
+{
+    if (idx >= cell->nsubs) return;
+    gw_subref_t last = cell->subs[--cell->nsubs];
+    if (idx == cell->nsubs) return;
+    cell->subs[idx] = last;
+    last.conn->aoi[last.slot].sub_idx = idx;
+}
+
 void gw_aoi_update(gw_t *gw, gw_conn_t *c)
 {
     cell_vec_t want = {0};
@@ -266,28 +415,42 @@ void gw_aoi_update(gw_t *gw, gw_conn_t *c)
         free(slots);
         return;
     }
+    bool changed = false;
     for (size_t i = 0; i < want.n; i++) {
+        gw_cell_t *cell = want.v[i];
         bool kept = false;
-        slots[i].cell = want.v[i];
-        slots[i].fresh = true;
+        slots[i] = (gw_aoi_slot_t){.cell = cell, .fresh = true, .sub_idx = SIZE_MAX};
         for (size_t j = 0; j < c->naoi; j++) {
-            if (c->aoi[j].cell == want.v[i]) {
+            if (c->aoi[j].cell == cell) {
                 slots[i].fresh = c->aoi[j].fresh;
+                slots[i].sub_idx = c->aoi[j].sub_idx;
+                if (slots[i].sub_idx < cell->nsubs) cell->subs[slots[i].sub_idx].slot = i;
                 c->aoi[j].cell = NULL;
                 kept = true;
                 break;
             }
         }
-        if (!kept) cell_ref(gw, want.v[i]);
+        if (!kept) {
+            cell_ref(gw, cell);
+            slots[i].sub_idx = subs_add(cell, c, i);
+            changed = true;
+        }
     }
-    for (size_t j = 0; j < c->naoi; j++) {
-        if (c->aoi[j].cell == NULL) continue;
-        collect_gone(c, c->aoi[j].cell);
-        cell_unref(gw, c->aoi[j].cell);
-    }
-    free(c->aoi);
-    free(want.v);
+    /* slots is complete before other clients' entries move (subs_del) */
+    gw_aoi_slot_t *old = c->aoi;
+    size_t nold = c->naoi;
     c->aoi = slots;
     c->naoi = want.n;
     c->aoi_cap = want.n;
+    for (size_t j = 0; j < nold; j++) {
+        gw_cell_t *cell = old[j].cell;
+        if (cell == NULL) continue;
+        collect_gone(c, cell);
+        subs_del(cell, old[j].sub_idx);
+        cell_unref(gw, cell);
+        changed = true;
+    }
+    free(old);
+    free(want.v);
+    if (changed && c->phase == GW_PHASE_JOINED) gw_view_want_flush(gw, c);
 }

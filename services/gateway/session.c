@@ -76,6 +76,24 @@ void gw_session_error(gw_conn_t *c, Tessera__V1__ErrorCode code, bool fatal, con
     }
 }
 
+void gw_session_not_stored(gw_conn_t *c, uint64_t first_seq, uint64_t last_seq, const char *why)
+{
+    if (c->closing) return;
+    char msg[160];
+    snprintf(msg, sizeof msg, "inputs %llu..%llu were not stored and will not be applied: %s",
+             (unsigned long long)first_seq, (unsigned long long)last_seq, why);
+    Tessera__V1__Error err = TESSERA__V1__ERROR__INIT;
+    err.code = TESSERA__V1__ERROR_CODE__ERROR_INPUT_NOT_STORED;
+    err.message = msg;
+    err.first_seq = first_seq;
+    err.last_seq = last_seq;
+    Tessera__V1__ServerFrame f = TESSERA__V1__SERVER_FRAME__INIT;
+    f.payload_case = TESSERA__V1__SERVER_FRAME__PAYLOAD_ERROR;
+    f.error = &err;
+    (void)gw_session_send(c, &f);
+    ts_debug("conn %llu (%s): %s", (unsigned long long)c->id, c->peer, msg);
+}
+
 void gw_session_init(gw_conn_t *c)
 {
     uint64_t now = ts_mono_us();
@@ -252,8 +270,7 @@ static void on_move(gw_conn_t *c, uint64_t seq, const Tessera__V1__Move *m)
                      .a = m->dx,
                      .b = m->dy};
     if (gw_router_queue(c->gw, c->cell, &in) != TS_OK)
-        gw_session_error(c, TESSERA__V1__ERROR_CODE__ERROR_UNAVAILABLE, false,
-                         "cell %s is not taking inputs: move dropped", c->cell->key);
+        gw_session_not_stored(c, seq, seq, "the gateway's queue for the cell is full");
 }
 
 static void on_ping(gw_conn_t *c, const Tessera__V1__Ping *p)

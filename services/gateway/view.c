@@ -1,9 +1,15 @@
 /* What the gateway knows of the world, and what each client sees of it.
  *
  * Per subscribed cell: the latest state of every entity in it, and the ids
- * changed or removed since the last gateway tick. StateDelta messages are
- * fenced: one whose epoch is below the highest seen for its cell (or the
+ * changed or removed since the last flush. StateDelta messages are fenced:
+ * one whose epoch is below the highest seen for its cell (or the
  * registry's) is dropped, so a deposed owner cannot overwrite the new one.
+ * A keyframe (full) may come in parts; entities it does not list are
+ * forgotten only once all its parts arrived (gw_kf_t).
+ *
+ * An entity seen in two cells at once (while it crosses) is shown from the
+ * cell with the newer copy (more inputs applied): gw->homes names that cell,
+ * and only it puts the entity in its blocks.
  *
  * Players follow their entity: seen in another cell's state, or named in a
  * `left` entry of their cell with a destination, a player is re-bound to the
@@ -12,8 +18,13 @@
  * ignores its old cell (awaiting_left) until that cell's `left` for it
  * arrives, so an older state of the old cell cannot pull it back.
  *
- * Per tick every joined client gets one Delta: changed entities of its AOI
- * cells (each id once), and removed ids that no AOI cell still holds. */
+ * Fan-out: state is forwarded as it arrives, coalesced per loop turn (at
+ * most one flush per GW_FLUSH_MIN_US). A flush encodes each dirty cell's
+ * changed entities once (cell->blk) and visits only the clients that
+ * reference a dirty cell (cell->subs) or asked for a flush; each gets its
+ * frame(s) spliced from shared blocks plus its own head and removed list,
+ * written with one system call. Nothing here allocates per client per flush
+ * once the scratch buffers have grown. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -21,29 +32,60 @@
 #include "tessera/log.h"
 #include "tessera/util.h"
 
+#define LISTED_DONE UINT64_MAX
 #define REMOVED_TAG ((void *)(uintptr_t)1)
+
+static bool push_id(uint64_t **v, size_t *n, size_t *cap, uint64_t id)
+{
+    if (*n == *cap) {
+        size_t c = *cap ? *cap * 2 : 64;
+        uint64_t *nv = realloc(*v, c * sizeof *nv);
+        if (nv == NULL) return false;
+        *v = nv;
+        *cap = c;
+    }
+    (*v)[(*n)++] = id;
+    return true;
+}
 
 static void mark_dirty(gw_t *gw, gw_cell_t *cell)
 {
+    cell->ver++;
     if (!cell->dirty) {
         cell->dirty = true;
         cell->next_dirty = gw->dirty_head;
         gw->dirty_head = cell;
+        gw_flush_soon(gw);
     }
 }
 
-static void mark_changed(gw_t *gw, gw_cell_t *cell, uint64_t id)
+static void mark_changed(gw_t *gw, gw_cell_t *cell, gw_entity_t *e)
 {
-    ts_map_del(&cell->removed, id);
-    (void)ts_map_put(&cell->changed, id, REMOVED_TAG);
+    if (e->listed != gw->tick + 1) {
+        e->listed = gw->tick + 1;
+        (void)push_id(&cell->changed, &cell->nchanged, &cell->changed_cap, e->pb.id);
+    }
     mark_dirty(gw, cell);
 }
 
 static void mark_removed(gw_t *gw, gw_cell_t *cell, uint64_t id)
 {
-    ts_map_del(&cell->changed, id);
-    (void)ts_map_put(&cell->removed, id, REMOVED_TAG);
+    if (ts_map_get(&gw->homes, id) == cell) ts_map_del(&gw->homes, id);
+    (void)push_id(&cell->removed, &cell->nremoved, &cell->removed_cap, id);
     mark_dirty(gw, cell);
+}
+
+/* Whether the cell's copy of s is the newest the gateway holds (and makes
+ * the cell its home if so). */
+static bool take_home(gw_t *gw, gw_cell_t *cell, const Tessera__V1__EntityState *s)
+{
+    gw_cell_t *h = ts_map_get(&gw->homes, s->id);
+    if (h == cell) return true;
+    if (h != NULL) {
+        gw_entity_t *o = ts_map_get(&h->entities, s->id);
+        if (o != NULL && o->pb.inputs_applied > s->inputs_applied) return false;
+    }
+    return ts_map_put(&gw->homes, s->id, cell) == TS_OK;
 }
 
 static bool same_state(const gw_entity_t *e, const Tessera__V1__EntityState *s)
@@ -51,26 +93,28 @@ static bool same_state(const gw_entity_t *e, const Tessera__V1__EntityState *s)
     const Tessera__V1__EntityState *p = &e->pb;
     return p->x == s->x && p->y == s->y && p->vx == s->vx && p->vy == s->vy &&
            p->last_input_seq == s->last_input_seq && p->inputs_applied == s->inputs_applied &&
-           p->applied_window == s->applied_window &&
+           p->applied_window == s->applied_window && p->hops == s->hops && p->incarnation == s->incarnation &&
            strncmp(e->name, s->name ? s->name : "", GW_NAME_MAX) == 0;
 }
 
-/* Stores s in the cell; true if it is new or differs from what was known. */
-static bool upsert(gw_cell_t *cell, const Tessera__V1__EntityState *s, bool *oom)
+/* Stores s in the cell; returns the record if it is new or differs from
+ * what was known, NULL otherwise. */
+static gw_entity_t *upsert(gw_cell_t *cell, const Tessera__V1__EntityState *s, bool *oom)
 {
     gw_entity_t *e = ts_map_get(&cell->entities, s->id);
     if (e != NULL && same_state(e, s)) {
         e->gen = cell->gen;
-        return false;
+        return NULL;
     }
     if (e == NULL) {
-        e = malloc(sizeof *e);
+        e = calloc(1, sizeof *e);
         if (e == NULL || ts_map_put(&cell->entities, s->id, e) != TS_OK) {
             free(e);
             *oom = true;
-            return false;
+            return NULL;
         }
     }
+    uint64_t listed = e->listed;
     e->pb = *s;
     e->pb.base.unknown_fields = NULL;
     e->pb.base.n_unknown_fields = 0;
@@ -81,7 +125,16 @@ static bool upsert(gw_cell_t *cell, const Tessera__V1__EntityState *s, bool *oom
     ts_strlcpy(e->name, s->name ? s->name : "", sizeof e->name);
     e->pb.name = e->name;
     e->gen = cell->gen;
-    return true;
+    e->listed = listed;
+    return e;
+}
+
+static void remove_entity(gw_t *gw, gw_cell_t *cell, uint64_t id)
+{
+    gw_entity_t *e = ts_map_del(&cell->entities, id);
+    if (e == NULL) return;
+    free(e);
+    mark_removed(gw, cell, id);
 }
 
 static void follow_sighting(gw_t *gw, gw_cell_t *cell, uint64_t id)
@@ -113,21 +166,17 @@ static void follow_left(gw_t *gw, gw_cell_t *cell, const Tessera__V1__EntityLeft
     if (c->awaiting_left == dest) c->awaiting_left = NULL;
 }
 
-void gw_view_on_state(gw_t *gw, const char *subject, const uint8_t *data, size_t len)
+void gw_view_on_state(gw_t *gw, gw_cell_t *cell, const uint8_t *data, size_t len)
 {
     static uint64_t warned_us;
-    ts_cell_t id;
-    ts_subject_kind_t kind;
-    if (ts_subject_parse(subject, &id, &kind) != TS_OK || kind != TS_SUBJ_STATE) return;
-    gw_cell_t *cell = gw_cell_find(gw, &id);
-    if (cell == NULL || cell->aoi_refs == 0) return;
+    if (cell->aoi_refs == 0) return;
     Tessera__V1__StateDelta *d = tessera__v1__state_delta__unpack(NULL, len, data);
     if (d == NULL) {
         gw->states_bad++;
         uint64_t now = ts_mono_us();
         if (warned_us == 0 || now - warned_us > 5000000) {
             warned_us = now;
-            ts_warn("%s: undecodable StateDelta (%zu bytes) dropped", subject, len);
+            ts_warn("%s: undecodable StateDelta (%zu bytes) dropped", cell->state_subject, len);
         }
         return;
     }
@@ -139,33 +188,30 @@ void gw_view_on_state(gw_t *gw, const char *subject, const uint8_t *data, size_t
         goto done;
     }
     cell->seen_epoch = d->epoch;
-    cell->gen++;
+    int kf = 0;
+    if (d->full) {
+        kf = gw_kf_note(&cell->kf, d->epoch, d->tick, d->part, d->parts);
+        if (kf & GW_KF_BEGIN) cell->gen++;
+    }
     bool oom = false;
     for (size_t i = 0; i < d->n_entities; i++) {
         const Tessera__V1__EntityState *s = d->entities[i];
         if (s == NULL || s->id == 0 || s->id == UINT64_MAX) continue;
-        if (upsert(cell, s, &oom)) mark_changed(gw, cell, s->id);
+        gw_entity_t *e = upsert(cell, s, &oom);
+        if (e != NULL && take_home(gw, cell, s)) mark_changed(gw, cell, e);
         follow_sighting(gw, cell, s->id);
     }
-    if (d->full && !oom) {
+    if ((kf & GW_KF_DONE) && !oom) {
         uint64_t eid;
         void *v;
         for (size_t it = 0; ts_map_next(&cell->entities, &it, &eid, &v);) {
-            gw_entity_t *e = v;
-            if (e->gen != cell->gen) {
-                free(ts_map_del(&cell->entities, eid));
-                mark_removed(gw, cell, eid);
-            }
+            if (((gw_entity_t *)v)->gen != cell->gen) remove_entity(gw, cell, eid);
         }
     }
     for (size_t i = 0; i < d->n_left; i++) {
         const Tessera__V1__EntityLeft *l = d->left[i];
         if (l == NULL) continue;
-        gw_entity_t *e = ts_map_del(&cell->entities, l->id);
-        if (e != NULL) {
-            free(e);
-            mark_removed(gw, cell, l->id);
-        }
+        remove_entity(gw, cell, l->id);
         follow_left(gw, cell, l);
     }
     if (oom) ts_warn("%s: out of memory caching entities", cell->key);
@@ -174,48 +220,80 @@ done:
     tessera__v1__state_delta__free_unpacked(d, NULL);
 }
 
-static bool grow_ents(gw_t *gw, size_t need)
+void gw_view_want_flush(gw_t *gw, gw_conn_t *c)
 {
-    if (need <= gw->tmp_ents_cap) return true;
-    size_t cap = gw->tmp_ents_cap ? gw->tmp_ents_cap * 2 : 256;
-    while (cap < need)
-        cap *= 2;
-    Tessera__V1__EntityState **v = realloc(gw->tmp_ents, cap * sizeof *v);
-    if (v == NULL) return false;
-    gw->tmp_ents = v;
-    gw->tmp_ents_cap = cap;
-    return true;
-}
-
-static bool grow_removed(gw_t *gw, size_t need)
-{
-    if (need <= gw->tmp_removed_cap) return true;
-    size_t cap = gw->tmp_removed_cap ? gw->tmp_removed_cap * 2 : 256;
-    while (cap < need)
-        cap *= 2;
-    uint64_t *v = realloc(gw->tmp_removed, cap * sizeof *v);
-    if (v == NULL) return false;
-    gw->tmp_removed = v;
-    gw->tmp_removed_cap = cap;
-    return true;
-}
-
-/* Adds an entity to the merge; a second copy of the same id (an entity seen
- * in two cells during a crossing) keeps the one with more inputs applied. */
-static void merge_add(gw_t *gw, size_t *n, Tessera__V1__EntityState *s)
-{
-    void *v = ts_map_get(&gw->scratch, s->id);
-    if (v != NULL && v != REMOVED_TAG) {
-        size_t idx = (size_t)(uintptr_t)v - 2;
-        if (s->inputs_applied > gw->tmp_ents[idx]->inputs_applied) gw->tmp_ents[idx] = s;
-        return;
+    if (!c->flush_queued) {
+        c->flush_queued = true;
+        c->next_flush = gw->flush_head;
+        gw->flush_head = c;
     }
-    if (!grow_ents(gw, *n + 1) || ts_map_put(&gw->scratch, s->id, (void *)(uintptr_t)(*n + 2)) != TS_OK)
-        return;
-    gw->tmp_ents[(*n)++] = s;
+    gw_flush_soon(gw);
 }
 
-static bool in_aoi(const gw_conn_t *c, uint64_t id)
+void gw_view_send_snapshot(gw_t *gw, gw_conn_t *c)
+{
+    c->need_snapshot = true;
+    for (size_t i = 0; i < c->naoi; i++)
+        c->aoi[i].fresh = true;
+    gw_view_want_flush(gw, c);
+}
+
+void gw_view_caught_up(gw_t *gw, gw_conn_t *c)
+{
+    if (c->behind && c->phase == GW_PHASE_JOINED && !c->closing) gw_view_want_flush(gw, c);
+}
+
+void gw_view_forget_cell(gw_t *gw, gw_cell_t *cell)
+{
+    gw_cell_clear_entities(gw, cell);
+}
+
+/* Every entity the cell is home of, encoded; rebuilt only when the cell
+ * changed since. NULL when out of memory. */
+static const gw_blk_t *full_block(gw_t *gw, gw_cell_t *cell)
+{
+    if (cell->full_ver == cell->ver + 1) return &cell->full;
+    gw_blk_reset(&cell->full);
+    uint64_t id;
+    void *v;
+    for (size_t it = 0; ts_map_next(&cell->entities, &it, &id, &v);) {
+        gw_cell_t *h = ts_map_get(&gw->homes, id);
+        if (h != NULL && h != cell) continue;
+        if (gw_blk_add(&cell->full, &((gw_entity_t *)v)->pb) != TS_OK) return NULL;
+    }
+    if (gw_blk_seal(&cell->full) != TS_OK) return NULL;
+    cell->full_ver = cell->ver + 1;
+    return &cell->full;
+}
+
+static void encode_changes(gw_t *gw, gw_cell_t *cell)
+{
+    gw_blk_reset(&cell->blk);
+    for (size_t i = 0; i < cell->nchanged; i++) {
+        uint64_t id = cell->changed[i];
+        gw_entity_t *e = ts_map_get(&cell->entities, id);
+        if (e == NULL || e->listed == LISTED_DONE) continue;
+        e->listed = LISTED_DONE;
+        if (ts_map_get(&gw->homes, id) != cell) continue;
+        if (gw_blk_add(&cell->blk, &e->pb) != TS_OK) break;
+    }
+    if (gw_blk_seal(&cell->blk) != TS_OK) gw_blk_reset(&cell->blk);
+}
+
+static bool grow(void **v, size_t *cap, size_t need, size_t elem)
+{
+    if (need <= *cap) return true;
+    size_t c = *cap ? *cap : 64;
+    while (c < need)
+        c *= 2;
+    void *nv = realloc(*v, c * elem);
+    if (nv == NULL) return false;
+    *v = nv;
+    *cap = c;
+    return true;
+}
+
+static bool held_in_aoi(const gw_conn_t *c, uint64_t id)
 {
     for (size_t i = 0; i < c->naoi; i++) {
         if (ts_map_get(&c->aoi[i].cell->entities, id) != NULL) return true;
@@ -223,115 +301,143 @@ static bool in_aoi(const gw_conn_t *c, uint64_t id)
     return false;
 }
 
-static void merge_remove(gw_t *gw, const gw_conn_t *c, size_t *n, uint64_t id)
+static void add_removed(gw_t *gw, const gw_conn_t *c, size_t *n, uint64_t id)
 {
-    if (ts_map_get(&gw->scratch, id) != NULL || in_aoi(c, id)) return;
-    if (!grow_removed(gw, *n + 1) || ts_map_put(&gw->scratch, id, REMOVED_TAG) != TS_OK) return;
+    if (ts_map_get(&gw->scratch, id) != NULL || held_in_aoi(c, id)) return;
+    if (!grow((void **)&gw->tmp_removed, &gw->tmp_removed_cap, *n + 1, sizeof *gw->tmp_removed) ||
+        ts_map_put(&gw->scratch, id, REMOVED_TAG) != TS_OK)
+        return;
     gw->tmp_removed[(*n)++] = id;
 }
 
-static void add_all(gw_t *gw, size_t *n, gw_cell_t *cell)
+static bool add_block(gw_t *gw, size_t *nseg, const gw_blk_t *b)
 {
-    void *v;
-    for (size_t it = 0; ts_map_next(&cell->entities, &it, NULL, &v);)
-        merge_add(gw, n, &((gw_entity_t *)v)->pb);
+    if (b == NULL || b->len == 0) return true;
+    if (!grow((void **)&gw->segs, &gw->segs_cap, *nseg + b->ncuts, sizeof *gw->segs)) return false;
+    size_t start = 0;
+    for (size_t i = 0; i < b->ncuts; i++) {
+        gw->segs[(*nseg)++] = uv_buf_init((char *)b->data + start, (unsigned)(b->cuts[i] - start));
+        start = b->cuts[i];
+    }
+    return true;
 }
 
-static void scratch_reset(gw_t *gw, size_t nents, size_t nremoved)
+static void finish_client(gw_t *gw, gw_conn_t *c, size_t nremoved)
 {
-    for (size_t i = 0; i < nents; i++)
-        ts_map_del(&gw->scratch, gw->tmp_ents[i]->id);
     for (size_t i = 0; i < nremoved; i++)
         ts_map_del(&gw->scratch, gw->tmp_removed[i]);
+    for (size_t i = 0; i < c->naoi; i++)
+        c->aoi[i].fresh = false;
+    c->ngone = 0;
+    c->need_snapshot = false;
+    c->behind = false;
 }
 
-static void send_delta(gw_t *gw, gw_conn_t *c)
+/* One client's frames of this flush: its Snapshot (just joined) or Delta,
+ * split in GW_FRAME_MAX_BYTES frames if the view is large. */
+static void send_view(gw_t *gw, gw_conn_t *c)
 {
     if (c->out_pending > GW_SLOW_CLIENT_BYTES) {
         c->deltas_skipped++;
+        gw->deltas_skipped++;
+        c->behind = true;
         for (size_t i = 0; i < c->naoi; i++)
             c->aoi[i].fresh = true;
         return;
     }
-    size_t nents = 0, nremoved = 0;
+    size_t nseg = 0, nremoved = 0;
     for (size_t i = 0; i < c->naoi; i++) {
         gw_cell_t *cell = c->aoi[i].cell;
-        if (c->aoi[i].fresh) {
-            add_all(gw, &nents, cell);
-            continue;
-        }
-        uint64_t id;
-        for (size_t it = 0; ts_map_next(&cell->changed, &it, &id, NULL);) {
-            gw_entity_t *e = ts_map_get(&cell->entities, id);
-            if (e != NULL) merge_add(gw, &nents, &e->pb);
-        }
+        const gw_blk_t *b = c->aoi[i].fresh ? full_block(gw, cell) : cell->dirty ? &cell->blk : NULL;
+        if (!add_block(gw, &nseg, b)) goto oom;
     }
-    for (size_t i = 0; i < c->naoi; i++) {
-        uint64_t id;
-        for (size_t it = 0; ts_map_next(&c->aoi[i].cell->removed, &it, &id, NULL);)
-            merge_remove(gw, c, &nremoved, id);
+    if (!c->need_snapshot) {
+        for (size_t i = 0; i < c->naoi; i++) {
+            gw_cell_t *cell = c->aoi[i].cell;
+            if (!cell->dirty) continue;
+            for (size_t k = 0; k < cell->nremoved; k++)
+                add_removed(gw, c, &nremoved, cell->removed[k]);
+        }
+        for (size_t i = 0; i < c->ngone; i++)
+            add_removed(gw, c, &nremoved, c->gone[i]);
     }
-    for (size_t i = 0; i < c->ngone; i++)
-        merge_remove(gw, c, &nremoved, c->gone[i]);
+    if (nseg == 0 && nremoved == 0 && !c->need_snapshot) {
+        finish_client(gw, c, 0);
+        return;
+    }
+    size_t rmlen = gw_removed_len(gw->tmp_removed, nremoved);
+    if (!grow((void **)&gw->rmbuf, &gw->rmbuf_cap, rmlen + 1, 1) ||
+        !grow((void **)&gw->heads, &gw->heads_cap, (nseg + 1) * GW_FRAME_HEAD_MAX, 1) ||
+        !grow((void **)&gw->iov, &gw->iov_cap, 2 * (nseg + 1) + 1, sizeof *gw->iov))
+        goto oom;
+    gw_removed_put(gw->rmbuf, gw->tmp_removed, nremoved);
 
-    size_t sent = 0;
+    uint64_t epoch = gw_cell_epoch(c->cell);
+    size_t niov = 0, total = 0, nframes = 0, i = 0;
     do {
-        if (nents == 0 && nremoved == 0) break;
-        size_t chunk = nents - sent > GW_FRAME_MAX_ENTITIES ? GW_FRAME_MAX_ENTITIES : nents - sent;
-        bool last = sent + chunk == nents;
-        Tessera__V1__Delta delta = TESSERA__V1__DELTA__INIT;
-        delta.tick = gw->tick;
-        delta.n_entities = chunk;
-        delta.entities = chunk ? gw->tmp_ents + sent : NULL;
-        delta.n_removed = last ? nremoved : 0;
-        delta.removed = last && nremoved ? gw->tmp_removed : NULL;
-        Tessera__V1__ServerFrame f = TESSERA__V1__SERVER_FRAME__INIT;
-        f.payload_case = TESSERA__V1__SERVER_FRAME__PAYLOAD_DELTA;
-        f.delta = &delta;
-        if (gw_session_send(c, &f) != TS_OK) break;
-        sent += chunk;
-    } while (sent < nents);
-
-    scratch_reset(gw, nents, nremoved);
-    for (size_t i = 0; i < c->naoi; i++)
-        c->aoi[i].fresh = false;
-    c->ngone = 0;
+        size_t start = i, bytes = 0;
+        while (i < nseg && (i == start || bytes + gw->segs[i].len <= GW_FRAME_MAX_BYTES))
+            bytes += gw->segs[i++].len;
+        size_t rm = i == nseg ? rmlen : 0;
+        bool snap = c->need_snapshot && nframes == 0;
+        uint8_t *head = gw->heads + nframes * GW_FRAME_HEAD_MAX;
+        size_t flen;
+        size_t hl = gw_frame_head(head, ++c->out_seq, epoch, &c->cell->id,
+                                  snap ? GW_PAYLOAD_SNAPSHOT : GW_PAYLOAD_DELTA, snap ? c->entity : gw->tick,
+                                  bytes + rm, &flen);
+        gw->iov[niov++] = uv_buf_init((char *)head, (unsigned)hl);
+        for (size_t k = start; k < i; k++)
+            gw->iov[niov++] = gw->segs[k];
+        if (rm > 0) gw->iov[niov++] = uv_buf_init((char *)gw->rmbuf, (unsigned)rm);
+        total += flen;
+        nframes++;
+    } while (i < nseg);
+    if (gw_conn_writev(c, gw->iov, niov, total) == TS_OK) {
+        gw->frames_sent += nframes;
+        gw->bytes_sent += total;
+    }
+    finish_client(gw, c, nremoved);
+    return;
+oom:
+    ts_warn("conn %llu: out of memory building its view", (unsigned long long)c->id);
+    finish_client(gw, c, nremoved);
 }
 
-void gw_view_tick(gw_t *gw)
+void gw_view_flush(gw_t *gw)
 {
     gw->tick++;
-    for (gw_conn_t *c = gw->conns; c != NULL; c = c->next) {
-        if (c->phase == GW_PHASE_JOINED && !c->closing) send_delta(gw, c);
+    gw->last_flush_us = ts_mono_us();
+    for (gw_cell_t *cell = gw->dirty_head; cell != NULL; cell = cell->next_dirty) {
+        encode_changes(gw, cell);
+        for (size_t i = 0; i < cell->nsubs; i++)
+            gw_view_want_flush(gw, cell->subs[i].conn);
+    }
+    while (gw->flush_head != NULL) {
+        gw_conn_t *c = gw->flush_head;
+        gw->flush_head = c->next_flush;
+        c->flush_queued = false;
+        c->next_flush = NULL;
+        if (c->phase == GW_PHASE_JOINED && !c->closing && !c->handle_closed && c->cell != NULL)
+            send_view(gw, c);
     }
     gw_cell_t *cell = gw->dirty_head;
     gw->dirty_head = NULL;
     while (cell != NULL) {
         gw_cell_t *next = cell->next_dirty;
-        ts_map_free(&cell->changed);
-        ts_map_free(&cell->removed);
+        cell->nchanged = cell->nremoved = 0;
         cell->dirty = false;
         cell->next_dirty = NULL;
         cell = next;
     }
 }
 
-void gw_view_send_snapshot(gw_t *gw, gw_conn_t *c)
+void gw_view_free(gw_t *gw)
 {
-    size_t nents = 0;
-    for (size_t i = 0; i < c->naoi; i++)
-        add_all(gw, &nents, c->aoi[i].cell);
-    size_t n = nents > GW_FRAME_MAX_ENTITIES ? GW_FRAME_MAX_ENTITIES : nents;
-    Tessera__V1__Snapshot snap = TESSERA__V1__SNAPSHOT__INIT;
-    snap.entity = c->entity;
-    snap.n_entities = n;
-    snap.entities = n ? gw->tmp_ents : NULL;
-    Tessera__V1__ServerFrame f = TESSERA__V1__SERVER_FRAME__INIT;
-    f.payload_case = TESSERA__V1__SERVER_FRAME__PAYLOAD_SNAPSHOT;
-    f.snapshot = &snap;
-    (void)gw_session_send(c, &f);
-    scratch_reset(gw, nents, 0);
-    /* what did not fit goes out with the next Delta */
-    for (size_t i = 0; i < c->naoi; i++)
-        c->aoi[i].fresh = nents > n;
+    free(gw->tmp_removed);
+    free(gw->iov);
+    free(gw->segs);
+    free(gw->heads);
+    free(gw->rmbuf);
+    ts_map_free(&gw->scratch);
+    ts_map_free(&gw->homes);
 }

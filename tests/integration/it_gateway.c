@@ -231,13 +231,16 @@ static void test_walk_across_workers(void **state)
     assert_int_equal(cell.cy, 0);
     uint64_t sent = 1;
 
-    /* 100 moves over ~4 s at 25 units/s: x goes from -30 across 0 to ~70 */
+    /* 100 moves over ~4 s at 25 units/s: x goes from -30 across 0 to ~70,
+     * then it stops there, well inside cell (0, 0) */
     for (int i = 0; i < 100; i++) {
         assert_int_equal(ts_client_move(p.c, 25, 0), TS_OK);
         sent++;
         pump(&p, 40);
         assert_false(p.closed);
     }
+    assert_int_equal(ts_client_move(p.c, 0, 0), TS_OK);
+    sent++;
     uint64_t last_seq = ts_client_last_seq(p.c);
     uint64_t deadline = ts_mono_us() + 10000000;
     while (p.cell_changes == 0 && ts_mono_us() < deadline && !p.closed)
@@ -546,15 +549,15 @@ static void test_client_cli(void **state)
     free(log);
 
     const char *failing_script[] = {"script",
-                               write_script("failing.txt", "hello\n"
-                                                      "-move 1 0\n"
-                                                      "join 10 -10\n"
-                                                      "move 5 0\n"
-                                                      "wait 0.3\n"
-                                                      "ping\n"
-                                                      "!3\n" /* join again: refused */
-                                                      "leave\n"),
-                               NULL};
+                                    write_script("failing.txt", "hello\n"
+                                                                "-move 1 0\n"
+                                                                "join 10 -10\n"
+                                                                "move 5 0\n"
+                                                                "wait 0.3\n"
+                                                                "ping\n"
+                                                                "!3\n" /* join again: refused */
+                                                                "leave\n"),
+                                    NULL};
     assert_int_equal(run_client("cli-script-fail", failing_script, &log), 1);
     assert_non_null(strstr(log, "welcome entity=0"));
     assert_non_null(strstr(log, "error PROTOCOL"));
@@ -609,14 +612,10 @@ static int group_setup(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        TS_H_TEST(test_join_move_ping),
-        TS_H_TEST(test_walk_across_workers),
-        TS_H_TEST(test_bad_frames_isolated),
-        TS_H_TEST(test_protocol_errors),
-        TS_H_TEST(test_flood_is_fatal),
-        TS_H_TEST(test_stale_epoch_fenced),
-        TS_H_TEST(test_max_clients),
-        TS_H_TEST(test_client_cli),
+        TS_H_TEST(test_join_move_ping),        TS_H_TEST(test_walk_across_workers),
+        TS_H_TEST(test_bad_frames_isolated),   TS_H_TEST(test_protocol_errors),
+        TS_H_TEST(test_flood_is_fatal),        TS_H_TEST(test_stale_epoch_fenced),
+        TS_H_TEST(test_max_clients),           TS_H_TEST(test_client_cli),
         TS_H_TEST(test_sigterm_exits_cleanly),
     };
     return TS_H_RUN("it_gateway", tests, group_setup, ts_h_group_teardown);
