@@ -1,12 +1,24 @@
 #!/bin/sh
-# make bench: builds an optimised (Release) tree and runs tessera-bench, which
-# starts its own nats-server, redis-server, tessera-orch, two workers and
-# tessera-sim on free loopback ports and prints handover freeze/duration
-# percentiles, crash-recovery time and applied inputs per second.
+# make bench: builds an optimised (Release) tree and prints Tessera's
+# performance figures, each with its target and `ok` or `MISSED`:
+#
+#   1. tessera-bench: handover freeze window and duration, crash recovery,
+#      applied inputs per second (orch + w1 + w2 + tessera-sim);
+#   2. tessera-bench-scale: entities per worker at 20 Hz, inputs/s applied
+#      exactly once and inputs per JetStream message beside a raw nats.c
+#      publisher, clients through one gateway, and a 64x64 world's crash
+#      recovery, threads and idle CPU;
+#   3. scripts/bench-peers.sh, when it exists: side by side with Colyseus.
+#
+# Each starts its own nats-server and redis-server on free loopback ports and
+# reaps everything it started. The whole run stays under about 15 minutes.
 #
 #   BENCH_BUILD_DIR  build directory (default: ${BUILD_DIR:-build}-release)
 #   JOBS             parallel build jobs (default 2)
-#   BENCH_RUNS       how many times to run the bench (default 1)
+#   BENCH_RUNS       how many times to run tessera-bench (default 1)
+#   BENCH_HANDOVER=0 skip tessera-bench
+#   BENCH_SCALE=0    skip tessera-bench-scale (its knobs: tessera-bench-scale --help)
+#   BENCH_PEERS=0    skip scripts/bench-peers.sh
 # Extra arguments go to tessera-bench (see tessera-bench --help).
 set -eu
 cd "$(dirname "$0")/.."
@@ -16,16 +28,35 @@ jobs=${JOBS:-2}
 runs=${BENCH_RUNS:-1}
 
 cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=Release -DTS_WERROR=ON >/dev/null
-cmake --build "$dir" -j"$jobs" --target tessera-bench
-if [ ! -x "$dir/tessera-bench" ]; then
-    echo "bench.sh: $dir/tessera-bench was not built (is cmocka installed? make deps)" >&2
-    exit 1
+cmake --build "$dir" -j"$jobs" --target tessera-bench tessera-bench-scale
+for bin in tessera-bench tessera-bench-scale; do
+    if [ ! -x "$dir/$bin" ]; then
+        echo "bench.sh: $dir/$bin was not built (is cmocka installed? make deps)" >&2
+        exit 1
+    fi
+done
+
+echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- 2>/dev/null || echo ' (with uncommitted changes)'), $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg)"
+status=0
+
+if [ "${BENCH_HANDOVER:-1}" != 0 ]; then
+    i=1
+    while [ "$i" -le "$runs" ]; do
+        [ "$runs" -gt 1 ] && echo "== run $i of $runs =="
+        # bounded: the bench itself stays under 3 minutes
+        timeout -k 10 200 "$dir/tessera-bench" "$@" || status=1
+        i=$((i + 1))
+    done
 fi
 
-i=1
-while [ "$i" -le "$runs" ]; do
-    [ "$runs" -gt 1 ] && echo "== run $i of $runs =="
-    # bounded: the bench itself stays under 3 minutes
-    timeout -k 10 200 "$dir/tessera-bench" "$@"
-    i=$((i + 1))
-done
+if [ "${BENCH_SCALE:-1}" != 0 ]; then
+    echo
+    # bounded: each phase has its own budget; the four together stay under 13 minutes
+    timeout -k 10 780 "$dir/tessera-bench-scale" || status=1
+fi
+
+if [ "${BENCH_PEERS:-1}" != 0 ] && [ -x scripts/bench-peers.sh ]; then
+    echo
+    BUILD_DIR="$dir" scripts/bench-peers.sh || status=1
+fi
+exit "$status"
