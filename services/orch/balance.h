@@ -32,6 +32,8 @@ typedef struct {
     char id[TS_WORKER_ID_MAX];
     bool eligible;      /* live and not draining: may give and receive cells */
     double tick_p99_ms; /* from its heartbeat */
+    bool overloaded;    /* its heartbeat shows ticks over budget (p99 or missed ticks):
+                         * it sheds cells without waiting for the hysteresis */
     /* computed by ts_balance_view_init from the cells it owns */
     size_t ncells;
     double entities, inputs_per_s, load;
@@ -56,8 +58,8 @@ typedef struct {
 
 /* Computes every worker's load and indexes the cells; borrows w and c (the
  * view updates them in ts_balance_assign). Free with ts_balance_view_free. */
-ts_status_t ts_balance_view_init(ts_balance_view_t *v, ts_balance_worker_t *w, size_t nw, ts_balance_cell_t *c,
-                                 size_t nc, double budget_ms);
+ts_status_t ts_balance_view_init(ts_balance_view_t *v, ts_balance_worker_t *w, size_t nw,
+                                 ts_balance_cell_t *c, size_t nc, double budget_ms);
 void ts_balance_view_free(ts_balance_view_t *v);
 /* Estimated share of the owner's load that moves with cell i. */
 double ts_balance_cell_load(const ts_balance_view_t *v, size_t i);
@@ -112,5 +114,20 @@ void ts_balance_init(ts_balance_t *b, const ts_balance_cfg_t *cfg);
  * the first cell of an empty worker). */
 void ts_balance_eval(ts_balance_t *b, ts_balance_view_t *v, uint64_t now_us, ts_balance_move_t *out);
 void ts_balance_moved(ts_balance_t *b, uint64_t now_us);
+
+/* Several moves at once, in proportion to the imbalance: one evaluation as
+ * ts_balance_eval, and when it proposes a move, further ones in the same
+ * plan — each applied to v (ts_balance_assign) before the next is chosen,
+ * hottest to coldest, each strictly lowering max(load_from, load_to) — until
+ * the hottest worker is back under (1 + threshold / 2) x mean or max_moves
+ * are planned. A worker that owns no cell gets one first; the load moves
+ * then follow in the same plan if the cluster is over the threshold (a
+ * worker joining is an event, not noise: no hysteresis). An overloaded
+ * worker (see ts_balance_worker_t) counts as hot at once. Idle and balanced
+ * clusters get no move, exactly as with ts_balance_eval. Fills moves[0..n)
+ * and returns n; with n = 0, *none says why. The caller performs the moves
+ * and calls ts_balance_moved. */
+size_t ts_balance_plan(ts_balance_t *b, ts_balance_view_t *v, uint64_t now_us, ts_balance_move_t *moves,
+                       size_t max_moves, ts_balance_move_t *none);
 
 #endif

@@ -5,9 +5,11 @@
  *   drain     "<worker>"             -> "ok draining <n> cells" at once, then its cells move one by one
  *   stats     ""                     -> the stats JSON (stats.h)
  *
- * Handover requests are queued by the nats.c callbacks and run on the main
- * loop (handovers must not run on a delivery thread); drain and stats are
- * answered in the callback from state the mutex guards. Draining workers
+ * Handover requests are queued by the nats.c callbacks and handed to the
+ * main loop, which starts them as state machines (handover.c) and answers
+ * when each finishes — several run at once, and stats and drain are
+ * answered in the callback from state the mutex guards, so ctl never waits
+ * behind a handover. Draining workers
  * are kept in memory and in the Redis set ts:{w<world>}:draining, so a new
  * leader carries on; a worker leaves the set once it is gone.
  *
@@ -22,8 +24,8 @@
 #include <time.h>
 
 #include "orch.h"
-#include "tessera/subject.h"
 #include "tessera/log.h"
+#include "tessera/subject.h"
 #include "tessera/util.h"
 
 #define QUEUE_MAX 256
@@ -58,6 +60,7 @@ struct ts_ctl {
     owned_t *owned; /* per-owner cell counts of the latest snapshot */
     size_t nowned, cap_owned;
     uint64_t next_drain_us;
+    bool woken;
 };
 
 static const char TEXT[] = "text/plain";
@@ -71,20 +74,17 @@ static void respond_text(ts_ctl_t *c, const ts_bus_msg_t *msg, const char *text)
 
 static void publish_reply(ts_ctl_t *c, const char *subject, const char *text)
 {
-    if (!subject)
-        return;
+    if (!subject) return;
     ts_bus_hdr_t hdr = {.type = TEXT};
     ts_status_t st = ts_bus_publish(c->o->bus, subject, &hdr, text, strlen(text));
-    if (st != TS_OK)
-        ts_warn("cannot send ctl reply to %s: %s", subject, ts_status_str(st));
+    if (st != TS_OK) ts_warn("cannot send ctl reply to %s: %s", subject, ts_status_str(st));
 }
 
 /* Copies the payload as a trimmed, NUL-terminated string; false if too long. */
 static bool payload_text(const ts_bus_msg_t *msg, char *buf, size_t cap)
 {
     size_t n = ts_bus_msg_len(msg);
-    if (n >= cap)
-        return false;
+    if (n >= cap) return false;
     memcpy(buf, ts_bus_msg_data(msg), n);
     buf[n] = '\0';
     char *s = buf;
@@ -99,31 +99,35 @@ static bool payload_text(const ts_bus_msg_t *msg, char *buf, size_t cap)
 
 static bool queue_locked(ts_ctl_t *c, const req_t *r)
 {
-    if (c->nq >= QUEUE_MAX)
-        return false;
+    if (c->nq >= QUEUE_MAX) return false;
     c->q[c->nq++] = *r;
     pthread_cond_signal(&c->cond);
     return true;
 }
 
+void ts_ctl_wake(ts_ctl_t *c)
+{
+    pthread_mutex_lock(&c->mu);
+    c->woken = true;
+    pthread_cond_signal(&c->cond);
+    pthread_mutex_unlock(&c->mu);
+}
+
 static size_t draining_index_locked(const ts_ctl_t *c, const char *id)
 {
     for (size_t i = 0; i < c->ndraining; i++) {
-        if (strcmp(c->draining[i], id) == 0)
-            return i;
+        if (strcmp(c->draining[i], id) == 0) return i;
     }
     return SIZE_MAX;
 }
 
 static bool add_draining_locked(ts_ctl_t *c, const char *id)
 {
-    if (draining_index_locked(c, id) != SIZE_MAX)
-        return true;
+    if (draining_index_locked(c, id) != SIZE_MAX) return true;
     if (c->ndraining == c->cap_draining) {
         size_t cap = c->cap_draining ? c->cap_draining * 2 : 8;
         char(*v)[TS_WORKER_ID_MAX] = realloc(c->draining, cap * sizeof *v);
-        if (!v)
-            return false;
+        if (!v) return false;
         c->draining = v;
         c->cap_draining = cap;
     }
@@ -135,8 +139,7 @@ static void on_handover(void *ud, const ts_bus_msg_t *msg)
 {
     ts_ctl_t *c = ud;
     char text[PAYLOAD_MAX], key[PAYLOAD_MAX], worker[PAYLOAD_MAX], extra[2];
-    if (!ts_bus_msg_reply(msg) || !*ts_bus_msg_reply(msg))
-        return;
+    if (!ts_bus_msg_reply(msg) || !*ts_bus_msg_reply(msg)) return;
     if (!payload_text(msg, text, sizeof text) || sscanf(text, "%255s %255s %1s", key, worker, extra) != 2) {
         respond_text(c, msg, "error: usage: <cell-key> <worker>, e.g. \"0.-1.0.0.0 w2\"");
         return;
@@ -174,8 +177,7 @@ static bool other_live_worker_locked(ts_ctl_t *c, const char *id)
 {
     size_t n = ts_workers_snapshot(c->o->workers, NULL, 0);
     ts_worker_info_t *list = malloc((n ? n : 1) * sizeof *list);
-    if (!list)
-        return false;
+    if (!list) return false;
     size_t m = ts_workers_snapshot(c->o->workers, list, n);
     n = m < n ? m : n;
     bool found = false;
@@ -199,8 +201,7 @@ static void on_drain(void *ud, const ts_bus_msg_t *msg)
     bool ok = false, queued = false, fresh = false;
     pthread_mutex_lock(&c->mu);
     for (size_t i = 0; i < c->nowned; i++) {
-        if (strcmp(c->owned[i].id, id) == 0)
-            cells = c->owned[i].cells;
+        if (strcmp(c->owned[i].id, id) == 0) cells = c->owned[i].cells;
     }
     if (!c->serving) {
         snprintf(reply, sizeof reply, "error: not leader");
@@ -235,8 +236,7 @@ ts_status_t ts_ctl_create(ts_ctl_t **out, ts_orch_t *o)
 {
     *out = NULL;
     ts_ctl_t *c = calloc(1, sizeof *c);
-    if (!c)
-        return TS_ERR_NOMEM;
+    if (!c) return TS_ERR_NOMEM;
     c->q = calloc(QUEUE_MAX, sizeof *c->q);
     if (!c->q) {
         free(c);
@@ -273,8 +273,7 @@ static req_t *take_queue(ts_ctl_t *c, size_t max, size_t *n)
 
 ts_status_t ts_ctl_serve(ts_ctl_t *c, bool on)
 {
-    if (on == c->serving)
-        return TS_OK;
+    if (on == c->serving) return TS_OK;
     if (on) {
         static const char *const verbs[3] = {"handover", "drain", "stats"};
         static const ts_bus_msg_cb cbs[3] = {on_handover, on_drain, on_stats};
@@ -315,8 +314,7 @@ ts_status_t ts_ctl_serve(ts_ctl_t *c, bool on)
 
 void ts_ctl_destroy(ts_ctl_t *c)
 {
-    if (!c)
-        return;
+    if (!c) return;
     ts_ctl_serve(c, false);
     pthread_mutex_destroy(&c->mu);
     pthread_cond_destroy(&c->cond);
@@ -328,8 +326,7 @@ void ts_ctl_destroy(ts_ctl_t *c)
 
 void ts_ctl_note_cells(ts_ctl_t *c)
 {
-    if (!c)
-        return;
+    if (!c) return;
     const ts_orch_t *o = c->o;
     pthread_mutex_lock(&c->mu);
     c->nowned = 0;
@@ -342,8 +339,7 @@ void ts_ctl_note_cells(ts_ctl_t *c)
             if (c->nowned == c->cap_owned) {
                 size_t cap = c->cap_owned ? c->cap_owned * 2 : 8;
                 owned_t *v = realloc(c->owned, cap * sizeof *v);
-                if (!v)
-                    break;
+                if (!v) break;
                 c->owned = v;
                 c->cap_owned = cap;
             }
@@ -380,8 +376,7 @@ bool ts_ctl_draining_any(ts_ctl_t *c)
     pthread_mutex_lock(&c->mu);
     for (size_t i = 0; i < c->ndraining && !any; i++) {
         for (size_t k = 0; k < c->nowned; k++) {
-            if (strcmp(c->owned[k].id, c->draining[i]) == 0 && c->owned[k].cells > 0)
-                any = true;
+            if (strcmp(c->owned[k].id, c->draining[i]) == 0 && c->owned[k].cells > 0) any = true;
         }
     }
     pthread_mutex_unlock(&c->mu);
@@ -394,8 +389,7 @@ void ts_ctl_drained(ts_ctl_t *c, const char *id)
     size_t i = draining_index_locked(c, id);
     if (i != SIZE_MAX)
         memmove(c->draining[i], c->draining[i + 1], (c->ndraining - i - 1) * sizeof *c->draining);
-    if (i != SIZE_MAX)
-        c->ndraining--;
+    if (i != SIZE_MAX) c->ndraining--;
     pthread_mutex_unlock(&c->mu);
     ts_orch_t *o = c->o;
     if (i != SIZE_MAX)
@@ -403,8 +397,7 @@ void ts_ctl_drained(ts_ctl_t *c, const char *id)
                 ts_orch_owned(o, id));
     if (o->reg) {
         ts_status_t st = ts_registry_draining_remove(o->reg, o->world, id);
-        if (st != TS_OK)
-            ts_orch_registry_broken(o, st);
+        if (st != TS_OK) ts_orch_registry_broken(o, st);
     }
 }
 
@@ -413,8 +406,7 @@ void ts_ctl_load_draining(ts_ctl_t *c)
     ts_orch_t *o = c->o;
     char **ids = NULL;
     size_t n = 0;
-    if (!o->reg)
-        return;
+    if (!o->reg) return;
     ts_status_t st = ts_registry_draining(o->reg, o->world, &ids, &n);
     if (st != TS_OK) {
         ts_orch_registry_broken(o, st);
@@ -422,8 +414,7 @@ void ts_ctl_load_draining(ts_ctl_t *c)
     }
     pthread_mutex_lock(&c->mu);
     for (size_t i = 0; i < n; i++) {
-        if (ts_orch_worker_id_ok(ids[i]))
-            add_draining_locked(c, ids[i]);
+        if (ts_orch_worker_id_ok(ids[i])) add_draining_locked(c, ids[i]);
     }
     pthread_mutex_unlock(&c->mu);
     for (size_t i = 0; i < n; i++)
@@ -442,53 +433,48 @@ void ts_ctl_wait(ts_ctl_t *c, int64_t timeout_ms)
         until.tv_nsec -= 1000000000L;
     }
     pthread_mutex_lock(&c->mu);
-    while (c->nq == 0 && !*c->o->stop) {
-        if (pthread_cond_timedwait(&c->cond, &c->mu, &until) != 0)
-            break;
+    while (c->nq == 0 && !c->woken && !*c->o->stop) {
+        if (pthread_cond_timedwait(&c->cond, &c->mu, &until) != 0) break;
     }
+    c->woken = false;
     pthread_mutex_unlock(&c->mu);
 }
 
-/* One cell of one draining worker to the least-loaded other worker; true
- * if a cell moved. */
+void ts_ctl_drain_result(ts_ctl_t *c, bool moved)
+{
+    if (!moved) c->next_drain_us = ts_mono_us() + DRAIN_RETRY_US;
+}
+
+/* Queues handovers of the cells of draining workers to the least-loaded
+ * other workers, as many as there are free handover slots; true if it
+ * queued any. */
 static bool drain_step(ts_ctl_t *c)
 {
     ts_orch_t *o = c->o;
     uint64_t now = ts_mono_us();
-    if (now < c->next_drain_us || !ts_ctl_draining_any(c))
-        return false;
+    size_t cap = o->cfg->orch_max_handovers > 0 ? (size_t)o->cfg->orch_max_handovers : 1;
+    size_t busy = ts_handovers_busy_for(o->ho, TS_HO_DRAIN);
+    if (now < c->next_drain_us || busy >= cap || !ts_ctl_draining_any(c)) return false;
     ts_orch_view_t view;
-    if (ts_orch_view_build(o, &view) != TS_OK)
-        return false;
-    bool moved = false;
-    long cell = -1;
-    int target = -1;
-    for (size_t i = 0; i < view.nc && cell < 0; i++) {
+    if (ts_orch_view_build(o, &view) != TS_OK) return false;
+    size_t queued = 0;
+    for (size_t i = 0; i < view.nc && busy + queued < cap; i++) {
         int owner = view.c[i].owner;
-        if (owner < 0 || !ts_ctl_is_draining(c, view.w[owner].id) || !view.alive[owner])
+        if (owner < 0 || !ts_ctl_is_draining(c, view.w[owner].id) || !view.alive[owner] ||
+            ts_handovers_has_cell(o->ho, &view.c[i].cell))
             continue;
-        target = ts_balance_target(&view.v, i, owner);
-        if (target >= 0)
-            cell = (long)i;
+        int target = ts_balance_target(&view.v, i, owner);
+        if (target < 0) continue;
+        char key[TS_CELL_STR_MAX];
+        ts_cell_format(&view.c[i].cell, key, sizeof key);
+        ts_info("drain: handing cell %s of %s to %s (load %.3f, %zu cells)", key, view.w[owner].id,
+                view.w[target].id, view.w[target].load, view.w[target].ncells);
+        if (ts_orch_handover(o, &view.c[i].cell, view.w[target].id, TS_HO_DRAIN, NULL) == TS_OK) queued++;
+        ts_balance_assign(&view.v, i, target);
     }
-    if (cell >= 0) {
-        char key[TS_CELL_STR_MAX], reply[512];
-        const char *from = view.w[view.c[cell].owner].id, *to = view.w[target].id;
-        ts_cell_format(&view.c[cell].cell, key, sizeof key);
-        ts_info("drain: handing cell %s of %s to %s (load %.3f, %zu cells)", key, from, to, view.w[target].load,
-                view.w[target].ncells);
-        if (ts_orch_handover(o, &view.c[cell].cell, to, TS_HO_DRAIN, reply, sizeof reply) == TS_OK) {
-            ts_stats_count(&o->stats, TS_STAT_DRAIN_MOVE);
-            moved = true;
-        } else {
-            ts_warn("drain: cell %s of %s: %s; retrying", key, from, reply);
-            c->next_drain_us = now + DRAIN_RETRY_US;
-        }
-    } else {
-        c->next_drain_us = now + DRAIN_RETRY_US;
-    }
+    if (queued == 0 && busy == 0) c->next_drain_us = now + DRAIN_RETRY_US;
     ts_orch_view_free(&view);
-    return moved;
+    return queued > 0;
 }
 
 bool ts_ctl_poll(ts_ctl_t *c)
@@ -501,14 +487,11 @@ bool ts_ctl_poll(ts_ctl_t *c)
         if (r->kind == REQ_DRAIN_MARK) {
             if (o->reg) {
                 ts_status_t st = ts_registry_draining_add(o->reg, o->world, r->worker);
-                if (st != TS_OK)
-                    ts_orch_registry_broken(o, st);
+                if (st != TS_OK) ts_orch_registry_broken(o, st);
             }
             continue;
         }
-        char reply[512];
-        ts_orch_handover(o, &r->cell, r->worker, TS_HO_CTL, reply, sizeof reply);
-        publish_reply(c, r->reply, reply);
+        ts_orch_handover(o, &r->cell, r->worker, TS_HO_CTL, r->reply);
         free(r->reply);
     }
     free(v);

@@ -1,285 +1,387 @@
-/* The orchestrator's side of a live handover of cell C from its owner A (at
- * epoch E) to worker B, as core NATS requests on <C>.handover:
+/* The orchestrator's side of live handovers: the preconditions, a bounded
+ * queue of requests (ctl, drains, the rebalancer), and the transport of the
+ * state machines in hosm.c — every request is a core NATS publish whose
+ * reply subject is <inbox>.<request number>; one wildcard subscription on
+ * the inbox copies each answer into a bounded queue and wakes the main loop,
+ * which feeds it to the machine. Nothing here waits for a worker.
  *
- *   PREPARE -> A   A sends B the PreCopy itself
- *   FREEZE  -> A   A stops consuming C and sends B the Diff (seq s2)
- *   CAS            registry: owner B, epoch E+1, then RegistryChange
- *   COMMIT  -> B   B consumes C from s2+1 with epoch E+1
- *   COMMIT  -> A   A drops C
- *   ABORT   -> A, B  on any failure before the CAS: A resumes, B discards
- *
- * Invariants: nothing is written before every precondition holds; the CAS is
- * the single point of no return — before it every failure ends in ABORT to
- * both workers and the registry untouched, after it the handover counts as
- * done whatever the COMMIT replies say (the workers converge from the
- * registry on their own); one handover at a time, on the main thread. */
+ * Invariants: at most orch.max_handovers machines in flight and QUEUE_MAX
+ * requests queued (a request beyond is refused with "error: busy, try
+ * again"); every request gets exactly one reply on its reply subject (if it
+ * has one); preconditions are checked when a request starts (not when it is
+ * queued) against the local registry copy and liveness table; the answers
+ * queue never holds more than ANSWERS_MAX (a machine whose answer is
+ * dropped times out and aborts, which is safe before the CAS and harmless
+ * after it). */
 #include <ctype.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "orch.h"
 #include "tessera/log.h"
-#include "tessera/proto.h"
-#include "tessera/subject.h"
 #include "tessera/util.h"
+
+#define QUEUE_MAX 4096
+#define ANSWERS_MAX 1024
+#define ANSWER_DATA_MAX 1024
+#define ANSWERS_PER_POLL 64
 
 typedef struct {
     ts_cell_t cell;
-    char key[TS_CELL_STR_MAX];
-    char id[160];
-    uint64_t epoch;
-    char from[TS_WORKER_ID_MAX];
     char to[TS_WORKER_ID_MAX];
-} ho_t;
+    ts_ho_reason_t why;
+    char *reply; /* reply subject, NULL for internal requests */
+} pending_t;
 
-/* What a worker answered. */
 typedef struct {
-    uint64_t seq, freeze_us, resume_us;
-    uint32_t entities;
-    char error[160];
-} ack_t;
+    uint64_t req;
+    size_t len; /* SIZE_MAX: too large to keep (malformed) */
+    uint8_t data[ANSWER_DATA_MAX];
+} answer_t;
 
-static const char *phase_name(Tessera__V1__HandoverPhase p)
-{
-    switch (p) {
-    case TESSERA__V1__HANDOVER_PHASE__HANDOVER_PREPARE:
-        return "PREPARE";
-    case TESSERA__V1__HANDOVER_PHASE__HANDOVER_FREEZE:
-        return "FREEZE";
-    case TESSERA__V1__HANDOVER_PHASE__HANDOVER_COMMIT:
-        return "COMMIT";
-    case TESSERA__V1__HANDOVER_PHASE__HANDOVER_ABORT:
-        return "ABORT";
-    default:
-        return "?";
-    }
-}
+struct ts_handovers {
+    ts_orch_t *o;
+    ts_hos_t hos;
+    char inbox[96];
+    size_t inbox_len;
+    ts_bus_sub_t *sub;
 
-/* One request to `target`. TS_OK: it acknowledged with ok; TS_ERR_TIMEOUT
- * (or another bus error): no answer; TS_ERR_UNAVAILABLE: it refused, with
- * its reason in a->error. */
-static ts_status_t request(ts_orch_t *o, const ho_t *h, Tessera__V1__HandoverPhase phase, const char *target,
-                           uint64_t new_epoch, ack_t *a)
-{
-    memset(a, 0, sizeof *a);
-    Tessera__V1__CellId cell_pb;
-    ts_proto_cell_init(&cell_pb, &h->cell);
-    Tessera__V1__Handover m = TESSERA__V1__HANDOVER__INIT;
-    m.id = (char *)h->id;
-    m.phase = phase;
-    m.cell = &cell_pb;
-    m.epoch = h->epoch;
-    m.new_epoch = new_epoch;
-    m.from = (char *)h->from;
-    m.to = (char *)h->to;
-    m.target = (char *)target;
-    uint8_t *buf = NULL;
-    size_t len = 0;
-    ts_status_t st = ts_proto_pack(&m.base, &buf, &len);
-    if (st != TS_OK)
-        return st;
-    char subject[TS_SUBJECT_MAX];
-    ts_subject_cell(subject, sizeof subject, &h->cell, TS_SUBJ_HANDOVER);
-    ts_bus_hdr_t hdr = {.type = TS_TYPE_HANDOVER, .epoch = h->epoch};
-    ts_bus_msg_t *reply = NULL;
-    st = ts_bus_request(o->bus, subject, &hdr, buf, len, o->cfg->orch_handover_timeout_ms, &reply);
-    free(buf);
-    if (st != TS_OK) {
-        snprintf(a->error, sizeof a->error, "%s to %s: %s", phase_name(phase), target,
-                 st == TS_ERR_TIMEOUT ? "no answer" : ts_status_str(st));
-        return st == TS_ERR_UNAVAILABLE ? TS_ERR_BUS : st;
-    }
-    Tessera__V1__Handover *ack = tessera__v1__handover__unpack(NULL, ts_bus_msg_len(reply), ts_bus_msg_data(reply));
-    ts_bus_msg_destroy(reply);
-    if (!ack || ack->phase != TESSERA__V1__HANDOVER_PHASE__HANDOVER_ACK || !ack->id ||
-        strcmp(ack->id, h->id) != 0) {
-        snprintf(a->error, sizeof a->error, "%s to %s: malformed acknowledgement", phase_name(phase), target);
-        if (ack)
-            tessera__v1__handover__free_unpacked(ack, NULL);
-        return TS_ERR_MALFORMED;
-    }
-    a->seq = ack->seq;
-    a->freeze_us = ack->freeze_us;
-    a->resume_us = ack->resume_us;
-    a->entities = ack->entities;
-    st = ack->ok ? TS_OK : TS_ERR_UNAVAILABLE;
-    if (!ack->ok)
-        snprintf(a->error, sizeof a->error, "%s refused by %s: %s", phase_name(phase), target,
-                 ack->error && *ack->error ? ack->error : "no reason given");
-    tessera__v1__handover__free_unpacked(ack, NULL);
-    return st;
-}
+    pthread_mutex_t mu; /* guards the answers ring */
+    answer_t *answers;
+    size_t ahead, alen;
+    uint64_t dropped;
+
+    pending_t *queue; /* ring, main thread only */
+    size_t qhead, qlen;
+    size_t busy_why[3]; /* queued + in flight per reason */
+};
 
 bool ts_orch_worker_id_ok(const char *id)
 {
     size_t n = strlen(id);
-    if (n == 0 || n >= TS_WORKER_ID_MAX)
-        return false;
+    if (n == 0 || n >= TS_WORKER_ID_MAX) return false;
     for (const char *p = id; *p; p++) {
-        if (!isalnum((unsigned char)*p) && *p != '-' && *p != '_')
-            return false;
+        if (!isalnum((unsigned char)*p) && *p != '-' && *p != '_') return false;
     }
     return true;
 }
 
-static ts_status_t refuse(ts_orch_t *o, char *reply, size_t cap, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
+/* ---- transport -------------------------------------------------------------------- */
 
-static ts_status_t refuse(ts_orch_t *o, char *reply, size_t cap, const char *fmt, ...)
+static void on_answer(void *ud, const ts_bus_msg_t *msg)
 {
-    int n = snprintf(reply, cap, "error: ");
+    ts_handovers_t *hs = ud;
+    const char *subject = ts_bus_msg_subject(msg);
+    if (strncmp(subject, hs->inbox, hs->inbox_len) != 0 || subject[hs->inbox_len] != '.') return;
+    uint64_t req = 0;
+    if (ts_parse_u64(subject + hs->inbox_len + 1, &req) != TS_OK || req == 0) return;
+    size_t len = ts_bus_msg_len(msg);
+    bool dropped = false;
+    pthread_mutex_lock(&hs->mu);
+    if (hs->alen < ANSWERS_MAX) {
+        answer_t *a = &hs->answers[(hs->ahead + hs->alen++) % ANSWERS_MAX];
+        a->req = req;
+        a->len = len <= ANSWER_DATA_MAX ? len : SIZE_MAX;
+        if (len <= ANSWER_DATA_MAX) memcpy(a->data, ts_bus_msg_data(msg), len);
+    } else {
+        dropped = ++hs->dropped % 100 == 1;
+    }
+    pthread_mutex_unlock(&hs->mu);
+    if (dropped) ts_warn("handover answers queue full (%d); dropping (the handover times out)", ANSWERS_MAX);
+    ts_ctl_wake(hs->o->ctl);
+}
+
+static ts_status_t io_send(void *ud, const char *subject, uint64_t req, uint64_t epoch, const uint8_t *buf,
+                           size_t len)
+{
+    ts_handovers_t *hs = ud;
+    char reply[128];
+    snprintf(reply, sizeof reply, "%s.%" PRIu64, hs->inbox, req);
+    ts_bus_hdr_t hdr = {.type = TS_TYPE_HANDOVER, .epoch = epoch};
+    return ts_bus_publish_reply(hs->o->bus, subject, reply, &hdr, buf, len);
+}
+
+static ts_status_t io_cas(void *ud, const ts_ho_t *h, ts_cell_entry_t *out, char *why, size_t cap)
+{
+    ts_handovers_t *hs = ud;
+    ts_orch_t *o = hs->o;
+    if (!o->leading || !ts_leader_held(o->leader)) {
+        snprintf(why, cap, "lost the leader lock");
+        return TS_ERR_UNAVAILABLE;
+    }
+    ts_status_t st = ts_orch_cas(o, &h->cell, h->epoch, h->to, out);
+    if (st == TS_ERR_UNAVAILABLE)
+        snprintf(why, cap, "%s",
+                 o->leading && ts_leader_held(o->leader) ? "registry unavailable" : "lost the leader lock");
+    return st;
+}
+
+static void publish_reply(ts_handovers_t *hs, const char *subject, const char *text)
+{
+    if (!subject) return;
+    ts_bus_hdr_t hdr = {.type = "text/plain"};
+    ts_status_t st = ts_bus_publish(hs->o->bus, subject, &hdr, text, strlen(text));
+    if (st != TS_OK) ts_warn("cannot send ctl reply to %s: %s", subject, ts_status_str(st));
+}
+
+static void io_done(void *ud, ts_ho_t *h)
+{
+    ts_handovers_t *hs = ud;
+    ts_orch_t *o = hs->o;
+    ts_stats_count(&o->stats, h->moved ? TS_STAT_HANDOVER : TS_STAT_ABORTED);
+    if (h->unanswered) ts_stats_count(&o->stats, TS_STAT_FAILED);
+    if (h->moved && h->resume_at_us) ts_stats_sample(&o->stats, h->freeze_us, h->total_us);
+    if (h->moved && h->why == TS_HO_REBALANCE) ts_stats_count(&o->stats, TS_STAT_REBALANCE_MOVE);
+    if (h->moved && h->why == TS_HO_DRAIN) ts_stats_count(&o->stats, TS_STAT_DRAIN_MOVE);
+    if (h->why == TS_HO_REBALANCE) ts_rebalance_done(o, h->moved);
+    if (h->why == TS_HO_DRAIN) {
+        if (!h->moved) ts_warn("drain: cell %s of %s: %s; retrying", h->key, h->from, h->reply);
+        ts_ctl_drain_result(o->ctl, h->moved);
+    }
+    if (hs->busy_why[h->why] > 0) hs->busy_why[h->why]--;
+    publish_reply(hs, h->ctx, h->reply);
+    free(h->ctx);
+    h->ctx = NULL;
+}
+
+ts_status_t ts_handovers_create(ts_handovers_t **out, ts_orch_t *o)
+{
+    *out = NULL;
+    ts_handovers_t *hs = calloc(1, sizeof *hs);
+    if (!hs) return TS_ERR_NOMEM;
+    hs->o = o;
+    pthread_mutex_init(&hs->mu, NULL);
+    hs->answers = calloc(ANSWERS_MAX, sizeof *hs->answers);
+    hs->queue = calloc(QUEUE_MAX, sizeof *hs->queue);
+    ts_ho_io_t io = {.ud = hs, .send = io_send, .cas = io_cas, .done = io_done};
+    size_t cap = o->cfg->orch_max_handovers > 0 ? (size_t)o->cfg->orch_max_handovers : 1;
+    ts_status_t st = hs->answers && hs->queue
+                         ? ts_hos_init(&hs->hos, cap, o->cfg->orch_handover_timeout_ms, &io)
+                         : TS_ERR_NOMEM;
+    if (st == TS_OK) {
+        snprintf(hs->inbox, sizeof hs->inbox, "_INBOX.tsorch.%ld_%" PRIx64, (long)getpid(), ts_now_us());
+        hs->inbox_len = strlen(hs->inbox);
+        char wildcard[128];
+        snprintf(wildcard, sizeof wildcard, "%s.*", hs->inbox);
+        st = ts_bus_subscribe(o->bus, wildcard, on_answer, hs, &hs->sub);
+    }
+    if (st != TS_OK) {
+        ts_handovers_destroy(hs);
+        return st;
+    }
+    *out = hs;
+    return TS_OK;
+}
+
+void ts_handovers_destroy(ts_handovers_t *hs)
+{
+    if (!hs) return;
+    ts_bus_sub_destroy(hs->sub); /* no answer callback runs after this */
+    if (hs->hos.slots) ts_handovers_reset(hs, "the orchestrator is stopping");
+    ts_hos_free(&hs->hos);
+    pthread_mutex_destroy(&hs->mu);
+    free(hs->answers);
+    free(hs->queue);
+    free(hs);
+}
+
+/* ---- requests ------------------------------------------------------------------------ */
+
+static ts_status_t refuse(ts_handovers_t *hs, const char *reply_subject, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static ts_status_t refuse(ts_handovers_t *hs, const char *reply_subject, const char *fmt, ...)
+{
+    char text[512];
+    int n = snprintf(text, sizeof text, "error: ");
     va_list ap;
     va_start(ap, fmt);
-    if (n > 0 && (size_t)n < cap)
-        vsnprintf(reply + n, cap - (size_t)n, fmt, ap);
+    vsnprintf(text + n, sizeof text - (size_t)n, fmt, ap);
     va_end(ap);
-    ts_stats_count(&o->stats, TS_STAT_REFUSED);
+    ts_stats_count(&hs->o->stats, TS_STAT_REFUSED);
+    ts_debug("handover refused: %s", text);
+    publish_reply(hs, reply_subject, text);
     return TS_ERR_INVALID;
 }
 
-/* Preconditions; fills h from the registry. TS_OK or a refusal in reply. */
-static ts_status_t check(ts_orch_t *o, ho_t *h, const char *to, char *reply, size_t cap)
+ts_status_t ts_orch_handover(ts_orch_t *o, const ts_cell_t *cell, const char *to, ts_ho_reason_t why,
+                             const char *reply_subject)
 {
-    if (!o->leading || !ts_leader_held(o->leader))
-        return refuse(o, reply, cap, "not leader");
-    if (!ts_orch_worker_id_ok(to))
-        return refuse(o, reply, cap, "bad worker id '%s'", to);
-    if (!o->reg)
-        return refuse(o, reply, cap, "registry unavailable");
-    ts_cell_entry_t e;
-    ts_status_t st = ts_registry_cell_get(o->reg, &h->cell, &e);
-    if (st == TS_ERR_NOT_FOUND)
-        return refuse(o, reply, cap, "unknown cell %s", h->key);
+    ts_handovers_t *hs = o->ho;
+    char key[TS_CELL_STR_MAX];
+    if (ts_cell_format(cell, key, sizeof key) < 0 || cell->world != o->world)
+        return refuse(hs, reply_subject, "cell is not in world %u", o->world);
+    if (!ts_orch_worker_id_ok(to)) return refuse(hs, reply_subject, "bad worker id '%s'", to);
+    if (hs->qlen == QUEUE_MAX) return refuse(hs, reply_subject, "busy, try again");
+    char *reply = NULL;
+    if (reply_subject && !(reply = strdup(reply_subject))) return refuse(hs, reply_subject, "out of memory");
+    pending_t *p = &hs->queue[(hs->qhead + hs->qlen++) % QUEUE_MAX];
+    p->cell = *cell;
+    ts_strlcpy(p->to, to, sizeof p->to);
+    p->why = why;
+    p->reply = reply;
+    hs->busy_why[why]++;
+    ts_ctl_wake(o->ctl);
+    return TS_OK;
+}
+
+/* Whether id is alive: the last poll, confirmed with Redis when it says no
+ * (a worker that just started is not refused for a poll's age). */
+static bool worker_alive(ts_orch_t *o, const char *id, bool *registry_ok)
+{
+    *registry_ok = true;
+    if (ts_liveness_alive(&o->live, id)) return true;
+    if (!o->reg) {
+        *registry_ok = false;
+        return false;
+    }
+    char token[1][TS_WORKER_TOKEN_MAX];
+    const char *ids[] = {id};
+    ts_status_t st = ts_registry_workers_liveness(o->reg, ids, 1, token);
     if (st != TS_OK) {
         ts_orch_registry_broken(o, st);
-        return refuse(o, reply, cap, "registry unavailable");
+        *registry_ok = false;
+        return false;
     }
-    ts_orch_note_cell(o, &e);
-    if (e.state != TS_CELL_ACTIVE)
-        return refuse(o, reply, cap, "cell %s is %s, not active", h->key, ts_cell_state_str(e.state));
-    if (strcmp(e.owner, to) == 0)
-        return refuse(o, reply, cap, "%s already owns %s (epoch %" PRIu64 ")", to, h->key, e.epoch);
-    bool alive = false;
-    if ((st = ts_registry_worker_is_alive(o->reg, to, &alive)) != TS_OK) {
-        ts_orch_registry_broken(o, st);
-        return refuse(o, reply, cap, "registry unavailable");
-    }
-    if (!alive)
-        return refuse(o, reply, cap, "worker %s is not alive", to);
-    if (ts_ctl_is_draining(o->ctl, to))
-        return refuse(o, reply, cap, "worker %s is draining", to);
+    return token[0][0] != '\0';
+}
+
+/* Checks the preconditions of p and starts it; false if it was refused. */
+static bool start(ts_handovers_t *hs, pending_t *p, uint64_t now)
+{
+    ts_orch_t *o = hs->o;
+    char key[TS_CELL_STR_MAX];
+    ts_cell_format(&p->cell, key, sizeof key);
+    if (!o->leading || !ts_leader_held(o->leader)) return refuse(hs, p->reply, "not leader"), false;
+    if (!o->reg || o->cells_stale) return refuse(hs, p->reply, "registry unavailable"), false;
+    long k = ts_orch_cell_index(o, &p->cell);
+    if (k < 0) return refuse(hs, p->reply, "unknown cell %s", key), false;
+    const ts_cell_entry_t *e = &o->cells[k];
+    if (e->state != TS_CELL_ACTIVE)
+        return refuse(hs, p->reply, "cell %s is %s, not active", key, ts_cell_state_str(e->state)), false;
+    if (strcmp(e->owner, p->to) == 0)
+        return refuse(hs, p->reply, "%s already owns %s (epoch %" PRIu64 ")", p->to, key, e->epoch), false;
+    if (ts_hos_find(&hs->hos, &p->cell))
+        return refuse(hs, p->reply, "cell %s is being handed over", key), false;
+    bool reg_ok = true;
+    if (!worker_alive(o, p->to, &reg_ok))
+        return refuse(hs, p->reply, reg_ok ? "worker %s is not alive" : "registry unavailable", p->to), false;
     ts_worker_info_t info;
-    if (ts_workers_get(o->workers, to, &info) && info.draining)
-        return refuse(o, reply, cap, "worker %s is draining", to);
-    if (!e.owner[0] || !ts_orch_worker_id_ok(e.owner) ||
-        (st = ts_registry_worker_is_alive(o->reg, e.owner, &alive)) != TS_OK || !alive) {
-        if (st != TS_OK && o->reg)
-            ts_orch_registry_broken(o, st);
-        return refuse(o, reply, cap, "owner %s of %s is not alive (crash recovery moves its cells)",
-                      e.owner[0] ? e.owner : "-", h->key);
+    if (ts_ctl_is_draining(o->ctl, p->to) || (ts_workers_get(o->workers, p->to, &info) && info.draining))
+        return refuse(hs, p->reply, "worker %s is draining", p->to), false;
+    if (!e->owner[0] || !ts_orch_worker_id_ok(e->owner) || !worker_alive(o, e->owner, &reg_ok))
+        return refuse(hs, p->reply, "owner %s of %s is not alive (crash recovery moves its cells)",
+                      e->owner[0] ? e->owner : "-", key),
+               false;
+    if (o->orphan[k])
+        return refuse(hs, p->reply, "owner %s of %s was replaced (crash recovery moves its cells)", e->owner,
+                      key),
+               false;
+    ts_ho_t h = {.cell = p->cell, .epoch = e->epoch, .why = p->why, .ctx = p->reply};
+    ts_strlcpy(h.from, e->owner, sizeof h.from);
+    ts_strlcpy(h.to, p->to, sizeof h.to);
+    snprintf(h.id, sizeof h.id, "%s-%" PRIu64, ts_leader_holder(o->leader), ++o->handover_seq);
+    p->reply = NULL; /* the machine owns it now; io_done frees it */
+    if (ts_hos_start(&hs->hos, &h, now) != TS_OK) {
+        /* cannot happen: checked above; answer anyway */
+        publish_reply(hs, h.ctx, "error: busy, try again");
+        free(h.ctx);
+        return false;
     }
-    h->epoch = e.epoch;
-    ts_strlcpy(h->from, e.owner, sizeof h->from);
-    ts_strlcpy(h->to, to, sizeof h->to);
-    snprintf(h->id, sizeof h->id, "%s-%" PRIu64, ts_leader_holder(o->leader), ++o->handover_seq);
-    return TS_OK;
+    return true;
 }
 
-/* Rolls back a handover that did not reach the CAS. */
-static void abort_both(ts_orch_t *o, const ho_t *h, const char *reason, char *reply, size_t cap)
+bool ts_handovers_poll(ts_handovers_t *hs)
 {
-    ack_t a;
-    bool unanswered = false;
-    if (request(o, h, TESSERA__V1__HANDOVER_PHASE__HANDOVER_ABORT, h->from, 0, &a) != TS_OK) {
-        ts_warn("handover %s: %s; the source resumes on its own after its timeout", h->id, a.error);
-        unanswered = true;
+    bool did = false;
+    answer_t batch[16];
+    for (int round = 0; round < ANSWERS_PER_POLL / 16; round++) {
+        size_t n = 0;
+        pthread_mutex_lock(&hs->mu);
+        while (n < 16 && hs->alen > 0) {
+            batch[n++] = hs->answers[hs->ahead];
+            hs->ahead = (hs->ahead + 1) % ANSWERS_MAX;
+            hs->alen--;
+        }
+        pthread_mutex_unlock(&hs->mu);
+        if (n == 0) break;
+        did = true;
+        uint64_t now = ts_mono_us();
+        for (size_t i = 0; i < n; i++) {
+            static const uint8_t junk = 0xff;
+            if (batch[i].len == SIZE_MAX)
+                ts_hos_reply(&hs->hos, batch[i].req, &junk, 1, now);
+            else
+                ts_hos_reply(&hs->hos, batch[i].req, batch[i].data, batch[i].len, now);
+        }
     }
-    if (request(o, h, TESSERA__V1__HANDOVER_PHASE__HANDOVER_ABORT, h->to, 0, &a) != TS_OK) {
-        ts_warn("handover %s: %s; the target drops its copy on its own", h->id, a.error);
-        unanswered = true;
+    uint64_t now = ts_mono_us();
+    if (ts_hos_next_deadline(&hs->hos) <= now) {
+        ts_hos_expire(&hs->hos, now);
+        did = true;
     }
-    ts_stats_count(&o->stats, TS_STAT_ABORTED);
-    if (unanswered)
-        ts_stats_count(&o->stats, TS_STAT_FAILED);
-    ts_warn("handover %s of cell %s from %s to %s aborted at epoch %" PRIu64 ": %s", h->id, h->key, h->from, h->to,
-            h->epoch, reason);
-    snprintf(reply, cap, "error: %s; aborted, %s keeps %s at epoch %" PRIu64, reason, h->from, h->key, h->epoch);
+    while (hs->qlen > 0 && !ts_hos_full(&hs->hos)) {
+        pending_t p = hs->queue[hs->qhead];
+        hs->qhead = (hs->qhead + 1) % QUEUE_MAX;
+        hs->qlen--;
+        if (!start(hs, &p, ts_mono_us())) {
+            if (hs->busy_why[p.why] > 0) hs->busy_why[p.why]--;
+            if (p.why == TS_HO_REBALANCE) ts_rebalance_done(hs->o, false);
+        }
+        free(p.reply);
+        did = true;
+    }
+    return did;
 }
 
-static const char *reason_name(ts_ho_reason_t why)
+uint64_t ts_handovers_next_deadline(ts_handovers_t *hs)
 {
-    return why == TS_HO_DRAIN ? "drain" : why == TS_HO_REBALANCE ? "rebalance" : "ctl";
+    return ts_hos_next_deadline(&hs->hos);
 }
 
-ts_status_t ts_orch_handover(ts_orch_t *o, const ts_cell_t *cell, const char *to, ts_ho_reason_t why, char *reply,
-                             size_t cap)
+size_t ts_hos_count_of(ts_handovers_t *hs)
 {
-    ho_t h = {.cell = *cell};
-    if (ts_cell_format(cell, h.key, sizeof h.key) < 0 || cell->world != o->world)
-        return refuse(o, reply, cap, "cell is not in world %u", o->world);
-    ts_status_t st = check(o, &h, to, reply, cap);
-    if (st != TS_OK)
-        return st;
+    return hs ? ts_hos_count(&hs->hos) : 0;
+}
 
-    uint64_t t0 = ts_mono_us();
-    ack_t a;
-    char reason[256];
-    if (request(o, &h, TESSERA__V1__HANDOVER_PHASE__HANDOVER_PREPARE, h.from, 0, &a) != TS_OK) {
-        abort_both(o, &h, a.error, reply, cap);
-        return TS_ERR_UNAVAILABLE;
-    }
-    uint64_t s1 = a.seq;
-    if (request(o, &h, TESSERA__V1__HANDOVER_PHASE__HANDOVER_FREEZE, h.from, 0, &a) != TS_OK) {
-        abort_both(o, &h, a.error, reply, cap);
-        return TS_ERR_UNAVAILABLE;
-    }
-    uint64_t s2 = a.seq, freeze_at = a.freeze_us;
-    uint32_t entities = a.entities;
+size_t ts_handovers_busy(ts_handovers_t *hs)
+{
+    return ts_hos_count(&hs->hos) + hs->qlen;
+}
 
-    ts_cell_entry_t out;
-    st = ts_orch_cas(o, &h.cell, h.epoch, h.to, &out);
-    if (st != TS_OK) {
-        if (st == TS_ERR_CONFLICT)
-            snprintf(reason, sizeof reason, "the registry changed under the handover (now %s at epoch %" PRIu64 ")",
-                     out.owner[0] ? out.owner : "-", out.epoch);
-        else
-            snprintf(reason, sizeof reason, "%s",
-                     o->leading && ts_leader_held(o->leader) ? "registry unavailable" : "lost the leader lock");
-        abort_both(o, &h, reason, reply, cap);
-        return TS_ERR_UNAVAILABLE;
-    }
+size_t ts_handovers_busy_for(ts_handovers_t *hs, ts_ho_reason_t why)
+{
+    return hs->busy_why[why];
+}
 
-    /* committed: from here on the registry is the truth */
-    uint64_t resume_at = 0;
-    bool unanswered = false;
-    if (request(o, &h, TESSERA__V1__HANDOVER_PHASE__HANDOVER_COMMIT, h.to, out.epoch, &a) == TS_OK) {
-        resume_at = a.resume_us;
-    } else {
-        ts_warn("handover %s: %s; %s binds the cell when it sees the registry", h.id, a.error, h.to);
-        unanswered = true;
+bool ts_handovers_has_cell(ts_handovers_t *hs, const ts_cell_t *cell)
+{
+    if (ts_hos_find(&hs->hos, cell)) return true;
+    for (size_t i = 0; i < hs->qlen; i++) {
+        if (ts_cell_eq(&hs->queue[(hs->qhead + i) % QUEUE_MAX].cell, cell)) return true;
     }
-    uint64_t total_us = ts_mono_us() - t0;
-    st = request(o, &h, TESSERA__V1__HANDOVER_PHASE__HANDOVER_COMMIT, h.from, out.epoch, &a);
-    if (st == TS_ERR_UNAVAILABLE) {
-        /* it answered: it already let go on the RegistryChange */
-        ts_debug("handover %s: %s", h.id, a.error);
-    } else if (st != TS_OK) {
-        ts_warn("handover %s: %s; %s lets go when it sees the registry", h.id, a.error, h.from);
-        unanswered = true;
+    return false;
+}
+
+void ts_handovers_reset(ts_handovers_t *hs, const char *why)
+{
+    ts_hos_cancel_all(&hs->hos, why);
+    while (hs->qlen > 0) {
+        pending_t *p = &hs->queue[hs->qhead];
+        hs->qhead = (hs->qhead + 1) % QUEUE_MAX;
+        hs->qlen--;
+        char text[256];
+        snprintf(text, sizeof text, "error: %s", why);
+        publish_reply(hs, p->reply, text);
+        free(p->reply);
+        p->reply = NULL;
+        if (p->why == TS_HO_REBALANCE) ts_rebalance_done(hs->o, false);
     }
-    uint64_t freeze_us = resume_at >= freeze_at && freeze_at && resume_at ? resume_at - freeze_at : 0;
-    ts_stats_count(&o->stats, TS_STAT_HANDOVER);
-    if (unanswered)
-        ts_stats_count(&o->stats, TS_STAT_FAILED);
-    if (resume_at)
-        ts_stats_sample(&o->stats, freeze_us, total_us);
-    ts_info("handover %s (%s): cell %s from %s to %s, epoch %" PRIu64 "->%" PRIu64 ", seq %" PRIu64 "..%" PRIu64
-            ", %u entities, freeze %" PRIu64 " us, total %" PRIu64 " us",
-            h.id, reason_name(why), h.key, h.from, h.to, h.epoch, out.epoch, s1, s2, entities, freeze_us, total_us);
-    snprintf(reply, cap, "ok %s->%s epoch %" PRIu64 "->%" PRIu64 " freeze_us=%" PRIu64 " total_us=%" PRIu64, h.from,
-             h.to, h.epoch, out.epoch, freeze_us, total_us);
-    return TS_OK;
+    memset(hs->busy_why, 0, sizeof hs->busy_why);
+    hs->o->rebalance_pending = 0;
 }

@@ -43,11 +43,9 @@ static char *trim(char *s)
 static bool worker_id_ok(const char *id)
 {
     size_t n = strlen(id);
-    if (n == 0 || n >= TS_WORKER_ID_MAX)
-        return false;
+    if (n == 0 || n >= TS_WORKER_ID_MAX) return false;
     for (const char *p = id; *p; p++) {
-        if (!isalnum((unsigned char)*p) && *p != '-' && *p != '_')
-            return false;
+        if (!isalnum((unsigned char)*p) && *p != '-' && *p != '_') return false;
     }
     return true;
 }
@@ -55,19 +53,16 @@ static bool worker_id_ok(const char *id)
 static ssize_t worker_index(const ts_layout_t *l, const char *id)
 {
     for (size_t i = 0; i < l->nworkers; i++) {
-        if (strcmp(l->workers[i], id) == 0)
-            return (ssize_t)i;
+        if (strcmp(l->workers[i], id) == 0) return (ssize_t)i;
     }
     return -1;
 }
 
 static ts_status_t parse_workers(ts_layout_t *l, const char *list, char *err, size_t errcap)
 {
-    if (!list)
-        list = "";
+    if (!list) list = "";
     char *copy = strdup(list);
-    if (!copy)
-        return TS_ERR_NOMEM;
+    if (!copy) return TS_ERR_NOMEM;
     size_t cap = 1;
     for (const char *p = list; *p; p++)
         cap += (*p == ',');
@@ -80,8 +75,7 @@ static ts_status_t parse_workers(ts_layout_t *l, const char *list, char *err, si
     char *save = NULL;
     for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
         char *id = trim(tok);
-        if (*id == '\0')
-            continue;
+        if (*id == '\0') continue;
         if (!worker_id_ok(id)) {
             st = fail(err, errcap,
                       "world.workers: bad worker id '%s' (1-%d characters of letters, digits, '-', '_')", id,
@@ -118,8 +112,8 @@ static ts_status_t apply_assign(ts_layout_t *l, char *item, char *err, size_t er
         return fail(err, errcap, "world.assign: cell %lld:%lld is outside the world (cx %d..%d, cy %d..%d)",
                     (long long)cx, (long long)cy, w->x0, w->x0 + w->width - 1, w->y0, w->y0 + w->height - 1);
     if (worker_index(l, worker) < 0)
-        return fail(err, errcap, "world.assign: worker '%s' for cell %lld:%lld is not in world.workers", worker,
-                    (long long)cx, (long long)cy);
+        return fail(err, errcap, "world.assign: worker '%s' for cell %lld:%lld is not in world.workers",
+                    worker, (long long)cx, (long long)cy);
     ts_cell_entry_t *e = &l->cells[(size_t)(cy - w->y0) * (size_t)w->width + (size_t)(cx - w->x0)];
     ts_strlcpy(e->owner, worker, sizeof e->owner);
     return TS_OK;
@@ -127,17 +121,14 @@ static ts_status_t apply_assign(ts_layout_t *l, char *item, char *err, size_t er
 
 static ts_status_t parse_assign(ts_layout_t *l, const char *list, char *err, size_t errcap)
 {
-    if (!list || !*list)
-        return TS_OK;
+    if (!list || !*list) return TS_OK;
     char *copy = strdup(list);
-    if (!copy)
-        return TS_ERR_NOMEM;
+    if (!copy) return TS_ERR_NOMEM;
     ts_status_t st = TS_OK;
     char *save = NULL;
     for (char *tok = strtok_r(copy, ",", &save); tok && st == TS_OK; tok = strtok_r(NULL, ",", &save)) {
         char *item = trim(tok);
-        if (*item)
-            st = apply_assign(l, item, err, errcap);
+        if (*item) st = apply_assign(l, item, err, errcap);
     }
     free(copy);
     return st;
@@ -146,7 +137,8 @@ static ts_status_t parse_assign(ts_layout_t *l, const char *list, char *err, siz
 static ts_status_t check_geometry(const ts_config_t *cfg, char *err, size_t errcap)
 {
     if (cfg->world_id < 0 || cfg->world_id > (int64_t)UINT32_MAX)
-        return fail(err, errcap, "world.id: %lld is out of range (0..%u)", (long long)cfg->world_id, UINT32_MAX);
+        return fail(err, errcap, "world.id: %lld is out of range (0..%u)", (long long)cfg->world_id,
+                    UINT32_MAX);
     if (!(cfg->world_cell_size > 0) || !isfinite(cfg->world_cell_size))
         return fail(err, errcap, "world.cell_size: must be a positive number, got %g", cfg->world_cell_size);
     if (cfg->world_width < 1 || cfg->world_width > TS_LAYOUT_MAX_SIDE)
@@ -167,11 +159,9 @@ static ts_status_t check_geometry(const ts_config_t *cfg, char *err, size_t errc
 ts_status_t ts_layout_build(ts_layout_t *out, const ts_config_t *cfg, char *err, size_t errcap)
 {
     memset(out, 0, sizeof *out);
-    if (err && errcap)
-        err[0] = '\0';
+    if (err && errcap) err[0] = '\0';
     ts_status_t st = check_geometry(cfg, err, errcap);
-    if (st != TS_OK)
-        return st;
+    if (st != TS_OK) return st;
 
     ts_layout_t l = {0};
     l.world.id = (uint32_t)cfg->world_id;
@@ -182,8 +172,7 @@ ts_status_t ts_layout_build(ts_layout_t *out, const ts_config_t *cfg, char *err,
     l.world.height = (int32_t)cfg->world_height;
 
     st = parse_workers(&l, cfg->world_workers, err, errcap);
-    if (st != TS_OK)
-        goto cleanup;
+    if (st != TS_OK) goto cleanup;
 
     l.ncells = (size_t)l.world.width * (size_t)l.world.height;
     l.cells = calloc(l.ncells, sizeof *l.cells);
@@ -216,8 +205,7 @@ cleanup:
 
 void ts_layout_free(ts_layout_t *l)
 {
-    if (!l)
-        return;
+    if (!l) return;
     free(l->workers);
     free(l->cells);
     memset(l, 0, sizeof *l);

@@ -16,7 +16,7 @@ typedef struct {
     ts_world_t world;
     char (*workers)[TS_WORKER_ID_MAX]; /* world.workers in order, no duplicates */
     size_t nworkers;
-    ts_cell_entry_t *cells;            /* root cells row by row from (x0, y0), epoch 1, active */
+    ts_cell_entry_t *cells; /* root cells row by row from (x0, y0), epoch 1, active */
     size_t ncells;
 } ts_layout_t;
 

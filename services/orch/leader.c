@@ -46,8 +46,7 @@ static void wait_ms(ts_leader_t *l, int64_t ms)
     }
     pthread_mutex_lock(&l->mu);
     while (!l->stop) {
-        if (pthread_cond_timedwait(&l->cond, &l->mu, &until) == ETIMEDOUT)
-            break;
+        if (pthread_cond_timedwait(&l->cond, &l->mu, &until) == ETIMEDOUT) break;
     }
     pthread_mutex_unlock(&l->mu);
 }
@@ -69,11 +68,9 @@ static void *run(void *arg)
         uint64_t t0 = ts_mono_us();
         bool held = false;
         ts_status_t st = reg ? TS_OK : ts_registry_connect(&reg, l->redis_url);
-        if (st == TS_OK)
-            st = ts_registry_lock(reg, l->name, l->holder, l->ttl_ms, &held);
+        if (st == TS_OK) st = ts_registry_lock(reg, l->name, l->holder, l->ttl_ms, &held);
         if (st == TS_OK) {
-            if (held)
-                atomic_store(&l->valid_until_us, t0 + safe_us);
+            if (held) atomic_store(&l->valid_until_us, t0 + safe_us);
             atomic_store(&l->held, held);
         } else {
             ts_registry_destroy(reg);
@@ -83,8 +80,7 @@ static void *run(void *arg)
         int64_t period = atomic_load(&l->held) ? l->ttl_ms / 3 : l->ttl_ms / 4;
         wait_ms(l, period > 0 ? period : 1);
     }
-    if (reg && atomic_load(&l->held))
-        ts_registry_unlock(reg, l->name, l->holder);
+    if (reg && atomic_load(&l->held)) ts_registry_unlock(reg, l->name, l->holder);
     atomic_store(&l->held, false);
     ts_registry_destroy(reg);
     return NULL;
@@ -94,12 +90,10 @@ ts_status_t ts_leader_start(ts_leader_t **out, uint32_t world, const char *redis
 {
     *out = NULL;
     ts_leader_t *l = calloc(1, sizeof *l);
-    if (!l)
-        return TS_ERR_NOMEM;
+    if (!l) return TS_ERR_NOMEM;
     snprintf(l->name, sizeof l->name, "orch.%u", world);
     char host[64] = "localhost";
-    if (gethostname(host, sizeof host) != 0)
-        snprintf(host, sizeof host, "localhost");
+    if (gethostname(host, sizeof host) != 0) snprintf(host, sizeof host, "localhost");
     host[sizeof host - 1] = '\0';
     snprintf(l->holder, sizeof l->holder, "%s-%ld", host, (long)getpid());
     ts_strlcpy(l->redis_url, redis_url, sizeof l->redis_url);
@@ -125,8 +119,7 @@ ts_status_t ts_leader_start(ts_leader_t **out, uint32_t world, const char *redis
 
 void ts_leader_stop(ts_leader_t *l)
 {
-    if (!l)
-        return;
+    if (!l) return;
     pthread_mutex_lock(&l->mu);
     l->stop = true;
     pthread_cond_signal(&l->cond);

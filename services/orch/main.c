@@ -3,6 +3,14 @@
  * the cells of dead workers and rebalances load; standbys watch heartbeats
  * and wait for the lock.
  *
+ * One main thread does the leader's work as an event loop: it sleeps on one
+ * condition variable until a ctl request or a handover answer arrives (nats.c
+ * callbacks queue them, bounded, and wake it) or the next timer is due
+ * (liveness poll, handover timeouts, rebalancing), then handles what is
+ * there without waiting for any worker. Redis calls stay on this thread and
+ * are O(change): one pipelined liveness read per period, one round trip per
+ * batch of compare-and-sets.
+ *
  * Invariants: only the holder of the leader lock writes to the registry and
  * serves tessera.ctl.<world>.*; the main loop notices a lost lock within one
  * iteration and every registry write re-checks it; a clean shutdown releases
@@ -35,16 +43,13 @@ static ts_status_t connect_bus(ts_orch_t *o)
     const ts_config_t *cfg = o->cfg;
     uint64_t deadline = ts_mono_us() + TS_SERVICE_CONNECT_MS * 1000ULL;
     ts_status_t st = ts_service_connect_bus(cfg, "tessera-orch", TS_SERVICE_CONNECT_MS, &o->bus);
-    if (st != TS_OK)
-        return st;
+    if (st != TS_OK) return st;
     for (;;) {
         st = ts_bus_ensure_streams(o->bus, o->world, cfg->stream_storage, cfg->stream_max_age_s,
                                    (int)cfg->stream_replicas);
-        if (st == TS_OK)
-            return TS_OK;
+        if (st == TS_OK) return TS_OK;
         ts_debug("streams of world %u not created yet: %s", o->world, ts_status_str(st));
-        if (!ts_service_retry_wait(deadline))
-            break;
+        if (!ts_service_retry_wait(deadline)) break;
     }
     if (!ts_service_stopping())
         ts_error("cannot create the streams of world %u on NATS at %s: %s", o->world, cfg->nats_url,
@@ -61,7 +66,8 @@ static void gain_lead(ts_orch_t *o, uint64_t now)
     o->world_written = false;
     o->next_write_us = 0;
     o->next_sweep_us = 0;
-    o->cells_us = 0;
+    o->cells_stale = true;
+    ts_liveness_reset(&o->live);
     ts_rebalance_init(o);
 }
 
@@ -69,6 +75,7 @@ static void lose_lead(ts_orch_t *o)
 {
     ts_warn("lost the leader lock %s; standing by", ts_leader_name(o->leader));
     o->leading = false;
+    ts_handovers_reset(o->ho, "lost the leader lock");
     ts_ctl_serve(o->ctl, false);
 }
 
@@ -76,24 +83,38 @@ static void lose_lead(ts_orch_t *o)
 static bool lead(ts_orch_t *o, uint64_t now)
 {
     if (!o->world_written) {
-        if (!o->reg || now < o->next_write_us)
-            return false;
+        if (!o->reg || now < o->next_write_us) return false;
         o->next_write_us = now + 1000000;
-        if (!ts_orch_write_world(o) || !ts_orch_refresh_cells(o))
-            return false;
+        if (!ts_orch_write_world(o) || !ts_orch_refresh_cells(o)) return false;
         ts_ctl_load_draining(o->ctl);
-        if (ts_ctl_serve(o->ctl, true) != TS_OK)
-            return false;
+        if (ts_ctl_serve(o->ctl, true) != TS_OK) return false;
         o->world_written = true;
     }
     bool busy = false;
-    if (o->reg)
-        ts_recovery_poll(o);
-    if (o->reg && ts_leader_held(o->leader))
-        busy = ts_ctl_poll(o->ctl);
-    if (o->reg && ts_leader_held(o->leader))
-        ts_rebalance_poll(o);
+    if (o->reg && o->cells_stale) ts_orch_refresh_cells(o);
+    if (o->reg) ts_recovery_poll(o);
+    busy |= ts_handovers_poll(o->ho);
+    if (ts_leader_held(o->leader)) busy |= ts_ctl_poll(o->ctl);
+    if (o->reg && ts_leader_held(o->leader)) ts_rebalance_poll(o);
+    busy |= ts_handovers_poll(o->ho);
+    if (o->cells_dirty) {
+        ts_ctl_note_cells(o->ctl);
+        o->cells_dirty = false;
+    }
     return busy;
+}
+
+/* How long the loop may sleep: until the next timer, at most LOOP_MS. */
+static int64_t sleep_ms(ts_orch_t *o, uint64_t now)
+{
+    int64_t ms = LOOP_MS;
+    if (o->leading) {
+        uint64_t next = ts_handovers_next_deadline(o->ho);
+        if (o->next_sweep_us < next) next = o->next_sweep_us;
+        if (next <= now) return 0;
+        if ((next - now) / 1000 + 1 < (uint64_t)ms) ms = (int64_t)((next - now) / 1000) + 1;
+    }
+    return ms;
 }
 
 static void run(ts_orch_t *o)
@@ -126,12 +147,16 @@ static void run(ts_orch_t *o)
             standby_logged = true;
         }
         ts_workers_check(o->workers, now);
+        ts_stats_gauges(&o->stats, o->leading ? ts_hos_count_of(o->ho) : 0,
+                        o->leading ? ts_handovers_busy(o->ho) - ts_hos_count_of(o->ho) : 0, o->full_reads);
         if (status_us && now >= next_status_us) {
             ts_workers_log_status(o->workers, now);
             next_status_us = now + status_us;
         }
-        if (!busy)
-            ts_ctl_wait(o->ctl, LOOP_MS);
+        if (!busy) {
+            int64_t ms = sleep_ms(o, ts_mono_us());
+            if (ms > 0) ts_ctl_wait(o->ctl, ms);
+        }
     }
 }
 
@@ -163,14 +188,18 @@ int main(int argc, char **argv)
         if (ts_layout_count_owned(&o.layout, o.layout.workers[i]) == 0)
             ts_warn("worker %s owns no cell in the layout (more workers than columns?)", o.layout.workers[i]);
     }
-    if (!check_config(&cfg))
-        goto cleanup;
-    if (ts_service_connect_registry(&cfg, TS_SERVICE_CONNECT_MS, &o.reg) != TS_OK || connect_bus(&o) != TS_OK) {
+    if (!check_config(&cfg)) goto cleanup;
+    if (ts_service_connect_registry(&cfg, TS_SERVICE_CONNECT_MS, &o.reg) != TS_OK ||
+        connect_bus(&o) != TS_OK) {
         rc = ts_service_stopping() ? 0 : 1;
         goto cleanup;
     }
+    ts_liveness_init(&o.live);
+    ts_map_init(&o.index);
     if (ts_workers_create(&o.workers, cfg.orch_hb_ttl_ms) != TS_OK || ts_ctl_create(&o.ctl, &o) != TS_OK ||
-        ts_bus_subscribe(o.bus, "tessera.worker.*.hb", ts_workers_on_heartbeat, o.workers, &o.hb_sub) != TS_OK) {
+        ts_handovers_create(&o.ho, &o) != TS_OK ||
+        ts_bus_subscribe(o.bus, "tessera.worker.*.hb", ts_workers_on_heartbeat, o.workers, &o.hb_sub) !=
+            TS_OK) {
         ts_error("cannot subscribe to worker heartbeats on %s", cfg.nats_url);
         goto cleanup;
     }
@@ -178,24 +207,26 @@ int main(int argc, char **argv)
         ts_error("cannot start the leader lock thread");
         goto cleanup;
     }
-    ts_info("started: nats %s, redis %s, world %u (%dx%d root cells of %g from %d,%d, workers %s), lock %s as %s",
-            cfg.nats_url, cfg.redis_url, o.world, o.layout.world.width, o.layout.world.height,
-            o.layout.world.cell_size, o.layout.world.x0, o.layout.world.y0, cfg.world_workers,
-            ts_leader_name(o.leader), ts_leader_holder(o.leader));
+    ts_info(
+        "started: nats %s, redis %s, world %u (%dx%d root cells of %g from %d,%d, workers %s), lock %s as %s",
+        cfg.nats_url, cfg.redis_url, o.world, o.layout.world.width, o.layout.world.height,
+        o.layout.world.cell_size, o.layout.world.x0, o.layout.world.y0, cfg.world_workers,
+        ts_leader_name(o.leader), ts_leader_holder(o.leader));
 
     run(&o);
     ts_info("shutting down");
     rc = 0;
 
 cleanup:
-    ts_ctl_destroy(o.ctl); /* unsubscribes; answers what is queued */
+    ts_handovers_destroy(o.ho); /* answers what is queued or in flight */
+    ts_ctl_destroy(o.ctl);      /* unsubscribes; answers what is queued */
     ts_bus_sub_destroy(o.hb_sub);
     ts_leader_stop(o.leader); /* releases the lock */
     ts_bus_destroy(o.bus);
     ts_registry_destroy(o.reg);
     ts_workers_destroy(o.workers);
     ts_orch_cells_free(&o);
-    ts_recovery_free(&o);
+    ts_liveness_free(&o.live);
     ts_layout_free(&o.layout);
     ts_config_free(&cfg);
     ts_stats_free(&o.stats);

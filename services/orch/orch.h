@@ -1,12 +1,14 @@
 /* tessera-orch internals: the orchestrator's state, shared by its modules.
  *
  *   main.c       configuration, connections, the main loop
- *   cells.c      registry snapshot, world creation, RegistryChange broadcasts
- *   handover.c   drives one live handover (PREPARE, FREEZE, CAS, COMMIT / ABORT)
+ *   cells.c      the local copy of the registry, world creation, compare-and-sets, RegistryChange broadcasts
+ *   handover.c   starts handovers (preconditions, queue), carries their requests and replies
+ *   hosm.c       the handover state machines themselves (pure)
  *   ctl.c        tessera.ctl.<world>.* requests and the drain bookkeeping
- *   recovery.c   cells of dead workers to live ones
- *   rebalance.c  worker loads from heartbeats, one move at a time
+ *   recovery.c   liveness poll, cells of dead or replaced workers to live ones
+ *   rebalance.c  the cluster view, the rebalancer's plans
  *   balance.c    the load policy itself (pure)
+ *   liveness.c   worker liveness and incarnations (pure)
  *   stats.c      counters and percentiles for `stats`
  *   leader.c     the leader lock thread
  *   workers.c    heartbeat table
@@ -14,8 +16,11 @@
  *
  * Threading: everything here belongs to the main thread except what the
  * ctl module guards with its own mutex (the request queue, the draining set
- * and the owned-cell counts the nats.c callbacks read). Only the main thread
- * talks to Redis through o->reg, and only while ts_leader_held(). */
+ * and the owned-cell counts the nats.c callbacks read) and the handover
+ * replies queue (handover.c). The main thread never waits for a worker: every
+ * request it sends is answered into a queue it drains, and it sleeps on one
+ * condition variable that requests, replies and timers wake. Only the main
+ * thread talks to Redis through o->reg, and only while ts_leader_held(). */
 #ifndef TESSERA_ORCH_H
 #define TESSERA_ORCH_H
 
@@ -25,18 +30,24 @@
 #include <stdint.h>
 
 #include "balance.h"
+#include "hosm.h"
 #include "layout.h"
 #include "leader.h"
+#include "liveness.h"
 #include "stats.h"
 #include "tessera/bus.h"
 #include "tessera/config.h"
+#include "tessera/map.h"
 #include "tessera/registry.h"
 #include "tessera/status.h"
 #include "workers.h"
 
 #define TS_TYPE_HANDOVER "tessera.v1.Handover"
+/* How often the leader reads worker liveness (one pipelined call). */
+#define TS_ORCH_SWEEP_US 250000ULL
 
 typedef struct ts_ctl ts_ctl_t;
+typedef struct ts_handovers ts_handovers_t;
 
 typedef struct {
     const ts_config_t *cfg;
@@ -56,63 +67,101 @@ typedef struct {
     bool world_written;
     uint64_t next_write_us;
 
-    /* registry snapshot (main thread) */
+    /* the local copy of the registry (main thread): the orchestrator is its
+     * only writer, so it follows its own compare-and-sets and reads it all
+     * only when it gains the lead, after a reconnect or when the version
+     * shows a change it did not make */
     ts_cell_entry_t *cells;
+    bool *orphan; /* per cell: held by a replaced incarnation of its owner */
     size_t ncells;
-    uint64_t cells_us; /* monotonic time of the snapshot, 0: stale */
+    ts_map_t index;      /* ts_cell_hash -> index + 1 */
+    uint64_t version;    /* registry version the copy reflects */
+    bool cells_stale;    /* a full read is due */
+    bool cells_dirty;    /* changed since the ctl counts were published */
+    uint64_t full_reads; /* full reads so far (tests, logs) */
 
-    /* crash recovery */
-    char (*seen)[TS_WORKER_ID_MAX]; /* workers seen alive since this process started */
-    size_t nseen, cap_seen;
+    /* liveness and crash recovery */
+    ts_liveness_t live;
     uint64_t next_sweep_us;
+
+    /* handovers in flight */
+    ts_handovers_t *ho;
 
     /* rebalancing */
     ts_balance_t balance;
     uint64_t next_balance_us;
+    size_t rebalance_pending; /* moves of the current plan not finished */
 
     uint64_t handover_seq; /* ids "<holder>-<seq>" */
 } ts_orch_t;
 
 /* ---- cells.c ---- */
-/* Marks the Redis connection broken (logged); main.c reconnects. */
+/* Marks the Redis connection broken (logged); main.c reconnects and the
+ * local copy is read again. */
 void ts_orch_registry_broken(ts_orch_t *o, ts_status_t st);
 /* True for statuses that are answers, not a broken connection. */
 bool ts_orch_is_answer(ts_status_t st);
-/* Publishes RegistryChange for an entry at a registry version. */
+/* Publishes RegistryChange for an entry at a registry version (core NATS,
+ * does not wait). */
 void ts_orch_announce(ts_orch_t *o, const ts_cell_entry_t *e, uint64_t version);
 /* Writes the world and creates missing cells; false on a registry error. */
 bool ts_orch_write_world(ts_orch_t *o);
-/* Re-reads every cell into o->cells; false on a registry error. */
+/* Reads every cell into the local copy (version first); false on a
+ * registry error. */
 bool ts_orch_refresh_cells(ts_orch_t *o);
-/* Replaces the snapshot entry of e->cell after a change this process made. */
-void ts_orch_note_cell(ts_orch_t *o, const ts_cell_entry_t *e);
-/* Cells the snapshot gives to worker id. */
-size_t ts_orch_owned(const ts_orch_t *o, const char *id);
+/* Index of cell in the local copy, or -1. */
+long ts_orch_cell_index(const ts_orch_t *o, const ts_cell_t *cell);
+/* Applies an entry this process learnt (its CAS, a conflict's current
+ * entry) to the local copy, with the registry version it came with (0:
+ * unknown). A version that is not the next one marks the copy stale. */
+void ts_orch_note_cell(ts_orch_t *o, const ts_cell_entry_t *e, uint64_t version);
+/* Cells the local copy gives to worker id. */
+size_t ts_orch_owned(ts_orch_t *o, const char *id);
 /* Compare-and-set of a cell's owner with everything around it: the leader
  * check, a re-read when the connection broke mid-call (the CAS is not
- * re-sent), the snapshot and the broadcast. TS_OK: *out is the new entry;
+ * re-sent), the local copy and the broadcast. TS_OK: *out is the new entry;
  * TS_ERR_CONFLICT: someone else changed the cell (*out current);
  * TS_ERR_UNAVAILABLE: not the leader or Redis unreachable (nothing
  * changed as far as we know). */
 ts_status_t ts_orch_cas(ts_orch_t *o, const ts_cell_t *cell, uint64_t epoch, const char *owner,
                         ts_cell_entry_t *out);
+/* Many compare-and-sets in one round trip (recovery), each applied to the
+ * local copy and announced on success. TS_OK: ops[i].result says what
+ * happened to each; TS_ERR_UNAVAILABLE: not the leader or Redis failed (the
+ * copy is read again before anything else is decided). */
+ts_status_t ts_orch_cas_many(ts_orch_t *o, ts_registry_cas_t *ops, size_t n);
 void ts_orch_cells_free(ts_orch_t *o);
 
 /* ---- handover.c ---- */
 /* 1-63 letters, digits, '-' or '_' (safe in subjects and Redis keys). */
 bool ts_orch_worker_id_ok(const char *id);
-typedef enum {
-    TS_HO_CTL = 0, /* tessera.ctl.<world>.handover */
-    TS_HO_DRAIN,
-    TS_HO_REBALANCE,
-} ts_ho_reason_t;
-
-/* Moves cell to worker `to`, checking the preconditions first. Returns TS_OK
- * when ownership moved; reply (always filled) is the ctl reply text:
+/* Subscribes the reply inbox; at most orch.max_handovers in flight. */
+ts_status_t ts_handovers_create(ts_handovers_t **out, ts_orch_t *o);
+void ts_handovers_destroy(ts_handovers_t *hs);
+/* Asks for a handover of cell to worker `to`. It is queued (bounded) and
+ * started when fewer than orch.max_handovers are in flight; its outcome goes
+ * to reply_subject (NULL: none) as the ctl reply text:
  * "ok <from>-><to> epoch <E>-><E+1> freeze_us=<n> total_us=<n>" or
- * "error: <reason>". */
-ts_status_t ts_orch_handover(ts_orch_t *o, const ts_cell_t *cell, const char *to, ts_ho_reason_t why, char *reply,
-                             size_t cap);
+ * "error: <reason>". TS_OK when queued; otherwise it was refused at once
+ * (and the reply, if any, already sent). */
+ts_status_t ts_orch_handover(ts_orch_t *o, const ts_cell_t *cell, const char *to, ts_ho_reason_t why,
+                             const char *reply_subject);
+/* Drives the handovers: answers that arrived, timeouts, queued requests.
+ * Main loop; true if it did anything. */
+bool ts_handovers_poll(ts_handovers_t *hs);
+/* When the next handover timer fires (monotonic us), or UINT64_MAX. */
+uint64_t ts_handovers_next_deadline(ts_handovers_t *hs);
+/* Handovers in flight. */
+size_t ts_hos_count_of(ts_handovers_t *hs);
+/* Handovers in flight plus queued. */
+size_t ts_handovers_busy(ts_handovers_t *hs);
+/* Queued or in flight for this reason. */
+size_t ts_handovers_busy_for(ts_handovers_t *hs, ts_ho_reason_t why);
+/* Whether the cell is queued or in flight. */
+bool ts_handovers_has_cell(ts_handovers_t *hs, const ts_cell_t *cell);
+/* Fails every queued request and forgets the machines in flight (the lead
+ * was lost: the workers resume or converge from the registry). */
+void ts_handovers_reset(ts_handovers_t *hs, const char *why);
 
 /* ---- ctl.c ---- */
 ts_status_t ts_ctl_create(ts_ctl_t **out, ts_orch_t *o);
@@ -130,20 +179,24 @@ void ts_ctl_note_cells(ts_ctl_t *c);
 bool ts_ctl_is_draining(ts_ctl_t *c, const char *id);
 /* Forgets a draining worker that is gone (in memory and in Redis). */
 void ts_ctl_drained(ts_ctl_t *c, const char *id);
-/* Blocks until a request is queued or timeout_ms passes. */
+/* Blocks until a request is queued, ts_ctl_wake is called or timeout_ms
+ * passes. */
 void ts_ctl_wait(ts_ctl_t *c, int64_t timeout_ms);
+/* Wakes ts_ctl_wait (any thread). */
+void ts_ctl_wake(ts_ctl_t *c);
 /* Copies up to cap draining worker ids into out; returns how many are draining. */
 size_t ts_ctl_draining_copy(ts_ctl_t *c, char (*out)[TS_WORKER_ID_MAX], size_t cap);
+/* A drain handover finished; a failed one delays the next drain step. */
+void ts_ctl_drain_result(ts_ctl_t *c, bool moved);
 /* True while some draining worker still owns cells. */
 bool ts_ctl_draining_any(ts_ctl_t *c);
 
 /* ---- recovery.c ---- */
-/* Every 250 ms: gives the cells of dead owners to live workers. */
+/* Every TS_ORCH_SWEEP_US: one pipelined liveness read; the cells of dead
+ * owners and of replaced incarnations go to live workers with one batch of
+ * compare-and-sets. Never waits for a handover. */
 void ts_recovery_poll(ts_orch_t *o);
-/* Records that a worker was seen alive. */
-void ts_recovery_seen(ts_orch_t *o, const char *id);
-bool ts_recovery_was_seen(const ts_orch_t *o, const char *id);
-void ts_recovery_free(ts_orch_t *o);
+bool ts_recovery_was_seen(ts_orch_t *o, const char *id);
 
 /* ---- rebalance.c ---- */
 /* A view of the cluster for the policy: every known worker (heartbeats and
@@ -151,7 +204,7 @@ void ts_recovery_free(ts_orch_t *o);
  * with their heartbeat loads. Free with ts_orch_view_free. */
 typedef struct {
     ts_balance_worker_t *w;
-    bool *alive; /* liveness key present in Redis, per worker */
+    bool *alive; /* liveness key present in Redis at the last poll, per worker */
     bool *fresh; /* heartbeat within the TTL, per worker */
     size_t nw;
     size_t warming; /* cells whose input rate is not measured yet */
@@ -164,7 +217,11 @@ void ts_orch_view_free(ts_orch_view_t *view);
 /* Index of worker id in the view, or -1. */
 int ts_orch_view_worker(const ts_orch_view_t *view, const char *id);
 void ts_rebalance_init(ts_orch_t *o);
-/* When due: one evaluation and at most one move. */
+/* When due and the previous plan is finished: one evaluation; its moves
+ * (in proportion to the imbalance, at most orch.max_handovers) are queued as
+ * handovers. */
 void ts_rebalance_poll(ts_orch_t *o);
+/* A rebalancing handover finished. */
+void ts_rebalance_done(ts_orch_t *o, bool moved);
 
 #endif

@@ -1,14 +1,20 @@
 /* Rebalancing: every orch.rebalance_interval_ms the leader builds a view of
- * the cluster (who is alive, draining, what each cell weighs according to
- * the heartbeats), asks the policy in balance.c for at most one move and
- * performs it as a live handover. Every decision that moves a cell is logged
- * with the scores behind it; the reasons for not moving at debug level.
+ * the cluster (who is alive, draining, overloaded, what each cell weighs
+ * according to the heartbeats) from what it holds in memory — the registry
+ * copy, the last liveness poll, the heartbeats: no Redis call — asks the
+ * policy in balance.c for a plan (as many moves as the imbalance needs, at
+ * most orch.max_handovers) and queues them as live handovers, which run
+ * several at once. The next evaluation waits until the plan is finished.
+ * Every decision that moves a cell is logged with the scores behind it; the
+ * reasons for not moving at debug level.
  *
  * Invariants: nothing moves while a drain is in progress, while an
  * eligible worker's heartbeat is missing or while a cell's input rate is not
- * measured yet (its load would read as zero);
- * a failed move still starts the cooldown, so a broken worker is not
- * hammered with handovers. */
+ * measured yet (its load would read as zero); a failed move still starts the
+ * cooldown, so a broken worker is not hammered with handovers; a worker
+ * whose heartbeat shows overload (tick p99 over the tick budget, missed
+ * ticks) sheds cells here — it is never "recovered" while its liveness key
+ * is fresh. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -19,11 +25,9 @@
 static int add_worker(ts_orch_view_t *vw, size_t cap, const char *id)
 {
     for (size_t i = 0; i < vw->nw; i++) {
-        if (strcmp(vw->w[i].id, id) == 0)
-            return (int)i;
+        if (strcmp(vw->w[i].id, id) == 0) return (int)i;
     }
-    if (vw->nw == cap || !ts_orch_worker_id_ok(id))
-        return -1;
+    if (vw->nw == cap || !ts_orch_worker_id_ok(id)) return -1;
     ts_balance_worker_t *w = &vw->w[vw->nw];
     memset(w, 0, sizeof *w);
     ts_strlcpy(w->id, id, sizeof w->id);
@@ -33,8 +37,7 @@ static int add_worker(ts_orch_view_t *vw, size_t cap, const char *id)
 int ts_orch_view_worker(const ts_orch_view_t *vw, const char *id)
 {
     for (size_t i = 0; i < vw->nw; i++) {
-        if (strcmp(vw->w[i].id, id) == 0)
-            return (int)i;
+        if (strcmp(vw->w[i].id, id) == 0) return (int)i;
     }
     return -1;
 }
@@ -42,40 +45,34 @@ int ts_orch_view_worker(const ts_orch_view_t *vw, const char *id)
 ts_status_t ts_orch_view_build(ts_orch_t *o, ts_orch_view_t *vw)
 {
     memset(vw, 0, sizeof *vw);
-    if (!o->reg)
-        return TS_ERR_UNAVAILABLE;
     uint64_t now = ts_mono_us();
     size_t nhb = ts_workers_snapshot(o->workers, NULL, 0);
-    char **known = NULL;
-    size_t nknown = 0;
-    ts_status_t st = ts_registry_workers(o->reg, &known, &nknown);
-    if (st != TS_OK) {
-        ts_orch_registry_broken(o, st);
-        return TS_ERR_UNAVAILABLE;
-    }
     size_t ndrain = ts_ctl_draining_copy(o->ctl, NULL, 0);
-    size_t cap = nhb + nknown + ndrain + o->ncells + 1;
+    size_t cap = nhb + o->live.n + ndrain + o->ncells + 1;
     ts_worker_info_t *hbs = calloc(nhb + 1, sizeof *hbs);
     char(*draining)[TS_WORKER_ID_MAX] = calloc(ndrain + 1, sizeof *draining);
+    bool *overloaded = calloc(cap, sizeof *overloaded);
     vw->w = calloc(cap, sizeof *vw->w);
     vw->alive = calloc(cap, sizeof *vw->alive);
     vw->fresh = calloc(cap, sizeof *vw->fresh);
     vw->c = calloc(o->ncells + 1, sizeof *vw->c);
-    if (!hbs || !draining || !vw->w || !vw->alive || !vw->fresh || !vw->c) {
+    ts_status_t st = TS_OK;
+    if (!hbs || !draining || !overloaded || !vw->w || !vw->alive || !vw->fresh || !vw->c) {
         st = TS_ERR_NOMEM;
         goto cleanup;
     }
+    double budget = 1000.0 / (double)(o->cfg->worker_tick_hz > 0 ? o->cfg->worker_tick_hz : 20);
     size_t m = ts_workers_snapshot(o->workers, hbs, nhb);
     nhb = m < nhb ? m : nhb;
     for (size_t i = 0; i < nhb; i++) {
         int k = add_worker(vw, cap, hbs[i].id);
-        if (k < 0)
-            continue;
+        if (k < 0) continue;
         vw->fresh[k] = hbs[i].alive;
         vw->w[k].tick_p99_ms = hbs[i].alive ? hbs[i].tick_p99_ms : 0;
+        overloaded[k] = hbs[i].alive && (hbs[i].tick_p99_ms > budget || hbs[i].missed_recent > 0);
     }
-    for (size_t i = 0; i < nknown; i++)
-        add_worker(vw, cap, known[i]);
+    for (size_t i = 0; i < o->live.n; i++)
+        add_worker(vw, cap, o->live.v[i].id);
     size_t nd = ts_ctl_draining_copy(o->ctl, draining, ndrain);
     for (size_t i = 0; i < nd && i < ndrain; i++)
         add_worker(vw, cap, draining[i]);
@@ -91,25 +88,18 @@ ts_status_t ts_orch_view_build(ts_orch_t *o, ts_orch_view_t *vw)
         }
     }
     for (size_t i = 0; i < vw->nw; i++) {
-        bool alive = false;
-        st = ts_registry_worker_is_alive(o->reg, vw->w[i].id, &alive);
-        if (st != TS_OK) {
-            ts_orch_registry_broken(o, st);
-            st = TS_ERR_UNAVAILABLE;
-            goto cleanup;
-        }
         ts_worker_info_t info;
         bool says_draining = ts_workers_get(o->workers, vw->w[i].id, &info) && info.alive && info.draining;
-        vw->alive[i] = alive;
-        vw->w[i].eligible = alive && !says_draining && !ts_ctl_is_draining(o->ctl, vw->w[i].id);
+        vw->alive[i] = ts_liveness_alive(&o->live, vw->w[i].id);
+        vw->w[i].eligible = vw->alive[i] && !says_draining && !ts_ctl_is_draining(o->ctl, vw->w[i].id);
+        vw->w[i].overloaded = overloaded[i];
     }
-    double budget = 1000.0 / (double)(o->cfg->worker_tick_hz > 0 ? o->cfg->worker_tick_hz : 20);
     st = ts_balance_view_init(&vw->v, vw->w, vw->nw, vw->c, vw->nc, budget);
 
 cleanup:
     free(hbs);
     free(draining);
-    ts_registry_free_list(known, nknown);
+    free(overloaded);
     if (st != TS_OK) {
         free(vw->w);
         free(vw->alive);
@@ -122,8 +112,7 @@ cleanup:
 
 void ts_orch_view_free(ts_orch_view_t *vw)
 {
-    if (!vw)
-        return;
+    if (!vw) return;
     ts_balance_view_free(&vw->v);
     free(vw->w);
     free(vw->alive);
@@ -148,21 +137,26 @@ static const char *kind_name(ts_balance_kind_t k)
     return k == TS_BALANCE_EMPTY ? "empty worker" : "load";
 }
 
+void ts_rebalance_done(ts_orch_t *o, bool moved)
+{
+    (void)moved;
+    if (o->rebalance_pending > 0 && --o->rebalance_pending == 0)
+        ts_balance_moved(&o->balance, ts_mono_us()); /* the cooldown counts from the end of the plan */
+}
+
 void ts_rebalance_poll(ts_orch_t *o)
 {
-    if (!o->cfg->orch_rebalance)
-        return;
+    if (!o->cfg->orch_rebalance) return;
     uint64_t now = ts_mono_us();
-    if (now < o->next_balance_us)
-        return;
+    if (now < o->next_balance_us || o->rebalance_pending > 0) return;
     o->next_balance_us = now + (uint64_t)o->cfg->orch_rebalance_interval_ms * 1000;
     if (ts_ctl_draining_any(o->ctl)) {
         ts_debug("rebalance: skipped while a worker drains");
         return;
     }
+    if (o->cells_stale) return;
     ts_orch_view_t vw;
-    if (ts_orch_view_build(o, &vw) != TS_OK)
-        return;
+    if (ts_orch_view_build(o, &vw) != TS_OK) return;
     if (vw.warming) {
         ts_debug("rebalance: skipped, %zu cells have no input rate yet", vw.warming);
         ts_orch_view_free(&vw);
@@ -175,30 +169,33 @@ void ts_rebalance_poll(ts_orch_t *o)
             return;
         }
     }
-    ts_balance_move_t mv;
-    ts_balance_eval(&o->balance, &vw.v, now, &mv);
-    if (mv.kind == TS_BALANCE_NONE) {
-        ts_debug("rebalance: no move: %s", mv.why);
+    size_t max = o->cfg->orch_max_handovers > 0 ? (size_t)o->cfg->orch_max_handovers : 1;
+    ts_balance_move_t *plan = calloc(max, sizeof *plan), none;
+    size_t n = plan ? ts_balance_plan(&o->balance, &vw.v, now, plan, max, &none) : 0;
+    if (n == 0) {
+        if (plan) ts_debug("rebalance: no move: %s", none.why);
+        free(plan);
         ts_orch_view_free(&vw);
         return;
     }
-    char key[TS_CELL_STR_MAX], reply[512];
-    const ts_balance_cell_t *c = &vw.c[mv.cell];
-    const char *from = vw.w[mv.from].id, *to = vw.w[mv.to].id;
-    ts_cell_format(&c->cell, key, sizeof key);
-    const ts_balance_worker_t *fw = &vw.w[mv.from], *tw = &vw.w[mv.to];
-    ts_info(
-        "rebalance (%s): moving cell %s (load %.3f: %.0f entities, %.0f inputs/s) from %s (load %.3f: %zu cells, "
-        "%.0f entities, %.0f inputs/s, tick p99 %.1f ms) to %s (load %.3f: %zu cells, %.0f entities, %.0f "
-        "inputs/s, tick p99 %.1f ms), mean load %.3f, %s; expected %.3f / %.3f after",
-        kind_name(mv.kind), key, mv.cell_load, c->entities, c->inputs_per_s, from, mv.from_load, fw->ncells,
-        fw->entities, fw->inputs_per_s, fw->tick_p99_ms, to, mv.to_load, tw->ncells, tw->entities, tw->inputs_per_s,
-        tw->tick_p99_ms, mv.mean_load, mv.adjacent ? "adjacent to its cells" : "not adjacent",
-        mv.from_load - mv.cell_load, mv.to_load + mv.cell_load);
     ts_balance_moved(&o->balance, now);
-    if (ts_orch_handover(o, &c->cell, to, TS_HO_REBALANCE, reply, sizeof reply) == TS_OK)
-        ts_stats_count(&o->stats, TS_STAT_REBALANCE_MOVE);
-    else
-        ts_warn("rebalance: moving cell %s from %s to %s failed: %s", key, from, to, reply);
+    for (size_t k = 0; k < n; k++) {
+        const ts_balance_move_t *mv = &plan[k];
+        char key[TS_CELL_STR_MAX];
+        const ts_balance_cell_t *c = &vw.c[mv->cell];
+        const ts_balance_worker_t *fw = &vw.w[mv->from], *tw = &vw.w[mv->to];
+        ts_cell_format(&c->cell, key, sizeof key);
+        ts_info("rebalance (%s, move %zu of %zu): moving cell %s (load %.3f: %.0f entities, %.0f inputs/s) "
+                "from %s "
+                "(load %.3f%s) to %s (load %.3f), mean load %.3f, %s; expected %.3f / %.3f after",
+                kind_name(mv->kind), k + 1, n, key, mv->cell_load, c->entities, c->inputs_per_s, fw->id,
+                mv->from_load, fw->overloaded ? ", overloaded" : "", tw->id, mv->to_load, mv->mean_load,
+                mv->adjacent ? "adjacent to its cells" : "not adjacent", mv->from_load - mv->cell_load,
+                mv->to_load + mv->cell_load);
+        o->rebalance_pending++;
+        if (ts_orch_handover(o, &c->cell, tw->id, TS_HO_REBALANCE, NULL) != TS_OK)
+            ts_rebalance_done(o, false);
+    }
+    free(plan);
     ts_orch_view_free(&vw);
 }

@@ -65,15 +65,31 @@ void ts_stats_recovered(ts_stats_t *s, uint64_t recovery_ms)
     pthread_mutex_unlock(&s->mu);
 }
 
+void ts_stats_recovery_batch(ts_stats_t *s, uint64_t cells, uint64_t us, uint64_t round_trips)
+{
+    pthread_mutex_lock(&s->mu);
+    s->recovery_batch_cells = cells;
+    s->recovery_batch_us = us;
+    s->recovery_round_trips = round_trips;
+    pthread_mutex_unlock(&s->mu);
+}
+
+void ts_stats_gauges(ts_stats_t *s, uint64_t in_flight, uint64_t queued, uint64_t full_reads)
+{
+    pthread_mutex_lock(&s->mu);
+    s->in_flight = in_flight;
+    s->queued = queued;
+    s->full_reads = full_reads;
+    pthread_mutex_unlock(&s->mu);
+}
+
 /* Holds mu. ts_percentile sorts, so it works on a copy. */
 static double pct_locked(const ts_stats_t *s, const double *ring, double pct)
 {
     size_t n = s->nsamples < TS_STATS_WINDOW ? s->nsamples : TS_STATS_WINDOW;
-    if (n == 0)
-        return 0;
+    if (n == 0) return 0;
     double *copy = malloc(n * sizeof *copy);
-    if (!copy)
-        return 0;
+    if (!copy) return 0;
     memcpy(copy, ring, n * sizeof *copy);
     double v = ts_percentile(copy, n, pct);
     free(copy);
@@ -111,15 +127,18 @@ int ts_stats_json(ts_stats_t *s, const char *leader, char *buf, size_t cap)
     char holder[160];
     json_safe(holder, leader, sizeof holder);
     pthread_mutex_lock(&s->mu);
-    int n =
-        snprintf(buf, cap,
-                 "{\"leader\":\"%s\",\"handovers\":%" PRIu64 ",\"aborted\":%" PRIu64 ",\"failed\":%" PRIu64
-                 ",\"refused\":%" PRIu64 ",\"freeze_us_p50\":%.0f,\"freeze_us_p99\":%.0f,\"total_us_p50\":%.0f"
-                 ",\"total_us_p99\":%.0f,\"recoveries\":%" PRIu64 ",\"recovery_ms_last\":%" PRIu64
-                 ",\"rebalance_moves\":%" PRIu64 ",\"drain_moves\":%" PRIu64 "}",
-                 holder, s->handovers, s->aborted, s->failed, s->refused, pct_locked(s, s->freeze_us, 50),
-                 pct_locked(s, s->freeze_us, 99), pct_locked(s, s->total_us, 50), pct_locked(s, s->total_us, 99),
-                 s->recoveries, s->recovery_ms_last, s->rebalance_moves, s->drain_moves);
+    int n = snprintf(
+        buf, cap,
+        "{\"leader\":\"%s\",\"handovers\":%" PRIu64 ",\"aborted\":%" PRIu64 ",\"failed\":%" PRIu64
+        ",\"refused\":%" PRIu64 ",\"freeze_us_p50\":%.0f,\"freeze_us_p99\":%.0f,\"total_us_p50\":%.0f"
+        ",\"total_us_p99\":%.0f,\"recoveries\":%" PRIu64 ",\"recovery_ms_last\":%" PRIu64
+        ",\"rebalance_moves\":%" PRIu64 ",\"drain_moves\":%" PRIu64 ",\"recovery_batch_cells\":%" PRIu64
+        ",\"recovery_batch_us\":%" PRIu64 ",\"recovery_round_trips\":%" PRIu64 ",\"in_flight\":%" PRIu64
+        ",\"queued\":%" PRIu64 ",\"full_reads\":%" PRIu64 "}",
+        holder, s->handovers, s->aborted, s->failed, s->refused, pct_locked(s, s->freeze_us, 50),
+        pct_locked(s, s->freeze_us, 99), pct_locked(s, s->total_us, 50), pct_locked(s, s->total_us, 99),
+        s->recoveries, s->recovery_ms_last, s->rebalance_moves, s->drain_moves, s->recovery_batch_cells,
+        s->recovery_batch_us, s->recovery_round_trips, s->in_flight, s->queued, s->full_reads);
     pthread_mutex_unlock(&s->mu);
     return n < 0 || (size_t)n >= cap ? -1 : n;
 }

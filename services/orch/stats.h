@@ -23,6 +23,12 @@ typedef struct {
     uint64_t recovery_ms_last;
     uint64_t rebalance_moves;
     uint64_t drain_moves;
+    uint64_t recovery_batch_cells; /* the last recovery batch: cells moved, */
+    uint64_t recovery_batch_us;    /* orchestrator time from the poll to the last announcement, */
+    uint64_t recovery_round_trips; /* Redis round trips it took (poll included) */
+    uint64_t in_flight;            /* handovers in flight now */
+    uint64_t queued;               /* handovers waiting for a free slot */
+    uint64_t full_reads;           /* full reads of the registry since start */
     double freeze_us[TS_STATS_WINDOW];
     double total_us[TS_STATS_WINDOW];
     size_t nsamples; /* handovers sampled so far; the ring holds the last TS_STATS_WINDOW */
@@ -45,6 +51,11 @@ void ts_stats_sample(ts_stats_t *s, uint64_t freeze_us, uint64_t total_us);
 /* One recovered cell; recovery_ms is the time since the dead owner's last heartbeat. */
 void ts_stats_recovered(ts_stats_t *s, uint64_t recovery_ms);
 
+/* The last recovery batch (see the fields). */
+void ts_stats_recovery_batch(ts_stats_t *s, uint64_t cells, uint64_t us, uint64_t round_trips);
+/* Gauges the main loop refreshes. */
+void ts_stats_gauges(ts_stats_t *s, uint64_t in_flight, uint64_t queued, uint64_t full_reads);
+
 /* Percentiles (0..100) over the sampled window; 0 without samples. */
 double ts_stats_freeze_pct(ts_stats_t *s, double pct);
 double ts_stats_total_pct(ts_stats_t *s, double pct);
@@ -52,7 +63,9 @@ double ts_stats_total_pct(ts_stats_t *s, double pct);
 /* Writes the stats JSON object (one line, no newline) into buf:
  * {"leader":"<holder>","handovers":N,"aborted":N,"failed":N,"refused":N,
  *  "freeze_us_p50":…,"freeze_us_p99":…,"total_us_p50":…,"total_us_p99":…,
- *  "recoveries":N,"recovery_ms_last":N,"rebalance_moves":N,"drain_moves":N}
+ *  "recoveries":N,"recovery_ms_last":N,"rebalance_moves":N,"drain_moves":N,
+ *  "recovery_batch_cells":N,"recovery_batch_us":N,"recovery_round_trips":N,
+ *  "in_flight":N,"queued":N,"full_reads":N}
  * Returns the length, or -1 if cap is too small. */
 int ts_stats_json(ts_stats_t *s, const char *leader, char *buf, size_t cap);
 

@@ -64,8 +64,7 @@ static bool rate_sample(baseline_t *b, uint64_t value, uint64_t now_us, double *
         return false;
     }
     uint64_t dt = now_us - b->at_us;
-    if (dt < RATE_WINDOW_US)
-        return false;
+    if (dt < RATE_WINDOW_US) return false;
     *rate = (double)(value - b->value) * 1e6 / (double)dt;
     *b = (baseline_t){.value = value, .at_us = now_us, .set = true};
     return true;
@@ -75,8 +74,7 @@ ts_status_t ts_workers_create(ts_workers_t **out, int64_t ttl_ms)
 {
     *out = NULL;
     ts_workers_t *w = calloc(1, sizeof *w);
-    if (!w)
-        return TS_ERR_NOMEM;
+    if (!w) return TS_ERR_NOMEM;
     pthread_mutex_init(&w->mu, NULL);
     ts_map_init(&w->cells);
     w->ttl_ms = ttl_ms > 0 ? ttl_ms : 3000;
@@ -86,8 +84,7 @@ ts_status_t ts_workers_create(ts_workers_t **out, int64_t ttl_ms)
 
 void ts_workers_destroy(ts_workers_t *w)
 {
-    if (!w)
-        return;
+    if (!w) return;
     pthread_mutex_destroy(&w->mu);
     uint64_t key;
     void *val;
@@ -101,11 +98,9 @@ void ts_workers_destroy(ts_workers_t *w)
 static bool id_ok(const char *id)
 {
     size_t n = strlen(id);
-    if (n == 0 || n >= TS_WORKER_ID_MAX)
-        return false;
+    if (n == 0 || n >= TS_WORKER_ID_MAX) return false;
     for (const char *p = id; *p; p++) {
-        if (!isalnum((unsigned char)*p) && *p != '-' && *p != '_')
-            return false;
+        if (!isalnum((unsigned char)*p) && *p != '-' && *p != '_') return false;
     }
     return true;
 }
@@ -113,8 +108,7 @@ static bool id_ok(const char *id)
 static worker_entry_t *find(ts_workers_t *w, const char *id)
 {
     for (size_t i = 0; i < w->len; i++) {
-        if (strcmp(w->list[i].info.id, id) == 0)
-            return &w->list[i];
+        if (strcmp(w->list[i].info.id, id) == 0) return &w->list[i];
     }
     return NULL;
 }
@@ -124,15 +118,12 @@ static worker_entry_t *entry(ts_workers_t *w, const char *id, bool *created)
 {
     *created = false;
     worker_entry_t *e = find(w, id);
-    if (e)
-        return e;
-    if (w->len == TS_WORKERS_MAX)
-        return NULL;
+    if (e) return e;
+    if (w->len == TS_WORKERS_MAX) return NULL;
     if (w->len == w->cap) {
         size_t cap = w->cap ? w->cap * 2 : 8;
         worker_entry_t *list = realloc(w->list, cap * sizeof *list);
-        if (!list)
-            return NULL;
+        if (!list) return NULL;
         w->list = list;
         w->cap = cap;
     }
@@ -147,12 +138,10 @@ static worker_entry_t *entry(ts_workers_t *w, const char *id, bool *created)
 static void record_cell(ts_workers_t *w, const char *worker, const Tessera__V1__CellLoad *cl, uint64_t now_us)
 {
     ts_cell_t cell;
-    if (!cl || ts_proto_cell_get(cl->cell, &cell) != TS_OK)
-        return;
+    if (!cl || ts_proto_cell_get(cl->cell, &cell) != TS_OK) return;
     uint64_t key = ts_cell_hash(&cell);
     cell_entry_t *e = ts_map_get(&w->cells, key);
-    if (e && !ts_cell_eq(&e->load.cell, &cell))
-        return; /* hash collision: keep the first */
+    if (e && !ts_cell_eq(&e->load.cell, &cell)) return; /* hash collision: keep the first */
     if (!e) {
         e = calloc(1, sizeof *e);
         if (!e || ts_map_put(&w->cells, key, e) != TS_OK) {
@@ -172,15 +161,13 @@ static void record_cell(ts_workers_t *w, const char *worker, const Tessera__V1__
     }
     l->entities = cl->entities;
     l->seen_us = now_us;
-    if (rate_sample(&e->base, cl->inputs_applied, now_us, &l->inputs_per_s))
-        l->rate_known = true;
+    if (rate_sample(&e->base, cl->inputs_applied, now_us, &l->inputs_per_s)) l->rate_known = true;
 }
 
 ts_status_t ts_workers_record(ts_workers_t *w, const uint8_t *data, size_t len, uint64_t now_us)
 {
     Tessera__V1__Heartbeat *hb = tessera__v1__heartbeat__unpack(NULL, len, data);
-    if (!hb)
-        return TS_ERR_MALFORMED;
+    if (!hb) return TS_ERR_MALFORMED;
     if (!hb->worker || !id_ok(hb->worker)) {
         tessera__v1__heartbeat__free_unpacked(hb, NULL);
         return TS_ERR_MALFORMED;
@@ -191,8 +178,8 @@ ts_status_t ts_workers_record(ts_workers_t *w, const uint8_t *data, size_t len, 
     if (we) {
         ts_worker_info_t *e = &we->info;
         if (created)
-            ts_info("worker %s appeared: %u entities, %zu cells, capacity %u", e->id, hb->entities, hb->n_cells,
-                    hb->capacity);
+            ts_info("worker %s appeared: %u entities, %zu cells, capacity %u", e->id, hb->entities,
+                    hb->n_cells, hb->capacity);
         else if (!e->alive)
             ts_info("worker %s is back after %.1f s without heartbeat", e->id,
                     (double)age(now_us, e->last_hb_us) / 1e6);
@@ -207,6 +194,13 @@ ts_status_t ts_workers_record(ts_workers_t *w, const uint8_t *data, size_t len, 
         e->tick_p50_ms = hb->tick_p50_ms;
         e->tick_p99_ms = hb->tick_p99_ms;
         e->draining = hb->draining;
+        bool same_process = !hb->instance || strcmp(e->instance, hb->instance) == 0;
+        e->missed_recent = same_process && hb->ticks_missed >= e->ticks_missed && !created
+                               ? hb->ticks_missed - e->ticks_missed
+                               : 0;
+        e->ticks_missed = hb->ticks_missed;
+        e->tick_max_ms = hb->tick_max_ms;
+        ts_strlcpy(e->instance, hb->instance ? hb->instance : "", sizeof e->instance);
         rate_sample(&we->base, hb->inputs_applied, now_us, &e->inputs_per_s);
         for (size_t i = 0; i < hb->n_cells; i++)
             record_cell(w, e->id, hb->cells[i], now_us);
@@ -219,8 +213,7 @@ ts_status_t ts_workers_record(ts_workers_t *w, const uint8_t *data, size_t len, 
 void ts_workers_on_heartbeat(void *ud, const ts_bus_msg_t *msg)
 {
     ts_workers_t *w = ud;
-    if (ts_workers_record(w, ts_bus_msg_data(msg), ts_bus_msg_len(msg), ts_mono_us()) == TS_OK)
-        return;
+    if (ts_workers_record(w, ts_bus_msg_data(msg), ts_bus_msg_len(msg), ts_mono_us()) == TS_OK) return;
     pthread_mutex_lock(&w->mu);
     uint64_t n = ++w->malformed;
     pthread_mutex_unlock(&w->mu);
@@ -240,8 +233,9 @@ size_t ts_workers_check(ts_workers_t *w, uint64_t now_us)
             e->alive = false;
             w->list[i].base.set = false;
             e->inputs_per_s = 0;
-            ts_warn("worker %s is dead: no heartbeat for %.1f s (ttl %lld ms, %u cells in its last heartbeat)",
-                    e->id, (double)age(now_us, e->last_hb_us) / 1e6, (long long)w->ttl_ms, e->cells);
+            ts_warn(
+                "worker %s is dead: no heartbeat for %.1f s (ttl %lld ms, %u cells in its last heartbeat)",
+                e->id, (double)age(now_us, e->last_hb_us) / 1e6, (long long)w->ttl_ms, e->cells);
         }
         alive += e->alive;
     }
@@ -272,8 +266,7 @@ bool ts_workers_get(ts_workers_t *w, const char *id, ts_worker_info_t *out)
 {
     pthread_mutex_lock(&w->mu);
     worker_entry_t *e = find(w, id);
-    if (e)
-        *out = e->info;
+    if (e) *out = e->info;
     pthread_mutex_unlock(&w->mu);
     return e != NULL;
 }
@@ -282,9 +275,9 @@ bool ts_workers_cell_load(ts_workers_t *w, const ts_cell_t *cell, uint64_t now_u
 {
     pthread_mutex_lock(&w->mu);
     cell_entry_t *e = ts_map_get(&w->cells, ts_cell_hash(cell));
-    bool ok = e && ts_cell_eq(&e->load.cell, cell) && age(now_us, e->load.seen_us) <= (uint64_t)w->ttl_ms * 1000;
-    if (ok)
-        *out = e->load;
+    bool ok =
+        e && ts_cell_eq(&e->load.cell, cell) && age(now_us, e->load.seen_us) <= (uint64_t)w->ttl_ms * 1000;
+    if (ok) *out = e->load;
     pthread_mutex_unlock(&w->mu);
     return ok;
 }
@@ -292,8 +285,7 @@ bool ts_workers_cell_load(ts_workers_t *w, const ts_cell_t *cell, uint64_t now_u
 void ts_workers_log_status(ts_workers_t *w, uint64_t now_us)
 {
     pthread_mutex_lock(&w->mu);
-    if (w->len == 0)
-        ts_info("status: no worker heartbeats yet");
+    if (w->len == 0) ts_info("status: no worker heartbeats yet");
     for (size_t i = 0; i < w->len; i++) {
         const ts_worker_info_t *e = &w->list[i].info;
         ts_info("status: worker %s %s%s last_hb=%.1fs cells=%u entities=%u capacity=%u ticks=%llu "

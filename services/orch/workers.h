@@ -33,6 +33,10 @@ typedef struct {
     double tick_p99_ms;
     double inputs_per_s; /* over the last second or so; 0 until two heartbeats a second apart */
     bool draining;       /* the worker says it is stopping */
+    char instance[TS_WORKER_TOKEN_MAX]; /* the process's instance token ("" from older workers) */
+    uint64_t ticks_missed;              /* tick periods that passed without a tick, since it started */
+    uint64_t missed_recent;             /* of which since its previous heartbeat */
+    double tick_max_ms;                 /* longest tick since its previous heartbeat */
 } ts_worker_info_t;
 
 /* Latest load of one cell, from the heartbeat of its owner. */
