@@ -465,6 +465,140 @@ static void test_stale_epoch_fenced(void **state)
     ts_h_pass();
 }
 
+/* One JetStream API request; returns the reply's JSON (caller frees). */
+static char *js_api(ts_bus_t *bus, const char *subject, const char *body)
+{
+    ts_bus_hdr_t hdr = {.type = "application/json"};
+    ts_bus_msg_t *reply = NULL;
+    assert_int_equal(ts_bus_request(bus, subject, &hdr, body, strlen(body), 3000, &reply), TS_OK);
+    size_t len = ts_bus_msg_len(reply);
+    char *json = malloc(len + 1);
+    assert_non_null(json);
+    memcpy(json, ts_bus_msg_data(reply), len);
+    json[len] = '\0';
+    ts_bus_msg_destroy(reply);
+    return json;
+}
+
+/* The JSON object that follows "key": in json, copied (caller frees). */
+static char *json_object(const char *json, const char *key)
+{
+    char pat[64];
+    snprintf(pat, sizeof pat, "\"%s\":", key);
+    const char *p = strstr(json, pat);
+    assert_non_null(p);
+    p += strlen(pat);
+    while (*p == ' ')
+        p++;
+    assert_true(*p == '{');
+    int depth = 0;
+    bool in_str = false;
+    const char *q = p;
+    for (; *q != '\0'; q++) {
+        if (in_str) {
+            if (*q == '\\' && q[1] != '\0')
+                q++;
+            else if (*q == '"')
+                in_str = false;
+        } else if (*q == '"') {
+            in_str = true;
+        } else if (*q == '{') {
+            depth++;
+        } else if (*q == '}' && --depth == 0) {
+            break;
+        }
+    }
+    assert_int_equal(*q, '}');
+    size_t n = (size_t)(q - p) + 1;
+    char *out = malloc(n + 1);
+    assert_non_null(out);
+    memcpy(out, p, n);
+    out[n] = '\0';
+    return out;
+}
+
+/* Replaces the first `from` in *s with `to` (reallocating). */
+static void json_replace(char **s, const char *from, const char *to)
+{
+    char *at = strstr(*s, from);
+    assert_non_null(at);
+    size_t head = (size_t)(at - *s), flen = strlen(from), tlen = strlen(to), rest = strlen(at + flen);
+    char *out = malloc(head + tlen + rest + 1);
+    assert_non_null(out);
+    memcpy(out, *s, head);
+    memcpy(out + head, to, tlen);
+    memcpy(out + head + tlen, at + flen, rest + 1);
+    free(*s);
+    *s = out;
+}
+
+/* full: the world's input stream takes no new message (max_msgs = what it
+ * holds, discard new), so every input publish is refused by JetStream.
+ * !full: back to unlimited. */
+static void input_stream_full(ts_bus_t *bus, bool full)
+{
+    char stream[64], subject[128];
+    ts_bus_input_stream(stream, sizeof stream, WORLD);
+    snprintf(subject, sizeof subject, "$JS.API.STREAM.INFO.%s", stream);
+    char *info = js_api(bus, subject, "");
+    char *cfg = json_object(info, "config");
+    char *st = json_object(info, "state");
+    const char *m = strstr(st, "\"messages\":");
+    assert_non_null(m);
+    unsigned long long msgs = strtoull(m + strlen("\"messages\":"), NULL, 10);
+    char want[64];
+    if (full) {
+        snprintf(want, sizeof want, "\"max_msgs\":%llu", msgs);
+        json_replace(&cfg, "\"max_msgs\":-1", want);
+        json_replace(&cfg, "\"discard\":\"old\"", "\"discard\":\"new\"");
+    } else {
+        snprintf(want, sizeof want, "\"max_msgs\":%llu", msgs);
+        json_replace(&cfg, want, "\"max_msgs\":-1");
+        json_replace(&cfg, "\"discard\":\"new\"", "\"discard\":\"old\"");
+    }
+    snprintf(subject, sizeof subject, "$JS.API.STREAM.UPDATE.%s", stream);
+    char *reply = js_api(bus, subject, cfg);
+    if (strstr(reply, "\"error\"") != NULL) fail_msg("stream update refused: %s", reply);
+    free(reply);
+    free(st);
+    free(cfg);
+    free(info);
+}
+
+/* An input JetStream refuses to store is never applied, and its client is
+ * told so: an ERROR_INPUT_NOT_STORED naming its seq, not silence. The
+ * connection stays usable. */
+static void test_input_not_stored_is_reported(void **state)
+{
+    (void)state;
+    ts_bus_t *bus = NULL;
+    assert_int_equal(ts_bus_connect(&bus, ts_h.nats_url, "it-gateway"), TS_OK);
+    player_t p;
+    player_connect(&p);
+    join_at(&p, -150, -150);
+    expect_applied(&p, 1, ts_client_last_seq(p.c), 10000);
+
+    input_stream_full(bus, true);
+    assert_int_equal(ts_client_move(p.c, 3, 0), TS_OK);
+    uint64_t lost = ts_client_last_seq(p.c);
+    Tessera__V1__ServerFrame *f = recv_until(&p, TESSERA__V1__SERVER_FRAME__PAYLOAD_ERROR, 10000);
+    input_stream_full(bus, false);
+    assert_non_null(f);
+    assert_int_equal(f->error->code, TESSERA__V1__ERROR_CODE__ERROR_INPUT_NOT_STORED);
+    assert_false(f->error->fatal);
+    assert_true(f->error->first_seq <= lost && lost <= f->error->last_seq);
+    tessera__v1__server_frame__free_unpacked(f, NULL);
+
+    /* the next input is stored and applied; the refused one never is */
+    assert_int_equal(ts_client_move(p.c, 0, 0), TS_OK);
+    uint64_t next = ts_client_last_seq(p.c);
+    expect_applied(&p, 2, next, 10000);
+    assert_false(p.closed);
+    player_close(&p);
+    ts_bus_destroy(bus);
+    ts_h_pass();
+}
+
 static void test_max_clients(void **state)
 {
     (void)state;
@@ -612,10 +746,15 @@ static int group_setup(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        TS_H_TEST(test_join_move_ping),        TS_H_TEST(test_walk_across_workers),
-        TS_H_TEST(test_bad_frames_isolated),   TS_H_TEST(test_protocol_errors),
-        TS_H_TEST(test_flood_is_fatal),        TS_H_TEST(test_stale_epoch_fenced),
-        TS_H_TEST(test_max_clients),           TS_H_TEST(test_client_cli),
+        TS_H_TEST(test_join_move_ping),
+        TS_H_TEST(test_walk_across_workers),
+        TS_H_TEST(test_bad_frames_isolated),
+        TS_H_TEST(test_protocol_errors),
+        TS_H_TEST(test_flood_is_fatal),
+        TS_H_TEST(test_stale_epoch_fenced),
+        TS_H_TEST(test_max_clients),
+        TS_H_TEST(test_client_cli),
+        TS_H_TEST(test_input_not_stored_is_reported),
         TS_H_TEST(test_sigterm_exits_cleanly),
     };
     return TS_H_RUN("it_gateway", tests, group_setup, ts_h_group_teardown);
