@@ -68,11 +68,9 @@ static size_t owned(const cluster_t *k, int w)
 static bool touches(const cluster_t *k, size_t i, int w)
 {
     for (size_t j = 0; j < k->nc; j++) {
-        if (k->c[j].owner != w)
-            continue;
+        if (k->c[j].owner != w) continue;
         int dx = k->c[j].cell.cx - k->c[i].cell.cx, dy = k->c[j].cell.cy - k->c[i].cell.cy;
-        if (abs(dx) + abs(dy) == 1)
-            return true;
+        if (abs(dx) + abs(dy) == 1) return true;
     }
     return false;
 }
@@ -349,6 +347,155 @@ static void test_converges_then_stays_still(void **state)
     ts_balance_view_free(&k.v);
 }
 
+/* ---- plans: moves in proportion to the imbalance ---------------------------------- */
+
+/* Load of the hottest eligible worker over the mean, after a view init. */
+static double hot_over_mean(cluster_t *k)
+{
+    view(k);
+    double hot = 0;
+    for (size_t i = 0; i < k->nw; i++)
+        if (k->w[i].eligible && k->w[i].load > hot) hot = k->w[i].load;
+    double r = hot / k->v.mean_load;
+    ts_balance_view_free(&k->v);
+    return r;
+}
+
+static size_t plan(cluster_t *k, ts_balance_t *b, uint64_t now, ts_balance_move_t *moves, size_t max)
+{
+    view(k);
+    ts_balance_move_t none;
+    size_t n = ts_balance_plan(b, &k->v, now, moves, max, &none);
+    ts_balance_view_free(&k->v);
+    for (size_t i = 0; i < n; i++) {
+        assert_int_equal(k->c[moves[i].cell].owner, moves[i].to); /* the plan applied it to the view */
+        assert_true(moves[i].from != moves[i].to);
+    }
+    if (n > 0) ts_balance_moved(b, now);
+    return n;
+}
+
+/* A storm left every cell on w1; w2 joins: one plan evens it out (its
+ * first cell, then load moves without waiting for the hysteresis), and the
+ * next evaluations move nothing. */
+static void test_plan_evens_a_storm_at_once(void **state)
+{
+    cluster_t k = {0};
+    add_worker(&k, "w1", 0);
+    add_worker(&k, "w2", 0);
+    int owner[16] = {0};
+    grid(&k, 4, 4, owner, 25);
+    ts_balance_t b;
+    ts_balance_cfg_t c = cfg(3, 10 * SEC);
+    ts_balance_init(&b, &c);
+    ts_balance_move_t moves[16];
+    size_t n = plan(&k, &b, 100 * SEC, moves, 16);
+    assert_int_equal(moves[0].kind, TS_BALANCE_EMPTY);
+    for (size_t i = 1; i < n; i++)
+        assert_int_equal(moves[i].kind, TS_BALANCE_LOAD);
+    /* about half the cells moved, in one plan */
+    assert_true(n >= 6 && n <= 8);
+    assert_true(owned(&k, 1) == n);
+    assert_true(hot_over_mean(&k) <= 1 + 0.25 / 2 + 1e-9);
+    /* settled: nothing moves after the cooldown either */
+    for (int i = 0; i < 20; i++)
+        assert_int_equal(plan(&k, &b, (uint64_t)(111 + i) * SEC, moves, 16), 0);
+}
+
+/* The plan is bounded by max_moves; the rest follows in later plans. */
+static void test_plan_is_bounded_and_proportional(void **state)
+{
+    cluster_t k = {0};
+    add_worker(&k, "w1", 0);
+    add_worker(&k, "w2", 0);
+    add_worker(&k, "w3", 0);
+    add_worker(&k, "w4", 0);
+    int owner[64];
+    for (int i = 0; i < 64; i++)
+        owner[i] = i < 40 ? 0 : 1 + (i - 40) % 3; /* w1 40 cells, the others 8 each */
+    grid(&k, 8, 8, owner, 10);
+    ts_balance_t b;
+    ts_balance_cfg_t c = cfg(1, 0);
+    ts_balance_init(&b, &c);
+    ts_balance_move_t moves[64];
+    size_t n = plan(&k, &b, 1 * SEC, moves, 8);
+    assert_int_equal(n, 8); /* 24 cells should move; 8 at most per plan */
+    for (size_t i = 0; i < n; i++)
+        assert_int_equal(moves[i].from, 0);
+    size_t total = n;
+    for (int i = 2; i < 10 && (n = plan(&k, &b, (uint64_t)i * SEC, moves, 8)) > 0; i++)
+        total += n;
+    assert_true(total >= 22 && total <= 26);
+    assert_true(hot_over_mean(&k) <= 1 + 0.25 / 2 + 1e-9);
+    assert_int_equal(plan(&k, &b, 20 * SEC, moves, 8), 0);
+
+    /* a smaller imbalance moves fewer cells */
+    cluster_t k2 = {0};
+    add_worker(&k2, "w1", 0);
+    add_worker(&k2, "w2", 0);
+    int owner2[16];
+    for (int i = 0; i < 16; i++)
+        owner2[i] = i < 11 ? 0 : 1; /* loads 1.1 vs 0.5: two cells bring it inside the band */
+    grid(&k2, 4, 4, owner2, 10);
+    ts_balance_init(&b, &c);
+    assert_int_equal(plan(&k2, &b, 1 * SEC, moves, 8), 2);
+}
+
+static void test_plan_idle_or_balanced_never_moves(void **state)
+{
+    cluster_t k = {0};
+    add_worker(&k, "w1", 0.4);
+    add_worker(&k, "w2", 3.0);
+    int owner[16];
+    for (int i = 0; i < 16; i++)
+        owner[i] = (i % 4) < 2 ? 0 : 1;
+    grid(&k, 4, 4, owner, 0);
+    ts_balance_t b;
+    ts_balance_cfg_t c = cfg(1, 0);
+    ts_balance_init(&b, &c);
+    ts_balance_move_t moves[8];
+    for (int i = 0; i < 50; i++)
+        assert_int_equal(plan(&k, &b, (uint64_t)(i + 1) * SEC, moves, 8), 0);
+    grid(&k, 4, 4, owner, 30); /* busy but even */
+    for (int i = 0; i < 50; i++)
+        assert_int_equal(plan(&k, &b, (uint64_t)(i + 100) * SEC, moves, 8), 0);
+}
+
+/* Slow is not dead: an overloaded worker sheds cells at once, even when its
+ * entity count is even with the others; one that is not overloaded does
+ * not. */
+static void test_plan_overloaded_worker_sheds(void **state)
+{
+    cluster_t k = {0};
+    add_worker(&k, "slow", 80); /* tick p99 80 ms on a 50 ms budget */
+    add_worker(&k, "ok", 5);
+    k.w[0].overloaded = true;
+    int owner[16];
+    for (int i = 0; i < 16; i++)
+        owner[i] = (i % 4) < 2 ? 0 : 1;
+    grid(&k, 4, 4, owner, 20);
+    ts_balance_t b;
+    ts_balance_cfg_t c = cfg(3, 0);
+    ts_balance_init(&b, &c);
+    ts_balance_move_t moves[8];
+    size_t n = plan(&k, &b, 1 * SEC, moves, 8);
+    assert_true(n >= 1);
+    for (size_t i = 0; i < n; i++) {
+        assert_int_equal(moves[i].from, 0);
+        assert_int_equal(moves[i].to, 1);
+    }
+    assert_true(owned(&k, 0) < 8 && owned(&k, 0) >= 1);
+
+    /* both overloaded: nobody to shed to */
+    cluster_t k2 = {0};
+    add_worker(&k2, "a", 80);
+    add_worker(&k2, "b", 80);
+    k2.w[0].overloaded = k2.w[1].overloaded = true;
+    grid(&k2, 4, 4, owner, 20);
+    ts_balance_init(&b, &c);
+    assert_int_equal(plan(&k2, &b, 1 * SEC, moves, 8), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -360,6 +507,10 @@ int main(void)
         cmocka_unit_test(test_only_moves_that_lower_the_max),
         cmocka_unit_test(test_draining_and_dead_workers_left_out),
         cmocka_unit_test(test_converges_then_stays_still),
+        cmocka_unit_test(test_plan_evens_a_storm_at_once),
+        cmocka_unit_test(test_plan_is_bounded_and_proportional),
+        cmocka_unit_test(test_plan_idle_or_balanced_never_moves),
+        cmocka_unit_test(test_plan_overloaded_worker_sheds),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
