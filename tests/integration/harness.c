@@ -7,12 +7,14 @@
  *    and SIGINT/SIGTERM/SIGABRT/SIGSEGV handlers walk to kill what is left,
  *    so a cmocka assertion that longjmps past ts_h_stop() leaks nothing;
  *  - ts_h_stop() terminates and reaps everything, servers last.
+ * Children inherit no file descriptor of the test beyond stdin/out/err.
  * Children are built with execve and an environment prepared before fork,
  * because the test process has nats.c threads running. */
 #define _GNU_SOURCE
 #include "harness.h"
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -43,7 +45,7 @@
 #define TAIL_LINES 60
 #define TERM_GRACE_MS 3000
 #define SERVER_START_MS 10000
-#define NSERVERS 2 /* procs[0] = nats, procs[1] = redis */
+#define NSERVERS 2 /* procs[TS_H_NATS], procs[TS_H_REDIS] */
 
 extern char **environ;
 
@@ -56,11 +58,9 @@ static void kill_all_children(void)
 {
     for (int i = 0; i < MAX_LIVE; i++) {
         ts_h_t *h = live[i];
-        if (h == NULL)
-            continue;
+        if (h == NULL) continue;
         for (int k = 0; k < h->nprocs; k++)
-            if (h->procs[k].pid > 0 && !h->procs[k].reaped)
-                kill(h->procs[k].pid, SIGKILL);
+            if (h->procs[k].pid > 0 && !h->procs[k].reaped) kill(h->procs[k].pid, SIGKILL);
     }
 }
 
@@ -85,8 +85,7 @@ static void on_exit_cleanup(void)
 
 static void install_hooks(void)
 {
-    if (hooks_installed)
-        return;
+    if (hooks_installed) return;
     hooks_installed = true;
     atexit(on_exit_cleanup);
     const int sigs[] = {SIGINT, SIGTERM, SIGABRT, SIGSEGV, SIGBUS, SIGHUP};
@@ -104,8 +103,7 @@ static void install_hooks(void)
 static void live_add(ts_h_t *h)
 {
     for (int i = 0; i < MAX_LIVE; i++) {
-        if (live[i] == h)
-            return;
+        if (live[i] == h) return;
     }
     for (int i = 0; i < MAX_LIVE; i++) {
         if (live[i] == NULL) {
@@ -120,33 +118,129 @@ static void live_add(ts_h_t *h)
 static void live_remove(ts_h_t *h)
 {
     for (int i = 0; i < MAX_LIVE; i++)
-        if (live[i] == h)
-            live[i] = NULL;
+        if (live[i] == h) live[i] = NULL;
 }
 
-/* ---- ports ------------------------------------------------------------------ */
+/* ---- ports ------------------------------------------------------------------
+ * A port the harness hands out is one nobody listens on and that it has not
+ * handed out before in this process. A port is only ever used once its
+ * listener is known to be a process some live harness started: a server that
+ * could not bind, or a port someone else took in the meantime, is refused
+ * loudly instead of being talked to. Listeners are found through
+ * /proc/net/tcp{,6} (the socket inode) and /proc/<pid>/fd. */
+
+#define MAX_HANDED_PORTS 256
+#define MAX_LISTEN_INODES 8
+
+static int handed_ports[MAX_HANDED_PORTS];
+static int nhanded_ports;
+
+static bool port_open(int port);
+
+static bool port_handed(int port)
+{
+    for (int i = 0; i < nhanded_ports; i++)
+        if (handed_ports[i] == port) return true;
+    return false;
+}
 
 int ts_h_free_port(void)
 {
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return -1;
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = 0};
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof sa;
-    int port = -1;
-    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0 &&
-        getsockname(fd, (struct sockaddr *)&sa, &len) == 0)
-        port = ntohs(sa.sin_port);
-    close(fd);
-    return port;
+    for (int attempt = 0; attempt < 64; attempt++) {
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0) return -1;
+        struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = 0};
+        sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        socklen_t len = sizeof sa;
+        int port = -1;
+        if (bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0 &&
+            getsockname(fd, (struct sockaddr *)&sa, &len) == 0)
+            port = ntohs(sa.sin_port);
+        close(fd);
+        if (port <= 0) return -1;
+        if (port_handed(port) || port_open(port)) continue;
+        if (nhanded_ports < MAX_HANDED_PORTS) handed_ports[nhanded_ports++] = port;
+        return port;
+    }
+    fprintf(stderr, "harness: found no free loopback port in 64 tries\n");
+    return -1;
+}
+
+/* Socket inodes listening on a TCP port that 127.0.0.1 reaches (127.0.0.1,
+ * 0.0.0.0, ::, ::ffff:127.0.0.1). Returns how many (at most cap). */
+static int listen_inodes(int port, unsigned long *inodes, int cap)
+{
+    static const char *const files[] = {"/proc/net/tcp", "/proc/net/tcp6"};
+    int n = 0;
+    for (size_t f = 0; f < sizeof files / sizeof files[0]; f++) {
+        FILE *fp = fopen(files[f], "r");
+        if (fp == NULL) continue;
+        char line[512], addr[64];
+        unsigned lport, st;
+        unsigned long inode;
+        while (fgets(line, sizeof line, fp) != NULL) {
+            if (sscanf(line, " %*d: %63[0-9A-Fa-f]:%x %*[0-9A-Fa-f]:%*x %x %*s %*s %*s %*d %*d %lu", addr,
+                       &lport, &st, &inode) != 4)
+                continue;
+            if ((int)lport != port || st != 0x0A /* LISTEN */ || inode == 0) continue;
+            bool reaches = strcmp(addr, "0100007F") == 0 || strcmp(addr, "00000000") == 0 ||
+                           strcmp(addr, "00000000000000000000000000000000") == 0 ||
+                           strcmp(addr, "0000000000000000FFFF00000100007F") == 0;
+            if (reaches && n < cap) inodes[n++] = inode;
+        }
+        fclose(fp);
+    }
+    return n;
+}
+
+/* Whether process pid holds one of the socket inodes. */
+static bool pid_holds(pid_t pid, const unsigned long *inodes, int n)
+{
+    char dirpath[64];
+    snprintf(dirpath, sizeof dirpath, "/proc/%d/fd", (int)pid);
+    DIR *d = opendir(dirpath);
+    if (d == NULL) return false;
+    bool found = false;
+    struct dirent *de;
+    while (!found && (de = readdir(d)) != NULL) {
+        if (de->d_name[0] == '.') continue;
+        char path[320], target[64];
+        snprintf(path, sizeof path, "%s/%s", dirpath, de->d_name);
+        ssize_t len = readlink(path, target, sizeof target - 1);
+        if (len <= 0) continue;
+        target[len] = '\0';
+        unsigned long inode;
+        if (sscanf(target, "socket:[%lu]", &inode) != 1) continue;
+        for (int i = 0; i < n && !found; i++)
+            found = inodes[i] == inode;
+    }
+    closedir(d);
+    return found;
+}
+
+typedef enum { LISTENER_NONE, LISTENER_OURS, LISTENER_FOREIGN } listener_t;
+
+/* Who listens on port: nobody, the process pid (or, with pid 0, any
+ * process a live harness started), or someone else. */
+static listener_t port_listener(int port, pid_t pid)
+{
+    unsigned long inodes[MAX_LISTEN_INODES];
+    int n = listen_inodes(port, inodes, MAX_LISTEN_INODES);
+    if (n == 0) return LISTENER_NONE;
+    if (pid > 0) return pid_holds(pid, inodes, n) ? LISTENER_OURS : LISTENER_FOREIGN;
+    for (int i = 0; i < MAX_LIVE; i++) {
+        ts_h_t *h = live[i];
+        for (int k = 0; h != NULL && k < h->nprocs; k++)
+            if (h->procs[k].pid > 0 && !h->procs[k].reaped && pid_holds(h->procs[k].pid, inodes, n))
+                return LISTENER_OURS;
+    }
+    return LISTENER_FOREIGN;
 }
 
 static bool port_open(int port)
 {
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return false;
+    if (fd < 0) return false;
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     bool ok = connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0;
@@ -154,14 +248,28 @@ static bool port_open(int port)
     return ok;
 }
 
+bool ts_h_port_busy(int port)
+{
+    return port_listener(port, 0) != LISTENER_NONE;
+}
+
 bool ts_h_wait_port(int port, int64_t timeout_ms)
 {
     uint64_t deadline = ts_mono_us() + (uint64_t)timeout_ms * 1000;
     do {
-        if (port_open(port))
-            return true;
+        listener_t l = port_listener(port, 0);
+        if (l == LISTENER_OURS && port_open(port)) return true;
+        if (l == LISTENER_FOREIGN) {
+            fprintf(stderr,
+                    "harness: port %d is served by a process the harness did not start; refusing to use it "
+                    "(did the service fail to bind?)\n",
+                    port);
+            return false;
+        }
         ts_sleep_ms(20);
     } while (ts_mono_us() < deadline);
+    fprintf(stderr, "harness: nothing the harness started listens on port %d after %lld ms\n", port,
+            (long long)timeout_ms);
     return false;
 }
 
@@ -175,8 +283,7 @@ static char **child_env(ts_h_t *h, char *nats_kv, char *redis_kv, size_t cap)
     while (environ[n] != NULL)
         n++;
     char **env = calloc(n + 3, sizeof *env);
-    if (env == NULL)
-        return NULL;
+    if (env == NULL) return NULL;
     size_t k = 0;
     for (size_t i = 0; i < n; i++) {
         if (strncmp(environ[i], "TESSERA_NATS_URL=", 17) == 0 ||
@@ -212,10 +319,8 @@ static int launch(ts_h_t *h, const char *name, const char *path, char *const *ar
     if (env == NULL || logfd < 0 || nullfd < 0) {
         fprintf(stderr, "harness: cannot prepare %s: %s\n", name, strerror(errno));
         free(env);
-        if (logfd >= 0)
-            close(logfd);
-        if (nullfd >= 0)
-            close(nullfd);
+        if (logfd >= 0) close(logfd);
+        if (nullfd >= 0) close(nullfd);
         return -1;
     }
     pid_t parent = getpid();
@@ -224,12 +329,14 @@ static int launch(ts_h_t *h, const char *name, const char *path, char *const *ar
     if (pid == 0) {
         /* child: async-signal-safe calls only */
         prctl(PR_SET_PDEATHSIG, SIGKILL);
-        if (getppid() != parent)
-            _exit(127);
+        if (getppid() != parent) _exit(127);
         setpgid(0, 0);
         dup2(nullfd, STDIN_FILENO);
         dup2(logfd, STDOUT_FILENO);
         dup2(logfd, STDERR_FILENO);
+        /* nothing of the test's own (its sockets, its listeners) leaks into
+         * the child: a listener the test holds must stay foreign */
+        close_range(3, ~0U, 0);
         execve(path, argv, env);
         static const char msg[] = "harness: exec failed\n";
         ssize_t w = write(STDERR_FILENO, msg, sizeof msg - 1);
@@ -251,15 +358,13 @@ static int launch(ts_h_t *h, const char *name, const char *path, char *const *ar
 
 static bool reap(ts_h_proc_t *p, bool block)
 {
-    if (p->pid <= 0 || p->reaped)
-        return true;
+    if (p->pid <= 0 || p->reaped) return true;
     int status = 0;
     pid_t r;
     do
         r = waitpid(p->pid, &status, block ? 0 : WNOHANG);
     while (r < 0 && errno == EINTR);
-    if (r == 0)
-        return false;
+    if (r == 0) return false;
     p->reaped = true;
     if (r < 0)
         p->exit_code = -1;
@@ -302,24 +407,19 @@ int ts_h_spawn(ts_h_t *h, const char *name, const char *bin, const char *const *
 
 void ts_h_signal(ts_h_t *h, int idx, int sig)
 {
-    if (idx < 0 || idx >= h->nprocs)
-        return;
+    if (idx < 0 || idx >= h->nprocs) return;
     ts_h_proc_t *p = &h->procs[idx];
-    if (p->pid > 0 && !p->reaped)
-        kill(p->pid, sig);
+    if (p->pid > 0 && !p->reaped) kill(p->pid, sig);
 }
 
 int ts_h_wait(ts_h_t *h, int idx, int64_t timeout_ms)
 {
-    if (idx < 0 || idx >= h->nprocs)
-        return -1;
+    if (idx < 0 || idx >= h->nprocs) return -1;
     ts_h_proc_t *p = &h->procs[idx];
     uint64_t deadline = ts_mono_us() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 0) * 1000;
     for (;;) {
-        if (reap(p, false))
-            return p->exit_code;
-        if (ts_mono_us() >= deadline)
-            return -1;
+        if (reap(p, false)) return p->exit_code;
+        if (ts_mono_us() >= deadline) return -1;
         ts_sleep_ms(10);
     }
 }
@@ -334,10 +434,8 @@ static void terminate_range(ts_h_t *h, int from, int to)
         bool all = true;
         for (int i = from; i < to; i++)
             all = reap(&h->procs[i], false) && all;
-        if (all)
-            return;
-        if (ts_mono_us() >= deadline)
-            break;
+        if (all) return;
+        if (ts_mono_us() >= deadline) break;
         ts_sleep_ms(10);
     }
     for (int i = from; i < to; i++) {
@@ -355,15 +453,13 @@ static void terminate_range(ts_h_t *h, int from, int to)
 static char *read_file(const char *path)
 {
     FILE *f = fopen(path, "rb");
-    if (f == NULL)
-        return NULL;
+    if (f == NULL) return NULL;
     size_t cap = 4096, len = 0;
     char *buf = malloc(cap);
     while (buf != NULL) {
         size_t got = fread(buf + len, 1, cap - len - 1, f);
         len += got;
-        if (got == 0)
-            break;
+        if (got == 0) break;
         if (cap - len - 1 == 0) {
             char *nb = realloc(buf, cap * 2);
             if (nb == NULL) {
@@ -376,15 +472,13 @@ static char *read_file(const char *path)
         }
     }
     fclose(f);
-    if (buf != NULL)
-        buf[len] = '\0';
+    if (buf != NULL) buf[len] = '\0';
     return buf;
 }
 
 char *ts_h_read_log(ts_h_t *h, int idx)
 {
-    if (idx < 0 || idx >= h->nprocs)
-        return NULL;
+    if (idx < 0 || idx >= h->nprocs) return NULL;
     return read_file(h->procs[idx].log_path);
 }
 
@@ -398,13 +492,11 @@ static void print_tail(const ts_h_proc_t *p)
         size_t start = len;
         int lines = 0;
         while (start > 0) {
-            if (text[start - 1] == '\n' && start != len && ++lines >= TAIL_LINES)
-                break;
+            if (text[start - 1] == '\n' && start != len && ++lines >= TAIL_LINES) break;
             start--;
         }
         fputs(text + start, stderr);
-        if (len > 0 && text[len - 1] != '\n')
-            fputc('\n', stderr);
+        if (len > 0 && text[len - 1] != '\n') fputc('\n', stderr);
         free(text);
     }
 }
@@ -422,10 +514,8 @@ void ts_h_fail_dump(ts_h_t *h)
 
 void ts_h_stop(ts_h_t *h)
 {
-    if (h == NULL)
-        return;
-    if (h->nprocs > NSERVERS)
-        terminate_range(h, NSERVERS, h->nprocs);
+    if (h == NULL) return;
+    if (h->nprocs > NSERVERS) terminate_range(h, NSERVERS, h->nprocs);
     terminate_range(h, 0, h->nprocs < NSERVERS ? h->nprocs : NSERVERS);
     live_remove(h);
 
@@ -446,48 +536,60 @@ void ts_h_stop(ts_h_t *h)
 
 /* ---- servers ------------------------------------------------------------------ */
 
-/* Starts one server on a fresh port; retries if another process grabbed it. */
+/* Starts one server on a fresh port and waits until that very process
+ * listens on it. A port someone else listens on is never used: when the
+ * server cannot bind (it exits) or another process answers on its port, the
+ * attempt is reported and retried on another port, three times at most. */
 static bool start_server(ts_h_t *h, int slot, const char *name, int *port_out)
 {
     for (int attempt = 0; attempt < 3; attempt++) {
         int port = ts_h_free_port();
-        if (port <= 0)
-            return false;
+        if (port <= 0) return false;
         char portbuf[16], dirbuf[300];
         snprintf(portbuf, sizeof portbuf, "%d", port);
         h->nprocs = slot;
         int idx;
         if (slot == 0) {
             snprintf(dirbuf, sizeof dirbuf, "%s/js", h->dir);
-            char *argv[] = {(char *)"nats-server", (char *)"-js", (char *)"-a", (char *)"127.0.0.1",
-                            (char *)"-p", portbuf, (char *)"-sd", dirbuf, NULL};
-            const char *bin = access("/usr/sbin/nats-server", X_OK) == 0 ? "/usr/sbin/nats-server"
-                                                                           : "/usr/bin/nats-server";
+            char *argv[] = {(char *)"nats-server", (char *)"-js", (char *)"-a",
+                            (char *)"127.0.0.1",   (char *)"-p",  portbuf,
+                            (char *)"-sd",         dirbuf,        NULL};
+            const char *bin =
+                access("/usr/sbin/nats-server", X_OK) == 0 ? "/usr/sbin/nats-server" : "/usr/bin/nats-server";
             idx = launch(h, name, bin, argv);
         } else {
             snprintf(dirbuf, sizeof dirbuf, "%s", h->dir);
-            char *argv[] = {(char *)"redis-server", (char *)"--port", portbuf, (char *)"--bind",
-                            (char *)"127.0.0.1", (char *)"--save", (char *)"", (char *)"--appendonly",
-                            (char *)"no", (char *)"--dir", dirbuf, NULL};
+            char *argv[] = {(char *)"redis-server", (char *)"--port", portbuf,    (char *)"--bind",
+                            (char *)"127.0.0.1",    (char *)"--save", (char *)"", (char *)"--appendonly",
+                            (char *)"no",           (char *)"--dir",  dirbuf,     NULL};
             idx = launch(h, name, "/usr/bin/redis-server", argv);
         }
-        if (idx < 0)
-            return false;
+        if (idx < 0) return false;
+        ts_h_proc_t *p = &h->procs[idx];
+        const char *why = "did not listen in time";
         uint64_t deadline = ts_mono_us() + SERVER_START_MS * 1000ull;
         while (ts_mono_us() < deadline) {
-            if (port_open(port) && !reap(&h->procs[idx], false)) {
+            listener_t l = port_listener(port, p->pid);
+            if (reap(p, false)) {
+                why = "exited (could it not bind?)";
+                break;
+            }
+            if (l == LISTENER_OURS && port_open(port)) {
                 *port_out = port;
                 return true;
             }
-            if (h->procs[idx].reaped)
+            if (l == LISTENER_FOREIGN) {
+                why = "found its port taken by another process";
                 break;
+            }
             ts_sleep_ms(20);
         }
-        if (!h->procs[idx].reaped) {
-            kill(h->procs[idx].pid, SIGKILL);
-            reap(&h->procs[idx], true);
+        if (!p->reaped) {
+            kill(p->pid, SIGKILL);
+            reap(p, true);
         }
-        print_tail(&h->procs[idx]);
+        fprintf(stderr, "harness: %s on port %d %s (attempt %d of 3)\n", name, port, why, attempt + 1);
+        print_tail(p);
     }
     return false;
 }
@@ -495,8 +597,7 @@ static bool start_server(ts_h_t *h, int slot, const char *name, int *port_out)
 void ts_h_start(ts_h_t *h)
 {
     for (int i = 0; i < MAX_LIVE; i++) {
-        if (live[i] == h)
-            ts_h_stop(h); /* started twice: do not lose the first servers */
+        if (live[i] == h) ts_h_stop(h); /* started twice: do not lose the first servers */
     }
     memset(h, 0, sizeof *h);
     install_hooks();
@@ -532,8 +633,7 @@ bool ts_h_wait_world(ts_h_t *h, uint32_t world, int ncells, int64_t timeout_ms)
     ts_registry_t *reg = NULL;
     bool ready = false;
     while (!ready) {
-        if (reg == NULL && ts_registry_connect(&reg, h->redis_url) != TS_OK)
-            reg = NULL;
+        if (reg == NULL && ts_registry_connect(&reg, h->redis_url) != TS_OK) reg = NULL;
         if (reg != NULL) {
             ts_world_t w;
             ts_cell_entry_t *cells = NULL;
@@ -542,13 +642,11 @@ bool ts_h_wait_world(ts_h_t *h, uint32_t world, int ncells, int64_t timeout_ms)
                 ts_registry_cells(reg, world, &cells, &n) == TS_OK && (int)n >= ncells) {
                 ready = true;
                 for (size_t i = 0; i < n; i++)
-                    if (cells[i].owner[0] == '\0')
-                        ready = false;
+                    if (cells[i].owner[0] == '\0') ready = false;
             }
             free(cells);
         }
-        if (ready || ts_mono_us() >= deadline)
-            break;
+        if (ready || ts_mono_us() >= deadline) break;
         ts_sleep_ms(50);
     }
     ts_registry_destroy(reg);
@@ -622,8 +720,7 @@ int ts_h_test_setup(void **state)
 int ts_h_test_teardown(void **state)
 {
     (void)state;
-    if (!test_passed)
-        ts_h_fail_dump(&ts_h);
+    if (!test_passed) ts_h_fail_dump(&ts_h);
     return 0;
 }
 

@@ -21,34 +21,46 @@
 #include "tessera/bus.h"
 #include "tessera/registry.h"
 
-#define TS_H_MAX_PROCS 32
+#define TS_H_MAX_PROCS 64
+/* Indices in procs[] of the two servers ts_h_start() starts. */
+#define TS_H_NATS 0
+#define TS_H_REDIS 1
 
 typedef struct {
     pid_t pid;
     char name[64];
     char log_path[512];
-    bool reaped;     /* exited and waited for; exit_code is valid */
-    int exit_code;   /* WEXITSTATUS, or 128+signal */
+    bool reaped;   /* exited and waited for; exit_code is valid */
+    int exit_code; /* WEXITSTATUS, or 128+signal */
 } ts_h_proc_t;
 
 typedef struct {
-    char dir[256];        /* temp dir for data and logs */
+    char dir[256]; /* temp dir for data and logs */
     int nats_port;
     int redis_port;
-    char nats_url[128];   /* nats://127.0.0.1:<port> */
-    char redis_url[128];  /* redis://127.0.0.1:<port> */
+    char nats_url[128];  /* nats://127.0.0.1:<port> */
+    char redis_url[128]; /* redis://127.0.0.1:<port> */
     ts_h_proc_t procs[TS_H_MAX_PROCS];
     int nprocs;
     bool failed;
 } ts_h_t;
 
-/* A free TCP port on 127.0.0.1 (bound and released). */
+/* A free TCP port on 127.0.0.1: bound and released, nobody listening on it,
+ * and never handed out before by this process; -1 if none was found. */
 int ts_h_free_port(void);
-/* Polls until host:port accepts TCP connections; false after timeout_ms. */
+/* Whether anything listens on 127.0.0.1:port. */
+bool ts_h_port_busy(int port);
+/* Polls until 127.0.0.1:port accepts TCP connections from a process that a
+ * live harness started. False after timeout_ms, and false at once (with a
+ * message on stderr) when a process the harness did not start listens
+ * there: a service that could not bind is never mistaken for a server
+ * someone else runs. */
 bool ts_h_wait_port(int port, int64_t timeout_ms);
 
-/* Creates the temp dir and starts nats-server -js and redis-server; waits
- * until both accept connections. Fails the cmocka test (fail_msg) on error. */
+/* Creates the temp dir and starts nats-server -js and redis-server, each on
+ * a free port, and waits until each listens there itself (a port another
+ * process holds is refused and another one tried, three times). Fails the
+ * cmocka test (fail_msg) on error. */
 void ts_h_start(ts_h_t *h);
 /* Spawns TS_BIN_DIR/<bin> with argv (NULL-terminated, without argv[0]) and
  * TESSERA_NATS_URL / TESSERA_REDIS_URL set to the harness servers; stdout
@@ -77,10 +89,10 @@ bool ts_h_wait_world(ts_h_t *h, uint32_t world, int ncells, int64_t timeout_ms);
  * first), in that order. Each *_args list (NULL-terminated, may be NULL) is
  * appended to that process's own flags. Does not wait for anything. */
 typedef struct {
-    int orch;        /* index in h->procs */
-    int workers[2];  /* w1, w2 */
+    int orch;       /* index in h->procs */
+    int workers[2]; /* w1, w2 */
     int gateway;
-    int gw_port;     /* where the gateway listens */
+    int gw_port; /* where the gateway listens */
 } ts_h_stack_t;
 
 void ts_h_spawn_stack(ts_h_t *h, const char *const *orch_args, const char *const *worker_args,
@@ -119,7 +131,7 @@ int ts_h_test_stop(void **state);
  * the group, shuts the NATS library down; returns the failed-test count. */
 int ts_h_run(const char *name, const struct CMUnitTest *tests, size_t n, CMFixtureFunction group_setup,
              CMFixtureFunction group_teardown);
-#define TS_H_RUN(name, tests, group_setup, group_teardown) \
+#define TS_H_RUN(name, tests, group_setup, group_teardown)                                                   \
     ts_h_run(name, tests, sizeof(tests) / sizeof((tests)[0]), group_setup, group_teardown)
 
 #endif
