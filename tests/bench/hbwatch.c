@@ -86,7 +86,11 @@ static void on_heartbeat(void *ud, const ts_bus_msg_t *m)
     if (i < w->n) {
         free(w->w[i].cells);
         w->w[i].cells = cells;
+        double since = w->w[i].hb.tick_max_since_mark_ms;
         w->w[i].hb = rec;
+        w->w[i].hb.tick_max_since_mark_ms = rec.tick_max_ms < 0       ? -1
+                                            : rec.tick_max_ms > since ? rec.tick_max_ms
+                                                                      : since;
         cells = NULL;
     }
     pthread_mutex_unlock(&w->mu);
@@ -128,6 +132,14 @@ void ts_hbwatch_reset(ts_hbwatch_t *w)
         free(w->w[i].cells);
     memset(w->w, 0, sizeof w->w);
     w->n = 0;
+    pthread_mutex_unlock(&w->mu);
+}
+
+void ts_hbwatch_mark(ts_hbwatch_t *w)
+{
+    pthread_mutex_lock(&w->mu);
+    for (size_t i = 0; i < w->n; i++)
+        w->w[i].hb.tick_max_since_mark_ms = -1;
     pthread_mutex_unlock(&w->mu);
 }
 

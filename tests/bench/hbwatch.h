@@ -24,8 +24,9 @@ typedef struct {
     uint64_t inputs_applied;
     uint32_t entities;
     double tick_p99_ms;
-    double tick_max_ms;   /* < 0: not in this schema */
-    int64_t ticks_missed; /* < 0: not in this schema */
+    double tick_max_ms;            /* longest tick since the previous heartbeat; < 0: not in this schema */
+    double tick_max_since_mark_ms; /* the largest tick_max_ms since ts_hbwatch_mark() */
+    int64_t ticks_missed;          /* < 0: not in this schema */
     size_t ncells;
 } ts_hbwatch_hb_t;
 
@@ -37,6 +38,8 @@ ts_status_t ts_hbwatch_create(ts_hbwatch_t **out, ts_bus_t *bus);
 void ts_hbwatch_destroy(ts_hbwatch_t *w);
 /* Forgets every heartbeat seen so far. */
 void ts_hbwatch_reset(ts_hbwatch_t *w);
+/* Starts a new window for tick_max_since_mark_ms of every worker. */
+void ts_hbwatch_mark(ts_hbwatch_t *w);
 /* The latest heartbeat of worker; false if none arrived yet. */
 bool ts_hbwatch_get(ts_hbwatch_t *w, const char *worker, ts_hbwatch_hb_t *out);
 /* Sum of inputs_applied / entities over the latest heartbeats of every worker. */

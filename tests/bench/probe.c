@@ -11,8 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "tessera/subject.h"
 #include "tessera/proto.h"
+#include "tessera/subject.h"
 #include "tessera/util.h"
 
 struct ts_probe {
@@ -193,8 +193,8 @@ bool ts_probe_verdict_exact(const ts_probe_verdict_t *v)
     return v->parsed && v->sent > 0 && v->sent == v->acked && v->acked == v->applied;
 }
 
-bool ts_probe_sim_check(ts_h_t *h, int idx, ts_ledger_t *ledger, const char *event, uint64_t event_us, int *rc,
-                        ts_probe_verdict_t *v)
+bool ts_probe_sim_check(ts_h_t *h, int idx, ts_ledger_t *ledger, const char *event, uint64_t event_us,
+                        int *rc, ts_probe_verdict_t *v)
 {
     ts_h_signal(h, idx, SIGINT);
     *rc = ts_h_wait(h, idx, 30000);
@@ -218,10 +218,11 @@ bool ts_probe_wait_ready(ts_probe_t *p, ts_bus_t *bus, uint32_t world, size_t pe
     *ctl_ok = *bound = false;
     while (ts_mono_us() < deadline && !(*ctl_ok && *bound)) {
         if (!*ctl_ok)
-            *ctl_ok = ts_probe_ctl(bus, world, "stats", "", 500, reply, sizeof reply) == TS_OK && reply[0] == '{';
+            *ctl_ok =
+                ts_probe_ctl(bus, world, "stats", "", 500, reply, sizeof reply) == TS_OK && reply[0] == '{';
         ts_probe_hb_t a, b;
-        *bound = ts_probe_heartbeat(p, "w1", &a) && ts_probe_heartbeat(p, "w2", &b) && a.ncells == per_worker &&
-                 b.ncells == per_worker;
+        *bound = ts_probe_heartbeat(p, "w1", &a) && ts_probe_heartbeat(p, "w2", &b) &&
+                 a.ncells == per_worker && b.ncells == per_worker;
         ts_sleep_ms(100);
     }
     return *ctl_ok && *bound;

@@ -86,8 +86,8 @@ bool ts_probe_verdict_exact(const ts_probe_verdict_t *v);
  * True if it exited 0 with an exact verdict. Otherwise, if ledger is not
  * NULL, waits 500 ms and lets the ledger name what went missing, timed from
  * event_us (named event). */
-bool ts_probe_sim_check(ts_h_t *h, int idx, ts_ledger_t *ledger, const char *event, uint64_t event_us, int *rc,
-                        ts_probe_verdict_t *v);
+bool ts_probe_sim_check(ts_h_t *h, int idx, ts_ledger_t *ledger, const char *event, uint64_t event_us,
+                        int *rc, ts_probe_verdict_t *v);
 
 /* Polls every 100 ms until the orchestrator answers tessera.ctl.<world>.stats
  * with a JSON object and workers w1 and w2 both report per_worker cells in
