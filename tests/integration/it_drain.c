@@ -14,11 +14,13 @@
 #define WORLD 0
 #define NCELLS 16
 #define SIM_SECONDS "10"
+#define LOAD_INPUTS 1000 /* sim inputs applied before the drain */
 
 typedef struct {
     ts_h_stack_t stack;
     int sim;
     ts_bus_t *bus;
+    ts_probe_t *probe;
     ts_registry_t *reg;
 } drain_env_t;
 
@@ -28,6 +30,7 @@ static void start_env(drain_env_t *env)
     ts_h_spawn_stack(&ts_h, orch, NULL, NULL, &env->stack);
     assert_true(ts_h_wait_world(&ts_h, WORLD, NCELLS, 15000));
     assert_int_equal(ts_bus_connect(&env->bus, ts_h.nats_url, "it_drain"), TS_OK);
+    assert_int_equal(ts_probe_create(&env->probe, env->bus), TS_OK);
     assert_int_equal(ts_registry_connect(&env->reg, ts_h.redis_url), TS_OK);
     /* every cell bound: the orchestrator answers and both workers report 8 */
     char reply[1024];
@@ -38,19 +41,27 @@ static void start_env(drain_env_t *env)
     }
     const char *sim[] = {"--sim.players=200", "--sim.duration_s=" SIM_SECONDS, NULL};
     env->sim = ts_h_spawn(&ts_h, "sim", "tessera-sim", sim);
-    ts_sleep_ms(2000); /* players are walking */
+    /* players are walking */
+    deadline = ts_mono_us() + 15000000ULL;
+    while (ts_probe_inputs_applied(env->probe) < LOAD_INPUTS) {
+        if (ts_mono_us() > deadline)
+            fail_msg("the workers applied %llu sim inputs in 15 s, want %d",
+                     (unsigned long long)ts_probe_inputs_applied(env->probe), LOAD_INPUTS);
+        ts_sleep_ms(20);
+    }
 }
 
 static void stop_env(drain_env_t *env)
 {
+    ts_probe_destroy(env->probe);
     ts_bus_destroy(env->bus);
     ts_registry_destroy(env->reg);
 }
 
 /* Polls until every cell belongs to `owner`; returns how many cells it had
  * to take over, with their epochs checked to have moved by exactly one. */
-static size_t wait_all_owned_by(drain_env_t *env, const char *owner, const ts_cell_entry_t *before, size_t nbefore,
-                                int64_t timeout_ms)
+static size_t wait_all_owned_by(drain_env_t *env, const char *owner, const ts_cell_entry_t *before,
+                                size_t nbefore, int64_t timeout_ms)
 {
     uint64_t deadline = ts_mono_us() + (uint64_t)timeout_ms * 1000ULL;
     for (;;) {
@@ -58,12 +69,14 @@ static size_t wait_all_owned_by(drain_env_t *env, const char *owner, const ts_ce
         size_t n = 0;
         assert_int_equal(ts_registry_cells(env->reg, WORLD, &cells, &n), TS_OK);
         size_t owned = 0;
-        for (size_t i = 0; i < n; i++) owned += strcmp(cells[i].owner, owner) == 0;
+        for (size_t i = 0; i < n; i++)
+            owned += strcmp(cells[i].owner, owner) == 0;
         if (owned == n && n == NCELLS) {
             size_t moved = 0;
             for (size_t i = 0; i < n; i++) {
                 for (size_t k = 0; k < nbefore; k++) {
-                    if (!ts_cell_eq(&before[k].cell, &cells[i].cell) || strcmp(before[k].owner, owner) == 0) continue;
+                    if (!ts_cell_eq(&before[k].cell, &cells[i].cell) || strcmp(before[k].owner, owner) == 0)
+                        continue;
                     assert_int_equal(cells[i].epoch, before[k].epoch + 1);
                     moved++;
                 }
@@ -72,7 +85,8 @@ static size_t wait_all_owned_by(drain_env_t *env, const char *owner, const ts_ce
             return moved;
         }
         free(cells);
-        if (ts_mono_us() > deadline) fail_msg("cells not all owned by %s after %lld ms", owner, (long long)timeout_ms);
+        if (ts_mono_us() > deadline)
+            fail_msg("cells not all owned by %s after %lld ms", owner, (long long)timeout_ms);
         ts_sleep_ms(50);
     }
 }
@@ -126,8 +140,16 @@ static void test_ctl_drain_moves_cells_live(void **state)
     if (strncmp(reply, "ok draining 8 cells", 19) != 0) fail_msg("drain w2 answered: %s", reply);
     assert_int_equal(wait_all_owned_by(&env, "w1", before, nbefore, 10000), 8);
     assert_moved_by_handover(&env, 8);
-    /* w2 keeps running, owning nothing, and gets nothing back */
-    ts_sleep_ms(1500);
+    /* w2 keeps running, owning nothing, and gets nothing back: its
+     * heartbeats say so for a second, and so does the registry then */
+    uint64_t t_drained = ts_mono_us();
+    ts_probe_hb_t hb = {.ncells = 1};
+    uint64_t deadline = t_drained + 10000000ULL;
+    while (!(ts_probe_heartbeat(env.probe, "w2", &hb) && hb.received_us > t_drained + 1000000ULL)) {
+        if (ts_mono_us() > deadline) fail_msg("w2 sent no heartbeat for 10 s after its drain");
+        ts_sleep_ms(20);
+    }
+    if (hb.ncells != 0) fail_msg("w2 lists %zu cells in its heartbeat a second after its drain", hb.ncells);
     assert_int_equal(wait_all_owned_by(&env, "w1", before, nbefore, 1000), 8);
     assert_int_equal(ts_h_wait(&ts_h, env.stack.workers[1], 0), -1);
     /* the last worker cannot drain: nobody to take its cells */

@@ -44,6 +44,8 @@
 #define POLL_MS 50
 #define MOVE_MS 100
 #define HB_TTL_ARG "--orch.hb_ttl_ms=1500"
+#define LOAD_INPUTS 3000 /* sim inputs applied before anything is disturbed */
+#define SETTLE_DELTAS 20 /* Deltas a settled player watches for a late double */
 
 static ts_h_stack_t stack = {-1, {-1, -1}, -1, 0};
 static ts_bus_t *bus;
@@ -96,6 +98,87 @@ static void on_state(void *ud, const ts_bus_msg_t *m)
     tessera__v1__state_delta__free_unpacked(d, NULL);
 }
 
+/* ---- checkpoints written, per cell ----------------------------------------------
+ * Every message on cell.0.*.*.*.*.checkpoint (and .checkpoint.<part>, the
+ * parts of a chunked one) as published: when each cell last had one. */
+
+static struct {
+    pthread_mutex_t mu;
+    ts_cell_t cells[MAX_CELLS];
+    uint64_t last_us[MAX_CELLS];
+    size_t n;
+} CKW = {.mu = PTHREAD_MUTEX_INITIALIZER};
+static ts_bus_sub_t *ckpt_subs[2];
+
+static void on_checkpoint(void *ud, const ts_bus_msg_t *m)
+{
+    (void)ud;
+    ts_cell_t c;
+    char key[TS_SUBJECT_MAX];
+    /* cell.<w>.<cx>.<cy>.<depth>.<sub>.checkpoint[.<part>] */
+    const char *subj = ts_bus_msg_subject(m);
+    if (strncmp(subj, "cell.", 5) != 0) return;
+    ts_strlcpy(key, subj + 5, sizeof key);
+    char *end = strstr(key, ".checkpoint");
+    if (end == NULL) return;
+    *end = '\0';
+    if (ts_cell_parse(key, &c) != TS_OK) return;
+    pthread_mutex_lock(&CKW.mu);
+    size_t i = 0;
+    while (i < CKW.n && !ts_cell_eq(&CKW.cells[i], &c))
+        i++;
+    if (i == CKW.n && CKW.n < MAX_CELLS) CKW.cells[CKW.n++] = c;
+    if (i < CKW.n) CKW.last_us[i] = ts_mono_us();
+    pthread_mutex_unlock(&CKW.mu);
+}
+
+/* Waits until every cell in cells had a checkpoint written after since_us. */
+static void wait_checkpoints(const ts_probe_cell_t *cells, size_t n, uint64_t since_us)
+{
+    uint64_t deadline = ts_mono_us() + WAIT_MS * 1000ULL;
+    for (;;) {
+        size_t done = 0;
+        char missing[TS_CELL_STR_MAX] = "-";
+        pthread_mutex_lock(&CKW.mu);
+        for (size_t k = 0; k < n; k++) {
+            bool fresh = false;
+            for (size_t i = 0; i < CKW.n && !fresh; i++)
+                fresh = ts_cell_eq(&CKW.cells[i], &cells[k].cell) && CKW.last_us[i] > since_us;
+            if (fresh)
+                done++;
+            else
+                ts_cell_format(&cells[k].cell, missing, sizeof missing);
+        }
+        pthread_mutex_unlock(&CKW.mu);
+        if (done == n) return;
+        if (ts_mono_us() > deadline) {
+            ts_h.failed = true;
+            fail_msg("%zu of %zu cells had no checkpoint written in %d s under load (e.g. %s)", n - done, n,
+                     WAIT_MS / 1000, missing);
+        }
+        ts_sleep_ms(20);
+    }
+}
+
+/* Waits until the workers applied LOAD_INPUTS inputs more than since (a
+ * ts_probe_inputs_applied() value, or one worker's with worker set). */
+static void wait_applied(const char *worker, uint64_t since)
+{
+    uint64_t deadline = ts_mono_us() + WAIT_MS * 1000ULL;
+    for (;;) {
+        ts_probe_hb_t hb = {.inputs_applied = 0};
+        uint64_t now = worker ? (ts_probe_heartbeat(probe, worker, &hb) ? hb.inputs_applied : 0)
+                              : ts_probe_inputs_applied(probe);
+        if (now >= since + LOAD_INPUTS) return;
+        if (ts_mono_us() > deadline) {
+            ts_h.failed = true;
+            fail_msg("%s applied %" PRIu64 " inputs in %d s, want %d", worker ? worker : "the workers",
+                     now > since ? now - since : 0, WAIT_MS / 1000, LOAD_INPUTS);
+        }
+        ts_sleep_ms(20);
+    }
+}
+
 /* ---- one gateway client hovering in its cell, on its own thread ----------------- */
 
 static struct {
@@ -109,12 +192,12 @@ static struct {
     ts_status_t close_status;
     int errors;
     char last_error[128];
-    uint64_t applied, max_applied, last_input_seq, regressions;
+    uint64_t applied, max_applied, last_input_seq, regressions, deltas;
     char regression[128];
 } PL = {.mu = PTHREAD_MUTEX_INITIALIZER};
 
 typedef struct {
-    uint64_t sent, last_seq, applied, max_applied, last_input_seq, regressions;
+    uint64_t sent, last_seq, applied, max_applied, last_input_seq, regressions, deltas;
     bool closed;
     int errors;
 } player_view_t;
@@ -122,8 +205,8 @@ typedef struct {
 static player_view_t player_view(void)
 {
     pthread_mutex_lock(&PL.mu);
-    player_view_t v = {PL.sent,           PL.last_seq,    PL.applied, PL.max_applied,
-                       PL.last_input_seq, PL.regressions, PL.closed,  PL.errors};
+    player_view_t v = {PL.sent,        PL.last_seq, PL.applied, PL.max_applied, PL.last_input_seq,
+                       PL.regressions, PL.deltas,   PL.closed,  PL.errors};
     pthread_mutex_unlock(&PL.mu);
     return v;
 }
@@ -134,6 +217,7 @@ static void note_frame(const Tessera__V1__ServerFrame *f)
     if (f->payload_case == TESSERA__V1__SERVER_FRAME__PAYLOAD_SNAPSHOT) {
         PL.entity = f->snapshot->entity;
     } else if (f->payload_case == TESSERA__V1__SERVER_FRAME__PAYLOAD_DELTA) {
+        PL.deltas++;
         for (size_t i = 0; i < f->delta->n_entities; i++) {
             const Tessera__V1__EntityState *e = f->delta->entities[i];
             if (PL.entity == 0 || e->id != PL.entity) continue;
@@ -235,19 +319,22 @@ static void player_stop(void)
 }
 
 /* Stops sending, waits until every input shows applied, and checks it
- * stays exactly so. */
+ * stays exactly so for SETTLE_DELTAS more Deltas (a second of ticks). */
 static void player_assert_exact(void)
 {
     atomic_store(&PL.stop_sending, true);
     uint64_t deadline = ts_mono_us() + 15000000;
     player_view_t v;
     do {
-        ts_sleep_ms(100);
+        ts_sleep_ms(20);
         v = player_view();
     } while (!v.closed && !(v.applied >= v.sent && v.last_input_seq >= v.last_seq) &&
              ts_mono_us() < deadline);
-    ts_sleep_ms(1000);
-    v = player_view();
+    uint64_t deltas = v.deltas;
+    do {
+        ts_sleep_ms(20);
+        v = player_view();
+    } while (!v.closed && v.deltas < deltas + SETTLE_DELTAS && ts_mono_us() < deadline);
     fprintf(stderr,
             "player: sent %" PRIu64 " applied %" PRIu64 " (max %" PRIu64 ") last_seq %" PRIu64 "/%" PRIu64
             "\n",
@@ -295,6 +382,13 @@ static void cluster_start(void)
     char subject[TS_SUBJECT_MAX];
     ts_subject_world_wildcard(subject, sizeof subject, WORLD, TS_SUBJ_STATE);
     assert_int_equal(ts_bus_subscribe(bus, subject, on_state, NULL, &state_sub), TS_OK);
+    pthread_mutex_lock(&CKW.mu);
+    CKW.n = 0;
+    pthread_mutex_unlock(&CKW.mu);
+    ts_subject_world_wildcard(subject, sizeof subject, WORLD, TS_SUBJ_CHECKPOINT);
+    assert_int_equal(ts_bus_subscribe(bus, subject, on_checkpoint, NULL, &ckpt_subs[0]), TS_OK);
+    strcat(subject, ".>");
+    assert_int_equal(ts_bus_subscribe(bus, subject, on_checkpoint, NULL, &ckpt_subs[1]), TS_OK);
     assert_int_equal(ts_registry_connect(&reg, ts_h.redis_url), TS_OK);
 
     const char *orch[] = {"--orch.rebalance=0", HB_TTL_ARG, NULL};
@@ -320,6 +414,10 @@ static void cluster_start(void)
 static void cluster_stop(void)
 {
     player_stop();
+    for (int i = 0; i < 2; i++) {
+        ts_bus_sub_destroy(ckpt_subs[i]);
+        ckpt_subs[i] = NULL;
+    }
     ts_bus_sub_destroy(state_sub);
     ts_ledger_destroy(ledger);
     ts_probe_destroy(probe);
@@ -401,12 +499,13 @@ static void test_killed_worker_cells_recovered(void **state)
     (void)state;
     cluster_start();
     int sim = sim_start();
-    ts_sleep_ms(3000); /* load, and checkpoints of every cell */
-
     ts_probe_cell_t lost[MAX_CELLS], moved[MAX_CELLS];
     char owners[MAX_CELLS][TS_WORKER_ID_MAX];
     size_t n = owned_cells("w2", lost, MAX_CELLS);
     assert_int_equal(n, NCELLS / 2);
+    /* load, and a checkpoint of every cell of w2 written under it */
+    wait_applied(NULL, 0);
+    wait_checkpoints(lost, n, ts_mono_us());
 
     uint64_t t_kill = ts_mono_us();
     ts_h_signal(&ts_h, stack.workers[1], SIGKILL);
@@ -438,7 +537,10 @@ static void test_killed_worker_cells_recovered(void **state)
                  RECOVERY_MAX_US / 1000);
     }
 
-    ts_sleep_ms(3000); /* the sim goes on against the recovered cells */
+    /* the sim goes on against the recovered cells */
+    ts_probe_hb_t w1_hb;
+    assert_true(ts_probe_heartbeat(probe, "w1", &w1_hb));
+    wait_applied("w1", w1_hb.inputs_applied);
     sim_verify(sim, "the kill", t_kill);
     cluster_stop();
     ts_h_pass();
@@ -450,7 +552,7 @@ static void test_stalled_worker_is_fenced(void **state)
     cluster_start();
     int sim = sim_start();
     player_start(-50, 50); /* cell 0.-1.0.0.0, w1's */
-    ts_sleep_ms(2000);
+    wait_applied(NULL, 0);
 
     ts_probe_cell_t lost[MAX_CELLS], moved[MAX_CELLS];
     char owners[MAX_CELLS][TS_WORKER_ID_MAX];
@@ -479,14 +581,19 @@ static void test_stalled_worker_is_fenced(void **state)
     ts_h_signal(&ts_h, stack.workers[0], SIGCONT);
     fprintf(stderr, "w1 stopped: cells reassigned to w2 in %.0f ms; SIGCONT\n", (double)reg_us / 1000);
 
-    /* a heartbeat from w1 sent 2 s after it woke up shows it owns nothing */
+    /* a heartbeat from w1 sent 2 s after it woke up shows it owns nothing;
+     * state it publishes is watched until it has heartbeated a second more */
     ts_probe_hb_t l = {.ncells = 0};
     bool fresh = false;
     while (!fresh && ts_mono_us() - t_cont < 10000000) {
-        ts_sleep_ms(50);
+        ts_sleep_ms(20);
         fresh = ts_probe_heartbeat(probe, "w1", &l) && l.received_us > t_cont + FENCE_MAX_US;
     }
-    ts_sleep_ms(2000);
+    ts_probe_hb_t later = l;
+    while (fresh && later.received_us < l.received_us + 1000000ULL && ts_mono_us() - t_cont < 10000000) {
+        ts_sleep_ms(20);
+        ts_probe_heartbeat(probe, "w1", &later);
+    }
 
     pthread_mutex_lock(&SW.mu);
     SW.armed = false;
@@ -539,7 +646,8 @@ static int test_setup(void **state)
     ts_h_test_setup(state);
     atomic_store(&PL.stop, false);
     atomic_store(&PL.stop_sending, false);
-    PL.entity = PL.sent = PL.last_seq = PL.applied = PL.max_applied = PL.last_input_seq = PL.regressions = 0;
+    PL.entity = PL.sent = PL.last_seq = PL.applied = PL.max_applied = PL.last_input_seq = PL.regressions =
+        PL.deltas = 0;
     PL.closed = false;
     PL.errors = 0;
     return 0;
