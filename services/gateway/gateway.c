@@ -256,7 +256,7 @@ static void on_check(uv_check_t *h)
 {
     gw_t *gw = h->data;
     if (gw->stopping) return;
-    if (gw->batch_head != NULL) {
+    if (gw->batch_head != NULL && !gw->batch_busy) {
         gw_router_flush(gw, false);
         if (gw->batch_busy && !uv_is_active((uv_handle_t *)&gw->retry_timer))
             uv_timer_start(&gw->retry_timer, on_retry_flush, RETRY_FLUSH_MS, 0);

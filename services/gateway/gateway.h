@@ -44,6 +44,8 @@
 #define GW_BATCH_MAX_INPUTS 1024
 /* Inputs waiting for one cell before new ones are refused (and reported). */
 #define GW_CELL_MAX_PENDING 100000
+/* Inputs the bus has no room for are reported as not stored after this. */
+#define GW_INPUT_MAX_WAIT_US 5000000ull
 /* Input batches awaiting their JetStream acknowledgement, all cells. */
 #define GW_INFLIGHT_MAX 8192
 /* Bus messages waiting for the loop before new ones are dropped. */

@@ -187,7 +187,8 @@ static size_t publish_cell(gw_t *gw, gw_cell_t *cell, bool force, bool *busy, pb
     static uint64_t warned_us;
     size_t done = 0;
     while (done < cell->ninputs && (force || !cell->inflight)) {
-        if (!force && gw->ninflight >= GW_INFLIGHT_MAX) {
+        if (!force &&
+            (gw->ninflight >= GW_INFLIGHT_MAX || ts_bus_in_flight(gw->bus) >= TS_BUS_MAX_IN_FLIGHT)) {
             *busy = true;
             break;
         }
@@ -236,6 +237,22 @@ static size_t publish_cell(gw_t *gw, gw_cell_t *cell, bool force, bool *busy, pb
     return done;
 }
 
+/* Inputs the bus has had no room for during GW_INPUT_MAX_WAIT_US leave the
+ * queue and are reported to their clients, so nobody waits forever. */
+static void expire_waiting(gw_t *gw, gw_cell_t *cell)
+{
+    uint64_t now = ts_now_us();
+    size_t k = 0;
+    while (k < cell->ninputs && now > cell->inputs[k].sent_us + GW_INPUT_MAX_WAIT_US)
+        k++;
+    if (k == 0 || cell->inflight) return;
+    build_recs(gw, cell, cell->inputs, k);
+    report_not_stored(gw, cell, "the bus had no room for them");
+    gw->inputs_not_stored += k;
+    memmove(cell->inputs, cell->inputs + k, (cell->ninputs - k) * sizeof *cell->inputs);
+    cell->ninputs -= k;
+}
+
 void gw_router_flush(gw_t *gw, bool force)
 {
     if (force) {
@@ -260,6 +277,7 @@ void gw_router_flush(gw_t *gw, bool force)
             memmove(cell->inputs, cell->inputs + done, (cell->ninputs - done) * sizeof *cell->inputs);
             cell->ninputs -= done;
         }
+        if (busy) expire_waiting(gw, cell);
         if (busy && cell->ninputs > 0) {
             cell->next_batch = retry;
             retry = cell;
@@ -277,6 +295,7 @@ void gw_router_on_ack(gw_t *gw, uint64_t seq, bool ok)
     gw_cell_t *cell = ts_map_del(&gw->inflight, seq);
     if (cell == NULL) return;
     gw->ninflight--;
+    gw->batch_busy = false; /* the bus has room again */
     cell->inflight = false;
     if (!ok) {
         gw->inputs_not_stored += cell->inflight_count;
