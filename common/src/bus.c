@@ -472,10 +472,14 @@ ts_status_t ts_bus_ensure_streams(ts_bus_t *bus, uint32_t world, const char *sto
     ts_status_t st = ensure_stream(bus, &cfg);
     if (st != TS_OK) return st;
 
-    /* checkpoints: the latest per cell */
+    /* checkpoints: the latest per cell (and per part subject of chunked ones) */
+    char parts[96];
+    const char *ckpt_subjects[2] = {subj, parts};
     ts_bus_ckpt_stream(name, sizeof name, world);
     snprintf(subj, sizeof subj, "cell.%" PRIu32 ".*.*.*.*.checkpoint", world);
-    stream_config(&cfg, name, subjects, st_type, replicas);
+    snprintf(parts, sizeof parts, "cell.%" PRIu32 ".*.*.*.*.checkpoint.>", world);
+    stream_config(&cfg, name, ckpt_subjects, st_type, replicas);
+    cfg.SubjectsLen = 2;
     cfg.MaxMsgsPerSubject = 1;
     return ensure_stream(bus, &cfg);
 }
@@ -753,7 +757,7 @@ ts_status_t ts_bus_consume(ts_bus_t *bus, uint32_t world, const char *subject, u
         return TS_ERR_INVALID;
     *out = NULL;
     char stream[64];
-    if (has_suffix(subject, ".checkpoint"))
+    if (has_suffix(subject, ".checkpoint") || strstr(subject, ".checkpoint.") != NULL)
         ts_bus_ckpt_stream(stream, sizeof stream, world);
     else
         ts_bus_input_stream(stream, sizeof stream, world);

@@ -32,6 +32,17 @@ void ts_cellmap_free(ts_cellmap_t *m)
     m->len = 0;
 }
 
+void ts_cellmap_clear(ts_cellmap_t *m, void (*fn)(void *val))
+{
+    uint64_t k;
+    void *v;
+    for (size_t it = 0; ts_map_next(&m->buckets, &it, &k, &v);)
+        for (node_t *n = v; n; n = n->next)
+            fn(n->val);
+    ts_cellmap_free(m);
+    ts_cellmap_init(m);
+}
+
 void *ts_cellmap_get(const ts_cellmap_t *m, const ts_cell_t *cell)
 {
     for (node_t *n = ts_map_get(&m->buckets, ts_cell_hash(cell)); n; n = n->next)

@@ -36,7 +36,6 @@
 #include "tessera/util.h"
 #include "worker_internal.h"
 
-#define PEER_TIMEOUT_MS 1000
 #define FROZEN_TIMEOUT_US 3000000ULL
 #define PENDING_TIMEOUT_US 15000000ULL
 #define TS_TYPE_HANDOVER "tessera.v1.Handover"
@@ -89,12 +88,17 @@ static ts_pending_t take_pending(ts_worker_t *w, ts_pending_t *p)
     return out;
 }
 
-static void free_pending(ts_pending_t *p)
+/* The subscription is closed (and its context freed) by the I/O thread. */
+static void free_pending(ts_worker_t *w, ts_pending_t *p)
 {
-    ts_bus_sub_destroy(p->sub);
-    ts_worker_free_ctx(p->ctx);
+    ts_worker_release_sub(w, p->sub, p->ctx);
     ts_zone_destroy(p->zone);
     memset(p, 0, sizeof(*p));
+}
+
+static bool last_part(const Tessera__V1__Handover *m)
+{
+    return m->parts <= 1 || m->part + 1 == m->parts;
 }
 
 static Tessera__V1__Checkpoint *unpack_snapshot(const Tessera__V1__Handover *m)
@@ -107,62 +111,120 @@ static Tessera__V1__Checkpoint *unpack_snapshot(const Tessera__V1__Handover *m)
  * the cell's input after s1 right away, holding it (not applying), so that
  * neither the Diff nor the COMMIT costs a subscription round trip; what it
  * holds up to s2 is skipped when it takes the cell. */
+/* Inserts a new pending zone for handover m (replacing any other for the
+ * same cell). Returns false (and leaves z to the caller) if out of memory. */
+static bool add_pending(ts_worker_t *w, const Tessera__V1__Handover *m, ts_zone_t *z)
+{
+    ts_pending_t old = {0};
+    bool ok = false;
+    pthread_mutex_lock(&w->mu);
+    for (size_t i = 0; i < w->npending; i++) {
+        if (!ts_cell_eq(&w->pending[i].zone->cell, &z->cell)) continue;
+        old = take_pending(w, &w->pending[i]); /* at most one per cell */
+        break;
+    }
+    if (w->npending == w->cap_pending) {
+        size_t ncap = w->cap_pending ? w->cap_pending * 2 : 8;
+        ts_pending_t *v = realloc(w->pending, ncap * sizeof(*v));
+        if (v) {
+            w->pending = v;
+            w->cap_pending = ncap;
+        }
+    }
+    if (w->npending < w->cap_pending) {
+        ts_pending_t *p = &w->pending[w->npending++];
+        memset(p, 0, sizeof(*p));
+        ts_strlcpy(p->id, m->id, sizeof(p->id));
+        p->zone = z;
+        p->parts_got = 1;
+        p->created_us = ts_mono_us();
+        ok = true;
+    }
+    pthread_mutex_unlock(&w->mu);
+    free_pending(w, &old);
+    return ok;
+}
+
+/* Target side, on a nats.c thread: the PreCopy (one message or several
+ * parts in order). After the last part the target starts consuming the
+ * cell's input after s1, holding it (not applying), so that neither the
+ * Diff nor the COMMIT costs a subscription round trip; what it holds up to
+ * s2 is skipped when it takes the cell. */
 static void on_precopy(ts_worker_t *w, const Tessera__V1__Handover *m, const char *reply)
 {
     ack_t a = {.ok = false};
     ts_cell_t cell;
     Tessera__V1__Checkpoint *cp = unpack_snapshot(m);
-    ts_zone_t *z = NULL;
-    ts_sub_ctx_t *ctx = NULL;
-    ts_bus_sub_t *sub = NULL;
-    if (!cp || ts_proto_cell_get(m->cell, &cell) != TS_OK) {
+    bool last = last_part(m);
+    if (!cp || ts_proto_cell_get(m->cell, &cell) != TS_OK || (m->parts > 1 && m->part >= m->parts)) {
         a.error = "malformed PreCopy";
-    } else if (ts_zone_create(&z, &cell, m->epoch, &w->world, w->cfg->worker_max_speed) != TS_OK ||
-               ts_zone_load_checkpoint(z, cp, false, w->tick) != TS_OK) {
-        a.error = "cannot load the PreCopy snapshot";
-        ts_zone_destroy(z);
-        z = NULL;
-    } else if (ts_worker_subscribe_input(w, &cell, z->last_applied_seq, true, &ctx, &sub) != TS_OK) {
-        a.error = "cannot consume the cell's input";
-        ts_zone_destroy(z);
-        z = NULL;
-    }
-    if (z) {
-        ts_pending_t old = {0};
-        pthread_mutex_lock(&w->mu);
-        for (size_t i = 0; i < w->npending; i++) {
-            if (!ts_cell_eq(&w->pending[i].zone->cell, &cell)) continue;
-            old = take_pending(w, &w->pending[i]); /* at most one per cell */
-            break;
-        }
-        if (w->npending == w->cap_pending) {
-            size_t ncap = w->cap_pending ? w->cap_pending * 2 : 8;
-            ts_pending_t *v = realloc(w->pending, ncap * sizeof(*v));
-            if (v) {
-                w->pending = v;
-                w->cap_pending = ncap;
-            }
-        }
-        ts_pending_t fail = {0};
-        if (w->npending < w->cap_pending) {
-            ts_pending_t *p = &w->pending[w->npending++];
-            memset(p, 0, sizeof(*p));
-            ts_strlcpy(p->id, m->id, sizeof(p->id));
-            p->zone = z;
-            p->ctx = ctx;
-            p->sub = sub;
-            p->created_us = ts_mono_us();
-            a = (ack_t){.ok = true, .seq = z->last_applied_seq, .entities = (uint32_t)ts_zone_entities(z)};
-        } else {
-            fail = (ts_pending_t){.zone = z, .ctx = ctx, .sub = sub};
+    } else if (m->part == 0) {
+        ts_zone_t *z = NULL;
+        if (ts_zone_create(&z, &cell, m->epoch, &w->world, w->cfg->worker_max_speed) != TS_OK ||
+            ts_zone_load_checkpoint(z, cp, false, w->tick) != TS_OK) {
+            a.error = "cannot load the PreCopy snapshot";
+            ts_zone_destroy(z);
+        } else if (!add_pending(w, m, z)) {
             a.error = "out of memory";
+            ts_zone_destroy(z);
+        } else {
+            a.ok = true;
+        }
+    } else {
+        a.error = "PreCopy part without its first part";
+        pthread_mutex_lock(&w->mu);
+        ts_pending_t *p = find_pending(w, m->id);
+        if (p && !p->sub && p->parts_got == m->part) {
+            if (ts_zone_load_checkpoint(p->zone, cp, false, w->tick) == TS_OK) {
+                p->parts_got++;
+                a = (ack_t){.ok = true};
+            } else {
+                a.error = "cannot load the PreCopy snapshot";
+            }
+        } else if (p) {
+            a.error = "PreCopy part missing or out of order";
         }
         pthread_mutex_unlock(&w->mu);
-        free_pending(&old);
-        free_pending(&fail);
     }
     if (cp) tessera__v1__checkpoint__free_unpacked(cp, NULL);
-    send_ack(w, reply, m, &a);
+    if (!last && a.ok) return; /* more parts to come; the last one is answered */
+    if (a.ok) {
+        /* all parts are in: consume the input after s1, held */
+        uint64_t after = 0;
+        pthread_mutex_lock(&w->mu);
+        ts_pending_t *p = find_pending(w, m->id);
+        if (p) after = p->zone->last_applied_seq;
+        pthread_mutex_unlock(&w->mu);
+        ts_sub_ctx_t *ctx = NULL;
+        ts_bus_sub_t *sub = NULL;
+        a = (ack_t){.ok = false, .error = "the handover was dropped while its PreCopy arrived"};
+        if (p && ts_worker_subscribe_input(w, &cell, after, true, &ctx, &sub) != TS_OK) {
+            a.error = "cannot consume the cell's input";
+        } else if (p) {
+            pthread_mutex_lock(&w->mu);
+            p = find_pending(w, m->id);
+            if (p) {
+                p->ctx = ctx;
+                p->sub = sub;
+                ctx = NULL;
+                sub = NULL;
+                a = (ack_t){.ok = true,
+                            .seq = p->zone->last_applied_seq,
+                            .entities = (uint32_t)ts_zone_entities(p->zone)};
+            }
+            pthread_mutex_unlock(&w->mu);
+            ts_worker_release_sub(w, sub, ctx);
+        }
+    }
+    if (!a.ok && m->id) { /* drop what arrived of it */
+        pthread_mutex_lock(&w->mu);
+        ts_pending_t *p = find_pending(w, m->id);
+        ts_pending_t gone = {0};
+        if (p) gone = take_pending(w, p);
+        pthread_mutex_unlock(&w->mu);
+        free_pending(w, &gone);
+    }
+    if (last || !a.ok) send_ack(w, reply, m, &a);
 }
 
 /* Target side, on a nats.c thread: the Diff. The zone is now exact as of s2. */
@@ -170,25 +232,41 @@ static void on_diff(ts_worker_t *w, const Tessera__V1__Handover *m, const char *
 {
     ack_t a = {.ok = false, .error = "no PreCopy for this handover"};
     Tessera__V1__Checkpoint *cp = unpack_snapshot(m);
+    bool last = last_part(m);
     pthread_mutex_lock(&w->mu);
     ts_pending_t *p = find_pending(w, m->id);
     if (!cp) {
         a.error = "malformed Diff";
-    } else if (p && ts_zone_load_checkpoint(p->zone, cp, true, w->tick) == TS_OK) {
-        p->diffed = true;
-        a = (ack_t){.ok = true, .seq = p->zone->last_applied_seq, .freeze_us = m->freeze_us,
-                    .entities = (uint32_t)ts_zone_entities(p->zone)};
+    } else if (p && !p->sub) {
+        a.error = "the PreCopy did not complete";
+    } else if (p) {
+        if (m->part == 0) p->parts_got = 0;
+        if (p->parts_got != m->part) {
+            a.error = "Diff part missing or out of order";
+        } else if (ts_zone_load_checkpoint(p->zone, cp, true, w->tick) == TS_OK) {
+            p->parts_got++;
+            p->diffed = last;
+            a = (ack_t){.ok = true,
+                        .seq = p->zone->last_applied_seq,
+                        .freeze_us = m->freeze_us,
+                        .entities = (uint32_t)ts_zone_entities(p->zone)};
+        } else {
+            a.error = "cannot load the Diff";
+        }
     }
     pthread_mutex_unlock(&w->mu);
     if (cp) tessera__v1__checkpoint__free_unpacked(cp, NULL);
+    if (!last && a.ok) return; /* the last part is answered (to the orchestrator) */
     send_ack(w, reply, m, &a);
     ts_debug("handover %s: Diff in %llu us after the freeze (%zu bytes)", m->id,
              (unsigned long long)(ts_now_us() - m->freeze_us), m->snapshot.len);
 }
 
 /* Target side, on a nats.c thread: the registry names us; the cell is ours.
- * The tick thread binds it (ts_handover_poll) without further round trips. */
-static void on_commit_target(ts_worker_t *w, const Tessera__V1__Handover *m, const char *reply)
+ * The tick thread binds it (ts_handover_poll) without further round trips.
+ * Returns false if there is no pending zone for it (any more): the tick
+ * thread may have bound it from the registry already, and answers then. */
+static bool on_commit_target(ts_worker_t *w, const Tessera__V1__Handover *m, const char *reply)
 {
     ack_t a = {.ok = false, .error = "no completed Diff for this handover"};
     pthread_mutex_lock(&w->mu);
@@ -197,10 +275,13 @@ static void on_commit_target(ts_worker_t *w, const Tessera__V1__Handover *m, con
         p->committed = true;
         p->new_epoch = m->new_epoch;
         a = (ack_t){.ok = true, .resume_us = ts_now_us(), .seq = p->zone->last_applied_seq};
+        atomic_store(&w->wake, true);
         pthread_cond_signal(&w->cond);
     }
     pthread_mutex_unlock(&w->mu);
+    if (!p) return false;
     send_ack(w, reply, m, &a);
+    return true;
 }
 
 static void queue_ctl(ts_worker_t *w, Tessera__V1__Handover *m, const char *reply)
@@ -220,6 +301,7 @@ static void queue_ctl(ts_worker_t *w, Tessera__V1__Handover *m, const char *repl
         w->cap_ctl = ncap;
     }
     w->ctl[w->nctl++] = (ts_ctl_req_t){m, r};
+    atomic_store(&w->wake, true);
     pthread_cond_signal(&w->cond);
     pthread_mutex_unlock(&w->mu);
 }
@@ -252,7 +334,7 @@ static void on_handover(void *ud, const ts_bus_msg_t *msg)
         if (p) gone = take_pending(w, p);
         pthread_mutex_unlock(&w->mu);
         if (target) {
-            free_pending(&gone);
+            free_pending(w, &gone);
             ack_t a = {.ok = true};
             send_ack(w, reply, m, &a);
             break;
@@ -260,17 +342,10 @@ static void on_handover(void *ud, const ts_bus_msg_t *msg)
         queue_ctl(w, m, reply); /* source side: resume on the tick thread */
         return;
     }
-    case TESSERA__V1__HANDOVER_PHASE__HANDOVER_COMMIT: {
-        pthread_mutex_lock(&w->mu);
-        bool target = find_pending(w, m->id) != NULL;
-        pthread_mutex_unlock(&w->mu);
-        if (target) {
-            on_commit_target(w, m, reply);
-            break;
-        }
-        queue_ctl(w, m, reply); /* source side: let go on the tick thread */
+    case TESSERA__V1__HANDOVER_PHASE__HANDOVER_COMMIT:
+        if (on_commit_target(w, m, reply)) break;
+        queue_ctl(w, m, reply); /* source (lets go), or a target that bound it already */
         return;
-    }
     case TESSERA__V1__HANDOVER_PHASE__HANDOVER_PREPARE:
     case TESSERA__V1__HANDOVER_PHASE__HANDOVER_FREEZE:
         queue_ctl(w, m, reply);
@@ -288,20 +363,21 @@ ts_status_t ts_handover_subscribe(ts_worker_t *w)
     return ts_bus_subscribe(w->bus, subj, on_handover, w, &w->ho_sub);
 }
 
-/* Source side: sends a PreCopy or Diff of z to the target and waits for its
- * ACK. */
-/* Sends the target a PreCopy (waiting for its ACK) or a Diff. The Diff is
- * published with the orchestrator's reply subject: the target acknowledges
- * the FREEZE straight to the orchestrator, one hop less inside the freeze
- * window; if it never does, the orchestrator's ABORT (or our own timeout)
- * resumes us. */
-static ts_status_t send_to_target(ts_worker_t *w, const Tessera__V1__Handover *req, ts_zone_t *z,
-                                  Tessera__V1__HandoverPhase phase, const char *orch_reply, uint64_t freeze_us)
+/* Sends the target a PreCopy or a Diff. The Diff is published with the
+ * orchestrator's reply subject: the target acknowledges the FREEZE straight
+ * to the orchestrator, one hop less inside the freeze window; if it never
+ * does, the orchestrator's ABORT (or our own timeout) resumes us. The PreCopy
+ * is a request the I/O thread makes (it takes over req): its ACK goes to the
+ * orchestrator once the target answered, while this thread ticks on. */
+static ts_status_t send_to_target(ts_worker_t *w, Tessera__V1__Handover *req, const char *req_reply,
+                                  ts_zone_t *z, Tessera__V1__HandoverPhase phase, const char *orch_reply,
+                                  uint64_t freeze_us)
 {
-    uint8_t *snap = NULL, *buf = NULL;
-    size_t snaplen = 0, len = 0;
-    ts_status_t st = ts_zone_pack_checkpoint(z, w->tick, w->id, phase == TESSERA__V1__HANDOVER_PHASE__HANDOVER_DIFF,
-                                             &snap, &snaplen);
+    uint8_t **snaps = NULL, *buf = NULL;
+    size_t *snaplens = NULL, nparts = 0, len = 0;
+    ts_status_t st =
+        ts_zone_pack_checkpoint_parts(z, w->tick, w->id, phase == TESSERA__V1__HANDOVER_PHASE__HANDOVER_DIFF,
+                                      0, &snaps, &snaplens, &nparts);
     if (st != TS_OK) return st;
     Tessera__V1__Handover m = TESSERA__V1__HANDOVER__INIT;
     m.id = req->id;
@@ -311,31 +387,48 @@ static ts_status_t send_to_target(ts_worker_t *w, const Tessera__V1__Handover *r
     m.from = w->id;
     m.to = req->to;
     m.target = req->to;
-    m.snapshot.data = snap;
-    m.snapshot.len = snaplen;
     m.seq = z->last_applied_seq;
     m.freeze_us = freeze_us;
-    st = ts_proto_pack(&m.base, &buf, &len);
-    free(snap);
-    if (st != TS_OK) return st;
+    if (nparts > 1) m.parts = (uint32_t)nparts;
     char subj[TS_SUBJECT_MAX];
     ts_subject_cell(subj, sizeof(subj), &z->cell, TS_SUBJ_HANDOVER);
     ts_bus_hdr_t hdr = {.type = TS_TYPE_HANDOVER, .epoch = z->epoch, .seq = z->last_applied_seq};
+    /* every part but the last goes as a plain message, in order; the last
+     * one carries the reply subject */
+    for (size_t i = 0; i < nparts && st == TS_OK; i++) {
+        m.part = (uint32_t)i;
+        m.snapshot.data = snaps[i];
+        m.snapshot.len = snaplens[i];
+        free(buf);
+        buf = NULL;
+        st = ts_proto_pack(&m.base, &buf, &len);
+        if (st == TS_OK && i + 1 < nparts) st = ts_bus_publish(w->bus, subj, &hdr, buf, len);
+    }
+    ts_zone_free_parts(snaps, snaplens, nparts);
+    if (st != TS_OK) {
+        free(buf);
+        return st;
+    }
     if (orch_reply) {
         st = ts_bus_publish_reply(w->bus, subj, orch_reply, &hdr, buf, len);
         free(buf);
         return st;
     }
-    ts_bus_msg_t *reply = NULL;
-    st = ts_bus_request(w->bus, subj, &hdr, buf, len, PEER_TIMEOUT_MS, &reply);
-    free(buf);
-    if (st != TS_OK) return st;
-    Tessera__V1__Handover *ack = tessera__v1__handover__unpack(NULL, ts_bus_msg_len(reply), ts_bus_msg_data(reply));
-    st = ack && ack->ok ? TS_OK : TS_ERR_UNAVAILABLE;
-    if (ack && !ack->ok) ts_warn("cell %s: target %s refused: %s", z->key, req->to, ack->error);
-    if (ack) tessera__v1__handover__free_unpacked(ack, NULL);
-    ts_bus_msg_destroy(reply);
-    return st;
+    ts_io_job_t *job = ts_io_job_new(TS_IO_REQUEST);
+    if (!job) {
+        free(buf);
+        return TS_ERR_NOMEM;
+    }
+    ts_strlcpy(job->subject, subj, sizeof(job->subject));
+    job->buf = buf;
+    job->len = len;
+    job->epoch = z->epoch;
+    job->after_seq = z->last_applied_seq;
+    job->ncells = ts_zone_entities(z);
+    job->req = req;
+    job->req_reply = req_reply ? strdup(req_reply) : NULL;
+    ts_io_submit(w, job);
+    return TS_OK;
 }
 
 static ts_binding_t *owned_binding(ts_worker_t *w, const Tessera__V1__Handover *m, ack_t *a)
@@ -357,7 +450,8 @@ static ts_binding_t *owned_binding(ts_worker_t *w, const Tessera__V1__Handover *
     return b;
 }
 
-static void do_prepare(ts_worker_t *w, const Tessera__V1__Handover *m, const char *reply)
+/* Returns true if it took m over (the I/O thread answers the orchestrator). */
+static bool do_prepare(ts_worker_t *w, Tessera__V1__Handover *m, const char *reply)
 {
     ack_t a = {.ok = false};
     ts_binding_t *b = owned_binding(w, m, &a);
@@ -367,13 +461,13 @@ static void do_prepare(ts_worker_t *w, const Tessera__V1__Handover *m, const cha
         a.error = "bad target";
     } else if (b) {
         ts_zone_mark_precopy(b->zone);
-        ts_status_t st = send_to_target(w, m, b->zone, TESSERA__V1__HANDOVER_PHASE__HANDOVER_PRECOPY, NULL, 0);
-        if (st == TS_OK)
-            a = (ack_t){.ok = true, .seq = b->zone->last_applied_seq, .entities = (uint32_t)ts_zone_entities(b->zone)};
-        else
-            a.error = "PreCopy to the target failed";
+        if (send_to_target(w, m, reply, b->zone, TESSERA__V1__HANDOVER_PHASE__HANDOVER_PRECOPY, NULL, 0) ==
+            TS_OK)
+            return true;
+        a.error = "PreCopy to the target failed";
     }
     send_ack(w, reply, m, &a);
+    return false;
 }
 
 /* Source: back to owning the cell after an abort, applying what arrived
@@ -407,9 +501,10 @@ static void do_freeze(ts_worker_t *w, const Tessera__V1__Handover *m, const char
     /* unpublished transfers, forwards and announcements travel in the Diff and
      * the target publishes them; queued Departures are decided anew there */
     ts_zone_cancel_departures(z);
-    ts_status_t st = reply && *reply ? send_to_target(w, m, z, TESSERA__V1__HANDOVER_PHASE__HANDOVER_DIFF, reply,
-                                                      freeze_us)
-                                     : TS_ERR_INVALID;
+    ts_status_t st = reply && *reply
+                         ? send_to_target(w, (Tessera__V1__Handover *)m, NULL, z,
+                                          TESSERA__V1__HANDOVER_PHASE__HANDOVER_DIFF, reply, freeze_us)
+                         : TS_ERR_INVALID;
     if (st != TS_OK) {
         ts_warn("cell %s: Diff to %s failed (%s); resuming", z->key, m->to, ts_status_str(st));
         resume(w, b);
@@ -451,28 +546,30 @@ static void do_abort(ts_worker_t *w, const Tessera__V1__Handover *m, const char 
     send_ack(w, reply, m, &a);
 }
 
-/* A frozen cell that heard nothing: the registry decides. */
+/* A frozen cell that heard nothing: the registry decides, from a full read
+ * made after the timeout (asked of the I/O thread; decided when it lands). */
 static void check_frozen(ts_worker_t *w)
 {
     uint64_t now = ts_mono_us();
     for (size_t i = 0; i < w->nbind;) {
-        ts_binding_t *b = &w->bindings[i];
+        ts_binding_t *b = w->bindings[i];
         if (b->state != TS_BIND_FROZEN || now - b->frozen_us < FROZEN_TIMEOUT_US) {
             i++;
             continue;
         }
-        ts_cell_entry_t e;
-        if (ts_registry_cell_get(w->reg, &b->zone->cell, &e) != TS_OK) {
-            i++; /* cannot tell: stay frozen, ask again next time */
+        if (w->view.last_sync_us < b->frozen_us + FROZEN_TIMEOUT_US) {
+            ts_worker_request_resync(w); /* cannot tell yet: stay frozen */
+            i++;
             continue;
         }
-        if (strcmp(e.owner, w->id) == 0 && e.epoch == b->zone->epoch) {
+        const ts_cell_entry_t *e = ts_worker_find_entry(w, &b->zone->cell);
+        if (e && strcmp(e->owner, w->id) == 0 && e->epoch == b->zone->epoch) {
             ts_warn("cell %s: handover %s timed out before commit; resuming", b->zone->key, b->handover_id);
             resume(w, b);
             i++;
         } else {
-            ts_info("cell %s: handover %s committed (owner %s, epoch %" PRIu64 ")", b->zone->key, b->handover_id,
-                    e.owner, e.epoch);
+            ts_info("cell %s: handover %s committed (owner %s, epoch %" PRIu64 ")", b->zone->key,
+                    b->handover_id, e ? e->owner : "-", e ? e->epoch : 0);
             w->stats.handovers_out++;
             ts_worker_unbind(w, b); /* moves another binding into slot i */
         }
@@ -492,7 +589,7 @@ static void check_frozen(ts_worker_t *w)
     for (size_t i = 0; i < nexp; i++) {
         ts_warn("handover %s: no commit within %llu s; discarding the received cell", expired[i].id,
                 (unsigned long long)(PENDING_TIMEOUT_US / 1000000));
-        free_pending(&expired[i]);
+        free_pending(w, &expired[i]);
     }
 }
 
@@ -516,14 +613,14 @@ static bool adopt_pending(ts_worker_t *w, const ts_cell_t *cell, uint64_t epoch)
     uint64_t new_epoch = cell ? epoch : p.new_epoch;
     ts_cell_t c = p.zone->cell;
     if (ts_worker_find_binding(w, &c)) {
-        free_pending(&p); /* bound meanwhile from the registry */
+        free_pending(w, &p); /* bound meanwhile from the registry */
         return true;
     }
     uint64_t s2 = p.zone->last_applied_seq;
     if (ts_worker_adopt(w, p.zone, new_epoch, p.sub, p.ctx) == TS_OK) {
         w->stats.handovers_in++;
         ts_info("cell %s: bound at epoch %" PRIu64 " from handover %s, consuming after seq %" PRIu64,
-                w->bindings[w->nbind - 1].zone->key, new_epoch, p.id, s2);
+                w->bindings[w->nbind - 1]->zone->key, new_epoch, p.id, s2);
     }
     return true;
 }
@@ -551,13 +648,22 @@ void ts_handover_poll(ts_worker_t *w)
         for (size_t i = 0; i < n; i++) {
             Tessera__V1__Handover *m = reqs[i].msg;
             switch (m->phase) {
-            case TESSERA__V1__HANDOVER_PHASE__HANDOVER_PREPARE: do_prepare(w, m, reqs[i].reply); break;
-            case TESSERA__V1__HANDOVER_PHASE__HANDOVER_FREEZE: do_freeze(w, m, reqs[i].reply); break;
-            case TESSERA__V1__HANDOVER_PHASE__HANDOVER_COMMIT: do_commit(w, m, reqs[i].reply); break;
-            case TESSERA__V1__HANDOVER_PHASE__HANDOVER_ABORT: do_abort(w, m, reqs[i].reply); break;
-            default: break;
+            case TESSERA__V1__HANDOVER_PHASE__HANDOVER_PREPARE:
+                if (do_prepare(w, m, reqs[i].reply)) m = NULL;
+                break;
+            case TESSERA__V1__HANDOVER_PHASE__HANDOVER_FREEZE:
+                do_freeze(w, m, reqs[i].reply);
+                break;
+            case TESSERA__V1__HANDOVER_PHASE__HANDOVER_COMMIT:
+                do_commit(w, m, reqs[i].reply);
+                break;
+            case TESSERA__V1__HANDOVER_PHASE__HANDOVER_ABORT:
+                do_abort(w, m, reqs[i].reply);
+                break;
+            default:
+                break;
             }
-            tessera__v1__handover__free_unpacked(m, NULL);
+            if (m) tessera__v1__handover__free_unpacked(m, NULL);
             free(reqs[i].reply);
         }
         free(reqs);
@@ -580,6 +686,7 @@ void ts_handover_free_all(ts_worker_t *w)
     w->pending = NULL;
     w->npending = w->cap_pending = 0;
     pthread_mutex_unlock(&w->mu);
-    for (size_t i = 0; i < n; i++) free_pending(&all[i]);
+    for (size_t i = 0; i < n; i++)
+        free_pending(w, &all[i]);
     free(all);
 }

@@ -1,7 +1,16 @@
 /* What a worker tick publishes: Departures into the cell's own input stream,
- * transfers and forwarded inputs into neighbours' input streams (both
- * acknowledged by JetStream before the tick goes on), state deltas,
- * checkpoints and heartbeats. */
+ * transfers and forwarded inputs into neighbours' input streams, state
+ * deltas, checkpoints and heartbeats. Nothing here waits for the network.
+ *
+ * JetStream publishes are asynchronous. Each one takes a slot of the
+ * in-flight table, keyed by its Ts-Seq; the ack callback (a nats.c thread)
+ * writes the outcome into the slot and the tick thread reads it on its next
+ * tick (ts_worker_collect_publishes). A failed publish is sent again with
+ * the same bytes and message id, so JetStream stores it once. Per
+ * destination cell at most one outbox message is in flight and they go in
+ * outbox order, so an entity's Transfer is always stored before the inputs
+ * forwarded after it; a transfer is announced to gateways (`left`) only once
+ * it is stored. */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,33 +21,62 @@
 #include "tessera/util.h"
 #include "worker_internal.h"
 
-#define JS_TIMEOUT_MS 500
-#define JS_ATTEMPTS 3
-
-static ts_status_t js_publish_retry(ts_worker_t *w, const char *subj, const ts_bus_hdr_t *hdr, const uint8_t *buf,
-                                    size_t len)
+static ts_flight_t *slot_of(ts_worker_t *w, uint64_t seq)
 {
-    ts_status_t st = TS_ERR_BUS;
-    uint64_t seq = 0;
-    for (int attempt = 0; attempt < JS_ATTEMPTS; attempt++) {
-        st = ts_bus_js_publish(w->bus, subj, hdr, buf, len, JS_TIMEOUT_MS, &seq);
-        if (st == TS_OK) break;
+    return &w->flights[seq % TS_FLIGHT_SLOTS];
+}
+
+void ts_worker_on_publish_outcome(void *ud, const char *subject, uint64_t seq, uint32_t count, bool ok,
+                                  uint64_t stream_seq)
+{
+    ts_worker_t *w = ud;
+    size_t n = strlen(subject);
+    if (n < 6 || strcmp(subject + n - 6, ".input") != 0) return; /* checkpoints: nothing waits for them */
+    ts_flight_t *f = slot_of(w, seq);
+    if (atomic_load(&f->seq) != seq) return;
+    atomic_store(&f->state, ok ? TS_FLIGHT_OK : TS_FLIGHT_FAILED);
+}
+
+/* Returns the outcome of publish seq and frees its slot when it is final. A
+ * slot taken over by a later publish means the outcome is unknown: it is
+ * reported as failed, so the message goes again (de-duplicated). */
+static int outcome(ts_worker_t *w, uint64_t seq)
+{
+    ts_flight_t *f = slot_of(w, seq);
+    if (atomic_load(&f->seq) != seq) return TS_FLIGHT_FAILED;
+    int st = atomic_load(&f->state);
+    if (st != TS_FLIGHT_PENDING) atomic_store(&f->state, TS_FLIGHT_FREE);
+    return st == TS_FLIGHT_FREE ? TS_FLIGHT_FAILED : st;
+}
+
+/* Publishes buf asynchronously as Ts-Seq pub_seq. TS_ERR_BUSY: nothing sent,
+ * try again next tick. */
+static ts_status_t publish_tracked(ts_worker_t *w, const char *subj, ts_bus_hdr_t *hdr, const uint8_t *buf,
+                                   size_t len)
+{
+    ts_flight_t *f = slot_of(w, hdr->seq);
+    if (atomic_load(&f->state) == TS_FLIGHT_PENDING) return TS_ERR_BUSY;
+    atomic_store(&f->seq, hdr->seq);
+    atomic_store(&f->state, TS_FLIGHT_PENDING);
+    ts_status_t st = ts_bus_js_publish_async(w->bus, subj, hdr, buf, len);
+    if (st != TS_OK) {
+        atomic_store(&f->state, TS_FLIGHT_FREE);
+        if (st == TS_ERR_BUSY)
+            w->stats.publishes_delayed++;
+        else
+            w->stats.publishes_failed++;
     }
-    ts_debug("published %u items to %s as stream seq %llu (id %s): %s", hdr->count, subj, (unsigned long long)seq,
-             hdr->msg_id ? hdr->msg_id : "-", ts_status_str(st));
     return st;
 }
 
 void ts_worker_publish_departures(ts_worker_t *w, ts_zone_t *z)
 {
-    if (z->ndeps == 0) return;
+    if (z->ndeps == 0 || z->deps_pub) return; /* none, or one already in flight */
     uint8_t *buf = NULL;
     size_t len = 0;
     if (ts_zone_pack_departures(z, &buf, &len) != TS_OK) return;
-    char subj[TS_SUBJECT_MAX], msg_id[256];
+    char subj[TS_SUBJECT_MAX], msg_id[128];
     ts_subject_cell(subj, sizeof(subj), &z->cell, TS_SUBJ_INPUT);
-    /* unique per publish (a tick may publish a zone's departures twice: at the
-     * tick and at a handover freeze); retries below reuse it */
     uint64_t pub_seq = ++w->seq;
     snprintf(msg_id, sizeof(msg_id), "dep-%s-%016" PRIx64 "-%" PRIu64, w->id, w->boot_nonce, pub_seq);
     ts_bus_hdr_t hdr = {.type = TS_TYPE_INPUT_BATCH,
@@ -46,88 +84,140 @@ void ts_worker_publish_departures(ts_worker_t *w, ts_zone_t *z)
                         .seq = pub_seq,
                         .count = (uint32_t)z->ndeps,
                         .msg_id = msg_id};
-    ts_status_t st = js_publish_retry(w, subj, &hdr, buf, len);
+    if (publish_tracked(w, subj, &hdr, buf, len) == TS_OK) {
+        z->deps_in_flight = z->ndeps;
+        z->deps_pub = pub_seq;
+    }
     free(buf);
-    if (st == TS_OK)
-        ts_zone_departures_sent(z);
-    else
-        ts_warn("cell %s: cannot publish %zu departures (%s); retrying next tick", z->key, z->ndeps,
-                ts_status_str(st));
+}
+
+/* True if an entry before i goes to the same cell and is not stored yet. */
+static bool waits_for_earlier(const ts_zone_t *z, size_t i)
+{
+    for (size_t j = 0; j < i; j++) {
+        const ts_zone_out_t *o = &z->out[j];
+        if ((o->ntransfers || o->ninputs) && ts_cell_eq(&o->dest, &z->out[i].dest)) return true;
+    }
+    return false;
 }
 
 void ts_worker_publish_outboxes(ts_worker_t *w, ts_zone_t *z)
 {
     for (size_t i = 0; i < z->nout; i++) {
         ts_zone_out_t *o = &z->out[i];
-        if (o->ntransfers == 0 && o->ninputs == 0) continue;
+        if ((o->ntransfers == 0 && o->ninputs == 0) || o->pub_seq || waits_for_earlier(z, i)) continue;
+        const ts_cell_entry_t *de = ts_worker_find_entry(w, &o->dest);
+        if (!de) continue; /* not in the registry view (yet): keep it */
         uint8_t *buf = NULL;
         size_t len = 0;
+        if (ts_zone_pack_outbox(z, i, &buf, &len) != TS_OK) continue;
         char subj[TS_SUBJECT_MAX], dest[TS_CELL_STR_MAX], msg_id[512];
         ts_subject_cell(subj, sizeof(subj), &o->dest, TS_SUBJ_INPUT);
         ts_cell_format(&o->dest, dest, sizeof(dest));
-        uint64_t pub_seq = ++w->seq;
-        if (o->marker_seq)
-            /* the same Departure replayed by a later owner publishes the same id */
+        if (!o->id_seq) o->id_seq = ++w->seq; /* sealed from here on */
+        if (o->marker_seq) /* the same Departure replayed by a later owner publishes the same id */
             snprintf(msg_id, sizeof(msg_id), "xfer-%s-m%" PRIu64 "-%s", z->key, o->marker_seq, dest);
         else
-            /* unique per publish: forwarded inputs are de-duplicated by (entity, seq) */
-            snprintf(msg_id, sizeof(msg_id), "fwd-%s-%016" PRIx64 "-%" PRIu64, w->id, w->boot_nonce, pub_seq);
-        const ts_cell_entry_t *de = ts_worker_find_entry(w, &o->dest);
-        ts_status_t st = de ? ts_zone_pack_outbox(z, i, &buf, &len) : TS_ERR_UNKNOWN_CELL;
-        if (st == TS_OK) {
-            ts_bus_hdr_t hdr = {.type = TS_TYPE_INPUT_BATCH,
-                                .epoch = de->epoch,
-                                .seq = pub_seq,
-                                .count = (uint32_t)(o->ninputs + o->ntransfers),
-                                .msg_id = msg_id};
-            st = js_publish_retry(w, subj, &hdr, buf, len);
-        }
+            /* forwarded inputs are de-duplicated by (entity, seq) at the destination */
+            snprintf(msg_id, sizeof(msg_id), "fwd-%s-%016" PRIx64 "-%" PRIu64, w->id, w->boot_nonce,
+                     o->id_seq);
+        ts_bus_hdr_t hdr = {.type = TS_TYPE_INPUT_BATCH,
+                            .epoch = de->epoch,
+                            .seq = ++w->seq,
+                            .count = (uint32_t)(o->ninputs + o->ntransfers),
+                            .msg_id = msg_id};
+        ts_status_t st = publish_tracked(w, subj, &hdr, buf, len);
         free(buf);
-        if (st != TS_OK) {
-            ts_warn("cell %s: cannot hand %zu entities / %zu inputs to %s (%s); retrying next tick", z->key,
-                    o->ntransfers, o->ninputs, dest, ts_status_str(st));
-            ts_zone_outbox_failed(z, i);
-            continue;
-        }
-        if (strcmp(de->owner, w->id) != 0) w->stats.transfers_out_remote += o->ntransfers;
-        o->ntransfers = 0;
-        o->ninputs = 0;
+        if (st == TS_OK)
+            o->pub_seq = hdr.seq;
+        else if (st == TS_ERR_BUSY)
+            break; /* the bus is full: the rest waits for the next tick */
     }
-    ts_zone_outbox_clear(z);
+}
+
+void ts_worker_collect_publishes(ts_worker_t *w, ts_zone_t *z)
+{
+    if (z->deps_pub) {
+        int st = outcome(w, z->deps_pub);
+        if (st == TS_FLIGHT_OK) {
+            ts_zone_departures_done(z);
+        } else if (st == TS_FLIGHT_FAILED) {
+            ts_warn("cell %s: %zu departures not stored; sending them again", z->key, z->deps_in_flight);
+            w->stats.publishes_failed++;
+            z->deps_in_flight = 0;
+            z->deps_pub = 0;
+        }
+    }
+    bool done = false;
+    for (size_t i = 0; i < z->nout; i++) {
+        ts_zone_out_t *o = &z->out[i];
+        if (!o->pub_seq) continue;
+        int st = outcome(w, o->pub_seq);
+        if (st == TS_FLIGHT_OK) {
+            const ts_cell_entry_t *de = ts_worker_find_entry(w, &o->dest);
+            if (de && strcmp(de->owner, w->id) != 0) w->stats.transfers_out_remote += o->ntransfers;
+            ts_zone_outbox_done(z, i);
+            done = true;
+        } else if (st == TS_FLIGHT_FAILED) {
+            char dest[TS_CELL_STR_MAX];
+            ts_cell_format(&o->dest, dest, sizeof(dest));
+            ts_warn("cell %s: %zu entities / %zu inputs for %s not stored; sending them again", z->key,
+                    o->ntransfers, o->ninputs, dest);
+            w->stats.publishes_failed++;
+            o->pub_seq = 0; /* sealed: the same bytes and id go again */
+        }
+    }
+    if (done) ts_zone_outbox_clear(z);
 }
 
 void ts_worker_publish_state(ts_worker_t *w, ts_zone_t *z, bool full)
 {
-    uint8_t *buf = NULL;
-    size_t len = 0;
-    if (ts_zone_pack_delta(z, w->tick, full, w->id, &buf, &len) != TS_OK || !buf) return;
+    uint8_t **bufs = NULL;
+    size_t *lens = NULL, nparts = 0;
+    if (ts_zone_pack_delta(z, w->tick, full, w->id, &bufs, &lens, &nparts) != TS_OK || nparts == 0) return;
     char subj[TS_SUBJECT_MAX];
     ts_subject_cell(subj, sizeof(subj), &z->cell, TS_SUBJ_STATE);
     ts_bus_hdr_t hdr = {.type = TS_TYPE_STATE_DELTA, .epoch = z->epoch, .seq = w->tick};
-    ts_status_t st = ts_bus_publish(w->bus, subj, &hdr, buf, len);
-    if (st != TS_OK) ts_debug("cell %s: state publish failed: %s", z->key, ts_status_str(st));
-    free(buf);
+    for (size_t i = 0; i < nparts; i++) {
+        ts_status_t st = ts_bus_publish(w->bus, subj, &hdr, bufs[i], lens[i]);
+        if (st != TS_OK) ts_debug("cell %s: state publish failed: %s", z->key, ts_status_str(st));
+        free(bufs[i]);
+    }
+    free(bufs);
+    free(lens);
 }
 
+/* A checkpoint larger than one message is written part 1..n-1 first, on
+ * subjects of its generation's parity, and part 0 (the head the loader reads
+ * first) last, so a loader that sees a head finds its parts; the previous
+ * generation's parts stay intact meanwhile. */
 void ts_worker_publish_checkpoint(ts_worker_t *w, ts_zone_t *z)
 {
-    uint8_t *buf = NULL;
-    size_t len = 0;
-    if (ts_zone_pack_checkpoint(z, w->tick, w->id, false, &buf, &len) != TS_OK) return;
-    char subj[TS_SUBJECT_MAX];
-    ts_subject_cell(subj, sizeof(subj), &z->cell, TS_SUBJ_CHECKPOINT);
+    uint8_t **bufs = NULL;
+    size_t *lens = NULL, nparts = 0;
+    uint64_t gen = ++z->ckpt_generation;
+    if (ts_zone_pack_checkpoint_parts(z, w->tick, w->id, false, gen, &bufs, &lens, &nparts) != TS_OK) return;
+    char head[TS_SUBJECT_MAX], subj[TS_SUBJECT_MAX + 48];
+    ts_subject_cell(head, sizeof(head), &z->cell, TS_SUBJ_CHECKPOINT);
     ts_bus_hdr_t hdr = {.type = TS_TYPE_CHECKPOINT, .epoch = z->epoch, .seq = z->last_applied_seq};
-    ts_status_t st = ts_bus_js_publish_async(w->bus, subj, &hdr, buf, len);
-    if (st != TS_OK) ts_warn("cell %s: checkpoint publish failed: %s", z->key, ts_status_str(st));
-    free(buf);
+    ts_status_t st = TS_OK;
+    for (size_t i = nparts; i-- > 0 && st == TS_OK;) {
+        if (i > 0)
+            snprintf(subj, sizeof(subj), "%s.%" PRIu64 ".%zu", head, gen % 2, i);
+        else
+            snprintf(subj, sizeof(subj), "%s", head);
+        st = ts_bus_js_publish_async(w->bus, subj, &hdr, bufs[i], lens[i]);
+    }
+    if (st == TS_ERR_BUSY)
+        ts_debug("cell %s: checkpoint put off, too many publishes in flight", z->key);
+    else if (st != TS_OK)
+        ts_warn("cell %s: checkpoint publish failed: %s", z->key, ts_status_str(st));
+    ts_zone_free_parts(bufs, lens, nparts);
 }
 
 void ts_worker_heartbeat(ts_worker_t *w)
 {
     w->last_hb_us = ts_mono_us();
-    ts_status_t st = ts_registry_worker_alive(w->reg, w->id, w->cfg->orch_hb_ttl_ms, (uint32_t)w->cfg->worker_capacity);
-    if (st != TS_OK) ts_warn("cannot refresh liveness in the registry: %s", ts_status_str(st));
-
     size_t n = w->nbind ? w->nbind : 1;
     Tessera__V1__Heartbeat hb = TESSERA__V1__HEARTBEAT__INIT;
     Tessera__V1__CellLoad *loads = calloc(n, sizeof(*loads));
@@ -137,7 +227,7 @@ void ts_worker_heartbeat(ts_worker_t *w)
     ts_zone_stats_t total = w->stats.zones;
     uint32_t entities = 0;
     for (size_t i = 0; i < w->nbind; i++) {
-        ts_zone_t *z = w->bindings[i].zone;
+        ts_zone_t *z = w->bindings[i]->zone;
         total.applied += z->stats.applied;
         total.forwarded += z->stats.forwarded;
         total.duplicates += z->stats.duplicates;
@@ -158,8 +248,12 @@ void ts_worker_heartbeat(ts_worker_t *w)
     size_t ns = w->tick_samples < TS_TICK_SAMPLES ? w->tick_samples : TS_TICK_SAMPLES;
     memcpy(samples, w->tick_ms, ns * sizeof(double));
     hb.worker = w->id;
+    hb.instance = w->instance;
     hb.time_ms = ts_now_us() / 1000;
     hb.ticks = w->tick;
+    hb.ticks_missed = w->ticks_missed;
+    hb.tick_max_ms = w->tick_max_ms;
+    w->tick_max_ms = 0;
     hb.entities = entities;
     hb.inputs_applied = total.applied;
     hb.inputs_forwarded = total.forwarded;
@@ -179,6 +273,8 @@ void ts_worker_heartbeat(ts_worker_t *w)
     hb.handovers_in = w->stats.handovers_in;
     hb.recovered = w->stats.recovered;
     hb.draining = w->draining;
+    hb.publishes_failed = w->stats.publishes_failed;
+    hb.cells_binding = w->binding.len;
 
     uint8_t *buf = NULL;
     size_t len = 0;

@@ -1,12 +1,18 @@
 /* Worker: binds the cells the registry gives it and runs the tick loop.
  *
  * Each bound cell has an ordered JetStream consumer on <cell>.input that
- * starts after the zone's last applied stream sequence. Its callback (a
- * nats.c thread) copies the message into the inbox, tagged with the binding's
- * generation so a message of a binding that was dropped or re-subscribed
- * since is ignored. A cell is bound from a handover's pending zone, or from
- * its latest checkpoint plus a replay of the input stream after it (crash
- * recovery is just that). Everything else happens on the tick thread. */
+ * starts after the zone's last applied stream sequence. Its callback (one of
+ * nats.c's shared delivery threads) keeps the message without copying it and
+ * pushes it into a bounded lock-free ring, tagged with the subscription's
+ * generation so a message of a binding that was dropped or restarted since
+ * is ignored. If the ring is full the cell's consumer drops what follows and
+ * the tick thread restarts it after the last applied sequence: nothing is
+ * lost, the stream still has it.
+ *
+ * The registry: the worker keeps its own copy and applies each
+ * RegistryChange in O(1); a version gap, a lost change or a reconnect costs
+ * one full read on the I/O thread. A cell the registry gives us is bound by
+ * the I/O thread (checkpoint read + consumer) and adopted on a later tick. */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -22,25 +28,23 @@
 #include "worker_internal.h"
 
 #define DRAIN_TIMEOUT_MS 30000
+/* registry changes waiting for the tick thread before a full read replaces them */
+#define MAX_PENDING_CHANGES 4096
 
 ts_binding_t *ts_worker_find_binding(ts_worker_t *w, const ts_cell_t *c)
 {
-    for (size_t i = 0; i < w->nbind; i++)
-        if (ts_cell_eq(&w->bindings[i].zone->cell, c)) return &w->bindings[i];
-    return NULL;
+    return ts_cellmap_get(&w->by_cell, c);
 }
 
 const ts_cell_entry_t *ts_worker_find_entry(const ts_worker_t *w, const ts_cell_t *c)
 {
-    for (size_t i = 0; i < w->ncells; i++)
-        if (ts_cell_eq(&w->cells[i].cell, c)) return &w->cells[i];
-    return NULL;
+    return ts_cellmap_get(&w->view.by_cell, c);
 }
 
 static bool inbox_push(ts_inbox_t *in, const ts_inbox_msg_t *m)
 {
     if (in->n == in->cap) {
-        size_t ncap = in->cap ? in->cap * 2 : 256;
+        size_t ncap = in->cap ? in->cap * 2 : 64;
         ts_inbox_msg_t *v = realloc(in->v, ncap * sizeof(*v));
         if (!v) return false;
         in->v = v;
@@ -52,39 +56,75 @@ static bool inbox_push(ts_inbox_t *in, const ts_inbox_msg_t *m)
 
 void ts_inbox_free(ts_inbox_t *in)
 {
-    for (size_t i = 0; i < in->n; i++) free(in->v[i].data);
+    for (size_t i = 0; i < in->n; i++)
+        ts_bus_held_free(in->v[i].msg);
     free(in->v);
     *in = (ts_inbox_t){0};
 }
 
+void ts_worker_wake(ts_worker_t *w)
+{
+    atomic_store(&w->wake, true);
+    pthread_mutex_lock(&w->mu);
+    pthread_cond_signal(&w->cond);
+    pthread_mutex_unlock(&w->mu);
+}
+
+/* nats.c delivery thread: no copy, no allocation, no lock on the usual path. */
 static void on_input(void *ud, const ts_bus_msg_t *m)
 {
     ts_sub_ctx_t *ctx = ud;
     ts_worker_t *w = ctx->w;
-    size_t len = ts_bus_msg_len(m);
-    ts_inbox_msg_t msg = {ctx->cell, 0, ts_bus_msg_stream_seq(m), malloc(len ? len : 1), len};
-    if (!msg.data) {
-        ts_error("out of memory queueing input for a cell");
-        return;
+    if (atomic_load_explicit(&ctx->overflow, memory_order_relaxed)) return; /* restarted later */
+    ts_inbox_msg_t msg = {ctx->gen, ts_bus_msg_hold(m)};
+    if (atomic_load(&ctx->hold)) {
+        pthread_mutex_lock(&w->mu);
+        bool held = atomic_load(&ctx->hold) && inbox_push(&ctx->held, &msg);
+        pthread_mutex_unlock(&w->mu);
+        if (held) return;
+        if (atomic_load(&ctx->hold)) { /* out of memory: drop and restart */
+            ts_bus_held_free(msg.msg);
+            atomic_store(&ctx->overflow, true);
+            return;
+        }
     }
-    memcpy(msg.data, ts_bus_msg_data(m), len);
-    pthread_mutex_lock(&w->mu);
-    msg.gen = ctx->gen;
-    bool ok = inbox_push(ctx->hold ? &ctx->held : &w->inbox, &msg);
-    pthread_mutex_unlock(&w->mu);
-    if (!ok) {
-        free(msg.data);
-        ts_error("out of memory queueing input for a cell");
+    if (!ts_ring_push(w->ring, &msg)) {
+        ts_bus_held_free(msg.msg);
+        atomic_store(&ctx->overflow, true);
     }
 }
 
+/* nats.c delivery thread: queue the change for the tick thread. */
 static void on_registry(void *ud, const ts_bus_msg_t *m)
 {
     ts_worker_t *w = ud;
-    atomic_store(&w->reg_dirty, true);
+    Tessera__V1__RegistryChange *rc =
+        tessera__v1__registry_change__unpack(NULL, ts_bus_msg_len(m), ts_bus_msg_data(m));
     pthread_mutex_lock(&w->mu);
+    if (!rc || rc->world != w->world.id || !rc->cell) {
+        if (rc && rc->world == w->world.id) w->changes_overflow = true; /* a bare "re-read" */
+    } else if (w->nchanges >= MAX_PENDING_CHANGES) {
+        w->changes_overflow = true;
+    } else {
+        if (w->nchanges == w->cap_changes) {
+            size_t ncap = w->cap_changes ? w->cap_changes * 2 : 64;
+            Tessera__V1__RegistryChange **v = realloc(w->changes, ncap * sizeof(*v));
+            if (v) {
+                w->changes = v;
+                w->cap_changes = ncap;
+            }
+        }
+        if (w->nchanges < w->cap_changes) {
+            w->changes[w->nchanges++] = rc;
+            rc = NULL;
+        } else {
+            w->changes_overflow = true;
+        }
+    }
+    atomic_store(&w->wake, true);
     pthread_cond_signal(&w->cond);
     pthread_mutex_unlock(&w->mu);
+    if (rc) tessera__v1__registry_change__free_unpacked(rc, NULL);
 }
 
 static void add_stats(ts_zone_stats_t *dst, const ts_zone_stats_t *s)
@@ -102,12 +142,15 @@ ts_status_t ts_worker_subscribe_input(ts_worker_t *w, const ts_cell_t *cell, uin
 {
     ts_sub_ctx_t *c = calloc(1, sizeof(*c));
     if (!c) return TS_ERR_NOMEM;
-    pthread_mutex_lock(&w->mu);
-    *c = (ts_sub_ctx_t){.w = w, .cell = *cell, .gen = ++w->next_gen, .hold = hold};
-    pthread_mutex_unlock(&w->mu);
+    c->w = w;
+    c->cell = *cell;
+    c->gen = atomic_fetch_add(&w->next_gen, 1) + 1;
+    atomic_init(&c->hold, hold);
+    atomic_init(&c->overflow, false);
     char subj[TS_SUBJECT_MAX];
     ts_subject_cell(subj, sizeof(subj), cell, TS_SUBJ_INPUT);
-    ts_status_t st = ts_bus_consume(w->bus, w->world.id, subj, after_seq ? after_seq + 1 : 0, on_input, c, sub);
+    ts_status_t st =
+        ts_bus_consume(w->bus, w->world.id, subj, after_seq ? after_seq + 1 : 0, on_input, c, sub);
     if (st != TS_OK) {
         ts_error("cannot consume %s: %s", subj, ts_status_str(st));
         free(c);
@@ -124,50 +167,36 @@ void ts_worker_free_ctx(ts_sub_ctx_t *ctx)
     free(ctx);
 }
 
-/* Loads the cell's latest checkpoint into z, if there is one. */
-static void load_checkpoint(ts_worker_t *w, ts_zone_t *z)
+void ts_worker_release_sub(ts_worker_t *w, ts_bus_sub_t *sub, ts_sub_ctx_t *ctx)
 {
-    char stream[64], subj[TS_SUBJECT_MAX];
-    ts_bus_ckpt_stream(stream, sizeof(stream), w->world.id);
-    ts_subject_cell(subj, sizeof(subj), &z->cell, TS_SUBJ_CHECKPOINT);
-    ts_bus_msg_t *m = NULL;
-    ts_status_t st = ts_bus_last_msg(w->bus, stream, subj, &m);
-    if (st != TS_OK) {
-        if (st != TS_ERR_NOT_FOUND) ts_warn("cell %s: cannot read checkpoint: %s", z->key, ts_status_str(st));
+    if (!sub && !ctx) return;
+    ts_io_job_t *job = ts_io_job_new(TS_IO_UNSUBSCRIBE);
+    if (!job) { /* out of memory: close without waiting; leak the context */
+        ts_bus_sub_close(sub);
         return;
     }
-    Tessera__V1__Checkpoint *cp = tessera__v1__checkpoint__unpack(NULL, ts_bus_msg_len(m), ts_bus_msg_data(m));
-    if (cp && ts_zone_load_checkpoint(z, cp, false, w->tick) == TS_OK) {
-        ts_info("cell %s: loaded checkpoint at seq %" PRIu64 " (%zu entities, epoch %" PRIu64 "); replaying after it",
-                z->key, cp->last_applied_seq, cp->n_entities, cp->epoch);
-        w->stats.recovered++;
-    } else {
-        ts_warn("cell %s: undecodable checkpoint ignored; replaying the whole stream", z->key);
-    }
-    if (cp) tessera__v1__checkpoint__free_unpacked(cp, NULL);
-    ts_bus_msg_destroy(m);
+    job->sub = sub;
+    job->ctx = ctx;
+    ts_io_submit(w, job);
 }
 
-static ts_binding_t *new_binding(ts_worker_t *w)
+ts_status_t ts_worker_adopt(ts_worker_t *w, ts_zone_t *zone, uint64_t epoch, ts_bus_sub_t *sub,
+                            ts_sub_ctx_t *ctx)
 {
-    if (w->nbind == w->cap_bind) {
+    ts_binding_t *b = calloc(1, sizeof(*b));
+    if (b && w->nbind == w->cap_bind) {
         size_t ncap = w->cap_bind ? w->cap_bind * 2 : 16;
-        ts_binding_t *v = realloc(w->bindings, ncap * sizeof(*v));
-        if (!v) return NULL;
-        w->bindings = v;
-        w->cap_bind = ncap;
+        ts_binding_t **v = realloc(w->bindings, ncap * sizeof(*v));
+        if (v) {
+            w->bindings = v;
+            w->cap_bind = ncap;
+        }
     }
-    ts_binding_t *b = &w->bindings[w->nbind];
-    memset(b, 0, sizeof(*b));
-    return b;
-}
-
-ts_status_t ts_worker_adopt(ts_worker_t *w, ts_zone_t *zone, uint64_t epoch, ts_bus_sub_t *sub, ts_sub_ctx_t *ctx)
-{
-    ts_binding_t *b = new_binding(w);
-    if (!b) {
-        ts_bus_sub_destroy(sub);
-        ts_worker_free_ctx(ctx);
+    if (!b || w->nbind == w->cap_bind || ts_map_put(&w->by_gen, ctx->gen, b) != TS_OK ||
+        ts_cellmap_put(&w->by_cell, &zone->cell, b) != TS_OK) {
+        if (b) ts_map_del(&w->by_gen, ctx->gen);
+        free(b);
+        ts_worker_release_sub(w, sub, ctx);
         ts_zone_destroy(zone);
         return TS_ERR_NOMEM;
     }
@@ -175,146 +204,332 @@ ts_status_t ts_worker_adopt(ts_worker_t *w, ts_zone_t *zone, uint64_t epoch, ts_
     b->zone = zone;
     b->sub = sub;
     b->ctx = ctx;
-    b->bound_us = ts_now_us();
-    pthread_mutex_lock(&w->mu);
     b->gen = ctx->gen;
+    b->bound_us = ts_now_us();
+    b->index = w->nbind;
+    w->bindings[w->nbind++] = b;
+    pthread_mutex_lock(&w->mu);
     ts_inbox_t held = ctx->held;
     ctx->held = (ts_inbox_t){0};
-    ctx->hold = false;
+    atomic_store(&ctx->hold, false);
     pthread_mutex_unlock(&w->mu);
-    w->nbind++;
     ts_worker_apply_msgs(w, zone, &held);
     return TS_OK;
 }
 
-ts_status_t ts_worker_bind(ts_worker_t *w, const ts_cell_t *cell, uint64_t epoch)
-{
-    ts_zone_t *zone = NULL;
-    ts_status_t st = ts_zone_create(&zone, cell, epoch, &w->world, w->cfg->worker_max_speed);
-    if (st != TS_OK) return st;
-    load_checkpoint(w, zone);
-    ts_sub_ctx_t *ctx = NULL;
-    ts_bus_sub_t *sub = NULL;
-    st = ts_worker_subscribe_input(w, cell, zone->last_applied_seq, false, &ctx, &sub);
-    if (st != TS_OK) {
-        ts_zone_destroy(zone);
-        return st;
-    }
-    ts_info("cell %s: bound at epoch %" PRIu64 " from checkpoint/replay, consuming after seq %" PRIu64, zone->key,
-            epoch, zone->last_applied_seq);
-    return ts_worker_adopt(w, zone, epoch, sub, ctx);
-}
-
 void ts_worker_unbind(ts_worker_t *w, ts_binding_t *b)
 {
-    ts_info("cell %s: unbound (epoch %" PRIu64 ", last applied seq %" PRIu64 ")", b->zone->key, b->zone->epoch,
-            b->zone->last_applied_seq);
-    ts_bus_sub_destroy(b->sub);
+    ts_info("cell %s: unbound (epoch %" PRIu64 ", last applied seq %" PRIu64 ")", b->zone->key,
+            b->zone->epoch, b->zone->last_applied_seq);
+    ts_map_del(&w->by_gen, b->gen);
+    ts_cellmap_del(&w->by_cell, &b->zone->cell);
+    ts_worker_release_sub(w, b->sub, b->ctx);
     add_stats(&w->stats.zones, &b->zone->stats);
     ts_zone_destroy(b->zone);
-    ts_worker_free_ctx(b->ctx);
     ts_inbox_free(&b->held);
-    *b = w->bindings[--w->nbind];
+    size_t i = b->index;
+    w->bindings[i] = w->bindings[--w->nbind];
+    w->bindings[i]->index = i;
+    free(b);
 }
 
-void ts_worker_sync_registry(ts_worker_t *w)
+/* ---- the registry view ------------------------------------------------- */
+
+void ts_worker_request_resync(ts_worker_t *w)
 {
-    ts_cell_entry_t *cells = NULL;
-    size_t n = 0;
-    uint64_t version = 0;
-    if (ts_registry_version(w->reg, w->world.id, &version) != TS_OK ||
-        ts_registry_cells(w->reg, w->world.id, &cells, &n) != TS_OK) {
-        ts_warn("registry unreachable; keeping the cells I have");
+    if (w->view.resync_pending) return;
+    ts_io_job_t *job = ts_io_job_new(TS_IO_RESYNC);
+    if (!job) return;
+    w->view.resync_pending = true;
+    ts_io_submit(w, job);
+}
+
+static void start_bind(ts_worker_t *w, const ts_cell_entry_t *e)
+{
+    if (ts_cellmap_get(&w->binding, &e->cell)) return; /* already on its way */
+    if (ts_handover_bind_pending(w, &e->cell, e->epoch)) return;
+    ts_io_job_t *job = ts_io_job_new(TS_IO_BIND);
+    if (!job || ts_cellmap_put(&w->binding, &e->cell, (void *)1) != TS_OK) {
+        ts_io_job_free(job);
         return;
     }
-    free(w->cells);
-    w->cells = cells;
-    w->ncells = n;
-    w->reg_version = version;
+    job->cell = e->cell;
+    job->epoch = e->epoch;
+    ts_io_submit(w, job);
+}
 
-    for (size_t i = 0; i < w->nbind;) {
-        ts_binding_t *b = &w->bindings[i];
-        const ts_cell_entry_t *e = ts_worker_find_entry(w, &b->zone->cell);
-        if (!e || strcmp(e->owner, w->id) != 0 || e->state == TS_CELL_RETIRED || e->epoch < b->zone->epoch) {
+/* Brings the binding of one cell in line with the view. */
+static void reconcile(ts_worker_t *w, const ts_cell_t *cell)
+{
+    const ts_cell_entry_t *e = ts_worker_find_entry(w, cell);
+    ts_binding_t *b = ts_worker_find_binding(w, cell);
+    bool mine = e && strcmp(e->owner, w->id) == 0 && e->state == TS_CELL_ACTIVE;
+    if (b) {
+        if (!mine || e->epoch < b->zone->epoch) {
             if (e && strcmp(e->owner, w->id) != 0)
                 ts_info("cell %s: the registry gives it to %s at epoch %" PRIu64 "; letting go", b->zone->key,
                         e->owner, e->epoch);
             ts_worker_unbind(w, b);
-            continue;
+            return;
         }
+        if (b->state == TS_BIND_FROZEN) return; /* the handover decides */
         if (e->epoch > b->zone->epoch) {
             /* someone else owned it in between: what we hold is stale */
-            ts_warn("cell %s: epoch moved from %" PRIu64 " to %" PRIu64 " behind my back; rebinding", b->zone->key,
-                    b->zone->epoch, e->epoch);
+            ts_warn("cell %s: epoch moved from %" PRIu64 " to %" PRIu64 " behind my back; rebinding",
+                    b->zone->key, b->zone->epoch, e->epoch);
             ts_worker_unbind(w, b);
-            continue;
+            b = NULL;
         }
-        i++;
     }
-    if (w->draining) return;
+    if (!b && mine && !w->draining) start_bind(w, e);
+}
+
+static ts_status_t view_put(ts_regview_t *v, const ts_cell_entry_t *e)
+{
+    ts_cell_entry_t *cur = ts_cellmap_get(&v->by_cell, &e->cell);
+    if (cur) {
+        *cur = *e;
+        return TS_OK;
+    }
+    ts_cell_entry_t *n = malloc(sizeof(*n));
+    if (!n) return TS_ERR_NOMEM;
+    *n = *e;
+    ts_status_t st = ts_cellmap_put(&v->by_cell, &e->cell, n);
+    if (st != TS_OK) free(n);
+    return st;
+}
+
+static void view_clear(ts_regview_t *v)
+{
+    ts_cellmap_clear(&v->by_cell, free);
+}
+
+/* A full read: replaces the view, then reconciles every binding and every
+ * cell of ours (the only O(world) step, and it runs on a resync only). */
+static void apply_full(ts_worker_t *w, ts_cell_entry_t *cells, size_t n, uint64_t version)
+{
+    view_clear(&w->view);
+    for (size_t i = 0; i < n; i++)
+        view_put(&w->view, &cells[i]);
+    w->view.version = version;
+    atomic_store(&w->applied_version, version);
+    w->view.valid = true;
+    w->view.last_sync_us = ts_mono_us();
+    w->stalled_us = 0;
+    for (size_t i = 0; i < w->nbind;) {
+        ts_binding_t *b = w->bindings[i];
+        size_t before = w->nbind;
+        reconcile(w, &b->zone->cell);
+        if (w->nbind == before) i++;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(cells[i].owner, w->id) == 0) reconcile(w, &cells[i].cell);
+}
+
+static void apply_changes(ts_worker_t *w)
+{
+    pthread_mutex_lock(&w->mu);
+    Tessera__V1__RegistryChange **v = w->changes;
+    size_t n = w->nchanges;
+    bool overflow = w->changes_overflow;
+    w->changes = NULL;
+    w->nchanges = w->cap_changes = 0;
+    w->changes_overflow = false;
+    pthread_mutex_unlock(&w->mu);
+    if (overflow) ts_worker_request_resync(w);
     for (size_t i = 0; i < n; i++) {
-        if (strcmp(cells[i].owner, w->id) != 0 || cells[i].state != TS_CELL_ACTIVE) continue;
-        if (ts_worker_find_binding(w, &cells[i].cell)) continue;
-        if (!ts_handover_bind_pending(w, &cells[i].cell, cells[i].epoch))
-            ts_worker_bind(w, &cells[i].cell, cells[i].epoch);
+        Tessera__V1__RegistryChange *rc = v[i];
+        ts_cell_entry_t e = {.epoch = rc->epoch, .state = (ts_cell_state_t)rc->state};
+        bool ok = ts_proto_cell_get(rc->cell, &e.cell) == TS_OK && rc->owner;
+        if (ok) ts_strlcpy(e.owner, rc->owner, sizeof(e.owner));
+        if (!w->view.valid || w->view.resync_pending) {
+            /* a full read is coming; it will include this */
+        } else if (!ok || rc->version > w->view.version + 1) {
+            ts_info("registry: change %" PRIu64 " after %" PRIu64 " (a gap); reading it all again",
+                    rc->version, w->view.version);
+            ts_worker_request_resync(w);
+        } else if (rc->version <= w->view.version) {
+            /* older than what we have (a full read overtook it) */
+        } else {
+            const ts_cell_entry_t *cur = ts_worker_find_entry(w, &e.cell);
+            if (!cur || e.epoch >= cur->epoch) view_put(&w->view, &e);
+            w->view.version = rc->version;
+            atomic_store(&w->applied_version, rc->version);
+            reconcile(w, &e.cell);
+        }
+        tessera__v1__registry_change__free_unpacked(rc, NULL);
+    }
+    free(v);
+}
+
+/* ---- I/O results --------------------------------------------------------- */
+
+static void finish_bind(ts_worker_t *w, ts_io_job_t *job)
+{
+    ts_cellmap_del(&w->binding, &job->cell);
+    const ts_cell_entry_t *e = ts_worker_find_entry(w, &job->cell);
+    bool still = job->status == TS_OK && e && strcmp(e->owner, w->id) == 0 && e->state == TS_CELL_ACTIVE &&
+                 e->epoch == job->epoch && !ts_worker_find_binding(w, &job->cell) && !w->draining;
+    if (!still) {
+        if (job->status != TS_OK) {
+            char key[TS_CELL_STR_MAX];
+            ts_cell_format(&job->cell, key, sizeof(key));
+            ts_warn("cell %s: cannot bind (%s); trying again", key, ts_status_str(job->status));
+        }
+        ts_worker_release_sub(w, job->sub, job->ctx);
+        ts_zone_destroy(job->zone);
+        job->sub = NULL;
+        job->ctx = NULL;
+        job->zone = NULL;
+        if (job->status != TS_OK && e) reconcile(w, &job->cell); /* retry */
+        return;
+    }
+    uint64_t after = job->zone->last_applied_seq;
+    ts_zone_t *z = job->zone;
+    job->zone = NULL;
+    if (ts_worker_adopt(w, z, job->epoch, job->sub, job->ctx) == TS_OK) {
+        ts_info("cell %s: bound at epoch %" PRIu64 " from checkpoint/replay, consuming after seq %" PRIu64,
+                w->bindings[w->nbind - 1]->zone->key, job->epoch, after);
+        if (job->found) w->stats.recovered++; /* from a checkpoint */
+    }
+    job->sub = NULL;
+    job->ctx = NULL;
+}
+
+/* A new consumer for a cell whose old one overflowed the ring. */
+static void finish_resubscribe(ts_worker_t *w, ts_io_job_t *job)
+{
+    ts_binding_t *b = ts_map_get(&w->by_gen, job->old_gen);
+    if (job->status != TS_OK || !b) {
+        if (b) b->restarting = false; /* tried again next tick */
+        ts_worker_release_sub(w, job->sub, job->ctx);
+        job->sub = NULL;
+        job->ctx = NULL;
+        return;
+    }
+    /* what the ring still has of the old consumer comes first, in order */
+    ts_worker_apply_inbox(w);
+    ts_map_del(&w->by_gen, b->gen);
+    ts_worker_release_sub(w, b->sub, b->ctx);
+    b->sub = job->sub;
+    b->ctx = job->ctx;
+    b->gen = job->ctx->gen;
+    b->restarting = false;
+    ts_map_put(&w->by_gen, b->gen, b);
+    pthread_mutex_lock(&w->mu);
+    ts_inbox_t held = b->ctx->held;
+    b->ctx->held = (ts_inbox_t){0};
+    atomic_store(&b->ctx->hold, false);
+    pthread_mutex_unlock(&w->mu);
+    if (b->state == TS_BIND_FROZEN) {
+        for (size_t i = 0; i < held.n; i++)
+            if (!inbox_push(&b->held, &held.v[i])) ts_bus_held_free(held.v[i].msg);
+        free(held.v);
+    } else {
+        ts_worker_apply_msgs(w, b->zone, &held);
+    }
+    job->sub = NULL;
+    job->ctx = NULL;
+}
+
+static void take_io_results(ts_worker_t *w)
+{
+    for (ts_io_job_t *job = ts_io_take_done(w); job;) {
+        ts_io_job_t *next = job->next;
+        switch (job->kind) {
+        case TS_IO_RESYNC:
+            w->view.resync_pending = false;
+            if (job->status == TS_OK)
+                apply_full(w, job->cells, job->ncells, job->version);
+            else
+                ts_warn("registry unreachable (%s); keeping the cells I have", ts_status_str(job->status));
+            break;
+        case TS_IO_BIND:
+            finish_bind(w, job);
+            break;
+        case TS_IO_RESUBSCRIBE:
+            finish_resubscribe(w, job);
+            break;
+        case TS_IO_DRAIN:
+            w->drain_state = job->status == TS_OK ? 2 : 3;
+            break;
+        default:
+            break;
+        }
+        ts_io_job_free(job);
+        job = next;
     }
 }
 
-/* Re-reads the registry when a RegistryChange said so or when force is set;
- * with check_version (once a second) asks Redis for the version first, which
- * catches a missed RegistryChange without reading every cell. Otherwise it
- * costs nothing: no Redis round trip on an ordinary tick. */
-static void maybe_sync_registry(ts_worker_t *w, bool force, bool check_version)
-{
-    if (atomic_exchange(&w->reg_dirty, false)) force = true;
-    if (!force && check_version) {
-        uint64_t version = 0;
-        force = ts_registry_version(w->reg, w->world.id, &version) == TS_OK && version != w->reg_version;
-    }
-    if (force) ts_worker_sync_registry(w);
-}
+/* ---- input ------------------------------------------------------------- */
 
-static void apply_msg(ts_worker_t *w, ts_zone_t *z, ts_inbox_msg_t *m)
+static void apply_msg(ts_worker_t *w, ts_zone_t *z, const ts_inbox_msg_t *m)
 {
-    Tessera__V1__InputBatch *ib = tessera__v1__input_batch__unpack(NULL, m->len, m->data);
+    const uint8_t *data = ts_bus_held_data(m->msg);
+    size_t len = ts_bus_held_len(m->msg);
+    uint64_t seq = m->msg.stream_seq;
+    if (seq && seq <= z->last_applied_seq) return; /* replayed: cheap skip before decoding */
+    Tessera__V1__InputBatch *ib = tessera__v1__input_batch__unpack(NULL, len, data);
     if (ib) {
-        ts_zone_apply_batch(z, m->stream_seq, ib, w->tick);
+        ts_zone_apply_batch(z, seq, ib, w->tick);
         tessera__v1__input_batch__free_unpacked(ib, NULL);
-    } else if (m->stream_seq > z->last_applied_seq) {
-        ts_warn("cell %s: undecodable input message at stream seq %" PRIu64 " skipped", z->key, m->stream_seq);
-        z->last_applied_seq = m->stream_seq;
+    } else if (seq > z->last_applied_seq) {
+        ts_warn("cell %s: undecodable input message at stream seq %" PRIu64 " skipped", z->key, seq);
+        z->last_applied_seq = seq;
         z->stats.dropped++;
     }
 }
 
 void ts_worker_apply_msgs(ts_worker_t *w, ts_zone_t *z, ts_inbox_t *msgs)
 {
-    for (size_t i = 0; i < msgs->n; i++) apply_msg(w, z, &msgs->v[i]);
+    for (size_t i = 0; i < msgs->n; i++)
+        apply_msg(w, z, &msgs->v[i]);
     ts_inbox_free(msgs);
 }
 
 void ts_worker_apply_inbox(ts_worker_t *w)
 {
-    pthread_mutex_lock(&w->mu);
-    ts_inbox_t batch = w->inbox;
-    w->inbox = (ts_inbox_t){0};
-    pthread_mutex_unlock(&w->mu);
-
-    for (size_t i = 0; i < batch.n; i++) {
-        ts_inbox_msg_t *m = &batch.v[i];
-        ts_binding_t *b = ts_worker_find_binding(w, &m->cell);
-        if (b && b->gen == m->gen) {
-            if (b->state == TS_BIND_FROZEN) {
-                /* after s2: the target applies it, unless the handover aborts */
-                if (inbox_push(&b->held, m)) continue;
-                ts_error("cell %s: out of memory holding input during a handover", b->zone->key);
-            } else {
-                apply_msg(w, b->zone, m);
-            }
+    ts_inbox_msg_t m;
+    while (ts_ring_pop(w->ring, &m)) {
+        ts_binding_t *b = ts_map_get(&w->by_gen, m.gen);
+        if (b && b->state == TS_BIND_FROZEN) {
+            /* after s2: the target applies it, unless the handover aborts */
+            if (inbox_push(&b->held, &m)) continue;
+            ts_error("cell %s: out of memory holding input during a handover", b->zone->key);
+        } else if (b) {
+            apply_msg(w, b->zone, &m);
         }
-        free(m->data);
+        ts_bus_held_free(m.msg);
     }
-    free(batch.v);
+}
+
+/* Restarts the consumers that overflowed the ring, after what was applied. */
+static void restart_overflowed(ts_worker_t *w)
+{
+    for (size_t i = 0; i < w->nbind; i++) {
+        ts_binding_t *b = w->bindings[i];
+        if (b->restarting || !atomic_load(&b->ctx->overflow)) continue;
+        ts_io_job_t *job = ts_io_job_new(TS_IO_RESUBSCRIBE);
+        if (!job) continue;
+        w->stats.inbox_overflows++;
+        ts_warn("cell %s: input arrived faster than the tick takes it; consumer restarted after seq %" PRIu64,
+                b->zone->key, b->zone->last_applied_seq);
+        b->restarting = true;
+        job->cell = b->zone->cell;
+        job->old_gen = b->gen;
+        /* messages still in the ring are applied before the new consumer's */
+        job->after_seq = b->zone->last_applied_seq;
+        ts_io_submit(w, job);
+    }
+}
+
+/* Everything other threads left for the tick thread. */
+static void take_mail(ts_worker_t *w)
+{
+    atomic_store(&w->wake, false);
+    apply_changes(w);
+    take_io_results(w);
+    ts_handover_poll(w);
 }
 
 ts_status_t ts_worker_create(ts_worker_t **out, const ts_config_t *cfg)
@@ -329,29 +544,49 @@ ts_status_t ts_worker_create(ts_worker_t **out, const ts_config_t *cfg)
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&w->cond, &ca);
     pthread_condattr_destroy(&ca);
-    atomic_init(&w->reg_dirty, true);
+    atomic_init(&w->wake, false);
+    atomic_init(&w->next_gen, 0);
+    atomic_init(&w->applied_version, 0);
+    atomic_init(&w->fenced, false);
+    atomic_init(&w->live_stop, false);
+    ts_map_init(&w->by_gen);
+    ts_cellmap_init(&w->by_cell);
+    ts_cellmap_init(&w->binding);
+    ts_cellmap_init(&w->view.by_cell);
+    for (size_t i = 0; i < TS_FLIGHT_SLOTS; i++) {
+        atomic_init(&w->flights[i].seq, 0);
+        atomic_init(&w->flights[i].state, TS_FLIGHT_FREE);
+    }
     ts_rng_t rng;
     ts_rng_seed(&rng, ts_now_us() ^ ((uint64_t)getpid() << 32));
     w->boot_nonce = ts_rng_next(&rng);
+    snprintf(w->instance, sizeof(w->instance), "%016" PRIx64 "-%d", ts_rng_next(&rng), (int)getpid());
 
+    ts_status_t st = ts_ring_create(&w->ring, TS_INBOX_RING, sizeof(ts_inbox_msg_t));
+    if (st != TS_OK) goto fail;
     char name[128];
     snprintf(name, sizeof(name), "tessera-worker-%s", w->id);
-    ts_status_t st = ts_service_connect_bus(cfg, name, TS_SERVICE_CONNECT_MS, &w->bus);
+    st = ts_service_connect_bus(cfg, name, TS_SERVICE_CONNECT_MS, &w->bus);
     if (st == TS_OK) st = ts_service_connect_registry(cfg, TS_SERVICE_CONNECT_MS, &w->reg);
+    if (st == TS_OK) st = ts_service_connect_registry(cfg, TS_SERVICE_CONNECT_MS, &w->live_reg);
     if (st == TS_OK) st = ts_service_wait_world(cfg, w->reg, TS_SERVICE_CONNECT_MS, &w->world);
     if (st != TS_OK) goto fail;
+    if ((st = ts_live_start(w)) != TS_OK) goto fail;
     st = ts_bus_ensure_streams(w->bus, w->world.id, cfg->stream_storage, cfg->stream_max_age_s,
                                (int)cfg->stream_replicas);
     if (st != TS_OK) {
         ts_error("cannot set up JetStream streams: %s", ts_status_str(st));
         goto fail;
     }
+    ts_bus_set_ack_handler(w->bus, ts_worker_on_publish_outcome, w);
     char subj[TS_SUBJECT_MAX];
     ts_subject_registry(subj, sizeof(subj), w->world.id);
     if ((st = ts_bus_subscribe(w->bus, subj, on_registry, w, &w->reg_sub)) != TS_OK) goto fail;
     if ((st = ts_handover_subscribe(w)) != TS_OK) goto fail;
-    ts_info("worker %s: nats %s, redis %s, world %u (%dx%d cells of %.0f)", w->id, cfg->nats_url, cfg->redis_url,
-            w->world.id, w->world.width, w->world.height, w->world.cell_size);
+    if ((st = ts_io_start(w)) != TS_OK) goto fail;
+    ts_worker_request_resync(w);
+    ts_info("worker %s (instance %s): nats %s, redis %s, world %u (%dx%d cells of %.0f)", w->id, w->instance,
+            cfg->nats_url, cfg->redis_url, w->world.id, w->world.width, w->world.height, w->world.cell_size);
     *out = w;
     return TS_OK;
 fail:
@@ -359,12 +594,12 @@ fail:
     return st;
 }
 
-/* Sleeps until the absolute monotonic time `until`, waking early for
- * control requests and registry changes. */
+/* Sleeps until the absolute monotonic time `until`, waking early when
+ * another thread left something for the tick thread. */
 static void wait_until(ts_worker_t *w, const struct timespec *until)
 {
     pthread_mutex_lock(&w->mu);
-    while (w->nctl == 0 && !atomic_load(&w->reg_dirty)) {
+    while (!atomic_load(&w->wake)) {
         if (pthread_cond_timedwait(&w->cond, &w->mu, until) == ETIMEDOUT) break;
     }
     pthread_mutex_unlock(&w->mu);
@@ -377,35 +612,26 @@ static bool past(const struct timespec *t)
     return now.tv_sec > t->tv_sec || (now.tv_sec == t->tv_sec && now.tv_nsec >= t->tv_nsec);
 }
 
-/* Asks the orchestrator to move every cell away (Kubernetes preStop, SIGTERM).
- * Returns false if no orchestrator answered. */
-static bool request_drain(ts_worker_t *w)
-{
-    char subj[TS_SUBJECT_MAX];
-    ts_subject_ctl(subj, sizeof(subj), w->world.id, "drain");
-    ts_bus_hdr_t hdr = {.type = "text/plain"};
-    ts_bus_msg_t *reply = NULL;
-    ts_status_t st = ts_bus_request(w->bus, subj, &hdr, w->id, strlen(w->id), 2000, &reply);
-    if (st != TS_OK) {
-        ts_warn("drain: no orchestrator answered (%s); my cells will be recovered from checkpoints",
-                ts_status_str(st));
-        return false;
-    }
-    ts_info("drain: orchestrator says: %.*s", (int)ts_bus_msg_len(reply), (const char *)ts_bus_msg_data(reply));
-    ts_bus_msg_destroy(reply);
-    return true;
-}
-
 static void tick_once(ts_worker_t *w, double dt, uint64_t full_every, uint64_t hb_every, uint64_t ckpt_every)
 {
     w->tick++;
-    /* after a stall (SIGSTOP, a long GC-like pause) check ownership before acting */
-    bool stalled = w->last_hb_us && ts_mono_us() - w->last_hb_us > (uint64_t)w->cfg->orch_hb_ttl_ms * 500ULL;
-    maybe_sync_registry(w, stalled, w->tick % full_every == 0);
-    ts_handover_poll(w);
+    /* after a stall (SIGSTOP, a long pause) the registry may have moved on:
+     * act again only once a fresh read says what is still ours */
+    uint64_t now = ts_mono_us();
+    bool stalled = w->last_hb_us && now - w->last_hb_us > (uint64_t)w->cfg->orch_hb_ttl_ms * 500ULL;
+    if (stalled) {
+        ts_warn("tick thread stalled for %" PRIu64 " ms; re-reading the registry before acting",
+                (now - w->last_hb_us) / 1000);
+        w->stalled_us = now;
+        ts_worker_request_resync(w);
+    }
+    take_mail(w);
     ts_worker_apply_inbox(w);
-    for (size_t i = 0; i < w->nbind; i++) {
-        ts_binding_t *b = &w->bindings[i];
+    restart_overflowed(w);
+    bool acting = w->stalled_us == 0 && !atomic_load(&w->fenced);
+    for (size_t i = 0; i < w->nbind && acting; i++) {
+        ts_binding_t *b = w->bindings[i];
+        ts_worker_collect_publishes(w, b->zone);
         if (b->state != TS_BIND_ACTIVE) continue;
         ts_zone_step(b->zone, dt, w->tick);
         ts_worker_publish_departures(w, b->zone);
@@ -414,6 +640,17 @@ static void tick_once(ts_worker_t *w, double dt, uint64_t full_every, uint64_t h
         if ((w->tick + i) % ckpt_every == 0) ts_worker_publish_checkpoint(w, b->zone);
     }
     if (hb_every == 0 || w->tick % hb_every == 0 || stalled) ts_worker_heartbeat(w);
+}
+
+static void ask_drain(ts_worker_t *w)
+{
+    ts_io_job_t *job = ts_io_job_new(TS_IO_DRAIN);
+    if (!job) {
+        w->drain_state = 3;
+        return;
+    }
+    w->drain_state = 1;
+    ts_io_submit(w, job);
 }
 
 ts_status_t ts_worker_run(ts_worker_t *w, volatile sig_atomic_t *stop)
@@ -428,21 +665,32 @@ ts_status_t ts_worker_run(ts_worker_t *w, volatile sig_atomic_t *stop)
     clock_gettime(CLOCK_MONOTONIC, &next);
     ts_worker_heartbeat(w);
     uint64_t drain_deadline = 0;
+    ts_status_t rc = TS_OK;
     for (;;) {
+        if (atomic_load(&w->fenced)) {
+            ts_error(
+                "worker %s: another process now holds this worker id; stopping without touching its cells",
+                w->id);
+            rc = TS_ERR_CONFLICT;
+            break;
+        }
         if (*stop && !w->draining) {
             w->draining = true;
-            if (w->nbind > 0 && request_drain(w)) {
+            if (w->nbind > 0) {
+                ask_drain(w);
                 drain_deadline = ts_mono_us() + DRAIN_TIMEOUT_MS * 1000ULL;
                 ts_info("draining %zu cells before exit", w->nbind);
             }
         }
-        if (w->draining &&
-            (w->nbind == 0 || drain_deadline == 0 || ts_mono_us() > drain_deadline || *stop >= 2))
+        if (w->draining && (w->nbind == 0 || drain_deadline == 0 || w->drain_state == 3 ||
+                            ts_mono_us() > drain_deadline || *stop >= 2))
             break;
 
         uint64_t t0 = ts_mono_ns();
         tick_once(w, dt, hz, hb_every, ckpt_every);
-        w->tick_ms[w->tick_samples++ % TS_TICK_SAMPLES] = (double)(ts_mono_ns() - t0) / 1e6;
+        double ms = (double)(ts_mono_ns() - t0) / 1e6;
+        w->tick_ms[w->tick_samples++ % TS_TICK_SAMPLES] = ms;
+        if (ms > w->tick_max_ms) w->tick_max_ms = ms;
 
         next.tv_nsec += (long)period_ns;
         while (next.tv_nsec >= 1000000000L) {
@@ -450,39 +698,64 @@ ts_status_t ts_worker_run(ts_worker_t *w, volatile sig_atomic_t *stop)
             next.tv_sec++;
         }
         if (past(&next)) {
+            /* count every period that passed without its tick */
+            struct timespec now;
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            int64_t late_ns =
+                (int64_t)(now.tv_sec - next.tv_sec) * 1000000000LL + (now.tv_nsec - next.tv_nsec);
             w->overruns++;
-            clock_gettime(CLOCK_MONOTONIC, &next); /* no burst of catch-up ticks */
+            w->ticks_missed += 1 + (uint64_t)late_ns / period_ns;
+            next = now; /* no burst of catch-up ticks */
             continue;
         }
-        /* between ticks, serve handover requests as soon as they arrive */
+        /* between ticks, serve handover requests and registry changes at once */
         while (!past(&next) && !(*stop && !w->draining)) {
             wait_until(w, &next);
-            ts_handover_poll(w);
-            if (atomic_load(&w->reg_dirty)) maybe_sync_registry(w, true, false);
+            if (atomic_load(&w->wake)) take_mail(w);
         }
     }
+    if (w->drain_state == 3)
+        ts_warn("drain: no orchestrator took my cells; they will be recovered from checkpoints");
     /* last words: checkpoints of whatever is still here, and no liveness */
-    for (size_t i = 0; i < w->nbind; i++)
-        if (w->bindings[i].state == TS_BIND_ACTIVE) ts_worker_publish_checkpoint(w, w->bindings[i].zone);
+    if (rc == TS_OK)
+        for (size_t i = 0; i < w->nbind; i++)
+            if (w->bindings[i]->state == TS_BIND_ACTIVE)
+                ts_worker_publish_checkpoint(w, w->bindings[i]->zone);
     ts_bus_js_flush(w->bus, 2000);
-    ts_registry_worker_forget(w->reg, w->id);
+    ts_live_stop(w);
+    if (rc == TS_OK) ts_registry_worker_forget(w->live_reg, w->id);
     ts_info("worker %s: stopping after %" PRIu64 " ticks", w->id, w->tick);
-    return TS_OK;
+    return rc;
 }
 
 void ts_worker_destroy(ts_worker_t *w)
 {
     if (!w) return;
+    ts_live_stop(w);
     ts_bus_sub_destroy(w->reg_sub);
     ts_bus_sub_destroy(w->ho_sub);
-    while (w->nbind) ts_worker_unbind(w, &w->bindings[w->nbind - 1]);
+    while (w->nbind)
+        ts_worker_unbind(w, w->bindings[w->nbind - 1]);
     ts_handover_free_all(w);
+    ts_io_stop(w); /* runs the queued unsubscribes, frees unclaimed results */
+    if (w->ring) {
+        ts_inbox_msg_t m;
+        while (ts_ring_pop(w->ring, &m))
+            ts_bus_held_free(m.msg);
+        ts_ring_destroy(w->ring);
+    }
+    for (size_t i = 0; i < w->nchanges; i++)
+        tessera__v1__registry_change__free_unpacked(w->changes[i], NULL);
+    free(w->changes);
     free(w->bindings);
-    free(w->cells);
-    ts_inbox_free(&w->inbox);
+    view_clear(&w->view);
+    ts_cellmap_free(&w->by_cell);
+    ts_cellmap_free(&w->binding);
+    ts_map_free(&w->by_gen);
     pthread_mutex_destroy(&w->mu);
     pthread_cond_destroy(&w->cond);
     ts_bus_destroy(w->bus);
     ts_registry_destroy(w->reg);
+    ts_registry_destroy(w->live_reg);
     free(w);
 }

@@ -1,8 +1,24 @@
-/* Worker internals shared by worker.c (lifecycle, bindings, tick loop),
- * output.c (what a tick publishes) and handover.c (moving cells between
- * workers). Everything here is touched by the tick thread only, except the
- * inbox, the control queue and the pending zones, which nats.c threads fill
- * under `mu`. */
+/* Worker internals shared by its modules:
+ *
+ *   worker.c   lifecycle, bindings, input hand-off, the registry view,
+ *              the tick loop
+ *   io.c       the I/O thread (registry reads, binding cells, PreCopy
+ *              requests, unsubscribes) and the liveness thread
+ *   output.c   what a tick publishes, and the in-flight publish table
+ *   handover.c moving cells between workers
+ *
+ * Threads (see docs/architecture.md):
+ *   - the tick thread runs the simulation and owns every zone, binding and
+ *     the registry view. It never waits on the network: it publishes
+ *     asynchronously, hands slow work to the I/O thread and picks up the
+ *     results on a later tick;
+ *   - the I/O thread does the round trips (Redis, JetStream consumer
+ *     creation, checkpoint reads, PreCopy requests, unsubscribes);
+ *   - the liveness thread refreshes the worker's liveness key in Redis on its
+ *     own connection, so an overloaded tick never looks like a dead worker;
+ *   - nats.c's shared delivery threads run subscription callbacks: input goes
+ *     through a bounded lock-free ring, everything else (handover requests,
+ *     registry changes, I/O results) through small queues under `mu`. */
 #ifndef TS_WORKER_INTERNAL_H
 #define TS_WORKER_INTERNAL_H
 
@@ -12,20 +28,29 @@
 #include <stdint.h>
 
 #include "tessera/bus.h"
+#include "tessera/cellmap.h"
 #include "tessera/config.h"
 #include "tessera/proto.h"
 #include "tessera/registry.h"
+#include "tessera/ring.h"
 #include "worker.h"
 #include "zone.h"
 
 #define TS_TICK_SAMPLES 256
+/* Input messages waiting for the tick thread, all cells together. When the
+ * ring is full a cell's consumer stops taking messages and is restarted
+ * after its last applied sequence (nothing is lost: the stream has them). */
+#define TS_INBOX_RING 65536
+/* Slots of the in-flight publish table (transfers, forwards, departures):
+ * publish n uses slot n % TS_FLIGHT_SLOTS; a publish whose slot is still
+ * pending waits for a later tick. */
+#define TS_FLIGHT_SLOTS 65536
+#define TS_INSTANCE_MAX 40
 
+/* One input-stream message on its way to the tick thread. */
 typedef struct {
-    ts_cell_t cell;
-    uint64_t gen;
-    uint64_t stream_seq;
-    uint8_t *data;
-    size_t len;
+    uint64_t gen; /* the subscription it came from */
+    ts_bus_held_t msg;
 } ts_inbox_msg_t;
 
 typedef struct {
@@ -33,13 +58,15 @@ typedef struct {
     size_t n, cap;
 } ts_inbox_t;
 
-/* Context of one input subscription (owned by its binding or pending zone). */
+/* Context of one input subscription (owned by its binding or pending zone;
+ * freed by the I/O thread after the subscription is closed). */
 typedef struct {
     ts_worker_t *w;
     ts_cell_t cell;
     uint64_t gen;
-    bool hold;       /* a handover target not committed yet: keep, don't apply */
-    ts_inbox_t held; /* under w->mu */
+    atomic_bool hold;     /* not bound yet: keep messages in `held` (under w->mu) */
+    atomic_bool overflow; /* the ring was full: drop until restarted */
+    ts_inbox_t held;
 } ts_sub_ctx_t;
 
 typedef enum { TS_BIND_ACTIVE = 0, TS_BIND_FROZEN } ts_bind_state_t;
@@ -54,6 +81,8 @@ typedef struct {
     uint64_t frozen_us;   /* monotonic */
     ts_inbox_t held;      /* input received while frozen (after s2), in order */
     uint64_t bound_us;    /* wall clock when this worker took the cell */
+    bool restarting;      /* a new consumer is being created (ring overflow) */
+    size_t index;         /* in w->bindings */
 } ts_binding_t;
 
 /* A handover request waiting for the tick thread. */
@@ -68,8 +97,9 @@ typedef struct {
 typedef struct {
     char id[64];
     ts_zone_t *zone;
-    bool diffed;    /* the Diff arrived: the zone is exact as of its last_applied_seq */
-    bool committed; /* COMMIT arrived: the tick thread binds it */
+    bool diffed;        /* the Diff arrived: the zone is exact as of its last_applied_seq */
+    bool committed;     /* COMMIT arrived: the tick thread binds it */
+    uint32_t parts_got; /* parts of the PreCopy (then of the Diff) loaded */
     uint64_t new_epoch;
     ts_sub_ctx_t *ctx;
     ts_bus_sub_t *sub;
@@ -80,71 +110,178 @@ typedef struct {
     ts_zone_stats_t zones; /* summed over zones, including unbound ones */
     uint64_t transfers_out_remote;
     uint64_t handovers_out, handovers_in;
-    uint64_t recovered; /* cells bound from a checkpoint + replay */
+    uint64_t recovered;         /* cells bound from a checkpoint + replay */
+    uint64_t inbox_overflows;   /* consumers restarted because the ring was full */
+    uint64_t publishes_failed;  /* JetStream publishes given up (retried later) */
+    uint64_t publishes_delayed; /* publishes put off: too many in flight */
 } ts_worker_stats_t;
+
+/* Outcome of an asynchronous JetStream publish, filled by the ack callback. */
+enum { TS_FLIGHT_FREE = 0, TS_FLIGHT_PENDING, TS_FLIGHT_OK, TS_FLIGHT_FAILED };
+typedef struct {
+    _Atomic uint64_t seq; /* Ts-Seq of the publish using the slot */
+    _Atomic int state;
+} ts_flight_t;
+
+/* Work for the I/O thread, and its result for the tick thread. */
+typedef enum {
+    TS_IO_RESYNC = 1, /* read every cell of the world */
+    TS_IO_BIND,       /* zone from the checkpoint + a consumer after it */
+    TS_IO_RESUBSCRIBE,
+    TS_IO_UNSUBSCRIBE,
+    TS_IO_REQUEST, /* a request whose reply goes to reply_to (PreCopy) */
+    TS_IO_DRAIN,
+} ts_io_kind_t;
+
+typedef struct ts_io_job {
+    ts_io_kind_t kind;
+    ts_cell_t cell;
+    uint64_t epoch;
+    uint64_t after_seq;
+    uint64_t old_gen;
+    /* results / arguments */
+    ts_status_t status;
+    bool found; /* TS_IO_BIND: the cell had a checkpoint */
+    ts_zone_t *zone;
+    ts_sub_ctx_t *ctx;
+    ts_bus_sub_t *sub;
+    ts_cell_entry_t *cells;
+    size_t ncells;
+    uint64_t version;
+    Tessera__V1__Handover *req; /* TS_IO_REQUEST: answered to req_reply */
+    char *req_reply;
+    uint8_t *buf;
+    size_t len;
+    char subject[128];
+    struct ts_io_job *next;
+} ts_io_job_t;
+
+/* The worker's copy of the registry, kept current from RegistryChange. */
+typedef struct {
+    ts_cellmap_t by_cell; /* cell -> ts_cell_entry_t* (owned) */
+    uint64_t version;
+    bool valid;             /* a full read has been applied */
+    bool resync_pending;    /* one full read asked of the I/O thread */
+    uint64_t last_sync_us;  /* monotonic time of the last full read applied */
+    uint64_t last_check_us; /* monotonic time of the last version check */
+} ts_regview_t;
 
 struct ts_worker {
     const ts_config_t *cfg;
     char id[TS_WORKER_ID_MAX];
+    char instance[TS_INSTANCE_MAX]; /* this process's token */
     ts_bus_t *bus;
-    ts_registry_t *reg;
+    ts_registry_t *reg;      /* I/O thread only */
+    ts_registry_t *live_reg; /* liveness thread only */
     ts_bus_sub_t *reg_sub;
     ts_bus_sub_t *ho_sub;
     ts_world_t world;
     uint64_t boot_nonce; /* makes message ids unique across restarts */
 
-    ts_binding_t *bindings;
+    ts_binding_t **bindings;
     size_t nbind, cap_bind;
-    uint64_t next_gen;
-    ts_cell_entry_t *cells; /* last registry read, for owner look-ups */
-    size_t ncells;
-    uint64_t reg_version;
-    atomic_bool reg_dirty;
+    ts_map_t by_gen;      /* subscription gen -> ts_binding_t* */
+    ts_cellmap_t by_cell; /* cell -> ts_binding_t* */
+    ts_cellmap_t binding; /* cell -> (void *)1 while a bind is in progress */
+    _Atomic uint64_t next_gen;
+    ts_regview_t view;
+    _Atomic uint64_t applied_version; /* view.version, for the I/O thread */
+
+    ts_ring_t *ring; /* input messages for bound cells */
 
     pthread_mutex_t mu;
-    pthread_cond_t cond; /* signalled when a control request arrives */
-    ts_inbox_t inbox;
+    pthread_cond_t cond; /* signalled when something arrives for the tick thread */
     ts_ctl_req_t *ctl;
     size_t nctl, cap_ctl;
     ts_pending_t *pending;
     size_t npending, cap_pending;
+    Tessera__V1__RegistryChange **changes; /* registry changes to apply */
+    size_t nchanges, cap_changes;
+    bool changes_overflow;
+    ts_io_job_t *done_head, *done_tail; /* I/O results */
+    atomic_bool wake;                   /* something above is waiting */
+
+    /* I/O thread */
+    pthread_t io_thread;
+    bool io_started;
+    pthread_mutex_t io_mu;
+    pthread_cond_t io_cond;
+    ts_io_job_t *io_head, *io_tail;
+    bool io_stop;
+
+    /* liveness thread */
+    pthread_t live_thread;
+    bool live_started;
+    atomic_bool live_stop;
+    atomic_bool fenced; /* another process holds our worker id now */
+    pthread_mutex_t live_mu;
+    pthread_cond_t live_cond;
+
+    ts_flight_t flights[TS_FLIGHT_SLOTS];
 
     uint64_t tick;
     uint64_t seq;
     uint64_t last_hb_us;
+    uint64_t stalled_us; /* a stall was seen: act again after the next full read */
     double tick_ms[TS_TICK_SAMPLES];
     size_t tick_samples;
+    double tick_max_ms; /* since the last heartbeat */
+    uint64_t ticks_missed;
     uint64_t overruns;
     ts_worker_stats_t stats;
     bool draining;
+    int drain_state; /* 0 none, 1 asked, 2 accepted, 3 refused */
 };
 
 /* worker.c */
 ts_binding_t *ts_worker_find_binding(ts_worker_t *w, const ts_cell_t *c);
 const ts_cell_entry_t *ts_worker_find_entry(const ts_worker_t *w, const ts_cell_t *c);
-/* Binds a cell from its checkpoint and a replay of its input after it. */
-ts_status_t ts_worker_bind(ts_worker_t *w, const ts_cell_t *cell, uint64_t epoch);
-/* Binds a zone whose consumer already runs (a handover target): takes
- * ownership of zone, sub and ctx, applies what ctx held. */
-ts_status_t ts_worker_adopt(ts_worker_t *w, ts_zone_t *zone, uint64_t epoch, ts_bus_sub_t *sub, ts_sub_ctx_t *ctx);
+/* Binds a zone whose consumer already runs with hold set (a handover target
+ * or an I/O-thread bind): takes ownership of zone, sub and ctx and applies
+ * what ctx held. */
+ts_status_t ts_worker_adopt(ts_worker_t *w, ts_zone_t *zone, uint64_t epoch, ts_bus_sub_t *sub,
+                            ts_sub_ctx_t *ctx);
 /* Allocates a subscription context and starts consuming cell's input after
- * after_seq. */
+ * after_seq (blocking: I/O thread or a nats.c thread, never the tick). */
 ts_status_t ts_worker_subscribe_input(ts_worker_t *w, const ts_cell_t *cell, uint64_t after_seq, bool hold,
                                       ts_sub_ctx_t **ctx, ts_bus_sub_t **sub);
+/* Closes a subscription and frees its context on the I/O thread. */
+void ts_worker_release_sub(ts_worker_t *w, ts_bus_sub_t *sub, ts_sub_ctx_t *ctx);
 void ts_worker_free_ctx(ts_sub_ctx_t *ctx);
 void ts_inbox_free(ts_inbox_t *in);
 /* Applies queued input messages to z in order (and frees them). */
 void ts_worker_apply_msgs(ts_worker_t *w, ts_zone_t *z, ts_inbox_t *msgs);
 void ts_worker_unbind(ts_worker_t *w, ts_binding_t *b);
+/* Applies what the ring holds to the bound zones. */
 void ts_worker_apply_inbox(ts_worker_t *w);
-void ts_worker_sync_registry(ts_worker_t *w);
+void ts_worker_wake(ts_worker_t *w);
+/* Asks the I/O thread for one full registry read (once; no-op if pending). */
+void ts_worker_request_resync(ts_worker_t *w);
+
+/* io.c */
+ts_status_t ts_io_start(ts_worker_t *w);
+void ts_io_stop(ts_worker_t *w);
+/* Queues a job for the I/O thread (takes ownership of job). */
+void ts_io_submit(ts_worker_t *w, ts_io_job_t *job);
+ts_io_job_t *ts_io_job_new(ts_io_kind_t kind);
+void ts_io_job_free(ts_io_job_t *job);
+/* Takes the finished jobs (oldest first) for the tick thread. */
+ts_io_job_t *ts_io_take_done(ts_worker_t *w);
+/* Claims the worker id (refuses to start when another live process has it)
+ * and starts the liveness thread. */
+ts_status_t ts_live_start(ts_worker_t *w);
+void ts_live_stop(ts_worker_t *w);
 
 /* output.c */
 void ts_worker_publish_departures(ts_worker_t *w, ts_zone_t *z);
 void ts_worker_publish_outboxes(ts_worker_t *w, ts_zone_t *z);
+/* Takes in the outcomes of this zone's publishes that finished. */
+void ts_worker_collect_publishes(ts_worker_t *w, ts_zone_t *z);
 void ts_worker_publish_state(ts_worker_t *w, ts_zone_t *z, bool full);
 void ts_worker_publish_checkpoint(ts_worker_t *w, ts_zone_t *z);
 void ts_worker_heartbeat(ts_worker_t *w);
+void ts_worker_on_publish_outcome(void *ud, const char *subject, uint64_t seq, uint32_t count, bool ok,
+                                  uint64_t stream_seq);
 
 /* handover.c */
 ts_status_t ts_handover_subscribe(ts_worker_t *w);

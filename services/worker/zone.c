@@ -49,8 +49,10 @@ void ts_zone_destroy(ts_zone_t *z)
     if (!z) return;
     uint64_t k;
     void *v;
-    for (size_t it = 0; ts_map_next(&z->entities, &it, &k, &v);) free(v);
-    for (size_t it = 0; ts_map_next(&z->departed, &it, &k, &v);) free(v);
+    for (size_t it = 0; ts_map_next(&z->entities, &it, &k, &v);)
+        free(v);
+    for (size_t it = 0; ts_map_next(&z->departed, &it, &k, &v);)
+        free(v);
     ts_map_free(&z->entities);
     ts_map_free(&z->departed);
     ts_map_free(&z->precopy_ids);
@@ -60,7 +62,8 @@ void ts_zone_destroy(ts_zone_t *z)
         free(z->out[i].inputs);
     }
     free(z->out);
-    for (size_t i = 0; i < z->nleft; i++) free(z->left[i].to);
+    for (size_t i = 0; i < z->nleft; i++)
+        free(z->left[i].to);
     free(z->left);
     free(z);
 }
@@ -132,7 +135,8 @@ static ts_zone_out_t *outbox_for(ts_zone_t *z, const ts_cell_t *dest, uint64_t m
 {
     size_t ntransfer_entries = 0;
     for (size_t i = 0; i < z->nout; i++) {
-        if (z->out[i].marker_seq == marker_seq && ts_cell_eq(&z->out[i].dest, dest)) return &z->out[i];
+        if (!z->out[i].id_seq && z->out[i].marker_seq == marker_seq && ts_cell_eq(&z->out[i].dest, dest))
+            return &z->out[i];
         if (z->out[i].marker_seq) ntransfer_entries++;
     }
     if (!grow((void **)&z->out, &z->cap_out, z->nout, sizeof(*z->out))) return NULL;
@@ -145,6 +149,8 @@ static ts_zone_out_t *outbox_for(ts_zone_t *z, const ts_cell_t *dest, uint64_t m
     ts_zone_out_t *o = &z->out[at];
     o->dest = *dest;
     o->marker_seq = marker_seq;
+    o->id_seq = 0;
+    o->pub_seq = 0;
     o->ntransfers = 0;
     o->ninputs = 0;
     return o;
@@ -291,6 +297,21 @@ static void entity_from_pb(const Tessera__V1__EntityState *pb, ts_entity_t *e)
     if (pb->name) ts_strlcpy(e->name, pb->name, sizeof(e->name));
 }
 
+/* The entity as gateways see it: no exactly-once window, no incarnation. */
+static void entity_to_state_pb(const ts_entity_t *e, Tessera__V1__EntityState *pb)
+{
+    tessera__v1__entity_state__init(pb);
+    pb->id = e->id;
+    pb->x = e->x;
+    pb->y = e->y;
+    pb->vx = e->vx;
+    pb->vy = e->vy;
+    pb->last_input_seq = e->last_input_seq;
+    pb->inputs_applied = e->inputs_applied;
+    pb->hops = e->hops;
+    pb->name = (char *)e->name;
+}
+
 static void entity_to_pb(const ts_entity_t *e, Tessera__V1__EntityState *pb)
 {
     tessera__v1__entity_state__init(pb);
@@ -304,7 +325,8 @@ static void entity_to_pb(const ts_entity_t *e, Tessera__V1__EntityState *pb)
     pb->applied_window = e->applied_window[0];
     /* only as many extension words as carry bits */
     size_t ext = TS_WINDOW_WORDS - 1;
-    while (ext > 0 && e->applied_window[ext] == 0) ext--;
+    while (ext > 0 && e->applied_window[ext] == 0)
+        ext--;
     pb->n_applied_window_ext = ext;
     pb->applied_window_ext = (uint64_t *)&e->applied_window[1];
     pb->hops = e->hops;
@@ -316,7 +338,8 @@ void ts_zone_accept_transfer(ts_zone_t *z, const ts_entity_t *in)
 {
     if (ts_map_get(&z->entities, in->id)) return;
     departed_t *d = ts_map_get(&z->departed, in->id);
-    if (d && (in->incarnation < d->incarnation || (in->incarnation == d->incarnation && in->hops <= d->hops))) {
+    if (d &&
+        (in->incarnation < d->incarnation || (in->incarnation == d->incarnation && in->hops <= d->hops))) {
         ts_debug("cell %s: stale transfer of entity %llu (hops %llu <= %llu) dropped", z->key,
                  (unsigned long long)in->id, (unsigned long long)in->hops, (unsigned long long)d->hops);
         return;
@@ -374,14 +397,15 @@ static void apply_departure(ts_zone_t *z, const ts_departure_t *dep, uint64_t ma
     free(ts_map_del(&z->departed, e->id));
     if (ts_map_put(&z->departed, e->id, d) != TS_OK) free(d);
     ts_map_del(&z->entities, e->id);
-    note_left(z, e->id, &dep->to);
+    /* announced (note_left) once the Transfer is stored: ts_zone_outbox_done */
     ts_debug("cell %s: entity %llu departs (hops %llu, departure at stream seq %llu)", z->key,
              (unsigned long long)e->id, (unsigned long long)e->hops, (unsigned long long)marker_seq);
     free(e);
     z->stats.transfers_out++;
 }
 
-bool ts_zone_apply_batch(ts_zone_t *z, uint64_t stream_seq, const Tessera__V1__InputBatch *batch, uint64_t tick)
+bool ts_zone_apply_batch(ts_zone_t *z, uint64_t stream_seq, const Tessera__V1__InputBatch *batch,
+                         uint64_t tick)
 {
     if (stream_seq != 0 && stream_seq <= z->last_applied_seq) return false;
     z->cur_stream_seq = stream_seq;
@@ -461,47 +485,15 @@ void ts_zone_step(ts_zone_t *z, double dt, uint64_t tick)
     }
 }
 
-void ts_zone_outbox_failed(ts_zone_t *z, size_t i)
+void ts_zone_outbox_done(ts_zone_t *z, size_t i)
 {
     ts_zone_out_t *o = &z->out[i];
-    for (size_t k = 0; k < o->ntransfers; k++) {
-        ts_entity_t *e = malloc(sizeof(*e));
-        if (!e) continue;
-        *e = o->transfers[k];
-        for (size_t l = 0; l < z->nleft; l++) {
-            if (z->left[l].id != e->id) continue;
-            free(z->left[l].to);
-            z->left[l] = z->left[--z->nleft];
-            break;
-        }
-        e->hops--;
-        e->departing = false;
-        /* back inside its old cell at the border; it tries again next tick */
-        double x0, y0, x1, y1;
-        ts_cell_bounds(&z->cell, z->cell_size, &x0, &y0, &x1, &y1);
-        e->x = fmin(fmax(e->x, x0), nextafter(x1, x0));
-        e->y = fmin(fmax(e->y, y0), nextafter(y1, y0));
-        free(ts_map_del(&z->departed, e->id));
-        touch(z, e);
-        if (ts_map_put(&z->entities, e->id, e) != TS_OK) free(e);
-        z->stats.transfers_out--;
-    }
+    for (size_t k = 0; k < o->ntransfers; k++)
+        note_left(z, o->transfers[k].id, &o->dest);
     o->ntransfers = 0;
-    /* inputs forwarded after them this tick belong here again */
-    for (size_t j = 0; j < z->nout; j++) {
-        ts_zone_out_t *f = &z->out[j];
-        if (f->marker_seq || !ts_cell_eq(&f->dest, &o->dest)) continue;
-        size_t keep = 0;
-        for (size_t k = 0; k < f->ninputs; k++) {
-            if (ts_map_get(&z->entities, f->inputs[k].entity)) {
-                z->stats.forwarded--;
-                ts_zone_apply_input(z, &f->inputs[k], 0);
-            } else {
-                f->inputs[keep++] = f->inputs[k];
-            }
-        }
-        f->ninputs = keep;
-    }
+    o->ninputs = 0;
+    o->id_seq = 0;
+    o->pub_seq = 0;
 }
 
 void ts_zone_outbox_clear(ts_zone_t *z)
@@ -551,7 +543,8 @@ static void *arena_alloc(arena_t *a, size_t size)
 
 static void arena_free(arena_t *a)
 {
-    for (size_t i = 0; i < a->n; i++) free(a->ptrs[i]);
+    for (size_t i = 0; i < a->n; i++)
+        free(a->ptrs[i]);
     free(a->ptrs);
 }
 
@@ -608,7 +601,8 @@ static Tessera__V1__CellId *cell_to_pb(arena_t *a, const ts_cell_t *c)
 static Tessera__V1__Input **inputs_to_pb(arena_t *a, const ts_zone_out_t *o)
 {
     Tessera__V1__Input **v = arena_alloc(a, o->ninputs * sizeof(*v));
-    for (size_t k = 0; v && k < o->ninputs; k++) v[k] = input_to_pb(a, &o->inputs[k]);
+    for (size_t k = 0; v && k < o->ninputs; k++)
+        v[k] = input_to_pb(a, &o->inputs[k]);
     return v;
 }
 
@@ -649,11 +643,12 @@ ts_status_t ts_zone_pack_outbox(const ts_zone_t *z, size_t i, uint8_t **buf, siz
     return st;
 }
 
-ts_status_t ts_zone_pack_delta(ts_zone_t *z, uint64_t tick, bool full, const char *owner, uint8_t **buf,
-                               size_t *len)
+ts_status_t ts_zone_pack_delta(ts_zone_t *z, uint64_t tick, bool full, const char *owner, uint8_t ***bufs,
+                               size_t **lens, size_t *nparts)
 {
-    *buf = NULL;
-    *len = 0;
+    *bufs = NULL;
+    *lens = NULL;
+    *nparts = 0;
     size_t n = 0;
     uint64_t id;
     void *v;
@@ -661,40 +656,67 @@ ts_status_t ts_zone_pack_delta(ts_zone_t *z, uint64_t tick, bool full, const cha
         if (full || ((ts_entity_t *)v)->dirty) n++;
     if (n == 0 && z->nleft == 0 && !full) return TS_OK;
 
-    Tessera__V1__EntityState *es = calloc(n ? n : 1, sizeof(*es));
-    Tessera__V1__EntityState **esp = calloc(n ? n : 1, sizeof(*esp));
+    size_t parts = n ? (n + TS_ZONE_STATE_PART_ENTITIES - 1) / TS_ZONE_STATE_PART_ENTITIES : 1;
+    size_t per = n < TS_ZONE_STATE_PART_ENTITIES ? (n ? n : 1) : TS_ZONE_STATE_PART_ENTITIES;
+    Tessera__V1__EntityState *es = calloc(per, sizeof(*es));
+    Tessera__V1__EntityState **esp = calloc(per, sizeof(*esp));
     Tessera__V1__EntityLeft **lp = calloc(z->nleft ? z->nleft : 1, sizeof(*lp));
+    uint8_t **ob = calloc(parts, sizeof(*ob));
+    size_t *ol = calloc(parts, sizeof(*ol));
     ts_status_t st = TS_ERR_NOMEM;
-    if (!es || !esp || !lp) goto cleanup;
+    if (!es || !esp || !lp || !ob || !ol) goto cleanup;
+    for (size_t i = 0; i < z->nleft; i++)
+        lp[i] = &z->left[i];
 
-    size_t k = 0;
-    for (size_t it = 0; ts_map_next(&z->entities, &it, &id, &v);) {
-        ts_entity_t *e = v;
-        if (!full && !e->dirty) continue;
-        entity_to_pb(e, &es[k]);
-        esp[k] = &es[k];
-        k++;
-        e->dirty = false;
-    }
-    for (size_t i = 0; i < z->nleft; i++) lp[i] = &z->left[i];
-
-    Tessera__V1__StateDelta d = TESSERA__V1__STATE_DELTA__INIT;
     Tessera__V1__CellId cell;
     ts_proto_cell_init(&cell, &z->cell);
-    d.cell = &cell;
-    d.epoch = z->epoch;
-    d.tick = tick;
-    d.full = full;
-    d.n_entities = k;
-    d.entities = esp;
-    d.n_left = z->nleft;
-    d.left = lp;
-    d.last_applied_seq = z->last_applied_seq;
-    d.owner = (char *)owner;
-    st = ts_proto_pack(&d.base, buf, len);
+    size_t it = 0;
+    st = TS_OK;
+    for (size_t part = 0; part < parts && st == TS_OK; part++) {
+        size_t k = 0;
+        while (k < per && ts_map_next(&z->entities, &it, &id, &v)) {
+            ts_entity_t *e = v;
+            if (!full && !e->dirty) continue;
+            entity_to_state_pb(e, &es[k]);
+            esp[k] = &es[k];
+            k++;
+            e->dirty = false;
+        }
+        Tessera__V1__StateDelta d = TESSERA__V1__STATE_DELTA__INIT;
+        d.cell = &cell;
+        d.epoch = z->epoch;
+        d.tick = tick;
+        d.full = full;
+        d.n_entities = k;
+        d.entities = esp;
+        if (part == 0) { /* departures ride in the first part */
+            d.n_left = z->nleft;
+            d.left = lp;
+        }
+        d.last_applied_seq = z->last_applied_seq;
+        d.owner = (char *)owner;
+        if (parts > 1) {
+            d.part = (uint32_t)part;
+            d.parts = (uint32_t)parts;
+        }
+        st = ts_proto_pack(&d.base, &ob[part], &ol[part]);
+    }
+    if (st == TS_OK) {
+        *bufs = ob;
+        *lens = ol;
+        *nparts = parts;
+        ob = NULL;
+        ol = NULL;
+    }
 cleanup:
-    for (size_t i = 0; i < z->nleft; i++) free(z->left[i].to);
+    for (size_t i = 0; i < z->nleft; i++)
+        free(z->left[i].to);
     z->nleft = 0;
+    if (ob)
+        for (size_t i = 0; i < parts; i++)
+            free(ob[i]);
+    free(ob);
+    free(ol);
     free(es);
     free(esp);
     free(lp);
@@ -734,9 +756,13 @@ cleanup:
     return st;
 }
 
-void ts_zone_departures_sent(ts_zone_t *z)
+void ts_zone_departures_done(ts_zone_t *z)
 {
-    z->ndeps = 0;
+    size_t n = z->deps_in_flight <= z->ndeps ? z->deps_in_flight : z->ndeps;
+    memmove(z->deps, z->deps + n, (z->ndeps - n) * sizeof(*z->deps));
+    z->ndeps -= n;
+    z->deps_in_flight = 0;
+    z->deps_pub = 0;
 }
 
 void ts_zone_mark_precopy(ts_zone_t *z)
@@ -745,41 +771,47 @@ void ts_zone_mark_precopy(ts_zone_t *z)
     ts_map_init(&z->precopy_ids);
     uint64_t id;
     void *v;
-    for (size_t it = 0; ts_map_next(&z->entities, &it, &id, &v);) ts_map_put(&z->precopy_ids, id, (void *)1);
+    for (size_t it = 0; ts_map_next(&z->entities, &it, &id, &v);)
+        ts_map_put(&z->precopy_ids, id, (void *)1);
     z->precopy_mark = z->mod_counter;
 }
 
-ts_status_t ts_zone_pack_checkpoint(const ts_zone_t *z, uint64_t tick, const char *owner, bool diff,
-                                    uint8_t **buf, size_t *len)
+/* One part of a checkpoint: entities [e0, e0 + ne) and departed records
+ * [d0, d0 + nd) in iteration order; part 0 also carries the rest. */
+static ts_status_t pack_checkpoint_part(const ts_zone_t *z, uint64_t tick, const char *owner, bool diff,
+                                        size_t e0, size_t ne, size_t d0, size_t ndep, uint32_t part,
+                                        uint32_t parts, uint64_t generation, uint8_t **buf, size_t *len)
 {
-    size_t n = 0, nd = z->departed.len, nr = 0;
+    size_t nr = 0;
     uint64_t id;
     void *v;
-    for (size_t it = 0; ts_map_next(&z->entities, &it, &id, &v);)
-        if (!diff || ((ts_entity_t *)v)->mod > z->precopy_mark) n++;
-    if (diff)
+    if (diff && part == 0)
         for (size_t it = 0; ts_map_next(&z->precopy_ids, &it, &id, &v);)
             if (!ts_map_get(&z->entities, id)) nr++;
 
-    Tessera__V1__EntityState *es = calloc(n ? n : 1, sizeof(*es));
-    Tessera__V1__EntityState **esp = calloc(n ? n : 1, sizeof(*esp));
-    Tessera__V1__Departed *dd = calloc(nd ? nd : 1, sizeof(*dd));
-    Tessera__V1__Departed **ddp = calloc(nd ? nd : 1, sizeof(*ddp));
-    Tessera__V1__CellId *dto = calloc(nd ? nd : 1, sizeof(*dto));
+    Tessera__V1__EntityState *es = calloc(ne ? ne : 1, sizeof(*es));
+    Tessera__V1__EntityState **esp = calloc(ne ? ne : 1, sizeof(*esp));
+    Tessera__V1__Departed *dd = calloc(ndep ? ndep : 1, sizeof(*dd));
+    Tessera__V1__Departed **ddp = calloc(ndep ? ndep : 1, sizeof(*ddp));
+    Tessera__V1__CellId *dto = calloc(ndep ? ndep : 1, sizeof(*dto));
     uint64_t *removed = calloc(nr ? nr : 1, sizeof(*removed));
     ts_status_t st = TS_ERR_NOMEM;
     if (!es || !esp || !dd || !ddp || !dto || !removed) goto cleanup;
 
-    size_t k = 0;
-    for (size_t it = 0; ts_map_next(&z->entities, &it, &id, &v);) {
+    size_t k = 0, seen = 0;
+    for (size_t it = 0; k < ne && ts_map_next(&z->entities, &it, &id, &v);) {
         const ts_entity_t *e = v;
         if (diff && e->mod <= z->precopy_mark) continue;
+        if (seen++ < e0) continue;
         entity_to_pb(e, &es[k]);
         esp[k] = &es[k];
         k++;
     }
+    size_t n = k;
     k = 0;
-    for (size_t it = 0; ts_map_next(&z->departed, &it, &id, &v);) {
+    seen = 0;
+    for (size_t it = 0; k < ndep && ts_map_next(&z->departed, &it, &id, &v);) {
+        if (seen++ < d0) continue;
         const departed_t *d = v;
         tessera__v1__departed__init(&dd[k]);
         ts_proto_cell_init(&dto[k], &d->to);
@@ -791,8 +823,9 @@ ts_status_t ts_zone_pack_checkpoint(const ts_zone_t *z, uint64_t tick, const cha
         ddp[k] = &dd[k];
         k++;
     }
+    size_t nd = k;
     k = 0;
-    if (diff)
+    if (diff && part == 0)
         for (size_t it = 0; ts_map_next(&z->precopy_ids, &it, &id, &v);)
             if (!ts_map_get(&z->entities, id)) removed[k++] = id;
 
@@ -811,9 +844,14 @@ ts_status_t ts_zone_pack_checkpoint(const ts_zone_t *z, uint64_t tick, const cha
     cp.removed = removed;
     cp.owner = (char *)owner;
     cp.time_us = ts_now_us();
+    if (parts > 1) {
+        cp.part = part;
+        cp.parts = parts;
+    }
+    cp.generation = generation;
     arena_t a = {0};
-    if (diff) {
-        /* what this zone decided but did not publish goes with it */
+    if (diff && part == 0) {
+        /* what this zone decided but has not had stored goes with it */
         cp.n_outbox = z->nout;
         cp.outbox = arena_alloc(&a, z->nout * sizeof(*cp.outbox));
         for (size_t i = 0; cp.outbox && i < z->nout; i++) {
@@ -831,7 +869,8 @@ ts_status_t ts_zone_pack_checkpoint(const ts_zone_t *z, uint64_t tick, const cha
         }
         cp.n_left = z->nleft;
         cp.left = arena_alloc(&a, z->nleft * sizeof(*cp.left));
-        for (size_t i = 0; cp.left && i < z->nleft; i++) cp.left[i] = &z->left[i];
+        for (size_t i = 0; cp.left && i < z->nleft; i++)
+            cp.left[i] = &z->left[i];
     }
     st = a.failed ? TS_ERR_NOMEM : ts_proto_pack(&cp.base, buf, len);
     arena_free(&a);
@@ -845,16 +884,79 @@ cleanup:
     return st;
 }
 
+static size_t checkpoint_entities(const ts_zone_t *z, bool diff)
+{
+    if (!diff) return z->entities.len;
+    size_t n = 0;
+    uint64_t id;
+    void *v;
+    for (size_t it = 0; ts_map_next(&z->entities, &it, &id, &v);)
+        if (((ts_entity_t *)v)->mod > z->precopy_mark) n++;
+    return n;
+}
+
+ts_status_t ts_zone_pack_checkpoint(const ts_zone_t *z, uint64_t tick, const char *owner, bool diff,
+                                    uint8_t **buf, size_t *len)
+{
+    return pack_checkpoint_part(z, tick, owner, diff, 0, checkpoint_entities(z, diff), 0, z->departed.len, 0,
+                                1, 0, buf, len);
+}
+
+void ts_zone_free_parts(uint8_t **bufs, size_t *lens, size_t nparts)
+{
+    if (bufs)
+        for (size_t i = 0; i < nparts; i++)
+            free(bufs[i]);
+    free(bufs);
+    free(lens);
+}
+
+ts_status_t ts_zone_pack_checkpoint_parts(const ts_zone_t *z, uint64_t tick, const char *owner, bool diff,
+                                          uint64_t generation, uint8_t ***bufs, size_t **lens, size_t *nparts)
+{
+    const size_t per = TS_ZONE_CKPT_PART_ENTITIES;
+    size_t ne = checkpoint_entities(z, diff), nd = z->departed.len;
+    size_t big = ne > nd ? ne : nd;
+    size_t parts = big ? (big + per - 1) / per : 1;
+    *bufs = calloc(parts, sizeof(**bufs));
+    *lens = calloc(parts, sizeof(**lens));
+    *nparts = parts;
+    if (!*bufs || !*lens) {
+        ts_zone_free_parts(*bufs, *lens, 0);
+        *bufs = NULL;
+        *lens = NULL;
+        *nparts = 0;
+        return TS_ERR_NOMEM;
+    }
+    for (size_t p = 0; p < parts; p++) {
+        ts_status_t st = pack_checkpoint_part(z, tick, owner, diff, p * per, per, p * per, per, (uint32_t)p,
+                                              (uint32_t)parts, generation, &(*bufs)[p], &(*lens)[p]);
+        if (st != TS_OK) {
+            ts_zone_free_parts(*bufs, *lens, parts);
+            *bufs = NULL;
+            *lens = NULL;
+            *nparts = 0;
+            return st;
+        }
+    }
+    return TS_OK;
+}
+
 ts_status_t ts_zone_load_checkpoint(ts_zone_t *z, const Tessera__V1__Checkpoint *cp, bool diff, uint64_t tick)
 {
     ts_cell_t c;
     if (ts_proto_cell_get(cp->cell, &c) != TS_OK || !ts_cell_eq(&c, &z->cell)) return TS_ERR_INVALID;
     uint64_t id;
     void *v;
-    if (!diff)
-        for (size_t it = 0; ts_map_next(&z->entities, &it, &id, &v);) free(ts_map_del(&z->entities, id));
-    for (size_t it = 0; ts_map_next(&z->departed, &it, &id, &v);) free(ts_map_del(&z->departed, id));
-    for (size_t i = 0; i < cp->n_removed; i++) free(ts_map_del(&z->entities, cp->removed[i]));
+    bool first = cp->part == 0; /* later parts only add entities and departed records */
+    if (!diff && first)
+        for (size_t it = 0; ts_map_next(&z->entities, &it, &id, &v);)
+            free(ts_map_del(&z->entities, id));
+    if (first)
+        for (size_t it = 0; ts_map_next(&z->departed, &it, &id, &v);)
+            free(ts_map_del(&z->departed, id));
+    for (size_t i = 0; i < cp->n_removed; i++)
+        free(ts_map_del(&z->entities, cp->removed[i]));
     for (size_t i = 0; i < cp->n_entities; i++) {
         if (cp->entities[i]->id == 0) continue;
         ts_entity_t *e = malloc(sizeof(*e));
@@ -892,7 +994,8 @@ ts_status_t ts_zone_load_checkpoint(ts_zone_t *z, const Tessera__V1__Checkpoint 
             entity_from_pb(ob->transfers[k], &o->transfers[o->ntransfers++]);
         }
         for (size_t k = 0; k < ob->n_inputs; k++) {
-            if (!grow((void **)&o->inputs, &o->cap_inputs, o->ninputs, sizeof(*o->inputs))) return TS_ERR_NOMEM;
+            if (!grow((void **)&o->inputs, &o->cap_inputs, o->ninputs, sizeof(*o->inputs)))
+                return TS_ERR_NOMEM;
             input_from_pb(ob->inputs[k], &o->inputs[o->ninputs++]);
         }
     }
@@ -912,4 +1015,6 @@ void ts_zone_cancel_departures(ts_zone_t *z)
         if (e) e->departing = false;
     }
     z->ndeps = 0;
+    z->deps_in_flight = 0;
+    z->deps_pub = 0;
 }

@@ -47,9 +47,9 @@ typedef struct {
     char name[TS_ENTITY_NAME_MAX];
     uint64_t hops;
     uint64_t incarnation; /* stream seq of the Join that created it */
-    uint64_t mod;   /* zone modification counter at the last change */
-    bool dirty;     /* changed since the last published delta */
-    bool departing; /* a Departure for it is queued or in the stream */
+    uint64_t mod;         /* zone modification counter at the last change */
+    bool dirty;           /* changed since the last published delta */
+    bool departing;       /* a Departure for it is queued or in the stream */
 } ts_entity_t;
 
 typedef struct {
@@ -76,6 +76,12 @@ typedef struct {
 typedef struct {
     ts_cell_t dest;
     uint64_t marker_seq;
+    /* Once published an entry is sealed (id_seq != 0: the number its message
+     * id was made from): nothing is added to it, and a failed publish is
+     * retried with the same bytes and id. pub_seq is the Ts-Seq of the
+     * publish in flight, 0 when none is. */
+    uint64_t id_seq;
+    uint64_t pub_seq;
     ts_entity_t *transfers;
     size_t ntransfers, cap_transfers;
     ts_input_t *inputs;
@@ -83,10 +89,10 @@ typedef struct {
 } ts_zone_out_t;
 
 typedef struct {
-    uint64_t applied;     /* inputs applied */
-    uint64_t forwarded;   /* inputs sent on to the entity's new cell */
-    uint64_t duplicates;  /* inputs already applied (dropped) */
-    uint64_t dropped;     /* inputs for unknown entities or too old (lost) */
+    uint64_t applied;    /* inputs applied */
+    uint64_t forwarded;  /* inputs sent on to the entity's new cell */
+    uint64_t duplicates; /* inputs already applied (dropped) */
+    uint64_t dropped;    /* inputs for unknown entities or too old (lost) */
     uint64_t transfers_in;
     uint64_t transfers_out;
 } ts_zone_stats_t;
@@ -97,8 +103,8 @@ typedef struct {
     uint64_t epoch;
     uint64_t last_applied_seq;
     uint64_t cur_stream_seq; /* of the message being applied (for logs) */
-    ts_map_t entities; /* id -> ts_entity_t* */
-    ts_map_t departed; /* id -> departed record */
+    ts_map_t entities;       /* id -> ts_entity_t* */
+    ts_map_t departed;       /* id -> departed record */
     /* per-tick output */
     ts_zone_out_t *out;
     size_t nout, cap_out;
@@ -106,9 +112,12 @@ typedef struct {
     size_t nleft, cap_left;
     ts_departure_t *deps; /* to publish into the own input stream */
     size_t ndeps, cap_deps;
+    size_t deps_in_flight; /* deps[0..deps_in_flight) are being published */
+    uint64_t deps_pub;     /* Ts-Seq of that publish */
     uint64_t mod_counter;
-    uint64_t precopy_mark; /* mod_counter at the handover PreCopy */
-    ts_map_t precopy_ids;  /* entities the PreCopy carried */
+    uint64_t ckpt_generation; /* checkpoints written (chunked ones alternate subjects) */
+    uint64_t precopy_mark;    /* mod_counter at the handover PreCopy */
+    ts_map_t precopy_ids;     /* entities the PreCopy carried */
     ts_zone_stats_t stats;
     /* world geometry */
     double cell_size;
@@ -122,7 +131,8 @@ void ts_zone_destroy(ts_zone_t *z);
 
 /* Applies one input-stream message (stream sequence stream_seq). Returns
  * false (and changes nothing) if stream_seq <= last_applied_seq. */
-bool ts_zone_apply_batch(ts_zone_t *z, uint64_t stream_seq, const Tessera__V1__InputBatch *batch, uint64_t tick);
+bool ts_zone_apply_batch(ts_zone_t *z, uint64_t stream_seq, const Tessera__V1__InputBatch *batch,
+                         uint64_t tick);
 /* Applies one input (no stream bookkeeping). */
 void ts_zone_apply_input(ts_zone_t *z, const ts_input_t *in, uint64_t tick);
 /* Adds an entity arriving from another cell (ignored if already present). */
@@ -132,35 +142,59 @@ void ts_zone_accept_transfer(ts_zone_t *z, const ts_entity_t *e);
  * outbox. */
 void ts_zone_step(ts_zone_t *z, double dt, uint64_t tick);
 
-/* The outbox of destination i could not be published: its transfers come
- * back into the zone (they retry next tick), its inputs stay queued. */
-void ts_zone_outbox_failed(ts_zone_t *z, size_t i);
-/* Clears the outbox entries that were published. */
+/* Outbox entry i is stored by JetStream: announces its transfers in the
+ * next state delta (`left`) and empties it. A transfer is announced only once
+ * it is stored, so a gateway re-routing a player's input to the new cell
+ * always lands behind the entity's Transfer in that cell's stream. */
+void ts_zone_outbox_done(ts_zone_t *z, size_t i);
+/* Drops emptied outbox entries (keeping the order of the rest). */
 void ts_zone_outbox_clear(ts_zone_t *z);
 
+/* Entities per StateDelta message: a keyframe of a larger cell is sent as
+ * several parts (StateDelta.part/parts), each well under NATS max_payload. */
+#define TS_ZONE_STATE_PART_ENTITIES 4096
+
 /* Packs this tick's StateDelta (changed entities, or all if full; departed
- * ones) into a malloc'd buffer and clears dirty flags and the departed list.
- * *len == 0 and *buf == NULL when there is nothing to say and !full. */
-ts_status_t ts_zone_pack_delta(ts_zone_t *z, uint64_t tick, bool full, const char *owner, uint8_t **buf,
-                               size_t *len);
+ * ones) as one or more messages and clears dirty flags and the departed
+ * list. State carries what gateways need: no exactly-once window (that
+ * travels in transfers and checkpoints only). *nparts == 0 when there is
+ * nothing to say and !full; otherwise bufs[0..*nparts) / lens are malloc'd
+ * buffers the caller frees, and *bufs the malloc'd array. */
+ts_status_t ts_zone_pack_delta(ts_zone_t *z, uint64_t tick, bool full, const char *owner, uint8_t ***bufs,
+                               size_t **lens, size_t *nparts);
 /* Packs an InputBatch for outbox entry i (caller frees *buf). */
 ts_status_t ts_zone_pack_outbox(const ts_zone_t *z, size_t i, uint8_t **buf, size_t *len);
 
 /* Packs the queued Departures as an InputBatch for the zone's own input
- * subject; *len == 0 when there are none. ts_zone_departures_sent() clears
- * them after the publish was acknowledged (otherwise they go again). */
+ * subject; *len == 0 when there are none. The publisher marks them in
+ * flight (deps_in_flight, deps_pub); ts_zone_departures_done() drops them
+ * once stored; after a failure they simply go again (a Departure consumed
+ * twice is harmless: the second finds the entity gone). */
 ts_status_t ts_zone_pack_departures(const ts_zone_t *z, uint8_t **buf, size_t *len);
-void ts_zone_departures_sent(ts_zone_t *z);
+void ts_zone_departures_done(ts_zone_t *z);
 
 /* Checkpoint of the whole zone (diff=false) or of what changed since
  * ts_zone_mark_precopy (diff=true: changed entities, removed ids, and the
  * outbox and departures not yet published, which the loader takes over). */
 ts_status_t ts_zone_pack_checkpoint(const ts_zone_t *z, uint64_t tick, const char *owner, bool diff,
                                     uint8_t **buf, size_t *len);
+/* Entities (and departed records) per checkpoint part: a part stays well
+ * under NATS max_payload (1 MB by default) even with full windows. */
+#define TS_ZONE_CKPT_PART_ENTITIES 3000
+/* The same as one or more parts (Checkpoint.part/parts/generation): part 0
+ * carries everything that is not an entity or a departed record. bufs/lens
+ * are malloc'd arrays of malloc'd buffers the caller frees. */
+ts_status_t ts_zone_pack_checkpoint_parts(const ts_zone_t *z, uint64_t tick, const char *owner, bool diff,
+                                          uint64_t generation, uint8_t ***bufs, size_t **lens,
+                                          size_t *nparts);
+void ts_zone_free_parts(uint8_t **bufs, size_t *lens, size_t nparts);
 void ts_zone_mark_precopy(ts_zone_t *z);
 /* Loads a checkpoint: a full one replaces the zone's state, a diff updates
- * it. Sets last_applied_seq from it. */
-ts_status_t ts_zone_load_checkpoint(ts_zone_t *z, const Tessera__V1__Checkpoint *cp, bool diff, uint64_t tick);
+ * it. Sets last_applied_seq from it. Parts load in order: part 0 does what
+ * a whole checkpoint does, later parts add their entities and departed
+ * records. */
+ts_status_t ts_zone_load_checkpoint(ts_zone_t *z, const Tessera__V1__Checkpoint *cp, bool diff,
+                                    uint64_t tick);
 
 /* Forgets queued (unpublished) Departures; the entities will be seen
  * outside the cell again and decided anew. */

@@ -58,6 +58,18 @@ static void test_put_get_del(void **state)
     assert_int_equal(m.len, 0);
     assert_int_equal(ts_cellmap_put(&m, &c0, NULL), TS_ERR_INVALID);
     ts_cellmap_free(&m);
+    ts_cellmap_init(&m);
+    for (int i = 0; i < 100; i++) {
+        ts_cell_t c = {.world = 1, .cx = i};
+        int *v = malloc(sizeof(*v));
+        *v = i;
+        assert_int_equal(ts_cellmap_put(&m, &c, v), TS_OK);
+    }
+    ts_cellmap_clear(&m, free); /* frees every value (ASan checks) */
+    assert_int_equal(m.len, 0);
+    ts_cell_t c5 = {.world = 1, .cx = 5};
+    assert_null(ts_cellmap_get(&m, &c5));
+    ts_cellmap_free(&m);
     free(vals);
 }
 

@@ -59,7 +59,7 @@ static void test_bad_args(void **state)
     assert_int_equal(ts_ring_create(NULL, 8, 8), TS_ERR_INVALID);
 }
 
-enum { PRODUCERS = 4, PER_PRODUCER = 200000 };
+enum { PRODUCERS = 4, PER_PRODUCER = 50000 };
 
 typedef struct {
     ts_ring_t *r;

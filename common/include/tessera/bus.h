@@ -60,7 +60,8 @@ void ts_bus_destroy(ts_bus_t *bus);
 
 /* Creates (or updates) the world's JetStream streams:
  *   TS_INPUT_<world>  subjects cell.<world>.*.*.*.*.input,  limits retention, max_age
- *   TS_CKPT_<world>   subjects cell.<world>.*.*.*.*.checkpoint, 1 message per subject
+ *   TS_CKPT_<world>   subjects cell.<world>.*.*.*.*.checkpoint and .checkpoint.> (parts of
+ *                     chunked checkpoints), 1 message per subject
  * storage is "file" or "memory". */
 ts_status_t ts_bus_ensure_streams(ts_bus_t *bus, uint32_t world, const char *storage, int64_t max_age_s,
                                   int replicas);

@@ -17,6 +17,9 @@ typedef struct {
 void ts_cellmap_init(ts_cellmap_t *m);
 /* Frees the map's own memory (not the values). */
 void ts_cellmap_free(ts_cellmap_t *m);
+/* Calls fn on every value, then frees the map's memory; the map is empty
+ * and usable afterwards. */
+void ts_cellmap_clear(ts_cellmap_t *m, void (*fn)(void *val));
 /* Value for cell, or NULL. */
 void *ts_cellmap_get(const ts_cellmap_t *m, const ts_cell_t *cell);
 /* Inserts or replaces; val must not be NULL. */

@@ -174,7 +174,8 @@ static void loop_departures(ts_zone_t *z, uint64_t seq, uint64_t tick)
     Tessera__V1__InputBatch *ib = tessera__v1__input_batch__unpack(NULL, len, buf);
     free(buf);
     assert_non_null(ib);
-    ts_zone_departures_sent(z);
+    z->deps_in_flight = z->ndeps;
+    ts_zone_departures_done(z);
     assert_true(ts_zone_apply_batch(z, seq, ib, tick));
     tessera__v1__input_batch__free_unpacked(ib, NULL);
 }
@@ -238,12 +239,19 @@ static void test_crossing_forward_exactly_once(void **state)
     assert_true(e->vy == 10.0);
     assert_int_equal(b->stats.transfers_in, 1);
 
-    /* the departure is in the old cell's delta, with its destination */
-    uint8_t *buf;
-    size_t len;
-    assert_int_equal(ts_zone_pack_delta(a, 4, false, "w1", &buf, &len), TS_OK);
-    Tessera__V1__StateDelta *d = tessera__v1__state_delta__unpack(NULL, len, buf);
-    free(buf);
+    /* the departure is announced in the old cell's delta, with its
+     * destination, once its Transfer is stored (not before) */
+    uint8_t **bufs;
+    size_t *lens, nparts;
+    assert_int_equal(ts_zone_pack_delta(a, 4, false, "w1", &bufs, &lens, &nparts), TS_OK);
+    assert_int_equal(nparts, 0); /* nothing changed, nothing announced yet */
+    ts_zone_outbox_done(a, 0);
+    assert_int_equal(ts_zone_pack_delta(a, 4, false, "w1", &bufs, &lens, &nparts), TS_OK);
+    assert_int_equal(nparts, 1);
+    Tessera__V1__StateDelta *d = tessera__v1__state_delta__unpack(NULL, lens[0], bufs[0]);
+    free(bufs[0]);
+    free(bufs);
+    free(lens);
     assert_non_null(d);
     assert_int_equal(d->n_left, 1);
     assert_int_equal(d->left[0]->id, 42);
@@ -289,7 +297,8 @@ static void test_checkpoint_replay_is_exactly_once(void **state)
     assert_int_equal(ts_zone_pack_departures(a, &depbuf, &deplen), TS_OK);
     Tessera__V1__InputBatch *dep = tessera__v1__input_batch__unpack(NULL, deplen, depbuf);
     free(depbuf);
-    ts_zone_departures_sent(a);
+    a->deps_in_flight = a->ndeps;
+    ts_zone_departures_done(a);
     assert_true(ts_zone_apply_batch(a, 12, dep, 3));
     in.seq = 3;
     assert_true(ts_zone_apply_batch(a, 13, &mb, 3));
@@ -420,9 +429,8 @@ static void test_rejoin_is_new_incarnation(void **state)
     ts_zone_step(b, 0.1, 2);
     loop_departures(b, 13, 2);
     t = take_outbox(b, 0);
-    ts_zone_outbox_failed(a, 0);
+    ts_zone_outbox_done(a, 0);
     ts_zone_outbox_clear(a);
-    free(ts_map_del(&a->entities, 77));
     assert_true(ts_zone_apply_batch(a, 14, t, 2));
     tessera__v1__input_batch__free_unpacked(t, NULL);
     assert_int_equal(get(a, 77)->hops, 2);
@@ -480,15 +488,6 @@ static void test_transfers_precede_forwards(void **state)
     assert_int_equal(a->out[1].marker_seq, 0);
     assert_int_equal(a->out[1].ninputs, 2);
 
-    /* the transfer fails: entity 2 stays, and its forwarded input is applied here */
-    ts_zone_outbox_failed(a, 0);
-    ts_zone_outbox_clear(a);
-    ts_entity_t *e2 = get(a, 2);
-    assert_non_null(e2);
-    assert_int_equal(e2->inputs_applied, 3);
-    assert_int_equal(a->nout, 1);
-    assert_int_equal(a->out[0].ninputs, 1);
-    assert_int_equal(a->out[0].inputs[0].entity, 1);
     ts_zone_destroy(a);
 }
 
@@ -514,7 +513,7 @@ static void test_diff_carries_outbox(void **state)
     free(buf);
     assert_non_null(cp);
     assert_int_equal(cp->n_outbox, 2);
-    assert_int_equal(cp->n_left, 1);
+    assert_int_equal(cp->n_left, 0); /* announced by whoever stores the transfer */
     assert_int_equal(cp->n_removed, 1);
 
     ts_zone_t *dst = zone_at(-1, 0);
@@ -527,17 +526,26 @@ static void test_diff_carries_outbox(void **state)
     assert_int_equal(dst->out[0].transfers[0].id, 5);
     assert_int_equal(dst->out[1].ninputs, 1);
     assert_int_equal(dst->out[1].inputs[0].seq, 3);
+    assert_int_equal(dst->nleft, 0);
+    ts_zone_outbox_done(dst, 0); /* the new owner stored the transfer: now it is announced */
     assert_int_equal(dst->nleft, 1);
+    assert_int_equal(dst->left[0].id, 5);
+    ts_zone_outbox_clear(dst);
+    assert_int_equal(dst->nout, 1);
     assert_null(get(dst, 5));
     /* and late input for it at the new owner is forwarded too */
     ts_input_t later = move(5, 4, 0, 2);
     ts_zone_apply_input(dst, &later, 3);
-    assert_int_equal(dst->out[1].ninputs, 2);
+    assert_int_equal(dst->out[0].ninputs, 2);
     ts_zone_destroy(src);
     ts_zone_destroy(dst);
 }
 
-static void test_outbox_failure_keeps_entity(void **state)
+/* Once an outbox entry has been published it is sealed: a retry sends the
+ * same bytes under the same message id, so nothing decided later may join
+ * it (JetStream would drop the retry as a duplicate if the first attempt was
+ * stored, losing what was added). */
+static void test_published_entry_is_sealed(void **state)
 {
     (void)state;
     ts_zone_t *a = zone_at(-1, 0);
@@ -548,13 +556,24 @@ static void test_outbox_failure_keeps_entity(void **state)
     ts_zone_step(a, 0.05, 2);
     loop_departures(a, 7, 2);
     assert_null(get(a, 5));
-    ts_zone_outbox_failed(a, 0);
+    ts_input_t late = move(5, 3, 0, 1);
+    ts_zone_apply_input(a, &late, 2);
+    assert_int_equal(a->nout, 2);
+    a->out[1].id_seq = 42; /* the forward entry went out */
+    a->out[1].pub_seq = 43;
+    ts_input_t later = move(5, 4, 0, 2);
+    ts_zone_apply_input(a, &later, 3);
+    assert_int_equal(a->nout, 3); /* a new entry, behind the sealed one */
+    assert_int_equal(a->out[1].ninputs, 1);
+    assert_int_equal(a->out[2].ninputs, 1);
+    assert_int_equal(a->out[2].inputs[0].seq, 4);
+    assert_int_equal(a->nleft, 0);
+    ts_zone_outbox_done(a, 0);
+    ts_zone_outbox_done(a, 1);
     ts_zone_outbox_clear(a);
-    ts_entity_t *e = get(a, 5);
-    assert_non_null(e);
-    assert_true(e->x < 0);
-    assert_int_equal(e->inputs_applied, 2);
-    assert_int_equal(a->nout, 0);
+    assert_int_equal(a->nout, 1);
+    assert_int_equal(a->out[0].inputs[0].seq, 4);
+    assert_int_equal(a->nleft, 1);
     ts_zone_destroy(a);
 }
 
@@ -566,7 +585,8 @@ static void test_leave_and_world_edge(void **state)
     ts_zone_apply_input(z, &j, 1);
     ts_input_t m = move(1, 2, -50, -50);
     ts_zone_apply_input(z, &m, 1);
-    for (int t = 0; t < 20; t++) ts_zone_step(z, 0.05, (uint64_t)t);
+    for (int t = 0; t < 20; t++)
+        ts_zone_step(z, 0.05, (uint64_t)t);
     ts_entity_t *e = get(z, 1);
     assert_non_null(e); /* bounced back inside, never left the world */
     assert_true(e->x >= -200 && e->y >= -200);
@@ -595,7 +615,7 @@ int main(void)
         cmocka_unit_test(test_rejoin_is_new_incarnation),
         cmocka_unit_test(test_transfers_precede_forwards),
         cmocka_unit_test(test_diff_carries_outbox),
-        cmocka_unit_test(test_outbox_failure_keeps_entity),
+        cmocka_unit_test(test_published_entry_is_sealed),
         cmocka_unit_test(test_leave_and_world_edge),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

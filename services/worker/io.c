@@ -1,0 +1,454 @@
+/* The worker's two helper threads.
+ *
+ * The I/O thread runs every step that waits on the network so the tick
+ * thread never does: full registry reads (asked for, or when the version it
+ * checks once a second moved), binding a cell (read its checkpoint, start
+ * its consumer with input held), restarting a consumer, closing
+ * subscriptions (which waits for running callbacks), the PreCopy request to
+ * a handover target and the drain request. Jobs come in through a queue
+ * (bounded by the cells this worker has: one job per cell at a time, plus
+ * one resync) and results go back to the tick thread through a list under
+ * the worker's mutex, with a wake-up.
+ *
+ * The liveness thread refreshes `ts:worker:<id>:alive` with this process's
+ * instance token on its own Redis connection every worker.hb_ms, whatever
+ * the tick does: a slow worker is never mistaken for a dead one. If another
+ * process took the id (the key holds another token) it sets `fenced` and the
+ * worker stops acting. */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "tessera/log.h"
+#include "tessera/subject.h"
+#include "tessera/util.h"
+#include "worker_internal.h"
+
+#define VERSION_CHECK_MS 1000
+#define DRAIN_REQUEST_MS 2000
+#define TS_TYPE_HANDOVER "tessera.v1.Handover"
+
+ts_io_job_t *ts_io_job_new(ts_io_kind_t kind)
+{
+    ts_io_job_t *job = calloc(1, sizeof(*job));
+    if (job) job->kind = kind;
+    return job;
+}
+
+void ts_io_job_free(ts_io_job_t *job)
+{
+    if (!job) return;
+    if (job->sub) ts_bus_sub_destroy(job->sub);
+    ts_worker_free_ctx(job->ctx);
+    ts_zone_destroy(job->zone);
+    free(job->cells);
+    if (job->req) tessera__v1__handover__free_unpacked(job->req, NULL);
+    free(job->req_reply);
+    free(job->buf);
+    free(job);
+}
+
+void ts_io_submit(ts_worker_t *w, ts_io_job_t *job)
+{
+    pthread_mutex_lock(&w->io_mu);
+    job->next = NULL;
+    if (w->io_tail)
+        w->io_tail->next = job;
+    else
+        w->io_head = job;
+    w->io_tail = job;
+    pthread_cond_signal(&w->io_cond);
+    pthread_mutex_unlock(&w->io_mu);
+}
+
+ts_io_job_t *ts_io_take_done(ts_worker_t *w)
+{
+    pthread_mutex_lock(&w->mu);
+    ts_io_job_t *head = w->done_head;
+    w->done_head = w->done_tail = NULL;
+    pthread_mutex_unlock(&w->mu);
+    return head;
+}
+
+static void post_done(ts_worker_t *w, ts_io_job_t *job)
+{
+    pthread_mutex_lock(&w->mu);
+    job->next = NULL;
+    if (w->done_tail)
+        w->done_tail->next = job;
+    else
+        w->done_head = job;
+    w->done_tail = job;
+    atomic_store(&w->wake, true);
+    pthread_cond_signal(&w->cond);
+    pthread_mutex_unlock(&w->mu);
+}
+
+static void do_resync(ts_worker_t *w, ts_io_job_t *job)
+{
+    job->status = ts_registry_version(w->reg, w->world.id, &job->version);
+    if (job->status == TS_OK) job->status = ts_registry_cells(w->reg, w->world.id, &job->cells, &job->ncells);
+}
+
+static Tessera__V1__Checkpoint *read_checkpoint(ts_worker_t *w, const char *stream, const char *subj,
+                                                ts_status_t *st)
+{
+    ts_bus_msg_t *m = NULL;
+    *st = ts_bus_last_msg(w->bus, stream, subj, &m);
+    if (*st != TS_OK) return NULL;
+    Tessera__V1__Checkpoint *cp =
+        tessera__v1__checkpoint__unpack(NULL, ts_bus_msg_len(m), ts_bus_msg_data(m));
+    ts_bus_msg_destroy(m);
+    if (!cp) *st = TS_ERR_MALFORMED;
+    return cp;
+}
+
+/* Loads the cell's latest checkpoint (all its parts) into z. A part that
+ * belongs to another generation (a newer checkpoint being written) means
+ * reading again. Returns TS_ERR_NOT_FOUND if the cell has none. */
+static ts_status_t try_load_checkpoint(ts_worker_t *w, ts_zone_t *z)
+{
+    char stream[64], head[TS_SUBJECT_MAX], subj[TS_SUBJECT_MAX + 48];
+    ts_bus_ckpt_stream(stream, sizeof(stream), w->world.id);
+    ts_subject_cell(head, sizeof(head), &z->cell, TS_SUBJ_CHECKPOINT);
+    ts_status_t st;
+    Tessera__V1__Checkpoint *cp = read_checkpoint(w, stream, head, &st);
+    if (!cp) return st;
+    uint32_t parts = cp->parts > 1 ? cp->parts : 1;
+    uint64_t gen = cp->generation, seq = cp->last_applied_seq;
+    size_t entities = cp->n_entities;
+    st = ts_zone_load_checkpoint(z, cp, false, 0);
+    for (uint32_t i = 1; i < parts && st == TS_OK; i++) {
+        tessera__v1__checkpoint__free_unpacked(cp, NULL);
+        snprintf(subj, sizeof(subj), "%s.%" PRIu64 ".%u", head, gen % 2, i);
+        cp = read_checkpoint(w, stream, subj, &st);
+        if (!cp) break;
+        if (cp->generation != gen || cp->part != i || cp->last_applied_seq != seq) {
+            st = TS_ERR_STALE;
+            break;
+        }
+        entities += cp->n_entities;
+        st = ts_zone_load_checkpoint(z, cp, false, 0);
+    }
+    if (st == TS_OK)
+        ts_info("cell %s: loaded checkpoint at seq %" PRIu64 " (%zu entities in %u parts, epoch %" PRIu64
+                "); replaying after it",
+                z->key, seq, entities, parts, cp->epoch);
+    if (cp) tessera__v1__checkpoint__free_unpacked(cp, NULL);
+    return st;
+}
+
+/* Returns true if a checkpoint was loaded; without one the zone replays the
+ * whole input stream. */
+static bool load_checkpoint(ts_worker_t *w, ts_zone_t **z)
+{
+    for (int attempt = 0; attempt < 5; attempt++) {
+        ts_status_t st = try_load_checkpoint(w, *z);
+        if (st == TS_OK) return true;
+        if (st == TS_ERR_NOT_FOUND && attempt == 0) return false;
+        ts_warn("cell %s: cannot read its checkpoint (%s)%s", (*z)->key, ts_status_str(st),
+                attempt < 4 ? "; reading again" : "; replaying the whole stream");
+        /* start over from an empty zone */
+        ts_zone_t *fresh = NULL;
+        if (ts_zone_create(&fresh, &(*z)->cell, (*z)->epoch, &w->world, w->cfg->worker_max_speed) != TS_OK)
+            return false;
+        ts_zone_destroy(*z);
+        *z = fresh;
+    }
+    return false;
+}
+
+static void do_bind(ts_worker_t *w, ts_io_job_t *job)
+{
+    job->status = ts_zone_create(&job->zone, &job->cell, job->epoch, &w->world, w->cfg->worker_max_speed);
+    if (job->status != TS_OK) return;
+    job->found = load_checkpoint(w, &job->zone);
+    job->status =
+        ts_worker_subscribe_input(w, &job->cell, job->zone->last_applied_seq, true, &job->ctx, &job->sub);
+}
+
+static void do_resubscribe(ts_worker_t *w, ts_io_job_t *job)
+{
+    job->status = ts_worker_subscribe_input(w, &job->cell, job->after_seq, true, &job->ctx, &job->sub);
+}
+
+/* A request whose reply is forwarded to the orchestrator as an ACK. */
+static void do_request(ts_worker_t *w, ts_io_job_t *job)
+{
+    ts_bus_hdr_t hdr = {.type = TS_TYPE_HANDOVER, .epoch = job->epoch, .seq = job->after_seq};
+    ts_bus_msg_t *reply = NULL;
+    /* answer the orchestrator before its own step timeout runs out, so it
+     * hears that the target is the one that did not answer */
+    int64_t timeout_ms = w->cfg->orch_handover_timeout_ms * 6 / 10;
+    if (timeout_ms < 10) timeout_ms = 10;
+    ts_status_t st = ts_bus_request(w->bus, job->subject, &hdr, job->buf, job->len, timeout_ms, &reply);
+    Tessera__V1__Handover ack = TESSERA__V1__HANDOVER__INIT;
+    Tessera__V1__Handover *got = NULL;
+    char why[160];
+    ack.id = job->req->id;
+    ack.phase = TESSERA__V1__HANDOVER_PHASE__HANDOVER_ACK;
+    ack.cell = job->req->cell;
+    ack.epoch = job->req->epoch;
+    ack.target = w->id;
+    ack.error = (char *)"";
+    if (st == TS_OK) got = tessera__v1__handover__unpack(NULL, ts_bus_msg_len(reply), ts_bus_msg_data(reply));
+    if (got && got->ok) {
+        ack.ok = true;
+        ack.seq = job->after_seq;
+        ack.entities = (uint32_t)job->ncells; /* entities in the PreCopy */
+    } else if (got) {
+        ts_warn("handover %s: target %s refused the PreCopy: %s", job->req->id, job->req->to, got->error);
+        ack.error = (char *)"PreCopy refused by the target";
+    } else {
+        ts_warn("handover %s: target %s did not answer the PreCopy (%s)", job->req->id, job->req->to,
+                ts_status_str(st));
+        snprintf(why, sizeof(why), "the target %s did not answer the PreCopy",
+                 job->req->to ? job->req->to : "?");
+        ack.error = why;
+    }
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    if (job->req_reply && *job->req_reply && ts_proto_pack(&ack.base, &buf, &len) == TS_OK) {
+        ts_bus_hdr_t ah = {.type = TS_TYPE_HANDOVER, .epoch = job->req->epoch};
+        ts_bus_publish(w->bus, job->req_reply, &ah, buf, len);
+    }
+    free(buf);
+    if (got) tessera__v1__handover__free_unpacked(got, NULL);
+    ts_bus_msg_destroy(reply);
+}
+
+static void do_drain(ts_worker_t *w, ts_io_job_t *job)
+{
+    char subj[TS_SUBJECT_MAX];
+    ts_subject_ctl(subj, sizeof(subj), w->world.id, "drain");
+    ts_bus_hdr_t hdr = {.type = "text/plain"};
+    ts_bus_msg_t *reply = NULL;
+    job->status = ts_bus_request(w->bus, subj, &hdr, w->id, strlen(w->id), DRAIN_REQUEST_MS, &reply);
+    if (job->status != TS_OK) {
+        ts_warn("drain: no orchestrator answered (%s); my cells will be recovered from checkpoints",
+                ts_status_str(job->status));
+        return;
+    }
+    const char *text = (const char *)ts_bus_msg_data(reply);
+    size_t len = ts_bus_msg_len(reply);
+    ts_info("drain: orchestrator says: %.*s", (int)len, text);
+    /* the orchestrator answers "error: ..." when it cannot move the cells */
+    if (len >= 6 && strncmp(text, "error:", 6) == 0) job->status = TS_ERR_UNAVAILABLE;
+    ts_bus_msg_destroy(reply);
+}
+
+/* Once a second: a registry version the tick thread has not reached for a
+ * whole second (a lost broadcast, a reconnect) costs one full read. A
+ * version ahead by changes still on their way is given that second. */
+static void check_version(ts_worker_t *w, uint64_t *lagging)
+{
+    uint64_t version = 0;
+    if (ts_registry_version(w->reg, w->world.id, &version) != TS_OK) return;
+    if (version <= atomic_load(&w->applied_version)) {
+        *lagging = 0;
+        return;
+    }
+    if (*lagging == 0 || version < *lagging) {
+        *lagging = version; /* look again in a second */
+        return;
+    }
+    *lagging = 0;
+    ts_info("registry version %" PRIu64 " not reached by changes within a second; reading it all again",
+            version);
+    ts_io_job_t *job = ts_io_job_new(TS_IO_RESYNC);
+    if (!job) return;
+    do_resync(w, job);
+    post_done(w, job);
+}
+
+static void *io_main(void *arg)
+{
+    ts_worker_t *w = arg;
+    uint64_t lagging = 0;
+    uint64_t next_check = ts_mono_us() + VERSION_CHECK_MS * 1000ULL;
+    pthread_mutex_lock(&w->io_mu);
+    for (;;) {
+        while (!w->io_head && !w->io_stop) {
+            uint64_t now = ts_mono_us();
+            if (now >= next_check) break;
+            struct timespec until;
+            clock_gettime(CLOCK_MONOTONIC, &until);
+            uint64_t wait_ns = (next_check - now) * 1000ULL;
+            until.tv_sec += (time_t)(wait_ns / 1000000000ULL);
+            until.tv_nsec += (long)(wait_ns % 1000000000ULL);
+            if (until.tv_nsec >= 1000000000L) {
+                until.tv_sec++;
+                until.tv_nsec -= 1000000000L;
+            }
+            pthread_cond_timedwait(&w->io_cond, &w->io_mu, &until);
+        }
+        ts_io_job_t *job = w->io_head;
+        if (job) {
+            w->io_head = job->next;
+            if (!w->io_head) w->io_tail = NULL;
+        }
+        bool stop = w->io_stop;
+        pthread_mutex_unlock(&w->io_mu);
+        if (job) {
+            bool keep = true;
+            switch (job->kind) {
+            case TS_IO_RESYNC:
+                do_resync(w, job);
+                break;
+            case TS_IO_BIND:
+                if (stop)
+                    job->status = TS_ERR_CLOSED;
+                else
+                    do_bind(w, job);
+                break;
+            case TS_IO_RESUBSCRIBE:
+                if (stop)
+                    job->status = TS_ERR_CLOSED;
+                else
+                    do_resubscribe(w, job);
+                break;
+            case TS_IO_UNSUBSCRIBE:
+                ts_bus_sub_destroy(job->sub); /* waits for running callbacks */
+                job->sub = NULL;
+                keep = false;
+                break;
+            case TS_IO_REQUEST:
+                if (!stop) do_request(w, job);
+                keep = false;
+                break;
+            case TS_IO_DRAIN:
+                do_drain(w, job);
+                break;
+            }
+            if (keep && !stop)
+                post_done(w, job);
+            else
+                ts_io_job_free(job);
+        } else if (!stop && ts_mono_us() >= next_check) {
+            check_version(w, &lagging);
+            next_check = ts_mono_us() + VERSION_CHECK_MS * 1000ULL;
+        }
+        pthread_mutex_lock(&w->io_mu);
+        if (stop && !w->io_head) break;
+    }
+    pthread_mutex_unlock(&w->io_mu);
+    return NULL;
+}
+
+ts_status_t ts_io_start(ts_worker_t *w)
+{
+    pthread_mutex_init(&w->io_mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&w->io_cond, &ca);
+    pthread_condattr_destroy(&ca);
+    if (pthread_create(&w->io_thread, NULL, io_main, w) != 0) {
+        pthread_cond_destroy(&w->io_cond);
+        pthread_mutex_destroy(&w->io_mu);
+        return TS_ERR_NOMEM;
+    }
+    w->io_started = true;
+    return TS_OK;
+}
+
+/* Runs what is queued (unsubscribes must happen), then stops the thread and
+ * frees results nobody took. */
+void ts_io_stop(ts_worker_t *w)
+{
+    if (!w->io_started) return;
+    pthread_mutex_lock(&w->io_mu);
+    w->io_stop = true;
+    pthread_cond_signal(&w->io_cond);
+    pthread_mutex_unlock(&w->io_mu);
+    pthread_join(w->io_thread, NULL);
+    w->io_started = false;
+    for (ts_io_job_t *job = ts_io_take_done(w); job;) {
+        ts_io_job_t *next = job->next;
+        ts_io_job_free(job);
+        job = next;
+    }
+    pthread_cond_destroy(&w->io_cond);
+    pthread_mutex_destroy(&w->io_mu);
+}
+
+/* ---- liveness ---------------------------------------------------------- */
+
+static void *live_main(void *arg)
+{
+    ts_worker_t *w = arg;
+    const int64_t ttl = w->cfg->orch_hb_ttl_ms;
+    const uint32_t capacity = (uint32_t)w->cfg->worker_capacity;
+    uint64_t period_ms = (uint64_t)(w->cfg->worker_hb_ms > 0 ? w->cfg->worker_hb_ms : 250);
+    if (period_ms * 3 > (uint64_t)ttl) period_ms = (uint64_t)ttl / 3; /* at least 3 refreshes per TTL */
+    pthread_mutex_lock(&w->live_mu);
+    while (!atomic_load(&w->live_stop)) {
+        pthread_mutex_unlock(&w->live_mu);
+        ts_status_t st = ts_registry_worker_refresh(w->live_reg, w->id, w->instance, ttl, capacity);
+        if (st == TS_ERR_CONFLICT) {
+            ts_error("worker %s: another process (a newer instance) holds this worker id", w->id);
+            atomic_store(&w->fenced, true);
+            ts_worker_wake(w);
+            return NULL;
+        }
+        if (st != TS_OK) ts_warn("cannot refresh liveness in the registry: %s", ts_status_str(st));
+        struct timespec until;
+        clock_gettime(CLOCK_MONOTONIC, &until);
+        until.tv_sec += (time_t)(period_ms / 1000);
+        until.tv_nsec += (long)(period_ms % 1000) * 1000000L;
+        if (until.tv_nsec >= 1000000000L) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000L;
+        }
+        pthread_mutex_lock(&w->live_mu);
+        while (!atomic_load(&w->live_stop))
+            if (pthread_cond_timedwait(&w->live_cond, &w->live_mu, &until) == ETIMEDOUT) break;
+    }
+    pthread_mutex_unlock(&w->live_mu);
+    return NULL;
+}
+
+ts_status_t ts_live_start(ts_worker_t *w)
+{
+    ts_status_t st = ts_registry_worker_claim(w->live_reg, w->id, w->instance, w->cfg->orch_hb_ttl_ms,
+                                              (uint32_t)w->cfg->worker_capacity);
+    if (st == TS_ERR_EXISTS) {
+        ts_error(
+            "worker id '%s' is already live in another process; refusing to start (stop it first, or wait "
+            "%" PRId64 " ms after it died)",
+            w->id, w->cfg->orch_hb_ttl_ms);
+        return st;
+    }
+    if (st != TS_OK) {
+        ts_error("cannot claim worker id '%s' in the registry: %s", w->id, ts_status_str(st));
+        return st;
+    }
+    pthread_mutex_init(&w->live_mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&w->live_cond, &ca);
+    pthread_condattr_destroy(&ca);
+    if (pthread_create(&w->live_thread, NULL, live_main, w) != 0) {
+        pthread_cond_destroy(&w->live_cond);
+        pthread_mutex_destroy(&w->live_mu);
+        return TS_ERR_NOMEM;
+    }
+    w->live_started = true;
+    return TS_OK;
+}
+
+void ts_live_stop(ts_worker_t *w)
+{
+    if (!w->live_started) return;
+    pthread_mutex_lock(&w->live_mu);
+    atomic_store(&w->live_stop, true);
+    pthread_cond_signal(&w->live_cond);
+    pthread_mutex_unlock(&w->live_mu);
+    pthread_join(w->live_thread, NULL);
+    w->live_started = false;
+    pthread_cond_destroy(&w->live_cond);
+    pthread_mutex_destroy(&w->live_mu);
+}
