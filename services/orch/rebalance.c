@@ -19,6 +19,8 @@
 #include <string.h>
 
 #include "orch.h"
+
+#define OVERLOAD_MISSED 2
 #include "tessera/log.h"
 #include "tessera/util.h"
 
@@ -69,7 +71,10 @@ ts_status_t ts_orch_view_build(ts_orch_t *o, ts_orch_view_t *vw)
         if (k < 0) continue;
         vw->fresh[k] = hbs[i].alive;
         vw->w[k].tick_p99_ms = hbs[i].alive ? hbs[i].tick_p99_ms : 0;
-        overloaded[k] = hbs[i].alive && (hbs[i].tick_p99_ms > budget || hbs[i].missed_recent > 0);
+        /* overloaded: ticks over budget, or ticks missed since its previous
+         * heartbeat (one is a hiccup, two are a trend) */
+        overloaded[k] =
+            hbs[i].alive && (hbs[i].tick_p99_ms > budget || hbs[i].missed_recent >= OVERLOAD_MISSED);
     }
     for (size_t i = 0; i < o->live.n; i++)
         add_worker(vw, cap, o->live.v[i].id);

@@ -29,8 +29,21 @@ static void test_empty_stats_are_zero(void **state)
     char json[1024];
     assert_true(ts_stats_json(&s, "host-1", json, sizeof json) > 0);
     assert_non_null(strstr(json, "{\"leader\":\"host-1\","));
-    const char *keys[] = {"handovers",    "aborted",      "failed",     "freeze_us_p50",    "freeze_us_p99",
-                          "total_us_p50", "total_us_p99", "recoveries", "recovery_ms_last", "rebalance_moves"};
+    const char *keys[] = {"handovers",
+                          "aborted",
+                          "failed",
+                          "freeze_us_p50",
+                          "freeze_us_p99",
+                          "total_us_p50",
+                          "total_us_p99",
+                          "recoveries",
+                          "recovery_ms_last",
+                          "rebalance_moves",
+                          "recovery_batch_cells",
+                          "recovery_round_trips",
+                          "in_flight",
+                          "queued",
+                          "full_reads"};
     for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
         assert_true(field(json, keys[i]) == 0);
     assert_int_equal(json[strlen(json) - 1], '}');
@@ -50,6 +63,8 @@ static void test_counters_and_percentiles(void **state)
     ts_stats_count(&s, TS_STAT_REBALANCE_MOVE);
     ts_stats_recovered(&s, 1200);
     ts_stats_recovered(&s, 1700);
+    ts_stats_recovery_batch(&s, 1024, 150000, 2);
+    ts_stats_gauges(&s, 3, 5, 1);
     char json[1024];
     assert_true(ts_stats_json(&s, "h", json, sizeof json) > 0);
     assert_true(field(json, "handovers") == 100);
@@ -58,6 +73,12 @@ static void test_counters_and_percentiles(void **state)
     assert_true(field(json, "rebalance_moves") == 1);
     assert_true(field(json, "recoveries") == 2);
     assert_true(field(json, "recovery_ms_last") == 1700);
+    assert_true(field(json, "recovery_batch_cells") == 1024);
+    assert_true(field(json, "recovery_batch_us") == 150000);
+    assert_true(field(json, "recovery_round_trips") == 2);
+    assert_true(field(json, "in_flight") == 3);
+    assert_true(field(json, "queued") == 5);
+    assert_true(field(json, "full_reads") == 1);
     double p50 = field(json, "freeze_us_p50"), p99 = field(json, "freeze_us_p99");
     assert_true(p50 >= 500 && p50 <= 510);
     assert_true(p99 >= 980 && p99 <= 1000);
