@@ -218,8 +218,8 @@ void ts_orch_view_free(ts_orch_view_t *view);
 int ts_orch_view_worker(const ts_orch_view_t *view, const char *id);
 void ts_rebalance_init(ts_orch_t *o);
 /* When due and the previous plan is finished: one evaluation; its moves
- * (in proportion to the imbalance, at most orch.max_handovers) are queued as
- * handovers. */
+ * (in proportion to the imbalance) are queued as handovers, of which
+ * orch.max_handovers run at once. */
 void ts_rebalance_poll(ts_orch_t *o);
 /* A rebalancing handover finished. */
 void ts_rebalance_done(ts_orch_t *o, bool moved);

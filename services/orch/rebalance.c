@@ -2,9 +2,9 @@
  * the cluster (who is alive, draining, overloaded, what each cell weighs
  * according to the heartbeats) from what it holds in memory — the registry
  * copy, the last liveness poll, the heartbeats: no Redis call — asks the
- * policy in balance.c for a plan (as many moves as the imbalance needs, at
- * most orch.max_handovers) and queues them as live handovers, which run
- * several at once. The next evaluation waits until the plan is finished.
+ * policy in balance.c for a plan (as many moves as the imbalance needs, up
+ * to PLAN_MAX) and queues them as live handovers, orch.max_handovers of
+ * which run at once. The next evaluation waits until the plan is finished.
  * Every decision that moves a cell is logged with the scores behind it; the
  * reasons for not moving at debug level.
  *
@@ -21,6 +21,9 @@
 #include "orch.h"
 
 #define OVERLOAD_MISSED 2
+/* Most moves in one plan; orch.max_handovers of them run at once, the rest
+ * wait in the handover queue. */
+#define PLAN_MAX 1024
 #include "tessera/log.h"
 #include "tessera/util.h"
 
@@ -174,7 +177,7 @@ void ts_rebalance_poll(ts_orch_t *o)
             return;
         }
     }
-    size_t max = o->cfg->orch_max_handovers > 0 ? (size_t)o->cfg->orch_max_handovers : 1;
+    size_t max = PLAN_MAX;
     ts_balance_move_t *plan = calloc(max, sizeof *plan), none;
     size_t n = plan ? ts_balance_plan(&o->balance, &vw.v, now, plan, max, &none) : 0;
     if (n == 0) {
