@@ -78,6 +78,7 @@ void ts_stats_gauges(ts_stats_t *s, uint64_t in_flight, uint64_t queued, uint64_
 {
     pthread_mutex_lock(&s->mu);
     s->in_flight = in_flight;
+    if (in_flight > s->in_flight_max) s->in_flight_max = in_flight;
     s->queued = queued;
     s->full_reads = full_reads;
     pthread_mutex_unlock(&s->mu);
@@ -134,11 +135,12 @@ int ts_stats_json(ts_stats_t *s, const char *leader, char *buf, size_t cap)
         ",\"total_us_p99\":%.0f,\"recoveries\":%" PRIu64 ",\"recovery_ms_last\":%" PRIu64
         ",\"rebalance_moves\":%" PRIu64 ",\"drain_moves\":%" PRIu64 ",\"recovery_batch_cells\":%" PRIu64
         ",\"recovery_batch_us\":%" PRIu64 ",\"recovery_round_trips\":%" PRIu64 ",\"in_flight\":%" PRIu64
-        ",\"queued\":%" PRIu64 ",\"full_reads\":%" PRIu64 "}",
+        ",\"in_flight_max\":%" PRIu64 ",\"queued\":%" PRIu64 ",\"full_reads\":%" PRIu64 "}",
         holder, s->handovers, s->aborted, s->failed, s->refused, pct_locked(s, s->freeze_us, 50),
         pct_locked(s, s->freeze_us, 99), pct_locked(s, s->total_us, 50), pct_locked(s, s->total_us, 99),
         s->recoveries, s->recovery_ms_last, s->rebalance_moves, s->drain_moves, s->recovery_batch_cells,
-        s->recovery_batch_us, s->recovery_round_trips, s->in_flight, s->queued, s->full_reads);
+        s->recovery_batch_us, s->recovery_round_trips, s->in_flight, s->in_flight_max, s->queued,
+        s->full_reads);
     pthread_mutex_unlock(&s->mu);
     return n < 0 || (size_t)n >= cap ? -1 : n;
 }

@@ -27,6 +27,7 @@ typedef struct {
     uint64_t recovery_batch_us;    /* orchestrator time from the poll to the last announcement, */
     uint64_t recovery_round_trips; /* Redis round trips it took (poll included) */
     uint64_t in_flight;            /* handovers in flight now */
+    uint64_t in_flight_max;        /* the most in flight at once so far */
     uint64_t queued;               /* handovers waiting for a free slot */
     uint64_t full_reads;           /* full reads of the registry since start */
     double freeze_us[TS_STATS_WINDOW];
@@ -65,7 +66,7 @@ double ts_stats_total_pct(ts_stats_t *s, double pct);
  *  "freeze_us_p50":…,"freeze_us_p99":…,"total_us_p50":…,"total_us_p99":…,
  *  "recoveries":N,"recovery_ms_last":N,"rebalance_moves":N,"drain_moves":N,
  *  "recovery_batch_cells":N,"recovery_batch_us":N,"recovery_round_trips":N,
- *  "in_flight":N,"queued":N,"full_reads":N}
+ *  "in_flight":N,"in_flight_max":N,"queued":N,"full_reads":N}
  * Returns the length, or -1 if cap is too small. */
 int ts_stats_json(ts_stats_t *s, const char *leader, char *buf, size_t cap);
 

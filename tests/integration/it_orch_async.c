@@ -10,7 +10,12 @@
  *    and announced once each;
  *  - while two handovers hang on a silent worker, ctl stats answers at once
  *    (showing both in flight), a dead worker's cells are recovered, and the
- *    hanging handovers end with the cause in their replies. */
+ *    hanging handovers end with the cause in their replies;
+ *  - a storm left all 256 cells of a world on one worker; a second one joins
+ *    and the load is even within seconds, with the default cooldown: the
+ *    rebalancer plans every move the imbalance needs and several handovers
+ *    run at once (here the workers answer at once, so only the
+ *    orchestrator's pace shows). */
 #include <inttypes.h>
 #include <pthread.h>
 #include <setjmp.h>
@@ -494,6 +499,169 @@ static void test_ctl_and_recovery_while_handovers_hang(void **state)
     ts_h_pass();
 }
 
+/* ---- fake workers that answer handovers and send heartbeats ----------------------------- */
+
+static struct {
+    pthread_mutex_t mu;
+    uint32_t world;
+    int answered;
+    uint64_t inputs; /* grows, so every cell's input rate is measured */
+} FW = {.mu = PTHREAD_MUTEX_INITIALIZER};
+
+/* Answers every Handover request at once with an ok ACK. */
+static void on_handover_answer(void *ud, const ts_bus_msg_t *m)
+{
+    Tessera__V1__Handover *h = tessera__v1__handover__unpack(NULL, ts_bus_msg_len(m), ts_bus_msg_data(m));
+    if (!h) return;
+    if (h->phase != TESSERA__V1__HANDOVER_PHASE__HANDOVER_ACK && ts_bus_msg_reply(m) &&
+        *ts_bus_msg_reply(m)) {
+        Tessera__V1__Handover a = TESSERA__V1__HANDOVER__INIT;
+        a.id = h->id;
+        a.phase = TESSERA__V1__HANDOVER_PHASE__HANDOVER_ACK;
+        a.ok = true;
+        a.seq = 1;
+        a.freeze_us = ts_now_us();
+        a.resume_us = ts_now_us();
+        uint8_t buf[512];
+        size_t len = tessera__v1__handover__get_packed_size(&a);
+        if (len <= sizeof buf) {
+            tessera__v1__handover__pack(&a, buf);
+            ts_bus_hdr_t hdr = {.type = "tessera.v1.Handover"};
+            ts_bus_respond(bus, m, &hdr, buf, len);
+            pthread_mutex_lock(&FW.mu);
+            FW.answered++;
+            pthread_mutex_unlock(&FW.mu);
+        }
+    }
+    tessera__v1__handover__free_unpacked(h, NULL);
+}
+
+/* One heartbeat per fake worker, listing the cells the registry gives it
+ * (10 entities each, inputs growing). */
+static void send_heartbeats(const char *const *ids, int n)
+{
+    ts_cell_entry_t *cells = NULL;
+    size_t nc = 0;
+    if (ts_registry_cells(reg, FW.world, &cells, &nc) != TS_OK) return;
+    pthread_mutex_lock(&FW.mu);
+    FW.inputs += 10;
+    uint64_t inputs = FW.inputs;
+    pthread_mutex_unlock(&FW.mu);
+    Tessera__V1__CellLoad *loads = calloc(nc + 1, sizeof *loads);
+    Tessera__V1__CellLoad **ptrs = calloc(nc + 1, sizeof *ptrs);
+    Tessera__V1__CellId *ids_pb = calloc(nc + 1, sizeof *ids_pb);
+    assert_true(loads && ptrs && ids_pb);
+    for (int w = 0; w < n; w++) {
+        size_t k = 0;
+        for (size_t i = 0; i < nc; i++) {
+            if (strcmp(cells[i].owner, ids[w]) != 0) continue;
+            Tessera__V1__CellLoad l = TESSERA__V1__CELL_LOAD__INIT;
+            ts_proto_cell_init(&ids_pb[k], &cells[i].cell);
+            l.cell = &ids_pb[k];
+            l.epoch = cells[i].epoch;
+            l.entities = 10;
+            l.inputs_applied = inputs;
+            loads[k] = l;
+            ptrs[k] = &loads[k];
+            k++;
+        }
+        Tessera__V1__Heartbeat hb = TESSERA__V1__HEARTBEAT__INIT;
+        hb.worker = (char *)ids[w];
+        hb.cells = ptrs;
+        hb.n_cells = k;
+        hb.entities = (uint32_t)(10 * k);
+        hb.tick_p99_ms = 1;
+        hb.capacity = 100;
+        uint8_t *buf = NULL;
+        size_t len = 0;
+        assert_int_equal(ts_proto_pack(&hb.base, &buf, &len), TS_OK);
+        char subject[TS_SUBJECT_MAX];
+        ts_subject_heartbeat(subject, sizeof subject, ids[w]);
+        ts_bus_hdr_t hdr = {.type = TS_TYPE_HEARTBEAT};
+        ts_bus_publish(bus, subject, &hdr, buf, len);
+        free(buf);
+    }
+    free(loads);
+    free(ptrs);
+    free(ids_pb);
+    free(cells);
+}
+
+static void heartbeats_for(const char *const *ids, int n, int64_t ms)
+{
+    uint64_t until = ts_mono_us() + (uint64_t)ms * 1000;
+    while (ts_mono_us() < until) {
+        send_heartbeats(ids, n);
+        ts_sleep_ms(200);
+    }
+}
+
+static void test_storm_is_evened_out_in_seconds(void **state)
+{
+    const char *ids[] = {"sa", "sb"};
+    connect_all(14);
+    FW.world = 14;
+    ts_bus_sub_t *answers = NULL;
+    assert_int_equal(ts_bus_subscribe(bus, "cell.14.*.*.*.*.handover", on_handover_answer, NULL, &answers),
+                     TS_OK);
+    fakes_start(ids, 1); /* sa only */
+    const char *args[] = {"--world.id=14",
+                          "--world.workers=sa",
+                          "--world.width=16",
+                          "--world.height=16",
+                          "--world.x0=0",
+                          "--world.y0=0",
+                          "--orch.rebalance_interval_ms=500",
+                          NULL};
+    int orch = ts_h_spawn(&ts_h, "orch-storm", "tessera-orch", args);
+    assert_true(ts_h_wait_world(&ts_h, 14, 256, WAIT_MS));
+    heartbeats_for(ids, 1, 1500); /* rates measured; one worker: nothing to balance */
+    assert_int_equal(owned(14, "sa", NULL, NULL), 256);
+
+    /* sb joins */
+    ts_registry_t *r = NULL;
+    assert_int_equal(ts_registry_connect(&r, ts_h.redis_url), TS_OK);
+    pthread_mutex_lock(&FK.mu);
+    snprintf(FK.id[1], sizeof FK.id[1], "sb");
+    snprintf(FK.token[1], sizeof FK.token[1], "sb-1");
+    assert_int_equal(ts_registry_worker_claim(r, "sb", "sb-1", TTL_MS, 100), TS_OK);
+    FK.on[1] = true;
+    FK.n = 2;
+    pthread_mutex_unlock(&FK.mu);
+    ts_registry_destroy(r);
+    uint64_t t_join = ts_mono_us();
+    size_t on_b = 0;
+    while (ts_mono_us() - t_join < 20000000ULL) {
+        send_heartbeats(ids, 2);
+        on_b = owned(14, "sb", NULL, NULL);
+        if (on_b >= 100 && stat(14, "in_flight") == 0 && stat(14, "queued") == 0) break;
+        ts_sleep_ms(200);
+    }
+    double even_s = (double)(ts_mono_us() - t_join) / 1e6;
+    double moves = stat(14, "rebalance_moves"), peak = stat(14, "in_flight_max");
+    fprintf(stderr,
+            "storm: sb owns %zu of 256 cells %.1f s after it joined (%.0f rebalancing handovers, up to %.0f "
+            "at once)\n",
+            on_b, even_s, moves, peak);
+    if (on_b < 100 || on_b > 156 || even_s > 10 || peak < 2) {
+        ts_h.failed = true;
+        fail_msg(
+            "%.1f s after sb joined it owns %zu cells with %.0f handovers at most in flight (want 100..156 "
+            "within 10 s, several at once)",
+            even_s, on_b, peak);
+    }
+    assert_true(stat(14, "aborted") == 0);
+
+    /* and then it stays still */
+    double before = stat(14, "handovers");
+    heartbeats_for(ids, 2, 3000);
+    assert_true(stat(14, "handovers") == before);
+    ts_bus_sub_destroy(answers);
+    ts_h_signal(&ts_h, orch, SIGTERM);
+    assert_int_equal(ts_h_wait(&ts_h, orch, 8000), 0);
+    ts_h_pass();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -502,6 +670,7 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_ctl_and_recovery_while_handovers_hang, ts_h_test_setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_storm_is_evened_out_in_seconds, ts_h_test_setup, teardown),
     };
     return TS_H_RUN("it_orch_async", tests, ts_h_group_setup, ts_h_group_teardown);
 }
