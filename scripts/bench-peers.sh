@@ -22,7 +22,10 @@
 # Starts on free loopback ports: nats-server -js, redis-server, tessera-orch,
 # two tessera-workers, one tessera-gateway (from a Release build) and the
 # Colyseus server; runs `npm ci` in bench/peers/{colyseus,client} when
-# node_modules is missing. Everything it starts is stopped on exit.
+# node_modules is missing. Both stay up across runs, except that a Tessera
+# stack that could not serve a run (a service gone, probe Moves never
+# applied) is replaced by a fresh one before the next. Everything it starts
+# is stopped on exit.
 #
 # Environment: PEERS_N (list of N, "100 250 500 750"), PEERS_SECONDS
 # (measured seconds per run, 15), PEERS_WARMUP (seconds before measuring, 5),
@@ -91,21 +94,33 @@ port_busy() {
     (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
 }
 
+# port_used PORT: something listens on PORT, or any TCP socket uses it as
+# its local port (ss sees those; a connect probe sees listeners only).
+port_used() {
+    if command -v ss >/dev/null 2>&1; then
+        [[ -n "$(ss -Htan "sport = :$1" 2>/dev/null)" ]] && return 0
+    fi
+    port_busy "$1"
+}
+
 port_taken() {
     local p
     for p in "${used_ports[@]}"; do
         [[ "$p" == "$1" ]] && return 0
     done
-    port_busy "$1"
+    port_used "$1"
 }
 
-# pick_port VAR: sets VAR to a free loopback port in 20000..59999 not picked before.
+# pick_port VAR: sets VAR to a free loopback port not picked before, below
+# the kernel's ephemeral range (so no outgoing connection takes it meanwhile).
 pick_port() {
-    local port tries=0
-    port=$((20000 + RANDOM % 40000))
+    local port tries=0 lo=10000 hi=32768
+    read -r hi _ </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || true
+    ((hi > lo + 1000)) || hi=32768
+    port=$((lo + RANDOM % (hi - lo)))
     while port_taken "$port"; do
         ((++tries > 200)) && die "no free loopback port found"
-        port=$((20000 + RANDOM % 40000))
+        port=$((lo + RANDOM % (hi - lo)))
     done
     used_ports+=("$port")
     printf -v "$1" '%s' "$port"
@@ -154,12 +169,13 @@ cleanup() {
     ((${#run_pids[@]})) && stop_pids "${run_pids[@]}"
     # the orchestrator first, so stopping workers do not wait for a drain;
     # then reverse start order, the servers last
-    local i
+    local i idx
     for i in "${!names[@]}"; do
-        [[ "${names[$i]}" == orch ]] && stop_pids "${pids[$i]}"
+        [[ "${names[$i]}" == */orch ]] && stop_pids "${pids[$i]}"
     done
-    for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
-        stop_pids "${pids[$i]}"
+    idx=("${!pids[@]}")
+    for ((i = ${#idx[@]} - 1; i >= 0; i--)); do
+        stop_pids "${pids[${idx[$i]}]}"
     done
     if [[ "$KEEP" == 1 ]]; then
         echo "bench-peers: logs and results kept in $TMP"
@@ -189,6 +205,17 @@ start() {
     pids+=("$!")
 }
 
+# forget NAME: stops the process started as NAME and drops it from the lists.
+forget() {
+    local i
+    for i in "${!names[@]}"; do
+        if [[ "${names[$i]}" == "$1" ]]; then
+            stop_pids "${pids[$i]}"
+            unset "names[$i]" "pids[$i]"
+        fi
+    done
+}
+
 # pid_of NAME: the pid of the process started as NAME.
 pid_of() {
     local i
@@ -216,12 +243,6 @@ check_alive() {
     done
 }
 
-pick_port NATS_PORT
-pick_port REDIS_PORT
-pick_port GATEWAY_PORT
-pick_port COLYSEUS_PORT
-export TESSERA_NATS_URL="nats://127.0.0.1:$NATS_PORT"
-export TESSERA_REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
 # the world, for every Tessera service: PEERS_WORLD^2 root cells of 100 units
 # around (0, 0); the Colyseus room and the load clients get its bounds
 CELL=100
@@ -230,28 +251,11 @@ WORLD_MIN=$((WORLD_X0 * CELL))
 WORLD_MAX=$(((WORLD_X0 + PEERS_WORLD) * CELL))
 export TESSERA_WORLD_CELL_SIZE=$CELL TESSERA_WORLD_X0=$WORLD_X0 TESSERA_WORLD_Y0=$WORLD_X0
 export TESSERA_WORLD_WIDTH=$PEERS_WORLD TESSERA_WORLD_HEIGHT=$PEERS_WORLD
-
-start nats nats-server -js -a 127.0.0.1 -p "$NATS_PORT" -sd "$TMP/js"
-start redis redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$TMP"
-wait_port nats "$NATS_PORT" 10
-wait_port redis "$REDIS_PORT" 10
-start orch "$BUILD_DIR/tessera-orch"
-start worker-w1 "$BUILD_DIR/tessera-worker" --worker.id=w1
-start worker-w2 "$BUILD_DIR/tessera-worker" --worker.id=w2
-start gateway "$BUILD_DIR/tessera-gateway" --gateway.listen="127.0.0.1:$GATEWAY_PORT"
-start colyseus node "$PEERS/colyseus/server.js" "$COLYSEUS_PORT" "$WORLD_MIN" "$WORLD_MAX"
-wait_port gateway "$GATEWAY_PORT" 20
-wait_port colyseus "$COLYSEUS_PORT" 20
-
-# gateway, workers, nats-server (the target's sum), then orch and redis
-TESSERA_CPU_PIDS=$(pid_of gateway),$(pid_of worker-w1),$(pid_of worker-w2),$(pid_of nats),$(pid_of orch),$(pid_of redis)
-COLYSEUS_CPU_PIDS=$(pid_of colyseus)
+WORLD_ARGS=(--world-min "$WORLD_MIN" --world-max "$WORLD_MAX")
 
 addr_of() {
     if [[ $1 == tessera ]]; then echo "127.0.0.1:$GATEWAY_PORT"; else echo "127.0.0.1:$COLYSEUS_PORT"; fi
 }
-
-WORLD_ARGS=(--world-min "$WORLD_MIN" --world-max "$WORLD_MAX")
 
 # Until one client joins and sees its own Move applied (cells bound, room up).
 wait_ready() {
@@ -265,8 +269,67 @@ wait_ready() {
         sleep 1
     done
 }
-wait_ready tessera
+
+# The Tessera stack, generation by generation: a run that leaves it unable
+# to serve (a service gone, probe Moves never applied) gets the next N a
+# fresh one, so one collapse does not decide the rows after it. Logs of
+# generation G are in $TMP/tG/.
+TESSERA_SERVICES=(nats redis orch worker-w1 worker-w2 gateway)
+stack_gen=0
+T=
+
+start_tessera() {
+    stack_gen=$((stack_gen + 1))
+    T=t$stack_gen
+    mkdir -p "$TMP/$T"
+    pick_port NATS_PORT
+    pick_port REDIS_PORT
+    pick_port GATEWAY_PORT
+    export TESSERA_NATS_URL="nats://127.0.0.1:$NATS_PORT"
+    export TESSERA_REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
+    start "$T/nats" nats-server -js -a 127.0.0.1 -p "$NATS_PORT" -sd "$TMP/$T/js"
+    start "$T/redis" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$TMP/$T"
+    wait_port "$T/nats" "$NATS_PORT" 10
+    wait_port "$T/redis" "$REDIS_PORT" 10
+    start "$T/orch" "$BUILD_DIR/tessera-orch"
+    start "$T/worker-w1" "$BUILD_DIR/tessera-worker" --worker.id=w1
+    start "$T/worker-w2" "$BUILD_DIR/tessera-worker" --worker.id=w2
+    start "$T/gateway" "$BUILD_DIR/tessera-gateway" --gateway.listen="127.0.0.1:$GATEWAY_PORT"
+    wait_port "$T/gateway" "$GATEWAY_PORT" 20
+    # gateway, workers, nats-server (the target's sum), then orch and redis
+    TESSERA_CPU_PIDS=$(pid_of "$T/gateway"),$(pid_of "$T/worker-w1"),$(pid_of "$T/worker-w2"),$(pid_of "$T/nats")
+    TESSERA_CPU_PIDS+=,$(pid_of "$T/orch"),$(pid_of "$T/redis")
+    wait_ready tessera
+}
+
+# The orchestrator first (so stopping workers do not wait for a drain), the
+# servers last.
+stop_tessera() {
+    local name
+    for name in orch gateway worker-w2 worker-w1 redis nats; do
+        forget "$T/$name"
+    done
+}
+
+tessera_alive() {
+    local name
+    for name in "${TESSERA_SERVICES[@]}"; do
+        alive "$(pid_of "$T/$name")" || return 1
+    done
+}
+
+# tessera_served N: the stack is up and the probes of run N saw their Moves.
+tessera_served() {
+    local f="$TMP/$1-tessera-probe.json"
+    tessera_alive && grep -q '"missing":0,' "$f" 2>/dev/null && ! grep -q '"acked":0,' "$f"
+}
+
+pick_port COLYSEUS_PORT
+start colyseus node "$PEERS/colyseus/server.js" "$COLYSEUS_PORT" "$WORLD_MIN" "$WORLD_MAX"
+COLYSEUS_CPU_PIDS=$(pid_of colyseus)
+wait_port colyseus "$COLYSEUS_PORT" 20
 wait_ready colyseus
+start_tessera
 
 # run_one SYSTEM N: one measured run; results in $TMP/N-SYSTEM-{probe,bulk}.json.
 run_one() {
@@ -300,8 +363,9 @@ run_one() {
         echo "bench-peers: $system N=$n: the probes failed" >&2
     fi
     if ((bulk_pid > 0)); then
-        # the probes sent SIGUSR2: the bulk process reports and exits
-        deadline=$((SECONDS + 10))
+        # SIGUSR2: the bulk process reports and exits
+        kill -USR2 "$bulk_pid" 2>/dev/null || true
+        deadline=$((SECONDS + 15))
         while alive "$bulk_pid" && ((SECONDS < deadline)); do sleep 0.1; done
         stop_pids "$bulk_pid"
         run_pids=()
@@ -315,16 +379,30 @@ echo "side by side with Colyseus 0.16 (one room, 20 Hz, 50 ms patches): $PROBES 
 echo "target: Tessera p99 <= Colyseus p99 and server CPU (gateway + workers + nats-server) <= 0.5x Colyseus's;" \
     "ratios are Tessera / Colyseus"
 node "$REPORT" header
+# run_tessera N: a fresh stack first if the last one cannot serve.
+fresh=1
+run_tessera() {
+    if ((!fresh)) && ! tessera_served "$prev_n"; then
+        echo "bench-peers: the Tessera stack did not serve N=$prev_n; starting a fresh one (logs: $T/)" >&2
+        stop_tessera
+        start_tessera
+    fi
+    run_one tessera "$1"
+    fresh=0
+    prev_n=$1
+}
+
 i=0
+prev_n=
 for n in "${NS[@]}"; do
-    check_alive
+    alive "$COLYSEUS_CPU_PIDS" || { show_log "$TMP/colyseus.log"; die "the Colyseus server exited"; }
     # alternate which system goes first
     if ((i % 2 == 0)); then
-        run_one tessera "$n"
+        run_tessera "$n"
         run_one colyseus "$n"
     else
         run_one colyseus "$n"
-        run_one tessera "$n"
+        run_tessera "$n"
     fi
     node "$REPORT" row "$TMP" "$n"
     i=$((i + 1))

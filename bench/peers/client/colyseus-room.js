@@ -70,15 +70,19 @@ class ColyseusClient {
       this.errors++;
       this.errorText = `${code} ${message}`;
     });
-    room.connection.transport.tap = (ev) => this.onMessage(ev);
+    const transport = room.connection.transport;
+    // bulk: no decoding, so no copy into an ArrayBuffer per message either
+    if (!this.probe) transport.ws.binaryType = "nodebuffer";
+    transport.tap = (ev) => this.onMessage(ev);
     return this;
   }
 
   onMessage(ev) {
     const now = performance.now();
-    const len = ev.data.byteLength;
+    const data = ev.data;
+    const len = data.byteLength;
     this.bytes += len + wsHeader(len);
-    const code = new Uint8Array(ev.data, 0, 1)[0];
+    const code = Buffer.isBuffer(data) ? data[0] : new Uint8Array(data, 0, 1)[0];
     if (code !== ROOM_STATE_PATCH) return true;
     this.deltas++;
     if (!this.probe) return false;

@@ -6,19 +6,22 @@
 //   node load.js --system tessera|colyseus --addr HOST:PORT --role bulk|probe
 //                --first I --count K [options]
 //
-// bulk: joins K players (first I), moves them, touches --ready-file once
-//   all have joined; counts bytes received between SIGUSR1 and SIGUSR2, then
-//   prints one JSON line and exits (by itself after --max-seconds at most).
+// bulk: joins K players (first I), moves them, writes its pid to
+//   --ready-file once all have joined, samples the bytes received every
+//   200 ms; on SIGUSR2 prints one JSON line with the samples and exits (by
+//   itself after --max-seconds at most).
 // probe: joins K players, moves them, waits --warmup s, then for --seconds s
 //   measures input->own-state latency (time from sending Move seq s to the
 //   arrival of the first state whose own entity shows last_input_seq >= s),
-//   bytes received, and the CPU of --cpu-pids (from /proc/<pid>/stat);
-//   signals --bulk-pid SIGUSR1 / SIGUSR2 at the window's start and end,
-//   waits --tail s for late states, prints one JSON line and exits.
+//   bytes received, the CPU of --cpu-pids and of itself and --bulk-pid (from
+//   /proc/<pid>/stat) and of the whole box (/proc/stat); waits --tail s for
+//   late states, prints one JSON line (with the window's wall-clock start and
+//   end, to read the bulk's samples with) and exits.
 "use strict";
 
 const fs = require("fs");
 const path = require("path");
+const { monitorEventLoopDelay } = require("perf_hooks");
 const { Walker } = require("./walk");
 
 const OPTS = {
@@ -147,7 +150,7 @@ async function joinAll() {
 
 // ---- moves ------------------------------------------------------------------
 
-let window = { open: false, startMs: 0, endMs: 0 };
+let measuring = false; // inside the measured window
 let latencies = [];
 let sent = 0;
 let lateMoves = 0;
@@ -173,14 +176,14 @@ function startMoving() {
       const [dx, dy] = p.walker.step(now);
       const t = performance.now();
       const seq = p.client.move(dx, dy);
-      if (seq !== 0 && probe && window.open) {
+      if (seq !== 0 && probe && measuring) {
         p.pending.set(seq, t);
         sent++;
       }
       p.nextMs += periodMs;
       if (p.nextMs < now) {
         // fell more than a period behind: skip, do not burst
-        lateMoves++;
+        if (measuring) lateMoves++;
         p.nextMs = now + periodMs;
       }
     }
@@ -250,45 +253,55 @@ function closeAll() {
 
 // ---- roles ----------------------------------------------------------------------
 
+// Every SAMPLE_MS: [wall ms, bytes, Deltas, late Moves] so far, so the
+// bytes of the probes' window can be read off afterwards however late this
+// process's event loop runs.
+const SAMPLE_MS = 200;
+
 async function runBulk() {
   await joinAll();
   const timer = startMoving();
-  let start = null;
-  const done = new Promise((resolve) => {
-    process.on("SIGUSR1", () => {
-      start = { ms: performance.now(), bytes: bytesNow(), deltas: deltasNow() };
-    });
-    process.on("SIGUSR2", () => resolve());
-  });
+  const lag = monitorEventLoopDelay({ resolution: 10 });
+  lag.enable();
+  const samples = [];
+  const maxSamples = Math.ceil((opts["max-seconds"] * 1000) / SAMPLE_MS) + 10;
+  const sample = () => {
+    if (samples.length < maxSamples) samples.push([Date.now(), bytesNow(), deltasNow(), lateMoves]);
+  };
+  sample();
+  const sampler = setInterval(sample, SAMPLE_MS);
+  const done = new Promise((resolve) => process.on("SIGUSR2", resolve));
   if (opts["ready-file"]) fs.writeFileSync(opts["ready-file"], `${process.pid}\n`);
   await done;
-  const end = { ms: performance.now(), bytes: bytesNow(), deltas: deltasNow() };
+  sample();
+  clearInterval(sampler);
   clearInterval(timer);
+  lag.disable();
   const [errors, errorText] = errorsNow();
   const out = {
     role: "bulk",
     system: opts.system,
     clients: players.length,
-    window_s: start ? (end.ms - start.ms) / 1000 : 0,
-    bytes: start ? end.bytes - start.bytes : 0,
-    deltas: start ? end.deltas - start.deltas : 0,
+    samples,
+    loop_lag_p99_ms: Math.round(lag.percentile(99) / 1e5) / 10,
+    loop_lag_max_ms: Math.round(lag.max / 1e5) / 10,
     closed: closedNow(),
     errors,
     error_text: errorText,
-    late_moves: lateMoves,
   };
   process.stdout.write(JSON.stringify(out) + "\n");
   closeAll();
   setTimeout(() => process.exit(0), 200);
 }
 
-function signalBulk(sig) {
-  if (opts["bulk-pid"] > 0) {
-    try {
-      process.kill(opts["bulk-pid"], sig);
-    } catch (e) {
-      die(`cannot signal the bulk process ${opts["bulk-pid"]}: ${e.message}`);
-    }
+// Busy ticks of the whole box (all CPUs) from /proc/stat.
+function boxTicks() {
+  try {
+    const f = fs.readFileSync("/proc/stat", "utf8").split("\n")[0].trim().split(/\s+/).slice(1).map(Number);
+    const total = f.slice(0, 8).reduce((a, b) => a + b, 0);
+    return total - f[3] - f[4]; // minus idle and iowait
+  } catch {
+    return NaN;
   }
 }
 
@@ -298,17 +311,20 @@ async function runProbe() {
   await sleep(opts.warmup * 1000);
   const pids = cpuPids();
   const selfPids = [process.pid].concat(opts["bulk-pid"] > 0 ? [opts["bulk-pid"]] : []);
+  const lag = monitorEventLoopDelay({ resolution: 10 });
+  lag.enable();
   const cpu0 = sumTicks(pids);
   const self0 = sumTicks(selfPids);
-  signalBulk("SIGUSR1");
-  const start = { ms: performance.now(), bytes: bytesNow(), deltas: deltasNow() };
-  window.open = true;
+  const box0 = boxTicks();
+  const start = { ms: performance.now(), wall: Date.now(), bytes: bytesNow(), deltas: deltasNow() };
+  measuring = true;
   await sleep(opts.seconds * 1000);
-  window.open = false;
-  signalBulk("SIGUSR2");
-  const end = { ms: performance.now(), bytes: bytesNow(), deltas: deltasNow() };
+  measuring = false;
+  const end = { ms: performance.now(), wall: Date.now(), bytes: bytesNow(), deltas: deltasNow() };
   const cpu1 = sumTicks(pids);
   const self1 = sumTicks(selfPids);
+  const box1 = boxTicks();
+  lag.disable();
   await sleep(opts.tail * 1000);
   clearInterval(timer);
   let missing = 0;
@@ -323,6 +339,8 @@ async function runProbe() {
     system: opts.system,
     clients: players.length,
     window_s: windowS,
+    window_start_wall_ms: start.wall,
+    window_end_wall_ms: end.wall,
     sent,
     acked: latencies.length,
     missing,
@@ -335,6 +353,9 @@ async function runProbe() {
     cpu_pids: pids,
     cpu_cores: cores(cpu0, cpu1),
     client_cpu_cores: cores(self0, self1),
+    box_cpu_cores: cores([box0], [box1])[0],
+    loop_lag_p99_ms: Math.round(lag.percentile(99) / 1e5) / 10,
+    loop_lag_max_ms: Math.round(lag.max / 1e5) / 10,
     closed: closedNow(),
     errors,
     error_text: errorText,

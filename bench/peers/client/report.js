@@ -24,12 +24,31 @@ function read(dir, n, system, role) {
   }
 }
 
+// Column k of the bulk's cumulative samples [wall ms, bytes, Deltas, late
+// Moves] at wall time t, interpolated linearly (clamped to the samples).
+function at(samples, t, k) {
+  if (samples.length === 0) return 0;
+  if (t <= samples[0][0]) return samples[0][k];
+  for (let i = 1; i < samples.length; i++) {
+    const [t1] = samples[i];
+    if (t <= t1) {
+      const [t0] = samples[i - 1];
+      const f = t1 > t0 ? (t - t0) / (t1 - t0) : 1;
+      return samples[i - 1][k] + f * (samples[i][k] - samples[i - 1][k]);
+    }
+  }
+  return samples[samples.length - 1][k];
+}
+
 function run(dir, n, system) {
   const probe = read(dir, n, system, "probe");
-  if (probe === null || probe.p99_ms === null) return null;
+  if (probe === null) return null;
   const bulk = read(dir, n, system, "bulk");
   const clients = probe.clients + (bulk ? bulk.clients : 0);
-  const bytes = probe.bytes / probe.window_s + (bulk && bulk.window_s > 0 ? bulk.bytes / bulk.window_s : 0);
+  const t0 = probe.window_start_wall_ms;
+  const t1 = probe.window_end_wall_ms;
+  const inWindow = (k) => (bulk ? at(bulk.samples, t1, k) - at(bulk.samples, t0, k) : 0);
+  const bytes = (probe.bytes + inWindow(1)) / ((t1 - t0) / 1000);
   const cores = probe.cpu_cores;
   const serverCpu = (system === "tessera" ? cores.slice(0, TESSERA_TARGET_PIDS) : cores).reduce((a, b) => a + b, 0);
   return {
@@ -41,11 +60,16 @@ function run(dir, n, system) {
     otherCpu: system === "tessera" ? cores.slice(TESSERA_TARGET_PIDS).reduce((a, b) => a + b, 0) : 0,
     errors: probe.errors + (bulk ? bulk.errors : 0),
     closed: probe.closed + (bulk ? bulk.closed : 0),
+    late: probe.late_moves + Math.round(inWindow(3)),
+    clientCpu: probe.client_cpu_cores.reduce((a, b) => a + b, 0),
   };
 }
 
+// A run without a result, or whose probes saw none of their Moves applied.
 function lat(r) {
-  return r === null ? "failed" : `${Math.round(r.probe.p50_ms)}/${Math.round(r.probe.p99_ms)} ms`;
+  if (r === null) return "failed";
+  if (r.probe.p99_ms === null) return "none seen";
+  return `${Math.round(r.probe.p50_ms)}/${Math.round(r.probe.p99_ms)} ms`;
 }
 
 const pad = (s, w) => String(s).padStart(w);
@@ -60,7 +84,7 @@ function row(dir, n) {
   let cpu = "-";
   let bytes = "-";
   let verdict = "MISSED";
-  if (t !== null && c !== null) {
+  if (t !== null && c !== null && t.probe.p99_ms !== null && c.probe.p99_ms !== null) {
     const cpuRatio = c.serverCpu > 0 ? t.serverCpu / c.serverCpu : Infinity;
     cpu = cpuRatio.toFixed(2);
     bytes = (t.bytesPerClient / c.bytesPerClient).toFixed(3);
@@ -80,10 +104,14 @@ function details(dir, ns) {
       }
       const p = r.probe;
       const other = system === "tessera" ? ` (+ orch/redis ${r.otherCpu.toFixed(2)})` : "";
+      const rest = p.box_cpu_cores - r.serverCpu - r.otherCpu - r.clientCpu;
+      const lag = `${p.loop_lag_p99_ms}/${r.bulk ? r.bulk.loop_lag_p99_ms : "-"}`;
       console.log(
         `  N=${n} ${system}: p50/p99/p999 ${p.p50_ms}/${p.p99_ms}/${p.p999_ms} ms, probe moves ${p.sent} sent ${p.acked} seen ${p.missing} missing; ` +
           `server CPU ${r.serverCpu.toFixed(2)} cores${other} [${p.cpu_cores.join(" ")}]; ` +
-          `load client CPU ${p.client_cpu_cores.join("+")} cores; ${Math.round(r.bytesPerClient)} B/s per client; ` +
+          `load client CPU ${p.client_cpu_cores.join("+")} cores, event-loop lag p99 ${lag} ms, ` +
+          `${r.late} Moves skipped late; everything else on the box ${rest.toFixed(2)} cores; ` +
+          `${Math.round(r.bytesPerClient)} B/s per client; ` +
           `errors ${r.errors}${r.errors ? ` (${p.error_text || (r.bulk && r.bulk.error_text)})` : ""}, closed ${r.closed}`,
       );
     }
