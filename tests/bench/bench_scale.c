@@ -126,14 +126,14 @@ static void knobs_load(knobs_t *k)
     memset(k, 0, sizeof *k);
     const char *ph = getenv("BENCH_PHASES");
     ts_strlcpy(k->phases, ph && ph[0] ? ph : "entities,inputs,clients,world", sizeof k->phases);
-    env_steps("BENCH_ENTITY_STEPS", "250 500 750 1000 2000 5000 10000 20000 30000", &k->entity_steps);
+    env_steps("BENCH_ENTITY_STEPS", "250 500 1000 2000 5000 10000 20000 30000", &k->entity_steps);
     k->entity_window_s = env_int("BENCH_ENTITY_WINDOW_S", 13, 2, 120);
     k->phase_budget_s = env_int("BENCH_PHASE_BUDGET_S", 200, 30, 3600);
     k->input_clients = env_int("BENCH_INPUT_CLIENTS", 1000, 1, 100000);
     env_steps("BENCH_INPUT_RATES", "10 50 250", &k->input_rates);
     k->input_s = env_int("BENCH_INPUT_S", 15, 6, 600);
     k->raw_s = env_int("BENCH_RAW_S", 5, 1, 60);
-    env_steps("BENCH_CLIENT_STEPS", "100 250 500 1000 2000 3500 5000", &k->client_steps);
+    env_steps("BENCH_CLIENT_STEPS", "100 500 1000 2000 3500 5000", &k->client_steps);
     k->client_rate_hz = env_int("BENCH_CLIENT_RATE_HZ", 10, 1, 1000);
     k->client_s = env_int("BENCH_CLIENT_S", 15, 5, 600);
     k->world_side = env_int("BENCH_WORLD_SIDE", 64, 2, 1024);
@@ -937,7 +937,7 @@ static void usage(FILE *out)
         "Starts its own nats-server, redis-server and Tessera services on free loopback ports and prints\n"
         "the scale figures with their targets. Environment:\n"
         "  BENCH_PHASES           entities,inputs,clients,world (default: all four)\n"
-        "  BENCH_ENTITY_STEPS     players per step (250 500 750 1000 2000 5000 10000 20000 30000)\n"
+        "  BENCH_ENTITY_STEPS     players per step (250 500 1000 2000 5000 10000 20000 30000)\n"
         "  BENCH_ENTITY_WINDOW_S  seconds measured per step (13: 256 ticks at 20 Hz)\n"
         "  BENCH_PHASE_BUDGET_S   a phase starts no new step after this many seconds (200)\n"
         "  BENCH_INPUT_CLIENTS    gateway clients for the input rate (1000)\n"
@@ -945,7 +945,7 @@ static void usage(FILE *out)
         "the\n"
         "                         first (lowest) rate, the hardest case for batching\n"
         "  BENCH_INPUT_S          seconds per input step (15); BENCH_RAW_S raw publish seconds (5)\n"
-        "  BENCH_CLIENT_STEPS     gateway clients per step (100 250 500 1000 2000 3500 5000)\n"
+        "  BENCH_CLIENT_STEPS     gateway clients per step (100 500 1000 2000 3500 5000)\n"
         "  BENCH_CLIENT_RATE_HZ   moves/s per client (10); BENCH_CLIENT_S seconds per step (15)\n"
         "  BENCH_WORLD_SIDE       cells per side (64); BENCH_WORLD_WORKERS (4); BENCH_WORLD_PLAYERS (10000)\n"
         "  BENCH_WORLD_READY_S    wait for every cell bound (120); BENCH_IDLE_S idle CPU window (10)\n"
