@@ -40,6 +40,13 @@ ts_status_t ts_zone_create(ts_zone_t **out, const ts_cell_t *cell, uint64_t epoc
     z->max_x = (double)(world->x0 + world->width) * world->cell_size;
     z->max_y = (double)(world->y0 + world->height) * world->cell_size;
     z->max_speed = max_speed;
+    double x0, y0, x1, y1;
+    ts_cell_bounds(cell, world->cell_size, &x0, &y0, &x1, &y1);
+    double hair = world->cell_size * 1e-9;
+    z->in_x0 = x0 + hair;
+    z->in_y0 = y0 + hair;
+    z->in_x1 = x1 - hair;
+    z->in_y1 = y1 - hair;
     *out = z;
     return TS_OK;
 }
@@ -56,6 +63,8 @@ void ts_zone_destroy(ts_zone_t *z)
     ts_map_free(&z->entities);
     ts_map_free(&z->departed);
     ts_map_free(&z->precopy_ids);
+    free(z->scratch_es);
+    free(z->scratch_esp);
     free(z->deps);
     for (size_t i = 0; i < z->cap_out; i++) {
         free(z->out[i].transfers);
@@ -468,7 +477,10 @@ void ts_zone_step(ts_zone_t *z, double dt, uint64_t tick)
             bounce(&e->y, &e->vy, z->min_y, z->max_y);
             touch(z, e);
         }
-        if (e->departing || ts_cell_has_pos(&z->cell, z->cell_size, e->x, e->y)) continue;
+        if (e->departing) continue;
+        /* well inside: no need for the exact (slower) test */
+        if (e->x > z->in_x0 && e->x < z->in_x1 && e->y > z->in_y0 && e->y < z->in_y1) continue;
+        if (ts_cell_has_pos(&z->cell, z->cell_size, e->x, e->y)) continue;
         if (!grow((void **)&z->deps, &z->cap_deps, z->ndeps, sizeof(*z->deps))) continue;
         ts_departure_t *dep = &z->deps[z->ndeps++];
         dep->entity = e->id;
@@ -658,8 +670,15 @@ ts_status_t ts_zone_pack_delta(ts_zone_t *z, uint64_t tick, bool full, const cha
 
     size_t parts = n ? (n + TS_ZONE_STATE_PART_ENTITIES - 1) / TS_ZONE_STATE_PART_ENTITIES : 1;
     size_t per = n < TS_ZONE_STATE_PART_ENTITIES ? (n ? n : 1) : TS_ZONE_STATE_PART_ENTITIES;
-    Tessera__V1__EntityState *es = calloc(per, sizeof(*es));
-    Tessera__V1__EntityState **esp = calloc(per, sizeof(*esp));
+    if (z->scratch_cap < per) {
+        Tessera__V1__EntityState *nes = realloc(z->scratch_es, per * sizeof(*nes));
+        if (nes) z->scratch_es = nes;
+        Tessera__V1__EntityState **nesp = realloc(z->scratch_esp, per * sizeof(*nesp));
+        if (nesp) z->scratch_esp = nesp;
+        if (nes && nesp) z->scratch_cap = per;
+    }
+    Tessera__V1__EntityState *es = z->scratch_cap >= per ? z->scratch_es : NULL;
+    Tessera__V1__EntityState **esp = z->scratch_cap >= per ? z->scratch_esp : NULL;
     Tessera__V1__EntityLeft **lp = calloc(z->nleft ? z->nleft : 1, sizeof(*lp));
     uint8_t **ob = calloc(parts, sizeof(*ob));
     size_t *ol = calloc(parts, sizeof(*ol));
@@ -717,8 +736,6 @@ cleanup:
             free(ob[i]);
     free(ob);
     free(ol);
-    free(es);
-    free(esp);
     free(lp);
     return st;
 }

@@ -119,7 +119,13 @@ typedef struct {
     uint64_t precopy_mark;    /* mod_counter at the handover PreCopy */
     ts_map_t precopy_ids;     /* entities the PreCopy carried */
     ts_zone_stats_t stats;
-    /* world geometry */
+    /* scratch reused by ts_zone_pack_delta (no allocation per tick) */
+    Tessera__V1__EntityState *scratch_es;
+    Tessera__V1__EntityState **scratch_esp;
+    size_t scratch_cap;
+    /* world geometry; [x0, x1) x [y0, y1) is this cell, minus a hair so a
+     * point inside it is inside by ts_cell_has_pos too */
+    double in_x0, in_y0, in_x1, in_y1;
     double cell_size;
     double min_x, min_y, max_x, max_y;
     double max_speed;
