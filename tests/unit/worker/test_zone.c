@@ -602,6 +602,128 @@ static void test_leave_and_world_edge(void **state)
     ts_zone_destroy(z);
 }
 
+/* A cell of 50,000 entities: its keyframe, its checkpoint and its handover
+ * PreCopy + Diff each go in parts that fit a NATS message (1 MB), and a new
+ * zone loaded from the parts holds exactly the same entities, windows
+ * included. */
+enum { BIG = 50000 };
+static const size_t MAX_PAYLOAD = 1024 * 1024;
+
+static ts_zone_t *big_zone(void)
+{
+    ts_zone_t *z = zone_at(0, 0);
+    for (uint64_t id = 1; id <= BIG; id++) {
+        ts_input_t j = join(id, 1, (double)(id % 100) + 0.25, (double)((id / 100) % 100) + 0.25);
+        ts_zone_apply_input(z, &j, 1);
+        for (uint64_t s = 2; s <= 1 + id % 5; s++) {
+            ts_input_t m = move(id, s * 3, 0, 0); /* gaps: the window has bits */
+            ts_zone_apply_input(z, &m, 1);
+        }
+    }
+    z->last_applied_seq = 777;
+    return z;
+}
+
+static void test_big_cell_keyframe_in_parts(void **state)
+{
+    (void)state;
+    ts_zone_t *z = big_zone();
+    uint8_t **bufs;
+    size_t *lens, nparts;
+    assert_int_equal(ts_zone_pack_delta(z, 9, true, "w1", &bufs, &lens, &nparts), TS_OK);
+    assert_true(nparts >= BIG / TS_ZONE_STATE_PART_ENTITIES);
+    ts_map_t seen;
+    ts_map_init(&seen);
+    for (size_t i = 0; i < nparts; i++) {
+        assert_true(lens[i] < MAX_PAYLOAD);
+        Tessera__V1__StateDelta *d = tessera__v1__state_delta__unpack(NULL, lens[i], bufs[i]);
+        assert_non_null(d);
+        assert_true(d->full);
+        assert_int_equal(d->part, i);
+        assert_int_equal(d->parts, nparts);
+        assert_int_equal(d->tick, 9);
+        for (size_t k = 0; k < d->n_entities; k++) {
+            assert_int_equal(d->entities[k]->applied_window, 0); /* gateways get no window */
+            assert_int_equal(d->entities[k]->n_applied_window_ext, 0);
+            assert_null(ts_map_get(&seen, d->entities[k]->id));
+            ts_map_put(&seen, d->entities[k]->id, (void *)1);
+        }
+        tessera__v1__state_delta__free_unpacked(d, NULL);
+    }
+    assert_int_equal(seen.len, BIG);
+    ts_map_free(&seen);
+    ts_zone_free_parts(bufs, lens, nparts);
+    ts_zone_destroy(z);
+}
+
+static void load_parts(ts_zone_t *dst, uint8_t **bufs, size_t *lens, size_t nparts, bool diff, uint64_t gen)
+{
+    for (size_t i = 0; i < nparts; i++) {
+        assert_true(lens[i] < MAX_PAYLOAD);
+        Tessera__V1__Checkpoint *cp = tessera__v1__checkpoint__unpack(NULL, lens[i], bufs[i]);
+        assert_non_null(cp);
+        assert_int_equal(cp->part, nparts > 1 ? i : 0);
+        assert_int_equal(cp->generation, gen);
+        assert_int_equal(ts_zone_load_checkpoint(dst, cp, diff, 3), TS_OK);
+        tessera__v1__checkpoint__free_unpacked(cp, NULL);
+    }
+}
+
+static void assert_same_entities(ts_zone_t *a, ts_zone_t *b)
+{
+    assert_int_equal(ts_zone_entities(a), ts_zone_entities(b));
+    uint64_t id;
+    void *v;
+    for (size_t it = 0; ts_map_next(&a->entities, &it, &id, &v);) {
+        const ts_entity_t *x = v, *y = get(b, id);
+        assert_non_null(y);
+        assert_true(x->x == y->x && x->y == y->y && x->vx == y->vx && x->vy == y->vy);
+        assert_int_equal(x->last_input_seq, y->last_input_seq);
+        assert_int_equal(x->inputs_applied, y->inputs_applied);
+        assert_memory_equal(x->applied_window, y->applied_window, sizeof(x->applied_window));
+    }
+}
+
+static void test_big_cell_checkpoint_and_handover_in_parts(void **state)
+{
+    (void)state;
+    ts_zone_t *src = big_zone();
+    uint8_t **bufs;
+    size_t *lens, nparts;
+    /* checkpoint */
+    assert_int_equal(ts_zone_pack_checkpoint_parts(src, 3, "w1", false, 42, &bufs, &lens, &nparts), TS_OK);
+    assert_true(nparts > 1);
+    ts_zone_t *rec = zone_at(0, 0);
+    load_parts(rec, bufs, lens, nparts, false, 42);
+    ts_zone_free_parts(bufs, lens, nparts);
+    assert_int_equal(rec->last_applied_seq, 777);
+    assert_same_entities(src, rec);
+
+    /* handover: PreCopy, then changes, then the Diff */
+    ts_zone_mark_precopy(src);
+    assert_int_equal(ts_zone_pack_checkpoint_parts(src, 3, "w1", false, 0, &bufs, &lens, &nparts), TS_OK);
+    ts_zone_t *dst = zone_at(0, 0);
+    load_parts(dst, bufs, lens, nparts, false, 0);
+    ts_zone_free_parts(bufs, lens, nparts);
+    for (uint64_t id = 1; id <= BIG; id += 2) { /* half of them change */
+        ts_input_t m = move(id, 100, 1, 1);
+        ts_zone_apply_input(src, &m, 2);
+    }
+    ts_input_t lv = {.entity = 4, .seq = 200, .kind = TS_INPUT_LEAVE};
+    ts_zone_apply_input(src, &lv, 2);
+    src->last_applied_seq = 900;
+    assert_int_equal(ts_zone_pack_checkpoint_parts(src, 3, "w1", true, 0, &bufs, &lens, &nparts), TS_OK);
+    assert_true(nparts > 1);
+    load_parts(dst, bufs, lens, nparts, true, 0);
+    ts_zone_free_parts(bufs, lens, nparts);
+    assert_int_equal(dst->last_applied_seq, 900);
+    assert_null(get(dst, 4));
+    assert_same_entities(src, dst);
+    ts_zone_destroy(src);
+    ts_zone_destroy(rec);
+    ts_zone_destroy(dst);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -617,6 +739,8 @@ int main(void)
         cmocka_unit_test(test_diff_carries_outbox),
         cmocka_unit_test(test_published_entry_is_sealed),
         cmocka_unit_test(test_leave_and_world_edge),
+        cmocka_unit_test(test_big_cell_keyframe_in_parts),
+        cmocka_unit_test(test_big_cell_checkpoint_and_handover_in_parts),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
