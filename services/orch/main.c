@@ -67,6 +67,7 @@ static void gain_lead(ts_orch_t *o, uint64_t now)
     o->next_write_us = 0;
     o->next_sweep_us = 0;
     o->cells_stale = true;
+    o->healthy_since_us = 0;
     ts_liveness_reset(&o->live);
     ts_rebalance_init(o);
 }

@@ -83,6 +83,7 @@ typedef struct {
     /* liveness and crash recovery */
     ts_liveness_t live;
     uint64_t next_sweep_us;
+    uint64_t healthy_since_us; /* liveness polls have been succeeding, quickly, since then (0: not now) */
 
     /* handovers in flight */
     ts_handovers_t *ho;

@@ -15,7 +15,11 @@
  *
  * Slow is not dead: only the liveness key decides (a worker that refreshes
  * it is alive however late its ticks or heartbeats are); an overloaded
- * worker is the rebalancer's business. Recovery never waits for a handover:
+ * worker is the rebalancer's business. And a key that expired while Redis
+ * itself was unreachable or slow says nothing about the worker: an owner is
+ * only declared dead once the polls have been succeeding quickly for a
+ * whole liveness TTL (after an outage, a stalled Redis, or gaining the
+ * lead), so every worker had its chance to refresh. Recovery never waits for a handover:
  * a cell being handed over is recovered like any other (the handover's CAS
  * then fails and it aborts).
  *
@@ -33,6 +37,9 @@
 #include "tessera/util.h"
 
 #define NO_TARGET_LOG_US 5000000ULL
+/* A liveness poll slower than the TTL / SLOW_POLL_DIV means Redis is
+ * struggling. */
+#define SLOW_POLL_DIV 3
 /* Batches up to this size log one line per cell; larger ones a summary. */
 #define LOG_EACH_MAX 16
 
@@ -88,9 +95,15 @@ static bool poll_liveness(ts_orch_t *o)
     uint64_t version = 0;
     char **known = NULL;
     size_t nknown = 0;
+    uint64_t t0 = ts_mono_us();
     ts_status_t st =
         ok ? ts_registry_liveness_poll(o->reg, o->world, ids, n, tokens, &version, &known, &nknown)
            : TS_ERR_NOMEM;
+    uint64_t took_us = ts_mono_us() - t0;
+    if (st != TS_OK || took_us > (uint64_t)o->cfg->orch_hb_ttl_ms * 1000 / SLOW_POLL_DIV)
+        o->healthy_since_us = 0; /* the keys may have expired for Redis's sake, not the workers' */
+    else if (o->healthy_since_us == 0)
+        o->healthy_since_us = ts_mono_us();
     if (st != TS_OK) {
         if (st != TS_ERR_NOMEM) ts_orch_registry_broken(o, st);
         free(ids);
@@ -142,6 +155,8 @@ static bool needs_recovery(ts_orch_t *o, size_t i, uint64_t now)
     const ts_cell_entry_t *e = &o->cells[i];
     if (e->state != TS_CELL_ACTIVE) return false;
     if (o->orphan[i]) return true;
+    if (o->healthy_since_us == 0 || now - o->healthy_since_us < (uint64_t)o->cfg->orch_hb_ttl_ms * 1000)
+        return false; /* Redis was away or slow within a TTL: nobody is dead yet */
     if (e->owner[0]) {
         ts_live_t *l = ts_liveness_get(&o->live, e->owner);
         if (!l || !l->polled || l->token[0]) return false; /* alive, or not polled yet */

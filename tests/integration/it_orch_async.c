@@ -15,7 +15,8 @@
  *    and the load is even within seconds, with the default cooldown: the
  *    rebalancer plans every move the imbalance needs and several handovers
  *    run at once (here the workers answer at once, so only the
- *    orchestrator's pace shows). */
+ *    orchestrator's pace shows);
+ *  - Redis stopped for longer than the liveness TTL declares nobody dead. */
 #include <inttypes.h>
 #include <pthread.h>
 #include <setjmp.h>
@@ -662,6 +663,52 @@ static void test_storm_is_evened_out_in_seconds(void **state)
     ts_h_pass();
 }
 
+/* Redis stops for longer than the liveness TTL: every key expires by
+ * Redis's clock, but the workers were never dead — nobody is recovered.
+ * Afterwards a real death is still noticed. */
+static void test_redis_stall_declares_nobody_dead(void **state)
+{
+    const char *ids[] = {"ra", "rb"};
+    connect_all(15);
+    fakes_start(ids, 2);
+    /* a long lock TTL keeps the orchestrator leading through the stall, so
+     * its first poll afterwards can race the workers' first refreshes */
+    const char *args[] = {"--world.id=15",
+                          "--world.workers=ra,rb",
+                          "--world.width=4",
+                          "--world.height=1",
+                          "--orch.rebalance=0",
+                          "--orch.lock_ttl_ms=10000",
+                          NULL};
+    int orch = ts_h_spawn(&ts_h, "orch-stall", "tessera-orch", args);
+    assert_true(ts_h_wait_world(&ts_h, 15, 4, WAIT_MS));
+    let_it_see_the_fakes();
+    ob_reset(2);
+
+    ts_h_signal(&ts_h, TS_H_REDIS, SIGSTOP);
+    ts_sleep_ms(3000); /* twice the TTL */
+    ts_h_signal(&ts_h, TS_H_REDIS, SIGCONT);
+    ts_sleep_ms(3000); /* a new lead, a TTL of polls: time to (wrongly) recover */
+    uint64_t lo, hi;
+    assert_int_equal(owned(15, "ra", &lo, &hi), 2);
+    assert_int_equal(hi, 1);
+    assert_int_equal(owned(15, "rb", &lo, &hi), 2);
+    assert_int_equal(hi, 1);
+    assert_int_equal(ob_get(&OB.changes), 0);
+
+    /* a real death after the stall */
+    uint64_t t0 = ts_mono_us();
+    fake_kill(0);
+    while (ts_mono_us() - t0 < 5000000ULL && owned(15, "ra", NULL, NULL) > 0)
+        ts_sleep_ms(50);
+    assert_int_equal(owned(15, "ra", NULL, NULL), 0);
+    assert_int_equal(owned(15, "rb", &lo, &hi), 4);
+    assert_int_equal(hi, 2);
+    ts_h_signal(&ts_h, orch, SIGTERM);
+    assert_int_equal(ts_h_wait(&ts_h, orch, 8000), 0);
+    ts_h_pass();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -671,6 +718,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_ctl_and_recovery_while_handovers_hang, ts_h_test_setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_storm_is_evened_out_in_seconds, ts_h_test_setup, teardown),
+        cmocka_unit_test_setup_teardown(test_redis_stall_declares_nobody_dead, ts_h_test_setup, teardown),
     };
     return TS_H_RUN("it_orch_async", tests, ts_h_group_setup, ts_h_group_teardown);
 }
