@@ -49,6 +49,8 @@
 #define READ_BUF (64 * 1024)
 #define MAX_FRAME (4u * 1024u * 1024u)
 #define ERRORS_LOGGED 10
+/* a tick this much later than TICK_MS counts as the generator falling behind */
+#define LATE_TICK_MS 20
 /* file descriptors besides the clients' sockets */
 #define FD_MARGIN 64
 /* Heading change per Move, radians (uniform in +-TURN/2). */
@@ -121,6 +123,8 @@ struct vg {
     ts_lat_hist_t hist_sec, hist_all;
     uint64_t errors, errors_logged, malformed, deltas_total, bytes_total;
     uint64_t not_stored; /* inputs the gateway reported it could not store */
+    uint64_t window_moves;
+    uint64_t max_tick_gap_us, late_ticks; /* is the generator keeping up? */
     uint8_t readbuf[READ_BUF];
     bool stop_now;
 };
@@ -305,6 +309,7 @@ static void send_move(client_t *c, uint64_t now)
     uint64_t sent_at = now_us();
     if (n > 0 && send_bytes(c, buf, n)) {
         c->sent++;
+        if (vg->phase == RUN_PLAY) vg->window_moves++;
         ts_seq_ring_put(&c->ring, c->last_seq, sent_at);
     }
 }
@@ -618,6 +623,9 @@ static void on_tick(uv_timer_t *t)
         if (vg->next_report_us <= now) vg->next_report_us = now + REPORT_US;
     }
     if (vg->phase == RUN_SETTLE && (settled(vg) || now >= vg->settle_end_us || vg->stop_now)) finish(vg);
+    uint64_t gap = now - vg->last_tick_us;
+    if (gap > vg->max_tick_gap_us) vg->max_tick_gap_us = gap;
+    if (gap > (TICK_MS + LATE_TICK_MS) * 1000ull) vg->late_ticks++;
     vg->last_tick_us = now;
 }
 
@@ -732,10 +740,17 @@ static int print_result(vg_t *vg)
         cpu_s = (double)ru.ru_utime.tv_sec + (double)ru.ru_stime.tv_sec +
                 ((double)ru.ru_utime.tv_usec + (double)ru.ru_stime.tv_usec) / 1e6;
 
+    double moves_pc = window_s > 0 && joined > 0 ? (double)vg->window_moves / window_s / (double)joined : 0;
     printf(
         "via-gateway: summary: %zu of %zu clients joined (%zu failed to connect or join, %zu dropped later); "
-        "%.1f s measured at %lld Moves/s per client\n",
-        joined, vg->n, vg->count[CL_FAILED], vg->count[CL_DROPPED], window_s, (long long)vg->o->rate_hz);
+        "%.1f s measured, Moves/s per client %.1f of %lld; generator loop late by > %d ms %llu times "
+        "(longest %.0f ms)\n",
+        joined, vg->n, vg->count[CL_FAILED], vg->count[CL_DROPPED], window_s, moves_pc,
+        (long long)vg->o->rate_hz, LATE_TICK_MS, (unsigned long long)vg->late_ticks, ms(vg->max_tick_gap_us));
+    if (moves_pc < 0.9 * (double)vg->o->rate_hz)
+        ts_warn("the generator sent %.1f of %lld Moves/s per client: its loop ran late (CPU starved?); "
+                "the figures are for the rate it sent",
+                moves_pc, (long long)vg->o->rate_hz);
     printf("via-gateway: summary: inputs sent %llu (Joins and Moves), applied %llu, missing %llu on %zu "
            "clients, "
            "applied more than sent %llu on %zu clients, Moves skipped for a full socket %llu; gateway Errors "
