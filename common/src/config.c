@@ -81,6 +81,9 @@ static const key_def_t keys[] = {
     INT("orch.lock_ttl_ms", orch_lock_ttl_ms, "2000", 100, 600000, "orchestrator leader lock TTL in milliseconds"),
     INT("orch.handover_timeout_ms", orch_handover_timeout_ms, "1000", 10, 600000,
         "timeout of each handover request to a worker, in milliseconds"),
+    INT("orch.precopy_timeout_ms", orch_precopy_timeout_ms, "10000", 10, 600000,
+        "timeout of a handover's PREPARE (the source copies the whole cell to the target; large cells take "
+        "longer), in milliseconds"),
     INT("orch.recovery_grace_ms", orch_recovery_grace_ms, "5000", 0, 3600000,
         "after gaining the lead, cells of workers never seen alive are left alone this long"),
     INT("orch.rebalance", orch_rebalance, "1", 0, 1, "1: move cells from hot to cold workers, 0: never"),

@@ -164,6 +164,7 @@ ts_status_t ts_handovers_create(ts_handovers_t **out, ts_orch_t *o)
                          ? ts_hos_init(&hs->hos, cap, o->cfg->orch_handover_timeout_ms, &io)
                          : TS_ERR_NOMEM;
     if (st == TS_OK) {
+        ts_hos_set_prepare_timeout(&hs->hos, o->cfg->orch_precopy_timeout_ms);
         snprintf(hs->inbox, sizeof hs->inbox, "_INBOX.tsorch.%ld_%" PRIx64, (long)getpid(), ts_now_us());
         hs->inbox_len = strlen(hs->inbox);
         char wildcard[128];

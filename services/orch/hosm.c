@@ -93,6 +93,7 @@ ts_status_t ts_hos_init(ts_hos_t *s, size_t cap, int64_t timeout_ms, const ts_ho
     s->io = *io;
     s->next_req = 1;
     s->timeout_us = (uint64_t)(timeout_ms > 0 ? timeout_ms : 1) * 1000;
+    s->prepare_timeout_us = s->timeout_us;
     return TS_OK;
 }
 
@@ -102,6 +103,11 @@ void ts_hos_free(ts_hos_t *s)
     free(s->slots);
     free(s->used);
     memset(s, 0, sizeof *s);
+}
+
+void ts_hos_set_prepare_timeout(ts_hos_t *s, int64_t timeout_ms)
+{
+    s->prepare_timeout_us = (uint64_t)(timeout_ms > 0 ? timeout_ms : 1) * 1000;
 }
 
 const ts_ho_t *ts_hos_find(const ts_hos_t *s, const ts_cell_t *cell)
@@ -122,7 +128,8 @@ static void send_req(ts_hos_t *s, ts_ho_t *h, int which, uint64_t now_us)
     const char *target = state_target(h, which);
     uint64_t req = s->next_req++;
     h->req[which] = req;
-    h->deadline_us = now_us + s->timeout_us;
+    h->deadline_us = now_us + (phase == TESSERA__V1__HANDOVER_PHASE__HANDOVER_PREPARE ? s->prepare_timeout_us
+                                                                                      : s->timeout_us);
 
     Tessera__V1__CellId cell_pb;
     ts_proto_cell_init(&cell_pb, &h->cell);

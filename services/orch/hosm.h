@@ -100,10 +100,14 @@ typedef struct {
     size_t n;
     uint64_t next_req;
     uint64_t timeout_us;
+    uint64_t prepare_timeout_us;
 } ts_hos_t;
 
 /* cap: most handovers in flight; timeout_ms: per awaited answer. */
 ts_status_t ts_hos_init(ts_hos_t *s, size_t cap, int64_t timeout_ms, const ts_ho_io_t *io);
+/* The PREPARE step (the source copies the whole cell to the target) may
+ * take longer than the others; by default it has the same timeout. */
+void ts_hos_set_prepare_timeout(ts_hos_t *s, int64_t timeout_ms);
 void ts_hos_free(ts_hos_t *s);
 static inline size_t ts_hos_count(const ts_hos_t *s)
 {

@@ -179,9 +179,9 @@ static void do_request(ts_worker_t *w, ts_io_job_t *job)
 {
     ts_bus_hdr_t hdr = {.type = TS_TYPE_HANDOVER, .epoch = job->epoch, .seq = job->after_seq};
     ts_bus_msg_t *reply = NULL;
-    /* answer the orchestrator before its own step timeout runs out, so it
-     * hears that the target is the one that did not answer */
-    int64_t timeout_ms = w->cfg->orch_handover_timeout_ms * 6 / 10;
+    /* answer the orchestrator before its own PREPARE timeout runs out, so
+     * it hears that the target is the one that did not answer */
+    int64_t timeout_ms = w->cfg->orch_precopy_timeout_ms * 6 / 10;
     if (timeout_ms < 10) timeout_ms = 10;
     ts_status_t st = ts_bus_request(w->bus, job->subject, &hdr, job->buf, job->len, timeout_ms, &reply);
     Tessera__V1__Handover ack = TESSERA__V1__HANDOVER__INIT;

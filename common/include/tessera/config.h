@@ -12,41 +12,41 @@
 #define TESSERA_CONFIG_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
-#include <stddef.h>
 
 #include "tessera/status.h"
 
 typedef struct {
     /* common */
-    char *config_file;   /* --config / TESSERA_CONFIG; NULL: none */
-    char *log_level;     /* debug|info|warn|error */
-    char *log_format;    /* text|json */
+    char *config_file; /* --config / TESSERA_CONFIG; NULL: none */
+    char *log_level;   /* debug|info|warn|error */
+    char *log_format;  /* text|json */
     char *nats_url;
-    char *redis_url;     /* redis://host:port[/db] */
+    char *redis_url; /* redis://host:port[/db] */
     int64_t world_id;
 
     /* world layout (orchestrator) */
     double world_cell_size;
-    int64_t world_x0, world_y0;      /* first root cell */
+    int64_t world_x0, world_y0;        /* first root cell */
     int64_t world_width, world_height; /* root cells */
-    char *world_workers;             /* comma list of worker ids */
-    char *world_assign;              /* comma list "cx:cy=worker" overriding the default split */
+    char *world_workers;               /* comma list of worker ids */
+    char *world_assign;                /* comma list "cx:cy=worker" overriding the default split */
 
     /* JetStream */
-    int64_t stream_max_age_s;        /* input stream retention */
-    char *stream_storage;            /* file|memory */
+    int64_t stream_max_age_s; /* input stream retention */
+    char *stream_storage;     /* file|memory */
     int64_t stream_replicas;
 
     /* gateway */
-    char *gateway_listen;            /* host:port */
+    char *gateway_listen; /* host:port */
     int64_t gateway_id;
     int64_t gateway_max_frame;
     int64_t gateway_max_clients;
-    int64_t gateway_rate_limit;      /* frames per second per client */
-    int64_t gateway_tick_hz;         /* merged frames per second */
-    int64_t gateway_aoi_radius;      /* root cells around the player's cell */
+    int64_t gateway_rate_limit; /* frames per second per client */
+    int64_t gateway_tick_hz;    /* merged frames per second */
+    int64_t gateway_aoi_radius; /* root cells around the player's cell */
 
     /* worker */
     char *worker_id;
@@ -59,20 +59,21 @@ typedef struct {
     /* orchestrator */
     int64_t orch_hb_ttl_ms;
     int64_t orch_status_ms;
-    int64_t orch_lock_ttl_ms;        /* leader lock TTL */
+    int64_t orch_lock_ttl_ms;         /* leader lock TTL */
     int64_t orch_handover_timeout_ms; /* per handover request */
-    int64_t orch_recovery_grace_ms;  /* never-seen workers keep their cells this long after gaining the lead */
-    int64_t orch_rebalance;          /* 1: move cells from hot to cold workers */
+    int64_t orch_precopy_timeout_ms;  /* the PREPARE step (a whole-cell copy) */
+    int64_t orch_recovery_grace_ms; /* never-seen workers keep their cells this long after gaining the lead */
+    int64_t orch_rebalance;         /* 1: move cells from hot to cold workers */
     int64_t orch_rebalance_interval_ms;
     int64_t orch_rebalance_cooldown_ms;
-    double orch_rebalance_threshold; /* hottest load above (1+threshold)*mean triggers a move */
+    double orch_rebalance_threshold;   /* hottest load above (1+threshold)*mean triggers a move */
     int64_t orch_rebalance_hysteresis; /* consecutive evaluations over the threshold */
-    int64_t orch_max_handovers;      /* live handovers in flight at once */
+    int64_t orch_max_handovers;        /* live handovers in flight at once */
 
     /* sim */
     int64_t sim_players;
-    int64_t sim_rate_hz;             /* inputs per player per second */
-    int64_t sim_duration_s;          /* 0 = until signalled */
+    int64_t sim_rate_hz;    /* inputs per player per second */
+    int64_t sim_duration_s; /* 0 = until signalled */
     int64_t sim_seed;
     double sim_speed;
 } ts_config_t;
@@ -96,8 +97,8 @@ typedef struct {
  *    argv + 1.
  *  - --help or -h prints ts_config_usage(stdout) and returns TS_ERR_CONFIG
  *    with err set to "help" (the caller exits 0). */
-ts_status_t ts_config_load(ts_config_t *cfg, int argc, char **argv, char ***rest, int *nrest,
-                           char *err, size_t errcap);
+ts_status_t ts_config_load(ts_config_t *cfg, int argc, char **argv, char ***rest, int *nrest, char *err,
+                           size_t errcap);
 /* Sets one key from text, as a flag would (same validation). */
 ts_status_t ts_config_set(ts_config_t *cfg, const char *key, const char *value, char *err, size_t errcap);
 void ts_config_free(ts_config_t *cfg);
