@@ -29,7 +29,8 @@
 #
 # Environment: PEERS_N (list of N, "100 250 500 750"), PEERS_SECONDS
 # (measured seconds per run, 15), PEERS_WARMUP (seconds before measuring, 5),
-# PEERS_WORLD (root cells per side, 16),
+# PEERS_WORLD (root cells per side, 16), PEERS_BUDGET (seconds for the whole
+# script, 360: an N that would not fit any more is skipped and says so),
 # BUILD_DIR (Release build with the tessera binaries, build-release),
 # KEEP=1 (keep the temp dir with logs and JSON results).
 # shellcheck disable=SC2317 # cleanup and its helpers run from traps
@@ -42,6 +43,7 @@ PEERS_N=${PEERS_N:-100 250 500 750}
 PEERS_SECONDS=${PEERS_SECONDS:-15}
 PEERS_WARMUP=${PEERS_WARMUP:-5}
 PEERS_WORLD=${PEERS_WORLD:-16}
+PEERS_BUDGET=${PEERS_BUDGET:-360}
 KEEP=${KEEP:-0}
 PROBES=16
 PEERS=$ROOT/bench/peers
@@ -69,6 +71,7 @@ check_uint() {
 check_uint PEERS_SECONDS "$PEERS_SECONDS" 1 120
 check_uint PEERS_WARMUP "$PEERS_WARMUP" 0 60
 check_uint PEERS_WORLD "$PEERS_WORLD" 1 64
+check_uint PEERS_BUDGET "$PEERS_BUDGET" 30 7200
 read -r -a NS <<<"$PEERS_N"
 ((${#NS[@]} >= 1 && ${#NS[@]} <= 16)) || die "PEERS_N must list 1..16 values"
 for n in "${NS[@]}"; do
@@ -85,6 +88,9 @@ for dir in "$PEERS/colyseus" "$PEERS/client"; do
             die "npm ci failed in $dir"
     fi
 done
+
+# the time budget counts from here: a first `npm ci` is setup, not bench
+budget_start=$SECONDS
 
 # ---- ports ------------------------------------------------------------------------
 
@@ -396,6 +402,14 @@ i=0
 prev_n=
 for n in "${NS[@]}"; do
     alive "$COLYSEUS_CPU_PIDS" || { show_log "$TMP/colyseus.log"; die "the Colyseus server exited"; }
+    # two runs: warm-up, window, joining (~1 s per 25 players) and teardown
+    need=$((2 * (PEERS_WARMUP + PEERS_SECONDS + 10 + n / 25)))
+    used=$((SECONDS - budget_start))
+    if ((used + need > PEERS_BUDGET)); then
+        printf '%5s  skipped: %d s of PEERS_BUDGET=%d left, a pair of runs needs ~%d s\n' \
+            "$n" $((PEERS_BUDGET - used)) "$PEERS_BUDGET" "$need"
+        continue
+    fi
     # alternate which system goes first
     if ((i % 2 == 0)); then
         run_tessera "$n"

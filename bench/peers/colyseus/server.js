@@ -14,7 +14,11 @@
 
 const { Server, Room, matchMaker } = require("colyseus");
 const { WebSocketTransport } = require("@colyseus/ws-transport");
-const { Schema, MapSchema, defineTypes } = require("@colyseus/schema");
+const { Schema, MapSchema, defineTypes, Encoder } = require("@colyseus/schema");
+
+// Room for the whole state of 5,000 players (a full state is ~45 B a player)
+// without the encoder's grow-and-re-encode step.
+Encoder.BUFFER_SIZE = 256 * 1024;
 
 let WORLD_MIN = -800;
 let WORLD_MAX = 800;
