@@ -186,6 +186,7 @@ static void recover(ts_orch_t *o, uint64_t t0, uint64_t rt0)
     if (!any_candidates(o)) return;
     ts_orch_view_t vw;
     if (ts_orch_view_build(o, &vw) != TS_OK) return;
+    uint64_t t_view = ts_mono_us();
     ts_registry_cas_t *ops = calloc(vw.nc + 1, sizeof *ops);
     const char **from = calloc(vw.nc + 1, sizeof *from);
     size_t nops = 0;
@@ -226,6 +227,7 @@ static void recover(ts_orch_t *o, uint64_t t0, uint64_t rt0)
         ts_strlcpy(owners[k], from[k], TS_WORKER_ID_MAX);
     ts_orch_view_free(&vw);
     free(from);
+    uint64_t t_plan = ts_mono_us();
     if (!owners || ts_orch_cas_many(o, ops, nops) != TS_OK) {
         free(ops);
         free(owners);
@@ -248,6 +250,10 @@ static void recover(ts_orch_t *o, uint64_t t0, uint64_t rt0)
                      owners[k][0] ? owners[k] : "-", ops[k].new_owner, ops[k].entry.epoch);
     }
     uint64_t took_us = ts_mono_us() - t0, rts = ts_registry_round_trips(o->reg) - rt0;
+    ts_debug(
+        "recovery of %zu cells: poll %.1f ms, view %.1f ms, targets %.1f ms, CAS and announcements %.1f ms",
+        nops, (double)(now - t0) / 1000, (double)(t_view - now) / 1000, (double)(t_plan - t_view) / 1000,
+        (double)(ts_mono_us() - t_plan) / 1000);
     ts_stats_recovery_batch(&o->stats, moved, took_us, rts);
     if (nops > LOG_EACH_MAX || moved != nops)
         ts_info("recovered %zu of %zu cells in %.1f ms (%" PRIu64 " registry round trips, %" PRIu64

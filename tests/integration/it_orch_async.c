@@ -38,7 +38,10 @@
 #include "tessera/util.h"
 
 #define WAIT_MS 30000
-#define TTL_MS 1500
+/* The fakes' liveness TTL: long, so a busy machine that starves their
+ * refresher does not kill them; deaths and replacements are immediate
+ * (DEL, SET). */
+#define TTL_MS 5000
 
 /* ---- fake workers: liveness keys refreshed by a thread ------------------------------- */
 
@@ -222,6 +225,7 @@ static void ob_reset(uint64_t want_epoch)
 
 static ts_bus_t *bus;
 static ts_registry_t *reg;
+static int orch_idx = -1; /* the running test's orchestrator, stopped by the teardown */
 static ts_bus_sub_t *changes_sub;
 
 static void connect_all(uint32_t world)
@@ -246,6 +250,11 @@ static void disconnect_all(void)
 
 static int teardown(void **state)
 {
+    if (orch_idx >= 0 && !ts_h.procs[orch_idx].reaped) {
+        ts_h_signal(&ts_h, orch_idx, SIGKILL);
+        ts_h_wait(&ts_h, orch_idx, 5000);
+    }
+    orch_idx = -1;
     disconnect_all();
     return ts_h_test_teardown(state);
 }
@@ -316,7 +325,7 @@ static void test_replaced_incarnation_is_recovered(void **state)
     fakes_start(ids, 2);
     const char *args[] = {"--world.id=11",    "--world.workers=fa,fb", "--world.width=4",
                           "--world.height=2", "--orch.rebalance=0",    NULL};
-    int orch = ts_h_spawn(&ts_h, "orch-replaced", "tessera-orch", args);
+    int orch = orch_idx = ts_h_spawn(&ts_h, "orch-replaced", "tessera-orch", args);
     assert_true(ts_h_wait_world(&ts_h, 11, 8, WAIT_MS));
     let_it_see_the_fakes();
     uint64_t lo, hi;
@@ -364,7 +373,7 @@ static void test_many_cells_recovered_in_few_round_trips(void **state)
                           "--world.width=64",   "--world.height=64",
                           "--world.x0=-32",     "--world.y0=-32",
                           "--orch.rebalance=0", NULL};
-    int orch = ts_h_spawn(&ts_h, "orch-many", "tessera-orch", args);
+    int orch = orch_idx = ts_h_spawn(&ts_h, "orch-many", "tessera-orch", args);
     assert_true(ts_h_wait_world(&ts_h, 12, 4096, WAIT_MS));
     let_it_see_the_fakes();
     assert_int_equal(owned(12, "f2", NULL, NULL), 1024);
@@ -376,6 +385,10 @@ static void test_many_cells_recovered_in_few_round_trips(void **state)
         ts_sleep_ms(50);
     double took_ms = (double)(ts_mono_us() - t0) / 1000;
     size_t left = owned(12, "f2", NULL, NULL);
+    /* the registry shows the moves before the orchestrator records the batch */
+    uint64_t deadline = ts_mono_us() + 2000000;
+    while (stat(12, "recovery_batch_cells") <= 0 && ts_mono_us() < deadline)
+        ts_sleep_ms(20);
     double cells = stat(12, "recovery_batch_cells"), us = stat(12, "recovery_batch_us"),
            rts = stat(12, "recovery_round_trips");
     fprintf(stderr,
@@ -394,7 +407,7 @@ static void test_many_cells_recovered_in_few_round_trips(void **state)
            n4 = owned(12, "f4", NULL, NULL);
     assert_int_equal(n1 + n3 + n4, 4096);
     assert_true(n1 > 1024 && n3 > 1024 && n4 > 1024);
-    uint64_t deadline = ts_mono_us() + 3000000;
+    deadline = ts_mono_us() + 3000000;
     while (ob_get(&OB.changes_epoch) < 1024 && ts_mono_us() < deadline)
         ts_sleep_ms(20);
     assert_int_equal(ob_get(&OB.changes_epoch), 1024);
@@ -431,7 +444,7 @@ static void test_ctl_and_recovery_while_handovers_hang(void **state)
                           "--orch.rebalance=0",
                           "--orch.handover_timeout_ms=4000",
                           NULL};
-    int orch = ts_h_spawn(&ts_h, "orch-hang", "tessera-orch", args);
+    int orch = orch_idx = ts_h_spawn(&ts_h, "orch-hang", "tessera-orch", args);
     assert_true(ts_h_wait_world(&ts_h, 13, 6, WAIT_MS));
     let_it_see_the_fakes();
     ts_cell_entry_t e;
@@ -456,7 +469,7 @@ static void test_ctl_and_recovery_while_handovers_hang(void **state)
     double stats_ms = (double)(ts_mono_us() - t_stats) / 1000;
     fprintf(stderr, "stats answered in %.1f ms with %.0f handovers in flight\n", stats_ms, in_flight);
     assert_true(in_flight == 2);
-    assert_true(stats_ms < 500);
+    assert_true(stats_ms < 2000); /* not behind the 4 s the handovers hang (loose: the box may be busy) */
 
     /* a worker dies meanwhile: its cells are recovered without waiting */
     uint64_t t_kill = ts_mono_us();
@@ -472,7 +485,7 @@ static void test_ctl_and_recovery_while_handovers_hang(void **state)
 
     /* the hanging handovers time out (PREPARE, then the ABORTs nobody
      * answers either: 2 x 4 s), abort, and say why */
-    deadline = t0 + 12000000;
+    deadline = t0 + 30000000;
     while (ob_get(&OB.nreplies) < 2 && ts_mono_us() < deadline)
         ts_sleep_ms(20);
     assert_int_equal(ob_get(&OB.nreplies), 2);
@@ -614,7 +627,7 @@ static void test_storm_is_evened_out_in_seconds(void **state)
                           "--world.y0=0",
                           "--orch.rebalance_interval_ms=500",
                           NULL};
-    int orch = ts_h_spawn(&ts_h, "orch-storm", "tessera-orch", args);
+    int orch = orch_idx = ts_h_spawn(&ts_h, "orch-storm", "tessera-orch", args);
     assert_true(ts_h_wait_world(&ts_h, 14, 256, WAIT_MS));
     heartbeats_for(ids, 1, 1500); /* rates measured; one worker: nothing to balance */
     assert_int_equal(owned(14, "sa", NULL, NULL), 256);
@@ -678,17 +691,17 @@ static void test_redis_stall_declares_nobody_dead(void **state)
                           "--world.width=4",
                           "--world.height=1",
                           "--orch.rebalance=0",
-                          "--orch.lock_ttl_ms=10000",
+                          "--orch.lock_ttl_ms=20000",
                           NULL};
-    int orch = ts_h_spawn(&ts_h, "orch-stall", "tessera-orch", args);
+    int orch = orch_idx = ts_h_spawn(&ts_h, "orch-stall", "tessera-orch", args);
     assert_true(ts_h_wait_world(&ts_h, 15, 4, WAIT_MS));
     let_it_see_the_fakes();
     ob_reset(2);
 
     ts_h_signal(&ts_h, TS_H_REDIS, SIGSTOP);
-    ts_sleep_ms(3000); /* twice the TTL */
+    ts_sleep_ms(TTL_MS + 1000); /* every key expires */
     ts_h_signal(&ts_h, TS_H_REDIS, SIGCONT);
-    ts_sleep_ms(3000); /* a new lead, a TTL of polls: time to (wrongly) recover */
+    ts_sleep_ms(3000); /* a TTL of polls and more: time to (wrongly) recover */
     uint64_t lo, hi;
     assert_int_equal(owned(15, "ra", &lo, &hi), 2);
     assert_int_equal(hi, 1);
