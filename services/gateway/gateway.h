@@ -33,8 +33,13 @@
 
 #define GW_NAME_MAX 64
 /* Delta frames are skipped for a client with more unsent output than this;
- * once its output drained it gets a fresh full view. */
-#define GW_SLOW_CLIENT_BYTES ((size_t)1 << 20)
+ * once its output drained it gets a fresh full view. Small, so a client that
+ * reads slower than its view changes gets fewer, fresher frames instead of
+ * seconds of queued ones. */
+#define GW_SLOW_CLIENT_BYTES ((size_t)128 << 10)
+/* Kernel send buffer of a client socket (fixed, so back-pressure shows in
+ * out_pending instead of in megabytes the kernel would queue). */
+#define GW_SOCKET_SNDBUF 262144
 /* A client that lets this much pile up (non-Delta frames) is disconnected. */
 #define GW_MAX_CLIENT_BYTES ((size_t)8 << 20)
 /* Payload bytes per Delta/Snapshot frame before the view is split over
