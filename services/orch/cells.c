@@ -84,13 +84,18 @@ bool ts_orch_write_world(ts_orch_t *o)
         ts_orch_registry_broken(o, st);
         return false;
     }
+    /* what exists is read once (one pipelined round trip); only missing
+     * cells are created, so a new leader of a big world starts at once */
+    if (!ts_orch_refresh_cells(o)) return false;
     size_t created = 0, kept = 0;
-    uint64_t version = 0;
+    uint64_t version = o->version;
     for (size_t i = 0; i < o->layout.ncells; i++) {
         const ts_cell_entry_t *want = &o->layout.cells[i];
         ts_cell_entry_t cur;
+        long k = ts_orch_cell_index(o, &want->cell);
         uint64_t v = 0;
-        st = ts_registry_cell_create(o->reg, want, &cur, &v);
+        st = k >= 0 ? TS_ERR_EXISTS : ts_registry_cell_create(o->reg, want, &cur, &v);
+        if (k >= 0) cur = o->cells[k];
         if (st == TS_OK) {
             created++;
             version = v;
@@ -108,10 +113,9 @@ bool ts_orch_write_world(ts_orch_t *o)
             return false;
         }
     }
-    if (created == 0) ts_registry_version(o->reg, o->layout.world.id, &version);
     ts_info("world %u: %zu root cells (%zu created, %zu kept), registry version %llu", o->layout.world.id,
             o->layout.ncells, created, kept, (unsigned long long)version);
-    o->cells_stale = true;
+    if (created > 0) o->cells_stale = true;
     return true;
 }
 

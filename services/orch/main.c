@@ -86,7 +86,7 @@ static bool lead(ts_orch_t *o, uint64_t now)
     if (!o->world_written) {
         if (!o->reg || now < o->next_write_us) return false;
         o->next_write_us = now + 1000000;
-        if (!ts_orch_write_world(o) || !ts_orch_refresh_cells(o)) return false;
+        if (!ts_orch_write_world(o) || (o->cells_stale && !ts_orch_refresh_cells(o))) return false;
         ts_ctl_load_draining(o->ctl);
         if (ts_ctl_serve(o->ctl, true) != TS_OK) return false;
         o->world_written = true;
