@@ -42,7 +42,7 @@ static const ts_service_t service = {
              "--via-gateway HOST:PORT instead connects sim.players real clients to that gateway\n"
              "(TCP, one event loop, up to 1000 new connections/s): each sends Hello and Join, then\n"
              "Moves at sim.rate_hz, and reads its Deltas. Once all joined it plays sim.duration_s\n"
-             "(0: until signalled), waits up to 10 s for the last inputs to show in each client's\n"
+             "(0: until signalled), waits up to 20 s for the last inputs to show in each client's\n"
              "own entity and prints input->own state latency (p50/p99/p999 over the Moves sent\n"
              "while playing), Deltas/s and bytes/s per client, and inputs sent/applied/missing,\n"
              "ending with one line\n"

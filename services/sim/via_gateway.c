@@ -41,7 +41,7 @@
 
 #define TICK_MS 5
 #define REPORT_US 1000000ull
-#define SETTLE_MS 10000
+#define SETTLE_MS 20000
 #define JOIN_TIMEOUT_US 15000000ull
 #define CONNECT_ATTEMPTS 3
 #define RETRY_US 500000ull
