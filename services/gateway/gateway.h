@@ -37,6 +37,8 @@
  * reads slower than its view changes gets fewer, fresher frames instead of
  * seconds of queued ones. */
 #define GW_SLOW_CLIENT_BYTES ((size_t)128 << 10)
+/* Removed ids remembered for a client that is behind. */
+#define GW_GONE_MAX 65536
 /* Kernel send buffer of a client socket (fixed, so back-pressure shows in
  * out_pending instead of in megabytes the kernel would queue). */
 #define GW_SOCKET_SNDBUF 262144

@@ -341,8 +341,15 @@ static void send_view(gw_t *gw, gw_conn_t *c)
         c->deltas_skipped++;
         gw->deltas_skipped++;
         c->behind = true;
-        for (size_t i = 0; i < c->naoi; i++)
+        /* the full view it gets later lists what exists; what was removed
+         * meanwhile is remembered so it is told (bounded: a client that
+         * stays behind that long is far past its output limit) */
+        for (size_t i = 0; i < c->naoi; i++) {
+            gw_cell_t *cell = c->aoi[i].cell;
             c->aoi[i].fresh = true;
+            for (size_t k = 0; cell->dirty && k < cell->nremoved && c->ngone < GW_GONE_MAX; k++)
+                (void)push_id(&c->gone, &c->ngone, &c->gone_cap, cell->removed[k]);
+        }
         return;
     }
     size_t nseg = 0, nremoved = 0;
