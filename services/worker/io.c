@@ -63,6 +63,15 @@ void ts_io_submit(ts_worker_t *w, ts_io_job_t *job)
     pthread_mutex_unlock(&w->io_mu);
 }
 
+void ts_worker_request_resync(ts_worker_t *w)
+{
+    if (w->view.resync_pending) return;
+    ts_io_job_t *job = ts_io_job_new(TS_IO_RESYNC);
+    if (!job) return;
+    w->view.resync_pending = true;
+    ts_io_submit(w, job);
+}
+
 ts_io_job_t *ts_io_take_done(ts_worker_t *w)
 {
     pthread_mutex_lock(&w->mu);

@@ -1,13 +1,9 @@
 /* Worker: binds the cells the registry gives it and runs the tick loop.
  *
- * Each bound cell has an ordered JetStream consumer on <cell>.input that
- * starts after the zone's last applied stream sequence. Its callback (one of
- * nats.c's shared delivery threads) keeps the message without copying it and
- * pushes it into a bounded lock-free ring, tagged with the subscription's
- * generation so a message of a binding that was dropped or restarted since
- * is ignored. If the ring is full the cell's consumer drops what follows and
- * the tick thread restarts it after the last applied sequence: nothing is
- * lost, the stream still has it.
+ * Input reaches the tick through inbox.c, bound cells live in bindings.c,
+ * slow steps run on the I/O thread (io.c), publishing is output.c and
+ * handovers handover.c. This file holds what ties them together: the
+ * registry view, the results of I/O jobs, the tick loop and the lifecycle.
  *
  * The registry: the worker keeps its own copy and applies each
  * RegistryChange in O(1); a version gap, a lost change or a reconnect costs
@@ -31,70 +27,6 @@
 /* registry changes waiting for the tick thread before a full read replaces them */
 #define MAX_PENDING_CHANGES 4096
 
-ts_binding_t *ts_worker_find_binding(ts_worker_t *w, const ts_cell_t *c)
-{
-    return ts_cellmap_get(&w->by_cell, c);
-}
-
-const ts_cell_entry_t *ts_worker_find_entry(const ts_worker_t *w, const ts_cell_t *c)
-{
-    return ts_cellmap_get(&w->view.by_cell, c);
-}
-
-static bool inbox_push(ts_inbox_t *in, const ts_inbox_msg_t *m)
-{
-    if (in->n == in->cap) {
-        size_t ncap = in->cap ? in->cap * 2 : 64;
-        ts_inbox_msg_t *v = realloc(in->v, ncap * sizeof(*v));
-        if (!v) return false;
-        in->v = v;
-        in->cap = ncap;
-    }
-    in->v[in->n++] = *m;
-    return true;
-}
-
-void ts_inbox_free(ts_inbox_t *in)
-{
-    for (size_t i = 0; i < in->n; i++)
-        ts_bus_held_free(in->v[i].msg);
-    free(in->v);
-    *in = (ts_inbox_t){0};
-}
-
-void ts_worker_wake(ts_worker_t *w)
-{
-    atomic_store(&w->wake, true);
-    pthread_mutex_lock(&w->mu);
-    pthread_cond_signal(&w->cond);
-    pthread_mutex_unlock(&w->mu);
-}
-
-/* nats.c delivery thread: no copy, no allocation, no lock on the usual path. */
-static void on_input(void *ud, const ts_bus_msg_t *m)
-{
-    ts_sub_ctx_t *ctx = ud;
-    ts_worker_t *w = ctx->w;
-    if (atomic_load_explicit(&ctx->overflow, memory_order_relaxed)) return; /* restarted later */
-    ts_inbox_msg_t msg = {ctx->gen, ts_bus_msg_hold(m)};
-    if (atomic_load(&ctx->hold)) {
-        pthread_mutex_lock(&w->mu);
-        bool held = atomic_load(&ctx->hold) && inbox_push(&ctx->held, &msg);
-        pthread_mutex_unlock(&w->mu);
-        if (held) return;
-        if (atomic_load(&ctx->hold)) { /* out of memory: drop and restart */
-            ts_bus_held_free(msg.msg);
-            atomic_store(&ctx->overflow, true);
-            return;
-        }
-    }
-    if (!ts_ring_push(w->ring, &msg)) {
-        ts_bus_held_free(msg.msg);
-        atomic_store(&ctx->overflow, true);
-    }
-}
-
-/* nats.c delivery thread: queue the change for the tick thread. */
 static void on_registry(void *ud, const ts_bus_msg_t *m)
 {
     ts_worker_t *w = ud;
@@ -125,123 +57,6 @@ static void on_registry(void *ud, const ts_bus_msg_t *m)
     pthread_cond_signal(&w->cond);
     pthread_mutex_unlock(&w->mu);
     if (rc) tessera__v1__registry_change__free_unpacked(rc, NULL);
-}
-
-static void add_stats(ts_zone_stats_t *dst, const ts_zone_stats_t *s)
-{
-    dst->applied += s->applied;
-    dst->forwarded += s->forwarded;
-    dst->duplicates += s->duplicates;
-    dst->dropped += s->dropped;
-    dst->transfers_in += s->transfers_in;
-    dst->transfers_out += s->transfers_out;
-}
-
-ts_status_t ts_worker_subscribe_input(ts_worker_t *w, const ts_cell_t *cell, uint64_t after_seq, bool hold,
-                                      ts_sub_ctx_t **ctx, ts_bus_sub_t **sub)
-{
-    ts_sub_ctx_t *c = calloc(1, sizeof(*c));
-    if (!c) return TS_ERR_NOMEM;
-    c->w = w;
-    c->cell = *cell;
-    c->gen = atomic_fetch_add(&w->next_gen, 1) + 1;
-    atomic_init(&c->hold, hold);
-    atomic_init(&c->overflow, false);
-    char subj[TS_SUBJECT_MAX];
-    ts_subject_cell(subj, sizeof(subj), cell, TS_SUBJ_INPUT);
-    ts_status_t st =
-        ts_bus_consume(w->bus, w->world.id, subj, after_seq ? after_seq + 1 : 0, on_input, c, sub);
-    if (st != TS_OK) {
-        ts_error("cannot consume %s: %s", subj, ts_status_str(st));
-        free(c);
-        return st;
-    }
-    *ctx = c;
-    return TS_OK;
-}
-
-void ts_worker_free_ctx(ts_sub_ctx_t *ctx)
-{
-    if (!ctx) return;
-    ts_inbox_free(&ctx->held);
-    free(ctx);
-}
-
-void ts_worker_release_sub(ts_worker_t *w, ts_bus_sub_t *sub, ts_sub_ctx_t *ctx)
-{
-    if (!sub && !ctx) return;
-    ts_io_job_t *job = ts_io_job_new(TS_IO_UNSUBSCRIBE);
-    if (!job) { /* out of memory: close without waiting; leak the context */
-        ts_bus_sub_close(sub);
-        return;
-    }
-    job->sub = sub;
-    job->ctx = ctx;
-    ts_io_submit(w, job);
-}
-
-ts_status_t ts_worker_adopt(ts_worker_t *w, ts_zone_t *zone, uint64_t epoch, ts_bus_sub_t *sub,
-                            ts_sub_ctx_t *ctx)
-{
-    ts_binding_t *b = calloc(1, sizeof(*b));
-    if (b && w->nbind == w->cap_bind) {
-        size_t ncap = w->cap_bind ? w->cap_bind * 2 : 16;
-        ts_binding_t **v = realloc(w->bindings, ncap * sizeof(*v));
-        if (v) {
-            w->bindings = v;
-            w->cap_bind = ncap;
-        }
-    }
-    if (!b || w->nbind == w->cap_bind || ts_map_put(&w->by_gen, ctx->gen, b) != TS_OK ||
-        ts_cellmap_put(&w->by_cell, &zone->cell, b) != TS_OK) {
-        if (b) ts_map_del(&w->by_gen, ctx->gen);
-        free(b);
-        ts_worker_release_sub(w, sub, ctx);
-        ts_zone_destroy(zone);
-        return TS_ERR_NOMEM;
-    }
-    zone->epoch = epoch;
-    b->zone = zone;
-    b->sub = sub;
-    b->ctx = ctx;
-    b->gen = ctx->gen;
-    b->bound_us = ts_now_us();
-    b->index = w->nbind;
-    w->bindings[w->nbind++] = b;
-    pthread_mutex_lock(&w->mu);
-    ts_inbox_t held = ctx->held;
-    ctx->held = (ts_inbox_t){0};
-    atomic_store(&ctx->hold, false);
-    pthread_mutex_unlock(&w->mu);
-    ts_worker_apply_msgs(w, zone, &held);
-    return TS_OK;
-}
-
-void ts_worker_unbind(ts_worker_t *w, ts_binding_t *b)
-{
-    ts_info("cell %s: unbound (epoch %" PRIu64 ", last applied seq %" PRIu64 ")", b->zone->key,
-            b->zone->epoch, b->zone->last_applied_seq);
-    ts_map_del(&w->by_gen, b->gen);
-    ts_cellmap_del(&w->by_cell, &b->zone->cell);
-    ts_worker_release_sub(w, b->sub, b->ctx);
-    add_stats(&w->stats.zones, &b->zone->stats);
-    ts_zone_destroy(b->zone);
-    ts_inbox_free(&b->held);
-    size_t i = b->index;
-    w->bindings[i] = w->bindings[--w->nbind];
-    w->bindings[i]->index = i;
-    free(b);
-}
-
-/* ---- the registry view ------------------------------------------------- */
-
-void ts_worker_request_resync(ts_worker_t *w)
-{
-    if (w->view.resync_pending) return;
-    ts_io_job_t *job = ts_io_job_new(TS_IO_RESYNC);
-    if (!job) return;
-    w->view.resync_pending = true;
-    ts_io_submit(w, job);
 }
 
 static void start_bind(ts_worker_t *w, const ts_cell_entry_t *e)
@@ -423,7 +238,7 @@ static void finish_resubscribe(ts_worker_t *w, ts_io_job_t *job)
     pthread_mutex_unlock(&w->mu);
     if (b->state == TS_BIND_FROZEN) {
         for (size_t i = 0; i < held.n; i++)
-            if (!inbox_push(&b->held, &held.v[i])) ts_bus_held_free(held.v[i].msg);
+            if (!ts_inbox_push(&b->held, &held.v[i])) ts_bus_held_free(held.v[i].msg);
         free(held.v);
     } else {
         ts_worker_apply_msgs(w, b->zone, &held);
@@ -462,46 +277,6 @@ static void take_io_results(ts_worker_t *w)
 }
 
 /* ---- input ------------------------------------------------------------- */
-
-static void apply_msg(ts_worker_t *w, ts_zone_t *z, const ts_inbox_msg_t *m)
-{
-    const uint8_t *data = ts_bus_held_data(m->msg);
-    size_t len = ts_bus_held_len(m->msg);
-    uint64_t seq = m->msg.stream_seq;
-    if (seq && seq <= z->last_applied_seq) return; /* replayed: cheap skip before decoding */
-    Tessera__V1__InputBatch *ib = tessera__v1__input_batch__unpack(NULL, len, data);
-    if (ib) {
-        ts_zone_apply_batch(z, seq, ib, w->tick);
-        tessera__v1__input_batch__free_unpacked(ib, NULL);
-    } else if (seq > z->last_applied_seq) {
-        ts_warn("cell %s: undecodable input message at stream seq %" PRIu64 " skipped", z->key, seq);
-        z->last_applied_seq = seq;
-        z->stats.dropped++;
-    }
-}
-
-void ts_worker_apply_msgs(ts_worker_t *w, ts_zone_t *z, ts_inbox_t *msgs)
-{
-    for (size_t i = 0; i < msgs->n; i++)
-        apply_msg(w, z, &msgs->v[i]);
-    ts_inbox_free(msgs);
-}
-
-void ts_worker_apply_inbox(ts_worker_t *w)
-{
-    ts_inbox_msg_t m;
-    while (ts_ring_pop(w->ring, &m)) {
-        ts_binding_t *b = ts_map_get(&w->by_gen, m.gen);
-        if (b && b->state == TS_BIND_FROZEN) {
-            /* after s2: the target applies it, unless the handover aborts */
-            if (inbox_push(&b->held, &m)) continue;
-            ts_error("cell %s: out of memory holding input during a handover", b->zone->key);
-        } else if (b) {
-            apply_msg(w, b->zone, &m);
-        }
-        ts_bus_held_free(m.msg);
-    }
-}
 
 /* Restarts the consumers that overflowed the ring, after what was applied. */
 static void restart_overflowed(ts_worker_t *w)

@@ -1,7 +1,8 @@
 /* Worker internals shared by its modules:
  *
- *   worker.c   lifecycle, bindings, input hand-off, the registry view,
- *              the tick loop
+ *   inbox.c    input messages from nats.c threads to the tick thread
+ *   bindings.c the owned cells (binding table), applying input to them
+ *   worker.c   the registry view, I/O results, the tick loop, lifecycle
  *   io.c       the I/O thread (registry reads, binding cells, PreCopy
  *              requests, unsubscribes) and the liveness thread
  *   output.c   what a tick publishes, and the in-flight publish table
@@ -233,30 +234,19 @@ struct ts_worker {
     int drain_state; /* 0 none, 1 asked, 2 accepted, 3 refused */
 };
 
-/* worker.c */
-ts_binding_t *ts_worker_find_binding(ts_worker_t *w, const ts_cell_t *c);
-const ts_cell_entry_t *ts_worker_find_entry(const ts_worker_t *w, const ts_cell_t *c);
-/* Binds a zone whose consumer already runs with hold set (a handover target
- * or an I/O-thread bind): takes ownership of zone, sub and ctx and applies
- * what ctx held. */
-ts_status_t ts_worker_adopt(ts_worker_t *w, ts_zone_t *zone, uint64_t epoch, ts_bus_sub_t *sub,
-                            ts_sub_ctx_t *ctx);
+/* The modules form layers; each calls only those above it:
+ *   inbox.c -> io.c -> bindings.c -> output.c, handover.c -> worker.c */
+
+/* inbox.c */
+bool ts_inbox_push(ts_inbox_t *in, const ts_inbox_msg_t *m);
+void ts_inbox_free(ts_inbox_t *in);
 /* Allocates a subscription context and starts consuming cell's input after
- * after_seq (blocking: I/O thread or a nats.c thread, never the tick). */
+ * after_seq (blocking: the I/O thread or a nats.c thread, never the tick). */
 ts_status_t ts_worker_subscribe_input(ts_worker_t *w, const ts_cell_t *cell, uint64_t after_seq, bool hold,
                                       ts_sub_ctx_t **ctx, ts_bus_sub_t **sub);
-/* Closes a subscription and frees its context on the I/O thread. */
-void ts_worker_release_sub(ts_worker_t *w, ts_bus_sub_t *sub, ts_sub_ctx_t *ctx);
 void ts_worker_free_ctx(ts_sub_ctx_t *ctx);
-void ts_inbox_free(ts_inbox_t *in);
-/* Applies queued input messages to z in order (and frees them). */
-void ts_worker_apply_msgs(ts_worker_t *w, ts_zone_t *z, ts_inbox_t *msgs);
-void ts_worker_unbind(ts_worker_t *w, ts_binding_t *b);
-/* Applies what the ring holds to the bound zones. */
-void ts_worker_apply_inbox(ts_worker_t *w);
+/* Wakes the tick thread between ticks (something is waiting for it). */
 void ts_worker_wake(ts_worker_t *w);
-/* Asks the I/O thread for one full registry read (once; no-op if pending). */
-void ts_worker_request_resync(ts_worker_t *w);
 
 /* io.c */
 ts_status_t ts_io_start(ts_worker_t *w);
@@ -267,10 +257,28 @@ ts_io_job_t *ts_io_job_new(ts_io_kind_t kind);
 void ts_io_job_free(ts_io_job_t *job);
 /* Takes the finished jobs (oldest first) for the tick thread. */
 ts_io_job_t *ts_io_take_done(ts_worker_t *w);
+/* Asks the I/O thread for one full registry read (once; no-op if pending). */
+void ts_worker_request_resync(ts_worker_t *w);
 /* Claims the worker id (refuses to start when another live process has it)
  * and starts the liveness thread. */
 ts_status_t ts_live_start(ts_worker_t *w);
 void ts_live_stop(ts_worker_t *w);
+
+/* bindings.c */
+ts_binding_t *ts_worker_find_binding(ts_worker_t *w, const ts_cell_t *c);
+const ts_cell_entry_t *ts_worker_find_entry(const ts_worker_t *w, const ts_cell_t *c);
+/* Binds a zone whose consumer already runs with hold set (a handover target
+ * or an I/O-thread bind): takes ownership of zone, sub and ctx and applies
+ * what ctx held. */
+ts_status_t ts_worker_adopt(ts_worker_t *w, ts_zone_t *zone, uint64_t epoch, ts_bus_sub_t *sub,
+                            ts_sub_ctx_t *ctx);
+void ts_worker_unbind(ts_worker_t *w, ts_binding_t *b);
+/* Closes a subscription and frees its context on the I/O thread. */
+void ts_worker_release_sub(ts_worker_t *w, ts_bus_sub_t *sub, ts_sub_ctx_t *ctx);
+/* Applies queued input messages to z in order (and frees them). */
+void ts_worker_apply_msgs(ts_worker_t *w, ts_zone_t *z, ts_inbox_t *msgs);
+/* Applies what the ring holds to the bound zones. */
+void ts_worker_apply_inbox(ts_worker_t *w);
 
 /* output.c */
 void ts_worker_publish_departures(ts_worker_t *w, ts_zone_t *z);

@@ -1,0 +1,141 @@
+/* The cells this worker owns: the binding table (by cell and by
+ * subscription generation, both O(1)), adopting a zone whose consumer runs,
+ * unbinding, and applying input messages to zones in stream order. Tick
+ * thread only. */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tessera/log.h"
+#include "tessera/subject.h"
+#include "tessera/util.h"
+#include "worker_internal.h"
+
+ts_binding_t *ts_worker_find_binding(ts_worker_t *w, const ts_cell_t *c)
+{
+    return ts_cellmap_get(&w->by_cell, c);
+}
+
+const ts_cell_entry_t *ts_worker_find_entry(const ts_worker_t *w, const ts_cell_t *c)
+{
+    return ts_cellmap_get(&w->view.by_cell, c);
+}
+
+static void add_stats(ts_zone_stats_t *dst, const ts_zone_stats_t *s)
+{
+    dst->applied += s->applied;
+    dst->forwarded += s->forwarded;
+    dst->duplicates += s->duplicates;
+    dst->dropped += s->dropped;
+    dst->transfers_in += s->transfers_in;
+    dst->transfers_out += s->transfers_out;
+}
+
+void ts_worker_release_sub(ts_worker_t *w, ts_bus_sub_t *sub, ts_sub_ctx_t *ctx)
+{
+    if (!sub && !ctx) return;
+    ts_io_job_t *job = ts_io_job_new(TS_IO_UNSUBSCRIBE);
+    if (!job) { /* out of memory: close without waiting; leak the context */
+        ts_bus_sub_close(sub);
+        return;
+    }
+    job->sub = sub;
+    job->ctx = ctx;
+    ts_io_submit(w, job);
+}
+
+ts_status_t ts_worker_adopt(ts_worker_t *w, ts_zone_t *zone, uint64_t epoch, ts_bus_sub_t *sub,
+                            ts_sub_ctx_t *ctx)
+{
+    ts_binding_t *b = calloc(1, sizeof(*b));
+    if (b && w->nbind == w->cap_bind) {
+        size_t ncap = w->cap_bind ? w->cap_bind * 2 : 16;
+        ts_binding_t **v = realloc(w->bindings, ncap * sizeof(*v));
+        if (v) {
+            w->bindings = v;
+            w->cap_bind = ncap;
+        }
+    }
+    if (!b || w->nbind == w->cap_bind || ts_map_put(&w->by_gen, ctx->gen, b) != TS_OK ||
+        ts_cellmap_put(&w->by_cell, &zone->cell, b) != TS_OK) {
+        if (b) ts_map_del(&w->by_gen, ctx->gen);
+        free(b);
+        ts_worker_release_sub(w, sub, ctx);
+        ts_zone_destroy(zone);
+        return TS_ERR_NOMEM;
+    }
+    zone->epoch = epoch;
+    b->zone = zone;
+    b->sub = sub;
+    b->ctx = ctx;
+    b->gen = ctx->gen;
+    b->bound_us = ts_now_us();
+    b->index = w->nbind;
+    w->bindings[w->nbind++] = b;
+    pthread_mutex_lock(&w->mu);
+    ts_inbox_t held = ctx->held;
+    ctx->held = (ts_inbox_t){0};
+    atomic_store(&ctx->hold, false);
+    pthread_mutex_unlock(&w->mu);
+    ts_worker_apply_msgs(w, zone, &held);
+    return TS_OK;
+}
+
+void ts_worker_unbind(ts_worker_t *w, ts_binding_t *b)
+{
+    ts_info("cell %s: unbound (epoch %" PRIu64 ", last applied seq %" PRIu64 ")", b->zone->key,
+            b->zone->epoch, b->zone->last_applied_seq);
+    ts_map_del(&w->by_gen, b->gen);
+    ts_cellmap_del(&w->by_cell, &b->zone->cell);
+    ts_worker_release_sub(w, b->sub, b->ctx);
+    add_stats(&w->stats.zones, &b->zone->stats);
+    ts_zone_destroy(b->zone);
+    ts_inbox_free(&b->held);
+    size_t i = b->index;
+    w->bindings[i] = w->bindings[--w->nbind];
+    w->bindings[i]->index = i;
+    free(b);
+}
+
+/* ---- the registry view ------------------------------------------------- */
+
+static void apply_msg(ts_worker_t *w, ts_zone_t *z, const ts_inbox_msg_t *m)
+{
+    const uint8_t *data = ts_bus_held_data(m->msg);
+    size_t len = ts_bus_held_len(m->msg);
+    uint64_t seq = m->msg.stream_seq;
+    if (seq && seq <= z->last_applied_seq) return; /* replayed: cheap skip before decoding */
+    Tessera__V1__InputBatch *ib = tessera__v1__input_batch__unpack(NULL, len, data);
+    if (ib) {
+        ts_zone_apply_batch(z, seq, ib, w->tick);
+        tessera__v1__input_batch__free_unpacked(ib, NULL);
+    } else if (seq > z->last_applied_seq) {
+        ts_warn("cell %s: undecodable input message at stream seq %" PRIu64 " skipped", z->key, seq);
+        z->last_applied_seq = seq;
+        z->stats.dropped++;
+    }
+}
+
+void ts_worker_apply_msgs(ts_worker_t *w, ts_zone_t *z, ts_inbox_t *msgs)
+{
+    for (size_t i = 0; i < msgs->n; i++)
+        apply_msg(w, z, &msgs->v[i]);
+    ts_inbox_free(msgs);
+}
+
+void ts_worker_apply_inbox(ts_worker_t *w)
+{
+    ts_inbox_msg_t m;
+    while (ts_ring_pop(w->ring, &m)) {
+        ts_binding_t *b = ts_map_get(&w->by_gen, m.gen);
+        if (b && b->state == TS_BIND_FROZEN) {
+            /* after s2: the target applies it, unless the handover aborts */
+            if (ts_inbox_push(&b->held, &m)) continue;
+            ts_error("cell %s: out of memory holding input during a handover", b->zone->key);
+        } else if (b) {
+            apply_msg(w, b->zone, &m);
+        }
+        ts_bus_held_free(m.msg);
+    }
+}

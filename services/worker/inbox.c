@@ -1,0 +1,105 @@
+/* Input hand-off from nats.c's delivery threads to the tick thread.
+ *
+ * Each bound cell has an ordered JetStream consumer on <cell>.input that
+ * starts after the zone's last applied stream sequence. Its callback keeps
+ * the message without copying it and pushes it into a bounded lock-free ring
+ * (no allocation, no lock), tagged with the subscription's generation so a
+ * message of a binding that was dropped or restarted since is ignored. A
+ * consumer whose context is still `hold` (a cell not bound yet) keeps its
+ * messages in the context instead, under the worker mutex. If the ring is
+ * full the consumer drops what follows (`overflow`) and the tick thread
+ * restarts it after the last applied sequence: nothing is lost, the stream
+ * still has it. */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tessera/log.h"
+#include "tessera/subject.h"
+#include "tessera/util.h"
+#include "worker_internal.h"
+
+bool ts_inbox_push(ts_inbox_t *in, const ts_inbox_msg_t *m)
+{
+    if (in->n == in->cap) {
+        size_t ncap = in->cap ? in->cap * 2 : 64;
+        ts_inbox_msg_t *v = realloc(in->v, ncap * sizeof(*v));
+        if (!v) return false;
+        in->v = v;
+        in->cap = ncap;
+    }
+    in->v[in->n++] = *m;
+    return true;
+}
+
+void ts_inbox_free(ts_inbox_t *in)
+{
+    for (size_t i = 0; i < in->n; i++)
+        ts_bus_held_free(in->v[i].msg);
+    free(in->v);
+    *in = (ts_inbox_t){0};
+}
+
+void ts_worker_wake(ts_worker_t *w)
+{
+    atomic_store(&w->wake, true);
+    pthread_mutex_lock(&w->mu);
+    pthread_cond_signal(&w->cond);
+    pthread_mutex_unlock(&w->mu);
+}
+
+/* nats.c delivery thread: no copy, no allocation, no lock on the usual path. */
+static void on_input(void *ud, const ts_bus_msg_t *m)
+{
+    ts_sub_ctx_t *ctx = ud;
+    ts_worker_t *w = ctx->w;
+    if (atomic_load_explicit(&ctx->overflow, memory_order_relaxed)) return; /* restarted later */
+    ts_inbox_msg_t msg = {ctx->gen, ts_bus_msg_hold(m)};
+    if (atomic_load(&ctx->hold)) {
+        pthread_mutex_lock(&w->mu);
+        bool held = atomic_load(&ctx->hold) && ts_inbox_push(&ctx->held, &msg);
+        pthread_mutex_unlock(&w->mu);
+        if (held) return;
+        if (atomic_load(&ctx->hold)) { /* out of memory: drop and restart */
+            ts_bus_held_free(msg.msg);
+            atomic_store(&ctx->overflow, true);
+            return;
+        }
+    }
+    if (!ts_ring_push(w->ring, &msg)) {
+        ts_bus_held_free(msg.msg);
+        atomic_store(&ctx->overflow, true);
+    }
+}
+
+/* nats.c delivery thread: queue the change for the tick thread. */
+ts_status_t ts_worker_subscribe_input(ts_worker_t *w, const ts_cell_t *cell, uint64_t after_seq, bool hold,
+                                      ts_sub_ctx_t **ctx, ts_bus_sub_t **sub)
+{
+    ts_sub_ctx_t *c = calloc(1, sizeof(*c));
+    if (!c) return TS_ERR_NOMEM;
+    c->w = w;
+    c->cell = *cell;
+    c->gen = atomic_fetch_add(&w->next_gen, 1) + 1;
+    atomic_init(&c->hold, hold);
+    atomic_init(&c->overflow, false);
+    char subj[TS_SUBJECT_MAX];
+    ts_subject_cell(subj, sizeof(subj), cell, TS_SUBJ_INPUT);
+    ts_status_t st =
+        ts_bus_consume(w->bus, w->world.id, subj, after_seq ? after_seq + 1 : 0, on_input, c, sub);
+    if (st != TS_OK) {
+        ts_error("cannot consume %s: %s", subj, ts_status_str(st));
+        free(c);
+        return st;
+    }
+    *ctx = c;
+    return TS_OK;
+}
+
+void ts_worker_free_ctx(ts_sub_ctx_t *ctx)
+{
+    if (!ctx) return;
+    ts_inbox_free(&ctx->held);
+    free(ctx);
+}
