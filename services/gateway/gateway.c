@@ -238,9 +238,18 @@ static void flush_view(gw_t *gw)
     gw_view_flush(gw);
 }
 
+static void on_idle(uv_idle_t *h)
+{
+    (void)h; /* only keeps the loop from blocking before the check runs */
+}
+
 void gw_flush_soon(gw_t *gw)
 {
-    (void)gw; /* the check handle flushes at the end of every loop turn */
+    /* the check handle flushes at the end of this loop turn; when the need
+     * arose in a timer callback, the active idle handle makes the poll not
+     * block so that turn ends now */
+    if (!gw->stopping && !uv_is_active((uv_handle_t *)&gw->flush_idle))
+        uv_idle_start(&gw->flush_idle, on_idle);
 }
 
 static void on_retry_flush(uv_timer_t *t)
@@ -262,6 +271,7 @@ static void on_check(uv_check_t *h)
             uv_timer_start(&gw->retry_timer, on_retry_flush, RETRY_FLUSH_MS, 0);
     }
     flush_view(gw);
+    uv_idle_stop(&gw->flush_idle);
 }
 
 static void log_stats(gw_t *gw)
@@ -359,6 +369,7 @@ ts_status_t gw_create(gw_t **out, uv_loop_t *loop, const ts_config_t *cfg, ts_bu
 
     uv_async_init(loop, &gw->inbox_async, on_inbox);
     uv_check_init(loop, &gw->flush_check);
+    uv_idle_init(loop, &gw->flush_idle);
     uv_timer_init(loop, &gw->flush_timer);
     uv_timer_init(loop, &gw->house_timer);
     uv_timer_init(loop, &gw->retry_timer);
@@ -423,6 +434,7 @@ void gw_stop(gw_t *gw)
     gw_aoi_close_all(gw);
     close_handle((uv_handle_t *)&gw->inbox_async);
     close_handle((uv_handle_t *)&gw->flush_check);
+    close_handle((uv_handle_t *)&gw->flush_idle);
     close_handle((uv_handle_t *)&gw->flush_timer);
     close_handle((uv_handle_t *)&gw->house_timer);
     close_handle((uv_handle_t *)&gw->retry_timer);

@@ -234,6 +234,7 @@ struct gw {
     uv_signal_t sigint, sigterm;
     uv_timer_t house_timer;
     uv_check_t flush_check;
+    uv_idle_t flush_idle;   /* active while a flush is due this turn */
     uv_timer_t flush_timer; /* a flush held back by GW_FLUSH_MIN_US */
     uv_timer_t retry_timer; /* re-flushes inputs a publish could not take */
     uv_async_t inbox_async;

@@ -37,6 +37,15 @@ static void warn_limited(uint64_t *last_us, const char *what, const char *cell, 
     ts_warn("%s %s: %s", what, cell, ts_status_str(st));
 }
 
+static void batch_push(gw_t *gw, gw_cell_t *cell)
+{
+    if (cell->batch_queued) return;
+    cell->batch_queued = true;
+    cell->next_batch = gw->batch_head;
+    gw->batch_head = cell;
+    gw_flush_soon(gw);
+}
+
 ts_status_t gw_router_queue(gw_t *gw, gw_cell_t *cell, const gw_input_t *in)
 {
     static uint64_t warned_us;
@@ -54,11 +63,7 @@ ts_status_t gw_router_queue(gw_t *gw, gw_cell_t *cell, const gw_input_t *in)
         cell->inputs_cap = cap;
     }
     cell->inputs[cell->ninputs++] = *in;
-    if (!cell->batch_queued && !cell->inflight) {
-        cell->batch_queued = true;
-        cell->next_batch = gw->batch_head;
-        gw->batch_head = cell;
-    }
+    if (!cell->inflight) batch_push(gw, cell);
     gw->inputs_queued++;
     return TS_OK;
 }
@@ -97,14 +102,6 @@ static void fill_input(pb_input_t *p, gw_input_t *in)
         p->in.leave = &p->leave;
         break;
     }
-}
-
-static void batch_push(gw_t *gw, gw_cell_t *cell)
-{
-    if (cell->batch_queued) return;
-    cell->batch_queued = true;
-    cell->next_batch = gw->batch_head;
-    gw->batch_head = cell;
 }
 
 void gw_router_wake(gw_t *gw, gw_cell_t *cell)
