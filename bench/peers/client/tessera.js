@@ -219,4 +219,4 @@ class TesseraClient {
   }
 }
 
-module.exports = { TesseraClient };
+module.exports = { TesseraClient, payloadField };
