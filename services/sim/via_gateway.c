@@ -604,8 +604,11 @@ static void on_tick(uv_timer_t *t)
         if (c->phase == CL_PLAYING) {
             if (vg->phase <= RUN_PLAY && now >= c->next_move_us) {
                 send_move(c, now);
+                /* a late loop skips the Moves it missed but keeps each
+                 * client's phase, so clients never fall into lockstep */
                 c->next_move_us += vg->period_us;
-                if (c->next_move_us <= now) c->next_move_us = now + vg->period_us;
+                if (c->next_move_us <= now)
+                    c->next_move_us += ((now - c->next_move_us) / vg->period_us + 1) * vg->period_us;
             }
         } else if (c->phase == CL_JOINING || c->phase == CL_CONNECTING) {
             if (now - c->connect_us > JOIN_TIMEOUT_US)
