@@ -26,7 +26,7 @@ typedef struct {
     uint64_t next_seq;
     ts_cell_t cell;
     uint64_t cell_epoch;
-    double x, y;          /* best known position, at pos_us */
+    double x, y; /* best known position, at pos_us */
     double vx, vy;
     double heading;
     uint64_t pos_us;
@@ -73,8 +73,7 @@ ts_status_t ts_players_create(ts_players_t **out, size_t n, uint64_t seed, const
     if (n == 0 || n > TS_SIM_MAX_PLAYERS || rate_hz <= 0 || !(speed >= 0) || !(w->cell_size > 0))
         return TS_ERR_INVALID;
     ts_players_t *pl = calloc(1, sizeof *pl);
-    if (!pl)
-        return TS_ERR_NOMEM;
+    if (!pl) return TS_ERR_NOMEM;
     pl->p = calloc(n, sizeof *pl->p);
     if (!pl->p) {
         free(pl);
@@ -89,8 +88,7 @@ ts_status_t ts_players_create(ts_players_t **out, size_t n, uint64_t seed, const
     pl->wy1 = ((double)w->y0 + w->height) * w->cell_size;
     pl->speed = speed;
     pl->period_us = (uint64_t)(1000000 / rate_hz);
-    if (pl->period_us == 0)
-        pl->period_us = 1;
+    if (pl->period_us == 0) pl->period_us = 1;
     ts_rng_seed(&pl->rng, seed);
     /* the walk follows the seed, but entity ids are new on every run: an id
      * reused while its previous incarnation may still be in the world would
@@ -116,8 +114,7 @@ ts_status_t ts_players_create(ts_players_t **out, size_t n, uint64_t seed, const
 
 void ts_players_destroy(ts_players_t *pl)
 {
-    if (!pl)
-        return;
+    if (!pl) return;
     pthread_mutex_destroy(&pl->mu);
     free(pl->p);
     free(pl);
@@ -130,8 +127,7 @@ uint64_t ts_players_entity(const ts_players_t *pl, size_t i)
 
 long ts_players_index(const ts_players_t *pl, uint64_t entity)
 {
-    if ((entity >> 48) != TS_SIM_ENTITY_TAG || ((entity >> 32) & 0xffff) != pl->run_bits)
-        return -1;
+    if ((entity >> 48) != TS_SIM_ENTITY_TAG || ((entity >> 32) & 0xffff) != pl->run_bits) return -1;
     uint64_t i = entity & 0xffffffffu;
     return i < pl->n ? (long)i : -1;
 }
@@ -146,8 +142,7 @@ static ts_sim_input_t *push(ts_sim_inputs_t *in)
     if (in->len == in->cap) {
         size_t cap = in->cap ? in->cap * 2 : 1024;
         ts_sim_input_t *v = realloc(in->v, cap * sizeof *v);
-        if (!v)
-            return NULL;
+        if (!v) return NULL;
         in->v = v;
         in->cap = cap;
     }
@@ -175,10 +170,8 @@ static void steer(ts_players_t *pl, player_t *p, uint64_t now_us)
     p->heading += (ts_rng_unit(&pl->rng) - 0.5) * TURN;
     double vx = pl->speed * cos(p->heading), vy = pl->speed * sin(p->heading);
     double ahead = 2.0 * (double)pl->period_us / 1e6;
-    if ((p->x + vx * ahead < pl->wx0 && vx < 0) || (p->x + vx * ahead >= pl->wx1 && vx > 0))
-        vx = -vx;
-    if ((p->y + vy * ahead < pl->wy0 && vy < 0) || (p->y + vy * ahead >= pl->wy1 && vy > 0))
-        vy = -vy;
+    if ((p->x + vx * ahead < pl->wx0 && vx < 0) || (p->x + vx * ahead >= pl->wx1 && vx > 0)) vx = -vx;
+    if ((p->y + vy * ahead < pl->wy0 && vy < 0) || (p->y + vy * ahead >= pl->wy1 && vy > 0)) vy = -vy;
     p->heading = atan2(vy, vx);
     p->vx = vx;
     p->vy = vy;
@@ -214,8 +207,7 @@ ts_status_t ts_players_collect(ts_players_t *pl, uint64_t now_us, ts_sim_inputs_
             }
             p->next_send_us += pl->period_us;
         }
-        if (p->next_send_us <= now_us)
-            p->next_send_us = now_us + pl->period_us;
+        if (p->next_send_us <= now_us) p->next_send_us = now_us + pl->period_us;
     }
     pthread_mutex_unlock(&pl->mu);
     return st;
@@ -227,8 +219,7 @@ ts_status_t ts_players_collect_leaves(ts_players_t *pl, ts_sim_inputs_t *out)
     pthread_mutex_lock(&pl->mu);
     for (size_t i = 0; i < pl->n; i++) {
         player_t *p = &pl->p[i];
-        if (!p->joined)
-            continue;
+        if (!p->joined) continue;
         ts_sim_input_t *in = push(out);
         if (!in) {
             st = TS_ERR_NOMEM;
@@ -249,8 +240,7 @@ ts_status_t ts_players_apply_state(ts_players_t *pl, const uint8_t *data, size_t
     Tessera__V1__StateDelta *d = tessera__v1__state_delta__unpack(NULL, len, data);
     ts_cell_t cell;
     if (!d || ts_proto_cell_get(d->cell, &cell) != TS_OK) {
-        if (d)
-            tessera__v1__state_delta__free_unpacked(d, NULL);
+        if (d) tessera__v1__state_delta__free_unpacked(d, NULL);
         pthread_mutex_lock(&pl->mu);
         pl->malformed++;
         pthread_mutex_unlock(&pl->mu);
@@ -262,14 +252,13 @@ ts_status_t ts_players_apply_state(ts_players_t *pl, const uint8_t *data, size_t
     for (size_t i = 0; i < d->n_entities; i++) {
         const Tessera__V1__EntityState *e = d->entities[i];
         long idx = e ? ts_players_index(pl, e->id) : -1;
-        if (idx < 0)
-            continue;
+        if (idx < 0) continue;
         player_t *p = &pl->p[idx];
         if (!ts_cell_eq(&p->cell, &cell)) {
             pl->crossings++;
-            ts_debug("entity %llu: seen in %d,%d (was %d,%d) tick %llu applied %llu", (unsigned long long)p->entity,
-                     cell.cx, cell.cy, p->cell.cx, p->cell.cy, (unsigned long long)d->tick,
-                     (unsigned long long)e->inputs_applied);
+            ts_debug("entity %llu: seen in %d,%d (was %d,%d) tick %llu applied %llu",
+                     (unsigned long long)p->entity, cell.cx, cell.cy, p->cell.cx, p->cell.cy,
+                     (unsigned long long)d->tick, (unsigned long long)e->inputs_applied);
         }
         p->cell = cell;
         p->cell_epoch = d->epoch;
@@ -277,19 +266,18 @@ ts_status_t ts_players_apply_state(ts_players_t *pl, const uint8_t *data, size_t
         p->y = e->y;
         p->pos_us = now_us;
         p->seen = true;
-        if (e->inputs_applied > p->inputs_applied)
-            p->inputs_applied = e->inputs_applied;
+        if (e->inputs_applied > p->inputs_applied) p->inputs_applied = e->inputs_applied;
     }
     for (size_t i = 0; i < d->n_left; i++) {
         const Tessera__V1__EntityLeft *l = d->left[i];
         long idx = l ? ts_players_index(pl, l->id) : -1;
         ts_cell_t to;
-        if (idx < 0 || l->despawned || !l->to || ts_proto_cell_get(l->to, &to) != TS_OK)
-            continue;
+        if (idx < 0 || l->despawned || !l->to || ts_proto_cell_get(l->to, &to) != TS_OK) continue;
         if (!ts_cell_eq(&pl->p[idx].cell, &to)) {
             pl->crossings++;
-            ts_debug("entity %llu: left %d,%d for %d,%d (believed %d,%d) tick %llu", (unsigned long long)l->id, cell.cx,
-                     cell.cy, to.cx, to.cy, pl->p[idx].cell.cx, pl->p[idx].cell.cy, (unsigned long long)d->tick);
+            ts_debug("entity %llu: left %d,%d for %d,%d (believed %d,%d) tick %llu",
+                     (unsigned long long)l->id, cell.cx, cell.cy, to.cx, to.cy, pl->p[idx].cell.cx,
+                     pl->p[idx].cell.cy, (unsigned long long)d->tick);
         }
         pl->p[idx].cell = to;
         pl->p[idx].cell_epoch = 0;
@@ -326,8 +314,9 @@ size_t ts_players_log_mismatches(ts_players_t *pl, size_t max)
         const player_t *p = &pl->p[i];
         if (!p->joined || p->inputs_applied == p->next_seq - 1) continue;
         if (found++ < max)
-            ts_warn("entity %llu: sent inputs 1..%llu, saw %llu applied; last seen in cell %d,%d", (unsigned long long)p->entity,
-                    (unsigned long long)(p->next_seq - 1), (unsigned long long)p->inputs_applied, p->cell.cx, p->cell.cy);
+            ts_warn("entity %llu: sent inputs 1..%llu, saw %llu applied; last seen in cell %d,%d",
+                    (unsigned long long)p->entity, (unsigned long long)(p->next_seq - 1),
+                    (unsigned long long)p->inputs_applied, p->cell.cx, p->cell.cy);
     }
     pthread_mutex_unlock(&pl->mu);
     return found;

@@ -25,12 +25,12 @@ typedef enum { TS_SIM_JOIN = 0, TS_SIM_MOVE, TS_SIM_LEAVE } ts_sim_kind_t;
 /* One input to publish, addressed to the cell its player is believed in. */
 typedef struct {
     ts_cell_t cell;
-    uint64_t epoch;  /* newest epoch seen for the player's cell, 0 if none */
+    uint64_t epoch; /* newest epoch seen for the player's cell, 0 if none */
     uint64_t entity;
     uint64_t seq;
     ts_sim_kind_t kind;
-    double a, b;     /* join: x, y; move: dx, dy */
-    size_t order;    /* generation order, keeps a player's inputs in sequence */
+    double a, b;  /* join: x, y; move: dx, dy */
+    size_t order; /* generation order, keeps a player's inputs in sequence */
 } ts_sim_input_t;
 
 /* Growable list of inputs (reused between flushes). */
@@ -42,11 +42,11 @@ typedef struct {
 typedef struct ts_players ts_players_t;
 
 typedef struct {
-    uint64_t applied;    /* sum over players of the highest inputs_applied seen */
-    size_t seen;         /* players seen in any state delta */
-    uint64_t deltas;     /* state deltas decoded */
-    uint64_t malformed;  /* state messages that did not decode */
-    uint64_t crossings;  /* times a player's believed cell changed */
+    uint64_t applied;   /* sum over players of the highest inputs_applied seen */
+    size_t seen;        /* players seen in any state delta */
+    uint64_t deltas;    /* state deltas decoded */
+    uint64_t malformed; /* state messages that did not decode */
+    uint64_t crossings; /* times a player's believed cell changed */
 } ts_players_stats_t;
 
 /* n players in world w, seeded by seed; rate_hz inputs per player per

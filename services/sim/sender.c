@@ -34,8 +34,7 @@ static Tessera__V1__LeaveInput leave_input = TESSERA__V1__LEAVE_INPUT__INIT;
 static void on_ack(void *ud, const char *subject, uint64_t seq, uint32_t count, bool ok, uint64_t stream_seq)
 {
     ts_sender_t *s = ud;
-    if (!atomic_load(&s->counting))
-        return;
+    if (!atomic_load(&s->counting)) return;
     uint64_t n = count ? count : 1;
     if (ok) {
         atomic_fetch_add(&s->acked, n);
@@ -49,8 +48,7 @@ ts_status_t ts_sender_create(ts_sender_t **out, ts_bus_t *bus, const char *id_pr
 {
     *out = NULL;
     ts_sender_t *s = calloc(1, sizeof *s);
-    if (!s)
-        return TS_ERR_NOMEM;
+    if (!s) return TS_ERR_NOMEM;
     s->inputs = calloc(TS_SIM_BATCH_MAX, sizeof *s->inputs);
     s->input_ptrs = calloc(TS_SIM_BATCH_MAX, sizeof *s->input_ptrs);
     s->joins = calloc(TS_SIM_BATCH_MAX, sizeof *s->joins);
@@ -74,8 +72,7 @@ ts_status_t ts_sender_create(ts_sender_t **out, ts_bus_t *bus, const char *id_pr
 
 void ts_sender_destroy(ts_sender_t *s)
 {
-    if (!s)
-        return;
+    if (!s) return;
     free(s->inputs);
     free(s->input_ptrs);
     free(s->joins);
@@ -87,8 +84,7 @@ static int cmp_input(const void *pa, const void *pb)
 {
     const ts_sim_input_t *a = pa, *b = pb;
     int c = ts_cell_cmp(&a->cell, &b->cell);
-    if (c)
-        return c;
+    if (c) return c;
     return a->order < b->order ? -1 : a->order > b->order;
 }
 
@@ -123,8 +119,7 @@ static ts_status_t publish_chunk(ts_sender_t *s, const ts_sim_input_t *in, size_
             break;
         }
         s->input_ptrs[i] = pb;
-        if (in[i].epoch > epoch)
-            epoch = in[i].epoch;
+        if (in[i].epoch > epoch) epoch = in[i].epoch;
     }
     Tessera__V1__CellId cell_pb;
     ts_proto_cell_init(&cell_pb, &in[0].cell);
@@ -143,8 +138,7 @@ static ts_status_t publish_chunk(ts_sender_t *s, const ts_sim_input_t *in, size_
     uint8_t *buf = NULL;
     size_t len = 0;
     ts_status_t st = ts_proto_pack(&batch.base, &buf, &len);
-    if (st == TS_OK)
-        st = ts_bus_js_publish_async(s->bus, subject, &hdr, buf, len);
+    if (st == TS_OK) st = ts_bus_js_publish_async(s->bus, subject, &hdr, buf, len);
     free(buf);
     if (atomic_load(&s->counting)) {
         atomic_fetch_add(&s->sent, n);
@@ -158,18 +152,17 @@ static ts_status_t publish_chunk(ts_sender_t *s, const ts_sim_input_t *in, size_
 
 ts_status_t ts_sender_send(ts_sender_t *s, ts_sim_inputs_t *in)
 {
-    if (in->len == 0)
-        return TS_OK;
+    if (in->len == 0) return TS_OK;
     qsort(in->v, in->len, sizeof *in->v, cmp_input);
     ts_status_t first = TS_OK;
     size_t start = 0;
     while (start < in->len) {
         size_t end = start + 1;
-        while (end < in->len && end - start < TS_SIM_BATCH_MAX && ts_cell_cmp(&in->v[end].cell, &in->v[start].cell) == 0)
+        while (end < in->len && end - start < TS_SIM_BATCH_MAX &&
+               ts_cell_cmp(&in->v[end].cell, &in->v[start].cell) == 0)
             end++;
         ts_status_t st = publish_chunk(s, &in->v[start], end - start);
-        if (st != TS_OK && first == TS_OK)
-            first = st;
+        if (st != TS_OK && first == TS_OK) first = st;
         start = end;
     }
     return first;

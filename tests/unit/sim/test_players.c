@@ -58,8 +58,8 @@ static uint8_t *state_delta(int32_t cx, int32_t cy, uint64_t entity, uint64_t ap
     return buf;
 }
 
-static void apply(ts_players_t *pl, int32_t cx, int32_t cy, uint64_t entity, uint64_t applied, uint64_t left_entity,
-                  int32_t tx, int32_t ty)
+static void apply(ts_players_t *pl, int32_t cx, int32_t cy, uint64_t entity, uint64_t applied,
+                  uint64_t left_entity, int32_t tx, int32_t ty)
 {
     size_t len;
     uint8_t *buf = state_delta(cx, cy, entity, applied, left_entity, tx, ty, &len);
@@ -74,8 +74,7 @@ static size_t collect_for(ts_players_t *pl, uint64_t now_us, uint64_t entity, ts
     assert_int_equal(ts_players_collect(pl, now_us, &in), TS_OK);
     size_t n = 0;
     for (size_t i = 0; i < in.len; i++) {
-        if (in.v[i].entity == entity && n < cap)
-            out[n++] = in.v[i];
+        if (in.v[i].entity == entity && n < cap) out[n++] = in.v[i];
     }
     ts_sim_inputs_free(&in);
     return n;
