@@ -117,6 +117,7 @@ static int run_via_gateway(const ts_config_t *cfg, const char *addr)
                  (long long)cfg->sim_players);
         return TS_VG_EXIT_SETUP;
     }
+    if (!ts_vg_raise_nofile(o.clients)) return TS_VG_EXIT_SETUP; /* before any wait */
     ts_registry_t *reg = NULL;
     ts_status_t st = ts_service_connect_registry(cfg, TS_SERVICE_CONNECT_MS, &reg);
     if (st == TS_OK) st = ts_service_wait_world(cfg, reg, TS_SERVICE_CONNECT_MS, &o.world);

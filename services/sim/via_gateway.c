@@ -632,10 +632,9 @@ static void on_tick(uv_timer_t *t)
     vg->last_tick_us = now;
 }
 
-/* Raises the soft RLIMIT_NOFILE to cover need descriptors, as far as the
- * hard limit allows. False (logged) if the hard limit is too low. */
-static bool raise_nofile(rlim_t need)
+bool ts_vg_raise_nofile(size_t clients)
 {
+    rlim_t need = (rlim_t)clients + FD_MARGIN;
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) != 0) {
         ts_warn("getrlimit(RLIMIT_NOFILE) failed; assuming enough file descriptors");
@@ -791,7 +790,7 @@ int ts_vg_run(const ts_vg_opts_t *o)
         ts_error("via-gateway: clients must be 1..%d and rate_hz > 0", TS_VG_MAX_CLIENTS);
         return TS_VG_EXIT_SETUP;
     }
-    if (!raise_nofile((rlim_t)o->clients + FD_MARGIN)) return TS_VG_EXIT_SETUP;
+    if (!ts_vg_raise_nofile(o->clients)) return TS_VG_EXIT_SETUP;
     vg_t *vg = calloc(1, sizeof *vg);
     client_t *clients = calloc(o->clients, sizeof *clients);
     int rc = TS_VG_EXIT_SETUP;

@@ -3,6 +3,7 @@
 #ifndef TESSERA_SIM_VIA_GATEWAY_H
 #define TESSERA_SIM_VIA_GATEWAY_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -29,6 +30,11 @@ typedef struct {
 #define TS_VG_EXIT_OK 0
 #define TS_VG_EXIT_SETUP 1  /* bad address, too few file descriptors, out of memory */
 #define TS_VG_EXIT_FAILED 2 /* missing or doubled inputs, or a client that failed */
+
+/* Raises the soft RLIMIT_NOFILE to cover `clients` sockets and a margin, as
+ * far as the hard limit allows. False (logged, naming both limits) if the
+ * hard limit is too low. ts_vg_run calls it too. */
+bool ts_vg_raise_nofile(size_t clients);
 
 /* Connects o->clients clients at up to TS_VG_CONNECT_RATE per second, each
  * sending Hello and Join and then Moves at o->rate_hz; once every client has
