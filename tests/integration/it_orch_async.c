@@ -453,6 +453,7 @@ static void test_ctl_and_recovery_while_handovers_hang(void **state)
                           "--world.y0=0",
                           "--orch.rebalance=0",
                           "--orch.handover_timeout_ms=4000",
+                          "--orch.precopy_timeout_ms=4000",
                           NULL};
     int orch = orch_idx = ts_h_spawn(&ts_h, "orch-hang", "tessera-orch", args);
     assert_true(ts_h_wait_world(&ts_h, 13, 6, WAIT_MS));
