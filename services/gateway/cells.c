@@ -165,7 +165,6 @@ void gw_cells_free_all(gw_t *gw)
         ts_bus_sub_destroy(c->sub);
         gw_cell_clear_entities(gw, c);
         free(c->inputs);
-        free(c->recs);
         free(c->subs);
         free(c->changed);
         free(c->removed);

@@ -33,7 +33,6 @@
 #include "tessera/util.h"
 
 #define HOUSEKEEPING_MS 1000
-#define RETRY_FLUSH_MS 50
 #define STATS_EVERY 10
 #define STOP_FLUSH_MS 2000
 
@@ -107,13 +106,7 @@ static void on_inbox(uv_async_t *a)
          * in flight; if it did, no cell may wait forever for its ack */
         ts_warn("%llu publish outcomes lost: input batches in flight are no longer tracked",
                 (unsigned long long)acks_lost);
-        ts_map_free(&gw->inflight);
-        gw->ninflight = 0;
-        for (gw_cell_t *cell = gw->all_cells; cell != NULL; cell = cell->next_all) {
-            cell->inflight = false;
-            cell->nrecs = 0;
-            if (cell->ninputs > 0) gw_router_wake(gw, cell);
-        }
+        gw_router_forget_flights(gw);
     }
     gw_ack_t ack;
     while (ts_ring_pop(gw->acks, &ack)) {
@@ -252,24 +245,13 @@ void gw_flush_soon(gw_t *gw)
         uv_idle_start(&gw->flush_idle, on_idle);
 }
 
-static void on_retry_flush(uv_timer_t *t)
-{
-    gw_t *gw = t->data;
-    gw_router_flush(gw, false);
-    if (gw->batch_busy) uv_timer_start(&gw->retry_timer, on_retry_flush, RETRY_FLUSH_MS, 0);
-}
-
 /* End of every loop turn, after the inbox and the sockets were read: one
  * InputBatch per cell for everything that arrived, then one fan-out. */
 static void on_check(uv_check_t *h)
 {
     gw_t *gw = h->data;
     if (gw->stopping) return;
-    if (gw->batch_head != NULL && !gw->batch_busy) {
-        gw_router_flush(gw, false);
-        if (gw->batch_busy && !uv_is_active((uv_handle_t *)&gw->retry_timer))
-            uv_timer_start(&gw->retry_timer, on_retry_flush, RETRY_FLUSH_MS, 0);
-    }
+    if (gw->batch_head != NULL && !gw->batch_busy) gw_router_flush(gw, false);
     flush_view(gw);
     uv_idle_stop(&gw->flush_idle);
 }
@@ -287,13 +269,15 @@ static void log_stats(gw_t *gw)
     }
     ts_debug(
         "clients=%zu joined=%zu cells=%zu subscribed=%zu inputs=%llu published=%llu batches=%llu "
-        "(%.1f inputs/batch) in_flight=%zu acked=%llu failed=%llu not_stored=%llu states=%llu stale=%llu "
+        "(%.1f inputs/batch) ack_ms_avg=%.2f ack_ms_max=%.1f in_flight=%zu acked=%llu failed=%llu "
+        "not_stored=%llu states=%llu stale=%llu "
         "inbox_dropped=%llu flushes=%llu frames=%llu bytes=%llu deltas_skipped=%llu registry_changes=%llu "
         "resyncs=%llu",
         gw->nopen, joined, gw->ncells, subscribed, (unsigned long long)gw->inputs_queued,
         (unsigned long long)gw->inputs_published, (unsigned long long)gw->batches_published,
         gw->batches_published ? (double)gw->inputs_published / (double)gw->batches_published : 0.0,
-        gw->ninflight, (unsigned long long)atomic_load(&gw->acks_ok),
+        gw->ack_n ? (double)gw->ack_us_sum / (double)gw->ack_n / 1000.0 : 0.0,
+        (double)gw->ack_us_max / 1000.0, gw->ninflight, (unsigned long long)atomic_load(&gw->acks_ok),
         (unsigned long long)atomic_load(&gw->acks_failed), (unsigned long long)gw->inputs_not_stored,
         (unsigned long long)gw->states_applied, (unsigned long long)stale,
         (unsigned long long)gw->inbox_dropped_total, (unsigned long long)gw->tick,
@@ -366,6 +350,12 @@ ts_status_t gw_create(gw_t **out, uv_loop_t *loop, const ts_config_t *cfg, ts_bu
     ts_map_init(&gw->scratch);
     ts_map_init(&gw->homes);
     ts_map_init(&gw->inflight);
+    if (gw_router_init(gw) != TS_OK) {
+        ts_ring_destroy(gw->inbox);
+        ts_ring_destroy(gw->acks);
+        free(gw);
+        return TS_ERR_NOMEM;
+    }
 
     uv_async_init(loop, &gw->inbox_async, on_inbox);
     uv_check_init(loop, &gw->flush_check);
@@ -457,10 +447,7 @@ void gw_destroy(gw_t *gw)
     gw_cells_free_all(gw);
     gw_view_free(gw);
     ts_map_free(&gw->players);
-    ts_map_free(&gw->inflight);
-    free(gw->pack_buf);
-    free(gw->pb_inputs);
-    free(gw->pb_ptrs);
+    gw_router_free(gw);
     free(gw->reload_cells);
     free(gw);
 }

@@ -55,6 +55,13 @@
 #define GW_INPUT_MAX_WAIT_US 5000000ull
 /* Input batches awaiting their JetStream acknowledgement, all cells. */
 #define GW_INFLIGHT_MAX 8192
+/* A cell with a batch in flight publishes its next one when that batch is
+ * acknowledged or after this long, whichever comes first: inputs that
+ * arrive meanwhile leave together, and a slow acknowledgement delays none
+ * by more than this. */
+#define GW_BATCH_HOLD_US 2000
+/* A publish the bus had no room for is tried again after this. */
+#define GW_BUSY_RETRY_MS 50
 /* Bus messages waiting for the loop before new ones are dropped. */
 #define GW_INBOX_MAX 65536
 /* Fan-out flushes are at least this far apart; state that arrives sooner is
@@ -82,6 +89,17 @@ typedef struct {
     uint64_t entity;
     uint64_t first_seq, last_seq;
 } gw_flrec_t;
+
+/* One InputBatch awaiting its acknowledgement: which clients' inputs it
+ * carries, so they can be told if JetStream finally refuses it. */
+typedef struct {
+    gw_cell_t *cell; /* NULL: slot free */
+    uint64_t seq;
+    size_t count;
+    uint64_t published_us;
+    gw_flrec_t *recs; /* kept allocated across uses of the slot */
+    size_t nrecs, recs_cap;
+} gw_flight_t;
 
 /* Latest state of one entity as its cell's owner published it. */
 typedef struct {
@@ -140,12 +158,9 @@ struct gw_cell {
     size_t ninputs, inputs_cap;
     bool batch_queued;
     gw_cell_t *next_batch;
-    /* the one batch awaiting its acknowledgement */
-    bool inflight;
-    uint64_t inflight_seq;
-    size_t inflight_count;
-    gw_flrec_t *recs;
-    size_t nrecs, recs_cap;
+    /* batches awaiting their acknowledgement */
+    uint32_t ninflight;
+    uint64_t last_publish_us;
 
     gw_cell_t *next_same_root; /* chain in gw->cell_roots */
     gw_cell_t *next_all;
@@ -236,7 +251,7 @@ struct gw {
     uv_check_t flush_check;
     uv_idle_t flush_idle;   /* active while a flush is due this turn */
     uv_timer_t flush_timer; /* a flush held back by GW_FLUSH_MIN_US */
-    uv_timer_t retry_timer; /* re-flushes inputs a publish could not take */
+    uv_timer_t retry_timer; /* inputs held back, or a busy bus (router.c) */
     uv_async_t inbox_async;
 
     gw_conn_t *conns;
@@ -273,8 +288,13 @@ struct gw {
     atomic_bool registry_lost; /* a RegistryChange was dropped: resync */
     uint64_t inbox_dropped_total;
 
-    ts_map_t inflight; /* publish seq -> gw_cell_t* */
+    ts_map_t inflight;    /* publish seq -> gw_flight_t* */
+    gw_flight_t *flights; /* GW_INFLIGHT_MAX slots */
+    uint32_t *free_flights;
+    size_t nfree_flights;
     size_t ninflight;
+    gw_flrec_t *tmp_recs; /* records of a batch refused before it left */
+    size_t tmp_recs_cap;
     bool batch_busy;   /* cells wait on the bus: retry timer */
     uint8_t *pack_buf; /* one InputBatch, reused */
     size_t pack_cap;
@@ -300,6 +320,7 @@ struct gw {
     uint64_t publish_errors;
     uint64_t states_applied, states_bad;
     uint64_t frames_sent, bytes_sent, deltas_skipped;
+    uint64_t ack_us_sum, ack_n, ack_us_max; /* publish -> acknowledgement on the loop */
     atomic_uint_fast64_t acks_ok, acks_failed;
 };
 
@@ -380,14 +401,19 @@ void gw_cell_clear_entities(gw_t *gw, gw_cell_t *cell);
 /* Queues an input for the cell's next InputBatch. TS_ERR_UNAVAILABLE: the
  * cell's queue is full (the input is not taken). */
 ts_status_t gw_router_queue(gw_t *gw, gw_cell_t *cell, const gw_input_t *in);
-/* Publishes queued inputs: per cell one batch in flight at a time, so the
- * inputs of every client that arrive meanwhile leave together in the next.
+/* Publishes queued inputs, one InputBatch per cell for the inputs of every
+ * client (held up to GW_BATCH_HOLD_US while the cell has one in flight).
  * force (stopping): publishes everything now. */
 void gw_router_flush(gw_t *gw, bool force);
 /* Puts a cell with queued inputs on the next flush. */
 void gw_router_wake(gw_t *gw, gw_cell_t *cell);
 /* A publish's outcome (loop thread). */
 void gw_router_on_ack(gw_t *gw, uint64_t seq, bool ok);
+/* Forgets every batch in flight (their outcomes were lost). */
+void gw_router_forget_flights(gw_t *gw);
+/* Sets up / frees the in-flight table. */
+ts_status_t gw_router_init(gw_t *gw);
+void gw_router_free(gw_t *gw);
 /* Recomputes the connection's AOI from its cell (empty unless joined). */
 void gw_aoi_update(gw_t *gw, gw_conn_t *c);
 /* Retries subscriptions that failed. */

@@ -1,17 +1,19 @@
 /* Where inputs go and which state the gateway listens to.
  *
- * Inputs: every client input is queued on its destination cell. Each cell
- * has at most one InputBatch in flight (asynchronous JetStream publish,
- * message id "<gateway id>-<boot nonce>-<publish seq>" so the bus retries
- * without storing a batch twice); what all clients send meanwhile leaves in
- * the next batch once the acknowledgement arrives (group commit): batches
- * grow with load, a quiet cell publishes at once, and a cell's batches are
- * stored in order. A publish the bus has no room for (TS_ERR_BUSY) keeps its
- * inputs queued and is retried; a queue that is full refuses new inputs.
- * The in-flight batch remembers which clients' seq ranges it carries
- * (cell->recs), so when JetStream finally refuses it each affected client
- * still connected gets ERROR_INPUT_NOT_STORED with its range; nothing is
- * dropped silently.
+ * Inputs: every client input is queued on its destination cell and leaves,
+ * with the inputs of every other client for that cell, in one InputBatch
+ * (asynchronous JetStream publish, message id "<gateway id>-<boot
+ * nonce>-<publish seq>" so the bus retries without storing a batch twice).
+ * A quiet cell publishes at the end of the loop turn; a cell with a batch in
+ * flight holds new inputs until that batch is acknowledged or
+ * GW_BATCH_HOLD_US passed, so batches grow with load while a slow
+ * acknowledgement delays no input by more than the hold. A publish the bus
+ * has no room for (TS_ERR_BUSY) keeps its inputs queued and is retried
+ * (reported after GW_INPUT_MAX_WAIT_US); a queue that is full refuses new
+ * inputs. Each batch in flight remembers which clients' seq ranges it
+ * carries (gw->flights), so when JetStream finally refuses it each affected
+ * client still connected gets ERROR_INPUT_NOT_STORED with its range;
+ * nothing is dropped silently.
  *
  * AOI: a joined player references its own cell and the live cells whose
  * roots lie within gateway.aoi_radius of it. A cell's state subscription
@@ -63,7 +65,7 @@ ts_status_t gw_router_queue(gw_t *gw, gw_cell_t *cell, const gw_input_t *in)
         cell->inputs_cap = cap;
     }
     cell->inputs[cell->ninputs++] = *in;
-    if (!cell->inflight) batch_push(gw, cell);
+    batch_push(gw, cell);
     gw->inputs_queued++;
     return TS_OK;
 }
@@ -109,44 +111,86 @@ void gw_router_wake(gw_t *gw, gw_cell_t *cell)
     batch_push(gw, cell);
 }
 
-/* Which clients' inputs inputs[0..n) are, one record per entity (its lowest
- * and highest seq in them), into cell->recs. */
-static void build_recs(gw_t *gw, gw_cell_t *cell, const gw_input_t *inputs, size_t n)
+ts_status_t gw_router_init(gw_t *gw)
 {
-    cell->nrecs = 0;
+    gw->flights = calloc(GW_INFLIGHT_MAX, sizeof *gw->flights);
+    gw->free_flights = malloc(GW_INFLIGHT_MAX * sizeof *gw->free_flights);
+    if (gw->flights == NULL || gw->free_flights == NULL) {
+        gw_router_free(gw);
+        return TS_ERR_NOMEM;
+    }
+    for (size_t i = 0; i < GW_INFLIGHT_MAX; i++)
+        gw->free_flights[i] = (uint32_t)(GW_INFLIGHT_MAX - 1 - i);
+    gw->nfree_flights = GW_INFLIGHT_MAX;
+    return TS_OK;
+}
+
+void gw_router_free(gw_t *gw)
+{
+    if (gw->flights != NULL) {
+        for (size_t i = 0; i < GW_INFLIGHT_MAX; i++)
+            free(gw->flights[i].recs);
+    }
+    free(gw->flights);
+    free(gw->free_flights);
+    free(gw->tmp_recs);
+    free(gw->pack_buf);
+    free(gw->pb_inputs);
+    free(gw->pb_ptrs);
+    ts_map_free(&gw->inflight);
+    gw->flights = NULL;
+    gw->free_flights = NULL;
+    gw->tmp_recs = NULL;
+    gw->pack_buf = NULL;
+    gw->pb_inputs = NULL;
+    gw->pb_ptrs = NULL;
+}
+
+/* Which clients' inputs inputs[0..n) are, one record per entity (its lowest
+ * and highest seq in them), into *recs (grown as needed). */
+static size_t build_recs(gw_t *gw, const gw_input_t *inputs, size_t n, gw_flrec_t **recs, size_t *cap)
+{
+    size_t nrecs = 0;
     for (size_t i = 0; i < n; i++) {
         const gw_input_t *in = &inputs[i];
         void *v = ts_map_get(&gw->scratch, in->entity);
         if (v != NULL) {
-            gw_flrec_t *r = &cell->recs[(uintptr_t)v - 2];
+            gw_flrec_t *r = &(*recs)[(uintptr_t)v - 2];
             if (in->seq < r->first_seq) r->first_seq = in->seq;
             if (in->seq > r->last_seq) r->last_seq = in->seq;
             continue;
         }
-        if (cell->nrecs == cell->recs_cap) {
-            size_t cap = cell->recs_cap ? cell->recs_cap * 2 : 16;
-            gw_flrec_t *nv = realloc(cell->recs, cap * sizeof *nv);
+        if (nrecs == *cap) {
+            size_t c = *cap ? *cap * 2 : 16;
+            gw_flrec_t *nv = realloc(*recs, c * sizeof *nv);
             if (nv == NULL) break;
-            cell->recs = nv;
-            cell->recs_cap = cap;
+            *recs = nv;
+            *cap = c;
         }
-        if (ts_map_put(&gw->scratch, in->entity, (void *)(uintptr_t)(cell->nrecs + 2)) != TS_OK) break;
-        cell->recs[cell->nrecs++] =
-            (gw_flrec_t){.entity = in->entity, .first_seq = in->seq, .last_seq = in->seq};
+        if (ts_map_put(&gw->scratch, in->entity, (void *)(uintptr_t)(nrecs + 2)) != TS_OK) break;
+        (*recs)[nrecs++] = (gw_flrec_t){.entity = in->entity, .first_seq = in->seq, .last_seq = in->seq};
     }
-    for (size_t i = 0; i < cell->nrecs; i++)
-        ts_map_del(&gw->scratch, cell->recs[i].entity);
+    for (size_t i = 0; i < nrecs; i++)
+        ts_map_del(&gw->scratch, (*recs)[i].entity);
+    return nrecs;
 }
 
-/* Tells every still-connected client of cell->recs its inputs are lost. */
-static void report_not_stored(gw_t *gw, gw_cell_t *cell, const char *why)
+/* Tells every still-connected client of recs its inputs are lost. */
+static void report_not_stored(gw_t *gw, const gw_flrec_t *recs, size_t nrecs, const char *why)
 {
-    for (size_t i = 0; i < cell->nrecs; i++) {
-        const gw_flrec_t *r = &cell->recs[i];
-        gw_conn_t *c = ts_map_get(&gw->players, r->entity);
-        if (c != NULL && c->entity == r->entity) gw_session_not_stored(c, r->first_seq, r->last_seq, why);
+    for (size_t i = 0; i < nrecs; i++) {
+        gw_conn_t *c = ts_map_get(&gw->players, recs[i].entity);
+        if (c != NULL && c->entity == recs[i].entity)
+            gw_session_not_stored(c, recs[i].first_seq, recs[i].last_seq, why);
     }
-    cell->nrecs = 0;
+}
+
+/* Reports inputs[0..n) of a batch that never left. */
+static void refuse(gw_t *gw, const gw_input_t *inputs, size_t n, const char *why)
+{
+    size_t nrecs = build_recs(gw, inputs, n, &gw->tmp_recs, &gw->tmp_recs_cap);
+    report_not_stored(gw, gw->tmp_recs, nrecs, why);
+    gw->inputs_not_stored += n;
 }
 
 /* Packs inputs[0..n) as one InputBatch into gw's reusable buffer. */
@@ -174,18 +218,43 @@ static ts_status_t pack_batch(gw_t *gw, gw_cell_t *cell, gw_input_t *inputs, siz
     return TS_OK;
 }
 
-/* Publishes the cell's queued inputs: one batch, and only if none of the
- * cell's is in flight (force: all of them, unrecorded). Returns how many
- * left the queue; inputs a publish refused for good are reported to their
- * clients and leave the queue too. *busy: the bus had no room. */
+/* Remembers a batch that left, for its acknowledgement. */
+static void track(gw_t *gw, gw_cell_t *cell, uint64_t seq, const gw_input_t *inputs, size_t n, uint64_t now)
+{
+    if (gw->nfree_flights == 0) return;
+    gw_flight_t *f = &gw->flights[gw->free_flights[gw->nfree_flights - 1]];
+    if (ts_map_put(&gw->inflight, seq, f) != TS_OK) return; /* outcome cannot be matched: untracked */
+    gw->nfree_flights--;
+    f->cell = cell;
+    f->seq = seq;
+    f->count = n;
+    f->published_us = now;
+    f->nrecs = build_recs(gw, inputs, n, &f->recs, &f->recs_cap);
+    cell->ninflight++;
+    gw->ninflight++;
+}
+
+static void untrack(gw_t *gw, gw_flight_t *f)
+{
+    f->cell->ninflight--;
+    f->cell = NULL;
+    f->nrecs = 0;
+    gw->ninflight--;
+    gw->free_flights[gw->nfree_flights++] = (uint32_t)(f - gw->flights);
+}
+
+/* Publishes the cell's queued inputs as InputBatches of at most
+ * GW_BATCH_MAX_INPUTS. Returns how many left the queue; inputs a publish
+ * refused for good are reported to their clients and leave the queue too.
+ * *busy: the bus (or the in-flight table) had no room. */
 static size_t publish_cell(gw_t *gw, gw_cell_t *cell, bool force, bool *busy, pb_input_t *pb,
                            Tessera__V1__Input **ptrs)
 {
     static uint64_t warned_us;
     size_t done = 0;
-    while (done < cell->ninputs && (force || !cell->inflight)) {
-        if (!force &&
-            (gw->ninflight >= GW_INFLIGHT_MAX || ts_bus_in_flight(gw->bus) >= TS_BUS_MAX_IN_FLIGHT)) {
+    uint64_t now = ts_mono_us();
+    while (done < cell->ninputs) {
+        if (!force && (gw->nfree_flights == 0 || ts_bus_in_flight(gw->bus) >= TS_BUS_MAX_IN_FLIGHT)) {
             *busy = true;
             break;
         }
@@ -209,27 +278,19 @@ static size_t publish_cell(gw_t *gw, gw_cell_t *cell, bool force, bool *busy, pb
             *busy = true;
             break;
         }
-        if (!force) build_recs(gw, cell, cell->inputs + done, n);
-        done += n;
         if (st != TS_OK) {
             gw->publish_errors++;
-            gw->inputs_not_stored += n;
             warn_limited(&warned_us, "cannot publish inputs to", cell->input_subject, st);
-            report_not_stored(gw, cell, "the gateway could not publish them");
+            refuse(gw, cell->inputs + done, n, "the gateway could not publish them");
+            done += n;
             continue;
         }
         gw->publish_seq = seq;
         gw->batches_published++;
         gw->inputs_published += n;
-        if (force) continue;
-        if (ts_map_put(&gw->inflight, seq, cell) != TS_OK) {
-            cell->nrecs = 0; /* its outcome cannot be matched: not tracked */
-            continue;
-        }
-        cell->inflight = true;
-        cell->inflight_seq = seq;
-        cell->inflight_count = n;
-        gw->ninflight++;
+        cell->last_publish_us = now;
+        if (!force) track(gw, cell, seq, cell->inputs + done, n, now);
+        done += n;
     }
     return done;
 }
@@ -242,12 +303,16 @@ static void expire_waiting(gw_t *gw, gw_cell_t *cell)
     size_t k = 0;
     while (k < cell->ninputs && now > cell->inputs[k].sent_us + GW_INPUT_MAX_WAIT_US)
         k++;
-    if (k == 0 || cell->inflight) return;
-    build_recs(gw, cell, cell->inputs, k);
-    report_not_stored(gw, cell, "the bus had no room for them");
-    gw->inputs_not_stored += k;
+    if (k == 0) return;
+    refuse(gw, cell->inputs, k, "the bus had no room for them");
     memmove(cell->inputs, cell->inputs + k, (cell->ninputs - k) * sizeof *cell->inputs);
     cell->ninputs -= k;
+}
+
+/* A hold ended or the bus may have room again. */
+static void on_retry_timer(uv_timer_t *t)
+{
+    gw_router_flush(t->data, false);
 }
 
 void gw_router_flush(gw_t *gw, bool force)
@@ -261,13 +326,24 @@ void gw_router_flush(gw_t *gw, bool force)
     if (gw->pb_inputs == NULL) gw->pb_inputs = malloc(GW_BATCH_MAX_INPUTS * sizeof(pb_input_t));
     if (gw->pb_ptrs == NULL) gw->pb_ptrs = malloc(GW_BATCH_MAX_INPUTS * sizeof *gw->pb_ptrs);
     if (gw->pb_inputs == NULL || gw->pb_ptrs == NULL) return;
+    uint64_t now = ts_mono_us();
+    uint64_t hold_until = 0;
     gw_cell_t *list = gw->batch_head;
     gw->batch_head = NULL;
-    gw_cell_t *retry = NULL;
+    gw_cell_t *keep = NULL;
+    bool busy_any = false;
     while (list != NULL) {
         gw_cell_t *cell = list;
         list = cell->next_batch;
         cell->next_batch = NULL;
+        if (!force && cell->ninflight > 0 && now < cell->last_publish_us + GW_BATCH_HOLD_US) {
+            /* held: leaves with the acknowledgement or when the hold ends */
+            uint64_t until = cell->last_publish_us + GW_BATCH_HOLD_US;
+            if (hold_until == 0 || until < hold_until) hold_until = until;
+            cell->next_batch = keep;
+            keep = cell;
+            continue;
+        }
         bool busy = false;
         size_t done = publish_cell(gw, cell, force, &busy, gw->pb_inputs, gw->pb_ptrs);
         if (done > 0) {
@@ -276,30 +352,52 @@ void gw_router_flush(gw_t *gw, bool force)
         }
         if (busy) expire_waiting(gw, cell);
         if (busy && cell->ninputs > 0) {
-            cell->next_batch = retry;
-            retry = cell;
+            busy_any = true;
+            cell->next_batch = keep;
+            keep = cell;
         } else {
-            /* the rest leaves when the batch in flight is acknowledged */
             cell->batch_queued = false;
         }
     }
-    gw->batch_head = retry;
-    gw->batch_busy = retry != NULL;
+    gw->batch_head = keep;
+    gw->batch_busy = busy_any;
+    if (gw->stopping) return;
+    if (busy_any) {
+        uv_timer_start(&gw->retry_timer, on_retry_timer, GW_BUSY_RETRY_MS, 0);
+    } else if (hold_until != 0) {
+        uint64_t ms = (hold_until - now + 999) / 1000;
+        uv_timer_start(&gw->retry_timer, on_retry_timer, ms ? ms : 1, 0);
+    }
 }
 
 void gw_router_on_ack(gw_t *gw, uint64_t seq, bool ok)
 {
-    gw_cell_t *cell = ts_map_del(&gw->inflight, seq);
-    if (cell == NULL) return;
-    gw->ninflight--;
+    gw_flight_t *f = ts_map_del(&gw->inflight, seq);
+    if (f == NULL) return;
     gw->batch_busy = false; /* the bus has room again */
-    cell->inflight = false;
+    uint64_t us = ts_mono_us() - f->published_us;
+    gw->ack_us_sum += us;
+    gw->ack_n++;
+    if (us > gw->ack_us_max) gw->ack_us_max = us;
+    gw_cell_t *cell = f->cell;
     if (!ok) {
-        gw->inputs_not_stored += cell->inflight_count;
-        report_not_stored(gw, cell, "JetStream did not store them");
+        gw->inputs_not_stored += f->count;
+        report_not_stored(gw, f->recs, f->nrecs, "JetStream did not store them");
     }
-    cell->nrecs = 0;
+    untrack(gw, f);
     if (cell->ninputs > 0) batch_push(gw, cell);
+}
+
+void gw_router_forget_flights(gw_t *gw)
+{
+    for (size_t i = 0; i < GW_INFLIGHT_MAX; i++) {
+        gw_flight_t *f = &gw->flights[i];
+        if (f->cell == NULL) continue;
+        ts_map_del(&gw->inflight, f->seq);
+        gw_cell_t *cell = f->cell;
+        untrack(gw, f);
+        if (cell->ninputs > 0) batch_push(gw, cell);
+    }
 }
 
 static void on_state_msg(void *ud, const ts_bus_msg_t *msg)
