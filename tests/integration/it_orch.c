@@ -22,7 +22,6 @@
 #include "tessera/subject.h"
 #include "tessera/util.h"
 
-
 #define MAX_CHANGES 64
 #define WAIT_MS 15000
 
@@ -30,7 +29,7 @@
 typedef struct {
     pthread_mutex_t mu;
     int n;
-    bool bad;  /* a message that did not decode or had the wrong Ts-Type */
+    bool bad; /* a message that did not decode or had the wrong Ts-Type */
     Tessera__V1__RegistryChange *changes[MAX_CHANGES];
 } changes_t;
 
@@ -73,8 +72,7 @@ static bool wait_log(int idx, const char *needle, int64_t timeout_ms)
         char *log = ts_h_read_log(&ts_h, idx);
         bool found = log && strstr(log, needle);
         free(log);
-        if (found)
-            return true;
+        if (found) return true;
         ts_sleep_ms(50);
     } while (ts_mono_us() < deadline);
     return false;
@@ -169,8 +167,7 @@ static void test_default_world_written_and_announced(void **state)
         assert_int_equal(rc->epoch, 1);
         assert_int_equal(rc->state, TESSERA__V1__CELL_STATE__CELL_ACTIVE);
         assert_true(rc->version > 0 && rc->version <= version);
-        if (rc->version > max_version)
-            max_version = rc->version;
+        if (rc->version > max_version) max_version = rc->version;
     }
     assert_int_equal(max_version, version);
     pthread_mutex_unlock(&ch.mu);
@@ -201,7 +198,8 @@ static void test_default_world_written_and_announced(void **state)
 static void test_restart_keeps_epochs(void **state)
 {
     ts_registry_t *reg = registry();
-    const char *args[] = {"--world.id=3", "--world.workers=a,b,c", "--world.width=3", "--world.height=2", NULL};
+    const char *args[] = {"--world.id=3", "--world.workers=a,b,c", "--world.width=3", "--world.height=2",
+                          NULL};
     int first = ts_h_spawn(&ts_h, "orch-restart-1", "tessera-orch", args);
     assert_true(ts_h_wait_world(&ts_h, 3, 6, WAIT_MS));
     ts_cell_t moved = {.world = 3, .cx = 0, .cy = -1};
@@ -231,8 +229,7 @@ static void test_restart_keeps_epochs(void **state)
     assert_int_equal(ts_registry_cells(reg, 3, &cells, &n), TS_OK);
     assert_int_equal(n, 6);
     for (size_t i = 0; i < n; i++) {
-        if (!ts_cell_eq(&cells[i].cell, &moved))
-            assert_int_equal(cells[i].epoch, 1);
+        if (!ts_cell_eq(&cells[i].cell, &moved)) assert_int_equal(cells[i].epoch, 1);
     }
     free(cells);
     ts_sleep_ms(300);

@@ -32,14 +32,12 @@
 #define LOCK_TTL_MS 2000
 #define CTL_TIMEOUT_MS 10000
 
-
 /* ---- bus observers: RegistryChanges and heartbeats -------------------------------- */
 
 typedef struct {
     ts_cell_t cell;
     uint64_t epoch;
 } cell_epoch_t;
-
 
 static struct {
     pthread_mutex_t mu;
@@ -57,22 +55,20 @@ static void on_change(void *ud, const ts_bus_msg_t *m)
         tessera__v1__registry_change__unpack(NULL, ts_bus_msg_len(m), ts_bus_msg_data(m));
     ts_cell_t c;
     if (!rc || ts_proto_cell_get(rc->cell, &c) != TS_OK) {
-        if (rc)
-            tessera__v1__registry_change__free_unpacked(rc, NULL);
+        if (rc) tessera__v1__registry_change__free_unpacked(rc, NULL);
         return;
     }
     pthread_mutex_lock(&OBS.mu);
     size_t i = 0;
     while (i < OBS.nlast && !ts_cell_eq(&OBS.last[i].cell, &c))
         i++;
-    if (i == OBS.nlast && OBS.nlast < NCELLS * 2)
-        OBS.last[OBS.nlast++] = (cell_epoch_t){c, 0};
+    if (i == OBS.nlast && OBS.nlast < NCELLS * 2) OBS.last[OBS.nlast++] = (cell_epoch_t){c, 0};
     if (i < OBS.nlast) {
         if (rc->epoch <= OBS.last[i].epoch && OBS.backwards++ == 0)
-            snprintf(OBS.backwards_what, sizeof OBS.backwards_what, "cell %d,%d: epoch %" PRIu64 " after %" PRIu64,
-                     c.cx, c.cy, rc->epoch, OBS.last[i].epoch);
-        if (rc->epoch > OBS.last[i].epoch)
-            OBS.last[i].epoch = rc->epoch;
+            snprintf(OBS.backwards_what, sizeof OBS.backwards_what,
+                     "cell %d,%d: epoch %" PRIu64 " after %" PRIu64, c.cx, c.cy, rc->epoch,
+                     OBS.last[i].epoch);
+        if (rc->epoch > OBS.last[i].epoch) OBS.last[i].epoch = rc->epoch;
     }
     pthread_mutex_unlock(&OBS.mu);
     tessera__v1__registry_change__free_unpacked(rc, NULL);
@@ -80,8 +76,7 @@ static void on_change(void *ud, const ts_bus_msg_t *m)
 
 static void on_reply(void *ud, const ts_bus_msg_t *m)
 {
-    if (ts_bus_msg_len(m) == 0)
-        return; /* the server's "no responders" notice, not an answer */
+    if (ts_bus_msg_len(m) == 0) return; /* the server's "no responders" notice, not an answer */
     pthread_mutex_lock(&OBS.mu);
     if (OBS.nreplies < 8) {
         size_t n = ts_bus_msg_len(m) < 511 ? ts_bus_msg_len(m) : 511;
@@ -104,12 +99,10 @@ static ts_status_t ctl(ts_bus_t *bus, const char *verb, const char *payload, int
 static long stats_leader_pid(const char *json)
 {
     const char *p = strstr(json, "\"leader\":\"");
-    if (!p)
-        return -1;
+    if (!p) return -1;
     p += strlen("\"leader\":\"");
     const char *end = strchr(p, '"');
-    if (!end)
-        return -1;
+    if (!end) return -1;
     const char *dash = end;
     while (dash > p && dash[-1] != '-')
         dash--;
@@ -170,7 +163,8 @@ static void assert_one_owner_each(ts_probe_t *probe, ts_registry_t *reg)
     assert_int_equal(n, NCELLS);
     ts_probe_hb_t hb[2];
     bool seen[2];
-    for (size_t w = 0; w < 2; w++) seen[w] = ts_probe_heartbeat(probe, WORKERS[w], &hb[w]);
+    for (size_t w = 0; w < 2; w++)
+        seen[w] = ts_probe_heartbeat(probe, WORKERS[w], &hb[w]);
     for (size_t i = 0; i < n; i++) {
         int listed = 0;
         const char *by = "";
@@ -182,8 +176,8 @@ static void assert_one_owner_each(ts_probe_t *probe, ts_registry_t *reg)
         }
         if (listed != 1 || strcmp(by, cells[i].owner) != 0) {
             ts_h.failed = true;
-            fail_msg("cell %d,%d: registry owner %s, listed by %d worker heartbeats (last: %s)", cells[i].cell.cx,
-                     cells[i].cell.cy, cells[i].owner, listed, by);
+            fail_msg("cell %d,%d: registry owner %s, listed by %d worker heartbeats (last: %s)",
+                     cells[i].cell.cx, cells[i].cell.cy, cells[i].owner, listed, by);
         }
     }
     free(cells);
@@ -203,8 +197,8 @@ static bool parse_ok(const char *reply, uint64_t *from_epoch, uint64_t *to_epoch
 {
     char from[64], to[64];
     unsigned long long fe, te, fz, tot;
-    if (sscanf(reply, "ok %63[^-]->%63s epoch %llu->%llu freeze_us=%llu total_us=%llu", from, to, &fe, &te, &fz,
-               &tot) != 6)
+    if (sscanf(reply, "ok %63[^-]->%63s epoch %llu->%llu freeze_us=%llu total_us=%llu", from, to, &fe, &te,
+               &fz, &tot) != 6)
         return false;
     *from_epoch = fe;
     *to_epoch = te;
@@ -283,11 +277,13 @@ static void test_standby_takes_over_after_sigkill(void **state)
         ts_sleep_ms(50);
     }
     double took_ms = (double)(ts_mono_us() - t_kill) / 1000;
-    fprintf(stderr, "standby leads %.0f ms after SIGKILL of the leader (lock ttl %d ms)\n", took_ms, LOCK_TTL_MS);
+    fprintf(stderr, "standby leads %.0f ms after SIGKILL of the leader (lock ttl %d ms)\n", took_ms,
+            LOCK_TTL_MS);
     if (leader != ts_h.procs[orch[1]].pid || took_ms > LOCK_TTL_MS + 1000) {
         ts_h.failed = true;
-        fail_msg("after SIGKILL of orch-a the leader is pid %ld after %.0f ms; want orch-b (pid %d) within %d ms",
-                 leader, took_ms, (int)ts_h.procs[orch[1]].pid, LOCK_TTL_MS + 1000);
+        fail_msg(
+            "after SIGKILL of orch-a the leader is pid %ld after %.0f ms; want orch-b (pid %d) within %d ms",
+            leader, took_ms, (int)ts_h.procs[orch[1]].pid, LOCK_TTL_MS + 1000);
     }
     answers = stats_answers(bus, 500, json, sizeof json);
     assert_int_equal(answers, 1);
@@ -364,7 +360,8 @@ static void test_standby_takes_over_after_sigkill(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_standby_takes_over_after_sigkill, ts_h_test_start, ts_h_test_stop),
+        cmocka_unit_test_setup_teardown(test_standby_takes_over_after_sigkill, ts_h_test_start,
+                                        ts_h_test_stop),
     };
     return TS_H_RUN("it_orch_ha", tests, NULL, NULL);
 }

@@ -32,8 +32,7 @@ static void expect_error(const ts_config_t *cfg, const char *needle)
     ts_layout_t l;
     char err[256];
     assert_int_equal(ts_layout_build(&l, cfg, err, sizeof err), TS_ERR_CONFIG);
-    if (!strstr(err, needle))
-        fail_msg("error \"%s\" does not mention \"%s\"", err, needle);
+    if (!strstr(err, needle)) fail_msg("error \"%s\" does not mention \"%s\"", err, needle);
     assert_null(l.cells);
     assert_int_equal(l.ncells, 0);
     ts_layout_free(&l);
