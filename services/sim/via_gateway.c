@@ -736,6 +736,7 @@ static int print_result(vg_t *vg)
     double p50 = ms(ts_lat_hist_quantile(&vg->hist_all, 0.50)),
            p99 = ms(ts_lat_hist_quantile(&vg->hist_all, 0.99));
     double p999 = ms(ts_lat_hist_quantile(&vg->hist_all, 0.999));
+    if (vg->hist_all.n == 0) p50 = p99 = p999 = NAN; /* nothing timed: "nan", never a flattering 0 */
     struct rusage ru;
     double cpu_s = 0;
     if (getrusage(RUSAGE_SELF, &ru) == 0)
