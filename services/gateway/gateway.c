@@ -142,8 +142,8 @@ static void on_ack(void *ud, const char *subject, uint64_t seq, uint32_t count, 
         atomic_fetch_add(&gw->acks_ok, 1);
     } else {
         atomic_fetch_add(&gw->acks_failed, 1);
-        ts_warn("input batch %llu of %u inputs to %s was not stored by JetStream", (unsigned long long)seq,
-                count, subject);
+        ts_warn("input batch %llu of %u inputs to %s: JetStream refused it or did not confirm it",
+                (unsigned long long)seq, count, subject);
     }
     gw_ack_t a = {.seq = seq, .ok = ok};
     if (!ts_ring_push(gw->acks, &a)) atomic_fetch_add(&gw->acks_dropped, 1);

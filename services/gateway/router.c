@@ -382,7 +382,7 @@ void gw_router_on_ack(gw_t *gw, uint64_t seq, bool ok)
     gw_cell_t *cell = f->cell;
     if (!ok) {
         gw->inputs_not_stored += f->count;
-        report_not_stored(gw, f->recs, f->nrecs, "JetStream did not store them");
+        report_not_stored(gw, f->recs, f->nrecs, "JetStream refused them or did not confirm them");
     }
     untrack(gw, f);
     if (cell->ninputs > 0) batch_push(gw, cell);

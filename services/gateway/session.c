@@ -80,7 +80,7 @@ void gw_session_not_stored(gw_conn_t *c, uint64_t first_seq, uint64_t last_seq, 
 {
     if (c->closing) return;
     char msg[160];
-    snprintf(msg, sizeof msg, "inputs %llu..%llu were not stored and will not be applied: %s",
+    snprintf(msg, sizeof msg, "inputs %llu..%llu are not known to be stored: %s",
              (unsigned long long)first_seq, (unsigned long long)last_seq, why);
     Tessera__V1__Error err = TESSERA__V1__ERROR__INIT;
     err.code = TESSERA__V1__ERROR_CODE__ERROR_INPUT_NOT_STORED;
