@@ -623,6 +623,69 @@ ts_status_t ts_registry_cell_create(ts_registry_t *reg, const ts_cell_entry_t *w
     return st == TS_OK ? TS_ERR_EXISTS : st;
 }
 
+ts_status_t ts_registry_cells_create(ts_registry_t *reg, const ts_cell_entry_t *want, size_t n,
+                                     ts_status_t *results, uint64_t *versions)
+{
+    if (reg == NULL || (n > 0 && (want == NULL || results == NULL || versions == NULL)))
+        return TS_ERR_INVALID;
+    for (size_t i = 0; i < n; i++) {
+        char key[KEY_MAX], text[TS_CELL_STR_MAX];
+        if (!valid_id(want[i].owner) || (unsigned)want[i].state > TS_CELL_RETIRED ||
+            cell_key(key, text, &want[i].cell) != TS_OK)
+            return TS_ERR_INVALID;
+        results[i] = TS_ERR_UNAVAILABLE;
+        versions[i] = 0;
+    }
+    if (n == 0) return TS_OK;
+    if (reg->ctx == NULL || reg->ctx->err) {
+        ts_status_t st = open_ctx(reg);
+        if (st != TS_OK) return st;
+    }
+    ts_status_t st = load_script(reg, SCRIPT_CREATE);
+    if (st != TS_OK) return st;
+    size_t sent = 0;
+    for (size_t i = 0; i < n; i++) {
+        char key[KEY_MAX], text[TS_CELL_STR_MAX], cells[KEY_MAX], vkey[KEY_MAX], parent[TS_CELL_STR_MAX] = "";
+        cell_key(key, text, &want[i].cell);
+        ts_cell_t up;
+        if (want[i].cell.depth > 0 && ts_cell_parent(&want[i].cell, &up) == TS_OK)
+            ts_cell_format(&up, parent, sizeof parent);
+        world_key(cells, want[i].cell.world, "cells");
+        world_key(vkey, want[i].cell.world, "version");
+        const char *argv[] = {"EVALSHA",     reg->sha[SCRIPT_CREATE],          "3",  key,   cells, vkey,
+                              want[i].owner, ts_cell_state_str(want[i].state), text, parent};
+        if (redisAppendCommandArgv(reg->ctx, 10, argv, NULL) != REDIS_OK) {
+            st = TS_ERR_NOMEM;
+            break;
+        }
+        sent++;
+    }
+    reg->round_trips++;
+    for (size_t i = 0; i < sent; i++) {
+        redisReply *r = NULL;
+        if (redisGetReply(reg->ctx, (void **)&r) != REDIS_OK || r == NULL) {
+            ts_warn("registry: creating cells: %s", reg->ctx->errstr);
+            redisFree(reg->ctx);
+            reg->ctx = NULL;
+            open_ctx(reg);
+            return TS_ERR_UNAVAILABLE;
+        }
+        long long created = 0, v = 0;
+        if (is_noscript(r)) {
+            /* not run (the server lost the script): the caller asks again */
+            reg->sha[SCRIPT_CREATE][0] = '\0';
+        } else if (r->type != REDIS_REPLY_ARRAY || r->elements < 1 || !reply_int(r->element[0], &created) ||
+                   (created == 1 && (r->elements < 2 || !reply_int(r->element[1], &v)))) {
+            if (st == TS_OK) st = TS_ERR_REGISTRY;
+        } else {
+            results[i] = created == 1 ? TS_OK : TS_ERR_EXISTS;
+            versions[i] = (uint64_t)v;
+        }
+        freeReplyObject(r);
+    }
+    return st;
+}
+
 /* Cells per script call of ts_registry_cells_cas (each call is atomic and
  * keeps Redis busy for a bounded time). */
 #define CAS_CHUNK 256

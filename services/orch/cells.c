@@ -84,38 +84,61 @@ bool ts_orch_write_world(ts_orch_t *o)
         ts_orch_registry_broken(o, st);
         return false;
     }
-    /* what exists is read once (one pipelined round trip); only missing
-     * cells are created, so a new leader of a big world starts at once */
+    /* what exists is read once (one pipelined round trip); the missing cells
+     * are created in one more, so a new leader of a big world starts at once */
     if (!ts_orch_refresh_cells(o)) return false;
-    size_t created = 0, kept = 0;
-    uint64_t version = o->version;
+    size_t kept = 0, nmissing = 0;
+    ts_cell_entry_t *missing = calloc(o->layout.ncells + 1, sizeof *missing);
+    ts_status_t *results = calloc(o->layout.ncells + 1, sizeof *results);
+    uint64_t *versions = calloc(o->layout.ncells + 1, sizeof *versions);
+    if (!missing || !results || !versions) {
+        free(missing);
+        free(results);
+        free(versions);
+        return false;
+    }
     for (size_t i = 0; i < o->layout.ncells; i++) {
         const ts_cell_entry_t *want = &o->layout.cells[i];
-        ts_cell_entry_t cur;
         long k = ts_orch_cell_index(o, &want->cell);
-        uint64_t v = 0;
-        st = k >= 0 ? TS_ERR_EXISTS : ts_registry_cell_create(o->reg, want, &cur, &v);
-        if (k >= 0) cur = o->cells[k];
-        if (st == TS_OK) {
-            created++;
-            version = v;
-            ts_orch_announce(o, &cur, v);
-        } else if (st == TS_ERR_EXISTS) {
-            kept++;
-            if (strcmp(cur.owner, want->owner) != 0) {
-                char key[TS_CELL_STR_MAX];
-                ts_cell_format(&cur.cell, key, sizeof key);
-                ts_info("cell %s keeps owner %s at epoch %llu (layout says %s)", key, cur.owner,
-                        (unsigned long long)cur.epoch, want->owner);
-            }
-        } else {
-            ts_orch_registry_broken(o, st);
-            return false;
+        if (k < 0) {
+            missing[nmissing++] = *want;
+            continue;
         }
+        kept++;
+        const ts_cell_entry_t *cur = &o->cells[k];
+        if (strcmp(cur->owner, want->owner) != 0) {
+            char key[TS_CELL_STR_MAX];
+            ts_cell_format(&cur->cell, key, sizeof key);
+            ts_info("cell %s keeps owner %s at epoch %llu (layout says %s)", key, cur->owner,
+                    (unsigned long long)cur->epoch, want->owner);
+        }
+    }
+    st = ts_registry_cells_create(o->reg, missing, nmissing, results, versions);
+    size_t created = 0;
+    uint64_t version = o->version;
+    for (size_t i = 0; st == TS_OK && i < nmissing; i++) {
+        if (results[i] == TS_OK) {
+            ts_cell_entry_t e = missing[i];
+            e.epoch = 1;
+            created++;
+            version = versions[i] > version ? versions[i] : version;
+            ts_orch_announce(o, &e, versions[i]);
+        } else if (results[i] == TS_ERR_EXISTS) {
+            kept++; /* created by someone else meanwhile: the next read shows it */
+        } else {
+            st = TS_ERR_UNAVAILABLE;
+        }
+    }
+    free(missing);
+    free(results);
+    free(versions);
+    if (nmissing > 0) o->cells_stale = true;
+    if (st != TS_OK) {
+        ts_orch_registry_broken(o, st);
+        return false;
     }
     ts_info("world %u: %zu root cells (%zu created, %zu kept), registry version %llu", o->layout.world.id,
             o->layout.ncells, created, kept, (unsigned long long)version);
-    if (created > 0) o->cells_stale = true;
     return true;
 }
 

@@ -790,6 +790,51 @@ static void test_registry_worker_claim_refresh(void **state)
     ts_h_pass();
 }
 
+static void test_registry_cells_create_batch(void **state)
+{
+    enum { N = 300 };
+    ts_registry_t *reg = reg_connect();
+    ts_cell_entry_t want[N], out;
+    ts_status_t results[N];
+    uint64_t versions[N];
+    memset(want, 0, sizeof want);
+    for (int i = 0; i < N; i++) {
+        want[i].cell = (ts_cell_t){.world = 31, .cx = i % 20, .cy = i / 20};
+        snprintf(want[i].owner, sizeof want[i].owner, "w%d", 1 + i % 2);
+    }
+    /* one of them exists already, at another epoch: it is left alone */
+    assert_int_equal(ts_registry_cell_create(reg, &want[7], &out, NULL), TS_OK);
+    assert_int_equal(ts_registry_cell_cas(reg, &want[7].cell, 1, "w9", TS_CELL_ACTIVE, &out, NULL), TS_OK);
+    uint64_t v0 = 0;
+    assert_int_equal(ts_registry_version(reg, 31, &v0), TS_OK);
+    uint64_t rt = ts_registry_round_trips(reg);
+    assert_int_equal(ts_registry_cells_create(reg, want, N, results, versions), TS_OK);
+    assert_true(ts_registry_round_trips(reg) - rt <= 2); /* the script once, then one round trip */
+    uint64_t v = v0;
+    for (int i = 0; i < N; i++) {
+        if (i == 7) {
+            assert_int_equal(results[i], TS_ERR_EXISTS);
+            continue;
+        }
+        assert_int_equal(results[i], TS_OK);
+        assert_int_equal(versions[i], ++v);
+    }
+    assert_int_equal(ts_registry_cell_get(reg, &want[7].cell, &out), TS_OK);
+    assert_int_equal(out.epoch, 2);
+    assert_string_equal(out.owner, "w9");
+    assert_int_equal(ts_registry_cell_get(reg, &want[8].cell, &out), TS_OK);
+    assert_int_equal(out.epoch, 1);
+    assert_string_equal(out.owner, "w1");
+    ts_cell_entry_t *cells = NULL;
+    size_t n = 0;
+    assert_int_equal(ts_registry_cells(reg, 31, &cells, &n), TS_OK);
+    assert_int_equal(n, N);
+    free(cells);
+    assert_int_equal(ts_registry_world_reset(reg, 31), TS_OK);
+    ts_registry_destroy(reg);
+    ts_h_pass();
+}
+
 static void test_registry_cells_cas_batch(void **state)
 {
     enum { N = 600 };
@@ -996,6 +1041,7 @@ int main(void)
         TS_H_TEST(test_registry_worker_alive),
         TS_H_TEST(test_registry_worker_claim_refresh),
         TS_H_TEST(test_registry_cells_cas_batch),
+        TS_H_TEST(test_registry_cells_create_batch),
         TS_H_TEST(test_registry_bad_data_and_urls),
         TS_H_TEST(test_registry_reconnects),
         TS_H_TEST(test_harness_spawn_and_wait),

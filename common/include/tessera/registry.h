@@ -60,6 +60,12 @@ ts_status_t ts_registry_world_get(ts_registry_t *reg, uint32_t world, ts_world_t
  * TS_ERR_EXISTS with the current entry in *out. Bumps the version on create. */
 ts_status_t ts_registry_cell_create(ts_registry_t *reg, const ts_cell_entry_t *want, ts_cell_entry_t *out,
                                     uint64_t *version);
+/* Many ts_registry_cell_create in one round trip (pipelined), without
+ * reading back the existing ones: results[i] is TS_OK (created at epoch 1,
+ * versions[i] the version it produced), TS_ERR_EXISTS, or
+ * TS_ERR_UNAVAILABLE (not run: ask again). */
+ts_status_t ts_registry_cells_create(ts_registry_t *reg, const ts_cell_entry_t *want, size_t n,
+                                     ts_status_t *results, uint64_t *versions);
 /* TS_ERR_NOT_FOUND for an unknown cell. */
 ts_status_t ts_registry_cell_get(ts_registry_t *reg, const ts_cell_t *cell, ts_cell_entry_t *out);
 /* All cells of a world; caller frees *out with free(). */
