@@ -75,6 +75,7 @@ struct ts_bus_sub {
 struct ts_bus_msg {
     natsMsg *msg;
     uint64_t stream_seq;
+    uint64_t pending;
 };
 
 static pthread_mutex_t live_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -162,6 +163,7 @@ static ts_status_t wrap_msg(natsMsg *m, uint64_t stream_seq, ts_bus_msg_t **out)
     }
     w->msg = m;
     w->stream_seq = stream_seq;
+    w->pending = 0;
     *out = w;
     return TS_OK;
 }
@@ -208,7 +210,7 @@ uint64_t ts_bus_msg_stream_seq(const ts_bus_msg_t *m)
 ts_bus_held_t ts_bus_msg_hold(const ts_bus_msg_t *m)
 {
     ts_bus_msg_t *mm = (ts_bus_msg_t *)m;
-    ts_bus_held_t h = {.impl = mm->msg, .stream_seq = mm->stream_seq};
+    ts_bus_held_t h = {.impl = mm->msg, .stream_seq = mm->stream_seq, .pending = mm->pending};
     mm->msg = NULL; /* on_msg no longer frees it */
     return h;
 }
@@ -665,10 +667,13 @@ static void on_msg(natsConnection *nc, natsSubscription *nsub, natsMsg *m, void 
 {
     ts_bus_sub_t *sub = closure;
     if (!atomic_load(&sub->closing)) {
-        ts_bus_msg_t bm = {.msg = m, .stream_seq = 0};
+        ts_bus_msg_t bm = {.msg = m, .stream_seq = 0, .pending = 0};
         if (sub->jetstream) {
             jsMsgMetaData *meta = NULL;
-            if (natsMsg_GetMetaData(&meta, m) == NATS_OK) bm.stream_seq = meta->Sequence.Stream;
+            if (natsMsg_GetMetaData(&meta, m) == NATS_OK) {
+                bm.stream_seq = meta->Sequence.Stream;
+                bm.pending = meta->NumPending;
+            }
             jsMsgMetaData_Destroy(meta);
         }
         tls_delivering = sub;
@@ -820,6 +825,18 @@ void ts_bus_sub_destroy(ts_bus_sub_t *sub)
         free_sub(sub);
     else
         ts_warn("bus: subscription did not close within %d ms; freeing it when it does", SUB_CLOSE_WAIT_MS);
+}
+
+ts_status_t ts_bus_consumer_pending(ts_bus_sub_t *sub, uint64_t *pending)
+{
+    if (sub == NULL || pending == NULL || !sub->jetstream) return TS_ERR_INVALID;
+    jsConsumerInfo *ci = NULL;
+    jsErrCode jerr = 0;
+    natsStatus s = natsSubscription_GetConsumerInfo(&ci, sub->nsub, NULL, &jerr);
+    if (s != NATS_OK) return fail("consumer info", natsSubscription_GetSubject(sub->nsub), s, jerr);
+    *pending = ci->NumPending;
+    jsConsumerInfo_Destroy(ci);
+    return TS_OK;
 }
 
 void ts_bus_sub_close(ts_bus_sub_t *sub)

@@ -45,8 +45,25 @@ void ts_worker_release_sub(ts_worker_t *w, ts_bus_sub_t *sub, ts_sub_ctx_t *ctx)
     ts_io_submit(w, job);
 }
 
+/* A cell that replays its input after a checkpoint waits at most this long
+ * for the consumer to say it caught up before it acts anyway. */
+#define CATCHUP_MAX_US 5000000ULL
+
+static void apply_msg(ts_worker_t *w, ts_zone_t *z, const ts_inbox_msg_t *m);
+
+/* Applies m to b's zone; the last message of a replay ends the catch-up. */
+static void apply_to(ts_worker_t *w, ts_binding_t *b, const ts_inbox_msg_t *m)
+{
+    apply_msg(w, b->zone, m);
+    if (b->catching_up && m->msg.pending == 0) {
+        b->catching_up = false;
+        ts_info("cell %s: caught up with its input at seq %" PRIu64 "; live", b->zone->key,
+                b->zone->last_applied_seq);
+    }
+}
+
 ts_status_t ts_worker_adopt(ts_worker_t *w, ts_zone_t *zone, uint64_t epoch, ts_bus_sub_t *sub,
-                            ts_sub_ctx_t *ctx)
+                            ts_sub_ctx_t *ctx, bool catching_up)
 {
     ts_binding_t *b = calloc(1, sizeof(*b));
     if (b && w->nbind == w->cap_bind) {
@@ -71,6 +88,8 @@ ts_status_t ts_worker_adopt(ts_worker_t *w, ts_zone_t *zone, uint64_t epoch, ts_
     b->ctx = ctx;
     b->gen = ctx->gen;
     b->bound_us = ts_now_us();
+    b->catching_up = catching_up;
+    b->catchup_until_us = ts_mono_us() + CATCHUP_MAX_US;
     b->index = w->nbind;
     w->bindings[w->nbind++] = b;
     pthread_mutex_lock(&w->mu);
@@ -78,7 +97,9 @@ ts_status_t ts_worker_adopt(ts_worker_t *w, ts_zone_t *zone, uint64_t epoch, ts_
     ctx->held = (ts_inbox_t){0};
     atomic_store(&ctx->hold, false);
     pthread_mutex_unlock(&w->mu);
-    ts_worker_apply_msgs(w, zone, &held);
+    for (size_t i = 0; i < held.n; i++)
+        apply_to(w, b, &held.v[i]);
+    ts_inbox_free(&held);
     return TS_OK;
 }
 
@@ -134,7 +155,7 @@ void ts_worker_apply_inbox(ts_worker_t *w)
             if (ts_inbox_push(&b->held, &m)) continue;
             ts_error("cell %s: out of memory holding input during a handover", b->zone->key);
         } else if (b) {
-            apply_msg(w, b->zone, &m);
+            apply_to(w, b, &m);
         }
         ts_bus_held_free(m.msg);
     }

@@ -97,8 +97,10 @@ static void post_done(ts_worker_t *w, ts_io_job_t *job)
 
 static void do_resync(ts_worker_t *w, ts_io_job_t *job)
 {
+    pthread_mutex_lock(&w->reg_mu);
     job->status = ts_registry_version(w->reg, w->world.id, &job->version);
     if (job->status == TS_OK) job->status = ts_registry_cells(w->reg, w->world.id, &job->cells, &job->ncells);
+    pthread_mutex_unlock(&w->reg_mu);
 }
 
 static Tessera__V1__Checkpoint *read_checkpoint(ts_worker_t *w, const char *stream, const char *subj,
@@ -254,7 +256,10 @@ static void do_drain(ts_worker_t *w, ts_io_job_t *job)
 static void check_version(ts_worker_t *w, uint64_t *lagging)
 {
     uint64_t version = 0;
-    if (ts_registry_version(w->reg, w->world.id, &version) != TS_OK) return;
+    pthread_mutex_lock(&w->reg_mu);
+    ts_status_t st = ts_registry_version(w->reg, w->world.id, &version);
+    pthread_mutex_unlock(&w->reg_mu);
+    if (st != TS_OK) return;
     if (version <= atomic_load(&w->applied_version)) {
         *lagging = 0;
         return;
@@ -274,9 +279,11 @@ static void check_version(ts_worker_t *w, uint64_t *lagging)
 
 static void *io_main(void *arg)
 {
-    ts_worker_t *w = arg;
+    const struct ts_io_arg *a = arg;
+    ts_worker_t *w = a->w;
     uint64_t lagging = 0;
-    uint64_t next_check = ts_mono_us() + VERSION_CHECK_MS * 1000ULL;
+    /* only the timer thread checks the version; the others wait for jobs */
+    uint64_t next_check = a->timer ? ts_mono_us() + VERSION_CHECK_MS * 1000ULL : UINT64_MAX;
     pthread_mutex_lock(&w->io_mu);
     for (;;) {
         while (!w->io_head && !w->io_stop) {
@@ -284,7 +291,8 @@ static void *io_main(void *arg)
             if (now >= next_check) break;
             struct timespec until;
             clock_gettime(CLOCK_MONOTONIC, &until);
-            uint64_t wait_ns = (next_check - now) * 1000ULL;
+            uint64_t wait_ns =
+                next_check == UINT64_MAX ? 3600ULL * 1000000000ULL : (next_check - now) * 1000ULL;
             until.tv_sec += (time_t)(wait_ns / 1000000000ULL);
             until.tv_nsec += (long)(wait_ns % 1000000000ULL);
             if (until.tv_nsec >= 1000000000L) {
@@ -354,12 +362,22 @@ ts_status_t ts_io_start(ts_worker_t *w)
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&w->io_cond, &ca);
     pthread_condattr_destroy(&ca);
-    if (pthread_create(&w->io_thread, NULL, io_main, w) != 0) {
-        pthread_cond_destroy(&w->io_cond);
-        pthread_mutex_destroy(&w->io_mu);
-        return TS_ERR_NOMEM;
-    }
+    pthread_mutex_init(&w->reg_mu, NULL);
     w->io_started = true;
+    for (size_t i = 0; i < TS_IO_THREADS; i++) {
+        w->io_args[i] = (struct ts_io_arg){.w = w, .timer = i == 0};
+        if (pthread_create(&w->io_threads[i], NULL, io_main, &w->io_args[i]) != 0) {
+            if (i == 0) {
+                w->io_started = false;
+                pthread_mutex_destroy(&w->reg_mu);
+                pthread_cond_destroy(&w->io_cond);
+                pthread_mutex_destroy(&w->io_mu);
+                return TS_ERR_NOMEM;
+            }
+            break; /* fewer threads still work */
+        }
+        w->io_nthreads = i + 1;
+    }
     return TS_OK;
 }
 
@@ -370,10 +388,12 @@ void ts_io_stop(ts_worker_t *w)
     if (!w->io_started) return;
     pthread_mutex_lock(&w->io_mu);
     w->io_stop = true;
-    pthread_cond_signal(&w->io_cond);
+    pthread_cond_broadcast(&w->io_cond);
     pthread_mutex_unlock(&w->io_mu);
-    pthread_join(w->io_thread, NULL);
+    for (size_t i = 0; i < w->io_nthreads; i++)
+        pthread_join(w->io_threads[i], NULL);
     w->io_started = false;
+    pthread_mutex_destroy(&w->reg_mu);
     for (ts_io_job_t *job = ts_io_take_done(w); job;) {
         ts_io_job_t *next = job->next;
         ts_io_job_free(job);

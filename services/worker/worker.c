@@ -123,6 +123,7 @@ static void view_clear(ts_regview_t *v)
  * cell of ours (the only O(world) step, and it runs on a resync only). */
 static void apply_full(ts_worker_t *w, ts_cell_entry_t *cells, size_t n, uint64_t version)
 {
+    if (w->view.valid && version < w->view.version) return; /* an older read finished late */
     view_clear(&w->view);
     for (size_t i = 0; i < n; i++)
         view_put(&w->view, &cells[i]);
@@ -196,13 +197,14 @@ static void finish_bind(ts_worker_t *w, ts_io_job_t *job)
         job->sub = NULL;
         job->ctx = NULL;
         job->zone = NULL;
-        if (job->status != TS_OK && e) reconcile(w, &job->cell); /* retry */
+        /* still ours (at another epoch, or the bind failed): bind again */
+        reconcile(w, &job->cell);
         return;
     }
     uint64_t after = job->zone->last_applied_seq;
     ts_zone_t *z = job->zone;
     job->zone = NULL;
-    if (ts_worker_adopt(w, z, job->epoch, job->sub, job->ctx) == TS_OK) {
+    if (ts_worker_adopt(w, z, job->epoch, job->sub, job->ctx, job->pending > 0) == TS_OK) {
         ts_info("cell %s: bound at epoch %" PRIu64 " from checkpoint/replay, consuming after seq %" PRIu64,
                 w->bindings[w->nbind - 1]->zone->key, job->epoch, after);
         if (job->found) w->stats.recovered++; /* from a checkpoint */
@@ -408,6 +410,12 @@ static void tick_once(ts_worker_t *w, double dt, uint64_t full_every, uint64_t h
         ts_binding_t *b = w->bindings[i];
         ts_worker_collect_publishes(w, b->zone);
         if (b->state != TS_BIND_ACTIVE) continue;
+        if (b->catching_up) {
+            if (ts_mono_us() < b->catchup_until_us) continue;
+            ts_warn("cell %s: its input replay did not catch up in time (at seq %" PRIu64 "); acting anyway",
+                    b->zone->key, b->zone->last_applied_seq);
+            b->catching_up = false;
+        }
         ts_zone_step(b->zone, dt, w->tick);
         ts_worker_publish_departures(w, b->zone);
         ts_worker_publish_outboxes(w, b->zone);

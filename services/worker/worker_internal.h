@@ -47,6 +47,7 @@
  * pending waits for a later tick. */
 #define TS_FLIGHT_SLOTS 65536
 #define TS_INSTANCE_MAX 40
+#define TS_IO_THREADS 4
 
 /* One input-stream message on its way to the tick thread. */
 typedef struct {
@@ -83,7 +84,12 @@ typedef struct {
     ts_inbox_t held;      /* input received while frozen (after s2), in order */
     uint64_t bound_us;    /* wall clock when this worker took the cell */
     bool restarting;      /* a new consumer is being created (ring overflow) */
-    size_t index;         /* in w->bindings */
+    /* bound from a checkpoint with input still to replay: applies it but
+     * neither moves nor publishes until it caught up with the stream (so
+     * nobody sees the cell behind what its last owner showed) */
+    bool catching_up;
+    uint64_t catchup_until_us; /* monotonic: give up waiting (and say so) */
+    size_t index;              /* in w->bindings */
 } ts_binding_t;
 
 /* A handover request waiting for the tick thread. */
@@ -142,7 +148,8 @@ typedef struct ts_io_job {
     uint64_t old_gen;
     /* results / arguments */
     ts_status_t status;
-    bool found; /* TS_IO_BIND: the cell had a checkpoint */
+    bool found;       /* TS_IO_BIND: the cell had a checkpoint */
+    uint64_t pending; /* TS_IO_BIND: input the new consumer has still to replay */
     ts_zone_t *zone;
     ts_sub_ctx_t *ctx;
     ts_bus_sub_t *sub;
@@ -202,9 +209,17 @@ struct ts_worker {
     ts_io_job_t *done_head, *done_tail; /* I/O results */
     atomic_bool wake;                   /* something above is waiting */
 
-    /* I/O thread */
-    pthread_t io_thread;
+    /* I/O threads (several, so that binding many cells after a crash runs
+     * that many round trips at once); the first one also checks the
+     * registry version. w->reg is shared under reg_mu. */
+    pthread_t io_threads[TS_IO_THREADS];
+    struct ts_io_arg {
+        ts_worker_t *w;
+        bool timer;
+    } io_args[TS_IO_THREADS];
+    size_t io_nthreads;
     bool io_started;
+    pthread_mutex_t reg_mu;
     pthread_mutex_t io_mu;
     pthread_cond_t io_cond;
     ts_io_job_t *io_head, *io_tail;
@@ -271,7 +286,7 @@ const ts_cell_entry_t *ts_worker_find_entry(const ts_worker_t *w, const ts_cell_
  * or an I/O-thread bind): takes ownership of zone, sub and ctx and applies
  * what ctx held. */
 ts_status_t ts_worker_adopt(ts_worker_t *w, ts_zone_t *zone, uint64_t epoch, ts_bus_sub_t *sub,
-                            ts_sub_ctx_t *ctx);
+                            ts_sub_ctx_t *ctx, bool catching_up);
 void ts_worker_unbind(ts_worker_t *w, ts_binding_t *b);
 /* Closes a subscription and frees its context on the I/O thread. */
 void ts_worker_release_sub(ts_worker_t *w, ts_bus_sub_t *sub, ts_sub_ctx_t *ctx);

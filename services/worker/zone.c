@@ -867,8 +867,11 @@ static ts_status_t pack_checkpoint_part(const ts_zone_t *z, uint64_t tick, const
     }
     cp.generation = generation;
     arena_t a = {0};
-    if (diff && part == 0) {
-        /* what this zone decided but has not had stored goes with it */
+    if (part == 0) {
+        /* what this zone decided but has not had stored yet goes with it, in
+         * a checkpoint too: its input before last_applied_seq is not
+         * replayed, so whoever loads it publishes these (same message ids for
+         * transfers, so nothing is stored twice) */
         cp.n_outbox = z->nout;
         cp.outbox = arena_alloc(&a, z->nout * sizeof(*cp.outbox));
         for (size_t i = 0; cp.outbox && i < z->nout; i++) {
@@ -969,9 +972,20 @@ ts_status_t ts_zone_load_checkpoint(ts_zone_t *z, const Tessera__V1__Checkpoint 
     if (!diff && first)
         for (size_t it = 0; ts_map_next(&z->entities, &it, &id, &v);)
             free(ts_map_del(&z->entities, id));
-    if (first)
+    if (first) {
         for (size_t it = 0; ts_map_next(&z->departed, &it, &id, &v);)
             free(ts_map_del(&z->departed, id));
+        /* the loaded outbox and announcements replace what was there (a
+         * Diff's are the source's complete ones as of its last_applied_seq) */
+        for (size_t i = 0; i < z->nout; i++) {
+            z->out[i].ntransfers = z->out[i].ninputs = 0;
+            z->out[i].id_seq = z->out[i].pub_seq = 0;
+        }
+        z->nout = 0;
+        for (size_t i = 0; i < z->nleft; i++)
+            free(z->left[i].to);
+        z->nleft = 0;
+    }
     for (size_t i = 0; i < cp->n_removed; i++)
         free(ts_map_del(&z->entities, cp->removed[i]));
     for (size_t i = 0; i < cp->n_entities; i++) {

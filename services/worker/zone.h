@@ -180,8 +180,10 @@ ts_status_t ts_zone_pack_departures(const ts_zone_t *z, uint8_t **buf, size_t *l
 void ts_zone_departures_done(ts_zone_t *z);
 
 /* Checkpoint of the whole zone (diff=false) or of what changed since
- * ts_zone_mark_precopy (diff=true: changed entities, removed ids, and the
- * outbox and departures not yet published, which the loader takes over). */
+ * ts_zone_mark_precopy (diff=true: changed entities and removed ids). Both
+ * carry the outbox (transfers and forwards decided but not stored yet) and
+ * the departures not announced yet, which the loader takes over: the input
+ * that decided them is at or below last_applied_seq and is not replayed. */
 ts_status_t ts_zone_pack_checkpoint(const ts_zone_t *z, uint64_t tick, const char *owner, bool diff,
                                     uint8_t **buf, size_t *len);
 /* Entities (and departed records) per checkpoint part: a part stays well

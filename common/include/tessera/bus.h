@@ -115,6 +115,9 @@ void ts_bus_sub_destroy(ts_bus_sub_t *sub);
  * thread may finish; the wrapper frees itself once nats.c has closed the
  * subscription. NULL is a no-op. */
 void ts_bus_sub_close(ts_bus_sub_t *sub);
+/* Messages a JetStream consumer (ts_bus_consume) has still to deliver, as
+ * the server counts them now (a request: not for a hot path). */
+ts_status_t ts_bus_consumer_pending(ts_bus_sub_t *sub, uint64_t *pending);
 /* Async publishes in flight on this connection (see TS_BUS_MAX_IN_FLIGHT). */
 uint64_t ts_bus_in_flight(const ts_bus_t *bus);
 
@@ -145,6 +148,7 @@ void ts_bus_msg_destroy(ts_bus_msg_t *m);
 typedef struct {
     void *impl;
     uint64_t stream_seq;
+    uint64_t pending; /* JetStream: messages the consumer still had after it */
 } ts_bus_held_t;
 ts_bus_held_t ts_bus_msg_hold(const ts_bus_msg_t *m);
 const uint8_t *ts_bus_held_data(ts_bus_held_t h);
