@@ -108,7 +108,8 @@ static void on_write(uv_write_t *req, int status)
         gw_conn_close(c);
         return;
     }
-    if (c->out_pending == 0 && c->behind && !c->handle_closed) gw_view_caught_up(c->gw, c);
+    if (c->behind && c->out_pending <= GW_SLOW_CLIENT_BYTES / 2 && !c->handle_closed)
+        gw_view_caught_up(c->gw, c);
 }
 
 /* Queues what the socket did not take: bufs from byte `skip` on. */
