@@ -597,7 +597,10 @@ static void on_tick(uv_timer_t *t)
         }
         if (vg->count[CL_IDLE] == 0 && in_handshake(vg) == 0) start_play(vg, now);
     }
-    if (vg->phase == RUN_PLAY && (now >= vg->window_end_us || *stop > 0)) start_settle(vg, now);
+    /* no client left to play (none joined, or the gateway dropped them all):
+     * nothing more to measure, even without a duration */
+    if (vg->phase == RUN_PLAY && (now >= vg->window_end_us || *stop > 0 || vg->count[CL_PLAYING] == 0))
+        start_settle(vg, now);
 
     for (size_t i = 0; i < vg->n; i++) {
         client_t *c = &vg->c[i];
