@@ -126,20 +126,31 @@ for (let k = 0; k < opts.count; k++) {
 // Bounded no matter what.
 setTimeout(() => die(`still running after --max-seconds ${opts["max-seconds"]}`), opts["max-seconds"] * 1000).unref();
 
+// Joins every player, JOIN_TRIES attempts each (a refused or dropped
+// connection on a busy box is retried after a pause, as a game client would).
+const JOIN_TRIES = 3;
+let joinRetries = 0;
+
 async function joinAll() {
   let next = 0;
   let failed = null;
   const worker = async () => {
     while (next < players.length && failed === null) {
       const p = players[next++];
-      const c = new ClientClass({ probe, schemasDir: opts.schemas });
-      try {
-        await c.connect(opts.host, opts.port, p.walker.x, p.walker.y, `p${p.index}`, opts["join-timeout"] * 1000);
-      } catch (e) {
-        failed = `player ${p.index}: ${e.message}`;
-        return;
+      for (let attempt = 1; p.client === null; attempt++) {
+        const c = new ClientClass({ probe, schemasDir: opts.schemas });
+        try {
+          await c.connect(opts.host, opts.port, p.walker.x, p.walker.y, `p${p.index}`, opts["join-timeout"] * 1000);
+          p.client = c;
+        } catch (e) {
+          if (attempt >= JOIN_TRIES) {
+            failed = `player ${p.index}: ${e.message} (${attempt} tries)`;
+            return;
+          }
+          joinRetries++;
+          await sleep(500 * attempt);
+        }
       }
-      p.client = c;
     }
   };
   const workers = [];
@@ -286,6 +297,7 @@ async function runBulk() {
     loop_lag_p99_ms: Math.round(lag.percentile(99) / 1e5) / 10,
     loop_lag_max_ms: Math.round(lag.max / 1e5) / 10,
     closed: closedNow(),
+    join_retries: joinRetries,
     errors,
     error_text: errorText,
   };
@@ -357,6 +369,7 @@ async function runProbe() {
     loop_lag_p99_ms: Math.round(lag.percentile(99) / 1e5) / 10,
     loop_lag_max_ms: Math.round(lag.max / 1e5) / 10,
     closed: closedNow(),
+    join_retries: joinRetries,
     errors,
     error_text: errorText,
     late_moves: lateMoves,

@@ -62,6 +62,7 @@ function run(dir, n, system) {
     closed: probe.closed + (bulk ? bulk.closed : 0),
     late: probe.late_moves + Math.round(inWindow(3)),
     clientCpu: probe.client_cpu_cores.reduce((a, b) => a + b, 0),
+    retries: (probe.join_retries || 0) + (bulk ? bulk.join_retries || 0 : 0),
   };
 }
 
@@ -112,7 +113,7 @@ function details(dir, ns) {
           `load client CPU ${p.client_cpu_cores.join("+")} cores, event-loop lag p99 ${lag} ms, ` +
           `${r.late} Moves skipped late; everything else on the box ${rest.toFixed(2)} cores; ` +
           `${Math.round(r.bytesPerClient)} B/s per client; ` +
-          `errors ${r.errors}${r.errors ? ` (${p.error_text || (r.bulk && r.bulk.error_text)})` : ""}, closed ${r.closed}`,
+          `join retries ${r.retries}, errors ${r.errors}${r.errors ? ` (${p.error_text || (r.bulk && r.bulk.error_text)})` : ""}, closed ${r.closed}`,
       );
     }
   }
