@@ -162,7 +162,7 @@ stop_pids() {
             sleep 0.1
         done
         if alive "$pid"; then
-            echo "bench-peers: pid $pid did not stop in 5 s, killing it" >&2
+            echo "bench-peers: $(ps -o args= -p "$pid" | cut -c1-60) (pid $pid) did not stop in 5 s, killing it" >&2
             kill -KILL "$pid" 2>/dev/null || true
         fi
         wait "$pid" 2>/dev/null || true
