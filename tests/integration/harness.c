@@ -7,7 +7,9 @@
  *    and SIGINT/SIGTERM/SIGABRT/SIGSEGV handlers walk to kill what is left,
  *    so a cmocka assertion that longjmps past ts_h_stop() leaks nothing;
  *  - ts_h_stop() terminates and reaps everything, servers last.
- * Children inherit no file descriptor of the test beyond stdin/out/err.
+ * Children inherit no file descriptor of the test beyond stdin/out/err, and
+ * a spawn returns only once the child has exec'd (until then it holds
+ * copies of the test's descriptors).
  * Children are built with execve and an environment prepared before fork,
  * because the test process has nats.c threads running. */
 #define _GNU_SOURCE
@@ -323,6 +325,16 @@ static int launch(ts_h_t *h, const char *name, const char *path, char *const *ar
         if (nullfd >= 0) close(nullfd);
         return -1;
     }
+    /* closed (EOF) when the child has exec'd: until then it still holds
+     * copies of the test's descriptors */
+    int exec_pipe[2];
+    if (pipe2(exec_pipe, O_CLOEXEC) != 0) {
+        fprintf(stderr, "harness: cannot prepare %s: %s\n", name, strerror(errno));
+        free(env);
+        close(logfd);
+        close(nullfd);
+        return -1;
+    }
     pid_t parent = getpid();
     fflush(NULL);
     pid_t pid = fork();
@@ -336,10 +348,14 @@ static int launch(ts_h_t *h, const char *name, const char *path, char *const *ar
         dup2(logfd, STDERR_FILENO);
         /* nothing of the test's own (its sockets, its listeners) leaks into
          * the child: a listener the test holds must stay foreign */
-        close_range(3, ~0U, 0);
+        unsigned keep = (unsigned)exec_pipe[1];
+        if (keep > 3) close_range(3, keep - 1, 0);
+        close_range(keep + 1, ~0U, 0);
         execve(path, argv, env);
+        int exec_errno = errno;
+        ssize_t w = write(exec_pipe[1], &exec_errno, sizeof exec_errno);
         static const char msg[] = "harness: exec failed\n";
-        ssize_t w = write(STDERR_FILENO, msg, sizeof msg - 1);
+        w = write(STDERR_FILENO, msg, sizeof msg - 1);
         (void)w;
         _exit(127);
     }
@@ -347,10 +363,19 @@ static int launch(ts_h_t *h, const char *name, const char *path, char *const *ar
     free(env);
     close(logfd);
     close(nullfd);
+    close(exec_pipe[1]);
     if (pid < 0) {
+        close(exec_pipe[0]);
         fprintf(stderr, "harness: fork for %s failed: %s\n", name, strerror(err));
         return -1;
     }
+    int exec_errno = 0;
+    ssize_t got;
+    do
+        got = read(exec_pipe[0], &exec_errno, sizeof exec_errno);
+    while (got < 0 && errno == EINTR);
+    close(exec_pipe[0]);
+    if (got > 0) fprintf(stderr, "harness: cannot exec %s (%s): %s\n", path, name, strerror(exec_errno));
     p->pid = pid;
     p->exit_code = -1;
     return h->nprocs++;
