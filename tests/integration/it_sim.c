@@ -295,7 +295,10 @@ static int group_setup(void **state)
 {
     pthread_mutex_init(&HB.mu, NULL);
     ts_h_start(&ts_h);
-    orch_idx = ts_h_spawn(&ts_h, "orch", "tessera-orch", NULL);
+    /* the workers start only in the third test, well after the orchestrator:
+     * it must not hand w2's cells to whichever worker beats first meanwhile */
+    const char *orch_args[] = {"--orch.recovery_grace_ms=600000", NULL};
+    orch_idx = ts_h_spawn(&ts_h, "orch", "tessera-orch", orch_args);
     if (!ts_h_wait_world(&ts_h, 0, 16, WAIT_MS)) {
         ts_h_fail_dump(&ts_h);
         ts_h_stop(&ts_h);
