@@ -425,12 +425,21 @@ static bool reply_int(const redisReply *r, long long *out)
     return false;
 }
 
-static bool valid_id(const char *id)
+bool ts_worker_id_valid(const char *id)
 {
     if (id == NULL || id[0] == '\0' || strlen(id) >= TS_WORKER_ID_MAX) return false;
-    for (const char *p = id; *p; p++)
-        if (*p <= ' ' || *p == 0x7f) return false;
+    for (const char *p = id; *p; p++) {
+        unsigned char ch = (unsigned char)*p;
+        bool ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+                  ch == '-' || ch == '_';
+        if (!ok) return false;
+    }
     return true;
+}
+
+static bool valid_id(const char *id)
+{
+    return ts_worker_id_valid(id);
 }
 
 /* ---- keys ------------------------------------------------------------------ */

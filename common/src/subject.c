@@ -5,6 +5,8 @@
  * single valid NATS token. */
 #include "tessera/subject.h"
 
+#include "tessera/registry.h"
+
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
@@ -66,7 +68,7 @@ int ts_subject_world_wildcard(char *buf, size_t cap, uint32_t world, ts_subject_
     return finish(buf, cap, snprintf(buf, cap, "cell.%" PRIu32 ".*.*.*.*.%s", world, k));
 }
 
-/* A worker id must be one non-empty NATS token without wildcards. */
+/* One non-empty NATS token without wildcards. */
 static bool valid_token(const char *s)
 {
     if (s == NULL || *s == '\0') return false;
@@ -80,7 +82,7 @@ static bool valid_token(const char *s)
 int ts_subject_heartbeat(char *buf, size_t cap, const char *worker_id)
 {
     if (buf == NULL || cap == 0) return -1;
-    if (!valid_token(worker_id)) return finish(buf, cap, -1);
+    if (!ts_worker_id_valid(worker_id)) return finish(buf, cap, -1);
     return finish(buf, cap, snprintf(buf, cap, "tessera.worker.%s.hb", worker_id));
 }
 

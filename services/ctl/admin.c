@@ -6,27 +6,26 @@
 #include <string.h>
 
 #include "ctl.h"
-#include "tessera/subject.h"
 #include "tessera/cell.h"
 #include "tessera/log.h"
+#include "tessera/registry.h"
+#include "tessera/subject.h"
 #include "tessera/util.h"
 
 #define HANDOVER_TIMEOUT_MS 30000
 #define DRAIN_TIMEOUT_MS 5000
 #define STATS_TIMEOUT_MS 2000
 
-ts_status_t ts_ctl_request(ts_bus_t *bus, uint32_t world, const char *verb, const char *payload, int64_t timeout_ms,
-                           char **reply)
+ts_status_t ts_ctl_request(ts_bus_t *bus, uint32_t world, const char *verb, const char *payload,
+                           int64_t timeout_ms, char **reply)
 {
     *reply = NULL;
     char subject[96];
-    if (ts_subject_ctl(subject, sizeof subject, world, verb) < 0)
-        return TS_ERR_INVALID;
+    if (ts_subject_ctl(subject, sizeof subject, world, verb) < 0) return TS_ERR_INVALID;
     ts_bus_hdr_t hdr = {.type = "text/plain"};
     ts_bus_msg_t *m = NULL;
     ts_status_t st = ts_bus_request(bus, subject, &hdr, payload, strlen(payload), timeout_ms, &m);
-    if (st != TS_OK)
-        return st;
+    if (st != TS_OK) return st;
     size_t n = ts_bus_msg_len(m);
     *reply = malloc(n + 1);
     if (!*reply) {
@@ -44,13 +43,11 @@ bool ts_ctl_json_number(const char *json, const char *key, double *out)
     char pattern[96];
     snprintf(pattern, sizeof pattern, "\"%s\":", key);
     const char *p = json ? strstr(json, pattern) : NULL;
-    if (!p)
-        return false;
+    if (!p) return false;
     p += strlen(pattern);
     char *end;
     double v = strtod(p, &end);
-    if (end == p)
-        return false;
+    if (end == p) return false;
     *out = v;
     return true;
 }
@@ -59,8 +56,7 @@ bool ts_ctl_json_number(const char *json, const char *key, double *out)
 static int ask(const ts_config_t *cfg, const char *verb, const char *payload, int64_t timeout_ms)
 {
     ts_bus_t *bus = NULL;
-    if (ts_ctl_connect_bus(cfg, &bus) != TS_OK)
-        return 1;
+    if (ts_ctl_connect_bus(cfg, &bus) != TS_OK) return 1;
     char *reply = NULL;
     ts_status_t st = ts_ctl_request(bus, (uint32_t)cfg->world_id, verb, payload, timeout_ms, &reply);
     int rc = 1;
@@ -86,12 +82,13 @@ int ts_ctl_handover(const ts_config_t *cfg, const char *cell, const char *worker
 {
     ts_cell_t c;
     if (ts_cell_parse(cell, &c) != TS_OK) {
-        fprintf(stderr, "tessera-ctl: bad cell '%s' (want <world>.<cx>.<cy>.<depth>.<sub>, e.g. 0.-1.0.0.0)\n",
-                cell);
+        fprintf(stderr,
+                "tessera-ctl: bad cell '%s' (want <world>.<cx>.<cy>.<depth>.<sub>, e.g. 0.-1.0.0.0)\n", cell);
         return TS_CTL_EXIT_USAGE;
     }
-    if (!worker[0] || strchr(worker, ' ')) {
-        fprintf(stderr, "tessera-ctl: bad worker id '%s'\n", worker);
+    if (!ts_worker_id_valid(worker)) {
+        fprintf(stderr, "tessera-ctl: bad worker id '%s' (1-%d letters, digits, '-' or '_')\n", worker,
+                TS_WORKER_ID_MAX - 1);
         return TS_CTL_EXIT_USAGE;
     }
     char payload[TS_CELL_STR_MAX + TS_WORKER_ID_MAX + 2];
@@ -101,8 +98,9 @@ int ts_ctl_handover(const ts_config_t *cfg, const char *cell, const char *worker
 
 int ts_ctl_drain(const ts_config_t *cfg, const char *worker)
 {
-    if (!worker[0] || strchr(worker, ' ')) {
-        fprintf(stderr, "tessera-ctl: bad worker id '%s'\n", worker);
+    if (!ts_worker_id_valid(worker)) {
+        fprintf(stderr, "tessera-ctl: bad worker id '%s' (1-%d letters, digits, '-' or '_')\n", worker,
+                TS_WORKER_ID_MAX - 1);
         return TS_CTL_EXIT_USAGE;
     }
     return ask(cfg, "drain", worker, DRAIN_TIMEOUT_MS);

@@ -156,7 +156,7 @@ static void on_handover(void *ud, const ts_bus_msg_t *msg)
         respond_text(c, msg, reply);
         return;
     }
-    if (!ts_orch_worker_id_ok(worker)) {
+    if (!ts_worker_id_valid(worker)) {
         snprintf(reply, sizeof reply, "error: bad worker id '%s'", worker);
         respond_text(c, msg, reply);
         return;
@@ -193,7 +193,7 @@ static void on_drain(void *ud, const ts_bus_msg_t *msg)
 {
     ts_ctl_t *c = ud;
     char id[PAYLOAD_MAX], reply[384];
-    if (!payload_text(msg, id, sizeof id) || !ts_orch_worker_id_ok(id)) {
+    if (!payload_text(msg, id, sizeof id) || !ts_worker_id_valid(id)) {
         respond_text(c, msg, "error: usage: <worker>");
         return;
     }
@@ -414,7 +414,7 @@ void ts_ctl_load_draining(ts_ctl_t *c)
     }
     pthread_mutex_lock(&c->mu);
     for (size_t i = 0; i < n; i++) {
-        if (ts_orch_worker_id_ok(ids[i])) add_draining_locked(c, ids[i]);
+        if (ts_worker_id_valid(ids[i])) add_draining_locked(c, ids[i]);
     }
     pthread_mutex_unlock(&c->mu);
     for (size_t i = 0; i < n; i++)

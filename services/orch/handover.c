@@ -61,16 +61,6 @@ struct ts_handovers {
     size_t busy_why[3]; /* queued + in flight per reason */
 };
 
-bool ts_orch_worker_id_ok(const char *id)
-{
-    size_t n = strlen(id);
-    if (n == 0 || n >= TS_WORKER_ID_MAX) return false;
-    for (const char *p = id; *p; p++) {
-        if (!isalnum((unsigned char)*p) && *p != '-' && *p != '_') return false;
-    }
-    return true;
-}
-
 /* ---- transport -------------------------------------------------------------------- */
 
 static void on_answer(void *ud, const ts_bus_msg_t *msg)
@@ -217,7 +207,7 @@ ts_status_t ts_orch_handover(ts_orch_t *o, const ts_cell_t *cell, const char *to
     char key[TS_CELL_STR_MAX];
     if (ts_cell_format(cell, key, sizeof key) < 0 || cell->world != o->world)
         return refuse(hs, reply_subject, "cell is not in world %u", o->world);
-    if (!ts_orch_worker_id_ok(to)) return refuse(hs, reply_subject, "bad worker id '%s'", to);
+    if (!ts_worker_id_valid(to)) return refuse(hs, reply_subject, "bad worker id '%s'", to);
     if (hs->qlen == QUEUE_MAX) return refuse(hs, reply_subject, "busy, try again");
     char *reply = NULL;
     if (reply_subject && !(reply = strdup(reply_subject))) return refuse(hs, reply_subject, "out of memory");
@@ -275,7 +265,7 @@ static bool start(ts_handovers_t *hs, pending_t *p, uint64_t now)
     ts_worker_info_t info;
     if (ts_ctl_is_draining(o->ctl, p->to) || (ts_workers_get(o->workers, p->to, &info) && info.draining))
         return refuse(hs, p->reply, "worker %s is draining", p->to), false;
-    if (!e->owner[0] || !ts_orch_worker_id_ok(e->owner) || !worker_alive(o, e->owner, &reg_ok))
+    if (!e->owner[0] || !ts_worker_id_valid(e->owner) || !worker_alive(o, e->owner, &reg_ok))
         return refuse(hs, p->reply, "owner %s of %s is not alive (crash recovery moves its cells)",
                       e->owner[0] ? e->owner : "-", key),
                false;

@@ -40,16 +40,6 @@ static char *trim(char *s)
     return s;
 }
 
-static bool worker_id_ok(const char *id)
-{
-    size_t n = strlen(id);
-    if (n == 0 || n >= TS_WORKER_ID_MAX) return false;
-    for (const char *p = id; *p; p++) {
-        if (!isalnum((unsigned char)*p) && *p != '-' && *p != '_') return false;
-    }
-    return true;
-}
-
 static ssize_t worker_index(const ts_layout_t *l, const char *id)
 {
     for (size_t i = 0; i < l->nworkers; i++) {
@@ -76,7 +66,7 @@ static ts_status_t parse_workers(ts_layout_t *l, const char *list, char *err, si
     for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
         char *id = trim(tok);
         if (*id == '\0') continue;
-        if (!worker_id_ok(id)) {
+        if (!ts_worker_id_valid(id)) {
             st = fail(err, errcap,
                       "world.workers: bad worker id '%s' (1-%d characters of letters, digits, '-', '_')", id,
                       TS_WORKER_ID_MAX - 1);

@@ -135,7 +135,6 @@ void ts_orch_cells_free(ts_orch_t *o);
 
 /* ---- handover.c ---- */
 /* 1-63 letters, digits, '-' or '_' (safe in subjects and Redis keys). */
-bool ts_orch_worker_id_ok(const char *id);
 /* Subscribes the reply inbox; at most orch.max_handovers in flight. */
 ts_status_t ts_handovers_create(ts_handovers_t **out, ts_orch_t *o);
 void ts_handovers_destroy(ts_handovers_t *hs);

@@ -32,7 +32,7 @@ static int add_worker(ts_orch_view_t *vw, size_t cap, const char *id)
     for (size_t i = 0; i < vw->nw; i++) {
         if (strcmp(vw->w[i].id, id) == 0) return (int)i;
     }
-    if (vw->nw == cap || !ts_orch_worker_id_ok(id)) return -1;
+    if (vw->nw == cap || !ts_worker_id_valid(id)) return -1;
     ts_balance_worker_t *w = &vw->w[vw->nw];
     memset(w, 0, sizeof *w);
     ts_strlcpy(w->id, id, sizeof w->id);

@@ -118,7 +118,7 @@ static bool poll_liveness(ts_orch_t *o)
     size_t nrep =
         ts_liveness_apply(&o->live, ids, (const char(*)[TS_WORKER_TOKEN_MAX])tokens, n, replaced, n);
     for (size_t i = 0; i < nknown; i++) {
-        if (ts_orch_worker_id_ok(known[i])) ts_liveness_add(&o->live, known[i]);
+        if (ts_worker_id_valid(known[i])) ts_liveness_add(&o->live, known[i]);
     }
     ts_registry_free_list(known, nknown);
     if (version != o->version) o->cells_stale = true;

@@ -311,6 +311,11 @@ static void take_mail(ts_worker_t *w)
 
 ts_status_t ts_worker_create(ts_worker_t **out, const ts_config_t *cfg)
 {
+    if (!ts_worker_id_valid(cfg->worker_id)) {
+        ts_error("worker.id '%s' is not a valid worker id (1-%d letters, digits, '-' or '_')", cfg->worker_id,
+                 TS_WORKER_ID_MAX - 1);
+        return TS_ERR_CONFIG;
+    }
     ts_worker_t *w = calloc(1, sizeof(*w));
     if (!w) return TS_ERR_NOMEM;
     w->cfg = cfg;

@@ -9,6 +9,7 @@
 
 #include <string.h>
 
+#include "tessera/registry.h"
 #include "tessera/subject.h"
 
 static void test_kind_names(void **state)
@@ -157,12 +158,36 @@ static void test_service_subjects(void **state)
     assert_int_equal(ts_subject_ctl(small, sizeof small, 7, "stats"), -1);
 }
 
+/* One worker-id rule for every service: letters, digits, '-' and '_', 1 to
+ * TS_WORKER_ID_MAX - 1 of them. */
+static void test_worker_id_rule(void **state)
+{
+    (void)state;
+    assert_true(ts_worker_id_valid("w1"));
+    assert_true(ts_worker_id_valid("tessera-worker-0"));
+    assert_true(ts_worker_id_valid("Worker_7"));
+    char longest[TS_WORKER_ID_MAX];
+    memset(longest, 'a', sizeof longest - 1);
+    longest[sizeof longest - 1] = '\0';
+    assert_true(ts_worker_id_valid(longest));
+    char too_long[TS_WORKER_ID_MAX + 1];
+    memset(too_long, 'a', sizeof too_long - 1);
+    too_long[sizeof too_long - 1] = '\0';
+    assert_false(ts_worker_id_valid(too_long));
+    const char *bad[] = {NULL, "", "a b", "a.b", "w*", "w>", "w1\n", "w/1", "w:1", "\xc3\xa9"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        assert_false(ts_worker_id_valid(bad[i]));
+    char buf[64];
+    assert_int_equal(ts_subject_heartbeat(buf, sizeof buf, "w:1"), -1); /* the subject uses the same rule */
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_kind_names),    cmocka_unit_test(test_cell_subject_exact),
-        cmocka_unit_test(test_round_trip),    cmocka_unit_test(test_build_rejects),
-        cmocka_unit_test(test_parse_rejects), cmocka_unit_test(test_service_subjects),
+        cmocka_unit_test(test_kind_names),     cmocka_unit_test(test_cell_subject_exact),
+        cmocka_unit_test(test_round_trip),     cmocka_unit_test(test_build_rejects),
+        cmocka_unit_test(test_parse_rejects),  cmocka_unit_test(test_service_subjects),
+        cmocka_unit_test(test_worker_id_rule),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -24,6 +24,12 @@
 #include "tessera/status.h"
 
 #define TS_WORKER_ID_MAX 64
+
+/* The one rule for worker ids, everywhere (config, registry keys, NATS
+ * subjects, ctl requests): 1 to TS_WORKER_ID_MAX - 1 characters, each a
+ * letter, a digit, '-' or '_' (so it is one NATS token, a Redis key part and
+ * a Kubernetes pod name's worth). */
+bool ts_worker_id_valid(const char *id);
 /* Longest instance token + 1 (what a worker process puts in its liveness key). */
 #define TS_WORKER_TOKEN_MAX 64
 
