@@ -9,7 +9,7 @@ packages=(
     libnats-dev nats-server
     libprotobuf-c-dev protobuf-c-compiler
     libyaml-dev libhiredis-dev redis-server
-    libcmocka-dev libuv1-dev
+    libcmocka-dev libuv1-dev libjansson-dev
 )
 
 missing=()

@@ -38,20 +38,6 @@ ts_status_t ts_ctl_request(ts_bus_t *bus, uint32_t world, const char *verb, cons
     return TS_OK;
 }
 
-bool ts_ctl_json_number(const char *json, const char *key, double *out)
-{
-    char pattern[96];
-    snprintf(pattern, sizeof pattern, "\"%s\":", key);
-    const char *p = json ? strstr(json, pattern) : NULL;
-    if (!p) return false;
-    p += strlen(pattern);
-    char *end;
-    double v = strtod(p, &end);
-    if (end == p) return false;
-    *out = v;
-    return true;
-}
-
 /* Sends one request and prints the answer; the exit status. */
 static int ask(const ts_config_t *cfg, const char *verb, const char *payload, int64_t timeout_ms)
 {

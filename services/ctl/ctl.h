@@ -48,14 +48,14 @@ ts_status_t ts_ctl_hbs_snapshot(ts_ctl_hbs_t *h, ts_ctl_hb_t **out, size_t *n);
 /* One frame of a live view (watch, top). */
 typedef struct {
     const ts_config_t *cfg;
-    ts_registry_t *reg;        /* NULL while Redis cannot be reached */
-    const ts_ctl_hb_t *cur;    /* latest heartbeat per worker */
+    ts_registry_t *reg;     /* NULL while Redis cannot be reached */
+    const ts_ctl_hb_t *cur; /* latest heartbeat per worker */
     size_t ncur;
-    const ts_ctl_hb_t *prev;   /* the same, one frame earlier (NULL at first) */
+    const ts_ctl_hb_t *prev; /* the same, one frame earlier (NULL at first) */
     size_t nprev;
-    double secs;               /* since the previous frame */
-    const char *stats;         /* the orchestrator's stats JSON, or NULL */
-    uint64_t now_us;           /* monotonic */
+    double secs;       /* since the previous frame */
+    const char *stats; /* the orchestrator's stats JSON, or NULL */
+    uint64_t now_us;   /* monotonic */
 } ts_ctl_frame_t;
 /* Draws one frame; false when the registry could not be read (the loop
  * re-opens it). */
@@ -84,10 +84,8 @@ int ts_ctl_top(const ts_config_t *cfg, long count);
 /* Sends a text request to tessera.ctl.<world>.<verb>. On TS_OK *reply is the
  * NUL-terminated answer (caller frees). TS_ERR_TIMEOUT / TS_ERR_UNAVAILABLE:
  * no orchestrator answered. */
-ts_status_t ts_ctl_request(ts_bus_t *bus, uint32_t world, const char *verb, const char *payload, int64_t timeout_ms,
-                           char **reply);
-/* Number after "key": in a flat JSON object; false if absent. */
-bool ts_ctl_json_number(const char *json, const char *key, double *out);
+ts_status_t ts_ctl_request(ts_bus_t *bus, uint32_t world, const char *verb, const char *payload,
+                           int64_t timeout_ms, char **reply);
 
 /* Prints every message on subject (wildcards allowed) decoded, one line
  * each; count 0 = until signalled. */

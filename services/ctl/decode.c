@@ -163,8 +163,7 @@ static void print_value(FILE *out, const ProtobufCFieldDescriptor *f, const void
         fputs(json ? "\"" : "0x", out);
         for (size_t i = 0; i < b->len; i++)
             fprintf(out, "%02x", b->data[i]);
-        if (json)
-            fputc('"', out);
+        if (json) fputc('"', out);
         break;
     }
     case PROTOBUF_C_TYPE_MESSAGE: {
@@ -180,24 +179,22 @@ static void print_value(FILE *out, const ProtobufCFieldDescriptor *f, const void
 
 static bool print_cell(FILE *out, const ProtobufCMessage *m, bool json)
 {
-    if (m->descriptor != &tessera__v1__cell_id__descriptor)
-        return false;
+    if (m->descriptor != &tessera__v1__cell_id__descriptor) return false;
     ts_cell_t c;
     char key[TS_CELL_STR_MAX];
     const Tessera__V1__CellId *pb = (const Tessera__V1__CellId *)m;
     if (ts_proto_cell_get(pb, &c) == TS_OK && ts_cell_format(&c, key, sizeof key) > 0) {
         fprintf(out, json ? "\"%s\"" : "%s", key);
     } else {
-        fprintf(out, json ? "\"%u.%d.%d.%u.%llu(invalid)\"" : "%u.%d.%d.%u.%llu(invalid)", pb->world, pb->cx, pb->cy,
-                pb->depth, (unsigned long long)pb->sub);
+        fprintf(out, json ? "\"%u.%d.%d.%u.%llu(invalid)\"" : "%u.%d.%d.%u.%llu(invalid)", pb->world, pb->cx,
+                pb->cy, pb->depth, (unsigned long long)pb->sub);
     }
     return true;
 }
 
 static void print_message(FILE *out, const ProtobufCMessage *m, bool json)
 {
-    if (print_cell(out, m, json))
-        return;
+    if (print_cell(out, m, json)) return;
     const ProtobufCMessageDescriptor *d = m->descriptor;
     const char *base = (const char *)m;
     bool first = true;
@@ -209,20 +206,16 @@ static void print_message(FILE *out, const ProtobufCMessage *m, bool json)
         bool repeated = f->label == PROTOBUF_C_LABEL_REPEATED;
         if (repeated) {
             n = *(const size_t *)(base + f->quantifier_offset);
-            if (n == 0)
-                continue;
+            if (n == 0) continue;
         } else if (f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) {
-            if (*(const uint32_t *)(base + f->quantifier_offset) != f->id)
-                continue;
+            if (*(const uint32_t *)(base + f->quantifier_offset) != f->id) continue;
         } else if (f->label == PROTOBUF_C_LABEL_OPTIONAL && f->type != PROTOBUF_C_TYPE_MESSAGE &&
                    f->type != PROTOBUF_C_TYPE_STRING) {
-            if (!*(const protobuf_c_boolean *)(base + f->quantifier_offset))
-                continue;
+            if (!*(const protobuf_c_boolean *)(base + f->quantifier_offset)) continue;
         } else if (is_default(f, p)) {
             continue;
         }
-        if (!first)
-            fputs(json ? "," : " ", out);
+        if (!first) fputs(json ? "," : " ", out);
         first = false;
         fprintf(out, json ? "\"%s\":" : "%s=", f->name);
         if (!repeated) {
@@ -233,8 +226,7 @@ static void print_message(FILE *out, const ProtobufCMessage *m, bool json)
         size_t sz = elem_size(f->type);
         fputc('[', out);
         for (size_t k = 0; k < n; k++) {
-            if (k)
-                fputs(json ? "," : " ", out);
+            if (k) fputs(json ? "," : " ", out);
             print_value(out, f, arr + k * sz, json);
         }
         fputc(']', out);
@@ -256,7 +248,8 @@ static const ProtobufCMessageDescriptor *type_of(const char *subject, char *err,
         case TS_SUBJ_CHECKPOINT:
             return &tessera__v1__checkpoint__descriptor;
         default:
-            snprintf(err, errcap, "no decoder for '%s' messages (subject %s)", ts_subject_kind_str(kind), subject);
+            snprintf(err, errcap, "no decoder for '%s' messages (subject %s)", ts_subject_kind_str(kind),
+                     subject);
             return NULL;
         }
     }
@@ -268,8 +261,8 @@ static const ProtobufCMessageDescriptor *type_of(const char *subject, char *err,
         if (memchr(id, '.', (size_t)(subject + n - 3 - id)) == NULL)
             return &tessera__v1__heartbeat__descriptor;
     }
-    if (strncmp(subject, registry_prefix, sizeof registry_prefix - 1) == 0 && n > sizeof registry_prefix - 1 &&
-        strchr(subject + sizeof registry_prefix - 1, '.') == NULL)
+    if (strncmp(subject, registry_prefix, sizeof registry_prefix - 1) == 0 &&
+        n > sizeof registry_prefix - 1 && strchr(subject + sizeof registry_prefix - 1, '.') == NULL)
         return &tessera__v1__registry_change__descriptor;
     snprintf(err, errcap,
              "subject '%s' carries no known message type (expected cell.<w>.<cx>.<cy>.<d>.<sub>."
@@ -282,8 +275,7 @@ ts_status_t ts_ctl_decode_payload(const char *subject, const uint8_t *data, size
                                   char *err, size_t errcap)
 {
     const ProtobufCMessageDescriptor *d = type_of(subject, err, errcap);
-    if (!d)
-        return TS_ERR_INVALID;
+    if (!d) return TS_ERR_INVALID;
     ProtobufCMessage *m = protobuf_c_message_unpack(d, NULL, len, data);
     if (!m) {
         snprintf(err, errcap, "payload (%zu bytes) on %s is not a valid %s", len, subject, d->name);
@@ -330,8 +322,7 @@ int ts_ctl_decode(const char *subject, bool json, FILE *in, FILE *out)
         }
         size_t n = fread(buf + len, 1, cap - len, in);
         len += n;
-        if (n == 0)
-            break;
+        if (n == 0) break;
     }
     int rc = 0;
     if (ferror(in)) {

@@ -20,16 +20,14 @@ struct ts_ctl_hbs {
 ts_status_t ts_ctl_hbs_create(ts_ctl_hbs_t **out)
 {
     *out = calloc(1, sizeof **out);
-    if (!*out)
-        return TS_ERR_NOMEM;
+    if (!*out) return TS_ERR_NOMEM;
     pthread_mutex_init(&(*out)->mu, NULL);
     return TS_OK;
 }
 
 void ts_ctl_hbs_destroy(ts_ctl_hbs_t *h)
 {
-    if (!h)
-        return;
+    if (!h) return;
     pthread_mutex_destroy(&h->mu);
     free(h->list);
     free(h);
@@ -38,16 +36,13 @@ void ts_ctl_hbs_destroy(ts_ctl_hbs_t *h)
 static ts_ctl_hb_t *find_or_add(ts_ctl_hbs_t *h, const char *id)
 {
     for (size_t i = 0; i < h->len; i++) {
-        if (strcmp(h->list[i].id, id) == 0)
-            return &h->list[i];
+        if (strcmp(h->list[i].id, id) == 0) return &h->list[i];
     }
-    if (h->len == MAX_WORKERS)
-        return NULL;
+    if (h->len == MAX_WORKERS) return NULL;
     if (h->len == h->cap) {
         size_t cap = h->cap ? h->cap * 2 : 8;
         ts_ctl_hb_t *list = realloc(h->list, cap * sizeof *list);
-        if (!list)
-            return NULL;
+        if (!list) return NULL;
         h->list = list;
         h->cap = cap;
     }
@@ -60,9 +55,9 @@ static ts_ctl_hb_t *find_or_add(ts_ctl_hbs_t *h, const char *id)
 void ts_ctl_hbs_on_msg(void *ud, const ts_bus_msg_t *msg)
 {
     ts_ctl_hbs_t *h = ud;
-    Tessera__V1__Heartbeat *hb = tessera__v1__heartbeat__unpack(NULL, ts_bus_msg_len(msg), ts_bus_msg_data(msg));
-    if (!hb)
-        return;
+    Tessera__V1__Heartbeat *hb =
+        tessera__v1__heartbeat__unpack(NULL, ts_bus_msg_len(msg), ts_bus_msg_data(msg));
+    if (!hb) return;
     if (hb->worker && hb->worker[0] && strlen(hb->worker) < TS_WORKER_ID_MAX) {
         pthread_mutex_lock(&h->mu);
         ts_ctl_hb_t *e = find_or_add(h, hb->worker);
@@ -91,8 +86,7 @@ ts_status_t ts_ctl_hbs_snapshot(ts_ctl_hbs_t *h, ts_ctl_hb_t **out, size_t *n)
     pthread_mutex_lock(&h->mu);
     *n = h->len;
     *out = malloc((h->len ? h->len : 1) * sizeof **out);
-    if (*out && h->len)
-        memcpy(*out, h->list, h->len * sizeof **out);
+    if (*out && h->len) memcpy(*out, h->list, h->len * sizeof **out);
     pthread_mutex_unlock(&h->mu);
     return *out ? TS_OK : TS_ERR_NOMEM;
 }

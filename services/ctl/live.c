@@ -16,8 +16,7 @@
 const ts_ctl_hb_t *ts_ctl_hb_find(const ts_ctl_hb_t *v, size_t n, const char *id)
 {
     for (size_t i = 0; i < n; i++) {
-        if (strcmp(v[i].id, id) == 0)
-            return &v[i];
+        if (strcmp(v[i].id, id) == 0) return &v[i];
     }
     return NULL;
 }
@@ -30,8 +29,7 @@ int ts_ctl_live(const ts_config_t *cfg, long count, ts_ctl_draw_fn draw, void *u
     ts_ctl_frame_t f = {.cfg = cfg};
     int rc = 1;
 
-    if (ts_ctl_connect_registry(cfg, &f.reg) != TS_OK || ts_ctl_connect_bus(cfg, &bus) != TS_OK)
-        goto cleanup;
+    if (ts_ctl_connect_registry(cfg, &f.reg) != TS_OK || ts_ctl_connect_bus(cfg, &bus) != TS_OK) goto cleanup;
     if (ts_ctl_hbs_create(&table) != TS_OK ||
         ts_bus_subscribe(bus, "tessera.worker.*.hb", ts_ctl_hbs_on_msg, table, &sub) != TS_OK) {
         fprintf(stderr, "tessera-ctl: cannot subscribe to heartbeats on %s\n", cfg->nats_url);
@@ -46,16 +44,14 @@ int ts_ctl_live(const ts_config_t *cfg, long count, ts_ctl_draw_fn draw, void *u
             continue;
         }
         next += PERIOD_MS * 1000ULL;
-        if (next <= now)
-            next = now + PERIOD_MS * 1000ULL;
+        if (next <= now) next = now + PERIOD_MS * 1000ULL;
         f.secs = (double)(now - last) / 1e6;
         f.now_us = now;
         last = now;
 
         ts_ctl_hb_t *cur = NULL;
         size_t ncur = 0;
-        if (ts_ctl_hbs_snapshot(table, &cur, &ncur) != TS_OK)
-            break;
+        if (ts_ctl_hbs_snapshot(table, &cur, &ncur) != TS_OK) break;
         f.cur = cur;
         f.ncur = ncur;
         char *stats = NULL;

@@ -12,29 +12,29 @@ volatile sig_atomic_t ts_ctl_stop;
 
 static const ts_service_t service = {
     .name = "tessera-ctl",
-    .usage =
-        "usage: tessera-ctl [--key=value ...] <command> [options]\n\n"
-        "commands:\n"
-        "  cells                    cells of world.id from the registry: owner, epoch, state\n"
-        "  workers                  known workers, alive or not, with their latest heartbeat\n"
-        "                           (waits 1.5 s for heartbeats)\n"
-        "  watch [--count N]        one line per second: cells, owners, entities, inputs/s,\n"
-        "                           ticks (per second, all workers), transfers/s, cross-worker\n"
-        "                           transfers/s, handovers so far; until SIGINT or N lines\n"
-        "  top [--count N]          live table, refreshed every second: per worker cells, entities,\n"
-        "                           inputs/s, tick p50/p99, load score, draining; orchestrator\n"
-        "                           counters below; until SIGINT or N refreshes\n"
-        "  handover CELL WORKER     asks the leading orchestrator to move CELL (e.g. 0.-1.0.0.0)\n"
-        "                           to WORKER live; prints its answer\n"
-        "  drain WORKER             hands every cell of WORKER to the other workers\n"
-        "  stats                    the orchestrator's handover/recovery/rebalancing figures (JSON)\n"
-        "  tail SUBJECT [--count N] [--json]\n"
-        "                           every message on SUBJECT (wildcards allowed) decoded, one\n"
-        "                           line each, e.g. tail 'cell.0.*.*.*.*.state'\n"
-        "  decode --subject SUBJ [--json]\n"
-        "                           reads one message payload from stdin and prints it decoded\n"
-        "                           (type chosen from the subject), e.g.\n"
-        "                           nats sub 'cell.>' --translate 'tessera-ctl decode --subject {{Subject}}'\n\n",
+    .usage = "usage: tessera-ctl [--key=value ...] <command> [options]\n\n"
+             "commands:\n"
+             "  cells                    cells of world.id from the registry: owner, epoch, state\n"
+             "  workers                  known workers, alive or not, with their latest heartbeat\n"
+             "                           (waits 1.5 s for heartbeats)\n"
+             "  watch [--count N]        one line per second: cells, owners, entities, inputs/s,\n"
+             "                           ticks (per second, all workers), transfers/s, cross-worker\n"
+             "                           transfers/s, handovers so far; until SIGINT or N lines\n"
+             "  top [--count N]          live table, refreshed every second: per worker cells, entities,\n"
+             "                           inputs/s, tick p50/p99, load score, draining; orchestrator\n"
+             "                           counters below; until SIGINT or N refreshes\n"
+             "  handover CELL WORKER     asks the leading orchestrator to move CELL (e.g. 0.-1.0.0.0)\n"
+             "                           to WORKER live; prints its answer\n"
+             "  drain WORKER             hands every cell of WORKER to the other workers\n"
+             "  stats                    the orchestrator's handover/recovery/rebalancing figures (JSON)\n"
+             "  tail SUBJECT [--count N] [--json]\n"
+             "                           every message on SUBJECT (wildcards allowed) decoded, one\n"
+             "                           line each, e.g. tail 'cell.0.*.*.*.*.state'\n"
+             "  decode --subject SUBJ [--json]\n"
+             "                           reads one message payload from stdin and prints it decoded\n"
+             "                           (type chosen from the subject), e.g.\n"
+             "                           nats sub 'cell.>' --translate 'tessera-ctl decode --subject "
+             "{{Subject}}'\n\n",
     .config_exit = 1,
     .stop = &ts_ctl_stop,
 };
@@ -101,11 +101,10 @@ static int command_args(const char *cmd)
     static const struct {
         const char *name;
         int args;
-    } cmds[] = {{"cells", 0}, {"workers", 0}, {"watch", 0},    {"top", 0},
-                {"stats", 0}, {"decode", 0},  {"handover", 2}, {"drain", 1}, {"tail", 1}};
+    } cmds[] = {{"cells", 0},  {"workers", 0},  {"watch", 0}, {"top", 0}, {"stats", 0},
+                {"decode", 0}, {"handover", 2}, {"drain", 1}, {"tail", 1}};
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
-        if (strcmp(cmds[i].name, cmd) == 0)
-            return cmds[i].args;
+        if (strcmp(cmds[i].name, cmd) == 0) return cmds[i].args;
     }
     return -1;
 }
@@ -125,7 +124,9 @@ static int run_command(char **args, int nargs, const ts_config_t *cfg, const ctl
             fprintf(stderr, "tessera-ctl: unexpected argument '%s' after '%s'\n", args[want + 1], cmd);
         else
             fprintf(stderr, "tessera-ctl: %s needs %s\n", cmd,
-                    strcmp(cmd, "handover") == 0 ? "CELL WORKER" : strcmp(cmd, "tail") == 0 ? "SUBJECT" : "WORKER");
+                    strcmp(cmd, "handover") == 0 ? "CELL WORKER"
+                    : strcmp(cmd, "tail") == 0   ? "SUBJECT"
+                                                 : "WORKER");
         return TS_CTL_EXIT_USAGE;
     }
     bool tail = strcmp(cmd, "tail") == 0;
@@ -142,8 +143,7 @@ static int run_command(char **args, int nargs, const ts_config_t *cfg, const ctl
         fprintf(stderr, "tessera-ctl: --json only applies to decode and tail\n");
         return TS_CTL_EXIT_USAGE;
     }
-    if (strcmp(cmd, "cells") == 0)
-        return ts_ctl_cells(cfg);
+    if (strcmp(cmd, "cells") == 0) return ts_ctl_cells(cfg);
     if (counted) {
         int64_t v = 0;
         if (o->count && (ts_parse_i64(o->count, &v) != TS_OK || v < 1)) {
@@ -154,12 +154,9 @@ static int run_command(char **args, int nargs, const ts_config_t *cfg, const ctl
         if (tail) return ts_ctl_tail(cfg, args[1], o->json, count);
         return strcmp(cmd, "top") == 0 ? ts_ctl_top(cfg, count) : ts_ctl_watch(cfg, count);
     }
-    if (strcmp(cmd, "handover") == 0)
-        return ts_ctl_handover(cfg, args[1], args[2]);
-    if (strcmp(cmd, "drain") == 0)
-        return ts_ctl_drain(cfg, args[1]);
-    if (strcmp(cmd, "stats") == 0)
-        return ts_ctl_stats(cfg);
+    if (strcmp(cmd, "handover") == 0) return ts_ctl_handover(cfg, args[1], args[2]);
+    if (strcmp(cmd, "drain") == 0) return ts_ctl_drain(cfg, args[1]);
+    if (strcmp(cmd, "stats") == 0) return ts_ctl_stats(cfg);
     if (strcmp(cmd, "decode") == 0) {
         if (!o->subject || !*o->subject) {
             fprintf(stderr, "tessera-ctl: decode needs --subject SUBJECT\n");

@@ -12,12 +12,9 @@
 static int cmp_entry(const void *pa, const void *pb)
 {
     const ts_cell_t *a = &((const ts_cell_entry_t *)pa)->cell, *b = &((const ts_cell_entry_t *)pb)->cell;
-    if (a->cx != b->cx)
-        return a->cx < b->cx ? -1 : 1;
-    if (a->cy != b->cy)
-        return a->cy < b->cy ? -1 : 1;
-    if (a->depth != b->depth)
-        return a->depth < b->depth ? -1 : 1;
+    if (a->cx != b->cx) return a->cx < b->cx ? -1 : 1;
+    if (a->cy != b->cy) return a->cy < b->cy ? -1 : 1;
+    if (a->depth != b->depth) return a->depth < b->depth ? -1 : 1;
     return a->sub < b->sub ? -1 : a->sub > b->sub;
 }
 
@@ -25,8 +22,7 @@ int ts_ctl_cells(const ts_config_t *cfg)
 {
     uint32_t world = (uint32_t)cfg->world_id;
     ts_registry_t *reg = NULL;
-    if (ts_ctl_connect_registry(cfg, &reg) != TS_OK)
-        return 1;
+    if (ts_ctl_connect_registry(cfg, &reg) != TS_OK) return 1;
     ts_cell_entry_t *cells = NULL;
     size_t n = 0;
     uint64_t version = 0;
@@ -34,20 +30,17 @@ int ts_ctl_cells(const ts_config_t *cfg)
     int rc = 1;
     ts_status_t st = ts_registry_world_get(reg, world, &w);
     if (st == TS_ERR_NOT_FOUND) {
-        fprintf(stderr, "tessera-ctl: world %u is not in the registry at %s (is tessera-orch running?)\n", world,
-                cfg->redis_url);
+        fprintf(stderr, "tessera-ctl: world %u is not in the registry at %s (is tessera-orch running?)\n",
+                world, cfg->redis_url);
         goto cleanup;
     }
-    if (st == TS_OK)
-        st = ts_registry_cells(reg, world, &cells, &n);
-    if (st == TS_OK)
-        st = ts_registry_version(reg, world, &version);
+    if (st == TS_OK) st = ts_registry_cells(reg, world, &cells, &n);
+    if (st == TS_OK) st = ts_registry_version(reg, world, &version);
     if (st != TS_OK) {
         fprintf(stderr, "tessera-ctl: cannot read the cells of world %u: %s\n", world, ts_status_str(st));
         goto cleanup;
     }
-    if (n > 1)
-        qsort(cells, n, sizeof *cells, cmp_entry);
+    if (n > 1) qsort(cells, n, sizeof *cells, cmp_entry);
     printf("%-24s %-16s %8s  %s\n", "CELL", "OWNER", "EPOCH", "STATE");
     for (size_t i = 0; i < n; i++) {
         char key[TS_CELL_STR_MAX];
@@ -55,8 +48,8 @@ int ts_ctl_cells(const ts_config_t *cfg)
         printf("%-24s %-16s %8llu  %s\n", key, cells[i].owner[0] ? cells[i].owner : "-",
                (unsigned long long)cells[i].epoch, ts_cell_state_str(cells[i].state));
     }
-    printf("world %u: %zu cells, %dx%d root cells of %g from %d,%d, registry version %llu\n", world, n, w.width,
-           w.height, w.cell_size, w.x0, w.y0, (unsigned long long)version);
+    printf("world %u: %zu cells, %dx%d root cells of %g from %d,%d, registry version %llu\n", world, n,
+           w.width, w.height, w.cell_size, w.x0, w.y0, (unsigned long long)version);
     rc = 0;
 
 cleanup:
@@ -67,16 +60,15 @@ cleanup:
 
 typedef struct {
     char id[TS_WORKER_ID_MAX];
-    bool alive;      /* liveness key present (TTL not expired) */
-    size_t owned;    /* cells owned in the registry */
+    bool alive;   /* liveness key present (TTL not expired) */
+    size_t owned; /* cells owned in the registry */
     const ts_ctl_hb_t *hb;
 } row_t;
 
 static row_t *row_for(row_t *rows, size_t *n, const char *id)
 {
     for (size_t i = 0; i < *n; i++) {
-        if (strcmp(rows[i].id, id) == 0)
-            return &rows[i];
+        if (strcmp(rows[i].id, id) == 0) return &rows[i];
     }
     row_t *r = &rows[(*n)++];
     memset(r, 0, sizeof *r);
@@ -108,16 +100,14 @@ static void collect_heartbeats(const ts_config_t *cfg, ts_ctl_hb_t **hbs, size_t
     }
     ts_bus_sub_destroy(sub);
     ts_bus_destroy(bus);
-    if (table && ts_ctl_hbs_snapshot(table, hbs, nhb) != TS_OK)
-        *nhb = 0;
+    if (table && ts_ctl_hbs_snapshot(table, hbs, nhb) != TS_OK) *nhb = 0;
     ts_ctl_hbs_destroy(table);
 }
 
 int ts_ctl_workers(const ts_config_t *cfg)
 {
     ts_registry_t *reg = NULL;
-    if (ts_ctl_connect_registry(cfg, &reg) != TS_OK)
-        return 1;
+    if (ts_ctl_connect_registry(cfg, &reg) != TS_OK) return 1;
     char **ids = NULL;
     size_t nids = 0, ncells = 0, nhb = 0, nrows = 0;
     ts_cell_entry_t *cells = NULL;
@@ -127,8 +117,7 @@ int ts_ctl_workers(const ts_config_t *cfg)
     ts_status_t st = ts_registry_workers(reg, &ids, &nids);
     if (st == TS_OK) {
         st = ts_registry_cells(reg, (uint32_t)cfg->world_id, &cells, &ncells);
-        if (st == TS_ERR_NOT_FOUND)
-            st = TS_OK;
+        if (st == TS_ERR_NOT_FOUND) st = TS_OK;
     }
     if (st != TS_OK) {
         fprintf(stderr, "tessera-ctl: cannot read workers from %s: %s\n", cfg->redis_url, ts_status_str(st));
@@ -144,17 +133,14 @@ int ts_ctl_workers(const ts_config_t *cfg)
     for (size_t i = 0; i < nids; i++)
         row_for(rows, &nrows, ids[i]);
     for (size_t i = 0; i < ncells; i++) {
-        if (cells[i].owner[0])
-            row_for(rows, &nrows, cells[i].owner)->owned++;
+        if (cells[i].owner[0]) row_for(rows, &nrows, cells[i].owner)->owned++;
     }
     for (size_t i = 0; i < nhb; i++)
         row_for(rows, &nrows, hbs[i].id)->hb = &hbs[i];
     for (size_t i = 0; i < nrows; i++) {
-        if (ts_registry_worker_is_alive(reg, rows[i].id, &rows[i].alive) != TS_OK)
-            rows[i].alive = false;
+        if (ts_registry_worker_is_alive(reg, rows[i].id, &rows[i].alive) != TS_OK) rows[i].alive = false;
     }
-    if (nrows > 1)
-        qsort(rows, nrows, sizeof *rows, cmp_row);
+    if (nrows > 1) qsort(rows, nrows, sizeof *rows, cmp_row);
 
     printf("%-16s %-9s %6s %9s %9s %10s %15s %8s %10s %10s %9s\n", "WORKER", "ALIVE", "CELLS", "ENTITIES",
            "CAPACITY", "TICKS", "INPUTS_APPLIED", "DROPPED", "DUPLICATE", "TRANSFERS", "TICK_P99");
@@ -162,8 +148,8 @@ int ts_ctl_workers(const ts_config_t *cfg)
         const row_t *r = &rows[i];
         const char *alive = r->alive ? "yes" : "no";
         if (!r->hb) {
-            printf("%-16s %-9s %6zu %9s %9s %10s %15s %8s %10s %10s %9s\n", r->id, alive, r->owned, "-", "-", "-",
-                   "-", "-", "-", "-", "-");
+            printf("%-16s %-9s %6zu %9s %9s %10s %15s %8s %10s %10s %9s\n", r->id, alive, r->owned, "-", "-",
+                   "-", "-", "-", "-", "-", "-");
             continue;
         }
         printf("%-16s %-9s %6zu %9u %9u %10llu %15llu %8llu %10llu %10llu %7.2fms\n", r->id, alive, r->owned,

@@ -25,10 +25,11 @@ static void on_msg(void *ud, const ts_bus_msg_t *m)
     }
     const char *subject = ts_bus_msg_subject(m);
     char err[256] = "";
-    if (ts_ctl_decode_payload(subject, ts_bus_msg_data(m), ts_bus_msg_len(m), t->json, stdout, err, sizeof err) !=
-        TS_OK) {
+    if (ts_ctl_decode_payload(subject, ts_bus_msg_data(m), ts_bus_msg_len(m), t->json, stdout, err,
+                              sizeof err) != TS_OK) {
         if (t->json)
-            printf("{\"subject\":\"%s\",\"bytes\":%zu,\"error\":\"undecodable\"}\n", subject, ts_bus_msg_len(m));
+            printf("{\"subject\":\"%s\",\"bytes\":%zu,\"error\":\"undecodable\"}\n", subject,
+                   ts_bus_msg_len(m));
         else
             printf("%s %zu bytes, not decoded: %s\n", subject, ts_bus_msg_len(m), err);
     }

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "ctl.h"
+#include "tessera/json.h"
 #include "tessera/log.h"
 #include "tessera/util.h"
 
@@ -31,8 +32,7 @@ typedef struct {
 static top_row_t *row(top_row_t *rows, size_t *n, const char *id)
 {
     for (size_t i = 0; i < *n; i++) {
-        if (strcmp(rows[i].id, id) == 0)
-            return &rows[i];
+        if (strcmp(rows[i].id, id) == 0) return &rows[i];
     }
     top_row_t *r = &rows[(*n)++];
     memset(r, 0, sizeof *r);
@@ -50,8 +50,7 @@ static void score(top_row_t *rows, size_t n, double budget_ms)
     double sum_e = 0, sum_i = 0;
     size_t k = 0;
     for (size_t i = 0; i < n; i++) {
-        if (!rows[i].live || rows[i].draining)
-            continue;
+        if (!rows[i].live || rows[i].draining) continue;
         sum_e += rows[i].hb->entities;
         sum_i += rows[i].inputs_per_s;
         k++;
@@ -59,8 +58,7 @@ static void score(top_row_t *rows, size_t n, double budget_ms)
     double mean_e = k ? sum_e / (double)k : 0, mean_i = k ? sum_i / (double)k : 0;
     for (size_t i = 0; i < n; i++) {
         top_row_t *r = &rows[i];
-        if (!r->live)
-            continue;
+        if (!r->live) continue;
         r->load = (mean_e > 0 ? 0.5 * r->hb->entities / mean_e : 0) +
                   (mean_i > 0 ? 0.3 * r->inputs_per_s / mean_i : 0) +
                   (budget_ms > 0 ? 0.2 * r->hb->tick_p99_ms / budget_ms : 0);
@@ -70,15 +68,15 @@ static void score(top_row_t *rows, size_t n, double budget_ms)
 static void print_footer(const char *stats)
 {
     double handovers = 0, aborted = 0, p50 = 0, p99 = 0, recoveries = 0, moves = 0;
-    if (!stats || stats[0] != '{' || !ts_ctl_json_number(stats, "handovers", &handovers)) {
+    if (!stats || stats[0] != '{' || !ts_json_number(stats, "handovers", &handovers)) {
         printf("(no orchestrator answered tessera.ctl stats)\n");
         return;
     }
-    ts_ctl_json_number(stats, "aborted", &aborted);
-    ts_ctl_json_number(stats, "freeze_us_p50", &p50);
-    ts_ctl_json_number(stats, "freeze_us_p99", &p99);
-    ts_ctl_json_number(stats, "recoveries", &recoveries);
-    ts_ctl_json_number(stats, "rebalance_moves", &moves);
+    ts_json_number(stats, "aborted", &aborted);
+    ts_json_number(stats, "freeze_us_p50", &p50);
+    ts_json_number(stats, "freeze_us_p99", &p99);
+    ts_json_number(stats, "recoveries", &recoveries);
+    ts_json_number(stats, "rebalance_moves", &moves);
     printf("handovers=%.0f aborted=%.0f freeze_p50=%.0fus freeze_p99=%.0fus recoveries=%.0f "
            "rebalance_moves=%.0f\n",
            handovers, aborted, p50, p99, recoveries, moves);
@@ -99,10 +97,8 @@ static bool draw(const ts_ctl_frame_t *f, void *ud)
     size_t ncells = 0, ndrain = 0, n = 0;
     char **drain = NULL;
     ts_status_t st = ts_registry_cells(reg, (uint32_t)cfg->world_id, &cells, &ncells);
-    if (st == TS_ERR_NOT_FOUND)
-        st = TS_OK;
-    if (st == TS_OK)
-        st = ts_registry_draining(reg, (uint32_t)cfg->world_id, &drain, &ndrain);
+    if (st == TS_ERR_NOT_FOUND) st = TS_OK;
+    if (st == TS_OK) st = ts_registry_draining(reg, (uint32_t)cfg->world_id, &drain, &ndrain);
     top_row_t *rows = st == TS_OK ? calloc(ncur + ncells + ndrain + 1, sizeof *rows) : NULL;
     if (!rows) {
         free(cells);
@@ -124,26 +120,24 @@ static bool draw(const ts_ctl_frame_t *f, void *ud)
         row(rows, &n, drain[i])->draining = true;
     double hz = (double)(cfg->worker_tick_hz > 0 ? cfg->worker_tick_hz : 20);
     score(rows, n, 1000.0 / hz);
-    if (n > 1)
-        qsort(rows, n, sizeof *rows, cmp_row);
+    if (n > 1) qsort(rows, n, sizeof *rows, cmp_row);
 
-    if (isatty(STDOUT_FILENO))
-        printf("\033[H\033[2J");
+    if (isatty(STDOUT_FILENO)) printf("\033[H\033[2J");
     printf("%-16s %-5s %6s %9s %9s %9s %9s %6s  %s\n", "WORKER", "ALIVE", "CELLS", "ENTITIES", "INPUTS/S",
            "TICK_P50", "TICK_P99", "LOAD", "DRAINING");
     for (size_t i = 0; i < n; i++) {
         const top_row_t *r = &rows[i];
         if (!r->live) {
-            printf("%-16s %-5s %6zu %9s %9s %9s %9s %6s  %s\n", r->id, "no", r->cells, "-", "-", "-", "-", "-",
-                   r->draining ? "yes" : "no");
+            printf("%-16s %-5s %6zu %9s %9s %9s %9s %6s  %s\n", r->id, "no", r->cells, "-", "-", "-", "-",
+                   "-", r->draining ? "yes" : "no");
             continue;
         }
-        printf("%-16s %-5s %6zu %9u %9.0f %7.2fms %7.2fms %6.2f  %s\n", r->id, "yes", r->cells, r->hb->entities,
-               r->inputs_per_s, r->hb->tick_p50_ms, r->hb->tick_p99_ms, r->load, r->draining ? "yes" : "no");
+        printf("%-16s %-5s %6zu %9u %9.0f %7.2fms %7.2fms %6.2f  %s\n", r->id, "yes", r->cells,
+               r->hb->entities, r->inputs_per_s, r->hb->tick_p50_ms, r->hb->tick_p99_ms, r->load,
+               r->draining ? "yes" : "no");
     }
     print_footer(f->stats);
-    if (!isatty(STDOUT_FILENO))
-        printf("\n");
+    if (!isatty(STDOUT_FILENO)) printf("\n");
     fflush(stdout);
     free(rows);
     free(cells);

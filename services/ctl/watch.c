@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "ctl.h"
+#include "tessera/json.h"
 #include "tessera/log.h"
 #include "tessera/util.h"
 
@@ -51,15 +52,14 @@ static bool describe_cells(const ts_config_t *cfg, ts_registry_t *reg, char *buf
         size_t k = 0;
         while (k < nowners && strcmp(owners[k].owner, o) != 0)
             k++;
-        if (k == nowners)
-            ts_strlcpy(owners[nowners++].owner, o, sizeof owners[k].owner);
+        if (k == nowners) ts_strlcpy(owners[nowners++].owner, o, sizeof owners[k].owner);
         owners[k].cells++;
     }
-    if (nowners > 1)
-        qsort(owners, nowners, sizeof *owners, cmp_owner);
+    if (nowners > 1) qsort(owners, nowners, sizeof *owners, cmp_owner);
     int len = snprintf(buf, cap, "cells=%zu owners=", n);
     for (size_t k = 0; k < nowners && k < MAX_OWNERS_SHOWN && len > 0 && (size_t)len < cap; k++)
-        len += snprintf(buf + len, cap - (size_t)len, "%s%s:%zu", k ? "," : "", owners[k].owner, owners[k].cells);
+        len += snprintf(buf + len, cap - (size_t)len, "%s%s:%zu", k ? "," : "", owners[k].owner,
+                        owners[k].cells);
     if (nowners == 0 && len > 0 && (size_t)len < cap)
         snprintf(buf + len, cap - (size_t)len, "-");
     else if (nowners > MAX_OWNERS_SHOWN && len > 0 && (size_t)len < cap)
@@ -80,11 +80,9 @@ static bool draw_line(const ts_ctl_frame_t *f, void *ud)
     uint64_t entities = 0, inputs = 0, ticks = 0, transfers = 0, remote = 0;
     for (size_t i = 0; i < f->ncur; i++) {
         const ts_ctl_hb_t *c = &f->cur[i];
-        if (f->now_us - c->seen_us <= LIVE_MS * 1000ULL)
-            entities += c->entities;
+        if (f->now_us - c->seen_us <= LIVE_MS * 1000ULL) entities += c->entities;
         const ts_ctl_hb_t *p = ts_ctl_hb_find(f->prev, f->nprev, c->id);
-        if (!p)
-            continue;
+        if (!p) continue;
         inputs += delta(c->inputs_applied, p->inputs_applied);
         ticks += delta(c->ticks, p->ticks);
         transfers += delta(c->transfers_out, p->transfers_out);
@@ -93,7 +91,7 @@ static bool draw_line(const ts_ctl_frame_t *f, void *ud)
     char cells[1024], handovers[48] = "";
     bool ok = describe_cells(f->cfg, f->reg, cells, sizeof cells);
     double n_handovers = 0;
-    if (f->stats && ts_ctl_json_number(f->stats, "handovers", &n_handovers))
+    if (f->stats && ts_json_number(f->stats, "handovers", &n_handovers))
         snprintf(handovers, sizeof handovers, " handovers=%.0f", n_handovers);
     printf("%s entities=%llu inputs/s=%.0f ticks=%.0f transfers/s=%.1f cross-worker=%.1f%s\n", cells,
            (unsigned long long)entities, (double)inputs / f->secs, (double)ticks / f->secs,

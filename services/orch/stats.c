@@ -3,8 +3,10 @@
  * handovers, the oldest overwritten first. */
 #include "stats.h"
 
-#include <ctype.h>
+#include "tessera/json.h"
+
 #include <inttypes.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -113,34 +115,36 @@ double ts_stats_total_pct(ts_stats_t *s, double pct)
     return v;
 }
 
-/* The holder is a hostname and a pid; anything that would need escaping in
- * JSON is replaced. */
-static void json_safe(char *dst, const char *src, size_t cap)
+static ts_json_field_t u64(const char *name, uint64_t v)
 {
-    size_t k = 0;
-    for (; src && *src && k + 1 < cap; src++)
-        dst[k++] = (*src == '"' || *src == '\\' || !isprint((unsigned char)*src)) ? '_' : *src;
-    dst[k] = '\0';
+    return (ts_json_field_t){.name = name, .kind = TS_JSON_U64, .u64 = v};
 }
 
 int ts_stats_json(ts_stats_t *s, const char *leader, char *buf, size_t cap)
 {
-    char holder[160];
-    json_safe(holder, leader, sizeof holder);
     pthread_mutex_lock(&s->mu);
-    int n = snprintf(
-        buf, cap,
-        "{\"leader\":\"%s\",\"handovers\":%" PRIu64 ",\"aborted\":%" PRIu64 ",\"failed\":%" PRIu64
-        ",\"refused\":%" PRIu64 ",\"freeze_us_p50\":%.0f,\"freeze_us_p99\":%.0f,\"total_us_p50\":%.0f"
-        ",\"total_us_p99\":%.0f,\"recoveries\":%" PRIu64 ",\"recovery_ms_last\":%" PRIu64
-        ",\"rebalance_moves\":%" PRIu64 ",\"drain_moves\":%" PRIu64 ",\"recovery_batch_cells\":%" PRIu64
-        ",\"recovery_batch_us\":%" PRIu64 ",\"recovery_round_trips\":%" PRIu64 ",\"in_flight\":%" PRIu64
-        ",\"in_flight_max\":%" PRIu64 ",\"queued\":%" PRIu64 ",\"full_reads\":%" PRIu64 "}",
-        holder, s->handovers, s->aborted, s->failed, s->refused, pct_locked(s, s->freeze_us, 50),
-        pct_locked(s, s->freeze_us, 99), pct_locked(s, s->total_us, 50), pct_locked(s, s->total_us, 99),
-        s->recoveries, s->recovery_ms_last, s->rebalance_moves, s->drain_moves, s->recovery_batch_cells,
-        s->recovery_batch_us, s->recovery_round_trips, s->in_flight, s->in_flight_max, s->queued,
-        s->full_reads);
+    ts_json_field_t f[] = {
+        {.name = "leader", .kind = TS_JSON_STR, .str = leader},
+        u64("handovers", s->handovers),
+        u64("aborted", s->aborted),
+        u64("failed", s->failed),
+        u64("refused", s->refused),
+        u64("freeze_us_p50", (uint64_t)llround(pct_locked(s, s->freeze_us, 50))),
+        u64("freeze_us_p99", (uint64_t)llround(pct_locked(s, s->freeze_us, 99))),
+        u64("total_us_p50", (uint64_t)llround(pct_locked(s, s->total_us, 50))),
+        u64("total_us_p99", (uint64_t)llround(pct_locked(s, s->total_us, 99))),
+        u64("recoveries", s->recoveries),
+        u64("recovery_ms_last", s->recovery_ms_last),
+        u64("rebalance_moves", s->rebalance_moves),
+        u64("drain_moves", s->drain_moves),
+        u64("recovery_batch_cells", s->recovery_batch_cells),
+        u64("recovery_batch_us", s->recovery_batch_us),
+        u64("recovery_round_trips", s->recovery_round_trips),
+        u64("in_flight", s->in_flight),
+        u64("in_flight_max", s->in_flight_max),
+        u64("queued", s->queued),
+        u64("full_reads", s->full_reads),
+    };
     pthread_mutex_unlock(&s->mu);
-    return n < 0 || (size_t)n >= cap ? -1 : n;
+    return ts_json_object(f, sizeof f / sizeof f[0], buf, cap);
 }

@@ -2,6 +2,8 @@
  * heartbeat per worker (kept under a mutex, filled on nats.c threads),
  * orchestrator control requests, and tessera-sim's verdict line. */
 #include "probe.h"
+
+#include "tessera/json.h"
 #include "tessera/subject.h"
 
 #include <inttypes.h>
@@ -153,18 +155,7 @@ bool ts_probe_parse_handover(const char *reply, ts_probe_handover_t *out)
 
 bool ts_probe_json_number(const char *json, const char *key, double *out)
 {
-    char pattern[96];
-    snprintf(pattern, sizeof pattern, "\"%s\"", key);
-    const char *p = strstr(json, pattern);
-    if (p == NULL) return false;
-    p += strlen(pattern);
-    while (*p == ' ' || *p == ':')
-        p++;
-    char *end;
-    double v = strtod(p, &end);
-    if (end == p) return false;
-    *out = v;
-    return true;
+    return ts_json_number(json, key, out);
 }
 
 void ts_probe_sim_verdict(const char *log, ts_probe_verdict_t *out)
