@@ -7,6 +7,7 @@
 #   make run      deps + build + a local cluster (scripts/run-local.sh)
 #   make bench    scripts/bench.sh, if present
 #   make format   clang-format -i on every C source and header
+#   make format-check  fails if `make format` would change a file (CI runs it)
 #   make clean    remove build/ and build-asan/
 
 BUILD_DIR    ?= build
@@ -19,10 +20,11 @@ CMAKE_ARGS   ?=
 CTEST = timeout -k 30 $(TEST_TIMEOUT) ctest --output-on-failure -j$(JOBS) --timeout 300
 
 FORMAT_SRCS = $(wildcard common/src/*.c common/src/*.h common/include/tessera/*.h \
-                         services/*/*.c services/*/*.h tests/unit/*.c tests/integration/*.c \
-                         tests/integration/*.h)
+                         services/*/*.c services/*/*.h tests/unit/*.c tests/unit/*/*.c \
+                         tests/unit/*.h tests/integration/*.c tests/integration/*.h \
+                         tests/bench/*.c tests/bench/*.h)
 
-.PHONY: all build deps test run bench format clean
+.PHONY: all build deps test run bench format format-check clean
 
 all: build
 
@@ -56,6 +58,13 @@ bench:
 
 format:
 	clang-format -i $(FORMAT_SRCS)
+
+# fails (and names the files) if `make format` would change anything
+format-check:
+	@clang-format --dry-run --Werror $(FORMAT_SRCS) 2>/dev/null || \
+		{ echo "make format-check: these files need 'make format':"; \
+		  for f in $(FORMAT_SRCS); do clang-format --dry-run --Werror $$f >/dev/null 2>&1 || echo "  $$f"; done; \
+		  exit 1; }
 
 clean:
 	rm -rf $(BUILD_DIR) $(ASAN_DIR)

@@ -5,7 +5,7 @@
 set -euo pipefail
 
 packages=(
-    build-essential cmake pkg-config
+    build-essential cmake pkg-config clang-format
     libnats-dev nats-server
     libprotobuf-c-dev protobuf-c-compiler
     libyaml-dev libhiredis-dev redis-server

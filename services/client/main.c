@@ -28,15 +28,20 @@
 /* Ctrl-C ends the client at once: no signal handlers. */
 static const ts_service_t service = {
     .name = "tessera-client",
-    .usage = "usage: tessera-client [--gateway.listen=HOST:PORT] [--at X,Y] COMMAND [ARGS]\n\n"
-             "commands:\n"
-             "  ping [N]               N round trips (default " STR(DEFAULT_PINGS) "), prints each time\n"
-             "  join [X Y]             join at (X, Y) (default 0 0), print frames for 1 s\n"
-             "  move DX DY [SECONDS]   join at --at X,Y (default 0,0), move with velocity\n"
-             "                         (DX, DY) for SECONDS (default " STR(DEFAULT_MOVE_S) "), print positions\n"
-             "  repl                   read commands from stdin (type help)\n"
-             "  script FILE            run repl commands from FILE; exit 1 on an Error\n"
-             "                         unless the line starts with '-'\n\n",
+    .usage =
+        "usage: tessera-client [--gateway.listen=HOST:PORT] [--at X,Y] COMMAND [ARGS]\n\n"
+        "commands:\n"
+        "  ping [N]               N round trips (default " STR(
+            DEFAULT_PINGS) "), prints each time\n"
+                           "  join [X Y]             join at (X, Y) (default 0 0), print frames for 1 s\n"
+                           "  move DX DY [SECONDS]   join at --at X,Y (default 0,0), move with velocity\n"
+                           "                         (DX, DY) for SECONDS (default " STR(
+                               DEFAULT_MOVE_S) "), print positions\n"
+                                               "  repl                   read commands from stdin (type "
+                                               "help)\n"
+                                               "  script FILE            run repl commands from FILE; exit 1 "
+                                               "on an Error\n"
+                                               "                         unless the line starts with '-'\n\n",
     .no_signals = true,
 };
 

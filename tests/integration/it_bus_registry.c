@@ -25,7 +25,6 @@
 #include "tessera/proto.h"
 #include "tessera/util.h"
 
-
 #define MAX_GOT 256
 
 /* Messages a subscription saw, copied out of the callback. */
@@ -53,15 +52,13 @@ static void got_free(got_t *g)
 static void on_got(void *ud, const ts_bus_msg_t *m)
 {
     got_t *g = ud;
-    if (g->sleep_ms > 0)
-        ts_sleep_ms(g->sleep_ms);
+    if (g->sleep_ms > 0) ts_sleep_ms(g->sleep_ms);
     pthread_mutex_lock(&g->mu);
     if (g->n < MAX_GOT) {
         int i = g->n++;
         ts_strlcpy(g->subject[i], ts_bus_msg_subject(m), sizeof g->subject[i]);
         size_t len = ts_bus_msg_len(m);
-        if (len >= sizeof g->data[i])
-            len = sizeof g->data[i] - 1;
+        if (len >= sizeof g->data[i]) len = sizeof g->data[i] - 1;
         memcpy(g->data[i], ts_bus_msg_data(m), len);
         g->data[i][len] = '\0';
         const char *type = ts_bus_msg_header(m, TS_HDR_TYPE);
@@ -86,8 +83,7 @@ static bool wait_count(got_t *g, int n, int64_t timeout_ms)
 {
     uint64_t deadline = ts_mono_us() + (uint64_t)timeout_ms * 1000;
     while (got_count(g) < n) {
-        if (ts_mono_us() > deadline)
-            return false;
+        if (ts_mono_us() > deadline) return false;
         ts_sleep_ms(5);
     }
     return true;
@@ -322,8 +318,7 @@ static void on_ack(void *ud, const char *subject, uint64_t seq, uint32_t count, 
     if (ok) {
         a->ok++;
         a->items += count;
-        if (stream_seq > a->max_seq)
-            a->max_seq = stream_seq;
+        if (stream_seq > a->max_seq) a->max_seq = stream_seq;
     } else {
         a->failed++;
     }
@@ -548,12 +543,9 @@ static void test_registry_cell_create(void **state)
     assert_int_equal(n, 3);
     int found = 0;
     for (size_t i = 0; i < n; i++) {
-        if (ts_cell_eq(&cells[i].cell, &want.cell) && strcmp(cells[i].owner, "w1") == 0)
-            found |= 1;
-        if (ts_cell_eq(&cells[i].cell, &second.cell) && strcmp(cells[i].owner, "w2") == 0)
-            found |= 2;
-        if (ts_cell_eq(&cells[i].cell, &child.cell) && cells[i].epoch == 1)
-            found |= 4;
+        if (ts_cell_eq(&cells[i].cell, &want.cell) && strcmp(cells[i].owner, "w1") == 0) found |= 1;
+        if (ts_cell_eq(&cells[i].cell, &second.cell) && strcmp(cells[i].owner, "w2") == 0) found |= 2;
+        if (ts_cell_eq(&cells[i].cell, &child.cell) && cells[i].epoch == 1) found |= 4;
     }
     free(cells);
     assert_int_equal(found, 7);
@@ -612,12 +604,14 @@ static void test_registry_cas(void **state)
 
     /* a stale epoch loses and learns the current entry; nothing changes */
     uint64_t v2 = 0;
-    assert_int_equal(ts_registry_cell_cas(reg, &want.cell, 1, "w3", TS_CELL_ACTIVE, &out, &v2), TS_ERR_CONFLICT);
+    assert_int_equal(ts_registry_cell_cas(reg, &want.cell, 1, "w3", TS_CELL_ACTIVE, &out, &v2),
+                     TS_ERR_CONFLICT);
     assert_int_equal(out.epoch, 2);
     assert_string_equal(out.owner, "w2");
     assert_int_equal(v2, v);
     /* an epoch from the future loses too */
-    assert_int_equal(ts_registry_cell_cas(reg, &want.cell, 5, "w3", TS_CELL_ACTIVE, &out, NULL), TS_ERR_CONFLICT);
+    assert_int_equal(ts_registry_cell_cas(reg, &want.cell, 5, "w3", TS_CELL_ACTIVE, &out, NULL),
+                     TS_ERR_CONFLICT);
 
     /* two writers with the same expected epoch: exactly one wins */
     cas_race_t r1 = {.url = ts_h.redis_url, .owner = "wa"}, r2 = {.url = ts_h.redis_url, .owner = "wb"};
@@ -634,8 +628,8 @@ static void test_registry_cas(void **state)
     /* the epoch only ever grows, by one per change */
     uint64_t epoch = now.epoch;
     for (int i = 0; i < 10; i++) {
-        ts_status_t st = ts_registry_cell_cas(reg, &want.cell, epoch - (uint64_t)(i % 2), (i % 2) ? "w1" : "w2",
-                                              TS_CELL_ACTIVE, &out, NULL);
+        ts_status_t st = ts_registry_cell_cas(reg, &want.cell, epoch - (uint64_t)(i % 2),
+                                              (i % 2) ? "w1" : "w2", TS_CELL_ACTIVE, &out, NULL);
         if (i % 2)
             assert_int_equal(st, TS_ERR_CONFLICT);
         else
@@ -646,7 +640,8 @@ static void test_registry_cas(void **state)
     assert_int_equal(epoch, 3 + 5);
 
     ts_cell_t unknown = {.world = 24, .cx = 9, .cy = 9};
-    assert_int_equal(ts_registry_cell_cas(reg, &unknown, 1, "w1", TS_CELL_ACTIVE, &out, NULL), TS_ERR_NOT_FOUND);
+    assert_int_equal(ts_registry_cell_cas(reg, &unknown, 1, "w1", TS_CELL_ACTIVE, &out, NULL),
+                     TS_ERR_NOT_FOUND);
     assert_int_equal(ts_registry_cell_cas(reg, &want.cell, epoch, "has space", TS_CELL_ACTIVE, &out, NULL),
                      TS_ERR_INVALID);
     ts_registry_destroy(reg);
@@ -719,7 +714,6 @@ static void test_registry_worker_alive(void **state)
     ts_registry_destroy(reg);
     ts_h_pass();
 }
-
 
 static void raw(redisContext *c, const char *cmd)
 {
@@ -971,9 +965,11 @@ static void test_registry_reconnects(void **state)
     /* a CAS is not re-sent (it may have been applied): it fails clearly,
      * changes nothing, and the next call works (a stale CAS first loads the
      * script on the connection, so the kill hits the CAS itself) */
-    assert_int_equal(ts_registry_cell_cas(reg, &e.cell, 9, "w2", TS_CELL_ACTIVE, &out, NULL), TS_ERR_CONFLICT);
+    assert_int_equal(ts_registry_cell_cas(reg, &e.cell, 9, "w2", TS_CELL_ACTIVE, &out, NULL),
+                     TS_ERR_CONFLICT);
     raw(c, "CLIENT KILL TYPE normal SKIPME yes");
-    assert_int_equal(ts_registry_cell_cas(reg, &e.cell, 1, "w2", TS_CELL_ACTIVE, &out, NULL), TS_ERR_UNAVAILABLE);
+    assert_int_equal(ts_registry_cell_cas(reg, &e.cell, 1, "w2", TS_CELL_ACTIVE, &out, NULL),
+                     TS_ERR_UNAVAILABLE);
     assert_int_equal(ts_registry_cell_get(reg, &e.cell, &out), TS_OK);
     assert_int_equal(out.epoch, 1);
     assert_int_equal(ts_registry_cell_cas(reg, &e.cell, 1, "w2", TS_CELL_ACTIVE, &out, NULL), TS_OK);

@@ -15,7 +15,7 @@
 
 typedef struct {
     uint8_t *buf;
-    size_t len;      /* bytes buffered */
+    size_t len; /* bytes buffered */
     size_t cap;
     size_t max_frame; /* largest accepted payload */
     size_t off;       /* buf[off..len) not yet handed out by ts_frame_reader_next */

@@ -14,7 +14,10 @@ bool ts_log_level_parse(const char *s, ts_log_level_t *out);
 bool ts_log_enabled(ts_log_level_t level);
 void ts_log(ts_log_level_t level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
-#define ts_debug(...) do { if (ts_log_enabled(TS_LOG_DEBUG)) ts_log(TS_LOG_DEBUG, __VA_ARGS__); } while (0)
+#define ts_debug(...)                                                                                        \
+    do {                                                                                                     \
+        if (ts_log_enabled(TS_LOG_DEBUG)) ts_log(TS_LOG_DEBUG, __VA_ARGS__);                                 \
+    } while (0)
 #define ts_info(...) ts_log(TS_LOG_INFO, __VA_ARGS__)
 #define ts_warn(...) ts_log(TS_LOG_WARN, __VA_ARGS__)
 #define ts_error(...) ts_log(TS_LOG_ERROR, __VA_ARGS__)

@@ -11,7 +11,7 @@
 typedef struct {
     uint64_t *keys;
     void **vals;
-    size_t cap;   /* power of two */
+    size_t cap; /* power of two */
     size_t len;
     size_t tombs;
 } ts_map_t;

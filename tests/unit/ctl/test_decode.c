@@ -20,13 +20,13 @@ typedef struct {
     char err[512];
 } out_t;
 
-static out_t decode(const char *subject, const ProtobufCMessage *msg, const uint8_t *raw, size_t rawlen, bool json)
+static out_t decode(const char *subject, const ProtobufCMessage *msg, const uint8_t *raw, size_t rawlen,
+                    bool json)
 {
     out_t o = {0};
     uint8_t *buf = NULL;
     size_t len = rawlen;
-    if (msg)
-        assert_int_equal(ts_proto_pack(msg, &buf, &len), TS_OK);
+    if (msg) assert_int_equal(ts_proto_pack(msg, &buf, &len), TS_OK);
     size_t size = 0;
     FILE *f = open_memstream(&o.text, &size);
     assert_non_null(f);
@@ -38,8 +38,7 @@ static out_t decode(const char *subject, const ProtobufCMessage *msg, const uint
 
 static void contains(const char *hay, const char *needle)
 {
-    if (!strstr(hay, needle))
-        fail_msg("\"%s\" does not contain \"%s\"", hay, needle);
+    if (!strstr(hay, needle)) fail_msg("\"%s\" does not contain \"%s\"", hay, needle);
 }
 
 static void test_input_batch_text(void **state)
@@ -136,8 +135,13 @@ static void test_registry_change_and_state(void **state)
 static void test_bad_subjects_and_payloads(void **state)
 {
     const uint8_t junk[] = {0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f};
-    const char *bad_subjects[] = {"foo.bar", "cell.0.0.0", "tessera.worker..hb", "tessera.worker.a.b.hb",
-                                  "tessera.registry.", "tessera.registry.0.x", ""};
+    const char *bad_subjects[] = {"foo.bar",
+                                  "cell.0.0.0",
+                                  "tessera.worker..hb",
+                                  "tessera.worker.a.b.hb",
+                                  "tessera.registry.",
+                                  "tessera.registry.0.x",
+                                  ""};
     for (size_t i = 0; i < sizeof bad_subjects / sizeof bad_subjects[0]; i++) {
         out_t o = decode(bad_subjects[i], NULL, junk, sizeof junk, false);
         assert_int_equal(o.st, TS_ERR_INVALID);
@@ -187,10 +191,8 @@ static void test_decode_reads_stdin_stream(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_input_batch_text),
-        cmocka_unit_test(test_heartbeat_json),
-        cmocka_unit_test(test_registry_change_and_state),
-        cmocka_unit_test(test_bad_subjects_and_payloads),
+        cmocka_unit_test(test_input_batch_text),          cmocka_unit_test(test_heartbeat_json),
+        cmocka_unit_test(test_registry_change_and_state), cmocka_unit_test(test_bad_subjects_and_payloads),
         cmocka_unit_test(test_decode_reads_stdin_stream),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
