@@ -45,7 +45,7 @@ typedef struct {
     int64_t gateway_max_frame;
     int64_t gateway_max_clients;
     int64_t gateway_rate_limit; /* frames per second per client */
-    int64_t gateway_tick_hz;    /* merged frames per second */
+    int64_t gateway_tick_hz;    /* unused (Deltas go out as state arrives) */
     int64_t gateway_aoi_radius; /* root cells around the player's cell */
 
     /* worker */
