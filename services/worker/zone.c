@@ -321,16 +321,10 @@ static void entity_to_state_pb(const ts_entity_t *e, Tessera__V1__EntityState *p
     pb->name = (char *)e->name;
 }
 
+/* The whole entity (transfers, checkpoints, handover snapshots). */
 static void entity_to_pb(const ts_entity_t *e, Tessera__V1__EntityState *pb)
 {
-    tessera__v1__entity_state__init(pb);
-    pb->id = e->id;
-    pb->x = e->x;
-    pb->y = e->y;
-    pb->vx = e->vx;
-    pb->vy = e->vy;
-    pb->last_input_seq = e->last_input_seq;
-    pb->inputs_applied = e->inputs_applied;
+    entity_to_state_pb(e, pb);
     pb->applied_window = e->applied_window[0];
     /* only as many extension words as carry bits */
     size_t ext = TS_WINDOW_WORDS - 1;
@@ -338,9 +332,7 @@ static void entity_to_pb(const ts_entity_t *e, Tessera__V1__EntityState *pb)
         ext--;
     pb->n_applied_window_ext = ext;
     pb->applied_window_ext = (uint64_t *)&e->applied_window[1];
-    pb->hops = e->hops;
     pb->incarnation = e->incarnation;
-    pb->name = (char *)e->name;
 }
 
 void ts_zone_accept_transfer(ts_zone_t *z, const ts_entity_t *in)
