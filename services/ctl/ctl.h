@@ -33,6 +33,9 @@ typedef struct {
     uint32_t cells;
     double tick_p50_ms;
     double tick_p99_ms;
+    uint64_t ticks_missed;     /* tick periods that passed without a tick, ever */
+    uint64_t publishes_failed; /* JetStream publishes the worker had to send again */
+    uint64_t cells_binding;    /* cells given to it that it has not bound yet */
     bool draining;
 } ts_ctl_hb_t;
 

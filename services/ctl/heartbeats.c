@@ -74,6 +74,9 @@ void ts_ctl_hbs_on_msg(void *ud, const ts_bus_msg_t *msg)
             e->cells = (uint32_t)hb->n_cells;
             e->tick_p50_ms = hb->tick_p50_ms;
             e->tick_p99_ms = hb->tick_p99_ms;
+            e->ticks_missed = hb->ticks_missed;
+            e->publishes_failed = hb->publishes_failed;
+            e->cells_binding = hb->cells_binding;
             e->draining = hb->draining;
         }
         pthread_mutex_unlock(&h->mu);

@@ -142,21 +142,23 @@ int ts_ctl_workers(const ts_config_t *cfg)
     }
     if (nrows > 1) qsort(rows, nrows, sizeof *rows, cmp_row);
 
-    printf("%-16s %-9s %6s %9s %9s %10s %15s %8s %10s %10s %9s\n", "WORKER", "ALIVE", "CELLS", "ENTITIES",
-           "CAPACITY", "TICKS", "INPUTS_APPLIED", "DROPPED", "DUPLICATE", "TRANSFERS", "TICK_P99");
+    printf("%-16s %-9s %6s %9s %9s %10s %15s %8s %10s %10s %9s %8s %8s %9s\n", "WORKER", "ALIVE", "CELLS",
+           "ENTITIES", "CAPACITY", "TICKS", "INPUTS_APPLIED", "DROPPED", "DUPLICATE", "TRANSFERS", "TICK_P99",
+           "MISSED", "BINDING", "PUB_RETRY");
     for (size_t i = 0; i < nrows; i++) {
         const row_t *r = &rows[i];
         const char *alive = r->alive ? "yes" : "no";
         if (!r->hb) {
-            printf("%-16s %-9s %6zu %9s %9s %10s %15s %8s %10s %10s %9s\n", r->id, alive, r->owned, "-", "-",
-                   "-", "-", "-", "-", "-", "-");
+            printf("%-16s %-9s %6zu %9s %9s %10s %15s %8s %10s %10s %9s %8s %8s %9s\n", r->id, alive,
+                   r->owned, "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-");
             continue;
         }
-        printf("%-16s %-9s %6zu %9u %9u %10llu %15llu %8llu %10llu %10llu %7.2fms\n", r->id, alive, r->owned,
-               r->hb->entities, r->hb->capacity, (unsigned long long)r->hb->ticks,
+        printf("%-16s %-9s %6zu %9u %9u %10llu %15llu %8llu %10llu %10llu %7.2fms %8llu %8llu %9llu\n", r->id,
+               alive, r->owned, r->hb->entities, r->hb->capacity, (unsigned long long)r->hb->ticks,
                (unsigned long long)r->hb->inputs_applied, (unsigned long long)r->hb->inputs_dropped,
                (unsigned long long)r->hb->inputs_duplicate, (unsigned long long)r->hb->transfers_out,
-               r->hb->tick_p99_ms);
+               r->hb->tick_p99_ms, (unsigned long long)r->hb->ticks_missed,
+               (unsigned long long)r->hb->cells_binding, (unsigned long long)r->hb->publishes_failed);
     }
     printf("%zu workers known, %zu sent a heartbeat within %.1f s\n", nrows, nhb, HB_WAIT_MS / 1000.0);
     rc = 0;
