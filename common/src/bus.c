@@ -827,14 +827,15 @@ void ts_bus_sub_destroy(ts_bus_sub_t *sub)
         ts_warn("bus: subscription did not close within %d ms; freeing it when it does", SUB_CLOSE_WAIT_MS);
 }
 
-ts_status_t ts_bus_consumer_pending(ts_bus_sub_t *sub, uint64_t *pending)
+ts_status_t ts_bus_consumer_pending(ts_bus_sub_t *sub, uint64_t *pending, uint64_t *delivered_seq)
 {
-    if (sub == NULL || pending == NULL || !sub->jetstream) return TS_ERR_INVALID;
+    if (sub == NULL || pending == NULL || delivered_seq == NULL || !sub->jetstream) return TS_ERR_INVALID;
     jsConsumerInfo *ci = NULL;
     jsErrCode jerr = 0;
     natsStatus s = natsSubscription_GetConsumerInfo(&ci, sub->nsub, NULL, &jerr);
     if (s != NATS_OK) return fail("consumer info", natsSubscription_GetSubject(sub->nsub), s, jerr);
     *pending = ci->NumPending;
+    *delivered_seq = ci->Delivered.Stream;
     jsConsumerInfo_Destroy(ci);
     return TS_OK;
 }

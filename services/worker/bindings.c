@@ -55,7 +55,8 @@ static void apply_msg(ts_worker_t *w, ts_zone_t *z, const ts_inbox_msg_t *m);
 static void apply_to(ts_worker_t *w, ts_binding_t *b, const ts_inbox_msg_t *m)
 {
     apply_msg(w, b->zone, m);
-    if (b->catching_up && m->msg.pending == 0) {
+    if (m->msg.pending == 0) b->replayed = true;
+    if (b->catching_up && b->replayed && b->zone->last_applied_seq >= b->catchup_seq) {
         b->catching_up = false;
         ts_info("cell %s: caught up with its input at seq %" PRIu64 "; live", b->zone->key,
                 b->zone->last_applied_seq);
@@ -63,7 +64,7 @@ static void apply_to(ts_worker_t *w, ts_binding_t *b, const ts_inbox_msg_t *m)
 }
 
 ts_status_t ts_worker_adopt(ts_worker_t *w, ts_zone_t *zone, uint64_t epoch, ts_bus_sub_t *sub,
-                            ts_sub_ctx_t *ctx, bool catching_up)
+                            ts_sub_ctx_t *ctx, uint64_t catchup_seq, bool pending)
 {
     ts_binding_t *b = calloc(1, sizeof(*b));
     if (b && w->nbind == w->cap_bind) {
@@ -88,7 +89,9 @@ ts_status_t ts_worker_adopt(ts_worker_t *w, ts_zone_t *zone, uint64_t epoch, ts_
     b->ctx = ctx;
     b->gen = ctx->gen;
     b->bound_us = ts_now_us();
-    b->catching_up = catching_up;
+    b->catching_up = pending || catchup_seq > zone->last_applied_seq;
+    b->catchup_seq = catchup_seq;
+    b->replayed = !pending;
     b->catchup_until_us = ts_mono_us() + CATCHUP_MAX_US;
     b->index = w->nbind;
     w->bindings[w->nbind++] = b;

@@ -617,7 +617,7 @@ static bool adopt_pending(ts_worker_t *w, const ts_cell_t *cell, uint64_t epoch)
         return true;
     }
     uint64_t s2 = p.zone->last_applied_seq;
-    if (ts_worker_adopt(w, p.zone, new_epoch, p.sub, p.ctx, false) == TS_OK) {
+    if (ts_worker_adopt(w, p.zone, new_epoch, p.sub, p.ctx, 0, false) == TS_OK) {
         w->stats.handovers_in++;
         ts_info("cell %s: bound at epoch %" PRIu64 " from handover %s, consuming after seq %" PRIu64,
                 w->bindings[w->nbind - 1]->zone->key, new_epoch, p.id, s2);

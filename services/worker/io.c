@@ -178,6 +178,10 @@ static void do_bind(ts_worker_t *w, ts_io_job_t *job)
     job->found = load_checkpoint(w, &job->zone);
     job->status =
         ts_worker_subscribe_input(w, &job->cell, job->zone->last_applied_seq, true, &job->ctx, &job->sub);
+    /* how far the replay goes: the cell shows nothing until it caught up */
+    if (job->status == TS_OK &&
+        ts_bus_consumer_pending(job->sub, &job->pending, &job->caught_up_seq) != TS_OK)
+        job->pending = job->caught_up_seq = 0;
 }
 
 static void do_resubscribe(ts_worker_t *w, ts_io_job_t *job)

@@ -142,6 +142,68 @@ static void apply_full(ts_worker_t *w, ts_cell_entry_t *cells, size_t n, uint64_
         if (strcmp(cells[i].owner, w->id) == 0) reconcile(w, &cells[i].cell);
 }
 
+/* Applies one change to the view (O(1)) if it is the next version; a gap
+ * asks for a full read. Changes that arrive while a full read is pending are
+ * kept (up to MAX_PENDING_CHANGES) and applied after it, since the read may
+ * have been made before they were written. Takes rc over. */
+static void apply_change(ts_worker_t *w, Tessera__V1__RegistryChange *rc)
+{
+    if (!w->view.valid || w->view.resync_pending) {
+        if (w->ndeferred < MAX_PENDING_CHANGES) {
+            if (w->ndeferred == w->cap_deferred) {
+                size_t ncap = w->cap_deferred ? w->cap_deferred * 2 : 64;
+                Tessera__V1__RegistryChange **v = realloc(w->deferred, ncap * sizeof(*v));
+                if (v) {
+                    w->deferred = v;
+                    w->cap_deferred = ncap;
+                }
+            }
+            if (w->ndeferred < w->cap_deferred) {
+                w->deferred[w->ndeferred++] = rc;
+                return;
+            }
+        }
+        /* no room: the version check notices what is missing */
+        tessera__v1__registry_change__free_unpacked(rc, NULL);
+        return;
+    }
+    ts_cell_entry_t e = {.epoch = rc->epoch, .state = (ts_cell_state_t)rc->state};
+    bool ok = ts_proto_cell_get(rc->cell, &e.cell) == TS_OK && rc->owner;
+    if (ok) ts_strlcpy(e.owner, rc->owner, sizeof(e.owner));
+    if (!ok || rc->version > w->view.version + 1) {
+        ts_info("registry: change %" PRIu64 " after %" PRIu64 " (a gap); reading it all again", rc->version,
+                w->view.version);
+        ts_worker_request_resync(w);
+    } else if (rc->version > w->view.version) {
+        const ts_cell_entry_t *cur = ts_worker_find_entry(w, &e.cell);
+        if (!cur || e.epoch >= cur->epoch) view_put(&w->view, &e);
+        w->view.version = rc->version;
+        atomic_store(&w->applied_version, rc->version);
+        reconcile(w, &e.cell);
+    } /* else older than what we have (a full read overtook it) */
+    tessera__v1__registry_change__free_unpacked(rc, NULL);
+}
+
+static int cmp_change(const void *a, const void *b)
+{
+    uint64_t va = (*(Tessera__V1__RegistryChange *const *)a)->version;
+    uint64_t vb = (*(Tessera__V1__RegistryChange *const *)b)->version;
+    return va < vb ? -1 : va > vb;
+}
+
+/* After a full read: the changes kept meanwhile that are newer than it. */
+static void apply_deferred(ts_worker_t *w)
+{
+    Tessera__V1__RegistryChange **v = w->deferred;
+    size_t n = w->ndeferred;
+    w->deferred = NULL;
+    w->ndeferred = w->cap_deferred = 0;
+    if (n > 1) qsort(v, n, sizeof(*v), cmp_change);
+    for (size_t i = 0; i < n; i++)
+        apply_change(w, v[i]);
+    free(v);
+}
+
 static void apply_changes(ts_worker_t *w)
 {
     pthread_mutex_lock(&w->mu);
@@ -153,28 +215,8 @@ static void apply_changes(ts_worker_t *w)
     w->changes_overflow = false;
     pthread_mutex_unlock(&w->mu);
     if (overflow) ts_worker_request_resync(w);
-    for (size_t i = 0; i < n; i++) {
-        Tessera__V1__RegistryChange *rc = v[i];
-        ts_cell_entry_t e = {.epoch = rc->epoch, .state = (ts_cell_state_t)rc->state};
-        bool ok = ts_proto_cell_get(rc->cell, &e.cell) == TS_OK && rc->owner;
-        if (ok) ts_strlcpy(e.owner, rc->owner, sizeof(e.owner));
-        if (!w->view.valid || w->view.resync_pending) {
-            /* a full read is coming; it will include this */
-        } else if (!ok || rc->version > w->view.version + 1) {
-            ts_info("registry: change %" PRIu64 " after %" PRIu64 " (a gap); reading it all again",
-                    rc->version, w->view.version);
-            ts_worker_request_resync(w);
-        } else if (rc->version <= w->view.version) {
-            /* older than what we have (a full read overtook it) */
-        } else {
-            const ts_cell_entry_t *cur = ts_worker_find_entry(w, &e.cell);
-            if (!cur || e.epoch >= cur->epoch) view_put(&w->view, &e);
-            w->view.version = rc->version;
-            atomic_store(&w->applied_version, rc->version);
-            reconcile(w, &e.cell);
-        }
-        tessera__v1__registry_change__free_unpacked(rc, NULL);
-    }
+    for (size_t i = 0; i < n; i++)
+        apply_change(w, v[i]);
     free(v);
 }
 
@@ -204,7 +246,8 @@ static void finish_bind(ts_worker_t *w, ts_io_job_t *job)
     uint64_t after = job->zone->last_applied_seq;
     ts_zone_t *z = job->zone;
     job->zone = NULL;
-    if (ts_worker_adopt(w, z, job->epoch, job->sub, job->ctx, job->pending > 0) == TS_OK) {
+    if (ts_worker_adopt(w, z, job->epoch, job->sub, job->ctx, job->caught_up_seq, job->pending > 0) ==
+        TS_OK) {
         ts_info("cell %s: bound at epoch %" PRIu64 " from checkpoint/replay, consuming after seq %" PRIu64,
                 w->bindings[w->nbind - 1]->zone->key, job->epoch, after);
         if (job->found) w->stats.recovered++; /* from a checkpoint */
@@ -260,6 +303,7 @@ static void take_io_results(ts_worker_t *w)
                 apply_full(w, job->cells, job->ncells, job->version);
             else
                 ts_warn("registry unreachable (%s); keeping the cells I have", ts_status_str(job->status));
+            apply_deferred(w);
             break;
         case TS_IO_BIND:
             finish_bind(w, job);

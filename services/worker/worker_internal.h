@@ -88,6 +88,8 @@ typedef struct {
      * neither moves nor publishes until it caught up with the stream (so
      * nobody sees the cell behind what its last owner showed) */
     bool catching_up;
+    bool replayed;             /* a message came with nothing pending after it */
+    uint64_t catchup_seq;      /* caught up once this is applied (and replayed) */
     uint64_t catchup_until_us; /* monotonic: give up waiting (and say so) */
     size_t index;              /* in w->bindings */
 } ts_binding_t;
@@ -148,8 +150,9 @@ typedef struct ts_io_job {
     uint64_t old_gen;
     /* results / arguments */
     ts_status_t status;
-    bool found;       /* TS_IO_BIND: the cell had a checkpoint */
-    uint64_t pending; /* TS_IO_BIND: input the new consumer has still to replay */
+    bool found;             /* TS_IO_BIND: the cell had a checkpoint */
+    uint64_t pending;       /* TS_IO_BIND: input the new consumer has still to replay */
+    uint64_t caught_up_seq; /* TS_IO_BIND: the last it delivered (maybe not received yet) */
     ts_zone_t *zone;
     ts_sub_ctx_t *ctx;
     ts_bus_sub_t *sub;
@@ -206,6 +209,8 @@ struct ts_worker {
     Tessera__V1__RegistryChange **changes; /* registry changes to apply */
     size_t nchanges, cap_changes;
     bool changes_overflow;
+    Tessera__V1__RegistryChange **deferred; /* tick thread: kept while a full read is pending */
+    size_t ndeferred, cap_deferred;
     ts_io_job_t *done_head, *done_tail; /* I/O results */
     atomic_bool wake;                   /* something above is waiting */
 
@@ -285,8 +290,11 @@ const ts_cell_entry_t *ts_worker_find_entry(const ts_worker_t *w, const ts_cell_
 /* Binds a zone whose consumer already runs with hold set (a handover target
  * or an I/O-thread bind): takes ownership of zone, sub and ctx and applies
  * what ctx held. */
+/* catchup_seq / pending (a bind from a checkpoint): the cell neither moves
+ * nor publishes until it has applied stream sequence catchup_seq and, if the
+ * server had more pending, a message sent with nothing pending after it. */
 ts_status_t ts_worker_adopt(ts_worker_t *w, ts_zone_t *zone, uint64_t epoch, ts_bus_sub_t *sub,
-                            ts_sub_ctx_t *ctx, bool catching_up);
+                            ts_sub_ctx_t *ctx, uint64_t catchup_seq, bool pending);
 void ts_worker_unbind(ts_worker_t *w, ts_binding_t *b);
 /* Closes a subscription and frees its context on the I/O thread. */
 void ts_worker_release_sub(ts_worker_t *w, ts_bus_sub_t *sub, ts_sub_ctx_t *ctx);

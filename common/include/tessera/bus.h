@@ -115,9 +115,11 @@ void ts_bus_sub_destroy(ts_bus_sub_t *sub);
  * thread may finish; the wrapper frees itself once nats.c has closed the
  * subscription. NULL is a no-op. */
 void ts_bus_sub_close(ts_bus_sub_t *sub);
-/* Messages a JetStream consumer (ts_bus_consume) has still to deliver, as
- * the server counts them now (a request: not for a hot path). */
-ts_status_t ts_bus_consumer_pending(ts_bus_sub_t *sub, uint64_t *pending);
+/* Where a JetStream consumer (ts_bus_consume) stands, as the server counts
+ * it now: messages it has still to deliver, and the stream sequence of the
+ * last one it delivered (which may still be on its way to us). A request:
+ * not for a hot path. */
+ts_status_t ts_bus_consumer_pending(ts_bus_sub_t *sub, uint64_t *pending, uint64_t *delivered_seq);
 /* Async publishes in flight on this connection (see TS_BUS_MAX_IN_FLIGHT). */
 uint64_t ts_bus_in_flight(const ts_bus_t *bus);
 
