@@ -22,10 +22,10 @@
 # Starts on free loopback ports: nats-server -js, redis-server, tessera-orch,
 # two tessera-workers, one tessera-gateway (from a Release build) and the
 # Colyseus server; runs `npm ci` in bench/peers/{colyseus,client} when
-# node_modules is missing. Both stay up across runs, except that a Tessera
-# stack that could not serve a run (a service gone, probe Moves never
-# applied) is replaced by a fresh one before the next. Everything it starts
-# is stopped on exit.
+# node_modules is missing. The Colyseus server stays up (idle, it costs
+# nothing); every Tessera run gets a fresh stack that is stopped before the
+# next run (idle, it ticks every cell). Everything it starts is stopped on
+# exit.
 #
 # Environment: PEERS_N (list of N, "100 250 500 750"), PEERS_SECONDS
 # (measured seconds per run, 15), PEERS_WARMUP (seconds before measuring, 5),
@@ -211,14 +211,18 @@ start() {
     pids+=("$!")
 }
 
-# forget NAME: stops the process started as NAME and drops it from the lists.
+# forget NAME...: stops the processes started as NAMEs (together) and drops
+# them from the lists.
 forget() {
-    local i
-    for i in "${!names[@]}"; do
-        if [[ "${names[$i]}" == "$1" ]]; then
-            stop_pids "${pids[$i]}"
-            unset "names[$i]" "pids[$i]"
-        fi
+    local i name stop=() idx=()
+    for name in "$@"; do
+        for i in "${!names[@]}"; do
+            [[ "${names[$i]}" == "$name" ]] && stop+=("${pids[$i]}") idx+=("$i")
+        done
+    done
+    stop_pids "${stop[@]}"
+    for i in "${idx[@]}"; do
+        unset "names[$i]" "pids[$i]"
     done
 }
 
@@ -276,11 +280,10 @@ wait_ready() {
     done
 }
 
-# The Tessera stack, generation by generation: a run that leaves it unable
-# to serve (a service gone, probe Moves never applied) gets the next N a
-# fresh one, so one collapse does not decide the rows after it. Logs of
-# generation G are in $TMP/tG/.
-TESSERA_SERVICES=(nats redis orch worker-w1 worker-w2 gateway)
+# A fresh Tessera stack for every Tessera run, stopped before the next run:
+# an idle stack is not idle (its workers tick every cell at 20 Hz), so it
+# must not share the box with a Colyseus run, and a run that overloads it
+# must not decide the rows after it. Logs of stack G are in $TMP/tG/.
 stack_gen=0
 T=
 
@@ -311,23 +314,11 @@ start_tessera() {
 # The orchestrator first (so stopping workers do not wait for a drain), the
 # servers last.
 stop_tessera() {
-    local name
-    for name in orch gateway worker-w2 worker-w1 redis nats; do
-        forget "$T/$name"
-    done
-}
-
-tessera_alive() {
-    local name
-    for name in "${TESSERA_SERVICES[@]}"; do
-        alive "$(pid_of "$T/$name")" || return 1
-    done
-}
-
-# tessera_served N: the stack is up and the probes of run N saw their Moves.
-tessera_served() {
-    local f="$TMP/$1-tessera-probe.json"
-    tessera_alive && grep -q '"missing":0,' "$f" 2>/dev/null && ! grep -q '"acked":0,' "$f"
+    [[ -n "$T" ]] || return 0
+    forget "$T/orch"
+    forget "$T/gateway" "$T/worker-w1" "$T/worker-w2"
+    forget "$T/redis" "$T/nats"
+    T=
 }
 
 pick_port COLYSEUS_PORT
@@ -335,7 +326,6 @@ start colyseus node "$PEERS/colyseus/server.js" "$COLYSEUS_PORT" "$WORLD_MIN" "$
 COLYSEUS_CPU_PIDS=$(pid_of colyseus)
 wait_port colyseus "$COLYSEUS_PORT" 20
 wait_ready colyseus
-start_tessera
 
 # run_one SYSTEM N: one measured run; results in $TMP/N-SYSTEM-{probe,bulk}.json.
 run_one() {
@@ -376,8 +366,9 @@ run_one() {
         stop_pids "$bulk_pid"
         run_pids=()
     fi
-    # let the servers see the clients go before the next run
-    sleep 2
+    # let the Colyseus room see its clients go before the next run
+    [[ $system == colyseus ]] && sleep 1
+    return 0
 }
 
 echo "side by side with Colyseus 0.16 (one room, 20 Hz, 50 ms patches): $PROBES latency probes + one bulk process," \
@@ -385,25 +376,18 @@ echo "side by side with Colyseus 0.16 (one room, 20 Hz, 50 ms patches): $PROBES 
 echo "target: Tessera p99 <= Colyseus p99 and server CPU (gateway + workers + nats-server) <= 0.5x Colyseus's;" \
     "ratios are Tessera / Colyseus"
 node "$REPORT" header
-# run_tessera N: a fresh stack first if the last one cannot serve.
-fresh=1
 run_tessera() {
-    if ((!fresh)) && ! tessera_served "$prev_n"; then
-        echo "bench-peers: the Tessera stack did not serve N=$prev_n; starting a fresh one (logs: $T/)" >&2
-        stop_tessera
-        start_tessera
-    fi
+    start_tessera
     run_one tessera "$1"
-    fresh=0
-    prev_n=$1
+    stop_tessera
 }
 
 i=0
-prev_n=
 for n in "${NS[@]}"; do
     alive "$COLYSEUS_CPU_PIDS" || { show_log "$TMP/colyseus.log"; die "the Colyseus server exited"; }
-    # two runs: warm-up, window, joining (~1 s per 25 players) and teardown
-    need=$((2 * (PEERS_WARMUP + PEERS_SECONDS + 10 + n / 25)))
+    # two runs: warm-up, window, joining (~1 s per 25 players), teardown, and
+    # a Tessera stack to start and stop
+    need=$((2 * (PEERS_WARMUP + PEERS_SECONDS + 10 + n / 25) + 10))
     used=$((SECONDS - budget_start))
     if ((used + need > PEERS_BUDGET)); then
         printf '%5s  skipped: %d s of PEERS_BUDGET=%d left, a pair of runs needs ~%d s\n' \
