@@ -1,6 +1,7 @@
 /* What a worker tick publishes: Departures into the cell's own input stream,
  * transfers and forwarded inputs into neighbours' input streams, state
- * deltas, checkpoints and heartbeats. Nothing here waits for the network.
+ * deltas, checkpoints and heartbeats. Nothing here waits for the network:
+ * every message goes to the publisher thread's queue (publisher.c).
  *
  * JetStream publishes are asynchronous. Each one takes a slot of the
  * in-flight table, keyed by its Ts-Seq; the ack callback (a nats.c thread)
@@ -49,24 +50,25 @@ static int outcome(ts_worker_t *w, uint64_t seq)
     return st == TS_FLIGHT_FREE ? TS_FLIGHT_FAILED : st;
 }
 
-/* Publishes buf asynchronously as Ts-Seq pub_seq. TS_ERR_BUSY: nothing sent,
- * try again next tick. */
-static ts_status_t publish_tracked(ts_worker_t *w, const char *subj, ts_bus_hdr_t *hdr, const uint8_t *buf,
+/* Queues buf (taken over, freed in any case) for an asynchronous JetStream
+ * publish as Ts-Seq hdr->seq, tracked in its flight slot. TS_ERR_BUSY:
+ * nothing sent, try again next tick. */
+static ts_status_t publish_tracked(ts_worker_t *w, const char *subj, ts_bus_hdr_t *hdr, uint8_t *buf,
                                    size_t len)
 {
     ts_flight_t *f = slot_of(w, hdr->seq);
-    if (atomic_load(&f->state) == TS_FLIGHT_PENDING) return TS_ERR_BUSY;
+    if (atomic_load(&f->state) == TS_FLIGHT_PENDING) {
+        free(buf);
+        return TS_ERR_BUSY;
+    }
     atomic_store(&f->seq, hdr->seq);
     atomic_store(&f->state, TS_FLIGHT_PENDING);
-    ts_status_t st = ts_bus_js_publish_async(w->bus, subj, hdr, buf, len);
-    if (st != TS_OK) {
+    if (!ts_publisher_push(w, subj, hdr, buf, len, true, true)) {
         atomic_store(&f->state, TS_FLIGHT_FREE);
-        if (st == TS_ERR_BUSY)
-            w->stats.publishes_delayed++;
-        else
-            w->stats.publishes_failed++;
+        w->stats.publishes_delayed++;
+        return TS_ERR_BUSY;
     }
-    return st;
+    return TS_OK;
 }
 
 void ts_worker_publish_departures(ts_worker_t *w, ts_zone_t *z)
@@ -88,7 +90,6 @@ void ts_worker_publish_departures(ts_worker_t *w, ts_zone_t *z)
         z->deps_in_flight = z->ndeps;
         z->deps_pub = pub_seq;
     }
-    free(buf);
 }
 
 /* True if an entry before i goes to the same cell and is not stored yet. */
@@ -127,7 +128,6 @@ void ts_worker_publish_outboxes(ts_worker_t *w, ts_zone_t *z)
                             .count = (uint32_t)(o->ninputs + o->ntransfers),
                             .msg_id = msg_id};
         ts_status_t st = publish_tracked(w, subj, &hdr, buf, len);
-        free(buf);
         if (st == TS_OK)
             o->pub_seq = hdr.seq;
         else if (st == TS_ERR_BUSY)
@@ -178,11 +178,8 @@ void ts_worker_publish_state(ts_worker_t *w, ts_zone_t *z, bool full)
     char subj[TS_SUBJECT_MAX];
     ts_subject_cell(subj, sizeof(subj), &z->cell, TS_SUBJ_STATE);
     ts_bus_hdr_t hdr = {.type = TS_TYPE_STATE_DELTA, .epoch = z->epoch, .seq = w->tick};
-    for (size_t i = 0; i < nparts; i++) {
-        ts_status_t st = ts_bus_publish(w->bus, subj, &hdr, bufs[i], lens[i]);
-        if (st != TS_OK) ts_debug("cell %s: state publish failed: %s", z->key, ts_status_str(st));
-        free(bufs[i]);
-    }
+    for (size_t i = 0; i < nparts; i++)
+        if (!ts_publisher_push(w, subj, &hdr, bufs[i], lens[i], false, false)) w->stats.state_dropped++;
     free(bufs);
     free(lens);
 }
@@ -200,18 +197,20 @@ void ts_worker_publish_checkpoint(ts_worker_t *w, ts_zone_t *z)
     char head[TS_SUBJECT_MAX], subj[TS_SUBJECT_MAX + 48];
     ts_subject_cell(head, sizeof(head), &z->cell, TS_SUBJ_CHECKPOINT);
     ts_bus_hdr_t hdr = {.type = TS_TYPE_CHECKPOINT, .epoch = z->epoch, .seq = z->last_applied_seq};
-    ts_status_t st = TS_OK;
-    for (size_t i = nparts; i-- > 0 && st == TS_OK;) {
+    bool queued = true;
+    for (size_t i = nparts; i-- > 0;) {
         if (i > 0)
             snprintf(subj, sizeof(subj), "%s.%" PRIu64 ".%zu", head, gen % 2, i);
         else
             snprintf(subj, sizeof(subj), "%s", head);
-        st = ts_bus_js_publish_async(w->bus, subj, &hdr, bufs[i], lens[i]);
+        /* the queue takes each buffer over; the head goes only after all its parts */
+        if (queued)
+            queued = ts_publisher_push(w, subj, &hdr, bufs[i], lens[i], true, false);
+        else
+            free(bufs[i]);
+        bufs[i] = NULL;
     }
-    if (st == TS_ERR_BUSY)
-        ts_debug("cell %s: checkpoint put off, too many publishes in flight", z->key);
-    else if (st != TS_OK)
-        ts_warn("cell %s: checkpoint publish failed: %s", z->key, ts_status_str(st));
+    if (!queued) ts_debug("cell %s: checkpoint put off, the publish queue is full", z->key);
     ts_zone_free_parts(bufs, lens, nparts);
 }
 
@@ -282,8 +281,7 @@ void ts_worker_heartbeat(ts_worker_t *w)
         char subj[TS_SUBJECT_MAX];
         ts_subject_heartbeat(subj, sizeof(subj), w->id);
         ts_bus_hdr_t hdr = {.type = TS_TYPE_HEARTBEAT, .seq = w->tick};
-        ts_bus_publish(w->bus, subj, &hdr, buf, len);
-        free(buf);
+        if (!ts_publisher_push(w, subj, &hdr, buf, len, false, false)) w->stats.state_dropped++;
     }
 cleanup:
     free(loads);

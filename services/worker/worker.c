@@ -375,6 +375,7 @@ ts_status_t ts_worker_create(ts_worker_t **out, const ts_config_t *cfg)
     atomic_init(&w->applied_version, 0);
     atomic_init(&w->fenced, false);
     atomic_init(&w->live_stop, false);
+    atomic_init(&w->pub_errors, 0);
     ts_map_init(&w->by_gen);
     ts_cellmap_init(&w->by_cell);
     ts_cellmap_init(&w->binding);
@@ -409,6 +410,7 @@ ts_status_t ts_worker_create(ts_worker_t **out, const ts_config_t *cfg)
     ts_subject_registry(subj, sizeof(subj), w->world.id);
     if ((st = ts_bus_subscribe(w->bus, subj, on_registry, w, &w->reg_sub)) != TS_OK) goto fail;
     if ((st = ts_handover_subscribe(w)) != TS_OK) goto fail;
+    if ((st = ts_publisher_start(w)) != TS_OK) goto fail;
     if ((st = ts_io_start(w)) != TS_OK) goto fail;
     ts_worker_request_resync(w);
     ts_info("worker %s (instance %s): nats %s, redis %s, world %u (%dx%d cells of %.0f)", w->id, w->instance,
@@ -520,6 +522,7 @@ ts_status_t ts_worker_run(ts_worker_t *w, volatile sig_atomic_t *stop)
 
         uint64_t t0 = ts_mono_ns();
         tick_once(w, dt, hz, hb_every, ckpt_every);
+        ts_publisher_kick(w); /* what the tick queued goes out now */
         double ms = (double)(ts_mono_ns() - t0) / 1e6;
         w->tick_ms[w->tick_samples++ % TS_TICK_SAMPLES] = ms;
         if (ms > w->tick_max_ms) w->tick_max_ms = ms;
@@ -553,6 +556,7 @@ ts_status_t ts_worker_run(ts_worker_t *w, volatile sig_atomic_t *stop)
         for (size_t i = 0; i < w->nbind; i++)
             if (w->bindings[i]->state == TS_BIND_ACTIVE)
                 ts_worker_publish_checkpoint(w, w->bindings[i]->zone);
+    ts_publisher_stop(w); /* publishes what is queued */
     ts_bus_js_flush(w->bus, 2000);
     ts_live_stop(w);
     if (rc == TS_OK) ts_registry_worker_forget(w->live_reg, w->id);
@@ -570,6 +574,7 @@ void ts_worker_destroy(ts_worker_t *w)
         ts_worker_unbind(w, w->bindings[w->nbind - 1]);
     ts_handover_free_all(w);
     ts_io_stop(w); /* runs the queued unsubscribes, frees unclaimed results */
+    ts_publisher_stop(w);
     if (w->ring) {
         ts_inbox_msg_t m;
         while (ts_ring_pop(w->ring, &m))

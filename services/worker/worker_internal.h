@@ -6,6 +6,7 @@
  *   io.c       the I/O thread (registry reads, binding cells, PreCopy
  *              requests, unsubscribes) and the liveness thread
  *   output.c   what a tick publishes, and the in-flight publish table
+ *   publisher.c the thread that makes the publish calls for the tick
  *   handover.c moving cells between workers
  *
  * Threads (see docs/architecture.md):
@@ -48,6 +49,9 @@
 #define TS_FLIGHT_SLOTS 65536
 #define TS_INSTANCE_MAX 40
 #define TS_IO_THREADS 4
+/* Publishes queued for the publisher thread (state, transfers, departures,
+ * checkpoints, heartbeats). */
+#define TS_PUB_RING 16384
 
 /* One input-stream message on its way to the tick thread. */
 typedef struct {
@@ -123,6 +127,7 @@ typedef struct {
     uint64_t inbox_overflows;   /* consumers restarted because the ring was full */
     uint64_t publishes_failed;  /* JetStream publishes given up (retried later) */
     uint64_t publishes_delayed; /* publishes put off: too many in flight */
+    uint64_t state_dropped;     /* state/heartbeat messages dropped: publish queue full */
 } ts_worker_stats_t;
 
 /* Outcome of an asynchronous JetStream publish, filled by the ack callback. */
@@ -240,6 +245,15 @@ struct ts_worker {
 
     ts_flight_t flights[TS_FLIGHT_SLOTS];
 
+    /* publisher thread (publisher.c) */
+    ts_ring_t *pub_ring;
+    pthread_t pub_thread;
+    bool pub_started;
+    pthread_mutex_t pub_mu;
+    pthread_cond_t pub_cond;
+    bool pub_kicked, pub_stop;
+    _Atomic uint64_t pub_errors; /* publishes the bus refused */
+
     uint64_t tick;
     uint64_t seq;
     uint64_t last_hb_us;
@@ -255,7 +269,7 @@ struct ts_worker {
 };
 
 /* The modules form layers; each calls only those above it:
- *   inbox.c -> io.c -> bindings.c -> output.c, handover.c -> worker.c */
+ *   inbox.c, publisher.c -> io.c -> bindings.c -> output.c, handover.c -> worker.c */
 
 /* inbox.c */
 bool ts_inbox_push(ts_inbox_t *in, const ts_inbox_msg_t *m);
@@ -267,6 +281,18 @@ ts_status_t ts_worker_subscribe_input(ts_worker_t *w, const ts_cell_t *cell, uin
 void ts_worker_free_ctx(ts_sub_ctx_t *ctx);
 /* Wakes the tick thread between ticks (something is waiting for it). */
 void ts_worker_wake(ts_worker_t *w);
+
+/* publisher.c: the thread that makes the tick's publish calls */
+ts_status_t ts_publisher_start(ts_worker_t *w);
+/* Publishes what is queued, then stops the thread. */
+void ts_publisher_stop(ts_worker_t *w);
+/* Queues one publish (takes buf over, also when it fails). js: a JetStream
+ * async publish; tracked: its outcome goes to the flight slot of hdr->seq.
+ * False if the queue is full (nothing queued). */
+bool ts_publisher_push(ts_worker_t *w, const char *subject, const ts_bus_hdr_t *hdr, uint8_t *buf, size_t len,
+                       bool js, bool tracked);
+/* Wakes the publisher thread (once per tick). */
+void ts_publisher_kick(ts_worker_t *w);
 
 /* io.c */
 ts_status_t ts_io_start(ts_worker_t *w);
