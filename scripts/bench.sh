@@ -28,7 +28,8 @@ jobs=${JOBS:-2}
 runs=${BENCH_RUNS:-1}
 
 cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=Release -DTS_WERROR=ON >/dev/null
-cmake --build "$dir" -j"$jobs" --target tessera-bench tessera-bench-scale
+cmake --build "$dir" -j"$jobs" --target tessera-bench tessera-bench-scale tessera-orch tessera-worker \
+    tessera-gateway tessera-sim tessera-ctl
 for bin in tessera-bench tessera-bench-scale; do
     if [ ! -x "$dir/$bin" ]; then
         echo "bench.sh: $dir/$bin was not built (is cmocka installed? make deps)" >&2
