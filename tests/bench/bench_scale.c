@@ -486,12 +486,22 @@ static void sample_gateway_threads(results_t *r, int clients)
     }
 }
 
-/* orch + w1 + w2 (the default 4x4 world, no rebalancing) + a gateway. */
+static size_t gw_cells = 16;
+
+/* orch + w1 + w2 (a BENCH_GW_WORLD_SIDE² world, 16x16 by default, so a
+ * client's 3x3 view is a small share of the crowd as in a real open world;
+ * no rebalancing) + a gateway. */
 static bool gateway_stack_start(void)
 {
     if (!servers_start()) return false;
+    int side = env_int("BENCH_GW_WORLD_SIDE", 16, 2, 256);
+    gw_cells = (size_t)side * (size_t)side;
     args_t o = {0};
     args_add(&o, "--orch.rebalance=0");
+    args_add(&o, "--world.width=%d", side);
+    args_add(&o, "--world.height=%d", side);
+    args_add(&o, "--world.x0=%d", -side / 2);
+    args_add(&o, "--world.y0=%d", -side / 2);
     spawn("orch", "tessera-orch", &o);
     spawn_worker("w1");
     spawn_worker("w2");
@@ -502,11 +512,11 @@ static bool gateway_stack_start(void)
     args_add(&g, "--gateway.max_clients=100000");
     gw_idx = spawn("gateway", "tessera-gateway", &g);
     size_t bound = 0;
-    bool ok = ts_h_wait_world(&H, WORLD, 16, READY_MS) && wait_bound(16, READY_MS, &bound) &&
+    bool ok = ts_h_wait_world(&H, WORLD, (int)gw_cells, READY_MS) && wait_bound(gw_cells, READY_MS, &bound) &&
               ts_h_wait_port(gw_port, READY_MS);
     if (!ok) {
-        fprintf(stderr, "tessera-bench-scale: the gateway stack did not come up (%zu of 16 cells bound)\n",
-                bound);
+        fprintf(stderr, "tessera-bench-scale: the gateway stack did not come up (%zu of %zu cells bound)\n",
+                bound, gw_cells);
         H.failed = true;
     }
     return ok;
