@@ -67,7 +67,7 @@ static void send_ack(ts_worker_t *w, const char *reply, const Tessera__V1__Hando
     size_t len = 0;
     if (ts_proto_pack(&m.base, &buf, &len) != TS_OK) return;
     ts_bus_hdr_t hdr = {.type = TS_TYPE_HANDOVER, .epoch = req->epoch};
-    ts_bus_publish(w->ctl_bus, reply, &hdr, buf, len);
+    ts_bus_publish(w->bus, reply, &hdr, buf, len);
     free(buf);
 }
 
@@ -360,7 +360,7 @@ ts_status_t ts_handover_subscribe(ts_worker_t *w)
 {
     char subj[TS_SUBJECT_MAX];
     ts_subject_world_wildcard(subj, sizeof(subj), w->world.id, TS_SUBJ_HANDOVER);
-    return ts_bus_subscribe(w->ctl_bus, subj, on_handover, w, &w->ho_sub);
+    return ts_bus_subscribe(w->bus, subj, on_handover, w, &w->ho_sub);
 }
 
 /* Sends the target a PreCopy or a Diff. The Diff is published with the
@@ -402,7 +402,7 @@ static ts_status_t send_to_target(ts_worker_t *w, Tessera__V1__Handover *req, co
         free(buf);
         buf = NULL;
         st = ts_proto_pack(&m.base, &buf, &len);
-        if (st == TS_OK && i + 1 < nparts) st = ts_bus_publish(w->ctl_bus, subj, &hdr, buf, len);
+        if (st == TS_OK && i + 1 < nparts) st = ts_bus_publish(w->bus, subj, &hdr, buf, len);
     }
     ts_zone_free_parts(snaps, snaplens, nparts);
     if (st != TS_OK) {
@@ -410,7 +410,7 @@ static ts_status_t send_to_target(ts_worker_t *w, Tessera__V1__Handover *req, co
         return st;
     }
     if (orch_reply) {
-        st = ts_bus_publish_reply(w->ctl_bus, subj, orch_reply, &hdr, buf, len);
+        st = ts_bus_publish_reply(w->bus, subj, orch_reply, &hdr, buf, len);
         free(buf);
         return st;
     }

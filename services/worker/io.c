@@ -198,7 +198,7 @@ static void do_request(ts_worker_t *w, ts_io_job_t *job)
      * it hears that the target is the one that did not answer */
     int64_t timeout_ms = w->cfg->orch_precopy_timeout_ms * 6 / 10;
     if (timeout_ms < 10) timeout_ms = 10;
-    ts_status_t st = ts_bus_request(w->ctl_bus, job->subject, &hdr, job->buf, job->len, timeout_ms, &reply);
+    ts_status_t st = ts_bus_request(w->bus, job->subject, &hdr, job->buf, job->len, timeout_ms, &reply);
     Tessera__V1__Handover ack = TESSERA__V1__HANDOVER__INIT;
     Tessera__V1__Handover *got = NULL;
     char why[160];
@@ -227,7 +227,7 @@ static void do_request(ts_worker_t *w, ts_io_job_t *job)
     size_t len = 0;
     if (job->req_reply && *job->req_reply && ts_proto_pack(&ack.base, &buf, &len) == TS_OK) {
         ts_bus_hdr_t ah = {.type = TS_TYPE_HANDOVER, .epoch = job->req->epoch};
-        ts_bus_publish(w->ctl_bus, job->req_reply, &ah, buf, len);
+        ts_bus_publish(w->bus, job->req_reply, &ah, buf, len);
     }
     free(buf);
     if (got) tessera__v1__handover__free_unpacked(got, NULL);

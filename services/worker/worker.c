@@ -394,9 +394,6 @@ ts_status_t ts_worker_create(ts_worker_t **out, const ts_config_t *cfg)
     char name[128];
     snprintf(name, sizeof(name), "tessera-worker-%s", w->id);
     st = ts_service_connect_bus(cfg, name, TS_SERVICE_CONNECT_MS, &w->bus);
-    char ctl_name[160];
-    snprintf(ctl_name, sizeof(ctl_name), "%s-ctl", name);
-    if (st == TS_OK) st = ts_service_connect_bus(cfg, ctl_name, TS_SERVICE_CONNECT_MS, &w->ctl_bus);
     if (st == TS_OK) st = ts_service_connect_registry(cfg, TS_SERVICE_CONNECT_MS, &w->reg);
     if (st == TS_OK) st = ts_service_connect_registry(cfg, TS_SERVICE_CONNECT_MS, &w->live_reg);
     if (st == TS_OK) st = ts_service_wait_world(cfg, w->reg, TS_SERVICE_CONNECT_MS, &w->world);
@@ -594,7 +591,6 @@ void ts_worker_destroy(ts_worker_t *w)
     ts_map_free(&w->by_gen);
     pthread_mutex_destroy(&w->mu);
     pthread_cond_destroy(&w->cond);
-    ts_bus_destroy(w->ctl_bus);
     ts_bus_destroy(w->bus);
     ts_registry_destroy(w->reg);
     ts_registry_destroy(w->live_reg);

@@ -186,11 +186,9 @@ struct ts_worker {
     const ts_config_t *cfg;
     char id[TS_WORKER_ID_MAX];
     char instance[TS_INSTANCE_MAX]; /* this process's token */
-    ts_bus_t *bus;                  /* data: input consumers, state, transfers, checkpoints */
-    ts_bus_t *ctl_bus;              /* control: handover messages, on their own socket so
-                                     * they never queue behind the data a tick publishes */
-    ts_registry_t *reg;             /* I/O thread only */
-    ts_registry_t *live_reg;        /* liveness thread only */
+    ts_bus_t *bus;
+    ts_registry_t *reg;      /* I/O thread only */
+    ts_registry_t *live_reg; /* liveness thread only */
     ts_bus_sub_t *reg_sub;
     ts_bus_sub_t *ho_sub;
     ts_world_t world;
