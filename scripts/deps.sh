@@ -10,6 +10,8 @@ packages=(
     libprotobuf-c-dev protobuf-c-compiler
     libyaml-dev libhiredis-dev redis-server
     libcmocka-dev libuv1-dev libjansson-dev
+    libmicrohttpd-dev libjwt-dev libwslay-dev libssl-dev
+    clang chromium
 )
 
 missing=()
