@@ -941,8 +941,14 @@ ts_status_t ts_zone_pack_checkpoint_parts(const ts_zone_t *z, uint64_t tick, con
         return TS_ERR_NOMEM;
     }
     for (size_t p = 0; p < parts; p++) {
-        ts_status_t st = pack_checkpoint_part(z, tick, owner, diff, p * per, per, p * per, per, (uint32_t)p,
-                                              (uint32_t)parts, generation, &(*bufs)[p], &(*lens)[p]);
+        /* exactly what this part holds: the arrays are sized by it, and a
+         * cell of a few entities must not allocate (and zero) room for a
+         * whole part's worth every checkpoint */
+        size_t e0 = p * per, d0 = p * per;
+        size_t pe = e0 < ne ? (ne - e0 < per ? ne - e0 : per) : 0;
+        size_t pd = d0 < nd ? (nd - d0 < per ? nd - d0 : per) : 0;
+        ts_status_t st = pack_checkpoint_part(z, tick, owner, diff, e0, pe, d0, pd, (uint32_t)p, (uint32_t)parts,
+                                              generation, &(*bufs)[p], &(*lens)[p]);
         if (st != TS_OK) {
             ts_zone_free_parts(*bufs, *lens, parts);
             *bufs = NULL;
