@@ -103,6 +103,11 @@ static const key_def_t keys[] = {
     INT("sim.duration_s", sim_duration_s, "0", 0, INT32_MAX, "run time in seconds (0: until signalled)"),
     INT("sim.seed", sim_seed, "1", 0, INT64_MAX, "random seed"),
     DBL("sim.speed", sim_speed, "20", 0, 1e6, "player speed in world units per second"),
+    /* HTTP listeners: /metrics, /healthz, /readyz ("" = off) */
+    STR("gateway.http_listen", gateway_http_listen, "", NULL, "metrics and health HTTP listen address host:port"),
+    STR("worker.http_listen", worker_http_listen, "", NULL, "metrics and health HTTP listen address host:port"),
+    STR("orch.http_listen", orch_http_listen, "", NULL, "metrics and health HTTP listen address host:port"),
+    STR("sim.http_listen", sim_http_listen, "", NULL, "metrics and health HTTP listen address host:port"),
 };
 
 /* clang-format on */

@@ -76,6 +76,12 @@ typedef struct {
     int64_t sim_duration_s; /* 0 = until signalled */
     int64_t sim_seed;
     double sim_speed;
+
+    /* HTTP listener for /metrics, /healthz and /readyz, per service ("" = off) */
+    char *gateway_http_listen; /* host:port */
+    char *worker_http_listen;
+    char *orch_http_listen;
+    char *sim_http_listen;
 } ts_config_t;
 
 /* Fills cfg from defaults, file, environment and argv, in that order.
