@@ -27,6 +27,16 @@ typedef struct {
     char *redis_url; /* redis://host:port[/db] */
     int64_t world_id;
 
+    /* security: NATS and Redis credentials and TLS ("" = not used) */
+    char *nats_user;           /* NATS user name */
+    char *nats_password_file;  /* file holding the NATS password (first line) */
+    char *nats_creds;          /* NATS .creds file (JWT + nkey seed) */
+    char *nats_tls_ca;         /* CA bundle that signs the NATS server certificate */
+    char *nats_tls_cert;       /* client certificate (PEM), with nats_tls_key */
+    char *nats_tls_key;        /* client private key (PEM) */
+    char *redis_user;          /* Redis ACL user (overrides the URL's) */
+    char *redis_password_file; /* file holding the Redis password (first line) */
+
     /* world layout (orchestrator) */
     double world_cell_size;
     int64_t world_x0, world_y0;        /* first root cell */
