@@ -117,6 +117,27 @@ static const key_def_t keys[] = {
     STR("worker.http_listen", worker_http_listen, "", NULL, "metrics and health HTTP listen address host:port"),
     STR("orch.http_listen", orch_http_listen, "", NULL, "metrics and health HTTP listen address host:port"),
     STR("sim.http_listen", sim_http_listen, "", NULL, "metrics and health HTTP listen address host:port"),
+    /* gateway: player connections, resume, auth */
+    INT("gateway.hello_timeout_s", gateway_hello_timeout_s, "5", 1, 3600,
+        "a connection without a complete Hello or Join this long is closed"),
+    INT("gateway.idle_timeout_s", gateway_idle_timeout_s, "15", 1, 86400,
+        "a connection that sends no frame (a Ping counts) this long is closed"),
+    INT("gateway.max_backlog", gateway_max_backlog, "1048576", 1024, 1073741824,
+        "unsent output bytes above which a client counts as a slow reader"),
+    INT("gateway.slow_close_s", gateway_slow_close_s, "5", 1, 3600,
+        "a slow reader above gateway.max_backlog this long is closed"),
+    INT("gateway.max_conns_per_ip", gateway_max_conns_per_ip, "0", 0, 1000000,
+        "connections per client IP address (0: no limit)"),
+    INT("gateway.keepalive_s", gateway_keepalive_s, "10", 1, 7200, "TCP keepalive idle time of client sockets"),
+    INT("gateway.resume_s", gateway_resume_s, "30", 1, 86400,
+        "a disconnected player's entity is despawned this long after unless resumed"),
+    STR("gateway.resume_secret", gateway_resume_secret, "", NULL,
+        "HMAC-SHA256 key of resume tokens, the same on every gateway (\"\": random per process)"),
+    INT("gateway.auth.required", gateway_auth_required, "0", 0, 1, "1: Hello must carry a valid JWT"),
+    STR("gateway.auth.secret", gateway_auth_secret, "", NULL, "HS256 key of player JWTs"),
+    STR("gateway.auth.public_key", gateway_auth_public_key, "", NULL, "PEM public key file for RS256 player JWTs"),
+    STR("gateway.auth.issuer", gateway_auth_issuer, "", NULL, "required JWT iss (\"\": not checked)"),
+    STR("gateway.auth.audience", gateway_auth_audience, "", NULL, "required JWT aud (\"\": not checked)"),
 };
 
 /* clang-format on */

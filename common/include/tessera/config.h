@@ -92,6 +92,21 @@ typedef struct {
     char *worker_http_listen;
     char *orch_http_listen;
     char *sim_http_listen;
+
+    /* gateway: player connections, resume, auth */
+    int64_t gateway_hello_timeout_s;  /* no complete Hello/Join this long: closed */
+    int64_t gateway_idle_timeout_s;   /* no frame at all this long: closed */
+    int64_t gateway_max_backlog;      /* unsent output bytes ... */
+    int64_t gateway_slow_close_s;     /* ... above for this long: closed */
+    int64_t gateway_max_conns_per_ip; /* 0: no limit */
+    int64_t gateway_keepalive_s;      /* TCP keepalive idle time */
+    int64_t gateway_resume_s;         /* grace of a disconnected player's entity */
+    char *gateway_resume_secret;      /* HMAC key of resume tokens ("": per process) */
+    int64_t gateway_auth_required;    /* 1: Hello needs a valid JWT */
+    char *gateway_auth_secret;        /* HS256 key */
+    char *gateway_auth_public_key;    /* RS256: PEM public key file */
+    char *gateway_auth_issuer;        /* "" = not checked */
+    char *gateway_auth_audience;      /* "" = not checked */
 } ts_config_t;
 
 /* Fills cfg from defaults, file, environment and argv, in that order.
