@@ -401,6 +401,11 @@ uint64_t ts_bus_bytes_out(const ts_bus_t *bus)
     return atomic_load(&((ts_bus_t *)bus)->bytes_out);
 }
 
+bool ts_bus_connected(ts_bus_t *bus)
+{
+    return bus != NULL && natsConnection_Status(bus->nc) == NATS_CONN_STATUS_CONNECTED;
+}
+
 static void count_out(ts_bus_t *bus, size_t len)
 {
     atomic_fetch_add_explicit(&bus->bytes_out, (uint64_t)len, memory_order_relaxed);

@@ -138,6 +138,13 @@ static const key_def_t keys[] = {
     STR("gateway.auth.public_key", gateway_auth_public_key, "", NULL, "PEM public key file for RS256 player JWTs"),
     STR("gateway.auth.issuer", gateway_auth_issuer, "", NULL, "required JWT iss (\"\": not checked)"),
     STR("gateway.auth.audience", gateway_auth_audience, "", NULL, "required JWT aud (\"\": not checked)"),
+    /* gateway: WebSocket and the browser map */
+    STR("gateway.ws_listen", gateway_ws_listen, "", NULL,
+        "WebSocket (/ws) and world map (/) listen address host:port (\"\": off)"),
+    STR("gateway.ws_origins", gateway_ws_origins, "", NULL,
+        "allowed WebSocket Origins, comma-separated (\"\": same host only, \"*\": any)"),
+    STR("gateway.web_dir", gateway_web_dir, "", NULL,
+        "directory to serve the map page from (\"\": the copy built into the binary)"),
 };
 
 /* clang-format on */

@@ -159,6 +159,8 @@ void ts_bus_held_free(ts_bus_held_t h);
 
 /* Totals since connect. */
 uint64_t ts_bus_bytes_out(const ts_bus_t *bus);
+/* Whether the connection to the server is up now (no round trip; any thread). */
+bool ts_bus_connected(ts_bus_t *bus);
 
 /* Releases nats.c's process-wide state (threads, timers, caches) so leak
  * checkers stay quiet. Call once at the very end of main, after every bus and

@@ -107,6 +107,11 @@ typedef struct {
     char *gateway_auth_public_key;    /* RS256: PEM public key file */
     char *gateway_auth_issuer;        /* "" = not checked */
     char *gateway_auth_audience;      /* "" = not checked */
+
+    /* gateway: WebSocket and the browser map */
+    char *gateway_ws_listen;  /* host:port of /ws and the map page ("" = off) */
+    char *gateway_ws_origins; /* allowed Origins, comma-separated ("": same host, "*": any) */
+    char *gateway_web_dir;    /* serve the map from here ("": the copy built into the binary) */
 } ts_config_t;
 
 /* Fills cfg from defaults, file, environment and argv, in that order.
