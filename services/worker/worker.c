@@ -410,6 +410,7 @@ ts_status_t ts_worker_create(ts_worker_t **out, const ts_config_t *cfg)
     ts_subject_registry(subj, sizeof(subj), w->world.id);
     if ((st = ts_bus_subscribe(w->bus, subj, on_registry, w, &w->reg_sub)) != TS_OK) goto fail;
     if ((st = ts_handover_subscribe(w)) != TS_OK) goto fail;
+    if ((st = ts_players_start(w)) != TS_OK) goto fail;
     if ((st = ts_publisher_start(w)) != TS_OK) goto fail;
     if ((st = ts_io_start(w)) != TS_OK) goto fail;
     ts_worker_request_resync(w);
@@ -473,6 +474,7 @@ static void tick_once(ts_worker_t *w, double dt, uint64_t full_every, uint64_t h
         ts_worker_publish_state(w, b->zone, (w->tick + i) % full_every == 0);
         if ((w->tick + i) % ckpt_every == 0) ts_worker_publish_checkpoint(w, b->zone);
     }
+    if (acting) ts_players_tick(w);
     if (hb_every == 0 || w->tick % hb_every == 0 || stalled) ts_worker_heartbeat(w);
 }
 
@@ -570,6 +572,7 @@ void ts_worker_destroy(ts_worker_t *w)
     ts_live_stop(w);
     ts_bus_sub_destroy(w->reg_sub);
     ts_bus_sub_destroy(w->ho_sub);
+    ts_players_stop(w);
     while (w->nbind)
         ts_worker_unbind(w, w->bindings[w->nbind - 1]);
     ts_handover_free_all(w);

@@ -52,6 +52,10 @@
 /* Publishes queued for the publisher thread (state, transfers, departures,
  * checkpoints, heartbeats). */
 #define TS_PUB_RING 16384
+/* Gateways' liveness signal (GatewayAlive, core NATS, every second). */
+#define TS_GW_ALIVE_WILDCARD "tessera.gw.*.alive"
+
+typedef struct ts_players ts_players_t;
 
 /* One input-stream message on its way to the tick thread. */
 typedef struct {
@@ -266,6 +270,7 @@ struct ts_worker {
     ts_worker_stats_t stats;
     bool draining;
     int drain_state; /* 0 none, 1 asked, 2 accepted, 3 refused */
+    ts_players_t *players; /* players.c */
 };
 
 /* The modules form layers; each calls only those above it:
@@ -348,5 +353,11 @@ void ts_handover_poll(ts_worker_t *w);
  * the cell before the COMMIT did). Returns false if there is none. */
 bool ts_handover_bind_pending(ts_worker_t *w, const ts_cell_t *cell, uint64_t epoch);
 void ts_handover_free_all(ts_worker_t *w);
+
+/* players.c: disconnected players' entities and gateway liveness */
+ts_status_t ts_players_start(ts_worker_t *w);
+/* Tick thread, every tick (acts a few times a second). */
+void ts_players_tick(ts_worker_t *w);
+void ts_players_stop(ts_worker_t *w);
 
 #endif

@@ -192,6 +192,38 @@ static void put_entity(ts_zone_t *z, ts_entity_t *e)
         return;
     }
     free(ts_map_del(&z->departed, e->id));
+    if (e->gateway != 0 && z->player_hook) z->player_hook(z->player_ud, z, e);
+}
+
+void ts_zone_detach(ts_zone_t *z, ts_entity_t *e, uint64_t at_us)
+{
+    e->vx = e->vy = 0;
+    e->detached_us = at_us ? at_us : 1;
+    touch(z, e);
+}
+
+void ts_zone_despawn(ts_zone_t *z, ts_entity_t *e)
+{
+    ts_map_del(&z->entities, e->id);
+    note_left(z, e->id, NULL);
+    free(e);
+}
+
+/* Detach / Attach: no client seq, idempotent, ordered by the stream. A
+ * Detach of a session that no longer owns the entity changes nothing. */
+static void apply_session(ts_zone_t *z, ts_entity_t *e, const ts_input_t *in)
+{
+    if (in->kind == TS_INPUT_DETACH) {
+        if (e->session != in->session || e->detached_us != 0) return;
+        ts_zone_detach(z, e, in->time_us);
+    } else {
+        e->gateway = in->gateway;
+        e->gateway_instance = in->gateway_instance;
+        e->session = in->session;
+        e->detached_us = 0;
+        touch(z, e);
+    }
+    if (z->player_hook) z->player_hook(z->player_ud, z, e);
 }
 
 void ts_zone_apply_input(ts_zone_t *z, const ts_input_t *in, uint64_t tick)
@@ -222,11 +254,18 @@ void ts_zone_apply_input(ts_zone_t *z, const ts_input_t *in, uint64_t tick)
         e->x = fmin(fmax(x, z->min_x), nextafter(z->max_x, z->min_x));
         e->y = fmin(fmax(y, z->min_y), nextafter(z->max_y, z->min_y));
         ts_strlcpy(e->name, in->name, sizeof(e->name));
+        e->gateway = in->gateway;
+        e->gateway_instance = in->gateway_instance;
+        e->session = in->session;
         ts_entity_accept_seq(e, in->seq);
         e->inputs_applied = 1;
         touch(z, e);
         put_entity(z, e);
         z->stats.applied++;
+        return;
+    }
+    if (in->kind == TS_INPUT_DETACH || in->kind == TS_INPUT_ATTACH) {
+        apply_session(z, e, in);
         return;
     }
     switch (ts_entity_accept_seq(e, in->seq)) {
@@ -257,6 +296,9 @@ void ts_zone_apply_input(ts_zone_t *z, const ts_input_t *in, uint64_t tick)
         note_left(z, e->id, NULL);
         free(e);
         break;
+    case TS_INPUT_DETACH:
+    case TS_INPUT_ATTACH: /* handled above */
+        break;
     }
     (void)tick;
 }
@@ -273,6 +315,20 @@ static void input_from_pb(const Tessera__V1__Input *pb, ts_input_t *in)
         in->a = pb->join->x;
         in->b = pb->join->y;
         if (pb->join->name) ts_strlcpy(in->name, pb->join->name, sizeof(in->name));
+        in->gateway = pb->join->gateway;
+        in->gateway_instance = pb->join->gateway_instance;
+        in->session = pb->join->session;
+        break;
+    case TESSERA__V1__INPUT__KIND_DETACH:
+        in->kind = TS_INPUT_DETACH;
+        in->session = pb->detach->session;
+        in->time_us = pb->detach->time_us;
+        break;
+    case TESSERA__V1__INPUT__KIND_ATTACH:
+        in->kind = TS_INPUT_ATTACH;
+        in->gateway = pb->attach->gateway;
+        in->gateway_instance = pb->attach->gateway_instance;
+        in->session = pb->attach->session;
         break;
     case TESSERA__V1__INPUT__KIND_MOVE:
         in->kind = TS_INPUT_MOVE;
@@ -303,6 +359,10 @@ static void entity_from_pb(const Tessera__V1__EntityState *pb, ts_entity_t *e)
         e->applied_window[i + 1] = pb->applied_window_ext[i];
     e->hops = pb->hops;
     e->incarnation = pb->incarnation;
+    e->gateway = pb->gateway;
+    e->gateway_instance = pb->gateway_instance;
+    e->session = pb->session;
+    e->detached_us = pb->detached_us;
     if (pb->name) ts_strlcpy(e->name, pb->name, sizeof(e->name));
 }
 
@@ -333,6 +393,10 @@ static void entity_to_pb(const ts_entity_t *e, Tessera__V1__EntityState *pb)
     pb->n_applied_window_ext = ext;
     pb->applied_window_ext = (uint64_t *)&e->applied_window[1];
     pb->incarnation = e->incarnation;
+    pb->gateway = e->gateway;
+    pb->gateway_instance = e->gateway_instance;
+    pb->session = e->session;
+    pb->detached_us = e->detached_us;
 }
 
 void ts_zone_accept_transfer(ts_zone_t *z, const ts_entity_t *in)
@@ -568,8 +632,32 @@ static Tessera__V1__Input *input_to_pb(arena_t *a, const ts_input_t *src)
         j->x = src->a;
         j->y = src->b;
         j->name = (char *)src->name;
+        j->gateway = src->gateway;
+        j->gateway_instance = src->gateway_instance;
+        j->session = src->session;
         in->kind_case = TESSERA__V1__INPUT__KIND_JOIN;
         in->join = j;
+        break;
+    }
+    case TS_INPUT_DETACH: {
+        Tessera__V1__DetachInput *d = arena_alloc(a, sizeof(*d));
+        if (!d) return NULL;
+        tessera__v1__detach_input__init(d);
+        d->session = src->session;
+        d->time_us = src->time_us;
+        in->kind_case = TESSERA__V1__INPUT__KIND_DETACH;
+        in->detach = d;
+        break;
+    }
+    case TS_INPUT_ATTACH: {
+        Tessera__V1__AttachInput *t = arena_alloc(a, sizeof(*t));
+        if (!t) return NULL;
+        tessera__v1__attach_input__init(t);
+        t->gateway = src->gateway;
+        t->gateway_instance = src->gateway_instance;
+        t->session = src->session;
+        in->kind_case = TESSERA__V1__INPUT__KIND_ATTACH;
+        in->attach = t;
         break;
     }
     case TS_INPUT_MOVE: {

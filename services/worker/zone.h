@@ -47,6 +47,12 @@ typedef struct {
     char name[TS_ENTITY_NAME_MAX];
     uint64_t hops;
     uint64_t incarnation; /* stream seq of the Join that created it */
+    /* a player's entity: its gateway and connection, and when that closed
+     * (wall clock; 0 while connected). 0 gateway: not a player's. */
+    uint32_t gateway;
+    uint64_t gateway_instance;
+    uint64_t session;
+    uint64_t detached_us;
     uint64_t mod;         /* zone modification counter at the last change */
     bool dirty;           /* changed since the last published delta */
     bool departing;       /* a Departure for it is queued or in the stream */
@@ -58,7 +64,7 @@ typedef struct {
     uint64_t hops;
 } ts_departure_t;
 
-typedef enum { TS_INPUT_JOIN = 1, TS_INPUT_MOVE, TS_INPUT_LEAVE } ts_input_kind_t;
+typedef enum { TS_INPUT_JOIN = 1, TS_INPUT_MOVE, TS_INPUT_LEAVE, TS_INPUT_DETACH, TS_INPUT_ATTACH } ts_input_kind_t;
 
 /* An input as the worker keeps it (for forwarding). */
 typedef struct {
@@ -68,6 +74,12 @@ typedef struct {
     ts_input_kind_t kind;
     double a, b; /* join: x, y; move: dx, dy */
     char name[TS_ENTITY_NAME_MAX];
+    /* join, attach: the owning gateway and connection; detach: the session
+     * closed at time_us */
+    uint32_t gateway;
+    uint64_t gateway_instance;
+    uint64_t session;
+    uint64_t time_us;
 } ts_input_t;
 
 /* Everything one tick sends to one destination cell. Transfers caused by the
@@ -129,6 +141,11 @@ typedef struct {
     double cell_size;
     double min_x, min_y, max_x, max_y;
     double max_speed;
+    /* players (services/worker/players.c): called on the tick thread when
+     * a player's entity arrives, joins, detaches or is attached again */
+    void (*player_hook)(void *ud, void *zone, ts_entity_t *e); /* zone: this ts_zone_t */
+    void *player_ud;
+    bool players_scanned; /* players.c has seen every entity loaded before the hook */
 } ts_zone_t;
 
 ts_status_t ts_zone_create(ts_zone_t **out, const ts_cell_t *cell, uint64_t epoch, const ts_world_t *world,
@@ -207,6 +224,11 @@ ts_status_t ts_zone_load_checkpoint(ts_zone_t *z, const Tessera__V1__Checkpoint 
 /* Forgets queued (unpublished) Departures; the entities will be seen
  * outside the cell again and decided anew. */
 void ts_zone_cancel_departures(ts_zone_t *z);
+
+/* Despawns the entity (as a Leave does: announced in the next delta). */
+void ts_zone_despawn(ts_zone_t *z, ts_entity_t *e);
+/* Stops a player's entity whose connection closed at at_us (wall clock). */
+void ts_zone_detach(ts_zone_t *z, ts_entity_t *e, uint64_t at_us);
 
 /* Number of entities in the zone. */
 size_t ts_zone_entities(const ts_zone_t *z);

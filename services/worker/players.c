@@ -1,0 +1,268 @@
+/* Players' entities on the worker: an entity whose connection closed (a
+ * Detach from its gateway) is despawned gateway.resume_s after the close
+ * unless an Attach (a resume) comes first; the entities of a gateway process
+ * that stopped saying it is alive (tessera.gw.<id>.alive, GatewayAlive) are
+ * detached as of its last sign of life and go the same way.
+ *
+ * Threads: the alive subscription runs on a nats.c thread and only updates
+ * the gateway table under `mu`. Everything else runs on the tick thread, at
+ * most every PLAYERS_PERIOD_US: the gateways (a few) and the detached
+ * entities (they grow with disconnections, not with the world). A gateway
+ * that dies costs one pass over this worker's entities, once; a cell this
+ * worker adopts costs one pass over its entities, once.
+ *
+ * A gateway instance is known by (gateway id, instance): a restarted
+ * gateway is a new instance, and the old one's entities are detached at
+ * once. An entity naming an instance never heard of gets
+ * PLAYERS_GW_DEAD_US to be vouched for by an alive message. */
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tessera/log.h"
+#include "tessera/util.h"
+#include "worker_internal.h"
+
+#define PLAYERS_PERIOD_US 250000ULL
+/* A gateway instance not heard of for this long is gone. */
+#define PLAYERS_GW_DEAD_US 3000000ULL
+/* A dead instance is remembered this long (entities naming it that show up
+ * later, from a checkpoint, are detached at once). */
+#define PLAYERS_GW_FORGET_US 600000000ULL
+#define PLAYERS_GW_MAX 1024
+
+typedef struct {
+    uint32_t id;
+    uint64_t instance;
+    uint64_t last_mono_us;
+    uint64_t last_wall_us;
+    bool heard;    /* an alive message came (not only an entity naming it) */
+    bool replaced; /* a newer instance of the same id spoke */
+    bool dead;     /* tick thread: its entities were detached */
+} gw_rec_t;
+
+typedef struct {
+    ts_cell_t cell;
+    uint64_t at_us;
+} detached_t;
+
+struct ts_players {
+    ts_worker_t *w;
+    ts_bus_sub_t *sub;
+    pthread_mutex_t mu;
+    gw_rec_t gws[PLAYERS_GW_MAX];
+    size_t ngws;
+    ts_map_t detached; /* entity id -> detached_t* (tick thread) */
+    uint64_t grace_us;
+    uint64_t next_run_us;
+    uint64_t despawned;
+};
+
+/* Under mu. */
+static gw_rec_t *find_gw(ts_players_t *p, uint32_t id, uint64_t instance)
+{
+    for (size_t i = 0; i < p->ngws; i++)
+        if (p->gws[i].id == id && p->gws[i].instance == instance) return &p->gws[i];
+    return NULL;
+}
+
+/* Under mu: a record for (id, instance), added as not heard of yet. */
+static gw_rec_t *get_gw(ts_players_t *p, uint32_t id, uint64_t instance)
+{
+    gw_rec_t *g = find_gw(p, id, instance);
+    if (g || p->ngws == PLAYERS_GW_MAX) return g;
+    g = &p->gws[p->ngws++];
+    memset(g, 0, sizeof(*g));
+    g->id = id;
+    g->instance = instance;
+    g->last_mono_us = ts_mono_us();
+    g->last_wall_us = ts_now_us();
+    return g;
+}
+
+static void on_alive(void *ud, const ts_bus_msg_t *m)
+{
+    ts_players_t *p = ud;
+    Tessera__V1__GatewayAlive *a =
+        tessera__v1__gateway_alive__unpack(NULL, ts_bus_msg_len(m), ts_bus_msg_data(m));
+    if (!a) return;
+    if (a->gateway != 0) {
+        pthread_mutex_lock(&p->mu);
+        gw_rec_t *g = get_gw(p, a->gateway, a->instance);
+        if (g && !g->dead) {
+            if (!g->heard)
+                for (size_t i = 0; i < p->ngws; i++)
+                    if (p->gws[i].id == a->gateway && p->gws[i].instance != a->instance)
+                        p->gws[i].replaced = true;
+            g->heard = true;
+            g->last_mono_us = ts_mono_us();
+            g->last_wall_us = ts_now_us();
+        }
+        pthread_mutex_unlock(&p->mu);
+    }
+    tessera__v1__gateway_alive__free_unpacked(a, NULL);
+}
+
+static void note_detached(ts_players_t *p, ts_zone_t *z, ts_entity_t *e)
+{
+    detached_t *d = ts_map_get(&p->detached, e->id);
+    if (!d) {
+        d = malloc(sizeof(*d));
+        if (!d || ts_map_put(&p->detached, e->id, d) != TS_OK) {
+            free(d);
+            ts_error("entity %" PRIu64 ": out of memory noting its detachment", e->id);
+            return;
+        }
+    }
+    d->cell = z->cell;
+    d->at_us = e->detached_us;
+}
+
+/* Zone hook (tick thread): a player's entity arrived, joined, detached or
+ * was attached again. */
+static void on_player(void *ud, void *zone, ts_entity_t *e)
+{
+    ts_players_t *p = ud;
+    ts_zone_t *z = zone;
+    if (e->detached_us == 0) {
+        free(ts_map_del(&p->detached, e->id));
+        pthread_mutex_lock(&p->mu);
+        gw_rec_t *g = get_gw(p, e->gateway, e->gateway_instance);
+        bool gone = g && g->dead;
+        uint64_t since = g ? g->last_wall_us : 0;
+        pthread_mutex_unlock(&p->mu);
+        if (!gone) return;
+        ts_zone_detach(z, e, since);
+        ts_info("entity %" PRIu64 ": its gateway %u is gone; despawned after the grace", e->id, e->gateway);
+    }
+    note_detached(p, z, e);
+}
+
+ts_status_t ts_players_start(ts_worker_t *w)
+{
+    ts_players_t *p = calloc(1, sizeof(*p));
+    if (!p) return TS_ERR_NOMEM;
+    p->w = w;
+    pthread_mutex_init(&p->mu, NULL);
+    ts_map_init(&p->detached);
+    p->grace_us = (uint64_t)w->cfg->gateway_resume_s * 1000000ULL;
+    w->players = p;
+    ts_status_t st = ts_bus_subscribe(w->bus, TS_GW_ALIVE_WILDCARD, on_alive, p, &p->sub);
+    if (st != TS_OK) ts_error("cannot subscribe to %s: %s", TS_GW_ALIVE_WILDCARD, ts_status_str(st));
+    return st;
+}
+
+void ts_players_stop(ts_worker_t *w)
+{
+    ts_players_t *p = w->players;
+    if (!p) return;
+    ts_bus_sub_destroy(p->sub); /* no callback runs after this */
+    uint64_t k;
+    void *v;
+    for (size_t it = 0; ts_map_next(&p->detached, &it, &k, &v);)
+        free(v);
+    ts_map_free(&p->detached);
+    pthread_mutex_destroy(&p->mu);
+    free(p);
+    w->players = NULL;
+}
+
+static bool binding_settled(const ts_binding_t *b)
+{
+    return b->state == TS_BIND_ACTIVE && !b->catching_up;
+}
+
+/* A gateway instance is gone: its connected entities here are detached as
+ * of its last sign of life. */
+static void detach_gateway(ts_players_t *p, uint32_t id, uint64_t instance, uint64_t since_us)
+{
+    ts_worker_t *w = p->w;
+    size_t n = 0;
+    for (size_t i = 0; i < w->nbind; i++) {
+        ts_zone_t *z = w->bindings[i]->zone;
+        if (!z->players_scanned) continue; /* the adoption scan will see them */
+        uint64_t k;
+        void *v;
+        for (size_t it = 0; ts_map_next(&z->entities, &it, &k, &v);) {
+            ts_entity_t *e = v;
+            if (e->gateway != id || e->gateway_instance != instance || e->detached_us != 0) continue;
+            ts_zone_detach(z, e, since_us);
+            note_detached(p, z, e);
+            n++;
+        }
+    }
+    ts_info("gateway %u (instance %016" PRIx64 ") is gone: %zu of its players' entities here stop and are "
+            "despawned %" PRIu64 " s after its last sign of life",
+            id, instance, n, (uint64_t)(p->grace_us / 1000000U));
+}
+
+void ts_players_tick(ts_worker_t *w)
+{
+    ts_players_t *p = w->players;
+    if (!p) return;
+    uint64_t now = ts_mono_us();
+    if (now < p->next_run_us) return;
+    p->next_run_us = now + PLAYERS_PERIOD_US;
+
+    /* cells adopted since the last run: hook them up, note their players */
+    for (size_t i = 0; i < w->nbind; i++) {
+        ts_zone_t *z = w->bindings[i]->zone;
+        if (z->players_scanned) continue;
+        z->players_scanned = true;
+        z->player_hook = on_player;
+        z->player_ud = p;
+        uint64_t k;
+        void *v;
+        for (size_t it = 0; ts_map_next(&z->entities, &it, &k, &v);) {
+            ts_entity_t *e = v;
+            if (e->gateway != 0) on_player(p, z, e);
+        }
+    }
+
+    /* gateway instances that went quiet or were replaced */
+    for (;;) {
+        uint32_t id = 0;
+        uint64_t instance = 0, since = 0;
+        bool found = false;
+        pthread_mutex_lock(&p->mu);
+        for (size_t i = 0; i < p->ngws && !found; i++) {
+            gw_rec_t *g = &p->gws[i];
+            if (g->dead) {
+                if (now - g->last_mono_us > PLAYERS_GW_FORGET_US) p->gws[i--] = p->gws[--p->ngws];
+                continue;
+            }
+            if (!g->replaced && now - g->last_mono_us < PLAYERS_GW_DEAD_US) continue;
+            g->dead = true;
+            id = g->id;
+            instance = g->instance;
+            since = g->last_wall_us;
+            found = true;
+        }
+        pthread_mutex_unlock(&p->mu);
+        if (!found) break;
+        detach_gateway(p, id, instance, since);
+    }
+
+    /* detached entities whose grace is over */
+    uint64_t wall = ts_now_us();
+    uint64_t k;
+    void *v;
+    for (size_t it = 0; ts_map_next(&p->detached, &it, &k, &v);) {
+        detached_t *d = v;
+        if (wall < d->at_us + p->grace_us) continue;
+        ts_binding_t *b = ts_cellmap_get(&w->by_cell, &d->cell);
+        if (b && !binding_settled(b)) continue; /* frozen for a handover: later */
+        ts_entity_t *e = b ? ts_map_get(&b->zone->entities, k) : NULL;
+        if (e && e->departing) continue; /* leaving: despawned here or where it arrives */
+        if (e && e->detached_us != 0) {
+            ts_info("entity %" PRIu64 " (%s): not resumed within %" PRIu64 " s; despawned", k, e->name,
+                    (uint64_t)(p->grace_us / 1000000U));
+            ts_zone_despawn(b->zone, e);
+            p->despawned++;
+        }
+        /* gone, moved on (its new cell notes it) or despawned */
+        free(ts_map_del(&p->detached, k));
+    }
+}
