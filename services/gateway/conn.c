@@ -6,7 +6,14 @@
  * GW_SLOW_CLIENT_BYTES, the connection is dropped at GW_MAX_CLIENT_BYTES).
  * A connection that got a fatal error (`closing`) reads and discards input
  * until the peer closes or its linger time ends, so the peer receives the
- * Error instead of a reset. */
+ * Error instead of a reset.
+ *
+ * Lifecycle deadlines (gw_tl_*): a connection is on the hello list from
+ * accept until it greets (Hello or Join), on the idle list from accept on
+ * (moved to the tail on every read that brings a frame), and on the slow
+ * list while its unsent output is above gateway.max_backlog. A check every
+ * GW_LIFE_CHECK_MS pops the expired heads, so its cost is the connections
+ * it closes, not the connections open. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -14,6 +21,7 @@
 #include "tessera/config.h"
 #include "tessera/log.h"
 #include "tessera/util.h"
+#include "ws.h"
 
 #define READ_CHUNK 65536
 
@@ -24,10 +32,72 @@ typedef struct {
     uint8_t data[];
 } write_req_t;
 
+void gw_tl_del(gw_t *gw, gw_conn_t *c, gw_tl_kind_t kind)
+{
+    gw_tl_link_t *l = &c->tl[kind];
+    if (!l->on) return;
+    gw_tl_t *list = &gw->tl[kind];
+    if (l->prev != NULL)
+        l->prev->tl[kind].next = l->next;
+    else
+        list->head = l->next;
+    if (l->next != NULL)
+        l->next->tl[kind].prev = l->prev;
+    else
+        list->tail = l->prev;
+    l->prev = l->next = NULL;
+    l->on = false;
+}
+
+void gw_tl_put(gw_t *gw, gw_conn_t *c, gw_tl_kind_t kind, uint64_t deadline_us)
+{
+    gw_tl_del(gw, c, kind);
+    gw_tl_t *list = &gw->tl[kind];
+    gw_tl_link_t *l = &c->tl[kind];
+    l->deadline_us = deadline_us;
+    l->on = true;
+    l->prev = list->tail;
+    l->next = NULL;
+    if (list->tail != NULL)
+        list->tail->tl[kind].next = c;
+    else
+        list->head = c;
+    list->tail = c;
+}
+
+/* Counts the connection against its IP address; false if over the limit. */
+static bool ip_count(gw_t *gw, gw_conn_t *c, const char *ip)
+{
+    uint64_t key = 1469598103934665603ull; /* FNV-1a */
+    for (const char *p = ip; *p != '\0'; p++)
+        key = (key ^ (uint8_t)*p) * 1099511628211ull;
+    if (key == 0) key = 1;
+    uintptr_t n = (uintptr_t)ts_map_get(&gw->per_ip, key);
+    if (gw->cfg->gateway_max_conns_per_ip > 0 && n >= (uintptr_t)gw->cfg->gateway_max_conns_per_ip)
+        return false;
+    if (ts_map_put(&gw->per_ip, key, (void *)(n + 1)) != TS_OK) return true;
+    c->ip_key = key;
+    return true;
+}
+
+static void ip_uncount(gw_t *gw, gw_conn_t *c)
+{
+    if (c->ip_key == 0) return;
+    uintptr_t n = (uintptr_t)ts_map_get(&gw->per_ip, c->ip_key);
+    if (n <= 1)
+        ts_map_del(&gw->per_ip, c->ip_key);
+    else
+        (void)ts_map_put(&gw->per_ip, c->ip_key, (void *)(n - 1));
+    c->ip_key = 0;
+}
+
 static void on_close(uv_handle_t *h)
 {
     gw_conn_t *c = h->data;
     gw_t *gw = c->gw;
+    for (int k = 0; k < GW_TL_COUNT; k++)
+        gw_tl_del(gw, c, (gw_tl_kind_t)k);
+    ip_uncount(gw, c);
     if (c->prev != NULL)
         c->prev->next = c->next;
     else
@@ -41,6 +111,7 @@ static void on_close(uv_handle_t *h)
         if (*pp == c) *pp = c->next_flush;
     }
     ts_frame_reader_free(&c->reader);
+    gw_ws_free(c);
     free(c->aoi);
     free(c->gone);
     free(c);
@@ -77,6 +148,8 @@ void gw_conn_close_after_write(gw_conn_t *c)
     gw_session_release(c);
     mark_closing(c);
     c->linger_until_us = ts_mono_us() + GW_LINGER_US;
+    if (c->ws != NULL) gw_ws_closing(c);
+    if (c->handle_closed) return;
     uv_shutdown_t *req = malloc(sizeof *req);
     if (req == NULL) {
         gw_conn_close(c);
@@ -85,6 +158,32 @@ void gw_conn_close_after_write(gw_conn_t *c)
     req->data = c;
     if (uv_shutdown(req, (uv_stream_t *)&c->tcp, on_shutdown) != 0) {
         free(req);
+        gw_conn_close(c);
+    }
+}
+
+void gw_conns_expire(gw_t *gw)
+{
+    uint64_t now = ts_mono_us();
+    gw_conn_t *c;
+    while ((c = gw->tl[GW_TL_HELLO].head) != NULL && c->tl[GW_TL_HELLO].deadline_us <= now) {
+        gw_tl_del(gw, c, GW_TL_HELLO);
+        gw_session_hello_expired(c);
+    }
+    while ((c = gw->tl[GW_TL_IDLE].head) != NULL && c->tl[GW_TL_IDLE].deadline_us <= now) {
+        gw_tl_del(gw, c, GW_TL_IDLE);
+        if (c->closing) continue;
+        gw->closed_idle++;
+        gw_session_error(c, TESSERA__V1__ERROR_CODE__ERROR_TIMEOUT, true,
+                         "no frame for %lld s (gateway.idle_timeout_s; a Ping keeps the connection)",
+                         (long long)gw->cfg->gateway_idle_timeout_s);
+    }
+    while ((c = gw->tl[GW_TL_SLOW].head) != NULL && c->tl[GW_TL_SLOW].deadline_us <= now) {
+        gw_tl_del(gw, c, GW_TL_SLOW);
+        if (c->handle_closed) continue;
+        gw->closed_slow++;
+        ts_info("conn %llu (%s): %zu bytes of output unsent for %lld s (slow reader); closing",
+                (unsigned long long)c->id, c->peer, c->out_pending, (long long)gw->cfg->gateway_slow_close_s);
         gw_conn_close(c);
     }
 }
@@ -103,6 +202,8 @@ static void on_write(uv_write_t *req, int status)
     gw_conn_t *c = w->conn;
     c->out_pending -= w->len;
     free(w);
+    if (c->tl[GW_TL_SLOW].on && c->out_pending <= (size_t)c->gw->cfg->gateway_max_backlog)
+        gw_tl_del(c->gw, c, GW_TL_SLOW);
     if (status < 0 && status != UV_ECANCELED && !c->handle_closed) {
         ts_debug("conn %llu (%s): write failed: %s", (unsigned long long)c->id, c->peer, uv_strerror(status));
         gw_conn_close(c);
@@ -147,10 +248,19 @@ static ts_status_t queue_rest(gw_conn_t *c, const uv_buf_t *bufs, size_t nbufs, 
         return TS_ERR_IO;
     }
     c->out_pending += rest;
+    if (!c->tl[GW_TL_SLOW].on && c->out_pending > (size_t)c->gw->cfg->gateway_max_backlog)
+        gw_tl_put(c->gw, c, GW_TL_SLOW,
+                  ts_mono_us() + (uint64_t)c->gw->cfg->gateway_slow_close_s * 1000000ull);
     return TS_OK;
 }
 
 ts_status_t gw_conn_writev(gw_conn_t *c, const uv_buf_t *bufs, size_t nbufs, size_t total)
+{
+    if (c->ws != NULL) return gw_ws_writev(c, bufs, nbufs, total);
+    return gw_conn_writev_raw(c, bufs, nbufs, total);
+}
+
+ts_status_t gw_conn_writev_raw(gw_conn_t *c, const uv_buf_t *bufs, size_t nbufs, size_t total)
 {
     if (c->handle_closed) return TS_ERR_CLOSED;
     size_t off = 0;
@@ -182,6 +292,12 @@ ts_status_t gw_conn_write(gw_conn_t *c, const uint8_t *data, size_t len)
     return gw_conn_writev(c, &b, 1, len);
 }
 
+ts_status_t gw_conn_write_raw(gw_conn_t *c, const uint8_t *data, size_t len)
+{
+    uv_buf_t b = uv_buf_init((char *)data, (unsigned)len);
+    return gw_conn_writev_raw(c, &b, 1, len);
+}
+
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
     static char chunk[READ_CHUNK];
@@ -200,7 +316,10 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         return;
     }
     if (nread == 0 || c->closing) return;
-    if (ts_frame_reader_feed(&c->reader, buf->base, (size_t)nread) != TS_OK) {
+    size_t frames_before = c->frames_in;
+    if (c->ws != NULL) {
+        c->frames_in += gw_ws_on_read(c, (const uint8_t *)buf->base, (size_t)nread);
+    } else if (ts_frame_reader_feed(&c->reader, buf->base, (size_t)nread) != TS_OK) {
         ts_warn("conn %llu (%s): out of memory buffering input", (unsigned long long)c->id, c->peer);
         gw_conn_close(c);
         return;
@@ -220,11 +339,15 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
                              ts_status_str(st));
             break;
         }
+        c->frames_in++;
         gw_session_on_frame(c, payload, len);
     }
+    if (c->frames_in != frames_before && !c->closing)
+        gw_tl_put(c->gw, c, GW_TL_IDLE,
+                  ts_mono_us() + (uint64_t)c->gw->cfg->gateway_idle_timeout_s * 1000000ull);
 }
 
-static void format_peer(uv_tcp_t *tcp, char *buf, size_t cap)
+static void format_peer(uv_tcp_t *tcp, char *buf, size_t cap, char *ipbuf, size_t ipcap)
 {
     struct sockaddr_storage ss;
     int n = sizeof ss;
@@ -242,9 +365,10 @@ static void format_peer(uv_tcp_t *tcp, char *buf, size_t cap)
         }
     }
     snprintf(buf, cap, "%s:%d", host, port);
+    snprintf(ipbuf, ipcap, "%s", host);
 }
 
-static void on_connection(uv_stream_t *server, int status)
+void gw_conn_on_connection(uv_stream_t *server, int status)
 {
     gw_t *gw = server->data;
     if (status < 0) {
@@ -263,6 +387,10 @@ static void on_connection(uv_stream_t *server, int status)
     c->tcp.data = c;
     c->gw = gw;
     c->id = ++gw->next_conn_id;
+    if (gw_ws_is_server(gw, server) && !gw_ws_attach(c)) {
+        uv_close((uv_handle_t *)&c->tcp, (uv_close_cb)free);
+        return;
+    }
     ts_frame_reader_init(&c->reader, (size_t)gw->cfg->gateway_max_frame);
     gw_session_init(c);
     c->next = gw->conns;
@@ -275,17 +403,27 @@ static void on_connection(uv_stream_t *server, int status)
         return;
     }
     uv_tcp_nodelay(&c->tcp, 1);
+    uv_tcp_keepalive(&c->tcp, 1, (unsigned)gw->cfg->gateway_keepalive_s);
     int sndbuf = GW_SOCKET_SNDBUF;
     uv_send_buffer_size((uv_handle_t *)&c->tcp, &sndbuf);
-    format_peer(&c->tcp, c->peer, sizeof c->peer);
+    char ip[64];
+    format_peer(&c->tcp, c->peer, sizeof c->peer, ip, sizeof ip);
     if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) != 0) {
         gw_conn_close(c);
         return;
     }
-    if (gw->stopping || gw->nopen > (size_t)gw->cfg->gateway_max_clients) {
+    uint64_t now = ts_mono_us();
+    gw_tl_put(gw, c, GW_TL_HELLO, now + (uint64_t)gw->cfg->gateway_hello_timeout_s * 1000000ull);
+    gw_tl_put(gw, c, GW_TL_IDLE, now + (uint64_t)gw->cfg->gateway_idle_timeout_s * 1000000ull);
+    if (gw->stopping) {
+        gw_session_error(c, TESSERA__V1__ERROR_CODE__ERROR_UNAVAILABLE, true, "gateway is shutting down");
+        return;
+    }
+    /* only joined players count against gateway.max_clients (session.c) */
+    if (!ip_count(gw, c, ip)) {
         gw_session_error(c, TESSERA__V1__ERROR_CODE__ERROR_UNAVAILABLE, true,
-                         gw->stopping ? "gateway is shutting down" : "gateway is full (%lld clients)",
-                         (long long)gw->cfg->gateway_max_clients);
+                         "too many connections from %s (gateway.max_conns_per_ip = %lld)", ip,
+                         (long long)gw->cfg->gateway_max_conns_per_ip);
         return;
     }
     ts_debug("conn %llu from %s", (unsigned long long)c->id, c->peer);
@@ -310,7 +448,7 @@ ts_status_t gw_listen(gw_t *gw, const char *hostport)
     gw->server.data = gw;
     gw->server_open = true;
     int rc = uv_tcp_bind(&gw->server, (const struct sockaddr *)&ss, 0);
-    if (rc == 0) rc = uv_listen((uv_stream_t *)&gw->server, 511, on_connection);
+    if (rc == 0) rc = uv_listen((uv_stream_t *)&gw->server, 511, gw_conn_on_connection);
     if (rc != 0) {
         ts_error("cannot listen on %s: %s", hostport, uv_strerror(rc));
         return TS_ERR_IO;

@@ -31,6 +31,7 @@
 #include "gateway.h"
 #include "tessera/log.h"
 #include "tessera/util.h"
+#include "ws.h"
 
 #define HOUSEKEEPING_MS 1000
 #define STATS_EVERY 10
@@ -297,6 +298,31 @@ static void on_housekeeping(uv_timer_t *t)
     if (++rounds % STATS_EVERY == 0) log_stats(gw);
 }
 
+static void on_life(uv_timer_t *t)
+{
+    gw_conns_expire(t->data);
+}
+
+/* Liveness for the workers: they despawn this gateway's players' entities
+ * gateway.resume_s after it stops. A core publish only buffers. */
+static void on_alive(uv_timer_t *t)
+{
+    gw_t *gw = t->data;
+    Tessera__V1__GatewayAlive a = TESSERA__V1__GATEWAY_ALIVE__INIT;
+    a.gateway = (uint32_t)gw->cfg->gateway_id;
+    a.instance = gw->instance;
+    a.name = gw->name;
+    a.time_ms = ts_now_us() / 1000;
+    uint8_t buf[128];
+    size_t len = tessera__v1__gateway_alive__get_packed_size(&a);
+    if (len > sizeof buf) return;
+    tessera__v1__gateway_alive__pack(&a, buf);
+    char subject[TS_SUBJECT_MAX];
+    snprintf(subject, sizeof subject, "tessera.gw.%u.alive", a.gateway);
+    ts_bus_hdr_t hdr = {.type = "tessera.v1.GatewayAlive"};
+    (void)ts_bus_publish(gw->bus, subject, &hdr, buf, len);
+}
+
 static void on_signal(uv_signal_t *s, int signum)
 {
     gw_t *gw = s->data;
@@ -338,6 +364,8 @@ ts_status_t gw_create(gw_t **out, uv_loop_t *loop, const ts_config_t *cfg, ts_bu
     uint8_t rnd[8];
     random_bytes(rnd, sizeof rnd);
     gw->entity_rand = (uint16_t)(rnd[0] | rnd[1] << 8);
+    random_bytes(&gw->instance, sizeof gw->instance);
+    if (gw->instance == 0) gw->instance = 1;
     snprintf(gw->boot_nonce, sizeof gw->boot_nonce, "%02x%02x%02x%02x%02x%02x", rnd[2], rnd[3], rnd[4],
              rnd[5], rnd[6], rnd[7]);
     atomic_init(&gw->acks_ok, 0);
@@ -350,6 +378,15 @@ ts_status_t gw_create(gw_t **out, uv_loop_t *loop, const ts_config_t *cfg, ts_bu
     ts_map_init(&gw->scratch);
     ts_map_init(&gw->homes);
     ts_map_init(&gw->inflight);
+    ts_map_init(&gw->per_ip);
+    ts_map_init(&gw->subs);
+    if (gw_auth_init(gw) != TS_OK) {
+        gw_auth_free(gw);
+        ts_ring_destroy(gw->inbox);
+        ts_ring_destroy(gw->acks);
+        free(gw);
+        return TS_ERR_CONFIG;
+    }
     if (gw_router_init(gw) != TS_OK) {
         ts_ring_destroy(gw->inbox);
         ts_ring_destroy(gw->acks);
@@ -363,6 +400,9 @@ ts_status_t gw_create(gw_t **out, uv_loop_t *loop, const ts_config_t *cfg, ts_bu
     uv_timer_init(loop, &gw->flush_timer);
     uv_timer_init(loop, &gw->house_timer);
     uv_timer_init(loop, &gw->retry_timer);
+    uv_timer_init(loop, &gw->life_timer);
+    uv_timer_init(loop, &gw->alive_timer);
+    gw->life_timer.data = gw->alive_timer.data = gw;
     uv_signal_init(loop, &gw->sigint);
     uv_signal_init(loop, &gw->sigterm);
     gw->inbox_async.data = gw->flush_check.data = gw;
@@ -389,9 +429,14 @@ ts_status_t gw_start(gw_t *gw)
     }
     st = gw_listen(gw, gw->cfg->gateway_listen);
     if (st != TS_OK) return st;
+    st = gw_ws_listen(gw);
+    if (st != TS_OK) return st;
     /* learn the registry version the startup read corresponds to */
     gw_request_reload(gw, true);
     uv_timer_start(&gw->house_timer, on_housekeeping, HOUSEKEEPING_MS, HOUSEKEEPING_MS);
+    uv_timer_start(&gw->life_timer, on_life, GW_LIFE_CHECK_MS, GW_LIFE_CHECK_MS);
+    on_alive(&gw->alive_timer);
+    uv_timer_start(&gw->alive_timer, on_alive, GW_ALIVE_MS, GW_ALIVE_MS);
     uv_check_start(&gw->flush_check, on_check);
     return TS_OK;
 }
@@ -406,6 +451,7 @@ void gw_stop(gw_t *gw)
     if (gw->stopping) return;
     size_t joined = 0;
     gw_listen_close(gw);
+    gw_ws_listen_close(gw);
     for (gw_conn_t *c = gw->conns; c != NULL; c = c->next) {
         joined += c->phase == GW_PHASE_JOINED;
         gw_session_release(c);
@@ -428,6 +474,8 @@ void gw_stop(gw_t *gw)
     close_handle((uv_handle_t *)&gw->flush_timer);
     close_handle((uv_handle_t *)&gw->house_timer);
     close_handle((uv_handle_t *)&gw->retry_timer);
+    close_handle((uv_handle_t *)&gw->life_timer);
+    close_handle((uv_handle_t *)&gw->alive_timer);
     close_handle((uv_handle_t *)&gw->sigint);
     close_handle((uv_handle_t *)&gw->sigterm);
     log_stats(gw);
@@ -447,7 +495,11 @@ void gw_destroy(gw_t *gw)
     gw_cells_free_all(gw);
     gw_view_free(gw);
     ts_map_free(&gw->players);
+    ts_map_free(&gw->per_ip);
+    ts_map_free(&gw->subs);
+    gw_auth_free(gw);
     gw_router_free(gw);
+    gw_ws_server_free(gw);
     free(gw->reload_cells);
     free(gw);
 }

@@ -70,9 +70,31 @@
 /* How long a connection closed with a fatal error keeps draining input. */
 #define GW_LINGER_US 2000000
 
+/* How often the lifecycle deadlines (hello, idle, slow reader, resume
+ * check) are looked at. */
+#define GW_LIFE_CHECK_MS 100
+/* tessera.gw.<id>.alive (GatewayAlive), core NATS, this often. */
+#define GW_ALIVE_MS 1000
+/* Longest JWT or resume token taken from a Hello. */
+#define GW_TOKEN_MAX 4096
+#define GW_PLAYER_MAX 128
+
 typedef struct gw gw_t;
 typedef struct gw_cell gw_cell_t;
 typedef struct gw_conn gw_conn_t;
+
+/* Deadline lists, one per timeout kind: every entry of a list has the same
+ * timeout, so appending keeps it in deadline order and a check pops the
+ * expired heads only (no pass over every connection). */
+typedef enum { GW_TL_HELLO = 0, GW_TL_IDLE, GW_TL_SLOW, GW_TL_COUNT } gw_tl_kind_t;
+typedef struct {
+    gw_conn_t *prev, *next;
+    uint64_t deadline_us; /* monotonic */
+    bool on;
+} gw_tl_link_t;
+typedef struct {
+    gw_conn_t *head, *tail;
+} gw_tl_t;
 
 /* One client input waiting to be batched to its cell. */
 typedef struct {
@@ -82,6 +104,8 @@ typedef struct {
     Tessera__V1__Input__KindCase kind;
     double a, b; /* join: x, y; move: dx, dy */
     char name[GW_NAME_MAX + 1];
+    uint64_t session; /* join, detach, attach: the connection's session */
+    uint64_t time_us; /* detach: when the connection closed */
 } gw_input_t;
 
 /* Which client inputs one in-flight InputBatch carries. */
@@ -181,6 +205,7 @@ struct gw_conn {
     uint64_t id;
     char peer[64];
     ts_frame_reader_t reader;
+    struct gw_ws *ws;   /* WebSocket transport (ws.c); NULL: plain TCP */
     size_t out_pending; /* bytes handed to uv_write, not yet written */
 
     bool closing;       /* fatal error sent or peer gone: input is ignored */
@@ -213,6 +238,15 @@ struct gw_conn {
     uint64_t window_start_us;
     uint64_t window_frames;
     int flood_windows;
+
+    /* lifecycle */
+    gw_tl_link_t tl[GW_TL_COUNT];
+    bool greeted;                   /* a complete Hello or a Join arrived */
+    bool resuming;                  /* resumed: waiting to see the entity's state */
+    uint64_t ip_key;                /* per-IP connection count key (0: none) */
+    char player[GW_PLAYER_MAX + 1]; /* JWT sub, or empty */
+    bool authed;                    /* a valid JWT came with the Hello */
+    size_t frames_in;
 };
 
 /* A bus message handed from a nats.c thread to the loop (held, not copied). */
@@ -246,6 +280,7 @@ struct gw {
     uv_tcp_t server;
     bool server_open;
     int port;
+    struct gw_ws_server *ws_server; /* gateway.ws_listen (ws.c); NULL: off */
     uv_signal_t sigint, sigterm;
     uv_timer_t house_timer;
     uv_check_t flush_check;
@@ -253,6 +288,18 @@ struct gw {
     uv_timer_t flush_timer; /* a flush held back by GW_FLUSH_MIN_US */
     uv_timer_t retry_timer; /* inputs held back, or a busy bus (router.c) */
     uv_async_t inbox_async;
+
+    uint64_t instance; /* this process, in GatewayAlive and players' entities */
+    gw_tl_t tl[GW_TL_COUNT];
+    uv_timer_t life_timer;
+    uv_timer_t alive_timer;
+    ts_map_t per_ip; /* ip key -> connection count */
+    ts_map_t subs;   /* hash of an authenticated player id -> its joined gw_conn_t* */
+    uint8_t resume_key[32];
+    size_t resume_key_len;
+    void *auth_rs_key; /* RS256 public key (PEM bytes), NUL-terminated */
+    size_t auth_rs_key_len;
+    uint64_t closed_idle, closed_hello, closed_slow, refused_auth, resumes;
 
     gw_conn_t *conns;
     size_t nconns; /* on the list, closing or not */
@@ -353,12 +400,24 @@ ts_status_t gw_conn_write(gw_conn_t *c, const uint8_t *data, size_t len);
  * system call when the connection has nothing queued; what the socket does
  * not take at once is copied to the connection's queue. */
 ts_status_t gw_conn_writev(gw_conn_t *c, const uv_buf_t *bufs, size_t nbufs, size_t total);
+/* The same, straight to the socket: bytes the transport already framed
+ * (ws.c). gw_conn_write_raw: one piece. */
+ts_status_t gw_conn_writev_raw(gw_conn_t *c, const uv_buf_t *bufs, size_t nbufs, size_t total);
+ts_status_t gw_conn_write_raw(gw_conn_t *c, const uint8_t *data, size_t len);
+/* Accepts on a listener (TCP, or the WebSocket one of ws.c). */
+void gw_conn_on_connection(uv_stream_t *server, int status);
 /* Stops reading input, lets queued output drain, then closes. */
 void gw_conn_close_after_write(gw_conn_t *c);
 /* Closes now, dropping unsent output. */
 void gw_conn_close(gw_conn_t *c);
 /* Closes connections whose linger time is over. */
 void gw_conns_sweep(gw_t *gw);
+/* Puts the connection on the deadline list `kind` at now + timeout (moving
+ * it to the tail if it was on it). */
+void gw_tl_put(gw_t *gw, gw_conn_t *c, gw_tl_kind_t kind, uint64_t deadline_us);
+void gw_tl_del(gw_t *gw, gw_conn_t *c, gw_tl_kind_t kind);
+/* Closes the connections whose lifecycle deadlines passed. */
+void gw_conns_expire(gw_t *gw);
 
 /* session.c */
 void gw_session_init(gw_conn_t *c);
@@ -373,6 +432,29 @@ void gw_session_error(gw_conn_t *c, Tessera__V1__ErrorCode code, bool fatal, con
 void gw_session_not_stored(gw_conn_t *c, uint64_t first_seq, uint64_t last_seq, const char *why);
 /* The player's entity is now owned by `to`: re-bind inputs and AOI, tell the client. */
 void gw_session_move_cell(gw_conn_t *c, gw_cell_t *to);
+/* The hello deadline passed: closes a connection that never greeted, or
+ * refuses a resume whose entity was not seen. */
+void gw_session_hello_expired(gw_conn_t *c);
+
+/* auth.c: player JWTs and resume tokens */
+/* Loads keys from the configuration (RS256 public key file, resume
+ * secret or a random one). */
+ts_status_t gw_auth_init(gw_t *gw);
+void gw_auth_free(gw_t *gw);
+/* Verifies a JWT (HS256 with gateway.auth.secret, RS256 with the public
+ * key; exp, nbf, iss and aud). TS_OK: sub is written to `sub`; otherwise
+ * why says what was wrong. */
+ts_status_t gw_auth_check_jwt(gw_t *gw, const char *token, char *sub, size_t subcap, char *why,
+                              size_t whycap);
+/* A signed resume token for the entity in `cell`, valid until exp_s (unix
+ * seconds). */
+void gw_resume_token_make(const gw_t *gw, uint64_t entity, const ts_cell_t *cell, const char *player,
+                          uint64_t exp_s, char *out, size_t cap);
+/* TS_OK and the token's content if its signature is right and it has not
+ * expired; TS_ERR_PARSE if it is malformed or forged, TS_ERR_TIMEOUT if it
+ * expired. */
+ts_status_t gw_resume_token_check(const gw_t *gw, const char *token, uint64_t *entity, ts_cell_t *cell,
+                                  char *player, size_t playercap);
 
 /* cells.c */
 gw_cell_t *gw_cell_find(gw_t *gw, const ts_cell_t *id);

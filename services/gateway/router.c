@@ -75,10 +75,14 @@ typedef struct {
     Tessera__V1__JoinInput join;
     Tessera__V1__MoveInput move;
     Tessera__V1__LeaveInput leave;
+    Tessera__V1__DetachInput detach;
+    Tessera__V1__AttachInput attach;
 } pb_input_t;
 
-static void fill_input(pb_input_t *p, gw_input_t *in)
+static void fill_input(const gw_t *gw, pb_input_t *p, gw_input_t *in)
 {
+    const int64_t gateway_id = gw->cfg->gateway_id;
+    const uint64_t instance = gw->instance;
     tessera__v1__input__init(&p->in);
     p->in.entity = in->entity;
     p->in.seq = in->seq;
@@ -90,7 +94,23 @@ static void fill_input(pb_input_t *p, gw_input_t *in)
         p->join.x = in->a;
         p->join.y = in->b;
         p->join.name = in->name;
+        p->join.gateway = (uint32_t)gateway_id;
+        p->join.gateway_instance = instance;
+        p->join.session = in->session;
         p->in.join = &p->join;
+        break;
+    case TESSERA__V1__INPUT__KIND_DETACH:
+        tessera__v1__detach_input__init(&p->detach);
+        p->detach.session = in->session;
+        p->detach.time_us = in->time_us;
+        p->in.detach = &p->detach;
+        break;
+    case TESSERA__V1__INPUT__KIND_ATTACH:
+        tessera__v1__attach_input__init(&p->attach);
+        p->attach.gateway = (uint32_t)gateway_id;
+        p->attach.gateway_instance = instance;
+        p->attach.session = in->session;
+        p->in.attach = &p->attach;
         break;
     case TESSERA__V1__INPUT__KIND_MOVE:
         tessera__v1__move_input__init(&p->move);
@@ -198,7 +218,7 @@ static ts_status_t pack_batch(gw_t *gw, gw_cell_t *cell, gw_input_t *inputs, siz
                               Tessera__V1__Input **ptrs, size_t *len)
 {
     for (size_t i = 0; i < n; i++) {
-        fill_input(&pb[i], &inputs[i]);
+        fill_input(gw, &pb[i], &inputs[i]);
         ptrs[i] = &pb[i].in;
     }
     Tessera__V1__CellId cell_pb;

@@ -1,13 +1,20 @@
 /* The client protocol, one state machine per connection:
  *
- *   NEW --Join--> JOINED --Leave / disconnect--> LEFT
+ *   NEW --Join / Hello{resume_token}--> JOINED --Leave / disconnect--> LEFT --Join--> JOINED
  *
- * Hello and Ping are answered in any phase; Move needs JOINED; Join is
- * accepted once per connection. Every frame passes, in order: decoding (a
- * frame that does not decode, or has no payload, is fatal), the rate limit
- * (token bucket of gateway.rate_limit frames/s, burst as large; sustained
- * flooding above 10x the limit for 2 s is fatal), and the sequence check
- * (seq strictly increasing, else the frame is ignored).
+ * Hello and Ping are answered in any phase; Move needs JOINED; Join needs
+ * NEW or LEFT (Leave then Join on one connection spawns a new entity).
+ *
+ * Lifecycle: a Leave despawns the entity; a connection that goes away
+ * without one Detaches it (its entity stops at once, through the cell's
+ * input stream like any input, and the worker despawns it gateway.resume_s
+ * later unless a Hello{resume_token} on any gateway Attaches it first).
+ * With gateway.auth.required, Hello must carry a valid JWT before Join or
+ * resume; the player id is its `sub`, and a `sub` already playing on this
+ * gateway is refused (the player resumes with its resume token instead). Every frame passes, in order:
+ * decoding (a frame that does not decode, or has no payload, is fatal), the rate limit (token bucket of
+ * gateway.rate_limit frames/s, burst as large; sustained flooding above 10x the limit for 2 s is fatal), and
+ * the sequence check (seq strictly increasing, else the frame is ignored).
  *
  * Invariant: a JOINED connection is in gw->players under its entity id and
  * holds AOI references; leaving that phase always goes through release_player. */
@@ -24,6 +31,9 @@
 #define US_PER_S 1000000ull
 #define FLOOD_FACTOR 10
 #define FLOOD_WINDOWS 2
+/* A resume token is good for this long after it was issued (the grace
+ * itself is enforced by the worker: gateway.resume_s after the close). */
+#define RESUME_TOKEN_TTL_S 86400
 
 ts_status_t gw_session_send(gw_conn_t *c, Tessera__V1__ServerFrame *f)
 {
@@ -144,17 +154,38 @@ static uint64_t next_entity_id(gw_t *gw)
     return ((uint64_t)gw->cfg->gateway_id << 48) | ((uint64_t)gw->entity_rand << 32) | gw->entity_counter;
 }
 
-static void release_player(gw_conn_t *c, bool queue_leave, uint64_t seq)
+static uint64_t player_key(const char *player)
+{
+    uint64_t key = 1469598103934665603ull; /* FNV-1a */
+    for (const char *p = player; *p != '\0'; p++)
+        key = (key ^ (uint8_t)*p) * 1099511628211ull;
+    return key ? key : 1;
+}
+
+/* leave: the player asked (Leave, client seq `seq`); otherwise its
+ * connection went away and the entity is detached (stops, awaits resume). */
+static void release_player(gw_conn_t *c, bool leave, uint64_t seq)
 {
     gw_t *gw = c->gw;
     if (c->phase != GW_PHASE_JOINED) return;
-    if (queue_leave && c->cell != NULL) {
+    if (c->cell != NULL) {
+        uint64_t now = ts_now_us();
         gw_input_t in = {
-            .entity = c->entity, .seq = seq, .sent_us = ts_now_us(), .kind = TESSERA__V1__INPUT__KIND_LEAVE};
+            .entity = c->entity, .seq = seq, .sent_us = now, .kind = TESSERA__V1__INPUT__KIND_LEAVE};
+        if (!leave) {
+            in.seq = 0;
+            in.kind = TESSERA__V1__INPUT__KIND_DETACH;
+            in.session = c->id;
+            in.time_us = now;
+        }
         if (gw_router_queue(gw, c->cell, &in) != TS_OK)
-            ts_warn("entity %llu: Leave could not be queued", (unsigned long long)c->entity);
+            ts_warn("entity %llu: %s could not be queued", (unsigned long long)c->entity,
+                    leave ? "Leave" : "Detach");
     }
     if (ts_map_get(&gw->players, c->entity) == c) ts_map_del(&gw->players, c->entity);
+    if (c->authed && ts_map_get(&gw->subs, player_key(c->player)) == c)
+        ts_map_del(&gw->subs, player_key(c->player));
+    c->resuming = false;
     c->phase = GW_PHASE_LEFT;
     gw_aoi_update(gw, c);
     c->cell = NULL;
@@ -164,26 +195,164 @@ static void release_player(gw_conn_t *c, bool queue_leave, uint64_t seq)
 
 void gw_session_release(gw_conn_t *c)
 {
-    release_player(c, true, c->last_seq + 1);
+    release_player(c, false, 0);
+}
+
+/* The own entity's highest applied client seq, as the newest state seen
+ * says (0: not seen yet). */
+static uint64_t own_last_input_seq(gw_t *gw, const gw_conn_t *c)
+{
+    gw_cell_t *home = ts_map_get(&gw->homes, c->entity);
+    gw_entity_t *e = home != NULL ? ts_map_get(&home->entities, c->entity) : NULL;
+    return e != NULL ? e->pb.last_input_seq : 0;
+}
+
+static void make_token(gw_conn_t *c, char *out, size_t cap)
+{
+    out[0] = '\0';
+    if (c->phase != GW_PHASE_JOINED || c->cell == NULL) return;
+    uint64_t exp = ts_now_us() / 1000000 + RESUME_TOKEN_TTL_S;
+    gw_resume_token_make(c->gw, c->entity, &c->cell->id, c->player, exp, out, cap);
+}
+
+static void send_welcome(gw_conn_t *c, bool resumed)
+{
+    char token[1024];
+    make_token(c, token, sizeof token);
+    Tessera__V1__Welcome w = TESSERA__V1__WELCOME__INIT;
+    w.protocol_version = TS_PROTOCOL_VERSION;
+    w.entity = c->phase == GW_PHASE_JOINED ? c->entity : 0;
+    w.cell_size = c->gw->world.cell_size;
+    w.gateway = c->gw->name;
+    w.resume_token = token;
+    w.resumed = resumed;
+    w.last_input_seq = resumed ? own_last_input_seq(c->gw, c) : 0;
+    w.player = c->player;
+    Tessera__V1__ServerFrame f = TESSERA__V1__SERVER_FRAME__INIT;
+    f.payload_case = TESSERA__V1__SERVER_FRAME__PAYLOAD_WELCOME;
+    f.welcome = &w;
+    (void)gw_session_send(c, &f);
+}
+
+static void greeted(gw_conn_t *c)
+{
+    c->greeted = true;
+    if (!c->resuming) gw_tl_del(c->gw, c, GW_TL_HELLO);
+}
+
+static bool room_for_player(gw_conn_t *c)
+{
+    gw_t *gw = c->gw;
+    if (gw->players.len < (size_t)gw->cfg->gateway_max_clients) return true;
+    gw_session_error(c, TESSERA__V1__ERROR_CODE__ERROR_UNAVAILABLE, true, "gateway is full (%lld players)",
+                     (long long)gw->cfg->gateway_max_clients);
+    return false;
+}
+
+/* Hello{resume_token}: the entity becomes this connection's (Attach). */
+static void on_resume(gw_conn_t *c, const char *token)
+{
+    gw_t *gw = c->gw;
+    if (c->phase == GW_PHASE_JOINED) {
+        gw_session_error(c, TESSERA__V1__ERROR_CODE__ERROR_PROTOCOL, false,
+                         "resume on a connection that already has an entity");
+        return;
+    }
+    uint64_t entity = 0;
+    ts_cell_t id;
+    char player[GW_PLAYER_MAX + 1];
+    ts_status_t st = gw_resume_token_check(gw, token, &entity, &id, player, sizeof player);
+    if (st != TS_OK) {
+        gw_session_error(c, TESSERA__V1__ERROR_CODE__ERROR_RESUME_REFUSED, true, "resume token %s",
+                         st == TS_ERR_TIMEOUT ? "expired" : "is not valid");
+        return;
+    }
+    if (c->authed ? strcmp(player, c->player) != 0 : player[0] != '\0' && gw->cfg->gateway_auth_required) {
+        gw_session_error(c, TESSERA__V1__ERROR_CODE__ERROR_UNAUTHENTICATED, true,
+                         "the resume token belongs to another player");
+        return;
+    }
+    gw_cell_t *cell = gw_cell_find(gw, &id);
+    if (cell == NULL || !gw_cell_live(cell) || id.world != gw->world.id) {
+        gw_session_error(c, TESSERA__V1__ERROR_CODE__ERROR_RESUME_REFUSED, true,
+                         "the resume token's cell is not in the registry");
+        return;
+    }
+    gw_conn_t *old = ts_map_get(&gw->players, entity);
+    if (old == NULL && !room_for_player(c)) return;
+    if (old != NULL && old != c && old->cell != NULL) cell = old->cell; /* newer than the token's */
+    if (old != NULL && old != c) /* a half-open or older connection: it lets go first (Detach, then Attach) */
+        gw_session_error(old, TESSERA__V1__ERROR_CODE__ERROR_PROTOCOL, true, "resumed on another connection");
+    gw_input_t in = {.entity = entity,
+                     .seq = 0,
+                     .sent_us = ts_now_us(),
+                     .kind = TESSERA__V1__INPUT__KIND_ATTACH,
+                     .session = c->id};
+    if (gw_router_queue(gw, cell, &in) != TS_OK) {
+        gw_session_error(c, TESSERA__V1__ERROR_CODE__ERROR_UNAVAILABLE, false, "cell %s is not taking inputs",
+                         cell->key);
+        return;
+    }
+    if (ts_map_put(&gw->players, entity, c) != TS_OK) {
+        gw_session_error(c, TESSERA__V1__ERROR_CODE__ERROR_UNAVAILABLE, true, "out of memory");
+        return;
+    }
+    memcpy(c->player, player, strlen(player) + 1);
+    if (c->authed) (void)ts_map_put(&gw->subs, player_key(c->player), c);
+    c->entity = entity;
+    c->cell = cell;
+    c->phase = GW_PHASE_JOINED;
+    /* refused if its state does not show up within gateway.hello_timeout_s */
+    c->resuming = true;
+    gw_tl_put(gw, c, GW_TL_HELLO, ts_mono_us() + (uint64_t)gw->cfg->gateway_hello_timeout_s * 1000000ull);
+    gw->resumes++;
+    gw_aoi_update(gw, c);
+    send_welcome(c, true);
+    gw_view_send_snapshot(gw, c);
+    ts_info("conn %llu (%s): entity %llu resumed in %s", (unsigned long long)c->id, c->peer,
+            (unsigned long long)entity, cell->key);
 }
 
 static void on_hello(gw_conn_t *c, const Tessera__V1__Hello *h)
 {
+    gw_t *gw = c->gw;
     if (h->protocol_version != 0 && h->protocol_version != TS_PROTOCOL_VERSION) {
         gw_session_error(c, TESSERA__V1__ERROR_CODE__ERROR_PROTOCOL, false,
                          "protocol version %u is not supported (this gateway speaks %u)", h->protocol_version,
                          TS_PROTOCOL_VERSION);
         return;
     }
-    Tessera__V1__Welcome w = TESSERA__V1__WELCOME__INIT;
-    w.protocol_version = TS_PROTOCOL_VERSION;
-    w.entity = c->phase == GW_PHASE_JOINED ? c->entity : 0;
-    w.cell_size = c->gw->world.cell_size;
-    w.gateway = c->gw->name;
-    Tessera__V1__ServerFrame f = TESSERA__V1__SERVER_FRAME__INIT;
-    f.payload_case = TESSERA__V1__SERVER_FRAME__PAYLOAD_WELCOME;
-    f.welcome = &w;
-    (void)gw_session_send(c, &f);
+    bool has_token = h->token != NULL && h->token[0] != '\0';
+    bool resume = h->resume_token != NULL && h->resume_token[0] != '\0';
+    if (has_token || (gw->cfg->gateway_auth_required && !c->authed)) {
+        char sub[GW_PLAYER_MAX + 1], why[160];
+        if (gw_auth_check_jwt(gw, h->token, sub, sizeof sub, why, sizeof why) != TS_OK) {
+            gw->refused_auth++;
+            gw_session_error(c, TESSERA__V1__ERROR_CODE__ERROR_UNAUTHENTICATED, true, "not authenticated: %s",
+                             why);
+            return;
+        }
+        if (c->authed && strcmp(sub, c->player) != 0) {
+            gw_session_error(c, TESSERA__V1__ERROR_CODE__ERROR_UNAUTHENTICATED, true,
+                             "a connection stays with one player");
+            return;
+        }
+        gw_conn_t *other = ts_map_get(&gw->subs, player_key(sub));
+        if (!resume && other != NULL && other != c && !other->closing) {
+            gw->refused_auth++;
+            gw_session_error(c, TESSERA__V1__ERROR_CODE__ERROR_UNAUTHENTICATED, true,
+                             "player %s is already playing (resume with its resume token instead)", sub);
+            return;
+        }
+        memcpy(c->player, sub, strlen(sub) + 1);
+        c->authed = true;
+    }
+    greeted(c);
+    if (resume) {
+        on_resume(c, h->resume_token);
+        return;
+    }
+    send_welcome(c, false);
 }
 
 static bool inside_world(const gw_t *gw, double x, double y)
@@ -197,9 +366,14 @@ static bool inside_world(const gw_t *gw, double x, double y)
 static void on_join(gw_conn_t *c, uint64_t seq, const Tessera__V1__Join *j)
 {
     gw_t *gw = c->gw;
-    if (c->phase != GW_PHASE_NEW) {
-        gw_session_error(c, TESSERA__V1__ERROR_CODE__ERROR_PROTOCOL, false,
-                         "already joined: one Join per connection");
+    if (c->phase == GW_PHASE_JOINED) {
+        gw_session_error(c, TESSERA__V1__ERROR_CODE__ERROR_PROTOCOL, false, "already joined: Leave first");
+        return;
+    }
+    if (gw->cfg->gateway_auth_required && !c->authed) {
+        gw->refused_auth++;
+        gw_session_error(c, TESSERA__V1__ERROR_CODE__ERROR_UNAUTHENTICATED, true,
+                         "not authenticated: Join needs a Hello with a valid token first");
         return;
     }
     if (!isfinite(j->x) || !isfinite(j->y)) {
@@ -227,14 +401,18 @@ static void on_join(gw_conn_t *c, uint64_t seq, const Tessera__V1__Join *j)
                          "cell %s at (%g, %g) is not in the registry", key, j->x, j->y);
         return;
     }
+    if (!room_for_player(c)) return;
     uint64_t entity = next_entity_id(gw);
     gw_input_t in = {.entity = entity,
                      .seq = seq,
                      .sent_us = ts_now_us(),
                      .kind = TESSERA__V1__INPUT__KIND_JOIN,
                      .a = j->x,
-                     .b = j->y};
-    memcpy(in.name, j->name, name_len + 1);
+                     .b = j->y,
+                     .session = c->id};
+    if (name_len == 0 && c->authed) name_len = strnlen(c->player, GW_NAME_MAX);
+    memcpy(in.name, name_len && j->name[0] == '\0' ? c->player : j->name, name_len);
+    in.name[name_len] = '\0';
     if (gw_router_queue(gw, cell, &in) != TS_OK) {
         gw_session_error(c, TESSERA__V1__ERROR_CODE__ERROR_UNAVAILABLE, false, "cell %s is not taking inputs",
                          cell->key);
@@ -244,10 +422,13 @@ static void on_join(gw_conn_t *c, uint64_t seq, const Tessera__V1__Join *j)
         gw_session_error(c, TESSERA__V1__ERROR_CODE__ERROR_UNAVAILABLE, true, "out of memory");
         return;
     }
+    if (c->authed) (void)ts_map_put(&gw->subs, player_key(c->player), c);
     c->entity = entity;
     c->cell = cell;
     c->phase = GW_PHASE_JOINED;
+    greeted(c);
     gw_aoi_update(gw, c);
+    send_welcome(c, false); /* the entity and its resume token */
     gw_view_send_snapshot(gw, c);
     ts_debug("conn %llu: entity %llu joined in %s", (unsigned long long)c->id, (unsigned long long)entity,
              cell->key);
@@ -355,9 +536,32 @@ void gw_session_move_cell(gw_conn_t *c, gw_cell_t *to)
     }
     cc.to = &to_pb;
     cc.entity = c->entity;
+    char token[1024];
+    make_token(c, token, sizeof token);
+    cc.resume_token = token;
     Tessera__V1__ServerFrame f = TESSERA__V1__SERVER_FRAME__INIT;
     f.payload_case = TESSERA__V1__SERVER_FRAME__PAYLOAD_CELL_CHANGED;
     f.cell_changed = &cc;
     (void)gw_session_send(c, &f);
     ts_debug("entity %llu: %s -> %s", (unsigned long long)c->entity, from ? from->key : "-", to->key);
+}
+
+void gw_session_hello_expired(gw_conn_t *c)
+{
+    gw_t *gw = c->gw;
+    if (c->closing) return;
+    if (c->resuming) {
+        if (ts_map_get(&gw->homes, c->entity) != NULL) {
+            c->resuming = false;
+            return;
+        }
+        gw_session_error(c, TESSERA__V1__ERROR_CODE__ERROR_RESUME_REFUSED, true,
+                         "entity %llu was not seen within %lld s: it is gone", (unsigned long long)c->entity,
+                         (long long)gw->cfg->gateway_hello_timeout_s);
+        return;
+    }
+    if (c->greeted) return;
+    gw->closed_hello++;
+    gw_session_error(c, TESSERA__V1__ERROR_CODE__ERROR_TIMEOUT, true, "no Hello or Join within %lld s",
+                     (long long)gw->cfg->gateway_hello_timeout_s);
 }

@@ -380,6 +380,15 @@ static void send_view(gw_t *gw, gw_conn_t *c)
     gw_removed_put(gw->rmbuf, gw->tmp_removed, nremoved);
 
     uint64_t epoch = gw_cell_epoch(c->cell);
+    /* the ack: the own entity's highest applied client seq (Delta field 4,
+     * Snapshot field 3), written after the head as part of the payload */
+    uint64_t ack = 0;
+    if (c->entity != 0) {
+        gw_cell_t *home = ts_map_get(&gw->homes, c->entity);
+        gw_entity_t *own = home != NULL ? ts_map_get(&home->entities, c->entity) : NULL;
+        if (own != NULL) ack = own->pb.last_input_seq;
+    }
+    size_t ack_len = ack != 0 ? 1 + gw_pb_varint_len(ack) : 0;
     size_t niov = 0, total = 0, nframes = 0, i = 0;
     do {
         size_t start = i, bytes = 0;
@@ -391,7 +400,11 @@ static void send_view(gw_t *gw, gw_conn_t *c)
         size_t flen;
         size_t hl = gw_frame_head(head, ++c->out_seq, epoch, &c->cell->id,
                                   snap ? GW_PAYLOAD_SNAPSHOT : GW_PAYLOAD_DELTA, snap ? c->entity : gw->tick,
-                                  bytes + rm, &flen);
+                                  bytes + rm + ack_len, &flen);
+        if (ack_len != 0) {
+            head[hl] = (uint8_t)((snap ? 3 : 4) << 3); /* varint field */
+            hl += 1 + gw_pb_varint(head + hl + 1, ack);
+        }
         gw->iov[niov++] = uv_buf_init((char *)head, (unsigned)hl);
         for (size_t k = start; k < i; k++)
             gw->iov[niov++] = gw->segs[k];

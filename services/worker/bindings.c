@@ -160,6 +160,25 @@ void ts_worker_apply_inbox(ts_worker_t *w)
         } else if (b) {
             apply_to(w, b, &m);
         }
-        ts_bus_held_free(m.msg);
+        if (w->nreap == w->cap_reap) {
+            size_t ncap = w->cap_reap ? w->cap_reap * 2 : 1024;
+            ts_bus_held_t *nv = realloc(w->reap, ncap * sizeof(*nv));
+            if (!nv) {
+                ts_bus_held_free(m.msg);
+                continue;
+            }
+            w->reap = nv;
+            w->cap_reap = ncap;
+        }
+        w->reap[w->nreap++] = m.msg;
     }
+    if (w->nreap == 0) return;
+    if (ts_publisher_reap(w, w->reap, w->nreap)) {
+        w->reap = NULL; /* the publisher frees the array too */
+        w->cap_reap = 0;
+    } else {
+        for (size_t i = 0; i < w->nreap; i++)
+            ts_bus_held_free(w->reap[i]);
+    }
+    w->nreap = 0;
 }

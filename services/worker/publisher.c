@@ -35,12 +35,25 @@ typedef struct {
     bool has_msg_id;
     bool js;
     bool tracked;
+    bool reap; /* buf is an array of len held bus messages to free */
     uint8_t *buf;
     size_t len;
 } pub_t;
 
+static void reap(pub_t *p)
+{
+    ts_bus_held_t *v = (ts_bus_held_t *)(void *)p->buf;
+    for (size_t i = 0; i < p->len; i++)
+        ts_bus_held_free(v[i]);
+    free(p->buf);
+}
+
 static void publish(ts_worker_t *w, pub_t *p)
 {
+    if (p->reap) {
+        reap(p);
+        return;
+    }
     ts_bus_hdr_t hdr = {.type = p->type,
                         .epoch = p->epoch,
                         .seq = p->seq,
@@ -123,7 +136,10 @@ void ts_publisher_stop(ts_worker_t *w)
     if (w->pub_ring) {
         pub_t p;
         while (ts_ring_pop(w->pub_ring, &p))
-            free(p.buf);
+            if (p.reap)
+                reap(&p);
+            else
+                free(p.buf);
         ts_ring_destroy(w->pub_ring);
         w->pub_ring = NULL;
     }
@@ -155,4 +171,10 @@ bool ts_publisher_push(ts_worker_t *w, const char *subject, const ts_bus_hdr_t *
               ts_ring_push(w->pub_ring, &p);
     if (!ok) free(buf);
     return ok;
+}
+
+bool ts_publisher_reap(ts_worker_t *w, ts_bus_held_t *msgs, size_t n)
+{
+    pub_t p = {.reap = true, .buf = (uint8_t *)(void *)msgs, .len = n};
+    return w->pub_ring && w->pub_started && ts_ring_push(w->pub_ring, &p);
 }

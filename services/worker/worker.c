@@ -599,3 +599,4 @@ void ts_worker_destroy(ts_worker_t *w)
     ts_registry_destroy(w->live_reg);
     free(w);
 }
+    free(w->reap);

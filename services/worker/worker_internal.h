@@ -257,6 +257,8 @@ struct ts_worker {
     pthread_cond_t pub_cond;
     bool pub_kicked, pub_stop;
     _Atomic uint64_t pub_errors; /* publishes the bus refused */
+    ts_bus_held_t *reap;         /* applied this tick, freed by the publisher */
+    size_t nreap, cap_reap;
 
     uint64_t tick;
     uint64_t seq;
@@ -298,6 +300,11 @@ bool ts_publisher_push(ts_worker_t *w, const char *subject, const ts_bus_hdr_t *
                        bool js, bool tracked);
 /* Wakes the publisher thread (once per tick). */
 void ts_publisher_kick(ts_worker_t *w);
+/* Hands n applied bus messages (a malloc'd array, taken over) to the
+ * publisher thread to free: nats.c frees a message through its garbage
+ * collector thread, a lock and often a wake-up per message, which the tick
+ * thread should not pay. False if the queue is full (the caller frees). */
+bool ts_publisher_reap(ts_worker_t *w, ts_bus_held_t *msgs, size_t n);
 
 /* io.c */
 ts_status_t ts_io_start(ts_worker_t *w);
