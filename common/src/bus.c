@@ -311,7 +311,114 @@ static void set_delivery_pool(void)
     if (s != NATS_OK) ts_warn("bus: cannot size nats.c's delivery pool: %s", natsStatus_GetText(s));
 }
 
+/* ---- credentials and TLS ------------------------------------------------- */
+
+/* The process-wide default of ts_bus_set_default_auth: owned copies. */
+static struct {
+    pthread_mutex_t mu;
+    char *user, *password, *creds_file, *tls_ca, *tls_cert, *tls_key;
+} default_auth = {.mu = PTHREAD_MUTEX_INITIALIZER};
+
+static bool nonempty(const char *s)
+{
+    return s != NULL && s[0] != '\0';
+}
+
+static void wipe_free(char *s)
+{
+    if (s == NULL) return;
+    volatile char *p = s;
+    while (*p)
+        *p++ = '\0';
+    free(s);
+}
+
+static char *dup_or_null(const char *s, bool *nomem)
+{
+    if (!nonempty(s)) return NULL;
+    char *d = strdup(s);
+    if (d == NULL) *nomem = true;
+    return d;
+}
+
+ts_status_t ts_bus_set_default_auth(const ts_bus_auth_t *auth)
+{
+    bool nomem = false;
+    ts_bus_auth_t none = {0};
+    if (auth == NULL) auth = &none;
+    char *user = dup_or_null(auth->user, &nomem), *password = dup_or_null(auth->password, &nomem),
+         *creds = dup_or_null(auth->creds_file, &nomem), *ca = dup_or_null(auth->tls_ca, &nomem),
+         *cert = dup_or_null(auth->tls_cert, &nomem), *key = dup_or_null(auth->tls_key, &nomem);
+    pthread_mutex_lock(&default_auth.mu);
+    char *old[] = {default_auth.user,   default_auth.password, default_auth.creds_file,
+                   default_auth.tls_ca, default_auth.tls_cert, default_auth.tls_key};
+    if (!nomem) {
+        default_auth.user = user;
+        default_auth.password = password;
+        default_auth.creds_file = creds;
+        default_auth.tls_ca = ca;
+        default_auth.tls_cert = cert;
+        default_auth.tls_key = key;
+    }
+    pthread_mutex_unlock(&default_auth.mu);
+    char **drop = nomem ? (char *[]){user, password, creds, ca, cert, key} : old;
+    for (int i = 0; i < 6; i++)
+        wipe_free(drop[i]);
+    return nomem ? TS_ERR_NOMEM : TS_OK;
+}
+
+/* Applies credentials and TLS to the connect options. */
+static natsStatus apply_auth(natsOptions *opts, const char *url, const ts_bus_auth_t *auth)
+{
+    natsStatus s = NATS_OK;
+    if (auth == NULL) return s;
+    if (nonempty(auth->creds_file)) s = natsOptions_SetUserCredentialsFromFiles(opts, auth->creds_file, NULL);
+    /* a user in the URL wins; nats.c would otherwise send ours instead */
+    bool url_has_user = strchr(url, '@') != NULL;
+    if (s == NATS_OK && nonempty(auth->user) && !url_has_user)
+        s = natsOptions_SetUserInfo(opts, auth->user, auth->password ? auth->password : "");
+    if (s == NATS_OK && (nonempty(auth->tls_ca) || nonempty(auth->tls_cert)))
+        s = natsOptions_SetSecure(opts, true);
+    if (s == NATS_OK && nonempty(auth->tls_ca)) s = natsOptions_LoadCATrustedCertificates(opts, auth->tls_ca);
+    if (s == NATS_OK && nonempty(auth->tls_cert))
+        s = natsOptions_LoadCertificatesChain(opts, auth->tls_cert,
+                                              nonempty(auth->tls_key) ? auth->tls_key : NULL);
+    return s;
+}
+
+/* The URL as it may be logged: "user:password@" becomes "user:***@". */
+static void redact_url(char *buf, size_t cap, const char *url)
+{
+    const char *at = strrchr(url, '@');
+    const char *scheme = strstr(url, "://");
+    const char *user = scheme != NULL ? scheme + 3 : url;
+    const char *colon = at != NULL ? memchr(user, ':', (size_t)(at - user)) : NULL;
+    if (at == NULL || colon == NULL || user > at) {
+        snprintf(buf, cap, "%s", url);
+        return;
+    }
+    snprintf(buf, cap, "%.*s:***%s", (int)(colon - url), url, at);
+}
+
 ts_status_t ts_bus_connect(ts_bus_t **out, const char *url, const char *name)
+{
+    pthread_mutex_lock(&default_auth.mu);
+    ts_bus_auth_t auth = {
+        .user = default_auth.user,
+        .password = default_auth.password,
+        .creds_file = default_auth.creds_file,
+        .tls_ca = default_auth.tls_ca,
+        .tls_cert = default_auth.tls_cert,
+        .tls_key = default_auth.tls_key,
+    };
+    /* held while connecting: a concurrent ts_bus_set_default_auth must not
+     * free the strings under us (connects are rare) */
+    ts_status_t st = ts_bus_connect_auth(out, url, name, &auth);
+    pthread_mutex_unlock(&default_auth.mu);
+    return st;
+}
+
+ts_status_t ts_bus_connect_auth(ts_bus_t **out, const char *url, const char *name, const ts_bus_auth_t *auth)
 {
     if (out == NULL || url == NULL || url[0] == '\0') return TS_ERR_INVALID;
     *out = NULL;
@@ -345,10 +452,13 @@ ts_status_t ts_bus_connect(ts_bus_t **out, const char *url, const char *name)
     if (s == NATS_OK) s = natsOptions_SetDisconnectedCB(opts, on_disconnected, NULL);
     if (s == NATS_OK) s = natsOptions_SetReconnectedCB(opts, on_reconnected, NULL);
     if (s == NATS_OK) s = natsOptions_SetErrorHandler(opts, on_async_error, NULL);
+    if (s == NATS_OK) s = apply_auth(opts, url, auth);
     if (s == NATS_OK) s = natsConnection_Connect(&bus->nc, opts);
     natsOptions_Destroy(opts);
+    char shown[256];
+    redact_url(shown, sizeof shown, url);
     if (s != NATS_OK) {
-        ts_status_t st = fail("connect", url, s, 0);
+        ts_status_t st = fail("connect", shown, s, 0);
         ts_bus_destroy(bus);
         return st == TS_ERR_BUS ? TS_ERR_UNAVAILABLE : st;
     }
@@ -362,11 +472,11 @@ ts_status_t ts_bus_connect(ts_bus_t **out, const char *url, const char *name)
     jo.PublishAsync.AckHandlerClosure = (void *)(uintptr_t)bus->id;
     s = natsConnection_JetStream(&bus->js, bus->nc, &jo);
     if (s != NATS_OK) {
-        ts_status_t st = fail("jetstream context", url, s, 0);
+        ts_status_t st = fail("jetstream context", shown, s, 0);
         ts_bus_destroy(bus);
         return st;
     }
-    ts_debug("bus: connected to %s as %s", url, name ? name : "(unnamed)");
+    ts_debug("bus: connected to %s as %s", shown, name ? name : "(unnamed)");
     *out = bus;
     return TS_OK;
 }
@@ -399,6 +509,11 @@ uint64_t ts_bus_bytes_out(const ts_bus_t *bus)
 {
     if (bus == NULL) return 0;
     return atomic_load(&((ts_bus_t *)bus)->bytes_out);
+}
+
+void ts_bus_close(ts_bus_t *bus)
+{
+    if (bus != NULL && bus->nc != NULL) natsConnection_Close(bus->nc);
 }
 
 bool ts_bus_connected(ts_bus_t *bus)

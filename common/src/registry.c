@@ -95,8 +95,12 @@ typedef enum {
 } script_t;
 static const char *const SCRIPTS[SCRIPT_COUNT] = {CAS_LUA, CREATE_LUA, ALIVE_LUA, LOCK_LUA, UNLOCK_LUA};
 
+#define AUTH_MAX 256
+
 struct ts_registry {
     redisContext *ctx;
+    char user[AUTH_MAX];     /* "": the default user */
+    char password[AUTH_MAX]; /* "": no AUTH */
     char host[256];
     int port;
     int db;
@@ -132,12 +136,77 @@ static struct timeval ms_tv(int ms)
     return tv;
 }
 
-/* Parses redis://host:port[/db] ("redis://" and the port are optional;
- * IPv6 hosts go in brackets). */
+/* Default credentials (ts_registry_set_default_auth). */
+static char default_user[AUTH_MAX], default_password[AUTH_MAX];
+
+ts_status_t ts_registry_set_default_auth(const char *user, const char *password)
+{
+    if ((user != NULL && strlen(user) >= AUTH_MAX) || (password != NULL && strlen(password) >= AUTH_MAX))
+        return TS_ERR_RANGE;
+    snprintf(default_user, sizeof default_user, "%s", user ? user : "");
+    snprintf(default_password, sizeof default_password, "%s", password ? password : "");
+    return TS_OK;
+}
+
+static int hex_digit(char c)
+{
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+/* Copies s[0..n) into out (cap bytes) with %XX escapes decoded. */
+static ts_status_t unescape(char *out, size_t cap, const char *s, size_t n)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (c == '%') {
+            if (i + 2 >= n) return TS_ERR_PARSE;
+            int hi = hex_digit(s[i + 1]), lo = hex_digit(s[i + 2]);
+            if (hi < 0 || lo < 0) return TS_ERR_PARSE;
+            c = (char)(hi * 16 + lo);
+            i += 2;
+        }
+        if (c == '\0' || k + 1 >= cap) return TS_ERR_PARSE;
+        out[k++] = c;
+    }
+    out[k] = '\0';
+    return TS_OK;
+}
+
+/* Parses [user[:password]@]: the credentials before the host, if any. */
+static ts_status_t parse_userinfo(ts_registry_t *reg, const char **pp)
+{
+    const char *p = *pp;
+    size_t authority = strcspn(p, "/");
+    const char *at = NULL;
+    for (size_t i = 0; i < authority; i++) {
+        if (p[i] == '@') at = p + i; /* the last one: passwords may hold '@' unescaped */
+    }
+    if (at == NULL) return TS_OK;
+    const char *colon = memchr(p, ':', (size_t)(at - p));
+    size_t ulen = colon ? (size_t)(colon - p) : (size_t)(at - p);
+    if (unescape(reg->user, sizeof reg->user, p, ulen) != TS_OK) return TS_ERR_PARSE;
+    if (colon != NULL &&
+        unescape(reg->password, sizeof reg->password, colon + 1, (size_t)(at - colon - 1)) != TS_OK)
+        return TS_ERR_PARSE;
+    *pp = at + 1;
+    return TS_OK;
+}
+
+/* Parses redis://[user[:password]@]host:port[/db] ("redis://" and the port
+ * are optional; IPv6 hosts go in brackets). Without credentials in the URL
+ * the defaults apply. */
 static ts_status_t parse_url(ts_registry_t *reg, const char *url)
 {
     const char *p = url;
+    if (strncmp(p, "rediss://", 9) == 0) return TS_ERR_RANGE; /* TLS: not in this hiredis */
     if (strncmp(p, "redis://", 8) == 0) p += 8;
+    snprintf(reg->user, sizeof reg->user, "%s", default_user);
+    snprintf(reg->password, sizeof reg->password, "%s", default_password);
+    if (parse_userinfo(reg, &p) != TS_OK) return TS_ERR_PARSE;
     const char *host_end;
     const char *rest;
     if (*p == '[') {
@@ -198,6 +267,25 @@ static ts_status_t open_ctx(ts_registry_t *reg)
         redisFree(c);
         return TS_ERR_UNAVAILABLE;
     }
+    if (reg->password[0] != '\0') {
+        const char *argv[] = {"AUTH", reg->user, reg->password};
+        redisReply *r = reg->user[0] != '\0' ? redisCommandArgv(c, 3, argv, NULL)
+                                             : redisCommand(c, "AUTH %s", reg->password);
+        ts_status_t st = TS_OK;
+        if (r == NULL) {
+            ts_warn("registry: AUTH to %s:%d failed: %s", reg->host, reg->port, c->errstr);
+            st = TS_ERR_UNAVAILABLE;
+        } else if (r->type == REDIS_REPLY_ERROR) {
+            ts_error("registry: %s:%d refused user '%s': %s", reg->host, reg->port,
+                     reg->user[0] ? reg->user : "default", r->str ? r->str : "error");
+            st = TS_ERR_CONFIG;
+        }
+        if (r != NULL) freeReplyObject(r);
+        if (st != TS_OK) {
+            redisFree(c);
+            return st;
+        }
+    }
     if (reg->db != 0) {
         redisReply *r = redisCommand(c, "SELECT %d", reg->db);
         bool ok = r != NULL && r->type == REDIS_REPLY_STATUS;
@@ -222,14 +310,19 @@ ts_status_t ts_registry_connect(ts_registry_t **out, const char *url)
     *out = NULL;
     ts_registry_t *reg = calloc(1, sizeof *reg);
     if (reg == NULL) return TS_ERR_NOMEM;
-    if (parse_url(reg, url) != TS_OK) {
-        ts_error("registry: bad url '%s' (want redis://host:port[/db])", url);
-        free(reg);
+    ts_status_t st = parse_url(reg, url);
+    if (st != TS_OK) {
+        if (st == TS_ERR_RANGE)
+            ts_error("registry: rediss:// (TLS) is not supported: this build's hiredis has no TLS; "
+                     "reach Redis through a TLS tunnel on loopback instead");
+        else
+            ts_error("registry: bad url (want redis://[user[:password]@]host:port[/db])");
+        ts_registry_destroy(reg);
         return TS_ERR_CONFIG;
     }
-    ts_status_t st = open_ctx(reg);
+    st = open_ctx(reg);
     if (st != TS_OK) {
-        free(reg);
+        ts_registry_destroy(reg);
         return st;
     }
     *out = reg;
@@ -240,6 +333,9 @@ void ts_registry_destroy(ts_registry_t *reg)
 {
     if (reg == NULL) return;
     if (reg->ctx != NULL) redisFree(reg->ctx);
+    volatile char *pw = reg->password;
+    for (size_t i = 0; i < sizeof reg->password; i++)
+        pw[i] = '\0';
     free(reg);
 }
 

@@ -8,7 +8,9 @@
  * debug only. */
 #include "tessera/service.h"
 
+#include <errno.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "tessera/log.h"
 #include "tessera/util.h"
@@ -45,6 +47,64 @@ static bool wants_help(int argc, char **argv)
     return false;
 }
 
+/* Reads the first line of a secret file (a password) into buf. Warns when
+ * others may read the file. */
+static bool read_secret(const char *key, const char *path, char *buf, size_t cap, char *err, size_t errcap)
+{
+    FILE *f = fopen(path, "r");
+    if (f == NULL) {
+        snprintf(err, errcap, "%s: cannot open %s: %s", key, path, strerror(errno));
+        return false;
+    }
+    struct stat st;
+    if (fstat(fileno(f), &st) == 0 && (st.st_mode & S_IROTH))
+        fprintf(stderr, "warning: %s: %s is readable by every user (chmod 600 it)\n", key, path);
+    bool ok = fgets(buf, (int)cap, f) != NULL;
+    fclose(f);
+    if (ok) buf[strcspn(buf, "\r\n")] = '\0';
+    if (!ok || buf[0] == '\0') {
+        snprintf(err, errcap, "%s: %s holds no password on its first line", key, path);
+        return false;
+    }
+    return true;
+}
+
+/* Hands the NATS and Redis credentials and TLS files of cfg to the bus and
+ * the registry (their connects use them from then on). False with err set
+ * when a password file cannot be read. */
+static bool apply_credentials(const ts_config_t *cfg, char *err, size_t errcap)
+{
+    char password[256] = "";
+    bool ok = true;
+    if (cfg->nats_password_file && cfg->nats_password_file[0])
+        ok = read_secret("nats.password_file", cfg->nats_password_file, password, sizeof password, err,
+                         errcap);
+    if (ok) {
+        ts_bus_auth_t auth = {
+            .user = cfg->nats_user,
+            .password = password,
+            .creds_file = cfg->nats_creds,
+            .tls_ca = cfg->nats_tls_ca,
+            .tls_cert = cfg->nats_tls_cert,
+            .tls_key = cfg->nats_tls_key,
+        };
+        if (ts_bus_set_default_auth(&auth) != TS_OK) {
+            snprintf(err, errcap, "out of memory");
+            ok = false;
+        }
+    }
+    memset(password, 0, sizeof password);
+    if (ok && cfg->redis_password_file && cfg->redis_password_file[0])
+        ok = read_secret("redis.password_file", cfg->redis_password_file, password, sizeof password, err,
+                         errcap);
+    if (ok && ts_registry_set_default_auth(cfg->redis_user, password) != TS_OK) {
+        snprintf(err, errcap, "redis.password_file: password too long");
+        ok = false;
+    }
+    memset(password, 0, sizeof password);
+    return ok;
+}
+
 void ts_service_usage(const ts_service_t *svc, FILE *out)
 {
     if (svc->usage) fputs(svc->usage, out);
@@ -71,6 +131,12 @@ bool ts_service_init(const ts_service_t *svc, int argc, char **argv, ts_config_t
         }
         fprintf(stderr, "%s: %s%s\n", name, err[0] ? err : "bad configuration",
                 strstr(err, "--help") ? "" : " (see --help)");
+        *exit_code = svc->config_exit ? svc->config_exit : TS_SERVICE_EXIT_CONFIG;
+        return false;
+    }
+    if (!apply_credentials(cfg, err, sizeof err)) {
+        ts_config_free(cfg);
+        fprintf(stderr, "%s: %s\n", name, err);
         *exit_code = svc->config_exit ? svc->config_exit : TS_SERVICE_EXIT_CONFIG;
         return false;
     }

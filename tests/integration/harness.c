@@ -279,24 +279,59 @@ bool ts_h_wait_port(int port, int64_t timeout_ms)
 
 /* environ plus TESSERA_NATS_URL / TESSERA_REDIS_URL (malloc'd array; the
  * two strings live in bufs). */
-static char **child_env(ts_h_t *h, char *nats_kv, char *redis_kv, size_t cap)
+/* Environment variables the harness sets for a child (and drops from its own). */
+#define ENV_COUNT 6
+static const char *const env_names[ENV_COUNT] = {
+    "TESSERA_NATS_URL=",           "TESSERA_REDIS_URL=",  "TESSERA_NATS_USER=",
+    "TESSERA_NATS_PASSWORD_FILE=", "TESSERA_REDIS_USER=", "TESSERA_REDIS_PASSWORD_FILE=",
+};
+
+typedef struct {
+    char kv[ENV_COUNT][512];
+} child_env_buf_t;
+
+/* The secured stack's user for a binary: tessera-<user>, else admin. */
+static const char *user_for(const char *path)
+{
+    static const char *const users[] = {"orch", "worker", "gateway", "sim", "ctl"};
+    const char *base = strrchr(path, '/');
+    base = base ? base + 1 : path;
+    for (size_t i = 0; i < sizeof users / sizeof users[0]; i++) {
+        if (strncmp(base, "tessera-", 8) == 0 && strcmp(base + 8, users[i]) == 0) return users[i];
+    }
+    return "admin";
+}
+
+static char **child_env(ts_h_t *h, const char *path, child_env_buf_t *b)
 {
     size_t n = 0;
     while (environ[n] != NULL)
         n++;
-    char **env = calloc(n + 3, sizeof *env);
+    char **env = calloc(n + ENV_COUNT + 1, sizeof *env);
     if (env == NULL) return NULL;
     size_t k = 0;
     for (size_t i = 0; i < n; i++) {
-        if (strncmp(environ[i], "TESSERA_NATS_URL=", 17) == 0 ||
-            strncmp(environ[i], "TESSERA_REDIS_URL=", 18) == 0)
-            continue;
-        env[k++] = environ[i];
+        bool ours = false;
+        for (int j = 0; j < ENV_COUNT; j++)
+            ours = ours || strncmp(environ[i], env_names[j], strlen(env_names[j])) == 0;
+        if (!ours) env[k++] = environ[i];
     }
-    snprintf(nats_kv, cap, "TESSERA_NATS_URL=%s", h->nats_url);
-    snprintf(redis_kv, cap, "TESSERA_REDIS_URL=%s", h->redis_url);
-    env[k++] = nats_kv;
-    env[k++] = redis_kv;
+    if (!h->secure) {
+        snprintf(b->kv[0], sizeof b->kv[0], "%s%s", env_names[0], h->nats_url);
+        snprintf(b->kv[1], sizeof b->kv[1], "%s%s", env_names[1], h->redis_url);
+        env[k++] = b->kv[0];
+        env[k++] = b->kv[1];
+        return env;
+    }
+    const char *user = user_for(path);
+    snprintf(b->kv[0], sizeof b->kv[0], "%s%s", env_names[0], h->nats_plain_url);
+    snprintf(b->kv[1], sizeof b->kv[1], "%s%s", env_names[1], h->redis_plain_url);
+    snprintf(b->kv[2], sizeof b->kv[2], "%s%s", env_names[2], user);
+    snprintf(b->kv[3], sizeof b->kv[3], "%s%s/%s.nats.pass", env_names[3], h->secrets, user);
+    snprintf(b->kv[4], sizeof b->kv[4], "%s%s", env_names[4], user);
+    snprintf(b->kv[5], sizeof b->kv[5], "%s%s/%s.redis.pass", env_names[5], h->secrets, user);
+    for (int j = 0; j < ENV_COUNT; j++)
+        env[k++] = b->kv[j];
     return env;
 }
 
@@ -314,8 +349,8 @@ static int launch(ts_h_t *h, const char *name, const char *path, char *const *ar
     snprintf(log_path, sizeof log_path, "%s/%s.log", h->dir, name);
     ts_strlcpy(p->log_path, log_path, sizeof p->log_path);
 
-    char nats_kv[192], redis_kv[192];
-    char **env = child_env(h, nats_kv, redis_kv, sizeof nats_kv);
+    child_env_buf_t env_buf;
+    char **env = child_env(h, path, &env_buf);
     int logfd = open(p->log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
     int nullfd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     if (env == NULL || logfd < 0 || nullfd < 0) {
@@ -576,17 +611,40 @@ static bool start_server(ts_h_t *h, int slot, const char *name, int *port_out)
         int idx;
         if (slot == 0) {
             snprintf(dirbuf, sizeof dirbuf, "%s/js", h->dir);
-            char *argv[] = {(char *)"nats-server", (char *)"-js", (char *)"-a",
-                            (char *)"127.0.0.1",   (char *)"-p",  portbuf,
-                            (char *)"-sd",         dirbuf,        NULL};
+            char conf[340];
+            snprintf(conf, sizeof conf, "%s/nats.conf", h->secrets);
+            char *argv[] = {(char *)"nats-server",
+                            (char *)"-js",
+                            (char *)"-a",
+                            (char *)"127.0.0.1",
+                            (char *)"-p",
+                            portbuf,
+                            (char *)"-sd",
+                            dirbuf,
+                            h->secure ? (char *)"-c" : NULL,
+                            conf,
+                            NULL};
             const char *bin =
                 access("/usr/sbin/nats-server", X_OK) == 0 ? "/usr/sbin/nats-server" : "/usr/bin/nats-server";
             idx = launch(h, name, bin, argv);
         } else {
             snprintf(dirbuf, sizeof dirbuf, "%s", h->dir);
-            char *argv[] = {(char *)"redis-server", (char *)"--port", portbuf,    (char *)"--bind",
-                            (char *)"127.0.0.1",    (char *)"--save", (char *)"", (char *)"--appendonly",
-                            (char *)"no",           (char *)"--dir",  dirbuf,     NULL};
+            char acl[340];
+            snprintf(acl, sizeof acl, "%s/redis-users.acl", h->secrets);
+            char *argv[] = {(char *)"redis-server",
+                            (char *)"--port",
+                            portbuf,
+                            (char *)"--bind",
+                            (char *)"127.0.0.1",
+                            (char *)"--save",
+                            (char *)"",
+                            (char *)"--appendonly",
+                            (char *)"no",
+                            (char *)"--dir",
+                            dirbuf,
+                            h->secure ? (char *)"--aclfile" : NULL,
+                            acl,
+                            NULL};
             idx = launch(h, name, "/usr/bin/redis-server", argv);
         }
         if (idx < 0) return false;
@@ -619,7 +677,112 @@ static bool start_server(ts_h_t *h, int slot, const char *name, int *port_out)
     return false;
 }
 
+#ifndef TS_SOURCE_DIR
+/* this file is <source>/tests/integration/harness.c */
+static void source_dir(char *buf, size_t cap)
+{
+    ts_strlcpy(buf, __FILE__, cap);
+    for (int up = 0; up < 3; up++) {
+        char *slash = strrchr(buf, '/');
+        if (slash == NULL) {
+            ts_strlcpy(buf, ".", cap);
+            return;
+        }
+        *slash = '\0';
+    }
+}
+#else
+static void source_dir(char *buf, size_t cap)
+{
+    ts_strlcpy(buf, TS_SOURCE_DIR, cap);
+}
+#endif
+
+/* Runs scripts/gen-secrets.sh into h->secrets; false on failure. */
+static bool gen_secrets(ts_h_t *h)
+{
+    char src[512], script[600], log[400];
+    source_dir(src, sizeof src);
+    snprintf(script, sizeof script, "%s/scripts/gen-secrets.sh", src);
+    snprintf(h->secrets, sizeof h->secrets, "%s/secrets", h->dir);
+    snprintf(log, sizeof log, "%s/gen-secrets.log", h->dir);
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        if (fd >= 0) {
+            dup2(fd, STDOUT_FILENO);
+            dup2(fd, STDERR_FILENO);
+        }
+        char *argv[] = {(char *)"bash", script, h->secrets, NULL};
+        execve("/bin/bash", argv, environ);
+        _exit(127);
+    }
+    if (pid < 0) return false;
+    int status = 0;
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return true;
+    char *text = read_file(log);
+    fprintf(stderr, "harness: %s failed:\n%s\n", script, text ? text : "");
+    free(text);
+    return false;
+}
+
+/* Reads the first line of a gen-secrets file into buf ("" on failure). */
+static void read_secret(const ts_h_t *h, const char *file, char *buf, size_t cap)
+{
+    char path[512];
+    ts_h_secret_path(h, file, path, sizeof path);
+    buf[0] = '\0';
+    FILE *f = fopen(path, "r");
+    if (f == NULL) return;
+    if (fgets(buf, (int)cap, f) == NULL) buf[0] = '\0';
+    buf[strcspn(buf, "\r\n")] = '\0';
+    fclose(f);
+}
+
+void ts_h_secret_path(const ts_h_t *h, const char *file, char *buf, size_t cap)
+{
+    snprintf(buf, cap, "%s/%s", h->secrets, file);
+}
+
+static void url_as(const ts_h_t *h, const char *scheme, int port, const char *user, const char *kind,
+                   char *buf, size_t cap)
+{
+    if (!h->secure || user == NULL) {
+        snprintf(buf, cap, "%s://127.0.0.1:%d", scheme, port);
+        return;
+    }
+    char file[128], pw[256];
+    snprintf(file, sizeof file, "%s.%s.pass", user, kind);
+    read_secret(h, file, pw, sizeof pw);
+    snprintf(buf, cap, "%s://%s:%s@127.0.0.1:%d", scheme, user, pw, port);
+}
+
+void ts_h_nats_url_as(const ts_h_t *h, const char *user, char *buf, size_t cap)
+{
+    url_as(h, "nats", h->nats_port, user, "nats", buf, cap);
+}
+
+void ts_h_redis_url_as(const ts_h_t *h, const char *user, char *buf, size_t cap)
+{
+    url_as(h, "redis", h->redis_port, user, "redis", buf, cap);
+}
+
+static void start_servers(ts_h_t *h, bool secure);
+
 void ts_h_start(ts_h_t *h)
+{
+    start_servers(h, false);
+}
+
+void ts_h_start_secure(ts_h_t *h)
+{
+    start_servers(h, true);
+}
+
+static void start_servers(ts_h_t *h, bool secure)
 {
     for (int i = 0; i < MAX_LIVE; i++) {
         if (live[i] == h) ts_h_stop(h); /* started twice: do not lose the first servers */
@@ -637,19 +800,29 @@ void ts_h_start(ts_h_t *h)
     snprintf(js, sizeof js, "%s/js", h->dir);
     mkdir(js, 0755);
     live_add(h);
+    if (secure) {
+        h->secure = true;
+        if (!gen_secrets(h)) {
+            h->failed = true;
+            ts_h_stop(h);
+            fail_msg("harness: cannot generate the secured servers' configuration");
+        }
+    }
 
     if (!start_server(h, 0, "nats", &h->nats_port)) {
         h->failed = true;
         ts_h_stop(h);
         fail_msg("harness: nats-server -js did not start");
     }
-    snprintf(h->nats_url, sizeof h->nats_url, "nats://127.0.0.1:%d", h->nats_port);
+    snprintf(h->nats_plain_url, sizeof h->nats_plain_url, "nats://127.0.0.1:%d", h->nats_port);
+    ts_h_nats_url_as(h, "admin", h->nats_url, sizeof h->nats_url);
     if (!start_server(h, 1, "redis", &h->redis_port)) {
         h->failed = true;
         ts_h_stop(h);
         fail_msg("harness: redis-server did not start");
     }
-    snprintf(h->redis_url, sizeof h->redis_url, "redis://127.0.0.1:%d", h->redis_port);
+    snprintf(h->redis_plain_url, sizeof h->redis_plain_url, "redis://127.0.0.1:%d", h->redis_port);
+    ts_h_redis_url_as(h, "admin", h->redis_url, sizeof h->redis_url);
 }
 
 bool ts_h_wait_world(ts_h_t *h, uint32_t world, int ncells, int64_t timeout_ms)

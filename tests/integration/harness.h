@@ -43,6 +43,12 @@ typedef struct {
     ts_h_proc_t procs[TS_H_MAX_PROCS];
     int nprocs;
     bool failed;
+    /* secured servers (ts_h_start_secure): nats_url and redis_url above then
+     * carry the admin user's credentials */
+    bool secure;
+    char secrets[300];         /* <dir>/secrets: scripts/gen-secrets.sh output */
+    char nats_plain_url[128];  /* nats://127.0.0.1:<port>, no credentials */
+    char redis_plain_url[128]; /* redis://127.0.0.1:<port>, no credentials */
 } ts_h_t;
 
 /* A free TCP port on 127.0.0.1: bound and released, nobody listening on it,
@@ -62,9 +68,26 @@ bool ts_h_wait_port(int port, int64_t timeout_ms);
  * process holds is refused and another one tried, three times). Fails the
  * cmocka test (fail_msg) on error. */
 void ts_h_start(ts_h_t *h);
+/* ts_h_start with both servers secured by scripts/gen-secrets.sh (into
+ * h->secrets): nats-server with per-service users and subject permissions,
+ * redis-server with per-service ACL users and the default user off.
+ * h->nats_url / h->redis_url carry the admin user (so every helper and
+ * existing test code works unchanged); services started by ts_h_spawn get
+ * their own user (tessera-orch: orch, tessera-worker: worker,
+ * tessera-gateway: gateway, tessera-sim: sim, tessera-ctl: ctl, anything
+ * else: admin) through TESSERA_{NATS,REDIS}_USER and *_PASSWORD_FILE. */
+void ts_h_start_secure(ts_h_t *h);
+/* URL of the harness's NATS / Redis as user (a gen-secrets user; NULL: no
+ * credentials) into buf. Without secured servers the user is ignored. */
+void ts_h_nats_url_as(const ts_h_t *h, const char *user, char *buf, size_t cap);
+void ts_h_redis_url_as(const ts_h_t *h, const char *user, char *buf, size_t cap);
+/* Path of a gen-secrets file (e.g. "gateway.nats.pass") into buf. */
+void ts_h_secret_path(const ts_h_t *h, const char *file, char *buf, size_t cap);
+
 /* Spawns TS_BIN_DIR/<bin> with argv (NULL-terminated, without argv[0]) and
- * TESSERA_NATS_URL / TESSERA_REDIS_URL set to the harness servers; stdout
- * and stderr go to <dir>/<name>.log. Returns the index in h->procs. */
+ * TESSERA_NATS_URL / TESSERA_REDIS_URL set to the harness servers (and, with
+ * secured servers, the credentials of the binary's user); stdout and stderr
+ * go to <dir>/<name>.log. Returns the index in h->procs. */
 int ts_h_spawn(ts_h_t *h, const char *name, const char *bin, const char *const *argv);
 /* Sends sig to a spawned process (by index). */
 void ts_h_signal(ts_h_t *h, int idx, int sig);

@@ -52,8 +52,29 @@ typedef void (*ts_bus_ack_cb)(void *ud, const char *subject, uint64_t seq, uint3
  * reported) per connection before ts_bus_js_publish_async says TS_ERR_BUSY. */
 #define TS_BUS_MAX_IN_FLIGHT 16384
 
-/* Connects with unlimited reconnects. name shows in the server's connz. */
+/* Credentials and TLS of a connection; every field may be NULL or "" (not
+ * used). A user and password in the URL (nats://user:pass@host:port) work
+ * too, and win over user/password here. */
+typedef struct {
+    const char *user;       /* with password */
+    const char *password;   /* the secret itself (read from a file by the caller) */
+    const char *creds_file; /* .creds file: user JWT and nkey seed */
+    const char *tls_ca;     /* CA file verifying the server; set (or a tls:// URL): TLS required */
+    const char *tls_cert;   /* client certificate file, with tls_key */
+    const char *tls_key;
+} ts_bus_auth_t;
+
+/* Sets the credentials and TLS every later ts_bus_connect() uses (copied;
+ * process-wide; NULL clears them). Call before connecting, not concurrently
+ * with a connect. */
+ts_status_t ts_bus_set_default_auth(const ts_bus_auth_t *auth);
+
+/* Connects with unlimited reconnects, with the default credentials
+ * (ts_bus_set_default_auth). name shows in the server's connz. A server
+ * that refuses the credentials gives TS_ERR_UNAVAILABLE. */
 ts_status_t ts_bus_connect(ts_bus_t **out, const char *url, const char *name);
+/* Same with explicit credentials and TLS (NULL: none, not the defaults). */
+ts_status_t ts_bus_connect_auth(ts_bus_t **out, const char *url, const char *name, const ts_bus_auth_t *auth);
 /* Drains nothing: waits up to 2 s for outstanding async publishes, then closes.
  * NULL is a no-op. */
 void ts_bus_destroy(ts_bus_t *bus);
@@ -161,6 +182,9 @@ void ts_bus_held_free(ts_bus_held_t h);
 uint64_t ts_bus_bytes_out(const ts_bus_t *bus);
 /* Whether the connection to the server is up now (no round trip; any thread). */
 bool ts_bus_connected(ts_bus_t *bus);
+/* Closes the connection now (no flush): later calls on it fail at once
+ * instead of waiting for a server that is gone. ts_bus_destroy still frees it. */
+void ts_bus_close(ts_bus_t *bus);
 
 /* Releases nats.c's process-wide state (threads, timers, caches) so leak
  * checkers stay quiet. Call once at the very end of main, after every bus and

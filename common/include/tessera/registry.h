@@ -54,7 +54,16 @@ typedef struct ts_registry ts_registry_t;
 const char *ts_cell_state_str(ts_cell_state_t s);
 ts_status_t ts_cell_state_parse(const char *s, ts_cell_state_t *out);
 
-/* url: redis://host:port[/db]. */
+/* Credentials every later connect uses when its URL carries none (copied;
+ * process-wide; NULL or "" user: Redis's "default" user; NULL or ""
+ * password: no AUTH). Call before connecting, not concurrently with one. */
+ts_status_t ts_registry_set_default_auth(const char *user, const char *password);
+
+/* url: redis://[user[:password]@]host[:port][/db] (user and password may be
+ * %-escaped; ":password@" alone authenticates as the default user). With a
+ * password the connection sends AUTH first; a refusal is TS_ERR_CONFIG.
+ * rediss:// (TLS) is TS_ERR_CONFIG: the hiredis this is built with (0.14)
+ * has no TLS; run a TLS tunnel beside the service instead. */
 ts_status_t ts_registry_connect(ts_registry_t **out, const char *url);
 void ts_registry_destroy(ts_registry_t *reg);
 

@@ -1,0 +1,359 @@
+/* Integration: the secured stack (scripts/gen-secrets.sh users on
+ * nats-server and redis-server, ts_h_start_secure).
+ *  - The whole stack runs with its own users: a player joins through the
+ *    gateway and sees each of its inputs applied exactly once.
+ *  - Forged traffic is refused by the servers: an anonymous client cannot
+ *    connect at all; the gateway, sim and inspector users each try to publish
+ *    a forged state, handover, ctl request, registry broadcast and heartbeat
+ *    (and the inspector an input) and get a permission violation for every
+ *    one; no subscriber ever sees a forged message, and the registry (version,
+ *    every cell's owner and epoch) is unchanged.
+ *  - Redis ACLs: anonymous commands and wrong passwords are refused; the
+ *    gateway user only reads; the worker user cannot change a cell, the world
+ *    or the leader lock, but can manage worker liveness keys. */
+#include <nats/nats.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "harness.h"
+#include "tessera/bus.h"
+#include "tessera/client.h"
+#include "tessera/registry.h"
+#include "tessera/util.h"
+
+#define WORLD 0
+#define NCELLS 16
+#define FORGED "forged-by-it_auth"
+#define WAIT_MS 5000
+
+static ts_h_stack_t stack = {-1, {-1, -1}, -1, 0};
+
+/* ---- registry snapshot ---------------------------------------------------- */
+
+typedef struct {
+    uint64_t version;
+    ts_cell_entry_t *cells;
+    size_t n;
+} world_snap_t;
+
+static void snap_world(world_snap_t *s)
+{
+    ts_registry_t *reg = NULL;
+    assert_int_equal(ts_registry_connect(&reg, ts_h.redis_url), TS_OK);
+    assert_int_equal(ts_registry_version(reg, WORLD, &s->version), TS_OK);
+    assert_int_equal(ts_registry_cells(reg, WORLD, &s->cells, &s->n), TS_OK);
+    ts_registry_destroy(reg);
+}
+
+static int cmp_entry(const void *a, const void *b)
+{
+    const ts_cell_entry_t *x = a, *y = b;
+    if (x->cell.cx != y->cell.cx) return x->cell.cx < y->cell.cx ? -1 : 1;
+    if (x->cell.cy != y->cell.cy) return x->cell.cy < y->cell.cy ? -1 : 1;
+    return 0;
+}
+
+/* The world has not changed between a and b. */
+static void assert_same_world(world_snap_t *a, world_snap_t *b)
+{
+    assert_int_equal(a->version, b->version);
+    assert_int_equal(a->n, b->n);
+    qsort(a->cells, a->n, sizeof *a->cells, cmp_entry);
+    qsort(b->cells, b->n, sizeof *b->cells, cmp_entry);
+    for (size_t i = 0; i < a->n; i++) {
+        assert_int_equal(cmp_entry(&a->cells[i], &b->cells[i]), 0);
+        assert_int_equal(a->cells[i].epoch, b->cells[i].epoch);
+        assert_string_equal(a->cells[i].owner, b->cells[i].owner);
+        assert_int_equal(a->cells[i].state, b->cells[i].state);
+    }
+    free(a->cells);
+    free(b->cells);
+}
+
+/* ---- a forging client (nats.c directly, to see the server's errors) -------- */
+
+#define MAX_ERRORS 32
+
+typedef struct {
+    natsConnection *nc;
+    pthread_mutex_t mu;
+    int nerrors;
+    char errors[MAX_ERRORS][256]; /* the server's -ERR texts */
+} forger_t;
+
+static void on_forger_error(natsConnection *nc, natsSubscription *sub, natsStatus err, void *closure)
+{
+    (void)sub;
+    forger_t *f = closure;
+    const char *text = NULL;
+    natsConnection_GetLastError(nc, &text);
+    pthread_mutex_lock(&f->mu);
+    if (f->nerrors < MAX_ERRORS)
+        snprintf(f->errors[f->nerrors++], sizeof f->errors[0], "%s: %s", natsStatus_GetText(err),
+                 text ? text : "");
+    pthread_mutex_unlock(&f->mu);
+}
+
+/* Connects as user; the connect status comes back (the forger is usable on
+ * NATS_OK only). */
+static natsStatus forger_connect(forger_t *f, const char *user)
+{
+    memset(f, 0, sizeof *f);
+    pthread_mutex_init(&f->mu, NULL);
+    char url[256];
+    ts_h_nats_url_as(&ts_h, user, url, sizeof url);
+    natsOptions *o = NULL;
+    natsStatus s = natsOptions_Create(&o);
+    if (s == NATS_OK) s = natsOptions_SetURL(o, url);
+    if (s == NATS_OK) s = natsOptions_SetErrorHandler(o, on_forger_error, f);
+    if (s == NATS_OK) s = natsOptions_SetMaxReconnect(o, 0);
+    if (s == NATS_OK) s = natsConnection_Connect(&f->nc, o);
+    natsOptions_Destroy(o);
+    return s;
+}
+
+static void forger_close(forger_t *f)
+{
+    natsConnection_Destroy(f->nc);
+    pthread_mutex_destroy(&f->mu);
+}
+
+/* Publishes a forged message on subject (with a reply subject when reply is
+ * set, as a request would) and waits until the server reported a publish
+ * permission violation naming subject. */
+static void forge_refused(forger_t *f, const char *subject, bool reply)
+{
+    natsStatus s = reply
+                       ? natsConnection_PublishRequestString(f->nc, subject, "_INBOX.it_auth.forger", FORGED)
+                       : natsConnection_PublishString(f->nc, subject, FORGED);
+    assert_int_equal(s, NATS_OK); /* sent; the server answers with -ERR */
+    natsConnection_FlushTimeout(f->nc, WAIT_MS);
+    char want[200];
+    snprintf(want, sizeof want, "Permissions Violation for Publish to \"%s\"", subject);
+    bool seen = false;
+    uint64_t deadline = ts_mono_us() + WAIT_MS * 1000ull;
+    while (!seen && ts_mono_us() < deadline) {
+        pthread_mutex_lock(&f->mu);
+        for (int i = 0; i < f->nerrors && !seen; i++)
+            seen = strstr(f->errors[i], want) != NULL;
+        pthread_mutex_unlock(&f->mu);
+        if (!seen) ts_sleep_ms(10);
+    }
+    if (!seen) fail_msg("no permission violation for a publish to %s", subject);
+}
+
+/* ---- observer: counts forged messages anywhere ------------------------------ */
+
+static _Atomic int forged_seen;
+static _Atomic int heartbeats_seen;
+
+static void on_observed(void *ud, const ts_bus_msg_t *m)
+{
+    (void)ud;
+    size_t len = ts_bus_msg_len(m);
+    if (len == strlen(FORGED) && memcmp(ts_bus_msg_data(m), FORGED, len) == 0) forged_seen++;
+    if (strncmp(ts_bus_msg_subject(m), "tessera.worker.", 15) == 0) heartbeats_seen++;
+}
+
+/* ---- tests ---------------------------------------------------------------------- */
+
+static void test_stack_runs_secured(void **state)
+{
+    (void)state;
+    ts_client_t *c = NULL;
+    assert_int_equal(ts_client_connect(&c, "127.0.0.1", stack.gw_port, 3000), TS_OK);
+    assert_int_equal(ts_client_join(c, 20, 20, "secured"), TS_OK);
+    /* the join is the first input, then three moves: four applied, once each */
+    uint64_t entity = 0, applied = 0, settled_us = 0;
+    uint64_t deadline = ts_mono_us() + 10000 * 1000ull;
+    int moves = 0;
+    while (ts_mono_us() < deadline && (applied < 4 || ts_mono_us() < settled_us)) {
+        Tessera__V1__ServerFrame *f = NULL;
+        ts_status_t st = ts_client_recv(c, 100, &f);
+        if (st == TS_ERR_TIMEOUT) continue;
+        assert_int_equal(st, TS_OK);
+        if (f->payload_case == TESSERA__V1__SERVER_FRAME__PAYLOAD_SNAPSHOT) {
+            entity = f->snapshot->entity;
+            for (; moves < 3; moves++)
+                assert_int_equal(ts_client_move(c, 1, 0), TS_OK);
+        } else if (f->payload_case == TESSERA__V1__SERVER_FRAME__PAYLOAD_DELTA) {
+            for (size_t i = 0; i < f->delta->n_entities; i++) {
+                if (f->delta->entities[i]->id == entity) applied = f->delta->entities[i]->inputs_applied;
+            }
+            if (applied >= 4 && settled_us == 0)
+                settled_us = ts_mono_us() + 1000 * 1000ull; /* no late doubles */
+        } else {
+            assert_int_not_equal(f->payload_case, TESSERA__V1__SERVER_FRAME__PAYLOAD_ERROR);
+        }
+        tessera__v1__server_frame__free_unpacked(f, NULL);
+    }
+    ts_client_destroy(c);
+    assert_true(entity != 0);
+    assert_int_equal(applied, 4);
+
+    /* tessera-ctl reads the registry and asks the orchestrator as user ctl */
+    const char *args[] = {"cells", NULL};
+    int ctl = ts_h_spawn(&ts_h, "ctl-cells", "tessera-ctl", args);
+    assert_int_equal(ts_h_wait(&ts_h, ctl, 15000), 0);
+    ts_h_pass();
+}
+
+static void test_forged_nats_traffic_refused(void **state)
+{
+    (void)state;
+    world_snap_t before, after;
+    snap_world(&before);
+
+    ts_bus_t *observer = NULL;
+    ts_bus_sub_t *subs[3] = {NULL};
+    assert_int_equal(ts_bus_connect(&observer, ts_h.nats_url, "it_auth-observer"), TS_OK);
+    assert_int_equal(ts_bus_subscribe(observer, "cell.>", on_observed, NULL, &subs[0]), TS_OK);
+    assert_int_equal(ts_bus_subscribe(observer, "tessera.>", on_observed, NULL, &subs[1]), TS_OK);
+    assert_int_equal(ts_bus_subscribe(observer, "_INBOX.>", on_observed, NULL, &subs[2]), TS_OK);
+    assert_int_equal(ts_bus_flush(observer, WAIT_MS), TS_OK);
+
+    /* anonymous, and a known user with a wrong password: no connection */
+    forger_t f;
+    natsStatus s = forger_connect(&f, NULL);
+    assert_int_not_equal(s, NATS_OK);
+    assert_non_null(strstr(nats_GetLastError(NULL), "Authorization Violation"));
+    forger_close(&f);
+    ts_bus_t *anon = NULL;
+    assert_int_equal(ts_bus_connect(&anon, ts_h.nats_plain_url, "it_auth-anon"), TS_ERR_UNAVAILABLE);
+    char url[256];
+    snprintf(url, sizeof url, "nats://gateway:wrong@127.0.0.1:%d", ts_h.nats_port);
+    assert_int_equal(ts_bus_connect(&anon, url, "it_auth-wrong"), TS_ERR_UNAVAILABLE);
+
+    static const char *const always_refused[] = {
+        "cell.0.0.0.0.0.state",      /* a state delta: gateways would show it */
+        "cell.0.0.0.0.0.handover",   /* FREEZE / COMMIT to a worker */
+        "cell.0.0.0.0.0.checkpoint", /* a checkpoint a recovering worker loads */
+        "tessera.registry.0",        /* an ownership broadcast */
+        "tessera.worker.w1.hb",      /* a worker's heartbeat */
+        "$JS.API.STREAM.DELETE.TS_INPUT_0",
+    };
+    static const char *const users[] = {"gateway", "sim", "inspector"};
+    for (size_t u = 0; u < sizeof users / sizeof users[0]; u++) {
+        assert_int_equal(forger_connect(&f, users[u]), NATS_OK);
+        for (size_t i = 0; i < sizeof always_refused / sizeof always_refused[0]; i++)
+            forge_refused(&f, always_refused[i], false);
+        /* a ctl request only the orchestrator serves */
+        forge_refused(&f, "tessera.ctl.0.handover", true);
+        forge_refused(&f, "tessera.ctl.0.drain", true);
+        /* the inspector may not even publish input */
+        if (strcmp(users[u], "inspector") == 0) forge_refused(&f, "cell.0.0.0.0.0.input", false);
+        /* still connected: a violation does not cost the connection */
+        assert_true(natsConnection_Status(f.nc) == NATS_CONN_STATUS_CONNECTED);
+        forger_close(&f);
+    }
+
+    /* every forged message was dropped by the server: the observer, which
+     * sees everything, got none, while real traffic (heartbeats) flowed */
+    assert_int_equal(ts_bus_flush(observer, WAIT_MS), TS_OK);
+    int hb = heartbeats_seen;
+    uint64_t deadline = ts_mono_us() + WAIT_MS * 1000ull;
+    while (heartbeats_seen < hb + 4 && ts_mono_us() < deadline)
+        ts_sleep_ms(20);
+    assert_true(heartbeats_seen >= hb + 4);
+    assert_int_equal(forged_seen, 0);
+    for (int i = 0; i < 3; i++)
+        ts_bus_sub_destroy(subs[i]);
+    ts_bus_destroy(observer);
+
+    snap_world(&after);
+    assert_same_world(&before, &after);
+    /* the services never lost their own connections */
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(ts_h_wait(&ts_h, stack.workers[i], 0), -1);
+    assert_int_equal(ts_h_wait(&ts_h, stack.orch, 0), -1);
+    assert_int_equal(ts_h_wait(&ts_h, stack.gateway, 0), -1);
+    ts_h_pass();
+}
+
+static void test_redis_acl(void **state)
+{
+    (void)state;
+    world_snap_t before, after;
+    snap_world(&before);
+    ts_cell_t cell = before.cells[0].cell;
+    uint64_t epoch = before.cells[0].epoch, version = 0;
+    ts_world_t world = {.id = WORLD, .cell_size = 1, .x0 = 0, .y0 = 0, .width = 1, .height = 1};
+    ts_cell_entry_t out;
+    bool held = false;
+    char url[256];
+
+    /* anonymous: connected, but every command refused (NOAUTH) */
+    ts_registry_t *reg = NULL;
+    assert_int_equal(ts_registry_connect(&reg, ts_h.redis_plain_url), TS_OK);
+    assert_int_equal(ts_registry_version(reg, WORLD, &version), TS_ERR_REGISTRY);
+    assert_int_equal(ts_registry_world_set(reg, &world), TS_ERR_REGISTRY);
+    ts_registry_destroy(reg);
+
+    /* a wrong password is a configuration error, not something to retry */
+    snprintf(url, sizeof url, "redis://worker:wrong@127.0.0.1:%d", ts_h.redis_port);
+    assert_int_equal(ts_registry_connect(&reg, url), TS_ERR_CONFIG);
+
+    /* the gateway and the sim read the world, change nothing */
+    static const char *const readers[] = {"gateway", "sim", "ctl"};
+    for (size_t i = 0; i < sizeof readers / sizeof readers[0]; i++) {
+        ts_h_redis_url_as(&ts_h, readers[i], url, sizeof url);
+        assert_int_equal(ts_registry_connect(&reg, url), TS_OK);
+        ts_cell_entry_t *cells = NULL;
+        size_t n = 0;
+        assert_int_equal(ts_registry_cells(reg, WORLD, &cells, &n), TS_OK);
+        assert_int_equal(n, NCELLS);
+        free(cells);
+        assert_int_equal(ts_registry_version(reg, WORLD, &version), TS_OK);
+        assert_int_not_equal(ts_registry_cell_cas(reg, &cell, epoch, "w2", TS_CELL_ACTIVE, &out, &version),
+                             TS_OK);
+        assert_int_not_equal(ts_registry_world_set(reg, &world), TS_OK);
+        assert_int_not_equal(ts_registry_worker_claim(reg, "wx", "t1", 1000, 10), TS_OK);
+        assert_int_not_equal(ts_registry_worker_forget(reg, "w1"), TS_OK);
+        assert_int_not_equal(ts_registry_lock(reg, "orch", "x", 1000, &held), TS_OK);
+        assert_int_not_equal(ts_registry_draining_add(reg, WORLD, "w1"), TS_OK);
+        assert_int_not_equal(ts_registry_world_reset(reg, WORLD), TS_OK);
+        ts_registry_destroy(reg);
+    }
+
+    /* a worker manages worker liveness, never cells, the world or the lock */
+    ts_h_redis_url_as(&ts_h, "worker", url, sizeof url);
+    assert_int_equal(ts_registry_connect(&reg, url), TS_OK);
+    assert_int_equal(ts_registry_worker_claim(reg, "wx", "t1", 1000, 10), TS_OK);
+    assert_int_equal(ts_registry_worker_forget(reg, "wx"), TS_OK);
+    assert_int_not_equal(ts_registry_cell_cas(reg, &cell, epoch, "wx", TS_CELL_ACTIVE, &out, &version),
+                         TS_OK);
+    assert_int_not_equal(ts_registry_world_set(reg, &world), TS_OK);
+    assert_int_not_equal(ts_registry_lock(reg, "orch", "x", 1000, &held), TS_OK);
+    assert_int_not_equal(ts_registry_draining_add(reg, WORLD, "w1"), TS_OK);
+    assert_int_not_equal(ts_registry_world_reset(reg, WORLD), TS_OK);
+    ts_registry_destroy(reg);
+
+    snap_world(&after);
+    assert_same_world(&before, &after);
+    ts_h_pass();
+}
+
+static int group_setup(void **state)
+{
+    (void)state;
+    ts_h_start_secure(&ts_h);
+    ts_h_spawn_stack(&ts_h, NULL, NULL, NULL, &stack);
+    if (!ts_h_wait_world(&ts_h, WORLD, NCELLS, 30000) || !ts_h_wait_port(stack.gw_port, 15000)) {
+        ts_h_fail_dump(&ts_h);
+        ts_h_stop(&ts_h);
+        return -1;
+    }
+    return 0;
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        TS_H_TEST(test_stack_runs_secured),
+        TS_H_TEST(test_forged_nats_traffic_refused),
+        TS_H_TEST(test_redis_acl),
+    };
+    return TS_H_RUN("it_auth", tests, group_setup, ts_h_group_teardown);
+}
