@@ -578,6 +578,7 @@ void ts_worker_destroy(ts_worker_t *w)
     ts_handover_free_all(w);
     ts_io_stop(w); /* runs the queued unsubscribes, frees unclaimed results */
     ts_publisher_stop(w);
+    free(w->reap);
     if (w->ring) {
         ts_inbox_msg_t m;
         while (ts_ring_pop(w->ring, &m))
@@ -599,4 +600,3 @@ void ts_worker_destroy(ts_worker_t *w)
     ts_registry_destroy(w->live_reg);
     free(w);
 }
-    free(w->reap);
