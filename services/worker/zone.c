@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "tessera/log.h"
+#include "tessera/pbw.h"
 #include "tessera/util.h"
 
 typedef struct {
@@ -63,8 +64,8 @@ void ts_zone_destroy(ts_zone_t *z)
     ts_map_free(&z->entities);
     ts_map_free(&z->departed);
     ts_map_free(&z->precopy_ids);
-    free(z->scratch_es);
-    free(z->scratch_esp);
+    free(z->scratch_ents);
+    free(z->scratch_lens);
     free(z->deps);
     for (size_t i = 0; i < z->cap_out; i++) {
         free(z->out[i].transfers);
@@ -397,6 +398,106 @@ static void entity_to_pb(const ts_entity_t *e, Tessera__V1__EntityState *pb)
     pb->gateway_instance = e->gateway_instance;
     pb->session = e->session;
     pb->detached_us = e->detached_us;
+}
+
+/* The same EntityState written straight to the wire (see tessera/pbw.h):
+ * whole=false is what state carries (entity_to_state_pb), whole=true the
+ * whole entity (entity_to_pb). */
+static size_t entity_ext_words(const ts_entity_t *e)
+{
+    size_t ext = TS_WINDOW_WORDS - 1;
+    while (ext > 0 && e->applied_window[ext] == 0)
+        ext--;
+    return ext;
+}
+
+static size_t entity_wire_len(const ts_entity_t *e, bool whole)
+{
+    size_t n = ts_pbw_u64_len(1, e->id) + ts_pbw_double_len(2, e->x) + ts_pbw_double_len(3, e->y) +
+               ts_pbw_double_len(4, e->vx) + ts_pbw_double_len(5, e->vy) +
+               ts_pbw_u64_len(6, e->last_input_seq) + ts_pbw_u64_len(7, e->inputs_applied) +
+               ts_pbw_bytes_len(9, strnlen(e->name, sizeof(e->name))) + ts_pbw_u64_len(10, e->hops);
+    if (whole) {
+        n += ts_pbw_u64_len(8, e->applied_window[0]) + ts_pbw_u64_len(11, e->incarnation);
+        size_t ext = entity_ext_words(e), packed = 0;
+        for (size_t i = 1; i <= ext; i++)
+            packed += ts_pbw_varint_len(e->applied_window[i]);
+        if (ext) n += ts_pbw_sub_len(12, packed);
+        n += ts_pbw_u64_len(13, e->gateway) + ts_pbw_u64_len(14, e->gateway_instance) +
+             ts_pbw_u64_len(15, e->session) + ts_pbw_u64_len(16, e->detached_us);
+    }
+    return n;
+}
+
+static uint8_t *entity_wire_write(uint8_t *p, const ts_entity_t *e, bool whole)
+{
+    p = ts_pbw_u64(p, 1, e->id);
+    p = ts_pbw_double(p, 2, e->x);
+    p = ts_pbw_double(p, 3, e->y);
+    p = ts_pbw_double(p, 4, e->vx);
+    p = ts_pbw_double(p, 5, e->vy);
+    p = ts_pbw_u64(p, 6, e->last_input_seq);
+    p = ts_pbw_u64(p, 7, e->inputs_applied);
+    if (whole) p = ts_pbw_u64(p, 8, e->applied_window[0]);
+    p = ts_pbw_bytes(p, 9, e->name, strnlen(e->name, sizeof(e->name)));
+    p = ts_pbw_u64(p, 10, e->hops);
+    if (whole) {
+        p = ts_pbw_u64(p, 11, e->incarnation);
+        size_t ext = entity_ext_words(e), packed = 0;
+        for (size_t i = 1; i <= ext; i++)
+            packed += ts_pbw_varint_len(e->applied_window[i]);
+        if (ext) {
+            p = ts_pbw_sub_head(p, 12, packed);
+            for (size_t i = 1; i <= ext; i++)
+                p = ts_pbw_varint(p, e->applied_window[i]);
+        }
+        p = ts_pbw_u64(p, 13, e->gateway);
+        p = ts_pbw_u64(p, 14, e->gateway_instance);
+        p = ts_pbw_u64(p, 15, e->session);
+        p = ts_pbw_u64(p, 16, e->detached_us);
+    }
+    return p;
+}
+
+bool ts_zone_entity_wire_check(const ts_entity_t *e, bool whole)
+{
+    Tessera__V1__EntityState pb;
+    if (whole)
+        entity_to_pb(e, &pb);
+    else
+        entity_to_state_pb(e, &pb);
+    size_t want = protobuf_c_message_get_packed_size(&pb.base), got = entity_wire_len(e, whole);
+    uint8_t *a = malloc(want + 1), *b = malloc(got + 1);
+    bool same = a && b && want == got && protobuf_c_message_pack(&pb.base, a) == want &&
+                (size_t)(entity_wire_write(b, e, whole) - b) == got && memcmp(a, b, want) == 0;
+    free(a);
+    free(b);
+    return same;
+}
+
+/* msg packed by protobuf-c, then each entity appended as field `field`
+ * (a repeated EntityState: fields may come in any order on the wire, and
+ * repeated elements keep theirs). lens[i] is entity_wire_len(ents[i]). */
+static ts_status_t pack_with_entities(const ProtobufCMessage *msg, unsigned field, ts_entity_t *const *ents,
+                                      const size_t *lens, size_t n, bool whole, uint8_t **out, size_t *outlen)
+{
+    size_t head = protobuf_c_message_get_packed_size(msg), total = head;
+    for (size_t i = 0; i < n; i++)
+        total += ts_pbw_sub_len(field, lens[i]);
+    uint8_t *buf = malloc(total ? total : 1);
+    if (!buf) return TS_ERR_NOMEM;
+    uint8_t *p = buf + protobuf_c_message_pack(msg, buf);
+    for (size_t i = 0; i < n; i++) {
+        p = ts_pbw_sub_head(p, field, lens[i]);
+        p = entity_wire_write(p, ents[i], whole);
+    }
+    if ((size_t)(p - buf) != total) {
+        free(buf);
+        return TS_ERR_MALFORMED;
+    }
+    *out = buf;
+    *outlen = total;
+    return TS_OK;
 }
 
 void ts_zone_accept_transfer(ts_zone_t *z, const ts_entity_t *in)
@@ -751,19 +852,19 @@ ts_status_t ts_zone_pack_delta(ts_zone_t *z, uint64_t tick, bool full, const cha
     size_t parts = n ? (n + TS_ZONE_STATE_PART_ENTITIES - 1) / TS_ZONE_STATE_PART_ENTITIES : 1;
     size_t per = n < TS_ZONE_STATE_PART_ENTITIES ? (n ? n : 1) : TS_ZONE_STATE_PART_ENTITIES;
     if (z->scratch_cap < per) {
-        Tessera__V1__EntityState *nes = realloc(z->scratch_es, per * sizeof(*nes));
-        if (nes) z->scratch_es = nes;
-        Tessera__V1__EntityState **nesp = realloc(z->scratch_esp, per * sizeof(*nesp));
-        if (nesp) z->scratch_esp = nesp;
-        if (nes && nesp) z->scratch_cap = per;
+        ts_entity_t **ne = realloc(z->scratch_ents, per * sizeof(*ne));
+        if (ne) z->scratch_ents = ne;
+        size_t *nl = realloc(z->scratch_lens, per * sizeof(*nl));
+        if (nl) z->scratch_lens = nl;
+        if (ne && nl) z->scratch_cap = per;
     }
-    Tessera__V1__EntityState *es = z->scratch_cap >= per ? z->scratch_es : NULL;
-    Tessera__V1__EntityState **esp = z->scratch_cap >= per ? z->scratch_esp : NULL;
+    ts_entity_t **ents = z->scratch_cap >= per ? z->scratch_ents : NULL;
+    size_t *elens = z->scratch_cap >= per ? z->scratch_lens : NULL;
     Tessera__V1__EntityLeft **lp = calloc(z->nleft ? z->nleft : 1, sizeof(*lp));
     uint8_t **ob = calloc(parts, sizeof(*ob));
     size_t *ol = calloc(parts, sizeof(*ol));
     ts_status_t st = TS_ERR_NOMEM;
-    if (!es || !esp || !lp || !ob || !ol) goto cleanup;
+    if (!ents || !elens || !lp || !ob || !ol) goto cleanup;
     for (size_t i = 0; i < z->nleft; i++)
         lp[i] = &z->left[i];
 
@@ -776,8 +877,8 @@ ts_status_t ts_zone_pack_delta(ts_zone_t *z, uint64_t tick, bool full, const cha
         while (k < per && ts_map_next(&z->entities, &it, &id, &v)) {
             ts_entity_t *e = v;
             if (!full && !e->dirty) continue;
-            entity_to_state_pb(e, &es[k]);
-            esp[k] = &es[k];
+            ents[k] = e;
+            elens[k] = entity_wire_len(e, false);
             k++;
             e->dirty = false;
         }
@@ -786,8 +887,6 @@ ts_status_t ts_zone_pack_delta(ts_zone_t *z, uint64_t tick, bool full, const cha
         d.epoch = z->epoch;
         d.tick = tick;
         d.full = full;
-        d.n_entities = k;
-        d.entities = esp;
         if (part == 0) { /* departures ride in the first part */
             d.n_left = z->nleft;
             d.left = lp;
@@ -798,7 +897,7 @@ ts_status_t ts_zone_pack_delta(ts_zone_t *z, uint64_t tick, bool full, const cha
             d.part = (uint32_t)part;
             d.parts = (uint32_t)parts;
         }
-        st = ts_proto_pack(&d.base, &ob[part], &ol[part]);
+        st = pack_with_entities(&d.base, 5, ents, elens, k, false, &ob[part], &ol[part]);
     }
     if (st == TS_OK) {
         *bufs = ob;
@@ -886,22 +985,22 @@ static ts_status_t pack_checkpoint_part(const ts_zone_t *z, uint64_t tick, const
         for (size_t it = 0; ts_map_next(&z->precopy_ids, &it, &id, &v);)
             if (!ts_map_get(&z->entities, id)) nr++;
 
-    Tessera__V1__EntityState *es = calloc(ne ? ne : 1, sizeof(*es));
-    Tessera__V1__EntityState **esp = calloc(ne ? ne : 1, sizeof(*esp));
+    ts_entity_t **ents = calloc(ne ? ne : 1, sizeof(*ents));
+    size_t *elens = calloc(ne ? ne : 1, sizeof(*elens));
     Tessera__V1__Departed *dd = calloc(ndep ? ndep : 1, sizeof(*dd));
     Tessera__V1__Departed **ddp = calloc(ndep ? ndep : 1, sizeof(*ddp));
     Tessera__V1__CellId *dto = calloc(ndep ? ndep : 1, sizeof(*dto));
     uint64_t *removed = calloc(nr ? nr : 1, sizeof(*removed));
     ts_status_t st = TS_ERR_NOMEM;
-    if (!es || !esp || !dd || !ddp || !dto || !removed) goto cleanup;
+    if (!ents || !elens || !dd || !ddp || !dto || !removed) goto cleanup;
 
     size_t k = 0, seen = 0;
     for (size_t it = 0; k < ne && ts_map_next(&z->entities, &it, &id, &v);) {
-        const ts_entity_t *e = v;
+        ts_entity_t *e = v;
         if (diff && e->mod <= z->precopy_mark) continue;
         if (seen++ < e0) continue;
-        entity_to_pb(e, &es[k]);
-        esp[k] = &es[k];
+        ents[k] = e;
+        elens[k] = entity_wire_len(e, true);
         k++;
     }
     size_t n = k;
@@ -933,8 +1032,6 @@ static ts_status_t pack_checkpoint_part(const ts_zone_t *z, uint64_t tick, const
     cp.epoch = z->epoch;
     cp.last_applied_seq = z->last_applied_seq;
     cp.tick = tick;
-    cp.n_entities = n;
-    cp.entities = esp;
     cp.n_departed = nd;
     cp.departed = ddp;
     cp.n_removed = nr;
@@ -972,11 +1069,11 @@ static ts_status_t pack_checkpoint_part(const ts_zone_t *z, uint64_t tick, const
         for (size_t i = 0; cp.left && i < z->nleft; i++)
             cp.left[i] = &z->left[i];
     }
-    st = a.failed ? TS_ERR_NOMEM : ts_proto_pack(&cp.base, buf, len);
+    st = a.failed ? TS_ERR_NOMEM : pack_with_entities(&cp.base, 5, ents, elens, n, true, buf, len);
     arena_free(&a);
 cleanup:
-    free(es);
-    free(esp);
+    free(ents);
+    free(elens);
     free(dd);
     free(ddp);
     free(dto);
@@ -1035,8 +1132,8 @@ ts_status_t ts_zone_pack_checkpoint_parts(const ts_zone_t *z, uint64_t tick, con
         size_t e0 = p * per, d0 = p * per;
         size_t pe = e0 < ne ? (ne - e0 < per ? ne - e0 : per) : 0;
         size_t pd = d0 < nd ? (nd - d0 < per ? nd - d0 : per) : 0;
-        ts_status_t st = pack_checkpoint_part(z, tick, owner, diff, e0, pe, d0, pd, (uint32_t)p, (uint32_t)parts,
-                                              generation, &(*bufs)[p], &(*lens)[p]);
+        ts_status_t st = pack_checkpoint_part(z, tick, owner, diff, e0, pe, d0, pd, (uint32_t)p,
+                                              (uint32_t)parts, generation, &(*bufs)[p], &(*lens)[p]);
         if (st != TS_OK) {
             ts_zone_free_parts(*bufs, *lens, parts);
             *bufs = NULL;

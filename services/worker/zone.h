@@ -53,9 +53,9 @@ typedef struct {
     uint64_t gateway_instance;
     uint64_t session;
     uint64_t detached_us;
-    uint64_t mod;         /* zone modification counter at the last change */
-    bool dirty;           /* changed since the last published delta */
-    bool departing;       /* a Departure for it is queued or in the stream */
+    uint64_t mod;   /* zone modification counter at the last change */
+    bool dirty;     /* changed since the last published delta */
+    bool departing; /* a Departure for it is queued or in the stream */
 } ts_entity_t;
 
 typedef struct {
@@ -64,7 +64,13 @@ typedef struct {
     uint64_t hops;
 } ts_departure_t;
 
-typedef enum { TS_INPUT_JOIN = 1, TS_INPUT_MOVE, TS_INPUT_LEAVE, TS_INPUT_DETACH, TS_INPUT_ATTACH } ts_input_kind_t;
+typedef enum {
+    TS_INPUT_JOIN = 1,
+    TS_INPUT_MOVE,
+    TS_INPUT_LEAVE,
+    TS_INPUT_DETACH,
+    TS_INPUT_ATTACH
+} ts_input_kind_t;
 
 /* An input as the worker keeps it (for forwarding). */
 typedef struct {
@@ -132,8 +138,8 @@ typedef struct {
     ts_map_t precopy_ids;     /* entities the PreCopy carried */
     ts_zone_stats_t stats;
     /* scratch reused by ts_zone_pack_delta (no allocation per tick) */
-    Tessera__V1__EntityState *scratch_es;
-    Tessera__V1__EntityState **scratch_esp;
+    ts_entity_t **scratch_ents; /* a delta part's entities and their wire sizes */
+    size_t *scratch_lens;
     size_t scratch_cap;
     /* world geometry; [x0, x1) x [y0, y1) is this cell, minus a hair so a
      * point inside it is inside by ts_cell_has_pos too */
@@ -213,6 +219,9 @@ ts_status_t ts_zone_pack_checkpoint_parts(const ts_zone_t *z, uint64_t tick, con
                                           uint64_t generation, uint8_t ***bufs, size_t **lens,
                                           size_t *nparts);
 void ts_zone_free_parts(uint8_t **bufs, size_t *lens, size_t nparts);
+/* True if the hand-written wire encoding of e (state: whole=false; transfers
+ * and checkpoints: whole=true) is byte for byte what protobuf-c packs. */
+bool ts_zone_entity_wire_check(const ts_entity_t *e, bool whole);
 void ts_zone_mark_precopy(ts_zone_t *z);
 /* Loads a checkpoint: a full one replaces the zone's state, a diff updates
  * it. Sets last_applied_seq from it. Parts load in order: part 0 does what
