@@ -15,6 +15,10 @@
 # `tessera-sim --via-gateway 127.0.0.1:<gateway port>` connects PLAYERS real
 # TCP clients that join and move; its per-second line, with input->own state
 # latency, is in sim.log, and `tail -f` on it shows the run live).
+# SECURE=1 (default) runs NATS and Redis with the users, permissions and
+# ACLs of scripts/gen-secrets.sh, every service as its own user (passwords
+# in files, never on a command line), and prints the read-only inspector's
+# URL for watching traffic; SECURE=0 runs both open, as before.
 # shellcheck disable=SC2317 # cleanup and its helpers run from traps
 set -euo pipefail
 
@@ -24,6 +28,7 @@ PLAYERS=${PLAYERS:-1000}
 DURATION=${DURATION:-}
 KEEP=${KEEP:-0}
 VIA_GATEWAY=${VIA_GATEWAY:-0}
+SECURE=${SECURE:-1}
 
 die() {
     echo "run-local: $*" >&2
@@ -41,6 +46,9 @@ if [[ -n "$DURATION" && ! "$DURATION" =~ ^[0-9]+$ ]]; then
 fi
 if [[ "$VIA_GATEWAY" != 0 && "$VIA_GATEWAY" != 1 ]]; then
     die "VIA_GATEWAY must be 0 or 1, got '$VIA_GATEWAY'"
+fi
+if [[ "$SECURE" != 0 && "$SECURE" != 1 ]]; then
+    die "SECURE must be 0 or 1, got '$SECURE'"
 fi
 
 # ---- ports -----------------------------------------------------------------
@@ -170,21 +178,52 @@ pick_port GATEWAY_PORT 7400
 export TESSERA_NATS_URL="nats://127.0.0.1:$NATS_PORT"
 export TESSERA_REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
 
-start nats nats-server -js -a 127.0.0.1 -p "$NATS_PORT" -sd "$TMP/js"
-start redis redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$TMP"
+# ---- credentials (SECURE=1) ---------------------------------------------------
+SECRETS="$TMP/secrets"
+nats_secure=()
+redis_secure=()
+if [[ "$SECURE" == 1 ]]; then
+    scripts/gen-secrets.sh "$SECRETS" || die "cannot generate credentials (scripts/gen-secrets.sh)"
+    nats_secure=(-c "$SECRETS/nats.conf")
+    redis_secure=(--aclfile "$SECRETS/redis-users.acl")
+    INSPECTOR_URL="nats://inspector:$(cat "$SECRETS/inspector.nats.pass")@127.0.0.1:$NATS_PORT"
+    # tessera-ctl (watch, handovers and the lines printed below) runs as ctl
+    export TESSERA_NATS_USER=ctl TESSERA_NATS_PASSWORD_FILE="$SECRETS/ctl.nats.pass"
+    export TESSERA_REDIS_USER=ctl TESSERA_REDIS_PASSWORD_FILE="$SECRETS/ctl.redis.pass"
+else
+    INSPECTOR_URL=$TESSERA_NATS_URL
+fi
+
+# as USER: sets CREDS to the flags that make a service USER on NATS and
+# Redis (the password files' paths go on the command line, not passwords).
+CREDS=()
+as() {
+    CREDS=()
+    [[ "$SECURE" == 1 ]] || return 0
+    CREDS=(--nats.user="$1" --nats.password_file="$SECRETS/$1.nats.pass"
+        --redis.user="$1" --redis.password_file="$SECRETS/$1.redis.pass")
+}
+
+start nats nats-server -js -a 127.0.0.1 -p "$NATS_PORT" -sd "$TMP/js" "${nats_secure[@]}"
+start redis redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$TMP" \
+    "${redis_secure[@]}"
 wait_port nats "$NATS_PORT" 10
 wait_port redis "$REDIS_PORT" 10
 
-start orch "$BUILD_DIR/tessera-orch"
-start worker-w1 "$BUILD_DIR/tessera-worker" --worker.id=w1
-start worker-w2 "$BUILD_DIR/tessera-worker" --worker.id=w2
-start gateway "$BUILD_DIR/tessera-gateway" --gateway.listen="127.0.0.1:$GATEWAY_PORT"
+as orch
+start orch "$BUILD_DIR/tessera-orch" "${CREDS[@]}"
+as worker
+start worker-w1 "$BUILD_DIR/tessera-worker" --worker.id=w1 "${CREDS[@]}"
+start worker-w2 "$BUILD_DIR/tessera-worker" --worker.id=w2 "${CREDS[@]}"
+as gateway
+start gateway "$BUILD_DIR/tessera-gateway" --gateway.listen="127.0.0.1:$GATEWAY_PORT" "${CREDS[@]}"
+as sim
 if [[ "$VIA_GATEWAY" == 1 ]]; then
     # real clients need the gateway listening first
     wait_port gateway "$GATEWAY_PORT" 20
-    start sim "$BUILD_DIR/tessera-sim" --via-gateway "127.0.0.1:$GATEWAY_PORT" --sim.players="$PLAYERS"
+    start sim "$BUILD_DIR/tessera-sim" --via-gateway "127.0.0.1:$GATEWAY_PORT" --sim.players="$PLAYERS" "${CREDS[@]}"
 else
-    start sim "$BUILD_DIR/tessera-sim" --sim.players="$PLAYERS"
+    start sim "$BUILD_DIR/tessera-sim" --sim.players="$PLAYERS" "${CREDS[@]}"
     wait_port gateway "$GATEWAY_PORT" 20
 fi
 
@@ -192,10 +231,12 @@ cat <<EOF
 Tessera is running (PLAYERS=$PLAYERS$([[ "$VIA_GATEWAY" == 1 ]] && echo " through the gateway")${DURATION:+, DURATION=${DURATION}s}):
   NATS     $TESSERA_NATS_URL  (JetStream store $TMP/js)
   Redis    $TESSERA_REDIS_URL
+  security $([[ "$SECURE" == 1 ]] && echo "users, permissions and ACLs from $SECRETS (SECURE=0: none)" || echo "none (SECURE=0)")
   gateway  127.0.0.1:$GATEWAY_PORT
   logs     $TMP/{nats,redis,orch,worker-w1,worker-w2,gateway,sim}.log$([[ "$KEEP" == 1 ]] || echo " (removed on exit; KEEP=1 keeps them)")
-Watch traffic:
-  nats --server $TESSERA_NATS_URL sub 'cell.0.>'
+Watch traffic (read-only inspector: may subscribe and read streams, publish nothing):
+  nats --server '$INSPECTOR_URL' sub 'cell.0.>'
+  $BUILD_DIR/tessera-ctl --nats.url='$INSPECTOR_URL' tail 'cell.0.*.*.*.*.state'
   $BUILD_DIR/tessera-client --gateway.listen=127.0.0.1:$GATEWAY_PORT repl
 Ctrl-C stops everything.
 EOF
