@@ -280,10 +280,11 @@ bool ts_h_wait_port(int port, int64_t timeout_ms)
 /* environ plus TESSERA_NATS_URL / TESSERA_REDIS_URL (malloc'd array; the
  * two strings live in bufs). */
 /* Environment variables the harness sets for a child (and drops from its own). */
-#define ENV_COUNT 6
+#define ENV_COUNT 7
 static const char *const env_names[ENV_COUNT] = {
     "TESSERA_NATS_URL=",           "TESSERA_REDIS_URL=",  "TESSERA_NATS_USER=",
     "TESSERA_NATS_PASSWORD_FILE=", "TESSERA_REDIS_USER=", "TESSERA_REDIS_PASSWORD_FILE=",
+    "TESSERA_NATS_TLS_CA=",
 };
 
 typedef struct {
@@ -330,6 +331,8 @@ static char **child_env(ts_h_t *h, const char *path, child_env_buf_t *b)
     snprintf(b->kv[3], sizeof b->kv[3], "%s%s/%s.nats.pass", env_names[3], h->secrets, user);
     snprintf(b->kv[4], sizeof b->kv[4], "%s%s", env_names[4], user);
     snprintf(b->kv[5], sizeof b->kv[5], "%s%s/%s.redis.pass", env_names[5], h->secrets, user);
+    snprintf(b->kv[6], sizeof b->kv[6], "%s%s", env_names[6], "");
+    if (h->tls) snprintf(b->kv[6], sizeof b->kv[6], "%s%s/ca.pem", env_names[6], h->secrets);
     for (int j = 0; j < ENV_COUNT; j++)
         env[k++] = b->kv[j];
     return env;
@@ -575,6 +578,7 @@ void ts_h_fail_dump(ts_h_t *h)
 void ts_h_stop(ts_h_t *h)
 {
     if (h == NULL) return;
+    if (h->tls) ts_bus_set_default_auth(NULL); /* the next harness may run without TLS */
     if (h->nprocs > NSERVERS) terminate_range(h, NSERVERS, h->nprocs);
     terminate_range(h, 0, h->nprocs < NSERVERS ? h->nprocs : NSERVERS);
     live_remove(h);
@@ -714,7 +718,8 @@ static bool gen_secrets(ts_h_t *h)
             dup2(fd, STDOUT_FILENO);
             dup2(fd, STDERR_FILENO);
         }
-        char *argv[] = {(char *)"bash", script, h->secrets, NULL};
+        char *argv[] = {(char *)"bash", script, h->tls ? (char *)"--tls" : h->secrets,
+                        h->tls ? h->secrets : NULL, NULL};
         execve("/bin/bash", argv, environ);
         _exit(127);
     }
@@ -770,19 +775,24 @@ void ts_h_redis_url_as(const ts_h_t *h, const char *user, char *buf, size_t cap)
     url_as(h, "redis", h->redis_port, user, "redis", buf, cap);
 }
 
-static void start_servers(ts_h_t *h, bool secure);
+static void start_servers(ts_h_t *h, bool secure, bool tls);
 
 void ts_h_start(ts_h_t *h)
 {
-    start_servers(h, false);
+    start_servers(h, false, false);
 }
 
 void ts_h_start_secure(ts_h_t *h)
 {
-    start_servers(h, true);
+    start_servers(h, true, false);
 }
 
-static void start_servers(ts_h_t *h, bool secure)
+void ts_h_start_secure_tls(ts_h_t *h)
+{
+    start_servers(h, true, true);
+}
+
+static void start_servers(ts_h_t *h, bool secure, bool tls)
 {
     for (int i = 0; i < MAX_LIVE; i++) {
         if (live[i] == h) ts_h_stop(h); /* started twice: do not lose the first servers */
@@ -802,11 +812,16 @@ static void start_servers(ts_h_t *h, bool secure)
     live_add(h);
     if (secure) {
         h->secure = true;
+        h->tls = tls;
         if (!gen_secrets(h)) {
             h->failed = true;
             ts_h_stop(h);
             fail_msg("harness: cannot generate the secured servers' configuration");
         }
+        char ca[400];
+        ts_h_secret_path(h, "ca.pem", ca, sizeof ca);
+        ts_bus_auth_t auth = {.tls_ca = tls ? ca : NULL};
+        ts_bus_set_default_auth(&auth);
     }
 
     if (!start_server(h, 0, "nats", &h->nats_port)) {

@@ -46,6 +46,7 @@ typedef struct {
     /* secured servers (ts_h_start_secure): nats_url and redis_url above then
      * carry the admin user's credentials */
     bool secure;
+    bool tls;                  /* secured with TLS on NATS (ts_h_start_secure_tls) */
     char secrets[300];         /* <dir>/secrets: scripts/gen-secrets.sh output */
     char nats_plain_url[128];  /* nats://127.0.0.1:<port>, no credentials */
     char redis_plain_url[128]; /* redis://127.0.0.1:<port>, no credentials */
@@ -77,6 +78,10 @@ void ts_h_start(ts_h_t *h);
  * tessera-gateway: gateway, tessera-sim: sim, tessera-ctl: ctl, anything
  * else: admin) through TESSERA_{NATS,REDIS}_USER and *_PASSWORD_FILE. */
 void ts_h_start_secure(ts_h_t *h);
+/* ts_h_start_secure with TLS required by nats-server (gen-secrets --tls: a
+ * throw-away CA, h->secrets/ca.pem). The test process's own connects trust
+ * that CA (ts_bus_set_default_auth); services get TESSERA_NATS_TLS_CA. */
+void ts_h_start_secure_tls(ts_h_t *h);
 /* URL of the harness's NATS / Redis as user (a gen-secrets user; NULL: no
  * credentials) into buf. Without secured servers the user is ignored. */
 void ts_h_nats_url_as(const ts_h_t *h, const char *user, char *buf, size_t cap);

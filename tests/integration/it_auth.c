@@ -13,6 +13,7 @@
  *    or the leader lock, but can manage worker liveness keys. */
 #include <nats/nats.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -272,6 +273,45 @@ static void test_forged_nats_traffic_refused(void **state)
     ts_h_pass();
 }
 
+static void on_inspected(void *ud, const ts_bus_msg_t *m)
+{
+    (void)m;
+    atomic_int *n = ud;
+    (*n)++;
+}
+
+static void test_inspector_reads(void **state)
+{
+    (void)state;
+    char url[256];
+    ts_h_nats_url_as(&ts_h, "inspector", url, sizeof url);
+    ts_bus_t *bus = NULL;
+    assert_int_equal(ts_bus_connect(&bus, url, "it_auth-inspector"), TS_OK);
+    /* live traffic */
+    atomic_int seen = 0;
+    ts_bus_sub_t *sub = NULL;
+    assert_int_equal(ts_bus_subscribe(bus, "tessera.worker.*.hb", on_inspected, &seen, &sub), TS_OK);
+    uint64_t deadline = ts_mono_us() + WAIT_MS * 1000ull;
+    while (seen < 2 && ts_mono_us() < deadline)
+        ts_sleep_ms(20);
+    assert_true(seen >= 2);
+    ts_bus_sub_destroy(sub);
+    /* the streams: the checkpoint of the player's cell (test 1 played in it) */
+    char stream[64];
+    ts_bus_ckpt_stream(stream, sizeof stream, WORLD);
+    ts_bus_msg_t *m = NULL;
+    ts_status_t st = TS_ERR_NOT_FOUND;
+    deadline = ts_mono_us() + WAIT_MS * 1000ull;
+    while ((st = ts_bus_last_msg(bus, stream, "cell.0.0.0.0.0.checkpoint", &m)) == TS_ERR_NOT_FOUND &&
+           ts_mono_us() < deadline)
+        ts_sleep_ms(100);
+    assert_int_equal(st, TS_OK);
+    assert_true(ts_bus_msg_len(m) > 0);
+    ts_bus_msg_destroy(m);
+    ts_bus_destroy(bus);
+    ts_h_pass();
+}
+
 static void test_redis_acl(void **state)
 {
     (void)state;
@@ -353,6 +393,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         TS_H_TEST(test_stack_runs_secured),
         TS_H_TEST(test_forged_nats_traffic_refused),
+        TS_H_TEST(test_inspector_reads),
         TS_H_TEST(test_redis_acl),
     };
     return TS_H_RUN("it_auth", tests, group_setup, ts_h_group_teardown);
