@@ -9,6 +9,10 @@
 #   make format   clang-format -i on every C source and header
 #   make format-check  fails if `make format` would change a file (CI runs it)
 #   make clean    remove build/ and build-asan/
+#   make image    container image of every tessera-* binary (Containerfile;
+#                 podman, or docker; IMAGE=tessera:dev BASE_IMAGE=...)
+#   make k8s-test the Helm chart on a real single-node Kubernetes brought up
+#                 on this machine (tests/k8s/ci.sh), always torn down
 
 BUILD_DIR    ?= build
 ASAN_DIR     ?= build-asan
@@ -24,7 +28,7 @@ FORMAT_SRCS = $(wildcard common/src/*.c common/src/*.h common/include/tessera/*.
                          tests/unit/*.h tests/integration/*.c tests/integration/*.h \
                          tests/bench/*.c tests/bench/*.h)
 
-.PHONY: all build deps test run bench format format-check clean
+.PHONY: all build deps test run bench format format-check clean image k8s-test
 
 all: build
 
@@ -68,3 +72,15 @@ format-check:
 
 clean:
 	rm -rf $(BUILD_DIR) $(ASAN_DIR)
+
+# ---- container image and Kubernetes (Containerfile, charts/tessera, tests/k8s)
+IMAGE          ?= tessera:dev
+BASE_IMAGE     ?= debian:bookworm-slim
+CONTAINER_TOOL ?= $(shell command -v podman >/dev/null 2>&1 && echo podman || echo docker)
+
+image:
+	$(CONTAINER_TOOL) build -f Containerfile -t $(IMAGE) --build-arg BASE_IMAGE=$(BASE_IMAGE) \
+		--build-arg JOBS=$(JOBS) .
+
+k8s-test:
+	tests/k8s/ci.sh
