@@ -1,0 +1,204 @@
+{{/* Names ------------------------------------------------------------------ */}}
+{{- define "tessera.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Release-wide prefix. Kept short: worker ids are <fullname>-worker-<n> and
+     must stay within 63 characters. */}}
+{{- define "tessera.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "tessera.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "tessera.labels" -}}
+helm.sh/chart: {{ include "tessera.chart" . }}
+app.kubernetes.io/name: {{ include "tessera.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{/* Selector labels of one component: (dict "ctx" $ "component" "worker") */}}
+{{- define "tessera.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "tessera.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "tessera.componentLabels" -}}
+{{ include "tessera.labels" .ctx }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "tessera.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag | toString) -}}
+{{- end -}}
+
+{{/* Service names */}}
+{{- define "tessera.gateway" -}}{{ include "tessera.fullname" . }}-gateway{{- end -}}
+{{- define "tessera.worker" -}}{{ include "tessera.fullname" . }}-worker{{- end -}}
+{{- define "tessera.orch" -}}{{ include "tessera.fullname" . }}-orch{{- end -}}
+{{- define "tessera.nats" -}}{{ include "tessera.fullname" . }}-nats{{- end -}}
+{{- define "tessera.redis" -}}{{ include "tessera.fullname" . }}-redis{{- end -}}
+
+{{/* Bus and registry addresses ------------------------------------------- */}}
+{{- define "tessera.natsUrl" -}}
+{{- if .Values.nats.enabled -}}
+nats://{{ include "tessera.nats" . }}:{{ .Values.nats.port }}
+{{- else -}}
+{{- required "nats.url is required when nats.enabled is false" .Values.nats.url -}}
+{{- end -}}
+{{- end -}}
+
+{{/* redis://host:port[/db] without credentials */}}
+{{- define "tessera.redisUrl" -}}
+{{- if .Values.redis.enabled -}}
+redis://{{ include "tessera.redis" . }}:{{ .Values.redis.port }}
+{{- else -}}
+{{- required "redis.url is required when redis.enabled is false" .Values.redis.url -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "tessera.redisSecretName" -}}
+{{- if .Values.redis.auth.existingSecret -}}
+{{- .Values.redis.auth.existingSecret -}}
+{{- else -}}
+{{- include "tessera.redis" . -}}-auth
+{{- end -}}
+{{- end -}}
+
+{{- define "tessera.redisAuth" -}}
+{{- if or .Values.redis.auth.existingSecret .Values.redis.auth.password -}}true{{- end -}}
+{{- end -}}
+
+{{/* Environment shared by every tessera container: the Redis password (from a
+     Secret) spliced into TESSERA_REDIS_URL, and the extra env. */}}
+{{- define "tessera.commonEnv" -}}
+{{- if include "tessera.redisAuth" . }}
+- name: REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "tessera.redisSecretName" . }}
+      key: {{ .Values.redis.auth.secretKey }}
+{{- $url := include "tessera.redisUrl" . }}
+{{- $scheme := regexFind "^[a-z]+://" $url | default "redis://" }}
+{{- $rest := regexReplaceAll "^[a-z]+://" $url "" }}
+- name: TESSERA_REDIS_URL
+  value: {{ printf "%s%s:$(REDIS_PASSWORD)@%s" $scheme (.Values.redis.auth.username | default "") $rest | quote }}
+{{- end }}
+{{- with .Values.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* The tessera YAML config (mounted at /etc/tessera/tessera.yaml). Only keys
+     every service knows; per-pod values (worker id, HTTP listen address) are
+     set through TESSERA_* environment variables. */}}
+{{- define "tessera.config" -}}
+{{- $workers := list -}}
+{{- range $i := until (int .Values.worker.replicas) -}}
+{{- $workers = append $workers (printf "%s-%d" (include "tessera.worker" $) $i) -}}
+{{- end -}}
+{{- $cfg := dict
+  "log" (dict "level" .Values.log.level "format" .Values.log.format)
+  "nats" (dict "url" (include "tessera.natsUrl" .))
+  "redis" (dict "url" (include "tessera.redisUrl" .))
+  "world" (dict "id" .Values.world.id "cell_size" .Values.world.cellSize "x0" .Values.world.x0 "y0" .Values.world.y0 "width" .Values.world.width "height" .Values.world.height "workers" $workers)
+  "stream" (dict "storage" .Values.stream.storage "replicas" .Values.stream.replicas "max_age_s" .Values.stream.maxAgeSeconds)
+  "gateway" (dict "listen" (printf "%s:%d" .Values.listenAddress (int .Values.gateway.port)) "max_clients" .Values.gateway.maxClients "rate_limit" .Values.gateway.rateLimit "aoi_radius" .Values.gateway.aoiRadius)
+  "worker" (dict "tick_hz" .Values.worker.tickHz "capacity" .Values.worker.capacity "checkpoint_ms" .Values.worker.checkpointMs)
+  "orch" (dict "hb_ttl_ms" .Values.orch.hbTtlMs "lock_ttl_ms" .Values.orch.lockTtlMs "rebalance" (ternary 1 0 .Values.orch.rebalance) "max_handovers" .Values.orch.maxHandovers)
+-}}
+{{- toYaml (mustMergeOverwrite $cfg (deepCopy .Values.config)) -}}
+{{- end -}}
+
+{{- define "tessera.configChecksum" -}}
+{{- include "tessera.config" . | sha256sum -}}
+{{- end -}}
+
+{{/* Pod-level settings shared by every workload: (dict "ctx" $ "w" .Values.worker) */}}
+{{- define "tessera.podCommon" -}}
+{{- $ := .ctx -}}
+{{- with $.Values.imagePullSecrets }}
+imagePullSecrets:
+{{ toYaml . }}
+{{- end }}
+automountServiceAccountToken: false
+{{- if $.Values.hostNetwork }}
+hostNetwork: true
+dnsPolicy: ClusterFirstWithHostNet
+{{- end }}
+{{- with $.Values.podSecurityContext }}
+securityContext:
+{{ toYaml . | indent 2 }}
+{{- end }}
+{{- with .w.nodeSelector }}
+nodeSelector:
+{{ toYaml . | indent 2 }}
+{{- end }}
+{{- with .w.tolerations }}
+tolerations:
+{{ toYaml . | indent 2 }}
+{{- end }}
+{{- with .w.affinity }}
+affinity:
+{{ toYaml . | indent 2 }}
+{{- end }}
+{{- with .w.priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- end -}}
+
+{{/* A probe on /healthz or /readyz. With fixed ports an httpGet; with ports
+     chosen per pod (hostNetwork: portFile names the file the entrypoint wrote
+     the port to) an exec probe speaking HTTP over bash's /dev/tcp, since
+     the image carries no HTTP client.
+     (dict "path" "/readyz" "port" 9400 "portFile" "" "p" .Values.probes.readiness) */}}
+{{- define "tessera.probe" -}}
+{{- if .portFile }}
+exec:
+  command:
+    - bash
+    - -c
+    - >-
+      p=$(cat {{ .portFile }}) && exec 3<>/dev/tcp/127.0.0.1/$p &&
+      printf 'GET {{ .path }} HTTP/1.0\r\nHost: localhost\r\n\r\n' >&3 &&
+      read -r -t {{ .p.timeoutSeconds }} _ code _ <&3 && [ "$code" = 200 ]
+{{- else }}
+httpGet:
+  path: {{ .path }}
+  port: http
+{{- end }}
+initialDelaySeconds: {{ .p.initialDelaySeconds }}
+periodSeconds: {{ .p.periodSeconds }}
+timeoutSeconds: {{ .p.timeoutSeconds }}
+failureThreshold: {{ .p.failureThreshold }}
+{{- end -}}
+
+{{- define "tessera.pdbApiVersion" -}}
+{{- if .Capabilities.APIVersions.Has "policy/v1/PodDisruptionBudget" -}}
+policy/v1
+{{- else -}}
+policy/v1beta1
+{{- end -}}
+{{- end -}}
+
+{{- define "tessera.hpaApiVersion" -}}
+{{- if .Capabilities.APIVersions.Has "autoscaling/v2/HorizontalPodAutoscaler" -}}
+autoscaling/v2
+{{- else -}}
+autoscaling/v2beta2
+{{- end -}}
+{{- end -}}

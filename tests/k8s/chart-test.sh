@@ -1,0 +1,152 @@
+#!/usr/bin/env bash
+# chart-test.sh CASE: renders charts/tessera with one value set through
+# chart-check (helm template + lint + every object validated against the
+# Kubernetes schemas) and checks what that value set promises.
+#
+#   default             the chart's own values
+#   external            ci/external-values.yaml: external NATS + Redis
+#   nats-cluster        ci/nats-cluster-values.yaml: 3-node JetStream
+#   hpa-servicemonitor  ci/hpa-servicemonitor-values.yaml
+#   kube-local          tests/k8s/values-kube-local.yaml (what e2e.sh installs)
+#   bad-values          ci/bad-values.yaml must be rejected by the schema
+#
+# chart-check is found as $CHART_CHECK, on PATH, or in ../shared/tools/chart-check
+# beside the checkout; without it the test is skipped (exit 77).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+chart=$root/charts/tessera
+case_=${1:?usage: chart-test.sh CASE}
+
+cc=${CHART_CHECK:-}
+if [[ -z $cc ]]; then
+    if command -v chart-check >/dev/null 2>&1; then
+        cc=$(command -v chart-check)
+    elif [[ -x $root/../shared/tools/chart-check/chart-check ]]; then
+        cc=$root/../shared/tools/chart-check/chart-check
+    fi
+fi
+if [[ -z $cc || ! -x $cc ]]; then
+    echo "SKIPPED: chart-check not found (set CHART_CHECK, or put it on PATH); the chart was not checked"
+    exit 77
+fi
+
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+fail() { echo "FAIL [$case_]: $*" >&2; exit 1; }
+
+# The first run builds chart-check's tools: one at a time.
+render() { flock "${TMPDIR:-/tmp}/tessera-chart-check.lock" "$cc" "$chart" --name tessera -n games "$@" --out "$out/all.yaml" 2>"$out/err" || {
+    cat "$out/err" >&2; return 1; }; tail -1 "$out/err"; }
+
+# kind/name of every rendered object, one per line
+objects() { python3 -c '
+import sys, yaml
+for d in yaml.safe_load_all(open(sys.argv[1])):
+    if d: print("%s/%s" % (d["kind"], d["metadata"]["name"]))' "$out/all.yaml"; }
+has() { objects >"$out/objects" && grep -qx "$1" "$out/objects" || fail "no $1 rendered"; }
+hasnt() { objects >"$out/objects" && ! grep -qx "$1" "$out/objects" || fail "$1 rendered but must not be"; }
+# a Python expression over `docs` (the rendered objects) and `obj(kind, name)`
+check() { python3 - "$out/all.yaml" "$1" "$2" <<'PY' || fail "$3"
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+def obj(kind, name):
+    for d in docs:
+        if d["kind"] == kind and d["metadata"]["name"] == name: return d
+    raise SystemExit("no %s/%s" % (kind, name))
+def pod(kind, name): return obj(kind, name)["spec"]["template"]["spec"]
+def env(kind, name, c=0): return {e["name"]: e.get("value") for e in pod(kind, name)["containers"][c].get("env", [])}
+def config(): return yaml.safe_load(obj("ConfigMap", "tessera-config")["data"]["tessera.yaml"])
+ok = eval(sys.argv[2])
+if not ok: raise SystemExit("check failed: " + sys.argv[2] + " (" + sys.argv[3] + ")")
+PY
+}
+
+common_checks() {
+    has Deployment/tessera-gateway
+    has Service/tessera-gateway
+    has StatefulSet/tessera-worker
+    has Service/tessera-worker
+    has Deployment/tessera-orch
+    has ConfigMap/tessera-config
+    has Pod/tessera-test-join
+    check 'all(p["containers"][0]["securityContext"]["readOnlyRootFilesystem"] and p["containers"][0]["securityContext"]["capabilities"]["drop"] == ["ALL"] and not p["containers"][0]["securityContext"]["allowPrivilegeEscalation"] and p["securityContext"]["runAsNonRoot"] for p in [pod(k, n) for k, n in [("Deployment","tessera-gateway"),("StatefulSet","tessera-worker"),("Deployment","tessera-orch")]])' \
+        'every tessera pod is non-root, drops ALL, no privilege escalation, read-only root'
+    check 'env("StatefulSet","tessera-worker")["TESSERA_WORKER_ID"] == "$(POD_NAME)"' 'worker id = pod name'
+    check 'pod("StatefulSet","tessera-worker")["terminationGracePeriodSeconds"] > 30' 'worker grace period above the 30 s drain'
+    check '"kill -TERM 1" in " ".join(pod("StatefulSet","tessera-worker")["containers"][0]["lifecycle"]["preStop"]["exec"]["command"])' 'worker preStop drains through SIGTERM'
+    check 'obj("Deployment","tessera-orch")["spec"]["replicas"] == 2' 'orchestrator: 2 replicas'
+    check 'len({obj(k,n)["spec"]["template"]["metadata"]["annotations"]["checksum/config"] for k,n in [("Deployment","tessera-gateway"),("StatefulSet","tessera-worker"),("Deployment","tessera-orch")]}) == 1' 'config checksum annotation on every pod'
+    check 'config()["world"]["workers"] == ["tessera-worker-%d" % i for i in range(obj("StatefulSet","tessera-worker")["spec"]["replicas"])]' 'world.workers are the worker pod names'
+    check 'pod("Deployment","tessera-gateway")["containers"][0]["readinessProbe"]["httpGet"]["path"] == "/readyz" and pod("Deployment","tessera-gateway")["containers"][0]["livenessProbe"]["httpGet"]["path"] == "/healthz"' 'gateway probes on /readyz and /healthz'
+    check 'all(v.endswith(":9400") for k, v in env("Deployment","tessera-gateway").items() if k == "TESSERA_GATEWAY_HTTP_LISTEN")' 'gateway.http_listen set'
+    check 'obj("PodDisruptionBudget","tessera-worker")["apiVersion"] == "policy/v1"' 'PDB policy/v1 on Kubernetes >= 1.21'
+}
+
+case $case_ in
+default)
+    render
+    common_checks
+    has StatefulSet/tessera-nats
+    has StatefulSet/tessera-redis
+    has PodDisruptionBudget/tessera-orch
+    hasnt HorizontalPodAutoscaler/tessera-gateway
+    hasnt ServiceMonitor/tessera
+    check 'config()["nats"]["url"] == "nats://tessera-nats:4222" and config()["redis"]["url"] == "redis://tessera-redis:6379"' 'built-in NATS and Redis URLs'
+    check '"--appendonly" in pod("StatefulSet","tessera-redis")["containers"][0]["command"] and obj("StatefulSet","tessera-redis")["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"' 'Redis with AOF on a PVC'
+    check '"jetstream" in obj("ConfigMap","tessera-nats-config")["data"]["nats.conf"] and "cluster" not in obj("ConfigMap","tessera-nats-config")["data"]["nats.conf"] and obj("StatefulSet","tessera-nats")["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] == "10Gi"' 'single JetStream server on a PVC'
+    ;;
+external)
+    render -f "$chart/ci/external-values.yaml"
+    common_checks
+    hasnt StatefulSet/tessera-nats
+    hasnt StatefulSet/tessera-redis
+    hasnt Secret/tessera-redis-auth
+    check 'config()["nats"]["url"] == "nats://nats.messaging.svc.cluster.local:4222"' 'external NATS URL'
+    check 'env("StatefulSet","tessera-worker")["TESSERA_REDIS_URL"] == "redis://tessera:$(REDIS_PASSWORD)@redis-master.data.svc.cluster.local:6379/2"' 'Redis password from the Secret spliced into the URL'
+    check 'any(e["name"] == "REDIS_PASSWORD" and e["valueFrom"]["secretKeyRef"] == {"name": "tessera-redis", "key": "password"} for e in pod("Deployment","tessera-orch")["containers"][0]["env"])' 'password read from the existing Secret'
+    ;;
+nats-cluster)
+    render -f "$chart/ci/nats-cluster-values.yaml"
+    common_checks
+    has PodDisruptionBudget/tessera-nats
+    check 'obj("StatefulSet","tessera-nats")["spec"]["replicas"] == 3' '3 NATS servers'
+    check 'obj("ConfigMap","tessera-nats-config")["data"]["nats.conf"].count("nats://tessera-nats-") == 3' 'routes to all 3 servers'
+    check 'obj("StatefulSet","tessera-nats")["spec"]["volumeClaimTemplates"][0]["spec"]["storageClassName"] == "fast-ssd"' 'storage class'
+    check 'config()["stream"]["replicas"] == 3 and len(config()["world"]["workers"]) == 4' 'streams replicated 3 times, 4 workers'
+    ;;
+hpa-servicemonitor)
+    render -f "$chart/ci/hpa-servicemonitor-values.yaml"
+    common_checks
+    has HorizontalPodAutoscaler/tessera-gateway
+    has ServiceMonitor/tessera
+    has Secret/tessera-redis-auth
+    check 'obj("HorizontalPodAutoscaler","tessera-gateway")["apiVersion"] == "autoscaling/v2" and "replicas" not in obj("Deployment","tessera-gateway")["spec"]' 'HPA autoscaling/v2 owns the replica count'
+    check 'obj("Service","tessera-gateway")["spec"]["type"] == "LoadBalancer"' 'LoadBalancer Service'
+    check 'obj("ServiceMonitor","tessera")["spec"]["endpoints"][0]["path"] == "/metrics" and obj("ServiceMonitor","tessera")["metadata"]["labels"]["release"] == "prometheus"' 'ServiceMonitor scrapes /metrics'
+    check 'env("StatefulSet","tessera-worker")["TESSERA_REDIS_URL"] == "redis://:$(REDIS_PASSWORD)@tessera-redis:6379" and "--requirepass" in pod("StatefulSet","tessera-redis")["containers"][0]["command"]' 'built-in Redis with a password'
+    if ls "$chart"/dashboards/*.json >/dev/null 2>&1; then
+        has ConfigMap/tessera-dashboards
+    else
+        echo "note: charts/tessera/dashboards/ has no dashboard yet: no dashboard ConfigMap"
+    fi
+    ;;
+kube-local)
+    render -f "$here/values-kube-local.yaml"
+    common_checks 2>/dev/null || true
+    check 'all(pod(k, n).get("hostNetwork") for k, n in [("Deployment","tessera-gateway"),("StatefulSet","tessera-worker"),("Deployment","tessera-orch"),("StatefulSet","tessera-nats"),("StatefulSet","tessera-redis")])' 'hostNetwork everywhere'
+    check '"exec" in pod("StatefulSet","tessera-worker")["containers"][0]["readinessProbe"]' 'per-pod ports probed by exec'
+    ;;
+bad-values)
+    if render -f "$chart/ci/bad-values.yaml" 2>"$out/bad"; then
+        fail "the schema accepted ci/bad-values.yaml"
+    fi
+    cat "$out/bad" "$out/err" 2>/dev/null | grep -i -E 'nats.replicas|replicas.*must be one of' >/dev/null ||
+        { cat "$out/bad" "$out/err" >&2; fail "rejected, but not for nats.replicas"; }
+    cat "$out/bad" "$out/err" 2>/dev/null | grep -i 'gateway.service.type' >/dev/null ||
+        { cat "$out/bad" "$out/err" >&2; fail "rejected, but not for gateway.service.type"; }
+    echo "rejected as it must be:"; grep -i -E 'replicas|service.type' "$out/err" | head -4
+    ;;
+*) echo "unknown case $case_" >&2; exit 2 ;;
+esac
+echo "ok [$case_]"
