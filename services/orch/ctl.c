@@ -198,7 +198,7 @@ static void on_drain(void *ud, const ts_bus_msg_t *msg)
         return;
     }
     size_t cells = 0;
-    bool ok = false, queued = false, fresh = false;
+    bool ok = false, queued = false, fresh = false, alone = false;
     pthread_mutex_lock(&c->mu);
     for (size_t i = 0; i < c->nowned; i++) {
         if (strcmp(c->owned[i].id, id) == 0) cells = c->owned[i].cells;
@@ -206,17 +206,26 @@ static void on_drain(void *ud, const ts_bus_msg_t *msg)
     if (!c->serving) {
         snprintf(reply, sizeof reply, "error: not leader");
     } else if (!other_live_worker_locked(c, id)) {
+        /* also the answer to a draining worker asking again once the others
+         * are gone: it stops now instead of waiting for its drain timeout */
+        alone = cells > 0;
         snprintf(reply, sizeof reply, "error: no other live worker");
     } else {
+        /* a draining worker asks again every second: mark it once */
         fresh = draining_index_locked(c, id) == SIZE_MAX;
         ok = add_draining_locked(c, id);
         req_t r = {.kind = REQ_DRAIN_MARK};
         ts_strlcpy(r.worker, id, sizeof r.worker);
-        queued = ok && queue_locked(c, &r);
-        c->next_drain_us = 0;
+        queued = ok && fresh && queue_locked(c, &r);
+        if (fresh) c->next_drain_us = 0;
         snprintf(reply, sizeof reply, ok ? "ok draining %zu cells" : "error: out of memory", cells);
     }
     pthread_mutex_unlock(&c->mu);
+    if (alone)
+        ts_warn(
+            "drain of %s: no other live worker can take its %zu cells; it stops with them (crash recovery "
+            "places them once a worker is live)",
+            id, cells);
     if (ok && fresh)
         ts_info("drain of %s requested: %zu cells to hand away%s", id, cells,
                 queued ? "" : " (not recorded in Redis: queue full)");

@@ -24,6 +24,13 @@
 #include "worker_internal.h"
 
 #define DRAIN_TIMEOUT_MS 30000
+/* While a drain is under way the orchestrator is asked again this often, so
+ * a worker whose cells nobody can take any more (the other workers died or
+ * stopped meanwhile) learns it at once instead of waiting DRAIN_TIMEOUT_MS. */
+#define DRAIN_RECHECK_MS 1000
+/* drain_state of a drain accepted and asked about again (besides 0 none,
+ * 1 asked, 2 accepted, 3 refused) */
+#define DRAIN_ASKED_AGAIN 4
 /* registry changes waiting for the tick thread before a full read replaces them */
 #define MAX_PENDING_CHANGES 4096
 
@@ -312,7 +319,13 @@ static void take_io_results(ts_worker_t *w)
             finish_resubscribe(w, job);
             break;
         case TS_IO_DRAIN:
-            w->drain_state = job->status == TS_OK ? 2 : 3;
+            /* a later ask that timed out leaves the drain running; an answer
+             * "error: ..." or nobody serving drains ends it */
+            if (job->status == TS_OK ||
+                (w->drain_state == DRAIN_ASKED_AGAIN && job->status == TS_ERR_TIMEOUT))
+                w->drain_state = 2;
+            else
+                w->drain_state = 3;
             break;
         default:
             break;
@@ -478,14 +491,15 @@ static void tick_once(ts_worker_t *w, double dt, uint64_t full_every, uint64_t h
     if (hb_every == 0 || w->tick % hb_every == 0 || stalled) ts_worker_heartbeat(w);
 }
 
-static void ask_drain(ts_worker_t *w)
+/* again: the orchestrator accepted the drain already (see take_io_results) */
+static void ask_drain(ts_worker_t *w, bool again)
 {
     ts_io_job_t *job = ts_io_job_new(TS_IO_DRAIN);
     if (!job) {
-        w->drain_state = 3;
+        if (!again) w->drain_state = 3;
         return;
     }
-    w->drain_state = 1;
+    w->drain_state = again ? DRAIN_ASKED_AGAIN : 1;
     ts_io_submit(w, job);
 }
 
@@ -500,7 +514,7 @@ ts_status_t ts_worker_run(ts_worker_t *w, volatile sig_atomic_t *stop)
     struct timespec next;
     clock_gettime(CLOCK_MONOTONIC, &next);
     ts_worker_heartbeat(w);
-    uint64_t drain_deadline = 0;
+    uint64_t drain_deadline = 0, drain_recheck = 0;
     ts_status_t rc = TS_OK;
     for (;;) {
         if (atomic_load(&w->fenced)) {
@@ -512,11 +526,23 @@ ts_status_t ts_worker_run(ts_worker_t *w, volatile sig_atomic_t *stop)
         }
         if (*stop && !w->draining) {
             w->draining = true;
-            if (w->nbind > 0) {
-                ask_drain(w);
+            if (w->nbind > 0 && ts_bus_connected(w->bus)) {
+                ask_drain(w, false);
                 drain_deadline = ts_mono_us() + DRAIN_TIMEOUT_MS * 1000ULL;
+                drain_recheck = ts_mono_us() + DRAIN_RECHECK_MS * 1000ULL;
                 ts_info("draining %zu cells before exit", w->nbind);
             }
+        }
+        if (w->draining && w->nbind > 0 && !ts_bus_connected(w->bus)) {
+            ts_warn(
+                "drain: NATS is unreachable, so no cell can be handed away; stopping now (my %zu cells will "
+                "be recovered from their checkpoints)",
+                w->nbind);
+            break;
+        }
+        if (w->draining && w->nbind > 0 && w->drain_state == 2 && ts_mono_us() >= drain_recheck) {
+            ask_drain(w, true); /* has the orchestrator still someone to hand the cells to? */
+            drain_recheck = ts_mono_us() + DRAIN_RECHECK_MS * 1000ULL;
         }
         if (w->draining && (w->nbind == 0 || drain_deadline == 0 || w->drain_state == 3 ||
                             ts_mono_us() > drain_deadline || *stop >= 2))
@@ -552,14 +578,25 @@ ts_status_t ts_worker_run(ts_worker_t *w, volatile sig_atomic_t *stop)
         }
     }
     if (w->drain_state == 3)
-        ts_warn("drain: no orchestrator took my cells; they will be recovered from checkpoints");
+        ts_warn(
+            "drain: the orchestrator cannot hand my %zu cells away (its answer is logged above); stopping "
+            "now, they will be recovered from their checkpoints",
+            w->nbind);
+    else if (w->draining && w->nbind > 0 && drain_deadline && ts_mono_us() > drain_deadline)
+        ts_warn(
+            "drain: %zu cells still here after %d s; stopping, they will be recovered from their checkpoints",
+            w->nbind, DRAIN_TIMEOUT_MS / 1000);
     /* last words: checkpoints of whatever is still here, and no liveness */
     if (rc == TS_OK)
         for (size_t i = 0; i < w->nbind; i++)
             if (w->bindings[i]->state == TS_BIND_ACTIVE)
                 ts_worker_publish_checkpoint(w, w->bindings[i]->zone);
+    bool bus_up = ts_bus_connected(w->bus);
     ts_publisher_stop(w); /* publishes what is queued */
-    ts_bus_js_flush(w->bus, 2000);
+    if (bus_up)
+        ts_bus_js_flush(w->bus, 2000);
+    else
+        ts_bus_close(w->bus); /* unsubscribing and flushing fail at once instead of timing out */
     ts_live_stop(w);
     if (rc == TS_OK) ts_registry_worker_forget(w->live_reg, w->id);
     ts_info("worker %s: stopping after %" PRIu64 " ticks", w->id, w->tick);
