@@ -76,6 +76,9 @@ ts_status_t ts_ctl_connect_bus(const ts_config_t *cfg, ts_bus_t **out);
 
 int ts_ctl_cells(const ts_config_t *cfg);
 int ts_ctl_workers(const ts_config_t *cfg);
+/* token.c: `tessera-ctl token ...` (argv[0] is "token"); mints a dev JWT, no
+ * configuration or connection needed. Returns the exit status. */
+int ts_ctl_token(int argc, char **argv);
 /* Prints one summary line per second; count 0 = until signalled. */
 int ts_ctl_watch(const ts_config_t *cfg, long count);
 /* Administration through the leading orchestrator (tessera.ctl.<world>.*). */

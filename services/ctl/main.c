@@ -34,7 +34,10 @@ static const ts_service_t service = {
              "                           reads one message payload from stdin and prints it decoded\n"
              "                           (type chosen from the subject), e.g.\n"
              "                           nats sub 'cell.>' --translate 'tessera-ctl decode --subject "
-             "{{Subject}}'\n\n",
+             "{{Subject}}'\n"
+             "  token --sub NAME [--ttl 1h] [--secret S | --key PRIVATE.pem] [--iss I] [--aud A]\n"
+             "                           prints a player JWT (HS256 with the secret, default\n"
+             "                           $TESSERA_GATEWAY_AUTH_SECRET; RS256 with a PEM private key)\n\n",
     .config_exit = 1,
     .stop = &ts_ctl_stop,
 };
@@ -169,6 +172,7 @@ static int run_command(char **args, int nargs, const ts_config_t *cfg, const ctl
 
 int main(int argc, char **argv)
 {
+    if (argc >= 2 && strcmp(argv[1], "token") == 0) return ts_ctl_token(argc - 1, argv + 1);
     char **kept = calloc((size_t)argc + 1, sizeof *kept);
     if (!kept) {
         fprintf(stderr, "tessera-ctl: out of memory\n");
