@@ -130,11 +130,12 @@ static void apply_msg(ts_worker_t *w, ts_zone_t *z, const ts_inbox_msg_t *m)
     size_t len = ts_bus_held_len(m->msg);
     uint64_t seq = m->msg.stream_seq;
     if (seq && seq <= z->last_applied_seq) return; /* replayed: cheap skip before decoding */
-    Tessera__V1__InputBatch *ib = tessera__v1__input_batch__unpack(NULL, len, data);
-    if (ib) {
-        ts_zone_apply_batch(z, seq, ib, w->tick);
-        tessera__v1__input_batch__free_unpacked(ib, NULL);
-    } else if (seq > z->last_applied_seq) {
+    /* into the tick thread's arena: no malloc per decoded field */
+    Tessera__V1__InputBatch *ib =
+        tessera__v1__input_batch__unpack(ts_arena_allocator(&w->in_arena), len, data);
+    if (ib) ts_zone_apply_batch(z, seq, ib, w->tick);
+    ts_arena_reset(&w->in_arena);
+    if (!ib && seq > z->last_applied_seq) {
         ts_warn("cell %s: undecodable input message at stream seq %" PRIu64 " skipped", z->key, seq);
         z->last_applied_seq = seq;
         z->stats.dropped++;

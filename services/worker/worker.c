@@ -390,6 +390,7 @@ ts_status_t ts_worker_create(ts_worker_t **out, const ts_config_t *cfg)
     atomic_init(&w->live_stop, false);
     atomic_init(&w->pub_errors, 0);
     ts_map_init(&w->by_gen);
+    ts_arena_init(&w->in_arena);
     ts_cellmap_init(&w->by_cell);
     ts_cellmap_init(&w->binding);
     ts_cellmap_init(&w->view.by_cell);
@@ -616,6 +617,7 @@ void ts_worker_destroy(ts_worker_t *w)
     ts_io_stop(w); /* runs the queued unsubscribes, frees unclaimed results */
     ts_publisher_stop(w);
     free(w->reap);
+    ts_arena_free(&w->in_arena);
     if (w->ring) {
         ts_inbox_msg_t m;
         while (ts_ring_pop(w->ring, &m))

@@ -29,6 +29,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "tessera/arena.h"
 #include "tessera/bus.h"
 #include "tessera/cellmap.h"
 #include "tessera/config.h"
@@ -257,6 +258,7 @@ struct ts_worker {
     pthread_cond_t pub_cond;
     bool pub_kicked, pub_stop;
     _Atomic uint64_t pub_errors; /* publishes the bus refused */
+    ts_arena_t in_arena;         /* input batches unpack into it (tick thread) */
     ts_bus_held_t *reap;         /* applied this tick, freed by the publisher */
     size_t nreap, cap_reap;
 
