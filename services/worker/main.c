@@ -1,6 +1,7 @@
 /* tessera-worker: owns cells and simulates them. The first SIGINT/SIGTERM
  * drains the worker (its cells are handed away) and stops it; a second one
  * cuts the drain short. */
+#include "metrics.h"
 #include "tessera/service.h"
 #include "worker.h"
 
@@ -19,12 +20,17 @@ int main(int argc, char **argv)
     int rc;
     if (!ts_service_init(&service, argc, argv, &cfg, NULL, NULL, &rc)) return rc;
 
+    if (ts_worker_metrics_start(&cfg) != TS_OK) {
+        ts_config_free(&cfg);
+        return TS_SERVICE_EXIT_CONFIG;
+    }
     volatile sig_atomic_t *stop = ts_service_stop_flag();
     ts_worker_t *w = NULL;
     if (ts_worker_create(&w, &cfg) == TS_OK)
         rc = ts_worker_run(w, stop) == TS_OK ? 0 : 1;
     else
         rc = *stop ? 0 : 1;
+    ts_worker_metrics_stop(); /* before the bus it reads goes */
     ts_worker_destroy(w);
     ts_config_free(&cfg);
     ts_service_shutdown();

@@ -21,6 +21,7 @@
 #include "tessera/service.h"
 #include "tessera/subject.h"
 #include "tessera/util.h"
+#include "metrics.h"
 #include "worker_internal.h"
 
 #define DRAIN_TIMEOUT_MS 30000
@@ -489,7 +490,10 @@ static void tick_once(ts_worker_t *w, double dt, uint64_t full_every, uint64_t h
         if ((w->tick + i) % ckpt_every == 0) ts_worker_publish_checkpoint(w, b->zone);
     }
     if (acting) ts_players_tick(w);
-    if (hb_every == 0 || w->tick % hb_every == 0 || stalled) ts_worker_heartbeat(w);
+    if (hb_every == 0 || w->tick % hb_every == 0 || stalled) {
+        ts_worker_heartbeat(w);
+        ts_worker_metrics_snapshot(w);
+    }
 }
 
 /* again: the orchestrator accepted the drain already (see take_io_results) */
@@ -527,6 +531,7 @@ ts_status_t ts_worker_run(ts_worker_t *w, volatile sig_atomic_t *stop)
         }
         if (*stop && !w->draining) {
             w->draining = true;
+            ts_worker_metrics_stopping();
             if (w->nbind > 0 && ts_bus_connected(w->bus)) {
                 ask_drain(w, false);
                 drain_deadline = ts_mono_us() + DRAIN_TIMEOUT_MS * 1000ULL;
@@ -555,6 +560,7 @@ ts_status_t ts_worker_run(ts_worker_t *w, volatile sig_atomic_t *stop)
         double ms = (double)(ts_mono_ns() - t0) / 1e6;
         w->tick_ms[w->tick_samples++ % TS_TICK_SAMPLES] = ms;
         if (ms > w->tick_max_ms) w->tick_max_ms = ms;
+        ts_worker_metrics_tick(w, ms / 1e3);
 
         next.tv_nsec += (long)period_ns;
         while (next.tv_nsec >= 1000000000L) {

@@ -1,0 +1,193 @@
+/* Worker metrics (see metrics.h). Every series carries {worker="<id>"}.
+ *
+ * The totals live where they always did (zone stats, w->stats, the tick
+ * counters); ts_worker_metrics_snapshot copies them, on the tick thread,
+ * into the registry's atomics once per heartbeat, the same moment the
+ * heartbeat sums them. The HTTP thread reads only atomics, the bus
+ * connection state and its own Redis connection. */
+#include "metrics.h"
+
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tessera/http.h"
+#include "tessera/log.h"
+#include "tessera/metrics.h"
+#include "tessera/util.h"
+#include "worker_internal.h"
+
+typedef struct {
+    ts_metrics_t *reg;
+    ts_http_t *http;
+    char *redis_url;
+    /* readiness, written by the tick thread */
+    _Atomic(ts_bus_t *) bus;
+    atomic_bool view_read;    /* the registry was read once */
+    _Atomic uint64_t binding; /* cells being bound */
+    _Atomic uint64_t owned;   /* cells bound */
+    ts_histogram_t *tick, *input_latency;
+    ts_counter_t *ticks, *ticks_missed;
+    ts_counter_t *applied, *duplicate, *lost, *forwarded;
+    ts_counter_t *transfers_in, *transfers_out, *transfers_remote;
+    ts_counter_t *handovers_in, *handovers_out, *recoveries;
+    ts_counter_t *publishes_failed, *state_dropped, *inbox_overflows;
+    ts_gauge_t *entities, *cells, *cells_binding, *draining;
+} wm_t;
+
+static wm_t wm;
+
+static double bytes_out(void *ud)
+{
+    return (double)ts_bus_bytes_out(atomic_load(&wm.bus));
+}
+
+static double publishes_in_flight(void *ud)
+{
+    return (double)ts_bus_in_flight(atomic_load(&wm.bus));
+}
+
+static bool ready(void *ud, char *why, size_t cap)
+{
+    if (!ts_http_check_bus(atomic_load(&wm.bus), why, cap)) return false;
+    if (!ts_http_check_redis(wm.http, wm.redis_url, why, cap)) return false;
+    if (!atomic_load(&wm.view_read)) {
+        snprintf(why, cap, "registry not read yet");
+        return false;
+    }
+    uint64_t binding = atomic_load(&wm.binding);
+    if (binding > 0) {
+        snprintf(why, cap, "binding %llu cells", (unsigned long long)binding);
+        return false;
+    }
+    return true;
+}
+
+#define COUNTER(field, name, help, ...)                                                                      \
+    wm.field = ts_metrics_counter(wm.reg, name, help, (const char *const[]){__VA_ARGS__ NULL})
+#define GAUGE(field, name, help) wm.field = ts_metrics_gauge(wm.reg, name, help, NULL)
+
+ts_status_t ts_worker_metrics_start(const ts_config_t *cfg)
+{
+    memset(&wm, 0, sizeof wm);
+    const char *labels[] = {"worker", cfg->worker_id, NULL};
+    ts_status_t st = ts_metrics_create(&wm.reg, labels);
+    if (st != TS_OK) return st;
+    wm.redis_url = strdup(cfg->redis_url);
+    wm.tick = ts_metrics_histogram(wm.reg, "tessera_worker_tick_seconds", "Duration of one simulation tick.",
+                                   NULL, ts_metrics_seconds_buckets, ts_metrics_seconds_nbuckets);
+    wm.input_latency = ts_metrics_histogram(
+        wm.reg, "tessera_worker_input_latency_seconds",
+        "From an input's send time at its gateway or sim (wall clock) to its application in a tick.", NULL,
+        ts_metrics_seconds_buckets, ts_metrics_seconds_nbuckets);
+    COUNTER(ticks, "tessera_worker_ticks_total", "Simulation ticks run.", );
+    COUNTER(ticks_missed, "tessera_worker_ticks_missed_total",
+            "Tick periods that passed without their tick.", );
+    COUNTER(applied, "tessera_worker_inputs_applied_total", "Inputs applied to an entity.", );
+    COUNTER(duplicate, "tessera_worker_inputs_duplicate_total", "Inputs dropped as already applied.", );
+    COUNTER(lost, "tessera_worker_inputs_lost_total",
+            "Inputs dropped: unknown entity, too old, or an undecodable message.", );
+    COUNTER(forwarded, "tessera_worker_inputs_forwarded_total",
+            "Inputs sent on to the cell the entity moved to.", );
+    COUNTER(transfers_in, "tessera_worker_transfers_total", "Entities that crossed a cell border.",
+            "direction", "in", );
+    COUNTER(transfers_out, "tessera_worker_transfers_total", "Entities that crossed a cell border.",
+            "direction", "out", );
+    COUNTER(transfers_remote, "tessera_worker_transfers_remote_total",
+            "Entities that crossed into a cell another worker owns.", );
+    COUNTER(handovers_in, "tessera_worker_handovers_total", "Cells handed over live to or from this worker.",
+            "direction", "in", );
+    COUNTER(handovers_out, "tessera_worker_handovers_total", "Cells handed over live to or from this worker.",
+            "direction", "out", );
+    COUNTER(recoveries, "tessera_worker_recoveries_total",
+            "Cells bound from a checkpoint and input replay.", );
+    COUNTER(publishes_failed, "tessera_worker_publishes_failed_total",
+            "JetStream publishes that failed (each retried later).", );
+    COUNTER(state_dropped, "tessera_worker_state_dropped_total",
+            "State and heartbeat messages dropped because the publish queue was full.", );
+    COUNTER(inbox_overflows, "tessera_worker_inbox_overflows_total",
+            "Input consumers restarted because the inbox ring was full (nothing lost).", );
+    GAUGE(entities, "tessera_worker_entities", "Entities in the cells this worker owns.");
+    GAUGE(cells, "tessera_worker_cells", "Cells this worker owns.");
+    GAUGE(cells_binding, "tessera_worker_cells_binding", "Cells being bound (checkpoint read, consumer).");
+    GAUGE(draining, "tessera_worker_draining", "1 while the worker hands its cells away before stopping.");
+    ts_metrics_counter_fn(wm.reg, "tessera_worker_bus_sent_bytes_total", "Bytes published to NATS.", NULL,
+                          bytes_out, NULL);
+    ts_metrics_gauge_fn(wm.reg, "tessera_worker_publish_backlog",
+                        "JetStream publishes waiting for their acknowledgement.", NULL, publishes_in_flight,
+                        NULL);
+    ts_http_opts_t o = {.listen = cfg->worker_http_listen, .metrics = wm.reg, .ready = ready};
+    st = ts_http_start(&wm.http, &o);
+    if (st != TS_OK) ts_worker_metrics_stop();
+    return st;
+}
+
+void ts_worker_metrics_stop(void)
+{
+    ts_http_stop(wm.http);
+    ts_metrics_destroy(wm.reg);
+    free(wm.redis_url);
+    memset(&wm, 0, sizeof wm);
+}
+
+void ts_worker_metrics_tick(ts_worker_t *w, double seconds)
+{
+    ts_histogram_observe(wm.tick, seconds);
+    ts_http_beat(wm.http);
+}
+
+void ts_worker_metrics_snapshot(ts_worker_t *w)
+{
+    if (!wm.reg) return;
+    ts_zone_stats_t t = w->stats.zones;
+    uint64_t entities = 0;
+    for (size_t i = 0; i < w->nbind; i++) {
+        const ts_zone_t *z = w->bindings[i]->zone;
+        t.applied += z->stats.applied;
+        t.forwarded += z->stats.forwarded;
+        t.duplicates += z->stats.duplicates;
+        t.dropped += z->stats.dropped;
+        t.transfers_in += z->stats.transfers_in;
+        t.transfers_out += z->stats.transfers_out;
+        entities += ts_zone_entities(z);
+    }
+    ts_counter_set(wm.ticks, w->tick);
+    ts_counter_set(wm.ticks_missed, w->ticks_missed);
+    ts_counter_set(wm.applied, t.applied);
+    ts_counter_set(wm.duplicate, t.duplicates);
+    ts_counter_set(wm.lost, t.dropped);
+    ts_counter_set(wm.forwarded, t.forwarded);
+    ts_counter_set(wm.transfers_in, t.transfers_in);
+    ts_counter_set(wm.transfers_out, t.transfers_out);
+    ts_counter_set(wm.transfers_remote, w->stats.transfers_out_remote);
+    ts_counter_set(wm.handovers_in, w->stats.handovers_in);
+    ts_counter_set(wm.handovers_out, w->stats.handovers_out);
+    ts_counter_set(wm.recoveries, w->stats.recovered);
+    ts_counter_set(wm.publishes_failed, w->stats.publishes_failed);
+    ts_counter_set(wm.state_dropped, w->stats.state_dropped);
+    ts_counter_set(wm.inbox_overflows, w->stats.inbox_overflows);
+    ts_gauge_set(wm.entities, (double)entities);
+    ts_gauge_set(wm.cells, (double)w->nbind);
+    ts_gauge_set(wm.cells_binding, (double)w->binding.len);
+    ts_gauge_set(wm.draining, w->draining ? 1 : 0);
+    atomic_store(&wm.bus, w->bus);
+    atomic_store(&wm.view_read, w->view.valid);
+    atomic_store(&wm.binding, (uint64_t)w->binding.len);
+    atomic_store(&wm.owned, (uint64_t)w->nbind);
+}
+
+void ts_worker_metrics_batch(const Tessera__V1__InputBatch *ib)
+{
+    if (!wm.input_latency || ib->n_inputs == 0) return;
+    uint64_t now = ts_now_us();
+    for (size_t i = 0; i < ib->n_inputs; i++) {
+        uint64_t sent = ib->inputs[i]->sent_us;
+        if (sent) ts_histogram_observe(wm.input_latency, now > sent ? (double)(now - sent) / 1e6 : 0);
+    }
+}
+
+void ts_worker_metrics_stopping(void)
+{
+    ts_http_set_stopping(wm.http);
+}

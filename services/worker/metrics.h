@@ -1,0 +1,36 @@
+/* The worker's metrics and its /metrics, /healthz, /readyz listener
+ * (worker.http_listen). One worker per process: the state is the module's.
+ *
+ * Hot-path cost: the tick thread observes its tick duration (one histogram
+ * observation, one heartbeat store) every tick, each applied input batch
+ * adds its inputs' latencies, and at heartbeat cadence (worker.hb_ms) the
+ * totals the heartbeat already sums are copied into atomics. Nothing here
+ * locks, allocates after start or waits on the HTTP thread. */
+#ifndef TS_WORKER_METRICS_H
+#define TS_WORKER_METRICS_H
+
+#include <stdbool.h>
+
+#include "tessera/config.h"
+#include "tessera/proto.h"
+#include "tessera/status.h"
+
+typedef struct ts_worker ts_worker_t;
+
+/* Registers the metrics and starts the listener if worker.http_listen is
+ * set. Fails only for a listen address that is bad or taken. */
+ts_status_t ts_worker_metrics_start(const ts_config_t *cfg);
+/* Stops the listener and frees the metrics (before the worker is freed). */
+void ts_worker_metrics_stop(void);
+
+/* Tick thread, every tick: its duration; also the /healthz heartbeat. */
+void ts_worker_metrics_tick(ts_worker_t *w, double seconds);
+/* Tick thread, at heartbeat cadence: totals, gauges and readiness. */
+void ts_worker_metrics_snapshot(ts_worker_t *w);
+/* Tick thread: an input batch was applied (input -> applied latency of
+ * each input that carries its send time). */
+void ts_worker_metrics_batch(const Tessera__V1__InputBatch *ib);
+/* The worker is draining or stopping: /readyz answers 503 from now on. */
+void ts_worker_metrics_stopping(void);
+
+#endif
