@@ -703,24 +703,29 @@ static void test_max_clients(void **state)
     player_t first, second;
     memset(&first, 0, sizeof first);
     memset(&second, 0, sizeof second);
+    /* only joined players count: a second connection is served until it joins */
     assert_int_equal(ts_client_connect(&first.c, "127.0.0.1", port, 3000), TS_OK);
-    uint64_t t = ts_now_us();
-    assert_int_equal(ts_client_ping(first.c, t), TS_OK);
-    Tessera__V1__ServerFrame *f = recv_until(&first, TESSERA__V1__SERVER_FRAME__PAYLOAD_PONG, 3000);
+    assert_int_equal(ts_client_join(first.c, 10, 10, "first"), TS_OK);
+    Tessera__V1__ServerFrame *f = recv_until(&first, TESSERA__V1__SERVER_FRAME__PAYLOAD_SNAPSHOT, 3000);
     assert_non_null(f);
     tessera__v1__server_frame__free_unpacked(f, NULL);
 
     assert_int_equal(ts_client_connect(&second.c, "127.0.0.1", port, 3000), TS_OK);
+    expect_pong(&second);
+    assert_int_equal(ts_client_join(second.c, 10, 10, "second"), TS_OK);
     expect_error(&second, TESSERA__V1__ERROR_CODE__ERROR_UNAVAILABLE, true);
     pump(&second, 2000);
     assert_true(second.closed);
     player_close(&second);
 
-    /* the slot frees up when the first client goes */
+    /* the slot frees up when the first player goes */
     player_close(&first);
     ts_sleep_ms(200);
     player_connect(&second);
-    expect_pong(&second);
+    assert_int_equal(ts_client_join(second.c, 10, 10, "second"), TS_OK);
+    f = recv_until(&second, TESSERA__V1__SERVER_FRAME__PAYLOAD_SNAPSHOT, 3000);
+    assert_non_null(f);
+    tessera__v1__server_frame__free_unpacked(f, NULL);
     player_close(&second);
 
     ts_h_signal(&ts_h, idx, SIGTERM);

@@ -1,0 +1,716 @@
+/* Players at the gateway, end to end (real nats-server -js, redis-server,
+ * tessera-orch, workers w1 and w2, gateways): what a player relies on when
+ * its connection goes wrong, when it comes back, and when it must log in.
+ *
+ *   gw1 (stack gateway, id 1): short timeouts (hello 1 s, idle 2 s, slow
+ *        reader 1 s above 1 KiB), resume grace 3 s
+ *   gw2 (id 2): same secret and grace, long timeouts: observers and resume
+ *   gwk (id 4): killed with SIGKILL
+ *   gwa (id 3): gateway.auth.required with an HS256 secret and an RS256 key
+ *
+ * Observers (on gw2) watch other players' entities in their Deltas: a
+ * despawned entity shows up in `removed`. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "harness.h"
+#include "tessera/client.h"
+#include "tessera/frame.h"
+#include "tessera/log.h"
+#include "tessera/proto.h"
+#include "tessera/util.h"
+
+#define WORLD 0
+#define NCELLS 16
+#define SECRET "it-resume-secret"
+#define GRACE_S 3
+#define AUTH_SECRET "it-auth-secret"
+#define AUDIENCE "tessera-it"
+
+static ts_h_stack_t stack = {-1, {-1, -1}, -1, 0};
+static int gw2_port;
+
+/* One client connection and what its frames told it. */
+typedef struct {
+    ts_client_t *c;
+    uint64_t seq; /* last frame seq sent */
+    uint64_t entity;
+    char resume_token[1024];
+    char player[160];
+    bool resumed;
+    uint64_t welcome_ack;
+    uint64_t ack; /* highest Delta/Snapshot last_input_seq */
+    bool closed;
+    Tessera__V1__ErrorCode last_error;
+    bool last_error_fatal;
+    char last_error_msg[256];
+    /* an entity being watched */
+    uint64_t watch;
+    bool watch_seen, watch_removed;
+    Tessera__V1__EntityState watch_state;
+    /* the own entity */
+    Tessera__V1__EntityState me;
+    bool me_seen;
+    uint64_t last_ping_us;
+} cl_t;
+
+static void cl_connect(cl_t *p, int port)
+{
+    memset(p, 0, sizeof *p);
+    assert_int_equal(ts_client_connect(&p->c, "127.0.0.1", port, 3000), TS_OK);
+}
+
+static void cl_close(cl_t *p)
+{
+    ts_client_destroy(p->c);
+    p->c = NULL;
+}
+
+static void note(cl_t *p, const Tessera__V1__ServerFrame *f)
+{
+    const Tessera__V1__EntityState *const *es = NULL;
+    size_t n = 0;
+    switch (f->payload_case) {
+    case TESSERA__V1__SERVER_FRAME__PAYLOAD_WELCOME:
+        if (f->welcome->entity) p->entity = f->welcome->entity;
+        if (f->welcome->resume_token && f->welcome->resume_token[0])
+            snprintf(p->resume_token, sizeof p->resume_token, "%s", f->welcome->resume_token);
+        snprintf(p->player, sizeof p->player, "%s", f->welcome->player ? f->welcome->player : "");
+        p->resumed = f->welcome->resumed;
+        p->welcome_ack = f->welcome->last_input_seq;
+        break;
+    case TESSERA__V1__SERVER_FRAME__PAYLOAD_SNAPSHOT:
+        p->entity = f->snapshot->entity;
+        if (f->snapshot->last_input_seq > p->ack) p->ack = f->snapshot->last_input_seq;
+        es = (const Tessera__V1__EntityState *const *)f->snapshot->entities;
+        n = f->snapshot->n_entities;
+        break;
+    case TESSERA__V1__SERVER_FRAME__PAYLOAD_DELTA:
+        if (f->delta->last_input_seq > p->ack) p->ack = f->delta->last_input_seq;
+        es = (const Tessera__V1__EntityState *const *)f->delta->entities;
+        n = f->delta->n_entities;
+        for (size_t i = 0; i < f->delta->n_removed; i++)
+            if (p->watch && f->delta->removed[i] == p->watch) p->watch_removed = true;
+        break;
+    case TESSERA__V1__SERVER_FRAME__PAYLOAD_CELL_CHANGED:
+        if (f->cell_changed->resume_token && f->cell_changed->resume_token[0])
+            snprintf(p->resume_token, sizeof p->resume_token, "%s", f->cell_changed->resume_token);
+        break;
+    case TESSERA__V1__SERVER_FRAME__PAYLOAD_ERROR:
+        p->last_error = f->error->code;
+        p->last_error_fatal = f->error->fatal;
+        snprintf(p->last_error_msg, sizeof p->last_error_msg, "%s", f->error->message);
+        break;
+    default:
+        break;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (p->watch && es[i]->id == p->watch) {
+            p->watch_state = *es[i];
+            p->watch_state.name = NULL;
+            p->watch_seen = true;
+            p->watch_removed = false;
+        }
+        if (p->entity && es[i]->id == p->entity) {
+            p->me = *es[i];
+            p->me.name = NULL;
+            p->me_seen = true;
+        }
+    }
+}
+
+static ts_status_t cl_send(cl_t *p, Tessera__V1__ClientFrame *f)
+{
+    f->seq = ++p->seq;
+    return ts_client_send(p->c, f);
+}
+
+/* Receives frames for up to ms (pinging every 500 ms so idle timeouts do
+ * not hit), until cond(p) holds or the connection closed. */
+static bool cl_pump_until(cl_t *p, int64_t ms, bool (*cond)(const cl_t *))
+{
+    uint64_t deadline = ts_mono_us() + (uint64_t)ms * 1000;
+    while (!p->closed) {
+        if (cond && cond(p)) return true;
+        uint64_t now = ts_mono_us();
+        if (now >= deadline) break;
+        if (now - p->last_ping_us > 500000) {
+            Tessera__V1__Ping ping = TESSERA__V1__PING__INIT;
+            Tessera__V1__ClientFrame f = TESSERA__V1__CLIENT_FRAME__INIT;
+            f.payload_case = TESSERA__V1__CLIENT_FRAME__PAYLOAD_PING;
+            f.ping = &ping;
+            (void)cl_send(p, &f);
+            p->last_ping_us = now;
+        }
+        uint64_t left = (deadline - now) / 1000 + 1;
+        Tessera__V1__ServerFrame *f = NULL;
+        ts_status_t st = ts_client_recv(p->c, left < 100 ? (int64_t)left : 100, &f);
+        if (st == TS_ERR_TIMEOUT) continue;
+        if (st != TS_OK) {
+            p->closed = true;
+            break;
+        }
+        note(p, f);
+        tessera__v1__server_frame__free_unpacked(f, NULL);
+    }
+    return cond ? cond(p) : true;
+}
+
+/* Receives without pinging until a frame with payload `want` (true) or ms. */
+static bool cl_wait_frame(cl_t *p, int want, int64_t ms)
+{
+    uint64_t deadline = ts_mono_us() + (uint64_t)ms * 1000;
+    while (!p->closed) {
+        uint64_t now = ts_mono_us();
+        if (now >= deadline) return false;
+        Tessera__V1__ServerFrame *f = NULL;
+        ts_status_t st = ts_client_recv(p->c, (int64_t)((deadline - now) / 1000) + 1, &f);
+        if (st == TS_ERR_TIMEOUT) return false;
+        if (st != TS_OK) {
+            p->closed = true;
+            return false;
+        }
+        note(p, f);
+        bool hit = (int)f->payload_case == want;
+        tessera__v1__server_frame__free_unpacked(f, NULL);
+        if (hit) return true;
+    }
+    return false;
+}
+
+static void cl_hello(cl_t *p, const char *token, const char *resume_token)
+{
+    Tessera__V1__Hello h = TESSERA__V1__HELLO__INIT;
+    h.protocol_version = TS_PROTOCOL_VERSION;
+    h.client_name = (char *)"it_players";
+    h.token = (char *)(token ? token : "");
+    h.resume_token = (char *)(resume_token ? resume_token : "");
+    Tessera__V1__ClientFrame f = TESSERA__V1__CLIENT_FRAME__INIT;
+    f.payload_case = TESSERA__V1__CLIENT_FRAME__PAYLOAD_HELLO;
+    f.hello = &h;
+    assert_int_equal(cl_send(p, &f), TS_OK);
+}
+
+static void cl_join(cl_t *p, double x, double y)
+{
+    Tessera__V1__Join j = TESSERA__V1__JOIN__INIT;
+    j.x = x;
+    j.y = y;
+    j.name = (char *)"it";
+    Tessera__V1__ClientFrame f = TESSERA__V1__CLIENT_FRAME__INIT;
+    f.payload_case = TESSERA__V1__CLIENT_FRAME__PAYLOAD_JOIN;
+    f.join = &j;
+    assert_int_equal(cl_send(p, &f), TS_OK);
+}
+
+static void cl_move_seq(cl_t *p, uint64_t seq, double dx, double dy)
+{
+    Tessera__V1__Move m = TESSERA__V1__MOVE__INIT;
+    m.dx = dx;
+    m.dy = dy;
+    Tessera__V1__ClientFrame f = TESSERA__V1__CLIENT_FRAME__INIT;
+    f.payload_case = TESSERA__V1__CLIENT_FRAME__PAYLOAD_MOVE;
+    f.move = &m;
+    f.seq = seq;
+    if (seq > p->seq) p->seq = seq;
+    assert_int_equal(ts_client_send(p->c, &f), TS_OK);
+}
+
+static bool has_snapshot(const cl_t *p)
+{
+    return p->entity != 0 && p->resume_token[0] != '\0';
+}
+static bool watch_seen(const cl_t *p)
+{
+    return p->watch_seen;
+}
+static bool watch_stopped(const cl_t *p)
+{
+    return p->watch_seen && p->watch_state.vx == 0 && p->watch_state.vy == 0;
+}
+static bool watch_removed(const cl_t *p)
+{
+    return p->watch_removed;
+}
+
+/* A player on port that joined at (x, y) and has its Welcome and Snapshot. */
+static void join_player(cl_t *p, int port, double x, double y)
+{
+    cl_connect(p, port);
+    cl_join(p, x, y);
+    assert_true(cl_wait_frame(p, TESSERA__V1__SERVER_FRAME__PAYLOAD_SNAPSHOT, 5000));
+    assert_true(has_snapshot(p));
+}
+
+static void expect_fatal(cl_t *p, Tessera__V1__ErrorCode code, int64_t ms)
+{
+    assert_true(cl_wait_frame(p, TESSERA__V1__SERVER_FRAME__PAYLOAD_ERROR, ms));
+    assert_int_equal(p->last_error, code);
+    assert_true(p->last_error_fatal);
+    /* then the gateway closes */
+    uint64_t deadline = ts_mono_us() + 3000000;
+    while (!p->closed && ts_mono_us() < deadline)
+        (void)cl_wait_frame(p, -1, 200);
+    assert_true(p->closed);
+}
+
+static int spawn_gateway(const char *name, int id, int *port, const char *const *extra)
+{
+    *port = ts_h_free_port();
+    char listen[64], idarg[32];
+    snprintf(listen, sizeof listen, "--gateway.listen=127.0.0.1:%d", *port);
+    snprintf(idarg, sizeof idarg, "--gateway.id=%d", id);
+    const char *argv[24] = {listen, idarg, "--gateway.resume_secret=" SECRET, NULL};
+    int n = 3;
+    for (size_t i = 0; extra && extra[i] && n < 23; i++)
+        argv[n++] = extra[i];
+    argv[n] = NULL;
+    int idx = ts_h_spawn(&ts_h, name, "tessera-gateway", argv);
+    assert_true(ts_h_wait_port(*port, 15000));
+    return idx;
+}
+
+/* Runs a shell command and returns its first output line (static buffer). */
+static const char *run_line(const char *fmt, ...)
+{
+    static char out[4096];
+    char cmd[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof cmd, fmt, ap);
+    va_end(ap);
+    out[0] = '\0';
+    FILE *f = popen(cmd, "r");
+    assert_non_null(f);
+    if (fgets(out, sizeof out, f) == NULL) out[0] = '\0';
+    pclose(f);
+    out[strcspn(out, "\r\n")] = '\0';
+    return out;
+}
+
+/* ---- connection lifecycle ------------------------------------------------ */
+
+static void test_hello_timeout(void **state)
+{
+    (void)state;
+    cl_t p;
+    cl_connect(&p, stack.gw_port);
+    uint64_t t0 = ts_mono_us();
+    expect_fatal(&p, TESSERA__V1__ERROR_CODE__ERROR_TIMEOUT, 4000);
+    uint64_t ms = (ts_mono_us() - t0) / 1000;
+    assert_true(ms >= 900 && ms < 2500); /* gateway.hello_timeout_s=1 */
+    cl_close(&p);
+    ts_h_pass();
+}
+
+/* A client that stops sending but keeps its socket open (a half-open
+ * connection looks the same from the gateway): closed after the idle
+ * timeout, its entity stops at once and is despawned after the grace. */
+static void test_idle_player_stopped_then_despawned(void **state)
+{
+    (void)state;
+    cl_t watcher, p;
+    join_player(&watcher, gw2_port, 30, 30);
+    cl_connect(&p, stack.gw_port);
+    cl_hello(&p, NULL, NULL);
+    cl_join(&p, 32, 32);
+    assert_true(cl_wait_frame(&p, TESSERA__V1__SERVER_FRAME__PAYLOAD_SNAPSHOT, 5000));
+    cl_move_seq(&p, p.seq + 1, 3, 0);
+    watcher.watch = p.entity;
+    assert_true(cl_pump_until(&watcher, 5000, watch_seen));
+    /* silent from now on */
+    uint64_t t0 = ts_mono_us();
+    assert_true(cl_pump_until(&watcher, 6000, watch_stopped));
+    uint64_t stopped_ms = (ts_mono_us() - t0) / 1000;
+    assert_true(stopped_ms >= 1500 && stopped_ms < 4000); /* gateway.idle_timeout_s=2 */
+    assert_false(watcher.watch_removed);
+    assert_true(cl_pump_until(&watcher, (GRACE_S + 3) * 1000, watch_removed));
+    uint64_t gone_ms = (ts_mono_us() - t0) / 1000;
+    assert_true(gone_ms >= stopped_ms + (GRACE_S - 1) * 1000 && gone_ms < stopped_ms + (GRACE_S + 3) * 1000);
+    /* what the silent client finds when it reads again */
+    expect_fatal(&p, TESSERA__V1__ERROR_CODE__ERROR_TIMEOUT, 1000);
+    cl_close(&p);
+    cl_close(&watcher);
+    ts_h_pass();
+}
+
+/* Pings as fast as it can and never reads its Pongs. */
+static void test_slow_reader_closed(void **state)
+{
+    (void)state;
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(fd >= 0);
+    int rcv = 4096;
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcv, sizeof rcv);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)stack.gw_port)};
+    inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
+    assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+    uint8_t buf[64];
+    uint64_t seq = 0, t0 = ts_mono_us(), closed_at = 0;
+    /* write Pings for up to 15 s; the gateway must hang up long before */
+    while (ts_mono_us() - t0 < 15000000) {
+        Tessera__V1__Ping ping = TESSERA__V1__PING__INIT;
+        ping.client_time_us = 1;
+        Tessera__V1__ClientFrame f = TESSERA__V1__CLIENT_FRAME__INIT;
+        f.seq = ++seq;
+        f.payload_case = TESSERA__V1__CLIENT_FRAME__PAYLOAD_PING;
+        f.ping = &ping;
+        size_t len = tessera__v1__client_frame__get_packed_size(&f);
+        ts_frame_put_header(buf, (uint32_t)len);
+        tessera__v1__client_frame__pack(&f, buf + TS_FRAME_HEADER);
+        ssize_t w = send(fd, buf, len + TS_FRAME_HEADER, MSG_NOSIGNAL);
+        if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            ts_sleep_ms(5);
+            seq--;
+            continue;
+        }
+        if (w < 0) {
+            closed_at = ts_mono_us();
+            break;
+        }
+    }
+    assert_true(closed_at != 0);
+    /* the backlog passes 1 KiB within the first second; closed 1 s later */
+    assert_true(closed_at - t0 < 8000000);
+    close(fd);
+    ts_h_pass();
+}
+
+static void test_idle_sockets_do_not_lock_players_out(void **state)
+{
+    (void)state;
+    enum { N = 10000 };
+    int *fds = calloc(N, sizeof *fds);
+    assert_non_null(fds);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)gw2_port)};
+    inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
+    int n = 0;
+    for (; n < N; n++) {
+        fds[n] = socket(AF_INET, SOCK_STREAM, 0);
+        if (fds[n] < 0) break;
+        if (connect(fds[n], (struct sockaddr *)&a, sizeof a) != 0) {
+            close(fds[n]);
+            break;
+        }
+    }
+    assert_int_equal(n, N);
+    /* gw2 runs with gateway.max_clients=10000: the idle sockets fill that
+     * many slots if they counted, but only joined players count */
+    cl_t p;
+    join_player(&p, gw2_port, 50, 50);
+    assert_true(cl_pump_until(&p, 3000, NULL) && !p.closed);
+    cl_close(&p);
+    for (int i = 0; i < n; i++)
+        close(fds[i]);
+    free(fds);
+    ts_h_pass();
+}
+
+static void test_gateway_killed_players_despawned(void **state)
+{
+    (void)state;
+    int port = 0;
+    int idx = spawn_gateway("gwk", 4, &port, NULL);
+    cl_t watcher, p;
+    join_player(&watcher, gw2_port, -60, -60);
+    join_player(&p, port, -62, -62);
+    cl_move_seq(&p, p.seq + 1, 0, 2);
+    watcher.watch = p.entity;
+    assert_true(cl_pump_until(&watcher, 5000, watch_seen));
+    ts_h_signal(&ts_h, idx, SIGKILL);
+    uint64_t t0 = ts_mono_us();
+    assert_true(cl_pump_until(&watcher, (GRACE_S + 5) * 1000, watch_removed));
+    ts_info("entity of the killed gateway gone after %llu ms",
+            (unsigned long long)((ts_mono_us() - t0) / 1000));
+    cl_close(&p);
+    cl_close(&watcher);
+    ts_h_pass();
+}
+
+/* ---- resume -------------------------------------------------------------- */
+
+static bool acked_6(const cl_t *p)
+{
+    return p->ack >= 6;
+}
+static bool applied_12(const cl_t *p)
+{
+    return p->me_seen && p->me.last_input_seq == 12;
+}
+
+static void test_resume_on_second_gateway_exactly_once(void **state)
+{
+    (void)state;
+    cl_t p;
+    join_player(&p, stack.gw_port, -20, 20); /* seq 1: Join */
+    uint64_t entity = p.entity;
+    for (uint64_t s = 2; s <= 6; s++)
+        cl_move_seq(&p, s, (double)s, 0);
+    assert_true(cl_pump_until(&p, 5000, acked_6));
+    /* 7..9 go out, then the connection drops without a Leave */
+    for (uint64_t s = 7; s <= 9; s++)
+        cl_move_seq(&p, s, (double)s, 1);
+    char token[1024];
+    snprintf(token, sizeof token, "%s", p.resume_token);
+    cl_close(&p);
+
+    /* on the other gateway, within the grace */
+    cl_t q;
+    cl_connect(&q, gw2_port);
+    cl_hello(&q, NULL, token); /* a new connection numbers its frames afresh */
+    assert_true(cl_wait_frame(&q, TESSERA__V1__SERVER_FRAME__PAYLOAD_WELCOME, 5000));
+    assert_true(q.resumed);
+    assert_int_equal(q.entity, entity);
+    assert_true(cl_wait_frame(&q, TESSERA__V1__SERVER_FRAME__PAYLOAD_SNAPSHOT, 5000));
+    /* resend what may not be applied (above the newest ack known), plus an
+     * acknowledged one: the worker applies each client seq once */
+    uint64_t from = q.welcome_ack > q.ack ? q.welcome_ack : q.ack;
+    if (from > 6) from = 6;
+    for (uint64_t s = from; s <= 9; s++)
+        cl_move_seq(&q, s, (double)s, 1);
+    for (uint64_t s = 10; s <= 12; s++)
+        cl_move_seq(&q, s, 1, 1);
+    assert_true(cl_pump_until(&q, 8000, applied_12));
+    assert_int_equal(q.me.id, entity);
+    assert_int_equal(q.me.inputs_applied, 12); /* Join + 11 Moves, each once */
+    assert_int_equal(q.ack, 12);
+    assert_true(q.me.vx == 1 && q.me.vy == 1);
+    cl_close(&q);
+    ts_h_pass();
+}
+
+static void test_resume_refused_forged_or_expired(void **state)
+{
+    (void)state;
+    cl_t p;
+    join_player(&p, stack.gw_port, -30, -30);
+    char token[1024];
+    snprintf(token, sizeof token, "%s", p.resume_token);
+
+    /* forged: one digit of the MAC changed */
+    char forged[1024];
+    snprintf(forged, sizeof forged, "%s", token);
+    char *last = forged + strlen(forged) - 1;
+    *last = *last == '0' ? '1' : '0';
+    cl_t q;
+    cl_connect(&q, gw2_port);
+    cl_hello(&q, NULL, forged);
+    expect_fatal(&q, TESSERA__V1__ERROR_CODE__ERROR_RESUME_REFUSED, 3000);
+    cl_close(&q);
+
+    /* expired: the same entity, signed with the right secret, exp in the past */
+    char body[512];
+    unsigned long long ent = 0, exp = 0, sub = 0;
+    unsigned world = 0, depth = 0;
+    int cx = 0, cy = 0;
+    assert_int_equal(sscanf(token, "%llu.%u.%d.%d.%u.%llu.%llu.", &ent, &world, &cx, &cy, &depth, &sub, &exp),
+                     7);
+    snprintf(body, sizeof body, "%llu.%u.%d.%d.%u.%llu.%llu.", ent, world, cx, cy, depth, sub,
+             (unsigned long long)time(NULL) - 10);
+    const char *mac =
+        run_line("printf '%%s' '%s' | openssl dgst -sha256 -hmac '%s' | sed 's/^.*= //'", body, SECRET);
+    assert_int_equal(strlen(mac), 64);
+    char expired[1024];
+    snprintf(expired, sizeof expired, "%s.%s", body, mac);
+    cl_connect(&q, gw2_port);
+    cl_hello(&q, NULL, expired);
+    expect_fatal(&q, TESSERA__V1__ERROR_CODE__ERROR_RESUME_REFUSED, 3000);
+    assert_non_null(strstr(q.last_error_msg, "expired"));
+    cl_close(&q);
+
+    /* the genuine token still works (same gateway, taking over the connection) */
+    cl_connect(&q, stack.gw_port);
+    cl_hello(&q, NULL, token);
+    assert_true(cl_wait_frame(&q, TESSERA__V1__SERVER_FRAME__PAYLOAD_WELCOME, 3000));
+    assert_true(q.resumed);
+    assert_int_equal(q.entity, p.entity);
+    cl_close(&q);
+    cl_close(&p);
+    ts_h_pass();
+}
+
+static void test_leave_then_join_same_connection(void **state)
+{
+    (void)state;
+    cl_t p;
+    join_player(&p, gw2_port, 70, -70);
+    uint64_t first = p.entity;
+    Tessera__V1__Leave l = TESSERA__V1__LEAVE__INIT;
+    Tessera__V1__ClientFrame f = TESSERA__V1__CLIENT_FRAME__INIT;
+    f.payload_case = TESSERA__V1__CLIENT_FRAME__PAYLOAD_LEAVE;
+    f.leave = &l;
+    assert_int_equal(cl_send(&p, &f), TS_OK);
+    p.resume_token[0] = '\0';
+    cl_join(&p, 71, -71);
+    assert_true(cl_wait_frame(&p, TESSERA__V1__SERVER_FRAME__PAYLOAD_SNAPSHOT, 5000));
+    assert_true(p.entity != 0 && p.entity != first);
+    cl_close(&p);
+    ts_h_pass();
+}
+
+/* ---- auth ---------------------------------------------------------------- */
+
+static bool me_moving(const cl_t *p)
+{
+    return p->me_seen && p->me.vx != 0;
+}
+
+static void test_auth(void **state)
+{
+    (void)state;
+    char priv[512], pub[512], pubarg[600];
+    snprintf(priv, sizeof priv, "%s/jwt-priv.pem", ts_h.dir);
+    snprintf(pub, sizeof pub, "%s/jwt-pub.pem", ts_h.dir);
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd,
+             "openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out %s 2>/dev/null && "
+             "openssl pkey -in %s -pubout -out %s",
+             priv, priv, pub);
+    assert_int_equal(system(cmd), 0);
+    snprintf(pubarg, sizeof pubarg, "--gateway.auth.public_key=%s", pub);
+    const char *extra[] = {"--gateway.auth.required=1", "--gateway.auth.secret=" AUTH_SECRET, pubarg,
+                           "--gateway.auth.audience=" AUDIENCE, NULL};
+    int port = 0;
+    int idx = spawn_gateway("gwa", 3, &port, extra);
+    const char *ctl = TS_BIN_DIR "/tessera-ctl token";
+    char hs[2048], rs[2048];
+    snprintf(hs, sizeof hs, "%s",
+             run_line("%s --sub alice --secret %s --aud %s", ctl, AUTH_SECRET, AUDIENCE));
+    snprintf(rs, sizeof rs, "%s", run_line("%s --sub bob --key %s --aud %s", ctl, priv, AUDIENCE));
+
+    /* HS256: alice plays */
+    cl_t alice;
+    cl_connect(&alice, port);
+    cl_hello(&alice, hs, NULL);
+    assert_true(cl_wait_frame(&alice, TESSERA__V1__SERVER_FRAME__PAYLOAD_WELCOME, 3000));
+    assert_string_equal(alice.player, "alice");
+    cl_join(&alice, 10, -10);
+    assert_true(cl_wait_frame(&alice, TESSERA__V1__SERVER_FRAME__PAYLOAD_SNAPSHOT, 5000));
+
+    /* RS256: bob plays */
+    cl_t bob;
+    cl_connect(&bob, port);
+    cl_hello(&bob, rs, NULL);
+    assert_true(cl_wait_frame(&bob, TESSERA__V1__SERVER_FRAME__PAYLOAD_WELCOME, 3000));
+    assert_string_equal(bob.player, "bob");
+    cl_join(&bob, 12, -12);
+    assert_true(cl_wait_frame(&bob, TESSERA__V1__SERVER_FRAME__PAYLOAD_SNAPSHOT, 5000));
+
+    char expired[2048], wrongsig[2048], wrongaud[2048], hs_as_rs[2048];
+    snprintf(expired, sizeof expired, "%s",
+             run_line("%s --sub eve --secret %s --aud %s --ttl -1h", ctl, AUTH_SECRET, AUDIENCE));
+    snprintf(wrongsig, sizeof wrongsig, "%s",
+             run_line("%s --sub eve --secret other --aud %s", ctl, AUDIENCE));
+    snprintf(wrongaud, sizeof wrongaud, "%s",
+             run_line("%s --sub eve --secret %s --aud other", ctl, AUTH_SECRET));
+    /* HS256 "signed" with the RS256 public key as the secret */
+    snprintf(hs_as_rs, sizeof hs_as_rs, "%s",
+             run_line("%s --sub eve --secret \"$(cat %s)\" --aud %s", ctl, pub, AUDIENCE));
+    const char *tokens[] = {expired, wrongsig, wrongaud, "", hs_as_rs};
+    for (size_t i = 0; i < sizeof tokens / sizeof tokens[0]; i++) {
+        cl_t eve;
+        cl_connect(&eve, port);
+        cl_hello(&eve, tokens[i], NULL);
+        expect_fatal(&eve, TESSERA__V1__ERROR_CODE__ERROR_UNAUTHENTICATED, 3000);
+        cl_close(&eve);
+        /* alice keeps playing meanwhile */
+        cl_move_seq(&alice, alice.seq + 1, (double)(i + 1), 0);
+        alice.me_seen = false;
+        assert_true(cl_pump_until(&alice, 3000, me_moving));
+        assert_int_equal(alice.me.vx, (double)(i + 1));
+    }
+    /* Join without a Hello carrying a token */
+    cl_t eve;
+    cl_connect(&eve, port);
+    cl_join(&eve, 10, 10);
+    expect_fatal(&eve, TESSERA__V1__ERROR_CODE__ERROR_UNAUTHENTICATED, 3000);
+    cl_close(&eve);
+    /* alice again, while alice plays: refused (she resumes with her token instead) */
+    cl_t alice2;
+    cl_connect(&alice2, port);
+    cl_hello(&alice2, hs, NULL);
+    expect_fatal(&alice2, TESSERA__V1__ERROR_CODE__ERROR_UNAUTHENTICATED, 3000);
+    cl_close(&alice2);
+    assert_false(alice.closed);
+    assert_false(bob.closed);
+
+    cl_close(&alice);
+    cl_close(&bob);
+    ts_h_signal(&ts_h, idx, SIGTERM);
+    assert_int_equal(ts_h_wait(&ts_h, idx, 10000), 0);
+    ts_h_pass();
+}
+
+static int group_setup(void **state)
+{
+    (void)state;
+    ts_h_start(&ts_h);
+    const char *workers[] = {"--gateway.resume_s=3", NULL};
+    const char *gw[] = {"--gateway.resume_secret=" SECRET, "--gateway.resume_s=3",
+                        "--gateway.hello_timeout_s=1",     "--gateway.idle_timeout_s=2",
+                        "--gateway.slow_close_s=1",        "--gateway.max_backlog=1024",
+                        "--gateway.rate_limit=1000000",    NULL};
+    ts_h_spawn_stack(&ts_h, NULL, workers, gw, &stack);
+    if (!ts_h_wait_world(&ts_h, WORLD, NCELLS, 30000) || !ts_h_wait_port(stack.gw_port, 15000)) {
+        ts_h_fail_dump(&ts_h);
+        ts_h_stop(&ts_h);
+        return -1;
+    }
+    gw2_port = ts_h_free_port();
+    char listen[64];
+    snprintf(listen, sizeof listen, "--gateway.listen=127.0.0.1:%d", gw2_port);
+    const char *gw2[] = {listen,
+                         "--gateway.id=2",
+                         "--gateway.resume_secret=" SECRET,
+                         "--gateway.resume_s=3",
+                         "--gateway.hello_timeout_s=60",
+                         "--gateway.idle_timeout_s=60",
+                         "--gateway.max_clients=10000",
+                         NULL};
+    (void)ts_h_spawn(&ts_h, "gw2", "tessera-gateway", gw2);
+    if (!ts_h_wait_port(gw2_port, 15000)) {
+        ts_h_fail_dump(&ts_h);
+        ts_h_stop(&ts_h);
+        return -1;
+    }
+    return 0;
+}
+
+int main(void)
+{
+    /* 10,000 sockets here and as many in the gateway (it inherits this) */
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        (void)setrlimit(RLIMIT_NOFILE, &rl);
+    }
+    const struct CMUnitTest tests[] = {
+        TS_H_TEST(test_hello_timeout),
+        TS_H_TEST(test_idle_player_stopped_then_despawned),
+        TS_H_TEST(test_slow_reader_closed),
+        TS_H_TEST(test_resume_on_second_gateway_exactly_once),
+        TS_H_TEST(test_resume_refused_forged_or_expired),
+        TS_H_TEST(test_leave_then_join_same_connection),
+        TS_H_TEST(test_gateway_killed_players_despawned),
+        TS_H_TEST(test_auth),
+        TS_H_TEST(test_idle_sockets_do_not_lock_players_out),
+    };
+    return TS_H_RUN("it_players", tests, group_setup, ts_h_group_teardown);
+}
