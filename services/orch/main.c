@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "metrics.h"
 #include "orch.h"
 #include "tessera/log.h"
 #include "tessera/service.h"
@@ -126,6 +127,7 @@ static void run(ts_orch_t *o)
 
     while (!ts_service_stopping()) {
         uint64_t now = ts_mono_us();
+        ts_orch_metrics_beat();
         if (!o->reg && now >= next_reconnect_us) {
             next_reconnect_us = now + 1000000;
             if (ts_registry_connect(&o->reg, o->cfg->redis_url) != TS_OK) {
@@ -179,6 +181,7 @@ int main(int argc, char **argv)
     rc = 1;
     ts_orch_t o = {.cfg = &cfg, .stop = ts_service_stop_flag()};
     ts_stats_init(&o.stats);
+    if (ts_orch_metrics_start(&o) != TS_OK) goto cleanup;
 
     if (ts_layout_build(&o.layout, &cfg, err, sizeof err) != TS_OK) {
         ts_error("bad world layout: %s", err);
@@ -214,11 +217,13 @@ int main(int argc, char **argv)
         o.layout.world.cell_size, o.layout.world.x0, o.layout.world.y0, cfg.world_workers,
         ts_leader_name(o.leader), ts_leader_holder(o.leader));
 
+    ts_orch_metrics_running();
     run(&o);
     ts_info("shutting down");
     rc = 0;
 
 cleanup:
+    ts_orch_metrics_stop();     /* first: it reads what is freed below */
     ts_handovers_destroy(o.ho); /* answers what is queued or in flight */
     ts_ctl_destroy(o.ctl);      /* unsubscribes; answers what is queued */
     ts_bus_sub_destroy(o.hb_sub);
