@@ -84,3 +84,16 @@ image:
 
 k8s-test:
 	tests/k8s/ci.sh
+
+# ---- fuzzing (tests/fuzz, scripts/fuzz.sh): libFuzzer targets built with
+# clang, ASan and UBSan in build-fuzz/. `make fuzz` runs each target FUZZ_S
+# seconds (600); `make fuzz-ci` 20 s each, what CI runs.
+FUZZ_S ?= 600
+FORMAT_SRCS += $(wildcard tests/fuzz/*.c tests/fuzz/*.h)
+
+.PHONY: fuzz fuzz-ci
+fuzz:
+	FUZZ_S=$(FUZZ_S) scripts/fuzz.sh
+
+fuzz-ci:
+	FUZZ_S=20 scripts/fuzz.sh

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 
 #include "fuzz.h"
+#include "tessera/arena.h"
 #include "tessera/cell.h"
 #include "tessera/proto.h"
 #include "tessera/registry.h"
@@ -19,6 +20,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     ts_cell_t cell = {.world = 0, .cx = 0, .cy = 0, .depth = 0, .sub = 0};
     ts_zone_t *z = NULL;
+    static ts_arena_t arena;
+    static bool arena_ready;
+    if (!arena_ready) {
+        ts_arena_init(&arena);
+        arena_ready = true;
+    }
     if (ts_zone_create(&z, &cell, 1, &WORLD, 50) != TS_OK) return 0;
     uint64_t seq = 0, tick = 0;
     while (size >= 3) {
@@ -28,11 +35,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (len > size) len = size;
         switch (kind % 4) {
         case 0: {
-            Tessera__V1__InputBatch *b = tessera__v1__input_batch__unpack(NULL, len, data);
-            if (b != NULL) {
-                ts_zone_apply_batch(z, ++seq, b, tick);
-                tessera__v1__input_batch__free_unpacked(b, NULL);
-            }
+            /* into an arena, as the worker's tick thread decodes them */
+            Tessera__V1__InputBatch *b =
+                tessera__v1__input_batch__unpack(ts_arena_allocator(&arena), len, data);
+            if (b != NULL) ts_zone_apply_batch(z, ++seq, b, tick);
+            ts_arena_reset(&arena);
             break;
         }
         case 1:
