@@ -6,6 +6,7 @@
 #include <stdlib.h>
 
 #include "gateway.h"
+#include "metrics.h"
 #include "tessera/log.h"
 #include "tessera/service.h"
 #include "tessera/util.h"
@@ -68,7 +69,7 @@ int main(int argc, char **argv)
     ts_config_t cfg;
     int exit_code;
     if (!ts_service_init(&service, argc, argv, &cfg, NULL, NULL, &exit_code)) return exit_code;
-    if (!check_config(&cfg)) {
+    if (!check_config(&cfg) || gw_metrics_start(&cfg) != TS_OK) {
         ts_config_free(&cfg);
         return 2;
     }
@@ -103,11 +104,13 @@ int main(int argc, char **argv)
     }
     free(cells);
     cells = NULL;
+    gw_metrics_attach(gw, &loop, bus);
     rc = gw_start(gw) == TS_OK ? 0 : 1;
     if (rc != 0 || ts_service_stopping()) gw_stop(gw);
     uv_run(&loop, UV_RUN_DEFAULT);
 
 cleanup:
+    gw_metrics_stop(loop_ok ? &loop : NULL); /* it reads the gateway and the bus */
     /* the bus goes first: its callbacks may still reference the gateway */
     ts_bus_destroy(bus);
     gw_destroy(gw);

@@ -26,6 +26,7 @@
 #include <string.h>
 
 #include "gateway.h"
+#include "metrics.h"
 #include "tessera/log.h"
 #include "tessera/util.h"
 
@@ -397,6 +398,7 @@ void gw_router_on_ack(gw_t *gw, uint64_t seq, bool ok)
     gw->batch_busy = false; /* the bus has room again */
     uint64_t us = ts_mono_us() - f->published_us;
     gw->ack_us_sum += us;
+    gw_metrics_input_ack(us);
     gw->ack_n++;
     if (us > gw->ack_us_max) gw->ack_us_max = us;
     gw_cell_t *cell = f->cell;

@@ -29,6 +29,7 @@
 #include <string.h>
 
 #include "gateway.h"
+#include "metrics.h"
 #include "tessera/log.h"
 #include "tessera/util.h"
 
@@ -449,6 +450,7 @@ void gw_view_flush(gw_t *gw)
         cell->next_dirty = NULL;
         cell = next;
     }
+    gw_metrics_flushed(gw->last_flush_us);
 }
 
 void gw_view_free(gw_t *gw)
