@@ -10,6 +10,7 @@
 #include "tessera/log.h"
 #include "tessera/subject.h"
 #include "tessera/util.h"
+#include "metrics.h"
 #include "worker_internal.h"
 
 ts_binding_t *ts_worker_find_binding(ts_worker_t *w, const ts_cell_t *c)
@@ -134,6 +135,7 @@ static void apply_msg(ts_worker_t *w, ts_zone_t *z, const ts_inbox_msg_t *m)
     Tessera__V1__InputBatch *ib =
         tessera__v1__input_batch__unpack(ts_arena_allocator(&w->in_arena), len, data);
     if (ib) ts_zone_apply_batch(z, seq, ib, w->tick);
+    if (ib) ts_worker_metrics_batch(ib);
     ts_arena_reset(&w->in_arena);
     if (!ib && seq > z->last_applied_seq) {
         ts_warn("cell %s: undecodable input message at stream seq %" PRIu64 " skipped", z->key, seq);
