@@ -11,6 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "metrics.h"
 #include "players.h"
 #include "sender.h"
 #include "tessera/bus.h"
@@ -194,6 +195,7 @@ static bool run(sim_t *s)
     bool warned = false;
     while (!ts_service_stopping()) {
         uint64_t now = ts_mono_us();
+        ts_sim_metrics_beat();
         if (now >= end) return true;
         if (now >= next_flush) {
             flush_inputs(s, now, &warned);
@@ -222,6 +224,7 @@ static void settle(sim_t *s, ts_sender_stats_t *ss, ts_players_stats_t *ps)
     sig_atomic_t signals = *stop;
     ts_bus_js_flush(s->bus, SETTLE_MS);
     for (;;) {
+        ts_sim_metrics_beat();
         ts_sender_stats(s->sender, ss);
         ts_players_stats(s->players, ps);
         if (ss->acked + ss->failed >= ss->sent && ps->applied >= ss->acked) break;
@@ -260,7 +263,9 @@ int main(int argc, char **argv)
         ts_error("%s", err);
         goto cleanup;
     }
+    if (ts_sim_metrics_start(&cfg) != TS_OK) goto cleanup;
     if (via_gateway != NULL) {
+        ts_sim_metrics_ready();
         rc = run_via_gateway(&cfg, via_gateway);
         goto cleanup;
     }
@@ -284,6 +289,7 @@ int main(int argc, char **argv)
         ts_error("cannot subscribe to %s on %s", subject, cfg.nats_url);
         goto cleanup;
     }
+    ts_sim_metrics_attach(s.players, s.sender, s.bus);
     ts_info("started: nats %s, redis %s, world %u (%dx%d cells of %g), %lld players at %lld inputs/s each, "
             "speed %g, duration %lld s, entity ids %016llx..",
             cfg.nats_url, cfg.redis_url, s.world.id, s.world.width, s.world.height, s.world.cell_size,
@@ -314,6 +320,7 @@ int main(int argc, char **argv)
     send_leaves(&s);
 
 cleanup:
+    ts_sim_metrics_stop(); /* it reads the players, the sender and the bus */
     ts_bus_sub_destroy(s.state_sub);
     ts_bus_destroy(s.bus);
     ts_sender_destroy(s.sender);
