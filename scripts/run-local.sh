@@ -187,11 +187,18 @@ if [[ "$SECURE" == 1 ]]; then
     nats_secure=(-c "$SECRETS/nats.conf")
     redis_secure=(--aclfile "$SECRETS/redis-users.acl")
     INSPECTOR_URL="nats://inspector:$(cat "$SECRETS/inspector.nats.pass")@127.0.0.1:$NATS_PORT"
+    # what tessera-ctl in another terminal needs (TESSERA_CONFIG=ctl.yaml)
+    cat >"$SECRETS/ctl.yaml" <<YAML
+nats: {url: "$TESSERA_NATS_URL", user: ctl, password_file: "$SECRETS/ctl.nats.pass"}
+redis: {url: "$TESSERA_REDIS_URL", user: ctl, password_file: "$SECRETS/ctl.redis.pass"}
+YAML
+    EXPORTS="export TESSERA_CONFIG=$SECRETS/ctl.yaml INSPECTOR='$INSPECTOR_URL'"
     # tessera-ctl (watch, handovers and the lines printed below) runs as ctl
     export TESSERA_NATS_USER=ctl TESSERA_NATS_PASSWORD_FILE="$SECRETS/ctl.nats.pass"
     export TESSERA_REDIS_USER=ctl TESSERA_REDIS_PASSWORD_FILE="$SECRETS/ctl.redis.pass"
 else
     INSPECTOR_URL=$TESSERA_NATS_URL
+    EXPORTS="export INSPECTOR='$INSPECTOR_URL'"
 fi
 
 # as USER: sets CREDS to the flags that make a service USER on NATS and
@@ -234,9 +241,11 @@ Tessera is running (PLAYERS=$PLAYERS$([[ "$VIA_GATEWAY" == 1 ]] && echo " throug
   security $([[ "$SECURE" == 1 ]] && echo "users, permissions and ACLs from $SECRETS (SECURE=0: none)" || echo "none (SECURE=0)")
   gateway  127.0.0.1:$GATEWAY_PORT
   logs     $TMP/{nats,redis,orch,worker-w1,worker-w2,gateway,sim}.log$([[ "$KEEP" == 1 ]] || echo " (removed on exit; KEEP=1 keeps them)")
-Watch traffic (read-only inspector: may subscribe and read streams, publish nothing):
-  nats --server '$INSPECTOR_URL' sub 'cell.0.>'
-  $BUILD_DIR/tessera-ctl --nats.url='$INSPECTOR_URL' tail 'cell.0.*.*.*.*.state'
+In another terminal, first (tessera-ctl as user ctl; INSPECTOR: read-only, publishes nothing):
+  $EXPORTS
+Watch traffic:
+  nats --server "\$INSPECTOR" sub 'cell.0.>'
+  $BUILD_DIR/tessera-ctl --nats.url="\$INSPECTOR" tail 'cell.0.*.*.*.*.state'
   $BUILD_DIR/tessera-client --gateway.listen=127.0.0.1:$GATEWAY_PORT repl
 Ctrl-C stops everything.
 EOF

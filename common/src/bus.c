@@ -386,8 +386,7 @@ static natsStatus apply_auth(natsOptions *opts, const char *url, const ts_bus_au
     return s;
 }
 
-/* The URL as it may be logged: "user:password@" becomes "user:***@". */
-static void redact_url(char *buf, size_t cap, const char *url)
+void ts_bus_redact_url(char *buf, size_t cap, const char *url)
 {
     const char *at = strrchr(url, '@');
     const char *scheme = strstr(url, "://");
@@ -456,7 +455,7 @@ ts_status_t ts_bus_connect_auth(ts_bus_t **out, const char *url, const char *nam
     if (s == NATS_OK) s = natsConnection_Connect(&bus->nc, opts);
     natsOptions_Destroy(opts);
     char shown[256];
-    redact_url(shown, sizeof shown, url);
+    ts_bus_redact_url(shown, sizeof shown, url);
     if (s != NATS_OK) {
         ts_status_t st = fail("connect", shown, s, 0);
         ts_bus_destroy(bus);

@@ -179,9 +179,12 @@ static uint64_t deadline_after(int64_t timeout_ms)
     return ts_mono_us() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 0) * 1000ULL;
 }
 
-/* The one line a connect loop logs when it ends without success. */
-static void give_up(const char *what, const char *url, int64_t timeout_ms, ts_status_t st)
+/* The one line a connect loop logs when it ends without success (a
+ * password in the URL is not shown). */
+static void give_up(const char *what, const char *raw_url, int64_t timeout_ms, ts_status_t st)
 {
+    char url[256];
+    ts_bus_redact_url(url, sizeof url, raw_url);
     if (ts_service_stopping())
         ts_debug("stopped while connecting to %s at %s", what, url);
     else
@@ -200,7 +203,7 @@ ts_status_t ts_service_connect_bus(const ts_config_t *cfg, const char *conn_name
         st = ts_bus_connect(out, cfg->nats_url, conn_name);
         if (st == TS_OK) return TS_OK;
         *out = NULL;
-        ts_debug("nats %s not ready: %s", cfg->nats_url, ts_status_str(st));
+        ts_debug("nats not ready: %s", ts_status_str(st));
         if (!ts_service_retry_wait(deadline)) break;
     }
     give_up("NATS", cfg->nats_url, timeout_ms, st);
@@ -216,7 +219,7 @@ ts_status_t ts_service_connect_registry(const ts_config_t *cfg, int64_t timeout_
         st = ts_registry_connect(out, cfg->redis_url);
         if (st == TS_OK) return TS_OK;
         *out = NULL;
-        ts_debug("redis %s not ready: %s", cfg->redis_url, ts_status_str(st));
+        ts_debug("redis not ready: %s", ts_status_str(st));
         if (st == TS_ERR_CONFIG || !ts_service_retry_wait(deadline)) break;
     }
     give_up("Redis", cfg->redis_url, timeout_ms, st);
@@ -241,13 +244,15 @@ ts_status_t ts_service_wait_world(const ts_config_t *cfg, ts_registry_t *reg, in
         }
         if (!ts_service_retry_wait(deadline)) break;
     }
+    char url[256];
+    ts_bus_redact_url(url, sizeof url, cfg->redis_url);
     if (ts_service_stopping())
         ts_debug("stopped while waiting for world %u", id);
     else if (st == TS_ERR_NOT_FOUND)
-        ts_error("world %u is not in the registry at %s after %g s (is tessera-orch running?)", id,
-                 cfg->redis_url, (double)timeout_ms / 1000.0);
+        ts_error("world %u is not in the registry at %s after %g s (is tessera-orch running?)", id, url,
+                 (double)timeout_ms / 1000.0);
     else
-        ts_error("cannot read world %u from Redis at %s within %g s: %s", id, cfg->redis_url,
+        ts_error("cannot read world %u from Redis at %s within %g s: %s", id, url,
                  (double)timeout_ms / 1000.0, ts_status_str(st));
     return st;
 }

@@ -73,6 +73,9 @@ ts_status_t ts_bus_set_default_auth(const ts_bus_auth_t *auth);
  * (ts_bus_set_default_auth). name shows in the server's connz. A server
  * that refuses the credentials gives TS_ERR_UNAVAILABLE. */
 ts_status_t ts_bus_connect(ts_bus_t **out, const char *url, const char *name);
+/* A URL as it may be logged: "scheme://user:password@host" becomes
+ * "scheme://user:***@host" (any scheme; NATS and Redis URLs alike). */
+void ts_bus_redact_url(char *buf, size_t cap, const char *url);
 /* Same with explicit credentials and TLS (NULL: none, not the defaults). */
 ts_status_t ts_bus_connect_auth(ts_bus_t **out, const char *url, const char *name, const ts_bus_auth_t *auth);
 /* Drains nothing: waits up to 2 s for outstanding async publishes, then closes.
