@@ -11,10 +11,15 @@
  * later unless a Hello{resume_token} on any gateway Attaches it first).
  * With gateway.auth.required, Hello must carry a valid JWT before Join or
  * resume; the player id is its `sub`, and a `sub` already playing on this
- * gateway is refused (the player resumes with its resume token instead). Every frame passes, in order:
- * decoding (a frame that does not decode, or has no payload, is fatal), the rate limit (token bucket of
- * gateway.rate_limit frames/s, burst as large; sustained flooding above 10x the limit for 2 s is fatal), and
- * the sequence check (seq strictly increasing, else the frame is ignored).
+ * gateway is refused (the player resumes with its resume token instead).
+ *
+ * Every frame passes, in order: decoding (a frame that does not decode, or
+ * has no payload, is fatal), the rate limit (token bucket of
+ * gateway.rate_limit frames/s, burst as large; more than 10x the limit in
+ * each of two consecutive one-second windows is fatal the moment the second
+ * window passes it; a window starts at the first frame after the previous
+ * one ended), and the sequence check (seq strictly increasing, else the
+ * frame is ignored).
  *
  * Invariant: a JOINED connection is in gw->players under its entity id and
  * holds AOI references; leaving that phase always goes through release_player. */
@@ -124,14 +129,17 @@ static bool rate_allow(gw_conn_t *c, uint64_t now)
         c->flood_windows = (flooded && window < 2 * US_PER_S) ? c->flood_windows + 1 : 0;
         c->window_start_us = now;
         c->window_frames = 0;
-        if (c->flood_windows >= FLOOD_WINDOWS) {
-            gw_session_error(c, TESSERA__V1__ERROR_CODE__ERROR_RATE_LIMIT, true,
-                             "flooding: more than %d x %.0f frames/s for %d s", FLOOD_FACTOR, rate,
-                             FLOOD_WINDOWS);
-            return false;
-        }
     }
     c->window_frames++;
+    /* the window under way is flooded as soon as it passes 10x the limit:
+     * after FLOOD_WINDOWS - 1 flooded windows right before it, that is
+     * FLOOD_WINDOWS s of flooding, closed at once (not at some later frame) */
+    if (c->flood_windows >= FLOOD_WINDOWS - 1 && (double)c->window_frames > FLOOD_FACTOR * rate) {
+        gw_session_error(c, TESSERA__V1__ERROR_CODE__ERROR_RATE_LIMIT, true,
+                         "flooding: more than %d x %.0f frames/s for %d s", FLOOD_FACTOR, rate,
+                         FLOOD_WINDOWS);
+        return false;
+    }
 
     c->tokens += (double)(now - c->refill_us) / US_PER_S * rate;
     if (c->tokens > rate) c->tokens = rate;

@@ -393,6 +393,69 @@ static void test_slow_reader_closed(void **state)
     ts_h_pass();
 }
 
+/* Sends Pings at `rate` frames/s for ms (or until closed); true if the
+ * gateway closed the connection with a fatal ERROR_RATE_LIMIT. *closed_ms
+ * is when, from the start. */
+static bool ping_at(cl_t *p, int rate, int64_t ms, uint64_t *closed_ms)
+{
+    uint64_t t0 = ts_mono_us(), sent = 0;
+    while (!p->closed && ts_mono_us() - t0 < (uint64_t)ms * 1000) {
+        uint64_t due = rate ? (ts_mono_us() - t0) * (uint64_t)rate / 1000000 + 1 : 0;
+        for (; sent < due; sent++) {
+            Tessera__V1__Ping ping = TESSERA__V1__PING__INIT;
+            Tessera__V1__ClientFrame f = TESSERA__V1__CLIENT_FRAME__INIT;
+            f.payload_case = TESSERA__V1__CLIENT_FRAME__PAYLOAD_PING;
+            f.ping = &ping;
+            if (cl_send(p, &f) != TS_OK) break;
+        }
+        (void)cl_wait_frame(p, -1, 5); /* reads what came back */
+        if (p->last_error_fatal) {
+            *closed_ms = (ts_mono_us() - t0) / 1000;
+            return p->last_error == TESSERA__V1__ERROR_CODE__ERROR_RATE_LIMIT;
+        }
+    }
+    return false;
+}
+
+/* gateway.rate_limit=20: more than 200 frames in each of two consecutive
+ * one-second windows closes the connection, anything less never does. */
+static void test_flood_limit_exact(void **state)
+{
+    (void)state;
+    const char *extra[] = {"--gateway.rate_limit=20", NULL};
+    int port = 0;
+    int idx = spawn_gateway("gwf", 5, &port, extra);
+    uint64_t at = 0;
+
+    cl_t flood; /* 15x for up to 4 s */
+    cl_connect(&flood, port);
+    cl_hello(&flood, NULL, NULL);
+    assert_true(ping_at(&flood, 300, 4000, &at));
+    assert_true(at >= 1000 && at <= 2500);
+    cl_close(&flood);
+
+    cl_t bursts; /* 15x for 0.8 s, then quiet for 1.3 s, three times */
+    cl_connect(&bursts, port);
+    cl_hello(&bursts, NULL, NULL);
+    for (int i = 0; i < 3; i++) {
+        assert_false(ping_at(&bursts, 300, 800, &at));
+        assert_false(ping_at(&bursts, 0, 1300, &at));
+    }
+    assert_false(bursts.closed);
+    cl_close(&bursts);
+
+    cl_t busy; /* 7.5x for 3 s */
+    cl_connect(&busy, port);
+    cl_hello(&busy, NULL, NULL);
+    assert_false(ping_at(&busy, 150, 3000, &at));
+    assert_false(busy.closed);
+    cl_close(&busy);
+
+    ts_h_signal(&ts_h, idx, SIGTERM);
+    assert_int_equal(ts_h_wait(&ts_h, idx, 10000), 0);
+    ts_h_pass();
+}
+
 static void test_idle_sockets_do_not_lock_players_out(void **state)
 {
     (void)state;
@@ -710,6 +773,7 @@ int main(void)
         TS_H_TEST(test_leave_then_join_same_connection),
         TS_H_TEST(test_gateway_killed_players_despawned),
         TS_H_TEST(test_auth),
+        TS_H_TEST(test_flood_limit_exact),
         TS_H_TEST(test_idle_sockets_do_not_lock_players_out),
     };
     return TS_H_RUN("it_players", tests, group_setup, ts_h_group_teardown);
