@@ -322,7 +322,7 @@ static void test_redis_acl(void **state)
     ts_world_t world = {.id = WORLD, .cell_size = 1, .x0 = 0, .y0 = 0, .width = 1, .height = 1};
     ts_cell_entry_t out;
     bool held = false;
-    char url[256];
+    char url[1024];
 
     /* anonymous: connected, but every command refused (NOAUTH) */
     ts_registry_t *reg = NULL;
@@ -334,6 +334,30 @@ static void test_redis_acl(void **state)
     /* a wrong password is a configuration error, not something to retry */
     snprintf(url, sizeof url, "redis://worker:wrong@127.0.0.1:%d", ts_h.redis_port);
     assert_int_equal(ts_registry_connect(&reg, url), TS_ERR_CONFIG);
+    /* TLS needs a hiredis with TLS, which this build does not have */
+    snprintf(url, sizeof url, "rediss://127.0.0.1:%d", ts_h.redis_port);
+    assert_int_equal(ts_registry_connect(&reg, url), TS_ERR_CONFIG);
+    /* %-escaped user and password; the password from the defaults when the
+     * URL has none */
+    char pw[256], escaped[800];
+    FILE *pf = NULL;
+    ts_h_secret_path(&ts_h, "gateway.redis.pass", pw, sizeof pw);
+    assert_non_null(pf = fopen(pw, "r"));
+    assert_non_null(fgets(pw, sizeof pw, pf));
+    fclose(pf);
+    pw[strcspn(pw, "\n")] = '\0';
+    size_t k = 0;
+    for (const char *p = pw; *p; p++)
+        k += (size_t)snprintf(escaped + k, sizeof escaped - k, "%%%02X", (unsigned char)*p);
+    snprintf(url, sizeof url, "redis://%%67ateway:%s@127.0.0.1:%d/0", escaped, ts_h.redis_port);
+    assert_int_equal(ts_registry_connect(&reg, url), TS_OK);
+    assert_int_equal(ts_registry_version(reg, WORLD, &version), TS_OK);
+    ts_registry_destroy(reg);
+    assert_int_equal(ts_registry_set_default_auth("gateway", pw), TS_OK);
+    assert_int_equal(ts_registry_connect(&reg, ts_h.redis_plain_url), TS_OK);
+    assert_int_equal(ts_registry_version(reg, WORLD, &version), TS_OK);
+    ts_registry_destroy(reg);
+    assert_int_equal(ts_registry_set_default_auth(NULL, NULL), TS_OK);
 
     /* the gateway and the sim read the world, change nothing */
     static const char *const readers[] = {"gateway", "sim", "ctl"};
