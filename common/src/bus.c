@@ -300,7 +300,12 @@ static void on_reconnected(natsConnection *nc, void *closure)
 static void on_async_error(natsConnection *nc, natsSubscription *sub, natsStatus err, void *closure)
 {
     const char *subj = sub != NULL ? natsSubscription_GetSubject(sub) : NULL;
-    ts_warn("bus: asynchronous error on %s: %s", subj ? subj : "connection", natsStatus_GetText(err));
+    /* a refused publish or subscribe: the server's text names the subject
+     * (a permission this user lacks) */
+    const char *text = NULL;
+    if (err == NATS_NOT_PERMITTED) natsConnection_GetLastError(nc, &text);
+    ts_warn("bus: asynchronous error on %s: %s%s%s", subj ? subj : "connection", natsStatus_GetText(err),
+            text ? ": " : "", text ? text : "");
 }
 
 static void on_pub_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *closure);
