@@ -21,7 +21,8 @@
 #   worker     publishes cell state, checkpoints, handover messages, forwarded
 #              inputs and heartbeats; consumes the input stream
 #   gateway    publishes only player input (cell.*.*.*.*.*.input) and gateway
-#              liveness (tessera.gw.>); subscribes to state and the registry
+#              liveness (tessera.gw.>); subscribes to state, the registry and
+#              worker heartbeats (the browser map shows worker load)
 #   sim        publishes input, subscribes to state
 #   ctl        tessera-ctl: NATS admin (everything); Redis read-only
 #   inspector  NATS read-only: subscribes to anything, reads the streams
@@ -96,7 +97,7 @@ EOF
         '"cell.*.*.*.*.*.handover", "tessera.registry.*", "tessera.gw.>", "_INBOX.>"'
     user_block gateway \
         '"cell.*.*.*.*.*.input", "tessera.gw.>"' \
-        '"cell.*.*.*.*.*.state", "tessera.registry.*", "_INBOX.>"'
+        '"cell.*.*.*.*.*.state", "tessera.registry.*", "tessera.worker.*.hb", "_INBOX.>"'
     user_block sim \
         '"cell.*.*.*.*.*.input"' \
         '"cell.*.*.*.*.*.state", "_INBOX.>"'
