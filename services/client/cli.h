@@ -12,6 +12,10 @@
 
 /* Ping payload that marks an internal round trip (not printed). */
 #define CLI_SYNC_MARK 1
+/* Ping payload of the keepalive (gateway.idle_timeout_s), not printed. */
+#define CLI_KEEPALIVE_MARK 2
+/* A keepalive Ping goes out when nothing was sent for this long. */
+#define CLI_KEEPALIVE_US 5000000ull
 
 typedef struct {
     ts_client_t *conn;
@@ -24,6 +28,11 @@ typedef struct {
     uint64_t me_applied, me_last_seq;
     uint64_t last_rtt_us;
     uint64_t deltas_quiet; /* Delta frames received while not printing them */
+    const char *token;     /* JWT for the Hello (--token), or NULL */
+    const char *resume;    /* resume token for the Hello (--resume), or NULL */
+    uint64_t last_sent_us; /* monotonic: last Hello or keepalive */
+    uint64_t ack;          /* newest last_input_seq from a Delta or Snapshot */
+    bool resumed;          /* the Welcome said the entity is ours again */
 } cli_t;
 
 /* How cli_pump prints Delta frames. */
@@ -42,6 +51,8 @@ bool cli_pump(cli_t *c, int64_t timeout_ms, int until, bool sync, cli_print_t mo
 /* Sends an internal Ping and waits for its Pong: every frame the gateway
  * sent in reply to earlier frames has been handled after it. */
 bool cli_sync(cli_t *c, int64_t timeout_ms);
+/* Sends Hello with the token and resume token, if any. */
+ts_status_t cli_hello(cli_t *c);
 
 /* Runs commands from `in`. script: stop at the first failing line (an Error
  * frame or a failed command, unless the line starts with '-'), returning 1.

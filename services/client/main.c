@@ -1,6 +1,11 @@
 /* tessera-client: a command-line game client for a tessera-gateway.
  *
- *   tessera-client [--gateway.listen=HOST:PORT] [--at X,Y] COMMAND [ARGS]
+ *   tessera-client [--gateway.listen=HOST:PORT] [--at X,Y] [--token JWT] [--resume TOKEN] COMMAND [ARGS]
+ *
+ * --token sends a JWT in the Hello (gateways with gateway.auth.required);
+ * --resume takes an entity back with the resume token a Welcome printed
+ * (join and move then use that entity instead of joining). While waiting
+ * for frames the client Pings every 5 s, so idle timeouts do not close it.
  *
  * The gateway address is the gateway.listen key, so the config file and
  * TESSERA_GATEWAY_LISTEN work too. Options may appear anywhere; words not
@@ -29,7 +34,8 @@
 static const ts_service_t service = {
     .name = "tessera-client",
     .usage =
-        "usage: tessera-client [--gateway.listen=HOST:PORT] [--at X,Y] COMMAND [ARGS]\n\n"
+        "usage: tessera-client [--gateway.listen=HOST:PORT] [--at X,Y] [--token JWT] [--resume TOKEN]\n"
+        "                      COMMAND [ARGS]\n\n"
         "commands:\n"
         "  ping [N]               N round trips (default " STR(
             DEFAULT_PINGS) "), prints each time\n"
@@ -51,6 +57,7 @@ typedef struct {
     char *pos[MAX_ARGS];
     int npos;
     const char *at;
+    const char *token, *resume;
     bool help;
 } args_t;
 
@@ -74,6 +81,16 @@ static bool split_args(int argc, char **argv, args_t *a)
         } else if (strcmp(arg, "--at") == 0) {
             if (i + 1 >= argc) return false;
             a->at = argv[++i];
+        } else if (strncmp(arg, "--token=", 8) == 0) {
+            a->token = arg + 8;
+        } else if (strcmp(arg, "--token") == 0) {
+            if (i + 1 >= argc) return false;
+            a->token = argv[++i];
+        } else if (strncmp(arg, "--resume=", 9) == 0) {
+            a->resume = arg + 9;
+        } else if (strcmp(arg, "--resume") == 0) {
+            if (i + 1 >= argc) return false;
+            a->resume = argv[++i];
         } else if (strncmp(arg, "--", 2) == 0) {
             if (a->cfg_argc + 2 >= (int)(sizeof a->cfg_argv / sizeof a->cfg_argv[0])) return false;
             a->cfg_argv[a->cfg_argc++] = arg;
@@ -134,9 +151,14 @@ static int cmd_ping(cli_t *c, char **pos, int npos)
 
 static bool do_join(cli_t *c, double x, double y)
 {
-    if (ts_client_hello(c->conn, "tessera-client") != TS_OK ||
+    if (cli_hello(c) != TS_OK ||
         !cli_pump(c, REPLY_TIMEOUT_MS, TESSERA__V1__SERVER_FRAME__PAYLOAD_WELCOME, false, CLI_PRINT_ALL))
         return false;
+    if (c->resume != NULL) /* the entity is ours again: no Join */
+        return c->resumed &&
+               cli_pump(c, REPLY_TIMEOUT_MS, TESSERA__V1__SERVER_FRAME__PAYLOAD_SNAPSHOT, false,
+                        CLI_PRINT_ALL) &&
+               c->errors == 0;
     if (ts_client_join(c->conn, x, y, "cli") != TS_OK ||
         !cli_pump(c, REPLY_TIMEOUT_MS, TESSERA__V1__SERVER_FRAME__PAYLOAD_SNAPSHOT, false, CLI_PRINT_ALL))
         return false;
@@ -243,8 +265,9 @@ int main(int argc, char **argv)
         ts_config_free(&cfg);
         return 2;
     }
-    cli_t c = {.out = stdout};
+    cli_t c = {.out = stdout, .token = a.token, .resume = a.resume};
     ts_status_t st = ts_client_connect(&c.conn, host, port, CONNECT_TIMEOUT_MS);
+    c.last_sent_us = ts_mono_us();
     if (st != TS_OK) {
         fprintf(stderr, "tessera-client: cannot connect to the gateway at %s:%d: %s\n", host, port,
                 ts_status_str(st));

@@ -55,12 +55,23 @@ void cli_handle_frame(cli_t *c, const Tessera__V1__ServerFrame *f, cli_print_t m
     cli_format_cell(f->cell, cell, sizeof cell);
     switch (f->payload_case) {
     case TESSERA__V1__SERVER_FRAME__PAYLOAD_WELCOME:
-        fprintf(c->out, "welcome entity=%llu cell=%s gateway=%s cell_size=%g protocol=%u\n",
+        fprintf(c->out, "welcome entity=%llu cell=%s gateway=%s cell_size=%g protocol=%u",
                 (unsigned long long)f->welcome->entity, cell, f->welcome->gateway, f->welcome->cell_size,
                 f->welcome->protocol_version);
+        if (f->welcome->player != NULL && f->welcome->player[0] != '\0')
+            fprintf(c->out, " player=%s", f->welcome->player);
+        if (f->welcome->resumed) {
+            c->resumed = true;
+            if (f->welcome->entity != 0) c->entity = f->welcome->entity;
+            fprintf(c->out, " resumed last_input_seq=%llu", (unsigned long long)f->welcome->last_input_seq);
+        }
+        if (f->welcome->resume_token != NULL && f->welcome->resume_token[0] != '\0')
+            fprintf(c->out, " resume_token=%s", f->welcome->resume_token);
+        fprintf(c->out, "\n");
         break;
     case TESSERA__V1__SERVER_FRAME__PAYLOAD_SNAPSHOT:
         c->entity = f->snapshot->entity;
+        if (f->snapshot->last_input_seq > c->ack) c->ack = f->snapshot->last_input_seq;
         note_me(c, f->snapshot->entities, f->snapshot->n_entities, &seen);
         fprintf(c->out, "snapshot entity=%llu cell=%s epoch=%llu n=%zu\n",
                 (unsigned long long)f->snapshot->entity, cell, (unsigned long long)f->epoch,
@@ -68,6 +79,7 @@ void cli_handle_frame(cli_t *c, const Tessera__V1__ServerFrame *f, cli_print_t m
         break;
     case TESSERA__V1__SERVER_FRAME__PAYLOAD_DELTA:
         note_me(c, f->delta->entities, f->delta->n_entities, &seen);
+        if (f->delta->last_input_seq > c->ack) c->ack = f->delta->last_input_seq;
         if (mode != CLI_PRINT_ALL) {
             c->deltas_quiet++;
             break;
@@ -79,6 +91,8 @@ void cli_handle_frame(cli_t *c, const Tessera__V1__ServerFrame *f, cli_print_t m
         else
             fprintf(c->out, " me=-");
         if (f->delta->n_removed > 0) fprintf(c->out, " removed=%zu", f->delta->n_removed);
+        if (f->delta->last_input_seq != 0)
+            fprintf(c->out, " ack=%llu", (unsigned long long)f->delta->last_input_seq);
         fprintf(c->out, "\n");
         break;
     case TESSERA__V1__SERVER_FRAME__PAYLOAD_CELL_CHANGED:
@@ -89,7 +103,8 @@ void cli_handle_frame(cli_t *c, const Tessera__V1__ServerFrame *f, cli_print_t m
     case TESSERA__V1__SERVER_FRAME__PAYLOAD_PONG: {
         uint64_t now = ts_now_us(), sent = f->pong->client_time_us;
         c->last_rtt_us = now > sent ? now - sent : 0;
-        if (sent != CLI_SYNC_MARK) fprintf(c->out, "pong rtt=%.3fms\n", (double)c->last_rtt_us / 1000.0);
+        if (sent != CLI_SYNC_MARK && sent != CLI_KEEPALIVE_MARK)
+            fprintf(c->out, "pong rtt=%.3fms\n", (double)c->last_rtt_us / 1000.0);
         break;
     }
     case TESSERA__V1__SERVER_FRAME__PAYLOAD_ERROR:
@@ -110,9 +125,16 @@ bool cli_pump(cli_t *c, int64_t timeout_ms, int until, bool sync, cli_print_t mo
     while (!c->closed) {
         uint64_t now = ts_mono_us();
         int64_t left = now < deadline ? (int64_t)((deadline - now) / 1000) : 0;
+        if (now - c->last_sent_us >= CLI_KEEPALIVE_US) { /* the gateway closes silent connections */
+            c->last_sent_us = now;
+            if (ts_client_ping(c->conn, CLI_KEEPALIVE_MARK) != TS_OK) c->closed = true;
+        }
         Tessera__V1__ServerFrame *f = NULL;
-        ts_status_t st = ts_client_recv(c->conn, left > 0 ? left : 1, &f);
-        if (st == TS_ERR_TIMEOUT) return false;
+        ts_status_t st = ts_client_recv(c->conn, left > 1000 ? 1000 : left > 0 ? left : 1, &f);
+        if (st == TS_ERR_TIMEOUT) {
+            if (ts_mono_us() < deadline) continue;
+            return false;
+        }
         if (st != TS_OK) {
             c->closed = true;
             fprintf(c->out, "closed: %s\n", ts_status_str(st));
@@ -123,7 +145,10 @@ bool cli_pump(cli_t *c, int64_t timeout_ms, int until, bool sync, cli_print_t mo
         bool done = false;
         if (until != 0) {
             if ((int)f->payload_case == until)
-                done = !sync || f->pong->client_time_us == CLI_SYNC_MARK;
+                done = until != TESSERA__V1__SERVER_FRAME__PAYLOAD_PONG
+                           ? true
+                           : (sync ? f->pong->client_time_us == CLI_SYNC_MARK
+                                   : f->pong->client_time_us != CLI_KEEPALIVE_MARK);
             else if (f->payload_case == TESSERA__V1__SERVER_FRAME__PAYLOAD_ERROR)
                 done = !sync;
         }
@@ -137,4 +162,18 @@ bool cli_sync(cli_t *c, int64_t timeout_ms)
 {
     if (c->closed || ts_client_ping(c->conn, CLI_SYNC_MARK) != TS_OK) return false;
     return cli_pump(c, timeout_ms, TESSERA__V1__SERVER_FRAME__PAYLOAD_PONG, true, CLI_PRINT_ALL);
+}
+
+ts_status_t cli_hello(cli_t *c)
+{
+    Tessera__V1__Hello h = TESSERA__V1__HELLO__INIT;
+    h.protocol_version = TS_PROTOCOL_VERSION;
+    h.client_name = (char *)"tessera-client";
+    h.token = (char *)(c->token ? c->token : "");
+    h.resume_token = (char *)(c->resume ? c->resume : "");
+    Tessera__V1__ClientFrame f = TESSERA__V1__CLIENT_FRAME__INIT;
+    f.payload_case = TESSERA__V1__CLIENT_FRAME__PAYLOAD_HELLO;
+    f.hello = &h;
+    c->last_sent_us = ts_mono_us();
+    return ts_client_send(c->conn, &f);
 }

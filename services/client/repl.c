@@ -8,6 +8,7 @@
  * only counted. History holds every command run (`!N` runs entry N again). */
 #include <ctype.h>
 #include <errno.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -110,7 +111,7 @@ static bool run(cli_t *c, history_t *h, char *line, bool *quit)
     }
     ts_status_t st;
     if (strcmp(cmd, "hello") == 0 && nrest == 0) {
-        st = ts_client_hello(c->conn, "tessera-client");
+        st = cli_hello(c);
         return st == TS_OK && cli_pump(c, REPLY_TIMEOUT_MS, TESSERA__V1__SERVER_FRAME__PAYLOAD_WELCOME, false,
                                        CLI_PRINT_ALL);
     }
@@ -185,6 +186,12 @@ int cli_repl(cli_t *c, FILE *in, bool script)
         if (prompt) {
             fprintf(c->out, "> ");
             fflush(c->out);
+        }
+        /* at a terminal, keep the connection alive while the user thinks */
+        if (isatty(fileno(in))) {
+            struct pollfd pfd = {.fd = fileno(in), .events = POLLIN};
+            while (!c->closed && poll(&pfd, 1, 1000) == 0)
+                cli_pump(c, 0, 0, false, CLI_QUIET_DELTAS);
         }
         if (fgets(buf, sizeof buf, in) == NULL) break;
         lineno++;

@@ -714,6 +714,20 @@ static void test_auth(void **state)
     assert_false(alice.closed);
     assert_false(bob.closed);
 
+    /* the CLI logs in with --token; without one it is turned away */
+    char carol[2048];
+    snprintf(carol, sizeof carol, "%s",
+             run_line("%s --sub carol --secret %s --aud %s", ctl, AUTH_SECRET, AUDIENCE));
+    assert_string_equal(run_line("%s/tessera-client --gateway.listen=127.0.0.1:%d --token %s join 5 5 2>&1 | "
+                                 "grep -c 'welcome .*player=carol'",
+                                 TS_BIN_DIR, port, carol),
+                        "2");
+    assert_string_equal(
+        run_line(
+            "%s/tessera-client --gateway.listen=127.0.0.1:%d join 5 5 2>&1 | grep -c 'error UNAUTHENTICATED'",
+            TS_BIN_DIR, port),
+        "1");
+
     cl_close(&alice);
     cl_close(&bob);
     ts_h_signal(&ts_h, idx, SIGTERM);
