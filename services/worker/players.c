@@ -38,9 +38,11 @@ typedef struct {
     uint64_t instance;
     uint64_t last_mono_us;
     uint64_t last_wall_us;
-    bool heard;    /* an alive message came (not only an entity naming it) */
-    bool replaced; /* a newer instance of the same id spoke */
-    bool dead;     /* tick thread: its entities were detached */
+    bool heard;             /* an alive message came (not only an entity naming it) */
+    bool replaced;          /* a newer instance of the same id spoke */
+    bool dead;              /* tick thread: its entities were detached */
+    bool revived;           /* it spoke again after it was declared dead */
+    uint64_t dead_since_us; /* the detach time its entities got */
 } gw_rec_t;
 
 typedef struct {
@@ -91,7 +93,8 @@ static void on_alive(void *ud, const ts_bus_msg_t *m)
     if (a->gateway != 0) {
         pthread_mutex_lock(&p->mu);
         gw_rec_t *g = get_gw(p, a->gateway, a->instance);
-        if (g && !g->dead) {
+        if (g && g->dead && !g->replaced) g->revived = true; /* it was only late */
+        if (g && (!g->dead || g->revived)) {
             if (!g->heard)
                 for (size_t i = 0; i < p->ngws; i++)
                     if (p->gws[i].id == a->gateway && p->gws[i].instance != a->instance)
@@ -174,6 +177,30 @@ static bool binding_settled(const ts_binding_t *b)
     return b->state == TS_BIND_ACTIVE && !b->catching_up;
 }
 
+/* A gateway instance that was declared dead spoke again (its messages were
+ * late, not lost): the entities its death detached are attached again. */
+static void revive_gateway(ts_players_t *p, uint32_t id, uint64_t instance, uint64_t since_us)
+{
+    ts_worker_t *w = p->w;
+    size_t n = 0;
+    for (size_t i = 0; i < w->nbind; i++) {
+        ts_zone_t *z = w->bindings[i]->zone;
+        uint64_t k;
+        void *v;
+        for (size_t it = 0; ts_map_next(&z->entities, &it, &k, &v);) {
+            ts_entity_t *e = v;
+            if (e->gateway != id || e->gateway_instance != instance || e->detached_us != since_us) continue;
+            e->detached_us = 0;
+            e->dirty = true; /* as the zone's own changes do: in the next delta and checkpoint */
+            e->mod = ++z->mod_counter;
+            free(ts_map_del(&p->detached, e->id));
+            n++;
+        }
+    }
+    ts_warn("gateway %u (instance %016" PRIx64 ") speaks again after being declared gone: %zu entities kept",
+            id, instance, n);
+}
+
 /* A gateway instance is gone: its connected entities here are detached as
  * of its last sign of life. */
 static void detach_gateway(ts_players_t *p, uint32_t id, uint64_t instance, uint64_t since_us)
@@ -225,10 +252,18 @@ void ts_players_tick(ts_worker_t *w)
     for (;;) {
         uint32_t id = 0;
         uint64_t instance = 0, since = 0;
-        bool found = false;
+        bool found = false, revived = false;
         pthread_mutex_lock(&p->mu);
         for (size_t i = 0; i < p->ngws && !found; i++) {
             gw_rec_t *g = &p->gws[i];
+            if (g->revived) {
+                g->revived = g->dead = false;
+                id = g->id;
+                instance = g->instance;
+                since = g->dead_since_us;
+                found = revived = true;
+                break;
+            }
             if (g->dead) {
                 if (now - g->last_mono_us > PLAYERS_GW_FORGET_US) p->gws[i--] = p->gws[--p->ngws];
                 continue;
@@ -237,12 +272,15 @@ void ts_players_tick(ts_worker_t *w)
             g->dead = true;
             id = g->id;
             instance = g->instance;
-            since = g->last_wall_us;
+            since = g->dead_since_us = g->last_wall_us;
             found = true;
         }
         pthread_mutex_unlock(&p->mu);
         if (!found) break;
-        detach_gateway(p, id, instance, since);
+        if (revived)
+            revive_gateway(p, id, instance, since);
+        else
+            detach_gateway(p, id, instance, since);
     }
 
     /* detached entities whose grace is over */
