@@ -181,7 +181,10 @@ int main(int argc, char **argv)
     rc = 1;
     ts_orch_t o = {.cfg = &cfg, .stop = ts_service_stop_flag()};
     ts_stats_init(&o.stats);
-    if (ts_orch_metrics_start(&o) != TS_OK) goto cleanup;
+    if (ts_orch_metrics_start(&o) != TS_OK) {
+        rc = TS_SERVICE_EXIT_CONFIG;
+        goto cleanup;
+    }
 
     if (ts_layout_build(&o.layout, &cfg, err, sizeof err) != TS_OK) {
         ts_error("bad world layout: %s", err);

@@ -263,7 +263,10 @@ int main(int argc, char **argv)
         ts_error("%s", err);
         goto cleanup;
     }
-    if (ts_sim_metrics_start(&cfg) != TS_OK) goto cleanup;
+    if (ts_sim_metrics_start(&cfg) != TS_OK) {
+        rc = TS_SERVICE_EXIT_CONFIG;
+        goto cleanup;
+    }
     if (via_gateway != NULL) {
         ts_sim_metrics_ready();
         rc = run_via_gateway(&cfg, via_gateway);
