@@ -7,10 +7,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "metrics.h"
 #include "tessera/log.h"
 #include "tessera/subject.h"
 #include "tessera/util.h"
-#include "metrics.h"
 #include "worker_internal.h"
 
 ts_binding_t *ts_worker_find_binding(ts_worker_t *w, const ts_cell_t *c)

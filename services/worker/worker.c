@@ -17,11 +17,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "metrics.h"
 #include "tessera/log.h"
 #include "tessera/service.h"
 #include "tessera/subject.h"
 #include "tessera/util.h"
-#include "metrics.h"
 #include "worker_internal.h"
 
 #define DRAIN_TIMEOUT_MS 30000
