@@ -89,12 +89,14 @@ EOF
     echo "authorization {"
     echo "  timeout: 2"
     echo "  users: ["
+    # no service ever deletes or purges a stream or a stored message
+    js_destroy='"$JS.API.STREAM.DELETE.>", "$JS.API.STREAM.PURGE.>", "$JS.API.STREAM.MSG.DELETE.>"'
     user_block orch \
         '"cell.*.*.*.*.*.handover", "tessera.registry.*", "_INBOX.>", "$JS.API.>", "$JS.FC.>"' \
-        '"tessera.worker.*.hb", "tessera.ctl.>", "tessera.gw.>", "_INBOX.>"'
+        '"tessera.worker.*.hb", "tessera.ctl.>", "tessera.gw.>", "_INBOX.>"' "$js_destroy"
     user_block worker \
         '"cell.>", "tessera.worker.*.hb", "tessera.ctl.*.drain", "_INBOX.>", "$JS.API.>", "$JS.FC.>"' \
-        '"cell.*.*.*.*.*.handover", "tessera.registry.*", "tessera.gw.>", "_INBOX.>"'
+        '"cell.*.*.*.*.*.handover", "tessera.registry.*", "tessera.gw.>", "_INBOX.>"' "$js_destroy"
     user_block gateway \
         '"cell.*.*.*.*.*.input", "tessera.gw.>"' \
         '"cell.*.*.*.*.*.state", "tessera.registry.*", "tessera.worker.*.hb", "_INBOX.>"'

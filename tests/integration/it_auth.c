@@ -6,8 +6,8 @@
  *    connect at all; the gateway, sim and inspector users each try to publish
  *    a forged state, handover, ctl request, registry broadcast and heartbeat
  *    (and the inspector an input) and get a permission violation for every
- *    one; no subscriber ever sees a forged message, and the registry (version,
- *    every cell's owner and epoch) is unchanged.
+ *    one; the worker and orch users cannot delete or purge a stream; no subscriber ever sees a forged
+ * message, and the registry (version, every cell's owner and epoch) is unchanged.
  *  - Redis ACLs: anonymous commands and wrong passwords are refused; the
  *    gateway user only reads; the worker user cannot change a cell, the world
  *    or the leader lock, but can manage worker liveness keys. */
@@ -247,6 +247,16 @@ static void test_forged_nats_traffic_refused(void **state)
         if (strcmp(users[u], "inspector") == 0) forge_refused(&f, "cell.0.0.0.0.0.input", false);
         /* still connected: a violation does not cost the connection */
         assert_true(natsConnection_Status(f.nc) == NATS_CONN_STATUS_CONNECTED);
+        forger_close(&f);
+    }
+
+    /* workers and the orchestrator manage streams but never destroy them */
+    static const char *const service_users[] = {"worker", "orch"};
+    for (size_t u = 0; u < sizeof service_users / sizeof service_users[0]; u++) {
+        assert_int_equal(forger_connect(&f, service_users[u]), NATS_OK);
+        forge_refused(&f, "$JS.API.STREAM.DELETE.TS_INPUT_0", true);
+        forge_refused(&f, "$JS.API.STREAM.PURGE.TS_INPUT_0", true);
+        forge_refused(&f, "$JS.API.STREAM.MSG.DELETE.TS_CKPT_0", true);
         forger_close(&f);
     }
 
