@@ -382,6 +382,8 @@ static natsStatus apply_auth(natsOptions *opts, const char *url, const ts_bus_au
     bool url_has_user = strchr(url, '@') != NULL;
     if (s == NATS_OK && nonempty(auth->user) && !url_has_user)
         s = natsOptions_SetUserInfo(opts, auth->user, auth->password ? auth->password : "");
+    else if (s == NATS_OK && nonempty(auth->password) && !url_has_user)
+        s = natsOptions_SetToken(opts, auth->password); /* a password without a user: token auth */
     if (s == NATS_OK && (nonempty(auth->tls_ca) || nonempty(auth->tls_cert)))
         s = natsOptions_SetSecure(opts, true);
     if (s == NATS_OK && nonempty(auth->tls_ca)) s = natsOptions_LoadCATrustedCertificates(opts, auth->tls_ca);

@@ -409,6 +409,21 @@ static void test_redis_acl(void **state)
     ts_h_pass();
 }
 
+static void test_urls_masked(void **state)
+{
+    (void)state;
+    char buf[128];
+    ts_bus_redact_url(buf, sizeof buf, "nats://gateway:s3cret@127.0.0.1:4222");
+    assert_string_equal(buf, "nats://gateway:***@127.0.0.1:4222");
+    ts_bus_redact_url(buf, sizeof buf, "redis://:s3cret@host:6379/2");
+    assert_string_equal(buf, "redis://:***@host:6379/2");
+    ts_bus_redact_url(buf, sizeof buf, "redis://user@host:6379");
+    assert_string_equal(buf, "redis://user@host:6379");
+    ts_bus_redact_url(buf, sizeof buf, "nats://127.0.0.1:4222");
+    assert_string_equal(buf, "nats://127.0.0.1:4222");
+    ts_h_pass();
+}
+
 static int group_setup(void **state)
 {
     (void)state;
@@ -425,10 +440,9 @@ static int group_setup(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        TS_H_TEST(test_stack_runs_secured),
-        TS_H_TEST(test_forged_nats_traffic_refused),
-        TS_H_TEST(test_inspector_reads),
-        TS_H_TEST(test_redis_acl),
+        TS_H_TEST(test_stack_runs_secured), TS_H_TEST(test_forged_nats_traffic_refused),
+        TS_H_TEST(test_inspector_reads),    TS_H_TEST(test_redis_acl),
+        TS_H_TEST(test_urls_masked),
     };
     return TS_H_RUN("it_auth", tests, group_setup, ts_h_group_teardown);
 }

@@ -57,7 +57,7 @@ typedef void (*ts_bus_ack_cb)(void *ud, const char *subject, uint64_t seq, uint3
  * too, and win over user/password here. */
 typedef struct {
     const char *user;       /* with password */
-    const char *password;   /* the secret itself (read from a file by the caller) */
+    const char *password;   /* the secret itself (read from a file by the caller); without a user: a token */
     const char *creds_file; /* .creds file: user JWT and nkey seed */
     const char *tls_ca;     /* CA file verifying the server; set (or a tls:// URL): TLS required */
     const char *tls_cert;   /* client certificate file, with tls_key */
