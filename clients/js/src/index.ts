@@ -1,0 +1,18 @@
+export { TesseraClient, type ClientOptions, type Backoff } from './client.js';
+export { InterpolationBuffer, type Position } from './interp.js';
+export { Predictor, type PendingInput, type Predicted } from './predict.js';
+export {
+  ErrorCode,
+  decodeServerFrame,
+  encodeClientFrame,
+  type CellChanged,
+  type CellId,
+  type ClientPayload,
+  type Delta,
+  type EntityState,
+  type Pong,
+  type ServerError,
+  type ServerFrame,
+  type Snapshot,
+  type Welcome,
+} from './proto.js';

@@ -1,0 +1,251 @@
+// The SDK against a real stack (nats-server, redis-server, orch, w1, w2 and
+// two gateways with WebSocket listeners): join, ping, cross cells and
+// workers, acks for prediction, resume on another gateway with every input
+// applied exactly once, and the WebSocket listener's refusals.
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import WebSocket from 'ws';
+import { ErrorCode, TesseraClient, decodeServerFrame, encodeClientFrame } from '../dist/index.js';
+import { Stack, until } from './stack.mjs';
+
+const stack = new Stack();
+let ok = true;
+
+before(async () => {
+  await stack.start({ gateways: 2 });
+});
+
+after(async () => {
+  stack.failed = !ok;
+  await stack.stop();
+});
+
+function track(t) {
+  t.after?.(() => {});
+}
+
+async function client(gw = 0, opts = {}) {
+  const c = new TesseraClient({ url: stack.gateways[gw].url, name: 'js-test', ...opts });
+  await c.connect();
+  return c;
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** Waits until the own entity shows `applied` inputs and `seq` acked, then checks it stays so for a second. */
+async function expectApplied(c, applied, seq) {
+  await until(`inputs_applied ${applied}, ack ${seq}`, () => c.me && c.me.inputs_applied >= applied && c.ackedSeq >= seq, 15000, 50);
+  await sleep(1000);
+  assert.equal(c.me.inputs_applied, applied);
+  assert.equal(c.me.last_input_seq, seq);
+  assert.equal(c.ackedSeq, seq);
+}
+
+describe('sdk', () => {
+  it('joins, pings and sees its entity move', async (t) => {
+    try {
+      const c = await client();
+      const snap = await c.join(-30, 50);
+      assert.notEqual(snap.entity, '0');
+      assert.equal(c.entity, snap.entity);
+      assert.equal(c.cell.cx, -1);
+      assert.equal(c.cell.cy, 0);
+      const rtt = await c.ping();
+      assert.ok(rtt >= 0 && rtt < 5000);
+      const seq = c.move(10, 0);
+      await expectApplied(c, 2, seq);
+      assert.ok(c.me.x > -30, `x ${c.me.x} moved`);
+      assert.equal(c.me.vx, 10);
+      c.close();
+    } catch (e) {
+      ok = false;
+      throw e;
+    }
+  });
+
+  it('crosses cells and workers on one connection, every input applied once, acks drain the prediction', async () => {
+    try {
+      const c = await client();
+      await c.join(-30, 50);
+      const changes = [];
+      c.on('cell_changed', (cc) => changes.push(cc));
+      let acksSeen = 0;
+      c.on('delta', (d) => {
+        if (d.last_input_seq > 0) acksSeen++;
+      });
+      let sent = 1;
+      for (let i = 0; i < 40; i++) {
+        c.move(25, 0);
+        sent++;
+        await sleep(100);
+      }
+      const last = c.move(0, 0);
+      sent++;
+      await until('cell change', () => changes.length > 0, 10000);
+      assert.equal(changes.at(-1).to.cx, 0);
+      assert.equal(changes.at(-1).to.cy, 0);
+      await expectApplied(c, sent, last);
+      assert.ok(c.me.x > 0, `x ${c.me.x} in cell (0, 0)`);
+      assert.equal(c.cell.cx, 0);
+      assert.ok(acksSeen > 0);
+      // every input acknowledged: nothing left to replay, prediction = server
+      assert.equal(c.predictor.unacked().length, 0);
+      const p = c.predictor.predict(performance.now() + 1000);
+      assert.ok(Math.abs(p.x - c.me.x) < 1e-6 && Math.abs(p.y - c.me.y) < 1e-6);
+      // a remote player shows up in the interpolation buffer
+      const other = await client(1);
+      await other.join(c.me.x + 5, c.me.y);
+      await until('other player seen', () => c.entities.has(other.entity) && c.interp.sample(other.entity) !== undefined, 10000);
+      other.close();
+      c.close();
+    } catch (e) {
+      ok = false;
+      throw e;
+    }
+  });
+
+  it('resumes on another gateway after the connection drops mid-walk, every input applied exactly once', async () => {
+    try {
+      const c = await client(0, { backoff: { initialMs: 50, maxMs: 500, maxAttempts: 20 } });
+      const snap = await c.join(-150, -150);
+      const entity = snap.entity;
+      assert.ok(c.resumeToken.length > 0, 'Welcome carried a resume token');
+      let sent = 1;
+      for (let i = 0; i < 10; i++) {
+        c.move(20, 0);
+        sent++;
+        await sleep(50);
+      }
+      const resumed = c.waitFor('resumed', () => true, 20000);
+      // the next connection goes to the second gateway
+      c.opts.url = stack.gateways[1].url;
+      c.drop();
+      const w = await resumed;
+      assert.equal(w.entity, entity);
+      assert.equal(c.entity, entity);
+      assert.equal(c.connections, 2);
+      for (let i = 0; i < 10; i++) {
+        c.move(0, 20);
+        sent++;
+        await sleep(50);
+      }
+      const last = c.move(0, 0);
+      sent++;
+      await expectApplied(c, sent, last);
+      assert.ok(c.me.x > -150 && c.me.y > -150, 'the entity kept walking from where it was');
+      c.close();
+    } catch (e) {
+      ok = false;
+      throw e;
+    }
+  });
+
+  it('refuses a forged resume token', async () => {
+    try {
+      const c = await client(0, { autoResume: false });
+      c.resumeToken = 'forged.token';
+      c.entity = '1';
+      const err = c.waitFor('error', (e) => e.fatal);
+      c.send({ hello: { protocol_version: 1, resume_token: 'forged.token' } });
+      const e = await err;
+      assert.equal(e.code, ErrorCode.RESUME_REFUSED);
+      c.close();
+    } catch (e) {
+      ok = false;
+      throw e;
+    }
+  });
+});
+
+/** A raw WebSocket to gateway 0; resolves frames and the close. */
+function raw(opts = {}) {
+  const ws = new WebSocket(stack.gateways[0].url, opts);
+  ws.binaryType = 'arraybuffer';
+  const frames = [];
+  const closed = new Promise((r) => ws.on('close', (code) => r(code)));
+  ws.on('message', (d) => frames.push(decodeServerFrame(new Uint8Array(d))));
+  const opened = new Promise((res, rej) => {
+    ws.on('open', res);
+    ws.on('unexpected-response', (req, resp) => rej(Object.assign(new Error('refused'), { status: resp.statusCode })));
+    ws.on('error', rej);
+  });
+  return { ws, frames, closed, opened };
+}
+
+describe('websocket listener', () => {
+  it('answers a text message with ERROR_MALFORMED, then closes 1003', async () => {
+    try {
+      const r = raw();
+      await r.opened;
+      r.ws.send('hello');
+      assert.equal(await r.closed, 1003);
+      assert.equal(r.frames.at(-1).error.code, ErrorCode.MALFORMED);
+      assert.equal(r.frames.at(-1).error.fatal, true);
+    } catch (e) {
+      ok = false;
+      throw e;
+    }
+  });
+
+  it('answers an oversized message with ERROR_OVERSIZED, then closes 1009', async () => {
+    try {
+      const r = raw();
+      await r.opened;
+      r.ws.send(new Uint8Array(65 * 1024 + 1));
+      assert.equal(await r.closed, 1009);
+      assert.equal(r.frames.at(-1).error.code, ErrorCode.OVERSIZED);
+    } catch (e) {
+      ok = false;
+      throw e;
+    }
+  });
+
+  it('answers bytes that are no ClientFrame with ERROR_MALFORMED; other players keep playing', async () => {
+    try {
+      const good = await client();
+      await good.join(50, 50);
+      const r = raw();
+      await r.opened;
+      r.ws.send(new Uint8Array([0xff, 0xff, 0xff, 0xff, 0x0f]));
+      await r.closed;
+      assert.equal(r.frames.at(-1).error.code, ErrorCode.MALFORMED);
+      const seq = good.move(1, 0);
+      await until('good player acked', () => good.ackedSeq >= seq, 10000);
+      assert.ok((await good.ping()) >= 0);
+      good.close();
+    } catch (e) {
+      ok = false;
+      throw e;
+    }
+  });
+
+  it('refuses an Origin that is not the page itself', async () => {
+    try {
+      const r = raw({ origin: 'https://evil.example' });
+      await assert.rejects(r.opened, (e) => e.status === 403);
+      const same = raw({ origin: `http://127.0.0.1:${stack.gateways[0].wsPort}` });
+      await same.opened;
+      same.ws.send(encodeClientFrame(1, { ping: { client_time_us: 7 } }));
+      await until('pong', () => same.frames.some((f) => f.pong?.client_time_us === 7), 5000);
+      same.ws.close();
+    } catch (e) {
+      ok = false;
+      throw e;
+    }
+  });
+
+  it('serves the map page and the world feed', async () => {
+    try {
+      const page = await fetch(stack.gateways[0].http + '/');
+      assert.equal(page.status, 200);
+      assert.match(page.headers.get('content-type'), /text\/html/);
+      const w = await stack.world(0);
+      assert.equal(w.cells.length, 16);
+      assert.equal(w.workers.length, 2);
+      assert.equal((await fetch(stack.gateways[0].http + '/nope.js')).status, 404);
+    } catch (e) {
+      ok = false;
+      throw e;
+    }
+  });
+});
