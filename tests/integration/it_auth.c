@@ -21,6 +21,7 @@
 #include "harness.h"
 #include "tessera/bus.h"
 #include "tessera/client.h"
+#include "tessera/frame.h"
 #include "tessera/registry.h"
 #include "tessera/util.h"
 
@@ -160,12 +161,14 @@ static void on_observed(void *ud, const ts_bus_msg_t *m)
 
 /* ---- tests ---------------------------------------------------------------------- */
 
-static void test_stack_runs_secured(void **state)
+/* A player joins at (x, y) through the gateway and moves three times;
+ * returns how many of its inputs its own entity shows applied once they
+ * stop changing (4 when all went through exactly once). */
+static uint64_t play(double x, double y)
 {
-    (void)state;
     ts_client_t *c = NULL;
     assert_int_equal(ts_client_connect(&c, "127.0.0.1", stack.gw_port, 3000), TS_OK);
-    assert_int_equal(ts_client_join(c, 20, 20, "secured"), TS_OK);
+    assert_int_equal(ts_client_join(c, x, y, "secured"), TS_OK);
     /* the join is the first input, then three moves: four applied, once each */
     uint64_t entity = 0, applied = 0, settled_us = 0;
     uint64_t deadline = ts_mono_us() + 10000 * 1000ull;
@@ -192,7 +195,13 @@ static void test_stack_runs_secured(void **state)
     }
     ts_client_destroy(c);
     assert_true(entity != 0);
-    assert_int_equal(applied, 4);
+    return applied;
+}
+
+static void test_stack_runs_secured(void **state)
+{
+    (void)state;
+    assert_int_equal(play(20, 20), 4);
 
     /* tessera-ctl reads the registry and asks the orchestrator as user ctl */
     const char *args[] = {"cells", NULL};
@@ -409,6 +418,84 @@ static void test_redis_acl(void **state)
     ts_h_pass();
 }
 
+/* Hostile clients at the gateway: 40 connections each send a stream of
+ * valid ClientFrames (hello, join, moves, pings) with bytes flipped, lengths
+ * changed and frames cut short, from a fixed seed. The gateway refuses or
+ * closes them as it sees fit, and keeps serving: a player who comes after
+ * has every input applied exactly once. */
+static uint64_t xorshift(uint64_t *s)
+{
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    return *s;
+}
+
+static void test_gateway_survives_garbage(void **state)
+{
+    (void)state;
+    uint64_t rng = 0x9e3779b97f4a7c15ull;
+    Tessera__V1__Hello hello = TESSERA__V1__HELLO__INIT;
+    hello.protocol_version = 1;
+    hello.client_name = (char *)"garbage";
+    Tessera__V1__Join join = TESSERA__V1__JOIN__INIT;
+    join.x = 30;
+    join.y = -30;
+    join.name = (char *)"g";
+    Tessera__V1__Move move = TESSERA__V1__MOVE__INIT;
+    move.dx = 1;
+    Tessera__V1__Ping ping = TESSERA__V1__PING__INIT;
+    for (int conn = 0; conn < 40; conn++) {
+        ts_client_t *c = NULL;
+        assert_int_equal(ts_client_connect(&c, "127.0.0.1", stack.gw_port, 3000), TS_OK);
+        uint8_t stream[4096];
+        size_t n = 0;
+        for (uint64_t seq = 1; seq <= 12; seq++) {
+            Tessera__V1__ClientFrame f = TESSERA__V1__CLIENT_FRAME__INIT;
+            f.seq = seq;
+            switch (seq) {
+            case 1:
+                f.payload_case = TESSERA__V1__CLIENT_FRAME__PAYLOAD_HELLO;
+                f.hello = &hello;
+                break;
+            case 2:
+                f.payload_case = TESSERA__V1__CLIENT_FRAME__PAYLOAD_JOIN;
+                f.join = &join;
+                break;
+            default:
+                f.payload_case = seq % 3 ? TESSERA__V1__CLIENT_FRAME__PAYLOAD_MOVE
+                                         : TESSERA__V1__CLIENT_FRAME__PAYLOAD_PING;
+                f.move = &move;
+                f.ping = &ping;
+                break;
+            }
+            if (f.payload_case == TESSERA__V1__CLIENT_FRAME__PAYLOAD_PING)
+                f.move = NULL;
+            else
+                f.ping = NULL;
+            size_t len = tessera__v1__client_frame__get_packed_size(&f);
+            if (n + 4 + len > sizeof stream) break;
+            ts_frame_put_header(stream + n, (uint32_t)len);
+            tessera__v1__client_frame__pack(&f, stream + n + 4);
+            n += 4 + len;
+        }
+        /* damage: flip bytes, sometimes a length, sometimes cut the end */
+        int flips = 1 + (int)(xorshift(&rng) % 8);
+        for (int i = 0; i < flips; i++)
+            stream[xorshift(&rng) % n] ^= (uint8_t)(1 + xorshift(&rng) % 255);
+        if (xorshift(&rng) % 4 == 0) ts_frame_put_header(stream, (uint32_t)(xorshift(&rng) % 0x7fffffff));
+        if (xorshift(&rng) % 3 == 0) n -= xorshift(&rng) % n;
+        (void)ts_client_send_raw(c, stream, n); /* the gateway may already have closed it */
+        Tessera__V1__ServerFrame *reply = NULL;
+        while (ts_client_recv(c, 50, &reply) == TS_OK)
+            tessera__v1__server_frame__free_unpacked(reply, NULL);
+        ts_client_destroy(c);
+    }
+    assert_int_equal(ts_h_wait(&ts_h, stack.gateway, 0), -1);
+    assert_int_equal(play(-30, -30), 4);
+    ts_h_pass();
+}
+
 static void test_urls_masked(void **state)
 {
     (void)state;
@@ -440,9 +527,9 @@ static int group_setup(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        TS_H_TEST(test_stack_runs_secured), TS_H_TEST(test_forged_nats_traffic_refused),
-        TS_H_TEST(test_inspector_reads),    TS_H_TEST(test_redis_acl),
-        TS_H_TEST(test_urls_masked),
+        TS_H_TEST(test_stack_runs_secured),       TS_H_TEST(test_forged_nats_traffic_refused),
+        TS_H_TEST(test_inspector_reads),          TS_H_TEST(test_redis_acl),
+        TS_H_TEST(test_gateway_survives_garbage), TS_H_TEST(test_urls_masked),
     };
     return TS_H_RUN("it_auth", tests, group_setup, ts_h_group_teardown);
 }
