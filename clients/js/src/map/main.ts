@@ -1,0 +1,253 @@
+// The live world map served by the gateway at `/`: cells colored by owner
+// (from /api/world, the gateway's registry view and the workers'
+// heartbeats), entities near the viewer as dots (from the SDK's view),
+// handovers and recoveries flashing, a legend with workers, entities and
+// inputs/s. "Join" spawns the viewer as a player; arrow keys move it.
+import { TesseraClient } from '../index.js';
+
+interface WorldCell {
+  key: string;
+  cx: number;
+  cy: number;
+  depth: number;
+  sub: number;
+  epoch: number;
+  state: string;
+}
+interface WorkerCell {
+  key: string;
+  epoch: number;
+  entities: number;
+}
+interface Worker {
+  id: string;
+  entities: number;
+  inputs_applied: number;
+  draining: boolean;
+  cells: WorkerCell[];
+}
+interface World {
+  world: { id: number; cell_size: number; x0: number; y0: number; width: number; height: number };
+  gateway: string;
+  cells: WorldCell[];
+  workers: Worker[];
+}
+interface Flash {
+  until: number;
+  kind: 'handover' | 'recovery';
+}
+
+const SPEED = 40;
+const POLL_MS = 500;
+const FLASH_MS = 1500;
+
+const canvas = document.getElementById('map') as HTMLCanvasElement;
+const ctx = canvas.getContext('2d')!;
+const legend = document.getElementById('legend')!;
+const events = document.getElementById('events')!;
+const joinButton = document.getElementById('join') as HTMLButtonElement;
+
+let world: World | null = null;
+const owners = new Map<string, { owner: string; epoch: number; entities: number }>();
+const flashes = new Map<string, Flash>();
+let inputsPerS = 0;
+let lastInputs: { t: number; n: number } | null = null;
+let client: TesseraClient | null = null;
+const keys = new Set<string>();
+
+function hue(id: string): number {
+  let h = 2166136261;
+  for (let i = 0; i < id.length; i++) h = Math.imul(h ^ id.charCodeAt(i), 16777619);
+  return (h >>> 0) % 360;
+}
+const color = (id: string, a = 1) => `hsla(${hue(id)}, 65%, 55%, ${a})`;
+
+function note(text: string): void {
+  const li = document.createElement('li');
+  li.textContent = `${new Date().toLocaleTimeString()} ${text}`;
+  events.prepend(li);
+  while (events.children.length > 8) events.lastChild!.remove();
+}
+
+function applyWorld(w: World): void {
+  const t = performance.now();
+  const next = new Map<string, { owner: string; epoch: number; entities: number }>();
+  for (const wk of w.workers)
+    for (const c of wk.cells) {
+      const cur = next.get(c.key);
+      if (cur === undefined || c.epoch > cur.epoch) next.set(c.key, { owner: wk.id, epoch: c.epoch, entities: c.entities });
+    }
+  const alive = new Set(w.workers.map((x) => x.id));
+  for (const c of w.cells) {
+    const before = owners.get(c.key);
+    const after = next.get(c.key);
+    if (before !== undefined && after !== undefined && (after.owner !== before.owner || after.epoch > before.epoch)) {
+      const kind = alive.has(before.owner) ? 'handover' : 'recovery';
+      flashes.set(c.key, { until: t + FLASH_MS, kind });
+      note(`${kind}: cell ${c.key} ${before.owner} → ${after.owner} (epoch ${after.epoch})`);
+    }
+    if (c.state === 'handover') flashes.set(c.key, { until: t + FLASH_MS, kind: 'handover' });
+  }
+  owners.clear();
+  for (const [k, v] of next) owners.set(k, v);
+  const n = w.workers.reduce((s, x) => s + x.inputs_applied, 0);
+  if (lastInputs !== null && t > lastInputs.t) inputsPerS = Math.max(0, ((n - lastInputs.n) * 1000) / (t - lastInputs.t));
+  lastInputs = { t, n };
+  world = w;
+  renderLegend();
+}
+
+function renderLegend(): void {
+  if (world === null) return;
+  const entities = world.workers.reduce((s, x) => s + x.entities, 0);
+  const rows = world.workers
+    .map(
+      (w) =>
+        `<li><span class="chip" style="background:${color(w.id)}"></span>${w.id}: ${w.cells.length} cells, ${w.entities} entities${w.draining ? ' (draining)' : ''}</li>`,
+    )
+    .join('');
+  legend.innerHTML =
+    `<div>gateway <b>${world.gateway}</b></div>` +
+    `<div>cells <b id="legend-cells">${world.cells.length}</b> · workers <b id="legend-workers">${world.workers.length}</b>` +
+    ` · entities <b id="legend-entities">${entities}</b> · inputs/s <b id="legend-inputs">${inputsPerS.toFixed(0)}</b></div>` +
+    `<ul class="workers">${rows}</ul>` +
+    (client?.entity ? `<div>you: <b id="legend-me">${client.entity}</b></div>` : '');
+}
+
+async function poll(): Promise<void> {
+  try {
+    const r = await fetch('/api/world', { cache: 'no-store' });
+    if (r.ok) applyWorld((await r.json()) as World);
+  } catch {
+    /* the gateway restarts: try again */
+  }
+  setTimeout(poll, POLL_MS);
+}
+
+/** A cell's bounds in world units (quadtree path: two bits per level, SW SE NW NE). */
+function bounds(c: WorldCell, size: number): [number, number, number] {
+  let x = c.cx * size;
+  let y = c.cy * size;
+  let s = size;
+  for (let l = 0; l < c.depth; l++) {
+    const q = Number((BigInt(c.sub) >> BigInt(2 * (c.depth - 1 - l))) & 3n);
+    s /= 2;
+    if (q & 1) x += s;
+    if (q & 2) y += s;
+  }
+  return [x, y, s];
+}
+
+function draw(): void {
+  requestAnimationFrame(draw);
+  const dpr = window.devicePixelRatio || 1;
+  const w = canvas.clientWidth;
+  const h = canvas.clientHeight;
+  if (canvas.width !== w * dpr || canvas.height !== h * dpr) {
+    canvas.width = w * dpr;
+    canvas.height = h * dpr;
+  }
+  ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+  ctx.fillStyle = '#111';
+  ctx.fillRect(0, 0, w, h);
+  if (world === null) return;
+  const ws = world.world;
+  const size = ws.cell_size;
+  const wx0 = ws.x0 * size;
+  const wy0 = ws.y0 * size;
+  const ww = ws.width * size;
+  const wh = ws.height * size;
+  const scale = Math.min((w - 20) / ww, (h - 20) / wh);
+  const ox = (w - ww * scale) / 2;
+  const oy = (h - wh * scale) / 2;
+  const sx = (x: number) => ox + (x - wx0) * scale;
+  const sy = (y: number) => oy + (wy0 + wh - y) * scale; // y grows upwards
+  const t = performance.now();
+  for (const c of world.cells) {
+    const [x, y, s] = bounds(c, size);
+    const own = owners.get(c.key);
+    ctx.fillStyle = own ? color(own.owner, 0.35) : '#333';
+    ctx.fillRect(sx(x), sy(y + s), s * scale, s * scale);
+    const f = flashes.get(c.key);
+    if (f !== undefined && f.until > t) {
+      const a = (f.until - t) / FLASH_MS;
+      ctx.fillStyle = f.kind === 'handover' ? `rgba(255,255,255,${0.6 * a})` : `rgba(255,80,80,${0.7 * a})`;
+      ctx.fillRect(sx(x), sy(y + s), s * scale, s * scale);
+    } else if (f !== undefined) flashes.delete(c.key);
+    ctx.strokeStyle = '#000';
+    ctx.strokeRect(sx(x), sy(y + s), s * scale, s * scale);
+    if (own && own.entities > 0) {
+      ctx.fillStyle = '#ddd';
+      ctx.font = '11px sans-serif';
+      ctx.fillText(String(own.entities), sx(x) + 4, sy(y + s) + 13);
+    }
+  }
+  if (client !== null) {
+    for (const id of client.entities.keys()) {
+      const p = client.renderPosition(id, t);
+      if (p === undefined) continue;
+      const me = id === client.entity;
+      ctx.beginPath();
+      ctx.arc(sx(p.x), sy(p.y), me ? 6 : 3.5, 0, Math.PI * 2);
+      ctx.fillStyle = me ? '#ffd400' : '#7fd3ff';
+      ctx.fill();
+    }
+  }
+}
+
+function steer(): void {
+  if (client === null || client.entity === null || !client.connected) return;
+  const dx = (keys.has('ArrowRight') ? SPEED : 0) - (keys.has('ArrowLeft') ? SPEED : 0);
+  const dy = (keys.has('ArrowUp') ? SPEED : 0) - (keys.has('ArrowDown') ? SPEED : 0);
+  client.move(dx, dy);
+}
+
+async function join(): Promise<void> {
+  if (client !== null || world === null) return;
+  joinButton.disabled = true;
+  const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
+  const c = new TesseraClient({ url: `${proto}//${location.host}/ws`, name: 'map-viewer' });
+  await c.connect();
+  const ws = world.world;
+  const x = (ws.x0 + ws.width / 2) * ws.cell_size - ws.cell_size / 2;
+  const y = (ws.y0 + ws.height / 2) * ws.cell_size - ws.cell_size / 2;
+  await c.join(x, y, 'map-viewer');
+  c.on('close', (e) => note(e.willResume ? 'connection lost: resuming' : 'connection closed'));
+  c.on('resumed', () => note('resumed'));
+  c.on('cell_changed', (cc) => note(`you crossed into cell ${cc.to?.cx},${cc.to?.cy}`));
+  client = c;
+  joinButton.textContent = 'Joined: arrow keys move';
+  renderLegend();
+}
+
+window.addEventListener('keydown', (e) => {
+  if (!e.key.startsWith('Arrow')) return;
+  e.preventDefault();
+  if (keys.has(e.key)) return;
+  keys.add(e.key);
+  steer();
+});
+window.addEventListener('keyup', (e) => {
+  if (!keys.delete(e.key)) return;
+  steer();
+});
+joinButton.addEventListener('click', () => {
+  join().catch((e) => {
+    note(`join failed: ${e.message}`);
+    joinButton.disabled = false;
+  });
+});
+
+// for tests and the console
+(window as any).tessera = {
+  get client() {
+    return client;
+  },
+  get world() {
+    return world;
+  },
+  join,
+};
+
+poll();
+requestAnimationFrame(draw);
