@@ -53,10 +53,16 @@ app.kubernetes.io/component: {{ .component }}
 {{- define "tessera.nats" -}}{{ include "tessera.fullname" . }}-nats{{- end -}}
 {{- define "tessera.redis" -}}{{ include "tessera.fullname" . }}-redis{{- end -}}
 
+{{/* The host other pods reach a Service of this release at: its name, or
+     serviceHost on a node without cluster DNS. (dict "ctx" $ "svc" "name") */}}
+{{- define "tessera.svcHost" -}}
+{{- default .svc .ctx.Values.serviceHost -}}
+{{- end -}}
+
 {{/* Bus and registry addresses ------------------------------------------- */}}
 {{- define "tessera.natsUrl" -}}
 {{- if .Values.nats.enabled -}}
-nats://{{ include "tessera.nats" . }}:{{ .Values.nats.port }}
+nats://{{ include "tessera.svcHost" (dict "ctx" . "svc" (include "tessera.nats" .)) }}:{{ .Values.nats.port }}
 {{- else -}}
 {{- required "nats.url is required when nats.enabled is false" .Values.nats.url -}}
 {{- end -}}
@@ -65,7 +71,7 @@ nats://{{ include "tessera.nats" . }}:{{ .Values.nats.port }}
 {{/* redis://host:port[/db] without credentials */}}
 {{- define "tessera.redisUrl" -}}
 {{- if .Values.redis.enabled -}}
-redis://{{ include "tessera.redis" . }}:{{ .Values.redis.port }}
+redis://{{ include "tessera.svcHost" (dict "ctx" . "svc" (include "tessera.redis" .)) }}:{{ .Values.redis.port }}
 {{- else -}}
 {{- required "redis.url is required when redis.enabled is false" .Values.redis.url -}}
 {{- end -}}
@@ -161,25 +167,26 @@ priorityClassName: {{ . }}
 {{- end }}
 {{- end -}}
 
-{{/* A probe on /healthz or /readyz. With fixed ports an httpGet; with ports
-     chosen per pod (hostNetwork: portFile names the file the entrypoint wrote
-     the port to) an exec probe speaking HTTP over bash's /dev/tcp, since
-     the image carries no HTTP client.
-     (dict "path" "/readyz" "port" 9400 "portFile" "" "p" .Values.probes.readiness) */}}
+{{/* A probe on /healthz or /readyz. In a pod network an httpGet. On the
+     node's network an exec probe speaking HTTP to 127.0.0.1 over bash's
+     /dev/tcp (the image carries no HTTP client, and a node without an
+     address of its own cannot be probed from outside); the port is fixed, or
+     read from the file the entrypoint wrote it to (portFile).
+     (dict "ctx" $ "path" "/readyz" "port" 9400 "portFile" "" "p" .Values.probes.readiness) */}}
 {{- define "tessera.probe" -}}
-{{- if .portFile }}
+{{- if .ctx.Values.hostNetwork }}
 exec:
   command:
     - bash
     - -c
     - >-
-      p=$(cat {{ .portFile }}) && exec 3<>/dev/tcp/127.0.0.1/$p &&
+      {{ if .portFile }}p=$(cat {{ .portFile }}){{ else }}p={{ .port }}{{ end }} && exec 3<>/dev/tcp/127.0.0.1/$p &&
       printf 'GET {{ .path }} HTTP/1.0\r\nHost: localhost\r\n\r\n' >&3 &&
       read -r -t {{ .p.timeoutSeconds }} _ code _ <&3 && [ "$code" = 200 ]
 {{- else }}
 httpGet:
   path: {{ .path }}
-  port: http
+  port: {{ .port }}
 {{- end }}
 initialDelaySeconds: {{ .p.initialDelaySeconds }}
 periodSeconds: {{ .p.periodSeconds }}

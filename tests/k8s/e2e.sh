@@ -1,0 +1,407 @@
+#!/usr/bin/env bash
+# tests/k8s/e2e.sh: Tessera's Helm chart on a real Kubernetes cluster.
+#
+#   KUBECONFIG=... tests/k8s/e2e.sh
+#
+# Builds the image (unless E2E_BUILD=0), renders charts/tessera, applies it
+# after a server-side dry run, waits for every workload to roll out with its
+# real probes, then:
+#   - a player joins through the gateway, moves, and gets every input applied
+#     once; the chart's `helm test` Pod does the same from inside the cluster;
+#   - synthetic players (tessera-sim --via-gateway, a Job) play throughout;
+#   - a worker pod is deleted: its preStop hook drains it, and every cell it
+#     owned moves to the other worker by live handover (no crash recovery);
+#   - the leading orchestrator pod is killed: the standby takes the lead and
+#     drives a handover;
+#   - the sim Job must end with every input it sent applied (none lost);
+#   - /metrics of every service is scraped;
+#   - everything is deleted and nothing of the release is left.
+#
+# Environment:
+#   KUBECONFIG        the cluster (required)
+#   E2E_VALUES        values file (default tests/k8s/values-kube-local.yaml: a
+#                     single node, pods on the node's network, Services at
+#                     127.0.0.1; for a cluster with a pod network pass your own)
+#   E2E_ACCESS        loopback (services are on this machine's 127.0.0.1, as
+#                     with hostNetwork on a local node) or port-forward
+#                     (kubectl port-forward); default: loopback when the values
+#                     say hostNetwork
+#   E2E_NAMESPACE     namespace, created and deleted (default tessera-e2e)
+#   E2E_BUILD         1 (default): make image, plus the NATS/Redis test images
+#                     when the values use localhost/tessera-{nats,redis}
+#   E2E_LOAD          command run after the build with the image names as
+#                     arguments, to put them in the cluster (e.g. "kind load
+#                     docker-image"); kube-local copies images at `up` instead
+#   E2E_STATIC_PV     1: create hostPath PersistentVolumes of storage class
+#                     tessera-e2e for the built-in NATS and Redis (a node
+#                     without a volume provisioner)
+#   E2E_ARTIFACTS     logs and rendered manifests (default build/k8s/e2e)
+#   BASE_IMAGE        base of the images (default debian:bookworm-slim)
+#   CHART_CHECK       chart-check (default: PATH or ../shared/tools/chart-check)
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+: "${KUBECONFIG:?set KUBECONFIG to the cluster to test}"
+export KUBECONFIG
+NS=${E2E_NAMESPACE:-tessera-e2e}
+REL=tessera
+VALUES=${E2E_VALUES:-$here/values-kube-local.yaml}
+ART=${E2E_ARTIFACTS:-$root/build/k8s/e2e}
+BASE_IMAGE=${BASE_IMAGE:-debian:bookworm-slim}
+CT=${CONTAINER_TOOL:-$(command -v podman >/dev/null 2>&1 && echo podman || echo docker)}
+K="kubectl -n $NS"
+mkdir -p "$ART"
+rm -f "$ART"/*.log "$ART"/*.yaml "$ART"/*.txt
+exec > >(tee "$ART/e2e.log") 2>&1
+
+t0=$(date +%s)
+step() { printf '\n==== [%4ss] %s\n' $(($(date +%s) - t0)) "$*"; }
+fail() {
+    echo "E2E FAIL: $*"
+    exit 1
+}
+loud() {
+    echo "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"
+    echo "!!! $*"
+    echo "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"
+}
+# waits up to $1 seconds for the command after it to succeed
+wait_for() {
+    local secs=$1 end
+    shift
+    end=$(($(date +%s) + secs))
+    until "$@" >/dev/null 2>&1; do
+        (($(date +%s) < end)) || return 1
+        sleep 1
+    done
+}
+
+# ---- values this run depends on ---------------------------------------------
+val() { python3 -c '
+import sys, yaml
+v = yaml.safe_load(open(sys.argv[1])) or {}
+for k in sys.argv[2].split("."):
+    v = v.get(k) if isinstance(v, dict) else None
+print("" if v is None else str(v).lower() if isinstance(v, bool) else v)' "$VALUES" "$1"; }
+HOSTNET=$(val hostNetwork)
+ACCESS=${E2E_ACCESS:-$([[ $HOSTNET == true ]] && echo loopback || echo port-forward)}
+IMAGE=$(val image.repository):$(val image.tag)
+[[ $IMAGE != : ]] || IMAGE=tessera:dev
+NATS_IMAGE=$(val nats.image.repository):$(val nats.image.tag)
+REDIS_IMAGE=$(val redis.image.repository):$(val redis.image.tag)
+GW_PORT=$(val gateway.service.port)
+GW_PORT=${GW_PORT:-7400}
+GW_HTTP=$(val gateway.httpPort)
+GW_HTTP=${GW_HTTP:-9400}
+WK_HTTP=$(val worker.httpPort)
+WK_HTTP=${WK_HTTP:-9401}
+OR_HTTP=$(val orch.httpPort)
+OR_HTTP=${OR_HTTP:-9402}
+OR_RANGE=$(val orch.hostPortRange)
+OR_RANGE=${OR_RANGE:-32}
+NATS_PORT=$(val nats.port)
+NATS_PORT=${NATS_PORT:-4222}
+REDIS_PORT=$(val redis.port)
+REDIS_PORT=${REDIS_PORT:-6379}
+W0=$REL-worker-0
+W1=$REL-worker-1
+
+cc=${CHART_CHECK:-$(command -v chart-check || echo "$root/../shared/tools/chart-check/chart-check")}
+[[ -x $cc ]] || fail "chart-check not found (set CHART_CHECK)"
+
+# ---- cleanup and artifacts --------------------------------------------------
+pf_pids=()
+collect() {
+    $K get all,pvc,cm,secret,pdb,events -o wide >"$ART/objects.txt" 2>&1 || true
+    for p in $($K get pods -o name 2>/dev/null | sed 's|pod/||'); do pod_log "$p" >"$ART/pod-$p.log" 2>&1 || true; done
+}
+cleanup() {
+    local rc=$?
+    ((${#pf_pids[@]})) && kill "${pf_pids[@]}" 2>/dev/null
+    if ((rc != 0)); then
+        echo "e2e failed (exit $rc): objects, events and pod logs in $ART"
+        collect
+    fi
+    if [[ ${E2E_KEEP:-0} != 1 && ${uninstalled:-0} != 1 ]]; then
+        $K delete job,pod,deploy,sts,svc,cm,secret,pdb,pvc --all --wait=false >/dev/null 2>&1 || true
+        kubectl delete namespace "$NS" --wait=false >/dev/null 2>&1 || true
+        kubectl delete pv -l tessera-e2e=1 --wait=false >/dev/null 2>&1 || true
+    fi
+}
+trap cleanup EXIT
+
+# Logs of a pod: kubectl logs, or the kubelet's files when the node has no
+# address to reach it at (kube-local).
+pod_log() {
+    $K logs "$1" --all-containers 2>/dev/null && return 0
+    local f
+    for f in /var/log/pods/"${NS}_$1"_*/*/*.log; do
+        [[ -e $f ]] && sed -E 's/^[^ ]+ (stdout|stderr) [FP] //' "$f"
+    done
+}
+
+# host:port on this machine for port $2 of service or pod $1
+addr() {
+    if [[ $ACCESS == loopback ]]; then
+        echo "127.0.0.1:$2"
+        return
+    fi
+    local lp
+    lp=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    $K port-forward --address 127.0.0.1 "$1" "$lp:$2" >/dev/null 2>&1 &
+    pf_pids+=($!)
+    wait_for 20 bash -c "exec 3<>/dev/tcp/127.0.0.1/$lp" || fail "port-forward to $1:$2"
+    echo "127.0.0.1:$lp"
+}
+
+# tessera-client / tessera-ctl from the image, on this machine's network
+tool() { $CT run --rm --network host --read-only "$IMAGE" "$@"; }
+
+# HTTP GET; prints the body, fails unless the status is 200
+http_get() {
+    python3 - "$1" <<'PY'
+import sys, urllib.request
+with urllib.request.urlopen("http://" + sys.argv[1], timeout=5) as r:
+    sys.stdout.write(r.read().decode())
+PY
+}
+
+# ---- 1. images -----------------------------------------------------------------
+if [[ ${E2E_BUILD:-1} == 1 ]]; then
+    step "build $IMAGE (make image)"
+    make -C "$root" --no-print-directory image IMAGE="$IMAGE" BASE_IMAGE="$BASE_IMAGE"
+    if [[ $NATS_IMAGE == localhost/tessera-nats:* ]]; then
+        $CT build -q -t "$NATS_IMAGE" --build-arg BASE_IMAGE="$BASE_IMAGE" -f "$here/images/nats.Containerfile" "$here/images"
+    fi
+    if [[ $REDIS_IMAGE == localhost/tessera-redis:* ]]; then
+        $CT build -q -t "$REDIS_IMAGE" --build-arg BASE_IMAGE="$BASE_IMAGE" -f "$here/images/redis.Containerfile" "$here/images"
+    fi
+    [[ -z ${E2E_LOAD:-} ]] || $E2E_LOAD "$IMAGE" "$NATS_IMAGE" "$REDIS_IMAGE"
+fi
+
+# ---- 2. render -----------------------------------------------------------------
+step "render charts/tessera ($VALUES)"
+sets=()
+if tool tessera-worker --help 2>/dev/null | grep -q 'worker.http_listen'; then
+    HTTP=1
+else
+    HTTP=0
+    loud "this image's services have no <svc>.http_listen (no /healthz, /readyz, /metrics yet): probes OFF, metrics NOT checked"
+    sets+=(--set probes.enabled=false)
+fi
+render() { "$cc" "$root/charts/tessera" --name "$REL" -n "$NS" -f "$VALUES" "${sets[@]}" "$@"; }
+render --out "$ART/rendered.yaml" 2>"$ART/chart-check.log" || {
+    cat "$ART/chart-check.log"
+    fail "chart-check"
+}
+tail -1 "$ART/chart-check.log"
+# split: the release, the helm test hook, and the sim Job (rendered on its own)
+python3 - "$ART" <<'PY'
+import sys, yaml
+art = sys.argv[1]
+docs = [d for d in yaml.safe_load_all(open(art + "/rendered.yaml")) if d]
+hook = lambda d: "helm.sh/hook" in (d["metadata"].get("annotations") or {})
+yaml.safe_dump_all([d for d in docs if not hook(d)], open(art + "/release.yaml", "w"), sort_keys=False)
+yaml.safe_dump_all([d for d in docs if hook(d)], open(art + "/helm-test.yaml", "w"), sort_keys=False)
+PY
+render --set sim.enabled=true --out "$ART/with-sim.yaml" 2>/dev/null || fail "render with the sim"
+python3 - "$ART" <<'PY'
+import sys, yaml
+art = sys.argv[1]
+docs = [d for d in yaml.safe_load_all(open(art + "/with-sim.yaml")) if d and d["kind"] == "Job"]
+yaml.safe_dump_all(docs, open(art + "/sim.yaml", "w"), sort_keys=False)
+PY
+grep -c '^kind:' "$ART/release.yaml" | xargs echo "objects in the release:"
+
+# ---- 3. install ----------------------------------------------------------------
+step "install into namespace $NS (server-side dry run first)"
+kubectl get namespace "$NS" >/dev/null 2>&1 && fail "namespace $NS already exists; delete it first"
+kubectl create namespace "$NS"
+kubectl label namespace "$NS" tessera-e2e=1 >/dev/null
+if [[ ${E2E_STATIC_PV:-0} == 1 ]]; then
+    rm -rf "$ART/pv"
+    for pv in nats redis; do
+        mkdir -p "$ART/pv/$pv" && chmod 0777 "$ART/pv/$pv"
+        kubectl apply -f - <<EOF
+apiVersion: v1
+kind: PersistentVolume
+metadata: {name: tessera-e2e-$pv, labels: {tessera-e2e: "1"}}
+spec:
+  capacity: {storage: 1Gi}
+  accessModes: [ReadWriteOnce]
+  storageClassName: tessera-e2e
+  persistentVolumeReclaimPolicy: Retain
+  claimRef: {namespace: $NS, name: data-$REL-$pv-0}
+  hostPath: {path: $ART/pv/$pv, type: Directory}
+EOF
+    done
+fi
+$K apply --dry-run=server -f "$ART/release.yaml" >"$ART/dry-run.txt" || fail "server-side dry run"
+wc -l <"$ART/dry-run.txt" | xargs echo "dry run accepted; objects:"
+$K apply -f "$ART/release.yaml"
+
+step "wait for the rollouts (real probes)"
+for w in statefulset/$REL-nats statefulset/$REL-redis statefulset/$REL-worker deployment/$REL-orch deployment/$REL-gateway; do
+    if ! grep -q "name: ${w#*/}$" "$ART/release.yaml"; then continue; fi
+    $K rollout status "$w" --timeout=300s || fail "$w did not roll out"
+done
+$K get pods -o wide
+$K get pods -o jsonpath='{range .items[*]}{.metadata.name}{" ready="}{.status.containerStatuses[0].ready}{" restarts="}{.status.containerStatuses[0].restartCount}{"\n"}{end}'
+
+GW=$(addr svc/$REL-gateway "$GW_PORT")
+NATS=$(addr svc/$REL-nats "$NATS_PORT")
+REDIS=$(addr svc/$REL-redis "$REDIS_PORT")
+ctl() { tool tessera-ctl --nats.url="nats://$NATS" --redis.url="redis://$REDIS" "$@"; }
+owned_by() { ctl cells | awk -v w="$1" '$2 == w' | wc -l; }
+stats() { ctl stats; }
+json() { python3 -c 'import sys, json; print(json.load(sys.stdin)[sys.argv[1]])' "$1"; }
+
+# the registry has both workers' cells
+w1_has_cells() { (($(owned_by "$W1") > 0)); }
+wait_for 60 w1_has_cells || true
+ctl cells | tee "$ART/cells-before.txt"
+n_w1=$(awk -v w="$W1" '$2 == w' "$ART/cells-before.txt" | wc -l)
+n_all=$(awk '$2 ~ /-worker-/' "$ART/cells-before.txt" | wc -l)
+((n_w1 > 0)) || fail "$W1 owns no cell"
+
+# ---- 4. players ----------------------------------------------------------------
+step "a player through the gateway ($GW)"
+out=$(tool tessera-client --gateway.listen="$GW" --at 10,10 move 5 0 3) || {
+    echo "$out"
+    fail "tessera-client move"
+}
+echo "$out" | tail -2
+[[ $out =~ final\ me=.*\ applied=([0-9]+)\ last_seq=([0-9]+) ]] || fail "the player never saw its own entity"
+((BASH_REMATCH[1] > 0 && BASH_REMATCH[1] == BASH_REMATCH[2])) ||
+    fail "player: applied=${BASH_REMATCH[1]} last_seq=${BASH_REMATCH[2]}"
+echo "player: every input applied (${BASH_REMATCH[1]})"
+
+step "helm test: a player joins from inside the cluster"
+$K apply -f "$ART/helm-test.yaml"
+test_done() { [[ $($K get pod $REL-test-join -o jsonpath='{.status.phase}') =~ Succeeded|Failed ]]; }
+wait_for 120 test_done || fail "helm test pod did not finish"
+pod_log $REL-test-join | tail -3
+[[ $($K get pod $REL-test-join -o jsonpath='{.status.phase}') == Succeeded ]] || fail "helm test failed"
+$K delete pod $REL-test-join --wait=false >/dev/null
+
+step "synthetic players through the gateway (tessera-sim Job)"
+$K apply -f "$ART/sim.yaml"
+sim_connected() { pod_log "$($K get pods -l app.kubernetes.io/component=sim -o name | head -1 | sed 's|pod/||')" |
+    grep -q -E 'connected=[1-9]'; }
+wait_for 90 sim_connected || fail "the sim's clients never connected"
+pod_log "$($K get pods -l app.kubernetes.io/component=sim -o name | head -1 | sed 's|pod/||')" | grep via-gateway | tail -1
+
+# ---- 5. a worker pod deleted: drain by live handover ------------------------
+step "delete pod $W1 ($n_w1 cells): preStop drains it by live handover"
+s_before=$(stats)
+echo "orchestrator before: $s_before"
+td=$(date +%s%N)
+$K delete pod "$W1" --wait=true --timeout=120s
+echo "$W1 deleted in $((($(date +%s%N) - td) / 1000000)) ms (drain included)"
+s_after=$(stats)
+echo "orchestrator after:  $s_after"
+drained=$(($(json drain_moves <<<"$s_after") - $(json drain_moves <<<"$s_before")))
+recovered=$(($(json recoveries <<<"$s_after") - $(json recoveries <<<"$s_before")))
+echo "cells handed away by the drain: $drained, recovered from checkpoints: $recovered"
+((recovered == 0)) || fail "$recovered cells were recovered (crash path), not handed over"
+((drained >= n_w1)) || fail "only $drained of $n_w1 cells of $W1 moved by drain handover"
+lead_pod=""
+for p in $($K get pods -l app.kubernetes.io/component=orch -o name | sed 's|pod/||'); do
+    pod_log "$p" | grep -q "leader of world" && lead_pod=$p
+done
+[[ -n $lead_pod ]] || fail "no orchestrator pod says it leads"
+pod_log "$lead_pod" | grep -E "\(drain\): cell .* from $W1 to" | tee "$ART/drain-handovers.txt" | tail -3
+(($(wc -l <"$ART/drain-handovers.txt") >= n_w1)) || fail "the leader logged fewer drain handovers than $n_w1"
+$K rollout status statefulset/$REL-worker --timeout=180s || fail "$W1 did not come back"
+ctl cells | tee "$ART/cells-after-drain.txt" | tail -1
+(($(awk '$2 ~ /-worker-/' "$ART/cells-after-drain.txt" | wc -l) == n_all)) || fail "a cell has no owner after the drain"
+
+# ---- 6. the leading orchestrator killed --------------------------------------
+step "kill the leading orchestrator pod ($lead_pod)"
+old_leader=$(stats | json leader)
+echo "leader: $old_leader ($lead_pod)"
+tk=$(date +%s%N)
+$K delete pod "$lead_pod" --grace-period=0 --force --wait=false 2>&1 | grep -v -i warning || true
+new_leads() {
+    local l
+    l=$(stats 2>/dev/null | json leader 2>/dev/null) || return 1
+    [[ -n $l && $l != "$old_leader" ]]
+}
+wait_for 60 new_leads || fail "no standby took the lead"
+new_leader=$(stats | json leader)
+echo "new leader $new_leader after $((($(date +%s%N) - tk) / 1000000)) ms"
+standby=""
+for p in $($K get pods -l app.kubernetes.io/component=orch -o name | sed 's|pod/||'); do
+    [[ $p == "$lead_pod" ]] && continue
+    pod_log "$p" | grep -q "leader of world" && standby=$p
+done
+[[ -n $standby ]] || fail "the new leader is not one of the remaining orchestrator pods"
+echo "the standby $standby leads"
+cell=$(awk -v w="$W0" '$2 == w {print $1; exit}' "$ART/cells-after-drain.txt")
+ctl handover "$cell" "$W1" || fail "the new leader could not hand $cell to $W1"
+moved() { ctl cells | awk -v c="$cell" -v w="$W1" '$1 == c && $2 == w' | grep -q .; }
+wait_for 20 moved || fail "$cell did not move to $W1"
+echo "the new leader handed $cell to $W1"
+$K rollout status deployment/$REL-orch --timeout=120s || fail "the orchestrator Deployment did not recover"
+
+# ---- 7. nothing lost -----------------------------------------------------------
+step "the sim's players: every input applied"
+sim_done() { [[ $($K get job $REL-sim -o jsonpath='{.status.succeeded}{.status.failed}') =~ 1 ]]; }
+wait_for 240 sim_done || fail "the sim Job did not finish"
+simpod=$($K get pods -l app.kubernetes.io/component=sim -o name | head -1 | sed 's|pod/||')
+pod_log "$simpod" >"$ART/sim.log"
+grep via-gateway "$ART/sim.log" | tail -2
+[[ $($K get job $REL-sim -o jsonpath='{.status.succeeded}') == 1 ]] || fail "the sim reports inputs lost or clients dropped"
+
+# ---- 8. metrics ------------------------------------------------------------------
+step "scrape /metrics of every service"
+scrape() { # name host:port
+    local body
+    body=$(http_get "$2/metrics") || fail "$1: GET /metrics at $2"
+    http_get "$2/healthz" >/dev/null || fail "$1: /healthz"
+    http_get "$2/readyz" >/dev/null || fail "$1: /readyz"
+    local n
+    n=$(grep -c '^tessera_' <<<"$body" || true)
+    ((n > 0)) || fail "$1: no tessera_ metric at $2"
+    echo "$1 ($2): $n tessera_ samples, e.g. $(grep -m1 -E '^tessera_[a-z_]+(_total)? ' <<<"$body" || grep -m1 '^tessera_' <<<"$body")"
+}
+if ((HTTP == 0)); then
+    loud "/metrics NOT CHECKED: the services have no HTTP listener yet"
+elif [[ $ACCESS == loopback ]]; then
+    scrape gateway "127.0.0.1:$GW_HTTP"
+    scrape "$W0" "127.0.0.1:$WK_HTTP"
+    scrape "$W1" "127.0.0.1:$((WK_HTTP + 1))"
+    n_orch=0
+    for ((i = 0; i < OR_RANGE; i++)); do
+        if http_get "127.0.0.1:$((OR_HTTP + i))/metrics" >/dev/null 2>&1; then
+            scrape "orch" "127.0.0.1:$((OR_HTTP + i))"
+            n_orch=$((n_orch + 1))
+        fi
+    done
+    ((n_orch == 2)) || fail "found $n_orch orchestrators serving /metrics, want 2"
+else
+    scrape gateway "$(addr svc/$REL-gateway "$GW_HTTP")"
+    for p in $($K get pods -l 'app.kubernetes.io/component in (worker,orch)' -o name); do
+        port=$WK_HTTP
+        [[ $p == *orch* ]] && port=$OR_HTTP
+        scrape "${p#pod/}" "$(addr "$p" "$port")"
+    done
+fi
+
+# ---- 9. uninstall ---------------------------------------------------------------
+step "uninstall"
+$K delete -f "$ART/sim.yaml" --wait=true --timeout=60s
+$K delete -f "$ART/release.yaml" --wait=true --timeout=180s
+# a StatefulSet's volume claims outlive it (as with helm uninstall): delete them
+$K delete pvc -l app.kubernetes.io/instance=$REL --wait=true --timeout=60s
+kubectl delete namespace "$NS" --wait=true --timeout=180s
+kubectl delete pv -l tessera-e2e=1 --wait=true --timeout=60s 2>/dev/null || true
+uninstalled=1
+left=$(kubectl get pv -l tessera-e2e=1 -o name 2>/dev/null; kubectl get namespace "$NS" -o name 2>/dev/null || true)
+[[ -z $left ]] || fail "left behind: $left"
+if [[ $ACCESS == loopback ]]; then
+    for port in "$GW_PORT" "$GW_HTTP" "$NATS_PORT" "$REDIS_PORT" "$WK_HTTP"; do
+        ! (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null || fail "something still listens on 127.0.0.1:$port"
+    done
+fi
+step "PASS: installed, rolled out, played, drained $W1 by handover, failed the orchestrator over, scraped, uninstalled"
