@@ -273,7 +273,7 @@ static void log_stats(gw_t *gw)
         "(%.1f inputs/batch) ack_ms_avg=%.2f ack_ms_max=%.1f in_flight=%zu acked=%llu failed=%llu "
         "not_stored=%llu states=%llu stale=%llu "
         "inbox_dropped=%llu flushes=%llu frames=%llu bytes=%llu deltas_skipped=%llu registry_changes=%llu "
-        "resyncs=%llu",
+        "resyncs=%llu closed_hello=%llu closed_idle=%llu closed_slow=%llu refused_auth=%llu resumes=%llu",
         gw->nopen, joined, gw->ncells, subscribed, (unsigned long long)gw->inputs_queued,
         (unsigned long long)gw->inputs_published, (unsigned long long)gw->batches_published,
         gw->batches_published ? (double)gw->inputs_published / (double)gw->batches_published : 0.0,
@@ -284,7 +284,9 @@ static void log_stats(gw_t *gw)
         (unsigned long long)gw->inbox_dropped_total, (unsigned long long)gw->tick,
         (unsigned long long)gw->frames_sent, (unsigned long long)gw->bytes_sent,
         (unsigned long long)gw->deltas_skipped, (unsigned long long)gw->reg_changes,
-        (unsigned long long)gw->reg_resyncs);
+        (unsigned long long)gw->reg_resyncs, (unsigned long long)gw->closed_hello,
+        (unsigned long long)gw->closed_idle, (unsigned long long)gw->closed_slow,
+        (unsigned long long)gw->refused_auth, (unsigned long long)gw->resumes);
 }
 
 static void on_housekeeping(uv_timer_t *t)

@@ -507,6 +507,39 @@ static void test_gateway_killed_players_despawned(void **state)
     ts_h_pass();
 }
 
+/* The entity's gateway and detachment travel with the cell: a player who
+ * left without a Leave is despawned on time by the cell's new owner. */
+static void test_detached_entity_despawned_after_handover(void **state)
+{
+    (void)state;
+    cl_t watcher, p;
+    join_player(&watcher, gw2_port, -40, 60);
+    join_player(&p, stack.gw_port, -42, 62);
+    cl_move_seq(&p, p.seq + 1, 1, 0);
+    watcher.watch = p.entity;
+    assert_true(cl_pump_until(&watcher, 5000, watch_seen));
+    cl_close(&p); /* no Leave */
+    uint64_t t0 = ts_mono_us();
+    assert_true(cl_pump_until(&watcher, 3000, watch_stopped));
+    /* to whichever worker does not own the cell now */
+    const char *reply = "";
+    for (int i = 0; i < 2; i++) {
+        reply = run_line(
+            "TESSERA_NATS_URL='%s' TESSERA_REDIS_URL='%s' %s/tessera-ctl handover 0.-1.0.0.0 %s 2>&1 | "
+            "tail -1",
+            ts_h.nats_url, ts_h.redis_url, TS_BIN_DIR, i == 0 ? "w2" : "w1");
+        if (strstr(reply, "already owns") == NULL) break;
+    }
+    if (strncmp(reply, "ok", 2) != 0) fprintf(stderr, "handover: %s\n", reply);
+    assert_true(strncmp(reply, "ok", 2) == 0);
+    assert_false(watcher.watch_removed);
+    assert_true(cl_pump_until(&watcher, (GRACE_S + 4) * 1000, watch_removed));
+    uint64_t gone_ms = (ts_mono_us() - t0) / 1000;
+    assert_true(gone_ms >= (GRACE_S - 1) * 1000);
+    cl_close(&watcher);
+    ts_h_pass();
+}
+
 /* ---- resume -------------------------------------------------------------- */
 
 static bool acked_6(const cl_t *p)
@@ -786,6 +819,7 @@ int main(void)
         TS_H_TEST(test_resume_refused_forged_or_expired),
         TS_H_TEST(test_leave_then_join_same_connection),
         TS_H_TEST(test_gateway_killed_players_despawned),
+        TS_H_TEST(test_detached_entity_despawned_after_handover),
         TS_H_TEST(test_auth),
         TS_H_TEST(test_flood_limit_exact),
         TS_H_TEST(test_idle_sockets_do_not_lock_players_out),
