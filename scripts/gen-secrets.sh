@@ -14,8 +14,10 @@
 #                      NATS server certificate (127.0.0.1 and localhost) and
 #                      a client certificate
 #
-# Users and what they may do (DESIGN: a forged publish from anyone else is
-# refused by the server):
+# Users and what they may do (a forged publish from anyone else is refused
+# by the server). Each service user subscribes only to its own replies,
+# _INBOX.<user>.> (Tessera's bus sets that inbox prefix for a named user;
+# the orchestrator's handover replies come to _INBOX.tsorch.>):
 #   orch       serves tessera.ctl.>, publishes registry broadcasts and
 #              handover requests, manages the JetStream streams
 #   worker     publishes cell state, checkpoints, handover messages, forwarded
@@ -93,16 +95,16 @@ EOF
     js_destroy='"$JS.API.STREAM.DELETE.>", "$JS.API.STREAM.PURGE.>", "$JS.API.STREAM.MSG.DELETE.>"'
     user_block orch \
         '"cell.*.*.*.*.*.handover", "tessera.registry.*", "_INBOX.>", "$JS.API.>", "$JS.FC.>"' \
-        '"tessera.worker.*.hb", "tessera.ctl.>", "tessera.gw.>", "_INBOX.>"' "$js_destroy"
+        '"tessera.worker.*.hb", "tessera.ctl.>", "tessera.gw.>", "_INBOX.orch.>", "_INBOX.tsorch.>"' "$js_destroy"
     user_block worker \
         '"cell.>", "tessera.worker.*.hb", "tessera.ctl.*.drain", "_INBOX.>", "$JS.API.>", "$JS.FC.>"' \
-        '"cell.*.*.*.*.*.handover", "tessera.registry.*", "tessera.gw.>", "_INBOX.>"' "$js_destroy"
+        '"cell.*.*.*.*.*.handover", "tessera.registry.*", "tessera.gw.>", "_INBOX.worker.>"' "$js_destroy"
     user_block gateway \
         '"cell.*.*.*.*.*.input", "tessera.gw.>"' \
-        '"cell.*.*.*.*.*.state", "tessera.registry.*", "tessera.worker.*.hb", "_INBOX.>"'
+        '"cell.*.*.*.*.*.state", "tessera.registry.*", "tessera.worker.*.hb", "_INBOX.gateway.>"'
     user_block sim \
         '"cell.*.*.*.*.*.input"' \
-        '"cell.*.*.*.*.*.state", "_INBOX.>"'
+        '"cell.*.*.*.*.*.state", "_INBOX.sim.>"'
     user_block ctl '">"' '">"'
     user_block inspector "$js_read" '">"' '"cell.>", "tessera.>", "_INBOX.>"'
     user_block admin '">"' '">"'

@@ -372,6 +372,20 @@ ts_status_t ts_bus_set_default_auth(const ts_bus_auth_t *auth)
     return nomem ? TS_ERR_NOMEM : TS_OK;
 }
 
+/* A user name that can be one subject token (letters, digits, '-', '_'). */
+static bool inbox_user_ok(const char *user)
+{
+    size_t n = strlen(user);
+    if (n == 0 || n > 64) return false;
+    for (const char *p = user; *p; p++) {
+        char c = *p;
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
+              c == '_'))
+            return false;
+    }
+    return true;
+}
+
 /* Applies credentials and TLS to the connect options. */
 static natsStatus apply_auth(natsOptions *opts, const char *url, const ts_bus_auth_t *auth)
 {
@@ -380,9 +394,17 @@ static natsStatus apply_auth(natsOptions *opts, const char *url, const ts_bus_au
     if (nonempty(auth->creds_file)) s = natsOptions_SetUserCredentialsFromFiles(opts, auth->creds_file, NULL);
     /* a user in the URL wins; nats.c would otherwise send ours instead */
     bool url_has_user = strchr(url, '@') != NULL;
-    if (s == NATS_OK && nonempty(auth->user) && !url_has_user)
+    if (s == NATS_OK && nonempty(auth->user) && !url_has_user) {
         s = natsOptions_SetUserInfo(opts, auth->user, auth->password ? auth->password : "");
-    else if (s == NATS_OK && nonempty(auth->password) && !url_has_user)
+        /* replies to this user's requests, JetStream acks and consumer
+         * deliveries arrive under _INBOX.<user>.>, so its permissions can
+         * keep every other user's replies from it */
+        char prefix[160];
+        if (s == NATS_OK && inbox_user_ok(auth->user)) {
+            snprintf(prefix, sizeof prefix, "_INBOX.%s", auth->user);
+            s = natsOptions_SetCustomInboxPrefix(opts, prefix);
+        }
+    } else if (s == NATS_OK && nonempty(auth->password) && !url_has_user)
         s = natsOptions_SetToken(opts, auth->password); /* a password without a user: token auth */
     if (s == NATS_OK && (nonempty(auth->tls_ca) || nonempty(auth->tls_cert)))
         s = natsOptions_SetSecure(opts, true);

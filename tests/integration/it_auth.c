@@ -13,6 +13,7 @@
  *    or the leader lock, but can manage worker liveness keys. */
 #include <nats/nats.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -496,6 +497,36 @@ static void test_gateway_survives_garbage(void **state)
     ts_h_pass();
 }
 
+/* A drain under permissions: w2 stops (SIGTERM), asks the orchestrator to
+ * take its cells (a request whose reply comes to _INBOX.worker.>), the
+ * orchestrator hands each to w1 (handover requests, replies to
+ * _INBOX.tsorch.>, worker-to-worker copies), and w2 exits cleanly with w1
+ * owning the whole world. */
+static void test_drain_secured(void **state)
+{
+    (void)state;
+    ts_h_signal(&ts_h, stack.workers[1], SIGTERM);
+    assert_int_equal(ts_h_wait(&ts_h, stack.workers[1], 60000), 0);
+    ts_registry_t *reg = NULL;
+    assert_int_equal(ts_registry_connect(&reg, ts_h.redis_url), TS_OK);
+    ts_cell_entry_t *cells = NULL;
+    size_t n = 0;
+    assert_int_equal(ts_registry_cells(reg, WORLD, &cells, &n), TS_OK);
+    assert_int_equal(n, NCELLS);
+    for (size_t i = 0; i < n; i++)
+        assert_string_equal(cells[i].owner, "w1");
+    free(cells);
+    ts_registry_destroy(reg);
+    char *log = ts_h_read_log(&ts_h, stack.workers[1]);
+    assert_non_null(log);
+    assert_null(strstr(log, "Permissions Violation"));
+    assert_non_null(strstr(log, "drain: orchestrator says:")); /* the reply reached _INBOX.worker.> */
+    assert_null(strstr(log, "recovered from checkpoints"));    /* handed over, not recovered */
+    free(log);
+    assert_int_equal(play(25, -25), 4);
+    ts_h_pass();
+}
+
 static void test_urls_masked(void **state)
 {
     (void)state;
@@ -527,9 +558,13 @@ static int group_setup(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        TS_H_TEST(test_stack_runs_secured),       TS_H_TEST(test_forged_nats_traffic_refused),
-        TS_H_TEST(test_inspector_reads),          TS_H_TEST(test_redis_acl),
-        TS_H_TEST(test_gateway_survives_garbage), TS_H_TEST(test_urls_masked),
+        TS_H_TEST(test_stack_runs_secured),
+        TS_H_TEST(test_forged_nats_traffic_refused),
+        TS_H_TEST(test_inspector_reads),
+        TS_H_TEST(test_redis_acl),
+        TS_H_TEST(test_gateway_survives_garbage),
+        TS_H_TEST(test_drain_secured),
+        TS_H_TEST(test_urls_masked),
     };
     return TS_H_RUN("it_auth", tests, group_setup, ts_h_group_teardown);
 }

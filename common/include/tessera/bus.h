@@ -71,7 +71,10 @@ ts_status_t ts_bus_set_default_auth(const ts_bus_auth_t *auth);
 
 /* Connects with unlimited reconnects, with the default credentials
  * (ts_bus_set_default_auth). name shows in the server's connz. A server
- * that refuses the credentials gives TS_ERR_UNAVAILABLE. */
+ * that refuses the credentials gives TS_ERR_UNAVAILABLE. With auth->user
+ * set (not from the URL) the connection's reply subjects live under
+ * "_INBOX.<user>." instead of "_INBOX.", so subject permissions can give
+ * each user its own replies only. */
 ts_status_t ts_bus_connect(ts_bus_t **out, const char *url, const char *name);
 /* A URL as it may be logged: "scheme://user:password@host" becomes
  * "scheme://user:***@host" (any scheme; NATS and Redis URLs alike). */
