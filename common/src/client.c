@@ -25,6 +25,8 @@
 
 #include "tessera/util.h"
 
+#include <wslay/wslay.h>
+
 #define TS_CLIENT_MAX_FRAME (4u * 1024u * 1024u)
 #define CLIENT_SEND_TIMEOUT_S 10
 #define CLIENT_READ_CHUNK 65536
@@ -36,7 +38,13 @@ struct ts_client {
     uint64_t epoch;
     bool has_cell;
     ts_cell_t cell;
+    struct client_ws *ws; /* WebSocket transport (ts_client_connect_ws); NULL: TCP */
 };
+
+static ts_status_t ws_send_message(ts_client_t *c, const uint8_t *p, size_t len);
+static ts_status_t ws_feed(ts_client_t *c, const uint8_t *data, size_t len);
+static bool ws_closed(const ts_client_t *c);
+static void ws_free(ts_client_t *c);
 
 /* Milliseconds left until deadline_us (a ts_mono_us value); -1: no deadline. */
 static int remaining_ms(uint64_t deadline_us)
@@ -134,6 +142,7 @@ void ts_client_destroy(ts_client_t *c)
     if (c == NULL) return;
     if (c->fd >= 0) close(c->fd);
     ts_frame_reader_free(&c->reader);
+    ws_free(c);
     free(c);
 }
 
@@ -159,6 +168,16 @@ ts_status_t ts_client_send_raw(ts_client_t *c, const void *data, size_t len)
     return send_all(c->fd, data, len);
 }
 
+ts_status_t ts_client_send_message(ts_client_t *c, const void *data, size_t len)
+{
+    if (c == NULL || (data == NULL && len > 0) || len > UINT32_MAX) return TS_ERR_INVALID;
+    if (c->ws != NULL) return ws_send_message(c, data, len);
+    uint8_t head[TS_FRAME_HEADER];
+    ts_frame_put_header(head, (uint32_t)len);
+    ts_status_t st = send_all(c->fd, head, sizeof head);
+    return st == TS_OK ? send_all(c->fd, data, len) : st;
+}
+
 ts_status_t ts_client_send(ts_client_t *c, Tessera__V1__ClientFrame *frame)
 {
     if (c == NULL || frame == NULL) return TS_ERR_INVALID;
@@ -169,7 +188,8 @@ ts_status_t ts_client_send(ts_client_t *c, Tessera__V1__ClientFrame *frame)
     if (buf == NULL) return TS_ERR_NOMEM;
     ts_frame_put_header(buf, (uint32_t)len);
     protobuf_c_message_pack(&frame->base, buf + TS_FRAME_HEADER);
-    ts_status_t st = send_all(c->fd, buf, TS_FRAME_HEADER + len);
+    ts_status_t st = c->ws != NULL ? ws_send_message(c, buf + TS_FRAME_HEADER, len)
+                                   : send_all(c->fd, buf, TS_FRAME_HEADER + len);
     free(buf);
     if (st == TS_OK) c->last_seq = frame->seq;
     return st;
@@ -202,6 +222,7 @@ ts_status_t ts_client_recv(ts_client_t *c, int64_t timeout_ms, Tessera__V1__Serv
             return TS_OK;
         }
         if (st != TS_ERR_AGAIN) return TS_ERR_MALFORMED;
+        if (ws_closed(c)) return TS_ERR_CLOSED;
 
         st = wait_fd(c->fd, POLLIN, deadline_us);
         if (st != TS_OK) return st;
@@ -212,7 +233,8 @@ ts_status_t ts_client_recv(ts_client_t *c, int64_t timeout_ms, Tessera__V1__Serv
             if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK) continue;
             return errno == ECONNRESET ? TS_ERR_CLOSED : TS_ERR_IO;
         }
-        st = ts_frame_reader_feed(&c->reader, chunk, (size_t)n);
+        st =
+            c->ws != NULL ? ws_feed(c, chunk, (size_t)n) : ts_frame_reader_feed(&c->reader, chunk, (size_t)n);
         if (st != TS_OK) return st;
     }
 }
@@ -290,4 +312,233 @@ ts_status_t ts_client_leave(ts_client_t *c)
 uint64_t ts_client_last_seq(const ts_client_t *c)
 {
     return c ? c->last_seq : 0;
+}
+
+/* ---- WebSocket transport ----------------------------------------------------
+ * The upgrade request is written and its answer read here; frames are built
+ * and parsed by wslay's frame layer. Each binary message received is handed
+ * to the frame reader with a length prefix, so ts_client_recv works the
+ * same on both transports. */
+
+struct client_ws {
+    wslay_frame_context_ptr frames;
+    const uint8_t *in; /* bytes of the current read not yet given to wslay */
+    size_t in_len;
+    bool in_frame;
+    uint64_t frame_got;
+    uint8_t opcode;
+    uint8_t *msg;
+    size_t msg_len, msg_cap;
+    bool closed; /* a close frame arrived */
+    uint64_t rng;
+    uint8_t *obuf; /* one frame being built */
+    size_t olen, ocap;
+};
+
+static ssize_t ws_recv_cb(uint8_t *buf, size_t len, int flags, void *ud)
+{
+    (void)flags;
+    struct client_ws *ws = ud;
+    if (ws->in_len == 0) return -1;
+    size_t n = len < ws->in_len ? len : ws->in_len;
+    memcpy(buf, ws->in, n);
+    ws->in += n;
+    ws->in_len -= n;
+    return (ssize_t)n;
+}
+
+/* wslay "sends" a frame into obuf; it goes to the socket whole. */
+static ssize_t ws_send_cb(const uint8_t *data, size_t len, int flags, void *ud)
+{
+    (void)flags;
+    struct client_ws *ws = ud;
+    if (ws->olen + len > ws->ocap) return -1;
+    memcpy(ws->obuf + ws->olen, data, len);
+    ws->olen += len;
+    return (ssize_t)len;
+}
+
+static int ws_genmask_cb(uint8_t *buf, size_t len, void *ud)
+{
+    struct client_ws *ws = ud;
+    for (size_t i = 0; i < len; i++) {
+        ws->rng ^= ws->rng << 13;
+        ws->rng ^= ws->rng >> 7;
+        ws->rng ^= ws->rng << 17;
+        buf[i] = (uint8_t)ws->rng;
+    }
+    return 0;
+}
+
+static bool ws_closed(const ts_client_t *c)
+{
+    return c->ws != NULL && c->ws->closed;
+}
+
+static void ws_free(ts_client_t *c)
+{
+    if (c->ws == NULL) return;
+    wslay_frame_context_free(c->ws->frames);
+    free(c->ws->msg);
+    free(c->ws);
+    c->ws = NULL;
+}
+
+static ts_status_t ws_send_message(ts_client_t *c, const uint8_t *p, size_t len)
+{
+    struct client_ws *ws = c->ws;
+    ws->ocap = len + 14;
+    ws->obuf = malloc(ws->ocap);
+    ws->olen = 0;
+    if (ws->obuf == NULL) return TS_ERR_NOMEM;
+    struct wslay_frame_iocb io = {0};
+    io.fin = 1;
+    io.opcode = WSLAY_BINARY_FRAME;
+    io.mask = 1;
+    io.payload_length = len;
+    io.data = p;
+    io.data_length = len;
+    ssize_t n = wslay_frame_send(ws->frames, &io);
+    ts_status_t st = n < 0 || (size_t)n != len ? TS_ERR_INVALID : send_all(c->fd, ws->obuf, ws->olen);
+    free(ws->obuf);
+    ws->obuf = NULL;
+    ws->ocap = 0;
+    return st;
+}
+
+static ts_status_t ws_feed(ts_client_t *c, const uint8_t *data, size_t len)
+{
+    struct client_ws *ws = c->ws;
+    ws->in = data;
+    ws->in_len = len;
+    for (;;) {
+        struct wslay_frame_iocb io;
+        ssize_t r = wslay_frame_recv(ws->frames, &io);
+        if (r == WSLAY_ERR_WANT_READ) break;
+        if (r < 0) return TS_ERR_MALFORMED;
+        if (!ws->in_frame) {
+            ws->in_frame = true;
+            ws->frame_got = 0;
+            ws->opcode = io.opcode;
+            if (io.opcode == WSLAY_BINARY_FRAME) ws->msg_len = 0;
+        }
+        bool data_frame = ws->opcode == WSLAY_BINARY_FRAME || ws->opcode == WSLAY_CONTINUATION_FRAME;
+        if (data_frame && io.data_length > 0) {
+            if (ws->msg_len + io.data_length > TS_CLIENT_MAX_FRAME) return TS_ERR_OVERSIZED;
+            if (ws->msg_len + io.data_length > ws->msg_cap) {
+                size_t ncap = ws->msg_cap ? ws->msg_cap * 2 : 4096;
+                while (ncap < ws->msg_len + io.data_length)
+                    ncap *= 2;
+                uint8_t *nb = realloc(ws->msg, ncap);
+                if (nb == NULL) return TS_ERR_NOMEM;
+                ws->msg = nb;
+                ws->msg_cap = ncap;
+            }
+            memcpy(ws->msg + ws->msg_len, io.data, io.data_length);
+            ws->msg_len += io.data_length;
+        }
+        ws->frame_got += io.data_length;
+        if (ws->frame_got < io.payload_length) continue;
+        ws->in_frame = false;
+        if (ws->opcode == WSLAY_CONNECTION_CLOSE) ws->closed = true;
+        if (!data_frame || !io.fin) continue;
+        uint8_t head[TS_FRAME_HEADER];
+        ts_frame_put_header(head, (uint32_t)ws->msg_len);
+        ts_status_t st = ts_frame_reader_feed(&c->reader, head, sizeof head);
+        if (st == TS_OK) st = ts_frame_reader_feed(&c->reader, ws->msg, ws->msg_len);
+        if (st != TS_OK) return st;
+    }
+    return TS_OK;
+}
+
+static void base64_16(const uint8_t in[16], char out[25])
+{
+    static const char tab[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    size_t o = 0;
+    for (size_t i = 0; i < 15; i += 3) {
+        uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8 | in[i + 2];
+        out[o++] = tab[v >> 18 & 63];
+        out[o++] = tab[v >> 12 & 63];
+        out[o++] = tab[v >> 6 & 63];
+        out[o++] = tab[v & 63];
+    }
+    uint32_t v = (uint32_t)in[15] << 16;
+    out[o++] = tab[v >> 18 & 63];
+    out[o++] = tab[v >> 12 & 63];
+    out[o++] = '=';
+    out[o++] = '=';
+    out[o] = '\0';
+}
+
+ts_status_t ts_client_connect_ws(ts_client_t **out, const char *host, int port, const char *origin,
+                                 int64_t timeout_ms)
+{
+    uint64_t deadline_us = deadline_after(timeout_ms);
+    ts_status_t st = ts_client_connect(out, host, port, timeout_ms);
+    if (st != TS_OK) return st;
+    ts_client_t *c = *out;
+    struct client_ws *ws = calloc(1, sizeof *ws);
+    if (ws == NULL) goto fail_nomem;
+    c->ws = ws;
+    ws->rng = ts_mono_us() ^ ((uint64_t)(uintptr_t)c << 16) ^ 0x9e3779b97f4a7c15ull;
+    struct wslay_frame_callbacks cb = {ws_send_cb, ws_recv_cb, ws_genmask_cb};
+    if (wslay_frame_context_init(&ws->frames, &cb, ws) != 0) goto fail_nomem;
+
+    uint8_t nonce[16];
+    ws_genmask_cb(nonce, sizeof nonce, ws);
+    char key[25];
+    base64_16(nonce, key);
+    char req[1024];
+    int n = snprintf(req, sizeof req,
+                     "GET /ws HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n%s%s%s\r\n",
+                     host, port, key, origin ? "Origin: " : "", origin ? origin : "", origin ? "\r\n" : "");
+    if (n < 0 || (size_t)n >= sizeof req) {
+        st = TS_ERR_INVALID;
+        goto fail;
+    }
+    st = send_all(c->fd, (const uint8_t *)req, (size_t)n);
+    if (st != TS_OK) goto fail;
+
+    /* the answer's head, then maybe the first frames */
+    char head[8192];
+    size_t have = 0;
+    char *end = NULL;
+    while (end == NULL) {
+        if (have == sizeof head - 1) {
+            st = TS_ERR_MALFORMED;
+            goto fail;
+        }
+        st = wait_fd(c->fd, POLLIN, deadline_us);
+        if (st != TS_OK) goto fail;
+        ssize_t r = recv(c->fd, head + have, sizeof head - 1 - have, 0);
+        if (r == 0) {
+            st = TS_ERR_CLOSED;
+            goto fail;
+        }
+        if (r < 0) {
+            if (errno == EINTR || errno == EAGAIN) continue;
+            st = TS_ERR_IO;
+            goto fail;
+        }
+        have += (size_t)r;
+        head[have] = '\0';
+        end = strstr(head, "\r\n\r\n");
+    }
+    if (strncmp(head, "HTTP/1.1 101", 12) != 0) {
+        st = TS_ERR_UNAVAILABLE;
+        goto fail;
+    }
+    size_t head_len = (size_t)(end - head) + 4;
+    if (have > head_len) {
+        st = ws_feed(c, (const uint8_t *)head + head_len, have - head_len);
+        if (st != TS_OK) goto fail;
+    }
+    return TS_OK;
+fail_nomem:
+    st = TS_ERR_NOMEM;
+fail:
+    ts_client_destroy(c);
+    *out = NULL;
+    return st;
 }

@@ -3,7 +3,11 @@
  * their inputs reach the worker exactly once (also while their entity
  * crosses from w1's cells to w2's on one connection), they see their entity
  * move in Delta frames, bad frames from one client cost that client its
- * connection and nobody else anything, and the CLI works against it. */
+ * connection and nobody else anything, and the CLI works against it.
+ *
+ * `it_gateway --ws` runs the same tests with the players on WebSocket
+ * (gateway.ws_listen, one binary message per frame), plus the WebSocket
+ * framing errors. */
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -26,6 +30,8 @@
 #define NCELLS 16
 
 static ts_h_stack_t stack = {-1, {-1, -1}, -1, 0};
+static bool use_ws; /* players connect over WebSocket */
+static int ws_port; /* gateway.ws_listen */
 
 /* One connected player and what its frames told it. */
 typedef struct {
@@ -49,7 +55,10 @@ typedef struct {
 static void player_connect(player_t *p)
 {
     memset(p, 0, sizeof *p);
-    assert_int_equal(ts_client_connect(&p->c, "127.0.0.1", stack.gw_port, 3000), TS_OK);
+    if (use_ws)
+        assert_int_equal(ts_client_connect_ws(&p->c, "127.0.0.1", ws_port, NULL, 3000), TS_OK);
+    else
+        assert_int_equal(ts_client_connect(&p->c, "127.0.0.1", stack.gw_port, 3000), TS_OK);
 }
 
 static void player_close(player_t *p)
@@ -277,11 +286,11 @@ static void test_bad_frames_isolated(void **state)
     assert_int_equal(ts_client_move(good.c, 5, 0), TS_OK);
     pump(&good, 500);
 
-    /* length 5, bytes that are not a ClientFrame */
+    /* 5 bytes that are not a ClientFrame */
     player_t bad;
     player_connect(&bad);
-    const uint8_t garbage[] = {0, 0, 0, 5, 0xff, 0xff, 0xff, 0xff, 0xff};
-    assert_int_equal(ts_client_send_raw(bad.c, garbage, sizeof garbage), TS_OK);
+    const uint8_t garbage[] = {0xff, 0xff, 0xff, 0xff, 0xff};
+    assert_int_equal(ts_client_send_message(bad.c, garbage, sizeof garbage), TS_OK);
     expect_error(&bad, TESSERA__V1__ERROR_CODE__ERROR_MALFORMED, true);
     pump(&bad, 2000);
     assert_true(bad.closed);
@@ -289,9 +298,16 @@ static void test_bad_frames_isolated(void **state)
 
     /* a frame announcing 10 MB */
     player_connect(&bad);
-    uint8_t huge[TS_FRAME_HEADER];
-    ts_frame_put_header(huge, 10u * 1024 * 1024);
-    assert_int_equal(ts_client_send_raw(bad.c, huge, sizeof huge), TS_OK);
+    if (use_ws) {
+        /* FIN + binary, masked, 64-bit length 0xA00000, mask key, the first
+         * payload bytes (refused with them, nothing buffered) */
+        const uint8_t huge[] = {0x82, 0xff, 0, 0, 0, 0, 0, 0xa0, 0, 0, 1, 2, 3, 4, 9, 9, 9, 9, 9, 9, 9, 9};
+        assert_int_equal(ts_client_send_raw(bad.c, huge, sizeof huge), TS_OK);
+    } else {
+        uint8_t huge[TS_FRAME_HEADER];
+        ts_frame_put_header(huge, 10u * 1024 * 1024);
+        assert_int_equal(ts_client_send_raw(bad.c, huge, sizeof huge), TS_OK);
+    }
     expect_error(&bad, TESSERA__V1__ERROR_CODE__ERROR_OVERSIZED, true);
     pump(&bad, 2000);
     assert_true(bad.closed);
@@ -299,10 +315,37 @@ static void test_bad_frames_isolated(void **state)
 
     /* a frame without payload */
     player_connect(&bad);
-    const uint8_t empty[] = {0, 0, 0, 2, 0x08, 0x01}; /* seq = 1, nothing else */
-    assert_int_equal(ts_client_send_raw(bad.c, empty, sizeof empty), TS_OK);
+    const uint8_t empty[] = {0x08, 0x01}; /* seq = 1, nothing else */
+    assert_int_equal(ts_client_send_message(bad.c, empty, sizeof empty), TS_OK);
     expect_error(&bad, TESSERA__V1__ERROR_CODE__ERROR_MALFORMED, true);
     player_close(&bad);
+
+    if (use_ws) {
+        /* WebSocket frames RFC 6455 forbids, each: the Error, then the close */
+        const uint8_t unmasked[] = {0x82, 0x02, 0x08, 0x01};
+        const uint8_t text[] = {0x81, 0x82, 0, 0, 0, 0, 'h', 'i'};
+        const uint8_t rsv[] = {0xc2, 0x82, 0, 0, 0, 0, 0x08, 0x01};
+        const uint8_t bad_opcode[] = {0x83, 0x80, 0, 0, 0, 0};
+        const uint8_t long_ping[] = {0x89, 0xfe, 0x00, 0x80, 0, 0, 0, 0};
+        const uint8_t lone_continuation[] = {0x80, 0x80, 0, 0, 0, 0};
+        const struct {
+            const uint8_t *bytes;
+            size_t len;
+        } cases[] = {{unmasked, sizeof unmasked},
+                     {text, sizeof text},
+                     {rsv, sizeof rsv},
+                     {bad_opcode, sizeof bad_opcode},
+                     {long_ping, sizeof long_ping},
+                     {lone_continuation, sizeof lone_continuation}};
+        for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+            player_connect(&bad);
+            assert_int_equal(ts_client_send_raw(bad.c, cases[i].bytes, cases[i].len), TS_OK);
+            expect_error(&bad, TESSERA__V1__ERROR_CODE__ERROR_MALFORMED, true);
+            pump(&bad, 2000);
+            assert_true(bad.closed);
+            player_close(&bad);
+        }
+    }
 
     /* the well-behaved client did not notice */
     int deltas = good.deltas;
@@ -828,9 +871,13 @@ static int group_setup(void **state)
 {
     (void)state;
     ts_h_start(&ts_h);
-    const char *gw[] = {"--log.level=debug", NULL};
+    char ws_listen[64];
+    ws_port = ts_h_free_port();
+    snprintf(ws_listen, sizeof ws_listen, "--gateway.ws_listen=127.0.0.1:%d", ws_port);
+    const char *gw[] = {"--log.level=debug", use_ws ? ws_listen : NULL, NULL};
     ts_h_spawn_stack(&ts_h, NULL, NULL, gw, &stack);
-    if (!ts_h_wait_world(&ts_h, WORLD, NCELLS, 30000) || !ts_h_wait_port(stack.gw_port, 15000)) {
+    if (!ts_h_wait_world(&ts_h, WORLD, NCELLS, 30000) || !ts_h_wait_port(stack.gw_port, 15000) ||
+        (use_ws && !ts_h_wait_port(ws_port, 15000))) {
         ts_h_fail_dump(&ts_h);
         ts_h_stop(&ts_h);
         return -1;
@@ -838,8 +885,9 @@ static int group_setup(void **state)
     return 0;
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    use_ws = argc > 1 && strcmp(argv[1], "--ws") == 0;
     const struct CMUnitTest tests[] = {
         TS_H_TEST(test_join_move_ping),
         TS_H_TEST(test_walk_across_workers),
@@ -853,5 +901,5 @@ int main(void)
         TS_H_TEST(test_chunked_keyframe),
         TS_H_TEST(test_sigterm_exits_cleanly),
     };
-    return TS_H_RUN("it_gateway", tests, group_setup, ts_h_group_teardown);
+    return TS_H_RUN(use_ws ? "it_gateway_ws" : "it_gateway", tests, group_setup, ts_h_group_teardown);
 }

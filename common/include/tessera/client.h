@@ -13,13 +13,22 @@ typedef struct ts_client ts_client_t;
 
 /* Connects to host:port (TCP, TCP_NODELAY). timeout_ms bounds the connect. */
 ts_status_t ts_client_connect(ts_client_t **out, const char *host, int port, int64_t timeout_ms);
+/* The same over WebSocket: connects, upgrades GET /ws (with an Origin
+ * header unless origin is NULL), then every frame is one binary message.
+ * TS_ERR_UNAVAILABLE: the gateway answered the upgrade with anything but
+ * 101. */
+ts_status_t ts_client_connect_ws(ts_client_t **out, const char *host, int port, const char *origin,
+                                 int64_t timeout_ms);
 void ts_client_destroy(ts_client_t *c);
 
 /* Sends a frame. If frame->seq is 0 the client fills the next sequence
  * number. */
 ts_status_t ts_client_send(ts_client_t *c, Tessera__V1__ClientFrame *frame);
-/* Sends raw bytes (tests: malformed frames). */
+/* Sends raw bytes on the socket (tests: malformed frames). */
 ts_status_t ts_client_send_raw(ts_client_t *c, const void *data, size_t len);
+/* Sends bytes as one frame of the transport: length-prefixed on TCP, one
+ * binary message on WebSocket (tests: payloads that are no ClientFrame). */
+ts_status_t ts_client_send_message(ts_client_t *c, const void *data, size_t len);
 /* Receives the next frame within timeout_ms. On TS_OK the caller frees *out
  * with tessera__v1__server_frame__free_unpacked(*out, NULL). TS_ERR_TIMEOUT,
  * TS_ERR_CLOSED (peer closed), TS_ERR_MALFORMED otherwise. */

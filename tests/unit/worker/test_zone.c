@@ -347,6 +347,92 @@ static void test_checkpoint_replay_is_exactly_once(void **state)
     ts_zone_destroy(b);
 }
 
+static int player_events;
+static void count_player(void *ud, void *zone, ts_entity_t *e)
+{
+    (void)ud;
+    (void)zone;
+    (void)e;
+    player_events++;
+}
+
+/* Players: a Detach stops the entity for its own connection only, an Attach
+ * hands it to a new one; neither touches the exactly-once window; the
+ * entity's gateway, connection and detachment travel in checkpoints. */
+static void test_detach_attach(void **state)
+{
+    (void)state;
+    ts_zone_t *z = zone_at(0, 0);
+    z->player_hook = count_player;
+    player_events = 0;
+    ts_input_t j = join(5, 1, 10, 10);
+    j.gateway = 1;
+    j.gateway_instance = 77;
+    j.session = 3;
+    ts_zone_apply_input(z, &j, 1);
+    ts_input_t m = move(5, 2, 4, 0);
+    ts_zone_apply_input(z, &m, 1);
+    ts_entity_t *e = get(z, 5);
+    assert_int_equal(e->gateway, 1);
+    assert_int_equal(e->session, 3);
+    assert_int_equal(player_events, 1);
+
+    ts_input_t d = {.entity = 5, .kind = TS_INPUT_DETACH, .session = 9, .time_us = 1000};
+    ts_zone_apply_input(z, &d, 2); /* another connection's: ignored */
+    assert_true(e->vx == 4 && e->detached_us == 0);
+    d.session = 3;
+    ts_zone_apply_input(z, &d, 2);
+    assert_true(e->vx == 0 && e->vy == 0);
+    assert_int_equal(e->detached_us, 1000);
+    assert_int_equal(e->last_input_seq, 2);
+    assert_int_equal(e->inputs_applied, 2);
+    assert_int_equal(player_events, 2);
+
+    ts_input_t a = {.entity = 5, .kind = TS_INPUT_ATTACH, .gateway = 2, .gateway_instance = 88, .session = 4};
+    ts_zone_apply_input(z, &a, 3);
+    assert_int_equal(e->detached_us, 0);
+    assert_int_equal(e->gateway, 2);
+    assert_int_equal(e->gateway_instance, 88);
+    assert_int_equal(e->session, 4);
+    ts_zone_apply_input(z, &d, 3); /* the old connection's late Detach */
+    assert_int_equal(e->detached_us, 0);
+    /* the player's numbering goes on: seq 2 was applied, 3 was not */
+    m.seq = 2;
+    ts_zone_apply_input(z, &m, 3);
+    assert_int_equal(e->inputs_applied, 2);
+    m.seq = 3;
+    ts_zone_apply_input(z, &m, 3);
+    assert_int_equal(e->inputs_applied, 3);
+
+    d.session = 4;
+    d.time_us = 2000;
+    ts_zone_apply_input(z, &d, 4);
+    uint8_t *buf;
+    size_t len;
+    assert_int_equal(ts_zone_pack_checkpoint(z, 4, "w1", false, &buf, &len), TS_OK);
+    Tessera__V1__Checkpoint *cp = tessera__v1__checkpoint__unpack(NULL, len, buf);
+    free(buf);
+    assert_non_null(cp);
+    ts_zone_t *z2 = zone_at(0, 0);
+    assert_int_equal(ts_zone_load_checkpoint(z2, cp, false, 4), TS_OK);
+    tessera__v1__checkpoint__free_unpacked(cp, NULL);
+    ts_entity_t *e2 = get(z2, 5);
+    assert_non_null(e2);
+    assert_int_equal(e2->gateway, 2);
+    assert_int_equal(e2->gateway_instance, 88);
+    assert_int_equal(e2->session, 4);
+    assert_int_equal(e2->detached_us, 2000);
+    assert_int_equal(e2->last_input_seq, 3);
+
+    /* the grace is over: despawned as a Leave would */
+    size_t left = z2->nleft;
+    ts_zone_despawn(z2, e2);
+    assert_null(get(z2, 5));
+    assert_int_equal(z2->nleft, left + 1);
+    ts_zone_destroy(z);
+    ts_zone_destroy(z2);
+}
+
 /* PreCopy + Diff rebuild the zone exactly. */
 static void test_precopy_diff(void **state)
 {
@@ -800,6 +886,7 @@ int main(void)
         cmocka_unit_test(test_stream_seq_replay_skipped),
         cmocka_unit_test(test_crossing_forward_exactly_once),
         cmocka_unit_test(test_checkpoint_replay_is_exactly_once),
+        cmocka_unit_test(test_detach_attach),
         cmocka_unit_test(test_precopy_diff),
         cmocka_unit_test(test_rejoin_is_new_incarnation),
         cmocka_unit_test(test_transfers_precede_forwards),
