@@ -175,6 +175,7 @@ wait_port() {
 pick_port NATS_PORT 4222
 pick_port REDIS_PORT 6379
 pick_port GATEWAY_PORT 7400
+pick_port MAP_PORT 7480 # WebSocket (/ws) and the world map (/)
 export TESSERA_NATS_URL="nats://127.0.0.1:$NATS_PORT"
 export TESSERA_REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
 
@@ -223,7 +224,8 @@ as worker
 start worker-w1 "$BUILD_DIR/tessera-worker" --worker.id=w1 "${CREDS[@]}"
 start worker-w2 "$BUILD_DIR/tessera-worker" --worker.id=w2 "${CREDS[@]}"
 as gateway
-start gateway "$BUILD_DIR/tessera-gateway" --gateway.listen="127.0.0.1:$GATEWAY_PORT" "${CREDS[@]}"
+start gateway "$BUILD_DIR/tessera-gateway" --gateway.listen="127.0.0.1:$GATEWAY_PORT" \
+    --gateway.ws_listen="127.0.0.1:$MAP_PORT" "${CREDS[@]}"
 as sim
 if [[ "$VIA_GATEWAY" == 1 ]]; then
     # real clients need the gateway listening first
@@ -240,6 +242,7 @@ Tessera is running (PLAYERS=$PLAYERS$([[ "$VIA_GATEWAY" == 1 ]] && echo " throug
   Redis    $TESSERA_REDIS_URL
   security $([[ "$SECURE" == 1 ]] && echo "users, permissions and ACLs from $SECRETS (SECURE=0: none)" || echo "none (SECURE=0)")
   gateway  127.0.0.1:$GATEWAY_PORT
+  map      http://127.0.0.1:$MAP_PORT/  (world map; WebSocket clients: ws://127.0.0.1:$MAP_PORT/ws)
   logs     $TMP/{nats,redis,orch,worker-w1,worker-w2,gateway,sim}.log$([[ "$KEEP" == 1 ]] || echo " (removed on exit; KEEP=1 keeps them)")
 In another terminal, first (tessera-ctl as user ctl; INSPECTOR: read-only, publishes nothing):
   $EXPORTS
