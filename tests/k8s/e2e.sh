@@ -256,9 +256,21 @@ owned_by() { ctl cells | awk -v w="$1" '$2 == w' | wc -l; }
 stats() { ctl stats; }
 json() { python3 -c 'import sys, json; print(json.load(sys.stdin)[sys.argv[1]])' "$1"; }
 
-# the registry has both workers' cells
-w1_has_cells() { (($(owned_by "$W1") > 0)); }
-wait_for 60 w1_has_cells || true
+# Both workers own cells. (A worker that came up after the orchestrator's
+# recovery grace may have none, and rebalancing is off in these values: hand
+# it a quarter of the world.)
+all_owned() {
+    local t n
+    t=$(ctl cells) || return 1
+    n=$(sed -nE 's/^world [0-9]+: ([0-9]+) cells.*/\1/p' <<<"$t")
+    ((n > 0 && $(awk '$2 ~ /-worker-[0-9]+$/' <<<"$t" | wc -l) == n))
+}
+wait_for 60 all_owned || fail "not every cell has an owner"
+if (($(owned_by "$W1") == 0)); then
+    for c in $(ctl cells | awk -v w="$W0" '$2 == w {print $1}' | head -4); do
+        ctl handover "$c" "$W1" || fail "handover of $c to $W1"
+    done
+fi
 ctl cells | tee "$ART/cells-before.txt"
 n_w1=$(awk -v w="$W1" '$2 == w' "$ART/cells-before.txt" | wc -l)
 n_all=$(awk '$2 ~ /-worker-/' "$ART/cells-before.txt" | wc -l)
@@ -271,10 +283,10 @@ out=$(tool tessera-client --gateway.listen="$GW" --at 10,10 move 5 0 3) || {
     fail "tessera-client move"
 }
 echo "$out" | tail -2
-[[ $out =~ final\ me=.*\ applied=([0-9]+)\ last_seq=([0-9]+) ]] || fail "the player never saw its own entity"
-((BASH_REMATCH[1] > 0 && BASH_REMATCH[1] == BASH_REMATCH[2])) ||
-    fail "player: applied=${BASH_REMATCH[1]} last_seq=${BASH_REMATCH[2]}"
-echo "player: every input applied (${BASH_REMATCH[1]})"
+[[ $out =~ final\ me=.*\ applied=([0-9]+) ]] || fail "the player never saw its own entity"
+# `move` sends two inputs (the move and the stop): each applied once
+((BASH_REMATCH[1] == 2)) || fail "player: ${BASH_REMATCH[1]} inputs applied, sent 2"
+echo "player: both inputs applied once"
 
 step "helm test: a player joins from inside the cluster"
 $K apply -f "$ART/helm-test.yaml"
