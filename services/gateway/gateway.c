@@ -461,7 +461,7 @@ void gw_stop(gw_t *gw)
     gw->stopping = true;
     gw_router_flush(gw, true);
     if (gw->batch_head != NULL) ts_warn("stopping with inputs the bus did not take");
-    /* the one wait on the loop: the players' Leave inputs, at stop only */
+    /* the one wait on the loop: the players' Detach inputs, at stop only */
     ts_status_t st = ts_bus_js_flush(gw->bus, STOP_FLUSH_MS);
     if (st != TS_OK) ts_warn("bus flush on stop: %s", ts_status_str(st));
     for (gw_conn_t *c = gw->conns; c != NULL; c = c->next)

@@ -376,7 +376,7 @@ ts_status_t gw_create(gw_t **out, uv_loop_t *loop, const ts_config_t *cfg, ts_bu
                       const ts_world_t *world, const ts_cell_entry_t *cells, size_t ncells);
 /* Starts accepting, timers and subscriptions. */
 ts_status_t gw_start(gw_t *gw);
-/* Graceful stop: Leave for joined players, bus flush, every handle closed;
+/* Graceful stop: Detach for joined players, bus flush, every handle closed;
  * uv_run returns once the loop is empty. Idempotent. */
 void gw_stop(gw_t *gw);
 void gw_destroy(gw_t *gw);
@@ -422,7 +422,8 @@ void gw_conns_expire(gw_t *gw);
 /* session.c */
 void gw_session_init(gw_conn_t *c);
 void gw_session_on_frame(gw_conn_t *c, const uint8_t *payload, size_t len);
-/* The connection goes away: Leave for a joined player, AOI released. */
+/* The connection goes away: Detach for a joined player (its entity stops
+ * and waits gateway.resume_s for a resume), AOI released. */
 void gw_session_release(gw_conn_t *c);
 /* Sends a frame; fills seq, and cell/epoch from the player's cell unless set. */
 ts_status_t gw_session_send(gw_conn_t *c, Tessera__V1__ServerFrame *f);
