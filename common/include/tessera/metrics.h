@@ -37,7 +37,8 @@ typedef struct ts_histogram ts_histogram_t;
 /* Reads a value for a callback metric (runs on the scraping thread). */
 typedef double (*ts_metrics_read_fn)(void *ud);
 /* Runs before each rendering, on the scraping thread, without the
- * registry's mutex: refreshes metrics from the service's own state. */
+ * registry's mutex: refreshes metrics from the service's own state. Two
+ * scrapes may run it at once; it guards what it reads itself. */
 typedef void (*ts_metrics_scrape_fn)(void *ud);
 
 /* Most buckets of one histogram (+Inf not counted). */
