@@ -44,7 +44,7 @@ after(async () => {
   if (browser !== null) await browser.close();
   if (profile !== null) rmSync(profile, { recursive: true, force: true });
   stack.failed = !ok;
-  await stack.stop();
+  assert.deepEqual(await stack.stop(), []);
 });
 
 const text = (page, sel) => page.$eval(sel, (e) => e.textContent).catch(() => null);

@@ -17,7 +17,7 @@ before(async () => {
 
 after(async () => {
   stack.failed = !ok;
-  await stack.stop();
+  assert.deepEqual(await stack.stop(), []);
 });
 
 function track(t) {

@@ -155,10 +155,16 @@ export class Stack {
     for (const p of [...this.procs].reverse()) {
       if (p.exitCode === null && p.signalCode === null) p.kill('SIGTERM');
     }
+    const unclean = [];
     for (const p of this.procs) {
       const t = setTimeout(() => p.kill('SIGKILL'), 5000);
-      await p.exited;
+      const code = await p.exited;
       clearTimeout(t);
+      // Tessera services exit 0 on SIGTERM (a sanitizer report makes it 1)
+      if (code !== 0 && p.procName !== 'nats' && p.procName !== 'redis' && !p.killedOnPurpose) {
+        unclean.push(`${p.procName} exited with ${code}`);
+        this.failed = true;
+      }
     }
     if (this.failed) {
       for (const p of this.procs) {
@@ -168,5 +174,6 @@ export class Stack {
     } else {
       rmSync(this.dir, { recursive: true, force: true });
     }
+    return unclean;
   }
 }
