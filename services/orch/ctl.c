@@ -42,28 +42,19 @@ typedef struct {
     char worker[TS_WORKER_ID_MAX];
 } req_t;
 
-typedef struct {
-    char id[TS_WORKER_ID_MAX];
-    size_t cells;
-} owned_t;
-
 struct ts_ctl {
     ts_orch_t *o;
     pthread_mutex_t mu;
-    pthread_cond_t cond;
     req_t *q;
     size_t nq;
     ts_bus_sub_t *subs[3];
     bool serving;
-    char (*draining)[TS_WORKER_ID_MAX];
-    size_t ndraining, cap_draining;
-    owned_t *owned; /* per-owner cell counts of the latest snapshot */
-    size_t nowned, cap_owned;
     uint64_t next_drain_us;
-    bool woken;
 };
 
 static const char TEXT[] = "text/plain";
+
+static void drain_done(ts_orch_t *o, bool moved);
 
 static void respond_text(ts_ctl_t *c, const ts_bus_msg_t *msg, const char *text)
 {
@@ -97,41 +88,11 @@ static bool payload_text(const ts_bus_msg_t *msg, char *buf, size_t cap)
     return true;
 }
 
+/* The caller wakes the main loop (ts_orch_wake) once it let go of c->mu. */
 static bool queue_locked(ts_ctl_t *c, const req_t *r)
 {
     if (c->nq >= QUEUE_MAX) return false;
     c->q[c->nq++] = *r;
-    pthread_cond_signal(&c->cond);
-    return true;
-}
-
-void ts_ctl_wake(ts_ctl_t *c)
-{
-    pthread_mutex_lock(&c->mu);
-    c->woken = true;
-    pthread_cond_signal(&c->cond);
-    pthread_mutex_unlock(&c->mu);
-}
-
-static size_t draining_index_locked(const ts_ctl_t *c, const char *id)
-{
-    for (size_t i = 0; i < c->ndraining; i++) {
-        if (strcmp(c->draining[i], id) == 0) return i;
-    }
-    return SIZE_MAX;
-}
-
-static bool add_draining_locked(ts_ctl_t *c, const char *id)
-{
-    if (draining_index_locked(c, id) != SIZE_MAX) return true;
-    if (c->ndraining == c->cap_draining) {
-        size_t cap = c->cap_draining ? c->cap_draining * 2 : 8;
-        char(*v)[TS_WORKER_ID_MAX] = realloc(c->draining, cap * sizeof *v);
-        if (!v) return false;
-        c->draining = v;
-        c->cap_draining = cap;
-    }
-    ts_strlcpy(c->draining[c->ndraining++], id, TS_WORKER_ID_MAX);
     return true;
 }
 
@@ -166,27 +127,11 @@ static void on_handover(void *ud, const ts_bus_msg_t *msg)
     pthread_mutex_lock(&c->mu);
     bool queued = r.reply && c->serving && queue_locked(c, &r);
     pthread_mutex_unlock(&c->mu);
+    if (queued) ts_orch_wake(c->o);
     if (!queued) {
         free(r.reply);
         respond_text(c, msg, "error: busy, try again");
     }
-}
-
-/* A worker other than id that is alive and not draining. Holds c->mu. */
-static bool other_live_worker_locked(ts_ctl_t *c, const char *id)
-{
-    size_t n = ts_workers_snapshot(c->o->workers, NULL, 0);
-    ts_worker_info_t *list = malloc((n ? n : 1) * sizeof *list);
-    if (!list) return false;
-    size_t m = ts_workers_snapshot(c->o->workers, list, n);
-    n = m < n ? m : n;
-    bool found = false;
-    for (size_t i = 0; i < n && !found; i++) {
-        found = strcmp(list[i].id, id) != 0 && list[i].alive && !list[i].draining &&
-                draining_index_locked(c, list[i].id) == SIZE_MAX;
-    }
-    free(list);
-    return found;
 }
 
 static void on_drain(void *ud, const ts_bus_msg_t *msg)
@@ -198,35 +143,37 @@ static void on_drain(void *ud, const ts_bus_msg_t *msg)
         return;
     }
     size_t cells = 0;
-    bool ok = false, queued = false, fresh = false, alone = false;
+    bool queued = false;
+    ts_drain_add_t r = TS_DRAIN_NOMEM;
     pthread_mutex_lock(&c->mu);
-    for (size_t i = 0; i < c->nowned; i++) {
-        if (strcmp(c->owned[i].id, id) == 0) cells = c->owned[i].cells;
-    }
     if (!c->serving) {
         snprintf(reply, sizeof reply, "error: not leader");
-    } else if (!other_live_worker_locked(c, id)) {
-        /* also the answer to a draining worker asking again once the others
-         * are gone: it stops now instead of waiting for its drain timeout */
-        alone = cells > 0;
-        snprintf(reply, sizeof reply, "error: no other live worker");
     } else {
-        /* a draining worker asks again every second: mark it once */
-        fresh = draining_index_locked(c, id) == SIZE_MAX;
-        ok = add_draining_locked(c, id);
-        req_t r = {.kind = REQ_DRAIN_MARK};
-        ts_strlcpy(r.worker, id, sizeof r.worker);
-        queued = ok && fresh && queue_locked(c, &r);
-        if (fresh) c->next_drain_us = 0;
-        snprintf(reply, sizeof reply, ok ? "ok draining %zu cells" : "error: out of memory", cells);
+        /* a draining worker asks again every second: it is marked once; and
+         * once the others are gone it hears "no other live worker" and stops
+         * instead of waiting for its drain timeout */
+        r = ts_draining_add(c->o->drain, c->o->workers, id, &cells);
+        if (r == TS_DRAIN_ADDED) {
+            req_t q = {.kind = REQ_DRAIN_MARK};
+            ts_strlcpy(q.worker, id, sizeof q.worker);
+            queued = queue_locked(c, &q);
+            c->next_drain_us = 0;
+        }
+        if (r == TS_DRAIN_ALONE)
+            snprintf(reply, sizeof reply, "error: no other live worker");
+        else if (r == TS_DRAIN_NOMEM)
+            snprintf(reply, sizeof reply, "error: out of memory");
+        else
+            snprintf(reply, sizeof reply, "ok draining %zu cells", cells);
     }
     pthread_mutex_unlock(&c->mu);
-    if (alone)
+    if (r == TS_DRAIN_ADDED) ts_orch_wake(c->o);
+    if (r == TS_DRAIN_ALONE && cells > 0)
         ts_warn(
             "drain of %s: no other live worker can take its %zu cells; it stops with them (crash recovery "
             "places them once a worker is live)",
             id, cells);
-    if (ok && fresh)
+    if (r == TS_DRAIN_ADDED)
         ts_info("drain of %s requested: %zu cells to hand away%s", id, cells,
                 queued ? "" : " (not recorded in Redis: queue full)");
     respond_text(c, msg, reply);
@@ -253,11 +200,7 @@ ts_status_t ts_ctl_create(ts_ctl_t **out, ts_orch_t *o)
     }
     c->o = o;
     pthread_mutex_init(&c->mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&c->cond, &ca);
-    pthread_condattr_destroy(&ca);
+    o->ho_done[TS_HO_DRAIN] = drain_done;
     *out = c;
     return TS_OK;
 }
@@ -309,8 +252,8 @@ ts_status_t ts_ctl_serve(ts_ctl_t *c, bool on)
     }
     pthread_mutex_lock(&c->mu);
     c->serving = false;
-    c->ndraining = 0; /* a later leader term reloads them from Redis */
     pthread_mutex_unlock(&c->mu);
+    ts_draining_clear(c->o->drain); /* a later leader term reloads them from Redis */
     size_t n;
     req_t *v = take_queue(c, QUEUE_MAX, &n);
     for (size_t i = 0; i < n; i++) {
@@ -326,132 +269,15 @@ void ts_ctl_destroy(ts_ctl_t *c)
     if (!c) return;
     ts_ctl_serve(c, false);
     pthread_mutex_destroy(&c->mu);
-    pthread_cond_destroy(&c->cond);
     free(c->q);
-    free(c->draining);
-    free(c->owned);
     free(c);
 }
 
-void ts_ctl_note_cells(ts_ctl_t *c)
+/* A drain handover finished (o->ho_done): a failed one delays the next
+ * drain step. */
+static void drain_done(ts_orch_t *o, bool moved)
 {
-    if (!c) return;
-    const ts_orch_t *o = c->o;
-    pthread_mutex_lock(&c->mu);
-    c->nowned = 0;
-    for (size_t i = 0; i < o->ncells; i++) {
-        const char *id = o->cells[i].owner;
-        size_t k = 0;
-        while (k < c->nowned && strcmp(c->owned[k].id, id) != 0)
-            k++;
-        if (k == c->nowned) {
-            if (c->nowned == c->cap_owned) {
-                size_t cap = c->cap_owned ? c->cap_owned * 2 : 8;
-                owned_t *v = realloc(c->owned, cap * sizeof *v);
-                if (!v) break;
-                c->owned = v;
-                c->cap_owned = cap;
-            }
-            ts_strlcpy(c->owned[k].id, id, sizeof c->owned[k].id);
-            c->owned[k].cells = 0;
-            c->nowned++;
-        }
-        c->owned[k].cells++;
-    }
-    pthread_mutex_unlock(&c->mu);
-}
-
-bool ts_ctl_is_draining(ts_ctl_t *c, const char *id)
-{
-    pthread_mutex_lock(&c->mu);
-    bool d = draining_index_locked(c, id) != SIZE_MAX;
-    pthread_mutex_unlock(&c->mu);
-    return d;
-}
-
-size_t ts_ctl_draining_copy(ts_ctl_t *c, char (*out)[TS_WORKER_ID_MAX], size_t cap)
-{
-    pthread_mutex_lock(&c->mu);
-    size_t n = c->ndraining;
-    for (size_t i = 0; i < n && i < cap; i++)
-        memcpy(out[i], c->draining[i], TS_WORKER_ID_MAX);
-    pthread_mutex_unlock(&c->mu);
-    return n;
-}
-
-bool ts_ctl_draining_any(ts_ctl_t *c)
-{
-    bool any = false;
-    pthread_mutex_lock(&c->mu);
-    for (size_t i = 0; i < c->ndraining && !any; i++) {
-        for (size_t k = 0; k < c->nowned; k++) {
-            if (strcmp(c->owned[k].id, c->draining[i]) == 0 && c->owned[k].cells > 0) any = true;
-        }
-    }
-    pthread_mutex_unlock(&c->mu);
-    return any;
-}
-
-void ts_ctl_drained(ts_ctl_t *c, const char *id)
-{
-    pthread_mutex_lock(&c->mu);
-    size_t i = draining_index_locked(c, id);
-    if (i != SIZE_MAX)
-        memmove(c->draining[i], c->draining[i + 1], (c->ndraining - i - 1) * sizeof *c->draining);
-    if (i != SIZE_MAX) c->ndraining--;
-    pthread_mutex_unlock(&c->mu);
-    ts_orch_t *o = c->o;
-    if (i != SIZE_MAX)
-        ts_info("worker %s is gone; no longer draining (%zu cells left to crash recovery)", id,
-                ts_orch_owned(o, id));
-    if (o->reg) {
-        ts_status_t st = ts_registry_draining_remove(o->reg, o->world, id);
-        if (st != TS_OK) ts_orch_registry_broken(o, st);
-    }
-}
-
-void ts_ctl_load_draining(ts_ctl_t *c)
-{
-    ts_orch_t *o = c->o;
-    char **ids = NULL;
-    size_t n = 0;
-    if (!o->reg) return;
-    ts_status_t st = ts_registry_draining(o->reg, o->world, &ids, &n);
-    if (st != TS_OK) {
-        ts_orch_registry_broken(o, st);
-        return;
-    }
-    pthread_mutex_lock(&c->mu);
-    for (size_t i = 0; i < n; i++) {
-        if (ts_worker_id_valid(ids[i])) add_draining_locked(c, ids[i]);
-    }
-    pthread_mutex_unlock(&c->mu);
-    for (size_t i = 0; i < n; i++)
-        ts_info("worker %s is being drained (from the registry)", ids[i]);
-    ts_registry_free_list(ids, n);
-}
-
-void ts_ctl_wait(ts_ctl_t *c, int64_t timeout_ms)
-{
-    struct timespec until;
-    clock_gettime(CLOCK_MONOTONIC, &until);
-    until.tv_sec += timeout_ms / 1000;
-    until.tv_nsec += (timeout_ms % 1000) * 1000000L;
-    if (until.tv_nsec >= 1000000000L) {
-        until.tv_sec++;
-        until.tv_nsec -= 1000000000L;
-    }
-    pthread_mutex_lock(&c->mu);
-    while (c->nq == 0 && !c->woken && !*c->o->stop) {
-        if (pthread_cond_timedwait(&c->cond, &c->mu, &until) != 0) break;
-    }
-    c->woken = false;
-    pthread_mutex_unlock(&c->mu);
-}
-
-void ts_ctl_drain_result(ts_ctl_t *c, bool moved)
-{
-    if (!moved) c->next_drain_us = ts_mono_us() + DRAIN_RETRY_US;
+    if (!moved) o->ctl->next_drain_us = ts_mono_us() + DRAIN_RETRY_US;
 }
 
 /* Queues handovers of the cells of draining workers to the least-loaded
@@ -463,13 +289,13 @@ static bool drain_step(ts_ctl_t *c)
     uint64_t now = ts_mono_us();
     size_t cap = o->cfg->orch_max_handovers > 0 ? (size_t)o->cfg->orch_max_handovers : 1;
     size_t busy = ts_handovers_busy_for(o->ho, TS_HO_DRAIN);
-    if (now < c->next_drain_us || busy >= cap || !ts_ctl_draining_any(c)) return false;
+    if (now < c->next_drain_us || busy >= cap || !ts_draining_any(o->drain)) return false;
     ts_orch_view_t view;
     if (ts_orch_view_build(o, &view) != TS_OK) return false;
     size_t queued = 0;
     for (size_t i = 0; i < view.nc && busy + queued < cap; i++) {
         int owner = view.c[i].owner;
-        if (owner < 0 || !ts_ctl_is_draining(c, view.w[owner].id) || !view.alive[owner] ||
+        if (owner < 0 || !ts_draining_has(o->drain, view.w[owner].id) || !view.alive[owner] ||
             ts_handovers_has_cell(o->ho, &view.c[i].cell))
             continue;
         int target = ts_balance_target(&view.v, i, owner);

@@ -58,7 +58,7 @@ struct ts_handovers {
 
     pending_t *queue; /* ring, main thread only */
     size_t qhead, qlen;
-    size_t busy_why[3]; /* queued + in flight per reason */
+    size_t busy_why[TS_HO_REASONS]; /* queued + in flight per reason */
 };
 
 /* ---- transport -------------------------------------------------------------------- */
@@ -83,7 +83,7 @@ static void on_answer(void *ud, const ts_bus_msg_t *msg)
     }
     pthread_mutex_unlock(&hs->mu);
     if (dropped) ts_warn("handover answers queue full (%d); dropping (the handover times out)", ANSWERS_MAX);
-    ts_ctl_wake(hs->o->ctl);
+    ts_orch_wake(hs->o);
 }
 
 static ts_status_t io_send(void *ud, const char *subject, uint64_t req, uint64_t epoch, const uint8_t *buf,
@@ -128,11 +128,9 @@ static void io_done(void *ud, ts_ho_t *h)
     if (h->moved && h->resume_at_us) ts_stats_sample(&o->stats, h->freeze_us, h->total_us);
     if (h->moved && h->why == TS_HO_REBALANCE) ts_stats_count(&o->stats, TS_STAT_REBALANCE_MOVE);
     if (h->moved && h->why == TS_HO_DRAIN) ts_stats_count(&o->stats, TS_STAT_DRAIN_MOVE);
-    if (h->why == TS_HO_REBALANCE) ts_rebalance_done(o, h->moved);
-    if (h->why == TS_HO_DRAIN) {
-        if (!h->moved) ts_warn("drain: cell %s of %s: %s; retrying", h->key, h->from, h->reply);
-        ts_ctl_drain_result(o->ctl, h->moved);
-    }
+    if (h->why == TS_HO_DRAIN && !h->moved)
+        ts_warn("drain: cell %s of %s: %s; retrying", h->key, h->from, h->reply);
+    if (o->ho_done[h->why]) o->ho_done[h->why](o, h->moved);
     if (hs->busy_why[h->why] > 0) hs->busy_why[h->why]--;
     publish_reply(hs, h->ctx, h->reply);
     free(h->ctx);
@@ -217,7 +215,7 @@ ts_status_t ts_orch_handover(ts_orch_t *o, const ts_cell_t *cell, const char *to
     p->why = why;
     p->reply = reply;
     hs->busy_why[why]++;
-    ts_ctl_wake(o->ctl);
+    ts_orch_wake(o);
     return TS_OK;
 }
 
@@ -263,7 +261,7 @@ static bool start(ts_handovers_t *hs, pending_t *p, uint64_t now)
     if (!worker_alive(o, p->to, &reg_ok))
         return refuse(hs, p->reply, reg_ok ? "worker %s is not alive" : "registry unavailable", p->to), false;
     ts_worker_info_t info;
-    if (ts_ctl_is_draining(o->ctl, p->to) || (ts_workers_get(o->workers, p->to, &info) && info.draining))
+    if (ts_draining_has(o->drain, p->to) || (ts_workers_get(o->workers, p->to, &info) && info.draining))
         return refuse(hs, p->reply, "worker %s is draining", p->to), false;
     if (!e->owner[0] || !ts_worker_id_valid(e->owner) || !worker_alive(o, e->owner, &reg_ok))
         return refuse(hs, p->reply, "owner %s of %s is not alive (crash recovery moves its cells)",
@@ -322,7 +320,7 @@ bool ts_handovers_poll(ts_handovers_t *hs)
         hs->qlen--;
         if (!start(hs, &p, ts_mono_us())) {
             if (hs->busy_why[p.why] > 0) hs->busy_why[p.why]--;
-            if (p.why == TS_HO_REBALANCE) ts_rebalance_done(hs->o, false);
+            if (hs->o->ho_done[p.why]) hs->o->ho_done[p.why](hs->o, false);
         }
         free(p.reply);
         did = true;
@@ -371,7 +369,7 @@ void ts_handovers_reset(ts_handovers_t *hs, const char *why)
         publish_reply(hs, p->reply, text);
         free(p->reply);
         p->reply = NULL;
-        if (p->why == TS_HO_REBALANCE) ts_rebalance_done(hs->o, false);
+        if (hs->o->ho_done[p->why]) hs->o->ho_done[p->why](hs->o, false);
     }
     memset(hs->busy_why, 0, sizeof hs->busy_why);
     hs->o->rebalance_pending = 0;

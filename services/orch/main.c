@@ -88,7 +88,7 @@ static bool lead(ts_orch_t *o, uint64_t now)
         if (!o->reg || now < o->next_write_us) return false;
         o->next_write_us = now + 1000000;
         if (!ts_orch_write_world(o) || (o->cells_stale && !ts_orch_refresh_cells(o))) return false;
-        ts_ctl_load_draining(o->ctl);
+        ts_draining_load(o);
         if (ts_ctl_serve(o->ctl, true) != TS_OK) return false;
         o->world_written = true;
     }
@@ -100,7 +100,7 @@ static bool lead(ts_orch_t *o, uint64_t now)
     if (o->reg && ts_leader_held(o->leader)) ts_rebalance_poll(o);
     busy |= ts_handovers_poll(o->ho);
     if (o->cells_dirty) {
-        ts_ctl_note_cells(o->ctl);
+        ts_draining_note_cells(o->drain, o->cells, o->ncells);
         o->cells_dirty = false;
     }
     return busy;
@@ -158,7 +158,7 @@ static void run(ts_orch_t *o)
         }
         if (!busy) {
             int64_t ms = sleep_ms(o, ts_mono_us());
-            if (ms > 0) ts_ctl_wait(o->ctl, ms);
+            if (ms > 0) ts_orch_wait(o, ms);
         }
     }
 }
@@ -180,6 +180,7 @@ int main(int argc, char **argv)
     if (!ts_service_init(&service, argc, argv, &cfg, NULL, NULL, &rc)) return rc;
     rc = 1;
     ts_orch_t o = {.cfg = &cfg, .stop = ts_service_stop_flag()};
+    ts_orch_wake_init(&o);
     ts_stats_init(&o.stats);
     if (ts_orch_metrics_start(&o) != TS_OK) {
         rc = TS_SERVICE_EXIT_CONFIG;
@@ -203,8 +204,8 @@ int main(int argc, char **argv)
     }
     ts_liveness_init(&o.live);
     ts_map_init(&o.index);
-    if (ts_workers_create(&o.workers, cfg.orch_hb_ttl_ms) != TS_OK || ts_ctl_create(&o.ctl, &o) != TS_OK ||
-        ts_handovers_create(&o.ho, &o) != TS_OK ||
+    if (ts_workers_create(&o.workers, cfg.orch_hb_ttl_ms) != TS_OK || ts_draining_create(&o.drain) != TS_OK ||
+        ts_ctl_create(&o.ctl, &o) != TS_OK || ts_handovers_create(&o.ho, &o) != TS_OK ||
         ts_bus_subscribe(o.bus, "tessera.worker.*.hb", ts_workers_on_heartbeat, o.workers, &o.hb_sub) !=
             TS_OK) {
         ts_error("cannot subscribe to worker heartbeats on %s", cfg.nats_url);
@@ -229,6 +230,7 @@ cleanup:
     ts_orch_metrics_stop();     /* first: it reads what is freed below */
     ts_handovers_destroy(o.ho); /* answers what is queued or in flight */
     ts_ctl_destroy(o.ctl);      /* unsubscribes; answers what is queued */
+    ts_draining_destroy(o.drain);
     ts_bus_sub_destroy(o.hb_sub);
     ts_leader_stop(o.leader); /* releases the lock */
     ts_bus_destroy(o.bus);
@@ -237,6 +239,7 @@ cleanup:
     ts_orch_cells_free(&o);
     ts_liveness_free(&o.live);
     ts_layout_free(&o.layout);
+    ts_orch_wake_destroy(&o);
     ts_config_free(&cfg);
     ts_stats_free(&o.stats);
     ts_service_shutdown();

@@ -24,6 +24,7 @@
 #ifndef TESSERA_ORCH_H
 #define TESSERA_ORCH_H
 
+#include <pthread.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -47,9 +48,12 @@
 #define TS_ORCH_SWEEP_US 250000ULL
 
 typedef struct ts_ctl ts_ctl_t;
+typedef struct ts_draining ts_draining_t;
 typedef struct ts_handovers ts_handovers_t;
 
-typedef struct {
+typedef struct ts_orch ts_orch_t;
+
+struct ts_orch {
     const ts_config_t *cfg;
     ts_layout_t layout;
     uint32_t world;
@@ -60,7 +64,17 @@ typedef struct {
     ts_leader_t *leader;
     ts_stats_t stats;
     ts_ctl_t *ctl;
+    ts_draining_t *drain; /* workers being drained (draining.c) */
     volatile sig_atomic_t *stop;
+
+    /* the main loop's wake-up (wake.c) */
+    pthread_mutex_t wake_mu;
+    pthread_cond_t wake_cond;
+    bool woken;
+    /* who hears that a handover it started finished, by reason: set by the
+     * module that starts them (ctl.c for drains, rebalance.c), so handover.c
+     * calls up into neither */
+    void (*ho_done[TS_HO_REASONS])(ts_orch_t *o, bool moved);
 
     bool leading; /* the main loop acts as leader */
     uint64_t leading_since_us;
@@ -94,7 +108,7 @@ typedef struct {
     size_t rebalance_pending; /* moves of the current plan not finished */
 
     uint64_t handover_seq; /* ids "<holder>-<seq>" */
-} ts_orch_t;
+};
 
 /* ---- cells.c ---- */
 /* Marks the Redis connection broken (logged); main.c reconnects and the
@@ -172,24 +186,38 @@ ts_status_t ts_ctl_serve(ts_ctl_t *c, bool on);
 /* Serves queued requests and one drain move; main loop, leader only.
  * True if it did anything (the loop then comes back without waiting). */
 bool ts_ctl_poll(ts_ctl_t *c);
-/* Loads the draining set from Redis (after gaining the lead). */
-void ts_ctl_load_draining(ts_ctl_t *c);
-/* Publishes the snapshot's per-worker cell counts for the callbacks. */
-void ts_ctl_note_cells(ts_ctl_t *c);
-bool ts_ctl_is_draining(ts_ctl_t *c, const char *id);
-/* Forgets a draining worker that is gone (in memory and in Redis). */
-void ts_ctl_drained(ts_ctl_t *c, const char *id);
-/* Blocks until a request is queued, ts_ctl_wake is called or timeout_ms
- * passes. */
-void ts_ctl_wait(ts_ctl_t *c, int64_t timeout_ms);
-/* Wakes ts_ctl_wait (any thread). */
-void ts_ctl_wake(ts_ctl_t *c);
+
+/* ---- draining.c ---- */
+ts_status_t ts_draining_create(ts_draining_t **out);
+void ts_draining_destroy(ts_draining_t *d);
+bool ts_draining_has(ts_draining_t *d, const char *id);
 /* Copies up to cap draining worker ids into out; returns how many are draining. */
-size_t ts_ctl_draining_copy(ts_ctl_t *c, char (*out)[TS_WORKER_ID_MAX], size_t cap);
-/* A drain handover finished; a failed one delays the next drain step. */
-void ts_ctl_drain_result(ts_ctl_t *c, bool moved);
+size_t ts_draining_copy(ts_draining_t *d, char (*out)[TS_WORKER_ID_MAX], size_t cap);
 /* True while some draining worker still owns cells. */
-bool ts_ctl_draining_any(ts_ctl_t *c);
+bool ts_draining_any(ts_draining_t *d);
+/* Cells id owned in the latest registry copy. */
+size_t ts_draining_owned(ts_draining_t *d, const char *id);
+typedef enum { TS_DRAIN_ADDED, TS_DRAIN_ALREADY, TS_DRAIN_ALONE, TS_DRAIN_NOMEM } ts_drain_add_t;
+/* Adds id unless no other live, non-draining worker could take its cells
+ * (TS_DRAIN_ALONE); *cells: what it owns. */
+ts_drain_add_t ts_draining_add(ts_draining_t *d, ts_workers_t *workers, const char *id, size_t *cells);
+/* Forgets the set in memory (the lead was lost; a later term reloads it). */
+void ts_draining_clear(ts_draining_t *d);
+/* Per-owner cell counts of the registry copy, for the ctl callbacks. */
+void ts_draining_note_cells(ts_draining_t *d, const ts_cell_entry_t *cells, size_t ncells);
+/* Loads the set from Redis (after gaining the lead). */
+void ts_draining_load(ts_orch_t *o);
+/* Forgets a draining worker that is gone (in memory and in Redis). */
+void ts_draining_gone(ts_orch_t *o, const char *id);
+
+/* ---- wake.c ---- */
+void ts_orch_wake_init(ts_orch_t *o);
+void ts_orch_wake_destroy(ts_orch_t *o);
+/* Wakes ts_orch_wait (any thread). */
+void ts_orch_wake(ts_orch_t *o);
+/* Blocks until ts_orch_wake is called, the process is asked to stop or
+ * timeout_ms passes. */
+void ts_orch_wait(ts_orch_t *o, int64_t timeout_ms);
 
 /* ---- recovery.c ---- */
 /* Every TS_ORCH_SWEEP_US: one pipelined liveness read; the cells of dead
@@ -198,7 +226,7 @@ bool ts_ctl_draining_any(ts_ctl_t *c);
 void ts_recovery_poll(ts_orch_t *o);
 bool ts_recovery_was_seen(ts_orch_t *o, const char *id);
 
-/* ---- rebalance.c ---- */
+/* ---- view.c ---- */
 /* A view of the cluster for the policy: every known worker (heartbeats and
  * cell owners) with eligibility checked in Redis, and the snapshot's cells
  * with their heartbeat loads. Free with ts_orch_view_free. */
@@ -216,12 +244,13 @@ ts_status_t ts_orch_view_build(ts_orch_t *o, ts_orch_view_t *view);
 void ts_orch_view_free(ts_orch_view_t *view);
 /* Index of worker id in the view, or -1. */
 int ts_orch_view_worker(const ts_orch_view_t *view, const char *id);
+
+/* ---- rebalance.c ---- */
+/* Also registers for the end of its handovers (o->ho_done). */
 void ts_rebalance_init(ts_orch_t *o);
 /* When due and the previous plan is finished: one evaluation; its moves
  * (in proportion to the imbalance) are queued as handovers, of which
  * orch.max_handovers run at once. */
 void ts_rebalance_poll(ts_orch_t *o);
-/* A rebalancing handover finished. */
-void ts_rebalance_done(ts_orch_t *o, bool moved);
 
 #endif

@@ -71,10 +71,10 @@ static void learn_ids(ts_orch_t *o)
             ts_liveness_add(&o->live, hbs[i].id);
         free(hbs);
     }
-    size_t nd = ts_ctl_draining_copy(o->ctl, NULL, 0);
+    size_t nd = ts_draining_copy(o->drain, NULL, 0);
     char(*d)[TS_WORKER_ID_MAX] = calloc(nd + 1, sizeof *d);
     if (d) {
-        size_t m = ts_ctl_draining_copy(o->ctl, d, nd);
+        size_t m = ts_draining_copy(o->drain, d, nd);
         for (size_t i = 0; i < m && i < nd; i++)
             ts_liveness_add(&o->live, d[i]);
         free(d);
@@ -273,10 +273,10 @@ void ts_recovery_poll(ts_orch_t *o)
     if (!poll_liveness(o) || !o->reg) return;
     for (size_t i = 0; i < o->live.n; i++) {
         const ts_live_t *l = &o->live.v[i];
-        if (l->polled && !l->token[0] && ts_ctl_is_draining(o->ctl, l->id)) {
+        if (l->polled && !l->token[0] && ts_draining_has(o->drain, l->id)) {
             char id[TS_WORKER_ID_MAX];
             ts_strlcpy(id, l->id, sizeof id);
-            ts_ctl_drained(o->ctl, id);
+            ts_draining_gone(o, id);
         }
     }
     if (o->reg) recover(o, now, rt0);
