@@ -26,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "gateway.h"
@@ -325,6 +326,19 @@ static void on_alive(uv_timer_t *t)
     (void)ts_bus_publish(gw->bus, subject, &hdr, buf, len);
 }
 
+/* Every client is a descriptor: take all the process may have, so idle
+ * sockets run into gateway.hello_timeout_s before they run into the limit. */
+static void raise_fd_limit(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur >= rl.rlim_max) return;
+    rlim_t was = rl.rlim_cur;
+    rl.rlim_cur = rl.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &rl) == 0)
+        ts_info("open files limit raised from %llu to %llu", (unsigned long long)was,
+                (unsigned long long)rl.rlim_max);
+}
+
 static void on_signal(uv_signal_t *s, int signum)
 {
     gw_t *gw = s->data;
@@ -357,6 +371,7 @@ ts_status_t gw_create(gw_t **out, uv_loop_t *loop, const ts_config_t *cfg, ts_bu
         free(gw);
         return TS_ERR_NOMEM;
     }
+    raise_fd_limit();
     gw->loop = loop;
     gw->cfg = cfg;
     gw->bus = bus;
