@@ -82,6 +82,7 @@ typedef struct {
     char last_error_msg[256];
     /* an entity being watched */
     uint64_t watch;
+    bool watch_any; /* watch the first other entity that shows up */
     bool watch_seen, watch_removed;
     Tessera__V1__EntityState watch_state;
     /* the own entity */
@@ -141,6 +142,7 @@ static void note(cl_t *p, const Tessera__V1__ServerFrame *f)
         break;
     }
     for (size_t i = 0; i < n; i++) {
+        if (p->watch_any && p->watch == 0 && p->entity && es[i]->id != p->entity) p->watch = es[i]->id;
         if (p->watch && es[i]->id == p->watch) {
             p->watch_state = *es[i];
             p->watch_state.name = NULL;
@@ -401,8 +403,21 @@ static void test_slow_reader_closed(void **state)
     hf.hello = &hello;
     size_t hl = pack_frame(buf, &hf);
     assert_int_equal(send(fd, buf, hl, MSG_NOSIGNAL), (ssize_t)hl);
+    /* a player, watched from the other gateway (alone in its corner) */
+    cl_t watcher;
+    join_player(&watcher, gw2_port, -190, -190);
+    watcher.watch_any = true;
+    Tessera__V1__Join join = TESSERA__V1__JOIN__INIT;
+    join.x = join.y = -188;
+    join.name = (char *)"slow";
+    hf.seq = 2;
+    hf.payload_case = TESSERA__V1__CLIENT_FRAME__PAYLOAD_JOIN;
+    hf.join = &join;
+    hl = pack_frame(buf, &hf);
+    assert_int_equal(send(fd, buf, hl, MSG_NOSIGNAL), (ssize_t)hl);
+    assert_true(cl_pump_until(&watcher, 5000, watch_seen));
     fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
-    uint64_t seq = 1, t0 = ts_mono_us(), closed_at = 0;
+    uint64_t seq = 2, t0 = ts_mono_us(), closed_at = 0;
     /* Pings for up to 15 s, never reading a Pong; the gateway must hang up
      * (FIN or reset) long before */
     while (closed_at == 0 && ts_mono_us() - t0 < 15000000) {
@@ -429,7 +444,11 @@ static void test_slow_reader_closed(void **state)
     assert_non_null(log);
     assert_non_null(strstr(log, "(slow reader); closing"));
     free(log);
+    /* its entity goes after the grace */
+    assert_false(watcher.watch_removed);
+    assert_true(cl_pump_until(&watcher, (GRACE_S + 3) * 1000, watch_removed));
     close(fd);
+    cl_close(&watcher);
     ts_h_pass();
 }
 
