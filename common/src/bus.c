@@ -419,9 +419,9 @@ void ts_bus_redact_url(char *buf, size_t cap, const char *url)
 {
     const char *at = strrchr(url, '@');
     const char *scheme = strstr(url, "://");
-    const char *user = scheme != NULL ? scheme + 3 : url;
-    const char *colon = at != NULL ? memchr(user, ':', (size_t)(at - user)) : NULL;
-    if (at == NULL || colon == NULL || user > at) {
+    const char *user = scheme != NULL && (at == NULL || scheme < at) ? scheme + 3 : url;
+    const char *colon = at != NULL && user <= at ? memchr(user, ':', (size_t)(at - user)) : NULL;
+    if (colon == NULL) {
         snprintf(buf, cap, "%s", url);
         return;
     }
@@ -430,19 +430,25 @@ void ts_bus_redact_url(char *buf, size_t cap, const char *url)
 
 ts_status_t ts_bus_connect(ts_bus_t **out, const char *url, const char *name)
 {
+    /* copies, so the lock is not held while connecting */
+    bool nomem = false;
     pthread_mutex_lock(&default_auth.mu);
-    ts_bus_auth_t auth = {
-        .user = default_auth.user,
-        .password = default_auth.password,
-        .creds_file = default_auth.creds_file,
-        .tls_ca = default_auth.tls_ca,
-        .tls_cert = default_auth.tls_cert,
-        .tls_key = default_auth.tls_key,
-    };
-    /* held while connecting: a concurrent ts_bus_set_default_auth must not
-     * free the strings under us (connects are rare) */
-    ts_status_t st = ts_bus_connect_auth(out, url, name, &auth);
+    char *user = dup_or_null(default_auth.user, &nomem),
+         *password = dup_or_null(default_auth.password, &nomem),
+         *creds = dup_or_null(default_auth.creds_file, &nomem),
+         *ca = dup_or_null(default_auth.tls_ca, &nomem), *cert = dup_or_null(default_auth.tls_cert, &nomem),
+         *key = dup_or_null(default_auth.tls_key, &nomem);
     pthread_mutex_unlock(&default_auth.mu);
+    ts_bus_auth_t auth = {.user = user,
+                          .password = password,
+                          .creds_file = creds,
+                          .tls_ca = ca,
+                          .tls_cert = cert,
+                          .tls_key = key};
+    ts_status_t st = nomem ? TS_ERR_NOMEM : ts_bus_connect_auth(out, url, name, &auth);
+    char *copies[] = {user, password, creds, ca, cert, key};
+    for (int i = 0; i < 6; i++)
+        wipe_free(copies[i]);
     return st;
 }
 
