@@ -12,6 +12,7 @@ packages=(
     libcmocka-dev libuv1-dev libjansson-dev
     libmicrohttpd-dev libjwt-dev libwslay-dev libssl-dev
     clang chromium
+    libclang-rt-dev openssl
 )
 
 missing=()
