@@ -827,6 +827,26 @@ static void test_auth(void **state)
             TS_BIN_DIR, port),
         "1");
 
+    /* alice's connection drops; her resume token works only with her login */
+    char token[1024];
+    snprintf(token, sizeof token, "%s", alice.resume_token);
+    uint64_t entity = alice.entity;
+    cl_close(&alice);
+    char eve_hs[2048];
+    snprintf(eve_hs, sizeof eve_hs, "%s",
+             run_line("%s --sub eve --secret %s --aud %s", ctl, AUTH_SECRET, AUDIENCE));
+    cl_t eve2;
+    cl_connect(&eve2, port);
+    cl_hello(&eve2, eve_hs, token);
+    expect_fatal(&eve2, TESSERA__V1__ERROR_CODE__ERROR_UNAUTHENTICATED, 3000);
+    cl_close(&eve2);
+    cl_connect(&alice, port);
+    cl_hello(&alice, hs, token);
+    assert_true(cl_wait_frame(&alice, TESSERA__V1__SERVER_FRAME__PAYLOAD_WELCOME, 3000));
+    assert_true(alice.resumed);
+    assert_int_equal(alice.entity, entity);
+    assert_string_equal(alice.player, "alice");
+
     cl_close(&alice);
     cl_close(&bob);
     ts_h_signal(&ts_h, idx, SIGTERM);
