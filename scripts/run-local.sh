@@ -244,7 +244,7 @@ Tessera is running (PLAYERS=$PLAYERS$([[ "$VIA_GATEWAY" == 1 ]] && echo " throug
   gateway  127.0.0.1:$GATEWAY_PORT
   map      http://127.0.0.1:$MAP_PORT/  (world map; WebSocket clients: ws://127.0.0.1:$MAP_PORT/ws)
   logs     $TMP/{nats,redis,orch,worker-w1,worker-w2,gateway,sim}.log$([[ "$KEEP" == 1 ]] || echo " (removed on exit; KEEP=1 keeps them)")
-In another terminal, first (tessera-ctl as user ctl; INSPECTOR: read-only, publishes nothing):
+In another terminal, first$([[ "$SECURE" == 1 ]] && echo " (tessera-ctl as user ctl; INSPECTOR: read-only, publishes nothing)"):
   $EXPORTS
 Watch traffic:
   nats --server "\$INSPECTOR" sub 'cell.0.>'
