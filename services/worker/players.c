@@ -41,6 +41,7 @@ typedef struct {
     bool heard;             /* an alive message came (not only an entity naming it) */
     bool replaced;          /* a newer instance of the same id spoke */
     bool dead;              /* tick thread: its entities were detached */
+    bool dup_warned;        /* a replaced instance spoke again: two processes share an id */
     bool revived;           /* it spoke again after it was declared dead */
     uint64_t dead_since_us; /* the detach time its entities got */
 } gw_rec_t;
@@ -91,8 +92,10 @@ static void on_alive(void *ud, const ts_bus_msg_t *m)
         tessera__v1__gateway_alive__unpack(NULL, ts_bus_msg_len(m), ts_bus_msg_data(m));
     if (!a) return;
     if (a->gateway != 0) {
+        bool dup = false;
         pthread_mutex_lock(&p->mu);
         gw_rec_t *g = get_gw(p, a->gateway, a->instance);
+        if (g && g->replaced && g->heard && !g->dup_warned) dup = g->dup_warned = true;
         if (g && g->dead && !g->replaced) g->revived = true; /* it was only late */
         if (g && (!g->dead || g->revived)) {
             if (!g->heard)
@@ -104,6 +107,12 @@ static void on_alive(void *ud, const ts_bus_msg_t *m)
             g->last_wall_us = ts_now_us();
         }
         pthread_mutex_unlock(&p->mu);
+        if (dup)
+            ts_error(
+                "two gateway processes run with gateway.id %u (instances %016" PRIx64
+                " and another): each one's players look disconnected to the other's; give every gateway its "
+                "own id",
+                a->gateway, a->instance);
     }
     tessera__v1__gateway_alive__free_unpacked(a, NULL);
 }
