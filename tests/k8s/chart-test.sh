@@ -106,8 +106,9 @@ external)
     hasnt StatefulSet/tessera-redis
     hasnt Secret/tessera-redis-auth
     check 'config()["nats"]["url"] == "nats://nats.messaging.svc.cluster.local:4222"' 'external NATS URL'
-    check 'env("StatefulSet","tessera-worker")["TESSERA_REDIS_URL"] == "redis://tessera:$(REDIS_PASSWORD)@redis-master.data.svc.cluster.local:6379/2"' 'Redis password from the Secret spliced into the URL'
-    check 'any(e["name"] == "REDIS_PASSWORD" and e["valueFrom"]["secretKeyRef"] == {"name": "tessera-redis", "key": "password"} for e in pod("Deployment","tessera-orch")["containers"][0]["env"])' 'password read from the existing Secret'
+    check 'config()["redis"]["url"] == "redis://redis-master.data.svc.cluster.local:6379/2" and env("StatefulSet","tessera-worker")["TESSERA_REDIS_USER"] == "tessera" and env("StatefulSet","tessera-worker")["TESSERA_REDIS_PASSWORD_FILE"] == "/etc/tessera/secrets/redis/password"' 'Redis user, password from a file'
+    check 'any(v.get("secret", {}).get("secretName") == "tessera-redis" and v["secret"]["items"] == [{"key": "password", "path": "password"}] for v in pod("Deployment","tessera-orch")["volumes"])' 'Redis password mounted from the existing Secret'
+    check 'env("Deployment","tessera-gateway")["TESSERA_NATS_CREDS"] == "/etc/tessera/secrets/nats/tessera.creds" and any(v.get("secret", {}).get("secretName") == "tessera-nats" for v in pod("Deployment","tessera-gateway")["volumes"])' 'NATS credentials file from the existing Secret'
     ;;
 nats-cluster)
     render -f "$chart/ci/nats-cluster-values.yaml"
@@ -127,7 +128,7 @@ hpa-servicemonitor)
     check 'obj("HorizontalPodAutoscaler","tessera-gateway")["apiVersion"] == "autoscaling/v2" and "replicas" not in obj("Deployment","tessera-gateway")["spec"]' 'HPA autoscaling/v2 owns the replica count'
     check 'obj("Service","tessera-gateway")["spec"]["type"] == "LoadBalancer"' 'LoadBalancer Service'
     check 'obj("ServiceMonitor","tessera")["spec"]["endpoints"][0]["path"] == "/metrics" and obj("ServiceMonitor","tessera")["metadata"]["labels"]["release"] == "prometheus"' 'ServiceMonitor scrapes /metrics'
-    check 'env("StatefulSet","tessera-worker")["TESSERA_REDIS_URL"] == "redis://:$(REDIS_PASSWORD)@tessera-redis:6379" and "--requirepass" in pod("StatefulSet","tessera-redis")["containers"][0]["command"]' 'built-in Redis with a password'
+    check '"TESSERA_REDIS_PASSWORD_FILE" in env("StatefulSet","tessera-worker") and "TESSERA_REDIS_USER" not in env("StatefulSet","tessera-worker") and "--requirepass" in pod("StatefulSet","tessera-redis")["containers"][0]["command"]' 'built-in Redis with a password'
     if ls "$chart"/dashboards/*.json >/dev/null 2>&1; then
         has ConfigMap/tessera-dashboards
     else

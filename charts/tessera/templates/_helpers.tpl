@@ -89,23 +89,68 @@ redis://{{ include "tessera.svcHost" (dict "ctx" . "svc" (include "tessera.redis
 {{- if or .Values.redis.auth.existingSecret .Values.redis.auth.password -}}true{{- end -}}
 {{- end -}}
 
-{{/* Environment shared by every tessera container: the Redis password (from a
-     Secret) spliced into TESSERA_REDIS_URL, and the extra env. */}}
+{{- define "tessera.natsAuth" -}}
+{{- if .Values.nats.auth.existingSecret -}}true{{- end -}}
+{{- end -}}
+
+{{/* Environment shared by every tessera container: credentials as files
+     (mounted from Secrets by tessera.secretMounts), and the extra env. */}}
 {{- define "tessera.commonEnv" -}}
 {{- if include "tessera.redisAuth" . }}
-- name: REDIS_PASSWORD
-  valueFrom:
-    secretKeyRef:
-      name: {{ include "tessera.redisSecretName" . }}
-      key: {{ .Values.redis.auth.secretKey }}
-{{- $url := include "tessera.redisUrl" . }}
-{{- $scheme := regexFind "^[a-z]+://" $url | default "redis://" }}
-{{- $rest := regexReplaceAll "^[a-z]+://" $url "" }}
-- name: TESSERA_REDIS_URL
-  value: {{ printf "%s%s:$(REDIS_PASSWORD)@%s" $scheme (.Values.redis.auth.username | default "") $rest | quote }}
+- name: TESSERA_REDIS_PASSWORD_FILE
+  value: /etc/tessera/secrets/redis/password
+{{- with .Values.redis.auth.username }}
+- name: TESSERA_REDIS_USER
+  value: {{ . | quote }}
+{{- end }}
+{{- end }}
+{{- if include "tessera.natsAuth" . }}
+{{- if .Values.nats.auth.user }}
+- name: TESSERA_NATS_USER
+  value: {{ .Values.nats.auth.user | quote }}
+- name: TESSERA_NATS_PASSWORD_FILE
+  value: /etc/tessera/secrets/nats/{{ .Values.nats.auth.secretKey }}
+{{- else }}
+- name: TESSERA_NATS_CREDS
+  value: /etc/tessera/secrets/nats/{{ .Values.nats.auth.secretKey }}
+{{- end }}
 {{- end }}
 {{- with .Values.extraEnv }}
 {{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Volumes and mounts every tessera container has: the config, /tmp, the
+     credentials. */}}
+{{- define "tessera.volumes" -}}
+- name: config
+  configMap:
+    name: {{ include "tessera.fullname" . }}-config
+- name: tmp
+  emptyDir: {sizeLimit: 64Mi}
+{{- if include "tessera.redisAuth" . }}
+- name: redis-auth
+  secret:
+    secretName: {{ include "tessera.redisSecretName" . }}
+    defaultMode: 0440
+    items: [{key: {{ .Values.redis.auth.secretKey }}, path: password}]
+{{- end }}
+{{- if include "tessera.natsAuth" . }}
+- name: nats-auth
+  secret:
+    secretName: {{ .Values.nats.auth.existingSecret }}
+    defaultMode: 0440
+{{- end }}
+{{- end -}}
+
+{{- define "tessera.volumeMounts" -}}
+- {name: config, mountPath: /etc/tessera, readOnly: true}
+- {name: tmp, mountPath: /tmp}
+{{- if include "tessera.redisAuth" . }}
+- {name: redis-auth, mountPath: /etc/tessera/secrets/redis, readOnly: true}
+{{- end }}
+{{- if include "tessera.natsAuth" . }}
+- {name: nats-auth, mountPath: /etc/tessera/secrets/nats, readOnly: true}
 {{- end }}
 {{- end -}}
 
