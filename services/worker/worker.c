@@ -27,11 +27,72 @@
 #define DRAIN_TIMEOUT_MS 30000
 /* While a drain is under way the orchestrator is asked again this often, so
  * a worker whose cells nobody can take any more (the other workers died or
- * stopped meanwhile) learns it at once instead of waiting DRAIN_TIMEOUT_MS. */
+ * stopped meanwhile) learns it at once instead of waiting DRAIN_TIMEOUT_MS.
+ * The asking has its own thread: the I/O threads may all be waiting for
+ * PreCopy answers from a target that is gone. */
 #define DRAIN_RECHECK_MS 1000
-/* drain_state of a drain accepted and asked about again (besides 0 none,
- * 1 asked, 2 accepted, 3 refused) */
-#define DRAIN_ASKED_AGAIN 4
+#define DRAIN_RECHECK_TIMEOUT_MS 500
+
+/* The thread that asks the orchestrator again during a drain (one worker
+ * per process). */
+static struct {
+    pthread_t thread;
+    bool started;
+    atomic_bool stop;
+    atomic_bool refused; /* the orchestrator answered "error: ..." or nobody serves drains */
+} asker;
+
+static void *drain_asker_main(void *arg)
+{
+    ts_worker_t *w = arg;
+    char subj[TS_SUBJECT_MAX];
+    ts_subject_ctl(subj, sizeof(subj), w->world.id, "drain");
+    ts_bus_hdr_t hdr = {.type = "text/plain"};
+    uint64_t next = ts_mono_us() + DRAIN_RECHECK_MS * 1000ULL;
+    while (!atomic_load(&asker.stop)) {
+        if (ts_mono_us() < next) {
+            ts_sleep_ms(20);
+            continue;
+        }
+        next = ts_mono_us() + DRAIN_RECHECK_MS * 1000ULL;
+        ts_bus_msg_t *reply = NULL;
+        ts_status_t st =
+            ts_bus_request(w->bus, subj, &hdr, w->id, strlen(w->id), DRAIN_RECHECK_TIMEOUT_MS, &reply);
+        if (st == TS_OK) {
+            const char *text = (const char *)ts_bus_msg_data(reply);
+            size_t len = ts_bus_msg_len(reply);
+            if (len >= 6 && strncmp(text, "error:", 6) == 0) {
+                ts_info("drain: orchestrator says: %.*s", (int)len, text);
+                atomic_store(&asker.refused, true);
+            }
+            ts_bus_msg_destroy(reply);
+        } else if (st == TS_ERR_UNAVAILABLE) {
+            ts_info("drain: no orchestrator serves drains any more");
+            atomic_store(&asker.refused, true);
+        } /* a timeout: asked again in a second */
+        if (atomic_load(&asker.refused)) {
+            ts_worker_wake(w);
+            break;
+        }
+    }
+    return NULL;
+}
+
+static void drain_asker_start(ts_worker_t *w)
+{
+    if (asker.started) return;
+    atomic_store(&asker.stop, false);
+    atomic_store(&asker.refused, false);
+    asker.started = pthread_create(&asker.thread, NULL, drain_asker_main, w) == 0;
+}
+
+static void drain_asker_stop(void)
+{
+    if (!asker.started) return;
+    atomic_store(&asker.stop, true);
+    pthread_join(asker.thread, NULL);
+    asker.started = false;
+}
 /* registry changes waiting for the tick thread before a full read replaces them */
 #define MAX_PENDING_CHANGES 4096
 
@@ -320,13 +381,7 @@ static void take_io_results(ts_worker_t *w)
             finish_resubscribe(w, job);
             break;
         case TS_IO_DRAIN:
-            /* a later ask that timed out leaves the drain running; an answer
-             * "error: ..." or nobody serving drains ends it */
-            if (job->status == TS_OK ||
-                (w->drain_state == DRAIN_ASKED_AGAIN && job->status == TS_ERR_TIMEOUT))
-                w->drain_state = 2;
-            else
-                w->drain_state = 3;
+            w->drain_state = job->status == TS_OK ? 2 : 3;
             break;
         default:
             break;
@@ -496,15 +551,14 @@ static void tick_once(ts_worker_t *w, double dt, uint64_t full_every, uint64_t h
     }
 }
 
-/* again: the orchestrator accepted the drain already (see take_io_results) */
-static void ask_drain(ts_worker_t *w, bool again)
+static void ask_drain(ts_worker_t *w)
 {
     ts_io_job_t *job = ts_io_job_new(TS_IO_DRAIN);
     if (!job) {
-        if (!again) w->drain_state = 3;
+        w->drain_state = 3;
         return;
     }
-    w->drain_state = again ? DRAIN_ASKED_AGAIN : 1;
+    w->drain_state = 1;
     ts_io_submit(w, job);
 }
 
@@ -519,7 +573,7 @@ ts_status_t ts_worker_run(ts_worker_t *w, volatile sig_atomic_t *stop)
     struct timespec next;
     clock_gettime(CLOCK_MONOTONIC, &next);
     ts_worker_heartbeat(w);
-    uint64_t drain_deadline = 0, drain_recheck = 0;
+    uint64_t drain_deadline = 0;
     ts_status_t rc = TS_OK;
     for (;;) {
         if (atomic_load(&w->fenced)) {
@@ -533,9 +587,8 @@ ts_status_t ts_worker_run(ts_worker_t *w, volatile sig_atomic_t *stop)
             w->draining = true;
             ts_worker_metrics_stopping();
             if (w->nbind > 0 && ts_bus_connected(w->bus)) {
-                ask_drain(w, false);
+                ask_drain(w);
                 drain_deadline = ts_mono_us() + DRAIN_TIMEOUT_MS * 1000ULL;
-                drain_recheck = ts_mono_us() + DRAIN_RECHECK_MS * 1000ULL;
                 ts_info("draining %zu cells before exit", w->nbind);
             }
         }
@@ -546,9 +599,9 @@ ts_status_t ts_worker_run(ts_worker_t *w, volatile sig_atomic_t *stop)
                 w->nbind);
             break;
         }
-        if (w->draining && w->nbind > 0 && w->drain_state == 2 && ts_mono_us() >= drain_recheck) {
-            ask_drain(w, true); /* has the orchestrator still someone to hand the cells to? */
-            drain_recheck = ts_mono_us() + DRAIN_RECHECK_MS * 1000ULL;
+        if (w->draining && w->nbind > 0 && w->drain_state == 2) {
+            drain_asker_start(w); /* has the orchestrator still someone to hand the cells to? */
+            if (atomic_load(&asker.refused)) w->drain_state = 3;
         }
         if (w->draining && (w->nbind == 0 || drain_deadline == 0 || w->drain_state == 3 ||
                             ts_mono_us() > drain_deadline || *stop >= 2))
@@ -584,6 +637,7 @@ ts_status_t ts_worker_run(ts_worker_t *w, volatile sig_atomic_t *stop)
             if (atomic_load(&w->wake)) take_mail(w);
         }
     }
+    drain_asker_stop();
     if (w->drain_state == 3)
         ts_warn(
             "drain: the orchestrator cannot hand my %zu cells away (its answer is logged above); stopping "
@@ -600,10 +654,11 @@ ts_status_t ts_worker_run(ts_worker_t *w, volatile sig_atomic_t *stop)
                 ts_worker_publish_checkpoint(w, w->bindings[i]->zone);
     bool bus_up = ts_bus_connected(w->bus);
     ts_publisher_stop(w); /* publishes what is queued */
-    if (bus_up)
-        ts_bus_js_flush(w->bus, 2000);
-    else
-        ts_bus_close(w->bus); /* unsubscribing and flushing fail at once instead of timing out */
+    if (bus_up) ts_bus_js_flush(w->bus, 2000);
+    /* NATS gone, or a drain given up (requests to a target that is gone may
+     * still be waiting on the I/O threads): close the connection, so that
+     * they and the unsubscribes fail at once instead of timing out */
+    if (!bus_up || w->drain_state == 3) ts_bus_close(w->bus);
     ts_live_stop(w);
     if (rc == TS_OK) ts_registry_worker_forget(w->live_reg, w->id);
     ts_info("worker %s: stopping after %" PRIu64 " ticks", w->id, w->tick);
