@@ -22,6 +22,8 @@
 #              handover requests, manages the JetStream streams
 #   worker     publishes cell state, checkpoints, handover messages, forwarded
 #              inputs and heartbeats; consumes the input stream
+#   worker-<id>  the same for one worker id (--workers='w1 w2', the default):
+#              only that worker's heartbeat and liveness keys
 #   gateway    publishes only player input (cell.*.*.*.*.*.input) and gateway
 #              liveness (tessera.gw.>); subscribes to state, the registry and
 #              worker heartbeats (the browser map shows worker load)
@@ -32,20 +34,35 @@
 #              nothing else; no Redis access
 #   admin      everything on both (tests and operators; no service uses it)
 #
-# Usage: scripts/gen-secrets.sh [--tls] DIR
+# Usage: scripts/gen-secrets.sh [--tls] [--workers='w1 w2'] DIR
 # Needs: openssl (passwords and, with --tls, certificates).
 # shellcheck disable=SC2016 # NATS subjects hold a literal $ (JetStream API)
 set -euo pipefail
 
 tls=0
-if [[ "${1:-}" == --tls ]]; then
-    tls=1
+worker_ids="w1 w2"
+while [[ "${1:-}" == --* ]]; do
+    case $1 in
+    --tls) tls=1 ;;
+    --workers=*) worker_ids=${1#--workers=} ;;
+    *)
+        echo "gen-secrets: unknown option $1" >&2
+        exit 2
+        ;;
+    esac
     shift
-fi
+done
 [[ $# -eq 1 ]] || {
-    echo "usage: $0 [--tls] DIR" >&2
+    echo "usage: $0 [--tls] [--workers='w1 w2'] DIR" >&2
     exit 2
 }
+read -ra workers <<<"$worker_ids"
+for id in "${workers[@]}"; do
+    [[ "$id" =~ ^[A-Za-z0-9_-]{1,63}$ ]] || {
+        echo "gen-secrets: bad worker id '$id'" >&2
+        exit 2
+    }
+done
 dir=$1
 command -v openssl >/dev/null 2>&1 || {
     echo "gen-secrets: openssl not found" >&2
@@ -57,6 +74,9 @@ dir=$(cd "$dir" && pwd)
 umask 077
 
 users=(orch worker gateway sim ctl inspector admin)
+for id in "${workers[@]}"; do
+    users+=("worker-$id")
+done
 declare -A nats_pw redis_pw
 for u in "${users[@]}"; do
     nats_pw[$u]=$(openssl rand -hex 24)
@@ -99,6 +119,13 @@ EOF
     user_block worker \
         '"cell.>", "tessera.worker.*.hb", "tessera.ctl.*.drain", "_INBOX.>", "$JS.API.>", "$JS.FC.>"' \
         '"cell.*.*.*.*.*.handover", "tessera.registry.*", "tessera.gw.>", "_INBOX.worker.>"' "$js_destroy"
+    # one user per known worker id: only its own heartbeat and replies
+    for id in "${workers[@]}"; do
+        user_block "worker-$id" \
+            '"cell.>", "tessera.worker.'"$id"'.hb", "tessera.ctl.*.drain", "_INBOX.>", "$JS.API.>", "$JS.FC.>"' \
+            '"cell.*.*.*.*.*.handover", "tessera.registry.*", "tessera.gw.>", "_INBOX.worker-'"$id"'.>"' \
+            "$js_destroy"
+    done
     user_block gateway \
         '"cell.*.*.*.*.*.input", "tessera.gw.>"' \
         '"cell.*.*.*.*.*.state", "tessera.registry.*", "tessera.worker.*.hb", "_INBOX.gateway.>"'
@@ -125,6 +152,11 @@ conn='+ping +select +auth +hello +client|setname +script|load +evalsha +eval'
         "+smembers +sadd +srem"
     echo "user worker on >${redis_pw[worker]} resetkeys ~ts:worker:* ~ts:workers %R~ts:{w*}:* resetchannels" \
         "-@all $conn +get +set +del +exists +hgetall +hset +hsetnx +smembers +sadd +srem"
+    for id in "${workers[@]}"; do
+        echo "user worker-$id on >${redis_pw[worker-$id]} resetkeys ~ts:worker:$id ~ts:worker:$id:* ~ts:workers" \
+            "%R~ts:{w*}:* resetchannels -@all $conn +get +set +del +exists +hgetall +hset +hsetnx +smembers +sadd" \
+            "+srem"
+    done
     for u in gateway sim ctl; do
         echo "user $u on >${redis_pw[$u]} resetkeys %R~ts:* resetchannels -@all $conn" \
             "+get +exists +hgetall +smembers"

@@ -220,8 +220,9 @@ wait_port redis "$REDIS_PORT" 10
 
 as orch
 start orch "$BUILD_DIR/tessera-orch" "${CREDS[@]}"
-as worker
+as worker-w1
 start worker-w1 "$BUILD_DIR/tessera-worker" --worker.id=w1 "${CREDS[@]}"
+as worker-w2
 start worker-w2 "$BUILD_DIR/tessera-worker" --worker.id=w2 "${CREDS[@]}"
 as gateway
 start gateway "$BUILD_DIR/tessera-gateway" --gateway.listen="127.0.0.1:$GATEWAY_PORT" \

@@ -291,19 +291,31 @@ typedef struct {
     char kv[ENV_COUNT][512];
 } child_env_buf_t;
 
-/* The secured stack's user for a binary: tessera-<user>, else admin. */
-static const char *user_for(const char *path)
+/* The secured stack's user for a binary: tessera-<user>, else admin; a
+ * worker started with --worker.id=<id> is worker-<id> when gen-secrets made
+ * that user (w1 and w2), else the shared worker user. */
+static const char *user_for(const ts_h_t *h, const char *path, char *const *argv, char *buf, size_t cap)
 {
     static const char *const users[] = {"orch", "worker", "gateway", "sim", "ctl"};
     const char *base = strrchr(path, '/');
     base = base ? base + 1 : path;
+    if (strcmp(base, "tessera-worker") == 0) {
+        for (int i = 1; argv[i] != NULL; i++) {
+            if (strncmp(argv[i], "--worker.id=", 12) != 0) continue;
+            char pass[600];
+            snprintf(buf, cap, "worker-%s", argv[i] + 12);
+            snprintf(pass, sizeof pass, "%s/%s.nats.pass", h->secrets, buf);
+            if (access(pass, R_OK) == 0) return buf;
+        }
+        return "worker";
+    }
     for (size_t i = 0; i < sizeof users / sizeof users[0]; i++) {
         if (strncmp(base, "tessera-", 8) == 0 && strcmp(base + 8, users[i]) == 0) return users[i];
     }
     return "admin";
 }
 
-static char **child_env(ts_h_t *h, const char *path, child_env_buf_t *b)
+static char **child_env(ts_h_t *h, const char *path, char *const *argv, child_env_buf_t *b)
 {
     size_t n = 0;
     while (environ[n] != NULL)
@@ -324,7 +336,8 @@ static char **child_env(ts_h_t *h, const char *path, child_env_buf_t *b)
         env[k++] = b->kv[1];
         return env;
     }
-    const char *user = user_for(path);
+    char user_buf[96];
+    const char *user = user_for(h, path, argv, user_buf, sizeof user_buf);
     snprintf(b->kv[0], sizeof b->kv[0], "%s%s", env_names[0], h->nats_plain_url);
     snprintf(b->kv[1], sizeof b->kv[1], "%s%s", env_names[1], h->redis_plain_url);
     snprintf(b->kv[2], sizeof b->kv[2], "%s%s", env_names[2], user);
@@ -353,7 +366,7 @@ static int launch(ts_h_t *h, const char *name, const char *path, char *const *ar
     ts_strlcpy(p->log_path, log_path, sizeof p->log_path);
 
     child_env_buf_t env_buf;
-    char **env = child_env(h, path, &env_buf);
+    char **env = child_env(h, path, argv, &env_buf);
     int logfd = open(p->log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
     int nullfd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     if (env == NULL || logfd < 0 || nullfd < 0) {

@@ -74,9 +74,10 @@ void ts_h_start(ts_h_t *h);
  * redis-server with per-service ACL users and the default user off.
  * h->nats_url / h->redis_url carry the admin user (so every helper and
  * existing test code works unchanged); services started by ts_h_spawn get
- * their own user (tessera-orch: orch, tessera-worker: worker,
- * tessera-gateway: gateway, tessera-sim: sim, tessera-ctl: ctl, anything
- * else: admin) through TESSERA_{NATS,REDIS}_USER and *_PASSWORD_FILE. */
+ * their own user (tessera-orch: orch, tessera-worker: worker-w1 / worker-w2
+ * for --worker.id=w1 / w2, else worker, tessera-gateway: gateway,
+ * tessera-sim: sim, tessera-ctl: ctl, anything else: admin) through
+ * TESSERA_{NATS,REDIS}_USER and *_PASSWORD_FILE. */
 void ts_h_start_secure(ts_h_t *h);
 /* ts_h_start_secure with TLS required by nats-server (gen-secrets --tls: a
  * throw-away CA, h->secrets/ca.pem). The test process's own connects trust

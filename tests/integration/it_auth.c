@@ -269,6 +269,10 @@ static void test_forged_nats_traffic_refused(void **state)
         forge_refused(&f, "$JS.API.STREAM.MSG.DELETE.TS_CKPT_0", true);
         forger_close(&f);
     }
+    /* a worker with its own user cannot speak for another worker */
+    assert_int_equal(forger_connect(&f, "worker-w1"), NATS_OK);
+    forge_refused(&f, "tessera.worker.w2.hb", false);
+    forger_close(&f);
 
     /* every forged message was dropped by the server: the observer, which
      * sees everything, got none, while real traffic (heartbeats) flowed */
@@ -412,6 +416,12 @@ static void test_redis_acl(void **state)
     assert_int_not_equal(ts_registry_lock(reg, "orch", "x", 1000, &held), TS_OK);
     assert_int_not_equal(ts_registry_draining_add(reg, WORLD, "w1"), TS_OK);
     assert_int_not_equal(ts_registry_world_reset(reg, WORLD), TS_OK);
+    ts_registry_destroy(reg);
+    /* worker-w1 keeps only w1's liveness: it cannot claim or forget w2 */
+    ts_h_redis_url_as(&ts_h, "worker-w1", url, sizeof url);
+    assert_int_equal(ts_registry_connect(&reg, url), TS_OK);
+    assert_int_not_equal(ts_registry_worker_claim(reg, "w2", "t1", 1000, 10), TS_OK);
+    assert_int_not_equal(ts_registry_worker_forget(reg, "w2"), TS_OK);
     ts_registry_destroy(reg);
 
     snap_world(&after);
