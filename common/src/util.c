@@ -38,6 +38,17 @@ void ts_sleep_ms(int64_t ms)
         req = rem;
 }
 
+void ts_mono_deadline(struct timespec *out, uint64_t ns)
+{
+    clock_gettime(CLOCK_MONOTONIC, out);
+    out->tv_sec += (time_t)(ns / 1000000000ULL);
+    out->tv_nsec += (long)(ns % 1000000000ULL);
+    if (out->tv_nsec >= 1000000000L) {
+        out->tv_sec++;
+        out->tv_nsec -= 1000000000L;
+    }
+}
+
 void ts_rng_seed(ts_rng_t *r, uint64_t seed)
 {
     /* splitmix64 scrambles nearby seeds into unrelated states */

@@ -37,13 +37,7 @@ struct ts_leader {
 static void wait_ms(ts_leader_t *l, int64_t ms)
 {
     struct timespec until;
-    clock_gettime(CLOCK_MONOTONIC, &until);
-    until.tv_sec += ms / 1000;
-    until.tv_nsec += (ms % 1000) * 1000000L;
-    if (until.tv_nsec >= 1000000000L) {
-        until.tv_sec++;
-        until.tv_nsec -= 1000000000L;
-    }
+    ts_mono_deadline(&until, ms > 0 ? (uint64_t)ms * 1000000ULL : 0);
     pthread_mutex_lock(&l->mu);
     while (!l->stop) {
         if (pthread_cond_timedwait(&l->cond, &l->mu, &until) == ETIMEDOUT) break;

@@ -3,6 +3,7 @@
 #include <time.h>
 
 #include "orch.h"
+#include "tessera/util.h"
 
 void ts_orch_wake_init(ts_orch_t *o)
 {
@@ -32,13 +33,7 @@ void ts_orch_wake(ts_orch_t *o)
 void ts_orch_wait(ts_orch_t *o, int64_t timeout_ms)
 {
     struct timespec until;
-    clock_gettime(CLOCK_MONOTONIC, &until);
-    until.tv_sec += timeout_ms / 1000;
-    until.tv_nsec += (timeout_ms % 1000) * 1000000L;
-    if (until.tv_nsec >= 1000000000L) {
-        until.tv_sec++;
-        until.tv_nsec -= 1000000000L;
-    }
+    ts_mono_deadline(&until, timeout_ms > 0 ? (uint64_t)timeout_ms * 1000000ULL : 0);
     pthread_mutex_lock(&o->wake_mu);
     while (!o->woken && !*o->stop) {
         if (pthread_cond_timedwait(&o->wake_cond, &o->wake_mu, &until) != 0) break;

@@ -294,15 +294,8 @@ static void *io_main(void *arg)
             uint64_t now = ts_mono_us();
             if (now >= next_check) break;
             struct timespec until;
-            clock_gettime(CLOCK_MONOTONIC, &until);
-            uint64_t wait_ns =
-                next_check == UINT64_MAX ? 3600ULL * 1000000000ULL : (next_check - now) * 1000ULL;
-            until.tv_sec += (time_t)(wait_ns / 1000000000ULL);
-            until.tv_nsec += (long)(wait_ns % 1000000000ULL);
-            if (until.tv_nsec >= 1000000000L) {
-                until.tv_sec++;
-                until.tv_nsec -= 1000000000L;
-            }
+            ts_mono_deadline(&until, next_check == UINT64_MAX ? 3600ULL * 1000000000ULL
+                                                              : (next_check - now) * 1000ULL);
             pthread_cond_timedwait(&w->io_cond, &w->io_mu, &until);
         }
         ts_io_job_t *job = w->io_head;
@@ -428,13 +421,7 @@ static void *live_main(void *arg)
         }
         if (st != TS_OK) ts_warn("cannot refresh liveness in the registry: %s", ts_status_str(st));
         struct timespec until;
-        clock_gettime(CLOCK_MONOTONIC, &until);
-        until.tv_sec += (time_t)(period_ms / 1000);
-        until.tv_nsec += (long)(period_ms % 1000) * 1000000L;
-        if (until.tv_nsec >= 1000000000L) {
-            until.tv_sec++;
-            until.tv_nsec -= 1000000000L;
-        }
+        ts_mono_deadline(&until, (uint64_t)period_ms * 1000000ULL);
         pthread_mutex_lock(&w->live_mu);
         while (!atomic_load(&w->live_stop))
             if (pthread_cond_timedwait(&w->live_cond, &w->live_mu, &until) == ETIMEDOUT) break;

@@ -81,12 +81,7 @@ static void *pub_main(void *arg)
         pthread_mutex_lock(&w->pub_mu);
         if (!w->pub_kicked && !w->pub_stop) {
             struct timespec until;
-            clock_gettime(CLOCK_MONOTONIC, &until);
-            until.tv_nsec += PUB_WAIT_MS * 1000000L;
-            if (until.tv_nsec >= 1000000000L) {
-                until.tv_sec++;
-                until.tv_nsec -= 1000000000L;
-            }
+            ts_mono_deadline(&until, PUB_WAIT_MS * 1000000ULL);
             pthread_cond_timedwait(&w->pub_cond, &w->pub_mu, &until);
         }
         w->pub_kicked = false;

@@ -13,6 +13,10 @@ uint64_t ts_now_us(void);
 uint64_t ts_mono_us(void);
 uint64_t ts_mono_ns(void);
 void ts_sleep_ms(int64_t ms);
+struct timespec;
+/* The CLOCK_MONOTONIC time ns from now, for pthread_cond_timedwait on a
+ * condition variable created with that clock. */
+void ts_mono_deadline(struct timespec *out, uint64_t ns);
 
 /* xorshift64* generator; state must be non-zero (seed 0 is replaced). */
 typedef struct {
