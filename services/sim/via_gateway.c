@@ -72,6 +72,7 @@ typedef struct vg vg_t;
 typedef struct {
     uv_tcp_t tcp;
     uv_connect_t connect_req;
+    uv_shutdown_t shutdown_req; /* the Leave is written before the close */
     vg_t *vg;
     uint32_t idx;
     uint8_t phase;
@@ -570,11 +571,37 @@ static bool settled(const vg_t *vg)
     return true;
 }
 
+static void on_shutdown(uv_shutdown_t *req, int status)
+{
+    (void)status;
+    close_client(req->data);
+}
+
+/* A player that is done says Leave (a bare close leaves its entity waiting
+ * gateway.resume_s for a resume), then closes once the Leave is written. */
+static void leave_and_close(client_t *c)
+{
+    if (c->phase != CL_PLAYING || !c->handle_open) {
+        close_client(c);
+        return;
+    }
+    uint8_t buf[64];
+    Tessera__V1__Leave leave = TESSERA__V1__LEAVE__INIT;
+    Tessera__V1__ClientFrame f = TESSERA__V1__CLIENT_FRAME__INIT;
+    f.payload_case = TESSERA__V1__CLIENT_FRAME__PAYLOAD_LEAVE;
+    f.leave = &leave;
+    size_t n = pack_frame(c, &f, buf, sizeof buf);
+    c->shutdown_req.data = c;
+    if (n == 0 || !send_bytes(c, buf, n) ||
+        uv_shutdown(&c->shutdown_req, (uv_stream_t *)&c->tcp, on_shutdown) != 0)
+        close_client(c);
+}
+
 static void finish(vg_t *vg)
 {
     vg->phase = RUN_DONE;
     for (size_t i = 0; i < vg->n; i++)
-        close_client(&vg->c[i]); /* the gateway turns each close into a Leave */
+        leave_and_close(&vg->c[i]);
     uv_timer_stop(&vg->tick);
     uv_close((uv_handle_t *)&vg->tick, NULL);
 }
