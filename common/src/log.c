@@ -237,6 +237,24 @@ static void write_all(const char *p, size_t n)
     }
 }
 
+/* Masks the password of every "scheme://user:password@" in msg in place
+ * (with '*', same length), so a URL with credentials that a service logs
+ * (its NATS or Redis address) never shows them. */
+static void redact_passwords(char *msg, size_t len)
+{
+    for (size_t i = 0; i + 3 <= len; i++) {
+        if (msg[i] != ':' || msg[i + 1] != '/' || msg[i + 2] != '/') continue;
+        size_t start = i + 3, colon = 0, j = start;
+        for (; j < len && msg[j] != '@' && msg[j] != '/' && msg[j] != ' ' && msg[j] != '"' && msg[j] != ',';
+             j++)
+            if (msg[j] == ':' && !colon) colon = j;
+        if (j < len && msg[j] == '@' && colon)
+            for (size_t k = colon + 1; k < j; k++)
+                msg[k] = '*';
+        i = j > i ? j - 1 : i;
+    }
+}
+
 void ts_log(ts_log_level_t level, const char *fmt, ...)
 {
     if ((int)level < (int)TS_LOG_DEBUG || (int)level > (int)TS_LOG_ERROR) level = TS_LOG_ERROR;
@@ -265,6 +283,7 @@ void ts_log(ts_log_level_t level, const char *fmt, ...)
     }
     while (len > 0 && msg[len - 1] == '\n')
         len--;
+    redact_passwords(msg, len);
 
     char ts[40];
     format_time(ts, sizeof ts);

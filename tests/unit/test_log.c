@@ -89,6 +89,30 @@ static void test_text_format(void **state)
     log_capture_free(&c);
 }
 
+/* A URL with credentials never shows its password in a log line; the rest
+ * of the line, and URLs without one, are left alone. */
+static void test_passwords_masked(void **state)
+{
+    (void)state;
+    log_capture_t c;
+    ts_log_init("orch", TS_LOG_DEBUG, false);
+    log_capture_start(&c);
+    ts_info("started: nats nats://orch:s3cret@127.0.0.1:4222, redis redis://orch:p%%40ss@localhost:6379/0");
+    ts_info("plain nats://127.0.0.1:4222 and user:pass@ without a scheme, time 12:30");
+    ts_info("token nats://tok3n@h:1 and redis://:only@h/2");
+    log_capture_end(&c);
+    assert_int_equal(c.nlines, 3);
+    assert_string_equal(c.lines[0] + TS_LEN,
+                        " INFO  orch: started: nats nats://orch:******@127.0.0.1:4222, redis "
+                        "redis://orch:******@localhost:6379/0");
+    assert_string_equal(
+        c.lines[1] + TS_LEN,
+        " INFO  orch: plain nats://127.0.0.1:4222 and user:pass@ without a scheme, time 12:30");
+    /* a bare token is a user name to the URL parser: shown; a password is not */
+    assert_string_equal(c.lines[2] + TS_LEN, " INFO  orch: token nats://tok3n@h:1 and redis://:****@h/2");
+    log_capture_free(&c);
+}
+
 static void test_json_format_and_escaping(void **state)
 {
     log_capture_t c;
@@ -223,9 +247,10 @@ static void test_threads_do_not_interleave(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_text_format),  cmocka_unit_test(test_json_format_and_escaping),
-        cmocka_unit_test(test_level_filter), cmocka_unit_test(test_level_parse),
-        cmocka_unit_test(test_long_message), cmocka_unit_test(test_threads_do_not_interleave),
+        cmocka_unit_test(test_text_format),      cmocka_unit_test(test_json_format_and_escaping),
+        cmocka_unit_test(test_level_filter),     cmocka_unit_test(test_level_parse),
+        cmocka_unit_test(test_long_message),     cmocka_unit_test(test_threads_do_not_interleave),
+        cmocka_unit_test(test_passwords_masked),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
