@@ -39,26 +39,40 @@ fail() { echo "FAIL [$case_]: $*" >&2; exit 1; }
 render() { flock "${TMPDIR:-/tmp}/tessera-chart-check.lock" "$cc" "$chart" --name tessera -n games "$@" --out "$out/all.yaml" 2>"$out/err" || {
     cat "$out/err" >&2; return 1; }; tail -1 "$out/err"; }
 
-# kind/name of every rendered object, one per line
-objects() { python3 -c '
-import sys, yaml
-for d in yaml.safe_load_all(open(sys.argv[1])):
-    if d: print("%s/%s" % (d["kind"], d["metadata"]["name"]))' "$out/all.yaml"; }
-has() { objects >"$out/objects" && grep -qx "$1" "$out/objects" || fail "no $1 rendered"; }
-hasnt() { objects >"$out/objects" && ! grep -qx "$1" "$out/objects" || fail "$1 rendered but must not be"; }
-# a Python expression over `docs` (the rendered objects) and `obj(kind, name)`
-check() { python3 - "$out/all.yaml" "$1" "$2" <<'PY' || fail "$2"
+# Checks are collected, then evaluated in one pass (run_checks): has KIND/NAME,
+# hasnt KIND/NAME, check PYTHON-EXPRESSION MESSAGE, where the expression sees
+# `docs` (the rendered objects), obj(kind, name), pod(kind, name),
+# env(kind, name) and config() (the tessera.yaml the chart renders).
+: >"$out/checks"
+check() { printf '%s\t%s\n' "$1" "$2" >>"$out/checks"; }
+has() { check "has('$1')" "no $1 rendered"; }
+hasnt() { check "not has('$1')" "$1 rendered but must not be"; }
+run_checks() {
+    python3 - "$out/all.yaml" "$out/checks" "$case_" <<'PY'
 import sys, yaml
 docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+def has(kn): return any("%s/%s" % (d["kind"], d["metadata"]["name"]) == kn for d in docs)
 def obj(kind, name):
     for d in docs:
         if d["kind"] == kind and d["metadata"]["name"] == name: return d
-    raise SystemExit("no %s/%s" % (kind, name))
+    raise KeyError("no %s/%s" % (kind, name))
 def pod(kind, name): return obj(kind, name)["spec"]["template"]["spec"]
 def env(kind, name, c=0): return {e["name"]: e.get("value") for e in pod(kind, name)["containers"][c].get("env", [])}
 def config(): return yaml.safe_load(obj("ConfigMap", "tessera-config")["data"]["tessera.yaml"])
-ok = eval(sys.argv[2])
-if not ok: raise SystemExit("check failed: " + sys.argv[2] + " (" + sys.argv[3] + ")")
+failed = 0
+n = 0
+for line in open(sys.argv[2]):
+    expr, msg = line.rstrip("\n").split("\t", 1)
+    n += 1
+    try:
+        ok = eval(expr)
+    except Exception as e:
+        ok, msg = False, "%s (%s: %s)" % (msg, type(e).__name__, e)
+    if not ok:
+        failed += 1
+        print("FAIL [%s]: %s\n    %s" % (sys.argv[3], msg, expr), file=sys.stderr)
+print("%d checks, %d failed" % (n, failed))
+sys.exit(1 if failed else 0)
 PY
 }
 
@@ -155,4 +169,5 @@ bad-values)
     ;;
 *) echo "unknown case $case_" >&2; exit 2 ;;
 esac
+[[ $case_ == bad-values ]] || run_checks
 echo "ok [$case_]"
