@@ -182,7 +182,8 @@ fi
 # ---- 2. render -----------------------------------------------------------------
 step "render charts/tessera ($VALUES)"
 sets=()
-if tool tessera-worker --help 2>/dev/null | grep -q 'worker.http_listen'; then
+help=$(tool tessera-worker --help 2>&1 || true)
+if grep -q 'worker.http_listen' <<<"$help"; then
     HTTP=1
 else
     HTTP=0
@@ -317,11 +318,16 @@ recovered=$(($(json recoveries <<<"$s_after") - $(json recoveries <<<"$s_before"
 echo "cells handed away by the drain: $drained, recovered from checkpoints: $recovered"
 ((recovered == 0)) || fail "$recovered cells were recovered (crash path), not handed over"
 ((drained >= n_w1)) || fail "only $drained of $n_w1 cells of $W1 moved by drain handover"
-lead_pod=""
-for p in $($K get pods -l app.kubernetes.io/component=orch -o name | sed 's|pod/||'); do
-    pod_log "$p" | grep -q "leader of world" && lead_pod=$p
-done
-[[ -n $lead_pod ]] || fail "no orchestrator pod says it leads"
+# the orchestrator pod holding the lock: it logged "lock orch.<world> as <holder>"
+pod_of_holder() {
+    local p
+    for p in $($K get pods -l app.kubernetes.io/component=orch -o name | sed 's|pod/||'); do
+        pod_log "$p" | grep -q -E "lock orch\.[0-9]+ as $1\$" && echo "$p"
+    done
+}
+old_leader=$(json leader <<<"$s_after")
+lead_pod=$(pod_of_holder "$old_leader")
+[[ -n $lead_pod && $lead_pod != *$'\n'* ]] || fail "no single orchestrator pod holds the lock as $old_leader: '$lead_pod'"
 pod_log "$lead_pod" | grep -E "\(drain\): cell .* from $W1 to" | tee "$ART/drain-handovers.txt" | tail -3
 (($(wc -l <"$ART/drain-handovers.txt") >= n_w1)) || fail "the leader logged fewer drain handovers than $n_w1"
 $K rollout status statefulset/$REL-worker --timeout=180s || fail "$W1 did not come back"
@@ -330,8 +336,9 @@ ctl cells | tee "$ART/cells-after-drain.txt" | tail -1
 
 # ---- 6. the leading orchestrator killed --------------------------------------
 step "kill the leading orchestrator pod ($lead_pod)"
-old_leader=$(stats | json leader)
 echo "leader: $old_leader ($lead_pod)"
+standby=$($K get pods -l app.kubernetes.io/component=orch -o name | sed 's|pod/||' | grep -v -x "$lead_pod" | head -1)
+[[ -n $standby ]] || fail "no standby orchestrator pod"
 tk=$(date +%s%N)
 $K delete pod "$lead_pod" --grace-period=0 --force --wait=false 2>&1 | grep -v -i warning || true
 new_leads() {
@@ -342,12 +349,7 @@ new_leads() {
 wait_for 60 new_leads || fail "no standby took the lead"
 new_leader=$(stats | json leader)
 echo "new leader $new_leader after $((($(date +%s%N) - tk) / 1000000)) ms"
-standby=""
-for p in $($K get pods -l app.kubernetes.io/component=orch -o name | sed 's|pod/||'); do
-    [[ $p == "$lead_pod" ]] && continue
-    pod_log "$p" | grep -q "leader of world" && standby=$p
-done
-[[ -n $standby ]] || fail "the new leader is not one of the remaining orchestrator pods"
+[[ $(pod_of_holder "$new_leader") == "$standby" ]] || fail "the new leader $new_leader is not the standby $standby"
 echo "the standby $standby leads"
 cell=$(awk -v w="$W0" '$2 == w {print $1; exit}' "$ART/cells-after-drain.txt")
 ctl handover "$cell" "$W1" || fail "the new leader could not hand $cell to $W1"
