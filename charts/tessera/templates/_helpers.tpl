@@ -239,8 +239,9 @@ timeoutSeconds: {{ .p.timeoutSeconds }}
 failureThreshold: {{ .p.failureThreshold }}
 {{- end -}}
 
+{{/* policy/v1 from Kubernetes 1.21, autoscaling/v2 from 1.23 */}}
 {{- define "tessera.pdbApiVersion" -}}
-{{- if .Capabilities.APIVersions.Has "policy/v1/PodDisruptionBudget" -}}
+{{- if and (.Capabilities.APIVersions.Has "policy/v1/PodDisruptionBudget") (semverCompare ">=1.21-0" .Capabilities.KubeVersion.Version) -}}
 policy/v1
 {{- else -}}
 policy/v1beta1
@@ -248,7 +249,7 @@ policy/v1beta1
 {{- end -}}
 
 {{- define "tessera.hpaApiVersion" -}}
-{{- if .Capabilities.APIVersions.Has "autoscaling/v2/HorizontalPodAutoscaler" -}}
+{{- if and (.Capabilities.APIVersions.Has "autoscaling/v2/HorizontalPodAutoscaler") (semverCompare ">=1.23-0" .Capabilities.KubeVersion.Version) -}}
 autoscaling/v2
 {{- else -}}
 autoscaling/v2beta2
