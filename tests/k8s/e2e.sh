@@ -309,10 +309,20 @@ $K delete pod $REL-test-join --wait=false >/dev/null
 
 step "synthetic players through the gateway (tessera-sim Job)"
 $K apply -f "$ART/sim.yaml"
-sim_connected() { pod_log "$($K get pods -l app.kubernetes.io/component=sim -o name | head -1 | sed 's|pod/||')" |
-    grep -q -E 'connected=[1-9]'; }
-wait_for 90 sim_connected || fail "the sim's clients never connected"
-pod_log "$($K get pods -l app.kubernetes.io/component=sim -o name | head -1 | sed 's|pod/||')" | grep via-gateway | tail -1
+# (the sim prints its figures when it ends: count its clients at the gateway)
+players=$(grep -o -E -- '--sim.players=[0-9]+' "$ART/sim.yaml" | cut -d= -f2)
+((HTTP == 0)) || GWM=$(addr svc/$REL-gateway "$GW_HTTP")
+gw_clients() { http_get "$GWM/metrics" 2>/dev/null |
+    awk '/^tessera_gateway_clients[{ ]/ {n += $NF} END {print n + 0}'; }
+sim_playing() {
+    if ((HTTP == 1)); then
+        (($(gw_clients) >= players))
+    else
+        [[ $($K get pods -l app.kubernetes.io/component=sim -o jsonpath='{.items[0].status.phase}') == Running ]]
+    fi
+}
+wait_for 90 sim_playing || fail "the sim's $players players never all joined"
+echo "the sim's $players players are playing"
 
 # ---- 5. a worker pod deleted: drain by live handover ------------------------
 step "delete pod $W1 ($n_w1 cells): preStop drains it by live handover"
