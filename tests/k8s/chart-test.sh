@@ -89,7 +89,7 @@ common_checks() {
     check 'env("StatefulSet","tessera-worker")["TESSERA_WORKER_ID"] == "$(POD_NAME)"' 'worker id = pod name'
     check 'all(ps.get("automountServiceAccountToken") is False for ps in [pod(k, n) for k, n in [("Deployment","tessera-gateway"),("StatefulSet","tessera-worker"),("Deployment","tessera-orch")]])' 'no API token in the pods'
     check 'pod("StatefulSet","tessera-worker")["terminationGracePeriodSeconds"] > 30' 'worker grace period above the 30 s drain'
-    check '"kill -TERM 1" in " ".join(pod("StatefulSet","tessera-worker")["containers"][0]["lifecycle"]["preStop"]["exec"]["command"])' 'worker preStop drains through SIGTERM'
+    check '"lifecycle" not in pod("StatefulSet","tessera-worker")["containers"][0]' 'worker stops (and drains) on the kubelet SIGTERM alone: no hook sends a second one'
     check 'obj("Deployment","tessera-orch")["spec"]["replicas"] == 2' 'orchestrator: 2 replicas'
     check 'len({obj(k,n)["spec"]["template"]["metadata"]["annotations"]["checksum/config"] for k,n in [("Deployment","tessera-gateway"),("StatefulSet","tessera-worker"),("Deployment","tessera-orch")]}) == 1' 'config checksum annotation on every pod'
     check 'config()["world"]["workers"] == ["tessera-worker-%d" % i for i in range(obj("StatefulSet","tessera-worker")["spec"]["replicas"])]' 'world.workers are the worker pod names'

@@ -325,7 +325,7 @@ wait_for 90 sim_playing || fail "the sim's $players players never all joined"
 echo "the sim's $players players are playing"
 
 # ---- 5. a worker pod deleted: drain by live handover ------------------------
-step "delete pod $W1 ($n_w1 cells): preStop drains it by live handover"
+step "delete pod $W1 ($n_w1 cells): on SIGTERM it drains by live handover"
 s_before=$(stats)
 echo "orchestrator before: $s_before"
 td=$(date +%s%N)
@@ -342,8 +342,9 @@ echo "cells handed away by the drain: $drained, recovered from checkpoints: $rec
 pod_of_holder() {
     local p
     for p in $($K get pods -l app.kubernetes.io/component=orch -o name | sed 's|pod/||'); do
-        pod_log "$p" | grep -q -E "lock orch\.[0-9]+ as $1\$" && echo "$p"
+        if pod_log "$p" | grep -q -E "lock orch\.[0-9]+ as $1\$"; then echo "$p"; fi
     done
+    return 0
 }
 old_leader=$(json leader <<<"$s_after")
 lead_pod=$(pod_of_holder "$old_leader")
