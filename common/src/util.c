@@ -6,6 +6,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -36,6 +37,44 @@ void ts_sleep_ms(int64_t ms)
     struct timespec rem;
     while (nanosleep(&req, &rem) != 0 && errno == EINTR)
         req = rem;
+}
+
+ts_status_t ts_read_file(const char *path, size_t max, char **out, size_t *len)
+{
+    *out = NULL;
+    *len = 0;
+    FILE *f = fopen(path, "rb");
+    if (f == NULL) return TS_ERR_IO;
+    size_t cap = 4096, n = 0;
+    char *buf = malloc(cap + 1);
+    ts_status_t st = buf ? TS_OK : TS_ERR_NOMEM;
+    while (st == TS_OK) {
+        size_t got = fread(buf + n, 1, cap - n, f);
+        n += got;
+        if (n > max) {
+            st = TS_ERR_OVERSIZED;
+        } else if (got == 0) {
+            if (ferror(f)) st = TS_ERR_IO;
+            break;
+        } else if (n == cap) {
+            char *nb = realloc(buf, cap * 2 + 1);
+            if (nb == NULL) {
+                st = TS_ERR_NOMEM;
+            } else {
+                buf = nb;
+                cap *= 2;
+            }
+        }
+    }
+    fclose(f);
+    if (st != TS_OK) {
+        free(buf);
+        return st;
+    }
+    buf[n] = '\0';
+    *out = buf;
+    *len = n;
+    return TS_OK;
 }
 
 void ts_mono_deadline(struct timespec *out, uint64_t ns)

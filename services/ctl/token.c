@@ -16,6 +16,7 @@
 #include <time.h>
 
 #include "ctl.h"
+#include "tessera/util.h"
 
 static bool parse_ttl(const char *s, long *out)
 {
@@ -34,18 +35,6 @@ static bool parse_ttl(const char *s, long *out)
     if (*end != '\0') return false;
     *out = v * mult;
     return true;
-}
-
-static char *read_all(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    char *buf = malloc(65537);
-    size_t n = buf ? fread(buf, 1, 65536, f) : 0;
-    fclose(f);
-    if (buf) buf[n] = '\0';
-    *len = n;
-    return buf;
 }
 
 int ts_ctl_token(int argc, char **argv)
@@ -97,9 +86,9 @@ int ts_ctl_token(int argc, char **argv)
         goto done;
     if (key != NULL) {
         size_t len = 0;
-        pem = read_all(key, &len);
-        if (pem == NULL) {
-            fprintf(stderr, "tessera-ctl token: cannot read %s\n", key);
+        ts_status_t st = ts_read_file(key, 1u << 20, &pem, &len);
+        if (st != TS_OK) {
+            fprintf(stderr, "tessera-ctl token: cannot read %s: %s\n", key, ts_status_str(st));
             goto done;
         }
         if (jwt_set_alg(jwt, JWT_ALG_RS256, (const unsigned char *)pem, (int)len) != 0) goto done;

@@ -25,37 +25,9 @@
 
 #include "gateway.h"
 #include "tessera/log.h"
+#include "tessera/util.h"
 
 #define MAC_HEX (2 * 32)
-
-static ts_status_t read_file(const char *path, void **out, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (f == NULL) return TS_ERR_IO;
-    size_t cap = 16384, n = 0;
-    char *buf = malloc(cap + 1);
-    while (buf != NULL) {
-        size_t got = fread(buf + n, 1, cap - n, f);
-        n += got;
-        if (got == 0) break;
-        if (n == cap) {
-            char *nb = cap < (1u << 20) ? realloc(buf, cap * 2 + 1) : NULL;
-            if (nb == NULL) {
-                free(buf);
-                buf = NULL;
-                break;
-            }
-            buf = nb;
-            cap *= 2;
-        }
-    }
-    fclose(f);
-    if (buf == NULL) return TS_ERR_NOMEM;
-    buf[n] = '\0';
-    *out = buf;
-    *len = n;
-    return TS_OK;
-}
 
 ts_status_t gw_auth_init(gw_t *gw)
 {
@@ -78,7 +50,9 @@ ts_status_t gw_auth_init(gw_t *gw)
         ts_warn("gateway.resume_secret is not set: resume tokens only work on this gateway process");
     }
     if (cfg->gateway_auth_public_key[0] != '\0') {
-        ts_status_t st = read_file(cfg->gateway_auth_public_key, &gw->auth_rs_key, &gw->auth_rs_key_len);
+        char *pem = NULL;
+        ts_status_t st = ts_read_file(cfg->gateway_auth_public_key, 1u << 20, &pem, &gw->auth_rs_key_len);
+        gw->auth_rs_key = pem;
         if (st != TS_OK) {
             ts_error("gateway.auth.public_key: cannot read %s: %s", cfg->gateway_auth_public_key,
                      ts_status_str(st));

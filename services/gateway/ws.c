@@ -1037,31 +1037,15 @@ static ts_status_t load_assets(gw_ws_server_t *srv, const char *dir)
         ws_asset_t *a = &srv->assets[i];
         char path[1024];
         snprintf(path, sizeof path, "%s/%s", dir, a->name);
-        FILE *f = fopen(path, "rb");
-        if (f == NULL) {
-            ts_error("gateway.web_dir: cannot open %s", path);
-            return TS_ERR_CONFIG;
+        char *buf = NULL;
+        size_t len = 0;
+        ts_status_t st = ts_read_file(path, (size_t)64 << 20, &buf, &len);
+        if (st != TS_OK) {
+            ts_error("gateway.web_dir: cannot read %s: %s", path, ts_status_str(st));
+            return st == TS_ERR_NOMEM ? TS_ERR_NOMEM : TS_ERR_CONFIG;
         }
-        uint8_t *buf = NULL;
-        size_t len = 0, cap = 0;
-        for (;;) {
-            if (len == cap) {
-                cap = cap ? cap * 2 : 65536;
-                uint8_t *nb = realloc(buf, cap);
-                if (nb == NULL) {
-                    free(buf);
-                    fclose(f);
-                    return TS_ERR_NOMEM;
-                }
-                buf = nb;
-            }
-            size_t r = fread(buf + len, 1, cap - len, f);
-            len += r;
-            if (r == 0) break;
-        }
-        fclose(f);
-        a->owned = buf;
-        a->data = buf;
+        a->owned = (uint8_t *)buf;
+        a->data = (const uint8_t *)buf;
         a->len = len;
     }
     return TS_OK;

@@ -528,28 +528,9 @@ static void terminate_range(ts_h_t *h, int from, int to)
 
 static char *read_file(const char *path)
 {
-    FILE *f = fopen(path, "rb");
-    if (f == NULL) return NULL;
-    size_t cap = 4096, len = 0;
-    char *buf = malloc(cap);
-    while (buf != NULL) {
-        size_t got = fread(buf + len, 1, cap - len - 1, f);
-        len += got;
-        if (got == 0) break;
-        if (cap - len - 1 == 0) {
-            char *nb = realloc(buf, cap * 2);
-            if (nb == NULL) {
-                free(buf);
-                buf = NULL;
-                break;
-            }
-            buf = nb;
-            cap *= 2;
-        }
-    }
-    fclose(f);
-    if (buf != NULL) buf[len] = '\0';
-    return buf;
+    char *text = NULL;
+    size_t len;
+    return ts_read_file(path, SIZE_MAX - 1, &text, &len) == TS_OK ? text : NULL;
 }
 
 char *ts_h_read_log(ts_h_t *h, int idx)

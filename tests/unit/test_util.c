@@ -8,7 +8,10 @@
 #include <cmocka.h>
 
 #include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "tessera/status.h"
 #include "tessera/util.h"
@@ -165,6 +168,37 @@ static void test_clocks(void **state)
     ts_sleep_ms(-5);
 }
 
+/* Whole files: content and length exact (a NUL inside too), the bound
+ * enforced, a missing file an I/O error. */
+static void test_read_file(void **state)
+{
+    (void)state;
+    char path[] = "/tmp/ts-test-util-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    static char big[10000];
+    for (size_t i = 0; i < sizeof big; i++)
+        big[i] = (char)('a' + i % 26);
+    big[5] = '\0';
+    assert_int_equal(write(fd, big, sizeof big), (ssize_t)sizeof big);
+    close(fd);
+    char *buf = NULL;
+    size_t len = 0;
+    assert_int_equal(ts_read_file(path, sizeof big, &buf, &len), TS_OK);
+    assert_int_equal(len, sizeof big);
+    assert_memory_equal(buf, big, sizeof big);
+    assert_int_equal(buf[len], '\0');
+    free(buf);
+    assert_int_equal(ts_read_file(path, sizeof big - 1, &buf, &len), TS_ERR_OVERSIZED);
+    assert_null(buf);
+    unlink(path);
+    assert_int_equal(ts_read_file(path, 100, &buf, &len), TS_ERR_IO);
+    assert_int_equal(ts_read_file("/dev/null", 100, &buf, &len), TS_OK);
+    assert_int_equal(len, 0);
+    assert_string_equal(buf, "");
+    free(buf);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -172,6 +206,7 @@ int main(void)
         cmocka_unit_test(test_parse_u64),  cmocka_unit_test(test_parse_double),
         cmocka_unit_test(test_strlcpy),    cmocka_unit_test(test_percentile),
         cmocka_unit_test(test_rng),        cmocka_unit_test(test_clocks),
+        cmocka_unit_test(test_read_file),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -13,6 +13,10 @@ uint64_t ts_now_us(void);
 uint64_t ts_mono_us(void);
 uint64_t ts_mono_ns(void);
 void ts_sleep_ms(int64_t ms);
+/* Reads a whole file into a malloc'd, NUL-terminated buffer (*len bytes
+ * before the NUL). TS_ERR_IO if it cannot be opened or read,
+ * TS_ERR_OVERSIZED if it holds more than max bytes. */
+ts_status_t ts_read_file(const char *path, size_t max, char **out, size_t *len);
 struct timespec;
 /* The CLOCK_MONOTONIC time ns from now, for pthread_cond_timedwait on a
  * condition variable created with that clock. */
