@@ -342,7 +342,8 @@ echo "cells handed away by the drain: $drained, recovered from checkpoints: $rec
 pod_of_holder() {
     local p
     for p in $($K get pods -l app.kubernetes.io/component=orch -o name | sed 's|pod/||'); do
-        if pod_log "$p" | grep -q -E "lock orch\.[0-9]+ as $1\$"; then echo "$p"; fi
+        # (grep reads all of it: grep -q would end the pipe early, a failure under pipefail)
+        if pod_log "$p" | grep -E "lock orch\.[0-9]+ as $1\$" >/dev/null; then echo "$p"; fi
     done
     return 0
 }
@@ -374,7 +375,7 @@ echo "new leader $new_leader after $((($(date +%s%N) - tk) / 1000000)) ms"
 echo "the standby $standby leads"
 cell=$(awk -v w="$W0" '$2 == w {print $1; exit}' "$ART/cells-after-drain.txt")
 ctl handover "$cell" "$W1" || fail "the new leader could not hand $cell to $W1"
-moved() { ctl cells | awk -v c="$cell" -v w="$W1" '$1 == c && $2 == w' | grep -q .; }
+moved() { ctl cells | awk -v c="$cell" -v w="$W1" '$1 == c && $2 == w {found = 1} END {exit !found}'; }
 wait_for 20 moved || fail "$cell did not move to $W1"
 echo "the new leader handed $cell to $W1"
 $K rollout status deployment/$REL-orch --timeout=120s || fail "the orchestrator Deployment did not recover"
