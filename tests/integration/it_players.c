@@ -75,7 +75,8 @@ typedef struct {
     char player[160];
     bool resumed;
     uint64_t welcome_ack;
-    uint64_t ack; /* highest Delta/Snapshot last_input_seq */
+    uint64_t ack;      /* highest Delta/Snapshot last_input_seq */
+    uint64_t want_seq; /* me_applied waits for this input */
     bool closed;
     Tessera__V1__ErrorCode last_error;
     bool last_error_fatal;
@@ -729,9 +730,11 @@ static void test_leave_then_join_same_connection(void **state)
 
 /* ---- auth ---------------------------------------------------------------- */
 
-static bool me_moving(const cl_t *p)
+/* The own entity's state shows the last input sent applied (a state from
+ * before it, still on its way, does not count). */
+static bool me_applied(const cl_t *p)
 {
-    return p->me_seen && p->me.vx != 0;
+    return p->me_seen && p->me.last_input_seq >= p->want_seq;
 }
 
 static void test_auth(void **state)
@@ -793,9 +796,11 @@ static void test_auth(void **state)
         expect_fatal(&eve, TESSERA__V1__ERROR_CODE__ERROR_UNAUTHENTICATED, 3000);
         cl_close(&eve);
         /* alice keeps playing meanwhile */
-        cl_move_seq(&alice, alice.seq + 1, (double)(i + 1), 0);
-        alice.me_seen = false;
-        assert_true(cl_pump_until(&alice, 3000, me_moving));
+        alice.want_seq = alice.seq + 1;
+        cl_move_seq(&alice, alice.want_seq, (double)(i + 1), 0);
+        if (!cl_pump_until(&alice, 3000, me_applied))
+            fail_msg("alice: input %llu sent, her state shows %llu", (unsigned long long)alice.want_seq,
+                     (unsigned long long)alice.me.last_input_seq);
         assert_int_equal(alice.me.vx, (double)(i + 1));
     }
     /* Join without a Hello carrying a token */
