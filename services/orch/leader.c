@@ -89,7 +89,13 @@ ts_status_t ts_leader_start(ts_leader_t **out, uint32_t world, const char *redis
     char host[64] = "localhost";
     if (gethostname(host, sizeof host) != 0) snprintf(host, sizeof host, "localhost");
     host[sizeof host - 1] = '\0';
-    snprintf(l->holder, sizeof l->holder, "%s-%ld", host, (long)getpid());
+    /* host and pid name it for people; the random part keeps two processes
+     * apart where both are pid 1 of the same host name (containers on a
+     * node's network) */
+    ts_rng_t rng;
+    ts_rng_seed(&rng, ts_now_us() ^ ts_mono_ns() ^ ((uint64_t)getpid() << 32));
+    snprintf(l->holder, sizeof l->holder, "%s-%ld-%06llx", host, (long)getpid(),
+             (unsigned long long)(ts_rng_next(&rng) & 0xffffff));
     ts_strlcpy(l->redis_url, redis_url, sizeof l->redis_url);
     l->ttl_ms = ttl_ms > 0 ? ttl_ms : 2000;
     atomic_init(&l->held, false);

@@ -103,9 +103,13 @@ static long stats_leader_pid(const char *json)
     p += strlen("\"leader\":\"");
     const char *end = strchr(p, '"');
     if (!end) return -1;
+    /* "<host>-<pid>-<random>": the pid is the next-to-last part */
     const char *dash = end;
-    while (dash > p && dash[-1] != '-')
-        dash--;
+    for (int k = 0; k < 2; k++) {
+        if (k) dash--;
+        while (dash > p && dash[-1] != '-')
+            dash--;
+    }
     return dash > p ? strtol(dash, NULL, 10) : -1;
 }
 
