@@ -249,6 +249,7 @@ int main(int argc, char **argv)
     ts_config_t cfg;
     char err[512] = "";
     int rc;
+    setvbuf(stdout, NULL, _IOLBF, 0); /* its lines show as they come in a container's log too */
     bool bad_flag = false;
     const char *via_gateway = take_via_gateway(&argc, argv, &bad_flag);
     if (!ts_service_init(&service, argc, argv, &cfg, NULL, NULL, &rc)) return rc;
