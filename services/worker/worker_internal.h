@@ -273,7 +273,7 @@ struct ts_worker {
     uint64_t overruns;
     ts_worker_stats_t stats;
     bool draining;
-    int drain_state; /* 0 none, 1 asked, 2 accepted, 3 refused */
+    int drain_state;       /* 0 none, 1 asked, 2 accepted, 3 refused */
     ts_players_t *players; /* players.c */
 };
 

@@ -34,7 +34,7 @@ typedef struct {
     char *nats_tls_ca;         /* CA bundle that signs the NATS server certificate */
     char *nats_tls_cert;       /* client certificate (PEM), with nats_tls_key */
     char *nats_tls_key;        /* client private key (PEM) */
-    char *redis_user;          /* Redis ACL user (overrides the URL's) */
+    char *redis_user;          /* Redis ACL user when the URL names none */
     char *redis_password_file; /* file holding the Redis password (first line) */
 
     /* world layout (orchestrator) */
