@@ -217,8 +217,10 @@ static void on_write(uv_write_t *req, int status)
 static ts_status_t queue_rest(gw_conn_t *c, const uv_buf_t *bufs, size_t nbufs, size_t skip, size_t rest)
 {
     if (c->out_pending + rest > GW_MAX_CLIENT_BYTES) {
-        ts_warn("conn %llu (%s): over %zu bytes of unsent output, disconnecting", (unsigned long long)c->id,
-                c->peer, (size_t)GW_MAX_CLIENT_BYTES);
+        /* a slow reader too: it gets here before gateway.slow_close_s when
+         * what it does not read piles up fast */
+        ts_warn("conn %llu (%s): over %zu bytes of unsent output (slow reader); closing",
+                (unsigned long long)c->id, c->peer, (size_t)GW_MAX_CLIENT_BYTES);
         gw_conn_close(c);
         return TS_ERR_UNAVAILABLE;
     }
