@@ -145,6 +145,19 @@ static const key_def_t keys[] = {
         "allowed WebSocket Origins, comma-separated (\"\": same host only, \"*\": any)"),
     STR("gateway.web_dir", gateway_web_dir, "", NULL,
         "directory to serve the map page from (\"\": the copy built into the binary)"),
+    /* cells at depth: automatic split and merge (orchestrator) */
+    INT("world.max_depth", world_max_depth, "4", 0, 16, "deepest quadtree level a cell may be split to"),
+    INT("split.auto", split_auto, "0", 0, 1, "1: the orchestrator splits hot cells and merges cold ones by load"),
+    INT("split.max_entities", split_max_entities, "400", 1, 100000000,
+        "a cell holding more entities than this is hot"),
+    DBL("split.max_tick_share", split_max_tick_share, "0.5", 0, 100,
+        "a cell whose share of its worker's tick budget exceeds this is hot (0: not used)"),
+    INT("split.windows", split_windows, "3", 1, 1000, "consecutive hot load reports before a cell splits"),
+    INT("split.cooldown_s", split_cooldown_s, "10", 0, 86400,
+        "a cell is not split or merged again this long after its last split or merge"),
+    INT("merge.max_entities", merge_max_entities, "100", 0, 100000000,
+        "four children holding fewer entities than this together are cold"),
+    INT("merge.windows", merge_windows, "5", 1, 1000, "consecutive cold load reports before children merge"),
 };
 
 /* clang-format on */

@@ -112,6 +112,16 @@ typedef struct {
     char *gateway_ws_listen;  /* host:port of /ws and the map page ("" = off) */
     char *gateway_ws_origins; /* allowed Origins, comma-separated ("": same host, "*": any) */
     char *gateway_web_dir;    /* serve the map from here ("": the copy built into the binary) */
+
+    /* cells at depth: automatic split and merge (orchestrator) */
+    int64_t world_max_depth;     /* deepest quadtree level a cell may be split to */
+    int64_t split_auto;          /* 1: the orchestrator splits and merges by load */
+    int64_t split_max_entities;  /* a cell above this many entities is hot */
+    double split_max_tick_share; /* ... or above this share of its worker's tick budget */
+    int64_t split_windows;       /* consecutive hot load reports before a split */
+    int64_t split_cooldown_s;    /* no split or merge of a cell this long after its last one */
+    int64_t merge_max_entities;  /* four children below this many entities together are cold */
+    int64_t merge_windows;       /* consecutive cold load reports before a merge */
 } ts_config_t;
 
 /* Fills cfg from defaults, file, environment and argv, in that order.
