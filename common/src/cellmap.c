@@ -91,3 +91,12 @@ void *ts_cellmap_del(ts_cellmap_t *m, const ts_cell_t *cell)
     }
     return NULL;
 }
+
+void ts_cellmap_each(const ts_cellmap_t *m, void (*fn)(void *ud, const ts_cell_t *cell, void *val), void *ud)
+{
+    uint64_t k;
+    void *v;
+    for (size_t it = 0; ts_map_next(&m->buckets, &it, &k, &v);)
+        for (const node_t *n = v; n; n = n->next)
+            fn(ud, &n->cell, n->val);
+}

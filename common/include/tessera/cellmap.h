@@ -26,5 +26,8 @@ void *ts_cellmap_get(const ts_cellmap_t *m, const ts_cell_t *cell);
 ts_status_t ts_cellmap_put(ts_cellmap_t *m, const ts_cell_t *cell, void *val);
 /* Removes and returns the value, or NULL if absent. */
 void *ts_cellmap_del(ts_cellmap_t *m, const ts_cell_t *cell);
+/* Calls fn on every (cell, value), in no particular order; fn must not
+ * change the map. */
+void ts_cellmap_each(const ts_cellmap_t *m, void (*fn)(void *ud, const ts_cell_t *cell, void *val), void *ud);
 
 #endif
