@@ -71,6 +71,8 @@ static const key_def_t keys[] = {
     INT("stream.max_age_s", stream_max_age_s, "3600", 0, INT32_MAX, "input stream retention in seconds"),
     STR("stream.storage", stream_storage, "file", "file|memory", "JetStream storage"),
     INT("stream.replicas", stream_replicas, "1", 1, 5, "JetStream stream replicas"),
+    INT("stream.max_bytes", stream_max_bytes, "1073741824", -1, INT64_MAX,
+        "input stream retention in bytes (oldest inputs go first; -1: no limit)"),
     ADDR("gateway.listen", gateway_listen, "127.0.0.1:7400", "client TCP listen address host:port"),
     INT("gateway.id", gateway_id, "1", 0, UINT32_MAX, "gateway id"),
     INT("gateway.max_frame", gateway_max_frame, "65536", 64, 16 * 1024 * 1024, "largest client frame in bytes"),

@@ -48,6 +48,7 @@ typedef struct {
     int64_t stream_max_age_s; /* input stream retention */
     char *stream_storage;     /* file|memory */
     int64_t stream_replicas;
+    int64_t stream_max_bytes; /* input stream retention in bytes; -1: none */
 
     /* gateway */
     char *gateway_listen; /* host:port */
