@@ -80,7 +80,8 @@ static const key_def_t keys[] = {
     INT("gateway.rate_limit", gateway_rate_limit, "200", 1, 1000000, "frames per second per client"),
     INT("gateway.tick_hz", gateway_tick_hz, "20", 1, 1000,
         "unused: kept so existing configs load; Deltas now go out as state arrives"),
-    INT("gateway.aoi_radius", gateway_aoi_radius, "1", 0, 8, "root cells around the player's cell"),
+    INT("gateway.aoi_radius", gateway_aoi_radius, "1", 0, 8,
+        "retired: with aoi.radius 0, the radius is (this + 0.5) x world.cell_size"),
     STR("worker.id", worker_id, "w1", NULL, "worker id"),
     INT("worker.tick_hz", worker_tick_hz, "20", 1, 1000, "simulation ticks per second"),
     INT("worker.capacity", worker_capacity, "5000", 1, 10000000, "entities the worker is sized for"),
@@ -160,6 +161,11 @@ static const key_def_t keys[] = {
     INT("merge.max_entities", merge_max_entities, "100", 0, 100000000,
         "four children holding fewer entities than this together are cold"),
     INT("merge.windows", merge_windows, "5", 1, 1000, "consecutive cold load reports before children merge"),
+    /* area of interest (gateway) */
+    DBL("aoi.radius", aoi_radius, "0", 0, 1e9,
+        "world units a client sees around its entity (0: (gateway.aoi_radius + 0.5) x world.cell_size)"),
+    DBL("aoi.hysteresis", aoi_hysteresis, "0", 0, 1e9,
+        "an entity shown to a client stays until it is this far beyond aoi.radius (0: 10% of the radius)"),
 };
 
 /* clang-format on */

@@ -57,7 +57,7 @@ typedef struct {
     int64_t gateway_max_clients;
     int64_t gateway_rate_limit; /* frames per second per client */
     int64_t gateway_tick_hz;    /* unused (Deltas go out as state arrives) */
-    int64_t gateway_aoi_radius; /* root cells around the player's cell */
+    int64_t gateway_aoi_radius; /* retired: aoi.radius 0 means (this + 0.5) x world cell size */
 
     /* worker */
     char *worker_id;
@@ -123,6 +123,10 @@ typedef struct {
     int64_t split_cooldown_s;    /* no split or merge of a cell this long after its last one */
     int64_t merge_max_entities;  /* four children below this many entities together are cold */
     int64_t merge_windows;       /* consecutive cold load reports before a merge */
+
+    /* area of interest (gateway) */
+    double aoi_radius;     /* world units a client sees around its entity (0: derived, see config.c) */
+    double aoi_hysteresis; /* shown entities stay until radius + this (0: 10% of the radius) */
 } ts_config_t;
 
 /* Fills cfg from defaults, file, environment and argv, in that order.
