@@ -148,6 +148,14 @@ static const key_def_t keys[] = {
         "allowed WebSocket Origins, comma-separated (\"\": same host only, \"*\": any)"),
     STR("gateway.web_dir", gateway_web_dir, "", NULL,
         "directory to serve the map page from (\"\": the copy built into the binary)"),
+    /* ghosts and the spatial query (worker) */
+    DBL("aoi.interact_radius", aoi_interact_radius, "2", 0.001, 1e6,
+        "EntityState.nearby counts the other entities within this distance, owned or ghost (world units)"),
+    DBL("ghost.margin", ghost_margin, "4", 0, 1e6,
+        "entities within this distance of a cell's border are published to its neighbours' owners as ghosts "
+        "(world units; at least aoi.interact_radius is used)"),
+    INT("ghost.keyframe_ticks", ghost_keyframe_ticks, "10", 1, 100000,
+        "ticks between two ghost keyframes (every border entity); deltas go in between"),
     /* cells at depth: automatic split and merge (orchestrator) */
     INT("world.max_depth", world_max_depth, "4", 0, 16, "deepest quadtree level a cell may be split to"),
     INT("split.auto", split_auto, "0", 0, 1, "1: the orchestrator splits hot cells and merges cold ones by load"),

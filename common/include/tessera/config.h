@@ -114,6 +114,11 @@ typedef struct {
     char *gateway_ws_origins; /* allowed Origins, comma-separated ("": same host, "*": any) */
     char *gateway_web_dir;    /* serve the map from here ("": the copy built into the binary) */
 
+    /* ghosts and the spatial query (worker) */
+    double aoi_interact_radius; /* EntityState.nearby counts others this close */
+    double ghost_margin;        /* entities this close to a border are sent to neighbours */
+    int64_t ghost_keyframe_ticks;
+
     /* cells at depth: automatic split and merge (orchestrator) */
     int64_t world_max_depth;     /* deepest quadtree level a cell may be split to */
     int64_t split_auto;          /* 1: the orchestrator splits and merges by load */
