@@ -17,6 +17,7 @@
 #include <sys/time.h>
 
 #include "tessera/log.h"
+#include "tessera/map.h"
 #include "tessera/util.h"
 
 #define CONNECT_TIMEOUT_MS 2000
@@ -83,6 +84,72 @@ static const char UNLOCK_LUA[] =
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end\n"
     "return 0\n";
 
+/* Split of a parent cell into its four children, all at once.
+ * KEYS: version, cells set, parent hash, child hashes (quadrants 0..3).
+ * ARGV: expected parent epoch, parent key, child keys (quadrants 0..3).
+ * The parent must be active at the expected epoch and no child live or
+ * split. The parent becomes split at epoch + 1 (same owner, its
+ * forwarder); each child becomes active with that owner at
+ * max(its previous epoch, parent's new epoch) + 1. One version bump per
+ * changed cell, parent first. Returns {1, parent epoch, owner, version,
+ * then child epoch and version per child}, {0, epoch, owner, state}
+ * (parent differs), {-1} (no parent) or {-2, epoch, owner, state} (a
+ * child is live or split). */
+static const char SPLIT_LUA[] =
+    "local cur = redis.call('HMGET', KEYS[3], 'epoch', 'owner', 'state')\n"
+    "if not cur[1] then return {-1} end\n"
+    "if cur[1] ~= ARGV[1] or cur[3] ~= 'active' or not cur[2] or cur[2] == '' then\n"
+    "  return {0, tonumber(cur[1]), cur[2] or '', cur[3] or ''}\n"
+    "end\n"
+    "for i = 4, 7 do\n"
+    "  local s = redis.call('HGET', KEYS[i], 'state')\n"
+    "  if s and s ~= 'retired' then return {-2, tonumber(cur[1]), cur[2], cur[3]} end\n"
+    "end\n"
+    "local owner = cur[2]\n"
+    "local pe = tonumber(cur[1]) + 1\n"
+    "redis.call('HSET', KEYS[3], 'state', 'split', 'epoch', pe)\n"
+    "local out = {1, pe, owner, redis.call('INCR', KEYS[1])}\n"
+    "for i = 4, 7 do\n"
+    "  local prev = tonumber(redis.call('HGET', KEYS[i], 'epoch') or '0')\n"
+    "  local ce = math.max(prev, pe) + 1\n"
+    "  redis.call('HSET', KEYS[i], 'owner', owner, 'epoch', ce, 'state', 'active', 'parent', ARGV[2])\n"
+    "  redis.call('SADD', KEYS[2], ARGV[i - 1])\n"
+    "  out[#out + 1] = ce; out[#out + 1] = redis.call('INCR', KEYS[1])\n"
+    "end\n"
+    "return out\n";
+
+/* Merge of four children back into their parent, all at once.
+ * KEYS: version, parent hash, child hashes (quadrants 0..3). ARGV: expected
+ * parent epoch. The parent must be split at the expected epoch and every
+ * child active with one and the same owner W. The parent becomes active at
+ * epoch + 1 with owner W; each child retired at epoch + 1, owner W (its
+ * forwarder). One version bump per changed cell, parent first. Returns as
+ * SPLIT_LUA; {-2, ...} when a child is missing, not active, or the
+ * children's owners differ. */
+static const char MERGE_LUA[] =
+    "local cur = redis.call('HMGET', KEYS[2], 'epoch', 'owner', 'state')\n"
+    "if not cur[1] then return {-1} end\n"
+    "if cur[1] ~= ARGV[1] or cur[3] ~= 'split' then\n"
+    "  return {0, tonumber(cur[1]), cur[2] or '', cur[3] or ''}\n"
+    "end\n"
+    "local owner = nil\n"
+    "local ce = {}\n"
+    "for i = 3, 6 do\n"
+    "  local c = redis.call('HMGET', KEYS[i], 'epoch', 'owner', 'state')\n"
+    "  if not c[1] or c[3] ~= 'active' or not c[2] or c[2] == '' or (owner and c[2] ~= owner) then\n"
+    "    return {-2, tonumber(cur[1]), cur[2] or '', cur[3]}\n"
+    "  end\n"
+    "  owner = c[2]; ce[i] = tonumber(c[1]) + 1\n"
+    "end\n"
+    "local pe = tonumber(cur[1]) + 1\n"
+    "redis.call('HSET', KEYS[2], 'state', 'active', 'owner', owner, 'epoch', pe)\n"
+    "local out = {1, pe, owner, redis.call('INCR', KEYS[1])}\n"
+    "for i = 3, 6 do\n"
+    "  redis.call('HSET', KEYS[i], 'state', 'retired', 'epoch', ce[i])\n"
+    "  out[#out + 1] = ce[i]; out[#out + 1] = redis.call('INCR', KEYS[1])\n"
+    "end\n"
+    "return out\n";
+
 /* Every script, by index; loaded once per connection (SCRIPT LOAD) and run
  * by EVALSHA. */
 typedef enum {
@@ -91,9 +158,12 @@ typedef enum {
     SCRIPT_ALIVE,
     SCRIPT_LOCK,
     SCRIPT_UNLOCK,
+    SCRIPT_SPLIT,
+    SCRIPT_MERGE,
     SCRIPT_COUNT
 } script_t;
-static const char *const SCRIPTS[SCRIPT_COUNT] = {CAS_LUA, CREATE_LUA, ALIVE_LUA, LOCK_LUA, UNLOCK_LUA};
+static const char *const SCRIPTS[SCRIPT_COUNT] = {CAS_LUA,    CREATE_LUA, ALIVE_LUA, LOCK_LUA,
+                                                  UNLOCK_LUA, SPLIT_LUA,  MERGE_LUA};
 
 #define AUTH_MAX 256
 
@@ -1069,6 +1139,186 @@ ts_status_t ts_registry_cells(ts_registry_t *reg, uint32_t world, ts_cell_entry_
     ts_status_t st = cells_once(reg, world, out, n);
     if (st == TS_ERR_UNAVAILABLE) st = cells_once(reg, world, out, n);
     return st;
+}
+
+/* ---- split and merge --------------------------------------------------------- */
+
+/* Fills out[0..5) and versions[0..5) from a SPLIT_LUA / MERGE_LUA reply
+ * (freed here). */
+static ts_status_t split_merge_result(redisReply *r, const ts_cell_t *parent, const ts_cell_t kids[4],
+                                      bool split, ts_cell_entry_t out[5], uint64_t versions[5])
+{
+    long long code = 0, epoch = 0, version = 0;
+    if (r->type != REDIS_REPLY_ARRAY || r->elements < 1 || !reply_int(r->element[0], &code))
+        return unexpected(r, split ? "cell split" : "cell merge");
+    memset(out, 0, 5 * sizeof *out);
+    memset(versions, 0, 5 * sizeof *versions);
+    out[0].cell = *parent;
+    for (int i = 0; i < 4; i++)
+        out[1 + i].cell = kids[i];
+    if (code == -1) {
+        freeReplyObject(r);
+        return TS_ERR_NOT_FOUND;
+    }
+    bool done = code == 1;
+    if ((!done && code != 0 && code != -2) || r->elements < (done ? 12u : 4u) ||
+        !reply_int(r->element[1], &epoch) || epoch < 0 || r->element[2]->type != REDIS_REPLY_STRING ||
+        r->element[2]->len >= sizeof out[0].owner)
+        return unexpected(r, split ? "cell split" : "cell merge");
+    out[0].epoch = (uint64_t)epoch;
+    ts_strlcpy(out[0].owner, r->element[2]->str, sizeof out[0].owner);
+    if (!done) {
+        const redisReply *st = r->element[3];
+        if (st->type != REDIS_REPLY_STRING || ts_cell_state_parse(st->str, &out[0].state) != TS_OK) {
+            freeReplyObject(r);
+            return TS_ERR_REGISTRY;
+        }
+        freeReplyObject(r);
+        return code == 0 ? TS_ERR_CONFLICT : TS_ERR_STALE;
+    }
+    if (!reply_int(r->element[3], &version) || version < 0) return unexpected(r, "cell split/merge version");
+    out[0].state = split ? TS_CELL_SPLIT : TS_CELL_ACTIVE;
+    versions[0] = (uint64_t)version;
+    for (int i = 0; i < 4; i++) {
+        if (!reply_int(r->element[4 + 2 * i], &epoch) || !reply_int(r->element[5 + 2 * i], &version) ||
+            epoch < 1 || version < 0)
+            return unexpected(r, "cell split/merge child");
+        ts_strlcpy(out[1 + i].owner, out[0].owner, sizeof out[1 + i].owner);
+        out[1 + i].epoch = (uint64_t)epoch;
+        out[1 + i].state = split ? TS_CELL_ACTIVE : TS_CELL_RETIRED;
+        versions[1 + i] = (uint64_t)version;
+    }
+    freeReplyObject(r);
+    return TS_OK;
+}
+
+ts_status_t ts_registry_cell_split(ts_registry_t *reg, const ts_cell_t *parent, uint64_t expected_epoch,
+                                   ts_cell_entry_t out[5], uint64_t versions[5])
+{
+    if (reg == NULL || parent == NULL || out == NULL || versions == NULL) return TS_ERR_INVALID;
+    char pkey[KEY_MAX], ptext[TS_CELL_STR_MAX], ckey[4][KEY_MAX], ctext[4][TS_CELL_STR_MAX];
+    char cells[KEY_MAX], vkey[KEY_MAX], epoch[24];
+    if (cell_key(pkey, ptext, parent) != TS_OK) return TS_ERR_INVALID;
+    ts_cell_t kids[4];
+    if (ts_cell_children(parent, kids) != TS_OK) return TS_ERR_RANGE;
+    for (int i = 0; i < 4; i++)
+        if (cell_key(ckey[i], ctext[i], &kids[i]) != TS_OK) return TS_ERR_INVALID;
+    world_key(cells, parent->world, "cells");
+    world_key(vkey, parent->world, "version");
+    snprintf(epoch, sizeof epoch, "%" PRIu64, expected_epoch);
+    const char *keys[] = {vkey, cells, pkey, ckey[0], ckey[1], ckey[2], ckey[3]};
+    const char *args[] = {epoch, ptext, ctext[0], ctext[1], ctext[2], ctext[3]};
+    redisReply *r = NULL;
+    ts_status_t st = eval(reg, false, &r, SCRIPT_SPLIT, 7, keys, 6, args);
+    if (st != TS_OK) return st;
+    return split_merge_result(r, parent, kids, true, out, versions);
+}
+
+ts_status_t ts_registry_cell_merge(ts_registry_t *reg, const ts_cell_t *parent, uint64_t expected_epoch,
+                                   ts_cell_entry_t out[5], uint64_t versions[5])
+{
+    if (reg == NULL || parent == NULL || out == NULL || versions == NULL) return TS_ERR_INVALID;
+    char pkey[KEY_MAX], ptext[TS_CELL_STR_MAX], ckey[4][KEY_MAX], ctext[4][TS_CELL_STR_MAX];
+    char vkey[KEY_MAX], epoch[24];
+    if (cell_key(pkey, ptext, parent) != TS_OK) return TS_ERR_INVALID;
+    ts_cell_t kids[4];
+    if (ts_cell_children(parent, kids) != TS_OK) return TS_ERR_RANGE;
+    for (int i = 0; i < 4; i++)
+        if (cell_key(ckey[i], ctext[i], &kids[i]) != TS_OK) return TS_ERR_INVALID;
+    world_key(vkey, parent->world, "version");
+    snprintf(epoch, sizeof epoch, "%" PRIu64, expected_epoch);
+    const char *keys[] = {vkey, pkey, ckey[0], ckey[1], ckey[2], ckey[3]};
+    const char *args[] = {epoch};
+    redisReply *r = NULL;
+    ts_status_t st = eval(reg, false, &r, SCRIPT_MERGE, 6, keys, 1, args);
+    if (st != TS_OK) return st;
+    return split_merge_result(r, parent, kids, false, out, versions);
+}
+
+/* Whether a live cell (active or handover). */
+static bool entry_live(const ts_cell_entry_t *e)
+{
+    return e->state == TS_CELL_ACTIVE || e->state == TS_CELL_HANDOVER;
+}
+
+static const ts_cell_entry_t *check_find(const ts_map_t *m, const ts_cell_entry_t *cells, const ts_cell_t *c)
+{
+    uintptr_t k = (uintptr_t)ts_map_get(m, ts_cell_hash(c));
+    if (k == 0 || !ts_cell_eq(&cells[k - 1].cell, c)) return NULL;
+    return &cells[k - 1];
+}
+
+/* Whether every point of c is served by exactly one live cell at or below c. */
+static bool check_covered(const ts_map_t *m, const ts_cell_entry_t *cells, const ts_cell_t *c, char *why,
+                          size_t cap)
+{
+    const ts_cell_entry_t *e = check_find(m, cells, c);
+    char key[TS_CELL_STR_MAX];
+    if (e != NULL && entry_live(e)) return true;
+    ts_cell_t kids[4];
+    if (e == NULL || e->state != TS_CELL_SPLIT || ts_cell_children(c, kids) != TS_OK) {
+        ts_cell_format(c, key, sizeof key);
+        snprintf(why, cap, "the area of cell %s has no live cell (%s)", key,
+                 e == NULL ? "unknown" : ts_cell_state_str(e->state));
+        return false;
+    }
+    for (int i = 0; i < 4; i++)
+        if (!check_covered(m, cells, &kids[i], why, cap)) return false;
+    return true;
+}
+
+bool ts_registry_cells_check(const ts_world_t *w, const ts_cell_entry_t *cells, size_t n, char *why,
+                             size_t cap)
+{
+    char scratch[8];
+    if (why == NULL || cap == 0) {
+        why = scratch;
+        cap = sizeof scratch;
+    }
+    why[0] = '\0';
+    ts_map_t m;
+    ts_map_init(&m);
+    bool ok = true;
+    for (size_t i = 0; ok && i < n; i++) {
+        char key[TS_CELL_STR_MAX];
+        ts_cell_format(&cells[i].cell, key, sizeof key);
+        if (cells[i].cell.world != w->id || !ts_cell_valid(&cells[i].cell)) {
+            snprintf(why, cap, "cell %s is not a cell of world %" PRIu32, key, w->id);
+            ok = false;
+        } else if (check_find(&m, cells, &cells[i].cell) != NULL) {
+            snprintf(why, cap, "cell %s is listed twice", key);
+            ok = false;
+        } else if (ts_map_put(&m, ts_cell_hash(&cells[i].cell), (void *)(uintptr_t)(i + 1)) != TS_OK) {
+            snprintf(why, cap, "out of memory");
+            ok = false;
+        }
+    }
+    /* a live cell lies under split ancestors only: no live ancestor (overlap)
+     * and none retired or missing (unreachable) */
+    for (size_t i = 0; ok && i < n; i++) {
+        if (!entry_live(&cells[i])) continue;
+        ts_cell_t c = cells[i].cell, up;
+        while (ok && c.depth > 0 && ts_cell_parent(&c, &up) == TS_OK) {
+            const ts_cell_entry_t *a = check_find(&m, cells, &up);
+            if (a == NULL || a->state != TS_CELL_SPLIT) {
+                char key[TS_CELL_STR_MAX], akey[TS_CELL_STR_MAX];
+                ts_cell_format(&cells[i].cell, key, sizeof key);
+                ts_cell_format(&up, akey, sizeof akey);
+                snprintf(why, cap, "live cell %s lies under %s, which is %s", key, akey,
+                         a == NULL ? "unknown" : ts_cell_state_str(a->state));
+                ok = false;
+            }
+            c = up;
+        }
+    }
+    for (int32_t y = 0; ok && y < w->height; y++) {
+        for (int32_t x = 0; ok && x < w->width; x++) {
+            ts_cell_t root = {.world = w->id, .cx = w->x0 + x, .cy = w->y0 + y};
+            ok = check_covered(&m, cells, &root, why, cap);
+        }
+    }
+    ts_map_free(&m);
+    return ok;
 }
 
 /* ---- workers ------------------------------------------------------------------ */

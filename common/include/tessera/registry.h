@@ -113,6 +113,37 @@ typedef struct {
  * (some changes may have been applied: re-read). */
 ts_status_t ts_registry_cells_cas(ts_registry_t *reg, ts_registry_cas_t *ops, size_t n);
 
+/* Split and merge (one Lua script each, atomic; DESIGN.md "Split and
+ * merge"). out[0] is the parent, out[1 + q] the child in quadrant q;
+ * versions[i] the registry version the change of out[i] produced (the
+ * parent's first), for the RegistryChange of each.
+ *
+ * split: the parent must be active at expected_epoch and no child live or
+ * split. The parent becomes split at epoch + 1 keeping its owner (its
+ * forwarder); each child becomes active, same owner, at epoch
+ * max(its previous epoch, the parent's new one) + 1 (created if absent).
+ * merge: the parent must be split at expected_epoch and its four children
+ * active with one owner W. Each child becomes retired at its epoch + 1
+ * (owner W, its forwarder); the parent active at epoch + 1, owner W.
+ * TS_ERR_CONFLICT: the parent's epoch or state differs (out[0] is the
+ * parent as it is); TS_ERR_STALE: the children do not allow it (out[0] as
+ * it is); TS_ERR_NOT_FOUND: no such parent; TS_ERR_RANGE: a cell at
+ * TS_CELL_MAX_DEPTH has no children; TS_ERR_UNAVAILABLE: the connection
+ * broke and the script is not re-sent (it may have run: re-read). A
+ * refused call changes nothing. */
+ts_status_t ts_registry_cell_split(ts_registry_t *reg, const ts_cell_t *parent, uint64_t expected_epoch,
+                                   ts_cell_entry_t out[5], uint64_t versions[5]);
+ts_status_t ts_registry_cell_merge(ts_registry_t *reg, const ts_cell_t *parent, uint64_t expected_epoch,
+                                   ts_cell_entry_t out[5], uint64_t versions[5]);
+
+/* Checks a whole registry of one world (no I/O): no cell of another world
+ * or listed twice; every live cell (active, handover) lies under split
+ * cells only (so live cells never overlap); every point of the world's
+ * root cells is served by a live cell. False with the first problem
+ * written into why (may be NULL). */
+bool ts_registry_cells_check(const ts_world_t *w, const ts_cell_entry_t *cells, size_t n, char *why,
+                             size_t cap);
+
 /* Marks a worker alive for ttl_ms and records its capacity, whatever process
  * held the id before (the liveness key holds the token "1"). Superseded by
  * claim/refresh. */
