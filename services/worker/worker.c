@@ -194,8 +194,11 @@ static void apply_full(ts_worker_t *w, ts_cell_entry_t *cells, size_t n, uint64_
 {
     if (w->view.valid && version < w->view.version) return; /* an older read finished late */
     view_clear(&w->view);
-    for (size_t i = 0; i < n; i++)
+    ts_celltree_clear(w->tree);
+    for (size_t i = 0; i < n; i++) {
         view_put(&w->view, &cells[i]);
+        ts_celltree_apply(w->tree, &cells[i]);
+    }
     w->view.version = version;
     atomic_store(&w->applied_version, version);
     w->view.valid = true;
@@ -246,6 +249,7 @@ static void apply_change(ts_worker_t *w, Tessera__V1__RegistryChange *rc)
     } else if (rc->version > w->view.version) {
         const ts_cell_entry_t *cur = ts_worker_find_entry(w, &e.cell);
         if (!cur || e.epoch >= cur->epoch) view_put(&w->view, &e);
+        ts_celltree_apply(w->tree, &e);
         w->view.version = rc->version;
         atomic_store(&w->applied_version, rc->version);
         reconcile(w, &e.cell);
@@ -468,6 +472,7 @@ ts_status_t ts_worker_create(ts_worker_t **out, const ts_config_t *cfg)
     if (st == TS_OK) st = ts_service_connect_registry(cfg, TS_SERVICE_CONNECT_MS, &w->live_reg);
     if (st == TS_OK) st = ts_service_wait_world(cfg, w->reg, TS_SERVICE_CONNECT_MS, &w->world);
     if (st != TS_OK) goto fail;
+    if ((st = ts_celltree_new(&w->tree, w->world.id, w->world.cell_size)) != TS_OK) goto fail;
     if ((st = ts_live_start(w)) != TS_OK) goto fail;
     st = ts_bus_ensure_streams(w->bus, w->world.id, cfg->stream_storage, cfg->stream_max_age_s,
                                (int)cfg->stream_replicas);
@@ -690,6 +695,7 @@ void ts_worker_destroy(ts_worker_t *w)
     free(w->changes);
     free(w->bindings);
     view_clear(&w->view);
+    ts_celltree_free(w->tree);
     ts_cellmap_free(&w->by_cell);
     ts_cellmap_free(&w->binding);
     ts_map_free(&w->by_gen);

@@ -32,6 +32,7 @@
 #include "tessera/arena.h"
 #include "tessera/bus.h"
 #include "tessera/cellmap.h"
+#include "tessera/celltree.h"
 #include "tessera/config.h"
 #include "tessera/proto.h"
 #include "tessera/registry.h"
@@ -207,6 +208,10 @@ struct ts_worker {
     _Atomic uint64_t next_gen;
     ts_regview_t view;
     _Atomic uint64_t applied_version; /* view.version, for the I/O thread */
+    /* the same registry as a cell tree (tick thread): position -> deepest
+     * live cell, neighbours at any depth; fed wherever the view changes */
+    ts_celltree_t *tree;
+    struct ts_ghosts *ghosts; /* ghost.c */
 
     ts_ring_t *ring; /* input messages for bound cells */
 
