@@ -215,9 +215,29 @@ bool ts_orch_refresh_cells(ts_orch_t *o)
     return true;
 }
 
+/* Appends a cell the copy does not hold yet (the children a split
+ * created); -1 when out of memory. */
+static long add_cell(ts_orch_t *o, const ts_cell_entry_t *e)
+{
+    ts_cell_entry_t *cells = realloc(o->cells, (o->ncells + 1) * sizeof *cells);
+    if (!cells) return -1;
+    o->cells = cells;
+    bool *orphan = realloc(o->orphan, (o->ncells + 1) * sizeof *orphan);
+    if (!orphan) return -1;
+    o->orphan = orphan;
+    if (ts_map_put(&o->index, ts_cell_hash(&e->cell), (void *)(uintptr_t)(o->ncells + 1)) != TS_OK) return -1;
+    o->cells[o->ncells] = *e;
+    o->orphan[o->ncells] = false;
+    count_owner(o, e->owner, 1);
+    o->cells_dirty = true;
+    return (long)o->ncells++;
+}
+
 void ts_orch_note_cell(ts_orch_t *o, const ts_cell_entry_t *e, uint64_t version)
 {
     long k = ts_orch_cell_index(o, &e->cell);
+    /* a new cell joins the copy only with the next version (nobody else wrote) */
+    if (k < 0 && version != 0 && version == o->version + 1) k = add_cell(o, e);
     if (k < 0) {
         o->cells_stale = true; /* not in the copy: read it again */
         return;
@@ -247,7 +267,14 @@ ts_status_t ts_orch_cas(ts_orch_t *o, const ts_cell_t *cell, uint64_t epoch, con
 {
     if (!o->reg || !ts_leader_held(o->leader)) return TS_ERR_UNAVAILABLE;
     uint64_t version = 0;
-    ts_status_t st = ts_registry_cell_cas(o->reg, cell, epoch, owner, TS_CELL_ACTIVE, out, &version);
+    /* a split or retired cell keeps its state with its new owner (its forwarder) */
+    long k = ts_orch_cell_index(o, cell);
+    ts_cell_state_t state =
+        k >= 0 && o->cells[k].epoch == epoch &&
+                (o->cells[k].state == TS_CELL_SPLIT || o->cells[k].state == TS_CELL_RETIRED)
+            ? o->cells[k].state
+            : TS_CELL_ACTIVE;
+    ts_status_t st = ts_registry_cell_cas(o->reg, cell, epoch, owner, state, out, &version);
     if (st == TS_ERR_UNAVAILABLE || st == TS_ERR_IO) {
         /* the script may or may not have run: ask */
         ts_cell_entry_t cur;

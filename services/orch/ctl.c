@@ -3,7 +3,9 @@
  *   handover  "<cell-key> <worker>"  -> "ok <from>-><to> epoch <E>-><E+1> freeze_us=<n> total_us=<n>"
  *                                       or "error: <reason>"
  *   drain     "<worker>"             -> "ok draining <n> cells" at once, then its cells move one by one
- *   stats     ""                     -> the stats JSON (stats.h)
+ *   split     "<cell-key>"           -> "ok split <cell> owner <w> epoch <E>-><E+1> children ..." or "error:
+ * ..." merge     "<parent-key>"         -> "ok merge <cell> owner <w> epoch <E>-><E+1>" or "error: ..." stats
+ * ""                     -> the stats JSON (stats.h)
  *
  * Handover requests are queued by the nats.c callbacks and handed to the
  * main loop, which starts them as state machines (handover.c) and answers
@@ -33,7 +35,9 @@
 #define DRAIN_RETRY_US 1000000ULL
 #define POLL_BATCH 16
 
-typedef enum { REQ_HANDOVER = 0, REQ_DRAIN_MARK } req_kind_t;
+typedef enum { REQ_HANDOVER = 0, REQ_DRAIN_MARK, REQ_SPLIT, REQ_MERGE } req_kind_t;
+
+#define NVERBS 5
 
 typedef struct {
     req_kind_t kind;
@@ -47,7 +51,7 @@ struct ts_ctl {
     pthread_mutex_t mu;
     req_t *q;
     size_t nq;
-    ts_bus_sub_t *subs[3];
+    ts_bus_sub_t *subs[NVERBS];
     bool serving;
     uint64_t next_drain_us;
 };
@@ -132,6 +136,47 @@ static void on_handover(void *ud, const ts_bus_msg_t *msg)
         free(r.reply);
         respond_text(c, msg, "error: busy, try again");
     }
+}
+
+/* split "<cell-key>" and merge "<parent-key>": queued for the main loop. */
+static void on_split_merge(ts_ctl_t *c, const ts_bus_msg_t *msg, req_kind_t kind)
+{
+    char text[PAYLOAD_MAX], key[PAYLOAD_MAX], extra[2], reply[384];
+    if (!ts_bus_msg_reply(msg) || !*ts_bus_msg_reply(msg)) return;
+    if (!payload_text(msg, text, sizeof text) || sscanf(text, "%255s %1s", key, extra) != 1) {
+        respond_text(c, msg, "error: usage: <cell-key>, e.g. \"0.-1.0.0.0\"");
+        return;
+    }
+    req_t r = {.kind = kind};
+    if (ts_cell_parse(key, &r.cell) != TS_OK) {
+        snprintf(reply, sizeof reply, "error: bad cell key '%s' (want <world>.<cx>.<cy>.<depth>.<sub>)", key);
+        respond_text(c, msg, reply);
+        return;
+    }
+    if (r.cell.world != c->o->world) {
+        snprintf(reply, sizeof reply, "error: cell %s is not in world %u", key, c->o->world);
+        respond_text(c, msg, reply);
+        return;
+    }
+    r.reply = strdup(ts_bus_msg_reply(msg));
+    pthread_mutex_lock(&c->mu);
+    bool queued = r.reply && c->serving && queue_locked(c, &r);
+    pthread_mutex_unlock(&c->mu);
+    if (queued) ts_orch_wake(c->o);
+    if (!queued) {
+        free(r.reply);
+        respond_text(c, msg, "error: busy, try again");
+    }
+}
+
+static void on_split(void *ud, const ts_bus_msg_t *msg)
+{
+    on_split_merge(ud, msg, REQ_SPLIT);
+}
+
+static void on_merge(void *ud, const ts_bus_msg_t *msg)
+{
+    on_split_merge(ud, msg, REQ_MERGE);
 }
 
 static void on_drain(void *ud, const ts_bus_msg_t *msg)
@@ -227,12 +272,12 @@ ts_status_t ts_ctl_serve(ts_ctl_t *c, bool on)
 {
     if (on == c->serving) return TS_OK;
     if (on) {
-        static const char *const verbs[3] = {"handover", "drain", "stats"};
-        static const ts_bus_msg_cb cbs[3] = {on_handover, on_drain, on_stats};
+        static const char *const verbs[NVERBS] = {"handover", "drain", "stats", "split", "merge"};
+        static const ts_bus_msg_cb cbs[NVERBS] = {on_handover, on_drain, on_stats, on_split, on_merge};
         pthread_mutex_lock(&c->mu);
         c->serving = true;
         pthread_mutex_unlock(&c->mu);
-        for (int i = 0; i < 3; i++) {
+        for (int i = 0; i < NVERBS; i++) {
             char subject[96];
             ts_subject_ctl(subject, sizeof subject, c->o->world, verbs[i]);
             ts_status_t st = ts_bus_subscribe(c->o->bus, subject, cbs[i], c, &c->subs[i]);
@@ -243,10 +288,10 @@ ts_status_t ts_ctl_serve(ts_ctl_t *c, bool on)
             }
         }
         ts_bus_flush(c->o->bus, 1000);
-        ts_info("serving tessera.ctl.%u.{handover,drain,stats}", c->o->world);
+        ts_info("serving tessera.ctl.%u.{handover,drain,stats,split,merge}", c->o->world);
         return TS_OK;
     }
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < NVERBS; i++) {
         ts_bus_sub_destroy(c->subs[i]);
         c->subs[i] = NULL;
     }
@@ -307,6 +352,7 @@ static bool drain_step(ts_ctl_t *c)
         if (ts_orch_handover(o, &view.c[i].cell, view.w[target].id, TS_HO_DRAIN, NULL) == TS_OK) queued++;
         ts_balance_assign(&view.v, i, target);
     }
+    if (queued == 0 && busy == 0 && ts_split_drain_forwarders(o, &view)) queued++;
     if (queued == 0 && busy == 0) c->next_drain_us = now + DRAIN_RETRY_US;
     ts_orch_view_free(&view);
     return queued > 0;
@@ -326,7 +372,12 @@ bool ts_ctl_poll(ts_ctl_t *c)
             }
             continue;
         }
-        ts_orch_handover(o, &r->cell, r->worker, TS_HO_CTL, r->reply);
+        if (r->kind == REQ_SPLIT)
+            ts_orch_split(o, &r->cell, r->reply, "asked by tessera-ctl");
+        else if (r->kind == REQ_MERGE)
+            ts_orch_merge(o, &r->cell, r->reply, "asked by tessera-ctl");
+        else
+            ts_orch_handover(o, &r->cell, r->worker, TS_HO_CTL, r->reply);
         free(r->reply);
     }
     free(v);

@@ -36,7 +36,10 @@ const char *ts_ho_state_str(ts_ho_state_t st)
 
 const char *ts_ho_reason_str(ts_ho_reason_t why)
 {
-    return why == TS_HO_DRAIN ? "drain" : why == TS_HO_REBALANCE ? "rebalance" : "ctl";
+    return why == TS_HO_DRAIN       ? "drain"
+           : why == TS_HO_REBALANCE ? "rebalance"
+           : why == TS_HO_MERGE     ? "merge"
+                                    : "ctl";
 }
 
 static const char *phase_name(Tessera__V1__HandoverPhase p)

@@ -36,6 +36,7 @@ typedef enum {
     TS_HO_CTL = 0, /* tessera.ctl.<world>.handover */
     TS_HO_DRAIN,
     TS_HO_REBALANCE,
+    TS_HO_MERGE,  /* gathering four children onto one owner before a merge */
     TS_HO_REASONS /* how many */
 } ts_ho_reason_t;
 

@@ -32,7 +32,9 @@ static const ts_service_t service = {
     .usage = "usage: tessera-orch [--key=value ...]\n"
              "Writes the world layout (world.*) into the Redis registry and, while it holds\n"
              "the leader lock orch.<world.id> (orch.lock_ttl_ms), drives the cells: live\n"
-             "handovers and drains requested on tessera.ctl.<world>.{handover,drain,stats},\n"
+             "handovers, drains, splits and merges requested on\n"
+             "tessera.ctl.<world>.{handover,drain,split,merge,stats}, automatic split and\n"
+             "merge of cells by load (split.*, merge.*, world.max_depth),\n"
              "crash recovery of the cells of dead workers (liveness TTL orch.hb_ttl_ms) and\n"
              "load rebalancing (orch.rebalance*). Other instances stand by.\n\n",
     .config_exit = 1,
@@ -98,6 +100,7 @@ static bool lead(ts_orch_t *o, uint64_t now)
     busy |= ts_handovers_poll(o->ho);
     if (ts_leader_held(o->leader)) busy |= ts_ctl_poll(o->ctl);
     if (o->reg && ts_leader_held(o->leader)) ts_rebalance_poll(o);
+    if (o->reg && ts_leader_held(o->leader)) ts_split_poll(o);
     busy |= ts_handovers_poll(o->ho);
     if (o->cells_dirty) {
         ts_draining_note_cells(o->drain, o->cells, o->ncells);
@@ -206,6 +209,7 @@ int main(int argc, char **argv)
     ts_map_init(&o.index);
     if (ts_workers_create(&o.workers, cfg.orch_hb_ttl_ms) != TS_OK || ts_draining_create(&o.drain) != TS_OK ||
         ts_ctl_create(&o.ctl, &o) != TS_OK || ts_handovers_create(&o.ho, &o) != TS_OK ||
+        ts_split_create(&o.split, &o) != TS_OK ||
         ts_bus_subscribe(o.bus, "tessera.worker.*.hb", ts_workers_on_heartbeat, o.workers, &o.hb_sub) !=
             TS_OK) {
         ts_error("cannot subscribe to worker heartbeats on %s", cfg.nats_url);
@@ -230,6 +234,7 @@ cleanup:
     ts_orch_metrics_stop();     /* first: it reads what is freed below */
     ts_handovers_destroy(o.ho); /* answers what is queued or in flight */
     ts_ctl_destroy(o.ctl);      /* unsubscribes; answers what is queued */
+    ts_split_destroy(o.split);
     ts_draining_destroy(o.drain);
     ts_bus_sub_destroy(o.hb_sub);
     ts_leader_stop(o.leader); /* releases the lock */

@@ -21,7 +21,8 @@ typedef struct {
     atomic_bool running;
     size_t seen_samples; /* scrape thread: samples fed into the histograms */
     ts_histogram_t *freeze, *total;
-    ts_counter_t *ok, *aborted, *failed, *refused, *recoveries, *moves_rebalance, *moves_drain, *full_reads;
+    ts_counter_t *ok, *aborted, *failed, *refused, *recoveries, *moves_rebalance, *moves_drain, *full_reads,
+        *splits, *merges;
     ts_gauge_t *in_flight, *queued, *leader, *workers_live, *workers_draining;
 } om_t;
 
@@ -39,6 +40,8 @@ static void scrape(void *ud)
     ts_counter_set(om.moves_rebalance, s->rebalance_moves);
     ts_counter_set(om.moves_drain, s->drain_moves);
     ts_counter_set(om.full_reads, s->full_reads);
+    ts_counter_set(om.splits, s->splits);
+    ts_counter_set(om.merges, s->merges);
     ts_gauge_set(om.in_flight, (double)s->in_flight);
     ts_gauge_set(om.queued, (double)s->queued);
     size_t from = om.seen_samples;
@@ -112,6 +115,9 @@ ts_status_t ts_orch_metrics_start(ts_orch_t *o)
     om.moves_drain = counter("tessera_orch_moves_total", mv_help, "reason", "drain");
     om.full_reads =
         counter("tessera_orch_registry_full_reads_total", "Full reads of the registry.", NULL, NULL);
+    om.splits = counter("tessera_orch_splits_total", "Cells split into their four children.", NULL, NULL);
+    om.merges = counter("tessera_orch_merges_total", "Sets of four children merged back into their parent.",
+                        NULL, NULL);
     om.in_flight =
         ts_metrics_gauge(om.reg, "tessera_orch_handovers_in_flight", "Handovers running now.", NULL);
     om.queued = ts_metrics_gauge(om.reg, "tessera_orch_handovers_queued",

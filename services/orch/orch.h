@@ -7,6 +7,7 @@
  *   ctl.c        tessera.ctl.<world>.* requests and the drain bookkeeping
  *   recovery.c   liveness poll, cells of dead or replaced workers to live ones
  *   rebalance.c  the cluster view, the rebalancer's plans
+ *   split.c      split and merge (registry scripts, the automatic planner of splitplan.c)
  *   balance.c    the load policy itself (pure)
  *   liveness.c   worker liveness and incarnations (pure)
  *   stats.c      counters and percentiles for `stats`
@@ -50,6 +51,7 @@
 typedef struct ts_ctl ts_ctl_t;
 typedef struct ts_draining ts_draining_t;
 typedef struct ts_handovers ts_handovers_t;
+typedef struct ts_split ts_split_t;
 
 typedef struct ts_orch ts_orch_t;
 
@@ -108,6 +110,8 @@ struct ts_orch {
     size_t rebalance_pending; /* moves of the current plan not finished */
 
     uint64_t handover_seq; /* ids "<holder>-<seq>" */
+
+    ts_split_t *split; /* split and merge (split.c) */
 };
 
 /* ---- cells.c ---- */
@@ -252,5 +256,26 @@ void ts_rebalance_init(ts_orch_t *o);
  * (in proportion to the imbalance) are queued as handovers, of which
  * orch.max_handovers run at once. */
 void ts_rebalance_poll(ts_orch_t *o);
+
+/* ---- split.c ---- */
+ts_status_t ts_split_create(ts_split_t **out, ts_orch_t *o);
+void ts_split_destroy(ts_split_t *s);
+/* Splits an active cell into its four children on its owner (one registry
+ * script, then one RegistryChange per changed cell, parent first); why is
+ * logged. The outcome goes to reply (NULL: none) as the ctl reply text
+ * "ok split <cell> owner <w> epoch <E>-><E+1> children <key>@<epoch>,..." or
+ * "error: <reason>". TS_OK if the cell was split. */
+ts_status_t ts_orch_split(ts_orch_t *o, const ts_cell_t *cell, const char *reply, const char *why);
+/* Merges the four active children of a split cell, all on one owner, back
+ * into it: "ok merge <cell> owner <w> epoch <E>-><E+1>" or "error: ...". */
+ts_status_t ts_orch_merge(ts_orch_t *o, const ts_cell_t *parent, const char *reply, const char *why);
+/* The automatic planner (split.auto): every quarter second, from memory,
+ * splits hot cells and merges cold children (gathering them onto one owner
+ * by handover first). Main loop, leader only. */
+void ts_split_poll(ts_orch_t *o);
+/* Drain: the forwarder cells (split, retired) of a draining worker whose
+ * live cells are all gone go to other workers by compare-and-set, as crash
+ * recovery would move them. True if it moved any. */
+bool ts_split_drain_forwarders(ts_orch_t *o, const ts_orch_view_t *view);
 
 #endif

@@ -7,11 +7,11 @@
  *     replaced: the cells its id held belong to the previous incarnation and
  *     are marked for recovery although the id is alive;
  *   - each cell whose owner is not alive, or that a replaced incarnation
- *     held, goes (epoch + 1) to the least-loaded live, non-draining worker,
- *     preferring one that owns a neighbouring cell — all of them with one
- *     batch of compare-and-sets (one round trip), then one RegistryChange per
- *     moved cell. The new owner loads the cell's checkpoint and replays its
- *     input stream.
+ *     held, at any depth and in any state (a split or retired cell is its
+ *     owner's forwarder and stays split or retired), goes (epoch + 1) to the least-loaded live, non-draining
+ * worker, preferring one that owns a neighbouring cell — all of them with one batch of compare-and-sets (one
+ * round trip), then one RegistryChange per moved cell. The new owner loads the cell's checkpoint and replays
+ * its input stream.
  *
  * Slow is not dead: only the liveness key decides (a worker that refreshes
  * it is alive however late its ticks or heartbeats are); an overloaded
@@ -153,7 +153,7 @@ static bool poll_liveness(ts_orch_t *o)
 static bool needs_recovery(ts_orch_t *o, size_t i, uint64_t now)
 {
     const ts_cell_entry_t *e = &o->cells[i];
-    if (e->state != TS_CELL_ACTIVE) return false;
+    /* every state has an owner: split and retired cells are forwarders */
     if (o->orphan[i]) return true;
     if (o->healthy_since_us == 0 || now - o->healthy_since_us < (uint64_t)o->cfg->orch_hb_ttl_ms * 1000)
         return false; /* Redis was away or slow within a TTL: nobody is dead yet */
@@ -192,7 +192,7 @@ static void recover(ts_orch_t *o, uint64_t t0, uint64_t rt0)
     size_t nops = 0;
     for (size_t i = 0; ops && from && i < vw.nc && i < o->ncells; i++) {
         if (!needs_recovery(o, i, now)) continue;
-        int owner = vw.c[i].owner;
+        int owner = ts_orch_view_worker(&vw, o->cells[i].owner); /* forwarders have no owner in the view */
         int target = ts_balance_target(&vw.v, i, owner);
         if (target < 0 && o->orphan[i] && owner >= 0 && vw.w[owner].eligible)
             target = owner; /* the only live worker is the new incarnation: it takes them at epoch + 1 */
@@ -210,7 +210,10 @@ static void recover(ts_orch_t *o, uint64_t t0, uint64_t rt0)
         op->cell = o->cells[i].cell;
         op->expected_epoch = o->cells[i].epoch;
         ts_strlcpy(op->new_owner, vw.w[target].id, sizeof op->new_owner);
-        op->new_state = TS_CELL_ACTIVE;
+        /* a forwarder (split, retired) stays one with its new owner */
+        op->new_state = o->cells[i].state == TS_CELL_SPLIT || o->cells[i].state == TS_CELL_RETIRED
+                            ? o->cells[i].state
+                            : TS_CELL_ACTIVE;
         from[nops] = o->cells[i].owner;
         nops++;
         ts_balance_assign(&vw.v, i, target);

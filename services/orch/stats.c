@@ -46,6 +46,12 @@ void ts_stats_count(ts_stats_t *s, ts_stat_counter_t which)
     case TS_STAT_DRAIN_MOVE:
         s->drain_moves++;
         break;
+    case TS_STAT_SPLIT:
+        s->splits++;
+        break;
+    case TS_STAT_MERGE:
+        s->merges++;
+        break;
     }
     pthread_mutex_unlock(&s->mu);
 }
@@ -64,6 +70,13 @@ void ts_stats_recovered(ts_stats_t *s, uint64_t recovery_ms)
     pthread_mutex_lock(&s->mu);
     s->recoveries++;
     s->recovery_ms_last = recovery_ms;
+    pthread_mutex_unlock(&s->mu);
+}
+
+void ts_stats_split_us(ts_stats_t *s, uint64_t us)
+{
+    pthread_mutex_lock(&s->mu);
+    s->split_us_last = us;
     pthread_mutex_unlock(&s->mu);
 }
 
@@ -144,6 +157,9 @@ int ts_stats_json(ts_stats_t *s, const char *leader, char *buf, size_t cap)
         u64("in_flight_max", s->in_flight_max),
         u64("queued", s->queued),
         u64("full_reads", s->full_reads),
+        u64("splits", s->splits),
+        u64("merges", s->merges),
+        u64("split_us_last", s->split_us_last),
     };
     pthread_mutex_unlock(&s->mu);
     return ts_json_object(f, sizeof f / sizeof f[0], buf, cap);

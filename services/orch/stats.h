@@ -30,6 +30,9 @@ typedef struct {
     uint64_t in_flight_max;        /* the most in flight at once so far */
     uint64_t queued;               /* handovers waiting for a free slot */
     uint64_t full_reads;           /* full reads of the registry since start */
+    uint64_t splits;               /* cells split into four children */
+    uint64_t merges;               /* four children merged back into their parent */
+    uint64_t split_us_last;        /* the last split's or merge's registry script, orchestrator side */
     double freeze_us[TS_STATS_WINDOW];
     double total_us[TS_STATS_WINDOW];
     size_t nsamples; /* handovers sampled so far; the ring holds the last TS_STATS_WINDOW */
@@ -42,6 +45,8 @@ typedef enum {
     TS_STAT_REFUSED,
     TS_STAT_REBALANCE_MOVE,
     TS_STAT_DRAIN_MOVE,
+    TS_STAT_SPLIT,
+    TS_STAT_MERGE,
 } ts_stat_counter_t;
 
 void ts_stats_init(ts_stats_t *s);
@@ -51,6 +56,9 @@ void ts_stats_count(ts_stats_t *s, ts_stat_counter_t which);
 void ts_stats_sample(ts_stats_t *s, uint64_t freeze_us, uint64_t total_us);
 /* One recovered cell; recovery_ms is the time since the dead owner's last heartbeat. */
 void ts_stats_recovered(ts_stats_t *s, uint64_t recovery_ms);
+
+/* The duration of the last split or merge script (see split_us_last). */
+void ts_stats_split_us(ts_stats_t *s, uint64_t us);
 
 /* The last recovery batch (see the fields). */
 void ts_stats_recovery_batch(ts_stats_t *s, uint64_t cells, uint64_t us, uint64_t round_trips);
@@ -66,7 +74,8 @@ double ts_stats_total_pct(ts_stats_t *s, double pct);
  *  "freeze_us_p50":…,"freeze_us_p99":…,"total_us_p50":…,"total_us_p99":…,
  *  "recoveries":N,"recovery_ms_last":N,"rebalance_moves":N,"drain_moves":N,
  *  "recovery_batch_cells":N,"recovery_batch_us":N,"recovery_round_trips":N,
- *  "in_flight":N,"in_flight_max":N,"queued":N,"full_reads":N}
+ *  "in_flight":N,"in_flight_max":N,"queued":N,"full_reads":N,"splits":N,"merges":N,
+ *  "split_us_last":N}
  * Returns the length, or -1 if cap is too small. */
 int ts_stats_json(ts_stats_t *s, const char *leader, char *buf, size_t cap);
 
