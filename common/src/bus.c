@@ -44,6 +44,7 @@
 #define SUB_PENDING_MSGS (1 << 20)
 #define SUB_PENDING_BYTES (256 * 1024 * 1024)
 #define DUPLICATE_WINDOW_NS (120LL * 1000000000LL)
+#define TS_BUS_MAX_SERVERS 16 /* URLs in a nats.url list */
 
 struct ts_bus {
     natsConnection *nc;
@@ -428,6 +429,24 @@ void ts_bus_redact_url(char *buf, size_t cap, const char *url)
     snprintf(buf, cap, "%.*s:***%s", (int)(colon - url), url, at);
 }
 
+/* The server URL, or a comma-separated list of them (the nodes of a
+ * cluster): nats.c tries them in random order and reconnects to another one
+ * when its server goes away. */
+static natsStatus set_servers(natsOptions *opts, const char *url)
+{
+    if (strchr(url, ',') == NULL) return natsOptions_SetURL(opts, url);
+    char *copy = strdup(url);
+    const char *servers[TS_BUS_MAX_SERVERS];
+    int n = 0;
+    if (copy == NULL) return NATS_NO_MEMORY;
+    for (char *save = NULL, *tok = strtok_r(copy, ", ", &save); tok != NULL && n < TS_BUS_MAX_SERVERS;
+         tok = strtok_r(NULL, ", ", &save))
+        servers[n++] = tok;
+    natsStatus s = n > 0 ? natsOptions_SetServers(opts, servers, n) : NATS_INVALID_ARG;
+    wipe_free(copy); /* the URLs may carry passwords */
+    return s;
+}
+
 ts_status_t ts_bus_connect(ts_bus_t **out, const char *url, const char *name)
 {
     /* copies, so the lock is not held while connecting */
@@ -470,7 +489,7 @@ ts_status_t ts_bus_connect_auth(ts_bus_t **out, const char *url, const char *nam
 
     natsOptions *opts = NULL;
     natsStatus s = natsOptions_Create(&opts);
-    if (s == NATS_OK) s = natsOptions_SetURL(opts, url);
+    if (s == NATS_OK) s = set_servers(opts, url);
     if (s == NATS_OK && name != NULL) s = natsOptions_SetName(opts, name);
     if (s == NATS_OK) s = natsOptions_SetAllowReconnect(opts, true);
     if (s == NATS_OK) s = natsOptions_SetMaxReconnect(opts, -1);
