@@ -1,4 +1,4 @@
-/* `tessera-ctl handover|drain|stats`: text requests to the leading
+/* `tessera-ctl handover|drain|split|merge|stats`: text requests to the leading
  * orchestrator on tessera.ctl.<world>.<verb>, printing its answer. Exit
  * status 0 when it answered "ok ..." (or the stats), 1 for "error: ..." or
  * no answer. */
@@ -15,6 +15,7 @@
 #define HANDOVER_TIMEOUT_MS 30000
 #define DRAIN_TIMEOUT_MS 5000
 #define STATS_TIMEOUT_MS 2000
+#define SPLIT_TIMEOUT_MS 10000
 
 ts_status_t ts_ctl_request(ts_bus_t *bus, uint32_t world, const char *verb, const char *payload,
                            int64_t timeout_ms, char **reply)
@@ -95,4 +96,26 @@ int ts_ctl_drain(const ts_config_t *cfg, const char *worker)
 int ts_ctl_stats(const ts_config_t *cfg)
 {
     return ask(cfg, "stats", "", STATS_TIMEOUT_MS);
+}
+
+/* split CELL / merge PARENT. */
+static int split_merge(const ts_config_t *cfg, const char *verb, const char *cell)
+{
+    ts_cell_t c;
+    if (ts_cell_parse(cell, &c) != TS_OK) {
+        fprintf(stderr,
+                "tessera-ctl: bad cell '%s' (want <world>.<cx>.<cy>.<depth>.<sub>, e.g. 0.-1.0.0.0)\n", cell);
+        return TS_CTL_EXIT_USAGE;
+    }
+    return ask(cfg, verb, cell, SPLIT_TIMEOUT_MS);
+}
+
+int ts_ctl_split(const ts_config_t *cfg, const char *cell)
+{
+    return split_merge(cfg, "split", cell);
+}
+
+int ts_ctl_merge(const ts_config_t *cfg, const char *parent)
+{
+    return split_merge(cfg, "merge", parent);
 }

@@ -84,6 +84,10 @@ int ts_ctl_watch(const ts_config_t *cfg, long count);
 /* Administration through the leading orchestrator (tessera.ctl.<world>.*). */
 int ts_ctl_handover(const ts_config_t *cfg, const char *cell, const char *worker);
 int ts_ctl_drain(const ts_config_t *cfg, const char *worker);
+/* Asks the leading orchestrator to split CELL into its four children /
+ * merge the four children of PARENT back into it; prints its answer. */
+int ts_ctl_split(const ts_config_t *cfg, const char *cell);
+int ts_ctl_merge(const ts_config_t *cfg, const char *parent);
 int ts_ctl_stats(const ts_config_t *cfg);
 /* Live per-worker table, refreshed every second; count 0 = until signalled. */
 int ts_ctl_top(const ts_config_t *cfg, long count);

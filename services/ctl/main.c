@@ -26,6 +26,9 @@ static const ts_service_t service = {
              "  handover CELL WORKER     asks the leading orchestrator to move CELL (e.g. 0.-1.0.0.0)\n"
              "                           to WORKER live; prints its answer\n"
              "  drain WORKER             hands every cell of WORKER to the other workers\n"
+             "  split CELL               splits CELL into its four children (depth + 1) on its owner\n"
+             "  merge PARENT             merges the four children of PARENT back into it (they must\n"
+             "                           be active on one worker)\n"
              "  stats                    the orchestrator's handover/recovery/rebalancing figures (JSON)\n"
              "  tail SUBJECT [--count N] [--json]\n"
              "                           every message on SUBJECT (wildcards allowed) decoded, one\n"
@@ -104,8 +107,8 @@ static int command_args(const char *cmd)
     static const struct {
         const char *name;
         int args;
-    } cmds[] = {{"cells", 0},  {"workers", 0},  {"watch", 0}, {"top", 0}, {"stats", 0},
-                {"decode", 0}, {"handover", 2}, {"drain", 1}, {"tail", 1}};
+    } cmds[] = {{"cells", 0},    {"workers", 0}, {"watch", 0}, {"top", 0},   {"stats", 0}, {"decode", 0},
+                {"handover", 2}, {"drain", 1},   {"tail", 1},  {"split", 1}, {"merge", 1}};
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
         if (strcmp(cmds[i].name, cmd) == 0) return cmds[i].args;
     }
@@ -129,6 +132,8 @@ static int run_command(char **args, int nargs, const ts_config_t *cfg, const ctl
             fprintf(stderr, "tessera-ctl: %s needs %s\n", cmd,
                     strcmp(cmd, "handover") == 0 ? "CELL WORKER"
                     : strcmp(cmd, "tail") == 0   ? "SUBJECT"
+                    : strcmp(cmd, "split") == 0  ? "CELL"
+                    : strcmp(cmd, "merge") == 0  ? "PARENT"
                                                  : "WORKER");
         return TS_CTL_EXIT_USAGE;
     }
@@ -159,6 +164,8 @@ static int run_command(char **args, int nargs, const ts_config_t *cfg, const ctl
     }
     if (strcmp(cmd, "handover") == 0) return ts_ctl_handover(cfg, args[1], args[2]);
     if (strcmp(cmd, "drain") == 0) return ts_ctl_drain(cfg, args[1]);
+    if (strcmp(cmd, "split") == 0) return ts_ctl_split(cfg, args[1]);
+    if (strcmp(cmd, "merge") == 0) return ts_ctl_merge(cfg, args[1]);
     if (strcmp(cmd, "stats") == 0) return ts_ctl_stats(cfg);
     if (strcmp(cmd, "decode") == 0) {
         if (!o->subject || !*o->subject) {
