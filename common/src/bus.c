@@ -621,7 +621,17 @@ static void stream_config(jsStreamConfig *cfg, const char *name, const char **su
 ts_status_t ts_bus_ensure_streams(ts_bus_t *bus, uint32_t world, const char *storage, int64_t max_age_s,
                                   int replicas)
 {
-    if (bus == NULL || max_age_s < 0) return TS_ERR_INVALID;
+    ts_bus_streams_t opts = {
+        .storage = storage, .max_age_s = max_age_s, .max_bytes = -1, .replicas = replicas};
+    return ts_bus_streams_ensure(bus, world, &opts);
+}
+
+ts_status_t ts_bus_streams_ensure(ts_bus_t *bus, uint32_t world, const ts_bus_streams_t *opts)
+{
+    if (bus == NULL || opts == NULL || opts->max_age_s < 0) return TS_ERR_INVALID;
+    const char *storage = opts->storage;
+    int64_t max_age_s = opts->max_age_s;
+    int replicas = opts->replicas;
     jsStorageType st_type;
     if (storage == NULL || strcmp(storage, "file") == 0)
         st_type = js_FileStorage;
@@ -644,6 +654,7 @@ ts_status_t ts_bus_ensure_streams(ts_bus_t *bus, uint32_t world, const char *sto
     cfg.MaxAge = max_age_s * 1000000000LL;
     cfg.Duplicates = DUPLICATE_WINDOW_NS;
     if (cfg.MaxAge > 0 && cfg.Duplicates > cfg.MaxAge) cfg.Duplicates = cfg.MaxAge;
+    cfg.MaxBytes = opts->max_bytes > 0 ? opts->max_bytes : -1;
     ts_status_t st = ensure_stream(bus, &cfg);
     if (st != TS_OK) return st;
 
@@ -657,6 +668,66 @@ ts_status_t ts_bus_ensure_streams(ts_bus_t *bus, uint32_t world, const char *sto
     cfg.SubjectsLen = 2;
     cfg.MaxMsgsPerSubject = 1;
     return ensure_stream(bus, &cfg);
+}
+
+ts_status_t ts_bus_stream_state(ts_bus_t *bus, const char *stream, ts_bus_stream_state_t *out)
+{
+    if (bus == NULL || stream == NULL || out == NULL) return TS_ERR_INVALID;
+    memset(out, 0, sizeof *out);
+    jsStreamInfo *si = NULL;
+    jsErrCode jerr = 0;
+    natsStatus s = js_GetStreamInfo(&si, bus->js, stream, NULL, &jerr);
+    if (s != NATS_OK) return fail("stream info", stream, s, jerr);
+    out->created_ns = si->Created;
+    out->first_seq = si->State.FirstSeq;
+    out->last_seq = si->State.LastSeq;
+    out->msgs = si->State.Msgs;
+    out->bytes = si->State.Bytes;
+    jsStreamInfo_Destroy(si);
+    return TS_OK;
+}
+
+void ts_bus_free_subjects(char **subjects, size_t n)
+{
+    if (subjects == NULL) return;
+    for (size_t i = 0; i < n; i++)
+        free(subjects[i]);
+    free(subjects);
+}
+
+ts_status_t ts_bus_stream_subjects(ts_bus_t *bus, const char *stream, const char *filter, char ***out,
+                                   size_t *n)
+{
+    if (bus == NULL || stream == NULL || filter == NULL || out == NULL || n == NULL) return TS_ERR_INVALID;
+    *out = NULL;
+    *n = 0;
+    jsOptions o;
+    jsOptions_Init(&o);
+    o.Stream.Info.SubjectsFilter = filter;
+    jsStreamInfo *si = NULL;
+    jsErrCode jerr = 0;
+    natsStatus s = js_GetStreamInfo(&si, bus->js, stream, &o, &jerr);
+    if (s != NATS_OK) return fail("stream subjects", stream, s, jerr);
+    const jsStreamStateSubjects *subj = si->State.Subjects;
+    size_t count = subj != NULL && subj->Count > 0 ? (size_t)subj->Count : 0;
+    char **list = calloc(count ? count : 1, sizeof *list);
+    ts_status_t st = list != NULL ? TS_OK : TS_ERR_NOMEM;
+    size_t k = 0;
+    for (size_t i = 0; st == TS_OK && i < count; i++) {
+        if (subj->List[i].Subject == NULL) continue;
+        if ((list[k] = strdup(subj->List[i].Subject)) == NULL)
+            st = TS_ERR_NOMEM;
+        else
+            k++;
+    }
+    jsStreamInfo_Destroy(si);
+    if (st != TS_OK) {
+        ts_bus_free_subjects(list, k);
+        return st;
+    }
+    *out = list;
+    *n = k;
+    return TS_OK;
 }
 
 /* ---- core publish / request -------------------------------------------- */

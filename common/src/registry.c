@@ -1681,3 +1681,164 @@ ts_status_t ts_registry_world_reset(ts_registry_t *reg, uint32_t world)
     } while (strcmp(cursor, "0") != 0);
     return TS_OK;
 }
+
+/* ---- loss of the registry ---------------------------------------------------- */
+
+ts_status_t ts_registry_world_probe(ts_registry_t *reg, uint32_t world, bool *has_meta, uint64_t *version)
+{
+    if (reg == NULL || has_meta == NULL || version == NULL) return TS_ERR_INVALID;
+    char meta[KEY_MAX], vkey[KEY_MAX];
+    world_key(meta, world, "meta");
+    world_key(vkey, world, "version");
+    for (int attempt = 0; attempt < 2; attempt++) {
+        if (reg->ctx == NULL || reg->ctx->err) {
+            ts_status_t st = open_ctx(reg);
+            if (st != TS_OK) return st;
+        }
+        const char *exists[] = {"EXISTS", meta};
+        const char *get[] = {"GET", vkey};
+        if (redisAppendCommandArgv(reg->ctx, 2, exists, NULL) != REDIS_OK ||
+            redisAppendCommandArgv(reg->ctx, 2, get, NULL) != REDIS_OK)
+            return TS_ERR_NOMEM;
+        reg->round_trips++;
+        redisReply *r[2] = {NULL, NULL};
+        bool io_ok = true;
+        for (int i = 0; i < 2; i++) {
+            if (redisGetReply(reg->ctx, (void **)&r[i]) != REDIS_OK || r[i] == NULL) {
+                io_ok = false;
+                break;
+            }
+        }
+        if (!io_ok) {
+            ts_warn("registry: probing world %" PRIu32 ": %s", world, reg->ctx->errstr);
+            if (r[0] != NULL) freeReplyObject(r[0]);
+            redisFree(reg->ctx);
+            reg->ctx = NULL;
+            continue; /* reads only: safe to send again */
+        }
+        long long m = 0, v = 0;
+        bool ok = reply_int(r[0], &m) && (r[1]->type == REDIS_REPLY_NIL || (reply_int(r[1], &v) && v >= 0));
+        freeReplyObject(r[0]);
+        freeReplyObject(r[1]);
+        if (!ok) {
+            ts_warn("registry: unexpected reply probing world %" PRIu32, world);
+            return TS_ERR_REGISTRY;
+        }
+        *has_meta = m > 0;
+        *version = (uint64_t)v;
+        return TS_OK;
+    }
+    return TS_ERR_UNAVAILABLE;
+}
+
+/* KEYS[1]: version, KEYS[2]: cells set, KEYS[2+i]: cell hash i. ARGV[1]:
+ * version floor; ARGV[2+5(i-1)..]: key text, owner, epoch, state, parent key
+ * of cell i. A cell absent or at a lower epoch is written. Returns the
+ * version each cell's write produced (0: left alone). */
+static const char REBUILD_LUA[] =
+    "local v = tonumber(redis.call('GET', KEYS[1]) or '0')\n"
+    "local floor = tonumber(ARGV[1])\n"
+    "if v < floor then v = floor end\n"
+    "local out = {}\n"
+    "for i = 3, #KEYS do\n"
+    "  local a = 1 + (i - 3) * 5\n"
+    "  local cur = redis.call('HGET', KEYS[i], 'epoch')\n"
+    "  if (not cur) or tonumber(cur) < tonumber(ARGV[a + 3]) then\n"
+    "    redis.call('HSET', KEYS[i], 'owner', ARGV[a + 2], 'epoch', ARGV[a + 3], 'state', ARGV[a + 4])\n"
+    "    if ARGV[a + 5] ~= '' then redis.call('HSET', KEYS[i], 'parent', ARGV[a + 5]) end\n"
+    "    redis.call('SADD', KEYS[2], ARGV[a + 1])\n"
+    "    v = v + 1\n"
+    "    out[#out + 1] = v\n"
+    "  else\n"
+    "    out[#out + 1] = 0\n"
+    "  end\n"
+    "end\n"
+    "redis.call('SET', KEYS[1], string.format('%d', v))\n"
+    "return out\n";
+
+#define REBUILD_CHUNK 256
+
+/* One script call over cells[0..n) (n <= REBUILD_CHUNK). */
+static ts_status_t rebuild_chunk(ts_registry_t *reg, const ts_cell_entry_t *cells, size_t n, uint64_t floor,
+                                 uint64_t *versions)
+{
+    enum { NUM = 24 };
+    size_t argc = 3 + 2 + n + 1 + 5 * n;
+    const char **argv = calloc(argc, sizeof *argv);
+    char *keys = calloc(n + 1, KEY_MAX);
+    char *texts = calloc(n + 1, 2 * TS_CELL_STR_MAX + NUM);
+    char vkey[KEY_MAX], ckey[KEY_MAX], nk[16], fl[NUM];
+    ts_status_t st = argv && keys && texts ? TS_OK : TS_ERR_NOMEM;
+    if (st != TS_OK) goto cleanup;
+    world_key(vkey, cells[0].cell.world, "version");
+    world_key(ckey, cells[0].cell.world, "cells");
+    snprintf(nk, sizeof nk, "%zu", n + 2);
+    snprintf(fl, sizeof fl, "%" PRIu64, floor);
+    size_t k = 0;
+    argv[k++] = "EVAL";
+    argv[k++] = REBUILD_LUA;
+    argv[k++] = nk;
+    argv[k++] = vkey;
+    argv[k++] = ckey;
+    for (size_t i = 0; i < n; i++) {
+        char *text = texts + i * (2 * TS_CELL_STR_MAX + NUM);
+        if (cell_key(keys + i * KEY_MAX, text, &cells[i].cell) != TS_OK || !valid_id(cells[i].owner) ||
+            (unsigned)cells[i].state > TS_CELL_RETIRED || cells[i].epoch == 0 ||
+            cells[i].cell.world != cells[0].cell.world) {
+            st = TS_ERR_INVALID;
+            goto cleanup;
+        }
+        argv[k++] = keys + i * KEY_MAX;
+    }
+    argv[k++] = fl;
+    for (size_t i = 0; i < n; i++) {
+        char *text = texts + i * (2 * TS_CELL_STR_MAX + NUM);
+        char *parent = text + TS_CELL_STR_MAX, *epoch = text + 2 * TS_CELL_STR_MAX;
+        parent[0] = '\0';
+        ts_cell_t up;
+        if (cells[i].cell.depth > 0 && ts_cell_parent(&cells[i].cell, &up) == TS_OK)
+            ts_cell_format(&up, parent, TS_CELL_STR_MAX);
+        snprintf(epoch, NUM, "%" PRIu64, cells[i].epoch);
+        argv[k++] = text;
+        argv[k++] = cells[i].owner;
+        argv[k++] = epoch;
+        argv[k++] = ts_cell_state_str(cells[i].state);
+        argv[k++] = parent;
+    }
+    redisReply *r = NULL;
+    st = command(reg, false, &r, (int)k, argv, NULL);
+    if (st != TS_OK) goto cleanup;
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != n) {
+        st = unexpected(r, "registry rebuild");
+        goto cleanup;
+    }
+    for (size_t i = 0; i < n && st == TS_OK; i++) {
+        long long v = 0;
+        if (!reply_int(r->element[i], &v) || v < 0)
+            st = TS_ERR_REGISTRY;
+        else
+            versions[i] = (uint64_t)v;
+    }
+    freeReplyObject(r);
+cleanup:
+    free(argv);
+    free(keys);
+    free(texts);
+    return st;
+}
+
+ts_status_t ts_registry_rebuild(ts_registry_t *reg, const ts_world_t *w, const ts_cell_entry_t *cells,
+                                size_t n, uint64_t version_floor, uint64_t *versions)
+{
+    if (reg == NULL || w == NULL || (n > 0 && (cells == NULL || versions == NULL))) return TS_ERR_INVALID;
+    for (size_t i = 0; i < n; i++) {
+        if (cells[i].cell.world != w->id) return TS_ERR_INVALID;
+        versions[i] = 0;
+    }
+    for (size_t from = 0; from < n; from += REBUILD_CHUNK) {
+        size_t len = n - from < REBUILD_CHUNK ? n - from : REBUILD_CHUNK;
+        ts_status_t st = rebuild_chunk(reg, cells + from, len, version_floor, versions + from);
+        if (st != TS_OK) return st;
+    }
+    return ts_registry_world_set(reg, w);
+}

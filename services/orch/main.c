@@ -21,6 +21,7 @@
 
 #include "metrics.h"
 #include "orch.h"
+#include "rebuild.h"
 #include "tessera/log.h"
 #include "tessera/service.h"
 #include "tessera/util.h"
@@ -48,8 +49,11 @@ static ts_status_t connect_bus(ts_orch_t *o)
     ts_status_t st = ts_service_connect_bus(cfg, "tessera-orch", TS_SERVICE_CONNECT_MS, &o->bus);
     if (st != TS_OK) return st;
     for (;;) {
-        st = ts_bus_ensure_streams(o->bus, o->world, cfg->stream_storage, cfg->stream_max_age_s,
-                                   (int)cfg->stream_replicas);
+        ts_bus_streams_t opts = {.storage = cfg->stream_storage,
+                                 .max_age_s = cfg->stream_max_age_s,
+                                 .max_bytes = cfg->stream_max_bytes,
+                                 .replicas = (int)cfg->stream_replicas};
+        st = ts_bus_streams_ensure(o->bus, o->world, &opts);
         if (st == TS_OK) return TS_OK;
         ts_debug("streams of world %u not created yet: %s", o->world, ts_status_str(st));
         if (!ts_service_retry_wait(deadline)) break;
@@ -86,6 +90,7 @@ static void lose_lead(ts_orch_t *o)
 /* One iteration of the leader's work; true if more is waiting. */
 static bool lead(ts_orch_t *o, uint64_t now)
 {
+    if (ts_rebuild_poll(o, now)) return false; /* the registry was lost: written back first */
     if (!o->world_written) {
         if (!o->reg || now < o->next_write_us) return false;
         o->next_write_us = now + 1000000;
@@ -215,6 +220,10 @@ int main(int argc, char **argv)
         ts_error("cannot subscribe to worker heartbeats on %s", cfg.nats_url);
         goto cleanup;
     }
+    if (ts_rebuild_start(&o) != TS_OK) {
+        ts_error("cannot subscribe to worker heartbeats on %s", cfg.nats_url);
+        goto cleanup;
+    }
     if (ts_leader_start(&o.leader, o.world, cfg.redis_url, cfg.orch_lock_ttl_ms) != TS_OK) {
         ts_error("cannot start the leader lock thread");
         goto cleanup;
@@ -237,6 +246,7 @@ cleanup:
     ts_split_destroy(o.split);
     ts_draining_destroy(o.drain);
     ts_bus_sub_destroy(o.hb_sub);
+    ts_rebuild_stop();
     ts_leader_stop(o.leader); /* releases the lock */
     ts_bus_destroy(o.bus);
     ts_registry_destroy(o.reg);

@@ -93,6 +93,43 @@ void ts_bus_destroy(ts_bus_t *bus);
 ts_status_t ts_bus_ensure_streams(ts_bus_t *bus, uint32_t world, const char *storage, int64_t max_age_s,
                                   int replicas);
 
+/* The world's streams as ts_bus_streams_ensure creates them. */
+typedef struct {
+    const char *storage; /* "file" (NULL too) or "memory" */
+    int64_t max_age_s;   /* input stream retention by age; 0: none */
+    int64_t max_bytes;   /* input stream retention by size (oldest first); <= 0: none */
+    int replicas;        /* < 1: 1 */
+} ts_bus_streams_t;
+
+/* Creates the world's input and checkpoint streams if missing, or updates
+ * their limits (as ts_bus_ensure_streams, plus the input stream's byte
+ * limit). Every service that publishes into or consumes from them calls it
+ * when it starts and again whenever it finds them gone (a lost JetStream
+ * store): nobody depends on the orchestrator having created them. A
+ * request: not for a hot path. */
+ts_status_t ts_bus_streams_ensure(ts_bus_t *bus, uint32_t world, const ts_bus_streams_t *opts);
+
+/* What a stream is now. created_ns tells two streams of one name apart: a
+ * stream created again after its store was lost has another creation time
+ * and starts its sequences at 1 again. */
+typedef struct {
+    int64_t created_ns; /* creation time, ns since the Unix epoch */
+    uint64_t first_seq; /* oldest message still stored */
+    uint64_t last_seq;  /* newest message ever stored (0: none yet) */
+    uint64_t msgs;
+    uint64_t bytes;
+} ts_bus_stream_state_t;
+/* One request. TS_ERR_NOT_FOUND if the stream does not exist (or JetStream
+ * has no such stream after a restart); TS_ERR_UNAVAILABLE and the like
+ * when it could not be asked. */
+ts_status_t ts_bus_stream_state(ts_bus_t *bus, const char *stream, ts_bus_stream_state_t *out);
+/* The subjects of a stream that hold messages, matching filter (a subject
+ * with wildcards), into *out (caller frees with ts_bus_free_subjects). One
+ * request; TS_ERR_NOT_FOUND if the stream does not exist. */
+ts_status_t ts_bus_stream_subjects(ts_bus_t *bus, const char *stream, const char *filter, char ***out,
+                                   size_t *n);
+void ts_bus_free_subjects(char **subjects, size_t n);
+
 /* Core NATS publish (fire and forget). */
 ts_status_t ts_bus_publish(ts_bus_t *bus, const char *subject, const ts_bus_hdr_t *hdr, const void *data,
                            size_t len);

@@ -195,4 +195,25 @@ uint64_t ts_registry_round_trips(const ts_registry_t *reg);
 /* Deletes every key of a world (tests, make run). */
 ts_status_t ts_registry_world_reset(ts_registry_t *reg, uint32_t world);
 
+/* ---- loss of the registry ----
+ * Redis may come back empty (restarted without its append-only file, or
+ * flushed). The orchestrator notices with ts_registry_world_probe and
+ * writes the registry back with ts_registry_rebuild from what the workers
+ * and the checkpoints still know, so epochs and the version only go up. */
+
+/* Whether the world's metadata exists and the registry version (0 if
+ * none), in one round trip. */
+ts_status_t ts_registry_world_probe(ts_registry_t *reg, uint32_t world, bool *has_meta, uint64_t *version);
+/* Writes cells[0..n) (one world) back: a cell absent from the registry, or
+ * present at a lower epoch, takes the given owner, epoch and state; a cell
+ * present at the same or a higher epoch is left alone (epochs never go
+ * backwards). The version becomes at least version_floor, then goes up by
+ * one per cell written; versions[i] is the version cell i's write produced
+ * (0: left alone). The world's metadata w is written last, so metadata
+ * present means the cells are back. Each call of the script is atomic over
+ * at most 256 cells. TS_ERR_UNAVAILABLE: the connection broke (some may
+ * have been written: probe again). */
+ts_status_t ts_registry_rebuild(ts_registry_t *reg, const ts_world_t *w, const ts_cell_entry_t *cells,
+                                size_t n, uint64_t version_floor, uint64_t *versions);
+
 #endif
