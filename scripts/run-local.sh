@@ -213,8 +213,10 @@ as() {
 }
 
 start nats nats-server -js -a 127.0.0.1 -p "$NATS_PORT" -sd "$TMP/js" "${nats_secure[@]}"
-start redis redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$TMP" \
-    "${redis_secure[@]}"
+# append-only file, fsync'd every second: a restart keeps the registry (its
+# epochs); losing it anyway costs a rebuild (docs/operations.md, Persistence)
+start redis redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly yes \
+    --appendfsync everysec --dir "$TMP" "${redis_secure[@]}"
 wait_port nats "$NATS_PORT" 10
 wait_port redis "$REDIS_PORT" 10
 
