@@ -11,6 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "cells.h"
 #include "metrics.h"
 #include "players.h"
 #include "sender.h"
@@ -52,7 +53,14 @@ static const ts_service_t service = {
              "It exits 0 if every client joined, stayed and got Deltas and every input was applied\n"
              "exactly once, 2 otherwise, 1 if it could not start (address, open-file limit).\n"
              "Players start anywhere in the world (read from the registry as in bus mode), so\n"
-             "each client's area of interest holds its share of the crowd.\n\n",
+             "each client's area of interest holds its share of the crowd.\n\n"
+             "--hotspot X,Y,R[,SHARE[,HOLD_S]] (bus mode): SHARE of the players (default 0.5)\n"
+             "walk into the circle of radius R around (X, Y) and stay in it until HOLD_S seconds\n"
+             "after the start (default 60), then disperse; once a second it prints\n"
+             "  sim: hotspot in=K live_cells=N max_depth=D\n"
+             "Joins go to the deepest live cell at the player's position (the registry, kept\n"
+             "current from RegistryChange); later inputs follow the entity's cell as the\n"
+             "workers' state shows it.\n\n",
     .config_exit = 1,
 };
 
@@ -65,14 +73,17 @@ typedef struct {
     ts_bus_sub_t *state_sub;
     ts_sim_inputs_t pending;
     uint64_t last_applied; /* for inputs/s */
+    ts_sim_cells_t *cells;
+    bool hotspot_on;
+    ts_sim_hotspot_t hotspot;
 } sim_t;
 
-/* Takes "--via-gateway ADDR" / "--via-gateway=ADDR" out of argv (before
- * the first "--"), so the configuration never sees it. Returns the address
- * (borrowed from argv), NULL if absent; *bad if the flag has no value. */
-static const char *take_via_gateway(int *argc, char **argv, bool *bad)
+/* Takes "<flag> VALUE" / "<flag>=VALUE" out of argv (before the first
+ * "--"), so the configuration never sees it. Returns the value (borrowed
+ * from argv), NULL if absent; *bad if the flag has no value. */
+static const char *take_flag(int *argc, char **argv, const char *flag, bool *bad)
 {
-    static const char flag[] = "--via-gateway";
+    size_t flen = strlen(flag);
     const char *addr = NULL;
     int out = 1;
     bool done = false;
@@ -87,8 +98,8 @@ static const char *take_via_gateway(int *argc, char **argv, bool *bad)
             addr = argv[++i];
             continue;
         }
-        if (!done && strncmp(a, flag, sizeof flag - 1) == 0 && a[sizeof flag - 1] == '=') {
-            addr = a + sizeof flag;
+        if (!done && strncmp(a, flag, flen) == 0 && a[flen] == '=') {
+            addr = a + flen + 1;
             continue;
         }
         argv[out++] = argv[i];
@@ -146,16 +157,25 @@ static ts_status_t check_config(const ts_config_t *cfg, char *err, size_t cap)
     return TS_ERR_CONFIG;
 }
 
-/* Reads the world from the registry (waiting for the orchestrator), then
- * connects to NATS. */
+/* Reads the world from the registry (waiting for the orchestrator),
+ * connects to NATS, then loads the cells (kept current from RegistryChange). */
 static ts_status_t connect_all(sim_t *s)
 {
     ts_registry_t *reg = NULL;
     ts_status_t st = ts_service_connect_registry(s->cfg, TS_SERVICE_CONNECT_MS, &reg);
     if (st == TS_OK) st = ts_service_wait_world(s->cfg, reg, TS_SERVICE_CONNECT_MS, &s->world);
-    ts_registry_destroy(reg);
     if (st == TS_OK) st = ts_service_connect_bus(s->cfg, "tessera-sim", TS_SERVICE_CONNECT_MS, &s->bus);
+    if (st == TS_OK) {
+        st = ts_sim_cells_create(&s->cells, s->bus, reg, &s->world);
+        if (st != TS_OK) ts_error("cannot load the cells of world %u: %s", s->world.id, ts_status_str(st));
+    }
+    ts_registry_destroy(reg);
     return st;
+}
+
+static bool locate(void *ud, double x, double y, ts_cell_t *cell, uint64_t *epoch)
+{
+    return ts_sim_cells_locate(ud, x, y, cell, epoch);
 }
 
 static void report(sim_t *s, double secs)
@@ -169,6 +189,13 @@ static void report(sim_t *s, double secs)
     printf("sim: players=%zu sent=%llu acked=%llu applied=%llu inputs/s=%.0f failed=%llu\n",
            ts_players_count(s->players), (unsigned long long)ss.sent, (unsigned long long)ss.acked,
            (unsigned long long)ps.applied, rate, (unsigned long long)ss.failed);
+    if (s->hotspot_on) {
+        size_t live = 0;
+        unsigned depth = 0;
+        ts_sim_cells_counts(s->cells, &live, &depth);
+        printf("sim: hotspot in=%zu live_cells=%zu max_depth=%u\n", ts_players_in_hotspot(s->players), live,
+               depth);
+    }
     fflush(stdout);
 }
 
@@ -251,13 +278,25 @@ int main(int argc, char **argv)
     int rc;
     setvbuf(stdout, NULL, _IOLBF, 0); /* its lines show as they come in a container's log too */
     bool bad_flag = false;
-    const char *via_gateway = take_via_gateway(&argc, argv, &bad_flag);
+    const char *via_gateway = take_flag(&argc, argv, "--via-gateway", &bad_flag);
+    bool bad_hotspot = false;
+    const char *hotspot = take_flag(&argc, argv, "--hotspot", &bad_hotspot);
     if (!ts_service_init(&service, argc, argv, &cfg, NULL, NULL, &rc)) return rc;
     rc = 1;
     sim_t s = {.cfg = &cfg};
 
     if (bad_flag) {
         ts_error("--via-gateway needs an address (host:port)");
+        goto cleanup;
+    }
+    if (bad_hotspot || (hotspot && ts_sim_hotspot_parse(hotspot, &s.hotspot) != TS_OK)) {
+        ts_error("--hotspot: want X,Y,R[,SHARE[,HOLD_S]] (R > 0, 0 < SHARE <= 1), got '%s'",
+                 hotspot ? hotspot : "");
+        goto cleanup;
+    }
+    s.hotspot_on = hotspot != NULL;
+    if (s.hotspot_on && via_gateway) {
+        ts_error("--hotspot applies to bus mode only, not with --via-gateway");
         goto cleanup;
     }
     if (check_config(&cfg, err, sizeof err) != TS_OK) {
@@ -293,6 +332,12 @@ int main(int argc, char **argv)
         ts_error("cannot subscribe to %s on %s", subject, cfg.nats_url);
         goto cleanup;
     }
+    ts_players_set_locate(s.players, locate, s.cells);
+    if (s.hotspot_on) {
+        ts_players_set_hotspot(s.players, &s.hotspot, ts_mono_us());
+        ts_info("hotspot: %.0f%% of the players gather within %g of (%g, %g) for %g s, then disperse",
+                s.hotspot.share * 100, s.hotspot.r, s.hotspot.x, s.hotspot.y, s.hotspot.hold_s);
+    }
     ts_sim_metrics_attach(s.players, s.sender, s.bus);
     ts_info("started: nats %s, redis %s, world %u (%dx%d cells of %g), %lld players at %lld inputs/s each, "
             "speed %g, duration %lld s, entity ids %016llx..",
@@ -326,6 +371,7 @@ int main(int argc, char **argv)
 cleanup:
     ts_sim_metrics_stop(); /* it reads the players, the sender and the bus */
     ts_bus_sub_destroy(s.state_sub);
+    ts_sim_cells_destroy(s.cells);
     ts_bus_destroy(s.bus);
     ts_sender_destroy(s.sender);
     ts_players_destroy(s.players);

@@ -34,6 +34,7 @@ typedef struct {
     uint64_t inputs_applied;
     bool joined;
     bool seen;
+    bool crowd; /* one of the hotspot's share */
 } player_t;
 
 struct ts_players {
@@ -47,6 +48,11 @@ struct ts_players {
     uint64_t period_us;
     ts_rng_t rng;
     uint64_t deltas, malformed, crossings;
+    ts_players_locate_fn locate;
+    void *locate_ud;
+    bool hot_on;
+    ts_sim_hotspot_t hot;
+    uint64_t hot_until_us;
 };
 
 static double clampd(double v, double lo, double hi)
@@ -158,6 +164,75 @@ void ts_sim_inputs_free(ts_sim_inputs_t *in)
     memset(in, 0, sizeof *in);
 }
 
+void ts_players_set_locate(ts_players_t *pl, ts_players_locate_fn fn, void *ud)
+{
+    pthread_mutex_lock(&pl->mu);
+    pl->locate = fn;
+    pl->locate_ud = ud;
+    pthread_mutex_unlock(&pl->mu);
+}
+
+ts_status_t ts_sim_hotspot_parse(const char *s, ts_sim_hotspot_t *out)
+{
+    double v[5] = {0, 0, 0, 0.5, 60};
+    int n = 0;
+    const char *p = s;
+    while (p && *p && n < 5) {
+        char *end = NULL;
+        v[n++] = strtod(p, &end);
+        if (end == p || (*end != ',' && *end != '\0')) return TS_ERR_PARSE;
+        p = *end == ',' ? end + 1 : end;
+    }
+    if (n < 3 || (p && *p) || !(v[2] > 0) || !(v[3] > 0 && v[3] <= 1) || !(v[4] >= 0) || !isfinite(v[0]) ||
+        !isfinite(v[1]) || !isfinite(v[2]) || !isfinite(v[4]))
+        return TS_ERR_PARSE;
+    *out = (ts_sim_hotspot_t){.x = v[0], .y = v[1], .r = v[2], .share = v[3], .hold_s = v[4]};
+    return TS_OK;
+}
+
+void ts_players_set_hotspot(ts_players_t *pl, const ts_sim_hotspot_t *h, uint64_t start_us)
+{
+    pthread_mutex_lock(&pl->mu);
+    pl->hot_on = true;
+    pl->hot = *h;
+    pl->hot_until_us = start_us + (uint64_t)(h->hold_s * 1e6);
+    for (size_t i = 0; i < pl->n; i++)
+        pl->p[i].crowd = ts_rng_unit(&pl->rng) < h->share;
+    pthread_mutex_unlock(&pl->mu);
+}
+
+size_t ts_players_in_hotspot(ts_players_t *pl)
+{
+    size_t n = 0;
+    uint64_t now = ts_mono_us();
+    pthread_mutex_lock(&pl->mu);
+    for (size_t i = 0; pl->hot_on && i < pl->n; i++) {
+        const player_t *p = &pl->p[i];
+        double dt = now > p->pos_us ? (double)(now - p->pos_us) / 1e6 : 0;
+        double x = p->x + p->vx * dt, y = p->y + p->vy * dt;
+        n += p->crowd && hypot(x - pl->hot.x, y - pl->hot.y) < pl->hot.r;
+    }
+    pthread_mutex_unlock(&pl->mu);
+    return n;
+}
+
+/* The heading of a crowd player: into the circle and around in it while
+ * the crowd holds, then out beyond it; false when it wanders freely. */
+static bool crowd_heading(ts_players_t *pl, const player_t *p, uint64_t now_us, double *heading)
+{
+    if (!pl->hot_on || !p->crowd) return false;
+    double dx = pl->hot.x - p->x, dy = pl->hot.y - p->y, d = hypot(dx, dy);
+    double noise = (ts_rng_unit(&pl->rng) - 0.5) * TURN;
+    if (now_us < pl->hot_until_us) {
+        if (d < pl->hot.r * 0.7) return false; /* inside: wander, turned back at the edge */
+        *heading = atan2(dy, dx) + noise;
+        return true;
+    }
+    if (d > pl->hot.r + 1.5 * pl->world.cell_size) return false; /* dispersed */
+    *heading = (d > 0 ? atan2(-dy, -dx) : ts_rng_unit(&pl->rng) * 2 * M_PI) + noise;
+    return true;
+}
+
 /* Dead-reckons the position to now, turns the heading a little and bounces
  * it off the world's edges (looking two input periods ahead). */
 static void steer(ts_players_t *pl, player_t *p, uint64_t now_us)
@@ -167,7 +242,11 @@ static void steer(ts_players_t *pl, player_t *p, uint64_t now_us)
     p->y = clampd(p->y + p->vy * dt, pl->wy0, pl->wy1);
     p->pos_us = now_us;
 
-    p->heading += (ts_rng_unit(&pl->rng) - 0.5) * TURN;
+    double toward;
+    if (crowd_heading(pl, p, now_us, &toward))
+        p->heading = toward;
+    else
+        p->heading += (ts_rng_unit(&pl->rng) - 0.5) * TURN;
     double vx = pl->speed * cos(p->heading), vy = pl->speed * sin(p->heading);
     double ahead = 2.0 * (double)pl->period_us / 1e6;
     if ((p->x + vx * ahead < pl->wx0 && vx < 0) || (p->x + vx * ahead >= pl->wx1 && vx > 0)) vx = -vx;
@@ -194,6 +273,12 @@ ts_status_t ts_players_collect(ts_players_t *pl, uint64_t now_us, ts_sim_inputs_
             in->entity = p->entity;
             in->seq = p->next_seq++;
             if (!p->joined) {
+                ts_cell_t at;
+                uint64_t epoch = 0;
+                if (pl->locate && pl->locate(pl->locate_ud, p->x, p->y, &at, &epoch)) {
+                    p->cell = in->cell = at;
+                    p->cell_epoch = in->epoch = epoch;
+                }
                 in->kind = TS_SIM_JOIN;
                 in->a = p->x;
                 in->b = p->y;

@@ -79,4 +79,26 @@ size_t ts_players_log_mismatches(ts_players_t *pl, size_t max);
 
 void ts_sim_inputs_free(ts_sim_inputs_t *in);
 
+/* Where a Join goes: the deepest live cell at (x, y) and its epoch; false
+ * if unknown (the Join then goes to the root cell there). */
+typedef bool (*ts_players_locate_fn)(void *ud, double x, double y, ts_cell_t *cell, uint64_t *epoch);
+/* Called before the first collect. */
+void ts_players_set_locate(ts_players_t *pl, ts_players_locate_fn fn, void *ud);
+
+/* A hotspot: a share of the players (chosen by the seed) walks into the
+ * circle of radius r around (x, y) and stays in it until hold_s seconds
+ * after start_us (monotonic); then they walk out to about a cell size and a
+ * half beyond its edge and wander freely again. */
+typedef struct {
+    double x, y, r;
+    double share;  /* 0..1 */
+    double hold_s; /* from the start of the run */
+} ts_sim_hotspot_t;
+/* Parses "X,Y,R[,share[,hold_s]]" (defaults: share 0.5, hold_s 60). */
+ts_status_t ts_sim_hotspot_parse(const char *s, ts_sim_hotspot_t *out);
+/* Called before the first collect. */
+void ts_players_set_hotspot(ts_players_t *pl, const ts_sim_hotspot_t *h, uint64_t start_us);
+/* Players of the hotspot's share inside its circle now (dead-reckoned). */
+size_t ts_players_in_hotspot(ts_players_t *pl);
+
 #endif
