@@ -30,6 +30,7 @@
 #include <unistd.h>
 
 #include "gateway.h"
+#include "login.h"
 #include "tessera/log.h"
 #include "tessera/util.h"
 #include "ws.h"
@@ -123,6 +124,8 @@ static void on_inbox(uv_async_t *a)
             size_t len = ts_bus_held_len(m.msg);
             if (m.kind == GW_MSG_STATE)
                 gw_view_on_state(gw, m.cell, data, len);
+            else if (m.kind == GW_MSG_LOGIN)
+                gw_login_on_msg(gw, data, len);
             else
                 on_registry_change(gw, data, len);
         }
@@ -448,6 +451,8 @@ ts_status_t gw_start(gw_t *gw)
     if (st != TS_OK) return st;
     st = gw_ws_listen(gw);
     if (st != TS_OK) return st;
+    st = gw_login_start(gw);
+    if (st != TS_OK) return st;
     /* learn the registry version the startup read corresponds to */
     gw_request_reload(gw, true);
     uv_timer_start(&gw->house_timer, on_housekeeping, HOUSEKEEPING_MS, HOUSEKEEPING_MS);
@@ -484,6 +489,7 @@ void gw_stop(gw_t *gw)
 
     ts_bus_sub_close(gw->registry_sub);
     gw->registry_sub = NULL;
+    gw_login_stop(gw);
     gw_aoi_close_all(gw);
     close_handle((uv_handle_t *)&gw->inbox_async);
     close_handle((uv_handle_t *)&gw->flush_check);
@@ -515,6 +521,7 @@ void gw_destroy(gw_t *gw)
     ts_map_free(&gw->per_ip);
     ts_map_free(&gw->subs);
     gw_auth_free(gw);
+    gw_login_free(gw);
     gw_router_free(gw);
     gw_ws_server_free(gw);
     free(gw->reload_cells);

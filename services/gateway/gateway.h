@@ -250,7 +250,7 @@ struct gw_conn {
 };
 
 /* A bus message handed from a nats.c thread to the loop (held, not copied). */
-typedef enum { GW_MSG_STATE = 0, GW_MSG_REGISTRY } gw_msg_kind_t;
+typedef enum { GW_MSG_STATE = 0, GW_MSG_REGISTRY, GW_MSG_LOGIN } gw_msg_kind_t;
 typedef struct {
     gw_msg_kind_t kind;
     gw_cell_t *cell; /* GW_MSG_STATE: the subscription's cell */
@@ -299,6 +299,7 @@ struct gw {
     size_t resume_key_len;
     void *auth_rs_key; /* RS256 public key (PEM bytes), NUL-terminated */
     size_t auth_rs_key_len;
+    struct gw_login *login; /* one entity per player across gateways (login.c) */
     uint64_t closed_idle, closed_hello, closed_slow, refused_auth, resumes;
 
     gw_conn_t *conns;

@@ -10,8 +10,8 @@
  * input stream like any input, and the worker despawns it gateway.resume_s
  * later unless a Hello{resume_token} on any gateway Attaches it first).
  * With gateway.auth.required, Hello must carry a valid JWT before Join or
- * resume; the player id is its `sub`, and a `sub` already playing on this
- * gateway is refused (the player resumes with its resume token instead).
+ * resume; the player id is its `sub`, which names its entity on every
+ * gateway: a second login of a `sub` takes its entity over (login.c).
  *
  * Every frame passes, in order: decoding (a frame that does not decode, or
  * has no payload, is fatal), the rate limit (token bucket of
@@ -30,6 +30,7 @@
 #include <string.h>
 
 #include "gateway.h"
+#include "login.h"
 #include "tessera/log.h"
 #include "tessera/util.h"
 
@@ -196,6 +197,7 @@ static void release_player(gw_conn_t *c, bool leave, uint64_t seq)
     c->resuming = false;
     c->phase = GW_PHASE_LEFT;
     gw_aoi_update(gw, c);
+    gw_view_release(gw, c);
     c->cell = NULL;
     c->awaiting_left = NULL;
     c->ngone = 0;
@@ -203,6 +205,7 @@ static void release_player(gw_conn_t *c, bool leave, uint64_t seq)
 
 void gw_session_release(gw_conn_t *c)
 {
+    gw_login_forget(c);
     release_player(c, false, 0);
 }
 
@@ -223,7 +226,7 @@ static void make_token(gw_conn_t *c, char *out, size_t cap)
     gw_resume_token_make(c->gw, c->entity, &c->cell->id, c->player, exp, out, cap);
 }
 
-static void send_welcome(gw_conn_t *c, bool resumed)
+static void send_welcome(gw_conn_t *c, bool resumed, uint64_t ack_floor)
 {
     char token[1024];
     make_token(c, token, sizeof token);
@@ -235,6 +238,7 @@ static void send_welcome(gw_conn_t *c, bool resumed)
     w.resume_token = token;
     w.resumed = resumed;
     w.last_input_seq = resumed ? own_last_input_seq(c->gw, c) : 0;
+    if (w.last_input_seq < ack_floor) w.last_input_seq = ack_floor;
     w.player = c->player;
     Tessera__V1__ServerFrame f = TESSERA__V1__SERVER_FRAME__INIT;
     f.payload_case = TESSERA__V1__SERVER_FRAME__PAYLOAD_WELCOME;
@@ -256,6 +260,8 @@ static bool room_for_player(gw_conn_t *c)
                      (long long)gw->cfg->gateway_max_clients);
     return false;
 }
+
+static bool take_entity(gw_conn_t *c, uint64_t entity, gw_cell_t *cell, uint64_t ack_floor, bool login);
 
 /* Hello{resume_token}: the entity becomes this connection's (Attach). */
 static void on_resume(gw_conn_t *c, const char *token)
@@ -281,16 +287,36 @@ static void on_resume(gw_conn_t *c, const char *token)
         return;
     }
     gw_cell_t *cell = gw_cell_find(gw, &id);
-    if (cell == NULL || !gw_cell_live(cell) || id.world != gw->world.id) {
+    /* a split or retired cell still has an owner, which forwards the Attach */
+    if (cell == NULL || !cell->in_registry || id.world != gw->world.id) {
         gw_session_error(c, TESSERA__V1__ERROR_CODE__ERROR_RESUME_REFUSED, true,
                          "the resume token's cell is not in the registry");
         return;
     }
+    memcpy(c->player, player, strlen(player) + 1);
+    if (take_entity(c, entity, cell, 0, false)) gw_login_announce(c); /* other gateways let go of it */
+}
+
+/* The entity becomes this connection's (Attach) in `cell` (or where a
+ * connection of this gateway holding it has it); ack_floor: the player's
+ * inputs known applied. A login (not a resume) closes an older connection
+ * as logged in elsewhere. Returns whether the entity was taken. */
+static bool take_entity(gw_conn_t *c, uint64_t entity, gw_cell_t *cell, uint64_t ack_floor, bool login)
+{
+    gw_t *gw = c->gw;
     gw_conn_t *old = ts_map_get(&gw->players, entity);
-    if (old == NULL && !room_for_player(c)) return;
+    if (old == NULL && !room_for_player(c)) return false;
     if (old != NULL && old != c && old->cell != NULL) cell = old->cell; /* newer than the token's */
-    if (old != NULL && old != c) /* a half-open or older connection: it lets go first (Detach, then Attach) */
-        gw_session_error(old, TESSERA__V1__ERROR_CODE__ERROR_PROTOCOL, true, "resumed on another connection");
+    if (old != NULL &&
+        old != c) { /* a half-open or older connection: it lets go first (Detach, then Attach) */
+        if (ack_floor < old->last_seq) ack_floor = old->last_seq;
+        if (login)
+            gw_session_error(old, TESSERA__V1__ERROR_CODE__ERROR_UNAUTHENTICATED, true,
+                             "player %s logged in on another connection", old->player);
+        else
+            gw_session_error(old, TESSERA__V1__ERROR_CODE__ERROR_PROTOCOL, true,
+                             "resumed on another connection");
+    }
     gw_input_t in = {.entity = entity,
                      .seq = 0,
                      .sent_us = ts_now_us(),
@@ -299,13 +325,12 @@ static void on_resume(gw_conn_t *c, const char *token)
     if (gw_router_queue(gw, cell, &in) != TS_OK) {
         gw_session_error(c, TESSERA__V1__ERROR_CODE__ERROR_UNAVAILABLE, false, "cell %s is not taking inputs",
                          cell->key);
-        return;
+        return false;
     }
     if (ts_map_put(&gw->players, entity, c) != TS_OK) {
         gw_session_error(c, TESSERA__V1__ERROR_CODE__ERROR_UNAVAILABLE, true, "out of memory");
-        return;
+        return false;
     }
-    memcpy(c->player, player, strlen(player) + 1);
     if (c->authed) (void)ts_map_put(&gw->subs, player_key(c->player), c);
     c->entity = entity;
     c->cell = cell;
@@ -315,10 +340,16 @@ static void on_resume(gw_conn_t *c, const char *token)
     gw_tl_put(gw, c, GW_TL_HELLO, ts_mono_us() + (uint64_t)gw->cfg->gateway_hello_timeout_s * 1000000ull);
     gw->resumes++;
     gw_aoi_update(gw, c);
-    send_welcome(c, true);
+    send_welcome(c, true, ack_floor);
     gw_view_send_snapshot(gw, c);
-    ts_info("conn %llu (%s): entity %llu resumed in %s", (unsigned long long)c->id, c->peer,
-            (unsigned long long)entity, cell->key);
+    ts_info("conn %llu (%s): entity %llu %s in %s", (unsigned long long)c->id, c->peer,
+            (unsigned long long)entity, login ? "taken over by a new login" : "resumed", cell->key);
+    return true;
+}
+
+void gw_session_take_over(gw_conn_t *c, uint64_t entity, gw_cell_t *cell, uint64_t ack_floor)
+{
+    (void)take_entity(c, entity, cell, ack_floor, true);
 }
 
 static void on_hello(gw_conn_t *c, const Tessera__V1__Hello *h)
@@ -345,13 +376,6 @@ static void on_hello(gw_conn_t *c, const Tessera__V1__Hello *h)
                              "a connection stays with one player");
             return;
         }
-        gw_conn_t *other = ts_map_get(&gw->subs, player_key(sub));
-        if (!resume && other != NULL && other != c && !other->closing) {
-            gw->refused_auth++;
-            gw_session_error(c, TESSERA__V1__ERROR_CODE__ERROR_UNAUTHENTICATED, true,
-                             "player %s is already playing (resume with its resume token instead)", sub);
-            return;
-        }
         memcpy(c->player, sub, strlen(sub) + 1);
         c->authed = true;
     }
@@ -360,7 +384,7 @@ static void on_hello(gw_conn_t *c, const Tessera__V1__Hello *h)
         on_resume(c, h->resume_token);
         return;
     }
-    send_welcome(c, false);
+    send_welcome(c, false, 0);
 }
 
 static bool inside_world(const gw_t *gw, double x, double y)
@@ -399,28 +423,38 @@ static void on_join(gw_conn_t *c, uint64_t seq, const Tessera__V1__Join *j)
                          "(%g, %g) is outside world %u", j->x, j->y, gw->world.id);
         return;
     }
-    ts_cell_t id;
-    ts_cell_from_pos(gw->world.id, gw->world.cell_size, 0, j->x, j->y, &id);
-    gw_cell_t *cell = gw_cell_find(gw, &id);
-    if (cell == NULL || !gw_cell_live(cell)) {
-        char key[TS_CELL_STR_MAX];
-        ts_cell_format(&id, key, sizeof key);
+    /* the deepest live cell holding the position, at any depth */
+    const ts_cell_entry_t *at = ts_celltree_locate(gw->tree, j->x, j->y);
+    gw_cell_t *cell = at != NULL ? gw_cell_get(gw, &at->cell) : NULL;
+    if (cell == NULL) {
         gw_session_error(c, TESSERA__V1__ERROR_CODE__ERROR_UNKNOWN_CELL, false,
-                         "cell %s at (%g, %g) is not in the registry", key, j->x, j->y);
+                         "no live cell at (%g, %g) in the registry", j->x, j->y);
         return;
     }
     if (!room_for_player(c)) return;
-    uint64_t entity = next_entity_id(gw);
+    char name[GW_NAME_MAX + 1];
+    if (name_len == 0 && c->authed) name_len = strnlen(c->player, GW_NAME_MAX);
+    memcpy(name, name_len && j->name[0] == '\0' ? c->player : j->name, name_len);
+    name[name_len] = '\0';
+    if (c->authed) /* one entity per player on every gateway: a second login takes it over (login.c) */
+        gw_login_join(c, seq, cell, j->x, j->y, name);
+    else
+        gw_session_join_as(c, seq, next_entity_id(gw), cell, j->x, j->y, name);
+}
+
+void gw_session_join_as(gw_conn_t *c, uint64_t seq, uint64_t entity, gw_cell_t *cell, double x, double y,
+                        const char *name)
+{
+    gw_t *gw = c->gw;
+    if (!room_for_player(c)) return;
     gw_input_t in = {.entity = entity,
                      .seq = seq,
                      .sent_us = ts_now_us(),
                      .kind = TESSERA__V1__INPUT__KIND_JOIN,
-                     .a = j->x,
-                     .b = j->y,
+                     .a = x,
+                     .b = y,
                      .session = c->id};
-    if (name_len == 0 && c->authed) name_len = strnlen(c->player, GW_NAME_MAX);
-    memcpy(in.name, name_len && j->name[0] == '\0' ? c->player : j->name, name_len);
-    in.name[name_len] = '\0';
+    ts_strlcpy(in.name, name, sizeof in.name);
     if (gw_router_queue(gw, cell, &in) != TS_OK) {
         gw_session_error(c, TESSERA__V1__ERROR_CODE__ERROR_UNAVAILABLE, false, "cell %s is not taking inputs",
                          cell->key);
@@ -434,9 +468,12 @@ static void on_join(gw_conn_t *c, uint64_t seq, const Tessera__V1__Join *j)
     c->entity = entity;
     c->cell = cell;
     c->phase = GW_PHASE_JOINED;
+    c->pos_x = x;
+    c->pos_y = y;
+    c->pos_known = true;
     greeted(c);
     gw_aoi_update(gw, c);
-    send_welcome(c, false); /* the entity and its resume token */
+    send_welcome(c, false, 0); /* the entity and its resume token */
     gw_view_send_snapshot(gw, c);
     ts_debug("conn %llu: entity %llu joined in %s", (unsigned long long)c->id, (unsigned long long)entity,
              cell->key);

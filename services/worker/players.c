@@ -14,7 +14,17 @@
  * A gateway instance is known by (gateway id, instance): a restarted
  * gateway is a new instance, and the old one's entities are detached at
  * once. An entity naming an instance never heard of gets
- * PLAYERS_GW_DEAD_US to be vouched for by an alive message. */
+ * PLAYERS_GW_DEAD_US to be vouched for by an alive message.
+ *
+ * Logins (one entity per player across gateways): a gateway where a player
+ * logs in publishes a claim for the player's entity on
+ * tessera.player.<world>.claim (one text line, see services/gateway/login.c);
+ * the worker holding the entity answers where it is, the highest input seq
+ * applied to it and whether it is detached, and the gateway takes it over
+ * there. Claims are queued by the subscription (PLAYERS_CLAIMS_MAX, more
+ * are dropped: the login then waits for its gateway's answer or spawns)
+ * and answered on the tick thread at the next tick, one map lookup per
+ * bound cell each. */
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -22,6 +32,7 @@
 #include <string.h>
 
 #include "tessera/log.h"
+#include "tessera/subject.h"
 #include "tessera/util.h"
 #include "worker_internal.h"
 
@@ -32,6 +43,14 @@
  * later, from a checkpoint, are detached at once). */
 #define PLAYERS_GW_FORGET_US 600000000ULL
 #define PLAYERS_GW_MAX 1024
+#define PLAYERS_CLAIMS_MAX 1024
+#define PLAYERS_REPLY_MAX 160
+
+typedef struct {
+    uint64_t entity;
+    uint64_t conn;
+    char reply[PLAYERS_REPLY_MAX];
+} claim_t;
 
 typedef struct {
     uint32_t id;
@@ -58,6 +77,10 @@ struct ts_players {
     gw_rec_t gws[PLAYERS_GW_MAX];
     size_t ngws;
     ts_map_t detached; /* entity id -> detached_t* (tick thread) */
+    ts_bus_sub_t *claim_sub;
+    claim_t claims[PLAYERS_CLAIMS_MAX]; /* under mu */
+    size_t nclaims;
+    uint64_t claims_dropped, claims_answered;
     uint64_t grace_us;
     uint64_t next_run_us;
     uint64_t despawned;
@@ -117,6 +140,62 @@ static void on_alive(void *ud, const ts_bus_msg_t *m)
     tessera__v1__gateway_alive__free_unpacked(a, NULL);
 }
 
+/* A login's claim (nats.c thread): queued for the tick thread. */
+static void on_claim(void *ud, const ts_bus_msg_t *m)
+{
+    ts_players_t *p = ud;
+    char line[PLAYERS_REPLY_MAX + 128];
+    size_t len = ts_bus_msg_len(m);
+    if (len == 0 || len >= sizeof line) return;
+    memcpy(line, ts_bus_msg_data(m), len);
+    line[len] = '\0';
+    claim_t c;
+    unsigned long long gateway, instance, claim_us;
+    if (sscanf(line, "claim %" SCNu64 " %llu %llu %" SCNu64 " %llu %159s", &c.entity, &gateway, &instance,
+               &c.conn, &claim_us, c.reply) != 6)
+        return;
+    pthread_mutex_lock(&p->mu);
+    if (p->nclaims < PLAYERS_CLAIMS_MAX)
+        p->claims[p->nclaims++] = c;
+    else
+        p->claims_dropped++;
+    pthread_mutex_unlock(&p->mu);
+}
+
+/* Tick thread: answers the claims for entities bound here. */
+static void answer_claims(ts_players_t *p)
+{
+    ts_worker_t *w = p->w;
+    claim_t batch[64];
+    for (;;) {
+        size_t n = 0;
+        pthread_mutex_lock(&p->mu);
+        if (p->nclaims > 0) {
+            n = p->nclaims < 64 ? p->nclaims : 64;
+            p->nclaims -= n;
+            memcpy(batch, p->claims + p->nclaims, n * sizeof batch[0]);
+        }
+        pthread_mutex_unlock(&p->mu);
+        if (n == 0) return;
+        for (size_t i = 0; i < n; i++) {
+            for (size_t b = 0; b < w->nbind; b++) {
+                ts_zone_t *z = w->bindings[b]->zone;
+                ts_entity_t *e = ts_map_get(&z->entities, batch[i].entity);
+                if (e == NULL) continue;
+                char msg[PLAYERS_REPLY_MAX + 64];
+                int len = snprintf(msg, sizeof msg, "found %" PRIu64 " %" PRIu64 " %s %" PRIu64 " %s", e->id,
+                                   batch[i].conn, z->key, e->last_input_seq,
+                                   e->detached_us != 0 ? "detached" : "worker");
+                ts_status_t st = ts_bus_publish(w->bus, batch[i].reply, NULL, msg, (size_t)len);
+                if (st != TS_OK)
+                    ts_warn("entity %" PRIu64 ": login answer not published: %s", e->id, ts_status_str(st));
+                p->claims_answered++;
+                break;
+            }
+        }
+    }
+}
+
 static void note_detached(ts_players_t *p, ts_zone_t *z, ts_entity_t *e)
 {
     detached_t *d = ts_map_get(&p->detached, e->id);
@@ -162,7 +241,14 @@ ts_status_t ts_players_start(ts_worker_t *w)
     p->grace_us = (uint64_t)w->cfg->gateway_resume_s * 1000000ULL;
     w->players = p;
     ts_status_t st = ts_bus_subscribe(w->bus, TS_GW_ALIVE_WILDCARD, on_alive, p, &p->sub);
-    if (st != TS_OK) ts_error("cannot subscribe to %s: %s", TS_GW_ALIVE_WILDCARD, ts_status_str(st));
+    if (st != TS_OK) {
+        ts_error("cannot subscribe to %s: %s", TS_GW_ALIVE_WILDCARD, ts_status_str(st));
+        return st;
+    }
+    char subject[TS_SUBJECT_MAX];
+    snprintf(subject, sizeof subject, "tessera.player.%u.claim", w->world.id);
+    st = ts_bus_subscribe(w->bus, subject, on_claim, p, &p->claim_sub);
+    if (st != TS_OK) ts_error("cannot subscribe to %s: %s", subject, ts_status_str(st));
     return st;
 }
 
@@ -171,6 +257,9 @@ void ts_players_stop(ts_worker_t *w)
     ts_players_t *p = w->players;
     if (!p) return;
     ts_bus_sub_destroy(p->sub); /* no callback runs after this */
+    ts_bus_sub_destroy(p->claim_sub);
+    if (p->claims_dropped > 0)
+        ts_warn("%llu login claims dropped (queue full)", (unsigned long long)p->claims_dropped);
     uint64_t k;
     void *v;
     for (size_t it = 0; ts_map_next(&p->detached, &it, &k, &v);)
@@ -238,6 +327,7 @@ void ts_players_tick(ts_worker_t *w)
 {
     ts_players_t *p = w->players;
     if (!p) return;
+    answer_claims(p); /* every tick: a login waits for it */
     uint64_t now = ts_mono_us();
     if (now < p->next_run_us) return;
     p->next_run_us = now + PLAYERS_PERIOD_US;

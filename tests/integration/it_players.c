@@ -814,13 +814,24 @@ static void test_auth(void **state)
     cl_join(&eve, 10, 10);
     expect_fatal(&eve, TESSERA__V1__ERROR_CODE__ERROR_UNAUTHENTICATED, 3000);
     cl_close(&eve);
-    /* alice again, while alice plays: refused (she resumes with her token instead) */
+    /* alice logs in again while she plays: the new login takes her entity
+     * over where it is, the old connection is closed */
     cl_t alice2;
     cl_connect(&alice2, port);
     cl_hello(&alice2, hs, NULL);
-    expect_fatal(&alice2, TESSERA__V1__ERROR_CODE__ERROR_UNAUTHENTICATED, 3000);
-    cl_close(&alice2);
-    assert_false(alice.closed);
+    assert_true(cl_wait_frame(&alice2, TESSERA__V1__SERVER_FRAME__PAYLOAD_WELCOME, 3000));
+    cl_join(&alice2, -30, 30);
+    assert_true(cl_wait_frame(&alice2, TESSERA__V1__SERVER_FRAME__PAYLOAD_WELCOME, 3000));
+    assert_true(alice2.resumed);
+    assert_int_equal(alice2.entity, alice.entity);
+    assert_true(alice2.welcome_ack >= alice.want_seq);
+    expect_fatal(&alice, TESSERA__V1__ERROR_CODE__ERROR_UNAUTHENTICATED, 3000);
+    cl_close(&alice);
+    alice = alice2;
+    alice.want_seq = alice.welcome_ack + 1;
+    cl_move_seq(&alice, alice.want_seq, 0, 0);
+    assert_true(cl_pump_until(&alice, 3000, me_applied));
+    assert_true(alice.me.x > 0); /* where she was, not where the second Join asked */
     assert_false(bob.closed);
 
     /* the CLI logs in with --token; without one it is turned away */
@@ -861,6 +872,128 @@ static void test_auth(void **state)
     cl_close(&bob);
     ts_h_signal(&ts_h, idx, SIGTERM);
     assert_int_equal(ts_h_wait(&ts_h, idx, 10000), 0);
+    ts_h_pass();
+}
+
+/* One player, one entity, on every gateway: a second login of the same sub
+ * on another gateway takes the entity over (no second entity, no teleport,
+ * the old connection closed); with no connection left, a login takes the
+ * detached entity back. */
+static bool me_at_least_vy2(const cl_t *p)
+{
+    return me_applied(p) && p->me.vy == 2;
+}
+
+static void test_login_once_across_gateways(void **state)
+{
+    (void)state;
+    const char *extra[] = {"--gateway.auth.required=1", "--gateway.auth.secret=" AUTH_SECRET, NULL};
+    int pa = 0, pb = 0;
+    int ia = spawn_gateway("gwla", 7, &pa, extra);
+    int ib = spawn_gateway("gwlb", 8, &pb, extra);
+    const char *ctl = TS_BIN_DIR "/tessera-ctl token";
+    char dave_tok[2048];
+    snprintf(dave_tok, sizeof dave_tok, "%s", run_line("%s --sub dave --secret %s", ctl, AUTH_SECRET));
+
+    /* dave plays on gateway a and walks east */
+    cl_t dave;
+    cl_connect(&dave, pa);
+    cl_hello(&dave, dave_tok, NULL);
+    cl_join(&dave, 150, -150);
+    assert_true(cl_wait_frame(&dave, TESSERA__V1__SERVER_FRAME__PAYLOAD_SNAPSHOT, 5000));
+    assert_false(dave.resumed);
+    uint64_t entity = dave.entity;
+    assert_true(entity >> 63); /* a player's entity id, the same on every gateway */
+    dave.want_seq = dave.seq + 1;
+    cl_move_seq(&dave, dave.want_seq, 1, 0);
+    assert_true(cl_pump_until(&dave, 5000, me_applied));
+
+    /* a watcher on gateway b, far from dave, where dave's second Join asks */
+    char walt_tok[2048];
+    snprintf(walt_tok, sizeof walt_tok, "%s", run_line("%s --sub walt --secret %s", ctl, AUTH_SECRET));
+    cl_t watcher;
+    cl_connect(&watcher, pb);
+    cl_hello(&watcher, walt_tok, NULL);
+    cl_join(&watcher, -150, 150);
+    assert_true(cl_wait_frame(&watcher, TESSERA__V1__SERVER_FRAME__PAYLOAD_SNAPSHOT, 5000));
+    watcher.watch = entity;
+
+    /* dave logs in on gateway b and joins somewhere else */
+    cl_t dave2;
+    cl_connect(&dave2, pb);
+    cl_hello(&dave2, dave_tok, NULL);
+    cl_join(&dave2, -150, 150);
+    assert_true(cl_wait_frame(&dave2, TESSERA__V1__SERVER_FRAME__PAYLOAD_SNAPSHOT, 5000));
+    assert_true(dave2.resumed);
+    assert_int_equal(dave2.entity, entity);
+    assert_true(dave2.welcome_ack >= dave.want_seq);
+    expect_fatal(&dave, TESSERA__V1__ERROR_CODE__ERROR_UNAUTHENTICATED, 3000);
+    assert_non_null(strstr(dave.last_error_msg, "logged in on another connection"));
+    cl_close(&dave);
+    /* dave2 drives the same entity, from where it was */
+    dave2.want_seq = dave2.welcome_ack + 1;
+    cl_move_seq(&dave2, dave2.want_seq, 0, 2);
+    if (!cl_pump_until(&dave2, 5000, me_at_least_vy2))
+        fail_msg("dave2: input %llu sent, state shows %llu", (unsigned long long)dave2.want_seq,
+                 (unsigned long long)dave2.me.last_input_seq);
+    assert_true(dave2.me.x > 150); /* it kept walking east from (150, -150): no teleport */
+    assert_true(dave2.me.y < -100);
+    /* and nothing named dave appeared where the second Join asked */
+    assert_false(cl_pump_until(&watcher, 1000, watch_seen));
+
+    /* dave2's connection drops: the entity is detached; a login on gateway
+     * a takes it back (the worker answers) */
+    cl_close(&dave2);
+    cl_t dave3;
+    cl_connect(&dave3, pa);
+    cl_hello(&dave3, dave_tok, NULL);
+    cl_join(&dave3, -150, 150);
+    assert_true(cl_wait_frame(&dave3, TESSERA__V1__SERVER_FRAME__PAYLOAD_SNAPSHOT, 5000));
+    assert_true(dave3.resumed);
+    assert_int_equal(dave3.entity, entity);
+    assert_true(dave3.welcome_ack >= dave2.want_seq);
+    dave3.want_seq = dave3.welcome_ack + 1;
+    cl_move_seq(&dave3, dave3.want_seq, 0, 0);
+    assert_true(cl_pump_until(&dave3, 5000, me_applied));
+    assert_true(dave3.me.x > 150 && dave3.me.y > -150 && dave3.me.y < -100);
+    assert_false(cl_pump_until(&watcher, 500, watch_seen));
+
+    /* two logins of one new player at once on two gateways: the later wins,
+     * one entity */
+    char erin_tok[2048];
+    snprintf(erin_tok, sizeof erin_tok, "%s", run_line("%s --sub erin --secret %s", ctl, AUTH_SECRET));
+    cl_t e1, e2;
+    cl_connect(&e1, pa);
+    cl_connect(&e2, pb);
+    cl_hello(&e1, erin_tok, NULL);
+    cl_hello(&e2, erin_tok, NULL);
+    cl_join(&e1, 5, 5);
+    cl_join(&e2, 6, 6);
+    bool s1 = cl_wait_frame(&e1, TESSERA__V1__SERVER_FRAME__PAYLOAD_SNAPSHOT, 3000);
+    bool s2 = cl_wait_frame(&e2, TESSERA__V1__SERVER_FRAME__PAYLOAD_SNAPSHOT, 3000);
+    cl_t *winner = s2 ? &e2 : &e1, *loser = s2 ? &e1 : &e2;
+    assert_true(s1 || s2);
+    if (s1 && s2) { /* the first spawned, the second took it over */
+        assert_int_equal(e1.entity, e2.entity);
+        winner = e2.resumed ? &e2 : &e1;
+        loser = winner == &e2 ? &e1 : &e2;
+    }
+    (void)cl_pump_until(loser, 2000, NULL);
+    assert_true(loser->closed);
+    assert_int_equal(loser->last_error, TESSERA__V1__ERROR_CODE__ERROR_UNAUTHENTICATED);
+    winner->want_seq = (winner->resumed ? winner->welcome_ack : winner->seq) + 1;
+    cl_move_seq(winner, winner->want_seq, 1, 1);
+    assert_true(cl_pump_until(winner, 5000, me_applied));
+    assert_false(winner->closed);
+
+    cl_close(&e1);
+    cl_close(&e2);
+    cl_close(&dave3);
+    cl_close(&watcher);
+    ts_h_signal(&ts_h, ia, SIGTERM);
+    ts_h_signal(&ts_h, ib, SIGTERM);
+    assert_int_equal(ts_h_wait(&ts_h, ia, 10000), 0);
+    assert_int_equal(ts_h_wait(&ts_h, ib, 10000), 0);
     ts_h_pass();
 }
 
@@ -917,6 +1050,7 @@ int main(void)
         TS_H_TEST(test_gateway_killed_players_despawned),
         TS_H_TEST(test_detached_entity_despawned_after_handover),
         TS_H_TEST(test_auth),
+        TS_H_TEST(test_login_once_across_gateways),
         TS_H_TEST(test_flood_limit_exact),
         TS_H_TEST(test_idle_sockets_do_not_lock_players_out),
     };
