@@ -1,6 +1,8 @@
 /* The gateway's table of cells: what the registry says exists (owner epoch,
  * state) plus cells only seen in state messages (e.g. a destination not yet
- * in the registry view).
+ * in the registry view). Beside it, gw->tree holds the same registry view as
+ * a cell tree (any depth), which answers position -> deepest live cell and
+ * which live cells a circle touches; both are updated together.
  *
  * Invariants: one record per cell id, found through its root (cx, cy) in
  * gw->cell_roots (chains hold every depth under a root, and roots whose
@@ -12,7 +14,7 @@
 #include "gateway.h"
 #include "tessera/log.h"
 
-static uint64_t root_key(uint32_t world, int32_t cx, int32_t cy)
+uint64_t gw_root_key(uint32_t world, int32_t cx, int32_t cy)
 {
     ts_cell_t root = {.world = world, .cx = cx, .cy = cy, .depth = 0, .sub = 0};
     uint64_t h = ts_cell_hash(&root);
@@ -21,7 +23,7 @@ static uint64_t root_key(uint32_t world, int32_t cx, int32_t cy)
 
 gw_cell_t *gw_cell_find(gw_t *gw, const ts_cell_t *id)
 {
-    gw_cell_t *c = ts_map_get(&gw->cell_roots, root_key(id->world, id->cx, id->cy));
+    gw_cell_t *c = ts_map_get(&gw->cell_roots, gw_root_key(id->world, id->cx, id->cy));
     for (; c != NULL; c = c->next_same_root) {
         if (ts_cell_eq(&c->id, id)) return c;
     }
@@ -43,7 +45,7 @@ gw_cell_t *gw_cell_get(gw_t *gw, const ts_cell_t *id)
         return NULL;
     }
     ts_map_init(&c->entities);
-    uint64_t rk = root_key(id->world, id->cx, id->cy);
+    uint64_t rk = gw_root_key(id->world, id->cx, id->cy);
     c->next_same_root = ts_map_get(&gw->cell_roots, rk);
     if (ts_map_put(&gw->cell_roots, rk, c) != TS_OK) {
         free(c);
@@ -78,6 +80,18 @@ static bool take_entry(gw_cell_t *c, const ts_cell_entry_t *e)
     return gw_cell_live(c) != was_live;
 }
 
+/* The tree again from the records (after a whole registry read). */
+static void rebuild_tree(gw_t *gw)
+{
+    if (gw->tree == NULL) return;
+    ts_celltree_clear(gw->tree);
+    for (gw_cell_t *c = gw->all_cells; c != NULL; c = c->next_all) {
+        if (!c->in_registry) continue;
+        ts_cell_entry_t e = {.cell = c->id, .epoch = c->reg_epoch, .state = c->reg_state};
+        (void)ts_celltree_apply(gw->tree, &e);
+    }
+}
+
 bool gw_cells_apply_registry(gw_t *gw, const ts_cell_entry_t *entries, size_t n, uint64_t version)
 {
     bool changed = false;
@@ -101,6 +115,7 @@ bool gw_cells_apply_registry(gw_t *gw, const ts_cell_entry_t *entries, size_t n,
         if (gw_cell_live(c)) changed = true;
         c->in_registry = false;
     }
+    rebuild_tree(gw);
     return changed;
 }
 
@@ -116,30 +131,12 @@ bool gw_cells_apply_change(gw_t *gw, const ts_cell_entry_t *e, uint64_t version,
     *cell_out = c;
     if (version != 0 && version < c->reg_ver) return false;
     if (version > c->reg_ver) c->reg_ver = version;
-    return take_entry(c, e);
-}
-
-void gw_cells_near(gw_t *gw, int32_t cx, int32_t cy, int64_t r, void (*fn)(void *ud, gw_cell_t *cell),
-                   void *ud)
-{
-    for (int64_t dy = -r; dy <= r; dy++) {
-        for (int64_t dx = -r; dx <= r; dx++) {
-            int64_t x = (int64_t)cx + dx, y = (int64_t)cy + dy;
-            if (x < INT32_MIN || x > INT32_MAX || y < INT32_MIN || y > INT32_MAX) continue;
-            gw_cell_t *c = ts_map_get(&gw->cell_roots, root_key(gw->world.id, (int32_t)x, (int32_t)y));
-            for (; c != NULL; c = c->next_same_root) {
-                if (c->id.cx == x && c->id.cy == y && c->id.world == gw->world.id) fn(ud, c);
-            }
-        }
+    bool changed = take_entry(c, e);
+    if (gw->tree != NULL) {
+        ts_cell_entry_t te = {.cell = c->id, .epoch = c->reg_epoch, .state = c->reg_state};
+        (void)ts_celltree_apply(gw->tree, &te);
     }
-}
-
-void gw_cells_under_root(gw_t *gw, int32_t cx, int32_t cy, void (*fn)(void *ud, gw_cell_t *cell), void *ud)
-{
-    gw_cell_t *c = ts_map_get(&gw->cell_roots, root_key(gw->world.id, cx, cy));
-    for (; c != NULL; c = c->next_same_root) {
-        if (c->id.cx == cx && c->id.cy == cy && c->id.world == gw->world.id && gw_cell_live(c)) fn(ud, c);
-    }
+    return changed;
 }
 
 void gw_cell_clear_entities(gw_t *gw, gw_cell_t *cell)
@@ -155,6 +152,7 @@ void gw_cell_clear_entities(gw_t *gw, gw_cell_t *cell)
     cell->full_ver = 0;
     cell->ver++;
     memset(&cell->kf, 0, sizeof cell->kf);
+    cell->kf_seen = false;
 }
 
 void gw_cells_free_all(gw_t *gw)

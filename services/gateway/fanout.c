@@ -66,6 +66,7 @@ void gw_blk_free(gw_blk_t *b)
 {
     free(b->data);
     free(b->cuts);
+    free(b->ents);
     memset(b, 0, sizeof *b);
 }
 
@@ -75,11 +76,21 @@ ts_status_t gw_blk_add(gw_blk_t *b, const Tessera__V1__EntityState *s)
     if (!reserve(b, 1 + 10 + n)) return TS_ERR_NOMEM;
     size_t last = b->ncuts ? b->cuts[b->ncuts - 1] : 0;
     if (b->len - last >= GW_BLK_CUT_BYTES && !add_cut(b, b->len)) return TS_ERR_NOMEM;
+    if (b->count == b->ents_cap) {
+        size_t cap = b->ents_cap ? b->ents_cap * 2 : 64;
+        gw_blk_ent_t *v = realloc(b->ents, cap * sizeof *v);
+        if (v == NULL) return TS_ERR_NOMEM;
+        b->ents = v;
+        b->ents_cap = cap;
+    }
     uint8_t *p = b->data + b->len;
     *p++ = TAG(2, WIRE_LEN);
     p += gw_pb_varint(p, n);
     p += tessera__v1__entity_state__pack(s, p);
+    size_t start = b->len;
     b->len = (size_t)(p - b->data);
+    b->ents[b->count] = (gw_blk_ent_t){
+        .id = s->id, .x = s->x, .y = s->y, .off = (uint32_t)start, .len = (uint32_t)(b->len - start)};
     b->count++;
     return TS_OK;
 }

@@ -36,12 +36,23 @@
 #define GW_PAYLOAD_SNAPSHOT 11
 #define GW_PAYLOAD_DELTA 12
 
+/* Where one entity sits in a block, and where it is in the world: lets a
+ * client whose area of interest cuts the cell take some entities of the
+ * shared block without encoding them again. */
+typedef struct {
+    uint64_t id;
+    double x, y;
+    uint32_t off, len; /* its `entities` entry: data[off, off + len) */
+} gw_blk_ent_t;
+
 typedef struct {
     uint8_t *data;
     size_t len, cap;
     size_t *cuts; /* offsets of entity boundaries, ascending, ending with len */
     size_t ncuts, cuts_cap;
-    size_t count; /* entities in the block */
+    size_t count;       /* entities in the block */
+    gw_blk_ent_t *ents; /* count entries, in block order */
+    size_t ents_cap;
 } gw_blk_t;
 
 /* Empties the block, keeping its memory. */

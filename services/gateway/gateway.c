@@ -51,19 +51,9 @@ void gw_inbox_push(gw_t *gw, gw_msg_kind_t kind, gw_cell_t *cell, const ts_bus_m
     uv_async_send(&gw->inbox_async);
 }
 
-/* Recomputes the AOI of the players whose own cell is this one. */
-static void update_home_aoi(void *ud, gw_cell_t *cell)
-{
-    gw_t *gw = ud;
-    for (size_t i = 0; i < cell->nsubs; i++) {
-        gw_conn_t *c = cell->subs[i].conn;
-        if (c->cell == cell) gw_aoi_update(gw, c);
-    }
-}
-
-/* Applies one RegistryChange: O(1) for the cell, plus the clients near it
- * when it became live or stopped being live. A version gap asks for one
- * asynchronous resync. */
+/* Applies one RegistryChange: O(depth) for the cell (table and tree), plus
+ * the clients whose circles reach it when it became live or stopped being
+ * live. A version gap asks for one asynchronous resync. */
 static void on_registry_change(gw_t *gw, const uint8_t *data, size_t len)
 {
     Tessera__V1__RegistryChange *rc = tessera__v1__registry_change__unpack(NULL, len, data);
@@ -91,7 +81,7 @@ static void on_registry_change(gw_t *gw, const uint8_t *data, size_t len)
     gw_cell_t *cell;
     if (!gw_cells_apply_change(gw, &e, version, &cell) || cell == NULL) return;
     /* its liveness changed: the clients whose AOI may hold it re-bind */
-    gw_cells_near(gw, cell->id.cx, cell->id.cy, gw->cfg->gateway_aoi_radius, update_home_aoi, gw);
+    gw_aoi_cell_changed(gw, cell);
 }
 
 static void on_inbox(uv_async_t *a)
@@ -307,6 +297,7 @@ static void on_housekeeping(uv_timer_t *t)
 static void on_life(uv_timer_t *t)
 {
     gw_conns_expire(t->data);
+    gw_view_snapshot_deadlines(t->data);
 }
 
 /* Liveness for the workers: they despawn this gateway's players' entities
@@ -408,6 +399,16 @@ ts_status_t gw_create(gw_t **out, uv_loop_t *loop, const ts_config_t *cfg, ts_bu
         return TS_ERR_CONFIG;
     }
     if (gw_router_init(gw) != TS_OK) {
+        ts_ring_destroy(gw->inbox);
+        ts_ring_destroy(gw->acks);
+        free(gw);
+        return TS_ERR_NOMEM;
+    }
+
+    if (ts_celltree_new(&gw->tree, world->id, world->cell_size) != TS_OK || gw_aoi_init(gw) != TS_OK) {
+        ts_celltree_free(gw->tree);
+        gw_router_free(gw);
+        gw_auth_free(gw);
         ts_ring_destroy(gw->inbox);
         ts_ring_destroy(gw->acks);
         free(gw);
@@ -516,6 +517,8 @@ void gw_destroy(gw_t *gw)
     ts_ring_destroy(gw->inbox);
     ts_ring_destroy(gw->acks);
     gw_cells_free_all(gw);
+    ts_celltree_free(gw->tree);
+    gw_aoi_free(gw);
     gw_view_free(gw);
     ts_map_free(&gw->players);
     ts_map_free(&gw->per_ip);

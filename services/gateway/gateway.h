@@ -3,9 +3,10 @@
  *   gateway.c  loop handles, bus inbox, registry reloads, shutdown
  *   conn.c     TCP listener, per-connection reads and the write queue
  *   session.c  the client protocol, one state machine per connection
- *   cells.c    the table of known cells (registry view, epochs)
- *   router.c   per-cell input batching and ref-counted AOI subscriptions
- *   view.c     per-cell entity caches, fencing, spliced Delta frames
+ *   cells.c    the table of known cells (registry view, epochs, cell tree)
+ *   router.c   per-cell input batching
+ *   aoi.c      areas of interest: ref-counted state subscriptions by radius
+ *   view.c     per-cell entity caches, fencing, spliced and filtered frames
  *   fanout.c   encoded blocks, frame heads, keyframe parts (no gw_t)
  *
  * Everything here is touched by the loop thread only, except gw_t's inbox
@@ -21,6 +22,7 @@
 
 #include "tessera/bus.h"
 #include "tessera/cell.h"
+#include "tessera/celltree.h"
 #include "tessera/config.h"
 #include "tessera/frame.h"
 #include "tessera/map.h"
@@ -78,6 +80,9 @@
 /* Longest JWT or resume token taken from a Hello. */
 #define GW_TOKEN_MAX 4096
 #define GW_PLAYER_MAX 128
+/* A client's first Snapshot waits for its own entity and a keyframe of
+ * every cell its area of interest newly holds, at most this long. */
+#define GW_SNAPSHOT_WAIT_US 1500000ull
 
 typedef struct gw gw_t;
 typedef struct gw_cell gw_cell_t;
@@ -165,6 +170,7 @@ struct gw_cell {
     ts_map_t entities; /* id -> gw_entity_t* */
     uint64_t gen;
     gw_kf_t kf;
+    bool kf_seen; /* a whole keyframe arrived since the subscription began */
     uint64_t ver; /* bumped by every change of entities */
 
     /* changes since the last flush */
@@ -221,6 +227,20 @@ struct gw_conn {
     gw_cell_t *awaiting_left; /* cell left on sight of the entity elsewhere, until its `left` arrives */
     gw_aoi_slot_t *aoi;
     size_t naoi, aoi_cap;
+    /* area of interest by radius (aoi.c): the circle is evaluated around
+     * (aoi_x, aoi_y), the own entity's position when it was last evaluated */
+    double pos_x, pos_y; /* own entity, newest state seen (join position until then) */
+    bool pos_known;      /* else the centre of its cell is used */
+    double aoi_x, aoi_y;
+    bool resweep;    /* centre moved: the next flush re-checks every shown entity */
+    bool aoi_marked; /* on gw->aoi_head */
+    gw_conn_t *next_aoi;
+    bool watching; /* on the watch lists of roots [wx0, wx1] x [wy0, wy1] */
+    int32_t wx0, wy0, wx1, wy1;
+    ts_map_t shown; /* entity ids the client was sent and not told removed */
+    uint64_t snapshot_due_us;
+    gw_conn_t *snap_prev, *snap_next; /* on gw->snap_head while its Snapshot waits */
+    bool snap_listed;
     uint64_t *gone; /* ids to report removed: their cells left the AOI */
     size_t ngone, gone_cap;
     uint64_t deltas_skipped;
@@ -309,6 +329,16 @@ struct gw {
     ts_map_t players; /* entity id -> gw_conn_t* */
 
     ts_map_t cell_roots; /* root hash -> gw_cell_t* chain */
+    ts_celltree_t *tree; /* the registry's cells, for position -> live cell */
+    /* area of interest (aoi.c): entities within aoi_show of a client's
+     * centre are shown, shown ones stay while within aoi_keep; the centre
+     * follows the entity once it moved aoi_move. Then every entity within
+     * aoi.radius of the entity is shown, none beyond radius + hysteresis. */
+    double aoi_radius, aoi_hyst, aoi_show, aoi_keep, aoi_move;
+    ts_map_t watch;      /* root hash -> gw_watch_t*: clients whose circle reaches the root */
+    gw_conn_t *aoi_head; /* clients whose area of interest is re-evaluated before the next flush */
+    gw_conn_t *snap_head;
+    uint64_t aoi_updates;
     gw_cell_t *all_cells;
     size_t ncells;
     gw_cell_t *batch_head;
@@ -473,11 +503,8 @@ bool gw_cells_apply_registry(gw_t *gw, const ts_cell_entry_t *entries, size_t n,
 /* Applies one RegistryChange; true if the cell became live or stopped being
  * live. *cell_out receives the cell's record (NULL if ignored). */
 bool gw_cells_apply_change(gw_t *gw, const ts_cell_entry_t *e, uint64_t version, gw_cell_t **cell_out);
-/* Calls fn for every live cell whose root is (cx, cy). */
-void gw_cells_under_root(gw_t *gw, int32_t cx, int32_t cy, void (*fn)(void *ud, gw_cell_t *cell), void *ud);
-/* Calls fn for every cell record, live or not, whose root is within r of (cx, cy). */
-void gw_cells_near(gw_t *gw, int32_t cx, int32_t cy, int64_t r, void (*fn)(void *ud, gw_cell_t *cell),
-                   void *ud);
+/* Hash key of root cell (cx, cy) of the gateway's world (never 0). */
+uint64_t gw_root_key(uint32_t world, int32_t cx, int32_t cy);
 void gw_cells_free_all(gw_t *gw);
 void gw_cell_clear_entities(gw_t *gw, gw_cell_t *cell);
 
@@ -498,8 +525,26 @@ void gw_router_forget_flights(gw_t *gw);
 /* Sets up / frees the in-flight table. */
 ts_status_t gw_router_init(gw_t *gw);
 void gw_router_free(gw_t *gw);
-/* Recomputes the connection's AOI from its cell (empty unless joined). */
+
+/* aoi.c */
+/* Derives the radius, hysteresis and thresholds from the configuration. */
+ts_status_t gw_aoi_init(gw_t *gw);
+void gw_aoi_free(gw_t *gw);
+/* Recomputes the connection's AOI around its entity's position now: its
+ * own cell plus every live cell the circle touches (empty unless joined). */
 void gw_aoi_update(gw_t *gw, gw_conn_t *c);
+/* Queues the connection for gw_aoi_run. */
+void gw_aoi_mark(gw_t *gw, gw_conn_t *c);
+/* Re-evaluates the queued connections (before a flush). */
+void gw_aoi_run(gw_t *gw);
+/* The player's own entity is at (x, y): re-evaluates once it moved far enough. */
+void gw_aoi_moved(gw_t *gw, gw_conn_t *c, double x, double y);
+/* A cell became live or stopped being live: queues the clients whose
+ * circles reach its root. */
+void gw_aoi_cell_changed(gw_t *gw, const gw_cell_t *cell);
+/* Takes the connection off every watch list and the re-evaluation queue
+ * (it leaves or closes). */
+void gw_aoi_unwatch(gw_t *gw, gw_conn_t *c);
 /* Retries subscriptions that failed. */
 void gw_aoi_resubscribe(gw_t *gw);
 /* Closes every state subscription (stopping). */
@@ -517,6 +562,11 @@ void gw_view_send_snapshot(gw_t *gw, gw_conn_t *c);
 void gw_view_caught_up(gw_t *gw, gw_conn_t *c);
 /* The cell's entities are forgotten (unsubscribed). */
 void gw_view_forget_cell(gw_t *gw, gw_cell_t *cell);
+/* Forgets what the client was shown and takes it off the Snapshot wait
+ * list (it leaves or closes). */
+void gw_view_release(gw_t *gw, gw_conn_t *c);
+/* Flushes clients whose first Snapshot waited GW_SNAPSHOT_WAIT_US. */
+void gw_view_snapshot_deadlines(gw_t *gw);
 void gw_view_free(gw_t *gw);
 
 #endif

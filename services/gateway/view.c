@@ -24,7 +24,23 @@
  * reference a dirty cell (cell->subs) or asked for a flush; each gets its
  * frame(s) spliced from shared blocks plus its own head and removed list,
  * written with one system call. Nothing here allocates per client per flush
- * once the scratch buffers have grown. */
+ * once the scratch buffers have grown.
+ *
+ * Radius filter (see aoi.c for the thresholds): each client remembers which
+ * entities it was shown (c->shown). A block records where each entity sits
+ * and where it is, so a client takes the entities in its view as byte
+ * ranges of the shared block, adjacent ones joined into one piece (a cell
+ * wholly inside the circle costs a few pieces, not one per entity); nothing
+ * is encoded per client. Per flush, a client looks at the changed entities
+ * of its cells (plus, after its centre moved, every entity of its cells
+ * once, and sends the newly shown ones); an entity shown that leaves the
+ * keep circle, or its cells, is reported in `removed`. Its own entity is
+ * always shown.
+ *
+ * First Snapshot: it waits (at most GW_SNAPSHOT_WAIT_US) until the own
+ * entity was seen and each live cell of the area of interest delivered a
+ * whole keyframe since it was subscribed, so it holds the own entity and
+ * everything in the area of interest. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -35,6 +51,7 @@
 
 #define LISTED_DONE UINT64_MAX
 #define REMOVED_TAG ((void *)(uintptr_t)1)
+#define SHOWN ((void *)(uintptr_t)1)
 
 static bool push_id(uint64_t **v, size_t *n, size_t *cap, uint64_t id)
 {
@@ -138,10 +155,12 @@ static void remove_entity(gw_t *gw, gw_cell_t *cell, uint64_t id)
     mark_removed(gw, cell, id);
 }
 
-static void follow_sighting(gw_t *gw, gw_cell_t *cell, uint64_t id)
+static void follow_sighting(gw_t *gw, gw_cell_t *cell, const Tessera__V1__EntityState *s)
 {
-    gw_conn_t *c = ts_map_get(&gw->players, id);
-    if (c == NULL || c->cell == cell || c->awaiting_left == cell) return;
+    gw_conn_t *c = ts_map_get(&gw->players, s->id);
+    if (c == NULL) return;
+    if (ts_map_get(&gw->homes, s->id) == cell) gw_aoi_moved(gw, c, s->x, s->y);
+    if (c->cell == cell || c->awaiting_left == cell) return;
     gw_cell_t *old = c->cell;
     gw_session_move_cell(c, cell);
     c->awaiting_left = old;
@@ -200,7 +219,11 @@ void gw_view_on_state(gw_t *gw, gw_cell_t *cell, const uint8_t *data, size_t len
         if (s == NULL || s->id == 0 || s->id == UINT64_MAX) continue;
         gw_entity_t *e = upsert(cell, s, &oom);
         if (e != NULL && take_home(gw, cell, s)) mark_changed(gw, cell, e);
-        follow_sighting(gw, cell, s->id);
+        follow_sighting(gw, cell, s);
+    }
+    if ((kf & GW_KF_DONE) && !cell->kf_seen) {
+        cell->kf_seen = true; /* a first Snapshot may wait for it */
+        mark_dirty(gw, cell);
     }
     if ((kf & GW_KF_DONE) && !oom) {
         uint64_t eid;
@@ -231,12 +254,49 @@ void gw_view_want_flush(gw_t *gw, gw_conn_t *c)
     gw_flush_soon(gw);
 }
 
+static void snap_unlist(gw_t *gw, gw_conn_t *c)
+{
+    if (!c->snap_listed) return;
+    if (c->snap_prev != NULL)
+        c->snap_prev->snap_next = c->snap_next;
+    else
+        gw->snap_head = c->snap_next;
+    if (c->snap_next != NULL) c->snap_next->snap_prev = c->snap_prev;
+    c->snap_prev = c->snap_next = NULL;
+    c->snap_listed = false;
+}
+
 void gw_view_send_snapshot(gw_t *gw, gw_conn_t *c)
 {
     c->need_snapshot = true;
+    c->snapshot_due_us = ts_mono_us() + GW_SNAPSHOT_WAIT_US;
     for (size_t i = 0; i < c->naoi; i++)
         c->aoi[i].fresh = true;
+    if (!c->snap_listed) {
+        c->snap_prev = NULL;
+        c->snap_next = gw->snap_head;
+        if (gw->snap_head != NULL) gw->snap_head->snap_prev = c;
+        gw->snap_head = c;
+        c->snap_listed = true;
+    }
     gw_view_want_flush(gw, c);
+}
+
+void gw_view_snapshot_deadlines(gw_t *gw)
+{
+    uint64_t now = ts_mono_us();
+    for (gw_conn_t *c = gw->snap_head; c != NULL; c = c->snap_next) {
+        if (now >= c->snapshot_due_us) gw_view_want_flush(gw, c);
+    }
+}
+
+void gw_view_release(gw_t *gw, gw_conn_t *c)
+{
+    snap_unlist(gw, c);
+    c->need_snapshot = false;
+    c->pos_known = false;
+    ts_map_free(&c->shown);
+    ts_map_init(&c->shown);
 }
 
 void gw_view_caught_up(gw_t *gw, gw_conn_t *c)
@@ -302,23 +362,73 @@ static bool held_in_aoi(const gw_conn_t *c, uint64_t id)
     return false;
 }
 
-static void add_removed(gw_t *gw, const gw_conn_t *c, size_t *n, uint64_t id)
+/* Puts id on this flush's removed list of the client (once). */
+static void push_removed(gw_t *gw, size_t *n, uint64_t id)
 {
-    if (ts_map_get(&gw->scratch, id) != NULL || held_in_aoi(c, id)) return;
+    if (ts_map_get(&gw->scratch, id) != NULL) return;
     if (!grow((void **)&gw->tmp_removed, &gw->tmp_removed_cap, *n + 1, sizeof *gw->tmp_removed) ||
         ts_map_put(&gw->scratch, id, REMOVED_TAG) != TS_OK)
         return;
     gw->tmp_removed[(*n)++] = id;
 }
 
-static bool add_block(gw_t *gw, size_t *nseg, const gw_blk_t *b)
+/* An entity a cell no longer holds: removed for the client if it was shown
+ * and no other cell of its area of interest holds it. */
+static void drop_if_gone(gw_t *gw, gw_conn_t *c, size_t *n, uint64_t id)
 {
-    if (b == NULL || b->len == 0) return true;
-    if (!grow((void **)&gw->segs, &gw->segs_cap, *nseg + b->ncuts, sizeof *gw->segs)) return false;
-    size_t start = 0;
-    for (size_t i = 0; i < b->ncuts; i++) {
-        gw->segs[(*nseg)++] = uv_buf_init((char *)b->data + start, (unsigned)(b->cuts[i] - start));
-        start = b->cuts[i];
+    if (ts_map_get(&c->shown, id) == NULL || held_in_aoi(c, id)) return;
+    ts_map_del(&c->shown, id);
+    push_removed(gw, n, id);
+}
+
+/* Whether the client sees the block entry: its own entity always; another
+ * within aoi_show of the centre, or aoi_keep if it is shown already. */
+static bool in_view(const gw_t *gw, const gw_conn_t *c, const gw_blk_ent_t *e, bool shown)
+{
+    if (e->id == c->entity) return true;
+    double dx = e->x - c->aoi_x, dy = e->y - c->aoi_y;
+    double lim = shown ? gw->aoi_keep : gw->aoi_show;
+    return dx * dx + dy * dy <= lim * lim;
+}
+
+/* Appends a block entry to the client's pieces, joined to the previous
+ * piece when it follows it in the same block. */
+static bool add_piece(gw_t *gw, size_t *nseg, const gw_blk_t *b, const gw_blk_ent_t *e)
+{
+    char *p = (char *)b->data + e->off;
+    if (*nseg > 0) {
+        uv_buf_t *last = &gw->segs[*nseg - 1];
+        if (last->base + last->len == p && last->len + e->len <= GW_BLK_CUT_BYTES) {
+            last->len += e->len;
+            return true;
+        }
+    }
+    if (!grow((void **)&gw->segs, &gw->segs_cap, *nseg + 1, sizeof *gw->segs)) return false;
+    gw->segs[(*nseg)++] = uv_buf_init(p, e->len);
+    return true;
+}
+
+typedef enum {
+    PASS_ALL,   /* send every entry in view (new cell, Snapshot, full view) */
+    PASS_SWEEP, /* send only entries newly in view (the centre moved) */
+} pass_t;
+
+/* Filters one block for the client: entries in view become pieces (per
+ * mode), shown entries out of view go to removed. False when out of memory. */
+static bool filter_block(gw_t *gw, gw_conn_t *c, const gw_blk_t *b, pass_t mode, size_t *nseg,
+                         size_t *nremoved)
+{
+    if (b == NULL) return true;
+    for (size_t k = 0; k < b->count; k++) {
+        const gw_blk_ent_t *e = &b->ents[k];
+        bool shown = ts_map_get(&c->shown, e->id) != NULL;
+        if (in_view(gw, c, e, shown)) {
+            if (!shown && ts_map_put(&c->shown, e->id, SHOWN) != TS_OK) return false;
+            if ((mode == PASS_ALL || !shown) && !add_piece(gw, nseg, b, e)) return false;
+        } else if (shown) {
+            ts_map_del(&c->shown, e->id);
+            push_removed(gw, nremoved, e->id);
+        }
     }
     return true;
 }
@@ -330,8 +440,23 @@ static void finish_client(gw_t *gw, gw_conn_t *c, size_t nremoved)
     for (size_t i = 0; i < c->naoi; i++)
         c->aoi[i].fresh = false;
     c->ngone = 0;
+    if (c->need_snapshot) snap_unlist(gw, c);
     c->need_snapshot = false;
     c->behind = false;
+    c->resweep = false;
+}
+
+/* The first Snapshot may go: the own entity was seen and every live cell of
+ * the area of interest sent a whole keyframe, or the wait is over. */
+static bool snapshot_ready(gw_t *gw, const gw_conn_t *c)
+{
+    if (ts_mono_us() >= c->snapshot_due_us) return true;
+    if (ts_map_get(&gw->homes, c->entity) == NULL) return false;
+    for (size_t i = 0; i < c->naoi; i++) {
+        const gw_cell_t *cell = c->aoi[i].cell;
+        if (gw_cell_live(cell) && !cell->kf_seen) return false;
+    }
+    return true;
 }
 
 /* One client's frames of this flush: its Snapshot (just joined) or Delta,
@@ -341,35 +466,53 @@ static void send_view(gw_t *gw, gw_conn_t *c)
     if (c->out_pending > GW_SLOW_CLIENT_BYTES) {
         c->deltas_skipped++;
         gw->deltas_skipped++;
+        /* the full view it gets later lists what is in view and reports
+         * what it was shown that is no longer there */
         c->behind = true;
-        /* the full view it gets later lists what exists; what was removed
-         * meanwhile is remembered so it is told (bounded: a client that
-         * stays behind that long is far past its output limit) */
-        for (size_t i = 0; i < c->naoi; i++) {
-            gw_cell_t *cell = c->aoi[i].cell;
+        for (size_t i = 0; i < c->naoi; i++)
             c->aoi[i].fresh = true;
-            for (size_t k = 0; cell->dirty && k < cell->nremoved && c->ngone < GW_GONE_MAX; k++)
-                (void)push_id(&c->gone, &c->ngone, &c->gone_cap, cell->removed[k]);
-        }
         return;
     }
+    if (c->need_snapshot && !snapshot_ready(gw, c)) return;
+    bool snap = c->need_snapshot;
+    bool sweep = !snap && (c->resweep || c->behind);
     size_t nseg = 0, nremoved = 0;
+    if (snap) {
+        ts_map_free(&c->shown);
+        ts_map_init(&c->shown);
+        c->ngone = 0;
+    }
+    if (sweep) {
+        /* shown entities no cell of the area of interest holds any more */
+        uint64_t id;
+        for (size_t it = 0; ts_map_next(&c->shown, &it, &id, NULL);) {
+            if (!held_in_aoi(c, id)) push_removed(gw, &nremoved, id);
+        }
+        for (size_t i = 0; i < nremoved; i++)
+            ts_map_del(&c->shown, gw->tmp_removed[i]);
+    }
     for (size_t i = 0; i < c->naoi; i++) {
         gw_cell_t *cell = c->aoi[i].cell;
-        const gw_blk_t *b = c->aoi[i].fresh ? full_block(gw, cell) : cell->dirty ? &cell->blk : NULL;
-        if (!add_block(gw, &nseg, b)) goto oom;
+        bool ok = true;
+        if (snap || c->aoi[i].fresh) {
+            ok = filter_block(gw, c, full_block(gw, cell), PASS_ALL, &nseg, &nremoved);
+        } else {
+            if (cell->dirty) ok = filter_block(gw, c, &cell->blk, PASS_ALL, &nseg, &nremoved);
+            if (ok && sweep) ok = filter_block(gw, c, full_block(gw, cell), PASS_SWEEP, &nseg, &nremoved);
+        }
+        if (!ok) goto oom;
     }
-    if (!c->need_snapshot) {
+    if (!snap) {
         for (size_t i = 0; i < c->naoi; i++) {
             gw_cell_t *cell = c->aoi[i].cell;
             if (!cell->dirty) continue;
             for (size_t k = 0; k < cell->nremoved; k++)
-                add_removed(gw, c, &nremoved, cell->removed[k]);
+                drop_if_gone(gw, c, &nremoved, cell->removed[k]);
         }
         for (size_t i = 0; i < c->ngone; i++)
-            add_removed(gw, c, &nremoved, c->gone[i]);
+            drop_if_gone(gw, c, &nremoved, c->gone[i]);
     }
-    if (nseg == 0 && nremoved == 0 && !c->need_snapshot) {
+    if (nseg == 0 && nremoved == 0 && !snap) {
         finish_client(gw, c, 0);
         return;
     }
@@ -396,14 +539,14 @@ static void send_view(gw_t *gw, gw_conn_t *c)
         while (i < nseg && (i == start || bytes + gw->segs[i].len <= GW_FRAME_MAX_BYTES))
             bytes += gw->segs[i++].len;
         size_t rm = i == nseg ? rmlen : 0;
-        bool snap = c->need_snapshot && nframes == 0;
+        bool snap_frame = snap && nframes == 0;
         uint8_t *head = gw->heads + nframes * GW_FRAME_HEAD_MAX;
         size_t flen;
         size_t hl = gw_frame_head(head, ++c->out_seq, epoch, &c->cell->id,
-                                  snap ? GW_PAYLOAD_SNAPSHOT : GW_PAYLOAD_DELTA, snap ? c->entity : gw->tick,
-                                  bytes + rm + ack_len, &flen);
+                                  snap_frame ? GW_PAYLOAD_SNAPSHOT : GW_PAYLOAD_DELTA,
+                                  snap_frame ? c->entity : gw->tick, bytes + rm + ack_len, &flen);
         if (ack_len != 0) {
-            head[hl] = (uint8_t)((snap ? 3 : 4) << 3); /* varint field */
+            head[hl] = (uint8_t)((snap_frame ? 3 : 4) << 3); /* varint field */
             hl += 1 + gw_pb_varint(head + hl + 1, ack);
         }
         gw->iov[niov++] = uv_buf_init((char *)head, (unsigned)hl);
@@ -426,6 +569,7 @@ oom:
 
 void gw_view_flush(gw_t *gw)
 {
+    gw_aoi_run(gw);
     gw->tick++;
     gw->last_flush_us = ts_mono_us();
     for (gw_cell_t *cell = gw->dirty_head; cell != NULL; cell = cell->next_dirty) {

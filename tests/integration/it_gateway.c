@@ -67,27 +67,34 @@ static void player_close(player_t *p)
     p->c = NULL;
 }
 
+/* The own entity among a Snapshot's or Delta's entities. */
+static void note_entities(player_t *p, Tessera__V1__EntityState *const *es, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        const Tessera__V1__EntityState *e = es[i];
+        if (p->entity == 0 || e->id != p->entity) continue;
+        p->me = *e;
+        p->me.name = NULL;
+        p->me_seen = true;
+        if (!p->first_x_set) {
+            p->first_x = e->x;
+            p->first_x_set = true;
+        }
+        if (e->inputs_applied > p->max_applied) p->max_applied = e->inputs_applied;
+    }
+}
+
 static void note_frame(player_t *p, const Tessera__V1__ServerFrame *f)
 {
     if (f->cell != NULL) p->frame_cell = *f->cell;
     switch (f->payload_case) {
     case TESSERA__V1__SERVER_FRAME__PAYLOAD_SNAPSHOT:
         p->entity = f->snapshot->entity;
+        note_entities(p, f->snapshot->entities, f->snapshot->n_entities);
         break;
     case TESSERA__V1__SERVER_FRAME__PAYLOAD_DELTA:
         p->deltas++;
-        for (size_t i = 0; i < f->delta->n_entities; i++) {
-            const Tessera__V1__EntityState *e = f->delta->entities[i];
-            if (p->entity == 0 || e->id != p->entity) continue;
-            p->me = *e;
-            p->me.name = NULL;
-            p->me_seen = true;
-            if (!p->first_x_set) {
-                p->first_x = e->x;
-                p->first_x_set = true;
-            }
-            if (e->inputs_applied > p->max_applied) p->max_applied = e->inputs_applied;
-        }
+        note_entities(p, f->delta->entities, f->delta->n_entities);
         break;
     case TESSERA__V1__SERVER_FRAME__PAYLOAD_CELL_CHANGED:
         p->cell_changes++;
