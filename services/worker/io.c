@@ -171,6 +171,26 @@ static bool load_checkpoint(ts_worker_t *w, ts_zone_t **z)
     return false;
 }
 
+/* The stream sequence of the last message on the cell's input subject, 0 if
+ * it has none. A consumer filtered on a subject reports as delivered the
+ * stream's sequence past messages of other subjects, so with nothing
+ * pending this says what is really left to replay: a new cell (a split's
+ * child) or one nobody wrote to is live at once instead of waiting for a
+ * message that never comes. */
+static uint64_t last_input_seq(ts_worker_t *w, const ts_cell_t *cell, uint64_t fallback)
+{
+    char stream[64], subj[TS_SUBJECT_MAX];
+    ts_bus_input_stream(stream, sizeof(stream), w->world.id);
+    ts_subject_cell(subj, sizeof(subj), cell, TS_SUBJ_INPUT);
+    ts_bus_msg_t *m = NULL;
+    ts_status_t st = ts_bus_last_msg(w->bus, stream, subj, &m);
+    if (st == TS_ERR_NOT_FOUND) return 0;
+    if (st != TS_OK) return fallback;
+    uint64_t seq = ts_bus_msg_stream_seq(m);
+    ts_bus_msg_destroy(m);
+    return seq < fallback ? seq : fallback;
+}
+
 static void do_bind(ts_worker_t *w, ts_io_job_t *job)
 {
     job->status = ts_zone_create(&job->zone, &job->cell, job->epoch, &w->world, w->cfg->worker_max_speed);
@@ -182,6 +202,8 @@ static void do_bind(ts_worker_t *w, ts_io_job_t *job)
     if (job->status == TS_OK &&
         ts_bus_consumer_pending(job->sub, &job->pending, &job->caught_up_seq) != TS_OK)
         job->pending = job->caught_up_seq = 0;
+    if (job->status == TS_OK && job->pending == 0 && job->caught_up_seq > job->zone->last_applied_seq)
+        job->caught_up_seq = last_input_seq(w, &job->cell, job->caught_up_seq);
 }
 
 static void do_resubscribe(ts_worker_t *w, ts_io_job_t *job)
@@ -281,11 +303,141 @@ static void check_version(ts_worker_t *w, uint64_t *lagging)
     post_done(w, job);
 }
 
+/* ---- input stream restarts ------------------------------------------------ */
+
+/* What the timer thread last saw of the world's input stream. */
+typedef struct {
+    bool known;
+    int64_t created_ns;
+    uint64_t last_seq;
+} stream_watch_t;
+
+ts_status_t ts_io_ensure_streams(ts_worker_t *w)
+{
+    const ts_config_t *cfg = w->cfg;
+    ts_bus_streams_t opts = {.storage = cfg->stream_storage,
+                             .max_age_s = cfg->stream_max_age_s,
+                             .max_bytes = cfg->stream_max_bytes,
+                             .replicas = (int)cfg->stream_replicas};
+    return ts_bus_streams_ensure(w->bus, w->world.id, &opts);
+}
+
+/* Once a second (timer thread): the input stream's identity. A stream that
+ * is gone is created again; one whose creation time changed or whose last
+ * sequence went backwards is a new stream (JetStream lost its store): the
+ * tick thread is told, so every cell consumes the new stream from its
+ * start instead of waiting for sequences the old one had reached. */
+static void check_stream(ts_worker_t *w, stream_watch_t *sw)
+{
+    if (!ts_bus_connected(w->bus)) return;
+    char stream[64];
+    ts_bus_input_stream(stream, sizeof(stream), w->world.id);
+    ts_bus_stream_state_t ss;
+    ts_status_t st = ts_bus_stream_state(w->bus, stream, &ss);
+    if (st == TS_ERR_NOT_FOUND) {
+        ts_error("input stream %s is gone (JetStream lost its store?); creating the world's streams again",
+                 stream);
+        if (ts_io_ensure_streams(w) != TS_OK) return;
+        st = ts_bus_stream_state(w->bus, stream, &ss);
+    }
+    if (st != TS_OK) return;
+    if (!sw->known) {
+        *sw = (stream_watch_t){.known = true, .created_ns = ss.created_ns, .last_seq = ss.last_seq};
+        return;
+    }
+    if (ss.created_ns == sw->created_ns && ss.last_seq >= sw->last_seq) {
+        sw->last_seq = ss.last_seq;
+        return;
+    }
+    ts_error("input stream %s restarted (created %" PRId64 " -> %" PRId64 ", last seq %" PRIu64 " -> %" PRIu64
+             "): inputs the old stream acknowledged and this worker had not applied yet are lost; every cell "
+             "consumes the new stream from its start",
+             stream, sw->created_ns, ss.created_ns, sw->last_seq, ss.last_seq);
+    ts_io_job_t *job = ts_io_job_new(TS_IO_STREAM_LOST);
+    if (job) {
+        job->after_seq = sw->last_seq;
+        post_done(w, job);
+    }
+    *sw = (stream_watch_t){.known = true, .created_ns = ss.created_ns, .last_seq = ss.last_seq};
+}
+
+static void submit_stream_resub(ts_worker_t *w, ts_binding_t *b)
+{
+    ts_io_job_t *job = ts_io_job_new(TS_IO_STREAM_RESUB);
+    if (!job) return;
+    job->cell = b->zone->cell;
+    job->old_gen = b->gen;
+    job->after_seq = 0;
+    ts_io_submit(w, job);
+}
+
+/* Tick thread: what the old consumers delivered is applied by the old
+ * stream's sequences; then each cell forgets them (what the old consumer
+ * still delivers is dropped) and gets a consumer from the new stream's
+ * first message. */
+static void stream_reset(ts_worker_t *w, uint64_t old_last_seq)
+{
+    ts_worker_apply_inbox(w);
+    for (size_t i = 0; i < w->nbind; i++) {
+        ts_binding_t *b = w->bindings[i];
+        ts_warn("cell %s: applied up to seq %" PRIu64 " of the lost input stream (it had reached %" PRIu64
+                "); consuming the new stream from its start",
+                b->zone->key, b->zone->last_applied_seq, old_last_seq);
+        ts_map_del(&w->by_gen, b->gen);
+        b->zone->last_applied_seq = 0;
+        b->restarting = true;
+        submit_stream_resub(w, b);
+    }
+}
+
+/* Tick thread: the new consumer of a cell replaces the old one. */
+static void finish_stream_resub(ts_worker_t *w, ts_io_job_t *job)
+{
+    ts_binding_t *b = ts_worker_find_binding(w, &job->cell);
+    bool ours = b && b->gen == job->old_gen && b->restarting;
+    if (!ours || job->status != TS_OK) {
+        if (ours) submit_stream_resub(w, b); /* the new stream is not there yet: again */
+        ts_worker_release_sub(w, job->sub, job->ctx);
+        job->sub = NULL;
+        job->ctx = NULL;
+        return;
+    }
+    ts_worker_release_sub(w, b->sub, b->ctx);
+    b->sub = job->sub;
+    b->ctx = job->ctx;
+    b->gen = job->ctx->gen;
+    b->restarting = false;
+    ts_map_put(&w->by_gen, b->gen, b);
+    pthread_mutex_lock(&w->mu);
+    ts_inbox_t held = b->ctx->held;
+    b->ctx->held = (ts_inbox_t){0};
+    atomic_store(&b->ctx->hold, false);
+    pthread_mutex_unlock(&w->mu);
+    if (b->state == TS_BIND_FROZEN) {
+        for (size_t i = 0; i < held.n; i++)
+            if (!ts_inbox_push(&b->held, &held.v[i])) ts_bus_held_free(held.v[i].msg);
+        free(held.v);
+    } else {
+        ts_worker_apply_msgs(w, b->zone, &held);
+    }
+    job->sub = NULL;
+    job->ctx = NULL;
+}
+
+void ts_io_stream_done(ts_worker_t *w, ts_io_job_t *job)
+{
+    if (job->kind == TS_IO_STREAM_LOST)
+        stream_reset(w, job->after_seq);
+    else
+        finish_stream_resub(w, job);
+}
+
 static void *io_main(void *arg)
 {
     const struct ts_io_arg *a = arg;
     ts_worker_t *w = a->w;
     uint64_t lagging = 0;
+    stream_watch_t watch = {0};
     /* only the timer thread checks the version; the others wait for jobs */
     uint64_t next_check = a->timer ? ts_mono_us() + VERSION_CHECK_MS * 1000ULL : UINT64_MAX;
     pthread_mutex_lock(&w->io_mu);
@@ -317,6 +469,7 @@ static void *io_main(void *arg)
                 else
                     do_bind(w, job);
                 break;
+            case TS_IO_STREAM_RESUB:
             case TS_IO_RESUBSCRIBE:
                 if (stop)
                     job->status = TS_ERR_CLOSED;
@@ -335,6 +488,8 @@ static void *io_main(void *arg)
             case TS_IO_DRAIN:
                 do_drain(w, job);
                 break;
+            case TS_IO_STREAM_LOST:
+                break;
             }
             if (keep && !stop)
                 post_done(w, job);
@@ -342,6 +497,7 @@ static void *io_main(void *arg)
                 ts_io_job_free(job);
         } else if (!stop && ts_mono_us() >= next_check) {
             check_version(w, &lagging);
+            check_stream(w, &watch);
             next_check = ts_mono_us() + VERSION_CHECK_MS * 1000ULL;
         }
         pthread_mutex_lock(&w->io_mu);

@@ -387,6 +387,10 @@ static void take_io_results(ts_worker_t *w)
         case TS_IO_DRAIN:
             w->drain_state = job->status == TS_OK ? 2 : 3;
             break;
+        case TS_IO_STREAM_LOST:
+        case TS_IO_STREAM_RESUB:
+            ts_io_stream_done(w, job);
+            break;
         default:
             break;
         }
@@ -474,8 +478,7 @@ ts_status_t ts_worker_create(ts_worker_t **out, const ts_config_t *cfg)
     if (st != TS_OK) goto fail;
     if ((st = ts_celltree_new(&w->tree, w->world.id, w->world.cell_size)) != TS_OK) goto fail;
     if ((st = ts_live_start(w)) != TS_OK) goto fail;
-    st = ts_bus_ensure_streams(w->bus, w->world.id, cfg->stream_storage, cfg->stream_max_age_s,
-                               (int)cfg->stream_replicas);
+    st = ts_io_ensure_streams(w);
     if (st != TS_OK) {
         ts_error("cannot set up JetStream streams: %s", ts_status_str(st));
         goto fail;

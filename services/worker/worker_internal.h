@@ -151,6 +151,8 @@ typedef enum {
     TS_IO_UNSUBSCRIBE,
     TS_IO_REQUEST, /* a request whose reply goes to reply_to (PreCopy) */
     TS_IO_DRAIN,
+    TS_IO_STREAM_LOST,  /* the input stream was created again (a lost store): tick resets */
+    TS_IO_STREAM_RESUB, /* a consumer from the start of the new input stream */
 } ts_io_kind_t;
 
 typedef struct ts_io_job {
@@ -322,6 +324,11 @@ ts_io_job_t *ts_io_job_new(ts_io_kind_t kind);
 void ts_io_job_free(ts_io_job_t *job);
 /* Takes the finished jobs (oldest first) for the tick thread. */
 ts_io_job_t *ts_io_take_done(ts_worker_t *w);
+/* Creates the world's streams if missing (worker start, and again when the
+ * I/O thread finds them gone). Blocking. */
+ts_status_t ts_io_ensure_streams(ts_worker_t *w);
+/* Tick thread: the result of a TS_IO_STREAM_LOST or TS_IO_STREAM_RESUB job. */
+void ts_io_stream_done(ts_worker_t *w, ts_io_job_t *job);
 /* Asks the I/O thread for one full registry read (once; no-op if pending). */
 void ts_worker_request_resync(ts_worker_t *w);
 /* Claims the worker id (refuses to start when another live process has it)
