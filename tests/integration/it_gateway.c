@@ -306,9 +306,9 @@ static void test_bad_frames_isolated(void **state)
     /* a frame announcing 10 MB */
     player_connect(&bad);
     if (use_ws) {
-        /* FIN + binary, masked, 64-bit length 0xA00000, mask key, the first
-         * payload bytes (refused with them, nothing buffered) */
-        const uint8_t huge[] = {0x82, 0xff, 0, 0, 0, 0, 0, 0xa0, 0, 0, 1, 2, 3, 4, 9, 9, 9, 9, 9, 9, 9, 9};
+        /* FIN + binary, masked, 64-bit length 0xA00000, and nothing more:
+         * refused from the header alone (no payload read or buffered) */
+        const uint8_t huge[] = {0x82, 0xff, 0, 0, 0, 0, 0, 0xa0, 0, 0};
         assert_int_equal(ts_client_send_raw(bad.c, huge, sizeof huge), TS_OK);
     } else {
         uint8_t huge[TS_FRAME_HEADER];
@@ -319,6 +319,38 @@ static void test_bad_frames_isolated(void **state)
     pump(&bad, 2000);
     assert_true(bad.closed);
     player_close(&bad);
+
+    if (use_ws) {
+        /* the same with its mask key and first payload bytes in one write */
+        player_connect(&bad);
+        const uint8_t huge[] = {0x82, 0xff, 0, 0, 0, 0, 0, 0xa0, 0, 0, 1, 2, 3, 4, 9, 9, 9, 9, 9, 9, 9, 9};
+        assert_int_equal(ts_client_send_raw(bad.c, huge, sizeof huge), TS_OK);
+        expect_error(&bad, TESSERA__V1__ERROR_CODE__ERROR_OVERSIZED, true);
+        pump(&bad, 2000);
+        assert_true(bad.closed);
+        player_close(&bad);
+        /* a message of three fragments, the third one passing the maximum */
+        player_connect(&bad);
+        const uint8_t frag[] = {0x02, 0xfe, 0x7f, 0xff, 0, 0, 0, 0};
+        const uint8_t zeros[4096] = {0};
+        assert_int_equal(ts_client_send_raw(bad.c, frag, sizeof frag), TS_OK);
+        for (size_t sent = 0; sent < 0x7fff; sent += sizeof zeros)
+            assert_int_equal(
+                ts_client_send_raw(bad.c, zeros, 0x7fff - sent < sizeof zeros ? 0x7fff - sent : sizeof zeros),
+                TS_OK);
+        const uint8_t frag2[] = {0x00, 0xfe, 0x7f, 0xff, 0, 0, 0, 0};
+        assert_int_equal(ts_client_send_raw(bad.c, frag2, sizeof frag2), TS_OK);
+        for (size_t sent = 0; sent < 0x7fff; sent += sizeof zeros)
+            assert_int_equal(
+                ts_client_send_raw(bad.c, zeros, 0x7fff - sent < sizeof zeros ? 0x7fff - sent : sizeof zeros),
+                TS_OK);
+        const uint8_t frag3[] = {0x80, 0x84, 0, 0, 0, 0}; /* 4 more bytes: 65,538 in all, announced only */
+        assert_int_equal(ts_client_send_raw(bad.c, frag3, sizeof frag3), TS_OK);
+        expect_error(&bad, TESSERA__V1__ERROR_CODE__ERROR_OVERSIZED, true);
+        pump(&bad, 2000);
+        assert_true(bad.closed);
+        player_close(&bad);
+    }
 
     /* a frame without payload */
     player_connect(&bad);
