@@ -476,6 +476,7 @@ static void resume(ts_worker_t *w, ts_binding_t *b)
 {
     b->state = TS_BIND_ACTIVE;
     b->handover_id[0] = '\0';
+    b->fwd_scan = true; /* a forwarding cell's cancelled departures are decided again */
     ts_worker_apply_msgs(w, b->zone, &b->held);
 }
 

@@ -147,7 +147,7 @@ static void reconcile(ts_worker_t *w, const ts_cell_t *cell)
 {
     const ts_cell_entry_t *e = ts_worker_find_entry(w, cell);
     ts_binding_t *b = ts_worker_find_binding(w, cell);
-    bool mine = e && strcmp(e->owner, w->id) == 0 && e->state == TS_CELL_ACTIVE;
+    bool mine = e && strcmp(e->owner, w->id) == 0 && ts_split_holds(e->state);
     if (b) {
         if (!mine || e->epoch < b->zone->epoch) {
             if (e && strcmp(e->owner, w->id) != 0)
@@ -156,7 +156,9 @@ static void reconcile(ts_worker_t *w, const ts_cell_t *cell)
             ts_worker_unbind(w, b);
             return;
         }
-        if (b->state == TS_BIND_FROZEN) return; /* the handover decides */
+        if (b->state == TS_BIND_FROZEN) return;                                /* the handover decides */
+        if (e->epoch > b->zone->epoch && ts_split_take_epoch(w, b, e)) return; /* split or merge */
+        if (e->epoch == b->zone->epoch) ts_split_set_mode(w, b, e, false);
         if (e->epoch > b->zone->epoch) {
             /* someone else owned it in between: what we hold is stale */
             ts_warn("cell %s: epoch moved from %" PRIu64 " to %" PRIu64 " behind my back; rebinding",
@@ -299,7 +301,7 @@ static void finish_bind(ts_worker_t *w, ts_io_job_t *job)
 {
     ts_cellmap_del(&w->binding, &job->cell);
     const ts_cell_entry_t *e = ts_worker_find_entry(w, &job->cell);
-    bool still = job->status == TS_OK && e && strcmp(e->owner, w->id) == 0 && e->state == TS_CELL_ACTIVE &&
+    bool still = job->status == TS_OK && e && strcmp(e->owner, w->id) == 0 && ts_split_holds(e->state) &&
                  e->epoch == job->epoch && !ts_worker_find_binding(w, &job->cell) && !w->draining;
     if (!still) {
         if (job->status != TS_OK) {
@@ -546,7 +548,7 @@ static void tick_once(ts_worker_t *w, double dt, uint64_t full_every, uint64_t h
                     b->zone->key, b->zone->last_applied_seq);
             b->catching_up = false;
         }
-        ts_zone_step(b->zone, dt, w->tick);
+        ts_split_step(w, b, dt); /* a split or retired cell moves its entities on instead */
         ts_worker_publish_departures(w, b->zone);
         ts_worker_publish_outboxes(w, b->zone);
         ts_worker_publish_state(w, b->zone, (w->tick + i) % full_every == 0);

@@ -102,6 +102,20 @@ typedef struct {
     uint64_t catchup_seq;      /* caught up once this is applied (and replayed) */
     uint64_t catchup_until_us; /* monotonic: give up waiting (and say so) */
     size_t index;              /* in w->bindings */
+    /* split.c: the registry's state of the cell; split and retired cells
+     * forward (they move their entities on to the live cells) */
+    bool mode_set;
+    ts_cell_state_t reg_state;
+    bool forwarding;
+    bool fwd_scan;               /* look at the entities at the next tick */
+    bool fwd_waiting_logged;     /* said once that entities wait for the registry */
+    bool fwd_in_place;           /* the split or merge was decided while bound here */
+    uint64_t fwd_mod;            /* zone mod_counter at the last look */
+    uint64_t fwd_seen_forwarded; /* zone stats.forwarded already counted */
+    int fwd_phase;               /* 0 nothing to execute, 1 moving its entities on, 2 done */
+    uint64_t fwd_start_us;       /* monotonic: phase 1 began */
+    uint64_t fwd_work_ns;        /* tick-boundary time spent queuing departures in phase 1 */
+    size_t fwd_moved;            /* entities moved on in phase 1 */
 } ts_binding_t;
 
 /* A handover request waiting for the tick thread. */
@@ -134,6 +148,14 @@ typedef struct {
     uint64_t publishes_failed;  /* JetStream publishes given up (retried later) */
     uint64_t publishes_delayed; /* publishes put off: too many in flight */
     uint64_t state_dropped;     /* state/heartbeat messages dropped: publish queue full */
+    /* split.c */
+    uint64_t splits;                          /* split cells whose entities all moved into the children */
+    uint64_t merges;                          /* split cells made active again here (a merge) */
+    uint64_t merged_cells;                    /* retired cells whose entities all moved into the parent */
+    uint64_t fwd_entities;                    /* entities a split or retired cell moved on after that */
+    uint64_t fwd_inputs;                      /* inputs a split or retired cell forwarded */
+    double split_last_ms, split_last_work_ms; /* the last split: decision seen -> done, tick work */
+    double merge_last_ms, merge_last_work_ms; /* the same for the last retired cell emptied */
 } ts_worker_stats_t;
 
 /* Outcome of an asynchronous JetStream publish, filled by the ack callback. */
@@ -374,6 +396,21 @@ void ts_handover_poll(ts_worker_t *w);
  * the cell before the COMMIT did). Returns false if there is none. */
 bool ts_handover_bind_pending(ts_worker_t *w, const ts_cell_t *cell, uint64_t epoch);
 void ts_handover_free_all(ts_worker_t *w);
+
+/* split.c: cells at depth (split, merge, forwarding) */
+/* States in which the owner keeps a cell bound: active, split, retired. */
+bool ts_split_holds(ts_cell_state_t s);
+/* Sets b's mode from its registry entry e (forwarding for split and
+ * retired). in_place: the state changed while b stayed bound here. */
+void ts_split_set_mode(ts_worker_t *w, ts_binding_t *b, const ts_cell_entry_t *e, bool in_place);
+/* The registry moved b's cell from or to split/retired at exactly epoch + 1,
+ * still ours: takes the new epoch and mode in place (the zone is exact).
+ * False if that is not the case (the caller rebinds as usual). */
+bool ts_split_take_epoch(ts_worker_t *w, ts_binding_t *b, const ts_cell_entry_t *e);
+/* One tick of a bound cell: a live cell steps (its border crossings go to
+ * the deepest live cell at the entity's position); a forwarding cell moves
+ * its entities on to the live cells at their positions. */
+void ts_split_step(ts_worker_t *w, ts_binding_t *b, double dt);
 
 /* players.c: disconnected players' entities and gateway liveness */
 ts_status_t ts_players_start(ts_worker_t *w);
