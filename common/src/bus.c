@@ -45,6 +45,12 @@
 #define SUB_PENDING_BYTES (256 * 1024 * 1024)
 #define DUPLICATE_WINDOW_NS (120LL * 1000000000LL)
 #define TS_BUS_MAX_SERVERS 16 /* URLs in a nats.url list */
+/* An async publish that no server answered (no stream leader, e.g. during a
+ * cluster's leader election after a node died) is sent again every
+ * NR_RETRY_MS for up to NR_RETRY_MAX_MS before it counts as a failed try. */
+#define NR_RETRY_MS 250
+#define NR_RETRY_MAX_MS 15000
+#define HDR_WAITS "Ts-Waits"
 
 struct ts_bus {
     natsConnection *nc;
@@ -56,6 +62,15 @@ struct ts_bus {
     _Atomic uint64_t in_flight;   /* async publishes without a final outcome */
     ts_bus_ack_cb ack_cb;
     void *ack_ud;
+    /* publishes waiting to be sent again (no responders), oldest first; the
+     * retry thread runs once the first one waits. Counted in in_flight, so
+     * bounded by TS_BUS_MAX_IN_FLIGHT. */
+    pthread_mutex_t retry_mu;
+    pthread_cond_t retry_cv;
+    struct retry_item *retry_head, *retry_tail;
+    size_t retry_n;
+    bool retry_started, retry_stop;
+    pthread_t retry_thread;
     /* guarded by live_mu */
     int ack_running;
     struct ts_bus *next_live;
@@ -285,6 +300,10 @@ static void live_remove(ts_bus_t *b)
 
 /* ---- connection ---------------------------------------------------------- */
 
+static void retry_stop(ts_bus_t *bus);
+static bool retry_later(ts_bus_t *bus, natsMsg **msg);
+static void give_up(ts_bus_t *bus, natsMsg *msg, uint64_t tries, const char *why);
+
 static void on_disconnected(natsConnection *nc, void *closure)
 {
     if (natsConnection_IsClosed(nc)) return; /* our own close, not an outage */
@@ -480,6 +499,12 @@ ts_status_t ts_bus_connect_auth(ts_bus_t **out, const char *url, const char *nam
     atomic_init(&bus->bytes_out, 0);
     atomic_init(&bus->next_msg_id, 1);
     atomic_init(&bus->in_flight, 0);
+    pthread_mutex_init(&bus->retry_mu, NULL);
+    pthread_condattr_t retry_ca;
+    pthread_condattr_init(&retry_ca);
+    pthread_condattr_setclock(&retry_ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&bus->retry_cv, &retry_ca);
+    pthread_condattr_destroy(&retry_ca);
     live_add(bus);
     static pthread_once_t pool_once = PTHREAD_ONCE_INIT;
     pthread_once(&pool_once, set_delivery_pool);
@@ -537,6 +562,7 @@ ts_status_t ts_bus_connect_auth(ts_bus_t **out, const char *url, const char *nam
 void ts_bus_destroy(ts_bus_t *bus)
 {
     if (bus == NULL) return;
+    retry_stop(bus);
     if (bus->js != NULL) {
         jsPubOptions po;
         jsPubOptions_Init(&po);
@@ -549,6 +575,8 @@ void ts_bus_destroy(ts_bus_t *bus)
     if (bus->nc != NULL) natsConnection_Close(bus->nc);
     jsCtx_Destroy(bus->js);
     natsConnection_Destroy(bus->nc);
+    pthread_cond_destroy(&bus->retry_cv);
+    pthread_mutex_destroy(&bus->retry_mu);
     free(bus);
 }
 
@@ -879,6 +907,7 @@ static void on_pub_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, 
 
     uint64_t tries = header_u64(msg, HDR_TRY, 1);
     const char *why = pae != NULL && pae->ErrText != NULL ? pae->ErrText : "unknown error";
+    if (pae != NULL && pae->Err == NATS_NO_RESPONDERS && retry_later(bus, &msg)) goto done;
     if (tries < TS_BUS_PUB_TRIES) {
         ts_debug("bus: async publish to %s failed (%s), retry %" PRIu64, subject, why, tries);
         natsStatus s = set_u64(msg, HDR_TRY, tries + 1);
@@ -886,12 +915,149 @@ static void on_pub_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, 
         if (s == NATS_OK) goto done; /* nats.c owns msg again; msg is NULL */
         why = natsStatus_GetText(s);
     }
-    ts_warn("bus: async publish to %s given up after %" PRIu64 " tries: %s", subject, tries, why);
-    atomic_fetch_sub(&bus->in_flight, 1);
-    if (bus->ack_cb != NULL) bus->ack_cb(bus->ack_ud, subject, seq, count, false, 0);
+    give_up(bus, msg, tries, why);
 done:
     natsMsg_Destroy(msg);
     live_leave(bus);
+}
+
+/* ---- publishes nobody answered -------------------------------------------
+ * Without a stream leader (a cluster electing one after a node died) the
+ * server answers an async publish with "no responders" at once, so the
+ * usual tries would be spent in a millisecond. Such a publish waits
+ * NR_RETRY_MS on the retry thread and goes again (same message id: stored
+ * once), for NR_RETRY_MAX_MS in all; then it is a failed try as any other.
+ * Nothing here runs on a caller's thread: the publish call itself never
+ * waits. */
+
+struct retry_item {
+    natsMsg *msg;
+    uint64_t due_us;
+    struct retry_item *next;
+};
+
+/* Reports msg's publish failed for good (ack callback !ok); the caller frees msg. */
+static void give_up(ts_bus_t *bus, natsMsg *msg, uint64_t tries, const char *why)
+{
+    const char *subject = natsMsg_GetSubject(msg);
+    ts_warn("bus: async publish to %s given up after %" PRIu64 " tries: %s", subject, tries, why);
+    atomic_fetch_sub(&bus->in_flight, 1);
+    if (bus->ack_cb != NULL)
+        bus->ack_cb(bus->ack_ud, subject, header_u64(msg, TS_HDR_SEQ, 0),
+                    (uint32_t)header_u64(msg, TS_HDR_COUNT, 1), false, 0);
+}
+
+static void *retry_main(void *arg)
+{
+    ts_bus_t *bus = arg;
+    pthread_mutex_lock(&bus->retry_mu);
+    while (!bus->retry_stop) {
+        struct retry_item *it = bus->retry_head;
+        if (it == NULL) {
+            pthread_cond_wait(&bus->retry_cv, &bus->retry_mu);
+            continue;
+        }
+        uint64_t now = ts_mono_us();
+        if (it->due_us > now) {
+            struct timespec ts;
+            clock_gettime(CLOCK_MONOTONIC, &ts);
+            uint64_t ns = (uint64_t)ts.tv_nsec + (it->due_us - now) * 1000;
+            ts.tv_sec += (time_t)(ns / 1000000000u);
+            ts.tv_nsec = (long)(ns % 1000000000u);
+            pthread_cond_timedwait(&bus->retry_cv, &bus->retry_mu, &ts);
+            continue;
+        }
+        bus->retry_head = it->next;
+        if (bus->retry_head == NULL) bus->retry_tail = NULL;
+        pthread_mutex_unlock(&bus->retry_mu);
+        natsMsg *msg = it->msg;
+        free(it);
+        natsStatus s = publish_async(bus->js, &msg);
+        if (s != NATS_OK) {
+            give_up(bus, msg, header_u64(msg, HDR_TRY, 1), natsStatus_GetText(s));
+            natsMsg_Destroy(msg);
+        }
+        pthread_mutex_lock(&bus->retry_mu);
+        bus->retry_n--;
+        pthread_cond_broadcast(&bus->retry_cv);
+    }
+    pthread_mutex_unlock(&bus->retry_mu);
+    return NULL;
+}
+
+/* Queues *msg to be sent again in NR_RETRY_MS (taking it: *msg becomes
+ * NULL). False, leaving *msg, when it waited long enough already, the bus is
+ * closing or the retry thread cannot start. */
+static bool retry_later(ts_bus_t *bus, natsMsg **msg)
+{
+    uint64_t waits = header_u64(*msg, HDR_WAITS, 0);
+    if (waits * NR_RETRY_MS >= NR_RETRY_MAX_MS || set_u64(*msg, HDR_WAITS, waits + 1) != NATS_OK)
+        return false;
+    struct retry_item *it = malloc(sizeof *it);
+    if (it == NULL) return false;
+    if (waits == 0)
+        ts_debug("bus: nobody answered a publish to %s (no stream leader?): sending it again",
+                 natsMsg_GetSubject(*msg));
+    it->msg = *msg;
+    it->due_us = ts_mono_us() + NR_RETRY_MS * 1000;
+    it->next = NULL;
+    pthread_mutex_lock(&bus->retry_mu);
+    bool ok = !bus->retry_stop;
+    if (ok && !bus->retry_started) {
+        ok = pthread_create(&bus->retry_thread, NULL, retry_main, bus) == 0;
+        bus->retry_started = ok;
+    }
+    if (ok) {
+        if (bus->retry_tail != NULL)
+            bus->retry_tail->next = it;
+        else
+            bus->retry_head = it;
+        bus->retry_tail = it;
+        bus->retry_n++;
+        pthread_cond_broadcast(&bus->retry_cv);
+    }
+    pthread_mutex_unlock(&bus->retry_mu);
+    if (!ok) {
+        free(it);
+        return false;
+    }
+    *msg = NULL;
+    return true;
+}
+
+/* Waits up to timeout_ms until no publish waits to be sent again. */
+static bool retry_drained(ts_bus_t *bus, int64_t timeout_ms)
+{
+    uint64_t deadline = ts_mono_us() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 0) * 1000;
+    pthread_mutex_lock(&bus->retry_mu);
+    while (bus->retry_n > 0 && ts_mono_us() < deadline) {
+        pthread_mutex_unlock(&bus->retry_mu);
+        ts_sleep_ms(10);
+        pthread_mutex_lock(&bus->retry_mu);
+    }
+    bool drained = bus->retry_n == 0;
+    pthread_mutex_unlock(&bus->retry_mu);
+    return drained;
+}
+
+/* Stops the retry thread; what still waits is reported failed. */
+static void retry_stop(ts_bus_t *bus)
+{
+    pthread_mutex_lock(&bus->retry_mu);
+    bus->retry_stop = true;
+    bool started = bus->retry_started;
+    pthread_cond_broadcast(&bus->retry_cv);
+    pthread_mutex_unlock(&bus->retry_mu);
+    if (started) pthread_join(bus->retry_thread, NULL);
+    for (struct retry_item *it = bus->retry_head, *next; it != NULL; it = next) {
+        next = it->next;
+        give_up(bus, it->msg, header_u64(it->msg, HDR_TRY, 1),
+                "connection closed while waiting for a stream leader");
+        natsMsg_Destroy(it->msg);
+        free(it);
+    }
+    bus->retry_head = bus->retry_tail = NULL;
+    bus->retry_n = 0;
 }
 
 ts_status_t ts_bus_js_flush(ts_bus_t *bus, int64_t timeout_ms)
@@ -900,7 +1066,19 @@ ts_status_t ts_bus_js_flush(ts_bus_t *bus, int64_t timeout_ms)
     jsPubOptions po;
     jsPubOptions_Init(&po);
     po.MaxWait = timeout_ms;
-    natsStatus s = js_PublishAsyncComplete(bus->js, &po);
+    uint64_t deadline = ts_mono_us() + (uint64_t)timeout_ms * 1000;
+    natsStatus s;
+    /* what waits for a stream leader is sent again, and then acknowledged */
+    for (;;) {
+        int64_t left = (int64_t)(deadline - ts_mono_us()) / 1000;
+        po.MaxWait = left > 0 ? left : 1;
+        s = js_PublishAsyncComplete(bus->js, &po);
+        if (s != NATS_OK || retry_drained(bus, 0)) break;
+        if (!retry_drained(bus, (int64_t)(deadline - ts_mono_us()) / 1000)) {
+            s = NATS_TIMEOUT;
+            break;
+        }
+    }
     if (s != NATS_OK) return fail("js flush", NULL, s, 0);
     return TS_OK;
 }

@@ -149,7 +149,9 @@ ts_status_t ts_bus_js_publish(ts_bus_t *bus, const char *subject, const ts_bus_h
                               size_t len, int64_t timeout_ms, uint64_t *stream_seq);
 /* JetStream publish without waiting, ever. Failed publishes are retried
  * (same msg id, so the stream stores them once) up to 5 times before the ack
- * callback reports !ok. Without hdr->msg_id a unique id is generated. With
+ * callback reports !ok; one that no server answered (no stream leader, e.g.
+ * a cluster electing one after a node died) is first sent again every
+ * 250 ms for up to 15 s, off the caller's thread. Without hdr->msg_id a unique id is generated. With
  * TS_BUS_MAX_IN_FLIGHT publishes outstanding it returns TS_ERR_BUSY at once
  * (nothing was sent; the caller keeps the data and tries again later). */
 ts_status_t ts_bus_js_publish_async(ts_bus_t *bus, const char *subject, const ts_bus_hdr_t *hdr,
