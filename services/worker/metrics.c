@@ -34,6 +34,10 @@ typedef struct {
     ts_counter_t *handovers_in, *handovers_out, *recoveries;
     ts_counter_t *publishes_failed, *state_dropped, *inbox_overflows;
     ts_gauge_t *entities, *cells, *cells_binding, *draining;
+    /* ghosts (ghost.c) */
+    ts_counter_t *ghost_msgs_out, *ghost_msgs_in, *ghost_bytes_out, *ghost_bytes_in;
+    ts_counter_t *ghost_dropped, *ghost_stale, *ghost_expired;
+    ts_gauge_t *ghosts, *ghost_sources;
 } wm_t;
 
 static wm_t wm;
@@ -112,6 +116,24 @@ ts_status_t ts_worker_metrics_start(const ts_config_t *cfg)
     GAUGE(cells, "tessera_worker_cells", "Cells this worker owns.");
     GAUGE(cells_binding, "tessera_worker_cells_binding", "Cells being bound (checkpoint read, consumer).");
     GAUGE(draining, "tessera_worker_draining", "1 while the worker hands its cells away before stopping.");
+    COUNTER(ghost_msgs_out, "tessera_worker_ghost_messages_total",
+            "GhostDelta messages (border entities for the owners of neighbour cells).", "direction", "out", );
+    COUNTER(ghost_msgs_in, "tessera_worker_ghost_messages_total",
+            "GhostDelta messages (border entities for the owners of neighbour cells).", "direction", "in", );
+    COUNTER(ghost_bytes_out, "tessera_worker_ghost_bytes_total", "Bytes of GhostDelta messages.", "direction",
+            "out", );
+    COUNTER(ghost_bytes_in, "tessera_worker_ghost_bytes_total", "Bytes of GhostDelta messages.", "direction",
+            "in", );
+    COUNTER(ghost_dropped, "tessera_worker_ghost_dropped_total",
+            "GhostDelta messages dropped on arrival: undecodable, or the queue to the tick was full.", );
+    COUNTER(ghost_stale, "tessera_worker_ghost_stale_total",
+            "GhostDelta messages ignored: an epoch older than the registry's, or a cell not live.", );
+    COUNTER(ghost_expired, "tessera_worker_ghosts_expired_total",
+            "Ghosts dropped: their cell fell silent, stopped being a live neighbour or moved to a newer "
+            "epoch.", );
+    GAUGE(ghosts, "tessera_worker_ghosts",
+          "Ghosts (neighbours' border entities) held in this worker's cells.");
+    GAUGE(ghost_sources, "tessera_worker_ghost_sources", "Neighbour cells whose ghosts this worker follows.");
     ts_metrics_counter_fn(wm.reg, "tessera_worker_bus_sent_bytes_total", "Bytes published to NATS.", NULL,
                           bytes_out, NULL);
     ts_metrics_gauge_fn(wm.reg, "tessera_worker_publish_backlog",
@@ -171,6 +193,17 @@ void ts_worker_metrics_snapshot(ts_worker_t *w)
     ts_gauge_set(wm.cells, (double)w->nbind);
     ts_gauge_set(wm.cells_binding, (double)w->binding.len);
     ts_gauge_set(wm.draining, w->draining ? 1 : 0);
+    ts_ghost_stats_t gs;
+    ts_ghost_stats(w, &gs);
+    ts_counter_set(wm.ghost_msgs_out, gs.msgs_out);
+    ts_counter_set(wm.ghost_msgs_in, gs.msgs_in);
+    ts_counter_set(wm.ghost_bytes_out, gs.bytes_out);
+    ts_counter_set(wm.ghost_bytes_in, gs.bytes_in);
+    ts_counter_set(wm.ghost_dropped, gs.dropped_in);
+    ts_counter_set(wm.ghost_stale, gs.stale);
+    ts_counter_set(wm.ghost_expired, gs.ghosts_expired);
+    ts_gauge_set(wm.ghosts, (double)gs.held);
+    ts_gauge_set(wm.ghost_sources, (double)gs.sources);
     atomic_store(&wm.bus, w->bus);
     atomic_store(&wm.view_read, w->view.valid);
     atomic_store(&wm.binding, (uint64_t)w->binding.len);

@@ -172,6 +172,7 @@ void ts_worker_collect_publishes(ts_worker_t *w, ts_zone_t *z)
 
 void ts_worker_publish_state(ts_worker_t *w, ts_zone_t *z, bool full)
 {
+    ts_ghost_publish(w, z); /* the border band first: neighbours see it as early as clients */
     uint8_t **bufs = NULL;
     size_t *lens = NULL, nparts = 0;
     if (ts_zone_pack_delta(z, w->tick, full, w->id, &bufs, &lens, &nparts) != TS_OK || nparts == 0) return;

@@ -491,6 +491,7 @@ ts_status_t ts_worker_create(ts_worker_t **out, const ts_config_t *cfg)
     if ((st = ts_bus_subscribe(w->bus, subj, on_registry, w, &w->reg_sub)) != TS_OK) goto fail;
     if ((st = ts_handover_subscribe(w)) != TS_OK) goto fail;
     if ((st = ts_players_start(w)) != TS_OK) goto fail;
+    if ((st = ts_ghost_start(w)) != TS_OK) goto fail;
     if ((st = ts_publisher_start(w)) != TS_OK) goto fail;
     if ((st = ts_io_start(w)) != TS_OK) goto fail;
     ts_worker_request_resync(w);
@@ -537,6 +538,7 @@ static void tick_once(ts_worker_t *w, double dt, uint64_t full_every, uint64_t h
     take_mail(w);
     ts_worker_apply_inbox(w);
     restart_overflowed(w);
+    ts_ghost_tick(w);
     bool acting = w->stalled_us == 0 && !atomic_load(&w->fenced);
     for (size_t i = 0; i < w->nbind && acting; i++) {
         ts_binding_t *b = w->bindings[i];
@@ -682,6 +684,7 @@ void ts_worker_destroy(ts_worker_t *w)
     ts_bus_sub_destroy(w->reg_sub);
     ts_bus_sub_destroy(w->ho_sub);
     ts_players_stop(w);
+    ts_ghost_stop(w);
     while (w->nbind)
         ts_worker_unbind(w, w->bindings[w->nbind - 1]);
     ts_handover_free_all(w);

@@ -412,6 +412,30 @@ bool ts_split_take_epoch(ts_worker_t *w, ts_binding_t *b, const ts_cell_entry_t 
  * its entities on to the live cells at their positions. */
 void ts_split_step(ts_worker_t *w, ts_binding_t *b, double dt);
 
+/* ghost.c: border entities to and from the owners of neighbour cells */
+#ifndef TS_TYPE_GHOST_DELTA
+#define TS_TYPE_GHOST_DELTA "tessera.v1.GhostDelta"
+#endif
+typedef struct {
+    uint64_t msgs_out, bytes_out; /* GhostDelta messages published */
+    uint64_t msgs_in, bytes_in;   /* received (any followed cell, mine too) */
+    uint64_t dropped_in;          /* undecodable, or the queue to the tick was full */
+    uint64_t stale;               /* ignored: epoch older than the registry's, or cell not live */
+    uint64_t ghosts_expired;      /* dropped: silent source, no longer a neighbour, stale epoch */
+    uint64_t held;                /* ghosts in my cells now */
+    uint64_t sources;             /* neighbour cells followed */
+} ts_ghost_stats_t;
+ts_status_t ts_ghost_start(ts_worker_t *w);
+/* Tick thread, before the cells step: follows the registry's neighbours
+ * (subscriptions), applies the ghost messages that came, expires silent
+ * sources. */
+void ts_ghost_tick(ts_worker_t *w);
+/* Tick thread, after z stepped: publishes its border band on <cell>.ghost. */
+void ts_ghost_publish(ts_worker_t *w, ts_zone_t *z);
+void ts_ghost_stats(const ts_worker_t *w, ts_ghost_stats_t *out);
+/* Unsubscribes and frees (NULL ghosts: no-op). */
+void ts_ghost_stop(ts_worker_t *w);
+
 /* players.c: disconnected players' entities and gateway liveness */
 ts_status_t ts_players_start(ts_worker_t *w);
 /* Tick thread, every tick (acts a few times a second). */

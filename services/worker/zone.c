@@ -17,11 +17,135 @@ typedef struct {
 } departed_t;
 
 static void note_left(ts_zone_t *z, uint64_t id, const ts_cell_t *to);
+static bool grow(void **arr, size_t *cap, size_t n, size_t elem);
 
 static void touch(ts_zone_t *z, ts_entity_t *e)
 {
     e->dirty = true;
     e->mod = ++z->mod_counter;
+}
+
+/* ---- the grid ------------------------------------------------------------
+ * Each owned entity and ghost sits in one bucket's array; it knows its
+ * bucket and index (gb, gi), so moving within a bucket is one store and
+ * moving to another bucket a swap-remove and an append. */
+
+#define GRID_MAX_SIDE 256 /* buckets along an axis, at most */
+#define GRID_NONE UINT32_MAX
+#define REF_GHOST ((uintptr_t)1)
+
+static int32_t grid_coord(double v, double origin, double size, int32_t n)
+{
+    double f = floor((v - origin) / size);
+    if (!(f >= 0)) return 0; /* NaN too */
+    if (f >= (double)(n - 1)) return n - 1;
+    return (int32_t)f;
+}
+
+static uint32_t grid_bucket(const ts_grid_t *g, double x, double y)
+{
+    return (uint32_t)grid_coord(y, g->y0, g->size, g->ny) * (uint32_t)g->nx +
+           (uint32_t)grid_coord(x, g->x0, g->size, g->nx);
+}
+
+static void ref_set_pos(uintptr_t ref, uint32_t gb, uint32_t gi)
+{
+    if (ref & REF_GHOST) {
+        ts_ghost_t *h = (ts_ghost_t *)(ref & ~REF_GHOST);
+        h->gb = gb;
+        h->gi = gi;
+    } else {
+        ts_entity_t *e = (ts_entity_t *)ref;
+        e->gb = gb;
+        e->gi = gi;
+    }
+}
+
+/* Appends ref at (x, y); false (and not indexed) if out of memory. */
+static bool grid_add(ts_grid_t *g, uint32_t gb, double x, double y, uintptr_t ref)
+{
+    ts_grid_bucket_t *b = &g->b[gb];
+    if (b->n == b->cap) {
+        uint32_t ncap = b->cap ? b->cap * 2 : 4;
+        ts_grid_slot_t *v = realloc(b->v, ncap * sizeof(*v));
+        if (!v) {
+            ref_set_pos(ref, GRID_NONE, 0);
+            return false;
+        }
+        b->v = v;
+        b->cap = ncap;
+    }
+    b->v[b->n] = (ts_grid_slot_t){.x = x, .y = y, .ref = ref};
+    ref_set_pos(ref, gb, b->n);
+    b->n++;
+    return true;
+}
+
+static void grid_del(ts_grid_t *g, uint32_t gb, uint32_t gi)
+{
+    if (gb == GRID_NONE) return;
+    ts_grid_bucket_t *b = &g->b[gb];
+    if (gi + 1 < b->n) {
+        b->v[gi] = b->v[b->n - 1];
+        ref_set_pos(b->v[gi].ref, gb, gi);
+    }
+    b->n--;
+}
+
+static void grid_move(ts_grid_t *g, uint32_t *gb, uint32_t gi, double x, double y, uintptr_t ref)
+{
+    uint32_t nb = grid_bucket(g, x, y);
+    if (nb == *gb) {
+        g->b[nb].v[gi].x = x;
+        g->b[nb].v[gi].y = y;
+        return;
+    }
+    grid_del(g, *gb, gi);
+    grid_add(g, nb, x, y, ref);
+}
+
+static void grid_free(ts_grid_t *g)
+{
+    if (g->b)
+        for (int64_t i = 0; i < (int64_t)g->nx * g->ny; i++)
+            free(g->b[i].v);
+    free(g->b);
+    memset(g, 0, sizeof(*g));
+}
+
+static void entity_index(ts_zone_t *z, ts_entity_t *e)
+{
+    grid_add(&z->grid, grid_bucket(&z->grid, e->x, e->y), e->x, e->y, (uintptr_t)e);
+}
+
+static void entity_moved(ts_zone_t *z, ts_entity_t *e)
+{
+    if (e->gb == GRID_NONE)
+        entity_index(z, e);
+    else
+        grid_move(&z->grid, &e->gb, e->gi, e->x, e->y, (uintptr_t)e);
+}
+
+static void ghost_out_removed(ts_zone_t *z, uint64_t id)
+{
+    if (grow((void **)&z->ghost_removed, &z->cap_ghost_removed, z->nghost_removed, sizeof(*z->ghost_removed)))
+        z->ghost_removed[z->nghost_removed++] = id;
+}
+
+/* e leaves the zone's entity map (departure, leave, despawn, reload): out of
+ * the grid, and out of the neighbours' ghosts. The caller frees it. */
+static void entity_unindex(ts_zone_t *z, ts_entity_t *e)
+{
+    grid_del(&z->grid, e->gb, e->gi);
+    e->gb = GRID_NONE;
+    if (e->ghosted) ghost_out_removed(z, e->id);
+    e->ghosted = false;
+}
+
+static void ghost_free(ts_zone_t *z, ts_ghost_t *h)
+{
+    grid_del(&z->grid, h->gb, h->gi);
+    free(h);
 }
 
 ts_status_t ts_zone_create(ts_zone_t **out, const ts_cell_t *cell, uint64_t epoch, const ts_world_t *world,
@@ -48,6 +172,11 @@ ts_status_t ts_zone_create(ts_zone_t **out, const ts_cell_t *cell, uint64_t epoc
     z->in_y0 = y0 + hair;
     z->in_x1 = x1 - hair;
     z->in_y1 = y1 - hair;
+    ts_map_init(&z->ghosts);
+    if (ts_zone_set_space(z, TS_ZONE_INTERACT_RADIUS, TS_ZONE_GHOST_MARGIN) != TS_OK) {
+        ts_zone_destroy(z);
+        return TS_ERR_NOMEM;
+    }
     *out = z;
     return TS_OK;
 }
@@ -61,6 +190,12 @@ void ts_zone_destroy(ts_zone_t *z)
         free(v);
     for (size_t it = 0; ts_map_next(&z->departed, &it, &k, &v);)
         free(v);
+    for (size_t it = 0; ts_map_next(&z->ghosts, &it, &k, &v);)
+        free(v);
+    ts_map_free(&z->ghosts);
+    grid_free(&z->grid);
+    free(z->ghost_changed);
+    free(z->ghost_removed);
     ts_map_free(&z->entities);
     ts_map_free(&z->departed);
     ts_map_free(&z->precopy_ids);
@@ -192,6 +327,10 @@ static void put_entity(ts_zone_t *z, ts_entity_t *e)
         free(e);
         return;
     }
+    ts_ghost_t *h = ts_map_del(&z->ghosts, e->id); /* it is ours now, not a copy */
+    if (h) ghost_free(z, h);
+    e->ghosted = false;
+    entity_index(z, e);
     free(ts_map_del(&z->departed, e->id));
     if (e->gateway != 0 && z->player_hook) z->player_hook(z->player_ud, z, e);
 }
@@ -205,6 +344,7 @@ void ts_zone_detach(ts_zone_t *z, ts_entity_t *e, uint64_t at_us)
 
 void ts_zone_despawn(ts_zone_t *z, ts_entity_t *e)
 {
+    entity_unindex(z, e);
     ts_map_del(&z->entities, e->id);
     note_left(z, e->id, NULL);
     free(e);
@@ -293,6 +433,7 @@ void ts_zone_apply_input(ts_zone_t *z, const ts_input_t *in, uint64_t tick)
         e->vy = clamp_speed(in->b, z->max_speed);
         break;
     case TS_INPUT_LEAVE:
+        entity_unindex(z, e);
         ts_map_del(&z->entities, e->id);
         note_left(z, e->id, NULL);
         free(e);
@@ -364,6 +505,8 @@ static void entity_from_pb(const Tessera__V1__EntityState *pb, ts_entity_t *e)
     e->gateway_instance = pb->gateway_instance;
     e->session = pb->session;
     e->detached_us = pb->detached_us;
+    e->nearby = pb->nearby;
+    e->gb = GRID_NONE;
     if (pb->name) ts_strlcpy(e->name, pb->name, sizeof(e->name));
 }
 
@@ -380,6 +523,7 @@ static void entity_to_state_pb(const ts_entity_t *e, Tessera__V1__EntityState *p
     pb->inputs_applied = e->inputs_applied;
     pb->hops = e->hops;
     pb->name = (char *)e->name;
+    pb->nearby = e->nearby;
 }
 
 /* The whole entity (transfers, checkpoints, handover snapshots). */
@@ -416,7 +560,8 @@ static size_t entity_wire_len(const ts_entity_t *e, bool whole)
     size_t n = ts_pbw_u64_len(1, e->id) + ts_pbw_double_len(2, e->x) + ts_pbw_double_len(3, e->y) +
                ts_pbw_double_len(4, e->vx) + ts_pbw_double_len(5, e->vy) +
                ts_pbw_u64_len(6, e->last_input_seq) + ts_pbw_u64_len(7, e->inputs_applied) +
-               ts_pbw_bytes_len(9, strnlen(e->name, sizeof(e->name))) + ts_pbw_u64_len(10, e->hops);
+               ts_pbw_bytes_len(9, strnlen(e->name, sizeof(e->name))) + ts_pbw_u64_len(10, e->hops) +
+               ts_pbw_u64_len(17, e->nearby);
     if (whole) {
         n += ts_pbw_u64_len(8, e->applied_window[0]) + ts_pbw_u64_len(11, e->incarnation);
         size_t ext = entity_ext_words(e), packed = 0;
@@ -456,7 +601,7 @@ static uint8_t *entity_wire_write(uint8_t *p, const ts_entity_t *e, bool whole)
         p = ts_pbw_u64(p, 15, e->session);
         p = ts_pbw_u64(p, 16, e->detached_us);
     }
-    return p;
+    return ts_pbw_u64(p, 17, e->nearby);
 }
 
 bool ts_zone_entity_wire_check(const ts_entity_t *e, bool whole)
@@ -562,6 +707,7 @@ static void apply_departure(ts_zone_t *z, const ts_departure_t *dep, uint64_t ma
     d->until_tick = tick + TS_ZONE_DEPARTED_TICKS;
     free(ts_map_del(&z->departed, e->id));
     if (ts_map_put(&z->departed, e->id, d) != TS_OK) free(d);
+    entity_unindex(z, e);
     ts_map_del(&z->entities, e->id);
     /* announced (note_left) once the Transfer is stored: ts_zone_outbox_done */
     ts_debug("cell %s: entity %llu departs (hops %llu, departure at stream seq %llu)", z->key,
@@ -625,6 +771,7 @@ void ts_zone_step(ts_zone_t *z, double dt, uint64_t tick)
 {
     uint64_t id;
     void *v;
+    z->nghost_changed = 0; /* what the last step found and nobody packed is stale */
     for (size_t it = 0; ts_map_next(&z->entities, &it, &id, &v);) {
         ts_entity_t *e = v;
         if (e->vx != 0 || e->vy != 0) {
@@ -633,6 +780,20 @@ void ts_zone_step(ts_zone_t *z, double dt, uint64_t tick)
             bounce(&e->x, &e->vx, z->min_x, z->max_x);
             bounce(&e->y, &e->vy, z->min_y, z->max_y);
             touch(z, e);
+            entity_moved(z, e);
+        }
+        /* the border band: what the neighbours' owners see as ghosts */
+        if (e->x > z->band_x0 && e->x < z->band_x1 && e->y > z->band_y0 && e->y < z->band_y1) {
+            if (e->ghosted) {
+                ghost_out_removed(z, e->id);
+                e->ghosted = false;
+            }
+        } else if (e->dirty || !e->ghosted) {
+            if (grow((void **)&z->ghost_changed, &z->cap_ghost_changed, z->nghost_changed,
+                     sizeof(*z->ghost_changed))) {
+                z->ghost_changed[z->nghost_changed++] = e;
+                e->ghosted = true;
+            }
         }
         if (e->departing) continue;
         /* well inside: no need for the exact (slower) test */
@@ -652,6 +813,7 @@ void ts_zone_step(ts_zone_t *z, double dt, uint64_t tick)
             if (d->until_tick < tick) free(ts_map_del(&z->departed, id));
         }
     }
+    ts_zone_update_nearby(z);
 }
 
 void ts_zone_outbox_done(ts_zone_t *z, size_t i)
@@ -1153,8 +1315,10 @@ ts_status_t ts_zone_load_checkpoint(ts_zone_t *z, const Tessera__V1__Checkpoint 
     void *v;
     bool first = cp->part == 0; /* later parts only add entities and departed records */
     if (!diff && first)
-        for (size_t it = 0; ts_map_next(&z->entities, &it, &id, &v);)
+        for (size_t it = 0; ts_map_next(&z->entities, &it, &id, &v);) {
+            entity_unindex(z, v);
             free(ts_map_del(&z->entities, id));
+        }
     if (first) {
         for (size_t it = 0; ts_map_next(&z->departed, &it, &id, &v);)
             free(ts_map_del(&z->departed, id));
@@ -1169,19 +1333,27 @@ ts_status_t ts_zone_load_checkpoint(ts_zone_t *z, const Tessera__V1__Checkpoint 
             free(z->left[i].to);
         z->nleft = 0;
     }
-    for (size_t i = 0; i < cp->n_removed; i++)
-        free(ts_map_del(&z->entities, cp->removed[i]));
+    for (size_t i = 0; i < cp->n_removed; i++) {
+        ts_entity_t *old = ts_map_del(&z->entities, cp->removed[i]);
+        if (old) entity_unindex(z, old);
+        free(old);
+    }
     for (size_t i = 0; i < cp->n_entities; i++) {
         if (cp->entities[i]->id == 0) continue;
         ts_entity_t *e = malloc(sizeof(*e));
         if (!e) return TS_ERR_NOMEM;
         entity_from_pb(cp->entities[i], e);
         touch(z, e);
-        free(ts_map_del(&z->entities, e->id));
+        ts_entity_t *old = ts_map_del(&z->entities, e->id);
+        if (old) entity_unindex(z, old);
+        free(old);
         if (ts_map_put(&z->entities, e->id, e) != TS_OK) {
             free(e);
             return TS_ERR_NOMEM;
         }
+        ts_ghost_t *h = ts_map_del(&z->ghosts, e->id);
+        if (h) ghost_free(z, h);
+        entity_index(z, e);
     }
     for (size_t i = 0; i < cp->n_departed; i++) {
         const Tessera__V1__Departed *pd = cp->departed[i];
@@ -1231,4 +1403,275 @@ void ts_zone_cancel_departures(ts_zone_t *z)
     z->ndeps = 0;
     z->deps_in_flight = 0;
     z->deps_pub = 0;
+}
+
+/* ---- space: grid, nearby, ghosts ----------------------------------------- */
+
+ts_status_t ts_zone_set_space(ts_zone_t *z, double interact_radius, double ghost_margin)
+{
+    if (!(interact_radius > 0) || !isfinite(interact_radius)) interact_radius = TS_ZONE_INTERACT_RADIUS;
+    if (!(ghost_margin >= interact_radius) || !isfinite(ghost_margin)) ghost_margin = interact_radius;
+    if (z->grid.b && z->interact_radius == interact_radius && z->ghost_margin == ghost_margin) return TS_OK;
+    double x0, y0, x1, y1, m = ghost_margin;
+    ts_cell_bounds(&z->cell, z->cell_size, &x0, &y0, &x1, &y1);
+    double ex = x1 - x0 + 2 * m, ey = y1 - y0 + 2 * m;
+    double size = fmax(interact_radius, fmax(ex, ey) / GRID_MAX_SIDE);
+    ts_grid_t g = {.x0 = x0 - m, .y0 = y0 - m, .size = size};
+    g.nx = (int32_t)fmin(ceil(ex / size), GRID_MAX_SIDE);
+    g.ny = (int32_t)fmin(ceil(ey / size), GRID_MAX_SIDE);
+    if (g.nx < 1) g.nx = 1;
+    if (g.ny < 1) g.ny = 1;
+    g.b = calloc((size_t)g.nx * (size_t)g.ny, sizeof(*g.b));
+    if (!g.b) return TS_ERR_NOMEM;
+    grid_free(&z->grid);
+    z->grid = g;
+    z->interact_radius = interact_radius;
+    z->ghost_margin = m;
+    z->band_x0 = x0 + m;
+    z->band_y0 = y0 + m;
+    z->band_x1 = x1 - m;
+    z->band_y1 = y1 - m;
+    z->ghost_x0 = x0 - m;
+    z->ghost_y0 = y0 - m;
+    z->ghost_x1 = x1 + m;
+    z->ghost_y1 = y1 + m;
+    uint64_t id;
+    void *v;
+    for (size_t it = 0; ts_map_next(&z->entities, &it, &id, &v);)
+        entity_index(z, v);
+    for (size_t it = 0; ts_map_next(&z->ghosts, &it, &id, &v);) {
+        ts_ghost_t *h = v;
+        grid_add(&z->grid, grid_bucket(&z->grid, h->x, h->y), h->x, h->y, (uintptr_t)h | REF_GHOST);
+    }
+    return TS_OK;
+}
+
+size_t ts_zone_query_radius(const ts_zone_t *z, double x, double y, double r, ts_zone_visit_fn fn, void *ud)
+{
+    const ts_grid_t *g = &z->grid;
+    if (!g->b || !(r >= 0) || !isfinite(x) || !isfinite(y)) return 0;
+    int32_t bx0 = grid_coord(x - r, g->x0, g->size, g->nx), bx1 = grid_coord(x + r, g->x0, g->size, g->nx);
+    int32_t by0 = grid_coord(y - r, g->y0, g->size, g->ny), by1 = grid_coord(y + r, g->y0, g->size, g->ny);
+    double r2 = r * r;
+    size_t n = 0;
+    for (int32_t by = by0; by <= by1; by++)
+        for (int32_t bx = bx0; bx <= bx1; bx++) {
+            const ts_grid_bucket_t *b = &g->b[(size_t)by * (size_t)g->nx + (size_t)bx];
+            for (uint32_t i = 0; i < b->n; i++) {
+                double dx = b->v[i].x - x, dy = b->v[i].y - y;
+                if (dx * dx + dy * dy > r2) continue;
+                n++;
+                if (!fn) continue;
+                uintptr_t ref = b->v[i].ref;
+                if (ref & REF_GHOST)
+                    fn(ud, NULL, (const ts_ghost_t *)(ref & ~REF_GHOST));
+                else
+                    fn(ud, (const ts_entity_t *)ref, NULL);
+            }
+        }
+    return n;
+}
+
+void ts_zone_update_nearby(ts_zone_t *z)
+{
+    const ts_grid_t *g = &z->grid;
+    if (!g->b) return;
+    const double r2 = z->interact_radius * z->interact_radius;
+    const int32_t k = (int32_t)ceil(z->interact_radius / g->size);
+    /* bucket by bucket: an entity's neighbours are in the buckets around its
+     * own, so the reads stay within a few small arrays */
+    for (int32_t by = 0; by < g->ny; by++) {
+        int32_t y0 = by - k < 0 ? 0 : by - k, y1 = by + k >= g->ny ? g->ny - 1 : by + k;
+        for (int32_t bx = 0; bx < g->nx; bx++) {
+            const ts_grid_bucket_t *b = &g->b[(size_t)by * (size_t)g->nx + (size_t)bx];
+            if (b->n == 0) continue;
+            int32_t x0 = bx - k < 0 ? 0 : bx - k, x1 = bx + k >= g->nx ? g->nx - 1 : bx + k;
+            for (uint32_t i = 0; i < b->n; i++) {
+                if (b->v[i].ref & REF_GHOST) continue;
+                const double px = b->v[i].x, py = b->v[i].y;
+                uint32_t n = 0;
+                for (int32_t yy = y0; yy <= y1; yy++)
+                    for (int32_t xx = x0; xx <= x1; xx++) {
+                        const ts_grid_bucket_t *o = &g->b[(size_t)yy * (size_t)g->nx + (size_t)xx];
+                        for (uint32_t j = 0; j < o->n; j++) {
+                            double dx = o->v[j].x - px, dy = o->v[j].y - py;
+                            n += dx * dx + dy * dy <= r2;
+                        }
+                    }
+                n--; /* itself */
+                ts_entity_t *e = (ts_entity_t *)b->v[i].ref;
+                if (e->nearby != n) {
+                    e->nearby = n;
+                    touch(z, e);
+                }
+            }
+        }
+    }
+}
+
+size_t ts_zone_ghosts(const ts_zone_t *z)
+{
+    return z->ghosts.len;
+}
+
+void ts_zone_ghost_put(ts_zone_t *z, const ts_cell_t *src, uint64_t epoch, uint64_t stamp, uint64_t id,
+                       double x, double y, double vx, double vy)
+{
+    if (id == 0 || ts_map_get(&z->entities, id)) return; /* ours: the copy is late */
+    ts_ghost_t *h = ts_map_get(&z->ghosts, id);
+    if (!(x >= z->ghost_x0 && x < z->ghost_x1 && y >= z->ghost_y0 && y < z->ghost_y1)) {
+        /* too far from this cell to matter here */
+        if (h && ts_cell_eq(&h->src, src)) ghost_free(z, ts_map_del(&z->ghosts, id));
+        return;
+    }
+    if (!h) {
+        h = calloc(1, sizeof(*h));
+        if (!h) return;
+        h->id = id;
+        if (ts_map_put(&z->ghosts, id, h) != TS_OK) {
+            free(h);
+            return;
+        }
+        h->x = x;
+        h->y = y;
+        grid_add(&z->grid, grid_bucket(&z->grid, x, y), x, y, (uintptr_t)h | REF_GHOST);
+    } else {
+        h->x = x;
+        h->y = y;
+        if (h->gb == GRID_NONE)
+            grid_add(&z->grid, grid_bucket(&z->grid, x, y), x, y, (uintptr_t)h | REF_GHOST);
+        else
+            grid_move(&z->grid, &h->gb, h->gi, x, y, (uintptr_t)h | REF_GHOST);
+    }
+    h->vx = vx;
+    h->vy = vy;
+    h->src = *src;
+    h->epoch = epoch;
+    if (stamp) h->stamp = stamp;
+}
+
+void ts_zone_ghost_remove(ts_zone_t *z, const ts_cell_t *src, uint64_t id)
+{
+    ts_ghost_t *h = ts_map_get(&z->ghosts, id);
+    if (h && ts_cell_eq(&h->src, src)) ghost_free(z, ts_map_del(&z->ghosts, id));
+}
+
+uint64_t ts_zone_ghost_keyframe(ts_zone_t *z)
+{
+    return ++z->ghost_stamp;
+}
+
+void ts_zone_ghost_sweep(ts_zone_t *z, const ts_cell_t *src, uint64_t stamp)
+{
+    uint64_t id;
+    void *v;
+    for (size_t it = 0; ts_map_next(&z->ghosts, &it, &id, &v);) {
+        ts_ghost_t *h = v;
+        if (h->stamp != stamp && ts_cell_eq(&h->src, src)) ghost_free(z, ts_map_del(&z->ghosts, id));
+    }
+}
+
+size_t ts_zone_ghost_drop(ts_zone_t *z, const ts_cell_t *src, uint64_t min_epoch)
+{
+    size_t n = 0;
+    uint64_t id;
+    void *v;
+    for (size_t it = 0; ts_map_next(&z->ghosts, &it, &id, &v);) {
+        ts_ghost_t *h = v;
+        if ((src && !ts_cell_eq(&h->src, src)) || h->epoch >= min_epoch) continue;
+        ghost_free(z, ts_map_del(&z->ghosts, id));
+        n++;
+    }
+    return n;
+}
+
+/* An entity as a ghost carries its id and motion only. */
+static size_t ghost_wire_len(const ts_entity_t *e)
+{
+    return ts_pbw_u64_len(1, e->id) + ts_pbw_double_len(2, e->x) + ts_pbw_double_len(3, e->y) +
+           ts_pbw_double_len(4, e->vx) + ts_pbw_double_len(5, e->vy);
+}
+
+static uint8_t *ghost_wire_write(uint8_t *p, const ts_entity_t *e)
+{
+    p = ts_pbw_u64(p, 1, e->id);
+    p = ts_pbw_double(p, 2, e->x);
+    p = ts_pbw_double(p, 3, e->y);
+    p = ts_pbw_double(p, 4, e->vx);
+    return ts_pbw_double(p, 5, e->vy);
+}
+
+ts_status_t ts_zone_pack_ghost(ts_zone_t *z, uint64_t tick, bool full, uint32_t keyframe_ticks,
+                               const char *owner, uint8_t ***bufs, size_t **lens, size_t *nparts)
+{
+    *bufs = NULL;
+    *lens = NULL;
+    *nparts = 0;
+    if (full) { /* every entity of the band, whatever the step found */
+        z->nghost_changed = 0;
+        uint64_t id;
+        void *v;
+        for (size_t it = 0; ts_map_next(&z->entities, &it, &id, &v);) {
+            ts_entity_t *e = v;
+            if (!e->ghosted) continue;
+            if (!grow((void **)&z->ghost_changed, &z->cap_ghost_changed, z->nghost_changed,
+                      sizeof(*z->ghost_changed)))
+                return TS_ERR_NOMEM;
+            z->ghost_changed[z->nghost_changed++] = e;
+        }
+    }
+    size_t n = z->nghost_changed;
+    if (!full && n == 0 && z->nghost_removed == 0) return TS_OK;
+    const size_t per = TS_ZONE_GHOST_PART_ENTITIES;
+    size_t parts = n ? (n + per - 1) / per : 1;
+    uint8_t **ob = calloc(parts, sizeof(*ob));
+    size_t *ol = calloc(parts, sizeof(*ol));
+    ts_status_t st = ob && ol ? TS_OK : TS_ERR_NOMEM;
+    Tessera__V1__CellId cell;
+    ts_proto_cell_init(&cell, &z->cell);
+    for (size_t part = 0; part < parts && st == TS_OK; part++) {
+        Tessera__V1__GhostDelta d = TESSERA__V1__GHOST_DELTA__INIT;
+        d.cell = &cell;
+        d.epoch = z->epoch;
+        d.tick = tick;
+        d.full = full;
+        d.keyframe_ticks = keyframe_ticks;
+        d.owner = (char *)owner;
+        if (part == 0 && !full) { /* a keyframe says it all */
+            d.n_removed = z->nghost_removed;
+            d.removed = z->ghost_removed;
+        }
+        if (parts > 1) {
+            d.part = (uint32_t)part;
+            d.parts = (uint32_t)parts;
+        }
+        size_t e0 = part * per, e1 = e0 + per < n ? e0 + per : n;
+        size_t head = protobuf_c_message_get_packed_size(&d.base), total = head;
+        for (size_t i = e0; i < e1; i++)
+            total += ts_pbw_sub_len(5, ghost_wire_len(z->ghost_changed[i]));
+        uint8_t *buf = malloc(total ? total : 1);
+        if (!buf) {
+            st = TS_ERR_NOMEM;
+            break;
+        }
+        uint8_t *p = buf + protobuf_c_message_pack(&d.base, buf);
+        for (size_t i = e0; i < e1; i++) {
+            const ts_entity_t *e = z->ghost_changed[i];
+            p = ts_pbw_sub_head(p, 5, ghost_wire_len(e));
+            p = ghost_wire_write(p, e);
+        }
+        ob[part] = buf;
+        ol[part] = total;
+        if ((size_t)(p - buf) != total) st = TS_ERR_MALFORMED;
+    }
+    z->nghost_changed = 0;
+    z->nghost_removed = 0;
+    if (st != TS_OK) {
+        ts_zone_free_parts(ob, ol, parts);
+        return st;
+    }
+    *bufs = ob;
+    *lens = ol;
+    *nparts = parts;
+    return TS_OK;
 }

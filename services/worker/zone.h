@@ -16,6 +16,11 @@
  *   (incarnation, hop count) is newer than what it had when it last left here
  *   (replayed or zombie transfers are dropped; an id that left the game and
  *   joined again is a newer incarnation).
+ * - Ghosts (read-only copies of neighbour cells' border entities) are never
+ *   written by this zone's simulation and never carry an id it owns; an
+ *   entity that arrives here drops its ghost.
+ * - The spatial grid holds exactly the owned entities and the ghosts, each
+ *   in the bucket of its current position (clamped to the grid).
  * The zone knows nothing of the bus: the worker publishes what it builds. */
 #ifndef TS_WORKER_ZONE_H
 #define TS_WORKER_ZONE_H
@@ -53,10 +58,46 @@ typedef struct {
     uint64_t gateway_instance;
     uint64_t session;
     uint64_t detached_us;
-    uint64_t mod;   /* zone modification counter at the last change */
-    bool dirty;     /* changed since the last published delta */
-    bool departing; /* a Departure for it is queued or in the stream */
+    uint64_t mod;    /* zone modification counter at the last change */
+    bool dirty;      /* changed since the last published delta */
+    bool departing;  /* a Departure for it is queued or in the stream */
+    bool ghosted;    /* within ghost margin of a border at the last step */
+    uint32_t nearby; /* other entities (owned or ghost) within the interact radius */
+    uint32_t gb, gi; /* grid bucket and index in it (the zone's own copy only) */
 } ts_entity_t;
+
+/* A read-only copy of an entity of a neighbour cell (from its owner's
+ * `<cell>.ghost` messages). */
+typedef struct {
+    uint64_t id;
+    double x, y, vx, vy;
+    ts_cell_t src;   /* the cell whose owner sent it */
+    uint64_t epoch;  /* of src, in the message that last set it */
+    uint64_t stamp;  /* the keyframe of src that last named it */
+    uint32_t gb, gi; /* grid bucket and index in it */
+} ts_ghost_t;
+
+/* One grid entry: a position and what is there (an owned entity or a
+ * ghost), packed so a query reads contiguous memory. */
+typedef struct {
+    double x, y;
+    uintptr_t ref; /* ts_entity_t* or (ts_ghost_t* | 1) */
+} ts_grid_slot_t;
+
+typedef struct {
+    ts_grid_slot_t *v;
+    uint32_t n, cap;
+} ts_grid_bucket_t;
+
+/* A uniform grid over the cell and a band of the ghost margin around it;
+ * bucket side >= the interact radius, so a nearby count reads 3 x 3
+ * buckets. Positions outside the grid go to its edge buckets (queries stay
+ * exact). Updated incrementally as entities move. */
+typedef struct {
+    double x0, y0, size;
+    int32_t nx, ny;
+    ts_grid_bucket_t *b;
+} ts_grid_t;
 
 typedef struct {
     uint64_t entity;
@@ -152,6 +193,20 @@ typedef struct {
     void (*player_hook)(void *ud, void *zone, ts_entity_t *e); /* zone: this ts_zone_t */
     void *player_ud;
     bool players_scanned; /* players.c has seen every entity loaded before the hook */
+    /* space: the grid over owned entities and ghosts, the nearby radius and
+     * the border band whose entities go to the neighbours as ghosts */
+    ts_grid_t grid;
+    double interact_radius, ghost_margin;
+    double band_x0, band_y0, band_x1, band_y1;     /* strictly inside: not in the band */
+    double ghost_x0, ghost_y0, ghost_x1, ghost_y1; /* ghosts kept: the cell + margin */
+    ts_map_t ghosts;                               /* id -> ts_ghost_t* */
+    uint64_t ghost_stamp;                          /* keyframes received, all sources */
+    /* ghost output since the last pack: band entities the step changed and
+     * ids that left the band (or the cell) */
+    ts_entity_t **ghost_changed;
+    size_t nghost_changed, cap_ghost_changed;
+    uint64_t *ghost_removed;
+    size_t nghost_removed, cap_ghost_removed;
 } ts_zone_t;
 
 ts_status_t ts_zone_create(ts_zone_t **out, const ts_cell_t *cell, uint64_t epoch, const ts_world_t *world,
@@ -241,6 +296,54 @@ void ts_zone_detach(ts_zone_t *z, ts_entity_t *e, uint64_t at_us);
 
 /* Number of entities in the zone. */
 size_t ts_zone_entities(const ts_zone_t *z);
+
+/* ---- space: grid, nearby, ghosts --------------------------------------- */
+
+#define TS_ZONE_INTERACT_RADIUS 2.0
+#define TS_ZONE_GHOST_MARGIN 4.0
+/* Entities per GhostDelta message (a larger one goes in several). */
+#define TS_ZONE_GHOST_PART_ENTITIES 4096
+
+/* Sets the nearby radius and the ghost margin (the margin is at least the
+ * radius) and rebuilds the grid if they changed. A zone starts with
+ * TS_ZONE_INTERACT_RADIUS and TS_ZONE_GHOST_MARGIN. */
+ts_status_t ts_zone_set_space(ts_zone_t *z, double interact_radius, double ghost_margin);
+
+/* What a spatial query visits: an owned entity (ghost == NULL) or a ghost
+ * (entity == NULL). */
+typedef void (*ts_zone_visit_fn)(void *ud, const ts_entity_t *entity, const ts_ghost_t *ghost);
+/* Calls fn (may be NULL) for every owned entity and ghost within distance r
+ * of (x, y) (boundary included). Returns how many there are. Reads the
+ * buckets the circle overlaps, not every entity. */
+size_t ts_zone_query_radius(const ts_zone_t *z, double x, double y, double r, ts_zone_visit_fn fn, void *ud);
+/* Sets every owned entity's nearby count (others within the interact
+ * radius, owned or ghost); an entity whose count changed goes in the next
+ * state delta. ts_zone_step calls it after moving. */
+void ts_zone_update_nearby(ts_zone_t *z);
+
+/* A ghost named by a message of src at epoch: added or moved (ignored if
+ * the id is an entity of this zone; dropped if it is outside the cell +
+ * margin). stamp: the keyframe it belongs to (0 for a delta). */
+void ts_zone_ghost_put(ts_zone_t *z, const ts_cell_t *src, uint64_t epoch, uint64_t stamp, uint64_t id,
+                       double x, double y, double vx, double vy);
+/* Drops ghost id if src sent it. */
+void ts_zone_ghost_remove(ts_zone_t *z, const ts_cell_t *src, uint64_t id);
+/* A new keyframe of src begins: returns its stamp for ts_zone_ghost_put. */
+uint64_t ts_zone_ghost_keyframe(ts_zone_t *z);
+/* Drops the ghosts of src that the keyframe `stamp` did not name. */
+void ts_zone_ghost_sweep(ts_zone_t *z, const ts_cell_t *src, uint64_t stamp);
+/* Drops the ghosts of src (all cells if src is NULL) whose epoch is below
+ * min_epoch (UINT64_MAX: all of them). Returns how many. */
+size_t ts_zone_ghost_drop(ts_zone_t *z, const ts_cell_t *src, uint64_t min_epoch);
+size_t ts_zone_ghosts(const ts_zone_t *z);
+
+/* Packs what this zone's neighbours need of its border band: a keyframe
+ * (full: every entity within the ghost margin of a border) or a delta (the
+ * ones that changed since the last pack, and the ids that left the band),
+ * as one or more GhostDelta messages (*nparts == 0: nothing to say, only
+ * when !full). Same buffer ownership as ts_zone_pack_delta. */
+ts_status_t ts_zone_pack_ghost(ts_zone_t *z, uint64_t tick, bool full, uint32_t keyframe_ticks,
+                               const char *owner, uint8_t ***bufs, size_t **lens, size_t *nparts);
 
 typedef enum { TS_SEQ_APPLY = 0, TS_SEQ_DUPLICATE, TS_SEQ_TOO_OLD } ts_seq_verdict_t;
 

@@ -1,4 +1,5 @@
 /* Unit tests of services/worker/zone.c: the exactly-once rules of a cell. */
+#include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -8,6 +9,7 @@
 
 #include <cmocka.h>
 
+#include "tessera/util.h"
 #include "zone.h"
 
 static const ts_world_t WORLD = {.id = 0, .cell_size = 100, .x0 = -2, .y0 = -2, .width = 4, .height = 4};
@@ -877,6 +879,255 @@ static void test_big_cell_checkpoint_and_handover_in_parts(void **state)
     ts_zone_destroy(dst);
 }
 
+/* ---- space: grid query, nearby, ghosts ------------------------------------ */
+
+typedef struct {
+    uint64_t ids[8192];
+    size_t n;
+} visited_t;
+
+static void visit(void *ud, const ts_entity_t *e, const ts_ghost_t *h)
+{
+    visited_t *v = ud;
+    assert_true((e == NULL) != (h == NULL));
+    if (v->n < 8192) v->ids[v->n++] = e ? e->id : h->id;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double urand(ts_rng_t *r, double lo, double hi)
+{
+    return lo + (hi - lo) * ts_rng_unit(r);
+}
+
+/* Every query against a scan of every owned entity and ghost. */
+static void check_queries(ts_zone_t *z, ts_rng_t *rng, int nqueries)
+{
+    static uint64_t want[8192];
+    static visited_t got;
+    for (int q = 0; q < nqueries; q++) {
+        double x = urand(rng, -130, 30), y = urand(rng, -130, 30);
+        double r = q % 10 == 0 ? urand(rng, 0, 40) : urand(rng, 0, 4);
+        size_t n = 0;
+        uint64_t id;
+        void *v;
+        for (size_t it = 0; ts_map_next(&z->entities, &it, &id, &v);) {
+            const ts_entity_t *e = v;
+            if ((e->x - x) * (e->x - x) + (e->y - y) * (e->y - y) <= r * r) want[n++] = id;
+        }
+        for (size_t it = 0; ts_map_next(&z->ghosts, &it, &id, &v);) {
+            const ts_ghost_t *h = v;
+            if ((h->x - x) * (h->x - x) + (h->y - y) * (h->y - y) <= r * r) want[n++] = id;
+        }
+        got.n = 0;
+        assert_int_equal(ts_zone_query_radius(z, x, y, r, visit, &got), n);
+        assert_int_equal(got.n, n);
+        assert_int_equal(ts_zone_query_radius(z, x, y, r, NULL, NULL), n);
+        qsort(want, n, sizeof(*want), cmp_u64);
+        qsort(got.ids, n, sizeof(*got.ids), cmp_u64);
+        assert_memory_equal(want, got.ids, n * sizeof(*want));
+    }
+}
+
+/* Every owned entity's nearby against a scan. */
+static void check_nearby(ts_zone_t *z)
+{
+    uint64_t id, id2;
+    void *v, *v2;
+    for (size_t it = 0; ts_map_next(&z->entities, &it, &id, &v);) {
+        const ts_entity_t *e = v;
+        uint32_t n = 0;
+        for (size_t it2 = 0; ts_map_next(&z->entities, &it2, &id2, &v2);) {
+            const ts_entity_t *o = v2;
+            n += id2 != id && hypot(o->x - e->x, o->y - e->y) <= z->interact_radius;
+        }
+        for (size_t it2 = 0; ts_map_next(&z->ghosts, &it2, &id2, &v2);) {
+            const ts_ghost_t *h = v2;
+            n += hypot(h->x - e->x, h->y - e->y) <= z->interact_radius;
+        }
+        assert_int_equal(e->nearby, n);
+    }
+}
+
+static void test_grid_query_matches_brute_force(void **state)
+{
+    (void)state;
+    ts_zone_t *z = zone_at(-1, -1); /* [-100, 0) x [-100, 0): negative coordinates */
+    assert_int_equal(ts_zone_set_space(z, 2.0, 4.0), TS_OK);
+    ts_rng_t rng;
+    ts_rng_seed(&rng, 7);
+    ts_cell_t src = {.world = 0, .cx = 0, .cy = -1};
+    uint64_t seq = 1;
+    /* owned entities, some outside the cell (they walked out) or far out of the grid */
+    for (uint64_t id = 1; id <= 3000; id++) {
+        ts_input_t j = id % 50 == 0 ? join(id, 1, urand(&rng, -200, 199), urand(&rng, -200, 199))
+                                    : join(id, 1, urand(&rng, -106, 6), urand(&rng, -106, 6));
+        z->cur_stream_seq = seq++;
+        ts_zone_apply_input(z, &j, 1);
+        if (id % 3 == 0) { /* a dense clump too */
+            j = join(id + 100000, 1, urand(&rng, -51, -49), urand(&rng, -51, -49));
+            ts_zone_apply_input(z, &j, 1);
+        }
+    }
+    /* ghosts: those outside the cell + margin are not kept */
+    for (uint64_t id = 200001; id <= 201000; id++)
+        ts_zone_ghost_put(z, &src, 1, 0, id, urand(&rng, -110, 10), urand(&rng, -110, 10), 0, 0);
+    size_t kept = ts_zone_ghosts(z);
+    assert_true(kept > 0 && kept < 1000);
+    uint64_t id;
+    void *v;
+    for (size_t it = 0; ts_map_next(&z->ghosts, &it, &id, &v);) {
+        const ts_ghost_t *h = v;
+        assert_true(h->x >= -104 && h->x < 4 && h->y >= -104 && h->y < 4);
+    }
+    /* a ghost never shadows an entity of ours */
+    ts_zone_ghost_put(z, &src, 1, 0, 5, -50, -50, 0, 0);
+    assert_null(ts_map_get(&z->ghosts, 5));
+    check_queries(z, &rng, 2000);
+    ts_zone_update_nearby(z);
+    check_nearby(z);
+
+    /* everything moves (incrementally re-bucketed), some leave, ghosts move */
+    for (size_t it = 0; ts_map_next(&z->entities, &it, &id, &v);) {
+        ts_entity_t *e = v;
+        e->vx = urand(&rng, -50, 50);
+        e->vy = urand(&rng, -50, 50);
+    }
+    for (uint64_t tick = 2; tick < 40; tick++) {
+        ts_zone_step(z, 0.05, tick);
+        check_nearby(z); /* the step counted them */
+        if (tick % 5 == 0) check_queries(z, &rng, 200);
+        for (uint64_t gid = 200001; gid <= 201000; gid += 7)
+            ts_zone_ghost_put(z, &src, 1, 0, gid, urand(&rng, -110, 10), urand(&rng, -110, 10), 1, 1);
+    }
+    for (uint64_t eid = 1; eid <= 3000; eid += 4) {
+        ts_entity_t *e = get(z, eid);
+        if (e) ts_zone_despawn(z, e);
+    }
+    for (uint64_t gid = 200001; gid <= 201000; gid += 3)
+        ts_zone_ghost_remove(z, &src, gid);
+    check_queries(z, &rng, 1000);
+    ts_zone_update_nearby(z);
+    check_nearby(z);
+
+    /* a new radius and margin rebuild the grid with everything in it */
+    assert_int_equal(ts_zone_set_space(z, 0.5, 0.5), TS_OK);
+    check_queries(z, &rng, 500);
+    ts_zone_update_nearby(z);
+    check_nearby(z);
+    ts_zone_destroy(z);
+}
+
+static Tessera__V1__GhostDelta *pack_ghost(ts_zone_t *z, uint64_t tick, bool full)
+{
+    uint8_t **bufs;
+    size_t *lens, nparts;
+    assert_int_equal(ts_zone_pack_ghost(z, tick, full, 10, "w1", &bufs, &lens, &nparts), TS_OK);
+    if (nparts == 0) return NULL;
+    assert_int_equal(nparts, 1);
+    Tessera__V1__GhostDelta *d = tessera__v1__ghost_delta__unpack(NULL, lens[0], bufs[0]);
+    assert_non_null(d);
+    ts_zone_free_parts(bufs, lens, nparts);
+    return d;
+}
+
+/* The state delta the worker packs after the ghosts each tick (it clears
+ * the dirty flags the ghost band looks at). */
+static void pack_state(ts_zone_t *z, uint64_t tick)
+{
+    uint8_t **bufs;
+    size_t *lens, nparts;
+    assert_int_equal(ts_zone_pack_delta(z, tick, false, "w1", &bufs, &lens, &nparts), TS_OK);
+    ts_zone_free_parts(bufs, lens, nparts);
+}
+
+static bool names(const Tessera__V1__GhostDelta *d, uint64_t id)
+{
+    for (size_t i = 0; i < d->n_entities; i++)
+        if (d->entities[i]->id == id) return true;
+    return false;
+}
+
+static void test_ghost_band_out_and_in(void **state)
+{
+    (void)state;
+    ts_zone_t *z = zone_at(0, 0); /* [0, 100)^2 */
+    assert_int_equal(ts_zone_set_space(z, 2.0, 4.0), TS_OK);
+    ts_input_t j = join(1, 1, 1, 50); /* in the west band */
+    ts_zone_apply_input(z, &j, 1);
+    j = join(2, 1, 50, 50); /* in the middle */
+    ts_zone_apply_input(z, &j, 1);
+    j = join(3, 1, 99, 99); /* the north-east corner */
+    ts_zone_apply_input(z, &j, 1);
+    ts_zone_step(z, 0.05, 1);
+    Tessera__V1__GhostDelta *d = pack_ghost(z, 1, false);
+    assert_non_null(d);
+    assert_false(d->full);
+    assert_int_equal(d->epoch, 1);
+    assert_int_equal(d->keyframe_ticks, 10);
+    assert_int_equal(d->n_entities, 2);
+    assert_true(names(d, 1) && names(d, 3) && !names(d, 2));
+    tessera__v1__ghost_delta__free_unpacked(d, NULL);
+    pack_state(z, 1);
+    /* nothing changed: nothing to say; a keyframe says it all again */
+    ts_zone_step(z, 0.05, 2);
+    assert_null(pack_ghost(z, 2, false));
+    d = pack_ghost(z, 2, true);
+    assert_true(d->full);
+    assert_int_equal(d->n_entities, 2);
+    tessera__v1__ghost_delta__free_unpacked(d, NULL);
+    /* 1 walks inwards out of the band: removed; 3 leaves the game: removed */
+    ts_entity_t *e = get(z, 1);
+    e->vx = 50;
+    ts_zone_despawn(z, get(z, 3));
+    for (uint64_t t = 3; t < 6; t++)
+        ts_zone_step(z, 0.05, t);
+    assert_true(e->x > 4);
+    d = pack_ghost(z, 6, false);
+    assert_non_null(d);
+    assert_int_equal(d->n_entities, 0);
+    assert_int_equal(d->n_removed, 2);
+    tessera__v1__ghost_delta__free_unpacked(d, NULL);
+
+    /* in: ghosts of the west neighbour count for nearby, a keyframe
+     * replaces them, a stale epoch is dropped, an arriving entity replaces
+     * its ghost */
+    ts_cell_t west = {.world = 0, .cx = -1, .cy = 0};
+    j = join(20, 1, 0.5, 50);
+    ts_zone_apply_input(z, &j, 7);
+    e = get(z, 20);
+    ts_zone_step(z, 0.05, 7);
+    assert_int_equal(e->nearby, 0);
+    uint64_t k1 = ts_zone_ghost_keyframe(z);
+    ts_zone_ghost_put(z, &west, 3, k1, 10, -0.5, 50, 0, 0);
+    ts_zone_ghost_put(z, &west, 3, k1, 11, -1.0, 50, 0, 0);
+    ts_zone_ghost_sweep(z, &west, k1);
+    ts_zone_step(z, 0.05, 8);
+    assert_int_equal(e->nearby, 2);
+    assert_true(e->dirty); /* the count changed: it goes in the next state */
+    uint64_t k2 = ts_zone_ghost_keyframe(z);
+    ts_zone_ghost_put(z, &west, 3, k2, 11, -1.0, 50, 0, 0);
+    ts_zone_ghost_sweep(z, &west, k2); /* 10 not named: gone */
+    assert_int_equal(ts_zone_ghosts(z), 1);
+    ts_zone_ghost_put(z, &west, 3, 0, 12, -0.2, 50.2, 0, 0);
+    ts_zone_ghost_remove(z, &(ts_cell_t){.world = 0, .cx = 0, .cy = 1}, 12); /* not its source: stays */
+    assert_int_equal(ts_zone_ghosts(z), 2);
+    assert_int_equal(ts_zone_ghost_drop(z, &west, 4), 2); /* the registry moved to epoch 4 */
+    assert_int_equal(ts_zone_ghosts(z), 0);
+    ts_zone_ghost_put(z, &west, 4, 0, 13, -0.5, 50, 0, 0);
+    ts_entity_t arriving = {.id = 13, .x = 0.1, .y = 50, .hops = 1};
+    ts_zone_accept_transfer(z, &arriving);
+    assert_int_equal(ts_zone_ghosts(z), 0);
+    ts_zone_step(z, 0.05, 9);
+    assert_int_equal(e->nearby, 1);
+    assert_int_equal(get(z, 13)->nearby, 1);
+    ts_zone_destroy(z);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -896,6 +1147,8 @@ int main(void)
         cmocka_unit_test(test_big_cell_keyframe_in_parts),
         cmocka_unit_test(test_entity_wire_encoding),
         cmocka_unit_test(test_big_cell_checkpoint_and_handover_in_parts),
+        cmocka_unit_test(test_grid_query_matches_brute_force),
+        cmocka_unit_test(test_ghost_band_out_and_in),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
