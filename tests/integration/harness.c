@@ -31,6 +31,7 @@
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -47,7 +48,6 @@
 #define TAIL_LINES 60
 #define TERM_GRACE_MS 3000
 #define SERVER_START_MS 10000
-#define NSERVERS 2 /* procs[TS_H_NATS], procs[TS_H_REDIS] */
 
 extern char **environ;
 
@@ -288,7 +288,7 @@ static const char *const env_names[ENV_COUNT] = {
 };
 
 typedef struct {
-    char kv[ENV_COUNT][512];
+    char kv[ENV_COUNT][640];
 } child_env_buf_t;
 
 /* The secured stack's user for a binary: tessera-<user>, else admin; a
@@ -330,7 +330,7 @@ static char **child_env(ts_h_t *h, const char *path, char *const *argv, child_en
         if (!ours) env[k++] = environ[i];
     }
     if (!h->secure) {
-        snprintf(b->kv[0], sizeof b->kv[0], "%s%s", env_names[0], h->nats_url);
+        snprintf(b->kv[0], sizeof b->kv[0], "%s%s", env_names[0], h->nats_urls);
         snprintf(b->kv[1], sizeof b->kv[1], "%s%s", env_names[1], h->redis_url);
         env[k++] = b->kv[0];
         env[k++] = b->kv[1];
@@ -500,22 +500,23 @@ int ts_h_wait(ts_h_t *h, int idx, int64_t timeout_ms)
     }
 }
 
-/* Sends SIGTERM to procs [from, to), waits, then SIGKILLs the stragglers. */
-static void terminate_range(ts_h_t *h, int from, int to)
+/* Sends SIGTERM to the servers (servers) or to everything else, waits,
+ * then SIGKILLs the stragglers. */
+static void terminate_group(ts_h_t *h, bool servers)
 {
-    for (int i = from; i < to; i++)
-        ts_h_signal(h, i, SIGTERM);
+    for (int i = 0; i < h->nprocs; i++)
+        if (h->procs[i].server == servers) ts_h_signal(h, i, SIGTERM);
     uint64_t deadline = ts_mono_us() + TERM_GRACE_MS * 1000ull;
     for (;;) {
         bool all = true;
-        for (int i = from; i < to; i++)
-            all = reap(&h->procs[i], false) && all;
+        for (int i = 0; i < h->nprocs; i++)
+            if (h->procs[i].server == servers) all = reap(&h->procs[i], false) && all;
         if (all) return;
         if (ts_mono_us() >= deadline) break;
         ts_sleep_ms(10);
     }
-    for (int i = from; i < to; i++) {
-        if (!h->procs[i].reaped) {
+    for (int i = 0; i < h->nprocs; i++) {
+        if (h->procs[i].server == servers && !h->procs[i].reaped) {
             fprintf(stderr, "harness: %s did not stop within %d ms, killing it\n", h->procs[i].name,
                     TERM_GRACE_MS);
             kill(h->procs[i].pid, SIGKILL);
@@ -573,8 +574,8 @@ void ts_h_stop(ts_h_t *h)
 {
     if (h == NULL) return;
     if (h->tls) ts_bus_set_default_auth(NULL); /* the next harness may run without TLS */
-    if (h->nprocs > NSERVERS) terminate_range(h, NSERVERS, h->nprocs);
-    terminate_range(h, 0, h->nprocs < NSERVERS ? h->nprocs : NSERVERS);
+    terminate_group(h, false);
+    terminate_group(h, true);
     live_remove(h);
 
     bool keep = getenv("TS_KEEP_LOGS") != NULL;
@@ -647,6 +648,7 @@ static bool start_server(ts_h_t *h, int slot, const char *name, int *port_out)
         }
         if (idx < 0) return false;
         ts_h_proc_t *p = &h->procs[idx];
+        p->server = true;
         const char *why = "did not listen in time";
         uint64_t deadline = ts_mono_us() + SERVER_START_MS * 1000ull;
         while (ts_mono_us() < deadline) {
@@ -761,7 +763,20 @@ static void url_as(const ts_h_t *h, const char *scheme, int port, const char *us
 
 void ts_h_nats_url_as(const ts_h_t *h, const char *user, char *buf, size_t cap)
 {
-    url_as(h, "nats", h->nats_port, user, "nats", buf, cap);
+    if (h->nnodes == 0) {
+        url_as(h, "nats", h->nats_port, user, "nats", buf, cap);
+        return;
+    }
+    /* a cluster: every node, comma-separated (nats.c's server list) */
+    size_t len = 0;
+    buf[0] = '\0';
+    for (int k = 0; k < h->nnodes && len < cap; k++) {
+        char one[256];
+        url_as(h, "nats", h->node[k].port, user, "nats", one, sizeof one);
+        int n = snprintf(buf + len, cap - len, "%s%s", k ? "," : "", one);
+        if (n < 0) break;
+        len += (size_t)n;
+    }
 }
 
 void ts_h_redis_url_as(const ts_h_t *h, const char *user, char *buf, size_t cap)
@@ -769,24 +784,289 @@ void ts_h_redis_url_as(const ts_h_t *h, const char *user, char *buf, size_t cap)
     url_as(h, "redis", h->redis_port, user, "redis", buf, cap);
 }
 
-static void start_servers(ts_h_t *h, bool secure, bool tls);
+static void start_servers(ts_h_t *h, bool secure, bool tls, int nodes);
 
 void ts_h_start(ts_h_t *h)
 {
-    start_servers(h, false, false);
+    start_servers(h, false, false, 0);
 }
 
 void ts_h_start_secure(ts_h_t *h)
 {
-    start_servers(h, true, false);
+    start_servers(h, true, false, 0);
 }
 
 void ts_h_start_secure_tls(ts_h_t *h)
 {
-    start_servers(h, true, true);
+    start_servers(h, true, true, 0);
 }
 
-static void start_servers(ts_h_t *h, bool secure, bool tls)
+void ts_h_start_cluster(ts_h_t *h, ts_h_security_t sec)
+{
+    start_servers(h, sec != TS_H_OPEN, sec == TS_H_SECURE_TLS, TS_H_CLUSTER_NODES);
+}
+
+/* ---- a JetStream cluster ---------------------------------------------------------
+ * Three nats-server nodes n0..n2, each with its client, route and monitoring
+ * port and its store dir <dir>/js-n<k>, routes to all three (a node skips
+ * the route to itself), secured by the same nats.conf as a single server.
+ * A killed node restarts on the same ports and store. */
+
+#define CLUSTER_NAME "tessera-it"
+#define HEALTH_POLL_MS 50
+
+int ts_h_http_get(int port, const char *path, char *buf, size_t cap)
+{
+    if (cap == 0) return -1;
+    buf[0] = '\0';
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    struct timeval tv = {.tv_sec = 2};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    char req[512];
+    int n = snprintf(req, sizeof req, "GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n", path);
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0 || n < 0 || (size_t)n >= sizeof req ||
+        write(fd, req, (size_t)n) != n) {
+        close(fd);
+        return -1;
+    }
+    /* the whole response (HTTP/1.0: until the server closes), then the body */
+    size_t cap_all = cap + 4096, len = 0;
+    char *all = malloc(cap_all);
+    if (all == NULL) {
+        close(fd);
+        return -1;
+    }
+    for (;;) {
+        if (len + 1 >= cap_all) break;
+        ssize_t got = read(fd, all + len, cap_all - 1 - len);
+        if (got < 0 && errno == EINTR) continue;
+        if (got <= 0) break;
+        len += (size_t)got;
+    }
+    close(fd);
+    all[len] = '\0';
+    int status = -1;
+    if (sscanf(all, "HTTP/%*s %d", &status) != 1) status = -1;
+    const char *body = strstr(all, "\r\n\r\n");
+    if (body != NULL) ts_strlcpy(buf, body + 4, cap);
+    free(all);
+    return status;
+}
+
+/* Starts node k's nats-server (no wait); false if it could not be spawned. */
+static bool launch_node(ts_h_t *h, int k)
+{
+    char name[16], sname[8], port[16], cluster[64], http[16], store[300], conf[340], routes[256];
+    snprintf(name, sizeof name, "nats-n%d", k);
+    snprintf(sname, sizeof sname, "n%d", k);
+    snprintf(port, sizeof port, "%d", h->node[k].port);
+    snprintf(cluster, sizeof cluster, "nats://127.0.0.1:%d", h->node[k].cluster_port);
+    snprintf(http, sizeof http, "%d", h->node[k].http_port);
+    snprintf(store, sizeof store, "%s/js-n%d", h->dir, k);
+    snprintf(conf, sizeof conf, "%s/nats.conf", h->secrets);
+    size_t len = 0;
+    for (int i = 0; i < h->nnodes; i++)
+        len += (size_t)snprintf(routes + len, sizeof routes - len, "%snats://127.0.0.1:%d", i ? "," : "",
+                                h->node[i].cluster_port);
+    char *argv[] = {(char *)"nats-server",
+                    (char *)"-js",
+                    (char *)"-a",
+                    (char *)"127.0.0.1",
+                    (char *)"-p",
+                    port,
+                    (char *)"-m",
+                    http,
+                    (char *)"-sd",
+                    store,
+                    (char *)"-n",
+                    sname,
+                    (char *)"--cluster_name",
+                    (char *)CLUSTER_NAME,
+                    (char *)"--cluster",
+                    cluster,
+                    (char *)"--routes",
+                    routes,
+                    h->secure ? (char *)"-c" : NULL,
+                    conf,
+                    NULL};
+    const char *bin =
+        access("/usr/sbin/nats-server", X_OK) == 0 ? "/usr/sbin/nats-server" : "/usr/bin/nats-server";
+    int idx = launch(h, name, bin, argv);
+    if (idx < 0) return false;
+    h->procs[idx].server = true;
+    h->node[k].idx = idx;
+    h->node[k].down = false;
+    return true;
+}
+
+/* Waits until node k's own process listens on its client port. */
+static bool wait_node_listens(ts_h_t *h, int k, int64_t timeout_ms)
+{
+    ts_h_proc_t *p = &h->procs[h->node[k].idx];
+    uint64_t deadline = ts_mono_us() + (uint64_t)timeout_ms * 1000;
+    while (ts_mono_us() < deadline) {
+        if (reap(p, false)) {
+            fprintf(stderr, "harness: %s exited with %d before it listened on %d\n", p->name, p->exit_code,
+                    h->node[k].port);
+            print_tail(p);
+            return false;
+        }
+        listener_t l = port_listener(h->node[k].port, p->pid);
+        if (l == LISTENER_OURS && port_open(h->node[k].port)) return true;
+        if (l == LISTENER_FOREIGN) {
+            fprintf(stderr, "harness: %s found its port %d taken by another process\n", p->name,
+                    h->node[k].port);
+            return false;
+        }
+        ts_sleep_ms(20);
+    }
+    fprintf(stderr, "harness: %s did not listen on %d within %lld ms\n", p->name, h->node[k].port,
+            (long long)timeout_ms);
+    return false;
+}
+
+static bool node_healthy(const ts_h_t *h, int k)
+{
+    char body[512];
+    return ts_h_http_get(h->node[k].http_port, "/healthz", body, sizeof body) == 200 &&
+           strstr(body, "ok") != NULL;
+}
+
+bool ts_h_cluster_wait_healthy(ts_h_t *h, int64_t timeout_ms)
+{
+    uint64_t deadline = ts_mono_us() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 0) * 1000;
+    for (;;) {
+        int sick = -1;
+        for (int k = 0; k < h->nnodes && sick < 0; k++)
+            if (!h->node[k].down && !node_healthy(h, k)) sick = k;
+        if (sick < 0) return true;
+        if (ts_mono_us() >= deadline) {
+            char body[512];
+            int status = ts_h_http_get(h->node[sick].http_port, "/healthz", body, sizeof body);
+            fprintf(stderr, "harness: nats node n%d not healthy after %lld ms: HTTP %d %s\n", sick,
+                    (long long)timeout_ms, status, body);
+            return false;
+        }
+        ts_sleep_ms(HEALTH_POLL_MS);
+    }
+}
+
+/* Allocates the ports and starts the three nodes; false (after a message)
+ * when one of them does not come up. */
+static bool start_cluster_nodes(ts_h_t *h)
+{
+    h->nnodes = TS_H_CLUSTER_NODES;
+    for (int k = 0; k < h->nnodes; k++) {
+        h->node[k].port = ts_h_free_port();
+        h->node[k].cluster_port = ts_h_free_port();
+        h->node[k].http_port = ts_h_free_port();
+        if (h->node[k].port <= 0 || h->node[k].cluster_port <= 0 || h->node[k].http_port <= 0) return false;
+        char store[300];
+        snprintf(store, sizeof store, "%s/js-n%d", h->dir, k);
+        mkdir(store, 0755);
+    }
+    h->nats_port = h->node[0].port;
+    /* node 0 is procs[TS_H_NATS]; redis-server comes next, as in ts_h_start */
+    h->nprocs = 0;
+    return launch_node(h, 0);
+}
+
+void ts_h_cluster_kill(ts_h_t *h, int node)
+{
+    if (node < 0 || node >= h->nnodes || h->node[node].down) return;
+    ts_h_proc_t *p = &h->procs[h->node[node].idx];
+    if (p->pid > 0 && !p->reaped) {
+        kill(p->pid, SIGKILL);
+        reap(p, true);
+    }
+    h->node[node].down = true;
+}
+
+bool ts_h_cluster_restart(ts_h_t *h, int node, int64_t timeout_ms)
+{
+    if (node < 0 || node >= h->nnodes) return false;
+    if (!h->node[node].down) ts_h_cluster_kill(h, node);
+    uint64_t start = ts_mono_us();
+    if (!launch_node(h, node) || !wait_node_listens(h, node, timeout_ms)) return false;
+    int64_t left = timeout_ms - (int64_t)((ts_mono_us() - start) / 1000);
+    return ts_h_cluster_wait_healthy(h, left > 0 ? left : 0);
+}
+
+/* The value after "key": from p on (skipping spaces), as a string without
+ * quotes into out; the position after it, or NULL if key is not found
+ * before end. */
+static const char *json_after(const char *p, const char *end, const char *key, char *out, size_t cap)
+{
+    char pat[64];
+    snprintf(pat, sizeof pat, "\"%s\"", key);
+    const char *k = strstr(p, pat);
+    if (k == NULL || (end != NULL && k >= end)) return NULL;
+    k += strlen(pat);
+    while (*k == ' ' || *k == ':' || *k == '\n' || *k == '\t' || *k == '\r')
+        k++;
+    bool quoted = *k == '"';
+    if (quoted) k++;
+    size_t n = 0;
+    while (*k && (quoted ? *k != '"' : (*k != ',' && *k != '}' && *k != '\n' && *k != ' ')) && n + 1 < cap)
+        out[n++] = *k++;
+    out[n] = '\0';
+    return k;
+}
+
+/* Node k's view of stream: its leader (or -1) and, when counted from the
+ * leader itself (only the leader tracks its followers), the current
+ * replicas. */
+static int stream_view(ts_h_t *h, int k, const char *stream, char *body, size_t cap, int *current)
+{
+    *current = 0;
+    if (h->node[k].down ||
+        ts_h_http_get(h->node[k].http_port, "/jsz?accounts=true&streams=true", body, cap) != 200)
+        return -1;
+    /* "stream_detail": [ { "name": "<stream>", ..., "cluster": { "leader": "n1",
+     *   "replicas": [ { "name": "n0", "current": true, ... }, ... ] }, ... } ] */
+    char pat[128];
+    snprintf(pat, sizeof pat, "\"%s\"", stream);
+    const char *at = strstr(body, pat);
+    const char *cl = at ? strstr(at, "\"cluster\"") : NULL;
+    if (cl == NULL) return -1;
+    const char *end = strstr(cl, "\"state\""); /* the stream's fields after its cluster */
+    char val[64];
+    if (json_after(cl, end, "leader", val, sizeof val) == NULL || val[0] != 'n') return -1;
+    int leader = atoi(val + 1);
+    if (leader < 0 || leader >= h->nnodes) return -1;
+    int n = 1;
+    for (const char *p = cl; (p = json_after(p, end, "current", val, sizeof val)) != NULL;)
+        n += strcmp(val, "true") == 0;
+    *current = n;
+    return leader;
+}
+
+int ts_h_cluster_stream_leader(ts_h_t *h, const char *stream, int *current)
+{
+    int dummy;
+    if (current == NULL) current = &dummy;
+    *current = 0;
+    size_t cap = 1 << 20;
+    char *body = malloc(cap);
+    if (body == NULL) return -1;
+    int leader = -1;
+    for (int k = 0; k < h->nnodes && leader < 0; k++) {
+        int seen_current;
+        int seen = stream_view(h, k, stream, body, cap, &seen_current);
+        if (seen < 0) continue;
+        /* ask the leader itself: it knows whether its followers are current */
+        if (seen == k || stream_view(h, seen, stream, body, cap, current) == seen) leader = seen;
+        if (seen == k) *current = seen_current;
+    }
+    free(body);
+    return leader;
+}
+
+static void start_servers(ts_h_t *h, bool secure, bool tls, int nodes)
 {
     for (int i = 0; i < MAX_LIVE; i++) {
         if (live[i] == h) ts_h_stop(h); /* started twice: do not lose the first servers */
@@ -818,17 +1098,30 @@ static void start_servers(ts_h_t *h, bool secure, bool tls)
         ts_bus_set_default_auth(&auth);
     }
 
-    if (!start_server(h, 0, "nats", &h->nats_port)) {
+    if (nodes > 0 ? !start_cluster_nodes(h) : !start_server(h, 0, "nats", &h->nats_port)) {
         h->failed = true;
         ts_h_stop(h);
         fail_msg("harness: nats-server -js did not start");
     }
-    snprintf(h->nats_plain_url, sizeof h->nats_plain_url, "nats://127.0.0.1:%d", h->nats_port);
-    ts_h_nats_url_as(h, "admin", h->nats_url, sizeof h->nats_url);
+    ts_h_nats_url_as(h, NULL, h->nats_plain_url, sizeof h->nats_plain_url);
+    ts_h_nats_url_as(h, "admin", h->nats_urls, sizeof h->nats_urls);
+    url_as(h, "nats", h->nats_port, "admin", "nats", h->nats_url, sizeof h->nats_url);
     if (!start_server(h, 1, "redis", &h->redis_port)) {
         h->failed = true;
         ts_h_stop(h);
         fail_msg("harness: redis-server did not start");
+    }
+    if (nodes > 0) {
+        bool up = true;
+        for (int k = 1; k < h->nnodes && up; k++)
+            up = launch_node(h, k);
+        for (int k = 0; k < h->nnodes && up; k++)
+            up = wait_node_listens(h, k, SERVER_START_MS);
+        if (!up || !ts_h_cluster_wait_healthy(h, SERVER_START_MS * 3)) {
+            h->failed = true;
+            ts_h_stop(h);
+            fail_msg("harness: the %d-node JetStream cluster did not come up", nodes);
+        }
     }
     snprintf(h->redis_plain_url, sizeof h->redis_plain_url, "redis://127.0.0.1:%d", h->redis_port);
     ts_h_redis_url_as(h, "admin", h->redis_url, sizeof h->redis_url);

@@ -32,13 +32,27 @@ typedef struct {
     char log_path[512];
     bool reaped;   /* exited and waited for; exit_code is valid */
     int exit_code; /* WEXITSTATUS, or 128+signal */
+    bool server;   /* nats-server or redis-server: stopped after everything else */
 } ts_h_proc_t;
+
+/* Nodes of the JetStream cluster ts_h_start_cluster() starts. */
+#define TS_H_CLUSTER_NODES 3
+
+/* One node of a harness cluster: its ports and where it is in procs[]. */
+typedef struct {
+    int idx;          /* index in procs[] of the node's current process */
+    int port;         /* client port */
+    int cluster_port; /* route port */
+    int http_port;    /* monitoring port (/healthz, /jsz) */
+    bool down;        /* killed by ts_h_cluster_kill and not restarted */
+} ts_h_node_t;
 
 typedef struct {
     char dir[256]; /* temp dir for data and logs */
     int nats_port;
     int redis_port;
-    char nats_url[128];  /* nats://127.0.0.1:<port> */
+    char nats_url[128];  /* nats://127.0.0.1:<port> (a cluster: node 0) */
+    char nats_urls[512]; /* the same, or a cluster's every node, comma-separated: connect with this */
     char redis_url[128]; /* redis://127.0.0.1:<port> */
     ts_h_proc_t procs[TS_H_MAX_PROCS];
     int nprocs;
@@ -48,8 +62,12 @@ typedef struct {
     bool secure;
     bool tls;                  /* secured with TLS on NATS (ts_h_start_secure_tls) */
     char secrets[300];         /* <dir>/secrets: scripts/gen-secrets.sh output */
-    char nats_plain_url[128];  /* nats://127.0.0.1:<port>, no credentials */
+    char nats_plain_url[128];  /* nats://127.0.0.1:<port> (or every node), no credentials */
     char redis_plain_url[128]; /* redis://127.0.0.1:<port>, no credentials */
+    /* a JetStream cluster (ts_h_start_cluster): nodes, 0 for a single server;
+     * procs[TS_H_NATS] is node 0's first process and nats_port its port */
+    int nnodes;
+    ts_h_node_t node[TS_H_CLUSTER_NODES];
 } ts_h_t;
 
 /* A free TCP port on 127.0.0.1: bound and released, nobody listening on it,
@@ -83,8 +101,44 @@ void ts_h_start_secure(ts_h_t *h);
  * throw-away CA, h->secrets/ca.pem). The test process's own connects trust
  * that CA (ts_bus_set_default_auth); services get TESSERA_NATS_TLS_CA. */
 void ts_h_start_secure_tls(ts_h_t *h);
+/* How the servers of ts_h_start_cluster are secured. */
+typedef enum {
+    TS_H_OPEN,       /* as ts_h_start */
+    TS_H_SECURE,     /* as ts_h_start_secure */
+    TS_H_SECURE_TLS, /* as ts_h_start_secure_tls */
+} ts_h_security_t;
+/* Starts a 3-node JetStream cluster (nats-server nodes n0, n1, n2 on free
+ * loopback ports: client, route and monitoring port each, a store dir each
+ * under h->dir, routes between all three, cluster name "tessera-it") and
+ * redis-server, secured as sec says; waits until every node answers its
+ * /healthz (JetStream has a meta leader). h->nats_urls and every spawned
+ * service's TESSERA_NATS_URL list all three nodes, so clients move to
+ * another node when theirs dies (h->nats_url is node 0 alone). Streams are R1 unless the services are
+ * given --stream.replicas=3. Fails the cmocka test on error. */
+void ts_h_start_cluster(ts_h_t *h, ts_h_security_t sec);
+/* SIGKILLs node (0..TS_H_CLUSTER_NODES-1) of the cluster and reaps it; its
+ * store stays. */
+void ts_h_cluster_kill(ts_h_t *h, int node);
+/* Starts node again on the same ports and store (after ts_h_cluster_kill)
+ * and waits up to timeout_ms until it listens and its /healthz says ok
+ * (it rejoined, and the streams it holds replicas of caught up). False on
+ * timeout (with a message on stderr). */
+bool ts_h_cluster_restart(ts_h_t *h, int node, int64_t timeout_ms);
+/* Polls until every running node's /healthz says ok; false after
+ * timeout_ms. */
+bool ts_h_cluster_wait_healthy(ts_h_t *h, int64_t timeout_ms);
+/* The node that leads stream (its JetStream Raft group), from the
+ * monitoring endpoint of a running node; -1 if none is known. When current is
+ * not NULL, *current gets the number of the stream's replicas that are current
+ * (the leader included). */
+int ts_h_cluster_stream_leader(ts_h_t *h, const char *stream, int *current);
+/* GET http://127.0.0.1:port/path into buf (body, NUL-terminated, truncated
+ * to cap); returns the HTTP status, or -1 if it could not be fetched. */
+int ts_h_http_get(int port, const char *path, char *buf, size_t cap);
+
 /* URL of the harness's NATS / Redis as user (a gen-secrets user; NULL: no
- * credentials) into buf. Without secured servers the user is ignored. */
+ * credentials) into buf. Without secured servers the user is ignored. A
+ * cluster's URL lists every node, comma-separated. */
 void ts_h_nats_url_as(const ts_h_t *h, const char *user, char *buf, size_t cap);
 void ts_h_redis_url_as(const ts_h_t *h, const char *user, char *buf, size_t cap);
 /* Path of a gen-secrets file (e.g. "gateway.nats.pass") into buf. */
