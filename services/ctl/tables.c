@@ -41,15 +41,27 @@ int ts_ctl_cells(const ts_config_t *cfg)
         goto cleanup;
     }
     if (n > 1) qsort(cells, n, sizeof *cells, cmp_entry);
-    printf("%-24s %-16s %8s  %s\n", "CELL", "OWNER", "EPOCH", "STATE");
+    /* parents sort before their children (same root, lower depth) */
+    printf("%-24s %-16s %8s  %-8s %5s  %s\n", "CELL", "OWNER", "EPOCH", "STATE", "DEPTH", "PARENT");
+    size_t live = 0;
+    unsigned deepest = 0;
     for (size_t i = 0; i < n; i++) {
-        char key[TS_CELL_STR_MAX];
-        ts_cell_format(&cells[i].cell, key, sizeof key);
-        printf("%-24s %-16s %8llu  %s\n", key, cells[i].owner[0] ? cells[i].owner : "-",
-               (unsigned long long)cells[i].epoch, ts_cell_state_str(cells[i].state));
+        const ts_cell_entry_t *e = &cells[i];
+        char key[TS_CELL_STR_MAX], parent[TS_CELL_STR_MAX] = "-";
+        ts_cell_t p;
+        ts_cell_format(&e->cell, key, sizeof key);
+        if (e->cell.depth > 0 && ts_cell_parent(&e->cell, &p) == TS_OK)
+            ts_cell_format(&p, parent, sizeof parent);
+        printf("%-24s %-16s %8llu  %-8s %5u  %s\n", key, e->owner[0] ? e->owner : "-",
+               (unsigned long long)e->epoch, ts_cell_state_str(e->state), (unsigned)e->cell.depth, parent);
+        if (e->state == TS_CELL_ACTIVE || e->state == TS_CELL_HANDOVER) {
+            live++;
+            if (e->cell.depth > deepest) deepest = e->cell.depth;
+        }
     }
-    printf("world %u: %zu cells, %dx%d root cells of %g from %d,%d, registry version %llu\n", world, n,
-           w.width, w.height, w.cell_size, w.x0, w.y0, (unsigned long long)version);
+    printf("world %u: %zu cells, %zu live (deepest at depth %u), %dx%d root cells of %g from %d,%d, registry "
+           "version %llu\n",
+           world, n, live, deepest, w.width, w.height, w.cell_size, w.x0, w.y0, (unsigned long long)version);
     rc = 0;
 
 cleanup:

@@ -325,6 +325,29 @@ static void test_aoi_across_depths_and_owners(void **state)
     ctl_ok(bus, "split", &kids[0]);
     for (int q = 0; q < 4; q++)
         assert_true(wait_active(reg, &grandkids[q], WAIT_MS));
+    /* tessera-ctl cells shows depth, state and parent */
+    const char *cells_args[] = {"cells", NULL};
+    int ctl = ts_h_spawn(&ts_h, "ctl-cells", "tessera-ctl", cells_args);
+    assert_int_equal(ts_h_wait(&ts_h, ctl, 10000), 0);
+    char *out = ts_h_read_log(&ts_h, ctl);
+    assert_non_null(out);
+    const char *row = strstr(out, "\n0.0.0.2.0 "), *top = strstr(out, "\n0.0.0.0.0 ");
+    char owner[32] = "", st[32] = "", parent[32] = "";
+    unsigned long long epoch = 0;
+    unsigned depth = 99;
+    assert_non_null(row);
+    assert_non_null(top);
+    assert_int_equal(sscanf(row + 1, "%*s %31s %llu %31s %u %31s", owner, &epoch, st, &depth, parent), 5);
+    assert_string_equal(st, "active");
+    assert_int_equal(depth, 2);
+    assert_string_equal(parent, "0.0.0.1.0");
+    assert_int_equal(sscanf(top + 1, "%*s %31s %llu %31s %u %31s", owner, &epoch, st, &depth, parent), 5);
+    assert_string_equal(st, "split");
+    assert_int_equal(depth, 0);
+    assert_string_equal(parent, "-");
+    assert_non_null(strstr(out, "live (deepest at depth 2)"));
+    free(out);
+
     ts_cell_entry_t e1, e2;
     const ts_cell_t west = {.world = WORLD, .cx = -1, .cy = 0};
     assert_string_not_equal(owner_of(reg, &west, &e1), owner_of(reg, &grandkids[0], &e2));
