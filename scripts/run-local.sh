@@ -15,6 +15,11 @@
 # `tessera-sim --via-gateway 127.0.0.1:<gateway port>` connects PLAYERS real
 # TCP clients that join and move; its per-second line, with input->own state
 # latency, is in sim.log, and `tail -f` on it shows the run live).
+# HOTSPOT (default 125,125,20,0.5,60; "" or 0: none): the sim's --hotspot
+# X,Y,R,share,hold_s in bus mode; with the orchestrator's automatic split
+# (split.auto=1) the crowded cell splits to depth 2, the rebalancer moves
+# children to the other worker, and once the crowd disperses (after hold_s)
+# the cells merge back; the live line counts splits= and merges=.
 # SECURE=1 (default) runs NATS and Redis with the users, permissions and
 # ACLs of scripts/gen-secrets.sh, every service as its own user (passwords
 # in files, never on a command line), and prints the read-only inspector's
@@ -29,6 +34,8 @@ DURATION=${DURATION:-}
 KEEP=${KEEP:-0}
 VIA_GATEWAY=${VIA_GATEWAY:-0}
 SECURE=${SECURE:-1}
+HOTSPOT=${HOTSPOT-125,125,20,0.5,60}
+[[ "$HOTSPOT" == 0 ]] && HOTSPOT=
 
 die() {
     echo "run-local: $*" >&2
@@ -221,7 +228,7 @@ wait_port nats "$NATS_PORT" 10
 wait_port redis "$REDIS_PORT" 10
 
 as orch
-start orch "$BUILD_DIR/tessera-orch" "${CREDS[@]}"
+start orch "$BUILD_DIR/tessera-orch" --split.auto=1 "${CREDS[@]}"
 as worker-w1
 start worker-w1 "$BUILD_DIR/tessera-worker" --worker.id=w1 "${CREDS[@]}"
 as worker-w2
@@ -235,12 +242,12 @@ if [[ "$VIA_GATEWAY" == 1 ]]; then
     wait_port gateway "$GATEWAY_PORT" 20
     start sim "$BUILD_DIR/tessera-sim" --via-gateway "127.0.0.1:$GATEWAY_PORT" --sim.players="$PLAYERS" "${CREDS[@]}"
 else
-    start sim "$BUILD_DIR/tessera-sim" --sim.players="$PLAYERS" "${CREDS[@]}"
+    start sim "$BUILD_DIR/tessera-sim" --sim.players="$PLAYERS" ${HOTSPOT:+--hotspot="$HOTSPOT"} "${CREDS[@]}"
     wait_port gateway "$GATEWAY_PORT" 20
 fi
 
 cat <<EOF
-Tessera is running (PLAYERS=$PLAYERS$([[ "$VIA_GATEWAY" == 1 ]] && echo " through the gateway")${DURATION:+, DURATION=${DURATION}s}):
+Tessera is running (PLAYERS=$PLAYERS$([[ "$VIA_GATEWAY" == 1 ]] && echo " through the gateway")${DURATION:+, DURATION=${DURATION}s}$([[ -n "$HOTSPOT" && "$VIA_GATEWAY" != 1 ]] && echo ", a crowd at $HOTSPOT (x,y,r,share,hold_s)")):
   NATS     $TESSERA_NATS_URL  (JetStream store $TMP/js)
   Redis    $TESSERA_REDIS_URL
   security $([[ "$SECURE" == 1 ]] && echo "users, permissions and ACLs from $SECRETS (SECURE=0: none)" || echo "none (SECURE=0)")

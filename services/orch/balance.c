@@ -189,15 +189,17 @@ void ts_balance_moved(ts_balance_t *b, uint64_t now_us)
     b->last_move_us = now_us ? now_us : 1;
 }
 
-/* Picks the cell of `from` to give to `to`, preferring one that touches a
- * cell of `to`, then the lowest resulting max(load_from, load_to), then one
- * on the border of `from`'s area, then the smallest id. With improve, only
- * cells whose move strictly lowers max(load_from, load_to) qualify. */
+/* Picks the cell of `from` to give to `to`, preferring a child of a split
+ * cell (depth > 0: a split exists to spread a hot area), then one that
+ * touches a cell of `to`, then the lowest resulting max(load_from, load_to),
+ * then one on the border of `from`'s area, then the smallest id. With
+ * improve, only cells whose move strictly lowers max(load_from, load_to)
+ * qualify. */
 static bool choose_cell(const ts_balance_view_t *v, int from, int to, bool improve, ts_balance_move_t *m)
 {
     const ts_balance_worker_t *f = &v->w[from], *t = &v->w[to];
     long best = -1;
-    bool best_adj = false;
+    bool best_adj = false, best_child = false;
     double best_after = 0;
     int best_inner = 0;
     for (size_t i = 0; i < v->nc; i++) {
@@ -207,8 +209,11 @@ static bool choose_cell(const ts_balance_view_t *v, int from, int to, bool impro
         double after = fmax(f->load - cl, t->load + cl);
         bool adj = neighbours_owned(v, i, to, true) > 0;
         int inner = neighbours_owned(v, i, from, true);
+        bool child = v->c[i].cell.depth > 0;
         if (best >= 0) {
-            if (adj != best_adj) {
+            if (child != best_child) {
+                if (!child) continue;
+            } else if (adj != best_adj) {
                 if (!adj) continue;
             } else if (fabs(after - best_after) > EPS) {
                 if (after > best_after) continue;
@@ -219,6 +224,7 @@ static bool choose_cell(const ts_balance_view_t *v, int from, int to, bool impro
             }
         }
         best = (long)i;
+        best_child = child;
         best_adj = adj;
         best_after = after;
         best_inner = inner;

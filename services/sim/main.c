@@ -56,7 +56,7 @@ static const ts_service_t service = {
              "each client's area of interest holds its share of the crowd.\n\n"
              "--hotspot X,Y,R[,SHARE[,HOLD_S]] (bus mode): SHARE of the players (default 0.5)\n"
              "walk into the circle of radius R around (X, Y) and stay in it until HOLD_S seconds\n"
-             "after the start (default 60), then disperse; once a second it prints\n"
+             "after the start (default 60), then spread over the world; once a second it prints\n"
              "  sim: hotspot in=K live_cells=N max_depth=D\n"
              "Joins go to the deepest live cell at the player's position (the registry, kept\n"
              "current from RegistryChange); later inputs follow the entity's cell as the\n"

@@ -34,7 +34,9 @@ typedef struct {
     uint64_t inputs_applied;
     bool joined;
     bool seen;
-    bool crowd; /* one of the hotspot's share */
+    bool crowd;     /* one of the hotspot's share */
+    bool dispersed; /* reached its spot after the crowd broke up */
+    double tx, ty;  /* that spot: anywhere in the world */
 } player_t;
 
 struct ts_players {
@@ -196,8 +198,13 @@ void ts_players_set_hotspot(ts_players_t *pl, const ts_sim_hotspot_t *h, uint64_
     pl->hot_on = true;
     pl->hot = *h;
     pl->hot_until_us = start_us + (uint64_t)(h->hold_s * 1e6);
-    for (size_t i = 0; i < pl->n; i++)
-        pl->p[i].crowd = ts_rng_unit(&pl->rng) < h->share;
+    for (size_t i = 0; i < pl->n; i++) {
+        player_t *p = &pl->p[i];
+        p->crowd = ts_rng_unit(&pl->rng) < h->share;
+        p->dispersed = false;
+        p->tx = pl->wx0 + ts_rng_unit(&pl->rng) * (pl->wx1 - pl->wx0);
+        p->ty = pl->wy0 + ts_rng_unit(&pl->rng) * (pl->wy1 - pl->wy0);
+    }
     pthread_mutex_unlock(&pl->mu);
 }
 
@@ -217,19 +224,24 @@ size_t ts_players_in_hotspot(ts_players_t *pl)
 }
 
 /* The heading of a crowd player: into the circle and around in it while
- * the crowd holds, then out beyond it; false when it wanders freely. */
-static bool crowd_heading(ts_players_t *pl, const player_t *p, uint64_t now_us, double *heading)
+ * the crowd holds, then to its own spot anywhere in the world (so the crowd
+ * spreads evenly); false when it wanders freely. */
+static bool crowd_heading(ts_players_t *pl, player_t *p, uint64_t now_us, double *heading)
 {
-    if (!pl->hot_on || !p->crowd) return false;
-    double dx = pl->hot.x - p->x, dy = pl->hot.y - p->y, d = hypot(dx, dy);
+    if (!pl->hot_on || !p->crowd || p->dispersed) return false;
     double noise = (ts_rng_unit(&pl->rng) - 0.5) * TURN;
     if (now_us < pl->hot_until_us) {
-        if (d < pl->hot.r * 0.7) return false; /* inside: wander, turned back at the edge */
+        double dx = pl->hot.x - p->x, dy = pl->hot.y - p->y;
+        if (hypot(dx, dy) < pl->hot.r * 0.7) return false; /* inside: wander, turned back at the edge */
         *heading = atan2(dy, dx) + noise;
         return true;
     }
-    if (d > pl->hot.r + 1.5 * pl->world.cell_size) return false; /* dispersed */
-    *heading = (d > 0 ? atan2(-dy, -dx) : ts_rng_unit(&pl->rng) * 2 * M_PI) + noise;
+    double dx = p->tx - p->x, dy = p->ty - p->y;
+    if (hypot(dx, dy) < pl->speed * 2.0 * (double)pl->period_us / 1e6 + 1.0) {
+        p->dispersed = true;
+        return false;
+    }
+    *heading = atan2(dy, dx) + noise;
     return true;
 }
 

@@ -87,8 +87,8 @@ void ts_players_set_locate(ts_players_t *pl, ts_players_locate_fn fn, void *ud);
 
 /* A hotspot: a share of the players (chosen by the seed) walks into the
  * circle of radius r around (x, y) and stays in it until hold_s seconds
- * after start_us (monotonic); then they walk out to about a cell size and a
- * half beyond its edge and wander freely again. */
+ * after start_us (monotonic); then each walks to its own spot anywhere in
+ * the world (so the crowd spreads evenly) and wanders freely again. */
 typedef struct {
     double x, y, r;
     double share;  /* 0..1 */
