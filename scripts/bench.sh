@@ -8,10 +8,13 @@
 #      exactly once and inputs per JetStream message beside a raw nats.c
 #      publisher, clients through one gateway, and a 64x64 world's crash
 #      recovery, threads and idle CPU;
-#   3. scripts/bench-peers.sh, when it exists: side by side with Colyseus.
+#   3. scripts/bench-peers.sh, when it exists: side by side with Colyseus;
+#   4. tessera-bench-cluster: input throughput, NATS CPU per input and
+#      handover freeze with NATS auth+TLS on vs off, and with R3 vs R1
+#      streams on a 3-node JetStream cluster (interleaved rounds, medians).
 #
 # Each starts its own nats-server and redis-server on free loopback ports and
-# reaps everything it started. The whole run stays under about 15 minutes.
+# reaps everything it started. The whole run stays under about 20 minutes.
 #
 #   BENCH_BUILD_DIR  build directory (default: ${BUILD_DIR:-build}-release)
 #   JOBS             parallel build jobs (default 2)
@@ -19,6 +22,7 @@
 #   BENCH_HANDOVER=0 skip tessera-bench
 #   BENCH_SCALE=0    skip tessera-bench-scale (its knobs: tessera-bench-scale --help)
 #   BENCH_PEERS=0    skip scripts/bench-peers.sh
+#   BENCH_CLUSTER=0  skip tessera-bench-cluster (its knobs: tessera-bench-cluster --help)
 # Extra arguments go to tessera-bench (see tessera-bench --help).
 set -eu
 cd "$(dirname "$0")/.."
@@ -28,7 +32,7 @@ jobs=${JOBS:-2}
 runs=${BENCH_RUNS:-1}
 
 cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=Release -DTS_WERROR=ON >/dev/null
-cmake --build "$dir" -j"$jobs" --target tessera-bench tessera-bench-scale tessera-orch tessera-worker \
+cmake --build "$dir" -j"$jobs" --target tessera-bench tessera-bench-scale tessera-bench-cluster tessera-orch tessera-worker \
     tessera-gateway tessera-sim tessera-ctl
 for bin in tessera-bench tessera-bench-scale; do
     if [ ! -x "$dir/$bin" ]; then
@@ -59,5 +63,11 @@ fi
 if [ "${BENCH_PEERS:-1}" != 0 ] && [ -x scripts/bench-peers.sh ]; then
     echo
     BUILD_DIR="$dir" scripts/bench-peers.sh || status=1
+fi
+
+if [ "${BENCH_CLUSTER:-1}" != 0 ]; then
+    echo
+    # bounded: 3 rounds of 4 set-ups take about 4 minutes
+    timeout -k 10 600 "$dir/tessera-bench-cluster" || status=1
 fi
 exit "$status"
