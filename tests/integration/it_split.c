@@ -24,6 +24,7 @@
 #include "harness.h"
 #include "probe.h"
 #include "tessera/log.h"
+#include "tessera/map.h"
 #include "tessera/proto.h"
 #include "tessera/subject.h"
 #include "tessera/util.h"
@@ -272,6 +273,116 @@ static void expect_changes(const ts_cell_t *parent, bool split, size_t from)
     }
 }
 
+/* ---- freeze: how long entities of a splitting or merging cell go without state --------- */
+
+#define MAX_ENT 4096
+
+static struct {
+    pthread_mutex_t mu;
+    ts_map_t index; /* entity id -> slot + 1 */
+    uint64_t id[MAX_ENT];
+    ts_cell_t cell[MAX_ENT]; /* cell of the latest state showing it */
+    uint64_t last_us[MAX_ENT];
+    uint64_t max_gap_us[MAX_ENT]; /* longest gap between two states within the window */
+    uint64_t moved_us[MAX_ENT];   /* first state from a cell of the new layout after the change */
+    bool in_area[MAX_ENT];        /* in the changing area when the window opened */
+    size_t n;
+    bool on;           /* window open */
+    uint64_t t0;       /* the change was asked for */
+    ts_cell_t area;    /* the parent */
+    uint8_t new_depth; /* depth entities show up at afterwards */
+} FZ = {.mu = PTHREAD_MUTEX_INITIALIZER};
+
+static void on_state(void *ud, const ts_bus_msg_t *m)
+{
+    (void)ud;
+    Tessera__V1__StateDelta *d =
+        tessera__v1__state_delta__unpack(NULL, ts_bus_msg_len(m), ts_bus_msg_data(m));
+    ts_cell_t cell;
+    if (!d || ts_proto_cell_get(d->cell, &cell) != TS_OK) {
+        if (d) tessera__v1__state_delta__free_unpacked(d, NULL);
+        return;
+    }
+    uint64_t now = ts_mono_us();
+    pthread_mutex_lock(&FZ.mu);
+    for (size_t i = 0; i < d->n_entities; i++) {
+        uint64_t id = d->entities[i]->id;
+        uintptr_t k = (uintptr_t)ts_map_get(&FZ.index, id ? id : 1);
+        if (k == 0) {
+            if (FZ.n == MAX_ENT) continue;
+            k = ++FZ.n;
+            ts_map_put(&FZ.index, id ? id : 1, (void *)k);
+            FZ.id[k - 1] = id;
+            FZ.last_us[k - 1] = now;
+        }
+        size_t s = k - 1;
+        if (FZ.on && now - FZ.last_us[s] > FZ.max_gap_us[s]) FZ.max_gap_us[s] = now - FZ.last_us[s];
+        if (FZ.on && FZ.in_area[s] && !FZ.moved_us[s] && cell.depth == FZ.new_depth &&
+            ts_cell_contains(&FZ.area, &cell))
+            FZ.moved_us[s] = now;
+        FZ.last_us[s] = now;
+        FZ.cell[s] = cell;
+    }
+    pthread_mutex_unlock(&FZ.mu);
+    tessera__v1__state_delta__free_unpacked(d, NULL);
+}
+
+/* Opens the window for a split (new_depth = area depth + 1) or merge (new_depth = area depth). */
+static void freeze_open(const ts_cell_t *area, uint8_t new_depth)
+{
+    pthread_mutex_lock(&FZ.mu);
+    FZ.on = true;
+    FZ.t0 = ts_mono_us();
+    FZ.area = *area;
+    FZ.new_depth = new_depth;
+    for (size_t i = 0; i < FZ.n; i++) {
+        FZ.max_gap_us[i] = 0;
+        FZ.moved_us[i] = 0;
+        FZ.in_area[i] = FZ.t0 - FZ.last_us[i] < 500000 && ts_cell_contains(area, &FZ.cell[i]) &&
+                        FZ.cell[i].depth != new_depth;
+    }
+    pthread_mutex_unlock(&FZ.mu);
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Closes the window and prints: duration (asked -> the last entity of the
+ * area shows in the new layout) and freeze (per entity: its longest gap
+ * between two states minus one tick) percentiles. */
+static void freeze_close(const char *what)
+{
+    pthread_mutex_lock(&FZ.mu);
+    FZ.on = false;
+    double *gaps = calloc(FZ.n + 1, sizeof *gaps);
+    size_t n = 0, moved = 0;
+    uint64_t last_move = 0;
+    for (size_t i = 0; gaps && i < FZ.n; i++) {
+        if (!FZ.in_area[i]) continue;
+        double tick_ms = 50.0;
+        double g = (double)FZ.max_gap_us[i] / 1000 - tick_ms;
+        gaps[n++] = g > 0 ? g : 0;
+        if (FZ.moved_us[i]) {
+            moved++;
+            if (FZ.moved_us[i] > last_move) last_move = FZ.moved_us[i];
+        }
+    }
+    if (n) qsort(gaps, n, sizeof *gaps, cmp_double);
+    fprintf(stderr,
+            "measure: %s of %d.%d.%d.%u.%llu: duration_ms=%.1f entities=%zu moved=%zu freeze_ms p50=%.1f "
+            "p99=%.1f "
+            "max=%.1f\n",
+            what, (int)FZ.area.world, FZ.area.cx, FZ.area.cy, FZ.area.depth, (unsigned long long)FZ.area.sub,
+            last_move ? (double)(last_move - FZ.t0) / 1000 : -1.0, n, moved,
+            n ? gaps[(size_t)(0.5 * (double)(n - 1))] : 0, n ? gaps[(size_t)(0.99 * (double)(n - 1))] : 0,
+            n ? gaps[n - 1] : 0);
+    free(gaps);
+    pthread_mutex_unlock(&FZ.mu);
+}
+
 /* ---- 2. ctl split and merge with SIGKILLs ------------------------------------------- */
 
 static void ctl_ok(ts_bus_t *bus, const char *verb, const ts_cell_t *cell, char *reply, size_t cap)
@@ -334,11 +445,13 @@ static void test_ctl_split_merge_with_kills(void **state)
     ts_bus_t *bus = NULL;
     ts_registry_t *reg = NULL;
     ts_probe_t *probe = NULL;
-    ts_bus_sub_t *changes = NULL;
+    ts_bus_sub_t *changes = NULL, *states = NULL;
     assert_int_equal(ts_bus_connect(&bus, ts_h.nats_url, "it_split"), TS_OK);
     assert_int_equal(ts_registry_connect(&reg, ts_h.redis_url), TS_OK);
     assert_int_equal(ts_probe_create(&probe, bus), TS_OK);
     assert_int_equal(ts_bus_subscribe(bus, "tessera.registry.0", on_change, NULL, &changes), TS_OK);
+    ts_map_init(&FZ.index);
+    assert_int_equal(ts_bus_subscribe(bus, "cell.0.*.*.*.*.state", on_state, NULL, &states), TS_OK);
     assert_int_equal(ts_bus_flush(bus, 2000), TS_OK);
 
     const char *orch_args[] = {"--orch.rebalance=0", "--orch.lock_ttl_ms=2000", "--orch.hb_ttl_ms=2000",
@@ -375,8 +488,11 @@ static void test_ctl_split_merge_with_kills(void **state)
 
     /* split the root, then one child: depth 2 */
     size_t mark = changes_now();
+    freeze_open(&root, 1);
     ctl_ok(bus, "split", &root, reply, sizeof reply);
     expect_changes(&root, true, mark);
+    ts_sleep_ms(2000);
+    freeze_close("split");
     assert_string_equal(get(reg, &root).owner, "w1");
     for (int q = 0; q < 4; q++)
         assert_int_equal(get(reg, &kids[q]).state, TS_CELL_ACTIVE);
@@ -398,8 +514,11 @@ static void test_ctl_split_merge_with_kills(void **state)
     ts_h_signal(&ts_h, orch[dead], SIGKILL);
     ts_h_wait(&ts_h, orch[dead], 5000);
     mark = changes_now();
+    freeze_open(&kids[1], 1);
     ctl_ok(bus, "merge", &kids[1], reply, sizeof reply);
     expect_changes(&kids[1], false, mark);
+    ts_sleep_ms(2000);
+    freeze_close("merge (after an orchestrator failover)");
     read_registry(reg, &cells, &n);
     free(cells);
     ts_sleep_ms(2000);
@@ -420,14 +539,19 @@ static void test_ctl_split_merge_with_kills(void **state)
 
     /* merge the root back (all four children on w2 now), then split it again */
     mark = changes_now();
+    freeze_open(&root, 0);
     ctl_ok(bus, "merge", &root, reply, sizeof reply);
     expect_changes(&root, false, mark);
-    assert_string_equal(get(reg, &root).owner, "w2");
     ts_sleep_ms(2000);
+    freeze_close("merge");
+    assert_string_equal(get(reg, &root).owner, "w2");
     mark = changes_now();
+    freeze_open(&root, 1);
     ctl_ok(bus, "split", &root, reply, sizeof reply);
     expect_changes(&root, true, mark);
-    ts_sleep_ms(3000);
+    ts_sleep_ms(2000);
+    freeze_close("split");
+    ts_sleep_ms(1000);
     read_registry(reg, &cells, &n);
     free(cells);
 
@@ -439,6 +563,8 @@ static void test_ctl_split_merge_with_kills(void **state)
         fail_msg("sim: exit %d, %s", rc, v.line);
     }
     ts_bus_sub_destroy(changes);
+    ts_bus_sub_destroy(states);
+    ts_map_free(&FZ.index);
     ts_probe_destroy(probe);
     ts_bus_destroy(bus);
     ts_registry_destroy(reg);
