@@ -551,7 +551,38 @@ static void test_ctl_split_merge_with_kills(void **state)
     expect_changes(&root, true, mark);
     ts_sleep_ms(2000);
     freeze_close("split");
+
+    /* a split, then at once SIGKILL of its owner w2: everything goes to w1
+     * (the only live worker), the split parent staying split */
+    orch[dead] = ts_h_spawn(&ts_h, "orch-c", "tessera-orch", orch_args); /* a standby again */
+    mark = changes_now();
+    ctl_ok(bus, "split", &kids[2], reply, sizeof reply);
+    ts_h_signal(&ts_h, widx[1], SIGKILL);
+    ts_h_wait(&ts_h, widx[1], 5000);
+    expect_changes(&kids[2], true, mark);
+    assert_true(wait_cell(reg, &root, TS_CELL_SPLIT, "w1", WAIT_MS));
+    assert_true(wait_cell(reg, &kids[2], TS_CELL_SPLIT, "w1", WAIT_MS));
+    ts_cell_t kids2[4];
+    ts_cell_children(&kids[2], kids2);
+    for (int q = 0; q < 4; q++)
+        assert_true(wait_cell(reg, &kids2[q], TS_CELL_ACTIVE, "w1", WAIT_MS));
+    read_registry(reg, &cells, &n);
+    free(cells);
     ts_sleep_ms(1000);
+
+    /* a merge, then at once SIGKILL of the leading orchestrator: the new
+     * leader finds it done and splits the cell again */
+    lead = leader_pid(bus);
+    int leader_idx = lead == ts_h.procs[orch[0]].pid ? orch[0] : orch[1];
+    mark = changes_now();
+    ctl_ok(bus, "merge", &kids[2], reply, sizeof reply);
+    ts_h_signal(&ts_h, leader_idx, SIGKILL);
+    ts_h_wait(&ts_h, leader_idx, 5000);
+    expect_changes(&kids[2], false, mark);
+    mark = changes_now();
+    ctl_ok(bus, "split", &kids[2], reply, sizeof reply);
+    expect_changes(&kids[2], true, mark);
+    ts_sleep_ms(2000);
     read_registry(reg, &cells, &n);
     free(cells);
 
