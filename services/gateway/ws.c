@@ -22,13 +22,15 @@
  *
  * Worker heartbeats (tessera.worker.*.hb) feed the map: a nats.c thread
  * decodes each one and updates `workers` under `lock`; /api/world reads it
- * on the loop. The table holds one entry per worker, bounded. */
+ * on the loop. The table holds one entry per worker, bounded. /api/events
+ * pushes the same to the map as it changes (see "the map's push feed"). */
 #define _GNU_SOURCE /* memmem */
 #include "ws.h"
 
 #include <ctype.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -51,6 +53,13 @@
  * treated as flooding. */
 #define WS_MAX_CONTROL_PER_S 100
 #define WS_MAX_ASSETS 32
+/* The map's push feed (/api/events): viewers at once, how often changes go
+ * out, registry changes held between two sends (more: the next send is a
+ * whole world), and the unsent output after which a viewer is dropped. */
+#define WS_MAX_VIEWERS 64
+#define WS_EVENTS_MS 100
+#define WS_MAX_CELL_EVENTS 4096
+#define WS_VIEWER_MAX_BACKLOG ((size_t)1 << 20)
 
 typedef enum { WS_HTTP = 0, WS_OPEN, WS_DONE } ws_phase_t;
 
@@ -88,6 +97,7 @@ struct gw_ws {
     size_t scan_got;
     uint64_t scan_skip;
     uint64_t scan_msg; /* announced bytes of the data message so far */
+    bool viewer;       /* a /api/events stream */
 };
 
 /* One asset of the map page. */
@@ -112,7 +122,18 @@ typedef struct {
     uint64_t *cell_epochs;
     uint32_t *cell_entities;
     size_t ncells;
+    bool changed;   /* a heartbeat since the last push */
+    bool gone_sent; /* pushed as gone (silent for WS_WORKER_STALE_MS) */
 } ws_worker_t;
+
+/* One RegistryChange, as the map's push feed carries it. */
+typedef struct {
+    char key[TS_CELL_STR_MAX];
+    ts_cell_t id;
+    uint64_t epoch, version;
+    ts_cell_state_t state;
+    char owner[64];
+} ws_cell_event_t;
 
 typedef struct gw_ws_server {
     uv_tcp_t tcp;
@@ -121,9 +142,22 @@ typedef struct gw_ws_server {
     ts_bus_sub_t *hb_sub;
     ws_asset_t assets[WS_MAX_ASSETS];
     size_t nassets;
-    pthread_mutex_t lock; /* workers */
+    pthread_mutex_t lock; /* workers, cell_events */
     ws_worker_t workers[WS_MAX_WORKERS];
     size_t nworkers;
+    /* push feed: registry changes since the last push (under lock) */
+    ts_bus_sub_t *reg_sub;
+    ws_cell_event_t *cell_events; /* WS_MAX_CELL_EVENTS */
+    size_t ncell_events;
+    bool events_lost;
+    atomic_bool watched; /* viewers are connected: keep changes */
+    uint32_t world;
+    /* loop thread */
+    uv_timer_t events_timer;
+    bool timer_open;
+    gw_conn_t *viewers[WS_MAX_VIEWERS];
+    size_t nviewers;
+    uint64_t pushes;
 } gw_ws_server_t;
 
 /* Scratch of one gw_ws_writev call (loop thread only). */
@@ -736,14 +770,29 @@ static const char *state_name(ts_cell_state_t s)
     return "unknown";
 }
 
-/* The map's feed: world, cells (registry view) and workers (heartbeats). */
-static void serve_world(gw_conn_t *c)
+/* One worker's entry of the map's feed (under srv->lock). */
+static void worker_json(sbuf_t *b, const ws_worker_t *w, uint64_t now_ms, bool first)
 {
-    gw_t *gw = c->gw;
-    gw_ws_server_t *srv = server_of(gw);
-    sbuf_t b = {0};
     char esc[TS_CELL_STR_MAX];
-    sb_printf(&b,
+    sb_printf(b,
+              "%s{\"id\":\"%s\",\"entities\":%u,\"inputs_applied\":%llu,\"ticks\":%llu,\"tick_p99_ms\":%.3f,"
+              "\"draining\":%s,\"age_ms\":%llu,\"cells\":[",
+              first ? "" : ",", json_escape_key(w->id, esc, sizeof esc), w->entities,
+              (unsigned long long)w->inputs_applied, (unsigned long long)w->ticks, w->tick_p99_ms,
+              w->draining ? "true" : "false", (unsigned long long)(now_ms - w->seen_ms));
+    for (size_t k = 0; k < w->ncells; k++)
+        sb_printf(b, "%s{\"key\":\"%s\",\"epoch\":%llu,\"entities\":%u}", k ? "," : "",
+                  json_escape_key(w->cells[k], esc, sizeof esc), (unsigned long long)w->cell_epochs[k],
+                  w->cell_entities[k]);
+    sb_printf(b, "]}");
+}
+
+/* The map's feed: world, cells (registry view) and workers (heartbeats). */
+static void build_world(gw_t *gw, sbuf_t *b)
+{
+    gw_ws_server_t *srv = server_of(gw);
+    char esc[TS_CELL_STR_MAX];
+    sb_printf(b,
               "{\"world\":{\"id\":%u,\"cell_size\":%.17g,\"x0\":%d,\"y0\":%d,\"width\":%d,\"height\":%d},"
               "\"gateway\":\"%s\",\"players\":%zu,\"time_ms\":%llu,\"cells\":[",
               gw->world.id, gw->world.cell_size, gw->world.x0, gw->world.y0, gw->world.width,
@@ -752,7 +801,7 @@ static void serve_world(gw_conn_t *c)
     bool first = true;
     for (gw_cell_t *cell = gw->all_cells; cell != NULL; cell = cell->next_all) {
         if (!cell->in_registry) continue;
-        sb_printf(&b,
+        sb_printf(b,
                   "%s{\"key\":\"%s\",\"cx\":%d,\"cy\":%d,\"depth\":%u,\"sub\":%llu,\"epoch\":%llu,\"state\":"
                   "\"%s\"}",
                   first ? "" : ",", json_escape_key(cell->key, esc, sizeof esc), cell->id.cx, cell->id.cy,
@@ -760,29 +809,24 @@ static void serve_world(gw_conn_t *c)
                   (unsigned long long)cell->reg_epoch, state_name(cell->reg_state));
         first = false;
     }
-    sb_printf(&b, "],\"workers\":[");
+    sb_printf(b, "],\"workers\":[");
     uint64_t now_ms = ts_now_us() / 1000;
     pthread_mutex_lock(&srv->lock);
     first = true;
     for (size_t i = 0; i < srv->nworkers; i++) {
         const ws_worker_t *w = &srv->workers[i];
         if (now_ms - w->seen_ms > WS_WORKER_STALE_MS) continue;
-        sb_printf(
-            &b,
-            "%s{\"id\":\"%s\",\"entities\":%u,\"inputs_applied\":%llu,\"ticks\":%llu,\"tick_p99_ms\":%.3f,"
-            "\"draining\":%s,\"age_ms\":%llu,\"cells\":[",
-            first ? "" : ",", json_escape_key(w->id, esc, sizeof esc), w->entities,
-            (unsigned long long)w->inputs_applied, (unsigned long long)w->ticks, w->tick_p99_ms,
-            w->draining ? "true" : "false", (unsigned long long)(now_ms - w->seen_ms));
-        for (size_t k = 0; k < w->ncells; k++)
-            sb_printf(&b, "%s{\"key\":\"%s\",\"epoch\":%llu,\"entities\":%u}", k ? "," : "",
-                      json_escape_key(w->cells[k], esc, sizeof esc), (unsigned long long)w->cell_epochs[k],
-                      w->cell_entities[k]);
-        sb_printf(&b, "]}");
+        worker_json(b, w, now_ms, first);
         first = false;
     }
     pthread_mutex_unlock(&srv->lock);
-    sb_printf(&b, "]}");
+    sb_printf(b, "]}");
+}
+
+static void serve_world(gw_conn_t *c)
+{
+    sbuf_t b = {0};
+    build_world(c->gw, &b);
     if (b.failed) {
         free(b.p);
         http_error(c, 500, "Internal Server Error", NULL);
@@ -791,6 +835,164 @@ static void serve_world(gw_conn_t *c)
     http_reply(c, 200, "OK", "application/json", "Access-Control-Allow-Origin: *\r\n", (const uint8_t *)b.p,
                b.len);
     free(b.p);
+}
+
+/* ---- the map's push feed ----------------------------------------------------
+ *
+ * GET /api/events is a server-sent event stream: `world` (what /api/world
+ * answers) once, then every WS_EVENTS_MS at most one `cells` event (the
+ * RegistryChanges since the last one, in order: key, cell, epoch, state,
+ * owner, version) and one `workers` event (the workers that sent a heartbeat
+ * since, and those gone silent). So a viewer costs what changes, not the
+ * world; a burst of more than WS_MAX_CELL_EVENTS changes between two sends
+ * is sent as a whole `world` instead. */
+
+static void viewer_write(gw_conn_t *c, const char *data, size_t len)
+{
+    if (c->handle_closed || c->closing) return;
+    if (c->out_pending > WS_VIEWER_MAX_BACKLOG) {
+        ts_info("conn %llu (%s): map viewer %zu bytes behind; closing", (unsigned long long)c->id, c->peer,
+                c->out_pending);
+        gw_conn_close(c);
+        return;
+    }
+    (void)gw_conn_write_raw(c, (const uint8_t *)data, len);
+}
+
+static void world_event(gw_t *gw, sbuf_t *b)
+{
+    sb_printf(b, "event: world\ndata: ");
+    build_world(gw, b);
+    sb_printf(b, "\n\n");
+}
+
+static void serve_events(gw_conn_t *c)
+{
+    gw_t *gw = c->gw;
+    gw_ws_server_t *srv = server_of(gw);
+    if (srv->nviewers >= WS_MAX_VIEWERS) {
+        http_error(c, 503, "Service Unavailable", "Retry-After: 5\r\n");
+        return;
+    }
+    sbuf_t b = {0};
+    sb_printf(&b, "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+                  "X-Content-Type-Options: nosniff\r\nAccess-Control-Allow-Origin: *\r\n\r\n"
+                  "retry: 1000\n\n");
+    world_event(gw, &b);
+    if (b.failed) {
+        free(b.p);
+        http_error(c, 500, "Internal Server Error", NULL);
+        return;
+    }
+    c->ws->phase = WS_DONE; /* reads are ignored from now on */
+    c->ws->viewer = true;
+    /* a viewer only listens: no hello or idle deadline */
+    gw_tl_del(gw, c, GW_TL_HELLO);
+    gw_tl_del(gw, c, GW_TL_IDLE);
+    srv->viewers[srv->nviewers++] = c;
+    atomic_store(&srv->watched, true);
+    viewer_write(c, b.p, b.len);
+    free(b.p);
+}
+
+static void viewer_gone(gw_conn_t *c)
+{
+    gw_ws_server_t *srv = server_of(c->gw);
+    if (srv == NULL) return;
+    for (size_t i = 0; i < srv->nviewers; i++)
+        if (srv->viewers[i] == c) {
+            srv->viewers[i] = srv->viewers[--srv->nviewers];
+            break;
+        }
+    if (srv->nviewers == 0) atomic_store(&srv->watched, false);
+}
+
+static void on_events_timer(uv_timer_t *t)
+{
+    gw_t *gw = t->data;
+    gw_ws_server_t *srv = server_of(gw);
+    uint64_t now_ms = ts_now_us() / 1000;
+    sbuf_t b = {0};
+    bool lost = false;
+    pthread_mutex_lock(&srv->lock);
+    if (srv->nviewers > 0) {
+        lost = srv->events_lost;
+        char esc[TS_CELL_STR_MAX], own[2 * 64];
+        if (!lost && srv->ncell_events > 0) {
+            sb_printf(&b, "event: cells\ndata: [");
+            for (size_t i = 0; i < srv->ncell_events; i++) {
+                const ws_cell_event_t *e = &srv->cell_events[i];
+                sb_printf(&b,
+                          "%s{\"key\":\"%s\",\"cx\":%d,\"cy\":%d,\"depth\":%u,\"sub\":%llu,\"epoch\":%llu,"
+                          "\"state\":\"%s\",\"owner\":\"%s\",\"version\":%llu}",
+                          i ? "," : "", json_escape_key(e->key, esc, sizeof esc), e->id.cx, e->id.cy,
+                          (unsigned)e->id.depth, (unsigned long long)e->id.sub, (unsigned long long)e->epoch,
+                          state_name(e->state), json_escape_key(e->owner, own, sizeof own),
+                          (unsigned long long)e->version);
+            }
+            sb_printf(&b, "]\n\n");
+        }
+        bool any = false, first = true;
+        for (size_t i = 0; i < srv->nworkers; i++) {
+            ws_worker_t *w = &srv->workers[i];
+            if (!w->changed) continue;
+            if (!any) sb_printf(&b, "event: workers\ndata: {\"workers\":[");
+            any = true;
+            worker_json(&b, w, now_ms, first);
+            first = false;
+            w->changed = false;
+        }
+        first = true;
+        for (size_t i = 0; i < srv->nworkers; i++) {
+            ws_worker_t *w = &srv->workers[i];
+            if (w->gone_sent || now_ms - w->seen_ms <= WS_WORKER_STALE_MS) continue;
+            if (!any) sb_printf(&b, "event: workers\ndata: {\"workers\":[");
+            if (first) sb_printf(&b, "],\"gone\":[");
+            any = true;
+            sb_printf(&b, "%s\"%s\"", first ? "" : ",", json_escape_key(w->id, esc, sizeof esc));
+            first = false;
+            w->gone_sent = true;
+        }
+        if (any) sb_printf(&b, first ? "],\"gone\":[]}\n\n" : "]}\n\n");
+    } else {
+        for (size_t i = 0; i < srv->nworkers; i++)
+            srv->workers[i].changed = false;
+    }
+    srv->ncell_events = 0;
+    srv->events_lost = false;
+    pthread_mutex_unlock(&srv->lock);
+    if (lost) world_event(gw, &b);
+    if (!b.failed && b.len > 0) {
+        srv->pushes++;
+        for (size_t i = 0; i < srv->nviewers; i++)
+            viewer_write(srv->viewers[i], b.p, b.len);
+    }
+    free(b.p);
+}
+
+/* nats.c thread: one RegistryChange, kept for the next push while anyone
+ * watches. */
+static void on_registry_change(void *ud, const ts_bus_msg_t *msg)
+{
+    gw_ws_server_t *srv = ud;
+    if (!atomic_load(&srv->watched)) return;
+    Tessera__V1__RegistryChange *rc =
+        tessera__v1__registry_change__unpack(NULL, ts_bus_msg_len(msg), ts_bus_msg_data(msg));
+    if (rc == NULL) return;
+    ws_cell_event_t e = {.epoch = rc->epoch, .version = rc->version, .state = (ts_cell_state_t)rc->state};
+    bool ok = rc->world == srv->world && rc->cell != NULL && ts_proto_cell_get(rc->cell, &e.id) == TS_OK;
+    if (ok) {
+        ts_cell_format(&e.id, e.key, sizeof e.key);
+        snprintf(e.owner, sizeof e.owner, "%s", rc->owner ? rc->owner : "");
+    }
+    tessera__v1__registry_change__free_unpacked(rc, NULL);
+    if (!ok) return;
+    pthread_mutex_lock(&srv->lock);
+    if (srv->ncell_events < WS_MAX_CELL_EVENTS)
+        srv->cell_events[srv->ncell_events++] = e;
+    else
+        srv->events_lost = true;
+    pthread_mutex_unlock(&srv->lock);
 }
 
 static void serve_asset(gw_conn_t *c, const char *path, size_t len)
@@ -905,6 +1107,10 @@ static void on_request(gw_conn_t *c, char *head, size_t len, const uint8_t *rest
         serve_world(c);
         return;
     }
+    if (path_len == 11 && memcmp(target, "/api/events", 11) == 0) {
+        serve_events(c);
+        return;
+    }
     serve_asset(c, target, path_len);
 }
 
@@ -967,6 +1173,7 @@ void gw_ws_free(gw_conn_t *c)
 {
     struct gw_ws *ws = c->ws;
     if (ws == NULL) return;
+    if (ws->viewer) viewer_gone(c);
     wslay_frame_context_free(ws->frames);
     free(ws->head);
     free(ws->early);
@@ -1041,6 +1248,8 @@ static void on_heartbeat(void *ud, const ts_bus_msg_t *msg)
     }
     if (w != NULL) {
         worker_clear(w);
+        w->changed = true;
+        w->gone_sent = false;
         w->seen_ms = ts_now_us() / 1000;
         w->entities = hb->entities;
         w->inputs_applied = hb->inputs_applied;
@@ -1134,6 +1343,9 @@ ts_status_t gw_ws_listen(gw_t *gw)
     if (srv == NULL) return TS_ERR_NOMEM;
     pthread_mutex_init(&srv->lock, NULL);
     gw->ws_server = srv;
+    srv->world = gw->world.id;
+    srv->cell_events = malloc(WS_MAX_CELL_EVENTS * sizeof *srv->cell_events);
+    if (srv->cell_events == NULL) return TS_ERR_NOMEM;
     ts_status_t st = load_assets(srv, gw->cfg->gateway_web_dir);
     if (st != TS_OK) return st;
     if (uv_tcp_init(gw->loop, &srv->tcp) != 0) return TS_ERR_IO;
@@ -1158,6 +1370,17 @@ ts_status_t gw_ws_listen(gw_t *gw)
         ts_error("cannot subscribe to worker heartbeats: %s", ts_status_str(st));
         return st;
     }
+    char subject[TS_SUBJECT_MAX];
+    ts_subject_registry(subject, sizeof subject, gw->world.id);
+    st = ts_bus_subscribe(gw->bus, subject, on_registry_change, srv, &srv->reg_sub);
+    if (st != TS_OK) {
+        ts_error("cannot subscribe to %s: %s", subject, ts_status_str(st));
+        return st;
+    }
+    uv_timer_init(gw->loop, &srv->events_timer);
+    srv->events_timer.data = gw;
+    srv->timer_open = true;
+    uv_timer_start(&srv->events_timer, on_events_timer, WS_EVENTS_MS, WS_EVENTS_MS);
     ts_info("WebSocket and world map on http://%s:%d/ (WebSocket path /ws)", host, srv->port);
     return TS_OK;
 }
@@ -1168,6 +1391,12 @@ void gw_ws_listen_close(gw_t *gw)
     if (srv == NULL) return;
     ts_bus_sub_close(srv->hb_sub);
     srv->hb_sub = NULL;
+    ts_bus_sub_close(srv->reg_sub);
+    srv->reg_sub = NULL;
+    if (srv->timer_open) {
+        srv->timer_open = false;
+        uv_close((uv_handle_t *)&srv->events_timer, NULL);
+    }
     if (!srv->open) return;
     srv->open = false;
     uv_close((uv_handle_t *)&srv->tcp, NULL);
@@ -1178,6 +1407,8 @@ void gw_ws_server_free(gw_t *gw)
     gw_ws_server_t *srv = server_of(gw);
     if (srv == NULL) return;
     ts_bus_sub_close(srv->hb_sub);
+    ts_bus_sub_close(srv->reg_sub);
+    free(srv->cell_events);
     for (size_t i = 0; i < srv->nassets; i++)
         free(srv->assets[i].owned);
     for (size_t i = 0; i < srv->nworkers; i++)

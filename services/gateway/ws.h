@@ -6,12 +6,16 @@
  *                    one ClientFrame / ServerFrame protobuf (no length
  *                    prefix); the connection is a gw_conn_t like a TCP one
  *   GET /api/world   JSON: the world, the cells the gateway knows and the
- *                    workers' latest heartbeats (the map's feed)
+ *                    workers' latest heartbeats
+ *   GET /api/events  the same pushed as server-sent events: the world once,
+ *                    then registry changes and heartbeats as they come (the
+ *                    map's feed)
  *   GET /, /<file>   the world map page and its assets
  *
  * conn.c calls the gw_ws_* connection hooks for connections whose `ws` is
- * set; everything runs on the gateway's loop thread except the heartbeat
- * subscription's callback, which only updates a small table under a mutex. */
+ * set; everything runs on the gateway's loop thread except the heartbeat and
+ * registry subscriptions' callbacks, which only update small tables under a
+ * mutex. */
 #ifndef TS_GATEWAY_WS_H
 #define TS_GATEWAY_WS_H
 

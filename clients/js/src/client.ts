@@ -323,7 +323,12 @@ export class TesseraClient {
       const w = f.welcome;
       if (w.entity !== '0') this.entity = w.entity;
       if (w.resume_token) this.resumeToken = w.resume_token;
-      if (w.resumed) this.predictor.ack(w.last_input_seq);
+      if (w.resumed) {
+        this.predictor.ack(w.last_input_seq);
+        // a login that took its entity over (a Join answered as a resume):
+        // the player's inputs go on above the ones already applied
+        if (w.last_input_seq > this.seq) this.seq = w.last_input_seq;
+      }
       this.emit('welcome', w);
       if (w.resumed) this.emit('resumed', w);
     } else if (f.snapshot) {

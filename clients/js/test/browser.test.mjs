@@ -1,7 +1,9 @@
 // The world map in headless Chromium against a real stack: the page shows
-// every cell and worker and the world's entity count, the viewer joins,
-// sees the players near it, moves with the arrow keys and sees its own
-// entity move. A screenshot goes to $TESSERA_ARTIFACT_DIR (CI keeps it).
+// every cell and worker and the world's entity count, pushed to it (one
+// /api/events stream, no polling), a handover flashes the moment it
+// happens, the viewer joins, sees the players near it, moves with the arrow
+// keys and sees its own entity move. A screenshot goes to
+// $TESSERA_ARTIFACT_DIR (CI keeps it).
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync, mkdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -66,12 +68,26 @@ it('shows cells, workers and entities; the viewer joins and moves with the arrow
   const logs = [];
   page.on('console', (m) => logs.push(m.text()));
   page.on('pageerror', (e) => logs.push(String(e)));
+  const requests = [];
+  page.on('request', (r) => requests.push(new URL(r.url()).pathname));
   await page.goto(stack.gateways[0].http + '/', { waitUntil: 'load' });
 
   await until('legend: 16 cells, 2 workers, 3 entities', async () =>
     (await text(page, '#legend-cells')) === '16' &&
     (await text(page, '#legend-workers')) === '2' &&
     (await text(page, '#legend-entities')) === '3', 20000);
+
+  // a handover shows as it happens, pushed: the page asked for the feed once
+  const w = await stack.world(0);
+  const w1cell = w.workers.find((x) => x.id === 'w1').cells[0].key;
+  const out = await stack.ctl(['handover', w1cell, 'w2']);
+  assert.match(out, /^ok/m);
+  await until(`handover of ${w1cell} noted`, async () => ((await text(page, '#events')) ?? '').includes(`handover: cell ${w1cell} w1 → w2`), 10000);
+  // one whole world, then changes only: registry changes and heartbeats
+  const feed = await page.evaluate(() => ({ ...window.tessera.feed }));
+  assert.equal(feed.worlds, 1);
+  assert.ok(feed.cells >= 1 && feed.workers >= 2, JSON.stringify(feed));
+  assert.equal(requests.filter((r) => r === '/api/world').length, 0);
 
   await page.click('#join');
   await until('viewer joined', () => page.evaluate(() => !!window.tessera.client?.entity), 10000);

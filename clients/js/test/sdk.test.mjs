@@ -9,10 +9,12 @@ import { ErrorCode, TesseraClient, decodeServerFrame, encodeClientFrame } from '
 import { Stack, until } from './stack.mjs';
 
 const stack = new Stack();
+const AUTH_SECRET = 'tessera-js-auth';
 let ok = true;
 
 before(async () => {
-  await stack.start({ gateways: 2 });
+  // logins optional (no gateway.auth.required), tokens checked when given
+  await stack.start({ gateways: 2, gatewayArgs: [`--gateway.auth.secret=${AUTH_SECRET}`] });
 });
 
 after(async () => {
@@ -140,6 +142,31 @@ describe('sdk', () => {
     }
   });
 
+  it('a second login of the same player on another gateway takes its entity over', async () => {
+    try {
+      const token = (await stack.ctl(['token', '--sub', 'zoe', '--secret', AUTH_SECRET])).trim();
+      const a = await client(0, { token });
+      const snap = await a.join(100, -150);
+      assert.equal(BigInt(snap.entity) >> 63n, 1n, 'a player entity id');
+      const seqA = a.move(10, 0);
+      await until('first login acked', () => a.ackedSeq >= seqA, 10000);
+      const closed = a.waitFor('close', () => true, 10000);
+      const b = await client(1, { token });
+      await b.join(-150, 150); // elsewhere: the entity stays where it is
+      assert.equal(b.entity, snap.entity);
+      const c = await closed;
+      assert.equal(c.willResume, false, 'the replaced connection does not fight back');
+      const seqB = b.move(0, 10);
+      assert.ok(seqB > seqA, `numbering goes on above ${seqA}: ${seqB}`);
+      await until('second login acked', () => b.ackedSeq >= seqB && b.me?.vy === 10, 10000);
+      assert.ok(b.me.x > 100 && b.me.y > -160 && b.me.y < 0, `kept its place: ${b.me.x}, ${b.me.y}`);
+      b.close();
+    } catch (e) {
+      ok = false;
+      throw e;
+    }
+  });
+
   it('refuses a forged resume token', async () => {
     try {
       const c = await client(0, { autoResume: false });
@@ -194,6 +221,34 @@ describe('websocket listener', () => {
       r.ws.send(new Uint8Array(65 * 1024 + 1));
       assert.equal(await r.closed, 1009);
       assert.equal(r.frames.at(-1).error.code, ErrorCode.OVERSIZED);
+    } catch (e) {
+      ok = false;
+      throw e;
+    }
+  });
+
+  it('refuses a message from its frame header alone: ERROR_OVERSIZED, then closes 1009', async () => {
+    try {
+      const r = raw();
+      await r.opened;
+      // binary, FIN, masked, 64-bit length 10 MiB; no mask key, no payload
+      r.ws._socket.write(Buffer.from([0x82, 0xff, 0, 0, 0, 0, 0, 0xa0, 0, 0]));
+      assert.equal(await r.closed, 1009);
+      assert.equal(r.frames.at(-1).error.code, ErrorCode.OVERSIZED);
+      assert.equal(r.frames.at(-1).error.fatal, true);
+    } catch (e) {
+      ok = false;
+      throw e;
+    }
+  });
+
+  it('answers a frame RFC 6455 forbids with ERROR_MALFORMED, then closes 1002', async () => {
+    try {
+      const r = raw();
+      await r.opened;
+      r.ws._socket.write(Buffer.from([0x82, 0x02, 0x08, 0x01])); // unmasked
+      assert.equal(await r.closed, 1002);
+      assert.equal(r.frames.at(-1).error.code, ErrorCode.MALFORMED);
     } catch (e) {
       ok = false;
       throw e;

@@ -146,6 +146,19 @@ export class Stack {
     );
   }
 
+  /** Runs tessera-ctl against this stack; resolves its output (rejects on failure). */
+  ctl(args) {
+    return new Promise((res, rej) => {
+      const p = spawn(join(binDir, 'tessera-ctl'), args, {
+        env: { ...process.env, TESSERA_NATS_URL: this.natsUrl, TESSERA_REDIS_URL: this.redisUrl },
+      });
+      let out = '';
+      p.stdout.on('data', (d) => (out += d));
+      p.stderr.on('data', (d) => (out += d));
+      p.once('exit', (code) => (code === 0 ? res(out) : rej(new Error(`tessera-ctl ${args.join(' ')}: ${code}: ${out}`))));
+    });
+  }
+
   log(name) {
     const p = this.procs.find((x) => x.procName === name);
     return p ? readFileSync(p.logPath, 'utf8') : '';

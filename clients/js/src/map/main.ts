@@ -1,8 +1,13 @@
-// The live world map served by the gateway at `/`: cells colored by owner
-// (from /api/world, the gateway's registry view and the workers'
-// heartbeats), entities near the viewer as dots (from the SDK's view),
-// handovers and recoveries flashing, a legend with workers, entities and
-// inputs/s. "Join" spawns the viewer as a player; arrow keys move it.
+// The live world map served by the gateway at `/`: the live cells at any
+// depth colored by owner, entities near the viewer as dots (from the SDK's
+// view), handovers and recoveries flashing as they happen, a legend with
+// workers, entities and inputs/s. "Join" spawns the viewer as a player;
+// arrow keys move it.
+//
+// The feed is pushed: /api/events (server-sent events) sends the world once
+// (`world`: the gateway's registry view and the workers' heartbeats), then
+// the registry changes (`cells`) and heartbeats (`workers`) as they come,
+// so the page does work for what changes, never a poll of the world.
 import { TesseraClient } from '../index.js';
 
 interface WorldCell {
@@ -13,6 +18,8 @@ interface WorldCell {
   sub: number;
   epoch: number;
   state: string;
+  owner?: string;
+  version?: number;
 }
 interface WorkerCell {
   key: string;
@@ -38,8 +45,8 @@ interface Flash {
 }
 
 const SPEED = 40;
-const POLL_MS = 500;
 const FLASH_MS = 1500;
+const LIVE = new Set(['active', 'handover']);
 
 const canvas = document.getElementById('map') as HTMLCanvasElement;
 const ctx = canvas.getContext('2d')!;
@@ -48,12 +55,15 @@ const events = document.getElementById('events')!;
 const joinButton = document.getElementById('join') as HTMLButtonElement;
 
 let world: World | null = null;
-const owners = new Map<string, { owner: string; epoch: number; entities: number }>();
+const cells = new Map<string, WorldCell>(); // every cell the registry has, by key
+const workers = new Map<string, Worker>();
+const owners = new Map<string, { owner: string; epoch: number; entities: number }>(); // from heartbeats
 const flashes = new Map<string, Flash>();
 let inputsPerS = 0;
 let lastInputs: { t: number; n: number } | null = null;
 let client: TesseraClient | null = null;
 const keys = new Set<string>();
+const feed = { worlds: 0, cells: 0, workers: 0 }; // events received, by kind
 
 function hue(id: string): number {
   let h = 2166136261;
@@ -69,37 +79,97 @@ function note(text: string): void {
   while (events.children.length > 8) events.lastChild!.remove();
 }
 
-function applyWorld(w: World): void {
-  const t = performance.now();
-  const next = new Map<string, { owner: string; epoch: number; entities: number }>();
-  for (const wk of w.workers)
-    for (const c of wk.cells) {
-      const cur = next.get(c.key);
-      if (cur === undefined || c.epoch > cur.epoch) next.set(c.key, { owner: wk.id, epoch: c.epoch, entities: c.entities });
-    }
-  const alive = new Set(w.workers.map((x) => x.id));
-  for (const c of w.cells) {
-    const before = owners.get(c.key);
-    const after = next.get(c.key);
-    if (before !== undefined && after !== undefined && (after.owner !== before.owner || after.epoch > before.epoch)) {
-      const kind = alive.has(before.owner) ? 'handover' : 'recovery';
-      flashes.set(c.key, { until: t + FLASH_MS, kind });
-      note(`${kind}: cell ${c.key} ${before.owner} → ${after.owner} (epoch ${after.epoch})`);
-    }
-    if (c.state === 'handover') flashes.set(c.key, { until: t + FLASH_MS, kind: 'handover' });
-  }
+/** Owners and entity counts as the workers' heartbeats report them. */
+function heartbeatOwners(): void {
   owners.clear();
-  for (const [k, v] of next) owners.set(k, v);
-  const n = w.workers.reduce((s, x) => s + x.inputs_applied, 0);
-  if (lastInputs !== null && t > lastInputs.t) inputsPerS = Math.max(0, ((n - lastInputs.n) * 1000) / (t - lastInputs.t));
-  lastInputs = { t, n };
-  world = w;
+  for (const wk of workers.values())
+    for (const c of wk.cells) {
+      const cur = owners.get(c.key);
+      if (cur === undefined || c.epoch > cur.epoch) owners.set(c.key, { owner: wk.id, epoch: c.epoch, entities: c.entities });
+    }
+}
+
+function inputsRate(): void {
+  const t = performance.now();
+  let n = 0;
+  for (const w of workers.values()) n += w.inputs_applied;
+  if (lastInputs !== null && t - lastInputs.t >= 900) {
+    inputsPerS = Math.max(0, ((n - lastInputs.n) * 1000) / (t - lastInputs.t));
+    lastInputs = { t, n };
+  } else if (lastInputs === null) lastInputs = { t, n };
+}
+
+function publish(): void {
+  if (world === null) return;
+  world = { ...world, cells: [...cells.values()], workers: [...workers.values()] };
   renderLegend();
+}
+
+/** The whole world (first event, and after a burst of changes). */
+function applyWorld(w: World): void {
+  cells.clear();
+  for (const c of w.cells) cells.set(c.key, c);
+  workers.clear();
+  for (const wk of w.workers) workers.set(wk.id, wk);
+  world = w;
+  heartbeatOwners();
+  inputsRate();
+  publish();
+}
+
+/** Registry changes, in order: a new owner flashes (handover when the old
+ * owner still heartbeats, recovery when it is gone). */
+function applyCells(changes: WorldCell[]): void {
+  const t = performance.now();
+  for (const c of changes) {
+    const before = cells.get(c.key);
+    const was = before?.owner ?? owners.get(c.key)?.owner;
+    if (c.state === 'handover') flashes.set(c.key, { until: t + FLASH_MS, kind: 'handover' });
+    if (was !== undefined && was !== '' && c.owner !== undefined && c.owner !== was && LIVE.has(c.state)) {
+      const kind = workers.has(was) ? 'handover' : 'recovery';
+      flashes.set(c.key, { until: t + FLASH_MS, kind });
+      note(`${kind}: cell ${c.key} ${was} → ${c.owner} (epoch ${c.epoch})`);
+    }
+    if (before !== undefined && before.state !== c.state && (c.state === 'split' || c.state === 'retired'))
+      note(`cell ${c.key} ${c.state === 'split' ? 'split' : 'merged'}`);
+    cells.set(c.key, c);
+  }
+  publish();
+}
+
+function applyWorkers(ev: { workers: Worker[]; gone: string[] }): void {
+  for (const w of ev.workers) workers.set(w.id, w);
+  for (const id of ev.gone) {
+    workers.delete(id);
+    note(`worker ${id} gone`);
+  }
+  heartbeatOwners();
+  inputsRate();
+  publish();
+}
+
+function listen(): void {
+  const es = new EventSource('/api/events');
+  es.addEventListener('world', (e) => {
+    feed.worlds++;
+    applyWorld(JSON.parse((e as MessageEvent).data) as World);
+  });
+  es.addEventListener('cells', (e) => {
+    feed.cells++;
+    applyCells(JSON.parse((e as MessageEvent).data) as WorldCell[]);
+  });
+  es.addEventListener('workers', (e) => {
+    feed.workers++;
+    applyWorkers(JSON.parse((e as MessageEvent).data));
+  });
+  // EventSource reconnects by itself (the gateway restarts): the first
+  // event is a whole world again
 }
 
 function renderLegend(): void {
   if (world === null) return;
   const entities = world.workers.reduce((s, x) => s + x.entities, 0);
+  const live = world.cells.filter((c) => LIVE.has(c.state)).length;
   const rows = world.workers
     .map(
       (w) =>
@@ -108,20 +178,10 @@ function renderLegend(): void {
     .join('');
   legend.innerHTML =
     `<div>gateway <b>${world.gateway}</b></div>` +
-    `<div>cells <b id="legend-cells">${world.cells.length}</b> · workers <b id="legend-workers">${world.workers.length}</b>` +
+    `<div>cells <b id="legend-cells">${live}</b> · workers <b id="legend-workers">${world.workers.length}</b>` +
     ` · entities <b id="legend-entities">${entities}</b> · inputs/s <b id="legend-inputs">${inputsPerS.toFixed(0)}</b></div>` +
     `<ul class="workers">${rows}</ul>` +
     (client?.entity ? `<div>you: <b id="legend-me">${client.entity}</b></div>` : '');
-}
-
-async function poll(): Promise<void> {
-  try {
-    const r = await fetch('/api/world', { cache: 'no-store' });
-    if (r.ok) applyWorld((await r.json()) as World);
-  } catch {
-    /* the gateway restarts: try again */
-  }
-  setTimeout(poll, POLL_MS);
 }
 
 /** A cell's bounds in world units (quadtree path: two bits per level, SW SE NW NE). */
@@ -164,9 +224,11 @@ function draw(): void {
   const sy = (y: number) => oy + (wy0 + wh - y) * scale; // y grows upwards
   const t = performance.now();
   for (const c of world.cells) {
+    if (!LIVE.has(c.state)) continue; // split parents and retired children: their live cells cover them
     const [x, y, s] = bounds(c, size);
     const own = owners.get(c.key);
-    ctx.fillStyle = own ? color(own.owner, 0.35) : '#333';
+    const owner = c.owner || own?.owner;
+    ctx.fillStyle = owner ? color(owner, 0.35) : '#333';
     ctx.fillRect(sx(x), sy(y + s), s * scale, s * scale);
     const f = flashes.get(c.key);
     if (f !== undefined && f.until > t) {
@@ -246,8 +308,9 @@ joinButton.addEventListener('click', () => {
   get world() {
     return world;
   },
+  feed,
   join,
 };
 
-poll();
+listen();
 requestAnimationFrame(draw);
