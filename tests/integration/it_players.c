@@ -9,7 +9,12 @@
  *   gwa (id 3): gateway.auth.required with an HS256 secret and an RS256 key
  *
  * Observers (on gw2) watch other players' entities in their Deltas: a
- * despawned entity shows up in `removed`. */
+ * despawned entity shows up in `removed`.
+ *
+ * `it_players --ws` runs the same tests with every player on WebSocket
+ * (each gateway also listens on gateway.ws_listen) and the 10,000 idle
+ * sockets on the WebSocket listener; the slow reader (a raw socket that
+ * never reads) and the CLI's login stay on TCP. */
 #define _GNU_SOURCE /* POLLRDHUP */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -46,6 +51,25 @@
 #define AUDIENCE "tessera-it"
 
 static ts_h_stack_t stack = {-1, {-1, -1}, -1, 0};
+static bool use_ws; /* players connect over WebSocket */
+/* each gateway's TCP port and its WebSocket port (--ws) */
+static int tcp_ports[16], ws_ports[16];
+static size_t nports;
+
+static void note_ws_port(int tcp, int ws)
+{
+    assert_true(nports < sizeof tcp_ports / sizeof tcp_ports[0]);
+    tcp_ports[nports] = tcp;
+    ws_ports[nports++] = ws;
+}
+
+/* The port players of the gateway on TCP port `port` connect to. */
+static int player_port(int port)
+{
+    for (size_t i = 0; use_ws && i < nports; i++)
+        if (tcp_ports[i] == port) return ws_ports[i];
+    return port;
+}
 static int gw2_port;
 static int gw2_idx = -1;
 
@@ -95,7 +119,10 @@ typedef struct {
 static void cl_connect(cl_t *p, int port)
 {
     memset(p, 0, sizeof *p);
-    assert_int_equal(ts_client_connect(&p->c, "127.0.0.1", port, 3000), TS_OK);
+    if (use_ws)
+        assert_int_equal(ts_client_connect_ws(&p->c, "127.0.0.1", player_port(port), NULL, 3000), TS_OK);
+    else
+        assert_int_equal(ts_client_connect(&p->c, "127.0.0.1", port, 3000), TS_OK);
 }
 
 static void cl_close(cl_t *p)
@@ -296,16 +323,24 @@ static void expect_fatal(cl_t *p, Tessera__V1__ErrorCode code, int64_t ms)
 static int spawn_gateway(const char *name, int id, int *port, const char *const *extra)
 {
     *port = ts_h_free_port();
-    char listen[64], idarg[32];
+    char listen[64], idarg[32], ws_listen[64];
     snprintf(listen, sizeof listen, "--gateway.listen=127.0.0.1:%d", *port);
     snprintf(idarg, sizeof idarg, "--gateway.id=%d", id);
     const char *argv[24] = {listen, idarg, "--gateway.resume_secret=" SECRET, NULL};
     int n = 3;
+    int ws_port = 0;
+    if (use_ws) {
+        ws_port = ts_h_free_port();
+        snprintf(ws_listen, sizeof ws_listen, "--gateway.ws_listen=127.0.0.1:%d", ws_port);
+        argv[n++] = ws_listen;
+        note_ws_port(*port, ws_port);
+    }
     for (size_t i = 0; extra && extra[i] && n < 23; i++)
         argv[n++] = extra[i];
     argv[n] = NULL;
     int idx = ts_h_spawn(&ts_h, name, "tessera-gateway", argv);
     assert_true(ts_h_wait_port(*port, 15000));
+    if (use_ws) assert_true(ts_h_wait_port(ws_port, 15000));
     return idx;
 }
 
@@ -527,7 +562,7 @@ static void test_idle_sockets_do_not_lock_players_out(void **state)
     enum { N = 10000 };
     int *fds = calloc(N, sizeof *fds);
     assert_non_null(fds);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)gw2_port)};
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)player_port(gw2_port))};
     inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
     int n = 0;
     for (; n < N; n++) {
@@ -1002,12 +1037,17 @@ static int group_setup(void **state)
     (void)state;
     ts_h_start(&ts_h);
     const char *workers[] = {"--gateway.resume_s=3", NULL};
-    const char *gw[] = {"--gateway.resume_secret=" SECRET, "--gateway.resume_s=3",
-                        "--gateway.hello_timeout_s=1",     "--gateway.idle_timeout_s=2",
-                        "--gateway.slow_close_s=1",        "--gateway.max_backlog=1024",
-                        "--gateway.rate_limit=1000000",    NULL};
+    int ws1 = ts_h_free_port(), ws2 = ts_h_free_port();
+    char ws1_listen[64], ws2_listen[64];
+    snprintf(ws1_listen, sizeof ws1_listen, "--gateway.ws_listen=127.0.0.1:%d", ws1);
+    snprintf(ws2_listen, sizeof ws2_listen, "--gateway.ws_listen=127.0.0.1:%d", ws2);
+    const char *gw[] = {
+        "--gateway.resume_secret=" SECRET, "--gateway.resume_s=3",     "--gateway.hello_timeout_s=1",
+        "--gateway.idle_timeout_s=2",      "--gateway.slow_close_s=1", "--gateway.max_backlog=1024",
+        "--gateway.rate_limit=1000000",    use_ws ? ws1_listen : NULL, NULL};
     ts_h_spawn_stack(&ts_h, NULL, workers, gw, &stack);
-    if (!ts_h_wait_world(&ts_h, WORLD, NCELLS, 30000) || !ts_h_wait_port(stack.gw_port, 15000)) {
+    if (!ts_h_wait_world(&ts_h, WORLD, NCELLS, 30000) || !ts_h_wait_port(stack.gw_port, 15000) ||
+        (use_ws && !ts_h_wait_port(ws1, 15000))) {
         ts_h_fail_dump(&ts_h);
         ts_h_stop(&ts_h);
         return -1;
@@ -1022,18 +1062,24 @@ static int group_setup(void **state)
                          "--gateway.hello_timeout_s=60",
                          "--gateway.idle_timeout_s=60",
                          "--gateway.max_clients=10000",
+                         use_ws ? ws2_listen : NULL,
                          NULL};
     gw2_idx = ts_h_spawn(&ts_h, "gw2", "tessera-gateway", gw2);
-    if (!ts_h_wait_port(gw2_port, 15000)) {
+    if (!ts_h_wait_port(gw2_port, 15000) || (use_ws && !ts_h_wait_port(ws2, 15000))) {
         ts_h_fail_dump(&ts_h);
         ts_h_stop(&ts_h);
         return -1;
     }
+    if (use_ws) {
+        note_ws_port(stack.gw_port, ws1);
+        note_ws_port(gw2_port, ws2);
+    }
     return 0;
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    use_ws = argc > 1 && strcmp(argv[1], "--ws") == 0;
     /* 10,000 sockets here and as many in the gateway (it inherits this) */
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
@@ -1054,5 +1100,5 @@ int main(void)
         TS_H_TEST(test_flood_limit_exact),
         TS_H_TEST(test_idle_sockets_do_not_lock_players_out),
     };
-    return TS_H_RUN("it_players", tests, group_setup, ts_h_group_teardown);
+    return TS_H_RUN(use_ws ? "it_players_ws" : "it_players", tests, group_setup, ts_h_group_teardown);
 }
