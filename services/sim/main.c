@@ -193,8 +193,8 @@ static void report(sim_t *s, double secs)
         size_t live = 0;
         unsigned depth = 0;
         ts_sim_cells_counts(s->cells, &live, &depth);
-        printf("sim: hotspot in=%zu live_cells=%zu max_depth=%u\n", ts_players_in_hotspot(s->players), live,
-               depth);
+        printf("sim: hotspot in=%zu live_cells=%zu max_depth=%u\n",
+               ts_players_in_hotspot(s->players, ts_mono_us()), live, depth);
     }
     fflush(stdout);
 }

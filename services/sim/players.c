@@ -179,13 +179,16 @@ ts_status_t ts_sim_hotspot_parse(const char *s, ts_sim_hotspot_t *out)
     double v[5] = {0, 0, 0, 0.5, 60};
     int n = 0;
     const char *p = s;
-    while (p && *p && n < 5) {
+    for (;;) {
         char *end = NULL;
+        if (n == 5) return TS_ERR_PARSE;
         v[n++] = strtod(p, &end);
-        if (end == p || (*end != ',' && *end != '\0')) return TS_ERR_PARSE;
-        p = *end == ',' ? end + 1 : end;
+        if (end == p) return TS_ERR_PARSE;
+        if (*end == '\0') break;
+        if (*end != ',') return TS_ERR_PARSE;
+        p = end + 1;
     }
-    if (n < 3 || (p && *p) || !(v[2] > 0) || !(v[3] > 0 && v[3] <= 1) || !(v[4] >= 0) || !isfinite(v[0]) ||
+    if (n < 3 || !(v[2] > 0) || !(v[3] > 0 && v[3] <= 1) || !(v[4] >= 0) || !isfinite(v[0]) ||
         !isfinite(v[1]) || !isfinite(v[2]) || !isfinite(v[4]))
         return TS_ERR_PARSE;
     *out = (ts_sim_hotspot_t){.x = v[0], .y = v[1], .r = v[2], .share = v[3], .hold_s = v[4]};
@@ -208,10 +211,9 @@ void ts_players_set_hotspot(ts_players_t *pl, const ts_sim_hotspot_t *h, uint64_
     pthread_mutex_unlock(&pl->mu);
 }
 
-size_t ts_players_in_hotspot(ts_players_t *pl)
+size_t ts_players_in_hotspot(ts_players_t *pl, uint64_t now)
 {
     size_t n = 0;
-    uint64_t now = ts_mono_us();
     pthread_mutex_lock(&pl->mu);
     for (size_t i = 0; pl->hot_on && i < pl->n; i++) {
         const player_t *p = &pl->p[i];

@@ -98,7 +98,7 @@ typedef struct {
 ts_status_t ts_sim_hotspot_parse(const char *s, ts_sim_hotspot_t *out);
 /* Called before the first collect. */
 void ts_players_set_hotspot(ts_players_t *pl, const ts_sim_hotspot_t *h, uint64_t start_us);
-/* Players of the hotspot's share inside its circle now (dead-reckoned). */
-size_t ts_players_in_hotspot(ts_players_t *pl);
+/* Players of the hotspot's share inside its circle at now_us (dead-reckoned). */
+size_t ts_players_in_hotspot(ts_players_t *pl, uint64_t now_us);
 
 #endif

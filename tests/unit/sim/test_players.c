@@ -253,9 +253,85 @@ static void test_players_stay_inside_a_small_world(void **state)
     ts_players_destroy(pl);
 }
 
+static void test_hotspot_parse(void **state)
+{
+    (void)state;
+    ts_sim_hotspot_t h;
+    assert_int_equal(ts_sim_hotspot_parse("125,-25.5,20", &h), TS_OK);
+    assert_true(h.x == 125 && h.y == -25.5 && h.r == 20 && h.share == 0.5 && h.hold_s == 60);
+    assert_int_equal(ts_sim_hotspot_parse("0,0,5,0.25,12", &h), TS_OK);
+    assert_true(h.share == 0.25 && h.hold_s == 12);
+    static const char *const bad[] = {"",        "1,2",       "1,2,0",        "1,2,-3",
+                                      "1,2,3,0", "1,2,3,1.5", "1,2,3,0.5,-1", "1,2,3,0.5,1,9",
+                                      "a,2,3",   "1,,3",      "1,2,3,",       "1,2,nan"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        assert_int_equal(ts_sim_hotspot_parse(bad[i], &h), TS_ERR_PARSE);
+}
+
+/* Counts the players inside the circle after running the walk from t0 to t1 (10 Hz). */
+static size_t run_until(ts_players_t *pl, uint64_t *t, uint64_t until, ts_sim_inputs_t *in)
+{
+    for (; *t < until; *t += 100000) {
+        in->len = 0;
+        assert_int_equal(ts_players_collect(pl, *t, in), TS_OK);
+    }
+    return ts_players_in_hotspot(pl, *t);
+}
+
+static void test_hotspot_gathers_then_disperses(void **state)
+{
+    (void)state;
+    ts_players_t *pl = make(200, 11);
+    ts_sim_hotspot_t h = {.x = 60, .y = -40, .r = 30, .share = 1.0, .hold_s = 40};
+    ts_players_set_hotspot(pl, &h, 1000000);
+    ts_sim_inputs_t in = {0};
+    uint64_t t = 1000000;
+    /* at 20 units/s every player reaches the circle from anywhere in the 400x400 world within 30 s */
+    size_t inside = run_until(pl, &t, 31000000, &in);
+    assert_true(inside >= 190);
+    /* and stays there while the crowd holds */
+    inside = run_until(pl, &t, 40000000, &in);
+    assert_true(inside >= 190);
+    /* then spreads over the world: a circle of 1.8% of its area keeps a few */
+    inside = run_until(pl, &t, 80000000, &in);
+    assert_true(inside < 20);
+    ts_sim_inputs_free(&in);
+    ts_players_destroy(pl);
+}
+
+static bool locate_sub3(void *ud, double x, double y, ts_cell_t *cell, uint64_t *epoch)
+{
+    (void)ud;
+    ts_cell_from_pos(WORLD.id, WORLD.cell_size, 2, x, y, cell);
+    *epoch = 9;
+    return true;
+}
+
+static void test_join_goes_to_the_located_cell(void **state)
+{
+    (void)state;
+    ts_players_t *pl = make(50, 5);
+    ts_players_set_locate(pl, locate_sub3, NULL);
+    ts_sim_inputs_t in = {0};
+    assert_int_equal(ts_players_collect(pl, 1000000 + PERIOD_US, &in), TS_OK);
+    assert_int_equal(in.len, 50);
+    for (size_t i = 0; i < in.len; i++) {
+        ts_cell_t want;
+        ts_cell_from_pos(WORLD.id, WORLD.cell_size, 2, in.v[i].a, in.v[i].b, &want);
+        assert_int_equal(in.v[i].kind, TS_SIM_JOIN);
+        assert_true(ts_cell_eq(&in.v[i].cell, &want));
+        assert_int_equal(in.v[i].epoch, 9);
+    }
+    ts_sim_inputs_free(&in);
+    ts_players_destroy(pl);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_hotspot_parse),
+        cmocka_unit_test(test_hotspot_gathers_then_disperses),
+        cmocka_unit_test(test_join_goes_to_the_located_cell),
         cmocka_unit_test(test_entity_ids),
         cmocka_unit_test(test_create_rejects_bad_arguments),
         cmocka_unit_test(test_join_then_moves),

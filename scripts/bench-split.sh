@@ -1,0 +1,33 @@
+#!/bin/sh
+# Split and merge figures: runs it_split's ctl scenario (orchestrators, two
+# workers and 200 players on real nats-server and redis-server; splits and
+# merges by tessera-ctl, SIGKILLs of the leader and of an owner in between)
+# and prints its measure lines:
+#
+#   measure: split of <cell>: duration_ms=.. entities=.. moved=.. freeze_ms p50=.. p99=.. max=..
+#
+# duration: from the ctl request to the last entity of the cell showing in
+# the new layout's state; freeze: per entity, its longest gap between two
+# states in the 2 s after the request minus one tick (50 ms at 20 Hz), over
+# the entities that were in the cell; "nothing (baseline)" is the same
+# window with no change. Target: freeze p99 <= one tick (50 ms).
+#
+#   BUILD_DIR  build directory with it_split (default: build)
+set -eu
+cd "$(dirname "$0")/.."
+dir=${BUILD_DIR:-build}
+bin="$dir/tests/it_split"
+if [ ! -x "$bin" ]; then
+    echo "bench-split.sh: $bin was not built (is cmocka installed? make deps)" >&2
+    exit 1
+fi
+out=$(IT_SPLIT_ONLY=test_ctl_split_merge_with_kills timeout -k 10 240 "$bin" 2>&1) || {
+    echo "$out" | tail -n 40 >&2
+    echo "bench-split.sh: it_split failed" >&2
+    exit 1
+}
+echo "== split and merge: duration and freeze =="
+echo "$out" | grep '^measure:'
+echo "$out" | grep '^measure: \(split\|merge\) ' | awk '
+    { for (i = 1; i <= NF; i++) if ($i ~ /^p99=/) { v = substr($i, 5) + 0; if (v > worst) worst = v } }
+    END { printf "freeze p99 worst %.1f ms (target <= 50 ms, one tick): %s\n", worst, worst <= 50 ? "ok" : "MISSED" }'
