@@ -67,6 +67,10 @@
 #define HB_TTL_ARG "--orch.hb_ttl_ms=10000"
 
 static ts_h_stack_t stack = {-1, {-1, -1}, -1, 0};
+/* `it_handover --ws`: the players connect over WebSocket (gateway.ws_listen) */
+static bool use_ws;
+static int ws_port;
+static char ws_listen[64];
 static const char *const WORKERS[2] = {"w1", "w2"};
 
 /* ---- gateway clients, each on its own thread ------------------------------ */
@@ -233,7 +237,10 @@ static void player_start(player_t *p, double x, double y, bool hover, uint64_t s
     pthread_mutex_init(&p->mu, NULL);
     p->hover = hover;
     p->seed = seed;
-    assert_int_equal(ts_client_connect(&p->c, "127.0.0.1", stack.gw_port, 3000), TS_OK);
+    if (use_ws)
+        assert_int_equal(ts_client_connect_ws(&p->c, "127.0.0.1", ws_port, NULL, 3000), TS_OK);
+    else
+        assert_int_equal(ts_client_connect(&p->c, "127.0.0.1", stack.gw_port, 3000), TS_OK);
     uint64_t deadline = ts_mono_us() + 10000000;
     int errors = -1;
     while (p->entity == 0 && ts_mono_us() < deadline) {
@@ -781,9 +788,12 @@ static int group_setup(void **state)
         goto fail;
     const char *orch[] = {"--orch.rebalance=0", HB_TTL_ARG, NULL};
     const char *worker[] = {"--worker.hb_ms=250", HB_TTL_ARG, NULL};
-    ts_h_spawn_stack(&ts_h, orch, worker, NULL, &stack);
+    ws_port = ts_h_free_port();
+    snprintf(ws_listen, sizeof ws_listen, "--gateway.ws_listen=127.0.0.1:%d", ws_port);
+    const char *gw[] = {use_ws ? ws_listen : NULL, NULL};
+    ts_h_spawn_stack(&ts_h, orch, worker, gw, &stack);
     if (!ts_h_wait_world(&ts_h, WORLD, NCELLS, WAIT_MS) || !ts_h_wait_port(stack.gw_port, WAIT_MS) ||
-        !wait_ready())
+        (use_ws && !ts_h_wait_port(ws_port, WAIT_MS)) || !wait_ready())
         goto fail;
     return 0;
 fail:
@@ -816,11 +826,12 @@ static int test_teardown(void **state)
     return 0;
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    use_ws = argc > 1 && strcmp(argv[1], "--ws") == 0;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_handovers_under_load, ts_h_test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_abort_when_target_stalls, ts_h_test_setup, test_teardown),
     };
-    return TS_H_RUN("it_handover", tests, group_setup, group_teardown);
+    return TS_H_RUN(use_ws ? "it_handover_ws" : "it_handover", tests, group_setup, group_teardown);
 }

@@ -48,6 +48,10 @@
 #define SETTLE_DELTAS 20 /* Deltas a settled player watches for a late double */
 
 static ts_h_stack_t stack = {-1, {-1, -1}, -1, 0};
+/* `it_recovery --ws`: the players connect over WebSocket (gateway.ws_listen) */
+static bool use_ws;
+static int ws_port;
+static char ws_listen[64];
 static ts_bus_t *bus;
 static ts_bus_sub_t *state_sub;
 static ts_probe_t *probe;
@@ -279,7 +283,10 @@ static void *player_main(void *arg)
  * (the gateway may not know every cell in its first second) is retried. */
 static void player_start(double x, double y)
 {
-    assert_int_equal(ts_client_connect(&PL.c, "127.0.0.1", stack.gw_port, 3000), TS_OK);
+    if (use_ws)
+        assert_int_equal(ts_client_connect_ws(&PL.c, "127.0.0.1", ws_port, NULL, 3000), TS_OK);
+    else
+        assert_int_equal(ts_client_connect(&PL.c, "127.0.0.1", stack.gw_port, 3000), TS_OK);
     uint64_t deadline = ts_mono_us() + 10000000;
     int errors = -1;
     while (PL.entity == 0 && ts_mono_us() < deadline) {
@@ -393,9 +400,13 @@ static void cluster_start(void)
 
     const char *orch[] = {"--orch.rebalance=0", HB_TTL_ARG, NULL};
     const char *worker[] = {"--worker.hb_ms=250", HB_TTL_ARG, NULL};
-    ts_h_spawn_stack(&ts_h, orch, worker, NULL, &stack);
+    ws_port = ts_h_free_port();
+    snprintf(ws_listen, sizeof ws_listen, "--gateway.ws_listen=127.0.0.1:%d", ws_port);
+    const char *gw[] = {use_ws ? ws_listen : NULL, NULL};
+    ts_h_spawn_stack(&ts_h, orch, worker, gw, &stack);
 
-    if (!ts_h_wait_world(&ts_h, WORLD, NCELLS, WAIT_MS) || !ts_h_wait_port(stack.gw_port, WAIT_MS)) {
+    if (!ts_h_wait_world(&ts_h, WORLD, NCELLS, WAIT_MS) || !ts_h_wait_port(stack.gw_port, WAIT_MS) ||
+        (use_ws && !ts_h_wait_port(ws_port, WAIT_MS))) {
         ts_h.failed = true;
         fail_msg("the world or the gateway did not come up");
     }
@@ -662,11 +673,12 @@ static int test_teardown(void **state)
     return 0;
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    use_ws = argc > 1 && strcmp(argv[1], "--ws") == 0;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_killed_worker_cells_recovered, test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_stalled_worker_is_fenced, test_setup, test_teardown),
     };
-    return TS_H_RUN("it_recovery", tests, NULL, NULL);
+    return TS_H_RUN(use_ws ? "it_recovery_ws" : "it_recovery", tests, NULL, NULL);
 }
