@@ -63,7 +63,6 @@ typedef struct {
     bool departing;  /* a Departure for it is queued or in the stream */
     bool ghosted;    /* within ghost margin of a border at the last step */
     uint32_t nearby; /* other entities (owned or ghost) within the interact radius */
-    uint32_t gb, gi; /* grid bucket and index in it (the zone's own copy only) */
 } ts_entity_t;
 
 /* A read-only copy of an entity of a neighbour cell (from its owner's
@@ -71,10 +70,9 @@ typedef struct {
 typedef struct {
     uint64_t id;
     double x, y, vx, vy;
-    ts_cell_t src;   /* the cell whose owner sent it */
-    uint64_t epoch;  /* of src, in the message that last set it */
-    uint64_t stamp;  /* the keyframe of src that last named it */
-    uint32_t gb, gi; /* grid bucket and index in it */
+    ts_cell_t src;  /* the cell whose owner sent it */
+    uint64_t epoch; /* of src, in the message that last set it */
+    uint64_t stamp; /* the keyframe of src that last named it */
 } ts_ghost_t;
 
 /* One grid entry: a position and what is there (an owned entity or a
@@ -84,19 +82,25 @@ typedef struct {
     uintptr_t ref; /* ts_entity_t* or (ts_ghost_t* | 1) */
 } ts_grid_slot_t;
 
-typedef struct {
-    ts_grid_slot_t *v;
-    uint32_t n, cap;
-} ts_grid_bucket_t;
-
 /* A uniform grid over the cell and a band of the ghost margin around it;
  * bucket side >= the interact radius, so a nearby count reads 3 x 3
  * buckets. Positions outside the grid go to its edge buckets (queries stay
- * exact). Updated incrementally as entities move. */
+ * exact). The slots are sorted by bucket: bucket b is
+ * slots[start[b] .. start[b + 1]), the buckets of a row one span. Each step
+ * rebuilds it from the positions it writes; a change between steps marks it
+ * stale and the next query rebuilds it. */
 typedef struct {
-    double x0, y0, size;
+    double x0, y0, size, inv; /* inv = 1 / size */
     int32_t nx, ny;
-    ts_grid_bucket_t *b;
+    uint32_t *start; /* nx * ny + 1 */
+    ts_grid_slot_t *slots;
+    size_t n;
+    /* staging for the rebuild (slot, bucket), all three of cap slots */
+    ts_grid_slot_t *tmp;
+    uint32_t *tmp_b;
+    uint32_t *counts; /* per slot, for the nearby pass */
+    size_t cap;
+    bool stale;
 } ts_grid_t;
 
 typedef struct {
@@ -314,8 +318,9 @@ ts_status_t ts_zone_set_space(ts_zone_t *z, double interact_radius, double ghost
 typedef void (*ts_zone_visit_fn)(void *ud, const ts_entity_t *entity, const ts_ghost_t *ghost);
 /* Calls fn (may be NULL) for every owned entity and ghost within distance r
  * of (x, y) (boundary included). Returns how many there are. Reads the
- * buckets the circle overlaps, not every entity. */
-size_t ts_zone_query_radius(const ts_zone_t *z, double x, double y, double r, ts_zone_visit_fn fn, void *ud);
+ * buckets the circle overlaps, not every entity (after a change since the
+ * last step, the first query re-sorts the grid: O(entities + ghosts)). */
+size_t ts_zone_query_radius(ts_zone_t *z, double x, double y, double r, ts_zone_visit_fn fn, void *ud);
 /* Sets every owned entity's nearby count (others within the interact
  * radius, owned or ghost); an entity whose count changed goes in the next
  * state delta. ts_zone_step calls it after moving. */
