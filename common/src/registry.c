@@ -1742,7 +1742,7 @@ static const char REBUILD_LUA[] =
     "local out = {}\n"
     "for i = 3, #KEYS do\n"
     "  local a = 1 + (i - 3) * 5\n"
-    "  local cur = redis.call('HGET', KEYS[i], 'epoch')\n"
+    "  local cur = redis.call('HMGET', KEYS[i], 'epoch')[1]\n"
     "  if (not cur) or tonumber(cur) < tonumber(ARGV[a + 3]) then\n"
     "    redis.call('HSET', KEYS[i], 'owner', ARGV[a + 2], 'epoch', ARGV[a + 3], 'state', ARGV[a + 4])\n"
     "    if ARGV[a + 5] ~= '' then redis.call('HSET', KEYS[i], 'parent', ARGV[a + 5]) end\n"

@@ -1,7 +1,7 @@
 /* The registry when Redis goes away or forgets, end to end: real
  * nats-server -js and redis-server, tessera-orch (no rebalancing, liveness
- * TTL 1.5 s), workers w1 and w2, a gateway and tessera-sim under load.
- * Every test gets a fresh cluster.
+ * TTL 1.5 s), workers w1 and w2, a gateway and tessera-sim under load, each
+ * with its own NATS user and Redis ACL user. Every test gets a fresh cluster.
  *
  * What users rely on, asserted here:
  *  - Redis restarted from its append-only file under load: the registry
@@ -54,7 +54,7 @@ static pid_t redis2 = -1; /* the Redis this test restarted itself */
 static int redis_cli(const char *args, char *out, size_t cap)
 {
     char cmd[512];
-    snprintf(cmd, sizeof cmd, "redis-cli -p %d %s 2>&1", ts_h.redis_port, args);
+    snprintf(cmd, sizeof cmd, "redis-cli -u '%s' --no-auth-warning %s 2>&1", ts_h.redis_url, args);
     FILE *p = popen(cmd, "r");
     if (p == NULL) return -1;
     size_t n = 0;
@@ -141,7 +141,7 @@ static bool owners_report(const ts_cell_entry_t *cells, size_t n)
 
 static void cluster_start(void)
 {
-    ts_h_start(&ts_h);
+    ts_h_start_secure(&ts_h); /* every service with its own NATS user and Redis ACL user */
     assert_int_equal(ts_bus_connect(&bus, ts_h.nats_url, "it_chaos_registry"), TS_OK);
     assert_int_equal(ts_probe_create(&probe, bus), TS_OK);
     assert_int_equal(ts_ledger_create(&ledger, bus, WORLD), TS_OK);
@@ -213,6 +213,8 @@ static void test_restart_with_aof_keeps_registry(void **state)
     char port[16], dir[300];
     snprintf(port, sizeof port, "%d", ts_h.redis_port);
     snprintf(dir, sizeof dir, "%s", ts_h.dir);
+    char secrets[300];
+    snprintf(secrets, sizeof secrets, "%s", ts_h.secrets);
     redis2 = fork();
     assert_true(redis2 >= 0);
     if (redis2 == 0) {
@@ -222,8 +224,11 @@ static void test_restart_with_aof_keeps_registry(void **state)
         FILE *l = freopen(logp, "w", stdout);
         (void)l;
         dup2(1, 2);
+        char acl[400];
+        snprintf(acl, sizeof acl, "%s/redis-users.acl", secrets);
         execl("/usr/bin/redis-server", "redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "",
-              "--appendonly", "yes", "--appendfsync", "everysec", "--dir", dir, (char *)NULL);
+              "--appendonly", "yes", "--appendfsync", "everysec", "--dir", dir, "--aclfile", acl,
+              (char *)NULL);
         _exit(127);
     }
     ts_registry_destroy(reg);
