@@ -86,7 +86,19 @@ struct ts_bus_sub {
     pthread_cond_t cv;
     bool completed;        /* nats.c will not call on_msg again */
     bool free_on_complete; /* destroyed from its own callback */
+    /* JetStream consumers: the stream they read, as it was when they were
+     * created (0: unknown, not checked); after a reconnect the first message
+     * checks that it is still that stream (see on_msg) */
+    ts_bus_t *bus;
+    char stream[64];
+    int64_t stream_created_ns;
+    uint64_t verified_gen; /* conn_gen the stream was last checked at (delivery thread) */
+    atomic_bool stream_restarted;
 };
+
+/* Bumped by every disconnect of any connection of the process: a consumer
+ * whose verified_gen is older checks its stream before delivering. */
+static _Atomic uint64_t conn_gen = 1;
 
 struct ts_bus_msg {
     natsMsg *msg;
@@ -307,6 +319,7 @@ static void give_up(ts_bus_t *bus, natsMsg *msg, uint64_t tries, const char *why
 static void on_disconnected(natsConnection *nc, void *closure)
 {
     if (natsConnection_IsClosed(nc)) return; /* our own close, not an outage */
+    atomic_fetch_add(&conn_gen, 1);
     ts_warn("bus: disconnected from NATS, reconnecting");
 }
 
@@ -1085,10 +1098,44 @@ ts_status_t ts_bus_js_flush(ts_bus_t *bus, int64_t timeout_ms)
 
 /* ---- subscriptions -------------------------------------------------------- */
 
+/* A JetStream consumer's first message after a reconnect: is its stream
+ * still the one it was created on? A server that lost its store has a new
+ * stream of the same name whose sequences start at 1 again; the ordered
+ * consumer would go on from the old stream's sequence and deliver the new
+ * stream's later messages, skipping its first ones. Such a consumer is
+ * marked (ts_bus_sub_stream_restarted) and delivers nothing more. One
+ * request, on the delivery thread, once per reconnect and consumer. */
+static bool stream_still_same(ts_bus_sub_t *sub)
+{
+    if (sub->stream_created_ns == 0) return true;
+    if (atomic_load(&sub->stream_restarted)) return false;
+    uint64_t gen = atomic_load(&conn_gen);
+    if (sub->verified_gen == gen) return true;
+    ts_bus_stream_state_t ss;
+    ts_status_t st = TS_ERR_UNAVAILABLE;
+    for (int attempt = 0; attempt < 3 && st != TS_OK && st != TS_ERR_NOT_FOUND; attempt++)
+        st = ts_bus_stream_state(sub->bus, sub->stream, &ss);
+    if (st == TS_OK && ss.created_ns == sub->stream_created_ns) {
+        sub->verified_gen = gen;
+        return true;
+    }
+    if (st != TS_OK && st != TS_ERR_NOT_FOUND) return true; /* cannot tell: the owner's own check decides */
+    atomic_store(&sub->stream_restarted, true);
+    ts_warn("bus: stream %s was created again (JetStream lost its store?): its consumer of %s stops "
+            "delivering",
+            sub->stream, natsSubscription_GetSubject(sub->nsub));
+    return false;
+}
+
+bool ts_bus_sub_stream_restarted(const ts_bus_sub_t *sub)
+{
+    return sub != NULL && atomic_load(&((ts_bus_sub_t *)sub)->stream_restarted);
+}
+
 static void on_msg(natsConnection *nc, natsSubscription *nsub, natsMsg *m, void *closure)
 {
     ts_bus_sub_t *sub = closure;
-    if (!atomic_load(&sub->closing)) {
+    if (!atomic_load(&sub->closing) && (!sub->jetstream || stream_still_same(sub))) {
         ts_bus_msg_t bm = {.msg = m, .stream_seq = 0, .pending = 0};
         if (sub->jetstream) {
             jsMsgMetaData *meta = NULL;
@@ -1192,6 +1239,12 @@ ts_status_t ts_bus_consume(ts_bus_t *bus, uint32_t world, const char *subject, u
     ts_bus_sub_t *sub = NULL;
     ts_status_t st = new_sub(cb, ud, true, &sub);
     if (st != TS_OK) return st;
+    /* the stream it starts on, so a later one of the same name is noticed */
+    ts_bus_stream_state_t ss;
+    sub->bus = bus;
+    ts_strlcpy(sub->stream, stream, sizeof sub->stream);
+    sub->verified_gen = atomic_load(&conn_gen);
+    if (ts_bus_stream_state(bus, stream, &ss) == TS_OK) sub->stream_created_ns = ss.created_ns;
     jsSubOptions so;
     jsSubOptions_Init(&so);
     so.Stream = stream;

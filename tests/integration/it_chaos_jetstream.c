@@ -1,7 +1,7 @@
 /* JetStream losing its store under load, end to end: real nats-server -js
- * and redis-server, tessera-orch, workers w1 and w2, a gateway and one
- * player moving through it. nats-server is killed, its store directory
- * wiped and a new nats-server started on the same port.
+ * and redis-server secured (each service its own user and permissions),
+ * tessera-orch, workers w1 and w2, a gateway and one player moving through it. nats-server is killed, its
+ * store directory wiped and a new nats-server started on the same port.
  *
  * What users rely on, asserted here:
  *  - every input the player sent from the kill on is either applied to its
@@ -195,7 +195,7 @@ static bool settle(int64_t timeout_ms)
 static void test_store_wiped_under_load(void **state)
 {
     (void)state;
-    ts_h_start(&ts_h);
+    ts_h_start_secure(&ts_h); /* the services recreate streams with their own permissions */
     const char *orch[] = {"--orch.rebalance=0", HB_TTL_ARG, NULL};
     const char *worker[] = {"--worker.hb_ms=250", HB_TTL_ARG, NULL};
     ts_h_spawn_stack(&ts_h, orch, worker, NULL, &stack);
@@ -212,12 +212,11 @@ static void test_store_wiped_under_load(void **state)
      * does to inputs sent from the kill on */
     if (!settle(WAIT_MS)) fail_msg("the player's last input was not applied before the kill");
     view_t v0 = view();
-    atomic_store(&PL.stop_sending, false);
-    ts_sleep_ms(300);
 
     uint64_t t_kill = ts_mono_us();
     ts_h_signal(&ts_h, TS_H_NATS, SIGKILL);
     ts_h_wait(&ts_h, TS_H_NATS, 5000);
+    atomic_store(&PL.stop_sending, false);
     char store[300], cmd[400], port[16];
     snprintf(store, sizeof store, "%s/js", ts_h.dir);
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", store);
@@ -235,7 +234,10 @@ static void test_store_wiped_under_load(void **state)
         dup2(1, 2);
         const char *bin =
             access("/usr/sbin/nats-server", X_OK) == 0 ? "/usr/sbin/nats-server" : "/usr/bin/nats-server";
-        execl(bin, "nats-server", "-js", "-a", "127.0.0.1", "-p", port, "-sd", store, (char *)NULL);
+        char conf[400];
+        snprintf(conf, sizeof conf, "%s/nats.conf", ts_h.secrets);
+        execl(bin, "nats-server", "-js", "-a", "127.0.0.1", "-p", port, "-sd", store, "-c", conf,
+              (char *)NULL);
         _exit(127);
     }
     uint64_t t_up = ts_mono_us();
