@@ -213,7 +213,8 @@ static void from_copy(ts_orch_t *o, found_set_t *s)
         found_note(s, &e->cell, e->epoch, e->owner, "copy");
         found_t *f = found_get(s, &e->cell);
         if (f != NULL && f->e.epoch == e->epoch) {
-            f->e.state = e->state;
+            /* a handover in flight fails its compare-and-set and aborts */
+            f->e.state = e->state == TS_CELL_HANDOVER ? TS_CELL_ACTIVE : e->state;
             f->state_known = true;
         }
     }
