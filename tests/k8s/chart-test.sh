@@ -33,6 +33,8 @@ fi
 
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
+# the users and permissions `make run` gives NATS, which the chart's must match
+bash "$root/scripts/gen-secrets.sh" "$out/gen-secrets" >/dev/null
 fail() { echo "FAIL [$case_]: $*" >&2; exit 1; }
 
 # The first run builds chart-check's tools: one at a time.
@@ -48,7 +50,7 @@ check() { printf '%s\t%s\n' "$1" "$2" >>"$out/checks"; }
 has() { check "has('$1')" "no $1 rendered"; }
 hasnt() { check "not has('$1')" "$1 rendered but must not be"; }
 run_checks() {
-    python3 - "$out/all.yaml" "$out/checks" "$case_" <<'PY'
+    python3 - "$out/all.yaml" "$out/checks" "$case_" "$out/gen-secrets/nats.conf" <<'PY'
 import sys, yaml
 docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
 def has(kn): return any("%s/%s" % (d["kind"], d["metadata"]["name"]) == kn for d in docs)
@@ -59,6 +61,15 @@ def obj(kind, name):
 def pod(kind, name): return obj(kind, name)["spec"]["template"]["spec"]
 def env(kind, name, c=0): return {e["name"]: e.get("value") for e in pod(kind, name)["containers"][c].get("env", [])}
 def config(): return yaml.safe_load(obj("ConfigMap", "tessera-config")["data"]["tessera.yaml"])
+import re
+def perms(conf):
+    # nats.conf authorization users -> {user: (publish allow, publish deny, subscribe allow)}
+    out = {}
+    for m in re.finditer(r'user: "([^"]+)".*?publish: \{ allow: \[(.*?)\](?:, deny: \[(.*?)\])? \}\s*subscribe: \{ allow: \[(.*?)\] \}', conf, re.S):
+        q = lambda t: sorted(re.findall(r'"([^"]*)"', t or ""))
+        out[m.group(1)] = (q(m.group(2)), q(m.group(3)), q(m.group(4)))
+    return out
+def gen_secrets_perms(): return perms(open(sys.argv[4]).read())
 failed = 0
 n = 0
 for line in open(sys.argv[2]):
@@ -100,6 +111,17 @@ common_checks() {
     check 'obj("PodDisruptionBudget","tessera-worker")["apiVersion"] == "policy/v1"' 'PDB policy/v1 on Kubernetes >= 1.21'
 }
 
+# The built-in NATS runs with make run's users and permissions: every
+# service its own user with its password alone mounted, the server's
+# passwords from the users' Secret.
+nats_users_checks() {
+    has Secret/tessera-nats-users
+    check 'sorted(obj("Secret","tessera-nats-users")["data"]) == sorted(["orch","worker","gateway","sim","ctl","inspector","admin"])' 'a password per NATS user in the Secret'
+    check 'perms(obj("ConfigMap","tessera-nats-config")["data"]["nats.conf"]) == {u: p for u, p in gen_secrets_perms().items() if not u.startswith("worker-")}' 'NATS users and permissions are those of scripts/gen-secrets.sh'
+    check 'all("$TS_NATS_PW_%s" % u.upper() in obj("ConfigMap","tessera-nats-config")["data"]["nats.conf"] and any(e["name"] == "TS_NATS_PW_%s" % u.upper() and e["valueFrom"]["secretKeyRef"] == {"name": "tessera-nats-users", "key": u} for e in pod("StatefulSet","tessera-nats")["containers"][0]["env"]) for u in ["orch","worker","gateway","sim","ctl","inspector","admin"])' 'nats-server reads each password from the Secret'
+    check 'all(env(k, n)["TESSERA_NATS_USER"] == u and env(k, n)["TESSERA_NATS_PASSWORD_FILE"] == "/etc/tessera/secrets/nats-user/password" and [v["secret"]["items"] for v in pod(k, n)["volumes"] if v["name"] == "nats-user"] == [[{"key": u, "path": "password"}]] for k, n, u in [("Deployment","tessera-gateway","gateway"),("StatefulSet","tessera-worker","worker"),("Deployment","tessera-orch","orch")])' 'each service connects as its own NATS user, its own password alone mounted'
+}
+
 case $case_ in
 default)
     render
@@ -112,6 +134,7 @@ default)
     check 'config()["nats"]["url"] == "nats://tessera-nats:4222" and config()["redis"]["url"] == "redis://tessera-redis:6379"' 'built-in NATS and Redis URLs'
     check '"--appendonly" in pod("StatefulSet","tessera-redis")["containers"][0]["command"] and obj("StatefulSet","tessera-redis")["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"' 'Redis with AOF on a PVC'
     check '"jetstream" in obj("ConfigMap","tessera-nats-config")["data"]["nats.conf"] and "cluster" not in obj("ConfigMap","tessera-nats-config")["data"]["nats.conf"] and obj("StatefulSet","tessera-nats")["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] == "10Gi"' 'single JetStream server on a PVC'
+    nats_users_checks
     ;;
 external)
     render -f "$chart/ci/external-values.yaml"
@@ -119,6 +142,7 @@ external)
     hasnt StatefulSet/tessera-nats
     hasnt StatefulSet/tessera-redis
     hasnt Secret/tessera-redis-auth
+    hasnt Secret/tessera-nats-users
     check 'config()["nats"]["url"] == "nats://nats.messaging.svc.cluster.local:4222"' 'external NATS URL'
     check 'config()["redis"]["url"] == "redis://redis-master.data.svc.cluster.local:6379/2" and env("StatefulSet","tessera-worker")["TESSERA_REDIS_USER"] == "tessera" and env("StatefulSet","tessera-worker")["TESSERA_REDIS_PASSWORD_FILE"] == "/etc/tessera/secrets/redis/password"' 'Redis user, password from a file'
     check 'any(v.get("secret", {}).get("secretName") == "tessera-redis" and v["secret"]["items"] == [{"key": "password", "path": "password"}] for v in pod("Deployment","tessera-orch")["volumes"])' 'Redis password mounted from the existing Secret'
@@ -132,6 +156,7 @@ nats-cluster)
     check 'obj("ConfigMap","tessera-nats-config")["data"]["nats.conf"].count("nats://tessera-nats-") == 3' 'routes to all 3 servers'
     check 'obj("StatefulSet","tessera-nats")["spec"]["volumeClaimTemplates"][0]["spec"]["storageClassName"] == "fast-ssd"' 'storage class'
     check 'config()["stream"]["replicas"] == 3 and len(config()["world"]["workers"]) == 4' 'streams replicated 3 times, 4 workers'
+    nats_users_checks
     ;;
 hpa-servicemonitor)
     render -f "$chart/ci/hpa-servicemonitor-values.yaml"

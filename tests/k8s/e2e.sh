@@ -118,6 +118,7 @@ collect() {
 cleanup() {
     local rc=$?
     ((${#pf_pids[@]})) && kill "${pf_pids[@]}" 2>/dev/null
+    [[ -n ${ctl_pass:-} ]] && rm -f "$ctl_pass"
     if ((rc != 0)); then
         echo "e2e failed (exit $rc): objects, events and pod logs in $ART"
         collect
@@ -262,7 +263,16 @@ $K get pods -o jsonpath='{range .items[*]}{.metadata.name}{" ready="}{.status.co
 GW=$(addr svc/$REL-gateway "$GW_PORT")
 NATS=$(addr svc/$REL-nats "$NATS_PORT")
 REDIS=$(addr svc/$REL-redis "$REDIS_PORT")
-ctl() { tool tessera-ctl --nats.url="nats://$NATS" --redis.url="redis://$REDIS" "$@"; }
+# tessera-ctl is the built-in NATS's ctl user (nats.users) when the release
+# made one: its password from the release's Secret, as a file, never an argument
+ctl_auth=()
+if ctl_pw=$($K get secret "$REL-nats-users" -o jsonpath='{.data.ctl}' 2>/dev/null) && [[ -n $ctl_pw ]]; then
+    ctl_pass=$(mktemp)
+    base64 -d <<<"$ctl_pw" >"$ctl_pass"
+    chmod 644 "$ctl_pass" # read by the image's own user
+    ctl_auth=(-e TESSERA_NATS_USER=ctl -e TESSERA_NATS_PASSWORD_FILE=/run/ctl.nats.pass -v "$ctl_pass:/run/ctl.nats.pass:ro")
+fi
+ctl() { $CT run --rm --network host --read-only "${ctl_auth[@]}" "$IMAGE" tessera-ctl --nats.url="nats://$NATS" --redis.url="redis://$REDIS" "$@"; }
 owned_by() { ctl cells | awk -v w="$1" '$2 == w' | wc -l; }
 stats() { ctl stats; }
 json() { python3 -c 'import sys, json; print(json.load(sys.stdin)[sys.argv[1]])' "$1"; }

@@ -89,8 +89,46 @@ redis://{{ include "tessera.svcHost" (dict "ctx" . "svc" (include "tessera.redis
 {{- if or .Values.redis.auth.existingSecret .Values.redis.auth.password -}}true{{- end -}}
 {{- end -}}
 
+{{/* credentials for an external NATS (nats.auth); the built-in NATS with
+     its own users (nats.users) ignores them */}}
 {{- define "tessera.natsAuth" -}}
-{{- if .Values.nats.auth.existingSecret -}}true{{- end -}}
+{{- if and .Values.nats.auth.existingSecret (not (include "tessera.natsUsers" .)) -}}true{{- end -}}
+{{- end -}}
+
+{{/* The built-in NATS with per-service users (nats.users): each workload
+     connects as its own user, its password alone mounted from the users'
+     Secret. (dict "ctx" $ "user" "gateway") for the env and the volume. */}}
+{{- define "tessera.natsUsers" -}}
+{{- if and .Values.nats.enabled .Values.nats.users.enabled -}}true{{- end -}}
+{{- end -}}
+
+{{- define "tessera.natsUsersSecret" -}}
+{{- default (printf "%s-users" (include "tessera.nats" .)) .Values.nats.users.existingSecret -}}
+{{- end -}}
+
+{{- define "tessera.natsUserEnv" -}}
+{{- if include "tessera.natsUsers" .ctx }}
+- name: TESSERA_NATS_USER
+  value: {{ .user | quote }}
+- name: TESSERA_NATS_PASSWORD_FILE
+  value: /etc/tessera/secrets/nats-user/password
+{{- end }}
+{{- end -}}
+
+{{- define "tessera.natsUserVolume" -}}
+{{- if include "tessera.natsUsers" .ctx }}
+- name: nats-user
+  secret:
+    secretName: {{ include "tessera.natsUsersSecret" .ctx }}
+    defaultMode: 0440
+    items: [{key: {{ .user }}, path: password}]
+{{- end }}
+{{- end -}}
+
+{{- define "tessera.natsUserMount" -}}
+{{- if include "tessera.natsUsers" . }}
+- {name: nats-user, mountPath: /etc/tessera/secrets/nats-user, readOnly: true}
+{{- end }}
 {{- end -}}
 
 {{/* Environment shared by every tessera container: credentials as files
@@ -254,4 +292,37 @@ autoscaling/v2
 {{- else -}}
 autoscaling/v2beta2
 {{- end -}}
+{{- end -}}
+
+{{/* The built-in NATS's authorization block: the users and permissions of
+     scripts/gen-secrets.sh (the shared worker user: worker ids are pod
+     names), each password read from the environment ($TS_NATS_PW_<USER>,
+     from the users' Secret). tests/k8s/chart-test.sh checks it grants what
+     gen-secrets.sh grants. */}}
+{{- define "tessera.natsAuthorization" -}}
+{{- $destroy := `"$JS.API.STREAM.DELETE.>", "$JS.API.STREAM.PURGE.>", "$JS.API.STREAM.MSG.DELETE.>"` -}}
+{{- $jsRead := `"$JS.API.INFO", "$JS.API.STREAM.INFO.>", "$JS.API.STREAM.NAMES", "$JS.API.STREAM.LIST", "$JS.API.STREAM.MSG.GET.>", "$JS.API.DIRECT.GET.>", "$JS.API.CONSUMER.CREATE.>", "$JS.API.CONSUMER.INFO.>", "$JS.API.CONSUMER.MSG.NEXT.>", "$JS.FC.>"` -}}
+{{- $users := list
+  (list "orch" `"cell.*.*.*.*.*.handover", "tessera.registry.*", "_INBOX.>", "$JS.API.>", "$JS.FC.>"` `"tessera.worker.*.hb", "tessera.ctl.>", "tessera.gw.>", "_INBOX.orch.>", "_INBOX.tsorch.>"` $destroy)
+  (list "worker" `"cell.>", "tessera.worker.*.hb", "tessera.ctl.*.drain", "_INBOX.>", "$JS.API.>", "$JS.FC.>"` `"cell.*.*.*.*.*.handover", "tessera.registry.*", "tessera.gw.>", "_INBOX.worker.>"` $destroy)
+  (list "gateway" `"cell.*.*.*.*.*.input", "tessera.gw.>"` `"cell.*.*.*.*.*.state", "tessera.registry.*", "tessera.worker.*.hb", "_INBOX.gateway.>"` "")
+  (list "sim" `"cell.*.*.*.*.*.input"` `"cell.*.*.*.*.*.state", "_INBOX.sim.>"` "")
+  (list "ctl" `">"` `">"` "")
+  (list "inspector" $jsRead `">"` `"cell.>", "tessera.>", "_INBOX.>"`)
+  (list "admin" `">"` `">"` "")
+-}}
+authorization {
+  timeout: 2
+  users: [
+    {{- range $u := $users }}
+    {
+      user: "{{ index $u 0 }}", password: $TS_NATS_PW_{{ upper (index $u 0) }}
+      permissions: {
+        publish: { allow: [{{ index $u 1 }}]{{ if index $u 3 }}, deny: [{{ index $u 3 }}]{{ end }} }
+        subscribe: { allow: [{{ index $u 2 }}] }
+      }
+    }
+    {{- end }}
+  ]
+}
 {{- end -}}
