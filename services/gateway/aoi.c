@@ -3,12 +3,16 @@
  * A joined client's area of interest is a circle around its entity. It is
  * evaluated around a centre (c->aoi_x, aoi_y), the entity's position at the
  * last evaluation, and re-evaluated once the entity moved gw->aoi_move from
- * it, when a cell the circle may reach becomes live or stops being live, or
- * when the client's own cell changes. An evaluation references the client's
- * own cell (its inputs' destination, whose `left` entries re-route it) and
- * every live cell, at any depth, that the circle of radius gw->aoi_keep
- * touches (ts_celltree_query_circle); view.c then shows the entities within
- * gw->aoi_show of the centre and keeps those shown while within aoi_keep.
+ * it (only the centre moves: view.c re-checks the entities of its cells),
+ * and its cells are looked up again (gw_aoi_update) when the centre moved
+ * gw->aoi_slack from where they were last looked up, when a cell the circle
+ * may reach becomes live or stops being live, or when the client's own cell
+ * changes. A lookup around (sub_x, sub_y) references the client's own cell
+ * (its inputs' destination, whose `left` entries re-route it) and every live
+ * cell, at any depth, that the circle of radius aoi_keep + aoi_slack touches
+ * (ts_celltree_query_circle), which holds the keep circle of every centre
+ * within aoi_slack of it; view.c shows the entities within gw->aoi_show of
+ * the centre and keeps those shown while within aoi_keep.
  * With move = hysteresis / 4, show = radius + move and keep = radius +
  * hysteresis - move, so between two evaluations every entity within
  * aoi.radius of the entity is shown and none beyond radius + hysteresis.
@@ -34,6 +38,8 @@
 
 #define WARN_EVERY_US 5000000ull
 #define HYST_SHARE 0.1
+/* Cells are looked up again once the centre moved this share of the radius. */
+#define SLACK_SHARE 0.25
 
 /* The clients whose circle reaches one root cell. */
 typedef struct {
@@ -52,6 +58,7 @@ ts_status_t gw_aoi_init(gw_t *gw)
     gw->aoi_move = h / 4;
     gw->aoi_show = r + gw->aoi_move;
     gw->aoi_keep = r + h - gw->aoi_move;
+    gw->aoi_slack = SLACK_SHARE * r > gw->aoi_move ? SLACK_SHARE * r : gw->aoi_move;
     ts_map_init(&gw->watch);
     ts_info("area of interest: radius %g, hysteresis %g", r, h);
     return TS_OK;
@@ -194,7 +201,7 @@ static void watch_circle(gw_t *gw, gw_conn_t *c)
     const ts_world_t *w = &gw->world;
     int32_t lox = w->x0, hix = (int32_t)((int64_t)w->x0 + w->width - 1);
     int32_t loy = w->y0, hiy = (int32_t)((int64_t)w->y0 + w->height - 1);
-    double r = gw->aoi_keep;
+    double r = gw->aoi_keep + gw->aoi_slack;
     int32_t x0 = root_of(c->aoi_x - r, w->cell_size, lox, hix),
             x1 = root_of(c->aoi_x + r, w->cell_size, lox, hix);
     int32_t y0 = root_of(c->aoi_y - r, w->cell_size, loy, hiy),
@@ -237,8 +244,20 @@ void gw_aoi_moved(gw_t *gw, gw_conn_t *c, double x, double y)
     c->pos_x = x;
     c->pos_y = y;
     c->pos_known = true;
+    if (c->phase != GW_PHASE_JOINED) return;
     double dx = x - c->aoi_x, dy = y - c->aoi_y;
-    if (dx * dx + dy * dy > gw->aoi_move * gw->aoi_move) gw_aoi_mark(gw, c);
+    if (dx * dx + dy * dy <= gw->aoi_move * gw->aoi_move) return;
+    dx = x - c->sub_x;
+    dy = y - c->sub_y;
+    if (dx * dx + dy * dy > gw->aoi_slack * gw->aoi_slack) {
+        gw_aoi_mark(gw, c);
+        return;
+    }
+    /* its cells still hold the circle: only the centre moves */
+    c->aoi_x = x;
+    c->aoi_y = y;
+    c->resweep = true;
+    gw_view_want_flush(gw, c);
 }
 
 void gw_aoi_cell_changed(gw_t *gw, const gw_cell_t *cell)
@@ -336,12 +355,13 @@ void gw_aoi_update(gw_t *gw, gw_conn_t *c)
             c->pos_x = (x0 + x1) / 2;
             c->pos_y = (y0 + y1) / 2;
         }
-        c->aoi_x = c->pos_x;
-        c->aoi_y = c->pos_y;
+        c->aoi_x = c->sub_x = c->pos_x;
+        c->aoi_y = c->sub_y = c->pos_y;
         c->resweep = true;
         vec_add(&want, c->cell);
         if (gw->tree != NULL)
-            (void)ts_celltree_query_circle(gw->tree, c->aoi_x, c->aoi_y, gw->aoi_keep, vec_add_entry, &want);
+            (void)ts_celltree_query_circle(gw->tree, c->aoi_x, c->aoi_y, gw->aoi_keep + gw->aoi_slack,
+                                           vec_add_entry, &want);
         watch_circle(gw, c);
         gw->aoi_updates++;
     } else {

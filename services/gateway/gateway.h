@@ -232,8 +232,9 @@ struct gw_conn {
     double pos_x, pos_y; /* own entity, newest state seen (join position until then) */
     bool pos_known;      /* else the centre of its cell is used */
     double aoi_x, aoi_y;
-    bool resweep;    /* centre moved: the next flush re-checks every shown entity */
-    bool aoi_marked; /* on gw->aoi_head */
+    double sub_x, sub_y; /* where its cells were last looked up */
+    bool resweep;        /* centre moved: the next flush re-checks every shown entity */
+    bool aoi_marked;     /* on gw->aoi_head */
     gw_conn_t *next_aoi;
     bool watching; /* on the watch lists of roots [wx0, wx1] x [wy0, wy1] */
     int32_t wx0, wy0, wx1, wy1;
@@ -335,6 +336,7 @@ struct gw {
      * follows the entity once it moved aoi_move. Then every entity within
      * aoi.radius of the entity is shown, none beyond radius + hysteresis. */
     double aoi_radius, aoi_hyst, aoi_show, aoi_keep, aoi_move;
+    double aoi_slack;    /* cells are looked up for radius aoi_keep + this */
     ts_map_t watch;      /* root hash -> gw_watch_t*: clients whose circle reaches the root */
     gw_conn_t *aoi_head; /* clients whose area of interest is re-evaluated before the next flush */
     gw_conn_t *snap_head;

@@ -83,8 +83,13 @@ static bool probe_join(int port, int64_t timeout_ms)
                 Tessera__V1__ServerFrame *f = NULL;
                 if (ts_client_recv(c, 1000, &f) == TS_ERR_TIMEOUT) continue;
                 if (f == NULL) break;
-                if (f->payload_case == TESSERA__V1__SERVER_FRAME__PAYLOAD_SNAPSHOT)
+                if (f->payload_case == TESSERA__V1__SERVER_FRAME__PAYLOAD_SNAPSHOT) {
+                    /* it holds the own entity once the Join was applied */
                     entity = f->snapshot->entity;
+                    for (size_t i = 0; i < f->snapshot->n_entities; i++)
+                        if (f->snapshot->entities[i]->id == entity && f->snapshot->entities[i]->inputs_applied >= 1)
+                            applied = true;
+                }
                 if (f->payload_case == TESSERA__V1__SERVER_FRAME__PAYLOAD_DELTA && entity != 0)
                     for (size_t i = 0; i < f->delta->n_entities; i++)
                         if (f->delta->entities[i]->id == entity && f->delta->entities[i]->inputs_applied >= 1)
