@@ -25,6 +25,19 @@ static void entity(Tessera__V1__EntityState *e, uint64_t id)
     e->name = (char *)"p";
 }
 
+static bool reserve_ok(gw_blk_t *b, size_t more)
+{
+    if (b->len + more <= b->cap) return true;
+    size_t cap = b->cap ? b->cap * 2 : 4096;
+    while (cap < b->len + more)
+        cap *= 2;
+    uint8_t *v = realloc(b->data, cap);
+    if (v == NULL) return false;
+    b->data = v;
+    b->cap = cap;
+    return true;
+}
+
 static void fill_block(gw_blk_t *b, uint64_t first, size_t n)
 {
     gw_blk_reset(b);
@@ -192,6 +205,49 @@ static void test_cuts_split_at_entities(void **state)
     gw_blk_free(&big);
 }
 
+/* A client whose area of interest cuts a cell takes some entries of the
+ * shared block by their recorded byte ranges: the spliced Delta decodes to
+ * exactly those entities, with the positions the index recorded. */
+static void test_block_index_picks_entities(void **state)
+{
+    (void)state;
+    gw_blk_t b = {0};
+    fill_block(&b, 1, 200);
+    assert_int_equal(b.count, 200);
+    size_t covered = 0;
+    for (size_t i = 0; i < b.count; i++) {
+        Tessera__V1__EntityState want;
+        entity(&want, 1 + i);
+        assert_int_equal(b.ents[i].id, want.id);
+        assert_true(b.ents[i].x == want.x && b.ents[i].y == want.y);
+        assert_int_equal(b.ents[i].off, covered); /* entries tile the block in order */
+        covered += b.ents[i].len;
+    }
+    assert_int_equal(covered, b.len);
+
+    /* every third entity, adjacent ones joined as the gateway does */
+    gw_blk_t pick = {0};
+    uint64_t ids[80];
+    size_t nids = 0;
+    for (size_t i = 0; i < b.count; i++) {
+        if (i % 3 == 1) continue;
+        if (reserve_ok(&pick, b.ents[i].len)) {
+            memcpy(pick.data + pick.len, b.data + b.ents[i].off, b.ents[i].len);
+            pick.len += b.ents[i].len;
+        }
+        if (nids < 80 && i < 120) ids[nids++] = b.ents[i].id;
+        if (i >= 119) break;
+    }
+    const gw_blk_t *blks[] = {&pick};
+    const ts_cell_t cell = {.world = 0, .cx = 1, .cy = 2, .depth = 2, .sub = 9};
+    Tessera__V1__ServerFrame *f = splice(7, 3, &cell, GW_PAYLOAD_DELTA, 42, blks, 1, NULL, 0);
+    assert_int_equal(f->payload_case, TESSERA__V1__SERVER_FRAME__PAYLOAD_DELTA);
+    expect_entities(f->delta->entities, f->delta->n_entities, ids, nids);
+    tessera__v1__server_frame__free_unpacked(f, NULL);
+    free(pick.data);
+    gw_blk_free(&b);
+}
+
 static void test_varints(void **state)
 {
     (void)state;
@@ -254,9 +310,10 @@ static void test_keyframe_parts(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_clients_share_cell_blocks), cmocka_unit_test(test_snapshot_head),
-        cmocka_unit_test(test_cuts_split_at_entities),    cmocka_unit_test(test_varints),
-        cmocka_unit_test(test_keyframe_unchunked),        cmocka_unit_test(test_keyframe_parts),
+        cmocka_unit_test(test_clients_share_cell_blocks),  cmocka_unit_test(test_snapshot_head),
+        cmocka_unit_test(test_cuts_split_at_entities),     cmocka_unit_test(test_varints),
+        cmocka_unit_test(test_keyframe_unchunked),         cmocka_unit_test(test_keyframe_parts),
+        cmocka_unit_test(test_block_index_picks_entities),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
