@@ -423,8 +423,17 @@ static void on_join(gw_conn_t *c, uint64_t seq, const Tessera__V1__Join *j)
                          "(%g, %g) is outside world %u", j->x, j->y, gw->world.id);
         return;
     }
-    /* the deepest live cell holding the position, at any depth */
+    /* the deepest live cell holding the position, at any depth; while a
+     * split or merge is under way (the cell tree has no live cell there
+     * yet), the deepest split or retired cell there: its owner forwards the
+     * Join by position */
     const ts_cell_entry_t *at = ts_celltree_locate(gw->tree, j->x, j->y);
+    for (int d = TS_CELL_MAX_DEPTH; at == NULL && d >= 0; d--) {
+        ts_cell_t id;
+        ts_cell_from_pos(gw->world.id, gw->world.cell_size, (uint8_t)d, j->x, j->y, &id);
+        at = ts_celltree_get(gw->tree, &id);
+        if (at != NULL && at->state != TS_CELL_SPLIT && at->state != TS_CELL_RETIRED) at = NULL;
+    }
     gw_cell_t *cell = at != NULL ? gw_cell_get(gw, &at->cell) : NULL;
     if (cell == NULL) {
         gw_session_error(c, TESSERA__V1__ERROR_CODE__ERROR_UNKNOWN_CELL, false,
