@@ -361,9 +361,50 @@ fail:
     return TS_ERR_IO;
 }
 
+/* The message of the last Error among length-prefixed ServerFrames (the
+ * output queued before an upgrade), into buf; false if there is none. */
+static bool early_error(const uint8_t *p, size_t len, char *buf, size_t cap)
+{
+    bool found = false;
+    while (len >= TS_FRAME_HEADER) {
+        size_t n = ts_frame_get_header(p);
+        if (n > len - TS_FRAME_HEADER) break;
+        Tessera__V1__ServerFrame *f = tessera__v1__server_frame__unpack(NULL, n, p + TS_FRAME_HEADER);
+        if (f != NULL && f->payload_case == TESSERA__V1__SERVER_FRAME__PAYLOAD_ERROR && f->error->message) {
+            snprintf(buf, cap, "%s", f->error->message);
+            found = true;
+        }
+        if (f != NULL) tessera__v1__server_frame__free_unpacked(f, NULL);
+        p += TS_FRAME_HEADER + n;
+        len -= TS_FRAME_HEADER + n;
+    }
+    return found;
+}
+
 void gw_ws_closing(gw_conn_t *c)
 {
     struct gw_ws *ws = c->ws;
+    if (ws != NULL && ws->phase == WS_HTTP && !c->handle_closed) {
+        /* closed before its upgrade (too many connections from its address,
+         * no request in time, the gateway stopping): an HTTP answer saying
+         * why, not a silent close */
+        char msg[256];
+        if (!early_error(ws->early, ws->early_len, msg, sizeof msg))
+            snprintf(msg, sizeof msg, "the gateway closed the connection");
+        size_t n = strlen(msg);
+        msg[n < sizeof msg - 1 ? n++ : n - 1] = '\n';
+        ws->phase = WS_DONE;
+        uv_buf_t b[2];
+        char head[256];
+        int hn = snprintf(head, sizeof head,
+                          "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                          "Content-Length: %zu\r\nConnection: close\r\n\r\n",
+                          n);
+        b[0] = uv_buf_init(head, (unsigned)hn);
+        b[1] = uv_buf_init(msg, (unsigned)n);
+        (void)gw_conn_writev_raw(c, b, 2, (size_t)hn + n);
+        return;
+    }
     if (ws == NULL || ws->phase != WS_OPEN || ws->close_sent || c->handle_closed) return;
     uint16_t code = ws->close_code ? ws->close_code : WSLAY_CODE_NORMAL_CLOSURE;
     uint8_t body[2] = {(uint8_t)(code >> 8), (uint8_t)code};

@@ -556,6 +556,87 @@ static void test_flood_limit_exact(void **state)
     ts_h_pass();
 }
 
+static bool me_applied(const cl_t *p);
+
+/* GET path on port (HTTP/1.0): the status, the whole response into buf. */
+static int http_get(int port, const char *path, char *buf, size_t cap)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
+    assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+    char req[256];
+    int n = snprintf(req, sizeof req, "GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n", path);
+    assert_int_equal(send(fd, req, (size_t)n, MSG_NOSIGNAL), n);
+    size_t len = 0;
+    struct pollfd pfd = {.fd = fd, .events = POLLIN};
+    while (len + 1 < cap && poll(&pfd, 1, 3000) > 0) {
+        ssize_t got = recv(fd, buf + len, cap - 1 - len, 0);
+        if (got <= 0) break;
+        len += (size_t)got;
+    }
+    buf[len] = '\0';
+    close(fd);
+    int status = 0;
+    return sscanf(buf, "HTTP/1.%*d %d", &status) == 1 ? status : -1;
+}
+
+/* gateway.max_conns_per_ip=3: a fourth connection from one address is
+ * refused with ERROR_UNAVAILABLE, the three keep playing, and a slot that
+ * frees is taken again. */
+static void test_conns_per_ip(void **state)
+{
+    (void)state;
+    const char *extra[] = {"--gateway.max_conns_per_ip=3", NULL};
+    int port = 0;
+    int idx = spawn_gateway("gwip", 9, &port, extra);
+    cl_t p[3];
+    for (int i = 0; i < 3; i++)
+        join_player(&p[i], port, 70 + i, 70);
+    if (use_ws) { /* refused before the upgrade: an HTTP 503 saying why */
+        char body[512];
+        assert_int_equal(http_get(player_port(port), "/ws", body, sizeof body), 503);
+        assert_non_null(strstr(body, "too many connections"));
+    } else {
+        cl_t extra_conn;
+        cl_connect(&extra_conn, port);
+        expect_fatal(&extra_conn, TESSERA__V1__ERROR_CODE__ERROR_UNAVAILABLE, 3000);
+        assert_non_null(strstr(extra_conn.last_error_msg, "too many connections"));
+        cl_close(&extra_conn);
+    }
+    for (int i = 0; i < 3; i++) {
+        p[i].want_seq = p[i].seq + 1;
+        cl_move_seq(&p[i], p[i].want_seq, 1, 0);
+        assert_true(cl_pump_until(&p[i], 3000, me_applied));
+        assert_false(p[i].closed);
+    }
+    cl_close(&p[2]);
+    /* the gateway notices the close, then the slot is free */
+    cl_t again;
+    uint64_t deadline = ts_mono_us() + 3000000;
+    bool joined = false;
+    while (!joined && ts_mono_us() < deadline) {
+        memset(&again, 0, sizeof again);
+        ts_status_t st = use_ws ? ts_client_connect_ws(&again.c, "127.0.0.1", player_port(port), NULL, 3000)
+                                : ts_client_connect(&again.c, "127.0.0.1", port, 3000);
+        if (st != TS_OK) { /* refused: not noticed yet */
+            ts_sleep_ms(100);
+            continue;
+        }
+        cl_join(&again, 72, 70);
+        joined = cl_wait_frame(&again, TESSERA__V1__SERVER_FRAME__PAYLOAD_SNAPSHOT, 1000);
+        if (!joined) cl_close(&again);
+    }
+    assert_true(joined);
+    cl_close(&again);
+    cl_close(&p[0]);
+    cl_close(&p[1]);
+    ts_h_signal(&ts_h, idx, SIGTERM);
+    assert_int_equal(ts_h_wait(&ts_h, idx, 10000), 0);
+    ts_h_pass();
+}
+
 static void test_idle_sockets_do_not_lock_players_out(void **state)
 {
     (void)state;
@@ -1098,6 +1179,7 @@ int main(int argc, char **argv)
         TS_H_TEST(test_auth),
         TS_H_TEST(test_login_once_across_gateways),
         TS_H_TEST(test_flood_limit_exact),
+        TS_H_TEST(test_conns_per_ip),
         TS_H_TEST(test_idle_sockets_do_not_lock_players_out),
     };
     return TS_H_RUN(use_ws ? "it_players_ws" : "it_players", tests, group_setup, ts_h_group_teardown);
