@@ -290,6 +290,10 @@ static void pair_across(double bx, double y, uint64_t a, uint64_t b, const char 
 
 static void cluster_start(void)
 {
+    pthread_mutex_lock(&S.mu); /* nothing of an earlier test's world */
+    S.n = 0;
+    S.ghost_msgs = S.ghost_bytes = 0;
+    pthread_mutex_unlock(&S.mu);
     ts_h_start(&ts_h);
     assert_int_equal(ts_bus_connect(&bus, ts_h.nats_url, "it_ghost"), TS_OK);
     char subj[TS_SUBJECT_MAX];
