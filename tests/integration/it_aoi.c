@@ -14,7 +14,9 @@
  *   - walks across roots, depths and owners: after every frame it holds no
  *     entity beyond radius + hysteresis of itself, and once it stands still
  *     it holds every entity within the radius (exactly the truth, up to the
- *     hysteresis band). */
+ *     hysteresis band);
+ *   - keeps that view while root -1,0 next to it splits (its dots move into
+ *     the children, which the gateway subscribes to on the registry change). */
 #include <math.h>
 #include <pthread.h>
 #include <setjmp.h>
@@ -417,6 +419,17 @@ static void test_aoi_across_depths_and_owners(void **state)
         assert_int_equal(obs.violations, 0);
         expect_exact(&obs);
     }
+    /* a registry change near it: root -1,0 (w1's, with dots in it) splits
+     * while the observer stands next to it; its dots move into the children
+     * and the observer's view follows them */
+    ctl_ok(bus, "split", &west);
+    ts_cell_t west_kids[4];
+    ts_cell_children(&west, west_kids);
+    for (int q = 0; q < 4; q++)
+        assert_true(wait_active(reg, &west_kids[q], WAIT_MS));
+    view_pump(&obs, 2500); /* keyframes of the children */
+    assert_int_equal(obs.violations, 0);
+    expect_exact(&obs);
     fprintf(stderr, "observer: %zu frames, never an entity beyond radius + hysteresis\n", obs.frames);
 
     ts_client_destroy(obs.c);
