@@ -32,6 +32,7 @@
 #include "ledger.h"
 #include "probe.h"
 #include "tessera/bus.h"
+#include "tessera/proto.h"
 #include "tessera/util.h"
 
 #define WORLD 0
@@ -252,6 +253,40 @@ static void test_node_killed_and_restarted_under_load(void **state)
     ts_h_pass();
 }
 
+/* A stream made with one replica gets three when a service ensures it with
+ * stream.replicas=3 (an existing deployment moved to a cluster), and keeps
+ * its messages. */
+static void test_stream_replicas_raised(void **state)
+{
+    (void)state;
+    ts_h_start_cluster(&ts_h, TS_H_OPEN);
+    assert_int_equal(ts_bus_connect(&bus, ts_h.nats_urls, "it_cluster"), TS_OK);
+    char stream[64];
+    ts_bus_input_stream(stream, sizeof stream, 5);
+    assert_int_equal(ts_bus_ensure_streams(bus, 5, "file", 60, 1), TS_OK);
+    uint64_t seq = 0;
+    for (int i = 0; i < 10; i++) {
+        ts_bus_hdr_t hdr = {.type = TS_TYPE_INPUT_BATCH, .seq = (uint64_t)i + 1};
+        assert_int_equal(ts_bus_js_publish(bus, "cell.5.0.0.0.0.input", &hdr, "x", 1, 5000, &seq), TS_OK);
+    }
+    int current = 0;
+    assert_true(wait_stream(stream, 1, -1, WAIT_MS, &current) >= 0);
+    assert_int_equal(current, 1);
+
+    assert_int_equal(ts_bus_ensure_streams(bus, 5, "file", 60, 3), TS_OK);
+    int leader = wait_stream(stream, TS_H_CLUSTER_NODES, -1, WAIT_MS, &current);
+    if (leader < 0) {
+        ts_h.failed = true;
+        fail_msg("%s has %d current replicas after it was ensured with 3", stream, current);
+    }
+    ts_bus_msg_t *last = NULL;
+    assert_int_equal(ts_bus_last_msg(bus, stream, "cell.5.0.0.0.0.input", &last), TS_OK);
+    assert_int_equal(ts_bus_msg_stream_seq(last), seq);
+    ts_bus_msg_destroy(last);
+    stop_stack();
+    ts_h_pass();
+}
+
 static int test_teardown(void **state)
 {
     ts_h_test_teardown(state);
@@ -264,6 +299,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_node_killed_and_restarted_under_load, ts_h_test_setup,
                                         test_teardown),
+        cmocka_unit_test_setup_teardown(test_stream_replicas_raised, ts_h_test_setup, test_teardown),
     };
     return TS_H_RUN("it_cluster", tests, NULL, NULL);
 }
