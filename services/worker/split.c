@@ -42,9 +42,10 @@
  *
  * Costs: a forwarding cell scans its entities only when something changed
  * in it (its zone's modification counter moved) or a destination was not
- * known yet, so an emptied forwarder costs nothing per tick; correcting a
- * live cell's departures is one O(depth) look-up per departure. Tick thread
- * only. */
+ * known yet, and writes a checkpoint only when something arrived since the
+ * last one, so an emptied forwarder costs a keyframe of nothing a second;
+ * correcting a live cell's departures is one O(depth) look-up per
+ * departure. Tick thread only. */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -177,6 +178,26 @@ static bool emptied(const ts_zone_t *z)
     return true;
 }
 
+/* What the last checkpoint written of a forwarding cell holds. */
+static void note_checkpoint(ts_binding_t *b)
+{
+    const ts_zone_t *z = b->zone;
+    b->fwd_ckpt_valid = z->nout == 0 && z->ndeps == 0;
+    b->fwd_ckpt_seq = z->last_applied_seq;
+    b->fwd_ckpt_mod = z->mod_counter;
+}
+
+bool ts_split_checkpoint_due(ts_binding_t *b)
+{
+    if (!b->forwarding) return true;
+    const ts_zone_t *z = b->zone;
+    if (b->fwd_ckpt_valid && z->last_applied_seq == b->fwd_ckpt_seq && z->mod_counter == b->fwd_ckpt_mod &&
+        z->nout == 0 && z->ndeps == 0)
+        return false; /* nothing arrived since: the last one still says it all */
+    note_checkpoint(b);
+    return true;
+}
+
 static void finish(ts_worker_t *w, ts_binding_t *b)
 {
     ts_zone_t *z = b->zone;
@@ -201,6 +222,7 @@ static void finish(ts_worker_t *w, ts_binding_t *b)
             split ? "its children" : "the live cell", ms, work_ms);
     /* the forwarding state (departed records, nothing else) survives a crash */
     ts_worker_publish_checkpoint(w, z);
+    note_checkpoint(b);
 }
 
 /* A live cell's departures queued by this tick's step (from index `from`)

@@ -554,7 +554,8 @@ static void tick_once(ts_worker_t *w, double dt, uint64_t full_every, uint64_t h
         ts_worker_publish_departures(w, b->zone);
         ts_worker_publish_outboxes(w, b->zone);
         ts_worker_publish_state(w, b->zone, (w->tick + i) % full_every == 0);
-        if ((w->tick + i) % ckpt_every == 0) ts_worker_publish_checkpoint(w, b->zone);
+        if ((w->tick + i) % ckpt_every == 0 && ts_split_checkpoint_due(b))
+            ts_worker_publish_checkpoint(w, b->zone);
     }
     if (acting) ts_players_tick(w);
     if (hb_every == 0 || w->tick % hb_every == 0 || stalled) {

@@ -116,6 +116,9 @@ typedef struct {
     uint64_t fwd_start_us;       /* monotonic: phase 1 began */
     uint64_t fwd_work_ns;        /* tick-boundary time spent queuing departures in phase 1 */
     size_t fwd_moved;            /* entities moved on in phase 1 */
+    bool fwd_ckpt_valid;         /* the last checkpoint had nothing in flight, and was written at: */
+    uint64_t fwd_ckpt_seq;       /* last_applied_seq */
+    uint64_t fwd_ckpt_mod;       /* mod_counter */
 } ts_binding_t;
 
 /* A handover request waiting for the tick thread. */
@@ -411,6 +414,9 @@ bool ts_split_take_epoch(ts_worker_t *w, ts_binding_t *b, const ts_cell_entry_t 
  * the deepest live cell at the entity's position); a forwarding cell moves
  * its entities on to the live cells at their positions. */
 void ts_split_step(ts_worker_t *w, ts_binding_t *b, double dt);
+/* Whether b's periodic checkpoint is worth writing: always for a live cell;
+ * for a forwarding cell only if something arrived since its last one. */
+bool ts_split_checkpoint_due(ts_binding_t *b);
 
 /* ghost.c: border entities to and from the owners of neighbour cells */
 #ifndef TS_TYPE_GHOST_DELTA
