@@ -38,6 +38,9 @@ typedef struct {
     ts_counter_t *ghost_msgs_out, *ghost_msgs_in, *ghost_bytes_out, *ghost_bytes_in;
     ts_counter_t *ghost_dropped, *ghost_stale, *ghost_expired;
     ts_gauge_t *ghosts, *ghost_sources;
+    /* split and merge (split.c) */
+    ts_counter_t *splits, *cells_merged, *fwd_inputs, *fwd_entities;
+    ts_histogram_t *split_s, *merge_s, *split_work_s, *merge_work_s;
 } wm_t;
 
 static wm_t wm;
@@ -134,6 +137,28 @@ ts_status_t ts_worker_metrics_start(const ts_config_t *cfg)
     GAUGE(ghosts, "tessera_worker_ghosts",
           "Ghosts (neighbours' border entities) held in this worker's cells.");
     GAUGE(ghost_sources, "tessera_worker_ghost_sources", "Neighbour cells whose ghosts this worker follows.");
+    COUNTER(splits, "tessera_worker_splits_total",
+            "Splits executed: a split cell's entities all moved into its children.", );
+    COUNTER(cells_merged, "tessera_worker_cells_merged_total",
+            "Retired cells whose entities all moved back into their parent (four per merge).", );
+    COUNTER(fwd_inputs, "tessera_worker_split_forwarded_total",
+            "What split and retired cells passed on to the live cells after their split or merge.", "what",
+            "inputs", );
+    COUNTER(fwd_entities, "tessera_worker_split_forwarded_total",
+            "What split and retired cells passed on to the live cells after their split or merge.", "what",
+            "entities", );
+    static const char *const split_kind[] = {"kind", "split", NULL};
+    static const char *const merge_kind[] = {"kind", "merge", NULL};
+    const char *took = "From seeing a split or merge in the registry to the last Transfer stored.";
+    const char *work = "Tick-boundary time a split or merge took (queuing departures).";
+    const double *sb = ts_metrics_seconds_buckets;
+    const size_t nsb = ts_metrics_seconds_nbuckets;
+    wm.split_s = ts_metrics_histogram(wm.reg, "tessera_worker_split_seconds", took, split_kind, sb, nsb);
+    wm.merge_s = ts_metrics_histogram(wm.reg, "tessera_worker_split_seconds", took, merge_kind, sb, nsb);
+    wm.split_work_s =
+        ts_metrics_histogram(wm.reg, "tessera_worker_split_tick_work_seconds", work, split_kind, sb, nsb);
+    wm.merge_work_s =
+        ts_metrics_histogram(wm.reg, "tessera_worker_split_tick_work_seconds", work, merge_kind, sb, nsb);
     ts_metrics_counter_fn(wm.reg, "tessera_worker_bus_sent_bytes_total", "Bytes published to NATS.", NULL,
                           bytes_out, NULL);
     ts_metrics_gauge_fn(wm.reg, "tessera_worker_publish_backlog",
@@ -204,6 +229,10 @@ void ts_worker_metrics_snapshot(ts_worker_t *w)
     ts_counter_set(wm.ghost_expired, gs.ghosts_expired);
     ts_gauge_set(wm.ghosts, (double)gs.held);
     ts_gauge_set(wm.ghost_sources, (double)gs.sources);
+    ts_counter_set(wm.splits, w->stats.splits);
+    ts_counter_set(wm.cells_merged, w->stats.merged_cells);
+    ts_counter_set(wm.fwd_inputs, w->stats.fwd_inputs);
+    ts_counter_set(wm.fwd_entities, w->stats.fwd_entities);
     atomic_store(&wm.bus, w->bus);
     atomic_store(&wm.view_read, w->view.valid);
     atomic_store(&wm.binding, (uint64_t)w->binding.len);
@@ -218,6 +247,12 @@ void ts_worker_metrics_batch(const Tessera__V1__InputBatch *ib)
         uint64_t sent = ib->inputs[i]->sent_us;
         if (sent) ts_histogram_observe(wm.input_latency, now > sent ? (double)(now - sent) / 1e6 : 0);
     }
+}
+
+void ts_worker_metrics_split(bool split, double seconds, double work_seconds)
+{
+    ts_histogram_observe(split ? wm.split_s : wm.merge_s, seconds);
+    ts_histogram_observe(split ? wm.split_work_s : wm.merge_work_s, work_seconds);
 }
 
 void ts_worker_metrics_stopping(void)

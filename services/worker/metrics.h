@@ -30,6 +30,9 @@ void ts_worker_metrics_snapshot(ts_worker_t *w);
 /* Tick thread: an input batch was applied (input -> applied latency of
  * each input that carries its send time). */
 void ts_worker_metrics_batch(const Tessera__V1__InputBatch *ib);
+/* Tick thread: a split (split) or a retired cell's merge finished here:
+ * decision seen -> last Transfer stored, and its tick-boundary work. */
+void ts_worker_metrics_split(bool split, double seconds, double work_seconds);
 /* The worker is draining or stopping: /readyz answers 503 from now on. */
 void ts_worker_metrics_stopping(void);
 

@@ -51,6 +51,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "metrics.h"
 #include "tessera/log.h"
 #include "tessera/util.h"
 #include "worker_internal.h"
@@ -206,6 +207,7 @@ static void finish(ts_worker_t *w, ts_binding_t *b)
     bool split = b->reg_state == TS_CELL_SPLIT;
     b->fwd_phase = 2;
     if (b->fwd_moved == 0 && !b->fwd_in_place) return; /* recovered after its split or merge was done */
+    ts_worker_metrics_split(split, ms / 1e3, work_ms / 1e3);
     if (split) {
         w->stats.splits++;
         w->stats.split_last_ms = ms;

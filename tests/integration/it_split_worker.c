@@ -592,12 +592,42 @@ static int report_done(int proc, const char *what)
 
 /* ---- set-up ----------------------------------------------------------------------- */
 
-static int spawn_worker(const char *id)
+/* http_port > 0: the worker serves /metrics there. */
+static int spawn_worker(const char *id, int http_port)
 {
-    char idarg[64];
+    char idarg[64], http[64];
     snprintf(idarg, sizeof idarg, "--worker.id=%s", id);
-    const char *args[] = {idarg, "--worker.checkpoint_ms=500", NULL};
+    snprintf(http, sizeof http, "--worker.http_listen=127.0.0.1:%d", http_port);
+    const char *args[] = {idarg, "--worker.checkpoint_ms=500", http_port > 0 ? http : NULL, NULL};
     return ts_h_spawn(&ts_h, id, "tessera-worker", args);
+}
+
+/* Waits until the worker's /metrics has the line `series value` (the
+ * totals are copied at heartbeat cadence); prints the split and merge
+ * series. */
+static void wait_metric(int port, const char *series, const char *value)
+{
+    static char body[1 << 17];
+    char line[256];
+    snprintf(line, sizeof line, "\n%s %s\n", series, value);
+    uint64_t deadline = ts_mono_us() + WAIT_MS * 1000ULL;
+    while (ts_h_http_get(port, "/metrics", body, sizeof body) != 200 || !strstr(body, line)) {
+        if (ts_mono_us() > deadline) {
+            ts_h.failed = true;
+            fail_msg("/metrics never said %s %s", series, value);
+        }
+        ts_sleep_ms(50);
+    }
+    for (char *p = body; p && *p;) {
+        char *eol = strchr(p, '\n');
+        int len = eol ? (int)(eol - p) : (int)strlen(p);
+        char one[256];
+        snprintf(one, sizeof one, "%.*s", len, p);
+        bool ours = strncmp(one, "tessera_worker_split", 20) == 0 ||
+                    strncmp(one, "tessera_worker_cells_merged", 27) == 0;
+        if (ours && !strstr(one, "_bucket")) fprintf(stderr, "it_split_worker: %s\n", one);
+        p = eol ? eol + 1 : NULL;
+    }
 }
 
 static void start_world(const char *owner)
@@ -681,7 +711,8 @@ static void test_split_then_merge(void **state)
 {
     (void)state;
     start_world("w1");
-    int w1 = spawn_worker("w1");
+    int http = ts_h_free_port();
+    int w1 = spawn_worker("w1", http);
     populate("w1");
 
     split_p("w1");
@@ -689,6 +720,7 @@ static void test_split_then_merge(void **state)
     const ts_cell_t split_live[5] = {kids[0], kids[1], kids[2], kids[3], Q};
     settle("after the split", split_live, 5, &P, 1);
     assert_int_equal(report_done(w1, "split"), 1);
+    wait_metric(http, "tessera_worker_splits_total{worker=\"w1\"}", "1");
 
     driver_start();
     wait_progress(5);
@@ -697,6 +729,7 @@ static void test_split_then_merge(void **state)
     const ts_cell_t merge_live[2] = {P, Q};
     settle("after the merge", merge_live, 2, kids, 4);
     assert_int_equal(report_done(w1, "merge"), 4);
+    wait_metric(http, "tessera_worker_cells_merged_total{worker=\"w1\"}", "4");
     stop_world();
     ts_h_pass();
 }
@@ -705,9 +738,9 @@ static void test_split_and_merge_survive_sigkill(void **state)
 {
     (void)state;
     start_world("w1");
-    int w1 = spawn_worker("w1");
-    int w2 = spawn_worker("w2");
-    int w3 = spawn_worker("w3");
+    int w1 = spawn_worker("w1", 0);
+    int w2 = spawn_worker("w2", 0);
+    int w3 = spawn_worker("w3", 0);
     populate("w1");
 
     /* the owner dies the moment the split is decided */
