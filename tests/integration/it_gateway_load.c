@@ -87,7 +87,8 @@ static bool probe_join(int port, int64_t timeout_ms)
                     /* it holds the own entity once the Join was applied */
                     entity = f->snapshot->entity;
                     for (size_t i = 0; i < f->snapshot->n_entities; i++)
-                        if (f->snapshot->entities[i]->id == entity && f->snapshot->entities[i]->inputs_applied >= 1)
+                        if (f->snapshot->entities[i]->id == entity &&
+                            f->snapshot->entities[i]->inputs_applied >= 1)
                             applied = true;
                 }
                 if (f->payload_case == TESSERA__V1__SERVER_FRAME__PAYLOAD_DELTA && entity != 0)
