@@ -11,7 +11,9 @@
 #   3. scripts/bench-peers.sh, when it exists: side by side with Colyseus;
 #   4. tessera-bench-cluster: input throughput, NATS CPU per input and
 #      handover freeze with NATS auth+TLS on vs off, and with R3 vs R1
-#      streams on a 3-node JetStream cluster (interleaved rounds, medians).
+#      streams on a 3-node JetStream cluster (interleaved rounds, medians);
+#   5. scripts/bench-split.sh: split and merge duration and the freeze they
+#      cause.
 #
 # Each starts its own nats-server and redis-server on free loopback ports and
 # reaps everything it started. The whole run stays under about 20 minutes.
@@ -23,6 +25,7 @@
 #   BENCH_SCALE=0    skip tessera-bench-scale (its knobs: tessera-bench-scale --help)
 #   BENCH_PEERS=0    skip scripts/bench-peers.sh
 #   BENCH_CLUSTER=0  skip tessera-bench-cluster (its knobs: tessera-bench-cluster --help)
+#   BENCH_SPLIT=0    skip scripts/bench-split.sh
 # Extra arguments go to tessera-bench (see tessera-bench --help).
 set -eu
 cd "$(dirname "$0")/.."
@@ -33,7 +36,7 @@ runs=${BENCH_RUNS:-1}
 
 cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=Release -DTS_WERROR=ON >/dev/null
 cmake --build "$dir" -j"$jobs" --target tessera-bench tessera-bench-scale tessera-bench-cluster tessera-orch tessera-worker \
-    tessera-gateway tessera-sim tessera-ctl
+    tessera-gateway tessera-sim tessera-ctl it_split
 for bin in tessera-bench tessera-bench-scale; do
     if [ ! -x "$dir/$bin" ]; then
         echo "bench.sh: $dir/$bin was not built (is cmocka installed? make deps)" >&2
@@ -69,5 +72,10 @@ if [ "${BENCH_CLUSTER:-1}" != 0 ]; then
     echo
     # bounded: 3 rounds of 4 set-ups take about 4 minutes
     timeout -k 10 600 "$dir/tessera-bench-cluster" || status=1
+fi
+
+if [ "${BENCH_SPLIT:-1}" != 0 ]; then
+    echo
+    BUILD_DIR="$dir" scripts/bench-split.sh || status=1
 fi
 exit "$status"
