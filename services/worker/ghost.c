@@ -22,6 +22,7 @@
  * cells (O(cells owned x neighbours), only on such ticks) and hands the
  * list to the ghost thread, which makes the (possibly blocking) subscribe
  * and unsubscribe calls. */
+#include <errno.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
@@ -118,9 +119,11 @@ static void collect_gone(void *ud, const ts_cell_t *cell, void *val)
     d->gone[d->ngone++] = *cell;
 }
 
-/* Brings the subscriptions in line with want[0..n). */
-static void follow(struct ts_ghosts *g, const ts_cell_t *want, size_t n)
+/* Brings the subscriptions in line with want[0..n). False if a subscribe
+ * failed (tried again a second later). */
+static bool follow(struct ts_ghosts *g, const ts_cell_t *want, size_t n)
 {
+    bool ok = true;
     ts_cellmap_t set;
     ts_cellmap_init(&set);
     for (size_t i = 0; i < n; i++)
@@ -139,11 +142,10 @@ static void follow(struct ts_ghosts *g, const ts_cell_t *want, size_t n)
         ts_status_t st = ts_bus_subscribe(g->w->bus, subj, on_ghost, g, &sub);
         if (st == TS_OK && ts_cellmap_put(&g->subs, &want[i], sub) == TS_OK) continue;
         if (sub) ts_bus_sub_destroy(sub);
-        ts_warn("ghosts: cannot subscribe to %s (%s); trying again shortly", subj, ts_status_str(st));
-        pthread_mutex_lock(&g->mu);
-        g->want_new = true; /* the loop comes back after its timeout */
-        pthread_mutex_unlock(&g->mu);
+        ts_warn("ghosts: cannot subscribe to %s (%s); trying again in a second", subj, ts_status_str(st));
+        ok = false;
     }
+    return ok;
 }
 
 static void *ghost_main(void *arg)
@@ -151,12 +153,13 @@ static void *ghost_main(void *arg)
     struct ts_ghosts *g = arg;
     ts_cell_t *want = NULL;
     size_t nwant = 0;
+    bool retry = false;
     pthread_mutex_lock(&g->mu);
     for (;;) {
         while (!g->want_new && !g->stop) {
             struct timespec until;
             ts_mono_deadline(&until, 1000000000ULL);
-            pthread_cond_timedwait(&g->cond, &g->mu, &until);
+            if (pthread_cond_timedwait(&g->cond, &g->mu, &until) == ETIMEDOUT && retry) break;
         }
         if (g->stop) break;
         g->want_new = false;
@@ -168,7 +171,7 @@ static void *ghost_main(void *arg)
             g->nwant = 0;
         }
         pthread_mutex_unlock(&g->mu);
-        follow(g, want, nwant);
+        retry = !follow(g, want, nwant);
         pthread_mutex_lock(&g->mu);
     }
     pthread_mutex_unlock(&g->mu);
