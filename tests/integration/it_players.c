@@ -294,6 +294,10 @@ static bool watch_stopped(const cl_t *p)
 {
     return p->watch_seen && p->watch_state.vx == 0 && p->watch_state.vy == 0;
 }
+static bool watch_moving(const cl_t *p)
+{
+    return p->watch_seen && p->watch_state.vx != 0;
+}
 static bool watch_removed(const cl_t *p)
 {
     return p->watch_removed;
@@ -390,10 +394,9 @@ static void test_idle_player_stopped_then_despawned(void **state)
     cl_join(&p, 32, 32);
     assert_true(cl_wait_frame(&p, TESSERA__V1__SERVER_FRAME__PAYLOAD_SNAPSHOT, 5000));
     cl_move_seq(&p, p.seq + 1, 3, 0);
+    uint64_t t0 = ts_mono_us(); /* silent from now on */
     watcher.watch = p.entity;
-    assert_true(cl_pump_until(&watcher, 5000, watch_seen));
-    /* silent from now on */
-    uint64_t t0 = ts_mono_us();
+    assert_true(cl_pump_until(&watcher, 5000, watch_moving)); /* its Move applied, not just its Join */
     assert_true(cl_pump_until(&watcher, 6000, watch_stopped));
     uint64_t stopped_ms = (ts_mono_us() - t0) / 1000;
     assert_true(stopped_ms >= 1500 && stopped_ms < 4000); /* gateway.idle_timeout_s=2 */
