@@ -362,6 +362,14 @@ static bool held_in_aoi(const gw_conn_t *c, uint64_t id)
     return false;
 }
 
+static bool aoi_has(const gw_conn_t *c, const gw_cell_t *cell)
+{
+    for (size_t i = 0; i < c->naoi; i++) {
+        if (c->aoi[i].cell == cell) return true;
+    }
+    return false;
+}
+
 /* Puts id on this flush's removed list of the client (once). */
 static void push_removed(gw_t *gw, size_t *n, uint64_t id)
 {
@@ -486,7 +494,8 @@ static void send_view(gw_t *gw, gw_conn_t *c)
         /* shown entities no cell of the area of interest holds any more */
         uint64_t id;
         for (size_t it = 0; ts_map_next(&c->shown, &it, &id, NULL);) {
-            if (!held_in_aoi(c, id)) push_removed(gw, &nremoved, id);
+            gw_cell_t *home = ts_map_get(&gw->homes, id); /* usually one of its cells: no more look-ups */
+            if ((home == NULL || !aoi_has(c, home)) && !held_in_aoi(c, id)) push_removed(gw, &nremoved, id);
         }
         for (size_t i = 0; i < nremoved; i++)
             ts_map_del(&c->shown, gw->tmp_removed[i]);
