@@ -5,9 +5,13 @@
  * (asynchronous JetStream publish, message id "<gateway id>-<boot
  * nonce>-<publish seq>" so the bus retries without storing a batch twice).
  * A quiet cell publishes at the end of the loop turn; a cell with a batch in
- * flight holds new inputs until that batch is acknowledged or
- * GW_BATCH_HOLD_US passed, so batches grow with load while a slow
- * acknowledgement delays no input by more than the hold. A publish the bus
+ * flight holds new inputs until that batch is acknowledged or given up, so
+ * batches grow with load and a cell's batches are stored in the order they
+ * were sent: a batch the bus retries (a JetStream restart, a lost
+ * acknowledgement) is never overtaken by a later one, whose inputs the owner
+ * would apply first and then drop the earlier ones as duplicates of a seq
+ * it has passed. Inputs held longer than GW_INPUT_MAX_WAIT_US leave the
+ * queue and are reported to their clients. A publish the bus
  * has no room for (TS_ERR_BUSY) keeps its inputs queued and is retried
  * (reported after GW_INPUT_MAX_WAIT_US); a queue that is full refuses new
  * inputs. Each batch in flight remembers which clients' seq ranges it
@@ -305,8 +309,11 @@ static size_t publish_cell(gw_t *gw, gw_cell_t *cell, bool force, bool *busy, pb
         gw->batches_published++;
         gw->inputs_published += n;
         cell->last_publish_us = now;
-        if (!force) track(gw, cell, seq, cell->inputs + done, n, now);
         done += n;
+        if (!force) {
+            track(gw, cell, seq, cell->inputs + done - n, n, now);
+            break; /* one batch in flight per cell: the next leaves with its outcome */
+        }
     }
     return done;
 }
@@ -342,22 +349,24 @@ void gw_router_flush(gw_t *gw, bool force)
     if (gw->pb_inputs == NULL) gw->pb_inputs = malloc(GW_BATCH_MAX_INPUTS * sizeof(pb_input_t));
     if (gw->pb_ptrs == NULL) gw->pb_ptrs = malloc(GW_BATCH_MAX_INPUTS * sizeof *gw->pb_ptrs);
     if (gw->pb_inputs == NULL || gw->pb_ptrs == NULL) return;
-    uint64_t now = ts_mono_us();
-    uint64_t hold_until = 0;
     gw_cell_t *list = gw->batch_head;
     gw->batch_head = NULL;
     gw_cell_t *keep = NULL;
-    bool busy_any = false;
+    bool busy_any = false, held_any = false;
     while (list != NULL) {
         gw_cell_t *cell = list;
         list = cell->next_batch;
         cell->next_batch = NULL;
-        if (!force && cell->ninflight > 0 && now < cell->last_publish_us + GW_BATCH_HOLD_US) {
-            /* held: leaves with the acknowledgement or when the hold ends */
-            uint64_t until = cell->last_publish_us + GW_BATCH_HOLD_US;
-            if (hold_until == 0 || until < hold_until) hold_until = until;
-            cell->next_batch = keep;
-            keep = cell;
+        if (!force && cell->ninflight > 0) {
+            /* held: leaves with the outcome of the batch in flight */
+            expire_waiting(gw, cell);
+            if (cell->ninputs > 0) {
+                held_any = true;
+                cell->next_batch = keep;
+                keep = cell;
+            } else {
+                cell->batch_queued = false;
+            }
             continue;
         }
         bool busy = false;
@@ -378,12 +387,9 @@ void gw_router_flush(gw_t *gw, bool force)
     gw->batch_head = keep;
     gw->batch_busy = busy_any;
     if (gw->stopping) return;
-    if (busy_any) {
-        uv_timer_start(&gw->retry_timer, on_retry_timer, GW_BUSY_RETRY_MS, 0);
-    } else if (hold_until != 0) {
-        uint64_t ms = (hold_until - now + 999) / 1000;
-        uv_timer_start(&gw->retry_timer, on_retry_timer, ms ? ms : 1, 0);
-    }
+    /* busy: the bus may have room again; held: inputs waiting too long are
+     * reported even if the batch in flight takes long */
+    if (busy_any || held_any) uv_timer_start(&gw->retry_timer, on_retry_timer, GW_BUSY_RETRY_MS, 0);
 }
 
 void gw_router_on_ack(gw_t *gw, uint64_t seq, bool ok)
