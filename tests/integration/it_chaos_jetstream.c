@@ -139,6 +139,12 @@ static void *player_main(void *arg)
 
 static void player_start(double x, double y)
 {
+    pthread_mutex_lock(&PL.mu);
+    PL.entity = PL.sent = PL.last_seq = PL.applied = PL.last_input_seq = PL.not_stored = 0;
+    PL.closed = false;
+    PL.errors = PL.other_errors = 0;
+    PL.last_error[0] = '\0';
+    pthread_mutex_unlock(&PL.mu);
     assert_int_equal(ts_client_connect(&PL.c, "127.0.0.1", stack.gw_port, 3000), TS_OK);
     uint64_t deadline = ts_mono_us() + 10000000;
     int errors = -1;
@@ -193,6 +199,40 @@ static bool settle(int64_t timeout_ms)
 
 /* ---- the test ------------------------------------------------------------------- */
 
+/* Starts a nats-server of this test's own on the harness's NATS port, with
+ * the harness's users, JetStream on store (or no JetStream at all), after
+ * killing the previous one this test started. */
+static void nats_restart(bool jetstream, const char *store)
+{
+    if (nats2 > 0) {
+        kill(nats2, SIGKILL);
+        waitpid(nats2, NULL, 0);
+        nats2 = -1;
+    }
+    char port[16];
+    snprintf(port, sizeof port, "%d", ts_h.nats_port);
+    nats2 = fork();
+    assert_true(nats2 >= 0);
+    if (nats2 == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        char logp[400];
+        snprintf(logp, sizeof logp, "%s/nats2.log", ts_h.dir);
+        FILE *l = freopen(logp, "a", stdout);
+        (void)l;
+        dup2(1, 2);
+        const char *bin =
+            access("/usr/sbin/nats-server", X_OK) == 0 ? "/usr/sbin/nats-server" : "/usr/bin/nats-server";
+        char conf[400];
+        snprintf(conf, sizeof conf, "%s/nats.conf", ts_h.secrets);
+        if (jetstream)
+            execl(bin, "nats-server", "-js", "-a", "127.0.0.1", "-p", port, "-sd", store, "-c", conf,
+                  (char *)NULL);
+        else
+            execl(bin, "nats-server", "-a", "127.0.0.1", "-p", port, "-c", conf, (char *)NULL);
+        _exit(127);
+    }
+}
+
 static void test_store_wiped_under_load(void **state)
 {
     (void)state;
@@ -222,29 +262,12 @@ static void test_store_wiped_under_load(void **state)
     ts_h_signal(&ts_h, TS_H_NATS, SIGKILL);
     ts_h_wait(&ts_h, TS_H_NATS, 5000);
     atomic_store(&PL.stop_sending, false);
-    char store[300], cmd[400], port[16];
+    char store[300], cmd[400];
     snprintf(store, sizeof store, "%s/js", ts_h.dir);
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", store);
     assert_int_equal(system(cmd), 0);
     ts_sleep_ms(500); /* the world runs without its bus for a while */
-    snprintf(port, sizeof port, "%d", ts_h.nats_port);
-    nats2 = fork();
-    assert_true(nats2 >= 0);
-    if (nats2 == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        char logp[400];
-        snprintf(logp, sizeof logp, "%s/nats2.log", ts_h.dir);
-        FILE *l = freopen(logp, "w", stdout);
-        (void)l;
-        dup2(1, 2);
-        const char *bin =
-            access("/usr/sbin/nats-server", X_OK) == 0 ? "/usr/sbin/nats-server" : "/usr/bin/nats-server";
-        char conf[400];
-        snprintf(conf, sizeof conf, "%s/nats.conf", ts_h.secrets);
-        execl(bin, "nats-server", "-js", "-a", "127.0.0.1", "-p", port, "-sd", store, "-c", conf,
-              (char *)NULL);
-        _exit(127);
-    }
+    nats_restart(true, store);
     uint64_t t_up = ts_mono_us();
 
     /* not frozen: the player's inputs are applied again */
@@ -294,6 +317,94 @@ static void test_store_wiped_under_load(void **state)
     ts_h_pass();
 }
 
+/* A store that cannot take inputs for a while (JetStream off, then back with
+ * an empty store): every input the player sends meanwhile is reported to it
+ * with its seq; once the stream is back its inputs are applied again. */
+static void test_unstored_inputs_reported(void **state)
+{
+    (void)state;
+    ts_h_start_secure(&ts_h);
+    const char *orch[] = {"--orch.rebalance=0", HB_TTL_ARG, NULL};
+    const char *worker[] = {"--worker.hb_ms=250", HB_TTL_ARG, NULL};
+    ts_h_spawn_stack(&ts_h, orch, worker, NULL, &stack);
+    if (!ts_h_wait_world(&ts_h, WORLD, NCELLS, WAIT_MS) || !ts_h_wait_port(stack.gw_port, WAIT_MS))
+        fail_msg("the world or the gateway did not come up");
+    player_start(-50, 50);
+    uint64_t deadline = ts_mono_us() + WAIT_MS * 1000ULL;
+    while (view().applied < 10) {
+        if (ts_mono_us() > deadline)
+            fail_msg("the player's inputs are not applied (%" PRIu64 ")", view().applied);
+        ts_sleep_ms(20);
+    }
+    if (!settle(WAIT_MS)) fail_msg("the player's last input was not applied before the kill");
+    view_t v0 = view();
+
+    /* NATS comes back without JetStream: no input can be stored */
+    char store[300], cmd[400];
+    snprintf(store, sizeof store, "%s/js", ts_h.dir);
+    ts_h_signal(&ts_h, TS_H_NATS, SIGKILL);
+    ts_h_wait(&ts_h, TS_H_NATS, 5000);
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", store);
+    assert_int_equal(system(cmd), 0);
+    nats_restart(false, store);
+    uint64_t deadline_up = ts_mono_us() + WAIT_MS * 1000ULL;
+    while (!ts_h_port_busy(ts_h.nats_port) && ts_mono_us() < deadline_up)
+        ts_sleep_ms(20);
+    ts_sleep_ms(1000); /* the gateway reconnects */
+    const uint64_t lost = 10;
+    atomic_store(&PL.stop_sending, false);
+    while (view().sent < v0.sent + lost)
+        ts_sleep_ms(2);
+    atomic_store(&PL.stop_sending, true);
+    view_t v1 = view();
+    assert_int_equal(v1.sent - v0.sent, lost);
+    /* the bus retries for 15 s, then the gateway reports them */
+    uint64_t t_sent = ts_mono_us();
+    deadline = t_sent + 60000000ULL;
+    while (view().not_stored < v0.not_stored + lost) {
+        if (ts_mono_us() > deadline || view().closed)
+            fail_msg("%" PRIu64 " inputs sent without a store: %" PRIu64
+                     " reported not stored after 60 s (last "
+                     "error %s)",
+                     lost, view().not_stored - v0.not_stored, PL.last_error);
+        ts_sleep_ms(50);
+    }
+    view_t v2 = view();
+    fprintf(stderr, "%" PRIu64 " inputs sent without a store: all %" PRIu64 " reported %.1f s later\n", lost,
+            v2.not_stored - v0.not_stored, (double)(ts_mono_us() - t_sent) / 1e6);
+    assert_int_equal(v2.not_stored - v0.not_stored, lost);
+    assert_int_equal(v2.applied, v0.applied);
+    assert_int_equal(v2.other_errors, v0.other_errors);
+
+    /* JetStream back, empty: the streams are created again and inputs are
+     * applied again, exactly once */
+    nats_restart(true, store);
+    atomic_store(&PL.stop_sending, false);
+    deadline = ts_mono_us() + WAIT_MS * 1000ULL;
+    while (view().applied <= v2.applied) {
+        if (ts_mono_us() > deadline) fail_msg("the player's cell applies nothing once JetStream is back");
+        ts_sleep_ms(20);
+    }
+    if (!settle(WAIT_MS)) fail_msg("inputs after JetStream came back are not all applied");
+    view_t v3 = view();
+    /* what was sent before the stream existed again may have been reported */
+    uint64_t sent = v3.sent - v2.sent, applied = v3.applied - v2.applied,
+             reported = v3.not_stored - v2.not_stored;
+    assert_true(applied <= sent && applied + reported >= sent);
+    atomic_store(&PL.stop_sending, false);
+    deadline = ts_mono_us() + WAIT_MS * 1000ULL;
+    while (view().sent < v3.sent + PHASE2_INPUTS) {
+        if (ts_mono_us() > deadline) fail_msg("the player could not send");
+        ts_sleep_ms(5);
+    }
+    if (!settle(WAIT_MS)) fail_msg("inputs sent after the restart are not all applied");
+    view_t v4 = view();
+    assert_int_equal(v4.applied - v3.applied, v4.sent - v3.sent);
+    assert_int_equal(v4.errors, v3.errors);
+    player_stop();
+    ts_h_pass();
+}
+
 static int test_teardown(void **state)
 {
     ts_h_test_teardown(state);
@@ -311,6 +422,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_store_wiped_under_load, ts_h_test_setup, test_teardown),
+        cmocka_unit_test_setup_teardown(test_unstored_inputs_reported, ts_h_test_setup, test_teardown),
     };
     return TS_H_RUN("it_chaos_jetstream", tests, NULL, NULL);
 }
