@@ -1,7 +1,7 @@
 // The world map in headless Chromium against a real stack: the page shows
 // every cell and worker and the world's entity count, pushed to it (one
 // /api/events stream, no polling), a handover flashes the moment it
-// happens, the viewer joins, sees the players near it, moves with the arrow
+// happens, a split cell is drawn as its four children, the viewer joins, sees the players near it, moves with the arrow
 // keys and sees its own entity move. A screenshot goes to
 // $TESSERA_ARTIFACT_DIR (CI keeps it).
 import assert from 'node:assert/strict';
@@ -83,6 +83,14 @@ it('shows cells, workers and entities; the viewer joins and moves with the arrow
   const out = await stack.ctl(['handover', w1cell, 'w2']);
   assert.match(out, /^ok/m);
   await until(`handover of ${w1cell} noted`, async () => ((await text(page, '#events')) ?? '').includes(`handover: cell ${w1cell} w1 → w2`), 10000);
+  // a split shows its four children (depth 1) in place of the parent
+  const far = '0.1.1.0.0'; // holds the far player at (150, 150)
+  assert.match(await stack.ctl(['split', far]), /^ok/m);
+  await until('legend: 19 live cells after the split', async () => (await text(page, '#legend-cells')) === '19', 15000);
+  const depth1 = await page.evaluate(() => window.tessera.world.cells.filter((c) => c.depth === 1 && c.state === 'active').length);
+  assert.equal(depth1, 4);
+  assert.ok(((await text(page, '#events')) ?? '').includes(`cell ${far} split`));
+
   // one whole world, then changes only: registry changes and heartbeats
   const feed = await page.evaluate(() => ({ ...window.tessera.feed }));
   assert.equal(feed.worlds, 1);
