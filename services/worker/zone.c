@@ -1651,6 +1651,11 @@ ts_status_t ts_zone_pack_ghost(ts_zone_t *z, uint64_t tick, bool full, uint32_t 
     }
     size_t n = z->nghost_changed;
     if (!full && n == 0 && z->nghost_removed == 0) return TS_OK;
+    /* an empty band is said once; while it stays empty the cell is silent
+     * (a receiver holding anything of it drops it when it hears nothing) */
+    bool quiet = full && n == 0 && z->nghost_removed == 0;
+    if (quiet && z->ghost_quiet) return TS_OK;
+    z->ghost_quiet = quiet;
     const size_t per = TS_ZONE_GHOST_PART_ENTITIES;
     size_t parts = n ? (n + per - 1) / per : 1;
     uint8_t **ob = calloc(parts, sizeof(*ob));

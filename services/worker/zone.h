@@ -211,6 +211,7 @@ typedef struct {
     size_t nghost_changed, cap_ghost_changed;
     uint64_t *ghost_removed;
     size_t nghost_removed, cap_ghost_removed;
+    bool ghost_quiet; /* the last keyframe was empty and nothing changed since */
 } ts_zone_t;
 
 ts_status_t ts_zone_create(ts_zone_t **out, const ts_cell_t *cell, uint64_t epoch, const ts_world_t *world,
@@ -345,8 +346,9 @@ size_t ts_zone_ghosts(const ts_zone_t *z);
 /* Packs what this zone's neighbours need of its border band: a keyframe
  * (full: every entity within the ghost margin of a border) or a delta (the
  * ones that changed since the last pack, and the ids that left the band),
- * as one or more GhostDelta messages (*nparts == 0: nothing to say, only
- * when !full). Same buffer ownership as ts_zone_pack_delta. */
+ * as one or more GhostDelta messages (*nparts == 0: nothing to say; for a
+ * keyframe, when the band is empty and the last keyframe said so already).
+ * Same buffer ownership as ts_zone_pack_delta. */
 ts_status_t ts_zone_pack_ghost(ts_zone_t *z, uint64_t tick, bool full, uint32_t keyframe_ticks,
                                const char *owner, uint8_t ***bufs, size_t **lens, size_t *nparts);
 

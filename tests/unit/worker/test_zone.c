@@ -1094,6 +1094,13 @@ static void test_ghost_band_out_and_in(void **state)
     assert_int_equal(d->n_entities, 0);
     assert_int_equal(d->n_removed, 2);
     tessera__v1__ghost_delta__free_unpacked(d, NULL);
+    /* an empty band: one empty keyframe, then silence until something is there */
+    d = pack_ghost(z, 7, true);
+    assert_non_null(d);
+    assert_true(d->full);
+    assert_int_equal(d->n_entities, 0);
+    tessera__v1__ghost_delta__free_unpacked(d, NULL);
+    assert_null(pack_ghost(z, 17, true));
 
     /* in: ghosts of the west neighbour count for nearby, a keyframe
      * replaces them, a stale epoch is dropped, an arriving entity replaces
