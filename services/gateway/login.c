@@ -294,8 +294,12 @@ static void on_claim(gw_login_t *l, const char *line)
                          conn_id, c->cell->key, c->last_seq);
         (void)ts_bus_publish(gw->bus, reply, NULL, msg, (size_t)n);
         l->let_go++;
-        gw_session_error(c, TESSERA__V1__ERROR_CODE__ERROR_UNAUTHENTICATED, true,
-                         "player %s logged in on another connection", c->player);
+        if (c->player[0] != '\0')
+            gw_session_error(c, TESSERA__V1__ERROR_CODE__ERROR_UNAUTHENTICATED, true,
+                             "player %s logged in on another connection", c->player);
+        else
+            gw_session_error(c, TESSERA__V1__ERROR_CODE__ERROR_UNAUTHENTICATED, true,
+                             "the entity was resumed on another connection");
     }
     for (pending_t *p = l->head; p != NULL; p = p->next) {
         if (p->entity != entity) continue;
