@@ -24,9 +24,10 @@
 #              inputs and heartbeats; consumes the input stream
 #   worker-<id>  the same for one worker id (--workers='w1 w2', the default):
 #              only that worker's heartbeat and liveness keys
-#   gateway    publishes only player input (cell.*.*.*.*.*.input) and gateway
-#              liveness (tessera.gw.>); subscribes to state, the registry and
-#              worker heartbeats (the browser map shows worker load)
+#   gateway    publishes only player input (cell.*.*.*.*.*.input), gateway
+#              liveness (tessera.gw.>) and player logins (tessera.player.>:
+#              claims and their answers); subscribes to state, the registry,
+#              worker heartbeats (the browser map shows worker load) and logins
 #   sim        publishes input, subscribes to state
 #   ctl        tessera-ctl: NATS admin (everything); Redis read-only
 #   inspector  NATS read-only: subscribes to anything, reads the streams
@@ -117,18 +118,18 @@ EOF
         '"cell.*.*.*.*.*.handover", "tessera.registry.*", "_INBOX.>", "$JS.API.>", "$JS.FC.>"' \
         '"tessera.worker.*.hb", "tessera.ctl.>", "tessera.gw.>", "_INBOX.orch.>", "_INBOX.tsorch.>"' "$js_destroy"
     user_block worker \
-        '"cell.>", "tessera.worker.*.hb", "tessera.ctl.*.drain", "_INBOX.>", "$JS.API.>", "$JS.FC.>"' \
-        '"cell.*.*.*.*.*.handover", "tessera.registry.*", "tessera.gw.>", "_INBOX.worker.>"' "$js_destroy"
+        '"cell.>", "tessera.worker.*.hb", "tessera.ctl.*.drain", "tessera.player.*.found.*", "_INBOX.>", "$JS.API.>", "$JS.FC.>"' \
+        '"cell.*.*.*.*.*.handover", "tessera.registry.*", "tessera.gw.>", "tessera.player.*.claim", "_INBOX.worker.>"' "$js_destroy"
     # one user per known worker id: only its own heartbeat and replies
     for id in "${workers[@]}"; do
         user_block "worker-$id" \
-            '"cell.>", "tessera.worker.'"$id"'.hb", "tessera.ctl.*.drain", "_INBOX.>", "$JS.API.>", "$JS.FC.>"' \
-            '"cell.*.*.*.*.*.handover", "tessera.registry.*", "tessera.gw.>", "_INBOX.worker-'"$id"'.>"' \
+            '"cell.>", "tessera.worker.'"$id"'.hb", "tessera.ctl.*.drain", "tessera.player.*.found.*", "_INBOX.>", "$JS.API.>", "$JS.FC.>"' \
+            '"cell.*.*.*.*.*.handover", "tessera.registry.*", "tessera.gw.>", "tessera.player.*.claim", "_INBOX.worker-'"$id"'.>"' \
             "$js_destroy"
     done
     user_block gateway \
-        '"cell.*.*.*.*.*.input", "tessera.gw.>"' \
-        '"cell.*.*.*.*.*.state", "tessera.registry.*", "tessera.worker.*.hb", "_INBOX.gateway.>"'
+        '"cell.*.*.*.*.*.input", "tessera.gw.>", "tessera.player.>"' \
+        '"cell.*.*.*.*.*.state", "tessera.registry.*", "tessera.worker.*.hb", "tessera.player.>", "_INBOX.gateway.>"'
     user_block sim \
         '"cell.*.*.*.*.*.input"' \
         '"cell.*.*.*.*.*.state", "_INBOX.sim.>"'
