@@ -20,7 +20,7 @@
 # the orchestrator's handover replies come to _INBOX.tsorch.>):
 #   orch       serves tessera.ctl.>, publishes registry broadcasts and
 #              handover requests, manages the JetStream streams
-#   worker     publishes cell state, checkpoints, handover messages, forwarded
+#   worker     publishes cell state, ghosts, checkpoints, handover messages, forwarded
 #              inputs and heartbeats; consumes the input stream
 #   worker-<id>  the same for one worker id (--workers='w1 w2', the default):
 #              only that worker's heartbeat and liveness keys
@@ -28,7 +28,7 @@
 #              liveness (tessera.gw.>) and player logins (tessera.player.>:
 #              claims and their answers); subscribes to state, the registry,
 #              worker heartbeats (the browser map shows worker load) and logins
-#   sim        publishes input, subscribes to state
+#   sim        publishes input, subscribes to state and the registry
 #   ctl        tessera-ctl: NATS admin (everything); Redis read-only
 #   inspector  NATS read-only: subscribes to anything, reads the streams
 #              (JetStream info, message get, ephemeral consumers), publishes
@@ -119,12 +119,12 @@ EOF
         '"tessera.worker.*.hb", "tessera.ctl.>", "tessera.gw.>", "_INBOX.orch.>", "_INBOX.tsorch.>"' "$js_destroy"
     user_block worker \
         '"cell.>", "tessera.worker.*.hb", "tessera.ctl.*.drain", "tessera.player.*.found.*", "_INBOX.>", "$JS.API.>", "$JS.FC.>"' \
-        '"cell.*.*.*.*.*.handover", "tessera.registry.*", "tessera.gw.>", "tessera.player.*.claim", "_INBOX.worker.>"' "$js_destroy"
+        '"cell.*.*.*.*.*.handover", "cell.*.*.*.*.*.ghost", "tessera.registry.*", "tessera.gw.>", "tessera.player.*.claim", "_INBOX.worker.>"' "$js_destroy"
     # one user per known worker id: only its own heartbeat and replies
     for id in "${workers[@]}"; do
         user_block "worker-$id" \
             '"cell.>", "tessera.worker.'"$id"'.hb", "tessera.ctl.*.drain", "tessera.player.*.found.*", "_INBOX.>", "$JS.API.>", "$JS.FC.>"' \
-            '"cell.*.*.*.*.*.handover", "tessera.registry.*", "tessera.gw.>", "tessera.player.*.claim", "_INBOX.worker-'"$id"'.>"' \
+            '"cell.*.*.*.*.*.handover", "cell.*.*.*.*.*.ghost", "tessera.registry.*", "tessera.gw.>", "tessera.player.*.claim", "_INBOX.worker-'"$id"'.>"' \
             "$js_destroy"
     done
     user_block gateway \
@@ -132,7 +132,7 @@ EOF
         '"cell.*.*.*.*.*.state", "tessera.registry.*", "tessera.worker.*.hb", "tessera.player.>", "_INBOX.gateway.>"'
     user_block sim \
         '"cell.*.*.*.*.*.input"' \
-        '"cell.*.*.*.*.*.state", "_INBOX.sim.>"'
+        '"cell.*.*.*.*.*.state", "tessera.registry.*", "_INBOX.sim.>"'
     user_block ctl '">"' '">"'
     user_block inspector "$js_read" '">"' '"cell.>", "tessera.>", "_INBOX.>"'
     user_block admin '">"' '">"'
@@ -149,7 +149,7 @@ conn='+ping +select +auth +hello +client|setname +script|load +evalsha +eval'
 {
     echo "user default off"
     echo "user orch on >${redis_pw[orch]} resetkeys ~ts:* resetchannels -@all $conn" \
-        "+get +set +del +unlink +exists +scan +hgetall +hmget +hset +hsetnx +hincrby +incr +pexpire" \
+        "+get +set +del +unlink +exists +scan +hgetall +hget +hmget +hset +hsetnx +hincrby +incr +pexpire" \
         "+smembers +sadd +srem"
     echo "user worker on >${redis_pw[worker]} resetkeys ~ts:worker:* ~ts:workers %R~ts:{w*}:* resetchannels" \
         "-@all $conn +get +set +del +exists +hgetall +hset +hsetnx +smembers +sadd +srem"
