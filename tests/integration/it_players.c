@@ -1015,10 +1015,17 @@ static void test_login_once_across_gateways(void **state)
     snprintf(dave_tok, sizeof dave_tok, "%s", run_line("%s --sub dave --secret %s", ctl, AUTH_SECRET));
 
     /* dave plays on gateway a and walks east */
+    uint64_t t_login;
     cl_t dave;
     cl_connect(&dave, pa);
     cl_hello(&dave, dave_tok, NULL);
+    assert_true(cl_wait_frame(&dave, TESSERA__V1__SERVER_FRAME__PAYLOAD_WELCOME, 3000));
+    t_login = ts_mono_us();
     cl_join(&dave, 150, -150);
+    assert_true(cl_wait_frame(&dave, TESSERA__V1__SERVER_FRAME__PAYLOAD_WELCOME, 5000));
+    fprintf(stderr,
+            "figure: first login (no entity yet): Welcome %.1f ms after the Join (the claim waits 500 ms)\n",
+            (double)(ts_mono_us() - t_login) / 1000.0);
     assert_true(cl_wait_frame(&dave, TESSERA__V1__SERVER_FRAME__PAYLOAD_SNAPSHOT, 5000));
     assert_false(dave.resumed);
     uint64_t entity = dave.entity;
@@ -1041,7 +1048,13 @@ static void test_login_once_across_gateways(void **state)
     cl_t dave2;
     cl_connect(&dave2, pb);
     cl_hello(&dave2, dave_tok, NULL);
+    assert_true(cl_wait_frame(&dave2, TESSERA__V1__SERVER_FRAME__PAYLOAD_WELCOME, 3000));
+    t_login = ts_mono_us();
     cl_join(&dave2, -150, 150);
+    assert_true(cl_wait_frame(&dave2, TESSERA__V1__SERVER_FRAME__PAYLOAD_WELCOME, 5000));
+    fprintf(stderr,
+            "figure: second login on another gateway: entity taken over, Welcome %.1f ms after the Join\n",
+            (double)(ts_mono_us() - t_login) / 1000.0);
     assert_true(cl_wait_frame(&dave2, TESSERA__V1__SERVER_FRAME__PAYLOAD_SNAPSHOT, 5000));
     assert_true(dave2.resumed);
     assert_int_equal(dave2.entity, entity);
@@ -1066,7 +1079,12 @@ static void test_login_once_across_gateways(void **state)
     cl_t dave3;
     cl_connect(&dave3, pa);
     cl_hello(&dave3, dave_tok, NULL);
+    assert_true(cl_wait_frame(&dave3, TESSERA__V1__SERVER_FRAME__PAYLOAD_WELCOME, 3000));
+    t_login = ts_mono_us();
     cl_join(&dave3, -150, 150);
+    assert_true(cl_wait_frame(&dave3, TESSERA__V1__SERVER_FRAME__PAYLOAD_WELCOME, 5000));
+    fprintf(stderr, "figure: login taking a detached entity back: Welcome %.1f ms after the Join\n",
+            (double)(ts_mono_us() - t_login) / 1000.0);
     assert_true(cl_wait_frame(&dave3, TESSERA__V1__SERVER_FRAME__PAYLOAD_SNAPSHOT, 5000));
     assert_true(dave3.resumed);
     assert_int_equal(dave3.entity, entity);
