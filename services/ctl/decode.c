@@ -1,8 +1,9 @@
 /* `tessera-ctl decode`: turns one bus payload into one readable line.
  *
  * The message type comes from the subject (input -> InputBatch, state ->
- * StateDelta, checkpoint -> Checkpoint, tessera.worker.<id>.hb ->
- * Heartbeat, tessera.registry.<world> -> RegistryChange). Printing walks
+ * StateDelta, ghost -> GhostDelta, handover -> Handover, checkpoint ->
+ * Checkpoint, tessera.worker.<id>.hb -> Heartbeat, tessera.registry.<world>
+ * -> RegistryChange). Printing walks
  * the protobuf-c descriptors, so every field of every schema version is
  * shown without per-message code. Fields at their proto3 default are left
  * out; CellIds print as their key "<world>.<cx>.<cy>.<depth>.<sub>".
@@ -247,6 +248,10 @@ static const ProtobufCMessageDescriptor *type_of(const char *subject, char *err,
             return &tessera__v1__state_delta__descriptor;
         case TS_SUBJ_CHECKPOINT:
             return &tessera__v1__checkpoint__descriptor;
+        case TS_SUBJ_GHOST:
+            return &tessera__v1__ghost_delta__descriptor;
+        case TS_SUBJ_HANDOVER:
+            return &tessera__v1__handover__descriptor;
         default:
             snprintf(err, errcap, "no decoder for '%s' messages (subject %s)", ts_subject_kind_str(kind),
                      subject);

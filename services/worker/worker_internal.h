@@ -419,9 +419,6 @@ void ts_split_step(ts_worker_t *w, ts_binding_t *b, double dt);
 bool ts_split_checkpoint_due(ts_binding_t *b);
 
 /* ghost.c: border entities to and from the owners of neighbour cells */
-#ifndef TS_TYPE_GHOST_DELTA
-#define TS_TYPE_GHOST_DELTA "tessera.v1.GhostDelta"
-#endif
 typedef struct {
     uint64_t msgs_out, bytes_out; /* GhostDelta messages published */
     uint64_t msgs_in, bytes_in;   /* received (any followed cell, mine too) */

@@ -42,7 +42,7 @@ static void checkpoint(const uint8_t *p, size_t len)
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     uint8_t which = fuzz_byte(&data, &size);
-    switch (which % 7) {
+    switch (which % 8) {
     case 0: { /* worker: the input stream */
         Tessera__V1__InputBatch *b = tessera__v1__input_batch__unpack(NULL, size, data);
         if (b == NULL) break;
@@ -94,6 +94,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         cell_of(h->cell);
         if (h->snapshot.len > 0) checkpoint(h->snapshot.data, h->snapshot.len);
         tessera__v1__handover__free_unpacked(h, NULL);
+        break;
+    }
+    case 6: { /* worker: a neighbour's border entities */
+        Tessera__V1__GhostDelta *g = tessera__v1__ghost_delta__unpack(NULL, size, data);
+        if (g == NULL) break;
+        cell_of(g->cell);
+        entities(g->entities, g->n_entities);
+        volatile uint64_t sink = 0;
+        for (size_t i = 0; i < g->n_removed; i++)
+            sink += g->removed[i];
+        (void)sink;
+        tessera__v1__ghost_delta__free_unpacked(g, NULL);
         break;
     }
     default: { /* worker: gateway liveness */

@@ -43,7 +43,7 @@ static size_t record(uint8_t *out, uint8_t kind, const uint8_t *p, size_t len)
     out[0] = kind;
     out[1] = (uint8_t)(len >> 8);
     out[2] = (uint8_t)len;
-    memcpy(out + 3, p, len);
+    if (len > 0) memcpy(out + 3, p, len);
     return len + 3;
 }
 
@@ -157,6 +157,32 @@ int main(int argc, char **argv)
     size_t n_ga = 0;
     pack(&ga.base, &b_ga, &n_ga);
 
+    Tessera__V1__GhostDelta gd = TESSERA__V1__GHOST_DELTA__INIT;
+    gd.cell = &cid;
+    gd.epoch = 3;
+    gd.tick = 40;
+    gd.full = true;
+    Tessera__V1__EntityState ge[2] = {TESSERA__V1__ENTITY_STATE__INIT, TESSERA__V1__ENTITY_STATE__INIT};
+    ge[0].id = 7;
+    ge[0].x = 63.5;
+    ge[0].y = 10;
+    ge[0].vx = 1;
+    ge[1].id = 8;
+    ge[1].x = 0.5;
+    ge[1].y = 62;
+    ge[1].vy = -1;
+    Tessera__V1__EntityState *gep[2] = {&ge[0], &ge[1]};
+    gd.n_entities = 2;
+    gd.entities = gep;
+    uint64_t gone[] = {9, 10};
+    gd.n_removed = 2;
+    gd.removed = gone;
+    gd.keyframe_ticks = 10;
+    gd.owner = (char *)"w1";
+    uint8_t *b_gd = NULL;
+    size_t n_gd = 0;
+    pack(&gd.base, &b_gd, &n_gd);
+
     /* fuzz_bus_proto: type byte + payload */
     put("fuzz_bus_proto", "input_batch", 0, true, b_join, n_join);
     put("fuzz_bus_proto", "input_leave", 0, true, b_leave, n_leave);
@@ -165,7 +191,8 @@ int main(int argc, char **argv)
     put("fuzz_bus_proto", "heartbeat", 3, true, b_hb, n_hb);
     put("fuzz_bus_proto", "registry_change", 4, true, b_rc, n_rc);
     put("fuzz_bus_proto", "handover_precopy", 5, true, b_ho, n_ho);
-    put("fuzz_bus_proto", "gateway_alive", 6, true, b_ga, n_ga);
+    put("fuzz_bus_proto", "ghost_delta", 6, true, b_gd, n_gd);
+    put("fuzz_bus_proto", "gateway_alive", 7, true, b_ga, n_ga);
 
     /* fuzz_ctl_decode: subject byte (index << 1 | json) + payload */
     put("fuzz_ctl_decode", "input", 0 << 1, true, b_join, n_join);
@@ -274,6 +301,7 @@ int main(int argc, char **argv)
     free(b_rc);
     free(b_ho);
     free(b_ga);
+    free(b_gd);
     free(b_sf);
     ts_zone_free_parts(parts, lens, nparts);
     ts_zone_free_parts(cparts, clens, ncparts);

@@ -150,8 +150,12 @@ static void test_bad_subjects_and_payloads(void **state)
         free(o.text);
     }
     out_t o = decode("cell.0.0.0.0.0.ghost", NULL, junk, sizeof junk, false);
-    assert_int_equal(o.st, TS_ERR_INVALID);
-    contains(o.err, "no decoder for 'ghost'");
+    assert_int_equal(o.st, TS_ERR_MALFORMED);
+    contains(o.err, "not a valid tessera.v1.GhostDelta");
+    free(o.text);
+    o = decode("cell.0.0.0.0.0.handover", NULL, junk, sizeof junk, false);
+    assert_int_equal(o.st, TS_ERR_MALFORMED);
+    contains(o.err, "not a valid tessera.v1.Handover");
     free(o.text);
 
     o = decode("cell.0.0.0.0.0.input", NULL, junk, sizeof junk, false);
