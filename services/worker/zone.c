@@ -421,6 +421,10 @@ void ts_zone_apply_input(ts_zone_t *z, const ts_input_t *in, uint64_t tick)
         apply_session(z, e, in);
         return;
     }
+    /* An input older than one already applied (a Move forwarded from a cell
+     * the entity left, overtaken by a newer one sent straight here) counts
+     * as applied, exactly once, but does not undo the newer velocity. */
+    bool latest = in->seq > e->last_input_seq;
     switch (ts_entity_accept_seq(e, in->seq)) {
     case TS_SEQ_APPLY:
         break;
@@ -438,9 +442,10 @@ void ts_zone_apply_input(ts_zone_t *z, const ts_input_t *in, uint64_t tick)
     z->stats.applied++;
     switch (in->kind) {
     case TS_INPUT_JOIN: /* re-join of a live entity: treat as a stop */
-        e->vx = e->vy = 0;
+        if (latest) e->vx = e->vy = 0;
         break;
     case TS_INPUT_MOVE:
+        if (!latest) break;
         e->vx = clamp_speed(in->a, z->max_speed);
         e->vy = clamp_speed(in->b, z->max_speed);
         break;

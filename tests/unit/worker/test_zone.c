@@ -138,6 +138,30 @@ static void test_join_move_step(void **state)
     ts_zone_destroy(z);
 }
 
+/* A Move that arrives after a newer one (forwarded from a cell the entity
+ * left, overtaken by a Move sent straight here) is applied once but does not
+ * undo the newer velocity. */
+static void test_late_move_keeps_newer_velocity(void **state)
+{
+    (void)state;
+    ts_zone_t *z = zone_at(0, 0);
+    ts_input_t j = join(7, 1, 10, 10);
+    ts_zone_apply_input(z, &j, 1);
+    ts_input_t stop = move(7, 5, 0, 0);
+    ts_zone_apply_input(z, &stop, 1);
+    ts_input_t late = move(7, 4, 20, 0);
+    ts_zone_apply_input(z, &late, 1);
+    ts_entity_t *e = get(z, 7);
+    assert_int_equal(e->inputs_applied, 3);
+    assert_true(e->vx == 0.0 && e->vy == 0.0);
+    ts_zone_apply_input(z, &late, 1); /* and once only */
+    assert_int_equal(e->inputs_applied, 3);
+    ts_input_t go = move(7, 6, 0, 10);
+    ts_zone_apply_input(z, &go, 1);
+    assert_true(e->vx == 0.0 && e->vy == 10.0);
+    ts_zone_destroy(z);
+}
+
 static void test_stream_seq_replay_skipped(void **state)
 {
     (void)state;
@@ -1143,6 +1167,7 @@ int main(void)
         cmocka_unit_test(test_seq_window),
         cmocka_unit_test(test_window_travels),
         cmocka_unit_test(test_join_move_step),
+        cmocka_unit_test(test_late_move_keeps_newer_velocity),
         cmocka_unit_test(test_stream_seq_replay_skipped),
         cmocka_unit_test(test_crossing_forward_exactly_once),
         cmocka_unit_test(test_checkpoint_replay_is_exactly_once),
