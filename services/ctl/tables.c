@@ -18,6 +18,40 @@ static int cmp_entry(const void *pa, const void *pb)
     return a->sub < b->sub ? -1 : a->sub > b->sub;
 }
 
+typedef struct {
+    char id[TS_WORKER_ID_MAX];
+    bool alive;
+} owner_t;
+
+/* Whether each distinct owner of cells is alive (its liveness key, as
+ * `tessera-ctl workers` reads it): one check per owner, not per cell.
+ * Returns the table (caller frees; NULL when out of memory). */
+static owner_t *owners_alive(ts_registry_t *reg, const ts_cell_entry_t *cells, size_t n, size_t *nowners)
+{
+    owner_t *v = calloc(n + 1, sizeof *v);
+    *nowners = 0;
+    if (!v) return NULL;
+    for (size_t i = 0; i < n; i++) {
+        if (!cells[i].owner[0]) continue;
+        size_t k = 0;
+        while (k < *nowners && strcmp(v[k].id, cells[i].owner) != 0)
+            k++;
+        if (k < *nowners) continue;
+        ts_strlcpy(v[k].id, cells[i].owner, sizeof v[k].id);
+        if (ts_registry_worker_is_alive(reg, v[k].id, &v[k].alive) != TS_OK) v[k].alive = false;
+        (*nowners)++;
+    }
+    return v;
+}
+
+static bool owner_alive(const owner_t *v, size_t n, const char *id)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (strcmp(v[i].id, id) == 0) return v[i].alive;
+    }
+    return false;
+}
+
 int ts_ctl_cells(const ts_config_t *cfg)
 {
     uint32_t world = (uint32_t)cfg->world_id;
@@ -27,6 +61,8 @@ int ts_ctl_cells(const ts_config_t *cfg)
     size_t n = 0;
     uint64_t version = 0;
     ts_world_t w;
+    owner_t *owners = NULL;
+    size_t nowners = 0;
     int rc = 1;
     ts_status_t st = ts_registry_world_get(reg, world, &w);
     if (st == TS_ERR_NOT_FOUND) {
@@ -41,9 +77,14 @@ int ts_ctl_cells(const ts_config_t *cfg)
         goto cleanup;
     }
     if (n > 1) qsort(cells, n, sizeof *cells, cmp_entry);
+    owners = owners_alive(reg, cells, n, &nowners);
+    if (!owners) {
+        fprintf(stderr, "tessera-ctl: out of memory\n");
+        goto cleanup;
+    }
     /* parents sort before their children (same root, lower depth) */
     printf("%-24s %-16s %8s  %-8s %5s  %s\n", "CELL", "OWNER", "EPOCH", "STATE", "DEPTH", "PARENT");
-    size_t live = 0;
+    size_t live = 0, unserved = 0;
     unsigned deepest = 0;
     for (size_t i = 0; i < n; i++) {
         const ts_cell_entry_t *e = &cells[i];
@@ -52,19 +93,25 @@ int ts_ctl_cells(const ts_config_t *cfg)
         ts_cell_format(&e->cell, key, sizeof key);
         if (e->cell.depth > 0 && ts_cell_parent(&e->cell, &p) == TS_OK)
             ts_cell_format(&p, parent, sizeof parent);
-        printf("%-24s %-16s %8llu  %-8s %5u  %s\n", key, e->owner[0] ? e->owner : "-",
-               (unsigned long long)e->epoch, ts_cell_state_str(e->state), (unsigned)e->cell.depth, parent);
+        bool served = e->state != TS_CELL_ACTIVE && e->state != TS_CELL_HANDOVER;
+        if (!served && e->owner[0]) served = owner_alive(owners, nowners, e->owner);
+        printf("%-24s %-16s %8llu  %-8s %5u  %s%s\n", key, e->owner[0] ? e->owner : "-",
+               (unsigned long long)e->epoch, ts_cell_state_str(e->state), (unsigned)e->cell.depth, parent,
+               served ? "" : "  NOT SERVED (owner not alive)");
         if (e->state == TS_CELL_ACTIVE || e->state == TS_CELL_HANDOVER) {
             live++;
+            unserved += !served;
             if (e->cell.depth > deepest) deepest = e->cell.depth;
         }
     }
     printf("world %u: %zu cells, %zu live (deepest at depth %u), %dx%d root cells of %g from %d,%d, registry "
            "version %llu\n",
            world, n, live, deepest, w.width, w.height, w.cell_size, w.x0, w.y0, (unsigned long long)version);
+    printf("%zu live cells not served (owner not alive)\n", unserved);
     rc = 0;
 
 cleanup:
+    free(owners);
     free(cells);
     ts_registry_destroy(reg);
     return rc;

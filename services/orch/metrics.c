@@ -4,6 +4,7 @@
  * TS_STATS_WINDOW; a scrape interval with more handovers than that counts
  * only the newest). */
 #include "metrics.h"
+#include "rebuild.h"
 
 #include <stdatomic.h>
 #include <stdio.h>
@@ -22,8 +23,8 @@ typedef struct {
     size_t seen_samples; /* scrape thread: samples fed into the histograms */
     ts_histogram_t *freeze, *total;
     ts_counter_t *ok, *aborted, *failed, *refused, *recoveries, *moves_rebalance, *moves_drain, *full_reads,
-        *splits, *merges;
-    ts_gauge_t *in_flight, *queued, *leader, *workers_live, *workers_draining;
+        *splits, *merges, *rebuilds, *stream_resets;
+    ts_gauge_t *in_flight, *queued, *leader, *workers_live, *workers_draining, *cells_unserved;
 } om_t;
 
 static om_t om;
@@ -53,6 +54,8 @@ static void scrape(void *ud)
     om.seen_samples = s->nsamples;
     pthread_mutex_unlock(&s->mu);
 
+    ts_counter_set(om.rebuilds, ts_rebuild_count());
+    ts_counter_set(om.stream_resets, ts_rebuild_stream_resets());
     if (!atomic_load(&om.running)) return;
     ts_gauge_set(om.leader, ts_leader_held(om.o->leader) ? 1 : 0);
     size_t n = ts_workers_snapshot(om.o->workers, NULL, 0);
@@ -60,14 +63,18 @@ static void scrape(void *ud)
     if (!list) return;
     size_t m = ts_workers_snapshot(om.o->workers, list, n);
     n = m < n ? m : n;
-    size_t live = 0, draining = 0;
+    /* cells whose owner is not alive: per worker, not per cell (the counts
+     * per owner are those of the leader's registry copy) */
+    size_t live = 0, draining = 0, unserved = 0;
     for (size_t i = 0; i < n; i++) {
         live += list[i].alive;
         draining += list[i].alive && list[i].draining;
+        if (!list[i].alive) unserved += ts_draining_owned(om.o->drain, list[i].id);
     }
     free(list);
     ts_gauge_set(om.workers_live, (double)live);
     ts_gauge_set(om.workers_draining, (double)draining);
+    ts_gauge_set(om.cells_unserved, ts_leader_held(om.o->leader) ? (double)unserved : 0);
 }
 
 static bool ready(void *ud, char *why, size_t cap)
@@ -128,6 +135,18 @@ ts_status_t ts_orch_metrics_start(ts_orch_t *o)
                                        "Workers whose heartbeat arrived within orch.hb_ttl_ms.", NULL);
     om.workers_draining = ts_metrics_gauge(om.reg, "tessera_orch_workers_draining",
                                            "Live workers that say they are stopping.", NULL);
+    om.cells_unserved = ts_metrics_gauge(
+        om.reg, "tessera_orch_cells_unserved",
+        "Cells the registry gives to a worker whose heartbeat stopped (not served until recovered; "
+        "leader only).",
+        NULL);
+    om.rebuilds = counter("tessera_orch_registry_rebuilds_total",
+                          "Registry rebuilds after Redis lost the world (from the local copy, heartbeats "
+                          "and checkpoints).",
+                          NULL, NULL);
+    om.stream_resets =
+        counter("tessera_orch_stream_resets_total",
+                "World input streams found missing in JetStream and created again.", NULL, NULL);
     ts_metrics_on_scrape(om.reg, scrape, NULL);
     ts_http_opts_t opts = {.listen = o->cfg->orch_http_listen, .metrics = om.reg, .ready = ready};
     st = ts_http_start(&om.http, &opts);

@@ -11,7 +11,11 @@
  *     made with tessera-ctl is counted with its freeze time, every worker
  *     reports the cells it owns;
  *   - once NATS is gone every service's /readyz turns 503 while /healthz
- *     stays 200 (the loops still turn). */
+ *     stays 200 (the loops still turn);
+ *   - a cell that cannot be served is reported, never silently frozen: when
+ *     the only worker dies (nobody can take its cells),
+ *     tessera_orch_cells_unserved counts every cell and `tessera-ctl cells`
+ *     flags each one and counts them in its summary. */
 #include <arpa/inet.h>
 #include <math.h>
 #include <netinet/in.h>
@@ -280,11 +284,70 @@ static void test_metrics_and_health_on_every_service(void **state)
     ts_h_pass();
 }
 
+/* Runs `tessera-ctl cells` until its output contains want; the output. */
+static char *wait_ctl_cells(const char *want, int64_t timeout_ms)
+{
+    uint64_t deadline = ts_mono_us() + (uint64_t)timeout_ms * 1000ULL;
+    for (;;) {
+        const char *args[] = {"cells", NULL};
+        int ctl = ts_h_spawn(&ts_h, "ctl-cells", "tessera-ctl", args);
+        assert_int_equal(ts_h_wait(&ts_h, ctl, WAIT_MS), 0);
+        char *out = ts_h_read_log(&ts_h, ctl);
+        assert_non_null(out);
+        if (strstr(out, want)) return out;
+        if (ts_mono_us() > deadline) {
+            ts_h.failed = true;
+            fail_msg("`tessera-ctl cells` never showed \"%s\":\n%s", want, out);
+        }
+        free(out);
+        ts_sleep_ms(200);
+    }
+}
+
+static size_t count_of(const char *text, const char *needle)
+{
+    size_t n = 0;
+    for (const char *p = strstr(text, needle); p; p = strstr(p + 1, needle))
+        n++;
+    return n;
+}
+
+static void test_unserved_cells_are_reported(void **state)
+{
+    int p_orch, p_w1;
+    spawn_with_http("orch", "tessera-orch", "orch.http_listen", &p_orch, "--orch.rebalance=0", NULL);
+    int w1 = spawn_with_http("w1", "tessera-worker", "worker.http_listen", &p_w1, "--worker.id=w1", NULL);
+    assert_true(ts_h_wait_world(&ts_h, WORLD, NCELLS, WAIT_MS));
+    wait_metric_eq("w1", p_w1, "tessera_worker_cells", NCELLS, WAIT_MS);
+    wait_metric_eq("orch", p_orch, "tessera_orch_workers_live", 1, WAIT_MS);
+    char *t = scrape("orch", p_orch);
+    assert_has("orch", t, "tessera_orch_cells_unserved{world=\"0\"} 0\n");
+    assert_has("orch", t, "tessera_orch_registry_rebuilds_total{world=\"0\"} 0\n");
+    assert_has("orch", t, "tessera_orch_stream_resets_total{world=\"0\"} 0\n");
+    free(t);
+    char *out = wait_ctl_cells("\n0 live cells not served (owner not alive)\n", WAIT_MS);
+    assert_int_equal(count_of(out, "NOT SERVED"), 0);
+    free(out);
+
+    /* the only worker dies: no one can take its cells */
+    ts_h_signal(&ts_h, w1, SIGKILL);
+    assert_true(ts_h_wait(&ts_h, w1, 5000) >= 0);
+    wait_metric_eq("orch", p_orch, "tessera_orch_cells_unserved", NCELLS, WAIT_MS);
+    out = wait_ctl_cells("\n16 live cells not served (owner not alive)\n", WAIT_MS);
+    if (count_of(out, "  NOT SERVED (owner not alive)\n") != NCELLS) {
+        ts_h.failed = true;
+        fail_msg("`tessera-ctl cells` does not flag every cell of the dead worker:\n%s", out);
+    }
+    free(out);
+    ts_h_pass();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_metrics_and_health_on_every_service, ts_h_test_start,
                                         ts_h_test_stop),
+        cmocka_unit_test_setup_teardown(test_unserved_cells_are_reported, ts_h_test_start, ts_h_test_stop),
     };
     return TS_H_RUN("it_metrics", tests, NULL, NULL);
 }
