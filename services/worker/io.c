@@ -21,6 +21,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "metrics.h"
 #include "tessera/log.h"
 #include "tessera/subject.h"
 #include "tessera/util.h"
@@ -353,6 +354,7 @@ static void check_stream(ts_worker_t *w, stream_watch_t *sw)
              "): inputs the old stream acknowledged and this worker had not applied yet are lost; every cell "
              "consumes the new stream from its start",
              stream, sw->created_ns, ss.created_ns, sw->last_seq, ss.last_seq);
+    ts_worker_metrics_stream_restart();
     ts_io_job_t *job = ts_io_job_new(TS_IO_STREAM_LOST);
     if (job) {
         job->after_seq = sw->last_seq;

@@ -33,6 +33,7 @@ typedef struct {
     ts_counter_t *transfers_in, *transfers_out, *transfers_remote;
     ts_counter_t *handovers_in, *handovers_out, *recoveries;
     ts_counter_t *publishes_failed, *state_dropped, *inbox_overflows;
+    ts_counter_t *stream_restarts;
     ts_gauge_t *entities, *cells, *cells_binding, *draining;
     /* ghosts (ghost.c) */
     ts_counter_t *ghost_msgs_out, *ghost_msgs_in, *ghost_bytes_out, *ghost_bytes_in;
@@ -115,6 +116,9 @@ ts_status_t ts_worker_metrics_start(const ts_config_t *cfg)
             "State and heartbeat messages dropped because the publish queue was full.", );
     COUNTER(inbox_overflows, "tessera_worker_inbox_overflows_total",
             "Input consumers restarted because the inbox ring was full (nothing lost).", );
+    COUNTER(stream_restarts, "tessera_worker_stream_restarts_total",
+            "Times the world's input stream was found gone or replaced (JetStream lost its store): inputs it "
+            "had acknowledged and this worker had not applied are lost.", );
     GAUGE(entities, "tessera_worker_entities", "Entities in the cells this worker owns.");
     GAUGE(cells, "tessera_worker_cells", "Cells this worker owns.");
     GAUGE(cells_binding, "tessera_worker_cells_binding", "Cells being bound (checkpoint read, consumer).");
@@ -253,6 +257,11 @@ void ts_worker_metrics_split(bool split, double seconds, double work_seconds)
 {
     ts_histogram_observe(split ? wm.split_s : wm.merge_s, seconds);
     ts_histogram_observe(split ? wm.split_work_s : wm.merge_work_s, work_seconds);
+}
+
+void ts_worker_metrics_stream_restart(void)
+{
+    ts_counter_inc(wm.stream_restarts);
 }
 
 void ts_worker_metrics_stopping(void)

@@ -33,6 +33,8 @@ void ts_worker_metrics_batch(const Tessera__V1__InputBatch *ib);
 /* Tick thread: a split (split) or a retired cell's merge finished here:
  * decision seen -> last Transfer stored, and its tick-boundary work. */
 void ts_worker_metrics_split(bool split, double seconds, double work_seconds);
+/* Timer thread: the world's input stream was found gone or replaced. */
+void ts_worker_metrics_stream_restart(void);
 /* The worker is draining or stopping: /readyz answers 503 from now on. */
 void ts_worker_metrics_stopping(void);
 
