@@ -133,6 +133,8 @@ cleanup() {
     for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
         stop_pids "${pids[$i]}"
     done
+    # the sim's verdict: every input it sent, acknowledged and applied
+    [[ -f "$TMP/sim.log" ]] && grep -h '^sim: done\|^via-gateway: summary: inputs' "$TMP/sim.log" | tail -n 1
     if [[ "$KEEP" == 1 ]]; then
         echo "run-local: logs kept in $TMP"
     else
