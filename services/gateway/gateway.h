@@ -53,15 +53,15 @@
 #define GW_BATCH_MAX_INPUTS 1024
 /* Inputs waiting for one cell before new ones are refused (and reported). */
 #define GW_CELL_MAX_PENDING 100000
-/* Inputs the bus has no room for are reported as not stored after this. */
-#define GW_INPUT_MAX_WAIT_US 5000000ull
+/* Queued inputs are reported as not stored once their cell has made no
+ * progress (no batch of it published or answered) for this long. It is above
+ * the bus's retry window for an unanswered publish (15 s: a NATS cluster's
+ * leader election takes 4-7.5 s), so an election reports nothing that the
+ * stream then stores; a store that stays away still gets every input
+ * reported. */
+#define GW_INPUT_MAX_WAIT_US 20000000ull
 /* Input batches awaiting their JetStream acknowledgement, all cells. */
 #define GW_INFLIGHT_MAX 8192
-/* A cell with a batch in flight publishes its next one when that batch is
- * acknowledged or after this long, whichever comes first: inputs that
- * arrive meanwhile leave together, and a slow acknowledgement delays none
- * by more than this. */
-#define GW_BATCH_HOLD_US 2000
 /* A publish the bus had no room for is tried again after this. */
 #define GW_BUSY_RETRY_MS 50
 /* Bus messages waiting for the loop before new ones are dropped. */
@@ -191,6 +191,9 @@ struct gw_cell {
     /* batches awaiting their acknowledgement */
     uint32_t ninflight;
     uint64_t last_publish_us;
+    /* wall clock of the cell's last progress: a batch published or its
+     * outcome (the queue's wait for GW_INPUT_MAX_WAIT_US counts from it) */
+    uint64_t progress_us;
 
     gw_cell_t *next_same_root; /* chain in gw->cell_roots */
     gw_cell_t *next_all;
@@ -515,7 +518,8 @@ void gw_cell_clear_entities(gw_t *gw, gw_cell_t *cell);
  * cell's queue is full (the input is not taken). */
 ts_status_t gw_router_queue(gw_t *gw, gw_cell_t *cell, const gw_input_t *in);
 /* Publishes queued inputs, one InputBatch per cell for the inputs of every
- * client (held up to GW_BATCH_HOLD_US while the cell has one in flight).
+ * client (a cell with a batch in flight holds its next one until that batch's
+ * outcome; inputs waiting GW_INPUT_MAX_WAIT_US without progress are reported).
  * force (stopping): publishes everything now. */
 void gw_router_flush(gw_t *gw, bool force);
 /* Puts a cell with queued inputs on the next flush. */

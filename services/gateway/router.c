@@ -10,10 +10,11 @@
  * were sent: a batch the bus retries (a JetStream restart, a lost
  * acknowledgement) is never overtaken by a later one, whose inputs the owner
  * would apply first and then drop the earlier ones as duplicates of a seq
- * it has passed. Inputs held longer than GW_INPUT_MAX_WAIT_US leave the
+ * it has passed. Inputs that wait GW_INPUT_MAX_WAIT_US (20 s, above the
+ * bus's 15 s retry window) while their cell makes no progress leave the
  * queue and are reported to their clients. A publish the bus
  * has no room for (TS_ERR_BUSY) keeps its inputs queued and is retried
- * (reported after GW_INPUT_MAX_WAIT_US); a queue that is full refuses new
+ * (reported the same way); a queue that is full refuses new
  * inputs. Each batch in flight remembers which clients' seq ranges it
  * carries (gw->flights), so when JetStream finally refuses it each affected
  * client still connected gets ERROR_INPUT_NOT_STORED with its range;
@@ -309,6 +310,7 @@ static size_t publish_cell(gw_t *gw, gw_cell_t *cell, bool force, bool *busy, pb
         gw->batches_published++;
         gw->inputs_published += n;
         cell->last_publish_us = now;
+        cell->progress_us = ts_now_us();
         done += n;
         if (!force) {
             track(gw, cell, seq, cell->inputs + done - n, n, now);
@@ -318,14 +320,22 @@ static size_t publish_cell(gw_t *gw, gw_cell_t *cell, bool force, bool *busy, pb
     return done;
 }
 
-/* Inputs the bus has had no room for during GW_INPUT_MAX_WAIT_US leave the
- * queue and are reported to their clients, so nobody waits forever. */
+/* Inputs that waited GW_INPUT_MAX_WAIT_US while their cell made no progress
+ * (no batch published or answered: the bus had no room, or the batch in
+ * flight got no outcome) leave the queue and are reported to their clients,
+ * so nobody waits forever. Counting from the cell's last progress rather
+ * than from when each input arrived keeps a slow but moving cell (a leader
+ * election the bus rides out) from reporting inputs the stream would store. */
 static void expire_waiting(gw_t *gw, gw_cell_t *cell)
 {
     uint64_t now = ts_now_us();
     size_t k = 0;
-    while (k < cell->ninputs && now > cell->inputs[k].sent_us + GW_INPUT_MAX_WAIT_US)
+    while (k < cell->ninputs) {
+        uint64_t since = cell->inputs[k].sent_us;
+        if (cell->progress_us > since) since = cell->progress_us;
+        if (now <= since + GW_INPUT_MAX_WAIT_US) break;
         k++;
+    }
     if (k == 0) return;
     refuse(gw, cell->inputs, k, "the bus had no room for them");
     memmove(cell->inputs, cell->inputs + k, (cell->ninputs - k) * sizeof *cell->inputs);
@@ -403,6 +413,7 @@ void gw_router_on_ack(gw_t *gw, uint64_t seq, bool ok)
     gw->ack_n++;
     if (us > gw->ack_us_max) gw->ack_us_max = us;
     gw_cell_t *cell = f->cell;
+    cell->progress_us = ts_now_us();
     if (!ok) {
         gw->inputs_not_stored += f->count;
         report_not_stored(gw, f->recs, f->nrecs, "JetStream refused them or did not confirm them");

@@ -326,7 +326,10 @@ static void test_unstored_inputs_reported(void **state)
     ts_h_start_secure(&ts_h);
     const char *orch[] = {"--orch.rebalance=0", HB_TTL_ARG, NULL};
     const char *worker[] = {"--worker.hb_ms=250", HB_TTL_ARG, NULL};
-    ts_h_spawn_stack(&ts_h, orch, worker, NULL, &stack);
+    /* the player sends nothing while its inputs wait for their outcome (the
+     * bus's tries, up to about a minute): its connection stays open */
+    const char *gateway[] = {"--gateway.idle_timeout_s=300", NULL};
+    ts_h_spawn_stack(&ts_h, orch, worker, gateway, &stack);
     if (!ts_h_wait_world(&ts_h, WORLD, NCELLS, WAIT_MS) || !ts_h_wait_port(stack.gw_port, WAIT_MS))
         fail_msg("the world or the gateway did not come up");
     player_start(-50, 50);
@@ -360,11 +363,11 @@ static void test_unstored_inputs_reported(void **state)
     assert_int_equal(v1.sent - v0.sent, lost);
     /* the bus retries for 15 s, then the gateway reports them */
     uint64_t t_sent = ts_mono_us();
-    deadline = t_sent + 60000000ULL;
+    deadline = t_sent + 120000000ULL;
     while (view().not_stored < v0.not_stored + lost) {
         if (ts_mono_us() > deadline || view().closed)
             fail_msg("%" PRIu64 " inputs sent without a store: %" PRIu64
-                     " reported not stored after 60 s (last "
+                     " reported not stored after 120 s (last "
                      "error %s)",
                      lost, view().not_stored - v0.not_stored, PL.last_error);
         ts_sleep_ms(50);
