@@ -197,6 +197,11 @@ ts_status_t ts_client_send(ts_client_t *c, Tessera__V1__ClientFrame *frame)
 
 static void remember_cell(ts_client_t *c, const Tessera__V1__ServerFrame *f)
 {
+    /* a login or resume that took an existing entity over: its inputs go on
+     * above the ones already applied (the gateway drops a seq at or below) */
+    if (f->payload_case == TESSERA__V1__SERVER_FRAME__PAYLOAD_WELCOME && f->welcome != NULL &&
+        f->welcome->resumed && f->welcome->last_input_seq > c->last_seq)
+        c->last_seq = f->welcome->last_input_seq;
     ts_cell_t cell;
     if (f->cell != NULL && ts_proto_cell_get(f->cell, &cell) == TS_OK) {
         c->cell = cell;

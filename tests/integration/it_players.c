@@ -1095,6 +1095,21 @@ static void test_login_once_across_gateways(void **state)
     assert_true(dave3.me.x > 150 && dave3.me.y > -150 && dave3.me.y < -100);
     assert_false(cl_pump_until(&watcher, 500, watch_seen));
 
+    /* a login with tessera-client takes the entity over and its moves are
+     * applied at once: it numbers them above Welcome.last_input_seq */
+    cl_close(&dave3);
+    unsigned long long cli_applied = 0, cli_seq = 0;
+    const char *fin =
+        run_line("%s/tessera-client --gateway.listen=127.0.0.1:%d --token %s move 0 1 0.5 2>&1 | "
+                 "grep '^final '",
+                 TS_BIN_DIR, pa, dave_tok);
+    const char *ap = strstr(fin, "applied=");
+    if (ap == NULL || sscanf(ap, "applied=%llu last_seq=%llu", &cli_applied, &cli_seq) != 2)
+        fail_msg("tessera-client after a takeover: '%s'", fin);
+    fprintf(stderr, "tessera-client takeover: %s (the entity's inputs before: seq %llu)\n", fin,
+            (unsigned long long)dave3.want_seq);
+    assert_true(cli_seq > dave3.want_seq);
+
     /* two logins of one new player at once on two gateways: the later wins,
      * one entity */
     char erin_tok[2048];
@@ -1125,7 +1140,6 @@ static void test_login_once_across_gateways(void **state)
 
     cl_close(&e1);
     cl_close(&e2);
-    cl_close(&dave3);
     cl_close(&watcher);
     ts_h_signal(&ts_h, ia, SIGTERM);
     ts_h_signal(&ts_h, ib, SIGTERM);

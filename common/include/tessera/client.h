@@ -22,7 +22,8 @@ ts_status_t ts_client_connect_ws(ts_client_t **out, const char *host, int port, 
 void ts_client_destroy(ts_client_t *c);
 
 /* Sends a frame. If frame->seq is 0 the client fills the next sequence
- * number. */
+ * number: one above the last sent, or above Welcome.last_input_seq once a
+ * Welcome{resumed} was received (the entity's applied inputs). */
 ts_status_t ts_client_send(ts_client_t *c, Tessera__V1__ClientFrame *frame);
 /* Sends raw bytes on the socket (tests: malformed frames). */
 ts_status_t ts_client_send_raw(ts_client_t *c, const void *data, size_t len);
