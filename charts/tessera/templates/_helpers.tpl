@@ -207,6 +207,7 @@ redis://{{ include "tessera.svcHost" (dict "ctx" . "svc" (include "tessera.redis
   "world" (dict "id" .Values.world.id "cell_size" .Values.world.cellSize "x0" .Values.world.x0 "y0" .Values.world.y0 "width" .Values.world.width "height" .Values.world.height "workers" $workers)
   "stream" (dict "storage" .Values.stream.storage "replicas" .Values.stream.replicas "max_age_s" .Values.stream.maxAgeSeconds "max_bytes" (int64 .Values.stream.maxBytes))
   "gateway" (dict "listen" (printf "%s:%d" .Values.listenAddress (int .Values.gateway.port)) "max_clients" .Values.gateway.maxClients "rate_limit" .Values.gateway.rateLimit "aoi_radius" .Values.gateway.aoiRadius)
+  "aoi" (dict "radius" (float64 .Values.aoi.radius) "hysteresis" (float64 .Values.aoi.hysteresis))
   "worker" (dict "tick_hz" .Values.worker.tickHz "capacity" .Values.worker.capacity "checkpoint_ms" .Values.worker.checkpointMs)
   "orch" (dict "hb_ttl_ms" .Values.orch.hbTtlMs "lock_ttl_ms" .Values.orch.lockTtlMs "rebalance" (ternary 1 0 .Values.orch.rebalance) "max_handovers" .Values.orch.maxHandovers)
 -}}
