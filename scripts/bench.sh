@@ -13,7 +13,9 @@
 #      handover freeze with NATS auth+TLS on vs off, and with R3 vs R1
 #      streams on a 3-node JetStream cluster (interleaved rounds, medians);
 #   5. scripts/bench-split.sh: split and merge duration and the freeze they
-#      cause.
+#      cause;
+#   6. scripts/bench-aoi.sh: bytes and Deltas per client with the default
+#      aoi.radius against a circle of the old 3x3 root cells' area.
 #
 # Each starts its own nats-server and redis-server on free loopback ports and
 # reaps everything it started. The whole run stays under about 20 minutes.
@@ -26,6 +28,7 @@
 #   BENCH_PEERS=0    skip scripts/bench-peers.sh
 #   BENCH_CLUSTER=0  skip tessera-bench-cluster (its knobs: tessera-bench-cluster --help)
 #   BENCH_SPLIT=0    skip scripts/bench-split.sh
+#   BENCH_AOI=0      skip scripts/bench-aoi.sh (its knobs: its header)
 # Extra arguments go to tessera-bench (see tessera-bench --help).
 set -eu
 cd "$(dirname "$0")/.."
@@ -77,5 +80,10 @@ fi
 if [ "${BENCH_SPLIT:-1}" != 0 ]; then
     echo
     BUILD_DIR="$dir" scripts/bench-split.sh || status=1
+fi
+
+if [ "${BENCH_AOI:-1}" != 0 ]; then
+    echo
+    BUILD_DIR="$dir" scripts/bench-aoi.sh || status=1
 fi
 exit "$status"
