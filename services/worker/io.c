@@ -287,7 +287,23 @@ static void check_version(ts_worker_t *w, uint64_t *lagging)
     ts_status_t st = ts_registry_version(w->reg, w->world.id, &version);
     pthread_mutex_unlock(&w->reg_mu);
     if (st != TS_OK) return;
-    if (version <= atomic_load(&w->applied_version)) {
+    uint64_t applied = atomic_load(&w->applied_version);
+    if (version < applied) {
+        /* the version never goes down while Redis keeps its data: the
+         * registry was lost and written again from scratch */
+        *lagging = 0;
+        ts_error("registry version %" PRIu64 " is below the %" PRIu64
+                 " applied here (the registry was lost?); "
+                 "reading it all again",
+                 version, applied);
+        ts_io_job_t *job = ts_io_job_new(TS_IO_RESYNC);
+        if (!job) return;
+        job->found = true; /* TS_IO_RESYNC: replaces the view even at a lower version */
+        do_resync(w, job);
+        post_done(w, job);
+        return;
+    }
+    if (version == applied) {
         *lagging = 0;
         return;
     }

@@ -192,9 +192,10 @@ static void view_clear(ts_regview_t *v)
 
 /* A full read: replaces the view, then reconciles every binding and every
  * cell of ours (the only O(world) step, and it runs on a resync only). */
-static void apply_full(ts_worker_t *w, ts_cell_entry_t *cells, size_t n, uint64_t version)
+static void apply_full(ts_worker_t *w, ts_cell_entry_t *cells, size_t n, uint64_t version, bool backwards)
 {
-    if (w->view.valid && version < w->view.version) return; /* an older read finished late */
+    /* an older read finished late, unless the registry's version went back */
+    if (w->view.valid && version < w->view.version && !backwards) return;
     view_clear(&w->view);
     ts_celltree_clear(w->tree);
     for (size_t i = 0; i < n; i++) {
@@ -375,7 +376,7 @@ static void take_io_results(ts_worker_t *w)
         case TS_IO_RESYNC:
             w->view.resync_pending = false;
             if (job->status == TS_OK)
-                apply_full(w, job->cells, job->ncells, job->version);
+                apply_full(w, job->cells, job->ncells, job->version, job->found);
             else
                 ts_warn("registry unreachable (%s); keeping the cells I have", ts_status_str(job->status));
             apply_deferred(w);
