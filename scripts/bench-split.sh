@@ -12,7 +12,12 @@
 # the entities that were in the cell; "nothing (baseline)" is the same
 # window with no change. Target: freeze p99 <= one tick (50 ms).
 #
-#   BUILD_DIR  build directory with it_split (default: build)
+# Then the ghost traffic of one border: it_ghost's crowd of 240 entities
+# walking along a border between two workers' cells (4-unit ghost margin,
+# 20 Hz, a keyframe every 10 ticks), messages and bytes per second, both
+# directions.
+#
+#   BUILD_DIR  build directory with it_split and it_ghost (default: build)
 set -eu
 cd "$(dirname "$0")/.."
 dir=${BUILD_DIR:-build}
@@ -31,3 +36,14 @@ echo "$out" | grep '^measure:'
 echo "$out" | grep '^measure: \(split\|merge\) ' | awk '
     { for (i = 1; i <= NF; i++) if ($i ~ /^p99=/) { v = substr($i, 5) + 0; if (v > worst) worst = v } }
     END { printf "freeze p99 worst %.1f ms (target <= 50 ms, one tick): %s\n", worst, worst <= 50 ? "ok" : "MISSED" }'
+
+ghost="$dir/tests/it_ghost"
+if [ -x "$ghost" ]; then
+    gout=$(timeout -k 10 120 "$ghost" 2>&1) || {
+        echo "$gout" | tail -n 40 >&2
+        echo "bench-split.sh: it_ghost failed" >&2
+        exit 1
+    }
+    echo "== ghosts: traffic per border =="
+    echo "$gout" | grep '^ghost traffic'
+fi

@@ -13,7 +13,7 @@
 #      handover freeze with NATS auth+TLS on vs off, and with R3 vs R1
 #      streams on a 3-node JetStream cluster (interleaved rounds, medians);
 #   5. scripts/bench-split.sh: split and merge duration and the freeze they
-#      cause;
+#      cause, and the ghost traffic of one border;
 #   6. scripts/bench-aoi.sh: bytes and Deltas per client with the default
 #      aoi.radius against a circle of the old 3x3 root cells' area.
 #
@@ -39,7 +39,7 @@ runs=${BENCH_RUNS:-1}
 
 cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=Release -DTS_WERROR=ON >/dev/null
 cmake --build "$dir" -j"$jobs" --target tessera-bench tessera-bench-scale tessera-bench-cluster tessera-orch tessera-worker \
-    tessera-gateway tessera-sim tessera-ctl it_split
+    tessera-gateway tessera-sim tessera-ctl it_split it_ghost
 for bin in tessera-bench tessera-bench-scale; do
     if [ ! -x "$dir/$bin" ]; then
         echo "bench.sh: $dir/$bin was not built (is cmocka installed? make deps)" >&2
