@@ -158,7 +158,7 @@ static const key_def_t keys[] = {
         "ticks between two ghost keyframes (every border entity); deltas go in between"),
     /* cells at depth: automatic split and merge (orchestrator) */
     INT("world.max_depth", world_max_depth, "4", 0, 16, "deepest quadtree level a cell may be split to"),
-    INT("split.auto", split_auto, "0", 0, 1, "1: the orchestrator splits hot cells and merges cold ones by load"),
+    INT("split.auto", split_auto, "1", 0, 1, "1: the orchestrator splits hot cells and merges cold ones by load"),
     INT("split.max_entities", split_max_entities, "400", 1, 100000000,
         "a cell holding more entities than this is hot"),
     DBL("split.max_tick_share", split_max_tick_share, "0.5", 0, 100,

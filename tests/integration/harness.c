@@ -453,6 +453,10 @@ static bool reap(ts_h_proc_t *p, bool block)
 
 int ts_h_spawn(ts_h_t *h, const char *name, const char *bin, const char *const *argv)
 {
+    /* A test's cells change only as the test says: the load-driven split and
+     * merge planner is off unless a test asks for it (--split.auto=1, a flag,
+     * beats the environment). */
+    setenv("TESSERA_SPLIT_AUTO", "0", 0);
     char path[1024];
     if (strchr(bin, '/') != NULL)
         ts_strlcpy(path, bin, sizeof path);

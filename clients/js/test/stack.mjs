@@ -70,7 +70,8 @@ export class Stack {
     const path = bin.startsWith('/') ? bin : join(binDir, bin);
     const p = spawn(path, args, {
       stdio: ['ignore', fd, fd],
-      env: { ...process.env, TESSERA_NATS_URL: this.natsUrl, TESSERA_REDIS_URL: this.redisUrl, ...env },
+      // cells change only as a test says: no load-driven split or merge
+      env: { TESSERA_SPLIT_AUTO: '0', ...process.env, TESSERA_NATS_URL: this.natsUrl, TESSERA_REDIS_URL: this.redisUrl, ...env },
     });
     p.exited = new Promise((r) => p.once('exit', (code, sig) => r(code ?? 128)));
     p.logPath = log;
