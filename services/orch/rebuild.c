@@ -16,9 +16,12 @@
  * is the worker whose heartbeat lists the cell at that epoch if it is still
  * beating, else the owner the copy or the checkpoint names (crash recovery
  * moves the cells of owners that are not alive, as for any dead worker);
- * the state comes from the copy, else a cell with a known child is split
- * and the others active. Root cells nobody knows are created by the usual
- * world write at epoch 1 afterwards (nobody can have seen them at another).
+ * the state comes from the copy, else from the owner's heartbeat (each
+ * CellLoad says active, split or retired at its epoch: a parent merged back
+ * is active even though its retired children are still listed), else (older
+ * workers) a cell with a known child is split and the others active.
+ * Root cells nobody knows are created by the usual world write at epoch 1
+ * afterwards (nobody can have seen them at another).
  *
  * The registry version jumps to at least the wall clock in milliseconds
  * (and above anything this process saw), far above every version handed out
@@ -52,6 +55,8 @@ typedef struct {
     uint64_t epoch; /* highest epoch listed */
     char owner[TS_WORKER_ID_MAX];
     uint64_t seen_us; /* monotonic: last heartbeat listing it at that epoch */
+    bool state_known; /* the heartbeat said its state at that epoch */
+    ts_cell_state_t state;
 } hb_cell_t;
 
 static struct {
@@ -106,9 +111,16 @@ static void on_heartbeat(void *ud, const ts_bus_msg_t *msg)
             }
         }
         if (hb->cells[i]->epoch < c->epoch) continue;
+        if (hb->cells[i]->epoch > c->epoch) c->state_known = false;
         c->epoch = hb->cells[i]->epoch;
         ts_strlcpy(c->owner, hb->worker, sizeof c->owner);
         c->seen_us = now;
+        if (hb->cells[i]->has_state && hb->cells[i]->state <= TESSERA__V1__CELL_STATE__CELL_RETIRED) {
+            c->state_known = true;
+            c->state = hb->cells[i]->state == TESSERA__V1__CELL_STATE__CELL_HANDOVER
+                           ? TS_CELL_ACTIVE
+                           : (ts_cell_state_t)hb->cells[i]->state;
+        }
     }
     pthread_mutex_unlock(&rb.mu);
     tessera__v1__heartbeat__free_unpacked(hb, NULL);
@@ -172,6 +184,7 @@ static void found_note(found_set_t *s, const ts_cell_t *cell, uint64_t epoch, co
 {
     found_t *f = found_get(s, cell);
     if (f == NULL || epoch < f->e.epoch || epoch == 0) return;
+    if (epoch > f->e.epoch) f->state_known = false; /* said of an older epoch */
     if (epoch > f->e.epoch || !f->e.owner[0]) {
         if (owner != NULL && ts_worker_id_valid(owner)) ts_strlcpy(f->e.owner, owner, sizeof f->e.owner);
         f->e.epoch = epoch;
@@ -193,6 +206,12 @@ static void hb_each(void *ud, const ts_cell_t *cell, void *val)
     if (f != NULL && f->e.epoch == c->epoch && walk->now - c->seen_us <= walk->ttl_us) {
         ts_strlcpy(f->e.owner, c->owner, sizeof f->e.owner);
         f->owner_beating = true;
+    }
+    /* the owner's word on its state (split, retired after a merge, active)
+     * instead of a guess from which children exist */
+    if (f != NULL && f->e.epoch == c->epoch && c->state_known && !f->state_known) {
+        f->e.state = c->state;
+        f->state_known = true;
     }
 }
 

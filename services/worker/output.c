@@ -242,6 +242,12 @@ void ts_worker_heartbeat(ts_worker_t *w)
         loads[i].entities = (uint32_t)ts_zone_entities(z);
         loads[i].inputs_applied = z->stats.applied;
         loads[i].last_applied_seq = z->last_applied_seq;
+        const ts_cell_entry_t *e = ts_worker_find_entry(w, &z->cell);
+        if (e && e->epoch == z->epoch) {
+            loads[i].has_state = true;
+            loads[i].state = e->state == TS_CELL_HANDOVER ? TESSERA__V1__CELL_STATE__CELL_ACTIVE
+                                                          : (Tessera__V1__CellState)e->state;
+        }
         lp[i] = &loads[i];
     }
     double samples[TS_TICK_SAMPLES];
