@@ -420,26 +420,7 @@ static void finish_stream_resub(ts_worker_t *w, ts_io_job_t *job)
         job->ctx = NULL;
         return;
     }
-    ts_worker_release_sub(w, b->sub, b->ctx);
-    b->sub = job->sub;
-    b->ctx = job->ctx;
-    b->gen = job->ctx->gen;
-    b->restarting = false;
-    ts_map_put(&w->by_gen, b->gen, b);
-    pthread_mutex_lock(&w->mu);
-    ts_inbox_t held = b->ctx->held;
-    b->ctx->held = (ts_inbox_t){0};
-    atomic_store(&b->ctx->hold, false);
-    pthread_mutex_unlock(&w->mu);
-    if (b->state == TS_BIND_FROZEN) {
-        for (size_t i = 0; i < held.n; i++)
-            if (!ts_inbox_push(&b->held, &held.v[i])) ts_bus_held_free(held.v[i].msg);
-        free(held.v);
-    } else {
-        ts_worker_apply_msgs(w, b->zone, &held);
-    }
-    job->sub = NULL;
-    job->ctx = NULL;
+    ts_worker_take_consumer(w, b, job);
 }
 
 void ts_io_stream_done(ts_worker_t *w, ts_io_job_t *job)

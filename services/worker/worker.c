@@ -346,6 +346,11 @@ static void finish_resubscribe(ts_worker_t *w, ts_io_job_t *job)
     /* what the ring still has of the old consumer comes first, in order */
     ts_worker_apply_inbox(w);
     ts_map_del(&w->by_gen, b->gen);
+    ts_worker_take_consumer(w, b, job);
+}
+
+void ts_worker_take_consumer(ts_worker_t *w, ts_binding_t *b, ts_io_job_t *job)
+{
     ts_worker_release_sub(w, b->sub, b->ctx);
     b->sub = job->sub;
     b->ctx = job->ctx;

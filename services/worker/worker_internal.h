@@ -375,6 +375,10 @@ ts_status_t ts_worker_adopt(ts_worker_t *w, ts_zone_t *zone, uint64_t epoch, ts_
 void ts_worker_unbind(ts_worker_t *w, ts_binding_t *b);
 /* Closes a subscription and frees its context on the I/O thread. */
 void ts_worker_release_sub(ts_worker_t *w, ts_bus_sub_t *sub, ts_sub_ctx_t *ctx);
+/* A new consumer of b's input stream (job->sub, job->ctx) replaces the old
+ * one (which the caller already took out of w->by_gen): what the new one
+ * held while it started is applied, or kept while b is frozen. */
+void ts_worker_take_consumer(ts_worker_t *w, ts_binding_t *b, ts_io_job_t *job);
 /* Applies queued input messages to z in order (and frees them). */
 void ts_worker_apply_msgs(ts_worker_t *w, ts_zone_t *z, ts_inbox_t *msgs);
 /* Applies what the ring holds to the bound zones. */
