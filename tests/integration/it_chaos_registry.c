@@ -12,7 +12,11 @@
  *    registry back within seconds, every cell at a higher epoch than before
  *    (never 1 again), owned by a live worker that reports it in its
  *    heartbeat at that epoch, the version past the old one; and still
- *    applied == acked == sent. */
+ *    applied == acked == sent;
+ *  - Redis wiped while no orchestrator runs, after a cell was split and
+ *    merged back: a fresh orchestrator rebuilds the parent as active (the
+ *    owner's heartbeat says so, although its retired children are still
+ *    known) and each child it writes back as retired. */
 #include <inttypes.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -335,6 +339,89 @@ static void test_wipe_rebuilds_with_higher_epochs(void **state)
     ts_h_pass();
 }
 
+/* ctl verb on cell, retried while the orchestrator is busy; fails unless "ok". */
+static void ctl_ok(const char *verb, const ts_cell_t *cell)
+{
+    char key[TS_CELL_STR_MAX], reply[512] = "";
+    ts_cell_format(cell, key, sizeof key);
+    ts_status_t st = TS_ERR_TIMEOUT;
+    for (int attempt = 0; attempt < 50; attempt++) {
+        st = ts_probe_ctl(bus, WORLD, verb, key, 10000, reply, sizeof reply);
+        if (st == TS_OK && strncmp(reply, "ok", 2) == 0) return;
+        if (st == TS_OK && !strstr(reply, "not leader") && !strstr(reply, "registry unavailable") &&
+            !strstr(reply, "being handed over"))
+            break;
+        ts_sleep_ms(200);
+    }
+    ts_h.failed = true;
+    fail_msg("ctl %s %s: %s", verb, key, st == TS_OK ? reply : ts_status_str(st));
+}
+
+/* Polls the registry until cell is in state; its entry. */
+static ts_cell_entry_t wait_state(const ts_cell_t *cell, ts_cell_state_t state, uint64_t min_epoch)
+{
+    uint64_t deadline = ts_mono_us() + WAIT_MS * 1000ULL;
+    ts_cell_entry_t e = {0};
+    for (;;) {
+        ts_status_t st = ts_registry_cell_get(reg, cell, &e);
+        if (st == TS_OK && e.state == state && e.epoch >= min_epoch) return e;
+        if (ts_mono_us() > deadline) {
+            char key[TS_CELL_STR_MAX];
+            ts_cell_format(cell, key, sizeof key);
+            ts_h.failed = true;
+            fail_msg("cell %s: %s, state %s epoch %" PRIu64 "; want state %s at epoch >= %" PRIu64, key,
+                     ts_status_str(st), ts_cell_state_str(e.state), e.epoch, ts_cell_state_str(state),
+                     min_epoch);
+        }
+        ts_sleep_ms(50);
+    }
+}
+
+static void test_wipe_after_merge_rebuilds_states(void **state)
+{
+    (void)state;
+    cluster_start();
+    ts_cell_t root, kids[4];
+    assert_int_equal(ts_cell_parse("0.-1.0.0.0", &root), TS_OK);
+    assert_int_equal(ts_cell_children(&root, kids), TS_OK);
+    ctl_ok("split", &root);
+    wait_state(&root, TS_CELL_SPLIT, 0);
+    ctl_ok("merge", &root);
+    ts_cell_entry_t merged = wait_state(&root, TS_CELL_ACTIVE, 2);
+    ts_cell_entry_t kid_before[4];
+    for (int k = 0; k < 4; k++)
+        kid_before[k] = wait_state(&kids[k], TS_CELL_RETIRED, 0);
+    /* the parent's owner reports it at its epoch (its heartbeat says active) */
+    uint64_t deadline = ts_mono_us() + WAIT_MS * 1000ULL;
+    while (!owners_report(&merged, 1)) {
+        if (ts_mono_us() > deadline) fail_msg("%s never reports the merged parent", merged.owner);
+        ts_sleep_ms(50);
+    }
+
+    /* no orchestrator, Redis forgets, a fresh orchestrator rebuilds */
+    ts_h_signal(&ts_h, stack.orch, SIGKILL);
+    assert_true(ts_h_wait(&ts_h, stack.orch, 5000) >= 0);
+    char out[256];
+    assert_int_equal(redis_cli("FLUSHALL", out, sizeof out), 0);
+    assert_non_null(strstr(out, "OK"));
+    const char *orch[] = {"--orch.rebalance=0", HB_TTL_ARG, NULL};
+    stack.orch = ts_h_spawn(&ts_h, "orch", "tessera-orch", orch);
+    ts_cell_entry_t after = wait_state(&root, TS_CELL_ACTIVE, merged.epoch + 1);
+    assert_true(orch_rebuilt());
+    for (int k = 0; k < 4; k++) {
+        ts_cell_entry_t e;
+        ts_status_t st = ts_registry_cell_get(reg, &kids[k], &e);
+        if (st == TS_ERR_NOT_FOUND) continue; /* nobody knew it: never written back */
+        assert_int_equal(st, TS_OK);
+        assert_int_equal(e.state, TS_CELL_RETIRED);
+        assert_true(e.epoch > kid_before[k].epoch);
+    }
+    fprintf(stderr, "merged parent rebuilt active at epoch %" PRIu64 " (was %" PRIu64 ")\n", after.epoch,
+            merged.epoch);
+    cluster_stop();
+    ts_h_pass();
+}
+
 static int test_teardown(void **state)
 {
     ts_h_test_teardown(state);
@@ -347,6 +434,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_restart_with_aof_keeps_registry, ts_h_test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_wipe_rebuilds_with_higher_epochs, ts_h_test_setup,
+                                        test_teardown),
+        cmocka_unit_test_setup_teardown(test_wipe_after_merge_rebuilds_states, ts_h_test_setup,
                                         test_teardown),
     };
     return TS_H_RUN("it_chaos_registry", tests, NULL, NULL);
