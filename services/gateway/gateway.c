@@ -156,7 +156,8 @@ static void reload_work(uv_work_t *req)
     gw->reload_cells = NULL;
     gw->reload_n = 0;
     gw->reload_status = ts_registry_version(gw->reg, gw->world.id, &version);
-    if (gw->reload_status != TS_OK || (!gw->reload_job_force && version <= gw->reload_known)) return;
+    /* a version below the known one: the registry was lost and written again */
+    if (gw->reload_status != TS_OK || (!gw->reload_job_force && version == gw->reload_known)) return;
     gw->reload_version = version;
     gw->reload_status = ts_registry_cells(gw->reg, gw->world.id, &gw->reload_cells, &gw->reload_n);
     gw->reload_changed = gw->reload_status == TS_OK;
@@ -176,6 +177,16 @@ static void reload_done(uv_work_t *req, int status)
             }
         } else if (gw->reload_changed) {
             gw->reg_resyncs++;
+            /* reload_known was applied before the version was read: the
+             * registry is behind it only if it lost what it had */
+            if (gw->reload_version < gw->reload_known) {
+                ts_error("registry version %llu is below the %llu applied here (the registry was lost?): "
+                         "taking it whole",
+                         (unsigned long long)gw->reload_version, (unsigned long long)gw->reload_known);
+                for (gw_cell_t *c = gw->all_cells; c != NULL; c = c->next_all)
+                    c->reg_ver = 0; /* versions from the lost registry say nothing any more */
+                gw->reg_version = gw->reload_version;
+            }
             if (gw->reload_version > gw->reg_version) gw->reg_version = gw->reload_version;
             if (gw_cells_apply_registry(gw, gw->reload_cells, gw->reload_n, gw->reload_version)) {
                 ts_info("registry version %llu: %zu cells", (unsigned long long)gw->reload_version,

@@ -283,18 +283,19 @@ static void do_drain(ts_worker_t *w, ts_io_job_t *job)
 static void check_version(ts_worker_t *w, uint64_t *lagging)
 {
     uint64_t version = 0;
+    /* before the read: changes are written before they are announced, so
+     * the version read next is at least this one unless Redis lost it */
+    uint64_t applied = atomic_load(&w->applied_version);
     pthread_mutex_lock(&w->reg_mu);
     ts_status_t st = ts_registry_version(w->reg, w->world.id, &version);
     pthread_mutex_unlock(&w->reg_mu);
     if (st != TS_OK) return;
-    uint64_t applied = atomic_load(&w->applied_version);
     if (version < applied) {
         /* the version never goes down while Redis keeps its data: the
          * registry was lost and written again from scratch */
         *lagging = 0;
         ts_error("registry version %" PRIu64 " is below the %" PRIu64
-                 " applied here (the registry was lost?); "
-                 "reading it all again",
+                 " applied here (the registry was lost?); reading it all again",
                  version, applied);
         ts_io_job_t *job = ts_io_job_new(TS_IO_RESYNC);
         if (!job) return;
