@@ -175,6 +175,8 @@ static void reload_done(uv_work_t *req, int status)
                 ts_warn("registry read failed: %s (keeping the last known cells)",
                         ts_status_str(gw->reload_status));
             }
+        } else if (gw->reload_changed && gw->reload_version < gw->reload_known && gw->reload_n == 0) {
+            /* the registry lost everything and is not written back yet: keep the cells we have */
         } else if (gw->reload_changed) {
             gw->reg_resyncs++;
             /* reload_known was applied before the version was read: the

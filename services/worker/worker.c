@@ -196,6 +196,8 @@ static void apply_full(ts_worker_t *w, ts_cell_entry_t *cells, size_t n, uint64_
 {
     /* an older read finished late, unless the registry's version went back */
     if (w->view.valid && version < w->view.version && !backwards) return;
+    /* a lost registry not written back yet: keep serving what we have */
+    if (backwards && n == 0) return;
     view_clear(&w->view);
     ts_celltree_clear(w->tree);
     for (size_t i = 0; i < n; i++) {

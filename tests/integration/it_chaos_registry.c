@@ -16,7 +16,8 @@
  *  - Redis wiped while no orchestrator runs, after a cell was split and
  *    merged back: a fresh orchestrator rebuilds the parent as active (the
  *    owner's heartbeat says so, although its retired children are still
- *    known) and each child it writes back as retired. */
+ *    known) and each child it writes back as retired; meanwhile each worker
+ *    reports the registry version going back below the one it applied. */
 #include <inttypes.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -404,6 +405,21 @@ static void test_wipe_after_merge_rebuilds_states(void **state)
     char out[256];
     assert_int_equal(redis_cli("FLUSHALL", out, sizeof out), 0);
     assert_non_null(strstr(out, "OK"));
+    /* the workers see the version go back (0 < what they applied) and say so */
+    for (int i = 0; i < 2; i++) {
+        deadline = ts_mono_us() + WAIT_MS * 1000ULL;
+        for (;;) {
+            char *log = ts_h_read_log(&ts_h, stack.workers[i]);
+            bool said = log != NULL && strstr(log, "registry version 0 is below the") != NULL;
+            free(log);
+            if (said) break;
+            if (ts_mono_us() > deadline) {
+                ts_h.failed = true;
+                fail_msg("worker %d never reported the registry version going back", i + 1);
+            }
+            ts_sleep_ms(50);
+        }
+    }
     const char *orch[] = {"--orch.rebalance=0", HB_TTL_ARG, NULL};
     stack.orch = ts_h_spawn(&ts_h, "orch", "tessera-orch", orch);
     ts_cell_entry_t after = wait_state(&root, TS_CELL_ACTIVE, merged.epoch + 1);
