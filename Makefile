@@ -45,7 +45,8 @@ test: deps
 ifneq ($(SANITIZE),0)
 	cmake -S . -B $(ASAN_DIR) -DTS_WERROR=ON -DTS_SANITIZE=address,undefined $(CMAKE_ARGS)
 	cmake --build $(ASAN_DIR) -j$(JOBS)
-	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp \
+		UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 		$(CTEST) --test-dir $(ASAN_DIR)
 endif
 
