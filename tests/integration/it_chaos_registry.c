@@ -132,6 +132,18 @@ static bool orch_rebuilt(void)
     return yes;
 }
 
+/* The orchestrator logs the rebuild after writing the registry back: wait
+ * for the line rather than read the log the moment the registry is back. */
+static bool orch_said_rebuilt(void)
+{
+    uint64_t deadline = ts_mono_us() + WAIT_MS * 1000ULL;
+    while (!orch_rebuilt()) {
+        if (ts_mono_us() > deadline) return false;
+        ts_sleep_ms(20);
+    }
+    return true;
+}
+
 /* Every cell in cells listed by its owner's heartbeat at its epoch. */
 static bool owners_report(const ts_cell_entry_t *cells, size_t n)
 {
@@ -327,7 +339,7 @@ static void test_wipe_rebuilds_with_higher_epochs(void **state)
     uint64_t version_after = 0;
     assert_int_equal(ts_registry_version(reg, WORLD, &version_after), TS_OK);
     assert_true(version_after > version_before);
-    assert_true(orch_rebuilt());
+    assert_true(orch_said_rebuilt());
     fprintf(stderr,
             "FLUSHALL under load: registry rebuilt in %.0f ms, every cell served at its new epoch in "
             "%.0f ms (version %" PRIu64 " -> %" PRIu64 ")\n",
@@ -423,7 +435,7 @@ static void test_wipe_after_merge_rebuilds_states(void **state)
     const char *orch[] = {"--orch.rebalance=0", HB_TTL_ARG, NULL};
     stack.orch = ts_h_spawn(&ts_h, "orch", "tessera-orch", orch);
     ts_cell_entry_t after = wait_state(&root, TS_CELL_ACTIVE, merged.epoch + 1);
-    assert_true(orch_rebuilt());
+    assert_true(orch_said_rebuilt());
     for (int k = 0; k < 4; k++) {
         ts_cell_entry_t e;
         ts_status_t st = ts_registry_cell_get(reg, &kids[k], &e);
