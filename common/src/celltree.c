@@ -114,16 +114,6 @@ const ts_cell_entry_t *ts_celltree_locate(const ts_celltree_t *t, double x, doub
     return NULL;
 }
 
-const ts_cell_entry_t *ts_celltree_live_at(const ts_celltree_t *t, const ts_cell_t *cell)
-{
-    const ts_cell_entry_t *e = ts_cellmap_get(&t->cells, cell);
-    if (e && ts_celltree_state_live(e->state)) return e;
-    if (!ts_cell_valid(cell)) return NULL;
-    double x0, y0, x1, y1;
-    ts_cell_bounds(cell, t->cell_size, &x0, &y0, &x1, &y1);
-    return ts_celltree_locate(t, (x0 + x1) / 2, (y0 + y1) / 2);
-}
-
 /* A region test on a cell's bounds [x0, x1] x [y0, y1]. */
 typedef struct {
     const ts_celltree_t *t;
@@ -203,27 +193,11 @@ typedef struct {
     double x0, y0, x1, y1;
 } rect_t;
 
-/* Half-open query rectangle against a cell's [x0, x1) x [y0, y1). */
-static bool hit_rect_open(const void *q, double x0, double y0, double x1, double y1)
-{
-    const rect_t *r = q;
-    return x0 < r->x1 && r->x0 < x1 && y0 < r->y1 && r->y0 < y1;
-}
-
 /* Closed rectangles: touching counts. */
 static bool hit_rect_closed(const void *q, double x0, double y0, double x1, double y1)
 {
     const rect_t *r = q;
     return x0 <= r->x1 && r->x0 <= x1 && y0 <= r->y1 && r->y0 <= y1;
-}
-
-size_t ts_celltree_query_rect(const ts_celltree_t *t, double x0, double y0, double x1, double y1,
-                              ts_celltree_fn fn, void *ud)
-{
-    if (!isfinite(x0) || !isfinite(y0) || !isfinite(x1) || !isfinite(y1)) return 0;
-    rect_t r = {x0, y0, x1, y1};
-    walk_t w = {.t = t, .hit = hit_rect_open, .q = &r, .fn = fn, .ud = ud};
-    return walk(&w, x0, y0, x1, y1);
 }
 
 size_t ts_celltree_neighbors(const ts_celltree_t *t, const ts_cell_t *cell, double margin, ts_celltree_fn fn,

@@ -8,7 +8,7 @@
  * The live cells never overlap; together they cover the world.
  *
  * Costs: apply, get and locate are O(depth) hash look-ups; a circle or
- * border query is O(cells it returns + split cells it descends through).
+ * neighbour query is O(cells it returns + split cells it descends through).
  * Not thread-safe: one tree per thread (or per event loop). */
 #ifndef TESSERA_CELLTREE_H
 #define TESSERA_CELLTREE_H
@@ -44,21 +44,12 @@ bool ts_celltree_state_live(ts_cell_state_t s);
  * cell, descend while the cell is split. NULL if the position's root is not
  * in the registry, or the walk ends in a retired or unknown cell. O(depth). */
 const ts_cell_entry_t *ts_celltree_locate(const ts_celltree_t *t, double x, double y);
-/* The live cell that holds the area of `cell`'s centre: `cell` itself if
- * live, else its deepest live ancestor or descendant at that point (where an
- * input published to a retired or split subject belongs). NULL if none. */
-const ts_cell_entry_t *ts_celltree_live_at(const ts_celltree_t *t, const ts_cell_t *cell);
-
 typedef void (*ts_celltree_fn)(void *ud, const ts_cell_entry_t *e);
 
 /* Calls fn once for every live cell whose area intersects the circle of
  * radius r around (x, y). Returns the number of calls. */
 size_t ts_celltree_query_circle(const ts_celltree_t *t, double x, double y, double r, ts_celltree_fn fn,
                                 void *ud);
-/* Calls fn once for every live cell whose area intersects the rectangle
- * [x0, x1) x [y0, y1). Returns the number of calls. */
-size_t ts_celltree_query_rect(const ts_celltree_t *t, double x0, double y0, double x1, double y1,
-                              ts_celltree_fn fn, void *ud);
 /* The live neighbours of `cell` at any depth: every live cell other than
  * `cell` (and not inside it) whose area comes within `margin` of its
  * borders, diagonals included (margin 0: cells that share an edge or a
