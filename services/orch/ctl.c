@@ -3,9 +3,10 @@
  *   handover  "<cell-key> <worker>"  -> "ok <from>-><to> epoch <E>-><E+1> freeze_us=<n> total_us=<n>"
  *                                       or "error: <reason>"
  *   drain     "<worker>"             -> "ok draining <n> cells" at once, then its cells move one by one
- *   split     "<cell-key>"           -> "ok split <cell> owner <w> epoch <E>-><E+1> children ..." or "error:
- * ..." merge     "<parent-key>"         -> "ok merge <cell> owner <w> epoch <E>-><E+1>" or "error: ..." stats
- * ""                     -> the stats JSON (stats.h)
+ *   split     "<cell-key>"           -> "ok split <cell> owner <w> epoch <E>-><E+1> children ..."
+ *                                       or "error: ..."
+ *   merge     "<parent-key>"         -> "ok merge <cell> owner <w> epoch <E>-><E+1>" or "error: ..."
+ *   stats     ""                     -> the stats JSON (stats.h)
  *
  * Handover requests are queued by the nats.c callbacks and handed to the
  * main loop, which starts them as state machines (handover.c) and answers

@@ -8,10 +8,11 @@
  *     are marked for recovery although the id is alive;
  *   - each cell whose owner is not alive, or that a replaced incarnation
  *     held, at any depth and in any state (a split or retired cell is its
- *     owner's forwarder and stays split or retired), goes (epoch + 1) to the least-loaded live, non-draining
- * worker, preferring one that owns a neighbouring cell — all of them with one batch of compare-and-sets (one
- * round trip), then one RegistryChange per moved cell. The new owner loads the cell's checkpoint and replays
- * its input stream.
+ *     owner's forwarder and stays split or retired), goes (epoch + 1) to
+ *     the least-loaded live, non-draining worker, preferring one that owns
+ *     a neighbouring cell — all of them with one batch of compare-and-sets
+ *     (one round trip), then one RegistryChange per moved cell. The new
+ *     owner loads the cell's checkpoint and replays its input stream.
  *
  * Slow is not dead: only the liveness key decides (a worker that refreshes
  * it is alive however late its ticks or heartbeats are); an overloaded
