@@ -544,6 +544,24 @@ char *ts_h_read_log(ts_h_t *h, int idx)
     return read_file(h->procs[idx].log_path);
 }
 
+bool ts_h_log_has(ts_h_t *h, int idx, const char *needle)
+{
+    char *log = ts_h_read_log(h, idx);
+    bool has = log != NULL && strstr(log, needle) != NULL;
+    free(log);
+    return has;
+}
+
+bool ts_h_wait_log(ts_h_t *h, int idx, const char *needle, int64_t timeout_ms)
+{
+    uint64_t deadline = ts_mono_us() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 0) * 1000;
+    while (!ts_h_log_has(h, idx, needle)) {
+        if (ts_mono_us() >= deadline) return false;
+        ts_sleep_ms(20);
+    }
+    return true;
+}
+
 static void print_tail(const ts_h_proc_t *p)
 {
     char *text = read_file(p->log_path);

@@ -161,6 +161,12 @@ void ts_h_stop(ts_h_t *h);
 void ts_h_fail_dump(ts_h_t *h);
 /* Reads the whole log of a process (caller frees). */
 char *ts_h_read_log(ts_h_t *h, int idx);
+/* Whether the log of a process contains needle. */
+bool ts_h_log_has(ts_h_t *h, int idx, const char *needle);
+/* Polls the log of a process until it contains needle: a line a process
+ * writes after what the test saw happen (wait for it, never read the log
+ * once); false after timeout_ms. */
+bool ts_h_wait_log(ts_h_t *h, int idx, const char *needle, int64_t timeout_ms);
 
 /* Waits until the orchestrator wrote the world and every cell of it has an
  * owner (polls Redis); false after timeout_ms. */

@@ -123,26 +123,10 @@ static const ts_cell_entry_t *find(const ts_cell_entry_t *v, size_t n, const ts_
     return NULL;
 }
 
-/* Whether the orchestrator's log says the registry was rebuilt. */
-static bool orch_rebuilt(void)
-{
-    char *log = ts_h_read_log(&ts_h, stack.orch);
-    bool yes = log != NULL && strstr(log, "was lost") != NULL;
-    free(log);
-    return yes;
-}
-
-/* The orchestrator logs the rebuild after writing the registry back: wait
- * for the line rather than read the log the moment the registry is back. */
-static bool orch_said_rebuilt(void)
-{
-    uint64_t deadline = ts_mono_us() + WAIT_MS * 1000ULL;
-    while (!orch_rebuilt()) {
-        if (ts_mono_us() > deadline) return false;
-        ts_sleep_ms(20);
-    }
-    return true;
-}
+/* What the orchestrator logs when it wrote a lost registry back (after
+ * writing it: wait for the line, never read the log the moment the registry
+ * is back). */
+#define ORCH_REBUILT "was lost"
 
 /* Every cell in cells listed by its owner's heartbeat at its epoch. */
 static bool owners_report(const ts_cell_entry_t *cells, size_t n)
@@ -278,7 +262,7 @@ static void test_restart_with_aof_keeps_registry(void **state)
     free(after);
     /* the load goes on over the restarted Redis */
     wait_applied(ts_probe_inputs_applied(probe));
-    assert_false(orch_rebuilt());
+    assert_false(ts_h_log_has(&ts_h, stack.orch, ORCH_REBUILT));
     sim_verify(sim, "the Redis restart", t_kill);
     cluster_stop();
     ts_h_pass();
@@ -339,7 +323,7 @@ static void test_wipe_rebuilds_with_higher_epochs(void **state)
     uint64_t version_after = 0;
     assert_int_equal(ts_registry_version(reg, WORLD, &version_after), TS_OK);
     assert_true(version_after > version_before);
-    assert_true(orch_said_rebuilt());
+    assert_true(ts_h_wait_log(&ts_h, stack.orch, ORCH_REBUILT, WAIT_MS));
     fprintf(stderr,
             "FLUSHALL under load: registry rebuilt in %.0f ms, every cell served at its new epoch in "
             "%.0f ms (version %" PRIu64 " -> %" PRIu64 ")\n",
@@ -419,23 +403,15 @@ static void test_wipe_after_merge_rebuilds_states(void **state)
     assert_non_null(strstr(out, "OK"));
     /* the workers see the version go back (0 < what they applied) and say so */
     for (int i = 0; i < 2; i++) {
-        deadline = ts_mono_us() + WAIT_MS * 1000ULL;
-        for (;;) {
-            char *log = ts_h_read_log(&ts_h, stack.workers[i]);
-            bool said = log != NULL && strstr(log, "registry version 0 is below the") != NULL;
-            free(log);
-            if (said) break;
-            if (ts_mono_us() > deadline) {
-                ts_h.failed = true;
-                fail_msg("worker %d never reported the registry version going back", i + 1);
-            }
-            ts_sleep_ms(50);
+        if (!ts_h_wait_log(&ts_h, stack.workers[i], "registry version 0 is below the", WAIT_MS)) {
+            ts_h.failed = true;
+            fail_msg("worker %d never reported the registry version going back", i + 1);
         }
     }
     const char *orch[] = {"--orch.rebalance=0", HB_TTL_ARG, NULL};
     stack.orch = ts_h_spawn(&ts_h, "orch", "tessera-orch", orch);
     ts_cell_entry_t after = wait_state(&root, TS_CELL_ACTIVE, merged.epoch + 1);
-    assert_true(orch_said_rebuilt());
+    assert_true(ts_h_wait_log(&ts_h, stack.orch, ORCH_REBUILT, WAIT_MS));
     for (int k = 0; k < 4; k++) {
         ts_cell_entry_t e;
         ts_status_t st = ts_registry_cell_get(reg, &kids[k], &e);

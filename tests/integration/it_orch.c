@@ -65,22 +65,9 @@ static void changes_free(changes_t *c)
     pthread_mutex_destroy(&c->mu);
 }
 
-static bool wait_log(int idx, const char *needle, int64_t timeout_ms)
-{
-    uint64_t deadline = ts_mono_us() + (uint64_t)timeout_ms * 1000;
-    do {
-        char *log = ts_h_read_log(&ts_h, idx);
-        bool found = log && strstr(log, needle);
-        free(log);
-        if (found) return true;
-        ts_sleep_ms(50);
-    } while (ts_mono_us() < deadline);
-    return false;
-}
-
 static void assert_log(int idx, const char *needle, int64_t timeout_ms)
 {
-    if (!wait_log(idx, needle, timeout_ms)) {
+    if (!ts_h_wait_log(&ts_h, idx, needle, timeout_ms)) {
         ts_h.failed = true;
         fail_msg("log of %s never showed \"%s\"", ts_h.procs[idx].name, needle);
     }

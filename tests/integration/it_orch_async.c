@@ -266,19 +266,6 @@ static int teardown(void **state)
     return ts_h_test_teardown(state);
 }
 
-static bool wait_log(int idx, const char *needle, int64_t timeout_ms)
-{
-    uint64_t deadline = ts_mono_us() + (uint64_t)timeout_ms * 1000;
-    do {
-        char *log = ts_h_read_log(&ts_h, idx);
-        bool found = log && strstr(log, needle);
-        free(log);
-        if (found) return true;
-        ts_sleep_ms(50);
-    } while (ts_mono_us() < deadline);
-    return false;
-}
-
 /* Cells a worker owns in the registry, and the lowest and highest epoch among them. */
 static size_t owned(uint32_t world, const char *id, uint64_t *min_epoch, uint64_t *max_epoch)
 {
@@ -354,7 +341,8 @@ static void test_replaced_incarnation_is_recovered(void **state)
     assert_int_equal(owned(11, "fb", &lo, &hi), 8);
     assert_int_equal(lo, 1); /* fb's own cells untouched */
     assert_int_equal(hi, 2); /* fa's at a higher epoch */
-    assert_true(wait_log(orch, "worker fa was replaced by another process (instance fa-1 -> fa-2)", 1000));
+    assert_true(ts_h_wait_log(&ts_h, orch,
+                              "worker fa was replaced by another process (instance fa-1 -> fa-2)", 1000));
     uint64_t deadline = ts_mono_us() + 2000000;
     while (ob_get(&OB.changes_epoch) < 4 && ts_mono_us() < deadline)
         ts_sleep_ms(20);

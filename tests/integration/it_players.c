@@ -480,14 +480,7 @@ static void test_slow_reader_closed(void **state)
     /* the backlog passes 1 KiB within the first second; closed 1 s later */
     assert_true(closed_at - t0 < 8000000);
     /* the gateway says why (its log line may follow the close by a moment) */
-    bool said = false;
-    for (uint64_t until = ts_mono_us() + 3000000; !said && ts_mono_us() < until; ts_sleep_ms(20)) {
-        char *log = ts_h_read_log(&ts_h, stack.gateway);
-        assert_non_null(log);
-        said = strstr(log, "(slow reader); closing") != NULL;
-        free(log);
-    }
-    assert_true(said);
+    assert_true(ts_h_wait_log(&ts_h, stack.gateway, "(slow reader); closing", 3000));
     /* its entity goes after the grace */
     assert_false(watcher.watch_removed);
     assert_true(cl_pump_until(&watcher, (GRACE_S + 3) * 1000, watch_removed));
