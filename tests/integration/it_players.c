@@ -554,30 +554,6 @@ static void test_flood_limit_exact(void **state)
 
 static bool me_applied(const cl_t *p);
 
-/* GET path on port (HTTP/1.0): the status, the whole response into buf. */
-static int http_get(int port, const char *path, char *buf, size_t cap)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    assert_true(fd >= 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
-    assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
-    char req[256];
-    int n = snprintf(req, sizeof req, "GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n", path);
-    assert_int_equal(send(fd, req, (size_t)n, MSG_NOSIGNAL), n);
-    size_t len = 0;
-    struct pollfd pfd = {.fd = fd, .events = POLLIN};
-    while (len + 1 < cap && poll(&pfd, 1, 3000) > 0) {
-        ssize_t got = recv(fd, buf + len, cap - 1 - len, 0);
-        if (got <= 0) break;
-        len += (size_t)got;
-    }
-    buf[len] = '\0';
-    close(fd);
-    int status = 0;
-    return sscanf(buf, "HTTP/1.%*d %d", &status) == 1 ? status : -1;
-}
-
 /* gateway.max_conns_per_ip=3: a fourth connection from one address is
  * refused with ERROR_UNAVAILABLE, the three keep playing, and a slot that
  * frees is taken again. */
@@ -592,7 +568,7 @@ static void test_conns_per_ip(void **state)
         join_player(&p[i], port, 70 + i, 70);
     if (use_ws) { /* refused before the upgrade: an HTTP 503 saying why */
         char body[512];
-        assert_int_equal(http_get(player_port(port), "/ws", body, sizeof body), 503);
+        assert_int_equal(ts_h_http_get(player_port(port), "/ws", body, sizeof body), 503);
         assert_non_null(strstr(body, "too many connections"));
     } else {
         cl_t extra_conn;
