@@ -36,7 +36,6 @@
 #include "tessera/log.h"
 #include "tessera/util.h"
 
-#define WARN_EVERY_US 5000000ull
 #define HYST_SHARE 0.1
 /* Cells are looked up again once the centre moved this share of the radius. */
 #define SLACK_SHARE 0.25
@@ -75,14 +74,6 @@ void gw_aoi_free(gw_t *gw)
     ts_map_free(&gw->watch);
 }
 
-static void warn_limited(uint64_t *last_us, const char *what, const char *cell, ts_status_t st)
-{
-    uint64_t now = ts_mono_us();
-    if (*last_us != 0 && now - *last_us < WARN_EVERY_US) return;
-    *last_us = now;
-    ts_warn("%s %s: %s", what, cell, ts_status_str(st));
-}
-
 static void on_state_msg(void *ud, const ts_bus_msg_t *msg)
 {
     gw_cell_t *cell = ud;
@@ -95,7 +86,7 @@ static void subscribe(gw_t *gw, gw_cell_t *cell)
     ts_status_t st = ts_bus_subscribe(gw->bus, cell->state_subject, on_state_msg, cell, &cell->sub);
     if (st != TS_OK) {
         cell->sub = NULL;
-        warn_limited(&warned_us, "cannot subscribe to", cell->state_subject, st);
+        gw_warn_limited(&warned_us, "cannot subscribe to", cell->state_subject, st);
     }
 }
 

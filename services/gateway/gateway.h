@@ -531,6 +531,8 @@ void gw_router_forget_flights(gw_t *gw);
 /* Sets up / frees the in-flight table. */
 ts_status_t gw_router_init(gw_t *gw);
 void gw_router_free(gw_t *gw);
+/* Logs "<what> <cell>: <status>" at most once per 5 s per *last_us. */
+void gw_warn_limited(uint64_t *last_us, const char *what, const char *cell, ts_status_t st);
 
 /* aoi.c */
 /* Derives the radius, hysteresis and thresholds from the configuration. */

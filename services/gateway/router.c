@@ -32,7 +32,7 @@
 
 #define WARN_EVERY_US 5000000ull
 
-static void warn_limited(uint64_t *last_us, const char *what, const char *cell, ts_status_t st)
+void gw_warn_limited(uint64_t *last_us, const char *what, const char *cell, ts_status_t st)
 {
     uint64_t now = ts_mono_us();
     if (*last_us != 0 && now - *last_us < WARN_EVERY_US) return;
@@ -55,7 +55,7 @@ ts_status_t gw_router_queue(gw_t *gw, gw_cell_t *cell, const gw_input_t *in)
     if (cell->ninputs >= GW_CELL_MAX_PENDING) {
         gw->inputs_dropped++;
         gw->inputs_not_stored++;
-        warn_limited(&warned_us, "input queue full, refusing inputs for", cell->key, TS_ERR_UNAVAILABLE);
+        gw_warn_limited(&warned_us, "input queue full, refusing inputs for", cell->key, TS_ERR_UNAVAILABLE);
         return TS_ERR_UNAVAILABLE;
     }
     if (cell->ninputs == cell->inputs_cap) {
@@ -301,7 +301,7 @@ static size_t publish_cell(gw_t *gw, gw_cell_t *cell, bool force, bool *busy, pb
         }
         if (st != TS_OK) {
             gw->publish_errors++;
-            warn_limited(&warned_us, "cannot publish inputs to", cell->input_subject, st);
+            gw_warn_limited(&warned_us, "cannot publish inputs to", cell->input_subject, st);
             refuse(gw, cell->inputs + done, n, "the gateway could not publish them");
             done += n;
             continue;
