@@ -52,8 +52,6 @@ ts_status_t gw_aoi_init(gw_t *gw)
     double r =
         cfg->aoi_radius > 0 ? cfg->aoi_radius : ((double)cfg->gateway_aoi_radius + 0.5) * gw->world.cell_size;
     double h = cfg->aoi_hysteresis > 0 ? cfg->aoi_hysteresis : HYST_SHARE * r;
-    gw->aoi_radius = r;
-    gw->aoi_hyst = h;
     gw->aoi_move = h / 4;
     gw->aoi_show = r + gw->aoi_move;
     gw->aoi_keep = r + h - gw->aoi_move;
@@ -354,7 +352,6 @@ void gw_aoi_update(gw_t *gw, gw_conn_t *c)
             (void)ts_celltree_query_circle(gw->tree, c->aoi_x, c->aoi_y, gw->aoi_keep + gw->aoi_slack,
                                            vec_add_entry, &want);
         watch_circle(gw, c);
-        gw->aoi_updates++;
     } else {
         gw_aoi_unwatch(gw, c);
     }
@@ -392,7 +389,6 @@ void gw_aoi_update(gw_t *gw, gw_conn_t *c)
     size_t nold = c->naoi;
     c->aoi = slots;
     c->naoi = want.n;
-    c->aoi_cap = want.n;
     for (size_t j = 0; j < nold; j++) {
         gw_cell_t *cell = old[j].cell;
         if (cell == NULL) continue;

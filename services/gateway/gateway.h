@@ -39,8 +39,6 @@
  * reads slower than its view changes gets fewer, fresher frames instead of
  * seconds of queued ones. */
 #define GW_SLOW_CLIENT_BYTES ((size_t)128 << 10)
-/* Removed ids remembered for a client that is behind. */
-#define GW_GONE_MAX 65536
 /* Kernel send buffer of a client socket (fixed, so back-pressure shows in
  * out_pending instead of in megabytes the kernel would queue). */
 #define GW_SOCKET_SNDBUF 262144
@@ -229,7 +227,7 @@ struct gw_conn {
     gw_cell_t *cell;          /* the cell the player's inputs go to */
     gw_cell_t *awaiting_left; /* cell left on sight of the entity elsewhere, until its `left` arrives */
     gw_aoi_slot_t *aoi;
-    size_t naoi, aoi_cap;
+    size_t naoi;
     /* area of interest by radius (aoi.c): the circle is evaluated around
      * (aoi_x, aoi_y), the own entity's position when it was last evaluated */
     double pos_x, pos_y; /* own entity, newest state seen (join position until then) */
@@ -338,12 +336,11 @@ struct gw {
      * centre are shown, shown ones stay while within aoi_keep; the centre
      * follows the entity once it moved aoi_move. Then every entity within
      * aoi.radius of the entity is shown, none beyond radius + hysteresis. */
-    double aoi_radius, aoi_hyst, aoi_show, aoi_keep, aoi_move;
+    double aoi_show, aoi_keep, aoi_move;
     double aoi_slack;    /* cells are looked up for radius aoi_keep + this */
     ts_map_t watch;      /* root hash -> gw_watch_t*: clients whose circle reaches the root */
     gw_conn_t *aoi_head; /* clients whose area of interest is re-evaluated before the next flush */
     gw_conn_t *snap_head;
-    uint64_t aoi_updates;
     gw_cell_t *all_cells;
     size_t ncells;
     gw_cell_t *batch_head;
