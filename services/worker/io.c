@@ -96,12 +96,28 @@ static void post_done(ts_worker_t *w, ts_io_job_t *job)
     pthread_mutex_unlock(&w->mu);
 }
 
+/* The version, then every cell. The two are separate reads: a registry lost
+ * between them (FLUSHALL) would pair a version from before with the empty or
+ * partial cell set from after, and the tick thread would let go of every cell
+ * missing from it. The version is read again after the cells: if it went back
+ * the read failed, and the next version check reads the lost registry as
+ * such. (A version that moved forward is fine: the cells are newer, and the
+ * changes in between apply again harmlessly.) */
 static void do_resync(ts_worker_t *w, ts_io_job_t *job)
 {
+    uint64_t after = 0;
     pthread_mutex_lock(&w->reg_mu);
     job->status = ts_registry_version(w->reg, w->world.id, &job->version);
     if (job->status == TS_OK) job->status = ts_registry_cells(w->reg, w->world.id, &job->cells, &job->ncells);
+    if (job->status == TS_OK) job->status = ts_registry_version(w->reg, w->world.id, &after);
     pthread_mutex_unlock(&w->reg_mu);
+    if (job->status == TS_OK && after < job->version) {
+        ts_warn("registry version went from %" PRIu64 " to %" PRIu64
+                " while reading every cell (the registry "
+                "was lost?); ignoring that read",
+                job->version, after);
+        job->status = TS_ERR_UNAVAILABLE;
+    }
 }
 
 static Tessera__V1__Checkpoint *read_checkpoint(ts_worker_t *w, const char *stream, const char *subj,
