@@ -29,8 +29,9 @@
  *
  * Everything runs on the loop; the subscriptions hand their messages over
  * through the gateway's inbox. Waiting logins sit in arrival order (one
- * timeout for all, so the list is in deadline order) and in a map by
- * connection id; GW_LOGIN_PENDING_MAX bounds them. */
+ * timeout for all, so the list is in deadline order) and in maps by
+ * connection id and by entity (at most one waits per entity);
+ * GW_LOGIN_PENDING_MAX bounds them. */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -65,7 +66,8 @@ typedef struct gw_login {
     bool timer_open;
     pending_t *head, *tail;
     size_t npending;
-    ts_map_t by_conn; /* conn id -> pending_t* */
+    ts_map_t by_conn;   /* conn id -> pending_t* */
+    ts_map_t by_entity; /* entity -> pending_t* (one login per entity waits) */
     uint64_t taken_over, spawned, let_go;
 } gw_login_t;
 
@@ -96,6 +98,7 @@ ts_status_t gw_login_start(gw_t *gw)
     if (l == NULL) return TS_ERR_NOMEM;
     l->gw = gw;
     ts_map_init(&l->by_conn);
+    ts_map_init(&l->by_entity);
     snprintf(l->claim_subject, sizeof l->claim_subject, GW_LOGIN_CLAIM_FMT, gw->world.id);
     snprintf(l->found_subject, sizeof l->found_subject, "tessera.player.%u.found.%016" PRIx64, gw->world.id,
              gw->instance);
@@ -132,6 +135,7 @@ void gw_login_free(gw_t *gw)
         free(p);
     }
     ts_map_free(&l->by_conn);
+    ts_map_free(&l->by_entity);
     free(l);
     gw->login = NULL;
 }
@@ -147,6 +151,7 @@ static void unlink_pending(gw_login_t *l, pending_t *p)
     else
         l->tail = p->prev;
     ts_map_del(&l->by_conn, p->conn->id);
+    ts_map_del(&l->by_entity, p->entity);
     l->npending--;
 }
 
@@ -219,14 +224,13 @@ void gw_login_join(gw_conn_t *c, uint64_t seq, gw_cell_t *cell, double x, double
         return;
     }
     /* another login of the same player waiting here: the later one wins */
-    for (pending_t *p = l->head; p != NULL; p = p->next) {
-        if (p->entity != entity) continue;
-        gw_conn_t *earlier = p->conn;
-        unlink_pending(l, p);
-        free(p);
+    pending_t *waiting = ts_map_get(&l->by_entity, entity);
+    if (waiting != NULL) {
+        gw_conn_t *earlier = waiting->conn;
+        unlink_pending(l, waiting);
+        free(waiting);
         gw_session_error(earlier, TESSERA__V1__ERROR_CODE__ERROR_UNAUTHENTICATED, true,
                          "player %s logged in on another connection", earlier->player);
-        break;
     }
     if (l->npending >= GW_LOGIN_PENDING_MAX) {
         gw_session_error(c, TESSERA__V1__ERROR_CODE__ERROR_UNAVAILABLE, false,
@@ -235,6 +239,12 @@ void gw_login_join(gw_conn_t *c, uint64_t seq, gw_cell_t *cell, double x, double
     }
     pending_t *p = calloc(1, sizeof(*p));
     if (p == NULL || ts_map_put(&l->by_conn, c->id, p) != TS_OK) {
+        free(p);
+        gw_session_error(c, TESSERA__V1__ERROR_CODE__ERROR_UNAVAILABLE, true, "out of memory");
+        return;
+    }
+    if (ts_map_put(&l->by_entity, entity, p) != TS_OK) {
+        ts_map_del(&l->by_conn, c->id);
         free(p);
         gw_session_error(c, TESSERA__V1__ERROR_CODE__ERROR_UNAVAILABLE, true, "out of memory");
         return;
@@ -301,17 +311,15 @@ static void on_claim(gw_login_t *l, const char *line)
             gw_session_error(c, TESSERA__V1__ERROR_CODE__ERROR_UNAUTHENTICATED, true,
                              "the entity was resumed on another connection");
     }
-    for (pending_t *p = l->head; p != NULL; p = p->next) {
-        if (p->entity != entity) continue;
-        bool later = claim_us > p->claim_us ||
-                     (claim_us == p->claim_us && (uint64_t)gateway > (uint64_t)gw->cfg->gateway_id);
-        if (!later) break;
+    pending_t *p = ts_map_get(&l->by_entity, entity);
+    bool later = p != NULL && (claim_us > p->claim_us || (claim_us == p->claim_us &&
+                                                          (uint64_t)gateway > (uint64_t)gw->cfg->gateway_id));
+    if (later) {
         gw_conn_t *earlier = p->conn;
         unlink_pending(l, p);
         free(p);
         gw_session_error(earlier, TESSERA__V1__ERROR_CODE__ERROR_UNAUTHENTICATED, true,
                          "player %s logged in on another connection", earlier->player);
-        break;
     }
 }
 
