@@ -439,6 +439,23 @@ static long leader_pid(ts_bus_t *bus)
     return dash > p ? strtol(dash, NULL, 10) : -1;
 }
 
+/* Which of the two orchestrators (0 or 1) leads; fails the test when
+ * neither does within WAIT_MS. */
+static int leader_of(ts_bus_t *bus, const int orch[2])
+{
+    uint64_t deadline = ts_mono_us() + WAIT_MS * 1000ULL;
+    long lead = -1;
+    do {
+        lead = leader_pid(bus);
+        for (int k = 0; k < 2; k++)
+            if (lead == ts_h.procs[orch[k]].pid) return k;
+        ts_sleep_ms(50);
+    } while (ts_mono_us() < deadline);
+    ts_h.failed = true;
+    fail_msg("neither orchestrator leads (stats name pid %ld)", lead);
+    return -1;
+}
+
 static void test_ctl_split_merge_with_kills(void **state)
 {
     (void)state;
@@ -474,7 +491,15 @@ static void test_ctl_split_merge_with_kills(void **state)
     const char *sim_args[] = {"--sim.players=200", "--sim.rate_hz=5", "--sim.speed=10",
                               "--hotspot=-50,50,30,0.5,600", NULL};
     int sim = ts_h_spawn(&ts_h, "sim", "tessera-sim", sim_args);
-    ts_sleep_ms(2000);
+    /* every player playing: a second's worth of inputs applied */
+    uint64_t deadline = ts_mono_us() + WAIT_MS * 1000ULL;
+    while (ts_probe_inputs_applied(probe) < 200 * 5) {
+        if (ts_mono_us() > deadline) {
+            ts_h.failed = true;
+            fail_msg("the sim's inputs are not applied (%" PRIu64 ")", ts_probe_inputs_applied(probe));
+        }
+        ts_sleep_ms(20);
+    }
 
     ts_cell_entry_t *cells = NULL;
     size_t n = 0;
@@ -513,8 +538,7 @@ static void test_ctl_split_merge_with_kills(void **state)
     ts_sleep_ms(2000);
 
     /* SIGKILL the leading orchestrator; the standby merges the depth-2 cells */
-    long lead = leader_pid(bus);
-    int dead = lead == ts_h.procs[orch[0]].pid ? 0 : 1;
+    int dead = leader_of(bus, orch);
     ts_h_signal(&ts_h, orch[dead], SIGKILL);
     ts_h_wait(&ts_h, orch[dead], 5000);
     mark = changes_now();
@@ -538,8 +562,18 @@ static void test_ctl_split_merge_with_kills(void **state)
     }
     read_registry(reg, &cells, &n);
     free(cells);
+    uint64_t t_respawn = ts_mono_us();
     widx[0] = ts_h_spawn(&ts_h, "w1-again", "tessera-worker", w1);
-    ts_sleep_ms(2000);
+    /* the new w1 is live: a heartbeat of its own */
+    ts_probe_hb_t hb;
+    deadline = ts_mono_us() + WAIT_MS * 1000ULL;
+    while (!ts_probe_heartbeat(probe, "w1", &hb) || hb.received_us < t_respawn) {
+        if (ts_mono_us() > deadline) {
+            ts_h.failed = true;
+            fail_msg("the restarted w1 sends no heartbeat");
+        }
+        ts_sleep_ms(20);
+    }
 
     /* merge the root back (all four children on w2 now), then split it again */
     mark = changes_now();
@@ -576,8 +610,7 @@ static void test_ctl_split_merge_with_kills(void **state)
 
     /* a merge, then at once SIGKILL of the leading orchestrator: the new
      * leader finds it done and splits the cell again */
-    lead = leader_pid(bus);
-    int leader_idx = lead == ts_h.procs[orch[0]].pid ? orch[0] : orch[1];
+    int leader_idx = orch[leader_of(bus, orch)];
     mark = changes_now();
     ctl_ok(bus, "merge", &kids[2], reply, sizeof reply);
     ts_h_signal(&ts_h, leader_idx, SIGKILL);
