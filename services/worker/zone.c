@@ -789,8 +789,11 @@ void ts_zone_step(ts_zone_t *z, double dt, uint64_t tick)
     void *v;
     z->nghost_changed = 0; /* what the last step found and nobody packed is stale */
     ts_grid_t *g = &z->grid;
-    /* the grid is rebuilt from the positions written here */
-    bool index = g->start && grid_reserve(g, z->entities.len + z->ghosts.len);
+    /* the grid is rebuilt from the positions written here; a cell with no
+     * entity of its own has no nearby count to update, so it skips the
+     * O(buckets) passes (a query rebuilds the grid if it needs one) */
+    bool owns = z->entities.len > 0;
+    bool index = owns && g->start && grid_reserve(g, z->entities.len + z->ghosts.len);
     if (index) grid_clear_counts(g);
     size_t staged = 0;
     for (size_t it = 0; ts_map_next(&z->entities, &it, &id, &v);) {
@@ -840,7 +843,7 @@ void ts_zone_step(ts_zone_t *z, double dt, uint64_t tick)
     } else {
         g->stale = true;
     }
-    ts_zone_update_nearby(z);
+    if (owns) ts_zone_update_nearby(z);
 }
 
 void ts_zone_outbox_done(ts_zone_t *z, size_t i)
