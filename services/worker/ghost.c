@@ -465,7 +465,13 @@ void ts_ghost_tick(ts_worker_t *w)
 void ts_ghost_publish(ts_worker_t *w, ts_zone_t *z)
 {
     struct ts_ghosts *g = w->ghosts;
-    if (!g || !live_mine(w, z)) return;
+    if (!g || !live_mine(w, z)) {
+        /* nobody follows this cell's band now (neighbours drop its ghosts
+         * when it stops being live): the ids that left it would pile up
+         * for as long as it forwards */
+        z->nghost_removed = 0;
+        return;
+    }
     if (ts_zone_set_space(z, g->radius, g->margin) != TS_OK) return;
     /* keyframes of different cells fall on different ticks */
     bool full = (w->tick + ts_cell_hash(&z->cell)) % g->keyframe_ticks == 0;
