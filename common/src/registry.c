@@ -150,6 +150,32 @@ static const char MERGE_LUA[] =
     "end\n"
     "return out\n";
 
+/* Registry rebuild after a loss of its data (ts_registry_rebuild).
+ * KEYS[1]: version, KEYS[2]: cells set, KEYS[2+i]: cell hash i. ARGV[1]:
+ * version floor; ARGV[2+5(i-1)..]: key text, owner, epoch, state, parent key
+ * of cell i. A cell absent or at a lower epoch is written. Returns the
+ * version each cell's write produced (0: left alone). */
+static const char REBUILD_LUA[] =
+    "local v = tonumber(redis.call('GET', KEYS[1]) or '0')\n"
+    "local floor = tonumber(ARGV[1])\n"
+    "if v < floor then v = floor end\n"
+    "local out = {}\n"
+    "for i = 3, #KEYS do\n"
+    "  local a = 1 + (i - 3) * 5\n"
+    "  local cur = redis.call('HMGET', KEYS[i], 'epoch')[1]\n"
+    "  if (not cur) or tonumber(cur) < tonumber(ARGV[a + 3]) then\n"
+    "    redis.call('HSET', KEYS[i], 'owner', ARGV[a + 2], 'epoch', ARGV[a + 3], 'state', ARGV[a + 4])\n"
+    "    if ARGV[a + 5] ~= '' then redis.call('HSET', KEYS[i], 'parent', ARGV[a + 5]) end\n"
+    "    redis.call('SADD', KEYS[2], ARGV[a + 1])\n"
+    "    v = v + 1\n"
+    "    out[#out + 1] = v\n"
+    "  else\n"
+    "    out[#out + 1] = 0\n"
+    "  end\n"
+    "end\n"
+    "redis.call('SET', KEYS[1], string.format('%d', v))\n"
+    "return out\n";
+
 /* Every script, by index; loaded once per connection (SCRIPT LOAD) and run
  * by EVALSHA. */
 typedef enum {
@@ -160,10 +186,11 @@ typedef enum {
     SCRIPT_UNLOCK,
     SCRIPT_SPLIT,
     SCRIPT_MERGE,
+    SCRIPT_REBUILD,
     SCRIPT_COUNT
 } script_t;
 static const char *const SCRIPTS[SCRIPT_COUNT] = {CAS_LUA,    CREATE_LUA, ALIVE_LUA, LOCK_LUA,
-                                                  UNLOCK_LUA, SPLIT_LUA,  MERGE_LUA};
+                                                  UNLOCK_LUA, SPLIT_LUA,  MERGE_LUA, REBUILD_LUA};
 
 #define AUTH_MAX 256
 
@@ -1731,31 +1758,6 @@ ts_status_t ts_registry_world_probe(ts_registry_t *reg, uint32_t world, bool *ha
     return TS_ERR_UNAVAILABLE;
 }
 
-/* KEYS[1]: version, KEYS[2]: cells set, KEYS[2+i]: cell hash i. ARGV[1]:
- * version floor; ARGV[2+5(i-1)..]: key text, owner, epoch, state, parent key
- * of cell i. A cell absent or at a lower epoch is written. Returns the
- * version each cell's write produced (0: left alone). */
-static const char REBUILD_LUA[] =
-    "local v = tonumber(redis.call('GET', KEYS[1]) or '0')\n"
-    "local floor = tonumber(ARGV[1])\n"
-    "if v < floor then v = floor end\n"
-    "local out = {}\n"
-    "for i = 3, #KEYS do\n"
-    "  local a = 1 + (i - 3) * 5\n"
-    "  local cur = redis.call('HMGET', KEYS[i], 'epoch')[1]\n"
-    "  if (not cur) or tonumber(cur) < tonumber(ARGV[a + 3]) then\n"
-    "    redis.call('HSET', KEYS[i], 'owner', ARGV[a + 2], 'epoch', ARGV[a + 3], 'state', ARGV[a + 4])\n"
-    "    if ARGV[a + 5] ~= '' then redis.call('HSET', KEYS[i], 'parent', ARGV[a + 5]) end\n"
-    "    redis.call('SADD', KEYS[2], ARGV[a + 1])\n"
-    "    v = v + 1\n"
-    "    out[#out + 1] = v\n"
-    "  else\n"
-    "    out[#out + 1] = 0\n"
-    "  end\n"
-    "end\n"
-    "redis.call('SET', KEYS[1], string.format('%d', v))\n"
-    "return out\n";
-
 #define REBUILD_CHUNK 256
 
 /* One script call over cells[0..n) (n <= REBUILD_CHUNK). */
@@ -1774,9 +1776,7 @@ static ts_status_t rebuild_chunk(ts_registry_t *reg, const ts_cell_entry_t *cell
     world_key(ckey, cells[0].cell.world, "cells");
     snprintf(nk, sizeof nk, "%zu", n + 2);
     snprintf(fl, sizeof fl, "%" PRIu64, floor);
-    size_t k = 0;
-    argv[k++] = "EVAL";
-    argv[k++] = REBUILD_LUA;
+    size_t k = 2; /* argv[0..1]: EVALSHA and the sha, set by eval_argv */
     argv[k++] = nk;
     argv[k++] = vkey;
     argv[k++] = ckey;
@@ -1806,7 +1806,7 @@ static ts_status_t rebuild_chunk(ts_registry_t *reg, const ts_cell_entry_t *cell
         argv[k++] = parent;
     }
     redisReply *r = NULL;
-    st = command(reg, false, &r, (int)k, argv, NULL);
+    st = eval_argv(reg, false, &r, SCRIPT_REBUILD, (int)k, argv);
     if (st != TS_OK) goto cleanup;
     if (r->type != REDIS_REPLY_ARRAY || r->elements != n) {
         st = unexpected(r, "registry rebuild");
