@@ -17,6 +17,7 @@
  *    user's ack callback fires exactly once per ts_bus_js_publish_async(). */
 #include "tessera/bus.h"
 
+#include <errno.h>
 #include <inttypes.h>
 #include <nats/nats.h>
 #include <pthread.h>
@@ -960,6 +961,17 @@ static void give_up(ts_bus_t *bus, natsMsg *msg, uint64_t tries, const char *why
                     (uint32_t)header_u64(msg, TS_HDR_COUNT, 1), false, 0);
 }
 
+/* The retry_cv deadline (CLOCK_MONOTONIC) in_us from now. */
+static struct timespec retry_deadline(uint64_t in_us)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    uint64_t ns = (uint64_t)ts.tv_nsec + in_us * 1000;
+    ts.tv_sec += (time_t)(ns / 1000000000u);
+    ts.tv_nsec = (long)(ns % 1000000000u);
+    return ts;
+}
+
 static void *retry_main(void *arg)
 {
     ts_bus_t *bus = arg;
@@ -972,11 +984,7 @@ static void *retry_main(void *arg)
         }
         uint64_t now = ts_mono_us();
         if (it->due_us > now) {
-            struct timespec ts;
-            clock_gettime(CLOCK_MONOTONIC, &ts);
-            uint64_t ns = (uint64_t)ts.tv_nsec + (it->due_us - now) * 1000;
-            ts.tv_sec += (time_t)(ns / 1000000000u);
-            ts.tv_nsec = (long)(ns % 1000000000u);
+            struct timespec ts = retry_deadline(it->due_us - now);
             pthread_cond_timedwait(&bus->retry_cv, &bus->retry_mu, &ts);
             continue;
         }
@@ -1041,12 +1049,11 @@ static bool retry_later(ts_bus_t *bus, natsMsg **msg)
 /* Waits up to timeout_ms until no publish waits to be sent again. */
 static bool retry_drained(ts_bus_t *bus, int64_t timeout_ms)
 {
-    uint64_t deadline = ts_mono_us() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 0) * 1000;
+    struct timespec deadline = retry_deadline((uint64_t)(timeout_ms > 0 ? timeout_ms : 0) * 1000);
     pthread_mutex_lock(&bus->retry_mu);
-    while (bus->retry_n > 0 && ts_mono_us() < deadline) {
-        pthread_mutex_unlock(&bus->retry_mu);
-        ts_sleep_ms(10);
-        pthread_mutex_lock(&bus->retry_mu);
+    /* the retry thread broadcasts retry_cv after each publish it sent again */
+    while (bus->retry_n > 0) {
+        if (pthread_cond_timedwait(&bus->retry_cv, &bus->retry_mu, &deadline) == ETIMEDOUT) break;
     }
     bool drained = bus->retry_n == 0;
     pthread_mutex_unlock(&bus->retry_mu);
