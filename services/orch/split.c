@@ -355,11 +355,7 @@ bool ts_split_drain_forwarders(ts_orch_t *o, const ts_orch_view_t *view)
         if (e->state != TS_CELL_SPLIT && e->state != TS_CELL_RETIRED) continue;
         int owner = ts_orch_view_worker(view, e->owner);
         if (owner < 0 || !ts_draining_has(o->drain, e->owner) || !view->alive[owner]) continue;
-        /* its live cells go first, by handover */
-        bool live_left = false;
-        for (size_t j = 0; j < view->nc && !live_left; j++)
-            live_left = view->c[j].owner == owner;
-        if (live_left) continue;
+        if (view->w[owner].ncells > 0) continue; /* its live cells go first, by handover */
         int target = ts_balance_target(&view->v, i, owner);
         if (target < 0) continue;
         if (!ops && !(ops = calloc(o->ncells, sizeof *ops))) return false;
