@@ -208,15 +208,10 @@ static void finish(ts_worker_t *w, ts_binding_t *b)
     b->fwd_phase = 2;
     if (b->fwd_moved == 0 && !b->fwd_in_place) return; /* recovered after its split or merge was done */
     ts_worker_metrics_split(split, ms / 1e3, work_ms / 1e3);
-    if (split) {
+    if (split)
         w->stats.splits++;
-        w->stats.split_last_ms = ms;
-        w->stats.split_last_work_ms = work_ms;
-    } else {
+    else
         w->stats.merged_cells++;
-        w->stats.merge_last_ms = ms;
-        w->stats.merge_last_work_ms = work_ms;
-    }
     ts_info("cell %s: %s done%s: %zu entities moved to %s in %.2f ms (tick boundary work %.3f ms); "
             "forwarding what still arrives",
             z->key, split ? "split" : "merge",

@@ -152,13 +152,11 @@ typedef struct {
     uint64_t publishes_delayed; /* publishes put off: too many in flight */
     uint64_t state_dropped;     /* state/heartbeat messages dropped: publish queue full */
     /* split.c */
-    uint64_t splits;                          /* split cells whose entities all moved into the children */
-    uint64_t merges;                          /* split cells made active again here (a merge) */
-    uint64_t merged_cells;                    /* retired cells whose entities all moved into the parent */
-    uint64_t fwd_entities;                    /* entities a split or retired cell moved on after that */
-    uint64_t fwd_inputs;                      /* inputs a split or retired cell forwarded */
-    double split_last_ms, split_last_work_ms; /* the last split: decision seen -> done, tick work */
-    double merge_last_ms, merge_last_work_ms; /* the same for the last retired cell emptied */
+    uint64_t splits;       /* split cells whose entities all moved into the children */
+    uint64_t merges;       /* split cells made active again here (a merge) */
+    uint64_t merged_cells; /* retired cells whose entities all moved into the parent */
+    uint64_t fwd_entities; /* entities a split or retired cell moved on after that */
+    uint64_t fwd_inputs;   /* inputs a split or retired cell forwarded */
 } ts_worker_stats_t;
 
 /* Outcome of an asynchronous JetStream publish, filled by the ack callback. */
