@@ -41,6 +41,19 @@ static const ts_service_t service = {
     .config_exit = 1,
 };
 
+/* "tessera.worker.*.hb", any nats.c thread: each heartbeat is decoded once
+ * for the liveness and load table and for the registry rebuild's memory. */
+static void on_heartbeat(void *ud, const ts_bus_msg_t *msg)
+{
+    ts_orch_t *o = ud;
+    Tessera__V1__Heartbeat *hb =
+        tessera__v1__heartbeat__unpack(NULL, ts_bus_msg_len(msg), ts_bus_msg_data(msg));
+    uint64_t now = ts_mono_us();
+    if (ts_workers_record(o->workers, hb, ts_bus_msg_subject(msg), now) == TS_OK)
+        ts_rebuild_note_heartbeat(hb, now);
+    if (hb) tessera__v1__heartbeat__free_unpacked(hb, NULL);
+}
+
 /* Connects to NATS and creates the world's streams, retrying both. */
 static ts_status_t connect_bus(ts_orch_t *o)
 {
@@ -214,13 +227,12 @@ int main(int argc, char **argv)
     ts_map_init(&o.index);
     if (ts_workers_create(&o.workers, cfg.orch_hb_ttl_ms) != TS_OK || ts_draining_create(&o.drain) != TS_OK ||
         ts_ctl_create(&o.ctl, &o) != TS_OK || ts_handovers_create(&o.ho, &o) != TS_OK ||
-        ts_split_create(&o.split, &o) != TS_OK ||
-        ts_bus_subscribe(o.bus, "tessera.worker.*.hb", ts_workers_on_heartbeat, o.workers, &o.hb_sub) !=
-            TS_OK) {
-        ts_error("cannot subscribe to worker heartbeats on %s", cfg.nats_url);
+        ts_split_create(&o.split, &o) != TS_OK) {
+        ts_error("cannot set up the orchestrator's modules");
         goto cleanup;
     }
-    if (ts_rebuild_start(&o) != TS_OK) {
+    ts_rebuild_start();
+    if (ts_bus_subscribe(o.bus, "tessera.worker.*.hb", on_heartbeat, &o, &o.hb_sub) != TS_OK) {
         ts_error("cannot subscribe to worker heartbeats on %s", cfg.nats_url);
         goto cleanup;
     }

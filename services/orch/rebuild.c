@@ -63,8 +63,6 @@ static struct {
     pthread_mutex_t mu;
     bool started;
     ts_cellmap_t cells; /* hb_cell_t *, under mu */
-    uint64_t heartbeats;
-    ts_bus_sub_t *sub;
     uint64_t started_us;
     uint64_t hw_version; /* highest registry version seen (main thread) */
     uint64_t next_probe_us;
@@ -86,19 +84,9 @@ uint64_t ts_rebuild_stream_resets(void)
 
 /* ---- what heartbeats say (nats.c threads) -------------------------------- */
 
-static void on_heartbeat(void *ud, const ts_bus_msg_t *msg)
+void ts_rebuild_note_heartbeat(const Tessera__V1__Heartbeat *hb, uint64_t now)
 {
-    (void)ud;
-    Tessera__V1__Heartbeat *hb =
-        tessera__v1__heartbeat__unpack(NULL, ts_bus_msg_len(msg), ts_bus_msg_data(msg));
-    if (hb == NULL) return;
-    if (hb->worker == NULL || !ts_worker_id_valid(hb->worker)) {
-        tessera__v1__heartbeat__free_unpacked(hb, NULL);
-        return;
-    }
-    uint64_t now = ts_mono_us();
     pthread_mutex_lock(&rb.mu);
-    rb.heartbeats++;
     for (size_t i = 0; i < hb->n_cells; i++) {
         ts_cell_t cell;
         if (hb->cells[i] == NULL || ts_proto_cell_get(hb->cells[i]->cell, &cell) != TS_OK) continue;
@@ -123,23 +111,19 @@ static void on_heartbeat(void *ud, const ts_bus_msg_t *msg)
         }
     }
     pthread_mutex_unlock(&rb.mu);
-    tessera__v1__heartbeat__free_unpacked(hb, NULL);
 }
 
-ts_status_t ts_rebuild_start(ts_orch_t *o)
+void ts_rebuild_start(void)
 {
     pthread_mutex_init(&rb.mu, NULL);
     ts_cellmap_init(&rb.cells);
     rb.started = true;
     rb.started_us = ts_mono_us();
-    return ts_bus_subscribe(o->bus, "tessera.worker.*.hb", on_heartbeat, NULL, &rb.sub);
 }
 
 void ts_rebuild_stop(void)
 {
     if (!rb.started) return;
-    ts_bus_sub_destroy(rb.sub);
-    rb.sub = NULL;
     ts_cellmap_clear(&rb.cells, free);
     pthread_mutex_destroy(&rb.mu);
     rb.started = false;

@@ -7,15 +7,21 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "tessera/proto.h"
 #include "tessera/status.h"
 
 typedef struct ts_orch ts_orch_t;
 
-/* Starts listening to worker heartbeats (every orchestrator, leader or
- * not, so a standby that takes over knows what the workers hold). */
-ts_status_t ts_rebuild_start(ts_orch_t *o);
-/* Unsubscribes and frees (no-op if not started). */
+/* Starts remembering what worker heartbeats list (every orchestrator,
+ * leader or not, so a standby that takes over knows what the workers
+ * hold); before the heartbeat subscription. */
+void ts_rebuild_start(void);
+/* Frees what it remembers (no-op if not started); after the subscription
+ * is gone. */
 void ts_rebuild_stop(void);
+/* One heartbeat with a valid worker id, received at now_us (monotonic):
+ * the highest epoch of each cell it lists. Any thread; borrows hb. */
+void ts_rebuild_note_heartbeat(const Tessera__V1__Heartbeat *hb, uint64_t now_us);
 /* The leader's check, first thing of each iteration of its work: at most
  * every TS_REBUILD_PROBE_MS (and always before the world is written) one
  * pipelined probe of the world's metadata and version. Metadata missing

@@ -7,7 +7,6 @@
  * arrive on nats.c threads. */
 #include "workers.h"
 
-#include <ctype.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -95,16 +94,6 @@ void ts_workers_destroy(ts_workers_t *w)
     free(w);
 }
 
-static bool id_ok(const char *id)
-{
-    size_t n = strlen(id);
-    if (n == 0 || n >= TS_WORKER_ID_MAX) return false;
-    for (const char *p = id; *p; p++) {
-        if (!isalnum((unsigned char)*p) && *p != '-' && *p != '_') return false;
-    }
-    return true;
-}
-
 static worker_entry_t *find(ts_workers_t *w, const char *id)
 {
     for (size_t i = 0; i < w->len; i++) {
@@ -164,12 +153,15 @@ static void record_cell(ts_workers_t *w, const char *worker, const Tessera__V1__
     if (rate_sample(&e->base, cl->inputs_applied, now_us, &l->inputs_per_s)) l->rate_known = true;
 }
 
-ts_status_t ts_workers_record(ts_workers_t *w, const uint8_t *data, size_t len, uint64_t now_us)
+ts_status_t ts_workers_record(ts_workers_t *w, const Tessera__V1__Heartbeat *hb, const char *subject,
+                              uint64_t now_us)
 {
-    Tessera__V1__Heartbeat *hb = tessera__v1__heartbeat__unpack(NULL, len, data);
-    if (!hb) return TS_ERR_MALFORMED;
-    if (!hb->worker || !id_ok(hb->worker)) {
-        tessera__v1__heartbeat__free_unpacked(hb, NULL);
+    if (!hb || !hb->worker || !ts_worker_id_valid(hb->worker)) {
+        pthread_mutex_lock(&w->mu);
+        uint64_t n = ++w->malformed;
+        pthread_mutex_unlock(&w->mu);
+        if (n <= 5 || n % 1000 == 0)
+            ts_warn("ignoring malformed heartbeat on %s (%llu so far)", subject, (unsigned long long)n);
         return TS_ERR_MALFORMED;
     }
     pthread_mutex_lock(&w->mu);
@@ -206,20 +198,7 @@ ts_status_t ts_workers_record(ts_workers_t *w, const uint8_t *data, size_t len, 
             record_cell(w, e->id, hb->cells[i], now_us);
     }
     pthread_mutex_unlock(&w->mu);
-    tessera__v1__heartbeat__free_unpacked(hb, NULL);
     return TS_OK;
-}
-
-void ts_workers_on_heartbeat(void *ud, const ts_bus_msg_t *msg)
-{
-    ts_workers_t *w = ud;
-    if (ts_workers_record(w, ts_bus_msg_data(msg), ts_bus_msg_len(msg), ts_mono_us()) == TS_OK) return;
-    pthread_mutex_lock(&w->mu);
-    uint64_t n = ++w->malformed;
-    pthread_mutex_unlock(&w->mu);
-    if (n <= 5 || n % 1000 == 0)
-        ts_warn("ignoring malformed heartbeat on %s (%zu bytes, %llu so far)", ts_bus_msg_subject(msg),
-                ts_bus_msg_len(msg), (unsigned long long)n);
 }
 
 size_t ts_workers_check(ts_workers_t *w, uint64_t now_us)

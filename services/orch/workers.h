@@ -11,6 +11,7 @@
 
 #include "tessera/bus.h"
 #include "tessera/cell.h"
+#include "tessera/proto.h"
 #include "tessera/registry.h"
 #include "tessera/status.h"
 
@@ -54,12 +55,12 @@ typedef struct {
 ts_status_t ts_workers_create(ts_workers_t **out, int64_t ttl_ms);
 void ts_workers_destroy(ts_workers_t *w);
 
-/* ts_bus_msg_cb for "tessera.worker.*.hb" (ud is the ts_workers_t). Logs
- * when a worker appears or comes back. */
-void ts_workers_on_heartbeat(void *ud, const ts_bus_msg_t *msg);
-/* Records one encoded Heartbeat received at now_us (monotonic). Thread-safe.
- * TS_ERR_MALFORMED if it does not decode or names no valid worker. */
-ts_status_t ts_workers_record(ts_workers_t *w, const uint8_t *data, size_t len, uint64_t now_us);
+/* Records one decoded Heartbeat received on subject at now_us (monotonic);
+ * logs when a worker appears or comes back. Thread-safe (the heartbeat
+ * subscription's callback). TS_ERR_MALFORMED, counted and logged, if hb is
+ * NULL (it did not decode) or names no valid worker. Borrows hb. */
+ts_status_t ts_workers_record(ts_workers_t *w, const Tessera__V1__Heartbeat *hb, const char *subject,
+                              uint64_t now_us);
 /* Marks workers whose heartbeat is older than the TTL dead, logging each
  * once. Returns how many are alive. */
 size_t ts_workers_check(ts_workers_t *w, uint64_t now_us);
