@@ -72,6 +72,7 @@ static void on_registry_change(gw_t *gw, const uint8_t *data, size_t len)
     tessera__v1__registry_change__free_unpacked(rc, NULL);
 
     gw->reg_changes++;
+    gw_ws_registry_change(gw, &e, version);
     if (version > gw->reg_version + 1 && gw->reg_version != 0) {
         ts_debug("registry version %llu after %llu: re-reading", (unsigned long long)version,
                  (unsigned long long)gw->reg_version);

@@ -30,7 +30,6 @@
 #include <ctype.h>
 #include <pthread.h>
 #include <stdarg.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -142,17 +141,14 @@ typedef struct gw_ws_server {
     ts_bus_sub_t *hb_sub;
     ws_asset_t assets[WS_MAX_ASSETS];
     size_t nassets;
-    pthread_mutex_t lock; /* workers, cell_events */
+    pthread_mutex_t lock; /* workers */
     ws_worker_t workers[WS_MAX_WORKERS];
     size_t nworkers;
-    /* push feed: registry changes since the last push (under lock) */
-    ts_bus_sub_t *reg_sub;
+    /* loop thread: the push feed, with the registry changes the gateway
+     * applied since the last push */
     ws_cell_event_t *cell_events; /* WS_MAX_CELL_EVENTS */
     size_t ncell_events;
     bool events_lost;
-    atomic_bool watched; /* viewers are connected: keep changes */
-    uint32_t world;
-    /* loop thread */
     uv_timer_t events_timer;
     bool timer_open;
     gw_conn_t *viewers[WS_MAX_VIEWERS];
@@ -931,7 +927,6 @@ static void serve_events(gw_conn_t *c)
     gw_tl_del(gw, c, GW_TL_HELLO);
     gw_tl_del(gw, c, GW_TL_IDLE);
     srv->viewers[srv->nviewers++] = c;
-    atomic_store(&srv->watched, true);
     viewer_write(c, b.p, b.len);
     free(b.p);
 }
@@ -945,7 +940,6 @@ static void viewer_gone(gw_conn_t *c)
             srv->viewers[i] = srv->viewers[--srv->nviewers];
             break;
         }
-    if (srv->nviewers == 0) atomic_store(&srv->watched, false);
 }
 
 static void on_events_timer(uv_timer_t *t)
@@ -1011,29 +1005,18 @@ static void on_events_timer(uv_timer_t *t)
     free(b.p);
 }
 
-/* nats.c thread: one RegistryChange, kept for the next push while anyone
- * watches. */
-static void on_registry_change(void *ud, const ts_bus_msg_t *msg)
+void gw_ws_registry_change(gw_t *gw, const ts_cell_entry_t *e, uint64_t version)
 {
-    gw_ws_server_t *srv = ud;
-    if (!atomic_load(&srv->watched)) return;
-    Tessera__V1__RegistryChange *rc =
-        tessera__v1__registry_change__unpack(NULL, ts_bus_msg_len(msg), ts_bus_msg_data(msg));
-    if (rc == NULL) return;
-    ws_cell_event_t e = {.epoch = rc->epoch, .version = rc->version, .state = (ts_cell_state_t)rc->state};
-    bool ok = rc->world == srv->world && rc->cell != NULL && ts_proto_cell_get(rc->cell, &e.id) == TS_OK;
-    if (ok) {
-        ts_cell_format(&e.id, e.key, sizeof e.key);
-        snprintf(e.owner, sizeof e.owner, "%s", rc->owner ? rc->owner : "");
-    }
-    tessera__v1__registry_change__free_unpacked(rc, NULL);
-    if (!ok) return;
-    pthread_mutex_lock(&srv->lock);
-    if (srv->ncell_events < WS_MAX_CELL_EVENTS)
-        srv->cell_events[srv->ncell_events++] = e;
-    else
+    gw_ws_server_t *srv = server_of(gw);
+    if (srv == NULL || srv->nviewers == 0) return;
+    if (srv->ncell_events == WS_MAX_CELL_EVENTS) {
         srv->events_lost = true;
-    pthread_mutex_unlock(&srv->lock);
+        return;
+    }
+    ws_cell_event_t *ev = &srv->cell_events[srv->ncell_events++];
+    *ev = (ws_cell_event_t){.id = e->cell, .epoch = e->epoch, .version = version, .state = e->state};
+    ts_cell_format(&e->cell, ev->key, sizeof ev->key);
+    ts_strlcpy(ev->owner, e->owner, sizeof ev->owner);
 }
 
 static void serve_asset(gw_conn_t *c, const char *path, size_t len)
@@ -1384,7 +1367,6 @@ ts_status_t gw_ws_listen(gw_t *gw)
     if (srv == NULL) return TS_ERR_NOMEM;
     pthread_mutex_init(&srv->lock, NULL);
     gw->ws_server = srv;
-    srv->world = gw->world.id;
     srv->cell_events = malloc(WS_MAX_CELL_EVENTS * sizeof *srv->cell_events);
     if (srv->cell_events == NULL) return TS_ERR_NOMEM;
     ts_status_t st = load_assets(srv, gw->cfg->gateway_web_dir);
@@ -1411,13 +1393,6 @@ ts_status_t gw_ws_listen(gw_t *gw)
         ts_error("cannot subscribe to worker heartbeats: %s", ts_status_str(st));
         return st;
     }
-    char subject[TS_SUBJECT_MAX];
-    ts_subject_registry(subject, sizeof subject, gw->world.id);
-    st = ts_bus_subscribe(gw->bus, subject, on_registry_change, srv, &srv->reg_sub);
-    if (st != TS_OK) {
-        ts_error("cannot subscribe to %s: %s", subject, ts_status_str(st));
-        return st;
-    }
     uv_timer_init(gw->loop, &srv->events_timer);
     srv->events_timer.data = gw;
     srv->timer_open = true;
@@ -1432,8 +1407,6 @@ void gw_ws_listen_close(gw_t *gw)
     if (srv == NULL) return;
     ts_bus_sub_close(srv->hb_sub);
     srv->hb_sub = NULL;
-    ts_bus_sub_close(srv->reg_sub);
-    srv->reg_sub = NULL;
     if (srv->timer_open) {
         srv->timer_open = false;
         uv_close((uv_handle_t *)&srv->events_timer, NULL);
@@ -1448,7 +1421,6 @@ void gw_ws_server_free(gw_t *gw)
     gw_ws_server_t *srv = server_of(gw);
     if (srv == NULL) return;
     ts_bus_sub_close(srv->hb_sub);
-    ts_bus_sub_close(srv->reg_sub);
     free(srv->cell_events);
     for (size_t i = 0; i < srv->nassets; i++)
         free(srv->assets[i].owned);

@@ -13,9 +13,10 @@
  *   GET /, /<file>   the world map page and its assets
  *
  * conn.c calls the gw_ws_* connection hooks for connections whose `ws` is
- * set; everything runs on the gateway's loop thread except the heartbeat and
- * registry subscriptions' callbacks, which only update small tables under a
- * mutex. */
+ * set; everything runs on the gateway's loop thread except the heartbeat
+ * subscription's callback, which only updates a small table under a mutex;
+ * registry changes come from the gateway's own subscription
+ * (gw_ws_registry_change). */
 #ifndef TS_GATEWAY_WS_H
 #define TS_GATEWAY_WS_H
 
@@ -37,6 +38,9 @@ ts_status_t gw_ws_listen(gw_t *gw);
 void gw_ws_listen_close(gw_t *gw);
 /* Frees what gw_ws_listen set up (after the loop ended). */
 void gw_ws_server_free(gw_t *gw);
+/* A RegistryChange the gateway applied (loop thread): kept for the map's
+ * push feed while viewers are connected. */
+void gw_ws_registry_change(gw_t *gw, const ts_cell_entry_t *e, uint64_t version);
 /* Whether `server` is the WebSocket listener. */
 bool gw_ws_is_server(gw_t *gw, const uv_stream_t *server);
 
