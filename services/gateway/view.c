@@ -490,8 +490,10 @@ static void send_view(gw_t *gw, gw_conn_t *c)
         ts_map_init(&c->shown);
         c->ngone = 0;
     }
-    if (sweep) {
-        /* shown entities no cell of the area of interest holds any more */
+    if (!snap && c->behind) {
+        /* shown entities no cell of the area of interest holds any more: a
+         * client that was behind missed the cells' removed lists (otherwise
+         * those, and c->gone for cells that left its area, report each) */
         uint64_t id;
         for (size_t it = 0; ts_map_next(&c->shown, &it, &id, NULL);) {
             gw_cell_t *home = ts_map_get(&gw->homes, id); /* usually one of its cells: no more look-ups */
