@@ -190,19 +190,41 @@ static void view_clear(ts_regview_t *v)
     ts_cellmap_clear(&v->by_cell, free);
 }
 
-/* A full read: replaces the view, then reconciles every binding and every
- * cell of ours (the only O(world) step, and it runs on a resync only). */
+static void tree_put(void *tree, const ts_cell_t *cell, void *entry)
+{
+    (void)cell;
+    ts_celltree_apply(tree, entry);
+}
+
+/* A full read: replaces the view (or, when the registry's version went back,
+ * raises its entries), then reconciles every binding and every cell of ours
+ * (the only O(world) step, and it runs on a resync only). */
 static void apply_full(ts_worker_t *w, ts_cell_entry_t *cells, size_t n, uint64_t version, bool backwards)
 {
     /* an older read finished late, unless the registry's version went back */
     if (w->view.valid && version < w->view.version && !backwards) return;
     /* a lost registry not written back yet: keep serving what we have */
     if (backwards && n == 0) return;
-    view_clear(&w->view);
-    ts_celltree_clear(w->tree);
-    for (size_t i = 0; i < n; i++) {
-        view_put(&w->view, &cells[i]);
-        ts_celltree_apply(w->tree, &cells[i]);
+    if (backwards && w->view.valid) {
+        /* a lost registry written again, maybe only partly yet (root cells
+         * at epoch 1, an older snapshot): epochs never go back, so a cell it
+         * lacks or holds at a lower epoch than the view is not news, and the
+         * view's entry stays; so does its version, and the next version
+         * check reads the registry again until it is written back above it */
+        version = w->view.version;
+        for (size_t i = 0; i < n; i++) {
+            const ts_cell_entry_t *cur = ts_worker_find_entry(w, &cells[i].cell);
+            if (!cur || cells[i].epoch >= cur->epoch) view_put(&w->view, &cells[i]);
+        }
+        ts_celltree_clear(w->tree);
+        ts_cellmap_each(&w->view.by_cell, tree_put, w->tree);
+    } else {
+        view_clear(&w->view);
+        ts_celltree_clear(w->tree);
+        for (size_t i = 0; i < n; i++) {
+            view_put(&w->view, &cells[i]);
+            ts_celltree_apply(w->tree, &cells[i]);
+        }
     }
     w->view.version = version;
     atomic_store(&w->applied_version, version);
