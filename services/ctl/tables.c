@@ -24,13 +24,20 @@ typedef struct {
 } owner_t;
 
 /* Whether each distinct owner of cells is alive (its liveness key, as
- * `tessera-ctl workers` reads it): one check per owner, not per cell.
+ * `tessera-ctl workers` reads it): all owners in one pipelined read.
  * Returns the table (caller frees; NULL when out of memory). */
 static owner_t *owners_alive(ts_registry_t *reg, const ts_cell_entry_t *cells, size_t n, size_t *nowners)
 {
     owner_t *v = calloc(n + 1, sizeof *v);
+    const char **ids = calloc(n + 1, sizeof *ids);
+    char(*tokens)[TS_WORKER_TOKEN_MAX] = calloc(n + 1, sizeof *tokens);
     *nowners = 0;
-    if (!v) return NULL;
+    if (!v || !ids || !tokens) {
+        free(v);
+        free(ids);
+        free(tokens);
+        return NULL;
+    }
     for (size_t i = 0; i < n; i++) {
         if (!cells[i].owner[0]) continue;
         size_t k = 0;
@@ -38,9 +45,15 @@ static owner_t *owners_alive(ts_registry_t *reg, const ts_cell_entry_t *cells, s
             k++;
         if (k < *nowners) continue;
         ts_strlcpy(v[k].id, cells[i].owner, sizeof v[k].id);
-        if (ts_registry_worker_is_alive(reg, v[k].id, &v[k].alive) != TS_OK) v[k].alive = false;
+        ids[k] = v[k].id;
         (*nowners)++;
     }
+    if (ts_registry_workers_liveness(reg, ids, *nowners, tokens) == TS_OK) {
+        for (size_t k = 0; k < *nowners; k++)
+            v[k].alive = tokens[k][0] != '\0';
+    }
+    free(ids);
+    free(tokens);
     return v;
 }
 
