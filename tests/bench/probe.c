@@ -179,6 +179,32 @@ void ts_probe_sim_verdict(const char *log, ts_probe_verdict_t *out)
     }
 }
 
+void ts_probe_gw_verdict(const char *log, ts_probe_gw_verdict_t *r)
+{
+    memset(r, 0, sizeof *r);
+    if (log == NULL) return;
+    const char *p = strstr(log, "via-gateway: clients=");
+    if (p != NULL) {
+        int n =
+            sscanf(p,
+                   "via-gateway: clients=%llu connected=%llu sent=%llu applied=%llu missing=%llu errors=%llu "
+                   "lat_p50_ms=%lf lat_p99_ms=%lf lat_p999_ms=%lf deltas_per_s_per_client=%lf "
+                   "bytes_per_s_per_client=%lf",
+                   &r->clients, &r->connected, &r->sent, &r->applied, &r->missing, &r->errors, &r->p50,
+                   &r->p99, &r->p999, &r->deltas_pc, &r->bytes_pc);
+        r->have_final = n >= 6;
+        r->have_latency = n == 11;
+    }
+    p = strstr(log, "applied more than sent ");
+    if (p != NULL)
+        r->have_over =
+            sscanf(p, "applied more than sent %llu on %llu clients", &r->doubled, &r->clients_over) == 2;
+    p = strstr(log, "(inputs reported not stored ");
+    if (p != NULL) r->have_not_stored = sscanf(p, "(inputs reported not stored %llu", &r->not_stored) == 1;
+    p = strstr(log, "clients without a Delta ");
+    if (p != NULL) r->have_no_delta = sscanf(p, "clients without a Delta %llu", &r->no_delta) == 1;
+}
+
 bool ts_probe_verdict_exact(const ts_probe_verdict_t *v)
 {
     return v->parsed && v->sent > 0 && v->sent == v->acked && v->acked == v->applied;

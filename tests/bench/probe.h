@@ -81,6 +81,22 @@ typedef struct {
  * applied == acked == sent > 0. */
 void ts_probe_sim_verdict(const char *log, ts_probe_verdict_t *out);
 bool ts_probe_verdict_exact(const ts_probe_verdict_t *v);
+/* tessera-sim --via-gateway's final lines: "via-gateway: clients=N
+ * connected=N sent=N applied=N missing=N errors=N lat_p50_ms=..
+ * lat_p99_ms=.. lat_p999_ms=.. deltas_per_s_per_client=..
+ * bytes_per_s_per_client=..", and in its summary "applied more than sent N
+ * on N clients", "(inputs reported not stored N" and "clients without a
+ * Delta N". Each have_ flag says whether its part was found. */
+typedef struct {
+    unsigned long long clients, connected, sent, applied, missing, errors;
+    double p50, p99, p999, deltas_pc, bytes_pc;
+    unsigned long long doubled, clients_over, not_stored, no_delta;
+    bool have_final;   /* clients .. errors */
+    bool have_latency; /* lat_p50_ms .. bytes_per_s_per_client */
+    bool have_over, have_not_stored, have_no_delta;
+} ts_probe_gw_verdict_t;
+
+void ts_probe_gw_verdict(const char *log, ts_probe_gw_verdict_t *out);
 /* Stops a tessera-sim started through h (SIGINT, waits up to 30 s), prints
  * its verdict line to stderr; *rc and *v get its exit status and verdict.
  * True if it exited 0 with an exact verdict. Otherwise, if ledger is not

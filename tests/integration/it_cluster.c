@@ -93,35 +93,6 @@ static bool workers_heard_since(uint64_t since_us, int64_t timeout_ms)
     return false;
 }
 
-typedef struct {
-    unsigned long long clients, connected, sent, applied, missing, errors, doubled, clients_over, no_delta,
-        not_stored;
-    bool have_final, have_over, have_no_delta, have_not_stored;
-} gw_result_t;
-
-static gw_result_t parse_gw_sim(int idx)
-{
-    gw_result_t r = {0};
-    char *log = ts_h_read_log(&ts_h, idx);
-    assert_non_null(log);
-    const char *p = strstr(log, "via-gateway: clients=");
-    if (p != NULL)
-        r.have_final = sscanf(p,
-                              "via-gateway: clients=%llu connected=%llu sent=%llu applied=%llu missing=%llu "
-                              "errors=%llu",
-                              &r.clients, &r.connected, &r.sent, &r.applied, &r.missing, &r.errors) == 6;
-    p = strstr(log, "applied more than sent ");
-    if (p != NULL)
-        r.have_over =
-            sscanf(p, "applied more than sent %llu on %llu clients", &r.doubled, &r.clients_over) == 2;
-    p = strstr(log, "clients without a Delta ");
-    if (p != NULL) r.have_no_delta = sscanf(p, "clients without a Delta %llu", &r.no_delta) == 1;
-    p = strstr(log, "(inputs reported not stored ");
-    if (p != NULL) r.have_not_stored = sscanf(p, "(inputs reported not stored %llu", &r.not_stored) == 1;
-    free(log);
-    return r;
-}
-
 static void start_stack(void)
 {
     ts_h_start_cluster(&ts_h, TS_H_SECURE);
@@ -225,7 +196,10 @@ static void test_node_killed_and_restarted_under_load(void **state)
     /* exact counts: the gateway's clients, then the sim */
     ts_h_signal(&ts_h, gw_sim, SIGINT);
     int rc = ts_h_wait(&ts_h, gw_sim, 60000);
-    gw_result_t r = parse_gw_sim(gw_sim);
+    char *gw_log = ts_h_read_log(&ts_h, gw_sim);
+    ts_probe_gw_verdict_t r;
+    ts_probe_gw_verdict(gw_log, &r);
+    free(gw_log);
     fprintf(
         stderr,
         "gateway clients: %llu of %llu connected, sent %llu applied %llu missing %llu doubled %llu errors "

@@ -18,6 +18,7 @@
 #include <cmocka.h>
 
 #include "harness.h"
+#include "probe.h"
 #include "tessera/log.h"
 #include "tessera/proto.h"
 #include "tessera/util.h"
@@ -117,24 +118,14 @@ static void test_sim_detects_unapplied_inputs(void **state)
     ts_h_pass();
 }
 
-/* The final line of `tessera-sim --via-gateway`. */
-typedef struct {
-    unsigned long long clients, connected, sent, applied, missing, errors;
-} vg_result_t;
-
-static bool parse_vg_log(int idx, vg_result_t *r)
+/* The final line of `tessera-sim --via-gateway`; false if it printed none. */
+static bool parse_vg_log(int idx, ts_probe_gw_verdict_t *r)
 {
-    memset(r, 0, sizeof *r);
     char *log = ts_h_read_log(&ts_h, idx);
     assert_non_null(log);
-    const char *p = strstr(log, "via-gateway: clients=");
-    bool ok =
-        p != NULL && sscanf(p,
-                            "via-gateway: clients=%llu connected=%llu sent=%llu applied=%llu missing=%llu "
-                            "errors=%llu",
-                            &r->clients, &r->connected, &r->sent, &r->applied, &r->missing, &r->errors) == 6;
+    ts_probe_gw_verdict(log, r);
     free(log);
-    return ok;
+    return r->have_final;
 }
 
 static void test_via_gateway_detects_unapplied_inputs(void **state)
@@ -152,7 +143,7 @@ static void test_via_gateway_detects_unapplied_inputs(void **state)
     const char *args[] = {"--via-gateway", addr, "--sim.players=20", "--sim.duration_s=1", NULL};
     int sim = ts_h_spawn(&ts_h, "sim-vg-unapplied", "tessera-sim", args);
     int rc = ts_h_wait(&ts_h, sim, 40000);
-    vg_result_t r;
+    ts_probe_gw_verdict_t r;
     if (!parse_vg_log(sim, &r)) {
         ts_h.failed = true;
         fail_msg("tessera-sim --via-gateway printed no final line (exit %d)", rc);
