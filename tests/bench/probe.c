@@ -146,6 +146,31 @@ ts_status_t ts_probe_ctl(ts_bus_t *bus, uint32_t world, const char *verb, const 
     return TS_OK;
 }
 
+/* Whether a ctl reply says the orchestrator cannot do it now, not never. */
+static bool ctl_transient(const char *reply)
+{
+    return strstr(reply, "not leader") || strstr(reply, "busy") || strstr(reply, "registry unavailable") ||
+           strstr(reply, "being handed over");
+}
+
+bool ts_probe_ctl_cell(ts_bus_t *bus, const char *verb, const ts_cell_t *cell, int64_t timeout_ms,
+                       char *reply, size_t cap)
+{
+    char key[TS_CELL_STR_MAX];
+    ts_cell_format(cell, key, sizeof key);
+    for (int attempt = 0; attempt < 50; attempt++) {
+        ts_status_t st = ts_probe_ctl(bus, cell->world, verb, key, timeout_ms, reply, cap);
+        if (st != TS_OK) {
+            ts_strlcpy(reply, ts_status_str(st), cap);
+        } else {
+            if (strncmp(reply, "ok", 2) == 0) return true;
+            if (!ctl_transient(reply)) return false;
+        }
+        ts_sleep_ms(200);
+    }
+    return false;
+}
+
 bool ts_probe_parse_handover(const char *reply, ts_probe_handover_t *out)
 {
     return sscanf(reply,

@@ -58,6 +58,15 @@ uint64_t ts_probe_inputs_applied(ts_probe_t *p);
 ts_status_t ts_probe_ctl(ts_bus_t *bus, uint32_t world, const char *verb, const char *payload,
                          int64_t timeout_ms, char *out, size_t cap);
 
+/* tessera-ctl's split or merge (verb) of cell, through ts_probe_ctl with
+ * timeout_ms each try, tried again (up to 50 times, 200 ms apart) while
+ * there is no answer or the orchestrator answers it cannot now ("not
+ * leader", "busy", "registry unavailable", "being handed over"). True if
+ * the answer starts with "ok"; reply gets the last answer, or the status
+ * when there was none. */
+bool ts_probe_ctl_cell(ts_bus_t *bus, const char *verb, const ts_cell_t *cell, int64_t timeout_ms,
+                       char *reply, size_t cap);
+
 /* A successful handover reply:
  * "ok <from>-><to> epoch <E>-><E+1> freeze_us=<n> total_us=<n>". */
 typedef struct {

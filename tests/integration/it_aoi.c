@@ -280,15 +280,12 @@ static size_t expect_exact(const view_t *v)
 
 static void ctl_ok(ts_bus_t *bus, const char *verb, const ts_cell_t *cell)
 {
-    char key[TS_CELL_STR_MAX], reply[1024];
-    ts_cell_format(cell, key, sizeof key);
-    ts_status_t st = TS_ERR_TIMEOUT;
-    for (int attempt = 0; attempt < 50; attempt++) {
-        st = ts_probe_ctl(bus, WORLD, verb, key, CTL_MS, reply, sizeof reply);
-        if (st == TS_OK && strncmp(reply, "ok", 2) == 0) return;
-        ts_sleep_ms(200);
+    char reply[1024];
+    if (!ts_probe_ctl_cell(bus, verb, cell, CTL_MS, reply, sizeof reply)) {
+        char key[TS_CELL_STR_MAX];
+        ts_cell_format(cell, key, sizeof key);
+        fail_msg("ctl %s %s: %s", verb, key, reply);
     }
-    fail_msg("ctl %s %s: %s", verb, key, st == TS_OK ? reply : ts_status_str(st));
 }
 
 static bool wait_active(ts_registry_t *reg, const ts_cell_t *cell, int64_t timeout_ms)

@@ -339,19 +339,13 @@ static void test_wipe_rebuilds_with_higher_epochs(void **state)
 /* ctl verb on cell, retried while the orchestrator is busy; fails unless "ok". */
 static void ctl_ok(const char *verb, const ts_cell_t *cell)
 {
-    char key[TS_CELL_STR_MAX], reply[512] = "";
-    ts_cell_format(cell, key, sizeof key);
-    ts_status_t st = TS_ERR_TIMEOUT;
-    for (int attempt = 0; attempt < 50; attempt++) {
-        st = ts_probe_ctl(bus, WORLD, verb, key, 10000, reply, sizeof reply);
-        if (st == TS_OK && strncmp(reply, "ok", 2) == 0) return;
-        if (st == TS_OK && !strstr(reply, "not leader") && !strstr(reply, "registry unavailable") &&
-            !strstr(reply, "being handed over"))
-            break;
-        ts_sleep_ms(200);
+    char reply[512];
+    if (!ts_probe_ctl_cell(bus, verb, cell, 10000, reply, sizeof reply)) {
+        char key[TS_CELL_STR_MAX];
+        ts_cell_format(cell, key, sizeof key);
+        ts_h.failed = true;
+        fail_msg("ctl %s %s: %s", verb, key, reply);
     }
-    ts_h.failed = true;
-    fail_msg("ctl %s %s: %s", verb, key, st == TS_OK ? reply : ts_status_str(st));
 }
 
 /* Polls the registry until cell is in state; its entry. */

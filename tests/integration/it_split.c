@@ -389,20 +389,12 @@ static void ctl_ok(ts_bus_t *bus, const char *verb, const ts_cell_t *cell, char 
 {
     char key[TS_CELL_STR_MAX];
     ts_cell_format(cell, key, sizeof key);
-    ts_status_t st = TS_ERR_TIMEOUT;
     /* right after a failover the new leader may still be reading the registry */
-    for (int attempt = 0; attempt < 50; attempt++) {
-        st = ts_probe_ctl(bus, WORLD, verb, key, CTL_MS, reply, cap);
-        if (st == TS_OK && strncmp(reply, "ok", 2) == 0) break;
-        if (st == TS_OK && !strstr(reply, "not leader") && !strstr(reply, "registry unavailable") &&
-            !strstr(reply, "being handed over"))
-            break;
-        ts_sleep_ms(200);
-    }
-    fprintf(stderr, "ctl %s %s: %s\n", verb, key, st == TS_OK ? reply : ts_status_str(st));
-    if (st != TS_OK || strncmp(reply, "ok", 2) != 0) {
+    bool ok = ts_probe_ctl_cell(bus, verb, cell, CTL_MS, reply, cap);
+    fprintf(stderr, "ctl %s %s: %s\n", verb, key, reply);
+    if (!ok) {
         ts_h.failed = true;
-        fail_msg("ctl %s %s: %s", verb, key, st == TS_OK ? reply : ts_status_str(st));
+        fail_msg("ctl %s %s: %s", verb, key, reply);
     }
 }
 
