@@ -108,18 +108,6 @@ bool ts_split_take_epoch(ts_worker_t *w, ts_binding_t *b, const ts_cell_entry_t 
     return true;
 }
 
-/* Room for one more queued Departure. */
-static bool deps_room(ts_zone_t *z)
-{
-    if (z->ndeps < z->cap_deps) return true;
-    size_t ncap = z->cap_deps ? z->cap_deps * 2 : 16;
-    ts_departure_t *v = realloc(z->deps, ncap * sizeof(*v));
-    if (!v) return false;
-    z->deps = v;
-    z->cap_deps = ncap;
-    return true;
-}
-
 /* The live cell an entity at (x, y) belongs in; NULL if the tree does not
  * know it yet (a RegistryChange still on its way) or it is `self`. */
 static const ts_cell_entry_t *destination(const ts_worker_t *w, const ts_zone_t *z, double x, double y)
@@ -142,15 +130,10 @@ static void move_on(ts_worker_t *w, ts_binding_t *b)
         ts_entity_t *e = v;
         if (e->departing) continue;
         const ts_cell_entry_t *to = destination(w, z, e->x, e->y);
-        if (!to || !deps_room(z)) {
+        if (!to || !ts_zone_queue_departure(z, e, &to->cell)) {
             waiting++;
             continue;
         }
-        ts_departure_t *dep = &z->deps[z->ndeps++];
-        dep->entity = e->id;
-        dep->hops = e->hops;
-        dep->to = to->cell;
-        e->departing = true;
         queued++;
     }
     b->fwd_scan = waiting > 0; /* look again next tick */

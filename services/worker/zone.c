@@ -783,6 +783,14 @@ static void bounce(double *v, double *vel, double lo, double hi)
     }
 }
 
+bool ts_zone_queue_departure(ts_zone_t *z, ts_entity_t *e, const ts_cell_t *to)
+{
+    if (!grow((void **)&z->deps, &z->cap_deps, z->ndeps, sizeof(*z->deps))) return false;
+    z->deps[z->ndeps++] = (ts_departure_t){.entity = e->id, .hops = e->hops, .to = *to};
+    e->departing = true;
+    return true;
+}
+
 void ts_zone_step(ts_zone_t *z, double dt, uint64_t tick)
 {
     uint64_t id;
@@ -823,12 +831,9 @@ void ts_zone_step(ts_zone_t *z, double dt, uint64_t tick)
         /* well inside: no need for the exact (slower) test */
         if (e->x > z->in_x0 && e->x < z->in_x1 && e->y > z->in_y0 && e->y < z->in_y1) continue;
         if (ts_cell_has_pos(&z->cell, z->cell_size, e->x, e->y)) continue;
-        if (!grow((void **)&z->deps, &z->cap_deps, z->ndeps, sizeof(*z->deps))) continue;
-        ts_departure_t *dep = &z->deps[z->ndeps++];
-        dep->entity = e->id;
-        dep->hops = e->hops;
-        ts_cell_from_pos(z->cell.world, z->cell_size, z->cell.depth, e->x, e->y, &dep->to);
-        e->departing = true;
+        ts_cell_t to;
+        ts_cell_from_pos(z->cell.world, z->cell_size, z->cell.depth, e->x, e->y, &to);
+        ts_zone_queue_departure(z, e, &to);
     }
     /* forget old departures */
     if (tick % 100 == 0) {

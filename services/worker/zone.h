@@ -227,6 +227,9 @@ void ts_zone_apply_input(ts_zone_t *z, const ts_input_t *in, uint64_t tick);
 /* Adds an entity arriving from another cell (ignored if already present). */
 void ts_zone_accept_transfer(ts_zone_t *z, const ts_entity_t *e);
 
+/* Queues a Departure of e (one of z's entities) to `to`; e is departing
+ * from then on. False if out of memory (nothing queued). */
+bool ts_zone_queue_departure(ts_zone_t *z, ts_entity_t *e, const ts_cell_t *to);
 /* Moves every entity by dt seconds; entities that leave the cell go to the
  * outbox. */
 void ts_zone_step(ts_zone_t *z, double dt, uint64_t tick);
