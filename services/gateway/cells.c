@@ -107,13 +107,20 @@ bool gw_cells_apply_registry(gw_t *gw, const ts_cell_entry_t *entries, size_t n,
         }
         c->reg_mark = true;
         if (c->reg_ver > version) continue; /* a newer RegistryChange said more */
-        if (take_entry(c, e)) changed = true;
+        if (take_entry(c, e)) {
+            changed = true;
+            gw_aoi_cell_changed(gw, c);
+        }
         c->reg_ver = version;
     }
     for (gw_cell_t *c = gw->all_cells; c != NULL; c = c->next_all) {
         if (!c->in_registry || c->reg_mark || c->reg_ver > version) continue;
-        if (gw_cell_live(c)) changed = true;
+        bool was_live = gw_cell_live(c);
         c->in_registry = false;
+        if (was_live) {
+            changed = true;
+            gw_aoi_cell_changed(gw, c);
+        }
     }
     rebuild_tree(gw);
     return changed;

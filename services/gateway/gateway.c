@@ -191,12 +191,11 @@ static void reload_done(uv_work_t *req, int status)
                 gw->reg_version = gw->reload_version;
             }
             if (gw->reload_version > gw->reg_version) gw->reg_version = gw->reload_version;
-            if (gw_cells_apply_registry(gw, gw->reload_cells, gw->reload_n, gw->reload_version)) {
+            /* the clients whose circles reach a cell that became live or
+             * stopped being live are re-evaluated before the next flush */
+            if (gw_cells_apply_registry(gw, gw->reload_cells, gw->reload_n, gw->reload_version))
                 ts_info("registry version %llu: %zu cells", (unsigned long long)gw->reload_version,
                         gw->reload_n);
-                for (gw_conn_t *c = gw->conns; c != NULL; c = c->next)
-                    gw_aoi_update(gw, c);
-            }
         }
     }
     free(gw->reload_cells);

@@ -500,7 +500,8 @@ uint64_t gw_cell_epoch(const gw_cell_t *cell);
 bool gw_cell_live(const gw_cell_t *cell);
 /* Applies a whole registry read taken at `version` (cells changed by a
  * newer RegistryChange keep what it said); true if the set of live cells
- * changed. */
+ * changed (the clients near each cell that changed are queued, as
+ * gw_aoi_cell_changed does). */
 bool gw_cells_apply_registry(gw_t *gw, const ts_cell_entry_t *entries, size_t n, uint64_t version);
 /* Applies one RegistryChange; true if the cell became live or stopped being
  * live. *cell_out receives the cell's record (NULL if ignored). */
