@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "tessera/celltree.h"
 #include "tessera/util.h"
 
 void ts_splitplan_init(ts_splitplan_t *p, const ts_splitplan_cfg_t *cfg)
@@ -95,11 +96,6 @@ void ts_splitplan_done(ts_splitplan_t *p, const ts_cell_t *cell, uint64_t now_us
         t->cooldown_until_us = now_us + p->cfg.cooldown_us;
         t->gen = p->gen;
     }
-}
-
-static bool live(ts_cell_state_t s)
-{
-    return s == TS_CELL_ACTIVE || s == TS_CELL_HANDOVER;
 }
 
 static bool hot(const ts_splitplan_cfg_t *cfg, const ts_splitplan_cell_t *c)
@@ -191,7 +187,7 @@ size_t ts_splitplan_eval(ts_splitplan_t *p, const ts_splitplan_cell_t *cells, si
             if (eval_merge(p, &m, cells, i, now_us, &a) && nout < max) out[nout++] = a;
             continue;
         }
-        if (!live(c->entry.state)) continue;
+        if (!ts_celltree_state_live(c->entry.state)) continue;
         ts_splitplan_track_t *t = track(p, &c->entry.cell);
         if (!t) continue;
         t->gen = p->gen;
