@@ -96,6 +96,7 @@ ts_status_t ts_worker_adopt(ts_worker_t *w, ts_zone_t *zone, uint64_t epoch, ts_
     b->catchup_until_us = ts_mono_us() + CATCHUP_MAX_US;
     b->index = w->nbind;
     w->bindings[w->nbind++] = b;
+    w->bindings_changed++;
     /* a split or retired cell (recovered, handed over) forwards from the start */
     const ts_cell_entry_t *e = ts_worker_find_entry(w, &zone->cell);
     if (e && e->epoch == epoch) ts_split_set_mode(w, b, e, false);
@@ -123,6 +124,7 @@ void ts_worker_unbind(ts_worker_t *w, ts_binding_t *b)
     size_t i = b->index;
     w->bindings[i] = w->bindings[--w->nbind];
     w->bindings[i]->index = i;
+    w->bindings_changed++;
     free(b);
 }
 

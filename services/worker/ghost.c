@@ -65,7 +65,7 @@ struct ts_ghosts {
     /* tick thread */
     ts_cellmap_t sources; /* cell -> source_t* */
     uint64_t view_version;
-    uint64_t bind_sig;
+    uint64_t bindings_changed; /* w->bindings_changed at the last recompute */
     bool computed;
     ts_ghost_stats_t st;
     _Atomic uint64_t msgs_in, bytes_in, dropped_in;
@@ -379,16 +379,6 @@ static void recompute(ts_worker_t *w, struct ts_ghosts *g)
     g->computed = true;
 }
 
-static uint64_t bindings_signature(const ts_worker_t *w)
-{
-    uint64_t sig = w->nbind;
-    for (size_t i = 0; i < w->nbind; i++) {
-        const ts_zone_t *z = w->bindings[i]->zone;
-        sig += ts_cell_hash(&z->cell) * (z->epoch | 1) ^ (uint64_t)(uintptr_t)z;
-    }
-    return sig;
-}
-
 static void apply(ts_worker_t *w, struct ts_ghosts *g, const Tessera__V1__GhostDelta *d)
 {
     ts_cell_t src;
@@ -441,9 +431,8 @@ void ts_ghost_tick(ts_worker_t *w)
 {
     struct ts_ghosts *g = w->ghosts;
     if (!g || !w->view.valid) return;
-    uint64_t sig = bindings_signature(w);
-    if (!g->computed || sig != g->bind_sig || w->view.version != g->view_version) {
-        g->bind_sig = sig;
+    if (!g->computed || w->bindings_changed != g->bindings_changed || w->view.version != g->view_version) {
+        g->bindings_changed = w->bindings_changed;
         g->view_version = w->view.version;
         recompute(w, g);
     }

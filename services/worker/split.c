@@ -104,6 +104,7 @@ bool ts_split_take_epoch(ts_worker_t *w, ts_binding_t *b, const ts_cell_entry_t 
     /* a plain active -> active change of epoch is somebody else's doing */
     if (!forwarding_state(e->state) && !b->forwarding) return false;
     b->zone->epoch = e->epoch;
+    w->bindings_changed++;
     ts_split_set_mode(w, b, e, true);
     return true;
 }

@@ -236,7 +236,8 @@ struct ts_worker {
     /* the same registry as a cell tree (tick thread): position -> deepest
      * live cell, neighbours at any depth; fed wherever the view changes */
     ts_celltree_t *tree;
-    struct ts_ghosts *ghosts; /* ghost.c */
+    struct ts_ghosts *ghosts;  /* ghost.c */
+    uint64_t bindings_changed; /* bumped when a cell is bound, unbound or takes a new epoch in place */
 
     ts_ring_t *ring; /* input messages for bound cells */
 
