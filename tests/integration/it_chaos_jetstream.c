@@ -350,10 +350,8 @@ static void test_unstored_inputs_reported(void **state)
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", store);
     assert_int_equal(system(cmd), 0);
     nats_restart(false, store);
-    uint64_t deadline_up = ts_mono_us() + WAIT_MS * 1000ULL;
-    while (!ts_h_port_busy(ts_h.nats_port) && ts_mono_us() < deadline_up)
-        ts_sleep_ms(20);
-    ts_sleep_ms(1000); /* the gateway reconnects */
+    if (!ts_h_wait_log(&ts_h, stack.gateway, "bus: reconnected", WAIT_MS))
+        fail_msg("the gateway did not reconnect to the NATS without JetStream");
     const uint64_t lost = 10;
     atomic_store(&PL.stop_sending, false);
     while (view().sent < v0.sent + lost)
