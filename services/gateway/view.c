@@ -389,12 +389,13 @@ static void drop_if_gone(gw_t *gw, gw_conn_t *c, size_t *n, uint64_t id)
     push_removed(gw, n, id);
 }
 
-/* Whether the client sees the block entry: its own entity always; another
- * within aoi_show of the centre, or aoi_keep if it is shown already. */
-static bool in_view(const gw_t *gw, const gw_conn_t *c, const gw_blk_ent_t *e, bool shown)
+/* Whether the client sees entity id at (x, y): its own entity always;
+ * another within aoi_show of the centre, or aoi_keep if it is shown
+ * already. */
+static bool in_view(const gw_t *gw, const gw_conn_t *c, uint64_t id, double x, double y, bool shown)
 {
-    if (e->id == c->entity) return true;
-    double dx = e->x - c->aoi_x, dy = e->y - c->aoi_y;
+    if (id == c->entity) return true;
+    double dx = x - c->aoi_x, dy = y - c->aoi_y;
     double lim = shown ? gw->aoi_keep : gw->aoi_show;
     return dx * dx + dy * dy <= lim * lim;
 }
@@ -430,7 +431,7 @@ static bool filter_block(gw_t *gw, gw_conn_t *c, const gw_blk_t *b, pass_t mode,
     for (size_t k = 0; k < b->count; k++) {
         const gw_blk_ent_t *e = &b->ents[k];
         bool shown = ts_map_get(&c->shown, e->id) != NULL;
-        if (in_view(gw, c, e, shown)) {
+        if (in_view(gw, c, e->id, e->x, e->y, shown)) {
             if (!shown && ts_map_put(&c->shown, e->id, SHOWN) != TS_OK) return false;
             if ((mode == PASS_ALL || !shown) && !add_piece(gw, nseg, b, e)) return false;
         } else if (shown) {
@@ -439,6 +440,26 @@ static bool filter_block(gw_t *gw, gw_conn_t *c, const gw_blk_t *b, pass_t mode,
         }
     }
     return true;
+}
+
+/* Whether sweeping the cell (PASS_SWEEP) would do anything for the client:
+ * an entity the cell is home of enters its view or a shown one leaves it.
+ * Decided on the cell's records, so after a small move of the centre the
+ * cell's whole block is not encoded again for nothing; true when that block
+ * is current anyway (filtering it is cheaper). */
+static bool sweep_changes(gw_t *gw, const gw_conn_t *c, gw_cell_t *cell)
+{
+    if (cell->full_ver == cell->ver + 1) return true;
+    uint64_t id;
+    void *v;
+    for (size_t it = 0; ts_map_next(&cell->entities, &it, &id, &v);) {
+        gw_cell_t *h = ts_map_get(&gw->homes, id);
+        if (h != NULL && h != cell) continue;
+        const gw_entity_t *e = v;
+        bool shown = ts_map_get(&c->shown, id) != NULL;
+        if (in_view(gw, c, id, e->pb.x, e->pb.y, shown) != shown) return true;
+    }
+    return false;
 }
 
 static void finish_client(gw_t *gw, gw_conn_t *c, size_t nremoved)
@@ -509,7 +530,8 @@ static void send_view(gw_t *gw, gw_conn_t *c)
             ok = filter_block(gw, c, full_block(gw, cell), PASS_ALL, &nseg, &nremoved);
         } else {
             if (cell->dirty) ok = filter_block(gw, c, &cell->blk, PASS_ALL, &nseg, &nremoved);
-            if (ok && sweep) ok = filter_block(gw, c, full_block(gw, cell), PASS_SWEEP, &nseg, &nremoved);
+            if (ok && sweep && sweep_changes(gw, c, cell))
+                ok = filter_block(gw, c, full_block(gw, cell), PASS_SWEEP, &nseg, &nremoved);
         }
         if (!ok) goto oom;
     }
