@@ -1110,7 +1110,7 @@ ts_status_t ts_bus_js_flush(ts_bus_t *bus, int64_t timeout_ms)
  * stream of the same name whose sequences start at 1 again; the ordered
  * consumer would go on from the old stream's sequence and deliver the new
  * stream's later messages, skipping its first ones. Such a consumer is
- * marked (ts_bus_sub_stream_restarted) and delivers nothing more. One
+ * marked and delivers nothing more. One
  * request, on the delivery thread, once per reconnect and consumer. */
 static bool stream_still_same(ts_bus_sub_t *sub)
 {
@@ -1132,11 +1132,6 @@ static bool stream_still_same(ts_bus_sub_t *sub)
             "delivering",
             sub->stream, natsSubscription_GetSubject(sub->nsub));
     return false;
-}
-
-bool ts_bus_sub_stream_restarted(const ts_bus_sub_t *sub)
-{
-    return sub != NULL && atomic_load(&((ts_bus_sub_t *)sub)->stream_restarted);
 }
 
 static void on_msg(natsConnection *nc, natsSubscription *nsub, natsMsg *m, void *closure)

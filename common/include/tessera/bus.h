@@ -172,11 +172,6 @@ ts_status_t ts_bus_subscribe(ts_bus_t *bus, const char *subject, ts_bus_msg_cb c
  * ephemeral (no acks). ts_bus_msg_stream_seq() gives each one's sequence. */
 ts_status_t ts_bus_consume(ts_bus_t *bus, uint32_t world, const char *subject, uint64_t start_seq,
                            ts_bus_msg_cb cb, void *ud, ts_bus_sub_t **out);
-/* Whether a JetStream consumer's stream turned out, after a reconnect, to
- * be a new stream of the same name (the server lost its store): such a
- * consumer delivers nothing more; its owner consumes the new stream with a
- * new consumer. Any thread. */
-bool ts_bus_sub_stream_restarted(const ts_bus_sub_t *sub);
 /* Unsubscribes and frees; waits until no callback of this subscription is
  * running. NULL is a no-op. */
 void ts_bus_sub_destroy(ts_bus_sub_t *sub);
