@@ -231,10 +231,9 @@ static void test_block_index_picks_entities(void **state)
     size_t nids = 0;
     for (size_t i = 0; i < b.count; i++) {
         if (i % 3 == 1) continue;
-        if (reserve_ok(&pick, b.ents[i].len)) {
-            memcpy(pick.data + pick.len, b.data + b.ents[i].off, b.ents[i].len);
-            pick.len += b.ents[i].len;
-        }
+        assert_true(reserve_ok(&pick, b.ents[i].len));
+        memcpy(pick.data + pick.len, b.data + b.ents[i].off, b.ents[i].len);
+        pick.len += b.ents[i].len;
         if (nids < 80 && i < 120) ids[nids++] = b.ents[i].id;
         if (i >= 119) break;
     }
