@@ -16,15 +16,11 @@
  *     the only worker dies (nobody can take its cells),
  *     tessera_orch_cells_unserved counts every cell and `tessera-ctl cells`
  *     flags each one and counts them in its summary. */
-#include <arpa/inet.h>
 #include <math.h>
-#include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include "harness.h"
 #include "tessera/util.h"
@@ -33,47 +29,20 @@
 #define NCELLS 16
 #define WAIT_MS 15000
 
+#define BODY_MAX (1 << 20) /* /metrics with every histogram fits */
+
 /* GET path on 127.0.0.1:port; the status (0 if nothing answered) and the
  * body in *body (caller frees; NULL when nothing answered). */
 static int http_get(int port, const char *path, char **body)
 {
-    *body = NULL;
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (fd < 0) return 0;
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    struct timeval tv = {.tv_sec = 5};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
-        close(fd);
+    *body = malloc(BODY_MAX);
+    assert_non_null(*body);
+    int status = ts_h_http_get(port, path, *body, BODY_MAX);
+    if (status < 0) {
+        free(*body);
+        *body = NULL;
         return 0;
     }
-    char req[256];
-    int n =
-        snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n", path);
-    if (write(fd, req, (size_t)n) != n) {
-        close(fd);
-        return 0;
-    }
-    size_t cap = 1 << 16, len = 0;
-    char *buf = malloc(cap);
-    assert_non_null(buf);
-    ssize_t r;
-    while ((r = read(fd, buf + len, cap - 1 - len)) > 0) {
-        len += (size_t)r;
-        if (len + 1 == cap) {
-            cap *= 2;
-            buf = realloc(buf, cap);
-            assert_non_null(buf);
-        }
-    }
-    close(fd);
-    buf[len] = '\0';
-    int status = 0;
-    if (sscanf(buf, "HTTP/1.1 %d", &status) != 1) status = 0;
-    const char *b = strstr(buf, "\r\n\r\n");
-    *body = strdup(b ? b + 4 : "");
-    free(buf);
     return status;
 }
 
