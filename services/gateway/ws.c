@@ -903,6 +903,8 @@ static void world_event(gw_t *gw, sbuf_t *b)
     sb_printf(b, "\n\n");
 }
 
+static void on_events_timer(uv_timer_t *t);
+
 static void serve_events(gw_conn_t *c)
 {
     gw_t *gw = c->gw;
@@ -926,6 +928,16 @@ static void serve_events(gw_conn_t *c)
     /* a viewer only listens: no hello or idle deadline */
     gw_tl_del(gw, c, GW_TL_HELLO);
     gw_tl_del(gw, c, GW_TL_IDLE);
+    if (srv->nviewers == 0) {
+        /* the first viewer: pushes start, from what changes after its world */
+        pthread_mutex_lock(&srv->lock);
+        for (size_t i = 0; i < srv->nworkers; i++)
+            srv->workers[i].changed = false;
+        pthread_mutex_unlock(&srv->lock);
+        srv->ncell_events = 0;
+        srv->events_lost = false;
+        if (srv->timer_open) uv_timer_start(&srv->events_timer, on_events_timer, WS_EVENTS_MS, WS_EVENTS_MS);
+    }
     srv->viewers[srv->nviewers++] = c;
     viewer_write(c, b.p, b.len);
     free(b.p);
@@ -940,6 +952,7 @@ static void viewer_gone(gw_conn_t *c)
             srv->viewers[i] = srv->viewers[--srv->nviewers];
             break;
         }
+    if (srv->nviewers == 0 && srv->timer_open) uv_timer_stop(&srv->events_timer); /* nobody to push to */
 }
 
 static void on_events_timer(uv_timer_t *t)
@@ -989,9 +1002,6 @@ static void on_events_timer(uv_timer_t *t)
             w->gone_sent = true;
         }
         if (any) sb_printf(&b, first ? "],\"gone\":[]}\n\n" : "]}\n\n");
-    } else {
-        for (size_t i = 0; i < srv->nworkers; i++)
-            srv->workers[i].changed = false;
     }
     srv->ncell_events = 0;
     srv->events_lost = false;
@@ -1395,8 +1405,7 @@ ts_status_t gw_ws_listen(gw_t *gw)
     }
     uv_timer_init(gw->loop, &srv->events_timer);
     srv->events_timer.data = gw;
-    srv->timer_open = true;
-    uv_timer_start(&srv->events_timer, on_events_timer, WS_EVENTS_MS, WS_EVENTS_MS);
+    srv->timer_open = true; /* runs while viewers are connected */
     ts_info("WebSocket and world map on http://%s:%d/ (WebSocket path /ws)", host, srv->port);
     return TS_OK;
 }
