@@ -54,6 +54,16 @@ static void on_heartbeat(void *ud, const ts_bus_msg_t *msg)
     if (hb) tessera__v1__heartbeat__free_unpacked(hb, NULL);
 }
 
+ts_status_t ts_orch_streams_ensure(ts_orch_t *o)
+{
+    const ts_config_t *cfg = o->cfg;
+    ts_bus_streams_t opts = {.storage = cfg->stream_storage,
+                             .max_age_s = cfg->stream_max_age_s,
+                             .max_bytes = cfg->stream_max_bytes,
+                             .replicas = (int)cfg->stream_replicas};
+    return ts_bus_streams_ensure(o->bus, o->world, &opts);
+}
+
 /* Connects to NATS and creates the world's streams, retrying both. */
 static ts_status_t connect_bus(ts_orch_t *o)
 {
@@ -62,11 +72,7 @@ static ts_status_t connect_bus(ts_orch_t *o)
     ts_status_t st = ts_service_connect_bus(cfg, "tessera-orch", TS_SERVICE_CONNECT_MS, &o->bus);
     if (st != TS_OK) return st;
     for (;;) {
-        ts_bus_streams_t opts = {.storage = cfg->stream_storage,
-                                 .max_age_s = cfg->stream_max_age_s,
-                                 .max_bytes = cfg->stream_max_bytes,
-                                 .replicas = (int)cfg->stream_replicas};
-        st = ts_bus_streams_ensure(o->bus, o->world, &opts);
+        st = ts_orch_streams_ensure(o);
         if (st == TS_OK) return TS_OK;
         ts_debug("streams of world %u not created yet: %s", o->world, ts_status_str(st));
         if (!ts_service_retry_wait(deadline)) break;

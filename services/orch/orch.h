@@ -114,6 +114,10 @@ struct ts_orch {
     ts_split_t *split; /* split and merge (split.c) */
 };
 
+/* ---- main.c ---- */
+/* Creates the world's streams (or updates their limits) from stream.*. */
+ts_status_t ts_orch_streams_ensure(ts_orch_t *o);
+
 /* ---- cells.c ---- */
 /* Marks the Redis connection broken (logged); main.c reconnects and the
  * local copy is read again. */

@@ -372,13 +372,7 @@ static void check_streams(ts_orch_t *o, uint64_t now)
         st = ts_bus_stream_state(o->bus, stream, &ss);
         if (st != TS_ERR_NOT_FOUND) return;
     }
-    const ts_config_t *cfg = o->cfg;
-    ts_bus_streams_t opts = {.storage = cfg->stream_storage,
-                             .max_age_s = cfg->stream_max_age_s,
-                             .max_bytes = cfg->stream_max_bytes,
-                             .replicas = (int)cfg->stream_replicas};
-    st = ts_bus_streams_ensure(o->bus, o->world, &opts);
-    if (st == TS_OK) {
+    if (ts_orch_streams_ensure(o) == TS_OK) {
         atomic_fetch_add(&rb.stream_resets, 1);
         ts_error("stream %s of world %" PRIu32 " was gone (JetStream lost its store?); created the world's "
                  "streams again: inputs stored before are lost, owners resume on the new stream",
