@@ -363,11 +363,14 @@ void ts_players_tick(ts_worker_t *w)
                 found = revived = true;
                 break;
             }
+            /* last_mono_us may be later than now: a record made after now was
+             * read (an entity naming it, above, or an alive message) */
+            uint64_t quiet_us = now > g->last_mono_us ? now - g->last_mono_us : 0;
             if (g->dead) {
-                if (now - g->last_mono_us > PLAYERS_GW_FORGET_US) p->gws[i--] = p->gws[--p->ngws];
+                if (quiet_us > PLAYERS_GW_FORGET_US) p->gws[i--] = p->gws[--p->ngws];
                 continue;
             }
-            if (!g->replaced && now - g->last_mono_us < PLAYERS_GW_DEAD_US) continue;
+            if (!g->replaced && quiet_us < PLAYERS_GW_DEAD_US) continue;
             g->dead = true;
             id = g->id;
             instance = g->instance;

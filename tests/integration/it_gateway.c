@@ -275,6 +275,9 @@ static void test_walk_across_workers(void **state)
     expect_pong(&p);
     assert_int_equal(p.errors, 0);
     assert_false(p.closed);
+    /* the gateway spoke all along: no worker ever took it for gone */
+    for (int i = 0; i < 2; i++)
+        assert_false(ts_h_log_has(&ts_h, stack.workers[i], ") is gone:"));
     player_close(&p);
     ts_h_pass();
 }
