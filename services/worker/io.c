@@ -29,7 +29,7 @@
 
 #define VERSION_CHECK_MS 1000
 #define DRAIN_REQUEST_MS 2000
-#define TS_TYPE_HANDOVER "tessera.v1.Handover"
+#define STREAM_RESUB_RETRY_US 1000000ULL /* a consumer of a stream that is not back yet */
 
 ts_io_job_t *ts_io_job_new(ts_io_kind_t kind)
 {
@@ -396,8 +396,9 @@ static void check_stream(ts_worker_t *w, stream_watch_t *sw)
     *sw = (stream_watch_t){.known = true, .created_ns = ss.created_ns, .last_seq = ss.last_seq};
 }
 
-static void submit_stream_resub(ts_worker_t *w, ts_binding_t *b)
+void ts_worker_stream_resub(ts_worker_t *w, ts_binding_t *b)
 {
+    b->resub_at_us = 0;
     ts_io_job_t *job = ts_io_job_new(TS_IO_STREAM_RESUB);
     if (!job) return;
     job->cell = b->zone->cell;
@@ -421,7 +422,7 @@ static void stream_reset(ts_worker_t *w, uint64_t old_last_seq)
         ts_map_del(&w->by_gen, b->gen);
         b->zone->last_applied_seq = 0;
         b->restarting = true;
-        submit_stream_resub(w, b);
+        ts_worker_stream_resub(w, b);
     }
 }
 
@@ -431,7 +432,8 @@ static void finish_stream_resub(ts_worker_t *w, ts_io_job_t *job)
     ts_binding_t *b = ts_worker_find_binding(w, &job->cell);
     bool ours = b && b->gen == job->old_gen && b->restarting;
     if (!ours || job->status != TS_OK) {
-        if (ours) submit_stream_resub(w, b); /* the new stream is not there yet: again */
+        /* the new stream is not there yet: again in a second (not every tick) */
+        if (ours) b->resub_at_us = ts_mono_us() + STREAM_RESUB_RETRY_US;
         ts_worker_release_sub(w, job->sub, job->ctx);
         job->sub = NULL;
         job->ctx = NULL;

@@ -433,11 +433,14 @@ static void take_io_results(ts_worker_t *w)
 
 /* ---- input ------------------------------------------------------------- */
 
-/* Restarts the consumers that overflowed the ring, after what was applied. */
+/* Restarts the consumers that overflowed the ring, after what was applied,
+ * and tries again the new-stream consumers whose wait is over. */
 static void restart_overflowed(ts_worker_t *w)
 {
+    uint64_t now = ts_mono_us();
     for (size_t i = 0; i < w->nbind; i++) {
         ts_binding_t *b = w->bindings[i];
+        if (b->resub_at_us != 0 && now >= b->resub_at_us) ts_worker_stream_resub(w, b);
         if (b->restarting || !atomic_load(&b->ctx->overflow)) continue;
         ts_io_job_t *job = ts_io_job_new(TS_IO_RESUBSCRIBE);
         if (!job) continue;

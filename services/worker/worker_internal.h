@@ -93,7 +93,8 @@ typedef struct {
     uint64_t frozen_us;   /* monotonic */
     ts_inbox_t held;      /* input received while frozen (after s2), in order */
     uint64_t bound_us;    /* wall clock when this worker took the cell */
-    bool restarting;      /* a new consumer is being created (ring overflow) */
+    bool restarting;      /* a new consumer is being created (ring overflow, new stream) */
+    uint64_t resub_at_us; /* monotonic: try the new stream's consumer again then (0: not waiting) */
     /* bound from a checkpoint with input still to replay: applies it but
      * neither moves nor publishes until it caught up with the stream (so
      * nobody sees the cell behind what its last owner showed) */
@@ -378,6 +379,8 @@ void ts_worker_release_sub(ts_worker_t *w, ts_bus_sub_t *sub, ts_sub_ctx_t *ctx)
  * one (which the caller already took out of w->by_gen): what the new one
  * held while it started is applied, or kept while b is frozen. */
 void ts_worker_take_consumer(ts_worker_t *w, ts_binding_t *b, ts_io_job_t *job);
+/* Asks the I/O thread for a consumer of b's new input stream from its start. */
+void ts_worker_stream_resub(ts_worker_t *w, ts_binding_t *b);
 /* Applies queued input messages to z in order (and frees them). */
 void ts_worker_apply_msgs(ts_worker_t *w, ts_zone_t *z, ts_inbox_t *msgs);
 /* Applies what the ring holds to the bound zones. */
