@@ -44,7 +44,6 @@
 #include "tessera/status.h"
 #include "workers.h"
 
-#define TS_TYPE_HANDOVER "tessera.v1.Handover"
 /* How often the leader reads worker liveness (one pipelined call). */
 #define TS_ORCH_SWEEP_US 250000ULL
 

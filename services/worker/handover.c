@@ -38,7 +38,6 @@
 
 #define FROZEN_TIMEOUT_US 3000000ULL
 #define PENDING_TIMEOUT_US 15000000ULL
-#define TS_TYPE_HANDOVER "tessera.v1.Handover"
 
 typedef struct {
     bool ok;

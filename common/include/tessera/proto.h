@@ -19,6 +19,7 @@
 #define TS_TYPE_STATE_DELTA "tessera.v1.StateDelta"
 #define TS_TYPE_CHECKPOINT "tessera.v1.Checkpoint"
 #define TS_TYPE_GHOST_DELTA "tessera.v1.GhostDelta"
+#define TS_TYPE_HANDOVER "tessera.v1.Handover"
 #define TS_TYPE_HEARTBEAT "tessera.v1.Heartbeat"
 #define TS_TYPE_REGISTRY_CHANGE "tessera.v1.RegistryChange"
 
