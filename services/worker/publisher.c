@@ -59,8 +59,9 @@ static void publish(ts_worker_t *w, pub_t *p)
                         .seq = p->seq,
                         .count = p->count,
                         .msg_id = p->has_msg_id ? p->msg_id : NULL};
-    ts_status_t st = p->js ? ts_bus_js_publish_async(w->bus, p->subject, &hdr, p->buf, p->len)
-                           : ts_bus_publish(w->bus, p->subject, &hdr, p->buf, p->len);
+    const ts_bus_hdr_t *h = p->type ? &hdr : NULL; /* no type: a plain message without headers */
+    ts_status_t st = p->js ? ts_bus_js_publish_async(w->bus, p->subject, h, p->buf, p->len)
+                           : ts_bus_publish(w->bus, p->subject, h, p->buf, p->len);
     if (st != TS_OK) {
         atomic_fetch_add(&w->pub_errors, 1);
         if (p->tracked) {
@@ -152,6 +153,8 @@ void ts_publisher_kick(ts_worker_t *w)
 bool ts_publisher_push(ts_worker_t *w, const char *subject, const ts_bus_hdr_t *hdr, uint8_t *buf, size_t len,
                        bool js, bool tracked)
 {
+    static const ts_bus_hdr_t none = {0};
+    if (hdr == NULL) hdr = &none;
     pub_t p = {.type = hdr->type,
                .epoch = hdr->epoch,
                .seq = hdr->seq,

@@ -328,7 +328,8 @@ ts_status_t ts_publisher_start(ts_worker_t *w);
 /* Publishes what is queued, then stops the thread. */
 void ts_publisher_stop(ts_worker_t *w);
 /* Queues one publish (takes buf over, also when it fails). js: a JetStream
- * async publish; tracked: its outcome goes to the flight slot of hdr->seq.
+ * async publish; tracked: its outcome goes to the flight slot of hdr->seq;
+ * hdr NULL: a plain message without headers.
  * False if the queue is full (nothing queued). */
 bool ts_publisher_push(ts_worker_t *w, const char *subject, const ts_bus_hdr_t *hdr, uint8_t *buf, size_t len,
                        bool js, bool tracked);
