@@ -203,6 +203,7 @@ struct ts_registry {
     int db;
     char sha[SCRIPT_COUNT][41]; /* SHA1 of each script loaded on ctx; "" if not loaded */
     uint64_t round_trips;
+    uint64_t connects; /* connections opened (a change means Redis may have restarted) */
 };
 
 static const char *const state_names[] = {"active", "handover", "split", "retired"};
@@ -397,6 +398,7 @@ static ts_status_t open_ctx(ts_registry_t *reg)
     }
     if (reg->ctx != NULL) redisFree(reg->ctx);
     reg->ctx = c;
+    reg->connects++;
     memset(reg->sha, 0, sizeof reg->sha);
     return TS_OK;
 }
@@ -589,6 +591,11 @@ static ts_status_t eval(ts_registry_t *reg, bool resend, redisReply **out, scrip
     ts_status_t st = eval_argv(reg, resend, out, s, argc, argv);
     free(argv);
     return st;
+}
+
+uint64_t ts_registry_connects(const ts_registry_t *reg)
+{
+    return reg != NULL ? reg->connects : 0;
 }
 
 uint64_t ts_registry_round_trips(const ts_registry_t *reg)

@@ -35,6 +35,8 @@ void ts_orch_registry_broken(ts_orch_t *o, ts_status_t st)
     ts_warn("registry error (%s); reconnecting to %s", ts_status_str(st), o->cfg->redis_url);
     ts_registry_destroy(o->reg);
     o->reg = NULL;
+    o->reg_connects = 0;
+    o->healthy_since_us = 0; /* nobody is declared dead on what a lost Redis says */
     o->cells_stale = true;
 }
 

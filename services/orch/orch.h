@@ -98,6 +98,7 @@ struct ts_orch {
     /* liveness and crash recovery */
     ts_liveness_t live;
     uint64_t next_sweep_us;
+    uint64_t reg_connects;     /* ts_registry_connects at the last liveness poll */
     uint64_t healthy_since_us; /* liveness polls have been succeeding, quickly, since then (0: not now) */
 
     /* handovers in flight */

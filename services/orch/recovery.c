@@ -101,7 +101,13 @@ static bool poll_liveness(ts_orch_t *o)
         ok ? ts_registry_liveness_poll(o->reg, o->world, ids, n, tokens, &version, &known, &nknown)
            : TS_ERR_NOMEM;
     uint64_t took_us = ts_mono_us() - t0;
-    if (st != TS_OK || took_us > (uint64_t)o->cfg->orch_hb_ttl_ms * 1000 / SLOW_POLL_DIV)
+    /* a reconnect since the last poll means Redis was away, however briefly
+     * (a restart between two polls loses no poll but may lose the last
+     * second of liveness writes) */
+    uint64_t connects = ts_registry_connects(o->reg);
+    bool reconnected = connects != o->reg_connects;
+    o->reg_connects = connects;
+    if (st != TS_OK || reconnected || took_us > (uint64_t)o->cfg->orch_hb_ttl_ms * 1000 / SLOW_POLL_DIV)
         o->healthy_since_us = 0; /* the keys may have expired for Redis's sake, not the workers' */
     else if (o->healthy_since_us == 0)
         o->healthy_since_us = ts_mono_us();

@@ -191,6 +191,9 @@ ts_status_t ts_registry_draining(ts_registry_t *reg, uint32_t world, char ***ids
 
 /* Round trips to Redis this connection made so far (a pipeline counts one). */
 uint64_t ts_registry_round_trips(const ts_registry_t *reg);
+/* Connections opened so far: a change between two calls means the
+ * connection dropped (Redis may have restarted and lost recent writes). */
+uint64_t ts_registry_connects(const ts_registry_t *reg);
 
 /* Deletes every key of a world (tests, make run). */
 ts_status_t ts_registry_world_reset(ts_registry_t *reg, uint32_t world);
