@@ -60,6 +60,9 @@ static const key_def_t keys[] = {
     STR("nats.tls_key", nats_tls_key, "", NULL, "client private key (PEM) for NATS TLS"),
     STR("redis.user", redis_user, "", NULL, "Redis ACL user (password from redis.password_file)"),
     STR("redis.password_file", redis_password_file, "", NULL, "file whose first line is the Redis password"),
+    STR("redis.tls_ca", redis_tls_ca, "", NULL, "CA certificates (PEM) to verify Redis for rediss:// URLs (default: the system's)"),
+    STR("redis.tls_cert", redis_tls_cert, "", NULL, "client certificate (PEM) for rediss://, with redis.tls_key"),
+    STR("redis.tls_key", redis_tls_key, "", NULL, "client private key (PEM) for rediss://"),
     INT("world.id", world_id, "0", 0, UINT32_MAX, "world id"),
     DBL("world.cell_size", world_cell_size, "100", 1, 1e7, "side of a root cell in world units"),
     INT("world.x0", world_x0, "-2", -1000000, 1000000, "x of the first root cell"),
@@ -174,6 +177,12 @@ static const key_def_t keys[] = {
         "world units a client sees around its entity (0: (gateway.aoi_radius + 0.5) x world.cell_size)"),
     DBL("aoi.hysteresis", aoi_hysteresis, "0", 0, 1e9,
         "an entity shown to a client stays until it is this far beyond aoi.radius (0: 10% of the radius)"),
+    /* game modules (worker) */
+    STR("worker.game", worker_game, "", NULL,
+        "game module shared object to load (\"\" or \"move\": the built-in movement; see docs/game-modules.md)"),
+    STR("worker.game_config", worker_game_config, "", NULL, "configuration string given to the game module's load()"),
+    INT("worker.game_budget_ms", worker_game_budget_ms, "10", 1, 60000,
+        "a game module callback running longer than this is counted and logged as an overrun"),
 };
 
 /* clang-format on */

@@ -35,6 +35,9 @@ typedef struct {
     char *nats_tls_cert;       /* client certificate (PEM), with nats_tls_key */
     char *nats_tls_key;        /* client private key (PEM) */
     char *redis_user;          /* Redis ACL user when the URL names none */
+    char *redis_tls_ca;        /* rediss://: CA bundle that signs the Redis certificate */
+    char *redis_tls_cert;      /* rediss://: client certificate (PEM) */
+    char *redis_tls_key;       /* rediss://: client private key (PEM) */
     char *redis_password_file; /* file holding the Redis password (first line) */
 
     /* world layout (orchestrator) */
@@ -132,6 +135,11 @@ typedef struct {
     /* area of interest (gateway) */
     double aoi_radius;     /* world units a client sees around its entity (0: derived, see config.c) */
     double aoi_hysteresis; /* shown entities stay until radius + this (0: 10% of the radius) */
+
+    /* game modules (worker) */
+    char *worker_game;            /* module shared object ("" or "move": the built-in movement) */
+    char *worker_game_config;     /* given to the module's load() */
+    int64_t worker_game_budget_ms; /* a callback longer than this is an overrun */
 } ts_config_t;
 
 /* Fills cfg from defaults, file, environment and argv, in that order.
