@@ -114,6 +114,11 @@ common_checks() {
 # The built-in NATS runs with make run's users and permissions: every
 # service its own user with its password alone mounted, the server's
 # passwords from the users' Secret.
+# A stopped NATS server's lame duck mode ends before the kubelet kills it.
+nats_stop_checks() {
+    check '30 <= int(obj("ConfigMap","tessera-nats-config")["data"]["nats.conf"].split("lame_duck_duration: \"")[1].split("s\"")[0]) < pod("StatefulSet","tessera-nats")["terminationGracePeriodSeconds"]' 'NATS lame duck duration set, and below the pod grace period'
+}
+
 nats_users_checks() {
     has Secret/tessera-nats-users
     check 'sorted(obj("Secret","tessera-nats-users")["data"]) == sorted(["orch","worker","gateway","sim","ctl","inspector","admin"])' 'a password per NATS user in the Secret'
@@ -132,6 +137,7 @@ default)
     hasnt HorizontalPodAutoscaler/tessera-gateway
     hasnt ServiceMonitor/tessera
     check 'config()["nats"]["url"] == "nats://tessera-nats:4222" and config()["redis"]["url"] == "redis://tessera-redis:6379"' 'built-in NATS and Redis URLs'
+    nats_stop_checks
     check '"--appendonly" in pod("StatefulSet","tessera-redis")["containers"][0]["command"] and obj("StatefulSet","tessera-redis")["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"' 'Redis with AOF on a PVC'
     check '"jetstream" in obj("ConfigMap","tessera-nats-config")["data"]["nats.conf"] and "cluster" not in obj("ConfigMap","tessera-nats-config")["data"]["nats.conf"] and obj("StatefulSet","tessera-nats")["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] == "10Gi"' 'single JetStream server on a PVC'
     nats_users_checks
@@ -181,6 +187,7 @@ kube-local)
     check 'config()["nats"]["url"] == "nats://127.0.0.1:14222" and config()["redis"]["url"] == "redis://127.0.0.1:16379"' 'Services reached at 127.0.0.1'
     check 'all(pod(k, n).get("hostNetwork") for k, n in [("Deployment","tessera-gateway"),("StatefulSet","tessera-worker"),("Deployment","tessera-orch"),("StatefulSet","tessera-nats"),("StatefulSet","tessera-redis")])' 'hostNetwork everywhere'
     check '"exec" in pod("StatefulSet","tessera-worker")["containers"][0]["readinessProbe"]' 'per-pod ports probed by exec'
+    nats_stop_checks
     ;;
 bad-values)
     if render -f "$chart/ci/bad-values.yaml" 2>"$out/bad"; then

@@ -437,7 +437,22 @@ fi
 # ---- 9. uninstall ---------------------------------------------------------------
 step "uninstall"
 $K delete -f "$ART/sim.yaml" --wait=true --timeout=60s
+tu=$(date +%s)
 $K delete -f "$ART/release.yaml" --wait=true --timeout=180s
+# The controllers delete the pods after their owners are gone, and a pod holds
+# its volume claim (finalizer kubernetes.io/pvc-protection) until it has
+# stopped: NATS only when its lame duck period (nats.lameDuck) is over. A claim
+# deleted before its pod is gone stays Terminating: wait for the pods first,
+# within their longest terminationGracePeriodSeconds and some.
+pods_gone() {
+    local p
+    p=$($K get pods -o name) && [[ -z $p ]]
+}
+if ! wait_for 120 pods_gone; then
+    $K get pods -o wide
+    fail "pods still there 120 s after the release was deleted"
+fi
+echo "every pod gone $(($(date +%s) - tu)) s after the release was deleted"
 # a StatefulSet's volume claims outlive it (as with helm uninstall): delete them
 $K delete pvc -l app.kubernetes.io/instance=$REL --wait=true --timeout=60s
 kubectl delete namespace "$NS" --wait=true --timeout=180s
