@@ -4,7 +4,9 @@
 #   make          configure and build into build/ with -Werror
 #   make test     deps + build + every test, then again under ASan/UBSan in
 #                 build-asan/ (SANITIZE=0 make test skips the second pass)
-#   make run      deps + build + a local cluster (scripts/run-local.sh)
+#   make run      deps + build + a local cluster (scripts/run-local.sh);
+#                 GAME=tag loads the example game (examples/tag) into the
+#                 workers (GAME=/path/libmygame.so loads any module)
 #   make bench    scripts/bench.sh, if present
 #   make format   clang-format -i on every C source and header
 #   make format-check  fails if `make format` would change a file (CI runs it)
@@ -26,7 +28,7 @@ CTEST = timeout -k 30 $(TEST_TIMEOUT) ctest --output-on-failure -j$(JOBS) --time
 FORMAT_SRCS = $(wildcard common/src/*.c common/src/*.h common/include/tessera/*.h \
                          services/*/*.c services/*/*.h tests/unit/*.c tests/unit/*/*.c \
                          tests/unit/*.h tests/integration/*.c tests/integration/*.h \
-                         tests/bench/*.c tests/bench/*.h)
+                         tests/bench/*.c tests/bench/*.h examples/*/*.c)
 
 .PHONY: all build deps test run bench format format-check clean image k8s-test
 
@@ -52,7 +54,7 @@ endif
 
 run: deps
 	$(MAKE) --no-print-directory build
-	BUILD_DIR=$(BUILD_DIR) scripts/run-local.sh
+	BUILD_DIR=$(BUILD_DIR) GAME=$(GAME) scripts/run-local.sh
 
 bench:
 	@if [ -x scripts/bench.sh ]; then \

@@ -24,11 +24,37 @@
 # ACLs of scripts/gen-secrets.sh, every service as its own user (passwords
 # in files, never on a command line), and prints the read-only inspector's
 # URL for watching traffic; SECURE=0 runs both open, as before.
+# GAME (default: none, plain movement): a game module the workers load
+# (--worker.game): "tag" is the example game built as $BUILD_DIR/libtag.so
+# (examples/tag), anything else a path to a module's .so; GAME_CONFIG is
+# its worker.game_config. With a game, PLAYERS defaults to 100 and HOTSPOT
+# to none, the map's Play mode joins the game from the browser, and the
+# game's log lines (for tag: each tag, with the tagger's score) are shown
+# under the live line.
 # shellcheck disable=SC2317 # cleanup and its helpers run from traps
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 BUILD_DIR=${BUILD_DIR:-build}
+GAME=${GAME:-}
+GAME_CONFIG=${GAME_CONFIG:-}
+GAME_SO=
+GAME_NAME=
+if [[ -n "$GAME" ]]; then
+    case "$GAME" in
+    */* | *.so) GAME_SO=$GAME ;;
+    *) GAME_SO=$BUILD_DIR/lib$GAME.so ;;
+    esac
+    if [[ ! -f "$GAME_SO" ]]; then
+        echo "run-local: game module $GAME_SO not found (GAME=tag: make build builds examples/tag)" >&2
+        exit 1
+    fi
+    GAME_SO=$(cd "$(dirname "$GAME_SO")" && pwd)/$(basename "$GAME_SO")
+    GAME_NAME=$(basename "$GAME_SO" .so)
+    GAME_NAME=${GAME_NAME#lib}
+    PLAYERS=${PLAYERS:-100}
+    HOTSPOT=${HOTSPOT-0}
+fi
 PLAYERS=${PLAYERS:-1000}
 DURATION=${DURATION:-}
 KEEP=${KEEP:-0}
@@ -124,6 +150,7 @@ cleanup() {
     set +e
     [[ -n "$watch_pid" ]] && stop_pids "$watch_pid"
     [[ -n "${demo_pid:-}" ]] && stop_pids "$demo_pid"
+    [[ -n "${game_log_pid:-}" ]] && stop_pids "$game_log_pid"
     # The orchestrator first, so stopping workers do not wait for a drain;
     # then reverse start order: clients of the bus first, the servers last.
     local i
@@ -231,10 +258,12 @@ wait_port redis "$REDIS_PORT" 10
 
 as orch
 start orch "$BUILD_DIR/tessera-orch" --split.auto=1 "${CREDS[@]}"
+game_flags=()
+[[ -n "$GAME_SO" ]] && game_flags=(--worker.game="$GAME_SO" --worker.game_config="$GAME_CONFIG")
 as worker-w1
-start worker-w1 "$BUILD_DIR/tessera-worker" --worker.id=w1 "${CREDS[@]}"
+start worker-w1 "$BUILD_DIR/tessera-worker" --worker.id=w1 "${game_flags[@]}" "${CREDS[@]}"
 as worker-w2
-start worker-w2 "$BUILD_DIR/tessera-worker" --worker.id=w2 "${CREDS[@]}"
+start worker-w2 "$BUILD_DIR/tessera-worker" --worker.id=w2 "${game_flags[@]}" "${CREDS[@]}"
 as gateway
 start gateway "$BUILD_DIR/tessera-gateway" --gateway.listen="127.0.0.1:$GATEWAY_PORT" \
     --gateway.ws_listen="127.0.0.1:$MAP_PORT" "${CREDS[@]}"
@@ -249,12 +278,20 @@ else
 fi
 
 cat <<EOF
-Tessera is running (PLAYERS=$PLAYERS$([[ "$VIA_GATEWAY" == 1 ]] && echo " through the gateway")${DURATION:+, DURATION=${DURATION}s}$([[ -n "$HOTSPOT" && "$VIA_GATEWAY" != 1 ]] && echo ", a crowd at $HOTSPOT (x,y,r,share,hold_s)")):
+Tessera is running ($([[ -n "$GAME" ]] && echo "GAME=$GAME, ")PLAYERS=$PLAYERS$([[ "$VIA_GATEWAY" == 1 ]] && echo " through the gateway")${DURATION:+, DURATION=${DURATION}s}$([[ -n "$HOTSPOT" && "$VIA_GATEWAY" != 1 ]] && echo ", a crowd at $HOTSPOT (x,y,r,share,hold_s)")):
   NATS     $TESSERA_NATS_URL  (JetStream store $TMP/js)
   Redis    $TESSERA_REDIS_URL
   security $([[ "$SECURE" == 1 ]] && echo "users, permissions and ACLs from $SECRETS (SECURE=0: none)" || echo "none (SECURE=0)")
   gateway  127.0.0.1:$GATEWAY_PORT
   map      http://127.0.0.1:$MAP_PORT/  (world map; WebSocket clients: ws://127.0.0.1:$MAP_PORT/ws)
+EOF
+if [[ -n "$GAME" ]]; then
+    cat <<EOF
+  game     $GAME_SO${GAME_CONFIG:+ ($GAME_CONFIG)}
+  play     http://127.0.0.1:$MAP_PORT/#play  (the map's Play mode: arrows or WASD move, space tags)
+EOF
+fi
+cat <<EOF
   logs     $TMP/{nats,redis,orch,worker-w1,worker-w2,gateway,sim}.log$([[ "$KEEP" == 1 ]] || echo " (removed on exit; KEEP=1 keeps them)")
 In another terminal, first$([[ "$SECURE" == 1 ]] && echo " (tessera-ctl as user ctl; INSPECTOR: read-only, publishes nothing)"):
   $EXPORTS
@@ -295,6 +332,15 @@ demo_handovers() {
         sleep 3 & nap=$!; wait $nap
     done
 }
+# With a game: the workers' lines that name the module, as they come (tail
+# ends by itself once this script has exited).
+game_log_pid=
+if [[ -n "$GAME" ]]; then
+    { tail -n 0 -F --pid=$$ "$TMP/worker-w1.log" "$TMP/worker-w2.log" 2>/dev/null |
+        grep --line-buffered -w -F "$GAME_NAME"; } &
+    game_log_pid=$!
+fi
+
 HANDOVERS=${HANDOVERS:-4}
 demo_pid=
 if [[ "$HANDOVERS" =~ ^[0-9]+$ && "$HANDOVERS" -gt 0 && -x "$BUILD_DIR/tessera-ctl" ]]; then

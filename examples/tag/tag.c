@@ -342,6 +342,9 @@ static int tag_on_request(ts_game_ctx_t *ctx, ts_game_entity_t *target, const ts
     if (req->type == REQ_TAG_CONFIRMED) {
         /* payload[0]: the tagged one's team now; target is the tagger */
         put_u32(target->state + 4, get_u32(target->state + 4) + 1);
+        api->log(ctx, 1, "tag: %s %s tagged %.*s (%u tags made)",
+                 team_of(target) == TEAM_RED ? "red" : "blue", target->name ? target->name : "?",
+                 (int)name_len, (const char *)name, (unsigned)get_u32(target->state + 4));
         if (target->flags & TS_GAME_PLAYER)
             api->emit_to(ctx, target->id, EV_YOU_TAGGED, ev,
                          id_team_name_payload(ev, req->from, team, name, name_len));
