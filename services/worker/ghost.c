@@ -402,6 +402,7 @@ static void apply(ts_worker_t *w, struct ts_ghosts *g, const Tessera__V1__GhostD
         for (size_t i = 0; i < d->n_entities; i++) {
             const Tessera__V1__EntityState *es = d->entities[i];
             ts_zone_ghost_put(z, &src, d->epoch, stamp, es->id, es->x, es->y, es->vx, es->vy);
+            ts_zone_ghost_set_game(z, &src, es->id, es->flags, es->state.data, es->state.len);
         }
         for (size_t i = 0; i < d->n_removed; i++)
             ts_zone_ghost_remove(z, &src, d->removed[i]);

@@ -17,12 +17,60 @@ typedef struct {
 } departed_t;
 
 static void note_left(ts_zone_t *z, uint64_t id, const ts_cell_t *to);
+static void put_entity(ts_zone_t *z, ts_entity_t *e);
 static bool grow(void **arr, size_t *cap, size_t n, size_t elem);
 
 static void touch(ts_zone_t *z, ts_entity_t *e)
 {
     e->dirty = true;
     e->mod = ++z->mod_counter;
+}
+
+void ts_zone_touch(ts_zone_t *z, ts_entity_t *e)
+{
+    touch(z, e);
+    /* a border entity changed after the step collected the band: its
+     * ghosts hear of it in this tick's ghost delta (a step starts the list
+     * anew, so this is never stale) */
+    if (e->ghosted &&
+        grow((void **)&z->ghost_changed, &z->cap_ghost_changed, z->nghost_changed, sizeof(*z->ghost_changed)))
+        z->ghost_changed[z->nghost_changed++] = e;
+}
+
+static uint64_t mix64(uint64_t x)
+{
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+    return x ^ (x >> 31);
+}
+
+static uint64_t cell_hash(const ts_cell_t *c)
+{
+    uint64_t h = mix64(((uint64_t)c->world << 8) ^ (uint64_t)c->depth ^ 0x7e55e7a000000000ULL);
+    h = mix64(h ^ (uint64_t)(uint32_t)c->cx);
+    h = mix64(h ^ ((uint64_t)(uint32_t)c->cy << 1));
+    return mix64(h ^ c->sub);
+}
+
+uint64_t ts_zone_game_seed(const ts_cell_t *cell)
+{
+    uint64_t s = cell_hash(cell);
+    return s ? s : 1;
+}
+
+uint64_t ts_zone_npc_id(const ts_zone_t *z, uint64_t n)
+{
+    /* player ids are (gateway id << 48) | ...: gateway id 0xffff is reserved */
+    return (0xffffULL << 48) | (mix64(cell_hash(&z->cell) ^ mix64(n + 1)) & 0xffffffffffffULL);
+}
+
+bool ts_zone_add_event(ts_zone_t *z, const ts_zone_event_t *ev)
+{
+    if (z->replaying) return true; /* best effort: nobody hears a replay */
+    if (z->nevents >= TS_GAME_EVENTS_PER_TICK) return false;
+    if (!grow((void **)&z->events, &z->cap_events, z->nevents, sizeof(*z->events))) return false;
+    z->events[z->nevents++] = *ev;
+    return true;
 }
 
 /* ---- the grid ------------------------------------------------------------
@@ -185,6 +233,7 @@ ts_status_t ts_zone_create(ts_zone_t **out, const ts_cell_t *cell, uint64_t epoc
     z->in_x1 = x1 - hair;
     z->in_y1 = y1 - hair;
     ts_map_init(&z->ghosts);
+    z->game.rng = ts_zone_game_seed(cell);
     if (ts_zone_set_space(z, TS_ZONE_INTERACT_RADIUS, TS_ZONE_GHOST_MARGIN) != TS_OK) {
         ts_zone_destroy(z);
         return TS_ERR_NOMEM;
@@ -208,6 +257,7 @@ void ts_zone_destroy(ts_zone_t *z)
     grid_free(&z->grid);
     free(z->ghost_changed);
     free(z->ghost_removed);
+    free(z->events);
     ts_map_free(&z->entities);
     ts_map_free(&z->departed);
     ts_map_free(&z->precopy_ids);
@@ -347,6 +397,17 @@ static void put_entity(ts_zone_t *z, ts_entity_t *e)
     if (e->gateway != 0 && z->player_hook) z->player_hook(z->player_ud, z, e);
 }
 
+bool ts_zone_add_entity(ts_zone_t *z, ts_entity_t *e)
+{
+    if (ts_map_get(&z->entities, e->id) || ts_map_get(&z->departed, e->id)) {
+        free(e);
+        return false;
+    }
+    touch(z, e);
+    put_entity(z, e);
+    return ts_map_get(&z->entities, e->id) == e;
+}
+
 void ts_zone_detach(ts_zone_t *z, ts_entity_t *e, uint64_t at_us)
 {
     e->vx = e->vy = 0;
@@ -388,6 +449,7 @@ void ts_zone_apply_input(ts_zone_t *z, const ts_input_t *in, uint64_t tick)
             forward_input(z, &d->to, in);
             return;
         }
+        if (in->kind == TS_INPUT_REQUEST) z->requests_ignored++;
         if (in->kind != TS_INPUT_JOIN) {
             z->stats.dropped++;
             ts_debug("cell %s: input seq %llu for unknown entity %llu dropped (stream seq %llu)", z->key,
@@ -410,11 +472,21 @@ void ts_zone_apply_input(ts_zone_t *z, const ts_input_t *in, uint64_t tick)
         e->gateway = in->gateway;
         e->gateway_instance = in->gateway_instance;
         e->session = in->session;
+        e->flags = TS_GAME_PLAYER;
         ts_entity_accept_seq(e, in->seq);
         e->inputs_applied = 1;
         touch(z, e);
         put_entity(z, e);
         z->stats.applied++;
+        if (z->game_hooks && z->game_hooks->on_join && ts_map_get(&z->entities, in->entity) == e)
+            z->game_hooks->on_join(z->game_ud, z, e, in);
+        return;
+    }
+    if (in->kind == TS_INPUT_REQUEST) {
+        /* seq 0: exactly once comes from the publisher's message id and the
+         * stream order, not from the entity's window */
+        z->stats.applied++;
+        if (z->game_hooks && z->game_hooks->on_request) z->game_hooks->on_request(z->game_ud, z, e, in);
         return;
     }
     if (in->kind == TS_INPUT_DETACH || in->kind == TS_INPUT_ATTACH) {
@@ -455,11 +527,22 @@ void ts_zone_apply_input(ts_zone_t *z, const ts_input_t *in, uint64_t tick)
         note_left(z, e->id, NULL);
         free(e);
         break;
+    case TS_INPUT_COMMAND:
+        if (z->game_hooks && z->game_hooks->on_command) z->game_hooks->on_command(z->game_ud, z, e, in);
+        break;
     case TS_INPUT_DETACH:
-    case TS_INPUT_ATTACH: /* handled above */
+    case TS_INPUT_ATTACH:  /* handled above */
+    case TS_INPUT_REQUEST: /* handled above */
         break;
     }
     (void)tick;
+}
+
+static void payload_from_pb(ts_input_t *in, const ProtobufCBinaryData *b)
+{
+    size_t n = b->len < TS_GAME_PAYLOAD_MAX ? b->len : TS_GAME_PAYLOAD_MAX;
+    if (n) memcpy(in->payload, b->data, n);
+    in->payload_len = (uint32_t)n;
 }
 
 static void input_from_pb(const Tessera__V1__Input *pb, ts_input_t *in)
@@ -477,6 +560,7 @@ static void input_from_pb(const Tessera__V1__Input *pb, ts_input_t *in)
         in->gateway = pb->join->gateway;
         in->gateway_instance = pb->join->gateway_instance;
         in->session = pb->join->session;
+        payload_from_pb(in, &pb->join->payload);
         break;
     case TESSERA__V1__INPUT__KIND_DETACH:
         in->kind = TS_INPUT_DETACH;
@@ -497,6 +581,25 @@ static void input_from_pb(const Tessera__V1__Input *pb, ts_input_t *in)
     case TESSERA__V1__INPUT__KIND_LEAVE:
         in->kind = TS_INPUT_LEAVE;
         break;
+    case TESSERA__V1__INPUT__KIND_COMMAND:
+        if (pb->command->payload.len > TS_GAME_PAYLOAD_MAX) break; /* refused at the gateway already */
+        in->kind = TS_INPUT_COMMAND;
+        in->type = pb->command->type;
+        payload_from_pb(in, &pb->command->payload);
+        break;
+    case TESSERA__V1__INPUT__KIND_REQUEST: {
+        const Tessera__V1__RequestInput *r = pb->request;
+        if (r->payload.len > TS_GAME_PAYLOAD_MAX || !r->from_cell) break;
+        if (ts_proto_cell_get(r->from_cell, &in->from_cell) != TS_OK) break;
+        in->kind = TS_INPUT_REQUEST;
+        in->type = r->type;
+        in->from = r->from;
+        in->from_x = r->from_x;
+        in->from_y = r->from_y;
+        in->from_epoch = r->from_epoch;
+        payload_from_pb(in, &r->payload);
+        break;
+    }
     default:
         in->kind = 0;
         break;
@@ -524,6 +627,9 @@ static void entity_from_pb(const Tessera__V1__EntityState *pb, ts_entity_t *e)
     e->detached_us = pb->detached_us;
     e->nearby = pb->nearby;
     if (pb->name) ts_strlcpy(e->name, pb->name, sizeof(e->name));
+    e->flags = pb->flags & (TS_GAME_PLAYER | TS_GAME_NPC);
+    e->state_len = (uint32_t)(pb->state.len < TS_GAME_STATE_MAX ? pb->state.len : TS_GAME_STATE_MAX);
+    if (e->state_len) memcpy(e->state, pb->state.data, e->state_len);
 }
 
 /* The entity as gateways see it: no exactly-once window, no incarnation. */
@@ -540,6 +646,9 @@ static void entity_to_state_pb(const ts_entity_t *e, Tessera__V1__EntityState *p
     pb->hops = e->hops;
     pb->name = (char *)e->name;
     pb->nearby = e->nearby;
+    pb->state.len = e->state_len;
+    pb->state.data = (uint8_t *)e->state;
+    pb->flags = e->flags;
 }
 
 /* The whole entity (transfers, checkpoints, handover snapshots). */
@@ -577,7 +686,8 @@ static size_t entity_wire_len(const ts_entity_t *e, bool whole)
                ts_pbw_double_len(4, e->vx) + ts_pbw_double_len(5, e->vy) +
                ts_pbw_u64_len(6, e->last_input_seq) + ts_pbw_u64_len(7, e->inputs_applied) +
                ts_pbw_bytes_len(9, strnlen(e->name, sizeof(e->name))) + ts_pbw_u64_len(10, e->hops) +
-               ts_pbw_u64_len(17, e->nearby);
+               ts_pbw_u64_len(17, e->nearby) + ts_pbw_bytes_len(18, e->state_len) +
+               ts_pbw_u64_len(19, e->flags);
     if (whole) {
         n += ts_pbw_u64_len(8, e->applied_window[0]) + ts_pbw_u64_len(11, e->incarnation);
         size_t ext = entity_ext_words(e), packed = 0;
@@ -617,7 +727,9 @@ static uint8_t *entity_wire_write(uint8_t *p, const ts_entity_t *e, bool whole)
         p = ts_pbw_u64(p, 15, e->session);
         p = ts_pbw_u64(p, 16, e->detached_us);
     }
-    return ts_pbw_u64(p, 17, e->nearby);
+    p = ts_pbw_u64(p, 17, e->nearby);
+    p = ts_pbw_bytes(p, 18, e->state, e->state_len);
+    return ts_pbw_u64(p, 19, e->flags);
 }
 
 bool ts_zone_entity_wire_check(const ts_entity_t *e, bool whole)
@@ -849,6 +961,8 @@ void ts_zone_step(ts_zone_t *z, double dt, uint64_t tick)
         g->stale = true;
     }
     if (owns) ts_zone_update_nearby(z);
+    z->game.time += dt;
+    if (z->game_hooks && z->game_hooks->on_tick) z->game_hooks->on_tick(z->game_ud, z, dt, tick);
 }
 
 void ts_zone_outbox_done(ts_zone_t *z, size_t i)
@@ -914,6 +1028,8 @@ static void arena_free(arena_t *a)
     free(a->ptrs);
 }
 
+static Tessera__V1__CellId *cell_to_pb(arena_t *a, const ts_cell_t *c);
+
 static Tessera__V1__Input *input_to_pb(arena_t *a, const ts_input_t *src)
 {
     Tessera__V1__Input *in = arena_alloc(a, sizeof(*in));
@@ -933,6 +1049,8 @@ static Tessera__V1__Input *input_to_pb(arena_t *a, const ts_input_t *src)
         j->gateway = src->gateway;
         j->gateway_instance = src->gateway_instance;
         j->session = src->session;
+        j->payload.len = src->payload_len;
+        j->payload.data = (uint8_t *)src->payload;
         in->kind_case = TESSERA__V1__INPUT__KIND_JOIN;
         in->join = j;
         break;
@@ -974,6 +1092,33 @@ static Tessera__V1__Input *input_to_pb(arena_t *a, const ts_input_t *src)
         tessera__v1__leave_input__init(l);
         in->kind_case = TESSERA__V1__INPUT__KIND_LEAVE;
         in->leave = l;
+        break;
+    }
+    case TS_INPUT_COMMAND: {
+        Tessera__V1__CommandInput *c = arena_alloc(a, sizeof(*c));
+        if (!c) return NULL;
+        tessera__v1__command_input__init(c);
+        c->type = src->type;
+        c->payload.len = src->payload_len;
+        c->payload.data = (uint8_t *)src->payload;
+        in->kind_case = TESSERA__V1__INPUT__KIND_COMMAND;
+        in->command = c;
+        break;
+    }
+    case TS_INPUT_REQUEST: {
+        Tessera__V1__RequestInput *r = arena_alloc(a, sizeof(*r));
+        if (!r) return NULL;
+        tessera__v1__request_input__init(r);
+        r->from = src->from;
+        r->from_x = src->from_x;
+        r->from_y = src->from_y;
+        r->type = src->type;
+        r->payload.len = src->payload_len;
+        r->payload.data = (uint8_t *)src->payload;
+        r->from_cell = cell_to_pb(a, &src->from_cell);
+        r->from_epoch = src->from_epoch;
+        in->kind_case = TESSERA__V1__INPUT__KIND_REQUEST;
+        in->request = r;
         break;
     }
     }
@@ -1044,7 +1189,7 @@ ts_status_t ts_zone_pack_delta(ts_zone_t *z, uint64_t tick, bool full, const cha
     void *v;
     for (size_t it = 0; ts_map_next(&z->entities, &it, &id, &v);)
         if (full || ((ts_entity_t *)v)->dirty) n++;
-    if (n == 0 && z->nleft == 0 && !full) return TS_OK;
+    if (n == 0 && z->nleft == 0 && z->nevents == 0 && !full) return TS_OK;
 
     size_t parts = n ? (n + TS_ZONE_STATE_PART_ENTITIES - 1) / TS_ZONE_STATE_PART_ENTITIES : 1;
     size_t per = n < TS_ZONE_STATE_PART_ENTITIES ? (n ? n : 1) : TS_ZONE_STATE_PART_ENTITIES;
@@ -1058,12 +1203,26 @@ ts_status_t ts_zone_pack_delta(ts_zone_t *z, uint64_t tick, bool full, const cha
     ts_entity_t **ents = z->scratch_cap >= per ? z->scratch_ents : NULL;
     size_t *elens = z->scratch_cap >= per ? z->scratch_lens : NULL;
     Tessera__V1__EntityLeft **lp = calloc(z->nleft ? z->nleft : 1, sizeof(*lp));
+    Tessera__V1__GameEvent *evs = z->nevents ? calloc(z->nevents, sizeof(*evs)) : NULL;
+    Tessera__V1__GameEvent **evp = z->nevents ? calloc(z->nevents, sizeof(*evp)) : NULL;
     uint8_t **ob = calloc(parts, sizeof(*ob));
     size_t *ol = calloc(parts, sizeof(*ol));
     ts_status_t st = TS_ERR_NOMEM;
-    if (!ents || !elens || !lp || !ob || !ol) goto cleanup;
+    if (!ents || !elens || !lp || !ob || !ol || (z->nevents && (!evs || !evp))) goto cleanup;
     for (size_t i = 0; i < z->nleft; i++)
         lp[i] = &z->left[i];
+    for (size_t i = 0; i < z->nevents; i++) {
+        const ts_zone_event_t *ev = &z->events[i];
+        tessera__v1__game_event__init(&evs[i]);
+        evs[i].type = ev->type;
+        evs[i].payload.len = ev->len;
+        evs[i].payload.data = (uint8_t *)ev->payload;
+        evs[i].entity = ev->entity;
+        evs[i].positional = ev->positional;
+        evs[i].x = ev->x;
+        evs[i].y = ev->y;
+        evp[i] = &evs[i];
+    }
 
     Tessera__V1__CellId cell;
     ts_proto_cell_init(&cell, &z->cell);
@@ -1087,6 +1246,8 @@ ts_status_t ts_zone_pack_delta(ts_zone_t *z, uint64_t tick, bool full, const cha
         if (part == 0) { /* departures ride in the first part */
             d.n_left = z->nleft;
             d.left = lp;
+            d.n_events = z->nevents;
+            d.events = evp;
         }
         d.last_applied_seq = z->last_applied_seq;
         d.owner = (char *)owner;
@@ -1107,12 +1268,15 @@ cleanup:
     for (size_t i = 0; i < z->nleft; i++)
         free(z->left[i].to);
     z->nleft = 0;
+    z->nevents = 0;
     if (ob)
         for (size_t i = 0; i < parts; i++)
             free(ob[i]);
     free(ob);
     free(ol);
     free(lp);
+    free(evs);
+    free(evp);
     return st;
 }
 
@@ -1261,6 +1425,11 @@ static ts_status_t pack_checkpoint_part(const ts_zone_t *z, uint64_t tick, const
             ob->inputs = inputs_to_pb(&a, o);
             cp.outbox[i] = ob;
         }
+        cp.game_rng = z->game.rng;
+        cp.game_time = z->game.time;
+        cp.game_spawned = z->game.spawned;
+        cp.game_state.len = z->game.state_len;
+        cp.game_state.data = (uint8_t *)z->game.state;
         cp.n_left = z->nleft;
         cp.left = arena_alloc(&a, z->nleft * sizeof(*cp.left));
         for (size_t i = 0; cp.left && i < z->nleft; i++)
@@ -1367,6 +1536,16 @@ ts_status_t ts_zone_load_checkpoint(ts_zone_t *z, const Tessera__V1__Checkpoint 
         for (size_t i = 0; i < z->nleft; i++)
             free(z->left[i].to);
         z->nleft = 0;
+        /* the module's cell state (a checkpoint from before modules has
+         * none: the zone keeps its seed) */
+        if (cp->game_rng) {
+            z->game.rng = cp->game_rng;
+            z->game.time = cp->game_time;
+            z->game.spawned = cp->game_spawned;
+            z->game.state_len =
+                cp->game_state.len < TS_GAME_CELL_STATE_MAX ? cp->game_state.len : TS_GAME_CELL_STATE_MAX;
+            if (z->game.state_len) memcpy(z->game.state, cp->game_state.data, z->game.state_len);
+        }
     }
     for (size_t i = 0; i < cp->n_removed; i++) {
         ts_entity_t *old = ts_map_del(&z->entities, cp->removed[i]);
@@ -1627,11 +1806,12 @@ size_t ts_zone_ghost_drop(ts_zone_t *z, const ts_cell_t *src, uint64_t min_epoch
     return n;
 }
 
-/* An entity as a ghost carries its id and motion only. */
+/* An entity as a ghost carries its id, motion, flags and module state. */
 static size_t ghost_wire_len(const ts_entity_t *e)
 {
     return ts_pbw_u64_len(1, e->id) + ts_pbw_double_len(2, e->x) + ts_pbw_double_len(3, e->y) +
-           ts_pbw_double_len(4, e->vx) + ts_pbw_double_len(5, e->vy);
+           ts_pbw_double_len(4, e->vx) + ts_pbw_double_len(5, e->vy) + ts_pbw_bytes_len(18, e->state_len) +
+           ts_pbw_u64_len(19, e->flags);
 }
 
 static uint8_t *ghost_wire_write(uint8_t *p, const ts_entity_t *e)
@@ -1640,7 +1820,19 @@ static uint8_t *ghost_wire_write(uint8_t *p, const ts_entity_t *e)
     p = ts_pbw_double(p, 2, e->x);
     p = ts_pbw_double(p, 3, e->y);
     p = ts_pbw_double(p, 4, e->vx);
-    return ts_pbw_double(p, 5, e->vy);
+    p = ts_pbw_double(p, 5, e->vy);
+    p = ts_pbw_bytes(p, 18, e->state, e->state_len);
+    return ts_pbw_u64(p, 19, e->flags);
+}
+
+void ts_zone_ghost_set_game(ts_zone_t *z, const ts_cell_t *src, uint64_t id, uint32_t flags,
+                            const void *state, size_t len)
+{
+    ts_ghost_t *h = ts_map_get(&z->ghosts, id);
+    if (!h || !ts_cell_eq(&h->src, src)) return;
+    h->flags = flags & (TS_GAME_PLAYER | TS_GAME_NPC);
+    h->state_len = (uint32_t)(len < TS_GAME_STATE_MAX ? len : TS_GAME_STATE_MAX);
+    if (h->state_len) memcpy(h->state, state, h->state_len);
 }
 
 ts_status_t ts_zone_pack_ghost(ts_zone_t *z, uint64_t tick, bool full, uint32_t keyframe_ticks,

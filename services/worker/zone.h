@@ -30,6 +30,7 @@
 #include <stdint.h>
 
 #include "tessera/cell.h"
+#include "tessera/game.h"
 #include "tessera/map.h"
 #include "tessera/proto.h"
 #include "tessera/registry.h"
@@ -63,6 +64,11 @@ typedef struct {
     bool departing;  /* a Departure for it is queued or in the stream */
     bool ghosted;    /* within ghost margin of a border at the last step */
     uint32_t nearby; /* other entities (owned or ghost) within the interact radius */
+    /* the game module's: TS_GAME_PLAYER / TS_GAME_NPC and its state bytes
+     * (EntityState.flags / .state) */
+    uint32_t flags;
+    uint32_t state_len;
+    uint8_t state[TS_GAME_STATE_MAX];
 } ts_entity_t;
 
 /* A read-only copy of an entity of a neighbour cell (from its owner's
@@ -73,6 +79,9 @@ typedef struct {
     ts_cell_t src;  /* the cell whose owner sent it */
     uint64_t epoch; /* of src, in the message that last set it */
     uint64_t stamp; /* the keyframe of src that last named it */
+    uint32_t flags; /* the entity's TS_GAME_PLAYER / TS_GAME_NPC */
+    uint32_t state_len;
+    uint8_t state[TS_GAME_STATE_MAX]; /* its game module state */
 } ts_ghost_t;
 
 /* One grid entry: a position and what is there (an owned entity or a
@@ -114,7 +123,9 @@ typedef enum {
     TS_INPUT_MOVE,
     TS_INPUT_LEAVE,
     TS_INPUT_DETACH,
-    TS_INPUT_ATTACH
+    TS_INPUT_ATTACH,
+    TS_INPUT_COMMAND, /* a client's Command: client seq, exactly once like Move */
+    TS_INPUT_REQUEST  /* a game module's request to entity: seq 0 */
 } ts_input_kind_t;
 
 /* An input as the worker keeps it (for forwarding). */
@@ -131,6 +142,15 @@ typedef struct {
     uint64_t gateway_instance;
     uint64_t session;
     uint64_t time_us;
+    /* join: Join.payload; command: type and payload; request: type,
+     * payload, the requesting entity, its position, cell and epoch */
+    uint32_t type;
+    uint32_t payload_len;
+    uint8_t payload[TS_GAME_PAYLOAD_MAX];
+    uint64_t from;
+    double from_x, from_y;
+    ts_cell_t from_cell;
+    uint64_t from_epoch;
 } ts_input_t;
 
 /* Everything one tick sends to one destination cell. Transfers caused by the
@@ -160,7 +180,37 @@ typedef struct {
     uint64_t transfers_out;
 } ts_zone_stats_t;
 
+/* One event of the game module for this tick's StateDelta. */
 typedef struct {
+    uint32_t type;
+    bool positional;
+    uint64_t entity;
+    double x, y;
+    uint32_t len;
+    uint8_t payload[TS_GAME_PAYLOAD_MAX];
+} ts_zone_event_t;
+
+struct ts_zone;
+/* The game module host (services/worker/game.c) as the zone calls it: on
+ * the tick thread, when a join, command or request is applied and after
+ * every step. NULL hooks (the built-in "move" module): none of it. */
+typedef struct {
+    void (*on_join)(void *ud, struct ts_zone *z, ts_entity_t *e, const ts_input_t *in);
+    void (*on_command)(void *ud, struct ts_zone *z, ts_entity_t *e, const ts_input_t *in);
+    void (*on_request)(void *ud, struct ts_zone *z, ts_entity_t *e, const ts_input_t *in);
+    void (*on_tick)(void *ud, struct ts_zone *z, double dt, uint64_t tick);
+} ts_zone_game_hooks_t;
+
+/* The cell's game module state (checkpointed: Checkpoint.game_*). */
+typedef struct {
+    uint64_t rng;     /* splitmix64 state, seeded from the cell */
+    double time;      /* simulation seconds, advanced by dt each step */
+    uint64_t spawned; /* NPCs spawned so far (their ids derive from it) */
+    size_t state_len;
+    uint8_t state[TS_GAME_CELL_STATE_MAX];
+} ts_zone_game_t;
+
+typedef struct ts_zone {
     ts_cell_t cell;
     char key[TS_CELL_STR_MAX];
     uint64_t epoch;
@@ -212,6 +262,16 @@ typedef struct {
     uint64_t *ghost_removed;
     size_t nghost_removed, cap_ghost_removed;
     bool ghost_quiet; /* the last keyframe was empty and nothing changed since */
+    /* game module (services/worker/game.c) */
+    const ts_zone_game_hooks_t *game_hooks;
+    void *game_ud;
+    ts_zone_game_t game;
+    /* this tick's events (bounded: TS_GAME_EVENTS_PER_TICK), in the next
+     * delta's part 0; not kept while `replaying` (a cell catching up) */
+    ts_zone_event_t *events;
+    size_t nevents, cap_events;
+    bool replaying;
+    uint64_t requests_ignored; /* requests for entities this zone never knew */
 } ts_zone_t;
 
 ts_status_t ts_zone_create(ts_zone_t **out, const ts_cell_t *cell, uint64_t epoch, const ts_world_t *world,
@@ -302,6 +362,22 @@ void ts_zone_despawn(ts_zone_t *z, ts_entity_t *e);
 /* Stops a player's entity whose connection closed at at_us (wall clock). */
 void ts_zone_detach(ts_zone_t *z, ts_entity_t *e, uint64_t at_us);
 
+/* ---- game module ---------------------------------------------------------- */
+
+/* Seeds the cell's game RNG from its cell id (a new zone does this). */
+uint64_t ts_zone_game_seed(const ts_cell_t *cell);
+/* Adds an event to this tick's list: false if full (TS_GAME_EVENTS_PER_TICK);
+ * dropped (true) while the zone replays. */
+bool ts_zone_add_event(ts_zone_t *z, const ts_zone_event_t *ev);
+/* An NPC's id: bit 63 set (player ids never have it), then the cell and
+ * the zone's spawn counter mixed, so replay gives the same. */
+uint64_t ts_zone_npc_id(const ts_zone_t *z, uint64_t n);
+/* Adds an entity created on the tick thread (an NPC) to the zone: false if
+ * the id is taken. Takes e over either way. */
+bool ts_zone_add_entity(ts_zone_t *z, ts_entity_t *e);
+/* Marks e changed (it goes in the next delta). */
+void ts_zone_touch(ts_zone_t *z, ts_entity_t *e);
+
 /* Number of entities in the zone. */
 size_t ts_zone_entities(const ts_zone_t *z);
 
@@ -335,6 +411,9 @@ void ts_zone_update_nearby(ts_zone_t *z);
  * margin). stamp: the keyframe it belongs to (0 for a delta). */
 void ts_zone_ghost_put(ts_zone_t *z, const ts_cell_t *src, uint64_t epoch, uint64_t stamp, uint64_t id,
                        double x, double y, double vx, double vy);
+/* Sets the flags and module state of ghost id (if src sent it). */
+void ts_zone_ghost_set_game(ts_zone_t *z, const ts_cell_t *src, uint64_t id, uint32_t flags,
+                            const void *state, size_t len);
 /* Drops ghost id if src sent it. */
 void ts_zone_ghost_remove(ts_zone_t *z, const ts_cell_t *src, uint64_t id);
 /* A new keyframe of src begins: returns its stamp for ts_zone_ghost_put. */

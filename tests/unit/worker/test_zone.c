@@ -780,7 +780,11 @@ static void test_entity_wire_encoding(void **state)
     memset(&e, 0x5a, sizeof(e));
     e.name[sizeof(e.name) - 1] = 0;
     e.dirty = e.departing = false;
+    e.state_len = TS_GAME_STATE_MAX; /* module state: every byte, and flags */
     assert_true(ts_zone_entity_wire_check(&e, false));
+    assert_true(ts_zone_entity_wire_check(&e, true));
+    e.state_len = 1;
+    e.flags = TS_GAME_NPC;
     assert_true(ts_zone_entity_wire_check(&e, true));
 
     ts_entity_t v[4] = {
@@ -798,6 +802,9 @@ static void test_entity_wire_encoding(void **state)
     memset(v[1].name, 'n', sizeof(v[1].name) - 1);
     strcpy(v[2].name, "bob");
     v[2].applied_window[TS_WINDOW_WORDS - 1] = 7;
+    v[2].flags = TS_GAME_PLAYER;
+    v[2].state_len = 3;
+    memcpy(v[2].state, "\x00\xffz", 3);
     for (int i = 0; i < 4; i++) {
         assert_true(ts_zone_entity_wire_check(&v[i], false));
         assert_true(ts_zone_entity_wire_check(&v[i], true));
@@ -819,6 +826,9 @@ static void test_entity_wire_encoding(void **state)
         assert_non_null(e2);
         assert_memory_equal(&d->entities[k]->x, &e2->x, sizeof(double));
         assert_string_equal(d->entities[k]->name, e2->name);
+        assert_int_equal(d->entities[k]->flags, e2->flags);
+        assert_int_equal(d->entities[k]->state.len, e2->state_len);
+        if (e2->state_len) assert_memory_equal(d->entities[k]->state.data, e2->state, e2->state_len);
     }
     tessera__v1__state_delta__free_unpacked(d, NULL);
     ts_zone_free_parts(bufs, lens, nparts);
@@ -828,8 +838,12 @@ static void test_entity_wire_encoding(void **state)
     Tessera__V1__Checkpoint *c = tessera__v1__checkpoint__unpack(NULL, cplen, cp);
     assert_non_null(c);
     assert_int_equal(c->n_entities, 2);
-    for (size_t k = 0; k < c->n_entities; k++)
-        assert_int_equal(c->entities[k]->incarnation, get(z, c->entities[k]->id)->incarnation);
+    for (size_t k = 0; k < c->n_entities; k++) {
+        const ts_entity_t *e2 = get(z, c->entities[k]->id);
+        assert_int_equal(c->entities[k]->incarnation, e2->incarnation);
+        assert_int_equal(c->entities[k]->flags, e2->flags);
+        assert_int_equal(c->entities[k]->state.len, e2->state_len);
+    }
     tessera__v1__checkpoint__free_unpacked(c, NULL);
     free(cp);
     ts_zone_destroy(z);
