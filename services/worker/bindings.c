@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "game_host.h"
 #include "metrics.h"
 #include "tessera/log.h"
 #include "tessera/subject.h"
@@ -59,9 +60,25 @@ static void apply_to(ts_worker_t *w, ts_binding_t *b, const ts_inbox_msg_t *m)
     if (m->msg.pending == 0) b->replayed = true;
     if (b->catching_up && b->replayed && b->zone->last_applied_seq >= b->catchup_seq) {
         b->catching_up = false;
+        b->zone->replaying = false; /* the game module's events are heard from here on */
         ts_info("cell %s: caught up with its input at seq %" PRIu64 "; live", b->zone->key,
                 b->zone->last_applied_seq);
     }
+}
+
+/* The game module takes the zone (before any of its held input applies).
+ * A child cell that starts empty (no checkpoint, nothing applied) of a
+ * parent bound here starts with the parent's cell state (ts_game_split_state). */
+static void adopt_game(ts_worker_t *w, ts_zone_t *zone, bool replaying)
+{
+    ts_game_host_attach(ts_game_host_global(), zone, w->cfg->worker_max_speed);
+    zone->replaying = replaying;
+    ts_cell_t parent;
+    if (zone->cell.depth == 0 || zone->last_applied_seq != 0 || zone->game.time != 0 ||
+        ts_cell_parent(&zone->cell, &parent) != TS_OK)
+        return;
+    ts_binding_t *pb = ts_worker_find_binding(w, &parent);
+    if (pb) ts_game_split_state(&pb->zone->game, (unsigned)ts_cell_quadrant(&zone->cell), &zone->game);
 }
 
 ts_status_t ts_worker_adopt(ts_worker_t *w, ts_zone_t *zone, uint64_t epoch, ts_bus_sub_t *sub,
@@ -94,6 +111,7 @@ ts_status_t ts_worker_adopt(ts_worker_t *w, ts_zone_t *zone, uint64_t epoch, ts_
     b->catchup_seq = catchup_seq;
     b->replayed = !pending;
     b->catchup_until_us = ts_mono_us() + CATCHUP_MAX_US;
+    adopt_game(w, zone, b->catching_up);
     b->index = w->nbind;
     w->bindings[w->nbind++] = b;
     w->bindings_changed++;

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "game_host.h"
 #include "tessera/http.h"
 #include "tessera/log.h"
 #include "tessera/metrics.h"
@@ -42,6 +43,9 @@ typedef struct {
     /* split and merge (split.c) */
     ts_counter_t *splits, *cells_merged, *fwd_inputs, *fwd_entities;
     ts_histogram_t *split_s, *merge_s, *split_work_s, *merge_work_s;
+    /* the game module (game.c), labelled {module} */
+    ts_counter_t *game_commands, *game_requests_sent, *game_requests, *game_events;
+    ts_counter_t *game_errors[TS_GAME_CB_N], *game_overruns, *game_faults;
 } wm_t;
 
 static wm_t wm;
@@ -163,6 +167,27 @@ ts_status_t ts_worker_metrics_start(const ts_config_t *cfg)
         ts_metrics_histogram(wm.reg, "tessera_worker_split_tick_work_seconds", work, split_kind, sb, nsb);
     wm.merge_work_s =
         ts_metrics_histogram(wm.reg, "tessera_worker_split_tick_work_seconds", work, merge_kind, sb, nsb);
+    const char *mod = ts_game_host_name(ts_game_host_global());
+    COUNTER(game_commands, "tessera_worker_game_commands_total",
+            "Client commands given to the game module's on_command.", "module", mod, );
+    COUNTER(game_requests_sent, "tessera_worker_game_requests_total",
+            "Game module requests: sent (api->request) and applied (on_request at the target's owner).",
+            "module", mod, "direction", "sent", );
+    COUNTER(game_requests, "tessera_worker_game_requests_total",
+            "Game module requests: sent (api->request) and applied (on_request at the target's owner).",
+            "module", mod, "direction", "applied", );
+    COUNTER(game_events, "tessera_worker_game_events_total",
+            "Events the game module emitted (to one player or to a position).", "module", mod, );
+    static const char *const cb_label[TS_GAME_CB_N] = {"on_join", "on_command", "on_request", "on_tick"};
+    for (int i = 0; i < TS_GAME_CB_N; i++)
+        COUNTER(game_errors[i], "tessera_worker_game_errors_total",
+                "Game module callbacks that returned an error (the cell goes on).", "module", mod, "callback",
+                cb_label[i], );
+    COUNTER(game_overruns, "tessera_worker_game_overruns_total",
+            "Game module callbacks that ran longer than worker.game_budget_ms.", "module", mod, );
+    COUNTER(game_faults, "tessera_worker_game_faults_total",
+            "Crashes inside a game module callback (the worker exits; its cells are recovered elsewhere).",
+            "module", mod, );
     ts_metrics_counter_fn(wm.reg, "tessera_worker_bus_sent_bytes_total", "Bytes published to NATS.", NULL,
                           bytes_out, NULL);
     ts_metrics_gauge_fn(wm.reg, "tessera_worker_publish_backlog",
@@ -237,6 +262,16 @@ void ts_worker_metrics_snapshot(ts_worker_t *w)
     ts_counter_set(wm.cells_merged, w->stats.merged_cells);
     ts_counter_set(wm.fwd_inputs, w->stats.fwd_inputs);
     ts_counter_set(wm.fwd_entities, w->stats.fwd_entities);
+    ts_game_stats_t game;
+    ts_game_host_stats(ts_game_host_global(), &game);
+    ts_counter_set(wm.game_commands, game.commands);
+    ts_counter_set(wm.game_requests_sent, game.requests_sent);
+    ts_counter_set(wm.game_requests, game.requests);
+    ts_counter_set(wm.game_events, game.events);
+    for (int i = 0; i < TS_GAME_CB_N; i++)
+        ts_counter_set(wm.game_errors[i], game.errors[i]);
+    ts_counter_set(wm.game_overruns, game.overruns);
+    ts_counter_set(wm.game_faults, game.faults);
     atomic_store(&wm.bus, w->bus);
     atomic_store(&wm.view_read, w->view.valid);
     atomic_store(&wm.binding, (uint64_t)w->binding.len);

@@ -582,6 +582,7 @@ static void tick_once(ts_worker_t *w, double dt, uint64_t full_every, uint64_t h
             ts_warn("cell %s: its input replay did not catch up in time (at seq %" PRIu64 "); acting anyway",
                     b->zone->key, b->zone->last_applied_seq);
             b->catching_up = false;
+            b->zone->replaying = false;
         }
         ts_split_step(w, b, dt); /* a split or retired cell moves its entities on instead */
         ts_worker_publish_departures(w, b->zone);

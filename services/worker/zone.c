@@ -60,8 +60,8 @@ uint64_t ts_zone_game_seed(const ts_cell_t *cell)
 
 uint64_t ts_zone_npc_id(const ts_zone_t *z, uint64_t n)
 {
-    /* player ids are (gateway id << 48) | ...: gateway id 0xffff is reserved */
-    return (0xffffULL << 48) | (mix64(cell_hash(&z->cell) ^ mix64(n + 1)) & 0xffffffffffffULL);
+    /* player ids are (gateway id << 48) | ...: gateway id 0x7fff is reserved */
+    return (0x7fffULL << 48) | (mix64(cell_hash(&z->cell) ^ mix64(n + 1)) & 0xffffffffffffULL);
 }
 
 bool ts_zone_add_event(ts_zone_t *z, const ts_zone_event_t *ev)
@@ -363,8 +363,58 @@ static ts_zone_out_t *outbox_for(ts_zone_t *z, const ts_cell_t *dest, uint64_t m
     return o;
 }
 
+/* A request's outbox entry: one per request, its marker (bit 63 set,
+ * never a stream sequence) derived from the input-stream message being
+ * applied (or, in on_tick, the last one and the cell's simulation time)
+ * and the request's rank after it, so a new owner replaying the same input
+ * publishes the same message id and JetStream stores it once. */
+static uint64_t request_marker(ts_zone_t *z, bool in_tick)
+{
+    uint64_t s = z->cur_stream_seq > z->last_applied_seq ? z->cur_stream_seq : z->last_applied_seq;
+    uint64_t key = mix64(s ^ mix64(in_tick ? ts_pbw_double_bits(z->game.time) ^ 0x7469636bULL : 0));
+    if (key != z->req_key) {
+        z->req_key = key;
+        z->req_n = 0;
+    }
+    return TS_ZONE_REQUEST_MARK | (mix64(key ^ mix64(++z->req_n)) & ~TS_ZONE_REQUEST_MARK);
+}
+
+bool ts_zone_send_request(ts_zone_t *z, const ts_cell_t *to, const ts_input_t *in, bool in_tick)
+{
+    ts_zone_out_t *o = outbox_for(z, to, request_marker(z, in_tick));
+    if (!o || !grow((void **)&o->inputs, &o->cap_inputs, o->ninputs, sizeof(*o->inputs))) return false;
+    o->inputs[o->ninputs++] = *in;
+    return true;
+}
+
+bool ts_zone_locate(const ts_zone_t *z, uint64_t id, ts_cell_t *out)
+{
+    if (ts_map_get(&z->entities, id)) {
+        *out = z->cell;
+        return true;
+    }
+    const ts_ghost_t *h = ts_map_get(&z->ghosts, id);
+    if (h) {
+        *out = h->src;
+        return true;
+    }
+    const departed_t *d = ts_map_get(&z->departed, id);
+    if (d) {
+        *out = d->to;
+        return true;
+    }
+    return false;
+}
+
 static void forward_input(ts_zone_t *z, const ts_cell_t *to, const ts_input_t *in)
 {
+    if (in->kind == TS_INPUT_REQUEST) { /* seq 0: its message id must be deterministic */
+        if (ts_zone_send_request(z, to, in, false))
+            z->stats.forwarded++;
+        else
+            z->stats.dropped++;
+        return;
+    }
     ts_zone_out_t *o = outbox_for(z, to, 0);
     if (!o || !grow((void **)&o->inputs, &o->cap_inputs, o->ninputs, sizeof(*o->inputs))) {
         z->stats.dropped++;

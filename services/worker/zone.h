@@ -272,6 +272,10 @@ typedef struct ts_zone {
     size_t nevents, cap_events;
     bool replaying;
     uint64_t requests_ignored; /* requests for entities this zone never knew */
+    uint64_t req_key, req_n;   /* request_marker() in zone.c */
+    /* per-tick bounds of the module host (game.c): counts of tick game_tick */
+    uint64_t game_tick;
+    uint32_t game_spawns, game_requests;
 } ts_zone_t;
 
 ts_status_t ts_zone_create(ts_zone_t **out, const ts_cell_t *cell, uint64_t epoch, const ts_world_t *world,
@@ -366,11 +370,23 @@ void ts_zone_detach(ts_zone_t *z, ts_entity_t *e, uint64_t at_us);
 
 /* Seeds the cell's game RNG from its cell id (a new zone does this). */
 uint64_t ts_zone_game_seed(const ts_cell_t *cell);
+/* Outbox entries of requests have this bit in marker_seq (departure
+ * markers are stream sequences, below it). */
+#define TS_ZONE_REQUEST_MARK (1ULL << 63)
+/* Queues a request input (in->kind TS_INPUT_REQUEST) for cell `to`'s input
+ * stream in an outbox entry of its own whose message id is deterministic
+ * (see zone.c). in_tick: decided in on_tick, not while an input applied.
+ * False if out of memory. */
+bool ts_zone_send_request(ts_zone_t *z, const ts_cell_t *to, const ts_input_t *in, bool in_tick);
+/* The cell of entity id as this zone knows it: its own (owned), the
+ * ghost's source, or where it departed to. */
+bool ts_zone_locate(const ts_zone_t *z, uint64_t id, ts_cell_t *out);
 /* Adds an event to this tick's list: false if full (TS_GAME_EVENTS_PER_TICK);
  * dropped (true) while the zone replays. */
 bool ts_zone_add_event(ts_zone_t *z, const ts_zone_event_t *ev);
-/* An NPC's id: bit 63 set (player ids never have it), then the cell and
- * the zone's spawn counter mixed, so replay gives the same. */
+/* An NPC's id: 0x7fff in the top 16 bits (a player's id starts with its
+ * gateway id, and gateway id 32767 is reserved), then the cell and n (the
+ * zone's spawn counter) mixed, so replay gives the same. */
 uint64_t ts_zone_npc_id(const ts_zone_t *z, uint64_t n);
 /* Adds an entity created on the tick thread (an NPC) to the zone: false if
  * the id is taken. Takes e over either way. */
