@@ -37,13 +37,6 @@ struct ts_game_host {
     int each_depth;
 };
 
-struct ts_game_ctx {
-    ts_game_host_t *h;
-    ts_zone_t *z;
-    bool in_tick;
-    int in_query;
-};
-
 enum { RL_ERROR = 0, RL_OVERRUN, RL_MODULE, RL_NOTE };
 
 static const char *const cb_names[TS_GAME_CB_N] = {"on_join", "on_command", "on_request", "on_tick"};

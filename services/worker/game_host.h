@@ -22,6 +22,14 @@
 
 typedef struct ts_game_host ts_game_host_t;
 
+/* What a callback's ts_game_ctx_t is: the host and the cell. */
+struct ts_game_ctx {
+    ts_game_host_t *h;
+    ts_zone_t *z;
+    bool in_tick; /* on_tick (not an input being applied) */
+    int in_query; /* inside api->query: no spawn, no despawn */
+};
+
 /* Callbacks, for tessera_worker_game_errors_total{callback}. */
 typedef enum {
     TS_GAME_CB_JOIN = 0,

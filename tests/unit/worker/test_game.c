@@ -1,0 +1,702 @@
+/* Unit tests of services/worker/game.c, the game module host, against real
+ * zones (zone.c is compiled in) with the test module of game_testmod.c,
+ * compiled in and, for the loader, dlopen'ed from the shared objects
+ * tests/CMakeLists.txt builds.
+ *
+ * The world is 4 x 4 root cells of 100 from (-2, -2); cell (0, 0) is
+ * [0, 100) x [0, 100). */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "game_host.h"
+#include "tessera/util.h"
+#include "zone.c" /* the simulation itself, unchanged */
+
+#define tessera_game_module testmod_table
+#include "game_testmod.c"
+#undef tessera_game_module
+
+static const ts_world_t WORLD = {.id = 0, .cell_size = 100, .x0 = -2, .y0 = -2, .width = 4, .height = 4};
+
+static ts_game_host_t *host(int64_t budget_ms)
+{
+    ts_game_host_t *h = NULL;
+    char err[256];
+    assert_int_equal(ts_game_host_open(&h, testmod_table(), "", budget_ms, err, sizeof(err)), TS_OK);
+    return h;
+}
+
+static ts_zone_t *zone_at(ts_game_host_t *h, int cx, int cy)
+{
+    ts_cell_t c = {.world = 0, .cx = cx, .cy = cy};
+    ts_zone_t *z = NULL;
+    assert_int_equal(ts_zone_create(&z, &c, 1, &WORLD, 50), TS_OK);
+    ts_game_host_attach(h, z, 50);
+    return z;
+}
+
+static ts_entity_t *get(ts_zone_t *z, uint64_t id)
+{
+    return ts_map_get(&z->entities, id);
+}
+
+static ts_input_t join_in(uint64_t entity, uint64_t seq, double x, double y, uint8_t team)
+{
+    ts_input_t in = {.entity = entity, .seq = seq, .kind = TS_INPUT_JOIN, .a = x, .b = y, .gateway = 1};
+    in.payload[0] = team;
+    in.payload_len = 1;
+    return in;
+}
+
+static ts_input_t cmd_in(uint64_t entity, uint64_t seq, uint32_t type, const void *payload, size_t len)
+{
+    ts_input_t in = {.entity = entity, .seq = seq, .kind = TS_INPUT_COMMAND, .type = type};
+    memcpy(in.payload, payload, len);
+    in.payload_len = (uint32_t)len;
+    return in;
+}
+
+/* Inputs as one input-stream message, through the wire like the worker
+ * gets them (caller frees with tessera__v1__input_batch__free_unpacked). */
+static Tessera__V1__InputBatch *batch_of(const ts_input_t *ins, size_t n)
+{
+    arena_t a = {0};
+    Tessera__V1__InputBatch b = TESSERA__V1__INPUT_BATCH__INIT;
+    b.n_inputs = n;
+    b.inputs = arena_alloc(&a, n * sizeof(*b.inputs));
+    for (size_t i = 0; i < n; i++)
+        b.inputs[i] = input_to_pb(&a, &ins[i]);
+    assert_false(a.failed);
+    uint8_t *buf;
+    size_t len;
+    assert_int_equal(ts_proto_pack(&b.base, &buf, &len), TS_OK);
+    arena_free(&a);
+    Tessera__V1__InputBatch *u = tessera__v1__input_batch__unpack(NULL, len, buf);
+    free(buf);
+    assert_non_null(u);
+    return u;
+}
+
+static bool apply(ts_zone_t *z, uint64_t stream_seq, const ts_input_t *ins, size_t n, uint64_t tick)
+{
+    Tessera__V1__InputBatch *b = batch_of(ins, n);
+    bool r = ts_zone_apply_batch(z, stream_seq, b, tick);
+    tessera__v1__input_batch__free_unpacked(b, NULL);
+    return r;
+}
+
+/* This tick's StateDelta (part 0), decoded. */
+static Tessera__V1__StateDelta *delta(ts_zone_t *z, uint64_t tick)
+{
+    uint8_t **bufs;
+    size_t *lens, nparts;
+    assert_int_equal(ts_zone_pack_delta(z, tick, true, "w1", &bufs, &lens, &nparts), TS_OK);
+    assert_true(nparts >= 1);
+    Tessera__V1__StateDelta *d = tessera__v1__state_delta__unpack(NULL, lens[0], bufs[0]);
+    ts_zone_free_parts(bufs, lens, nparts);
+    assert_non_null(d);
+    return d;
+}
+
+/* ---- loading -------------------------------------------------------------------- */
+
+static void test_load_from_file_and_abi_refusal(void **state)
+{
+    (void)state;
+    ts_game_host_t *h = NULL;
+    char err[512] = "";
+    assert_int_equal(ts_game_host_load(&h, TS_TESTMOD_SO, "", 10, err, sizeof(err)), TS_OK);
+    assert_string_equal(ts_game_host_name(h), "testmod");
+    /* the module works through the host */
+    ts_zone_t *z = zone_at(h, 0, 0);
+    ts_input_t j = join_in(5, 1, 10, 10, 3);
+    assert_true(apply(z, 1, &j, 1, 1));
+    assert_int_equal(get(z, 5)->state_len, 2);
+    assert_int_equal(get(z, 5)->state[0], 3);
+    assert_int_equal(get(z, 5)->flags, TS_GAME_PLAYER);
+    ts_zone_destroy(z);
+    ts_game_host_close(h);
+
+    /* another ABI version: refused, naming the file and both versions */
+    h = NULL;
+    assert_int_equal(ts_game_host_load(&h, TS_TESTMOD_BADABI_SO, "", 10, err, sizeof(err)), TS_ERR_CONFIG);
+    assert_null(h);
+    assert_non_null(strstr(err, TS_TESTMOD_BADABI_SO));
+    assert_non_null(strstr(err, "ABI version 99"));
+    assert_non_null(strstr(err, "needs 1"));
+
+    assert_int_equal(ts_game_host_load(&h, "/nonexistent/libnothing.so", "", 10, err, sizeof(err)),
+                     TS_ERR_CONFIG);
+    assert_non_null(strstr(err, "/nonexistent/libnothing.so"));
+    /* load() refusing its configuration */
+    assert_int_equal(ts_game_host_load(&h, TS_TESTMOD_SO, "fail", 10, err, sizeof(err)), TS_ERR_CONFIG);
+    assert_non_null(strstr(err, "load()"));
+
+    /* the built-in: movement only, no hooks on the zone */
+    assert_int_equal(ts_game_host_load(&h, "", "", 10, err, sizeof(err)), TS_OK);
+    assert_string_equal(ts_game_host_name(h), "move");
+    z = zone_at(h, 0, 0);
+    assert_null(z->game_hooks);
+    ts_zone_destroy(z);
+    ts_game_host_close(h);
+}
+
+/* ---- commands ------------------------------------------------------------------- */
+
+static void test_commands_applied_once(void **state)
+{
+    (void)state;
+    ts_game_host_t *h = host(1000);
+    ts_zone_t *z = zone_at(h, 0, 0);
+    ts_input_t in[] = {join_in(5, 1, 10, 10, 1), cmd_in(5, 2, 1, NULL, 0), cmd_in(5, 3, 1, NULL, 0)};
+    assert_true(apply(z, 1, in, 3, 1));
+    assert_int_equal(get(z, 5)->state[1], 2);
+    /* the same commands again (a gateway resend, a forward overtaken) */
+    ts_input_t again[] = {cmd_in(5, 3, 1, NULL, 0), cmd_in(5, 2, 1, NULL, 0)};
+    assert_true(apply(z, 2, again, 2, 1));
+    assert_int_equal(get(z, 5)->state[1], 2);
+    assert_int_equal(z->stats.duplicates, 2);
+    /* the stream message itself again: skipped whole */
+    assert_false(apply(z, 1, in, 3, 1));
+    assert_int_equal(get(z, 5)->state[1], 2);
+    ts_game_stats_t st;
+    ts_game_host_stats(h, &st);
+    assert_int_equal(st.commands, 2);
+    assert_int_equal(st.events, 2);
+
+    /* the events ride in the delta's part 0, with the entity's new state */
+    Tessera__V1__StateDelta *d = delta(z, 2);
+    assert_int_equal(d->n_events, 2);
+    for (size_t i = 0; i < 2; i++) {
+        assert_int_equal(d->events[i]->type, 7);
+        assert_int_equal(d->events[i]->entity, 5);
+        assert_false(d->events[i]->positional);
+        assert_int_equal(d->events[i]->payload.len, 2);
+        assert_int_equal(d->events[i]->payload.data[1], i + 1);
+    }
+    assert_int_equal(d->n_entities, 1);
+    assert_int_equal(d->entities[0]->state.len, 2);
+    assert_int_equal(d->entities[0]->state.data[1], 2);
+    assert_int_equal(d->entities[0]->flags, TS_GAME_PLAYER);
+    tessera__v1__state_delta__free_unpacked(d, NULL);
+    /* said once */
+    d = delta(z, 3);
+    assert_int_equal(d->n_events, 0);
+    tessera__v1__state_delta__free_unpacked(d, NULL);
+
+    /* a positional event */
+    ts_input_t boom = cmd_in(5, 4, 6, NULL, 0);
+    assert_true(apply(z, 3, &boom, 1, 3));
+    d = delta(z, 4);
+    assert_int_equal(d->n_events, 1);
+    assert_true(d->events[0]->positional);
+    assert_int_equal(d->events[0]->entity, 0);
+    assert_true(d->events[0]->x == 10 && d->events[0]->y == 10);
+    assert_memory_equal(d->events[0]->payload.data, "boom", 4);
+    tessera__v1__state_delta__free_unpacked(d, NULL);
+    ts_zone_destroy(z);
+    ts_game_host_close(h);
+}
+
+static void test_events_not_sent_while_replaying(void **state)
+{
+    (void)state;
+    ts_game_host_t *h = host(1000);
+    ts_zone_t *z = zone_at(h, 0, 0);
+    z->replaying = true; /* bound from a checkpoint, catching up */
+    ts_input_t in[] = {join_in(5, 1, 10, 10, 1), cmd_in(5, 2, 1, NULL, 0), cmd_in(5, 3, 6, NULL, 0)};
+    assert_true(apply(z, 1, in, 3, 1));
+    assert_int_equal(get(z, 5)->state[1], 1); /* the command applied */
+    assert_int_equal(z->nevents, 0);          /* its events did not */
+    z->replaying = false;
+    ts_input_t live = cmd_in(5, 4, 1, NULL, 0);
+    assert_true(apply(z, 2, &live, 1, 2));
+    Tessera__V1__StateDelta *d = delta(z, 2);
+    assert_int_equal(d->n_events, 1);
+    assert_int_equal(d->events[0]->payload.data[1], 2);
+    tessera__v1__state_delta__free_unpacked(d, NULL);
+    ts_zone_destroy(z);
+    ts_game_host_close(h);
+}
+
+static void test_error_and_overrun_do_not_stop_the_cell(void **state)
+{
+    (void)state;
+    ts_game_host_t *h = host(20); /* command 3 runs 50 ms */
+    ts_zone_t *z = zone_at(h, 0, 0);
+    ts_input_t in[] = {join_in(5, 1, 10, 10, 1), cmd_in(5, 2, 2, NULL, 0), cmd_in(5, 3, 3, NULL, 0),
+                       cmd_in(5, 4, 99, NULL, 0), cmd_in(5, 5, 1, NULL, 0)};
+    assert_true(apply(z, 1, in, 5, 1));
+    ts_game_stats_t st;
+    ts_game_host_stats(h, &st);
+    assert_int_equal(st.errors[TS_GAME_CB_COMMAND], 2); /* types 2 and 99 */
+    assert_int_equal(st.overruns, 1);
+    assert_int_equal(st.commands, 4);
+    assert_int_equal(get(z, 5)->state[1], 1); /* the last one applied */
+    assert_int_equal(get(z, 5)->inputs_applied, 5);
+    ts_zone_step(z, 0.05, 2); /* and the cell ticks on */
+    assert_int_equal(z->game.state_len, 12);
+    ts_zone_destroy(z);
+    ts_game_host_close(h);
+}
+
+/* ---- state bytes on the wire --------------------------------------------------------- */
+
+static void test_state_travels(void **state)
+{
+    (void)state;
+    ts_game_host_t *h = host(1000);
+    ts_zone_t *a = zone_at(h, 0, 0);
+    ts_input_t in[] = {join_in(5, 1, 99.5, 50, 4), cmd_in(5, 2, 1, NULL, 0), cmd_in(5, 3, 5, NULL, 0)};
+    assert_true(apply(a, 1, in, 3, 1));
+    assert_int_equal(ts_zone_entities(a), 2);
+    uint64_t npc = 0;
+    uint64_t id;
+    void *v;
+    for (size_t it = 0; ts_map_next(&a->entities, &it, &id, &v);)
+        if (id != 5) npc = id;
+    assert_int_equal(get(a, npc)->flags, TS_GAME_NPC);
+
+    /* checkpoint (whole, then in parts) into a fresh zone */
+    for (int parts = 0; parts < 2; parts++) {
+        ts_zone_t *b = zone_at(h, 0, 0);
+        uint8_t **bufs;
+        size_t *lens, n;
+        assert_int_equal(ts_zone_pack_checkpoint_parts(a, 1, "w1", false, 0, &bufs, &lens, &n), TS_OK);
+        for (size_t i = 0; i < n; i++) {
+            Tessera__V1__Checkpoint *cp = tessera__v1__checkpoint__unpack(NULL, lens[i], bufs[i]);
+            assert_non_null(cp);
+            assert_int_equal(ts_zone_load_checkpoint(b, cp, false, 1), TS_OK);
+            tessera__v1__checkpoint__free_unpacked(cp, NULL);
+        }
+        ts_zone_free_parts(bufs, lens, n);
+        for (size_t it = 0; ts_map_next(&a->entities, &it, &id, &v);) {
+            ts_entity_t *ea = v, *eb = get(b, id);
+            assert_non_null(eb);
+            assert_int_equal(ea->flags, eb->flags);
+            assert_int_equal(ea->state_len, eb->state_len);
+            assert_memory_equal(ea->state, eb->state, ea->state_len);
+        }
+        ts_zone_destroy(b);
+    }
+
+    /* a diff after a change carries it */
+    ts_zone_t *b = zone_at(h, 0, 0);
+    uint8_t *buf;
+    size_t len;
+    assert_int_equal(ts_zone_pack_checkpoint(a, 1, "w1", false, &buf, &len), TS_OK);
+    Tessera__V1__Checkpoint *cp = tessera__v1__checkpoint__unpack(NULL, len, buf);
+    free(buf);
+    assert_int_equal(ts_zone_load_checkpoint(b, cp, false, 1), TS_OK);
+    tessera__v1__checkpoint__free_unpacked(cp, NULL);
+    ts_zone_mark_precopy(a);
+    ts_input_t more = cmd_in(5, 4, 1, NULL, 0);
+    assert_true(apply(a, 2, &more, 1, 2));
+    assert_int_equal(ts_zone_pack_checkpoint(a, 2, "w1", true, &buf, &len), TS_OK);
+    cp = tessera__v1__checkpoint__unpack(NULL, len, buf);
+    free(buf);
+    assert_int_equal(cp->n_entities, 1);
+    assert_int_equal(ts_zone_load_checkpoint(b, cp, true, 2), TS_OK);
+    tessera__v1__checkpoint__free_unpacked(cp, NULL);
+    assert_int_equal(get(b, 5)->state[1], 2);
+
+    /* a ghost: the band entity's flags and state reach the neighbour */
+    ts_zone_step(a, 0.001, 3);
+    uint8_t **gb;
+    size_t *gl, gn;
+    assert_int_equal(ts_zone_pack_ghost(a, 3, true, 10, "w1", &gb, &gl, &gn), TS_OK);
+    assert_int_equal(gn, 1);
+    Tessera__V1__GhostDelta *gd = tessera__v1__ghost_delta__unpack(NULL, gl[0], gb[0]);
+    ts_zone_free_parts(gb, gl, gn);
+    assert_non_null(gd);
+    ts_zone_t *east = zone_at(h, 1, 0);
+    bool saw = false;
+    for (size_t i = 0; i < gd->n_entities; i++) {
+        const Tessera__V1__EntityState *es = gd->entities[i];
+        if (es->id == 5) {
+            saw = true;
+            assert_int_equal(es->flags, TS_GAME_PLAYER);
+            assert_int_equal(es->state.len, 2);
+            assert_int_equal(es->state.data[1], 2);
+        }
+        ts_zone_ghost_put(east, &a->cell, a->epoch, 0, es->id, es->x, es->y, es->vx, es->vy);
+        ts_zone_ghost_set_game(east, &a->cell, es->id, es->flags, es->state.data, es->state.len);
+    }
+    tessera__v1__ghost_delta__free_unpacked(gd, NULL);
+    assert_true(saw);
+    ts_game_ctx_t ctx = {.h = h, .z = east};
+    ts_game_entity_t g;
+    assert_int_equal(api->get(&ctx, 5, &g), TS_GAME_OK);
+    assert_int_equal(g.flags, TS_GAME_PLAYER | TS_GAME_GHOST);
+    assert_int_equal(g.state[0], 4);
+    assert_int_equal(api->set(&ctx, &g), TS_GAME_EPERM); /* read-only */
+
+    /* a transfer: the entity walks east and arrives with its state */
+    get(a, 5)->vx = 40;
+    ts_zone_step(a, 0.05, 4);
+    assert_int_equal(a->ndeps, 1);
+    Tessera__V1__InputBatch *deps = NULL;
+    uint8_t *db;
+    size_t dl;
+    assert_int_equal(ts_zone_pack_departures(a, &db, &dl), TS_OK);
+    deps = tessera__v1__input_batch__unpack(NULL, dl, db);
+    free(db);
+    a->deps_in_flight = a->ndeps; /* stored: the Departure comes back through a's stream */
+    ts_zone_departures_done(a);
+    assert_true(ts_zone_apply_batch(a, 10, deps, 4));
+    tessera__v1__input_batch__free_unpacked(deps, NULL);
+    assert_null(get(a, 5));
+    assert_int_equal(a->nout, 1);
+    uint8_t *ob;
+    size_t ol;
+    assert_int_equal(ts_zone_pack_outbox(a, 0, &ob, &ol), TS_OK);
+    Tessera__V1__InputBatch *t = tessera__v1__input_batch__unpack(NULL, ol, ob);
+    free(ob);
+    assert_true(ts_zone_apply_batch(east, 1, t, 4));
+    tessera__v1__input_batch__free_unpacked(t, NULL);
+    ts_entity_t *e = get(east, 5);
+    assert_non_null(e);
+    assert_int_equal(e->flags, TS_GAME_PLAYER);
+    assert_int_equal(e->state_len, 2);
+    assert_int_equal(e->state[0], 4);
+    assert_int_equal(e->state[1], 2);
+    ts_zone_destroy(east);
+    ts_zone_destroy(b);
+    ts_zone_destroy(a);
+    ts_game_host_close(h);
+}
+
+/* ---- determinism -------------------------------------------------------------------------- */
+
+static void test_rng_deterministic(void **state)
+{
+    (void)state;
+    ts_game_host_t *h = host(1000);
+    ts_zone_t *a = zone_at(h, 0, 0), *b = zone_at(h, 0, 0), *c = zone_at(h, 1, 0);
+    ts_game_ctx_t ca = {.h = h, .z = a}, cb = {.h = h, .z = b}, cc = {.h = h, .z = c};
+    bool differs = false;
+    for (int i = 0; i < 100; i++) {
+        uint64_t x = api->rng(&ca);
+        assert_int_equal(x, api->rng(&cb));
+        if (x != api->rng(&cc)) differs = true;
+        double u = api->rng_unit(&ca);
+        assert_true(u >= 0 && u < 1);
+        assert_true(u == api->rng_unit(&cb));
+    }
+    assert_true(differs);
+    /* the state is the checkpointed word: a zone loaded from a checkpoint goes on the same */
+    uint8_t *buf;
+    size_t len;
+    assert_int_equal(ts_zone_pack_checkpoint(a, 1, "w1", false, &buf, &len), TS_OK);
+    Tessera__V1__Checkpoint *cp = tessera__v1__checkpoint__unpack(NULL, len, buf);
+    free(buf);
+    ts_zone_t *d = zone_at(h, 0, 0);
+    assert_int_equal(ts_zone_load_checkpoint(d, cp, false, 1), TS_OK);
+    tessera__v1__checkpoint__free_unpacked(cp, NULL);
+    ts_game_ctx_t cd = {.h = h, .z = d};
+    for (int i = 0; i < 10; i++)
+        assert_int_equal(api->rng(&ca), api->rng(&cd));
+    /* a split: each child a copy of the cell state and its own RNG, the same every time */
+    ts_zone_game_t kids[4], again;
+    for (unsigned q = 0; q < 4; q++) {
+        ts_game_split_state(&a->game, q, &kids[q]);
+        ts_game_split_state(&a->game, q, &again);
+        assert_int_equal(kids[q].rng, again.rng);
+        assert_int_equal(kids[q].state_len, a->game.state_len);
+        for (unsigned p = 0; p < q; p++)
+            assert_true(kids[p].rng != kids[q].rng);
+    }
+    ts_zone_destroy(a);
+    ts_zone_destroy(b);
+    ts_zone_destroy(c);
+    ts_zone_destroy(d);
+    ts_game_host_close(h);
+}
+
+/* One scripted game: message k of the stream, then steps. */
+static void script(ts_zone_t *z, int k)
+{
+    ts_input_t in[3];
+    size_t n = 0;
+    uint64_t p = (uint64_t)(k / 3 + 1);
+    if (k % 3 == 0) in[n++] = join_in(p, 1, 10 + 3.0 * k, 20 + 2.0 * k, (uint8_t)k);
+    if (k % 3 == 1) in[n++] = cmd_in(p, 2, 5, NULL, 0); /* spawns a bot */
+    if (k % 3 == 2) {
+        in[n++] = cmd_in(p, 3, 1, NULL, 0);
+        ts_input_t mv = {.entity = p, .seq = 4, .kind = TS_INPUT_MOVE, .a = 3, .b = -2};
+        in[n++] = mv;
+        uint64_t target = p > 1 ? p - 1 : p;
+        in[n++] = cmd_in(p, 5, 4, &target, sizeof(target));
+    }
+    assert_true(apply(z, (uint64_t)k + 1, in, n, (uint64_t)k));
+    for (int s = 0; s < 3; s++)
+        ts_zone_step(z, 0.05, (uint64_t)(k * 3 + s));
+}
+
+static void assert_same_game(ts_zone_t *a, ts_zone_t *b)
+{
+    assert_int_equal(a->game.rng, b->game.rng);
+    assert_true(a->game.time == b->game.time);
+    assert_int_equal(a->game.spawned, b->game.spawned);
+    assert_int_equal(a->game.state_len, b->game.state_len);
+    assert_memory_equal(a->game.state, b->game.state, a->game.state_len);
+    assert_int_equal(ts_zone_entities(a), ts_zone_entities(b));
+    uint64_t id;
+    void *v;
+    for (size_t it = 0; ts_map_next(&a->entities, &it, &id, &v);) {
+        const ts_entity_t *ea = v, *eb = get(b, id);
+        assert_non_null(eb);
+        assert_int_equal(ea->flags, eb->flags);
+        assert_int_equal(ea->state_len, eb->state_len);
+        assert_memory_equal(ea->state, eb->state, ea->state_len);
+        assert_true(ea->x == eb->x && ea->y == eb->y && ea->vx == eb->vx && ea->vy == eb->vy);
+    }
+    /* the requests decided: the same outbox entries, so the same message ids */
+    assert_int_equal(a->nout, b->nout);
+    for (size_t i = 0; i < a->nout; i++) {
+        assert_int_equal(a->out[i].marker_seq, b->out[i].marker_seq);
+        assert_int_equal(a->out[i].ninputs, b->out[i].ninputs);
+    }
+}
+
+static void test_replay_from_checkpoint_is_identical(void **state)
+{
+    (void)state;
+    ts_game_host_t *h = host(1000);
+    ts_zone_t *a = zone_at(h, 0, 0);
+    const int total = 24, mid = 11;
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    for (int k = 0; k < total; k++) {
+        script(a, k);
+        if (k == mid) assert_int_equal(ts_zone_pack_checkpoint(a, 1, "w1", false, &buf, &len), TS_OK);
+    }
+    assert_true(a->game.spawned > 0);
+    /* a new owner: the checkpoint, then the same input and ticks again */
+    ts_zone_t *b = zone_at(h, 0, 0);
+    Tessera__V1__Checkpoint *cp = tessera__v1__checkpoint__unpack(NULL, len, buf);
+    free(buf);
+    assert_int_equal(ts_zone_load_checkpoint(b, cp, false, 1), TS_OK);
+    tessera__v1__checkpoint__free_unpacked(cp, NULL);
+    b->replaying = true;
+    for (int k = 0; k < total; k++) {
+        if (k <= mid) {
+            /* at or below its last_applied_seq: skipped */
+            ts_input_t none = cmd_in(1, 99, 1, NULL, 0);
+            assert_false(apply(b, (uint64_t)k + 1, &none, 1, 0));
+            continue;
+        }
+        script(b, k);
+    }
+    assert_same_game(a, b);
+    ts_zone_destroy(a);
+    ts_zone_destroy(b);
+    ts_game_host_close(h);
+}
+
+/* ---- spawn, despawn ------------------------------------------------------------------------- */
+
+static void test_spawn_ids(void **state)
+{
+    (void)state;
+    ts_game_host_t *h = host(1000);
+    ts_zone_t *a = zone_at(h, 0, 0), *b = zone_at(h, 0, 0), *c = zone_at(h, 1, 0);
+    ts_game_ctx_t ca = {.h = h, .z = a}, cb = {.h = h, .z = b}, cc = {.h = h, .z = c};
+    int64_t ids[TS_GAME_SPAWNS_PER_TICK];
+    for (int i = 0; i < TS_GAME_SPAWNS_PER_TICK; i++) {
+        ids[i] = api->spawn(&ca, 50, 50, "bot", "s", 1);
+        assert_true(ids[i] > 0);
+        /* never a player's: those start with their gateway id, and 0x7fff is reserved */
+        assert_int_equal((uint64_t)ids[i] >> 48, 0x7fff);
+        assert_int_equal(api->spawn(&cb, 50, 50, "bot", NULL, 0), ids[i]); /* same cell, same ids */
+        assert_true(api->spawn(&cc, 150, 50, "bot", NULL, 0) != ids[i]);
+        for (int k = 0; k < i; k++)
+            assert_true(ids[k] != ids[i]);
+        ts_entity_t *e = get(a, (uint64_t)ids[i]);
+        assert_non_null(e);
+        assert_int_equal(e->flags, TS_GAME_NPC);
+        assert_int_equal(e->gateway, 0);
+        assert_string_equal(e->name, "bot");
+        assert_true(e->dirty);
+    }
+    /* bounded per tick */
+    assert_int_equal(api->spawn(&ca, 50, 50, "bot", NULL, 0), TS_GAME_ENOSPC);
+    ts_zone_step(a, 0.05, 1); /* on_tick: a new tick's budget */
+    assert_true(api->spawn(&ca, 50, 50, "bot", NULL, 0) > 0);
+    /* only inside the cell, state bounded */
+    assert_int_equal(api->spawn(&ca, 150, 50, "bot", NULL, 0), TS_GAME_ERANGE);
+    uint8_t big[TS_GAME_STATE_MAX + 1] = {0};
+    assert_int_equal(api->spawn(&ca, 50, 50, "bot", big, sizeof(big)), TS_GAME_EINVAL);
+    /* despawn: NPCs only */
+    ts_input_t j = join_in(5, 1, 10, 10, 1);
+    assert_true(apply(a, 1, &j, 1, 1));
+    assert_int_equal(api->despawn(&ca, 5), TS_GAME_EPERM);
+    assert_int_equal(api->despawn(&ca, 12345), TS_GAME_ENOENT);
+    assert_int_equal(api->despawn(&ca, (uint64_t)ids[0]), TS_GAME_OK);
+    assert_null(get(a, (uint64_t)ids[0]));
+    assert_int_equal(a->nleft, 1);
+    assert_true(a->left[0].despawned);
+    ts_zone_destroy(a);
+    ts_zone_destroy(b);
+    ts_zone_destroy(c);
+    ts_game_host_close(h);
+}
+
+/* ---- requests --------------------------------------------------------------------------- */
+
+static Tessera__V1__InputBatch *outbox_batch(ts_zone_t *z, size_t i)
+{
+    uint8_t *buf;
+    size_t len;
+    assert_int_equal(ts_zone_pack_outbox(z, i, &buf, &len), TS_OK);
+    Tessera__V1__InputBatch *b = tessera__v1__input_batch__unpack(NULL, len, buf);
+    free(buf);
+    assert_non_null(b);
+    return b;
+}
+
+static void test_requests_go_through_the_target_cell(void **state)
+{
+    (void)state;
+    ts_game_host_t *h = host(1000);
+    ts_zone_t *a = zone_at(h, 0, 0), *east = zone_at(h, 1, 0);
+    ts_input_t in[] = {join_in(5, 1, 95, 50, 1), join_in(6, 1, 90, 50, 2)};
+    assert_true(apply(a, 1, in, 2, 1));
+    ts_input_t ein = join_in(7, 1, 102, 50, 3);
+    assert_true(apply(east, 1, &ein, 1, 1));
+    /* 7 is a ghost in a */
+    const ts_entity_t *e7 = get(east, 7);
+    ts_zone_ghost_put(a, &east->cell, east->epoch, 0, 7, e7->x, e7->y, 0, 0);
+
+    /* to an entity of the same cell: through the own input stream, never a direct write */
+    uint64_t target = 6;
+    ts_input_t c1 = cmd_in(5, 2, 4, &target, sizeof(target));
+    target = 7;
+    ts_input_t c2 = cmd_in(5, 3, 4, &target, sizeof(target));
+    target = 424242;
+    ts_input_t c3 = cmd_in(5, 4, 4, &target, sizeof(target));
+    ts_input_t cs[] = {c1, c2, c3};
+    assert_true(apply(a, 2, cs, 3, 2));
+    assert_int_equal(get(a, 6)->state[1], 0);
+    ts_game_stats_t st;
+    ts_game_host_stats(h, &st);
+    assert_int_equal(st.requests_sent, 2);
+    assert_int_equal(st.errors[TS_GAME_CB_COMMAND], 1); /* the unknown target: ENOENT */
+    assert_int_equal(a->nout, 2);
+    ts_zone_out_t *own = NULL, *other = NULL;
+    for (size_t i = 0; i < a->nout; i++) {
+        assert_true(a->out[i].marker_seq & TS_ZONE_REQUEST_MARK);
+        assert_int_equal(a->out[i].ninputs, 1);
+        if (ts_cell_eq(&a->out[i].dest, &a->cell)) own = &a->out[i];
+        if (ts_cell_eq(&a->out[i].dest, &east->cell)) other = &a->out[i];
+    }
+    assert_non_null(own);
+    assert_non_null(other);
+    assert_true(own->marker_seq != other->marker_seq);
+    assert_int_equal(own->inputs[0].entity, 6);
+    assert_int_equal(other->inputs[0].entity, 7);
+
+    /* the target's owner applies it once, in stream order */
+    size_t oi = (size_t)(other - a->out);
+    Tessera__V1__InputBatch *b = outbox_batch(a, oi);
+    assert_int_equal(b->n_inputs, 1);
+    const Tessera__V1__Input *pin = b->inputs[0];
+    assert_int_equal(pin->kind_case, TESSERA__V1__INPUT__KIND_REQUEST);
+    assert_int_equal(pin->seq, 0);
+    assert_int_equal(pin->request->from, 5);
+    assert_true(pin->request->from_x == 95);
+    assert_int_equal(pin->request->from_epoch, a->epoch);
+    assert_true(ts_zone_apply_batch(east, 2, b, 2));
+    assert_false(ts_zone_apply_batch(east, 2, b, 2)); /* redelivered: skipped */
+    tessera__v1__input_batch__free_unpacked(b, NULL);
+    assert_int_equal(get(east, 7)->state[1], 10);
+    assert_true(get(east, 7)->dirty);
+    ts_game_host_stats(h, &st);
+    assert_int_equal(st.requests, 1);
+
+    /* the own cell's request comes back through a's stream */
+    b = outbox_batch(a, (size_t)(own - a->out));
+    assert_true(ts_zone_apply_batch(a, 3, b, 3));
+    tessera__v1__input_batch__free_unpacked(b, NULL);
+    assert_int_equal(get(a, 6)->state[1], 10);
+
+    /* a request for an entity that left follows it (forwarded, its id still deterministic);
+     * one for an entity nobody knows is counted and dropped */
+    ts_input_t r = {.entity = 999, .kind = TS_INPUT_REQUEST, .type = 9, .payload_len = 2, .from = 5};
+    memcpy(r.payload, "hi", 2);
+    r.from_cell = a->cell;
+    assert_true(apply(east, 3, &r, 1, 3));
+    assert_int_equal(east->requests_ignored, 1);
+    ts_zone_destroy(a);
+    ts_zone_destroy(east);
+    ts_game_host_close(h);
+}
+
+/* Writable views: velocities clamped, state bounded, changes mark the entity. */
+static void test_views_write_back(void **state)
+{
+    (void)state;
+    ts_game_host_t *h = host(1000);
+    ts_zone_t *z = zone_at(h, 0, 0);
+    ts_input_t j = join_in(5, 1, 10, 10, 1);
+    assert_true(apply(z, 1, &j, 1, 1));
+    ts_game_ctx_t ctx = {.h = h, .z = z};
+    ts_game_entity_t v;
+    assert_int_equal(api->get(&ctx, 5, &v), TS_GAME_OK);
+    get(z, 5)->dirty = false;
+    v.vx = 1e9;
+    v.vy = NAN;
+    v.state[2] = 42;
+    v.state_len = 3;
+    assert_int_equal(api->set(&ctx, &v), TS_GAME_OK);
+    ts_entity_t *e = get(z, 5);
+    assert_true(e->vx == 50 && e->vy == 0);
+    assert_int_equal(e->state_len, 3);
+    assert_true(e->dirty);
+    v.state_len = TS_GAME_STATE_MAX + 1;
+    assert_int_equal(api->set(&ctx, &v), TS_GAME_EINVAL);
+    assert_int_equal(api->get(&ctx, 77, &v), TS_GAME_ENOENT);
+    /* query sees the owned entity within the radius only */
+    assert_int_equal(api->query(&ctx, 10, 10, 1, NULL, NULL), 1);
+    assert_int_equal(api->query(&ctx, 50, 50, 1, NULL, NULL), 0);
+    /* emit_to: a player of this cell only */
+    assert_int_equal(api->emit_to(&ctx, 77, 1, NULL, 0), TS_GAME_ENOENT);
+    uint8_t big[TS_GAME_PAYLOAD_MAX + 1] = {0};
+    assert_int_equal(api->emit_to(&ctx, 5, 1, big, sizeof(big)), TS_GAME_EINVAL);
+    for (int i = 0; i < TS_GAME_EVENTS_PER_TICK; i++)
+        assert_int_equal(api->emit_at(&ctx, 10, 10, 1, NULL, 0), TS_GAME_OK);
+    assert_int_equal(api->emit_at(&ctx, 10, 10, 1, NULL, 0), TS_GAME_ENOSPC);
+    assert_int_equal(api->emit_at(&ctx, 1e9, 10, 1, NULL, 0), TS_GAME_ERANGE);
+    assert_string_equal(api->module_data(&ctx), "testmod-data");
+    double x0, y0, x1, y1;
+    api->cell_bounds(&ctx, &x0, &y0, &x1, &y1);
+    assert_true(x0 == 0 && y0 == 0 && x1 == 100 && y1 == 100);
+    api->world_bounds(&ctx, &x0, &y0, &x1, &y1);
+    assert_true(x0 == -200 && y0 == -200 && x1 == 200 && y1 == 200);
+    ts_zone_destroy(z);
+    ts_game_host_close(h);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_load_from_file_and_abi_refusal),
+        cmocka_unit_test(test_commands_applied_once),
+        cmocka_unit_test(test_events_not_sent_while_replaying),
+        cmocka_unit_test(test_error_and_overrun_do_not_stop_the_cell),
+        cmocka_unit_test(test_state_travels),
+        cmocka_unit_test(test_rng_deterministic),
+        cmocka_unit_test(test_replay_from_checkpoint_is_identical),
+        cmocka_unit_test(test_spawn_ids),
+        cmocka_unit_test(test_requests_go_through_the_target_cell),
+        cmocka_unit_test(test_views_write_back),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
