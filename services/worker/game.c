@@ -178,6 +178,14 @@ static void call_begin(call_t *c, ts_game_host_t *h, ts_zone_t *z, ts_game_cb_t 
     c->t0 = mono_ns();
 }
 
+/* " (N more not logged)" (tick thread only: one buffer) */
+static const char *suppressed_note(uint64_t n)
+{
+    static char buf[64];
+    snprintf(buf, sizeof(buf), " (%llu more not logged)", (unsigned long long)n);
+    return buf;
+}
+
 static void call_end(call_t *c, int rc)
 {
     uint64_t now = mono_ns();
@@ -189,17 +197,14 @@ static void call_end(call_t *c, int rc)
     if (took > h->budget_ns) {
         h->st.overruns++;
         if (rate_ok(h, RL_OVERRUN, now, &sup))
-            ts_warn(
-                "game module %s: %s of cell %s took %.1f ms (budget %.0f ms; %llu more overruns not logged)",
-                h->name, cb_names[c->cb], z->key, (double)took / 1e6, (double)h->budget_ns / 1e6,
-                (unsigned long long)sup);
+            ts_warn("game module %s: %s of cell %s took %.1f ms (budget %.0f ms)%s", h->name, cb_names[c->cb],
+                    z->key, (double)took / 1e6, (double)h->budget_ns / 1e6, sup ? suppressed_note(sup) : "");
     }
     if (rc < 0) {
         h->st.errors[c->cb]++;
         if (rate_ok(h, RL_ERROR, now, &sup))
-            ts_warn("game module %s: %s of cell %s returned error %d; the cell goes on (%llu more errors not "
-                    "logged)",
-                    h->name, cb_names[c->cb], z->key, rc, (unsigned long long)sup);
+            ts_warn("game module %s: %s of cell %s returned error %d; the cell goes on%s", h->name,
+                    cb_names[c->cb], z->key, rc, sup ? suppressed_note(sup) : "");
     }
 }
 
