@@ -419,7 +419,9 @@ elif [[ $ACCESS == loopback ]]; then
     scrape "$W1" "127.0.0.1:$((WK_HTTP + 1))"
     n_orch=0
     for ((i = 0; i < OR_RANGE; i++)); do
-        if http_get "127.0.0.1:$((OR_HTTP + i))/metrics" >/dev/null 2>&1; then
+        # (a closed port is refused at once: no HTTP client started for it)
+        if (exec 3<>"/dev/tcp/127.0.0.1/$((OR_HTTP + i))") 2>/dev/null &&
+            http_get "127.0.0.1:$((OR_HTTP + i))/metrics" >/dev/null 2>&1; then
             scrape "orch" "127.0.0.1:$((OR_HTTP + i))"
             n_orch=$((n_orch + 1))
         fi
