@@ -270,11 +270,19 @@ ts_status_t ts_client_hello(ts_client_t *c, const char *name)
 
 ts_status_t ts_client_join(ts_client_t *c, double x, double y, const char *name)
 {
-    if (c == NULL) return TS_ERR_INVALID;
+    return ts_client_join_payload(c, x, y, name, NULL, 0);
+}
+
+ts_status_t ts_client_join_payload(ts_client_t *c, double x, double y, const char *name, const void *payload,
+                                   size_t len)
+{
+    if (c == NULL || (payload == NULL && len > 0)) return TS_ERR_INVALID;
     Tessera__V1__Join join = TESSERA__V1__JOIN__INIT;
     join.x = x;
     join.y = y;
     join.name = (char *)(name ? name : "");
+    join.payload.data = (uint8_t *)payload;
+    join.payload.len = len;
     Tessera__V1__ClientFrame f = TESSERA__V1__CLIENT_FRAME__INIT;
     f.payload_case = TESSERA__V1__CLIENT_FRAME__PAYLOAD_JOIN;
     f.join = &join;
@@ -290,6 +298,19 @@ ts_status_t ts_client_move(ts_client_t *c, double dx, double dy)
     Tessera__V1__ClientFrame f = TESSERA__V1__CLIENT_FRAME__INIT;
     f.payload_case = TESSERA__V1__CLIENT_FRAME__PAYLOAD_MOVE;
     f.move = &move;
+    return send_payload(c, &f);
+}
+
+ts_status_t ts_client_command(ts_client_t *c, uint32_t type, const void *payload, size_t len)
+{
+    if (c == NULL || (payload == NULL && len > 0)) return TS_ERR_INVALID;
+    Tessera__V1__Command cmd = TESSERA__V1__COMMAND__INIT;
+    cmd.type = type;
+    cmd.payload.data = (uint8_t *)payload;
+    cmd.payload.len = len;
+    Tessera__V1__ClientFrame f = TESSERA__V1__CLIENT_FRAME__INIT;
+    f.payload_case = TESSERA__V1__CLIENT_FRAME__PAYLOAD_COMMAND;
+    f.command = &cmd;
     return send_payload(c, &f);
 }
 

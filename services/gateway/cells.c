@@ -169,7 +169,10 @@ void gw_cells_free_all(gw_t *gw)
         gw_cell_t *next = c->next_all;
         ts_bus_sub_destroy(c->sub);
         gw_cell_clear_entities(gw, c);
+        gw_router_drop_inputs(c, c->ninputs);
         free(c->inputs);
+        free(c->evs);
+        free(c->ev_buf);
         free(c->subs);
         free(c->changed);
         free(c->removed);

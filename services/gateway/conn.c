@@ -113,6 +113,7 @@ static void on_close(uv_handle_t *h)
     ts_frame_reader_free(&c->reader);
     gw_ws_free(c);
     free(c->aoi);
+    free(c->evq);
     free(c->gone);
     free(c);
 }

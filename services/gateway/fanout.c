@@ -147,7 +147,7 @@ size_t gw_frame_head(uint8_t *out, uint64_t seq, uint64_t epoch, const ts_cell_t
     }
     size_t body = rest_len;
     if (field1 != 0) body += 1 + gw_pb_varint_len(field1);
-    *p++ = TAG(payload, WIRE_LEN);
+    p += gw_pb_varint(p, (uint64_t)payload << 3 | WIRE_LEN); /* fields >= 16 take two bytes */
     p += gw_pb_varint(p, body);
     if (field1 != 0) {
         *p++ = TAG(1, WIRE_VARINT);

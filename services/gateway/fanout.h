@@ -35,6 +35,7 @@
 /* ServerFrame payload field numbers the head can announce. */
 #define GW_PAYLOAD_SNAPSHOT 11
 #define GW_PAYLOAD_DELTA 12
+#define GW_PAYLOAD_EVENT 16
 
 /* Where one entity sits in a block, and where it is in the world: lets a
  * client whose area of interest cuts the cell take some entities of the

@@ -25,6 +25,7 @@
 #include "tessera/celltree.h"
 #include "tessera/config.h"
 #include "tessera/frame.h"
+#include "tessera/game.h"
 #include "tessera/map.h"
 #include "tessera/proto.h"
 #include "tessera/registry.h"
@@ -81,6 +82,11 @@
 /* A client's first Snapshot waits for its own entity and a keyframe of
  * every cell its area of interest newly holds, at most this long. */
 #define GW_SNAPSHOT_WAIT_US 1500000ull
+/* Game events one cell may hold between two flushes (a StateDelta carries
+ * at most TS_GAME_EVENTS_PER_TICK); more are dropped and counted. */
+#define GW_CELL_EVENTS_MAX (4 * TS_GAME_EVENTS_PER_TICK)
+/* Targeted game events one client may get per flush; more are dropped. */
+#define GW_CONN_EVENTS_MAX 256
 
 typedef struct gw gw_t;
 typedef struct gw_cell gw_cell_t;
@@ -109,6 +115,11 @@ typedef struct {
     char name[GW_NAME_MAX + 1];
     uint64_t session; /* join, detach, attach: the connection's session */
     uint64_t time_us; /* detach: when the connection closed */
+    uint32_t type;    /* command: Command.type */
+    uint32_t payload_len;
+    /* join, command: at most TS_GAME_PAYLOAD_MAX bytes. Borrowed when given
+     * to gw_router_queue, which keeps its own copy while the input waits. */
+    uint8_t *payload;
 } gw_input_t;
 
 /* Which client inputs one in-flight InputBatch carries. */
@@ -134,7 +145,24 @@ typedef struct {
     uint64_t gen;                /* keyframe generation that last saw it */
     uint64_t listed;             /* flush number it was last put on `changed` */
     char name[GW_NAME_MAX + 1];
+    uint8_t state[TS_GAME_STATE_MAX]; /* pb.state.data points here */
 } gw_entity_t;
+
+/* One game event of a cell (StateDelta.events) waiting for the next flush:
+ * its Event message is encoded once in the cell's ev_buf at [off, off + len)
+ * and spliced after the head of each recipient's frame. */
+typedef struct {
+    uint64_t entity; /* targeted: the player entity it is for */
+    double x, y;     /* positional: where it happened */
+    bool positional;
+    uint32_t off, len;
+} gw_event_t;
+
+/* A targeted event queued for one client in this flush. */
+typedef struct {
+    gw_cell_t *cell;
+    uint32_t idx; /* in cell->evs */
+} gw_evref_t;
 
 /* A client whose AOI holds the cell; slot indexes the client's aoi array. */
 typedef struct {
@@ -180,6 +208,13 @@ struct gw_cell {
     gw_blk_t blk;      /* changed entities */
     gw_blk_t full;     /* every entity, built on demand */
     uint64_t full_ver; /* ver the full block was built at, +1 (0: none) */
+
+    /* game events since the last flush (at most GW_CELL_EVENTS_MAX) */
+    gw_event_t *evs;
+    size_t nevs, evs_cap;
+    size_t npos; /* positional ones among them */
+    uint8_t *ev_buf;
+    size_t ev_len, ev_cap;
 
     /* inputs waiting for the next flush */
     gw_input_t *inputs;
@@ -250,6 +285,8 @@ struct gw_conn {
     /* fan-out */
     bool flush_queued; /* on gw->flush_head */
     gw_conn_t *next_flush;
+    gw_evref_t *evq; /* targeted events for this client in this flush */
+    size_t nevq, evq_cap;
     bool need_snapshot; /* joined: the next flush sends a Snapshot */
     bool behind;        /* Deltas were skipped: a full view once output drained */
 
@@ -360,6 +397,8 @@ struct gw {
     size_t heads_cap;
     uint8_t *rmbuf;
     size_t rmbuf_cap;
+    gw_evref_t *evsel; /* one client's events of a flush */
+    size_t evsel_cap;
 
     /* hand-off from nats.c threads: bounded lock-free rings */
     ts_ring_t *inbox; /* gw_msg_t, GW_INBOX_MAX */
@@ -400,6 +439,7 @@ struct gw {
     uint64_t publish_errors;
     uint64_t states_applied, states_bad;
     uint64_t frames_sent, bytes_sent, deltas_skipped;
+    uint64_t commands_queued, events_in, events_sent, events_dropped;
     uint64_t ack_us_sum, ack_n, ack_us_max; /* publish -> acknowledgement on the loop */
     atomic_uint_fast64_t acks_ok, acks_failed;
 };
@@ -515,6 +555,9 @@ void gw_cell_clear_entities(gw_t *gw, gw_cell_t *cell);
 /* Queues an input for the cell's next InputBatch. TS_ERR_UNAVAILABLE: the
  * cell's queue is full (the input is not taken). */
 ts_status_t gw_router_queue(gw_t *gw, gw_cell_t *cell, const gw_input_t *in);
+/* Takes the first n queued inputs off the cell's queue (freeing their
+ * payloads). */
+void gw_router_drop_inputs(gw_cell_t *cell, size_t n);
 /* Publishes queued inputs, one InputBatch per cell for the inputs of every
  * client (a cell with a batch in flight holds its next one until that batch's
  * outcome; inputs waiting GW_INPUT_MAX_WAIT_US without progress are reported).

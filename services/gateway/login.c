@@ -53,6 +53,8 @@ typedef struct pending {
     gw_cell_t *cell; /* where the Join asked */
     double x, y;
     char name[GW_NAME_MAX + 1];
+    uint8_t payload[TS_GAME_PAYLOAD_MAX]; /* Join.payload */
+    size_t payload_len;
     gw_cell_t *found_cell; /* a worker's answer for an attached entity */
     uint64_t found_seq;
 } pending_t;
@@ -186,7 +188,7 @@ static void finish(gw_login_t *l, pending_t *p, gw_cell_t *cell, uint64_t last_s
         gw_session_take_over(c, p->entity, cell, last_seq);
     } else {
         l->spawned++;
-        gw_session_join_as(c, p->seq, p->entity, p->cell, p->x, p->y, p->name);
+        gw_session_join_as(c, p->seq, p->entity, p->cell, p->x, p->y, p->name, p->payload, p->payload_len);
     }
     free(p);
 }
@@ -202,13 +204,14 @@ static void on_timer(uv_timer_t *t)
     arm_timer(l);
 }
 
-void gw_login_join(gw_conn_t *c, uint64_t seq, gw_cell_t *cell, double x, double y, const char *name)
+void gw_login_join(gw_conn_t *c, uint64_t seq, gw_cell_t *cell, double x, double y, const char *name,
+                   const uint8_t *payload, size_t payload_len)
 {
     gw_t *gw = c->gw;
     gw_login_t *l = login_of(gw);
     uint64_t entity = gw_login_entity(gw->world.id, c->player);
     if (l == NULL) {
-        gw_session_join_as(c, seq, entity, cell, x, y, name);
+        gw_session_join_as(c, seq, entity, cell, x, y, name, payload, payload_len);
         return;
     }
     if (ts_map_get(&l->by_conn, c->id) != NULL) {
@@ -258,6 +261,9 @@ void gw_login_join(gw_conn_t *c, uint64_t seq, gw_cell_t *cell, double x, double
     p->x = x;
     p->y = y;
     ts_strlcpy(p->name, name, sizeof p->name);
+    if (payload_len > sizeof p->payload) payload_len = sizeof p->payload; /* session.c refused longer */
+    if (payload_len > 0) memcpy(p->payload, payload, payload_len);
+    p->payload_len = payload_len;
     p->prev = l->tail;
     if (l->tail)
         l->tail->next = p;

@@ -29,8 +29,10 @@ void gw_login_on_msg(gw_t *gw, const uint8_t *data, size_t len);
 /* Join of an authenticated connection: its player's entity is taken over
  * where it lives (a connection holding it, here or on another gateway, is
  * closed) or, if no gateway or worker answers within GW_LOGIN_WAIT_MS,
- * spawned at (x, y) in `cell`. */
-void gw_login_join(gw_conn_t *c, uint64_t seq, gw_cell_t *cell, double x, double y, const char *name);
+ * spawned at (x, y) in `cell`. payload: Join.payload (borrowed, at most
+ * TS_GAME_PAYLOAD_MAX bytes), for the game module's on_join. */
+void gw_login_join(gw_conn_t *c, uint64_t seq, gw_cell_t *cell, double x, double y, const char *name,
+                   const uint8_t *payload, size_t payload_len);
 /* A resume took the connection's entity: other gateways let go of it. */
 void gw_login_announce(gw_conn_t *c);
 /* The connection is closing: a login it waits for is dropped. */
@@ -40,7 +42,7 @@ void gw_login_forget(gw_conn_t *c);
  * over in `cell` (Attach; Welcome{resumed} with last_input_seq at least
  * ack_floor). */
 void gw_session_join_as(gw_conn_t *c, uint64_t seq, uint64_t entity, gw_cell_t *cell, double x, double y,
-                        const char *name);
+                        const char *name, const uint8_t *payload, size_t payload_len);
 void gw_session_take_over(gw_conn_t *c, uint64_t entity, gw_cell_t *cell, uint64_t ack_floor);
 
 #endif

@@ -49,6 +49,10 @@ FIELD_FN(frames_sent, frames_sent)
 FIELD_FN(bytes_sent, bytes_sent)
 FIELD_FN(deltas_skipped, deltas_skipped)
 FIELD_FN(inbox_dropped, inbox_dropped_total)
+FIELD_FN(commands_queued, commands_queued)
+FIELD_FN(events_in, events_in)
+FIELD_FN(events_sent, events_sent)
+FIELD_FN(events_dropped, events_dropped)
 FIELD_FN(reg_resyncs, reg_resyncs)
 
 static double acks_failed(void *ud)
@@ -122,6 +126,14 @@ ts_status_t gw_metrics_start(const ts_config_t *cfg)
        deltas_skipped);
     fn("tessera_gateway_inbox_dropped_total", "Bus messages dropped because the loop's inbox was full.", true,
        inbox_dropped);
+    fn("tessera_gateway_commands_queued_total",
+       "Client Commands accepted for batching (counted in inputs too).", true, commands_queued);
+    fn("tessera_gateway_events_received_total",
+       "Game events received in the state of cells (StateDelta.events).", true, events_in);
+    fn("tessera_gateway_events_sent_total", "Event frames written to clients.", true, events_sent);
+    fn("tessera_gateway_events_dropped_total",
+       "Game events not delivered: a client too far behind, or more than a flush holds.", true,
+       events_dropped);
     fn("tessera_gateway_registry_resyncs_total", "Full registry reads applied.", true, reg_resyncs);
     ts_http_opts_t o = {.listen = cfg->gateway_http_listen, .metrics = gm.reg, .ready = ready};
     st = ts_http_start(&gm.http, &o);

@@ -65,7 +65,15 @@ ts_status_t gw_router_queue(gw_t *gw, gw_cell_t *cell, const gw_input_t *in)
         cell->inputs = v;
         cell->inputs_cap = cap;
     }
-    cell->inputs[cell->ninputs++] = *in;
+    gw_input_t *slot = &cell->inputs[cell->ninputs];
+    *slot = *in;
+    slot->payload = NULL;
+    if (in->payload_len > 0) {
+        slot->payload = malloc(in->payload_len);
+        if (slot->payload == NULL) return TS_ERR_NOMEM;
+        memcpy(slot->payload, in->payload, in->payload_len);
+    }
+    cell->ninputs++;
     batch_push(gw, cell);
     gw->inputs_queued++;
     return TS_OK;
@@ -78,7 +86,17 @@ typedef struct {
     Tessera__V1__LeaveInput leave;
     Tessera__V1__DetachInput detach;
     Tessera__V1__AttachInput attach;
+    Tessera__V1__CommandInput command;
 } pb_input_t;
+
+void gw_router_drop_inputs(gw_cell_t *cell, size_t n)
+{
+    if (n > cell->ninputs) n = cell->ninputs;
+    for (size_t i = 0; i < n; i++)
+        free(cell->inputs[i].payload);
+    memmove(cell->inputs, cell->inputs + n, (cell->ninputs - n) * sizeof *cell->inputs);
+    cell->ninputs -= n;
+}
 
 static void fill_input(const gw_t *gw, pb_input_t *p, gw_input_t *in)
 {
@@ -98,6 +116,8 @@ static void fill_input(const gw_t *gw, pb_input_t *p, gw_input_t *in)
         p->join.gateway = (uint32_t)gateway_id;
         p->join.gateway_instance = instance;
         p->join.session = in->session;
+        p->join.payload.data = in->payload;
+        p->join.payload.len = in->payload_len;
         p->in.join = &p->join;
         break;
     case TESSERA__V1__INPUT__KIND_DETACH:
@@ -118,6 +138,13 @@ static void fill_input(const gw_t *gw, pb_input_t *p, gw_input_t *in)
         p->move.dx = in->a;
         p->move.dy = in->b;
         p->in.move = &p->move;
+        break;
+    case TESSERA__V1__INPUT__KIND_COMMAND:
+        tessera__v1__command_input__init(&p->command);
+        p->command.type = in->type;
+        p->command.payload.data = in->payload;
+        p->command.payload.len = in->payload_len;
+        p->in.command = &p->command;
         break;
     default:
         tessera__v1__leave_input__init(&p->leave);
@@ -338,8 +365,7 @@ static void expire_waiting(gw_t *gw, gw_cell_t *cell)
     }
     if (k == 0) return;
     refuse(gw, cell->inputs, k, "the bus had no room for them");
-    memmove(cell->inputs, cell->inputs + k, (cell->ninputs - k) * sizeof *cell->inputs);
-    cell->ninputs -= k;
+    gw_router_drop_inputs(cell, k);
 }
 
 /* A hold ended or the bus may have room again. */
@@ -381,10 +407,7 @@ void gw_router_flush(gw_t *gw, bool force)
         }
         bool busy = false;
         size_t done = publish_cell(gw, cell, force, &busy, gw->pb_inputs, gw->pb_ptrs);
-        if (done > 0) {
-            memmove(cell->inputs, cell->inputs + done, (cell->ninputs - done) * sizeof *cell->inputs);
-            cell->ninputs -= done;
-        }
+        if (done > 0) gw_router_drop_inputs(cell, done);
         if (busy) expire_waiting(gw, cell);
         if (busy && cell->ninputs > 0) {
             busy_any = true;

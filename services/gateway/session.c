@@ -2,8 +2,13 @@
  *
  *   NEW --Join / Hello{resume_token}--> JOINED --Leave / disconnect--> LEFT --Join--> JOINED
  *
- * Hello and Ping are answered in any phase; Move needs JOINED; Join needs
- * NEW or LEFT (Leave then Join on one connection spawns a new entity).
+ * Hello and Ping are answered in any phase; Move and Command need JOINED;
+ * Join needs NEW or LEFT (Leave then Join on one connection spawns a new
+ * entity). A Command is an input like a Move: numbered by the frame's seq,
+ * rate-limited with every other frame, queued to the entity's cell and
+ * acknowledged (or reported not stored) the same way; its payload, like a
+ * Join's, is at most TS_GAME_PAYLOAD_MAX bytes (longer: ERROR_MALFORMED,
+ * not fatal, nothing queued).
  *
  * Lifecycle: a Leave despawns the entity; a connection that goes away
  * without one Detaches it (its entity stops at once, through the cell's
@@ -412,6 +417,11 @@ static void on_join(gw_conn_t *c, uint64_t seq, const Tessera__V1__Join *j)
         gw_session_error(c, TESSERA__V1__ERROR_CODE__ERROR_PROTOCOL, false, "join position must be finite");
         return;
     }
+    if (j->payload.len > TS_GAME_PAYLOAD_MAX) {
+        gw_session_error(c, TESSERA__V1__ERROR_CODE__ERROR_MALFORMED, false,
+                         "join payload is %zu bytes, the limit is %d", j->payload.len, TS_GAME_PAYLOAD_MAX);
+        return;
+    }
     size_t name_len = strlen(j->name);
     if (name_len > GW_NAME_MAX) {
         gw_session_error(c, TESSERA__V1__ERROR_CODE__ERROR_PROTOCOL, false,
@@ -446,13 +456,14 @@ static void on_join(gw_conn_t *c, uint64_t seq, const Tessera__V1__Join *j)
     memcpy(name, name_len && j->name[0] == '\0' ? c->player : j->name, name_len);
     name[name_len] = '\0';
     if (c->authed) /* one entity per player on every gateway: a second login takes it over (login.c) */
-        gw_login_join(c, seq, cell, j->x, j->y, name);
+        gw_login_join(c, seq, cell, j->x, j->y, name, j->payload.data, j->payload.len);
     else
-        gw_session_join_as(c, seq, next_entity_id(gw), cell, j->x, j->y, name);
+        gw_session_join_as(c, seq, next_entity_id(gw), cell, j->x, j->y, name, j->payload.data,
+                           j->payload.len);
 }
 
 void gw_session_join_as(gw_conn_t *c, uint64_t seq, uint64_t entity, gw_cell_t *cell, double x, double y,
-                        const char *name)
+                        const char *name, const uint8_t *payload, size_t payload_len)
 {
     gw_t *gw = c->gw;
     if (!room_for_player(c)) return;
@@ -462,7 +473,9 @@ void gw_session_join_as(gw_conn_t *c, uint64_t seq, uint64_t entity, gw_cell_t *
                      .kind = TESSERA__V1__INPUT__KIND_JOIN,
                      .a = x,
                      .b = y,
-                     .session = c->id};
+                     .session = c->id,
+                     .payload_len = (uint32_t)payload_len,
+                     .payload = (uint8_t *)payload};
     ts_strlcpy(in.name, name, sizeof in.name);
     if (gw_router_queue(gw, cell, &in) != TS_OK) {
         gw_session_error(c, TESSERA__V1__ERROR_CODE__ERROR_UNAVAILABLE, false, "cell %s is not taking inputs",
@@ -506,6 +519,31 @@ static void on_move(gw_conn_t *c, uint64_t seq, const Tessera__V1__Move *m)
                      .b = m->dy};
     if (gw_router_queue(c->gw, c->cell, &in) != TS_OK)
         gw_session_not_stored(c, seq, seq, "the gateway's queue for the cell is full");
+}
+
+static void on_command(gw_conn_t *c, uint64_t seq, const Tessera__V1__Command *m)
+{
+    if (c->phase != GW_PHASE_JOINED) {
+        gw_session_error(c, TESSERA__V1__ERROR_CODE__ERROR_PROTOCOL, false, "Command before Join");
+        return;
+    }
+    if (m->payload.len > TS_GAME_PAYLOAD_MAX) {
+        gw_session_error(c, TESSERA__V1__ERROR_CODE__ERROR_MALFORMED, false,
+                         "command payload is %zu bytes, the limit is %d", m->payload.len,
+                         TS_GAME_PAYLOAD_MAX);
+        return;
+    }
+    gw_input_t in = {.entity = c->entity,
+                     .seq = seq,
+                     .sent_us = ts_now_us(),
+                     .kind = TESSERA__V1__INPUT__KIND_COMMAND,
+                     .type = m->type,
+                     .payload_len = (uint32_t)m->payload.len,
+                     .payload = m->payload.data};
+    if (gw_router_queue(c->gw, c->cell, &in) != TS_OK)
+        gw_session_not_stored(c, seq, seq, "the gateway's queue for the cell is full");
+    else
+        c->gw->commands_queued++;
 }
 
 static void on_ping(gw_conn_t *c, const Tessera__V1__Ping *p)
@@ -558,6 +596,9 @@ void gw_session_on_frame(gw_conn_t *c, const uint8_t *payload, size_t len)
         break;
     case TESSERA__V1__CLIENT_FRAME__PAYLOAD_MOVE:
         on_move(c, f->seq, f->move);
+        break;
+    case TESSERA__V1__CLIENT_FRAME__PAYLOAD_COMMAND:
+        on_command(c, f->seq, f->command);
         break;
     case TESSERA__V1__CLIENT_FRAME__PAYLOAD_PING:
         on_ping(c, f->ping);

@@ -37,6 +37,15 @@
  * keep circle, or its cells, is reported in `removed`. Its own entity is
  * always shown.
  *
+ * Game events (StateDelta.events, part 0 of a tick) wait in their cell
+ * until the next flush, each Event encoded once (cell->ev_buf). A targeted
+ * one is queued on the client whose own entity it names (gw->players, no
+ * scan); a positional one goes to each client of the cell whose show circle
+ * (aoi_show around its centre: at least aoi.radius around its entity)
+ * holds the point. A client's Event frames follow its Delta of the same
+ * flush in the same write, in the cell's order; a client too far behind
+ * gets none (events are best effort).
+ *
  * First Snapshot: it waits (at most GW_SNAPSHOT_WAIT_US) until the own
  * entity was seen and each live cell of the area of interest delivered a
  * whole keyframe since it was subscribed, so it holds the own entity and
@@ -52,6 +61,8 @@
 #define LISTED_DONE UINT64_MAX
 #define REMOVED_TAG ((void *)(uintptr_t)1)
 #define SHOWN ((void *)(uintptr_t)1)
+
+static bool grow(void **v, size_t *cap, size_t need, size_t elem);
 
 static bool push_id(uint64_t **v, size_t *n, size_t *cap, uint64_t id)
 {
@@ -109,6 +120,10 @@ static bool take_home(gw_t *gw, gw_cell_t *cell, const Tessera__V1__EntityState 
 static bool same_state(const gw_entity_t *e, const Tessera__V1__EntityState *s)
 {
     const Tessera__V1__EntityState *p = &e->pb;
+    size_t slen = s->state.len < TS_GAME_STATE_MAX ? s->state.len : TS_GAME_STATE_MAX;
+    if (p->flags != s->flags || p->state.len != slen ||
+        (slen > 0 && memcmp(e->state, s->state.data, slen) != 0))
+        return false;
     return p->x == s->x && p->y == s->y && p->vx == s->vx && p->vy == s->vy &&
            p->last_input_seq == s->last_input_seq && p->inputs_applied == s->inputs_applied &&
            p->applied_window == s->applied_window && p->hops == s->hops && p->incarnation == s->incarnation &&
@@ -142,6 +157,10 @@ static gw_entity_t *upsert(gw_cell_t *cell, const Tessera__V1__EntityState *s, b
     e->pb.applied_window_ext = NULL;
     ts_strlcpy(e->name, s->name ? s->name : "", sizeof e->name);
     e->pb.name = e->name;
+    /* the module's state bytes (the worker keeps them within the bound) */
+    e->pb.state.len = s->state.len < TS_GAME_STATE_MAX ? s->state.len : TS_GAME_STATE_MAX;
+    if (e->pb.state.len > 0) memcpy(e->state, s->state.data, e->pb.state.len);
+    e->pb.state.data = e->state;
     e->gen = cell->gen;
     e->listed = listed;
     return e;
@@ -184,6 +203,59 @@ static void follow_left(gw_t *gw, gw_cell_t *cell, const Tessera__V1__EntityLeft
     if (dest == NULL) return;
     gw_session_move_cell(c, dest);
     if (c->awaiting_left == dest) c->awaiting_left = NULL;
+}
+
+/* Puts the cell on this flush's list without changing its entities (its
+ * blocks stay valid). */
+static void mark_events(gw_t *gw, gw_cell_t *cell)
+{
+    if (!cell->dirty) {
+        cell->dirty = true;
+        cell->next_dirty = gw->dirty_head;
+        gw->dirty_head = cell;
+        gw_flush_soon(gw);
+    }
+}
+
+/* Encodes the delta's game events into the cell's event list. */
+static void take_events(gw_t *gw, gw_cell_t *cell, const Tessera__V1__StateDelta *d)
+{
+    size_t added = 0;
+    for (size_t i = 0; i < d->n_events; i++) {
+        const Tessera__V1__GameEvent *g = d->events[i];
+        if (g == NULL) continue;
+        gw->events_in++;
+        if (g->payload.len > TS_GAME_PAYLOAD_MAX || (!g->positional && g->entity == 0) ||
+            cell->nevs >= GW_CELL_EVENTS_MAX) {
+            gw->events_dropped++;
+            continue;
+        }
+        Tessera__V1__Event ev = TESSERA__V1__EVENT__INIT;
+        ev.type = g->type;
+        ev.payload = g->payload;
+        ev.entity = g->entity;
+        ev.positional = g->positional;
+        ev.x = g->x;
+        ev.y = g->y;
+        ev.tick = d->tick;
+        size_t n = tessera__v1__event__get_packed_size(&ev);
+        if (!grow((void **)&cell->ev_buf, &cell->ev_cap, cell->ev_len + n, 1) ||
+            !grow((void **)&cell->evs, &cell->evs_cap, cell->nevs + 1, sizeof *cell->evs)) {
+            gw->events_dropped++;
+            continue;
+        }
+        tessera__v1__event__pack(&ev, cell->ev_buf + cell->ev_len);
+        cell->evs[cell->nevs++] = (gw_event_t){.entity = g->entity,
+                                               .x = g->x,
+                                               .y = g->y,
+                                               .positional = g->positional,
+                                               .off = (uint32_t)cell->ev_len,
+                                               .len = (uint32_t)n};
+        cell->ev_len += n;
+        if (g->positional) cell->npos++;
+        added++;
+    }
+    if (added > 0) mark_events(gw, cell);
 }
 
 void gw_view_on_state(gw_t *gw, gw_cell_t *cell, const uint8_t *data, size_t len)
@@ -238,6 +310,7 @@ void gw_view_on_state(gw_t *gw, gw_cell_t *cell, const uint8_t *data, size_t len
         remove_entity(gw, cell, l->id);
         follow_left(gw, cell, l);
     }
+    if (d->n_events > 0) take_events(gw, cell, d);
     if (oom) ts_warn("%s: out of memory caching entities", cell->key);
     gw->states_applied++;
 done:
@@ -488,13 +561,56 @@ static bool snapshot_ready(gw_t *gw, const gw_conn_t *c)
     return true;
 }
 
+static int evref_cmp(const void *a, const void *b)
+{
+    const gw_evref_t *x = a, *y = b;
+    uintptr_t cx = (uintptr_t)x->cell, cy = (uintptr_t)y->cell;
+    if (cx != cy) return cx < cy ? -1 : 1;
+    return x->idx < y->idx ? -1 : x->idx > y->idx;
+}
+
+/* The game events of this flush for the client, into gw->evsel (targeted
+ * ones were queued on it; positional ones whose point its show circle
+ * holds), in each cell's order. Returns how many. */
+static size_t select_events(gw_t *gw, gw_conn_t *c)
+{
+    size_t n = 0;
+    if (c->nevq > 0) {
+        if (!grow((void **)&gw->evsel, &gw->evsel_cap, c->nevq, sizeof *gw->evsel)) return 0;
+        memcpy(gw->evsel, c->evq, c->nevq * sizeof *c->evq);
+        n = c->nevq;
+    }
+    double lim = gw->aoi_show * gw->aoi_show;
+    for (size_t i = 0; i < c->naoi; i++) {
+        gw_cell_t *cell = c->aoi[i].cell;
+        if (cell->npos == 0) continue;
+        for (size_t k = 0; k < cell->nevs; k++) {
+            const gw_event_t *ev = &cell->evs[k];
+            if (!ev->positional) continue;
+            double dx = ev->x - c->aoi_x, dy = ev->y - c->aoi_y;
+            if (dx * dx + dy * dy > lim) continue;
+            if (n >= GW_CONN_EVENTS_MAX ||
+                !grow((void **)&gw->evsel, &gw->evsel_cap, n + 1, sizeof *gw->evsel)) {
+                gw->events_dropped++;
+                continue;
+            }
+            gw->evsel[n++] = (gw_evref_t){.cell = cell, .idx = (uint32_t)k};
+        }
+    }
+    if (c->nevq > 0 && n > c->nevq) qsort(gw->evsel, n, sizeof *gw->evsel, evref_cmp);
+    return n;
+}
+
 /* One client's frames of this flush: its Snapshot (just joined) or Delta,
- * split in GW_FRAME_MAX_BYTES frames if the view is large. */
+ * split in GW_FRAME_MAX_BYTES frames if the view is large, then its Event
+ * frames; all in one write. */
 static void send_view(gw_t *gw, gw_conn_t *c)
 {
+    size_t nev = select_events(gw, c);
     if (c->out_pending > GW_SLOW_CLIENT_BYTES) {
         c->deltas_skipped++;
         gw->deltas_skipped++;
+        gw->events_dropped += nev;
         /* the full view it gets later lists what is in view and reports
          * what it was shown that is no longer there */
         c->behind = true;
@@ -502,16 +618,17 @@ static void send_view(gw_t *gw, gw_conn_t *c)
             c->aoi[i].fresh = true;
         return;
     }
-    if (c->need_snapshot && !snapshot_ready(gw, c)) return;
-    bool snap = c->need_snapshot;
-    bool sweep = !snap && (c->resweep || c->behind);
+    /* a first Snapshot not ready yet: only the events go now */
+    bool view = !c->need_snapshot || snapshot_ready(gw, c);
+    bool snap = view && c->need_snapshot;
+    bool sweep = view && !snap && (c->resweep || c->behind);
     size_t nseg = 0, nremoved = 0;
     if (snap) {
         ts_map_free(&c->shown);
         ts_map_init(&c->shown);
         c->ngone = 0;
     }
-    if (!snap && c->behind) {
+    if (view && !snap && c->behind) {
         /* shown entities no cell of the area of interest holds any more: a
          * client that was behind missed the cells' removed lists (otherwise
          * those, and c->gone for cells that left its area, report each) */
@@ -523,7 +640,7 @@ static void send_view(gw_t *gw, gw_conn_t *c)
         for (size_t i = 0; i < nremoved; i++)
             ts_map_del(&c->shown, gw->tmp_removed[i]);
     }
-    for (size_t i = 0; i < c->naoi; i++) {
+    for (size_t i = 0; view && i < c->naoi; i++) {
         gw_cell_t *cell = c->aoi[i].cell;
         bool ok = true;
         if (snap || c->aoi[i].fresh) {
@@ -535,7 +652,7 @@ static void send_view(gw_t *gw, gw_conn_t *c)
         }
         if (!ok) goto oom;
     }
-    if (!snap) {
+    if (view && !snap) {
         for (size_t i = 0; i < c->naoi; i++) {
             gw_cell_t *cell = c->aoi[i].cell;
             if (!cell->dirty) continue;
@@ -545,59 +662,97 @@ static void send_view(gw_t *gw, gw_conn_t *c)
         for (size_t i = 0; i < c->ngone; i++)
             drop_if_gone(gw, c, &nremoved, c->gone[i]);
     }
-    if (nseg == 0 && nremoved == 0 && !snap) {
-        finish_client(gw, c, 0);
+    bool frames = snap || nseg > 0 || nremoved > 0; /* a Snapshot or Delta goes */
+    if (!frames && nev == 0) {
+        if (view) finish_client(gw, c, 0);
         return;
     }
     size_t rmlen = gw_removed_len(gw->tmp_removed, nremoved);
     if (!grow((void **)&gw->rmbuf, &gw->rmbuf_cap, rmlen + 1, 1) ||
-        !grow((void **)&gw->heads, &gw->heads_cap, (nseg + 1) * GW_FRAME_HEAD_MAX, 1) ||
-        !grow((void **)&gw->iov, &gw->iov_cap, 2 * (nseg + 1) + 1, sizeof *gw->iov))
+        !grow((void **)&gw->heads, &gw->heads_cap, (nseg + 1 + nev) * GW_FRAME_HEAD_MAX, 1) ||
+        !grow((void **)&gw->iov, &gw->iov_cap, 2 * (nseg + 1) + 1 + 2 * nev, sizeof *gw->iov))
         goto oom;
     gw_removed_put(gw->rmbuf, gw->tmp_removed, nremoved);
 
     uint64_t epoch = gw_cell_epoch(c->cell);
-    /* the ack: the own entity's highest applied client seq (Delta field 4,
-     * Snapshot field 3), written after the head as part of the payload */
-    uint64_t ack = 0;
-    if (c->entity != 0) {
-        gw_cell_t *home = ts_map_get(&gw->homes, c->entity);
-        gw_entity_t *own = home != NULL ? ts_map_get(&home->entities, c->entity) : NULL;
-        if (own != NULL) ack = own->pb.last_input_seq;
-    }
-    size_t ack_len = ack != 0 ? 1 + gw_pb_varint_len(ack) : 0;
     size_t niov = 0, total = 0, nframes = 0, i = 0;
-    do {
-        size_t start = i, bytes = 0;
-        while (i < nseg && (i == start || bytes + gw->segs[i].len <= GW_FRAME_MAX_BYTES))
-            bytes += gw->segs[i++].len;
-        size_t rm = i == nseg ? rmlen : 0;
-        bool snap_frame = snap && nframes == 0;
-        uint8_t *head = gw->heads + nframes * GW_FRAME_HEAD_MAX;
-        size_t flen;
-        size_t hl = gw_frame_head(head, ++c->out_seq, epoch, &c->cell->id,
-                                  snap_frame ? GW_PAYLOAD_SNAPSHOT : GW_PAYLOAD_DELTA,
-                                  snap_frame ? c->entity : gw->tick, bytes + rm + ack_len, &flen);
-        if (ack_len != 0) {
-            head[hl] = (uint8_t)((snap_frame ? 3 : 4) << 3); /* varint field */
-            hl += 1 + gw_pb_varint(head + hl + 1, ack);
+    if (frames) {
+        /* the ack: the own entity's highest applied client seq (Delta field
+         * 4, Snapshot field 3), written after the head as part of the payload */
+        uint64_t ack = 0;
+        if (c->entity != 0) {
+            gw_cell_t *home = ts_map_get(&gw->homes, c->entity);
+            gw_entity_t *own = home != NULL ? ts_map_get(&home->entities, c->entity) : NULL;
+            if (own != NULL) ack = own->pb.last_input_seq;
         }
-        gw->iov[niov++] = uv_buf_init((char *)head, (unsigned)hl);
-        for (size_t k = start; k < i; k++)
-            gw->iov[niov++] = gw->segs[k];
-        if (rm > 0) gw->iov[niov++] = uv_buf_init((char *)gw->rmbuf, (unsigned)rm);
-        total += flen;
-        nframes++;
-    } while (i < nseg);
-    if (gw_conn_writev(c, gw->iov, niov, total) == TS_OK) {
-        gw->frames_sent += nframes;
-        gw->bytes_sent += total;
+        size_t ack_len = ack != 0 ? 1 + gw_pb_varint_len(ack) : 0;
+        do {
+            size_t start = i, bytes = 0;
+            while (i < nseg && (i == start || bytes + gw->segs[i].len <= GW_FRAME_MAX_BYTES))
+                bytes += gw->segs[i++].len;
+            size_t rm = i == nseg ? rmlen : 0;
+            bool snap_frame = snap && nframes == 0;
+            uint8_t *head = gw->heads + nframes * GW_FRAME_HEAD_MAX;
+            size_t flen;
+            size_t hl = gw_frame_head(head, ++c->out_seq, epoch, &c->cell->id,
+                                      snap_frame ? GW_PAYLOAD_SNAPSHOT : GW_PAYLOAD_DELTA,
+                                      snap_frame ? c->entity : gw->tick, bytes + rm + ack_len, &flen);
+            if (ack_len != 0) {
+                head[hl] = (uint8_t)((snap_frame ? 3 : 4) << 3); /* varint field */
+                hl += 1 + gw_pb_varint(head + hl + 1, ack);
+            }
+            gw->iov[niov++] = uv_buf_init((char *)head, (unsigned)hl);
+            for (size_t k = start; k < i; k++)
+                gw->iov[niov++] = gw->segs[k];
+            if (rm > 0) gw->iov[niov++] = uv_buf_init((char *)gw->rmbuf, (unsigned)rm);
+            total += flen;
+            nframes++;
+        } while (i < nseg);
     }
-    finish_client(gw, c, nremoved);
+    /* Event frames: a head of the client's own, the shared encoded Event */
+    size_t nheads = nframes;
+    for (size_t k = 0; k < nev; k++) {
+        const gw_cell_t *cell = gw->evsel[k].cell;
+        const gw_event_t *ev = &cell->evs[gw->evsel[k].idx];
+        uint8_t *head = gw->heads + nheads++ * GW_FRAME_HEAD_MAX;
+        size_t flen;
+        size_t hl =
+            gw_frame_head(head, ++c->out_seq, epoch, &c->cell->id, GW_PAYLOAD_EVENT, 0, ev->len, &flen);
+        gw->iov[niov++] = uv_buf_init((char *)head, (unsigned)hl);
+        gw->iov[niov++] = uv_buf_init((char *)cell->ev_buf + ev->off, ev->len);
+        total += flen;
+    }
+    if (gw_conn_writev(c, gw->iov, niov, total) == TS_OK) {
+        gw->frames_sent += nframes + nev;
+        gw->bytes_sent += total;
+        gw->events_sent += nev;
+    } else {
+        gw->events_dropped += nev;
+    }
+    if (view) finish_client(gw, c, nremoved);
     return;
 oom:
     ts_warn("conn %llu: out of memory building its view", (unsigned long long)c->id);
+    gw->events_dropped += nev;
     finish_client(gw, c, nremoved);
+}
+
+/* Queues the cells' targeted events on the clients they are for. */
+static void route_events(gw_t *gw, gw_cell_t *cell)
+{
+    for (size_t k = 0; k < cell->nevs; k++) {
+        const gw_event_t *ev = &cell->evs[k];
+        if (ev->positional) continue;
+        gw_conn_t *c = ts_map_get(&gw->players, ev->entity);
+        if (c == NULL || c->entity != ev->entity || c->phase != GW_PHASE_JOINED) continue;
+        if (c->nevq >= GW_CONN_EVENTS_MAX ||
+            !grow((void **)&c->evq, &c->evq_cap, c->nevq + 1, sizeof *c->evq)) {
+            gw->events_dropped++;
+            continue;
+        }
+        c->evq[c->nevq++] = (gw_evref_t){.cell = cell, .idx = (uint32_t)k};
+        gw_view_want_flush(gw, c);
+    }
 }
 
 void gw_view_flush(gw_t *gw)
@@ -607,6 +762,7 @@ void gw_view_flush(gw_t *gw)
     gw->last_flush_us = ts_mono_us();
     for (gw_cell_t *cell = gw->dirty_head; cell != NULL; cell = cell->next_dirty) {
         encode_changes(gw, cell);
+        if (cell->nevs > cell->npos) route_events(gw, cell);
         for (size_t i = 0; i < cell->nsubs; i++)
             gw_view_want_flush(gw, cell->subs[i].conn);
     }
@@ -617,12 +773,15 @@ void gw_view_flush(gw_t *gw)
         c->next_flush = NULL;
         if (c->phase == GW_PHASE_JOINED && !c->closing && !c->handle_closed && c->cell != NULL)
             send_view(gw, c);
+        c->nevq = 0;
     }
     gw_cell_t *cell = gw->dirty_head;
     gw->dirty_head = NULL;
     while (cell != NULL) {
         gw_cell_t *next = cell->next_dirty;
         cell->nchanged = cell->nremoved = 0;
+        cell->nevs = cell->npos = 0;
+        cell->ev_len = 0;
         cell->dirty = false;
         cell->next_dirty = NULL;
         cell = next;
@@ -637,6 +796,7 @@ void gw_view_free(gw_t *gw)
     free(gw->segs);
     free(gw->heads);
     free(gw->rmbuf);
+    free(gw->evsel);
     ts_map_free(&gw->scratch);
     ts_map_free(&gw->homes);
 }

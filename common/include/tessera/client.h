@@ -3,6 +3,7 @@
 #ifndef TESSERA_CLIENT_H
 #define TESSERA_CLIENT_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "tessera/frame.h"
@@ -38,7 +39,16 @@ ts_status_t ts_client_recv(ts_client_t *c, int64_t timeout_ms, Tessera__V1__Serv
 /* Convenience wrappers that fill a ClientFrame and send it. */
 ts_status_t ts_client_hello(ts_client_t *c, const char *name);
 ts_status_t ts_client_join(ts_client_t *c, double x, double y, const char *name);
+/* Join with a payload for the game module's on_join (at most 256 bytes;
+ * the gateway refuses longer ones with ERROR_MALFORMED). */
+ts_status_t ts_client_join_payload(ts_client_t *c, double x, double y, const char *name, const void *payload,
+                                   size_t len);
 ts_status_t ts_client_move(ts_client_t *c, double dx, double dy);
+/* A game Command (type, payload of at most 256 bytes) for the module's
+ * on_command; numbered like Move (ts_client_last_seq gives its seq, acked
+ * by last_input_seq). Events come back as ServerFrames with payload_case
+ * TESSERA__V1__SERVER_FRAME__PAYLOAD_EVENT from ts_client_recv. */
+ts_status_t ts_client_command(ts_client_t *c, uint32_t type, const void *payload, size_t len);
 ts_status_t ts_client_ping(ts_client_t *c, uint64_t client_time_us);
 ts_status_t ts_client_leave(ts_client_t *c);
 /* Sequence number the last send used. */
