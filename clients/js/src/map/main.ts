@@ -4,6 +4,13 @@
 // workers, entities and inputs/s. "Join" spawns the viewer as a player;
 // arrow keys move it.
 //
+// Play mode ("Play" button, or the page opened as /#play) joins the game a
+// module runs: arrow keys or WASD move, space sends Command 1 (tag's TAG).
+// When entities carry tag's state bytes (team, tags made, times tagged:
+// examples/tag/README.md), they are drawn in their team's colour, and the
+// side panel shows each team's score (the sum of "tags made" over the
+// entities in view), your own, and the game's events.
+//
 // The feed is pushed: /api/events (server-sent events) sends the world once
 // (`world`: the gateway's registry view and the workers' heartbeats), then
 // the registry changes (`cells`) and heartbeats (`workers`) as they come,
@@ -53,6 +60,8 @@ const ctx = canvas.getContext('2d')!;
 const legend = document.getElementById('legend')!;
 const events = document.getElementById('events')!;
 const joinButton = document.getElementById('join') as HTMLButtonElement;
+const playButton = document.getElementById('play') as HTMLButtonElement;
+const gamePanel = document.getElementById('game')!;
 
 let world: World | null = null;
 const cells = new Map<string, WorldCell>(); // every cell the registry has, by key
@@ -64,6 +73,99 @@ let lastInputs: { t: number; n: number } | null = null;
 let client: TesseraClient | null = null;
 const keys = new Set<string>();
 const feed = { worlds: 0, cells: 0, workers: 0 }; // events received, by kind
+let playing = false;
+
+// ---- the tag game (examples/tag), read from entity state bytes ------------
+const TEAM_RED = 1;
+const TEAM_BLUE = 2;
+const CMD_TAG = 1;
+const TEAM_NAME = ['', 'red', 'blue'];
+const TEAM_COLOR = ['', '#ff5a5a', '#4f9dff'];
+const ENTITY_NPC = 2; // EntityState.flags
+
+interface TagState {
+  team: number;
+  bot: boolean;
+  tags: number;
+  tagged: number;
+}
+interface GameEvent {
+  type: number;
+  payload: Uint8Array;
+  entity: string;
+  positional: boolean;
+  x: number;
+  y: number;
+}
+/** What the page shows of the game (for tests and the console). */
+const game = { red: 0, blue: 0, me: null as TagState | null, events: [] as GameEvent[], commands: 0 };
+
+function u32(b: Uint8Array, off: number): number {
+  return (b[off] | (b[off + 1] << 8) | (b[off + 2] << 16) | (b[off + 3] << 24)) >>> 0;
+}
+
+/** tag's state bytes of an entity, or null when it has none. */
+function tagState(e: unknown): TagState | null {
+  const st = (e as { state?: Uint8Array }).state;
+  const flags = (e as { flags?: number }).flags ?? 0;
+  if (!(st instanceof Uint8Array) || st.length < 12 || (st[0] !== TEAM_RED && st[0] !== TEAM_BLUE)) return null;
+  return { team: st[0], bot: (st[1] & 1) === 1 || (flags & ENTITY_NPC) !== 0, tags: u32(st, 4), tagged: u32(st, 8) };
+}
+
+/** [id u64 LE, team, name...] of tag's "you tagged" / "tagged by" events. */
+function eventWho(p: Uint8Array): { id: string; team: number; name: string } {
+  let id = 0n;
+  for (let i = 7; i >= 0; i--) id = (id << 8n) | BigInt(p[i] ?? 0);
+  return { id: id.toString(), team: p[8] ?? 0, name: new TextDecoder().decode(p.subarray(9)) };
+}
+
+function onGameEvent(ev: GameEvent): void {
+  game.events.push(ev);
+  if (game.events.length > 50) game.events.shift();
+  const p = ev.payload ?? new Uint8Array(0);
+  if (ev.type === 1 && p.length >= 9) {
+    const who = eventWho(p);
+    note(`you tagged ${who.name || who.id}: +1`);
+  } else if (ev.type === 2 && p.length >= 9) {
+    const who = eventWho(p);
+    note(`tagged by ${who.name || who.id}: you are ${TEAM_NAME[who.team] ?? '?'} now`);
+  } else if (ev.type === 3) {
+    note(`tag at ${Math.round(ev.x)},${Math.round(ev.y)}`);
+  } else if (ev.type === 4) {
+    note('no enemy in range');
+  } else {
+    note(`event ${ev.type} (${p.length} bytes)`);
+  }
+  renderGame();
+}
+
+/** Team scores over the entities in view, and the player's own state. */
+function renderGame(): void {
+  if (!playing || client === null) return;
+  let red = 0;
+  let blue = 0;
+  let any = false;
+  for (const e of client.entities.values()) {
+    const t = tagState(e);
+    if (t === null) continue;
+    any = true;
+    if (t.team === TEAM_RED) red += t.tags;
+    else blue += t.tags;
+  }
+  game.red = red;
+  game.blue = blue;
+  game.me = client.me ? tagState(client.me) : null;
+  const me = game.me;
+  gamePanel.innerHTML = any
+    ? `<div>score: <b style="color:${TEAM_COLOR[TEAM_RED]}">red <span id="score-red">${red}</span></b>` +
+      ` · <b style="color:${TEAM_COLOR[TEAM_BLUE]}">blue <span id="score-blue">${blue}</span></b></div>` +
+      (me
+        ? `<div>you: <b id="team-me" style="color:${TEAM_COLOR[me.team]}">${TEAM_NAME[me.team]}</b>, ` +
+          `<b id="score-me">${me.tags}</b> tags, tagged <b id="tagged-me">${me.tagged}</b> times</div>`
+        : '') +
+      '<div class="key">arrows or WASD move, space tags the nearest enemy in range</div>'
+    : '<div class="key">arrows or WASD move, space sends the game command 1</div>';
+}
 
 function hue(id: string): number {
   let h = 2166136261;
@@ -249,12 +351,33 @@ function draw(): void {
       const p = client.renderPosition(id, t);
       if (p === undefined) continue;
       const me = id === client.entity;
+      const tag = tagState(client.entities.get(id));
       ctx.beginPath();
-      ctx.arc(sx(p.x), sy(p.y), me ? 6 : 3.5, 0, Math.PI * 2);
-      ctx.fillStyle = me ? '#ffd400' : '#7fd3ff';
+      ctx.arc(sx(p.x), sy(p.y), me ? 6 : tag?.bot ? 3 : 4, 0, Math.PI * 2);
+      ctx.fillStyle = tag !== null ? TEAM_COLOR[tag.team] : me ? '#ffd400' : '#7fd3ff';
       ctx.fill();
+      if (me && tag !== null) {
+        ctx.lineWidth = 2;
+        ctx.strokeStyle = '#ffd400';
+        ctx.stroke();
+      }
     }
   }
+}
+
+/** WASD as arrows. */
+const KEY_ALIAS: Record<string, string> = { w: 'ArrowUp', a: 'ArrowLeft', s: 'ArrowDown', d: 'ArrowRight' };
+
+/** Command 1 (tag's TAG: the nearest enemy in range). */
+function tag(): void {
+  if (client === null || client.entity === null || !client.connected) return;
+  const c = client as unknown as { command?: (type: number, payload?: Uint8Array) => number };
+  if (typeof c.command !== 'function') {
+    note('this client cannot send game commands');
+    return;
+  }
+  c.command(CMD_TAG, new Uint8Array(0));
+  game.commands++;
 }
 
 function steer(): void {
@@ -267,6 +390,7 @@ function steer(): void {
 async function join(): Promise<void> {
   if (client !== null || world === null) return;
   joinButton.disabled = true;
+  playButton.disabled = true;
   const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
   const c = new TesseraClient({ url: `${proto}//${location.host}/ws`, name: 'map-viewer' });
   await c.connect();
@@ -277,21 +401,49 @@ async function join(): Promise<void> {
   c.on('close', (e) => note(e.willResume ? 'connection lost: resuming' : 'connection closed'));
   c.on('resumed', () => note('resumed'));
   c.on('cell_changed', (cc) => note(`you crossed into cell ${cc.to?.cx},${cc.to?.cy}`));
+  (c as unknown as { on(ev: string, fn: (v: GameEvent) => void): void }).on('event', onGameEvent);
+  c.on('delta', () => renderGame());
   client = c;
   joinButton.textContent = 'Joined: arrow keys move';
   renderLegend();
 }
 
+/** Play mode: join, then WASD and space too, and the game panel. */
+async function play(): Promise<void> {
+  if (playing) return;
+  playing = true;
+  gamePanel.hidden = false;
+  await join();
+  joinButton.hidden = true;
+  playButton.textContent = 'Playing';
+  renderGame();
+}
+
 window.addEventListener('keydown', (e) => {
-  if (!e.key.startsWith('Arrow')) return;
+  if (playing && e.key === ' ') {
+    e.preventDefault();
+    if (!e.repeat) tag();
+    return;
+  }
+  const key = playing ? (KEY_ALIAS[e.key.toLowerCase()] ?? e.key) : e.key;
+  if (!key.startsWith('Arrow')) return;
   e.preventDefault();
-  if (keys.has(e.key)) return;
-  keys.add(e.key);
+  if (keys.has(key)) return;
+  keys.add(key);
   steer();
 });
 window.addEventListener('keyup', (e) => {
-  if (!keys.delete(e.key)) return;
+  const key = playing ? (KEY_ALIAS[e.key.toLowerCase()] ?? e.key) : e.key;
+  if (!keys.delete(key)) return;
   steer();
+});
+playButton.addEventListener('click', () => {
+  play().catch((e) => {
+    note(`play failed: ${e.message}`);
+    playing = false;
+    joinButton.disabled = false;
+    playButton.disabled = false;
+  });
 });
 joinButton.addEventListener('click', () => {
   join().catch((e) => {
@@ -310,7 +462,19 @@ joinButton.addEventListener('click', () => {
   },
   feed,
   join,
+  play,
+  tag,
+  game,
+  tagState,
 };
 
 listen();
 requestAnimationFrame(draw);
+// /#play: straight into play mode once the world is known
+if (location.hash === '#play') {
+  const start = setInterval(() => {
+    if (world === null) return;
+    clearInterval(start);
+    playButton.click();
+  }, 100);
+}
