@@ -93,6 +93,7 @@ static __thread volatile sig_atomic_t tl_in_cb;
 static __thread const char *volatile tl_cb;
 static __thread const char *volatile tl_cell;
 static __thread bool tl_altstack;
+static __thread void *tl_altstack_mem; /* kept for the thread's life */
 static const char *volatile g_fault_module = "move";
 
 static void put(const char *s)
@@ -154,7 +155,10 @@ static void ensure_altstack(void)
     ss.ss_sp = malloc(size);
     if (!ss.ss_sp) return;
     ss.ss_size = size;
-    if (sigaltstack(&ss, NULL) != 0) free(ss.ss_sp);
+    if (sigaltstack(&ss, NULL) != 0)
+        free(ss.ss_sp);
+    else
+        tl_altstack_mem = ss.ss_sp;
 }
 
 /* ---- calling the module ---------------------------------------------------- */
@@ -488,7 +492,6 @@ static int api_despawn(ts_game_ctx_t *ctx, uint64_t id)
     ts_entity_t *e = ts_map_get(&z->entities, id);
     if (!e) return ts_map_get(&z->ghosts, id) ? TS_GAME_EPERM : TS_GAME_ENOENT;
     if (!(e->flags & TS_GAME_NPC) || ctx->in_query) return TS_GAME_EPERM;
-    if (e->departing) return TS_GAME_EPERM; /* its Departure is on its way: the next cell may */
     ts_zone_despawn(z, e);
     return TS_GAME_OK;
 }

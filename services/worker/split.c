@@ -94,7 +94,15 @@ void ts_split_set_mode(ts_worker_t *w, ts_binding_t *b, const ts_cell_entry_t *e
     } else if (was) {
         ts_info("cell %s: %s -> %s at epoch %" PRIu64 "; live again", z->key, ts_cell_state_str(before),
                 ts_cell_state_str(e->state), e->epoch);
-        if (before == TS_CELL_SPLIT) w->stats.merges++;
+        if (before == TS_CELL_SPLIT) {
+            w->stats.merges++;
+            /* the game module's cell state: the parent takes its first
+             * child's (if that child is bound here; else it keeps its own) */
+            ts_cell_t kids[4];
+            ts_binding_t *k0 =
+                ts_cell_children(&z->cell, kids) == TS_OK ? ts_cellmap_get(&w->by_cell, &kids[0]) : NULL;
+            if (k0) z->game = k0->zone->game;
+        }
     }
 }
 

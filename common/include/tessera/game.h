@@ -129,11 +129,15 @@ typedef struct {
     int (*set)(ts_game_ctx_t *ctx, const ts_game_entity_t *e);
     /* Spawns an NPC at (x, y) in this cell (it moves on to other cells like
      * any entity). Returns its id (> 0) or a negative code (ERANGE outside
-     * the cell, ENOSPC beyond TS_GAME_SPAWNS_PER_TICK this tick). Ids are
-     * derived from the cell and its input position: replay gives the same. */
+     * the cell, ENOSPC beyond TS_GAME_SPAWNS_PER_TICK this tick; EPERM
+     * inside a query's visit). Ids are derived from the cell and its count
+     * of spawns (checkpointed): replay gives the same. An NPC id has 0x7fff
+     * in its top 16 bits (player ids start with their gateway id: gateway
+     * id 32767 is reserved). */
     int64_t (*spawn)(ts_game_ctx_t *ctx, double x, double y, const char *name, const void *state,
                      size_t state_len);
-    /* Despawns an NPC of this cell: 0, ENOENT, EPERM (a player). */
+    /* Despawns an NPC of this cell: 0, ENOENT, EPERM (a player, a ghost,
+     * or inside a query's visit). */
     int (*despawn)(ts_game_ctx_t *ctx, uint64_t id);
     /* An Event to the client of a player entity this cell owns (ENOENT
      * otherwise: for another cell's player, send a request and let its
@@ -145,7 +149,8 @@ typedef struct {
     /* A request to entity `target` (owned here, a ghost, or any id this cell
      * knows the cell of): delivered once to on_request at the target's
      * owner, through the target cell's input stream. 0, ENOENT (no cell
-     * known for target), EINVAL, ENOSPC. */
+     * known for target), EINVAL, ENOSPC. The request carries from's
+     * position as this cell knows it (owned or ghost; else 0, 0). */
     int (*request)(ts_game_ctx_t *ctx, uint64_t from, uint64_t target, uint32_t type, const void *payload,
                    size_t len);
     /* The cell's deterministic random numbers (checkpointed). */
