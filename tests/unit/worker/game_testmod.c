@@ -5,9 +5,10 @@
  * State of an entity: [team, count]. Commands: 1 count (+1, an event to
  * the player), 2 fails, 3 runs 50 ms (past the budget), 4 requests entity
  * <payload: 8 bytes> (+10 at the target), 5 spawns an NPC where the player
- * is, 6 an event at the player's position. Every tick: NPCs take a random
+ * is, 6 an event at the player's position, 7 crashes (SIGSEGV). Every tick: NPCs take a random
  * velocity, and the cell state counts ticks and keeps the last random
  * number. */
+#include <signal.h>
 #include <stdint.h>
 #include <string.h>
 #include <time.h>
@@ -66,6 +67,9 @@ static int tm_command(ts_game_ctx_t *ctx, ts_game_entity_t *e, uint32_t type, co
     }
     case 6:
         return api->emit_at(ctx, e->x, e->y, 8, "boom", 4);
+    case 7:
+        raise(SIGSEGV); /* as a bad pointer would, without undefined behaviour */
+        return 0;
     default:
         return TS_GAME_EINVAL;
     }

@@ -12,6 +12,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -684,6 +686,46 @@ static void test_views_write_back(void **state)
     ts_game_host_close(h);
 }
 
+/* A crash inside a callback: one ERROR line naming the module, the callback
+ * and the cell, and the process dies of the signal (in a child here). */
+static void test_crash_is_reported_with_the_module_name(void **state)
+{
+    (void)state;
+    int fds[2];
+    assert_int_equal(pipe(fds), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        dup2(fds[1], STDERR_FILENO);
+        close(fds[0]);
+        ts_game_host_t *h = NULL;
+        char err[256];
+        if (ts_game_host_load(&h, TS_TESTMOD_SO, "", 1000, err, sizeof(err)) != TS_OK) _exit(3);
+        ts_zone_t *z = NULL;
+        ts_cell_t c = {.world = 0, .cx = 0, .cy = 0};
+        if (ts_zone_create(&z, &c, 1, &WORLD, 50) != TS_OK) _exit(3);
+        ts_game_host_attach(h, z, 50);
+        ts_input_t in[] = {join_in(5, 1, 10, 10, 1), cmd_in(5, 2, 7, NULL, 0)};
+        Tessera__V1__InputBatch *b = batch_of(in, 2);
+        ts_zone_apply_batch(z, 1, b, 1);
+        _exit(4); /* not reached */
+    }
+    close(fds[1]);
+    char out[4096] = "";
+    size_t n = 0;
+    ssize_t r;
+    while (n < sizeof(out) - 1 && (r = read(fds[0], out + n, sizeof(out) - 1 - n)) > 0)
+        n += (size_t)r;
+    out[n] = 0;
+    close(fds[0]);
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFSIGNALED(status));
+    assert_int_equal(WTERMSIG(status), SIGSEGV);
+    assert_non_null(
+        strstr(out, "ERROR game module testmod crashed (SIGSEGV) in on_command of cell 0.0.0.0.0"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -697,6 +739,7 @@ int main(void)
         cmocka_unit_test(test_spawn_ids),
         cmocka_unit_test(test_requests_go_through_the_target_cell),
         cmocka_unit_test(test_views_write_back),
+        cmocka_unit_test(test_crash_is_reported_with_the_module_name),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
