@@ -137,6 +137,7 @@ void ts_worker_unbind(ts_worker_t *w, ts_binding_t *b)
     ts_cellmap_del(&w->by_cell, &b->zone->cell);
     ts_worker_release_sub(w, b->sub, b->ctx);
     add_stats(&w->stats.zones, &b->zone->stats);
+    w->stats.requests_ignored += b->zone->requests_ignored;
     ts_zone_destroy(b->zone);
     ts_inbox_free(&b->held);
     size_t i = b->index;

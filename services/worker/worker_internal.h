@@ -153,11 +153,12 @@ typedef struct {
     uint64_t publishes_delayed; /* publishes put off: too many in flight */
     uint64_t state_dropped;     /* state/heartbeat messages dropped: publish queue full */
     /* split.c */
-    uint64_t splits;       /* split cells whose entities all moved into the children */
-    uint64_t merges;       /* split cells made active again here (a merge) */
-    uint64_t merged_cells; /* retired cells whose entities all moved into the parent */
-    uint64_t fwd_entities; /* entities a split or retired cell moved on after that */
-    uint64_t fwd_inputs;   /* inputs a split or retired cell forwarded */
+    uint64_t splits;           /* split cells whose entities all moved into the children */
+    uint64_t merges;           /* split cells made active again here (a merge) */
+    uint64_t merged_cells;     /* retired cells whose entities all moved into the parent */
+    uint64_t fwd_entities;     /* entities a split or retired cell moved on after that */
+    uint64_t fwd_inputs;       /* inputs a split or retired cell forwarded */
+    uint64_t requests_ignored; /* game requests for unknown entities, of zones unbound since */
 } ts_worker_stats_t;
 
 /* Outcome of an asynchronous JetStream publish, filled by the ack callback. */
