@@ -8,6 +8,7 @@
  * have been applied), it fails with TS_ERR_UNAVAILABLE and the caller re-reads.
  * Unexpected replies never crash: they give TS_ERR_REGISTRY and a log line. */
 #include "tessera/registry.h"
+#include "redis_tls.h"
 
 #include <hiredis/hiredis.h>
 #include <inttypes.h>
@@ -203,7 +204,9 @@ struct ts_registry {
     int db;
     char sha[SCRIPT_COUNT][41]; /* SHA1 of each script loaded on ctx; "" if not loaded */
     uint64_t round_trips;
-    uint64_t connects; /* connections opened (a change means Redis may have restarted) */
+    uint64_t connects;        /* connections opened (a change means Redis may have restarted) */
+    bool tls;                 /* rediss:// */
+    ts_redis_tls_t *tls_conn; /* the TLS side of ctx (rediss://) */
 };
 
 static const char *const state_names[] = {"active", "handover", "split", "retired"};
@@ -243,6 +246,21 @@ ts_status_t ts_registry_set_default_auth(const char *user, const char *password)
         return TS_ERR_RANGE;
     snprintf(default_user, sizeof default_user, "%s", user ? user : "");
     snprintf(default_password, sizeof default_password, "%s", password ? password : "");
+    return TS_OK;
+}
+
+/* Default TLS files (ts_registry_set_default_tls), for rediss:// URLs. */
+static char default_tls_ca[512], default_tls_cert[512], default_tls_key[512];
+
+ts_status_t ts_registry_set_default_tls(const char *ca, const char *cert, const char *key)
+{
+    if ((ca && strlen(ca) >= sizeof default_tls_ca) || (cert && strlen(cert) >= sizeof default_tls_cert) ||
+        (key && strlen(key) >= sizeof default_tls_key))
+        return TS_ERR_RANGE;
+    ts_redis_tls_init();
+    snprintf(default_tls_ca, sizeof default_tls_ca, "%s", ca ? ca : "");
+    snprintf(default_tls_cert, sizeof default_tls_cert, "%s", cert ? cert : "");
+    snprintf(default_tls_key, sizeof default_tls_key, "%s", key ? key : "");
     return TS_OK;
 }
 
@@ -300,8 +318,12 @@ static ts_status_t parse_userinfo(ts_registry_t *reg, const char **pp)
 static ts_status_t parse_url(ts_registry_t *reg, const char *url)
 {
     const char *p = url;
-    if (strncmp(p, "rediss://", 9) == 0) return TS_ERR_RANGE; /* TLS: not in this hiredis */
-    if (strncmp(p, "redis://", 8) == 0) p += 8;
+    if (strncmp(p, "rediss://", 9) == 0) {
+        reg->tls = true;
+        p += 9;
+    } else if (strncmp(p, "redis://", 8) == 0) {
+        p += 8;
+    }
     snprintf(reg->user, sizeof reg->user, "%s", default_user);
     snprintf(reg->password, sizeof reg->password, "%s", default_password);
     if (parse_userinfo(reg, &p) != TS_OK) return TS_ERR_PARSE;
@@ -348,21 +370,71 @@ static ts_status_t parse_url(ts_registry_t *reg, const char *url)
     return TS_OK;
 }
 
-static ts_status_t open_ctx(ts_registry_t *reg)
+/* Frees the connection (and its TLS side). */
+static void drop_ctx(ts_registry_t *reg)
 {
-    redisContext *c = redisConnectWithTimeout(reg->host, reg->port, ms_tv(CONNECT_TIMEOUT_MS));
+    if (reg->ctx != NULL) redisFree(reg->ctx);
+    reg->ctx = NULL;
+    ts_redis_tls_close(reg->tls_conn); /* after redisFree closed its end */
+    reg->tls_conn = NULL;
+}
+
+/* A new hiredis context to reg's server: plain TCP, or (rediss://) through
+ * a TLS connection whose side is stored in *tls. */
+static ts_status_t connect_ctx(ts_registry_t *reg, redisContext **out, ts_redis_tls_t **tls)
+{
+    *out = NULL;
+    *tls = NULL;
+    redisContext *c;
+    if (reg->tls) {
+        ts_redis_tls_cfg_t tc = {.ca = default_tls_ca, .cert = default_tls_cert, .key = default_tls_key};
+        char err[512] = "";
+        int fd = -1;
+        ts_status_t st =
+            ts_redis_tls_open(reg->host, reg->port, &tc, CONNECT_TIMEOUT_MS, tls, &fd, err, sizeof err);
+        if (st != TS_OK) {
+            if (st == TS_ERR_CONFIG)
+                ts_error("registry: TLS to %s:%d refused: %s", reg->host, reg->port, err);
+            else
+                ts_warn("registry: TLS to %s:%d failed: %s", reg->host, reg->port, err);
+            return st;
+        }
+        c = redisConnectFd(fd);
+    } else {
+        c = redisConnectWithTimeout(reg->host, reg->port, ms_tv(CONNECT_TIMEOUT_MS));
+    }
     if (c == NULL) {
         ts_warn("registry: cannot allocate a connection to %s:%d", reg->host, reg->port);
+        ts_redis_tls_close(*tls);
+        *tls = NULL;
         return TS_ERR_NOMEM;
     }
     if (c->err) {
         ts_warn("registry: connect to %s:%d failed: %s", reg->host, reg->port, c->errstr);
         redisFree(c);
+        ts_redis_tls_close(*tls);
+        *tls = NULL;
         return TS_ERR_UNAVAILABLE;
     }
+    *out = c;
+    return TS_OK;
+}
+
+static void free_new(redisContext *c, ts_redis_tls_t *tls)
+{
+    redisFree(c);
+    ts_redis_tls_close(tls);
+}
+
+static ts_status_t open_ctx(ts_registry_t *reg)
+{
+    redisContext *c = NULL;
+    ts_redis_tls_t *tls = NULL;
+    ts_status_t cst = connect_ctx(reg, &c, &tls);
+    if (cst != TS_OK) return cst;
     if (redisSetTimeout(c, ms_tv(COMMAND_TIMEOUT_MS)) != REDIS_OK) {
         ts_warn("registry: cannot set the command timeout: %s", c->errstr);
-        redisFree(c);
+        free_new(c, tls);
         return TS_ERR_UNAVAILABLE;
     }
     if (reg->password[0] != '\0') {
@@ -380,7 +452,7 @@ static ts_status_t open_ctx(ts_registry_t *reg)
         }
         if (r != NULL) freeReplyObject(r);
         if (st != TS_OK) {
-            redisFree(c);
+            free_new(c, tls);
             return st;
         }
     }
@@ -392,12 +464,13 @@ static ts_status_t open_ctx(ts_registry_t *reg)
                     r == NULL ? c->errstr : (r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply"));
         if (r != NULL) freeReplyObject(r);
         if (!ok) {
-            redisFree(c);
+            free_new(c, tls);
             return TS_ERR_UNAVAILABLE;
         }
     }
-    if (reg->ctx != NULL) redisFree(reg->ctx);
+    drop_ctx(reg);
     reg->ctx = c;
+    reg->tls_conn = tls;
     reg->connects++;
     memset(reg->sha, 0, sizeof reg->sha);
     return TS_OK;
@@ -411,11 +484,7 @@ ts_status_t ts_registry_connect(ts_registry_t **out, const char *url)
     if (reg == NULL) return TS_ERR_NOMEM;
     ts_status_t st = parse_url(reg, url);
     if (st != TS_OK) {
-        if (st == TS_ERR_RANGE)
-            ts_error("registry: rediss:// (TLS) is not supported: this build's hiredis has no TLS; "
-                     "reach Redis through a TLS tunnel on loopback instead");
-        else
-            ts_error("registry: bad url (want redis://[user[:password]@]host:port[/db])");
+        ts_error("registry: bad url (want redis[s]://[user[:password]@]host:port[/db])");
         ts_registry_destroy(reg);
         return TS_ERR_CONFIG;
     }
@@ -431,7 +500,7 @@ ts_status_t ts_registry_connect(ts_registry_t **out, const char *url)
 void ts_registry_destroy(ts_registry_t *reg)
 {
     if (reg == NULL) return;
-    if (reg->ctx != NULL) redisFree(reg->ctx);
+    drop_ctx(reg);
     volatile char *pw = reg->password;
     for (size_t i = 0; i < sizeof reg->password; i++)
         pw[i] = '\0';
@@ -448,8 +517,7 @@ static redisReply *roundtrip(ts_registry_t *reg, int argc, const char **argv, co
     redisReply *r = redisCommandArgv(reg->ctx, argc, argv, lens);
     if (r == NULL) {
         ts_warn("registry: %s: %s", argv[0], reg->ctx->errstr);
-        redisFree(reg->ctx);
-        reg->ctx = NULL;
+        drop_ctx(reg);
     }
     return r;
 }
@@ -874,8 +942,7 @@ ts_status_t ts_registry_cells_create(ts_registry_t *reg, const ts_cell_entry_t *
         redisReply *r = NULL;
         if (redisGetReply(reg->ctx, (void **)&r) != REDIS_OK || r == NULL) {
             ts_warn("registry: creating cells: %s", reg->ctx->errstr);
-            redisFree(reg->ctx);
-            reg->ctx = NULL;
+            drop_ctx(reg);
             open_ctx(reg);
             return TS_ERR_UNAVAILABLE;
         }
@@ -1027,8 +1094,7 @@ ts_status_t ts_registry_cells_cas(ts_registry_t *reg, ts_registry_cas_t *ops, si
         redisReply *r = NULL;
         if (redisGetReply(reg->ctx, (void **)&r) != REDIS_OK || r == NULL) {
             ts_warn("registry: cell CAS: %s", reg->ctx->errstr);
-            redisFree(reg->ctx);
-            reg->ctx = NULL;
+            drop_ctx(reg);
             open_ctx(reg);
             st = TS_ERR_UNAVAILABLE;
             break;
@@ -1139,8 +1205,7 @@ static ts_status_t cells_once(ts_registry_t *reg, uint32_t world, ts_cell_entry_
         redisReply *r = NULL;
         if (redisGetReply(reg->ctx, (void **)&r) != REDIS_OK || r == NULL) {
             ts_warn("registry: reading cells: %s", reg->ctx->errstr);
-            redisFree(reg->ctx);
-            reg->ctx = NULL;
+            drop_ctx(reg);
             st = TS_ERR_UNAVAILABLE;
             break;
         }
@@ -1453,8 +1518,7 @@ static ts_status_t liveness_once(ts_registry_t *reg, const char *const *ids, siz
         redisReply *r = NULL;
         if (redisGetReply(reg->ctx, (void **)&r) != REDIS_OK || r == NULL) {
             ts_warn("registry: reading liveness: %s", reg->ctx->errstr);
-            redisFree(reg->ctx);
-            reg->ctx = NULL;
+            drop_ctx(reg);
             return TS_ERR_UNAVAILABLE;
         }
         if (i < n) {
@@ -1746,8 +1810,7 @@ ts_status_t ts_registry_world_probe(ts_registry_t *reg, uint32_t world, bool *ha
         if (!io_ok) {
             ts_warn("registry: probing world %" PRIu32 ": %s", world, reg->ctx->errstr);
             if (r[0] != NULL) freeReplyObject(r[0]);
-            redisFree(reg->ctx);
-            reg->ctx = NULL;
+            drop_ctx(reg);
             continue; /* reads only: safe to send again */
         }
         long long m = 0, v = 0;

@@ -101,6 +101,11 @@ static bool apply_credentials(const ts_config_t *cfg, char *err, size_t errcap)
         snprintf(err, errcap, "redis.password_file: password too long");
         ok = false;
     }
+    if (ok &&
+        ts_registry_set_default_tls(cfg->redis_tls_ca, cfg->redis_tls_cert, cfg->redis_tls_key) != TS_OK) {
+        snprintf(err, errcap, "redis.tls_*: path too long");
+        ok = false;
+    }
     memset(password, 0, sizeof password);
     return ok;
 }

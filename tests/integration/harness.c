@@ -280,11 +280,11 @@ bool ts_h_wait_port(int port, int64_t timeout_ms)
 /* environ plus TESSERA_NATS_URL / TESSERA_REDIS_URL (malloc'd array; the
  * two strings live in bufs). */
 /* Environment variables the harness sets for a child (and drops from its own). */
-#define ENV_COUNT 7
+#define ENV_COUNT 8
 static const char *const env_names[ENV_COUNT] = {
-    "TESSERA_NATS_URL=",           "TESSERA_REDIS_URL=",  "TESSERA_NATS_USER=",
-    "TESSERA_NATS_PASSWORD_FILE=", "TESSERA_REDIS_USER=", "TESSERA_REDIS_PASSWORD_FILE=",
-    "TESSERA_NATS_TLS_CA=",
+    "TESSERA_NATS_URL=",           "TESSERA_REDIS_URL=",    "TESSERA_NATS_USER=",
+    "TESSERA_NATS_PASSWORD_FILE=", "TESSERA_REDIS_USER=",   "TESSERA_REDIS_PASSWORD_FILE=",
+    "TESSERA_NATS_TLS_CA=",        "TESSERA_REDIS_TLS_CA=",
 };
 
 typedef struct {
@@ -345,7 +345,11 @@ static char **child_env(ts_h_t *h, const char *path, char *const *argv, child_en
     snprintf(b->kv[4], sizeof b->kv[4], "%s%s", env_names[4], user);
     snprintf(b->kv[5], sizeof b->kv[5], "%s%s/%s.redis.pass", env_names[5], h->secrets, user);
     snprintf(b->kv[6], sizeof b->kv[6], "%s%s", env_names[6], "");
-    if (h->tls) snprintf(b->kv[6], sizeof b->kv[6], "%s%s/ca.pem", env_names[6], h->secrets);
+    snprintf(b->kv[7], sizeof b->kv[7], "%s%s", env_names[7], "");
+    if (h->tls) {
+        snprintf(b->kv[6], sizeof b->kv[6], "%s%s/ca.pem", env_names[6], h->secrets);
+        snprintf(b->kv[7], sizeof b->kv[7], "%s%s/ca.pem", env_names[7], h->secrets);
+    }
     for (int j = 0; j < ENV_COUNT; j++)
         env[k++] = b->kv[j];
     return env;
@@ -595,7 +599,10 @@ void ts_h_fail_dump(ts_h_t *h)
 void ts_h_stop(ts_h_t *h)
 {
     if (h == NULL) return;
-    if (h->tls) ts_bus_set_default_auth(NULL); /* the next harness may run without TLS */
+    if (h->tls) { /* the next harness may run without TLS */
+        ts_bus_set_default_auth(NULL);
+        ts_registry_set_default_tls(NULL, NULL, NULL);
+    }
     terminate_group(h, false);
     terminate_group(h, true);
     live_remove(h);
@@ -650,8 +657,37 @@ static bool start_server(ts_h_t *h, int slot, const char *name, int *port_out)
             idx = launch(h, name, bin, argv);
         } else {
             snprintf(dirbuf, sizeof dirbuf, "%s", h->dir);
-            char acl[340];
+            char acl[340], cert[340], key[340], ca[340];
             snprintf(acl, sizeof acl, "%s/redis-users.acl", h->secrets);
+            snprintf(cert, sizeof cert, "%s/server-cert.pem", h->secrets);
+            snprintf(key, sizeof key, "%s/server-key.pem", h->secrets);
+            snprintf(ca, sizeof ca, "%s/ca.pem", h->secrets);
+            /* with TLS, Redis listens on TLS only (clients need no
+             * certificate of their own: tls-auth-clients optional) */
+            char *tls_argv[] = {(char *)"redis-server",
+                                (char *)"--port",
+                                (char *)"0",
+                                (char *)"--tls-port",
+                                portbuf,
+                                (char *)"--tls-cert-file",
+                                cert,
+                                (char *)"--tls-key-file",
+                                key,
+                                (char *)"--tls-ca-cert-file",
+                                ca,
+                                (char *)"--tls-auth-clients",
+                                (char *)"optional",
+                                (char *)"--bind",
+                                (char *)"127.0.0.1",
+                                (char *)"--save",
+                                (char *)"",
+                                (char *)"--appendonly",
+                                (char *)"no",
+                                (char *)"--dir",
+                                dirbuf,
+                                (char *)"--aclfile",
+                                acl,
+                                NULL};
             char *argv[] = {(char *)"redis-server",
                             (char *)"--port",
                             portbuf,
@@ -666,7 +702,7 @@ static bool start_server(ts_h_t *h, int slot, const char *name, int *port_out)
                             h->secure ? (char *)"--aclfile" : NULL,
                             acl,
                             NULL};
-            idx = launch(h, name, "/usr/bin/redis-server", argv);
+            idx = launch(h, name, "/usr/bin/redis-server", h->tls ? tls_argv : argv);
         }
         if (idx < 0) return false;
         ts_h_proc_t *p = &h->procs[idx];
@@ -803,7 +839,7 @@ void ts_h_nats_url_as(const ts_h_t *h, const char *user, char *buf, size_t cap)
 
 void ts_h_redis_url_as(const ts_h_t *h, const char *user, char *buf, size_t cap)
 {
-    url_as(h, "redis", h->redis_port, user, "redis", buf, cap);
+    url_as(h, h->tls ? "rediss" : "redis", h->redis_port, user, "redis", buf, cap);
 }
 
 static void start_servers(ts_h_t *h, bool secure, bool tls, int nodes);
@@ -1118,6 +1154,7 @@ static void start_servers(ts_h_t *h, bool secure, bool tls, int nodes)
         ts_h_secret_path(h, "ca.pem", ca, sizeof ca);
         ts_bus_auth_t auth = {.tls_ca = tls ? ca : NULL};
         ts_bus_set_default_auth(&auth);
+        if (tls) ts_registry_set_default_tls(ca, NULL, NULL);
     }
 
     if (nodes > 0 ? !start_cluster_nodes(h) : !start_server(h, 0, "nats", &h->nats_port)) {
@@ -1145,7 +1182,8 @@ static void start_servers(ts_h_t *h, bool secure, bool tls, int nodes)
             fail_msg("harness: the %d-node JetStream cluster did not come up", nodes);
         }
     }
-    snprintf(h->redis_plain_url, sizeof h->redis_plain_url, "redis://127.0.0.1:%d", h->redis_port);
+    snprintf(h->redis_plain_url, sizeof h->redis_plain_url, "%s://127.0.0.1:%d", h->tls ? "rediss" : "redis",
+             h->redis_port);
     ts_h_redis_url_as(h, "admin", h->redis_url, sizeof h->redis_url);
 }
 

@@ -1,7 +1,9 @@
-/* Integration: the secured stack with TLS to NATS (gen-secrets --tls, a
- * throw-away CA). Every service connects over TLS as its own user
- * (nats.tls_ca); a player joins through the gateway and sees its inputs
- * applied exactly once; a client without TLS is refused by the server. */
+/* Integration: the secured stack with TLS to NATS and to Redis
+ * (gen-secrets --tls, a throw-away CA; Redis listens on TLS only). Every
+ * service connects over TLS as its own user (nats.tls_ca, rediss:// with
+ * redis.tls_ca); a player joins through the gateway and sees its inputs
+ * applied exactly once; a client without TLS, or that does not trust the
+ * server's certificate, is refused. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,6 +11,7 @@
 #include "harness.h"
 #include "tessera/bus.h"
 #include "tessera/client.h"
+#include "tessera/registry.h"
 #include "tessera/util.h"
 
 #define WORLD 0
@@ -74,6 +77,51 @@ static void test_plain_connection_refused(void **state)
     ts_h_pass();
 }
 
+static void test_redis_over_tls_only(void **state)
+{
+    (void)state;
+    char ca[400], url[512];
+    ts_h_secret_path(&ts_h, "ca.pem", ca, sizeof ca);
+    ts_h_redis_url_as(&ts_h, "admin", url, sizeof url);
+    assert_true(strncmp(url, "rediss://", 9) == 0);
+    /* over TLS with the CA: the registry answers (as every service's does) */
+    ts_registry_t *reg = NULL;
+    assert_int_equal(ts_registry_connect(&reg, url), TS_OK);
+    ts_cell_entry_t *cells = NULL;
+    size_t n = 0;
+    assert_int_equal(ts_registry_cells(reg, WORLD, &cells, &n), TS_OK);
+    assert_int_equal(n, NCELLS);
+    free(cells);
+    ts_registry_destroy(reg);
+    /* a server certificate nobody vouches for: refused before any command
+     * (the client's own certificate is signed by the same CA but is no CA) */
+    char other[400];
+    ts_h_secret_path(&ts_h, "client-cert.pem", other, sizeof other);
+    assert_int_equal(ts_registry_set_default_tls(other, NULL, NULL), TS_OK);
+    reg = NULL;
+    assert_int_equal(ts_registry_connect(&reg, url), TS_ERR_CONFIG);
+    assert_null(reg);
+    /* plain Redis protocol to the TLS port: no answer */
+    assert_int_equal(ts_registry_set_default_tls(ca, NULL, NULL), TS_OK);
+    char plain[512];
+    snprintf(plain, sizeof plain, "redis://%s", url + strlen("rediss://"));
+    reg = NULL;
+    assert_int_not_equal(ts_registry_connect(&reg, plain), TS_OK);
+    assert_null(reg);
+    /* with a client certificate: accepted too */
+    char cert[400], key[400];
+    ts_h_secret_path(&ts_h, "client-cert.pem", cert, sizeof cert);
+    ts_h_secret_path(&ts_h, "client-key.pem", key, sizeof key);
+    assert_int_equal(ts_registry_set_default_tls(ca, cert, key), TS_OK);
+    assert_int_equal(ts_registry_connect(&reg, url), TS_OK);
+    uint64_t version = 0;
+    assert_int_equal(ts_registry_version(reg, WORLD, &version), TS_OK);
+    assert_true(version >= NCELLS);
+    ts_registry_destroy(reg);
+    assert_int_equal(ts_registry_set_default_tls(ca, NULL, NULL), TS_OK);
+    ts_h_pass();
+}
+
 static int group_setup(void **state)
 {
     (void)state;
@@ -92,6 +140,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         TS_H_TEST(test_stack_runs_over_tls),
         TS_H_TEST(test_plain_connection_refused),
+        TS_H_TEST(test_redis_over_tls_only),
     };
     return TS_H_RUN("it_auth_tls", tests, group_setup, ts_h_group_teardown);
 }

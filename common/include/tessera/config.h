@@ -137,8 +137,8 @@ typedef struct {
     double aoi_hysteresis; /* shown entities stay until radius + this (0: 10% of the radius) */
 
     /* game modules (worker) */
-    char *worker_game;            /* module shared object ("" or "move": the built-in movement) */
-    char *worker_game_config;     /* given to the module's load() */
+    char *worker_game;             /* module shared object ("" or "move": the built-in movement) */
+    char *worker_game_config;      /* given to the module's load() */
     int64_t worker_game_budget_ms; /* a callback longer than this is an overrun */
 } ts_config_t;
 

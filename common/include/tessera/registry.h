@@ -58,12 +58,17 @@ ts_status_t ts_cell_state_parse(const char *s, ts_cell_state_t *out);
  * process-wide; NULL or "" user: Redis's "default" user; NULL or ""
  * password: no AUTH). Call before connecting, not concurrently with one. */
 ts_status_t ts_registry_set_default_auth(const char *user, const char *password);
+/* Files for rediss:// connections made from now on: the CA that signs the
+ * server's certificate (NULL or "": the system's), and an optional client
+ * certificate and key (Redis asks for one unless tls-auth-clients is no or
+ * optional). TS_ERR_RANGE if a path is too long. */
+ts_status_t ts_registry_set_default_tls(const char *ca, const char *cert, const char *key);
 
-/* url: redis://[user[:password]@]host[:port][/db] (user and password may be
+/* url: redis[s]://[user[:password]@]host[:port][/db] (rediss: TLS, see
+ * ts_registry_set_default_tls) (user and password may be
  * %-escaped; ":password@" alone authenticates as the default user). With a
  * password the connection sends AUTH first; a refusal is TS_ERR_CONFIG.
- * rediss:// (TLS) is TS_ERR_CONFIG: the hiredis this is built with (0.14)
- * has no TLS; run a TLS tunnel beside the service instead. */
+ * rediss:// connects over TLS (a certificate refused is TS_ERR_CONFIG). */
 ts_status_t ts_registry_connect(ts_registry_t **out, const char *url);
 void ts_registry_destroy(ts_registry_t *reg);
 
