@@ -40,6 +40,11 @@ typedef enum { CLI_PRINT_ALL = 0, CLI_QUIET_DELTAS } cli_print_t;
 
 /* "<world>.<cx>.<cy>.<depth>.<sub>" or "-" for NULL. */
 void cli_format_cell(const Tessera__V1__CellId *pb, char *buf, size_t cap);
+/* Prints a game payload: "text" if it is printable ASCII, else 0x<hex>. */
+void cli_print_payload(FILE *out, const uint8_t *p, size_t len);
+/* Parses a payload argument: 0x<hex> gives those bytes, anything else its
+ * text. Returns the length, or -1 if it does not fit in cap (or bad hex). */
+long cli_parse_payload(const char *arg, uint8_t *out, size_t cap);
 /* Prints one frame as one line (Delta frames only with CLI_PRINT_ALL) and
  * updates what the client knows about its entity. */
 void cli_handle_frame(cli_t *c, const Tessera__V1__ServerFrame *f, cli_print_t mode);

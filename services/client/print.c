@@ -48,6 +48,20 @@ static void note_me(cli_t *c, Tessera__V1__EntityState *const *ents, size_t n, b
     }
 }
 
+void cli_print_payload(FILE *out, const uint8_t *p, size_t len)
+{
+    bool text = true;
+    for (size_t i = 0; i < len && text; i++)
+        text = p[i] >= 0x20 && p[i] < 0x7f && p[i] != '"' && p[i] != '\\';
+    if (text) {
+        fprintf(out, "\"%.*s\"", (int)len, (const char *)p);
+        return;
+    }
+    fprintf(out, "0x");
+    for (size_t i = 0; i < len; i++)
+        fprintf(out, "%02x", p[i]);
+}
+
 void cli_handle_frame(cli_t *c, const Tessera__V1__ServerFrame *f, cli_print_t mode)
 {
     char cell[TS_CELL_STR_MAX], to[TS_CELL_STR_MAX];
@@ -105,6 +119,18 @@ void cli_handle_frame(cli_t *c, const Tessera__V1__ServerFrame *f, cli_print_t m
         c->last_rtt_us = now > sent ? now - sent : 0;
         if (sent != CLI_SYNC_MARK && sent != CLI_KEEPALIVE_MARK)
             fprintf(c->out, "pong rtt=%.3fms\n", (double)c->last_rtt_us / 1000.0);
+        break;
+    }
+    case TESSERA__V1__SERVER_FRAME__PAYLOAD_EVENT: {
+        const Tessera__V1__Event *ev = f->event;
+        fprintf(c->out, "event type=%u", ev->type);
+        if (ev->positional)
+            fprintf(c->out, " at=(%.2f, %.2f)", ev->x, ev->y);
+        else
+            fprintf(c->out, " entity=%llu", (unsigned long long)ev->entity);
+        fprintf(c->out, " tick=%llu payload=", (unsigned long long)ev->tick);
+        cli_print_payload(c->out, ev->payload.data, ev->payload.len);
+        fprintf(c->out, "\n");
         break;
     }
     case TESSERA__V1__SERVER_FRAME__PAYLOAD_ERROR:

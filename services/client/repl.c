@@ -1,7 +1,7 @@
 /* The interactive shell (`repl`) and its batch form (`script FILE`).
  *
  * Every command that expects an answer waits for it (Welcome, Snapshot,
- * Pong); commands without one (move, leave) end with an internal ping round
+ * Pong); commands without one (move, cmd, leave) end with an internal ping round
  * trip, so any Error the gateway sends about a command is printed — and, in
  * a script, charged — to that command's line. Frames that arrive between
  * commands are printed before the next one runs; Delta frames there are
@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "tessera/game.h"
 #include "tessera/util.h"
 
 #define LINE_MAX_LEN 1024
@@ -50,8 +51,10 @@ static void help(FILE *out)
 {
     fprintf(out, "commands:\n"
                  "  hello             say hello, print the Welcome\n"
-                 "  join X Y          spawn the player at (X, Y)\n"
+                 "  join X Y [PAYLOAD] spawn the player at (X, Y), PAYLOAD for the game's on_join\n"
                  "  move DX DY        set the player's velocity\n"
+                 "  cmd TYPE [PAYLOAD] send a game Command (events it causes print as 'event ...')\n"
+                 "                    PAYLOAD: 0x<hex> for bytes, else the rest of the line as text\n"
                  "  ping              measure the round trip to the gateway\n"
                  "  leave             despawn the player (the connection stays)\n"
                  "  wait SECONDS      print the frames that arrive meanwhile\n"
@@ -71,9 +74,49 @@ static bool parse_doubles(char **args, int nargs, double *out, int want)
     return true;
 }
 
+long cli_parse_payload(const char *arg, uint8_t *out, size_t cap)
+{
+    size_t n = strlen(arg);
+    if (n >= 2 && arg[0] == '0' && (arg[1] == 'x' || arg[1] == 'X')) {
+        const char *hex = arg + 2;
+        size_t hn = n - 2;
+        if (hn % 2 != 0 || hn / 2 > cap) return -1;
+        for (size_t i = 0; i < hn / 2; i++) {
+            unsigned v;
+            if (!isxdigit((unsigned char)hex[2 * i]) || !isxdigit((unsigned char)hex[2 * i + 1]) ||
+                sscanf(hex + 2 * i, "%2x", &v) != 1)
+                return -1;
+            out[i] = (uint8_t)v;
+        }
+        return (long)(hn / 2);
+    }
+    if (n > cap) return -1;
+    memcpy(out, arg, n);
+    return (long)n;
+}
+
+/* The text after the first `skip` words of line ("" if none). */
+static const char *after_words(const char *line, int skip)
+{
+    const char *p = line;
+    for (int i = 0; i < skip; i++) {
+        while (*p == ' ' || *p == '\t')
+            p++;
+        while (*p != '\0' && *p != ' ' && *p != '\t')
+            p++;
+    }
+    while (*p == ' ' || *p == '\t')
+        p++;
+    return p;
+}
+
 /* Runs one command; false if it failed. *quit is set by "quit". */
 static bool run(cli_t *c, history_t *h, char *line, bool *quit)
 {
+    char raw[LINE_MAX_LEN];
+    ts_strlcpy(raw, line, sizeof raw);
+    uint8_t payload[TS_GAME_PAYLOAD_MAX];
+    long plen = 0;
     char *args[8];
     int nargs = 0;
     for (char *tok = strtok(line, " \t"); tok != NULL && nargs < 8; tok = strtok(NULL, " \t"))
@@ -116,11 +159,12 @@ static bool run(cli_t *c, history_t *h, char *line, bool *quit)
                                        CLI_PRINT_ALL);
     }
     if (strcmp(cmd, "join") == 0) {
-        if (!parse_doubles(rest, nrest, v, 2)) {
-            fprintf(c->out, "usage: join X Y\n");
+        if (nrest > 2) plen = cli_parse_payload(after_words(raw, 3), payload, sizeof payload);
+        if (!parse_doubles(rest, nrest > 2 ? 2 : nrest, v, 2) || plen < 0) {
+            fprintf(c->out, "usage: join X Y [PAYLOAD] (PAYLOAD at most %d bytes)\n", TS_GAME_PAYLOAD_MAX);
             return false;
         }
-        st = ts_client_join(c->conn, v[0], v[1], "cli");
+        st = ts_client_join_payload(c->conn, v[0], v[1], "cli", payload, (size_t)plen);
         return st == TS_OK && cli_pump(c, REPLY_TIMEOUT_MS, TESSERA__V1__SERVER_FRAME__PAYLOAD_SNAPSHOT,
                                        false, CLI_PRINT_ALL);
     }
@@ -130,6 +174,17 @@ static bool run(cli_t *c, history_t *h, char *line, bool *quit)
             return false;
         }
         st = ts_client_move(c->conn, v[0], v[1]);
+        return st == TS_OK && cli_sync(c, REPLY_TIMEOUT_MS);
+    }
+    if (strcmp(cmd, "cmd") == 0) {
+        uint64_t type = 0;
+        if (nrest > 1) plen = cli_parse_payload(after_words(raw, 2), payload, sizeof payload);
+        if (nrest < 1 || ts_parse_u64(rest[0], &type) != TS_OK || type > UINT32_MAX || plen < 0) {
+            fprintf(c->out, "usage: cmd TYPE [PAYLOAD] (PAYLOAD at most %d bytes)\n", TS_GAME_PAYLOAD_MAX);
+            return false;
+        }
+        st = ts_client_command(c->conn, (uint32_t)type, payload, (size_t)plen);
+        if (st == TS_OK) fprintf(c->out, "cmd seq=%llu\n", (unsigned long long)ts_client_last_seq(c->conn));
         return st == TS_OK && cli_sync(c, REPLY_TIMEOUT_MS);
     }
     if (strcmp(cmd, "ping") == 0 && nrest == 0) {
