@@ -93,7 +93,7 @@ static __thread volatile sig_atomic_t tl_in_cb;
 static __thread const char *volatile tl_cb;
 static __thread const char *volatile tl_cell;
 static __thread bool tl_altstack;
-static __thread void *tl_altstack_mem; /* kept for the thread's life */
+static __thread void *tl_altstack_mem; /* freed by ts_game_host_close on that thread */
 static const char *volatile g_fault_module = "move";
 
 static void put(const char *s)
@@ -730,6 +730,16 @@ ts_status_t ts_game_host_load(ts_game_host_t **out, const char *path, const char
 void ts_game_host_close(ts_game_host_t *h)
 {
     if (!h) return;
+    if (tl_altstack_mem) { /* the thread closing it is the one that ran the callbacks */
+        stack_t ss;
+        memset(&ss, 0, sizeof(ss));
+        ss.ss_flags = SS_DISABLE;
+        if (sigaltstack(&ss, NULL) == 0) {
+            free(tl_altstack_mem);
+            tl_altstack_mem = NULL;
+            tl_altstack = false;
+        }
+    }
     if (h->m->unload) h->m->unload(h->data);
     if (g_host == h) g_host = NULL;
     g_fault_module = "move";

@@ -60,7 +60,7 @@ static ts_input_t join_in(uint64_t entity, uint64_t seq, double x, double y, uin
 static ts_input_t cmd_in(uint64_t entity, uint64_t seq, uint32_t type, const void *payload, size_t len)
 {
     ts_input_t in = {.entity = entity, .seq = seq, .kind = TS_INPUT_COMMAND, .type = type};
-    memcpy(in.payload, payload, len);
+    if (len) memcpy(in.payload, payload, len);
     in.payload_len = (uint32_t)len;
     return in;
 }
