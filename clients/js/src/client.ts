@@ -8,7 +8,9 @@
 // of `urls`), with exponential backoff. Inputs the server has not
 // acknowledged are sent again with their original seq after a resume; the
 // worker applies each (entity, seq) at most once, so none is lost or
-// doubled.
+// doubled. Game commands (command()) are inputs like moves: numbered by
+// seq, acknowledged by last_input_seq, sent again after a resume until
+// acknowledged; the game module's events arrive as 'event'.
 import { InterpolationBuffer, now } from './interp.js';
 import {
   type CellChanged,
@@ -17,6 +19,8 @@ import {
   type Delta,
   type EntityState,
   ErrorCode,
+  type GameEvent,
+  PAYLOAD_MAX,
   type Pong,
   type ServerError,
   type ServerFrame,
@@ -26,6 +30,29 @@ import {
   encodeClientFrame,
 } from './proto.js';
 import { Predictor } from './predict.js';
+
+/** A Command sent and not acknowledged yet (sent again after a resume). */
+export interface PendingCommand {
+  seq: number;
+  type: number;
+  payload: Uint8Array;
+}
+
+export interface JoinOptions {
+  /** Join.name (default: the client's name). */
+  name?: string;
+  /** Join.payload for the game module's on_join: bytes, or a string sent as UTF-8 (at most 256 bytes). */
+  payload?: Uint8Array | string;
+  timeoutMs?: number;
+}
+
+const utf8 = new TextEncoder();
+
+function payloadBytes(p: Uint8Array | string | undefined): Uint8Array {
+  const b = p === undefined ? new Uint8Array(0) : typeof p === 'string' ? utf8.encode(p) : p;
+  if (b.length > PAYLOAD_MAX) throw new RangeError(`payload is ${b.length} bytes, the limit is ${PAYLOAD_MAX}`);
+  return b;
+}
 
 export interface Backoff {
   initialMs: number;
@@ -63,6 +90,8 @@ interface EventMap {
   cell_changed: CellChanged;
   pong: Pong;
   error: ServerError;
+  /** The game module's events (ServerFrame.event). */
+  event: GameEvent;
   frame: ServerFrame;
   open: void;
   close: { code: number; reason: string; willResume: boolean };
@@ -97,8 +126,10 @@ export class TesseraClient {
   readonly entities = new Map<string, EntityState>();
   readonly interp: InterpolationBuffer;
   readonly predictor = new Predictor();
-  /** Inputs (Join and Move) sent, ever, on all connections. */
+  /** Inputs (Join, Move and Command) sent, ever, on all connections. */
   inputsSent = 0;
+  /** Commands sent and not acknowledged yet, oldest first. */
+  readonly pendingCommands: PendingCommand[] = [];
   /** Connections opened (1 + resumes). */
   connections = 0;
   lastError: ServerError | null = null;
@@ -187,14 +218,18 @@ export class TesseraClient {
     ws.onmessage = (ev: any) => this.onMessage(ev.data);
     ws.onerror = () => {};
     ws.onclose = (ev: any) => this.onClose(ws, ev?.code ?? 1006, ev?.reason ?? '');
-    const pending = this.predictor.unacked();
+    // moves and commands not acknowledged, in seq order
+    const pending: { seq: number; payload: ClientPayload }[] = [
+      ...this.predictor.unacked().map((p) => ({ seq: p.seq, payload: { move: { dx: p.dx, dy: p.dy } } as ClientPayload })),
+      ...this.pendingCommands.map((c) => ({ seq: c.seq, payload: { command: { type: c.type, payload: c.payload } } as ClientPayload })),
+    ].sort((a, b) => a.seq - b.seq);
     if (resume && this.resumeToken) {
       // the Hello's seq sits just below the first input to send again
       const helloSeq = pending.length > 0 ? pending[0].seq - 1 : ++this.seq;
       this.sendRaw(helloSeq, {
         hello: { protocol_version: 1, client_name: this.opts.name ?? 'js', resume_token: this.resumeToken, token: this.opts.token },
       });
-      for (const p of pending) this.sendRaw(p.seq, { move: { dx: p.dx, dy: p.dy } });
+      for (const p of pending) this.sendRaw(p.seq, p.payload);
     } else {
       this.sendRaw(++this.seq, { hello: { protocol_version: 1, client_name: this.opts.name ?? 'js', token: this.opts.token } });
     }
@@ -220,11 +255,24 @@ export class TesseraClient {
     return seq;
   }
 
-  /** Spawns the player's entity; resolves with the Snapshot. */
-  async join(x: number, y: number, name = this.opts.name ?? 'js', timeoutMs = 10000): Promise<Snapshot> {
-    const snap = this.waitFor('snapshot', () => true, timeoutMs);
-    const err = this.waitFor('error', (e) => e.code === ErrorCode.UNKNOWN_CELL || e.code === ErrorCode.PROTOCOL || e.fatal, timeoutMs);
-    this.send({ join: { x, y, name } });
+  /**
+   * Spawns the player's entity; resolves with the Snapshot. The third
+   * argument is the Join's name, or options with a payload for the game
+   * module's on_join.
+   */
+  async join(x: number, y: number, nameOrOpts: string | JoinOptions = {}, timeoutMs = 10000): Promise<Snapshot> {
+    const o: JoinOptions = typeof nameOrOpts === 'string' ? { name: nameOrOpts } : nameOrOpts;
+    const name = o.name ?? this.opts.name ?? 'js';
+    const payload = payloadBytes(o.payload);
+    const wait = o.timeoutMs ?? timeoutMs;
+    const snap = this.waitFor('snapshot', () => true, wait);
+    const err = this.waitFor(
+      'error',
+      (e) => e.code === ErrorCode.UNKNOWN_CELL || e.code === ErrorCode.PROTOCOL || e.code === ErrorCode.MALFORMED || e.fatal,
+      wait,
+    );
+    snap.catch(() => {});
+    this.send({ join: { x, y, name, payload } });
     this.inputsSent++;
     const r = await Promise.race([snap, err.then((e) => Promise.reject(new Error(`join refused: ${e.message}`)))]);
     err.catch(() => {});
@@ -236,6 +284,21 @@ export class TesseraClient {
     const seq = this.send({ move: { dx, dy } });
     this.inputsSent++;
     this.predictor.input(seq, dx, dy, now());
+    return seq;
+  }
+
+  /**
+   * Sends a game Command (type, payload: bytes or a UTF-8 string of at most
+   * 256 bytes) for the module's on_command; returns its seq. It is applied
+   * exactly once; `ackedSeq >= seq` says it was. Until then it is sent
+   * again with the same seq after a resume.
+   */
+  command(type: number, payload?: Uint8Array | string): number {
+    if (!Number.isInteger(type) || type < 0 || type > 0xffffffff) throw new RangeError(`command type ${type}`);
+    const bytes = payloadBytes(payload);
+    const seq = this.send({ command: { type, payload: bytes } });
+    this.inputsSent++;
+    this.pendingCommands.push({ seq, type, payload: bytes });
     return seq;
   }
 
@@ -269,6 +332,7 @@ export class TesseraClient {
     this.entity = null;
     this.resumeToken = '';
     this.predictor.reset();
+    this.pendingCommands.length = 0;
   }
 
   /** Closes for good (no resume). */
@@ -324,7 +388,7 @@ export class TesseraClient {
       if (w.entity !== '0') this.entity = w.entity;
       if (w.resume_token) this.resumeToken = w.resume_token;
       if (w.resumed) {
-        this.predictor.ack(w.last_input_seq);
+        this.ackInputs(w.last_input_seq);
         // a login that took its entity over (a Join answered as a resume):
         // the player's inputs go on above the ones already applied
         if (w.last_input_seq > this.seq) this.seq = w.last_input_seq;
@@ -336,7 +400,7 @@ export class TesseraClient {
       this.entity = s.entity;
       this.entities.clear();
       for (const e of s.entities) this.applyState(e, s.last_input_seq, t);
-      this.predictor.ack(s.last_input_seq);
+      this.ackInputs(s.last_input_seq);
       this.emit('snapshot', s);
     } else if (f.delta) {
       const d = f.delta;
@@ -345,7 +409,7 @@ export class TesseraClient {
         this.entities.delete(id);
         this.interp.remove(id);
       }
-      this.predictor.ack(d.last_input_seq);
+      this.ackInputs(d.last_input_seq);
       this.emit('delta', d);
     } else if (f.cell_changed) {
       if (f.cell_changed.resume_token) this.resumeToken = f.cell_changed.resume_token;
@@ -357,12 +421,30 @@ export class TesseraClient {
         cb(0);
       }
       this.emit('pong', f.pong);
+    } else if (f.event) {
+      this.emit('event', f.event);
     } else if (f.error) {
       this.lastError = f.error;
+      // Commands the gateway reports not stored are not pending any more
+      if (f.error.code === ErrorCode.INPUT_NOT_STORED) this.dropCommands(f.error.first_seq, f.error.last_seq);
       if (f.error.fatal && FINAL_ERRORS.has(f.error.code)) this.noResume = true;
       this.emit('error', f.error);
     }
     this.emit('frame', f);
+  }
+
+  private ackInputs(seq: number): void {
+    this.predictor.ack(seq);
+    let n = 0;
+    while (n < this.pendingCommands.length && this.pendingCommands[n].seq <= seq) n++;
+    if (n > 0) this.pendingCommands.splice(0, n);
+  }
+
+  private dropCommands(first: number, last: number): void {
+    for (let i = this.pendingCommands.length - 1; i >= 0; i--) {
+      const s = this.pendingCommands[i].seq;
+      if (s >= first && s <= last) this.pendingCommands.splice(i, 1);
+    }
   }
 
   private applyState(e: EntityState, ack: number, t: number): void {

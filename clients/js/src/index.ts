@@ -1,8 +1,10 @@
-export { TesseraClient, type ClientOptions, type Backoff } from './client.js';
+export { TesseraClient, type ClientOptions, type Backoff, type JoinOptions, type PendingCommand } from './client.js';
 export { InterpolationBuffer, type Position } from './interp.js';
 export { Predictor, type PendingInput, type Predicted } from './predict.js';
 export {
+  EntityFlags,
   ErrorCode,
+  PAYLOAD_MAX,
   decodeServerFrame,
   encodeClientFrame,
   type CellChanged,
@@ -10,6 +12,7 @@ export {
   type ClientPayload,
   type Delta,
   type EntityState,
+  type GameEvent,
   type Pong,
   type ServerError,
   type ServerFrame,

@@ -44,6 +44,35 @@ export interface EntityState {
   last_input_seq: number;
   inputs_applied: number;
   name: string;
+  /** The game module's state of the entity (at most 64 bytes; empty without a module). */
+  state: Uint8Array;
+  /** EntityFlags bits: PLAYER (a player's entity), NPC (spawned by the game module). */
+  flags: number;
+}
+
+/** EntityState.flags bits. */
+export const EntityFlags = {
+  PLAYER: 1,
+  NPC: 2,
+} as const;
+
+/** Longest Command or Join payload the gateway takes (bytes). */
+export const PAYLOAD_MAX = 256;
+
+/**
+ * Something the game module said (ServerFrame.event): to this player
+ * (`entity` is the player's entity) or, `positional`, to every player whose
+ * area of interest holds (x, y). Best effort: at most once, never replayed.
+ */
+export interface GameEvent {
+  type: number;
+  payload: Uint8Array;
+  entity: string;
+  positional: boolean;
+  x: number;
+  y: number;
+  /** The cell's tick that emitted it. */
+  tick: number;
 }
 
 export interface Welcome {
@@ -100,12 +129,14 @@ export interface ServerFrame {
   cell_changed?: CellChanged;
   pong?: Pong;
   error?: ServerError;
+  event?: GameEvent;
 }
 
 export type ClientPayload =
   | { hello: { protocol_version?: number; client_name?: string; resume_token?: string; token?: string } }
-  | { join: { x: number; y: number; name?: string } }
+  | { join: { x: number; y: number; name?: string; payload?: Uint8Array } }
   | { move: { dx: number; dy: number } }
+  | { command: { type: number; payload?: Uint8Array } }
   | { ping: { client_time_us: number } }
   | { leave: Record<string, never> };
 
@@ -116,6 +147,7 @@ export function encodeClientFrame(seq: number, payload: ClientPayload, cell?: Ce
 
 const num = (v: unknown): number => (v === undefined || v === null ? 0 : Number(v));
 const str = (v: unknown): string => (v === undefined || v === null ? '0' : String(v));
+const bytes = (v: unknown): Uint8Array => (v instanceof Uint8Array ? new Uint8Array(v) : new Uint8Array(0));
 
 function entity(e: Record<string, unknown>): EntityState {
   return {
@@ -127,6 +159,8 @@ function entity(e: Record<string, unknown>): EntityState {
     last_input_seq: num(e.last_input_seq),
     inputs_applied: num(e.inputs_applied),
     name: (e.name as string) ?? '',
+    state: bytes(e.state),
+    flags: num(e.flags),
   };
 }
 
@@ -175,6 +209,17 @@ export function decodeServerFrame(data: Uint8Array): ServerFrame {
     f.cell_changed = { from: cellId(c.from), to: cellId(c.to), entity: str(c.entity), resume_token: c.resume_token ?? '' };
   } else if (o.pong) {
     f.pong = { client_time_us: num(o.pong.client_time_us), server_time_us: num(o.pong.server_time_us) };
+  } else if (o.event) {
+    const e = o.event;
+    f.event = {
+      type: num(e.type),
+      payload: bytes(e.payload),
+      entity: str(e.entity),
+      positional: !!e.positional,
+      x: num(e.x),
+      y: num(e.y),
+      tick: num(e.tick),
+    };
   } else if (o.error) {
     const e = o.error;
     f.error = { code: num(e.code), message: e.message ?? '', fatal: !!e.fatal, first_seq: num(e.first_seq), last_seq: num(e.last_seq) };

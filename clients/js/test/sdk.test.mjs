@@ -1,12 +1,13 @@
 // The SDK against a real stack (nats-server, redis-server, orch, w1, w2 and
 // two gateways with WebSocket listeners): join, ping, cross cells and
 // workers, acks for prediction, resume on another gateway with every input
-// applied exactly once, and the WebSocket listener's refusals.
+// applied exactly once, game commands and events (the workers load the echo
+// test module, tests/modules/echo.c), and the WebSocket listener's refusals.
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import WebSocket from 'ws';
-import { ErrorCode, TesseraClient, decodeServerFrame, encodeClientFrame } from '../dist/index.js';
-import { Stack, until } from './stack.mjs';
+import { EntityFlags, ErrorCode, TesseraClient, decodeServerFrame, encodeClientFrame } from '../dist/index.js';
+import { Stack, testModule, until } from './stack.mjs';
 
 const stack = new Stack();
 const AUTH_SECRET = 'tessera-js-auth';
@@ -14,7 +15,11 @@ let ok = true;
 
 before(async () => {
   // logins optional (no gateway.auth.required), tokens checked when given
-  await stack.start({ gateways: 2, gatewayArgs: [`--gateway.auth.secret=${AUTH_SECRET}`] });
+  await stack.start({
+    gateways: 2,
+    gatewayArgs: [`--gateway.auth.secret=${AUTH_SECRET}`],
+    workerArgs: [`--worker.game=${testModule('echo')}`],
+  });
 });
 
 after(async () => {
@@ -161,6 +166,84 @@ describe('sdk', () => {
       await until('second login acked', () => b.ackedSeq >= seqB && b.me?.vy === 10, 10000);
       assert.ok(b.me.x > 100 && b.me.y > -160 && b.me.y < 0, `kept its place: ${b.me.x}, ${b.me.y}`);
       b.close();
+    } catch (e) {
+      ok = false;
+      throw e;
+    }
+  });
+
+  it('sends game commands, applied once and acked, and receives the module\'s events', async () => {
+    try {
+      const a = await client();
+      await a.join(60, -150, { payload: 'hi' });
+      await until('own state', () => a.me !== null, 10000, 20);
+      // the echo module: state = 4-byte command count + the join payload
+      assert.deepEqual([...a.me.state], [0, 0, 0, 0, 0x68, 0x69]);
+      assert.equal(a.me.flags, EntityFlags.PLAYER);
+      const b = await client(1);
+      await b.join(75, -150);
+      const bEvents = [];
+      b.on('event', (e) => bEvents.push(e));
+
+      // to a only
+      const toA = a.waitFor('event', (e) => e.type === 1);
+      const s1 = a.command(1, new Uint8Array([1, 2, 3]));
+      const e1 = await toA;
+      assert.equal(e1.entity, a.entity);
+      assert.equal(e1.positional, false);
+      assert.deepEqual([...e1.payload], [1, 2, 3]);
+      assert.ok(e1.tick > 0);
+      // at a's position: a and b
+      const atA = a.waitFor('event', (e) => e.type === 2);
+      const atB = b.waitFor('event', (e) => e.type === 2);
+      a.command(2, 'boom');
+      const [e2a, e2b] = await Promise.all([atA, atB]);
+      assert.equal(e2a.positional, true);
+      assert.equal(e2a.x, 60);
+      assert.equal(e2a.y, -150);
+      assert.equal(new TextDecoder().decode(e2b.payload), 'boom');
+      await b.ping();
+      assert.equal(bEvents.length, 1, 'b got the positional event only');
+
+      // state commands between moves: each applied once, acked like moves
+      let sent = 3; // join + 2 commands
+      for (let i = 0; i < 6; i++) {
+        if (i % 2 === 0) a.command(3, `v${i}`);
+        else a.move(1, 0);
+        sent++;
+      }
+      const last = a.command(3, 'last');
+      sent++;
+      assert.ok(last > s1);
+      await expectApplied(a, sent, last);
+      assert.equal(a.me.state[0], 6, '6 commands applied');
+      assert.equal(new TextDecoder().decode(a.me.state.subarray(4)), 'last');
+      assert.equal(a.pendingCommands.length, 0);
+      assert.throws(() => a.command(3, new Uint8Array(257)), RangeError);
+      a.close();
+      b.close();
+    } catch (e) {
+      ok = false;
+      throw e;
+    }
+  });
+
+  it('sends unacknowledged commands again after a resume, each applied once', async () => {
+    try {
+      const c = await client(0, { backoff: { initialMs: 50, maxMs: 500, maxAttempts: 20 } });
+      await c.join(-60, -150);
+      let last = 0;
+      for (let i = 0; i < 20; i++) last = c.command(3, `c${i}`);
+      // drop at once: some are acknowledged, some maybe applied, some not sent
+      const resumed = c.waitFor('resumed', () => true, 20000);
+      c.opts.url = stack.gateways[1].url;
+      c.drop();
+      await resumed;
+      await expectApplied(c, 21, last);
+      assert.equal(c.me.state[0], 20, 'every command applied exactly once');
+      assert.equal(new TextDecoder().decode(c.me.state.subarray(4)), 'c19');
+      assert.equal(c.pendingCommands.length, 0);
+      c.close();
     } catch (e) {
       ok = false;
       throw e;

@@ -46,6 +46,13 @@ function canConnect(port) {
   });
 }
 
+/** A game module the build made for tests (tests/modules/<name>.c), e.g. echo. */
+export function testModule(name) {
+  const path = join(binDir, 'tests', `libts_game_${name}.so`);
+  if (!existsSync(path)) throw new Error(`${path} is not built`);
+  return path;
+}
+
 export async function until(what, fn, timeoutMs = 30000, everyMs = 100) {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
@@ -95,11 +102,11 @@ export class Stack {
   }
 
   /** Starts orch, w1, w2 and `gateways` gateways with WebSocket listeners. */
-  async start({ gateways = 1, gatewayArgs = [] } = {}) {
+  async start({ gateways = 1, gatewayArgs = [], workerArgs = [] } = {}) {
     await this.startServers();
     this.spawn('orch', 'tessera-orch', []);
-    this.spawn('w1', 'tessera-worker', ['--worker.id=w1']);
-    this.spawn('w2', 'tessera-worker', ['--worker.id=w2']);
+    this.spawn('w1', 'tessera-worker', ['--worker.id=w1', ...workerArgs]);
+    this.spawn('w2', 'tessera-worker', ['--worker.id=w2', ...workerArgs]);
     for (let i = 0; i < gateways; i++) await this.addGateway(i + 1, gatewayArgs);
     await this.waitReady();
   }
