@@ -13,6 +13,8 @@ packages=(
     libmicrohttpd-dev libjwt-dev libwslay-dev libssl-dev
     clang chromium
     libclang-rt-dev openssl
+    # the chart checks and the Kubernetes e2e (tests/k8s) read YAML in Python
+    python3-yaml
 )
 
 missing=()
