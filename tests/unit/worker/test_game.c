@@ -375,6 +375,42 @@ static void test_state_travels(void **state)
     ts_game_host_close(h);
 }
 
+/* A checkpoint of a big cell in parts: every part's entities keep their state. */
+static void test_state_in_checkpoint_parts(void **state)
+{
+    (void)state;
+    ts_game_host_t *h = host(1000);
+    ts_zone_t *a = zone_at(h, 0, 0);
+    const uint64_t n = TS_ZONE_CKPT_PART_ENTITIES + 100;
+    for (uint64_t i = 1; i <= n; i++) {
+        ts_input_t j = join_in(i, 1, (double)(i % 97), (double)(i % 89), (uint8_t)i);
+        ts_zone_apply_input(a, &j, 1);
+    }
+    uint8_t **bufs;
+    size_t *lens, parts;
+    assert_int_equal(ts_zone_pack_checkpoint_parts(a, 1, "w1", false, 7, &bufs, &lens, &parts), TS_OK);
+    assert_int_equal(parts, 2);
+    ts_zone_t *b = zone_at(h, 0, 0);
+    for (size_t i = 0; i < parts; i++) {
+        Tessera__V1__Checkpoint *cp = tessera__v1__checkpoint__unpack(NULL, lens[i], bufs[i]);
+        assert_non_null(cp);
+        assert_int_equal(ts_zone_load_checkpoint(b, cp, false, 1), TS_OK);
+        tessera__v1__checkpoint__free_unpacked(cp, NULL);
+    }
+    ts_zone_free_parts(bufs, lens, parts);
+    assert_int_equal(ts_zone_entities(b), n);
+    for (uint64_t i = 1; i <= n; i++) {
+        const ts_entity_t *e = get(b, i);
+        assert_non_null(e);
+        assert_int_equal(e->flags, TS_GAME_PLAYER);
+        assert_int_equal(e->state_len, 2);
+        assert_int_equal(e->state[0], (uint8_t)i);
+    }
+    ts_zone_destroy(a);
+    ts_zone_destroy(b);
+    ts_game_host_close(h);
+}
+
 /* ---- determinism -------------------------------------------------------------------------- */
 
 static void test_rng_deterministic(void **state)
@@ -734,6 +770,7 @@ int main(void)
         cmocka_unit_test(test_events_not_sent_while_replaying),
         cmocka_unit_test(test_error_and_overrun_do_not_stop_the_cell),
         cmocka_unit_test(test_state_travels),
+        cmocka_unit_test(test_state_in_checkpoint_parts),
         cmocka_unit_test(test_rng_deterministic),
         cmocka_unit_test(test_replay_from_checkpoint_is_identical),
         cmocka_unit_test(test_spawn_ids),
