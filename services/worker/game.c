@@ -228,6 +228,9 @@ static void view_of(const ts_entity_t *e, ts_game_entity_t *v)
     v->flags = e->flags;
     v->state_len = e->state_len;
     memcpy(v->state, e->state, e->state_len);
+    /* the rest zeroed: a module growing state_len never copies stack bytes
+     * (which would differ on replay) into the entity */
+    memset(v->state + e->state_len, 0, TS_GAME_STATE_MAX - e->state_len);
     v->name = e->name;
 }
 
@@ -241,6 +244,7 @@ static void view_of_ghost(const ts_ghost_t *g, ts_game_entity_t *v)
     v->flags = g->flags | TS_GAME_GHOST;
     v->state_len = g->state_len;
     memcpy(v->state, g->state, g->state_len);
+    memset(v->state + g->state_len, 0, TS_GAME_STATE_MAX - g->state_len);
     v->name = "";
 }
 
