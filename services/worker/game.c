@@ -35,6 +35,16 @@ struct ts_game_host {
     uint64_t *ids;
     size_t cap_ids;
     int each_depth;
+    /* matches of api->query, sorted by id before they are visited */
+    struct qhit *hits;
+    size_t cap_hits;
+    int query_depth;
+};
+
+struct qhit {
+    uint64_t id;
+    const ts_entity_t *e;
+    const ts_ghost_t *g;
 };
 
 enum { RL_ERROR = 0, RL_OVERRUN, RL_MODULE, RL_NOTE };
@@ -357,6 +367,15 @@ void ts_game_host_attach(ts_game_host_t *h, ts_zone_t *z, double max_speed)
 
 /* ---- the api ----------------------------------------------------------------- */
 
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* each and query visit in id order: the zone's hash map iterates in an
+ * order that depends on its history, which a replaying owner does not share
+ * (a module drawing random numbers per entity would diverge). */
 static size_t api_each(ts_game_ctx_t *ctx, ts_game_each_fn fn, void *ud)
 {
     ts_game_host_t *h = ctx->h;
@@ -382,6 +401,7 @@ static size_t api_each(ts_game_ctx_t *ctx, ts_game_each_fn fn, void *ud)
     void *v;
     for (size_t it = 0; k < n && ts_map_next(&z->entities, &it, &id, &v);)
         ids[k++] = id;
+    qsort(ids, k, sizeof(*ids), cmp_u64);
     h->each_depth++;
     size_t done = 0;
     for (size_t i = 0; i < k; i++) {
@@ -400,28 +420,62 @@ static size_t api_each(ts_game_ctx_t *ctx, ts_game_each_fn fn, void *ud)
 }
 
 typedef struct {
-    ts_game_visit_fn fn;
-    void *ud;
-} query_t;
+    struct qhit *v;
+    size_t n, cap;
+    bool failed;
+} hits_t;
 
-static void query_visit(void *ud, const ts_entity_t *e, const ts_ghost_t *g)
+static void query_collect(void *ud, const ts_entity_t *e, const ts_ghost_t *g)
 {
-    query_t *q = ud;
-    ts_game_entity_t v;
-    if (e)
-        view_of(e, &v);
-    else
-        view_of_ghost(g, &v);
-    q->fn(q->ud, &v);
+    hits_t *q = ud;
+    if (q->n == q->cap) {
+        size_t cap = q->cap ? q->cap * 2 : 64;
+        struct qhit *p = realloc(q->v, cap * sizeof(*p));
+        if (!p) {
+            q->failed = true;
+            return;
+        }
+        q->v = p;
+        q->cap = cap;
+    }
+    q->v[q->n++] = (struct qhit){.id = e ? e->id : g->id, .e = e, .g = g};
+}
+
+static int cmp_hit(const void *a, const void *b)
+{
+    return cmp_u64(&((const struct qhit *)a)->id, &((const struct qhit *)b)->id);
 }
 
 static size_t api_query(ts_game_ctx_t *ctx, double x, double y, double r, ts_game_visit_fn fn, void *ud)
 {
-    query_t q = {.fn = fn, .ud = ud};
-    ctx->in_query++;
-    size_t n = ts_zone_query_radius(ctx->z, x, y, r, fn ? query_visit : NULL, &q);
+    ts_game_host_t *h = ctx->h;
+    if (!fn) return ts_zone_query_radius(ctx->z, x, y, r, NULL, NULL);
+    /* the outermost query reuses the host's array (no allocation per tick once grown) */
+    hits_t q = {0};
+    if (h->query_depth == 0) {
+        q.v = h->hits;
+        q.cap = h->cap_hits;
+    }
+    ts_zone_query_radius(ctx->z, x, y, r, query_collect, &q);
+    if (h->query_depth == 0) {
+        h->hits = q.v;
+        h->cap_hits = q.cap;
+    }
+    qsort(q.v, q.n, sizeof(*q.v), cmp_hit);
+    h->query_depth++;
+    ctx->in_query++; /* no spawn or despawn: the hits point into the zone */
+    for (size_t i = 0; i < q.n; i++) {
+        ts_game_entity_t v;
+        if (q.v[i].e)
+            view_of(q.v[i].e, &v);
+        else
+            view_of_ghost(q.v[i].g, &v);
+        fn(ud, &v);
+    }
     ctx->in_query--;
-    return n;
+    h->query_depth--;
+    if (q.v != h->hits) free(q.v);
+    return q.n;
 }
 
 static int api_get(ts_game_ctx_t *ctx, uint64_t id, ts_game_entity_t *out)
@@ -749,5 +803,6 @@ void ts_game_host_close(ts_game_host_t *h)
     g_fault_module = "move";
     if (h->dl) dlclose(h->dl);
     free(h->ids);
+    free(h->hits);
     free(h);
 }

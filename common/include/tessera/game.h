@@ -118,10 +118,14 @@ typedef void (*ts_game_visit_fn)(void *ud, const ts_game_entity_t *e);
 /* What the worker offers a module (valid from load to unload). */
 typedef struct {
     uint32_t abi_version;
-    /* Calls fn for every entity this cell owns, writable. Returns how many. */
+    /* Calls fn for every entity this cell owns, writable, in ascending id
+     * order (the same on replay). fn may spawn and despawn. Returns how
+     * many. */
     size_t (*each)(ts_game_ctx_t *ctx, ts_game_each_fn fn, void *ud);
     /* Calls fn for every owned entity and ghost within r of (x, y),
-     * read-only (a grid query: costs what it returns). Returns how many. */
+     * read-only, in ascending id order (a grid query: costs what it returns,
+     * plus sorting it). fn may not spawn or despawn (EPERM). Returns how
+     * many. */
     size_t (*query)(ts_game_ctx_t *ctx, double x, double y, double r, ts_game_visit_fn fn, void *ud);
     /* Copies an owned entity or ghost of this cell into *out: 0 or ENOENT. */
     int (*get)(ts_game_ctx_t *ctx, uint64_t id, ts_game_entity_t *out);

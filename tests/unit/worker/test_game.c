@@ -677,6 +677,50 @@ static void test_requests_go_through_the_target_cell(void **state)
     ts_game_host_close(h);
 }
 
+typedef struct {
+    uint64_t ids[16];
+    size_t n;
+} seen_t;
+
+static void see(void *ud, const ts_game_entity_t *e)
+{
+    seen_t *s = ud;
+    if (s->n < 16) s->ids[s->n++] = e->id;
+}
+
+static void see_w(void *ud, ts_game_entity_t *e)
+{
+    see(ud, e);
+}
+
+/* each and query visit in id order, whatever the zone's map did before (a
+ * replaying owner's map has another history). */
+static void test_visits_in_id_order(void **state)
+{
+    (void)state;
+    ts_game_host_t *h = host(1000);
+    ts_zone_t *z = zone_at(h, 0, 0);
+    const uint64_t ids[] = {90, 3, 700000, 7, 1, 65, 12};
+    for (size_t i = 0; i < 7; i++) {
+        ts_input_t j = join_in(ids[i], 1, 10 + (double)i * 0.1, 10, 0);
+        ts_zone_apply_input(z, &j, 1);
+    }
+    ts_input_t bye = {.entity = 65, .seq = 2, .kind = TS_INPUT_LEAVE};
+    ts_zone_apply_input(z, &bye, 1);
+    ts_zone_ghost_put(z, &(ts_cell_t){.world = 0, .cx = -1, .cy = 0}, 1, 0, 5, 10.2, 10, 0, 0);
+    ts_game_ctx_t ctx = {.h = h, .z = z};
+    const uint64_t want_each[] = {1, 3, 7, 12, 90, 700000}, want_query[] = {1, 3, 5, 7, 12, 90, 700000};
+    seen_t s = {0};
+    assert_int_equal(api->each(&ctx, see_w, &s), 6);
+    assert_int_equal(s.n, 6);
+    assert_memory_equal(s.ids, want_each, sizeof(want_each));
+    memset(&s, 0, sizeof(s));
+    assert_int_equal(api->query(&ctx, 10, 10, 5, see, &s), 7);
+    assert_memory_equal(s.ids, want_query, sizeof(want_query));
+    ts_zone_destroy(z);
+    ts_game_host_close(h);
+}
+
 /* Writable views: velocities clamped, state bounded, changes mark the entity. */
 static void test_views_write_back(void **state)
 {
@@ -776,6 +820,7 @@ int main(void)
         cmocka_unit_test(test_spawn_ids),
         cmocka_unit_test(test_requests_go_through_the_target_cell),
         cmocka_unit_test(test_views_write_back),
+        cmocka_unit_test(test_visits_in_id_order),
         cmocka_unit_test(test_crash_is_reported_with_the_module_name),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
