@@ -32,7 +32,7 @@ struct ts_game_host {
     uint64_t last_log_ns[4];
     uint64_t suppressed[4];
     /* ids of api->each (reused: no allocation per tick once grown) */
-    uint64_t *ids;
+    uint64_t *ids, *ids_tmp; /* ids_tmp: the radix sort's other half */
     size_t cap_ids;
     int each_depth;
     /* matches of api->query, sorted by id before they are visited */
@@ -376,32 +376,57 @@ static int cmp_u64(const void *a, const void *b)
 /* each and query visit in id order: the zone's hash map iterates in an
  * order that depends on its history, which a replaying owner does not share
  * (a module drawing random numbers per entity would diverge). */
+/* Sorts v[0..n) with tmp (n items) as scratch: LSD radix, a byte a pass,
+ * skipping the bytes every id shares (most of a player id's top bytes). */
+static void radix_sort(uint64_t *v, uint64_t *tmp, size_t n)
+{
+    uint64_t *src = v, *dst = tmp;
+    for (unsigned shift = 0; shift < 64; shift += 8) {
+        size_t count[257] = {0};
+        for (size_t i = 0; i < n; i++)
+            count[((src[i] >> shift) & 0xff) + 1]++;
+        if (count[((src[0] >> shift) & 0xff) + 1] == n) continue; /* one digit for all */
+        for (size_t b = 1; b <= 256; b++)
+            count[b] += count[b - 1];
+        for (size_t i = 0; i < n; i++)
+            dst[count[(src[i] >> shift) & 0xff]++] = src[i];
+        uint64_t *t = src;
+        src = dst;
+        dst = t;
+    }
+    if (src != v) memcpy(v, src, n * sizeof(*v));
+}
+
 static size_t api_each(ts_game_ctx_t *ctx, ts_game_each_fn fn, void *ud)
 {
     ts_game_host_t *h = ctx->h;
     ts_zone_t *z = ctx->z;
     size_t n = z->entities.len;
-    uint64_t *ids;
+    uint64_t *ids, *tmp;
     /* the ids first: fn may spawn or despawn */
     if (h->each_depth == 0) {
         if (h->cap_ids < n) {
             size_t cap = n < 64 ? 64 : n * 2;
             uint64_t *p = realloc(h->ids, cap * sizeof(*p));
-            if (!p) return 0;
-            h->ids = p;
+            if (p) h->ids = p;
+            uint64_t *q = realloc(h->ids_tmp, cap * sizeof(*q));
+            if (q) h->ids_tmp = q;
+            if (!p || !q) return 0;
             h->cap_ids = cap;
         }
         ids = h->ids;
+        tmp = h->ids_tmp;
     } else {
-        ids = malloc((n ? n : 1) * sizeof(*ids));
+        ids = malloc((n ? n : 1) * 2 * sizeof(*ids));
         if (!ids) return 0;
+        tmp = ids + (n ? n : 1);
     }
     size_t k = 0;
     uint64_t id;
     void *v;
     for (size_t it = 0; k < n && ts_map_next(&z->entities, &it, &id, &v);)
         ids[k++] = id;
-    qsort(ids, k, sizeof(*ids), cmp_u64);
+    if (k > 1) radix_sort(ids, tmp, k);
     h->each_depth++;
     size_t done = 0;
     for (size_t i = 0; i < k; i++) {
@@ -803,6 +828,7 @@ void ts_game_host_close(ts_game_host_t *h)
     g_fault_module = "move";
     if (h->dl) dlclose(h->dl);
     free(h->ids);
+    free(h->ids_tmp);
     free(h->hits);
     free(h);
 }
