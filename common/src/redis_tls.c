@@ -102,6 +102,16 @@ typedef struct {
     size_t off, len;
 } pump_buf_t;
 
+/* After a TLS call returned rc <= 0: adds the socket event it waits for
+ * to *ev and returns true, or false when the connection is over. */
+static bool tls_wants(SSL *ssl, int rc, short *ev)
+{
+    int e = SSL_get_error(ssl, rc);
+    if (e == SSL_ERROR_WANT_READ) *ev |= POLLIN;
+    if (e == SSL_ERROR_WANT_WRITE) *ev |= POLLOUT;
+    return e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE;
+}
+
 /* Moves bytes both ways without ever blocking on one side while the other
  * waits: both descriptors are non-blocking, each direction has its own
  * buffer, and a TLS call that wants to read or write says which event to
@@ -138,14 +148,8 @@ static void *pump_main(void *arg)
                 up.off += (size_t)n;
                 if (up.off == up.len) up.off = up.len = 0;
                 progress = true;
-            } else {
-                int e = SSL_get_error(t->ssl, n);
-                if (e == SSL_ERROR_WANT_READ)
-                    ev_tcp |= POLLIN;
-                else if (e == SSL_ERROR_WANT_WRITE)
-                    ev_tcp |= POLLOUT;
-                else
-                    break;
+            } else if (!tls_wants(t->ssl, n, &ev_tcp)) {
+                break;
             }
         }
         /* Redis -> buffer */
@@ -155,14 +159,8 @@ static void *pump_main(void *arg)
                 down.off = 0;
                 down.len = (size_t)n;
                 progress = true;
-            } else {
-                int e = SSL_get_error(t->ssl, n);
-                if (e == SSL_ERROR_WANT_READ)
-                    ev_tcp |= POLLIN;
-                else if (e == SSL_ERROR_WANT_WRITE)
-                    ev_tcp |= POLLOUT;
-                else
-                    break; /* Redis closed, or TLS failed */
+            } else if (!tls_wants(t->ssl, n, &ev_tcp)) {
+                break; /* Redis closed, or TLS failed */
             }
         }
         /* buffer -> hiredis */

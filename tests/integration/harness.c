@@ -664,45 +664,35 @@ static bool start_server(ts_h_t *h, int slot, const char *name, int *port_out)
             snprintf(ca, sizeof ca, "%s/ca.pem", h->secrets);
             /* with TLS, Redis listens on TLS only (clients need no
              * certificate of their own: tls-auth-clients optional) */
-            char *tls_argv[] = {(char *)"redis-server",
-                                (char *)"--port",
-                                (char *)"0",
-                                (char *)"--tls-port",
-                                portbuf,
-                                (char *)"--tls-cert-file",
-                                cert,
-                                (char *)"--tls-key-file",
-                                key,
-                                (char *)"--tls-ca-cert-file",
-                                ca,
-                                (char *)"--tls-auth-clients",
-                                (char *)"optional",
-                                (char *)"--bind",
-                                (char *)"127.0.0.1",
-                                (char *)"--save",
-                                (char *)"",
-                                (char *)"--appendonly",
-                                (char *)"no",
-                                (char *)"--dir",
-                                dirbuf,
-                                (char *)"--aclfile",
-                                acl,
-                                NULL};
-            char *argv[] = {(char *)"redis-server",
-                            (char *)"--port",
-                            portbuf,
-                            (char *)"--bind",
-                            (char *)"127.0.0.1",
-                            (char *)"--save",
-                            (char *)"",
-                            (char *)"--appendonly",
-                            (char *)"no",
-                            (char *)"--dir",
-                            dirbuf,
-                            h->secure ? (char *)"--aclfile" : NULL,
-                            acl,
-                            NULL};
-            idx = launch(h, name, "/usr/bin/redis-server", h->tls ? tls_argv : argv);
+            char *argv[32] = {(char *)"redis-server", (char *)"--bind", (char *)"127.0.0.1",
+                              (char *)"--save",       (char *)"",       (char *)"--appendonly",
+                              (char *)"no",           (char *)"--dir",  dirbuf};
+            int argc = 9;
+            if (h->secure) {
+                argv[argc++] = (char *)"--aclfile";
+                argv[argc++] = acl;
+            }
+            if (h->tls) {
+                char *tls[] = {(char *)"--port",
+                               (char *)"0",
+                               (char *)"--tls-port",
+                               portbuf,
+                               (char *)"--tls-cert-file",
+                               cert,
+                               (char *)"--tls-key-file",
+                               key,
+                               (char *)"--tls-ca-cert-file",
+                               ca,
+                               (char *)"--tls-auth-clients",
+                               (char *)"optional"};
+                for (size_t i = 0; i < sizeof tls / sizeof tls[0]; i++)
+                    argv[argc++] = tls[i];
+            } else {
+                argv[argc++] = (char *)"--port";
+                argv[argc++] = portbuf;
+            }
+            argv[argc] = NULL;
+            idx = launch(h, name, "/usr/bin/redis-server", argv);
         }
         if (idx < 0) return false;
         ts_h_proc_t *p = &h->procs[idx];
