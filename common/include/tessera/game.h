@@ -32,9 +32,12 @@
  * order. Between two inputs, motion is re-simulated at the replaying owner's
  * ticks, so an on_tick decision that depends on positions may fall a tick
  * earlier or later on replay. Requests the cell already published are never
- * delivered twice (their message ids derive from the cell, its epoch and the
- * input-stream position that caused them); events are best effort (at most
- * once) and are not sent while a cell replays.
+ * delivered twice (their message ids derive from the cell, the input-stream
+ * position that caused them and their rank after it; in on_tick, the last
+ * position, the cell's time and the rank: one that falls on another tick in
+ * the replay is another request); events are best effort (at most once) and
+ * are not sent while a cell replays. api->each and api->query visit in id
+ * order, so a module drawing random numbers entity by entity replays too.
  *
  * Cross-border interaction. A module never writes another cell's entity: a
  * ghost (an entity of a neighbouring cell, api->query returns it with
