@@ -16,6 +16,7 @@
 // the registry changes (`cells`) and heartbeats (`workers`) as they come,
 // so the page does work for what changes, never a poll of the world.
 import { TesseraClient } from '../index.js';
+import { EntityFlags, type EntityState, type GameEvent } from '../proto.js';
 
 interface WorldCell {
   key: string;
@@ -81,21 +82,12 @@ const TEAM_BLUE = 2;
 const CMD_TAG = 1;
 const TEAM_NAME = ['', 'red', 'blue'];
 const TEAM_COLOR = ['', '#ff5a5a', '#4f9dff'];
-const ENTITY_NPC = 2; // EntityState.flags
 
 interface TagState {
   team: number;
   bot: boolean;
   tags: number;
   tagged: number;
-}
-interface GameEvent {
-  type: number;
-  payload: Uint8Array;
-  entity: string;
-  positional: boolean;
-  x: number;
-  y: number;
 }
 /** What the page shows of the game (for tests and the console). */
 const game = { red: 0, blue: 0, me: null as TagState | null, events: [] as GameEvent[], commands: 0 };
@@ -105,11 +97,10 @@ function u32(b: Uint8Array, off: number): number {
 }
 
 /** tag's state bytes of an entity, or null when it has none. */
-function tagState(e: unknown): TagState | null {
-  const st = (e as { state?: Uint8Array }).state;
-  const flags = (e as { flags?: number }).flags ?? 0;
-  if (!(st instanceof Uint8Array) || st.length < 12 || (st[0] !== TEAM_RED && st[0] !== TEAM_BLUE)) return null;
-  return { team: st[0], bot: (st[1] & 1) === 1 || (flags & ENTITY_NPC) !== 0, tags: u32(st, 4), tagged: u32(st, 8) };
+function tagState(e: EntityState | null | undefined): TagState | null {
+  const st = e?.state;
+  if (st === undefined || st.length < 12 || (st[0] !== TEAM_RED && st[0] !== TEAM_BLUE)) return null;
+  return { team: st[0], bot: (st[1] & 1) === 1 || (e!.flags & EntityFlags.NPC) !== 0, tags: u32(st, 4), tagged: u32(st, 8) };
 }
 
 /** [id u64 LE, team, name...] of tag's "you tagged" / "tagged by" events. */
@@ -371,12 +362,7 @@ const KEY_ALIAS: Record<string, string> = { w: 'ArrowUp', a: 'ArrowLeft', s: 'Ar
 /** Command 1 (tag's TAG: the nearest enemy in range). */
 function tag(): void {
   if (client === null || client.entity === null || !client.connected) return;
-  const c = client as unknown as { command?: (type: number, payload?: Uint8Array) => number };
-  if (typeof c.command !== 'function') {
-    note('this client cannot send game commands');
-    return;
-  }
-  c.command(CMD_TAG, new Uint8Array(0));
+  client.command(CMD_TAG, new Uint8Array(0));
   game.commands++;
 }
 
@@ -401,7 +387,7 @@ async function join(): Promise<void> {
   c.on('close', (e) => note(e.willResume ? 'connection lost: resuming' : 'connection closed'));
   c.on('resumed', () => note('resumed'));
   c.on('cell_changed', (cc) => note(`you crossed into cell ${cc.to?.cx},${cc.to?.cy}`));
-  (c as unknown as { on(ev: string, fn: (v: GameEvent) => void): void }).on('event', onGameEvent);
+  c.on('event', onGameEvent);
   c.on('delta', () => renderGame());
   client = c;
   joinButton.textContent = 'Joined: arrow keys move';

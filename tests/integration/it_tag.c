@@ -1,0 +1,541 @@
+/* The example game (examples/tag, libtag.so) across cell and worker borders,
+ * end to end: real nats-server -js and redis-server, tessera-orch (no
+ * rebalancing, liveness TTL 1.5 s), workers w1 and w2 loading the module
+ * (no bots, ghost band as wide as the tag range), a gateway, and players
+ * connected with the C client library.
+ *
+ * Cell (-1, 0) ([-100, 0) x [0, 100)) starts on w1 and cell (0, 0) on w2:
+ * the border x = 0 is a border between workers. Each scenario joins a red
+ * tagger at (-3, y) and a blue target at (3, y) and has the tagger tag the
+ * target by id (Command 1); the target's owner switches its team and
+ * confirms back to the tagger's owner, which scores. Scenarios, in order,
+ * on one cluster:
+ *   1. plain: the tag crosses the worker border; both players also get
+ *      their event ("you tagged", "tagged by");
+ *   2. the target's cell is handed over to the other worker right after the
+ *      tag is sent;
+ *   3. the target's cell is split right after the tag is sent;
+ *   4. the worker owning the target's cell is SIGKILLed right after the tag
+ *      is sent, and its cells are recovered on the other worker.
+ * Each must end with exactly one team change (the target's "times tagged"
+ * is 1 and its team is the tagger's) and exactly one point for the tagger,
+ * read from the entities' state bytes in the players' Snapshots and
+ * Deltas; no value seen by any player ever goes above 1 (no double, not
+ * even for a moment), and the values stay so for 2 s after. */
+#include <inttypes.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "harness.h"
+#include "probe.h"
+#include "tessera/client.h"
+#include "tessera/log.h"
+#include "tessera/proto.h"
+#include "tessera/registry.h"
+#include "tessera/util.h"
+
+#define WORLD 0
+#define NCELLS 16
+#define CELL_SIZE 100.0
+#define WAIT_MS 30000
+#define SETTLE_MS 2000
+#define HB_TTL_ARG "--orch.hb_ttl_ms=1500"
+
+/* examples/tag */
+#define TEAM_RED 1
+#define TEAM_BLUE 2
+#define CMD_TAG 1
+#define EV_YOU_TAGGED 1
+#define EV_TAGGED_BY 2
+#define EV_MISS 4
+#define TAG_COOLDOWN_MS 600 /* the module's default cooldown (0.5 s) and a margin */
+
+#define NPLAYERS 8
+#define JIGGLE_MS 200
+#define JIGGLE_SPEED 2.0
+
+static ts_h_stack_t stack = {-1, {-1, -1}, -1, 0};
+static ts_bus_t *bus;
+static ts_registry_t *reg;
+
+/* ---- players and what they saw ----------------------------------------------------
+ * One thread pumps every player's connection: it sends the tags the test
+ * asks for and a Ping a second, and folds every Snapshot, Delta and Event
+ * into the tables below (under mu). */
+
+typedef struct {
+    ts_client_t *c;
+    uint64_t id;
+    double x, y;
+    int team;            /* the team it joined with */
+    uint64_t tag_target; /* a tag to send (0: none) */
+    int events[8];       /* events received, by type */
+    int errors;
+    char last_error[160];
+    bool closed;
+} player_t;
+
+/* An entity's module state as the players saw it. */
+typedef struct {
+    bool seen;
+    int team;
+    uint32_t tags, tagged;         /* latest */
+    uint32_t max_tags, max_tagged; /* highest ever seen, by anyone */
+} seen_t;
+
+static struct {
+    pthread_mutex_t mu;
+    player_t p[NPLAYERS];
+    seen_t s[NPLAYERS];
+    int n;
+    pthread_t thread;
+    bool running;
+    atomic_bool stop;
+} PL = {.mu = PTHREAD_MUTEX_INITIALIZER};
+
+static uint32_t u32_le(const uint8_t *b)
+{
+    return (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
+}
+
+/* An entity's state bytes (tag's layout: team, flags, -, -, tags u32,
+ * tagged u32, ...) into the table, if it is one of ours. mu held. */
+static void note_entity(const Tessera__V1__EntityState *e)
+{
+    if (e->state.len < 12) return;
+    for (int i = 0; i < PL.n; i++) {
+        if (PL.p[i].id != e->id) continue;
+        seen_t *s = &PL.s[i];
+        s->seen = true;
+        s->team = e->state.data[0];
+        s->tags = u32_le(e->state.data + 4);
+        s->tagged = u32_le(e->state.data + 8);
+        if (s->tags > s->max_tags) s->max_tags = s->tags;
+        if (s->tagged > s->max_tagged) s->max_tagged = s->tagged;
+    }
+}
+
+static void note_frame(player_t *p, const Tessera__V1__ServerFrame *f)
+{
+    switch (f->payload_case) {
+    case TESSERA__V1__SERVER_FRAME__PAYLOAD_WELCOME:
+        if (f->welcome->entity) p->id = f->welcome->entity;
+        break;
+    case TESSERA__V1__SERVER_FRAME__PAYLOAD_SNAPSHOT:
+        if (f->snapshot->entity) p->id = f->snapshot->entity;
+        for (size_t i = 0; i < f->snapshot->n_entities; i++)
+            note_entity(f->snapshot->entities[i]);
+        break;
+    case TESSERA__V1__SERVER_FRAME__PAYLOAD_DELTA:
+        for (size_t i = 0; i < f->delta->n_entities; i++)
+            note_entity(f->delta->entities[i]);
+        break;
+    case TESSERA__V1__SERVER_FRAME__PAYLOAD_EVENT:
+        if (f->event->type < 8) p->events[f->event->type]++;
+        break;
+    case TESSERA__V1__SERVER_FRAME__PAYLOAD_ERROR:
+        p->errors++;
+        snprintf(p->last_error, sizeof p->last_error, "code %d: %s", f->error->code, f->error->message);
+        break;
+    default:
+        break;
+    }
+}
+
+static void *pump_main(void *arg)
+{
+    (void)arg;
+    uint64_t next_ping = 0, next_jiggle = 0;
+    int jiggles = 0;
+    while (!atomic_load(&PL.stop)) {
+        bool ping = ts_mono_us() >= next_ping;
+        if (ping) next_ping = ts_mono_us() + 1000000;
+        /* players shuffle on the spot (0.4 units back and forth), as players
+         * do: their entities change, so every Delta carries them */
+        bool jiggle = ts_mono_us() >= next_jiggle;
+        if (jiggle) {
+            next_jiggle = ts_mono_us() + JIGGLE_MS * 1000ULL;
+            jiggles++;
+        }
+        for (int i = 0; i < PL.n; i++) {
+            player_t *p = &PL.p[i];
+            pthread_mutex_lock(&PL.mu);
+            bool closed = p->closed;
+            uint64_t target = p->tag_target;
+            p->tag_target = 0;
+            pthread_mutex_unlock(&PL.mu);
+            if (closed) continue;
+            ts_status_t st = TS_OK;
+            if (target) {
+                uint8_t payload[8];
+                for (int k = 0; k < 8; k++)
+                    payload[k] = (uint8_t)(target >> (8 * k));
+                st = ts_client_command(p->c, CMD_TAG, payload, sizeof payload);
+            }
+            if (st == TS_OK && ping) st = ts_client_ping(p->c, ts_mono_us());
+            if (st == TS_OK && jiggle)
+                st = ts_client_move(p->c, jiggles % 2 ? JIGGLE_SPEED : -JIGGLE_SPEED, 0);
+            Tessera__V1__ServerFrame *f = NULL;
+            if (st == TS_OK) st = ts_client_recv(p->c, 5, &f);
+            pthread_mutex_lock(&PL.mu);
+            if (st == TS_OK)
+                note_frame(p, f);
+            else if (st != TS_ERR_TIMEOUT)
+                p->closed = true;
+            pthread_mutex_unlock(&PL.mu);
+            if (f) tessera__v1__server_frame__free_unpacked(f, NULL);
+        }
+    }
+    return NULL;
+}
+
+/* Connects a player, joins it at (x, y) on team ("red"/"blue" payload) and
+ * waits for its Snapshot; the pump thread takes it over from there.
+ * Returns its index. */
+static int player_join(double x, double y, int team, const char *name)
+{
+    assert_true(PL.n < NPLAYERS);
+    int i = PL.n;
+    player_t *p = &PL.p[i];
+    memset(p, 0, sizeof *p);
+    p->x = x;
+    p->y = y;
+    p->team = team;
+    assert_int_equal(ts_client_connect(&p->c, "127.0.0.1", stack.gw_port, 3000), TS_OK);
+    const char *payload = team == TEAM_RED ? "red" : "blue";
+    uint64_t deadline = ts_mono_us() + 10000000;
+    int errors = -1;
+    while (p->id == 0 && ts_mono_us() < deadline) {
+        if (errors != p->errors) {
+            /* a refused Join (the gateway may not know every cell yet) is retried */
+            if (errors >= 0) ts_sleep_ms(200);
+            errors = p->errors;
+            assert_int_equal(ts_client_join_payload(p->c, x, y, name, payload, strlen(payload)), TS_OK);
+        }
+        Tessera__V1__ServerFrame *f = NULL;
+        ts_status_t st = ts_client_recv(p->c, 200, &f);
+        if (st == TS_ERR_TIMEOUT) continue;
+        assert_int_equal(st, TS_OK);
+        if (f->payload_case == TESSERA__V1__SERVER_FRAME__PAYLOAD_SNAPSHOT) p->id = f->snapshot->entity;
+        if (f->payload_case == TESSERA__V1__SERVER_FRAME__PAYLOAD_ERROR) note_frame(p, f);
+        tessera__v1__server_frame__free_unpacked(f, NULL);
+    }
+    if (p->id == 0) {
+        ts_h.failed = true;
+        fail_msg("%s: no Snapshot within 10 s after joining at (%.0f, %.0f); last error: %s", name, x, y,
+                 p->errors ? p->last_error : "none");
+    }
+    p->errors = 0;
+    pthread_mutex_lock(&PL.mu);
+    PL.n++;
+    pthread_mutex_unlock(&PL.mu);
+    if (!PL.running) {
+        assert_int_equal(pthread_create(&PL.thread, NULL, pump_main, NULL), 0);
+        PL.running = true;
+    }
+    return i;
+}
+
+static void players_stop(void)
+{
+    if (PL.running) {
+        atomic_store(&PL.stop, true);
+        pthread_join(PL.thread, NULL);
+        PL.running = false;
+    }
+    for (int i = 0; i < PL.n; i++)
+        ts_client_destroy(PL.p[i].c);
+    PL.n = 0;
+}
+
+static seen_t seen(int i)
+{
+    pthread_mutex_lock(&PL.mu);
+    seen_t s = PL.s[i];
+    pthread_mutex_unlock(&PL.mu);
+    return s;
+}
+
+static int events(int i, int type)
+{
+    pthread_mutex_lock(&PL.mu);
+    int n = PL.p[i].events[type];
+    pthread_mutex_unlock(&PL.mu);
+    return n;
+}
+
+static void send_tag(int tagger, int target)
+{
+    pthread_mutex_lock(&PL.mu);
+    PL.p[tagger].tag_target = PL.p[target].id;
+    pthread_mutex_unlock(&PL.mu);
+}
+
+/* ---- the cluster ------------------------------------------------------------------ */
+
+/* The live cell (any depth) holding (x, y), from the registry. */
+static ts_cell_entry_t live_cell_at(double x, double y)
+{
+    for (uint8_t depth = 0; depth <= 4; depth++) {
+        ts_cell_t c;
+        ts_cell_from_pos(WORLD, CELL_SIZE, depth, x, y, &c);
+        ts_cell_entry_t e;
+        if (ts_registry_cell_get(reg, &c, &e) != TS_OK) break;
+        if (e.state == TS_CELL_ACTIVE) return e;
+    }
+    ts_h.failed = true;
+    fail_msg("no live cell holds (%.1f, %.1f)", x, y);
+    return (ts_cell_entry_t){.epoch = 0};
+}
+
+static void handover(const ts_cell_entry_t *e, const char *to)
+{
+    char key[TS_CELL_STR_MAX], payload[160], reply[512];
+    ts_cell_format(&e->cell, key, sizeof key);
+    snprintf(payload, sizeof payload, "%s %s", key, to);
+    ts_status_t st = ts_probe_ctl(bus, WORLD, "handover", payload, 10000, reply, sizeof reply);
+    ts_probe_handover_t r;
+    if (st != TS_OK || !ts_probe_parse_handover(reply, &r)) {
+        ts_h.failed = true;
+        fail_msg("handover %s: %s", payload, st == TS_OK ? reply : ts_status_str(st));
+    }
+}
+
+static int worker_index(const char *id)
+{
+    return strcmp(id, "w1") == 0 ? 0 : 1;
+}
+
+/* ---- one tag ------------------------------------------------------------------------ */
+
+typedef enum { NOTHING, HANDOVER, SPLIT, KILL_APPLIED, KILL_SENT } disturb_t;
+
+static const char *const disturb_name[] = {"plain", "handover", "split", "kill", "kill-early"};
+
+/* SIGKILLs the worker owning cell (the registry's owner) and reaps it. */
+static void kill_owner(const ts_cell_entry_t *cell)
+{
+    int w = worker_index(cell->owner);
+    ts_h_signal(&ts_h, stack.workers[w], SIGKILL);
+    assert_true(ts_h_wait(&ts_h, stack.workers[w], 5000) >= 0);
+}
+
+/* Joins a red tagger at (-3, y) on w1's side and a blue target at (3, y)
+ * on the other, has the tagger tag the target, disturbs the target's cell
+ * or its owner, and checks the tag applied exactly once. */
+static void tag_once(double y, disturb_t disturb)
+{
+    char tn[32], vn[32];
+    snprintf(tn, sizeof tn, "tagger-%s", disturb_name[disturb]);
+    snprintf(vn, sizeof vn, "target-%s", disturb_name[disturb]);
+    int t = player_join(-3, y, TEAM_RED, tn);
+    int v = player_join(3, y, TEAM_BLUE, vn);
+
+    /* both seen with their teams, by both */
+    uint64_t deadline = ts_mono_us() + WAIT_MS * 1000ULL;
+    for (;;) {
+        seen_t st = seen(t), sv = seen(v);
+        if (st.seen && sv.seen && st.team == TEAM_RED && sv.team == TEAM_BLUE && st.tags == 0 &&
+            sv.tagged == 0)
+            break;
+        if (ts_mono_us() > deadline) {
+            ts_h.failed = true;
+            fail_msg("%s: the players' state bytes never showed their teams (tagger seen %d team %d, "
+                     "target seen %d team %d)",
+                     disturb_name[disturb], st.seen, st.team, sv.seen, sv.team);
+        }
+        ts_sleep_ms(20);
+    }
+    /* the tagger's cell gets the target as a ghost within a keyframe */
+    ts_sleep_ms(1000);
+
+    ts_cell_entry_t target_cell = live_cell_at(3, y);
+    int misses = events(t, EV_MISS);
+    send_tag(t, v);
+    switch (disturb) {
+    case NOTHING:
+        break;
+    case HANDOVER:
+        handover(&target_cell, strcmp(target_cell.owner, "w1") == 0 ? "w2" : "w1");
+        break;
+    case SPLIT: {
+        char reply[512];
+        if (!ts_probe_ctl_cell(bus, "split", &target_cell.cell, 10000, reply, sizeof reply)) {
+            ts_h.failed = true;
+            fail_msg("split: %s", reply);
+        }
+        break;
+    }
+    case KILL_SENT:
+        kill_owner(&target_cell);
+        break;
+    case KILL_APPLIED: /* below, once the target's owner applied the tag */
+        break;
+    }
+
+    /* the tag lands: the target changed team once, the tagger scored once. A
+     * miss (the ghost was not there yet) sends nothing: tag again. */
+    deadline = ts_mono_us() + WAIT_MS * 1000ULL;
+    uint64_t retag_at = 0;
+    bool killed = false;
+    for (;;) {
+        seen_t st = seen(t), sv = seen(v);
+        if (sv.team == TEAM_RED && sv.tagged == 1 && st.tags == 1) break;
+        if (disturb == KILL_APPLIED && !killed && sv.tagged == 1) {
+            /* its last checkpoint is older than the tag: the new owner
+             * replays the tag, which must not count twice */
+            kill_owner(&target_cell);
+            killed = true;
+        }
+        if (events(t, EV_MISS) > misses && retag_at == 0) retag_at = ts_mono_us() + TAG_COOLDOWN_MS * 1000ULL;
+        if (retag_at && ts_mono_us() >= retag_at) {
+            fprintf(stderr, "it_tag: %s: no enemy in range at the tag, tagging again\n",
+                    disturb_name[disturb]);
+            misses = events(t, EV_MISS);
+            retag_at = 0;
+            send_tag(t, v);
+        }
+        if (ts_mono_us() > deadline) {
+            ts_h.failed = true;
+            fail_msg("%s: after %d s the target is team %d tagged %" PRIu32 " times, the tagger has %" PRIu32
+                     " points (want team %d, 1, 1)",
+                     disturb_name[disturb], WAIT_MS / 1000, sv.team, sv.tagged, st.tags, TEAM_RED);
+        }
+        ts_sleep_ms(20);
+    }
+
+    /* and stays exactly so */
+    ts_sleep_ms(SETTLE_MS);
+    seen_t st = seen(t), sv = seen(v);
+    if (st.team != TEAM_RED || st.tags != 1 || st.max_tags != 1 || st.tagged != 0 || sv.team != TEAM_RED ||
+        sv.tagged != 1 || sv.max_tagged != 1 || sv.tags != 0) {
+        ts_h.failed = true;
+        fail_msg("%s: tagger team %d tags %" PRIu32 " (max %" PRIu32 ") tagged %" PRIu32 "; target team %d "
+                 "tagged %" PRIu32 " (max %" PRIu32 ") tags %" PRIu32 "; want red 1 (1) 0; red 1 (1) 0",
+                 disturb_name[disturb], st.team, st.tags, st.max_tags, st.tagged, sv.team, sv.tagged,
+                 sv.max_tagged, sv.tags);
+    }
+    if (disturb == KILL_APPLIED && !killed) {
+        ts_h.failed = true;
+        fail_msg("kill: the tag was applied and confirmed before the target's owner could be killed");
+    }
+    if (disturb == NOTHING) {
+        /* events are best effort, but with nothing disturbed both arrive, once */
+        deadline = ts_mono_us() + 5000000ULL;
+        while ((events(t, EV_YOU_TAGGED) < 1 || events(v, EV_TAGGED_BY) < 1) && ts_mono_us() < deadline)
+            ts_sleep_ms(20);
+        assert_int_equal(events(t, EV_YOU_TAGGED), 1);
+        assert_int_equal(events(v, EV_TAGGED_BY), 1);
+    }
+}
+
+/* ---- tests -------------------------------------------------------------------------- */
+
+static void test_tag_across_workers(void **state)
+{
+    (void)state;
+    tag_once(10, NOTHING);
+    ts_h_pass();
+}
+
+static void test_tag_through_handover(void **state)
+{
+    (void)state;
+    tag_once(30, HANDOVER);
+    ts_h_pass();
+}
+
+static void test_tag_through_split(void **state)
+{
+    (void)state;
+    /* the previous test handed (0, 0) to w1: back to w2, so the tag crosses
+     * workers again */
+    ts_cell_entry_t e = live_cell_at(3, 60);
+    if (strcmp(e.owner, "w2") != 0) handover(&e, "w2");
+    tag_once(60, SPLIT);
+    ts_h_pass();
+}
+
+/* The target's owner applied the tag (the target's state shows it) and is
+ * SIGKILLed at once: its cells are recovered on the other worker, which
+ * replays the tag from the last checkpoint; neither the team change nor the
+ * point counts twice. */
+static void test_tag_through_owner_crash(void **state)
+{
+    (void)state;
+    tag_once(80, KILL_APPLIED);
+    ts_h_pass();
+}
+
+/* The target's owner is SIGKILLed right after the tag is sent: the
+ * recovered cell applies the tag and must send its confirmation back to
+ * the tagger, whose ghost it may not have yet. `it_tag --kill-early` runs
+ * this one alone. */
+static void test_tag_owner_crash_before_apply(void **state)
+{
+    (void)state;
+    tag_once(90, KILL_SENT);
+    ts_h_pass();
+}
+
+/* ---- fixtures ----------------------------------------------------------------------- */
+
+static int group_setup(void **state)
+{
+    (void)state;
+    ts_h_start(&ts_h);
+    if (ts_bus_connect(&bus, ts_h.nats_url, "it_tag") != TS_OK ||
+        ts_registry_connect(&reg, ts_h.redis_url) != TS_OK)
+        goto fail;
+    static char game[600];
+    snprintf(game, sizeof game, "--worker.game=%s/libtag.so", TS_BIN_DIR);
+    const char *orch[] = {"--orch.rebalance=0", HB_TTL_ARG, "--world.assign=-1:0=w1,0:0=w2", NULL};
+    const char *worker[] = {"--worker.hb_ms=250",          HB_TTL_ARG,          game,
+                            "--worker.game_config=bots=0", "--ghost.margin=12", NULL};
+    ts_h_spawn_stack(&ts_h, orch, worker, NULL, &stack);
+    if (!ts_h_wait_world(&ts_h, WORLD, NCELLS, WAIT_MS) || !ts_h_wait_port(stack.gw_port, WAIT_MS)) goto fail;
+    return 0;
+fail:
+    ts_h_fail_dump(&ts_h);
+    ts_registry_destroy(reg);
+    ts_bus_destroy(bus);
+    reg = NULL;
+    bus = NULL;
+    ts_h_stop(&ts_h);
+    return -1;
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    players_stop();
+    ts_registry_destroy(reg);
+    ts_bus_destroy(bus);
+    ts_h_stop(&ts_h);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc > 1 && strcmp(argv[1], "--kill-early") == 0) {
+        const struct CMUnitTest early[] = {TS_H_TEST(test_tag_owner_crash_before_apply)};
+        return TS_H_RUN("it_tag_kill_early", early, group_setup, group_teardown);
+    }
+    const struct CMUnitTest tests[] = {
+        TS_H_TEST(test_tag_across_workers),
+        TS_H_TEST(test_tag_through_handover),
+        TS_H_TEST(test_tag_through_split),
+        TS_H_TEST(test_tag_through_owner_crash),
+    };
+    return TS_H_RUN("it_tag", tests, group_setup, group_teardown);
+}
