@@ -30,7 +30,9 @@
 # its worker.game_config. With a game, PLAYERS defaults to 100 and HOTSPOT
 # to none, the map's Play mode joins the game from the browser, and the
 # game's log lines (for tag: each tag, with the tagger's score) are shown
-# under the live line.
+# under the live line. GHOST_MARGIN (tag: 12, its tag range; else the
+# default) is the workers' ghost.margin: a module sees a neighbour cell's
+# entities only this far past its border.
 # shellcheck disable=SC2317 # cleanup and its helpers run from traps
 set -euo pipefail
 
@@ -54,7 +56,9 @@ if [[ -n "$GAME" ]]; then
     GAME_NAME=${GAME_NAME#lib}
     PLAYERS=${PLAYERS:-100}
     HOTSPOT=${HOTSPOT-0}
+    [[ "$GAME_NAME" == tag ]] && GHOST_MARGIN=${GHOST_MARGIN:-12}
 fi
+GHOST_MARGIN=${GHOST_MARGIN:-}
 PLAYERS=${PLAYERS:-1000}
 DURATION=${DURATION:-}
 KEEP=${KEEP:-0}
@@ -260,6 +264,7 @@ as orch
 start orch "$BUILD_DIR/tessera-orch" --split.auto=1 "${CREDS[@]}"
 game_flags=()
 [[ -n "$GAME_SO" ]] && game_flags=(--worker.game="$GAME_SO" --worker.game_config="$GAME_CONFIG")
+[[ -n "$GHOST_MARGIN" ]] && game_flags+=(--ghost.margin="$GHOST_MARGIN")
 as worker-w1
 start worker-w1 "$BUILD_DIR/tessera-worker" --worker.id=w1 "${game_flags[@]}" "${CREDS[@]}"
 as worker-w2

@@ -34,8 +34,10 @@
  *            for the cooldown
  *
  * Cell state (8 bytes): [0..3] bots this cell spawned so far (u32, used to
- * pick their team and name), [4..7] when it may spawn the next one, in
- * milliseconds of the cell's time (u32).
+ * pick their team), [4..7] when it may spawn the next one, in milliseconds
+ * of the cell's time (u32). A cell keeps its share of the world's bots by
+ * area: it spawns one (at most one a second) while it owns fewer, and
+ * despawns its newest while it owns more than one too many (bots roam).
  *
  * Everything here depends only on entity and cell state, the input,
  * api->rng and api->time, so a cell replays to the same result.
@@ -342,9 +344,17 @@ static int tag_on_request(ts_game_ctx_t *ctx, ts_game_entity_t *target, const ts
     if (req->type == REQ_TAG_CONFIRMED) {
         /* payload[0]: the tagged one's team now; target is the tagger */
         put_u32(target->state + 4, get_u32(target->state + 4) + 1);
-        api->log(ctx, 1, "tag: %s %s tagged %.*s (%u tags made)",
-                 team_of(target) == TEAM_RED ? "red" : "blue", target->name ? target->name : "?",
-                 (int)name_len, (const char *)name, (unsigned)get_u32(target->state + 4));
+        char who[NAME_MAX_BYTES + 24], whom[NAME_MAX_BYTES + 24];
+        if (target->name && target->name[0])
+            snprintf(who, sizeof who, "%s", target->name);
+        else
+            snprintf(who, sizeof who, "#%llu", (unsigned long long)target->id);
+        if (name_len)
+            snprintf(whom, sizeof whom, "%.*s", (int)name_len, (const char *)name);
+        else
+            snprintf(whom, sizeof whom, "#%llu", (unsigned long long)req->from);
+        api->log(ctx, 1, "tag: %s %s tagged %s (%u tags made)", team_of(target) == TEAM_RED ? "red" : "blue",
+                 who, whom, (unsigned)get_u32(target->state + 4));
         if (target->flags & TS_GAME_PLAYER)
             api->emit_to(ctx, target->id, EV_YOU_TAGGED, ev,
                          id_team_name_payload(ev, req->from, team, name, name_len));
@@ -361,6 +371,7 @@ typedef struct {
     double now, dt;
     double wx0, wy0, wx1, wy1;
     size_t bots;
+    uint64_t last_bot; /* the bot with the highest id */
 } think_t;
 
 static void bot_think(void *ud, ts_game_entity_t *e)
@@ -368,6 +379,7 @@ static void bot_think(void *ud, ts_game_entity_t *e)
     think_t *t = ud;
     if (!(e->flags & TS_GAME_NPC) || !is_bot(e)) return;
     t->bots++;
+    if (e->id > t->last_bot) t->last_bot = e->id;
     double speed = t->conf->bot_speed;
     /* a new heading now and then, or when it stands still */
     if ((e->vx == 0 && e->vy == 0) || api->rng_unit(t->ctx) < 0.15) {
@@ -413,6 +425,12 @@ static void tag_on_tick(ts_game_ctx_t *ctx, double dt)
     double world_area = (t.wx1 - t.wx0) * (t.wy1 - t.wy0);
     double share = world_area > 0 ? conf->bots * (cx1 - cx0) * (cy1 - cy0) / world_area : 0;
     size_t want = (size_t)floor(share + 0.5);
+    /* bots roam into other cells: one that gathered more than its share
+     * lets one go (the newest, whatever order each() visits in) */
+    if (t.bots > want + 1) {
+        api->despawn(ctx, t.last_bot);
+        return;
+    }
     uint32_t spawned = get_u32(cs), next_at = get_u32(cs + 4);
     if (t.bots >= want || ms_of(now) < next_at) return;
     double x = cx0 + 1 + api->rng_unit(ctx) * (cx1 - cx0 - 2);

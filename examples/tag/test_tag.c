@@ -151,7 +151,11 @@ static int64_t f_spawn(ts_game_ctx_t *ctx, double x, double y, const char *name,
 
 static int f_despawn(ts_game_ctx_t *ctx, uint64_t id)
 {
-    return TS_GAME_EPERM;
+    fake_ent_t *f = find(id);
+    if (!f || f->cell != ctx->cell) return TS_GAME_ENOENT;
+    if (!(f->e.flags & TS_GAME_NPC)) return TS_GAME_EPERM;
+    *f = ents[--n_ents];
+    return 0;
 }
 
 static int f_emit(uint64_t entity, int positional, uint32_t type, const void *payload, size_t len)
@@ -483,6 +487,20 @@ static void test_bots(void)
     for (size_t i = 0; i < n_ents; i++)
         per_cell[ents[i].cell]++;
     CHECK(per_cell[0] == 16 && per_cell[1] == 16);
+
+    /* eight of cell 1's bots roam into cell 0: cell 0 lets its newest go
+     * until it owns one more than its share, cell 1 spawns again */
+    int moved = 0;
+    for (size_t i = 0; i < n_ents && moved < 8; i++)
+        if (ents[i].cell == 1) {
+            ents[i].cell = 0;
+            moved++;
+        }
+    run_ticks(10);
+    per_cell[0] = per_cell[1] = 0;
+    for (size_t i = 0; i < n_ents; i++)
+        per_cell[ents[i].cell]++;
+    CHECK(per_cell[0] == 17 && per_cell[1] == 16);
 
     /* a player among bots gets tagged by one of them, now and then */
     fake_ent_t *p = join(5, 0, -50, 0, "red");
