@@ -92,6 +92,7 @@ typedef struct {
 void gw_router_drop_inputs(gw_cell_t *cell, size_t n)
 {
     if (n > cell->ninputs) n = cell->ninputs;
+    if (n == 0) return;
     for (size_t i = 0; i < n; i++)
         free(cell->inputs[i].payload);
     memmove(cell->inputs, cell->inputs + n, (cell->ninputs - n) * sizeof *cell->inputs);
