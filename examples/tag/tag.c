@@ -35,9 +35,11 @@
  *
  * Cell state (8 bytes): [0..3] bots this cell spawned so far (u32, used to
  * pick their team), [4..7] when it may spawn the next one, in milliseconds
- * of the cell's time (u32). A cell keeps its share of the world's bots by
- * area: it spawns one (at most one a second) while it owns fewer, and
- * despawns its newest while it owns more than one too many (bots roam).
+ * of the cell's time (u32). Each cell spawns its share of the world's bots
+ * by area, at most one a second, once: the bots then roam the whole world
+ * and are never despawned, so the world keeps `bots` of them. A split
+ * child starts with its parent's count, which is above its own share: it
+ * spawns none.
  *
  * Everything here depends only on entity and cell state, the input,
  * api->rng and api->time, so a cell replays to the same result.
@@ -370,16 +372,12 @@ typedef struct {
     const tag_conf_t *conf;
     double now, dt;
     double wx0, wy0, wx1, wy1;
-    size_t bots;
-    uint64_t last_bot; /* the bot with the highest id */
 } think_t;
 
 static void bot_think(void *ud, ts_game_entity_t *e)
 {
     think_t *t = ud;
     if (!(e->flags & TS_GAME_NPC) || !is_bot(e)) return;
-    t->bots++;
-    if (e->id > t->last_bot) t->last_bot = e->id;
     double speed = t->conf->bot_speed;
     /* a new heading now and then, or when it stands still */
     if ((e->vx == 0 && e->vy == 0) || api->rng_unit(t->ctx) < 0.15) {
@@ -425,14 +423,8 @@ static void tag_on_tick(ts_game_ctx_t *ctx, double dt)
     double world_area = (t.wx1 - t.wx0) * (t.wy1 - t.wy0);
     double share = world_area > 0 ? conf->bots * (cx1 - cx0) * (cy1 - cy0) / world_area : 0;
     size_t want = (size_t)floor(share + 0.5);
-    /* bots roam into other cells: one that gathered more than its share
-     * lets one go (the newest, whatever order each() visits in) */
-    if (t.bots > want + 1) {
-        api->despawn(ctx, t.last_bot);
-        return;
-    }
     uint32_t spawned = get_u32(cs), next_at = get_u32(cs + 4);
-    if (t.bots >= want || ms_of(now) < next_at) return;
+    if (spawned >= want || ms_of(now) < next_at) return;
     double x = cx0 + 1 + api->rng_unit(ctx) * (cx1 - cx0 - 2);
     double y = cy0 + 1 + api->rng_unit(ctx) * (cy1 - cy0 - 2);
     uint8_t st[TAG_STATE_LEN] = {0};
