@@ -3,8 +3,9 @@
  * (tests/modules/echo.c, worker.game) and a gateway. What players rely on:
  *
  *   - a Command needs a Join first (ERROR_PROTOCOL), one over 256 bytes is
- *     refused (ERROR_MALFORMED, not fatal), and every other one is applied
- *     exactly once, acknowledged like a Move (last_input_seq);
+ *     refused (ERROR_MALFORMED, not fatal), commands count against the
+ *     frame rate limit, and every other one is applied exactly once,
+ *     acknowledged like a Move (last_input_seq);
  *   - Join.payload reaches the module's on_join, and the module's state
  *     bytes and the player flag reach the client in EntityState;
  *   - a module error for a command does not take the cell down;
@@ -383,6 +384,33 @@ static void test_events_reach_the_right_clients(void **state)
     ts_h_pass();
 }
 
+static void test_commands_rate_limited(void **state)
+{
+    (void)state;
+    player_t p;
+    player_connect(&p);
+    join_at(&p, -150, 150, "");
+    uint64_t applied0 = p.me_applied;
+    /* 600 commands at once against gateway.rate_limit 200 (burst 200): the
+     * excess is dropped with one non-fatal ERROR_RATE_LIMIT, like Moves */
+    for (int i = 0; i < 600; i++)
+        assert_int_equal(ts_client_command(p.c, 3, "r", 1), TS_OK);
+    expect_error(&p, TESSERA__V1__ERROR_CODE__ERROR_RATE_LIMIT, false);
+    /* the bucket refills at 200/s: a frame after 1 s passes */
+    uint64_t resume_at = ts_mono_us() + 1100000;
+    while (ts_mono_us() < resume_at)
+        pump(&p, 100);
+    assert_int_equal(ts_client_command(p.c, 3, "end", 3), TS_OK);
+    wait_applied(&p, ts_client_last_seq(p.c));
+    uint32_t n = state_count(&p);
+    assert_true(n >= 200 && n < 600);
+    assert_int_equal((uint64_t)n, p.me_applied - applied0); /* what passed, each applied once */
+    assert_true(state_rest_is(&p, "end"));
+    assert_false(p.closed);
+    player_close(&p);
+    ts_h_pass();
+}
+
 static char *write_script(const char *name, const char *text)
 {
     static char path[512];
@@ -447,6 +475,7 @@ int main(int argc, char **argv)
     const struct CMUnitTest tests[] = {
         TS_H_TEST(test_commands_once),
         TS_H_TEST(test_events_reach_the_right_clients),
+        TS_H_TEST(test_commands_rate_limited),
         TS_H_TEST(test_client_repl),
     };
     return TS_H_RUN(use_ws ? "it_command_ws" : "it_command", tests, group_setup, ts_h_group_teardown);
