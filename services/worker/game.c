@@ -326,7 +326,7 @@ static void hook_command(void *ud, ts_zone_t *z, ts_entity_t *e, const ts_input_
 static void hook_request(void *ud, ts_zone_t *z, ts_entity_t *e, const ts_input_t *in)
 {
     ts_game_host_t *h = ud;
-    ts_game_ctx_t ctx = {.h = h, .z = z};
+    ts_game_ctx_t ctx = {.h = h, .z = z, .req = in};
     ts_game_entity_t orig, v;
     view_of(e, &orig);
     v = orig;
@@ -612,7 +612,13 @@ static int api_request(ts_game_ctx_t *ctx, uint64_t from, uint64_t target, uint3
     ts_zone_t *z = ctx->z;
     if (len > TS_GAME_PAYLOAD_MAX || (len && !payload) || target == 0) return TS_GAME_EINVAL;
     ts_cell_t to;
-    if (!ts_zone_locate(z, target, &to)) return TS_GAME_ENOENT;
+    if (ctx->req && target == ctx->req->from && !ts_map_get(&z->entities, target))
+        /* an answer to the requester goes to the cell it asked from (its
+         * departed record there forwards it if it moved on): known from the
+         * input, so a replay routes it the same, ghost or not */
+        to = ctx->req->from_cell;
+    else if (!ts_zone_locate(z, target, &to))
+        return TS_GAME_ENOENT;
     if (z->game_requests >= TS_GAME_REQUESTS_PER_TICK) return TS_GAME_ENOSPC;
     ts_input_t in;
     memset(&in, 0, sizeof(in));

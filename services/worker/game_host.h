@@ -28,6 +28,8 @@ struct ts_game_ctx {
     ts_zone_t *z;
     bool in_tick; /* on_tick (not an input being applied) */
     int in_query; /* inside api->query: no spawn, no despawn */
+    /* on_request: who asked, and from which cell (an answer goes there) */
+    const ts_input_t *req;
 };
 
 /* Callbacks, for tessera_worker_game_errors_total{callback}. */

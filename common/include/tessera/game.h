@@ -157,7 +157,9 @@ typedef struct {
      * knows the cell of): delivered once to on_request at the target's
      * owner, through the target cell's input stream. 0, ENOENT (no cell
      * known for target), EINVAL, ENOSPC. The request carries from's
-     * position as this cell knows it (owned or ghost; else 0, 0). */
+     * position as this cell knows it (owned or ghost; else 0, 0). In
+     * on_request, a request to req->from (an answer) goes to the cell the
+     * request came from, even when no ghost of it is here. */
     int (*request)(ts_game_ctx_t *ctx, uint64_t from, uint64_t target, uint32_t type, const void *payload,
                    size_t len);
     /* The cell's deterministic random numbers (checkpointed). */

@@ -5,7 +5,8 @@
  * State of an entity: [team, count]. Commands: 1 count (+1, an event to
  * the player), 2 fails, 3 runs 50 ms (past the budget), 4 requests entity
  * <payload: 8 bytes> (+10 at the target), 5 spawns an NPC where the player
- * is, 6 an event at the player's position, 7 crashes (SIGSEGV). Every tick: NPCs take a random
+ * is, 6 an event at the player's position, 7 crashes (SIGSEGV), 8 like 4 but the target answers
+ * with a request of its own to the requester. Every tick: NPCs take a random
  * velocity, and the cell state counts ticks and keeps the last random
  * number. */
 #include <signal.h>
@@ -55,11 +56,12 @@ static int tm_command(ts_game_ctx_t *ctx, ts_game_entity_t *e, uint32_t type, co
         while ((t.tv_sec - t0.tv_sec) * 1000000000L + (t.tv_nsec - t0.tv_nsec) < 50000000L);
         return 0;
     }
-    case 4: {
+    case 4:
+    case 8: { /* 8: a request whose target answers (request 10) */
         uint64_t target;
         if (len != sizeof(target)) return TS_GAME_EINVAL;
         memcpy(&target, payload, sizeof(target));
-        return api->request(ctx, e->id, target, 9, "hi", 2);
+        return api->request(ctx, e->id, target, type == 4 ? 9 : 10, "hi", 2);
     }
     case 5: {
         int64_t id = api->spawn(ctx, e->x, e->y, "bot", "\x02\x00", 2);
@@ -77,7 +79,8 @@ static int tm_command(ts_game_ctx_t *ctx, ts_game_entity_t *e, uint32_t type, co
 
 static int tm_request(ts_game_ctx_t *ctx, ts_game_entity_t *target, const ts_game_request_t *req)
 {
-    (void)ctx;
+    if (req->type == 10) /* answer the requester: +10 there */
+        return api->request(ctx, target->id, req->from, 9, "hi", 2);
     if (req->type != 9 || req->len != 2 || memcmp(req->payload, "hi", 2) != 0) return TS_GAME_EINVAL;
     target->state[1] += 10;
     if (target->state_len < 2) target->state_len = 2;

@@ -665,12 +665,31 @@ static void test_requests_go_through_the_target_cell(void **state)
     tessera__v1__input_batch__free_unpacked(b, NULL);
     assert_int_equal(get(a, 6)->state[1], 10);
 
+    /* an answer from the target's cell goes back to the cell the request
+     * came from, though that cell has no ghost of the requester */
+    assert_null(ts_map_get(&east->ghosts, 5));
+    target = 7;
+    ts_input_t ask = cmd_in(5, 5, 8, &target, sizeof(target));
+    size_t before = a->nout;
+    assert_true(apply(a, 4, &ask, 1, 4));
+    assert_int_equal(a->nout, before + 1);
+    b = outbox_batch(a, a->nout - 1);
+    assert_true(ts_zone_apply_batch(east, 3, b, 4));
+    tessera__v1__input_batch__free_unpacked(b, NULL);
+    ts_zone_out_t *answer = &east->out[east->nout - 1];
+    assert_true(ts_cell_eq(&answer->dest, &a->cell));
+    assert_int_equal(answer->inputs[0].entity, 5);
+    b = outbox_batch(east, east->nout - 1);
+    assert_true(ts_zone_apply_batch(a, 5, b, 5));
+    tessera__v1__input_batch__free_unpacked(b, NULL);
+    assert_int_equal(get(a, 5)->state[1], 10);
+
     /* a request for an entity that left follows it (forwarded, its id still deterministic);
      * one for an entity nobody knows is counted and dropped */
     ts_input_t r = {.entity = 999, .kind = TS_INPUT_REQUEST, .type = 9, .payload_len = 2, .from = 5};
     memcpy(r.payload, "hi", 2);
     r.from_cell = a->cell;
-    assert_true(apply(east, 3, &r, 1, 3));
+    assert_true(apply(east, 4, &r, 1, 3));
     assert_int_equal(east->requests_ignored, 1);
     ts_zone_destroy(a);
     ts_zone_destroy(east);
