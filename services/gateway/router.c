@@ -18,7 +18,9 @@
  * inputs. Each batch in flight remembers which clients' seq ranges it
  * carries (gw->flights), so when JetStream finally refuses it each affected
  * client still connected gets ERROR_INPUT_NOT_STORED with its range;
- * nothing is dropped silently.
+ * nothing is dropped silently. Commands are inputs like Moves; a Join's or
+ * Command's payload (at most TS_GAME_PAYLOAD_MAX bytes) is copied when the
+ * input is queued and freed when it leaves the queue.
  *
  * Which state the gateway listens to is aoi.c's. */
 #include <stdio.h>
