@@ -1,0 +1,559 @@
+/* A player whose entity walks across a cell border while JetStream cannot
+ * store anything, end to end: real nats-server -js and redis-server secured,
+ * tessera-orch, workers w1 and w2 (w1 owns x < 0, w2 x >= 0) and a gateway.
+ * The player's entity keeps walking at 3 units a second (its last Move) while
+ * the player sends nothing.
+ *  - test_crossing_to_other_worker, test_crossing_within_worker: nats-server
+ *    is killed, its store wiped and a nats-server without JetStream started
+ *    on the same port; about 20 s into this the entity crosses from w1's
+ *    cell (-1, 0) into w2's cell (0, 0), or into w1's own cell (-2, 0); 30 s
+ *    after the kill JetStream comes back with an empty store.
+ *  - test_crossing_in_bus_outage: nothing listens for 8 s (longer than a
+ *    worker waits for a gateway's sign of life, so both workers take the
+ *    gateway for gone meanwhile); the entity crosses into w2's cell early in
+ *    it; a nats-server with an empty JetStream comes back.
+ *
+ * What users rely on, asserted here:
+ *  - the player stays connected and keeps its entity: the entity is never
+ *    despawned while its player is connected (never removed from the
+ *    player's view, no worker despawning it);
+ *  - every input sent while nothing can be stored is reported to the player
+ *    (ERROR_INPUT_NOT_STORED with its seq range) and none is applied;
+ *  - once the store is back, the player's inputs are applied again within
+ *    seconds, to the entity on the far side of the border: each one sent
+ *    meanwhile applied or reported, never more applied than sent; from then
+ *    on exactly once, with no error. */
+#include <inttypes.h>
+#include <math.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "harness.h"
+#include "tessera/client.h"
+#include "tessera/log.h"
+#include "tessera/proto.h"
+#include "tessera/util.h"
+
+#define WORLD 0
+#define NCELLS 16
+#define WAIT_MS 20000
+#define MOVE_MS 50
+#define HB_TTL_ARG "--orch.hb_ttl_ms=1500"
+#define PHASE2_INPUTS 40
+/* the player's speed along x: its entity keeps walking at it while the
+ * player sends nothing */
+#define SPEED 3.0
+#define JOIN_Y 50.0
+
+static double speed_x; /* the player's Move: (speed_x, 0) */
+static ts_h_stack_t stack = {-1, {-1, -1}, -1, 0};
+static pid_t nats2 = -1; /* the nats-server this test started itself */
+
+static struct {
+    ts_client_t *c;
+    pthread_t thread;
+    bool running;
+    atomic_bool stop_sending, stop;
+    pthread_mutex_t mu;
+    uint64_t entity, sent, last_seq;
+    uint64_t send_limit; /* the player sends while sent < send_limit */
+    bool closed;
+    ts_status_t close_status;
+    int errors, other_errors;
+    uint64_t not_stored; /* inputs reported not stored (sum of the ranges) */
+    char last_error[160];
+    uint64_t applied, last_input_seq;
+    double x;             /* the entity's last known x */
+    uint64_t entity_lost; /* Deltas removing the player's own entity */
+} PL = {.mu = PTHREAD_MUTEX_INITIALIZER, .send_limit = UINT64_MAX};
+
+typedef struct {
+    uint64_t sent, last_seq, applied, last_input_seq, not_stored;
+    int errors, other_errors;
+    bool closed;
+    uint64_t entity, entity_lost;
+    double x;
+} view_t;
+
+static view_t view(void)
+{
+    pthread_mutex_lock(&PL.mu);
+    view_t v = {PL.sent,         PL.last_seq, PL.applied, PL.last_input_seq, PL.not_stored, PL.errors,
+                PL.other_errors, PL.closed,   PL.entity,  PL.entity_lost,    PL.x};
+    pthread_mutex_unlock(&PL.mu);
+    return v;
+}
+
+static void note_frame(const Tessera__V1__ServerFrame *f)
+{
+    pthread_mutex_lock(&PL.mu);
+    if (f->payload_case == TESSERA__V1__SERVER_FRAME__PAYLOAD_SNAPSHOT) {
+        PL.entity = f->snapshot->entity;
+    } else if (f->payload_case == TESSERA__V1__SERVER_FRAME__PAYLOAD_DELTA) {
+        for (size_t i = 0; i < f->delta->n_entities; i++) {
+            const Tessera__V1__EntityState *e = f->delta->entities[i];
+            if (PL.entity == 0 || e->id != PL.entity) continue;
+            PL.applied = e->inputs_applied;
+            PL.last_input_seq = e->last_input_seq;
+            PL.x = e->x;
+        }
+        for (size_t i = 0; i < f->delta->n_removed; i++)
+            if (PL.entity != 0 && f->delta->removed[i] == PL.entity) PL.entity_lost++;
+    } else if (f->payload_case == TESSERA__V1__SERVER_FRAME__PAYLOAD_ERROR) {
+        PL.errors++;
+        const Tessera__V1__Error *e = f->error;
+        if (e->code == TESSERA__V1__ERROR_CODE__ERROR_INPUT_NOT_STORED && e->last_seq >= e->first_seq &&
+            e->first_seq > 0)
+            PL.not_stored += e->last_seq - e->first_seq + 1;
+        else
+            PL.other_errors++;
+        snprintf(PL.last_error, sizeof PL.last_error, "code %d: %s", e->code, e->message);
+    }
+    pthread_mutex_unlock(&PL.mu);
+}
+
+static void *player_main(void *arg)
+{
+    (void)arg;
+    uint64_t next_move = ts_mono_us();
+    while (!atomic_load(&PL.stop)) {
+        uint64_t now = ts_mono_us();
+        pthread_mutex_lock(&PL.mu);
+        bool room = PL.sent < PL.send_limit;
+        pthread_mutex_unlock(&PL.mu);
+        if (room && !atomic_load(&PL.stop_sending) && now >= next_move) {
+            ts_status_t st = ts_client_move(PL.c, speed_x, 0);
+            pthread_mutex_lock(&PL.mu);
+            if (st != TS_OK) {
+                PL.closed = true;
+                PL.close_status = st;
+            } else {
+                PL.sent++;
+                PL.last_seq = ts_client_last_seq(PL.c);
+            }
+            pthread_mutex_unlock(&PL.mu);
+            if (st != TS_OK) break;
+            next_move = now + MOVE_MS * 1000;
+        }
+        Tessera__V1__ServerFrame *f = NULL;
+        ts_status_t st = ts_client_recv(PL.c, 20, &f);
+        if (st == TS_ERR_TIMEOUT) continue;
+        if (st != TS_OK) {
+            pthread_mutex_lock(&PL.mu);
+            PL.closed = true;
+            PL.close_status = st;
+            pthread_mutex_unlock(&PL.mu);
+            break;
+        }
+        note_frame(f);
+        tessera__v1__server_frame__free_unpacked(f, NULL);
+    }
+    return NULL;
+}
+
+static void player_start(double x, double y)
+{
+    pthread_mutex_lock(&PL.mu);
+    PL.entity = PL.sent = PL.last_seq = PL.applied = PL.last_input_seq = PL.not_stored = 0;
+    PL.entity_lost = 0;
+    PL.closed = false;
+    PL.send_limit = UINT64_MAX;
+    PL.errors = PL.other_errors = 0;
+    PL.last_error[0] = '\0';
+    pthread_mutex_unlock(&PL.mu);
+    assert_int_equal(ts_client_connect(&PL.c, "127.0.0.1", stack.gw_port, 3000), TS_OK);
+    uint64_t deadline = ts_mono_us() + 10000000;
+    int errors = -1;
+    while (PL.entity == 0 && ts_mono_us() < deadline) {
+        if (errors != PL.errors) {
+            if (errors >= 0) ts_sleep_ms(200);
+            errors = PL.errors;
+            assert_int_equal(ts_client_join(PL.c, x, y, "it-chaos-crossing"), TS_OK);
+        }
+        Tessera__V1__ServerFrame *f = NULL;
+        ts_status_t st = ts_client_recv(PL.c, 200, &f);
+        if (st == TS_ERR_TIMEOUT) continue;
+        assert_int_equal(st, TS_OK);
+        note_frame(f);
+        tessera__v1__server_frame__free_unpacked(f, NULL);
+    }
+    if (PL.entity == 0) fail_msg("no Snapshot within 10 s after joining; last error: %s", PL.last_error);
+    PL.errors = PL.other_errors = 0;
+    PL.not_stored = 0;
+    PL.sent = 1;
+    PL.last_seq = ts_client_last_seq(PL.c);
+    atomic_store(&PL.stop, false);
+    atomic_store(&PL.stop_sending, false);
+    assert_int_equal(pthread_create(&PL.thread, NULL, player_main, NULL), 0);
+    PL.running = true;
+}
+
+static void player_stop(void)
+{
+    if (PL.running) {
+        atomic_store(&PL.stop, true);
+        pthread_join(PL.thread, NULL);
+        PL.running = false;
+    }
+    ts_client_destroy(PL.c);
+    PL.c = NULL;
+}
+
+/* Stops sending and waits until the last input sent shows in the entity;
+ * false after timeout_ms. */
+static bool settle(int64_t timeout_ms)
+{
+    atomic_store(&PL.stop_sending, true);
+    uint64_t deadline = ts_mono_us() + (uint64_t)timeout_ms * 1000;
+    for (;;) {
+        view_t v = view();
+        if (v.last_input_seq >= v.last_seq) return true;
+        if (ts_mono_us() > deadline || v.closed) return false;
+        ts_sleep_ms(20);
+    }
+}
+
+/* ---- the test ------------------------------------------------------------------- */
+
+/* Starts a nats-server of this test's own on the harness's NATS port, with
+ * the harness's users, JetStream on store (or no JetStream at all), after
+ * killing the previous one this test started. */
+static void nats_restart(bool jetstream, const char *store)
+{
+    if (nats2 > 0) {
+        kill(nats2, SIGKILL);
+        waitpid(nats2, NULL, 0);
+        nats2 = -1;
+    }
+    char port[16];
+    snprintf(port, sizeof port, "%d", ts_h.nats_port);
+    nats2 = fork();
+    assert_true(nats2 >= 0);
+    if (nats2 == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        char logp[400];
+        snprintf(logp, sizeof logp, "%s/nats2.log", ts_h.dir);
+        FILE *l = freopen(logp, "a", stdout);
+        (void)l;
+        dup2(1, 2);
+        const char *bin =
+            access("/usr/sbin/nats-server", X_OK) == 0 ? "/usr/sbin/nats-server" : "/usr/bin/nats-server";
+        char conf[400];
+        snprintf(conf, sizeof conf, "%s/nats.conf", ts_h.secrets);
+        if (jetstream)
+            execl(bin, "nats-server", "-js", "-a", "127.0.0.1", "-p", port, "-sd", store, "-c", conf,
+                  (char *)NULL);
+        else
+            execl(bin, "nats-server", "-a", "127.0.0.1", "-p", port, "-c", conf, (char *)NULL);
+        _exit(127);
+    }
+}
+
+/* Fails if a worker despawned the player's entity. */
+static void assert_entity_kept(const char *when)
+{
+    view_t v = view();
+    if (v.entity_lost != 0)
+        fail_msg("%s: the player's entity %" PRIu64 " was removed from its view", when, v.entity);
+    for (int i = 0; i < 2; i++) {
+        char *log = ts_h_read_log(&ts_h, stack.workers[i]);
+        char needle[64];
+        snprintf(needle, sizeof needle, "entity %" PRIu64 " ", v.entity);
+        for (const char *p = log ? strstr(log, needle) : NULL; p; p = strstr(p + 1, needle)) {
+            size_t n = strcspn(p, "\n");
+            const char *d = strstr(p, "despawned");
+            if (d && (size_t)(d - p) < n) {
+                char line[300];
+                snprintf(line, sizeof line, "%.*s", (int)(n < 299 ? n : 299), p);
+                free(log);
+                fail_msg("%s: w%d: %s", when, i + 1, line);
+            }
+        }
+        free(log);
+    }
+}
+
+/* The player joins at (join_x, JOIN_Y) in cell (-1, 0) of w1 and walks at
+ * vx along x: it crosses x = border while JetStream is away. */
+static void crossing_without_store(double join_x, double vx, double border)
+{
+    speed_x = vx;
+    ts_h_start_secure(&ts_h);
+    const char *orch[] = {"--orch.rebalance=0", HB_TTL_ARG, NULL};
+    const char *worker[] = {"--worker.hb_ms=250", HB_TTL_ARG, NULL};
+    /* the player sends nothing while its inputs wait for their outcome (the
+     * bus's tries, up to about a minute): its connection stays open */
+    const char *gateway[] = {"--gateway.idle_timeout_s=300", NULL};
+    ts_h_spawn_stack(&ts_h, orch, worker, gateway, &stack);
+    if (!ts_h_wait_world(&ts_h, WORLD, NCELLS, WAIT_MS) || !ts_h_wait_port(stack.gw_port, WAIT_MS))
+        fail_msg("the world or the gateway did not come up");
+    player_start(join_x, JOIN_Y);
+    uint64_t deadline = ts_mono_us() + WAIT_MS * 1000ULL;
+    while (view().applied < 5) {
+        if (ts_mono_us() > deadline)
+            fail_msg("the player's inputs are not applied (%" PRIu64 ")", view().applied);
+        ts_sleep_ms(20);
+    }
+    /* the last input applied: the entity walks at speed_x from here on */
+    if (!settle(WAIT_MS)) fail_msg("the player's last input was not applied before the kill");
+    view_t v0 = view();
+    if (fabs(v0.x - border) < 3)
+        fail_msg("the entity is at x %.1f already: too close to the border for the outage to come first",
+                 v0.x);
+
+    /* NATS comes back without JetStream: no input, Departure or Transfer
+     * can be stored */
+    char store[300], cmd[400];
+    snprintf(store, sizeof store, "%s/js", ts_h.dir);
+    ts_h_signal(&ts_h, TS_H_NATS, SIGKILL);
+    ts_h_wait(&ts_h, TS_H_NATS, 5000);
+    uint64_t t_kill = ts_mono_us();
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", store);
+    assert_int_equal(system(cmd), 0);
+    nats_restart(false, store);
+    if (!ts_h_wait_log(&ts_h, stack.gateway, "bus: reconnected", WAIT_MS))
+        fail_msg("the gateway did not reconnect to the NATS without JetStream");
+    const uint64_t lost = 10;
+    pthread_mutex_lock(&PL.mu);
+    PL.send_limit = v0.sent + lost;
+    pthread_mutex_unlock(&PL.mu);
+    atomic_store(&PL.stop_sending, false);
+    deadline = ts_mono_us() + WAIT_MS * 1000ULL;
+    while (view().sent < v0.sent + lost) {
+        if (ts_mono_us() > deadline || view().closed)
+            fail_msg("the player could not send %" PRIu64 " inputs (closed %d)", lost, view().closed);
+        ts_sleep_ms(2);
+    }
+    atomic_store(&PL.stop_sending, true);
+    pthread_mutex_lock(&PL.mu);
+    PL.send_limit = UINT64_MAX;
+    pthread_mutex_unlock(&PL.mu);
+    assert_int_equal(view().sent - v0.sent, lost);
+    uint64_t t_sent = ts_mono_us();
+    deadline = t_sent + 120000000ULL;
+    while (view().not_stored < v0.not_stored + lost) {
+        if (ts_mono_us() > deadline || view().closed)
+            fail_msg("%" PRIu64 " inputs sent without a store: %" PRIu64
+                     " reported not stored after 120 s (closed %d, last error %s)",
+                     lost, view().not_stored - v0.not_stored, view().closed, PL.last_error);
+        ts_sleep_ms(50);
+    }
+    view_t v1 = view();
+    assert_int_equal(v1.not_stored - v0.not_stored, lost);
+    assert_int_equal(v1.applied, v0.applied);
+    assert_int_equal(v1.other_errors, v0.other_errors);
+    /* the entity has crossed by now (it walks SPEED units a second from
+     * v0.x): at least two more seconds on the other side without a store */
+    uint64_t crossed_us = (uint64_t)(fabs(border - v0.x) / SPEED * 1e6);
+    while (ts_mono_us() < t_kill + crossed_us + 2000000ULL)
+        ts_sleep_ms(50);
+    fprintf(stderr,
+            "entity %" PRIu64 " at x %.1f when nats-server was killed; %" PRIu64
+            " inputs reported not stored %.1f s after they were sent; JetStream back %.1f s after the kill\n",
+            v0.entity, v0.x, lost, (double)(v1.last_seq ? ts_mono_us() - t_sent : 0) / 1e6,
+            (double)(ts_mono_us() - t_kill) / 1e6);
+    assert_false(view().closed);
+    assert_entity_kept("without JetStream");
+
+    /* JetStream back, empty: the player's inputs are applied again, by the
+     * cell east of the border */
+    nats_restart(true, store);
+    uint64_t t_up = ts_mono_us();
+    atomic_store(&PL.stop_sending, false);
+    deadline = ts_mono_us() + WAIT_MS * 1000ULL;
+    while (view().applied <= v1.applied) {
+        if (ts_mono_us() > deadline || view().closed)
+            fail_msg("%d s after JetStream came back the player's inputs are not applied (%" PRIu64
+                     " applied, entity at x %.1f, closed %d, last error %s)",
+                     WAIT_MS / 1000, view().applied, view().x, view().closed, PL.last_error);
+        ts_sleep_ms(20);
+    }
+    double resumed_s = (double)(ts_mono_us() - t_up) / 1e6;
+    /* inputs sent before the streams existed again are stored late (the
+     * bus's tries) or reported: wait for every one's outcome */
+    atomic_store(&PL.stop_sending, true);
+    deadline = ts_mono_us() + 120000000ULL;
+    for (;;) {
+        view_t v = view();
+        if (v.last_input_seq >= v.last_seq &&
+            v.applied - v1.applied + (v.not_stored - v1.not_stored) >= v.sent - v1.sent)
+            break;
+        if (ts_mono_us() > deadline || v.closed)
+            fail_msg("JetStream back: %" PRIu64 " inputs sent (last seq %" PRIu64 "), %" PRIu64
+                     " applied (last seq %" PRIu64 "), %" PRIu64
+                     " reported not stored after 120 s (closed %d)",
+                     v.sent - v1.sent, v.last_seq, v.applied - v1.applied, v.last_input_seq,
+                     v.not_stored - v1.not_stored, v.closed);
+        ts_sleep_ms(20);
+    }
+    view_t v2 = view();
+    uint64_t sent = v2.sent - v1.sent, applied = v2.applied - v1.applied,
+             reported = v2.not_stored - v1.not_stored;
+    fprintf(stderr,
+            "JetStream back: applying again after %.1f s; %" PRIu64 " inputs sent, %" PRIu64
+            " applied, %" PRIu64 " reported not stored; entity at x %.1f\n",
+            resumed_s, sent, applied, reported, v2.x);
+    if (applied > sent)
+        fail_msg("JetStream back: %" PRIu64 " inputs sent, %" PRIu64 " applied", sent, applied);
+    if ((v0.x < border) != (v2.x >= border))
+        fail_msg("the entity is at x %.1f: it did not cross x = %.0f", v2.x, border);
+
+    /* afterwards: exactly once, no error, the same entity */
+    atomic_store(&PL.stop_sending, false);
+    deadline = ts_mono_us() + WAIT_MS * 1000ULL;
+    while (view().sent < v2.sent + PHASE2_INPUTS) {
+        if (ts_mono_us() > deadline) fail_msg("the player could not send");
+        ts_sleep_ms(5);
+    }
+    if (!settle(WAIT_MS))
+        fail_msg("inputs sent after JetStream came back are not all applied: last seq %" PRIu64
+                 " sent, %" PRIu64 " applied",
+                 view().last_seq, view().last_input_seq);
+    view_t v3 = view();
+    assert_int_equal(v3.applied - v2.applied, v3.sent - v2.sent);
+    assert_int_equal(v3.errors, v2.errors);
+    assert_int_equal(v3.entity, v0.entity);
+    assert_false(v3.closed);
+    assert_entity_kept("after JetStream came back");
+    player_stop();
+    ts_h_pass();
+}
+
+/* East across x = 0 into w2's cell (0, 0), about 20 s into the outage. */
+static void test_crossing_to_other_worker(void **state)
+{
+    (void)state;
+    crossing_without_store(-60, SPEED, 0);
+}
+
+/* West across x = -100 into w1's own cell (-2, 0), about 20 s into the
+ * outage. */
+static void test_crossing_within_worker(void **state)
+{
+    (void)state;
+    crossing_without_store(-40, -SPEED, -100);
+}
+
+/* nats-server killed with its store and nothing listening for outage_ms
+ * (longer than a worker waits for a gateway's sign of life): the entity
+ * crosses from w1's cell (-1, 0) into w2's cell (0, 0) early in it, then a
+ * nats-server with an empty JetStream comes back. The player sends nothing
+ * meanwhile. extra_arg: one more worker flag (or NULL). */
+static void crossing_in_bus_outage(int outage_ms, const char *extra_arg)
+{
+    speed_x = SPEED;
+    ts_h_start_secure(&ts_h);
+    const char *orch[] = {"--orch.rebalance=0", HB_TTL_ARG, NULL};
+    const char *worker[] = {"--worker.hb_ms=250", HB_TTL_ARG, extra_arg, NULL};
+    const char *gateway[] = {"--gateway.idle_timeout_s=300", NULL};
+    ts_h_spawn_stack(&ts_h, orch, worker, gateway, &stack);
+    if (!ts_h_wait_world(&ts_h, WORLD, NCELLS, WAIT_MS) || !ts_h_wait_port(stack.gw_port, WAIT_MS))
+        fail_msg("the world or the gateway did not come up");
+    player_start(-8, JOIN_Y);
+    uint64_t deadline = ts_mono_us() + WAIT_MS * 1000ULL;
+    while (view().applied < 3) {
+        if (ts_mono_us() > deadline)
+            fail_msg("the player's inputs are not applied (%" PRIu64 ")", view().applied);
+        ts_sleep_ms(20);
+    }
+    if (!settle(WAIT_MS)) fail_msg("the player's last input was not applied before the kill");
+    view_t v0 = view();
+    if (v0.x > -3 || v0.x < -9) fail_msg("the entity is at x %.1f, not a few units west of x = 0", v0.x);
+    char store[300], cmd[400];
+    snprintf(store, sizeof store, "%s/js", ts_h.dir);
+    ts_h_signal(&ts_h, TS_H_NATS, SIGKILL);
+    ts_h_wait(&ts_h, TS_H_NATS, 5000);
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", store);
+    assert_int_equal(system(cmd), 0);
+    ts_sleep_ms(outage_ms); /* the outage itself: nothing to wait for */
+    nats_restart(true, store);
+    uint64_t t_up = ts_mono_us();
+    atomic_store(&PL.stop_sending, false);
+    deadline = ts_mono_us() + WAIT_MS * 1000ULL;
+    while (view().applied <= v0.applied) {
+        if (ts_mono_us() > deadline || view().closed)
+            fail_msg("%d s after the bus came back the player's inputs are not applied (%" PRIu64
+                     " applied, entity at x %.1f, closed %d, last error %s)",
+                     WAIT_MS / 1000, view().applied, view().x, view().closed, PL.last_error);
+        ts_sleep_ms(20);
+    }
+    double resumed_s = (double)(ts_mono_us() - t_up) / 1e6;
+    atomic_store(&PL.stop_sending, true);
+    deadline = ts_mono_us() + 120000000ULL;
+    for (;;) {
+        view_t v = view();
+        if (v.last_input_seq >= v.last_seq &&
+            v.applied - v0.applied + (v.not_stored - v0.not_stored) >= v.sent - v0.sent)
+            break;
+        if (ts_mono_us() > deadline || v.closed)
+            fail_msg("bus back: %" PRIu64 " inputs sent, %" PRIu64 " applied, %" PRIu64
+                     " reported not stored after 120 s (closed %d)",
+                     v.sent - v0.sent, v.applied - v0.applied, v.not_stored - v0.not_stored, v.closed);
+        ts_sleep_ms(20);
+    }
+    view_t v1 = view();
+    fprintf(stderr,
+            "bus back after %d ms: applying again after %.1f s; %" PRIu64 " inputs sent, %" PRIu64
+            " applied, %" PRIu64 " reported not stored; entity at x %.1f (x %.1f at the kill)\n",
+            outage_ms, resumed_s, v1.sent - v0.sent, v1.applied - v0.applied, v1.not_stored - v0.not_stored,
+            v1.x, v0.x);
+    if (v1.applied - v0.applied > v1.sent - v0.sent) fail_msg("more inputs applied than sent");
+    if (v1.x < 0) fail_msg("the entity is at x %.1f: it did not cross x = 0", v1.x);
+    atomic_store(&PL.stop_sending, false);
+    deadline = ts_mono_us() + WAIT_MS * 1000ULL;
+    while (view().sent < v1.sent + PHASE2_INPUTS) {
+        if (ts_mono_us() > deadline) fail_msg("the player could not send");
+        ts_sleep_ms(5);
+    }
+    if (!settle(WAIT_MS)) fail_msg("inputs sent after the bus came back are not all applied");
+    view_t v2 = view();
+    assert_int_equal(v2.applied - v1.applied, v2.sent - v1.sent);
+    assert_int_equal(v2.errors, v1.errors);
+    assert_int_equal(v2.entity, v0.entity);
+    assert_false(v2.closed);
+    assert_entity_kept("after the bus came back");
+    player_stop();
+    ts_h_pass();
+}
+
+static void test_crossing_in_bus_outage(void **state)
+{
+    (void)state;
+    crossing_in_bus_outage(8000, NULL);
+}
+
+static int test_teardown(void **state)
+{
+    ts_h_test_teardown(state);
+    player_stop();
+    ts_h_stop(&ts_h);
+    if (nats2 > 0) {
+        kill(nats2, SIGKILL);
+        waitpid(nats2, NULL, 0);
+        nats2 = -1;
+    }
+    return 0;
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_crossing_to_other_worker, ts_h_test_setup, test_teardown),
+        cmocka_unit_test_setup_teardown(test_crossing_within_worker, ts_h_test_setup, test_teardown),
+        cmocka_unit_test_setup_teardown(test_crossing_in_bus_outage, ts_h_test_setup, test_teardown),
+    };
+    return TS_H_RUN("it_chaos_crossing", tests, NULL, NULL);
+}
