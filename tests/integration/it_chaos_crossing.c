@@ -12,6 +12,8 @@
  *    worker waits for a gateway's sign of life, so both workers take the
  *    gateway for gone meanwhile); the entity crosses into w2's cell early in
  *    it; a nats-server with an empty JetStream comes back.
+ *  - test_entity_kept_in_long_bus_outage (not built by default, see there):
+ *    nothing listens for longer than gateway.resume_s.
  *
  * What users rely on, asserted here:
  *  - the player stays connected and keeps its entity: the entity is never
@@ -447,12 +449,13 @@ static void test_crossing_within_worker(void **state)
     crossing_without_store(-40, -SPEED, -100);
 }
 
-/* nats-server killed with its store and nothing listening for outage_ms
- * (longer than a worker waits for a gateway's sign of life): the entity
- * crosses from w1's cell (-1, 0) into w2's cell (0, 0) early in it, then a
- * nats-server with an empty JetStream comes back. The player sends nothing
- * meanwhile. extra_arg: one more worker flag (or NULL). */
-static void crossing_in_bus_outage(int outage_ms, const char *extra_arg)
+/* nats-server killed with its store and nothing listening for outage_ms: the
+ * player's entity, at join_x when it joins, walks east meanwhile; with
+ * join_x a few units west of x = 0 it crosses from w1's cell (-1, 0) into
+ * w2's cell (0, 0) early in the outage. Then a nats-server with an empty
+ * JetStream comes back. The player sends nothing meanwhile. extra_arg: one
+ * more worker flag (or NULL). */
+static void crossing_in_bus_outage(int outage_ms, const char *extra_arg, double join_x)
 {
     speed_x = SPEED;
     ts_h_start_secure(&ts_h);
@@ -462,7 +465,7 @@ static void crossing_in_bus_outage(int outage_ms, const char *extra_arg)
     ts_h_spawn_stack(&ts_h, orch, worker, gateway, &stack);
     if (!ts_h_wait_world(&ts_h, WORLD, NCELLS, WAIT_MS) || !ts_h_wait_port(stack.gw_port, WAIT_MS))
         fail_msg("the world or the gateway did not come up");
-    player_start(-8, JOIN_Y);
+    player_start(join_x, JOIN_Y);
     uint64_t deadline = ts_mono_us() + WAIT_MS * 1000ULL;
     while (view().applied < 3) {
         if (ts_mono_us() > deadline)
@@ -471,7 +474,9 @@ static void crossing_in_bus_outage(int outage_ms, const char *extra_arg)
     }
     if (!settle(WAIT_MS)) fail_msg("the player's last input was not applied before the kill");
     view_t v0 = view();
-    if (v0.x > -3 || v0.x < -9) fail_msg("the entity is at x %.1f, not a few units west of x = 0", v0.x);
+    bool cross = join_x > -10;
+    if (cross && (v0.x > -3 || v0.x < -9))
+        fail_msg("the entity is at x %.1f, not a few units west of x = 0", v0.x);
     char store[300], cmd[400];
     snprintf(store, sizeof store, "%s/js", ts_h.dir);
     ts_h_signal(&ts_h, TS_H_NATS, SIGKILL);
@@ -511,7 +516,7 @@ static void crossing_in_bus_outage(int outage_ms, const char *extra_arg)
             outage_ms, resumed_s, v1.sent - v0.sent, v1.applied - v0.applied, v1.not_stored - v0.not_stored,
             v1.x, v0.x);
     if (v1.applied - v0.applied > v1.sent - v0.sent) fail_msg("more inputs applied than sent");
-    if (v1.x < 0) fail_msg("the entity is at x %.1f: it did not cross x = 0", v1.x);
+    if (cross && v1.x < 0) fail_msg("the entity is at x %.1f: it did not cross x = 0", v1.x);
     atomic_store(&PL.stop_sending, false);
     deadline = ts_mono_us() + WAIT_MS * 1000ULL;
     while (view().sent < v1.sent + PHASE2_INPUTS) {
@@ -532,8 +537,22 @@ static void crossing_in_bus_outage(int outage_ms, const char *extra_arg)
 static void test_crossing_in_bus_outage(void **state)
 {
     (void)state;
-    crossing_in_bus_outage(8000, NULL);
+    crossing_in_bus_outage(8000, NULL, -8);
 }
+
+#ifdef TS_IT_LONG_BUS_OUTAGE
+/* Nothing listens for longer than gateway.resume_s (10 s here) while the
+ * player's entity walks inside its cell: the player is connected all along,
+ * so its entity is kept and its inputs are applied once the bus is back.
+ * Not built by default: it fails until the worker stops counting the time
+ * its own connection is down as the gateways' silence (services/worker/
+ * players.c, ts_players_tick); build with -DTS_IT_LONG_BUS_OUTAGE to run it. */
+static void test_entity_kept_in_long_bus_outage(void **state)
+{
+    (void)state;
+    crossing_in_bus_outage(14000, "--gateway.resume_s=10", -50);
+}
+#endif
 
 static int test_teardown(void **state)
 {
@@ -554,6 +573,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_crossing_to_other_worker, ts_h_test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_crossing_within_worker, ts_h_test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_crossing_in_bus_outage, ts_h_test_setup, test_teardown),
+#ifdef TS_IT_LONG_BUS_OUTAGE
+        cmocka_unit_test_setup_teardown(test_entity_kept_in_long_bus_outage, ts_h_test_setup, test_teardown),
+#endif
     };
     return TS_H_RUN("it_chaos_crossing", tests, NULL, NULL);
 }
