@@ -84,6 +84,7 @@ struct ts_players {
     uint64_t grace_us;
     uint64_t next_run_us;
     uint64_t despawned;
+    bool bus_was_down; /* tick thread: this worker's own connection was down at the last run */
 };
 
 /* Under mu. */
@@ -347,6 +348,19 @@ void ts_players_tick(ts_worker_t *w)
             ts_entity_t *e = v;
             if (e->gateway != 0) on_player(p, z, e);
         }
+    }
+
+    /* While this worker's own connection is down it hears no gateway: that
+     * silence is its own, not theirs. Every gateway not taken for gone
+     * meanwhile gets the whole liveness wait from the reconnect to be heard
+     * again; one that is gone is then detached as of its last sign of life. */
+    bool bus_up = ts_bus_connected(w->bus);
+    if (!bus_up || p->bus_was_down) {
+        pthread_mutex_lock(&p->mu);
+        for (size_t i = 0; i < p->ngws; i++)
+            if (!p->gws[i].dead && p->gws[i].last_mono_us < now) p->gws[i].last_mono_us = now;
+        pthread_mutex_unlock(&p->mu);
+        p->bus_was_down = !bus_up;
     }
 
     /* gateway instances that went quiet or were replaced */
