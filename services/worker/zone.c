@@ -194,11 +194,22 @@ static void ghost_out_removed(ts_zone_t *z, uint64_t id)
 }
 
 /* e leaves the zone's entity map (departure, leave, despawn, reload): out of
- * the grid, and out of the neighbours' ghosts. The caller frees it. */
+ * the grid, out of this tick's ghost list and out of the neighbours' ghosts.
+ * The caller frees it. */
 static void entity_unindex(ts_zone_t *z, ts_entity_t *e)
 {
     z->grid.stale = true;
-    if (e->ghosted) ghost_out_removed(z, e->id);
+    if (e->ghosted) {
+        ghost_out_removed(z, e->id);
+        /* the step may have listed it for this tick's ghost delta (only
+         * ghosted entities are listed): an entity that leaves between the
+         * step and the pack (a module's despawn in on_tick, a lifecycle
+         * despawn) must not be read after it is freed */
+        size_t k = 0;
+        for (size_t i = 0; i < z->nghost_changed; i++)
+            if (z->ghost_changed[i] != e) z->ghost_changed[k++] = z->ghost_changed[i];
+        z->nghost_changed = k;
+    }
     e->ghosted = false;
 }
 

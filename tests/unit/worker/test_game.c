@@ -581,6 +581,29 @@ static void test_spawn_ids(void **state)
     assert_null(get(a, (uint64_t)ids[0]));
     assert_int_equal(a->nleft, 1);
     assert_true(a->left[0].despawned);
+    /* an NPC in the border band despawned between the step and the ghost
+     * pack (as on_tick does): the ghost delta says it is gone and reads
+     * nothing freed */
+    ts_zone_step(a, 0.05, 2);
+    int64_t edge = api->spawn(&ca, 1, 50, "edge", NULL, 0);
+    assert_true(edge > 0);
+    ts_zone_step(a, 0.05, 3);
+    assert_true(get(a, (uint64_t)edge)->ghosted);
+    assert_int_equal(api->despawn(&ca, (uint64_t)edge), TS_GAME_OK);
+    uint8_t **bufs = NULL;
+    size_t *lens = NULL, np = 0;
+    assert_int_equal(ts_zone_pack_ghost(a, 3, false, 20, "w1", &bufs, &lens, &np), TS_OK);
+    assert_true(np >= 1);
+    Tessera__V1__GhostDelta *gd = tessera__v1__ghost_delta__unpack(NULL, lens[0], bufs[0]);
+    assert_non_null(gd);
+    bool removed = false;
+    for (size_t i = 0; i < gd->n_removed; i++)
+        removed = removed || gd->removed[i] == (uint64_t)edge;
+    for (size_t i = 0; i < gd->n_entities; i++)
+        assert_true(gd->entities[i]->id != (uint64_t)edge);
+    assert_true(removed);
+    tessera__v1__ghost_delta__free_unpacked(gd, NULL);
+    ts_zone_free_parts(bufs, lens, np);
     ts_zone_destroy(a);
     ts_zone_destroy(b);
     ts_zone_destroy(c);
