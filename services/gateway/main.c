@@ -28,7 +28,8 @@ static bool check_range(const char *key, int64_t v, int64_t lo, int64_t hi)
 static bool check_config(const ts_config_t *cfg)
 {
     return check_range("world.id", cfg->world_id, 0, UINT32_MAX) &&
-           check_range("gateway.id", cfg->gateway_id, 0, 65535) &&
+           /* 32767 and above: entity ids with that prefix are NPCs (0x7fff << 48) */
+           check_range("gateway.id", cfg->gateway_id, 0, 32766) &&
            check_range("gateway.max_frame", cfg->gateway_max_frame, 16, 16 << 20) &&
            check_range("gateway.max_clients", cfg->gateway_max_clients, 1, 1000000) &&
            check_range("gateway.rate_limit", cfg->gateway_rate_limit, 1, 1000000) &&
