@@ -455,6 +455,7 @@ static void test_crossing_within_worker(void **state)
  * w2's cell (0, 0) early in the outage. Then a nats-server with an empty
  * JetStream comes back. The player sends nothing meanwhile. extra_arg: one
  * more worker flag (or NULL). */
+#ifdef TS_IT_LONG_BUS_OUTAGE
 static void crossing_in_bus_outage(int outage_ms, const char *extra_arg, double join_x)
 {
     speed_x = SPEED;
@@ -533,6 +534,7 @@ static void crossing_in_bus_outage(int outage_ms, const char *extra_arg, double 
     player_stop();
     ts_h_pass();
 }
+#endif
 
 #ifdef TS_IT_LONG_BUS_OUTAGE
 static void test_crossing_in_bus_outage(void **state)
