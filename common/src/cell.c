@@ -18,12 +18,11 @@
 #include <math.h>
 #include <stdio.h>
 
+#include "tessera/util.h"
+
 static uint64_t splitmix64(uint64_t x)
 {
-    x += 0x9e3779b97f4a7c15ull;
-    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-    return x ^ (x >> 31);
+    return ts_splitmix64(&x);
 }
 
 static uint8_t clamp_depth(uint8_t d)

@@ -6,19 +6,13 @@
  * moves other entries, which is what makes deletion during iteration safe;
  * tables are only rebuilt on insertion. */
 #include "tessera/map.h"
+#include "tessera/util.h"
 
 #include <stdlib.h>
 
 #define MAP_EMPTY 0ull
 #define MAP_TOMB UINT64_MAX
 #define MAP_MIN_CAP 16
-
-static uint64_t mix(uint64_t x)
-{
-    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-    return x ^ (x >> 31);
-}
 
 void ts_map_init(ts_map_t *m)
 {
@@ -40,7 +34,7 @@ void ts_map_free(ts_map_t *m)
 static size_t find_slot(const ts_map_t *m, uint64_t key)
 {
     size_t mask = m->cap - 1;
-    for (size_t i = mix(key) & mask;; i = (i + 1) & mask) {
+    for (size_t i = ts_mix64(key) & mask;; i = (i + 1) & mask) {
         if (m->keys[i] == key || m->keys[i] == MAP_EMPTY) return i;
     }
 }
@@ -65,7 +59,7 @@ static ts_status_t rebuild(ts_map_t *m, size_t cap)
     for (size_t j = 0; j < m->cap; j++) {
         uint64_t k = m->keys[j];
         if (k == MAP_EMPTY || k == MAP_TOMB) continue;
-        size_t i = mix(k) & mask;
+        size_t i = ts_mix64(k) & mask;
         while (keys[i] != MAP_EMPTY)
             i = (i + 1) & mask;
         keys[i] = k;
@@ -99,7 +93,7 @@ ts_status_t ts_map_put(ts_map_t *m, uint64_t key, void *val)
     }
     /* reuse the first tombstone on the probe path, else the empty slot */
     size_t mask = m->cap - 1;
-    size_t i = mix(key) & mask;
+    size_t i = ts_mix64(key) & mask;
     while (m->keys[i] != MAP_EMPTY && m->keys[i] != MAP_TOMB)
         i = (i + 1) & mask;
     if (m->keys[i] == MAP_TOMB) m->tombs--;

@@ -91,10 +91,7 @@ void ts_mono_deadline(struct timespec *out, uint64_t ns)
 void ts_rng_seed(ts_rng_t *r, uint64_t seed)
 {
     /* splitmix64 scrambles nearby seeds into unrelated states */
-    uint64_t z = seed + 0x9e3779b97f4a7c15ull;
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    z ^= z >> 31;
+    uint64_t z = ts_splitmix64(&seed);
     r->s = z ? z : 0x2545f4914f6cdd1dull;
 }
 

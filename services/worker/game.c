@@ -294,54 +294,49 @@ static void counts_reset(ts_zone_t *z)
 
 /* ---- hooks (the zone calls these) ----------------------------------------------- */
 
-static void hook_join(void *ud, ts_zone_t *z, ts_entity_t *e, const ts_input_t *in)
+/* Runs one entity callback (join, command or request) for input in: the
+ * module gets a writable copy of e, and what it changed is written back. */
+static void entity_cb(ts_game_host_t *h, ts_zone_t *z, ts_entity_t *e, const ts_input_t *in, ts_game_cb_t cb)
 {
-    ts_game_host_t *h = ud;
-    ts_game_ctx_t ctx = {.h = h, .z = z};
+    ts_game_ctx_t ctx = {.h = h, .z = z, .req = cb == TS_GAME_CB_REQUEST ? in : NULL};
     ts_game_entity_t orig, v;
     view_of(e, &orig);
     v = orig;
     call_t c;
-    call_begin(&c, h, z, TS_GAME_CB_JOIN);
-    int rc = h->m->on_join(&ctx, &v, in->payload, in->payload_len);
+    call_begin(&c, h, z, cb);
+    int rc;
+    if (cb == TS_GAME_CB_JOIN) {
+        rc = h->m->on_join(&ctx, &v, in->payload, in->payload_len);
+    } else if (cb == TS_GAME_CB_COMMAND) {
+        h->st.commands++;
+        rc = h->m->on_command(&ctx, &v, in->type, in->payload, in->payload_len);
+    } else {
+        ts_game_request_t req = {.from = in->from,
+                                 .from_x = in->from_x,
+                                 .from_y = in->from_y,
+                                 .type = in->type,
+                                 .payload = in->payload,
+                                 .len = in->payload_len};
+        h->st.requests++;
+        rc = h->m->on_request(&ctx, &v, &req);
+    }
     call_end(&c, rc);
     write_back(h, z, &orig, &v);
+}
+
+static void hook_join(void *ud, ts_zone_t *z, ts_entity_t *e, const ts_input_t *in)
+{
+    entity_cb(ud, z, e, in, TS_GAME_CB_JOIN);
 }
 
 static void hook_command(void *ud, ts_zone_t *z, ts_entity_t *e, const ts_input_t *in)
 {
-    ts_game_host_t *h = ud;
-    ts_game_ctx_t ctx = {.h = h, .z = z};
-    ts_game_entity_t orig, v;
-    view_of(e, &orig);
-    v = orig;
-    h->st.commands++;
-    call_t c;
-    call_begin(&c, h, z, TS_GAME_CB_COMMAND);
-    int rc = h->m->on_command(&ctx, &v, in->type, in->payload, in->payload_len);
-    call_end(&c, rc);
-    write_back(h, z, &orig, &v);
+    entity_cb(ud, z, e, in, TS_GAME_CB_COMMAND);
 }
 
 static void hook_request(void *ud, ts_zone_t *z, ts_entity_t *e, const ts_input_t *in)
 {
-    ts_game_host_t *h = ud;
-    ts_game_ctx_t ctx = {.h = h, .z = z, .req = in};
-    ts_game_entity_t orig, v;
-    view_of(e, &orig);
-    v = orig;
-    ts_game_request_t req = {.from = in->from,
-                             .from_x = in->from_x,
-                             .from_y = in->from_y,
-                             .type = in->type,
-                             .payload = in->payload,
-                             .len = in->payload_len};
-    h->st.requests++;
-    call_t c;
-    call_begin(&c, h, z, TS_GAME_CB_REQUEST);
-    int rc = h->m->on_request(&ctx, &v, &req);
-    call_end(&c, rc);
-    write_back(h, z, &orig, &v);
+    entity_cb(ud, z, e, in, TS_GAME_CB_REQUEST);
 }
 
 static void hook_tick(void *ud, ts_zone_t *z, double dt, uint64_t tick)
@@ -643,11 +638,7 @@ static int api_request(ts_game_ctx_t *ctx, uint64_t from, uint64_t target, uint3
 
 static uint64_t api_rng(ts_game_ctx_t *ctx)
 {
-    /* splitmix64: one 64-bit word of state (Checkpoint.game_rng) */
-    uint64_t x = (ctx->z->game.rng += 0x9e3779b97f4a7c15ULL);
-    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-    return x ^ (x >> 31);
+    return ts_splitmix64(&ctx->z->game.rng); /* one word of state: Checkpoint.game_rng */
 }
 
 static double api_rng_unit(ts_game_ctx_t *ctx)
@@ -730,10 +721,7 @@ static const ts_game_api_t api = {
 void ts_game_split_state(const ts_zone_game_t *parent, unsigned quadrant, ts_zone_game_t *child)
 {
     *child = *parent;
-    uint64_t x = parent->rng ^ (0x9e3779b97f4a7c15ULL * (uint64_t)(quadrant + 1));
-    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-    x ^= x >> 31;
+    uint64_t x = ts_mix64(parent->rng ^ (0x9e3779b97f4a7c15ULL * (uint64_t)(quadrant + 1)));
     child->rng = x ? x : 1;
 }
 

@@ -37,31 +37,15 @@ void ts_zone_touch(ts_zone_t *z, ts_entity_t *e)
         z->ghost_changed[z->nghost_changed++] = e;
 }
 
-static uint64_t mix64(uint64_t x)
-{
-    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-    return x ^ (x >> 31);
-}
-
-static uint64_t cell_hash(const ts_cell_t *c)
-{
-    uint64_t h = mix64(((uint64_t)c->world << 8) ^ (uint64_t)c->depth ^ 0x7e55e7a000000000ULL);
-    h = mix64(h ^ (uint64_t)(uint32_t)c->cx);
-    h = mix64(h ^ ((uint64_t)(uint32_t)c->cy << 1));
-    return mix64(h ^ c->sub);
-}
-
 uint64_t ts_zone_game_seed(const ts_cell_t *cell)
 {
-    uint64_t s = cell_hash(cell);
-    return s ? s : 1;
+    return ts_cell_hash(cell); /* never 0 */
 }
 
 uint64_t ts_zone_npc_id(const ts_zone_t *z, uint64_t n)
 {
     /* player ids are (gateway id << 48) | ...: gateway id 0x7fff is reserved */
-    return (0x7fffULL << 48) | (mix64(cell_hash(&z->cell) ^ mix64(n + 1)) & 0xffffffffffffULL);
+    return (0x7fffULL << 48) | (ts_mix64(ts_cell_hash(&z->cell) ^ ts_mix64(n + 1)) & 0xffffffffffffULL);
 }
 
 bool ts_zone_add_event(ts_zone_t *z, const ts_zone_event_t *ev)
@@ -382,12 +366,12 @@ static ts_zone_out_t *outbox_for(ts_zone_t *z, const ts_cell_t *dest, uint64_t m
 static uint64_t request_marker(ts_zone_t *z, bool in_tick)
 {
     uint64_t s = z->cur_stream_seq > z->last_applied_seq ? z->cur_stream_seq : z->last_applied_seq;
-    uint64_t key = mix64(s ^ mix64(in_tick ? ts_pbw_double_bits(z->game.time) ^ 0x7469636bULL : 0));
+    uint64_t key = ts_mix64(s ^ ts_mix64(in_tick ? ts_pbw_double_bits(z->game.time) ^ 0x7469636bULL : 0));
     if (key != z->req_key) {
         z->req_key = key;
         z->req_n = 0;
     }
-    return TS_ZONE_REQUEST_MARK | (mix64(key ^ mix64(++z->req_n)) & ~TS_ZONE_REQUEST_MARK);
+    return TS_ZONE_REQUEST_MARK | (ts_mix64(key ^ ts_mix64(++z->req_n)) & ~TS_ZONE_REQUEST_MARK);
 }
 
 bool ts_zone_send_request(ts_zone_t *z, const ts_cell_t *to, const ts_input_t *in, bool in_tick)

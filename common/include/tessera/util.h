@@ -22,6 +22,21 @@ struct timespec;
  * condition variable created with that clock. */
 void ts_mono_deadline(struct timespec *out, uint64_t ns);
 
+/* splitmix64's finalizer: scrambles x into an unrelated 64-bit value (the
+ * one mixing function of hashes, seeds and derived ids). */
+static inline uint64_t ts_mix64(uint64_t x)
+{
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+/* splitmix64: advances *state and returns the next number; any state,
+ * 0 included, is valid (one word to checkpoint). */
+static inline uint64_t ts_splitmix64(uint64_t *state)
+{
+    return ts_mix64(*state += 0x9e3779b97f4a7c15ull);
+}
+
 /* xorshift64* generator; state must be non-zero (seed 0 is replaced). */
 typedef struct {
     uint64_t s;
