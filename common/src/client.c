@@ -23,6 +23,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "tessera/net.h"
 #include "tessera/util.h"
 
 #include <wslay/wslay.h>
@@ -46,85 +47,16 @@ static ts_status_t ws_feed(ts_client_t *c, const uint8_t *data, size_t len);
 static bool ws_closed(const ts_client_t *c);
 static void ws_free(ts_client_t *c);
 
-/* Milliseconds left until deadline_us (a ts_mono_us value); -1: no deadline. */
-static int remaining_ms(uint64_t deadline_us)
-{
-    if (deadline_us == UINT64_MAX) return -1;
-    uint64_t now = ts_mono_us();
-    if (now >= deadline_us) return 0;
-    uint64_t ms = (deadline_us - now + 999) / 1000;
-    return ms > INT32_MAX ? INT32_MAX : (int)ms;
-}
-
-static uint64_t deadline_after(int64_t timeout_ms)
-{
-    if (timeout_ms < 0) return UINT64_MAX;
-    return ts_mono_us() + (uint64_t)timeout_ms * 1000u;
-}
-
-/* Waits for one event on fd. TS_OK when ready, TS_ERR_TIMEOUT, TS_ERR_IO. */
-static ts_status_t wait_fd(int fd, short events, uint64_t deadline_us)
-{
-    for (;;) {
-        struct pollfd p = {.fd = fd, .events = events};
-        int rc = poll(&p, 1, remaining_ms(deadline_us));
-        if (rc > 0) return TS_OK;
-        if (rc == 0) return TS_ERR_TIMEOUT;
-        if (errno != EINTR) return TS_ERR_IO;
-    }
-}
-
-static int connect_one(const struct addrinfo *ai, uint64_t deadline_us, ts_status_t *st)
-{
-    int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
-    if (fd < 0) {
-        *st = TS_ERR_IO;
-        return -1;
-    }
-    int flags = fcntl(fd, F_GETFL, 0);
-    if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) goto fail_io;
-    if (connect(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
-        if (errno != EINPROGRESS && errno != EINTR) goto fail_io;
-        *st = wait_fd(fd, POLLOUT, deadline_us);
-        if (*st != TS_OK) {
-            close(fd);
-            return -1;
-        }
-        int err = 0;
-        socklen_t elen = sizeof err;
-        if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &elen) != 0 || err != 0) goto fail_io;
-    }
-    if (fcntl(fd, F_SETFL, flags) < 0) goto fail_io;
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    struct timeval tv = {.tv_sec = CLIENT_SEND_TIMEOUT_S};
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-    *st = TS_OK;
-    return fd;
-fail_io:
-    close(fd);
-    *st = TS_ERR_IO;
-    return -1;
-}
-
 ts_status_t ts_client_connect(ts_client_t **out, const char *host, int port, int64_t timeout_ms)
 {
     if (out == NULL || host == NULL || *host == '\0' || port <= 0 || port > 65535) return TS_ERR_INVALID;
     *out = NULL;
-    char portstr[16];
-    snprintf(portstr, sizeof portstr, "%d", port);
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
-    struct addrinfo *res = NULL;
-    if (getaddrinfo(host, portstr, &hints, &res) != 0 || res == NULL) return TS_ERR_UNAVAILABLE;
-    uint64_t deadline_us = deadline_after(timeout_ms);
-    ts_status_t st = TS_ERR_UNAVAILABLE;
-    int fd = -1;
-    for (const struct addrinfo *ai = res; ai != NULL && fd < 0; ai = ai->ai_next) {
-        fd = connect_one(ai, deadline_us, &st);
-        if (st == TS_ERR_TIMEOUT) break;
-    }
-    freeaddrinfo(res);
+    ts_status_t st;
+    int fd = ts_net_connect(host, port, ts_net_deadline(timeout_ms), &st);
     if (fd < 0) return st == TS_ERR_TIMEOUT ? TS_ERR_TIMEOUT : TS_ERR_UNAVAILABLE;
+    /* a send blocked that long means the gateway stopped reading */
+    struct timeval tv = {.tv_sec = CLIENT_SEND_TIMEOUT_S};
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
 
     ts_client_t *c = calloc(1, sizeof *c);
     if (c == NULL) {
@@ -214,7 +146,7 @@ ts_status_t ts_client_recv(ts_client_t *c, int64_t timeout_ms, Tessera__V1__Serv
 {
     if (c == NULL || out == NULL) return TS_ERR_INVALID;
     *out = NULL;
-    uint64_t deadline_us = deadline_after(timeout_ms);
+    uint64_t deadline_us = ts_net_deadline(timeout_ms);
     for (;;) {
         const uint8_t *payload;
         size_t len;
@@ -229,7 +161,7 @@ ts_status_t ts_client_recv(ts_client_t *c, int64_t timeout_ms, Tessera__V1__Serv
         if (st != TS_ERR_AGAIN) return TS_ERR_MALFORMED;
         if (ws_closed(c)) return TS_ERR_CLOSED;
 
-        st = wait_fd(c->fd, POLLIN, deadline_us);
+        st = ts_net_wait(c->fd, POLLIN, deadline_us);
         if (st != TS_OK) return st;
         uint8_t chunk[CLIENT_READ_CHUNK];
         ssize_t n = recv(c->fd, chunk, sizeof chunk, 0);
@@ -499,7 +431,7 @@ static void base64_16(const uint8_t in[16], char out[25])
 ts_status_t ts_client_connect_ws(ts_client_t **out, const char *host, int port, const char *origin,
                                  int64_t timeout_ms)
 {
-    uint64_t deadline_us = deadline_after(timeout_ms);
+    uint64_t deadline_us = ts_net_deadline(timeout_ms);
     ts_status_t st = ts_client_connect(out, host, port, timeout_ms);
     if (st != TS_OK) return st;
     ts_client_t *c = *out;
@@ -535,7 +467,7 @@ ts_status_t ts_client_connect_ws(ts_client_t **out, const char *host, int port, 
             st = TS_ERR_MALFORMED;
             goto fail;
         }
-        st = wait_fd(c->fd, POLLIN, deadline_us);
+        st = ts_net_wait(c->fd, POLLIN, deadline_us);
         if (st != TS_OK) goto fail;
         ssize_t r = recv(c->fd, head + have, sizeof head - 1 - have, 0);
         if (r == 0) {

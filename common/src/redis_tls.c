@@ -17,9 +17,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <netdb.h>
 #include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -33,6 +31,7 @@
 #include <openssl/x509v3.h>
 
 #include "tessera/log.h"
+#include "tessera/net.h"
 
 #define PUMP_BUF 16384
 
@@ -52,49 +51,6 @@ static void ssl_err(char *err, size_t cap, const char *what)
     if (e) ERR_error_string_n(e, buf, sizeof buf);
     snprintf(err, cap, "%s%s%s", what, buf[0] ? ": " : "", buf);
     ERR_clear_error();
-}
-
-/* A TCP connection to host:port within timeout_ms; -1 with err set. */
-static int tcp_connect(const char *host, int port, int timeout_ms, char *err, size_t cap)
-{
-    char ports[16];
-    snprintf(ports, sizeof ports, "%d", port);
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *ai = NULL;
-    int rc = getaddrinfo(host, ports, &hints, &ai);
-    if (rc != 0) {
-        snprintf(err, cap, "cannot resolve %s: %s", host, gai_strerror(rc));
-        return -1;
-    }
-    int fd = -1;
-    for (struct addrinfo *a = ai; a && fd < 0; a = a->ai_next) {
-        fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
-        if (fd < 0) continue;
-        int fl = fcntl(fd, F_GETFL);
-        fcntl(fd, F_SETFL, fl | O_NONBLOCK);
-        rc = connect(fd, a->ai_addr, a->ai_addrlen);
-        if (rc != 0 && errno == EINPROGRESS) {
-            struct pollfd p = {.fd = fd, .events = POLLOUT};
-            int soerr = ETIMEDOUT;
-            socklen_t sl = sizeof soerr;
-            if (poll(&p, 1, timeout_ms) == 1) getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl);
-            rc = soerr == 0 ? 0 : -1;
-            errno = soerr;
-        }
-        if (rc != 0) {
-            snprintf(err, cap, "connect to %s:%d failed: %s", host, port, strerror(errno));
-            close(fd);
-            fd = -1;
-            continue;
-        }
-        fcntl(fd, F_SETFL, fl & ~O_NONBLOCK); /* the handshake blocks (with timeouts) */
-        int one = 1;
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        struct timeval tv = {.tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000};
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv); /* the handshake only */
-        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-    }
-    freeaddrinfo(ai);
-    return fd;
 }
 
 typedef struct {
@@ -242,8 +198,17 @@ ts_status_t ts_redis_tls_open(const char *host, int port, const ts_redis_tls_cfg
         }
     }
     st = TS_ERR_UNAVAILABLE;
-    t->tcp = tcp_connect(host, port, timeout_ms, err, errcap);
-    if (t->tcp < 0) goto fail;
+    ts_status_t cst;
+    t->tcp = ts_net_connect(host, port, ts_net_deadline(timeout_ms), &cst);
+    if (t->tcp < 0) {
+        snprintf(err, errcap, "connect to %s:%d failed: %s", host, port,
+                 cst == TS_ERR_TIMEOUT ? "timed out" : "unreachable or refused");
+        goto fail;
+    }
+    /* the handshake blocks, within the same time */
+    struct timeval tv = {.tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000};
+    setsockopt(t->tcp, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(t->tcp, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
     t->ssl = SSL_new(t->ctx);
     if (!t->ssl) {
         ssl_err(err, errcap, "cannot create a TLS session");
