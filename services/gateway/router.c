@@ -314,7 +314,8 @@ static size_t publish_cell(gw_t *gw, gw_cell_t *cell, bool force, bool *busy, pb
         size_t len = 0;
         ts_status_t st = pack_batch(gw, cell, cell->inputs + done, n, pb, ptrs, &len);
         uint64_t seq = gw->publish_seq + 1;
-        if (st == TS_OK) {
+        bool packed = st == TS_OK;
+        if (packed) {
             char msg_id[96];
             snprintf(msg_id, sizeof msg_id, "%lld-%s-%llu", (long long)gw->cfg->gateway_id, gw->boot_nonce,
                      (unsigned long long)seq);
@@ -326,6 +327,18 @@ static size_t publish_cell(gw_t *gw, gw_cell_t *cell, bool force, bool *busy, pb
             st = ts_bus_js_publish_async(gw->bus, cell->input_subject, &hdr, gw->pack_buf, len);
         }
         if (st == TS_ERR_BUSY) {
+            *busy = true;
+            break;
+        }
+        if (packed && st != TS_OK && st != TS_ERR_INVALID && st != TS_ERR_NOMEM) {
+            /* The connection broke under the publish (a node died): the
+             * inputs stay queued and go again on the retry timer, under a new
+             * Msg-Id since this one may have reached the stream (the worker
+             * drops inputs it already applied, by entity and seq). Inputs
+             * that wait too long are reported by expire_waiting. */
+            gw->publish_seq = seq;
+            gw->publish_errors++;
+            gw_warn_limited(&warned_us, "will retry inputs to", cell->input_subject, st);
             *busy = true;
             break;
         }

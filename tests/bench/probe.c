@@ -267,5 +267,16 @@ bool ts_probe_wait_ready(ts_probe_t *p, ts_bus_t *bus, uint32_t world, size_t pe
                  a.ncells == per_worker && b.ncells == per_worker;
         ts_sleep_ms(100);
     }
+    if (!*bound) {
+        /* say what was seen, so a failure shows which worker lagged */
+        ts_probe_hb_t hb[2];
+        static const char *const ids[2] = {"w1", "w2"};
+        for (int i = 0; i < 2; i++) {
+            if (ts_probe_heartbeat(p, ids[i], &hb[i]))
+                fprintf(stderr, "probe: %s holds %zu cells (want %zu)\n", ids[i], hb[i].ncells, per_worker);
+            else
+                fprintf(stderr, "probe: no heartbeat from %s\n", ids[i]);
+        }
+    }
     return *ctl_ok && *bound;
 }
