@@ -721,7 +721,7 @@ static ts_status_t cell_key(char *buf, char *text, const ts_cell_t *cell)
 {
     if (cell == NULL || !ts_cell_valid(cell) || ts_cell_format(cell, text, TS_CELL_STR_MAX) < 0)
         return TS_ERR_INVALID;
-    snprintf(buf, KEY_MAX, "ts:{w%" PRIu32 "}:cell:%s", cell->world, text);
+    snprintf(buf, KEY_MAX, "ts:{w%" PRIu32 "}:cell:%.*s", cell->world, TS_CELL_STR_MAX - 1, text);
     return TS_OK;
 }
 

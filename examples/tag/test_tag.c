@@ -525,7 +525,7 @@ static void test_bots(void)
 static void test_replay(void)
 {
     static fake_ent_t first[MAX_ENT];
-    size_t n_first;
+    size_t n_first = 0;
     uint8_t cs_first[2][TS_GAME_CELL_STATE_MAX];
     for (int pass = 0; pass < 2; pass++) {
         reset_world();
