@@ -513,9 +513,12 @@ ts_status_t ts_worker_create(ts_worker_t **out, const ts_config_t *cfg)
     if (st != TS_OK) goto fail;
     if ((st = ts_celltree_new(&w->tree, w->world.id, w->world.cell_size)) != TS_OK) goto fail;
     if ((st = ts_live_start(w)) != TS_OK) goto fail;
-    st = ts_io_ensure_streams(w);
+    /* a cluster still electing its leaders times requests out: retry */
+    uint64_t streams_deadline = ts_mono_us() + TS_SERVICE_CONNECT_MS * 1000ULL;
+    while ((st = ts_io_ensure_streams(w)) != TS_OK && ts_service_retry_wait(streams_deadline))
+        ts_info("JetStream streams not set up yet (%s); trying again", ts_status_str(st));
     if (st != TS_OK) {
-        ts_error("cannot set up JetStream streams: %s", ts_status_str(st));
+        if (!ts_service_stopping()) ts_error("cannot set up JetStream streams: %s", ts_status_str(st));
         goto fail;
     }
     ts_bus_set_ack_handler(w->bus, ts_worker_on_publish_outcome, w);
