@@ -87,14 +87,14 @@ struct ts_bus_sub {
     pthread_cond_t cv;
     bool completed;        /* nats.c will not call on_msg again */
     bool free_on_complete; /* destroyed from its own callback */
-    /* JetStream consumers: the stream they read, as it was when they were
-     * created (0: unknown, not checked); after a reconnect the first message
-     * checks that it is still that stream (see on_msg) */
+    /* JetStream consumers: the instance of the stream they read (its
+     * creation time, known when they were created); after a reconnect the
+     * first message checks that it is still that instance (see on_msg) */
     ts_bus_t *bus;
     char stream[64];
     int64_t stream_created_ns;
     uint64_t verified_gen; /* conn_gen the stream was last checked at (delivery thread) */
-    atomic_bool stream_restarted;
+    atomic_bool stopped;   /* another instance, or it could not tell: delivers nothing more */
 };
 
 /* Bumped by every disconnect of any connection of the process: a consumer
@@ -1106,16 +1106,19 @@ ts_status_t ts_bus_js_flush(ts_bus_t *bus, int64_t timeout_ms)
 /* ---- subscriptions -------------------------------------------------------- */
 
 /* A JetStream consumer's first message after a reconnect: is its stream
- * still the one it was created on? A server that lost its store has a new
- * stream of the same name whose sequences start at 1 again; the ordered
- * consumer would go on from the old stream's sequence and deliver the new
- * stream's later messages, skipping its first ones. Such a consumer is
- * marked and delivers nothing more. One
- * request, on the delivery thread, once per reconnect and consumer. */
+ * still the instance it was created on? A server that lost its store has a
+ * new stream of the same name whose sequences start at 1 again; the ordered
+ * consumer would go on from the old instance's sequence and deliver the new
+ * one's later messages, skipping its first ones, to an owner whose position
+ * is a sequence of the old one. So a consumer delivers messages of its own
+ * instance only: if the stream is another one now, or if it cannot tell (no
+ * answer), it stops for good and delivers nothing more; its owner sees it
+ * (ts_bus_sub_stopped) and consumes again from its own position, on the
+ * instance that position refers to (ts_bus_consume_at). One request, on the
+ * delivery thread, once per reconnect and consumer. */
 static bool stream_still_same(ts_bus_sub_t *sub)
 {
-    if (sub->stream_created_ns == 0) return true;
-    if (atomic_load(&sub->stream_restarted)) return false;
+    if (atomic_load(&sub->stopped)) return false;
     uint64_t gen = atomic_load(&conn_gen);
     if (sub->verified_gen == gen) return true;
     ts_bus_stream_state_t ss;
@@ -1126,11 +1129,15 @@ static bool stream_still_same(ts_bus_sub_t *sub)
         sub->verified_gen = gen;
         return true;
     }
-    if (st != TS_OK && st != TS_ERR_NOT_FOUND) return true; /* cannot tell: the owner's own check decides */
-    atomic_store(&sub->stream_restarted, true);
-    ts_warn("bus: stream %s was created again (JetStream lost its store?): its consumer of %s stops "
-            "delivering",
-            sub->stream, natsSubscription_GetSubject(sub->nsub));
+    atomic_store(&sub->stopped, true);
+    if (st == TS_OK || st == TS_ERR_NOT_FOUND)
+        ts_warn("bus: stream %s is not the one its consumer of %s was created on (JetStream lost its "
+                "store?): the consumer stops delivering",
+                sub->stream, natsSubscription_GetSubject(sub->nsub));
+    else
+        ts_warn("bus: cannot tell whether stream %s is still the one its consumer of %s was created on "
+                "(%s): the consumer stops delivering",
+                sub->stream, natsSubscription_GetSubject(sub->nsub), ts_status_str(st));
     return false;
 }
 
@@ -1183,6 +1190,7 @@ static ts_status_t new_sub(ts_bus_msg_cb cb, void *ud, bool jetstream, ts_bus_su
     sub->ud = ud;
     sub->jetstream = jetstream;
     atomic_init(&sub->closing, false);
+    atomic_init(&sub->stopped, false);
     pthread_mutex_init(&sub->mu, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
@@ -1226,8 +1234,19 @@ static bool has_suffix(const char *s, const char *suffix)
     return n >= k && strcmp(s + n - k, suffix) == 0;
 }
 
+uint64_t ts_bus_conn_gen(void)
+{
+    return atomic_load(&conn_gen);
+}
+
 ts_status_t ts_bus_consume(ts_bus_t *bus, uint32_t world, const char *subject, uint64_t start_seq,
                            ts_bus_msg_cb cb, void *ud, ts_bus_sub_t **out)
+{
+    return ts_bus_consume_at(bus, world, subject, 0, start_seq, cb, ud, out);
+}
+
+ts_status_t ts_bus_consume_at(ts_bus_t *bus, uint32_t world, const char *subject, int64_t stream_id,
+                              uint64_t start_seq, ts_bus_msg_cb cb, void *ud, ts_bus_sub_t **out)
 {
     if (bus == NULL || subject == NULL || subject[0] == '\0' || cb == NULL || out == NULL)
         return TS_ERR_INVALID;
@@ -1238,15 +1257,22 @@ ts_status_t ts_bus_consume(ts_bus_t *bus, uint32_t world, const char *subject, u
     else
         ts_bus_input_stream(stream, sizeof stream, world);
 
-    ts_bus_sub_t *sub = NULL;
-    ts_status_t st = new_sub(cb, ud, true, &sub);
-    if (st != TS_OK) return st;
-    /* the stream it starts on, so a later one of the same name is noticed */
+    /* the instance it starts on. The generation is read first: a reconnect
+     * after it (the only way the stream becomes another instance under a
+     * consumer) has the first message check the instance again. */
+    uint64_t gen = atomic_load(&conn_gen);
     ts_bus_stream_state_t ss;
+    ts_status_t st = ts_bus_stream_state(bus, stream, &ss);
+    if (st != TS_OK) return st;
+    if (stream_id != 0 && ss.created_ns != stream_id) return TS_ERR_STALE;
+
+    ts_bus_sub_t *sub = NULL;
+    st = new_sub(cb, ud, true, &sub);
+    if (st != TS_OK) return st;
     sub->bus = bus;
     ts_strlcpy(sub->stream, stream, sizeof sub->stream);
-    sub->verified_gen = atomic_load(&conn_gen);
-    if (ts_bus_stream_state(bus, stream, &ss) == TS_OK) sub->stream_created_ns = ss.created_ns;
+    sub->verified_gen = gen;
+    sub->stream_created_ns = ss.created_ns;
     jsSubOptions so;
     jsSubOptions_Init(&so);
     so.Stream = stream;
@@ -1266,6 +1292,16 @@ ts_status_t ts_bus_consume(ts_bus_t *bus, uint32_t world, const char *subject, u
     arm_sub(sub);
     *out = sub;
     return TS_OK;
+}
+
+int64_t ts_bus_sub_stream_id(const ts_bus_sub_t *sub)
+{
+    return sub != NULL && sub->jetstream ? sub->stream_created_ns : 0;
+}
+
+bool ts_bus_sub_stopped(ts_bus_sub_t *sub)
+{
+    return sub != NULL && atomic_load(&sub->stopped);
 }
 
 void ts_bus_sub_destroy(ts_bus_sub_t *sub)

@@ -9,7 +9,12 @@
  * messages in the context instead, under the worker mutex. If the ring is
  * full the consumer drops what follows (`overflow`) and the tick thread
  * restarts it after the last applied sequence: nothing is lost, the stream
- * still has it. */
+ * still has it.
+ *
+ * A consumer reads one instance of the input stream (ctx->stream_id): the
+ * bus delivers no message of another (a stream created again after a lost
+ * store), so a binding's last_applied_seq is always a sequence of its
+ * consumer's instance. */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -73,9 +78,15 @@ static void on_input(void *ud, const ts_bus_msg_t *m)
     }
 }
 
-/* nats.c delivery thread: queue the change for the tick thread. */
 ts_status_t ts_worker_subscribe_input(ts_worker_t *w, const ts_cell_t *cell, uint64_t after_seq, bool hold,
                                       ts_sub_ctx_t **ctx, ts_bus_sub_t **sub)
+{
+    return ts_worker_subscribe_input_at(w, cell, 0, after_seq, hold, ctx, sub);
+}
+
+ts_status_t ts_worker_subscribe_input_at(ts_worker_t *w, const ts_cell_t *cell, int64_t stream_id,
+                                         uint64_t after_seq, bool hold, ts_sub_ctx_t **ctx,
+                                         ts_bus_sub_t **sub)
 {
     ts_sub_ctx_t *c = calloc(1, sizeof(*c));
     if (!c) return TS_ERR_NOMEM;
@@ -86,13 +97,14 @@ ts_status_t ts_worker_subscribe_input(ts_worker_t *w, const ts_cell_t *cell, uin
     atomic_init(&c->overflow, false);
     char subj[TS_SUBJECT_MAX];
     ts_subject_cell(subj, sizeof(subj), cell, TS_SUBJ_INPUT);
-    ts_status_t st =
-        ts_bus_consume(w->bus, w->world.id, subj, after_seq ? after_seq + 1 : 0, on_input, c, sub);
+    ts_status_t st = ts_bus_consume_at(w->bus, w->world.id, subj, stream_id, after_seq ? after_seq + 1 : 0,
+                                       on_input, c, sub);
     if (st != TS_OK) {
-        ts_error("cannot consume %s: %s", subj, ts_status_str(st));
+        if (st != TS_ERR_STALE) ts_error("cannot consume %s: %s", subj, ts_status_str(st));
         free(c);
         return st;
     }
+    c->stream_id = ts_bus_sub_stream_id(*sub);
     *ctx = c;
     return TS_OK;
 }

@@ -29,7 +29,7 @@
 
 #define VERSION_CHECK_MS 1000
 #define DRAIN_REQUEST_MS 2000
-#define STREAM_RESUB_RETRY_US 1000000ULL /* a consumer of a stream that is not back yet */
+#define RECONNECT_CHECK_MS 50
 
 ts_io_job_t *ts_io_job_new(ts_io_kind_t kind)
 {
@@ -223,9 +223,17 @@ static void do_bind(ts_worker_t *w, ts_io_job_t *job)
         job->caught_up_seq = last_input_seq(w, &job->cell, job->caught_up_seq);
 }
 
+/* A new consumer from the cell's position: after after_seq of the stream
+ * instance it refers to. If the stream is another instance now (JetStream
+ * lost its store) that position is gone: the consumer reads the new
+ * instance from its start and the tick thread resets the position. */
 static void do_resubscribe(ts_worker_t *w, ts_io_job_t *job)
 {
-    job->status = ts_worker_subscribe_input(w, &job->cell, job->after_seq, true, &job->ctx, &job->sub);
+    job->status = ts_worker_subscribe_input_at(w, &job->cell, job->stream_id, job->after_seq, true, &job->ctx,
+                                               &job->sub);
+    if (job->status != TS_ERR_STALE) return;
+    job->stream_restarted = true;
+    job->status = ts_worker_subscribe_input_at(w, &job->cell, 0, 0, true, &job->ctx, &job->sub);
 }
 
 /* A request whose reply is forwarded to the orchestrator as an ACK. */
@@ -357,13 +365,15 @@ ts_status_t ts_io_ensure_streams(ts_worker_t *w)
 }
 
 /* Once a second (timer thread): the input stream's identity. A stream that
- * is gone is created again; one whose creation time changed or whose last
- * sequence went backwards is a new stream (JetStream lost its store): the
- * tick thread is told, so every cell consumes the new stream from its
- * start instead of waiting for sequences the old one had reached. */
-static void check_stream(ts_worker_t *w, stream_watch_t *sw)
+ * is gone is created again; one whose creation time changed is a new
+ * instance (JetStream lost its store): the tick thread is told, so every
+ * cell whose consumer reads another instance consumes the new one from its
+ * start instead of waiting for sequences the old one had reached. (Each
+ * consumer also stops by itself at its first message after the reconnect,
+ * see ts_bus_consume; this covers cells that get no message.) */
+static bool check_stream(ts_worker_t *w, stream_watch_t *sw)
 {
-    if (!ts_bus_connected(w->bus)) return;
+    if (!ts_bus_connected(w->bus)) return false;
     char stream[64];
     ts_bus_input_stream(stream, sizeof(stream), w->world.id);
     ts_bus_stream_state_t ss;
@@ -371,17 +381,17 @@ static void check_stream(ts_worker_t *w, stream_watch_t *sw)
     if (st == TS_ERR_NOT_FOUND) {
         ts_error("input stream %s is gone (JetStream lost its store?); creating the world's streams again",
                  stream);
-        if (ts_io_ensure_streams(w) != TS_OK) return;
+        if (ts_io_ensure_streams(w) != TS_OK) return false;
         st = ts_bus_stream_state(w->bus, stream, &ss);
     }
-    if (st != TS_OK) return;
+    if (st != TS_OK) return false;
     if (!sw->known) {
         *sw = (stream_watch_t){.known = true, .created_ns = ss.created_ns, .last_seq = ss.last_seq};
-        return;
+        return true;
     }
-    if (ss.created_ns == sw->created_ns && ss.last_seq >= sw->last_seq) {
+    if (ss.created_ns == sw->created_ns) {
         sw->last_seq = ss.last_seq;
-        return;
+        return true;
     }
     ts_error("input stream %s restarted (created %" PRId64 " -> %" PRId64 ", last seq %" PRIu64 " -> %" PRIu64
              "): inputs the old stream acknowledged and this worker had not applied yet are lost; every cell "
@@ -391,63 +401,21 @@ static void check_stream(ts_worker_t *w, stream_watch_t *sw)
     ts_io_job_t *job = ts_io_job_new(TS_IO_STREAM_LOST);
     if (job) {
         job->after_seq = sw->last_seq;
+        job->stream_id = ss.created_ns;
         post_done(w, job);
     }
     *sw = (stream_watch_t){.known = true, .created_ns = ss.created_ns, .last_seq = ss.last_seq};
-}
-
-void ts_worker_stream_resub(ts_worker_t *w, ts_binding_t *b)
-{
-    b->resub_at_us = 0;
-    ts_io_job_t *job = ts_io_job_new(TS_IO_STREAM_RESUB);
-    if (!job) return;
-    job->cell = b->zone->cell;
-    job->old_gen = b->gen;
-    job->after_seq = 0;
-    ts_io_submit(w, job);
-}
-
-/* Tick thread: what the old consumers delivered is applied by the old
- * stream's sequences; then each cell forgets them (what the old consumer
- * still delivers is dropped) and gets a consumer from the new stream's
- * first message. */
-static void stream_reset(ts_worker_t *w, uint64_t old_last_seq)
-{
-    ts_worker_apply_inbox(w);
-    for (size_t i = 0; i < w->nbind; i++) {
-        ts_binding_t *b = w->bindings[i];
-        ts_warn("cell %s: applied up to seq %" PRIu64 " of the lost input stream (it had reached %" PRIu64
-                "); consuming the new stream from its start",
-                b->zone->key, b->zone->last_applied_seq, old_last_seq);
-        ts_map_del(&w->by_gen, b->gen);
-        b->zone->last_applied_seq = 0;
-        b->restarting = true;
-        ts_worker_stream_resub(w, b);
-    }
-}
-
-/* Tick thread: the new consumer of a cell replaces the old one. */
-static void finish_stream_resub(ts_worker_t *w, ts_io_job_t *job)
-{
-    ts_binding_t *b = ts_worker_find_binding(w, &job->cell);
-    bool ours = b && b->gen == job->old_gen && b->restarting;
-    if (!ours || job->status != TS_OK) {
-        /* the new stream is not there yet: again in a second (not every tick) */
-        if (ours) b->resub_at_us = ts_mono_us() + STREAM_RESUB_RETRY_US;
-        ts_worker_release_sub(w, job->sub, job->ctx);
-        job->sub = NULL;
-        job->ctx = NULL;
-        return;
-    }
-    ts_worker_take_consumer(w, b, job);
+    return true;
 }
 
 void ts_io_stream_done(ts_worker_t *w, ts_io_job_t *job)
 {
-    if (job->kind == TS_IO_STREAM_LOST)
-        stream_reset(w, job->after_seq);
-    else
-        finish_stream_resub(w, job);
+    for (size_t i = 0; i < w->nbind; i++) {
+        ts_binding_t *b = w->bindings[i];
+        if (b->ctx->stream_id == job->stream_id) continue; /* reads the new one already */
+        b->resub_needed = true;
+        b->resub_at_us = 0;
+    }
 }
 
 static void *io_main(void *arg)
@@ -456,16 +424,22 @@ static void *io_main(void *arg)
     ts_worker_t *w = a->w;
     uint64_t lagging = 0;
     stream_watch_t watch = {0};
+    /* the connection generation the stream was last checked at: after a
+     * reconnect the stream is checked at once (every RECONNECT_CHECK_MS
+     * until that works), so the cells move to a new input stream before
+     * its first messages arrive rather than a second later */
+    uint64_t stream_gen = ts_bus_conn_gen();
     /* only the timer thread checks the version; the others wait for jobs */
     uint64_t next_check = a->timer ? ts_mono_us() + VERSION_CHECK_MS * 1000ULL : UINT64_MAX;
+    uint64_t next_gen_look = a->timer ? ts_mono_us() + RECONNECT_CHECK_MS * 1000ULL : UINT64_MAX;
     pthread_mutex_lock(&w->io_mu);
     for (;;) {
         while (!w->io_head && !w->io_stop) {
             uint64_t now = ts_mono_us();
-            if (now >= next_check) break;
+            if (now >= next_check || now >= next_gen_look) break;
+            uint64_t wake = next_check < next_gen_look ? next_check : next_gen_look;
             struct timespec until;
-            ts_mono_deadline(&until, next_check == UINT64_MAX ? 3600ULL * 1000000000ULL
-                                                              : (next_check - now) * 1000ULL);
+            ts_mono_deadline(&until, wake == UINT64_MAX ? 3600ULL * 1000000000ULL : (wake - now) * 1000ULL);
             pthread_cond_timedwait(&w->io_cond, &w->io_mu, &until);
         }
         ts_io_job_t *job = w->io_head;
@@ -487,7 +461,6 @@ static void *io_main(void *arg)
                 else
                     do_bind(w, job);
                 break;
-            case TS_IO_STREAM_RESUB:
             case TS_IO_RESUBSCRIBE:
                 if (stop)
                     job->status = TS_ERR_CLOSED;
@@ -514,9 +487,14 @@ static void *io_main(void *arg)
             else
                 ts_io_job_free(job);
         } else if (!stop && ts_mono_us() >= next_check) {
+            uint64_t gen = ts_bus_conn_gen();
             check_version(w, &lagging);
-            check_stream(w, &watch);
+            if (check_stream(w, &watch)) stream_gen = gen;
             next_check = ts_mono_us() + VERSION_CHECK_MS * 1000ULL;
+        } else if (!stop && ts_mono_us() >= next_gen_look) {
+            uint64_t gen = ts_bus_conn_gen();
+            if (gen != stream_gen && ts_bus_connected(w->bus) && check_stream(w, &watch)) stream_gen = gen;
+            next_gen_look = ts_mono_us() + RECONNECT_CHECK_MS * 1000ULL;
         }
         pthread_mutex_lock(&w->io_mu);
         if (stop && !w->io_head) break;

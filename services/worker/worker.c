@@ -32,6 +32,7 @@
  * PreCopy answers from a target that is gone. */
 #define DRAIN_RECHECK_MS 1000
 #define DRAIN_RECHECK_TIMEOUT_MS 500
+#define RESUB_RETRY_US 1000000ULL /* a consumer that could not be created (the stream not back yet) */
 
 /* The thread that asks the orchestrator again during a drain (one worker
  * per process). */
@@ -356,20 +357,42 @@ static void finish_bind(ts_worker_t *w, ts_io_job_t *job)
     job->ctx = NULL;
 }
 
-/* A new consumer for a cell whose old one overflowed the ring. */
+/* A new consumer for a cell whose old one overflowed the ring or stopped,
+ * or that reads an input stream that is gone. */
 static void finish_resubscribe(ts_worker_t *w, ts_io_job_t *job)
 {
     ts_binding_t *b = ts_map_get(&w->by_gen, job->old_gen);
     if (job->status != TS_OK || !b) {
-        if (b) b->restarting = false; /* tried again next tick */
+        if (b) { /* (the stream is not back yet?) again in a second, not every tick */
+            b->restarting = false;
+            b->resub_needed = true;
+            b->resub_at_us = ts_mono_us() + RESUB_RETRY_US;
+        }
         ts_worker_release_sub(w, job->sub, job->ctx);
         job->sub = NULL;
         job->ctx = NULL;
         return;
     }
-    /* what the ring still has of the old consumer comes first, in order */
+    /* what the ring still has of the old consumer comes first, in order:
+     * messages of the old consumer's stream instance only (the bus delivers
+     * no other), applied by that instance's sequences */
     ts_worker_apply_inbox(w);
     ts_map_del(&w->by_gen, b->gen);
+    if (job->stream_restarted) {
+        /* the position was a sequence of an input stream that is gone: the
+         * cell reads the new one from its start, once */
+        ts_warn("cell %s: applied up to seq %" PRIu64
+                " of an input stream that is gone (JetStream lost its store); consuming the new one "
+                "from its start",
+                b->zone->key, b->zone->last_applied_seq);
+        b->zone->last_applied_seq = 0;
+        b->catchup_seq = 0;
+        /* the other cells reading the stream that is gone follow at once */
+        for (size_t i = 0; i < w->nbind; i++)
+            if (w->bindings[i]->ctx->stream_id == job->stream_id) w->bindings[i]->resub_needed = true;
+    }
+    b->resub_needed = false;
+    b->resub_at_us = 0;
     ts_worker_take_consumer(w, b, job);
 }
 
@@ -420,7 +443,6 @@ static void take_io_results(ts_worker_t *w)
             w->drain_state = job->status == TS_OK ? 2 : 3;
             break;
         case TS_IO_STREAM_LOST:
-        case TS_IO_STREAM_RESUB:
             ts_io_stream_done(w, job);
             break;
         default:
@@ -433,25 +455,38 @@ static void take_io_results(ts_worker_t *w)
 
 /* ---- input ------------------------------------------------------------- */
 
-/* Restarts the consumers that overflowed the ring, after what was applied,
- * and tries again the new-stream consumers whose wait is over. */
-static void restart_overflowed(ts_worker_t *w)
+/* Restarts, from the cell's position (the last applied sequence of the
+ * stream instance its consumer reads), the consumers that overflowed the
+ * ring, that stopped (their stream is, or may be, another instance after a
+ * reconnect) or that read an input stream the I/O thread saw replaced. */
+static void restart_consumers(ts_worker_t *w)
 {
     uint64_t now = ts_mono_us();
     for (size_t i = 0; i < w->nbind; i++) {
         ts_binding_t *b = w->bindings[i];
-        if (b->resub_at_us != 0 && now >= b->resub_at_us) ts_worker_stream_resub(w, b);
-        if (b->restarting || !atomic_load(&b->ctx->overflow)) continue;
+        if (b->restarting || now < b->resub_at_us) continue;
+        bool overflow = atomic_load(&b->ctx->overflow);
+        bool stopped = ts_bus_sub_stopped(b->sub);
+        if (!overflow && !stopped && !b->resub_needed) continue;
         ts_io_job_t *job = ts_io_job_new(TS_IO_RESUBSCRIBE);
         if (!job) continue;
-        w->stats.inbox_overflows++;
-        ts_warn("cell %s: input arrived faster than the tick takes it; consumer restarted after seq %" PRIu64,
+        if (overflow) {
+            w->stats.inbox_overflows++;
+            ts_warn(
+                "cell %s: input arrived faster than the tick takes it; consumer restarted after seq %" PRIu64,
                 b->zone->key, b->zone->last_applied_seq);
+        } else if (stopped && !b->resub_needed) {
+            ts_warn(
+                "cell %s: its input consumer stopped after a reconnect; consuming again after seq %" PRIu64
+                " if the input stream is the same, else the new one from its start",
+                b->zone->key, b->zone->last_applied_seq);
+        }
         b->restarting = true;
         job->cell = b->zone->cell;
         job->old_gen = b->gen;
         /* messages still in the ring are applied before the new consumer's */
         job->after_seq = b->zone->last_applied_seq;
+        job->stream_id = b->ctx->stream_id;
         ts_io_submit(w, job);
     }
 }
@@ -573,7 +608,7 @@ static void tick_once(ts_worker_t *w, double dt, uint64_t full_every, uint64_t h
     }
     take_mail(w);
     ts_worker_apply_inbox(w);
-    restart_overflowed(w);
+    restart_consumers(w);
     ts_ghost_tick(w);
     bool acting = w->stalled_us == 0 && !atomic_load(&w->fenced);
     for (size_t i = 0; i < w->nbind && acting; i++) {

@@ -76,6 +76,9 @@ typedef struct {
     ts_worker_t *w;
     ts_cell_t cell;
     uint64_t gen;
+    /* the instance of the input stream it reads (ts_bus_sub_stream_id): the
+     * stream its binding's last_applied_seq is a sequence of */
+    int64_t stream_id;
     atomic_bool hold;     /* not bound yet: keep messages in `held` (under w->mu) */
     atomic_bool overflow; /* the ring was full: drop until restarted */
     ts_inbox_t held;
@@ -93,8 +96,9 @@ typedef struct {
     uint64_t frozen_us;   /* monotonic */
     ts_inbox_t held;      /* input received while frozen (after s2), in order */
     uint64_t bound_us;    /* wall clock when this worker took the cell */
-    bool restarting;      /* a new consumer is being created (ring overflow, new stream) */
-    uint64_t resub_at_us; /* monotonic: try the new stream's consumer again then (0: not waiting) */
+    bool restarting;      /* a new consumer is being created (ring overflow, stopped, new stream) */
+    bool resub_needed;    /* its consumer is to be created again (the input stream restarted) */
+    uint64_t resub_at_us; /* monotonic: not before then (a failed try; 0: now) */
     /* bound from a checkpoint with input still to replay: applies it but
      * neither moves nor publishes until it caught up with the stream (so
      * nobody sees the cell behind what its last owner showed) */
@@ -170,14 +174,13 @@ typedef struct {
 
 /* Work for the I/O thread, and its result for the tick thread. */
 typedef enum {
-    TS_IO_RESYNC = 1, /* read every cell of the world */
-    TS_IO_BIND,       /* zone from the checkpoint + a consumer after it */
-    TS_IO_RESUBSCRIBE,
+    TS_IO_RESYNC = 1,  /* read every cell of the world */
+    TS_IO_BIND,        /* zone from the checkpoint + a consumer after it */
+    TS_IO_RESUBSCRIBE, /* a new consumer after after_seq of stream_id, or the new stream's start */
     TS_IO_UNSUBSCRIBE,
     TS_IO_REQUEST, /* a request whose reply goes to reply_to (PreCopy) */
     TS_IO_DRAIN,
-    TS_IO_STREAM_LOST,  /* the input stream was created again (a lost store): tick resets */
-    TS_IO_STREAM_RESUB, /* a consumer from the start of the new input stream */
+    TS_IO_STREAM_LOST, /* the input stream was created again (a lost store): stream_id is the new one */
 } ts_io_kind_t;
 
 typedef struct ts_io_job {
@@ -185,10 +188,12 @@ typedef struct ts_io_job {
     ts_cell_t cell;
     uint64_t epoch;
     uint64_t after_seq;
+    int64_t stream_id; /* the input stream instance after_seq refers to (0: whichever is there) */
     uint64_t old_gen;
     /* results / arguments */
     ts_status_t status;
     bool found;             /* TS_IO_BIND: the cell had a checkpoint */
+    bool stream_restarted;  /* TS_IO_RESUBSCRIBE: stream_id is gone; the consumer reads the new one from 1 */
     uint64_t pending;       /* TS_IO_BIND: input the new consumer has still to replay */
     uint64_t caught_up_seq; /* TS_IO_BIND: the last it delivered (maybe not received yet) */
     ts_zone_t *zone;
@@ -317,9 +322,15 @@ struct ts_worker {
 bool ts_inbox_push(ts_inbox_t *in, const ts_inbox_msg_t *m);
 void ts_inbox_free(ts_inbox_t *in);
 /* Allocates a subscription context and starts consuming cell's input after
- * after_seq (blocking: the I/O thread or a nats.c thread, never the tick). */
+ * after_seq of whichever input stream is there (blocking: the I/O thread or
+ * a nats.c thread, never the tick). */
 ts_status_t ts_worker_subscribe_input(ts_worker_t *w, const ts_cell_t *cell, uint64_t after_seq, bool hold,
                                       ts_sub_ctx_t **ctx, ts_bus_sub_t **sub);
+/* The same after after_seq of the stream instance stream_id (0: whichever is
+ * there); TS_ERR_STALE if the stream is another instance now. */
+ts_status_t ts_worker_subscribe_input_at(ts_worker_t *w, const ts_cell_t *cell, int64_t stream_id,
+                                         uint64_t after_seq, bool hold, ts_sub_ctx_t **ctx,
+                                         ts_bus_sub_t **sub);
 void ts_worker_free_ctx(ts_sub_ctx_t *ctx);
 /* Wakes the tick thread between ticks (something is waiting for it). */
 void ts_worker_wake(ts_worker_t *w);
@@ -354,7 +365,9 @@ ts_io_job_t *ts_io_take_done(ts_worker_t *w);
 /* Creates the world's streams if missing (worker start, and again when the
  * I/O thread finds them gone). Blocking. */
 ts_status_t ts_io_ensure_streams(ts_worker_t *w);
-/* Tick thread: the result of a TS_IO_STREAM_LOST or TS_IO_STREAM_RESUB job. */
+/* Tick thread: a TS_IO_STREAM_LOST job: every cell whose consumer reads
+ * another instance than the new stream gets a new consumer (from its
+ * position if that stream is still there, else from the new one's start). */
 void ts_io_stream_done(ts_worker_t *w, ts_io_job_t *job);
 /* Asks the I/O thread for one full registry read (once; no-op if pending). */
 void ts_worker_request_resync(ts_worker_t *w);
@@ -381,8 +394,6 @@ void ts_worker_release_sub(ts_worker_t *w, ts_bus_sub_t *sub, ts_sub_ctx_t *ctx)
  * one (which the caller already took out of w->by_gen): what the new one
  * held while it started is applied, or kept while b is frozen. */
 void ts_worker_take_consumer(ts_worker_t *w, ts_binding_t *b, ts_io_job_t *job);
-/* Asks the I/O thread for a consumer of b's new input stream from its start. */
-void ts_worker_stream_resub(ts_worker_t *w, ts_binding_t *b);
 /* Applies queued input messages to z in order (and frees them). */
 void ts_worker_apply_msgs(ts_worker_t *w, ts_zone_t *z, ts_inbox_t *msgs);
 /* Applies what the ring holds to the bound zones. */

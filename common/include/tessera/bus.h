@@ -169,9 +169,32 @@ ts_status_t ts_bus_subscribe(ts_bus_t *bus, const char *subject, ts_bus_msg_cb c
 /* Ordered JetStream consumer of one subject, starting at stream sequence
  * start_seq (0: from the first message still in the stream). Messages arrive
  * in stream order, without gaps, exactly once per consumer; the consumer is
- * ephemeral (no acks). ts_bus_msg_stream_seq() gives each one's sequence. */
+ * ephemeral (no acks). ts_bus_msg_stream_seq() gives each one's sequence.
+ *
+ * A consumer reads one instance of its stream: the one there when it was
+ * created (ts_bus_sub_stream_id). A stream created again after JetStream
+ * lost its store is another instance, with sequences from 1 again. After a
+ * reconnect the consumer checks its instance before it delivers again (one
+ * request, on the delivery thread); if the stream is another instance now,
+ * or if it cannot tell, it stops: it delivers nothing more and
+ * ts_bus_sub_stopped() says so. So a message delivered always belongs to the
+ * consumer's instance; the owner of a stopped consumer consumes again from
+ * its own position with ts_bus_consume_at. A request or two: not for a hot
+ * path. TS_ERR_NOT_FOUND if the stream does not exist. */
 ts_status_t ts_bus_consume(ts_bus_t *bus, uint32_t world, const char *subject, uint64_t start_seq,
                            ts_bus_msg_cb cb, void *ud, ts_bus_sub_t **out);
+/* ts_bus_consume, from start_seq of the stream instance stream_id (a
+ * ts_bus_stream_state_t created_ns; 0: whichever instance is there). If the
+ * stream is another instance now it consumes nothing and returns
+ * TS_ERR_STALE: start_seq is a position in a stream that is gone. */
+ts_status_t ts_bus_consume_at(ts_bus_t *bus, uint32_t world, const char *subject, int64_t stream_id,
+                              uint64_t start_seq, ts_bus_msg_cb cb, void *ud, ts_bus_sub_t **out);
+/* The instance of its stream a JetStream consumer reads (created_ns); 0 for
+ * core subscriptions and NULL. */
+int64_t ts_bus_sub_stream_id(const ts_bus_sub_t *sub);
+/* Whether a JetStream consumer stopped because its stream is (or may be)
+ * another instance now (see ts_bus_consume). No round trip; any thread. */
+bool ts_bus_sub_stopped(ts_bus_sub_t *sub);
 /* Unsubscribes and frees; waits until no callback of this subscription is
  * running. NULL is a no-op. */
 void ts_bus_sub_destroy(ts_bus_sub_t *sub);
@@ -225,6 +248,10 @@ void ts_bus_held_free(ts_bus_held_t h);
 
 /* Totals since connect. */
 uint64_t ts_bus_bytes_out(const ts_bus_t *bus);
+/* Counts the disconnects of every connection of this process: a change means
+ * the server may be another one now (e.g. one that lost its store). No
+ * round trip; any thread. */
+uint64_t ts_bus_conn_gen(void);
 /* Whether the connection to the server is up now (no round trip; any thread). */
 bool ts_bus_connected(ts_bus_t *bus);
 /* Closes the connection now (no flush): later calls on it fail at once
