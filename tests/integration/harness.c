@@ -53,6 +53,9 @@ extern char **environ;
 
 static ts_h_t *volatile live[MAX_LIVE];
 static bool hooks_installed;
+/* Processes of every harness of this test binary that ts_h_stop found with
+ * a sanitizer report (and not expected): ts_h_run fails when not 0. */
+static int sanitizer_failures;
 
 /* ---- kill-everything hooks ------------------------------------------------ */
 
@@ -75,6 +78,7 @@ static void on_fatal_signal(int sig)
 
 static void on_exit_cleanup(void)
 {
+    int before = sanitizer_failures;
     for (int i = 0; i < MAX_LIVE; i++) {
         ts_h_t *h = live[i];
         if (h != NULL) {
@@ -82,6 +86,11 @@ static void on_exit_cleanup(void)
             h->failed = true;
             ts_h_stop(h);
         }
+    }
+    if (sanitizer_failures > before) {
+        /* found after main returned: its status cannot say so any more */
+        fflush(NULL);
+        _exit(1);
     }
 }
 
@@ -287,8 +296,15 @@ static const char *const env_names[ENV_COUNT] = {
     "TESSERA_NATS_TLS_CA=",        "TESSERA_REDIS_TLS_CA=",
 };
 
+/* Sanitizer options every child gets with exitcode=TS_H_SANITIZER_EXIT
+ * appended (a later flag wins): LSan reports through ASan's exit code, and
+ * UBSan may parse the common flags again from its own variable. */
+#define SAN_ENV_COUNT 3
+static const char *const san_env_names[SAN_ENV_COUNT] = {"ASAN_OPTIONS=", "LSAN_OPTIONS=", "UBSAN_OPTIONS="};
+
 typedef struct {
     char kv[ENV_COUNT][640];
+    char san[SAN_ENV_COUNT][1024];
 } child_env_buf_t;
 
 /* The secured stack's user for a binary: tessera-<user>, else admin; a
@@ -320,14 +336,28 @@ static char **child_env(ts_h_t *h, const char *path, char *const *argv, child_en
     size_t n = 0;
     while (environ[n] != NULL)
         n++;
-    char **env = calloc(n + ENV_COUNT + 1, sizeof *env);
+    char **env = calloc(n + ENV_COUNT + SAN_ENV_COUNT + 1, sizeof *env);
     if (env == NULL) return NULL;
     size_t k = 0;
+    const char *san_inherited[SAN_ENV_COUNT] = {NULL};
     for (size_t i = 0; i < n; i++) {
         bool ours = false;
         for (int j = 0; j < ENV_COUNT; j++)
             ours = ours || strncmp(environ[i], env_names[j], strlen(env_names[j])) == 0;
+        for (int j = 0; j < SAN_ENV_COUNT; j++) {
+            size_t len = strlen(san_env_names[j]);
+            if (strncmp(environ[i], san_env_names[j], len) == 0) {
+                san_inherited[j] = environ[i] + len;
+                ours = true;
+            }
+        }
         if (!ours) env[k++] = environ[i];
+    }
+    for (int j = 0; j < SAN_ENV_COUNT; j++) {
+        const char *old = san_inherited[j] != NULL ? san_inherited[j] : "";
+        snprintf(b->san[j], sizeof b->san[j], "%s%s%sexitcode=%d", san_env_names[j], old, old[0] ? ":" : "",
+                 TS_H_SANITIZER_EXIT);
+        env[k++] = b->san[j];
     }
     if (!h->secure) {
         snprintf(b->kv[0], sizeof b->kv[0], "%s%s", env_names[0], h->nats_urls);
@@ -493,7 +523,10 @@ void ts_h_signal(ts_h_t *h, int idx, int sig)
 {
     if (idx < 0 || idx >= h->nprocs) return;
     ts_h_proc_t *p = &h->procs[idx];
-    if (p->pid > 0 && !p->reaped) kill(p->pid, sig);
+    if (p->pid > 0 && !p->reaped) {
+        if (sig > 0 && sig < 32) p->signals_sent |= 1u << sig;
+        kill(p->pid, sig);
+    }
 }
 
 int ts_h_wait(ts_h_t *h, int idx, int64_t timeout_ms)
@@ -596,6 +629,81 @@ void ts_h_fail_dump(ts_h_t *h)
     h->failed = true;
 }
 
+/* ---- sanitizer reports -----------------------------------------------------------
+ * A sanitizer in a service prints its report to stderr (the service's log)
+ * and, for UBSan without halt_on_error, goes on: the test would pass. At stop
+ * every log is read once and searched for the first line of any report. */
+
+#define SAN_REPORT_LINES 40
+
+static const char *const san_markers[] = {
+    "ERROR: AddressSanitizer",  "ERROR: LeakSanitizer",      "ERROR: UndefinedBehaviorSanitizer",
+    ": runtime error: ",        "WARNING: ThreadSanitizer",  "ERROR: ThreadSanitizer",
+    "WARNING: MemorySanitizer", "ERROR: HWAddressSanitizer", "Sanitizer:DEADLYSIGNAL",
+};
+
+/* The start of the line of the first sanitizer report in text, or NULL. */
+static const char *find_sanitizer_report(const char *text)
+{
+    const char *first = NULL;
+    for (size_t i = 0; i < sizeof san_markers / sizeof san_markers[0]; i++) {
+        const char *at = strstr(text, san_markers[i]);
+        if (at != NULL && (first == NULL || at < first)) first = at;
+    }
+    if (first == NULL) return NULL;
+    while (first > text && first[-1] != '\n')
+        first--;
+    return first;
+}
+
+/* Why p's exit says it crashed or its sanitizer fired (a static string), or
+ * NULL: TS_H_SANITIZER_EXIT, or a crash signal the test did not send. */
+static const char *crash_exit(const ts_h_proc_t *p)
+{
+    static const int crash_sigs[] = {SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT};
+    if (!p->reaped) return NULL;
+    if (p->exit_code == TS_H_SANITIZER_EXIT) return "exited with the sanitizers' exit code";
+    for (size_t i = 0; i < sizeof crash_sigs / sizeof crash_sigs[0]; i++)
+        if (p->exit_code == 128 + crash_sigs[i] && !(p->signals_sent & (1u << crash_sigs[i])))
+            return strsignal(crash_sigs[i]);
+    return NULL;
+}
+
+/* Checks every process but the servers (each log once: a restarted process
+ * appends to the log of its name); prints what it finds. Returns how many
+ * processes had a report or crashed. */
+static int check_sanitizers(ts_h_t *h)
+{
+    int bad = 0;
+    for (int i = 0; i < h->nprocs; i++) {
+        const ts_h_proc_t *p = &h->procs[i];
+        if (p->server || p->pid <= 0) continue;
+        bool log_seen = false;
+        for (int k = 0; k < i && !log_seen; k++)
+            log_seen = !h->procs[k].server && strcmp(h->procs[k].log_path, p->log_path) == 0;
+        const char *why = crash_exit(p);
+        char *text = log_seen ? NULL : read_file(p->log_path);
+        const char *report = text != NULL ? find_sanitizer_report(text) : NULL;
+        if (report != NULL || why != NULL) {
+            bad++;
+            fprintf(stderr, "===== harness: %s (pid %d, exit %d): %s; log %s =====\n", p->name, (int)p->pid,
+                    p->exit_code, report != NULL ? "sanitizer report" : why, p->log_path);
+            const char *end = report;
+            for (int lines = 0; end != NULL && *end != '\0' && lines < SAN_REPORT_LINES; lines++) {
+                const char *nl = strchr(end, '\n');
+                end = nl != NULL ? nl + 1 : end + strlen(end);
+            }
+            if (report != NULL) {
+                fwrite(report, 1, (size_t)(end - report), stderr);
+                if (end > report && end[-1] != '\n') fputc('\n', stderr);
+            }
+            fprintf(stderr, "===== harness: end of %s's report =====\n", p->name);
+        }
+        free(text);
+    }
+    return bad;
+}
+
 void ts_h_stop(ts_h_t *h)
 {
     if (h == NULL) return;
@@ -606,6 +714,13 @@ void ts_h_stop(ts_h_t *h)
     terminate_group(h, false);
     terminate_group(h, true);
     live_remove(h);
+
+    int bad = check_sanitizers(h);
+    h->sanitizer_reports += bad;
+    if (bad > 0 && !h->sanitizer_reports_expected) {
+        h->failed = true;
+        sanitizer_failures += bad;
+    }
 
     bool keep = getenv("TS_KEEP_LOGS") != NULL;
     if (h->failed || keep) {
@@ -1294,5 +1409,12 @@ int ts_h_run(const char *name, const struct CMUnitTest *tests, size_t n, CMFixtu
     ts_log_init(name, TS_LOG_ERROR, false);
     int failed = _cmocka_run_group_tests(name, tests, n, group_setup, group_teardown);
     ts_bus_shutdown_library();
+    if (sanitizer_failures > 0) {
+        fprintf(stderr,
+                "harness: %d process(es) started by %s had a sanitizer report or crashed (see the "
+                "\"===== harness:\" reports above): failing\n",
+                sanitizer_failures, name);
+        if (failed == 0) failed = 1;
+    }
     return failed;
 }

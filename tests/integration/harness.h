@@ -30,10 +30,17 @@ typedef struct {
     pid_t pid;
     char name[64];
     char log_path[512];
-    bool reaped;   /* exited and waited for; exit_code is valid */
-    int exit_code; /* WEXITSTATUS, or 128+signal */
-    bool server;   /* nats-server or redis-server: stopped after everything else */
+    bool reaped;           /* exited and waited for; exit_code is valid */
+    int exit_code;         /* WEXITSTATUS, or 128+signal */
+    bool server;           /* nats-server or redis-server: stopped after everything else */
+    unsigned signals_sent; /* bit n: the test sent signal n (ts_h_signal, ts_h_cluster_kill) */
 } ts_h_proc_t;
+
+/* The exit status of a spawned process whose sanitizer (ASan, LSan, UBSan)
+ * reported an error: ts_h_spawn gives every child ASAN_OPTIONS,
+ * LSAN_OPTIONS and UBSAN_OPTIONS with exitcode=<this> appended, so that a
+ * sanitizer's exit is never mistaken for a service's own exit status. */
+#define TS_H_SANITIZER_EXIT 86
 
 /* Nodes of the JetStream cluster ts_h_start_cluster() starts. */
 #define TS_H_CLUSTER_NODES 3
@@ -68,6 +75,14 @@ typedef struct {
      * procs[TS_H_NATS] is node 0's first process and nats_port its port */
     int nnodes;
     ts_h_node_t node[TS_H_CLUSTER_NODES];
+    /* Processes found by the last ts_h_stop with a sanitizer report in
+     * their log, or that exited with TS_H_SANITIZER_EXIT or a crash signal
+     * the test did not send. */
+    int sanitizer_reports;
+    /* The test provokes such reports on purpose (the harness's own test):
+     * ts_h_stop still counts and prints them, but they do not fail the run.
+     * Set after ts_h_start. */
+    bool sanitizer_reports_expected;
 } ts_h_t;
 
 /* A free TCP port on 127.0.0.1: bound and released, nobody listening on it,
@@ -155,7 +170,12 @@ void ts_h_signal(ts_h_t *h, int idx, int sig);
  * (WEXITSTATUS, or 128+signal) or -1 on timeout. */
 int ts_h_wait(ts_h_t *h, int idx, int64_t timeout_ms);
 /* Kills (SIGTERM, then SIGKILL after 3 s) and reaps everything, the servers
- * last; prints log tails if h->failed. Safe to call twice. */
+ * last. Then checks every process that is not a server: a sanitizer report
+ * in its log (ASan, LSan, UBSan "runtime error:", TSan, MSan), an exit with
+ * TS_H_SANITIZER_EXIT, or a death by SIGSEGV/SIGBUS/SIGILL/SIGFPE/SIGABRT
+ * the test did not send prints the start of the report (with the log's
+ * path), marks the run failed and makes ts_h_run fail. Prints log tails if
+ * h->failed. Safe to call twice. */
 void ts_h_stop(ts_h_t *h);
 /* Marks the run failed so ts_h_stop prints logs. */
 void ts_h_fail_dump(ts_h_t *h);
@@ -217,7 +237,9 @@ int ts_h_test_stop(void **state);
 #define TS_H_TEST(fn) cmocka_unit_test_setup_teardown(fn, ts_h_test_setup, ts_h_test_teardown)
 
 /* The whole main() of a test binary: ts_log_init(name) at error level, runs
- * the group, shuts the NATS library down; returns the failed-test count. */
+ * the group, shuts the NATS library down; returns the failed-test count, and
+ * at least 1 when a ts_h_stop found a sanitizer report in a process it
+ * started (see ts_h_stop). */
 int ts_h_run(const char *name, const struct CMUnitTest *tests, size_t n, CMFixtureFunction group_setup,
              CMFixtureFunction group_teardown);
 #define TS_H_RUN(name, tests, group_setup, group_teardown)                                                   \
