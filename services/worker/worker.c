@@ -593,6 +593,26 @@ static bool past(const struct timespec *t)
     return now.tv_sec > t->tv_sec || (now.tv_sec == t->tv_sec && now.tv_nsec >= t->tv_nsec);
 }
 
+/* Whether b's state goes out as a keyframe (every entity the cell holds;
+ * readers forget the ones it does not list) at this tick: due once every
+ * full_every ticks, but put off while an entity's Transfer is in flight
+ * (its Departure applied, the Transfer not stored yet): no cell would list
+ * it, and a player would see its own entity vanish until the next cell
+ * shows it. Put off for at most full_every - 1 ticks. */
+static bool keyframe_now(ts_binding_t *b, bool due, uint64_t full_every)
+{
+    if (!due && b->keyframe_late == 0) return false;
+    bool in_flight = false;
+    for (size_t k = 0; k < b->zone->nout && !in_flight; k++)
+        in_flight = b->zone->out[k].ntransfers > 0;
+    if (in_flight && b->keyframe_late + 1 < full_every) {
+        b->keyframe_late++;
+        return false;
+    }
+    b->keyframe_late = 0;
+    return true;
+}
+
 static void tick_once(ts_worker_t *w, double dt, uint64_t full_every, uint64_t hb_every, uint64_t ckpt_every)
 {
     w->tick++;
@@ -625,7 +645,7 @@ static void tick_once(ts_worker_t *w, double dt, uint64_t full_every, uint64_t h
         ts_split_step(w, b, dt); /* a split or retired cell moves its entities on instead */
         ts_worker_publish_departures(w, b->zone);
         ts_worker_publish_outboxes(w, b->zone);
-        ts_worker_publish_state(w, b->zone, (w->tick + i) % full_every == 0);
+        ts_worker_publish_state(w, b->zone, keyframe_now(b, (w->tick + i) % full_every == 0, full_every));
         if ((w->tick + i) % ckpt_every == 0 && ts_split_checkpoint_due(b))
             ts_worker_publish_checkpoint(w, b->zone);
     }

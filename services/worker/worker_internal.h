@@ -124,6 +124,7 @@ typedef struct {
     bool fwd_ckpt_valid;         /* the last checkpoint had nothing in flight, and was written at: */
     uint64_t fwd_ckpt_seq;       /* last_applied_seq */
     uint64_t fwd_ckpt_mod;       /* mod_counter */
+    uint32_t keyframe_late;      /* ticks its keyframe waited for Transfers in flight */
 } ts_binding_t;
 
 /* A handover request waiting for the tick thread. */
