@@ -60,6 +60,7 @@ void ts_io_submit(ts_worker_t *w, ts_io_job_t *job)
     else
         w->io_head = job;
     w->io_tail = job;
+    w->io_queued++;
     pthread_cond_signal(&w->io_cond);
     pthread_mutex_unlock(&w->io_mu);
 }
@@ -418,6 +419,23 @@ void ts_io_stream_done(ts_worker_t *w, ts_io_job_t *job)
     }
 }
 
+static void *io_main(void *arg);
+
+/* Under io_mu, by an I/O thread that just took a job: jobs still wait and
+ * no thread is free for them, so one more burst thread starts (which does
+ * the same when it takes its first job, up to TS_IO_BURST_THREADS). */
+static void maybe_grow(ts_worker_t *w)
+{
+    if (w->io_stop || w->io_queued <= w->io_idle || w->io_burst >= TS_IO_BURST_THREADS) return;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_t t;
+    w->io_burst++;
+    if (pthread_create(&t, &attr, io_main, &w->io_burst_arg) != 0) w->io_burst--;
+    pthread_attr_destroy(&attr);
+}
+
 static void *io_main(void *arg)
 {
     const struct ts_io_arg *a = arg;
@@ -434,18 +452,30 @@ static void *io_main(void *arg)
     uint64_t next_gen_look = a->timer ? ts_mono_us() + RECONNECT_CHECK_MS * 1000ULL : UINT64_MAX;
     pthread_mutex_lock(&w->io_mu);
     for (;;) {
+        bool idle_out = false;
+        w->io_idle++;
         while (!w->io_head && !w->io_stop) {
             uint64_t now = ts_mono_us();
             if (now >= next_check || now >= next_gen_look) break;
             uint64_t wake = next_check < next_gen_look ? next_check : next_gen_look;
+            uint64_t wait_ns = a->burst             ? TS_IO_BURST_IDLE_MS * 1000000ULL
+                               : wake == UINT64_MAX ? 3600ULL * 1000000000ULL
+                                                    : (wake - now) * 1000ULL;
             struct timespec until;
-            ts_mono_deadline(&until, wake == UINT64_MAX ? 3600ULL * 1000000000ULL : (wake - now) * 1000ULL);
-            pthread_cond_timedwait(&w->io_cond, &w->io_mu, &until);
+            ts_mono_deadline(&until, wait_ns);
+            if (pthread_cond_timedwait(&w->io_cond, &w->io_mu, &until) != 0 && a->burst && !w->io_head) {
+                idle_out = true; /* a burst thread nobody needed for a while */
+                break;
+            }
         }
+        w->io_idle--;
+        if (idle_out) break;
         ts_io_job_t *job = w->io_head;
         if (job) {
             w->io_head = job->next;
             if (!w->io_head) w->io_tail = NULL;
+            w->io_queued--;
+            maybe_grow(w);
         }
         bool stop = w->io_stop;
         pthread_mutex_unlock(&w->io_mu);
@@ -499,6 +529,7 @@ static void *io_main(void *arg)
         pthread_mutex_lock(&w->io_mu);
         if (stop && !w->io_head) break;
     }
+    if (a->burst && --w->io_burst == 0) pthread_cond_broadcast(&w->io_burst_done);
     pthread_mutex_unlock(&w->io_mu);
     return NULL;
 }
@@ -510,7 +541,9 @@ ts_status_t ts_io_start(ts_worker_t *w)
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&w->io_cond, &ca);
+    pthread_cond_init(&w->io_burst_done, NULL);
     pthread_condattr_destroy(&ca);
+    w->io_burst_arg = (struct ts_io_arg){.w = w, .burst = true};
     pthread_mutex_init(&w->reg_mu, NULL);
     w->io_started = true;
     for (size_t i = 0; i < TS_IO_THREADS; i++) {
@@ -520,6 +553,7 @@ ts_status_t ts_io_start(ts_worker_t *w)
                 w->io_started = false;
                 pthread_mutex_destroy(&w->reg_mu);
                 pthread_cond_destroy(&w->io_cond);
+                pthread_cond_destroy(&w->io_burst_done);
                 pthread_mutex_destroy(&w->io_mu);
                 return TS_ERR_NOMEM;
             }
@@ -538,6 +572,9 @@ void ts_io_stop(ts_worker_t *w)
     pthread_mutex_lock(&w->io_mu);
     w->io_stop = true;
     pthread_cond_broadcast(&w->io_cond);
+    /* burst threads are detached: wait until the last one has left */
+    while (w->io_burst > 0)
+        pthread_cond_wait(&w->io_burst_done, &w->io_mu);
     pthread_mutex_unlock(&w->io_mu);
     for (size_t i = 0; i < w->io_nthreads; i++)
         pthread_join(w->io_threads[i], NULL);
@@ -549,6 +586,7 @@ void ts_io_stop(ts_worker_t *w)
         job = next;
     }
     pthread_cond_destroy(&w->io_cond);
+    pthread_cond_destroy(&w->io_burst_done);
     pthread_mutex_destroy(&w->io_mu);
 }
 

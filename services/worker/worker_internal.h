@@ -51,6 +51,11 @@
 #define TS_FLIGHT_SLOTS 65536
 #define TS_INSTANCE_MAX 40
 #define TS_IO_THREADS 4
+/* Extra I/O threads started while jobs queue up (binding a dead worker's
+ * cells: each bind is a few blocking round trips, so more of them at once
+ * is what makes a recovery fast); each ends after TS_IO_BURST_IDLE_MS idle. */
+#define TS_IO_BURST_THREADS 12
+#define TS_IO_BURST_IDLE_MS 2000
 /* Publishes queued for the publisher thread (state, transfers, departures,
  * checkpoints, heartbeats). */
 #define TS_PUB_RING 16384
@@ -270,13 +275,18 @@ struct ts_worker {
     struct ts_io_arg {
         ts_worker_t *w;
         bool timer;
-    } io_args[TS_IO_THREADS];
+        bool burst; /* ends when idle */
+    } io_args[TS_IO_THREADS], io_burst_arg;
     size_t io_nthreads;
     bool io_started;
     pthread_mutex_t reg_mu;
     pthread_mutex_t io_mu;
     pthread_cond_t io_cond;
     ts_io_job_t *io_head, *io_tail;
+    size_t io_queued;             /* jobs in io_head */
+    size_t io_idle;               /* threads waiting for a job */
+    size_t io_burst;              /* burst threads running (detached) */
+    pthread_cond_t io_burst_done; /* io_burst went to 0 (stop) */
     bool io_stop;
 
     /* liveness thread */
