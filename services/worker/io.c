@@ -30,6 +30,7 @@
 #define VERSION_CHECK_MS 1000
 #define DRAIN_REQUEST_MS 2000
 #define RECONNECT_CHECK_MS 50
+#define RECONNECT_CHECK_FOR_MS 2000 /* then only the once-a-second check (JetStream may be off) */
 
 ts_io_job_t *ts_io_job_new(ts_io_kind_t kind)
 {
@@ -443,10 +444,12 @@ static void *io_main(void *arg)
     uint64_t lagging = 0;
     stream_watch_t watch = {0};
     /* the connection generation the stream was last checked at: after a
-     * reconnect the stream is checked at once (every RECONNECT_CHECK_MS
-     * until that works), so the cells move to a new input stream before
-     * its first messages arrive rather than a second later */
+     * reconnect the stream is checked at once, every RECONNECT_CHECK_MS
+     * until that works (for at most RECONNECT_CHECK_FOR_MS: JetStream may
+     * be off), so the cells move to a new input stream before its first
+     * messages arrive rather than a second later */
     uint64_t stream_gen = ts_bus_conn_gen();
+    uint64_t look_gen = stream_gen, look_until = 0;
     /* only the timer thread checks the version; the others wait for jobs */
     uint64_t next_check = a->timer ? ts_mono_us() + VERSION_CHECK_MS * 1000ULL : UINT64_MAX;
     uint64_t next_gen_look = a->timer ? ts_mono_us() + RECONNECT_CHECK_MS * 1000ULL : UINT64_MAX;
@@ -522,8 +525,14 @@ static void *io_main(void *arg)
             if (check_stream(w, &watch)) stream_gen = gen;
             next_check = ts_mono_us() + VERSION_CHECK_MS * 1000ULL;
         } else if (!stop && ts_mono_us() >= next_gen_look) {
-            uint64_t gen = ts_bus_conn_gen();
-            if (gen != stream_gen && ts_bus_connected(w->bus) && check_stream(w, &watch)) stream_gen = gen;
+            uint64_t gen = ts_bus_conn_gen(), now = ts_mono_us();
+            if (gen != look_gen || gen == stream_gen || !ts_bus_connected(w->bus)) {
+                look_gen = gen;
+                look_until = 0; /* counted from the reconnect */
+            } else {
+                if (look_until == 0) look_until = now + RECONNECT_CHECK_FOR_MS * 1000ULL;
+                if (now < look_until && check_stream(w, &watch)) stream_gen = gen;
+            }
             next_gen_look = ts_mono_us() + RECONNECT_CHECK_MS * 1000ULL;
         }
         pthread_mutex_lock(&w->io_mu);
