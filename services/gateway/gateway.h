@@ -261,6 +261,7 @@ struct gw_conn {
     uint64_t entity;
     gw_cell_t *cell;          /* the cell the player's inputs go to */
     gw_cell_t *awaiting_left; /* cell left on sight of the entity elsewhere, until its `left` arrives */
+    bool own_gone;            /* its entity was despawned (a `left` without destination) */
     gw_aoi_slot_t *aoi;
     size_t naoi;
     /* area of interest by radius (aoi.c): the circle is evaluated around

@@ -338,6 +338,7 @@ static bool take_entity(gw_conn_t *c, uint64_t entity, gw_cell_t *cell, uint64_t
     }
     if (c->authed) (void)ts_map_put(&gw->subs, player_key(c->player), c);
     c->entity = entity;
+    c->own_gone = false;
     c->cell = cell;
     c->phase = GW_PHASE_JOINED;
     /* refused if its state does not show up within gateway.hello_timeout_s */
@@ -488,6 +489,7 @@ void gw_session_join_as(gw_conn_t *c, uint64_t seq, uint64_t entity, gw_cell_t *
     }
     if (c->authed) (void)ts_map_put(&gw->subs, player_key(c->player), c);
     c->entity = entity;
+    c->own_gone = false;
     c->cell = cell;
     c->phase = GW_PHASE_JOINED;
     c->pos_x = x;

@@ -189,6 +189,7 @@ static void follow_left(gw_t *gw, gw_cell_t *cell, const Tessera__V1__EntityLeft
 {
     gw_conn_t *c = ts_map_get(&gw->players, l->id);
     if (c == NULL) return;
+    if (l->to == NULL) c->own_gone = true; /* despawned: no cell will list it again */
     if (c->awaiting_left == cell) {
         c->awaiting_left = NULL;
         return;
@@ -454,9 +455,13 @@ static void push_removed(gw_t *gw, size_t *n, uint64_t id)
 }
 
 /* An entity a cell no longer holds: removed for the client if it was shown
- * and no other cell of its area of interest holds it. */
+ * and no other cell of its area of interest holds it. The client's own
+ * entity only when it was despawned: one that crossed into a cell that does
+ * not list it yet (its Transfer not consumed there, that cell's owner still
+ * reconnecting) keeps its last state until it shows up there. */
 static void drop_if_gone(gw_t *gw, gw_conn_t *c, size_t *n, uint64_t id)
 {
+    if (id == c->entity && !c->own_gone) return;
     if (ts_map_get(&c->shown, id) == NULL || held_in_aoi(c, id)) return;
     ts_map_del(&c->shown, id);
     push_removed(gw, n, id);
