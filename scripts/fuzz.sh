@@ -7,7 +7,8 @@
 # copy it to tests/fuzz/regressions/<target>/ with the fix, so every build
 # replays it from then on (unit.<target>_corpus).
 #
-# Environment: FUZZ_S (seconds per target, 20), FUZZ_BUILD_DIR (build-fuzz),
+# Environment: FUZZ_S (seconds per target, 20), FUZZ_JOBS (targets run at once,
+# 2: each is one process on one core), FUZZ_BUILD_DIR (build-fuzz),
 # FUZZ_TARGETS (space-separated subset; default all).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,4 +28,4 @@ CC=clang cmake -S . -B "$BUILD" -DTS_FUZZ=ON -DTS_SANITIZE=address,undefined -DT
 read -ra target_list <<<"$targets"
 cmake --build "$BUILD" -j2 --target "${target_list[@]}"
 regex=$(printf '%s|' "${target_list[@]}")
-ctest --test-dir "$BUILD" -L fuzz -R "^fuzz\.(${regex%|})\$" --output-on-failure
+ctest --test-dir "$BUILD" -j"${FUZZ_JOBS:-2}" -L fuzz -R "^fuzz\.(${regex%|})\$" --output-on-failure

@@ -392,6 +392,10 @@ $K rollout status deployment/$REL-orch --timeout=120s || fail "the orchestrator 
 
 # ---- 7. nothing lost -----------------------------------------------------------
 step "the sim's players: every input applied"
+# the players must have played through all of the above: a sim that ended
+# before it proves nothing about the drain and the failover
+[[ -z $($K get job $REL-sim -o jsonpath='{.status.succeeded}{.status.failed}') ]] ||
+    fail "the sim Job ended before the drain and the failover were over: raise sim.durationSeconds in tests/k8s/values-kube-local.yaml"
 sim_done() { [[ $($K get job $REL-sim -o jsonpath='{.status.succeeded}{.status.failed}') =~ 1 ]]; }
 wait_for 240 sim_done || fail "the sim Job did not finish"
 simpod=$($K get pods -l app.kubernetes.io/component=sim -o name | head -1 | sed 's|pod/||')
