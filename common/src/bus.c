@@ -75,6 +75,14 @@ struct ts_bus {
     /* guarded by live_mu */
     int ack_running;
     struct ts_bus *next_live;
+    /* the instance (creation time) of the stream consumers were last created
+     * on, read at connection generation ss_gen and ts_mono_us ss_at_us: a
+     * burst of consumers (a worker binding a thousand cells) asks for the
+     * stream's info about once a second, not once per consumer */
+    pthread_mutex_t ss_mu;
+    char ss_stream[64];
+    int64_t ss_created_ns;
+    uint64_t ss_gen, ss_at_us;
 };
 
 struct ts_bus_sub {
@@ -514,6 +522,7 @@ ts_status_t ts_bus_connect_auth(ts_bus_t **out, const char *url, const char *nam
     atomic_init(&bus->next_msg_id, 1);
     atomic_init(&bus->in_flight, 0);
     pthread_mutex_init(&bus->retry_mu, NULL);
+    pthread_mutex_init(&bus->ss_mu, NULL);
     pthread_condattr_t retry_ca;
     pthread_condattr_init(&retry_ca);
     pthread_condattr_setclock(&retry_ca, CLOCK_MONOTONIC);
@@ -591,6 +600,7 @@ void ts_bus_destroy(ts_bus_t *bus)
     natsConnection_Destroy(bus->nc);
     pthread_cond_destroy(&bus->retry_cv);
     pthread_mutex_destroy(&bus->retry_mu);
+    pthread_mutex_destroy(&bus->ss_mu);
     free(bus);
 }
 
@@ -1245,6 +1255,36 @@ ts_status_t ts_bus_consume(ts_bus_t *bus, uint32_t world, const char *subject, u
     return ts_bus_consume_at(bus, world, subject, 0, start_seq, cb, ud, out);
 }
 
+/* How long a stream's instance read for one consumer serves the next ones
+ * on the same connection. Only a reconnect makes the stream another instance
+ * under a live connection's consumers (JetStream lost its store when the
+ * server restarted); a stream deleted and created again by hand meanwhile is
+ * what the worker's once-a-second stream check finds. */
+#define STREAM_ID_FRESH_US 1000000ULL
+
+/* The instance of stream now (as of connection generation gen). */
+static ts_status_t stream_instance(ts_bus_t *bus, const char *stream, uint64_t gen, int64_t *created_ns)
+{
+    uint64_t now = ts_mono_us();
+    pthread_mutex_lock(&bus->ss_mu);
+    bool fresh = bus->ss_at_us != 0 && bus->ss_gen == gen && now - bus->ss_at_us < STREAM_ID_FRESH_US &&
+                 strcmp(bus->ss_stream, stream) == 0;
+    *created_ns = bus->ss_created_ns;
+    pthread_mutex_unlock(&bus->ss_mu);
+    if (fresh) return TS_OK;
+    ts_bus_stream_state_t ss;
+    ts_status_t st = ts_bus_stream_state(bus, stream, &ss);
+    if (st != TS_OK) return st;
+    *created_ns = ss.created_ns;
+    pthread_mutex_lock(&bus->ss_mu);
+    ts_strlcpy(bus->ss_stream, stream, sizeof bus->ss_stream);
+    bus->ss_created_ns = ss.created_ns;
+    bus->ss_gen = gen;
+    bus->ss_at_us = now;
+    pthread_mutex_unlock(&bus->ss_mu);
+    return TS_OK;
+}
+
 ts_status_t ts_bus_consume_at(ts_bus_t *bus, uint32_t world, const char *subject, int64_t stream_id,
                               uint64_t start_seq, ts_bus_msg_cb cb, void *ud, ts_bus_sub_t **out)
 {
@@ -1261,10 +1301,10 @@ ts_status_t ts_bus_consume_at(ts_bus_t *bus, uint32_t world, const char *subject
      * after it (the only way the stream becomes another instance under a
      * consumer) has the first message check the instance again. */
     uint64_t gen = atomic_load(&conn_gen);
-    ts_bus_stream_state_t ss;
-    ts_status_t st = ts_bus_stream_state(bus, stream, &ss);
+    int64_t created_ns = 0;
+    ts_status_t st = stream_instance(bus, stream, gen, &created_ns);
     if (st != TS_OK) return st;
-    if (stream_id != 0 && ss.created_ns != stream_id) return TS_ERR_STALE;
+    if (stream_id != 0 && created_ns != stream_id) return TS_ERR_STALE;
 
     ts_bus_sub_t *sub = NULL;
     st = new_sub(cb, ud, true, &sub);
@@ -1272,7 +1312,7 @@ ts_status_t ts_bus_consume_at(ts_bus_t *bus, uint32_t world, const char *subject
     sub->bus = bus;
     ts_strlcpy(sub->stream, stream, sizeof sub->stream);
     sub->verified_gen = gen;
-    sub->stream_created_ns = ss.created_ns;
+    sub->stream_created_ns = created_ns;
     jsSubOptions so;
     jsSubOptions_Init(&so);
     so.Stream = stream;

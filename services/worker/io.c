@@ -190,13 +190,10 @@ static bool load_checkpoint(ts_worker_t *w, ts_zone_t **z)
     return false;
 }
 
-/* The stream sequence of the last message on the cell's input subject, 0 if
- * it has none. A consumer filtered on a subject reports as delivered the
- * stream's sequence past messages of other subjects, so with nothing
- * pending this says what is really left to replay: a new cell (a split's
- * child) or one nobody wrote to is live at once instead of waiting for a
- * message that never comes. */
-static uint64_t last_input_seq(ts_worker_t *w, const ts_cell_t *cell, uint64_t fallback)
+/* The stream sequence of the last message on the cell's input subject: 0 if
+ * it has none, TS_BUS_SEQ_UNKNOWN if the stream cannot say. */
+#define TS_BUS_SEQ_UNKNOWN UINT64_MAX
+static uint64_t last_input_seq(ts_worker_t *w, const ts_cell_t *cell)
 {
     char stream[64], subj[TS_SUBJECT_MAX];
     ts_bus_input_stream(stream, sizeof(stream), w->world.id);
@@ -204,25 +201,35 @@ static uint64_t last_input_seq(ts_worker_t *w, const ts_cell_t *cell, uint64_t f
     ts_bus_msg_t *m = NULL;
     ts_status_t st = ts_bus_last_msg(w->bus, stream, subj, &m);
     if (st == TS_ERR_NOT_FOUND) return 0;
-    if (st != TS_OK) return fallback;
+    if (st != TS_OK) return TS_BUS_SEQ_UNKNOWN;
     uint64_t seq = ts_bus_msg_stream_seq(m);
     ts_bus_msg_destroy(m);
-    return seq < fallback ? seq : fallback;
+    return seq;
 }
 
+/* Three requests to nats-server: the checkpoint (one more per extra part),
+ * the cell's last input and the consumer. How far the replay goes (the cell
+ * shows nothing until it caught up) is the last message on the cell's input
+ * subject, read before the consumer starts: what arrives after it is live
+ * input. A new cell (a split's child) or one nobody wrote to is live at
+ * once. */
 static void do_bind(ts_worker_t *w, ts_io_job_t *job)
 {
     job->status = ts_zone_create(&job->zone, &job->cell, job->epoch, &w->world, w->cfg->worker_max_speed);
     if (job->status != TS_OK) return;
     job->found = load_checkpoint(w, &job->zone);
+    uint64_t last = last_input_seq(w, &job->cell);
     job->status =
         ts_worker_subscribe_input(w, &job->cell, job->zone->last_applied_seq, true, &job->ctx, &job->sub);
-    /* how far the replay goes: the cell shows nothing until it caught up */
-    if (job->status == TS_OK &&
-        ts_bus_consumer_pending(job->sub, &job->pending, &job->caught_up_seq) != TS_OK)
-        job->pending = job->caught_up_seq = 0;
-    if (job->status == TS_OK && job->pending == 0 && job->caught_up_seq > job->zone->last_applied_seq)
-        job->caught_up_seq = last_input_seq(w, &job->cell, job->caught_up_seq);
+    if (job->status != TS_OK) return;
+    if (last == TS_BUS_SEQ_UNKNOWN) {
+        /* the consumer says how much it has to deliver */
+        if (ts_bus_consumer_pending(job->sub, &job->pending, &job->caught_up_seq) != TS_OK)
+            job->pending = job->caught_up_seq = 0;
+        return;
+    }
+    job->caught_up_seq = last;
+    job->pending = last > job->zone->last_applied_seq;
 }
 
 /* A new consumer from the cell's position: after after_seq of the stream
