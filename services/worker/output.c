@@ -11,7 +11,18 @@
  * destination cell at most one outbox message is in flight and they go in
  * outbox order, so an entity's Transfer is always stored before the inputs
  * forwarded after it; a transfer is announced to gateways (`left`) only once
- * it is stored. */
+ * it is stored.
+ *
+ * No message is larger than the zone's msg_max (NATS max_payload less room
+ * for headers): an outbox entry too large for one message goes as several,
+ * one after the other, and is done when the last one is stored; each has
+ * its own message id, the entry's id plus the range of items it carries,
+ * so a new owner that publishes the same entry again from a checkpoint cuts
+ * it the same way and JetStream stores each range once. Queued Departures go
+ * as many per message as fit, the rest in the next one. A message that
+ * still does not fit (a bug) is not published: it is logged with its cell
+ * and counted (zone stats.oversized, publishes_failed), never dropped
+ * silently. */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -50,6 +61,20 @@ static int outcome(ts_worker_t *w, uint64_t seq)
     return st == TS_FLIGHT_FREE ? TS_FLIGHT_FAILED : st;
 }
 
+/* False (and logged, counted) if a message of len bytes is larger than the
+ * zone's messages may be. */
+static bool fits(ts_worker_t *w, ts_zone_t *z, const char *what, size_t len)
+{
+    if (len <= z->msg_max) return true;
+    w->stats.publishes_failed++;
+    uint64_t n = ++z->stats.oversized;
+    if ((n & (n - 1)) == 0) /* the 1st, 2nd, 4th, ... time: loud, not a flood */
+        ts_error("cell %s: %s of %zu bytes is larger than the %zu bytes a message may have; not published "
+                 "(%" PRIu64 " such messages so far)",
+                 z->key, what, len, z->msg_max, n);
+    return false;
+}
+
 /* Queues buf (taken over, freed in any case) for an asynchronous JetStream
  * publish as Ts-Seq hdr->seq, tracked in its flight slot. TS_ERR_BUSY:
  * nothing sent, try again next tick. */
@@ -75,8 +100,12 @@ void ts_worker_publish_departures(ts_worker_t *w, ts_zone_t *z)
 {
     if (z->ndeps == 0 || z->deps_pub) return; /* none, or one already in flight */
     uint8_t *buf = NULL;
-    size_t len = 0;
-    if (ts_zone_pack_departures(z, &buf, &len) != TS_OK) return;
+    size_t len = 0, count = 0;
+    if (ts_zone_pack_departures_chunk(z, &buf, &len, &count) != TS_OK) return;
+    if (!fits(w, z, "a Departure batch", len)) {
+        free(buf);
+        return;
+    }
     char subj[TS_SUBJECT_MAX], msg_id[128];
     ts_subject_cell(subj, sizeof(subj), &z->cell, TS_SUBJ_INPUT);
     uint64_t pub_seq = ++w->seq;
@@ -84,10 +113,10 @@ void ts_worker_publish_departures(ts_worker_t *w, ts_zone_t *z)
     ts_bus_hdr_t hdr = {.type = TS_TYPE_INPUT_BATCH,
                         .epoch = z->epoch,
                         .seq = pub_seq,
-                        .count = (uint32_t)z->ndeps,
+                        .count = (uint32_t)count,
                         .msg_id = msg_id};
     if (publish_tracked(w, subj, &hdr, buf, len) == TS_OK) {
-        z->deps_in_flight = z->ndeps;
+        z->deps_in_flight = count;
         z->deps_pub = pub_seq;
     }
 }
@@ -110,27 +139,35 @@ void ts_worker_publish_outboxes(ts_worker_t *w, ts_zone_t *z)
         const ts_cell_entry_t *de = ts_worker_find_entry(w, &o->dest);
         if (!de) continue; /* not in the registry view (yet): keep it */
         uint8_t *buf = NULL;
-        size_t len = 0;
-        if (ts_zone_pack_outbox(z, i, &buf, &len) != TS_OK) continue;
+        size_t len = 0, count = 0, total = o->ntransfers + o->ninputs;
+        if (ts_zone_pack_outbox_chunk(z, i, o->sent, &buf, &len, &count) != TS_OK) continue;
+        if (!fits(w, z, o->ntransfers ? "a Transfer batch" : "a batch of forwarded inputs", len)) {
+            free(buf);
+            continue;
+        }
         char subj[TS_SUBJECT_MAX], dest[TS_CELL_STR_MAX], msg_id[512];
         ts_subject_cell(subj, sizeof(subj), &o->dest, TS_SUBJ_INPUT);
         ts_cell_format(&o->dest, dest, sizeof(dest));
         if (!o->id_seq) o->id_seq = ++w->seq; /* sealed from here on */
+        int n;
         if (o->marker_seq) /* the same Departure replayed by a later owner publishes the same id */
-            snprintf(msg_id, sizeof(msg_id), "xfer-%s-m%" PRIu64 "-%s", z->key, o->marker_seq, dest);
+            n = snprintf(msg_id, sizeof(msg_id), "xfer-%s-m%" PRIu64 "-%s", z->key, o->marker_seq, dest);
         else
             /* forwarded inputs are de-duplicated by (entity, seq) at the destination */
-            snprintf(msg_id, sizeof(msg_id), "fwd-%s-%016" PRIx64 "-%" PRIu64, w->id, w->boot_nonce,
-                     o->id_seq);
+            n = snprintf(msg_id, sizeof(msg_id), "fwd-%s-%016" PRIx64 "-%" PRIu64, w->id, w->boot_nonce,
+                         o->id_seq);
+        if (count < total && n > 0 && (size_t)n < sizeof(msg_id)) /* one of several: which items */
+            snprintf(msg_id + n, sizeof(msg_id) - (size_t)n, "-%zu+%zu", o->sent, count);
         ts_bus_hdr_t hdr = {.type = TS_TYPE_INPUT_BATCH,
                             .epoch = de->epoch,
                             .seq = ++w->seq,
-                            .count = (uint32_t)(o->ninputs + o->ntransfers),
+                            .count = (uint32_t)count,
                             .msg_id = msg_id};
         ts_status_t st = publish_tracked(w, subj, &hdr, buf, len);
-        if (st == TS_OK)
+        if (st == TS_OK) {
             o->pub_seq = hdr.seq;
-        else if (st == TS_ERR_BUSY)
+            o->chunk = count;
+        } else if (st == TS_ERR_BUSY)
             break; /* the bus is full: the rest waits for the next tick */
     }
 }
@@ -154,6 +191,10 @@ void ts_worker_collect_publishes(ts_worker_t *w, ts_zone_t *z)
         if (!o->pub_seq) continue;
         int st = outcome(w, o->pub_seq);
         if (st == TS_FLIGHT_OK) {
+            o->pub_seq = 0;
+            o->sent += o->chunk;
+            o->chunk = 0;
+            if (o->sent < o->ntransfers + o->ninputs) continue; /* the next message goes next tick */
             const ts_cell_entry_t *de = ts_worker_find_entry(w, &o->dest);
             if (de && strcmp(de->owner, w->id) != 0) w->stats.transfers_out_remote += o->ntransfers;
             ts_zone_outbox_done(z, i);
@@ -161,10 +202,11 @@ void ts_worker_collect_publishes(ts_worker_t *w, ts_zone_t *z)
         } else if (st == TS_FLIGHT_FAILED) {
             char dest[TS_CELL_STR_MAX];
             ts_cell_format(&o->dest, dest, sizeof(dest));
-            ts_warn("cell %s: %zu entities / %zu inputs for %s not stored; sending them again", z->key,
-                    o->ntransfers, o->ninputs, dest);
+            ts_warn("cell %s: %zu of %zu entities / %zu inputs for %s not stored; sending them again", z->key,
+                    o->chunk, o->ntransfers, o->ninputs, dest);
             w->stats.publishes_failed++;
             o->pub_seq = 0; /* sealed: the same bytes and id go again */
+            o->chunk = 0;
         }
     }
     if (done) ts_zone_outbox_clear(z);
@@ -195,6 +237,11 @@ void ts_worker_publish_checkpoint(ts_worker_t *w, ts_zone_t *z)
     size_t *lens = NULL, nparts = 0;
     uint64_t gen = ++z->ckpt_generation;
     if (ts_zone_pack_checkpoint_parts(z, w->tick, w->id, false, gen, &bufs, &lens, &nparts) != TS_OK) return;
+    for (size_t i = 0; i < nparts; i++)
+        if (!fits(w, z, "a checkpoint part", lens[i])) {
+            ts_zone_free_parts(bufs, lens, nparts);
+            return;
+        }
     char head[TS_SUBJECT_MAX], subj[TS_SUBJECT_MAX + 48];
     ts_subject_cell(head, sizeof(head), &z->cell, TS_SUBJ_CHECKPOINT);
     ts_bus_hdr_t hdr = {.type = TS_TYPE_CHECKPOINT, .epoch = z->epoch, .seq = z->last_applied_seq};

@@ -211,6 +211,7 @@ ts_status_t ts_zone_create(ts_zone_t **out, const ts_cell_t *cell, uint64_t epoc
     z->cell = *cell;
     ts_cell_format(cell, z->key, sizeof(z->key));
     z->epoch = epoch;
+    z->msg_max = TS_ZONE_MAX_PAYLOAD_DEFAULT - TS_ZONE_MSG_HEADROOM;
     ts_map_init(&z->entities);
     ts_map_init(&z->departed);
     ts_map_init(&z->precopy_ids);
@@ -273,6 +274,15 @@ void ts_zone_destroy(ts_zone_t *z)
 size_t ts_zone_entities(const ts_zone_t *z)
 {
     return z->entities.len;
+}
+
+/* Smaller than this a message could not hold one entity with its headers. */
+#define MSG_MAX_FLOOR 4096
+
+void ts_zone_set_max_payload(ts_zone_t *z, size_t max_payload)
+{
+    z->msg_max = max_payload > TS_ZONE_MSG_HEADROOM + MSG_MAX_FLOOR ? max_payload - TS_ZONE_MSG_HEADROOM
+                                                                    : MSG_MAX_FLOOR;
 }
 
 /* Shifts the window n bits towards older sequences. */
@@ -353,6 +363,7 @@ static ts_zone_out_t *outbox_for(ts_zone_t *z, const ts_cell_t *dest, uint64_t m
     o->marker_seq = marker_seq;
     o->id_seq = 0;
     o->pub_seq = 0;
+    o->sent = o->chunk = 0;
     o->ntransfers = 0;
     o->ninputs = 0;
     return o;
@@ -1019,6 +1030,7 @@ void ts_zone_outbox_done(ts_zone_t *z, size_t i)
     o->ninputs = 0;
     o->id_seq = 0;
     o->pub_seq = 0;
+    o->sent = o->chunk = 0;
 }
 
 void ts_zone_outbox_clear(ts_zone_t *z)
@@ -1177,12 +1189,12 @@ static Tessera__V1__CellId *cell_to_pb(arena_t *a, const ts_cell_t *c)
     return pb;
 }
 
-/* The inputs of outbox entry o as an array of messages (n = o->ninputs). */
-static Tessera__V1__Input **inputs_to_pb(arena_t *a, const ts_zone_out_t *o)
+/* n inputs as an array of messages. */
+static Tessera__V1__Input **inputs_to_pb(arena_t *a, const ts_input_t *ins, size_t n)
 {
-    Tessera__V1__Input **v = arena_alloc(a, o->ninputs * sizeof(*v));
-    for (size_t k = 0; v && k < o->ninputs; k++)
-        v[k] = input_to_pb(a, &o->inputs[k]);
+    Tessera__V1__Input **v = arena_alloc(a, n * sizeof(*v));
+    for (size_t k = 0; v && k < n; k++)
+        v[k] = input_to_pb(a, &ins[k]);
     return v;
 }
 
@@ -1196,31 +1208,169 @@ static Tessera__V1__EntityState **entities_to_pb(arena_t *a, const ts_entity_t *
     return v;
 }
 
-ts_status_t ts_zone_pack_outbox(const ts_zone_t *z, size_t i, uint8_t **buf, size_t *len)
+/* ---- cutting messages by bytes --------------------------------------------
+ * A message is a head (the fields protobuf-c packs) and runs of repeated
+ * fields, each element its tag, its length and its bytes. What an element
+ * adds to a message is known without packing it, so the runs are cut into
+ * parts that fit msg_max before anything is packed. */
+
+/* What item i adds to a part; *capped: it counts towards the part's cap. */
+typedef size_t (*item_cost_fn)(const void *ud, size_t i, bool *capped);
+
+/* Cuts items [0, n) into consecutive parts, each costing at most budget
+ * bytes (an item costing more alone gets a part of its own, which the
+ * caller then finds too large) and holding at most cap capped items.
+ * Returns the number of parts (one for n == 0) with *starts (malloc'd,
+ * parts + 1 entries: part p holds items [starts[p], starts[p + 1])), or 0
+ * if out of memory. */
+static size_t plan_parts(size_t n, size_t budget, size_t cap, item_cost_fn cost, const void *ud,
+                         size_t **starts)
 {
-    const ts_zone_out_t *o = &z->out[i];
+    size_t *st = NULL, nst = 0, cap_st = 0, bytes = 0, ncapped = 0;
+    if (!grow((void **)&st, &cap_st, nst, sizeof(*st))) return 0;
+    st[nst++] = 0;
+    for (size_t i = 0; i < n; i++) {
+        bool capped = false;
+        size_t c = cost(ud, i, &capped);
+        if (i > st[nst - 1] && (c > budget - bytes || (capped && ncapped >= cap))) {
+            if (!grow((void **)&st, &cap_st, nst, sizeof(*st))) {
+                free(st);
+                return 0;
+            }
+            st[nst++] = i;
+            bytes = 0;
+            ncapped = 0;
+        }
+        bytes = c > budget - bytes ? budget : bytes + c;
+        if (capped) ncapped++;
+    }
+    if (!grow((void **)&st, &cap_st, nst, sizeof(*st))) {
+        free(st);
+        return 0;
+    }
+    st[nst] = n;
+    *starts = st;
+    return nst;
+}
+
+/* The part [a, b) of a run of items [off, off + n) of a plan: [*r0, *r1)
+ * relative to the run. */
+static void run_range(size_t a, size_t b, size_t off, size_t n, size_t *r0, size_t *r1)
+{
+    *r0 = a <= off ? 0 : (a - off < n ? a - off : n);
+    *r1 = b <= off ? 0 : (b - off < n ? b - off : n);
+}
+
+static size_t cell_wire_len(const ts_cell_t *c)
+{
+    Tessera__V1__CellId pb;
+    ts_proto_cell_init(&pb, c);
+    return protobuf_c_message_get_packed_size(&pb.base);
+}
+
+/* More than any Input packs to (a join or a request with its payload). */
+#define INPUT_WIRE_MAX (1024 + TS_GAME_PAYLOAD_MAX)
+/* A uint64 field at its longest: tag and a 10-byte varint. */
+#define U64_FIELD_MAX 11
+
+static size_t input_wire_len(const ts_input_t *in)
+{
+    arena_t a = {0};
+    Tessera__V1__Input *pb = input_to_pb(&a, in);
+    size_t n = pb && !a.failed ? protobuf_c_message_get_packed_size(&pb->base) : INPUT_WIRE_MAX;
+    arena_free(&a);
+    return n;
+}
+
+/* What item k of outbox entry o (a transfer, then the inputs) adds to an
+ * InputBatch; from_len: the packed size of the sending cell's CellId. A
+ * transfer's from_epoch is counted at its longest, so the cut of an entry
+ * does not depend on the epoch of whoever publishes it. */
+static size_t outbox_item_len(const ts_zone_out_t *o, size_t k, size_t from_len)
+{
+    if (k < o->ntransfers) {
+        size_t t = ts_pbw_sub_len(1, entity_wire_len(&o->transfers[k], true)) + ts_pbw_sub_len(2, from_len) +
+                   U64_FIELD_MAX;
+        return ts_pbw_sub_len(3, t);
+    }
+    return ts_pbw_sub_len(2, input_wire_len(&o->inputs[k - o->ntransfers]));
+}
+
+/* Items [from, from + n) of outbox entry o as one InputBatch. */
+static ts_status_t pack_outbox_items(const ts_zone_t *z, const ts_zone_out_t *o, size_t from, size_t n,
+                                     uint8_t **buf, size_t *len)
+{
+    size_t t0, t1, i0, i1;
+    run_range(from, from + n, 0, o->ntransfers, &t0, &t1);
+    run_range(from, from + n, o->ntransfers, o->ninputs, &i0, &i1);
     arena_t a = {0};
     Tessera__V1__InputBatch b = TESSERA__V1__INPUT_BATCH__INIT;
     b.cell = cell_to_pb(&a, &o->dest);
-    Tessera__V1__CellId *from = cell_to_pb(&a, &z->cell);
-    b.n_transfers = o->ntransfers;
-    b.transfers = arena_alloc(&a, o->ntransfers * sizeof(*b.transfers));
-    for (size_t k = 0; b.transfers && k < o->ntransfers; k++) {
+    Tessera__V1__CellId *fromc = cell_to_pb(&a, &z->cell);
+    b.n_transfers = t1 - t0;
+    b.transfers = arena_alloc(&a, b.n_transfers * sizeof(*b.transfers));
+    for (size_t k = 0; b.transfers && k < b.n_transfers; k++) {
         Tessera__V1__Transfer *t = arena_alloc(&a, sizeof(*t));
         Tessera__V1__EntityState *es = arena_alloc(&a, sizeof(*es));
         if (!t || !es) break;
         tessera__v1__transfer__init(t);
-        entity_to_pb(&o->transfers[k], es);
+        entity_to_pb(&o->transfers[t0 + k], es);
         t->entity = es;
-        t->from = from;
+        t->from = fromc;
         t->from_epoch = z->epoch;
         b.transfers[k] = t;
     }
-    b.n_inputs = o->ninputs;
-    b.inputs = inputs_to_pb(&a, o);
+    b.n_inputs = i1 - i0;
+    b.inputs = inputs_to_pb(&a, b.n_inputs ? o->inputs + i0 : NULL, b.n_inputs);
     ts_status_t st = a.failed ? TS_ERR_NOMEM : ts_proto_pack(&b.base, buf, len);
     arena_free(&a);
     return st;
+}
+
+ts_status_t ts_zone_pack_outbox(const ts_zone_t *z, size_t i, uint8_t **buf, size_t *len)
+{
+    const ts_zone_out_t *o = &z->out[i];
+    return pack_outbox_items(z, o, 0, o->ntransfers + o->ninputs, buf, len);
+}
+
+ts_status_t ts_zone_pack_outbox_chunk(const ts_zone_t *z, size_t i, size_t from, uint8_t **buf, size_t *len,
+                                      size_t *count)
+{
+    const ts_zone_out_t *o = &z->out[i];
+    size_t total = o->ntransfers + o->ninputs;
+    *buf = NULL;
+    *len = 0;
+    *count = 0;
+    if (from >= total) return TS_ERR_INVALID;
+    size_t head = ts_pbw_sub_len(1, cell_wire_len(&o->dest)), from_len = cell_wire_len(&z->cell);
+    size_t budget = z->msg_max > head ? z->msg_max - head : 0, bytes = 0, k = from;
+    for (; k < total; k++) {
+        size_t c = outbox_item_len(o, k, from_len);
+        if (k > from && c > budget - bytes) break;
+        bytes = c > budget - bytes ? budget : bytes + c;
+    }
+    ts_status_t st = pack_outbox_items(z, o, from, k - from, buf, len);
+    if (st == TS_OK) *count = k - from;
+    return st;
+}
+
+/* The items of a StateDelta: the announcements, the events, then the
+ * entities (capped). */
+typedef struct {
+    const ts_zone_t *z;
+    const Tessera__V1__GameEvent *evs;
+    const size_t *elens;
+} delta_items_t;
+
+static size_t delta_item_cost(const void *ud, size_t i, bool *capped)
+{
+    const delta_items_t *d = ud;
+    if (i < d->z->nleft) return ts_pbw_sub_len(6, protobuf_c_message_get_packed_size(&d->z->left[i].base));
+    i -= d->z->nleft;
+    if (i < d->z->nevents) return ts_pbw_sub_len(11, protobuf_c_message_get_packed_size(&d->evs[i].base));
+    i -= d->z->nevents;
+    *capped = true;
+    return ts_pbw_sub_len(5, d->elens[i]);
 }
 
 ts_status_t ts_zone_pack_delta(ts_zone_t *z, uint64_t tick, bool full, const char *owner, uint8_t ***bufs,
@@ -1236,24 +1386,24 @@ ts_status_t ts_zone_pack_delta(ts_zone_t *z, uint64_t tick, bool full, const cha
         if (full || ((ts_entity_t *)v)->dirty) n++;
     if (n == 0 && z->nleft == 0 && z->nevents == 0 && !full) return TS_OK;
 
-    size_t parts = n ? (n + TS_ZONE_STATE_PART_ENTITIES - 1) / TS_ZONE_STATE_PART_ENTITIES : 1;
-    size_t per = n < TS_ZONE_STATE_PART_ENTITIES ? (n ? n : 1) : TS_ZONE_STATE_PART_ENTITIES;
-    if (z->scratch_cap < per) {
-        ts_entity_t **ne = realloc(z->scratch_ents, per * sizeof(*ne));
+    size_t want = n ? n : 1;
+    if (z->scratch_cap < want) {
+        ts_entity_t **ne = realloc(z->scratch_ents, want * sizeof(*ne));
         if (ne) z->scratch_ents = ne;
-        size_t *nl = realloc(z->scratch_lens, per * sizeof(*nl));
+        size_t *nl = realloc(z->scratch_lens, want * sizeof(*nl));
         if (nl) z->scratch_lens = nl;
-        if (ne && nl) z->scratch_cap = per;
+        if (ne && nl) z->scratch_cap = want;
     }
-    ts_entity_t **ents = z->scratch_cap >= per ? z->scratch_ents : NULL;
-    size_t *elens = z->scratch_cap >= per ? z->scratch_lens : NULL;
+    ts_entity_t **ents = z->scratch_cap >= want ? z->scratch_ents : NULL;
+    size_t *elens = z->scratch_cap >= want ? z->scratch_lens : NULL;
     Tessera__V1__EntityLeft **lp = calloc(z->nleft ? z->nleft : 1, sizeof(*lp));
     Tessera__V1__GameEvent *evs = z->nevents ? calloc(z->nevents, sizeof(*evs)) : NULL;
     Tessera__V1__GameEvent **evp = z->nevents ? calloc(z->nevents, sizeof(*evp)) : NULL;
-    uint8_t **ob = calloc(parts, sizeof(*ob));
-    size_t *ol = calloc(parts, sizeof(*ol));
+    size_t *starts = NULL, parts = 0;
+    uint8_t **ob = NULL;
+    size_t *ol = NULL;
     ts_status_t st = TS_ERR_NOMEM;
-    if (!ents || !elens || !lp || !ob || !ol || (z->nevents && (!evs || !evp))) goto cleanup;
+    if (!ents || !elens || !lp || (z->nevents && (!evs || !evp))) goto cleanup;
     for (size_t i = 0; i < z->nleft; i++)
         lp[i] = &z->left[i];
     for (size_t i = 0; i < z->nevents; i++) {
@@ -1268,39 +1418,47 @@ ts_status_t ts_zone_pack_delta(ts_zone_t *z, uint64_t tick, bool full, const cha
         evs[i].y = ev->y;
         evp[i] = &evs[i];
     }
+    size_t k = 0;
+    for (size_t it = 0; k < n && ts_map_next(&z->entities, &it, &id, &v);) {
+        ts_entity_t *e = v;
+        if (!full && !e->dirty) continue;
+        ents[k] = e;
+        elens[k] = entity_wire_len(e, false);
+        k++;
+        e->dirty = false;
+    }
 
     Tessera__V1__CellId cell;
     ts_proto_cell_init(&cell, &z->cell);
-    size_t it = 0;
+    Tessera__V1__StateDelta d = TESSERA__V1__STATE_DELTA__INIT;
+    d.cell = &cell;
+    d.epoch = z->epoch;
+    d.tick = tick;
+    d.full = full;
+    d.last_applied_seq = z->last_applied_seq;
+    d.owner = (char *)owner;
+    d.part = d.parts = UINT32_MAX; /* the head at its longest */
+    size_t head = protobuf_c_message_get_packed_size(&d.base);
+    delta_items_t di = {.z = z, .evs = evs, .elens = elens};
+    parts = plan_parts(z->nleft + z->nevents + n, z->msg_max > head ? z->msg_max - head : 0,
+                       TS_ZONE_STATE_PART_ENTITIES, delta_item_cost, &di, &starts);
+    if (!parts) goto cleanup;
+    ob = calloc(parts, sizeof(*ob));
+    ol = calloc(parts, sizeof(*ol));
+    if (!ob || !ol) goto cleanup;
     st = TS_OK;
     for (size_t part = 0; part < parts && st == TS_OK; part++) {
-        size_t k = 0;
-        while (k < per && ts_map_next(&z->entities, &it, &id, &v)) {
-            ts_entity_t *e = v;
-            if (!full && !e->dirty) continue;
-            ents[k] = e;
-            elens[k] = entity_wire_len(e, false);
-            k++;
-            e->dirty = false;
-        }
-        Tessera__V1__StateDelta d = TESSERA__V1__STATE_DELTA__INIT;
-        d.cell = &cell;
-        d.epoch = z->epoch;
-        d.tick = tick;
-        d.full = full;
-        if (part == 0) { /* departures ride in the first part */
-            d.n_left = z->nleft;
-            d.left = lp;
-            d.n_events = z->nevents;
-            d.events = evp;
-        }
-        d.last_applied_seq = z->last_applied_seq;
-        d.owner = (char *)owner;
-        if (parts > 1) {
-            d.part = (uint32_t)part;
-            d.parts = (uint32_t)parts;
-        }
-        st = pack_with_entities(&d.base, 5, ents, elens, k, false, &ob[part], &ol[part]);
+        size_t l0, l1, v0, v1, e0, e1;
+        run_range(starts[part], starts[part + 1], 0, z->nleft, &l0, &l1);
+        run_range(starts[part], starts[part + 1], z->nleft, z->nevents, &v0, &v1);
+        run_range(starts[part], starts[part + 1], z->nleft + z->nevents, n, &e0, &e1);
+        d.n_left = l1 - l0;
+        d.left = lp + l0;
+        d.n_events = v1 - v0;
+        d.events = d.n_events ? evp + v0 : NULL;
+        d.part = parts > 1 ? (uint32_t)part : 0;
+        d.parts = parts > 1 ? (uint32_t)parts : 0;
+        st = pack_with_entities(&d.base, 5, ents + e0, elens + e0, e1 - e0, false, &ob[part], &ol[part]);
     }
     if (st == TS_OK) {
         *bufs = ob;
@@ -1319,23 +1477,38 @@ cleanup:
             free(ob[i]);
     free(ob);
     free(ol);
+    free(starts);
     free(lp);
     free(evs);
     free(evp);
     return st;
 }
 
-ts_status_t ts_zone_pack_departures(const ts_zone_t *z, uint8_t **buf, size_t *len)
+/* What Departure dep adds to an InputBatch. */
+static size_t departure_len(const ts_zone_t *z, const ts_departure_t *dep)
+{
+    Tessera__V1__Departure d = TESSERA__V1__DEPARTURE__INIT;
+    Tessera__V1__CellId to;
+    ts_proto_cell_init(&to, &dep->to);
+    d.entity = dep->entity;
+    d.to = &to;
+    d.hops = dep->hops;
+    d.epoch = z->epoch;
+    return ts_pbw_sub_len(4, protobuf_c_message_get_packed_size(&d.base));
+}
+
+/* The first n queued Departures as one InputBatch. */
+static ts_status_t pack_departures(const ts_zone_t *z, size_t n, uint8_t **buf, size_t *len)
 {
     *buf = NULL;
     *len = 0;
-    if (z->ndeps == 0) return TS_OK;
-    Tessera__V1__Departure *d = calloc(z->ndeps, sizeof(*d));
-    Tessera__V1__Departure **dp = calloc(z->ndeps, sizeof(*dp));
-    Tessera__V1__CellId *to = calloc(z->ndeps, sizeof(*to));
+    if (n == 0) return TS_OK;
+    Tessera__V1__Departure *d = calloc(n, sizeof(*d));
+    Tessera__V1__Departure **dp = calloc(n, sizeof(*dp));
+    Tessera__V1__CellId *to = calloc(n, sizeof(*to));
     ts_status_t st = TS_ERR_NOMEM;
     if (!d || !dp || !to) goto cleanup;
-    for (size_t i = 0; i < z->ndeps; i++) {
+    for (size_t i = 0; i < n; i++) {
         tessera__v1__departure__init(&d[i]);
         ts_proto_cell_init(&to[i], &z->deps[i].to);
         d[i].entity = z->deps[i].entity;
@@ -1348,13 +1521,33 @@ ts_status_t ts_zone_pack_departures(const ts_zone_t *z, uint8_t **buf, size_t *l
     Tessera__V1__CellId cell;
     ts_proto_cell_init(&cell, &z->cell);
     b.cell = &cell;
-    b.n_departures = z->ndeps;
+    b.n_departures = n;
     b.departures = dp;
     st = ts_proto_pack(&b.base, buf, len);
 cleanup:
     free(d);
     free(dp);
     free(to);
+    return st;
+}
+
+ts_status_t ts_zone_pack_departures(const ts_zone_t *z, uint8_t **buf, size_t *len)
+{
+    return pack_departures(z, z->ndeps, buf, len);
+}
+
+ts_status_t ts_zone_pack_departures_chunk(const ts_zone_t *z, uint8_t **buf, size_t *len, size_t *count)
+{
+    size_t head = ts_pbw_sub_len(1, cell_wire_len(&z->cell));
+    size_t budget = z->msg_max > head ? z->msg_max - head : 0, bytes = 0, n = 0;
+    for (; n < z->ndeps; n++) {
+        size_t c = departure_len(z, &z->deps[n]);
+        if (n > 0 && c > budget - bytes) break;
+        bytes = c > budget - bytes ? budget : bytes + c;
+    }
+    *count = 0;
+    ts_status_t st = pack_departures(z, n, buf, len);
+    if (st == TS_OK) *count = n;
     return st;
 }
 
@@ -1378,136 +1571,277 @@ void ts_zone_mark_precopy(ts_zone_t *z)
     z->precopy_mark = z->mod_counter;
 }
 
-/* One part of a checkpoint: entities [e0, e0 + ne) and departed records
- * [d0, d0 + nd) in iteration order; part 0 also carries the rest. */
-static ts_status_t pack_checkpoint_part(const ts_zone_t *z, uint64_t tick, const char *owner, bool diff,
-                                        size_t e0, size_t ne, size_t d0, size_t ndep, uint32_t part,
-                                        uint32_t parts, uint64_t generation, uint8_t **buf, size_t *len)
+/* ---- checkpoints ----------------------------------------------------------
+ * What a checkpoint holds beside its head, as one run of items in the
+ * order its parts carry them: the removed ids (a Diff), the announcements
+ * not made yet, the outbox entries' items (transfers, then inputs, entry by
+ * entry), the departed records, the entities. */
+
+/* An Outbox's own fields at their longest: its tag and length, dest and
+ * marker_seq. */
+#define OUTBOX_HEAD_MAX 64
+/* Room in every part beside the items: the packed `removed` field's tag and
+ * length, and the head of an outbox entry continued from the part before. */
+#define CKPT_PART_SLACK (16 + OUTBOX_HEAD_MAX)
+
+typedef struct {
+    const ts_zone_t *z;
+    uint64_t *removed;
+    size_t nremoved, nleft;
+    uint32_t *ob_entry, *ob_item; /* each outbox item: its entry and its index there */
+    size_t nob;
+    uint64_t *dep_ids;
+    const departed_t **deps;
+    size_t ndep;
+    ts_entity_t **ents;
+    size_t *elens;
+    size_t nents;
+    uint64_t tick;
+} ckpt_items_t;
+
+static void ckpt_items_free(ckpt_items_t *c)
 {
-    size_t nr = 0;
+    free(c->removed);
+    free(c->ob_entry);
+    free(c->ob_item);
+    free(c->dep_ids);
+    free(c->deps);
+    free(c->ents);
+    free(c->elens);
+}
+
+static ts_status_t ckpt_items_collect(const ts_zone_t *z, bool diff, uint64_t tick, ckpt_items_t *c)
+{
+    memset(c, 0, sizeof(*c));
+    c->z = z;
+    c->tick = tick;
+    c->nleft = z->nleft;
     uint64_t id;
     void *v;
-    if (diff && part == 0)
+    size_t nr = 0, nob = 0, ne = 0;
+    if (diff)
         for (size_t it = 0; ts_map_next(&z->precopy_ids, &it, &id, &v);)
             if (!ts_map_get(&z->entities, id)) nr++;
-
-    ts_entity_t **ents = calloc(ne ? ne : 1, sizeof(*ents));
-    size_t *elens = calloc(ne ? ne : 1, sizeof(*elens));
-    Tessera__V1__Departed *dd = calloc(ndep ? ndep : 1, sizeof(*dd));
-    Tessera__V1__Departed **ddp = calloc(ndep ? ndep : 1, sizeof(*ddp));
-    Tessera__V1__CellId *dto = calloc(ndep ? ndep : 1, sizeof(*dto));
-    uint64_t *removed = calloc(nr ? nr : 1, sizeof(*removed));
-    ts_status_t st = TS_ERR_NOMEM;
-    if (!ents || !elens || !dd || !ddp || !dto || !removed) goto cleanup;
-
-    size_t k = 0, seen = 0;
-    for (size_t it = 0; k < ne && ts_map_next(&z->entities, &it, &id, &v);) {
+    for (size_t i = 0; i < z->nout; i++)
+        nob += z->out[i].ntransfers + z->out[i].ninputs;
+    for (size_t it = 0; ts_map_next(&z->entities, &it, &id, &v);)
+        if (!diff || ((ts_entity_t *)v)->mod > z->precopy_mark) ne++;
+    size_t nd = z->departed.len;
+    c->removed = calloc(nr ? nr : 1, sizeof(*c->removed));
+    c->ob_entry = calloc(nob ? nob : 1, sizeof(*c->ob_entry));
+    c->ob_item = calloc(nob ? nob : 1, sizeof(*c->ob_item));
+    c->dep_ids = calloc(nd ? nd : 1, sizeof(*c->dep_ids));
+    c->deps = calloc(nd ? nd : 1, sizeof(*c->deps));
+    c->ents = calloc(ne ? ne : 1, sizeof(*c->ents));
+    c->elens = calloc(ne ? ne : 1, sizeof(*c->elens));
+    if (!c->removed || !c->ob_entry || !c->ob_item || !c->dep_ids || !c->deps || !c->ents || !c->elens) {
+        ckpt_items_free(c);
+        return TS_ERR_NOMEM;
+    }
+    if (diff)
+        for (size_t it = 0; c->nremoved < nr && ts_map_next(&z->precopy_ids, &it, &id, &v);)
+            if (!ts_map_get(&z->entities, id)) c->removed[c->nremoved++] = id;
+    for (size_t i = 0; i < z->nout; i++)
+        for (size_t k = 0; k < z->out[i].ntransfers + z->out[i].ninputs; k++) {
+            c->ob_entry[c->nob] = (uint32_t)i;
+            c->ob_item[c->nob++] = (uint32_t)k;
+        }
+    for (size_t it = 0; c->ndep < nd && ts_map_next(&z->departed, &it, &id, &v);) {
+        c->dep_ids[c->ndep] = id;
+        c->deps[c->ndep++] = v;
+    }
+    for (size_t it = 0; c->nents < ne && ts_map_next(&z->entities, &it, &id, &v);) {
         ts_entity_t *e = v;
         if (diff && e->mod <= z->precopy_mark) continue;
-        if (seen++ < e0) continue;
-        ents[k] = e;
-        elens[k] = entity_wire_len(e, true);
-        k++;
+        c->ents[c->nents] = e;
+        c->elens[c->nents++] = entity_wire_len(e, true);
     }
-    size_t n = k;
-    k = 0;
-    seen = 0;
-    for (size_t it = 0; k < ndep && ts_map_next(&z->departed, &it, &id, &v);) {
-        if (seen++ < d0) continue;
-        const departed_t *d = v;
-        tessera__v1__departed__init(&dd[k]);
-        ts_proto_cell_init(&dto[k], &d->to);
-        dd[k].id = id;
-        dd[k].to = &dto[k];
-        dd[k].hops = d->hops;
-        dd[k].incarnation = d->incarnation;
-        dd[k].ttl_ticks = d->until_tick > tick ? d->until_tick - tick : 0;
-        ddp[k] = &dd[k];
-        k++;
-    }
-    size_t nd = k;
-    k = 0;
-    if (diff && part == 0)
-        for (size_t it = 0; ts_map_next(&z->precopy_ids, &it, &id, &v);)
-            if (!ts_map_get(&z->entities, id)) removed[k++] = id;
+    return TS_OK;
+}
 
-    Tessera__V1__Checkpoint cp = TESSERA__V1__CHECKPOINT__INIT;
+static void departed_to_pb(const ckpt_items_t *c, size_t i, Tessera__V1__Departed *pb,
+                           Tessera__V1__CellId *to)
+{
+    const departed_t *d = c->deps[i];
+    tessera__v1__departed__init(pb);
+    ts_proto_cell_init(to, &d->to);
+    pb->id = c->dep_ids[i];
+    pb->to = to;
+    pb->hops = d->hops;
+    pb->incarnation = d->incarnation;
+    pb->ttl_ticks = d->until_tick > c->tick ? d->until_tick - c->tick : 0;
+}
+
+static size_t ckpt_item_cost(const void *ud, size_t i, bool *capped)
+{
+    const ckpt_items_t *c = ud;
+    if (i < c->nremoved) return ts_pbw_varint_len(c->removed[i]);
+    i -= c->nremoved;
+    if (i < c->nleft) return ts_pbw_sub_len(11, protobuf_c_message_get_packed_size(&c->z->left[i].base));
+    i -= c->nleft;
+    if (i < c->nob) {
+        const ts_zone_out_t *o = &c->z->out[c->ob_entry[i]];
+        size_t k = c->ob_item[i];
+        size_t n = k < o->ntransfers ? ts_pbw_sub_len(3, entity_wire_len(&o->transfers[k], true))
+                                     : ts_pbw_sub_len(4, input_wire_len(&o->inputs[k - o->ntransfers]));
+        return k == 0 ? n + OUTBOX_HEAD_MAX : n;
+    }
+    i -= c->nob;
+    if (i < c->ndep) {
+        Tessera__V1__Departed pb;
+        Tessera__V1__CellId to;
+        departed_to_pb(c, i, &pb, &to);
+        return ts_pbw_sub_len(6, protobuf_c_message_get_packed_size(&pb.base));
+    }
+    i -= c->ndep;
+    *capped = true;
+    return ts_pbw_sub_len(5, c->elens[i]);
+}
+
+/* The checkpoint's fields that are not items; part 0 also carries the
+ * module's cell state. */
+static void ckpt_head(const ts_zone_t *z, uint64_t tick, const char *owner, uint64_t generation, bool first,
+                      Tessera__V1__Checkpoint *cp, Tessera__V1__CellId *cell)
+{
+    tessera__v1__checkpoint__init(cp);
+    ts_proto_cell_init(cell, &z->cell);
+    cp->cell = cell;
+    cp->epoch = z->epoch;
+    cp->last_applied_seq = z->last_applied_seq;
+    cp->tick = tick;
+    cp->owner = (char *)owner;
+    cp->time_us = ts_now_us();
+    cp->generation = generation;
+    if (first) {
+        cp->game_rng = z->game.rng;
+        cp->game_time = z->game.time;
+        cp->game_spawned = z->game.spawned;
+        cp->game_state.len = z->game.state_len;
+        cp->game_state.data = (uint8_t *)z->game.state;
+    }
+}
+
+/* Part [a, b) of the items as one Checkpoint message. */
+static ts_status_t pack_ckpt_part(const ckpt_items_t *c, uint64_t tick, const char *owner,
+                                  uint64_t generation, size_t a, size_t b, uint32_t part, uint32_t parts,
+                                  uint8_t **buf, size_t *len)
+{
+    const ts_zone_t *z = c->z;
+    size_t r0, r1, l0, l1, o0, o1, d0, d1, e0, e1, off = 0;
+    run_range(a, b, off, c->nremoved, &r0, &r1);
+    run_range(a, b, off += c->nremoved, c->nleft, &l0, &l1);
+    run_range(a, b, off += c->nleft, c->nob, &o0, &o1);
+    run_range(a, b, off += c->nob, c->ndep, &d0, &d1);
+    run_range(a, b, off += c->ndep, c->nents, &e0, &e1);
+    Tessera__V1__Checkpoint cp;
     Tessera__V1__CellId cell;
-    ts_proto_cell_init(&cell, &z->cell);
-    cp.cell = &cell;
-    cp.epoch = z->epoch;
-    cp.last_applied_seq = z->last_applied_seq;
-    cp.tick = tick;
-    cp.n_departed = nd;
-    cp.departed = ddp;
-    cp.n_removed = nr;
-    cp.removed = removed;
-    cp.owner = (char *)owner;
-    cp.time_us = ts_now_us();
+    ckpt_head(z, tick, owner, generation, part == 0, &cp, &cell);
     if (parts > 1) {
         cp.part = part;
         cp.parts = parts;
     }
-    cp.generation = generation;
-    arena_t a = {0};
-    if (part == 0) {
-        /* what this zone decided but has not had stored yet goes with it, in
-         * a checkpoint too: its input before last_applied_seq is not
-         * replayed, so whoever loads it publishes these (same message ids for
-         * transfers, so nothing is stored twice) */
-        cp.n_outbox = z->nout;
-        cp.outbox = arena_alloc(&a, z->nout * sizeof(*cp.outbox));
-        for (size_t i = 0; cp.outbox && i < z->nout; i++) {
-            const ts_zone_out_t *o = &z->out[i];
-            Tessera__V1__Outbox *ob = arena_alloc(&a, sizeof(*ob));
-            if (!ob) break;
-            tessera__v1__outbox__init(ob);
-            ob->dest = cell_to_pb(&a, &o->dest);
-            ob->marker_seq = o->marker_seq;
-            ob->n_transfers = o->ntransfers;
-            ob->transfers = entities_to_pb(&a, o->transfers, o->ntransfers);
-            ob->n_inputs = o->ninputs;
-            ob->inputs = inputs_to_pb(&a, o);
-            cp.outbox[i] = ob;
+    arena_t ar = {0};
+    cp.n_removed = r1 - r0;
+    cp.removed = cp.n_removed ? c->removed + r0 : NULL;
+    cp.n_left = l1 - l0;
+    cp.left = arena_alloc(&ar, cp.n_left * sizeof(*cp.left));
+    for (size_t i = 0; cp.left && i < cp.n_left; i++)
+        cp.left[i] = &z->left[l0 + i];
+    /* the outbox items, one Outbox per run of one entry's items (what this
+     * zone decided but has not had stored yet goes with it: its input is at
+     * or below last_applied_seq and is not replayed, so whoever loads this
+     * publishes them, transfers under the same message ids) */
+    size_t nentries = 0;
+    for (size_t j = o0; j < o1; j++)
+        if (j == o0 || c->ob_entry[j] != c->ob_entry[j - 1]) nentries++;
+    cp.outbox = arena_alloc(&ar, nentries * sizeof(*cp.outbox));
+    for (size_t j = o0; cp.outbox && j < o1;) {
+        const ts_zone_out_t *o = &z->out[c->ob_entry[j]];
+        size_t k0 = c->ob_item[j], k1 = k0;
+        while (j < o1 && &z->out[c->ob_entry[j]] == o) {
+            k1 = c->ob_item[j] + 1;
+            j++;
         }
-        cp.game_rng = z->game.rng;
-        cp.game_time = z->game.time;
-        cp.game_spawned = z->game.spawned;
-        cp.game_state.len = z->game.state_len;
-        cp.game_state.data = (uint8_t *)z->game.state;
-        cp.n_left = z->nleft;
-        cp.left = arena_alloc(&a, z->nleft * sizeof(*cp.left));
-        for (size_t i = 0; cp.left && i < z->nleft; i++)
-            cp.left[i] = &z->left[i];
+        size_t t0, t1, i0, i1;
+        run_range(k0, k1, 0, o->ntransfers, &t0, &t1);
+        run_range(k0, k1, o->ntransfers, o->ninputs, &i0, &i1);
+        Tessera__V1__Outbox *ob = arena_alloc(&ar, sizeof(*ob));
+        if (!ob) break;
+        tessera__v1__outbox__init(ob);
+        ob->dest = cell_to_pb(&ar, &o->dest);
+        ob->marker_seq = o->marker_seq;
+        ob->n_transfers = t1 - t0;
+        ob->transfers = entities_to_pb(&ar, ob->n_transfers ? o->transfers + t0 : NULL, ob->n_transfers);
+        ob->n_inputs = i1 - i0;
+        ob->inputs = inputs_to_pb(&ar, ob->n_inputs ? o->inputs + i0 : NULL, ob->n_inputs);
+        cp.outbox[cp.n_outbox++] = ob;
     }
-    st = a.failed ? TS_ERR_NOMEM : pack_with_entities(&cp.base, 5, ents, elens, n, true, buf, len);
-    arena_free(&a);
-cleanup:
-    free(ents);
-    free(elens);
-    free(dd);
-    free(ddp);
-    free(dto);
-    free(removed);
+    cp.n_departed = d1 - d0;
+    cp.departed = arena_alloc(&ar, cp.n_departed * sizeof(*cp.departed));
+    Tessera__V1__Departed *dd = arena_alloc(&ar, cp.n_departed * sizeof(*dd));
+    Tessera__V1__CellId *dto = arena_alloc(&ar, cp.n_departed * sizeof(*dto));
+    for (size_t i = 0; cp.departed && dd && dto && i < cp.n_departed; i++) {
+        departed_to_pb(c, d0 + i, &dd[i], &dto[i]);
+        cp.departed[i] = &dd[i];
+    }
+    ts_status_t st =
+        ar.failed ? TS_ERR_NOMEM
+                  : pack_with_entities(&cp.base, 5, c->ents + e0, c->elens + e0, e1 - e0, true, buf, len);
+    arena_free(&ar);
     return st;
 }
 
-static size_t checkpoint_entities(const ts_zone_t *z, bool diff)
+/* The checkpoint as parts of at most msg_max bytes (cut) or as one message. */
+static ts_status_t pack_checkpoint(const ts_zone_t *z, uint64_t tick, const char *owner, bool diff,
+                                   uint64_t generation, bool cut, uint8_t ***bufs, size_t **lens,
+                                   size_t *nparts)
 {
-    if (!diff) return z->entities.len;
-    size_t n = 0;
-    uint64_t id;
-    void *v;
-    for (size_t it = 0; ts_map_next(&z->entities, &it, &id, &v);)
-        if (((ts_entity_t *)v)->mod > z->precopy_mark) n++;
-    return n;
+    *bufs = NULL;
+    *lens = NULL;
+    *nparts = 0;
+    ckpt_items_t c;
+    ts_status_t st = ckpt_items_collect(z, diff, tick, &c);
+    if (st != TS_OK) return st;
+    Tessera__V1__Checkpoint cp;
+    Tessera__V1__CellId cell;
+    ckpt_head(z, tick, owner, generation, true, &cp, &cell);
+    cp.time_us = UINT64_MAX; /* the head at its longest */
+    cp.part = cp.parts = UINT32_MAX;
+    size_t head = protobuf_c_message_get_packed_size(&cp.base) + CKPT_PART_SLACK;
+    size_t budget = !cut ? SIZE_MAX : z->msg_max > head ? z->msg_max - head : 0;
+    size_t n = c.nremoved + c.nleft + c.nob + c.ndep + c.nents, *starts = NULL;
+    size_t parts =
+        plan_parts(n, budget, cut ? TS_ZONE_CKPT_PART_ENTITIES : SIZE_MAX, ckpt_item_cost, &c, &starts);
+    uint8_t **ob = parts ? calloc(parts, sizeof(*ob)) : NULL;
+    size_t *ol = parts ? calloc(parts, sizeof(*ol)) : NULL;
+    st = ob && ol ? TS_OK : TS_ERR_NOMEM;
+    for (size_t p = 0; p < parts && st == TS_OK; p++)
+        st = pack_ckpt_part(&c, tick, owner, generation, starts[p], starts[p + 1], (uint32_t)p,
+                            (uint32_t)parts, &ob[p], &ol[p]);
+    free(starts);
+    ckpt_items_free(&c);
+    if (st != TS_OK) {
+        ts_zone_free_parts(ob, ol, parts);
+        return st;
+    }
+    *bufs = ob;
+    *lens = ol;
+    *nparts = parts;
+    return TS_OK;
 }
 
 ts_status_t ts_zone_pack_checkpoint(const ts_zone_t *z, uint64_t tick, const char *owner, bool diff,
                                     uint8_t **buf, size_t *len)
 {
-    return pack_checkpoint_part(z, tick, owner, diff, 0, checkpoint_entities(z, diff), 0, z->departed.len, 0,
-                                1, 0, buf, len);
+    uint8_t **bufs;
+    size_t *lens, nparts;
+    ts_status_t st = pack_checkpoint(z, tick, owner, diff, 0, false, &bufs, &lens, &nparts);
+    if (st != TS_OK) return st;
+    *buf = bufs[0];
+    *len = lens[0];
+    bufs[0] = NULL;
+    ts_zone_free_parts(bufs, lens, nparts);
+    return TS_OK;
 }
 
 void ts_zone_free_parts(uint8_t **bufs, size_t *lens, size_t nparts)
@@ -1522,38 +1856,7 @@ void ts_zone_free_parts(uint8_t **bufs, size_t *lens, size_t nparts)
 ts_status_t ts_zone_pack_checkpoint_parts(const ts_zone_t *z, uint64_t tick, const char *owner, bool diff,
                                           uint64_t generation, uint8_t ***bufs, size_t **lens, size_t *nparts)
 {
-    const size_t per = TS_ZONE_CKPT_PART_ENTITIES;
-    size_t ne = checkpoint_entities(z, diff), nd = z->departed.len;
-    size_t big = ne > nd ? ne : nd;
-    size_t parts = big ? (big + per - 1) / per : 1;
-    *bufs = calloc(parts, sizeof(**bufs));
-    *lens = calloc(parts, sizeof(**lens));
-    *nparts = parts;
-    if (!*bufs || !*lens) {
-        ts_zone_free_parts(*bufs, *lens, 0);
-        *bufs = NULL;
-        *lens = NULL;
-        *nparts = 0;
-        return TS_ERR_NOMEM;
-    }
-    for (size_t p = 0; p < parts; p++) {
-        /* exactly what this part holds: the arrays are sized by it, and a
-         * cell of a few entities must not allocate (and zero) room for a
-         * whole part's worth every checkpoint */
-        size_t e0 = p * per, d0 = p * per;
-        size_t pe = e0 < ne ? (ne - e0 < per ? ne - e0 : per) : 0;
-        size_t pd = d0 < nd ? (nd - d0 < per ? nd - d0 : per) : 0;
-        ts_status_t st = pack_checkpoint_part(z, tick, owner, diff, e0, pe, d0, pd, (uint32_t)p,
-                                              (uint32_t)parts, generation, &(*bufs)[p], &(*lens)[p]);
-        if (st != TS_OK) {
-            ts_zone_free_parts(*bufs, *lens, parts);
-            *bufs = NULL;
-            *lens = NULL;
-            *nparts = 0;
-            return st;
-        }
-    }
-    return TS_OK;
+    return pack_checkpoint(z, tick, owner, diff, generation, true, bufs, lens, nparts);
 }
 
 ts_status_t ts_zone_load_checkpoint(ts_zone_t *z, const Tessera__V1__Checkpoint *cp, bool diff, uint64_t tick)
@@ -1576,6 +1879,7 @@ ts_status_t ts_zone_load_checkpoint(ts_zone_t *z, const Tessera__V1__Checkpoint 
         for (size_t i = 0; i < z->nout; i++) {
             z->out[i].ntransfers = z->out[i].ninputs = 0;
             z->out[i].id_seq = z->out[i].pub_seq = 0;
+            z->out[i].sent = z->out[i].chunk = 0;
         }
         z->nout = 0;
         for (size_t i = 0; i < z->nleft; i++)

@@ -165,6 +165,10 @@ typedef struct {
      * publish in flight, 0 when none is. */
     uint64_t id_seq;
     uint64_t pub_seq;
+    /* An entry too large for one message goes as several, one at a time:
+     * its items (transfers, then inputs) [0, sent) are stored, and the
+     * publish in flight carries the next `chunk` of them. */
+    size_t sent, chunk;
     ts_entity_t *transfers;
     size_t ntransfers, cap_transfers;
     ts_input_t *inputs;
@@ -178,6 +182,7 @@ typedef struct {
     uint64_t dropped;    /* inputs for unknown entities or too old (lost) */
     uint64_t transfers_in;
     uint64_t transfers_out;
+    uint64_t oversized; /* messages larger than msg_max: not published (a bug) */
 } ts_zone_stats_t;
 
 /* One event of the game module for this tick's StateDelta. */
@@ -229,6 +234,7 @@ typedef struct ts_zone {
     uint64_t deps_pub;     /* Ts-Seq of that publish */
     uint64_t mod_counter;
     uint64_t ckpt_generation; /* checkpoints written (chunked ones alternate subjects) */
+    size_t msg_max;           /* bytes a packed message may have (ts_zone_set_max_payload) */
     uint64_t precopy_mark;    /* mod_counter at the handover PreCopy */
     ts_map_t precopy_ids;     /* entities the PreCopy carried */
     ts_zone_stats_t stats;
@@ -298,6 +304,19 @@ bool ts_zone_queue_departure(ts_zone_t *z, ts_entity_t *e, const ts_cell_t *to);
  * outbox. */
 void ts_zone_step(ts_zone_t *z, double dt, uint64_t tick);
 
+/* ---- message size ----------------------------------------------------------
+ * Every message the zone packs for the bus (a state delta part, an outbox or
+ * departures InputBatch, a checkpoint or handover snapshot part) has at most
+ * z->msg_max bytes, whatever the crowd: NATS max_payload (1 MB unless the
+ * server says otherwise) less TS_ZONE_MSG_HEADROOM for the headers (message
+ * id included) and a handover's envelope around a snapshot part. Parts are
+ * cut by bytes; the entity counts below only cap a part further. */
+#define TS_ZONE_MSG_HEADROOM 8192
+#define TS_ZONE_MAX_PAYLOAD_DEFAULT (1024 * 1024)
+/* Sets msg_max from the connection's max_payload (a zone starts with
+ * TS_ZONE_MAX_PAYLOAD_DEFAULT's). */
+void ts_zone_set_max_payload(ts_zone_t *z, size_t max_payload);
+
 /* Outbox entry i is stored by JetStream: announces its transfers in the
  * next state delta (`left`) and empties it. A transfer is announced only once
  * it is stored, so a gateway re-routing a player's input to the new cell
@@ -306,20 +325,29 @@ void ts_zone_outbox_done(ts_zone_t *z, size_t i);
 /* Drops emptied outbox entries (keeping the order of the rest). */
 void ts_zone_outbox_clear(ts_zone_t *z);
 
-/* Entities per StateDelta message: a keyframe of a larger cell is sent as
- * several parts (StateDelta.part/parts), each well under NATS max_payload. */
+/* Entities per StateDelta message at most: a keyframe of a larger cell is
+ * sent as several parts (StateDelta.part/parts), each also cut to msg_max
+ * bytes. */
 #define TS_ZONE_STATE_PART_ENTITIES 4096
 
 /* Packs this tick's StateDelta (changed entities, or all if full; departed
- * ones) as one or more messages and clears dirty flags and the departed
- * list. State carries what gateways need: no exactly-once window (that
- * travels in transfers and checkpoints only). *nparts == 0 when there is
- * nothing to say and !full; otherwise bufs[0..*nparts) / lens are malloc'd
- * buffers the caller frees, and *bufs the malloc'd array. */
+ * ones; events) as one or more messages and clears dirty flags, the
+ * departed list and the events: the announcements and events go first (in
+ * part 0 unless they fill it), then the entities. State carries what gateways need: no exactly-once window
+ * (that travels in transfers and checkpoints only). *nparts == 0 when there is nothing to say and !full;
+ * otherwise bufs[0..*nparts) / lens are malloc'd buffers the caller frees, and *bufs the malloc'd array. */
 ts_status_t ts_zone_pack_delta(ts_zone_t *z, uint64_t tick, bool full, const char *owner, uint8_t ***bufs,
                                size_t **lens, size_t *nparts);
-/* Packs an InputBatch for outbox entry i (caller frees *buf). */
+/* Packs an InputBatch of all of outbox entry i (caller frees *buf), whatever
+ * its size. */
 ts_status_t ts_zone_pack_outbox(const ts_zone_t *z, size_t i, uint8_t **buf, size_t *len);
+/* Packs the next message of outbox entry i: its items (transfers, then
+ * inputs) from item `from` on, as many as fit msg_max (at least one); *count
+ * says how many. The cut depends only on the entry's items, so packing the
+ * same entry again (a retry, or a new owner that loaded it from a
+ * checkpoint) gives the same messages. Caller frees *buf. */
+ts_status_t ts_zone_pack_outbox_chunk(const ts_zone_t *z, size_t i, size_t from, uint8_t **buf, size_t *len,
+                                      size_t *count);
 
 /* Packs the queued Departures as an InputBatch for the zone's own input
  * subject; *len == 0 when there are none. The publisher marks them in
@@ -327,6 +355,9 @@ ts_status_t ts_zone_pack_outbox(const ts_zone_t *z, size_t i, uint8_t **buf, siz
  * once stored; after a failure they simply go again (a Departure consumed
  * twice is harmless: the second finds the entity gone). */
 ts_status_t ts_zone_pack_departures(const ts_zone_t *z, uint8_t **buf, size_t *len);
+/* The same for the first *count queued Departures: as many as fit msg_max
+ * (the rest go in a later message). */
+ts_status_t ts_zone_pack_departures_chunk(const ts_zone_t *z, uint8_t **buf, size_t *len, size_t *count);
 void ts_zone_departures_done(ts_zone_t *z);
 
 /* Checkpoint of the whole zone (diff=false) or of what changed since
@@ -336,12 +367,15 @@ void ts_zone_departures_done(ts_zone_t *z);
  * that decided them is at or below last_applied_seq and is not replayed. */
 ts_status_t ts_zone_pack_checkpoint(const ts_zone_t *z, uint64_t tick, const char *owner, bool diff,
                                     uint8_t **buf, size_t *len);
-/* Entities (and departed records) per checkpoint part: a part stays well
- * under NATS max_payload (1 MB by default) even with full windows. */
+/* Entities per checkpoint part at most (a part is also cut by bytes). */
 #define TS_ZONE_CKPT_PART_ENTITIES 3000
-/* The same as one or more parts (Checkpoint.part/parts/generation): part 0
- * carries everything that is not an entity or a departed record. bufs/lens
- * are malloc'd arrays of malloc'd buffers the caller frees. */
+/* The same as one or more parts (Checkpoint.part/parts/generation) of at
+ * most msg_max bytes each: part 0 carries the cell's own fields (game
+ * state), and the removed ids, announcements (`left`), outbox entries,
+ * departed records and entities are spread over the parts in that order;
+ * an outbox entry too large for what is left of a part continues in the
+ * next (an Outbox of the same dest and marker_seq, which the loader joins).
+ * bufs/lens are malloc'd arrays of malloc'd buffers the caller frees. */
 ts_status_t ts_zone_pack_checkpoint_parts(const ts_zone_t *z, uint64_t tick, const char *owner, bool diff,
                                           uint64_t generation, uint8_t ***bufs, size_t **lens,
                                           size_t *nparts);
@@ -352,8 +386,10 @@ bool ts_zone_entity_wire_check(const ts_entity_t *e, bool whole);
 void ts_zone_mark_precopy(ts_zone_t *z);
 /* Loads a checkpoint: a full one replaces the zone's state, a diff updates
  * it. Sets last_applied_seq from it. Parts load in order: part 0 does what
- * a whole checkpoint does, later parts add their entities and departed
- * records. */
+ * a whole checkpoint does, later parts add what they carry (an Outbox of
+ * the same dest and marker_seq as one loaded before continues that entry).
+ * A checkpoint written before parts were cut by bytes (everything but the
+ * entities and departed records in part 0) loads the same way. */
 ts_status_t ts_zone_load_checkpoint(ts_zone_t *z, const Tessera__V1__Checkpoint *cp, bool diff,
                                     uint64_t tick);
 
