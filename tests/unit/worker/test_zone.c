@@ -1186,6 +1186,309 @@ static void test_ghost_band_out_and_in(void **state)
     ts_zone_destroy(z);
 }
 
+/* ---- a crowded cell: every message fits max_payload ------------------------
+ * 4,000 entities with full exactly-once windows, the longest name and the
+ * most module state bytes (~320 bytes each as a Transfer: 1.3 MB) cross
+ * from (0,0) into ONE neighbour in one Departure; 4,000 commands with the
+ * largest payload are forwarded after them; 4,000 more entities, outside
+ * the cell, have their Departures queued;
+ * ten despawns are not announced yet. Every message the zone builds fits
+ * msg_max (the default: NATS's 1 MB less headroom; and a small one that cuts
+ * everything into many pieces), and a zone loaded from the checkpoint parts
+ * has the same entities, departed records, outbox and announcements, cuts
+ * the outbox into the same messages and queues the same Departures. */
+enum { CROWD = 4000 };
+
+static void fatten(ts_entity_t *e)
+{
+    for (size_t k = 0; k < TS_WINDOW_WORDS; k++)
+        e->applied_window[k] = ~0ULL; /* every word a 10-byte varint */
+    e->last_input_seq = UINT64_MAX - 1;
+    e->inputs_applied = UINT64_MAX - 1;
+    memset(e->name, 'n', sizeof(e->name) - 1);
+    e->name[sizeof(e->name) - 1] = 0;
+    e->hops = 1ULL << 62;
+    e->incarnation = UINT64_MAX - 1;
+    e->gateway = UINT32_MAX;
+    e->gateway_instance = e->session = e->detached_us = UINT64_MAX - 1;
+    e->vx = e->vy = 1e-9;
+    e->flags = TS_GAME_PLAYER;
+    e->state_len = TS_GAME_STATE_MAX;
+    memset(e->state, 0xa5, sizeof(e->state));
+}
+
+static void assert_same_entity(const ts_entity_t *a, const ts_entity_t *b)
+{
+    assert_int_equal(a->id, b->id);
+    assert_true(a->x == b->x && a->y == b->y && a->vx == b->vx && a->vy == b->vy);
+    assert_int_equal(a->last_input_seq, b->last_input_seq);
+    assert_int_equal(a->inputs_applied, b->inputs_applied);
+    assert_memory_equal(a->applied_window, b->applied_window, sizeof(a->applied_window));
+    assert_string_equal(a->name, b->name);
+    assert_int_equal(a->hops, b->hops);
+    assert_int_equal(a->incarnation, b->incarnation);
+    assert_int_equal(a->gateway, b->gateway);
+    assert_int_equal(a->gateway_instance, b->gateway_instance);
+    assert_int_equal(a->session, b->session);
+    assert_int_equal(a->detached_us, b->detached_us);
+    assert_int_equal(a->nearby, b->nearby);
+    assert_int_equal(a->flags, b->flags);
+    assert_int_equal(a->state_len, b->state_len);
+    assert_memory_equal(a->state, b->state, a->state_len);
+}
+
+static ts_zone_t *crowd_zone(size_t msg_max)
+{
+    ts_zone_t *z = zone_at(0, 0);
+    z->msg_max = msg_max;
+    const ts_cell_t east = {.world = 0, .cx = 1, .cy = 0};
+    for (uint64_t id = 1; id <= 2 * CROWD + 10; id++) {
+        /* the first half near the east border, the second half already
+         * north of the cell (a spawn outside it walks out at the next step) */
+        double x = id <= CROWD ? 99.0 + (double)(id % 50) * 0.01 : (double)(id % 97) + 0.5;
+        double y = id <= CROWD ? (double)(id % 97) + 0.5 : 100.5;
+        ts_input_t j = join(id, 1, x, y);
+        ts_zone_apply_input(z, &j, 1);
+        fatten(get(z, id));
+    }
+    for (uint64_t id = 2 * CROWD + 1; id <= 2 * CROWD + 10; id++)
+        ts_zone_despawn(z, get(z, id)); /* announced in the next delta: not yet */
+    for (uint64_t id = 1; id <= CROWD; id++)
+        assert_true(ts_zone_queue_departure(z, get(z, id), &east));
+    loop_departures(z, 500, 2); /* one Departure batch: one outbox entry of CROWD transfers */
+    assert_int_equal(z->nout, 1);
+    assert_int_equal(z->out[0].ntransfers, CROWD);
+    z->cur_stream_seq = 501;
+    for (uint64_t id = 1; id <= CROWD; id++) {
+        ts_input_t c = {.entity = id, .seq = UINT64_MAX - 2, .kind = TS_INPUT_COMMAND, .type = 7};
+        c.payload_len = TS_GAME_PAYLOAD_MAX;
+        memset(c.payload, 0x5a, sizeof(c.payload));
+        ts_zone_apply_input(z, &c, 2); /* it left: forwarded */
+    }
+    z->last_applied_seq = 501;
+    assert_int_equal(z->nout, 2);
+    assert_int_equal(z->out[1].ninputs, CROWD);
+    ts_zone_step(z, 0.05, 3); /* the second half: CROWD Departures queued north */
+    assert_int_equal(z->ndeps, CROWD);
+    assert_int_equal(z->nleft, 10);
+    return z;
+}
+
+/* Packs outbox entry i message by message from item 0: each fits, decodes to
+ * the entry's items in order, and together they are all of them. Returns
+ * the messages (bufs/lens, caller frees). */
+static size_t outbox_messages(ts_zone_t *z, size_t i, uint8_t ***bufs, size_t **lens)
+{
+    const ts_zone_out_t *o = &z->out[i];
+    size_t total = o->ntransfers + o->ninputs, from = 0, n = 0;
+    *bufs = calloc(total, sizeof(**bufs));
+    *lens = calloc(total, sizeof(**lens));
+    assert_non_null(*bufs);
+    assert_non_null(*lens);
+    while (from < total) {
+        size_t count = 0;
+        assert_int_equal(ts_zone_pack_outbox_chunk(z, i, from, &(*bufs)[n], &(*lens)[n], &count), TS_OK);
+        assert_true(count > 0);
+        assert_true((*lens)[n] <= z->msg_max);
+        Tessera__V1__InputBatch *ib = tessera__v1__input_batch__unpack(NULL, (*lens)[n], (*bufs)[n]);
+        assert_non_null(ib);
+        assert_int_equal(ib->n_transfers + ib->n_inputs, count);
+        for (size_t k = 0; k < ib->n_transfers; k++) {
+            assert_int_equal(ib->transfers[k]->entity->id, o->transfers[from + k].id);
+            assert_int_equal(ib->transfers[k]->entity->n_applied_window_ext, TS_WINDOW_WORDS - 1);
+            assert_int_equal(ib->transfers[k]->from_epoch, z->epoch);
+        }
+        for (size_t k = 0; k < ib->n_inputs; k++) {
+            const ts_input_t *in = &o->inputs[from + ib->n_transfers + k - o->ntransfers];
+            assert_int_equal(ib->inputs[k]->entity, in->entity);
+            assert_int_equal(ib->inputs[k]->command->payload.len, in->payload_len);
+        }
+        tessera__v1__input_batch__free_unpacked(ib, NULL);
+        from += count;
+        n++;
+    }
+    return n;
+}
+
+static void check_crowd(size_t msg_max, size_t min_outbox_msgs, size_t min_dep_msgs)
+{
+    ts_zone_t *z = crowd_zone(msg_max);
+    /* the outbox: the transfers need several messages, each fits */
+    uint8_t *whole;
+    size_t whole_len;
+    assert_int_equal(ts_zone_pack_outbox(z, 0, &whole, &whole_len), TS_OK);
+    free(whole);
+    assert_true(whole_len > z->msg_max); /* one message would not do */
+    uint8_t **src_msgs[2];
+    size_t *src_lens[2], src_n[2];
+    for (size_t i = 0; i < 2; i++) {
+        src_n[i] = outbox_messages(z, i, &src_msgs[i], &src_lens[i]);
+        assert_true(src_n[i] >= (i == 0 ? min_outbox_msgs : 1));
+    }
+
+    /* the checkpoint: every part fits; loaded, the same zone */
+    uint8_t **bufs;
+    size_t *lens, nparts;
+    assert_int_equal(ts_zone_pack_checkpoint_parts(z, 3, "w1", false, 5, &bufs, &lens, &nparts), TS_OK);
+    assert_true(nparts > 1);
+    ts_zone_t *b = zone_at(0, 0);
+    b->msg_max = msg_max;
+    for (size_t i = 0; i < nparts; i++) {
+        assert_true(lens[i] <= z->msg_max);
+        Tessera__V1__Checkpoint *cp = tessera__v1__checkpoint__unpack(NULL, lens[i], bufs[i]);
+        assert_non_null(cp);
+        assert_int_equal(cp->part, i);
+        assert_int_equal(cp->parts, nparts);
+        assert_int_equal(ts_zone_load_checkpoint(b, cp, false, 3), TS_OK);
+        tessera__v1__checkpoint__free_unpacked(cp, NULL);
+    }
+    ts_zone_free_parts(bufs, lens, nparts);
+    assert_int_equal(b->last_applied_seq, 501);
+    assert_int_equal(ts_zone_entities(b), ts_zone_entities(z));
+    assert_int_equal(ts_zone_entities(b), CROWD);
+    uint64_t id;
+    void *v;
+    for (size_t it = 0; ts_map_next(&z->entities, &it, &id, &v);) {
+        assert_non_null(get(b, id));
+        assert_same_entity(v, get(b, id));
+    }
+    assert_int_equal(b->departed.len, z->departed.len);
+    for (size_t it = 0; ts_map_next(&z->departed, &it, &id, &v);) {
+        ts_cell_t to;
+        assert_true(ts_zone_locate(b, id, &to));
+        assert_true(ts_zone_locate(z, id, &to) && to.cx == 1 && to.cy == 0);
+    }
+    assert_int_equal(b->nleft, z->nleft);
+    for (size_t i = 0; i < z->nleft; i++)
+        assert_int_equal(b->left[i].id, z->left[i].id);
+    assert_int_equal(b->nout, z->nout);
+    for (size_t i = 0; i < z->nout; i++) {
+        const ts_zone_out_t *x = &z->out[i], *y = &b->out[i];
+        assert_true(ts_cell_eq(&x->dest, &y->dest));
+        assert_int_equal(x->marker_seq, y->marker_seq);
+        assert_int_equal(x->ntransfers, y->ntransfers);
+        assert_int_equal(x->ninputs, y->ninputs);
+        for (size_t k = 0; k < x->ntransfers; k++)
+            assert_same_entity(&x->transfers[k], &y->transfers[k]);
+        for (size_t k = 0; k < x->ninputs; k++) {
+            assert_int_equal(x->inputs[k].entity, y->inputs[k].entity);
+            assert_int_equal(x->inputs[k].seq, y->inputs[k].seq);
+            assert_int_equal(x->inputs[k].kind, y->inputs[k].kind);
+            assert_int_equal(x->inputs[k].payload_len, y->inputs[k].payload_len);
+            assert_memory_equal(x->inputs[k].payload, y->inputs[k].payload, x->inputs[k].payload_len);
+        }
+        /* the new owner cuts the entry into the same messages: the same
+         * message ids name the same items, so JetStream stores each once */
+        uint8_t **msgs;
+        size_t *mlens, n = outbox_messages(b, i, &msgs, &mlens);
+        assert_int_equal(n, src_n[i]);
+        for (size_t k = 0; k < n; k++) {
+            assert_int_equal(mlens[k], src_lens[i][k]);
+            assert_memory_equal(msgs[k], src_msgs[i][k], mlens[k]);
+        }
+        ts_zone_free_parts(msgs, mlens, n);
+        ts_zone_free_parts(src_msgs[i], src_lens[i], src_n[i]);
+    }
+
+    /* the queued Departures are not checkpointed: the loaded zone decides
+     * the same ones at its next step */
+    ts_zone_step(b, 0.05, 4);
+    assert_int_equal(b->ndeps, z->ndeps);
+    ts_map_t want;
+    ts_map_init(&want);
+    for (size_t i = 0; i < z->ndeps; i++)
+        assert_int_equal(ts_map_put(&want, z->deps[i].entity, &z->deps[i]), TS_OK);
+    for (size_t i = 0; i < b->ndeps; i++) {
+        const ts_departure_t *d = ts_map_get(&want, b->deps[i].entity);
+        assert_non_null(d);
+        assert_true(ts_cell_eq(&d->to, &b->deps[i].to));
+        assert_int_equal(d->hops, b->deps[i].hops);
+    }
+    ts_map_free(&want);
+
+    /* the Departures go as many per message as fit, all of them in order */
+    size_t msgs = 0, next = 0;
+    while (z->ndeps > 0) {
+        uint8_t *buf;
+        size_t len, count;
+        assert_int_equal(ts_zone_pack_departures_chunk(z, &buf, &len, &count), TS_OK);
+        assert_true(count > 0 && len <= z->msg_max);
+        Tessera__V1__InputBatch *ib = tessera__v1__input_batch__unpack(NULL, len, buf);
+        free(buf);
+        assert_non_null(ib);
+        assert_int_equal(ib->n_departures, count);
+        for (size_t k = 0; k < count; k++)
+            assert_int_equal(ib->departures[k]->entity, z->deps[k].entity);
+        tessera__v1__input_batch__free_unpacked(ib, NULL);
+        z->deps_in_flight = count;
+        ts_zone_departures_done(z);
+        next += count;
+        msgs++;
+    }
+    assert_int_equal(next, CROWD);
+    assert_true(msgs >= min_dep_msgs);
+
+    /* and the state: the delta parts fit too */
+    size_t dparts;
+    assert_int_equal(ts_zone_pack_delta(b, 9, true, "w1", &bufs, &lens, &dparts), TS_OK);
+    for (size_t i = 0; i < dparts; i++)
+        assert_true(lens[i] <= z->msg_max);
+    ts_zone_free_parts(bufs, lens, dparts);
+    ts_zone_destroy(z);
+    ts_zone_destroy(b);
+}
+
+static void test_crowded_outbox_fits_max_payload(void **state)
+{
+    (void)state;
+    /* NATS's default: the 4,000 transfers take two messages at least */
+    check_crowd(TS_ZONE_MAX_PAYLOAD_DEFAULT - TS_ZONE_MSG_HEADROOM, 2, 1);
+    /* a small max_payload cuts everything into many pieces, outbox entries
+     * across checkpoint parts included */
+    check_crowd(64 * 1024, 15, 2);
+}
+
+/* A keyframe whose announcements and events alone fill a message: they
+ * spread over the parts, and every part fits. */
+static void test_delta_parts_cut_by_bytes(void **state)
+{
+    (void)state;
+    ts_zone_t *z = zone_at(0, 0);
+    z->msg_max = 64 * 1024;
+    for (uint64_t id = 1; id <= 2000; id++) {
+        ts_input_t j = join(id, 1, (double)(id % 100) + 0.5, (double)((id / 100) % 100) + 0.5);
+        ts_zone_apply_input(z, &j, 1);
+        fatten(get(z, id));
+    }
+    for (uint64_t id = 1001; id <= 2000; id++)
+        ts_zone_despawn(z, get(z, id));
+    for (uint32_t i = 0; i < TS_GAME_EVENTS_PER_TICK; i++) {
+        ts_zone_event_t ev = {.type = i, .entity = 1, .len = TS_GAME_PAYLOAD_MAX};
+        memset(ev.payload, 1, sizeof(ev.payload));
+        assert_true(ts_zone_add_event(z, &ev));
+    }
+    uint8_t **bufs;
+    size_t *lens, nparts, left = 0, events = 0, ents = 0;
+    assert_int_equal(ts_zone_pack_delta(z, 9, true, "w1", &bufs, &lens, &nparts), TS_OK);
+    assert_true(nparts > 1);
+    for (size_t i = 0; i < nparts; i++) {
+        assert_true(lens[i] <= z->msg_max);
+        Tessera__V1__StateDelta *d = tessera__v1__state_delta__unpack(NULL, lens[i], bufs[i]);
+        assert_non_null(d);
+        assert_int_equal(d->part, i);
+        assert_int_equal(d->parts, nparts);
+        left += d->n_left;
+        events += d->n_events;
+        ents += d->n_entities;
+        tessera__v1__state_delta__free_unpacked(d, NULL);
+    }
+    assert_int_equal(left, 1000);
+    assert_int_equal(events, TS_GAME_EVENTS_PER_TICK);
+    assert_int_equal(ents, 1000);
+    ts_zone_free_parts(bufs, lens, nparts);
+    ts_zone_destroy(z);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1206,6 +1509,8 @@ int main(void)
         cmocka_unit_test(test_big_cell_keyframe_in_parts),
         cmocka_unit_test(test_entity_wire_encoding),
         cmocka_unit_test(test_big_cell_checkpoint_and_handover_in_parts),
+        cmocka_unit_test(test_crowded_outbox_fits_max_payload),
+        cmocka_unit_test(test_delta_parts_cut_by_bytes),
         cmocka_unit_test(test_grid_query_matches_brute_force),
         cmocka_unit_test(test_ghost_band_out_and_in),
     };
