@@ -222,7 +222,10 @@ void ts_worker_publish_state(ts_worker_t *w, ts_zone_t *z, bool full)
     ts_subject_cell(subj, sizeof(subj), &z->cell, TS_SUBJ_STATE);
     ts_bus_hdr_t hdr = {.type = TS_TYPE_STATE_DELTA, .epoch = z->epoch, .seq = w->tick};
     for (size_t i = 0; i < nparts; i++)
-        if (!ts_publisher_push(w, subj, &hdr, bufs[i], lens[i], false, false)) w->stats.state_dropped++;
+        if (!fits(w, z, "a state delta part", lens[i]))
+            free(bufs[i]);
+        else if (!ts_publisher_push(w, subj, &hdr, bufs[i], lens[i], false, false))
+            w->stats.state_dropped++;
     free(bufs);
     free(lens);
 }
