@@ -81,11 +81,14 @@ void ts_seq_ring_put(ts_seq_ring_t *r, uint64_t seq, uint64_t sent_us)
     }
     r->seq[slot] = seq;
     r->sent_us[slot] = sent_us;
+    r->tagged[slot] = false;
     r->pending++;
 }
 
-static unsigned take(ts_seq_ring_t *r, unsigned slot, uint64_t now_us, ts_lat_hist_t *h)
+static unsigned take(ts_seq_ring_t *r, unsigned slot, uint64_t now_us, ts_lat_hist_t *h,
+                     ts_lat_hist_t *h_tagged)
 {
+    if (r->tagged[slot]) h = h_tagged;
     if (h != NULL) ts_lat_hist_record(h, now_us > r->sent_us[slot] ? now_us - r->sent_us[slot] : 0);
     r->seq[slot] = 0;
     r->pending--;
@@ -94,22 +97,35 @@ static unsigned take(ts_seq_ring_t *r, unsigned slot, uint64_t now_us, ts_lat_hi
 
 unsigned ts_seq_ring_resolve(ts_seq_ring_t *r, uint64_t applied_seq, uint64_t now_us, ts_lat_hist_t *h)
 {
+    return ts_seq_ring_resolve_split(r, applied_seq, now_us, h, h);
+}
+
+unsigned ts_seq_ring_resolve_split(ts_seq_ring_t *r, uint64_t applied_seq, uint64_t now_us, ts_lat_hist_t *h,
+                                   ts_lat_hist_t *h_tagged)
+{
     if (applied_seq <= r->resolved) return 0;
     unsigned timed = 0;
     if (r->pending > 0) {
         if (applied_seq - r->resolved <= TS_SEQ_RING_SIZE) {
             for (uint64_t s = r->resolved + 1; s <= applied_seq; s++) {
                 unsigned slot = (unsigned)(s % TS_SEQ_RING_SIZE);
-                if (r->seq[slot] == s) timed += take(r, slot, now_us, h);
+                if (r->seq[slot] == s) timed += take(r, slot, now_us, h, h_tagged);
             }
         } else {
             for (unsigned slot = 0; slot < TS_SEQ_RING_SIZE; slot++)
                 if (r->seq[slot] > r->resolved && r->seq[slot] <= applied_seq)
-                    timed += take(r, slot, now_us, h);
+                    timed += take(r, slot, now_us, h, h_tagged);
         }
     }
     r->resolved = applied_seq;
     return timed;
+}
+
+void ts_seq_ring_tag_pending(ts_seq_ring_t *r)
+{
+    if (r->pending == 0) return;
+    for (unsigned slot = 0; slot < TS_SEQ_RING_SIZE; slot++)
+        if (r->seq[slot] > r->resolved) r->tagged[slot] = true;
 }
 
 unsigned ts_seq_ring_pending(const ts_seq_ring_t *r)

@@ -44,9 +44,10 @@ uint64_t ts_lat_bucket_top(unsigned bucket);
 typedef struct {
     uint64_t seq[TS_SEQ_RING_SIZE]; /* 0: empty slot */
     uint64_t sent_us[TS_SEQ_RING_SIZE];
-    uint64_t resolved; /* every seq <= resolved was timed or given up */
-    uint64_t lost;     /* entries overwritten before they were timed */
-    unsigned pending;  /* slots holding a seq not timed yet */
+    bool tagged[TS_SEQ_RING_SIZE]; /* pending when ts_seq_ring_tag_pending ran */
+    uint64_t resolved;             /* every seq <= resolved was timed or given up */
+    uint64_t lost;                 /* entries overwritten before they were timed */
+    unsigned pending;              /* slots holding a seq not timed yet */
 } ts_seq_ring_t;
 
 void ts_seq_ring_init(ts_seq_ring_t *r);
@@ -60,6 +61,13 @@ void ts_seq_ring_put(ts_seq_ring_t *r, uint64_t seq, uint64_t sent_us);
  * timed. A seq that is not above r->resolved is ignored (states that repeat
  * an older value change nothing). */
 unsigned ts_seq_ring_resolve(ts_seq_ring_t *r, uint64_t applied_seq, uint64_t now_us, ts_lat_hist_t *h);
+/* As ts_seq_ring_resolve, but a seq tagged by ts_seq_ring_tag_pending is
+ * recorded into h_tagged instead of h (either may be NULL). */
+unsigned ts_seq_ring_resolve_split(ts_seq_ring_t *r, uint64_t applied_seq, uint64_t now_us, ts_lat_hist_t *h,
+                                   ts_lat_hist_t *h_tagged);
+/* Tags every seq put and not resolved yet (e.g. the inputs in flight when
+ * the client's entity changed cells). */
+void ts_seq_ring_tag_pending(ts_seq_ring_t *r);
 /* Seqs put and not resolved yet. */
 unsigned ts_seq_ring_pending(const ts_seq_ring_t *r);
 

@@ -122,6 +122,9 @@ struct vg {
     double wx0, wy0, wx1, wy1;
     ts_rng_t rng;
     ts_lat_hist_t hist_sec, hist_all;
+    /* Moves still unanswered when their client was told its entity changed
+     * cells (they went to the old cell): a subset of hist_all */
+    ts_lat_hist_t hist_cross_sec, hist_cross_all;
     uint64_t errors, errors_logged, malformed, deltas_total, bytes_total;
     uint64_t not_stored; /* inputs the gateway reported it could not store */
     uint64_t window_moves;
@@ -359,7 +362,8 @@ static void on_frame(client_t *c, const uint8_t *payload, size_t len, uint64_t n
         c->next_move_us = now + (uint64_t)(ts_rng_unit(&vg->rng) * (double)vg->period_us);
     }
     if (c->track.last_input_seq > before)
-        ts_seq_ring_resolve(&c->ring, c->track.last_input_seq, now, &vg->hist_sec);
+        ts_seq_ring_resolve_split(&c->ring, c->track.last_input_seq, now, &vg->hist_sec, &vg->hist_cross_sec);
+    if (fr.kind == TS_TRACK_CELL_CHANGED) ts_seq_ring_tag_pending(&c->ring);
 }
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
@@ -503,6 +507,9 @@ static const char *run_phase_name(run_phase_t p)
 static void report(vg_t *vg, uint64_t now)
 {
     double secs = (double)(now - vg->last_report_us) / 1e6;
+    if (vg->phase >= RUN_PLAY) ts_lat_hist_merge(&vg->hist_cross_all, &vg->hist_cross_sec);
+    ts_lat_hist_merge(&vg->hist_sec, &vg->hist_cross_sec);
+    ts_lat_hist_reset(&vg->hist_cross_sec);
     uint64_t sent = total_sent(vg), deltas = vg->deltas_total;
     size_t playing = vg->count[CL_PLAYING];
     double inputs_s = secs > 0 ? (double)(sent - vg->report_sent) / secs : 0;
@@ -550,6 +557,7 @@ static void start_play(vg_t *vg, uint64_t now)
     vg->window_start_us = now;
     vg->window_end_us = vg->o->duration_s > 0 ? now + (uint64_t)vg->o->duration_s * 1000000ull : UINT64_MAX;
     ts_lat_hist_reset(&vg->hist_sec);
+    ts_lat_hist_reset(&vg->hist_cross_sec);
     printf("via-gateway: %zu of %zu clients joined in %.1f s; playing%s\n", vg->count[CL_PLAYING], vg->n,
            (double)(now - vg->start_us) / 1e6, vg->o->duration_s > 0 ? "" : " until signalled");
     fflush(stdout);
@@ -734,8 +742,11 @@ static void init_clients(vg_t *vg)
 
 static int print_result(vg_t *vg)
 {
+    ts_lat_hist_merge(&vg->hist_cross_all, &vg->hist_cross_sec);
     ts_lat_hist_merge(&vg->hist_all, &vg->hist_sec);
+    ts_lat_hist_merge(&vg->hist_all, &vg->hist_cross_sec);
     ts_lat_hist_reset(&vg->hist_sec);
+    ts_lat_hist_reset(&vg->hist_cross_sec);
     uint64_t sent = 0, applied = 0, missing = 0, doubled = 0, skipped = 0, wdeltas = 0, wbytes = 0, lost = 0;
     uint64_t unresolved = 0;
     size_t joined = 0, over = 0, no_deltas = 0, under = 0;
@@ -796,6 +807,22 @@ static int print_result(vg_t *vg)
            "max %.1f ms (%llu not timed: ring overrun %llu, never shown %llu)\n",
            (unsigned long long)vg->hist_all.n, p50, p99, p999, ms(vg->hist_all.max_us),
            (unsigned long long)(lost + unresolved), (unsigned long long)lost, (unsigned long long)unresolved);
+    const ts_lat_hist_t *hx = &vg->hist_cross_all;
+    /* the others: every Move not in flight at a cell change (hist_all - hx) */
+    ts_lat_hist_t *ho = malloc(sizeof *ho);
+    if (ho != NULL) {
+        *ho = vg->hist_all;
+        ho->n -= hx->n;
+        for (unsigned i = 0; i < TS_LAT_BUCKETS; i++)
+            ho->counts[i] -= hx->counts[i];
+    }
+    printf(
+        "via-gateway: summary: of them %llu in flight when their entity changed cells: p50 %.1f ms, p99 %.1f "
+        "ms, max %.1f ms; the others: p50 %.1f ms, p99 %.1f ms, p999 %.1f ms\n",
+        (unsigned long long)hx->n, ms(ts_lat_hist_quantile(hx, 0.50)), ms(ts_lat_hist_quantile(hx, 0.99)),
+        ms(hx->max_us), ho ? ms(ts_lat_hist_quantile(ho, 0.50)) : NAN,
+        ho ? ms(ts_lat_hist_quantile(ho, 0.99)) : NAN, ho ? ms(ts_lat_hist_quantile(ho, 0.999)) : NAN);
+    free(ho);
     printf("via-gateway: summary: per client %.1f Deltas/s, %.0f bytes/s; clients without a Delta %zu; "
            "generator CPU %.1f s over %.1f s\n",
            deltas_pc, bytes_pc, no_deltas, cpu_s, (double)(now_us() - vg->start_us) / 1e6);

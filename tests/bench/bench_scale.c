@@ -677,7 +677,7 @@ static void phase_inputs(const knobs_t *k, bool via, results_t *r)
     if (shape.payload != NULL) {
         ts_status_t st = ts_bus_ensure_streams(bus, RAW_WORLD, "file", 3600, 1);
         char subj[96];
-        snprintf(subj, sizeof subj, "cell.%d.0.0.0.0.input", RAW_WORLD);
+        snprintf(subj, sizeof subj, "cell.%d.0.0.0.0.input.w", RAW_WORLD);
         ts_rawjs_result_t res;
         if (st == TS_OK && ts_rawjs_publish(raw, subj, &shape, k->raw_s, RAW_MAX_PENDING, &res) == TS_OK) {
             r->raw_ran = true;
@@ -698,6 +698,29 @@ static void phase_inputs(const knobs_t *k, bool via, results_t *r)
 }
 
 /* ---- phase: clients through one gateway --------------------------------------------------------- */
+
+/* CPU time (us) the servers of the gateway stack used so far: the gateway,
+ * the workers together and nats-server. */
+typedef struct {
+    uint64_t gateway, workers, nats;
+} stack_cpu_t;
+
+static stack_cpu_t stack_cpu(void)
+{
+    stack_cpu_t c = {0};
+    for (int i = 0; i < H.nprocs; i++) {
+        uint64_t us = 0;
+        if (H.procs[i].pid <= 0 || !ts_proc_cpu_us(H.procs[i].pid, &us)) continue;
+        const char *name = H.procs[i].name;
+        if (strcmp(name, "gateway") == 0)
+            c.gateway += us;
+        else if (strcmp(name, "nats") == 0)
+            c.nats += us;
+        else if (name[0] == 'w' && name[1] >= '0' && name[1] <= '9')
+            c.workers += us;
+    }
+    return c;
+}
 
 static void phase_clients(const knobs_t *k, results_t *r)
 {
@@ -724,8 +747,12 @@ static void phase_clients(const knobs_t *k, results_t *r)
         uint64_t t_spawn = ts_mono_us();
         int idx = spawn_load(k, name, true, n, k->client_rate_hz, k->client_s);
         wait_log(idx, "joined in", join_ms(n));
+        stack_cpu_t c0 = stack_cpu();
+        uint64_t t0 = ts_mono_us();
         ts_sleep_ms((int64_t)k->client_s * 1000 / 2);
         sample_gateway_threads(r, n);
+        stack_cpu_t c1 = stack_cpu();
+        double span_us = (double)(ts_mono_us() - t0);
         char *log = load_finish(idx, n, k->client_s, t_spawn);
         via_t v;
         via_parse(log, &v);
@@ -733,6 +760,12 @@ static void phase_clients(const knobs_t *k, results_t *r)
         bool held =
             v.parsed && v.connected == n && v.missing == 0 && v.errors == 0 && v.p99 <= TARGET_CLIENT_P99_MS;
         progress("%5d clients: %s -> %s", n, v.line, held ? "held" : "did not hold");
+        if (span_us > 0)
+            progress(
+                "%5d clients: CPU while playing (%% of a core): gateway %.0f, workers %.0f, nats-server %.0f",
+                n, 100.0 * (double)(c1.gateway - c0.gateway) / span_us,
+                100.0 * (double)(c1.workers - c0.workers) / span_us,
+                100.0 * (double)(c1.nats - c0.nats) / span_us);
         if (held || r->clients_p50 < 0) {
             r->clients_p50 = v.parsed ? v.p50 : -1;
             r->clients_p99 = v.parsed ? v.p99 : -1;
