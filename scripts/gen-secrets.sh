@@ -21,31 +21,41 @@
 #   orch       serves tessera.ctl.>, publishes registry broadcasts and
 #              handover requests, manages the JetStream streams
 #   worker     publishes cell state, ghosts, checkpoints, handover messages, forwarded
-#              inputs and heartbeats; consumes the input stream
+#              inputs, transfers (input subjects ending in .w) and heartbeats;
+#              consumes the input stream
 #   worker-<id>  the same for one worker id (--workers='w1 w2', the default):
 #              only that worker's heartbeat and liveness keys
-#   gateway    publishes only player input (cell.*.*.*.*.*.input), gateway
-#              liveness (tessera.gw.>) and player logins (tessera.player.>:
-#              claims and their answers); subscribes to state, the registry,
-#              worker heartbeats (the browser map shows worker load) and logins
-#   sim        publishes input, subscribes to state and the registry
+#   gateway-<id>  one per gateway id (gateway.id; --gateways='1 2', default
+#              1 to 16): publishes player input only under its own origin
+#              token (cell.*.*.*.*.*.input.g<id>), its own liveness
+#              (tessera.gw.<id>.>) and player logins (claims, and answers to
+#              any gateway's claim); subscribes to state, the registry, worker
+#              heartbeats (the browser map shows worker load), claims and the
+#              answers to its own claims (tessera.player.*.found.g<id>.*).
+#              There is no shared gateway user: a gateway's credentials act
+#              only for that gateway's players (the worker checks the origin
+#              token against the entity, docs/operations.md)
+#   sim        publishes input under its own origin (cell.*.*.*.*.*.input.s),
+#              subscribes to state and the registry
 #   ctl        tessera-ctl: NATS admin (everything); Redis read-only
 #   inspector  NATS read-only: subscribes to anything, reads the streams
 #              (JetStream info, message get, ephemeral consumers), publishes
 #              nothing else; no Redis access
 #   admin      everything on both (tests and operators; no service uses it)
 #
-# Usage: scripts/gen-secrets.sh [--tls] [--workers='w1 w2'] DIR
+# Usage: scripts/gen-secrets.sh [--tls] [--workers='w1 w2'] [--gateways='1 2'] DIR
 # Needs: openssl (passwords and, with --tls, certificates).
 # shellcheck disable=SC2016 # NATS subjects hold a literal $ (JetStream API)
 set -euo pipefail
 
 tls=0
 worker_ids="w1 w2"
+gateway_ids=$(seq -s ' ' 1 16)
 while [[ "${1:-}" == --* ]]; do
     case $1 in
     --tls) tls=1 ;;
     --workers=*) worker_ids=${1#--workers=} ;;
+    --gateways=*) gateway_ids=${1#--gateways=} ;;
     *)
         echo "gen-secrets: unknown option $1" >&2
         exit 2
@@ -54,7 +64,7 @@ while [[ "${1:-}" == --* ]]; do
     shift
 done
 [[ $# -eq 1 ]] || {
-    echo "usage: $0 [--tls] [--workers='w1 w2'] DIR" >&2
+    echo "usage: $0 [--tls] [--workers='w1 w2'] [--gateways='1 2'] DIR" >&2
     exit 2
 }
 read -ra workers <<<"$worker_ids"
@@ -63,6 +73,14 @@ for id in "${workers[@]}"; do
         echo "gen-secrets: bad worker id '$id'" >&2
         exit 2
     }
+done
+read -ra gateways <<<"$gateway_ids"
+for id in "${gateways[@]}"; do
+    # gateway.id: the top 16 bits of its players' entity ids (0 is "no gateway")
+    if ! [[ "$id" =~ ^[1-9][0-9]{0,4}$ ]] || ((id > 32766)); then
+        echo "gen-secrets: bad gateway id '$id' (1..32766)" >&2
+        exit 2
+    fi
 done
 dir=$1
 command -v openssl >/dev/null 2>&1 || {
@@ -74,9 +92,12 @@ chmod 700 "$dir"
 dir=$(cd "$dir" && pwd)
 umask 077
 
-users=(orch worker gateway sim ctl inspector admin)
+users=(orch worker sim ctl inspector admin)
 for id in "${workers[@]}"; do
     users+=("worker-$id")
+done
+for id in "${gateways[@]}"; do
+    users+=("gateway-$id")
 done
 declare -A nats_pw redis_pw
 for u in "${users[@]}"; do
@@ -118,20 +139,23 @@ EOF
         '"cell.*.*.*.*.*.handover", "tessera.registry.*", "_INBOX.>", "$JS.API.>", "$JS.FC.>"' \
         '"tessera.worker.*.hb", "tessera.ctl.>", "tessera.gw.>", "_INBOX.orch.>", "_INBOX.tsorch.>"' "$js_destroy"
     user_block worker \
-        '"cell.>", "tessera.worker.*.hb", "tessera.ctl.*.drain", "tessera.player.*.found.*", "_INBOX.>", "$JS.API.>", "$JS.FC.>"' \
+        '"cell.>", "tessera.worker.*.hb", "tessera.ctl.*.drain", "tessera.player.*.found.>", "_INBOX.>", "$JS.API.>", "$JS.FC.>"' \
         '"cell.*.*.*.*.*.handover", "cell.*.*.*.*.*.ghost", "tessera.registry.*", "tessera.gw.>", "tessera.player.*.claim", "_INBOX.worker.>"' "$js_destroy"
     # one user per known worker id: only its own heartbeat and replies
     for id in "${workers[@]}"; do
         user_block "worker-$id" \
-            '"cell.>", "tessera.worker.'"$id"'.hb", "tessera.ctl.*.drain", "tessera.player.*.found.*", "_INBOX.>", "$JS.API.>", "$JS.FC.>"' \
+            '"cell.>", "tessera.worker.'"$id"'.hb", "tessera.ctl.*.drain", "tessera.player.*.found.>", "_INBOX.>", "$JS.API.>", "$JS.FC.>"' \
             '"cell.*.*.*.*.*.handover", "cell.*.*.*.*.*.ghost", "tessera.registry.*", "tessera.gw.>", "tessera.player.*.claim", "_INBOX.worker-'"$id"'.>"' \
             "$js_destroy"
     done
-    user_block gateway \
-        '"cell.*.*.*.*.*.input", "tessera.gw.>", "tessera.player.>"' \
-        '"cell.*.*.*.*.*.state", "tessera.registry.*", "tessera.worker.*.hb", "tessera.player.>", "_INBOX.gateway.>"'
+    # one user per gateway id: its own input origin, liveness and login answers
+    for id in "${gateways[@]}"; do
+        user_block "gateway-$id" \
+            '"cell.*.*.*.*.*.input.g'"$id"'", "tessera.gw.'"$id"'.>", "tessera.player.*.claim", "tessera.player.*.found.>"' \
+            '"cell.*.*.*.*.*.state", "tessera.registry.*", "tessera.worker.*.hb", "tessera.player.*.claim", "tessera.player.*.found.g'"$id"'.*", "_INBOX.gateway-'"$id"'.>"'
+    done
     user_block sim \
-        '"cell.*.*.*.*.*.input"' \
+        '"cell.*.*.*.*.*.input.s"' \
         '"cell.*.*.*.*.*.state", "tessera.registry.*", "_INBOX.sim.>"'
     user_block ctl '">"' '">"'
     user_block inspector "$js_read" '">"' '"cell.>", "tessera.>", "_INBOX.>"'
@@ -158,7 +182,7 @@ conn='+ping +select +auth +hello +client|setname +script|load +evalsha +eval'
             "%R~ts:{w*}:* resetchannels -@all $conn +get +set +del +exists +hgetall +hset +hsetnx +smembers +sadd" \
             "+srem"
     done
-    for u in gateway sim ctl; do
+    for u in "${gateways[@]/#/gateway-}" sim ctl; do
         echo "user $u on >${redis_pw[$u]} resetkeys %R~ts:* resetchannels -@all $conn" \
             "+get +exists +hgetall +smembers"
     done

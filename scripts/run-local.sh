@@ -269,8 +269,9 @@ as worker-w1
 start worker-w1 "$BUILD_DIR/tessera-worker" --worker.id=w1 "${game_flags[@]}" "${CREDS[@]}"
 as worker-w2
 start worker-w2 "$BUILD_DIR/tessera-worker" --worker.id=w2 "${game_flags[@]}" "${CREDS[@]}"
-as gateway
-start gateway "$BUILD_DIR/tessera-gateway" --gateway.listen="127.0.0.1:$GATEWAY_PORT" \
+# gateway 1 with its own user: it may publish inputs only as g1 (origin token)
+as gateway-1
+start gateway "$BUILD_DIR/tessera-gateway" --gateway.id=1 --gateway.listen="127.0.0.1:$GATEWAY_PORT" \
     --gateway.ws_listen="127.0.0.1:$MAP_PORT" "${CREDS[@]}"
 as sim
 if [[ "$VIA_GATEWAY" == 1 ]]; then

@@ -257,6 +257,11 @@ const uint8_t *ts_bus_held_data(ts_bus_held_t h)
     return h.impl ? (const uint8_t *)natsMsg_GetData(h.impl) : NULL;
 }
 
+const char *ts_bus_held_subject(ts_bus_held_t h)
+{
+    return h.impl ? natsMsg_GetSubject(h.impl) : NULL;
+}
+
 size_t ts_bus_held_len(ts_bus_held_t h)
 {
     int n = h.impl ? natsMsg_GetDataLength(h.impl) : 0;
@@ -699,9 +704,11 @@ ts_status_t ts_bus_streams_ensure(ts_bus_t *bus, uint32_t world, const ts_bus_st
     const char *subjects[1] = {subj};
     jsStreamConfig cfg;
 
-    /* inputs: everything, for max_age, de-duplicated by message id */
+    /* inputs: everything, for max_age, de-duplicated by message id. The
+     * subjects end in the publisher's origin token; a stream made before
+     * that (subject "....input") is updated in place by ensure_stream. */
     ts_bus_input_stream(name, sizeof name, world);
-    snprintf(subj, sizeof subj, "cell.%" PRIu32 ".*.*.*.*.input", world);
+    snprintf(subj, sizeof subj, "cell.%" PRIu32 ".*.*.*.*.input.*", world);
     stream_config(&cfg, name, subjects, st_type, replicas);
     cfg.MaxAge = max_age_s * 1000000000LL;
     cfg.Duplicates = DUPLICATE_WINDOW_NS;

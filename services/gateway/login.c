@@ -102,8 +102,9 @@ ts_status_t gw_login_start(gw_t *gw)
     ts_map_init(&l->by_conn);
     ts_map_init(&l->by_entity);
     snprintf(l->claim_subject, sizeof l->claim_subject, GW_LOGIN_CLAIM_FMT, gw->world.id);
-    snprintf(l->found_subject, sizeof l->found_subject, "tessera.player.%u.found.%016" PRIx64, gw->world.id,
-             gw->instance);
+    /* the answers to this gateway's claims: only its own NATS user may read them */
+    snprintf(l->found_subject, sizeof l->found_subject, "tessera.player.%u.found.g%lld.%016" PRIx64,
+             gw->world.id, (long long)gw->cfg->gateway_id, gw->instance);
     uv_timer_init(gw->loop, &l->timer);
     l->timer.data = l;
     l->timer_open = true;

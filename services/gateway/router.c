@@ -314,6 +314,13 @@ static size_t publish_cell(gw_t *gw, gw_cell_t *cell, bool force, bool *busy, pb
         size_t len = 0;
         ts_status_t st = pack_batch(gw, cell, cell->inputs + done, n, pb, ptrs, &len);
         uint64_t seq = gw->publish_seq + 1;
+        /* the cell's input subject with this gateway's origin token, the
+         * only one its NATS user may publish to */
+        char subject[TS_SUBJECT_MAX + TS_ORIGIN_TOKEN_MAX];
+        if (st == TS_OK && (gw->cfg->gateway_id > TS_ORIGIN_GATEWAY_MAX ||
+                            snprintf(subject, sizeof subject, "%s.g%lld", cell->input_subject,
+                                     (long long)gw->cfg->gateway_id) >= (int)sizeof subject))
+            st = TS_ERR_INVALID;
         bool packed = st == TS_OK;
         if (packed) {
             char msg_id[96];
@@ -324,7 +331,7 @@ static size_t publish_cell(gw_t *gw, gw_cell_t *cell, bool force, bool *busy, pb
                                 .seq = seq,
                                 .count = (uint32_t)n,
                                 .msg_id = msg_id};
-            st = ts_bus_js_publish_async(gw->bus, cell->input_subject, &hdr, gw->pack_buf, len);
+            st = ts_bus_js_publish_async(gw->bus, subject, &hdr, gw->pack_buf, len);
         }
         if (st == TS_ERR_BUSY) {
             *busy = true;

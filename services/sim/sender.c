@@ -129,7 +129,7 @@ static ts_status_t publish_chunk(ts_sender_t *s, const ts_sim_input_t *in, size_
     batch.inputs = s->input_ptrs;
 
     char subject[TS_SUBJECT_MAX], msg_id[128];
-    ts_subject_cell(subject, sizeof subject, &in[0].cell, TS_SUBJ_INPUT);
+    ts_subject_input(subject, sizeof subject, &in[0].cell, TS_ORIGIN_SIM);
     uint64_t seq = s->next_batch++;
     snprintf(msg_id, sizeof msg_id, "%s-%llu", s->id_prefix, (unsigned long long)seq);
     ts_bus_hdr_t hdr = {

@@ -158,6 +158,7 @@ static void apply_msg(ts_worker_t *w, ts_zone_t *z, const ts_inbox_msg_t *m)
     /* into the tick thread's arena: no malloc per decoded field */
     Tessera__V1__InputBatch *ib =
         tessera__v1__input_batch__unpack(ts_arena_allocator(&w->in_arena), len, data);
+    if (ib) ts_players_screen(w, z, ts_bus_held_subject(m->msg), ib);
     if (ib) ts_zone_apply_batch(z, seq, ib, w->tick);
     if (ib) ts_worker_metrics_batch(ib);
     ts_arena_reset(&w->in_arena);

@@ -96,7 +96,7 @@ ts_status_t ts_worker_subscribe_input_at(ts_worker_t *w, const ts_cell_t *cell, 
     atomic_init(&c->hold, hold);
     atomic_init(&c->overflow, false);
     char subj[TS_SUBJECT_MAX];
-    ts_subject_cell(subj, sizeof(subj), cell, TS_SUBJ_INPUT);
+    ts_subject_input_filter(subj, sizeof(subj), cell);
     ts_status_t st = ts_bus_consume_at(w->bus, w->world.id, subj, stream_id, after_seq ? after_seq + 1 : 0,
                                        on_input, c, sub);
     if (st != TS_OK) {

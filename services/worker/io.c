@@ -197,7 +197,7 @@ static uint64_t last_input_seq(ts_worker_t *w, const ts_cell_t *cell)
 {
     char stream[64], subj[TS_SUBJECT_MAX];
     ts_bus_input_stream(stream, sizeof(stream), w->world.id);
-    ts_subject_cell(subj, sizeof(subj), cell, TS_SUBJ_INPUT);
+    ts_subject_input_filter(subj, sizeof(subj), cell);
     ts_bus_msg_t *m = NULL;
     ts_status_t st = ts_bus_last_msg(w->bus, stream, subj, &m);
     if (st == TS_ERR_NOT_FOUND) return 0;

@@ -35,6 +35,7 @@ typedef struct {
     ts_counter_t *handovers_in, *handovers_out, *recoveries;
     ts_counter_t *publishes_failed, *state_dropped, *inbox_overflows;
     ts_counter_t *stream_restarts;
+    ts_counter_t *refused[TS_REFUSED_N];
     ts_gauge_t *entities, *cells, *cells_binding, *draining;
     /* ghosts (ghost.c) */
     ts_counter_t *ghost_msgs_out, *ghost_msgs_in, *ghost_bytes_out, *ghost_bytes_in;
@@ -123,6 +124,12 @@ ts_status_t ts_worker_metrics_start(const ts_config_t *cfg)
     COUNTER(stream_restarts, "tessera_worker_stream_restarts_total",
             "Times the world's input stream was found gone or replaced (JetStream lost its store): inputs it "
             "had acknowledged and this worker had not applied are lost.", );
+    for (int r = 0; r < TS_REFUSED_N; r++)
+        wm.refused[r] = ts_metrics_counter(
+            wm.reg, "tessera_worker_inputs_refused_total",
+            "Input-stream items dropped because their publisher may not send them: a gateway acting for "
+            "another gateway's entity, or sending transfers or requests.",
+            (const char *const[]){"reason", ts_worker_refused_str((ts_refused_reason_t)r), NULL});
     GAUGE(entities, "tessera_worker_entities", "Entities in the cells this worker owns.");
     GAUGE(cells, "tessera_worker_cells", "Cells this worker owns.");
     GAUGE(cells_binding, "tessera_worker_cells_binding", "Cells being bound (checkpoint read, consumer).");
@@ -300,6 +307,17 @@ void ts_worker_metrics_split(bool split, double seconds, double work_seconds)
 {
     ts_histogram_observe(split ? wm.split_s : wm.merge_s, seconds);
     ts_histogram_observe(split ? wm.split_work_s : wm.merge_work_s, work_seconds);
+}
+
+const char *ts_worker_refused_str(ts_refused_reason_t reason)
+{
+    static const char *const names[TS_REFUSED_N] = {"origin", "kind", "gateway", "entity", "attach"};
+    return (unsigned)reason < TS_REFUSED_N ? names[reason] : "?";
+}
+
+void ts_worker_metrics_refused(ts_refused_reason_t reason, uint64_t n)
+{
+    if ((unsigned)reason < TS_REFUSED_N) ts_counter_add(wm.refused[reason], n);
 }
 
 void ts_worker_metrics_stream_restart(void)

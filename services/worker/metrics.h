@@ -33,6 +33,20 @@ void ts_worker_metrics_batch(const Tessera__V1__InputBatch *ib);
 /* Tick thread: a split (split) or a retired cell's merge finished here:
  * decision seen -> last Transfer stored, and its tick-boundary work. */
 void ts_worker_metrics_split(bool split, double seconds, double work_seconds);
+/* Why a worker refused an input-stream item its publisher may not send
+ * (tessera_worker_inputs_refused_total{reason}). */
+typedef enum {
+    TS_REFUSED_ORIGIN = 0, /* the subject names no known origin */
+    TS_REFUSED_KIND,       /* a gateway sent what only workers send */
+    TS_REFUSED_GATEWAY,    /* the entity belongs to another gateway */
+    TS_REFUSED_ENTITY,     /* a Join or Attach naming another gateway */
+    TS_REFUSED_ATTACH,     /* an Attach the entity was not let go for in time */
+    TS_REFUSED_N
+} ts_refused_reason_t;
+/* Tick thread: n items refused for reason. */
+void ts_worker_metrics_refused(ts_refused_reason_t reason, uint64_t n);
+/* "origin", "kind", ... */
+const char *ts_worker_refused_str(ts_refused_reason_t reason);
 /* Timer thread: the world's input stream was found gone or replaced. */
 void ts_worker_metrics_stream_restart(void);
 /* The worker is draining or stopping: /readyz answers 503 from now on. */

@@ -42,8 +42,8 @@ void ts_worker_on_publish_outcome(void *ud, const char *subject, uint64_t seq, u
                                   uint64_t stream_seq)
 {
     ts_worker_t *w = ud;
-    size_t n = strlen(subject);
-    if (n < 6 || strcmp(subject + n - 6, ".input") != 0) return; /* checkpoints: nothing waits for them */
+    ts_origin_t origin;
+    if (ts_subject_input_origin(subject, &origin) != TS_OK) return; /* checkpoints: nothing waits for them */
     ts_flight_t *f = slot_of(w, seq);
     if (atomic_load(&f->seq) != seq) return;
     atomic_store(&f->state, ok ? TS_FLIGHT_OK : TS_FLIGHT_FAILED);
@@ -107,7 +107,7 @@ void ts_worker_publish_departures(ts_worker_t *w, ts_zone_t *z)
         return;
     }
     char subj[TS_SUBJECT_MAX], msg_id[128];
-    ts_subject_cell(subj, sizeof(subj), &z->cell, TS_SUBJ_INPUT);
+    ts_subject_input(subj, sizeof(subj), &z->cell, TS_ORIGIN_WORKER);
     uint64_t pub_seq = ++w->seq;
     snprintf(msg_id, sizeof(msg_id), "dep-%s-%016" PRIx64 "-%" PRIu64, w->id, w->boot_nonce, pub_seq);
     ts_bus_hdr_t hdr = {.type = TS_TYPE_INPUT_BATCH,
@@ -146,7 +146,7 @@ void ts_worker_publish_outboxes(ts_worker_t *w, ts_zone_t *z)
             continue;
         }
         char subj[TS_SUBJECT_MAX], dest[TS_CELL_STR_MAX], msg_id[512];
-        ts_subject_cell(subj, sizeof(subj), &o->dest, TS_SUBJ_INPUT);
+        ts_subject_input(subj, sizeof(subj), &o->dest, TS_ORIGIN_WORKER);
         ts_cell_format(&o->dest, dest, sizeof(dest));
         if (!o->id_seq) o->id_seq = ++w->seq; /* sealed from here on */
         int n;

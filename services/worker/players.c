@@ -24,13 +24,33 @@
  * there. Claims are queued by the subscription (PLAYERS_CLAIMS_MAX, more
  * are dropped: the login then waits for its gateway's answer or spawns)
  * and answered on the tick thread at the next tick, one map lookup per
- * bound cell each. */
+ * bound cell each.
+ *
+ * Who may act (ts_players_screen): an input subject ends in its publisher's
+ * origin token, and nats-server lets each gateway's user publish only its
+ * own (g<id>), the sim's only s, and only workers w. Before a batch is
+ * applied, the items a gateway (or the sim, as gateway 0) may not send are
+ * dropped and counted (tessera_worker_inputs_refused_total{reason}):
+ * transfers, departures and requests (workers' only); a Move, Leave,
+ * Command, Detach or Join for an entity of this cell whose gateway is
+ * another; a Join of a new entity naming another gateway, or whose id does
+ * not carry the gateway's id in its top 16 bits (login entities, bit 63 set,
+ * are derived from the player and may be spawned by any gateway). An Attach
+ * from another gateway than the entity's takes effect only once the entity
+ * has no connection: at once if it is detached, else it waits (at most
+ * PLAYERS_ATTACH_WAIT_US, PLAYERS_ATTACHES_MAX of them) for the entity's
+ * gateway to let go (a Detach, as a login elsewhere or a resume's claim
+ * makes it do) or to be declared gone. One map lookup per input, the one
+ * the zone makes anyway. Inputs for an entity that is not in the cell are
+ * left to the zone (dropped, or forwarded by a departed record: the cell
+ * the entity is in checks nothing more, see docs/operations.md). */
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "metrics.h"
 #include "tessera/log.h"
 #include "tessera/subject.h"
 #include "tessera/util.h"
@@ -45,6 +65,11 @@
 #define PLAYERS_GW_MAX 1024
 #define PLAYERS_CLAIMS_MAX 1024
 #define PLAYERS_REPLY_MAX 160
+/* Attaches waiting for the entity's gateway to let go. */
+#define PLAYERS_ATTACHES_MAX 256
+#define PLAYERS_ATTACH_WAIT_US 10000000ULL
+/* At most one log line per reason this often. */
+#define PLAYERS_REFUSED_LOG_US 5000000ULL
 
 typedef struct {
     uint64_t entity;
@@ -70,6 +95,17 @@ typedef struct {
     uint64_t at_us;
 } detached_t;
 
+/* An Attach from another gateway than the entity's, applied once the
+ * entity has no connection. */
+typedef struct {
+    ts_cell_t cell;
+    uint64_t entity;
+    uint32_t gateway;
+    uint64_t gateway_instance;
+    uint64_t session;
+    uint64_t until_us; /* ts_mono_us */
+} attach_wait_t;
+
 struct ts_players {
     ts_worker_t *w;
     ts_bus_sub_t *sub;
@@ -85,6 +121,11 @@ struct ts_players {
     uint64_t next_run_us;
     uint64_t despawned;
     bool bus_was_down; /* tick thread: this worker's own connection was down at the last run */
+    /* tick thread */
+    attach_wait_t attaches[PLAYERS_ATTACHES_MAX];
+    size_t nattaches;
+    uint64_t refused[TS_REFUSED_N]; /* since the last log line */
+    uint64_t refused_logged_us[TS_REFUSED_N];
 };
 
 /* Under mu. */
@@ -278,6 +319,121 @@ static bool binding_settled(const ts_binding_t *b)
     return b->state == TS_BIND_ACTIVE && !b->catching_up;
 }
 
+/* ---- who may act --------------------------------------------------------- */
+
+static void refuse(ts_players_t *p, const ts_zone_t *z, ts_refused_reason_t why, const char *subject,
+                   uint64_t entity, uint64_t n)
+{
+    ts_worker_metrics_refused(why, n);
+    p->refused[why] += n;
+    uint64_t now = ts_mono_us();
+    if (p->refused_logged_us[why] != 0 && now - p->refused_logged_us[why] < PLAYERS_REFUSED_LOG_US) return;
+    p->refused_logged_us[why] = now;
+    ts_warn("cell %s: refused %" PRIu64
+            " input item(s) (%s) since the last report; latest on %s, entity %" PRIu64,
+            z ? z->key : "?", p->refused[why], ts_worker_refused_str(why), subject ? subject : "?", entity);
+    p->refused[why] = 0;
+}
+
+/* An Attach from another gateway than the entity's: waits for the entity to
+ * be let go. False: no room. */
+static bool attach_wait(ts_players_t *p, const ts_zone_t *z, const Tessera__V1__Input *in)
+{
+    if (p->nattaches == PLAYERS_ATTACHES_MAX) return false;
+    attach_wait_t *a = &p->attaches[p->nattaches++];
+    a->cell = z->cell;
+    a->entity = in->entity;
+    a->gateway = in->attach->gateway;
+    a->gateway_instance = in->attach->gateway_instance;
+    a->session = in->attach->session;
+    a->until_us = ts_mono_us() + PLAYERS_ATTACH_WAIT_US;
+    return true;
+}
+
+/* -1: in may be applied; 0: it waits (an Attach); else 1 + the reason. */
+static int screen_one(ts_players_t *p, const ts_zone_t *z, ts_origin_t origin, uint32_t gw,
+                      const Tessera__V1__Input *in)
+{
+    const ts_entity_t *e = ts_map_get(&z->entities, in->entity);
+    switch (in->kind_case) {
+    case TESSERA__V1__INPUT__KIND_REQUEST:
+        return 1 + TS_REFUSED_KIND;
+    case TESSERA__V1__INPUT__KIND_JOIN:
+        if (e) return e->gateway == gw ? -1 : 1 + TS_REFUSED_GATEWAY;
+        if (!in->join || in->join->gateway != gw) return 1 + TS_REFUSED_ENTITY;
+        /* the sim's entity ids carry its own tag; a login's is derived from the player */
+        if (origin != TS_ORIGIN_SIM && !(in->entity >> 63) && (in->entity >> 48) != gw)
+            return 1 + TS_REFUSED_ENTITY;
+        return -1;
+    case TESSERA__V1__INPUT__KIND_ATTACH:
+        if (!in->attach || in->attach->gateway != gw) return 1 + TS_REFUSED_ENTITY;
+        if (!e || e->gateway == gw || e->detached_us != 0) return -1;
+        return attach_wait(p, z, in) ? 0 : 1 + TS_REFUSED_ATTACH;
+    default:
+        return !e || e->gateway == gw ? -1 : 1 + TS_REFUSED_GATEWAY;
+    }
+}
+
+void ts_players_screen(ts_worker_t *w, ts_zone_t *z, const char *subject, Tessera__V1__InputBatch *ib)
+{
+    ts_players_t *p = w->players;
+    ts_origin_t origin;
+    if (subject == NULL || ts_subject_input_origin(subject, &origin) != TS_OK) {
+        size_t n = ib->n_inputs + ib->n_transfers + ib->n_departures;
+        if (p && n) refuse(p, z, TS_REFUSED_ORIGIN, subject, 0, n);
+        ib->n_inputs = ib->n_transfers = ib->n_departures = 0;
+        return;
+    }
+    if (origin == TS_ORIGIN_WORKER || !p) return;
+    uint32_t gw = origin == TS_ORIGIN_SIM ? 0 : (uint32_t)origin;
+    if (ib->n_transfers + ib->n_departures > 0) {
+        refuse(p, z, TS_REFUSED_KIND, subject, 0, ib->n_transfers + ib->n_departures);
+        ib->n_transfers = ib->n_departures = 0;
+    }
+    size_t keep = 0;
+    for (size_t i = 0; i < ib->n_inputs; i++) {
+        Tessera__V1__Input *in = ib->inputs[i];
+        int verdict = screen_one(p, z, origin, gw, in);
+        if (verdict < 0)
+            ib->inputs[keep++] = in;
+        else if (verdict > 0)
+            refuse(p, z, (ts_refused_reason_t)(verdict - 1), subject, in->entity, 1);
+    }
+    ib->n_inputs = keep;
+}
+
+/* Tick thread: the waiting Attaches whose entity was let go. */
+static void attach_waiting(ts_players_t *p)
+{
+    ts_worker_t *w = p->w;
+    uint64_t now = ts_mono_us();
+    for (size_t i = 0; i < p->nattaches;) {
+        attach_wait_t *a = &p->attaches[i];
+        ts_binding_t *b = ts_cellmap_get(&w->by_cell, &a->cell);
+        ts_entity_t *e = b ? ts_map_get(&b->zone->entities, a->entity) : NULL;
+        bool let_go = e && (e->gateway == a->gateway || e->detached_us != 0);
+        if (b && !binding_settled(b) && now < a->until_us) { /* frozen for a handover: later */
+            i++;
+            continue;
+        }
+        if (let_go) {
+            ts_input_t in = {.entity = a->entity,
+                             .kind = TS_INPUT_ATTACH,
+                             .gateway = a->gateway,
+                             .gateway_instance = a->gateway_instance,
+                             .session = a->session};
+            ts_zone_apply_input(b->zone, &in, w->tick);
+        } else if (e && now < a->until_us) {
+            i++;
+            continue;
+        } else {
+            /* timed out, or the entity left the cell or the game meanwhile */
+            refuse(p, b ? b->zone : NULL, TS_REFUSED_ATTACH, NULL, a->entity, 1);
+        }
+        p->attaches[i] = p->attaches[--p->nattaches];
+    }
+}
+
 /* A gateway instance that was declared dead spoke again (its messages were
  * late, not lost): the entities its death detached are attached again. */
 static void revive_gateway(ts_players_t *p, uint32_t id, uint64_t instance, uint64_t since_us)
@@ -331,6 +487,7 @@ void ts_players_tick(ts_worker_t *w)
     ts_players_t *p = w->players;
     if (!p) return;
     answer_claims(p); /* every tick: a login waits for it */
+    if (p->nattaches) attach_waiting(p);
     uint64_t now = ts_mono_us();
     if (now < p->next_run_us) return;
     p->next_run_us = now + PLAYERS_PERIOD_US;

@@ -474,5 +474,9 @@ ts_status_t ts_players_start(ts_worker_t *w);
 /* Tick thread, every tick (acts a few times a second). */
 void ts_players_tick(ts_worker_t *w);
 void ts_players_stop(ts_worker_t *w);
+/* Tick thread, before ib (published on subject) is applied to z: drops, in
+ * place, what its publisher may not do (players.c, "who may act"). O(1) per
+ * input. */
+void ts_players_screen(ts_worker_t *w, ts_zone_t *z, const char *subject, Tessera__V1__InputBatch *ib);
 
 #endif

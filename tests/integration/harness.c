@@ -309,12 +309,21 @@ typedef struct {
 
 /* The secured stack's user for a binary: tessera-<user>, else admin; a
  * worker started with --worker.id=<id> is worker-<id> when gen-secrets made
- * that user (w1 and w2), else the shared worker user. */
+ * that user (w1 and w2), else the shared worker user; a gateway is
+ * gateway-<gateway.id> (1 unless --gateway.id says; gen-secrets makes 1 to
+ * 16), there is no shared gateway user. */
 static const char *user_for(const ts_h_t *h, const char *path, char *const *argv, char *buf, size_t cap)
 {
-    static const char *const users[] = {"orch", "worker", "gateway", "sim", "ctl"};
+    static const char *const users[] = {"orch", "worker", "sim", "ctl"};
     const char *base = strrchr(path, '/');
     base = base ? base + 1 : path;
+    if (strcmp(base, "tessera-gateway") == 0) {
+        const char *id = "1";
+        for (int i = 1; argv[i] != NULL; i++)
+            if (strncmp(argv[i], "--gateway.id=", 13) == 0) id = argv[i] + 13;
+        snprintf(buf, cap, "gateway-%s", id);
+        return buf;
+    }
     if (strcmp(base, "tessera-worker") == 0) {
         for (int i = 1; argv[i] != NULL; i++) {
             if (strncmp(argv[i], "--worker.id=", 12) != 0) continue;

@@ -8,6 +8,13 @@
  *    (and the inspector an input) and get a permission violation for every
  *    one; the worker and orch users cannot delete or purge a stream; no subscriber ever sees a forged
  * message, and the registry (version, every cell's owner and epoch) is unchanged.
+ *  - A gateway's credentials act only for that gateway's players: gateway-1
+ *    cannot publish under gateway 2's origin token (the server refuses it);
+ *    what it publishes under its own (a Move, Command, Detach, Leave, Attach,
+ *    Joins naming gateway 2, a Transfer and a Request for gateway 2's player)
+ *    changes nothing and is counted in
+ *    tessera_worker_inputs_refused_total{reason}; the player's next inputs
+ *    are all applied.
  *  - Redis ACLs: anonymous commands and wrong passwords are refused; the
  *    gateway user only reads; the worker user cannot change a cell, the world
  *    or the leader lock, but can manage worker liveness keys. */
@@ -23,7 +30,9 @@
 #include "tessera/bus.h"
 #include "tessera/client.h"
 #include "tessera/frame.h"
+#include "tessera/proto.h"
 #include "tessera/registry.h"
+#include "tessera/subject.h"
 #include "tessera/util.h"
 
 #define WORLD 0
@@ -32,6 +41,7 @@
 #define WAIT_MS 5000
 
 static ts_h_stack_t stack = {-1, {-1, -1}, -1, 0};
+static int worker_http[2]; /* the workers' /metrics ports */
 
 /* ---- registry snapshot ---------------------------------------------------- */
 
@@ -234,7 +244,7 @@ static void test_forged_nats_traffic_refused(void **state)
     ts_bus_t *anon = NULL;
     assert_int_equal(ts_bus_connect(&anon, ts_h.nats_plain_url, "it_auth-anon"), TS_ERR_UNAVAILABLE);
     char url[256];
-    snprintf(url, sizeof url, "nats://gateway:wrong@127.0.0.1:%d", ts_h.nats_port);
+    snprintf(url, sizeof url, "nats://gateway-1:wrong@127.0.0.1:%d", ts_h.nats_port);
     assert_int_equal(ts_bus_connect(&anon, url, "it_auth-wrong"), TS_ERR_UNAVAILABLE);
 
     static const char *const always_refused[] = {
@@ -245,7 +255,7 @@ static void test_forged_nats_traffic_refused(void **state)
         "tessera.worker.w1.hb",      /* a worker's heartbeat */
         "$JS.API.STREAM.DELETE.TS_INPUT_0",
     };
-    static const char *const users[] = {"gateway", "sim", "inspector"};
+    static const char *const users[] = {"gateway-1", "sim", "inspector"};
     for (size_t u = 0; u < sizeof users / sizeof users[0]; u++) {
         assert_int_equal(forger_connect(&f, users[u]), NATS_OK);
         for (size_t i = 0; i < sizeof always_refused / sizeof always_refused[0]; i++)
@@ -254,7 +264,16 @@ static void test_forged_nats_traffic_refused(void **state)
         forge_refused(&f, "tessera.ctl.0.handover", true);
         forge_refused(&f, "tessera.ctl.0.drain", true);
         /* the inspector may not even publish input */
-        if (strcmp(users[u], "inspector") == 0) forge_refused(&f, "cell.0.0.0.0.0.input", false);
+        if (strcmp(users[u], "inspector") == 0) forge_refused(&f, "cell.0.0.0.0.0.input.g1", false);
+        /* inputs only under its own origin token: not a worker's (transfers), not another's */
+        if (strcmp(users[u], "inspector") != 0) {
+            forge_refused(&f, "cell.0.0.0.0.0.input.w", false);
+            forge_refused(&f, "cell.0.0.0.0.0.input.g2", false);
+            forge_refused(&f, "cell.0.0.0.0.0.input", false);
+            forge_refused(&f,
+                          strcmp(users[u], "sim") == 0 ? "cell.0.0.0.0.0.input.g1" : "cell.0.0.0.0.0.input.s",
+                          false);
+        }
         /* still connected: a violation does not cost the connection */
         assert_true(natsConnection_Status(f.nc) == NATS_CONN_STATUS_CONNECTED);
         forger_close(&f);
@@ -294,6 +313,216 @@ static void test_forged_nats_traffic_refused(void **state)
         assert_int_equal(ts_h_wait(&ts_h, stack.workers[i], 0), -1);
     assert_int_equal(ts_h_wait(&ts_h, stack.orch, 0), -1);
     assert_int_equal(ts_h_wait(&ts_h, stack.gateway, 0), -1);
+    ts_h_pass();
+}
+
+/* ---- a gateway acts only for its own players ---------------------------------- */
+
+/* tessera_worker_inputs_refused_total{reason} summed over both workers. */
+static uint64_t refused_total(const char *reason)
+{
+    static char body[1 << 18];
+    char want[128];
+    snprintf(want, sizeof want, "reason=\"%s\"} ", reason);
+    uint64_t sum = 0;
+    for (int i = 0; i < 2; i++) {
+        if (ts_h_http_get(worker_http[i], "/metrics", body, sizeof body) != 200) continue;
+        for (const char *p = body; (p = strstr(p, "tessera_worker_inputs_refused_total{")) != NULL; p++) {
+            const char *eol = strchr(p, '\n');
+            const char *r = strstr(p, want);
+            if (r != NULL && (eol == NULL || r < eol)) sum += strtoull(r + strlen(want), NULL, 10);
+        }
+    }
+    return sum;
+}
+
+/* Waits until refused_total(reason) is want (false if it is not within ms). */
+static bool refused_reaches(const char *reason, uint64_t want, int64_t ms)
+{
+    uint64_t deadline = ts_mono_us() + (uint64_t)ms * 1000u;
+    uint64_t got = refused_total(reason);
+    while (got < want && ts_mono_us() < deadline) {
+        ts_sleep_ms(100);
+        got = refused_total(reason);
+    }
+    if (got != want)
+        fprintf(stderr, "refused{reason=%s}: %llu, want %llu\n", reason, (unsigned long long)got,
+                (unsigned long long)want);
+    return got == want;
+}
+
+/* Reads frames for ms: fails if one shows entity with another position or
+ * another count of applied inputs than (x, y, applied). */
+static void assert_unchanged(ts_client_t *c, uint64_t entity, double x, double y, uint64_t applied,
+                             int64_t ms)
+{
+    uint64_t deadline = ts_mono_us() + (uint64_t)ms * 1000u;
+    while (ts_mono_us() < deadline) {
+        Tessera__V1__ServerFrame *f = NULL;
+        if (ts_client_recv(c, 50, &f) != TS_OK) continue;
+        const Tessera__V1__EntityState *const *ents = NULL;
+        size_t n = 0;
+        if (f->payload_case == TESSERA__V1__SERVER_FRAME__PAYLOAD_DELTA) {
+            ents = (const Tessera__V1__EntityState *const *)f->delta->entities;
+            n = f->delta->n_entities;
+            for (size_t i = 0; i < f->delta->n_removed; i++)
+                if (f->delta->removed[i] == entity) fail_msg("the player's entity was removed");
+        } else if (f->payload_case == TESSERA__V1__SERVER_FRAME__PAYLOAD_SNAPSHOT) {
+            ents = (const Tessera__V1__EntityState *const *)f->snapshot->entities;
+            n = f->snapshot->n_entities;
+        }
+        assert_int_not_equal(f->payload_case, TESSERA__V1__SERVER_FRAME__PAYLOAD_ERROR);
+        for (size_t i = 0; i < n; i++) {
+            if (ents[i]->id != entity) continue;
+            assert_true(ents[i]->x == x && ents[i]->y == y);
+            assert_int_equal(ents[i]->inputs_applied, applied);
+        }
+        tessera__v1__server_frame__free_unpacked(f, NULL);
+    }
+}
+
+static void test_gateway_acts_only_for_its_players(void **state)
+{
+    (void)state;
+    /* gateway 2 (NATS user gateway-2) and its player, standing still */
+    int port2 = ts_h_free_port();
+    char listen[64];
+    snprintf(listen, sizeof listen, "--gateway.listen=127.0.0.1:%d", port2);
+    const char *gw2_args[] = {listen, "--gateway.id=2", NULL};
+    int gw2 = ts_h_spawn(&ts_h, "gateway2", "tessera-gateway", gw2_args);
+    assert_true(ts_h_wait_port(port2, 15000));
+    ts_client_t *c = NULL;
+    assert_int_equal(ts_client_connect(&c, "127.0.0.1", port2, 3000), TS_OK);
+    assert_int_equal(ts_client_join(c, -20, 20, "victim"), TS_OK);
+    uint64_t entity = 0;
+    double x = 0, y = 0;
+    ts_cell_t cell = {0};
+    uint64_t deadline = ts_mono_us() + WAIT_MS * 1000ull;
+    while (entity == 0 && ts_mono_us() < deadline) {
+        Tessera__V1__ServerFrame *f = NULL;
+        if (ts_client_recv(c, 100, &f) != TS_OK) continue;
+        if (f->payload_case == TESSERA__V1__SERVER_FRAME__PAYLOAD_SNAPSHOT) {
+            assert_int_equal(ts_proto_cell_get(f->cell, &cell), TS_OK);
+            for (size_t i = 0; i < f->snapshot->n_entities; i++) {
+                if (f->snapshot->entities[i]->id != f->snapshot->entity) continue;
+                x = f->snapshot->entities[i]->x;
+                y = f->snapshot->entities[i]->y;
+                entity = f->snapshot->entity;
+            }
+        }
+        tessera__v1__server_frame__free_unpacked(f, NULL);
+    }
+    assert_true(entity != 0);
+    assert_int_equal(entity >> 48, 2); /* gateway 2's entity */
+
+    /* gateway-1 may not publish under gateway 2's origin: the server refuses */
+    char subj[TS_SUBJECT_MAX];
+    forger_t f;
+    assert_int_equal(forger_connect(&f, "gateway-1"), NATS_OK);
+    assert_true(ts_subject_input(subj, sizeof subj, &cell, 2) > 0);
+    forge_refused(&f, subj, false);
+    forge_refused(&f, "tessera.gw.2.alive", false); /* nor say gateway 2 is alive */
+    forger_close(&f);
+
+    /* under its own origin it acts for the victim: every item is refused */
+    char pw_path[400], pw[128] = "";
+    ts_h_secret_path(&ts_h, "gateway-1.nats.pass", pw_path, sizeof pw_path);
+    FILE *pf = fopen(pw_path, "r");
+    assert_non_null(pf);
+    assert_non_null(fgets(pw, sizeof pw, pf));
+    fclose(pf);
+    pw[strcspn(pw, "\n")] = '\0';
+    ts_bus_auth_t auth = {.user = "gateway-1", .password = pw};
+    ts_bus_t *bus = NULL;
+    assert_int_equal(ts_bus_connect_auth(&bus, ts_h.nats_plain_url, "it_auth-gateway-1", &auth), TS_OK);
+
+    Tessera__V1__MoveInput mv = TESSERA__V1__MOVE_INPUT__INIT;
+    mv.dx = 40;
+    Tessera__V1__CommandInput cmd = TESSERA__V1__COMMAND_INPUT__INIT;
+    cmd.type = 1;
+    Tessera__V1__DetachInput det = TESSERA__V1__DETACH_INPUT__INIT;
+    det.session = 1;
+    Tessera__V1__LeaveInput leave = TESSERA__V1__LEAVE_INPUT__INIT;
+    Tessera__V1__AttachInput att = TESSERA__V1__ATTACH_INPUT__INIT;
+    att.gateway = 1;
+    att.gateway_instance = 77;
+    att.session = 1;
+    Tessera__V1__JoinInput join_as2 = TESSERA__V1__JOIN_INPUT__INIT; /* says gateway 2 */
+    join_as2.gateway = 2;
+    Tessera__V1__JoinInput join_id2 = TESSERA__V1__JOIN_INPUT__INIT; /* an id of gateway 2 */
+    join_id2.gateway = 1;
+    Tessera__V1__RequestInput req = TESSERA__V1__REQUEST_INPUT__INIT;
+    Tessera__V1__Input in[8];
+    Tessera__V1__Input *ptrs[8];
+    for (int i = 0; i < 8; i++) {
+        tessera__v1__input__init(&in[i]);
+        in[i].entity = entity;
+        in[i].seq = 1000 + (uint64_t)i; /* far ahead: would push the real inputs out of the window */
+        ptrs[i] = &in[i];
+    }
+    in[0].kind_case = TESSERA__V1__INPUT__KIND_MOVE, in[0].move = &mv;
+    in[1].kind_case = TESSERA__V1__INPUT__KIND_COMMAND, in[1].command = &cmd;
+    in[2].kind_case = TESSERA__V1__INPUT__KIND_DETACH, in[2].detach = &det;
+    in[3].kind_case = TESSERA__V1__INPUT__KIND_LEAVE, in[3].leave = &leave;
+    in[4].kind_case = TESSERA__V1__INPUT__KIND_ATTACH, in[4].attach = &att, in[4].seq = 0;
+    in[5].kind_case = TESSERA__V1__INPUT__KIND_JOIN, in[5].join = &join_as2;
+    in[5].entity = (1ull << 48) | 0x4242;
+    in[6].kind_case = TESSERA__V1__INPUT__KIND_JOIN, in[6].join = &join_id2;
+    in[6].entity = (2ull << 48) | 0x4243;
+    in[7].kind_case = TESSERA__V1__INPUT__KIND_REQUEST, in[7].request = &req, in[7].seq = 0;
+    Tessera__V1__EntityState es = TESSERA__V1__ENTITY_STATE__INIT;
+    es.id = (2ull << 48) | 0x4244;
+    Tessera__V1__Transfer xfer = TESSERA__V1__TRANSFER__INIT;
+    xfer.entity = &es;
+    Tessera__V1__Transfer *xfers[1] = {&xfer};
+    Tessera__V1__CellId cell_pb;
+    ts_proto_cell_init(&cell_pb, &cell);
+    Tessera__V1__InputBatch batch = TESSERA__V1__INPUT_BATCH__INIT;
+    batch.cell = &cell_pb;
+    batch.inputs = ptrs;
+    batch.n_inputs = 8;
+    batch.transfers = xfers;
+    batch.n_transfers = 1;
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    assert_int_equal(ts_proto_pack(&batch.base, &buf, &len), TS_OK);
+    assert_true(ts_subject_input(subj, sizeof subj, &cell, 1) > 0);
+    ts_bus_hdr_t hdr = {.type = TS_TYPE_INPUT_BATCH, .count = 9, .msg_id = "it_auth-forged-g1"};
+    uint64_t seq = 0;
+    assert_int_equal(ts_bus_js_publish(bus, subj, &hdr, buf, len, WAIT_MS, &seq), TS_OK); /* stored */
+    free(buf);
+    ts_bus_destroy(bus);
+
+    /* the owner refused every item: Move, Command, Detach, Leave (another
+     * gateway's entity), both Joins, the Transfer and the Request; the
+     * Attach waits for the victim's gateway to let go, which it never does */
+    assert_true(refused_reaches("gateway", 4, 15000));
+    assert_true(refused_reaches("entity", 2, 5000));
+    assert_true(refused_reaches("kind", 2, 5000));
+    assert_unchanged(c, entity, x, y, 1, 1000);
+    assert_true(refused_reaches("attach", 1, 15000));
+    assert_int_equal(refused_total("origin"), 0);
+
+    /* the victim's own next inputs are all applied, once each */
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(ts_client_move(c, 1, 0), TS_OK);
+    uint64_t applied = 1, settled_us = 0;
+    deadline = ts_mono_us() + 10000 * 1000ull;
+    while (ts_mono_us() < deadline && (applied < 4 || ts_mono_us() < settled_us)) {
+        Tessera__V1__ServerFrame *fr = NULL;
+        if (ts_client_recv(c, 100, &fr) != TS_OK) continue;
+        if (fr->payload_case == TESSERA__V1__SERVER_FRAME__PAYLOAD_DELTA)
+            for (size_t i = 0; i < fr->delta->n_entities; i++)
+                if (fr->delta->entities[i]->id == entity) applied = fr->delta->entities[i]->inputs_applied;
+        if (applied >= 4 && settled_us == 0) settled_us = ts_mono_us() + 1000 * 1000ull;
+        tessera__v1__server_frame__free_unpacked(fr, NULL);
+    }
+    assert_int_equal(applied, 4);
+    ts_client_destroy(c);
+    /* gateway 1's own players are not affected either */
+    assert_int_equal(play(15, -15), 4);
+    ts_h_signal(&ts_h, gw2, SIGTERM);
+    assert_int_equal(ts_h_wait(&ts_h, gw2, 15000), 0);
     ts_h_pass();
 }
 
@@ -366,7 +595,7 @@ static void test_redis_acl(void **state)
      * URL has none */
     char pw[256], escaped[800];
     FILE *pf = NULL;
-    ts_h_secret_path(&ts_h, "gateway.redis.pass", pw, sizeof pw);
+    ts_h_secret_path(&ts_h, "gateway-1.redis.pass", pw, sizeof pw);
     assert_non_null(pf = fopen(pw, "r"));
     assert_non_null(fgets(pw, sizeof pw, pf));
     fclose(pf);
@@ -374,18 +603,18 @@ static void test_redis_acl(void **state)
     size_t k = 0;
     for (const char *p = pw; *p; p++)
         k += (size_t)snprintf(escaped + k, sizeof escaped - k, "%%%02X", (unsigned char)*p);
-    snprintf(url, sizeof url, "redis://%%67ateway:%s@127.0.0.1:%d/0", escaped, ts_h.redis_port);
+    snprintf(url, sizeof url, "redis://%%67ateway-1:%s@127.0.0.1:%d/0", escaped, ts_h.redis_port);
     assert_int_equal(ts_registry_connect(&reg, url), TS_OK);
     assert_int_equal(ts_registry_version(reg, WORLD, &version), TS_OK);
     ts_registry_destroy(reg);
-    assert_int_equal(ts_registry_set_default_auth("gateway", pw), TS_OK);
+    assert_int_equal(ts_registry_set_default_auth("gateway-1", pw), TS_OK);
     assert_int_equal(ts_registry_connect(&reg, ts_h.redis_plain_url), TS_OK);
     assert_int_equal(ts_registry_version(reg, WORLD, &version), TS_OK);
     ts_registry_destroy(reg);
     assert_int_equal(ts_registry_set_default_auth(NULL, NULL), TS_OK);
 
     /* the gateway and the sim read the world, change nothing */
-    static const char *const readers[] = {"gateway", "sim", "ctl"};
+    static const char *const readers[] = {"gateway-1", "sim", "ctl"};
     for (size_t i = 0; i < sizeof readers / sizeof readers[0]; i++) {
         ts_h_redis_url_as(&ts_h, readers[i], url, sizeof url);
         assert_int_equal(ts_registry_connect(&reg, url), TS_OK);
@@ -563,7 +792,22 @@ static int group_setup(void **state)
 {
     (void)state;
     ts_h_start_secure(&ts_h);
-    ts_h_spawn_stack(&ts_h, NULL, NULL, NULL, &stack);
+    /* ts_h_spawn_stack's, with each worker's /metrics on its own port */
+    static const char *const ids[2] = {"w1", "w2"};
+    stack.orch = ts_h_spawn(&ts_h, "orch", "tessera-orch", NULL);
+    for (int i = 0; i < 2; i++) {
+        char id[32], http[64];
+        worker_http[i] = ts_h_free_port();
+        snprintf(id, sizeof id, "--worker.id=%s", ids[i]);
+        snprintf(http, sizeof http, "--worker.http_listen=127.0.0.1:%d", worker_http[i]);
+        const char *args[] = {id, http, NULL};
+        stack.workers[i] = ts_h_spawn(&ts_h, ids[i], "tessera-worker", args);
+    }
+    stack.gw_port = ts_h_free_port();
+    char listen[64];
+    snprintf(listen, sizeof listen, "--gateway.listen=127.0.0.1:%d", stack.gw_port);
+    const char *gw_args[] = {listen, NULL};
+    stack.gateway = ts_h_spawn(&ts_h, "gateway", "tessera-gateway", gw_args);
     if (!ts_h_wait_world(&ts_h, WORLD, NCELLS, 30000) || !ts_h_wait_port(stack.gw_port, 15000)) {
         ts_h_fail_dump(&ts_h);
         ts_h_stop(&ts_h);
@@ -577,6 +821,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         TS_H_TEST(test_stack_runs_secured),
         TS_H_TEST(test_forged_nats_traffic_refused),
+        TS_H_TEST(test_gateway_acts_only_for_its_players),
         TS_H_TEST(test_inspector_reads),
         TS_H_TEST(test_redis_acl),
         TS_H_TEST(test_gateway_survives_garbage),

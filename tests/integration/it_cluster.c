@@ -251,7 +251,7 @@ static void test_stream_replicas_raised(void **state)
     uint64_t seq = 0;
     for (int i = 0; i < 10; i++) {
         ts_bus_hdr_t hdr = {.type = TS_TYPE_INPUT_BATCH, .seq = (uint64_t)i + 1};
-        assert_int_equal(ts_bus_js_publish(bus, "cell.5.0.0.0.0.input", &hdr, "x", 1, 5000, &seq), TS_OK);
+        assert_int_equal(ts_bus_js_publish(bus, "cell.5.0.0.0.0.input.w", &hdr, "x", 1, 5000, &seq), TS_OK);
     }
     int current = 0;
     assert_true(wait_stream(stream, 1, -1, WAIT_MS, &current) >= 0);
@@ -264,7 +264,7 @@ static void test_stream_replicas_raised(void **state)
         fail_msg("%s has %d current replicas after it was ensured with 3", stream, current);
     }
     ts_bus_msg_t *last = NULL;
-    assert_int_equal(ts_bus_last_msg(bus, stream, "cell.5.0.0.0.0.input", &last), TS_OK);
+    assert_int_equal(ts_bus_last_msg(bus, stream, "cell.5.0.0.0.0.input.*", &last), TS_OK);
     assert_int_equal(ts_bus_msg_stream_seq(last), seq);
     ts_bus_msg_destroy(last);
     stop_stack();

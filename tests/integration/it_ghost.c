@@ -161,7 +161,7 @@ static void send_inputs(const ts_cell_t *cell, Tessera__V1__Input **inputs, size
     size_t len = 0;
     assert_int_equal(ts_proto_pack(&b.base, &buf, &len), TS_OK);
     char subj[TS_SUBJECT_MAX];
-    ts_subject_cell(subj, sizeof subj, cell, TS_SUBJ_INPUT);
+    ts_subject_input(subj, sizeof subj, cell, TS_ORIGIN_WORKER);
     ts_bus_hdr_t hdr = {.type = TS_TYPE_INPUT_BATCH, .count = (uint32_t)n};
     assert_int_equal(ts_bus_js_publish(bus, subj, &hdr, buf, len, 5000, NULL), TS_OK);
     free(buf);

@@ -162,7 +162,7 @@ static void test_default_world_written_and_announced(void **state)
     /* the streams exist: an input publish is stored */
     uint64_t seq = 0;
     ts_bus_hdr_t hdr = {.type = TS_TYPE_INPUT_BATCH};
-    assert_int_equal(ts_bus_js_publish(bus, "cell.0.0.0.0.0.input", &hdr, "", 0, 3000, &seq), TS_OK);
+    assert_int_equal(ts_bus_js_publish(bus, "cell.0.0.0.0.0.input.w", &hdr, "", 0, 3000, &seq), TS_OK);
     assert_true(seq > 0);
 
     /* it holds the leader lock, and releases it on SIGTERM */

@@ -301,7 +301,7 @@ static bool publish_batch(const ts_cell_t *cell, Tessera__V1__Input **inputs, si
     size_t len = 0;
     if (ts_proto_pack(&ib.base, &buf, &len) != TS_OK) return false;
     char subj[TS_SUBJECT_MAX], msg_id[64];
-    ts_subject_cell(subj, sizeof subj, cell, TS_SUBJ_INPUT);
+    ts_subject_input(subj, sizeof subj, cell, TS_ORIGIN_WORKER);
     snprintf(msg_id, sizeof msg_id, "it-split-%" PRIu64, ++DR.batch);
     ts_bus_hdr_t hdr = {.type = TS_TYPE_INPUT_BATCH, .seq = DR.batch, .count = (uint32_t)n, .msg_id = msg_id};
     ts_status_t st = TS_ERR_TIMEOUT;

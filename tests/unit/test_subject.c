@@ -108,6 +108,12 @@ static void test_parse_rejects(void **state)
         /* trailing tokens */
         "cell.0.0.0.0.0.input.x",
         "cell.0.0.0.0.0.input.",
+        "cell.0.0.0.0.0.input.g",
+        "cell.0.0.0.0.0.input.g01",
+        "cell.0.0.0.0.0.input.g65536",
+        "cell.0.0.0.0.0.input.g-1",
+        "cell.0.0.0.0.0.input.*",
+        "cell.0.0.0.0.0.input.w.x",
         "cell.0.0.0.0.0.state ",
         /* service subjects are not cell subjects */
         "tessera.worker.w1.hb",
@@ -126,11 +132,59 @@ static void test_parse_rejects(void **state)
     assert_int_not_equal(ts_subject_parse(NULL, &c, &k), TS_OK);
 }
 
+/* Input subjects name their publisher: g<gateway id>, s (the sim), w (a
+ * worker); nats-server permissions are written against these tokens. */
+static void test_input_origin(void **state)
+{
+    (void)state;
+    ts_cell_t c = {.world = 0, .cx = -2, .cy = 1};
+    char buf[TS_SUBJECT_MAX];
+    assert_int_equal(ts_subject_input(buf, sizeof buf, &c, 7), 24);
+    assert_string_equal(buf, "cell.0.-2.1.0.0.input.g7");
+    ts_subject_input(buf, sizeof buf, &c, TS_ORIGIN_WORKER);
+    assert_string_equal(buf, "cell.0.-2.1.0.0.input.w");
+    ts_subject_input(buf, sizeof buf, &c, TS_ORIGIN_SIM);
+    assert_string_equal(buf, "cell.0.-2.1.0.0.input.s");
+    ts_subject_input(buf, sizeof buf, &c, TS_ORIGIN_GATEWAY_MAX);
+    assert_string_equal(buf, "cell.0.-2.1.0.0.input.g65535");
+    assert_int_equal(ts_subject_input(buf, sizeof buf, &c, TS_ORIGIN_GATEWAY_MAX + 1), -1);
+    assert_int_equal(ts_subject_input(buf, sizeof buf, &c, -3), -1);
+    ts_subject_input_filter(buf, sizeof buf, &c);
+    assert_string_equal(buf, "cell.0.-2.1.0.0.input.*");
+
+    ts_origin_t o = 0;
+    assert_int_equal(ts_subject_input_origin("cell.0.-2.1.0.0.input.g0", &o), TS_OK);
+    assert_int_equal(o, 0);
+    assert_int_equal(ts_subject_input_origin("cell.0.-2.1.0.0.input.g32766", &o), TS_OK);
+    assert_int_equal(o, 32766);
+    assert_int_equal(ts_subject_input_origin("cell.0.-2.1.0.0.input.w", &o), TS_OK);
+    assert_int_equal(o, TS_ORIGIN_WORKER);
+    assert_int_equal(ts_subject_input_origin("cell.0.-2.1.0.0.input.s", &o), TS_OK);
+    assert_int_equal(o, TS_ORIGIN_SIM);
+    static const char *const bad[] = {"cell.0.0.0.0.0.input",
+                                      "cell.0.0.0.0.0.state",
+                                      "cell.0.0.0.0.0.input.x",
+                                      "cell.0.0.0.0.0.input.g",
+                                      "cell.0.0.0.0.0.input.g007",
+                                      "cell.0.0.0.0.0.state.g1",
+                                      "input.g1x",
+                                      "g1"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        if (ts_subject_input_origin(bad[i], &o) != TS_ERR_PARSE) fail_msg("\"%s\" parsed", bad[i]);
+
+    /* an input subject with its origin parses as the cell's input */
+    ts_cell_t back;
+    ts_subject_kind_t k;
+    assert_int_equal(ts_subject_parse("cell.0.-2.1.0.0.input.g7", &back, &k), TS_OK);
+    assert_true(ts_cell_eq(&back, &c));
+    assert_int_equal(k, TS_SUBJ_INPUT);
+}
+
 static void test_service_subjects(void **state)
 {
     char buf[TS_SUBJECT_MAX];
-    assert_int_equal(ts_subject_world_wildcard(buf, sizeof buf, 0, TS_SUBJ_INPUT), 20);
-    assert_string_equal(buf, "cell.0.*.*.*.*.input");
+    assert_int_equal(ts_subject_world_wildcard(buf, sizeof buf, 0, TS_SUBJ_INPUT), 22);
+    assert_string_equal(buf, "cell.0.*.*.*.*.input.*");
     ts_subject_world_wildcard(buf, sizeof buf, 4000000000u, TS_SUBJ_CHECKPOINT);
     assert_string_equal(buf, "cell.4000000000.*.*.*.*.checkpoint");
     assert_int_equal(ts_subject_world_wildcard(buf, sizeof buf, 0, TS_SUBJ_KIND_COUNT), -1);
@@ -184,10 +238,10 @@ static void test_worker_id_rule(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_kind_names),     cmocka_unit_test(test_cell_subject_exact),
-        cmocka_unit_test(test_round_trip),     cmocka_unit_test(test_build_rejects),
-        cmocka_unit_test(test_parse_rejects),  cmocka_unit_test(test_service_subjects),
-        cmocka_unit_test(test_worker_id_rule),
+        cmocka_unit_test(test_kind_names),    cmocka_unit_test(test_cell_subject_exact),
+        cmocka_unit_test(test_round_trip),    cmocka_unit_test(test_build_rejects),
+        cmocka_unit_test(test_parse_rejects), cmocka_unit_test(test_service_subjects),
+        cmocka_unit_test(test_input_origin),  cmocka_unit_test(test_worker_id_rule),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -86,7 +86,7 @@ ts_status_t ts_bus_connect_auth(ts_bus_t **out, const char *url, const char *nam
 void ts_bus_destroy(ts_bus_t *bus);
 
 /* Creates (or updates) the world's JetStream streams:
- *   TS_INPUT_<world>  subjects cell.<world>.*.*.*.*.input,  limits retention, max_age
+ *   TS_INPUT_<world>  subjects cell.<world>.*.*.*.*.input.<origin>, limits retention, max_age
  *   TS_CKPT_<world>   subjects cell.<world>.*.*.*.*.checkpoint and .checkpoint.> (parts of
  *                     chunked checkpoints), 1 message per subject
  * storage is "file" or "memory". */
@@ -244,6 +244,8 @@ typedef struct {
 ts_bus_held_t ts_bus_msg_hold(const ts_bus_msg_t *m);
 const uint8_t *ts_bus_held_data(ts_bus_held_t h);
 size_t ts_bus_held_len(ts_bus_held_t h);
+/* The subject it was published to (borrowed, lives as long as h). */
+const char *ts_bus_held_subject(ts_bus_held_t h);
 void ts_bus_held_free(ts_bus_held_t h);
 
 /* Totals since connect. */
