@@ -48,7 +48,8 @@ void ts_inbox_free(ts_inbox_t *in)
 
 void ts_worker_wake(ts_worker_t *w)
 {
-    atomic_store(&w->wake, true);
+    /* already signalled and not yet taken: the tick thread will see it */
+    if (atomic_exchange(&w->wake, true)) return;
     pthread_mutex_lock(&w->mu);
     pthread_cond_signal(&w->cond);
     pthread_mutex_unlock(&w->mu);
@@ -75,7 +76,9 @@ static void on_input(void *ud, const ts_bus_msg_t *m)
     if (!ts_ring_push(w->ring, &msg)) {
         ts_bus_held_free(msg.msg);
         atomic_store(&ctx->overflow, true);
+        return;
     }
+    ts_worker_wake(w); /* a lock only when the tick thread had nothing waiting */
 }
 
 ts_status_t ts_worker_subscribe_input(ts_worker_t *w, const ts_cell_t *cell, uint64_t after_seq, bool hold,

@@ -33,6 +33,26 @@
 #define DRAIN_RECHECK_MS 1000
 #define DRAIN_RECHECK_TIMEOUT_MS 500
 #define RESUB_RETRY_US 1000000ULL /* a consumer that could not be created (the stream not back yet) */
+/* Between ticks, input is applied as it arrives (a relay pass), at most
+ * this often: an entity crossing into another cell is handed on by a chain
+ * of messages (its Departure through the cell's own stream, then its
+ * Transfer and the inputs that still reach the old cell forwarded to the
+ * new one), and waiting for the next tick at each link added one or two
+ * ticks to the inputs of every crossing player. */
+#define RELAY_GAP_US 4000ULL
+/* While a tick runs, the publisher is woken this often, so the state of
+ * the cells stepped first goes out without waiting for the whole tick. */
+#define KICK_EVERY_US 1000ULL
+
+/* nats.c thread: a JetStream publish's outcome, noted for the tick thread,
+ * which takes it on its next relay pass (a stored Transfer releases the
+ * inputs forwarded after it). */
+static void on_publish_outcome(void *ud, const char *subject, uint64_t seq, uint32_t count, bool ok,
+                               uint64_t stream_seq)
+{
+    ts_worker_on_publish_outcome(ud, subject, seq, count, ok, stream_seq);
+    ts_worker_wake(ud);
+}
 
 /* The thread that asks the orchestrator again during a drain (one worker
  * per process). */
@@ -556,7 +576,7 @@ ts_status_t ts_worker_create(ts_worker_t **out, const ts_config_t *cfg)
         if (!ts_service_stopping()) ts_error("cannot set up JetStream streams: %s", ts_status_str(st));
         goto fail;
     }
-    ts_bus_set_ack_handler(w->bus, ts_worker_on_publish_outcome, w);
+    ts_bus_set_ack_handler(w->bus, on_publish_outcome, w);
     char subj[TS_SUBJECT_MAX];
     ts_subject_registry(subj, sizeof(subj), w->world.id);
     if ((st = ts_bus_subscribe(w->bus, subj, on_registry, w, &w->reg_sub)) != TS_OK) goto fail;
@@ -613,6 +633,39 @@ static bool keyframe_now(ts_binding_t *b, bool due, uint64_t full_every)
     return true;
 }
 
+/* A relay pass between ticks (tick thread): applies what the inbox holds and
+ * publishes at once what that made due — departures, transfers and
+ * forwarded inputs — and takes the outcomes of those already sent, which may
+ * release the next message to the same cell or announce a finished
+ * transfer. A pass visits each binding's outbox counters once; the rest of
+ * a binding's work (its step and state) waits for the tick as before. */
+static void relay_pass(ts_worker_t *w)
+{
+    ts_worker_apply_inbox(w);
+    if (w->stalled_us != 0 || atomic_load(&w->fenced)) return;
+    bool queued = false;
+    for (size_t i = 0; i < w->nbind; i++) {
+        ts_binding_t *b = w->bindings[i];
+        ts_zone_t *z = b->zone;
+        if (z->ndeps == 0 && z->nout == 0) continue;
+        ts_worker_collect_publishes(w, z);
+        if (b->state != TS_BIND_ACTIVE || b->catching_up) continue;
+        ts_worker_publish_departures(w, z);
+        ts_worker_publish_outboxes(w, z);
+        queued = true;
+    }
+    if (queued) ts_publisher_kick(w);
+}
+
+/* Wakes the publisher when the last wake is KICK_EVERY_US old (tick thread). */
+static void kick_now_and_then(ts_worker_t *w, uint64_t *last_kick_us)
+{
+    uint64_t now = ts_mono_us();
+    if (now - *last_kick_us < KICK_EVERY_US) return;
+    *last_kick_us = now;
+    ts_publisher_kick(w);
+}
+
 static void tick_once(ts_worker_t *w, double dt, uint64_t full_every, uint64_t hb_every, uint64_t ckpt_every)
 {
     w->tick++;
@@ -631,6 +684,7 @@ static void tick_once(ts_worker_t *w, double dt, uint64_t full_every, uint64_t h
     restart_consumers(w);
     ts_ghost_tick(w);
     bool acting = w->stalled_us == 0 && !atomic_load(&w->fenced);
+    uint64_t last_kick_us = ts_mono_us();
     for (size_t i = 0; i < w->nbind && acting; i++) {
         ts_binding_t *b = w->bindings[i];
         ts_worker_collect_publishes(w, b->zone);
@@ -648,6 +702,7 @@ static void tick_once(ts_worker_t *w, double dt, uint64_t full_every, uint64_t h
         ts_worker_publish_state(w, b->zone, keyframe_now(b, (w->tick + i) % full_every == 0, full_every));
         if ((w->tick + i) % ckpt_every == 0 && ts_split_checkpoint_due(b))
             ts_worker_publish_checkpoint(w, b->zone);
+        kick_now_and_then(w, &last_kick_us);
     }
     if (acting) ts_players_tick(w);
     if (hb_every == 0 || w->tick % hb_every == 0 || stalled) {
@@ -736,10 +791,24 @@ ts_status_t ts_worker_run(ts_worker_t *w, volatile sig_atomic_t *stop)
             next = now; /* no burst of catch-up ticks */
             continue;
         }
-        /* between ticks, serve handover requests and registry changes at once */
+        /* between ticks, serve handover requests and registry changes at
+         * once, and relay input as it arrives (at most every RELAY_GAP_US) */
+        uint64_t last_pass_us = 0;
         while (!past(&next) && !(*stop && !w->draining)) {
             wait_until(w, &next);
-            if (atomic_load(&w->wake)) take_mail(w);
+            if (!atomic_load(&w->wake)) continue;
+            uint64_t now_us = ts_mono_us();
+            if (now_us - last_pass_us < RELAY_GAP_US) {
+                struct timespec gap;
+                ts_mono_deadline(&gap, (RELAY_GAP_US - (now_us - last_pass_us)) * 1000ULL);
+                if (gap.tv_sec > next.tv_sec || (gap.tv_sec == next.tv_sec && gap.tv_nsec > next.tv_nsec))
+                    gap = next;
+                clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &gap, NULL);
+                if (past(&next)) break; /* the tick applies it */
+            }
+            take_mail(w);
+            relay_pass(w);
+            last_pass_us = ts_mono_us();
         }
     }
     drain_asker_stop();
