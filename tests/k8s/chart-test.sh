@@ -70,6 +70,11 @@ def perms(conf):
         out[m.group(1)] = (q(m.group(2)), q(m.group(3)), q(m.group(4)))
     return out
 def gen_secrets_perms(): return perms(open(sys.argv[4]).read())
+def ngateways():
+    # gateway ids (and NATS users gateway-1..N): up to the HPA's maxReplicas, else replicas
+    if has("HorizontalPodAutoscaler/tessera-gateway"): return obj("HorizontalPodAutoscaler","tessera-gateway")["spec"]["maxReplicas"]
+    return obj("StatefulSet","tessera-gateway")["spec"]["replicas"]
+def nats_users(): return ["orch","worker","sim","ctl","inspector","admin"] + ["gateway-%d" % i for i in range(1, ngateways() + 1)]
 failed = 0
 n = 0
 for line in open(sys.argv[2]):
@@ -88,26 +93,27 @@ PY
 }
 
 common_checks() {
-    has Deployment/tessera-gateway
+    has StatefulSet/tessera-gateway
     has Service/tessera-gateway
     has StatefulSet/tessera-worker
     has Service/tessera-worker
     has Deployment/tessera-orch
     has ConfigMap/tessera-config
     has Pod/tessera-test-join
-    check 'all(p["containers"][0]["securityContext"]["readOnlyRootFilesystem"] and p["containers"][0]["securityContext"]["capabilities"]["drop"] == ["ALL"] and not p["containers"][0]["securityContext"]["allowPrivilegeEscalation"] and p["securityContext"]["runAsNonRoot"] for p in [pod(k, n) for k, n in [("Deployment","tessera-gateway"),("StatefulSet","tessera-worker"),("Deployment","tessera-orch")]])' \
+    check 'all(p["containers"][0]["securityContext"]["readOnlyRootFilesystem"] and p["containers"][0]["securityContext"]["capabilities"]["drop"] == ["ALL"] and not p["containers"][0]["securityContext"]["allowPrivilegeEscalation"] and p["securityContext"]["runAsNonRoot"] for p in [pod(k, n) for k, n in [("StatefulSet","tessera-gateway"),("StatefulSet","tessera-worker"),("Deployment","tessera-orch")]])' \
         'every tessera pod is non-root, drops ALL, no privilege escalation, read-only root'
     check 'env("StatefulSet","tessera-worker")["TESSERA_WORKER_ID"] == "$(POD_NAME)"' 'worker id = pod name'
-    check 'all(ps.get("automountServiceAccountToken") is False for ps in [pod(k, n) for k, n in [("Deployment","tessera-gateway"),("StatefulSet","tessera-worker"),("Deployment","tessera-orch")]])' 'no API token in the pods'
+    check 'obj("StatefulSet","tessera-gateway")["spec"]["podManagementPolicy"] == "Parallel" and "TESSERA_GATEWAY_ID=$id" in pod("StatefulSet","tessera-gateway")["containers"][0]["command"][2]' 'every gateway pod has its own gateway.id (StatefulSet ordinal + 1)'
+    check 'all(ps.get("automountServiceAccountToken") is False for ps in [pod(k, n) for k, n in [("StatefulSet","tessera-gateway"),("StatefulSet","tessera-worker"),("Deployment","tessera-orch")]])' 'no API token in the pods'
     check 'pod("StatefulSet","tessera-worker")["terminationGracePeriodSeconds"] > 30' 'worker grace period above the 30 s drain'
     check '"lifecycle" not in pod("StatefulSet","tessera-worker")["containers"][0]' 'worker stops (and drains) on the kubelet SIGTERM alone: no hook sends a second one'
     check 'obj("Deployment","tessera-orch")["spec"]["replicas"] == 2' 'orchestrator: 2 replicas'
-    check 'len({obj(k,n)["spec"]["template"]["metadata"]["annotations"]["checksum/config"] for k,n in [("Deployment","tessera-gateway"),("StatefulSet","tessera-worker"),("Deployment","tessera-orch")]}) == 1' 'config checksum annotation on every pod'
+    check 'len({obj(k,n)["spec"]["template"]["metadata"]["annotations"]["checksum/config"] for k,n in [("StatefulSet","tessera-gateway"),("StatefulSet","tessera-worker"),("Deployment","tessera-orch")]}) == 1' 'config checksum annotation on every pod'
     check 'config()["world"]["workers"] == ["tessera-worker-%d" % i for i in range(obj("StatefulSet","tessera-worker")["spec"]["replicas"])]' 'world.workers are the worker pod names'
     if [[ ${1:-} != hostnet ]]; then
-        check 'pod("Deployment","tessera-gateway")["containers"][0]["readinessProbe"]["httpGet"]["path"] == "/readyz" and pod("Deployment","tessera-gateway")["containers"][0]["livenessProbe"]["httpGet"]["path"] == "/healthz"' 'gateway probes on /readyz and /healthz'
+        check 'pod("StatefulSet","tessera-gateway")["containers"][0]["readinessProbe"]["httpGet"]["path"] == "/readyz" and pod("StatefulSet","tessera-gateway")["containers"][0]["livenessProbe"]["httpGet"]["path"] == "/healthz"' 'gateway probes on /readyz and /healthz'
     fi
-    check '"TESSERA_GATEWAY_HTTP_LISTEN" in env("Deployment","tessera-gateway")' 'gateway.http_listen set'
+    check '"TESSERA_GATEWAY_HTTP_LISTEN" in env("StatefulSet","tessera-gateway")' 'gateway.http_listen set'
     check 'obj("PodDisruptionBudget","tessera-worker")["apiVersion"] == "policy/v1"' 'PDB policy/v1 on Kubernetes >= 1.21'
 }
 
@@ -121,10 +127,15 @@ nats_stop_checks() {
 
 nats_users_checks() {
     has Secret/tessera-nats-users
-    check 'sorted(obj("Secret","tessera-nats-users")["data"]) == sorted(["orch","worker","gateway","sim","ctl","inspector","admin"])' 'a password per NATS user in the Secret'
-    check 'perms(obj("ConfigMap","tessera-nats-config")["data"]["nats.conf"]) == {u: p for u, p in gen_secrets_perms().items() if not u.startswith("worker-")}' 'NATS users and permissions are those of scripts/gen-secrets.sh'
-    check 'all("$TS_NATS_PW_%s" % u.upper() in obj("ConfigMap","tessera-nats-config")["data"]["nats.conf"] and any(e["name"] == "TS_NATS_PW_%s" % u.upper() and e["valueFrom"]["secretKeyRef"] == {"name": "tessera-nats-users", "key": u} for e in pod("StatefulSet","tessera-nats")["containers"][0]["env"]) for u in ["orch","worker","gateway","sim","ctl","inspector","admin"])' 'nats-server reads each password from the Secret'
-    check 'all(env(k, n)["TESSERA_NATS_USER"] == u and env(k, n)["TESSERA_NATS_PASSWORD_FILE"] == "/etc/tessera/secrets/nats-user/password" and [v["secret"]["items"] for v in pod(k, n)["volumes"] if v["name"] == "nats-user"] == [[{"key": u, "path": "password"}]] for k, n, u in [("Deployment","tessera-gateway","gateway"),("StatefulSet","tessera-worker","worker"),("Deployment","tessera-orch","orch")])' 'each service connects as its own NATS user, its own password alone mounted'
+    check 'sorted(obj("Secret","tessera-nats-users")["data"]) == sorted(nats_users())' 'a password per NATS user in the Secret (gateway-1..N for N gateway ids)'
+    check 'perms(obj("ConfigMap","tessera-nats-config")["data"]["nats.conf"]) == {u: p for u, p in gen_secrets_perms().items() if u in nats_users()}' 'NATS users and permissions are those of scripts/gen-secrets.sh'
+    check 'all("$TS_NATS_PW_%s" % u.upper().replace("-", "_") in obj("ConfigMap","tessera-nats-config")["data"]["nats.conf"] and any(e["name"] == "TS_NATS_PW_%s" % u.upper().replace("-", "_") and e["valueFrom"]["secretKeyRef"] == {"name": "tessera-nats-users", "key": u} for e in pod("StatefulSet","tessera-nats")["containers"][0]["env"]) for u in nats_users())' 'nats-server reads each password from the Secret'
+    check 'all(env(k, n)["TESSERA_NATS_USER"] == u and env(k, n)["TESSERA_NATS_PASSWORD_FILE"] == "/etc/tessera/secrets/nats-user/password" and [v["secret"]["items"] for v in pod(k, n)["volumes"] if v["name"] == "nats-user"] == [[{"key": u, "path": "password"}]] for k, n, u in [("StatefulSet","tessera-worker","worker"),("Deployment","tessera-orch","orch")])' 'each service connects as its own NATS user, its own password alone mounted'
+    # a gateway pod is gateway <ordinal + 1> and user gateway-<id>; its init
+    # container copies that user's password alone into the gateway's volume
+    check '"TESSERA_GATEWAY_ID=$id TESSERA_NATS_USER=gateway-$id" in pod("StatefulSet","tessera-gateway")["containers"][0]["command"][2] and "id=$(( ${POD_NAME##*-} + 1 ))" in pod("StatefulSet","tessera-gateway")["containers"][0]["command"][2] and env("StatefulSet","tessera-gateway")["TESSERA_NATS_PASSWORD_FILE"] == "/etc/tessera/secrets/nats-user/password"' 'gateway id = ordinal + 1, NATS user gateway-<id>'
+    check '[m["name"] for m in pod("StatefulSet","tessera-gateway")["containers"][0]["volumeMounts"] if m["name"].startswith("nats")] == ["nats-user"] and [v for v in pod("StatefulSet","tessera-gateway")["volumes"] if v["name"] == "nats-user"][0]["emptyDir"]["medium"] == "Memory"' 'the gateway container sees only its own password (an in-memory volume)'
+    check '[v["secret"]["items"] for v in pod("StatefulSet","tessera-gateway")["volumes"] if v["name"] == "nats-gateways"] == [[{"key": "gateway-%d" % i, "path": "gateway-%d" % i} for i in range(1, ngateways() + 1)]] and "gateway-$id" in pod("StatefulSet","tessera-gateway")["initContainers"][0]["command"][2]' 'the init container picks gateway-<id> of gateway-1..N'
 }
 
 case $case_ in
@@ -152,7 +163,7 @@ external)
     check 'config()["nats"]["url"] == "nats://nats.messaging.svc.cluster.local:4222"' 'external NATS URL'
     check 'config()["redis"]["url"] == "redis://redis-master.data.svc.cluster.local:6379/2" and env("StatefulSet","tessera-worker")["TESSERA_REDIS_USER"] == "tessera" and env("StatefulSet","tessera-worker")["TESSERA_REDIS_PASSWORD_FILE"] == "/etc/tessera/secrets/redis/password"' 'Redis user, password from a file'
     check 'any(v.get("secret", {}).get("secretName") == "tessera-redis" and v["secret"]["items"] == [{"key": "password", "path": "password"}] for v in pod("Deployment","tessera-orch")["volumes"])' 'Redis password mounted from the existing Secret'
-    check 'env("Deployment","tessera-gateway")["TESSERA_NATS_CREDS"] == "/etc/tessera/secrets/nats/tessera.creds" and any(v.get("secret", {}).get("secretName") == "tessera-nats" for v in pod("Deployment","tessera-gateway")["volumes"])' 'NATS credentials file from the existing Secret'
+    check 'env("StatefulSet","tessera-gateway")["TESSERA_NATS_CREDS"] == "/etc/tessera/secrets/nats/tessera.creds" and any(v.get("secret", {}).get("secretName") == "tessera-nats" for v in pod("StatefulSet","tessera-gateway")["volumes"])' 'NATS credentials file from the existing Secret'
     ;;
 nats-cluster)
     render -f "$chart/ci/nats-cluster-values.yaml"
@@ -170,7 +181,9 @@ hpa-servicemonitor)
     has HorizontalPodAutoscaler/tessera-gateway
     has ServiceMonitor/tessera
     has Secret/tessera-redis-auth
-    check 'obj("HorizontalPodAutoscaler","tessera-gateway")["apiVersion"] == "autoscaling/v2" and "replicas" not in obj("Deployment","tessera-gateway")["spec"]' 'HPA autoscaling/v2 owns the replica count'
+    check 'obj("HorizontalPodAutoscaler","tessera-gateway")["apiVersion"] == "autoscaling/v2" and "replicas" not in obj("StatefulSet","tessera-gateway")["spec"] and obj("HorizontalPodAutoscaler","tessera-gateway")["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "tessera-gateway"}' 'HPA autoscaling/v2 owns the gateway StatefulSet replica count'
+    check 'obj("PodDisruptionBudget","tessera-gateway")["spec"]["selector"]["matchLabels"] == obj("StatefulSet","tessera-gateway")["spec"]["selector"]["matchLabels"]' 'the gateway PDB selects the gateway pods'
+    nats_users_checks
     check 'obj("Service","tessera-gateway")["spec"]["type"] == "LoadBalancer"' 'LoadBalancer Service'
     check 'obj("ServiceMonitor","tessera")["spec"]["endpoints"][0]["path"] == "/metrics" and obj("ServiceMonitor","tessera")["metadata"]["labels"]["release"] == "prometheus"' 'ServiceMonitor scrapes /metrics'
     check '"TESSERA_REDIS_PASSWORD_FILE" in env("StatefulSet","tessera-worker") and "TESSERA_REDIS_USER" not in env("StatefulSet","tessera-worker") and "--requirepass" in pod("StatefulSet","tessera-redis")["containers"][0]["command"]' 'built-in Redis with a password'
@@ -183,9 +196,9 @@ hpa-servicemonitor)
 kube-local)
     render -f "$here/values-kube-local.yaml"
     common_checks hostnet
-    check 'all("/readyz" in " ".join(pod(k, n)["containers"][0]["readinessProbe"]["exec"]["command"]) for k, n in [("Deployment","tessera-gateway"),("StatefulSet","tessera-worker"),("Deployment","tessera-orch")])' 'exec probes on /readyz'
+    check 'all("/readyz" in " ".join(pod(k, n)["containers"][0]["readinessProbe"]["exec"]["command"]) for k, n in [("StatefulSet","tessera-gateway"),("StatefulSet","tessera-worker"),("Deployment","tessera-orch")])' 'exec probes on /readyz'
     check 'config()["nats"]["url"] == "nats://127.0.0.1:14222" and config()["redis"]["url"] == "redis://127.0.0.1:16379"' 'Services reached at 127.0.0.1'
-    check 'all(pod(k, n).get("hostNetwork") for k, n in [("Deployment","tessera-gateway"),("StatefulSet","tessera-worker"),("Deployment","tessera-orch"),("StatefulSet","tessera-nats"),("StatefulSet","tessera-redis")])' 'hostNetwork everywhere'
+    check 'all(pod(k, n).get("hostNetwork") for k, n in [("StatefulSet","tessera-gateway"),("StatefulSet","tessera-worker"),("Deployment","tessera-orch"),("StatefulSet","tessera-nats"),("StatefulSet","tessera-redis")])' 'hostNetwork everywhere'
     check '"exec" in pod("StatefulSet","tessera-worker")["containers"][0]["readinessProbe"]' 'per-pod ports probed by exec'
     nats_stop_checks
     ;;

@@ -253,7 +253,7 @@ wc -l <"$ART/dry-run.txt" | xargs echo "dry run accepted; objects:"
 $K apply -f "$ART/release.yaml"
 
 step "wait for the rollouts (real probes)"
-for w in statefulset/$REL-nats statefulset/$REL-redis statefulset/$REL-worker deployment/$REL-orch deployment/$REL-gateway; do
+for w in statefulset/$REL-nats statefulset/$REL-redis statefulset/$REL-worker deployment/$REL-orch statefulset/$REL-gateway; do
     if ! grep -q "name: ${w#*/}$" "$ART/release.yaml"; then continue; fi
     $K rollout status "$w" --timeout=300s || fail "$w did not roll out"
 done

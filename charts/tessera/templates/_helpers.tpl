@@ -102,6 +102,21 @@ redis://{{ include "tessera.svcHost" (dict "ctx" . "svc" (include "tessera.redis
 {{- if and .Values.nats.enabled .Values.nats.users.enabled -}}true{{- end -}}
 {{- end -}}
 
+{{/* How many gateway ids (and NATS users gateway-1..N) there are: every
+     gateway pod takes its StatefulSet ordinal + 1, up to the HPA's
+     maxReplicas when autoscaled, else replicas. */}}
+{{- define "tessera.gatewayIds" -}}
+{{- if .Values.gateway.hpa.enabled -}}{{ int .Values.gateway.hpa.maxReplicas }}{{- else -}}{{ int .Values.gateway.replicas }}{{- end -}}
+{{- end -}}
+
+{{/* The built-in NATS's user names: the services', gateway-1..N, the tools'. */}}
+{{- define "tessera.natsUserNames" -}}
+{{- $users := list "orch" "worker" -}}
+{{- range $i := until (int (include "tessera.gatewayIds" .)) }}{{ $users = append $users (printf "gateway-%d" (add1 $i)) }}{{ end -}}
+{{- $users = concat $users (list "sim" "ctl" "inspector" "admin") -}}
+{{- join " " $users -}}
+{{- end -}}
+
 {{- define "tessera.natsUsersSecret" -}}
 {{- default (printf "%s-users" (include "tessera.nats" .)) .Values.nats.users.existingSecret -}}
 {{- end -}}
@@ -297,7 +312,8 @@ autoscaling/v2beta2
 
 {{/* The built-in NATS's authorization block: the users and permissions of
      scripts/gen-secrets.sh (the shared worker user: worker ids are pod
-     names), each password read from the environment ($TS_NATS_PW_<USER>,
+     names; gateway-<id> for each gateway id, tessera.gatewayIds), each
+     password read from the environment ($TS_NATS_PW_<USER>, '-' as '_',
      from the users' Secret). tests/k8s/chart-test.sh checks it grants what
      gen-secrets.sh grants. */}}
 {{- define "tessera.natsAuthorization" -}}
@@ -305,19 +321,25 @@ autoscaling/v2beta2
 {{- $jsRead := `"$JS.API.INFO", "$JS.API.STREAM.INFO.>", "$JS.API.STREAM.NAMES", "$JS.API.STREAM.LIST", "$JS.API.STREAM.MSG.GET.>", "$JS.API.DIRECT.GET.>", "$JS.API.CONSUMER.CREATE.>", "$JS.API.CONSUMER.INFO.>", "$JS.API.CONSUMER.MSG.NEXT.>", "$JS.FC.>"` -}}
 {{- $users := list
   (list "orch" `"cell.*.*.*.*.*.handover", "tessera.registry.*", "_INBOX.>", "$JS.API.>", "$JS.FC.>"` `"tessera.worker.*.hb", "tessera.ctl.>", "tessera.gw.>", "_INBOX.orch.>", "_INBOX.tsorch.>"` $destroy)
-  (list "worker" `"cell.>", "tessera.worker.*.hb", "tessera.ctl.*.drain", "tessera.player.*.found.*", "_INBOX.>", "$JS.API.>", "$JS.FC.>"` `"cell.*.*.*.*.*.handover", "cell.*.*.*.*.*.ghost", "tessera.registry.*", "tessera.gw.>", "tessera.player.*.claim", "_INBOX.worker.>"` $destroy)
-  (list "gateway" `"cell.*.*.*.*.*.input", "tessera.gw.>", "tessera.player.>"` `"cell.*.*.*.*.*.state", "tessera.registry.*", "tessera.worker.*.hb", "tessera.player.>", "_INBOX.gateway.>"` "")
-  (list "sim" `"cell.*.*.*.*.*.input"` `"cell.*.*.*.*.*.state", "tessera.registry.*", "_INBOX.sim.>"` "")
+  (list "worker" `"cell.>", "tessera.worker.*.hb", "tessera.ctl.*.drain", "tessera.player.*.found.>", "_INBOX.>", "$JS.API.>", "$JS.FC.>"` `"cell.*.*.*.*.*.handover", "cell.*.*.*.*.*.ghost", "tessera.registry.*", "tessera.gw.>", "tessera.player.*.claim", "_INBOX.worker.>"` $destroy)
+-}}
+{{- /* a gateway publishes input only under its own origin token */ -}}
+{{- range $i := until (int (include "tessera.gatewayIds" .)) }}
+{{- $id := add1 $i }}
+{{- $users = append $users (list (printf "gateway-%d" $id) (printf `"cell.*.*.*.*.*.input.g%d", "tessera.gw.%d.>", "tessera.player.*.claim", "tessera.player.*.found.>"` $id $id) (printf `"cell.*.*.*.*.*.state", "tessera.registry.*", "tessera.worker.*.hb", "tessera.player.*.claim", "tessera.player.*.found.g%d.*", "_INBOX.gateway-%d.>"` $id $id) "") }}
+{{- end }}
+{{- $users = concat $users (list
+  (list "sim" `"cell.*.*.*.*.*.input.s"` `"cell.*.*.*.*.*.state", "tessera.registry.*", "_INBOX.sim.>"` "")
   (list "ctl" `">"` `">"` "")
   (list "inspector" $jsRead `">"` `"cell.>", "tessera.>", "_INBOX.>"`)
   (list "admin" `">"` `">"` "")
--}}
+) -}}
 authorization {
   timeout: 2
   users: [
     {{- range $u := $users }}
     {
-      user: "{{ index $u 0 }}", password: $TS_NATS_PW_{{ upper (index $u 0) }}
+      user: "{{ index $u 0 }}", password: $TS_NATS_PW_{{ upper (index $u 0) | replace "-" "_" }}
       permissions: {
         publish: { allow: [{{ index $u 1 }}]{{ if index $u 3 }}, deny: [{{ index $u 3 }}]{{ end }} }
         subscribe: { allow: [{{ index $u 2 }}] }
