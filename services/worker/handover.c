@@ -393,7 +393,8 @@ static ts_status_t send_to_target(ts_worker_t *w, Tessera__V1__Handover *req, co
     ts_subject_cell(subj, sizeof(subj), &z->cell, TS_SUBJ_HANDOVER);
     ts_bus_hdr_t hdr = {.type = TS_TYPE_HANDOVER, .epoch = z->epoch, .seq = z->last_applied_seq};
     /* every part but the last goes as a plain message, in order; the last
-     * one carries the reply subject */
+     * one carries the reply subject. A snapshot part is at most msg_max
+     * bytes, and its envelope fits the headroom left for it. */
     for (size_t i = 0; i < nparts && st == TS_OK; i++) {
         m.part = (uint32_t)i;
         m.snapshot.data = snaps[i];
@@ -401,6 +402,13 @@ static ts_status_t send_to_target(ts_worker_t *w, Tessera__V1__Handover *req, co
         free(buf);
         buf = NULL;
         st = ts_proto_pack(&m.base, &buf, &len);
+        if (st == TS_OK && len > z->msg_max + TS_ZONE_MSG_HEADROOM / 2) {
+            z->stats.oversized++;
+            ts_error("cell %s: handover %s: snapshot part %zu of %zu bytes is larger than a message may be; "
+                     "not sent",
+                     z->key, req->id ? req->id : "", i, len);
+            st = TS_ERR_OVERSIZED;
+        }
         if (st == TS_OK && i + 1 < nparts) st = ts_bus_publish(w->bus, subj, &hdr, buf, len);
     }
     ts_zone_free_parts(snaps, snaplens, nparts);

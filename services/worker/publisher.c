@@ -64,6 +64,11 @@ static void publish(ts_worker_t *w, pub_t *p)
                            : ts_bus_publish(w->bus, p->subject, h, p->buf, p->len);
     if (st != TS_OK) {
         atomic_fetch_add(&w->pub_errors, 1);
+        /* the zones cut every message well below NATS's max_payload: one
+         * this large was refused for its size, and will be every time */
+        if (p->len > TS_ZONE_MAX_PAYLOAD_DEFAULT - 1024 && st != TS_ERR_BUSY)
+            ts_error("publish to %s of %zu bytes refused (%s): too large for a NATS message", p->subject,
+                     p->len, ts_status_str(st));
         if (p->tracked) {
             /* the tick reads this like a failed acknowledgement and sends it again */
             ts_flight_t *f = &w->flights[p->seq % TS_FLIGHT_SLOTS];
