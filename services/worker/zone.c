@@ -1087,18 +1087,32 @@ static void arena_free(arena_t *a)
 
 static Tessera__V1__CellId *cell_to_pb(arena_t *a, const ts_cell_t *c);
 
-static Tessera__V1__Input *input_to_pb(arena_t *a, const ts_input_t *src)
+/* An Input message and whichever kind it carries, in one piece of memory. */
+typedef struct {
+    Tessera__V1__Input in;
+    union {
+        Tessera__V1__JoinInput join;
+        Tessera__V1__DetachInput detach;
+        Tessera__V1__AttachInput attach;
+        Tessera__V1__MoveInput move;
+        Tessera__V1__LeaveInput leave;
+        Tessera__V1__CommandInput command;
+        Tessera__V1__RequestInput request;
+    } kind;
+    Tessera__V1__CellId from_cell;
+} input_pb_t;
+
+/* src as an Input in s (which points into s and src). */
+static Tessera__V1__Input *input_fill_pb(input_pb_t *s, const ts_input_t *src)
 {
-    Tessera__V1__Input *in = arena_alloc(a, sizeof(*in));
-    if (!in) return NULL;
+    Tessera__V1__Input *in = &s->in;
     tessera__v1__input__init(in);
     in->entity = src->entity;
     in->seq = src->seq;
     in->sent_us = src->sent_us;
     switch (src->kind) {
     case TS_INPUT_JOIN: {
-        Tessera__V1__JoinInput *j = arena_alloc(a, sizeof(*j));
-        if (!j) return NULL;
+        Tessera__V1__JoinInput *j = &s->kind.join;
         tessera__v1__join_input__init(j);
         j->x = src->a;
         j->y = src->b;
@@ -1113,8 +1127,7 @@ static Tessera__V1__Input *input_to_pb(arena_t *a, const ts_input_t *src)
         break;
     }
     case TS_INPUT_DETACH: {
-        Tessera__V1__DetachInput *d = arena_alloc(a, sizeof(*d));
-        if (!d) return NULL;
+        Tessera__V1__DetachInput *d = &s->kind.detach;
         tessera__v1__detach_input__init(d);
         d->session = src->session;
         d->time_us = src->time_us;
@@ -1123,8 +1136,7 @@ static Tessera__V1__Input *input_to_pb(arena_t *a, const ts_input_t *src)
         break;
     }
     case TS_INPUT_ATTACH: {
-        Tessera__V1__AttachInput *t = arena_alloc(a, sizeof(*t));
-        if (!t) return NULL;
+        Tessera__V1__AttachInput *t = &s->kind.attach;
         tessera__v1__attach_input__init(t);
         t->gateway = src->gateway;
         t->gateway_instance = src->gateway_instance;
@@ -1134,8 +1146,7 @@ static Tessera__V1__Input *input_to_pb(arena_t *a, const ts_input_t *src)
         break;
     }
     case TS_INPUT_MOVE: {
-        Tessera__V1__MoveInput *m = arena_alloc(a, sizeof(*m));
-        if (!m) return NULL;
+        Tessera__V1__MoveInput *m = &s->kind.move;
         tessera__v1__move_input__init(m);
         m->dx = src->a;
         m->dy = src->b;
@@ -1144,16 +1155,14 @@ static Tessera__V1__Input *input_to_pb(arena_t *a, const ts_input_t *src)
         break;
     }
     case TS_INPUT_LEAVE: {
-        Tessera__V1__LeaveInput *l = arena_alloc(a, sizeof(*l));
-        if (!l) return NULL;
+        Tessera__V1__LeaveInput *l = &s->kind.leave;
         tessera__v1__leave_input__init(l);
         in->kind_case = TESSERA__V1__INPUT__KIND_LEAVE;
         in->leave = l;
         break;
     }
     case TS_INPUT_COMMAND: {
-        Tessera__V1__CommandInput *c = arena_alloc(a, sizeof(*c));
-        if (!c) return NULL;
+        Tessera__V1__CommandInput *c = &s->kind.command;
         tessera__v1__command_input__init(c);
         c->type = src->type;
         c->payload.len = src->payload_len;
@@ -1163,8 +1172,7 @@ static Tessera__V1__Input *input_to_pb(arena_t *a, const ts_input_t *src)
         break;
     }
     case TS_INPUT_REQUEST: {
-        Tessera__V1__RequestInput *r = arena_alloc(a, sizeof(*r));
-        if (!r) return NULL;
+        Tessera__V1__RequestInput *r = &s->kind.request;
         tessera__v1__request_input__init(r);
         r->from = src->from;
         r->from_x = src->from_x;
@@ -1172,7 +1180,8 @@ static Tessera__V1__Input *input_to_pb(arena_t *a, const ts_input_t *src)
         r->type = src->type;
         r->payload.len = src->payload_len;
         r->payload.data = (uint8_t *)src->payload;
-        r->from_cell = cell_to_pb(a, &src->from_cell);
+        ts_proto_cell_init(&s->from_cell, &src->from_cell);
+        r->from_cell = &s->from_cell;
         r->from_epoch = src->from_epoch;
         in->kind_case = TESSERA__V1__INPUT__KIND_REQUEST;
         in->request = r;
@@ -1180,6 +1189,12 @@ static Tessera__V1__Input *input_to_pb(arena_t *a, const ts_input_t *src)
     }
     }
     return in;
+}
+
+static Tessera__V1__Input *input_to_pb(arena_t *a, const ts_input_t *src)
+{
+    input_pb_t *s = arena_alloc(a, sizeof(*s));
+    return s ? input_fill_pb(s, src) : NULL;
 }
 
 static Tessera__V1__CellId *cell_to_pb(arena_t *a, const ts_cell_t *c)
@@ -1268,18 +1283,13 @@ static size_t cell_wire_len(const ts_cell_t *c)
     return protobuf_c_message_get_packed_size(&pb.base);
 }
 
-/* More than any Input packs to (a join or a request with its payload). */
-#define INPUT_WIRE_MAX (1024 + TS_GAME_PAYLOAD_MAX)
 /* A uint64 field at its longest: tag and a 10-byte varint. */
 #define U64_FIELD_MAX 11
 
 static size_t input_wire_len(const ts_input_t *in)
 {
-    arena_t a = {0};
-    Tessera__V1__Input *pb = input_to_pb(&a, in);
-    size_t n = pb && !a.failed ? protobuf_c_message_get_packed_size(&pb->base) : INPUT_WIRE_MAX;
-    arena_free(&a);
-    return n;
+    input_pb_t s;
+    return protobuf_c_message_get_packed_size(&input_fill_pb(&s, in)->base);
 }
 
 /* What item k of outbox entry o (a transfer, then the inputs) adds to an
@@ -1675,7 +1685,7 @@ static void departed_to_pb(const ckpt_items_t *c, size_t i, Tessera__V1__Departe
 static size_t ckpt_item_cost(const void *ud, size_t i, bool *capped)
 {
     const ckpt_items_t *c = ud;
-    if (i < c->nremoved) return ts_pbw_varint_len(c->removed[i]);
+    if (i < c->nremoved) return 1 + ts_pbw_varint_len(c->removed[i]); /* packed or not */
     i -= c->nremoved;
     if (i < c->nleft) return ts_pbw_sub_len(11, protobuf_c_message_get_packed_size(&c->z->left[i].base));
     i -= c->nleft;
