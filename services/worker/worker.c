@@ -41,8 +41,9 @@
  * ticks to the inputs of every crossing player. */
 #define RELAY_GAP_US 4000ULL
 /* While a tick runs, the publisher is woken this often, so the state of
- * the cells stepped first goes out without waiting for the whole tick. */
-#define KICK_EVERY_US 1000ULL
+ * the cells stepped first goes out without waiting for the whole tick
+ * (each wake is a context switch: not after every cell). */
+#define KICK_EVERY_US 2000ULL
 
 /* nats.c thread: a JetStream publish's outcome, noted for the tick thread,
  * which takes it on its next relay pass (a stored Transfer releases the
@@ -643,7 +644,7 @@ static void relay_pass(ts_worker_t *w)
 {
     ts_worker_apply_inbox(w);
     if (w->stalled_us != 0 || atomic_load(&w->fenced)) return;
-    bool queued = false;
+    uint64_t seq0 = w->seq; /* every publish the pass queues takes a Ts-Seq */
     for (size_t i = 0; i < w->nbind; i++) {
         ts_binding_t *b = w->bindings[i];
         ts_zone_t *z = b->zone;
@@ -652,9 +653,8 @@ static void relay_pass(ts_worker_t *w)
         if (b->state != TS_BIND_ACTIVE || b->catching_up) continue;
         ts_worker_publish_departures(w, z);
         ts_worker_publish_outboxes(w, z);
-        queued = true;
     }
-    if (queued) ts_publisher_kick(w);
+    if (w->seq != seq0) ts_publisher_kick(w);
 }
 
 /* Wakes the publisher when the last wake is KICK_EVERY_US old (tick thread). */
