@@ -1311,6 +1311,8 @@ static ts_status_t pack_outbox_items(const ts_zone_t *z, const ts_zone_out_t *o,
                                      uint8_t **buf, size_t *len)
 {
     size_t t0, t1, i0, i1;
+    *buf = NULL;
+    *len = 0;
     run_range(from, from + n, 0, o->ntransfers, &t0, &t1);
     run_range(from, from + n, o->ntransfers, o->ninputs, &i0, &i1);
     arena_t a = {0};
@@ -1845,6 +1847,8 @@ ts_status_t ts_zone_pack_checkpoint(const ts_zone_t *z, uint64_t tick, const cha
 {
     uint8_t **bufs;
     size_t *lens, nparts;
+    *buf = NULL;
+    *len = 0;
     ts_status_t st = pack_checkpoint(z, tick, owner, diff, 0, false, &bufs, &lens, &nparts);
     if (st != TS_OK) return st;
     *buf = bufs[0];
