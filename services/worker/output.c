@@ -146,7 +146,9 @@ void ts_worker_publish_outboxes(ts_worker_t *w, ts_zone_t *z)
             continue;
         }
         char subj[TS_SUBJECT_MAX], dest[TS_CELL_STR_MAX], msg_id[512];
-        ts_subject_input(subj, sizeof(subj), &o->dest, TS_ORIGIN_WORKER);
+        /* forwarded inputs under their first publisher's origin: the cell
+         * the entity is in checks what that publisher may do to it */
+        ts_subject_input(subj, sizeof(subj), &o->dest, o->origin);
         ts_cell_format(&o->dest, dest, sizeof(dest));
         if (!o->id_seq) o->id_seq = ++w->seq; /* sealed from here on */
         int n;

@@ -378,12 +378,14 @@ void ts_players_screen(ts_worker_t *w, ts_zone_t *z, const char *subject, Tesser
 {
     ts_players_t *p = w->players;
     ts_origin_t origin;
+    z->cur_origin = TS_ORIGIN_WORKER;
     if (subject == NULL || ts_subject_input_origin(subject, &origin) != TS_OK) {
         size_t n = ib->n_inputs + ib->n_transfers + ib->n_departures;
         if (p && n) refuse(p, z, TS_REFUSED_ORIGIN, subject, 0, n);
         ib->n_inputs = ib->n_transfers = ib->n_departures = 0;
         return;
     }
+    z->cur_origin = origin; /* what the inputs it forwards keep */
     if (origin == TS_ORIGIN_WORKER || !p) return;
     uint32_t gw = origin == TS_ORIGIN_SIM ? 0 : (uint32_t)origin;
     if (ib->n_transfers + ib->n_departures > 0) {

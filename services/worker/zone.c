@@ -211,6 +211,7 @@ ts_status_t ts_zone_create(ts_zone_t **out, const ts_cell_t *cell, uint64_t epoc
     z->cell = *cell;
     ts_cell_format(cell, z->key, sizeof(z->key));
     z->epoch = epoch;
+    z->cur_origin = TS_ORIGIN_WORKER;
     z->msg_max = TS_ZONE_MAX_PAYLOAD_DEFAULT - TS_ZONE_MSG_HEADROOM;
     ts_map_init(&z->entities);
     ts_map_init(&z->departed);
@@ -343,11 +344,12 @@ static bool grow(void **arr, size_t *cap, size_t n, size_t elem)
 /* The outbox keeps every transfer entry before every forward-only entry, so a
  * tick publishes an entity's Transfer before any input forwarded after it,
  * whatever order they were created in. */
-static ts_zone_out_t *outbox_for(ts_zone_t *z, const ts_cell_t *dest, uint64_t marker_seq)
+static ts_zone_out_t *outbox_for(ts_zone_t *z, const ts_cell_t *dest, uint64_t marker_seq, ts_origin_t origin)
 {
     size_t ntransfer_entries = 0;
     for (size_t i = 0; i < z->nout; i++) {
-        if (!z->out[i].id_seq && z->out[i].marker_seq == marker_seq && ts_cell_eq(&z->out[i].dest, dest))
+        if (!z->out[i].id_seq && z->out[i].marker_seq == marker_seq && z->out[i].origin == origin &&
+            ts_cell_eq(&z->out[i].dest, dest))
             return &z->out[i];
         if (z->out[i].marker_seq) ntransfer_entries++;
     }
@@ -361,6 +363,7 @@ static ts_zone_out_t *outbox_for(ts_zone_t *z, const ts_cell_t *dest, uint64_t m
     ts_zone_out_t *o = &z->out[at];
     o->dest = *dest;
     o->marker_seq = marker_seq;
+    o->origin = origin;
     o->id_seq = 0;
     o->pub_seq = 0;
     o->sent = o->chunk = 0;
@@ -421,7 +424,7 @@ static void forward_input(ts_zone_t *z, const ts_cell_t *to, const ts_input_t *i
             z->stats.dropped++;
         return;
     }
-    ts_zone_out_t *o = outbox_for(z, to, 0);
+    ts_zone_out_t *o = outbox_for(z, to, 0, z->cur_origin);
     if (!o || !grow((void **)&o->inputs, &o->cap_inputs, o->ninputs, sizeof(*o->inputs))) {
         z->stats.dropped++;
         ts_error("cell %s: out of memory forwarding input of entity %llu", z->key,

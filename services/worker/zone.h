@@ -34,6 +34,7 @@
 #include "tessera/map.h"
 #include "tessera/proto.h"
 #include "tessera/registry.h"
+#include "tessera/subject.h"
 
 #define TS_ENTITY_NAME_MAX 32
 /* The exactly-once window: the last 512 client sequences of an entity. An
@@ -169,6 +170,10 @@ typedef struct {
      * its items (transfers, then inputs) [0, sent) are stored, and the
      * publish in flight carries the next `chunk` of them. */
     size_t sent, chunk;
+    /* forwarded inputs: their first publisher's origin, published under it;
+     * TS_ORIGIN_WORKER for transfers and requests (and forwards that came
+     * in a handover Diff, which does not carry it) */
+    ts_origin_t origin;
     ts_entity_t *transfers;
     size_t ntransfers, cap_transfers;
     ts_input_t *inputs;
@@ -221,8 +226,11 @@ typedef struct ts_zone {
     uint64_t epoch;
     uint64_t last_applied_seq;
     uint64_t cur_stream_seq; /* of the message being applied (for logs) */
-    ts_map_t entities;       /* id -> ts_entity_t* */
-    ts_map_t departed;       /* id -> departed record */
+    /* who published the message being applied (set before each batch):
+     * inputs forwarded from it keep it, so their destination checks it */
+    ts_origin_t cur_origin;
+    ts_map_t entities; /* id -> ts_entity_t* */
+    ts_map_t departed; /* id -> departed record */
     /* per-tick output */
     ts_zone_out_t *out;
     size_t nout, cap_out;
