@@ -390,7 +390,7 @@ static uint64_t request_marker(ts_zone_t *z, bool in_tick)
 
 bool ts_zone_send_request(ts_zone_t *z, const ts_cell_t *to, const ts_input_t *in, bool in_tick)
 {
-    ts_zone_out_t *o = outbox_for(z, to, request_marker(z, in_tick));
+    ts_zone_out_t *o = outbox_for(z, to, request_marker(z, in_tick), TS_ORIGIN_WORKER);
     if (!o || !grow((void **)&o->inputs, &o->cap_inputs, o->ninputs, sizeof(*o->inputs))) return false;
     o->inputs[o->ninputs++] = *in;
     return true;
@@ -874,7 +874,7 @@ static void apply_departure(ts_zone_t *z, const ts_departure_t *dep, uint64_t ma
     ts_entity_t *e = ts_map_get(&z->entities, dep->entity);
     if (!e || e->hops != dep->hops) return;
     departed_t *d = malloc(sizeof(*d));
-    ts_zone_out_t *o = outbox_for(z, &dep->to, marker_seq);
+    ts_zone_out_t *o = outbox_for(z, &dep->to, marker_seq, TS_ORIGIN_WORKER);
     if (!d || !o || !grow((void **)&o->transfers, &o->cap_transfers, o->ntransfers, sizeof(*o->transfers))) {
         free(d);
         ts_error("cell %s: out of memory transferring entity %llu", z->key, (unsigned long long)e->id);
@@ -1952,7 +1952,7 @@ ts_status_t ts_zone_load_checkpoint(ts_zone_t *z, const Tessera__V1__Checkpoint 
         const Tessera__V1__Outbox *ob = cp->outbox[i];
         ts_cell_t dest;
         if (ts_proto_cell_get(ob->dest, &dest) != TS_OK) continue;
-        ts_zone_out_t *o = outbox_for(z, &dest, ob->marker_seq);
+        ts_zone_out_t *o = outbox_for(z, &dest, ob->marker_seq, TS_ORIGIN_WORKER);
         if (!o) return TS_ERR_NOMEM;
         for (size_t k = 0; k < ob->n_transfers; k++) {
             if (!grow((void **)&o->transfers, &o->cap_transfers, o->ntransfers, sizeof(*o->transfers)))
