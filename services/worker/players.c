@@ -42,8 +42,9 @@
  * gateway to let go (a Detach, as a login elsewhere or a resume's claim
  * makes it do) or to be declared gone. One map lookup per input, the one
  * the zone makes anyway. Inputs for an entity that is not in the cell are
- * left to the zone (dropped, or forwarded by a departed record: the cell
- * the entity is in checks nothing more, see docs/operations.md). */
+ * left to the zone: dropped, or forwarded by a departed record under the
+ * origin they came with (zone.c keeps it per outbox entry), so the cell the
+ * entity is in checks them. */
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdio.h>
