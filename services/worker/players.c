@@ -40,7 +40,10 @@
  * has no connection: at once if it is detached, else it waits (at most
  * PLAYERS_ATTACH_WAIT_US, PLAYERS_ATTACHES_MAX of them) for the entity's
  * gateway to let go (a Detach, as a login elsewhere or a resume's claim
- * makes it do) or to be declared gone. One map lookup per input, the one
+ * makes it do) or to be declared gone; what the new gateway sends for the
+ * entity meanwhile waits with it (PLAYERS_ATTACH_HELD_MAX; the player's
+ * first inputs after a resume or a login elsewhere) and is applied right
+ * after it, in order. One map lookup per input, the one
  * the zone makes anyway. Inputs for an entity that is not in the cell are
  * left to the zone: dropped, or forwarded by a departed record under the
  * origin they came with (zone.c keeps it per outbox entry), so the cell the
@@ -66,8 +69,10 @@
 #define PLAYERS_GW_MAX 1024
 #define PLAYERS_CLAIMS_MAX 1024
 #define PLAYERS_REPLY_MAX 160
-/* Attaches waiting for the entity's gateway to let go. */
+/* Attaches waiting for the entity's gateway to let go, and per Attach the
+ * inputs its gateway sent for the entity meanwhile (applied after it). */
 #define PLAYERS_ATTACHES_MAX 256
+#define PLAYERS_ATTACH_HELD_MAX 64
 #define PLAYERS_ATTACH_WAIT_US 10000000ULL
 /* At most one log line per reason this often. */
 #define PLAYERS_REFUSED_LOG_US 5000000ULL
@@ -105,6 +110,8 @@ typedef struct {
     uint64_t gateway_instance;
     uint64_t session;
     uint64_t until_us; /* ts_mono_us */
+    ts_input_t *held;  /* PLAYERS_ATTACH_HELD_MAX, allocated with the first */
+    size_t nheld;
 } attach_wait_t;
 
 struct ts_players {
@@ -310,6 +317,8 @@ void ts_players_stop(ts_worker_t *w)
     for (size_t it = 0; ts_map_next(&p->detached, &it, &k, &v);)
         free(v);
     ts_map_free(&p->detached);
+    for (size_t i = 0; i < p->nattaches; i++)
+        free(p->attaches[i].held);
     pthread_mutex_destroy(&p->mu);
     free(p);
     w->players = NULL;
@@ -348,7 +357,26 @@ static bool attach_wait(ts_players_t *p, const ts_zone_t *z, const Tessera__V1__
     a->gateway_instance = in->attach->gateway_instance;
     a->session = in->attach->session;
     a->until_us = ts_mono_us() + PLAYERS_ATTACH_WAIT_US;
+    a->held = NULL;
+    a->nheld = 0;
     return true;
+}
+
+/* An input from gateway gw for an entity another gateway holds: kept with
+ * gw's Attach of that entity if one waits (true), else false. Costs a pass
+ * over the waiting Attaches (at most PLAYERS_ATTACHES_MAX), on this path
+ * only. */
+static bool attach_hold(ts_players_t *p, const ts_zone_t *z, uint32_t gw, const Tessera__V1__Input *in)
+{
+    for (size_t i = 0; i < p->nattaches; i++) {
+        attach_wait_t *a = &p->attaches[i];
+        if (a->entity != in->entity || a->gateway != gw || !ts_cell_eq(&a->cell, &z->cell)) continue;
+        if (!a->held && !(a->held = malloc(PLAYERS_ATTACH_HELD_MAX * sizeof(*a->held)))) return false;
+        if (a->nheld == PLAYERS_ATTACH_HELD_MAX) return false;
+        ts_zone_input_from_pb(in, &a->held[a->nheld++]);
+        return true;
+    }
+    return false;
 }
 
 /* -1: in may be applied; 0: it waits (an Attach); else 1 + the reason. */
@@ -371,7 +399,8 @@ static int screen_one(ts_players_t *p, const ts_zone_t *z, ts_origin_t origin, u
         if (!e || e->gateway == gw || e->detached_us != 0) return -1;
         return attach_wait(p, z, in) ? 0 : 1 + TS_REFUSED_ATTACH;
     default:
-        return !e || e->gateway == gw ? -1 : 1 + TS_REFUSED_GATEWAY;
+        if (!e || e->gateway == gw) return -1;
+        return attach_hold(p, z, gw, in) ? 0 : 1 + TS_REFUSED_GATEWAY;
     }
 }
 
@@ -425,14 +454,20 @@ static void attach_waiting(ts_players_t *p)
                              .gateway = a->gateway,
                              .gateway_instance = a->gateway_instance,
                              .session = a->session};
+            ts_origin_t was = b->zone->cur_origin;
+            b->zone->cur_origin = (ts_origin_t)a->gateway; /* what a forward of them keeps */
             ts_zone_apply_input(b->zone, &in, w->tick);
+            for (size_t k = 0; k < a->nheld; k++)
+                ts_zone_apply_input(b->zone, &a->held[k], w->tick);
+            b->zone->cur_origin = was;
         } else if (e && now < a->until_us) {
             i++;
             continue;
         } else {
             /* timed out, or the entity left the cell or the game meanwhile */
-            refuse(p, b ? b->zone : NULL, TS_REFUSED_ATTACH, NULL, a->entity, 1);
+            refuse(p, b ? b->zone : NULL, TS_REFUSED_ATTACH, NULL, a->entity, 1 + a->nheld);
         }
+        free(a->held);
         p->attaches[i] = p->attaches[--p->nattaches];
     }
 }

@@ -665,6 +665,11 @@ static void input_from_pb(const Tessera__V1__Input *pb, ts_input_t *in)
     }
 }
 
+void ts_zone_input_from_pb(const Tessera__V1__Input *pb, ts_input_t *in)
+{
+    input_from_pb(pb, in);
+}
+
 static void entity_from_pb(const Tessera__V1__EntityState *pb, ts_entity_t *e)
 {
     memset(e, 0, sizeof(*e));

@@ -302,6 +302,8 @@ bool ts_zone_apply_batch(ts_zone_t *z, uint64_t stream_seq, const Tessera__V1__I
                          uint64_t tick);
 /* Applies one input (no stream bookkeeping). */
 void ts_zone_apply_input(ts_zone_t *z, const ts_input_t *in, uint64_t tick);
+/* The wire Input as ts_zone_apply_input takes it (the batch's own decoding). */
+void ts_zone_input_from_pb(const Tessera__V1__Input *pb, ts_input_t *in);
 /* Adds an entity arriving from another cell (ignored if already present). */
 void ts_zone_accept_transfer(ts_zone_t *z, const ts_entity_t *e);
 
