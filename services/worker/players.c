@@ -444,9 +444,12 @@ static void attach_waiting(ts_players_t *p)
         ts_binding_t *b = ts_cellmap_get(&w->by_cell, &a->cell);
         ts_entity_t *e = b ? ts_map_get(&b->zone->entities, a->entity) : NULL;
         bool let_go = e && (e->gateway == a->gateway || e->detached_us != 0);
-        if (b && !binding_settled(b) && now < a->until_us) { /* frozen for a handover: later */
-            i++;
-            continue;
+        if (b && !binding_settled(b)) { /* frozen for a handover or replaying: later, never into it */
+            if (now < a->until_us) {
+                i++;
+                continue;
+            }
+            let_go = false;
         }
         if (let_go) {
             ts_input_t in = {.entity = a->entity,
