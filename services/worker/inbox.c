@@ -55,6 +55,15 @@ void ts_worker_wake(ts_worker_t *w)
     pthread_mutex_unlock(&w->mu);
 }
 
+/* Whether the message was published by a worker: its subject ends in the
+ * workers' origin token (".w"). */
+static bool from_worker(const ts_bus_msg_t *m)
+{
+    const char *subj = ts_bus_msg_subject(m);
+    size_t n = subj ? strlen(subj) : 0;
+    return n >= 2 && subj[n - 2] == '.' && subj[n - 1] == 'w';
+}
+
 /* nats.c delivery thread: no copy, no allocation, no lock on the usual path. */
 static void on_input(void *ud, const ts_bus_msg_t *m)
 {
@@ -78,7 +87,10 @@ static void on_input(void *ud, const ts_bus_msg_t *m)
         atomic_store(&ctx->overflow, true);
         return;
     }
-    ts_worker_wake(w); /* a lock only when the tick thread had nothing waiting */
+    /* a worker's message (a Departure, a Transfer) is a link in an
+     * entity's hand-on to another cell: the tick thread relays it before
+     * the next tick; a gateway's inputs wait for the next pass or tick */
+    if (from_worker(m)) ts_worker_wake(w); /* a lock only when nothing was waiting */
 }
 
 ts_status_t ts_worker_subscribe_input(ts_worker_t *w, const ts_cell_t *cell, uint64_t after_seq, bool hold,

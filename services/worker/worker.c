@@ -8,7 +8,12 @@
  * The registry: the worker keeps its own copy and applies each
  * RegistryChange in O(1); a version gap, a lost change or a reconnect costs
  * one full read on the I/O thread. A cell the registry gives us is bound by
- * the I/O thread (checkpoint read + consumer) and adopted on a later tick. */
+ * the I/O thread (checkpoint read + consumer) and adopted on a later tick.
+ *
+ * Between ticks the tick thread sleeps, and wakes for registry changes,
+ * handover steps, I/O results and relay passes (relay_pass): the links of
+ * an entity's hand-on to another cell are applied and published as they
+ * arrive instead of one tick per link. */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -33,17 +38,15 @@
 #define DRAIN_RECHECK_MS 1000
 #define DRAIN_RECHECK_TIMEOUT_MS 500
 #define RESUB_RETRY_US 1000000ULL /* a consumer that could not be created (the stream not back yet) */
-/* Between ticks, input is applied as it arrives (a relay pass), at most
- * this often: an entity crossing into another cell is handed on by a chain
- * of messages (its Departure through the cell's own stream, then its
- * Transfer and the inputs that still reach the old cell forwarded to the
- * new one), and waiting for the next tick at each link added one or two
- * ticks to the inputs of every crossing player. */
+/* Between ticks, a worker's message (a Departure in the cell's own stream,
+ * a Transfer) or a publish outcome wakes the tick thread for a relay pass,
+ * at most this often: an entity crossing into another cell is handed on by
+ * that chain of messages, and waiting for the next tick at each link added
+ * one or two ticks to the inputs of every crossing player. Gateways' inputs (forwarded ones keep their
+ * gateway's origin) do not wake it: a pass for each costs a context switch and, except for an input that
+ * still reaches a cell its entity just left, changes nothing, as the tick that follows applies them before it
+ * steps. */
 #define RELAY_GAP_US 4000ULL
-/* While a tick runs, the publisher is woken this often, so the state of
- * the cells stepped first goes out without waiting for the whole tick
- * (each wake is a context switch: not after every cell). */
-#define KICK_EVERY_US 2000ULL
 
 /* nats.c thread: a JetStream publish's outcome, noted for the tick thread,
  * which takes it on its next relay pass (a stored Transfer releases the
@@ -657,15 +660,6 @@ static void relay_pass(ts_worker_t *w)
     if (w->seq != seq0) ts_publisher_kick(w);
 }
 
-/* Wakes the publisher when the last wake is KICK_EVERY_US old (tick thread). */
-static void kick_now_and_then(ts_worker_t *w, uint64_t *last_kick_us)
-{
-    uint64_t now = ts_mono_us();
-    if (now - *last_kick_us < KICK_EVERY_US) return;
-    *last_kick_us = now;
-    ts_publisher_kick(w);
-}
-
 static void tick_once(ts_worker_t *w, double dt, uint64_t full_every, uint64_t hb_every, uint64_t ckpt_every)
 {
     w->tick++;
@@ -684,7 +678,6 @@ static void tick_once(ts_worker_t *w, double dt, uint64_t full_every, uint64_t h
     restart_consumers(w);
     ts_ghost_tick(w);
     bool acting = w->stalled_us == 0 && !atomic_load(&w->fenced);
-    uint64_t last_kick_us = ts_mono_us();
     for (size_t i = 0; i < w->nbind && acting; i++) {
         ts_binding_t *b = w->bindings[i];
         ts_worker_collect_publishes(w, b->zone);
@@ -702,7 +695,6 @@ static void tick_once(ts_worker_t *w, double dt, uint64_t full_every, uint64_t h
         ts_worker_publish_state(w, b->zone, keyframe_now(b, (w->tick + i) % full_every == 0, full_every));
         if ((w->tick + i) % ckpt_every == 0 && ts_split_checkpoint_due(b))
             ts_worker_publish_checkpoint(w, b->zone);
-        kick_now_and_then(w, &last_kick_us);
     }
     if (acting) ts_players_tick(w);
     if (hb_every == 0 || w->tick % hb_every == 0 || stalled) {
@@ -794,21 +786,26 @@ ts_status_t ts_worker_run(ts_worker_t *w, volatile sig_atomic_t *stop)
         /* between ticks, serve handover requests and registry changes at
          * once, and relay input as it arrives (at most every RELAY_GAP_US) */
         uint64_t last_pass_us = 0;
+        bool pass_due = false;
         while (!past(&next) && !(*stop && !w->draining)) {
-            wait_until(w, &next);
-            if (!atomic_load(&w->wake)) continue;
-            uint64_t now_us = ts_mono_us();
-            if (now_us - last_pass_us < RELAY_GAP_US) {
+            struct timespec until = next;
+            if (pass_due) {
                 struct timespec gap;
-                ts_mono_deadline(&gap, (RELAY_GAP_US - (now_us - last_pass_us)) * 1000ULL);
-                if (gap.tv_sec > next.tv_sec || (gap.tv_sec == next.tv_sec && gap.tv_nsec > next.tv_nsec))
-                    gap = next;
-                clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &gap, NULL);
-                if (past(&next)) break; /* the tick applies it */
+                uint64_t since = ts_mono_us() - last_pass_us;
+                ts_mono_deadline(&gap, since < RELAY_GAP_US ? (RELAY_GAP_US - since) * 1000ULL : 0);
+                if (gap.tv_sec < next.tv_sec || (gap.tv_sec == next.tv_sec && gap.tv_nsec < next.tv_nsec))
+                    until = gap;
             }
-            take_mail(w);
-            relay_pass(w);
-            last_pass_us = ts_mono_us();
+            wait_until(w, &until);
+            if (atomic_load(&w->wake)) {
+                take_mail(w);
+                pass_due = true;
+            }
+            if (pass_due && ts_mono_us() - last_pass_us >= RELAY_GAP_US && !past(&next)) {
+                relay_pass(w);
+                last_pass_us = ts_mono_us();
+                pass_due = false;
+            }
         }
     }
     drain_asker_stop();
