@@ -64,12 +64,49 @@ static bool from_worker(const ts_bus_msg_t *m)
     return n >= 2 && subj[n - 2] == '.' && subj[n - 1] == 'w';
 }
 
+/* Cells in a hand-on: a worker's message (a Departure, a Transfer) reached
+ * them less than HOT_US ago, so a gateway's input to them may be for an
+ * entity that just left and must be forwarded; those wake the tick thread
+ * too. A small table keyed by the consumer's context (one worker per
+ * process); a collision or a stale entry only costs a wake. */
+#define HOT_SLOTS 256
+#define HOT_US 100000ULL
+static struct {
+    _Atomic(const ts_sub_ctx_t *) ctx;
+    _Atomic uint64_t until_us;
+} hot[HOT_SLOTS];
+
+static size_t hot_slot(const ts_sub_ctx_t *ctx)
+{
+    return (size_t)(ts_mix64((uint64_t)(uintptr_t)ctx) % HOT_SLOTS);
+}
+
+static void hot_mark(const ts_sub_ctx_t *ctx)
+{
+    size_t i = hot_slot(ctx);
+    atomic_store_explicit(&hot[i].until_us, ts_mono_us() + HOT_US, memory_order_relaxed);
+    atomic_store_explicit(&hot[i].ctx, ctx, memory_order_relaxed);
+}
+
+static bool hot_now(const ts_sub_ctx_t *ctx)
+{
+    size_t i = hot_slot(ctx);
+    return atomic_load_explicit(&hot[i].ctx, memory_order_relaxed) == ctx &&
+           ts_mono_us() < atomic_load_explicit(&hot[i].until_us, memory_order_relaxed);
+}
+
 /* nats.c delivery thread: no copy, no allocation, no lock on the usual path. */
 static void on_input(void *ud, const ts_bus_msg_t *m)
 {
     ts_sub_ctx_t *ctx = ud;
     ts_worker_t *w = ctx->w;
     if (atomic_load_explicit(&ctx->overflow, memory_order_relaxed)) return; /* restarted later */
+    /* decided before the hand-off: the tick thread may free m once it has it */
+    bool relay = from_worker(m);
+    if (relay)
+        hot_mark(ctx);
+    else
+        relay = hot_now(ctx);
     ts_inbox_msg_t msg = {ctx->gen, ts_bus_msg_hold(m)};
     if (atomic_load(&ctx->hold)) {
         pthread_mutex_lock(&w->mu);
@@ -88,9 +125,10 @@ static void on_input(void *ud, const ts_bus_msg_t *m)
         return;
     }
     /* a worker's message (a Departure, a Transfer) is a link in an
-     * entity's hand-on to another cell: the tick thread relays it before
-     * the next tick; a gateway's inputs wait for the next pass or tick */
-    if (from_worker(m)) ts_worker_wake(w); /* a lock only when nothing was waiting */
+     * entity's hand-on to another cell, and a gateway's input to a cell in a
+     * hand-on may have to be forwarded: the tick thread relays them before
+     * the next tick; other inputs wait for the next pass or tick */
+    if (relay) ts_worker_wake(w); /* a lock only when nothing was waiting */
 }
 
 ts_status_t ts_worker_subscribe_input(ts_worker_t *w, const ts_cell_t *cell, uint64_t after_seq, bool hold,

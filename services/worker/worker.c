@@ -39,13 +39,14 @@
 #define DRAIN_RECHECK_TIMEOUT_MS 500
 #define RESUB_RETRY_US 1000000ULL /* a consumer that could not be created (the stream not back yet) */
 /* Between ticks, a worker's message (a Departure in the cell's own stream,
- * a Transfer) or a publish outcome wakes the tick thread for a relay pass,
- * at most this often: an entity crossing into another cell is handed on by
- * that chain of messages, and waiting for the next tick at each link added
- * one or two ticks to the inputs of every crossing player. Gateways' inputs (forwarded ones keep their
- * gateway's origin) do not wake it: a pass for each costs a context switch and, except for an input that
- * still reaches a cell its entity just left, changes nothing, as the tick that follows applies them before it
- * steps. */
+ * a Transfer), a gateway's input to a cell that had one in the last 100 ms
+ * (it may be for an entity that just left: forwarded at once) or a publish
+ * outcome wakes the tick thread for a relay pass, at most this often: an
+ * entity crossing into another cell is handed on by that chain of messages,
+ * and waiting for the next tick at each link added one or two ticks to the
+ * inputs of every crossing player. Other inputs do not wake it: a pass for
+ * each costs a context switch and changes nothing, as the tick that follows
+ * applies them before it steps (see inbox.c). */
 #define RELAY_GAP_US 4000ULL
 
 /* nats.c thread: a JetStream publish's outcome, noted for the tick thread,
