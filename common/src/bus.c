@@ -82,6 +82,7 @@ struct ts_bus {
     pthread_mutex_t ss_mu;
     char ss_stream[64];
     int64_t ss_created_ns;
+    uint64_t ss_last_seq; /* the stream's last sequence when it was read */
     uint64_t ss_gen, ss_at_us;
 };
 
@@ -1269,27 +1270,40 @@ ts_status_t ts_bus_consume(ts_bus_t *bus, uint32_t world, const char *subject, u
  * what the worker's once-a-second stream check finds. */
 #define STREAM_ID_FRESH_US 1000000ULL
 
-/* The instance of stream now (as of connection generation gen). */
-static ts_status_t stream_instance(ts_bus_t *bus, const char *stream, uint64_t gen, int64_t *created_ns)
+/* The instance of stream now (as of connection generation gen), and its
+ * last sequence when that was read (at most STREAM_ID_FRESH_US ago). */
+static ts_status_t stream_instance(ts_bus_t *bus, const char *stream, uint64_t gen, int64_t *created_ns,
+                                   uint64_t *last_seq)
 {
     uint64_t now = ts_mono_us();
     pthread_mutex_lock(&bus->ss_mu);
     bool fresh = bus->ss_at_us != 0 && bus->ss_gen == gen && now - bus->ss_at_us < STREAM_ID_FRESH_US &&
                  strcmp(bus->ss_stream, stream) == 0;
     *created_ns = bus->ss_created_ns;
+    *last_seq = bus->ss_last_seq;
     pthread_mutex_unlock(&bus->ss_mu);
     if (fresh) return TS_OK;
     ts_bus_stream_state_t ss;
     ts_status_t st = ts_bus_stream_state(bus, stream, &ss);
     if (st != TS_OK) return st;
     *created_ns = ss.created_ns;
+    *last_seq = ss.last_seq;
     pthread_mutex_lock(&bus->ss_mu);
     ts_strlcpy(bus->ss_stream, stream, sizeof bus->ss_stream);
     bus->ss_created_ns = ss.created_ns;
+    bus->ss_last_seq = ss.last_seq;
     bus->ss_gen = gen;
     bus->ss_at_us = now;
     pthread_mutex_unlock(&bus->ss_mu);
     return TS_OK;
+}
+
+ts_status_t ts_bus_input_floor(ts_bus_t *bus, uint32_t world, int64_t *stream_id, uint64_t *last_seq)
+{
+    if (bus == NULL || stream_id == NULL || last_seq == NULL) return TS_ERR_INVALID;
+    char stream[64];
+    ts_bus_input_stream(stream, sizeof stream, world);
+    return stream_instance(bus, stream, atomic_load(&conn_gen), stream_id, last_seq);
 }
 
 ts_status_t ts_bus_consume_at(ts_bus_t *bus, uint32_t world, const char *subject, int64_t stream_id,
@@ -1309,7 +1323,8 @@ ts_status_t ts_bus_consume_at(ts_bus_t *bus, uint32_t world, const char *subject
      * consumer) has the first message check the instance again. */
     uint64_t gen = atomic_load(&conn_gen);
     int64_t created_ns = 0;
-    ts_status_t st = stream_instance(bus, stream, gen, &created_ns);
+    uint64_t last_seq = 0;
+    ts_status_t st = stream_instance(bus, stream, gen, &created_ns, &last_seq);
     if (st != TS_OK) return st;
     if (stream_id != 0 && created_ns != stream_id) return TS_ERR_STALE;
 

@@ -189,6 +189,14 @@ ts_status_t ts_bus_consume(ts_bus_t *bus, uint32_t world, const char *subject, u
  * TS_ERR_STALE: start_seq is a position in a stream that is gone. */
 ts_status_t ts_bus_consume_at(ts_bus_t *bus, uint32_t world, const char *subject, int64_t stream_id,
                               uint64_t start_seq, ts_bus_msg_cb cb, void *ud, ts_bus_sub_t **out);
+/* The world's input stream's instance (created_ns) and a last sequence it
+ * had no later than now: read at most a second ago (one request about once
+ * a second per connection, shared with the consumers created meanwhile).
+ * Whatever is published after this call has a higher sequence, so a
+ * consumer that knows its subject has nothing at or below it (and nothing
+ * it has not applied) can start after it, and nats-server does not scan
+ * the stream from an old position for a wildcard filter. */
+ts_status_t ts_bus_input_floor(ts_bus_t *bus, uint32_t world, int64_t *stream_id, uint64_t *last_seq);
 /* The instance of its stream a JetStream consumer reads (created_ns); 0 for
  * core subscriptions and NULL. */
 int64_t ts_bus_sub_stream_id(const ts_bus_sub_t *sub);
