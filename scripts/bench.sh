@@ -15,7 +15,10 @@
 #   5. scripts/bench-split.sh: split and merge duration and the freeze they
 #      cause, and the ghost traffic of one border;
 #   6. scripts/bench-aoi.sh: bytes and Deltas per client with the default
-#      aoi.radius against a circle of the old 3x3 root cells' area.
+#      aoi.radius against a circle of the old 3x3 root cells' area;
+#   7. tessera-bench-consumers: nats-server CPU per input delivered with one
+#      consumer per cell (16 / 512 / 2,048; literal vs wildcard filter) and
+#      the cost of a consumer create on a long stream.
 #
 # Each starts its own nats-server and redis-server on free loopback ports and
 # reaps everything it started. The whole run stays under about 20 minutes.
@@ -29,6 +32,7 @@
 #   BENCH_CLUSTER=0  skip tessera-bench-cluster (its knobs: tessera-bench-cluster --help)
 #   BENCH_SPLIT=0    skip scripts/bench-split.sh
 #   BENCH_AOI=0      skip scripts/bench-aoi.sh (its knobs: its header)
+#   BENCH_CONSUMERS=0  skip tessera-bench-consumers (its knobs: --help)
 #   BENCH_BUILD_ONLY=1  build the Release tree and stop (CI)
 # Extra arguments go to tessera-bench (see tessera-bench --help).
 set -eu
@@ -39,7 +43,7 @@ jobs=${JOBS:-2}
 runs=${BENCH_RUNS:-1}
 
 cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=Release -DTS_WERROR=ON >/dev/null
-cmake --build "$dir" -j"$jobs" --target tessera-bench tessera-bench-scale tessera-bench-cluster tessera-orch tessera-worker \
+cmake --build "$dir" -j"$jobs" --target tessera-bench tessera-bench-scale tessera-bench-cluster tessera-bench-consumers tessera-orch tessera-worker \
     tessera-gateway tessera-sim tessera-ctl it_split it_ghost
 for bin in tessera-bench tessera-bench-scale; do
     if [ ! -x "$dir/$bin" ]; then
@@ -88,5 +92,11 @@ fi
 if [ "${BENCH_AOI:-1}" != 0 ]; then
     echo
     BUILD_DIR="$dir" scripts/bench-aoi.sh || status=1
+fi
+
+if [ "${BENCH_CONSUMERS:-1}" != 0 ]; then
+    echo
+    # bounded: 6 delivery windows and the create phase take about 2 minutes
+    timeout -k 10 300 "$dir/tessera-bench-consumers" || status=1
 fi
 exit "$status"
