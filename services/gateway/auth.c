@@ -1,4 +1,4 @@
-/* Player JWTs (libjwt) and resume tokens (HMAC-SHA256, OpenSSL).
+/* Player JWTs (libjwt) and resume tokens (common/src/resume.c).
  *
  * A JWT is accepted with HS256 under gateway.auth.secret or RS256 under the
  * public key in gateway.auth.public_key, and only with the algorithm its
@@ -6,18 +6,15 @@
  * must carry `sub` and `exp` in the future; `nbf`, if present, must be past;
  * `iss` and `aud` must match when configured.
  *
- * A resume token is text: entity.world.cx.cy.depth.sub.exp.player-hex.mac
- * where mac is the hex HMAC-SHA256 of everything before it under
- * gateway.resume_secret (the same on every gateway, so a player resumes on
- * any of them). The token names the cell the entity was last known in; an
- * input sent there reaches the entity wherever it went since (the worker
- * forwards inputs of departed entities). */
+ * A resume token (tessera/resume.h) is signed under gateway.resume_secret
+ * (the same on every gateway, so a player resumes on any of them, and on
+ * every worker, which verifies the token an Attach carries). The token
+ * names the cell the entity was last known in; an input sent there reaches
+ * the entity wherever it went since (the worker forwards inputs of departed
+ * entities). */
 #include <errno.h>
 #include <inttypes.h>
 #include <jwt.h>
-#include <openssl/crypto.h>
-#include <openssl/hmac.h>
-#include <openssl/rand.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,28 +24,12 @@
 #include "tessera/log.h"
 #include "tessera/util.h"
 
-#define MAC_HEX (2 * 32)
-
 ts_status_t gw_auth_init(gw_t *gw)
 {
     const ts_config_t *cfg = gw->cfg;
-    if (cfg->gateway_resume_secret[0] != '\0') {
-        size_t n = strlen(cfg->gateway_resume_secret);
-        gw->resume_key_len = n < sizeof gw->resume_key ? n : sizeof gw->resume_key;
-        /* a longer secret is folded in by hashing */
-        if (n > sizeof gw->resume_key) {
-            unsigned int len = 0;
-            HMAC(EVP_sha256(), "tessera-resume", 14, (const unsigned char *)cfg->gateway_resume_secret, n,
-                 gw->resume_key, &len);
-            gw->resume_key_len = len;
-        } else {
-            memcpy(gw->resume_key, cfg->gateway_resume_secret, n);
-        }
-    } else {
-        if (RAND_bytes(gw->resume_key, sizeof gw->resume_key) != 1) return TS_ERR_IO;
-        gw->resume_key_len = sizeof gw->resume_key;
+    if (ts_resume_key_init(&gw->resume_key, cfg->gateway_resume_secret) != TS_OK) return TS_ERR_IO;
+    if (cfg->gateway_resume_secret[0] == '\0')
         ts_warn("gateway.resume_secret is not set: resume tokens only work on this gateway process");
-    }
     if (cfg->gateway_auth_public_key[0] != '\0') {
         char *pem = NULL;
         ts_status_t st = ts_read_file(cfg->gateway_auth_public_key, 1u << 20, &pem, &gw->auth_rs_key_len);
@@ -71,7 +52,7 @@ void gw_auth_free(gw_t *gw)
 {
     free(gw->auth_rs_key);
     gw->auth_rs_key = NULL;
-    OPENSSL_cleanse(gw->resume_key, sizeof gw->resume_key);
+    ts_resume_key_clear(&gw->resume_key);
 }
 
 /* Decodes and verifies with one key, and insists on that key's algorithm. */
@@ -160,81 +141,23 @@ done:
     return st;
 }
 
-static void hex(char *out, const uint8_t *in, size_t n)
-{
-    static const char digits[] = "0123456789abcdef";
-    for (size_t i = 0; i < n; i++) {
-        out[2 * i] = digits[in[i] >> 4];
-        out[2 * i + 1] = digits[in[i] & 15];
-    }
-    out[2 * n] = '\0';
-}
-
-static void mac_hex(const gw_t *gw, const char *msg, size_t len, char out[MAC_HEX + 1])
-{
-    uint8_t mac[EVP_MAX_MD_SIZE];
-    unsigned int maclen = 0;
-    HMAC(EVP_sha256(), gw->resume_key, (int)gw->resume_key_len, (const unsigned char *)msg, len, mac,
-         &maclen);
-    hex(out, mac, 32);
-}
-
 void gw_resume_token_make(const gw_t *gw, uint64_t entity, const ts_cell_t *cell, const char *player,
                           uint64_t exp_s, char *out, size_t cap)
 {
-    char body[512], ph[2 * GW_PLAYER_MAX + 1];
-    size_t plen = strnlen(player, GW_PLAYER_MAX);
-    hex(ph, (const uint8_t *)player, plen);
-    int n = snprintf(body, sizeof body, "%" PRIu64 ".%u.%d.%d.%u.%" PRIu64 ".%" PRIu64 ".%s", entity,
-                     cell->world, cell->cx, cell->cy, cell->depth, cell->sub, exp_s, ph);
-    char mac[MAC_HEX + 1];
-    mac_hex(gw, body, (size_t)n, mac);
-    snprintf(out, cap, "%s.%s", body, mac);
-}
-
-static int unhex(char c)
-{
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    return -1;
+    if (ts_resume_token_make(&gw->resume_key, entity, cell, player, exp_s, out, cap) != TS_OK && cap > 0)
+        out[0] = '\0';
 }
 
 ts_status_t gw_resume_token_check(const gw_t *gw, const char *token, uint64_t *entity, ts_cell_t *cell,
                                   char *player, size_t playercap)
 {
-    size_t len = strnlen(token, 600);
-    const char *dot = len < 600 ? strrchr(token, '.') : NULL;
-    if (dot == NULL || strlen(dot + 1) != MAC_HEX) return TS_ERR_PARSE;
-    char want[MAC_HEX + 1];
-    mac_hex(gw, token, (size_t)(dot - token), want);
-    if (CRYPTO_memcmp(want, dot + 1, MAC_HEX) != 0) return TS_ERR_PARSE;
-
-    char body[600];
-    memcpy(body, token, (size_t)(dot - token));
-    body[dot - token] = '\0';
-    unsigned long long ent = 0, sub = 0, exp = 0;
-    unsigned world = 0, depth = 0;
-    int cx = 0, cy = 0, used = 0;
-    if (sscanf(body, "%llu.%u.%d.%d.%u.%llu.%llu.%n", &ent, &world, &cx, &cy, &depth, &sub, &exp, &used) !=
-            7 ||
-        used == 0)
-        return TS_ERR_PARSE;
-    const char *ph = body + used;
-    size_t phl = strlen(ph);
-    if (phl % 2 != 0 || phl / 2 >= playercap) return TS_ERR_PARSE;
-    for (size_t i = 0; i < phl / 2; i++) {
-        int hi = unhex(ph[2 * i]), lo = unhex(ph[2 * i + 1]);
-        if (hi < 0 || lo < 0) return TS_ERR_PARSE;
-        player[i] = (char)(hi << 4 | lo);
-    }
-    player[phl / 2] = '\0';
-    if ((uint64_t)exp <= (uint64_t)time(NULL)) return TS_ERR_TIMEOUT;
-    *entity = ent;
-    memset(cell, 0, sizeof *cell);
-    cell->world = world;
-    cell->cx = cx;
-    cell->cy = cy;
-    cell->depth = depth;
-    cell->sub = sub;
+    ts_resume_token_t t;
+    ts_status_t st = ts_resume_token_check(&gw->resume_key, token, &t);
+    if (st != TS_OK) return st;
+    size_t plen = strlen(t.player);
+    if (plen >= playercap) return TS_ERR_PARSE;
+    memcpy(player, t.player, plen + 1);
+    *entity = t.entity;
+    *cell = t.cell;
     return TS_OK;
 }

@@ -29,6 +29,7 @@
 #include "tessera/map.h"
 #include "tessera/proto.h"
 #include "tessera/registry.h"
+#include "tessera/resume.h"
 #include "tessera/ring.h"
 #include "tessera/subject.h"
 
@@ -117,8 +118,9 @@ typedef struct {
     uint64_t time_us; /* detach: when the connection closed */
     uint32_t type;    /* command: Command.type */
     uint32_t payload_len;
-    /* join, command: at most TS_GAME_PAYLOAD_MAX bytes. Borrowed when given
-     * to gw_router_queue, which keeps its own copy while the input waits. */
+    /* join, command: at most TS_GAME_PAYLOAD_MAX bytes; attach: the
+     * player's resume token (text). Borrowed when given to
+     * gw_router_queue, which keeps its own copy while the input waits. */
     uint8_t *payload;
 } gw_input_t;
 
@@ -355,8 +357,7 @@ struct gw {
     uv_timer_t alive_timer;
     ts_map_t per_ip; /* ip key -> connection count */
     ts_map_t subs;   /* hash of an authenticated player id -> its joined gw_conn_t* */
-    uint8_t resume_key[32];
-    size_t resume_key_len;
+    ts_resume_key_t resume_key;
     void *auth_rs_key; /* RS256 public key (PEM bytes), NUL-terminated */
     size_t auth_rs_key_len;
     struct gw_login *login; /* one entity per player across gateways (login.c) */
