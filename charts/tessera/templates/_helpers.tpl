@@ -62,19 +62,116 @@ app.kubernetes.io/component: {{ .component }}
 {{/* Bus and registry addresses ------------------------------------------- */}}
 {{- define "tessera.natsUrl" -}}
 {{- if .Values.nats.enabled -}}
-nats://{{ include "tessera.svcHost" (dict "ctx" . "svc" (include "tessera.nats" .)) }}:{{ .Values.nats.port }}
+{{ ternary "tls" "nats" (.Values.nats.tls.enabled | default false) }}://{{ include "tessera.svcHost" (dict "ctx" . "svc" (include "tessera.nats" .)) }}:{{ .Values.nats.port }}
 {{- else -}}
 {{- required "nats.url is required when nats.enabled is false" .Values.nats.url -}}
 {{- end -}}
 {{- end -}}
 
-{{/* redis://host:port[/db] without credentials */}}
+{{/* redis://host:port[/db] (rediss:// with redis.tls) without credentials */}}
 {{- define "tessera.redisUrl" -}}
 {{- if .Values.redis.enabled -}}
-redis://{{ include "tessera.svcHost" (dict "ctx" . "svc" (include "tessera.redis" .)) }}:{{ .Values.redis.port }}
+{{ ternary "rediss" "redis" (.Values.redis.tls.enabled | default false) }}://{{ include "tessera.svcHost" (dict "ctx" . "svc" (include "tessera.redis" .)) }}:{{ .Values.redis.port }}
 {{- else -}}
-{{- required "redis.url is required when redis.enabled is false" .Values.redis.url -}}
+{{- $url := required "redis.url is required when redis.enabled is false" .Values.redis.url -}}
+{{- if and .Values.redis.tls.enabled (not (hasPrefix "rediss://" $url)) -}}
+{{- fail "redis.tls.enabled needs a rediss:// redis.url" -}}
 {{- end -}}
+{{- $url -}}
+{{- end -}}
+{{- end -}}
+
+{{/* TLS to NATS and Redis (nats.tls, redis.tls) ----------------------------
+     (dict "ctx" $ "t" .Values.nats.tls "builtin" .Values.nats.enabled "what" "nats"):
+     the Secret holding the CA the services verify the server with: tls.caSecret
+     (key tls.caKey), else ca.crt of tls.secret (the built-in server's own
+     kubernetes.io/tls Secret). Services get ca.crt alone, never the server's key. */}}
+{{- define "tessera.tlsCaSecret" -}}
+{{- $t := .t -}}
+{{- if $t.caSecret -}}{{ $t.caSecret }}
+{{- else if $t.secret -}}{{ $t.secret }}
+{{- else if .builtin -}}{{ fail (printf "%s.tls.enabled needs %s.tls.secret (a kubernetes.io/tls Secret with tls.crt, tls.key and ca.crt)" .what .what) }}
+{{- else -}}{{ fail (printf "%s.tls.enabled with an external server needs %s.tls.caSecret (the CA that signed its certificate)" .what .what) }}
+{{- end -}}
+{{- end -}}
+
+{{- define "tessera.tlsCaKey" -}}
+{{- if .t.caSecret -}}{{ default "ca.crt" .t.caKey }}{{- else -}}ca.crt{{- end -}}
+{{- end -}}
+
+{{/* the built-in server's own certificate: required with tls on */}}
+{{- define "tessera.tlsServerSecret" -}}
+{{- required (printf "%s.tls.enabled needs %s.tls.secret (a kubernetes.io/tls Secret with tls.crt, tls.key and ca.crt)" .what .what) .t.secret -}}
+{{- end -}}
+
+{{- define "tessera.tlsClientSecret" -}}
+{{- required (printf "%s.tls.clientCerts.enabled needs %s.tls.clientCerts.secret (a kubernetes.io/tls Secret with the services' client certificate)" .what .what) .t.clientCerts.secret -}}
+{{- end -}}
+
+{{- define "tessera.natsMtls" -}}
+{{- if and .Values.nats.tls.enabled .Values.nats.tls.clientCerts.enabled -}}true{{- end -}}
+{{- end -}}
+
+{{- define "tessera.redisMtls" -}}
+{{- if and .Values.redis.tls.enabled .Values.redis.tls.clientCerts.enabled -}}true{{- end -}}
+{{- end -}}
+
+{{/* A service's TLS environment: the CA (and client certificate) files of
+     tessera.tlsVolumes, for nats.tls_* and redis.tls_*. */}}
+{{- define "tessera.tlsEnv" -}}
+{{- if .Values.nats.tls.enabled }}
+- name: TESSERA_NATS_TLS_CA
+  value: /etc/tessera/tls/nats-ca/ca.crt
+{{- if include "tessera.natsMtls" . }}
+- name: TESSERA_NATS_TLS_CERT
+  value: /etc/tessera/tls/nats-client/tls.crt
+- name: TESSERA_NATS_TLS_KEY
+  value: /etc/tessera/tls/nats-client/tls.key
+{{- end }}
+{{- end }}
+{{- if .Values.redis.tls.enabled }}
+- name: TESSERA_REDIS_TLS_CA
+  value: /etc/tessera/tls/redis-ca/ca.crt
+{{- if include "tessera.redisMtls" . }}
+- name: TESSERA_REDIS_TLS_CERT
+  value: /etc/tessera/tls/redis-client/tls.crt
+- name: TESSERA_REDIS_TLS_KEY
+  value: /etc/tessera/tls/redis-client/tls.key
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{- define "tessera.tlsVolumes" -}}
+{{- range $what := list "nats" "redis" }}
+{{- $t := (index $.Values $what).tls }}
+{{- $a := dict "ctx" $ "t" $t "builtin" (index $.Values $what).enabled "what" $what }}
+{{- if $t.enabled }}
+- name: {{ $what }}-tls-ca
+  secret:
+    secretName: {{ include "tessera.tlsCaSecret" $a }}
+    defaultMode: 0444
+    items: [{key: {{ include "tessera.tlsCaKey" $a }}, path: ca.crt}]
+{{- if $t.clientCerts.enabled }}
+- name: {{ $what }}-tls-client
+  secret:
+    secretName: {{ include "tessera.tlsClientSecret" $a }}
+    defaultMode: 0440
+    items: [{key: tls.crt, path: tls.crt}, {key: tls.key, path: tls.key}]
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{- define "tessera.tlsVolumeMounts" -}}
+{{- range $what := list "nats" "redis" }}
+{{- $t := (index $.Values $what).tls }}
+{{- if $t.enabled }}
+- {name: {{ $what }}-tls-ca, mountPath: /etc/tessera/tls/{{ $what }}-ca, readOnly: true}
+{{- if $t.clientCerts.enabled }}
+- {name: {{ $what }}-tls-client, mountPath: /etc/tessera/tls/{{ $what }}-client, readOnly: true}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- end -}}
 
 {{- define "tessera.redisSecretName" -}}
@@ -168,6 +265,7 @@ redis://{{ include "tessera.svcHost" (dict "ctx" . "svc" (include "tessera.redis
   value: /etc/tessera/secrets/nats/{{ .Values.nats.auth.secretKey }}
 {{- end }}
 {{- end }}
+{{- include "tessera.tlsEnv" . }}
 {{- with .Values.extraEnv }}
 {{ toYaml . }}
 {{- end }}
@@ -194,6 +292,7 @@ redis://{{ include "tessera.svcHost" (dict "ctx" . "svc" (include "tessera.redis
     secretName: {{ .Values.nats.auth.existingSecret }}
     defaultMode: 0440
 {{- end }}
+{{- include "tessera.tlsVolumes" . }}
 {{- end -}}
 
 {{- define "tessera.volumeMounts" -}}
@@ -205,6 +304,7 @@ redis://{{ include "tessera.svcHost" (dict "ctx" . "svc" (include "tessera.redis
 {{- if include "tessera.natsAuth" . }}
 - {name: nats-auth, mountPath: /etc/tessera/secrets/nats, readOnly: true}
 {{- end }}
+{{- include "tessera.tlsVolumeMounts" . }}
 {{- end -}}
 
 {{/* The tessera YAML config (mounted at /etc/tessera/tessera.yaml). Only keys
