@@ -622,6 +622,13 @@ uint64_t ts_bus_bytes_out(const ts_bus_t *bus)
     return atomic_load(&((ts_bus_t *)bus)->bytes_out);
 }
 
+size_t ts_bus_max_payload(ts_bus_t *bus)
+{
+    if (bus == NULL || bus->nc == NULL) return 0;
+    int64_t n = natsConnection_GetMaxPayload(bus->nc);
+    return n > 0 ? (size_t)n : 0;
+}
+
 void ts_bus_close(ts_bus_t *bus)
 {
     if (bus != NULL && bus->nc != NULL) natsConnection_Close(bus->nc);

@@ -102,6 +102,7 @@ ts_status_t ts_worker_adopt(ts_worker_t *w, ts_zone_t *zone, uint64_t epoch, ts_
         return TS_ERR_NOMEM;
     }
     zone->epoch = epoch;
+    if (w->max_payload) ts_zone_set_max_payload(zone, w->max_payload);
     b->zone = zone;
     b->sub = sub;
     b->ctx = ctx;

@@ -159,7 +159,7 @@ static void on_precopy(ts_worker_t *w, const Tessera__V1__Handover *m, const cha
         a.error = "malformed PreCopy";
     } else if (m->part == 0) {
         ts_zone_t *z = NULL;
-        if (ts_zone_create(&z, &cell, m->epoch, &w->world, w->cfg->worker_max_speed) != TS_OK ||
+        if (ts_worker_zone_create(w, &cell, m->epoch, &z) != TS_OK ||
             ts_zone_load_checkpoint(z, cp, false, w->tick) != TS_OK) {
             a.error = "cannot load the PreCopy snapshot";
             ts_zone_destroy(z);

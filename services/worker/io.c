@@ -182,8 +182,7 @@ static bool load_checkpoint(ts_worker_t *w, ts_zone_t **z)
                 attempt < 4 ? "; reading again" : "; replaying the whole stream");
         /* start over from an empty zone */
         ts_zone_t *fresh = NULL;
-        if (ts_zone_create(&fresh, &(*z)->cell, (*z)->epoch, &w->world, w->cfg->worker_max_speed) != TS_OK)
-            return false;
+        if (ts_worker_zone_create(w, &(*z)->cell, (*z)->epoch, &fresh) != TS_OK) return false;
         ts_zone_destroy(*z);
         *z = fresh;
     }
@@ -222,7 +221,7 @@ static uint64_t last_input_seq(ts_worker_t *w, const ts_cell_t *cell)
  * back and made binding a thousand quiet cells take seconds. */
 static void do_bind(ts_worker_t *w, ts_io_job_t *job)
 {
-    job->status = ts_zone_create(&job->zone, &job->cell, job->epoch, &w->world, w->cfg->worker_max_speed);
+    job->status = ts_worker_zone_create(w, &job->cell, job->epoch, &job->zone);
     if (job->status != TS_OK) return;
     job->found = load_checkpoint(w, &job->zone);
     int64_t stream_id = 0;

@@ -567,6 +567,7 @@ ts_status_t ts_worker_create(ts_worker_t **out, const ts_config_t *cfg)
     char name[128];
     snprintf(name, sizeof(name), "tessera-worker-%s", w->id);
     st = ts_service_connect_bus(cfg, name, TS_SERVICE_CONNECT_MS, &w->bus);
+    if (st == TS_OK) w->max_payload = ts_bus_max_payload(w->bus);
     if (st == TS_OK) st = ts_service_connect_registry(cfg, TS_SERVICE_CONNECT_MS, &w->reg);
     if (st == TS_OK) st = ts_service_connect_registry(cfg, TS_SERVICE_CONNECT_MS, &w->live_reg);
     if (st == TS_OK) st = ts_service_wait_world(cfg, w->reg, TS_SERVICE_CONNECT_MS, &w->world);
@@ -591,12 +592,20 @@ ts_status_t ts_worker_create(ts_worker_t **out, const ts_config_t *cfg)
     if ((st = ts_publisher_start(w)) != TS_OK) goto fail;
     if ((st = ts_io_start(w)) != TS_OK) goto fail;
     ts_worker_request_resync(w);
-    ts_info("worker %s (instance %s): nats %s, redis %s, world %u (%dx%d cells of %.0f)", w->id, w->instance,
-            cfg->nats_url, cfg->redis_url, w->world.id, w->world.width, w->world.height, w->world.cell_size);
+    ts_info("worker %s (instance %s): nats %s (max_payload %zu), redis %s, world %u (%dx%d cells of %.0f)",
+            w->id, w->instance, cfg->nats_url, w->max_payload, cfg->redis_url, w->world.id, w->world.width,
+            w->world.height, w->world.cell_size);
     *out = w;
     return TS_OK;
 fail:
     ts_worker_destroy(w);
+    return st;
+}
+
+ts_status_t ts_worker_zone_create(ts_worker_t *w, const ts_cell_t *cell, uint64_t epoch, ts_zone_t **out)
+{
+    ts_status_t st = ts_zone_create(out, cell, epoch, &w->world, w->cfg->worker_max_speed);
+    if (st == TS_OK && w->max_payload) ts_zone_set_max_payload(*out, w->max_payload);
     return st;
 }
 

@@ -237,6 +237,7 @@ struct ts_worker {
     ts_bus_sub_t *ho_sub;
     ts_world_t world;
     uint64_t boot_nonce; /* makes message ids unique across restarts */
+    size_t max_payload;  /* the server's max_payload at connect (0: unknown): every zone's msg_max */
 
     ts_binding_t **bindings;
     size_t nbind, cap_bind;
@@ -398,6 +399,9 @@ const ts_cell_entry_t *ts_worker_find_entry(const ts_worker_t *w, const ts_cell_
  * server had more pending, a message sent with nothing pending after it. */
 ts_status_t ts_worker_adopt(ts_worker_t *w, ts_zone_t *zone, uint64_t epoch, ts_bus_sub_t *sub,
                             ts_sub_ctx_t *ctx, uint64_t catchup_seq, bool pending);
+/* A new zone of cell at epoch whose messages fit the server's max_payload
+ * (ts_zone_create + ts_zone_set_max_payload). Any thread. */
+ts_status_t ts_worker_zone_create(ts_worker_t *w, const ts_cell_t *cell, uint64_t epoch, ts_zone_t **out);
 void ts_worker_unbind(ts_worker_t *w, ts_binding_t *b);
 /* Closes a subscription and frees its context on the I/O thread. */
 void ts_worker_release_sub(ts_worker_t *w, ts_bus_sub_t *sub, ts_sub_ctx_t *ctx);

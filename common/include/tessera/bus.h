@@ -258,6 +258,10 @@ void ts_bus_held_free(ts_bus_held_t h);
 
 /* Totals since connect. */
 uint64_t ts_bus_bytes_out(const ts_bus_t *bus);
+/* The largest message payload the connected server accepts (its
+ * max_payload, 1 MB unless configured otherwise), in bytes; 0 if unknown
+ * (NULL, or not connected yet). Cheap: no round trip. */
+size_t ts_bus_max_payload(ts_bus_t *bus);
 /* Counts the disconnects of every connection of this process: a change means
  * the server may be another one now (e.g. one that lost its store). No
  * round trip; any thread. */
