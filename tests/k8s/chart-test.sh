@@ -8,6 +8,10 @@
 #   nats-cluster        ci/nats-cluster-values.yaml: 3-node JetStream
 #   hpa-servicemonitor  ci/hpa-servicemonitor-values.yaml
 #   kube-local          tests/k8s/values-kube-local.yaml (what e2e.sh installs)
+#   tls                 ci/tls-values.yaml: built-in NATS (3 nodes) and Redis over
+#                       mutual TLS; also: rendering refuses TLS without its Secrets
+#   tls-external        ci/tls-external-values.yaml: external NATS and Redis over
+#                       TLS, their CAs alone mounted
 #   bad-values          ci/bad-values.yaml must be rejected by the schema
 #
 # chart-check is found as $CHART_CHECK, on PATH, or in ../shared/tools/chart-check
@@ -61,6 +65,15 @@ def obj(kind, name):
 def pod(kind, name): return obj(kind, name)["spec"]["template"]["spec"]
 def env(kind, name, c=0): return {e["name"]: e.get("value") for e in pod(kind, name)["containers"][c].get("env", [])}
 def config(): return yaml.safe_load(obj("ConfigMap", "tessera-config")["data"]["tessera.yaml"])
+def vols(kind, name): return {v["name"]: v for v in pod(kind, name).get("volumes", [])}
+def mounts(kind, name, c=0): return {m["name"]: m["mountPath"] for m in pod(kind, name)["containers"][c].get("volumeMounts", [])}
+def natsconf(): return obj("ConfigMap", "tessera-nats-config")["data"]["nats.conf"]
+SVCS = [("StatefulSet","tessera-gateway"),("StatefulSet","tessera-worker"),("Deployment","tessera-orch")] + ([("Job","tessera-sim")] if has("Job/tessera-sim") else [])
+def tls_mounted(kind, name, vol, path, secret, items):
+    # volume vol is Secret secret with exactly these items (key -> path), mounted read-only at path
+    v = vols(kind, name)[vol]["secret"]
+    m = [x for x in pod(kind, name)["containers"][0]["volumeMounts"] if x["name"] == vol]
+    return v["secretName"] == secret and {i["key"]: i["path"] for i in v["items"]} == items and len(m) == 1 and m[0]["mountPath"] == path and m[0].get("readOnly")
 import re
 def perms(conf):
     # nats.conf authorization users -> {user: (publish allow, publish deny, subscribe allow)}
@@ -138,6 +151,13 @@ nats_users_checks() {
     check '[v["secret"]["items"] for v in pod("StatefulSet","tessera-gateway")["volumes"] if v["name"] == "nats-gateways"] == [[{"key": "gateway-%d" % i, "path": "gateway-%d" % i} for i in range(1, ngateways() + 1)]] and "gateway-$id" in pod("StatefulSet","tessera-gateway")["initContainers"][0]["command"][2]' 'the init container picks gateway-<id> of gateway-1..N'
 }
 
+# With TLS off (the default, and kube-local): plain URLs, no TLS key in any
+# service's environment, no tls block in nats.conf, Redis on its plain port.
+tls_off_checks() {
+    check 'not any(k.startswith(("TESSERA_NATS_TLS", "TESSERA_REDIS_TLS")) for s in SVCS for k in env(*s)) and not any("tls" in v for s in SVCS for v in vols(*s))' 'TLS off: no TLS env or volume in the services'
+    check '"tls {" not in natsconf() and "--tls-port" not in pod("StatefulSet","tessera-redis")["containers"][0]["command"] and "--tls" not in pod("StatefulSet","tessera-redis")["containers"][0]["readinessProbe"]["exec"]["command"]' 'TLS off: no tls block in nats.conf, Redis on its plain port'
+}
+
 case $case_ in
 default)
     render
@@ -152,6 +172,7 @@ default)
     check '"--appendonly" in pod("StatefulSet","tessera-redis")["containers"][0]["command"] and obj("StatefulSet","tessera-redis")["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"' 'Redis with AOF on a PVC'
     check '"jetstream" in obj("ConfigMap","tessera-nats-config")["data"]["nats.conf"] and "cluster" not in obj("ConfigMap","tessera-nats-config")["data"]["nats.conf"] and obj("StatefulSet","tessera-nats")["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] == "10Gi"' 'single JetStream server on a PVC'
     nats_users_checks
+    tls_off_checks
     ;;
 external)
     render -f "$chart/ci/external-values.yaml"
@@ -201,6 +222,52 @@ kube-local)
     check 'all(pod(k, n).get("hostNetwork") for k, n in [("StatefulSet","tessera-gateway"),("StatefulSet","tessera-worker"),("Deployment","tessera-orch"),("StatefulSet","tessera-nats"),("StatefulSet","tessera-redis")])' 'hostNetwork everywhere'
     check '"exec" in pod("StatefulSet","tessera-worker")["containers"][0]["readinessProbe"]' 'per-pod ports probed by exec'
     nats_stop_checks
+    tls_off_checks
+    ;;
+tls)
+    # rendering refuses TLS without the Secrets it needs, and a plain URL
+    # for an external Redis over TLS
+    for bad in nats.tls.secret nats.tls.clientCerts.secret redis.tls.secret redis.tls.clientCerts.secret; do
+        if render -f "$chart/ci/tls-values.yaml" --set "$bad=" >"$out/bad" 2>&1; then fail "rendered with an empty $bad"; fi
+        grep -q -F "$bad" "$out/bad" "$out/err" || { cat "$out/bad" >&2; fail "an empty $bad refused, but not for it"; }
+    done
+    if render -f "$chart/ci/tls-external-values.yaml" --set redis.url=redis://redis-master.data:6379 >"$out/bad" 2>&1; then
+        fail "rendered redis.tls with a redis:// (not rediss://) url"
+    fi
+    grep -q 'needs a rediss:// redis.url' "$out/bad" "$out/err" || { cat "$out/bad" >&2; fail "redis:// refused, but not for redis.tls"; }
+    echo "refused as they must be: empty TLS Secrets, redis.tls with a redis:// url"
+    render -f "$chart/ci/tls-values.yaml"
+    common_checks
+    nats_users_checks
+    nats_stop_checks
+    has Job/tessera-sim
+    check 'config()["nats"]["url"] == "tls://tessera-nats:4222" and config()["redis"]["url"] == "rediss://tessera-redis:6379"' 'tls:// and rediss:// URLs to the built-in servers'
+    # NATS: clients over mutual TLS, routes over TLS, the server's Secret mounted
+    check 'all(l in natsconf().split("cluster {")[0] for l in ["tls {", "cert_file: /etc/nats/tls/tls.crt", "key_file: /etc/nats/tls/tls.key", "ca_file: /etc/nats/tls/ca.crt", "verify: true"])' 'nats.conf: a client tls block with verify: true'
+    check 'all(l in natsconf().split("cluster {")[1] for l in ["tls {", "cert_file: /etc/nats/tls/tls.crt", "ca_file: /etc/nats/tls/ca.crt", "advertise: $TS_ROUTE_ADVERTISE"]) and natsconf().count("nats://tessera-nats-") == 3' 'nats.conf: routes over TLS, advertised by DNS name'
+    check 'tls_mounted("StatefulSet","tessera-nats","tls","/etc/nats/tls","tessera-nats-tls",{"tls.crt":"tls.crt","tls.key":"tls.key","ca.crt":"ca.crt"})' 'nats-server mounts nats.tls.secret at /etc/nats/tls'
+    check 'env("StatefulSet","tessera-nats")["TS_ROUTE_ADVERTISE"] == "$(POD_NAME).tessera-nats-headless.games.svc.cluster.local:6222"' 'each NATS pod advertises its route by its DNS name'
+    # Redis: TLS port alone, clients must present a certificate, probes over TLS
+    check 'pod("StatefulSet","tessera-redis")["containers"][0]["command"][3:15] == ["--port","0","--tls-port","6379","--tls-cert-file","/etc/redis/tls/tls.crt","--tls-key-file","/etc/redis/tls/tls.key","--tls-ca-cert-file","/etc/redis/tls/ca.crt","--tls-auth-clients","yes"]' 'redis-server: --port 0, --tls-port, its certificate, client certificates required'
+    check 'tls_mounted("StatefulSet","tessera-redis","tls","/etc/redis/tls","tessera-redis-tls",{"tls.crt":"tls.crt","tls.key":"tls.key","ca.crt":"ca.crt"}) and tls_mounted("StatefulSet","tessera-redis","tls-client","/etc/redis/tls-client","tessera-client-tls",{"tls.crt":"tls.crt","tls.key":"tls.key"})' 'redis-server mounts redis.tls.secret, and the client certificate for its probes'
+    check 'all(pod("StatefulSet","tessera-redis")["containers"][0][p]["exec"]["command"] == ["redis-cli","-p","6379","--tls","--cacert","/etc/redis/tls/ca.crt","--cert","/etc/redis/tls-client/tls.crt","--key","/etc/redis/tls-client/tls.key","ping"] for p in ["startupProbe","livenessProbe","readinessProbe"])' 'the redis-cli probes speak TLS with the client certificate'
+    # every service: the CAs alone (never a server key) and the client certificate
+    check 'len(SVCS) == 4 and all(env(*s)["TESSERA_NATS_TLS_CA"] == "/etc/tessera/tls/nats-ca/ca.crt" and tls_mounted(*s, "tls-nats-ca", "/etc/tessera/tls/nats-ca", "tessera-nats-tls", {"ca.crt": "ca.crt"}) for s in SVCS)' 'every service (gateway, worker, orch, sim) mounts the NATS CA alone and sets nats.tls_ca'
+    check 'all(env(*s)["TESSERA_NATS_TLS_CERT"] == "/etc/tessera/tls/nats-client/tls.crt" and env(*s)["TESSERA_NATS_TLS_KEY"] == "/etc/tessera/tls/nats-client/tls.key" and tls_mounted(*s, "tls-nats-client", "/etc/tessera/tls/nats-client", "tessera-client-tls", {"tls.crt": "tls.crt", "tls.key": "tls.key"}) for s in SVCS)' 'every service presents the client certificate to NATS'
+    check 'all(env(*s)["TESSERA_REDIS_TLS_CA"] == "/etc/tessera/tls/redis-ca/ca.crt" and tls_mounted(*s, "tls-redis-ca", "/etc/tessera/tls/redis-ca", "tessera-redis-tls", {"ca.crt": "ca.crt"}) and env(*s)["TESSERA_REDIS_TLS_CERT"] == "/etc/tessera/tls/redis-client/tls.crt" and env(*s)["TESSERA_REDIS_TLS_KEY"] == "/etc/tessera/tls/redis-client/tls.key" and tls_mounted(*s, "tls-redis-client", "/etc/tessera/tls/redis-client", "tessera-client-tls", {"tls.crt": "tls.crt", "tls.key": "tls.key"}) for s in SVCS)' 'every service mounts the Redis CA and client certificate and sets redis.tls_*'
+    check 'not any(i["key"] == "tls.key" for s in SVCS for v in vols(*s).values() if v.get("secret", {}).get("secretName") in ("tessera-nats-tls", "tessera-redis-tls") for i in v["secret"]["items"])' 'no service mounts a server key'
+    check 'all(e["TESSERA_REDIS_PASSWORD_FILE"] and e["TESSERA_NATS_PASSWORD_FILE"] for e in [env(*s) for s in SVCS])' 'passwords still used over TLS'
+    ;;
+tls-external)
+    render -f "$chart/ci/tls-external-values.yaml"
+    common_checks
+    hasnt StatefulSet/tessera-nats
+    hasnt StatefulSet/tessera-redis
+    check 'config()["nats"]["url"] == "tls://nats.messaging.svc.cluster.local:4222" and config()["redis"]["url"] == "rediss://redis-master.data.svc.cluster.local:6380/2"' 'external tls:// and rediss:// URLs'
+    check 'all(env(*s)["TESSERA_NATS_TLS_CA"] == "/etc/tessera/tls/nats-ca/ca.crt" and tls_mounted(*s, "tls-nats-ca", "/etc/tessera/tls/nats-ca", "messaging-ca", {"ca.pem": "ca.crt"}) for s in SVCS)' 'the NATS CA from nats.tls.caSecret (key caKey) in every service'
+    check 'all(env(*s)["TESSERA_REDIS_TLS_CA"] == "/etc/tessera/tls/redis-ca/ca.crt" and tls_mounted(*s, "tls-redis-ca", "/etc/tessera/tls/redis-ca", "data-ca", {"ca.crt": "ca.crt"}) for s in SVCS)' 'the Redis CA from redis.tls.caSecret in every service'
+    check 'not any(k in env(*s) for s in SVCS for k in ["TESSERA_NATS_TLS_CERT", "TESSERA_NATS_TLS_KEY", "TESSERA_REDIS_TLS_CERT", "TESSERA_REDIS_TLS_KEY"]) and not any(n.startswith("tls-") and n.endswith("-client") for s in SVCS for n in vols(*s))' 'no client certificate without clientCerts'
+    check 'env("StatefulSet","tessera-gateway")["TESSERA_NATS_CREDS"] == "/etc/tessera/secrets/nats/tessera.creds"' 'NATS credentials still mounted'
     ;;
 bad-values)
     if render -f "$chart/ci/bad-values.yaml" 2>"$out/bad"; then

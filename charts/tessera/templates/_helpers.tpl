@@ -146,13 +146,13 @@ app.kubernetes.io/component: {{ .component }}
 {{- $t := (index $.Values $what).tls }}
 {{- $a := dict "ctx" $ "t" $t "builtin" (index $.Values $what).enabled "what" $what }}
 {{- if $t.enabled }}
-- name: {{ $what }}-tls-ca
+- name: tls-{{ $what }}-ca
   secret:
     secretName: {{ include "tessera.tlsCaSecret" $a }}
     defaultMode: 0444
     items: [{key: {{ include "tessera.tlsCaKey" $a }}, path: ca.crt}]
 {{- if $t.clientCerts.enabled }}
-- name: {{ $what }}-tls-client
+- name: tls-{{ $what }}-client
   secret:
     secretName: {{ include "tessera.tlsClientSecret" $a }}
     defaultMode: 0440
@@ -166,9 +166,9 @@ app.kubernetes.io/component: {{ .component }}
 {{- range $what := list "nats" "redis" }}
 {{- $t := (index $.Values $what).tls }}
 {{- if $t.enabled }}
-- {name: {{ $what }}-tls-ca, mountPath: /etc/tessera/tls/{{ $what }}-ca, readOnly: true}
+- {name: tls-{{ $what }}-ca, mountPath: /etc/tessera/tls/{{ $what }}-ca, readOnly: true}
 {{- if $t.clientCerts.enabled }}
-- {name: {{ $what }}-tls-client, mountPath: /etc/tessera/tls/{{ $what }}-client, readOnly: true}
+- {name: tls-{{ $what }}-client, mountPath: /etc/tessera/tls/{{ $what }}-client, readOnly: true}
 {{- end }}
 {{- end }}
 {{- end }}
