@@ -32,6 +32,7 @@ static void add_stats(ts_zone_stats_t *dst, const ts_zone_stats_t *s)
     dst->dropped += s->dropped;
     dst->transfers_in += s->transfers_in;
     dst->transfers_out += s->transfers_out;
+    dst->oversized += s->oversized;
 }
 
 void ts_worker_release_sub(ts_worker_t *w, ts_bus_sub_t *sub, ts_sub_ctx_t *ctx)

@@ -33,7 +33,7 @@ typedef struct {
     ts_counter_t *applied, *duplicate, *lost, *forwarded;
     ts_counter_t *transfers_in, *transfers_out, *transfers_remote;
     ts_counter_t *handovers_in, *handovers_out, *recoveries;
-    ts_counter_t *publishes_failed, *state_dropped, *inbox_overflows;
+    ts_counter_t *publishes_failed, *state_dropped, *inbox_overflows, *oversized;
     ts_counter_t *stream_restarts;
     ts_counter_t *refused[TS_REFUSED_N];
     ts_gauge_t *entities, *cells, *cells_binding, *draining;
@@ -119,6 +119,9 @@ ts_status_t ts_worker_metrics_start(const ts_config_t *cfg)
             "JetStream publishes that failed (each retried later).", );
     COUNTER(state_dropped, "tessera_worker_state_dropped_total",
             "State and heartbeat messages dropped because the publish queue was full.", );
+    COUNTER(oversized, "tessera_worker_messages_oversized_total",
+            "Messages not published because they were larger than the server's max_payload allows (a bug: "
+            "every message is cut to fit; each is logged with its cell).", );
     COUNTER(inbox_overflows, "tessera_worker_inbox_overflows_total",
             "Input consumers restarted because the inbox ring was full (nothing lost).", );
     COUNTER(stream_restarts, "tessera_worker_stream_restarts_total",
@@ -237,6 +240,7 @@ void ts_worker_metrics_snapshot(ts_worker_t *w)
         t.dropped += z->stats.dropped;
         t.transfers_in += z->stats.transfers_in;
         t.transfers_out += z->stats.transfers_out;
+        t.oversized += z->stats.oversized;
         entities += ts_zone_entities(z);
     }
     ts_counter_set(wm.ticks, w->tick);
@@ -254,6 +258,7 @@ void ts_worker_metrics_snapshot(ts_worker_t *w)
     ts_counter_set(wm.publishes_failed, w->stats.publishes_failed);
     ts_counter_set(wm.state_dropped, w->stats.state_dropped);
     ts_counter_set(wm.inbox_overflows, w->stats.inbox_overflows);
+    ts_counter_set(wm.oversized, t.oversized);
     ts_gauge_set(wm.entities, (double)entities);
     ts_gauge_set(wm.cells, (double)w->nbind);
     ts_gauge_set(wm.cells_binding, (double)w->binding.len);

@@ -220,6 +220,8 @@ static void test_metrics_and_health_on_every_service(void **state)
     assert_has("w1", t, "# TYPE tessera_worker_tick_seconds histogram\n");
     assert_has("w1", t, "tessera_worker_cells{worker=\"w1\"} 7\n");
     assert_has("w1", t, "tessera_worker_inputs_lost_total{worker=\"w1\"} 0\n");
+    /* every message is cut to fit max_payload: none left unpublished */
+    assert_has("w1", t, "tessera_worker_messages_oversized_total{worker=\"w1\"} 0\n");
     assert_true(metric_sum(t, "tessera_worker_input_latency_seconds_count") > 0);
     assert_true(metric_sum(t, "tessera_worker_entities") > 0);
     /* Ticks are counted, and the count goes on. (How many ticks fit in the
