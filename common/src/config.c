@@ -138,7 +138,8 @@ static const key_def_t keys[] = {
     INT("gateway.resume_s", gateway_resume_s, "30", 1, 86400,
         "a disconnected player's entity is despawned this long after unless resumed"),
     STR("gateway.resume_secret", gateway_resume_secret, "", NULL,
-        "HMAC-SHA256 key of resume tokens, the same on every gateway (\"\": random per process)"),
+        "HMAC-SHA256 key of resume tokens, the same on every gateway and worker (\"\": random per gateway "
+        "process; workers then let any gateway take over a detached player)"),
     INT("gateway.auth.required", gateway_auth_required, "0", 0, 1, "1: Hello must carry a valid JWT"),
     STR("gateway.auth.secret", gateway_auth_secret, "", NULL, "HS256 key of player JWTs"),
     STR("gateway.auth.public_key", gateway_auth_public_key, "", NULL, "PEM public key file for RS256 player JWTs"),

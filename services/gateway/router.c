@@ -89,6 +89,9 @@ typedef struct {
     Tessera__V1__DetachInput detach;
     Tessera__V1__AttachInput attach;
     Tessera__V1__CommandInput command;
+    /* attach: the resume token's fields (parsed from gw_input_t.payload) */
+    ts_resume_token_t token;
+    Tessera__V1__CellId token_cell;
 } pb_input_t;
 
 void gw_router_drop_inputs(gw_cell_t *cell, size_t n)
@@ -134,6 +137,15 @@ static void fill_input(const gw_t *gw, pb_input_t *p, gw_input_t *in)
         p->attach.gateway = (uint32_t)gateway_id;
         p->attach.gateway_instance = instance;
         p->attach.session = in->session;
+        if (ts_resume_token_parse((const char *)in->payload, in->payload_len, &p->token) == TS_OK) {
+            ts_proto_cell_init(&p->token_cell, &p->token.cell);
+            p->attach.resume_cell = &p->token_cell;
+            p->attach.resume_exp = p->token.exp_s;
+            p->attach.resume_player.data = (uint8_t *)p->token.player;
+            p->attach.resume_player.len = strlen(p->token.player);
+            p->attach.resume_mac.data = p->token.mac;
+            p->attach.resume_mac.len = sizeof p->token.mac;
+        }
         p->in.attach = &p->attach;
         break;
     case TESSERA__V1__INPUT__KIND_MOVE:

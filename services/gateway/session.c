@@ -266,7 +266,8 @@ static bool room_for_player(gw_conn_t *c)
     return false;
 }
 
-static bool take_entity(gw_conn_t *c, uint64_t entity, gw_cell_t *cell, uint64_t ack_floor, bool login);
+static bool take_entity(gw_conn_t *c, uint64_t entity, gw_cell_t *cell, uint64_t ack_floor, bool login,
+                        const char *token);
 
 /* Hello{resume_token}: the entity becomes this connection's (Attach). */
 static void on_resume(gw_conn_t *c, const char *token)
@@ -299,14 +300,18 @@ static void on_resume(gw_conn_t *c, const char *token)
         return;
     }
     memcpy(c->player, player, strlen(player) + 1);
-    if (take_entity(c, entity, cell, 0, false)) gw_login_announce(c); /* other gateways let go of it */
+    if (take_entity(c, entity, cell, 0, false, token)) gw_login_announce(c); /* other gateways let go of it */
 }
 
 /* The entity becomes this connection's (Attach) in `cell` (or where a
  * connection of this gateway holding it has it); ack_floor: the player's
  * inputs known applied. A login (not a resume) closes an older connection
- * as logged in elsewhere. Returns whether the entity was taken. */
-static bool take_entity(gw_conn_t *c, uint64_t entity, gw_cell_t *cell, uint64_t ack_floor, bool login)
+ * as logged in elsewhere. token: the player's resume token, which the
+ * Attach carries (the entity's worker checks it before another gateway
+ * takes the entity over); NULL (a login, its JWT checked): one signed
+ * here. Returns whether the entity was taken. */
+static bool take_entity(gw_conn_t *c, uint64_t entity, gw_cell_t *cell, uint64_t ack_floor, bool login,
+                        const char *token)
 {
     gw_t *gw = c->gw;
     gw_conn_t *old = ts_map_get(&gw->players, entity);
@@ -322,11 +327,19 @@ static bool take_entity(gw_conn_t *c, uint64_t entity, gw_cell_t *cell, uint64_t
             gw_session_error(old, TESSERA__V1__ERROR_CODE__ERROR_PROTOCOL, true,
                              "resumed on another connection");
     }
+    char signed_here[TS_RESUME_TOKEN_MAX];
+    if (token == NULL) {
+        gw_resume_token_make(gw, entity, &cell->id, c->player, ts_now_us() / 1000000 + RESUME_TOKEN_TTL_S,
+                             signed_here, sizeof signed_here);
+        token = signed_here;
+    }
     gw_input_t in = {.entity = entity,
                      .seq = 0,
                      .sent_us = ts_now_us(),
                      .kind = TESSERA__V1__INPUT__KIND_ATTACH,
-                     .session = c->id};
+                     .session = c->id,
+                     .payload_len = (uint32_t)strlen(token),
+                     .payload = (uint8_t *)token};
     if (gw_router_queue(gw, cell, &in) != TS_OK) {
         gw_session_error(c, TESSERA__V1__ERROR_CODE__ERROR_UNAVAILABLE, false, "cell %s is not taking inputs",
                          cell->key);
@@ -355,7 +368,7 @@ static bool take_entity(gw_conn_t *c, uint64_t entity, gw_cell_t *cell, uint64_t
 
 void gw_session_take_over(gw_conn_t *c, uint64_t entity, gw_cell_t *cell, uint64_t ack_floor)
 {
-    (void)take_entity(c, entity, cell, ack_floor, true);
+    (void)take_entity(c, entity, cell, ack_floor, true, NULL);
 }
 
 static void on_hello(gw_conn_t *c, const Tessera__V1__Hello *h)

@@ -316,7 +316,7 @@ void ts_worker_metrics_split(bool split, double seconds, double work_seconds)
 
 const char *ts_worker_refused_str(ts_refused_reason_t reason)
 {
-    static const char *const names[TS_REFUSED_N] = {"origin", "kind", "gateway", "entity", "attach"};
+    static const char *const names[TS_REFUSED_N] = {"origin", "kind", "gateway", "entity", "attach", "token"};
     return (unsigned)reason < TS_REFUSED_N ? names[reason] : "?";
 }
 

@@ -41,6 +41,7 @@ typedef enum {
     TS_REFUSED_GATEWAY,    /* the entity belongs to another gateway */
     TS_REFUSED_ENTITY,     /* a Join or Attach naming another gateway */
     TS_REFUSED_ATTACH,     /* an Attach the entity was not let go for in time */
+    TS_REFUSED_TOKEN,      /* another gateway's Attach without a valid resume token */
     TS_REFUSED_N
 } ts_refused_reason_t;
 /* Tick thread: n items refused for reason. */

@@ -43,7 +43,12 @@
  * makes it do) or to be declared gone; what the new gateway sends for the
  * entity meanwhile waits with it (PLAYERS_ATTACH_HELD_MAX; the player's
  * first inputs after a resume or a login elsewhere) and is applied right
- * after it, in order. One map lookup per input, the one
+ * after it, in order. When the worker has gateway.resume_secret, such an
+ * Attach must also carry a valid, unexpired resume token for the entity
+ * (tessera/resume.h; the player's own, or one its gateway signed for a
+ * login), else it is refused (token): a gateway's bus credentials alone do
+ * not take over another gateway's player. Without a secret (dev mode) it
+ * is not checked. One map lookup per input, the one
  * the zone makes anyway. Inputs for an entity that is not in the cell are
  * left to the zone: dropped, or forwarded by a departed record under the
  * origin they came with (zone.c keeps it per outbox entry), so the cell the
@@ -56,6 +61,7 @@
 
 #include "metrics.h"
 #include "tessera/log.h"
+#include "tessera/resume.h"
 #include "tessera/subject.h"
 #include "tessera/util.h"
 #include "worker_internal.h"
@@ -134,6 +140,11 @@ struct ts_players {
     size_t nattaches;
     uint64_t refused[TS_REFUSED_N]; /* since the last log line */
     uint64_t refused_logged_us[TS_REFUSED_N];
+    /* gateway.resume_secret: another gateway's Attach must carry a token
+     * under it (has_resume_key false: not checked, dev mode) */
+    ts_resume_key_t resume_key;
+    bool has_resume_key;
+    const char *token_why; /* the latest token refusal's cause, for its log line */
 };
 
 /* Under mu. */
@@ -292,6 +303,14 @@ ts_status_t ts_players_start(ts_worker_t *w)
     ts_map_init(&p->detached);
     p->grace_us = (uint64_t)w->cfg->gateway_resume_s * 1000000ULL;
     w->players = p;
+    const char *secret = w->cfg->gateway_resume_secret;
+    if (secret != NULL && secret[0] != '\0') {
+        if (ts_resume_key_init(&p->resume_key, secret) != TS_OK) return TS_ERR_IO;
+        p->has_resume_key = true;
+    } else {
+        ts_warn("gateway.resume_secret is not set: any gateway may take over another gateway's detached "
+                "player with an Attach (resume tokens are not checked)");
+    }
     ts_status_t st = ts_bus_subscribe(w->bus, TS_GW_ALIVE_WILDCARD, on_alive, p, &p->sub);
     if (st != TS_OK) {
         ts_error("cannot subscribe to %s: %s", TS_GW_ALIVE_WILDCARD, ts_status_str(st));
@@ -319,6 +338,7 @@ void ts_players_stop(ts_worker_t *w)
     ts_map_free(&p->detached);
     for (size_t i = 0; i < p->nattaches; i++)
         free(p->attaches[i].held);
+    ts_resume_key_clear(&p->resume_key);
     pthread_mutex_destroy(&p->mu);
     free(p);
     w->players = NULL;
@@ -340,8 +360,10 @@ static void refuse(ts_players_t *p, const ts_zone_t *z, ts_refused_reason_t why,
     if (p->refused_logged_us[why] != 0 && now - p->refused_logged_us[why] < PLAYERS_REFUSED_LOG_US) return;
     p->refused_logged_us[why] = now;
     ts_warn("cell %s: refused %" PRIu64
-            " input item(s) (%s) since the last report; latest on %s, entity %" PRIu64,
-            z ? z->key : "?", p->refused[why], ts_worker_refused_str(why), subject ? subject : "?", entity);
+            " input item(s) (%s) since the last report; latest on %s, entity %" PRIu64 "%s%s",
+            z ? z->key : "?", p->refused[why], ts_worker_refused_str(why), subject ? subject : "?", entity,
+            why == TS_REFUSED_TOKEN && p->token_why ? ": " : "",
+            why == TS_REFUSED_TOKEN && p->token_why ? p->token_why : "");
     p->refused[why] = 0;
 }
 
@@ -379,6 +401,34 @@ static bool attach_hold(ts_players_t *p, const ts_zone_t *z, uint32_t gw, const 
     return false;
 }
 
+/* Whether an Attach from another gateway than the entity's carries a valid
+ * resume token for its entity (always, without a key). */
+static bool attach_token_ok(ts_players_t *p, const Tessera__V1__Input *in)
+{
+    if (!p->has_resume_key) return true;
+    const Tessera__V1__AttachInput *a = in->attach;
+    ts_resume_token_t t;
+    memset(&t, 0, sizeof t);
+    if (a->resume_mac.len != TS_RESUME_MAC_LEN || !a->resume_cell) {
+        p->token_why = "no resume token";
+        return false;
+    }
+    if (a->resume_player.len > TS_RESUME_PLAYER_MAX ||
+        (a->resume_player.len && memchr(a->resume_player.data, '\0', a->resume_player.len)) ||
+        ts_proto_cell_get(a->resume_cell, &t.cell) != TS_OK) {
+        p->token_why = "malformed resume token";
+        return false;
+    }
+    t.entity = in->entity;
+    t.exp_s = a->resume_exp;
+    if (a->resume_player.len) memcpy(t.player, a->resume_player.data, a->resume_player.len);
+    memcpy(t.mac, a->resume_mac.data, TS_RESUME_MAC_LEN);
+    ts_status_t st = ts_resume_token_verify(&p->resume_key, &t, ts_now_us() / 1000000);
+    if (st == TS_OK) return true;
+    p->token_why = st == TS_ERR_TIMEOUT ? "resume token expired" : "resume token not valid for this entity";
+    return false;
+}
+
 /* -1: in may be applied; 0: it waits (an Attach); else 1 + the reason. */
 static int screen_one(ts_players_t *p, const ts_zone_t *z, ts_origin_t origin, uint32_t gw,
                       const Tessera__V1__Input *in)
@@ -396,7 +446,9 @@ static int screen_one(ts_players_t *p, const ts_zone_t *z, ts_origin_t origin, u
         return -1;
     case TESSERA__V1__INPUT__KIND_ATTACH:
         if (!in->attach || in->attach->gateway != gw) return 1 + TS_REFUSED_ENTITY;
-        if (!e || e->gateway == gw || e->detached_us != 0) return -1;
+        if (!e || e->gateway == gw) return -1; /* not here (forwarded, checked there), or its own */
+        if (!attach_token_ok(p, in)) return 1 + TS_REFUSED_TOKEN;
+        if (e->detached_us != 0) return -1;
         return attach_wait(p, z, in) ? 0 : 1 + TS_REFUSED_ATTACH;
     default:
         if (!e || e->gateway == gw) return -1;

@@ -7,6 +7,7 @@
 
 #include "tessera/log.h"
 #include "tessera/pbw.h"
+#include "tessera/resume.h"
 #include "tessera/util.h"
 
 typedef struct {
@@ -604,6 +605,20 @@ static void payload_from_pb(ts_input_t *in, const ProtobufCBinaryData *b)
     in->payload_len = (uint32_t)n;
 }
 
+/* An Attach's resume token, kept for a forward: payload = MAC || player,
+ * time_us = expiry, from_cell = its cell (zone.h). */
+static void attach_token_from_pb(ts_input_t *in, const Tessera__V1__AttachInput *a)
+{
+    const ProtobufCBinaryData *mac = &a->resume_mac, *player = &a->resume_player;
+    if (mac->len != TS_RESUME_MAC_LEN || player->len > TS_GAME_PAYLOAD_MAX - TS_RESUME_MAC_LEN ||
+        !a->resume_cell || ts_proto_cell_get(a->resume_cell, &in->from_cell) != TS_OK)
+        return;
+    memcpy(in->payload, mac->data, mac->len);
+    if (player->len) memcpy(in->payload + mac->len, player->data, player->len);
+    in->payload_len = (uint32_t)(mac->len + player->len);
+    in->time_us = a->resume_exp;
+}
+
 static void input_from_pb(const Tessera__V1__Input *pb, ts_input_t *in)
 {
     memset(in, 0, sizeof(*in));
@@ -631,6 +646,7 @@ static void input_from_pb(const Tessera__V1__Input *pb, ts_input_t *in)
         in->gateway = pb->attach->gateway;
         in->gateway_instance = pb->attach->gateway_instance;
         in->session = pb->attach->session;
+        attach_token_from_pb(in, pb->attach);
         break;
     case TESSERA__V1__INPUT__KIND_MOVE:
         in->kind = TS_INPUT_MOVE;
@@ -1149,6 +1165,15 @@ static Tessera__V1__Input *input_fill_pb(input_pb_t *s, const ts_input_t *src)
         t->gateway = src->gateway;
         t->gateway_instance = src->gateway_instance;
         t->session = src->session;
+        if (src->payload_len >= TS_RESUME_MAC_LEN) { /* its resume token, as it came */
+            ts_proto_cell_init(&s->from_cell, &src->from_cell);
+            t->resume_cell = &s->from_cell;
+            t->resume_exp = src->time_us;
+            t->resume_mac.data = (uint8_t *)src->payload;
+            t->resume_mac.len = TS_RESUME_MAC_LEN;
+            t->resume_player.data = (uint8_t *)src->payload + TS_RESUME_MAC_LEN;
+            t->resume_player.len = src->payload_len - TS_RESUME_MAC_LEN;
+        }
         in->kind_case = TESSERA__V1__INPUT__KIND_ATTACH;
         in->attach = t;
         break;

@@ -144,7 +144,9 @@ typedef struct {
     uint64_t session;
     uint64_t time_us;
     /* join: Join.payload; command: type and payload; request: type,
-     * payload, the requesting entity, its position, cell and epoch */
+     * payload, the requesting entity, its position, cell and epoch;
+     * attach: its resume token (payload: MAC || player, time_us: expiry,
+     * from_cell: its cell; payload_len 0: none) */
     uint32_t type;
     uint32_t payload_len;
     uint8_t payload[TS_GAME_PAYLOAD_MAX];
