@@ -25,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "harness.h"
 #include "tessera/bus.h"
@@ -32,6 +33,7 @@
 #include "tessera/frame.h"
 #include "tessera/proto.h"
 #include "tessera/registry.h"
+#include "tessera/resume.h"
 #include "tessera/subject.h"
 #include "tessera/util.h"
 
@@ -39,6 +41,8 @@
 #define NCELLS 16
 #define FORGED "forged-by-it_auth"
 #define WAIT_MS 5000
+/* gateway.resume_secret of every gateway and worker of the stack */
+#define RESUME_SECRET "it-auth-resume-secret"
 
 static ts_h_stack_t stack = {-1, {-1, -1}, -1, 0};
 static int worker_http[2]; /* the workers' /metrics ports */
@@ -447,6 +451,26 @@ static uint64_t follow(ts_client_t *c, uint64_t entity, uint64_t want, bool move
     return applied;
 }
 
+/* Puts into att the fields of a resume token for entity in cell, signed
+ * under secret, expiring at exp_s (t and cell_pb hold what att points at). */
+static void attach_token(Tessera__V1__AttachInput *att, ts_resume_token_t *t, Tessera__V1__CellId *cell_pb,
+                         const char *secret, uint64_t entity, const ts_cell_t *cell, uint64_t exp_s)
+{
+    ts_resume_key_t key;
+    assert_int_equal(ts_resume_key_init(&key, secret), TS_OK);
+    memset(t, 0, sizeof *t);
+    t->entity = entity;
+    t->cell = *cell;
+    t->exp_s = exp_s;
+    ts_resume_token_sign(&key, t);
+    ts_resume_key_clear(&key);
+    ts_proto_cell_init(cell_pb, cell);
+    att->resume_cell = cell_pb;
+    att->resume_exp = t->exp_s;
+    att->resume_mac.data = t->mac;
+    att->resume_mac.len = sizeof t->mac;
+}
+
 static void test_gateway_acts_only_for_its_players(void **state)
 {
     (void)state;
@@ -454,7 +478,7 @@ static void test_gateway_acts_only_for_its_players(void **state)
     int port2 = ts_h_free_port();
     char listen[64];
     snprintf(listen, sizeof listen, "--gateway.listen=127.0.0.1:%d", port2);
-    const char *gw2_args[] = {listen, "--gateway.id=2", NULL};
+    const char *gw2_args[] = {listen, "--gateway.id=2", "--gateway.resume_secret=" RESUME_SECRET, NULL};
     int gw2 = ts_h_spawn(&ts_h, "gateway2", "tessera-gateway", gw2_args);
     assert_true(ts_h_wait_port(port2, 15000));
     ts_client_t *c = NULL;
@@ -503,13 +527,21 @@ static void test_gateway_acts_only_for_its_players(void **state)
     att.gateway = 1;
     att.gateway_instance = 77;
     att.session = 1;
+    /* the same Attach with a token for another entity, and with the
+     * victim's own (as a gateway holding the resume secret could sign) */
+    Tessera__V1__AttachInput att_other = att, att_valid = att;
+    ts_resume_token_t tok_other, tok_valid;
+    Tessera__V1__CellId tok_cell_other, tok_cell_valid;
+    uint64_t exp_s = (uint64_t)time(NULL) + 600;
+    attach_token(&att_other, &tok_other, &tok_cell_other, RESUME_SECRET, entity + 1, &cell, exp_s);
+    attach_token(&att_valid, &tok_valid, &tok_cell_valid, RESUME_SECRET, entity, &cell, exp_s);
     Tessera__V1__JoinInput join_as2 = TESSERA__V1__JOIN_INPUT__INIT; /* says gateway 2 */
     join_as2.gateway = 2;
     Tessera__V1__JoinInput join_id2 = TESSERA__V1__JOIN_INPUT__INIT; /* an id of gateway 2 */
     join_id2.gateway = 1;
     Tessera__V1__RequestInput req = TESSERA__V1__REQUEST_INPUT__INIT;
-    Tessera__V1__Input in[8];
-    for (int i = 0; i < 8; i++) {
+    Tessera__V1__Input in[10];
+    for (int i = 0; i < 10; i++) {
         tessera__v1__input__init(&in[i]);
         in[i].entity = entity;
         in[i].seq = 1000 + (uint64_t)i; /* far ahead: would push the real inputs out of the window */
@@ -524,19 +556,24 @@ static void test_gateway_acts_only_for_its_players(void **state)
     in[6].kind_case = TESSERA__V1__INPUT__KIND_JOIN, in[6].join = &join_id2;
     in[6].entity = (2ull << 48) | 0x4243;
     in[7].kind_case = TESSERA__V1__INPUT__KIND_REQUEST, in[7].request = &req, in[7].seq = 0;
+    in[8].kind_case = TESSERA__V1__INPUT__KIND_ATTACH, in[8].attach = &att_other, in[8].seq = 0;
+    in[9].kind_case = TESSERA__V1__INPUT__KIND_ATTACH, in[9].attach = &att_valid, in[9].seq = 0;
     Tessera__V1__EntityState es = TESSERA__V1__ENTITY_STATE__INIT;
     es.id = (2ull << 48) | 0x4244;
     Tessera__V1__Transfer xfer = TESSERA__V1__TRANSFER__INIT;
     xfer.entity = &es;
     Tessera__V1__Transfer *xfers[1] = {&xfer};
-    forge_batch(&cell, in, 8, xfers, 1, "it_auth-forged-g1");
+    forge_batch(&cell, in, 10, xfers, 1, "it_auth-forged-g1");
 
     /* the owner refused every item: Move, Command, Detach, Leave (another
-     * gateway's entity), both Joins, the Transfer and the Request; the
-     * Attach waits for the victim's gateway to let go, which it never does */
+     * gateway's entity), both Joins, the Transfer and the Request, the
+     * Attaches without a token and with another entity's; the Attach with
+     * a valid token waits for the victim's gateway to let go, which it
+     * never does */
     assert_true(refused_reaches("gateway", 4, 15000));
     assert_true(refused_reaches("entity", 2, 5000));
     assert_true(refused_reaches("kind", 2, 5000));
+    assert_true(refused_reaches("token", 2, 5000));
     assert_unchanged(c, entity, x, y, 1, 1000);
     assert_true(refused_reaches("attach", 1, 15000));
     assert_int_equal(refused_total("origin"), 0);
@@ -561,6 +598,205 @@ static void test_gateway_acts_only_for_its_players(void **state)
     assert_int_equal(follow(c, entity, 7, false, &x, &y, &cell), 7);
     assert_int_equal(ts_client_leave(c), TS_OK); /* the world as it was */
     ts_client_destroy(c);
+    ts_h_signal(&ts_h, gw2, SIGTERM);
+    assert_int_equal(ts_h_wait(&ts_h, gw2, 15000), 0);
+    ts_h_pass();
+}
+
+/* One entity as its cell's owner checkpoints it (every second, with the
+ * gateway and connection that hold it). */
+typedef struct {
+    pthread_mutex_t mu;
+    uint64_t entity;
+    uint64_t seen; /* states of it received */
+    uint32_t gateway;
+    uint64_t detached_us;
+    uint64_t applied;
+} owner_view_t;
+
+static void on_state(void *ud, const ts_bus_msg_t *m)
+{
+    owner_view_t *v = ud;
+    Tessera__V1__Checkpoint *d = tessera__v1__checkpoint__unpack(NULL, ts_bus_msg_len(m), ts_bus_msg_data(m));
+    if (d == NULL) return;
+    pthread_mutex_lock(&v->mu);
+    for (size_t i = 0; i < d->n_entities; i++) {
+        const Tessera__V1__EntityState *e = d->entities[i];
+        if (e->id != v->entity) continue;
+        v->seen++;
+        v->gateway = e->gateway;
+        v->detached_us = e->detached_us;
+        v->applied = e->inputs_applied;
+    }
+    pthread_mutex_unlock(&v->mu);
+    tessera__v1__checkpoint__free_unpacked(d, NULL);
+}
+
+/* Waits until the owner checkpointed the entity as held by gateway gw,
+ * detached or not, with at least `applied` inputs applied. */
+static bool owner_shows(owner_view_t *v, uint32_t gw, bool detached, uint64_t applied, int64_t ms)
+{
+    uint64_t deadline = ts_mono_us() + (uint64_t)ms * 1000u;
+    for (;;) {
+        pthread_mutex_lock(&v->mu);
+        bool ok =
+            v->seen > 0 && v->gateway == gw && (v->detached_us != 0) == detached && v->applied >= applied;
+        uint32_t got_gw = v->gateway;
+        uint64_t got_det = v->detached_us, got_applied = v->applied;
+        pthread_mutex_unlock(&v->mu);
+        if (ok) return true;
+        if (ts_mono_us() >= deadline) {
+            fprintf(stderr,
+                    "entity %llu: gateway %u detached_us %llu applied %llu; want gateway %u %s %llu\n",
+                    (unsigned long long)v->entity, got_gw, (unsigned long long)got_det,
+                    (unsigned long long)got_applied, gw, detached ? "detached" : "attached",
+                    (unsigned long long)applied);
+            return false;
+        }
+        ts_sleep_ms(50);
+    }
+}
+
+/* Reads c's frames until its Welcome (resumed as said) and a Snapshot
+ * with its entity came; the Welcome's resume token into token. */
+static uint64_t welcomed(ts_client_t *c, bool resumed, char *token, size_t cap, ts_cell_t *cell)
+{
+    uint64_t entity = 0, deadline = ts_mono_us() + WAIT_MS * 1000ull;
+    bool got_welcome = false;
+    while ((!got_welcome || entity == 0) && ts_mono_us() < deadline) {
+        Tessera__V1__ServerFrame *f = NULL;
+        if (ts_client_recv(c, 100, &f) != TS_OK) continue;
+        assert_int_not_equal(f->payload_case, TESSERA__V1__SERVER_FRAME__PAYLOAD_ERROR);
+        if (f->payload_case == TESSERA__V1__SERVER_FRAME__PAYLOAD_WELCOME) {
+            got_welcome = true;
+            assert_int_equal(f->welcome->resumed, resumed);
+            assert_non_null(f->welcome->resume_token);
+            snprintf(token, cap, "%s", f->welcome->resume_token);
+        }
+        if (f->payload_case == TESSERA__V1__SERVER_FRAME__PAYLOAD_SNAPSHOT) {
+            assert_int_equal(ts_proto_cell_get(f->cell, cell), TS_OK);
+            entity = f->snapshot->entity;
+        }
+        tessera__v1__server_frame__free_unpacked(f, NULL);
+    }
+    assert_true(got_welcome);
+    assert_true(token[0] != '\0');
+    return entity;
+}
+
+/* A new connection to port that resumes with token (Hello{resume_token}). */
+static ts_client_t *resume_on(int port, const char *token)
+{
+    ts_client_t *c = NULL;
+    assert_int_equal(ts_client_connect(&c, "127.0.0.1", port, 3000), TS_OK);
+    Tessera__V1__Hello h = TESSERA__V1__HELLO__INIT;
+    h.protocol_version = TS_PROTOCOL_VERSION;
+    h.client_name = (char *)"it_auth";
+    h.token = (char *)"";
+    h.resume_token = (char *)token;
+    Tessera__V1__ClientFrame f = TESSERA__V1__CLIENT_FRAME__INIT;
+    f.payload_case = TESSERA__V1__CLIENT_FRAME__PAYLOAD_HELLO;
+    f.hello = &h;
+    assert_int_equal(ts_client_send(c, &f), TS_OK);
+    return c;
+}
+
+static void test_detached_player_needs_its_resume_token(void **state)
+{
+    (void)state;
+    int port2 = ts_h_free_port();
+    char listen[64];
+    snprintf(listen, sizeof listen, "--gateway.listen=127.0.0.1:%d", port2);
+    const char *gw2_args[] = {listen, "--gateway.id=2", "--gateway.resume_secret=" RESUME_SECRET, NULL};
+    int gw2 = ts_h_spawn(&ts_h, "gateway2-resume", "tessera-gateway", gw2_args);
+    assert_true(ts_h_wait_port(port2, 15000));
+
+    /* a player of gateway 2, standing still; the test watches its owner */
+    ts_client_t *c = NULL;
+    assert_int_equal(ts_client_connect(&c, "127.0.0.1", port2, 3000), TS_OK);
+    assert_int_equal(ts_client_join(c, -20, -20, "resumer"), TS_OK);
+    char token[TS_RESUME_TOKEN_MAX] = "";
+    ts_cell_t cell = {0};
+    uint64_t entity = welcomed(c, false, token, sizeof token, &cell);
+    assert_int_equal(entity >> 48, 2);
+    owner_view_t view = {.mu = PTHREAD_MUTEX_INITIALIZER, .entity = entity};
+    ts_bus_t *bus = NULL;
+    ts_bus_sub_t *sub = NULL;
+    assert_int_equal(ts_bus_connect(&bus, ts_h.nats_url, "it_auth-owner-view"), TS_OK);
+    char subj[TS_SUBJECT_MAX];
+    assert_true(ts_subject_cell(subj, sizeof subj, &cell, TS_SUBJ_CHECKPOINT) > 0);
+    assert_int_equal(ts_bus_subscribe(bus, subj, on_state, &view, &sub), TS_OK);
+    assert_true(owner_shows(&view, 2, false, 1, 10000));
+
+    /* its connection drops: the entity waits, detached, for a resume */
+    ts_client_destroy(c);
+    assert_true(owner_shows(&view, 2, true, 1, 10000));
+
+    /* gateway-1's credentials alone: Attaches without a token, with one
+     * under another secret, with another entity's, with an expired one */
+    uint64_t token_refused = refused_total("token"), gateway_refused = refused_total("gateway");
+    uint64_t now_s = (uint64_t)time(NULL);
+    Tessera__V1__AttachInput att[4];
+    ts_resume_token_t toks[4];
+    Tessera__V1__CellId tok_cells[4];
+    Tessera__V1__Input in[5];
+    for (int i = 0; i < 4; i++) {
+        tessera__v1__attach_input__init(&att[i]);
+        att[i].gateway = 1;
+        att[i].gateway_instance = 78;
+        att[i].session = 2;
+        tessera__v1__input__init(&in[i]);
+        in[i].entity = entity;
+        in[i].kind_case = TESSERA__V1__INPUT__KIND_ATTACH;
+        in[i].attach = &att[i];
+    }
+    attach_token(&att[1], &toks[1], &tok_cells[1], "a-guessed-secret", entity, &cell, now_s + 600);
+    /* another entity's token, sent for this one */
+    attach_token(&att[2], &toks[2], &tok_cells[2], RESUME_SECRET, (1ull << 48) | 0x77, &cell, now_s + 600);
+    attach_token(&att[3], &toks[3], &tok_cells[3], RESUME_SECRET, entity, &cell, now_s - 1);
+    forge_batch(&cell, in, 4, NULL, 0, "it_auth-forged-attach-detached");
+    assert_true(refused_reaches("token", token_refused + 4, 15000));
+    /* the entity is still gateway 2's: gateway-1's Move for it is refused */
+    Tessera__V1__MoveInput mv = TESSERA__V1__MOVE_INPUT__INIT;
+    mv.dx = 40;
+    tessera__v1__input__init(&in[4]);
+    in[4].entity = entity;
+    in[4].seq = 500;
+    in[4].kind_case = TESSERA__V1__INPUT__KIND_MOVE;
+    in[4].move = &mv;
+    forge_batch(&cell, &in[4], 1, NULL, 0, "it_auth-forged-move-detached");
+    assert_true(refused_reaches("gateway", gateway_refused + 1, 15000));
+    ts_sleep_ms(1500); /* another checkpoint */
+    assert_true(owner_shows(&view, 2, true, 1, 1000));
+
+    /* the player keeps control: it resumes on its gateway and plays */
+    c = resume_on(port2, token);
+    assert_int_equal(welcomed(c, true, token, sizeof token, &cell), entity);
+    assert_int_equal(ts_client_move(c, 0, 0), TS_OK);
+    assert_true(owner_shows(&view, 2, false, 2, 10000));
+    ts_client_destroy(c);
+    assert_true(owner_shows(&view, 2, true, 2, 10000));
+
+    /* and with its token it resumes on another gateway (gateway 1) */
+    c = resume_on(stack.gw_port, token);
+    assert_int_equal(welcomed(c, true, token, sizeof token, &cell), entity);
+    assert_true(owner_shows(&view, 1, false, 2, 10000));
+    /* numbered above what was applied (this gateway's Welcome may not
+     * know the entity's latest seq yet) */
+    Tessera__V1__Move stop = TESSERA__V1__MOVE__INIT;
+    Tessera__V1__ClientFrame mf = TESSERA__V1__CLIENT_FRAME__INIT;
+    mf.payload_case = TESSERA__V1__CLIENT_FRAME__PAYLOAD_MOVE;
+    mf.move = &stop;
+    mf.seq = 100;
+    assert_int_equal(ts_client_send(c, &mf), TS_OK);
+    assert_true(owner_shows(&view, 1, false, 3, 10000));
+    assert_int_equal(refused_total("token"), token_refused + 4);
+    assert_int_equal(refused_total("attach"), 1); /* the earlier test's only */
+
+    assert_int_equal(ts_client_leave(c), TS_OK);
+    ts_client_destroy(c);
+    ts_bus_sub_destroy(sub);
+    ts_bus_destroy(bus);
     ts_h_signal(&ts_h, gw2, SIGTERM);
     assert_int_equal(ts_h_wait(&ts_h, gw2, 15000), 0);
     ts_h_pass();
@@ -843,13 +1079,13 @@ static int group_setup(void **state)
         worker_http[i] = ts_h_free_port();
         snprintf(id, sizeof id, "--worker.id=%s", ids[i]);
         snprintf(http, sizeof http, "--worker.http_listen=127.0.0.1:%d", worker_http[i]);
-        const char *args[] = {id, http, NULL};
+        const char *args[] = {id, http, "--gateway.resume_secret=" RESUME_SECRET, NULL};
         stack.workers[i] = ts_h_spawn(&ts_h, ids[i], "tessera-worker", args);
     }
     stack.gw_port = ts_h_free_port();
     char listen[64];
     snprintf(listen, sizeof listen, "--gateway.listen=127.0.0.1:%d", stack.gw_port);
-    const char *gw_args[] = {listen, NULL};
+    const char *gw_args[] = {listen, "--gateway.resume_secret=" RESUME_SECRET, NULL};
     stack.gateway = ts_h_spawn(&ts_h, "gateway", "tessera-gateway", gw_args);
     if (!ts_h_wait_world(&ts_h, WORLD, NCELLS, 30000) || !ts_h_wait_port(stack.gw_port, 15000)) {
         ts_h_fail_dump(&ts_h);
@@ -865,6 +1101,7 @@ int main(void)
         TS_H_TEST(test_stack_runs_secured),
         TS_H_TEST(test_forged_nats_traffic_refused),
         TS_H_TEST(test_gateway_acts_only_for_its_players),
+        TS_H_TEST(test_detached_player_needs_its_resume_token),
         TS_H_TEST(test_inspector_reads),
         TS_H_TEST(test_redis_acl),
         TS_H_TEST(test_gateway_survives_garbage),

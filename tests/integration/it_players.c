@@ -7,6 +7,8 @@
  *   gw2 (id 2): same secret and grace, long timeouts: observers and resume
  *   gwk (id 4): killed with SIGKILL
  *   gwa (id 3): gateway.auth.required with an HS256 secret and an RS256 key
+ *   workers: the same resume secret, so every resume or login on another
+ *        gateway goes through the worker's check of the Attach's token
  *
  * Observers (on gw2) watch other players' entities in their Deltas: a
  * despawned entity shows up in `removed`.
@@ -1121,7 +1123,8 @@ static int group_setup(void **state)
 {
     (void)state;
     ts_h_start(&ts_h);
-    const char *workers[] = {"--gateway.resume_s=3", NULL};
+    /* the workers check the resume token of an Attach from another gateway */
+    const char *workers[] = {"--gateway.resume_s=3", "--gateway.resume_secret=" SECRET, NULL};
     int ws1 = ts_h_free_port(), ws2 = ts_h_free_port();
     char ws1_listen[64], ws2_listen[64];
     snprintf(ws1_listen, sizeof ws1_listen, "--gateway.ws_listen=127.0.0.1:%d", ws1);
