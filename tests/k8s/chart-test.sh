@@ -127,6 +127,9 @@ common_checks() {
         check 'pod("StatefulSet","tessera-gateway")["containers"][0]["readinessProbe"]["httpGet"]["path"] == "/readyz" and pod("StatefulSet","tessera-gateway")["containers"][0]["livenessProbe"]["httpGet"]["path"] == "/healthz"' 'gateway probes on /readyz and /healthz'
     fi
     check '"TESSERA_GATEWAY_HTTP_LISTEN" in env("StatefulSet","tessera-gateway")' 'gateway.http_listen set'
+    check '(lambda g, w: len(g) == 1 and g == w and g[0]["name"] == "tessera-resume" and g[0]["key"] in obj("Secret","tessera-resume")["data"])(*[[e["valueFrom"]["secretKeyRef"] for e in pod("StatefulSet", n)["containers"][0]["env"] if e["name"] == "TESSERA_GATEWAY_RESUME_SECRET"] for n in ("tessera-gateway","tessera-worker")])' \
+        'gateways and workers get the same resume secret (gateway.resume_secret) from the Secret the chart keeps'
+    check 'all("TESSERA_GATEWAY_RESUME_SECRET" not in env(k, n) for k, n in SVCS if n not in ("tessera-gateway","tessera-worker"))' 'no other service gets the resume secret'
     check 'obj("PodDisruptionBudget","tessera-worker")["apiVersion"] == "policy/v1"' 'PDB policy/v1 on Kubernetes >= 1.21'
 }
 
