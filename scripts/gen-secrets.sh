@@ -10,6 +10,11 @@
 #                      off; start with `redis-server --aclfile DIR/redis-users.acl`
 #   <user>.nats.pass   NATS password of each user (first line)
 #   <user>.redis.pass  Redis password of each user (first line)
+#   resume.secret      gateway.resume_secret (first line): the HMAC key of
+#                      players' resume tokens, the same for every gateway and
+#                      every worker (the workers check the token an Attach
+#                      from another gateway carries); pass it in
+#                      TESSERA_GATEWAY_RESUME_SECRET
 #   ca.pem, server-*.pem, client-*.pem   with --tls: a throw-away CA, the
 #                      NATS server certificate (127.0.0.1 and localhost) and
 #                      a client certificate
@@ -106,6 +111,7 @@ for u in "${users[@]}"; do
     printf '%s\n' "${nats_pw[$u]}" >"$dir/$u.nats.pass"
     [[ $u == inspector ]] || printf '%s\n' "${redis_pw[$u]}" >"$dir/$u.redis.pass"
 done
+openssl rand -hex 32 >"$dir/resume.secret"
 
 # ---- NATS ------------------------------------------------------------------
 

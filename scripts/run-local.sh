@@ -241,6 +241,11 @@ else
     INSPECTOR_URL=$TESSERA_NATS_URL
     EXPORTS="export INSPECTOR='$INSPECTOR_URL'"
 fi
+# gateway.resume_secret for the gateway and the workers only (they check the
+# resume token of an Attach from another gateway); open (SECURE=0): none,
+# the workers do not check
+RESUME_SECRET=""
+[[ "$SECURE" == 1 ]] && RESUME_SECRET=$(head -n 1 "$SECRETS/resume.secret")
 
 # as USER: sets CREDS to the flags that make a service USER on NATS and
 # Redis (the password files' paths go on the command line, not passwords).
@@ -266,13 +271,15 @@ game_flags=()
 [[ -n "$GAME_SO" ]] && game_flags=(--worker.game="$GAME_SO" --worker.game_config="$GAME_CONFIG")
 [[ -n "$GHOST_MARGIN" ]] && game_flags+=(--ghost.margin="$GHOST_MARGIN")
 as worker-w1
-start worker-w1 "$BUILD_DIR/tessera-worker" --worker.id=w1 "${game_flags[@]}" "${CREDS[@]}"
+TESSERA_GATEWAY_RESUME_SECRET=$RESUME_SECRET start worker-w1 "$BUILD_DIR/tessera-worker" --worker.id=w1 \
+    "${game_flags[@]}" "${CREDS[@]}"
 as worker-w2
-start worker-w2 "$BUILD_DIR/tessera-worker" --worker.id=w2 "${game_flags[@]}" "${CREDS[@]}"
+TESSERA_GATEWAY_RESUME_SECRET=$RESUME_SECRET start worker-w2 "$BUILD_DIR/tessera-worker" --worker.id=w2 \
+    "${game_flags[@]}" "${CREDS[@]}"
 # gateway 1 with its own user: it may publish inputs only as g1 (origin token)
 as gateway-1
-start gateway "$BUILD_DIR/tessera-gateway" --gateway.id=1 --gateway.listen="127.0.0.1:$GATEWAY_PORT" \
-    --gateway.ws_listen="127.0.0.1:$MAP_PORT" "${CREDS[@]}"
+TESSERA_GATEWAY_RESUME_SECRET=$RESUME_SECRET start gateway "$BUILD_DIR/tessera-gateway" --gateway.id=1 \
+    --gateway.listen="127.0.0.1:$GATEWAY_PORT" --gateway.ws_listen="127.0.0.1:$MAP_PORT" "${CREDS[@]}"
 as sim
 if [[ "$VIA_GATEWAY" == 1 ]]; then
     # real clients need the gateway listening first
