@@ -63,8 +63,13 @@
 #define SETTLE_DELTAS 20 /* Deltas a settled player watches for a late double */
 /* Liveness TTL long enough that a few seconds of SIGSTOP never look like a
  * crash here: this file tests handover, it_recovery.c tests recovery. */
-#define HB_TTL_MS 10000
-#define HB_TTL_ARG "--orch.hb_ttl_ms=10000"
+#define HB_TTL_MS 7000
+#define HB_TTL_ARG "--orch.hb_ttl_ms=7000"
+/* A handover's PREPARE timeout (the source waits 60 % of it for the
+ * target's PreCopy answer): short, so that a handover to a stopped target
+ * is aborted well within the TTL above (the cells here copy in
+ * milliseconds) */
+#define PRECOPY_ARG "--orch.precopy_timeout_ms=4000"
 
 static ts_h_stack_t stack = {-1, {-1, -1}, -1, 0};
 /* `it_handover --ws`: the players connect over WebSocket (gateway.ws_listen) */
@@ -786,8 +791,8 @@ static int group_setup(void **state)
     if (ts_bus_connect(&hb_bus, ts_h.nats_url, "it_handover-watch") != TS_OK ||
         ts_probe_create(&probe, hb_bus) != TS_OK || ts_ledger_create(&ledger, hb_bus, WORLD) != TS_OK)
         goto fail;
-    const char *orch[] = {"--orch.rebalance=0", HB_TTL_ARG, NULL};
-    const char *worker[] = {"--worker.hb_ms=250", HB_TTL_ARG, NULL};
+    const char *orch[] = {"--orch.rebalance=0", HB_TTL_ARG, PRECOPY_ARG, NULL};
+    const char *worker[] = {"--worker.hb_ms=250", HB_TTL_ARG, PRECOPY_ARG, NULL};
     ws_port = ts_h_free_port();
     snprintf(ws_listen, sizeof ws_listen, "--gateway.ws_listen=127.0.0.1:%d", ws_port);
     const char *gw[] = {use_ws ? ws_listen : NULL, NULL};
