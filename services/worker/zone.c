@@ -1622,9 +1622,9 @@ void ts_zone_mark_precopy(ts_zone_t *z)
  * not made yet, the outbox entries' items (transfers, then inputs, entry by
  * entry), the departed records, the entities. */
 
-/* An Outbox's own fields at their longest: its tag and length, dest and
- * marker_seq. */
-#define OUTBOX_HEAD_MAX 64
+/* An Outbox's own fields at their longest: its tag and length, dest,
+ * marker_seq and origin. */
+#define OUTBOX_HEAD_MAX 80
 /* Room in every part beside the items: the packed `removed` field's tag and
  * length, and the head of an outbox entry continued from the part before. */
 #define CKPT_PART_SLACK (16 + OUTBOX_HEAD_MAX)
@@ -1815,6 +1815,12 @@ static ts_status_t pack_ckpt_part(const ckpt_items_t *c, uint64_t tick, const ch
         tessera__v1__outbox__init(ob);
         ob->dest = cell_to_pb(&ar, &o->dest);
         ob->marker_seq = o->marker_seq;
+        char *origin = arena_alloc(&ar, TS_ORIGIN_TOKEN_MAX);
+        if (origin) {
+            if (ts_subject_origin_format(origin, TS_ORIGIN_TOKEN_MAX, o->origin) < 0)
+                ts_subject_origin_format(origin, TS_ORIGIN_TOKEN_MAX, TS_ORIGIN_WORKER);
+            ob->origin = origin;
+        }
         ob->n_transfers = t1 - t0;
         ob->transfers = entities_to_pb(&ar, ob->n_transfers ? o->transfers + t0 : NULL, ob->n_transfers);
         ob->n_inputs = i1 - i0;
@@ -1906,6 +1912,40 @@ ts_status_t ts_zone_pack_checkpoint_parts(const ts_zone_t *z, uint64_t tick, con
     return pack_checkpoint(z, tick, owner, diff, generation, true, bufs, lens, nparts);
 }
 
+/* A loaded Outbox's origin: a checkpoint or Diff written before it had one
+ * ("") and anything unreadable go as the worker's. */
+static ts_origin_t outbox_origin(const Tessera__V1__Outbox *ob)
+{
+    ts_origin_t origin;
+    if (!ob->origin || !ob->origin[0] || ts_subject_origin_parse(ob->origin, &origin) != TS_OK)
+        return TS_ORIGIN_WORKER;
+    return origin;
+}
+
+/* The entry a loaded Outbox goes into: the one loaded last if it has the
+ * same dest, marker_seq and origin (an entry a part boundary cut continues
+ * in the next part, and two such entries side by side join without
+ * changing the order of anything), otherwise a new one after it. A piece
+ * never joins an entry further back, so entries to one cell keep their
+ * order and each keeps its origin. */
+static ts_zone_out_t *outbox_load(ts_zone_t *z, const ts_cell_t *dest, uint64_t marker_seq,
+                                  ts_origin_t origin)
+{
+    ts_zone_out_t *last = z->nout ? &z->out[z->nout - 1] : NULL;
+    if (last && !last->id_seq && last->marker_seq == marker_seq && last->origin == origin &&
+        ts_cell_eq(&last->dest, dest))
+        return last;
+    if (!grow((void **)&z->out, &z->cap_out, z->nout, sizeof(*z->out))) return NULL;
+    ts_zone_out_t *o = &z->out[z->nout++]; /* its buffers are the spare slot's */
+    o->dest = *dest;
+    o->marker_seq = marker_seq;
+    o->origin = origin;
+    o->id_seq = o->pub_seq = 0;
+    o->sent = o->chunk = 0;
+    o->ntransfers = o->ninputs = 0;
+    return o;
+}
+
 ts_status_t ts_zone_load_checkpoint(ts_zone_t *z, const Tessera__V1__Checkpoint *cp, bool diff, uint64_t tick)
 {
     ts_cell_t c;
@@ -1982,7 +2022,7 @@ ts_status_t ts_zone_load_checkpoint(ts_zone_t *z, const Tessera__V1__Checkpoint 
         const Tessera__V1__Outbox *ob = cp->outbox[i];
         ts_cell_t dest;
         if (ts_proto_cell_get(ob->dest, &dest) != TS_OK) continue;
-        ts_zone_out_t *o = outbox_for(z, &dest, ob->marker_seq, TS_ORIGIN_WORKER);
+        ts_zone_out_t *o = outbox_load(z, &dest, ob->marker_seq, outbox_origin(ob));
         if (!o) return TS_ERR_NOMEM;
         for (size_t k = 0; k < ob->n_transfers; k++) {
             if (!grow((void **)&o->transfers, &o->cap_transfers, o->ntransfers, sizeof(*o->transfers)))

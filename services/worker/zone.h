@@ -172,9 +172,10 @@ typedef struct {
      * its items (transfers, then inputs) [0, sent) are stored, and the
      * publish in flight carries the next `chunk` of them. */
     size_t sent, chunk;
-    /* forwarded inputs: their first publisher's origin, published under it;
-     * TS_ORIGIN_WORKER for transfers and requests (and forwards that came
-     * in a handover Diff, which does not carry it) */
+    /* forwarded inputs: their first publisher's origin, published under it
+     * (checkpoints and handover Diffs carry it: Outbox.origin);
+     * TS_ORIGIN_WORKER for transfers and requests (and forwards loaded from
+     * a checkpoint written before Outbox.origin) */
     ts_origin_t origin;
     ts_entity_t *transfers;
     size_t ntransfers, cap_transfers;
@@ -386,7 +387,8 @@ ts_status_t ts_zone_pack_checkpoint(const ts_zone_t *z, uint64_t tick, const cha
  * state), and the removed ids, announcements (`left`), outbox entries,
  * departed records and entities are spread over the parts in that order;
  * an outbox entry too large for what is left of a part continues in the
- * next (an Outbox of the same dest and marker_seq, which the loader joins).
+ * next (an Outbox of the same dest, marker_seq and origin, which the loader
+ * joins to the one before).
  * bufs/lens are malloc'd arrays of malloc'd buffers the caller frees. */
 ts_status_t ts_zone_pack_checkpoint_parts(const ts_zone_t *z, uint64_t tick, const char *owner, bool diff,
                                           uint64_t generation, uint8_t ***bufs, size_t **lens,
@@ -399,7 +401,10 @@ void ts_zone_mark_precopy(ts_zone_t *z);
 /* Loads a checkpoint: a full one replaces the zone's state, a diff updates
  * it. Sets last_applied_seq from it. Parts load in order: part 0 does what
  * a whole checkpoint does, later parts add what they carry (an Outbox of
- * the same dest and marker_seq as one loaded before continues that entry).
+ * the same dest, marker_seq and origin as the one loaded last continues
+ * that entry). Every outbox entry keeps its origin (Outbox.origin; "" from
+ * an older writer: the worker's) and is published again from its first
+ * item, cut as before, so a transfer's messages get the same ids.
  * A checkpoint written before parts were cut by bytes (everything but the
  * entities and departed records in part 0) loads the same way. */
 ts_status_t ts_zone_load_checkpoint(ts_zone_t *z, const Tessera__V1__Checkpoint *cp, bool diff,

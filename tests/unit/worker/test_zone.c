@@ -1448,6 +1448,203 @@ static void test_crowded_outbox_fits_max_payload(void **state)
     check_crowd(64 * 1024, 15, 2);
 }
 
+/* ---- outbox origins through checkpoints and Diffs ------------------------ */
+
+enum { ORIGIN_CROWD = 120 };
+
+/* A zone whose outbox holds, towards one cell: a crowd's transfers (the
+ * worker's), then inputs forwarded for them as first published by gateway 1
+ * (that entry published and in flight: sealed), by gateway 2, by the sim and
+ * by gateway 1 again (a new entry behind the sealed one), each heavy enough
+ * at this max_payload to be cut into several messages and to run across
+ * checkpoint parts. */
+static ts_zone_t *origin_zone(size_t max_payload)
+{
+    ts_zone_t *z = zone_at(0, 0);
+    ts_zone_set_max_payload(z, max_payload);
+    const ts_cell_t east = {.world = 0, .cx = 1, .cy = 0};
+    for (uint64_t id = 1; id <= ORIGIN_CROWD; id++) {
+        ts_input_t j = join(id, 1, 99.0, (double)(id % 97) + 0.5);
+        ts_zone_apply_input(z, &j, 1);
+        fatten(get(z, id));
+        assert_true(ts_zone_queue_departure(z, get(z, id), &east));
+    }
+    loop_departures(z, 500, 2);
+    assert_int_equal(z->nout, 1);
+    assert_int_equal(z->out[0].ntransfers, ORIGIN_CROWD);
+    z->cur_stream_seq = 501;
+    const ts_origin_t by[] = {1, 2, TS_ORIGIN_SIM, 1};
+    for (size_t r = 0; r < 4; r++) {
+        z->cur_origin = by[r];
+        for (uint64_t id = 1; id <= ORIGIN_CROWD; id++) {
+            ts_input_t c = {.entity = id, .seq = 10 + r, .kind = TS_INPUT_COMMAND, .type = 7};
+            c.payload_len = TS_GAME_PAYLOAD_MAX;
+            memset(c.payload, (int)(0x10 + r), sizeof(c.payload));
+            ts_zone_apply_input(z, &c, 2); /* it left: forwarded under by[r] */
+        }
+        if (r == 0) { /* its first messages went out, the next is in flight */
+            z->out[1].id_seq = 42;
+            z->out[1].sent = 3;
+            z->out[1].pub_seq = 43;
+            z->out[1].chunk = 4;
+        }
+    }
+    z->cur_origin = TS_ORIGIN_WORKER;
+    z->last_applied_seq = 501;
+    assert_int_equal(z->nout, 5);
+    const ts_origin_t want[] = {TS_ORIGIN_WORKER, 1, 2, TS_ORIGIN_SIM, 1};
+    for (size_t i = 0; i < 5; i++)
+        assert_int_equal(z->out[i].origin, want[i]);
+    return z;
+}
+
+/* b's outbox is a's entry by entry (dest, marker, origin, items), and b
+ * cuts each entry into the same messages from its first item: a new owner
+ * publishes every entry under its origin with the same message ids for the
+ * same items (a transfer's ids are made of the marker, dest and range). */
+static void assert_same_outbox(ts_zone_t *a, ts_zone_t *b)
+{
+    assert_int_equal(b->nout, a->nout);
+    for (size_t i = 0; i < a->nout; i++) {
+        const ts_zone_out_t *x = &a->out[i], *y = &b->out[i];
+        assert_true(ts_cell_eq(&x->dest, &y->dest));
+        assert_int_equal(x->marker_seq, y->marker_seq);
+        assert_int_equal(x->origin, y->origin);
+        assert_int_equal(x->ntransfers, y->ntransfers);
+        assert_int_equal(x->ninputs, y->ninputs);
+        assert_int_equal(y->id_seq, 0); /* not published by b yet */
+        assert_int_equal(y->sent, 0);   /* b sends all of it, from the first item */
+        for (size_t k = 0; k < x->ntransfers; k++)
+            assert_same_entity(&x->transfers[k], &y->transfers[k]);
+        for (size_t k = 0; k < x->ninputs; k++) {
+            assert_int_equal(x->inputs[k].entity, y->inputs[k].entity);
+            assert_int_equal(x->inputs[k].seq, y->inputs[k].seq);
+            assert_memory_equal(x->inputs[k].payload, y->inputs[k].payload, x->inputs[k].payload_len);
+        }
+        uint8_t **xm, **ym;
+        size_t *xl, *yl, xn = outbox_messages(a, i, &xm, &xl), yn = outbox_messages(b, i, &ym, &yl);
+        assert_true(xn > 1); /* in pieces */
+        assert_int_equal(yn, xn);
+        for (size_t k = 0; k < xn; k++) {
+            assert_int_equal(yl[k], xl[k]);
+            assert_memory_equal(ym[k], xm[k], xl[k]);
+        }
+        ts_zone_free_parts(xm, xl, xn);
+        ts_zone_free_parts(ym, yl, yn);
+    }
+}
+
+/* Loads parts into dst; returns how many Outbox messages they carried and
+ * checks each names its origin ("w", "g1", "g2", "s"). */
+static size_t load_origin_parts(ts_zone_t *dst, uint8_t **bufs, size_t *lens, size_t nparts, bool diff)
+{
+    size_t nob = 0;
+    for (size_t i = 0; i < nparts; i++) {
+        assert_true(lens[i] <= dst->msg_max);
+        Tessera__V1__Checkpoint *cp = tessera__v1__checkpoint__unpack(NULL, lens[i], bufs[i]);
+        assert_non_null(cp);
+        for (size_t k = 0; k < cp->n_outbox; k++) {
+            const char *o = cp->outbox[k]->origin;
+            assert_true(strcmp(o, "w") == 0 || strcmp(o, "g1") == 0 || strcmp(o, "g2") == 0 ||
+                        strcmp(o, "s") == 0 || strcmp(o, "g5") == 0);
+            assert_true((strcmp(o, "w") == 0) == (cp->outbox[k]->n_transfers > 0));
+        }
+        nob += cp->n_outbox;
+        assert_int_equal(ts_zone_load_checkpoint(dst, cp, diff, 3), TS_OK);
+        tessera__v1__checkpoint__free_unpacked(cp, NULL);
+    }
+    return nob;
+}
+
+/* A new owner that loads a checkpoint (in parts, outbox entries cut across
+ * them) publishes every pending forward under the origin it came with, not
+ * the worker's, and cuts every entry into the same messages. */
+static void test_outbox_origins_through_checkpoint_parts(void **state)
+{
+    (void)state;
+    ts_zone_t *z = origin_zone(16 * 1024);
+    uint8_t **bufs;
+    size_t *lens, nparts;
+    assert_int_equal(ts_zone_pack_checkpoint_parts(z, 3, "w1", false, 5, &bufs, &lens, &nparts), TS_OK);
+    assert_true(nparts > 2);
+    ts_zone_t *b = zone_at(0, 0);
+    ts_zone_set_max_payload(b, 16 * 1024);
+    size_t nob = load_origin_parts(b, bufs, lens, nparts, false);
+    assert_true(nob > z->nout); /* entries continued across parts, and joined again */
+    ts_zone_free_parts(bufs, lens, nparts);
+    assert_int_equal(b->last_applied_seq, 501);
+    assert_same_outbox(z, b);
+    /* gateway 1's two entries stay two, each behind what was before it */
+    assert_int_equal(b->out[1].inputs[0].seq, 10);
+    assert_int_equal(b->out[4].inputs[0].seq, 13);
+    ts_zone_destroy(z);
+    ts_zone_destroy(b);
+}
+
+/* The same through a handover: the PreCopy, then a Diff whose outbox is
+ * the source's as of the freeze (one more entry, gateway 5's), both in
+ * parts. A Diff or checkpoint written before Outbox.origin ("") loads its
+ * forwards as the worker's, as before. */
+static void test_outbox_origins_through_diff(void **state)
+{
+    (void)state;
+    ts_zone_t *src = origin_zone(16 * 1024);
+    ts_zone_mark_precopy(src);
+    uint8_t **bufs;
+    size_t *lens, nparts;
+    assert_int_equal(ts_zone_pack_checkpoint_parts(src, 3, "w1", false, 0, &bufs, &lens, &nparts), TS_OK);
+    ts_zone_t *dst = zone_at(0, 0);
+    ts_zone_set_max_payload(dst, 16 * 1024);
+    load_origin_parts(dst, bufs, lens, nparts, false);
+    ts_zone_free_parts(bufs, lens, nparts);
+
+    /* after the PreCopy: gateway 5 sends for a departed entity */
+    src->cur_stream_seq = 502;
+    src->cur_origin = 5;
+    for (uint64_t id = 1; id <= ORIGIN_CROWD; id++) {
+        ts_input_t c = {.entity = id, .seq = 20, .kind = TS_INPUT_COMMAND, .type = 7};
+        c.payload_len = TS_GAME_PAYLOAD_MAX;
+        ts_zone_apply_input(src, &c, 3);
+    }
+    src->cur_origin = TS_ORIGIN_WORKER;
+    src->last_applied_seq = 502;
+    assert_int_equal(src->nout, 6);
+    assert_int_equal(src->out[5].origin, 5);
+    assert_int_equal(ts_zone_pack_checkpoint_parts(src, 4, "w1", true, 0, &bufs, &lens, &nparts), TS_OK);
+    assert_true(nparts > 1);
+    load_origin_parts(dst, bufs, lens, nparts, true);
+    ts_zone_free_parts(bufs, lens, nparts);
+    assert_int_equal(dst->last_applied_seq, 502);
+    assert_same_outbox(src, dst);
+
+    /* an older writer's Diff: no origin on any Outbox */
+    uint8_t *buf;
+    size_t len;
+    assert_int_equal(ts_zone_pack_checkpoint(src, 4, "w1", true, &buf, &len), TS_OK);
+    Tessera__V1__Checkpoint *cp = tessera__v1__checkpoint__unpack(NULL, len, buf);
+    free(buf);
+    assert_non_null(cp);
+    assert_int_equal(cp->n_outbox, 6);
+    char *kept[6];
+    for (size_t i = 0; i < cp->n_outbox; i++) {
+        kept[i] = cp->outbox[i]->origin;
+        cp->outbox[i]->origin = (char *)"";
+    }
+    ts_zone_t *old = zone_at(0, 0);
+    assert_int_equal(ts_zone_load_checkpoint(old, cp, true, 4), TS_OK);
+    for (size_t i = 0; i < cp->n_outbox; i++)
+        cp->outbox[i]->origin = kept[i];
+    tessera__v1__checkpoint__free_unpacked(cp, NULL);
+    assert_int_equal(old->nout, 2); /* the transfers; the forwards side by side, joined */
+    assert_int_equal(old->out[0].origin, TS_ORIGIN_WORKER);
+    assert_int_equal(old->out[0].ntransfers, ORIGIN_CROWD);
+    assert_int_equal(old->out[1].origin, TS_ORIGIN_WORKER);
+    assert_int_equal(old->out[1].ninputs, 5 * ORIGIN_CROWD);
+    ts_zone_destroy(old);
+    ts_zone_destroy(src);
+    ts_zone_destroy(dst);
+}
+
 /* A keyframe whose announcements and events alone fill a message: they
  * spread over the parts, and every part fits. */
 static void test_delta_parts_cut_by_bytes(void **state)
@@ -1510,6 +1707,8 @@ int main(void)
         cmocka_unit_test(test_entity_wire_encoding),
         cmocka_unit_test(test_big_cell_checkpoint_and_handover_in_parts),
         cmocka_unit_test(test_crowded_outbox_fits_max_payload),
+        cmocka_unit_test(test_outbox_origins_through_checkpoint_parts),
+        cmocka_unit_test(test_outbox_origins_through_diff),
         cmocka_unit_test(test_delta_parts_cut_by_bytes),
         cmocka_unit_test(test_grid_query_matches_brute_force),
         cmocka_unit_test(test_ghost_band_out_and_in),
