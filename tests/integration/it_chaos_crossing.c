@@ -8,8 +8,8 @@
  *    on the same port; about 20 s into this the entity crosses from w1's
  *    cell (-1, 0) into w2's cell (0, 0), or into w1's own cell (-2, 0); 30 s
  *    after the kill JetStream comes back with an empty store.
- *  - test_crossing_in_bus_outage: nothing listens for 8 s (longer than a
- *    worker waits for a gateway's sign of life, so both workers take the
+ *  - test_crossing_in_bus_outage: nothing listens for 5 s (longer than a
+ *    worker waits for a gateway's sign of life, 3 s, so both workers take the
  *    gateway for gone meanwhile); the entity crosses into w2's cell early in
  *    it; a nats-server with an empty JetStream comes back.
  *  - test_entity_kept_in_long_bus_outage: nothing listens for longer than
@@ -553,10 +553,10 @@ static void crossing_in_bus_outage(int outage_ms, const char *extra_arg, double 
 static void test_crossing_in_bus_outage(void **state)
 {
     (void)state;
-    crossing_in_bus_outage(8000, NULL, -8);
+    crossing_in_bus_outage(5000, NULL, -8);
 }
 
-/* Nothing listens for longer than gateway.resume_s (10 s here) while the
+/* Nothing listens for longer than gateway.resume_s (4 s here) while the
  * player's entity walks inside its cell: the player is connected all along,
  * so its entity is kept and its inputs are applied once the bus is back
  * (the worker does not count the time its own connection is down as the
@@ -565,7 +565,7 @@ static void test_crossing_in_bus_outage(void **state)
 static void test_entity_kept_in_long_bus_outage(void **state)
 {
     (void)state;
-    crossing_in_bus_outage(14000, "--gateway.resume_s=10", -50);
+    crossing_in_bus_outage(7000, "--gateway.resume_s=4", -50);
 }
 
 static int test_teardown(void **state)
