@@ -753,6 +753,25 @@ void ts_h_stop(ts_h_t *h)
  * listens on it. A port someone else listens on is never used: when the
  * server cannot bind (it exits) or another process answers on its port, the
  * attempt is reported and retried on another port, three times at most. */
+static int64_t nats_max_payload; /* ts_h_set_nats_max_payload */
+
+void ts_h_set_nats_max_payload(int64_t bytes)
+{
+    nats_max_payload = bytes > 0 ? bytes : 0;
+}
+
+/* A config file with the limits of ts_h_set_nats_max_payload into path;
+ * false if there are none (or it could not be written). */
+static bool write_nats_limits(ts_h_t *h, char *path, size_t cap)
+{
+    if (nats_max_payload <= 0 || h->secure) return false;
+    snprintf(path, cap, "%s/nats-limits.conf", h->dir);
+    FILE *f = fopen(path, "w");
+    if (f == NULL) return false;
+    fprintf(f, "max_payload: %lld\n", (long long)nats_max_payload);
+    return fclose(f) == 0;
+}
+
 static bool start_server(ts_h_t *h, int slot, const char *name, int *port_out)
 {
     for (int attempt = 0; attempt < 3; attempt++) {
@@ -766,6 +785,7 @@ static bool start_server(ts_h_t *h, int slot, const char *name, int *port_out)
             snprintf(dirbuf, sizeof dirbuf, "%s/js", h->dir);
             char conf[340];
             snprintf(conf, sizeof conf, "%s/nats.conf", h->secrets);
+            bool limits = write_nats_limits(h, conf, sizeof conf);
             char *argv[] = {(char *)"nats-server",
                             (char *)"-js",
                             (char *)"-a",
@@ -774,7 +794,7 @@ static bool start_server(ts_h_t *h, int slot, const char *name, int *port_out)
                             portbuf,
                             (char *)"-sd",
                             dirbuf,
-                            h->secure ? (char *)"-c" : NULL,
+                            h->secure || limits ? (char *)"-c" : NULL,
                             conf,
                             NULL};
             const char *bin =

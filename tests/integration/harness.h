@@ -102,6 +102,10 @@ bool ts_h_wait_port(int port, int64_t timeout_ms);
  * process holds is refused and another one tried, three times). Fails the
  * cmocka test (fail_msg) on error. */
 void ts_h_start(ts_h_t *h);
+/* nats-server's max_payload (bytes) for the single server of every later
+ * ts_h_start (0, the default: nats-server's own, 1 MB); through a config
+ * file in the harness's directory. Not for secured servers or clusters. */
+void ts_h_set_nats_max_payload(int64_t bytes);
 /* ts_h_start with both servers secured by scripts/gen-secrets.sh (into
  * h->secrets): nats-server with per-service users and subject permissions,
  * redis-server with per-service ACL users and the default user off.

@@ -16,7 +16,12 @@
  *    exactly one more epoch step, which again reports all 20,000 entities
  *    and goes on applying inputs;
  *  - nothing is lost: the sim saw every one of its 20,000 players in the
- *    cell's state and ends with applied == acked == sent. */
+ *    cell's state and ends with applied == acked == sent.
+ *
+ * Built a second time as it_bigcell_64k (tests/CMakeLists.txt): 3,000
+ * players against a nats-server with max_payload 64 KB, which the workers
+ * read when they connect and cut every message to, checkpoint parts and
+ * handover snapshots included (each checkpoint message is checked to fit). */
 #include <inttypes.h>
 #include <pthread.h>
 #include <setjmp.h>
@@ -38,8 +43,20 @@
 #include "tessera/util.h"
 
 #define WORLD 0
-#define PLAYERS 20000
-#define PLAYERS_ARG "--sim.players=20000"
+#ifndef BIGCELL_PLAYERS
+#define BIGCELL_PLAYERS 20000
+#endif
+/* nats-server's max_payload: 0 for its default (1 MB) */
+#ifndef BIGCELL_MAX_PAYLOAD
+#define BIGCELL_MAX_PAYLOAD 0
+#endif
+#ifndef BIGCELL_NAME
+#define BIGCELL_NAME "it_bigcell"
+#endif
+#define STR_(x) #x
+#define STR(x) STR_(x)
+#define PLAYERS BIGCELL_PLAYERS
+#define PLAYERS_ARG "--sim.players=" STR(BIGCELL_PLAYERS)
 #define WAIT_MS 60000
 #define CKPT_WAIT_MS 15000 /* checkpoints are written every second */
 #define CTL_WAIT_MS 40000
@@ -67,7 +84,7 @@ static ts_bus_sub_t *ckpt_subs[2];
 
 static struct {
     pthread_mutex_t mu;
-    uint64_t msgs, bytes, malformed;
+    uint64_t msgs, bytes, malformed, largest;
     /* the chunked checkpoint being put together */
     uint64_t epoch, tick, seq;
     uint32_t parts;
@@ -92,6 +109,7 @@ static void on_checkpoint(void *ud, const ts_bus_msg_t *m)
     pthread_mutex_lock(&CK.mu);
     CK.msgs++;
     CK.bytes += ts_bus_msg_len(m);
+    if (ts_bus_msg_len(m) > CK.largest) CK.largest = ts_bus_msg_len(m);
     if (c == NULL || c->cell == NULL || ts_proto_cell_get(c->cell, &cell) != TS_OK ||
         !ts_cell_eq(&cell, &CELL) || c->parts > MAX_PARTS || (c->parts > 1 && c->part >= c->parts)) {
         CK.malformed++;
@@ -122,14 +140,16 @@ static void on_checkpoint(void *ud, const ts_bus_msg_t *m)
 
 static void cluster_start(void)
 {
+    ts_h_set_nats_max_payload(BIGCELL_MAX_PAYLOAD);
     ts_h_start(&ts_h);
     pthread_mutex_lock(&CK.mu);
-    CK.msgs = CK.bytes = CK.malformed = CK.epoch = CK.tick = CK.seq = CK.seen = CK.entities = 0;
+    CK.msgs = CK.bytes = CK.malformed = CK.largest = CK.epoch = CK.tick = CK.seq = CK.seen = CK.entities = 0;
     CK.parts = 0;
     memset(CK.last_entities, 0, sizeof CK.last_entities);
     memset(CK.last_us, 0, sizeof CK.last_us);
     pthread_mutex_unlock(&CK.mu);
-    assert_int_equal(ts_bus_connect(&bus, ts_h.nats_url, "it_bigcell"), TS_OK);
+    assert_int_equal(ts_bus_connect(&bus, ts_h.nats_url, BIGCELL_NAME), TS_OK);
+    if (BIGCELL_MAX_PAYLOAD) assert_int_equal(ts_bus_max_payload(bus), BIGCELL_MAX_PAYLOAD);
     assert_int_equal(ts_probe_create(&probe, bus), TS_OK);
     char subject[TS_SUBJECT_MAX + 8];
     ts_subject_cell(subject, TS_SUBJECT_MAX, &CELL, TS_SUBJ_CHECKPOINT);
@@ -210,13 +230,19 @@ static void wait_checkpointed(uint64_t epoch, uint64_t since_us, const char *wha
     for (;;) {
         pthread_mutex_lock(&CK.mu);
         uint64_t entities = CK.last_entities[epoch], at = CK.last_us[epoch];
-        uint64_t msgs = CK.msgs, bytes = CK.bytes, malformed = CK.malformed;
+        uint64_t msgs = CK.msgs, bytes = CK.bytes, malformed = CK.malformed, largest = CK.largest;
         pthread_mutex_unlock(&CK.mu);
         if (at > since_us) {
             fprintf(stderr,
                     "%s: a whole checkpoint of %" PRIu64 " entities at epoch %" PRIu64 " (%" PRIu64
-                    " messages, %" PRIu64 " bytes on the checkpoint subjects so far)\n",
-                    what, entities, epoch, msgs, bytes);
+                    " messages, %" PRIu64 " bytes on the checkpoint subjects so far, the largest %" PRIu64
+                    ")\n",
+                    what, entities, epoch, msgs, bytes, largest);
+            if (BIGCELL_MAX_PAYLOAD && largest > BIGCELL_MAX_PAYLOAD) {
+                ts_h.failed = true;
+                fail_msg("%s: a checkpoint message of %" PRIu64 " bytes, larger than max_payload %d", what,
+                         largest, BIGCELL_MAX_PAYLOAD);
+            }
             if (entities != PLAYERS) {
                 ts_h.failed = true;
                 fail_msg("%s: a checkpoint of the cell holds %" PRIu64 " entities, want %d", what, entities,
@@ -248,6 +274,15 @@ static void test_big_cell_checkpoint_handover_recovery(void **state)
     }
     const char *first = strcmp(e0.owner, "w1") == 0 ? "w1" : "w2";
     const char *second = strcmp(first, "w1") == 0 ? "w2" : "w1";
+    if (BIGCELL_MAX_PAYLOAD) { /* the workers cut their messages to the server's limit */
+        char seen[64];
+        snprintf(seen, sizeof seen, "(max_payload %d)", BIGCELL_MAX_PAYLOAD);
+        for (int i = 0; i < 2; i++)
+            if (!ts_h_wait_log(&ts_h, stack.workers[i], seen, WAIT_MS)) {
+                ts_h.failed = true;
+                fail_msg("worker %d did not say it read \"%s\"", i + 1, seen);
+            }
+    }
 
     const char *sim_args[] = {PLAYERS_ARG, "--sim.rate_hz=1", "--sim.seed=41", NULL};
     uint64_t t_sim = ts_mono_us();
@@ -352,5 +387,5 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_big_cell_checkpoint_handover_recovery, ts_h_test_setup,
                                         test_teardown),
     };
-    return TS_H_RUN("it_bigcell", tests, NULL, NULL);
+    return TS_H_RUN(BIGCELL_NAME, tests, NULL, NULL);
 }
