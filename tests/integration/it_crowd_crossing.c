@@ -8,14 +8,19 @@
  * Departure batch, and their Transfers into (1,0) — about 1.4 MB — do not
  * fit one NATS message; neither does (0,0)'s checkpoint while they are in
  * its outbox. As soon as the first message of them is published into
- * (1,0)'s input stream, w1 is SIGKILLed (usually before its next one).
+ * (1,0)'s input stream, w1 is SIGKILLed (usually before its next one), and
+ * one more Move for every entity is published into (0,0), which the
+ * recovering owner forwards to (1,0).
  *
  * What users rely on, asserted here:
  *  - w2 recovers (0,0) at one more epoch step;
  *  - afterwards every entity exists exactly once: a keyframe of (1,0) lists
  *    each of the 8,000 once, a keyframe of (0,0) lists none;
  *  - every input JetStream acknowledged is applied exactly once: each
- *    entity has applied its 9 inputs and its newest is the last Move;
+ *    entity has applied its 10 inputs and its newest is the late Move;
+ *  - the inputs forwarded after the recovery keep their first publisher's
+ *    origin: they reach (1,0) under `….input.s` (the test publishes as the
+ *    sim), none under the worker's `w`;
  *  - no service logged a publish rejected for its size ("greater than
  *    maximum" from nats.c, or the worker's own "not published");
  *  - and the crowd did need more than one message: its Transfers reached
@@ -47,7 +52,9 @@
  * the window of the newest, 513, has bit 63 of each of its eight words set */
 #define SEQ_STEP 64
 #define LAST_SEQ 513
-#define INPUTS_EACH 9
+/* after the kill: one more Move each, forwarded to the east cell */
+#define LATE_SEQ (LAST_SEQ + SEQ_STEP)
+#define INPUTS_EACH 10
 
 static const ts_cell_t WEST = {.world = WORLD, .cx = 0, .cy = 0};
 static const ts_cell_t EAST = {.world = WORLD, .cx = 1, .cy = 0};
@@ -108,7 +115,7 @@ static void on_state(void *ud, const ts_bus_msg_t *m)
                     c->ids[e->id] = 1;
                     c->distinct++;
                 }
-                if (e->inputs_applied == INPUTS_EACH && e->last_input_seq == LAST_SEQ) c->exact++;
+                if (e->inputs_applied == INPUTS_EACH && e->last_input_seq == LATE_SEQ) c->exact++;
             }
             if (++c->seen == c->parts) {
                 c->kf_epoch = c->epoch;
@@ -125,11 +132,13 @@ static void on_state(void *ud, const ts_bus_msg_t *m)
     tessera__v1__state_delta__free_unpacked(d, NULL);
 }
 
-/* ---- the east cell's input: messages that carry transfers --------------------- */
+/* ---- the east cell's input: messages that carry transfers, and forwarded
+ * inputs by the origin token of their subject ---------------------------------- */
 
 static struct {
     pthread_mutex_t mu;
     uint64_t msgs, transfers, max_len;
+    uint64_t fwd_sim, fwd_other; /* inputs under ….input.s, under any other token */
 } IN = {.mu = PTHREAD_MUTEX_INITIALIZER};
 
 static void on_east_input(void *ud, const ts_bus_msg_t *m)
@@ -144,6 +153,12 @@ static void on_east_input(void *ud, const ts_bus_msg_t *m)
         IN.transfers += b->n_transfers;
         if (ts_bus_msg_len(m) > IN.max_len) IN.max_len = ts_bus_msg_len(m);
     }
+    ts_origin_t origin;
+    if (b->n_inputs > 0 && ts_subject_input_origin(ts_bus_msg_subject(m), &origin) == TS_OK &&
+        origin == TS_ORIGIN_SIM)
+        IN.fwd_sim += b->n_inputs;
+    else
+        IN.fwd_other += b->n_inputs;
     pthread_mutex_unlock(&IN.mu);
     tessera__v1__input_batch__free_unpacked(b, NULL);
 }
@@ -249,7 +264,7 @@ static void cluster_start(void)
     strcat(in_subj, ".>"); /* an input subject with its publisher's token */
     assert_int_equal(ts_bus_subscribe(bus, in_subj, on_east_input, NULL, &input_subs[1]), TS_OK);
     pthread_mutex_lock(&IN.mu);
-    IN.msgs = IN.transfers = IN.max_len = 0;
+    IN.msgs = IN.transfers = IN.max_len = IN.fwd_sim = IN.fwd_other = 0;
     pthread_mutex_unlock(&IN.mu);
     assert_int_equal(ts_registry_connect(&reg, ts_h.redis_url), TS_OK);
     const char *orch[] = {"--orch.rebalance=0",
@@ -350,6 +365,9 @@ static void test_crowd_crosses_in_one_tick_and_owner_killed(void **state)
     fprintf(stderr,
             "w1 killed %.0f ms after the last Moves were stored, %" PRIu64 " Transfer messages seen\n",
             (double)(t_kill - t_last) / 1000, msgs_at_kill);
+    /* a Move each for the crowd that left: whoever owns the west cell now
+     * forwards it, under the origin it came with */
+    publish_all(LATE_SEQ, 50);
 
     /* w2 recovers the west cell at one more epoch step */
     ts_cell_entry_t w1;
@@ -405,6 +423,21 @@ static void test_crowd_crosses_in_one_tick_and_owner_killed(void **state)
         fail_msg("the crowd's %d transfers reached the east cell in %" PRIu64 " messages (largest %" PRIu64
                  " bytes), want 2 or more of at most 1 MB",
                  CROWD, msgs, max_len);
+    }
+
+    /* the forwarded Moves went to the east cell under the sim's origin only
+     * (the core subscription sees a publish JetStream de-duplicated too) */
+    pthread_mutex_lock(&IN.mu);
+    uint64_t fwd_sim = IN.fwd_sim, fwd_other = IN.fwd_other;
+    pthread_mutex_unlock(&IN.mu);
+    fprintf(stderr,
+            "forwarded into the east cell: %" PRIu64 " inputs under .input.s, %" PRIu64 " under others\n",
+            fwd_sim, fwd_other);
+    if (fwd_sim < CROWD || fwd_other != 0) {
+        ts_h.failed = true;
+        fail_msg("the crowd's late Moves reached the east cell %" PRIu64
+                 " times under the sim's origin and %" PRIu64 " under another, want %d or more and 0",
+                 fwd_sim, fwd_other, CROWD);
     }
 
     /* no message was too large for NATS anywhere */
