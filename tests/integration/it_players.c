@@ -619,16 +619,41 @@ static void test_idle_sockets_do_not_lock_players_out(void **state)
     assert_non_null(fds);
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)player_port(gw2_port))};
     inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
+    /* all connects at once (non-blocking), then each one must complete: a
+     * connect the gateway's accept queue drops for a moment waits out its
+     * SYN retry alongside the others, not one after another */
     int n = 0;
     for (; n < N; n++) {
-        fds[n] = socket(AF_INET, SOCK_STREAM, 0);
+        fds[n] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
         if (fds[n] < 0) break;
-        if (connect(fds[n], (struct sockaddr *)&a, sizeof a) != 0) {
+        if (connect(fds[n], (struct sockaddr *)&a, sizeof a) != 0 && errno != EINPROGRESS) {
             close(fds[n]);
             break;
         }
     }
     assert_int_equal(n, N);
+    struct pollfd *pfds = calloc(N, sizeof *pfds);
+    assert_non_null(pfds);
+    for (int i = 0; i < N; i++)
+        pfds[i] = (struct pollfd){.fd = fds[i], .events = POLLOUT};
+    int connected = 0, failed = 0;
+    uint64_t deadline = ts_mono_us() + 60000000ULL;
+    while (connected + failed < N && ts_mono_us() < deadline) {
+        if (poll(pfds, N, 1000) <= 0) continue;
+        for (int i = 0; i < N; i++) {
+            if (pfds[i].fd < 0 || pfds[i].revents == 0) continue;
+            int err = 0;
+            socklen_t len = sizeof err;
+            if (getsockopt(pfds[i].fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err == 0)
+                connected++;
+            else
+                failed++;
+            pfds[i].fd = -1;
+        }
+    }
+    free(pfds);
+    assert_int_equal(failed, 0);
+    assert_int_equal(connected, N);
     /* gw2 runs with gateway.max_clients=10000: the idle sockets fill that
      * many slots if they counted, but only joined players count */
     cl_t p;
