@@ -3,11 +3,12 @@
  * tessera-orch, workers w1 and w2 (w1 owns x < 0, w2 x >= 0) and a gateway.
  * The player's entity keeps walking at 3 units a second (its last Move) while
  * the player sends nothing.
- *  - test_crossing_to_other_worker, test_crossing_within_worker: nats-server
- *    is killed, its store wiped and a nats-server without JetStream started
- *    on the same port; about 20 s into this the entity crosses from w1's
- *    cell (-1, 0) into w2's cell (0, 0), or into w1's own cell (-2, 0); 30 s
- *    after the kill JetStream comes back with an empty store.
+ *  - test_crossings_to_other_and_within_worker: two players in w1's cell
+ *    (-1, 0); nats-server is killed, its store wiped and a nats-server
+ *    without JetStream started on the same port; about 20 s into this one
+ *    entity crosses into w2's cell (0, 0), the other into w1's own cell
+ *    (-2, 0) (one outage for both crossings, each player checked on its
+ *    own); 30 s after the kill JetStream comes back with an empty store.
  *  - test_crossing_in_bus_outage: nothing listens for 5 s (longer than a
  *    worker waits for a gateway's sign of life, 3 s, so both workers take the
  *    gateway for gone meanwhile); the entity crosses into w2's cell early in
@@ -64,11 +65,12 @@
 #define SPEED 3.0
 #define JOIN_Y 50.0
 
-static double speed_x; /* the player's Move: (speed_x, 0) */
 static ts_h_stack_t stack = {-1, {-1, -1}, -1, 0};
 static pid_t nats2 = -1; /* the nats-server this test started itself */
 
-static struct {
+/* A player on its own thread; the crossings without a store have two. */
+typedef struct {
+    double vx; /* its Move: (vx, 0) */
     ts_client_t *c;
     pthread_t thread;
     bool running;
@@ -86,7 +88,11 @@ static struct {
     uint64_t entity_lost; /* Deltas removing the player's own entity */
     uint64_t lost_us;     /* monotonic: the first of them */
     double lost_x;        /* the entity's last known x then */
-} PL = {.mu = PTHREAD_MUTEX_INITIALIZER, .send_limit = UINT64_MAX};
+} player_t;
+
+#define NPLAYERS 2
+static player_t PLS[NPLAYERS] = {{.mu = PTHREAD_MUTEX_INITIALIZER, .send_limit = UINT64_MAX},
+                                 {.mu = PTHREAD_MUTEX_INITIALIZER, .send_limit = UINT64_MAX}};
 
 typedef struct {
     uint64_t sent, last_seq, applied, last_input_seq, not_stored;
@@ -96,141 +102,142 @@ typedef struct {
     double x;
 } view_t;
 
-static view_t view(void)
+static view_t view(player_t *pl)
 {
-    pthread_mutex_lock(&PL.mu);
-    view_t v = {PL.sent,         PL.last_seq, PL.applied, PL.last_input_seq, PL.not_stored, PL.errors,
-                PL.other_errors, PL.closed,   PL.entity,  PL.entity_lost,    PL.x};
-    pthread_mutex_unlock(&PL.mu);
+    pthread_mutex_lock(&pl->mu);
+    view_t v = {pl->sent,         pl->last_seq, pl->applied, pl->last_input_seq, pl->not_stored, pl->errors,
+                pl->other_errors, pl->closed,   pl->entity,  pl->entity_lost,    pl->x};
+    pthread_mutex_unlock(&pl->mu);
     return v;
 }
 
-static void note_frame(const Tessera__V1__ServerFrame *f)
+static void note_frame(player_t *pl, const Tessera__V1__ServerFrame *f)
 {
-    pthread_mutex_lock(&PL.mu);
+    pthread_mutex_lock(&pl->mu);
     if (f->payload_case == TESSERA__V1__SERVER_FRAME__PAYLOAD_SNAPSHOT) {
-        PL.entity = f->snapshot->entity;
+        pl->entity = f->snapshot->entity;
     } else if (f->payload_case == TESSERA__V1__SERVER_FRAME__PAYLOAD_DELTA) {
         for (size_t i = 0; i < f->delta->n_entities; i++) {
             const Tessera__V1__EntityState *e = f->delta->entities[i];
-            if (PL.entity == 0 || e->id != PL.entity) continue;
-            PL.applied = e->inputs_applied;
-            PL.last_input_seq = e->last_input_seq;
-            PL.x = e->x;
+            if (pl->entity == 0 || e->id != pl->entity) continue;
+            pl->applied = e->inputs_applied;
+            pl->last_input_seq = e->last_input_seq;
+            pl->x = e->x;
         }
         for (size_t i = 0; i < f->delta->n_removed; i++)
-            if (PL.entity != 0 && f->delta->removed[i] == PL.entity && PL.entity_lost++ == 0) {
-                PL.lost_us = ts_mono_us();
-                PL.lost_x = PL.x;
+            if (pl->entity != 0 && f->delta->removed[i] == pl->entity && pl->entity_lost++ == 0) {
+                pl->lost_us = ts_mono_us();
+                pl->lost_x = pl->x;
             }
     } else if (f->payload_case == TESSERA__V1__SERVER_FRAME__PAYLOAD_ERROR) {
-        PL.errors++;
+        pl->errors++;
         const Tessera__V1__Error *e = f->error;
         if (e->code == TESSERA__V1__ERROR_CODE__ERROR_INPUT_NOT_STORED && e->last_seq >= e->first_seq &&
             e->first_seq > 0)
-            PL.not_stored += e->last_seq - e->first_seq + 1;
+            pl->not_stored += e->last_seq - e->first_seq + 1;
         else
-            PL.other_errors++;
-        snprintf(PL.last_error, sizeof PL.last_error, "code %d: %s", e->code, e->message);
+            pl->other_errors++;
+        snprintf(pl->last_error, sizeof pl->last_error, "code %d: %s", e->code, e->message);
     }
-    pthread_mutex_unlock(&PL.mu);
+    pthread_mutex_unlock(&pl->mu);
 }
 
 static void *player_main(void *arg)
 {
-    (void)arg;
+    player_t *pl = arg;
     uint64_t next_move = ts_mono_us();
-    while (!atomic_load(&PL.stop)) {
+    while (!atomic_load(&pl->stop)) {
         uint64_t now = ts_mono_us();
-        pthread_mutex_lock(&PL.mu);
-        bool room = PL.sent < PL.send_limit;
-        pthread_mutex_unlock(&PL.mu);
-        if (room && !atomic_load(&PL.stop_sending) && now >= next_move) {
-            ts_status_t st = ts_client_move(PL.c, speed_x, 0);
-            pthread_mutex_lock(&PL.mu);
+        pthread_mutex_lock(&pl->mu);
+        bool room = pl->sent < pl->send_limit;
+        pthread_mutex_unlock(&pl->mu);
+        if (room && !atomic_load(&pl->stop_sending) && now >= next_move) {
+            ts_status_t st = ts_client_move(pl->c, pl->vx, 0);
+            pthread_mutex_lock(&pl->mu);
             if (st != TS_OK) {
-                PL.closed = true;
-                PL.close_status = st;
+                pl->closed = true;
+                pl->close_status = st;
             } else {
-                PL.sent++;
-                PL.last_seq = ts_client_last_seq(PL.c);
+                pl->sent++;
+                pl->last_seq = ts_client_last_seq(pl->c);
             }
-            pthread_mutex_unlock(&PL.mu);
+            pthread_mutex_unlock(&pl->mu);
             if (st != TS_OK) break;
             next_move = now + MOVE_MS * 1000;
         }
         Tessera__V1__ServerFrame *f = NULL;
-        ts_status_t st = ts_client_recv(PL.c, 20, &f);
+        ts_status_t st = ts_client_recv(pl->c, 20, &f);
         if (st == TS_ERR_TIMEOUT) continue;
         if (st != TS_OK) {
-            pthread_mutex_lock(&PL.mu);
-            PL.closed = true;
-            PL.close_status = st;
-            pthread_mutex_unlock(&PL.mu);
+            pthread_mutex_lock(&pl->mu);
+            pl->closed = true;
+            pl->close_status = st;
+            pthread_mutex_unlock(&pl->mu);
             break;
         }
-        note_frame(f);
+        note_frame(pl, f);
         tessera__v1__server_frame__free_unpacked(f, NULL);
     }
     return NULL;
 }
 
-static void player_start(double x, double y)
+static void player_start(player_t *pl, double vx, double x, double y)
 {
-    pthread_mutex_lock(&PL.mu);
-    PL.entity = PL.sent = PL.last_seq = PL.applied = PL.last_input_seq = PL.not_stored = 0;
-    PL.entity_lost = PL.lost_us = 0;
-    PL.closed = false;
-    PL.send_limit = UINT64_MAX;
-    PL.errors = PL.other_errors = 0;
-    PL.last_error[0] = '\0';
-    pthread_mutex_unlock(&PL.mu);
-    assert_int_equal(ts_client_connect(&PL.c, "127.0.0.1", stack.gw_port, 3000), TS_OK);
+    pthread_mutex_lock(&pl->mu);
+    pl->vx = vx;
+    pl->entity = pl->sent = pl->last_seq = pl->applied = pl->last_input_seq = pl->not_stored = 0;
+    pl->entity_lost = pl->lost_us = 0;
+    pl->closed = false;
+    pl->send_limit = UINT64_MAX;
+    pl->errors = pl->other_errors = 0;
+    pl->last_error[0] = '\0';
+    pthread_mutex_unlock(&pl->mu);
+    assert_int_equal(ts_client_connect(&pl->c, "127.0.0.1", stack.gw_port, 3000), TS_OK);
     uint64_t deadline = ts_mono_us() + 10000000;
     int errors = -1;
-    while (PL.entity == 0 && ts_mono_us() < deadline) {
-        if (errors != PL.errors) {
+    while (pl->entity == 0 && ts_mono_us() < deadline) {
+        if (errors != pl->errors) {
             if (errors >= 0) ts_sleep_ms(200);
-            errors = PL.errors;
-            assert_int_equal(ts_client_join(PL.c, x, y, "it-chaos-crossing"), TS_OK);
+            errors = pl->errors;
+            assert_int_equal(ts_client_join(pl->c, x, y, "it-chaos-crossing"), TS_OK);
         }
         Tessera__V1__ServerFrame *f = NULL;
-        ts_status_t st = ts_client_recv(PL.c, 200, &f);
+        ts_status_t st = ts_client_recv(pl->c, 200, &f);
         if (st == TS_ERR_TIMEOUT) continue;
         assert_int_equal(st, TS_OK);
-        note_frame(f);
+        note_frame(pl, f);
         tessera__v1__server_frame__free_unpacked(f, NULL);
     }
-    if (PL.entity == 0) fail_msg("no Snapshot within 10 s after joining; last error: %s", PL.last_error);
-    PL.errors = PL.other_errors = 0;
-    PL.not_stored = 0;
-    PL.sent = 1;
-    PL.last_seq = ts_client_last_seq(PL.c);
-    atomic_store(&PL.stop, false);
-    atomic_store(&PL.stop_sending, false);
-    assert_int_equal(pthread_create(&PL.thread, NULL, player_main, NULL), 0);
-    PL.running = true;
+    if (pl->entity == 0) fail_msg("no Snapshot within 10 s after joining; last error: %s", pl->last_error);
+    pl->errors = pl->other_errors = 0;
+    pl->not_stored = 0;
+    pl->sent = 1;
+    pl->last_seq = ts_client_last_seq(pl->c);
+    atomic_store(&pl->stop, false);
+    atomic_store(&pl->stop_sending, false);
+    assert_int_equal(pthread_create(&pl->thread, NULL, player_main, pl), 0);
+    pl->running = true;
 }
 
-static void player_stop(void)
+static void player_stop(player_t *pl)
 {
-    if (PL.running) {
-        atomic_store(&PL.stop, true);
-        pthread_join(PL.thread, NULL);
-        PL.running = false;
+    if (pl->running) {
+        atomic_store(&pl->stop, true);
+        pthread_join(pl->thread, NULL);
+        pl->running = false;
     }
-    ts_client_destroy(PL.c);
-    PL.c = NULL;
+    ts_client_destroy(pl->c);
+    pl->c = NULL;
 }
 
 /* Stops sending and waits until the last input sent shows in the entity;
  * false after timeout_ms. */
-static bool settle(int64_t timeout_ms)
+static bool settle(player_t *pl, int64_t timeout_ms)
 {
-    atomic_store(&PL.stop_sending, true);
+    atomic_store(&pl->stop_sending, true);
     uint64_t deadline = ts_mono_us() + (uint64_t)timeout_ms * 1000;
     for (;;) {
-        view_t v = view();
+        view_t v = view(pl);
         if (v.last_input_seq >= v.last_seq) return true;
         if (ts_mono_us() > deadline || v.closed) return false;
         ts_sleep_ms(20);
@@ -274,14 +281,14 @@ static void nats_restart(bool jetstream, const char *store)
 }
 
 /* Fails if a worker despawned the player's entity. */
-static void assert_entity_kept(const char *when)
+static void assert_entity_kept(player_t *pl, const char *when)
 {
-    view_t v = view();
+    view_t v = view(pl);
     if (v.entity_lost != 0) {
-        pthread_mutex_lock(&PL.mu);
-        uint64_t lost_us = PL.lost_us;
-        double lost_x = PL.lost_x;
-        pthread_mutex_unlock(&PL.mu);
+        pthread_mutex_lock(&pl->mu);
+        uint64_t lost_us = pl->lost_us;
+        double lost_x = pl->lost_x;
+        pthread_mutex_unlock(&pl->mu);
         fail_msg("%s: the player's entity %" PRIu64 " was removed from its view (%" PRIu64
                  " times; first %.1f s ago, at x %.1f)",
                  when, v.entity, v.entity_lost, (double)(ts_mono_us() - lost_us) / 1e6, lost_x);
@@ -304,33 +311,43 @@ static void assert_entity_kept(const char *when)
     }
 }
 
-/* The player joins at (join_x, JOIN_Y) in cell (-1, 0) of w1 and walks at
- * vx along x: it crosses x = border while JetStream is away. */
-static void crossing_without_store(double join_x, double vx, double border)
+/* Two players join at (join_x[i], JOIN_Y) in cell (-1, 0) of w1, each
+ * walking at vx[i] along x: each crosses x = border[i] while JetStream is
+ * away. Both go through the same outage; everything is asserted for each. */
+static void crossing_without_store(const double join_x[NPLAYERS], const double vx[NPLAYERS],
+                                   const double border[NPLAYERS])
 {
-    speed_x = vx;
     ts_h_start_secure(&ts_h);
     const char *orch[] = {"--orch.rebalance=0", HB_TTL_ARG, NULL};
     const char *worker[] = {"--worker.hb_ms=250", HB_TTL_ARG, NULL};
-    /* the player sends nothing while its inputs wait for their outcome (the
-     * bus's tries, up to about a minute): its connection stays open */
+    /* the players send nothing while their inputs wait for their outcome
+     * (the bus's tries, up to about a minute): their connections stay open */
     const char *gateway[] = {"--gateway.idle_timeout_s=300", NULL};
     ts_h_spawn_stack(&ts_h, orch, worker, gateway, &stack);
     if (!ts_h_wait_world(&ts_h, WORLD, NCELLS, WAIT_MS) || !ts_h_wait_port(stack.gw_port, WAIT_MS))
         fail_msg("the world or the gateway did not come up");
-    player_start(join_x, JOIN_Y);
+    view_t v0[NPLAYERS], v1[NPLAYERS], v2[NPLAYERS];
+    for (int i = 0; i < NPLAYERS; i++)
+        player_start(&PLS[i], vx[i], join_x[i], JOIN_Y);
     uint64_t deadline = ts_mono_us() + WAIT_MS * 1000ULL;
-    while (view().applied < 5) {
-        if (ts_mono_us() > deadline)
-            fail_msg("the player's inputs are not applied (%" PRIu64 ")", view().applied);
-        ts_sleep_ms(20);
+    for (int i = 0; i < NPLAYERS; i++)
+        while (view(&PLS[i]).applied < 5) {
+            if (ts_mono_us() > deadline)
+                fail_msg("player %d: its inputs are not applied (%" PRIu64 ")", i, view(&PLS[i]).applied);
+            ts_sleep_ms(20);
+        }
+    /* the last input applied: each entity walks at its vx from here on */
+    for (int i = 0; i < NPLAYERS; i++)
+        atomic_store(&PLS[i].stop_sending, true);
+    for (int i = 0; i < NPLAYERS; i++) {
+        player_t *pl = &PLS[i];
+        if (!settle(pl, WAIT_MS)) fail_msg("player %d: its last input was not applied before the kill", i);
+        v0[i] = view(pl);
+        if (fabs(v0[i].x - border[i]) < 3)
+            fail_msg("player %d: the entity is at x %.1f already: too close to the border for the outage to "
+                     "come first",
+                     i, v0[i].x);
     }
-    /* the last input applied: the entity walks at speed_x from here on */
-    if (!settle(WAIT_MS)) fail_msg("the player's last input was not applied before the kill");
-    view_t v0 = view();
-    if (fabs(v0.x - border) < 3)
-        fail_msg("the entity is at x %.1f already: too close to the border for the outage to come first",
-                 v0.x);
 
     /* NATS comes back without JetStream: no input, Departure or Transfer
      * can be stored */
@@ -345,124 +362,164 @@ static void crossing_without_store(double join_x, double vx, double border)
     if (!ts_h_wait_log(&ts_h, stack.gateway, "bus: reconnected", WAIT_MS))
         fail_msg("the gateway did not reconnect to the NATS without JetStream");
     const uint64_t lost = 10;
-    pthread_mutex_lock(&PL.mu);
-    PL.send_limit = v0.sent + lost;
-    pthread_mutex_unlock(&PL.mu);
-    atomic_store(&PL.stop_sending, false);
-    deadline = ts_mono_us() + WAIT_MS * 1000ULL;
-    while (view().sent < v0.sent + lost) {
-        if (ts_mono_us() > deadline || view().closed)
-            fail_msg("the player could not send %" PRIu64 " inputs (closed %d)", lost, view().closed);
-        ts_sleep_ms(2);
+    for (int i = 0; i < NPLAYERS; i++) {
+        player_t *pl = &PLS[i];
+        pthread_mutex_lock(&pl->mu);
+        pl->send_limit = v0[i].sent + lost;
+        pthread_mutex_unlock(&pl->mu);
+        atomic_store(&pl->stop_sending, false);
     }
-    atomic_store(&PL.stop_sending, true);
-    pthread_mutex_lock(&PL.mu);
-    PL.send_limit = UINT64_MAX;
-    pthread_mutex_unlock(&PL.mu);
-    assert_int_equal(view().sent - v0.sent, lost);
+    deadline = ts_mono_us() + WAIT_MS * 1000ULL;
+    for (int i = 0; i < NPLAYERS; i++) {
+        player_t *pl = &PLS[i];
+        while (view(pl).sent < v0[i].sent + lost) {
+            if (ts_mono_us() > deadline || view(pl).closed)
+                fail_msg("player %d could not send %" PRIu64 " inputs (closed %d)", i, lost, view(pl).closed);
+            ts_sleep_ms(2);
+        }
+        atomic_store(&pl->stop_sending, true);
+        pthread_mutex_lock(&pl->mu);
+        pl->send_limit = UINT64_MAX;
+        pthread_mutex_unlock(&pl->mu);
+        assert_int_equal(view(pl).sent - v0[i].sent, lost);
+    }
     uint64_t t_sent = ts_mono_us();
     deadline = t_sent + 120000000ULL;
-    while (view().not_stored < v0.not_stored + lost) {
-        if (ts_mono_us() > deadline || view().closed)
-            fail_msg("%" PRIu64 " inputs sent without a store: %" PRIu64
-                     " reported not stored after 120 s (closed %d, last error %s)",
-                     lost, view().not_stored - v0.not_stored, view().closed, PL.last_error);
-        ts_sleep_ms(50);
+    for (int i = 0; i < NPLAYERS; i++) {
+        player_t *pl = &PLS[i];
+        while (view(pl).not_stored < v0[i].not_stored + lost) {
+            if (ts_mono_us() > deadline || view(pl).closed)
+                fail_msg("player %d: %" PRIu64 " inputs sent without a store: %" PRIu64
+                         " reported not stored after 120 s (closed %d, last error %s)",
+                         i, lost, view(pl).not_stored - v0[i].not_stored, view(pl).closed, pl->last_error);
+            ts_sleep_ms(50);
+        }
     }
-    view_t v1 = view();
-    assert_int_equal(v1.not_stored - v0.not_stored, lost);
-    assert_int_equal(v1.applied, v0.applied);
-    assert_int_equal(v1.other_errors, v0.other_errors);
-    /* the entity has crossed by now (it walks SPEED units a second from
-     * v0.x): at least two more seconds on the other side without a store */
-    uint64_t crossed_us = (uint64_t)(fabs(border - v0.x) / SPEED * 1e6);
+    uint64_t crossed_us = 0;
+    for (int i = 0; i < NPLAYERS; i++) {
+        v1[i] = view(&PLS[i]);
+        assert_int_equal(v1[i].not_stored - v0[i].not_stored, lost);
+        assert_int_equal(v1[i].applied, v0[i].applied);
+        assert_int_equal(v1[i].other_errors, v0[i].other_errors);
+        /* the entity has crossed by now (it walks SPEED units a second from
+         * v0.x) */
+        uint64_t us = (uint64_t)(fabs(border[i] - v0[i].x) / SPEED * 1e6);
+        if (us > crossed_us) crossed_us = us;
+    }
+    /* at least two more seconds on the other side without a store, each */
     while (ts_mono_us() < t_kill + crossed_us + 2000000ULL)
         ts_sleep_ms(50);
-    fprintf(stderr,
-            "entity %" PRIu64 " at x %.1f when nats-server was killed; %" PRIu64
+    for (int i = 0; i < NPLAYERS; i++) {
+        fprintf(
+            stderr,
+            "player %d: entity %" PRIu64 " at x %.1f when nats-server was killed; %" PRIu64
             " inputs reported not stored %.1f s after they were sent; JetStream back %.1f s after the kill\n",
-            v0.entity, v0.x, lost, (double)(v1.last_seq ? ts_mono_us() - t_sent : 0) / 1e6,
+            i, v0[i].entity, v0[i].x, lost, (double)(v1[i].last_seq ? ts_mono_us() - t_sent : 0) / 1e6,
             (double)(ts_mono_us() - t_kill) / 1e6);
-    assert_false(view().closed);
-    assert_entity_kept("without JetStream");
+        assert_false(view(&PLS[i]).closed);
+        assert_entity_kept(&PLS[i], "without JetStream");
+    }
 
-    /* JetStream back, empty: the player's inputs are applied again, by the
-     * cell east of the border */
+    /* JetStream back, empty: the players' inputs are applied again, by the
+     * cells on the far side of their borders */
     nats_restart(true, store);
     uint64_t t_up = ts_mono_us();
-    atomic_store(&PL.stop_sending, false);
+    for (int i = 0; i < NPLAYERS; i++)
+        atomic_store(&PLS[i].stop_sending, false);
     deadline = ts_mono_us() + WAIT_MS * 1000ULL;
-    while (view().applied <= v1.applied) {
-        if (ts_mono_us() > deadline || view().closed)
-            fail_msg("%d s after JetStream came back the player's inputs are not applied (%" PRIu64
-                     " applied, entity at x %.1f, closed %d, last error %s)",
-                     WAIT_MS / 1000, view().applied, view().x, view().closed, PL.last_error);
-        ts_sleep_ms(20);
+    double resumed_s[NPLAYERS] = {0};
+    for (bool all = false; !all;) {
+        all = true;
+        for (int i = 0; i < NPLAYERS; i++) {
+            player_t *pl = &PLS[i];
+            view_t v = view(pl);
+            if (v.applied > v1[i].applied) {
+                if (resumed_s[i] == 0) {
+                    resumed_s[i] = (double)(ts_mono_us() - t_up) / 1e6;
+                    atomic_store(&pl->stop_sending, true);
+                }
+                continue;
+            }
+            all = false;
+            if (ts_mono_us() > deadline || v.closed)
+                fail_msg("player %d: %d s after JetStream came back its inputs are not applied (%" PRIu64
+                         " applied, entity at x %.1f, closed %d, last error %s)",
+                         i, WAIT_MS / 1000, v.applied, v.x, v.closed, pl->last_error);
+        }
+        if (!all) ts_sleep_ms(20);
     }
-    double resumed_s = (double)(ts_mono_us() - t_up) / 1e6;
     /* inputs sent before the streams existed again are stored late (the
      * bus's tries) or reported: wait for every one's outcome */
-    atomic_store(&PL.stop_sending, true);
     deadline = ts_mono_us() + 120000000ULL;
-    for (;;) {
-        view_t v = view();
-        if (v.last_input_seq >= v.last_seq &&
-            v.applied - v1.applied + (v.not_stored - v1.not_stored) >= v.sent - v1.sent)
-            break;
-        if (ts_mono_us() > deadline || v.closed)
-            fail_msg("JetStream back: %" PRIu64 " inputs sent (last seq %" PRIu64 "), %" PRIu64
-                     " applied (last seq %" PRIu64 "), %" PRIu64
-                     " reported not stored after 120 s (closed %d)",
-                     v.sent - v1.sent, v.last_seq, v.applied - v1.applied, v.last_input_seq,
-                     v.not_stored - v1.not_stored, v.closed);
-        ts_sleep_ms(20);
+    for (int i = 0; i < NPLAYERS; i++) {
+        player_t *pl = &PLS[i];
+        atomic_store(&pl->stop_sending, true);
+        for (;;) {
+            view_t v = view(pl);
+            if (v.last_input_seq >= v.last_seq &&
+                v.applied - v1[i].applied + (v.not_stored - v1[i].not_stored) >= v.sent - v1[i].sent)
+                break;
+            if (ts_mono_us() > deadline || v.closed)
+                fail_msg("player %d, JetStream back: %" PRIu64 " inputs sent (last seq %" PRIu64 "), %" PRIu64
+                         " applied (last seq %" PRIu64 "), %" PRIu64
+                         " reported not stored after 120 s (closed %d)",
+                         i, v.sent - v1[i].sent, v.last_seq, v.applied - v1[i].applied, v.last_input_seq,
+                         v.not_stored - v1[i].not_stored, v.closed);
+            ts_sleep_ms(20);
+        }
     }
-    view_t v2 = view();
-    uint64_t sent = v2.sent - v1.sent, applied = v2.applied - v1.applied,
-             reported = v2.not_stored - v1.not_stored;
-    fprintf(stderr,
-            "JetStream back: applying again after %.1f s; %" PRIu64 " inputs sent, %" PRIu64
-            " applied, %" PRIu64 " reported not stored; entity at x %.1f\n",
-            resumed_s, sent, applied, reported, v2.x);
-    if (applied > sent)
-        fail_msg("JetStream back: %" PRIu64 " inputs sent, %" PRIu64 " applied", sent, applied);
-    if ((v0.x < border) != (v2.x >= border))
-        fail_msg("the entity is at x %.1f: it did not cross x = %.0f", v2.x, border);
+    for (int i = 0; i < NPLAYERS; i++) {
+        v2[i] = view(&PLS[i]);
+        uint64_t sent = v2[i].sent - v1[i].sent, applied = v2[i].applied - v1[i].applied,
+                 reported = v2[i].not_stored - v1[i].not_stored;
+        fprintf(stderr,
+                "player %d, JetStream back: applying again after %.1f s; %" PRIu64 " inputs sent, %" PRIu64
+                " applied, %" PRIu64 " reported not stored; entity at x %.1f\n",
+                i, resumed_s[i], sent, applied, reported, v2[i].x);
+        if (applied > sent)
+            fail_msg("player %d, JetStream back: %" PRIu64 " inputs sent, %" PRIu64 " applied", i, sent,
+                     applied);
+        if ((v0[i].x < border[i]) != (v2[i].x >= border[i]))
+            fail_msg("player %d: the entity is at x %.1f: it did not cross x = %.0f", i, v2[i].x, border[i]);
+    }
 
     /* afterwards: exactly once, no error, the same entity */
-    atomic_store(&PL.stop_sending, false);
+    for (int i = 0; i < NPLAYERS; i++)
+        atomic_store(&PLS[i].stop_sending, false);
     deadline = ts_mono_us() + WAIT_MS * 1000ULL;
-    while (view().sent < v2.sent + PHASE2_INPUTS) {
-        if (ts_mono_us() > deadline) fail_msg("the player could not send");
-        ts_sleep_ms(5);
+    for (int i = 0; i < NPLAYERS; i++) {
+        while (view(&PLS[i]).sent < v2[i].sent + PHASE2_INPUTS) {
+            if (ts_mono_us() > deadline) fail_msg("player %d could not send", i);
+            ts_sleep_ms(5);
+        }
+        atomic_store(&PLS[i].stop_sending, true);
     }
-    if (!settle(WAIT_MS))
-        fail_msg("inputs sent after JetStream came back are not all applied: last seq %" PRIu64
-                 " sent, %" PRIu64 " applied",
-                 view().last_seq, view().last_input_seq);
-    view_t v3 = view();
-    assert_int_equal(v3.applied - v2.applied, v3.sent - v2.sent);
-    assert_int_equal(v3.errors, v2.errors);
-    assert_int_equal(v3.entity, v0.entity);
-    assert_false(v3.closed);
-    assert_entity_kept("after JetStream came back");
-    player_stop();
+    for (int i = 0; i < NPLAYERS; i++) {
+        player_t *pl = &PLS[i];
+        if (!settle(pl, WAIT_MS))
+            fail_msg("player %d: inputs sent after JetStream came back are not all applied: last seq %" PRIu64
+                     " sent, %" PRIu64 " applied",
+                     i, view(pl).last_seq, view(pl).last_input_seq);
+        view_t v3 = view(pl);
+        assert_int_equal(v3.applied - v2[i].applied, v3.sent - v2[i].sent);
+        assert_int_equal(v3.errors, v2[i].errors);
+        assert_int_equal(v3.entity, v0[i].entity);
+        assert_false(v3.closed);
+        assert_entity_kept(pl, "after JetStream came back");
+    }
+    for (int i = 0; i < NPLAYERS; i++)
+        player_stop(&PLS[i]);
     ts_h_pass();
 }
 
-/* East across x = 0 into w2's cell (0, 0), about 20 s into the outage. */
-static void test_crossing_to_other_worker(void **state)
+/* Both crossings through one outage, about 20 s into it: player 0 east
+ * across x = 0 into w2's cell (0, 0), player 1 west across x = -100 into
+ * w1's own cell (-2, 0). */
+static void test_crossings_to_other_and_within_worker(void **state)
 {
     (void)state;
-    crossing_without_store(-60, SPEED, 0);
-}
-
-/* West across x = -100 into w1's own cell (-2, 0), about 20 s into the
- * outage. */
-static void test_crossing_within_worker(void **state)
-{
-    (void)state;
-    crossing_without_store(-40, -SPEED, -100);
+    const double join_x[NPLAYERS] = {-60, -40}, vx[NPLAYERS] = {SPEED, -SPEED}, border[NPLAYERS] = {0, -100};
+    crossing_without_store(join_x, vx, border);
 }
 
 /* nats-server killed with its store and nothing listening for outage_ms: the
@@ -473,7 +530,7 @@ static void test_crossing_within_worker(void **state)
  * more worker flag (or NULL). */
 static void crossing_in_bus_outage(int outage_ms, const char *extra_arg, double join_x)
 {
-    speed_x = SPEED;
+    player_t *pl = &PLS[0];
     ts_h_start_secure(&ts_h);
     const char *orch[] = {"--orch.rebalance=0", HB_TTL_ARG, NULL};
     const char *worker[] = {"--worker.hb_ms=250", HB_TTL_ARG, extra_arg, NULL};
@@ -481,15 +538,15 @@ static void crossing_in_bus_outage(int outage_ms, const char *extra_arg, double 
     ts_h_spawn_stack(&ts_h, orch, worker, gateway, &stack);
     if (!ts_h_wait_world(&ts_h, WORLD, NCELLS, WAIT_MS) || !ts_h_wait_port(stack.gw_port, WAIT_MS))
         fail_msg("the world or the gateway did not come up");
-    player_start(join_x, JOIN_Y);
+    player_start(pl, SPEED, join_x, JOIN_Y);
     uint64_t deadline = ts_mono_us() + WAIT_MS * 1000ULL;
-    while (view().applied < 3) {
+    while (view(pl).applied < 3) {
         if (ts_mono_us() > deadline)
-            fail_msg("the player's inputs are not applied (%" PRIu64 ")", view().applied);
+            fail_msg("the player's inputs are not applied (%" PRIu64 ")", view(pl).applied);
         ts_sleep_ms(20);
     }
-    if (!settle(WAIT_MS)) fail_msg("the player's last input was not applied before the kill");
-    view_t v0 = view();
+    if (!settle(pl, WAIT_MS)) fail_msg("the player's last input was not applied before the kill");
+    view_t v0 = view(pl);
     bool cross = join_x > -10;
     if (cross && (v0.x > -3 || v0.x < -9))
         fail_msg("the entity is at x %.1f, not a few units west of x = 0", v0.x);
@@ -502,20 +559,20 @@ static void crossing_in_bus_outage(int outage_ms, const char *extra_arg, double 
     ts_sleep_ms(outage_ms); /* the outage itself: nothing to wait for */
     nats_restart(true, store);
     uint64_t t_up = ts_mono_us();
-    atomic_store(&PL.stop_sending, false);
+    atomic_store(&pl->stop_sending, false);
     deadline = ts_mono_us() + WAIT_MS * 1000ULL;
-    while (view().applied <= v0.applied) {
-        if (ts_mono_us() > deadline || view().closed)
+    while (view(pl).applied <= v0.applied) {
+        if (ts_mono_us() > deadline || view(pl).closed)
             fail_msg("%d s after the bus came back the player's inputs are not applied (%" PRIu64
                      " applied, entity at x %.1f, closed %d, last error %s)",
-                     WAIT_MS / 1000, view().applied, view().x, view().closed, PL.last_error);
+                     WAIT_MS / 1000, view(pl).applied, view(pl).x, view(pl).closed, pl->last_error);
         ts_sleep_ms(20);
     }
     double resumed_s = (double)(ts_mono_us() - t_up) / 1e6;
-    atomic_store(&PL.stop_sending, true);
+    atomic_store(&pl->stop_sending, true);
     deadline = ts_mono_us() + 120000000ULL;
     for (;;) {
-        view_t v = view();
+        view_t v = view(pl);
         if (v.last_input_seq >= v.last_seq &&
             v.applied - v0.applied + (v.not_stored - v0.not_stored) >= v.sent - v0.sent)
             break;
@@ -525,7 +582,7 @@ static void crossing_in_bus_outage(int outage_ms, const char *extra_arg, double 
                      v.sent - v0.sent, v.applied - v0.applied, v.not_stored - v0.not_stored, v.closed);
         ts_sleep_ms(20);
     }
-    view_t v1 = view();
+    view_t v1 = view(pl);
     fprintf(stderr,
             "bus back after %d ms: applying again after %.1f s; %" PRIu64 " inputs sent, %" PRIu64
             " applied, %" PRIu64 " reported not stored; entity at x %.1f (x %.1f at the kill)\n",
@@ -533,20 +590,20 @@ static void crossing_in_bus_outage(int outage_ms, const char *extra_arg, double 
             v1.x, v0.x);
     if (v1.applied - v0.applied > v1.sent - v0.sent) fail_msg("more inputs applied than sent");
     if (cross && v1.x < 0) fail_msg("the entity is at x %.1f: it did not cross x = 0", v1.x);
-    atomic_store(&PL.stop_sending, false);
+    atomic_store(&pl->stop_sending, false);
     deadline = ts_mono_us() + WAIT_MS * 1000ULL;
-    while (view().sent < v1.sent + PHASE2_INPUTS) {
+    while (view(pl).sent < v1.sent + PHASE2_INPUTS) {
         if (ts_mono_us() > deadline) fail_msg("the player could not send");
         ts_sleep_ms(5);
     }
-    if (!settle(WAIT_MS)) fail_msg("inputs sent after the bus came back are not all applied");
-    view_t v2 = view();
+    if (!settle(pl, WAIT_MS)) fail_msg("inputs sent after the bus came back are not all applied");
+    view_t v2 = view(pl);
     assert_int_equal(v2.applied - v1.applied, v2.sent - v1.sent);
     assert_int_equal(v2.errors, v1.errors);
     assert_int_equal(v2.entity, v0.entity);
     assert_false(v2.closed);
-    assert_entity_kept("after the bus came back");
-    player_stop();
+    assert_entity_kept(pl, "after the bus came back");
+    player_stop(pl);
     ts_h_pass();
 }
 
@@ -571,7 +628,8 @@ static void test_entity_kept_in_long_bus_outage(void **state)
 static int test_teardown(void **state)
 {
     ts_h_test_teardown(state);
-    player_stop();
+    for (int i = 0; i < NPLAYERS; i++)
+        player_stop(&PLS[i]);
     ts_h_stop(&ts_h);
     if (nats2 > 0) {
         kill(nats2, SIGKILL);
@@ -584,8 +642,8 @@ static int test_teardown(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_crossing_to_other_worker, ts_h_test_setup, test_teardown),
-        cmocka_unit_test_setup_teardown(test_crossing_within_worker, ts_h_test_setup, test_teardown),
+        cmocka_unit_test_setup_teardown(test_crossings_to_other_and_within_worker, ts_h_test_setup,
+                                        test_teardown),
         cmocka_unit_test_setup_teardown(test_crossing_in_bus_outage, ts_h_test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_entity_kept_in_long_bus_outage, ts_h_test_setup, test_teardown),
     };
