@@ -9,13 +9,13 @@
  *    entity crosses into w2's cell (0, 0), the other into w1's own cell
  *    (-2, 0) (one outage for both crossings, each player checked on its
  *    own); 30 s after the kill JetStream comes back with an empty store.
- *  - test_crossing_in_bus_outage: nothing listens for 5 s (longer than a
- *    worker waits for a gateway's sign of life, 3 s, so both workers take the
- *    gateway for gone meanwhile); the entity crosses into w2's cell early in
- *    it; a nats-server with an empty JetStream comes back.
- *  - test_entity_kept_in_long_bus_outage: nothing listens for longer than
- *    gateway.resume_s while the entity walks inside its cell.
- *  In both bus outages the gateway may create the input stream again and
+ *  - test_bus_outage_crossing_and_kept: nothing listens for 7 s (longer
+ *    than a worker waits for a gateway's sign of life, 3 s, so both workers
+ *    take the gateway for gone meanwhile, and longer than the workers'
+ *    gateway.resume_s, 4 s); one player's entity crosses into w2's cell
+ *    early in it, another one's walks inside its cell; a nats-server with
+ *    an empty JetStream comes back.
+ *  In the bus outage the gateway may create the input stream again and
  *  store inputs in it before a worker notices that the stream is new: each
  *  cell must read the new stream exactly once from its start (the player's
  *  Attach, Detach and Moves applied once, its entity never removed).
@@ -522,15 +522,15 @@ static void test_crossings_to_other_and_within_worker(void **state)
     crossing_without_store(join_x, vx, border);
 }
 
-/* nats-server killed with its store and nothing listening for outage_ms: the
- * player's entity, at join_x when it joins, walks east meanwhile; with
- * join_x a few units west of x = 0 it crosses from w1's cell (-1, 0) into
- * w2's cell (0, 0) early in the outage. Then a nats-server with an empty
- * JetStream comes back. The player sends nothing meanwhile. extra_arg: one
- * more worker flag (or NULL). */
-static void crossing_in_bus_outage(int outage_ms, const char *extra_arg, double join_x)
+/* nats-server killed with its store and nothing listening for outage_ms,
+ * longer than a worker waits for a gateway's sign of life (3 s) and than
+ * the workers' gateway.resume_s (extra_arg). Two players walk east
+ * meanwhile, sending nothing: player 0 joins at join_x[0], a few units
+ * west of x = 0, and crosses from w1's cell (-1, 0) into w2's cell (0, 0)
+ * early in the outage; player 1 joins at join_x[1] and walks inside cell
+ * (-1, 0). Then a nats-server with an empty JetStream comes back. */
+static void bus_outage(int outage_ms, const char *extra_arg, const double join_x[NPLAYERS])
 {
-    player_t *pl = &PLS[0];
     ts_h_start_secure(&ts_h);
     const char *orch[] = {"--orch.rebalance=0", HB_TTL_ARG, NULL};
     const char *worker[] = {"--worker.hb_ms=250", HB_TTL_ARG, extra_arg, NULL};
@@ -538,18 +538,28 @@ static void crossing_in_bus_outage(int outage_ms, const char *extra_arg, double 
     ts_h_spawn_stack(&ts_h, orch, worker, gateway, &stack);
     if (!ts_h_wait_world(&ts_h, WORLD, NCELLS, WAIT_MS) || !ts_h_wait_port(stack.gw_port, WAIT_MS))
         fail_msg("the world or the gateway did not come up");
-    player_start(pl, SPEED, join_x, JOIN_Y);
-    uint64_t deadline = ts_mono_us() + WAIT_MS * 1000ULL;
-    while (view(pl).applied < 3) {
-        if (ts_mono_us() > deadline)
-            fail_msg("the player's inputs are not applied (%" PRIu64 ")", view(pl).applied);
-        ts_sleep_ms(20);
+    /* the one that crosses joins last, so it is still a few units west of
+     * x = 0 at the kill */
+    view_t v0[NPLAYERS], v1[NPLAYERS];
+    for (int i = NPLAYERS - 1; i >= 0; i--) {
+        player_t *pl = &PLS[i];
+        player_start(pl, SPEED, join_x[i], JOIN_Y);
+        uint64_t deadline = ts_mono_us() + WAIT_MS * 1000ULL;
+        while (view(pl).applied < 3) {
+            if (ts_mono_us() > deadline)
+                fail_msg("player %d: its inputs are not applied (%" PRIu64 ")", i, view(pl).applied);
+            ts_sleep_ms(20);
+        }
     }
-    if (!settle(pl, WAIT_MS)) fail_msg("the player's last input was not applied before the kill");
-    view_t v0 = view(pl);
-    bool cross = join_x > -10;
-    if (cross && (v0.x > -3 || v0.x < -9))
-        fail_msg("the entity is at x %.1f, not a few units west of x = 0", v0.x);
+    for (int i = 0; i < NPLAYERS; i++)
+        atomic_store(&PLS[i].stop_sending, true);
+    for (int i = 0; i < NPLAYERS; i++) {
+        if (!settle(&PLS[i], WAIT_MS))
+            fail_msg("player %d: its last input was not applied before the kill", i);
+        v0[i] = view(&PLS[i]);
+    }
+    if (v0[0].x > -3 || v0[0].x < -9)
+        fail_msg("player 0: the entity is at x %.1f, not a few units west of x = 0", v0[0].x);
     char store[300], cmd[400];
     snprintf(store, sizeof store, "%s/js", ts_h.dir);
     ts_h_signal(&ts_h, TS_H_NATS, SIGKILL);
@@ -559,70 +569,98 @@ static void crossing_in_bus_outage(int outage_ms, const char *extra_arg, double 
     ts_sleep_ms(outage_ms); /* the outage itself: nothing to wait for */
     nats_restart(true, store);
     uint64_t t_up = ts_mono_us();
-    atomic_store(&pl->stop_sending, false);
-    deadline = ts_mono_us() + WAIT_MS * 1000ULL;
-    while (view(pl).applied <= v0.applied) {
-        if (ts_mono_us() > deadline || view(pl).closed)
-            fail_msg("%d s after the bus came back the player's inputs are not applied (%" PRIu64
-                     " applied, entity at x %.1f, closed %d, last error %s)",
-                     WAIT_MS / 1000, view(pl).applied, view(pl).x, view(pl).closed, pl->last_error);
-        ts_sleep_ms(20);
+    for (int i = 0; i < NPLAYERS; i++)
+        atomic_store(&PLS[i].stop_sending, false);
+    uint64_t deadline = ts_mono_us() + WAIT_MS * 1000ULL;
+    double resumed_s[NPLAYERS] = {0};
+    for (bool all = false; !all;) {
+        all = true;
+        for (int i = 0; i < NPLAYERS; i++) {
+            player_t *pl = &PLS[i];
+            view_t v = view(pl);
+            if (v.applied > v0[i].applied) {
+                if (resumed_s[i] == 0) {
+                    resumed_s[i] = (double)(ts_mono_us() - t_up) / 1e6;
+                    atomic_store(&pl->stop_sending, true);
+                }
+                continue;
+            }
+            all = false;
+            if (ts_mono_us() > deadline || v.closed)
+                fail_msg("player %d: %d s after the bus came back its inputs are not applied (%" PRIu64
+                         " applied, entity at x %.1f, closed %d, last error %s)",
+                         i, WAIT_MS / 1000, v.applied, v.x, v.closed, pl->last_error);
+        }
+        if (!all) ts_sleep_ms(20);
     }
-    double resumed_s = (double)(ts_mono_us() - t_up) / 1e6;
-    atomic_store(&pl->stop_sending, true);
     deadline = ts_mono_us() + 120000000ULL;
-    for (;;) {
-        view_t v = view(pl);
-        if (v.last_input_seq >= v.last_seq &&
-            v.applied - v0.applied + (v.not_stored - v0.not_stored) >= v.sent - v0.sent)
-            break;
-        if (ts_mono_us() > deadline || v.closed)
-            fail_msg("bus back: %" PRIu64 " inputs sent, %" PRIu64 " applied, %" PRIu64
-                     " reported not stored after 120 s (closed %d)",
-                     v.sent - v0.sent, v.applied - v0.applied, v.not_stored - v0.not_stored, v.closed);
-        ts_sleep_ms(20);
+    for (int i = 0; i < NPLAYERS; i++) {
+        player_t *pl = &PLS[i];
+        atomic_store(&pl->stop_sending, true);
+        for (;;) {
+            view_t v = view(pl);
+            if (v.last_input_seq >= v.last_seq &&
+                v.applied - v0[i].applied + (v.not_stored - v0[i].not_stored) >= v.sent - v0[i].sent)
+                break;
+            if (ts_mono_us() > deadline || v.closed)
+                fail_msg("player %d, bus back: %" PRIu64 " inputs sent, %" PRIu64 " applied, %" PRIu64
+                         " reported not stored after 120 s (closed %d)",
+                         i, v.sent - v0[i].sent, v.applied - v0[i].applied, v.not_stored - v0[i].not_stored,
+                         v.closed);
+            ts_sleep_ms(20);
+        }
     }
-    view_t v1 = view(pl);
-    fprintf(stderr,
-            "bus back after %d ms: applying again after %.1f s; %" PRIu64 " inputs sent, %" PRIu64
-            " applied, %" PRIu64 " reported not stored; entity at x %.1f (x %.1f at the kill)\n",
-            outage_ms, resumed_s, v1.sent - v0.sent, v1.applied - v0.applied, v1.not_stored - v0.not_stored,
-            v1.x, v0.x);
-    if (v1.applied - v0.applied > v1.sent - v0.sent) fail_msg("more inputs applied than sent");
-    if (cross && v1.x < 0) fail_msg("the entity is at x %.1f: it did not cross x = 0", v1.x);
-    atomic_store(&pl->stop_sending, false);
+    for (int i = 0; i < NPLAYERS; i++) {
+        v1[i] = view(&PLS[i]);
+        fprintf(stderr,
+                "player %d, bus back after %d ms: applying again after %.1f s; %" PRIu64
+                " inputs sent, %" PRIu64 " applied, %" PRIu64
+                " reported not stored; entity at x %.1f (x %.1f at the kill)\n",
+                i, outage_ms, resumed_s[i], v1[i].sent - v0[i].sent, v1[i].applied - v0[i].applied,
+                v1[i].not_stored - v0[i].not_stored, v1[i].x, v0[i].x);
+        if (v1[i].applied - v0[i].applied > v1[i].sent - v0[i].sent)
+            fail_msg("player %d: more inputs applied than sent", i);
+    }
+    if (v1[0].x < 0) fail_msg("player 0: the entity is at x %.1f: it did not cross x = 0", v1[0].x);
+    for (int i = 0; i < NPLAYERS; i++)
+        atomic_store(&PLS[i].stop_sending, false);
     deadline = ts_mono_us() + WAIT_MS * 1000ULL;
-    while (view(pl).sent < v1.sent + PHASE2_INPUTS) {
-        if (ts_mono_us() > deadline) fail_msg("the player could not send");
-        ts_sleep_ms(5);
+    for (int i = 0; i < NPLAYERS; i++) {
+        while (view(&PLS[i]).sent < v1[i].sent + PHASE2_INPUTS) {
+            if (ts_mono_us() > deadline) fail_msg("player %d could not send", i);
+            ts_sleep_ms(5);
+        }
+        atomic_store(&PLS[i].stop_sending, true);
     }
-    if (!settle(pl, WAIT_MS)) fail_msg("inputs sent after the bus came back are not all applied");
-    view_t v2 = view(pl);
-    assert_int_equal(v2.applied - v1.applied, v2.sent - v1.sent);
-    assert_int_equal(v2.errors, v1.errors);
-    assert_int_equal(v2.entity, v0.entity);
-    assert_false(v2.closed);
-    assert_entity_kept(pl, "after the bus came back");
-    player_stop(pl);
+    for (int i = 0; i < NPLAYERS; i++) {
+        player_t *pl = &PLS[i];
+        if (!settle(pl, WAIT_MS))
+            fail_msg("player %d: inputs sent after the bus came back are not all applied", i);
+        view_t v2 = view(pl);
+        assert_int_equal(v2.applied - v1[i].applied, v2.sent - v1[i].sent);
+        assert_int_equal(v2.errors, v1[i].errors);
+        assert_int_equal(v2.entity, v0[i].entity);
+        assert_false(v2.closed);
+        assert_entity_kept(pl, "after the bus came back");
+    }
+    for (int i = 0; i < NPLAYERS; i++)
+        player_stop(&PLS[i]);
     ts_h_pass();
 }
 
-static void test_crossing_in_bus_outage(void **state)
+/* One outage of 7 s, longer than a worker waits for a gateway's sign of
+ * life (both workers take the gateway for gone meanwhile) and than
+ * gateway.resume_s (4 s here): player 0's entity crosses into w2's cell
+ * early in it, player 1's walks inside its cell. Both players are
+ * connected all along, so their entities are kept and their inputs are
+ * applied once the bus is back (the worker does not count the time its own
+ * connection is down as the gateways' silence), each exactly once, and
+ * they never leave their players' views. */
+static void test_bus_outage_crossing_and_kept(void **state)
 {
     (void)state;
-    crossing_in_bus_outage(5000, NULL, -8);
-}
-
-/* Nothing listens for longer than gateway.resume_s (4 s here) while the
- * player's entity walks inside its cell: the player is connected all along,
- * so its entity is kept and its inputs are applied once the bus is back
- * (the worker does not count the time its own connection is down as the
- * gateways' silence), each exactly once, and it never leaves the player's
- * view. */
-static void test_entity_kept_in_long_bus_outage(void **state)
-{
-    (void)state;
-    crossing_in_bus_outage(7000, "--gateway.resume_s=4", -50);
+    const double join_x[NPLAYERS] = {-8, -60};
+    bus_outage(7000, "--gateway.resume_s=4", join_x);
 }
 
 static int test_teardown(void **state)
@@ -644,10 +682,9 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_crossings_to_other_and_within_worker, ts_h_test_setup,
                                         test_teardown),
-        cmocka_unit_test_setup_teardown(test_crossing_in_bus_outage, ts_h_test_setup, test_teardown),
-        cmocka_unit_test_setup_teardown(test_entity_kept_in_long_bus_outage, ts_h_test_setup, test_teardown),
+        cmocka_unit_test_setup_teardown(test_bus_outage_crossing_and_kept, ts_h_test_setup, test_teardown),
     };
-    const char *only = getenv("TS_IT_ONLY"); /* e.g. TS_IT_ONLY='*bus_outage' */
+    const char *only = getenv("TS_IT_ONLY"); /* e.g. TS_IT_ONLY='*bus_outage*' */
     if (only != NULL && only[0] != '\0') cmocka_set_test_filter(only);
     return TS_H_RUN("it_chaos_crossing", tests, NULL, NULL);
 }
