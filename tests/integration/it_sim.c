@@ -103,11 +103,36 @@ static sim_result_t parse_sim_log(int idx)
     return r;
 }
 
+/* The gateway and the `--via-gateway` sim of
+ * test_via_gateway_detects_unapplied_inputs: started once, by the first test
+ * that asks, so that its sim waits out its settle time while the previous
+ * test's sim waits out its own (no worker runs during either). */
+static struct {
+    int gw, sim, port;
+} VG = {-1, -1, 0};
+
+static void vg_unapplied_start(void)
+{
+    if (VG.sim >= 0) return;
+    /* a gateway takes the clients' inputs into the streams, but no worker
+     * runs yet, so none is applied: every input is reported missing */
+    VG.port = ts_h_free_port();
+    char listen[64], addr[64];
+    snprintf(listen, sizeof listen, "--gateway.listen=127.0.0.1:%d", VG.port);
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", VG.port);
+    const char *gw_args[] = {listen, NULL};
+    VG.gw = ts_h_spawn(&ts_h, "gateway-unapplied", "tessera-gateway", gw_args);
+    assert_true(ts_h_wait_port(VG.port, WAIT_MS));
+    const char *args[] = {"--via-gateway", addr, "--sim.players=20", "--sim.duration_s=1", NULL};
+    VG.sim = ts_h_spawn(&ts_h, "sim-vg-unapplied", "tessera-sim", args);
+}
+
 static void test_sim_detects_unapplied_inputs(void **state)
 {
     /* no worker owns anything yet: inputs are stored but never applied */
     const char *args[] = {"--sim.players=20", "--sim.duration_s=1", "--sim.seed=99", NULL};
     int sim = ts_h_spawn(&ts_h, "sim-unapplied", "tessera-sim", args);
+    vg_unapplied_start(); /* the next test's sim, meanwhile */
     int rc = ts_h_wait(&ts_h, sim, 40000);
     sim_result_t r = parse_sim_log(sim);
     assert_int_equal(rc, 2);
@@ -130,18 +155,10 @@ static bool parse_vg_log(int idx, ts_probe_gw_verdict_t *r)
 
 static void test_via_gateway_detects_unapplied_inputs(void **state)
 {
-    /* a gateway takes the clients' inputs into the streams, but no worker
-     * runs yet, so none is applied: every input is reported missing */
-    int port = ts_h_free_port();
-    char listen[64], addr[64];
-    snprintf(listen, sizeof listen, "--gateway.listen=127.0.0.1:%d", port);
-    snprintf(addr, sizeof addr, "127.0.0.1:%d", port);
-    const char *gw_args[] = {listen, NULL};
-    int gw = ts_h_spawn(&ts_h, "gateway-unapplied", "tessera-gateway", gw_args);
-    assert_true(ts_h_wait_port(port, WAIT_MS));
-
-    const char *args[] = {"--via-gateway", addr, "--sim.players=20", "--sim.duration_s=1", NULL};
-    int sim = ts_h_spawn(&ts_h, "sim-vg-unapplied", "tessera-sim", args);
+    vg_unapplied_start(); /* started by the previous test, unless it runs alone */
+    int gw = VG.gw, sim = VG.sim;
+    char addr[64];
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", VG.port);
     int rc = ts_h_wait(&ts_h, sim, 40000);
     ts_probe_gw_verdict_t r;
     if (!parse_vg_log(sim, &r)) {
