@@ -14,8 +14,6 @@
 #include <string.h>
 #include <time.h>
 
-#define MAC_HEX (2 * TS_RESUME_MAC_LEN)
-
 ts_status_t ts_resume_key_init(ts_resume_key_t *key, const char *secret)
 {
     memset(key, 0, sizeof *key);
@@ -87,6 +85,48 @@ void ts_resume_token_sign(const ts_resume_key_t *key, ts_resume_token_t *t)
     mac_of(key, t, t->mac);
 }
 
+/* HMAC-SHA256 of label "\n" msg; false if it does not fit or fails. */
+static bool msg_mac(const ts_resume_key_t *key, const char *label, const char *msg, size_t len,
+                    uint8_t out[TS_RESUME_MAC_LEN])
+{
+    char text[TS_RESUME_MSG_MAX + 64];
+    size_t ll = strlen(label);
+    if (len > TS_RESUME_MSG_MAX || ll > 62) return false;
+    memcpy(text, label, ll);
+    text[ll] = '\n';
+    memcpy(text + ll + 1, msg, len);
+    uint8_t mac[EVP_MAX_MD_SIZE];
+    unsigned int maclen = 0;
+    bool ok = HMAC(EVP_sha256(), key->bytes, (int)key->len, (const unsigned char *)text, ll + 1 + len, mac,
+                   &maclen) != NULL &&
+              maclen >= TS_RESUME_MAC_LEN;
+    if (ok) memcpy(out, mac, TS_RESUME_MAC_LEN);
+    OPENSSL_cleanse(mac, sizeof mac);
+    return ok;
+}
+
+ts_status_t ts_resume_msg_sign(const ts_resume_key_t *key, const char *label, const char *msg, size_t len,
+                               char out[TS_RESUME_MAC_HEX + 1])
+{
+    uint8_t mac[TS_RESUME_MAC_LEN];
+    if (!msg_mac(key, label, msg, len, mac)) return TS_ERR_RANGE;
+    hex(out, mac, sizeof mac);
+    return TS_OK;
+}
+
+bool ts_resume_msg_verify(const ts_resume_key_t *key, const char *label, const char *msg, size_t len,
+                          const char *mac_hex, size_t mac_len)
+{
+    uint8_t want[TS_RESUME_MAC_LEN], got[TS_RESUME_MAC_LEN];
+    if (mac_len != TS_RESUME_MAC_HEX || !msg_mac(key, label, msg, len, want)) return false;
+    for (size_t i = 0; i < TS_RESUME_MAC_LEN; i++) {
+        int hi = unhex(mac_hex[2 * i]), lo = unhex(mac_hex[2 * i + 1]);
+        if (hi < 0 || lo < 0) return false;
+        got[i] = (uint8_t)(hi << 4 | lo);
+    }
+    return CRYPTO_memcmp(want, got, sizeof want) == 0;
+}
+
 ts_status_t ts_resume_token_verify(const ts_resume_key_t *key, const ts_resume_token_t *t, uint64_t now_s)
 {
     char text[TS_RESUME_TOKEN_MAX];
@@ -101,7 +141,7 @@ ts_status_t ts_resume_token_verify(const ts_resume_key_t *key, const ts_resume_t
 ts_status_t ts_resume_token_format(const ts_resume_token_t *t, char *out, size_t cap)
 {
     int n = body(t, out, cap);
-    if (n < 0 || (size_t)n + 1 + MAC_HEX + 1 > cap) return TS_ERR_RANGE;
+    if (n < 0 || (size_t)n + 1 + TS_RESUME_MAC_HEX + 1 > cap) return TS_ERR_RANGE;
     out[n] = '.';
     hex(out + n + 1, t->mac, TS_RESUME_MAC_LEN);
     return TS_OK;
@@ -115,7 +155,7 @@ ts_status_t ts_resume_token_parse(const char *text, size_t len, ts_resume_token_
     memcpy(buf, text, len);
     buf[len] = '\0';
     char *dot = strrchr(buf, '.');
-    if (dot == NULL || strlen(dot + 1) != MAC_HEX) return TS_ERR_PARSE;
+    if (dot == NULL || strlen(dot + 1) != TS_RESUME_MAC_HEX) return TS_ERR_PARSE;
     ts_resume_token_t out;
     memset(&out, 0, sizeof out);
     for (size_t i = 0; i < TS_RESUME_MAC_LEN; i++) {

@@ -28,8 +28,10 @@ ts_status_t gw_auth_init(gw_t *gw)
 {
     const ts_config_t *cfg = gw->cfg;
     if (ts_resume_key_init(&gw->resume_key, cfg->gateway_resume_secret) != TS_OK) return TS_ERR_IO;
-    if (cfg->gateway_resume_secret[0] == '\0')
-        ts_warn("gateway.resume_secret is not set: resume tokens only work on this gateway process");
+    gw->resume_shared = cfg->gateway_resume_secret[0] != '\0';
+    if (!gw->resume_shared)
+        ts_warn("gateway.resume_secret is not set: resume tokens only work on this gateway process, and "
+                "login claims go unsigned (any bus user may close a player's connection)");
     if (cfg->gateway_auth_public_key[0] != '\0') {
         char *pem = NULL;
         ts_status_t st = ts_read_file(cfg->gateway_auth_public_key, 1u << 20, &pem, &gw->auth_rs_key_len);

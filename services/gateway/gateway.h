@@ -260,6 +260,7 @@ struct gw_conn {
     uint64_t last_seq;
     uint64_t out_seq;
     gw_phase_t phase;
+    uint64_t entity_since_us; /* wall clock: when this connection got its entity */
     uint64_t entity;
     gw_cell_t *cell;          /* the cell the player's inputs go to */
     gw_cell_t *awaiting_left; /* cell left on sight of the entity elsewhere, until its `left` arrives */
@@ -358,7 +359,9 @@ struct gw {
     ts_map_t per_ip; /* ip key -> connection count */
     ts_map_t subs;   /* hash of an authenticated player id -> its joined gw_conn_t* */
     ts_resume_key_t resume_key;
-    void *auth_rs_key; /* RS256 public key (PEM bytes), NUL-terminated */
+    bool resume_shared;      /* gateway.resume_secret is set: login claims are signed and checked */
+    uint64_t claims_refused; /* login claims with no valid signature, stale or replayed */
+    void *auth_rs_key;       /* RS256 public key (PEM bytes), NUL-terminated */
     size_t auth_rs_key_len;
     struct gw_login *login; /* one entity per player across gateways (login.c) */
     uint64_t closed_idle, closed_hello, closed_slow, refused_auth, resumes;

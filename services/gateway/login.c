@@ -24,8 +24,18 @@
  * connection still holding the entity on another gateway lets go.
  *
  * Messages are one text line each:
- *   claim <entity> <gateway> <instance> <conn> <time_us> <answer subject>
+ *   claim <entity> <gateway> <instance> <conn> <time_us> <answer subject> [<mac>]
  *   found <entity> <conn> <cell> <last_seq> gateway|worker|detached
+ *
+ * A claim closes a player's connection, so with gateway.resume_secret set
+ * (every gateway holds the same one) a claim carries the hex HMAC of the
+ * rest of its line under that key (ts_resume_msg_sign, label "claim"), and
+ * a claim without a valid one is refused: a gateway's bus credential alone
+ * cannot make another gateway close a connection. A signed claim is only
+ * taken within CLAIM_FRESH_US of this gateway's clock, and lets go of a
+ * connection only if it is later than when that connection got the entity,
+ * so a claim read off the bus and replayed closes nothing that logged in
+ * since. (Without the secret claims are neither signed nor checked.)
  *
  * Everything runs on the loop; the subscriptions hand their messages over
  * through the gateway's inbox. Waiting logins sit in arrival order (one
@@ -42,6 +52,9 @@
 #include "tessera/util.h"
 
 #define LOGIN_MSG_MAX (TS_SUBJECT_MAX + 256)
+#define CLAIM_LABEL "claim"
+#define CLAIM_FRESH_US (30 * 1000000ull) /* clocks of two gateways may differ by less */
+#define REFUSED_LOG_US (10 * 1000000ull)
 
 typedef struct pending {
     struct pending *prev, *next;
@@ -71,6 +84,7 @@ typedef struct gw_login {
     ts_map_t by_conn;   /* conn id -> pending_t* */
     ts_map_t by_entity; /* entity -> pending_t* (one login per entity waits) */
     uint64_t taken_over, spawned, let_go;
+    uint64_t refused_logged_us[3]; /* last "claim refused" line, per reason */
 } gw_login_t;
 
 uint64_t gw_login_entity(uint32_t world, const char *sub)
@@ -164,6 +178,12 @@ static void publish_claim(gw_login_t *l, const gw_conn_t *c, uint64_t entity, ui
     char msg[LOGIN_MSG_MAX];
     int n = snprintf(msg, sizeof msg, "claim %" PRIu64 " %lld %" PRIu64 " %" PRIu64 " %" PRIu64 " %s", entity,
                      (long long)gw->cfg->gateway_id, gw->instance, c->id, claim_us, l->found_subject);
+    if (n < 0 || (size_t)n + 2 + TS_RESUME_MAC_HEX > sizeof msg) return; /* cannot happen: bounded fields */
+    if (gw->resume_shared) {
+        msg[n] = ' ';
+        if (ts_resume_msg_sign(&gw->resume_key, CLAIM_LABEL, msg, (size_t)n, msg + n + 1) != TS_OK) return;
+        n += 1 + TS_RESUME_MAC_HEX;
+    }
     ts_status_t st = ts_bus_publish(gw->bus, l->claim_subject, NULL, msg, (size_t)n);
     if (st != TS_OK) ts_warn("entity %" PRIu64 ": claim not published: %s", entity, ts_status_str(st));
 }
@@ -291,10 +311,49 @@ void gw_login_forget(gw_conn_t *c)
     free(p);
 }
 
+typedef enum { REFUSED_SIGNATURE = 0, REFUSED_STALE, REFUSED_OLDER } refused_t;
+
+static void refuse_claim(gw_login_t *l, const char *line, refused_t why)
+{
+    static const char *const text[] = {
+        "no valid signature: not from a gateway holding gateway.resume_secret",
+        "more than 30 s off this gateway's clock",
+        "older than the connection holding the entity here (replayed?)",
+    };
+    gw_t *gw = l->gw;
+    gw->claims_refused++;
+    uint64_t now = ts_mono_us();
+    if (l->refused_logged_us[why] != 0 && now - l->refused_logged_us[why] < REFUSED_LOG_US) return;
+    l->refused_logged_us[why] = now;
+    ts_warn("login claim refused (%s): %.120s (%llu refused so far; no more such lines for 10 s)", text[why],
+            line, (unsigned long long)gw->claims_refused);
+}
+
+/* With the shared secret: the MAC at the end of the line is right, and the
+ * claim is from about now. Cuts the MAC off the line. */
+static bool claim_trusted(gw_login_t *l, char *line, uint64_t claim_us_hint)
+{
+    gw_t *gw = l->gw;
+    if (!gw->resume_shared) return true;
+    char *sp = strrchr(line, ' ');
+    if (sp == NULL || !ts_resume_msg_verify(&gw->resume_key, CLAIM_LABEL, line, (size_t)(sp - line), sp + 1,
+                                            strlen(sp + 1))) {
+        refuse_claim(l, line, REFUSED_SIGNATURE);
+        return false;
+    }
+    *sp = '\0';
+    uint64_t now = ts_now_us();
+    if (claim_us_hint + CLAIM_FRESH_US < now || claim_us_hint > now + CLAIM_FRESH_US) {
+        refuse_claim(l, line, REFUSED_STALE);
+        return false;
+    }
+    return true;
+}
+
 /* Another process's claim: a connection here with the entity lets go
  * (answering where the entity is), a login here waiting for the same
  * entity gives way to a later one. */
-static void on_claim(gw_login_t *l, const char *line)
+static void on_claim(gw_login_t *l, char *line)
 {
     gw_t *gw = l->gw;
     uint64_t entity, instance, conn_id, claim_us;
@@ -304,7 +363,13 @@ static void on_claim(gw_login_t *l, const char *line)
                &instance, &conn_id, &claim_us, reply) != 6)
         return;
     if (instance == gw->instance) return; /* this gateway's own logins are settled on the spot */
+    if (!claim_trusted(l, line, claim_us)) return;
     gw_conn_t *c = ts_map_get(&gw->players, entity);
+    if (c != NULL && c->phase == GW_PHASE_JOINED && !c->closing && c->cell != NULL && gw->resume_shared &&
+        claim_us <= c->entity_since_us) {
+        refuse_claim(l, line, REFUSED_OLDER);
+        c = NULL;
+    }
     if (c != NULL && c->phase == GW_PHASE_JOINED && !c->closing && c->cell != NULL) {
         char msg[LOGIN_MSG_MAX];
         int n = snprintf(msg, sizeof msg, "found %" PRIu64 " %" PRIu64 " %s %" PRIu64 " gateway", entity,

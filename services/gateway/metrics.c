@@ -54,6 +54,7 @@ FIELD_FN(events_in, events_in)
 FIELD_FN(events_sent, events_sent)
 FIELD_FN(events_dropped, events_dropped)
 FIELD_FN(reg_resyncs, reg_resyncs)
+FIELD_FN(claims_refused, claims_refused)
 
 static double acks_failed(void *ud)
 {
@@ -135,6 +136,10 @@ ts_status_t gw_metrics_start(const ts_config_t *cfg)
        "Game events not delivered: a client too far behind, or more than a flush holds.", true,
        events_dropped);
     fn("tessera_gateway_registry_resyncs_total", "Full registry reads applied.", true, reg_resyncs);
+    fn("tessera_gateway_login_claims_refused_total",
+       "Login claims from the bus refused: unsigned or wrongly signed, stale, or older than the connection "
+       "they would close.",
+       true, claims_refused);
     ts_http_opts_t o = {.listen = cfg->gateway_http_listen, .metrics = gm.reg, .ready = ready};
     st = ts_http_start(&gm.http, &o);
     if (st != TS_OK) {

@@ -354,6 +354,7 @@ static bool take_entity(gw_conn_t *c, uint64_t entity, gw_cell_t *cell, uint64_t
     c->own_gone = false;
     c->cell = cell;
     c->phase = GW_PHASE_JOINED;
+    c->entity_since_us = ts_now_us();
     /* refused if its state does not show up within gateway.hello_timeout_s */
     c->resuming = true;
     gw_tl_put(gw, c, GW_TL_HELLO, ts_mono_us() + (uint64_t)gw->cfg->gateway_hello_timeout_s * 1000000ull);
@@ -505,6 +506,7 @@ void gw_session_join_as(gw_conn_t *c, uint64_t seq, uint64_t entity, gw_cell_t *
     c->own_gone = false;
     c->cell = cell;
     c->phase = GW_PHASE_JOINED;
+    c->entity_since_us = ts_now_us();
     c->pos_x = x;
     c->pos_y = y;
     c->pos_known = true;

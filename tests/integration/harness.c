@@ -1437,6 +1437,9 @@ int ts_h_run(const char *name, const struct CMUnitTest *tests, size_t n, CMFixtu
              CMFixtureFunction group_teardown)
 {
     ts_log_init(name, TS_LOG_ERROR, false);
+    /* TS_H_FILTER=test_auth runs one test of the group (a cmocka pattern) */
+    const char *filter = getenv("TS_H_FILTER");
+    if (filter != NULL && filter[0] != '\0') cmocka_set_test_filter(filter);
     int failed = _cmocka_run_group_tests(name, tests, n, group_setup, group_teardown);
     ts_bus_shutdown_library();
     if (sanitizer_failures > 0) {

@@ -23,6 +23,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -39,6 +40,7 @@
 #include <cmocka.h>
 
 #include "harness.h"
+#include "tessera/bus.h"
 #include "tessera/client.h"
 #include "tessera/frame.h"
 #include "tessera/log.h"
@@ -999,6 +1001,26 @@ static bool me_at_least_vy2(const cl_t *p)
     return me_applied(p) && p->me.vy == 2;
 }
 
+/* The first login claim gateway 7 publishes (signed), kept to be replayed. */
+static struct {
+    pthread_mutex_t mu;
+    char line[1024];
+} claim_seen = {PTHREAD_MUTEX_INITIALIZER, ""};
+
+static void on_claim_seen(void *ud, const ts_bus_msg_t *m)
+{
+    (void)ud;
+    size_t len = ts_bus_msg_len(m);
+    const char *data = (const char *)ts_bus_msg_data(m);
+    pthread_mutex_lock(&claim_seen.mu);
+    if (claim_seen.line[0] == '\0' && len < sizeof claim_seen.line && len > 6 &&
+        memmem(data, len, " 7 ", 3)) {
+        memcpy(claim_seen.line, data, len);
+        claim_seen.line[len] = '\0';
+    }
+    pthread_mutex_unlock(&claim_seen.mu);
+}
+
 static void test_login_once_across_gateways(void **state)
 {
     (void)state;
@@ -1006,6 +1028,14 @@ static void test_login_once_across_gateways(void **state)
     int pa = 0, pb = 0;
     int ia = spawn_gateway("gwla", 7, &pa, extra);
     int ib = spawn_gateway("gwlb", 8, &pb, extra);
+    /* a bus user that reads the players' claims and publishes its own */
+    ts_bus_t *bus = NULL;
+    ts_bus_sub_t *claims = NULL;
+    char claim_subject[64];
+    snprintf(claim_subject, sizeof claim_subject, "tessera.player.%d.claim", WORLD);
+    assert_int_equal(ts_bus_connect(&bus, ts_h.nats_url, "it_players-claims"), TS_OK);
+    assert_int_equal(ts_bus_subscribe(bus, claim_subject, on_claim_seen, NULL, &claims), TS_OK);
+    assert_int_equal(ts_bus_flush(bus, 2000), TS_OK);
     const char *ctl = TS_BIN_DIR "/tessera-ctl token";
     char dave_tok[2048];
     snprintf(dave_tok, sizeof dave_tok, "%s", run_line("%s --sub dave --secret %s", ctl, AUTH_SECRET));
@@ -1066,6 +1096,35 @@ static void test_login_once_across_gateways(void **state)
                  (unsigned long long)dave2.me.last_input_seq);
     assert_true(dave2.me.x > 150); /* it kept walking east from (150, -150): no teleport */
     assert_true(dave2.me.y < -100);
+
+    /* claims that do not come from a gateway holding the shared secret, or
+     * that are older than dave2's login, close nothing: an unsigned one, a
+     * wrongly signed one, and gateway a's signed claim from dave's first
+     * login, replayed */
+    char forged[1100];
+    int n = snprintf(forged, sizeof forged, "claim %llu 7 99 1 %llu tessera.player.%d.found.g7.x",
+                     (unsigned long long)entity, (unsigned long long)ts_now_us(), WORLD);
+    assert_int_equal(ts_bus_publish(bus, claim_subject, NULL, forged, (size_t)n), TS_OK);
+    assert_true(ts_h_wait_log(&ts_h, ib, "login claim refused (no valid signature", 5000));
+    n = snprintf(forged, sizeof forged, "claim %llu 7 99 1 %llu tessera.player.%d.found.g7.x %064d",
+                 (unsigned long long)entity, (unsigned long long)ts_now_us(), WORLD, 0);
+    assert_int_equal(ts_bus_publish(bus, claim_subject, NULL, forged, (size_t)n), TS_OK);
+    pthread_mutex_lock(&claim_seen.mu);
+    snprintf(forged, sizeof forged, "%s", claim_seen.line);
+    pthread_mutex_unlock(&claim_seen.mu);
+    assert_true(forged[0] != '\0'); /* gateway a's claim was seen on the bus */
+    assert_int_equal(ts_bus_publish(bus, claim_subject, NULL, forged, strlen(forged)), TS_OK);
+    assert_true(ts_h_wait_log(&ts_h, ib, "login claim refused (older than the connection", 5000));
+    /* dave2 still plays: its next input is applied, no error came */
+    dave2.want_seq = dave2.seq + 1;
+    cl_move_seq(&dave2, dave2.want_seq, 0, 2);
+    if (!cl_pump_until(&dave2, 5000, me_applied))
+        fail_msg("dave2 after forged claims: input %llu sent, state shows %llu (error %d: %s)",
+                 (unsigned long long)dave2.want_seq, (unsigned long long)dave2.me.last_input_seq,
+                 (int)dave2.last_error, dave2.last_error_msg);
+    assert_int_equal(dave2.last_error, 0);
+    ts_bus_sub_close(claims);
+    ts_bus_close(bus);
     /* and nothing named dave appeared where the second Join asked */
     assert_false(cl_pump_until(&watcher, 1000, watch_seen));
 

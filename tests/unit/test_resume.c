@@ -140,12 +140,46 @@ static void test_parse_refused(void **state)
     assert_int_equal(ts_resume_token_parse(nul, strlen(nul), &t), TS_ERR_PARSE);
 }
 
+/* Login claims: the MAC is HMAC-SHA256 of label "\n" message (pinned, so
+ * gateways of different versions agree), and one made for another key,
+ * label or message, or cut short, does not verify. */
+static void test_message_mac(void **state)
+{
+    (void)state;
+    ts_resume_key_t key, other;
+    assert_int_equal(ts_resume_key_init(&key, "s3cret"), TS_OK);
+    assert_int_equal(ts_resume_key_init(&other, "s3creT"), TS_OK);
+    const char *msg = "claim 1 7 2 3 4 x";
+    size_t len = strlen(msg);
+    char mac[TS_RESUME_MAC_HEX + 1];
+    assert_int_equal(ts_resume_msg_sign(&key, "claim", msg, len, mac), TS_OK);
+    assert_string_equal(mac, "7e5e2e71d6c51082d1b2e41fa3862897675f20fce43396c4fd528dfa8445787c");
+    assert_true(ts_resume_msg_verify(&key, "claim", msg, len, mac, strlen(mac)));
+    assert_false(ts_resume_msg_verify(&other, "claim", msg, len, mac, strlen(mac)));
+    assert_false(ts_resume_msg_verify(&key, "found", msg, len, mac, strlen(mac)));
+    assert_false(ts_resume_msg_verify(&key, "claim", msg, len - 1, mac, strlen(mac)));
+    assert_false(ts_resume_msg_verify(&key, "claim", msg, len, mac, strlen(mac) - 1));
+    char bad[TS_RESUME_MAC_HEX + 1];
+    memcpy(bad, mac, sizeof bad);
+    bad[5] = bad[5] == 'a' ? 'b' : 'a';
+    assert_false(ts_resume_msg_verify(&key, "claim", msg, len, bad, strlen(bad)));
+    bad[5] = 'G'; /* not hex */
+    assert_false(ts_resume_msg_verify(&key, "claim", msg, len, bad, strlen(bad)));
+    /* too long to sign: refused, not cut */
+    static char big[TS_RESUME_MSG_MAX + 2];
+    memset(big, 'x', sizeof big - 1);
+    assert_int_equal(ts_resume_msg_sign(&key, "claim", big, strlen(big), mac), TS_ERR_RANGE);
+    ts_resume_key_clear(&key);
+    ts_resume_key_clear(&other);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_known_tokens),
         cmocka_unit_test(test_verify_fields),
         cmocka_unit_test(test_parse_refused),
+        cmocka_unit_test(test_message_mac),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -22,6 +22,9 @@
 
 #define TS_RESUME_PLAYER_MAX 128 /* bytes of a player id (a JWT sub) */
 #define TS_RESUME_MAC_LEN 32
+#define TS_RESUME_MAC_HEX (2 * TS_RESUME_MAC_LEN)
+/* Longest message ts_resume_msg_sign takes. */
+#define TS_RESUME_MSG_MAX 1024
 /* Longest text form (with its NUL). */
 #define TS_RESUME_TOKEN_MAX 600
 
@@ -60,6 +63,16 @@ ts_status_t ts_resume_token_format(const ts_resume_token_t *t, char *out, size_t
 /* Parses the text form (len bytes, no NUL needed) without checking the
  * MAC. TS_ERR_PARSE if it is not one. */
 ts_status_t ts_resume_token_parse(const char *text, size_t len, ts_resume_token_t *t);
+
+/* Any other message between gateways (a login claim): the hex HMAC-SHA256
+ * of label "\n" msg under the same key, so a MAC made for one kind of
+ * message (one label) is no MAC of another kind, nor of a token. Sign:
+ * TS_ERR_RANGE if len > TS_RESUME_MSG_MAX. Verify: constant time in the
+ * comparison; false for a MAC of another key, label or message. */
+ts_status_t ts_resume_msg_sign(const ts_resume_key_t *key, const char *label, const char *msg, size_t len,
+                               char out[TS_RESUME_MAC_HEX + 1]);
+bool ts_resume_msg_verify(const ts_resume_key_t *key, const char *label, const char *msg, size_t len,
+                          const char *mac_hex, size_t mac_len);
 
 /* Make: fills and signs a token and writes its text form. */
 ts_status_t ts_resume_token_make(const ts_resume_key_t *key, uint64_t entity, const ts_cell_t *cell,
