@@ -92,6 +92,8 @@ it('shows cells, workers and entities; the viewer joins and moves with the arrow
   assert.ok(((await text(page, '#events')) ?? '').includes(`cell ${far} split`));
 
   // one whole world, then changes only: registry changes and heartbeats
+  // (a worker's heartbeat is pushed when it changes: wait for a second one)
+  await until('a second workers event', async () => (await page.evaluate(() => window.tessera.feed.workers)) >= 2, 10000);
   const feed = await page.evaluate(() => ({ ...window.tessera.feed }));
   assert.equal(feed.worlds, 1);
   assert.ok(feed.cells >= 1 && feed.workers >= 2, JSON.stringify(feed));
