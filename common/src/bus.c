@@ -110,6 +110,16 @@ struct ts_bus_sub {
  * whose verified_gen is older checks its stream before delivering. */
 static _Atomic uint64_t conn_gen = 1;
 
+/* Subscriptions of the process whose completion callback has not run yet.
+ * nats.c's delivery pool runs a subscription's completion after every
+ * message queued for it before it was closed, so when this is 0 the pool
+ * holds no message any more: ts_bus_shutdown_library waits for that, since
+ * messages still queued when the library shuts the pool down are never
+ * freed. */
+static pthread_mutex_t subs_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t subs_cv = PTHREAD_COND_INITIALIZER;
+static size_t subs_open;
+
 struct ts_bus_msg {
     natsMsg *msg;
     uint64_t stream_seq;
@@ -610,8 +620,21 @@ void ts_bus_destroy(ts_bus_t *bus)
     free(bus);
 }
 
+#define SUBS_COMPLETE_WAIT_MS 2000
+
 void ts_bus_shutdown_library(void)
 {
+    /* every connection is closed by now: their subscriptions complete as the
+     * delivery pool gets through what was queued for them */
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += SUBS_COMPLETE_WAIT_MS / 1000;
+    pthread_mutex_lock(&subs_mu);
+    while (subs_open > 0 && pthread_cond_timedwait(&subs_cv, &subs_mu, &deadline) != ETIMEDOUT) {
+    }
+    size_t open = subs_open;
+    pthread_mutex_unlock(&subs_mu);
+    if (open > 0) ts_debug("bus: %zu subscriptions still open at library shutdown", open);
     natsStatus s = nats_CloseAndWait(2000);
     if (s != NATS_OK) ts_warn("bus: nats library shutdown: %s", natsStatus_GetText(s));
 }
@@ -1199,6 +1222,10 @@ static void free_sub(ts_bus_sub_t *sub)
 static void on_sub_complete(void *closure)
 {
     ts_bus_sub_t *sub = closure;
+    pthread_mutex_lock(&subs_mu);
+    subs_open--;
+    pthread_cond_broadcast(&subs_cv);
+    pthread_mutex_unlock(&subs_mu);
     pthread_mutex_lock(&sub->mu);
     sub->completed = true;
     bool self_free = sub->free_on_complete;
@@ -1230,7 +1257,15 @@ static ts_status_t new_sub(ts_bus_msg_cb cb, void *ud, bool jetstream, ts_bus_su
  * closed and nothing will be delivered. */
 static void arm_sub(ts_bus_sub_t *sub)
 {
-    if (natsSubscription_SetOnCompleteCB(sub->nsub, on_sub_complete, sub) != NATS_OK) sub->completed = true;
+    pthread_mutex_lock(&subs_mu); /* before: the completion may run at once */
+    subs_open++;
+    pthread_mutex_unlock(&subs_mu);
+    if (natsSubscription_SetOnCompleteCB(sub->nsub, on_sub_complete, sub) != NATS_OK) {
+        sub->completed = true;
+        pthread_mutex_lock(&subs_mu);
+        subs_open--;
+        pthread_mutex_unlock(&subs_mu);
+    }
     natsSubscription_SetPendingLimits(sub->nsub, SUB_PENDING_MSGS, SUB_PENDING_BYTES);
 }
 
