@@ -36,6 +36,10 @@
 #                     tessera-e2e for the built-in NATS and Redis (a node
 #                     without a volume provisioner)
 #   E2E_ARTIFACTS     logs and rendered manifests (default build/k8s/e2e)
+#   E2E_TLS           1 (default): the built-in NATS and Redis take TLS clients
+#                     only (nats.tls, redis.tls) with a CA and a server
+#                     certificate made here by openssl; every service, and
+#                     tessera-ctl from this machine, verifies them; 0: plain
 #   BASE_IMAGE        base of the images (default debian:bookworm-slim)
 #   CHART_CHECK       chart-check (default: PATH or ../shared/tools/chart-check)
 set -euo pipefail
@@ -183,6 +187,31 @@ fi
 # ---- 2. render -----------------------------------------------------------------
 step "render charts/tessera ($VALUES)"
 sets=()
+TLS=${E2E_TLS:-1}
+TLS_DIR=$ART/tls
+if [[ $TLS == 1 ]]; then
+    # one CA, one server certificate for both servers: every name a service
+    # may dial them by (in-cluster DNS, and 127.0.0.1 with serviceHost)
+    rm -rf "$TLS_DIR" && mkdir -p "$TLS_DIR"
+    sans="IP:127.0.0.1"
+    for svc in "$REL-nats" "$REL-redis"; do
+        sans+=",DNS:$svc,DNS:$svc.$NS,DNS:$svc.$NS.svc,DNS:$svc.$NS.svc.cluster.local"
+    done
+    (
+        cd "$TLS_DIR"
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+            -subj /CN=tessera-e2e-ca -keyout ca.key -out ca.crt 2>/dev/null
+        openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=tessera-e2e \
+            -keyout tls.key -out tls.csr 2>/dev/null
+        printf 'subjectAltName=%s\nextendedKeyUsage=serverAuth,clientAuth\n' "$sans" >ext.cnf
+        openssl x509 -req -in tls.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile ext.cnf \
+            -out tls.crt 2>/dev/null
+        chmod 644 ca.crt # read by the image's own user (tessera-ctl below)
+    ) || fail "openssl: cannot make the test certificates"
+    sets+=(--set nats.tls.enabled=true --set nats.tls.secret=e2e-tls
+        --set redis.tls.enabled=true --set redis.tls.secret=e2e-tls)
+    echo "TLS on: NATS and Redis certificates for $sans"
+fi
 help=$(tool tessera-worker --help 2>&1 || true)
 if grep -q 'worker.http_listen' <<<"$help"; then
     HTTP=1
@@ -248,6 +277,10 @@ spec:
 EOF
     done
 fi
+if [[ $TLS == 1 ]]; then
+    $K create secret generic e2e-tls --type=kubernetes.io/tls --from-file="$TLS_DIR/tls.crt" \
+        --from-file="$TLS_DIR/tls.key" --from-file="$TLS_DIR/ca.crt" >/dev/null || fail "the TLS Secret"
+fi
 $K apply --dry-run=server -f "$ART/release.yaml" >"$ART/dry-run.txt" || fail "server-side dry run"
 wc -l <"$ART/dry-run.txt" | xargs echo "dry run accepted; objects:"
 $K apply -f "$ART/release.yaml"
@@ -272,7 +305,13 @@ if ctl_pw=$($K get secret "$REL-nats-users" -o jsonpath='{.data.ctl}' 2>/dev/nul
     chmod 644 "$ctl_pass" # read by the image's own user
     ctl_auth=(-e TESSERA_NATS_USER=ctl -e TESSERA_NATS_PASSWORD_FILE=/run/ctl.nats.pass -v "$ctl_pass:/run/ctl.nats.pass:ro")
 fi
-ctl() { $CT run --rm --network host --read-only "${ctl_auth[@]}" "$IMAGE" tessera-ctl --nats.url="nats://$NATS" --redis.url="redis://$REDIS" "$@"; }
+ctl_urls=(--nats.url="nats://$NATS" --redis.url="redis://$REDIS")
+if [[ $TLS == 1 ]]; then
+    ctl_auth+=(-v "$TLS_DIR/ca.crt:/run/tessera-ca.crt:ro")
+    ctl_urls=(--nats.url="tls://$NATS" --nats.tls_ca=/run/tessera-ca.crt
+        --redis.url="rediss://$REDIS" --redis.tls_ca=/run/tessera-ca.crt)
+fi
+ctl() { $CT run --rm --network host --read-only "${ctl_auth[@]}" "$IMAGE" tessera-ctl "${ctl_urls[@]}" "$@"; }
 owned_by() { ctl cells | awk -v w="$1" '$2 == w' | wc -l; }
 stats() { ctl stats; }
 json() { python3 -c 'import sys, json; print(json.load(sys.stdin)[sys.argv[1]])' "$1"; }
