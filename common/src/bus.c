@@ -253,6 +253,16 @@ ts_bus_held_t ts_bus_msg_hold(const ts_bus_msg_t *m)
     return h;
 }
 
+ts_bus_held_t ts_bus_msg_copy(const ts_bus_msg_t *m)
+{
+    natsMsg *nm = NULL;
+    if (m == NULL || m->msg == NULL ||
+        natsMsg_Create(&nm, natsMsg_GetSubject(m->msg), NULL, natsMsg_GetData(m->msg),
+                       natsMsg_GetDataLength(m->msg)) != NATS_OK)
+        return (ts_bus_held_t){0};
+    return (ts_bus_held_t){.impl = nm, .stream_seq = m->stream_seq, .pending = m->pending};
+}
+
 const uint8_t *ts_bus_held_data(ts_bus_held_t h)
 {
     return h.impl ? (const uint8_t *)natsMsg_GetData(h.impl) : NULL;
