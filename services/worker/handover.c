@@ -79,7 +79,8 @@ static ts_pending_t *find_pending(ts_worker_t *w, const char *id)
 
 /* Removes p from the pending list (caller holds w->mu) and returns it by
  * value; the caller frees it with free_pending() after unlocking, since
- * destroying its subscription waits for callbacks that take w->mu. */
+ * releasing its input context takes the demultiplexer's mutex, which comes
+ * before w->mu (inbox.c). */
 static ts_pending_t take_pending(ts_worker_t *w, ts_pending_t *p)
 {
     ts_pending_t out = *p;
@@ -87,7 +88,7 @@ static ts_pending_t take_pending(ts_worker_t *w, ts_pending_t *p)
     return out;
 }
 
-/* The subscription is closed (and its context freed) by the I/O thread. */
+/* Its input context is unregistered and freed at once. */
 static void free_pending(ts_worker_t *w, ts_pending_t *p)
 {
     ts_worker_release_sub(w, p->ctx);

@@ -24,12 +24,15 @@
  *     every message above it is still to come;
  *   - a context sees its cell's messages in stream order, each once: it
  *     never gets a message at or below `delivered`;
- *   - a context registered below `covered` has a gap (`gap_to`): messages
- *     between its start and `covered` went by. Its owner asks whether the
- *     cell has input in there (do_bind reads the cell's last input; a
- *     handover target needs only what follows its Diff) and, if so, rewinds
- *     it: the context drops everything (`awaiting`) until the consumer is
- *     created again from (its start + 1) — rewinds asked close together
+ *   - a context registered below `covered` may have missed input between
+ *     its start and `covered`: the table keeps, per cell, the last sequence
+ *     the consumer passed (`last_seen`, one slot per cell of the world made
+ *     at its first message), so the context has a gap (`gap_to`) only if
+ *     its cell had a message in there (or the consumer never saw that
+ *     stretch: `seen_from`). Its owner then asks whether that input is
+ *     needed (do_bind reads the cell's last input; a handover target needs
+ *     only what follows its Diff, s2 >= gap_to) and, if so, rewinds it: the context drops everything
+ * (`awaiting`) until the consumer is created again from (its start + 1) — rewinds asked close together
  *     coalesce to the lowest start — and `delivered` drops what the other
  *     cells already had;
  *   - a full ring is a rewind too: the context goes back to just before the
@@ -121,6 +124,30 @@ static bool hot_now(const ts_sub_ctx_t *ctx)
            ts_mono_us() < atomic_load_explicit(&hot[i].until_us, memory_order_relaxed);
 }
 
+/* One cell in the demultiplexer's table: its registered contexts, and the
+ * last sequence of it the consumer passed (registered or not), which tells
+ * a cell registered behind the consumer whether it missed anything. Made
+ * at a cell's first message or registration (one allocation per cell of
+ * the world, not per message) and kept until the worker stops. */
+typedef struct {
+    ts_sub_ctx_t *ctxs; /* a list by next_same */
+    uint64_t last_seen;
+} dmx_slot_t;
+
+/* Under dmx.mu: the cell's slot, made if it has none (NULL if out of
+ * memory). */
+static dmx_slot_t *get_slot(ts_demux_t *d, const ts_cell_t *cell)
+{
+    dmx_slot_t *slot = ts_cellmap_get(&d->by_cell, cell);
+    if (slot) return slot;
+    slot = calloc(1, sizeof(*slot));
+    if (slot && ts_cellmap_put(&d->by_cell, cell, slot) != TS_OK) {
+        free(slot);
+        slot = NULL;
+    }
+    return slot;
+}
+
 /* The callback context of one consumer: messages of a consumer that was
  * replaced since (its token is not the current one) are dropped. */
 struct ts_dmx_feed {
@@ -191,7 +218,9 @@ static void on_input(void *ud, const ts_bus_msg_t *m)
     }
     if (seq > d->covered) d->covered = seq;
     size_t want = 0;
-    ts_sub_ctx_t *head = parsed ? ts_cellmap_get(&d->by_cell, &cell) : NULL;
+    dmx_slot_t *slot = parsed ? get_slot(d, &cell) : NULL;
+    if (slot && seq > slot->last_seen) slot->last_seen = seq;
+    ts_sub_ctx_t *head = slot ? slot->ctxs : NULL;
     for (ts_sub_ctx_t *c = head; c; c = c->next_same)
         want += !c->awaiting && seq > c->delivered;
     for (ts_sub_ctx_t *c = head; c && want > 0; c = c->next_same) {
@@ -259,16 +288,26 @@ ts_status_t ts_worker_subscribe_input_at(ts_worker_t *w, const ts_cell_t *cell, 
     } else if (stream_id != 0 && stream_id != d->stream_id) {
         st = TS_ERR_STALE;
     } else {
+        dmx_slot_t *slot = get_slot(d, cell);
         c->stream_id = d->stream_id;
         c->delivered = after_seq;
-        if (after_seq < d->covered) {
-            /* (after_seq, covered] went by: the owner decides (see the top) */
-            c->gap_to = d->covered;
+        if (!slot) {
+            st = TS_ERR_NOMEM;
+        } else if (after_seq < d->covered) {
+            /* (after_seq, covered] went by: a message of the cell in there
+             * (or a part the consumer never saw) is for the owner to decide
+             * about (see the top) */
+            if (after_seq + 1 < d->seen_from)
+                c->gap_to = d->covered;
+            else if (slot->last_seen > after_seq)
+                c->gap_to = slot->last_seen;
             c->delivered = d->covered;
         }
-        c->next_same = ts_cellmap_get(&d->by_cell, cell);
-        st = ts_cellmap_put(&d->by_cell, cell, c);
-        c->registered = st == TS_OK;
+        if (slot) {
+            c->next_same = slot->ctxs;
+            slot->ctxs = c;
+            c->registered = true;
+        }
     }
     pthread_mutex_unlock(&d->mu);
     if (st != TS_OK) {
@@ -303,19 +342,12 @@ void ts_worker_free_ctx(ts_sub_ctx_t *ctx)
     if (ctx->registered) {
         ts_demux_t *d = &ctx->w->dmx;
         pthread_mutex_lock(&d->mu);
-        ts_sub_ctx_t *head = ts_cellmap_get(&d->by_cell, &ctx->cell);
-        if (head == ctx) {
-            if (ctx->next_same)
-                ts_cellmap_put(&d->by_cell, &ctx->cell, ctx->next_same); /* replaces: no allocation */
-            else
-                ts_cellmap_del(&d->by_cell, &ctx->cell);
-        } else {
-            for (ts_sub_ctx_t *c = head; c; c = c->next_same)
-                if (c->next_same == ctx) {
-                    c->next_same = ctx->next_same;
-                    break;
-                }
-        }
+        dmx_slot_t *slot = ts_cellmap_get(&d->by_cell, &ctx->cell);
+        for (ts_sub_ctx_t **pp = slot ? &slot->ctxs : NULL; pp && *pp; pp = &(*pp)->next_same)
+            if (*pp == ctx) {
+                *pp = ctx->next_same;
+                break;
+            }
         pthread_mutex_unlock(&d->mu);
     }
     ts_inbox_free(&ctx->held);
@@ -341,8 +373,10 @@ typedef struct {
 static void mark_cell(void *ud, const ts_cell_t *cell, void *val)
 {
     const mark_arg_t *a = ud;
+    dmx_slot_t *slot = val;
     (void)cell;
-    for (ts_sub_ctx_t *c = val; c; c = c->next_same) {
+    if (a->stale) slot->last_seen = 0;
+    for (ts_sub_ctx_t *c = slot->ctxs; c; c = c->next_same) {
         if (a->stale) {
             c->awaiting = true;
             atomic_store(&c->stale, true);
@@ -375,6 +409,7 @@ ts_status_t ts_demux_restart(ts_worker_t *w)
     if (d->stream_id == 0 && first) {
         d->stream_id = floor_id;
         d->covered = floor_seq;
+        d->seen_from = floor_seq + 1;
     }
     uint64_t from = d->rewind_from;
     d->rewind_from = 0;
@@ -388,6 +423,7 @@ ts_status_t ts_demux_restart(ts_worker_t *w)
     f->w = w;
     f->token = ++d->token; /* the old consumer's messages are dropped from here on */
     d->covered = from - 1;
+    if (from < d->seen_from) d->seen_from = from;
     mark_arg_t a = {.from = from, .stale = false};
     ts_cellmap_each(&d->by_cell, mark_cell, &a);
     pthread_mutex_unlock(&d->mu);
@@ -406,6 +442,7 @@ ts_status_t ts_demux_restart(ts_worker_t *w)
         ts_cellmap_each(&d->by_cell, mark_cell, &a);
         d->stream_id = 0; /* registrations wait for the new instance */
         d->covered = 0;
+        d->seen_from = 1;
         pthread_mutex_unlock(&d->mu);
         st = ts_bus_consume_at(w->bus, w->world.id, filter, 0, 1, on_input, f, &sub);
         if (st == TS_OK) {
@@ -493,7 +530,7 @@ void ts_demux_free(ts_worker_t *w)
     ts_demux_t *d = &w->dmx;
     if (!d->inited) return;
     ts_demux_stop(w);
-    ts_cellmap_free(&d->by_cell); /* the contexts belong to their owners */
+    ts_cellmap_clear(&d->by_cell, free); /* the slots; the contexts belong to their owners */
     pthread_mutex_destroy(&d->mu);
     d->inited = false;
 }

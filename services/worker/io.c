@@ -2,12 +2,13 @@
  *
  * The I/O thread runs every step that waits on the network so the tick
  * thread never does: full registry reads (asked for, or when the version it
- * checks once a second moved), binding a cell (read its checkpoint, start
- * its consumer with input held), restarting a consumer, closing
- * subscriptions (which waits for running callbacks), the PreCopy request to
- * a handover target and the drain request. Jobs come in through a queue
+ * checks once a second moved), binding a cell (read its checkpoint,
+ * register it for its input, held, and read its last input), creating the
+ * worker's input consumer again (a rewind, inbox.c), registering a cell
+ * again after the input stream was replaced, the PreCopy request to a
+ * handover target and the drain request. Jobs come in through a queue
  * (bounded by the cells this worker has: one job per cell at a time, plus
- * one resync) and results go back to the tick thread through a list under
+ * one resync and one consumer restart) and results go back to the tick thread through a list under
  * the worker's mutex, with a wake-up.
  *
  * The liveness thread refreshes `ts:worker:<id>:alive` with this process's

@@ -1,6 +1,6 @@
 /* Worker internals shared by its modules:
  *
- *   inbox.c    input messages from nats.c threads to the tick thread
+ *   inbox.c    the worker's input consumer, demultiplexed by cell, to the tick thread
  *   bindings.c the owned cells (binding table), applying input to them
  *   worker.c   the registry view, I/O results, the tick loop, lifecycle
  *   io.c       the I/O thread (registry reads, binding cells, PreCopy
@@ -14,12 +14,13 @@
  *     the registry view. It never waits on the network: it publishes
  *     asynchronously, hands slow work to the I/O thread and picks up the
  *     results on a later tick;
- *   - the I/O thread does the round trips (Redis, JetStream consumer
- *     creation, checkpoint reads, PreCopy requests, unsubscribes);
+ *   - the I/O threads do the round trips (Redis, checkpoint reads, the
+ *     worker's input consumer created again, PreCopy requests);
  *   - the liveness thread refreshes the worker's liveness key in Redis on its
  *     own connection, so an overloaded tick never looks like a dead worker;
- *   - nats.c's shared delivery threads run subscription callbacks: input goes
- *     through a bounded lock-free ring, everything else (handover requests,
+ *   - nats.c's shared delivery threads run subscription callbacks: input
+ *     (one consumer per worker, demultiplexed by cell under dmx.mu, inbox.c)
+ *     goes through a bounded lock-free ring, everything else (handover requests,
  *     registry changes, I/O results) through small queues under `mu`. */
 #ifndef TS_WORKER_INTERNAL_H
 #define TS_WORKER_INTERNAL_H
@@ -42,8 +43,9 @@
 
 #define TS_TICK_SAMPLES 256
 /* Input messages waiting for the tick thread, all cells together. When the
- * ring is full a cell's consumer stops taking messages and is restarted
- * after its last applied sequence (nothing is lost: the stream has them). */
+ * ring is full the cell's context goes back to before the message that did
+ * not fit and the worker's consumer is created again from there (nothing
+ * is lost: the stream has them). */
 #define TS_INBOX_RING 65536
 /* Slots of the in-flight publish table (transfers, forwards, departures):
  * publish n uses slot n % TS_FLIGHT_SLOTS; a publish whose slot is still
@@ -93,8 +95,9 @@ typedef struct ts_sub_ctx {
     uint64_t delivered;           /* stream seq of the last message passed on (at first: the start) */
     bool awaiting;                /* drops everything until the consumer restarts from delivered + 1 */
     struct ts_sub_ctx *next_same; /* another context of the same cell */
-    /* set at registration, then the owner's: (start, gap_to] went by before
-     * it registered (0: no gap); see ts_worker_input_rewind */
+    /* set at registration, then the owner's: input of the cell up to gap_to
+     * went by after its start before it registered (0: none); see
+     * ts_worker_input_rewind */
     uint64_t gap_to;
 } ts_sub_ctx_t;
 
@@ -105,12 +108,13 @@ typedef struct {
     bool inited;
     pthread_mutex_t mu;
     /* under mu */
-    ts_cellmap_t by_cell;     /* cell -> ts_sub_ctx_t* (a list by next_same) */
+    ts_cellmap_t by_cell;     /* cell -> its slot: contexts, last sequence seen (inbox.c) */
     ts_bus_sub_t *sub;        /* the consumer (created and closed by the I/O thread) */
     struct ts_dmx_feed *feed; /* its callback context */
     uint64_t token;           /* the current consumer's feed token */
     int64_t stream_id;        /* the input stream instance it reads (0: not known yet) */
     uint64_t covered;         /* every message up to this seq was passed on or dropped */
+    uint64_t seen_from;       /* the consumer has seen every message from this seq to covered */
     uint64_t rewind_from;     /* 0, or the lowest sequence a restart must start at */
     uint64_t restarts;
     bool stopped;
@@ -368,9 +372,9 @@ void ts_inbox_free(ts_inbox_t *in);
 /* Registers a context for cell's input after after_seq of whichever input
  * stream instance the worker's consumer reads (no round trip: any thread
  * not holding w->mu). With hold its messages are kept in ctx->held until
- * the owner takes them. ctx->gap_to != 0 if messages after after_seq went
- * by already: the owner rewinds (ts_worker_input_rewind) unless it knows
- * the cell had none it needs there. TS_ERR_UNAVAILABLE while the stream's
+ * the owner takes them. ctx->gap_to != 0 if messages of the cell after
+ * after_seq (up to gap_to) went by already, or may have: the owner rewinds
+ * (ts_worker_input_rewind) unless it knows it needs none of them. TS_ERR_UNAVAILABLE while the stream's
  * instance is not known. */
 ts_status_t ts_worker_subscribe_input(ts_worker_t *w, const ts_cell_t *cell, uint64_t after_seq, bool hold,
                                       ts_sub_ctx_t **ctx);
