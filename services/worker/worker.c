@@ -574,7 +574,7 @@ ts_status_t ts_worker_create(ts_worker_t **out, const ts_config_t *cfg)
     w->boot_nonce = ts_rng_next(&rng);
     snprintf(w->instance, sizeof(w->instance), "%016" PRIx64 "-%d", ts_rng_next(&rng), (int)getpid());
 
-    ts_status_t st = ts_ring_create(&w->ring, TS_INBOX_RING, sizeof(ts_inbox_msg_t));
+    ts_status_t st = ts_ring_create(&w->ring, (size_t)cfg->worker_inbox_ring, sizeof(ts_inbox_msg_t));
     if (st != TS_OK) goto fail;
     char name[128];
     snprintf(name, sizeof(name), "tessera-worker-%s", w->id);

@@ -42,11 +42,6 @@
 #include "zone.h"
 
 #define TS_TICK_SAMPLES 256
-/* Input messages waiting for the tick thread, all cells together. When the
- * ring is full the cell's context goes back to before the message that did
- * not fit and the worker's consumer is created again from there (nothing
- * is lost: the stream has them). */
-#define TS_INBOX_RING 65536
 /* Slots of the in-flight publish table (transfers, forwards, departures):
  * publish n uses slot n % TS_FLIGHT_SLOTS; a publish whose slot is still
  * pending waits for a later tick. */
