@@ -198,8 +198,9 @@ static bool hand_off(ts_worker_t *w, ts_sub_ctx_t *ctx, ts_inbox_msg_t *msg)
     return true;
 }
 
-/* nats.c delivery thread: no allocation (unless two contexts of one cell
- * both want the message), one uncontended lock. */
+/* nats.c delivery thread: one uncontended lock, no allocation (but a cell's
+ * slot at its first message, and a copy when two contexts of one cell both
+ * want the message). */
 static void on_input(void *ud, const ts_bus_msg_t *m)
 {
     struct ts_dmx_feed *f = ud;
@@ -223,6 +224,7 @@ static void on_input(void *ud, const ts_bus_msg_t *m)
     ts_sub_ctx_t *head = slot ? slot->ctxs : NULL;
     for (ts_sub_ctx_t *c = head; c; c = c->next_same)
         want += !c->awaiting && seq > c->delivered;
+    if (want == 0) atomic_fetch_add_explicit(&d->passed, 1, memory_order_relaxed);
     for (ts_sub_ctx_t *c = head; c && want > 0; c = c->next_same) {
         if (c->awaiting || seq <= c->delivered) continue;
         /* the last one takes the message over, the others get copies */
@@ -241,7 +243,6 @@ static void on_input(void *ud, const ts_bus_msg_t *m)
             relay = hot_now(c);
         if (hand_off(w, c, &msg) && relay) wake = true;
     }
-    if (want == 0) atomic_fetch_add_explicit(&d->passed, 1, memory_order_relaxed);
     pthread_mutex_unlock(&d->mu);
     /* a worker's message (a Departure, a Transfer) is a link in an
      * entity's hand-on to another cell, and a gateway's input to a cell in a
