@@ -263,6 +263,16 @@ ts_bus_held_t ts_bus_msg_hold(const ts_bus_msg_t *m)
     return h;
 }
 
+ts_bus_held_t ts_bus_msg_copy(const ts_bus_msg_t *m)
+{
+    natsMsg *nm = NULL;
+    if (m == NULL || m->msg == NULL ||
+        natsMsg_Create(&nm, natsMsg_GetSubject(m->msg), NULL, natsMsg_GetData(m->msg),
+                       natsMsg_GetDataLength(m->msg)) != NATS_OK)
+        return (ts_bus_held_t){0};
+    return (ts_bus_held_t){.impl = nm, .stream_seq = m->stream_seq, .pending = m->pending};
+}
+
 const uint8_t *ts_bus_held_data(ts_bus_held_t h)
 {
     return h.impl ? (const uint8_t *)natsMsg_GetData(h.impl) : NULL;
@@ -1189,12 +1199,53 @@ static bool stream_still_same(ts_bus_sub_t *sub)
     return false;
 }
 
+/* A decimal token of a reply subject (up to the next '.' or the end). */
+static bool reply_number(const char *p, uint64_t *out)
+{
+    uint64_t v = 0;
+    size_t digits = 0;
+    for (; *p >= '0' && *p <= '9'; p++, digits++)
+        v = v * 10 + (uint64_t)(*p - '0');
+    if (digits == 0 || digits > 19 || (*p != '.' && *p != '\0')) return false;
+    *out = v;
+    return true;
+}
+
+/* A JetStream message's stream sequence and pending count from its reply
+ * subject, "$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer
+ * seq>.<time>.<pending>" (or with "<domain>.<account hash>." before the
+ * stream and maybe one token after): no allocation, where
+ * natsMsg_GetMetaData makes four per message, which a worker's one
+ * consumer over the whole input stream pays for every input of the world.
+ * False if the subject has neither form. */
+static bool js_reply_meta(const char *reply, uint64_t *stream_seq, uint64_t *pending)
+{
+    static const char prefix[] = "$JS.ACK.";
+    if (reply == NULL || strncmp(reply, prefix, sizeof prefix - 1) != 0) return false;
+    const char *tok[11];
+    size_t n = 0;
+    const char *p = reply + sizeof prefix - 1;
+    tok[n++] = p;
+    for (; *p; p++) {
+        if (*p != '.') continue;
+        if (n == sizeof tok / sizeof tok[0]) return false;
+        tok[n++] = p + 1;
+    }
+    size_t base = n == 7 ? 0 : n == 9 || n == 10 ? 2 : SIZE_MAX;
+    if (base == SIZE_MAX) return false;
+    uint64_t seq = 0, left = 0;
+    if (!reply_number(tok[base + 3], &seq) || !reply_number(tok[base + 6], &left)) return false;
+    *stream_seq = seq;
+    *pending = left;
+    return true;
+}
+
 static void on_msg(natsConnection *nc, natsSubscription *nsub, natsMsg *m, void *closure)
 {
     ts_bus_sub_t *sub = closure;
     if (!atomic_load(&sub->closing) && (!sub->jetstream || stream_still_same(sub))) {
         ts_bus_msg_t bm = {.msg = m, .stream_seq = 0, .pending = 0};
-        if (sub->jetstream) {
+        if (sub->jetstream && !js_reply_meta(natsMsg_GetReply(m), &bm.stream_seq, &bm.pending)) {
             jsMsgMetaData *meta = NULL;
             if (natsMsg_GetMetaData(&meta, m) == NATS_OK) {
                 bm.stream_seq = meta->Sequence.Stream;

@@ -91,6 +91,9 @@ static const key_def_t keys[] = {
     INT("worker.hb_ms", worker_hb_ms, "250", 10, 60000, "heartbeat interval in milliseconds"),
     INT("worker.checkpoint_ms", worker_checkpoint_ms, "1000", 10, 3600000,
         "how often each cell's checkpoint is written, in milliseconds"),
+    INT("worker.inbox_ring", worker_inbox_ring, "65536", 16, 16777216,
+        "input messages waiting for the tick thread, all cells together (rounded up to a power of two); "
+        "when full, the input consumer starts again before the first message that did not fit"),
     DBL("worker.max_speed", worker_max_speed, "50", 0, 1e6, "entity speed limit in world units per second"),
     INT("orch.hb_ttl_ms", orch_hb_ttl_ms, "1500", 100, 600000, "worker liveness TTL in milliseconds"),
     INT("orch.status_ms", orch_status_ms, "0", 0, 3600000, "status log interval in milliseconds (0: off)"),

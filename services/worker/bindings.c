@@ -1,5 +1,5 @@
 /* The cells this worker owns: the binding table (by cell and by
- * subscription generation, both O(1)), adopting a zone whose consumer runs,
+ * input context generation, both O(1)), adopting a zone whose input is registered,
  * unbinding, and applying input messages to zones in stream order. Tick
  * thread only. */
 #include <inttypes.h>
@@ -35,17 +35,10 @@ static void add_stats(ts_zone_stats_t *dst, const ts_zone_stats_t *s)
     dst->oversized += s->oversized;
 }
 
-void ts_worker_release_sub(ts_worker_t *w, ts_bus_sub_t *sub, ts_sub_ctx_t *ctx)
+void ts_worker_release_sub(ts_worker_t *w, ts_sub_ctx_t *ctx)
 {
-    if (!sub && !ctx) return;
-    ts_io_job_t *job = ts_io_job_new(TS_IO_UNSUBSCRIBE);
-    if (!job) { /* out of memory: close without waiting; leak the context */
-        ts_bus_sub_close(sub);
-        return;
-    }
-    job->sub = sub;
-    job->ctx = ctx;
-    ts_io_submit(w, job);
+    (void)w;
+    ts_worker_free_ctx(ctx); /* unregistered at once: no round trip */
 }
 
 /* A cell that replays its input after a checkpoint waits at most this long
@@ -82,8 +75,8 @@ static void adopt_game(ts_worker_t *w, ts_zone_t *zone, bool replaying)
     if (pb) ts_game_split_state(&pb->zone->game, (unsigned)ts_cell_quadrant(&zone->cell), &zone->game);
 }
 
-ts_status_t ts_worker_adopt(ts_worker_t *w, ts_zone_t *zone, uint64_t epoch, ts_bus_sub_t *sub,
-                            ts_sub_ctx_t *ctx, uint64_t catchup_seq, bool pending)
+ts_status_t ts_worker_adopt(ts_worker_t *w, ts_zone_t *zone, uint64_t epoch, ts_sub_ctx_t *ctx,
+                            uint64_t catchup_seq, bool pending)
 {
     ts_binding_t *b = calloc(1, sizeof(*b));
     if (b && w->nbind == w->cap_bind) {
@@ -98,14 +91,22 @@ ts_status_t ts_worker_adopt(ts_worker_t *w, ts_zone_t *zone, uint64_t epoch, ts_
         ts_cellmap_put(&w->by_cell, &zone->cell, b) != TS_OK) {
         if (b) ts_map_del(&w->by_gen, ctx->gen);
         free(b);
-        ts_worker_release_sub(w, sub, ctx);
+        ts_worker_release_sub(w, ctx);
         ts_zone_destroy(zone);
         return TS_ERR_NOMEM;
     }
+    /* registered after messages it needs went by (a handover target whose
+     * Diff is older than where the consumer was at its PreCopy): its held
+     * input is dropped and it gets everything after its position again */
+    if (ctx->gap_to > zone->last_applied_seq) {
+        ts_info("cell %s: input after seq %" PRIu64 " went by before it registered; rewinding the consumer",
+                zone->key, zone->last_applied_seq);
+        ts_worker_input_rewind(w, ctx, zone->last_applied_seq);
+    }
+    ctx->gap_to = 0;
     zone->epoch = epoch;
     if (w->max_payload) ts_zone_set_max_payload(zone, w->max_payload);
     b->zone = zone;
-    b->sub = sub;
     b->ctx = ctx;
     b->gen = ctx->gen;
     b->bound_us = ts_now_us();
@@ -137,7 +138,7 @@ void ts_worker_unbind(ts_worker_t *w, ts_binding_t *b)
             b->zone->epoch, b->zone->last_applied_seq);
     ts_map_del(&w->by_gen, b->gen);
     ts_cellmap_del(&w->by_cell, &b->zone->cell);
-    ts_worker_release_sub(w, b->sub, b->ctx);
+    ts_worker_release_sub(w, b->ctx);
     add_stats(&w->stats.zones, &b->zone->stats);
     w->stats.requests_ignored += b->zone->requests_ignored;
     ts_zone_destroy(b->zone);

@@ -79,7 +79,8 @@ static ts_pending_t *find_pending(ts_worker_t *w, const char *id)
 
 /* Removes p from the pending list (caller holds w->mu) and returns it by
  * value; the caller frees it with free_pending() after unlocking, since
- * destroying its subscription waits for callbacks that take w->mu. */
+ * releasing its input context takes the demultiplexer's mutex, which comes
+ * before w->mu (inbox.c). */
 static ts_pending_t take_pending(ts_worker_t *w, ts_pending_t *p)
 {
     ts_pending_t out = *p;
@@ -87,10 +88,10 @@ static ts_pending_t take_pending(ts_worker_t *w, ts_pending_t *p)
     return out;
 }
 
-/* The subscription is closed (and its context freed) by the I/O thread. */
+/* Its input context is unregistered and freed at once. */
 static void free_pending(ts_worker_t *w, ts_pending_t *p)
 {
-    ts_worker_release_sub(w, p->sub, p->ctx);
+    ts_worker_release_sub(w, p->ctx);
     ts_zone_destroy(p->zone);
     memset(p, 0, sizeof(*p));
 }
@@ -173,7 +174,7 @@ static void on_precopy(ts_worker_t *w, const Tessera__V1__Handover *m, const cha
         a.error = "PreCopy part without its first part";
         pthread_mutex_lock(&w->mu);
         ts_pending_t *p = find_pending(w, m->id);
-        if (p && !p->sub && p->parts_got == m->part) {
+        if (p && !p->ctx && p->parts_got == m->part) {
             if (ts_zone_load_checkpoint(p->zone, cp, false, w->tick) == TS_OK) {
                 p->parts_got++;
                 a = (ack_t){.ok = true};
@@ -195,24 +196,21 @@ static void on_precopy(ts_worker_t *w, const Tessera__V1__Handover *m, const cha
         if (p) after = p->zone->last_applied_seq;
         pthread_mutex_unlock(&w->mu);
         ts_sub_ctx_t *ctx = NULL;
-        ts_bus_sub_t *sub = NULL;
         a = (ack_t){.ok = false, .error = "the handover was dropped while its PreCopy arrived"};
-        if (p && ts_worker_subscribe_input(w, &cell, after, true, &ctx, &sub) != TS_OK) {
+        if (p && ts_worker_subscribe_input(w, &cell, after, true, &ctx) != TS_OK) {
             a.error = "cannot consume the cell's input";
         } else if (p) {
             pthread_mutex_lock(&w->mu);
             p = find_pending(w, m->id);
             if (p) {
                 p->ctx = ctx;
-                p->sub = sub;
                 ctx = NULL;
-                sub = NULL;
                 a = (ack_t){.ok = true,
                             .seq = p->zone->last_applied_seq,
                             .entities = (uint32_t)ts_zone_entities(p->zone)};
             }
             pthread_mutex_unlock(&w->mu);
-            ts_worker_release_sub(w, sub, ctx);
+            ts_worker_release_sub(w, ctx);
         }
     }
     if (!a.ok && m->id) { /* drop what arrived of it */
@@ -236,7 +234,7 @@ static void on_diff(ts_worker_t *w, const Tessera__V1__Handover *m, const char *
     ts_pending_t *p = find_pending(w, m->id);
     if (!cp) {
         a.error = "malformed Diff";
-    } else if (p && !p->sub) {
+    } else if (p && !p->ctx) {
         a.error = "the PreCopy did not complete";
     } else if (p) {
         if (m->part == 0) p->parts_got = 0;
@@ -270,7 +268,7 @@ static bool on_commit_target(ts_worker_t *w, const Tessera__V1__Handover *m, con
     ack_t a = {.ok = false, .error = "no completed Diff for this handover"};
     pthread_mutex_lock(&w->mu);
     ts_pending_t *p = find_pending(w, m->id);
-    if (p && p->diffed && p->sub) {
+    if (p && p->diffed && p->ctx) {
         p->committed = true;
         p->new_epoch = m->new_epoch;
         a = (ack_t){.ok = true, .resume_us = ts_now_us(), .seq = p->zone->last_applied_seq};
@@ -610,7 +608,7 @@ static bool adopt_pending(ts_worker_t *w, const ts_cell_t *cell, uint64_t epoch)
     pthread_mutex_lock(&w->mu);
     for (size_t i = 0; i < w->npending; i++) {
         ts_pending_t *q = &w->pending[i];
-        bool match = cell ? (q->diffed && q->sub && ts_cell_eq(&q->zone->cell, cell)) : q->committed;
+        bool match = cell ? (q->diffed && q->ctx && ts_cell_eq(&q->zone->cell, cell)) : q->committed;
         if (!match) continue;
         p = take_pending(w, q);
         found = true;
@@ -625,7 +623,7 @@ static bool adopt_pending(ts_worker_t *w, const ts_cell_t *cell, uint64_t epoch)
         return true;
     }
     uint64_t s2 = p.zone->last_applied_seq;
-    if (ts_worker_adopt(w, p.zone, new_epoch, p.sub, p.ctx, 0, false) == TS_OK) {
+    if (ts_worker_adopt(w, p.zone, new_epoch, p.ctx, 0, false) == TS_OK) {
         w->stats.handovers_in++;
         ts_info("cell %s: bound at epoch %" PRIu64 " from handover %s, consuming after seq %" PRIu64,
                 w->bindings[w->nbind - 1]->zone->key, new_epoch, p.id, s2);

@@ -2,12 +2,13 @@
  *
  * The I/O thread runs every step that waits on the network so the tick
  * thread never does: full registry reads (asked for, or when the version it
- * checks once a second moved), binding a cell (read its checkpoint, start
- * its consumer with input held), restarting a consumer, closing
- * subscriptions (which waits for running callbacks), the PreCopy request to
- * a handover target and the drain request. Jobs come in through a queue
+ * checks once a second moved), binding a cell (read its checkpoint,
+ * register it for its input, held, and read its last input), creating the
+ * worker's input consumer again (a rewind, inbox.c), registering a cell
+ * again after the input stream was replaced, the PreCopy request to a
+ * handover target and the drain request. Jobs come in through a queue
  * (bounded by the cells this worker has: one job per cell at a time, plus
- * one resync) and results go back to the tick thread through a list under
+ * one resync and one consumer restart) and results go back to the tick thread through a list under
  * the worker's mutex, with a wake-up.
  *
  * The liveness thread refreshes `ts:worker:<id>:alive` with this process's
@@ -42,7 +43,6 @@ ts_io_job_t *ts_io_job_new(ts_io_kind_t kind)
 void ts_io_job_free(ts_io_job_t *job)
 {
     if (!job) return;
-    if (job->sub) ts_bus_sub_destroy(job->sub);
     ts_worker_free_ctx(job->ctx);
     ts_zone_destroy(job->zone);
     free(job->cells);
@@ -206,56 +206,60 @@ static uint64_t last_input_seq(ts_worker_t *w, const ts_cell_t *cell)
     return seq;
 }
 
-/* Three requests to nats-server: the checkpoint (one more per extra part),
- * the cell's last input and the consumer. How far the replay goes (the cell
- * shows nothing until it caught up) is the last message on the cell's input
- * subject, read before the consumer starts: what arrives after it is live
- * input. A new cell (a split's child) or one nobody wrote to is live at
- * once.
- *
- * A cell with nothing to replay is consumed from the stream's recent end
- * (ts_bus_input_floor, read before its last input), not from its
- * checkpoint: the filter has a wildcard (the origin token), and nats-server
- * finds a wildcard consumer's first message by scanning the stream from its
- * start position, which costs ~15 ms at a few hundred thousand messages
- * back and made binding a thousand quiet cells take seconds. */
+/* Two requests to nats-server: the checkpoint (one more per extra part)
+ * and the cell's last input; no consumer is created (the worker's one
+ * input consumer is demultiplexed by cell, inbox.c). How far the replay
+ * goes (the cell shows nothing until it caught up) is the last message on
+ * the cell's input subject, read after the cell registered: every message
+ * up to where the consumer was at the registration is stored by then. If
+ * the consumer had gone past the checkpoint and the cell has input after
+ * it, the cell's context is rewound (the consumer starts again from the
+ * checkpoint, together with the other cells asking about then); a cell
+ * with nothing after its checkpoint (most of a recovery of quiet cells,
+ * and every new cell) costs no rewind. A new cell (a split's child) or one
+ * nobody wrote to is live at once. */
 static void do_bind(ts_worker_t *w, ts_io_job_t *job)
 {
     job->status = ts_worker_zone_create(w, &job->cell, job->epoch, &job->zone);
     if (job->status != TS_OK) return;
     job->found = load_checkpoint(w, &job->zone);
-    int64_t stream_id = 0;
-    uint64_t floor = 0, after = job->zone->last_applied_seq;
-    bool have_floor = ts_bus_input_floor(w->bus, w->world.id, &stream_id, &floor) == TS_OK;
+    uint64_t after = job->zone->last_applied_seq;
+    job->status = ts_worker_subscribe_input(w, &job->cell, after, true, &job->ctx);
+    if (job->status != TS_OK) {
+        char key[TS_CELL_STR_MAX];
+        ts_cell_format(&job->cell, key, sizeof(key));
+        ts_warn("cell %s: cannot register for its input: %s", key, ts_status_str(job->status));
+        return;
+    }
     uint64_t last = last_input_seq(w, &job->cell);
-    job->status = TS_ERR_STALE;
-    if (have_floor && last != TS_BUS_SEQ_UNKNOWN && last <= after && floor > after)
-        job->status =
-            ts_worker_subscribe_input_at(w, &job->cell, stream_id, floor, true, &job->ctx, &job->sub);
-    if (job->status == TS_ERR_STALE) /* no floor, or another stream instance by now */
-        job->status = ts_worker_subscribe_input(w, &job->cell, after, true, &job->ctx, &job->sub);
-    if (job->status != TS_OK) return;
+    if (job->ctx->gap_to != 0 && (last == TS_BUS_SEQ_UNKNOWN || last > after))
+        ts_worker_input_rewind(w, job->ctx, after);
+    job->ctx->gap_to = 0;
     if (last == TS_BUS_SEQ_UNKNOWN) {
-        /* the consumer says how much it has to deliver */
-        if (ts_bus_consumer_pending(job->sub, &job->pending, &job->caught_up_seq) != TS_OK)
-            job->pending = job->caught_up_seq = 0;
+        /* replays until the consumer says nothing is pending */
+        job->pending = 1;
+        job->caught_up_seq = 0;
         return;
     }
     job->caught_up_seq = last;
-    job->pending = last > after;
+    job->pending = 0;
 }
 
-/* A new consumer from the cell's position: after after_seq of the stream
- * instance it refers to. If the stream is another instance now (JetStream
- * lost its store) that position is gone: the consumer reads the new
+/* The cell registered again from its position: after after_seq of the
+ * stream instance it refers to. If the stream is another instance now
+ * (JetStream lost its store) that position is gone: it reads the new
  * instance from its start and the tick thread resets the position. */
 static void do_resubscribe(ts_worker_t *w, ts_io_job_t *job)
 {
-    job->status = ts_worker_subscribe_input_at(w, &job->cell, job->stream_id, job->after_seq, true, &job->ctx,
-                                               &job->sub);
-    if (job->status != TS_ERR_STALE) return;
-    job->stream_restarted = true;
-    job->status = ts_worker_subscribe_input_at(w, &job->cell, 0, 0, true, &job->ctx, &job->sub);
+    uint64_t after = job->after_seq;
+    job->status = ts_worker_subscribe_input_at(w, &job->cell, job->stream_id, after, true, &job->ctx);
+    if (job->status == TS_ERR_STALE) {
+        job->stream_restarted = true;
+        after = 0;
+        job->status = ts_worker_subscribe_input_at(w, &job->cell, 0, 0, true, &job->ctx);
+    }
+    if (job->status != TS_OK) return;
+    if (job->ctx->gap_to != 0) ts_worker_input_rewind(w, job->ctx, after);
 }
 
 /* A request whose reply is forwarded to the orchestrator as an ACK. */
@@ -432,6 +436,8 @@ static bool check_stream(ts_worker_t *w, stream_watch_t *sw)
 
 void ts_io_stream_done(ts_worker_t *w, ts_io_job_t *job)
 {
+    /* the worker's consumer finds the new instance when it starts again */
+    if (ts_demux_stream_id(w) != job->stream_id) ts_demux_want_restart(w);
     for (size_t i = 0; i < w->nbind; i++) {
         ts_binding_t *b = w->bindings[i];
         if (b->ctx->stream_id == job->stream_id) continue; /* reads the new one already */
@@ -520,10 +526,8 @@ static void *io_main(void *arg)
                 else
                     do_resubscribe(w, job);
                 break;
-            case TS_IO_UNSUBSCRIBE:
-                ts_bus_sub_destroy(job->sub); /* waits for running callbacks */
-                job->sub = NULL;
-                keep = false;
+            case TS_IO_REWIND:
+                job->status = stop ? TS_ERR_CLOSED : ts_demux_restart(w);
                 break;
             case TS_IO_REQUEST:
                 if (!stop) do_request(w, job);

@@ -123,7 +123,8 @@ ts_status_t ts_worker_metrics_start(const ts_config_t *cfg)
             "Messages not published because they were larger than the server's max_payload allows (a bug: "
             "every message is cut to fit; each is logged with its cell).", );
     COUNTER(inbox_overflows, "tessera_worker_inbox_overflows_total",
-            "Input consumers restarted because the inbox ring was full (nothing lost).", );
+            "Input messages that did not fit the inbox ring; the input consumer starts again "
+            "before the first of them (nothing lost).", );
     COUNTER(stream_restarts, "tessera_worker_stream_restarts_total",
             "Times the world's input stream was found gone or replaced (JetStream lost its store): inputs it "
             "had acknowledged and this worker had not applied are lost.", );

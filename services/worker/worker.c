@@ -38,6 +38,9 @@
 #define DRAIN_RECHECK_MS 1000
 #define DRAIN_RECHECK_TIMEOUT_MS 500
 #define RESUB_RETRY_US 1000000ULL /* a consumer that could not be created (the stream not back yet) */
+/* Between two restarts of the input consumer: rewinds asked meanwhile (a
+ * recovery binding many cells) coalesce to the lowest start. */
+#define REWIND_GAP_US 100000ULL
 /* Between ticks, a worker's message (a Departure in the cell's own stream,
  * a Transfer), a gateway's input to a cell that had one in the last 100 ms
  * (it may be for an entity that just left: forwarded at once) or a publish
@@ -360,9 +363,8 @@ static void finish_bind(ts_worker_t *w, ts_io_job_t *job)
             ts_cell_format(&job->cell, key, sizeof(key));
             ts_warn("cell %s: cannot bind (%s); trying again", key, ts_status_str(job->status));
         }
-        ts_worker_release_sub(w, job->sub, job->ctx);
+        ts_worker_release_sub(w, job->ctx);
         ts_zone_destroy(job->zone);
-        job->sub = NULL;
         job->ctx = NULL;
         job->zone = NULL;
         /* still ours (at another epoch, or the bind failed): bind again */
@@ -372,18 +374,16 @@ static void finish_bind(ts_worker_t *w, ts_io_job_t *job)
     uint64_t after = job->zone->last_applied_seq;
     ts_zone_t *z = job->zone;
     job->zone = NULL;
-    if (ts_worker_adopt(w, z, job->epoch, job->sub, job->ctx, job->caught_up_seq, job->pending > 0) ==
-        TS_OK) {
+    if (ts_worker_adopt(w, z, job->epoch, job->ctx, job->caught_up_seq, job->pending > 0) == TS_OK) {
         ts_info("cell %s: bound at epoch %" PRIu64 " from checkpoint/replay, consuming after seq %" PRIu64,
                 w->bindings[w->nbind - 1]->zone->key, job->epoch, after);
         if (job->found) w->stats.recovered++; /* from a checkpoint */
     }
-    job->sub = NULL;
     job->ctx = NULL;
 }
 
-/* A new consumer for a cell whose old one overflowed the ring or stopped,
- * or that reads an input stream that is gone. */
+/* A new registration for a cell whose input stream is gone (its context
+ * went stale, or the I/O thread saw the stream replaced). */
 static void finish_resubscribe(ts_worker_t *w, ts_io_job_t *job)
 {
     ts_binding_t *b = ts_map_get(&w->by_gen, job->old_gen);
@@ -393,12 +393,11 @@ static void finish_resubscribe(ts_worker_t *w, ts_io_job_t *job)
             b->resub_needed = true;
             b->resub_at_us = ts_mono_us() + RESUB_RETRY_US;
         }
-        ts_worker_release_sub(w, job->sub, job->ctx);
-        job->sub = NULL;
+        ts_worker_release_sub(w, job->ctx);
         job->ctx = NULL;
         return;
     }
-    /* what the ring still has of the old consumer comes first, in order:
+    /* what the ring still has of the old registration comes first, in order:
      * messages of the old consumer's stream instance only (the bus delivers
      * no other), applied by that instance's sequences */
     ts_worker_apply_inbox(w);
@@ -423,8 +422,7 @@ static void finish_resubscribe(ts_worker_t *w, ts_io_job_t *job)
 
 void ts_worker_take_consumer(ts_worker_t *w, ts_binding_t *b, ts_io_job_t *job)
 {
-    ts_worker_release_sub(w, b->sub, b->ctx);
-    b->sub = job->sub;
+    ts_worker_release_sub(w, b->ctx);
     b->ctx = job->ctx;
     b->gen = job->ctx->gen;
     b->restarting = false;
@@ -441,7 +439,6 @@ void ts_worker_take_consumer(ts_worker_t *w, ts_binding_t *b, ts_io_job_t *job)
     } else {
         ts_worker_apply_msgs(w, b->zone, &held);
     }
-    job->sub = NULL;
     job->ctx = NULL;
 }
 
@@ -464,6 +461,11 @@ static void take_io_results(ts_worker_t *w)
         case TS_IO_RESUBSCRIBE:
             finish_resubscribe(w, job);
             break;
+        case TS_IO_REWIND:
+            w->dmx.job_queued = false;
+            /* rewinds asked meanwhile coalesce until the next one */
+            w->dmx.next_try_us = ts_mono_us() + (job->status == TS_OK ? REWIND_GAP_US : RESUB_RETRY_US);
+            break;
         case TS_IO_DRAIN:
             w->drain_state = job->status == TS_OK ? 2 : 3;
             break;
@@ -480,36 +482,46 @@ static void take_io_results(ts_worker_t *w)
 
 /* ---- input ------------------------------------------------------------- */
 
-/* Restarts, from the cell's position (the last applied sequence of the
- * stream instance its consumer reads), the consumers that overflowed the
- * ring, that stopped (their stream is, or may be, another instance after a
- * reconnect) or that read an input stream the I/O thread saw replaced. */
+/* The worker's input consumer is created again (by an I/O thread) when
+ * contexts wait for a rewind (a cell registered behind it, the ring was
+ * full) or it stopped (its stream is, or may be, another instance after a
+ * reconnect); at most one restart at a time, REWIND_GAP_US apart. Cells
+ * whose input stream is gone (their context went stale, or the I/O thread
+ * saw the stream replaced) register again from their position (the last
+ * applied sequence of the stream instance it refers to). */
 static void restart_consumers(ts_worker_t *w)
 {
     uint64_t now = ts_mono_us();
+    uint64_t overflows = atomic_load(&w->dmx.overflows);
+    if (overflows != w->dmx.overflows_seen) {
+        ts_warn("input arrived faster than the tick takes it: %" PRIu64
+                " messages did not fit the ring; the consumer starts again before the first of them",
+                overflows - w->dmx.overflows_seen);
+        w->stats.inbox_overflows += overflows - w->dmx.overflows_seen;
+        w->dmx.overflows_seen = overflows;
+    }
+    if (!w->dmx.job_queued && now >= w->dmx.next_try_us && ts_demux_wanted(w)) {
+        ts_io_job_t *job = ts_io_job_new(TS_IO_REWIND);
+        if (job) {
+            w->dmx.job_queued = true;
+            ts_io_submit(w, job);
+        }
+    }
     for (size_t i = 0; i < w->nbind; i++) {
         ts_binding_t *b = w->bindings[i];
         if (b->restarting || now < b->resub_at_us) continue;
-        bool overflow = atomic_load(&b->ctx->overflow);
-        bool stopped = ts_bus_sub_stopped(b->sub);
-        if (!overflow && !stopped && !b->resub_needed) continue;
+        bool stale = atomic_load(&b->ctx->stale);
+        if (!stale && !b->resub_needed) continue;
         ts_io_job_t *job = ts_io_job_new(TS_IO_RESUBSCRIBE);
         if (!job) continue;
-        if (overflow) {
-            w->stats.inbox_overflows++;
-            ts_warn(
-                "cell %s: input arrived faster than the tick takes it; consumer restarted after seq %" PRIu64,
-                b->zone->key, b->zone->last_applied_seq);
-        } else if (stopped && !b->resub_needed) {
-            ts_warn(
-                "cell %s: its input consumer stopped after a reconnect; consuming again after seq %" PRIu64
-                " if the input stream is the same, else the new one from its start",
-                b->zone->key, b->zone->last_applied_seq);
-        }
+        if (stale && !b->resub_needed)
+            ts_warn("cell %s: the input stream may be another instance after a reconnect; consuming again "
+                    "after seq %" PRIu64 " if it is the same, else the new one from its start",
+                    b->zone->key, b->zone->last_applied_seq);
         b->restarting = true;
         job->cell = b->zone->cell;
         job->old_gen = b->gen;
-        /* messages still in the ring are applied before the new consumer's */
+        /* messages still in the ring are applied before the new context's */
         job->after_seq = b->zone->last_applied_seq;
         job->stream_id = b->ctx->stream_id;
         ts_io_submit(w, job);
@@ -562,7 +574,7 @@ ts_status_t ts_worker_create(ts_worker_t **out, const ts_config_t *cfg)
     w->boot_nonce = ts_rng_next(&rng);
     snprintf(w->instance, sizeof(w->instance), "%016" PRIx64 "-%d", ts_rng_next(&rng), (int)getpid());
 
-    ts_status_t st = ts_ring_create(&w->ring, TS_INBOX_RING, sizeof(ts_inbox_msg_t));
+    ts_status_t st = ts_ring_create(&w->ring, (size_t)cfg->worker_inbox_ring, sizeof(ts_inbox_msg_t));
     if (st != TS_OK) goto fail;
     char name[128];
     snprintf(name, sizeof(name), "tessera-worker-%s", w->id);
@@ -583,6 +595,13 @@ ts_status_t ts_worker_create(ts_worker_t **out, const ts_config_t *cfg)
         goto fail;
     }
     ts_bus_set_ack_handler(w->bus, on_publish_outcome, w);
+    if ((st = ts_demux_init(w)) != TS_OK) goto fail;
+    while ((st = ts_demux_restart(w)) != TS_OK && ts_service_retry_wait(streams_deadline))
+        ts_info("cannot consume the input stream yet (%s); trying again", ts_status_str(st));
+    if (st != TS_OK) {
+        if (!ts_service_stopping()) ts_error("cannot consume the input stream: %s", ts_status_str(st));
+        goto fail;
+    }
     char subj[TS_SUBJECT_MAX];
     ts_subject_registry(subj, sizeof(subj), w->world.id);
     if ((st = ts_bus_subscribe(w->bus, subj, on_registry, w, &w->reg_sub)) != TS_OK) goto fail;
@@ -850,6 +869,7 @@ void ts_worker_destroy(ts_worker_t *w)
 {
     if (!w) return;
     ts_live_stop(w);
+    ts_demux_stop(w); /* no input callback runs after this */
     ts_bus_sub_destroy(w->reg_sub);
     ts_bus_sub_destroy(w->ho_sub);
     ts_players_stop(w);
@@ -876,6 +896,7 @@ void ts_worker_destroy(ts_worker_t *w)
     ts_cellmap_free(&w->by_cell);
     ts_cellmap_free(&w->binding);
     ts_map_free(&w->by_gen);
+    ts_demux_free(w); /* after every context is freed */
     pthread_mutex_destroy(&w->mu);
     pthread_cond_destroy(&w->cond);
     ts_bus_destroy(w->bus);

@@ -1,6 +1,6 @@
 /* Worker internals shared by its modules:
  *
- *   inbox.c    input messages from nats.c threads to the tick thread
+ *   inbox.c    the worker's input consumer, demultiplexed by cell, to the tick thread
  *   bindings.c the owned cells (binding table), applying input to them
  *   worker.c   the registry view, I/O results, the tick loop, lifecycle
  *   io.c       the I/O thread (registry reads, binding cells, PreCopy
@@ -14,12 +14,13 @@
  *     the registry view. It never waits on the network: it publishes
  *     asynchronously, hands slow work to the I/O thread and picks up the
  *     results on a later tick;
- *   - the I/O thread does the round trips (Redis, JetStream consumer
- *     creation, checkpoint reads, PreCopy requests, unsubscribes);
+ *   - the I/O threads do the round trips (Redis, checkpoint reads, the
+ *     worker's input consumer created again, PreCopy requests);
  *   - the liveness thread refreshes the worker's liveness key in Redis on its
  *     own connection, so an overloaded tick never looks like a dead worker;
- *   - nats.c's shared delivery threads run subscription callbacks: input goes
- *     through a bounded lock-free ring, everything else (handover requests,
+ *   - nats.c's shared delivery threads run subscription callbacks: input
+ *     (one consumer per worker, demultiplexed by cell under dmx.mu, inbox.c)
+ *     goes through a bounded lock-free ring, everything else (handover requests,
  *     registry changes, I/O results) through small queues under `mu`. */
 #ifndef TS_WORKER_INTERNAL_H
 #define TS_WORKER_INTERNAL_H
@@ -41,10 +42,6 @@
 #include "zone.h"
 
 #define TS_TICK_SAMPLES 256
-/* Input messages waiting for the tick thread, all cells together. When the
- * ring is full a cell's consumer stops taking messages and is restarted
- * after its last applied sequence (nothing is lost: the stream has them). */
-#define TS_INBOX_RING 65536
 /* Slots of the in-flight publish table (transfers, forwards, departures):
  * publish n uses slot n % TS_FLIGHT_SLOTS; a publish whose slot is still
  * pending waits for a later tick. */
@@ -75,25 +72,60 @@ typedef struct {
     size_t n, cap;
 } ts_inbox_t;
 
-/* Context of one input subscription (owned by its binding or pending zone;
- * freed by the I/O thread after the subscription is closed). */
-typedef struct {
+/* A cell's registration with the worker's input demultiplexer (inbox.c);
+ * owned by its binding or pending zone, freed (and unregistered) with
+ * ts_worker_free_ctx. */
+typedef struct ts_sub_ctx {
     ts_worker_t *w;
     ts_cell_t cell;
     uint64_t gen;
     /* the instance of the input stream it reads (ts_bus_sub_stream_id): the
      * stream its binding's last_applied_seq is a sequence of */
     int64_t stream_id;
-    atomic_bool hold;     /* not bound yet: keep messages in `held` (under w->mu) */
-    atomic_bool overflow; /* the ring was full: drop until restarted */
+    atomic_bool hold;  /* not bound yet: keep messages in `held` (under w->mu) */
+    atomic_bool stale; /* the input stream is another instance now: register again */
     ts_inbox_t held;
+    bool registered;
+    /* under w->dmx.mu */
+    uint64_t delivered;           /* stream seq of the last message passed on (at first: the start) */
+    bool awaiting;                /* drops everything until the consumer restarts from delivered + 1 */
+    struct ts_sub_ctx *next_same; /* another context of the same cell */
+    /* set at registration, then the owner's: input of the cell up to gap_to
+     * went by after its start before it registered (0: none); see
+     * ts_worker_input_rewind */
+    uint64_t gap_to;
 } ts_sub_ctx_t;
+
+/* The worker's one input consumer and the table that demultiplexes it by
+ * cell (inbox.c). */
+struct ts_dmx_feed;
+typedef struct {
+    bool inited;
+    pthread_mutex_t mu;
+    /* under mu */
+    ts_cellmap_t by_cell;     /* cell -> its slot: contexts, last sequence seen (inbox.c) */
+    ts_bus_sub_t *sub;        /* the consumer (created and closed by the I/O thread) */
+    struct ts_dmx_feed *feed; /* its callback context */
+    uint64_t token;           /* the current consumer's feed token */
+    int64_t stream_id;        /* the input stream instance it reads (0: not known yet) */
+    uint64_t covered;         /* every message up to this seq was passed on or dropped */
+    uint64_t seen_from;       /* the consumer has seen every message from this seq to covered */
+    uint64_t rewind_from;     /* 0, or the lowest sequence a restart must start at */
+    uint64_t restarts;
+    bool stopped;
+    atomic_bool want;           /* a restart is due (the tick asks the I/O thread) */
+    _Atomic uint64_t overflows; /* messages a full ring turned into a rewind */
+    _Atomic uint64_t passed;    /* messages of cells not registered here */
+    /* tick thread */
+    bool job_queued;
+    uint64_t next_try_us; /* monotonic */
+    uint64_t overflows_seen;
+} ts_demux_t;
 
 typedef enum { TS_BIND_ACTIVE = 0, TS_BIND_FROZEN } ts_bind_state_t;
 
 typedef struct {
     ts_zone_t *zone;
-    ts_bus_sub_t *sub;
     ts_sub_ctx_t *ctx;
     uint64_t gen;
     ts_bind_state_t state;
@@ -101,8 +133,8 @@ typedef struct {
     uint64_t frozen_us;   /* monotonic */
     ts_inbox_t held;      /* input received while frozen (after s2), in order */
     uint64_t bound_us;    /* wall clock when this worker took the cell */
-    bool restarting;      /* a new consumer is being created (ring overflow, stopped, new stream) */
-    bool resub_needed;    /* its consumer is to be created again (the input stream restarted) */
+    bool restarting;      /* it is being registered again (its input stream is gone) */
+    bool resub_needed;    /* it is to be registered again (the input stream restarted) */
     uint64_t resub_at_us; /* monotonic: not before then (a failed try; 0: now) */
     /* bound from a checkpoint with input still to replay: applies it but
      * neither moves nor publishes until it caught up with the stream (so
@@ -148,8 +180,7 @@ typedef struct {
     bool committed;     /* COMMIT arrived: the tick thread binds it */
     uint32_t parts_got; /* parts of the PreCopy (then of the Diff) loaded */
     uint64_t new_epoch;
-    ts_sub_ctx_t *ctx;
-    ts_bus_sub_t *sub;
+    ts_sub_ctx_t *ctx; /* registered once the PreCopy is in */
     uint64_t created_us;
 } ts_pending_t;
 
@@ -158,7 +189,7 @@ typedef struct {
     uint64_t transfers_out_remote;
     uint64_t handovers_out, handovers_in;
     uint64_t recovered;         /* cells bound from a checkpoint + replay */
-    uint64_t inbox_overflows;   /* consumers restarted because the ring was full */
+    uint64_t inbox_overflows;   /* input messages the full ring turned into a consumer rewind */
     uint64_t publishes_failed;  /* JetStream publishes given up (retried later) */
     uint64_t publishes_delayed; /* publishes put off: too many in flight */
     uint64_t state_dropped;     /* state/heartbeat messages dropped: publish queue full */
@@ -181,10 +212,10 @@ typedef struct {
 /* Work for the I/O thread, and its result for the tick thread. */
 typedef enum {
     TS_IO_RESYNC = 1,  /* read every cell of the world */
-    TS_IO_BIND,        /* zone from the checkpoint + a consumer after it */
-    TS_IO_RESUBSCRIBE, /* a new consumer after after_seq of stream_id, or the new stream's start */
-    TS_IO_UNSUBSCRIBE,
-    TS_IO_REQUEST, /* a request whose reply goes to reply_to (PreCopy) */
+    TS_IO_BIND,        /* zone from the checkpoint, registered for the input after it */
+    TS_IO_RESUBSCRIBE, /* registered again after after_seq of stream_id, or from the new stream's start */
+    TS_IO_REWIND,      /* the worker's input consumer created again (inbox.c) */
+    TS_IO_REQUEST,     /* a request whose reply goes to reply_to (PreCopy) */
     TS_IO_DRAIN,
     TS_IO_STREAM_LOST, /* the input stream was created again (a lost store): stream_id is the new one */
 } ts_io_kind_t;
@@ -200,11 +231,10 @@ typedef struct ts_io_job {
     ts_status_t status;
     bool found;             /* TS_IO_BIND: the cell had a checkpoint */
     bool stream_restarted;  /* TS_IO_RESUBSCRIBE: stream_id is gone; the consumer reads the new one from 1 */
-    uint64_t pending;       /* TS_IO_BIND: input the new consumer has still to replay */
-    uint64_t caught_up_seq; /* TS_IO_BIND: the last it delivered (maybe not received yet) */
+    uint64_t pending;       /* TS_IO_BIND: input still to replay, its end not known */
+    uint64_t caught_up_seq; /* TS_IO_BIND: the cell's last input (maybe not received yet) */
     ts_zone_t *zone;
     ts_sub_ctx_t *ctx;
-    ts_bus_sub_t *sub;
     ts_cell_entry_t *cells;
     size_t ncells;
     uint64_t version;
@@ -254,6 +284,7 @@ struct ts_worker {
     uint64_t bindings_changed; /* bumped when a cell is bound, unbound or takes a new epoch in place */
 
     ts_ring_t *ring; /* input messages for bound cells */
+    ts_demux_t dmx;  /* the input consumer, by cell (inbox.c) */
 
     pthread_mutex_t mu;
     pthread_cond_t cond; /* signalled when something arrives for the tick thread */
@@ -333,17 +364,40 @@ struct ts_worker {
 /* inbox.c */
 bool ts_inbox_push(ts_inbox_t *in, const ts_inbox_msg_t *m);
 void ts_inbox_free(ts_inbox_t *in);
-/* Allocates a subscription context and starts consuming cell's input after
- * after_seq of whichever input stream is there (blocking: the I/O thread or
- * a nats.c thread, never the tick). */
+/* Registers a context for cell's input after after_seq of whichever input
+ * stream instance the worker's consumer reads (no round trip: any thread
+ * not holding w->mu). With hold its messages are kept in ctx->held until
+ * the owner takes them. ctx->gap_to != 0 if messages of the cell after
+ * after_seq (up to gap_to) went by already, or may have: the owner rewinds
+ * (ts_worker_input_rewind) unless it knows it needs none of them. TS_ERR_UNAVAILABLE while the stream's
+ * instance is not known. */
 ts_status_t ts_worker_subscribe_input(ts_worker_t *w, const ts_cell_t *cell, uint64_t after_seq, bool hold,
-                                      ts_sub_ctx_t **ctx, ts_bus_sub_t **sub);
+                                      ts_sub_ctx_t **ctx);
 /* The same after after_seq of the stream instance stream_id (0: whichever is
  * there); TS_ERR_STALE if the stream is another instance now. */
 ts_status_t ts_worker_subscribe_input_at(ts_worker_t *w, const ts_cell_t *cell, int64_t stream_id,
-                                         uint64_t after_seq, bool hold, ts_sub_ctx_t **ctx,
-                                         ts_bus_sub_t **sub);
+                                         uint64_t after_seq, bool hold, ts_sub_ctx_t **ctx);
+/* ctx (still holding: not adopted yet) is to get its cell's messages after
+ * after_seq again: what it held is dropped, and if the consumer is past
+ * after_seq the context waits for it to restart from after_seq + 1 (the
+ * tick thread asks the I/O thread). Any thread not holding w->mu. */
+void ts_worker_input_rewind(ts_worker_t *w, ts_sub_ctx_t *ctx, uint64_t after_seq);
+/* Unregisters and frees ctx (NULL: no-op); no callback touches it after.
+ * Any thread not holding w->mu. */
 void ts_worker_free_ctx(ts_sub_ctx_t *ctx);
+ts_status_t ts_demux_init(ts_worker_t *w);
+/* Creates the worker's input consumer again from the lowest start asked
+ * for (or from where it was; the first time from the stream's end).
+ * Blocking: an I/O thread (or the worker's start). */
+ts_status_t ts_demux_restart(ts_worker_t *w);
+/* Whether a restart is due (asked for, or the consumer stopped). */
+bool ts_demux_wanted(ts_worker_t *w);
+/* Asks for a restart from where the consumer is (e.g. a new stream instance). */
+void ts_demux_want_restart(ts_worker_t *w);
+int64_t ts_demux_stream_id(ts_worker_t *w);
+/* Closes the consumer (no callback runs after); ts_demux_free frees the rest. */
+void ts_demux_stop(ts_worker_t *w);
+void ts_demux_free(ts_worker_t *w);
 /* Wakes the tick thread between ticks (something is waiting for it). */
 void ts_worker_wake(ts_worker_t *w);
 
@@ -391,23 +445,23 @@ void ts_live_stop(ts_worker_t *w);
 /* bindings.c */
 ts_binding_t *ts_worker_find_binding(ts_worker_t *w, const ts_cell_t *c);
 const ts_cell_entry_t *ts_worker_find_entry(const ts_worker_t *w, const ts_cell_t *c);
-/* Binds a zone whose consumer already runs with hold set (a handover target
- * or an I/O-thread bind): takes ownership of zone, sub and ctx and applies
- * what ctx held. */
+/* Binds a zone whose input context is registered with hold set (a handover
+ * target or an I/O-thread bind): takes ownership of zone and ctx and
+ * applies what ctx held (or rewinds ctx if it has a gap the zone needs). */
 /* catchup_seq / pending (a bind from a checkpoint): the cell neither moves
  * nor publishes until it has applied stream sequence catchup_seq and, if the
  * server had more pending, a message sent with nothing pending after it. */
-ts_status_t ts_worker_adopt(ts_worker_t *w, ts_zone_t *zone, uint64_t epoch, ts_bus_sub_t *sub,
-                            ts_sub_ctx_t *ctx, uint64_t catchup_seq, bool pending);
+ts_status_t ts_worker_adopt(ts_worker_t *w, ts_zone_t *zone, uint64_t epoch, ts_sub_ctx_t *ctx,
+                            uint64_t catchup_seq, bool pending);
 /* A new zone of cell at epoch whose messages fit the server's max_payload
  * (ts_zone_create + ts_zone_set_max_payload). Any thread. */
 ts_status_t ts_worker_zone_create(ts_worker_t *w, const ts_cell_t *cell, uint64_t epoch, ts_zone_t **out);
 void ts_worker_unbind(ts_worker_t *w, ts_binding_t *b);
-/* Closes a subscription and frees its context on the I/O thread. */
-void ts_worker_release_sub(ts_worker_t *w, ts_bus_sub_t *sub, ts_sub_ctx_t *ctx);
-/* A new consumer of b's input stream (job->sub, job->ctx) replaces the old
- * one (which the caller already took out of w->by_gen): what the new one
- * held while it started is applied, or kept while b is frozen. */
+/* Unregisters an input context and frees it (ts_worker_free_ctx). */
+void ts_worker_release_sub(ts_worker_t *w, ts_sub_ctx_t *ctx);
+/* A new registration of b's cell (job->ctx) replaces the old one (which
+ * the caller already took out of w->by_gen): what the new one held while
+ * it started is applied, or kept while b is frozen. */
 void ts_worker_take_consumer(ts_worker_t *w, ts_binding_t *b, ts_io_job_t *job);
 /* Applies queued input messages to z in order (and frees them). */
 void ts_worker_apply_msgs(ts_worker_t *w, ts_zone_t *z, ts_inbox_t *msgs);

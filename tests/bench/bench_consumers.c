@@ -8,6 +8,11 @@
  *             16, 512 and 2,048, with a literal filter (cell.<key>.input)
  *             and with the filter the worker uses (cell.<key>.input.*,
  *             the origin token).
+ *   worker    one ordered consumer per worker over the whole stream (4
+ *             workers, inputs spread over 4,096 cells), filtered on the
+ *             stream's own subject or not filtered at all: what the
+ *             worker does now (services/worker/inbox.c); nats-server CPU
+ *             per input stored (each is delivered to every worker).
  *   create    creating a consumer on a stream of many inputs: from the
  *             middle of the stream and from near its end, literal vs
  *             wildcard filter (a recovering cell's bind).
@@ -156,6 +161,52 @@ out:
     return cost;
 }
 
+/* nats-server CPU per input stored (microseconds) with nworkers ordered
+ * consumers over the whole stream (filter: a subject, or "" for none), the
+ * inputs spread over ncells; -1 on failure, -2 if the client library cannot
+ * create such a consumer. */
+static double worker_cost(int nworkers, const char *filter, int ncells, int rate, int window_s)
+{
+    ts_h_start(&H);
+    natsConnection *nc = NULL;
+    jsCtx *js = NULL;
+    double cost = -1;
+    natsSubscription **subs = calloc((size_t)nworkers, sizeof *subs);
+    if (subs == NULL || !open_stream(&nc, &js)) goto out;
+    for (int c = 0; c < nworkers; c++) {
+        jsSubOptions so;
+        jsSubOptions_Init(&so);
+        so.Stream = STREAM;
+        so.Ordered = true;
+        jsErrCode je = 0;
+        if (js_Subscribe(&subs[c], js, filter, on_msg, NULL, NULL, &so, &je) != NATS_OK) {
+            fprintf(stderr, "bench-consumers: worker consumer (filter '%s'): %s\n", filter,
+                    nats_GetLastError(NULL));
+            cost = -2;
+            goto out;
+        }
+    }
+    int n = rate * window_s;
+    atomic_store(&delivered, 0);
+    uint64_t cpu0 = 0, cpu1 = 0;
+    pid_t pid = H.procs[TS_H_NATS].pid;
+    ts_proc_cpu_us(pid, &cpu0);
+    if (!publish(js, n, ncells, rate, ".g1")) goto out;
+    uint64_t until = ts_mono_us() + 30000000ULL;
+    uint64_t want = (uint64_t)n * (uint64_t)nworkers;
+    while (atomic_load(&delivered) < want && ts_mono_us() < until)
+        ts_sleep_ms(10);
+    ts_proc_cpu_us(pid, &cpu1);
+    if (atomic_load(&delivered) == want) cost = (double)(cpu1 - cpu0) / n;
+out:
+    for (int c = 0; subs != NULL && c < nworkers; c++)
+        natsSubscription_Destroy(subs[c]);
+    free(subs);
+    if (js != NULL) close_stream(nc, js);
+    ts_h_stop(&H);
+    return cost;
+}
+
 /* Milliseconds per consumer create, 4 cases, into ms[]; false on failure. */
 static bool create_cost(int nmsg, double ms[4])
 {
@@ -197,7 +248,8 @@ int main(int argc, char **argv)
         fprintf(argc == 2 && strcmp(argv[1], "--help") == 0 ? stdout : stderr,
                 "usage: tessera-bench-consumers\n"
                 "nats-server CPU per input delivered with one ordered consumer per cell (16, 512, 2048\n"
-                "cells; literal vs wildcard filter), and the cost of creating a consumer on a long stream.\n"
+                "cells; literal vs wildcard filter), per input stored with one consumer per worker (4,\n"
+                "over the whole stream), and the cost of creating a consumer on a long stream.\n"
                 "Environment: BENCH_CONSUMERS_RATE (2000), BENCH_CONSUMERS_WINDOW_S (5),\n"
                 "BENCH_CONSUMERS_STREAM (200000).\n");
         return argc == 2 && strcmp(argv[1], "--help") == 0 ? 0 : 2;
@@ -223,6 +275,15 @@ int main(int argc, char **argv)
         }
         printf("%-44s %11.1f us %11.1f us %7.2fx\n", label, lit, wc, wc / lit);
     }
+    printf("%-44s %14s %14s\n", "one consumer per worker (4), 4,096 cells", "stream subject", "no filter");
+    double ws = worker_cost(4, "cell.0.*.*.*.*.input.*", SIDE * SIDE, rate, window_s);
+    double wn = worker_cost(4, "", SIDE * SIDE, rate, window_s);
+    if (ws < 0) all_ok = false;
+    char wsb[32] = "failed", wnb[32] = "failed";
+    if (ws >= 0) snprintf(wsb, sizeof wsb, "%.1f us", ws);
+    if (wn >= 0) snprintf(wnb, sizeof wnb, "%.1f us", wn);
+    if (wn == -2) snprintf(wnb, sizeof wnb, "unsupported");
+    printf("%-44s %14s %14s\n", "  nats-server CPU per input stored", wsb, wnb);
     double ms[4];
     printf("consumer create on a stream of %d inputs (%d cells), ms each:\n", nmsg, SIDE * SIDE / 2);
     if (create_cost(nmsg, ms)) {

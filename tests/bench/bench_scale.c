@@ -189,6 +189,8 @@ typedef struct {
     double orch_idle_pct, gateway_idle_pct;
     size_t recovery_cells;
     double recovery_registry_ms, recovery_bound_ms;
+    double loaded_nats_pct, loaded_workers_pct; /* the players' load, before the kill (-1: not measured) */
+    double loaded_cpu_s;
     char world_note[256];
 } results_t;
 
@@ -808,6 +810,9 @@ static double cpu_pct(uint64_t us0, uint64_t us1, uint64_t wall_us)
     return wall_us > 0 ? 100.0 * (double)(us1 - us0) / (double)wall_us : 0;
 }
 
+/* How long the world phase reads CPU under the players' load. */
+#define WORLD_CPU_WINDOW_MS 5000
+
 static void phase_world(const knobs_t *k, results_t *r)
 {
     int side = k->world_side, nw = k->world_workers;
@@ -816,6 +821,7 @@ static void phase_world(const knobs_t *k, results_t *r)
     fflush(stdout);
     r->world_ran = true;
     r->recovery_registry_ms = r->recovery_bound_ms = -1;
+    r->loaded_nats_pct = r->loaded_workers_pct = -1;
     r->orch_idle_pct = r->gateway_idle_pct = -1;
     r->worker_threads = r->gateway_threads = -1;
     if (!servers_start()) return;
@@ -899,6 +905,28 @@ static void phase_world(const knobs_t *k, results_t *r)
     ts_sleep_ms(3000);
     progress("%" PRIu64 " entities in the world %.1f s after the sim started", ts_hbwatch_entities(hbw),
              (double)(ts_mono_us() - t_sim) / 1e6);
+
+    /* CPU under the players' load, before the kill: nats-server, and the
+     * workers together */
+    {
+        uint64_t n0 = 0, n1 = 0, w0 = 0, w1 = 0, us = 0;
+        pid_t npid = H.procs[TS_H_NATS].pid;
+        bool ok = ts_proc_cpu_us(npid, &n0);
+        for (int i = 0; i < nw && ok; i++)
+            if ((ok = ts_proc_cpu_us(H.procs[widx[i]].pid, &us))) w0 += us;
+        uint64_t t0 = ts_mono_us();
+        ts_sleep_ms(WORLD_CPU_WINDOW_MS);
+        double secs = (double)(ts_mono_us() - t0) / 1e6;
+        ok = ok && ts_proc_cpu_us(npid, &n1);
+        for (int i = 0; i < nw && ok; i++)
+            if ((ok = ts_proc_cpu_us(H.procs[widx[i]].pid, &us))) w1 += us;
+        r->loaded_nats_pct = ok ? (double)(n1 - n0) / 1e4 / secs : -1;
+        r->loaded_workers_pct = ok ? (double)(w1 - w0) / 1e4 / secs : -1;
+        r->loaded_cpu_s = secs;
+        progress(
+            "CPU over %.1f s with the players: nats-server %.1f %%, %d workers together %.1f %% of one core",
+            secs, r->loaded_nats_pct, nw, r->loaded_workers_pct);
+    }
 
     /* the victim: the worker holding the most entities */
     int victim = 0;
@@ -1086,6 +1114,11 @@ static void print_world(const knobs_t *k, const results_t *r)
                r->gateway_idle_pct);
         printf("time to bind all %d cells on %d workers           %8.1f s\n", k->world_side * k->world_side,
                k->world_workers, r->world_bind_s);
+        if (r->loaded_nats_pct >= 0)
+            printf("CPU with %d players (%.0f s): nats-server %.1f %%, %d workers together %.1f %% of one "
+                   "core\n",
+                   k->world_players, r->loaded_cpu_s, r->loaded_nats_pct, k->world_workers,
+                   r->loaded_workers_pct);
     }
 }
 

@@ -24,7 +24,12 @@
  *  - no service logged a publish rejected for its size ("greater than
  *    maximum" from nats.c, or the worker's own "not published");
  *  - and the crowd did need more than one message: its Transfers reached
- *    (1,0)'s input stream in several InputBatches. */
+ *    (1,0)'s input stream in several InputBatches.
+ *
+ * A second test fills the workers' input ring (worker.inbox_ring=16): many
+ * small InputBatches into (0,0), faster than a tick takes them. Every input
+ * is still applied exactly once (a full ring makes the worker's one input
+ * consumer start again before the first message that did not fit). */
 #include <inttypes.h>
 #include <pthread.h>
 #include <setjmp.h>
@@ -68,8 +73,8 @@ static ts_bus_sub_t *input_subs[2];
  * Every StateDelta of the two cells. A keyframe (full, possibly in parts)
  * is put together per cell; once complete, what it listed is kept as the
  * cell's latest keyframe: how many entities, how many of them distinct,
- * and how many have applied exactly their INPUTS_EACH inputs with LAST_SEQ
- * the newest. */
+ * and how many have applied exactly V.want_applied inputs with
+ * V.want_last_seq the newest. */
 
 typedef struct {
     /* the keyframe being put together */
@@ -85,6 +90,8 @@ typedef struct {
 static struct {
     pthread_mutex_t mu;
     cell_view_t cell[2];
+    uint32_t want_applied;
+    uint64_t want_last_seq;
 } V = {.mu = PTHREAD_MUTEX_INITIALIZER};
 
 static void kf_begin(cell_view_t *c, const Tessera__V1__StateDelta *d)
@@ -115,7 +122,7 @@ static void on_state(void *ud, const ts_bus_msg_t *m)
                     c->ids[e->id] = 1;
                     c->distinct++;
                 }
-                if (e->inputs_applied == INPUTS_EACH && e->last_input_seq == LATE_SEQ) c->exact++;
+                if (e->inputs_applied == V.want_applied && e->last_input_seq == V.want_last_seq) c->exact++;
             }
             if (++c->seen == c->parts) {
                 c->kf_epoch = c->epoch;
@@ -240,10 +247,13 @@ static void publish_all(uint64_t seq, double dx)
 
 /* ---- cluster ------------------------------------------------------------------- */
 
-static void cluster_start(void)
+/* worker_arg: one more option for both workers, or NULL. */
+static void cluster_start(const char *worker_arg)
 {
     ts_h_start(&ts_h);
     pthread_mutex_lock(&V.mu);
+    V.want_applied = INPUTS_EACH;
+    V.want_last_seq = LATE_SEQ;
     for (int i = 0; i < 2; i++) {
         free(V.cell[i].ids);
         memset(&V.cell[i], 0, sizeof(V.cell[i]));
@@ -275,7 +285,7 @@ static void cluster_start(void)
                           "--world.height=1",
                           "--world.assign=0:0=w1,1:0=w2",
                           NULL};
-    const char *worker[] = {"--worker.hb_ms=250", HB_TTL_ARG, NULL};
+    const char *worker[] = {"--worker.hb_ms=250", HB_TTL_ARG, worker_arg, NULL};
     ts_h_stack_t stack;
     ts_h_spawn_stack(&ts_h, orch, worker, NULL, &stack);
     if (!ts_h_wait_world(&ts_h, WORLD, 2, WAIT_MS)) {
@@ -326,7 +336,7 @@ static int proc_named(const char *name)
 static void test_crowd_crosses_in_one_tick_and_owner_killed(void **state)
 {
     (void)state;
-    cluster_start();
+    cluster_start(NULL);
     ts_cell_entry_t w0 = cell_entry(&WEST), e0 = cell_entry(&EAST);
     assert_string_equal(w0.owner, "w1");
     assert_string_equal(e0.owner, "w2");
@@ -451,6 +461,62 @@ static void test_crowd_crosses_in_one_tick_and_owner_killed(void **state)
     ts_h_pass();
 }
 
+/* Entities in the ring test, published RING_BATCH to an InputBatch, each
+ * with RING_INPUTS inputs (a Join, then Moves standing still). */
+#define RING_ENTITIES 400
+#define RING_BATCH 4
+#define RING_INPUTS 4
+
+static void test_inputs_past_a_full_inbox_ring_applied_once(void **state)
+{
+    (void)state;
+    cluster_start("--worker.inbox_ring=16");
+    assert_string_equal(cell_entry(&WEST).owner, "w1");
+    pthread_mutex_lock(&V.mu);
+    V.want_applied = RING_INPUTS;
+    V.want_last_seq = 1 + (RING_INPUTS - 1) * SEQ_STEP;
+    pthread_mutex_unlock(&V.mu);
+    /* 400 messages, one after the other as fast as JetStream acknowledges
+     * them: far more than 16 between two ticks */
+    uint64_t t0 = ts_mono_us();
+    for (uint64_t seq = 1; seq <= V.want_last_seq; seq += SEQ_STEP)
+        for (uint64_t first = 1; first <= RING_ENTITIES; first += RING_BATCH)
+            publish_batch(first, RING_BATCH, seq, 0);
+    fprintf(stderr, "%d entities x %d inputs in %d messages published in %.1f s\n", RING_ENTITIES,
+            RING_INPUTS, RING_ENTITIES / RING_BATCH * RING_INPUTS, (double)(ts_mono_us() - t0) / 1e6);
+
+    /* a keyframe of (0,0) lists every entity once, each with all its inputs
+     * applied once and its newest one last */
+    uint64_t deadline = ts_mono_us() + WAIT_MS * 1000ULL, t_after = ts_mono_us();
+    bool done = false;
+    uint64_t listed = 0, distinct = 0, exact = 0;
+    while (!done && ts_mono_us() < deadline) {
+        pthread_mutex_lock(&V.mu);
+        const cell_view_t *c = &V.cell[0];
+        listed = c->kf_listed;
+        distinct = c->kf_distinct;
+        exact = c->kf_exact;
+        done = c->kf_us > t_after && listed == RING_ENTITIES && distinct == RING_ENTITIES &&
+               exact == RING_ENTITIES;
+        pthread_mutex_unlock(&V.mu);
+        if (!done) ts_sleep_ms(50);
+    }
+    if (!done) {
+        ts_h.failed = true;
+        fail_msg("(0,0)'s last keyframe: %" PRIu64 " entities listed, %" PRIu64 " distinct, %" PRIu64
+                 " with exactly their %d inputs applied (want %d each)",
+                 listed, distinct, exact, RING_INPUTS, RING_ENTITIES);
+    }
+    /* and the ring did fill up */
+    if (!ts_h_log_has(&ts_h, proc_named("w1"), "did not fit the ring")) {
+        ts_h.failed = true;
+        fail_msg("w1 never found its input ring full: the test did not test the overflow");
+    }
+    fprintf(stderr, "(0,0) lists all %d entities once, each with its %d inputs applied once\n", RING_ENTITIES,
+            RING_INPUTS);
+    ts_h_pass();
+}
+
 static int test_teardown(void **state)
 {
     ts_h_test_teardown(state);
@@ -462,6 +528,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_crowd_crosses_in_one_tick_and_owner_killed, ts_h_test_setup,
+                                        test_teardown),
+        cmocka_unit_test_setup_teardown(test_inputs_past_a_full_inbox_ring_applied_once, ts_h_test_setup,
                                         test_teardown),
     };
     return TS_H_RUN("it_crowd_crossing", tests, NULL, NULL);

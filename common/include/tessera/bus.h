@@ -250,6 +250,10 @@ typedef struct {
     uint64_t pending; /* JetStream: messages the consumer still had after it */
 } ts_bus_held_t;
 ts_bus_held_t ts_bus_msg_hold(const ts_bus_msg_t *m);
+/* A held copy of m (its subject, data and stream position; no headers) for
+ * a second keeper, leaving m as it is. An allocation: not for every message.
+ * A zero ts_bus_held_t if out of memory. */
+ts_bus_held_t ts_bus_msg_copy(const ts_bus_msg_t *m);
 const uint8_t *ts_bus_held_data(ts_bus_held_t h);
 size_t ts_bus_held_len(ts_bus_held_t h);
 /* The subject it was published to (borrowed, lives as long as h). */

@@ -66,6 +66,7 @@ typedef struct {
     char *worker_id;
     int64_t worker_tick_hz;
     int64_t worker_capacity;
+    int64_t worker_inbox_ring;
     int64_t worker_hb_ms;
     int64_t worker_checkpoint_ms;
     double worker_max_speed;
