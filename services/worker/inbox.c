@@ -482,6 +482,33 @@ ts_status_t ts_demux_restart(ts_worker_t *w)
     return TS_OK;
 }
 
+/* How long the consumer may stay at one sequence while the stream has more
+ * before it is created again. */
+#define DMX_STALL_US 3000000ULL
+
+void ts_demux_check_progress(ts_worker_t *w, int64_t stream_id, uint64_t stream_last_seq)
+{
+    ts_demux_t *d = &w->dmx;
+    pthread_mutex_lock(&d->mu);
+    bool behind =
+        d->sub && stream_id == d->stream_id && stream_last_seq > d->covered && !atomic_load(&d->want);
+    uint64_t now = ts_mono_us();
+    if (!behind || d->covered != d->watch_covered || d->watch_since_us == 0) {
+        d->watch_covered = d->covered;
+        d->watch_since_us = now;
+    } else if (now - d->watch_since_us >= DMX_STALL_US) {
+        /* a consumer whose server side stalled (its leader moved to a node
+         * still catching up, say) delivers nothing until the client library
+         * misses its heartbeats; every cell here waits for it */
+        ts_warn("input consumer still at seq %" PRIu64 " after %.1f s while the stream is at %" PRIu64
+                "; creating it again from there",
+                d->covered, (double)(now - d->watch_since_us) / 1e6, stream_last_seq);
+        want_from(d, d->covered + 1);
+        d->watch_since_us = now;
+    }
+    pthread_mutex_unlock(&d->mu);
+}
+
 bool ts_demux_wanted(ts_worker_t *w)
 {
     ts_demux_t *d = &w->dmx;

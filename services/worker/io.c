@@ -417,6 +417,7 @@ static bool check_stream(ts_worker_t *w, stream_watch_t *sw)
     }
     if (ss.created_ns == sw->created_ns) {
         sw->last_seq = ss.last_seq;
+        ts_demux_check_progress(w, ss.created_ns, ss.last_seq);
         return true;
     }
     ts_error("input stream %s restarted (created %" PRId64 " -> %" PRId64 ", last seq %" PRIu64 " -> %" PRIu64

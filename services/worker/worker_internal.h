@@ -112,6 +112,8 @@ typedef struct {
     uint64_t seen_from;       /* the consumer has seen every message from this seq to covered */
     uint64_t rewind_from;     /* 0, or the lowest sequence a restart must start at */
     uint64_t restarts;
+    uint64_t watch_covered;  /* covered at the last progress check (I/O timer thread) */
+    uint64_t watch_since_us; /* monotonic: since when it stayed there with the stream ahead */
     bool stopped;
     atomic_bool want;           /* a restart is due (the tick asks the I/O thread) */
     _Atomic uint64_t overflows; /* messages a full ring turned into a rewind */
@@ -392,6 +394,10 @@ ts_status_t ts_demux_init(ts_worker_t *w);
 ts_status_t ts_demux_restart(ts_worker_t *w);
 /* Whether a restart is due (asked for, or the consumer stopped). */
 bool ts_demux_wanted(ts_worker_t *w);
+/* Once a second (the I/O timer thread, with the stream's state): a consumer
+ * that has not moved for a few checks while the stream has more is created
+ * again from where it is. */
+void ts_demux_check_progress(ts_worker_t *w, int64_t stream_id, uint64_t stream_last_seq);
 /* Asks for a restart from where the consumer is (e.g. a new stream instance). */
 void ts_demux_want_restart(ts_worker_t *w);
 int64_t ts_demux_stream_id(ts_worker_t *w);
