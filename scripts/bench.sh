@@ -42,7 +42,7 @@ dir=${BENCH_BUILD_DIR:-${BUILD_DIR:-build}-release}
 jobs=${JOBS:-2}
 runs=${BENCH_RUNS:-1}
 
-cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=Release -DTS_WERROR=ON >/dev/null
+cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=Release -DTS_WERROR=ON -DTS_JS_TESTS=OFF >/dev/null
 cmake --build "$dir" -j"$jobs" --target tessera-bench tessera-bench-scale tessera-bench-cluster tessera-bench-consumers tessera-orch tessera-worker \
     tessera-gateway tessera-sim tessera-ctl it_split it_ghost
 for bin in tessera-bench tessera-bench-scale; do

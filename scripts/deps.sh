@@ -12,6 +12,8 @@ packages=(
     libcmocka-dev libuv1-dev libjansson-dev
     libmicrohttpd-dev libjwt-dev libwslay-dev libssl-dev
     clang chromium
+    # the JS SDK, the browser map's bundle and their tests (clients/js)
+    nodejs
     libclang-rt-dev openssl
     # the chart checks and the Kubernetes e2e (tests/k8s) read YAML in Python
     python3-yaml
@@ -24,6 +26,11 @@ for pkg in "${packages[@]}"; do
         missing+=("$pkg")
     fi
 done
+# Debian packages npm on its own; other nodejs builds bring their own npm
+# (and conflict with Debian's), so npm is installed only when it is absent
+if ! command -v npm >/dev/null 2>&1; then
+    missing+=(npm)
+fi
 
 if [[ ${#missing[@]} -eq 0 ]]; then
     echo "deps: all ${#packages[@]} packages installed"

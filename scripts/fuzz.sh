@@ -23,7 +23,7 @@ command -v clang >/dev/null 2>&1 || {
     exit 1
 }
 targets=${FUZZ_TARGETS:-$(sed -n 's/^set(TS_FUZZ_TARGETS \(.*\))$/\1/p' tests/fuzz/CMakeLists.txt)}
-CC=clang cmake -S . -B "$BUILD" -DTS_FUZZ=ON -DTS_SANITIZE=address,undefined -DTS_FUZZ_SECONDS="$FUZZ_S" \
+CC=clang cmake -S . -B "$BUILD" -DTS_FUZZ=ON -DTS_JS_TESTS=OFF -DTS_SANITIZE=address,undefined -DTS_FUZZ_SECONDS="$FUZZ_S" \
     -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 read -ra target_list <<<"$targets"
 cmake --build "$BUILD" -j2 --target "${target_list[@]}"
