@@ -8,6 +8,8 @@
 #                 GAME=tag loads the example game (examples/tag) into the
 #                 workers (GAME=/path/libmygame.so loads any module)
 #   make bench    scripts/bench.sh, if present
+#   make install  the binaries, tessera/game.h and tessera-game.pc under
+#                 PREFIX (default /usr/local)
 #   make format   clang-format -i on every C source and header
 #   make format-check  fails if `make format` would change a file (CI runs it)
 #   make clean    remove build/ and build-asan/
@@ -22,6 +24,7 @@ JOBS         ?= 2
 SANITIZE     ?= 1
 TEST_TIMEOUT ?= 1800
 CMAKE_ARGS   ?=
+PREFIX       ?= /usr/local
 
 CTEST = timeout -k 30 $(TEST_TIMEOUT) ctest --output-on-failure -j$(JOBS) --timeout 300
 
@@ -30,7 +33,7 @@ FORMAT_SRCS = $(wildcard common/src/*.c common/src/*.h common/include/tessera/*.
                          tests/unit/*.h tests/integration/*.c tests/integration/*.h \
                          tests/bench/*.c tests/bench/*.h examples/*/*.c)
 
-.PHONY: all build deps test run bench format format-check clean image k8s-test
+.PHONY: all build deps test run bench install format format-check clean image k8s-test
 
 all: build
 
@@ -51,6 +54,9 @@ ifneq ($(SANITIZE),0)
 		UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 		$(CTEST) --test-dir $(ASAN_DIR)
 endif
+
+install: build
+	cmake --install $(BUILD_DIR) --prefix $(PREFIX)
 
 run: deps
 	$(MAKE) --no-print-directory build
