@@ -187,6 +187,9 @@ static const key_def_t keys[] = {
     STR("worker.game_config", worker_game_config, "", NULL, "configuration string given to the game module's load()"),
     INT("worker.game_budget_ms", worker_game_budget_ms, "10", 1, 60000,
         "a game module callback running longer than this is counted and logged as an overrun"),
+    STR("worker.fault_file", worker_fault_file, "", NULL,
+        "a game module crash is also appended here; kept across restarts, it carries "
+        "tessera_worker_game_faults_total on (\"\": none)"),
 };
 
 /* clang-format on */

@@ -4,6 +4,8 @@
 #include "game_host.h"
 
 #include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -105,16 +107,24 @@ static __thread const char *volatile tl_cell;
 static __thread bool tl_altstack;
 static __thread void *tl_altstack_mem; /* freed by ts_game_host_close on that thread */
 static const char *volatile g_fault_module = "move";
+static volatile int g_fault_fd = -1; /* worker.fault_file, opened for appending */
 
-static void put(const char *s)
+static void put_fd(int fd, const char *s)
 {
     size_t n = strlen(s);
     while (n > 0) {
-        ssize_t w = write(STDERR_FILENO, s, n);
+        ssize_t w = write(fd, s, n);
         if (w <= 0) return;
         s += w;
         n -= (size_t)w;
     }
+}
+
+/* async-signal-safe: the crash line to stderr and to the fault file */
+static void put(const char *s)
+{
+    put_fd(STDERR_FILENO, s);
+    if (g_fault_fd >= 0) put_fd(g_fault_fd, s);
 }
 
 static void on_fault(int sig)
@@ -124,7 +134,8 @@ static void on_fault(int sig)
                            : sig == SIGBUS ? "SIGBUS"
                            : sig == SIGFPE ? "SIGFPE"
                                            : "SIGILL";
-        put("ERROR game module ");
+        put_fd(STDERR_FILENO, "ERROR ");
+        put("game module ");
         put(g_fault_module);
         put(" crashed (");
         put(what);
@@ -151,6 +162,37 @@ void ts_game_host_install_fault_handlers(void)
     sigaction(SIGBUS, &sa, NULL);
     sigaction(SIGFPE, &sa, NULL);
     sigaction(SIGILL, &sa, NULL);
+}
+
+int ts_game_host_set_fault_file(ts_game_host_t *h, const char *path)
+{
+    if (!path || !path[0]) return 0;
+    int earlier = 0;
+    char last[512] = "";
+    FILE *f = fopen(path, "r");
+    if (f) {
+        char line[512];
+        while (fgets(line, sizeof(line), f)) {
+            if (!strstr(line, "game module ")) continue;
+            earlier++;
+            line[strcspn(line, "\n")] = 0;
+            ts_strlcpy(last, line, sizeof(last));
+        }
+        fclose(f);
+    }
+    int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        ts_error("worker.fault_file %s: cannot open: %s (game module crashes are logged only)", path,
+                 strerror(errno));
+        return -1;
+    }
+    if (g_fault_fd >= 0) close(g_fault_fd);
+    g_fault_fd = fd;
+    h->st.faults = (uint64_t)earlier;
+    if (earlier > 0)
+        ts_warn("worker.fault_file %s: %d earlier crash%s of this worker in a game module; the last: %s",
+                path, earlier, earlier == 1 ? "" : "es", last);
+    return earlier;
 }
 
 /* The thread running callbacks gets a signal stack of its own (a stack
@@ -820,6 +862,10 @@ void ts_game_host_close(ts_game_host_t *h)
     if (h->m->unload) h->m->unload(h->data);
     if (g_host == h) g_host = NULL;
     g_fault_module = "move";
+    if (g_fault_fd >= 0) {
+        close(g_fault_fd);
+        g_fault_fd = -1;
+    }
     if (h->dl) dlclose(h->dl);
     free(h->ids);
     free(h->ids_tmp);

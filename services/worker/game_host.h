@@ -73,6 +73,13 @@ void ts_game_host_stats(const ts_game_host_t *h, ts_game_stats_t *out);
  * the module when the crash happens inside one of its callbacks. Called by
  * ts_game_host_load for a module from a file. */
 void ts_game_host_install_fault_handlers(void);
+/* worker.fault_file: the crash handler also appends its line to path (the
+ * file outlives the process: in Kubernetes an emptyDir survives a container
+ * restart). At start the lines already there are counted into the faults
+ * counter (tessera_worker_game_faults_total carries on across restarts) and
+ * the last one is logged again. "" or NULL: no file. Returns the number of
+ * earlier crashes found, or -1 (logged) when the file cannot be opened. */
+int ts_game_host_set_fault_file(ts_game_host_t *h, const char *path);
 
 /* The split of a parent cell: the child's game state is a copy of the
  * parent's with an RNG derived from the parent's and the child's quadrant. */

@@ -33,6 +33,7 @@ int main(int argc, char **argv)
         return TS_SERVICE_EXIT_CONFIG;
     }
     ts_game_host_set_global(game);
+    ts_game_host_set_fault_file(game, cfg.worker_fault_file);
     ts_info("game module %s loaded%s%s", ts_game_host_name(game), cfg.worker_game[0] ? " from " : "",
             cfg.worker_game);
 

@@ -141,6 +141,7 @@ typedef struct {
     char *worker_game;             /* module shared object ("" or "move": the built-in movement) */
     char *worker_game_config;      /* given to the module's load() */
     int64_t worker_game_budget_ms; /* a callback longer than this is an overrun */
+    char *worker_fault_file;       /* module crashes appended here, counted at start ("": none) */
 } ts_config_t;
 
 /* Fills cfg from defaults, file, environment and argv, in that order.

@@ -10,6 +10,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
@@ -809,10 +810,16 @@ static void test_views_write_back(void **state)
 }
 
 /* A crash inside a callback: one ERROR line naming the module, the callback
- * and the cell, and the process dies of the signal (in a child here). */
+ * and the cell, and the process dies of the signal (in a child here). The
+ * line also goes to worker.fault_file, which the next start counts into the
+ * faults counter. */
 static void test_crash_is_reported_with_the_module_name(void **state)
 {
     (void)state;
+    char fault_file[] = "/tmp/test_game_faults_XXXXXX";
+    int ffd = mkstemp(fault_file);
+    assert_true(ffd >= 0);
+    close(ffd);
     int fds[2];
     assert_int_equal(pipe(fds), 0);
     pid_t pid = fork();
@@ -823,6 +830,7 @@ static void test_crash_is_reported_with_the_module_name(void **state)
         ts_game_host_t *h = NULL;
         char err[256];
         if (ts_game_host_load(&h, TS_TESTMOD_SO, "", 1000, err, sizeof(err)) != TS_OK) _exit(3);
+        if (ts_game_host_set_fault_file(h, fault_file) != 0) _exit(3);
         ts_zone_t *z = NULL;
         ts_cell_t c = {.world = 0, .cx = 0, .cy = 0};
         if (ts_zone_create(&z, &c, 1, &WORLD, 50) != TS_OK) _exit(3);
@@ -846,6 +854,23 @@ static void test_crash_is_reported_with_the_module_name(void **state)
     assert_int_equal(WTERMSIG(status), SIGSEGV);
     assert_non_null(
         strstr(out, "ERROR game module testmod crashed (SIGSEGV) in on_command of cell 0.0.0.0.0"));
+
+    /* the next start finds it: the counter carries on from 1 */
+    ts_game_host_t *h = NULL;
+    char err[256];
+    assert_int_equal(ts_game_host_load(&h, TS_TESTMOD_SO, "", 1000, err, sizeof(err)), TS_OK);
+    assert_int_equal(ts_game_host_set_fault_file(h, fault_file), 1);
+    ts_game_stats_t st;
+    ts_game_host_stats(h, &st);
+    assert_int_equal(st.faults, 1);
+    ts_game_host_close(h);
+    FILE *f = fopen(fault_file, "r");
+    assert_non_null(f);
+    char line[512] = "";
+    assert_non_null(fgets(line, sizeof(line), f));
+    fclose(f);
+    assert_non_null(strstr(line, "game module testmod crashed (SIGSEGV) in on_command of cell 0.0.0.0.0"));
+    unlink(fault_file);
 }
 
 int main(void)
