@@ -219,6 +219,42 @@ static Tessera__V1__ServerFrame *expect_event(player_t *p)
     return f;
 }
 
+/* The worker whose log says its module's on_command failed (the owner of
+ * the player's cell): its index in ts_h.procs, or -1 after timeout_ms. */
+static int worker_logging(const char *needle, int64_t timeout_ms)
+{
+    uint64_t deadline = ts_mono_us() + (uint64_t)timeout_ms * 1000;
+    do {
+        for (int k = 0; k < 2; k++)
+            if (ts_h_log_has(&ts_h, stack.workers[k], needle)) return stack.workers[k];
+        ts_sleep_ms(20);
+    } while (ts_mono_us() < deadline);
+    return -1;
+}
+
+/* The value of the sample of metric `name` whose labels include `labels`
+ * in the worker's /metrics (its port is the one its log names:
+ * worker.http_listen=127.0.0.1:0); -1 when there is none. */
+static double worker_metric(int idx, const char *name, const char *labels)
+{
+    char *log = ts_h_read_log(&ts_h, idx);
+    assert_non_null(log);
+    const char *at = strstr(log, "/readyz on 127.0.0.1:");
+    assert_non_null(at);
+    int port = atoi(at + strlen("/readyz on 127.0.0.1:"));
+    free(log);
+    static char body[256 * 1024];
+    assert_int_equal(ts_h_http_get(port, "/metrics", body, sizeof body), 200);
+    size_t nlen = strlen(name);
+    for (const char *line = body; line && *line; line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL) {
+        if (strncmp(line, name, nlen) != 0 || line[nlen] != '{') continue;
+        const char *end = strchr(line, '}');
+        const char *lab = strstr(line, labels);
+        if (end && lab && lab < end) return strtod(end + 1, NULL);
+    }
+    return -1;
+}
+
 static void test_commands_once(void **state)
 {
     (void)state;
@@ -277,6 +313,13 @@ static void test_commands_once(void **state)
     assert_int_equal(state_count(&p), (uint32_t)ncmd);
     assert_true(state_rest_is(&p, "after"));
     assert_int_equal(p.errors, 2);
+    /* the owner logged the failed command with the module's name and counts it */
+    int owner = worker_logging("game module echo: on_command of cell ", 5000);
+    assert_true(owner >= 0);
+    assert_true(ts_h_log_has(&ts_h, owner, "returned error -"));
+    assert_true(worker_metric(owner, "tessera_worker_game_errors_total",
+                              "module=\"echo\",callback=\"on_command\"") == 1);
+    assert_true(worker_metric(owner, "tessera_worker_game_faults_total", "module=\"echo\"") == 0);
 
     /* a join payload over 256 bytes is refused too (on a new connection) */
     player_t q;
@@ -457,7 +500,7 @@ static int group_setup(void **state)
     char ws_listen[64];
     ws_port = ts_h_free_port();
     snprintf(ws_listen, sizeof ws_listen, "--gateway.ws_listen=127.0.0.1:%d", ws_port);
-    const char *workers[] = {"--worker.game=" TS_ECHO_SO, NULL};
+    const char *workers[] = {"--worker.game=" TS_ECHO_SO, "--worker.http_listen=127.0.0.1:0", NULL};
     const char *gw[] = {"--aoi.radius=60", "--aoi.hysteresis=6", use_ws ? ws_listen : NULL, NULL};
     ts_h_spawn_stack(&ts_h, NULL, workers, gw, &stack);
     if (!ts_h_wait_world(&ts_h, WORLD, NCELLS, 30000) || !ts_h_wait_port(stack.gw_port, 15000) ||
