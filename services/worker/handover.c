@@ -445,7 +445,13 @@ static ts_binding_t *owned_binding(ts_worker_t *w, const Tessera__V1__Handover *
     }
     ts_binding_t *b = ts_worker_find_binding(w, &cell);
     if (!b) {
-        a->error = "not the owner of this cell";
+        /* the registry may already name this worker (a cell just created
+         * by a split, or just handed here) while its bind is under way */
+        const ts_cell_entry_t *e = ts_worker_find_entry(w, &cell);
+        if (e && strcmp(e->owner, w->id) == 0 && e->epoch == m->epoch)
+            a->error = "busy, try again: this worker is still binding the cell";
+        else
+            a->error = "not the owner of this cell";
         return NULL;
     }
     if (b->zone->epoch != m->epoch) {

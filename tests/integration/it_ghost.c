@@ -10,6 +10,11 @@
  *    after one walks away both report 0 within 2 ticks, and 1 again within
  *    2 ticks when it walks back;
  *  - the same across x = -100, a border between two cells of w1;
+ *  - at depth: root (0, 0) split in four (tessera-ctl split) and its
+ *    east children handed to w1, the same across x = 50 (depth-1 cells of
+ *    w2 and w1) and across x = 0 (root (-1, 0) of w1 and a depth-1 child of
+ *    w2), the entities joined and moved through the root's input stream
+ *    (forwarded by position, as from a gateway that has not seen the split);
  *  - a GhostDelta forged with an epoch older than the registry's is
  *    ignored (nearby stays 0 for 10 ticks); the same with the current epoch
  *    counts (1 within 2 ticks), and the real owner's next keyframe, which
@@ -32,8 +37,10 @@
 #include <cmocka.h>
 
 #include "harness.h"
+#include "probe.h"
 #include "tessera/log.h"
 #include "tessera/proto.h"
+#include "tessera/registry.h"
 #include "tessera/subject.h"
 #include "tessera/util.h"
 
@@ -348,6 +355,75 @@ static void test_nearby_across_borders(void **state)
     ts_h_pass();
 }
 
+/* Polls the registry until cell is active and owned by owner. */
+static void wait_active(const ts_cell_t *cell, const char *owner)
+{
+    ts_registry_t *reg = NULL;
+    assert_int_equal(ts_registry_connect(&reg, ts_h.redis_url), TS_OK);
+    char key[TS_CELL_STR_MAX];
+    ts_cell_format(cell, key, sizeof key);
+    uint64_t deadline = ts_mono_us() + (uint64_t)WAIT_MS * 1000ULL;
+    bool ok = false;
+    do {
+        ts_cell_entry_t e;
+        ok = ts_registry_cell_get(reg, cell, &e) == TS_OK && e.state == TS_CELL_ACTIVE &&
+             strcmp(e.owner, owner) == 0;
+        if (!ok) ts_sleep_ms(50);
+    } while (!ok && ts_mono_us() < deadline);
+    ts_registry_destroy(reg);
+    if (!ok) {
+        ts_h.failed = true;
+        fail_msg("cell %s did not become active on %s", key, owner);
+    }
+}
+
+/* A ctl request, asked again while the answer is "busy, try again" (a
+ * worker still binding a cell the split just created). */
+static void ctl(const char *verb, const char *payload)
+{
+    char reply[512] = "";
+    ts_status_t st;
+    uint64_t deadline = ts_mono_us() + (uint64_t)WAIT_MS * 1000ULL;
+    do {
+        st = ts_probe_ctl(bus, WORLD, verb, payload, WAIT_MS, reply, sizeof reply);
+        if (st != TS_OK || !strstr(reply, "busy, try again")) break;
+        ts_sleep_ms(50);
+    } while (ts_mono_us() < deadline);
+    if (st != TS_OK || strncmp(reply, "ok", 2) != 0) {
+        ts_h.failed = true;
+        fail_msg("ctl %s %s: %s", verb, payload, reply);
+    }
+}
+
+static void test_nearby_across_borders_at_depth(void **state)
+{
+    ts_cell_t parent = root(0, 0), kids[4];
+    assert_int_equal(ts_cell_children(&parent, kids), TS_OK);
+    char key[TS_CELL_STR_MAX], payload[160];
+    ts_cell_format(&parent, key, sizeof key);
+    assert_true(ts_probe_ctl_cell(bus, "split", &parent, WAIT_MS, payload, sizeof payload));
+    for (int q = 0; q < 4; q++)
+        wait_active(&kids[q], "w2");
+    /* the east children (x >= 50) go to w1 */
+    for (int q = 0; q < 4; q++) {
+        double x0, y0, x1, y1;
+        ts_cell_bounds(&kids[q], 100, &x0, &y0, &x1, &y1);
+        if (x0 < 50) continue;
+        ts_cell_format(&kids[q], key, sizeof key);
+        snprintf(payload, sizeof payload, "%s w1", key);
+        ctl("handover", payload);
+        wait_active(&kids[q], "w1");
+    }
+    pair_across(50, 25, 60, 61, "depth-1 w2|w1 border");
+    pair_across(0, 25, 62, 63, "root w1 | depth-1 w2 border");
+    /* each was reported by the cell it was forwarded to */
+    assert_int_equal(get(60).cell.depth, 1);
+    assert_int_equal(get(61).cell.depth, 1);
+    assert_int_equal(get(62).cell.depth, 0);
+    assert_int_equal(get(63).cell.depth, 1);
+    ts_h_pass();
+}
+
 /* A forged GhostDelta from cell (0,0) naming an entity right next to a. */
 static void forge(uint64_t epoch, uint64_t id, double x, double y)
 {
@@ -529,6 +605,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_nearby_across_borders, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_nearby_across_borders_at_depth, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stale_ghost_ignored, setup, teardown),
         cmocka_unit_test_setup_teardown(test_crowd_at_rest_matches_brute_force, setup, teardown),
     };
