@@ -171,6 +171,63 @@ bool ts_probe_ctl_cell(ts_bus_t *bus, const char *verb, const ts_cell_t *cell, i
     return false;
 }
 
+long ts_probe_leader_pid(ts_bus_t *bus, uint32_t world, int64_t timeout_ms)
+{
+    char json[1024];
+    if (ts_probe_ctl(bus, world, "stats", "", timeout_ms, json, sizeof json) != TS_OK) return -1;
+    const char *p = strstr(json, "\"leader\":\"");
+    if (!p) return -1;
+    p += strlen("\"leader\":\"");
+    const char *end = strchr(p, '"'), *dash = end;
+    if (!end) return -1;
+    /* the pid sits between the last two dashes (the host may have some) */
+    for (int k = 0; k < 2; k++) {
+        if (k) dash--;
+        while (dash > p && dash[-1] != '-')
+            dash--;
+    }
+    return dash > p ? strtol(dash, NULL, 10) : -1;
+}
+
+bool ts_probe_registry_read(ts_registry_t *reg, uint32_t world, ts_probe_epochs_t *seen,
+                            ts_cell_entry_t **cells, size_t *n, char *why, size_t cap)
+{
+    *cells = NULL;
+    *n = 0;
+    ts_world_t w;
+    ts_status_t st = ts_registry_world_get(reg, world, &w);
+    if (st == TS_OK) st = ts_registry_cells(reg, world, cells, n);
+    if (st != TS_OK) {
+        snprintf(why, cap, "registry read: %s", ts_status_str(st));
+        return false;
+    }
+    char what[256];
+    if (!ts_registry_cells_check(&w, *cells, *n, what, sizeof what)) {
+        snprintf(why, cap, "registry inconsistent: %s", what);
+        return false;
+    }
+    bool ok = true;
+    for (size_t i = 0; i < *n; i++) {
+        const ts_cell_entry_t *e = &(*cells)[i];
+        size_t k = 0;
+        while (k < seen->n && !ts_cell_eq(&seen->cell[k], &e->cell))
+            k++;
+        if (k == seen->n) {
+            if (seen->n == TS_PROBE_EPOCHS_MAX) continue;
+            seen->cell[seen->n] = e->cell;
+            seen->epoch[seen->n++] = 0;
+        }
+        if (e->epoch < seen->epoch[k] && ok) {
+            char key[TS_CELL_STR_MAX];
+            ts_cell_format(&e->cell, key, sizeof key);
+            snprintf(why, cap, "cell %s: epoch %" PRIu64 " after %" PRIu64, key, e->epoch, seen->epoch[k]);
+            ok = false;
+        }
+        seen->epoch[k] = e->epoch;
+    }
+    return ok;
+}
+
 bool ts_probe_parse_handover(const char *reply, ts_probe_handover_t *out)
 {
     return sscanf(reply,

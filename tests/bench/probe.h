@@ -67,6 +67,28 @@ ts_status_t ts_probe_ctl(ts_bus_t *bus, uint32_t world, const char *verb, const 
 bool ts_probe_ctl_cell(ts_bus_t *bus, const char *verb, const ts_cell_t *cell, int64_t timeout_ms,
                        char *reply, size_t cap);
 
+/* Which orchestrator leads world: the pid in the stats' leader holder
+ * "<host>-<pid>-<random>"; -1 if no orchestrator answers within
+ * timeout_ms or the holder names none. */
+long ts_probe_leader_pid(ts_bus_t *bus, uint32_t world, int64_t timeout_ms);
+
+/* The epoch of every cell seen by earlier ts_probe_registry_read calls. */
+#define TS_PROBE_EPOCHS_MAX 4096
+typedef struct {
+    ts_cell_t cell[TS_PROBE_EPOCHS_MAX];
+    uint64_t epoch[TS_PROBE_EPOCHS_MAX];
+    size_t n;
+} ts_probe_epochs_t;
+
+/* Reads the whole registry of world into *cells and *n (caller frees
+ * *cells) and checks what must hold at every moment: the live cells
+ * neither overlap nor leave a hole (ts_registry_cells_check), and no cell's
+ * epoch is lower than at an earlier read through seen (which it updates).
+ * False, with why filled, when the registry cannot be read (*cells NULL,
+ * *n 0) or a check fails. */
+bool ts_probe_registry_read(ts_registry_t *reg, uint32_t world, ts_probe_epochs_t *seen,
+                            ts_cell_entry_t **cells, size_t *n, char *why, size_t cap);
+
 /* A successful handover reply:
  * "ok <from>-><to> epoch <E>-><E+1> freeze_us=<n> total_us=<n>". */
 typedef struct {

@@ -32,45 +32,19 @@
 #define WORLD 0
 #define WAIT_MS 20000
 #define CTL_MS 10000
-#define MAX_SEEN 4096
 
 /* ---- registry watch: consistency and epochs that only grow ------------------------- */
 
-static struct {
-    ts_cell_t cell[MAX_SEEN];
-    uint64_t epoch[MAX_SEEN];
-    size_t n;
-} SEEN;
+static ts_probe_epochs_t SEEN;
 
 /* Reads the whole registry; fails the test on an inconsistent one or an
  * epoch lower than one seen before. Caller frees *cells. */
 static void read_registry(ts_registry_t *reg, ts_cell_entry_t **cells, size_t *n)
 {
-    ts_world_t w;
-    assert_int_equal(ts_registry_world_get(reg, WORLD, &w), TS_OK);
-    assert_int_equal(ts_registry_cells(reg, WORLD, cells, n), TS_OK);
     char why[256];
-    if (!ts_registry_cells_check(&w, *cells, *n, why, sizeof why)) {
+    if (!ts_probe_registry_read(reg, WORLD, &SEEN, cells, n, why, sizeof why)) {
         ts_h.failed = true;
-        fail_msg("registry inconsistent: %s", why);
-    }
-    for (size_t i = 0; i < *n; i++) {
-        size_t k = 0;
-        while (k < SEEN.n && !ts_cell_eq(&SEEN.cell[k], &(*cells)[i].cell))
-            k++;
-        if (k == SEEN.n && SEEN.n < MAX_SEEN) {
-            SEEN.cell[SEEN.n] = (*cells)[i].cell;
-            SEEN.epoch[SEEN.n++] = 0;
-        }
-        if (k < SEEN.n) {
-            if ((*cells)[i].epoch < SEEN.epoch[k]) {
-                char key[TS_CELL_STR_MAX];
-                ts_cell_format(&(*cells)[i].cell, key, sizeof key);
-                ts_h.failed = true;
-                fail_msg("cell %s: epoch %" PRIu64 " after %" PRIu64, key, (*cells)[i].epoch, SEEN.epoch[k]);
-            }
-            SEEN.epoch[k] = (*cells)[i].epoch;
-        }
+        fail_msg("%s", why);
     }
 }
 
@@ -429,24 +403,6 @@ static bool wait_cell(ts_registry_t *reg, const ts_cell_t *cell, ts_cell_state_t
     return false;
 }
 
-/* Which orchestrator leads, by pid in the stats' holder "<host>-<pid>-<random>". */
-static long leader_pid(ts_bus_t *bus)
-{
-    char json[1024];
-    if (ts_probe_ctl(bus, WORLD, "stats", "", 1000, json, sizeof json) != TS_OK) return -1;
-    const char *p = strstr(json, "\"leader\":\"");
-    if (!p) return -1;
-    p += strlen("\"leader\":\"");
-    const char *end = strchr(p, '"'), *dash = end;
-    if (!end) return -1;
-    for (int k = 0; k < 2; k++) {
-        if (k) dash--;
-        while (dash > p && dash[-1] != '-')
-            dash--;
-    }
-    return dash > p ? strtol(dash, NULL, 10) : -1;
-}
-
 /* Which of the two orchestrators (0 or 1) leads; fails the test when
  * neither does within WAIT_MS. */
 static int leader_of(ts_bus_t *bus, const int orch[2])
@@ -454,7 +410,7 @@ static int leader_of(ts_bus_t *bus, const int orch[2])
     uint64_t deadline = ts_mono_us() + WAIT_MS * 1000ULL;
     long lead = -1;
     do {
-        lead = leader_pid(bus);
+        lead = ts_probe_leader_pid(bus, WORLD, 1000);
         for (int k = 0; k < 2; k++)
             if (lead == ts_h.procs[orch[k]].pid) return k;
         ts_sleep_ms(50);
