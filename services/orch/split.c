@@ -30,10 +30,24 @@
 
 #define EVAL_US 250000ULL
 #define ACTIONS_MAX 64
+/* tessera-ctl merge of children on several owners: the orchestrator hands
+ * them to one first and answers once merged; at most this many at once, each
+ * for at most GATHER_TIMEOUT_US. */
+#define GATHERS_MAX 16
+#define GATHER_TIMEOUT_US 30000000ULL
+
+typedef struct {
+    ts_cell_t parent;
+    char *reply; /* the ctl request's reply subject (owned) */
+    char to[TS_WORKER_ID_MAX];
+    uint64_t deadline_us;
+} ts_gather_t;
 
 struct ts_split {
     ts_splitplan_t plan;
     uint64_t next_eval_us;
+    ts_gather_t gathers[GATHERS_MAX];
+    size_t ngathers;
 };
 
 ts_status_t ts_split_create(ts_split_t **out, ts_orch_t *o)
@@ -63,6 +77,8 @@ ts_status_t ts_split_create(ts_split_t **out, ts_orch_t *o)
 void ts_split_destroy(ts_split_t *s)
 {
     if (!s) return;
+    for (size_t i = 0; i < s->ngathers; i++)
+        free(s->gathers[i].reply);
     ts_splitplan_free(&s->plan);
     free(s);
 }
@@ -213,6 +229,85 @@ ts_status_t ts_orch_split(ts_orch_t *o, const ts_cell_t *cell, const char *reply
     return TS_OK;
 }
 
+static void gather(ts_orch_t *o, const ts_cell_t *parent, const char *to);
+
+/* tessera-ctl merge of children on several owners: hands them to the owner
+ * of the most children (handovers, as the planner's merge does) and keeps
+ * the request; gathers_poll merges and answers once they are on one owner. */
+static ts_status_t gather_then_merge(ts_orch_t *o, const ts_cell_t *parent, const char *reply,
+                                     const char *key)
+{
+    ts_split_t *s = o->split;
+    for (size_t i = 0; s && i < s->ngathers; i++)
+        if (ts_cell_eq(&s->gathers[i].parent, parent))
+            return fail(o, reply, "busy, try again: the children of %s are being gathered for a merge", key);
+    if (!s || s->ngathers == GATHERS_MAX)
+        return fail(o, reply, "busy, try again: %d merges are gathering children", GATHERS_MAX);
+    ts_cell_t kids[4];
+    if (ts_cell_children(parent, kids) != TS_OK) return fail(o, reply, "cell %s has no children", key);
+    int best = 0, best_n = 0;
+    for (int q = 0; q < 4; q++) {
+        const ts_cell_entry_t *a = &o->cells[ts_orch_cell_index(o, &kids[q])];
+        int n = 0;
+        for (int r = 0; r < 4; r++)
+            n += strcmp(o->cells[ts_orch_cell_index(o, &kids[r])].owner, a->owner) == 0;
+        if (n > best_n) {
+            best = q;
+            best_n = n;
+        }
+    }
+    ts_gather_t *g = &s->gathers[s->ngathers];
+    g->reply = strdup(reply);
+    if (!g->reply) return fail(o, reply, "out of memory");
+    g->parent = *parent;
+    ts_strlcpy(g->to, o->cells[ts_orch_cell_index(o, &kids[best])].owner, sizeof g->to);
+    g->deadline_us = ts_mono_us() + GATHER_TIMEOUT_US;
+    s->ngathers++;
+    ts_info("merge of %s asked by tessera-ctl: gathering its children on %s first", key, g->to);
+    gather(o, parent, g->to);
+    return TS_OK;
+}
+
+/* Each gathering merge: merged (and answered) once its children are active
+ * on one owner with no handover left; the gather asked again while a child
+ * is elsewhere with none running (one aborted); refused after its deadline. */
+static void gathers_poll(ts_orch_t *o, uint64_t now)
+{
+    ts_split_t *s = o->split;
+    for (size_t i = 0; i < s->ngathers;) {
+        ts_gather_t *g = &s->gathers[i];
+        char key[TS_CELL_STR_MAX];
+        ts_cell_format(&g->parent, key, sizeof key);
+        ts_cell_t kids[4];
+        bool moving = false, apart = false;
+        if (ts_cell_children(&g->parent, kids) == TS_OK) {
+            for (int q = 0; q < 4; q++) {
+                long k = ts_orch_cell_index(o, &kids[q]);
+                if (ts_handovers_has_cell(o->ho, &kids[q]))
+                    moving = true;
+                else if (k >= 0 && strcmp(o->cells[k].owner, g->to) != 0)
+                    apart = true;
+            }
+        }
+        if (!moving && !apart) {
+            ts_gather_t done = *g;
+            s->gathers[i] = s->gathers[--s->ngathers];
+            ts_orch_merge(o, &done.parent, done.reply, "asked by tessera-ctl");
+            free(done.reply);
+            continue;
+        }
+        if (now >= g->deadline_us) {
+            fail(o, g->reply, "the children of %s were not gathered on %s within %llu s; not merged", key,
+                 g->to, (unsigned long long)(GATHER_TIMEOUT_US / 1000000ULL));
+            free(g->reply);
+            s->gathers[i] = s->gathers[--s->ngathers];
+            continue;
+        }
+        if (!moving) gather(o, &g->parent, g->to);
+        i++;
+    }
+}
+
 ts_status_t ts_orch_merge(ts_orch_t *o, const ts_cell_t *parent, const char *reply, const char *why)
 {
     char key[TS_CELL_STR_MAX];
@@ -224,7 +319,7 @@ ts_status_t ts_orch_merge(ts_orch_t *o, const ts_cell_t *parent, const char *rep
     uint64_t epoch = e->epoch;
     ts_cell_t kids[4];
     if (ts_cell_children(parent, kids) != TS_OK) return fail(o, reply, "cell %s has no children", key);
-    char owner[TS_WORKER_ID_MAX] = "";
+    char owner[TS_WORKER_ID_MAX] = "", other[TS_WORKER_ID_MAX] = "";
     for (int q = 0; q < 4; q++) {
         char ck[TS_CELL_STR_MAX];
         ts_cell_format(&kids[q], ck, sizeof ck);
@@ -234,13 +329,19 @@ ts_status_t ts_orch_merge(ts_orch_t *o, const ts_cell_t *parent, const char *rep
         if (c->state != TS_CELL_ACTIVE)
             return fail(o, reply, "child %s is %s (merge its children first)", ck,
                         ts_cell_state_str(c->state));
-        if (q > 0 && strcmp(c->owner, owner) != 0)
-            return fail(o, reply, "children of %s have different owners (%s, %s): hand them to one first",
-                        key, owner, c->owner);
         if (ts_handovers_has_cell(o->ho, &kids[q]))
             return fail(o, reply, "child %s is being handed over", ck);
         if (o->orphan[k]) return fail(o, reply, "owner %s of child %s was replaced", c->owner, ck);
-        ts_strlcpy(owner, c->owner, sizeof owner);
+        if (q == 0)
+            ts_strlcpy(owner, c->owner, sizeof owner);
+        else if (strcmp(c->owner, owner) != 0)
+            ts_strlcpy(other, c->owner, sizeof other);
+    }
+    if (other[0]) {
+        /* asked by tessera-ctl: gathered first, merged and answered later */
+        if (reply) return gather_then_merge(o, parent, reply, key);
+        return fail(o, reply, "children of %s have different owners (%s, %s): hand them to one first", key,
+                    owner, other);
     }
     ts_cell_entry_t out[5];
     uint64_t versions[5];
@@ -305,11 +406,13 @@ static double tick_share(ts_orch_t *o, const ts_cell_load_t *load)
 void ts_split_poll(ts_orch_t *o)
 {
     ts_split_t *s = o->split;
-    if (!o->cfg->split_auto || !s) return;
+    if (!s) return;
     uint64_t now = ts_mono_us();
     if (now < s->next_eval_us) return;
     s->next_eval_us = now + EVAL_US;
-    if (!o->reg || o->cells_stale || !ts_leader_held(o->leader) || ts_draining_any(o->drain)) return;
+    if (!o->reg || o->cells_stale || !ts_leader_held(o->leader)) return;
+    if (s->ngathers > 0) gathers_poll(o, now);
+    if (!o->cfg->split_auto || ts_draining_any(o->drain) || o->cells_stale || !o->reg) return;
     ts_splitplan_cell_t *cells = calloc(o->ncells + 1, sizeof *cells);
     ts_splitplan_action_t *acts = calloc(ACTIONS_MAX, sizeof *acts);
     if (!cells || !acts) {

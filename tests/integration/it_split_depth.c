@@ -513,12 +513,19 @@ static void test_leader_killed_between_gather_and_merge(void **state)
     assert_int_equal(root.state, TS_CELL_SPLIT);
     wait_merged(kids, "after the leader died between the gather and the merge");
 
-    /* the new leader splits and merges the cell on request */
-    char reply[1024];
+    /* the new leader splits the cell on request and, asked to merge its
+     * children while they are on two workers (within the planner's
+     * cooldown, so the request alone acts), gathers them and merges: its
+     * answer comes once merged */
+    char reply[1024], other2[TS_WORKER_ID_MAX];
     leader_of(orch, 3);
-    ctl_cell_ok("split", &ROOT, reply, sizeof reply);
+    split_across_workers(kids, other2, sizeof other2);
     ctl_cell_ok("merge", &ROOT, reply, sizeof reply);
-    wait_merged(kids, "after ctl split and merge");
+    assert_non_null(strstr(reply, "ok merge "));
+    ts_cell_entry_t merged = entry_of(&ROOT);
+    assert_int_equal(merged.state, TS_CELL_ACTIVE);
+    for (int q = 0; q < 4; q++)
+        assert_int_equal(entry_of(&kids[q]).state, TS_CELL_RETIRED);
     wait_serving("w1");
     wait_serving("w2");
     check_sim();
