@@ -16,6 +16,8 @@
 #define DRAIN_TIMEOUT_MS 5000
 #define STATS_TIMEOUT_MS 2000
 #define SPLIT_TIMEOUT_MS 10000
+/* a merge may first gather its children on one worker (orchestrator: at most 30 s) */
+#define MERGE_TIMEOUT_MS 35000
 
 ts_status_t ts_ctl_request(ts_bus_t *bus, uint32_t world, const char *verb, const char *payload,
                            int64_t timeout_ms, char **reply)
@@ -99,7 +101,7 @@ int ts_ctl_stats(const ts_config_t *cfg)
 }
 
 /* split CELL / merge PARENT. */
-static int split_merge(const ts_config_t *cfg, const char *verb, const char *cell)
+static int split_merge(const ts_config_t *cfg, const char *verb, const char *cell, int64_t timeout_ms)
 {
     ts_cell_t c;
     if (ts_cell_parse(cell, &c) != TS_OK) {
@@ -107,15 +109,15 @@ static int split_merge(const ts_config_t *cfg, const char *verb, const char *cel
                 "tessera-ctl: bad cell '%s' (want <world>.<cx>.<cy>.<depth>.<sub>, e.g. 0.-1.0.0.0)\n", cell);
         return TS_CTL_EXIT_USAGE;
     }
-    return ask(cfg, verb, cell, SPLIT_TIMEOUT_MS);
+    return ask(cfg, verb, cell, timeout_ms);
 }
 
 int ts_ctl_split(const ts_config_t *cfg, const char *cell)
 {
-    return split_merge(cfg, "split", cell);
+    return split_merge(cfg, "split", cell, SPLIT_TIMEOUT_MS);
 }
 
 int ts_ctl_merge(const ts_config_t *cfg, const char *parent)
 {
-    return split_merge(cfg, "merge", parent);
+    return split_merge(cfg, "merge", parent, MERGE_TIMEOUT_MS);
 }
