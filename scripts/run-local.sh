@@ -15,11 +15,15 @@
 # `tessera-sim --via-gateway 127.0.0.1:<gateway port>` connects PLAYERS real
 # TCP clients that join and move; its per-second line, with input->own state
 # latency, is in sim.log, and `tail -f` on it shows the run live).
-# HOTSPOT (default 125,125,20,0.5,60; "" or 0: none): the sim's --hotspot
-# X,Y,R,share,hold_s in bus mode; with the orchestrator's automatic split
+# HOTSPOT (default 125,125,20,0.5,60,20; "" or 0: none): the sim's --hotspot
+# X,Y,R,share,hold_s,from_s (bus mode and VIA_GATEWAY=1 alike): from from_s
+# seconds after the start, once the demo handovers are done, a share of the
+# players gathers in the circle; with the orchestrator's automatic split
 # (split.auto=1) the crowded cell splits to depth 2, the rebalancer moves
 # children to the other worker, and once the crowd disperses (after hold_s)
-# the cells merge back; the live line counts splits= and merges=.
+# the cells merge back; the live line counts splits= and merges= and shows
+# depth=, and a line per change (from the orchestrator's log) names the
+# cell split or merged and each child the rebalancer moves.
 # SECURE=1 (default) runs NATS and Redis with the users, permissions and
 # ACLs of scripts/gen-secrets.sh, every service as its own user (passwords
 # in files, never on a command line), and prints the read-only inspector's
@@ -64,7 +68,7 @@ DURATION=${DURATION:-}
 KEEP=${KEEP:-0}
 VIA_GATEWAY=${VIA_GATEWAY:-0}
 SECURE=${SECURE:-1}
-HOTSPOT=${HOTSPOT-125,125,20,0.5,60}
+HOTSPOT=${HOTSPOT-125,125,20,0.5,60,20}
 [[ "$HOTSPOT" == 0 ]] && HOTSPOT=
 
 die() {
@@ -155,6 +159,7 @@ cleanup() {
     [[ -n "$watch_pid" ]] && stop_pids "$watch_pid"
     [[ -n "${demo_pid:-}" ]] && stop_pids "$demo_pid"
     [[ -n "${game_log_pid:-}" ]] && stop_pids "$game_log_pid"
+    [[ -n "${cells_log_pid:-}" ]] && stop_pids "$cells_log_pid"
     # The orchestrator first, so stopping workers do not wait for a drain;
     # then reverse start order: clients of the bus first, the servers last.
     local i
@@ -164,8 +169,12 @@ cleanup() {
     for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
         stop_pids "${pids[$i]}"
     done
-    # the sim's verdict: every input it sent, acknowledged and applied
-    [[ -f "$TMP/sim.log" ]] && grep -h '^sim: done\|^via-gateway: summary: inputs' "$TMP/sim.log" | tail -n 1
+    # the sim's verdict: every input it sent, acknowledged and applied (and
+    # through the gateway: no client dropped, CellChanged exactly when due)
+    if [[ -f "$TMP/sim.log" ]]; then
+        grep -h '^sim: done\|^via-gateway: summary: inputs' "$TMP/sim.log" | tail -n 1
+        grep -h '^via-gateway: cells:' "$TMP/sim.log" | tail -n 1
+    fi
     if [[ "$KEEP" == 1 ]]; then
         echo "run-local: logs kept in $TMP"
     else
@@ -284,14 +293,15 @@ as sim
 if [[ "$VIA_GATEWAY" == 1 ]]; then
     # real clients need the gateway listening first
     wait_port gateway "$GATEWAY_PORT" 20
-    start sim "$BUILD_DIR/tessera-sim" --via-gateway "127.0.0.1:$GATEWAY_PORT" --sim.players="$PLAYERS" "${CREDS[@]}"
+    start sim "$BUILD_DIR/tessera-sim" --via-gateway "127.0.0.1:$GATEWAY_PORT" --sim.players="$PLAYERS" \
+        ${HOTSPOT:+--hotspot="$HOTSPOT"} "${CREDS[@]}"
 else
     start sim "$BUILD_DIR/tessera-sim" --sim.players="$PLAYERS" ${HOTSPOT:+--hotspot="$HOTSPOT"} "${CREDS[@]}"
     wait_port gateway "$GATEWAY_PORT" 20
 fi
 
 cat <<EOF
-Tessera is running ($([[ -n "$GAME" ]] && echo "GAME=$GAME, ")PLAYERS=$PLAYERS$([[ "$VIA_GATEWAY" == 1 ]] && echo " through the gateway")${DURATION:+, DURATION=${DURATION}s}$([[ -n "$HOTSPOT" && "$VIA_GATEWAY" != 1 ]] && echo ", a crowd at $HOTSPOT (x,y,r,share,hold_s)")):
+Tessera is running ($([[ -n "$GAME" ]] && echo "GAME=$GAME, ")PLAYERS=$PLAYERS$([[ "$VIA_GATEWAY" == 1 ]] && echo " through the gateway")${DURATION:+, DURATION=${DURATION}s}$([[ -n "$HOTSPOT" ]] && echo ", a crowd at $HOTSPOT (x,y,r,share,hold_s,from_s)")):
   NATS     $TESSERA_NATS_URL  (JetStream store $TMP/js)
   Redis    $TESSERA_REDIS_URL
   security $([[ "$SECURE" == 1 ]] && echo "users, permissions and ACLs from $SECRETS (SECURE=0: none)" || echo "none (SECURE=0)")
@@ -353,6 +363,21 @@ if [[ -n "$GAME" ]]; then
         grep --line-buffered -w -F "$GAME_NAME"; } &
     game_log_pid=$!
 fi
+
+# The orchestrator's splits and merges and the moves of cells below a root
+# (depth >= 1), one short line each, as they come (tail ends by itself once
+# this script has exited).
+{ tail -n 0 -F --pid=$$ "$TMP/orch.log" 2>/dev/null | sed -un -E \
+    -e 's/^.* tessera-orch: split cell ([^ ]+) of ([^ ]+) \(epoch [^;]*; ([0-9]+ entities).*$/split \1 on \2 (\3)/p' \
+    -e 't' \
+    -e 's/^.* tessera-orch: split cell ([^ ]+) of ([^ ]+) .*$/split \1 on \2/p' \
+    -e 't' \
+    -e 's/^.* tessera-orch: merged the children of ([^ ]+) back into it on ([^ ]+) \(epoch [^;]*; children hold ([0-9]+ entities).*$/merge into \1 on \2 (\3)/p' \
+    -e 't' \
+    -e 's/^.* tessera-orch: merged the children of ([^ ]+) back into it on ([^ ]+) .*$/merge into \1 on \2/p' \
+    -e 't' \
+    -e 's/^.* tessera-orch: handover [^ ]+ \(rebalance\): cell ([^ .]+\.[^ .]+\.[^ .]+\.[1-9][0-9]*\.[0-9]+) from ([^ ]+) to ([^ ,]+),.* ([0-9]+ entities),.*$/moved \1 from \2 to \3 (\4)/p'; } &
+cells_log_pid=$!
 
 HANDOVERS=${HANDOVERS:-4}
 demo_pid=

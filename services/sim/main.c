@@ -33,7 +33,8 @@
 
 static const ts_service_t service = {
     .name = "tessera-sim",
-    .usage = "usage: tessera-sim [--via-gateway HOST:PORT] [--key=value ...]\n"
+    .usage = "usage: tessera-sim [--via-gateway HOST:PORT] [--hotspot X,Y,R[,SHARE[,HOLD_S[,FROM_S]]]]\n"
+             "                   [--key=value ...]\n"
              "Runs sim.players synthetic players that publish InputBatches straight into\n"
              "the cell input subjects of world.id (sim.rate_hz inputs per player per second,\n"
              "speed sim.speed), follows their cells through the workers' state and reports\n"
@@ -47,17 +48,25 @@ static const ts_service_t service = {
              "(0: until signalled), waits up to 20 s for the last inputs to show in each client's\n"
              "own entity and prints input->own state latency (p50/p99/p999 over the Moves sent\n"
              "while playing), Deltas/s and bytes/s per client, and inputs sent/applied/missing,\n"
-             "ending with one line\n"
+             "ending with two lines\n"
              "  via-gateway: clients=N connected=C sent=S applied=A missing=M errors=E lat_p50_ms=..\n"
              "  lat_p99_ms=.. lat_p999_ms=.. deltas_per_s_per_client=.. bytes_per_s_per_client=..\n"
-             "It exits 0 if every client joined, stayed and got Deltas and every input was applied\n"
-             "exactly once, 2 otherwise, 1 if it could not start (address, open-file limit).\n"
-             "Players start anywhere in the world (read from the registry as in bus mode), so\n"
-             "each client's area of interest holds its share of the crowd.\n\n"
-             "--hotspot X,Y,R[,SHARE[,HOLD_S]] (bus mode): SHARE of the players (default 0.5)\n"
-             "walk into the circle of radius R around (X, Y) and stay in it until HOLD_S seconds\n"
-             "after the start (default 60), then spread over the world; once a second it prints\n"
+             "  via-gateway: cells: dropped=D cell_changed=C same_cell=V unannounced=U\n"
+             "  clients_depth1=K1 clients_depth2=K2 max_depth=M\n"
+             "(each client follows its entity's cell from the cell its frames name: C CellChanged\n"
+             "received, V of them naming the cell the client already had, U frames naming a new\n"
+             "cell without a CellChanged first; K1/K2 clients were at some point in a cell of depth\n"
+             ">= 1/>= 2). It exits 0 if every client joined, stayed and got Deltas, every input was\n"
+             "applied exactly once and V = U = 0, 2 otherwise, 1 if it could not start (address,\n"
+             "open-file limit). Players start anywhere in the world (read from the registry as in\n"
+             "bus mode), so each client's area of interest holds its share of the crowd.\n\n"
+             "--hotspot X,Y,R[,SHARE[,HOLD_S[,FROM_S]]]: SHARE of the players (default 0.5) wander\n"
+             "until FROM_S seconds after the start (default 0), then walk into the circle of radius\n"
+             "R around (X, Y) and stay in it until HOLD_S seconds after the start (default 60), then\n"
+             "spread over the world. Once a second it prints, in bus mode\n"
              "  sim: hotspot in=K live_cells=N max_depth=D\n"
+             "and with --via-gateway (the clients' cells as their frames name them)\n"
+             "  via-gateway: hotspot in=K clients in cells at depth 0/1/>=2: A/B/C\n"
              "Joins go to the deepest live cell at the player's position (the registry, kept\n"
              "current from RegistryChange); later inputs follow the entity's cell as the\n"
              "workers' state shows it.\n\n",
@@ -110,10 +119,12 @@ static const char *take_flag(int *argc, char **argv, const char *flag, bool *bad
     return addr;
 }
 
-/* Gateway mode: the world from the registry, then ts_vg_run. */
-static int run_via_gateway(const ts_config_t *cfg, const char *addr)
+/* Gateway mode: the world from the registry, then ts_vg_run (with the
+ * hotspot, if any). */
+static int run_via_gateway(const ts_config_t *cfg, const char *addr, const ts_sim_hotspot_t *hotspot)
 {
-    ts_vg_opts_t o = {.clients = (size_t)cfg->sim_players,
+    ts_vg_opts_t o = {.hotspot = hotspot,
+                      .clients = (size_t)cfg->sim_players,
                       .rate_hz = cfg->sim_rate_hz,
                       .duration_s = cfg->sim_duration_s,
                       .speed = cfg->sim_speed,
@@ -290,15 +301,12 @@ int main(int argc, char **argv)
         goto cleanup;
     }
     if (bad_hotspot || (hotspot && ts_sim_hotspot_parse(hotspot, &s.hotspot) != TS_OK)) {
-        ts_error("--hotspot: want X,Y,R[,SHARE[,HOLD_S]] (R > 0, 0 < SHARE <= 1), got '%s'",
+        ts_error("--hotspot: want X,Y,R[,SHARE[,HOLD_S[,FROM_S]]] (R > 0, 0 < SHARE <= 1, HOLD_S >= 0, "
+                 "0 <= FROM_S < HOLD_S), got '%s'",
                  hotspot ? hotspot : "");
         goto cleanup;
     }
     s.hotspot_on = hotspot != NULL;
-    if (s.hotspot_on && via_gateway) {
-        ts_error("--hotspot applies to bus mode only, not with --via-gateway");
-        goto cleanup;
-    }
     if (check_config(&cfg, err, sizeof err) != TS_OK) {
         ts_error("%s", err);
         goto cleanup;
@@ -309,7 +317,7 @@ int main(int argc, char **argv)
     }
     if (via_gateway != NULL) {
         ts_sim_metrics_ready();
-        rc = run_via_gateway(&cfg, via_gateway);
+        rc = run_via_gateway(&cfg, via_gateway, s.hotspot_on ? &s.hotspot : NULL);
         goto cleanup;
     }
     if (connect_all(&s) != TS_OK) {
@@ -335,8 +343,10 @@ int main(int argc, char **argv)
     ts_players_set_locate(s.players, locate, s.cells);
     if (s.hotspot_on) {
         ts_players_set_hotspot(s.players, &s.hotspot, ts_mono_us());
-        ts_info("hotspot: %.0f%% of the players gather within %g of (%g, %g) for %g s, then disperse",
-                s.hotspot.share * 100, s.hotspot.r, s.hotspot.x, s.hotspot.y, s.hotspot.hold_s);
+        ts_info("hotspot: %.0f%% of the players gather within %g of (%g, %g) from %g s to %g s after the "
+                "start, then disperse",
+                s.hotspot.share * 100, s.hotspot.r, s.hotspot.x, s.hotspot.y, s.hotspot.from_s,
+                s.hotspot.hold_s);
     }
     ts_sim_metrics_attach(s.players, s.sender, s.bus);
     ts_info("started: nats %s, redis %s, world %u (%dx%d cells of %g), %lld players at %lld inputs/s each, "

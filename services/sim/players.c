@@ -34,9 +34,7 @@ typedef struct {
     uint64_t inputs_applied;
     bool joined;
     bool seen;
-    bool crowd;     /* one of the hotspot's share */
-    bool dispersed; /* reached its spot after the crowd broke up */
-    double tx, ty;  /* that spot: anywhere in the world */
+    ts_sim_crowd_t crowd;
 } player_t;
 
 struct ts_players {
@@ -54,7 +52,7 @@ struct ts_players {
     void *locate_ud;
     bool hot_on;
     ts_sim_hotspot_t hot;
-    uint64_t hot_until_us;
+    uint64_t hot_start_us;
 };
 
 static double clampd(double v, double lo, double hi)
@@ -176,23 +174,54 @@ void ts_players_set_locate(ts_players_t *pl, ts_players_locate_fn fn, void *ud)
 
 ts_status_t ts_sim_hotspot_parse(const char *s, ts_sim_hotspot_t *out)
 {
-    double v[5] = {0, 0, 0, 0.5, 60};
+    double v[6] = {0, 0, 0, 0.5, 60, 0};
     int n = 0;
     const char *p = s;
     for (;;) {
         char *end = NULL;
-        if (n == 5) return TS_ERR_PARSE;
+        if (n == 6) return TS_ERR_PARSE;
         v[n++] = strtod(p, &end);
         if (end == p) return TS_ERR_PARSE;
         if (*end == '\0') break;
         if (*end != ',') return TS_ERR_PARSE;
         p = end + 1;
     }
-    if (n < 3 || !(v[2] > 0) || !(v[3] > 0 && v[3] <= 1) || !(v[4] >= 0) || !isfinite(v[0]) ||
-        !isfinite(v[1]) || !isfinite(v[2]) || !isfinite(v[4]))
+    for (int i = 0; i < n; i++)
+        if (!isfinite(v[i])) return TS_ERR_PARSE;
+    if (n < 3 || !(v[2] > 0) || !(v[3] > 0 && v[3] <= 1) || !(v[4] >= 0) || !(v[5] >= 0) ||
+        (v[5] > 0 && v[5] >= v[4]))
         return TS_ERR_PARSE;
-    *out = (ts_sim_hotspot_t){.x = v[0], .y = v[1], .r = v[2], .share = v[3], .hold_s = v[4]};
+    *out = (ts_sim_hotspot_t){.x = v[0], .y = v[1], .r = v[2], .share = v[3], .hold_s = v[4], .from_s = v[5]};
     return TS_OK;
+}
+
+void ts_sim_crowd_init(ts_sim_crowd_t *m, const ts_sim_hotspot_t *h, ts_rng_t *rng, double x0, double y0,
+                       double x1, double y1)
+{
+    m->crowd = ts_rng_unit(rng) < h->share;
+    m->dispersed = false;
+    m->tx = x0 + ts_rng_unit(rng) * (x1 - x0);
+    m->ty = y0 + ts_rng_unit(rng) * (y1 - y0);
+}
+
+bool ts_sim_crowd_heading(ts_sim_crowd_t *m, const ts_sim_hotspot_t *h, double elapsed_s, double x, double y,
+                          double arrive, double turn, ts_rng_t *rng, double *heading)
+{
+    if (!m->crowd || m->dispersed || elapsed_s < h->from_s) return false;
+    double noise = (ts_rng_unit(rng) - 0.5) * turn;
+    if (elapsed_s < h->hold_s) {
+        double dx = h->x - x, dy = h->y - y;
+        if (hypot(dx, dy) < h->r * 0.7) return false; /* inside: wander, turned back at the edge */
+        *heading = atan2(dy, dx) + noise;
+        return true;
+    }
+    double dx = m->tx - x, dy = m->ty - y;
+    if (hypot(dx, dy) < arrive) {
+        m->dispersed = true;
+        return false;
+    }
+    *heading = atan2(dy, dx) + noise;
+    return true;
 }
 
 void ts_players_set_hotspot(ts_players_t *pl, const ts_sim_hotspot_t *h, uint64_t start_us)
@@ -200,14 +229,9 @@ void ts_players_set_hotspot(ts_players_t *pl, const ts_sim_hotspot_t *h, uint64_
     pthread_mutex_lock(&pl->mu);
     pl->hot_on = true;
     pl->hot = *h;
-    pl->hot_until_us = start_us + (uint64_t)(h->hold_s * 1e6);
-    for (size_t i = 0; i < pl->n; i++) {
-        player_t *p = &pl->p[i];
-        p->crowd = ts_rng_unit(&pl->rng) < h->share;
-        p->dispersed = false;
-        p->tx = pl->wx0 + ts_rng_unit(&pl->rng) * (pl->wx1 - pl->wx0);
-        p->ty = pl->wy0 + ts_rng_unit(&pl->rng) * (pl->wy1 - pl->wy0);
-    }
+    pl->hot_start_us = start_us;
+    for (size_t i = 0; i < pl->n; i++)
+        ts_sim_crowd_init(&pl->p[i].crowd, h, &pl->rng, pl->wx0, pl->wy0, pl->wx1, pl->wy1);
     pthread_mutex_unlock(&pl->mu);
 }
 
@@ -219,32 +243,20 @@ size_t ts_players_in_hotspot(ts_players_t *pl, uint64_t now)
         const player_t *p = &pl->p[i];
         double dt = now > p->pos_us ? (double)(now - p->pos_us) / 1e6 : 0;
         double x = p->x + p->vx * dt, y = p->y + p->vy * dt;
-        n += p->crowd && hypot(x - pl->hot.x, y - pl->hot.y) < pl->hot.r;
+        n += p->crowd.crowd && hypot(x - pl->hot.x, y - pl->hot.y) < pl->hot.r;
     }
     pthread_mutex_unlock(&pl->mu);
     return n;
 }
 
-/* The heading of a crowd player: into the circle and around in it while
- * the crowd holds, then to its own spot anywhere in the world (so the crowd
- * spreads evenly); false when it wanders freely. */
+/* The heading of a crowd player (see ts_sim_crowd_heading); false when it
+ * wanders freely. */
 static bool crowd_heading(ts_players_t *pl, player_t *p, uint64_t now_us, double *heading)
 {
-    if (!pl->hot_on || !p->crowd || p->dispersed) return false;
-    double noise = (ts_rng_unit(&pl->rng) - 0.5) * TURN;
-    if (now_us < pl->hot_until_us) {
-        double dx = pl->hot.x - p->x, dy = pl->hot.y - p->y;
-        if (hypot(dx, dy) < pl->hot.r * 0.7) return false; /* inside: wander, turned back at the edge */
-        *heading = atan2(dy, dx) + noise;
-        return true;
-    }
-    double dx = p->tx - p->x, dy = p->ty - p->y;
-    if (hypot(dx, dy) < pl->speed * 2.0 * (double)pl->period_us / 1e6 + 1.0) {
-        p->dispersed = true;
-        return false;
-    }
-    *heading = atan2(dy, dx) + noise;
-    return true;
+    if (!pl->hot_on) return false;
+    double elapsed = now_us > pl->hot_start_us ? (double)(now_us - pl->hot_start_us) / 1e6 : 0;
+    double arrive = pl->speed * 2.0 * (double)pl->period_us / 1e6 + 1.0;
+    return ts_sim_crowd_heading(&p->crowd, &pl->hot, elapsed, p->x, p->y, arrive, TURN, &pl->rng, heading);
 }
 
 /* Dead-reckons the position to now, turns the heading a little and bounces

@@ -13,6 +13,7 @@
 #include "tessera/cell.h"
 #include "tessera/registry.h"
 #include "tessera/status.h"
+#include "tessera/util.h"
 
 #define TS_SIM_ENTITY_TAG 0x5150ULL
 #define TS_SIM_MAX_PLAYERS 1000000
@@ -85,17 +86,38 @@ typedef bool (*ts_players_locate_fn)(void *ud, double x, double y, ts_cell_t *ce
 /* Called before the first collect. */
 void ts_players_set_locate(ts_players_t *pl, ts_players_locate_fn fn, void *ud);
 
-/* A hotspot: a share of the players (chosen by the seed) walks into the
- * circle of radius r around (x, y) and stays in it until hold_s seconds
- * after start_us (monotonic); then each walks to its own spot anywhere in
- * the world (so the crowd spreads evenly) and wanders freely again. */
+/* A hotspot: a share of the players (chosen by the seed) wanders freely
+ * until from_s seconds after the start, then walks into the circle of
+ * radius r around (x, y) and stays in it until hold_s seconds after the
+ * start; then each walks to its own spot anywhere in the world (so the
+ * crowd spreads evenly) and wanders freely again. */
 typedef struct {
     double x, y, r;
     double share;  /* 0..1 */
     double hold_s; /* from the start of the run */
+    double from_s; /* from the start of the run; below hold_s (or 0) */
 } ts_sim_hotspot_t;
-/* Parses "X,Y,R[,share[,hold_s]]" (defaults: share 0.5, hold_s 60). */
+/* Parses "X,Y,R[,share[,hold_s[,from_s]]]" (defaults: share 0.5, hold_s
+ * 60, from_s 0). */
 ts_status_t ts_sim_hotspot_parse(const char *s, ts_sim_hotspot_t *out);
+
+/* One walker's part in a hotspot (bus-mode players and gateway clients). */
+typedef struct {
+    bool crowd;     /* one of the hotspot's share */
+    bool dispersed; /* reached its spot after the crowd broke up */
+    double tx, ty;  /* that spot */
+} ts_sim_crowd_t;
+/* Draws m's membership (h->share) and its spot in [x0, x1) x [y0, y1). */
+void ts_sim_crowd_init(ts_sim_crowd_t *m, const ts_sim_hotspot_t *h, ts_rng_t *rng, double x0, double y0,
+                       double x1, double y1);
+/* The heading of a walker at (x, y) `elapsed_s` after the start: false while
+ * it wanders freely (not of the crowd, before from_s, inside the circle
+ * while the crowd holds, or dispersed); else *heading (radians, turned by up
+ * to +-turn/2 at random) points into the circle or, after hold_s, to its
+ * spot, which counts as reached within `arrive` units. */
+bool ts_sim_crowd_heading(ts_sim_crowd_t *m, const ts_sim_hotspot_t *h, double elapsed_s, double x, double y,
+                          double arrive, double turn, ts_rng_t *rng, double *heading);
+
 /* Called before the first collect. */
 void ts_players_set_hotspot(ts_players_t *pl, const ts_sim_hotspot_t *h, uint64_t start_us);
 /* Players of the hotspot's share inside its circle at now_us (dead-reckoned). */

@@ -12,6 +12,7 @@ enum {
 };
 
 enum {
+    SF_CELL = 3,
     SF_WELCOME = 10,
     SF_SNAPSHOT = 11,
     SF_DELTA = 12,
@@ -32,6 +33,12 @@ enum {
     ERR_FATAL = 3,
     ERR_FIRST_SEQ = 4,
     ERR_LAST_SEQ = 5,
+    CC_TO = 2,
+    CELL_WORLD = 1,
+    CELL_CX = 2,
+    CELL_CY = 3,
+    CELL_DEPTH = 4,
+    CELL_SUB = 5,
 };
 
 typedef struct {
@@ -169,6 +176,79 @@ static bool scan_error(const uint8_t *data, size_t len, ts_track_frame_t *out)
     return rc == 0;
 }
 
+static int32_t zigzag32(uint64_t v)
+{
+    uint32_t u = (uint32_t)v;
+    return (int32_t)((u >> 1) ^ (0u - (u & 1u)));
+}
+
+/* A CellId (its absent fields are 0, as protobuf's defaults). */
+static bool scan_cell(const uint8_t *data, size_t len, ts_cell_t *out)
+{
+    cursor_t c = {data, data + len};
+    field_t f;
+    int rc;
+    memset(out, 0, sizeof *out);
+    while ((rc = next_field(&c, &f)) == 1) {
+        if (f.wt != WT_VARINT) continue;
+        if (f.num == CELL_WORLD) {
+            out->world = (uint32_t)f.v;
+        } else if (f.num == CELL_CX) {
+            out->cx = zigzag32(f.v);
+        } else if (f.num == CELL_CY) {
+            out->cy = zigzag32(f.v);
+        } else if (f.num == CELL_DEPTH) {
+            if (f.v > UINT8_MAX) return false;
+            out->depth = (uint8_t)f.v;
+        } else if (f.num == CELL_SUB) {
+            out->sub = f.v;
+        }
+    }
+    return rc == 0;
+}
+
+/* A CellChanged's `to`; *have says whether it names one. */
+static bool scan_cell_changed(const uint8_t *data, size_t len, ts_cell_t *to, bool *have)
+{
+    cursor_t c = {data, data + len};
+    field_t f;
+    int rc;
+    while ((rc = next_field(&c, &f)) == 1)
+        if (f.num == CC_TO && f.wt == WT_LEN) {
+            if (!scan_cell(f.data, f.len, to)) return false;
+            *have = true;
+        }
+    return rc == 0;
+}
+
+static void set_cell(ts_track_t *t, const ts_cell_t *cell)
+{
+    t->cell = *cell;
+    t->has_cell = true;
+    if (cell->depth > t->max_depth) t->max_depth = cell->depth;
+}
+
+/* After a whole frame: the own entity's cell as the frame tells it. */
+static void follow_cell(ts_track_t *t, ts_track_frame_t *out, const ts_cell_t *frame_cell,
+                        bool have_frame_cell, const ts_cell_t *to, bool have_to)
+{
+    if (t->entity == 0) return; /* not joined yet: no cell of its own */
+    if (out->kind == TS_TRACK_CELL_CHANGED && have_to) {
+        if (t->has_cell && ts_cell_eq(&t->cell, to)) {
+            out->cell_same = true;
+            t->cell_changed_same++;
+        }
+        set_cell(t, to);
+        return;
+    }
+    if (!have_frame_cell) return;
+    if (t->has_cell && !ts_cell_eq(&t->cell, frame_cell)) {
+        out->cell_unannounced = true;
+        t->cell_changed_unannounced++;
+    }
+    set_cell(t, frame_cell);
+}
+
 void ts_track_init(ts_track_t *t)
 {
     memset(t, 0, sizeof *t);
@@ -180,9 +260,16 @@ ts_status_t ts_track_frame(ts_track_t *t, const uint8_t *payload, size_t len, ts
     cursor_t c = {payload, payload + len};
     field_t f;
     int rc = 0;
-    bool ok = true;
+    bool ok = true, have_frame_cell = false, have_to = false;
+    ts_cell_t frame_cell, to;
     while (ok && (rc = next_field(&c, &f)) == 1) {
-        if (f.wt != WT_LEN || f.num < SF_WELCOME || f.num > SF_ERROR) continue;
+        if (f.wt != WT_LEN) continue;
+        if (f.num == SF_CELL) {
+            ok = scan_cell(f.data, f.len, &frame_cell);
+            have_frame_cell = ok;
+            continue;
+        }
+        if (f.num < SF_WELCOME || f.num > SF_ERROR) continue;
         switch (f.num) {
         case SF_WELCOME:
             out->kind = TS_TRACK_WELCOME;
@@ -201,6 +288,7 @@ ts_status_t ts_track_frame(ts_track_t *t, const uint8_t *payload, size_t len, ts
         case SF_CELL_CHANGED:
             out->kind = TS_TRACK_CELL_CHANGED;
             t->cell_changes++;
+            ok = scan_cell_changed(f.data, f.len, &to, &have_to);
             break;
         case SF_PONG:
             out->kind = TS_TRACK_PONG;
@@ -212,5 +300,7 @@ ts_status_t ts_track_frame(ts_track_t *t, const uint8_t *payload, size_t len, ts
             break;
         }
     }
-    return ok && rc == 0 ? TS_OK : TS_ERR_MALFORMED;
+    if (!ok || rc != 0) return TS_ERR_MALFORMED;
+    follow_cell(t, out, &frame_cell, have_frame_cell, &to, have_to);
+    return TS_OK;
 }

@@ -19,7 +19,13 @@
  * ring and a few counters. Writes go out with uv_try_write; only what the
  * socket does not take is copied into a queued uv_write, and a client with
  * more than MAX_OUT_PENDING bytes queued skips Moves (counted) instead of
- * growing without bound. */
+ * growing without bound.
+ *
+ * Each client follows its entity's cell from the frames (track.c): how
+ * many CellChanged it got, whether one named the cell it already had or a
+ * frame named a new cell without one (either fails the run), and the
+ * deepest cell it was in. With a hotspot, a share of the clients walks into
+ * it and later disperses (ts_sim_crowd_heading, as bus-mode players do). */
 #include "via_gateway.h"
 
 #include <math.h>
@@ -92,6 +98,7 @@ typedef struct {
     size_t out_pending;
     double x, y, vx, vy, heading;
     uint64_t pos_us;
+    ts_sim_crowd_t crowd;
     uint64_t window_deltas, window_bytes;
 } client_t;
 
@@ -129,6 +136,7 @@ struct vg {
     uint64_t not_stored; /* inputs the gateway reported it could not store */
     uint64_t window_moves;
     uint64_t max_tick_gap_us, late_ticks; /* is the generator keeping up? */
+    uint64_t cell_errors_logged;
     uint8_t readbuf[READ_BUF];
     bool stop_now;
 };
@@ -276,15 +284,22 @@ static double clampd(double v, double lo, double hi)
     return v < lo ? lo : v > hi ? hi : v;
 }
 
-/* Dead-reckons the position, turns a little and bounces off the world's
- * edges (looking two Move periods ahead), as the bus mode's players do. */
+/* Dead-reckons the position, turns a little (or heads for the hotspot or
+ * away from it) and bounces off the world's edges (looking two Move periods
+ * ahead), as the bus mode's players do. */
 static void steer(vg_t *vg, client_t *c, uint64_t now)
 {
     double dt = now > c->pos_us ? (double)(now - c->pos_us) / 1e6 : 0;
     c->x = clampd(c->x + c->vx * dt, vg->wx0, vg->wx1);
     c->y = clampd(c->y + c->vy * dt, vg->wy0, vg->wy1);
     c->pos_us = now;
-    c->heading += (ts_rng_unit(&vg->rng) - 0.5) * TURN;
+    const ts_sim_hotspot_t *h = vg->o->hotspot;
+    double toward, arrive = vg->o->speed * 2.0 * (double)vg->period_us / 1e6 + 1.0;
+    double elapsed = (double)(now - vg->start_us) / 1e6;
+    if (h != NULL && ts_sim_crowd_heading(&c->crowd, h, elapsed, c->x, c->y, arrive, TURN, &vg->rng, &toward))
+        c->heading = toward;
+    else
+        c->heading += (ts_rng_unit(&vg->rng) - 0.5) * TURN;
     double vx = vg->o->speed * cos(c->heading), vy = vg->o->speed * sin(c->heading);
     double ahead = 2.0 * (double)vg->period_us / 1e6;
     if ((c->x + vx * ahead < vg->wx0 && vx < 0) || (c->x + vx * ahead >= vg->wx1 && vx > 0)) vx = -vx;
@@ -364,6 +379,14 @@ static void on_frame(client_t *c, const uint8_t *payload, size_t len, uint64_t n
     if (c->track.last_input_seq > before)
         ts_seq_ring_resolve_split(&c->ring, c->track.last_input_seq, now, &vg->hist_sec, &vg->hist_cross_sec);
     if (fr.kind == TS_TRACK_CELL_CHANGED) ts_seq_ring_tag_pending(&c->ring);
+    if ((fr.cell_same || fr.cell_unannounced) && vg->cell_errors_logged < ERRORS_LOGGED) {
+        vg->cell_errors_logged++;
+        const ts_cell_t *k = &c->track.cell;
+        ts_warn("client %u: %s cell %u.%d.%d.%u.%llu", c->idx,
+                fr.cell_same ? "CellChanged to the cell it was already in:"
+                             : "a frame moved it, without CellChanged, to",
+                k->world, k->cx, k->cy, (unsigned)k->depth, (unsigned long long)k->sub);
+    }
 }
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
@@ -523,6 +546,18 @@ static void report(vg_t *vg, uint64_t now)
         (unsigned long long)total_applied(vg), inputs_s, deltas_s,
         ms(ts_lat_hist_quantile(&vg->hist_sec, 0.50)), ms(ts_lat_hist_quantile(&vg->hist_sec, 0.99)),
         (unsigned long long)vg->errors);
+    if (vg->o->hotspot != NULL) {
+        size_t in = 0, deep[3] = {0, 0, 0};
+        for (size_t i = 0; i < vg->n; i++) {
+            const client_t *c = &vg->c[i];
+            if (c->phase != CL_PLAYING) continue;
+            in += c->crowd.crowd &&
+                  hypot(c->x - vg->o->hotspot->x, c->y - vg->o->hotspot->y) < vg->o->hotspot->r;
+            if (c->track.has_cell) deep[c->track.cell.depth >= 2 ? 2 : c->track.cell.depth]++;
+        }
+        printf("via-gateway: hotspot in=%zu clients in cells at depth 0/1/>=2: %zu/%zu/%zu\n", in, deep[0],
+               deep[1], deep[2]);
+    }
     fflush(stdout);
     if (vg->phase >= RUN_PLAY) ts_lat_hist_merge(&vg->hist_all, &vg->hist_sec);
     ts_lat_hist_reset(&vg->hist_sec);
@@ -738,6 +773,9 @@ static void init_clients(vg_t *vg)
         ts_track_init(&c->track);
         ts_seq_ring_init(&c->ring);
     }
+    /* drawn after the positions, which stay those of a run without it */
+    for (size_t i = 0; vg->o->hotspot != NULL && i < vg->n; i++)
+        ts_sim_crowd_init(&vg->c[i].crowd, vg->o->hotspot, &vg->rng, vg->wx0, vg->wy0, vg->wx1, vg->wy1);
 }
 
 static int print_result(vg_t *vg)
@@ -748,8 +786,9 @@ static int print_result(vg_t *vg)
     ts_lat_hist_reset(&vg->hist_sec);
     ts_lat_hist_reset(&vg->hist_cross_sec);
     uint64_t sent = 0, applied = 0, missing = 0, doubled = 0, skipped = 0, wdeltas = 0, wbytes = 0, lost = 0;
-    uint64_t unresolved = 0;
-    size_t joined = 0, over = 0, no_deltas = 0, under = 0;
+    uint64_t unresolved = 0, cell_changed = 0, cell_same = 0, cell_unannounced = 0;
+    size_t joined = 0, over = 0, no_deltas = 0, under = 0, depth1 = 0, depth2 = 0;
+    unsigned max_depth = 0;
     for (size_t i = 0; i < vg->n; i++) {
         client_t *c = &vg->c[i];
         if (c->track.entity == 0) continue; /* never joined */
@@ -762,6 +801,12 @@ static int print_result(vg_t *vg)
         lost += c->ring.lost;
         unresolved += ts_seq_ring_pending(&c->ring);
         if (c->track.deltas == 0) no_deltas++;
+        cell_changed += c->track.cell_changes;
+        cell_same += c->track.cell_changed_same;
+        cell_unannounced += c->track.cell_changed_unannounced;
+        depth1 += c->track.max_depth >= 1;
+        depth2 += c->track.max_depth >= 2;
+        if (c->track.max_depth > max_depth) max_depth = c->track.max_depth;
         if (c->track.inputs_applied < c->sent) {
             missing += c->sent - c->track.inputs_applied;
             under++;
@@ -831,14 +876,21 @@ static int print_result(vg_t *vg)
            "lat_p99_ms=%.2f lat_p999_ms=%.2f deltas_per_s_per_client=%.2f bytes_per_s_per_client=%.0f\n",
            vg->n, joined, (unsigned long long)sent, (unsigned long long)applied, (unsigned long long)missing,
            (unsigned long long)vg->errors, p50, p99, p999, deltas_pc, bytes_pc);
+    printf("via-gateway: cells: dropped=%zu cell_changed=%llu same_cell=%llu unannounced=%llu "
+           "clients_depth1=%zu clients_depth2=%zu max_depth=%u\n",
+           vg->count[CL_DROPPED], (unsigned long long)cell_changed, (unsigned long long)cell_same,
+           (unsigned long long)cell_unannounced, depth1, depth2, max_depth);
     fflush(stdout);
 
-    bool ok = joined == vg->n && vg->count[CL_DROPPED] == 0 && missing == 0 && doubled == 0 && no_deltas == 0;
+    bool ok = joined == vg->n && vg->count[CL_DROPPED] == 0 && missing == 0 && doubled == 0 &&
+              no_deltas == 0 && cell_same == 0 && cell_unannounced == 0;
     if (!ok)
         ts_error("via-gateway run failed: %zu of %zu joined, %zu dropped, %llu missing, %llu applied twice, "
-                 "%zu clients without Deltas",
+                 "%zu clients without Deltas, %llu CellChanged to the cell already had, %llu cell changes "
+                 "without CellChanged",
                  joined, vg->n, vg->count[CL_DROPPED], (unsigned long long)missing,
-                 (unsigned long long)doubled, no_deltas);
+                 (unsigned long long)doubled, no_deltas, (unsigned long long)cell_same,
+                 (unsigned long long)cell_unannounced);
     return ok ? TS_VG_EXIT_OK : TS_VG_EXIT_FAILED;
 }
 
@@ -878,6 +930,11 @@ int ts_vg_run(const ts_vg_opts_t *o)
         "via-gateway: %zu clients to %s:%d, %lld Moves/s each, %lld s of play, speed %g, up to %d connects/s",
         vg->n, o->host, o->port, (long long)o->rate_hz, (long long)o->duration_s, o->speed,
         TS_VG_CONNECT_RATE);
+    if (o->hotspot != NULL)
+        ts_info("via-gateway: hotspot: %.0f%% of the clients gather within %g of (%g, %g) from %g s to %g s "
+                "after the start, then disperse",
+                o->hotspot->share * 100, o->hotspot->r, o->hotspot->x, o->hotspot->y, o->hotspot->from_s,
+                o->hotspot->hold_s);
     uv_timer_start(&vg->tick, on_tick, 0, TICK_MS);
     /* returns once finish() closed every handle */
     uv_run(&vg->loop, UV_RUN_DEFAULT);

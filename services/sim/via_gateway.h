@@ -7,6 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "players.h"
 #include "tessera/registry.h"
 
 /* Most clients one run may open (sockets; see also RLIMIT_NOFILE). */
@@ -25,11 +26,14 @@ typedef struct {
     double speed;       /* world units per second */
     uint64_t seed;
     ts_world_t world; /* players start anywhere in it */
+    /* NULL, or a hotspot a share of the clients walks into (its times from
+     * the start of the run) and later leaves, as bus-mode players do */
+    const ts_sim_hotspot_t *hotspot;
 } ts_vg_opts_t;
 
 #define TS_VG_EXIT_OK 0
 #define TS_VG_EXIT_SETUP 1  /* bad address, too few file descriptors, out of memory */
-#define TS_VG_EXIT_FAILED 2 /* missing or doubled inputs, or a client that failed */
+#define TS_VG_EXIT_FAILED 2 /* missing or doubled inputs, a client that failed, a wrong CellChanged */
 
 /* Raises the soft RLIMIT_NOFILE to cover `clients` sockets and a margin, as
  * far as the hard limit allows. False (logged, naming both limits) if the
@@ -40,8 +44,10 @@ bool ts_vg_raise_nofile(size_t clients);
  * sending Hello and Join and then Moves at o->rate_hz; once every client has
  * joined (or given up), plays for o->duration_s, then waits for the last
  * inputs to show up in the clients' own entities and prints the result
- * (one `via-gateway:` line a second while running, a summary and a final
- * machine-readable line). Returns a TS_VG_EXIT_ status. */
+ * (one `via-gateway:` line a second while running, a summary and two final
+ * machine-readable lines). Each client follows its entity's cell from its
+ * frames: a CellChanged naming the cell it already had, or a frame naming a
+ * new cell without one, fails the run. Returns a TS_VG_EXIT_ status. */
 int ts_vg_run(const ts_vg_opts_t *o);
 
 #endif

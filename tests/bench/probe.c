@@ -285,6 +285,14 @@ void ts_probe_gw_verdict(const char *log, ts_probe_gw_verdict_t *r)
     if (p != NULL) r->have_not_stored = sscanf(p, "(inputs reported not stored %llu", &r->not_stored) == 1;
     p = strstr(log, "clients without a Delta ");
     if (p != NULL) r->have_no_delta = sscanf(p, "clients without a Delta %llu", &r->no_delta) == 1;
+    p = strstr(log, "via-gateway: cells: ");
+    if (p != NULL)
+        r->have_cells =
+            sscanf(p,
+                   "via-gateway: cells: dropped=%llu cell_changed=%llu same_cell=%llu unannounced=%llu "
+                   "clients_depth1=%llu clients_depth2=%llu max_depth=%u",
+                   &r->dropped, &r->cell_changed, &r->same_cell, &r->unannounced, &r->clients_depth1,
+                   &r->clients_depth2, &r->max_depth) == 7;
 }
 
 bool ts_probe_verdict_exact(const ts_probe_verdict_t *v)

@@ -117,14 +117,19 @@ bool ts_probe_verdict_exact(const ts_probe_verdict_t *v);
  * lat_p99_ms=.. lat_p999_ms=.. deltas_per_s_per_client=..
  * bytes_per_s_per_client=..", and in its summary "applied more than sent N
  * on N clients", "(inputs reported not stored N" and "clients without a
- * Delta N". Each have_ flag says whether its part was found. */
+ * Delta N", and "via-gateway: cells: dropped=N cell_changed=N same_cell=N
+ * unannounced=N clients_depth1=N clients_depth2=N max_depth=N". Each
+ * have_ flag says whether its part was found. */
 typedef struct {
     unsigned long long clients, connected, sent, applied, missing, errors;
     double p50, p99, p999, deltas_pc, bytes_pc;
     unsigned long long doubled, clients_over, not_stored, no_delta;
+    unsigned long long dropped, cell_changed, same_cell, unannounced, clients_depth1, clients_depth2;
+    unsigned max_depth;
     bool have_final;   /* clients .. errors */
     bool have_latency; /* lat_p50_ms .. bytes_per_s_per_client */
     bool have_over, have_not_stored, have_no_delta;
+    bool have_cells; /* dropped .. max_depth */
 } ts_probe_gw_verdict_t;
 
 void ts_probe_gw_verdict(const char *log, ts_probe_gw_verdict_t *out);

@@ -5,7 +5,9 @@
  * while players play (every acknowledged input applied exactly once), and
  * the automatic split and merge of a hotspot: the crowded cell splits to
  * depth >= 2, its children spread over both workers, and everything merges
- * back once the crowd disperses, with gateway clients playing throughout.
+ * back once the crowd disperses, with gateway clients playing throughout,
+ * half of them in the crowd: none reconnects, each is told CellChanged
+ * exactly when its entity's cell changed, some are in cells of depth 2.
  * At every registry read: no overlapping live cells, the world covered, no
  * epoch lower than before. */
 #include <inttypes.h>
@@ -635,15 +637,22 @@ static void test_hotspot_splits_and_merges(void **state)
         ts_h.failed = true;
         fail_msg("cluster not ready (ctl %d, cells bound %d)", ctl_up, bound);
     }
-    /* 300 players, half of them into a circle inside the SW quadrant of root 0,0 (w2's) for 30 s */
-    const char *sim_args[] = {"--sim.players=300", "--sim.rate_hz=5", "--sim.speed=20",
-                              "--hotspot=25,25,15,0.5,30", NULL};
+    /* 300 players, half of them into a circle inside the SW quadrant of root 0,0 (w2's) for 30 s,
+     * and 40 gateway clients, half of them into the same circle */
+    const char *hotspot = "--hotspot=25,25,15,0.5,30";
+    const char *sim_args[] = {"--sim.players=300", "--sim.rate_hz=5", "--sim.speed=20", hotspot, NULL};
     int sim = ts_h_spawn(&ts_h, "sim", "tessera-sim", sim_args);
     char gw[64];
     snprintf(gw, sizeof gw, "127.0.0.1:%d", stack.gw_port);
-    const char *vg_args[] = {
-        "--via-gateway", gw,  "--sim.players=40", "--sim.rate_hz=5", "--sim.duration_s=70",
-        "--sim.seed=7",  NULL};
+    const char *vg_args[] = {"--via-gateway",
+                             gw,
+                             "--sim.players=40",
+                             "--sim.rate_hz=5",
+                             "--sim.speed=20",
+                             "--sim.seed=7",
+                             "--sim.duration_s=70",
+                             hotspot,
+                             NULL};
     int vg = ts_h_spawn(&ts_h, "sim-gw", "tessera-sim", vg_args);
 
     /* the crowd splits its cell to depth >= 2 and the rebalancer spreads the children */
@@ -706,19 +715,43 @@ static void test_hotspot_splits_and_merges(void **state)
     assert_true(splits >= 2 && merges >= 2);
 
     /* gateway clients: all stayed connected through the splits, the spread
-     * and the merge, every input applied exactly once; they have played
-     * through all of it, so they stop now (SIGTERM: settle, then the same
-     * verdict) instead of at the end of their 70 s */
+     * and the merge, every input applied exactly once, CellChanged exactly
+     * when their entity's cell changed; they have played through all of it,
+     * so they stop now (SIGTERM: settle, then the same verdict) instead of
+     * at the end of their 70 s */
     ts_h_signal(&ts_h, vg, SIGTERM);
     int rc = ts_h_wait(&ts_h, vg, 60000);
     char *log = ts_h_read_log(&ts_h, vg);
     const char *line = log ? strstr(log, "via-gateway: clients=") : NULL;
     fprintf(stderr, "%.*s\n", line ? (int)strcspn(line, "\n") : 4, line ? line : "none");
+    line = log ? strstr(log, "via-gateway: cells: ") : NULL;
+    fprintf(stderr, "%.*s\n", line ? (int)strcspn(line, "\n") : 4, line ? line : "none");
+    ts_probe_gw_verdict_t g;
+    ts_probe_gw_verdict(log, &g);
     free(log);
     if (rc != 0) {
         ts_h.failed = true;
         fail_msg("via-gateway sim exited %d", rc);
     }
+    assert_true(g.have_final && g.have_over && g.have_not_stored && g.have_no_delta && g.have_cells);
+    assert_int_equal(g.clients, 40);
+    assert_int_equal(g.connected, 40);
+    assert_int_equal(g.dropped, 0);
+    assert_true(g.sent > 0);
+    assert_int_equal(g.applied, g.sent);
+    assert_int_equal(g.missing, 0);
+    assert_int_equal(g.doubled, 0);
+    assert_int_equal(g.errors, 0);
+    assert_int_equal(g.not_stored, 0);
+    assert_int_equal(g.no_delta, 0);
+    assert_int_equal(g.same_cell, 0);
+    assert_int_equal(g.unannounced, 0);
+    /* clients of the crowd were in the children and grandchildren: each got
+     * there (and back) by a CellChanged */
+    assert_true(g.clients_depth2 >= 1);
+    assert_true(g.clients_depth1 >= g.clients_depth2);
+    assert_true(g.cell_changed >= 2 * g.clients_depth2);
+    assert_true(g.max_depth >= 2);
     ts_probe_verdict_t v;
     if (!ts_probe_sim_check(&ts_h, sim, NULL, NULL, 0, &rc, &v)) {
         ts_h.failed = true;

@@ -260,10 +260,25 @@ static void test_hotspot_parse(void **state)
     assert_int_equal(ts_sim_hotspot_parse("125,-25.5,20", &h), TS_OK);
     assert_true(h.x == 125 && h.y == -25.5 && h.r == 20 && h.share == 0.5 && h.hold_s == 60);
     assert_int_equal(ts_sim_hotspot_parse("0,0,5,0.25,12", &h), TS_OK);
-    assert_true(h.share == 0.25 && h.hold_s == 12);
-    static const char *const bad[] = {"",        "1,2",       "1,2,0",        "1,2,-3",
-                                      "1,2,3,0", "1,2,3,1.5", "1,2,3,0.5,-1", "1,2,3,0.5,1,9",
-                                      "a,2,3",   "1,,3",      "1,2,3,",       "1,2,nan"};
+    assert_true(h.share == 0.25 && h.hold_s == 12 && h.from_s == 0);
+    assert_int_equal(ts_sim_hotspot_parse("0,0,5,0.25,40,25", &h), TS_OK);
+    assert_true(h.hold_s == 40 && h.from_s == 25);
+    static const char *const bad[] = {"",
+                                      "1,2",
+                                      "1,2,0",
+                                      "1,2,-3",
+                                      "1,2,3,0",
+                                      "1,2,3,1.5",
+                                      "1,2,3,0.5,-1",
+                                      "1,2,3,0.5,1,9",
+                                      "a,2,3",
+                                      "1,,3",
+                                      "1,2,3,",
+                                      "1,2,nan",
+                                      "1,2,3,1,9,9",
+                                      "1,2,3,1,9,-1",
+                                      "1,2,3,1,9,2,1",
+                                      "1,2,3,1,9,inf"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
         assert_int_equal(ts_sim_hotspot_parse(bad[i], &h), TS_ERR_PARSE);
 }
@@ -299,6 +314,57 @@ static void test_hotspot_gathers_then_disperses(void **state)
     ts_players_destroy(pl);
 }
 
+/* With from_s, the crowd wanders like everyone else until then. */
+static void test_hotspot_gathers_from_its_start(void **state)
+{
+    (void)state;
+    ts_players_t *pl = make(200, 11);
+    ts_sim_hotspot_t h = {.x = 60, .y = -40, .r = 30, .share = 1.0, .hold_s = 70, .from_s = 30};
+    ts_players_set_hotspot(pl, &h, 1000000);
+    ts_sim_inputs_t in = {0};
+    uint64_t t = 1000000;
+    /* 30 s of free wandering: a circle of 1.8% of the world holds a few */
+    size_t inside = run_until(pl, &t, 31000000, &in);
+    assert_true(inside < 20);
+    /* then 30 s are enough to reach it from anywhere */
+    inside = run_until(pl, &t, 61000000, &in);
+    assert_int_equal(inside, 200);
+    ts_sim_inputs_free(&in);
+    ts_players_destroy(pl);
+}
+
+/* The walk of one crowd member, as gateway clients steer it. */
+static void test_crowd_heading(void **state)
+{
+    (void)state;
+    ts_sim_hotspot_t h = {.x = 100, .y = 0, .r = 10, .share = 1.0, .hold_s = 20, .from_s = 5};
+    ts_rng_t rng;
+    ts_rng_seed(&rng, 3);
+    ts_sim_crowd_t m;
+    ts_sim_crowd_init(&m, &h, &rng, -200, -200, 200, 200);
+    assert_true(m.crowd);
+    assert_true(m.tx >= -200 && m.tx < 200 && m.ty >= -200 && m.ty < 200);
+    double heading = 99;
+    /* before from_s: free */
+    assert_false(ts_sim_crowd_heading(&m, &h, 4.9, 0, 0, 1, 0, &rng, &heading));
+    /* gathering: towards the centre (east), turned by nothing here */
+    assert_true(ts_sim_crowd_heading(&m, &h, 5, 0, 0, 1, 0, &rng, &heading));
+    assert_true(fabs(heading) < 1e-9);
+    /* inside the circle: free */
+    assert_false(ts_sim_crowd_heading(&m, &h, 10, 101, 1, 1, 0, &rng, &heading));
+    /* after hold_s: towards its spot, until it gets there */
+    assert_true(ts_sim_crowd_heading(&m, &h, 20, 100, 0, 1, 0, &rng, &heading));
+    assert_true(fabs(heading - atan2(m.ty, m.tx - 100)) < 1e-9);
+    assert_false(ts_sim_crowd_heading(&m, &h, 30, m.tx, m.ty, 1, 0, &rng, &heading));
+    assert_true(m.dispersed);
+    assert_false(ts_sim_crowd_heading(&m, &h, 31, 0, 0, 1, 0, &rng, &heading));
+    /* not of the crowd: always free */
+    h.share = 1e-12;
+    ts_sim_crowd_init(&m, &h, &rng, -200, -200, 200, 200);
+    assert_false(m.crowd);
+    assert_false(ts_sim_crowd_heading(&m, &h, 10, 0, 0, 1, 0, &rng, &heading));
+}
+
 static bool locate_sub3(void *ud, double x, double y, ts_cell_t *cell, uint64_t *epoch)
 {
     (void)ud;
@@ -331,6 +397,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_hotspot_parse),
         cmocka_unit_test(test_hotspot_gathers_then_disperses),
+        cmocka_unit_test(test_hotspot_gathers_from_its_start),
+        cmocka_unit_test(test_crowd_heading),
         cmocka_unit_test(test_join_goes_to_the_located_cell),
         cmocka_unit_test(test_entity_ids),
         cmocka_unit_test(test_create_rejects_bad_arguments),

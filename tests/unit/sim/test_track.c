@@ -2,8 +2,10 @@
  * Snapshot that answers its Join, the highest last_input_seq and
  * inputs_applied any Delta or Snapshot showed for that entity (never for
  * someone else's, never lowered by an older state), Errors with their code
- * and message, and bad bytes refused. Frames are packed by protobuf-c, so
- * the scanner is checked against the real encoder. */
+ * and message, the own entity's cell from the frames (a CellChanged to the
+ * cell it already had, or a frame naming a new cell without a CellChanged,
+ * counted), and bad bytes refused. Frames are packed by protobuf-c, so the
+ * scanner is checked against the real encoder. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -266,6 +268,100 @@ static void test_error_frame(void **state)
     assert_int_equal(t.errors, 3);
 }
 
+/* A frame of the given kind naming `cell` as the player's cell. */
+static uint8_t *cell_frame(const ts_cell_t *cell, bool snapshot, const ts_cell_t *cc_to, size_t *len)
+{
+    Tessera__V1__CellId pb, to_pb;
+    ts_proto_cell_init(&pb, cell);
+    Tessera__V1__ServerFrame f = TESSERA__V1__SERVER_FRAME__INIT;
+    f.seq = 4;
+    f.epoch = 8;
+    f.cell = &pb;
+    Tessera__V1__Snapshot s = TESSERA__V1__SNAPSHOT__INIT;
+    Tessera__V1__Delta d = TESSERA__V1__DELTA__INIT;
+    Tessera__V1__CellChanged cc = TESSERA__V1__CELL_CHANGED__INIT;
+    if (cc_to != NULL) {
+        ts_proto_cell_init(&to_pb, cc_to);
+        cc.to = &to_pb;
+        cc.from = &pb;
+        cc.entity = ME;
+        cc.resume_token = (char *)"token";
+        f.payload_case = TESSERA__V1__SERVER_FRAME__PAYLOAD_CELL_CHANGED;
+        f.cell_changed = &cc;
+        f.cell = &to_pb; /* the gateway names the new cell on the CellChanged itself */
+    } else if (snapshot) {
+        s.entity = ME;
+        f.payload_case = TESSERA__V1__SERVER_FRAME__PAYLOAD_SNAPSHOT;
+        f.snapshot = &s;
+    } else {
+        d.tick = 5;
+        f.payload_case = TESSERA__V1__SERVER_FRAME__PAYLOAD_DELTA;
+        f.delta = &d;
+    }
+    return pack(&f, len);
+}
+
+/* Builds that frame and reads it. */
+static void feed(ts_track_t *t, const ts_cell_t *cell, bool snapshot, const ts_cell_t *cc_to,
+                 ts_track_frame_t *fr)
+{
+    size_t len;
+    uint8_t *buf = cell_frame(cell, snapshot, cc_to, &len);
+    assert_int_equal(ts_track_frame(t, buf, len, fr), TS_OK);
+    free(buf);
+}
+
+static void test_cell_follows_frames_and_cell_changed(void **state)
+{
+    (void)state;
+    ts_track_t t;
+    ts_track_init(&t);
+    ts_track_frame_t fr;
+    const ts_cell_t root = {.world = 3, .cx = -1, .cy = -2};
+    const ts_cell_t kid = {.world = 3, .cx = -1, .cy = -2, .depth = 1, .sub = 2};
+    const ts_cell_t grandkid = {.world = 3, .cx = -1, .cy = -2, .depth = 2, .sub = 9};
+    const ts_cell_t other = {.world = 3, .cx = 0, .cy = -2};
+
+    /* before the Snapshot names the entity, frames give it no cell */
+    feed(&t, &other, false, NULL, &fr);
+    assert_false(t.has_cell);
+    feed(&t, &root, true, NULL, &fr);
+    assert_int_equal(fr.kind, TS_TRACK_SNAPSHOT);
+    assert_true(t.has_cell);
+    assert_true(ts_cell_eq(&t.cell, &root));
+    assert_int_equal(t.max_depth, 0);
+    feed(&t, &root, false, NULL, &fr);
+    assert_false(fr.cell_unannounced);
+
+    /* the cell splits: CellChanged to a child, then Deltas naming it */
+    feed(&t, &root, false, &kid, &fr);
+    assert_int_equal(fr.kind, TS_TRACK_CELL_CHANGED);
+    assert_false(fr.cell_same);
+    assert_true(ts_cell_eq(&t.cell, &kid));
+    feed(&t, &kid, false, NULL, &fr);
+    feed(&t, &kid, false, &grandkid, &fr);
+    assert_int_equal(t.max_depth, 2);
+    assert_int_equal(t.cell_changes, 2);
+    assert_int_equal(t.cell_changed_same, 0);
+    assert_int_equal(t.cell_changed_unannounced, 0);
+
+    /* a CellChanged to the cell it is already in: counted */
+    feed(&t, &grandkid, false, &grandkid, &fr);
+    assert_true(fr.cell_same);
+    assert_int_equal(t.cell_changed_same, 1);
+    assert_int_equal(t.cell_changes, 3);
+
+    /* a merge back without a CellChanged: the Delta naming the root is counted */
+    feed(&t, &root, false, NULL, &fr);
+    assert_true(fr.cell_unannounced);
+    assert_false(fr.cell_same);
+    assert_int_equal(t.cell_changed_unannounced, 1);
+    assert_true(ts_cell_eq(&t.cell, &root));
+    assert_int_equal(t.max_depth, 2);
+    feed(&t, &root, false, NULL, &fr);
+    assert_int_equal(t.cell_changed_unannounced, 1);
+}
+
 static void test_bad_bytes_are_refused(void **state)
 {
     (void)state;
@@ -306,6 +402,7 @@ int main(void)
         cmocka_unit_test(test_delta_updates_only_the_own_entity_upwards),
         cmocka_unit_test(test_spliced_delta),
         cmocka_unit_test(test_error_frame),
+        cmocka_unit_test(test_cell_follows_frames_and_cell_changed),
         cmocka_unit_test(test_bad_bytes_are_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
