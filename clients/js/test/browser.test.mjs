@@ -146,10 +146,8 @@ it('draws the world and its entities; the viewer joins, moves, and sees a recove
   const out = await stack.ctl(['handover', w1cell, 'w2']);
   assert.match(out, /^ok/m);
   await until(`handover of ${w1cell} noted`, async () => ((await text(page, '#events')) ?? '').includes(`handover: cell ${w1cell} w1 → w2`), 10000);
-  assert.deepEqual(
-    await page.evaluate(() => window.tessera.flashes.map((f) => [f.key, f.kind, f.from, f.to])),
-    [[w1cell, 'handover', 'w1', 'w2']],
-  );
+  const flashed = await page.evaluate(() => window.tessera.flashes.map((f) => [f.key, f.kind, f.from, f.to]));
+  assert.deepEqual(flashed, [[w1cell, 'handover', 'w1', 'w2']], JSON.stringify(flashed));
   // a split shows its four children (depth 1) in place of the parent
   const far = '0.1.1.0.0'; // holds the far player at (150, 150)
   assert.match(await stack.ctl(['split', far]), /^ok/m);
@@ -164,7 +162,7 @@ it('draws the world and its entities; the viewer joins, moves, and sees a recove
   // (a worker's heartbeat is pushed when it changes: wait for a second one)
   await until('a second workers event', async () => (await page.evaluate(() => window.tessera.feed.workers)) >= 2, 10000);
   const feed = await page.evaluate(() => ({ ...window.tessera.feed }));
-  assert.equal(feed.worlds, 1);
+  assert.equal(feed.worlds, 1, JSON.stringify(feed));
   assert.ok(feed.cells >= 1 && feed.workers >= 2 && feed.dots >= 1, JSON.stringify(feed));
   assert.equal(requests.filter((r) => r === '/api/world').length, 0);
 
@@ -192,17 +190,20 @@ it('draws the world and its entities; the viewer joins, moves, and sees a recove
   await until('three entities near the viewer', () => page.evaluate(() => window.tessera.client.entities.size === 3), 10000);
   await until('four dots, the own one yellow', () => dotsOf(page, all, me), 10000);
 
-  const start = (await dotsOf(page, all, me)).get(me);
+  // the own dot moves on the canvas, and the entity with it (its
+  // authoritative state, as the worker applied the inputs)
+  const start = await page.evaluate(() => ({ ...window.tessera.client.me }));
+  const startDot = (await dotsOf(page, all, me)).get(me);
   await page.keyboard.down('ArrowRight');
   await until('own dot moving right', async () => {
     const d = (await dotsOf(page, all, me))?.get(me);
-    return d !== undefined && d.x > start.x + 25 && d.sx > start.sx + 25;
+    return d !== undefined && d.sx > startDot.sx + 25 && (await page.evaluate(() => window.tessera.client.me.x)) > start.x + 20;
   }, 10000);
   await page.keyboard.up('ArrowRight');
   await until('own entity stopped', () => page.evaluate(() => window.tessera.client.me.vx === 0), 10000);
   const end = await page.evaluate(() => ({ ...window.tessera.client.me }));
   assert.ok(end.x > start.x + 20, `moved from ${start.x} to ${end.x}`);
-  assert.equal(end.y, start.y);
+  assert.equal(end.y, start.y, `y ${start.y} -> ${end.y}`);
   const right = (await dotsOf(page, all, me)).get(me);
   await page.keyboard.down('ArrowUp');
   await until('own dot moving up', async () => {
@@ -227,6 +228,7 @@ it('draws the world and its entities; the viewer joins, moves, and sees a recove
 
   mkdirSync(artifacts, { recursive: true });
   await page.screenshot({ path: join(artifacts, 'browser-map.png') });
-  assert.deepEqual(logs.filter((l) => /error/i.test(l)), []);
+  const errors = logs.filter((l) => /error/i.test(l));
+  assert.deepEqual(errors, [], JSON.stringify(errors));
   ok = true;
 });
