@@ -228,13 +228,13 @@ function publish(): void {
   renderLegend();
 }
 
-/** The whole world (first event, and after a burst of changes). */
 /** When each worker's heartbeat last reached the gateway, on this page's clock. */
 function hear(ws: (Worker & { age_ms?: number })[]): void {
   const t = performance.now();
   for (const w of ws) heard.set(w.id, t - (w.age_ms ?? 0));
 }
 
+/** The whole world (first event, and after a burst of changes). */
 function applyWorld(w: World): void {
   cells.clear();
   for (const c of w.cells) cells.set(c.key, c);
