@@ -155,6 +155,9 @@ static const key_def_t keys[] = {
         "allowed WebSocket Origins, comma-separated (\"\": same host only, \"*\": any)"),
     STR("gateway.web_dir", gateway_web_dir, "", NULL,
         "directory to serve the map page from (\"\": the copy built into the binary)"),
+    INT("gateway.map_max_dots", gateway_map_max_dots, "2000", 0, 20000,
+        "entities the world map draws as dots at most (0: none; while a map is open the gateway "
+        "subscribes to every live cell's state)"),
     /* ghosts and the spatial query (worker) */
     DBL("aoi.interact_radius", aoi_interact_radius, "2", 0.001, 1e6,
         "EntityState.nearby counts the other entities within this distance, owned or ghost (world units)"),

@@ -23,6 +23,12 @@
  * cell->subs lists the clients referencing a cell, so a flush visits only
  * the clients of cells that changed.
  *
+ * The world map (ws.c) holds one more reference on every live cell, at any
+ * depth, while at least one map viewer wants entity dots (gw_aoi_map_hold):
+ * a cell that becomes live is referenced as the change arrives, one that
+ * stops being live is released, and everything is released when the last
+ * viewer leaves. cell->map_ref says whether the map holds the cell.
+ *
  * Registry changes reach the clients near them in O(change): each client is
  * on the watch list of every root cell its circle's bounding box covers
  * (gw->watch); a cell that becomes live or stops being live queues the
@@ -90,12 +96,15 @@ static void subscribe(gw_t *gw, gw_cell_t *cell)
 
 static void cell_ref(gw_t *gw, gw_cell_t *cell)
 {
-    if (cell->aoi_refs++ == 0 && !gw->stopping) subscribe(gw, cell);
+    if (cell->aoi_refs++ > 0) return;
+    gw->nsubscribed++;
+    if (!gw->stopping) subscribe(gw, cell);
 }
 
 static void cell_unref(gw_t *gw, gw_cell_t *cell)
 {
     if (cell->aoi_refs == 0 || --cell->aoi_refs > 0) return;
+    gw->nsubscribed--;
     ts_bus_sub_close(cell->sub);
     cell->sub = NULL;
     gw_view_forget_cell(gw, cell);
@@ -249,8 +258,29 @@ void gw_aoi_moved(gw_t *gw, gw_conn_t *c, double x, double y)
     gw_view_want_flush(gw, c);
 }
 
-void gw_aoi_cell_changed(gw_t *gw, const gw_cell_t *cell)
+/* Takes or drops the map's reference on one cell. */
+static void map_sync(gw_t *gw, gw_cell_t *cell)
 {
+    bool want = gw->map_hold && !gw->stopping && gw_cell_live(cell);
+    if (want == cell->map_ref) return;
+    cell->map_ref = want;
+    if (want)
+        cell_ref(gw, cell);
+    else
+        cell_unref(gw, cell);
+}
+
+void gw_aoi_map_hold(gw_t *gw, bool on)
+{
+    if (gw->map_hold == on) return;
+    gw->map_hold = on;
+    for (gw_cell_t *cell = gw->all_cells; cell != NULL; cell = cell->next_all)
+        map_sync(gw, cell);
+}
+
+void gw_aoi_cell_changed(gw_t *gw, gw_cell_t *cell)
+{
+    map_sync(gw, cell);
     gw_watch_t *w = ts_map_get(&gw->watch, gw_root_key(gw->world.id, cell->id.cx, cell->id.cy));
     if (w == NULL) return;
     for (size_t i = 0; i < w->n; i++)

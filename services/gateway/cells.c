@@ -158,6 +158,7 @@ void gw_cell_clear_entities(gw_t *gw, gw_cell_t *cell)
     cell->nchanged = cell->nremoved = 0;
     cell->full_ver = 0;
     cell->ver++;
+    gw->ents_ver++;
     memset(&cell->kf, 0, sizeof cell->kf);
     cell->kf_seen = false;
 }

@@ -190,8 +190,9 @@ struct gw_cell {
     uint64_t seen_epoch; /* highest epoch of state accepted (fencing) */
     uint64_t stale_dropped;
 
-    /* state subscription, ref-counted across players' AOIs */
+    /* state subscription, ref-counted across players' AOIs and the map */
     uint32_t aoi_refs;
+    bool map_ref; /* one of the references is the world map's (aoi.c) */
     ts_bus_sub_t *sub;
     gw_subref_t *subs; /* the clients referencing the cell */
     size_t nsubs, subs_cap;
@@ -382,6 +383,10 @@ struct gw {
     double aoi_slack;    /* cells are looked up for radius aoi_keep + this */
     ts_map_t watch;      /* root hash -> gw_watch_t*: clients whose circle reaches the root */
     gw_conn_t *aoi_head; /* clients whose area of interest is re-evaluated before the next flush */
+    bool map_hold;       /* the world map references every live cell (gw_aoi_map_hold) */
+    size_t nsubscribed;  /* cells with aoi_refs > 0 (their state is subscribed) */
+    size_t map_viewers;  /* /api/events streams open (ws.c) */
+    uint64_t ents_ver;   /* bumped by every change of a cached entity (the map's dots) */
     gw_conn_t *snap_head;
     gw_cell_t *all_cells;
     size_t ncells;
@@ -594,8 +599,11 @@ void gw_aoi_run(gw_t *gw);
 /* The player's own entity is at (x, y): re-evaluates once it moved far enough. */
 void gw_aoi_moved(gw_t *gw, gw_conn_t *c, double x, double y);
 /* A cell became live or stopped being live: queues the clients whose
- * circles reach its root. */
-void gw_aoi_cell_changed(gw_t *gw, const gw_cell_t *cell);
+ * circles reach its root (and takes or drops the map's reference). */
+void gw_aoi_cell_changed(gw_t *gw, gw_cell_t *cell);
+/* on: references every live cell (its state subscribed) for the world map,
+ * and each cell that becomes live while on; off: releases them. */
+void gw_aoi_map_hold(gw_t *gw, bool on);
 /* Takes the connection off every watch list and the re-evaluation queue
  * (it leaves or closes). */
 void gw_aoi_unwatch(gw_t *gw, gw_conn_t *c);

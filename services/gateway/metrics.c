@@ -36,6 +36,8 @@ static gm_t gm;
 FIELD_FN(clients, nopen)
 FIELD_FN(connections, nconns)
 FIELD_FN(cells, ncells)
+FIELD_FN(subscribed_cells, nsubscribed)
+FIELD_FN(map_viewers, map_viewers)
 FIELD_FN(inputs_queued, inputs_queued)
 FIELD_FN(inputs_dropped, inputs_dropped)
 FIELD_FN(inputs_not_stored, inputs_not_stored)
@@ -106,6 +108,11 @@ ts_status_t gw_metrics_start(const ts_config_t *cfg)
     fn("tessera_gateway_connections", "Connections, closing ones included.", false, connections);
     fn("tessera_gateway_cells", "Cells the gateway knows (state subscriptions follow its clients).", false,
        cells);
+    fn("tessera_gateway_subscribed_cells",
+       "Cells whose state the gateway subscribes to: those its clients see, and every live cell while a "
+       "world map viewer is connected (gateway.map_max_dots > 0).",
+       false, subscribed_cells);
+    fn("tessera_gateway_map_viewers", "World map feeds (/api/events) open.", false, map_viewers);
     fn("tessera_gateway_input_backlog", "Input batches published and not acknowledged yet.", false,
        batches_in_flight);
     fn("tessera_gateway_inputs_queued_total", "Client inputs accepted for batching.", true, inputs_queued);

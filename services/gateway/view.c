@@ -80,6 +80,7 @@ static bool push_id(uint64_t **v, size_t *n, size_t *cap, uint64_t id)
 static void mark_dirty(gw_t *gw, gw_cell_t *cell)
 {
     cell->ver++;
+    gw->ents_ver++;
     if (!cell->dirty) {
         cell->dirty = true;
         cell->next_dirty = gw->dirty_head;
@@ -766,7 +767,8 @@ void gw_view_flush(gw_t *gw)
     gw->tick++;
     gw->last_flush_us = ts_mono_us();
     for (gw_cell_t *cell = gw->dirty_head; cell != NULL; cell = cell->next_dirty) {
-        encode_changes(gw, cell);
+        /* a cell only the map holds has no client to read its block */
+        if (cell->nsubs > 0) encode_changes(gw, cell);
         if (cell->nevs > cell->npos) route_events(gw, cell);
         for (size_t i = 0; i < cell->nsubs; i++)
             gw_view_want_flush(gw, cell->subs[i].conn);

@@ -28,6 +28,7 @@
 #include "ws.h"
 
 #include <ctype.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -57,6 +58,8 @@
  * whole world), and the unsent output after which a viewer is dropped. */
 #define WS_MAX_VIEWERS 64
 #define WS_EVENTS_MS 100
+/* Entity dots go out every this many sends (5 a second), when any changed. */
+#define WS_DOTS_EVERY 2
 #define WS_MAX_CELL_EVENTS 4096
 #define WS_VIEWER_MAX_BACKLOG ((size_t)1 << 20)
 
@@ -154,6 +157,9 @@ typedef struct gw_ws_server {
     gw_conn_t *viewers[WS_MAX_VIEWERS];
     size_t nviewers;
     uint64_t pushes;
+    uint64_t sends;    /* timer runs since the first viewer came */
+    uint64_t dots_ver; /* gw->ents_ver the last dots event was built at */
+    bool dots_due;     /* a viewer came: the next dots event goes out whatever changed */
 } gw_ws_server_t;
 
 /* Scratch of one gw_ws_writev call (loop thread only). */
@@ -831,10 +837,12 @@ static void build_world(gw_t *gw, sbuf_t *b)
     char esc[TS_CELL_STR_MAX];
     sb_printf(b,
               "{\"world\":{\"id\":%u,\"cell_size\":%.17g,\"x0\":%d,\"y0\":%d,\"width\":%d,\"height\":%d},"
-              "\"gateway\":\"%s\",\"players\":%zu,\"time_ms\":%llu,\"cells\":[",
+              "\"gateway\":\"%s\",\"players\":%zu,\"time_ms\":%llu,\"hb_ttl_ms\":%lld,\"max_dots\":%lld,"
+              "\"cells\":[",
               gw->world.id, gw->world.cell_size, gw->world.x0, gw->world.y0, gw->world.width,
               gw->world.height, json_escape_key(gw->name, esc, sizeof esc), gw->players.len,
-              (unsigned long long)(ts_now_us() / 1000));
+              (unsigned long long)(ts_now_us() / 1000), (long long)gw->cfg->orch_hb_ttl_ms,
+              (long long)gw->cfg->gateway_map_max_dots);
     bool first = true;
     for (gw_cell_t *cell = gw->all_cells; cell != NULL; cell = cell->next_all) {
         if (!cell->in_registry) continue;
@@ -882,7 +890,37 @@ static void serve_world(gw_conn_t *c)
  * owner, version) and one `workers` event (the workers that sent a heartbeat
  * since, and those gone silent). So a viewer costs what changes, not the
  * world; a burst of more than WS_MAX_CELL_EVENTS changes between two sends
- * is sent as a whole `world` instead. */
+ * is sent as a whole `world` instead.
+ *
+ * Entity dots: while a viewer is connected (and gateway.map_max_dots > 0)
+ * the gateway holds a state subscription on every live cell of the world
+ * (gw_aoi_map_hold; released when the last viewer leaves), so its entity
+ * caches (view.c) hold every entity. Every WS_DOTS_EVERY sends, when any
+ * cached entity changed since the last one, a `dots` event carries the
+ * entities' positions (each entity once, from the cell holding its newest
+ * state), at most gateway.map_max_dots of them, with the total. Like every
+ * event it is encoded once per send and written to every viewer. */
+
+/* Appends the `dots` event: {"dots":[["id",x,y],...],"total":T,"max":M}. */
+static void dots_event(gw_t *gw, sbuf_t *b)
+{
+    size_t max = (size_t)gw->cfg->gateway_map_max_dots, total = 0;
+    sb_printf(b, "event: dots\ndata: {\"dots\":[");
+    for (gw_cell_t *cell = gw->all_cells; cell != NULL; cell = cell->next_all) {
+        if (cell->aoi_refs == 0 || cell->entities.len == 0) continue;
+        uint64_t id;
+        void *v;
+        for (size_t it = 0; ts_map_next(&cell->entities, &it, &id, &v);) {
+            const gw_entity_t *e = v;
+            if (ts_map_get(&gw->homes, id) != cell || !isfinite(e->pb.x) || !isfinite(e->pb.y)) continue;
+            if (total < max)
+                sb_printf(b, "%s[\"%llu\",%.1f,%.1f]", total ? "," : "", (unsigned long long)id, e->pb.x,
+                          e->pb.y);
+            total++;
+        }
+    }
+    sb_printf(b, "],\"total\":%zu,\"max\":%zu}\n\n", total, max);
+}
 
 static void viewer_write(gw_conn_t *c, const char *data, size_t len)
 {
@@ -936,9 +974,13 @@ static void serve_events(gw_conn_t *c)
         pthread_mutex_unlock(&srv->lock);
         srv->ncell_events = 0;
         srv->events_lost = false;
+        srv->sends = 0;
         if (srv->timer_open) uv_timer_start(&srv->events_timer, on_events_timer, WS_EVENTS_MS, WS_EVENTS_MS);
+        if (gw->cfg->gateway_map_max_dots > 0) gw_aoi_map_hold(gw, true);
     }
+    srv->dots_due = gw->cfg->gateway_map_max_dots > 0;
     srv->viewers[srv->nviewers++] = c;
+    gw->map_viewers = srv->nviewers;
     viewer_write(c, b.p, b.len);
     free(b.p);
 }
@@ -952,7 +994,11 @@ static void viewer_gone(gw_conn_t *c)
             srv->viewers[i] = srv->viewers[--srv->nviewers];
             break;
         }
-    if (srv->nviewers == 0 && srv->timer_open) uv_timer_stop(&srv->events_timer); /* nobody to push to */
+    c->gw->map_viewers = srv->nviewers;
+    if (srv->nviewers > 0) return;
+    /* nobody to push to: no timer, no subscriptions for the map */
+    if (srv->timer_open) uv_timer_stop(&srv->events_timer);
+    gw_aoi_map_hold(c->gw, false);
 }
 
 static void on_events_timer(uv_timer_t *t)
@@ -1007,6 +1053,12 @@ static void on_events_timer(uv_timer_t *t)
     srv->events_lost = false;
     pthread_mutex_unlock(&srv->lock);
     if (lost) world_event(gw, &b);
+    if (srv->nviewers > 0 && gw->map_hold && ++srv->sends % WS_DOTS_EVERY == 0 &&
+        (srv->dots_due || srv->dots_ver != gw->ents_ver)) {
+        dots_event(gw, &b);
+        srv->dots_ver = gw->ents_ver;
+        srv->dots_due = false;
+    }
     if (!b.failed && b.len > 0) {
         srv->pushes++;
         for (size_t i = 0; i < srv->nviewers; i++)

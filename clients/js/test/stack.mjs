@@ -167,6 +167,15 @@ export class Stack {
     });
   }
 
+  /** SIGKILLs process `name` (a crash); stop() does not count its exit as unclean. */
+  kill(name) {
+    const p = this.procs.find((x) => x.procName === name);
+    if (!p) throw new Error(`no process ${name}`);
+    p.killedOnPurpose = true;
+    p.kill('SIGKILL');
+    return p.exited;
+  }
+
   log(name) {
     const p = this.procs.find((x) => x.procName === name);
     return p ? readFileSync(p.logPath, 'utf8') : '';

@@ -114,9 +114,10 @@ typedef struct {
     char *gateway_auth_audience;      /* "" = not checked */
 
     /* gateway: WebSocket and the browser map */
-    char *gateway_ws_listen;  /* host:port of /ws and the map page ("" = off) */
-    char *gateway_ws_origins; /* allowed Origins, comma-separated ("": same host, "*": any) */
-    char *gateway_web_dir;    /* serve the map from here ("": the copy built into the binary) */
+    char *gateway_ws_listen;      /* host:port of /ws and the map page ("" = off) */
+    char *gateway_ws_origins;     /* allowed Origins, comma-separated ("": same host, "*": any) */
+    char *gateway_web_dir;        /* serve the map from here ("": the copy built into the binary) */
+    int64_t gateway_map_max_dots; /* entity dots per map push (0: none, no state subscriptions) */
 
     /* ghosts and the spatial query (worker) */
     double aoi_interact_radius; /* EntityState.nearby counts others this close */

@@ -1,8 +1,8 @@
 // The live world map served by the gateway at `/`: the live cells at any
-// depth colored by owner, entities near the viewer as dots (from the SDK's
-// view), handovers and recoveries flashing as they happen, a legend with
-// workers, entities and inputs/s. "Join" spawns the viewer as a player;
-// arrow keys move it.
+// depth colored by owner, the world's entities as dots (joined or not),
+// handovers and recoveries flashing as they happen, a legend with workers,
+// entities, dots and inputs/s. "Join" spawns the viewer as a player; arrow
+// keys move it (its own dot, and those near it, follow the SDK's view).
 //
 // Play mode ("Play" button, or the page opened as /#play) joins the game a
 // module runs: arrow keys or WASD move, space sends Command 1 (tag's TAG).
@@ -14,7 +14,10 @@
 // The feed is pushed: /api/events (server-sent events) sends the world once
 // (`world`: the gateway's registry view and the workers' heartbeats), then
 // the registry changes (`cells`) and heartbeats (`workers`) as they come,
-// so the page does work for what changes, never a poll of the world.
+// so the page does work for what changes, never a poll of the world; and
+// `dots` (the positions of the world's entities, at most the gateway's
+// gateway.map_max_dots of them, with the total) a few times a second while
+// they move.
 import { TesseraClient } from '../index.js';
 import { EntityFlags, type EntityState, type GameEvent } from '../proto.js';
 
@@ -44,12 +47,31 @@ interface Worker {
 interface World {
   world: { id: number; cell_size: number; x0: number; y0: number; width: number; height: number };
   gateway: string;
+  hb_ttl_ms?: number;
+  max_dots?: number;
   cells: WorldCell[];
   workers: Worker[];
 }
 interface Flash {
   until: number;
   kind: 'handover' | 'recovery';
+}
+/** The `dots` event: the world's entities, [id, x, y] each. */
+interface Dots {
+  dots: [string, number, number][];
+  total: number;
+  max: number;
+}
+/** A dot as the last frame drew it (screen coordinates, CSS pixels). */
+interface Drawn {
+  id: string;
+  x: number;
+  y: number;
+  sx: number;
+  sy: number;
+  r: number;
+  color: string;
+  me: boolean;
 }
 
 const SPEED = 40;
@@ -69,11 +91,16 @@ const cells = new Map<string, WorldCell>(); // every cell the registry has, by k
 const workers = new Map<string, Worker>();
 const owners = new Map<string, { owner: string; epoch: number; entities: number }>(); // from heartbeats
 const flashes = new Map<string, Flash>();
+/** Every flash as it started (for tests and the console), the last 50. */
+const flashLog: { key: string; kind: Flash['kind']; from: string; to: string; at: number }[] = [];
+const heard = new Map<string, number>(); // worker id -> performance.now() of its latest heartbeat
+let dots: Dots = { dots: [], total: 0, max: 0 };
+let drawn: Drawn[] = [];
 let inputsPerS = 0;
 let lastInputs: { t: number; n: number } | null = null;
 let client: TesseraClient | null = null;
 const keys = new Set<string>();
-const feed = { worlds: 0, cells: 0, workers: 0 }; // events received, by kind
+const feed = { worlds: 0, cells: 0, workers: 0, dots: 0 }; // events received, by kind
 let playing = false;
 
 // ---- the tag game (examples/tag), read from entity state bytes ------------
@@ -164,6 +191,9 @@ function hue(id: string): number {
   return (h >>> 0) % 360;
 }
 const color = (id: string, a = 1) => `hsla(${hue(id)}, 65%, 55%, ${a})`;
+const DOT_COLOR = '#7fd3ff';
+const ME_COLOR = '#ffd400';
+const FAR_COLOR = '#8a8a8a';
 
 function note(text: string): void {
   const li = document.createElement('li');
@@ -198,20 +228,37 @@ function publish(): void {
   renderLegend();
 }
 
+/** When each worker's heartbeat last reached the gateway, on this page's clock. */
+function hear(ws: (Worker & { age_ms?: number })[]): void {
+  const t = performance.now();
+  for (const w of ws) heard.set(w.id, t - (w.age_ms ?? 0));
+}
+
 /** The whole world (first event, and after a burst of changes). */
 function applyWorld(w: World): void {
   cells.clear();
   for (const c of w.cells) cells.set(c.key, c);
   workers.clear();
   for (const wk of w.workers) workers.set(wk.id, wk);
+  hear(w.workers);
   world = w;
   heartbeatOwners();
   inputsRate();
   publish();
 }
 
+/** Whether worker `id` was silent long enough to be declared dead: the
+ * orchestrator moves a dead worker's cells once its liveness key expired
+ * (orch.hb_ttl_ms after its last refresh), a live one's are handed over
+ * while it heartbeats (every worker.hb_ms, 250 ms by default). */
+function silent(id: string, t: number): boolean {
+  const last = heard.get(id);
+  const ttl = world?.hb_ttl_ms ?? 1500;
+  return last === undefined || t - last > (ttl * 2) / 3;
+}
+
 /** Registry changes, in order: a new owner flashes (handover when the old
- * owner still heartbeats, recovery when it is gone). */
+ * owner still heartbeats, recovery when it went silent: it is dead). */
 function applyCells(changes: WorldCell[]): void {
   const t = performance.now();
   for (const c of changes) {
@@ -219,8 +266,10 @@ function applyCells(changes: WorldCell[]): void {
     const was = before?.owner ?? owners.get(c.key)?.owner;
     if (c.state === 'handover') flashes.set(c.key, { until: t + FLASH_MS, kind: 'handover' });
     if (was !== undefined && was !== '' && c.owner !== undefined && c.owner !== was && LIVE.has(c.state)) {
-      const kind = workers.has(was) ? 'handover' : 'recovery';
+      const kind = workers.has(was) && !silent(was, t) ? 'handover' : 'recovery';
       flashes.set(c.key, { until: t + FLASH_MS, kind });
+      flashLog.push({ key: c.key, kind, from: was, to: c.owner, at: Date.now() });
+      if (flashLog.length > 50) flashLog.shift();
       note(`${kind}: cell ${c.key} ${was} → ${c.owner} (epoch ${c.epoch})`);
     }
     if (before !== undefined && before.state !== c.state && (c.state === 'split' || c.state === 'retired'))
@@ -232,8 +281,10 @@ function applyCells(changes: WorldCell[]): void {
 
 function applyWorkers(ev: { workers: Worker[]; gone: string[] }): void {
   for (const w of ev.workers) workers.set(w.id, w);
+  hear(ev.workers);
   for (const id of ev.gone) {
     workers.delete(id);
+    heard.delete(id);
     note(`worker ${id} gone`);
   }
   heartbeatOwners();
@@ -255,6 +306,11 @@ function listen(): void {
     feed.workers++;
     applyWorkers(JSON.parse((e as MessageEvent).data));
   });
+  es.addEventListener('dots', (e) => {
+    feed.dots++;
+    dots = JSON.parse((e as MessageEvent).data) as Dots;
+    renderLegend();
+  });
   // EventSource reconnects by itself (the gateway restarts): the first
   // event is a whole world again
 }
@@ -273,6 +329,12 @@ function renderLegend(): void {
     `<div>gateway <b>${world.gateway}</b></div>` +
     `<div>cells <b id="legend-cells">${live}</b> · workers <b id="legend-workers">${world.workers.length}</b>` +
     ` · entities <b id="legend-entities">${entities}</b> · inputs/s <b id="legend-inputs">${inputsPerS.toFixed(0)}</b></div>` +
+    `<div>dots <b id="legend-dots">${dots.dots.length}</b>` +
+    (dots.total > dots.dots.length
+      ? ` <span id="legend-capped">(capped: ${dots.dots.length} of ${dots.total}, gateway.map_max_dots)</span>`
+      : '') +
+    (world.max_dots === 0 ? ' (off: gateway.map_max_dots is 0)' : '') +
+    '</div>' +
     `<ul class="workers">${rows}</ul>` +
     (client?.entity ? `<div>you: <b id="legend-me">${client.entity}</b></div>` : '');
 }
@@ -337,23 +399,42 @@ function draw(): void {
       ctx.fillText(String(own.entities), sx(x) + 4, sy(y + s) + 13);
     }
   }
+  // the world's entities from the feed; those in the joined viewer's own
+  // view from the SDK instead (interpolated, its own one predicted)
+  const frame: Drawn[] = [];
+  const dot = (id: string, x: number, y: number, r: number, fill: string, me: boolean, ring: boolean) => {
+    const px = sx(x);
+    const py = sy(y);
+    ctx.beginPath();
+    ctx.arc(px, py, r, 0, Math.PI * 2);
+    ctx.fillStyle = fill;
+    ctx.fill();
+    if (ring) {
+      ctx.lineWidth = 2;
+      ctx.strokeStyle = ME_COLOR;
+      ctx.stroke();
+    }
+    frame.push({ id, x, y, sx: px, sy: py, r, color: fill, me });
+  };
+  // (in Play mode the feed's dots have no team: grey until in view)
+  const far = playing ? FAR_COLOR : DOT_COLOR;
+  for (const [id, x, y] of dots.dots) if (client === null || !client.entities.has(id)) dot(id, x, y, 4, far, false, false);
   if (client !== null) {
     for (const id of client.entities.keys()) {
+      if (id === client.entity) continue; // drawn last, on top
       const p = client.renderPosition(id, t);
       if (p === undefined) continue;
-      const me = id === client.entity;
       const tag = tagState(client.entities.get(id));
-      ctx.beginPath();
-      ctx.arc(sx(p.x), sy(p.y), me ? 6 : tag?.bot ? 3 : 4, 0, Math.PI * 2);
-      ctx.fillStyle = tag !== null ? TEAM_COLOR[tag.team] : me ? '#ffd400' : '#7fd3ff';
-      ctx.fill();
-      if (me && tag !== null) {
-        ctx.lineWidth = 2;
-        ctx.strokeStyle = '#ffd400';
-        ctx.stroke();
-      }
+      dot(id, p.x, p.y, tag?.bot ? 3 : 4, tag !== null ? TEAM_COLOR[tag.team] : DOT_COLOR, false, false);
+    }
+    const id = client.entity;
+    const p = id !== null && client.entities.has(id) ? client.renderPosition(id, t) : undefined;
+    if (id !== null && p !== undefined) {
+      const tag = tagState(client.entities.get(id));
+      dot(id, p.x, p.y, 6, tag !== null ? TEAM_COLOR[tag.team] : ME_COLOR, true, tag !== null);
     }
   }
+  drawn = frame;
 }
 
 /** WASD as arrows. */
@@ -446,6 +527,14 @@ joinButton.addEventListener('click', () => {
   get world() {
     return world;
   },
+  /** The dots the last frame drew, in drawing order. */
+  get drawn() {
+    return drawn;
+  },
+  get dots() {
+    return dots;
+  },
+  flashes: flashLog,
   feed,
   join,
   play,
