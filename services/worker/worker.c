@@ -51,6 +51,10 @@
  * each costs a context switch and changes nothing, as the tick that follows
  * applies them before it steps (see inbox.c). */
 #define RELAY_GAP_US 4000ULL
+/* Steps the cells catching up after a recovery replay per tick at most,
+ * all of them together (the rest at the next ticks): at 20 Hz, 10 s of a
+ * cell's time per tick, so a long backlog does not stall the other cells. */
+#define REPLAY_STEPS_PER_TICK 200
 
 /* nats.c thread: a JetStream publish's outcome, noted for the tick thread,
  * which takes it on its next relay pass (a stored Transfer releases the
@@ -374,7 +378,8 @@ static void finish_bind(ts_worker_t *w, ts_io_job_t *job)
     uint64_t after = job->zone->last_applied_seq;
     ts_zone_t *z = job->zone;
     job->zone = NULL;
-    if (ts_worker_adopt(w, z, job->epoch, job->ctx, job->caught_up_seq, job->pending > 0) == TS_OK) {
+    if (ts_worker_adopt(w, z, job->epoch, job->ctx, job->caught_up_seq, job->pending > 0, job->found) ==
+        TS_OK) {
         ts_info("cell %s: bound at epoch %" PRIu64 " from checkpoint/replay, consuming after seq %" PRIu64,
                 w->bindings[w->nbind - 1]->zone->key, job->epoch, after);
         if (job->found) w->stats.recovered++; /* from a checkpoint */
@@ -437,7 +442,7 @@ void ts_worker_take_consumer(ts_worker_t *w, ts_binding_t *b, ts_io_job_t *job)
             if (!ts_inbox_push(&b->held, &held.v[i])) ts_bus_held_free(held.v[i].msg);
         free(held.v);
     } else {
-        ts_worker_apply_msgs(w, b->zone, &held);
+        ts_worker_apply_held(w, b, &held);
     }
     job->ctx = NULL;
 }
@@ -707,18 +712,19 @@ static void tick_once(ts_worker_t *w, double dt, uint64_t full_every, uint64_t h
     restart_consumers(w);
     ts_ghost_tick(w);
     bool acting = w->stalled_us == 0 && !atomic_load(&w->fenced);
+    /* this tick in the input stream's clock: each cell's clock_ns, which a
+     * new owner replays the ticks after its checkpoint by (the worker's
+     * own clock until a message said how the server's goes) */
+    uint64_t now_ns = ts_demux_server_now_ns(w);
+    if (now_ns == 0) now_ns = ts_now_us() * 1000ULL;
+    uint32_t replay_budget = REPLAY_STEPS_PER_TICK;
     for (size_t i = 0; i < w->nbind && acting; i++) {
         ts_binding_t *b = w->bindings[i];
         ts_worker_collect_publishes(w, b->zone);
         if (b->state != TS_BIND_ACTIVE) continue;
-        if (b->catching_up) {
-            if (ts_mono_us() < b->catchup_until_us) continue;
-            ts_warn("cell %s: its input replay did not catch up in time (at seq %" PRIu64 "); acting anyway",
-                    b->zone->key, b->zone->last_applied_seq);
-            b->catching_up = false;
-            b->zone->replaying = false;
-        }
+        if (b->catching_up && !ts_worker_replay(w, b, now_ns, &replay_budget)) continue;
         ts_split_step(w, b, dt); /* a split or retired cell moves its entities on instead */
+        b->zone->clock_ns = now_ns;
         ts_worker_publish_departures(w, b->zone);
         ts_worker_publish_outboxes(w, b->zone);
         ts_worker_publish_state(w, b->zone, keyframe_now(b, (w->tick + i) % full_every == 0, full_every));
@@ -748,6 +754,8 @@ ts_status_t ts_worker_run(ts_worker_t *w, volatile sig_atomic_t *stop)
     const uint64_t hz = (uint64_t)(w->cfg->worker_tick_hz > 0 ? w->cfg->worker_tick_hz : 20);
     const uint64_t period_ns = 1000000000ULL / hz;
     const double dt = (double)period_ns / 1e9;
+    w->period_ns = period_ns;
+    w->dt = dt;
     const uint64_t hb_every = (uint64_t)w->cfg->worker_hb_ms * 1000000ULL / period_ns;
     const uint64_t ckpt_ms = w->cfg->worker_checkpoint_ms > 0 ? (uint64_t)w->cfg->worker_checkpoint_ms : 1000;
     const uint64_t ckpt_every = ckpt_ms * 1000000ULL / period_ns ? ckpt_ms * 1000000ULL / period_ns : 1;
