@@ -272,6 +272,11 @@ void ts_worker_unbind(ts_worker_t *w, ts_binding_t *b)
 
 /* ---- the registry view ------------------------------------------------- */
 
+static uint64_t request_fence(void *ud, const ts_cell_t *from)
+{
+    return ts_worker_request_fence(ud, from);
+}
+
 static void apply_msg(ts_worker_t *w, ts_zone_t *z, const ts_inbox_msg_t *m)
 {
     const uint8_t *data = ts_bus_held_data(m->msg);
@@ -282,6 +287,10 @@ static void apply_msg(ts_worker_t *w, ts_zone_t *z, const ts_inbox_msg_t *m)
     Tessera__V1__InputBatch *ib =
         tessera__v1__input_batch__unpack(ts_arena_allocator(&w->in_arena), len, data);
     if (ib) ts_players_screen(w, z, ts_bus_held_subject(m->msg), ib);
+    /* live input only: a replayed request was stored when its sender's epoch
+     * was current (the last owner applied it), even if the registry moved
+     * on since (the sender recovered with this cell) */
+    if (ib && !z->replaying) w->stats.requests_refused += ts_zone_fence_requests(ib, request_fence, w);
     if (ib) ts_zone_apply_batch(z, seq, ib, w->tick);
     if (ib) ts_worker_metrics_batch(ib);
     ts_arena_reset(&w->in_arena);

@@ -46,6 +46,7 @@ typedef struct {
     ts_histogram_t *split_s, *merge_s, *split_work_s, *merge_work_s;
     /* the game module (game.c), labelled {module} */
     ts_counter_t *game_commands, *game_requests_sent, *game_requests, *game_requests_ignored, *game_events;
+    ts_counter_t *game_requests_refused;
     ts_counter_t *game_errors[TS_GAME_CB_N], *game_overruns, *game_faults;
 } wm_t;
 
@@ -191,6 +192,10 @@ ts_status_t ts_worker_metrics_start(const ts_config_t *cfg)
         game_requests_ignored, "tessera_worker_game_requests_ignored_total",
         "Game module requests dropped at their target cell: an entity it never knew (gone, or a forged id).",
         "module", mod, );
+    COUNTER(game_requests_refused, "tessera_worker_game_requests_refused_total",
+            "Game module requests refused at their target cell: sent from a cell at an epoch the registry "
+            "had moved past (an owner that lost the cell).",
+            "module", mod, "reason", "epoch", );
     COUNTER(game_events, "tessera_worker_game_events_total",
             "Events the game module emitted (to one player or to a position).", "module", mod, );
     static const char *const cb_label[TS_GAME_CB_N] = {"on_join", "on_command", "on_request", "on_tick"};
@@ -288,6 +293,7 @@ void ts_worker_metrics_snapshot(ts_worker_t *w)
     for (size_t i = 0; i < w->nbind; i++)
         ignored += w->bindings[i]->zone->requests_ignored;
     ts_counter_set(wm.game_requests_ignored, ignored);
+    ts_counter_set(wm.game_requests_refused, w->stats.requests_refused);
     ts_counter_set(wm.game_events, game.events);
     for (int i = 0; i < TS_GAME_CB_N; i++)
         ts_counter_set(wm.game_errors[i], game.errors[i]);

@@ -203,19 +203,44 @@ static void reconcile(ts_worker_t *w, const ts_cell_t *cell)
     if (!b && mine && !w->draining) start_bind(w, e);
 }
 
-static ts_status_t view_put(ts_regview_t *v, const ts_cell_entry_t *e)
+/* A cell of the view: its entry (first: ts_worker_find_entry returns it)
+ * and since when (monotonic) the view has held its epoch. */
+typedef struct {
+    ts_cell_entry_t e;
+    uint64_t since_us;
+} view_entry_t;
+
+/* Puts e in the view; prev: a view it replaces (a full read), whose
+ * entries say since when an epoch is known. */
+static ts_status_t view_put(ts_regview_t *v, const ts_cell_entry_t *e, const ts_cellmap_t *prev)
 {
-    ts_cell_entry_t *cur = ts_cellmap_get(&v->by_cell, &e->cell);
+    view_entry_t *cur = ts_cellmap_get(&v->by_cell, &e->cell);
     if (cur) {
-        *cur = *e;
+        if (e->epoch != cur->e.epoch) cur->since_us = ts_mono_us();
+        cur->e = *e;
         return TS_OK;
     }
-    ts_cell_entry_t *n = malloc(sizeof(*n));
+    view_entry_t *n = malloc(sizeof(*n));
     if (!n) return TS_ERR_NOMEM;
-    *n = *e;
+    const view_entry_t *old = prev ? ts_cellmap_get(prev, &e->cell) : NULL;
+    n->e = *e;
+    n->since_us = old && old->e.epoch == e->epoch ? old->since_us : ts_mono_us();
     ts_status_t st = ts_cellmap_put(&v->by_cell, &e->cell, n);
     if (st != TS_OK) free(n);
     return st;
+}
+
+/* A request sent from a cell at an epoch the registry moved past this long
+ * ago is refused: it came from an owner that lost the cell (a zombie). One
+ * sent just before the cell moved on (stored before the registry change,
+ * applied after it) is not. */
+#define REQUEST_EPOCH_GRACE_US 2000000ULL
+
+uint64_t ts_worker_request_fence(ts_worker_t *w, const ts_cell_t *from)
+{
+    const view_entry_t *v = ts_cellmap_get(&w->view.by_cell, from);
+    if (!v || ts_mono_us() - v->since_us < REQUEST_EPOCH_GRACE_US) return 0;
+    return v->e.epoch;
 }
 
 static void view_clear(ts_regview_t *v)
@@ -247,17 +272,20 @@ static void apply_full(ts_worker_t *w, ts_cell_entry_t *cells, size_t n, uint64_
         version = w->view.version;
         for (size_t i = 0; i < n; i++) {
             const ts_cell_entry_t *cur = ts_worker_find_entry(w, &cells[i].cell);
-            if (!cur || cells[i].epoch >= cur->epoch) view_put(&w->view, &cells[i]);
+            if (!cur || cells[i].epoch >= cur->epoch) view_put(&w->view, &cells[i], NULL);
         }
         ts_celltree_clear(w->tree);
         ts_cellmap_each(&w->view.by_cell, tree_put, w->tree);
     } else {
-        view_clear(&w->view);
+        ts_cellmap_t prev = w->view.by_cell;
+        ts_cellmap_init(&w->view.by_cell);
         ts_celltree_clear(w->tree);
         for (size_t i = 0; i < n; i++) {
-            view_put(&w->view, &cells[i]);
+            view_put(&w->view, &cells[i], &prev);
             ts_celltree_apply(w->tree, &cells[i]);
         }
+        ts_cellmap_clear(&prev, free);
+        ts_cellmap_free(&prev);
     }
     w->view.version = version;
     atomic_store(&w->applied_version, version);
@@ -308,7 +336,7 @@ static void apply_change(ts_worker_t *w, Tessera__V1__RegistryChange *rc)
         ts_worker_request_resync(w);
     } else if (rc->version > w->view.version) {
         const ts_cell_entry_t *cur = ts_worker_find_entry(w, &e.cell);
-        if (!cur || e.epoch >= cur->epoch) view_put(&w->view, &e);
+        if (!cur || e.epoch >= cur->epoch) view_put(&w->view, &e, NULL);
         ts_celltree_apply(w->tree, &e);
         w->view.version = rc->version;
         atomic_store(&w->applied_version, rc->version);

@@ -212,6 +212,7 @@ typedef struct {
     uint64_t fwd_entities;     /* entities a split or retired cell moved on after that */
     uint64_t fwd_inputs;       /* inputs a split or retired cell forwarded */
     uint64_t requests_ignored; /* game requests for unknown entities, of zones unbound since */
+    uint64_t requests_refused; /* game requests refused: sent at an epoch the registry moved past */
 } ts_worker_stats_t;
 
 /* Outcome of an asynchronous JetStream publish, filled by the ack callback. */
@@ -469,6 +470,10 @@ void ts_live_stop(ts_worker_t *w);
 /* bindings.c */
 ts_binding_t *ts_worker_find_binding(ts_worker_t *w, const ts_cell_t *c);
 const ts_cell_entry_t *ts_worker_find_entry(const ts_worker_t *w, const ts_cell_t *c);
+/* worker.c: the epoch below which a game request sent from cell `from` is
+ * refused (RequestInput.from_epoch): the registry's epoch of the cell once
+ * the view has held it for a grace period, else 0 (none). */
+uint64_t ts_worker_request_fence(ts_worker_t *w, const ts_cell_t *from);
 /* Binds a zone whose input context is registered with hold set (a handover
  * target or an I/O-thread bind): takes ownership of zone and ctx and
  * applies what ctx held (or rewinds ctx if it has a gap the zone needs). */

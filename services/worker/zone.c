@@ -686,6 +686,24 @@ void ts_zone_input_from_pb(const Tessera__V1__Input *pb, ts_input_t *in)
     input_from_pb(pb, in);
 }
 
+size_t ts_zone_fence_requests(Tessera__V1__InputBatch *ib, ts_zone_epoch_fn epoch_of, void *ud)
+{
+    size_t keep = 0, refused = 0;
+    for (size_t i = 0; i < ib->n_inputs; i++) {
+        Tessera__V1__Input *in = ib->inputs[i];
+        ts_cell_t from;
+        if (in && in->kind_case == TESSERA__V1__INPUT__KIND_REQUEST && in->request->from_cell &&
+            ts_proto_cell_get(in->request->from_cell, &from) == TS_OK &&
+            in->request->from_epoch < epoch_of(ud, &from)) {
+            refused++;
+            continue;
+        }
+        ib->inputs[keep++] = in;
+    }
+    ib->n_inputs = keep;
+    return refused;
+}
+
 static void entity_from_pb(const Tessera__V1__EntityState *pb, ts_entity_t *e)
 {
     memset(e, 0, sizeof(*e));

@@ -313,6 +313,12 @@ bool ts_zone_apply_batch(ts_zone_t *z, uint64_t stream_seq, const Tessera__V1__I
 void ts_zone_apply_input(ts_zone_t *z, const ts_input_t *in, uint64_t tick);
 /* The wire Input as ts_zone_apply_input takes it (the batch's own decoding). */
 void ts_zone_input_from_pb(const Tessera__V1__Input *pb, ts_input_t *in);
+/* The epoch below which requests sent from cell are refused (0: none). */
+typedef uint64_t (*ts_zone_epoch_fn)(void *ud, const ts_cell_t *cell);
+/* Drops, in place, the requests of ib whose sender's epoch (RequestInput.
+ * from_epoch) is below epoch_of(ud, from_cell): sent by an owner the
+ * registry has replaced since. Returns how many. */
+size_t ts_zone_fence_requests(Tessera__V1__InputBatch *ib, ts_zone_epoch_fn epoch_of, void *ud);
 /* Adds an entity arriving from another cell (ignored if already present). */
 void ts_zone_accept_transfer(ts_zone_t *z, const ts_entity_t *e);
 

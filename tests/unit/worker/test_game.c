@@ -924,6 +924,70 @@ static void test_visits_in_id_order(void **state)
 }
 
 /* Writable views: velocities clamped, state bounded, changes mark the entity. */
+/* The registry's epochs as the receiving worker knows them (the test's). */
+static uint64_t fence_epoch_east = 0;
+static uint64_t fence_epoch(void *ud, const ts_cell_t *cell)
+{
+    (void)ud;
+    return cell->cx == 1 && cell->cy == 0 ? fence_epoch_east : 0;
+}
+
+static void test_requests_fenced_by_epoch(void **state)
+{
+    (void)state;
+    ts_game_host_t *h = host(1000);
+    ts_zone_t *a = zone_at(h, 0, 0), *east = zone_at(h, 1, 0);
+    ts_input_t j = join_in(6, 1, 98, 50, 2);
+    assert_true(apply(a, 1, &j, 1, 1));
+    ts_input_t ej = join_in(7, 1, 102, 50, 3);
+    assert_true(apply(east, 1, &ej, 1, 1));
+    ts_zone_ghost_put(east, &a->cell, a->epoch, 0, 6, 98, 50, 0, 0); /* 6 is a ghost in east */
+    /* a request from east's owner at epoch 3 */
+    east->epoch = 3;
+    uint64_t target = 6;
+    ts_input_t ask = cmd_in(7, 2, 4, &target, sizeof(target));
+    assert_true(apply(east, 2, &ask, 1, 2));
+    assert_int_equal(east->nout, 1);
+    Tessera__V1__InputBatch *b = outbox_batch(east, 0);
+    assert_int_equal(b->inputs[0]->request->from_epoch, 3);
+    /* the registry has east at epoch 4 now: its epoch-3 owner lost it */
+    fence_epoch_east = 4;
+    assert_int_equal(ts_zone_fence_requests(b, fence_epoch, NULL), 1);
+    assert_int_equal(b->n_inputs, 0);
+    assert_true(ts_zone_apply_batch(a, 2, b, 2)); /* the position moves on, nothing applied */
+    assert_int_equal(get(a, 6)->state[1], 0);
+    tessera__v1__input_batch__free_unpacked(b, NULL);
+    /* at the current epoch, and with other inputs in the batch: only the stale one goes */
+    b = outbox_batch(east, 0);
+    fence_epoch_east = 3;
+    assert_int_equal(ts_zone_fence_requests(b, fence_epoch, NULL), 0);
+    assert_int_equal(b->n_inputs, 1);
+    assert_true(ts_zone_apply_batch(a, 3, b, 3));
+    assert_int_equal(get(a, 6)->state[1], 10);
+    tessera__v1__input_batch__free_unpacked(b, NULL);
+    ts_input_t mixed[] = {cmd_in(6, 2, 1, NULL, 0), join_in(8, 1, 40, 40, 1)};
+    b = batch_of(mixed, 2);
+    Tessera__V1__InputBatch *stale = outbox_batch(east, 0);
+    Tessera__V1__Input *all[] = {b->inputs[0], stale->inputs[0], b->inputs[1]};
+    Tessera__V1__Input **orig = b->inputs;
+    size_t orig_n = b->n_inputs;
+    b->inputs = all;
+    b->n_inputs = 3;
+    fence_epoch_east = 5;
+    assert_int_equal(ts_zone_fence_requests(b, fence_epoch, NULL), 1);
+    assert_int_equal(b->n_inputs, 2);
+    assert_ptr_equal(b->inputs[0], orig[0]);
+    assert_ptr_equal(b->inputs[1], orig[1]);
+    b->inputs = orig;
+    b->n_inputs = orig_n;
+    tessera__v1__input_batch__free_unpacked(b, NULL);
+    tessera__v1__input_batch__free_unpacked(stale, NULL);
+    fence_epoch_east = 0;
+    ts_zone_destroy(a);
+    ts_zone_destroy(east);
+    ts_game_host_close(h);
+}
+
 static void test_views_write_back(void **state)
 {
     (void)state;
@@ -1023,6 +1087,7 @@ int main(void)
         cmocka_unit_test(test_replay_clock_rules),
         cmocka_unit_test(test_spawn_ids),
         cmocka_unit_test(test_requests_go_through_the_target_cell),
+        cmocka_unit_test(test_requests_fenced_by_epoch),
         cmocka_unit_test(test_views_write_back),
         cmocka_unit_test(test_visits_in_id_order),
         cmocka_unit_test(test_crash_is_reported_with_the_module_name),
