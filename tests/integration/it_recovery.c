@@ -782,18 +782,20 @@ static void test_walker_keeps_walking_through_recovery(void **state)
             "%.0f ms later; the walk had it at %.2f\n",
             before_x, (double)(t_kill - ckpt_us) / 1000, after_x, (double)(after_us - before_us) / 1000,
             expect_x);
-    /* a tick of motion either way, plus how late each state could arrive */
-    double slack = WALK_VX * 0.15;
-    if (after_x < before_x - slack) {
+    /* a tick of motion, plus how much later one of the two states could
+     * arrive than the other on a loaded machine (behind: also the new
+     * owner's conservative estimate of the present) */
+    double slack = WALK_VX * 0.3;
+    if (after_x < before_x - WALK_VX * 0.1) {
         ts_h.failed = true;
         fail_msg("the recovered walker went back from x %.2f to %.2f (the checkpoint's position: the ticks "
                  "after it were not replayed)",
                  before_x, after_x);
     }
-    if (after_x < expect_x - 4 * slack || after_x > expect_x + slack) {
+    if (after_x < expect_x - 2 * slack || after_x > expect_x + slack) {
         ts_h.failed = true;
         fail_msg("the recovered walker is at x %.2f, want %.2f (-%.2f, +%.2f): where its walk had it",
-                 after_x, expect_x, 4 * slack, slack);
+                 after_x, expect_x, 2 * slack, slack);
     }
     cluster_stop();
     ts_h_pass();
