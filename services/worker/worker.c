@@ -51,10 +51,12 @@
  * each costs a context switch and changes nothing, as the tick that follows
  * applies them before it steps (see inbox.c). */
 #define RELAY_GAP_US 4000ULL
-/* Steps the cells catching up after a recovery replay per tick at most,
- * all of them together (the rest at the next ticks): at 20 Hz, 10 s of a
- * cell's time per tick, so a long backlog does not stall the other cells. */
-#define REPLAY_STEPS_PER_TICK 200
+/* What the cells catching up after a recovery may replay per tick, all of
+ * them together, in entity steps (a step of a cell costs 1 + its entities;
+ * the rest at the next ticks): about what a tick of 50,000 entities costs,
+ * so a long backlog does not stall the other cells (a cell of 1,000
+ * entities replays a second of its time per tick, an empty one 2,500 s). */
+#define REPLAY_BUDGET_PER_TICK 50000
 
 /* nats.c thread: a JetStream publish's outcome, noted for the tick thread,
  * which takes it on its next relay pass (a stored Transfer releases the
@@ -745,7 +747,7 @@ static void tick_once(ts_worker_t *w, double dt, uint64_t full_every, uint64_t h
      * own clock until a message said how the server's goes) */
     uint64_t now_ns = ts_demux_server_now_ns(w);
     if (now_ns == 0) now_ns = ts_now_us() * 1000ULL;
-    uint32_t replay_budget = REPLAY_STEPS_PER_TICK;
+    uint32_t replay_budget = REPLAY_BUDGET_PER_TICK;
     for (size_t i = 0; i < w->nbind && acting; i++) {
         ts_binding_t *b = w->bindings[i];
         ts_worker_collect_publishes(w, b->zone);

@@ -505,9 +505,9 @@ void ts_worker_apply_held(ts_worker_t *w, ts_binding_t *b, ts_inbox_t *msgs);
 /* Tick thread, at each tick of a catching-up binding, with the stream's
  * clock now: applies its backlog in order, before each message the ticks
  * due before its store time (ts_zone_replay_until), then, once it caught
- * up with the stream, the ticks up to now_ns; at most *budget steps (the
- * tick's, shared by its cells; the rest at the next tick). True when it is
- * live. */
+ * up with the stream, the ticks up to now_ns, while *budget lasts (the
+ * tick's, shared by its cells, in entity steps: ts_zone_replay_until; the
+ * rest at the next tick). True when it is live. */
 bool ts_worker_replay(ts_worker_t *w, ts_binding_t *b, uint64_t now_ns, uint32_t *budget);
 /* Applies b's whole backlog now (with its ticks), e.g. before a freeze. */
 void ts_worker_replay_flush(ts_worker_t *w, ts_binding_t *b);

@@ -1083,7 +1083,10 @@ bool ts_zone_replay_until(ts_zone_t *z, uint64_t t_ns, uint64_t period_ns, doubl
     }
     while (z->clock_ns + period_ns < t_ns) {
         if (*budget == 0) return false;
-        (*budget)--;
+        /* a step costs 1 + the cell's entities; one always runs */
+        size_t n = ts_zone_entities(z);
+        uint32_t cost = n < UINT32_MAX - 1 ? (uint32_t)n + 1 : UINT32_MAX;
+        *budget -= cost < *budget ? cost : *budget;
         if (step)
             step(ud, z, dt);
         else

@@ -343,9 +343,10 @@ typedef void (*ts_zone_step_fn)(void *ud, struct ts_zone *z, double dt);
 #define TS_ZONE_REPLAY_GAP_MAX_NS (30ULL * 1000000000ULL)
 /* Runs the steps due before an input stored at t_ns (see above): step(ud,
  * z, dt) each (NULL: ts_zone_step(z, dt, tick)), advancing clock_ns by
- * period_ns, at most *budget of them (decremented). True when none is due
- * any more; false when the budget ran out first (call again). A zone whose
- * clock is not known (0) takes t_ns as its clock and steps nothing. */
+ * period_ns, while *budget lasts: each step takes 1 + the zone's entities
+ * from it (the last one what is left). True when none is due any more;
+ * false when the budget ran out first (call again). A zone whose clock is
+ * not known (0) takes t_ns as its clock and steps nothing. */
 bool ts_zone_replay_until(struct ts_zone *z, uint64_t t_ns, uint64_t period_ns, double dt, uint64_t tick,
                           uint32_t *budget, ts_zone_step_fn step, void *ud);
 
