@@ -124,6 +124,7 @@ struct ts_bus_msg {
     natsMsg *msg;
     uint64_t stream_seq;
     uint64_t pending;
+    uint64_t time_ns; /* JetStream: when the server stored it (its clock) */
 };
 
 static pthread_mutex_t live_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -212,6 +213,7 @@ static ts_status_t wrap_msg(natsMsg *m, uint64_t stream_seq, ts_bus_msg_t **out)
     w->msg = m;
     w->stream_seq = stream_seq;
     w->pending = 0;
+    w->time_ns = 0;
     *out = w;
     return TS_OK;
 }
@@ -255,10 +257,16 @@ uint64_t ts_bus_msg_stream_seq(const ts_bus_msg_t *m)
     return m->stream_seq;
 }
 
+uint64_t ts_bus_msg_time_ns(const ts_bus_msg_t *m)
+{
+    return m->time_ns;
+}
+
 ts_bus_held_t ts_bus_msg_hold(const ts_bus_msg_t *m)
 {
     ts_bus_msg_t *mm = (ts_bus_msg_t *)m;
-    ts_bus_held_t h = {.impl = mm->msg, .stream_seq = mm->stream_seq, .pending = mm->pending};
+    ts_bus_held_t h = {
+        .impl = mm->msg, .stream_seq = mm->stream_seq, .pending = mm->pending, .time_ns = mm->time_ns};
     mm->msg = NULL; /* on_msg no longer frees it */
     return h;
 }
@@ -270,7 +278,8 @@ ts_bus_held_t ts_bus_msg_copy(const ts_bus_msg_t *m)
         natsMsg_Create(&nm, natsMsg_GetSubject(m->msg), NULL, natsMsg_GetData(m->msg),
                        natsMsg_GetDataLength(m->msg)) != NATS_OK)
         return (ts_bus_held_t){0};
-    return (ts_bus_held_t){.impl = nm, .stream_seq = m->stream_seq, .pending = m->pending};
+    return (ts_bus_held_t){
+        .impl = nm, .stream_seq = m->stream_seq, .pending = m->pending, .time_ns = m->time_ns};
 }
 
 const uint8_t *ts_bus_held_data(ts_bus_held_t h)
@@ -1211,14 +1220,14 @@ static bool reply_number(const char *p, uint64_t *out)
     return true;
 }
 
-/* A JetStream message's stream sequence and pending count from its reply
- * subject, "$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer
- * seq>.<time>.<pending>" (or with "<domain>.<account hash>." before the
- * stream and maybe one token after): no allocation, where
+/* A JetStream message's stream sequence, store time (ns since the epoch,
+ * the server's clock) and pending count from its reply subject,
+ * "$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>" (or with
+ * "<domain>.<account hash>." before the stream and maybe one token after): no allocation, where
  * natsMsg_GetMetaData makes four per message, which a worker's one
  * consumer over the whole input stream pays for every input of the world.
  * False if the subject has neither form. */
-static bool js_reply_meta(const char *reply, uint64_t *stream_seq, uint64_t *pending)
+static bool js_reply_meta(const char *reply, uint64_t *stream_seq, uint64_t *time_ns, uint64_t *pending)
 {
     static const char prefix[] = "$JS.ACK.";
     if (reply == NULL || strncmp(reply, prefix, sizeof prefix - 1) != 0) return false;
@@ -1233,9 +1242,12 @@ static bool js_reply_meta(const char *reply, uint64_t *stream_seq, uint64_t *pen
     }
     size_t base = n == 7 ? 0 : n == 9 || n == 10 ? 2 : SIZE_MAX;
     if (base == SIZE_MAX) return false;
-    uint64_t seq = 0, left = 0;
-    if (!reply_number(tok[base + 3], &seq) || !reply_number(tok[base + 6], &left)) return false;
+    uint64_t seq = 0, at = 0, left = 0;
+    if (!reply_number(tok[base + 3], &seq) || !reply_number(tok[base + 5], &at) ||
+        !reply_number(tok[base + 6], &left))
+        return false;
     *stream_seq = seq;
+    *time_ns = at;
     *pending = left;
     return true;
 }
@@ -1244,12 +1256,13 @@ static void on_msg(natsConnection *nc, natsSubscription *nsub, natsMsg *m, void 
 {
     ts_bus_sub_t *sub = closure;
     if (!atomic_load(&sub->closing) && (!sub->jetstream || stream_still_same(sub))) {
-        ts_bus_msg_t bm = {.msg = m, .stream_seq = 0, .pending = 0};
-        if (sub->jetstream && !js_reply_meta(natsMsg_GetReply(m), &bm.stream_seq, &bm.pending)) {
+        ts_bus_msg_t bm = {.msg = m, .stream_seq = 0, .pending = 0, .time_ns = 0};
+        if (sub->jetstream && !js_reply_meta(natsMsg_GetReply(m), &bm.stream_seq, &bm.time_ns, &bm.pending)) {
             jsMsgMetaData *meta = NULL;
             if (natsMsg_GetMetaData(&meta, m) == NATS_OK) {
                 bm.stream_seq = meta->Sequence.Stream;
                 bm.pending = meta->NumPending;
+                bm.time_ns = meta->Timestamp > 0 ? (uint64_t)meta->Timestamp : 0;
             }
             jsMsgMetaData_Destroy(meta);
         }

@@ -33,6 +33,8 @@ static void add_stats(ts_zone_stats_t *dst, const ts_zone_stats_t *s)
     dst->transfers_in += s->transfers_in;
     dst->transfers_out += s->transfers_out;
     dst->oversized += s->oversized;
+    dst->replay_steps += s->replay_steps;
+    dst->replay_skipped += s->replay_skipped;
 }
 
 void ts_worker_release_sub(ts_worker_t *w, ts_sub_ctx_t *ctx)
@@ -47,17 +49,134 @@ void ts_worker_release_sub(ts_worker_t *w, ts_sub_ctx_t *ctx)
 
 static void apply_msg(ts_worker_t *w, ts_zone_t *z, const ts_inbox_msg_t *m);
 
-/* Applies m to b's zone; the last message of a replay ends the catch-up. */
-static void apply_to(ts_worker_t *w, ts_binding_t *b, const ts_inbox_msg_t *m)
+static void backlog_free(ts_binding_t *b)
 {
+    for (size_t i = b->backlog_head; i < b->backlog.n; i++)
+        ts_bus_held_free(b->backlog.v[i].msg);
+    free(b->backlog.v);
+    b->backlog = (ts_inbox_t){0};
+    b->backlog_head = 0;
+}
+
+/* An applied message goes to the publisher thread to be freed (see
+ * ts_publisher_reap); reap_flush hands them over. */
+static void reap_msg(ts_worker_t *w, ts_bus_held_t msg)
+{
+    if (w->nreap == w->cap_reap) {
+        size_t ncap = w->cap_reap ? w->cap_reap * 2 : 1024;
+        ts_bus_held_t *nv = realloc(w->reap, ncap * sizeof(*nv));
+        if (!nv) {
+            ts_bus_held_free(msg);
+            return;
+        }
+        w->reap = nv;
+        w->cap_reap = ncap;
+    }
+    w->reap[w->nreap++] = msg;
+}
+
+static void reap_flush(ts_worker_t *w)
+{
+    if (w->nreap == 0) return;
+    if (ts_publisher_reap(w, w->reap, w->nreap)) {
+        w->reap = NULL; /* the publisher frees the array too */
+        w->cap_reap = 0;
+    } else {
+        for (size_t i = 0; i < w->nreap; i++)
+            ts_bus_held_free(w->reap[i]);
+    }
+    w->nreap = 0;
+}
+
+/* Applies m to b's zone, or keeps it in b's backlog while b catches up
+ * (ts_worker_replay applies it after the steps due before it). True if
+ * kept (the backlog owns it). */
+static bool apply_to(ts_worker_t *w, ts_binding_t *b, const ts_inbox_msg_t *m)
+{
+    if (b->catching_up) {
+        if (ts_inbox_push(&b->backlog, m)) return true;
+        ts_error("cell %s: out of memory keeping its replay backlog; applying seq %" PRIu64
+                 " without the steps before it",
+                 b->zone->key, m->msg.stream_seq);
+        ts_worker_replay_flush(w, b);
+    }
     apply_msg(w, b->zone, m);
     if (m->msg.pending == 0) b->replayed = true;
-    if (b->catching_up && b->replayed && b->zone->last_applied_seq >= b->catchup_seq) {
-        b->catching_up = false;
-        b->zone->replaying = false; /* the game module's events are heard from here on */
-        ts_info("cell %s: caught up with its input at seq %" PRIu64 "; live", b->zone->key,
-                b->zone->last_applied_seq);
+    return false;
+}
+
+typedef struct {
+    ts_worker_t *w;
+    ts_binding_t *b;
+} replay_ctx_t;
+
+/* One replayed tick: what a live tick's ts_split_step does (the zone's
+ * step and the module's on_tick; a forwarding cell moves its entities on),
+ * nothing published (the cell is replaying). */
+static void replay_step(void *ud, ts_zone_t *z, double dt)
+{
+    replay_ctx_t *rc = ud;
+    (void)z;
+    ts_split_step(rc->w, rc->b, dt);
+}
+
+/* Applies b's backlog in order, each message after the steps due before
+ * its store time, within *budget steps. True when the backlog is empty. */
+static bool replay_backlog(ts_worker_t *w, ts_binding_t *b, uint32_t *budget)
+{
+    replay_ctx_t rc = {w, b};
+    ts_zone_t *z = b->zone;
+    while (b->backlog_head < b->backlog.n) {
+        ts_inbox_msg_t *m = &b->backlog.v[b->backlog_head];
+        if (!ts_zone_replay_until(z, m->msg.time_ns, w->period_ns, w->dt, w->tick, budget, replay_step, &rc))
+            break;
+        apply_msg(w, z, m);
+        if (m->msg.pending == 0) b->replayed = true;
+        reap_msg(w, m->msg);
+        b->backlog_head++;
+        /* the consumer is delivering: the wait for the end starts again */
+        b->catchup_until_us = ts_mono_us() + CATCHUP_MAX_US;
     }
+    reap_flush(w);
+    if (b->backlog_head < b->backlog.n) return false;
+    free(b->backlog.v);
+    b->backlog = (ts_inbox_t){0};
+    b->backlog_head = 0;
+    return true;
+}
+
+bool ts_worker_replay(ts_worker_t *w, ts_binding_t *b, uint64_t now_ns, uint32_t *budget)
+{
+    if (!replay_backlog(w, b, budget)) return false;
+    ts_zone_t *z = b->zone;
+    bool late = !b->replayed || z->last_applied_seq < b->catchup_seq;
+    if (late && ts_mono_us() < b->catchup_until_us) return false; /* more to come */
+    /* the ticks from its last input to now, as the last owner would have run them */
+    replay_ctx_t rc = {w, b};
+    if (!ts_zone_replay_until(z, now_ns, w->period_ns, w->dt, w->tick, budget, replay_step, &rc))
+        return false;
+    b->catching_up = false;
+    z->replaying = false; /* the game module's events are heard from here on */
+    if (late)
+        ts_warn("cell %s: its input replay did not catch up in time (at seq %" PRIu64 "); acting anyway",
+                z->key, z->last_applied_seq);
+    else
+        ts_info("cell %s: caught up with its input at seq %" PRIu64 " (%" PRIu64 " ticks replayed); live",
+                z->key, z->last_applied_seq, z->stats.replay_steps);
+    return true;
+}
+
+void ts_worker_replay_flush(ts_worker_t *w, ts_binding_t *b)
+{
+    uint32_t budget = UINT32_MAX;
+    replay_backlog(w, b, &budget);
+}
+
+void ts_worker_apply_held(ts_worker_t *w, ts_binding_t *b, ts_inbox_t *msgs)
+{
+    for (size_t i = 0; i < msgs->n; i++)
+        if (apply_to(w, b, &msgs->v[i])) msgs->v[i].msg = (ts_bus_held_t){0};
+    ts_inbox_free(msgs);
 }
 
 /* The game module takes the zone (before any of its held input applies).
@@ -76,7 +195,7 @@ static void adopt_game(ts_worker_t *w, ts_zone_t *zone, bool replaying)
 }
 
 ts_status_t ts_worker_adopt(ts_worker_t *w, ts_zone_t *zone, uint64_t epoch, ts_sub_ctx_t *ctx,
-                            uint64_t catchup_seq, bool pending)
+                            uint64_t catchup_seq, bool pending, bool recovered)
 {
     ts_binding_t *b = calloc(1, sizeof(*b));
     if (b && w->nbind == w->cap_bind) {
@@ -110,7 +229,9 @@ ts_status_t ts_worker_adopt(ts_worker_t *w, ts_zone_t *zone, uint64_t epoch, ts_
     b->ctx = ctx;
     b->gen = ctx->gen;
     b->bound_us = ts_now_us();
-    b->catching_up = pending || catchup_seq > zone->last_applied_seq;
+    /* from a checkpoint with a clock: its ticks since then are replayed too,
+     * with or without input after it */
+    b->catching_up = pending || catchup_seq > zone->last_applied_seq || (recovered && zone->clock_ns != 0);
     b->catchup_seq = catchup_seq;
     b->replayed = !pending;
     b->catchup_until_us = ts_mono_us() + CATCHUP_MAX_US;
@@ -126,9 +247,7 @@ ts_status_t ts_worker_adopt(ts_worker_t *w, ts_zone_t *zone, uint64_t epoch, ts_
     ctx->held = (ts_inbox_t){0};
     atomic_store(&ctx->hold, false);
     pthread_mutex_unlock(&w->mu);
-    for (size_t i = 0; i < held.n; i++)
-        apply_to(w, b, &held.v[i]);
-    ts_inbox_free(&held);
+    ts_worker_apply_held(w, b, &held); /* kept in its backlog while it catches up */
     return TS_OK;
 }
 
@@ -143,6 +262,7 @@ void ts_worker_unbind(ts_worker_t *w, ts_binding_t *b)
     w->stats.requests_ignored += b->zone->requests_ignored;
     ts_zone_destroy(b->zone);
     ts_inbox_free(&b->held);
+    backlog_free(b);
     size_t i = b->index;
     w->bindings[i] = w->bindings[--w->nbind];
     w->bindings[i]->index = i;
@@ -151,6 +271,11 @@ void ts_worker_unbind(ts_worker_t *w, ts_binding_t *b)
 }
 
 /* ---- the registry view ------------------------------------------------- */
+
+static uint64_t request_fence(void *ud, const ts_cell_t *from)
+{
+    return ts_worker_request_fence(ud, from);
+}
 
 static void apply_msg(ts_worker_t *w, ts_zone_t *z, const ts_inbox_msg_t *m)
 {
@@ -162,6 +287,10 @@ static void apply_msg(ts_worker_t *w, ts_zone_t *z, const ts_inbox_msg_t *m)
     Tessera__V1__InputBatch *ib =
         tessera__v1__input_batch__unpack(ts_arena_allocator(&w->in_arena), len, data);
     if (ib) ts_players_screen(w, z, ts_bus_held_subject(m->msg), ib);
+    /* live input only: a replayed request was stored when its sender's epoch
+     * was current (the last owner applied it), even if the registry moved
+     * on since (the sender recovered with this cell) */
+    if (ib && !z->replaying) w->stats.requests_refused += ts_zone_fence_requests(ib, request_fence, w);
     if (ib) ts_zone_apply_batch(z, seq, ib, w->tick);
     if (ib) ts_worker_metrics_batch(ib);
     ts_arena_reset(&w->in_arena);
@@ -188,28 +317,10 @@ void ts_worker_apply_inbox(ts_worker_t *w)
             /* after s2: the target applies it, unless the handover aborts */
             if (ts_inbox_push(&b->held, &m)) continue;
             ts_error("cell %s: out of memory holding input during a handover", b->zone->key);
-        } else if (b) {
-            apply_to(w, b, &m);
+        } else if (b && apply_to(w, b, &m)) {
+            continue; /* in its replay backlog */
         }
-        if (w->nreap == w->cap_reap) {
-            size_t ncap = w->cap_reap ? w->cap_reap * 2 : 1024;
-            ts_bus_held_t *nv = realloc(w->reap, ncap * sizeof(*nv));
-            if (!nv) {
-                ts_bus_held_free(m.msg);
-                continue;
-            }
-            w->reap = nv;
-            w->cap_reap = ncap;
-        }
-        w->reap[w->nreap++] = m.msg;
+        reap_msg(w, m.msg);
     }
-    if (w->nreap == 0) return;
-    if (ts_publisher_reap(w, w->reap, w->nreap)) {
-        w->reap = NULL; /* the publisher frees the array too */
-        w->cap_reap = 0;
-    } else {
-        for (size_t i = 0; i < w->nreap; i++)
-            ts_bus_held_free(w->reap[i]);
-    }
-    w->nreap = 0;
+    reap_flush(w);
 }

@@ -504,8 +504,10 @@ static void do_freeze(ts_worker_t *w, const Tessera__V1__Handover *m, const char
         return;
     }
     ts_zone_t *z = b->zone;
-    /* apply what has arrived; from here on input is held, not applied: s2 */
+    /* apply what has arrived (a cell still replaying: all of it, with its
+     * ticks); from here on input is held, not applied: s2 */
     ts_worker_apply_inbox(w);
+    ts_worker_replay_flush(w, b);
     b->state = TS_BIND_FROZEN;
     uint64_t freeze_us = ts_now_us();
     ts_strlcpy(b->handover_id, m->id, sizeof(b->handover_id));
@@ -629,7 +631,7 @@ static bool adopt_pending(ts_worker_t *w, const ts_cell_t *cell, uint64_t epoch)
         return true;
     }
     uint64_t s2 = p.zone->last_applied_seq;
-    if (ts_worker_adopt(w, p.zone, new_epoch, p.ctx, 0, false) == TS_OK) {
+    if (ts_worker_adopt(w, p.zone, new_epoch, p.ctx, 0, false, false) == TS_OK) {
         w->stats.handovers_in++;
         ts_info("cell %s: bound at epoch %" PRIu64 " from handover %s, consuming after seq %" PRIu64,
                 w->bindings[w->nbind - 1]->zone->key, new_epoch, p.id, s2);

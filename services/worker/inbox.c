@@ -198,6 +198,38 @@ static bool hand_off(ts_worker_t *w, ts_sub_ctx_t *ctx, ts_inbox_msg_t *msg)
     return true;
 }
 
+/* The stream's clock is estimated from the messages of the last one or two
+ * windows this long: an old sample does not keep a clock that drifted. */
+#define CLOCK_WINDOW_US 10000000ULL
+
+/* Under dmx.mu: a message stored at time_ns arrived now. */
+static void clock_sample(ts_demux_t *d, uint64_t time_ns)
+{
+    if (time_ns == 0) return;
+    uint64_t mono = ts_mono_ns();
+    int64_t off = (int64_t)(time_ns - mono);
+    if (mono / 1000 - d->clock_window_us >= CLOCK_WINDOW_US) {
+        d->clock_off_prev = d->clock_off;
+        d->clock_known_prev = d->clock_known;
+        d->clock_known = false;
+        d->clock_window_us = mono / 1000;
+    }
+    if (!d->clock_known || off > d->clock_off) d->clock_off = off;
+    d->clock_known = true;
+}
+
+uint64_t ts_demux_server_now_ns(ts_worker_t *w)
+{
+    ts_demux_t *d = &w->dmx;
+    if (!d->inited) return 0;
+    pthread_mutex_lock(&d->mu);
+    bool known = d->clock_known || d->clock_known_prev;
+    int64_t off = d->clock_known ? d->clock_off : d->clock_off_prev;
+    if (d->clock_known && d->clock_known_prev && d->clock_off_prev > off) off = d->clock_off_prev;
+    pthread_mutex_unlock(&d->mu);
+    return known ? ts_mono_ns() + (uint64_t)off : 0;
+}
+
 /* nats.c delivery thread: one uncontended lock, no allocation (but a cell's
  * slot at its first message, and a copy when two contexts of one cell both
  * want the message). */
@@ -218,6 +250,7 @@ static void on_input(void *ud, const ts_bus_msg_t *m)
         return;
     }
     if (seq > d->covered) d->covered = seq;
+    clock_sample(d, ts_bus_msg_time_ns(m));
     size_t want = 0;
     dmx_slot_t *slot = parsed ? get_slot(d, &cell) : NULL;
     if (slot && seq > slot->last_seen) slot->last_seen = seq;

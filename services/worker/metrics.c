@@ -32,7 +32,7 @@ typedef struct {
     ts_counter_t *ticks, *ticks_missed;
     ts_counter_t *applied, *duplicate, *lost, *forwarded;
     ts_counter_t *transfers_in, *transfers_out, *transfers_remote;
-    ts_counter_t *handovers_in, *handovers_out, *recoveries;
+    ts_counter_t *handovers_in, *handovers_out, *recoveries, *replay_ticks, *replay_ticks_skipped;
     ts_counter_t *publishes_failed, *state_dropped, *inbox_overflows, *oversized;
     ts_counter_t *stream_restarts;
     ts_counter_t *refused[TS_REFUSED_N];
@@ -46,6 +46,7 @@ typedef struct {
     ts_histogram_t *split_s, *merge_s, *split_work_s, *merge_work_s;
     /* the game module (game.c), labelled {module} */
     ts_counter_t *game_commands, *game_requests_sent, *game_requests, *game_requests_ignored, *game_events;
+    ts_counter_t *game_requests_refused;
     ts_counter_t *game_errors[TS_GAME_CB_N], *game_overruns, *game_faults;
 } wm_t;
 
@@ -115,6 +116,11 @@ ts_status_t ts_worker_metrics_start(const ts_config_t *cfg)
             "direction", "out", );
     COUNTER(recoveries, "tessera_worker_recoveries_total",
             "Cells bound from a checkpoint and input replay.", );
+    COUNTER(replay_ticks, "tessera_worker_replay_ticks_total",
+            "Ticks re-run by recovered cells between their replayed inputs and up to the present.", );
+    COUNTER(
+        replay_ticks_skipped, "tessera_worker_replay_ticks_skipped_total",
+        "Ticks of silences longer than 30 s in a recovered cell's input that its replay did not re-run.", );
     COUNTER(publishes_failed, "tessera_worker_publishes_failed_total",
             "JetStream publishes that failed (each retried later).", );
     COUNTER(state_dropped, "tessera_worker_state_dropped_total",
@@ -191,6 +197,10 @@ ts_status_t ts_worker_metrics_start(const ts_config_t *cfg)
         game_requests_ignored, "tessera_worker_game_requests_ignored_total",
         "Game module requests dropped at their target cell: an entity it never knew (gone, or a forged id).",
         "module", mod, );
+    COUNTER(game_requests_refused, "tessera_worker_game_requests_refused_total",
+            "Game module requests refused at their target cell: sent from a cell at an epoch the registry "
+            "had moved past (an owner that lost the cell).",
+            "module", mod, "reason", "epoch", );
     COUNTER(game_events, "tessera_worker_game_events_total",
             "Events the game module emitted (to one player or to a position).", "module", mod, );
     static const char *const cb_label[TS_GAME_CB_N] = {"on_join", "on_command", "on_request", "on_tick"};
@@ -242,6 +252,8 @@ void ts_worker_metrics_snapshot(ts_worker_t *w)
         t.transfers_in += z->stats.transfers_in;
         t.transfers_out += z->stats.transfers_out;
         t.oversized += z->stats.oversized;
+        t.replay_steps += z->stats.replay_steps;
+        t.replay_skipped += z->stats.replay_skipped;
         entities += ts_zone_entities(z);
     }
     ts_counter_set(wm.ticks, w->tick);
@@ -256,6 +268,8 @@ void ts_worker_metrics_snapshot(ts_worker_t *w)
     ts_counter_set(wm.handovers_in, w->stats.handovers_in);
     ts_counter_set(wm.handovers_out, w->stats.handovers_out);
     ts_counter_set(wm.recoveries, w->stats.recovered);
+    ts_counter_set(wm.replay_ticks, t.replay_steps);
+    ts_counter_set(wm.replay_ticks_skipped, t.replay_skipped);
     ts_counter_set(wm.publishes_failed, w->stats.publishes_failed);
     ts_counter_set(wm.state_dropped, w->stats.state_dropped);
     ts_counter_set(wm.inbox_overflows, w->stats.inbox_overflows);
@@ -288,6 +302,7 @@ void ts_worker_metrics_snapshot(ts_worker_t *w)
     for (size_t i = 0; i < w->nbind; i++)
         ignored += w->bindings[i]->zone->requests_ignored;
     ts_counter_set(wm.game_requests_ignored, ignored);
+    ts_counter_set(wm.game_requests_refused, w->stats.requests_refused);
     ts_counter_set(wm.game_events, game.events);
     for (int i = 0; i < TS_GAME_CB_N; i++)
         ts_counter_set(wm.game_errors[i], game.errors[i]);

@@ -51,6 +51,12 @@
  * each costs a context switch and changes nothing, as the tick that follows
  * applies them before it steps (see inbox.c). */
 #define RELAY_GAP_US 4000ULL
+/* What the cells catching up after a recovery may replay per tick, all of
+ * them together, in entity steps (a step of a cell costs 1 + its entities;
+ * the rest at the next ticks): about what a tick of 50,000 entities costs,
+ * so a long backlog does not stall the other cells (a cell of 1,000
+ * entities replays a second of its time per tick, an empty one 2,500 s). */
+#define REPLAY_BUDGET_PER_TICK 50000
 
 /* nats.c thread: a JetStream publish's outcome, noted for the tick thread,
  * which takes it on its next relay pass (a stored Transfer releases the
@@ -199,19 +205,44 @@ static void reconcile(ts_worker_t *w, const ts_cell_t *cell)
     if (!b && mine && !w->draining) start_bind(w, e);
 }
 
-static ts_status_t view_put(ts_regview_t *v, const ts_cell_entry_t *e)
+/* A cell of the view: its entry (first: ts_worker_find_entry returns it)
+ * and since when (monotonic) the view has held its epoch. */
+typedef struct {
+    ts_cell_entry_t e;
+    uint64_t since_us;
+} view_entry_t;
+
+/* Puts e in the view; prev: a view it replaces (a full read), whose
+ * entries say since when an epoch is known. */
+static ts_status_t view_put(ts_regview_t *v, const ts_cell_entry_t *e, const ts_cellmap_t *prev)
 {
-    ts_cell_entry_t *cur = ts_cellmap_get(&v->by_cell, &e->cell);
+    view_entry_t *cur = ts_cellmap_get(&v->by_cell, &e->cell);
     if (cur) {
-        *cur = *e;
+        if (e->epoch != cur->e.epoch) cur->since_us = ts_mono_us();
+        cur->e = *e;
         return TS_OK;
     }
-    ts_cell_entry_t *n = malloc(sizeof(*n));
+    view_entry_t *n = malloc(sizeof(*n));
     if (!n) return TS_ERR_NOMEM;
-    *n = *e;
+    const view_entry_t *old = prev ? ts_cellmap_get(prev, &e->cell) : NULL;
+    n->e = *e;
+    n->since_us = old && old->e.epoch == e->epoch ? old->since_us : ts_mono_us();
     ts_status_t st = ts_cellmap_put(&v->by_cell, &e->cell, n);
     if (st != TS_OK) free(n);
     return st;
+}
+
+/* A request sent from a cell at an epoch the registry moved past this long
+ * ago is refused: it came from an owner that lost the cell (a zombie). One
+ * sent just before the cell moved on (stored before the registry change,
+ * applied after it) is not. */
+#define REQUEST_EPOCH_GRACE_US 2000000ULL
+
+uint64_t ts_worker_request_fence(ts_worker_t *w, const ts_cell_t *from)
+{
+    const view_entry_t *v = ts_cellmap_get(&w->view.by_cell, from);
+    if (!v || ts_mono_us() - v->since_us < REQUEST_EPOCH_GRACE_US) return 0;
+    return v->e.epoch;
 }
 
 static void view_clear(ts_regview_t *v)
@@ -243,17 +274,20 @@ static void apply_full(ts_worker_t *w, ts_cell_entry_t *cells, size_t n, uint64_
         version = w->view.version;
         for (size_t i = 0; i < n; i++) {
             const ts_cell_entry_t *cur = ts_worker_find_entry(w, &cells[i].cell);
-            if (!cur || cells[i].epoch >= cur->epoch) view_put(&w->view, &cells[i]);
+            if (!cur || cells[i].epoch >= cur->epoch) view_put(&w->view, &cells[i], NULL);
         }
         ts_celltree_clear(w->tree);
         ts_cellmap_each(&w->view.by_cell, tree_put, w->tree);
     } else {
-        view_clear(&w->view);
+        ts_cellmap_t prev = w->view.by_cell;
+        ts_cellmap_init(&w->view.by_cell);
         ts_celltree_clear(w->tree);
         for (size_t i = 0; i < n; i++) {
-            view_put(&w->view, &cells[i]);
+            view_put(&w->view, &cells[i], &prev);
             ts_celltree_apply(w->tree, &cells[i]);
         }
+        ts_cellmap_clear(&prev, free);
+        ts_cellmap_free(&prev);
     }
     w->view.version = version;
     atomic_store(&w->applied_version, version);
@@ -304,7 +338,7 @@ static void apply_change(ts_worker_t *w, Tessera__V1__RegistryChange *rc)
         ts_worker_request_resync(w);
     } else if (rc->version > w->view.version) {
         const ts_cell_entry_t *cur = ts_worker_find_entry(w, &e.cell);
-        if (!cur || e.epoch >= cur->epoch) view_put(&w->view, &e);
+        if (!cur || e.epoch >= cur->epoch) view_put(&w->view, &e, NULL);
         ts_celltree_apply(w->tree, &e);
         w->view.version = rc->version;
         atomic_store(&w->applied_version, rc->version);
@@ -374,7 +408,8 @@ static void finish_bind(ts_worker_t *w, ts_io_job_t *job)
     uint64_t after = job->zone->last_applied_seq;
     ts_zone_t *z = job->zone;
     job->zone = NULL;
-    if (ts_worker_adopt(w, z, job->epoch, job->ctx, job->caught_up_seq, job->pending > 0) == TS_OK) {
+    if (ts_worker_adopt(w, z, job->epoch, job->ctx, job->caught_up_seq, job->pending > 0, job->found) ==
+        TS_OK) {
         ts_info("cell %s: bound at epoch %" PRIu64 " from checkpoint/replay, consuming after seq %" PRIu64,
                 w->bindings[w->nbind - 1]->zone->key, job->epoch, after);
         if (job->found) w->stats.recovered++; /* from a checkpoint */
@@ -437,7 +472,7 @@ void ts_worker_take_consumer(ts_worker_t *w, ts_binding_t *b, ts_io_job_t *job)
             if (!ts_inbox_push(&b->held, &held.v[i])) ts_bus_held_free(held.v[i].msg);
         free(held.v);
     } else {
-        ts_worker_apply_msgs(w, b->zone, &held);
+        ts_worker_apply_held(w, b, &held);
     }
     job->ctx = NULL;
 }
@@ -707,18 +742,19 @@ static void tick_once(ts_worker_t *w, double dt, uint64_t full_every, uint64_t h
     restart_consumers(w);
     ts_ghost_tick(w);
     bool acting = w->stalled_us == 0 && !atomic_load(&w->fenced);
+    /* this tick in the input stream's clock: each cell's clock_ns, which a
+     * new owner replays the ticks after its checkpoint by (the worker's
+     * own clock until a message said how the server's goes) */
+    uint64_t now_ns = ts_demux_server_now_ns(w);
+    if (now_ns == 0) now_ns = ts_now_us() * 1000ULL;
+    uint32_t replay_budget = REPLAY_BUDGET_PER_TICK;
     for (size_t i = 0; i < w->nbind && acting; i++) {
         ts_binding_t *b = w->bindings[i];
         ts_worker_collect_publishes(w, b->zone);
         if (b->state != TS_BIND_ACTIVE) continue;
-        if (b->catching_up) {
-            if (ts_mono_us() < b->catchup_until_us) continue;
-            ts_warn("cell %s: its input replay did not catch up in time (at seq %" PRIu64 "); acting anyway",
-                    b->zone->key, b->zone->last_applied_seq);
-            b->catching_up = false;
-            b->zone->replaying = false;
-        }
+        if (b->catching_up && !ts_worker_replay(w, b, now_ns, &replay_budget)) continue;
         ts_split_step(w, b, dt); /* a split or retired cell moves its entities on instead */
+        b->zone->clock_ns = now_ns;
         ts_worker_publish_departures(w, b->zone);
         ts_worker_publish_outboxes(w, b->zone);
         ts_worker_publish_state(w, b->zone, keyframe_now(b, (w->tick + i) % full_every == 0, full_every));
@@ -748,6 +784,8 @@ ts_status_t ts_worker_run(ts_worker_t *w, volatile sig_atomic_t *stop)
     const uint64_t hz = (uint64_t)(w->cfg->worker_tick_hz > 0 ? w->cfg->worker_tick_hz : 20);
     const uint64_t period_ns = 1000000000ULL / hz;
     const double dt = (double)period_ns / 1e9;
+    w->period_ns = period_ns;
+    w->dt = dt;
     const uint64_t hb_every = (uint64_t)w->cfg->worker_hb_ms * 1000000ULL / period_ns;
     const uint64_t ckpt_ms = w->cfg->worker_checkpoint_ms > 0 ? (uint64_t)w->cfg->worker_checkpoint_ms : 1000;
     const uint64_t ckpt_every = ckpt_ms * 1000000ULL / period_ns ? ckpt_ms * 1000000ULL / period_ns : 1;

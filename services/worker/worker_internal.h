@@ -112,8 +112,14 @@ typedef struct {
     uint64_t seen_from;       /* the consumer has seen every message from this seq to covered */
     uint64_t rewind_from;     /* 0, or the lowest sequence a restart must start at */
     uint64_t restarts;
-    uint64_t watch_covered;  /* covered at the last progress check (I/O timer thread) */
-    uint64_t watch_since_us; /* monotonic: since when it stayed there with the stream ahead */
+    /* the input stream's clock (its store times) as seen from here: the
+     * largest (store time - monotonic receipt time) of the messages of
+     * this and the last window of CLOCK_WINDOW_US (inbox.c) */
+    int64_t clock_off, clock_off_prev;
+    bool clock_known, clock_known_prev;
+    uint64_t clock_window_us; /* monotonic: the current window's start */
+    uint64_t watch_covered;   /* covered at the last progress check (I/O timer thread) */
+    uint64_t watch_since_us;  /* monotonic: since when it stayed there with the stream ahead */
     bool stopped;
     atomic_bool want;           /* a restart is due (the tick asks the I/O thread) */
     _Atomic uint64_t overflows; /* messages a full ring turned into a rewind */
@@ -138,10 +144,14 @@ typedef struct {
     bool restarting;      /* it is being registered again (its input stream is gone) */
     bool resub_needed;    /* it is to be registered again (the input stream restarted) */
     uint64_t resub_at_us; /* monotonic: not before then (a failed try; 0: now) */
-    /* bound from a checkpoint with input still to replay: applies it but
-     * neither moves nor publishes until it caught up with the stream (so
-     * nobody sees the cell behind what its last owner showed) */
+    /* bound from a checkpoint with input still to replay: replays it (the
+     * input in `backlog`, each message after the ticks due before its
+     * store time: ts_worker_replay) but publishes nothing until it caught
+     * up with the stream (so nobody sees the cell behind what its last
+     * owner showed) */
     bool catching_up;
+    ts_inbox_t backlog; /* input received while catching up, [backlog_head, n) not applied yet */
+    size_t backlog_head;
     bool replayed;             /* a message came with nothing pending after it */
     uint64_t catchup_seq;      /* caught up once this is applied (and replayed) */
     uint64_t catchup_until_us; /* monotonic: give up waiting (and say so) */
@@ -202,6 +212,7 @@ typedef struct {
     uint64_t fwd_entities;     /* entities a split or retired cell moved on after that */
     uint64_t fwd_inputs;       /* inputs a split or retired cell forwarded */
     uint64_t requests_ignored; /* game requests for unknown entities, of zones unbound since */
+    uint64_t requests_refused; /* game requests refused: sent at an epoch the registry moved past */
 } ts_worker_stats_t;
 
 /* Outcome of an asynchronous JetStream publish, filled by the ack callback. */
@@ -346,6 +357,8 @@ struct ts_worker {
     size_t nreap, cap_reap;
 
     uint64_t tick;
+    uint64_t period_ns; /* of a tick (ts_worker_run) */
+    double dt;          /* seconds a step simulates: period_ns / 1e9 */
     uint64_t seq;
     uint64_t last_hb_us;
     uint64_t stalled_us; /* a stall was seen: act again after the next full read */
@@ -406,6 +419,12 @@ void ts_demux_stop(ts_worker_t *w);
 void ts_demux_free(ts_worker_t *w);
 /* Wakes the tick thread between ticks (something is waiting for it). */
 void ts_worker_wake(ts_worker_t *w);
+/* The input stream's clock now (ns since the Unix epoch, as JetStream
+ * stamps the messages it stores), estimated from the messages received:
+ * their store time plus the time since they arrived, the least delayed of
+ * the last few seconds; never ahead of the server's clock by more than
+ * clock drift. 0 while no message has been seen. Any thread. */
+uint64_t ts_demux_server_now_ns(ts_worker_t *w);
 
 /* publisher.c: the thread that makes the tick's publish calls */
 ts_status_t ts_publisher_start(ts_worker_t *w);
@@ -451,14 +470,21 @@ void ts_live_stop(ts_worker_t *w);
 /* bindings.c */
 ts_binding_t *ts_worker_find_binding(ts_worker_t *w, const ts_cell_t *c);
 const ts_cell_entry_t *ts_worker_find_entry(const ts_worker_t *w, const ts_cell_t *c);
+/* worker.c: the epoch below which a game request sent from cell `from` is
+ * refused (RequestInput.from_epoch): the registry's epoch of the cell once
+ * the view has held it for a grace period, else 0 (none). */
+uint64_t ts_worker_request_fence(ts_worker_t *w, const ts_cell_t *from);
 /* Binds a zone whose input context is registered with hold set (a handover
  * target or an I/O-thread bind): takes ownership of zone and ctx and
  * applies what ctx held (or rewinds ctx if it has a gap the zone needs). */
-/* catchup_seq / pending (a bind from a checkpoint): the cell neither moves
- * nor publishes until it has applied stream sequence catchup_seq and, if the
- * server had more pending, a message sent with nothing pending after it. */
+/* catchup_seq / pending (a bind from a checkpoint): the cell replays (see
+ * ts_worker_replay) and publishes nothing until it has applied stream
+ * sequence catchup_seq and, if the server had more pending, a message sent
+ * with nothing pending after it. recovered: zone was loaded from a
+ * checkpoint; if it has a clock, the ticks from there to now are replayed
+ * even when no input follows it. */
 ts_status_t ts_worker_adopt(ts_worker_t *w, ts_zone_t *zone, uint64_t epoch, ts_sub_ctx_t *ctx,
-                            uint64_t catchup_seq, bool pending);
+                            uint64_t catchup_seq, bool pending, bool recovered);
 /* A new zone of cell at epoch whose messages fit the server's max_payload
  * (ts_zone_create + ts_zone_set_max_payload). Any thread. */
 ts_status_t ts_worker_zone_create(ts_worker_t *w, const ts_cell_t *cell, uint64_t epoch, ts_zone_t **out);
@@ -473,6 +499,18 @@ void ts_worker_take_consumer(ts_worker_t *w, ts_binding_t *b, ts_io_job_t *job);
 void ts_worker_apply_msgs(ts_worker_t *w, ts_zone_t *z, ts_inbox_t *msgs);
 /* Applies what the ring holds to the bound zones. */
 void ts_worker_apply_inbox(ts_worker_t *w);
+/* Applies msgs to b in order (kept in its backlog while it catches up)
+ * and frees the list. */
+void ts_worker_apply_held(ts_worker_t *w, ts_binding_t *b, ts_inbox_t *msgs);
+/* Tick thread, at each tick of a catching-up binding, with the stream's
+ * clock now: applies its backlog in order, before each message the ticks
+ * due before its store time (ts_zone_replay_until), then, once it caught
+ * up with the stream, the ticks up to now_ns, while *budget lasts (the
+ * tick's, shared by its cells, in entity steps: ts_zone_replay_until; the
+ * rest at the next tick). True when it is live. */
+bool ts_worker_replay(ts_worker_t *w, ts_binding_t *b, uint64_t now_ns, uint32_t *budget);
+/* Applies b's whole backlog now (with its ticks), e.g. before a freeze. */
+void ts_worker_replay_flush(ts_worker_t *w, ts_binding_t *b);
 
 /* output.c */
 void ts_worker_publish_departures(ts_worker_t *w, ts_zone_t *z);

@@ -686,6 +686,24 @@ void ts_zone_input_from_pb(const Tessera__V1__Input *pb, ts_input_t *in)
     input_from_pb(pb, in);
 }
 
+size_t ts_zone_fence_requests(Tessera__V1__InputBatch *ib, ts_zone_epoch_fn epoch_of, void *ud)
+{
+    size_t keep = 0, refused = 0;
+    for (size_t i = 0; i < ib->n_inputs; i++) {
+        Tessera__V1__Input *in = ib->inputs[i];
+        ts_cell_t from;
+        if (in && in->kind_case == TESSERA__V1__INPUT__KIND_REQUEST && in->request->from_cell &&
+            ts_proto_cell_get(in->request->from_cell, &from) == TS_OK &&
+            in->request->from_epoch < epoch_of(ud, &from)) {
+            refused++;
+            continue;
+        }
+        ib->inputs[keep++] = in;
+    }
+    ib->n_inputs = keep;
+    return refused;
+}
+
 static void entity_from_pb(const Tessera__V1__EntityState *pb, ts_entity_t *e)
 {
     memset(e, 0, sizeof(*e));
@@ -1043,6 +1061,40 @@ void ts_zone_step(ts_zone_t *z, double dt, uint64_t tick)
     if (owns) ts_zone_update_nearby(z);
     z->game.time += dt;
     if (z->game_hooks && z->game_hooks->on_tick) z->game_hooks->on_tick(z->game_ud, z, dt, tick);
+}
+
+/* ---- replay clock ---------------------------------------------------------- */
+
+bool ts_zone_replay_until(ts_zone_t *z, uint64_t t_ns, uint64_t period_ns, double dt, uint64_t tick,
+                          uint32_t *budget, ts_zone_step_fn step, void *ud)
+{
+    if (period_ns == 0 || t_ns == 0) return true;
+    if (z->clock_ns == 0) {
+        z->clock_ns = t_ns; /* nothing says when it last stepped: from here */
+        return true;
+    }
+    if (t_ns <= z->clock_ns + period_ns) return true;
+    /* a longer silence (no owner for a long time) is stepped for its last
+     * TS_ZONE_REPLAY_GAP_MAX_NS only */
+    if (t_ns - z->clock_ns > TS_ZONE_REPLAY_GAP_MAX_NS + period_ns) {
+        uint64_t skip = (t_ns - z->clock_ns - TS_ZONE_REPLAY_GAP_MAX_NS) / period_ns;
+        z->clock_ns += skip * period_ns;
+        z->stats.replay_skipped += skip;
+    }
+    while (z->clock_ns + period_ns < t_ns) {
+        if (*budget == 0) return false;
+        /* a step costs 1 + the cell's entities; one always runs */
+        size_t n = ts_zone_entities(z);
+        uint32_t cost = n < UINT32_MAX - 1 ? (uint32_t)n + 1 : UINT32_MAX;
+        *budget -= cost < *budget ? cost : *budget;
+        if (step)
+            step(ud, z, dt);
+        else
+            ts_zone_step(z, dt, tick);
+        z->clock_ns += period_ns;
+        z->stats.replay_steps++;
+    }
+    return true;
 }
 
 void ts_zone_outbox_done(ts_zone_t *z, size_t i)
@@ -1761,6 +1813,7 @@ static void ckpt_head(const ts_zone_t *z, uint64_t tick, const char *owner, uint
         cp->game_rng = z->game.rng;
         cp->game_time = z->game.time;
         cp->game_spawned = z->game.spawned;
+        cp->clock_ns = z->clock_ns;
         cp->game_state.len = z->game.state_len;
         cp->game_state.data = (uint8_t *)z->game.state;
     }
@@ -1972,6 +2025,7 @@ ts_status_t ts_zone_load_checkpoint(ts_zone_t *z, const Tessera__V1__Checkpoint 
         for (size_t i = 0; i < z->nleft; i++)
             free(z->left[i].to);
         z->nleft = 0;
+        z->clock_ns = cp->clock_ns; /* 0 from an older writer: anchored at the first replayed input */
         /* the module's cell state (a checkpoint from before modules has
          * none: the zone keeps its seed) */
         if (cp->game_rng) {

@@ -190,7 +190,9 @@ typedef struct {
     uint64_t dropped;    /* inputs for unknown entities or too old (lost) */
     uint64_t transfers_in;
     uint64_t transfers_out;
-    uint64_t oversized; /* messages larger than msg_max: not published (a bug) */
+    uint64_t oversized;      /* messages larger than msg_max: not published (a bug) */
+    uint64_t replay_steps;   /* steps re-simulated between replayed inputs (ts_zone_replay_until) */
+    uint64_t replay_skipped; /* steps of silences longer than TS_ZONE_REPLAY_GAP_MAX_NS not re-simulated */
 } ts_zone_stats_t;
 
 /* One event of the game module for this tick's StateDelta. */
@@ -229,6 +231,10 @@ typedef struct ts_zone {
     uint64_t epoch;
     uint64_t last_applied_seq;
     uint64_t cur_stream_seq; /* of the message being applied (for logs) */
+    /* the time of the last step in the input stream's clock (JetStream
+     * store times, ns since the Unix epoch; 0: not known): set by every
+     * live step, advanced by one period per replayed step, checkpointed */
+    uint64_t clock_ns;
     /* who published the message being applied (set before each batch):
      * inputs forwarded from it keep it, so their destination checks it */
     ts_origin_t cur_origin;
@@ -307,6 +313,12 @@ bool ts_zone_apply_batch(ts_zone_t *z, uint64_t stream_seq, const Tessera__V1__I
 void ts_zone_apply_input(ts_zone_t *z, const ts_input_t *in, uint64_t tick);
 /* The wire Input as ts_zone_apply_input takes it (the batch's own decoding). */
 void ts_zone_input_from_pb(const Tessera__V1__Input *pb, ts_input_t *in);
+/* The epoch below which requests sent from cell are refused (0: none). */
+typedef uint64_t (*ts_zone_epoch_fn)(void *ud, const ts_cell_t *cell);
+/* Drops, in place, the requests of ib whose sender's epoch (RequestInput.
+ * from_epoch) is below epoch_of(ud, from_cell): sent by an owner the
+ * registry has replaced since. Returns how many. */
+size_t ts_zone_fence_requests(Tessera__V1__InputBatch *ib, ts_zone_epoch_fn epoch_of, void *ud);
 /* Adds an entity arriving from another cell (ignored if already present). */
 void ts_zone_accept_transfer(ts_zone_t *z, const ts_entity_t *e);
 
@@ -316,6 +328,27 @@ bool ts_zone_queue_departure(ts_zone_t *z, ts_entity_t *e, const ts_cell_t *to);
 /* Moves every entity by dt seconds; entities that leave the cell go to the
  * outbox. */
 void ts_zone_step(ts_zone_t *z, double dt, uint64_t tick);
+
+/* ---- replay --------------------------------------------------------------------
+ * A new owner replays the input after the checkpoint (or Diff) as the last
+ * owner ran it: the original stepped the cell once a tick, at clock_ns, and
+ * applied an input at the first step after it arrived. Before applying an
+ * input stored at t_ns, the replay steps the cell (zone step and on_tick)
+ * at clock_ns + period, + 2 periods, ... while that is before t_ns; the
+ * input then applies before the step at or after its store time, as the
+ * original applied it (unless the delivery latency put it on the other
+ * side of a tick boundary there). */
+typedef void (*ts_zone_step_fn)(void *ud, struct ts_zone *z, double dt);
+/* Steps of one silence at most: the clock jumps over the rest. */
+#define TS_ZONE_REPLAY_GAP_MAX_NS (30ULL * 1000000000ULL)
+/* Runs the steps due before an input stored at t_ns (see above): step(ud,
+ * z, dt) each (NULL: ts_zone_step(z, dt, tick)), advancing clock_ns by
+ * period_ns, while *budget lasts: each step takes 1 + the zone's entities
+ * from it (the last one what is left). True when none is due any more;
+ * false when the budget ran out first (call again). A zone whose clock is
+ * not known (0) takes t_ns as its clock and steps nothing. */
+bool ts_zone_replay_until(struct ts_zone *z, uint64_t t_ns, uint64_t period_ns, double dt, uint64_t tick,
+                          uint32_t *budget, ts_zone_step_fn step, void *ud);
 
 /* ---- message size ----------------------------------------------------------
  * Every message the zone packs for the bus (a state delta part, an outbox or

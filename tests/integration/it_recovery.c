@@ -12,7 +12,12 @@
  *    wakes up is fenced: whatever state it still publishes carries an epoch
  *    below the registry's, it stops acting as owner within ~2 s, a player in
  *    one of its cells never sees its input count go backwards and ends with
- *    every input applied exactly once. */
+ *    every input applied exactly once;
+ *  - a player walking at constant velocity through the SIGKILL of its
+ *    cell's owner goes on from where it was, not from where the cell's last
+ *    checkpoint had it: the new owner replays the ticks since then (its
+ *    first state is within a tick or two of where the walk had it by then,
+ *    never behind the last position the dead owner published). */
 #include <inttypes.h>
 #include <pthread.h>
 #include <setjmp.h>
@@ -60,6 +65,36 @@ static ts_registry_t *reg;
 
 #define MAX_CELLS TS_PROBE_CELLS
 
+/* ---- one entity's position as published, before and after a recovery ---------- */
+
+static struct {
+    pthread_mutex_t mu;
+    uint64_t entity;
+    uint64_t old_epoch, new_epoch; /* of its cell: before the kill, after the recovery */
+    bool have_old, have_new;
+    double old_x, new_x;     /* the last position at old_epoch, the first at new_epoch */
+    uint64_t old_us, new_us; /* when they arrived (monotonic) */
+} WK = {.mu = PTHREAD_MUTEX_INITIALIZER};
+
+static void walker_note(const Tessera__V1__StateDelta *d)
+{
+    pthread_mutex_lock(&WK.mu);
+    for (size_t i = 0; WK.entity && i < d->n_entities; i++) {
+        const Tessera__V1__EntityState *e = d->entities[i];
+        if (e->id != WK.entity) continue;
+        if (d->epoch == WK.old_epoch) {
+            WK.have_old = true;
+            WK.old_x = e->x;
+            WK.old_us = ts_mono_us();
+        } else if (WK.new_epoch && d->epoch == WK.new_epoch && !WK.have_new) {
+            WK.have_new = true;
+            WK.new_x = e->x;
+            WK.new_us = ts_mono_us();
+        }
+    }
+    pthread_mutex_unlock(&WK.mu);
+}
+
 /* ---- state published on the reassigned cells ---------------------------------- */
 
 static struct {
@@ -79,6 +114,7 @@ static void on_state(void *ud, const ts_bus_msg_t *m)
     Tessera__V1__StateDelta *d =
         tessera__v1__state_delta__unpack(NULL, ts_bus_msg_len(m), ts_bus_msg_data(m));
     if (d == NULL) return;
+    walker_note(d);
     ts_cell_t c;
     uint64_t hdr_epoch = ts_bus_msg_header_u64(m, TS_HDR_EPOCH);
     pthread_mutex_lock(&SW.mu);
@@ -190,6 +226,7 @@ static struct {
     pthread_t thread;
     bool running;
     atomic_bool stop_sending, stop;
+    double walk_vx; /* not 0: one Move at this velocity, then only reading */
     pthread_mutex_t mu;
     uint64_t entity, sent, last_seq;
     bool closed;
@@ -255,7 +292,10 @@ static void *player_main(void *arg)
         uint64_t now = ts_mono_us();
         if (!atomic_load(&PL.stop_sending) && now >= next_move) {
             /* small moves back and forth: the entity stays in its cell */
-            ts_status_t st = ts_client_move(PL.c, k++ % 2 ? 3 : -3, 0);
+            double vx = PL.walk_vx != 0 ? PL.walk_vx : k % 2 ? 3 : -3;
+            k++;
+            if (PL.walk_vx != 0) atomic_store(&PL.stop_sending, true);
+            ts_status_t st = ts_client_move(PL.c, vx, 0);
             if (st != TS_OK) {
                 player_closed(st);
                 break;
@@ -652,11 +692,125 @@ static void test_stalled_worker_is_fenced(void **state)
     ts_h_pass();
 }
 
+/* The checkpoint period (worker.checkpoint_ms, the default) and how far
+ * into it the owner is killed: a recovery that did not replay the ticks
+ * after the checkpoint would put the walker back by this much of its walk. */
+#define CKPT_PERIOD_US 1000000ULL
+#define KILL_INTO_PERIOD_US 600000ULL
+#define WALK_VX 5.0
+
+static void test_walker_keeps_walking_through_recovery(void **state)
+{
+    (void)state;
+    cluster_start();
+    ts_probe_cell_t lost[MAX_CELLS], moved[MAX_CELLS];
+    char owners[MAX_CELLS][TS_WORKER_ID_MAX];
+    size_t n = owned_cells("w2", lost, MAX_CELLS);
+    assert_int_equal(n, NCELLS / 2);
+    /* in w2's first cell, 10 units from its west border, walking east */
+    const ts_probe_cell_t *cell = &lost[0];
+    PL.walk_vx = WALK_VX;
+    player_start(cell->cell.cx * 100.0 + 10, cell->cell.cy * 100.0 + 50);
+    pthread_mutex_lock(&WK.mu);
+    WK.entity = PL.entity;
+    WK.old_epoch = cell->epoch;
+    pthread_mutex_unlock(&WK.mu);
+
+    /* walking (its position published), then a checkpoint written after that */
+    uint64_t deadline = ts_mono_us() + WAIT_MS * 1000ULL;
+    double x0 = 0;
+    for (bool walking = false; !walking;) {
+        pthread_mutex_lock(&WK.mu);
+        walking = WK.have_old && x0 != 0 && WK.old_x > x0;
+        if (WK.have_old && x0 == 0) x0 = WK.old_x;
+        pthread_mutex_unlock(&WK.mu);
+        if (ts_mono_us() > deadline) {
+            ts_h.failed = true;
+            fail_msg("the walker's entity %" PRIu64 " was not seen walking in %d s", PL.entity,
+                     WAIT_MS / 1000);
+        }
+        ts_sleep_ms(20);
+    }
+    wait_checkpoints(cell, 1, ts_mono_us());
+    uint64_t ckpt_us = 0;
+    pthread_mutex_lock(&CKW.mu);
+    for (size_t i = 0; i < CKW.n; i++)
+        if (ts_cell_eq(&CKW.cells[i], &cell->cell)) ckpt_us = CKW.last_us[i];
+    pthread_mutex_unlock(&CKW.mu);
+    /* killed well into the checkpoint period (the next one not written yet) */
+    while (ts_mono_us() < ckpt_us + KILL_INTO_PERIOD_US)
+        ts_sleep_ms(5);
+    uint64_t t_kill = ts_mono_us();
+    ts_h_signal(&ts_h, stack.workers[1], SIGKILL);
+    pthread_mutex_lock(&WK.mu);
+    double before_x = WK.old_x;
+    uint64_t before_us = WK.old_us;
+    pthread_mutex_unlock(&WK.mu);
+    if (t_kill - ckpt_us >= CKPT_PERIOD_US) {
+        ts_h.failed = true;
+        fail_msg("the kill came %.0f ms after the checkpoint, not within its period (a slow machine?)",
+                 (double)(t_kill - ckpt_us) / 1000);
+    }
+
+    if (wait_reassigned("w2", lost, n, moved, owners, t_kill, 10000000) == UINT64_MAX) {
+        ts_h.failed = true;
+        fail_msg("10 s after SIGKILL of w2 not all of its %zu cells have a new owner", n);
+    }
+    pthread_mutex_lock(&WK.mu);
+    WK.new_epoch = moved[0].epoch;
+    pthread_mutex_unlock(&WK.mu);
+    bool seen = false;
+    while (!seen && ts_mono_us() - t_kill < 10000000ULL) {
+        ts_sleep_ms(20);
+        pthread_mutex_lock(&WK.mu);
+        seen = WK.have_new;
+        pthread_mutex_unlock(&WK.mu);
+    }
+    if (!seen) {
+        ts_h.failed = true;
+        fail_msg("no state of the walker from the new owner (epoch %" PRIu64 ") within 10 s", moved[0].epoch);
+    }
+    pthread_mutex_lock(&WK.mu);
+    double after_x = WK.new_x;
+    uint64_t after_us = WK.new_us;
+    pthread_mutex_unlock(&WK.mu);
+    /* where the walk had it when that state arrived, from the last position
+     * the dead owner published (both timed at arrival: the same delays) */
+    double expect_x = before_x + WALK_VX * (double)(after_us - before_us) / 1e6;
+    fprintf(stderr,
+            "walker: x %.2f at the kill (%.0f ms after the checkpoint), %.2f in the new owner's first state "
+            "%.0f ms later; the walk had it at %.2f\n",
+            before_x, (double)(t_kill - ckpt_us) / 1000, after_x, (double)(after_us - before_us) / 1000,
+            expect_x);
+    /* a tick of motion, plus how much later one of the two states could
+     * arrive than the other on a loaded machine (behind: also the new
+     * owner's conservative estimate of the present) */
+    double slack = WALK_VX * 0.3;
+    if (after_x < before_x - WALK_VX * 0.1) {
+        ts_h.failed = true;
+        fail_msg("the recovered walker went back from x %.2f to %.2f (the checkpoint's position: the ticks "
+                 "after it were not replayed)",
+                 before_x, after_x);
+    }
+    if (after_x < expect_x - 2 * slack || after_x > expect_x + slack) {
+        ts_h.failed = true;
+        fail_msg("the recovered walker is at x %.2f, want %.2f (-%.2f, +%.2f): where its walk had it",
+                 after_x, expect_x, 2 * slack, slack);
+    }
+    cluster_stop();
+    ts_h_pass();
+}
+
 static int test_setup(void **state)
 {
     ts_h_test_setup(state);
     atomic_store(&PL.stop, false);
     atomic_store(&PL.stop_sending, false);
+    PL.walk_vx = 0;
+    pthread_mutex_lock(&WK.mu);
+    WK.entity = WK.old_epoch = WK.new_epoch = 0;
+    WK.have_old = WK.have_new = false;
+    pthread_mutex_unlock(&WK.mu);
     PL.entity = PL.sent = PL.last_seq = PL.applied = PL.max_applied = PL.last_input_seq = PL.regressions =
         PL.deltas = 0;
     PL.closed = false;
@@ -679,6 +833,8 @@ int main(int argc, char **argv)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_killed_worker_cells_recovered, test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_stalled_worker_is_fenced, test_setup, test_teardown),
+        cmocka_unit_test_setup_teardown(test_walker_keeps_walking_through_recovery, test_setup,
+                                        test_teardown),
     };
     return TS_H_RUN(use_ws ? "it_recovery_ws" : "it_recovery", tests, NULL, NULL);
 }

@@ -238,6 +238,9 @@ const char *ts_bus_msg_header(const ts_bus_msg_t *m, const char *name);
 uint64_t ts_bus_msg_header_u64(const ts_bus_msg_t *m, const char *name);
 /* JetStream stream sequence, or 0 for core messages. */
 uint64_t ts_bus_msg_stream_seq(const ts_bus_msg_t *m);
+/* JetStream (a consumer's delivery): when the server stored the message, in
+ * ns since the Unix epoch by the server's clock; 0 for core messages. */
+uint64_t ts_bus_msg_time_ns(const ts_bus_msg_t *m);
 void ts_bus_msg_destroy(ts_bus_msg_t *m);
 
 /* A message kept beyond its callback without a copy or an allocation: inside
@@ -248,6 +251,7 @@ typedef struct {
     void *impl;
     uint64_t stream_seq;
     uint64_t pending; /* JetStream: messages the consumer still had after it */
+    uint64_t time_ns; /* JetStream: its store time (ts_bus_msg_time_ns) */
 } ts_bus_held_t;
 ts_bus_held_t ts_bus_msg_hold(const ts_bus_msg_t *m);
 /* A held copy of m (its subject, data and stream position; no headers) for

@@ -29,21 +29,29 @@
  * api->time): the RNG is per cell and its state is checkpointed; time is the
  * cell's simulation time (seconds, advanced by dt each tick, checkpointed).
  * Inputs (joins, commands, requests) are applied exactly once and in stream
- * order. Between two inputs, motion is re-simulated at the replaying owner's
- * ticks, so an on_tick decision that depends on positions may fall a tick
- * earlier or later on replay. Requests the cell already published are never
- * delivered twice (their message ids derive from the cell, the input-stream
- * position that caused them and their rank after it; in on_tick, the last
- * position, the cell's time and the rank: one that falls on another tick in
- * the replay is another request); events are best effort (at most once) and
- * are not sent while a cell replays. api->each and api->query visit in id
- * order, so a module drawing random numbers entity by entity replays too.
+ * order. The ticks between them are re-run too: the checkpoint carries the
+ * cell's clock (its last tick in the input stream's clock), and the new
+ * owner runs the steps (motion, on_tick) due before each input's store time,
+ * then up to the present. An input stored within the delivery latency
+ * before a tick boundary is applied a tick earlier on replay than it was
+ * live (its effects move by a tick); ghosts during the replayed ticks are
+ * the new owner's. Requests the cell already published are never delivered
+ * twice: their message ids derive from the cell, the target's cell, the
+ * input-stream position that caused them and their rank after it (in
+ * on_tick: the last position, the cell's time and the rank; not the epoch),
+ * so one decided at another tick on replay is another request. Events are
+ * best effort (at most once) and are not sent while a cell replays.
+ * api->each and api->query visit in id order, so a module drawing random
+ * numbers entity by entity replays too.
  *
  * Cross-border interaction. A module never writes another cell's entity: a
  * ghost (an entity of a neighbouring cell, api->query returns it with
  * TS_GAME_GHOST set) is read-only. To act on it, api->request() sends a
  * request to the owner of the target's cell through that cell's input
- * stream (exactly once, fenced by epoch, following the target if it moved);
+ * stream (exactly once, following the target if it moved; fenced by epoch:
+ * it carries the sending cell's epoch, and the receiving worker drops it if
+ * its registry copy has held a newer epoch of that cell for 2 s — sent by
+ * an owner that lost the cell; replayed input is not fenced);
  * the target's owner calls on_request() with the target writable. A request
  * to an entity of the same cell goes the same way (one rule for all).
  *

@@ -459,10 +459,9 @@ static void test_rng_deterministic(void **state)
     ts_game_host_close(h);
 }
 
-/* One scripted game: message k of the stream, then steps. */
-static void script(ts_zone_t *z, int k)
+/* One scripted game: the inputs of message k of the stream. */
+static size_t script_inputs(int k, ts_input_t *in)
 {
-    ts_input_t in[3];
     size_t n = 0;
     uint64_t p = (uint64_t)(k / 3 + 1);
     if (k % 3 == 0) in[n++] = join_in(p, 1, 10 + 3.0 * k, 20 + 2.0 * k, (uint8_t)k);
@@ -474,9 +473,7 @@ static void script(ts_zone_t *z, int k)
         uint64_t target = p > 1 ? p - 1 : p;
         in[n++] = cmd_in(p, 5, 4, &target, sizeof(target));
     }
-    assert_true(apply(z, (uint64_t)k + 1, in, n, (uint64_t)k));
-    for (int s = 0; s < 3; s++)
-        ts_zone_step(z, 0.05, (uint64_t)(k * 3 + s));
+    return n;
 }
 
 static void assert_same_game(ts_zone_t *a, ts_zone_t *b)
@@ -505,38 +502,203 @@ static void assert_same_game(ts_zone_t *a, ts_zone_t *b)
     }
 }
 
-static void test_replay_from_checkpoint_is_identical(void **state)
+/* The recovery model: the input stream's clock (JetStream store times), a
+ * tick every PERIOD_NS, and the delivery latency of a stored message to its
+ * owner. */
+#define PERIOD_NS 50000000ULL
+#define DT 0.05
+#define CLOCK0 1800000000000000000ULL
+#define LATENCY_NS 3000000ULL
+#define MSGS 24
+
+/* When message k was stored: two messages in one tick's interval, then
+ * two ticks without input; after message 15 a silence of 40 ticks. Each
+ * 10 or 30 ms into its interval: not within the latency of a boundary. */
+static uint64_t stored_at(int k)
 {
-    (void)state;
-    ts_game_host_t *h = host(1000);
-    ts_zone_t *a = zone_at(h, 0, 0);
-    const int total = 24, mid = 11;
-    uint8_t *buf = NULL;
-    size_t len = 0;
-    for (int k = 0; k < total; k++) {
-        script(a, k);
-        if (k == mid) assert_int_equal(ts_zone_pack_checkpoint(a, 1, "w1", false, &buf, &len), TS_OK);
+    uint64_t tick = (uint64_t)(k / 2) * 3 + (k >= 15 ? 40 : 0);
+    return CLOCK0 + tick * PERIOD_NS + (k % 2 ? 30000000ULL : 10000000ULL);
+}
+
+/* The original owner, live: at each tick it applies what has arrived
+ * (stored + latency) and steps, its clock the tick's time. Stops after
+ * tick `ticks`; *ckpt gets a checkpoint packed after tick ckpt_tick. */
+static void run_original(ts_zone_t *a, const uint64_t *stored, int nmsgs, uint64_t ticks, uint64_t ckpt_tick,
+                         uint8_t **ckpt, size_t *ckpt_len)
+{
+    int next = 0;
+    for (uint64_t j = 1; j <= ticks; j++) {
+        uint64_t now = CLOCK0 + j * PERIOD_NS;
+        for (; next < nmsgs && stored[next] + LATENCY_NS <= now; next++) {
+            ts_input_t in[3];
+            size_t n = script_inputs(next, in);
+            assert_true(apply(a, (uint64_t)next + 1, in, n, j));
+        }
+        ts_zone_step(a, DT, j);
+        a->clock_ns = now;
+        if (j == ckpt_tick)
+            assert_int_equal(ts_zone_pack_checkpoint(a, j, "w1", false, ckpt, ckpt_len), TS_OK);
     }
-    assert_true(a->game.spawned > 0);
-    /* a new owner: the checkpoint, then the same input and ticks again */
-    ts_zone_t *b = zone_at(h, 0, 0);
-    Tessera__V1__Checkpoint *cp = tessera__v1__checkpoint__unpack(NULL, len, buf);
-    free(buf);
+    assert_int_equal(next, nmsgs);
+}
+
+/* A new owner as the worker recovers a cell (bindings.c, ts_worker_replay):
+ * the checkpoint, then the backlog (every message, the ones it covers
+ * skipped), each message after the ticks due before its store time, then
+ * the ticks up to now, within `budget` entity steps per tick; then its first
+ * live tick at now. Returns the ticks the catch-up took. */
+static int recover(ts_zone_t *b, const uint8_t *ckpt, size_t ckpt_len, const uint64_t *stored, int nmsgs,
+                   uint64_t now, uint32_t budget)
+{
+    Tessera__V1__Checkpoint *cp = tessera__v1__checkpoint__unpack(NULL, ckpt_len, ckpt);
+    assert_non_null(cp);
     assert_int_equal(ts_zone_load_checkpoint(b, cp, false, 1), TS_OK);
     tessera__v1__checkpoint__free_unpacked(cp, NULL);
     b->replaying = true;
-    for (int k = 0; k < total; k++) {
-        if (k <= mid) {
-            /* at or below its last_applied_seq: skipped */
-            ts_input_t none = cmd_in(1, 99, 1, NULL, 0);
-            assert_false(apply(b, (uint64_t)k + 1, &none, 1, 0));
-            continue;
+    int next = 0, ticks = 0;
+    for (;;) {
+        ticks++;
+        assert_true(ticks < 10000);
+        uint32_t left = budget;
+        for (; next < nmsgs; next++) {
+            if ((uint64_t)next + 1 <= b->last_applied_seq) {
+                ts_input_t none = cmd_in(1, 99, 1, NULL, 0);
+                assert_false(apply(b, (uint64_t)next + 1, &none, 1, 0)); /* covered: skipped */
+                continue;
+            }
+            if (!ts_zone_replay_until(b, stored[next], PERIOD_NS, DT, 0, &left, NULL, NULL)) break;
+            ts_input_t in[3];
+            size_t n = script_inputs(next, in);
+            assert_true(apply(b, (uint64_t)next + 1, in, n, 0));
         }
-        script(b, k);
+        if (next == nmsgs && ts_zone_replay_until(b, now, PERIOD_NS, DT, 0, &left, NULL, NULL)) break;
     }
-    assert_same_game(a, b);
+    b->replaying = false;
+    ts_zone_step(b, DT, 0); /* live */
+    b->clock_ns = now;
+    return ticks;
+}
+
+static void test_recovery_replays_the_ticks(void **state)
+{
+    (void)state;
+    ts_game_host_t *h = host(1000);
+    uint64_t stored[MSGS];
+    for (int k = 0; k < MSGS; k++)
+        stored[k] = stored_at(k);
+    const uint64_t ckpt_tick = 14, ticks = 90; /* the crash after tick 90 */
+    ts_zone_t *a = zone_at(h, 0, 0);
+    uint8_t *ckpt = NULL;
+    size_t ckpt_len = 0;
+    run_original(a, stored, MSGS, ticks, ckpt_tick, &ckpt, &ckpt_len);
+    assert_true(a->game.spawned > 0);
+
+    /* recovered at the time of the original's last tick: everything as the
+     * original had it, positions included; with room for every step in one
+     * tick, and with a budget of 7 entity steps a tick (the rest on the next
+     * ticks: a step of this cell, with its entities, takes a tick each) */
+    uint32_t budgets[] = {UINT32_MAX, 7};
+    for (size_t i = 0; i < 2; i++) {
+        ts_zone_t *b = zone_at(h, 0, 0);
+        int took = recover(b, ckpt, ckpt_len, stored, MSGS, CLOCK0 + ticks * PERIOD_NS, budgets[i]);
+        assert_int_equal(b->stats.replay_steps, ticks - ckpt_tick - 1);
+        assert_true(ts_zone_entities(b) >= 7);
+        assert_int_equal(took, i == 0 ? 1 : (int)(ticks - ckpt_tick - 1));
+        assert_int_equal(b->clock_ns, a->clock_ns);
+        assert_same_game(a, b);
+        ts_zone_destroy(b);
+    }
+
+    /* what the replay's ticks are for: the entities moved after the
+     * checkpoint, so a replay that only applied the input would differ */
+    ts_zone_t *c = zone_at(h, 0, 0);
+    Tessera__V1__Checkpoint *cp = tessera__v1__checkpoint__unpack(NULL, ckpt_len, ckpt);
+    assert_int_equal(ts_zone_load_checkpoint(c, cp, false, 1), TS_OK);
+    tessera__v1__checkpoint__free_unpacked(cp, NULL);
+    for (int k = 0; k < MSGS; k++) {
+        ts_input_t in[3];
+        size_t n = script_inputs(k, in);
+        apply(c, (uint64_t)k + 1, in, n, 0);
+    }
+    assert_true(c->game.time < a->game.time);
+    const ts_entity_t *ea = get(a, 1), *ec = get(c, 1);
+    assert_true(ea->vx != 0 && (ea->x != ec->x || ea->y != ec->y));
+    ts_zone_destroy(c);
+    free(ckpt);
+    ts_zone_destroy(a);
+    ts_game_host_close(h);
+}
+
+/* The documented limit: an input stored within the delivery latency
+ * before a tick boundary reached the original after that tick; the replay
+ * applies it before. Only that input's effect moves by one tick. */
+static void test_replay_boundary_within_latency(void **state)
+{
+    (void)state;
+    ts_game_host_t *h = host(1000);
+    uint64_t stored[MSGS];
+    for (int k = 0; k < MSGS; k++)
+        stored[k] = stored_at(k);
+    /* message 20: just before the boundary of tick 70 */
+    stored[20] = CLOCK0 + 70 * PERIOD_NS - LATENCY_NS / 2;
+    assert_true(stored[20] > stored[19] && stored[20] < stored[21]);
+    ts_zone_t *a = zone_at(h, 0, 0);
+    uint8_t *ckpt = NULL;
+    size_t ckpt_len = 0;
+    run_original(a, stored, MSGS, 90, 14, &ckpt, &ckpt_len);
+    ts_zone_t *b = zone_at(h, 0, 0);
+    recover(b, ckpt, ckpt_len, stored, MSGS, CLOCK0 + 90 * PERIOD_NS, UINT32_MAX);
+    /* message 20 (k % 3 == 2) moves entity 7 by (3, -2) / s: one tick more of it */
+    const ts_entity_t *ea = get(a, 7), *eb = get(b, 7);
+    assert_true(fabs((eb->x - ea->x) - 3 * DT) < 1e-9 && fabs((eb->y - ea->y) + 2 * DT) < 1e-9);
+    /* the cell's clock, time, RNG and the ticks' work are the same */
+    assert_int_equal(b->clock_ns, a->clock_ns);
+    assert_true(a->game.time == b->game.time);
+    assert_int_equal(a->game.rng, b->game.rng);
+    assert_memory_equal(a->game.state, b->game.state, a->game.state_len);
+    free(ckpt);
     ts_zone_destroy(a);
     ts_zone_destroy(b);
+    ts_game_host_close(h);
+}
+
+static void test_replay_clock_rules(void **state)
+{
+    (void)state;
+    ts_game_host_t *h = host(1000);
+    ts_zone_t *z = zone_at(h, 0, 0);
+    uint32_t budget = 100;
+    /* no clock (an older checkpoint, or none): anchored at the first input */
+    assert_true(ts_zone_replay_until(z, CLOCK0, PERIOD_NS, DT, 0, &budget, NULL, NULL));
+    assert_int_equal(z->clock_ns, CLOCK0);
+    assert_int_equal(z->stats.replay_steps, 0);
+    /* within the next tick: nothing due; then a step per tick passed */
+    assert_true(ts_zone_replay_until(z, CLOCK0 + PERIOD_NS, PERIOD_NS, DT, 0, &budget, NULL, NULL));
+    assert_int_equal(z->stats.replay_steps, 0);
+    assert_true(ts_zone_replay_until(z, CLOCK0 + 3 * PERIOD_NS + 1, PERIOD_NS, DT, 0, &budget, NULL, NULL));
+    assert_int_equal(z->stats.replay_steps, 3);
+    assert_int_equal(z->clock_ns, CLOCK0 + 3 * PERIOD_NS);
+    assert_int_equal(budget, 97);
+    assert_true(z->game.time == 3 * DT);
+    /* an input stored earlier than the clock: nothing */
+    assert_true(ts_zone_replay_until(z, CLOCK0, PERIOD_NS, DT, 0, &budget, NULL, NULL));
+    assert_int_equal(z->stats.replay_steps, 3);
+    /* the budget: false when it runs out, the rest at the next call */
+    budget = 2;
+    assert_false(ts_zone_replay_until(z, CLOCK0 + 9 * PERIOD_NS, PERIOD_NS, DT, 0, &budget, NULL, NULL));
+    assert_int_equal(z->stats.replay_steps, 5);
+    budget = 100;
+    assert_true(ts_zone_replay_until(z, CLOCK0 + 9 * PERIOD_NS, PERIOD_NS, DT, 0, &budget, NULL, NULL));
+    assert_int_equal(z->stats.replay_steps, 8);
+    /* a silence longer than TS_ZONE_REPLAY_GAP_MAX_NS: its last part only */
+    uint64_t ticks_max = TS_ZONE_REPLAY_GAP_MAX_NS / PERIOD_NS;
+    uint64_t from = z->clock_ns, t = from + 100 * TS_ZONE_REPLAY_GAP_MAX_NS;
+    budget = UINT32_MAX;
+    assert_true(ts_zone_replay_until(z, t, PERIOD_NS, DT, 0, &budget, NULL, NULL));
+    assert_true(z->stats.replay_steps - 8 <= ticks_max && z->stats.replay_steps - 8 >= ticks_max - 1);
+    assert_true(z->clock_ns < t && z->clock_ns + PERIOD_NS >= t);
+    assert_int_equal(z->stats.replay_skipped + z->stats.replay_steps - 8, (t - from - 1) / PERIOD_NS);
+    ts_zone_destroy(z);
     ts_game_host_close(h);
 }
 
@@ -765,6 +927,71 @@ static void test_visits_in_id_order(void **state)
 }
 
 /* Writable views: velocities clamped, state bounded, changes mark the entity. */
+/* The registry's epochs as the receiving worker knows them (the test's). */
+static uint64_t fence_epoch_east = 0;
+static uint64_t fence_epoch(void *ud, const ts_cell_t *cell)
+{
+    (void)ud;
+    return cell->cx == 1 && cell->cy == 0 ? fence_epoch_east : 0;
+}
+
+static void test_requests_fenced_by_epoch(void **state)
+{
+    (void)state;
+    ts_game_host_t *h = host(1000);
+    ts_zone_t *a = zone_at(h, 0, 0), *east = zone_at(h, 1, 0);
+    ts_input_t j = join_in(6, 1, 98, 50, 2);
+    assert_true(apply(a, 1, &j, 1, 1));
+    ts_input_t ej = join_in(7, 1, 102, 50, 3);
+    assert_true(apply(east, 1, &ej, 1, 1));
+    ts_zone_ghost_put(east, &a->cell, a->epoch, 0, 6, 98, 50, 0, 0); /* 6 is a ghost in east */
+    /* a request from east's owner at epoch 3 */
+    east->epoch = 3;
+    uint64_t target = 6;
+    ts_input_t ask = cmd_in(7, 2, 4, &target, sizeof(target));
+    assert_true(apply(east, 2, &ask, 1, 2));
+    assert_int_equal(east->nout, 1);
+    Tessera__V1__InputBatch *b = outbox_batch(east, 0);
+    assert_int_equal(b->inputs[0]->request->from_epoch, 3);
+    /* the registry has east at epoch 4 now: its epoch-3 owner lost it */
+    fence_epoch_east = 4;
+    assert_int_equal(ts_zone_fence_requests(b, fence_epoch, NULL), 1);
+    assert_int_equal(b->n_inputs, 0);
+    assert_true(ts_zone_apply_batch(a, 2, b, 2)); /* the position moves on, nothing applied */
+    assert_int_equal(get(a, 6)->state[1], 0);
+    b->n_inputs = 1; /* dropped in place (the worker's batches live in an arena): freed here */
+    tessera__v1__input_batch__free_unpacked(b, NULL);
+    /* at the current epoch, and with other inputs in the batch: only the stale one goes */
+    b = outbox_batch(east, 0);
+    fence_epoch_east = 3;
+    assert_int_equal(ts_zone_fence_requests(b, fence_epoch, NULL), 0);
+    assert_int_equal(b->n_inputs, 1);
+    assert_true(ts_zone_apply_batch(a, 3, b, 3));
+    assert_int_equal(get(a, 6)->state[1], 10);
+    tessera__v1__input_batch__free_unpacked(b, NULL);
+    ts_input_t mixed[] = {cmd_in(6, 2, 1, NULL, 0), join_in(8, 1, 40, 40, 1)};
+    b = batch_of(mixed, 2);
+    Tessera__V1__InputBatch *stale = outbox_batch(east, 0);
+    Tessera__V1__Input *all[] = {b->inputs[0], stale->inputs[0], b->inputs[1]};
+    Tessera__V1__Input **orig = b->inputs;
+    size_t orig_n = b->n_inputs;
+    b->inputs = all;
+    b->n_inputs = 3;
+    fence_epoch_east = 5;
+    assert_int_equal(ts_zone_fence_requests(b, fence_epoch, NULL), 1);
+    assert_int_equal(b->n_inputs, 2);
+    assert_ptr_equal(b->inputs[0], orig[0]);
+    assert_ptr_equal(b->inputs[1], orig[1]);
+    b->inputs = orig;
+    b->n_inputs = orig_n;
+    tessera__v1__input_batch__free_unpacked(b, NULL);
+    tessera__v1__input_batch__free_unpacked(stale, NULL);
+    fence_epoch_east = 0;
+    ts_zone_destroy(a);
+    ts_zone_destroy(east);
+    ts_game_host_close(h);
+}
+
 static void test_views_write_back(void **state)
 {
     (void)state;
@@ -883,9 +1110,12 @@ int main(void)
         cmocka_unit_test(test_state_travels),
         cmocka_unit_test(test_state_in_checkpoint_parts),
         cmocka_unit_test(test_rng_deterministic),
-        cmocka_unit_test(test_replay_from_checkpoint_is_identical),
+        cmocka_unit_test(test_recovery_replays_the_ticks),
+        cmocka_unit_test(test_replay_boundary_within_latency),
+        cmocka_unit_test(test_replay_clock_rules),
         cmocka_unit_test(test_spawn_ids),
         cmocka_unit_test(test_requests_go_through_the_target_cell),
+        cmocka_unit_test(test_requests_fenced_by_epoch),
         cmocka_unit_test(test_views_write_back),
         cmocka_unit_test(test_visits_in_id_order),
         cmocka_unit_test(test_crash_is_reported_with_the_module_name),
