@@ -36,11 +36,16 @@
 #include "fanout.h"
 
 #define GW_NAME_MAX 64
-/* Delta frames are skipped for a client with more unsent output than this;
- * once its output drained it gets a fresh full view. Small, so a client that
- * reads slower than its view changes gets fewer, fresher frames instead of
- * seconds of queued ones. */
-#define GW_SLOW_CLIENT_BYTES ((size_t)128 << 10)
+/* gateway.max_backlog (default 128 KiB) is the one threshold of a slow
+ * reader: above it a client's Deltas (and Events) are withheld and its
+ * slow-reader deadline (gateway.slow_close_s) runs; once its output drained
+ * to half of it, it gets a fresh full view. Small by default, so a client
+ * that reads slower than its view changes gets fewer, fresher frames instead
+ * of seconds of queued ones, and one that stopped reading is closed. */
+static inline bool gw_conn_backlogged(size_t out_pending, int64_t max_backlog)
+{
+    return out_pending > (size_t)max_backlog;
+}
 /* Kernel send buffer of a client socket (fixed, so back-pressure shows in
  * out_pending instead of in megabytes the kernel would queue). */
 #define GW_SOCKET_SNDBUF 262144
