@@ -719,8 +719,30 @@ static bool ping_at(cl_t *p, int rate, int64_t ms, uint64_t *closed_ms)
     return false;
 }
 
-/* gateway.rate_limit=20: more than 200 frames in each of two consecutive
- * one-second windows closes the connection, anything less never does. */
+/* Sends n Pings spread evenly over ms, reading what comes back; false if
+ * the gateway closed the connection (a fatal error) meanwhile. */
+static bool ping_n(cl_t *p, int n, int64_t ms)
+{
+    uint64_t t0 = ts_mono_us();
+    for (int i = 0; i < n && !p->closed && !p->last_error_fatal; i++) {
+        uint64_t due = t0 + (uint64_t)ms * 1000 * (uint64_t)i / (uint64_t)n;
+        while (ts_mono_us() < due && !p->last_error_fatal)
+            (void)cl_wait_frame(p, -1, 1);
+        Tessera__V1__Ping ping = TESSERA__V1__PING__INIT;
+        Tessera__V1__ClientFrame f = TESSERA__V1__CLIENT_FRAME__INIT;
+        f.payload_case = TESSERA__V1__CLIENT_FRAME__PAYLOAD_PING;
+        f.ping = &ping;
+        if (cl_send(p, &f) != TS_OK) return false;
+    }
+    return !p->closed && !p->last_error_fatal;
+}
+
+/* gateway.rate_limit=20: the flood rule is "more than 10 x 20 frames/s for
+ * 2 s", i.e. more than 400 frames within 2 s (counted in 100 ms steps: any
+ * 1.9 s always counts). The frame that passes it closes the connection, at
+ * once, wherever the flood starts; anything at or below it never does.
+ * Frames over the plain rate limit are dropped with a non-fatal
+ * ERROR_RATE_LIMIT. */
 static void test_flood_limit_exact(void **state)
 {
     (void)state;
@@ -729,14 +751,36 @@ static void test_flood_limit_exact(void **state)
     int idx = spawn_gateway("gwf", 5, &port, extra);
     uint64_t at = 0;
 
-    cl_t flood; /* 15x for up to 4 s */
+    cl_t flood; /* 15x for up to 4 s: its 401st frame (the Hello, then 400 Pings) goes out 399/300 s in */
     cl_connect(&flood, port);
     cl_hello(&flood, NULL, NULL);
     assert_true(ping_at(&flood, 300, 4000, &at));
-    assert_true(at >= 1000 && at <= 2500);
+    assert_non_null(strstr(flood.last_error_msg, "more than 400 frames within 2 s"));
+    fprintf(stderr, "figure: 15x flood closed %llu ms in (its 401st frame: 1330 ms)\n",
+            (unsigned long long)at);
+    assert_true(at >= 1330 && at <= 2000);
     cl_close(&flood);
 
-    cl_t bursts; /* 15x for 0.8 s, then quiet for 1.3 s, three times */
+    /* a flood starting in the middle of everything: 550 ms after the Hello,
+     * 400 frames within 0.8 s (25x) are not closed; the 401st, 0.3 s later
+     * (401 within 1.1 s), is */
+    cl_t mid;
+    cl_connect(&mid, port);
+    cl_hello(&mid, NULL, NULL);
+    assert_false(ping_at(&mid, 0, 550, &at));
+    uint64_t first = ts_mono_us();
+    assert_true(ping_n(&mid, 399, 800));      /* with the Hello: 400 */
+    assert_false(ping_at(&mid, 0, 300, &at)); /* reads; nothing fatal */
+    assert_false(mid.closed);
+    assert_true(ping_n(&mid, 1, 0)); /* the 401st */
+    uint64_t sent = ts_mono_us();
+    assert_true(sent - first < 1800000); /* all 401 within 1.9 s (the client kept its pace) */
+    expect_fatal(&mid, TESSERA__V1__ERROR_CODE__ERROR_RATE_LIMIT, 1000);
+    fprintf(stderr, "figure: the 401st frame of a mid-window flood closed it within %.1f ms\n",
+            (double)(ts_mono_us() - sent) / 1000.0);
+    cl_close(&mid);
+
+    cl_t bursts; /* 15x for 0.8 s, then quiet for 1.3 s, three times (at most 210 within 2 s) */
     cl_connect(&bursts, port);
     cl_hello(&bursts, NULL, NULL);
     for (int i = 0; i < 3; i++) {
@@ -746,11 +790,15 @@ static void test_flood_limit_exact(void **state)
     assert_false(bursts.closed);
     cl_close(&bursts);
 
-    cl_t busy; /* 7.5x for 3 s */
+    cl_t busy; /* just below: 9x (360 within 2 s) for 5 s, never closed */
     cl_connect(&busy, port);
     cl_hello(&busy, NULL, NULL);
-    assert_false(ping_at(&busy, 150, 3000, &at));
+    assert_false(ping_at(&busy, 180, 5000, &at));
     assert_false(busy.closed);
+    /* what passes 20 frames/s is dropped, and it was told (not fatal) */
+    assert_int_equal(busy.last_error, TESSERA__V1__ERROR_CODE__ERROR_RATE_LIMIT);
+    assert_false(busy.last_error_fatal);
+    assert_non_null(strstr(busy.last_error_msg, "frames are dropped"));
     cl_close(&busy);
 
     ts_h_signal(&ts_h, idx, SIGTERM);
