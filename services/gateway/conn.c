@@ -2,8 +2,8 @@
  *
  * Invariants: a connection is on gw->conns from accept until its close
  * callback frees it; out_pending counts bytes handed to uv_write and not yet
- * written, so output memory per client is bounded (Delta frames stop at
- * GW_SLOW_CLIENT_BYTES, the connection is dropped at GW_MAX_CLIENT_BYTES).
+ * written, so output memory per client is bounded (Delta frames stop above
+ * gateway.max_backlog, the connection is dropped at GW_MAX_CLIENT_BYTES).
  * A connection that got a fatal error (`closing`) reads and discards input
  * until the peer closes or its linger time ends, so the peer receives the
  * Error instead of a reset.
@@ -11,7 +11,9 @@
  * Lifecycle deadlines (gw_tl_*): a connection is on the hello list from
  * accept until it greets (Hello or Join), on the idle list from accept on
  * (moved to the tail on every read that brings a frame), and on the slow
- * list while its unsent output is above gateway.max_backlog. A check every
+ * list while its unsent output is above gateway.max_backlog, which is also
+ * exactly while its Deltas are withheld (view.c): a client that stopped
+ * reading is closed gateway.slow_close_s later, never just starved. A check every
  * GW_LIFE_CHECK_MS pops the expired heads, so its cost is the connections
  * it closes, not the connections open. */
 #include <stdlib.h>
@@ -203,15 +205,14 @@ static void on_write(uv_write_t *req, int status)
     gw_conn_t *c = w->conn;
     c->out_pending -= w->len;
     free(w);
-    if (c->tl[GW_TL_SLOW].on && c->out_pending <= (size_t)c->gw->cfg->gateway_max_backlog)
-        gw_tl_del(c->gw, c, GW_TL_SLOW);
+    int64_t backlog = c->gw->cfg->gateway_max_backlog;
+    if (c->tl[GW_TL_SLOW].on && !gw_conn_backlogged(c->out_pending, backlog)) gw_tl_del(c->gw, c, GW_TL_SLOW);
     if (status < 0 && status != UV_ECANCELED && !c->handle_closed) {
         ts_debug("conn %llu (%s): write failed: %s", (unsigned long long)c->id, c->peer, uv_strerror(status));
         gw_conn_close(c);
         return;
     }
-    if (c->behind && c->out_pending <= GW_SLOW_CLIENT_BYTES / 2 && !c->handle_closed)
-        gw_view_caught_up(c->gw, c);
+    if (c->behind && c->out_pending <= (size_t)backlog / 2 && !c->handle_closed) gw_view_caught_up(c->gw, c);
 }
 
 /* Queues what the socket did not take: bufs from byte `skip` on. */
@@ -251,7 +252,7 @@ static ts_status_t queue_rest(gw_conn_t *c, const uv_buf_t *bufs, size_t nbufs, 
         return TS_ERR_IO;
     }
     c->out_pending += rest;
-    if (!c->tl[GW_TL_SLOW].on && c->out_pending > (size_t)c->gw->cfg->gateway_max_backlog)
+    if (!c->tl[GW_TL_SLOW].on && gw_conn_backlogged(c->out_pending, c->gw->cfg->gateway_max_backlog))
         gw_tl_put(c->gw, c, GW_TL_SLOW,
                   ts_mono_us() + (uint64_t)c->gw->cfg->gateway_slow_close_s * 1000000ull);
     return TS_OK;

@@ -34,13 +34,19 @@
 #include "tessera/subject.h"
 
 #include "fanout.h"
+#include "flood.h"
 
 #define GW_NAME_MAX 64
-/* Delta frames are skipped for a client with more unsent output than this;
- * once its output drained it gets a fresh full view. Small, so a client that
- * reads slower than its view changes gets fewer, fresher frames instead of
- * seconds of queued ones. */
-#define GW_SLOW_CLIENT_BYTES ((size_t)128 << 10)
+/* gateway.max_backlog (default 128 KiB) is the one threshold of a slow
+ * reader: above it a client's Deltas (and Events) are withheld and its
+ * slow-reader deadline (gateway.slow_close_s) runs; once its output drained
+ * to half of it, it gets a fresh full view. Small by default, so a client
+ * that reads slower than its view changes gets fewer, fresher frames instead
+ * of seconds of queued ones, and one that stopped reading is closed. */
+static inline bool gw_conn_backlogged(size_t out_pending, int64_t max_backlog)
+{
+    return out_pending > (size_t)max_backlog;
+}
 /* Kernel send buffer of a client socket (fixed, so back-pressure shows in
  * out_pending instead of in megabytes the kernel would queue). */
 #define GW_SOCKET_SNDBUF 262144
@@ -71,6 +77,10 @@
 #define GW_FLUSH_MIN_US 2000
 /* How long a connection closed with a fatal error keeps draining input. */
 #define GW_LINGER_US 2000000
+
+/* Flood rule (flood.h): more than GW_FLOOD_FACTOR x gateway.rate_limit
+ * frames/s over its 2 s window is fatal. */
+#define GW_FLOOD_FACTOR 10
 
 /* How often the lifecycle deadlines (hello, idle, slow reader, resume
  * check) are looked at. */
@@ -295,13 +305,11 @@ struct gw_conn {
     bool need_snapshot; /* joined: the next flush sends a Snapshot */
     bool behind;        /* Deltas were skipped: a full view once output drained */
 
-    /* rate limit: token bucket plus flood detection in 1 s windows */
+    /* rate limit: token bucket plus the flood rule (session.c) */
     double tokens;
     uint64_t refill_us;
     uint64_t rate_error_us;
-    uint64_t window_start_us;
-    uint64_t window_frames;
-    int flood_windows;
+    gw_flood_t flood;
 
     /* lifecycle */
     gw_tl_link_t tl[GW_TL_COUNT];

@@ -130,7 +130,8 @@ ts_status_t gw_metrics_start(const ts_config_t *cfg)
     fn("tessera_gateway_states_bad_total", "Cell state messages dropped as undecodable.", true, states_bad);
     fn("tessera_gateway_frames_sent_total", "Frames written to clients.", true, frames_sent);
     fn("tessera_gateway_sent_bytes_total", "Bytes written to clients.", true, bytes_sent);
-    fn("tessera_gateway_deltas_skipped_total", "Deltas not sent to a client that was too far behind.", true,
+    fn("tessera_gateway_deltas_skipped_total",
+       "Deltas withheld from a client whose unsent output was above gateway.max_backlog.", true,
        deltas_skipped);
     fn("tessera_gateway_inbox_dropped_total", "Bus messages dropped because the loop's inbox was full.", true,
        inbox_dropped);

@@ -19,12 +19,17 @@
  * gateway: a second login of a `sub` takes its entity over (login.c).
  *
  * Every frame passes, in order: decoding (a frame that does not decode, or
- * has no payload, is fatal), the rate limit (token bucket of
- * gateway.rate_limit frames/s, burst as large; more than 10x the limit in
- * each of two consecutive one-second windows is fatal the moment the second
- * window passes it; a window starts at the first frame after the previous
- * one ended), and the sequence check (seq strictly increasing, else the
- * frame is ignored).
+ * has no payload, is fatal), the flood rule, the rate limit (token bucket of
+ * gateway.rate_limit frames/s, burst as large: a frame without a token is
+ * dropped, with a non-fatal ERROR_RATE_LIMIT at most once a second), and the
+ * sequence check (seq strictly increasing, else the frame is ignored).
+ *
+ * Flood rule (flood.h): time since the connection opened is cut in 100 ms
+ * steps; the frame that makes the frames of its step and of the 19 steps
+ * before it more than 10 x gateway.rate_limit x 2 s is fatal, at once.
+ * Every frame counts, dropped ones too. So more than 20 x rate_limit frames
+ * within any 1.9 s always close the connection, and none is closed for
+ * 20 x rate_limit frames or fewer within 2 s.
  *
  * Invariant: a JOINED connection is in gw->players under its entity id and
  * holds AOI references; leaving that phase always goes through release_player. */
@@ -40,8 +45,6 @@
 #include "tessera/util.h"
 
 #define US_PER_S 1000000ull
-#define FLOOD_FACTOR 10
-#define FLOOD_WINDOWS 2
 /* A resume token is good for this long after it was issued (the grace
  * itself is enforced by the worker: gateway.resume_s after the close). */
 #define RESUME_TOKEN_TTL_S 86400
@@ -120,7 +123,7 @@ void gw_session_init(gw_conn_t *c)
     uint64_t now = ts_mono_us();
     c->tokens = (double)c->gw->cfg->gateway_rate_limit;
     c->refill_us = now;
-    c->window_start_us = now;
+    gw_flood_init(&c->flood, now);
 }
 
 /* True if the frame may be handled; false if it is dropped (or the
@@ -128,22 +131,13 @@ void gw_session_init(gw_conn_t *c)
 static bool rate_allow(gw_conn_t *c, uint64_t now)
 {
     double rate = (double)c->gw->cfg->gateway_rate_limit;
-
-    uint64_t window = now - c->window_start_us;
-    if (window >= US_PER_S) {
-        bool flooded = (double)c->window_frames > FLOOD_FACTOR * rate * ((double)window / US_PER_S);
-        c->flood_windows = (flooded && window < 2 * US_PER_S) ? c->flood_windows + 1 : 0;
-        c->window_start_us = now;
-        c->window_frames = 0;
-    }
-    c->window_frames++;
-    /* the window under way is flooded as soon as it passes 10x the limit:
-     * after FLOOD_WINDOWS - 1 flooded windows right before it, that is
-     * FLOOD_WINDOWS s of flooding, closed at once (not at some later frame) */
-    if (c->flood_windows >= FLOOD_WINDOWS - 1 && (double)c->window_frames > FLOOD_FACTOR * rate) {
+    uint64_t limit =
+        (uint64_t)GW_FLOOD_FACTOR * (uint64_t)c->gw->cfg->gateway_rate_limit * GW_FLOOD_WINDOW_US / US_PER_S;
+    if (gw_flood_add(&c->flood, now, limit)) {
         gw_session_error(c, TESSERA__V1__ERROR_CODE__ERROR_RATE_LIMIT, true,
-                         "flooding: more than %d x %.0f frames/s for %d s", FLOOD_FACTOR, rate,
-                         FLOOD_WINDOWS);
+                         "flooding: more than %llu frames within %llu s (%d x gateway.rate_limit of %.0f/s)",
+                         (unsigned long long)limit, (unsigned long long)(GW_FLOOD_WINDOW_US / US_PER_S),
+                         GW_FLOOD_FACTOR, rate);
         return false;
     }
 

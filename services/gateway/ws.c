@@ -11,9 +11,11 @@
  * gw_conn_writev, which hands them here. Invariants:
  *   - frames are parsed and built by wslay's frame layer; this file only
  *     decides what a frame means (messages, control frames, limits);
- *   - a message larger than gateway.max_frame is refused as soon as the
- *     frame header announcing its length has arrived, before any of its
- *     payload is read or buffered (ERROR_OVERSIZED, close 1009);
+ *   - a message larger than gateway.max_frame is refused at the first
+ *     report wslay makes of the frame that takes it past the limit (the
+ *     frame's header with its first payload bytes: wslay's payload_length,
+ *     summed over the message's fragments), before anything of its payload
+ *     is buffered (ERROR_OVERSIZED, close 1009);
  *   - a frame wslay or RFC 6455 calls invalid (unmasked, reserved bits, bad
  *     opcode or continuation) and a text message get ERROR_MALFORMED and
  *     a close frame (1002 / 1003); an Error always goes out before the close;
@@ -93,13 +95,7 @@ struct gw_ws {
     uint16_t close_code;
     bool close_sent;
     size_t delivered; /* messages handed to the session by this read */
-    /* announced lengths, read from the raw bytes as they arrive (see
-     * refuse_announced) */
-    uint8_t scan_hdr[14];
-    size_t scan_got;
-    uint64_t scan_skip;
-    uint64_t scan_msg; /* announced bytes of the data message so far */
-    bool viewer;       /* a /api/events stream */
+    bool viewer;      /* a /api/events stream */
 };
 
 /* One asset of the map page. */
@@ -455,7 +451,9 @@ static void on_control(gw_conn_t *c)
     }
 }
 
-/* Checks a frame's header when its first bytes arrive; false: failed. */
+/* Checks a frame when wslay first reports it (its header, with its first
+ * payload bytes or none if it has none), before any of its payload is kept:
+ * io->payload_length is the length the header announces; false: failed. */
 static bool frame_start(gw_conn_t *c, const struct wslay_frame_iocb *io)
 {
     struct gw_ws *ws = c->ws;
@@ -495,10 +493,12 @@ static bool frame_start(gw_conn_t *c, const struct wslay_frame_iocb *io)
                                                        : "unknown WebSocket opcode");
         return false;
     }
+    /* msg_len: the message's earlier fragments, all received */
     if (io->payload_length > max - ws->msg_len) {
         c->ws->close_code = WSLAY_CODE_MESSAGE_TOO_BIG;
         gw_session_error(c, TESSERA__V1__ERROR_CODE__ERROR_OVERSIZED, true,
-                         "message larger than the maximum of %zu bytes", max);
+                         "message of %llu bytes announced, the maximum is %zu",
+                         (unsigned long long)(ws->msg_len + io->payload_length), max);
         return false;
     }
     size_t need = ws->msg_len + (size_t)io->payload_length;
@@ -518,58 +518,9 @@ static bool frame_start(gw_conn_t *c, const struct wslay_frame_iocb *io)
     return true;
 }
 
-/* wslay reports a frame with its first payload bytes; a peer that sends
- * the header of a huge frame and then nothing would sit unrefused. So the
- * raw bytes are also followed here, read-only: only each frame's header
- * length fields, to refuse a data frame whose announced length passes
- * gateway.max_frame the moment they arrive. wslay still parses and checks
- * every frame. Returns false if the connection was refused. */
-static bool refuse_announced(gw_conn_t *c, const uint8_t *p, size_t n)
-{
-    struct gw_ws *ws = c->ws;
-    uint64_t max = (uint64_t)c->gw->cfg->gateway_max_frame;
-    while (n > 0) {
-        if (ws->scan_skip > 0) {
-            size_t k = ws->scan_skip < n ? (size_t)ws->scan_skip : n;
-            p += k;
-            n -= k;
-            ws->scan_skip -= k;
-            continue;
-        }
-        ws->scan_hdr[ws->scan_got++] = *p++;
-        n--;
-        if (ws->scan_got < 2) continue;
-        uint8_t len7 = ws->scan_hdr[1] & 0x7f;
-        size_t ext = len7 == 126 ? 2 : len7 == 127 ? 8 : 0;
-        size_t hdr_len = 2 + ext + ((ws->scan_hdr[1] & 0x80) ? 4 : 0);
-        if (ws->scan_got < 2 + ext) continue;
-        uint64_t len = len7;
-        if (ext > 0) {
-            len = 0;
-            for (size_t i = 0; i < ext; i++)
-                len = len << 8 | ws->scan_hdr[2 + i];
-        }
-        uint8_t opcode = ws->scan_hdr[0] & 0x0f;
-        uint64_t before = opcode == WSLAY_CONTINUATION_FRAME ? ws->scan_msg : 0;
-        if (ws->scan_got == 2 + ext && !wslay_is_ctrl_frame(opcode) && len > max - before) {
-            ws->close_code = WSLAY_CODE_MESSAGE_TOO_BIG;
-            gw_session_error(c, TESSERA__V1__ERROR_CODE__ERROR_OVERSIZED, true,
-                             "message of %llu bytes announced, the maximum is %llu", (unsigned long long)len,
-                             (unsigned long long)max);
-            return false;
-        }
-        if (ws->scan_got < hdr_len) continue;
-        if (!wslay_is_ctrl_frame(opcode)) ws->scan_msg = before + len; /* <= max, checked above */
-        ws->scan_got = 0;
-        ws->scan_skip = len;
-    }
-    return true;
-}
-
 static void read_frames(gw_conn_t *c, const uint8_t *data, size_t len)
 {
     struct gw_ws *ws = c->ws;
-    if (!refuse_announced(c, data, len)) return;
     ws->in = data;
     ws->in_len = len;
     while (!c->closing && !c->handle_closed) {

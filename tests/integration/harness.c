@@ -1366,14 +1366,56 @@ void ts_h_spawn_stack(ts_h_t *h, const char *const *orch_args, const char *const
         out->workers[i] = ts_h_spawn(h, ids[i], "tessera-worker", args);
     }
     out->gw_port = ts_h_free_port();
-    char listen[64];
+    char listen[64], ws_listen[64];
     snprintf(listen, sizeof listen, "--gateway.listen=127.0.0.1:%d", out->gw_port);
     n = 0;
     args[n++] = listen;
+    if (ts_h_ws_listen(out->gw_port, ws_listen, sizeof ws_listen) != NULL) args[n++] = ws_listen;
     for (size_t k = 0; gateway_args != NULL && gateway_args[k] != NULL && n < 31; k++)
         args[n++] = gateway_args[k];
     args[n] = NULL;
     out->gateway = ts_h_spawn(h, "gateway", "tessera-gateway", args);
+}
+
+/* ---- players over WebSocket ------------------------------------------------------ */
+
+bool ts_h_ws;
+static struct {
+    int tcp, ws;
+} ws_ports[32];
+static size_t nws_ports;
+
+bool ts_h_ws_main(int argc, char **argv)
+{
+    ts_h_ws = argc > 1 && strcmp(argv[1], "--ws") == 0;
+    return ts_h_ws;
+}
+
+const char *ts_h_ws_listen(int tcp_port, char *buf, size_t cap)
+{
+    if (!ts_h_ws) return NULL;
+    if (nws_ports == sizeof ws_ports / sizeof ws_ports[0])
+        fail_msg("harness: more than 32 WebSocket gateways");
+    int ws = ts_h_free_port();
+    ws_ports[nws_ports].tcp = tcp_port;
+    ws_ports[nws_ports++].ws = ws;
+    snprintf(buf, cap, "--gateway.ws_listen=127.0.0.1:%d", ws);
+    return buf;
+}
+
+int ts_h_player_port(int tcp_port)
+{
+    for (size_t i = nws_ports; ts_h_ws && i > 0; i--) /* the newest gateway on that port */
+        if (ws_ports[i - 1].tcp == tcp_port) return ws_ports[i - 1].ws;
+    return tcp_port;
+}
+
+ts_status_t ts_h_client_connect(ts_client_t **out, int tcp_port, int64_t timeout_ms)
+{
+    if (!ts_h_ws) return ts_client_connect(out, "127.0.0.1", tcp_port, timeout_ms);
+    int port = ts_h_player_port(tcp_port);
+    if (port == tcp_port) fail_msg("harness: the gateway on port %d has no WebSocket listener", tcp_port);
+    return ts_client_connect_ws(out, "127.0.0.1", port, NULL, timeout_ms);
 }
 
 /* ---- shared cmocka fixtures ------------------------------------------------------- */

@@ -19,6 +19,7 @@
 #include <cmocka.h>
 
 #include "tessera/bus.h"
+#include "tessera/client.h"
 #include "tessera/registry.h"
 
 #define TS_H_MAX_PROCS 64
@@ -199,8 +200,8 @@ bool ts_h_wait_world(ts_h_t *h, uint32_t world, int ncells, int64_t timeout_ms);
 /* Spawns the standard stack against h: tessera-orch ("orch"), tessera-worker
  * w1 and w2 ("w1", "w2", each given --worker.id=<id> first) and
  * tessera-gateway ("gateway", given --gateway.listen=127.0.0.1:<free port>
- * first), in that order. Each *_args list (NULL-terminated, may be NULL) is
- * appended to that process's own flags. Does not wait for anything. */
+ * first, and with ts_h_ws a gateway.ws_listen of its own), in that order. Each *_args list (NULL-terminated,
+ * may be NULL) is appended to that process's own flags. Does not wait for anything. */
 typedef struct {
     int orch;       /* index in h->procs */
     int workers[2]; /* w1, w2 */
@@ -210,6 +211,26 @@ typedef struct {
 
 void ts_h_spawn_stack(ts_h_t *h, const char *const *orch_args, const char *const *worker_args,
                       const char *const *gateway_args, ts_h_stack_t *out);
+
+/* ---- players over WebSocket (`<test> --ws`) -----------------------------------
+ * A test binary whose players go through ts_h_client_connect runs them all
+ * over WebSocket when ts_h_ws is set (ts_h_ws_main in main): every gateway
+ * ts_h_spawn_stack starts then also listens on gateway.ws_listen, a gateway
+ * the test starts itself gets it from ts_h_ws_listen, and a player of the
+ * gateway on TCP port P connects to that gateway's WebSocket port. */
+extern bool ts_h_ws;
+/* Sets ts_h_ws when argv[1] is "--ws"; returns it. */
+bool ts_h_ws_main(int argc, char **argv);
+/* With ts_h_ws: "--gateway.ws_listen=127.0.0.1:<free port>" into buf (the
+ * pair remembered for the gateway on TCP port tcp_port), returned; without:
+ * NULL (the end of an argument list either way). */
+const char *ts_h_ws_listen(int tcp_port, char *buf, size_t cap);
+/* The port players of the gateway on TCP port tcp_port connect to: its
+ * WebSocket port with ts_h_ws, tcp_port itself otherwise. */
+int ts_h_player_port(int tcp_port);
+/* Connects a player to the gateway on TCP port tcp_port (ts_client_connect,
+ * or ts_client_connect_ws to its WebSocket port with ts_h_ws). */
+ts_status_t ts_h_client_connect(ts_client_t **out, int tcp_port, int64_t timeout_ms);
 
 /* ---- shared cmocka fixtures -----------------------------------------------------
  * One harness per test binary, ts_h. A test calls ts_h_pass() as its last

@@ -16,7 +16,8 @@
  *     it holds every entity within the radius (exactly the truth, up to the
  *     hysteresis band);
  *   - keeps that view while root -1,0 next to it splits (its dots move into
- *     the children, which the gateway subscribes to on the registry change). */
+ *     the children, which the gateway subscribes to on the registry change).
+ * `it_aoi --ws`: the same with every player on WebSocket. */
 #include <math.h>
 #include <pthread.h>
 #include <setjmp.h>
@@ -359,7 +360,7 @@ static void test_aoi_across_depths_and_owners(void **state)
     for (int j = 0; j < DOTS_Y; j++) {
         for (int i = 0; i < DOTS_X; i++) {
             ts_client_t **c = &dots[j * DOTS_X + i];
-            assert_int_equal(ts_client_connect(c, "127.0.0.1", stack.gw_port, 3000), TS_OK);
+            assert_int_equal(ts_h_client_connect(c, stack.gw_port, 3000), TS_OK);
             assert_int_equal(ts_client_join(*c, -130.0 + 20.0 * i, -50.0 + 20.0 * j, "dot"), TS_OK);
         }
     }
@@ -371,7 +372,7 @@ static void test_aoi_across_depths_and_owners(void **state)
     /* the observer joins inside depth-2 cell 0.0.0.2.0 ([0,25) x [0,25)) */
     static view_t obs;
     memset(&obs, 0, sizeof obs);
-    assert_int_equal(ts_client_connect(&obs.c, "127.0.0.1", stack.gw_port, 3000), TS_OK);
+    assert_int_equal(ts_h_client_connect(&obs.c, stack.gw_port, 3000), TS_OK);
     assert_int_equal(ts_client_join(obs.c, 10, 10, "observer"), TS_OK);
     uint64_t joined_us = ts_mono_us();
     while (!obs.snapshot_seen && ts_mono_us() < joined_us + 5000000ull)
@@ -449,6 +450,7 @@ static int group_setup(void **state)
     ts_probe_t *probe = NULL;
     bool ctl_up = false, bound = false;
     if (!ts_h_wait_world(&ts_h, WORLD, 16, WAIT_MS) || !ts_h_wait_port(stack.gw_port, WAIT_MS) ||
+        !ts_h_wait_port(ts_h_player_port(stack.gw_port), WAIT_MS) ||
         ts_bus_connect(&bus, ts_h.nats_url, "it_aoi-setup") != TS_OK ||
         ts_probe_create(&probe, bus) != TS_OK ||
         !ts_probe_wait_ready(probe, bus, WORLD, 8, WAIT_MS, &ctl_up, &bound)) {
@@ -464,10 +466,11 @@ static int group_setup(void **state)
     return 0;
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    ts_h_ws_main(argc, argv); /* --ws: the players on WebSocket */
     const struct CMUnitTest tests[] = {
         TS_H_TEST(test_aoi_across_depths_and_owners),
     };
-    return TS_H_RUN("it_aoi", tests, group_setup, ts_h_group_teardown);
+    return TS_H_RUN(ts_h_ws ? "it_aoi_ws" : "it_aoi", tests, group_setup, ts_h_group_teardown);
 }

@@ -17,7 +17,8 @@
  *    are all applied.
  *  - Redis ACLs: anonymous commands and wrong passwords are refused; the
  *    gateway user only reads; the worker user cannot change a cell, the world
- *    or the leader lock, but can manage worker liveness keys. */
+ *    or the leader lock, but can manage worker liveness keys.
+ * `it_auth --ws`: the same with every player on WebSocket. */
 #include <nats/nats.h>
 #include <pthread.h>
 #include <signal.h>
@@ -182,7 +183,7 @@ static void on_observed(void *ud, const ts_bus_msg_t *m)
 static uint64_t play(double x, double y)
 {
     ts_client_t *c = NULL;
-    assert_int_equal(ts_client_connect(&c, "127.0.0.1", stack.gw_port, 3000), TS_OK);
+    assert_int_equal(ts_h_client_connect(&c, stack.gw_port, 3000), TS_OK);
     assert_int_equal(ts_client_join(c, x, y, "secured"), TS_OK);
     /* the join is the first input, then three moves: four applied, once each */
     uint64_t entity = 0, applied = 0, settled_us = 0;
@@ -478,11 +479,14 @@ static void test_gateway_acts_only_for_its_players(void **state)
     int port2 = ts_h_free_port();
     char listen[64];
     snprintf(listen, sizeof listen, "--gateway.listen=127.0.0.1:%d", port2);
-    const char *gw2_args[] = {listen, "--gateway.id=2", "--gateway.resume_secret=" RESUME_SECRET, NULL};
+    char ws_listen[64];
+    const char *gw2_args[] = {listen, "--gateway.id=2", "--gateway.resume_secret=" RESUME_SECRET,
+                              ts_h_ws_listen(port2, ws_listen, sizeof ws_listen), NULL};
     int gw2 = ts_h_spawn(&ts_h, "gateway2", "tessera-gateway", gw2_args);
     assert_true(ts_h_wait_port(port2, 15000));
+    assert_true(ts_h_wait_port(ts_h_player_port(port2), 15000));
     ts_client_t *c = NULL;
-    assert_int_equal(ts_client_connect(&c, "127.0.0.1", port2, 3000), TS_OK);
+    assert_int_equal(ts_h_client_connect(&c, port2, 3000), TS_OK);
     assert_int_equal(ts_client_join(c, -20, 20, "victim"), TS_OK);
     uint64_t entity = 0;
     double x = 0, y = 0;
@@ -688,7 +692,7 @@ static uint64_t welcomed(ts_client_t *c, bool resumed, char *token, size_t cap, 
 static ts_client_t *resume_on(int port, const char *token)
 {
     ts_client_t *c = NULL;
-    assert_int_equal(ts_client_connect(&c, "127.0.0.1", port, 3000), TS_OK);
+    assert_int_equal(ts_h_client_connect(&c, port, 3000), TS_OK);
     Tessera__V1__Hello h = TESSERA__V1__HELLO__INIT;
     h.protocol_version = TS_PROTOCOL_VERSION;
     h.client_name = (char *)"it_auth";
@@ -707,13 +711,16 @@ static void test_detached_player_needs_its_resume_token(void **state)
     int port2 = ts_h_free_port();
     char listen[64];
     snprintf(listen, sizeof listen, "--gateway.listen=127.0.0.1:%d", port2);
-    const char *gw2_args[] = {listen, "--gateway.id=2", "--gateway.resume_secret=" RESUME_SECRET, NULL};
+    char ws_listen[64];
+    const char *gw2_args[] = {listen, "--gateway.id=2", "--gateway.resume_secret=" RESUME_SECRET,
+                              ts_h_ws_listen(port2, ws_listen, sizeof ws_listen), NULL};
     int gw2 = ts_h_spawn(&ts_h, "gateway2-resume", "tessera-gateway", gw2_args);
     assert_true(ts_h_wait_port(port2, 15000));
+    assert_true(ts_h_wait_port(ts_h_player_port(port2), 15000));
 
     /* a player of gateway 2, standing still; the test watches its owner */
     ts_client_t *c = NULL;
-    assert_int_equal(ts_client_connect(&c, "127.0.0.1", port2, 3000), TS_OK);
+    assert_int_equal(ts_h_client_connect(&c, port2, 3000), TS_OK);
     assert_int_equal(ts_client_join(c, -20, -20, "resumer"), TS_OK);
     char token[TS_RESUME_TOKEN_MAX] = "";
     ts_cell_t cell = {0};
@@ -964,7 +971,7 @@ static void test_gateway_survives_garbage(void **state)
     Tessera__V1__Ping ping = TESSERA__V1__PING__INIT;
     for (int conn = 0; conn < 40; conn++) {
         ts_client_t *c = NULL;
-        assert_int_equal(ts_client_connect(&c, "127.0.0.1", stack.gw_port, 3000), TS_OK);
+        assert_int_equal(ts_h_client_connect(&c, stack.gw_port, 3000), TS_OK);
         uint8_t stream[4096];
         size_t n = 0;
         for (uint64_t seq = 1; seq <= 12; seq++) {
@@ -1002,6 +1009,8 @@ static void test_gateway_survives_garbage(void **state)
             stream[xorshift(&rng) % n] ^= (uint8_t)(1 + xorshift(&rng) % 255);
         if (xorshift(&rng) % 4 == 0) ts_frame_put_header(stream, (uint32_t)(xorshift(&rng) % 0x7fffffff));
         if (xorshift(&rng) % 3 == 0) n -= xorshift(&rng) % n;
+        /* as it is on TCP; over WebSocket (--ws) the same bytes hit the
+         * WebSocket frame parser instead */
         (void)ts_client_send_raw(c, stream, n); /* the gateway may already have closed it */
         Tessera__V1__ServerFrame *reply = NULL;
         while (ts_client_recv(c, 50, &reply) == TS_OK)
@@ -1083,11 +1092,13 @@ static int group_setup(void **state)
         stack.workers[i] = ts_h_spawn(&ts_h, ids[i], "tessera-worker", args);
     }
     stack.gw_port = ts_h_free_port();
-    char listen[64];
+    char listen[64], ws_listen[64];
     snprintf(listen, sizeof listen, "--gateway.listen=127.0.0.1:%d", stack.gw_port);
-    const char *gw_args[] = {listen, "--gateway.resume_secret=" RESUME_SECRET, NULL};
+    const char *gw_args[] = {listen, "--gateway.resume_secret=" RESUME_SECRET,
+                             ts_h_ws_listen(stack.gw_port, ws_listen, sizeof ws_listen), NULL};
     stack.gateway = ts_h_spawn(&ts_h, "gateway", "tessera-gateway", gw_args);
-    if (!ts_h_wait_world(&ts_h, WORLD, NCELLS, 30000) || !ts_h_wait_port(stack.gw_port, 15000)) {
+    if (!ts_h_wait_world(&ts_h, WORLD, NCELLS, 30000) || !ts_h_wait_port(stack.gw_port, 15000) ||
+        !ts_h_wait_port(ts_h_player_port(stack.gw_port), 15000)) {
         ts_h_fail_dump(&ts_h);
         ts_h_stop(&ts_h);
         return -1;
@@ -1095,8 +1106,9 @@ static int group_setup(void **state)
     return 0;
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    ts_h_ws_main(argc, argv);
     const struct CMUnitTest tests[] = {
         TS_H_TEST(test_stack_runs_secured),
         TS_H_TEST(test_forged_nats_traffic_refused),
@@ -1108,5 +1120,5 @@ int main(void)
         TS_H_TEST(test_drain_secured),
         TS_H_TEST(test_urls_masked),
     };
-    return TS_H_RUN("it_auth", tests, group_setup, ts_h_group_teardown);
+    return TS_H_RUN(ts_h_ws ? "it_auth_ws" : "it_auth", tests, group_setup, ts_h_group_teardown);
 }

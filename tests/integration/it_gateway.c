@@ -309,9 +309,10 @@ static void test_bad_frames_isolated(void **state)
     /* a frame announcing 10 MB */
     player_connect(&bad);
     if (use_ws) {
-        /* FIN + binary, masked, 64-bit length 0xA00000, and nothing more:
-         * refused from the header alone (no payload read or buffered) */
-        const uint8_t huge[] = {0x82, 0xff, 0, 0, 0, 0, 0, 0xa0, 0, 0};
+        /* FIN + binary, masked, 64-bit length 0xA00000, its mask key and
+         * one payload byte: refused at wslay's first report of the frame,
+         * before anything of the 10 MB is buffered */
+        const uint8_t huge[] = {0x82, 0xff, 0, 0, 0, 0, 0, 0xa0, 0, 0, 1, 2, 3, 4, 9};
         assert_int_equal(ts_client_send_raw(bad.c, huge, sizeof huge), TS_OK);
     } else {
         uint8_t huge[TS_FRAME_HEADER];
@@ -324,10 +325,15 @@ static void test_bad_frames_isolated(void **state)
     player_close(&bad);
 
     if (use_ws) {
-        /* the same with its mask key and first payload bytes in one write */
+        /* the same with its header and first payload bytes in separate writes */
         player_connect(&bad);
-        const uint8_t huge[] = {0x82, 0xff, 0, 0, 0, 0, 0, 0xa0, 0, 0, 1, 2, 3, 4, 9, 9, 9, 9, 9, 9, 9, 9};
+        const uint8_t huge[] = {0x82, 0xff, 0, 0, 0, 0, 0, 0xa0, 0, 0, 1, 2, 3, 4};
+        const uint8_t first[] = {9, 9, 9, 9, 9, 9, 9, 9};
         assert_int_equal(ts_client_send_raw(bad.c, huge, sizeof huge), TS_OK);
+        pump(&bad, 200); /* nothing to refuse yet: a header alone is a client saying nothing */
+        assert_false(bad.closed);
+        assert_int_equal(bad.errors, 0);
+        assert_int_equal(ts_client_send_raw(bad.c, first, sizeof first), TS_OK);
         expect_error(&bad, TESSERA__V1__ERROR_CODE__ERROR_OVERSIZED, true);
         pump(&bad, 2000);
         assert_true(bad.closed);
@@ -347,7 +353,8 @@ static void test_bad_frames_isolated(void **state)
             assert_int_equal(
                 ts_client_send_raw(bad.c, zeros, 0x7fff - sent < sizeof zeros ? 0x7fff - sent : sizeof zeros),
                 TS_OK);
-        const uint8_t frag3[] = {0x80, 0x84, 0, 0, 0, 0}; /* 4 more bytes: 65,538 in all, announced only */
+        const uint8_t frag3[] = {0x80, 0x84, 0, 0,
+                                 0,    0,    7}; /* 4 more bytes: 65,538 in all; the first of them */
         assert_int_equal(ts_client_send_raw(bad.c, frag3, sizeof frag3), TS_OK);
         expect_error(&bad, TESSERA__V1__ERROR_CODE__ERROR_OVERSIZED, true);
         pump(&bad, 2000);

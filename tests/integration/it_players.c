@@ -493,6 +493,208 @@ static void test_slow_reader_closed(void **state)
     ts_h_pass();
 }
 
+/* Reads length-prefixed ServerFrames from a blocking raw socket until a
+ * Welcome naming an entity arrives; returns the entity (0: none in ms). */
+static uint64_t raw_read_welcome(int fd, int64_t ms)
+{
+    uint64_t deadline = ts_mono_us() + (uint64_t)ms * 1000;
+    uint8_t hdr[TS_FRAME_HEADER];
+    static uint8_t body[65536];
+    while (ts_mono_us() < deadline) {
+        struct pollfd pfd = {.fd = fd, .events = POLLIN};
+        if (poll(&pfd, 1, 100) <= 0) continue;
+        if (recv(fd, hdr, sizeof hdr, MSG_WAITALL) != (ssize_t)sizeof hdr) return 0;
+        size_t n = ts_frame_get_header(hdr);
+        if (n > sizeof body || recv(fd, body, n, MSG_WAITALL) != (ssize_t)n) return 0;
+        Tessera__V1__ServerFrame *f = tessera__v1__server_frame__unpack(NULL, n, body);
+        if (f == NULL) return 0;
+        uint64_t entity =
+            f->payload_case == TESSERA__V1__SERVER_FRAME__PAYLOAD_WELCOME ? f->welcome->entity : 0;
+        tessera__v1__server_frame__free_unpacked(f, NULL);
+        if (entity != 0) return entity;
+    }
+    return 0;
+}
+
+/* A counter of a gateway's /metrics (-1: not readable). */
+static double gw_metric(int http_port, const char *name)
+{
+    static char body[65536];
+    if (ts_h_http_get(http_port, "/metrics", body, sizeof body) != 200) return -1;
+    char key[160];
+    snprintf(key, sizeof key, "\n%s{", name);
+    const char *p = strstr(body, key);
+    if (p == NULL || (p = strchr(p, '}')) == NULL) return -1;
+    return strtod(p + 1, NULL);
+}
+
+/* With the default gateway.max_backlog (128 KiB): a joined player that
+ * stops reading while its view keeps changing has its Deltas withheld, and
+ * from that moment on its slow-reader deadline runs: it is closed
+ * gateway.slow_close_s (1 here) later, not left starved; its entity stops.
+ * The view: 100 moving entities with long names next to it (their players on
+ * a gateway with aoi.radius 1, so they need not read much themselves). */
+static void test_slow_reader_default_backlog(void **state)
+{
+    (void)state;
+    enum { MOVERS = 100 };
+    int http = ts_h_free_port();
+    char http_arg[64];
+    snprintf(http_arg, sizeof http_arg, "--gateway.http_listen=127.0.0.1:%d", http);
+    const char *slow_args[] = {"--gateway.slow_close_s=1", "--gateway.idle_timeout_s=60", http_arg, NULL};
+    int port = 0, mport = 0;
+    int idx = spawn_gateway("gws", 6, &port, slow_args);
+    const char *mover_args[] = {"--aoi.radius=1", "--gateway.idle_timeout_s=120", NULL};
+    int midx = spawn_gateway("gwm", 10, &mport, mover_args);
+    assert_true(ts_h_wait_port(http, 15000));
+    assert_true(gw_metric(http, "tessera_gateway_deltas_skipped_total") == 0);
+
+    /* it watches the slow player from afar, the movers out of its sight */
+    cl_t watcher;
+    join_player(&watcher, gw2_port, -20, -20);
+
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(fd >= 0);
+    int rcv = 4096;
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcv, sizeof rcv);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
+    assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+    uint8_t buf[256];
+    Tessera__V1__ClientFrame f = TESSERA__V1__CLIENT_FRAME__INIT;
+    Tessera__V1__Join join = TESSERA__V1__JOIN__INIT;
+    join.x = join.y = -120;
+    join.name = (char *)"slow";
+    f.seq = 1;
+    f.payload_case = TESSERA__V1__CLIENT_FRAME__PAYLOAD_JOIN;
+    f.join = &join;
+    size_t len = pack_frame(buf, &f);
+    assert_int_equal(send(fd, buf, len, MSG_NOSIGNAL), (ssize_t)len);
+    watcher.watch = raw_read_welcome(fd, 5000); /* the last frame it reads */
+    assert_true(watcher.watch != 0);
+    Tessera__V1__Move move = TESSERA__V1__MOVE__INIT;
+    move.dx = 1;
+    f.seq = 2;
+    f.payload_case = TESSERA__V1__CLIENT_FRAME__PAYLOAD_MOVE;
+    f.move = &move;
+    len = pack_frame(buf, &f);
+    assert_int_equal(send(fd, buf, len, MSG_NOSIGNAL), (ssize_t)len);
+    assert_true(cl_pump_until(&watcher, 5000, watch_moving));
+
+    cl_t *movers = calloc(MOVERS, sizeof *movers);
+    assert_non_null(movers);
+    char name[61];
+    memset(name, 'm', sizeof name - 1);
+    name[sizeof name - 1] = '\0';
+    for (int i = 0; i < MOVERS; i++) {
+        cl_connect(&movers[i], mport);
+        assert_int_equal(ts_client_join(movers[i].c, -198 + 3 * (i % 10), -198 + 3 * (i / 10), name), TS_OK);
+        assert_int_equal(ts_client_move(movers[i].c, 1, 0), TS_OK);
+    }
+
+    /* it only Pings now (50 ms apart, so the gateway's reset on a closed
+     * socket shows at once) and never reads */
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+    uint64_t seq = 2, t0 = ts_mono_us(), skip_at = 0, closed_at = 0, ping_at = 0;
+    while (closed_at == 0 && ts_mono_us() - t0 < 30000000) {
+        uint64_t now = ts_mono_us();
+        if (now - ping_at >= 50000) {
+            Tessera__V1__Ping ping = TESSERA__V1__PING__INIT;
+            Tessera__V1__ClientFrame pf = TESSERA__V1__CLIENT_FRAME__INIT;
+            pf.seq = seq + 1;
+            pf.payload_case = TESSERA__V1__CLIENT_FRAME__PAYLOAD_PING;
+            pf.ping = &ping;
+            len = pack_frame(buf, &pf);
+            ssize_t w = send(fd, buf, len, MSG_NOSIGNAL);
+            if (w == (ssize_t)len) seq++;
+            if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK) closed_at = ts_mono_us();
+            ping_at = now;
+        }
+        struct pollfd pfd = {.fd = fd, .events = POLLRDHUP};
+        if (poll(&pfd, 1, 0) > 0 && (pfd.revents & (POLLRDHUP | POLLHUP | POLLERR))) closed_at = ts_mono_us();
+        if (closed_at != 0) break;
+        if (skip_at == 0 && gw_metric(http, "tessera_gateway_deltas_skipped_total") > 0) {
+            skip_at = ts_mono_us();
+            assert_true(watch_moving(&watcher)); /* stopped later, by the close */
+        }
+        (void)cl_pump_until(&watcher, 20, NULL);
+    }
+    assert_true(skip_at != 0);   /* its Deltas were withheld ... */
+    assert_true(closed_at != 0); /* ... and it was closed for it */
+    double after_s = (double)(closed_at - skip_at) / 1e6;
+    fprintf(stderr,
+            "figure: non-reading player (default max_backlog 128 KiB): Deltas withheld %.1f s after the "
+            "movers joined, closed %.2f s after that (slow_close_s 1)\n",
+            (double)(skip_at - t0) / 1e6, after_s);
+    /* the deadline starts when its output passes max_backlog, which is at
+     * most a flush before the first Delta is withheld */
+    assert_true(after_s >= 0.7 && after_s <= 2.0);
+    assert_true(ts_h_wait_log(&ts_h, idx, "(slow reader); closing", 3000));
+    /* its entity stops at once (Detach) */
+    uint64_t c0 = ts_mono_us();
+    assert_true(cl_pump_until(&watcher, 3000, watch_stopped));
+    fprintf(stderr, "figure: its entity seen stopped %.2f s after the close\n",
+            (double)(ts_mono_us() - c0) / 1e6);
+
+    close(fd);
+    for (int i = 0; i < MOVERS; i++)
+        cl_close(&movers[i]);
+    free(movers);
+    cl_close(&watcher);
+    ts_h_signal(&ts_h, idx, SIGTERM);
+    ts_h_signal(&ts_h, midx, SIGTERM);
+    assert_int_equal(ts_h_wait(&ts_h, idx, 10000), 0);
+    assert_int_equal(ts_h_wait(&ts_h, midx, 10000), 0);
+    ts_h_pass();
+}
+
+/* An accepted player socket has TCP keepalive on, with the idle time of
+ * gateway.keepalive_s (10): the gateway's end of the connection shows a
+ * keepalive timer of at most 10 s in /proc/net/tcp (timer kind 2). */
+static void test_keepalive_on(void **state)
+{
+    (void)state;
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)player_port(gw2_port))};
+    inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
+    assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+    struct sockaddr_in me;
+    socklen_t melen = sizeof me;
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&me, &melen), 0);
+    unsigned want_local = (unsigned)player_port(gw2_port), want_remote = ntohs(me.sin_port);
+    /* the gateway's side: local port the gateway's, remote port ours */
+    bool found = false, keepalive = false;
+    unsigned long when = 0;
+    uint64_t deadline = ts_mono_us() + 3000000;
+    while (!keepalive && ts_mono_us() < deadline) {
+        FILE *tcp = fopen("/proc/net/tcp", "r");
+        assert_non_null(tcp);
+        char line[512];
+        while (fgets(line, sizeof line, tcp) != NULL) {
+            unsigned lport = 0, rport = 0, st = 0, tr = 0;
+            unsigned long tm = 0;
+            if (sscanf(line, " %*d: %*x:%x %*x:%x %x %*x:%*x %x:%lx", &lport, &rport, &st, &tr, &tm) != 5)
+                continue;
+            if (lport != want_local || rport != want_remote || st != 1 /* ESTABLISHED */) continue;
+            found = true;
+            if (tr == 2) {
+                keepalive = true;
+                when = tm;
+            }
+        }
+        fclose(tcp);
+        if (!keepalive) ts_sleep_ms(50);
+    }
+    close(fd);
+    assert_true(found);
+    assert_true(keepalive);
+    /* clock ticks (USER_HZ) left before the first probe */
+    long hz = sysconf(_SC_CLK_TCK);
+    assert_true(when > 0 && when <= (unsigned long)(10 * hz));
+    ts_h_pass();
+}
+
 /* Sends Pings at `rate` frames/s for ms (or until closed); true if the
  * gateway closed the connection with a fatal ERROR_RATE_LIMIT. *closed_ms
  * is when, from the start. */
@@ -517,8 +719,30 @@ static bool ping_at(cl_t *p, int rate, int64_t ms, uint64_t *closed_ms)
     return false;
 }
 
-/* gateway.rate_limit=20: more than 200 frames in each of two consecutive
- * one-second windows closes the connection, anything less never does. */
+/* Sends n Pings spread evenly over ms, reading what comes back; false if
+ * the gateway closed the connection (a fatal error) meanwhile. */
+static bool ping_n(cl_t *p, int n, int64_t ms)
+{
+    uint64_t t0 = ts_mono_us();
+    for (int i = 0; i < n && !p->closed && !p->last_error_fatal; i++) {
+        uint64_t due = t0 + (uint64_t)ms * 1000 * (uint64_t)i / (uint64_t)n;
+        while (ts_mono_us() < due && !p->last_error_fatal)
+            (void)cl_wait_frame(p, -1, 1);
+        Tessera__V1__Ping ping = TESSERA__V1__PING__INIT;
+        Tessera__V1__ClientFrame f = TESSERA__V1__CLIENT_FRAME__INIT;
+        f.payload_case = TESSERA__V1__CLIENT_FRAME__PAYLOAD_PING;
+        f.ping = &ping;
+        if (cl_send(p, &f) != TS_OK) return false;
+    }
+    return !p->closed && !p->last_error_fatal;
+}
+
+/* gateway.rate_limit=20: the flood rule is "more than 10 x 20 frames/s for
+ * 2 s", i.e. more than 400 frames within 2 s (counted in 100 ms steps: any
+ * 1.9 s always counts). The frame that passes it closes the connection, at
+ * once, wherever the flood starts; anything at or below it never does.
+ * Frames over the plain rate limit are dropped with a non-fatal
+ * ERROR_RATE_LIMIT. */
 static void test_flood_limit_exact(void **state)
 {
     (void)state;
@@ -527,14 +751,36 @@ static void test_flood_limit_exact(void **state)
     int idx = spawn_gateway("gwf", 5, &port, extra);
     uint64_t at = 0;
 
-    cl_t flood; /* 15x for up to 4 s */
+    cl_t flood; /* 15x for up to 4 s: its 401st frame (the Hello, then 400 Pings) goes out 399/300 s in */
     cl_connect(&flood, port);
     cl_hello(&flood, NULL, NULL);
     assert_true(ping_at(&flood, 300, 4000, &at));
-    assert_true(at >= 1000 && at <= 2500);
+    assert_non_null(strstr(flood.last_error_msg, "more than 400 frames within 2 s"));
+    fprintf(stderr, "figure: 15x flood closed %llu ms in (its 401st frame: 1330 ms)\n",
+            (unsigned long long)at);
+    assert_true(at >= 1330 && at <= 2000);
     cl_close(&flood);
 
-    cl_t bursts; /* 15x for 0.8 s, then quiet for 1.3 s, three times */
+    /* a flood starting in the middle of everything: 550 ms after the Hello,
+     * 400 frames within 0.8 s (25x) are not closed; the 401st, 0.3 s later
+     * (401 within 1.1 s), is */
+    cl_t mid;
+    cl_connect(&mid, port);
+    cl_hello(&mid, NULL, NULL);
+    assert_false(ping_at(&mid, 0, 550, &at));
+    uint64_t first = ts_mono_us();
+    assert_true(ping_n(&mid, 399, 800));      /* with the Hello: 400 */
+    assert_false(ping_at(&mid, 0, 300, &at)); /* reads; nothing fatal */
+    assert_false(mid.closed);
+    assert_true(ping_n(&mid, 1, 0)); /* the 401st */
+    uint64_t sent = ts_mono_us();
+    assert_true(sent - first < 1800000); /* all 401 within 1.9 s (the client kept its pace) */
+    expect_fatal(&mid, TESSERA__V1__ERROR_CODE__ERROR_RATE_LIMIT, 1000);
+    fprintf(stderr, "figure: the 401st frame of a mid-window flood closed it within %.1f ms\n",
+            (double)(ts_mono_us() - sent) / 1000.0);
+    cl_close(&mid);
+
+    cl_t bursts; /* 15x for 0.8 s, then quiet for 1.3 s, three times (at most 210 within 2 s) */
     cl_connect(&bursts, port);
     cl_hello(&bursts, NULL, NULL);
     for (int i = 0; i < 3; i++) {
@@ -544,11 +790,15 @@ static void test_flood_limit_exact(void **state)
     assert_false(bursts.closed);
     cl_close(&bursts);
 
-    cl_t busy; /* 7.5x for 3 s */
+    cl_t busy; /* just below: 9x (360 within 2 s) for 5 s, never closed */
     cl_connect(&busy, port);
     cl_hello(&busy, NULL, NULL);
-    assert_false(ping_at(&busy, 150, 3000, &at));
+    assert_false(ping_at(&busy, 180, 5000, &at));
     assert_false(busy.closed);
+    /* what passes 20 frames/s is dropped, and it was told (not fatal) */
+    assert_int_equal(busy.last_error, TESSERA__V1__ERROR_CODE__ERROR_RATE_LIMIT);
+    assert_false(busy.last_error_fatal);
+    assert_non_null(strstr(busy.last_error_msg, "frames are dropped"));
     cl_close(&busy);
 
     ts_h_signal(&ts_h, idx, SIGTERM);
@@ -1262,6 +1512,8 @@ int main(int argc, char **argv)
         TS_H_TEST(test_hello_timeout),
         TS_H_TEST(test_idle_player_stopped_then_despawned),
         TS_H_TEST(test_slow_reader_closed),
+        TS_H_TEST(test_slow_reader_default_backlog),
+        TS_H_TEST(test_keepalive_on),
         TS_H_TEST(test_resume_on_second_gateway_exactly_once),
         TS_H_TEST(test_resume_refused_forged_or_expired),
         TS_H_TEST(test_leave_then_join_same_connection),

@@ -28,7 +28,8 @@
  * is 1 and its team is the tagger's) and exactly one point for the tagger,
  * read from the entities' state bytes in the players' Snapshots and
  * Deltas; no value seen by any player ever goes above 1 (no double, not
- * even for a moment), and the values stay so for 2 s after. */
+ * even for a moment), and the values stay so for 2 s after.
+ * `it_tag --ws`: the same with the players on WebSocket. */
 #include <inttypes.h>
 #include <pthread.h>
 #include <setjmp.h>
@@ -220,7 +221,7 @@ static int player_join(double x, double y, int team, const char *name)
     p->x = x;
     p->y = y;
     p->team = team;
-    assert_int_equal(ts_client_connect(&p->c, "127.0.0.1", stack.gw_port, 3000), TS_OK);
+    assert_int_equal(ts_h_client_connect(&p->c, stack.gw_port, 3000), TS_OK);
     const char *payload = team == TEAM_RED ? "red" : "blue";
     uint64_t deadline = ts_mono_us() + 10000000;
     int errors = -1;
@@ -569,7 +570,9 @@ static int group_setup(void **state)
     snprintf(game_arg, sizeof game_arg, "--worker.game=%s/libtag.so", TS_BIN_DIR);
     const char *orch[] = {"--orch.rebalance=0", HB_TTL_ARG, "--world.assign=-1:0=w1,0:0=w2", NULL};
     ts_h_spawn_stack(&ts_h, orch, worker_args, NULL, &stack);
-    if (!ts_h_wait_world(&ts_h, WORLD, NCELLS, WAIT_MS) || !ts_h_wait_port(stack.gw_port, WAIT_MS)) goto fail;
+    if (!ts_h_wait_world(&ts_h, WORLD, NCELLS, WAIT_MS) || !ts_h_wait_port(stack.gw_port, WAIT_MS) ||
+        !ts_h_wait_port(ts_h_player_port(stack.gw_port), WAIT_MS))
+        goto fail;
     return 0;
 fail:
     ts_h_fail_dump(&ts_h);
@@ -591,8 +594,9 @@ static int group_teardown(void **state)
     return 0;
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    ts_h_ws_main(argc, argv); /* --ws: the players on WebSocket */
     const struct CMUnitTest tests[] = {
         TS_H_TEST(test_tag_across_workers),
         TS_H_TEST(test_tag_through_handover),
@@ -600,5 +604,5 @@ int main(void)
         TS_H_TEST(test_tag_through_owner_crash),
         TS_H_TEST(test_tag_owner_crash_before_apply),
     };
-    return TS_H_RUN("it_tag", tests, group_setup, group_teardown);
+    return TS_H_RUN(ts_h_ws ? "it_tag_ws" : "it_tag", tests, group_setup, group_teardown);
 }

@@ -310,12 +310,12 @@ describe('websocket listener', () => {
     }
   });
 
-  it('refuses a message from its frame header alone: ERROR_OVERSIZED, then closes 1009', async () => {
+  it('refuses a message at its frame header and first payload byte: ERROR_OVERSIZED, then closes 1009', async () => {
     try {
       const r = raw();
       await r.opened;
-      // binary, FIN, masked, 64-bit length 10 MiB; no mask key, no payload
-      r.ws._socket.write(Buffer.from([0x82, 0xff, 0, 0, 0, 0, 0, 0xa0, 0, 0]));
+      // binary, FIN, masked, 64-bit length 10 MiB, the mask key, one payload byte
+      r.ws._socket.write(Buffer.from([0x82, 0xff, 0, 0, 0, 0, 0, 0xa0, 0, 0, 1, 2, 3, 4, 9]));
       assert.equal(await r.closed, 1009);
       assert.equal(r.frames.at(-1).error.code, ErrorCode.OVERSIZED);
       assert.equal(r.frames.at(-1).error.fatal, true);
