@@ -23,7 +23,7 @@ static void test_stack_runs_over_tls(void **state)
 {
     (void)state;
     ts_client_t *c = NULL;
-    assert_int_equal(ts_client_connect(&c, "127.0.0.1", stack.gw_port, 3000), TS_OK);
+    assert_int_equal(ts_h_client_connect(&c, stack.gw_port, 3000), TS_OK);
     assert_int_equal(ts_client_join(c, -20, 20, "tls"), TS_OK);
     /* the join is the first input, then two moves */
     uint64_t entity = 0, applied = 0, settled_us = 0;
@@ -127,7 +127,8 @@ static int group_setup(void **state)
     (void)state;
     ts_h_start_secure_tls(&ts_h);
     ts_h_spawn_stack(&ts_h, NULL, NULL, NULL, &stack);
-    if (!ts_h_wait_world(&ts_h, WORLD, NCELLS, 30000) || !ts_h_wait_port(stack.gw_port, 15000)) {
+    if (!ts_h_wait_world(&ts_h, WORLD, NCELLS, 30000) || !ts_h_wait_port(stack.gw_port, 15000) ||
+        !ts_h_wait_port(ts_h_player_port(stack.gw_port), 15000)) {
         ts_h_fail_dump(&ts_h);
         ts_h_stop(&ts_h);
         return -1;
@@ -135,12 +136,13 @@ static int group_setup(void **state)
     return 0;
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    ts_h_ws_main(argc, argv); /* --ws: the player on WebSocket */
     const struct CMUnitTest tests[] = {
         TS_H_TEST(test_stack_runs_over_tls),
         TS_H_TEST(test_plain_connection_refused),
         TS_H_TEST(test_redis_over_tls_only),
     };
-    return TS_H_RUN("it_auth_tls", tests, group_setup, ts_h_group_teardown);
+    return TS_H_RUN(ts_h_ws ? "it_auth_tls_ws" : "it_auth_tls", tests, group_setup, ts_h_group_teardown);
 }
