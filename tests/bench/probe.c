@@ -189,6 +189,13 @@ long ts_probe_leader_pid(ts_bus_t *bus, uint32_t world, int64_t timeout_ms)
     return dash > p ? strtol(dash, NULL, 10) : -1;
 }
 
+const ts_cell_entry_t *ts_probe_cell_find(const ts_cell_entry_t *cells, size_t n, const ts_cell_t *c)
+{
+    for (size_t i = 0; i < n; i++)
+        if (ts_cell_eq(&cells[i].cell, c)) return &cells[i];
+    return NULL;
+}
+
 bool ts_probe_registry_read(ts_registry_t *reg, uint32_t world, ts_probe_epochs_t *seen,
                             ts_cell_entry_t **cells, size_t *n, char *why, size_t cap)
 {

@@ -88,6 +88,8 @@ typedef struct {
  * *n 0) or a check fails. */
 bool ts_probe_registry_read(ts_registry_t *reg, uint32_t world, ts_probe_epochs_t *seen,
                             ts_cell_entry_t **cells, size_t *n, char *why, size_t cap);
+/* The entry of cell c among cells[0..n) (a registry read); NULL if absent. */
+const ts_cell_entry_t *ts_probe_cell_find(const ts_cell_entry_t *cells, size_t n, const ts_cell_t *c);
 
 /* A successful handover reply:
  * "ok <from>-><to> epoch <E>-><E+1> freeze_us=<n> total_us=<n>". */

@@ -50,13 +50,6 @@ static void read_registry(ts_registry_t *reg, ts_cell_entry_t **cells, size_t *n
     }
 }
 
-static const ts_cell_entry_t *find(const ts_cell_entry_t *cells, size_t n, const ts_cell_t *c)
-{
-    for (size_t i = 0; i < n; i++)
-        if (ts_cell_eq(&cells[i].cell, c)) return &cells[i];
-    return NULL;
-}
-
 static ts_cell_entry_t get(ts_registry_t *reg, const ts_cell_t *c)
 {
     ts_cell_entry_t e;
@@ -117,13 +110,13 @@ static void test_registry_split_merge(void **state)
     char why[256];
     assert_true(ts_registry_cells_check(&w, cells, n, why, sizeof why));
     /* the check sees an overlap: the parent live again over live children */
-    ts_cell_entry_t *p = (ts_cell_entry_t *)find(cells, n, &root.cell);
+    ts_cell_entry_t *p = (ts_cell_entry_t *)ts_probe_cell_find(cells, n, &root.cell);
     p->state = TS_CELL_ACTIVE;
     assert_false(ts_registry_cells_check(&w, cells, n, why, sizeof why));
     assert_non_null(strstr(why, "lies under"));
     /* ... and a hole: a child retired under a split parent */
     p->state = TS_CELL_SPLIT;
-    ((ts_cell_entry_t *)find(cells, n, &kids[2]))->state = TS_CELL_RETIRED;
+    ((ts_cell_entry_t *)ts_probe_cell_find(cells, n, &kids[2]))->state = TS_CELL_RETIRED;
     assert_false(ts_registry_cells_check(&w, cells, n, why, sizeof why));
     free(cells);
 
@@ -694,7 +687,8 @@ static void test_hotspot_splits_and_merges(void **state)
         ts_cell_entry_t *cells = NULL;
         size_t n = 0;
         read_registry(reg, &cells, &n);
-        const ts_cell_entry_t *r = find(cells, n, &(ts_cell_t){.world = WORLD, .cx = 0, .cy = 0});
+        const ts_cell_entry_t *r =
+            ts_probe_cell_find(cells, n, &(ts_cell_t){.world = WORLD, .cx = 0, .cy = 0});
         merged = r && r->state == TS_CELL_ACTIVE;
         free(cells);
         ts_sleep_ms(250);

@@ -68,20 +68,13 @@ static void read_registry(ts_cell_entry_t **cells, size_t *n)
     }
 }
 
-static const ts_cell_entry_t *find(const ts_cell_entry_t *cells, size_t n, const ts_cell_t *c)
-{
-    for (size_t i = 0; i < n; i++)
-        if (ts_cell_eq(&cells[i].cell, c)) return &cells[i];
-    return NULL;
-}
-
 /* The registry entry of c, from a checked read of the whole registry. */
 static ts_cell_entry_t entry_of(const ts_cell_t *c)
 {
     ts_cell_entry_t *cells = NULL, e = {0};
     size_t n = 0;
     read_registry(&cells, &n);
-    const ts_cell_entry_t *f = find(cells, n, c);
+    const ts_cell_entry_t *f = ts_probe_cell_find(cells, n, c);
     if (f) e = *f;
     free(cells);
     if (!f) {
@@ -292,7 +285,7 @@ static void test_drain_cells_at_depth(void **state)
     /* each cell moved once (epoch + 1) to the other worker, state kept */
     assert_int_equal(n, nbefore);
     for (size_t i = 0; i < n; i++) {
-        const ts_cell_entry_t *b = find(before, nbefore, &cells[i].cell);
+        const ts_cell_entry_t *b = ts_probe_cell_find(before, nbefore, &cells[i].cell);
         assert_non_null(b);
         char key[TS_CELL_STR_MAX];
         ts_cell_format(&cells[i].cell, key, sizeof key);
@@ -357,10 +350,10 @@ static int leader_of(const int *orch, int n)
 /* Whether the four children are active on one owner (into owner). */
 static bool gathered(const ts_cell_entry_t *cells, size_t n, const ts_cell_t kids[4], char *owner, size_t cap)
 {
-    const ts_cell_entry_t *k0 = find(cells, n, &kids[0]);
+    const ts_cell_entry_t *k0 = ts_probe_cell_find(cells, n, &kids[0]);
     if (!k0 || k0->state != TS_CELL_ACTIVE) return false;
     for (int q = 1; q < 4; q++) {
-        const ts_cell_entry_t *k = find(cells, n, &kids[q]);
+        const ts_cell_entry_t *k = ts_probe_cell_find(cells, n, &kids[q]);
         if (!k || k->state != TS_CELL_ACTIVE || strcmp(k->owner, k0->owner) != 0) return false;
     }
     ts_strlcpy(owner, k0->owner, cap);
@@ -376,10 +369,10 @@ static void wait_merged(const ts_cell_t kids[4], const char *when)
         ts_cell_entry_t *cells = NULL;
         size_t n = 0;
         read_registry(&cells, &n);
-        const ts_cell_entry_t *r = find(cells, n, &ROOT);
+        const ts_cell_entry_t *r = ts_probe_cell_find(cells, n, &ROOT);
         bool merged = r && r->state == TS_CELL_ACTIVE;
         for (int q = 0; q < 4 && merged; q++) {
-            const ts_cell_entry_t *k = find(cells, n, &kids[q]);
+            const ts_cell_entry_t *k = ts_probe_cell_find(cells, n, &kids[q]);
             merged = k && k->state == TS_CELL_RETIRED;
         }
         free(cells);
@@ -469,7 +462,7 @@ static void test_leader_killed_between_gather_and_merge(void **state)
     size_t n = 0;
     read_registry(&cells, &n);
     bool done = gathered(cells, n, kids, owner, sizeof owner);
-    const ts_cell_entry_t *r = find(cells, n, &ROOT);
+    const ts_cell_entry_t *r = ts_probe_cell_find(cells, n, &ROOT);
     assert_non_null(r);
     fprintf(stderr, "leader killed during the gather: ROOT %s, children %s\n", ts_cell_state_str(r->state),
             done ? "on one owner" : "on two owners");
@@ -491,7 +484,7 @@ static void test_leader_killed_between_gather_and_merge(void **state)
     for (done = false; !done;) {
         read_registry(&cells, &n);
         done = gathered(cells, n, kids, owner, sizeof owner);
-        r = find(cells, n, &ROOT);
+        r = ts_probe_cell_find(cells, n, &ROOT);
         bool split = r && r->state == TS_CELL_SPLIT;
         free(cells);
         if (!split) {
