@@ -196,7 +196,7 @@ ts_status_t ts_simws_upgrade(ts_simws_t *w, const uint8_t *data, size_t n, size_
     ts_status_t st = TS_OK;
     const char *acc = NULL;
     size_t acc_len = 0;
-    if (strncmp(w->head, "HTTP/1.1 101 ", 13) != 0 && strcmp(w->head, "HTTP/1.1 101") != 0) {
+    if (strncmp(w->head, "HTTP/1.1 101", 12) != 0 || (status_len > 12 && w->head[12] != ' ')) {
         if (why != NULL)
             snprintf(why, cap, "the gateway answered '%.*s'", status_len > 80 ? 80 : status_len, w->head);
         st = TS_ERR_UNAVAILABLE;

@@ -7,7 +7,7 @@
  * upgrade request and answer are small text. Memory per client: wslay's
  * frame context (about 4 KB, its input buffer), the upgrade answer while it
  * is read (at most TS_SIMWS_MAX_HEAD bytes) and a message that arrived in
- * pieces (at most the max_msg given to ts_simws_init). */
+ * pieces (at most the max_msg given to ts_simws_new). */
 #ifndef TESSERA_SIM_WS_CLIENT_H
 #define TESSERA_SIM_WS_CLIENT_H
 

@@ -236,6 +236,11 @@ static void test_upgrade_refused(void **state)
     assert_int_equal(ts_simws_upgrade(w, (const uint8_t *)wrong, strlen(wrong), &used, why, sizeof why),
                      TS_ERR_UNAVAILABLE);
     assert_non_null(strstr(why, "Sec-WebSocket-Accept"));
+    /* not 101 either */
+    assert_true(ts_simws_request(w, "h", 1, "/ws", req, sizeof req) > 0);
+    const char *other = "HTTP/1.1 1010 Nope\r\n\r\n";
+    assert_int_equal(ts_simws_upgrade(w, (const uint8_t *)other, strlen(other), &used, why, sizeof why),
+                     TS_ERR_UNAVAILABLE);
     /* 101 without one */
     assert_true(ts_simws_request(w, "h", 1, "/ws", req, sizeof req) > 0);
     const char *none = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n";
