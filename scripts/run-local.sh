@@ -14,9 +14,11 @@
 # plays through the gateway instead of publishing straight onto the bus:
 # `tessera-sim --via-gateway 127.0.0.1:<gateway port>` connects PLAYERS real
 # TCP clients that join and move; its per-second line, with input->own state
-# latency, is in sim.log, and `tail -f` on it shows the run live).
+# latency, is in sim.log, and `tail -f` on it shows the run live;
+# VIA_GATEWAY=ws: the same clients over WebSocket, `--via-gateway
+# ws://127.0.0.1:<ws port>`).
 # HOTSPOT (default 125,125,20,0.5,60,20; "" or 0: none): the sim's --hotspot
-# X,Y,R,share,hold_s,from_s (bus mode and VIA_GATEWAY=1 alike): from from_s
+# X,Y,R,share,hold_s,from_s (bus mode and VIA_GATEWAY=1/ws alike): from from_s
 # seconds after the start, once the demo handovers are done, a share of the
 # players gathers in the circle; with the orchestrator's automatic split
 # (split.auto=1) the crowded cell splits to depth 2, the rebalancer moves
@@ -85,8 +87,8 @@ done
 if [[ -n "$DURATION" && ! "$DURATION" =~ ^[0-9]+$ ]]; then
     die "DURATION must be a number of seconds, got '$DURATION'"
 fi
-if [[ "$VIA_GATEWAY" != 0 && "$VIA_GATEWAY" != 1 ]]; then
-    die "VIA_GATEWAY must be 0 or 1, got '$VIA_GATEWAY'"
+if [[ "$VIA_GATEWAY" != 0 && "$VIA_GATEWAY" != 1 && "$VIA_GATEWAY" != ws ]]; then
+    die "VIA_GATEWAY must be 0, 1 or ws, got '$VIA_GATEWAY'"
 fi
 if [[ "$SECURE" != 0 && "$SECURE" != 1 ]]; then
     die "SECURE must be 0 or 1, got '$SECURE'"
@@ -290,10 +292,15 @@ as gateway-1
 TESSERA_GATEWAY_RESUME_SECRET=$RESUME_SECRET start gateway "$BUILD_DIR/tessera-gateway" --gateway.id=1 \
     --gateway.listen="127.0.0.1:$GATEWAY_PORT" --gateway.ws_listen="127.0.0.1:$MAP_PORT" "${CREDS[@]}"
 as sim
-if [[ "$VIA_GATEWAY" == 1 ]]; then
+if [[ "$VIA_GATEWAY" != 0 ]]; then
     # real clients need the gateway listening first
     wait_port gateway "$GATEWAY_PORT" 20
-    start sim "$BUILD_DIR/tessera-sim" --via-gateway "127.0.0.1:$GATEWAY_PORT" --sim.players="$PLAYERS" \
+    via="127.0.0.1:$GATEWAY_PORT"
+    if [[ "$VIA_GATEWAY" == ws ]]; then
+        wait_port gateway "$MAP_PORT" 20
+        via="ws://127.0.0.1:$MAP_PORT/ws"
+    fi
+    start sim "$BUILD_DIR/tessera-sim" --via-gateway "$via" --sim.players="$PLAYERS" \
         ${HOTSPOT:+--hotspot="$HOTSPOT"} "${CREDS[@]}"
 else
     start sim "$BUILD_DIR/tessera-sim" --sim.players="$PLAYERS" ${HOTSPOT:+--hotspot="$HOTSPOT"} "${CREDS[@]}"
@@ -301,7 +308,7 @@ else
 fi
 
 cat <<EOF
-Tessera is running ($([[ -n "$GAME" ]] && echo "GAME=$GAME, ")PLAYERS=$PLAYERS$([[ "$VIA_GATEWAY" == 1 ]] && echo " through the gateway")${DURATION:+, DURATION=${DURATION}s}$([[ -n "$HOTSPOT" ]] && echo ", a crowd at $HOTSPOT (x,y,r,share,hold_s,from_s)")):
+Tessera is running ($([[ -n "$GAME" ]] && echo "GAME=$GAME, ")PLAYERS=$PLAYERS$([[ "$VIA_GATEWAY" == 1 ]] && echo " through the gateway")$([[ "$VIA_GATEWAY" == ws ]] && echo " through the gateway on WebSocket")${DURATION:+, DURATION=${DURATION}s}$([[ -n "$HOTSPOT" ]] && echo ", a crowd at $HOTSPOT (x,y,r,share,hold_s,from_s)")):
   NATS     $TESSERA_NATS_URL  (JetStream store $TMP/js)
   Redis    $TESSERA_REDIS_URL
   security $([[ "$SECURE" == 1 ]] && echo "users, permissions and ACLs from $SECRETS (SECURE=0: none)" || echo "none (SECURE=0)")

@@ -1,7 +1,8 @@
 /* tessera-sim: synthetic players publishing straight into cell input
  * subjects, checking that every input JetStream acknowledged is applied
  * exactly once (as witnessed by inputs_applied in the workers' state); or,
- * with --via-gateway ADDR, real clients through a gateway (via_gateway.c).
+ * with --via-gateway ADDR, real clients through a gateway (via_gateway.c),
+ * over TCP or, with a ws:// address, WebSocket (ws_client.c).
  *
  * Invariants: inputs go out in batches every FLUSH_MS; the counted totals
  * cover Joins and Moves only (the closing Leaves are not counted); with a
@@ -33,8 +34,8 @@
 
 static const ts_service_t service = {
     .name = "tessera-sim",
-    .usage = "usage: tessera-sim [--via-gateway HOST:PORT] [--hotspot X,Y,R[,SHARE[,HOLD_S[,FROM_S]]]]\n"
-             "                   [--key=value ...]\n"
+    .usage = "usage: tessera-sim [--via-gateway HOST:PORT|ws://HOST:PORT[/PATH]]\n"
+             "                   [--hotspot X,Y,R[,SHARE[,HOLD_S[,FROM_S]]]] [--key=value ...]\n"
              "Runs sim.players synthetic players that publish InputBatches straight into\n"
              "the cell input subjects of world.id (sim.rate_hz inputs per player per second,\n"
              "speed sim.speed), follows their cells through the workers' state and reports\n"
@@ -44,9 +45,13 @@ static const ts_service_t service = {
              "sent, 2 otherwise; on SIGINT/SIGTERM it stops and exits 0.\n\n"
              "--via-gateway HOST:PORT instead connects sim.players real clients to that gateway\n"
              "(TCP, one event loop, up to 1000 new connections/s): each sends Hello and Join, then\n"
-             "Moves at sim.rate_hz, and reads its Deltas. Once all joined it plays sim.duration_s\n"
-             "(0: until signalled), waits up to 20 s for the last inputs to show in each client's\n"
-             "own entity and prints input->own state latency (p50/p99/p999 over the Moves sent\n"
+             "Moves at sim.rate_hz, and reads its Deltas. With ws://HOST:PORT (the gateway's\n"
+             "gateway.ws_listen; PATH defaults to /ws) every client first upgrades to a WebSocket\n"
+             "and then sends and receives the same frames as binary messages (latency measured\n"
+             "the same way; bytes/s counts the WebSocket framing; each client holds about 4 KB\n"
+             "more, wslay's input buffer). Once all joined it plays sim.duration_s (0: until\n"
+             "signalled), waits up to 20 s for the last inputs to show in each client's own\n"
+             "entity and prints input->own state latency (p50/p99/p999 over the Moves sent\n"
              "while playing), Deltas/s and bytes/s per client, and inputs sent/applied/missing,\n"
              "ending with two lines\n"
              "  via-gateway: clients=N connected=C sent=S applied=A missing=M errors=E lat_p50_ms=..\n"
@@ -119,8 +124,32 @@ static const char *take_flag(int *argc, char **argv, const char *flag, bool *bad
     return addr;
 }
 
+#define WS_PATH_MAX 256
+
+/* "ws://HOST:PORT[/PATH]": HOST:PORT into hostport, the path (default
+ * "/ws") into *path; false (logged) if it is not that. */
+static bool split_ws_addr(const char *addr, char *hostport, size_t cap, const char **path)
+{
+    const char *rest = addr + strlen("ws://");
+    const char *slash = strchr(rest, '/');
+    size_t hl = slash != NULL ? (size_t)(slash - rest) : strlen(rest);
+    *path = slash != NULL ? slash : "/ws";
+    bool path_ok = strlen(*path) <= WS_PATH_MAX;
+    for (const char *p = *path; path_ok && *p != '\0'; p++)
+        path_ok = *p > ' ' && *p != 0x7f;
+    if (hl == 0 || hl >= cap || !path_ok) {
+        ts_error("--via-gateway: '%s' is not ws://HOST:PORT[/PATH] (a path of at most %d printable "
+                 "characters)",
+                 addr, WS_PATH_MAX);
+        return false;
+    }
+    memcpy(hostport, rest, hl);
+    hostport[hl] = '\0';
+    return true;
+}
+
 /* Gateway mode: the world from the registry, then ts_vg_run (with the
- * hotspot, if any). */
+ * hotspot, if any). addr is HOST:PORT (TCP) or ws://HOST:PORT[/PATH]. */
 static int run_via_gateway(const ts_config_t *cfg, const char *addr, const ts_sim_hotspot_t *hotspot)
 {
     ts_vg_opts_t o = {.hotspot = hotspot,
@@ -129,9 +158,23 @@ static int run_via_gateway(const ts_config_t *cfg, const char *addr, const ts_si
                       .duration_s = cfg->sim_duration_s,
                       .speed = cfg->sim_speed,
                       .seed = (uint64_t)cfg->sim_seed};
-    char host[256];
-    if (ts_config_split_hostport(addr, host, sizeof host, &o.port) != TS_OK) {
-        ts_error("--via-gateway: '%s' is not host:port", addr);
+    char host[256], hostport[300];
+    const char *hp = addr;
+    if (strncmp(addr, "wss://", 6) == 0) {
+        ts_error("--via-gateway: '%s': wss:// is not supported; give the gateway's plain gateway.ws_listen "
+                 "as ws://HOST:PORT",
+                 addr);
+        return TS_VG_EXIT_SETUP;
+    }
+    if (strncmp(addr, "ws://", 5) == 0) {
+        if (!split_ws_addr(addr, hostport, sizeof hostport, &o.ws_path)) return TS_VG_EXIT_SETUP;
+        hp = hostport;
+    } else if (strstr(addr, "://") != NULL) {
+        ts_error("--via-gateway: '%s': want HOST:PORT (TCP) or ws://HOST:PORT[/PATH] (WebSocket)", addr);
+        return TS_VG_EXIT_SETUP;
+    }
+    if (ts_config_split_hostport(hp, host, sizeof host, &o.port) != TS_OK) {
+        ts_error("--via-gateway: '%s' is not host:port or ws://host:port[/path]", addr);
         return TS_VG_EXIT_SETUP;
     }
     o.host = host;
@@ -297,7 +340,7 @@ int main(int argc, char **argv)
     sim_t s = {.cfg = &cfg};
 
     if (bad_flag) {
-        ts_error("--via-gateway needs an address (host:port)");
+        ts_error("--via-gateway needs an address (host:port or ws://host:port[/path])");
         goto cleanup;
     }
     if (bad_hotspot || (hotspot && ts_sim_hotspot_parse(hotspot, &s.hotspot) != TS_OK)) {

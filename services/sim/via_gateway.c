@@ -2,7 +2,11 @@
  *
  * Each client walks IDLE -> CONNECTING -> JOINING -> PLAYING, or ends in
  * FAILED (could not connect or join) or DROPPED (the gateway closed a
- * joined client). The run walks RAMP -> PLAY -> SETTLE -> DONE:
+ * joined client). With o->ws_path a client stays CONNECTING until the
+ * gateway answered its WebSocket upgrade (ws_client.c) and then speaks in
+ * binary messages: same frames, same timings, same counters; the bytes
+ * counted are those on the wire (WebSocket headers instead of length
+ * prefixes). The run walks RAMP -> PLAY -> SETTLE -> DONE:
  *
  *   RAMP    clients connect at up to TS_VG_CONNECT_RATE a second, at most
  *           TS_VG_MAX_HANDSHAKES between connect and the Snapshot that
@@ -44,6 +48,7 @@
 #include "tessera/service.h"
 #include "tessera/util.h"
 #include "track.h"
+#include "ws_client.h"
 
 #define TICK_MS 5
 #define REPORT_US 1000000ull
@@ -100,6 +105,7 @@ typedef struct {
     uint64_t pos_us;
     ts_sim_crowd_t crowd;
     uint64_t window_deltas, window_bytes;
+    ts_simws_t *ws; /* with o->ws_path: this connection's WebSocket, else NULL */
 } client_t;
 
 typedef struct {
@@ -128,6 +134,7 @@ struct vg {
     uint64_t report_sent, report_deltas;
     double wx0, wy0, wx1, wy1;
     ts_rng_t rng;
+    ts_rng_t ws_rng; /* WebSocket keys and masks (keeps rng's draws those of a TCP run) */
     ts_lat_hist_t hist_sec, hist_all;
     /* Moves still unanswered when their client was told its entity changed
      * cells (they went to the old cell): a subset of hist_all */
@@ -166,6 +173,8 @@ static void on_close(uv_handle_t *h)
     c->handle_busy = false;
     c->out_pending = 0;
     ts_frame_reader_free(&c->reader);
+    ts_simws_free(c->ws);
+    c->ws = NULL;
 }
 
 static void close_client(client_t *c)
@@ -234,17 +243,27 @@ static bool send_bytes(client_t *c, const uint8_t *data, size_t len)
     return true;
 }
 
-/* Packs a ClientFrame with the next seq behind its length header into
- * out (cap bytes); returns the length, 0 if it does not fit. */
+/* Packs a ClientFrame with the next seq into out (cap bytes), behind its
+ * length header on TCP, as one binary message on a WebSocket; returns the
+ * length, 0 if it does not fit. */
 static size_t pack_frame(client_t *c, Tessera__V1__ClientFrame *f, uint8_t *out, size_t cap)
 {
     f->seq = c->last_seq + 1;
-    size_t len = tessera__v1__client_frame__get_packed_size(f);
-    if (len + TS_FRAME_HEADER > cap) return 0;
-    ts_frame_put_header(out, (uint32_t)len);
-    tessera__v1__client_frame__pack(f, out + TS_FRAME_HEADER);
+    size_t len = tessera__v1__client_frame__get_packed_size(f), n;
+    if (c->ws != NULL) {
+        uint8_t msg[256];
+        if (len > sizeof msg) return 0;
+        tessera__v1__client_frame__pack(f, msg);
+        n = ts_simws_encode(c->ws, TS_SIMWS_BINARY, msg, len, out, cap);
+        if (n == 0) return 0;
+    } else {
+        if (len + TS_FRAME_HEADER > cap) return 0;
+        ts_frame_put_header(out, (uint32_t)len);
+        tessera__v1__client_frame__pack(f, out + TS_FRAME_HEADER);
+        n = len + TS_FRAME_HEADER;
+    }
     c->last_seq = f->seq;
-    return len + TS_FRAME_HEADER;
+    return n;
 }
 
 /* Sends Hello (first connect only) and Join in one write. The Join counts
@@ -413,6 +432,61 @@ static size_t frames_in_place(client_t *c, const uint8_t *data, size_t n, uint64
     return off;
 }
 
+typedef struct {
+    client_t *c;
+    uint64_t now;
+} ws_read_t;
+
+/* A message on a client's WebSocket: a ServerFrame, a ping (answered) or
+ * the gateway's close. False once the client is closed. */
+static bool on_ws_msg(void *ud, uint8_t opcode, const uint8_t *payload, size_t len)
+{
+    ws_read_t *x = ud;
+    client_t *c = x->c;
+    if (opcode == TS_SIMWS_BINARY) {
+        on_frame(c, payload, len, x->now);
+    } else if (opcode == TS_SIMWS_PING) {
+        uint8_t pong[TS_SIMWS_MAX_CONTROL + TS_SIMWS_FRAME_OVERHEAD];
+        size_t n = ts_simws_encode(c->ws, TS_SIMWS_PONG, payload, len, pong, sizeof pong);
+        if (n > 0) send_bytes(c, pong, n);
+    } else if (opcode == TS_SIMWS_CLOSE) {
+        char why[64];
+        snprintf(why, sizeof why, "the gateway closed the WebSocket (code %u)",
+                 len >= 2 ? (unsigned)payload[0] << 8 | payload[1] : 1005u);
+        fail_client(c, why);
+    }
+    return c->handle_open;
+}
+
+/* Bytes on a WebSocket client: the rest of the upgrade answer (then Hello
+ * and Join go out), then frames. */
+static void ws_read(client_t *c, const uint8_t *data, size_t n, uint64_t now)
+{
+    if (!ts_simws_upgraded(c->ws)) {
+        size_t used = 0;
+        char why[160];
+        ts_status_t st = ts_simws_upgrade(c->ws, data, n, &used, why, sizeof why);
+        if (st == TS_ERR_AGAIN) return;
+        if (st != TS_OK) {
+            fail_client(c, why);
+            return;
+        }
+        set_phase(c, CL_JOINING);
+        send_join(c, true);
+        data += used;
+        n -= used;
+        if (n == 0 || !c->handle_open) return;
+    }
+    ws_read_t x = {c, now};
+    ts_status_t st = ts_simws_feed(c->ws, data, n, on_ws_msg, &x);
+    if (st != TS_OK && c->handle_open) {
+        if (st != TS_ERR_NOMEM) c->vg->malformed++;
+        fail_client(c, st == TS_ERR_OVERSIZED ? "oversized WebSocket message"
+                       : st == TS_ERR_NOMEM   ? "out of memory"
+                                              : "malformed WebSocket frame");
+    }
+}
+
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     client_t *c = s->data;
@@ -427,6 +501,10 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     if (vg->phase == RUN_PLAY) c->window_bytes += (uint64_t)nread;
     const uint8_t *data = (const uint8_t *)buf->base;
     size_t n = (size_t)nread;
+    if (c->ws != NULL) {
+        ws_read(c, data, n, now);
+        return;
+    }
     bool bad = false;
     if (c->reader.len == c->reader.off) {
         /* nothing buffered: whole frames straight from the read buffer */
@@ -454,6 +532,23 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 
 static void start_connect(vg_t *vg, client_t *c, uint64_t now);
 
+/* A WebSocket client sends its upgrade request first; Hello and Join
+ * follow the 101 (ws_read). */
+static void start_upgrade(client_t *c)
+{
+    vg_t *vg = c->vg;
+    c->ws = ts_simws_new(ts_rng_next(&vg->ws_rng), MAX_FRAME);
+    char req[1024];
+    size_t n = c->ws != NULL
+                   ? ts_simws_request(c->ws, vg->o->host, vg->o->port, vg->o->ws_path, req, sizeof req)
+                   : 0;
+    if (n == 0) {
+        fail_client(c, "cannot build the WebSocket upgrade request");
+        return;
+    }
+    send_bytes(c, (const uint8_t *)req, n);
+}
+
 static void on_connect(uv_connect_t *req, int status)
 {
     client_t *c = req->data;
@@ -474,6 +569,10 @@ static void on_connect(uv_connect_t *req, int status)
     int rc = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
     if (rc != 0) {
         fail_client(c, uv_strerror(rc));
+        return;
+    }
+    if (vg->o->ws_path != NULL) {
+        start_upgrade(c);
         return;
     }
     set_phase(c, CL_JOINING);
@@ -634,6 +733,11 @@ static void leave_and_close(client_t *c)
     f.payload_case = TESSERA__V1__CLIENT_FRAME__PAYLOAD_LEAVE;
     f.leave = &leave;
     size_t n = pack_frame(c, &f, buf, sizeof buf);
+    if (n > 0 && c->ws != NULL) { /* and a close frame: 1000, normal closure */
+        static const uint8_t normal[2] = {0x03, 0xe8};
+        size_t m = ts_simws_encode(c->ws, TS_SIMWS_CLOSE, normal, sizeof normal, buf + n, sizeof buf - n);
+        n = m > 0 ? n + m : 0;
+    }
     c->shutdown_req.data = c;
     if (n == 0 || !send_bytes(c, buf, n) ||
         uv_shutdown(&c->shutdown_req, (uv_stream_t *)&c->tcp, on_shutdown) != 0)
@@ -914,6 +1018,7 @@ int ts_vg_run(const ts_vg_opts_t *o)
     vg->period_us = 1000000ull / (uint64_t)o->rate_hz;
     if (vg->period_us == 0) vg->period_us = 1;
     ts_rng_seed(&vg->rng, o->seed);
+    ts_rng_seed(&vg->ws_rng, o->seed ^ now_us());
     if (!resolve(o, &vg->addr)) goto cleanup;
     init_clients(vg);
     if (uv_loop_init(&vg->loop) != 0) {
@@ -926,10 +1031,10 @@ int ts_vg_run(const ts_vg_opts_t *o)
     vg->start_us = vg->last_tick_us = vg->last_report_us = now;
     vg->next_report_us = now + REPORT_US;
     vg->ramp_end_us = now + (uint64_t)(vg->n / TS_VG_CONNECT_RATE) * 3000000ull + JOIN_TIMEOUT_US * 2;
-    ts_info(
-        "via-gateway: %zu clients to %s:%d, %lld Moves/s each, %lld s of play, speed %g, up to %d connects/s",
-        vg->n, o->host, o->port, (long long)o->rate_hz, (long long)o->duration_s, o->speed,
-        TS_VG_CONNECT_RATE);
+    ts_info("via-gateway: %zu clients to %s:%d%s%s, %lld Moves/s each, %lld s of play, speed %g, up to %d "
+            "connects/s",
+            vg->n, o->host, o->port, o->ws_path ? " over WebSocket on " : "", o->ws_path ? o->ws_path : "",
+            (long long)o->rate_hz, (long long)o->duration_s, o->speed, TS_VG_CONNECT_RATE);
     if (o->hotspot != NULL)
         ts_info("via-gateway: hotspot: %.0f%% of the clients gather within %g of (%g, %g) from %g s to %g s "
                 "after the start, then disperse",
@@ -943,8 +1048,10 @@ int ts_vg_run(const ts_vg_opts_t *o)
 
 cleanup:
     if (clients != NULL)
-        for (size_t i = 0; i < o->clients; i++)
+        for (size_t i = 0; i < o->clients; i++) {
             ts_frame_reader_free(&clients[i].reader);
+            ts_simws_free(clients[i].ws);
+        }
     free(clients);
     free(vg);
     return rc;

@@ -1,5 +1,5 @@
-/* tessera-sim --via-gateway: real clients through a gateway's TCP listener,
- * all on one libuv loop. */
+/* tessera-sim --via-gateway: real clients through a gateway's TCP listener
+ * (or its WebSocket listener, ws://), all on one libuv loop. */
 #ifndef TESSERA_SIM_VIA_GATEWAY_H
 #define TESSERA_SIM_VIA_GATEWAY_H
 
@@ -20,6 +20,10 @@
 typedef struct {
     const char *host; /* numeric IPv4/IPv6 address or a host name */
     int port;
+    /* NULL: the raw TCP framing; else every client upgrades to a WebSocket
+     * with GET ws_path (e.g. "/ws") and sends and receives the same
+     * ClientFrames and ServerFrames as binary messages */
+    const char *ws_path;
     size_t clients;
     int64_t rate_hz;    /* Moves per client per second */
     int64_t duration_s; /* play time once every client joined; 0: until signalled */

@@ -1,9 +1,12 @@
 /* 2,000 real clients through one gateway: real nats-server -js and
  * redis-server, tessera-orch, workers w1 and w2, one tessera-gateway and
  * `tessera-sim --via-gateway` (one event loop, one TCP connection per
- * client). What players rely on, for every one of them: it joins, its Moves
- * are applied exactly once (its own entity's inputs_applied ends equal to
- * what it sent: nothing missing, nothing doubled), and it receives Deltas.
+ * client; with --ws, it_gateway_load_ws, the gateway also listens on
+ * gateway.ws_listen and every client, the readiness probe's too, plays
+ * over WebSocket: `--via-gateway ws://...`). What players rely on, for
+ * every one of them: it joins, its Moves are applied exactly once (its own
+ * entity's inputs_applied ends equal to what it sent: nothing missing,
+ * nothing doubled), and it receives Deltas.
  *
  * Shape: a 16x16-cell world so the crowd spreads over 256 cells and two
  * workers, and an area of interest of the player's own cell, so the
@@ -42,7 +45,7 @@ static bool probe_join(int port, int64_t timeout_ms)
     uint64_t deadline = ts_mono_us() + (uint64_t)timeout_ms * 1000;
     while (ts_mono_us() < deadline) {
         ts_client_t *c = NULL;
-        if (ts_client_connect(&c, "127.0.0.1", port, 2000) != TS_OK) {
+        if (ts_h_client_connect(&c, port, 2000) != TS_OK) {
             ts_sleep_ms(200);
             continue;
         }
@@ -82,7 +85,10 @@ static void test_2000_clients_inputs_applied_exactly_once(void **state)
 {
     (void)state;
     char addr[64], players[32];
-    snprintf(addr, sizeof addr, "127.0.0.1:%d", stack.gw_port);
+    if (ts_h_ws)
+        snprintf(addr, sizeof addr, "ws://127.0.0.1:%d/ws", ts_h_player_port(stack.gw_port));
+    else
+        snprintf(addr, sizeof addr, "127.0.0.1:%d", stack.gw_port);
     snprintf(players, sizeof players, "--sim.players=%d", CLIENTS);
     const char *args[] = {"--via-gateway", addr, players, "--sim.rate_hz=2", "--sim.duration_s=10", NULL};
     int sim = ts_h_spawn(&ts_h, "sim", "tessera-sim", args);
@@ -94,7 +100,7 @@ static void test_2000_clients_inputs_applied_exactly_once(void **state)
     free(log);
     if (rc != 0 || !r.have_final || !r.have_latency || !r.have_over || !r.have_no_delta) {
         ts_h.failed = true;
-        fail_msg("tessera-sim --via-gateway exited with %d (final line %s, summary %s)", rc,
+        fail_msg("tessera-sim --via-gateway %s exited with %d (final line %s, summary %s)", addr, rc,
                  r.have_final && r.have_latency ? "found" : "missing",
                  r.have_over && r.have_no_delta ? "found" : "missing");
     }
@@ -131,10 +137,12 @@ static int group_setup(void **state)
     return 0;
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    ts_h_ws_main(argc, argv); /* --ws: every client on WebSocket */
     const struct CMUnitTest tests[] = {
         TS_H_TEST(test_2000_clients_inputs_applied_exactly_once),
     };
-    return TS_H_RUN("it_gateway_load", tests, group_setup, ts_h_group_teardown);
+    return TS_H_RUN(ts_h_ws ? "it_gateway_load_ws" : "it_gateway_load", tests, group_setup,
+                    ts_h_group_teardown);
 }

@@ -2,8 +2,9 @@
  * nats-server -js and redis-server. What users rely on: every input the
  * sim sent is acknowledged and applied exactly once (the sim exits 0 with
  * applied == acked == sent), the workers' own counters agree, the sim
- * exits 2 when inputs are not applied (on the bus and through a gateway),
- * and tessera-ctl reports the running system. it_gateway_load runs the
+ * exits 2 when inputs are not applied (on the bus and through a gateway,
+ * over TCP and WebSocket) or its clients cannot get in, and tessera-ctl
+ * reports the running system. it_gateway_load runs the
  * gateway mode at scale. */
 #include <pthread.h>
 #include <setjmp.h>
@@ -103,13 +104,23 @@ static sim_result_t parse_sim_log(int idx)
     return r;
 }
 
-/* The gateway and the `--via-gateway` sim of
+/* The final line of `tessera-sim --via-gateway`; false if it printed none. */
+static bool parse_vg_log(int idx, ts_probe_gw_verdict_t *r)
+{
+    char *log = ts_h_read_log(&ts_h, idx);
+    assert_non_null(log);
+    ts_probe_gw_verdict(log, r);
+    free(log);
+    return r->have_final;
+}
+
+/* The gateway and the `--via-gateway` sims of
  * test_via_gateway_detects_unapplied_inputs: started once, by the first test
  * that asks, so that its sim waits out its settle time while the previous
  * test's sim waits out its own (no worker runs during either). */
 static struct {
-    int gw, sim, port;
-} VG = {-1, -1, 0};
+    int gw, sim, sim_ws, port, ws_port;
+} VG = {-1, -1, -1, 0, 0};
 
 static void vg_unapplied_start(void)
 {
@@ -117,14 +128,53 @@ static void vg_unapplied_start(void)
     /* a gateway takes the clients' inputs into the streams, but no worker
      * runs yet, so none is applied: every input is reported missing */
     VG.port = ts_h_free_port();
-    char listen[64], addr[64];
+    VG.ws_port = ts_h_free_port();
+    char listen[64], ws_listen[64], addr[64], ws_addr[64];
     snprintf(listen, sizeof listen, "--gateway.listen=127.0.0.1:%d", VG.port);
+    snprintf(ws_listen, sizeof ws_listen, "--gateway.ws_listen=127.0.0.1:%d", VG.ws_port);
     snprintf(addr, sizeof addr, "127.0.0.1:%d", VG.port);
-    const char *gw_args[] = {listen, NULL};
+    snprintf(ws_addr, sizeof ws_addr, "ws://127.0.0.1:%d", VG.ws_port); /* the path defaults to /ws */
+    const char *gw_args[] = {listen, ws_listen, NULL};
     VG.gw = ts_h_spawn(&ts_h, "gateway-unapplied", "tessera-gateway", gw_args);
     assert_true(ts_h_wait_port(VG.port, WAIT_MS));
+    assert_true(ts_h_wait_port(VG.ws_port, WAIT_MS));
     const char *args[] = {"--via-gateway", addr, "--sim.players=20", "--sim.duration_s=1", NULL};
     VG.sim = ts_h_spawn(&ts_h, "sim-vg-unapplied", "tessera-sim", args);
+    /* the same over WebSocket, at the same time */
+    const char *ws_args[] = {"--via-gateway", ws_addr, "--sim.players=20", "--sim.duration_s=1", NULL};
+    VG.sim_ws = ts_h_spawn(&ts_h, "sim-vg-unapplied-ws", "tessera-sim", ws_args);
+}
+
+/* A finished `--via-gateway` sim whose 20 clients all joined and sent
+ * inputs of which none was applied: exit 2, everything missing. */
+static void assert_vg_unapplied(int sim, const char *what)
+{
+    int rc = ts_h_wait(&ts_h, sim, 40000);
+    ts_probe_gw_verdict_t r;
+    if (!parse_vg_log(sim, &r)) {
+        ts_h.failed = true;
+        fail_msg("tessera-sim --via-gateway (%s) printed no final line (exit %d)", what, rc);
+    }
+    assert_int_equal(rc, 2);
+    assert_int_equal(r.clients, 20);
+    assert_int_equal(r.connected, 20);
+    assert_true(r.sent > 20); /* Joins and Moves */
+    assert_int_equal(r.applied, 0);
+    assert_int_equal(r.missing, r.sent);
+}
+
+/* A `--via-gateway` sim of 5 clients none of which got in: exit 2. */
+static void assert_vg_none_in(const char *name, const char *addr)
+{
+    const char *args[] = {"--via-gateway", addr, "--sim.players=5", "--sim.duration_s=1", NULL};
+    int sim = ts_h_spawn(&ts_h, name, "tessera-sim", args);
+    int rc = ts_h_wait(&ts_h, sim, 40000);
+    ts_probe_gw_verdict_t r;
+    assert_true(parse_vg_log(sim, &r));
+    assert_int_equal(rc, 2);
+    assert_int_equal(r.clients, 5);
+    assert_int_equal(r.connected, 0);
+    assert_int_equal(r.sent, 0);
 }
 
 static void test_sim_detects_unapplied_inputs(void **state)
@@ -143,46 +193,23 @@ static void test_sim_detects_unapplied_inputs(void **state)
     ts_h_pass();
 }
 
-/* The final line of `tessera-sim --via-gateway`; false if it printed none. */
-static bool parse_vg_log(int idx, ts_probe_gw_verdict_t *r)
-{
-    char *log = ts_h_read_log(&ts_h, idx);
-    assert_non_null(log);
-    ts_probe_gw_verdict(log, r);
-    free(log);
-    return r->have_final;
-}
-
 static void test_via_gateway_detects_unapplied_inputs(void **state)
 {
     vg_unapplied_start(); /* started by the previous test, unless it runs alone */
-    int gw = VG.gw, sim = VG.sim;
+    assert_vg_unapplied(VG.sim, "TCP");
+    assert_vg_unapplied(VG.sim_ws, "WebSocket");
+
+    /* an upgrade the gateway refuses (no WebSocket on that path): every
+     * client gives up, exit 2 */
     char addr[64];
-    snprintf(addr, sizeof addr, "127.0.0.1:%d", VG.port);
-    int rc = ts_h_wait(&ts_h, sim, 40000);
-    ts_probe_gw_verdict_t r;
-    if (!parse_vg_log(sim, &r)) {
-        ts_h.failed = true;
-        fail_msg("tessera-sim --via-gateway printed no final line (exit %d)", rc);
-    }
-    assert_int_equal(rc, 2);
-    assert_int_equal(r.clients, 20);
-    assert_int_equal(r.connected, 20);
-    assert_true(r.sent > 20); /* Joins and Moves */
-    assert_int_equal(r.applied, 0);
-    assert_int_equal(r.missing, r.sent);
+    snprintf(addr, sizeof addr, "ws://127.0.0.1:%d/nope", VG.ws_port);
+    assert_vg_none_in("sim-vg-refused-ws", addr);
 
     /* no gateway at all: every client fails to connect, exit 2 */
-    ts_h_signal(&ts_h, gw, SIGTERM);
-    assert_int_equal(ts_h_wait(&ts_h, gw, 10000), 0);
-    const char *args2[] = {"--via-gateway", addr, "--sim.players=5", "--sim.duration_s=1", NULL};
-    sim = ts_h_spawn(&ts_h, "sim-vg-nogateway", "tessera-sim", args2);
-    rc = ts_h_wait(&ts_h, sim, 40000);
-    assert_true(parse_vg_log(sim, &r));
-    assert_int_equal(rc, 2);
-    assert_int_equal(r.clients, 5);
-    assert_int_equal(r.connected, 0);
-    assert_int_equal(r.sent, 0);
+    ts_h_signal(&ts_h, VG.gw, SIGTERM);
+    assert_int_equal(ts_h_wait(&ts_h, VG.gw, 10000), 0);
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", VG.port);
+    assert_vg_none_in("sim-vg-nogateway", addr);
     ts_h_pass();
 }
 
