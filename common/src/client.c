@@ -20,12 +20,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include "tessera/net.h"
 #include "tessera/util.h"
 
+#include <openssl/evp.h>
+#include <openssl/sha.h>
 #include <wslay/wslay.h>
 
 #define TS_CLIENT_MAX_FRAME (4u * 1024u * 1024u)
@@ -409,23 +412,36 @@ static ts_status_t ws_feed(ts_client_t *c, const uint8_t *data, size_t len)
     return TS_OK;
 }
 
-static void base64_16(const uint8_t in[16], char out[25])
+/* The Sec-WebSocket-Accept a server must answer to key (RFC 6455 4.2.2). */
+static void ws_expected_accept(const char *key, char out[29])
 {
-    static const char tab[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    size_t o = 0;
-    for (size_t i = 0; i < 15; i += 3) {
-        uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8 | in[i + 2];
-        out[o++] = tab[v >> 18 & 63];
-        out[o++] = tab[v >> 12 & 63];
-        out[o++] = tab[v >> 6 & 63];
-        out[o++] = tab[v & 63];
+    static const char guid[] = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+    char cat[64];
+    snprintf(cat, sizeof cat, "%s%s", key, guid);
+    unsigned char digest[SHA_DIGEST_LENGTH];
+    SHA1((const unsigned char *)cat, strlen(cat), digest);
+    EVP_EncodeBlock((unsigned char *)out, digest, SHA_DIGEST_LENGTH); /* 28 characters */
+}
+
+/* Whether the response head carries header `name` (any case) with exactly
+ * value (surrounding blanks aside). */
+static bool head_has(const char *head, const char *name, const char *value)
+{
+    size_t nlen = strlen(name), vlen = strlen(value);
+    for (const char *l = strstr(head, "\r\n"); l != NULL; l = strstr(l + 2, "\r\n")) {
+        const char *h = l + 2;
+        if (strncasecmp(h, name, nlen) != 0 || h[nlen] != ':') continue;
+        h += nlen + 1;
+        while (*h == ' ' || *h == '\t')
+            h++;
+        const char *e = h;
+        while (*e != '\r' && *e != '\0')
+            e++;
+        while (e > h && (e[-1] == ' ' || e[-1] == '\t'))
+            e--;
+        return (size_t)(e - h) == vlen && memcmp(h, value, vlen) == 0;
     }
-    uint32_t v = (uint32_t)in[15] << 16;
-    out[o++] = tab[v >> 18 & 63];
-    out[o++] = tab[v >> 12 & 63];
-    out[o++] = '=';
-    out[o++] = '=';
-    out[o] = '\0';
+    return false;
 }
 
 ts_status_t ts_client_connect_ws(ts_client_t **out, const char *host, int port, const char *origin,
@@ -445,7 +461,7 @@ ts_status_t ts_client_connect_ws(ts_client_t **out, const char *host, int port, 
     uint8_t nonce[16];
     ws_genmask_cb(nonce, sizeof nonce, ws);
     char key[25];
-    base64_16(nonce, key);
+    EVP_EncodeBlock((unsigned char *)key, nonce, sizeof nonce); /* 24 characters */
     char req[1024];
     int n = snprintf(req, sizeof req,
                      "GET /ws HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -483,8 +499,14 @@ ts_status_t ts_client_connect_ws(ts_client_t **out, const char *host, int port, 
         head[have] = '\0';
         end = strstr(head, "\r\n\r\n");
     }
-    if (strncmp(head, "HTTP/1.1 101", 12) != 0) {
+    if (strncmp(head, "HTTP/1.1 101 ", 13) != 0) {
         st = TS_ERR_UNAVAILABLE;
+        goto fail;
+    }
+    char accept[29];
+    ws_expected_accept(key, accept);
+    if (!head_has(head, "Sec-WebSocket-Accept", accept)) { /* not a WebSocket server for this key */
+        st = TS_ERR_MALFORMED;
         goto fail;
     }
     size_t head_len = (size_t)(end - head) + 4;

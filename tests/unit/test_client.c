@@ -24,13 +24,15 @@
 #include "tessera/util.h"
 
 typedef enum {
-    SRV_ECHO,      /* answer every frame: Ping -> Pong, others -> Welcome naming a cell */
-    SRV_SILENT,    /* accept, read nothing, wait for the client to go */
-    SRV_ONE_CLOSE, /* send one Pong, then close */
-    SRV_GARBAGE,   /* send a frame whose payload is not a ServerFrame */
-    SRV_HUGE,      /* send a header announcing more than the client accepts */
-    SRV_RAW,       /* record raw bytes */
-    SRV_SLOW_READ, /* read one big frame in small, slow pieces */
+    SRV_ECHO,          /* answer every frame: Ping -> Pong, others -> Welcome naming a cell */
+    SRV_SILENT,        /* accept, read nothing, wait for the client to go */
+    SRV_ONE_CLOSE,     /* send one Pong, then close */
+    SRV_GARBAGE,       /* send a frame whose payload is not a ServerFrame */
+    SRV_HUGE,          /* send a header announcing more than the client accepts */
+    SRV_RAW,           /* record raw bytes */
+    SRV_SLOW_READ,     /* read one big frame in small, slow pieces */
+    SRV_WS_BAD_ACCEPT, /* answer a WebSocket upgrade with 101 and a wrong Sec-WebSocket-Accept */
+    SRV_WS_NOT_101,    /* answer a WebSocket upgrade with 1010 (not 101) */
 } srv_mode_t;
 
 #define MAX_FRAMES 16
@@ -168,6 +170,28 @@ static void *server_main(void *arg)
             s->raw_len += (size_t)r;
         }
         break;
+    case SRV_WS_BAD_ACCEPT:
+    case SRV_WS_NOT_101: {
+        char req[2048];
+        size_t have = 0;
+        req[0] = '\0';
+        while (have < sizeof req - 1 && !strstr(req, "\r\n\r\n")) {
+            struct pollfd c = {.fd = fd, .events = POLLIN};
+            if (poll(&c, 1, 5000) <= 0) break;
+            ssize_t r = read(fd, req + have, sizeof req - 1 - have);
+            if (r <= 0) break;
+            have += (size_t)r;
+            req[have] = '\0';
+        }
+        const char *ans =
+            s->mode == SRV_WS_BAD_ACCEPT
+                ? "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                  "Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
+                : "HTTP/1.1 1010 Nope\r\n\r\n";
+        (void)!send(fd, ans, strlen(ans), MSG_NOSIGNAL);
+        ts_sleep_ms(200);
+        break;
+    }
     case SRV_SLOW_READ: {
         uint8_t hdr[TS_FRAME_HEADER];
         if (read_full(fd, hdr, sizeof hdr, 5000) != 0) break;
@@ -431,12 +455,32 @@ static void test_connect_errors(void **state)
     assert_int_equal(ts_client_last_seq(NULL), 0);
 }
 
+/* A WebSocket server must prove it read the key (Sec-WebSocket-Accept) and
+ * answer exactly 101; anything else is refused. */
+static void test_ws_upgrade_checked(void **state)
+{
+    (void)state;
+    server_t *s = server_start(SRV_WS_BAD_ACCEPT);
+    ts_client_t *c = NULL;
+    assert_int_equal(ts_client_connect_ws(&c, "127.0.0.1", s->port, NULL, 2000), TS_ERR_MALFORMED);
+    assert_null(c);
+    server_stop(s);
+    s = server_start(SRV_WS_NOT_101);
+    assert_int_equal(ts_client_connect_ws(&c, "127.0.0.1", s->port, NULL, 2000), TS_ERR_UNAVAILABLE);
+    assert_null(c);
+    server_stop(s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_send_recv_wrappers), cmocka_unit_test(test_recv_timeout),
-        cmocka_unit_test(test_peer_close),         cmocka_unit_test(test_garbage_from_peer),
-        cmocka_unit_test(test_send_raw),           cmocka_unit_test(test_large_frame_partial_writes),
+        cmocka_unit_test(test_ws_upgrade_checked),
+        cmocka_unit_test(test_send_recv_wrappers),
+        cmocka_unit_test(test_recv_timeout),
+        cmocka_unit_test(test_peer_close),
+        cmocka_unit_test(test_garbage_from_peer),
+        cmocka_unit_test(test_send_raw),
+        cmocka_unit_test(test_large_frame_partial_writes),
         cmocka_unit_test(test_connect_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
