@@ -1803,14 +1803,16 @@ size_t ts_zone_counters_len(const ts_zone_t *z)
     return n;
 }
 
-void ts_zone_merge_counters(ts_zone_t *z, const ts_zone_t *const kids[4])
+void ts_zone_take_counters(ts_zone_t *z, ts_zone_t *from)
 {
     for (size_t i = 0; i < TS_GAME_COUNTERS; i++) {
-        uint64_t sum = 0; /* unsigned: an overflow wraps instead of being undefined */
-        for (size_t k = 0; k < 4; k++)
-            if (kids[k]) sum += (uint64_t)kids[k]->game.counters[i];
-        z->game.counters[i] = (int64_t)sum;
+        /* unsigned: an overflow wraps instead of being undefined */
+        z->game.counters[i] = (int64_t)((uint64_t)z->game.counters[i] + (uint64_t)from->game.counters[i]);
+        from->game.counters[i] = 0;
     }
+    /* both write a checkpoint soon, even a forwarder with nothing new */
+    z->mod_counter++;
+    from->mod_counter++;
 }
 
 /* The checkpoint's fields that are not items; part 0 also carries the

@@ -458,9 +458,11 @@ void ts_zone_detach(ts_zone_t *z, ts_entity_t *e, uint64_t at_us);
 /* How many of the cell's world counters a message carries: up to the last
  * non-zero one (0: all are 0). */
 size_t ts_zone_counters_len(const ts_zone_t *z);
-/* A merge of z: its world counters become the sum of its four children's
- * (kids[i] NULL: not bound here, counts 0). */
-void ts_zone_merge_counters(ts_zone_t *z, const ts_zone_t *const kids[4]);
+/* Moves the world counters of `from` into z (added; from's become 0), for
+ * a split (the parent's go to child quadrant 0) or a merge (the children's
+ * go to the parent): the world's sum stays the same. Both zones count as
+ * modified (a forwarder writes its next checkpoint). */
+void ts_zone_take_counters(ts_zone_t *z, ts_zone_t *from);
 /* Seeds the cell's game RNG from its cell id (a new zone does this). */
 uint64_t ts_zone_game_seed(const ts_cell_t *cell);
 /* Outbox entries of requests have this bit in marker_seq (departure

@@ -490,7 +490,7 @@ static void test_counters_in_checkpoints(void **state)
 
 /* A split gives the parent's counters to child quadrant 0 only (the sum of
  * the children is the parent's); a merge gives the parent the sum of its
- * children's. */
+ * children's (added to what it applied meanwhile). */
 static void test_counters_split_and_merge(void **state)
 {
     (void)state;
@@ -513,32 +513,48 @@ static void test_counters_split_and_merge(void **state)
         for (int i = 0; i < TS_GAME_COUNTERS; i++)
             assert_int_equal(kid[q].counters[i], 0);
 
-    /* the children play on, then merge back: the parent holds their sum */
+    /* a move (child 0 takes the parent's at the split; the parent takes the
+     * children's at the merge) keeps the sum of the two */
     ts_game_host_t *h = host(1000);
     ts_zone_t *p = zone_at(h, 0, 0);
     ts_zone_t *kz[4];
     ts_cell_t kids[4];
     assert_int_equal(ts_cell_children(&p->cell, kids), TS_OK);
+    p->game = parent;
     for (int q = 0; q < 4; q++) {
         assert_int_equal(ts_zone_create(&kz[q], &kids[q], 1, &WORLD, 50), TS_OK);
-        kz[q]->game = kid[q];
-        kz[q]->game.counters[0] += q; /* tags made in each child since */
+        ts_game_split_state(&p->game, (unsigned)q, &kz[q]->game);
+        if (q == 0) {
+            memset(kz[0]->game.counters, 0, sizeof(kz[0]->game.counters));
+            ts_zone_take_counters(kz[0], p);
+        }
+    }
+    for (int i = 0; i < TS_GAME_COUNTERS; i++) {
+        assert_int_equal(p->game.counters[i], 0);
+        assert_int_equal(kz[0]->game.counters[i], parent.counters[i]);
+    }
+    /* the children play on (and the forwarding parent applies a late one),
+     * then merge back: the parent holds the whole sum, the children 0 */
+    p->game.counters[2] += 1;
+    for (int q = 0; q < 4; q++) {
+        kz[q]->game.counters[0] += q;
         kz[q]->game.counters[3] -= 2 * q;
     }
-    const ts_zone_t *const all[4] = {kz[0], kz[1], kz[2], kz[3]};
-    ts_zone_merge_counters(p, all);
-    assert_int_equal(p->game.counters[0], parent.counters[0] + 0 + 1 + 2 + 3);
-    assert_int_equal(p->game.counters[3], parent.counters[3] - 2 * (0 + 1 + 2 + 3));
+    int64_t want[TS_GAME_COUNTERS];
     for (int i = 0; i < TS_GAME_COUNTERS; i++) {
-        int64_t sum = 0;
+        want[i] = p->game.counters[i];
         for (int q = 0; q < 4; q++)
-            sum += kz[q]->game.counters[i];
-        assert_int_equal(p->game.counters[i], sum);
+            want[i] += kz[q]->game.counters[i];
     }
-    /* a child not bound here counts 0 */
-    const ts_zone_t *const some[4] = {NULL, kz[1], NULL, kz[3]};
-    ts_zone_merge_counters(p, some);
-    assert_int_equal(p->game.counters[0], 1 + 3);
+    for (int q = 0; q < 4; q++)
+        ts_zone_take_counters(p, kz[q]);
+    assert_memory_equal(p->game.counters, want, sizeof(want));
+    assert_int_equal(p->game.counters[0], parent.counters[0] + 0 + 1 + 2 + 3);
+    assert_int_equal(p->game.counters[2], parent.counters[2] + 1);
+    assert_int_equal(p->game.counters[3], parent.counters[3] - 2 * (0 + 1 + 2 + 3));
+    for (int q = 0; q < 4; q++)
+        for (int i = 0; i < TS_GAME_COUNTERS; i++)
+            assert_int_equal(kz[q]->game.counters[i], 0);
     for (int q = 0; q < 4; q++)
         ts_zone_destroy(kz[q]);
     ts_zone_destroy(p);
