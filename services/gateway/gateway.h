@@ -8,6 +8,7 @@
  *   aoi.c      areas of interest: ref-counted state subscriptions by radius
  *   view.c     per-cell entity caches, fencing, spliced and filtered frames
  *   fanout.c   encoded blocks, frame heads, keyframe parts (no gw_t)
+ *   counters.c world counters: heartbeats summed, WorldCounters to clients
  *
  * Everything here is touched by the loop thread only, except gw_t's inbox
  * and ack rings and the atomics beside them, which nats.c threads feed. */
