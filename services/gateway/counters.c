@@ -134,26 +134,34 @@ static void on_heartbeat(void *ud, const ts_bus_msg_t *msg)
     tessera__v1__heartbeat__free_unpacked(hb, NULL);
 }
 
-/* Under lock: the latest report of `owner` on cell c. */
-static const ctr_report_t *find_report(const gw_counters_t *k, const char *owner, const ts_cell_t *c)
+/* Under lock: the latest report of the cell's registry owner on it. The
+ * owner's slot is remembered in the cell (slots keep their worker until it
+ * was silent for GW_COUNTERS_STALE_MS), so a sum costs O(cells log n). */
+static const ctr_report_t *find_report(const gw_counters_t *k, gw_cell_t *cell)
 {
+    const char *owner = cell->reg_owner;
     if (owner[0] == '\0') return NULL;
-    for (size_t i = 0; i < k->nworkers; i++) {
-        const ctr_worker_t *w = &k->workers[i];
-        if (strcmp(w->id, owner) != 0) continue;
-        uint64_t h = ts_cell_hash(c);
-        size_t lo = 0, hi = w->n;
-        while (lo < hi) {
-            size_t mid = lo + (hi - lo) / 2;
-            if (w->r[mid].hash < h)
-                lo = mid + 1;
-            else
-                hi = mid;
+    const ctr_worker_t *w = NULL;
+    if (cell->ctr_slot > 0 && cell->ctr_slot <= k->nworkers &&
+        strcmp(k->workers[cell->ctr_slot - 1].id, owner) == 0)
+        w = &k->workers[cell->ctr_slot - 1];
+    for (size_t i = 0; w == NULL && i < k->nworkers; i++)
+        if (strcmp(k->workers[i].id, owner) == 0) {
+            w = &k->workers[i];
+            cell->ctr_slot = (uint32_t)i + 1;
         }
-        for (; lo < w->n && w->r[lo].hash == h; lo++)
-            if (ts_cell_eq(&w->r[lo].cell, c)) return &w->r[lo];
-        return NULL;
+    if (w == NULL) return NULL;
+    uint64_t h = ts_cell_hash(&cell->id);
+    size_t lo = 0, hi = w->n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (w->r[mid].hash < h)
+            lo = mid + 1;
+        else
+            hi = mid;
     }
+    for (; lo < w->n && w->r[lo].hash == h; lo++)
+        if (ts_cell_eq(&w->r[lo].cell, &cell->id)) return &w->r[lo];
     return NULL;
 }
 
@@ -211,7 +219,7 @@ static void on_eval(uv_timer_t *t)
             cell->ctr_wait_us = 0;
             continue;
         }
-        const ctr_report_t *r = find_report(k, cell->reg_owner, &cell->id);
+        const ctr_report_t *r = find_report(k, cell);
         if (r != NULL && r->epoch == cell->reg_epoch) {
             memcpy(cell->ctr, r->v, sizeof cell->ctr);
             cell->ctr_epoch = r->epoch;

@@ -248,6 +248,7 @@ struct gw_cell {
      * report the sum holds, that report's epoch (0: none), and since when
      * the sum waits for a report at reg_epoch (0: not waiting) */
     char reg_owner[TS_WORKER_ID_MAX];
+    uint32_t ctr_slot; /* the owner's heartbeat slot + 1 (a hint; 0: none) */
     int64_t ctr[TS_GAME_COUNTERS];
     uint64_t ctr_epoch;
     uint64_t ctr_wait_us;

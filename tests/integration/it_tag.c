@@ -164,9 +164,11 @@ static void note_frame(player_t *p, const Tessera__V1__ServerFrame *f)
         if (f->event->type < 8) p->events[f->event->type]++;
         break;
     case TESSERA__V1__SERVER_FRAME__PAYLOAD_WORLD_COUNTERS: {
-        const Tessera__V1__WorldCounters *wc = f->world_counters;
-        p->red = wc->n_values > 0 ? wc->values[0] : 0;
-        p->blue = wc->n_values > 1 ? wc->values[1] : 0;
+        /* as the client library keeps them */
+        int64_t v[TS_CLIENT_COUNTERS];
+        if (!ts_client_counters(p->c, v)) break;
+        p->red = v[0];
+        p->blue = v[1];
         if (p->red > PL.max_red) PL.max_red = p->red;
         if (p->blue > PL.max_blue) PL.max_blue = p->blue;
         break;
