@@ -9,6 +9,7 @@
  * remembers the cell and epoch of the last ServerFrame that named one and
  * stamps them on the frames the convenience wrappers build. */
 #include "tessera/client.h"
+#include "tessera/game.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -35,6 +36,8 @@
 #define CLIENT_SEND_TIMEOUT_S 10
 #define CLIENT_READ_CHUNK 65536
 
+_Static_assert(TS_CLIENT_COUNTERS == TS_GAME_COUNTERS, "one counter count");
+
 struct ts_client {
     int fd;
     ts_frame_reader_t reader;
@@ -42,7 +45,9 @@ struct ts_client {
     uint64_t epoch;
     bool has_cell;
     ts_cell_t cell;
-    struct client_ws *ws; /* WebSocket transport (ts_client_connect_ws); NULL: TCP */
+    struct client_ws *ws;                 /* WebSocket transport (ts_client_connect_ws); NULL: TCP */
+    int64_t counters[TS_CLIENT_COUNTERS]; /* the latest WorldCounters */
+    bool has_counters;
 };
 
 static ts_status_t ws_send_message(ts_client_t *c, const uint8_t *p, size_t len);
@@ -137,6 +142,12 @@ static void remember_cell(ts_client_t *c, const Tessera__V1__ServerFrame *f)
     if (f->payload_case == TESSERA__V1__SERVER_FRAME__PAYLOAD_WELCOME && f->welcome != NULL &&
         f->welcome->resumed && f->welcome->last_input_seq > c->last_seq)
         c->last_seq = f->welcome->last_input_seq;
+    if (f->payload_case == TESSERA__V1__SERVER_FRAME__PAYLOAD_WORLD_COUNTERS && f->world_counters != NULL) {
+        memset(c->counters, 0, sizeof c->counters);
+        for (size_t i = 0; i < f->world_counters->n_values && i < TS_CLIENT_COUNTERS; i++)
+            c->counters[i] = f->world_counters->values[i];
+        c->has_counters = true;
+    }
     ts_cell_t cell;
     if (f->cell != NULL && ts_proto_cell_get(f->cell, &cell) == TS_OK) {
         c->cell = cell;
@@ -521,4 +532,11 @@ fail:
     ts_client_destroy(c);
     *out = NULL;
     return st;
+}
+
+bool ts_client_counters(const ts_client_t *c, int64_t out[TS_CLIENT_COUNTERS])
+{
+    if (c == NULL) return false;
+    if (out != NULL) memcpy(out, c->counters, sizeof c->counters);
+    return c->has_counters;
 }

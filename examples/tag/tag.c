@@ -4,7 +4,10 @@
  * enemy is within TAG_RANGE, the enemy is tagged and joins the tagger's
  * team, and the tagger scores a point. NPC bots roam the world, can be
  * tagged, and now and then tag a player near them. A team's score is the
- * sum of its players' "tags made" (clients add it up from entity state).
+ * number of tags its members (players and bots) made, whoever they are now:
+ * world counter 0 is red's, counter 1 blue's (api->counter_add, +1 for the
+ * tagger's team where the tag applies; gateways send clients the world's
+ * sum in WorldCounters).
  *
  * How a tag travels, the same way whether the target is in this cell, in a
  * neighbouring cell of the same worker or owned by another worker:
@@ -13,7 +16,8 @@
  *                  ghost), checks team and range, api->request(tagger,
  *                  target, REQ_TAGGED, [tagger's team, tagger's name])
  *   target's owner on_request REQ_TAGGED: if the target is still on the
- *                  other team, it switches team, counts "tagged", emits
+ *                  other team, it switches team, counts "tagged", adds 1
+ *                  to the tagger's team's world counter, emits
  *                  "tagged by" to the target and "tag at x,y" around it,
  *                  and api->request(target, tagger, REQ_TAG_CONFIRMED,
  *                  [new team, target's name])
@@ -22,7 +26,8 @@
  *
  * The worker applies each request exactly once at the owner of the target,
  * wherever the target has moved meanwhile, so a tag is neither lost nor
- * counted twice through handovers, splits and crash recovery.
+ * counted twice through handovers, splits and crash recovery; the team
+ * score moves in the same on_request as the team switch, so it is exact too.
  *
  * Entity state (TAG_STATE_LEN = 16 bytes, little-endian):
  *   [0]      team: 1 red, 2 blue (0: not set yet; then it is id % 2 + 1)
@@ -77,6 +82,9 @@
 
 #define TEAM_RED 1
 #define TEAM_BLUE 2
+/* World counters: the teams' scores (tags made by each team). */
+#define COUNTER_RED 0
+#define COUNTER_BLUE 1
 #define FLAG_BOT 0x1u
 
 #define TAG_STATE_LEN 16
@@ -331,6 +339,8 @@ static int tag_on_request(ts_game_ctx_t *ctx, ts_game_entity_t *target, const ts
         if (team_of(target) == team) return TS_GAME_OK; /* tagged by someone else meanwhile: nothing to do */
         target->state[0] = (uint8_t)team;
         put_u32(target->state + 8, get_u32(target->state + 8) + 1);
+        int rc = api->counter_add(ctx, team == TEAM_RED ? COUNTER_RED : COUNTER_BLUE, 1);
+        if (rc < 0) return rc;
         if (target->flags & TS_GAME_PLAYER)
             api->emit_to(ctx, target->id, EV_TAGGED_BY, ev,
                          id_team_name_payload(ev, req->from, team, name, name_len));

@@ -2,7 +2,7 @@
  * entities, ghosts and a request queue standing in for the input streams.
  * It loads libtag.so with dlopen, as a worker does, and checks the game's
  * rules: joins pick teams, a tag switches the target's team once and scores
- * the tagger once, the cooldown, misses, bad commands, bots spawning to
+ * the tagger once (and its team's world counter once), the cooldown, misses, bad commands, bots spawning to
  * their share and replaying identically from the same RNG seed. */
 #include "tessera/game.h"
 
@@ -53,6 +53,7 @@ struct ts_game_ctx {
     uint8_t cell_state[TS_GAME_CELL_STATE_MAX];
     size_t cell_state_len;
     uint64_t next_id;
+    int64_t counters[TS_GAME_COUNTERS];
 };
 
 static fake_ent_t ents[MAX_ENT];
@@ -258,6 +259,13 @@ static void f_log(ts_game_ctx_t *ctx, int level, const char *fmt, ...)
     va_end(ap);
 }
 
+static int f_counter_add(ts_game_ctx_t *ctx, uint32_t index, int64_t delta)
+{
+    if (index >= TS_GAME_COUNTERS) return TS_GAME_EINVAL;
+    ctx->counters[index] += delta;
+    return TS_GAME_OK;
+}
+
 static const ts_game_api_t fake_api = {
     .abi_version = TS_GAME_ABI_VERSION,
     .each = f_each,
@@ -277,9 +285,16 @@ static const ts_game_api_t fake_api = {
     .world_bounds = f_world_bounds,
     .module_data = f_module_data,
     .log = f_log,
+    .counter_add = f_counter_add,
 };
 
 static ts_game_ctx_t cells[2];
+
+/* World counter i summed over the cells (what a gateway sends clients). */
+static int64_t world_counter(int i)
+{
+    return cells[0].counters[i] + cells[1].counters[i];
+}
 
 static void reset_world(void)
 {
@@ -397,6 +412,9 @@ static void test_tag_across_border(void)
     CHECK(deliver_all() == 2);
     CHECK(team(b) == 1 && u32_at(b, 8) == 1 && u32_at(b, 4) == 0);
     CHECK(team(a) == 1 && u32_at(a, 4) == 1 && u32_at(a, 8) == 0);
+    /* red's score + 1, in the target's cell (where the tag applied) */
+    CHECK(cells[1].counters[0] == 1 && cells[0].counters[0] == 0);
+    CHECK(world_counter(0) == 1 && world_counter(1) == 0);
     CHECK(count_events(1, 1) == 1); /* you tagged */
     CHECK(count_events(2, 2) == 1); /* tagged by */
     CHECK(count_events(0, 3) == 1); /* tag at */
@@ -411,6 +429,15 @@ static void test_tag_across_border(void)
     cells[0].time = 20;
     n_evs = 0;
     CHECK(command(a, 1, NULL, 0) == 0 && n_reqs == 0 && count_events(1, 4) == 1);
+    CHECK(world_counter(0) == 1 && world_counter(1) == 0);
+
+    /* b, red now, is tagged back by a blue: blue's score + 1, red's stays
+     * (points made are not taken back when a tagger changes team) */
+    fake_ent_t *c = join(3, 1, 6, 0, "blue");
+    cells[1].time = 30;
+    CHECK(command(c, 1, (const uint8_t[8]){2}, 8) == 0);
+    CHECK(deliver_all() == 2);
+    CHECK(team(b) == 2 && world_counter(0) == 1 && world_counter(1) == 1);
 }
 
 /* Two taggers of one team tag the same target before either request is
@@ -429,6 +456,7 @@ static void test_tag_race(void)
     CHECK(deliver_all() == 3); /* two tags, one confirmation */
     CHECK(team(b) == 1 && u32_at(b, 8) == 1);
     CHECK(u32_at(a, 4) == 1 && u32_at(c, 4) == 0);
+    CHECK(world_counter(0) == 1 && world_counter(1) == 0); /* one tag, one point */
 }
 
 static void test_cooldown_miss_errors(void)
@@ -518,6 +546,7 @@ static void test_bots(void)
         tagged = u32_at(p, 8);
     }
     CHECK(tagged == 1 && team(p) == 2);
+    CHECK(world_counter(1) == 1 && world_counter(0) == 0); /* a bot's tag scores for its team too */
 }
 
 /* The same seed and inputs give the same world: every entity's state,

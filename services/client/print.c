@@ -133,6 +133,15 @@ void cli_handle_frame(cli_t *c, const Tessera__V1__ServerFrame *f, cli_print_t m
         fprintf(c->out, "\n");
         break;
     }
+    case TESSERA__V1__SERVER_FRAME__PAYLOAD_WORLD_COUNTERS: {
+        const Tessera__V1__WorldCounters *wc = f->world_counters;
+        fprintf(c->out, "counters");
+        for (size_t i = 0; i < wc->n_values; i++)
+            fprintf(c->out, " %zu=%lld", i, (long long)wc->values[i]);
+        if (wc->n_values == 0) fprintf(c->out, " (all 0)");
+        fprintf(c->out, "\n");
+        break;
+    }
     case TESSERA__V1__SERVER_FRAME__PAYLOAD_ERROR:
         c->errors++;
         fprintf(c->out, "error %s: %s%s\n", error_name(f->error->code), f->error->message,

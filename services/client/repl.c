@@ -54,6 +54,8 @@ static void help(FILE *out)
                  "  join X Y [PAYLOAD] spawn the player at (X, Y), PAYLOAD for the game's on_join\n"
                  "  move DX DY        set the player's velocity\n"
                  "  cmd TYPE [PAYLOAD] send a game Command (events it causes print as 'event ...')\n"
+                 "                    world counters (tag: 0 red's score, 1 blue's) print as\n"
+                 "                    'counters 0=N 1=M' whenever they change\n"
                  "                    PAYLOAD: 0x<hex> for bytes, else the rest of the line as text\n"
                  "  ping              measure the round trip to the gateway\n"
                  "  leave             despawn the player (the connection stays)\n"

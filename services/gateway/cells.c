@@ -13,6 +13,7 @@
 
 #include "gateway.h"
 #include "tessera/log.h"
+#include "tessera/util.h"
 
 uint64_t gw_root_key(uint32_t world, int32_t cx, int32_t cy)
 {
@@ -75,6 +76,7 @@ static bool take_entry(gw_cell_t *c, const ts_cell_entry_t *e)
     if (!c->in_registry || e->epoch >= c->reg_epoch) {
         c->reg_state = e->state;
         c->reg_epoch = e->epoch;
+        ts_strlcpy(c->reg_owner, e->owner, sizeof c->reg_owner);
     }
     c->in_registry = true;
     return gw_cell_live(c) != was_live;

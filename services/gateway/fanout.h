@@ -36,6 +36,7 @@
 #define GW_PAYLOAD_SNAPSHOT 11
 #define GW_PAYLOAD_DELTA 12
 #define GW_PAYLOAD_EVENT 16
+#define GW_PAYLOAD_WORLD_COUNTERS 17
 
 /* Where one entity sits in a block, and where it is in the world: lets a
  * client whose area of interest cuts the cell take some entities of the

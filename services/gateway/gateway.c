@@ -467,6 +467,8 @@ ts_status_t gw_start(gw_t *gw)
     if (st != TS_OK) return st;
     st = gw_login_start(gw);
     if (st != TS_OK) return st;
+    st = gw_counters_start(gw);
+    if (st != TS_OK) return st;
     /* learn the registry version the startup read corresponds to */
     gw_request_reload(gw, true);
     uv_timer_start(&gw->house_timer, on_housekeeping, HOUSEKEEPING_MS, HOUSEKEEPING_MS);
@@ -504,6 +506,7 @@ void gw_stop(gw_t *gw)
     ts_bus_sub_close(gw->registry_sub);
     gw->registry_sub = NULL;
     gw_login_stop(gw);
+    gw_counters_stop(gw);
     gw_aoi_close_all(gw);
     close_handle((uv_handle_t *)&gw->inbox_async);
     close_handle((uv_handle_t *)&gw->flush_check);
@@ -540,6 +543,7 @@ void gw_destroy(gw_t *gw)
     gw_login_free(gw);
     gw_router_free(gw);
     gw_ws_server_free(gw);
+    gw_counters_free(gw);
     free(gw->reload_cells);
     free(gw);
 }

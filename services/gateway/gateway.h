@@ -8,6 +8,7 @@
  *   aoi.c      areas of interest: ref-counted state subscriptions by radius
  *   view.c     per-cell entity caches, fencing, spliced and filtered frames
  *   fanout.c   encoded blocks, frame heads, keyframe parts (no gw_t)
+ *   counters.c world counters: heartbeats summed, WorldCounters to clients
  *
  * Everything here is touched by the loop thread only, except gw_t's inbox
  * and ack rings and the atomics beside them, which nats.c threads feed. */
@@ -243,6 +244,14 @@ struct gw_cell {
 
     gw_cell_t *next_same_root; /* chain in gw->cell_roots */
     gw_cell_t *next_all;
+    /* world counters (counters.c): the registry owner, the values of its
+     * report the sum holds, that report's epoch (0: none), and since when
+     * the sum waits for a report at reg_epoch (0: not waiting) */
+    char reg_owner[TS_WORKER_ID_MAX];
+    uint32_t ctr_slot; /* the owner's heartbeat slot + 1 (a hint; 0: none) */
+    int64_t ctr[TS_GAME_COUNTERS];
+    uint64_t ctr_epoch;
+    uint64_t ctr_wait_us;
 };
 
 typedef struct {
@@ -302,8 +311,10 @@ struct gw_conn {
     gw_conn_t *next_flush;
     gw_evref_t *evq; /* targeted events for this client in this flush */
     size_t nevq, evq_cap;
-    bool need_snapshot; /* joined: the next flush sends a Snapshot */
-    bool behind;        /* Deltas were skipped: a full view once output drained */
+    bool need_snapshot;    /* joined: the next flush sends a Snapshot */
+    bool snapshot_sent;    /* a Snapshot went: WorldCounters may follow */
+    uint64_t counters_ver; /* the WorldCounters version it was sent (0: none) */
+    bool behind;           /* Deltas were skipped: a full view once output drained */
 
     /* rate limit: token bucket plus the flood rule (session.c) */
     double tokens;
@@ -353,6 +364,7 @@ struct gw {
     bool server_open;
     int port;
     struct gw_ws_server *ws_server; /* gateway.ws_listen (ws.c); NULL: off */
+    struct gw_counters *counters;   /* world counters (counters.c) */
     uv_signal_t sigint, sigterm;
     uv_timer_t house_timer;
     uv_check_t flush_check;
@@ -619,6 +631,20 @@ void gw_aoi_unwatch(gw_t *gw, gw_conn_t *c);
 void gw_aoi_resubscribe(gw_t *gw);
 /* Closes every state subscription (stopping). */
 void gw_aoi_close_all(gw_t *gw);
+
+/* counters.c: world counters, summed over the live cells from the
+ * workers' heartbeats, sent to joined clients as WorldCounters. */
+typedef struct gw_counters gw_counters_t;
+/* Subscribes to the workers' heartbeats and starts the evaluation timer. */
+ts_status_t gw_counters_start(gw_t *gw);
+/* Unsubscribes (waiting for a callback running) and closes the timer. */
+void gw_counters_stop(gw_t *gw);
+void gw_counters_free(gw_t *gw);
+/* c's Snapshot went out: the current values follow if it lacks them. */
+void gw_counters_after_snapshot(gw_t *gw, gw_conn_t *c);
+/* The current values; returns their version (bumped at every change, 0:
+ * all 0 so far). */
+uint64_t gw_counters_get(const gw_t *gw, int64_t values[TS_GAME_COUNTERS]);
 
 /* view.c */
 void gw_view_on_state(gw_t *gw, gw_cell_t *cell, const uint8_t *data, size_t len);

@@ -737,6 +737,7 @@ static void send_view(gw_t *gw, gw_conn_t *c)
         gw->events_dropped += nev;
     }
     if (view) finish_client(gw, c, nremoved);
+    if (snap) gw_counters_after_snapshot(gw, c); /* the world counters right after */
     return;
 oom:
     ts_warn("conn %llu: out of memory building its view", (unsigned long long)c->id);

@@ -153,9 +153,10 @@ typedef struct gw_ws_server {
     gw_conn_t *viewers[WS_MAX_VIEWERS];
     size_t nviewers;
     uint64_t pushes;
-    uint64_t sends;    /* timer runs since the first viewer came */
-    uint64_t dots_ver; /* gw->ents_ver the last dots event was built at */
-    bool dots_due;     /* a viewer came: the next dots event goes out whatever changed */
+    uint64_t sends;        /* timer runs since the first viewer came */
+    uint64_t dots_ver;     /* gw->ents_ver the last dots event was built at */
+    uint64_t counters_ver; /* world counters version the viewers were last sent */
+    bool dots_due;         /* a viewer came: the next dots event goes out whatever changed */
 } gw_ws_server_t;
 
 /* Scratch of one gw_ws_writev call (loop thread only). */
@@ -781,6 +782,22 @@ static void worker_json(sbuf_t *b, const ws_worker_t *w, uint64_t now_ms, bool f
     sb_printf(b, "]}");
 }
 
+/* The world counters as a JSON array (as many as the last non-zero one);
+ * returns their version. */
+static uint64_t counters_json(gw_t *gw, sbuf_t *b)
+{
+    int64_t v[TS_GAME_COUNTERS];
+    uint64_t ver = gw_counters_get(gw, v);
+    size_t n = TS_GAME_COUNTERS;
+    while (n > 0 && v[n - 1] == 0)
+        n--;
+    sb_printf(b, "[");
+    for (size_t i = 0; i < n; i++)
+        sb_printf(b, "%s%lld", i ? "," : "", (long long)v[i]);
+    sb_printf(b, "]");
+    return ver;
+}
+
 /* The map's feed: world, cells (registry view) and workers (heartbeats). */
 static void build_world(gw_t *gw, sbuf_t *b)
 {
@@ -805,7 +822,9 @@ static void build_world(gw_t *gw, sbuf_t *b)
                   (unsigned long long)cell->reg_epoch, state_name(cell->reg_state));
         first = false;
     }
-    sb_printf(b, "],\"workers\":[");
+    sb_printf(b, "],\"counters\":");
+    counters_json(gw, b);
+    sb_printf(b, ",\"workers\":[");
     uint64_t now_ms = ts_now_us() / 1000;
     pthread_mutex_lock(&srv->lock);
     first = true;
@@ -839,7 +858,9 @@ static void serve_world(gw_conn_t *c)
  * answers) once, then every WS_EVENTS_MS at most one `cells` event (the
  * RegistryChanges since the last one, in order: key, cell, epoch, state,
  * owner, version) and one `workers` event (the workers that sent a heartbeat
- * since, and those gone silent). So a viewer costs what changes, not the
+ * since, and those gone silent), and a `counters` event ({"values":[...]},
+ * the world counters, see counters.c) when they changed. So a viewer costs
+ * what changes, not the
  * world; a burst of more than WS_MAX_CELL_EVENTS changes between two sends
  * is sent as a whole `world` instead.
  *
@@ -926,6 +947,8 @@ static void serve_events(gw_conn_t *c)
         srv->ncell_events = 0;
         srv->events_lost = false;
         srv->sends = 0;
+        int64_t cv[TS_GAME_COUNTERS];
+        srv->counters_ver = gw_counters_get(gw, cv); /* in its world event */
         if (srv->timer_open) uv_timer_start(&srv->events_timer, on_events_timer, WS_EVENTS_MS, WS_EVENTS_MS);
         if (gw->cfg->gateway_map_max_dots > 0) gw_aoi_map_hold(gw, true);
     }
@@ -1004,6 +1027,12 @@ static void on_events_timer(uv_timer_t *t)
     srv->events_lost = false;
     pthread_mutex_unlock(&srv->lock);
     if (lost) world_event(gw, &b);
+    int64_t cv[TS_GAME_COUNTERS];
+    if (srv->nviewers > 0 && gw_counters_get(gw, cv) != srv->counters_ver) {
+        sb_printf(&b, "event: counters\ndata: {\"values\":");
+        srv->counters_ver = counters_json(gw, &b);
+        sb_printf(&b, "}\n\n");
+    }
     if (srv->nviewers > 0 && gw->map_hold && ++srv->sends % WS_DOTS_EVERY == 0 &&
         (srv->dots_due || srv->dots_ver != gw->ents_ver)) {
         dots_event(gw, &b);

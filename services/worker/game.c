@@ -737,6 +737,14 @@ static void api_log(ts_game_ctx_t *ctx, int level, const char *fmt, ...)
         ts_log((ts_log_level_t)level, "game module %s: cell %s: %s", h->name, ctx->z->key, msg);
 }
 
+static int api_counter_add(ts_game_ctx_t *ctx, uint32_t index, int64_t delta)
+{
+    if (index >= TS_GAME_COUNTERS) return TS_GAME_EINVAL;
+    /* unsigned arithmetic: an overflow wraps instead of being undefined */
+    ctx->z->game.counters[index] = (int64_t)((uint64_t)ctx->z->game.counters[index] + (uint64_t)delta);
+    return TS_GAME_OK;
+}
+
 static const ts_game_api_t api = {
     .abi_version = TS_GAME_ABI_VERSION,
     .each = api_each,
@@ -756,6 +764,7 @@ static const ts_game_api_t api = {
     .world_bounds = api_world_bounds,
     .module_data = api_module_data,
     .log = api_log,
+    .counter_add = api_counter_add,
 };
 
 /* ---- loading ------------------------------------------------------------------- */
@@ -763,6 +772,9 @@ static const ts_game_api_t api = {
 void ts_game_split_state(const ts_zone_game_t *parent, unsigned quadrant, ts_zone_game_t *child)
 {
     *child = *parent;
+    /* the world counters go to quadrant 0 only: the children's sum is the
+     * parent's */
+    if (quadrant != 0) memset(child->counters, 0, sizeof(child->counters));
     uint64_t x = ts_mix64(parent->rng ^ (0x9e3779b97f4a7c15ULL * (uint64_t)(quadrant + 1)));
     child->rng = x ? x : 1;
 }

@@ -294,6 +294,8 @@ void ts_worker_heartbeat(ts_worker_t *w)
         loads[i].entities = (uint32_t)ts_zone_entities(z);
         loads[i].inputs_applied = z->stats.applied;
         loads[i].last_applied_seq = z->last_applied_seq;
+        loads[i].n_counters = ts_zone_counters_len(z); /* 0 when all are 0 */
+        loads[i].counters = z->game.counters;
         const ts_cell_entry_t *e = ts_worker_find_entry(w, &z->cell);
         if (e && e->epoch == z->epoch) {
             loads[i].has_state = true;

@@ -99,9 +99,17 @@ void ts_split_set_mode(ts_worker_t *w, ts_binding_t *b, const ts_cell_entry_t *e
             /* the game module's cell state: the parent takes its first
              * child's (if that child is bound here; else it keeps its own) */
             ts_cell_t kids[4];
-            ts_binding_t *k0 =
-                ts_cell_children(&z->cell, kids) == TS_OK ? ts_cellmap_get(&w->by_cell, &kids[0]) : NULL;
+            bool have = ts_cell_children(&z->cell, kids) == TS_OK;
+            ts_binding_t *k0 = have ? ts_cellmap_get(&w->by_cell, &kids[0]) : NULL;
+            int64_t own[TS_GAME_COUNTERS];
+            memcpy(own, z->game.counters, sizeof(own));
             if (k0) z->game = k0->zone->game;
+            /* its world counters: its own plus its children's (moved here) */
+            memcpy(z->game.counters, own, sizeof(own));
+            for (size_t i = 0; have && i < 4; i++) {
+                ts_binding_t *k = ts_cellmap_get(&w->by_cell, &kids[i]);
+                if (k) ts_zone_take_counters(z, k->zone);
+            }
         }
     }
 }

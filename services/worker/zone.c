@@ -1795,6 +1795,26 @@ static size_t ckpt_item_cost(const void *ud, size_t i, bool *capped)
     return ts_pbw_sub_len(5, c->elens[i]);
 }
 
+size_t ts_zone_counters_len(const ts_zone_t *z)
+{
+    size_t n = TS_GAME_COUNTERS;
+    while (n > 0 && z->game.counters[n - 1] == 0)
+        n--;
+    return n;
+}
+
+void ts_zone_take_counters(ts_zone_t *z, ts_zone_t *from)
+{
+    for (size_t i = 0; i < TS_GAME_COUNTERS; i++) {
+        /* unsigned: an overflow wraps instead of being undefined */
+        z->game.counters[i] = (int64_t)((uint64_t)z->game.counters[i] + (uint64_t)from->game.counters[i]);
+        from->game.counters[i] = 0;
+    }
+    /* both write a checkpoint soon, even a forwarder with nothing new */
+    z->mod_counter++;
+    from->mod_counter++;
+}
+
 /* The checkpoint's fields that are not items; part 0 also carries the
  * module's cell state. */
 static void ckpt_head(const ts_zone_t *z, uint64_t tick, const char *owner, uint64_t generation, bool first,
@@ -1816,6 +1836,8 @@ static void ckpt_head(const ts_zone_t *z, uint64_t tick, const char *owner, uint
         cp->clock_ns = z->clock_ns;
         cp->game_state.len = z->game.state_len;
         cp->game_state.data = (uint8_t *)z->game.state;
+        cp->n_game_counters = ts_zone_counters_len(z);
+        cp->game_counters = (int64_t *)z->game.counters;
     }
 }
 
@@ -2035,6 +2057,9 @@ ts_status_t ts_zone_load_checkpoint(ts_zone_t *z, const Tessera__V1__Checkpoint 
             z->game.state_len =
                 cp->game_state.len < TS_GAME_CELL_STATE_MAX ? cp->game_state.len : TS_GAME_CELL_STATE_MAX;
             if (z->game.state_len) memcpy(z->game.state, cp->game_state.data, z->game.state_len);
+            memset(z->game.counters, 0, sizeof(z->game.counters));
+            for (size_t i = 0; i < cp->n_game_counters && i < TS_GAME_COUNTERS; i++)
+                z->game.counters[i] = cp->game_counters[i];
         }
     }
     for (size_t i = 0; i < cp->n_removed; i++) {

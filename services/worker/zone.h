@@ -223,6 +223,7 @@ typedef struct {
     uint64_t spawned; /* NPCs spawned so far (their ids derive from it) */
     size_t state_len;
     uint8_t state[TS_GAME_CELL_STATE_MAX];
+    int64_t counters[TS_GAME_COUNTERS]; /* world counters (api->counter_add) */
 } ts_zone_game_t;
 
 typedef struct ts_zone {
@@ -454,6 +455,14 @@ void ts_zone_detach(ts_zone_t *z, ts_entity_t *e, uint64_t at_us);
 
 /* ---- game module ---------------------------------------------------------- */
 
+/* How many of the cell's world counters a message carries: up to the last
+ * non-zero one (0: all are 0). */
+size_t ts_zone_counters_len(const ts_zone_t *z);
+/* Moves the world counters of `from` into z (added; from's become 0), for
+ * a split (the parent's go to child quadrant 0) or a merge (the children's
+ * go to the parent): the world's sum stays the same. Both zones count as
+ * modified (a forwarder writes its next checkpoint). */
+void ts_zone_take_counters(ts_zone_t *z, ts_zone_t *from);
 /* Seeds the cell's game RNG from its cell id (a new zone does this). */
 uint64_t ts_zone_game_seed(const ts_cell_t *cell);
 /* Outbox entries of requests have this bit in marker_seq (departure

@@ -28,7 +28,12 @@
  * is 1 and its team is the tagger's) and exactly one point for the tagger,
  * read from the entities' state bytes in the players' Snapshots and
  * Deltas; no value seen by any player ever goes above 1 (no double, not
- * even for a moment), and the values stay so for 2 s after.
+ * even for a moment), and the values stay so for 2 s after. The team
+ * scores (world counters 0 red, 1 blue, in WorldCounters frames from the
+ * gateway) must then reach, for every player, red = the tags made so far in
+ * the run and blue = 0; a player that just joined has them (right after its
+ * Snapshot) before its tag, and no player ever sees red above the tags made
+ * nor blue above 0.
  * `it_tag --ws`: the same with the players on WebSocket. */
 #include <inttypes.h>
 #include <pthread.h>
@@ -91,6 +96,7 @@ typedef struct {
     int errors;
     char last_error[160];
     bool closed;
+    int64_t red, blue; /* the latest WorldCounters (0 before any) */
 } player_t;
 
 /* An entity's module state as the players saw it. */
@@ -110,7 +116,11 @@ static struct {
     pthread_t thread;
     bool running;
     atomic_bool stop;
+    int64_t max_red, max_blue; /* the highest scores any player saw */
 } PL = {.mu = PTHREAD_MUTEX_INITIALIZER};
+
+/* Tags that landed so far in this run (red's score). */
+static int64_t tags_made;
 
 static uint32_t u32_le(const uint8_t *b)
 {
@@ -153,6 +163,16 @@ static void note_frame(player_t *p, const Tessera__V1__ServerFrame *f)
     case TESSERA__V1__SERVER_FRAME__PAYLOAD_EVENT:
         if (f->event->type < 8) p->events[f->event->type]++;
         break;
+    case TESSERA__V1__SERVER_FRAME__PAYLOAD_WORLD_COUNTERS: {
+        /* as the client library keeps them */
+        int64_t v[TS_CLIENT_COUNTERS];
+        if (!ts_client_counters(p->c, v)) break;
+        p->red = v[0];
+        p->blue = v[1];
+        if (p->red > PL.max_red) PL.max_red = p->red;
+        if (p->blue > PL.max_blue) PL.max_blue = p->blue;
+        break;
+    }
     case TESSERA__V1__SERVER_FRAME__PAYLOAD_ERROR:
         p->errors++;
         snprintf(p->last_error, sizeof p->last_error, "code %d: %s", f->error->code, f->error->message);
@@ -282,6 +302,34 @@ static int events(int i, int type)
     int n = PL.p[i].events[type];
     pthread_mutex_unlock(&PL.mu);
     return n;
+}
+
+/* Waits until every connected player's team scores are red = tags_made,
+ * blue = 0, and checks none was ever seen above. */
+static void expect_scores(const char *when)
+{
+    uint64_t deadline = ts_mono_us() + WAIT_MS * 1000ULL;
+    for (;;) {
+        int off = -1;
+        pthread_mutex_lock(&PL.mu);
+        for (int i = 0; i < PL.n && off < 0; i++)
+            if (!PL.p[i].closed && (PL.p[i].red != tags_made || PL.p[i].blue != 0)) off = i;
+        player_t p = off >= 0 ? PL.p[off] : PL.p[0];
+        int64_t max_red = PL.max_red, max_blue = PL.max_blue;
+        pthread_mutex_unlock(&PL.mu);
+        if (max_red > tags_made || max_blue != 0) {
+            ts_h.failed = true;
+            fail_msg("%s: a player saw red %" PRId64 " blue %" PRId64 " (max), after %" PRId64 " tags", when,
+                     max_red, max_blue, tags_made);
+        }
+        if (off < 0) return;
+        if (ts_mono_us() > deadline) {
+            ts_h.failed = true;
+            fail_msg("%s: after %d s player %d has red %" PRId64 " blue %" PRId64 ", want %" PRId64 " and 0",
+                     when, WAIT_MS / 1000, off, p.red, p.blue, tags_made);
+        }
+        ts_sleep_ms(20);
+    }
 }
 
 static void send_tag(int tagger, int target)
@@ -424,6 +472,9 @@ static void tag_once(double y, disturb_t disturb)
         ts_sleep_ms(20);
     }
 
+    /* the new players got the scores so far right after their Snapshots */
+    expect_scores(disturb_name[disturb]);
+
     ts_cell_entry_t target_cell = live_cell_at(3, y);
     int misses = events(t, EV_MISS);
     send_tag(t, v);
@@ -502,6 +553,11 @@ static void tag_once(double y, disturb_t disturb)
                  disturb_name[disturb], st.team, st.tags, st.max_tags, st.tagged, sv.team, sv.tagged,
                  sv.max_tagged, sv.tags);
     }
+    /* red's score is one more, for every player, and stays so */
+    tags_made++;
+    expect_scores(disturb_name[disturb]);
+    ts_sleep_ms(SETTLE_MS);
+    expect_scores(disturb_name[disturb]);
     if (disturb == NOTHING) {
         /* events are best effort, but with nothing disturbed both arrive, once */
         deadline = ts_mono_us() + 5000000ULL;

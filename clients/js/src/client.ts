@@ -10,7 +10,8 @@
 // worker applies each (entity, seq) at most once, so none is lost or
 // doubled. Game commands (command()) are inputs like moves: numbered by
 // seq, acknowledged by last_input_seq, sent again after a resume until
-// acknowledged; the game module's events arrive as 'event'.
+// acknowledged; the game module's events arrive as 'event', its world
+// counters (summed over the world by the gateway) as 'counters'.
 import { InterpolationBuffer, now } from './interp.js';
 import {
   type CellChanged,
@@ -92,6 +93,8 @@ interface EventMap {
   error: ServerError;
   /** The game module's events (ServerFrame.event). */
   event: GameEvent;
+  /** The world counters changed (ServerFrame.world_counters): the new `counters`. */
+  counters: number[];
   frame: ServerFrame;
   open: void;
   close: { code: number; reason: string; willResume: boolean };
@@ -134,6 +137,12 @@ export class TesseraClient {
   connections = 0;
   lastError: ServerError | null = null;
   connected = false;
+  /**
+   * The game module's world counters, summed over the whole world by the
+   * gateway (tag: [red's score, blue's score]): counter i is counters[i],
+   * 0 when missing. Updated by every WorldCounters frame ('counters' event).
+   */
+  counters: number[] = [];
 
   private ws: any = null;
   private handlers = new Map<keyof EventMap, Set<Handler<any>>>();
@@ -423,6 +432,9 @@ export class TesseraClient {
       this.emit('pong', f.pong);
     } else if (f.event) {
       this.emit('event', f.event);
+    } else if (f.world_counters) {
+      this.counters = f.world_counters.values.slice();
+      this.emit('counters', this.counters);
     } else if (f.error) {
       this.lastError = f.error;
       // Commands the gateway reports not stored are not pending any more

@@ -13,6 +13,7 @@ export {
   type Delta,
   type EntityState,
   type GameEvent,
+  type WorldCounters,
   type Pong,
   type ServerError,
   type ServerFrame,

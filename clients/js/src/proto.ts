@@ -75,6 +75,16 @@ export interface GameEvent {
   tick: number;
 }
 
+/**
+ * The game module's world counters summed over the whole world
+ * (ServerFrame.world_counters): `values[i]` is counter i, missing ones are 0
+ * (tag: 0 red's score, 1 blue's). Sent after the first Snapshot and on
+ * every change (the gateway looks at most every 250 ms).
+ */
+export interface WorldCounters {
+  values: number[];
+}
+
 export interface Welcome {
   protocol_version: number;
   entity: string;
@@ -130,6 +140,7 @@ export interface ServerFrame {
   pong?: Pong;
   error?: ServerError;
   event?: GameEvent;
+  world_counters?: WorldCounters;
 }
 
 export type ClientPayload =
@@ -220,6 +231,8 @@ export function decodeServerFrame(data: Uint8Array): ServerFrame {
       y: num(e.y),
       tick: num(e.tick),
     };
+  } else if (o.world_counters) {
+    f.world_counters = { values: (o.world_counters.values ?? []).map(num) };
   } else if (o.error) {
     const e = o.error;
     f.error = { code: num(e.code), message: e.message ?? '', fatal: !!e.fatal, first_seq: num(e.first_seq), last_seq: num(e.last_seq) };

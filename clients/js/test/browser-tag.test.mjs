@@ -3,7 +3,8 @@
 // in headless Chromium. The page joins the game, the test walks the player
 // to the nearest bot of the other team with the arrow keys (the bots are on
 // the map), presses space, and sees the player's score go from 0 to 1 in
-// the side panel, with the "you tagged" event. A screenshot goes to
+// the side panel, with the "you tagged" event, and its team's score (the
+// world counter the gateway sums over the world) go up by 1. A screenshot goes to
 // $TESSERA_ARTIFACT_DIR (CI keeps it).
 import assert from 'node:assert/strict';
 import { existsSync, mkdtempSync, rmSync, mkdirSync } from 'node:fs';
@@ -121,6 +122,7 @@ it('joins the tag game in play mode, walks to a bot, tags it and sees the score 
   let tags = 0;
   let spaces = 0;
   let lastSpace = 0;
+  let before = null;
   while (tags === 0) {
     assert.ok(Date.now() < deadline, `no tag in 90 s (${spaces} presses of space)`);
     const s = await situation(page);
@@ -140,6 +142,8 @@ it('joins the tag game in play mode, walks to a bot, tags it and sees the score 
       // before anything else, so a second press cannot score too
       for (const k of [...held]) await hold(k, false);
       const misses = await page.evaluate(() => window.tessera.game.events.filter((e) => e.type === 4).length);
+      // the team scores in the panel (world counters) before this press
+      before = { team: s.team, red: Number(await text(page, '#score-red')), blue: Number(await text(page, '#score-blue')) };
       await page.keyboard.press('Space');
       spaces++;
       lastSpace = Date.now();
@@ -161,9 +165,14 @@ it('joins the tag game in play mode, walks to a bot, tags it and sees the score 
   await until('own score 1 in the panel', async () => (await text(page, '#score-me')) === '1', 10000);
   await until('"you tagged" event', () => page.evaluate(() => window.tessera.game.events.some((e) => e.type === 1)), 10000);
   assert.match((await text(page, '#events')) ?? '', /you tagged bot-\d+: \+1/);
-  // the player's team's score counts the point
-  const g = await page.evaluate(() => ({ red: window.tessera.game.red, blue: window.tessera.game.blue, team: window.tessera.game.me.team }));
-  assert.ok((g.team === 1 ? g.red : g.blue) >= 1, JSON.stringify(g));
+  // the team score in the panel (the world counter of the player's team,
+  // summed by the gateway over the world) goes up by exactly 1
+  assert.ok(before !== null && Number.isInteger(before.red) && Number.isInteger(before.blue), JSON.stringify(before));
+  const sel = before.team === 1 ? '#score-red' : '#score-blue';
+  const want = String((before.team === 1 ? before.red : before.blue) + 1);
+  await until(`${sel} ${want} in the panel`, async () => (await text(page, sel)) === want, 10000);
+  const g = await page.evaluate(() => ({ red: window.tessera.game.red, blue: window.tessera.game.blue, counters: window.tessera.client.counters }));
+  assert.equal(before.team === 1 ? g.red : g.blue, Number(want), JSON.stringify(g));
 
   mkdirSync(artifacts, { recursive: true });
   await page.screenshot({ path: join(artifacts, 'browser-tag.png') });

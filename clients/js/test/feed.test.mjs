@@ -113,6 +113,9 @@ it('subscribes to the world only while a viewer is connected; dots are capped by
   assert.equal(new Set(d.dots.map((x) => x[0])).size, 2);
   assert.equal(v.events[0].kind, 'world');
   assert.equal(v.events[0].data.max_dots, 2);
+  // the world counters ride along (none kept by this stack's module: [], and no `counters` event)
+  assert.deepEqual(v.events[0].data.counters, []);
+  assert.ok(!v.events.some((e) => e.kind === 'counters'));
 
   // a second viewer shares the subscriptions; the last one leaving releases them
   const v2 = viewer(capped);

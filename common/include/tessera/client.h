@@ -3,6 +3,7 @@
 #ifndef TESSERA_CLIENT_H
 #define TESSERA_CLIENT_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -53,5 +54,13 @@ ts_status_t ts_client_ping(ts_client_t *c, uint64_t client_time_us);
 ts_status_t ts_client_leave(ts_client_t *c);
 /* Sequence number the last send used. */
 uint64_t ts_client_last_seq(const ts_client_t *c);
+
+/* World counters (WorldCounters frames: the game module's counters summed
+ * over the world, e.g. tag's team scores). */
+#define TS_CLIENT_COUNTERS 8 /* TS_GAME_COUNTERS */
+/* The values of the latest WorldCounters ts_client_recv returned (counters
+ * it did not carry are 0) into out (may be NULL); false (out all 0) if
+ * none arrived yet. */
+bool ts_client_counters(const ts_client_t *c, int64_t out[TS_CLIENT_COUNTERS]);
 
 #endif

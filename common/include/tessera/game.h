@@ -19,6 +19,11 @@
  *   - per cell: up to TS_GAME_CELL_STATE_MAX bytes (api->cell_state), in the
  *     cell's checkpoints and handovers; on a split each child starts with a
  *     copy of its parent's, on a merge the parent takes its first child's;
+ *   - per cell: TS_GAME_COUNTERS world counters (api->counter_add), which
+ *     gateways add up over the world's live cells and send to every client
+ *     (WorldCounters); on a split the parent's go to child quadrant 0 (the
+ *     others start at 0), on a merge the parent takes the sum of its four
+ *     children's, so the world's sum is kept;
  *   - per module: read-only data built by load() from the configuration
  *     (tables, constants). Nothing else: no globals written during a tick,
  *     no wall clock, no rand(), no I/O.
@@ -77,7 +82,10 @@ extern "C" {
 
 /* Bumped whenever ts_game_module_t, ts_game_api_t or ts_game_entity_t
  * change incompatibly. */
-#define TS_GAME_ABI_VERSION 1
+#define TS_GAME_ABI_VERSION 2
+
+/* World counters per cell (api->counter_add). */
+#define TS_GAME_COUNTERS 8
 
 #define TS_GAME_STATE_MAX 64        /* module state bytes per entity */
 #define TS_GAME_CELL_STATE_MAX 1024 /* module state bytes per cell */
@@ -187,6 +195,12 @@ typedef struct {
     /* Logs a line prefixed with the module's name and the cell (level: 0
      * debug, 1 info, 2 warn, 3 error); rate-limited per cell. */
     void (*log)(ts_game_ctx_t *ctx, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+    /* Adds delta to this cell's world counter `index` (< TS_GAME_COUNTERS):
+     * 0 or EINVAL. Counters are per cell, checkpointed and replayed like
+     * the rest of the cell's state; gateways send clients their sum over
+     * the world's live cells (WorldCounters). Valid in on_join, on_command,
+     * on_request and on_tick. (ABI 2) */
+    int (*counter_add)(ts_game_ctx_t *ctx, uint32_t index, int64_t delta);
 } ts_game_api_t;
 
 #define TS_GAME_SPAWNS_PER_TICK 64

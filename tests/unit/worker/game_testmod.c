@@ -6,7 +6,8 @@
  * the player), 2 fails, 3 runs 50 ms (past the budget), 4 requests entity
  * <payload: 8 bytes> (+10 at the target), 5 spawns an NPC where the player
  * is, 6 an event at the player's position, 7 crashes (SIGSEGV), 8 like 4 but the target answers
- * with a request of its own to the requester. Every tick: NPCs take a random
+ * with a request of its own to the requester, 9 adds to a world counter
+ * (payload: index byte, then an int64 delta). Every tick: NPCs take a random
  * velocity, and the cell state counts ticks and keeps the last random
  * number. */
 #include <signal.h>
@@ -72,6 +73,12 @@ static int tm_command(ts_game_ctx_t *ctx, ts_game_entity_t *e, uint32_t type, co
     case 7:
         raise(SIGSEGV); /* as a bad pointer would, without undefined behaviour */
         return 0;
+    case 9: {
+        int64_t delta;
+        if (len != 1 + sizeof(delta)) return TS_GAME_EINVAL;
+        memcpy(&delta, payload + 1, sizeof(delta));
+        return api->counter_add(ctx, payload[0], delta);
+    }
     default:
         return TS_GAME_EINVAL;
     }

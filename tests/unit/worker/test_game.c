@@ -127,13 +127,14 @@ static void test_load_from_file_and_abi_refusal(void **state)
     ts_zone_destroy(z);
     ts_game_host_close(h);
 
-    /* another ABI version: refused, naming the file and both versions */
+    /* another ABI version (1, before world counters): refused, naming the
+     * file and both versions */
     h = NULL;
     assert_int_equal(ts_game_host_load(&h, TS_TESTMOD_BADABI_SO, "", 10, err, sizeof(err)), TS_ERR_CONFIG);
     assert_null(h);
     assert_non_null(strstr(err, TS_TESTMOD_BADABI_SO));
-    assert_non_null(strstr(err, "ABI version 99"));
-    assert_non_null(strstr(err, "needs 1"));
+    assert_non_null(strstr(err, "ABI version 1,"));
+    assert_non_null(strstr(err, "needs 2"));
 
     assert_int_equal(ts_game_host_load(&h, "/nonexistent/libnothing.so", "", 10, err, sizeof(err)),
                      TS_ERR_CONFIG);
@@ -373,6 +374,190 @@ static void test_state_travels(void **state)
     ts_zone_destroy(east);
     ts_zone_destroy(b);
     ts_zone_destroy(a);
+    ts_game_host_close(h);
+}
+
+/* ---- world counters ------------------------------------------------------------------ */
+
+static ts_input_t counter_in(uint64_t entity, uint64_t seq, uint8_t index, int64_t delta)
+{
+    uint8_t p[9];
+    p[0] = index;
+    memcpy(p + 1, &delta, sizeof(delta));
+    return cmd_in(entity, seq, 9, p, sizeof(p));
+}
+
+/* Packs a's checkpoint (in parts when parts) and loads it into b. */
+static void copy_checkpoint(ts_zone_t *a, ts_zone_t *b, bool parts)
+{
+    uint8_t **bufs;
+    size_t *lens, n;
+    if (parts) {
+        assert_int_equal(ts_zone_pack_checkpoint_parts(a, 1, "w1", false, 7, &bufs, &lens, &n), TS_OK);
+        assert_true(n >= 2);
+    } else {
+        n = 1;
+        bufs = malloc(sizeof(*bufs));
+        lens = malloc(sizeof(*lens));
+        assert_non_null(bufs);
+        assert_non_null(lens);
+        assert_int_equal(ts_zone_pack_checkpoint(a, 1, "w1", false, &bufs[0], &lens[0]), TS_OK);
+    }
+    for (size_t i = 0; i < n; i++) {
+        Tessera__V1__Checkpoint *cp = tessera__v1__checkpoint__unpack(NULL, lens[i], bufs[i]);
+        assert_non_null(cp);
+        assert_int_equal(ts_zone_load_checkpoint(b, cp, false, 1), TS_OK);
+        tessera__v1__checkpoint__free_unpacked(cp, NULL);
+    }
+    ts_zone_free_parts(bufs, lens, n);
+}
+
+static void test_counter_add_bounds(void **state)
+{
+    (void)state;
+    ts_game_host_t *h = host(1000);
+    ts_zone_t *a = zone_at(h, 0, 0);
+    ts_input_t in[] = {join_in(5, 1, 10, 10, 1), counter_in(5, 2, 0, 3), counter_in(5, 3, 7, -2),
+                       counter_in(5, 4, 0, 1), counter_in(5, 5, TS_GAME_COUNTERS, 100)};
+    assert_true(apply(a, 1, in, 5, 1));
+    assert_int_equal(a->game.counters[0], 4);
+    assert_int_equal(a->game.counters[7], -2);
+    for (int i = 1; i < 7; i++)
+        assert_int_equal(a->game.counters[i], 0);
+    /* the index past the last: EINVAL (the command's error), nothing changed */
+    ts_game_stats_t st;
+    ts_game_host_stats(h, &st);
+    assert_int_equal(st.errors[TS_GAME_CB_COMMAND], 1);
+    ts_game_ctx_t ctx = {.h = h, .z = a};
+    assert_int_equal(api->counter_add(&ctx, TS_GAME_COUNTERS, 1), TS_GAME_EINVAL);
+    assert_int_equal(api->counter_add(&ctx, UINT32_MAX, 1), TS_GAME_EINVAL);
+    assert_int_equal(api->counter_add(&ctx, TS_GAME_COUNTERS - 1, 2), TS_GAME_OK);
+    assert_int_equal(a->game.counters[7], 0);
+    assert_int_equal(ts_zone_counters_len(a), 1);
+    /* replayed in another zone from the same input: the same counters */
+    ts_zone_t *r = zone_at(h, 0, 0);
+    assert_true(apply(r, 1, in, 5, 1));
+    assert_int_equal(r->game.counters[0], 4);
+    assert_int_equal(r->game.counters[7], -2);
+    ts_zone_destroy(r);
+    ts_zone_destroy(a);
+    ts_game_host_close(h);
+}
+
+static void test_counters_in_checkpoints(void **state)
+{
+    (void)state;
+    ts_game_host_t *h = host(1000);
+    ts_zone_t *a = zone_at(h, 0, 0);
+    /* enough entities for a checkpoint in parts: the counters are in part 0 */
+    const uint64_t n = TS_ZONE_CKPT_PART_ENTITIES + 100;
+    for (uint64_t i = 1; i <= n; i++) {
+        ts_input_t j = join_in(i, 1, (double)(i % 97), (double)(i % 89), 1);
+        ts_zone_apply_input(a, &j, 1);
+    }
+    ts_input_t in[] = {counter_in(1, 2, 0, 41), counter_in(1, 3, 1, -7), counter_in(1, 4, 5, INT64_MAX)};
+    assert_true(apply(a, 1, in, 3, 1));
+    for (int parts = 0; parts < 2; parts++) {
+        ts_zone_t *b = zone_at(h, 0, 0);
+        b->game.counters[6] = 9; /* not in the checkpoint: 0 after loading it */
+        copy_checkpoint(a, b, parts);
+        assert_int_equal(ts_zone_entities(b), n);
+        assert_memory_equal(a->game.counters, b->game.counters, sizeof(a->game.counters));
+        assert_int_equal(b->game.counters[5], INT64_MAX);
+        assert_int_equal(b->game.counters[6], 0);
+        ts_zone_destroy(b);
+    }
+    /* a handover Diff carries a change of the counters */
+    ts_zone_t *b = zone_at(h, 0, 0);
+    copy_checkpoint(a, b, false);
+    ts_zone_mark_precopy(a);
+    ts_input_t more = counter_in(1, 5, 0, 1);
+    assert_true(apply(a, 2, &more, 1, 2));
+    uint8_t *buf;
+    size_t len;
+    assert_int_equal(ts_zone_pack_checkpoint(a, 2, "w1", true, &buf, &len), TS_OK);
+    Tessera__V1__Checkpoint *cp = tessera__v1__checkpoint__unpack(NULL, len, buf);
+    free(buf);
+    assert_non_null(cp);
+    assert_int_equal(ts_zone_load_checkpoint(b, cp, true, 2), TS_OK);
+    tessera__v1__checkpoint__free_unpacked(cp, NULL);
+    assert_int_equal(b->game.counters[0], 42);
+    assert_memory_equal(a->game.counters, b->game.counters, sizeof(a->game.counters));
+    ts_zone_destroy(b);
+    ts_zone_destroy(a);
+    ts_game_host_close(h);
+}
+
+/* A split gives the parent's counters to child quadrant 0 only (the sum of
+ * the children is the parent's); a merge gives the parent the sum of its
+ * children's (added to what it applied meanwhile). */
+static void test_counters_split_and_merge(void **state)
+{
+    (void)state;
+    ts_zone_game_t parent;
+    memset(&parent, 0, sizeof(parent));
+    parent.rng = 12345;
+    for (int i = 0; i < TS_GAME_COUNTERS; i++)
+        parent.counters[i] = (i + 1) * (i % 2 ? -3 : 5);
+    ts_zone_game_t kid[4];
+    for (unsigned q = 0; q < 4; q++)
+        ts_game_split_state(&parent, q, &kid[q]);
+    for (int i = 0; i < TS_GAME_COUNTERS; i++) {
+        assert_int_equal(kid[0].counters[i], parent.counters[i]);
+        int64_t sum = 0;
+        for (int q = 0; q < 4; q++)
+            sum += kid[q].counters[i];
+        assert_int_equal(sum, parent.counters[i]);
+    }
+    for (unsigned q = 1; q < 4; q++)
+        for (int i = 0; i < TS_GAME_COUNTERS; i++)
+            assert_int_equal(kid[q].counters[i], 0);
+
+    /* a move (child 0 takes the parent's at the split; the parent takes the
+     * children's at the merge) keeps the sum of the two */
+    ts_game_host_t *h = host(1000);
+    ts_zone_t *p = zone_at(h, 0, 0);
+    ts_zone_t *kz[4];
+    ts_cell_t kids[4];
+    assert_int_equal(ts_cell_children(&p->cell, kids), TS_OK);
+    p->game = parent;
+    for (int q = 0; q < 4; q++) {
+        assert_int_equal(ts_zone_create(&kz[q], &kids[q], 1, &WORLD, 50), TS_OK);
+        ts_game_split_state(&p->game, (unsigned)q, &kz[q]->game);
+        if (q == 0) {
+            memset(kz[0]->game.counters, 0, sizeof(kz[0]->game.counters));
+            ts_zone_take_counters(kz[0], p);
+        }
+    }
+    for (int i = 0; i < TS_GAME_COUNTERS; i++) {
+        assert_int_equal(p->game.counters[i], 0);
+        assert_int_equal(kz[0]->game.counters[i], parent.counters[i]);
+    }
+    /* the children play on (and the forwarding parent applies a late one),
+     * then merge back: the parent holds the whole sum, the children 0 */
+    p->game.counters[2] += 1;
+    for (int q = 0; q < 4; q++) {
+        kz[q]->game.counters[0] += q;
+        kz[q]->game.counters[3] -= 2 * q;
+    }
+    int64_t want[TS_GAME_COUNTERS];
+    for (int i = 0; i < TS_GAME_COUNTERS; i++) {
+        want[i] = p->game.counters[i];
+        for (int q = 0; q < 4; q++)
+            want[i] += kz[q]->game.counters[i];
+    }
+    for (int q = 0; q < 4; q++)
+        ts_zone_take_counters(p, kz[q]);
+    assert_memory_equal(p->game.counters, want, sizeof(want));
+    assert_int_equal(p->game.counters[0], parent.counters[0] + 0 + 1 + 2 + 3);
+    assert_int_equal(p->game.counters[2], parent.counters[2] + 1);
+    assert_int_equal(p->game.counters[3], parent.counters[3] - 2 * (0 + 1 + 2 + 3));
+    for (int q = 0; q < 4; q++)
+        for (int i = 0; i < TS_GAME_COUNTERS; i++)
+            assert_int_equal(kz[q]->game.counters[i], 0);
+    for (int q = 0; q < 4; q++)
+        ts_zone_destroy(kz[q]);
+    ts_zone_destroy(p);
     ts_game_host_close(h);
 }
 
@@ -1109,6 +1294,9 @@ int main(void)
         cmocka_unit_test(test_error_and_overrun_do_not_stop_the_cell),
         cmocka_unit_test(test_state_travels),
         cmocka_unit_test(test_state_in_checkpoint_parts),
+        cmocka_unit_test(test_counter_add_bounds),
+        cmocka_unit_test(test_counters_in_checkpoints),
+        cmocka_unit_test(test_counters_split_and_merge),
         cmocka_unit_test(test_rng_deterministic),
         cmocka_unit_test(test_recovery_replays_the_ticks),
         cmocka_unit_test(test_replay_boundary_within_latency),

@@ -348,6 +348,43 @@ static void test_merge_takes_over_in_place(void **state)
     unbind(p);
 }
 
+/* A merge taken in place: the parent adds its children's world counters
+ * (those bound here) to its own, theirs become 0; the sum stays. */
+static void test_merge_takes_the_world_counters(void **state)
+{
+    fx_t *f = *state;
+    ts_binding_t *p = bind(f, &P, 1, TS_CELL_ACTIVE);
+    split_p(f, p);
+    p->zone->game.counters[0] = 1; /* applied while it forwarded */
+    ts_binding_t *a = bind(f, &f->kids[0], 2, TS_CELL_ACTIVE);
+    ts_binding_t *d = bind(f, &f->kids[3], 2, TS_CELL_ACTIVE);
+    a->zone->game.counters[0] = 7;
+    a->zone->game.counters[1] = 1;
+    d->zone->game.counters[0] = 3;
+    d->zone->game.counters[7] = -4;
+    ts_cellmap_init(&f->w->by_cell);
+    assert_int_equal(ts_cellmap_put(&f->w->by_cell, &f->kids[0], a), TS_OK);
+    assert_int_equal(ts_cellmap_put(&f->w->by_cell, &f->kids[3], d), TS_OK);
+    uint64_t amod = a->zone->mod_counter;
+    ts_cell_entry_t pe = entry(&P, 3, TS_CELL_ACTIVE);
+    put(f, &P, 3, TS_CELL_ACTIVE);
+    assert_true(ts_split_take_epoch(f->w, p, &pe));
+    assert_int_equal(p->zone->game.counters[0], 11);
+    assert_int_equal(p->zone->game.counters[1], 1);
+    assert_int_equal(p->zone->game.counters[7], -4);
+    for (int i = 2; i < 7; i++)
+        assert_int_equal(p->zone->game.counters[i], 0);
+    for (int i = 0; i < TS_GAME_COUNTERS; i++) {
+        assert_int_equal(a->zone->game.counters[i], 0);
+        assert_int_equal(d->zone->game.counters[i], 0);
+    }
+    assert_true(a->zone->mod_counter > amod); /* the retired child checkpoints the move */
+    ts_cellmap_free(&f->w->by_cell);
+    unbind(a);
+    unbind(d);
+    unbind(p);
+}
+
 /* Only a change of exactly one epoch that involves split or retired is
  * taken in place; anything else rebinds as before. */
 static void test_take_epoch_rules(void **state)
@@ -380,6 +417,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_forwarder_keeps_departed_records, setup, teardown),
         cmocka_unit_test_setup_teardown(test_crossing_into_a_split_cell_goes_to_the_child, setup, teardown),
         cmocka_unit_test_setup_teardown(test_merge_takes_over_in_place, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_merge_takes_the_world_counters, setup, teardown),
         cmocka_unit_test_setup_teardown(test_take_epoch_rules, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

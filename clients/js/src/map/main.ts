@@ -8,8 +8,9 @@
 // module runs: arrow keys or WASD move, space sends Command 1 (tag's TAG).
 // When entities carry tag's state bytes (team, tags made, times tagged:
 // examples/tag/README.md), they are drawn in their team's colour, and the
-// side panel shows each team's score (the sum of "tags made" over the
-// entities in view), your own, and the game's events.
+// side panel shows each team's score (world counters 0 and 1: the whole
+// world's, from the gateway's WorldCounters), your own, and the game's
+// events.
 //
 // The feed is pushed: /api/events (server-sent events) sends the world once
 // (`world`: the gateway's registry view and the workers' heartbeats), then
@@ -17,7 +18,7 @@
 // so the page does work for what changes, never a poll of the world; and
 // `dots` (the positions of the world's entities, at most the gateway's
 // gateway.map_max_dots of them, with the total) a few times a second while
-// they move.
+// they move, and `counters` (the world counters) when they change.
 import { TesseraClient } from '../index.js';
 import { EntityFlags, type EntityState, type GameEvent } from '../proto.js';
 
@@ -49,6 +50,8 @@ interface World {
   gateway: string;
   hb_ttl_ms?: number;
   max_dots?: number;
+  /** The world counters (as many as the last non-zero one). */
+  counters?: number[];
   cells: WorldCell[];
   workers: Worker[];
 }
@@ -100,7 +103,9 @@ let inputsPerS = 0;
 let lastInputs: { t: number; n: number } | null = null;
 let client: TesseraClient | null = null;
 const keys = new Set<string>();
-const feed = { worlds: 0, cells: 0, workers: 0, dots: 0 }; // events received, by kind
+const feed = { worlds: 0, cells: 0, workers: 0, dots: 0, counters: 0 }; // events received, by kind
+/** The world counters from the feed (`world`, then `counters` events). */
+let feedCounters: number[] = [];
 let playing = false;
 
 // ---- the tag game (examples/tag), read from entity state bytes ------------
@@ -157,19 +162,13 @@ function onGameEvent(ev: GameEvent): void {
   renderGame();
 }
 
-/** Team scores over the entities in view, and the player's own state. */
+/** Team scores (the world counters), and the player's own state. */
 function renderGame(): void {
   if (!playing || client === null) return;
-  let red = 0;
-  let blue = 0;
-  let any = false;
-  for (const e of client.entities.values()) {
-    const t = tagState(e);
-    if (t === null) continue;
-    any = true;
-    if (t.team === TEAM_RED) red += t.tags;
-    else blue += t.tags;
-  }
+  let any = client.counters.length > 0;
+  for (const e of client.entities.values()) if (!any && tagState(e) !== null) any = true;
+  const red = client.counters[0] ?? 0;
+  const blue = client.counters[1] ?? 0;
   game.red = red;
   game.blue = blue;
   game.me = client.me ? tagState(client.me) : null;
@@ -296,7 +295,13 @@ function listen(): void {
   const es = new EventSource('/api/events');
   es.addEventListener('world', (e) => {
     feed.worlds++;
-    applyWorld(JSON.parse((e as MessageEvent).data) as World);
+    const w = JSON.parse((e as MessageEvent).data) as World;
+    feedCounters = w.counters ?? [];
+    applyWorld(w);
+  });
+  es.addEventListener('counters', (e) => {
+    feed.counters++;
+    feedCounters = (JSON.parse((e as MessageEvent).data) as { values: number[] }).values;
   });
   es.addEventListener('cells', (e) => {
     feed.cells++;
@@ -469,6 +474,7 @@ async function join(): Promise<void> {
   c.on('resumed', () => note('resumed'));
   c.on('cell_changed', (cc) => note(`you crossed into cell ${cc.to?.cx},${cc.to?.cy}`));
   c.on('event', onGameEvent);
+  c.on('counters', () => renderGame());
   c.on('delta', () => renderGame());
   client = c;
   joinButton.textContent = 'Joined: arrow keys move';
@@ -533,6 +539,10 @@ joinButton.addEventListener('click', () => {
   },
   get dots() {
     return dots;
+  },
+  /** The world counters the feed carries. */
+  get counters() {
+    return feedCounters;
   },
   flashes: flashLog,
   feed,
