@@ -360,6 +360,27 @@ static void freeze_wait(int64_t max_ms)
     }
 }
 
+/* Waits until at least min entities show in fresh states (the last 300 ms)
+ * of cells of depth `depth` inside area: its cells are live and publishing
+ * (after a recovery, their new owner has bound them). */
+static bool wait_area_live(const ts_cell_t *area, uint8_t depth, size_t min, int64_t timeout_ms)
+{
+    uint64_t deadline = ts_mono_us() + (uint64_t)timeout_ms * 1000ULL;
+    for (;;) {
+        size_t live = 0;
+        uint64_t now = ts_mono_us();
+        pthread_mutex_lock(&FZ.mu);
+        for (size_t i = 0; i < FZ.n; i++)
+            if (now - FZ.last_us[i] < 300000 && FZ.cell[i].depth == depth &&
+                ts_cell_contains(area, &FZ.cell[i]))
+                live++;
+        pthread_mutex_unlock(&FZ.mu);
+        if (live >= min) return true;
+        if (ts_mono_us() >= deadline) return false;
+        ts_sleep_ms(20);
+    }
+}
+
 static int cmp_double(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
@@ -583,7 +604,14 @@ static void test_ctl_split_merge_with_kills(void **state)
         ts_sleep_ms(20);
     }
 
-    /* merge the root back (all four children on w2 now), then split it again */
+    /* merge the root back (all four children on w2 now), then split it
+     * again; once w2 has bound the children it took over (the registry
+     * names the new owner before it binds), so that the merge moves what
+     * they hold */
+    if (!wait_area_live(&root, 1, 10, WAIT_MS)) {
+        ts_h.failed = true;
+        fail_msg("the children of the split root are not live on w2 after the recovery");
+    }
     mark = changes_now();
     freeze_open(&root, 0);
     ctl_ok(bus, "merge", &root, reply, sizeof reply);
