@@ -368,8 +368,8 @@ static bool wait_area_live(const ts_cell_t *area, uint8_t depth, size_t min, int
     uint64_t deadline = ts_mono_us() + (uint64_t)timeout_ms * 1000ULL;
     for (;;) {
         size_t live = 0;
-        uint64_t now = ts_mono_us();
         pthread_mutex_lock(&FZ.mu);
+        uint64_t now = ts_mono_us(); /* under the lock: no state newer than it */
         for (size_t i = 0; i < FZ.n; i++)
             if (now - FZ.last_us[i] < 300000 && FZ.cell[i].depth == depth &&
                 ts_cell_contains(area, &FZ.cell[i]))
