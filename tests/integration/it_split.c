@@ -285,6 +285,7 @@ static struct {
     uint64_t last_us[MAX_ENT];
     uint64_t max_gap_us[MAX_ENT]; /* longest gap between two states within the window */
     uint64_t moved_us[MAX_ENT];   /* first state from a cell of the new layout after the change */
+    uint64_t handoff_us[MAX_ENT]; /* the gap that state ended: the move itself */
     bool in_area[MAX_ENT];        /* in the changing area when the window opened */
     size_t n;
     bool on;           /* window open */
@@ -318,8 +319,10 @@ static void on_state(void *ud, const ts_bus_msg_t *m)
         size_t s = k - 1;
         if (FZ.on && now - FZ.last_us[s] > FZ.max_gap_us[s]) FZ.max_gap_us[s] = now - FZ.last_us[s];
         if (FZ.on && FZ.in_area[s] && !FZ.moved_us[s] && cell.depth == FZ.new_depth &&
-            ts_cell_contains(&FZ.area, &cell))
+            ts_cell_contains(&FZ.area, &cell)) {
             FZ.moved_us[s] = now;
+            FZ.handoff_us[s] = now - FZ.last_us[s];
+        }
         FZ.last_us[s] = now;
         FZ.cell[s] = cell;
     }
@@ -338,6 +341,7 @@ static void freeze_open(const ts_cell_t *area, uint8_t new_depth)
     for (size_t i = 0; i < FZ.n; i++) {
         FZ.max_gap_us[i] = 0;
         FZ.moved_us[i] = 0;
+        FZ.handoff_us[i] = 0;
         FZ.in_area[i] = FZ.t0 - FZ.last_us[i] < 500000 && ts_cell_contains(area, &FZ.cell[i]) &&
                         FZ.cell[i].depth != new_depth;
     }
@@ -388,35 +392,43 @@ static int cmp_double(const void *a, const void *b)
 }
 
 /* Closes the window and prints: duration (asked -> the last entity of the
- * area shows in the new layout) and freeze (per entity: its longest gap
- * between two states minus one tick) percentiles. */
+ * area shows in the new layout), freeze (per entity: its longest gap
+ * between two states in the window, minus one tick) and handoff (per entity
+ * that moved: the gap its first state in the new layout ended, the last
+ * in the old layout to the first in the new one, minus one tick)
+ * percentiles. Freeze includes whatever else stalled the cells in the
+ * window (the orchestrator failover's 2 s among them); handoff is the move. */
 static void freeze_close(const char *what)
 {
     pthread_mutex_lock(&FZ.mu);
     FZ.on = false;
+    const double tick_ms = 50.0;
     double *gaps = calloc(FZ.n + 1, sizeof *gaps);
+    double *handoffs = calloc(FZ.n + 1, sizeof *handoffs);
     size_t n = 0, moved = 0;
     uint64_t last_move = 0;
-    for (size_t i = 0; gaps && i < FZ.n; i++) {
+    for (size_t i = 0; gaps && handoffs && i < FZ.n; i++) {
         if (!FZ.in_area[i]) continue;
-        double tick_ms = 50.0;
         double g = (double)FZ.max_gap_us[i] / 1000 - tick_ms;
         gaps[n++] = g > 0 ? g : 0;
         if (FZ.moved_us[i]) {
-            moved++;
+            double h = (double)FZ.handoff_us[i] / 1000 - tick_ms;
+            handoffs[moved++] = h > 0 ? h : 0;
             if (FZ.moved_us[i] > last_move) last_move = FZ.moved_us[i];
         }
     }
     if (n) qsort(gaps, n, sizeof *gaps, cmp_double);
+    if (moved) qsort(handoffs, moved, sizeof *handoffs, cmp_double);
     fprintf(stderr,
             "measure: %s of %d.%d.%d.%u.%llu: duration_ms=%.1f entities=%zu moved=%zu freeze_ms p50=%.1f "
-            "p99=%.1f "
-            "max=%.1f\n",
+            "p99=%.1f max=%.1f handoff_ms p50=%.1f p99=%.1f max=%.1f\n",
             what, (int)FZ.area.world, FZ.area.cx, FZ.area.cy, FZ.area.depth, (unsigned long long)FZ.area.sub,
             last_move ? (double)(last_move - FZ.t0) / 1000 : -1.0, n, moved,
             n ? gaps[(size_t)(0.5 * (double)(n - 1))] : 0, n ? gaps[(size_t)(0.99 * (double)(n - 1))] : 0,
-            n ? gaps[n - 1] : 0);
+            n ? gaps[n - 1] : 0, moved ? handoffs[(size_t)(0.5 * (double)(moved - 1))] : 0,
+            moved ? handoffs[(size_t)(0.99 * (double)(moved - 1))] : 0, moved ? handoffs[moved - 1] : 0);
     free(gaps);
+    free(handoffs);
     pthread_mutex_unlock(&FZ.mu);
 }
 
