@@ -203,7 +203,19 @@ bool ts_probe_registry_read(ts_registry_t *reg, uint32_t world, ts_probe_epochs_
     *n = 0;
     ts_world_t w;
     ts_status_t st = ts_registry_world_get(reg, world, &w);
-    if (st == TS_OK) st = ts_registry_cells(reg, world, cells, n);
+    /* the cells are read one by one: a read is a snapshot only if the
+     * registry version (bumped by every change) is the same before and after
+     * it; read again while a change slipped in between */
+    for (int tries = 0; st == TS_OK; tries++) {
+        uint64_t v0 = 0, v1 = 0;
+        st = ts_registry_version(reg, world, &v0);
+        if (st == TS_OK) st = ts_registry_cells(reg, world, cells, n);
+        if (st == TS_OK) st = ts_registry_version(reg, world, &v1);
+        if (st != TS_OK || v0 == v1 || tries == 50) break;
+        free(*cells);
+        *cells = NULL;
+        *n = 0;
+    }
     if (st != TS_OK) {
         snprintf(why, cap, "registry read: %s", ts_status_str(st));
         return false;

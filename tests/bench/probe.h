@@ -81,7 +81,9 @@ typedef struct {
 } ts_probe_epochs_t;
 
 /* Reads the whole registry of world into *cells and *n (caller frees
- * *cells) and checks what must hold at every moment: the live cells
+ * *cells) as a snapshot (read again while the registry version moved during
+ * the read: the cells are read one by one) and checks what must hold at
+ * every moment: the live cells
  * neither overlap nor leave a hole (ts_registry_cells_check), and no cell's
  * epoch is lower than at an earlier read through seen (which it updates).
  * False, with why filled, when the registry cannot be read (*cells NULL,
