@@ -219,24 +219,66 @@ void gw_request_reload(gw_t *gw, bool force)
     if (uv_queue_work(gw->loop, &gw->reload_req, reload_work, reload_done) == 0) gw->reload_running = true;
 }
 
-static void on_flush_timer(uv_timer_t *t)
+void gw_state_note(gw_t *gw, gw_cell_t *cell)
 {
-    gw_t *gw = t->data;
-    if (!gw->stopping) gw_view_flush(gw);
+    uint64_t r = gw->round_ns ? ts_now_us() * 1000ULL / gw->round_ns : 0;
+    if (r != gw->round) {
+        gw->round_expected = r == gw->round + 1 ? gw->round_steady : 0;
+        gw->round_steady = gw->round_arrived = 0;
+        gw->round = r;
+        gw->round_first_us = ts_mono_us();
+    }
+    if (cell->last_round == r) return;
+    if (cell->last_round + 1 == r) {
+        if (cell->prev_round + 2 == r) gw->round_arrived++; /* expected this round */
+        gw->round_steady++;                                 /* expected next round */
+    }
+    cell->prev_round = cell->last_round;
+    cell->last_round = r;
 }
 
-/* Flushes now, or when GW_FLUSH_MIN_US since the last flush have passed. */
+/* How long the fan-out still waits for this tick's state. Workers tick on
+ * the wall clock's multiples of the period and publish every cell right
+ * after, so a round (one period of the wall clock) brings each busy cell's
+ * state once. A cell that sent state in each of the last two rounds is
+ * expected in this one: the fan-out waits until every expected cell is in,
+ * at most gateway.coalesce_ms after the round's first state, so a client
+ * whose cells are on several workers gets one Delta per tick instead of
+ * one per worker or per part of a burst. 0: flush now. */
+static uint64_t round_wait_us(const gw_t *gw, uint64_t now)
+{
+    uint64_t hold = (uint64_t)gw->cfg->gateway_coalesce_ms * 1000ULL;
+    if (hold == 0 || gw->dirty_head == NULL || gw->round_arrived >= gw->round_expected) return 0;
+    if (gw->round_ns && ts_now_us() * 1000ULL / gw->round_ns != gw->round) return 0; /* the round is over */
+    uint64_t waited = now - gw->round_first_us;
+    return waited < hold ? hold - waited : 0;
+}
+
+static void on_flush_timer(uv_timer_t *t);
+
+/* Flushes now, or when this tick's state is in (round_wait_us) and
+ * GW_FLUSH_MIN_US since the last flush have passed. */
 static void flush_view(gw_t *gw)
 {
     if (gw->dirty_head == NULL && gw->flush_head == NULL) return;
     uint64_t now = ts_mono_us();
-    if (gw->last_flush_us != 0 && now - gw->last_flush_us < GW_FLUSH_MIN_US) {
-        uint64_t wait_ms = (GW_FLUSH_MIN_US - (now - gw->last_flush_us) + 999) / 1000;
+    uint64_t wait_us = round_wait_us(gw, now);
+    if (gw->last_flush_us != 0 && now - gw->last_flush_us < GW_FLUSH_MIN_US &&
+        GW_FLUSH_MIN_US - (now - gw->last_flush_us) > wait_us)
+        wait_us = GW_FLUSH_MIN_US - (now - gw->last_flush_us);
+    if (wait_us > 0) {
         if (!uv_is_active((uv_handle_t *)&gw->flush_timer))
-            uv_timer_start(&gw->flush_timer, on_flush_timer, wait_ms, 0);
+            uv_timer_start(&gw->flush_timer, on_flush_timer, (wait_us + 999) / 1000, 0);
         return;
     }
+    if (uv_is_active((uv_handle_t *)&gw->flush_timer)) uv_timer_stop(&gw->flush_timer);
     gw_view_flush(gw);
+}
+
+static void on_flush_timer(uv_timer_t *t)
+{
+    gw_t *gw = t->data;
+    if (!gw->stopping) flush_view(gw);
 }
 
 static void on_idle(uv_idle_t *h)
@@ -381,6 +423,7 @@ ts_status_t gw_create(gw_t **out, uv_loop_t *loop, const ts_config_t *cfg, ts_bu
     raise_fd_limit();
     gw->loop = loop;
     gw->cfg = cfg;
+    gw->round_ns = 1000000000ULL / (uint64_t)(cfg->worker_tick_hz > 0 ? cfg->worker_tick_hz : 20);
     gw->bus = bus;
     gw->reg = reg;
     gw->world = *world;

@@ -198,7 +198,8 @@ struct gw_cell {
     uint64_t reg_ver; /* registry version of the newest change applied */
     ts_cell_state_t reg_state;
     uint64_t reg_epoch;
-    uint64_t seen_epoch; /* highest epoch of state accepted (fencing) */
+    uint64_t seen_epoch;             /* highest epoch of state accepted (fencing) */
+    uint64_t last_round, prev_round; /* the tick rounds of its last two states (gw_state_note) */
     uint64_t stale_dropped;
 
     /* state subscription, ref-counted across players' AOIs and the map */
@@ -415,6 +416,11 @@ struct gw {
     gw_conn_t *flush_head;
     uint64_t tick; /* flushes so far */
     uint64_t last_flush_us;
+    /* tick rounds (one period of the wall clock; gw_state_note): cells
+     * expected this round, those of them in, and this round's cells that
+     * were in the last one too (expected next round) */
+    uint64_t round_ns, round, round_first_us;
+    uint32_t round_expected, round_arrived, round_steady;
     ts_map_t homes;   /* entity id -> gw_cell_t* holding its newest state */
     ts_map_t scratch; /* per-client removed de-duplication */
     uint64_t *tmp_removed;
@@ -493,6 +499,9 @@ void gw_request_reload(gw_t *gw, bool force);
 void gw_inbox_push(gw_t *gw, gw_msg_kind_t kind, gw_cell_t *cell, const ts_bus_msg_t *msg);
 /* Asks for a fan-out flush at the end of this loop turn. */
 void gw_flush_soon(gw_t *gw);
+/* A state of a cell with clients was applied: counts it in its tick round
+ * (the fan-out waits for the round's expected cells, gateway.coalesce_ms). */
+void gw_state_note(gw_t *gw, gw_cell_t *cell);
 
 /* conn.c */
 ts_status_t gw_listen(gw_t *gw, const char *hostport);

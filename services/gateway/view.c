@@ -315,6 +315,7 @@ void gw_view_on_state(gw_t *gw, gw_cell_t *cell, const uint8_t *data, size_t len
     if (d->n_events > 0) take_events(gw, cell, d);
     if (oom) ts_warn("%s: out of memory caching entities", cell->key);
     gw->states_applied++;
+    if (cell->nsubs > 0) gw_state_note(gw, cell);
 done:
     tessera__v1__state_delta__free_unpacked(d, NULL);
 }

@@ -681,6 +681,22 @@ static bool past(const struct timespec *t)
     return now.tv_sec > t->tv_sec || (now.tv_sec == t->tv_sec && now.tv_nsec >= t->tv_nsec);
 }
 
+/* Sets *next (CLOCK_MONOTONIC) to the next tick boundary: the next multiple
+ * of the period on the wall clock, so every worker of a world ticks at the
+ * same instants (a gateway then gets its cells' states together and sends a
+ * client one Delta per tick, not one per worker). */
+static void align_next(struct timespec *next, uint64_t period_ns)
+{
+    struct timespec mono, real;
+    clock_gettime(CLOCK_MONOTONIC, &mono);
+    clock_gettime(CLOCK_REALTIME, &real);
+    uint64_t rt = (uint64_t)real.tv_sec * 1000000000ULL + (uint64_t)real.tv_nsec;
+    uint64_t at =
+        (uint64_t)mono.tv_sec * 1000000000ULL + (uint64_t)mono.tv_nsec + ts_tick_wait_ns(rt, period_ns);
+    next->tv_sec = (time_t)(at / 1000000000ULL);
+    next->tv_nsec = (long)(at % 1000000000ULL);
+}
+
 /* Whether b's state goes out as a keyframe (every entity the cell holds;
  * readers forget the ones it does not list) at this tick: due once every
  * full_every ticks, but put off while an entity's Transfer is in flight
@@ -790,7 +806,7 @@ ts_status_t ts_worker_run(ts_worker_t *w, volatile sig_atomic_t *stop)
     const uint64_t ckpt_ms = w->cfg->worker_checkpoint_ms > 0 ? (uint64_t)w->cfg->worker_checkpoint_ms : 1000;
     const uint64_t ckpt_every = ckpt_ms * 1000000ULL / period_ns ? ckpt_ms * 1000000ULL / period_ns : 1;
     struct timespec next;
-    clock_gettime(CLOCK_MONOTONIC, &next);
+    align_next(&next, period_ns);
     ts_worker_heartbeat(w);
     uint64_t drain_deadline = 0;
     ts_status_t rc = TS_OK;
@@ -834,21 +850,14 @@ ts_status_t ts_worker_run(ts_worker_t *w, volatile sig_atomic_t *stop)
         if (ms > w->tick_max_ms) w->tick_max_ms = ms;
         ts_worker_metrics_tick(w, ms / 1e3);
 
-        next.tv_nsec += (long)period_ns;
-        while (next.tv_nsec >= 1000000000L) {
-            next.tv_nsec -= 1000000000L;
-            next.tv_sec++;
-        }
-        if (past(&next)) {
-            /* count every period that passed without its tick */
-            struct timespec now;
-            clock_gettime(CLOCK_MONOTONIC, &now);
-            int64_t late_ns =
-                (int64_t)(now.tv_sec - next.tv_sec) * 1000000000LL + (now.tv_nsec - next.tv_nsec);
+        /* the next boundary; every one this tick ran past is counted as
+         * missed (no burst of catch-up ticks) */
+        struct timespec due = next;
+        align_next(&next, period_ns);
+        int64_t gap_ns = (int64_t)(next.tv_sec - due.tv_sec) * 1000000000LL + (next.tv_nsec - due.tv_nsec);
+        if (gap_ns > (int64_t)(period_ns + period_ns / 2)) {
             w->overruns++;
-            w->ticks_missed += 1 + (uint64_t)late_ns / period_ns;
-            next = now; /* no burst of catch-up ticks */
-            continue;
+            w->ticks_missed += (uint64_t)(gap_ns + (int64_t)period_ns / 2) / period_ns - 1;
         }
         /* between ticks, serve handover requests and registry changes at
          * once, and relay input as it arrives (at most every RELAY_GAP_US) */

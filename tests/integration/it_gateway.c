@@ -507,6 +507,65 @@ static bool delta_has(player_t *p, uint64_t id, int64_t ms)
     return false;
 }
 
+/* One Delta per tick: a client whose area of interest holds cells of both
+ * workers, each with a player walking (so each publishes state every
+ * tick), gets at most one Delta per tick period, and every one of them
+ * moves both walkers (both workers tick at the same instants and the
+ * gateway waits for the tick's cells before it sends). Without that it
+ * got one per worker per tick. */
+static void test_one_delta_per_tick(void **state)
+{
+    (void)state;
+    player_t a, b, o;
+    player_connect(&a);
+    player_connect(&b);
+    player_connect(&o);
+    Tessera__V1__CellId ca = join_at(&a, -20, 20);
+    Tessera__V1__CellId cb = join_at(&b, 20, 20);
+    assert_int_equal(ca.cx, -1); /* w1's */
+    assert_int_equal(cb.cx, 0);  /* w2's */
+    join_at(&o, 0, 50);
+    /* 2 units/s north: both stay in their cells for the whole test */
+    assert_int_equal(ts_client_move(a.c, 0, 2), TS_OK);
+    assert_int_equal(ts_client_move(b.c, 0, 2), TS_OK);
+    assert_true(delta_has(&o, a.entity, 5000));
+    assert_true(delta_has(&o, b.entity, 5000));
+    pump(&o, 500); /* both cells are now "expected" every tick */
+
+    const int64_t window_ms = 3000;
+    int deltas = 0, with_both = 0;
+    uint64_t start = ts_mono_us(), deadline = start + (uint64_t)window_ms * 1000;
+    while (ts_mono_us() < deadline) {
+        Tessera__V1__ServerFrame *f = recv_until(&o, TESSERA__V1__SERVER_FRAME__PAYLOAD_DELTA,
+                                                 (int64_t)(deadline - ts_mono_us()) / 1000 + 1);
+        if (f == NULL) break;
+        if (ts_mono_us() >= deadline) {
+            tessera__v1__server_frame__free_unpacked(f, NULL);
+            break;
+        }
+        bool has_a = false, has_b = false;
+        for (size_t i = 0; i < f->delta->n_entities; i++) {
+            has_a = has_a || f->delta->entities[i]->id == a.entity;
+            has_b = has_b || f->delta->entities[i]->id == b.entity;
+        }
+        deltas++;
+        with_both += has_a && has_b;
+        tessera__v1__server_frame__free_unpacked(f, NULL);
+    }
+    /* 20 Hz: 60 tick periods in the window, 61 started in it at most */
+    const int periods = (int)(window_ms / 50) + 1;
+    ts_info("one delta per tick: %d Deltas in %lld ms (%d periods), %d moved both walkers", deltas,
+            (long long)window_ms, periods, with_both);
+    assert_true(deltas <= periods);
+    assert_true(deltas >= periods / 2); /* state kept flowing */
+    assert_int_equal(with_both, deltas);
+    assert_false(o.closed);
+    player_close(&a);
+    player_close(&b);
+    player_close(&o);
+    ts_h_pass();
+}
+
 static void publish_state(ts_bus_t *bus, uint64_t epoch, uint64_t id)
 {
     ts_cell_t cell = {.world = WORLD, .cx = 1, .cy = 1};
@@ -923,7 +982,9 @@ static int group_setup(void **state)
     char ws_listen[64];
     ws_port = ts_h_free_port();
     snprintf(ws_listen, sizeof ws_listen, "--gateway.ws_listen=127.0.0.1:%d", ws_port);
-    const char *gw[] = {"--log.level=debug", use_ws ? ws_listen : NULL, NULL};
+    /* a tick's state may come up to 40 ms after its first under load
+     * (test_one_delta_per_tick) */
+    const char *gw[] = {"--log.level=debug", "--gateway.coalesce_ms=40", use_ws ? ws_listen : NULL, NULL};
     ts_h_spawn_stack(&ts_h, NULL, NULL, gw, &stack);
     if (!ts_h_wait_world(&ts_h, WORLD, NCELLS, 30000) || !ts_h_wait_port(stack.gw_port, 15000) ||
         (use_ws && !ts_h_wait_port(ws_port, 15000))) {
@@ -938,17 +999,12 @@ int main(int argc, char **argv)
 {
     use_ws = argc > 1 && strcmp(argv[1], "--ws") == 0;
     const struct CMUnitTest tests[] = {
-        TS_H_TEST(test_join_move_ping),
-        TS_H_TEST(test_walk_across_workers),
-        TS_H_TEST(test_bad_frames_isolated),
-        TS_H_TEST(test_protocol_errors),
-        TS_H_TEST(test_flood_is_fatal),
-        TS_H_TEST(test_stale_epoch_fenced),
-        TS_H_TEST(test_max_clients),
-        TS_H_TEST(test_client_cli),
-        TS_H_TEST(test_input_not_stored_is_reported),
-        TS_H_TEST(test_chunked_keyframe),
-        TS_H_TEST(test_sigterm_exits_cleanly),
+        TS_H_TEST(test_join_move_ping),     TS_H_TEST(test_walk_across_workers),
+        TS_H_TEST(test_one_delta_per_tick), TS_H_TEST(test_bad_frames_isolated),
+        TS_H_TEST(test_protocol_errors),    TS_H_TEST(test_flood_is_fatal),
+        TS_H_TEST(test_stale_epoch_fenced), TS_H_TEST(test_max_clients),
+        TS_H_TEST(test_client_cli),         TS_H_TEST(test_input_not_stored_is_reported),
+        TS_H_TEST(test_chunked_keyframe),   TS_H_TEST(test_sigterm_exits_cleanly),
     };
     return TS_H_RUN(use_ws ? "it_gateway_ws" : "it_gateway", tests, group_setup, ts_h_group_teardown);
 }

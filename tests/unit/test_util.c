@@ -170,6 +170,21 @@ static void test_clocks(void **state)
 
 /* Whole files: content and length exact (a NUL inside too), the bound
  * enforced, a missing file an I/O error. */
+static void test_tick_wait(void **state)
+{
+    (void)state;
+    const uint64_t p = 50000000ULL;             /* 20 Hz */
+    assert_int_equal(ts_tick_wait_ns(0, p), p); /* on a boundary: the next one */
+    assert_int_equal(ts_tick_wait_ns(1, p), p - 1);
+    assert_int_equal(ts_tick_wait_ns(p - 1, p), 1);
+    assert_int_equal(ts_tick_wait_ns(1764000000123456789ULL, p), p - 23456789ULL);
+    /* two processes reading the clock at different moments of one period
+     * wake at the same instant */
+    uint64_t a = 1764000000010000000ULL, b = 1764000000047000000ULL;
+    assert_int_equal(a + ts_tick_wait_ns(a, p), b + ts_tick_wait_ns(b, p));
+    assert_int_equal(ts_tick_wait_ns(7, 1), 1);
+}
+
 static void test_read_file(void **state)
 {
     (void)state;
@@ -206,7 +221,7 @@ int main(void)
         cmocka_unit_test(test_parse_u64),  cmocka_unit_test(test_parse_double),
         cmocka_unit_test(test_strlcpy),    cmocka_unit_test(test_percentile),
         cmocka_unit_test(test_rng),        cmocka_unit_test(test_clocks),
-        cmocka_unit_test(test_read_file),
+        cmocka_unit_test(test_read_file),  cmocka_unit_test(test_tick_wait),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -17,6 +17,13 @@ void ts_sleep_ms(int64_t ms);
  * before the NUL). TS_ERR_IO if it cannot be opened or read,
  * TS_ERR_OVERSIZED if it holds more than max bytes. */
 ts_status_t ts_read_file(const char *path, size_t max, char **out, size_t *len);
+/* Nanoseconds from realtime_ns (wall clock) to the next multiple of
+ * period_ns, in (0, period_ns]: ticks scheduled this way happen at the same
+ * instants in every process of the cluster. */
+static inline uint64_t ts_tick_wait_ns(uint64_t realtime_ns, uint64_t period_ns)
+{
+    return period_ns - realtime_ns % period_ns;
+}
 struct timespec;
 /* The CLOCK_MONOTONIC time ns from now, for pthread_cond_timedwait on a
  * condition variable created with that clock. */
