@@ -21,19 +21,44 @@
  *      killed worker is started again;
  *   5. the worker owning the target's cell is SIGKILLed right after the tag
  *      is sent (the new owner applies it first, and answers a tagger it may
- *      not have a ghost of yet).
+ *      not have a ghost of yet); the killed worker is started again.
  * Before each, the target's cell is handed to another worker than the
  * tagger's if they share one.
  * Each must end with exactly one team change (the target's "times tagged"
  * is 1 and its team is the tagger's) and exactly one point for the tagger,
  * read from the entities' state bytes in the players' Snapshots and
  * Deltas; no value seen by any player ever goes above 1 (no double, not
- * even for a moment), and the values stay so for 2 s after. The team
- * scores (world counters 0 red, 1 blue, in WorldCounters frames from the
- * gateway) must then reach, for every player, red = the tags made so far in
- * the run and blue = 0; a player that just joined has them (right after its
- * Snapshot) before its tag, and no player ever sees red above the tags made
- * nor blue above 0.
+ * even for a moment), and the values stay so for 2 s after.
+ *
+ * Then two players tag each other: a red one at (-3, y) and a blue one at
+ * (3, y) (cells (-1, 1) and (0, 1), on two workers) tag each other at the
+ * same time. Both workers are stopped (SIGSTOP, well within the liveness
+ * TTL) until both Commands are seen on the cells' input subjects, so each
+ * cell applies its player's Command before the other's tag request (stored
+ * after it) and both requests are in flight together. Each tag applies once
+ * at the other's owner: the players swap teams, each is tagged once and
+ * scores once, and a miss (a tag that found no enemy) fails the test. The
+ * same, in order:
+ *   6. with nothing disturbed (each player also gets both events, once);
+ *   7. the east player's cell handed over to the other worker meanwhile;
+ *   8. the east player's cell split meanwhile;
+ *   9. the west player's owner SIGKILLed as soon as the east player shows
+ *      its tag (the west cell applied the west Command; the east tag and its
+ *      confirmation may or may not be applied yet), recovered on the other
+ *      worker, restarted;
+ *  10. the east player's owner SIGKILLed as soon as the west player shows
+ *      its tag, likewise.
+ *  11. In turn, every tag across the border: red A (west) tags blue B
+ *      (east), B joins red; B tags A back: a miss, a tag makes the tagged
+ *      one the tagger's teammate (the rules allow no tag back), nothing
+ *      changes; blue C next to B tags A, A joins blue; B tags A, A joins red
+ *      again. A and B have then tagged each other once each.
+ * Every player's state is checked exactly as above (never above the
+ * expected value, stable for 2 s). The team scores (world counters 0 red,
+ * 1 blue, in WorldCounters frames from the gateway) must reach, for every
+ * player, the tags each team made so far in the run; a player that just
+ * joined has them (right after its Snapshot) before its tag, and no player
+ * ever sees a score above the tags made (and those in flight).
  * `it_tag --ws`: the same with the players on WebSocket. */
 #include <dirent.h>
 #include <inttypes.h>
