@@ -216,12 +216,59 @@ static void note_frame(player_t *p, const Tessera__V1__ServerFrame *f)
     }
 }
 
+/* Sends the tags the test asked for, all players first: two tags asked
+ * together leave together. */
+static void pump_tags(void)
+{
+    for (int i = 0; i < PL.n; i++) {
+        player_t *p = &PL.p[i];
+        pthread_mutex_lock(&PL.mu);
+        bool closed = p->closed;
+        uint64_t target = p->tag_target;
+        p->tag_target = 0;
+        pthread_mutex_unlock(&PL.mu);
+        if (closed || !target) continue;
+        uint8_t payload[8];
+        for (int k = 0; k < 8; k++)
+            payload[k] = (uint8_t)(target >> (8 * k));
+        if (ts_client_command(p->c, CMD_TAG, payload, sizeof payload) != TS_OK) {
+            pthread_mutex_lock(&PL.mu);
+            p->closed = true;
+            pthread_mutex_unlock(&PL.mu);
+        }
+    }
+}
+
+/* Folds the frames player p has received so far (at most PUMP_BATCH).
+ * Returns how many. */
+#define PUMP_BATCH 32
+static int pump_frames(player_t *p)
+{
+    int got = 0;
+    while (got < PUMP_BATCH) {
+        Tessera__V1__ServerFrame *f = NULL;
+        ts_status_t st = ts_client_recv(p->c, 0, &f);
+        if (st == TS_ERR_TIMEOUT) break;
+        pthread_mutex_lock(&PL.mu);
+        if (st == TS_OK)
+            note_frame(p, f);
+        else
+            p->closed = true;
+        pthread_mutex_unlock(&PL.mu);
+        if (f) tessera__v1__server_frame__free_unpacked(f, NULL);
+        if (st != TS_OK) break;
+        got++;
+    }
+    return got;
+}
+
 static void *pump_main(void *arg)
 {
     (void)arg;
     uint64_t next_ping = 0, next_jiggle = 0;
     int jiggles = 0;
     while (!atomic_load(&PL.stop)) {
+        pump_tags();
         bool ping = ts_mono_us() >= next_ping;
         if (ping) next_ping = ts_mono_us() + 1000000;
         /* players shuffle on the spot (0.4 units back and forth), as players
@@ -231,34 +278,26 @@ static void *pump_main(void *arg)
             next_jiggle = ts_mono_us() + JIGGLE_MS * 1000ULL;
             jiggles++;
         }
+        int got = 0;
         for (int i = 0; i < PL.n; i++) {
             player_t *p = &PL.p[i];
             pthread_mutex_lock(&PL.mu);
             bool closed = p->closed;
-            uint64_t target = p->tag_target;
-            p->tag_target = 0;
             pthread_mutex_unlock(&PL.mu);
             if (closed) continue;
             ts_status_t st = TS_OK;
-            if (target) {
-                uint8_t payload[8];
-                for (int k = 0; k < 8; k++)
-                    payload[k] = (uint8_t)(target >> (8 * k));
-                st = ts_client_command(p->c, CMD_TAG, payload, sizeof payload);
-            }
-            if (st == TS_OK && ping) st = ts_client_ping(p->c, ts_mono_us());
+            if (ping) st = ts_client_ping(p->c, ts_mono_us());
             if (st == TS_OK && jiggle)
                 st = ts_client_move(p->c, jiggles % 2 ? JIGGLE_SPEED : -JIGGLE_SPEED, 0);
-            Tessera__V1__ServerFrame *f = NULL;
-            if (st == TS_OK) st = ts_client_recv(p->c, 5, &f);
-            pthread_mutex_lock(&PL.mu);
-            if (st == TS_OK)
-                note_frame(p, f);
-            else if (st != TS_ERR_TIMEOUT)
+            if (st != TS_OK) {
+                pthread_mutex_lock(&PL.mu);
                 p->closed = true;
-            pthread_mutex_unlock(&PL.mu);
-            if (f) tessera__v1__server_frame__free_unpacked(f, NULL);
+                pthread_mutex_unlock(&PL.mu);
+                continue;
+            }
+            got += pump_frames(p);
         }
+        if (got == 0) ts_sleep_ms(2); /* nothing came: do not spin */
     }
     return NULL;
 }
