@@ -459,6 +459,30 @@ static void test_tag_race(void)
     CHECK(world_counter(0) == 1 && world_counter(1) == 0); /* one tag, one point */
 }
 
+/* Two players on either side of the border tag each other before either
+ * request is applied: each is still an enemy when the other's tag arrives,
+ * so both tags apply, once each: they swap teams, each is tagged once and
+ * scores once, and each team scores once. */
+static void test_tag_each_other(void)
+{
+    reset_world();
+    fake_ent_t *a = join(1, 0, -3, 0, "red");
+    fake_ent_t *b = join(2, 1, 4, 0, "blue");
+    cells[0].time = cells[1].time = 5;
+    CHECK(command(a, 1, NULL, 0) == 0);
+    CHECK(command(b, 1, NULL, 0) == 0);
+    CHECK(n_reqs == 2 && reqs[0].target == 2 && reqs[1].target == 1);
+    CHECK(deliver_all() == 4); /* two tags, two confirmations */
+    CHECK(team(a) == 2 && u32_at(a, 4) == 1 && u32_at(a, 8) == 1);
+    CHECK(team(b) == 1 && u32_at(b, 4) == 1 && u32_at(b, 8) == 1);
+    /* each score where its tag applied: red's in b's cell, blue's in a's */
+    CHECK(cells[1].counters[0] == 1 && cells[0].counters[1] == 1);
+    CHECK(world_counter(0) == 1 && world_counter(1) == 1);
+    CHECK(count_events(1, 1) == 1 && count_events(1, 2) == 1);
+    CHECK(count_events(2, 1) == 1 && count_events(2, 2) == 1);
+    CHECK(count_events(1, 4) == 0 && count_events(2, 4) == 0);
+}
+
 static void test_cooldown_miss_errors(void)
 {
     reset_world();
@@ -598,12 +622,13 @@ int main(int argc, char **argv)
     test_join_teams();
     test_tag_across_border();
     test_tag_race();
+    test_tag_each_other();
     test_cooldown_miss_errors();
     test_bots();
     test_replay();
 
     mod->unload(mod_data);
     dlclose(so);
-    printf("test_tag: 6 passed, 0 failed\n");
+    printf("test_tag: 7 passed, 0 failed\n");
     return 0;
 }

@@ -21,20 +21,46 @@
  *      killed worker is started again;
  *   5. the worker owning the target's cell is SIGKILLed right after the tag
  *      is sent (the new owner applies it first, and answers a tagger it may
- *      not have a ghost of yet).
+ *      not have a ghost of yet); the killed worker is started again.
  * Before each, the target's cell is handed to another worker than the
  * tagger's if they share one.
  * Each must end with exactly one team change (the target's "times tagged"
  * is 1 and its team is the tagger's) and exactly one point for the tagger,
  * read from the entities' state bytes in the players' Snapshots and
  * Deltas; no value seen by any player ever goes above 1 (no double, not
- * even for a moment), and the values stay so for 2 s after. The team
- * scores (world counters 0 red, 1 blue, in WorldCounters frames from the
- * gateway) must then reach, for every player, red = the tags made so far in
- * the run and blue = 0; a player that just joined has them (right after its
- * Snapshot) before its tag, and no player ever sees red above the tags made
- * nor blue above 0.
+ * even for a moment), and the values stay so for 2 s after.
+ *
+ * Then two players tag each other: a red one at (-3, y) and a blue one at
+ * (3, y) (cells (-1, 1) and (0, 1), on two workers) tag each other at the
+ * same time. Both workers are stopped (SIGSTOP, well within the liveness
+ * TTL) until both Commands are seen on the cells' input subjects, so each
+ * cell applies its player's Command before the other's tag request (stored
+ * after it) and both requests are in flight together. Each tag applies once
+ * at the other's owner: the players swap teams, each is tagged once and
+ * scores once, and a miss (a tag that found no enemy) fails the test. The
+ * same, in order:
+ *   6. with nothing disturbed (each player also gets both events, once);
+ *   7. the east player's cell handed over to the other worker meanwhile;
+ *   8. the east player's cell split meanwhile;
+ *   9. the west player's owner SIGKILLed as soon as the east player shows
+ *      its tag (the west cell applied the west Command; the east tag and its
+ *      confirmation may or may not be applied yet), recovered on the other
+ *      worker, restarted;
+ *  10. the east player's owner SIGKILLed as soon as the west player shows
+ *      its tag, likewise.
+ *  11. In turn, every tag across the border: red A (west) tags blue B
+ *      (east), B joins red; B tags A back: a miss, a tag makes the tagged
+ *      one the tagger's teammate (the rules allow no tag back), nothing
+ *      changes; blue C next to B tags A, A joins blue; B tags A, A joins red
+ *      again. A and B have then tagged each other once each.
+ * Every player's state is checked exactly as above (never above the
+ * expected value, stable for 2 s). The team scores (world counters 0 red,
+ * 1 blue, in WorldCounters frames from the gateway) must reach, for every
+ * player, the tags each team made so far in the run; a player that just
+ * joined has them (right after its Snapshot) before its tag, and no player
+ * ever sees a score above the tags made (and those in flight).
  * `it_tag --ws`: the same with the players on WebSocket. */
+#include <dirent.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <setjmp.h>
@@ -55,6 +81,7 @@
 #include "tessera/log.h"
 #include "tessera/proto.h"
 #include "tessera/registry.h"
+#include "tessera/subject.h"
 #include "tessera/util.h"
 
 #define WORLD 0
@@ -72,14 +99,18 @@
 #define EV_TAGGED_BY 2
 #define EV_MISS 4
 #define TAG_COOLDOWN_MS 600 /* the module's default cooldown (0.5 s) and a margin */
+/* How long both workers may stay stopped while two tags are stored: well
+ * under the orchestrator's liveness TTL (1.5 s). */
+#define FREEZE_MAX_MS 800
 
-#define NPLAYERS 10
+#define NPLAYERS 24
 #define JIGGLE_MS 200
 #define JIGGLE_SPEED 2.0
 
 static ts_h_stack_t stack = {-1, {-1, -1}, -1, 0};
 static ts_bus_t *bus;
 static ts_registry_t *reg;
+static ts_bus_sub_t *input_sub; /* the world's input subjects, for on_input */
 
 /* ---- players and what they saw ----------------------------------------------------
  * One thread pumps every player's connection: it sends the tags the test
@@ -96,7 +127,8 @@ typedef struct {
     int errors;
     char last_error[160];
     bool closed;
-    int64_t red, blue; /* the latest WorldCounters (0 before any) */
+    int64_t red, blue;      /* the latest WorldCounters (0 before any) */
+    uint32_t commands_seen; /* its Commands seen on the cells' input subjects */
 } player_t;
 
 /* An entity's module state as the players saw it. */
@@ -106,6 +138,7 @@ typedef struct {
     uint32_t tags, tagged;         /* latest */
     uint32_t max_tags, max_tagged; /* highest ever seen, by anyone */
     uint32_t nearby;               /* entities its cell knows within aoi.interact_radius */
+    uint32_t attempt;              /* its last tag attempt (cooldown stamp, the cell's clock) */
 } seen_t;
 
 static struct {
@@ -119,8 +152,8 @@ static struct {
     int64_t max_red, max_blue; /* the highest scores any player saw */
 } PL = {.mu = PTHREAD_MUTEX_INITIALIZER};
 
-/* Tags that landed so far in this run (red's score). */
-static int64_t tags_made;
+/* Tags that landed so far in this run: red's and blue's scores. */
+static int64_t red_made, blue_made;
 
 static uint32_t u32_le(const uint8_t *b)
 {
@@ -140,6 +173,7 @@ static void note_entity(const Tessera__V1__EntityState *e)
         s->team = e->state.data[0];
         s->tags = u32_le(e->state.data + 4);
         s->tagged = u32_le(e->state.data + 8);
+        if (e->state.len >= 16) s->attempt = u32_le(e->state.data + 12);
         if (s->tags > s->max_tags) s->max_tags = s->tags;
         if (s->tagged > s->max_tagged) s->max_tagged = s->tagged;
     }
@@ -182,12 +216,59 @@ static void note_frame(player_t *p, const Tessera__V1__ServerFrame *f)
     }
 }
 
+/* Sends the tags the test asked for, all players first: two tags asked
+ * together leave together. */
+static void pump_tags(void)
+{
+    for (int i = 0; i < PL.n; i++) {
+        player_t *p = &PL.p[i];
+        pthread_mutex_lock(&PL.mu);
+        bool closed = p->closed;
+        uint64_t target = p->tag_target;
+        p->tag_target = 0;
+        pthread_mutex_unlock(&PL.mu);
+        if (closed || !target) continue;
+        uint8_t payload[8];
+        for (int k = 0; k < 8; k++)
+            payload[k] = (uint8_t)(target >> (8 * k));
+        if (ts_client_command(p->c, CMD_TAG, payload, sizeof payload) != TS_OK) {
+            pthread_mutex_lock(&PL.mu);
+            p->closed = true;
+            pthread_mutex_unlock(&PL.mu);
+        }
+    }
+}
+
+/* Folds the frames player p has received so far (at most PUMP_BATCH).
+ * Returns how many. */
+#define PUMP_BATCH 32
+static int pump_frames(player_t *p)
+{
+    int got = 0;
+    while (got < PUMP_BATCH) {
+        Tessera__V1__ServerFrame *f = NULL;
+        ts_status_t st = ts_client_recv(p->c, 0, &f);
+        if (st == TS_ERR_TIMEOUT) break;
+        pthread_mutex_lock(&PL.mu);
+        if (st == TS_OK)
+            note_frame(p, f);
+        else
+            p->closed = true;
+        pthread_mutex_unlock(&PL.mu);
+        if (f) tessera__v1__server_frame__free_unpacked(f, NULL);
+        if (st != TS_OK) break;
+        got++;
+    }
+    return got;
+}
+
 static void *pump_main(void *arg)
 {
     (void)arg;
     uint64_t next_ping = 0, next_jiggle = 0;
     int jiggles = 0;
     while (!atomic_load(&PL.stop)) {
+        pump_tags();
         bool ping = ts_mono_us() >= next_ping;
         if (ping) next_ping = ts_mono_us() + 1000000;
         /* players shuffle on the spot (0.4 units back and forth), as players
@@ -197,34 +278,26 @@ static void *pump_main(void *arg)
             next_jiggle = ts_mono_us() + JIGGLE_MS * 1000ULL;
             jiggles++;
         }
+        int got = 0;
         for (int i = 0; i < PL.n; i++) {
             player_t *p = &PL.p[i];
             pthread_mutex_lock(&PL.mu);
             bool closed = p->closed;
-            uint64_t target = p->tag_target;
-            p->tag_target = 0;
             pthread_mutex_unlock(&PL.mu);
             if (closed) continue;
             ts_status_t st = TS_OK;
-            if (target) {
-                uint8_t payload[8];
-                for (int k = 0; k < 8; k++)
-                    payload[k] = (uint8_t)(target >> (8 * k));
-                st = ts_client_command(p->c, CMD_TAG, payload, sizeof payload);
-            }
-            if (st == TS_OK && ping) st = ts_client_ping(p->c, ts_mono_us());
+            if (ping) st = ts_client_ping(p->c, ts_mono_us());
             if (st == TS_OK && jiggle)
                 st = ts_client_move(p->c, jiggles % 2 ? JIGGLE_SPEED : -JIGGLE_SPEED, 0);
-            Tessera__V1__ServerFrame *f = NULL;
-            if (st == TS_OK) st = ts_client_recv(p->c, 5, &f);
-            pthread_mutex_lock(&PL.mu);
-            if (st == TS_OK)
-                note_frame(p, f);
-            else if (st != TS_ERR_TIMEOUT)
+            if (st != TS_OK) {
+                pthread_mutex_lock(&PL.mu);
                 p->closed = true;
-            pthread_mutex_unlock(&PL.mu);
-            if (f) tessera__v1__server_frame__free_unpacked(f, NULL);
+                pthread_mutex_unlock(&PL.mu);
+                continue;
+            }
+            got += pump_frames(p);
         }
+        if (got == 0) ts_sleep_ms(2); /* nothing came: do not spin */
     }
     return NULL;
 }
@@ -304,8 +377,49 @@ static int events(int i, int type)
     return n;
 }
 
-/* Waits until every connected player's team scores are red = tags_made,
- * blue = 0, and checks none was ever seen above. */
+/* Fails unless no player ever saw a team score above red_made + red_more,
+ * blue_made + blue_more (the tags in flight may add those). */
+static void check_max_scores(const char *when, int red_more, int blue_more)
+{
+    pthread_mutex_lock(&PL.mu);
+    int64_t max_red = PL.max_red, max_blue = PL.max_blue;
+    pthread_mutex_unlock(&PL.mu);
+    if (max_red > red_made + red_more || max_blue > blue_made + blue_more) {
+        ts_h.failed = true;
+        fail_msg("%s: a player saw red %" PRId64 " blue %" PRId64 " (max), want at most %" PRId64
+                 " and %" PRId64,
+                 when, max_red, max_blue, red_made + red_more, blue_made + blue_more);
+    }
+}
+
+/* Counts the players' Commands on the world's input subjects (a plain
+ * subscription next to the input stream's; bus thread). */
+static void on_input(void *ud, const ts_bus_msg_t *m)
+{
+    (void)ud;
+    Tessera__V1__InputBatch *b =
+        tessera__v1__input_batch__unpack(NULL, ts_bus_msg_len(m), ts_bus_msg_data(m));
+    if (b == NULL) return;
+    pthread_mutex_lock(&PL.mu);
+    for (size_t k = 0; k < b->n_inputs; k++) {
+        if (b->inputs[k]->kind_case != TESSERA__V1__INPUT__KIND_COMMAND) continue;
+        for (int i = 0; i < PL.n; i++)
+            if (PL.p[i].id == b->inputs[k]->entity) PL.p[i].commands_seen++;
+    }
+    pthread_mutex_unlock(&PL.mu);
+    tessera__v1__input_batch__free_unpacked(b, NULL);
+}
+
+static uint32_t commands_seen(int i)
+{
+    pthread_mutex_lock(&PL.mu);
+    uint32_t n = PL.p[i].commands_seen;
+    pthread_mutex_unlock(&PL.mu);
+    return n;
+}
+
+/* Waits until every connected player's team scores are red = red_made,
+ * blue = blue_made, and checks none was ever seen above. */
 static void expect_scores(const char *when)
 {
     uint64_t deadline = ts_mono_us() + WAIT_MS * 1000ULL;
@@ -313,20 +427,16 @@ static void expect_scores(const char *when)
         int off = -1;
         pthread_mutex_lock(&PL.mu);
         for (int i = 0; i < PL.n && off < 0; i++)
-            if (!PL.p[i].closed && (PL.p[i].red != tags_made || PL.p[i].blue != 0)) off = i;
+            if (!PL.p[i].closed && (PL.p[i].red != red_made || PL.p[i].blue != blue_made)) off = i;
         player_t p = off >= 0 ? PL.p[off] : PL.p[0];
-        int64_t max_red = PL.max_red, max_blue = PL.max_blue;
         pthread_mutex_unlock(&PL.mu);
-        if (max_red > tags_made || max_blue != 0) {
-            ts_h.failed = true;
-            fail_msg("%s: a player saw red %" PRId64 " blue %" PRId64 " (max), after %" PRId64 " tags", when,
-                     max_red, max_blue, tags_made);
-        }
+        check_max_scores(when, 0, 0);
         if (off < 0) return;
         if (ts_mono_us() > deadline) {
             ts_h.failed = true;
-            fail_msg("%s: after %d s player %d has red %" PRId64 " blue %" PRId64 ", want %" PRId64 " and 0",
-                     when, WAIT_MS / 1000, off, p.red, p.blue, tags_made);
+            fail_msg("%s: after %d s player %d has red %" PRId64 " blue %" PRId64 ", want %" PRId64
+                     " and %" PRId64,
+                     when, WAIT_MS / 1000, off, p.red, p.blue, red_made, blue_made);
         }
         ts_sleep_ms(20);
     }
@@ -414,9 +524,10 @@ static void separate(double y)
 
 /* ---- one tag ------------------------------------------------------------------------ */
 
-typedef enum { NOTHING, HANDOVER, SPLIT, KILL_APPLIED, KILL_SENT } disturb_t;
+typedef enum { NOTHING, HANDOVER, SPLIT, KILL_APPLIED, KILL_SENT, KILL_WEST, KILL_EAST } disturb_t;
 
-static const char *const disturb_name[] = {"plain", "handover", "split", "kill", "kill-early"};
+static const char *const disturb_name[] = {"plain",      "handover",  "split",    "kill",
+                                           "kill-early", "kill-west", "kill-east"};
 
 static int killed_worker = -1;
 
@@ -496,6 +607,8 @@ static void tag_once(double y, disturb_t disturb)
         kill_owner(&target_cell);
         break;
     case KILL_APPLIED: /* below, once the target's owner applied the tag */
+    case KILL_WEST:    /* tag_mutual's */
+    case KILL_EAST:
         break;
     }
 
@@ -554,7 +667,7 @@ static void tag_once(double y, disturb_t disturb)
                  sv.max_tagged, sv.tags);
     }
     /* red's score is one more, for every player, and stays so */
-    tags_made++;
+    red_made++;
     expect_scores(disturb_name[disturb]);
     ts_sleep_ms(SETTLE_MS);
     expect_scores(disturb_name[disturb]);
@@ -566,6 +679,352 @@ static void tag_once(double y, disturb_t disturb)
         assert_int_equal(events(t, EV_YOU_TAGGED), 1);
         assert_int_equal(events(v, EV_TAGGED_BY), 1);
     }
+}
+
+/* ---- players' state, exactly ----------------------------------------------------- */
+
+/* What a player's entity state must be: team, tags made, times tagged. */
+typedef struct {
+    int i;
+    int team;
+    uint32_t tags, tagged;
+} want_t;
+
+static bool want_met(const want_t *w)
+{
+    seen_t s = seen(w->i);
+    return s.seen && s.team == w->team && s.tags == w->tags && s.tagged == w->tagged;
+}
+
+/* Fails if any player was ever seen with more tags made or more times
+ * tagged than it may have now: no double, not even for a moment. */
+static void check_max_states(const char *when, const want_t *w, int n)
+{
+    for (int k = 0; k < n; k++) {
+        seen_t s = seen(w[k].i);
+        if (s.max_tags > w[k].tags || s.max_tagged > w[k].tagged) {
+            ts_h.failed = true;
+            fail_msg("%s: player %d was seen with %" PRIu32 " tags made and tagged %" PRIu32 " times (max), "
+                     "want at most %" PRIu32 " and %" PRIu32,
+                     when, w[k].i, s.max_tags, s.max_tagged, w[k].tags, w[k].tagged);
+        }
+    }
+}
+
+/* Waits until every player of w has its state, checking the maxima. */
+static void wait_states(const char *when, const want_t *w, int n)
+{
+    uint64_t deadline = ts_mono_us() + WAIT_MS * 1000ULL;
+    for (;;) {
+        check_max_states(when, w, n);
+        int off = -1;
+        for (int k = 0; k < n && off < 0; k++)
+            if (!want_met(&w[k])) off = k;
+        if (off < 0) return;
+        if (ts_mono_us() > deadline) {
+            seen_t s = seen(w[off].i);
+            ts_h.failed = true;
+            fail_msg("%s: after %d s player %d is team %d with %" PRIu32 " tags made, tagged %" PRIu32
+                     " times (seen %d); want team %d, %" PRIu32 ", %" PRIu32,
+                     when, WAIT_MS / 1000, w[off].i, s.team, s.tags, s.tagged, s.seen, w[off].team,
+                     w[off].tags, w[off].tagged);
+        }
+        ts_sleep_ms(20);
+    }
+}
+
+/* After the settling time: every player of w has exactly its state, and
+ * never had more. */
+static void expect_states(const char *when, const want_t *w, int n)
+{
+    check_max_states(when, w, n);
+    for (int k = 0; k < n; k++) {
+        seen_t s = seen(w[k].i);
+        if (!want_met(&w[k]) || s.max_tags != w[k].tags || s.max_tagged != w[k].tagged) {
+            ts_h.failed = true;
+            fail_msg("%s: player %d is team %d with %" PRIu32 " tags made (max %" PRIu32 "), tagged %" PRIu32
+                     " times (max %" PRIu32 "); want team %d, %" PRIu32 ", %" PRIu32,
+                     when, w[k].i, s.team, s.tags, s.max_tags, s.tagged, s.max_tagged, w[k].team, w[k].tags,
+                     w[k].tagged);
+        }
+    }
+}
+
+/* Waits until each player's cell knows `want` entities within
+ * aoi.interact_radius (the tag range here: EntityState.nearby, owned or
+ * ghosts): the players of one scenario see each other and no one else. */
+static void wait_nearby(const char *when, const int *players, int n, uint32_t want)
+{
+    uint64_t deadline = ts_mono_us() + WAIT_MS * 1000ULL;
+    for (;;) {
+        int off = -1;
+        for (int k = 0; k < n && off < 0; k++)
+            if (seen(players[k]).nearby != want) off = k;
+        if (off < 0) return;
+        if (ts_mono_us() > deadline) {
+            ts_h.failed = true;
+            fail_msg("%s: player %d's cell knows %" PRIu32 " entities near it, want %" PRIu32, when,
+                     players[off], seen(players[off]).nearby, want);
+        }
+        ts_sleep_ms(20);
+    }
+}
+
+/* ---- two tags in flight together ------------------------------------------------ */
+
+/* Whether every thread of process pid is stopped. */
+static bool proc_stopped(pid_t pid)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
+    DIR *d = opendir(path);
+    if (d == NULL) return false;
+    bool stopped = true;
+    struct dirent *de;
+    while (stopped && (de = readdir(d)) != NULL) {
+        if (de->d_name[0] == '.') continue;
+        char stat_path[sizeof path + sizeof de->d_name + 8], buf[512];
+        snprintf(stat_path, sizeof stat_path, "%s/%s/stat", path, de->d_name);
+        FILE *f = fopen(stat_path, "r");
+        if (f == NULL) continue; /* a thread that just ended */
+        size_t n = fread(buf, 1, sizeof buf - 1, f);
+        fclose(f);
+        buf[n] = '\0';
+        const char *rp = strrchr(buf, ')'); /* "pid (comm) S ..." */
+        stopped = rp != NULL && rp[1] == ' ' && (rp[2] == 'T' || rp[2] == 't');
+    }
+    closedir(d);
+    return stopped;
+}
+
+/* Has players a and b tag each other with both tags in flight together:
+ * both workers are stopped (SIGSTOP), both Commands are sent and seen in
+ * the cells' input, and the workers go on (SIGCONT). Each cell then applies
+ * its player's Command before the other's tag request, which JetStream
+ * stored after it: both see an enemy and send a request. */
+static void tag_each_other(const char *when, int a, int b)
+{
+    uint32_t ca = commands_seen(a), cb = commands_seen(b);
+    for (int w = 0; w < 2; w++)
+        ts_h_signal(&ts_h, stack.workers[w], SIGSTOP);
+    uint64_t deadline = ts_mono_us() + FREEZE_MAX_MS * 1000ULL;
+    bool stopped = false;
+    while (!stopped && ts_mono_us() < deadline) {
+        stopped =
+            proc_stopped(ts_h.procs[stack.workers[0]].pid) && proc_stopped(ts_h.procs[stack.workers[1]].pid);
+        if (!stopped) ts_sleep_ms(1);
+    }
+    bool stored = false;
+    if (stopped) {
+        pthread_mutex_lock(&PL.mu);
+        PL.p[a].tag_target = PL.p[b].id;
+        PL.p[b].tag_target = PL.p[a].id;
+        pthread_mutex_unlock(&PL.mu);
+        while (!(stored = commands_seen(a) > ca && commands_seen(b) > cb) && ts_mono_us() < deadline)
+            ts_sleep_ms(1);
+    }
+    for (int w = 0; w < 2; w++)
+        ts_h_signal(&ts_h, stack.workers[w], SIGCONT);
+    if (!stored) {
+        ts_h.failed = true;
+        fail_msg("%s: %s within %d ms (commands seen: %" PRIu32 " -> %" PRIu32 ", %" PRIu32 " -> %" PRIu32
+                 ")",
+                 when, stopped ? "the two tags were not in the cells' input" : "the workers did not stop",
+                 FREEZE_MAX_MS, ca, commands_seen(a), cb, commands_seen(b));
+    }
+}
+
+/* Joins a red player at (-3, y) and a blue one at (3, y), on two workers,
+ * has them tag each other at the same time and disturbs a cell or a worker
+ * meanwhile: each must end on the other's former team, tagged once with
+ * one point, and each team's score one more. */
+static void tag_mutual(double y, disturb_t disturb)
+{
+    char when[48], an[32], bn[32];
+    snprintf(when, sizeof when, "mutual %s", disturb_name[disturb]);
+    snprintf(an, sizeof an, "west-%s", disturb_name[disturb]);
+    snprintf(bn, sizeof bn, "east-%s", disturb_name[disturb]);
+    separate(y);
+    int a = player_join(-3, y, TEAM_RED, an);
+    int b = player_join(3, y, TEAM_BLUE, bn);
+    const want_t start[] = {{a, TEAM_RED, 0, 0}, {b, TEAM_BLUE, 0, 0}};
+    wait_states(when, start, 2);
+    wait_nearby(when, (const int[]){a, b}, 2, 1);
+    expect_scores(when);
+
+    ts_cell_entry_t west = live_cell_at(-3, y), east = live_cell_at(3, y);
+    int misses = events(a, EV_MISS) + events(b, EV_MISS);
+    tag_each_other(when, a, b);
+    switch (disturb) {
+    case HANDOVER:
+        handover(&east, WORKERS[1 - worker_index(east.owner)], 0);
+        break;
+    case SPLIT: {
+        char reply[512];
+        if (!ts_probe_ctl_cell(bus, "split", &east.cell, 10000, reply, sizeof reply)) {
+            ts_h.failed = true;
+            fail_msg("%s: split: %s", when, reply);
+        }
+        break;
+    }
+    default: /* the kills below, once one tag applied */
+        break;
+    }
+
+    /* both tags land: each player changed team once and scored once. The
+     * west player's owner is killed once the east player shows its tag (the
+     * west cell applied the west Command, and maybe the east player's tag
+     * and its confirmation); the east one's once the west player shows its
+     * tag: the new owner replays from the last checkpoint. */
+    const want_t end[] = {{a, TEAM_BLUE, 1, 1}, {b, TEAM_RED, 1, 1}};
+    const ts_cell_entry_t *killed = NULL;
+    uint64_t deadline = ts_mono_us() + WAIT_MS * 1000ULL;
+    for (;;) {
+        if (disturb == KILL_WEST && !killed && seen(b).tagged == 1) {
+            kill_owner(&west);
+            killed = &west;
+        }
+        if (disturb == KILL_EAST && !killed && seen(a).tagged == 1) {
+            kill_owner(&east);
+            killed = &east;
+        }
+        check_max_states(when, end, 2);
+        check_max_scores(when, 1, 1);
+        if (events(a, EV_MISS) + events(b, EV_MISS) != misses) {
+            ts_h.failed = true;
+            fail_msg("%s: a tag found no enemy in range (west %d, east %d misses): the tags did not cross",
+                     when, events(a, EV_MISS), events(b, EV_MISS));
+        }
+        if (want_met(&end[0]) && want_met(&end[1])) break;
+        if (ts_mono_us() > deadline) wait_states(when, end, 2); /* fails with the details */
+        ts_sleep_ms(20);
+    }
+    if (killed) {
+        deadline = ts_mono_us() + WAIT_MS * 1000ULL;
+        double x = killed == &west ? -3 : 3;
+        while (strcmp(live_cell_at(x, y).owner, killed->owner) == 0) {
+            if (ts_mono_us() > deadline) {
+                ts_h.failed = true;
+                fail_msg("%s: the killed worker's cell was not recovered in %d s", when, WAIT_MS / 1000);
+            }
+            ts_sleep_ms(50);
+        }
+    }
+    ts_sleep_ms(SETTLE_MS);
+    expect_states(when, end, 2);
+    /* each team's score is one more, for every player, and stays so */
+    red_made++;
+    blue_made++;
+    expect_scores(when);
+    ts_sleep_ms(SETTLE_MS);
+    expect_scores(when);
+    expect_states(when, end, 2);
+    if (disturb == NOTHING) {
+        /* with nothing disturbed each gets both events, once */
+        deadline = ts_mono_us() + 5000000ULL;
+        while (ts_mono_us() < deadline && (events(a, EV_YOU_TAGGED) < 1 || events(a, EV_TAGGED_BY) < 1 ||
+                                           events(b, EV_YOU_TAGGED) < 1 || events(b, EV_TAGGED_BY) < 1))
+            ts_sleep_ms(20);
+        assert_int_equal(events(a, EV_YOU_TAGGED), 1);
+        assert_int_equal(events(a, EV_TAGGED_BY), 1);
+        assert_int_equal(events(b, EV_YOU_TAGGED), 1);
+        assert_int_equal(events(b, EV_TAGGED_BY), 1);
+    }
+}
+
+/* ---- tags in turn ----------------------------------------------------------------- */
+
+/* Has tagger tag target (by id) and waits until the players of w have
+ * their states. A miss (the tagger's cell saw the target on its own team:
+ * a ghost a tick or two old) or a command the cooldown ignored (the
+ * tagger's attempt stamp did not move) is sent again. */
+static void tag_until(const char *when, int tagger, int target, const want_t *w, int n)
+{
+    uint64_t deadline = ts_mono_us() + WAIT_MS * 1000ULL;
+    int misses = events(tagger, EV_MISS);
+    uint32_t stamp = seen(tagger).attempt;
+    uint64_t sent_at = ts_mono_us(), retag_at = 0;
+    send_tag(tagger, target);
+    for (;;) {
+        check_max_states(when, w, n);
+        int off = -1;
+        for (int k = 0; k < n && off < 0; k++)
+            if (!want_met(&w[k])) off = k;
+        if (off < 0) return;
+        if (events(tagger, EV_MISS) > misses && retag_at == 0)
+            retag_at = ts_mono_us() + TAG_COOLDOWN_MS * 1000ULL;
+        if (retag_at == 0 && seen(tagger).attempt == stamp &&
+            ts_mono_us() > sent_at + 2 * TAG_COOLDOWN_MS * 1000ULL)
+            retag_at = ts_mono_us();
+        if (retag_at && ts_mono_us() >= retag_at) {
+            fprintf(stderr, "it_tag: %s: the tag missed or was ignored, tagging again\n", when);
+            misses = events(tagger, EV_MISS);
+            stamp = seen(tagger).attempt;
+            sent_at = ts_mono_us();
+            retag_at = 0;
+            send_tag(tagger, target);
+        }
+        if (ts_mono_us() > deadline) wait_states(when, w, n); /* fails with the details */
+        ts_sleep_ms(20);
+    }
+}
+
+/* A red west player A, a blue east player B and a blue east player C next
+ * to B take turns, every tag across the border:
+ *   1. A tags B: B joins red;
+ *   2. B tags A back: a miss, they are teammates now (the rule: a tag turns
+ *      the tagged one into the tagger's teammate), nothing changes;
+ *   3. C tags A: A joins blue, so B and A are enemies again;
+ *   4. B tags A: A joins red again.
+ * A and B have then tagged each other once each, in turn. */
+static void tag_in_turn(double y)
+{
+    const char *when = "in turn";
+    separate(y);
+    int a = player_join(-3, y, TEAM_RED, "west-turn");
+    int b = player_join(3, y, TEAM_BLUE, "east-turn");
+    int c = player_join(3, y + 4, TEAM_BLUE, "east2-turn");
+    const want_t start[] = {{a, TEAM_RED, 0, 0}, {b, TEAM_BLUE, 0, 0}, {c, TEAM_BLUE, 0, 0}};
+    wait_states(when, start, 3);
+    wait_nearby(when, (const int[]){a, b, c}, 3, 2);
+    expect_scores(when);
+
+    /* 1. */
+    const want_t one[] = {{a, TEAM_RED, 1, 0}, {b, TEAM_RED, 0, 1}, {c, TEAM_BLUE, 0, 0}};
+    tag_until("in turn, A tags B", a, b, one, 3);
+    red_made++;
+    expect_scores("in turn, A tags B");
+
+    /* 2. */
+    int misses = events(b, EV_MISS);
+    uint64_t b_tagged_at = ts_mono_us();
+    send_tag(b, a);
+    uint64_t deadline = ts_mono_us() + WAIT_MS * 1000ULL;
+    while (events(b, EV_MISS) == misses) {
+        if (ts_mono_us() > deadline) {
+            ts_h.failed = true;
+            fail_msg("in turn: B's tag on its teammate A did not miss within %d s", WAIT_MS / 1000);
+        }
+        ts_sleep_ms(20);
+    }
+    expect_states("in turn, B tags its teammate A", one, 3);
+
+    /* 3. */
+    const want_t three[] = {{a, TEAM_BLUE, 1, 1}, {b, TEAM_RED, 0, 1}, {c, TEAM_BLUE, 1, 0}};
+    tag_until("in turn, C tags A", c, a, three, 3);
+    blue_made++;
+    expect_scores("in turn, C tags A");
+
+    /* 4. once B's cooldown from 2. has passed */
+    while (ts_mono_us() < b_tagged_at + TAG_COOLDOWN_MS * 1000ULL)
+        ts_sleep_ms(20);
+    const want_t four[] = {{a, TEAM_RED, 1, 2}, {b, TEAM_RED, 1, 1}, {c, TEAM_BLUE, 1, 0}};
+    tag_until("in turn, B tags A", b, a, four, 3);
+    red_made++;
+
+    ts_sleep_ms(SETTLE_MS);
+    expect_states(when, four, 3);
+    expect_scores(when);
 }
 
 /* ---- tests -------------------------------------------------------------------------- */
@@ -611,6 +1070,59 @@ static void test_tag_owner_crash_before_apply(void **state)
 {
     (void)state;
     tag_once(95, KILL_SENT);
+    restart_worker(killed_worker);
+    ts_h_pass();
+}
+
+/* Two players on either side of the worker border tag each other at the
+ * same time: both tags in flight together, each applies once. */
+static void test_tag_each_other(void **state)
+{
+    (void)state;
+    tag_mutual(115, NOTHING);
+    ts_h_pass();
+}
+
+/* The same, the east player's cell handed over meanwhile. */
+static void test_tag_each_other_through_handover(void **state)
+{
+    (void)state;
+    tag_mutual(135, HANDOVER);
+    ts_h_pass();
+}
+
+/* The same, the east player's cell split meanwhile. */
+static void test_tag_each_other_through_split(void **state)
+{
+    (void)state;
+    tag_mutual(155, SPLIT);
+    ts_h_pass();
+}
+
+/* The same, the west player's owner SIGKILLed mid-game (once the east
+ * player's tag applied), its cells recovered on the other worker. */
+static void test_tag_each_other_west_owner_crash(void **state)
+{
+    (void)state;
+    tag_mutual(175, KILL_WEST);
+    restart_worker(killed_worker);
+    ts_h_pass();
+}
+
+/* The same, the east player's owner SIGKILLed mid-game. */
+static void test_tag_each_other_east_owner_crash(void **state)
+{
+    (void)state;
+    tag_mutual(195, KILL_EAST);
+    restart_worker(killed_worker);
+    ts_h_pass();
+}
+
+/* Tags in turn across the border, with the team rule in between. */
+static void test_tag_in_turn(void **state)
+{
+    (void)state;
+    tag_in_turn(-50);
     ts_h_pass();
 }
 
@@ -623,6 +1135,9 @@ static int group_setup(void **state)
     if (ts_bus_connect(&bus, ts_h.nats_url, "it_tag") != TS_OK ||
         ts_registry_connect(&reg, ts_h.redis_url) != TS_OK)
         goto fail;
+    char inputs[TS_SUBJECT_MAX];
+    ts_subject_world_wildcard(inputs, sizeof inputs, WORLD, TS_SUBJ_INPUT);
+    if (ts_bus_subscribe(bus, inputs, on_input, NULL, &input_sub) != TS_OK) goto fail;
     snprintf(game_arg, sizeof game_arg, "--worker.game=%s/libtag.so", TS_BIN_DIR);
     const char *orch[] = {"--orch.rebalance=0", HB_TTL_ARG, "--world.assign=-1:0=w1,0:0=w2", NULL};
     ts_h_spawn_stack(&ts_h, orch, worker_args, NULL, &stack);
@@ -632,6 +1147,8 @@ static int group_setup(void **state)
     return 0;
 fail:
     ts_h_fail_dump(&ts_h);
+    ts_bus_sub_destroy(input_sub);
+    input_sub = NULL;
     ts_registry_destroy(reg);
     ts_bus_destroy(bus);
     reg = NULL;
@@ -644,6 +1161,7 @@ static int group_teardown(void **state)
 {
     (void)state;
     players_stop();
+    ts_bus_sub_destroy(input_sub);
     ts_registry_destroy(reg);
     ts_bus_destroy(bus);
     ts_h_stop(&ts_h);
@@ -659,6 +1177,12 @@ int main(int argc, char **argv)
         TS_H_TEST(test_tag_through_split),
         TS_H_TEST(test_tag_through_owner_crash),
         TS_H_TEST(test_tag_owner_crash_before_apply),
+        TS_H_TEST(test_tag_each_other),
+        TS_H_TEST(test_tag_each_other_through_handover),
+        TS_H_TEST(test_tag_each_other_through_split),
+        TS_H_TEST(test_tag_each_other_west_owner_crash),
+        TS_H_TEST(test_tag_each_other_east_owner_crash),
+        TS_H_TEST(test_tag_in_turn),
     };
     return TS_H_RUN(ts_h_ws ? "it_tag_ws" : "it_tag", tests, group_setup, group_teardown);
 }
