@@ -451,7 +451,6 @@ bool ts_zone_queue_counter_move(ts_zone_t *z, const ts_cell_t *to)
 static void apply_counter_move(ts_zone_t *z, const ts_input_t *in, uint64_t seq)
 {
     z->counter_move_queued = false;
-    z->stats.applied++;
     if (values_len(z->game.counters) == 0) return; /* nothing (left) to move */
     ts_zone_flow_t *f = flow_for(z, &in->peer);
     ts_zone_out_t *o = f ? outbox_for(z, &in->peer, seq, TS_ORIGIN_WORKER) : NULL;
@@ -492,7 +491,6 @@ static void apply_counters(ts_zone_t *z, const ts_input_t *in)
     }
     values_add(z->game.counters, in->values);
     z->mod_counter++;
-    z->stats.applied++;
 }
 
 static void apply_counter_input(ts_zone_t *z, const ts_input_t *in, uint64_t seq)
@@ -506,6 +504,12 @@ static void apply_counter_input(ts_zone_t *z, const ts_input_t *in, uint64_t seq
         apply_counter_move(z, in, seq);
     else
         apply_counters(z, in);
+}
+
+void ts_zone_forget_move_seqs(ts_zone_t *z)
+{
+    for (size_t i = 0; i < z->nflows; i++)
+        z->flows[i].in_seq = 0;
 }
 
 static void load_flows(ts_zone_t *z, const Tessera__V1__Checkpoint *cp)

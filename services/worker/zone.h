@@ -496,6 +496,9 @@ size_t ts_zone_counters_len(const ts_zone_t *z);
  * its epoch; a second copy moves what the cell has by then. False if out of
  * memory or one is queued and not applied yet. */
 bool ts_zone_queue_counter_move(ts_zone_t *z, const ts_cell_t *to);
+/* The world's input stream was created again (sequences start over):
+ * counters moved here from now on have sequences of the new one. */
+void ts_zone_forget_move_seqs(ts_zone_t *z);
 /* The counter flows as CounterFlow messages: *n of them in s (pointers in
  * s->p). */
 typedef struct {
