@@ -90,12 +90,10 @@ static int report_cmp(const void *a, const void *b)
     return x->hash < y->hash ? -1 : x->hash > y->hash;
 }
 
-/* nats.c thread: one worker's heartbeat. */
-static void on_heartbeat(void *ud, const ts_bus_msg_t *msg)
+/* One worker's heartbeat (packed): its reports replace the worker's last. */
+static void take_heartbeat(gw_counters_t *k, const uint8_t *data, size_t len)
 {
-    gw_counters_t *k = ud;
-    Tessera__V1__Heartbeat *hb =
-        tessera__v1__heartbeat__unpack(NULL, ts_bus_msg_len(msg), ts_bus_msg_data(msg));
+    Tessera__V1__Heartbeat *hb = tessera__v1__heartbeat__unpack(NULL, len, data);
     if (hb == NULL || hb->worker == NULL || hb->worker[0] == '\0' || strlen(hb->worker) >= TS_WORKER_ID_MAX) {
         if (hb != NULL) tessera__v1__heartbeat__free_unpacked(hb, NULL);
         return;
@@ -174,6 +172,12 @@ static void on_heartbeat(void *ud, const ts_bus_msg_t *msg)
     free(r);
     free(fl);
     tessera__v1__heartbeat__free_unpacked(hb, NULL);
+}
+
+/* nats.c thread: one worker's heartbeat. */
+static void on_heartbeat(void *ud, const ts_bus_msg_t *msg)
+{
+    take_heartbeat(ud, ts_bus_msg_data(msg), ts_bus_msg_len(msg));
 }
 
 /* Under lock: the latest report of the cell's registry owner on it. The
