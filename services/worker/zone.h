@@ -492,9 +492,10 @@ size_t ts_zone_counters_len(const ts_zone_t *z);
  * replay) the counters become 0 and go to `to` as a TS_INPUT_COUNTERS in an
  * outbox entry of marker S (message id xfer-<cell>-m<S>-<to>), recorded in
  * the flow to `to`. `to` adds them once: a from_seq not above the flow's
- * in_seq is a copy. The marker's own message id derives from the cell and
- * its epoch; a second copy moves what the cell has by then. False if out of
- * memory or one is queued and not applied yet. */
+ * in_seq is a copy. The marker's own message id derives from the cell, its
+ * epoch and its input position; a second copy moves what the cell has by
+ * then (usually nothing). False if out of memory or one is queued and not
+ * applied yet. */
 bool ts_zone_queue_counter_move(ts_zone_t *z, const ts_cell_t *to);
 /* The world's input stream was created again (sequences start over):
  * counters moved here from now on have sequences of the new one. */
