@@ -25,10 +25,12 @@
  *   6. the cell holding the most of red's points (a target's cell: the
  *      tagged player's cell counts the point) is split and its owner
  *      SIGKILLed right after, then merged and its owner SIGKILLed right
- *      after: the world counters move to child quadrant 0 and back to the
- *      parent (the cells' heartbeat reports show where they are) while the
- *      cells are recovered on the other worker, and no player ever sees
- *      red other than the tags made, not even for a moment.
+ *      after, then split again and its owner SIGKILLed once the parent
+ *      reports its points moved out: the world counters move to child
+ *      quadrant 0, back to the parent and to child 0 again (the cells'
+ *      heartbeat reports show where they are) while the cells are
+ *      recovered on the other worker, and no player ever sees red other
+ *      than the tags made, not even for a moment.
  * Before each, the target's cell is handed to another worker than the
  * tagger's if they share one.
  * Each must end with exactly one team change (the target's "times tagged"
@@ -792,9 +794,10 @@ static void bring_back(const ts_cell_t *away)
 /* The world counters are the teams' points, each in the cell where the
  * tagged player was: a split moves a cell's to its child quadrant 0, a
  * merge the children's back to the parent, each while the owner that
- * executes it is SIGKILLed right after the orchestrator decided it (the
- * move is then completed by the worker that recovers the cells, from their
- * checkpoints and input streams). The cells' heartbeat reports show the
+ * executes it is SIGKILLed right after the orchestrator decided it, and a
+ * second split's owner once the parent moved its points out (the move is
+ * completed, or replayed, by the worker that recovers the cells, from
+ * their checkpoints and input streams). The cells' heartbeat reports show the
  * points where they belong after each step, and the sum every player sees
  * never leaves the tags made, not even for a moment, through the moves,
  * the kills and the recoveries. */
@@ -842,6 +845,27 @@ static void test_scores_through_split_merge_and_crash(void **state)
     ts_sleep_ms(SETTLE_MS);
     expect_scores("after the merge");
     expect_exact_since_watch("through the merge and the crash");
+
+    /* split again, the owner killed once the parent reports its points
+     * moved out (its last checkpoint most likely from before that, child
+     * 0's from before or after it applied them): the new owner replays the
+     * move, child 0 holds them once */
+    bring_back(&r.cell);
+    char reply[512];
+    if (!ts_probe_ctl_cell(bus, "split", &r.cell, 10000, reply, sizeof reply)) {
+        ts_h.failed = true;
+        fail_msg("split again: %s", reply);
+    }
+    expect_report(&r.cell, TS_CELL_SPLIT, "", 0, "split again");
+    assert_int_equal(ts_registry_cell_get(reg, &r.cell, &parent), TS_OK);
+    kill_owner(&parent);
+    dead = WORKERS[killed_worker];
+    expect_report(&kids[0], TS_CELL_ACTIVE, dead, points, "after the second split");
+    expect_report(&r.cell, TS_CELL_SPLIT, dead, 0, "after the second split");
+    expect_scores("after the second split");
+    ts_sleep_ms(SETTLE_MS);
+    expect_scores("after the second split");
+    expect_exact_since_watch("through the second split and the crash");
     ts_bus_sub_destroy(sub);
     bring_back(&r.cell);
     ts_h_pass();
