@@ -174,6 +174,7 @@ void gw_cells_free_all(gw_t *gw)
         gw_cell_clear_entities(gw, c);
         gw_router_drop_inputs(c, c->ninputs);
         free(c->inputs);
+        free(c->ctr_flows);
         free(c->evs);
         free(c->ev_buf);
         free(c->subs);

@@ -8,10 +8,24 @@
  * by cell hash. A timer on the loop (every GW_COUNTERS_EVAL_MS) sums, for
  * each cell of the registry view, the latest report of its registry owner
  * at its registry epoch. Every state counts, split and retired cells too: a
- * split moves the parent's counters to child quadrant 0 and a merge moves
- * the children's to the parent, so a forwarding cell holds only what it
- * applied while forwarding (an input ordered before an entity's Departure),
- * which must count as well. A cell with no such report yet (just handed
+ * split cell moves its counters to child quadrant 0 and a retired one to
+ * its parent, through the input streams, so a forwarding cell holds only
+ * what it applied since its last move, which must count as well.
+ *
+ * A move on its way: the source's counters are 0 from its marker on, the
+ * destination has not applied the CountersInput yet. Each report carries
+ * the cell's flows (CellLoad.flows: per peer, what it moved there and
+ * received from there in total, as of the same input position as its
+ * counters), and a cell counts as its counters plus, for each flow whose
+ * peer is in the registry view, what it moved there less what it received
+ * from there. A move takes values from one cell's counters into its out
+ * total and adds them to the other's counters and in total, so neither
+ * cell's count changes: the sum is exact whichever side of a move each
+ * report is from (a move on its way, a new owner's report from before a
+ * move its last owner had applied, a held report), and only counter_add
+ * changes it.
+ *
+ * A cell with no such report yet (just handed
  * over, split, merged or recovered: its owner has not sent a heartbeat
  * since), or whose owner reports a newer epoch than this gateway's view,
  * holds the value of its last report and puts the change off for up to
@@ -43,6 +57,7 @@ typedef struct {
     ts_cell_t cell;
     uint64_t epoch;
     int64_t v[TS_GAME_COUNTERS];
+    uint32_t flow0, nflows; /* its flows: the worker's fl[flow0 .. flow0 + nflows) */
 } ctr_report_t;
 
 typedef struct {
@@ -50,6 +65,7 @@ typedef struct {
     uint64_t seen_ms;
     ctr_report_t *r; /* sorted by hash */
     size_t n;
+    gw_ctr_flow_t *fl; /* the flows of its reports */
 } ctr_worker_t;
 
 struct gw_counters {
@@ -74,12 +90,10 @@ static int report_cmp(const void *a, const void *b)
     return x->hash < y->hash ? -1 : x->hash > y->hash;
 }
 
-/* nats.c thread: one worker's heartbeat. */
-static void on_heartbeat(void *ud, const ts_bus_msg_t *msg)
+/* One worker's heartbeat (packed): its reports replace the worker's last. */
+static void take_heartbeat(gw_counters_t *k, const uint8_t *data, size_t len)
 {
-    gw_counters_t *k = ud;
-    Tessera__V1__Heartbeat *hb =
-        tessera__v1__heartbeat__unpack(NULL, ts_bus_msg_len(msg), ts_bus_msg_data(msg));
+    Tessera__V1__Heartbeat *hb = tessera__v1__heartbeat__unpack(NULL, len, data);
     if (hb == NULL || hb->worker == NULL || hb->worker[0] == '\0' || strlen(hb->worker) >= TS_WORKER_ID_MAX) {
         if (hb != NULL) tessera__v1__heartbeat__free_unpacked(hb, NULL);
         return;
@@ -88,6 +102,15 @@ static void on_heartbeat(void *ud, const ts_bus_msg_t *msg)
     size_t n = hb->n_cells < GW_COUNTERS_WORKER_CELLS ? hb->n_cells : GW_COUNTERS_WORKER_CELLS;
     ctr_report_t *r = n ? calloc(n, sizeof *r) : NULL;
     if (n > 0 && r == NULL) {
+        tessera__v1__heartbeat__free_unpacked(hb, NULL);
+        return;
+    }
+    size_t nfl = 0, mfl = 0;
+    for (size_t i = 0; i < n; i++)
+        nfl += hb->cells[i]->n_flows < GW_CTR_FLOWS ? hb->cells[i]->n_flows : GW_CTR_FLOWS;
+    gw_ctr_flow_t *fl = nfl ? calloc(nfl, sizeof *fl) : NULL;
+    if (nfl > 0 && fl == NULL) {
+        free(r);
         tessera__v1__heartbeat__free_unpacked(hb, NULL);
         return;
     }
@@ -102,6 +125,18 @@ static void on_heartbeat(void *ud, const ts_bus_msg_t *msg)
         p->epoch = cl->epoch;
         for (size_t c = 0; c < cl->n_counters && c < TS_GAME_COUNTERS; c++)
             p->v[c] = cl->counters[c];
+        p->flow0 = (uint32_t)mfl;
+        for (size_t f = 0; f < cl->n_flows && p->nflows < GW_CTR_FLOWS; f++) {
+            const Tessera__V1__CounterFlow *cf = cl->flows[f];
+            gw_ctr_flow_t *g = &fl[mfl];
+            if (cf->peer == NULL || ts_proto_cell_get(cf->peer, &g->peer) != TS_OK) continue;
+            for (size_t c = 0; c < cf->n_out && c < TS_GAME_COUNTERS; c++)
+                g->out[c] = cf->out[c];
+            for (size_t c = 0; c < cf->n_in && c < TS_GAME_COUNTERS; c++)
+                g->in[c] = cf->in[c];
+            mfl++;
+            p->nflows++;
+        }
     }
     if (m > 1) qsort(r, m, sizeof *r, report_cmp);
     uint64_t now_ms = ts_now_us() / 1000;
@@ -118,26 +153,37 @@ static void on_heartbeat(void *ud, const ts_bus_msg_t *msg)
         }
         if (w != NULL) {
             free(w->r);
+            free(w->fl);
             memset(w, 0, sizeof *w);
             ts_strlcpy(w->id, hb->worker, sizeof w->id);
         }
     }
     if (w != NULL) {
         ctr_report_t *old = w->r;
+        gw_ctr_flow_t *old_fl = w->fl;
         w->r = r;
         w->n = m;
+        w->fl = fl;
         w->seen_ms = now_ms;
         r = old;
+        fl = old_fl;
     }
     pthread_mutex_unlock(&k->lock);
     free(r);
+    free(fl);
     tessera__v1__heartbeat__free_unpacked(hb, NULL);
+}
+
+/* nats.c thread: one worker's heartbeat. */
+static void on_heartbeat(void *ud, const ts_bus_msg_t *msg)
+{
+    take_heartbeat(ud, ts_bus_msg_data(msg), ts_bus_msg_len(msg));
 }
 
 /* Under lock: the latest report of the cell's registry owner on it. The
  * owner's slot is remembered in the cell (slots keep their worker until it
  * was silent for GW_COUNTERS_STALE_MS), so a sum costs O(cells log n). */
-static const ctr_report_t *find_report(const gw_counters_t *k, gw_cell_t *cell)
+static const ctr_report_t *find_report(const gw_counters_t *k, gw_cell_t *cell, const ctr_worker_t **wout)
 {
     const char *owner = cell->reg_owner;
     if (owner[0] == '\0') return NULL;
@@ -160,9 +206,42 @@ static const ctr_report_t *find_report(const gw_counters_t *k, gw_cell_t *cell)
         else
             hi = mid;
     }
+    *wout = w;
     for (; lo < w->n && w->r[lo].hash == h; lo++)
         if (ts_cell_eq(&w->r[lo].cell, &cell->id)) return &w->r[lo];
     return NULL;
+}
+
+/* Under lock: the cell holds report r's values and flows (of worker w). */
+static void hold_report(gw_cell_t *cell, const ctr_worker_t *w, const ctr_report_t *r)
+{
+    memcpy(cell->ctr, r->v, sizeof cell->ctr);
+    cell->ctr_epoch = r->epoch;
+    cell->ctr_wait_us = 0;
+    if (r->nflows == 0) {
+        cell->ctr_nflows = 0;
+        return;
+    }
+    if (cell->ctr_flows == NULL) cell->ctr_flows = malloc(GW_CTR_FLOWS * sizeof *cell->ctr_flows);
+    if (cell->ctr_flows == NULL) { /* keeps the flows it held, if any */
+        cell->ctr_nflows = 0;
+        return;
+    }
+    memcpy(cell->ctr_flows, &w->fl[r->flow0], r->nflows * sizeof *cell->ctr_flows);
+    cell->ctr_nflows = r->nflows;
+}
+
+/* What cell's held flows add to its count: per peer in the registry view,
+ * what it moved there less what it received from there. */
+static void add_flows(gw_t *gw, const gw_cell_t *cell, int64_t *sum)
+{
+    for (size_t f = 0; f < cell->ctr_nflows; f++) {
+        const gw_ctr_flow_t *fl = &cell->ctr_flows[f];
+        const gw_cell_t *peer = gw_cell_find(gw, &fl->peer);
+        if (peer == NULL || !peer->in_registry) continue;
+        for (size_t i = 0; i < TS_GAME_COUNTERS; i++)
+            sum[i] = (int64_t)((uint64_t)sum[i] + (uint64_t)fl->out[i] - (uint64_t)fl->in[i]);
+    }
 }
 
 /* One WorldCounters frame to c: its own head, the shared payload. */
@@ -217,13 +296,13 @@ static void on_eval(uv_timer_t *t)
             if (cell->ctr_epoch != 0) memset(cell->ctr, 0, sizeof cell->ctr);
             cell->ctr_epoch = 0;
             cell->ctr_wait_us = 0;
+            cell->ctr_nflows = 0;
             continue;
         }
-        const ctr_report_t *r = find_report(k, cell);
+        const ctr_worker_t *w = NULL;
+        const ctr_report_t *r = find_report(k, cell, &w);
         if (r != NULL && r->epoch == cell->reg_epoch) {
-            memcpy(cell->ctr, r->v, sizeof cell->ctr);
-            cell->ctr_epoch = r->epoch;
-            cell->ctr_wait_us = 0;
+            hold_report(cell, w, r);
         } else if (cell->ctr_epoch != cell->reg_epoch || (r != NULL && r->epoch > cell->reg_epoch)) {
             /* no report at this epoch yet, or the owner is ahead of the
              * registry view (a split or merge this gateway only half
@@ -234,6 +313,9 @@ static void on_eval(uv_timer_t *t)
         for (size_t i = 0; i < TS_GAME_COUNTERS; i++)
             sum[i] = (int64_t)((uint64_t)sum[i] + (uint64_t)cell->ctr[i]);
     }
+    /* the moves, once every cell holds its report */
+    for (gw_cell_t *cell = gw->all_cells; cell != NULL; cell = cell->next_all)
+        if (cell->in_registry) add_flows(gw, cell, sum);
     pthread_mutex_unlock(&k->lock);
     if (!wait && memcmp(sum, k->values, sizeof sum) != 0) {
         memcpy(k->values, sum, sizeof sum);
@@ -286,8 +368,10 @@ void gw_counters_free(gw_t *gw)
     gw_counters_t *k = gw->counters;
     if (k == NULL) return;
     ts_bus_sub_destroy(k->sub); /* stopped without gw_counters_stop */
-    for (size_t i = 0; i < k->nworkers; i++)
+    for (size_t i = 0; i < k->nworkers; i++) {
         free(k->workers[i].r);
+        free(k->workers[i].fl);
+    }
     pthread_mutex_destroy(&k->lock);
     free(k);
     gw->counters = NULL;

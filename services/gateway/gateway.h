@@ -253,7 +253,19 @@ struct gw_cell {
     int64_t ctr[TS_GAME_COUNTERS];
     uint64_t ctr_epoch;
     uint64_t ctr_wait_us;
+    /* the counter flows of the same report (what the cell moved to and
+     * received from other cells; malloc'd, ctr_nflows of them) */
+    struct gw_ctr_flow *ctr_flows;
+    size_t ctr_nflows;
 };
+
+/* A cell's world counter flow with one peer (CellLoad.flows; counters.c). */
+#define GW_CTR_FLOWS 6
+typedef struct gw_ctr_flow {
+    ts_cell_t peer;
+    int64_t out[TS_GAME_COUNTERS]; /* moved to peer in total */
+    int64_t in[TS_GAME_COUNTERS];  /* received from peer in total */
+} gw_ctr_flow_t;
 
 typedef struct {
     gw_cell_t *cell;

@@ -181,8 +181,9 @@ void ts_worker_apply_held(ts_worker_t *w, ts_binding_t *b, ts_inbox_t *msgs)
 
 /* The game module takes the zone (before any of its held input applies).
  * A child cell that starts empty (no checkpoint, nothing applied) of a
- * parent bound here starts with the parent's cell state (ts_game_split_state);
- * child quadrant 0 takes the parent's world counters. */
+ * parent bound here starts with the parent's cell state (ts_game_split_state),
+ * with its world counters at 0: the parent moves its own to child quadrant 0
+ * through the input streams (split.c). */
 static void adopt_game(ts_worker_t *w, ts_zone_t *zone, bool replaying)
 {
     ts_game_host_attach(ts_game_host_global(), zone, w->cfg->worker_max_speed);
@@ -195,12 +196,6 @@ static void adopt_game(ts_worker_t *w, ts_zone_t *zone, bool replaying)
     if (!pb) return;
     unsigned q = (unsigned)ts_cell_quadrant(&zone->cell);
     ts_game_split_state(&pb->zone->game, q, &zone->game);
-    /* the world counters move to child 0 (ts_game_split_state copied them):
-     * what the parent counts from now on is only what it still applies */
-    if (q == 0) {
-        memset(zone->game.counters, 0, sizeof(zone->game.counters));
-        ts_zone_take_counters(zone, pb->zone);
-    }
 }
 
 ts_status_t ts_worker_adopt(ts_worker_t *w, ts_zone_t *zone, uint64_t epoch, ts_sub_ctx_t *ctx,

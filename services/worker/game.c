@@ -772,9 +772,9 @@ static const ts_game_api_t api = {
 void ts_game_split_state(const ts_zone_game_t *parent, unsigned quadrant, ts_zone_game_t *child)
 {
     *child = *parent;
-    /* the world counters go to quadrant 0 only: the children's sum is the
-     * parent's */
-    if (quadrant != 0) memset(child->counters, 0, sizeof(child->counters));
+    /* the world counters stay with the parent, which moves them to child
+     * quadrant 0 through the input streams (zone.h: ts_zone_queue_counter_move) */
+    memset(child->counters, 0, sizeof(child->counters));
     uint64_t x = ts_mix64(parent->rng ^ (0x9e3779b97f4a7c15ULL * (uint64_t)(quadrant + 1)));
     child->rng = x ? x : 1;
 }

@@ -83,8 +83,8 @@ int ts_game_host_set_fault_file(ts_game_host_t *h, const char *path);
 
 /* The split of a parent cell: the child's game state is a copy of the
  * parent's with an RNG derived from the parent's and the child's quadrant;
- * the world counters go to quadrant 0 only (the others start at 0), so the
- * children's sum is the parent's. */
+ * its world counters start at 0 (the parent moves its own to quadrant 0
+ * through the input streams: zone.h, ts_zone_queue_counter_move). */
 void ts_game_split_state(const ts_zone_game_t *parent, unsigned quadrant, ts_zone_game_t *child);
 
 /* The process's host (main.c loads it before the metrics start). */

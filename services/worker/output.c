@@ -275,7 +275,12 @@ void ts_worker_heartbeat(ts_worker_t *w)
     Tessera__V1__CellLoad *loads = calloc(n, sizeof(*loads));
     Tessera__V1__CellLoad **lp = calloc(n, sizeof(*lp));
     Tessera__V1__CellId *ids = calloc(n, sizeof(*ids));
-    if (!loads || !lp || !ids) goto cleanup;
+    /* the counter flows of the cells that have any (few: split and merged ones) */
+    size_t nfl = 0, fl_used = 0;
+    for (size_t i = 0; i < w->nbind; i++)
+        nfl += w->bindings[i]->zone->nflows > 0;
+    ts_zone_flows_pb_t *fl = nfl ? calloc(nfl, sizeof(*fl)) : NULL;
+    if (!loads || !lp || !ids || (nfl && !fl)) goto cleanup;
     ts_zone_stats_t total = w->stats.zones;
     uint32_t entities = 0;
     for (size_t i = 0; i < w->nbind; i++) {
@@ -296,6 +301,11 @@ void ts_worker_heartbeat(ts_worker_t *w)
         loads[i].last_applied_seq = z->last_applied_seq;
         loads[i].n_counters = ts_zone_counters_len(z); /* 0 when all are 0 */
         loads[i].counters = z->game.counters;
+        if (z->nflows > 0) {
+            ts_zone_flows_pb_t *f = &fl[fl_used++];
+            loads[i].n_flows = ts_zone_flows_to_pb(z, f);
+            loads[i].flows = f->p;
+        }
         const ts_cell_entry_t *e = ts_worker_find_entry(w, &z->cell);
         if (e && e->epoch == z->epoch) {
             loads[i].has_state = true;
@@ -345,6 +355,7 @@ void ts_worker_heartbeat(ts_worker_t *w)
         if (!ts_publisher_push(w, subj, &hdr, buf, len, false, false)) w->stats.state_dropped++;
     }
 cleanup:
+    free(fl);
     free(loads);
     free(lp);
     free(ids);

@@ -31,7 +31,7 @@
  * own (g<id>), the sim's only s, and only workers w. Before a batch is
  * applied, the items a gateway (or the sim, as gateway 0) may not send are
  * dropped and counted (tessera_worker_inputs_refused_total{reason}):
- * transfers, departures and requests (workers' only); a Move, Leave,
+ * transfers, departures, requests and counter moves (workers' only); a Move, Leave,
  * Command, Detach or Join for an entity of this cell whose gateway is
  * another; a Join of a new entity naming another gateway, or whose id does
  * not carry the gateway's id in its top 16 bits (login entities, bit 63 set,
@@ -436,6 +436,8 @@ static int screen_one(ts_players_t *p, const ts_zone_t *z, ts_origin_t origin, u
     const ts_entity_t *e = ts_map_get(&z->entities, in->entity);
     switch (in->kind_case) {
     case TESSERA__V1__INPUT__KIND_REQUEST:
+    case TESSERA__V1__INPUT__KIND_COUNTER_MOVE:
+    case TESSERA__V1__INPUT__KIND_COUNTERS:
         return 1 + TS_REFUSED_KIND;
     case TESSERA__V1__INPUT__KIND_JOIN:
         if (e) return e->gateway == gw ? -1 : 1 + TS_REFUSED_GATEWAY;

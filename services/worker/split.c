@@ -104,12 +104,9 @@ void ts_split_set_mode(ts_worker_t *w, ts_binding_t *b, const ts_cell_entry_t *e
             int64_t own[TS_GAME_COUNTERS];
             memcpy(own, z->game.counters, sizeof(own));
             if (k0) z->game = k0->zone->game;
-            /* its world counters: its own plus its children's (moved here) */
+            /* its world counters stay its own: the children's come through
+             * its input stream (move_counters) */
             memcpy(z->game.counters, own, sizeof(own));
-            for (size_t i = 0; have && i < 4; i++) {
-                ts_binding_t *k = ts_cellmap_get(&w->by_cell, &kids[i]);
-                if (k) ts_zone_take_counters(z, k->zone);
-            }
         }
     }
 }
@@ -234,6 +231,31 @@ static void route_departures(ts_worker_t *w, ts_zone_t *z, size_t from)
     }
 }
 
+/* A forwarding cell's world counters go to the live cell that takes its
+ * place (a split cell's to child quadrant 0, a retired cell's to its
+ * parent), through a marker in its own input stream: the counters become 0
+ * where the marker is applied (by whoever owns the cell then, live or in a
+ * replay) and reach the other cell's input stream under a message id
+ * derived from the marker's stream seq (zone.h: ts_zone_queue_counter_move).
+ * So each value is in exactly one cell's state at every input position,
+ * whoever crashes when. A marker is queued once the cell has caught up with
+ * its input and holds counters not all 0 (again if it applies something
+ * that adds to them later). */
+static void move_counters(ts_binding_t *b)
+{
+    ts_zone_t *z = b->zone;
+    if (b->catching_up || z->counter_move_queued || ts_zone_counters_len(z) == 0) return;
+    ts_cell_t to, kids[4];
+    if (b->reg_state == TS_CELL_SPLIT) {
+        if (ts_cell_children(&z->cell, kids) != TS_OK) return;
+        to = kids[0];
+    } else if (ts_cell_parent(&z->cell, &to) != TS_OK) {
+        return;
+    }
+    if (!ts_zone_queue_counter_move(z, &to))
+        ts_error("cell %s: out of memory queuing its world counters' move", z->key);
+}
+
 void ts_split_step(ts_worker_t *w, ts_binding_t *b, double dt)
 {
     ts_zone_t *z = b->zone;
@@ -246,6 +268,7 @@ void ts_split_step(ts_worker_t *w, ts_binding_t *b, double dt)
         if (z->ndeps > from) route_departures(w, z, from);
     }
     if (!b->forwarding) return;
+    move_counters(b);
     w->stats.fwd_inputs += z->stats.forwarded - b->fwd_seen_forwarded;
     b->fwd_seen_forwarded = z->stats.forwarded;
     if (ts_zone_entities(z) > 0 && (b->fwd_scan || z->mod_counter != b->fwd_mod)) move_on(w, b);

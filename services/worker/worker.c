@@ -445,6 +445,7 @@ static void finish_resubscribe(ts_worker_t *w, ts_io_job_t *job)
                 "from its start",
                 b->zone->key, b->zone->last_applied_seq);
         b->zone->last_applied_seq = 0;
+        ts_zone_forget_move_seqs(b->zone);
         b->catchup_seq = 0;
         /* the other cells reading the stream that is gone follow at once */
         for (size_t i = 0; i < w->nbind; i++)

@@ -1,6 +1,7 @@
 /* Zone: the simulation state of one owned cell. See zone.h for invariants. */
 #include "zone.h"
 
+#include <inttypes.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -397,6 +398,137 @@ bool ts_zone_send_request(ts_zone_t *z, const ts_cell_t *to, const ts_input_t *i
     return true;
 }
 
+/* ---- world counter moves (zone.h: ts_zone_queue_counter_move) ----------- */
+
+/* How many of values[] a message carries: up to the last non-zero one. */
+static size_t values_len(const int64_t *values)
+{
+    size_t n = TS_GAME_COUNTERS;
+    while (n > 0 && values[n - 1] == 0)
+        n--;
+    return n;
+}
+
+/* to[i] += from[i] (unsigned: an overflow wraps instead of being undefined). */
+static void values_add(int64_t *to, const int64_t *from)
+{
+    for (size_t i = 0; i < TS_GAME_COUNTERS; i++)
+        to[i] = (int64_t)((uint64_t)to[i] + (uint64_t)from[i]);
+}
+
+/* The flow record of peer, added if new; NULL if the table is full. */
+static ts_zone_flow_t *flow_for(ts_zone_t *z, const ts_cell_t *peer)
+{
+    for (size_t i = 0; i < z->nflows; i++)
+        if (ts_cell_eq(&z->flows[i].peer, peer)) return &z->flows[i];
+    if (z->nflows == TS_ZONE_FLOWS) return NULL;
+    ts_zone_flow_t *f = &z->flows[z->nflows++];
+    memset(f, 0, sizeof(*f));
+    f->peer = *peer;
+    return f;
+}
+
+bool ts_zone_queue_counter_move(ts_zone_t *z, const ts_cell_t *to)
+{
+    if (z->counter_move_queued) return false;
+    /* its id: the cell, its epoch and its input position (an entry loaded
+     * from a checkpoint and one queued again there have the same id: stored
+     * once); never a stream sequence (bit 63) */
+    uint64_t key = ts_mix64(ts_mix64(z->epoch ^ 0x636d6f7665ULL) ^ z->last_applied_seq);
+    ts_zone_out_t *o =
+        outbox_for(z, &z->cell, TS_ZONE_REQUEST_MARK | (key & ~TS_ZONE_REQUEST_MARK), TS_ORIGIN_WORKER);
+    if (!o || !grow((void **)&o->inputs, &o->cap_inputs, o->ninputs, sizeof(*o->inputs))) return false;
+    ts_input_t *in = &o->inputs[o->ninputs++];
+    memset(in, 0, sizeof(*in));
+    in->kind = TS_INPUT_COUNTER_MOVE;
+    in->peer = *to;
+    z->counter_move_queued = true;
+    return true;
+}
+
+/* The marker at stream seq `seq`: the counters become 0 here and go to
+ * in->peer in an outbox entry of marker seq (a replay decides the same). */
+static void apply_counter_move(ts_zone_t *z, const ts_input_t *in, uint64_t seq)
+{
+    z->counter_move_queued = false;
+    if (values_len(z->game.counters) == 0) return; /* nothing (left) to move */
+    ts_zone_flow_t *f = flow_for(z, &in->peer);
+    ts_zone_out_t *o = f ? outbox_for(z, &in->peer, seq, TS_ORIGIN_WORKER) : NULL;
+    if (!o || !grow((void **)&o->inputs, &o->cap_inputs, o->ninputs, sizeof(*o->inputs))) {
+        ts_error("cell %s: cannot move its world counters (%s); they stay here", z->key,
+                 f ? "out of memory" : "too many peers");
+        return;
+    }
+    ts_input_t *out = &o->inputs[o->ninputs++];
+    memset(out, 0, sizeof(*out));
+    out->kind = TS_INPUT_COUNTERS;
+    out->peer = z->cell;
+    out->move_seq = seq;
+    memcpy(out->values, z->game.counters, sizeof(out->values));
+    values_add(f->out, z->game.counters);
+    memset(z->game.counters, 0, sizeof(z->game.counters));
+    z->mod_counter++; /* a forwarder writes its next checkpoint */
+    char to[TS_CELL_STR_MAX];
+    ts_cell_format(&in->peer, to, sizeof(to));
+    ts_info("cell %s: world counters move to %s (marker at stream seq %" PRIu64 ")", z->key, to, seq);
+}
+
+/* Counters another cell moved here: added once per marker of that cell. */
+static void apply_counters(ts_zone_t *z, const ts_input_t *in)
+{
+    ts_zone_flow_t *f = flow_for(z, &in->peer);
+    if (f && in->move_seq <= f->in_seq) {
+        z->stats.duplicates++;
+        return;
+    }
+    if (!f) {
+        /* not counted as received: a gateway keeps counting it on its way */
+        ts_error("cell %s: counters moved here from a cell beyond its %d peers; added anyway", z->key,
+                 TS_ZONE_FLOWS);
+    } else {
+        f->in_seq = in->move_seq;
+        values_add(f->in, in->values);
+    }
+    values_add(z->game.counters, in->values);
+    z->mod_counter++;
+}
+
+static void apply_counter_input(ts_zone_t *z, const ts_input_t *in, uint64_t seq)
+{
+    if (in->peer.world != z->cell.world || ts_cell_eq(&in->peer, &z->cell) ||
+        (in->kind == TS_INPUT_COUNTER_MOVE && seq == 0)) {
+        z->stats.dropped++;
+        return;
+    }
+    if (in->kind == TS_INPUT_COUNTER_MOVE)
+        apply_counter_move(z, in, seq);
+    else
+        apply_counters(z, in);
+}
+
+void ts_zone_forget_move_seqs(ts_zone_t *z)
+{
+    for (size_t i = 0; i < z->nflows; i++)
+        z->flows[i].in_seq = 0;
+}
+
+static void load_flows(ts_zone_t *z, const Tessera__V1__Checkpoint *cp)
+{
+    z->nflows = 0;
+    for (size_t i = 0; i < cp->n_counter_flows && z->nflows < TS_ZONE_FLOWS; i++) {
+        const Tessera__V1__CounterFlow *pb = cp->counter_flows[i];
+        ts_cell_t peer;
+        if (!pb->peer || ts_proto_cell_get(pb->peer, &peer) != TS_OK) continue;
+        ts_zone_flow_t *f = flow_for(z, &peer);
+        if (!f) continue;
+        f->in_seq = pb->in_seq;
+        for (size_t k = 0; k < pb->n_out && k < TS_GAME_COUNTERS; k++)
+            f->out[k] = pb->out[k];
+        for (size_t k = 0; k < pb->n_in && k < TS_GAME_COUNTERS; k++)
+            f->in[k] = pb->in[k];
+    }
+}
+
 bool ts_zone_locate(const ts_zone_t *z, uint64_t id, ts_cell_t *out)
 {
     if (ts_map_get(&z->entities, id)) {
@@ -593,6 +725,8 @@ void ts_zone_apply_input(ts_zone_t *z, const ts_input_t *in, uint64_t tick)
     case TS_INPUT_DETACH:
     case TS_INPUT_ATTACH:  /* handled above */
     case TS_INPUT_REQUEST: /* handled above */
+    case TS_INPUT_COUNTER_MOVE:
+    case TS_INPUT_COUNTERS: /* ts_zone_apply_batch's, never an entity's */
         break;
     }
     (void)tick;
@@ -673,6 +807,19 @@ static void input_from_pb(const Tessera__V1__Input *pb, ts_input_t *in)
         in->from_y = r->from_y;
         in->from_epoch = r->from_epoch;
         payload_from_pb(in, &r->payload);
+        break;
+    }
+    case TESSERA__V1__INPUT__KIND_COUNTER_MOVE:
+        if (!pb->counter_move->to || ts_proto_cell_get(pb->counter_move->to, &in->peer) != TS_OK) break;
+        in->kind = TS_INPUT_COUNTER_MOVE;
+        break;
+    case TESSERA__V1__INPUT__KIND_COUNTERS: {
+        const Tessera__V1__CountersInput *c = pb->counters;
+        if (!c->from || ts_proto_cell_get(c->from, &in->peer) != TS_OK || c->from_seq == 0) break;
+        in->kind = TS_INPUT_COUNTERS;
+        in->move_seq = c->from_seq;
+        for (size_t i = 0; i < c->n_values && i < TS_GAME_COUNTERS; i++)
+            in->values[i] = c->values[i];
         break;
     }
     default:
@@ -970,6 +1117,10 @@ bool ts_zone_apply_batch(ts_zone_t *z, uint64_t stream_seq, const Tessera__V1__I
     for (size_t i = 0; i < batch->n_inputs; i++) {
         ts_input_t in;
         input_from_pb(batch->inputs[i], &in);
+        if (in.kind == TS_INPUT_COUNTER_MOVE || in.kind == TS_INPUT_COUNTERS) {
+            apply_counter_input(z, &in, stream_seq);
+            continue;
+        }
         if (in.entity == 0 || in.kind == 0) {
             z->stats.dropped++;
             continue;
@@ -1174,6 +1325,8 @@ typedef struct {
         Tessera__V1__LeaveInput leave;
         Tessera__V1__CommandInput command;
         Tessera__V1__RequestInput request;
+        Tessera__V1__CounterMoveInput counter_move;
+        Tessera__V1__CountersInput counters;
     } kind;
     Tessera__V1__CellId from_cell;
 } input_pb_t;
@@ -1270,6 +1423,27 @@ static Tessera__V1__Input *input_fill_pb(input_pb_t *s, const ts_input_t *src)
         r->from_epoch = src->from_epoch;
         in->kind_case = TESSERA__V1__INPUT__KIND_REQUEST;
         in->request = r;
+        break;
+    }
+    case TS_INPUT_COUNTER_MOVE: {
+        Tessera__V1__CounterMoveInput *m = &s->kind.counter_move;
+        tessera__v1__counter_move_input__init(m);
+        ts_proto_cell_init(&s->from_cell, &src->peer);
+        m->to = &s->from_cell;
+        in->kind_case = TESSERA__V1__INPUT__KIND_COUNTER_MOVE;
+        in->counter_move = m;
+        break;
+    }
+    case TS_INPUT_COUNTERS: {
+        Tessera__V1__CountersInput *c = &s->kind.counters;
+        tessera__v1__counters_input__init(c);
+        ts_proto_cell_init(&s->from_cell, &src->peer);
+        c->from = &s->from_cell;
+        c->from_seq = src->move_seq;
+        c->n_values = values_len(src->values);
+        c->values = (int64_t *)src->values;
+        in->kind_case = TESSERA__V1__INPUT__KIND_COUNTERS;
+        in->counters = c;
         break;
     }
     }
@@ -1797,28 +1971,31 @@ static size_t ckpt_item_cost(const void *ud, size_t i, bool *capped)
 
 size_t ts_zone_counters_len(const ts_zone_t *z)
 {
-    size_t n = TS_GAME_COUNTERS;
-    while (n > 0 && z->game.counters[n - 1] == 0)
-        n--;
-    return n;
+    return values_len(z->game.counters);
 }
 
-void ts_zone_take_counters(ts_zone_t *z, ts_zone_t *from)
+size_t ts_zone_flows_to_pb(const ts_zone_t *z, ts_zone_flows_pb_t *s)
 {
-    for (size_t i = 0; i < TS_GAME_COUNTERS; i++) {
-        /* unsigned: an overflow wraps instead of being undefined */
-        z->game.counters[i] = (int64_t)((uint64_t)z->game.counters[i] + (uint64_t)from->game.counters[i]);
-        from->game.counters[i] = 0;
+    for (size_t i = 0; i < z->nflows; i++) {
+        const ts_zone_flow_t *f = &z->flows[i];
+        Tessera__V1__CounterFlow *pb = &s->f[i];
+        tessera__v1__counter_flow__init(pb);
+        ts_proto_cell_init(&s->cell[i], &f->peer);
+        pb->peer = &s->cell[i];
+        pb->n_out = values_len(f->out);
+        pb->out = (int64_t *)f->out;
+        pb->n_in = values_len(f->in);
+        pb->in = (int64_t *)f->in;
+        pb->in_seq = f->in_seq;
+        s->p[i] = pb;
     }
-    /* both write a checkpoint soon, even a forwarder with nothing new */
-    z->mod_counter++;
-    from->mod_counter++;
+    return z->nflows;
 }
 
 /* The checkpoint's fields that are not items; part 0 also carries the
  * module's cell state. */
 static void ckpt_head(const ts_zone_t *z, uint64_t tick, const char *owner, uint64_t generation, bool first,
-                      Tessera__V1__Checkpoint *cp, Tessera__V1__CellId *cell)
+                      Tessera__V1__Checkpoint *cp, Tessera__V1__CellId *cell, ts_zone_flows_pb_t *flows)
 {
     tessera__v1__checkpoint__init(cp);
     ts_proto_cell_init(cell, &z->cell);
@@ -1838,6 +2015,8 @@ static void ckpt_head(const ts_zone_t *z, uint64_t tick, const char *owner, uint
         cp->game_state.data = (uint8_t *)z->game.state;
         cp->n_game_counters = ts_zone_counters_len(z);
         cp->game_counters = (int64_t *)z->game.counters;
+        cp->n_counter_flows = ts_zone_flows_to_pb(z, flows);
+        cp->counter_flows = flows->p;
     }
 }
 
@@ -1855,7 +2034,8 @@ static ts_status_t pack_ckpt_part(const ckpt_items_t *c, uint64_t tick, const ch
     run_range(a, b, off += c->ndep, c->nents, &e0, &e1);
     Tessera__V1__Checkpoint cp;
     Tessera__V1__CellId cell;
-    ckpt_head(z, tick, owner, generation, part == 0, &cp, &cell);
+    ts_zone_flows_pb_t flows;
+    ckpt_head(z, tick, owner, generation, part == 0, &cp, &cell, &flows);
     if (parts > 1) {
         cp.part = part;
         cp.parts = parts;
@@ -1930,7 +2110,8 @@ static ts_status_t pack_checkpoint(const ts_zone_t *z, uint64_t tick, const char
     if (st != TS_OK) return st;
     Tessera__V1__Checkpoint cp;
     Tessera__V1__CellId cell;
-    ckpt_head(z, tick, owner, generation, true, &cp, &cell);
+    ts_zone_flows_pb_t flows;
+    ckpt_head(z, tick, owner, generation, true, &cp, &cell, &flows);
     cp.time_us = UINT64_MAX; /* the head at its longest */
     cp.part = cp.parts = UINT32_MAX;
     size_t head = protobuf_c_message_get_packed_size(&cp.base) + CKPT_PART_SLACK;
@@ -2060,7 +2241,9 @@ ts_status_t ts_zone_load_checkpoint(ts_zone_t *z, const Tessera__V1__Checkpoint 
             memset(z->game.counters, 0, sizeof(z->game.counters));
             for (size_t i = 0; i < cp->n_game_counters && i < TS_GAME_COUNTERS; i++)
                 z->game.counters[i] = cp->game_counters[i];
+            load_flows(z, cp);
         }
+        z->counter_move_queued = false; /* a marker in the loaded outbox goes again */
     }
     for (size_t i = 0; i < cp->n_removed; i++) {
         ts_entity_t *old = ts_map_del(&z->entities, cp->removed[i]);

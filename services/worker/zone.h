@@ -126,7 +126,12 @@ typedef enum {
     TS_INPUT_DETACH,
     TS_INPUT_ATTACH,
     TS_INPUT_COMMAND, /* a client's Command: client seq, exactly once like Move */
-    TS_INPUT_REQUEST  /* a game module's request to entity: seq 0 */
+    TS_INPUT_REQUEST, /* a game module's request to entity: seq 0 */
+    /* world counters (entity 0, seq 0; worker origin only): a split or
+     * retired cell's own marker moving its counters to `peer`, and the
+     * counters arriving from `peer` (ts_zone_queue_counter_move) */
+    TS_INPUT_COUNTER_MOVE,
+    TS_INPUT_COUNTERS
 } ts_input_kind_t;
 
 /* An input as the worker keeps it (for forwarding). */
@@ -154,6 +159,11 @@ typedef struct {
     double from_x, from_y;
     ts_cell_t from_cell;
     uint64_t from_epoch;
+    /* counter move: the cell the counters go to; counters: the cell they
+     * come from, the stream seq of its marker and the values */
+    ts_cell_t peer;
+    uint64_t move_seq;
+    int64_t values[TS_GAME_COUNTERS];
 } ts_input_t;
 
 /* Everything one tick sends to one destination cell. Transfers caused by the
@@ -215,6 +225,18 @@ typedef struct {
     void (*on_request)(void *ud, struct ts_zone *z, ts_entity_t *e, const ts_input_t *in);
     void (*on_tick)(void *ud, struct ts_zone *z, double dt, uint64_t tick);
 } ts_zone_game_hooks_t;
+
+/* What a cell moved to and received from one other cell (world counters;
+ * Checkpoint.counter_flows): totals since the first move, so a gateway
+ * counts a move on its way as out - the peer's in. The peers are a cell's
+ * parent and its children. */
+#define TS_ZONE_FLOWS 6
+typedef struct {
+    ts_cell_t peer;
+    uint64_t in_seq; /* the peer's marker seq of the last move applied here */
+    int64_t out[TS_GAME_COUNTERS];
+    int64_t in[TS_GAME_COUNTERS];
+} ts_zone_flow_t;
 
 /* The cell's game module state (checkpointed: Checkpoint.game_*). */
 typedef struct {
@@ -297,6 +319,11 @@ typedef struct ts_zone {
     bool replaying;
     uint64_t requests_ignored; /* requests for entities this zone never knew */
     uint64_t req_key, req_n;   /* request_marker() in zone.c */
+    /* world counter moves (checkpointed): per peer cell, and whether a
+     * marker queued by ts_zone_queue_counter_move is not applied yet */
+    ts_zone_flow_t flows[TS_ZONE_FLOWS];
+    size_t nflows;
+    bool counter_move_queued;
     /* per-tick bounds of the module host (game.c): counts of tick game_tick */
     uint64_t game_tick;
     uint32_t game_spawns, game_requests;
@@ -458,11 +485,29 @@ void ts_zone_detach(ts_zone_t *z, ts_entity_t *e, uint64_t at_us);
 /* How many of the cell's world counters a message carries: up to the last
  * non-zero one (0: all are 0). */
 size_t ts_zone_counters_len(const ts_zone_t *z);
-/* Moves the world counters of `from` into z (added; from's become 0), for
- * a split (the parent's go to child quadrant 0) or a merge (the children's
- * go to the parent): the world's sum stays the same. Both zones count as
- * modified (a forwarder writes its next checkpoint). */
-void ts_zone_take_counters(ts_zone_t *z, ts_zone_t *from);
+/* World counters move between cells through input streams, like entities:
+ * ts_zone_queue_counter_move queues, in an outbox entry for the zone's own
+ * input stream, a marker (TS_INPUT_COUNTER_MOVE) naming `to`; when it is
+ * applied (at stream seq S, by whoever owns the cell then, live or in a
+ * replay) the counters become 0 and go to `to` as a TS_INPUT_COUNTERS in an
+ * outbox entry of marker S (message id xfer-<cell>-m<S>-<to>), recorded in
+ * the flow to `to`. `to` adds them once: a from_seq not above the flow's
+ * in_seq is a copy. The marker's own message id derives from the cell, its
+ * epoch and its input position; a second copy moves what the cell has by
+ * then (usually nothing). False if out of memory or one is queued and not
+ * applied yet. */
+bool ts_zone_queue_counter_move(ts_zone_t *z, const ts_cell_t *to);
+/* The world's input stream was created again (sequences start over):
+ * counters moved here from now on have sequences of the new one. */
+void ts_zone_forget_move_seqs(ts_zone_t *z);
+/* The counter flows as CounterFlow messages: *n of them in s (pointers in
+ * s->p). */
+typedef struct {
+    Tessera__V1__CounterFlow f[TS_ZONE_FLOWS];
+    Tessera__V1__CounterFlow *p[TS_ZONE_FLOWS];
+    Tessera__V1__CellId cell[TS_ZONE_FLOWS];
+} ts_zone_flows_pb_t;
+size_t ts_zone_flows_to_pb(const ts_zone_t *z, ts_zone_flows_pb_t *s);
 /* Seeds the cell's game RNG from its cell id (a new zone does this). */
 uint64_t ts_zone_game_seed(const ts_cell_t *cell);
 /* Outbox entries of requests have this bit in marker_seq (departure

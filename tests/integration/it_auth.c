@@ -544,8 +544,20 @@ static void test_gateway_acts_only_for_its_players(void **state)
     Tessera__V1__JoinInput join_id2 = TESSERA__V1__JOIN_INPUT__INIT; /* an id of gateway 2 */
     join_id2.gateway = 1;
     Tessera__V1__RequestInput req = TESSERA__V1__REQUEST_INPUT__INIT;
-    Tessera__V1__Input in[10];
-    for (int i = 0; i < 10; i++) {
+    /* world counter moves: a marker to a neighbour, counters from it */
+    ts_cell_t east = {.world = cell.world, .cx = cell.cx + 1, .cy = cell.cy};
+    Tessera__V1__CellId east_pb;
+    ts_proto_cell_init(&east_pb, &east);
+    Tessera__V1__CounterMoveInput cmove = TESSERA__V1__COUNTER_MOVE_INPUT__INIT;
+    cmove.to = &east_pb;
+    int64_t forged_points[1] = {1000};
+    Tessera__V1__CountersInput cin = TESSERA__V1__COUNTERS_INPUT__INIT;
+    cin.from = &east_pb;
+    cin.from_seq = 1;
+    cin.n_values = 1;
+    cin.values = forged_points;
+    Tessera__V1__Input in[12];
+    for (int i = 0; i < 12; i++) {
         tessera__v1__input__init(&in[i]);
         in[i].entity = entity;
         in[i].seq = 1000 + (uint64_t)i; /* far ahead: would push the real inputs out of the window */
@@ -562,21 +574,26 @@ static void test_gateway_acts_only_for_its_players(void **state)
     in[7].kind_case = TESSERA__V1__INPUT__KIND_REQUEST, in[7].request = &req, in[7].seq = 0;
     in[8].kind_case = TESSERA__V1__INPUT__KIND_ATTACH, in[8].attach = &att_other, in[8].seq = 0;
     in[9].kind_case = TESSERA__V1__INPUT__KIND_ATTACH, in[9].attach = &att_valid, in[9].seq = 0;
+    in[10].kind_case = TESSERA__V1__INPUT__KIND_COUNTER_MOVE, in[10].counter_move = &cmove;
+    in[10].entity = 0, in[10].seq = 0;
+    in[11].kind_case = TESSERA__V1__INPUT__KIND_COUNTERS, in[11].counters = &cin;
+    in[11].entity = 0, in[11].seq = 0;
     Tessera__V1__EntityState es = TESSERA__V1__ENTITY_STATE__INIT;
     es.id = (2ull << 48) | 0x4244;
     Tessera__V1__Transfer xfer = TESSERA__V1__TRANSFER__INIT;
     xfer.entity = &es;
     Tessera__V1__Transfer *xfers[1] = {&xfer};
-    forge_batch(&cell, in, 10, xfers, 1, "it_auth-forged-g1");
+    forge_batch(&cell, in, 12, xfers, 1, "it_auth-forged-g1");
 
     /* the owner refused every item: Move, Command, Detach, Leave (another
-     * gateway's entity), both Joins, the Transfer and the Request, the
-     * Attaches without a token and with another entity's; the Attach with
+     * gateway's entity), both Joins, the Transfer, the Request and the
+     * counter moves, the Attaches without a token and with another
+     * entity's; the Attach with
      * a valid token waits for the victim's gateway to let go, which it
      * never does */
     assert_true(refused_reaches("gateway", 4, 15000));
     assert_true(refused_reaches("entity", 2, 5000));
-    assert_true(refused_reaches("kind", 2, 5000));
+    assert_true(refused_reaches("kind", 4, 5000));
     assert_true(refused_reaches("token", 2, 5000));
     assert_unchanged(c, entity, x, y, 1, 1000);
     assert_true(refused_reaches("attach", 1, 15000));

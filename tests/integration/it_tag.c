@@ -53,6 +53,15 @@
  *      one the tagger's teammate (the rules allow no tag back), nothing
  *      changes; blue C next to B tags A, A joins blue; B tags A, A joins red
  *      again. A and B have then tagged each other once each.
+ *  12. The cell holding the most of red's points (a target's cell: the
+ *      tagged player's cell counts the point) is split and its owner
+ *      SIGKILLed right after, then merged and its owner SIGKILLed right
+ *      after, then split again and its owner SIGKILLed once the parent
+ *      reports its points moved out: the world counters move to child
+ *      quadrant 0, back to the parent and to child 0 again (the cells'
+ *      heartbeat reports show where they are) while the cells are
+ *      recovered on the other worker, and no player ever sees a score
+ *      other than the tags made, not even for a moment.
  * Every player's state is checked exactly as above (never above the
  * expected value, stable for 2 s). The team scores (world counters 0 red,
  * 1 blue, in WorldCounters frames from the gateway) must reach, for every
@@ -150,6 +159,8 @@ static struct {
     bool running;
     atomic_bool stop;
     int64_t max_red, max_blue; /* the highest scores any player saw */
+    bool watch;                /* from here on, also the lowest: */
+    int64_t min_red, min_blue;
 } PL = {.mu = PTHREAD_MUTEX_INITIALIZER};
 
 /* Tags that landed so far in this run: red's and blue's scores. */
@@ -205,6 +216,8 @@ static void note_frame(player_t *p, const Tessera__V1__ServerFrame *f)
         p->blue = v[1];
         if (p->red > PL.max_red) PL.max_red = p->red;
         if (p->blue > PL.max_blue) PL.max_blue = p->blue;
+        if (PL.watch && p->red < PL.min_red) PL.min_red = p->red;
+        if (PL.watch && p->blue < PL.min_blue) PL.min_blue = p->blue;
         break;
     }
     case TESSERA__V1__SERVER_FRAME__PAYLOAD_ERROR:
@@ -1126,6 +1139,250 @@ static void test_tag_in_turn(void **state)
     ts_h_pass();
 }
 
+/* ---- a scores' cell through a split, a merge and crashes -------------------------
+ * Every worker heartbeat's report of each cell: the latest per cell (its
+ * worker, epoch and red), to tell where the points are. */
+
+#define HB_CELLS 128
+
+typedef struct {
+    ts_cell_t cell;
+    char worker[TS_WORKER_ID_MAX];
+    uint64_t epoch;
+    int64_t red;
+} hb_report_t;
+
+static struct {
+    pthread_mutex_t mu;
+    hb_report_t r[HB_CELLS];
+    int n;
+} HB = {.mu = PTHREAD_MUTEX_INITIALIZER};
+
+static void on_heartbeat(void *ud, const ts_bus_msg_t *msg)
+{
+    (void)ud;
+    Tessera__V1__Heartbeat *hb =
+        tessera__v1__heartbeat__unpack(NULL, ts_bus_msg_len(msg), ts_bus_msg_data(msg));
+    if (!hb) return;
+    pthread_mutex_lock(&HB.mu);
+    for (size_t i = 0; i < hb->n_cells; i++) {
+        ts_cell_t c;
+        if (!hb->cells[i]->cell || ts_proto_cell_get(hb->cells[i]->cell, &c) != TS_OK) continue;
+        int k = 0;
+        while (k < HB.n && !ts_cell_eq(&c, &HB.r[k].cell))
+            k++;
+        if (k == HB.n && HB.n == HB_CELLS) continue;
+        if (k == HB.n) HB.n++;
+        hb_report_t *r = &HB.r[k];
+        r->cell = c;
+        ts_strlcpy(r->worker, hb->worker ? hb->worker : "", sizeof r->worker);
+        r->epoch = hb->cells[i]->epoch;
+        r->red = hb->cells[i]->n_counters > 0 ? hb->cells[i]->counters[0] : 0;
+    }
+    pthread_mutex_unlock(&HB.mu);
+    tessera__v1__heartbeat__free_unpacked(hb, NULL);
+}
+
+/* The latest report of cell c (false: none yet). */
+static bool hb_report(const ts_cell_t *c, hb_report_t *out)
+{
+    pthread_mutex_lock(&HB.mu);
+    bool found = false;
+    for (int k = 0; k < HB.n && !found; k++)
+        if (ts_cell_eq(c, &HB.r[k].cell)) {
+            *out = HB.r[k];
+            found = true;
+        }
+    pthread_mutex_unlock(&HB.mu);
+    return found;
+}
+
+/* Waits until cell c is in the registry in `state`, owned by another
+ * worker than `dead`, and its owner reports it at its registry epoch with
+ * red = `red`. */
+static void expect_report(const ts_cell_t *c, ts_cell_state_t state, const char *dead, int64_t red,
+                          const char *when)
+{
+    char key[TS_CELL_STR_MAX];
+    ts_cell_format(c, key, sizeof key);
+    uint64_t deadline = ts_mono_us() + WAIT_MS * 1000ULL;
+    for (;;) {
+        ts_cell_entry_t e;
+        hb_report_t r = {.red = -1};
+        bool found = ts_registry_cell_get(reg, c, &e) == TS_OK;
+        bool have = hb_report(c, &r);
+        if (found && have && e.state == state && strcmp(e.owner, dead) != 0 &&
+            strcmp(r.worker, e.owner) == 0 && r.epoch == e.epoch && r.red == red)
+            return;
+        if (ts_mono_us() > deadline) {
+            ts_h.failed = true;
+            fail_msg("%s: cell %s is %s owned by %s at epoch %" PRIu64
+                     ", its last report (%s at epoch %" PRIu64 ") says red %" PRId64 "; want %s, red %" PRId64
+                     ", not on %s",
+                     when, key, found ? ts_cell_state_str(e.state) : "?", found ? e.owner : "?",
+                     found ? e.epoch : 0, r.worker, r.epoch, r.red, ts_cell_state_str(state), red, dead);
+        }
+        ts_sleep_ms(50);
+    }
+}
+
+/* The active cell whose owner reports the most red points in it at its
+ * registry epoch (a target's cell: the tagged player's cell counts the
+ * point). */
+static ts_cell_entry_t scores_cell(void)
+{
+    uint64_t deadline = ts_mono_us() + WAIT_MS * 1000ULL;
+    for (;;) {
+        ts_cell_entry_t best = {.epoch = 0};
+        int64_t most = 0;
+        static hb_report_t v[HB_CELLS];
+        pthread_mutex_lock(&HB.mu);
+        int n = HB.n;
+        memcpy(v, HB.r, (size_t)n * sizeof *v);
+        pthread_mutex_unlock(&HB.mu);
+        for (int k = 0; k < n; k++) {
+            ts_cell_entry_t e;
+            if (v[k].red <= most || ts_registry_cell_get(reg, &v[k].cell, &e) != TS_OK ||
+                e.state != TS_CELL_ACTIVE || e.epoch != v[k].epoch || strcmp(e.owner, v[k].worker) != 0)
+                continue;
+            best = e;
+            most = v[k].red;
+        }
+        if (most > 0) return best;
+        if (ts_mono_us() > deadline) {
+            ts_h.failed = true;
+            fail_msg("no active cell reports red points");
+        }
+        ts_sleep_ms(50);
+    }
+}
+
+/* No player saw a score other than the tags made since the watch began
+ * (a gateway sends WorldCounters only when the sum changes: none since,
+ * INT64_MAX, is no change). */
+static void expect_exact_since_watch(const char *when)
+{
+    pthread_mutex_lock(&PL.mu);
+    int64_t min_red = PL.min_red, min_blue = PL.min_blue, max_red = PL.max_red, max_blue = PL.max_blue;
+    pthread_mutex_unlock(&PL.mu);
+    if ((min_red != tags_made && min_red != INT64_MAX) || max_red != tags_made ||
+        (min_blue != 0 && min_blue != INT64_MAX) || max_blue != 0) {
+        ts_h.failed = true;
+        fail_msg("%s: players saw red from %" PRId64 " to %" PRId64 ", blue from %" PRId64 " to %" PRId64
+                 "; want red %" PRId64 " and blue 0 throughout",
+                 when, min_red, max_red, min_blue, max_blue, tags_made);
+    }
+}
+
+/* Splits (verb "split") or merges ("merge") cell e through the
+ * orchestrator and SIGKILLs `owner` as soon as the orchestrator answers;
+ * returns the killed worker's id. */
+static const char *change_and_kill(const char *verb, const ts_cell_entry_t *e, const char *owner)
+{
+    char reply[512];
+    if (!ts_probe_ctl_cell(bus, verb, &e->cell, 10000, reply, sizeof reply)) {
+        ts_h.failed = true;
+        fail_msg("%s: %s", verb, reply);
+    }
+    ts_cell_entry_t o = *e;
+    ts_strlcpy(o.owner, owner, sizeof o.owner);
+    kill_owner(&o);
+    return WORKERS[killed_worker];
+}
+
+/* Starts the worker killed last again and waits until the orchestrator
+ * knows it (a root cell away from `away` is handed to it). */
+static void bring_back(const ts_cell_t *away)
+{
+    int back = killed_worker;
+    restart_worker(back);
+    killed_worker = -1;
+    double x0, y0, x1, y1;
+    ts_cell_bounds(away, CELL_SIZE, &x0, &y0, &x1, &y1);
+    ts_cell_entry_t other = live_cell_at(x0 < -100 ? 150 : -150, -150);
+    if (strcmp(other.owner, WORKERS[back]) != 0) handover(&other, WORKERS[back], 30000);
+}
+
+/* The world counters are the teams' points, each in the cell where the
+ * tagged player was: a split moves a cell's to its child quadrant 0, a
+ * merge the children's back to the parent, each while the owner that
+ * executes it is SIGKILLed right after the orchestrator decided it, and a
+ * second split's owner once the parent moved its points out (the move is
+ * completed, or replayed, by the worker that recovers the cells, from
+ * their checkpoints and input streams). The cells' heartbeat reports show the
+ * points where they belong after each step, and the sum every player sees
+ * never leaves the tags made, not even for a moment, through the moves,
+ * the kills and the recoveries. */
+static void test_scores_through_split_merge_and_crash(void **state)
+{
+    (void)state;
+    ts_bus_sub_t *sub = NULL;
+    assert_int_equal(ts_bus_subscribe(bus, "tessera.worker.*.hb", on_heartbeat, NULL, &sub), TS_OK);
+    if (tags_made == 0) tag_once(10, NOTHING); /* run alone: some points to move */
+    ts_cell_entry_t r = scores_cell();
+    if (killed_worker >= 0) bring_back(&r.cell);
+    r = scores_cell();
+    hb_report_t rr;
+    assert_true(hb_report(&r.cell, &rr));
+    int64_t points = rr.red;
+    ts_cell_t kids[4];
+    assert_int_equal(ts_cell_children(&r.cell, kids), TS_OK);
+    expect_scores("before the split");
+    pthread_mutex_lock(&PL.mu);
+    PL.watch = true;
+    PL.min_red = INT64_MAX;
+    PL.min_blue = INT64_MAX;
+    pthread_mutex_unlock(&PL.mu);
+
+    /* split, owner killed: the points end in child 0, the parent has none */
+    const char *dead = change_and_kill("split", &r, r.owner);
+    expect_report(&kids[0], TS_CELL_ACTIVE, dead, points, "after the split");
+    expect_report(&r.cell, TS_CELL_SPLIT, dead, 0, "after the split");
+    for (int q = 1; q < 4; q++)
+        expect_report(&kids[q], TS_CELL_ACTIVE, dead, 0, "after the split");
+    expect_scores("after the split");
+    expect_exact_since_watch("through the split and the crash");
+
+    /* merge, owner (the children's, the parent's from then on) killed: the
+     * points end in the parent again */
+    bring_back(&r.cell);
+    ts_cell_entry_t parent, kid0;
+    assert_int_equal(ts_registry_cell_get(reg, &r.cell, &parent), TS_OK);
+    assert_int_equal(ts_registry_cell_get(reg, &kids[0], &kid0), TS_OK);
+    dead = change_and_kill("merge", &parent, kid0.owner);
+    expect_report(&r.cell, TS_CELL_ACTIVE, dead, points, "after the merge");
+    for (int q = 0; q < 4; q++)
+        expect_report(&kids[q], TS_CELL_RETIRED, dead, 0, "after the merge");
+    expect_scores("after the merge");
+    ts_sleep_ms(SETTLE_MS);
+    expect_scores("after the merge");
+    expect_exact_since_watch("through the merge and the crash");
+
+    /* split again, the owner killed once the parent reports its points
+     * moved out (its last checkpoint most likely from before that, child
+     * 0's from before or after it applied them): the new owner replays the
+     * move, child 0 holds them once */
+    bring_back(&r.cell);
+    char reply[512];
+    if (!ts_probe_ctl_cell(bus, "split", &r.cell, 10000, reply, sizeof reply)) {
+        ts_h.failed = true;
+        fail_msg("split again: %s", reply);
+    }
+    expect_report(&r.cell, TS_CELL_SPLIT, "", 0, "split again");
+    assert_int_equal(ts_registry_cell_get(reg, &r.cell, &parent), TS_OK);
+    kill_owner(&parent);
+    dead = WORKERS[killed_worker];
+    expect_report(&kids[0], TS_CELL_ACTIVE, dead, points, "after the second split");
+    expect_report(&r.cell, TS_CELL_SPLIT, dead, 0, "after the second split");
+    expect_scores("after the second split");
+    ts_sleep_ms(SETTLE_MS);
+    expect_scores("after the second split");
+    expect_exact_since_watch("through the second split and the crash");
+    ts_bus_sub_destroy(sub);
+    bring_back(&r.cell);
+    ts_h_pass();
+}
+
 /* ---- fixtures ----------------------------------------------------------------------- */
 
 static int group_setup(void **state)
@@ -1139,7 +1396,9 @@ static int group_setup(void **state)
     ts_subject_world_wildcard(inputs, sizeof inputs, WORLD, TS_SUBJ_INPUT);
     if (ts_bus_subscribe(bus, inputs, on_input, NULL, &input_sub) != TS_OK) goto fail;
     snprintf(game_arg, sizeof game_arg, "--worker.game=%s/libtag.so", TS_BIN_DIR);
-    const char *orch[] = {"--orch.rebalance=0", HB_TTL_ARG, "--world.assign=-1:0=w1,0:0=w2", NULL};
+    /* no automatic split or merge: the tests split and merge */
+    const char *orch[] = {"--orch.rebalance=0", "--split.auto=0", HB_TTL_ARG, "--world.assign=-1:0=w1,0:0=w2",
+                          NULL};
     ts_h_spawn_stack(&ts_h, orch, worker_args, NULL, &stack);
     if (!ts_h_wait_world(&ts_h, WORLD, NCELLS, WAIT_MS) || !ts_h_wait_port(stack.gw_port, WAIT_MS) ||
         !ts_h_wait_port(ts_h_player_port(stack.gw_port), WAIT_MS))
@@ -1183,6 +1442,7 @@ int main(int argc, char **argv)
         TS_H_TEST(test_tag_each_other_west_owner_crash),
         TS_H_TEST(test_tag_each_other_east_owner_crash),
         TS_H_TEST(test_tag_in_turn),
+        TS_H_TEST(test_scores_through_split_merge_and_crash),
     };
     return TS_H_RUN(ts_h_ws ? "it_tag_ws" : "it_tag", tests, group_setup, group_teardown);
 }

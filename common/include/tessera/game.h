@@ -21,9 +21,10 @@
  *     copy of its parent's, on a merge the parent takes its first child's;
  *   - per cell: TS_GAME_COUNTERS world counters (api->counter_add), which
  *     gateways add up over the world's live cells and send to every client
- *     (WorldCounters); on a split the parent's go to child quadrant 0 (the
- *     others start at 0), on a merge the parent takes the sum of its four
- *     children's, so the world's sum is kept;
+ *     (WorldCounters); on a split the parent's move to child quadrant 0 (the
+ *     others start at 0), on a merge the children's move to the parent,
+ *     each through the cells' input streams, so the world's sum is kept,
+ *     exactly, through crashes too;
  *   - per module: read-only data built by load() from the configuration
  *     (tables, constants). Nothing else: no globals written during a tick,
  *     no wall clock, no rand(), no I/O.

@@ -488,79 +488,6 @@ static void test_counters_in_checkpoints(void **state)
     ts_game_host_close(h);
 }
 
-/* A split gives the parent's counters to child quadrant 0 only (the sum of
- * the children is the parent's); a merge gives the parent the sum of its
- * children's (added to what it applied meanwhile). */
-static void test_counters_split_and_merge(void **state)
-{
-    (void)state;
-    ts_zone_game_t parent;
-    memset(&parent, 0, sizeof(parent));
-    parent.rng = 12345;
-    for (int i = 0; i < TS_GAME_COUNTERS; i++)
-        parent.counters[i] = (i + 1) * (i % 2 ? -3 : 5);
-    ts_zone_game_t kid[4];
-    for (unsigned q = 0; q < 4; q++)
-        ts_game_split_state(&parent, q, &kid[q]);
-    for (int i = 0; i < TS_GAME_COUNTERS; i++) {
-        assert_int_equal(kid[0].counters[i], parent.counters[i]);
-        int64_t sum = 0;
-        for (int q = 0; q < 4; q++)
-            sum += kid[q].counters[i];
-        assert_int_equal(sum, parent.counters[i]);
-    }
-    for (unsigned q = 1; q < 4; q++)
-        for (int i = 0; i < TS_GAME_COUNTERS; i++)
-            assert_int_equal(kid[q].counters[i], 0);
-
-    /* a move (child 0 takes the parent's at the split; the parent takes the
-     * children's at the merge) keeps the sum of the two */
-    ts_game_host_t *h = host(1000);
-    ts_zone_t *p = zone_at(h, 0, 0);
-    ts_zone_t *kz[4];
-    ts_cell_t kids[4];
-    assert_int_equal(ts_cell_children(&p->cell, kids), TS_OK);
-    p->game = parent;
-    for (int q = 0; q < 4; q++) {
-        assert_int_equal(ts_zone_create(&kz[q], &kids[q], 1, &WORLD, 50), TS_OK);
-        ts_game_split_state(&p->game, (unsigned)q, &kz[q]->game);
-        if (q == 0) {
-            memset(kz[0]->game.counters, 0, sizeof(kz[0]->game.counters));
-            ts_zone_take_counters(kz[0], p);
-        }
-    }
-    for (int i = 0; i < TS_GAME_COUNTERS; i++) {
-        assert_int_equal(p->game.counters[i], 0);
-        assert_int_equal(kz[0]->game.counters[i], parent.counters[i]);
-    }
-    /* the children play on (and the forwarding parent applies a late one),
-     * then merge back: the parent holds the whole sum, the children 0 */
-    p->game.counters[2] += 1;
-    for (int q = 0; q < 4; q++) {
-        kz[q]->game.counters[0] += q;
-        kz[q]->game.counters[3] -= 2 * q;
-    }
-    int64_t want[TS_GAME_COUNTERS];
-    for (int i = 0; i < TS_GAME_COUNTERS; i++) {
-        want[i] = p->game.counters[i];
-        for (int q = 0; q < 4; q++)
-            want[i] += kz[q]->game.counters[i];
-    }
-    for (int q = 0; q < 4; q++)
-        ts_zone_take_counters(p, kz[q]);
-    assert_memory_equal(p->game.counters, want, sizeof(want));
-    assert_int_equal(p->game.counters[0], parent.counters[0] + 0 + 1 + 2 + 3);
-    assert_int_equal(p->game.counters[2], parent.counters[2] + 1);
-    assert_int_equal(p->game.counters[3], parent.counters[3] - 2 * (0 + 1 + 2 + 3));
-    for (int q = 0; q < 4; q++)
-        for (int i = 0; i < TS_GAME_COUNTERS; i++)
-            assert_int_equal(kz[q]->game.counters[i], 0);
-    for (int q = 0; q < 4; q++)
-        ts_zone_destroy(kz[q]);
-    ts_zone_destroy(p);
-    ts_game_host_close(h);
-}
-
 /* A checkpoint of a big cell in parts: every part's entities keep their state. */
 static void test_state_in_checkpoint_parts(void **state)
 {
@@ -971,6 +898,214 @@ static Tessera__V1__InputBatch *outbox_batch(ts_zone_t *z, size_t i)
     return b;
 }
 
+/* Sum of the counters of zones zs plus what is on its way between them
+ * (each flow's out less its peer's in). */
+static void world_sum(ts_zone_t **zs, size_t n, int64_t *sum)
+{
+    memset(sum, 0, TS_GAME_COUNTERS * sizeof(*sum));
+    for (size_t i = 0; i < n; i++) {
+        for (size_t c = 0; c < TS_GAME_COUNTERS; c++)
+            sum[c] += zs[i]->game.counters[c];
+        for (size_t f = 0; f < zs[i]->nflows; f++) {
+            const ts_zone_flow_t *fl = &zs[i]->flows[f];
+            const ts_zone_flow_t *back = NULL;
+            for (size_t j = 0; j < n; j++)
+                if (ts_cell_eq(&zs[j]->cell, &fl->peer))
+                    for (size_t g = 0; g < zs[j]->nflows; g++)
+                        if (ts_cell_eq(&zs[j]->flows[g].peer, &zs[i]->cell)) back = &zs[j]->flows[g];
+            for (size_t c = 0; c < TS_GAME_COUNTERS; c++)
+                sum[c] += fl->out[c] - (back ? back->in[c] : 0);
+        }
+    }
+}
+
+/* The one outbox entry of z going to `to`. */
+static size_t outbox_to(const ts_zone_t *z, const ts_cell_t *to)
+{
+    size_t found = SIZE_MAX;
+    for (size_t i = 0; i < z->nout; i++)
+        if (ts_cell_eq(&z->out[i].dest, to) && z->out[i].ninputs > 0) {
+            assert_int_equal(found, SIZE_MAX);
+            found = i;
+        }
+    assert_int_not_equal(found, SIZE_MAX);
+    return found;
+}
+
+/* Applies z's own outbox entry (its counter move marker) at stream seq. */
+static void consume_marker(ts_zone_t *z, uint64_t seq)
+{
+    size_t i = outbox_to(z, &z->cell);
+    Tessera__V1__InputBatch *b = outbox_batch(z, i);
+    assert_int_equal(b->n_inputs, 1);
+    assert_int_equal(b->inputs[0]->kind_case, TESSERA__V1__INPUT__KIND_COUNTER_MOVE);
+    assert_int_equal(b->inputs[0]->entity, 0);
+    ts_zone_outbox_done(z, i);
+    ts_zone_outbox_clear(z);
+    assert_true(ts_zone_apply_batch(z, seq, b, 1));
+    tessera__v1__input_batch__free_unpacked(b, NULL);
+}
+
+/* A split: children start at 0, the parent's counters go to child 0 by a
+ * marker in the parent's stream and a CountersInput in the child's, applied
+ * once however often either message is applied or replayed; a merge: each
+ * child's go to the parent the same way. The sum of the counters plus what
+ * is on its way is the same at every step. */
+static void test_counter_moves_exactly_once(void **state)
+{
+    (void)state;
+    ts_game_host_t *h = host(1000);
+    ts_zone_t *p = zone_at(h, 0, 0);
+    ts_zone_t *kz[4];
+    ts_cell_t kids[4];
+    assert_int_equal(ts_cell_children(&p->cell, kids), TS_OK);
+    int64_t want[TS_GAME_COUNTERS], sum[TS_GAME_COUNTERS];
+    for (int i = 0; i < TS_GAME_COUNTERS; i++)
+        want[i] = p->game.counters[i] = (i + 1) * (i % 2 ? -3 : 5);
+    for (int q = 0; q < 4; q++) {
+        assert_int_equal(ts_zone_create(&kz[q], &kids[q], 2, &WORLD, 50), TS_OK);
+        ts_game_host_attach(h, kz[q], 50);
+        ts_game_split_state(&p->game, (unsigned)q, &kz[q]->game);
+        for (int i = 0; i < TS_GAME_COUNTERS; i++)
+            assert_int_equal(kz[q]->game.counters[i], 0);
+    }
+    ts_zone_t *all[5] = {p, kz[0], kz[1], kz[2], kz[3]};
+
+    /* the marker: into the parent's own stream, queued once */
+    p->last_applied_seq = 9;
+    assert_true(ts_zone_queue_counter_move(p, &kids[0]));
+    assert_false(ts_zone_queue_counter_move(p, &kids[0]));
+    assert_int_equal(p->nout, 1);
+    assert_true(p->out[0].marker_seq & TS_ZONE_REQUEST_MARK);
+    world_sum(all, 5, sum);
+    assert_memory_equal(sum, want, sizeof(sum));
+    /* a new owner replaying later starts from this checkpoint */
+    ts_zone_t *p2 = zone_at(h, 0, 0);
+    copy_checkpoint(p, p2, false);
+    assert_int_equal(p2->nout, 1); /* the marker not stored yet goes again... */
+    assert_int_equal(p2->out[0].marker_seq, p->out[0].marker_seq); /* ...under the same id */
+
+    /* applied at seq 10: the parent's counters are 0 and on their way */
+    consume_marker(p, 10);
+    assert_int_equal(ts_zone_counters_len(p), 0);
+    assert_false(p->counter_move_queued);
+    assert_int_equal(p->nflows, 1);
+    assert_memory_equal(p->flows[0].out, want, sizeof(want));
+    world_sum(all, 5, sum);
+    assert_memory_equal(sum, want, sizeof(sum));
+    size_t oi = outbox_to(p, &kids[0]);
+    assert_int_equal(p->out[oi].marker_seq, 10); /* message id xfer-<parent>-m10-<child 0> */
+    uint8_t *buf1, *buf2;
+    size_t len1, len2;
+    assert_int_equal(ts_zone_pack_outbox(p, oi, &buf1, &len1), TS_OK);
+    Tessera__V1__InputBatch *move = outbox_batch(p, oi);
+    assert_int_equal(move->n_inputs, 1);
+    assert_int_equal(move->inputs[0]->kind_case, TESSERA__V1__INPUT__KIND_COUNTERS);
+    assert_int_equal(move->inputs[0]->counters->from_seq, 10);
+
+    /* the replaying owner decides the same move, byte for byte */
+    consume_marker(p2, 10);
+    assert_int_equal(ts_zone_counters_len(p2), 0);
+    assert_int_equal(ts_zone_pack_outbox(p2, outbox_to(p2, &kids[0]), &buf2, &len2), TS_OK);
+    assert_int_equal(len1, len2);
+    assert_memory_equal(buf1, buf2, len1);
+    free(buf1);
+    free(buf2);
+    ts_zone_destroy(p2);
+
+    /* child 0 adds them once: a second copy (stored again after the dedup
+     * window) and a replay of the same stream seq change nothing */
+    assert_true(ts_zone_apply_batch(kz[0], 5, move, 1));
+    assert_memory_equal(kz[0]->game.counters, want, sizeof(want));
+    assert_false(ts_zone_apply_batch(kz[0], 5, move, 1));
+    uint64_t dup = kz[0]->stats.duplicates;
+    assert_true(ts_zone_apply_batch(kz[0], 6, move, 1));
+    assert_int_equal(kz[0]->stats.duplicates, dup + 1);
+    assert_memory_equal(kz[0]->game.counters, want, sizeof(want));
+    tessera__v1__input_batch__free_unpacked(move, NULL);
+    ts_zone_outbox_done(p, oi);
+    ts_zone_outbox_clear(p);
+    world_sum(all, 5, sum);
+    assert_memory_equal(sum, want, sizeof(sum));
+    /* a second copy of the marker moves what the parent has by then: nothing */
+    assert_true(ts_zone_queue_counter_move(p, &kids[0]));
+    consume_marker(p, 11);
+    assert_int_equal(p->nout, 0);
+
+    /* the checkpoint carries the flows: a new owner of child 0 still tells
+     * the copy */
+    ts_zone_t *k2;
+    assert_int_equal(ts_zone_create(&k2, &kids[0], 2, &WORLD, 50), TS_OK);
+    ts_game_host_attach(h, k2, 50);
+    copy_checkpoint(kz[0], k2, false);
+    assert_int_equal(k2->nflows, 1);
+    assert_int_equal(k2->flows[0].in_seq, 10);
+    assert_memory_equal(k2->flows[0].in, want, sizeof(want));
+    ts_zone_destroy(k2);
+
+    /* the children play on, the forwarding parent applies a late one, then
+     * they merge back: each child's counters go to the parent */
+    p->game.counters[2] += 1;
+    want[2] += 1;
+    for (int q = 0; q < 4; q++) {
+        kz[q]->game.counters[0] += q;
+        kz[q]->game.counters[3] -= 2 * q;
+        want[0] += q;
+        want[3] -= 2 * q;
+    }
+    for (int q = 0; q < 4; q++) {
+        assert_true(ts_zone_queue_counter_move(kz[q], &p->cell));
+        consume_marker(kz[q], 20);
+        world_sum(all, 5, sum);
+        assert_memory_equal(sum, want, sizeof(sum));
+    }
+    uint64_t seq = 30;
+    for (int q = 0; q < 4; q++) {
+        assert_int_equal(ts_zone_counters_len(kz[q]), 0);
+        Tessera__V1__InputBatch *b = outbox_batch(kz[q], outbox_to(kz[q], &p->cell));
+        assert_true(ts_zone_apply_batch(p, seq++, b, 1));
+        assert_true(ts_zone_apply_batch(p, seq++, b, 1)); /* a copy */
+        tessera__v1__input_batch__free_unpacked(b, NULL);
+        ts_zone_outbox_done(kz[q], 0);
+        ts_zone_outbox_clear(kz[q]);
+        world_sum(all, 5, sum);
+        assert_memory_equal(sum, want, sizeof(sum));
+    }
+    assert_memory_equal(p->game.counters, want, sizeof(want));
+    for (int q = 0; q < 4; q++)
+        ts_zone_destroy(kz[q]);
+    ts_zone_destroy(p);
+    ts_game_host_close(h);
+}
+
+/* A gateway's input may not move counters (workers' only: players.c), and
+ * a marker naming the cell itself, another world or applied without a
+ * stream seq is dropped. */
+static void test_counter_move_bad_input(void **state)
+{
+    (void)state;
+    ts_game_host_t *h = host(1000);
+    ts_zone_t *z = zone_at(h, 0, 0);
+    z->game.counters[0] = 7;
+    ts_cell_t other_world = {.world = 9, .cx = 1, .cy = 0};
+    ts_input_t bad[] = {
+        {.kind = TS_INPUT_COUNTER_MOVE, .peer = z->cell},
+        {.kind = TS_INPUT_COUNTER_MOVE, .peer = other_world},
+        {.kind = TS_INPUT_COUNTERS, .peer = other_world, .move_seq = 1, .values = {5}},
+    };
+    uint64_t dropped = z->stats.dropped;
+    assert_true(apply(z, 3, bad, 3, 1));
+    assert_int_equal(z->stats.dropped, dropped + 3);
+    ts_cell_t east = {.world = 0, .cx = 1, .cy = 0};
+    ts_input_t mark = {.kind = TS_INPUT_COUNTER_MOVE, .peer = east};
+    assert_true(apply(z, 0, &mark, 1, 1));
+    assert_int_equal(z->stats.dropped, dropped + 4);
+    assert_int_equal(z->game.counters[0], 7);
+    assert_int_equal(z->nout, 0);
+    ts_zone_destroy(z);
+    ts_game_host_close(h);
+}
+
 static void test_requests_go_through_the_target_cell(void **state)
 {
     (void)state;
@@ -1296,7 +1431,8 @@ int main(void)
         cmocka_unit_test(test_state_in_checkpoint_parts),
         cmocka_unit_test(test_counter_add_bounds),
         cmocka_unit_test(test_counters_in_checkpoints),
-        cmocka_unit_test(test_counters_split_and_merge),
+        cmocka_unit_test(test_counter_moves_exactly_once),
+        cmocka_unit_test(test_counter_move_bad_input),
         cmocka_unit_test(test_rng_deterministic),
         cmocka_unit_test(test_recovery_replays_the_ticks),
         cmocka_unit_test(test_replay_boundary_within_latency),

@@ -348,40 +348,75 @@ static void test_merge_takes_over_in_place(void **state)
     unbind(p);
 }
 
-/* A merge taken in place: the parent adds its children's world counters
- * (those bound here) to its own, theirs become 0; the sum stays. */
-static void test_merge_takes_the_world_counters(void **state)
+/* The counter move marker a forwarding cell queued into its own stream,
+ * consumed at the next stream seq; returns the CountersInput it decided
+ * for `to` (the entry's only input). */
+static const ts_input_t *consume_counter_marker(fx_t *f, ts_zone_t *z, const ts_cell_t *to)
+{
+    assert_int_equal(z->nout, 1);
+    assert_true(ts_cell_eq(&z->out[0].dest, &z->cell));
+    assert_int_equal(z->out[0].ninputs, 1);
+    assert_int_equal(z->out[0].inputs[0].kind, TS_INPUT_COUNTER_MOVE);
+    assert_true(ts_cell_eq(&z->out[0].inputs[0].peer, to));
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    assert_int_equal(ts_zone_pack_outbox(z, 0, &buf, &len), TS_OK);
+    Tessera__V1__InputBatch *ib = tessera__v1__input_batch__unpack(NULL, len, buf);
+    free(buf);
+    assert_non_null(ib);
+    outbox_stored(z);
+    assert_true(ts_zone_apply_batch(z, ++f->stream_seq, ib, 2));
+    tessera__v1__input_batch__free_unpacked(ib, NULL);
+    assert_int_equal(z->nout, 1);
+    assert_true(ts_cell_eq(&z->out[0].dest, to));
+    assert_int_equal(z->out[0].marker_seq, f->stream_seq);
+    assert_int_equal(z->out[0].inputs[0].kind, TS_INPUT_COUNTERS);
+    return &z->out[0].inputs[0];
+}
+
+/* A split cell's world counters go to child quadrant 0 and a retired
+ * cell's to its parent, each through a marker in the cell's own input
+ * stream (once it caught up); a merge taken in place leaves the parent's
+ * own counters as they are (the children's come through its stream). */
+static void test_forwarders_move_their_world_counters(void **state)
 {
     fx_t *f = *state;
     ts_binding_t *p = bind(f, &P, 1, TS_CELL_ACTIVE);
+    p->zone->game.counters[0] = 5;
+    p->zone->game.counters[7] = -2;
+    ts_split_step(f->w, p, 0.05);
+    assert_int_equal(p->zone->nout, 0); /* a live cell keeps its own */
     split_p(f, p);
-    p->zone->game.counters[0] = 1; /* applied while it forwarded */
+    p->catching_up = true; /* replaying: its stream may hold a marker already */
+    ts_split_step(f->w, p, 0.05);
+    assert_int_equal(p->zone->nout, 0);
+    p->catching_up = false;
+    ts_split_step(f->w, p, 0.05);
+    ts_split_step(f->w, p, 0.05); /* queued once */
+    const ts_input_t *mv = consume_counter_marker(f, p->zone, &f->kids[0]);
+    assert_int_equal(mv->values[0], 5);
+    assert_int_equal(mv->values[7], -2);
+    assert_true(ts_cell_eq(&mv->peer, &P));
+    assert_int_equal(ts_zone_counters_len(p->zone), 0);
+    outbox_stored(p->zone);
+    ts_split_step(f->w, p, 0.05);
+    assert_int_equal(p->zone->nout, 0); /* nothing left to move */
+    p->zone->game.counters[2] = 1;      /* applied while it forwarded */
+
     ts_binding_t *a = bind(f, &f->kids[0], 2, TS_CELL_ACTIVE);
-    ts_binding_t *d = bind(f, &f->kids[3], 2, TS_CELL_ACTIVE);
     a->zone->game.counters[0] = 7;
-    a->zone->game.counters[1] = 1;
-    d->zone->game.counters[0] = 3;
-    d->zone->game.counters[7] = -4;
-    ts_cellmap_init(&f->w->by_cell);
-    assert_int_equal(ts_cellmap_put(&f->w->by_cell, &f->kids[0], a), TS_OK);
-    assert_int_equal(ts_cellmap_put(&f->w->by_cell, &f->kids[3], d), TS_OK);
-    uint64_t amod = a->zone->mod_counter;
-    ts_cell_entry_t pe = entry(&P, 3, TS_CELL_ACTIVE);
+    ts_cell_entry_t pe = entry(&P, 3, TS_CELL_ACTIVE), ae = entry(&f->kids[0], 3, TS_CELL_RETIRED);
     put(f, &P, 3, TS_CELL_ACTIVE);
     assert_true(ts_split_take_epoch(f->w, p, &pe));
-    assert_int_equal(p->zone->game.counters[0], 11);
-    assert_int_equal(p->zone->game.counters[1], 1);
-    assert_int_equal(p->zone->game.counters[7], -4);
-    for (int i = 2; i < 7; i++)
-        assert_int_equal(p->zone->game.counters[i], 0);
-    for (int i = 0; i < TS_GAME_COUNTERS; i++) {
-        assert_int_equal(a->zone->game.counters[i], 0);
-        assert_int_equal(d->zone->game.counters[i], 0);
-    }
-    assert_true(a->zone->mod_counter > amod); /* the retired child checkpoints the move */
-    ts_cellmap_free(&f->w->by_cell);
+    assert_int_equal(p->zone->game.counters[2], 1);
+    assert_int_equal(p->zone->game.counters[0], 0);
+    put(f, &f->kids[0], 3, TS_CELL_RETIRED);
+    assert_true(ts_split_take_epoch(f->w, a, &ae));
+    ts_split_step(f->w, a, 0.05);
+    mv = consume_counter_marker(f, a->zone, &P);
+    assert_int_equal(mv->values[0], 7);
+    assert_int_equal(ts_zone_counters_len(a->zone), 0);
     unbind(a);
-    unbind(d);
     unbind(p);
 }
 
@@ -417,7 +452,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_forwarder_keeps_departed_records, setup, teardown),
         cmocka_unit_test_setup_teardown(test_crossing_into_a_split_cell_goes_to_the_child, setup, teardown),
         cmocka_unit_test_setup_teardown(test_merge_takes_over_in_place, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_merge_takes_the_world_counters, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_forwarders_move_their_world_counters, setup, teardown),
         cmocka_unit_test_setup_teardown(test_take_epoch_rules, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
