@@ -514,6 +514,8 @@ static const char *worker_args[] = {
     "--aoi.interact_radius=12", NULL};
 
 /* Starts worker w (0: w1, 1: w2) again after it was killed. */
+static int killed_worker = -1; /* the worker SIGKILLed last and not started again */
+
 static void restart_worker(int w)
 {
     char id[32];
@@ -524,6 +526,7 @@ static void restart_worker(int w)
     char name[32];
     snprintf(name, sizeof name, "%s-again", WORKERS[w]);
     stack.workers[w] = ts_h_spawn(&ts_h, name, "tessera-worker", argv);
+    if (killed_worker == w) killed_worker = -1; /* running again */
 }
 
 /* The tagger's cell at (-3, y) and the target's at (3, y) on two different
@@ -541,8 +544,6 @@ typedef enum { NOTHING, HANDOVER, SPLIT, KILL_APPLIED, KILL_SENT, KILL_WEST, KIL
 
 static const char *const disturb_name[] = {"plain",      "handover",  "split",    "kill",
                                            "kill-early", "kill-west", "kill-east"};
-
-static int killed_worker = -1;
 
 /* SIGKILLs the worker owning cell (the registry's owner) and reaps it. */
 static void kill_owner(const ts_cell_entry_t *cell)
@@ -1265,12 +1266,12 @@ static void expect_exact_since_watch(const char *when)
     pthread_mutex_lock(&PL.mu);
     int64_t min_red = PL.min_red, min_blue = PL.min_blue, max_red = PL.max_red, max_blue = PL.max_blue;
     pthread_mutex_unlock(&PL.mu);
-    if ((min_red != tags_made && min_red != INT64_MAX) || max_red != tags_made ||
-        (min_blue != 0 && min_blue != INT64_MAX) || max_blue != 0) {
+    if ((min_red != red_made && min_red != INT64_MAX) || max_red != red_made ||
+        (min_blue != blue_made && min_blue != INT64_MAX) || max_blue != blue_made) {
         ts_h.failed = true;
         fail_msg("%s: players saw red from %" PRId64 " to %" PRId64 ", blue from %" PRId64 " to %" PRId64
-                 "; want red %" PRId64 " and blue 0 throughout",
-                 when, min_red, max_red, min_blue, max_blue, tags_made);
+                 "; want red %" PRId64 " and blue %" PRId64 " throughout",
+                 when, min_red, max_red, min_blue, max_blue, red_made, blue_made);
     }
 }
 
@@ -1318,7 +1319,7 @@ static void test_scores_through_split_merge_and_crash(void **state)
     (void)state;
     ts_bus_sub_t *sub = NULL;
     assert_int_equal(ts_bus_subscribe(bus, "tessera.worker.*.hb", on_heartbeat, NULL, &sub), TS_OK);
-    if (tags_made == 0) tag_once(10, NOTHING); /* run alone: some points to move */
+    if (red_made == 0) tag_once(10, NOTHING); /* run alone: some points to move */
     ts_cell_entry_t r = scores_cell();
     if (killed_worker >= 0) bring_back(&r.cell);
     r = scores_cell();
