@@ -236,6 +236,9 @@ typedef struct ts_zone {
      * store times, ns since the Unix epoch; 0: not known): set by every
      * live step, advanced by one period per replayed step, checkpointed */
     uint64_t clock_ns;
+    /* the owning worker's instance token (borrowed; NULL: none), written
+     * into its checkpoints: its tick marks replay the cell after them */
+    const char *instance;
     /* who published the message being applied (set before each batch):
      * inputs forwarded from it keep it, so their destination checks it */
     ts_origin_t cur_origin;
@@ -350,6 +353,20 @@ typedef void (*ts_zone_step_fn)(void *ud, struct ts_zone *z, double dt);
  * not known (0) takes t_ns as its clock and steps nothing. */
 bool ts_zone_replay_until(struct ts_zone *z, uint64_t t_ns, uint64_t period_ns, double dt, uint64_t tick,
                           uint32_t *budget, ts_zone_step_fn step, void *ud);
+
+/* One tick of the last owner after a checkpoint, from its tick mark
+ * (TickMark): the cell had applied its input up to through_seq, then
+ * stepped, at clock_ns. */
+typedef struct {
+    uint64_t tick;
+    uint64_t through_seq;
+    uint64_t clock_ns;
+} ts_zone_mark_t;
+/* Runs the step of mark m as ts_zone_replay_until runs one (step(ud, z,
+ * dt), NULL: ts_zone_step; it costs 1 + the zone's entities of *budget) and
+ * sets clock_ns to the mark's. False (nothing done) if *budget is 0. */
+bool ts_zone_replay_mark(struct ts_zone *z, const ts_zone_mark_t *m, double dt, uint64_t tick,
+                         uint32_t *budget, ts_zone_step_fn step, void *ud);
 
 /* ---- message size ----------------------------------------------------------
  * Every message the zone packs for the bus (a state delta part, an outbox or

@@ -797,6 +797,17 @@ static void test_walker_keeps_walking_through_recovery(void **state)
         fail_msg("the recovered walker is at x %.2f, want %.2f (-%.2f, +%.2f): where its walk had it",
                  after_x, expect_x, 2 * slack, slack);
     }
+    /* the ticks between the checkpoint and the kill re-run as the dead
+     * owner ran them: by its tick marks, not by the inputs' store times */
+    char key[TS_CELL_STR_MAX], needle[TS_CELL_STR_MAX + 128];
+    ts_cell_format(&cell->cell, key, sizeof key);
+    snprintf(needle, sizeof needle,
+             "cell %s: bound at epoch %" PRIu64 " from checkpoint/replay by its last owner's tick marks", key,
+             moved[0].epoch);
+    if (!ts_h_log_has(&ts_h, stack.workers[0], needle)) {
+        ts_h.failed = true;
+        fail_msg("w1 did not replay cell %s by w2's tick marks (its log has no \"%s\")", key, needle);
+    }
     cluster_stop();
     ts_h_pass();
 }
