@@ -335,7 +335,10 @@ void ts_zone_step(ts_zone_t *z, double dt, uint64_t tick);
 
 /* ---- replay --------------------------------------------------------------------
  * A new owner replays the input after the checkpoint (or Diff) as the last
- * owner ran it: the original stepped the cell once a tick, at clock_ns, and
+ * owner ran it. With the last owner's tick marks (ts_zone_mark_t, marks.c)
+ * it applies the input up to each mark's sequence and runs one step per
+ * mark (ts_zone_replay_mark). Without them it goes by store times: the
+ * original stepped the cell once a tick, at clock_ns, and
  * applied an input at the first step after it arrived. Before applying an
  * input stored at t_ns, the replay steps the cell (zone step and on_tick)
  * at clock_ns + period, + 2 periods, ... while that is before t_ns; the
