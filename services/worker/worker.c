@@ -772,7 +772,6 @@ static void tick_once(ts_worker_t *w, double dt, uint64_t full_every, uint64_t h
         if (b->ckpt_soon || ((w->tick + i) % ckpt_every == 0 && ts_split_checkpoint_due(b))) {
             ts_worker_publish_checkpoint(w, b->zone);
             b->ckpt_soon = false;
-            b->anchored = true; /* this tick's mark and the next ones describe it */
         }
     }
     if (acting) ts_players_tick(w);

@@ -1849,7 +1849,8 @@ static void ckpt_head(const ts_zone_t *z, uint64_t tick, const char *owner, uint
         cp->game_time = z->game.time;
         cp->game_spawned = z->game.spawned;
         cp->clock_ns = z->clock_ns;
-        cp->instance = (char *)(z->instance ? z->instance : "");
+        /* a cell still replaying is not where the marks of this tick say */
+        cp->instance = (char *)(z->instance && !z->replaying ? z->instance : "");
         cp->game_state.len = z->game.state_len;
         cp->game_state.data = (uint8_t *)z->game.state;
         cp->n_game_counters = ts_zone_counters_len(z);
