@@ -431,6 +431,15 @@ static bool check_stream(ts_worker_t *w, stream_watch_t *sw)
         st = ts_bus_stream_state(w->bus, stream, &ss);
     }
     if (st != TS_OK) return false;
+    /* the tick marks' stream, deleted alone: the marks go nowhere (and
+     * recoveries replay by store times) until it is there again */
+    char marks[64];
+    ts_bus_stream_state_t ms;
+    ts_bus_marks_stream(marks, sizeof(marks), w->world.id);
+    if (ts_bus_stream_state(w->bus, marks, &ms) == TS_ERR_NOT_FOUND) {
+        ts_warn("tick mark stream %s is gone; creating the world's streams again", marks);
+        ts_io_ensure_streams(w);
+    }
     if (!sw->known) {
         *sw = (stream_watch_t){.known = true, .created_ns = ss.created_ns, .last_seq = ss.last_seq};
         return true;

@@ -854,6 +854,31 @@ static void test_handed_over_cell_replayed_by_its_marks(void **state)
     ts_h_pass();
 }
 
+/* The tick marks' stream deleted on its own: the workers create it again
+ * (their once-a-second stream check) and their marks are stored again. */
+static void test_marks_stream_created_again(void **state)
+{
+    (void)state;
+    cluster_start();
+    char stream[64], api[128];
+    ts_bus_marks_stream(stream, sizeof stream, WORLD);
+    snprintf(api, sizeof api, "$JS.API.STREAM.DELETE.%s", stream);
+    ts_bus_msg_t *rep = NULL;
+    assert_int_equal(ts_bus_request(bus, api, NULL, "", 0, 5000, &rep), TS_OK);
+    assert_non_null(strstr((const char *)ts_bus_msg_data(rep), "\"success\":true"));
+    ts_bus_msg_destroy(rep);
+    ts_bus_stream_state_t ss = {0};
+    uint64_t deadline = ts_mono_us() + WAIT_MS * 1000ULL;
+    while ((ts_bus_stream_state(bus, stream, &ss) != TS_OK || ss.msgs == 0) && ts_mono_us() < deadline)
+        ts_sleep_ms(50);
+    if (ss.msgs == 0) {
+        ts_h.failed = true;
+        fail_msg("%s not created again with marks in it within %d s", stream, WAIT_MS / 1000);
+    }
+    cluster_stop();
+    ts_h_pass();
+}
+
 static int test_setup(void **state)
 {
     ts_h_test_setup(state);
@@ -888,6 +913,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_stalled_worker_is_fenced, test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_handed_over_cell_replayed_by_its_marks, test_setup,
                                         test_teardown),
+        cmocka_unit_test_setup_teardown(test_marks_stream_created_again, test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_walker_keeps_walking_through_recovery, test_setup,
                                         test_teardown),
     };
