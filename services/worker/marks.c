@@ -147,20 +147,12 @@ void ts_marks_on_outcome(ts_worker_t *w, bool ok)
 
 /* ---- reading (I/O threads) ------------------------------------------------ */
 
-/* One stored mark, as read. */
-typedef struct {
-    uint64_t tick, prev_tick, through_seq, clock_ns;
-    int64_t input_stream;
-    ts_cell_t *released;
-    size_t nreleased;
-} read_mark_t;
-
 struct ts_marks_cache {
     char subject[TS_SUBJECT_MAX + TS_INSTANCE_MAX + 32];
     uint64_t read_us; /* monotonic */
     bool ok;          /* the read finished */
     bool failed;      /* the read failed (not tried again while the cache lasts) */
-    read_mark_t *v;
+    ts_tick_mark_t *v;
     size_t n, cap;
 };
 
@@ -193,19 +185,19 @@ static void on_mark(void *ud, const ts_bus_msg_t *msg)
     struct ts_marks_cache *c = r->c;
     if (tm && !r->done && c->n == c->cap) {
         size_t ncap = c->cap ? c->cap * 2 : 256;
-        read_mark_t *v = realloc(c->v, ncap * sizeof(*v));
+        ts_tick_mark_t *v = realloc(c->v, ncap * sizeof(*v));
         if (v) {
             c->v = v;
             c->cap = ncap;
         }
     }
     if (tm && !r->done && c->n < c->cap) {
-        read_mark_t *m = &c->v[c->n];
-        *m = (read_mark_t){.tick = tm->tick,
-                           .prev_tick = tm->prev_tick,
-                           .through_seq = tm->through_seq,
-                           .clock_ns = tm->clock_ns,
-                           .input_stream = tm->input_stream};
+        ts_tick_mark_t *m = &c->v[c->n];
+        *m = (ts_tick_mark_t){.tick = tm->tick,
+                              .prev_tick = tm->prev_tick,
+                              .through_seq = tm->through_seq,
+                              .clock_ns = tm->clock_ns,
+                              .input_stream = tm->input_stream};
         m->released = tm->n_released ? calloc(tm->n_released, sizeof(*m->released)) : NULL;
         if (tm->n_released && !m->released) r->nomem = true;
         for (size_t i = 0; m->released && i < tm->n_released; i++)
@@ -224,7 +216,7 @@ static void on_mark(void *ud, const ts_bus_msg_t *msg)
 
 static int by_tick(const void *a, const void *b)
 {
-    const read_mark_t *x = a, *y = b;
+    const ts_tick_mark_t *x = a, *y = b;
     return x->tick < y->tick ? -1 : x->tick > y->tick;
 }
 
@@ -271,28 +263,28 @@ static ts_status_t read_marks(ts_worker_t *w, struct ts_marks_cache *c)
     return TS_OK;
 }
 
-static bool lists(const read_mark_t *m, const ts_cell_t *cell)
+static bool lists(const ts_tick_mark_t *m, const ts_cell_t *cell)
 {
     for (size_t i = 0; i < m->nreleased; i++)
         if (ts_cell_eq(&m->released[i], cell)) return true;
     return false;
 }
 
-/* Under the cache lock: the marks of c after tick `after` for cell (see
- * ts_marks_for_cell). */
-static const char *select_marks(const struct ts_marks_cache *c, uint64_t after, int64_t stream_id,
-                                const ts_cell_t *cell, ts_zone_mark_t **out, size_t *n)
+const char *ts_marks_select(const ts_tick_mark_t *v, size_t nv, uint64_t after, int64_t stream_id,
+                            const ts_cell_t *cell, ts_zone_mark_t **out, size_t *n)
 {
+    *out = NULL;
+    *n = 0;
     size_t i = 0;
-    while (i < c->n && c->v[i].tick <= after)
+    while (i < nv && v[i].tick <= after)
         i++;
-    if (c->n == 0) return "no tick marks of its last owner are stored";
-    if (i == c->n) return NULL; /* it did not tick after the checkpoint */
-    *out = calloc(c->n - i, sizeof(**out));
+    if (nv == 0) return "no tick marks of its last owner are stored";
+    if (i == nv) return NULL; /* it did not tick after the checkpoint */
+    *out = calloc(nv - i, sizeof(**out));
     if (!*out) return "out of memory";
     uint64_t prev = after;
-    for (size_t k = i; k < c->n; k++) {
-        const read_mark_t *m = &c->v[k];
+    for (size_t k = i; k < nv; k++) {
+        const ts_tick_mark_t *m = &v[k];
         const char *why = NULL;
         if (m->tick == prev) continue; /* stored twice */
         if (k == i ? m->prev_tick > after : m->prev_tick != prev)
@@ -343,7 +335,7 @@ const char *ts_marks_for_cell(ts_worker_t *w, const char *owner, const char *ins
         if (c->failed)
             why = "its last owner's tick marks cannot be read";
         else
-            why = select_marks(c, after_tick, stream_id, cell, out, n);
+            why = ts_marks_select(c->v, c->n, after_tick, stream_id, cell, out, n);
     }
     pthread_mutex_unlock(&w->marks.cache_mu);
     return why;

@@ -594,6 +594,19 @@ void ts_marks_on_outcome(ts_worker_t *w, bool ok);
  * marks, cached for the binds that follow). */
 const char *ts_marks_for_cell(ts_worker_t *w, const char *owner, const char *instance, uint64_t after_tick,
                               int64_t stream_id, const ts_cell_t *cell, ts_zone_mark_t **out, size_t *n);
+/* One stored mark, as read (TickMark). */
+typedef struct {
+    uint64_t tick, prev_tick, through_seq, clock_ns;
+    int64_t input_stream;
+    ts_cell_t *released;
+    size_t nreleased;
+} ts_tick_mark_t;
+/* What ts_marks_for_cell decides from an instance's marks v[0, nv) in tick
+ * order: the ones after tick `after`, if their prev_tick chain from `after`
+ * has no hole, they are all of input stream stream_id and none lists cell;
+ * else a reason (and nothing in *out). */
+const char *ts_marks_select(const ts_tick_mark_t *v, size_t nv, uint64_t after, int64_t stream_id,
+                            const ts_cell_t *cell, ts_zone_mark_t **out, size_t *n);
 
 /* split.c: cells at depth (split, merge, forwarding) */
 /* States in which the owner keeps a cell bound: active, split, retired. */
