@@ -27,8 +27,8 @@
  *
  * Threads: publishing, releasing and anchoring run on the tick thread; the
  * publish outcome on a nats.c thread (a counter); reading and selecting a
- * cell's marks on the I/O threads, through a cache of the last instance
- * read (a recovery binds many cells of one dead worker at once). */
+ * cell's marks on the I/O threads, through a cache of the last few
+ * instances read (a recovery binds many cells of a dead worker at once). */
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -305,38 +305,58 @@ const char *ts_marks_select(const ts_tick_mark_t *v, size_t nv, uint64_t after, 
     return NULL;
 }
 
+/* Under cache_mu: the cache of subj, read if it is not there, older than
+ * MARKS_CACHE_US or ends before tick `after` (read before the checkpoint
+ * was written); the least recently read entry makes room. NULL if out of
+ * memory. */
+static struct ts_marks_cache *cached(ts_worker_t *w, const char *subj, uint64_t after)
+{
+    struct ts_marks_cache *c = NULL;
+    for (size_t i = 0; i < TS_MARKS_CACHED && !c; i++) {
+        struct ts_marks_cache *e = w->marks.cache[i];
+        if (e && strcmp(e->subject, subj) == 0) c = e;
+    }
+    for (size_t i = 0; i < TS_MARKS_CACHED && !c; i++)
+        if (!w->marks.cache[i]) c = w->marks.cache[i] = calloc(1, sizeof(*c));
+    if (!c) { /* all taken: the least recently read one */
+        c = w->marks.cache[0];
+        for (size_t i = 1; i < TS_MARKS_CACHED; i++)
+            if (c && w->marks.cache[i] && w->marks.cache[i]->read_us < c->read_us) c = w->marks.cache[i];
+    }
+    if (!c) return NULL;
+    bool fresh = strcmp(c->subject, subj) == 0 && (c->ok || c->failed) &&
+                 ts_mono_us() - c->read_us <= MARKS_CACHE_US &&
+                 (c->failed || (c->n > 0 && c->v[c->n - 1].tick >= after));
+    if (fresh) return c;
+    cache_clear(c);
+    ts_strlcpy(c->subject, subj, sizeof(c->subject));
+    ts_status_t st = read_marks(w, c);
+    c->read_us = ts_mono_us();
+    if (st != TS_OK) {
+        ts_warn("cannot read the tick marks on %s: %s", subj, ts_status_str(st));
+        cache_clear(c);
+        c->failed = true;
+    }
+    return c;
+}
+
 const char *ts_marks_for_cell(ts_worker_t *w, const char *owner, const char *instance, uint64_t after_tick,
                               int64_t stream_id, const ts_cell_t *cell, ts_zone_mark_t **out, size_t *n)
 {
     *out = NULL;
     *n = 0;
     if (!owner || !owner[0] || !instance || !instance[0]) return "its checkpoint names no tick marks";
-    char subj[sizeof(w->marks.cache->subject)];
+    char subj[sizeof(((struct ts_marks_cache *)0)->subject)];
     ts_bus_marks_subject(subj, sizeof(subj), owner, w->world.id, instance);
     pthread_mutex_lock(&w->marks.cache_mu);
-    struct ts_marks_cache *c = w->marks.cache;
-    if (!c) c = w->marks.cache = calloc(1, sizeof(*c));
-    const char *why = NULL;
-    if (!c) {
+    struct ts_marks_cache *c = cached(w, subj, after_tick);
+    const char *why;
+    if (!c)
         why = "out of memory";
-    } else {
-        if ((!c->ok && !c->failed) || strcmp(c->subject, subj) != 0 ||
-            ts_mono_us() - c->read_us > MARKS_CACHE_US) {
-            cache_clear(c);
-            ts_strlcpy(c->subject, subj, sizeof(c->subject));
-            ts_status_t st = read_marks(w, c);
-            c->read_us = ts_mono_us();
-            if (st != TS_OK) {
-                ts_warn("cannot read the tick marks on %s: %s", subj, ts_status_str(st));
-                cache_clear(c);
-                c->failed = true;
-            }
-        }
-        if (c->failed)
-            why = "its last owner's tick marks cannot be read";
-        else
-            why = ts_marks_select(c->v, c->n, after_tick, stream_id, cell, out, n);
-    }
+    else if (c->failed)
+        why = "its last owner's tick marks cannot be read";
+    else
+        why = ts_marks_select(c->v, c->n, after_tick, stream_id, cell, out, n);
     pthread_mutex_unlock(&w->marks.cache_mu);
     return why;
 }
@@ -349,8 +369,10 @@ void ts_marks_init(ts_worker_t *w)
 
 void ts_marks_free(ts_worker_t *w)
 {
-    if (w->marks.cache) cache_clear(w->marks.cache);
-    free(w->marks.cache);
+    for (size_t i = 0; i < TS_MARKS_CACHED; i++) {
+        if (w->marks.cache[i]) cache_clear(w->marks.cache[i]);
+        free(w->marks.cache[i]);
+    }
     free(w->marks.released);
     pthread_mutex_destroy(&w->marks.cache_mu);
 }

@@ -274,6 +274,7 @@ typedef struct ts_io_job {
 
 /* Tick marks (marks.c). */
 struct ts_marks_cache;
+#define TS_MARKS_CACHED 4
 typedef struct {
     /* tick thread */
     uint64_t prev_tick;      /* the tick of the last mark (0: none yet) */
@@ -287,7 +288,7 @@ typedef struct {
     _Atomic uint64_t failed; /* marks not queued or not stored */
     /* I/O threads */
     pthread_mutex_t cache_mu;
-    struct ts_marks_cache *cache;
+    struct ts_marks_cache *cache[TS_MARKS_CACHED]; /* the instances read last */
 } ts_marks_t;
 
 /* The worker's copy of the registry, kept current from RegistryChange. */
