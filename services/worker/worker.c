@@ -421,6 +421,9 @@ static void finish_bind(ts_worker_t *w, ts_io_job_t *job)
                 job->by_marks ? " by its last owner's tick marks" : "", after);
         if (job->found) w->stats.recovered++; /* from a checkpoint */
         if (job->found && job->by_marks) w->stats.recovered_marked++;
+        /* a cell without one yet (new, a split's child): written at its
+         * first tick, so this worker's tick marks describe it from there */
+        if (!job->found) w->bindings[w->nbind - 1]->ckpt_soon = true;
     }
     job->ctx = NULL;
 }
