@@ -154,12 +154,12 @@ EOF
         '"cell.*.*.*.*.*.handover", "tessera.registry.*", "_INBOX.>", "$JS.API.>", "$JS.FC.>"' \
         '"tessera.worker.*.hb", "tessera.ctl.>", "tessera.gw.>", "_INBOX.orch.>", "_INBOX.tsorch.>"' "$js_destroy"
     user_block worker \
-        '"cell.>", "tessera.worker.*.hb", "tessera.ctl.*.drain", "tessera.player.*.found.>", "_INBOX.>", "$JS.API.>", "$JS.FC.>"' \
+        '"cell.>", "tessera.worker.*.hb", "tessera.worker.*.marks.>", "tessera.ctl.*.drain", "tessera.player.*.found.>", "_INBOX.>", "$JS.API.>", "$JS.FC.>"' \
         '"cell.*.*.*.*.*.handover", "cell.*.*.*.*.*.ghost", "tessera.registry.*", "tessera.gw.>", "tessera.player.*.claim", "_INBOX.worker.>"' "$js_destroy"
     # one user per known worker id: only its own heartbeat and replies
     for id in "${workers[@]}"; do
         user_block "worker-$id" \
-            '"cell.>", "tessera.worker.'"$id"'.hb", "tessera.ctl.*.drain", "tessera.player.*.found.>", "_INBOX.>", "$JS.API.>", "$JS.FC.>"' \
+            '"cell.>", "tessera.worker.'"$id"'.hb", "tessera.worker.'"$id"'.marks.>", "tessera.ctl.*.drain", "tessera.player.*.found.>", "_INBOX.>", "$JS.API.>", "$JS.FC.>"' \
             '"cell.*.*.*.*.*.handover", "cell.*.*.*.*.*.ghost", "tessera.registry.*", "tessera.gw.>", "tessera.player.*.claim", "_INBOX.worker-'"$id"'.>"' \
             "$js_destroy"
     done

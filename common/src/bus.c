@@ -696,6 +696,21 @@ void ts_bus_ckpt_stream(char *buf, size_t cap, uint32_t world)
     snprintf(buf, cap, "TS_CKPT_%" PRIu32, world);
 }
 
+void ts_bus_marks_stream(char *buf, size_t cap, uint32_t world)
+{
+    snprintf(buf, cap, "TS_MARKS_%" PRIu32, world);
+}
+
+void ts_bus_marks_subject(char *buf, size_t cap, const char *worker, uint32_t world, const char *instance)
+{
+    snprintf(buf, cap, "tessera.worker.%s.marks.%" PRIu32 ".%s", worker, world, instance);
+}
+
+static bool is_marks_subject(const char *subject)
+{
+    return strncmp(subject, "tessera.worker.", 15) == 0 && strstr(subject, ".marks.") != NULL;
+}
+
 /* ---- streams ----------------------------------------------------------- */
 
 static ts_status_t ensure_stream(ts_bus_t *bus, jsStreamConfig *cfg)
@@ -776,6 +791,15 @@ ts_status_t ts_bus_streams_ensure(ts_bus_t *bus, uint32_t world, const ts_bus_st
     stream_config(&cfg, name, ckpt_subjects, st_type, replicas);
     cfg.SubjectsLen = 2;
     cfg.MaxMsgsPerSubject = 1;
+    st = ensure_stream(bus, &cfg);
+    if (st != TS_OK) return st;
+
+    /* tick marks: each worker instance's recent ones */
+    ts_bus_marks_stream(name, sizeof name, world);
+    snprintf(subj, sizeof subj, "tessera.worker.*.marks.%" PRIu32 ".*", world);
+    stream_config(&cfg, name, subjects, st_type, replicas);
+    cfg.MaxMsgsPerSubject = TS_BUS_MARKS_KEPT;
+    cfg.MaxAge = TS_BUS_MARKS_MAX_AGE_S * 1000000000LL;
     return ensure_stream(bus, &cfg);
 }
 
@@ -1421,6 +1445,8 @@ ts_status_t ts_bus_consume_at(ts_bus_t *bus, uint32_t world, const char *subject
     char stream[64];
     if (has_suffix(subject, ".checkpoint") || strstr(subject, ".checkpoint.") != NULL)
         ts_bus_ckpt_stream(stream, sizeof stream, world);
+    else if (is_marks_subject(subject))
+        ts_bus_marks_stream(stream, sizeof stream, world);
     else
         ts_bus_input_stream(stream, sizeof stream, world);
 

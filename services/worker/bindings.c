@@ -93,6 +93,7 @@ static void reap_flush(ts_worker_t *w)
  * kept (the backlog owns it). */
 static bool apply_to(ts_worker_t *w, ts_binding_t *b, const ts_inbox_msg_t *m)
 {
+    ts_marks_took(w, m->msg.stream_seq);
     if (b->catching_up) {
         if (ts_inbox_push(&b->backlog, m)) return true;
         ts_error("cell %s: out of memory keeping its replay backlog; applying seq %" PRIu64
@@ -100,6 +101,7 @@ static bool apply_to(ts_worker_t *w, ts_binding_t *b, const ts_inbox_msg_t *m)
                  b->zone->key, m->msg.stream_seq);
         ts_worker_replay_flush(w, b);
     }
+    ts_marks_applying(w, b, m->msg.stream_seq);
     apply_msg(w, b->zone, m);
     if (m->msg.pending == 0) b->replayed = true;
     return false;
@@ -120,24 +122,73 @@ static void replay_step(void *ud, ts_zone_t *z, double dt)
     ts_split_step(rc->w, rc->b, dt);
 }
 
-/* Applies b's backlog in order, each message after the steps due before
- * its store time, within *budget steps. True when the backlog is empty. */
-static bool replay_backlog(ts_worker_t *w, ts_binding_t *b, uint32_t *budget)
+/* Applies the first message of b's backlog. */
+static void backlog_apply(ts_worker_t *w, ts_binding_t *b)
+{
+    ts_inbox_msg_t *m = &b->backlog.v[b->backlog_head];
+    apply_msg(w, b->zone, m);
+    if (m->msg.pending == 0) b->replayed = true;
+    reap_msg(w, m->msg);
+    b->backlog_head++;
+    /* the consumer is delivering: the wait for the end starts again */
+    b->catchup_until_us = ts_mono_us() + CATCHUP_MAX_US;
+}
+
+static void marks_drop(ts_binding_t *b)
+{
+    free(b->marks);
+    b->marks = NULL;
+    b->nmarks = b->mark_i = 0;
+}
+
+/* Re-runs the last owner's ticks after the checkpoint (b->marks): before
+ * each, the cell's input up to the mark's sequence, then one step, within
+ * *budget. A mark waits until every message of the cell up to its
+ * sequence is here: one after it is, or the cell's last input at the bind
+ * is applied (the marks were read before it) — unless may_wait is false or
+ * the wait outlasts CATCHUP_MAX_US: then the rest goes by store times. True
+ * when every mark ran. */
+static bool replay_marks(ts_worker_t *w, ts_binding_t *b, uint32_t *budget, bool may_wait)
 {
     replay_ctx_t rc = {w, b};
     ts_zone_t *z = b->zone;
-    while (b->backlog_head < b->backlog.n) {
+    while (b->mark_i < b->nmarks) {
+        const ts_zone_mark_t *mk = &b->marks[b->mark_i];
+        while (b->backlog_head < b->backlog.n &&
+               b->backlog.v[b->backlog_head].msg.stream_seq <= mk->through_seq)
+            backlog_apply(w, b);
+        bool all_here =
+            b->backlog_head < b->backlog.n || (b->replayed && z->last_applied_seq >= b->catchup_seq);
+        if (!all_here) {
+            if (may_wait && ts_mono_us() < b->catchup_until_us) return false;
+            ts_warn("cell %s: its input up to seq %" PRIu64 " (tick mark %" PRIu64
+                    ") did not come in time; replaying the rest by store times",
+                    z->key, mk->through_seq, mk->tick);
+            break;
+        }
+        if (!ts_zone_replay_mark(z, mk, w->dt, w->tick, budget, replay_step, &rc)) return false;
+        b->mark_i++;
+    }
+    marks_drop(b);
+    return true;
+}
+
+/* Applies b's backlog in order: first along its marks, then each message
+ * after the steps due before its store time, within *budget steps. True
+ * when the backlog is empty. */
+static bool replay_backlog(ts_worker_t *w, ts_binding_t *b, uint32_t *budget, bool may_wait)
+{
+    replay_ctx_t rc = {w, b};
+    ts_zone_t *z = b->zone;
+    bool marks_done = replay_marks(w, b, budget, may_wait);
+    while (marks_done && b->backlog_head < b->backlog.n) {
         ts_inbox_msg_t *m = &b->backlog.v[b->backlog_head];
         if (!ts_zone_replay_until(z, m->msg.time_ns, w->period_ns, w->dt, w->tick, budget, replay_step, &rc))
             break;
-        apply_msg(w, z, m);
-        if (m->msg.pending == 0) b->replayed = true;
-        reap_msg(w, m->msg);
-        b->backlog_head++;
-        /* the consumer is delivering: the wait for the end starts again */
-        b->catchup_until_us = ts_mono_us() + CATCHUP_MAX_US;
+        backlog_apply(w, b);
     }
     reap_flush(w);
+    if (!marks_done) return false;
     if (b->backlog_head < b->backlog.n) return false;
     free(b->backlog.v);
     b->backlog = (ts_inbox_t){0};
@@ -147,7 +198,7 @@ static bool replay_backlog(ts_worker_t *w, ts_binding_t *b, uint32_t *budget)
 
 bool ts_worker_replay(ts_worker_t *w, ts_binding_t *b, uint64_t now_ns, uint32_t *budget)
 {
-    if (!replay_backlog(w, b, budget)) return false;
+    if (!replay_backlog(w, b, budget, true)) return false;
     ts_zone_t *z = b->zone;
     bool late = !b->replayed || z->last_applied_seq < b->catchup_seq;
     if (late && ts_mono_us() < b->catchup_until_us) return false; /* more to come */
@@ -169,7 +220,7 @@ bool ts_worker_replay(ts_worker_t *w, ts_binding_t *b, uint64_t now_ns, uint32_t
 void ts_worker_replay_flush(ts_worker_t *w, ts_binding_t *b)
 {
     uint32_t budget = UINT32_MAX;
-    replay_backlog(w, b, &budget);
+    replay_backlog(w, b, &budget, false);
 }
 
 void ts_worker_apply_held(ts_worker_t *w, ts_binding_t *b, ts_inbox_t *msgs)
@@ -201,6 +252,13 @@ static void adopt_game(ts_worker_t *w, ts_zone_t *zone, bool replaying)
 ts_status_t ts_worker_adopt(ts_worker_t *w, ts_zone_t *zone, uint64_t epoch, ts_sub_ctx_t *ctx,
                             uint64_t catchup_seq, bool pending, bool recovered)
 {
+    return ts_worker_adopt_marked(w, zone, epoch, ctx, catchup_seq, pending, recovered, NULL, 0);
+}
+
+ts_status_t ts_worker_adopt_marked(ts_worker_t *w, ts_zone_t *zone, uint64_t epoch, ts_sub_ctx_t *ctx,
+                                   uint64_t catchup_seq, bool pending, bool recovered, ts_zone_mark_t *marks,
+                                   size_t nmarks)
+{
     ts_binding_t *b = calloc(1, sizeof(*b));
     if (b && w->nbind == w->cap_bind) {
         size_t ncap = w->cap_bind ? w->cap_bind * 2 : 16;
@@ -214,6 +272,7 @@ ts_status_t ts_worker_adopt(ts_worker_t *w, ts_zone_t *zone, uint64_t epoch, ts_
         ts_cellmap_put(&w->by_cell, &zone->cell, b) != TS_OK) {
         if (b) ts_map_del(&w->by_gen, ctx->gen);
         free(b);
+        free(marks);
         ts_worker_release_sub(w, ctx);
         ts_zone_destroy(zone);
         return TS_ERR_NOMEM;
@@ -228,14 +287,18 @@ ts_status_t ts_worker_adopt(ts_worker_t *w, ts_zone_t *zone, uint64_t epoch, ts_
     }
     ctx->gap_to = 0;
     zone->epoch = epoch;
+    zone->instance = w->instance; /* its checkpoints name this worker's tick marks */
     if (w->max_payload) ts_zone_set_max_payload(zone, w->max_payload);
     b->zone = zone;
+    b->marks = marks;
+    b->nmarks = nmarks;
     b->ctx = ctx;
     b->gen = ctx->gen;
     b->bound_us = ts_now_us();
     /* from a checkpoint with a clock: its ticks since then are replayed too,
      * with or without input after it */
-    b->catching_up = pending || catchup_seq > zone->last_applied_seq || (recovered && zone->clock_ns != 0);
+    b->catching_up =
+        pending || catchup_seq > zone->last_applied_seq || (recovered && zone->clock_ns != 0) || nmarks > 0;
     b->catchup_seq = catchup_seq;
     b->replayed = !pending;
     b->catchup_until_us = ts_mono_us() + CATCHUP_MAX_US;
@@ -259,6 +322,7 @@ void ts_worker_unbind(ts_worker_t *w, ts_binding_t *b)
 {
     ts_info("cell %s: unbound (epoch %" PRIu64 ", last applied seq %" PRIu64 ")", b->zone->key,
             b->zone->epoch, b->zone->last_applied_seq);
+    ts_marks_release(w, b);
     ts_map_del(&w->by_gen, b->gen);
     ts_cellmap_del(&w->by_cell, &b->zone->cell);
     ts_worker_release_sub(w, b->ctx);
@@ -267,6 +331,7 @@ void ts_worker_unbind(ts_worker_t *w, ts_binding_t *b)
     ts_zone_destroy(b->zone);
     ts_inbox_free(&b->held);
     backlog_free(b);
+    marks_drop(b);
     size_t i = b->index;
     w->bindings[i] = w->bindings[--w->nbind];
     w->bindings[i]->index = i;
@@ -316,6 +381,7 @@ void ts_worker_apply_inbox(ts_worker_t *w)
 {
     ts_inbox_msg_t m;
     while (ts_ring_pop(w->ring, &m)) {
+        ts_marks_took(w, m.msg.stream_seq);
         ts_binding_t *b = ts_map_get(&w->by_gen, m.gen);
         if (b && b->state == TS_BIND_FROZEN) {
             /* after s2: the target applies it, unless the handover aborts */

@@ -632,6 +632,9 @@ static bool adopt_pending(ts_worker_t *w, const ts_cell_t *cell, uint64_t epoch)
     }
     uint64_t s2 = p.zone->last_applied_seq;
     if (ts_worker_adopt(w, p.zone, new_epoch, p.ctx, 0, false, false) == TS_OK) {
+        /* a checkpoint at its first tick here: a replay after a crash of
+         * this worker follows this worker's tick marks from there */
+        w->bindings[w->nbind - 1]->ckpt_soon = true;
         w->stats.handovers_in++;
         ts_info("cell %s: bound at epoch %" PRIu64 " from handover %s, consuming after seq %" PRIu64,
                 w->bindings[w->nbind - 1]->zone->key, new_epoch, p.id, s2);

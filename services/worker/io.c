@@ -45,6 +45,7 @@ void ts_io_job_free(ts_io_job_t *job)
     if (!job) return;
     ts_worker_free_ctx(job->ctx);
     ts_zone_destroy(job->zone);
+    free(job->marks);
     free(job->cells);
     if (job->req) tessera__v1__handover__free_unpacked(job->req, NULL);
     free(job->req_reply);
@@ -138,7 +139,14 @@ static Tessera__V1__Checkpoint *read_checkpoint(ts_worker_t *w, const char *stre
 /* Loads the cell's latest checkpoint (all its parts) into z. A part that
  * belongs to another generation (a newer checkpoint being written) means
  * reading again. Returns TS_ERR_NOT_FOUND if the cell has none. */
-static ts_status_t try_load_checkpoint(ts_worker_t *w, ts_zone_t *z)
+/* Who wrote a checkpoint: its tick marks follow it (marks.c). */
+typedef struct {
+    char owner[TS_WORKER_ID_MAX];
+    char instance[TS_INSTANCE_MAX];
+    uint64_t tick;
+} ckpt_writer_t;
+
+static ts_status_t try_load_checkpoint(ts_worker_t *w, ts_zone_t *z, ckpt_writer_t *writer)
 {
     char stream[64], head[TS_SUBJECT_MAX], subj[TS_SUBJECT_MAX + 48];
     ts_bus_ckpt_stream(stream, sizeof(stream), w->world.id);
@@ -149,6 +157,9 @@ static ts_status_t try_load_checkpoint(ts_worker_t *w, ts_zone_t *z)
     uint32_t parts = cp->parts > 1 ? cp->parts : 1;
     uint64_t gen = cp->generation, seq = cp->last_applied_seq;
     size_t entities = cp->n_entities;
+    ts_strlcpy(writer->owner, cp->owner ? cp->owner : "", sizeof(writer->owner));
+    ts_strlcpy(writer->instance, cp->instance ? cp->instance : "", sizeof(writer->instance));
+    writer->tick = cp->tick;
     st = ts_zone_load_checkpoint(z, cp, false, 0);
     for (uint32_t i = 1; i < parts && st == TS_OK; i++) {
         tessera__v1__checkpoint__free_unpacked(cp, NULL);
@@ -172,10 +183,10 @@ static ts_status_t try_load_checkpoint(ts_worker_t *w, ts_zone_t *z)
 
 /* Returns true if a checkpoint was loaded; without one the zone replays the
  * whole input stream. */
-static bool load_checkpoint(ts_worker_t *w, ts_zone_t **z)
+static bool load_checkpoint(ts_worker_t *w, ts_zone_t **z, ckpt_writer_t *writer)
 {
     for (int attempt = 0; attempt < 5; attempt++) {
-        ts_status_t st = try_load_checkpoint(w, *z);
+        ts_status_t st = try_load_checkpoint(w, *z, writer);
         if (st == TS_OK) return true;
         if (st == TS_ERR_NOT_FOUND && attempt == 0) return false;
         ts_warn("cell %s: cannot read its checkpoint (%s)%s", (*z)->key, ts_status_str(st),
@@ -222,7 +233,8 @@ static void do_bind(ts_worker_t *w, ts_io_job_t *job)
 {
     job->status = ts_worker_zone_create(w, &job->cell, job->epoch, &job->zone);
     if (job->status != TS_OK) return;
-    job->found = load_checkpoint(w, &job->zone);
+    ckpt_writer_t writer = {0};
+    job->found = load_checkpoint(w, &job->zone, &writer);
     uint64_t after = job->zone->last_applied_seq;
     job->status = ts_worker_subscribe_input(w, &job->cell, after, true, &job->ctx);
     if (job->status != TS_OK) {
@@ -230,6 +242,14 @@ static void do_bind(ts_worker_t *w, ts_io_job_t *job)
         ts_cell_format(&job->cell, key, sizeof(key));
         ts_warn("cell %s: cannot register for its input: %s", key, ts_status_str(job->status));
         return;
+    }
+    /* its last owner's ticks after the checkpoint, read before its last
+     * input: every input a mark covers is stored by then */
+    if (job->found) {
+        const char *why = ts_marks_for_cell(w, writer.owner, writer.instance, writer.tick,
+                                            job->ctx->stream_id, &job->cell, &job->marks, &job->nmarks);
+        job->by_marks = why == NULL;
+        if (why) ts_info("cell %s: replaying its input by store times: %s", job->zone->key, why);
     }
     uint64_t last = last_input_seq(w, &job->cell);
     if (job->ctx->gap_to != 0 && (last == TS_BUS_SEQ_UNKNOWN || last > after))
@@ -411,6 +431,15 @@ static bool check_stream(ts_worker_t *w, stream_watch_t *sw)
         st = ts_bus_stream_state(w->bus, stream, &ss);
     }
     if (st != TS_OK) return false;
+    /* the tick marks' stream, deleted alone: the marks go nowhere (and
+     * recoveries replay by store times) until it is there again */
+    char marks[64];
+    ts_bus_stream_state_t ms;
+    ts_bus_marks_stream(marks, sizeof(marks), w->world.id);
+    if (ts_bus_stream_state(w->bus, marks, &ms) == TS_ERR_NOT_FOUND) {
+        ts_warn("tick mark stream %s is gone; creating the world's streams again", marks);
+        ts_io_ensure_streams(w);
+    }
     if (!sw->known) {
         *sw = (stream_watch_t){.known = true, .created_ns = ss.created_ns, .last_seq = ss.last_seq};
         return true;

@@ -33,6 +33,7 @@ typedef struct {
     ts_counter_t *applied, *duplicate, *lost, *forwarded;
     ts_counter_t *transfers_in, *transfers_out, *transfers_remote;
     ts_counter_t *handovers_in, *handovers_out, *recoveries, *replay_ticks, *replay_ticks_skipped;
+    ts_counter_t *replays_marked, *replays_unmarked, *marks_failed;
     ts_counter_t *publishes_failed, *state_dropped, *inbox_overflows, *oversized;
     ts_counter_t *stream_restarts;
     ts_counter_t *refused[TS_REFUSED_N];
@@ -121,6 +122,17 @@ ts_status_t ts_worker_metrics_start(const ts_config_t *cfg)
     COUNTER(
         replay_ticks_skipped, "tessera_worker_replay_ticks_skipped_total",
         "Ticks of silences longer than 30 s in a recovered cell's input that its replay did not re-run.", );
+    COUNTER(replays_marked, "tessera_worker_recovery_replays_total",
+            "Cells bound from a checkpoint, by how their ticks after it were replayed: by the last owner's "
+            "tick marks (exact) or by the inputs' store times (its marks were missing).",
+            "by", "tick_marks", );
+    COUNTER(replays_unmarked, "tessera_worker_recovery_replays_total",
+            "Cells bound from a checkpoint, by how their ticks after it were replayed: by the last owner's "
+            "tick marks (exact) or by the inputs' store times (its marks were missing).",
+            "by", "store_times", );
+    COUNTER(marks_failed, "tessera_worker_tick_marks_failed_total",
+            "Tick marks not published (queue full) or not stored: a replay from a checkpoint before one goes "
+            "by store times.", );
     COUNTER(publishes_failed, "tessera_worker_publishes_failed_total",
             "JetStream publishes that failed (each retried later).", );
     COUNTER(state_dropped, "tessera_worker_state_dropped_total",
@@ -270,6 +282,9 @@ void ts_worker_metrics_snapshot(ts_worker_t *w)
     ts_counter_set(wm.recoveries, w->stats.recovered);
     ts_counter_set(wm.replay_ticks, t.replay_steps);
     ts_counter_set(wm.replay_ticks_skipped, t.replay_skipped);
+    ts_counter_set(wm.replays_marked, w->stats.recovered_marked);
+    ts_counter_set(wm.replays_unmarked, w->stats.recovered - w->stats.recovered_marked);
+    ts_counter_set(wm.marks_failed, atomic_load(&w->marks.failed));
     ts_counter_set(wm.publishes_failed, w->stats.publishes_failed);
     ts_counter_set(wm.state_dropped, w->stats.state_dropped);
     ts_counter_set(wm.inbox_overflows, w->stats.inbox_overflows);

@@ -265,6 +265,10 @@ void ts_worker_publish_checkpoint(ts_worker_t *w, ts_zone_t *z)
     }
     if (!queued) ts_debug("cell %s: checkpoint put off, the publish queue is full", z->key);
     ts_zone_free_parts(bufs, lens, nparts);
+    /* it names this worker's tick marks (unless the cell still replays):
+     * whatever stops them describing the cell from here on is listed */
+    ts_binding_t *b = ts_worker_find_binding(w, &z->cell);
+    if (b && b->zone == z && !z->replaying) b->anchored = true;
 }
 
 void ts_worker_heartbeat(ts_worker_t *w)

@@ -119,6 +119,10 @@ bool ts_split_take_epoch(ts_worker_t *w, ts_binding_t *b, const ts_cell_entry_t 
     b->zone->epoch = e->epoch;
     w->bindings_changed++;
     ts_split_set_mode(w, b, e, true);
+    /* its ticks from here on run in another mode: a replay starts from a
+     * checkpoint in it (the tick marks before do not say the mode) */
+    ts_marks_release(w, b);
+    b->ckpt_soon = true;
     return true;
 }
 

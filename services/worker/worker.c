@@ -64,6 +64,10 @@
 static void on_publish_outcome(void *ud, const char *subject, uint64_t seq, uint32_t count, bool ok,
                                uint64_t stream_seq)
 {
+    if (subject && strncmp(subject, "tessera.worker.", 15) == 0) { /* a tick mark: only counted */
+        ts_marks_on_outcome(ud, ok);
+        return;
+    }
     ts_worker_on_publish_outcome(ud, subject, seq, count, ok, stream_seq);
     ts_worker_wake(ud);
 }
@@ -408,11 +412,18 @@ static void finish_bind(ts_worker_t *w, ts_io_job_t *job)
     uint64_t after = job->zone->last_applied_seq;
     ts_zone_t *z = job->zone;
     job->zone = NULL;
-    if (ts_worker_adopt(w, z, job->epoch, job->ctx, job->caught_up_seq, job->pending > 0, job->found) ==
-        TS_OK) {
-        ts_info("cell %s: bound at epoch %" PRIu64 " from checkpoint/replay, consuming after seq %" PRIu64,
-                w->bindings[w->nbind - 1]->zone->key, job->epoch, after);
+    ts_zone_mark_t *marks = job->marks;
+    job->marks = NULL;
+    if (ts_worker_adopt_marked(w, z, job->epoch, job->ctx, job->caught_up_seq, job->pending > 0, job->found,
+                               marks, job->nmarks) == TS_OK) {
+        ts_info("cell %s: bound at epoch %" PRIu64 " from checkpoint/replay%s, consuming after seq %" PRIu64,
+                w->bindings[w->nbind - 1]->zone->key, job->epoch,
+                job->by_marks ? " by its last owner's tick marks" : "", after);
         if (job->found) w->stats.recovered++; /* from a checkpoint */
+        if (job->found && job->by_marks) w->stats.recovered_marked++;
+        /* a cell without one yet (new, a split's child): written at its
+         * first tick, so this worker's tick marks describe it from there */
+        if (!job->found) w->bindings[w->nbind - 1]->ckpt_soon = true;
     }
     job->ctx = NULL;
 }
@@ -596,6 +607,7 @@ ts_status_t ts_worker_create(ts_worker_t **out, const ts_config_t *cfg)
     atomic_init(&w->fenced, false);
     atomic_init(&w->live_stop, false);
     atomic_init(&w->pub_errors, 0);
+    ts_marks_init(w);
     ts_map_init(&w->by_gen);
     ts_arena_init(&w->in_arena);
     ts_cellmap_init(&w->by_cell);
@@ -764,6 +776,8 @@ static void tick_once(ts_worker_t *w, double dt, uint64_t full_every, uint64_t h
      * own clock until a message said how the server's goes) */
     uint64_t now_ns = ts_demux_server_now_ns(w);
     if (now_ns == 0) now_ns = ts_now_us() * 1000ULL;
+    /* the tick's mark goes before anything the tick publishes */
+    if (acting) ts_marks_tick(w, now_ns);
     uint32_t replay_budget = REPLAY_BUDGET_PER_TICK;
     for (size_t i = 0; i < w->nbind && acting; i++) {
         ts_binding_t *b = w->bindings[i];
@@ -775,8 +789,10 @@ static void tick_once(ts_worker_t *w, double dt, uint64_t full_every, uint64_t h
         ts_worker_publish_departures(w, b->zone);
         ts_worker_publish_outboxes(w, b->zone);
         ts_worker_publish_state(w, b->zone, keyframe_now(b, (w->tick + i) % full_every == 0, full_every));
-        if ((w->tick + i) % ckpt_every == 0 && ts_split_checkpoint_due(b))
+        if (b->ckpt_soon || ((w->tick + i) % ckpt_every == 0 && ts_split_checkpoint_due(b))) {
             ts_worker_publish_checkpoint(w, b->zone);
+            b->ckpt_soon = false;
+        }
     }
     if (acting) ts_players_tick(w);
     if (hb_every == 0 || w->tick % hb_every == 0 || stalled) {
@@ -945,6 +961,7 @@ void ts_worker_destroy(ts_worker_t *w)
     ts_cellmap_free(&w->binding);
     ts_map_free(&w->by_gen);
     ts_demux_free(w); /* after every context is freed */
+    ts_marks_free(w);
     pthread_mutex_destroy(&w->mu);
     pthread_cond_destroy(&w->cond);
     ts_bus_destroy(w->bus);

@@ -174,6 +174,15 @@ typedef struct {
     uint64_t fwd_ckpt_seq;       /* last_applied_seq */
     uint64_t fwd_ckpt_mod;       /* mod_counter */
     uint32_t keyframe_late;      /* ticks its keyframe waited for Transfers in flight */
+    /* marks.c: its last checkpoint here and every tick since are described
+     * by this worker's tick marks (cleared and listed in the next mark when
+     * that stops being true) */
+    bool anchored;
+    bool ckpt_soon; /* a checkpoint at its next tick (it came in a handover) */
+    /* catching up from a checkpoint: its last owner's ticks after it, to
+     * re-run (ts_worker_replay) before the rest of the backlog */
+    ts_zone_mark_t *marks;
+    size_t nmarks, mark_i;
 } ts_binding_t;
 
 /* A handover request waiting for the tick thread. */
@@ -201,6 +210,7 @@ typedef struct {
     uint64_t transfers_out_remote;
     uint64_t handovers_out, handovers_in;
     uint64_t recovered;         /* cells bound from a checkpoint + replay */
+    uint64_t recovered_marked;  /* of those, replayed by their last owner's tick marks */
     uint64_t inbox_overflows;   /* input messages the full ring turned into a consumer rewind */
     uint64_t publishes_failed;  /* JetStream publishes given up (retried later) */
     uint64_t publishes_delayed; /* publishes put off: too many in flight */
@@ -242,7 +252,10 @@ typedef struct ts_io_job {
     uint64_t old_gen;
     /* results / arguments */
     ts_status_t status;
-    bool found;             /* TS_IO_BIND: the cell had a checkpoint */
+    bool found;            /* TS_IO_BIND: the cell had a checkpoint */
+    ts_zone_mark_t *marks; /* TS_IO_BIND: its last owner's ticks after the checkpoint */
+    size_t nmarks;
+    bool by_marks;          /* TS_IO_BIND: replayed by them (else by store times) */
     bool stream_restarted;  /* TS_IO_RESUBSCRIBE: stream_id is gone; the consumer reads the new one from 1 */
     uint64_t pending;       /* TS_IO_BIND: input still to replay, its end not known */
     uint64_t caught_up_seq; /* TS_IO_BIND: the cell's last input (maybe not received yet) */
@@ -258,6 +271,25 @@ typedef struct ts_io_job {
     char subject[128];
     struct ts_io_job *next;
 } ts_io_job_t;
+
+/* Tick marks (marks.c). */
+struct ts_marks_cache;
+#define TS_MARKS_CACHED 4
+typedef struct {
+    /* tick thread */
+    uint64_t prev_tick;      /* the tick of the last mark (0: none yet) */
+    uint64_t through;        /* the highest input-stream sequence taken from the consumer */
+    uint64_t marked_through; /* `through` of the last mark */
+    int64_t stream;          /* the input stream instance `through` is a sequence of */
+    uint64_t overflows_seen; /* dmx.overflows at the last mark */
+    bool broken;             /* a release was lost: the next mark breaks the chain */
+    ts_cell_t *released;     /* for the next mark */
+    size_t nreleased, cap_released;
+    _Atomic uint64_t failed; /* marks not queued or not stored */
+    /* I/O threads */
+    pthread_mutex_t cache_mu;
+    struct ts_marks_cache *cache[TS_MARKS_CACHED]; /* the instances read last */
+} ts_marks_t;
 
 /* The worker's copy of the registry, kept current from RegistryChange. */
 typedef struct {
@@ -371,6 +403,7 @@ struct ts_worker {
     bool draining;
     int drain_state;       /* 0 none, 1 asked, 2 accepted, 3 refused */
     ts_players_t *players; /* players.c */
+    ts_marks_t marks;      /* marks.c */
 };
 
 /* The modules form layers; each calls only those above it:
@@ -485,6 +518,12 @@ uint64_t ts_worker_request_fence(ts_worker_t *w, const ts_cell_t *from);
  * even when no input follows it. */
 ts_status_t ts_worker_adopt(ts_worker_t *w, ts_zone_t *zone, uint64_t epoch, ts_sub_ctx_t *ctx,
                             uint64_t catchup_seq, bool pending, bool recovered);
+/* ts_worker_adopt of a zone loaded from a checkpoint whose last owner's
+ * ticks after it are marks[0, nmarks) (taken over; NULL: replayed by
+ * store times). */
+ts_status_t ts_worker_adopt_marked(ts_worker_t *w, ts_zone_t *zone, uint64_t epoch, ts_sub_ctx_t *ctx,
+                                   uint64_t catchup_seq, bool pending, bool recovered, ts_zone_mark_t *marks,
+                                   size_t nmarks);
 /* A new zone of cell at epoch whose messages fit the server's max_payload
  * (ts_zone_create + ts_zone_set_max_payload). Any thread. */
 ts_status_t ts_worker_zone_create(ts_worker_t *w, const ts_cell_t *cell, uint64_t epoch, ts_zone_t **out);
@@ -531,6 +570,44 @@ void ts_handover_poll(ts_worker_t *w);
  * the cell before the COMMIT did). Returns false if there is none. */
 bool ts_handover_bind_pending(ts_worker_t *w, const ts_cell_t *cell, uint64_t epoch);
 void ts_handover_free_all(ts_worker_t *w);
+
+/* marks.c: tick marks */
+void ts_marks_init(ts_worker_t *w);
+void ts_marks_free(ts_worker_t *w);
+/* Tick thread, at each acting tick before anything it publishes: the mark
+ * of this tick (cells not ticking are released first). now_ns: the tick's
+ * time in the input stream's clock. */
+void ts_marks_tick(ts_worker_t *w, uint64_t now_ns);
+/* Tick thread: b's ticks are no longer described by the marks (the next
+ * mark lists it; no-op unless it is anchored). */
+void ts_marks_release(ts_worker_t *w, ts_binding_t *b);
+/* Tick thread: a message at stream_seq was taken from the consumer. */
+void ts_marks_took(ts_worker_t *w, uint64_t stream_seq);
+/* Tick thread: b is about to apply the message at stream_seq. */
+void ts_marks_applying(ts_worker_t *w, ts_binding_t *b, uint64_t stream_seq);
+/* A mark's publish outcome (nats.c thread). */
+void ts_marks_on_outcome(ts_worker_t *w, bool ok);
+/* I/O thread: the ticks of cell after tick after_tick of instance `instance`
+ * of worker `owner` (a checkpoint's owner, instance and tick), for a replay
+ * of input stream instance stream_id: *out (malloc'd, *n of them; NULL and
+ * 0 if it did not tick after it) and NULL, or a reason why the replay goes
+ * by store times (nothing in *out). Blocking (a read of the instance's
+ * marks, cached for the binds that follow). */
+const char *ts_marks_for_cell(ts_worker_t *w, const char *owner, const char *instance, uint64_t after_tick,
+                              int64_t stream_id, const ts_cell_t *cell, ts_zone_mark_t **out, size_t *n);
+/* One stored mark, as read (TickMark). */
+typedef struct {
+    uint64_t tick, prev_tick, through_seq, clock_ns;
+    int64_t input_stream;
+    ts_cell_t *released;
+    size_t nreleased;
+} ts_tick_mark_t;
+/* What ts_marks_for_cell decides from an instance's marks v[0, nv) in tick
+ * order: the ones after tick `after`, if their prev_tick chain from `after`
+ * has no hole, they are all of input stream stream_id and none lists cell;
+ * else a reason (and nothing in *out). */
+const char *ts_marks_select(const ts_tick_mark_t *v, size_t nv, uint64_t after, int64_t stream_id,
+                            const ts_cell_t *cell, ts_zone_mark_t **out, size_t *n);
 
 /* split.c: cells at depth (split, merge, forwarding) */
 /* States in which the owner keeps a cell bound: active, split, retired. */

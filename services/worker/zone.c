@@ -1216,6 +1216,20 @@ void ts_zone_step(ts_zone_t *z, double dt, uint64_t tick)
 
 /* ---- replay clock ---------------------------------------------------------- */
 
+/* One replayed step: it costs 1 + the cell's entities (one always runs). */
+static void replay_step(ts_zone_t *z, double dt, uint64_t tick, uint32_t *budget, ts_zone_step_fn step,
+                        void *ud)
+{
+    size_t n = ts_zone_entities(z);
+    uint32_t cost = n < UINT32_MAX - 1 ? (uint32_t)n + 1 : UINT32_MAX;
+    *budget -= cost < *budget ? cost : *budget;
+    if (step)
+        step(ud, z, dt);
+    else
+        ts_zone_step(z, dt, tick);
+    z->stats.replay_steps++;
+}
+
 bool ts_zone_replay_until(ts_zone_t *z, uint64_t t_ns, uint64_t period_ns, double dt, uint64_t tick,
                           uint32_t *budget, ts_zone_step_fn step, void *ud)
 {
@@ -1234,17 +1248,18 @@ bool ts_zone_replay_until(ts_zone_t *z, uint64_t t_ns, uint64_t period_ns, doubl
     }
     while (z->clock_ns + period_ns < t_ns) {
         if (*budget == 0) return false;
-        /* a step costs 1 + the cell's entities; one always runs */
-        size_t n = ts_zone_entities(z);
-        uint32_t cost = n < UINT32_MAX - 1 ? (uint32_t)n + 1 : UINT32_MAX;
-        *budget -= cost < *budget ? cost : *budget;
-        if (step)
-            step(ud, z, dt);
-        else
-            ts_zone_step(z, dt, tick);
+        replay_step(z, dt, tick, budget, step, ud);
         z->clock_ns += period_ns;
-        z->stats.replay_steps++;
     }
+    return true;
+}
+
+bool ts_zone_replay_mark(ts_zone_t *z, const ts_zone_mark_t *m, double dt, uint64_t tick, uint32_t *budget,
+                         ts_zone_step_fn step, void *ud)
+{
+    if (*budget == 0) return false;
+    replay_step(z, dt, tick, budget, step, ud);
+    z->clock_ns = m->clock_ns;
     return true;
 }
 
@@ -2011,6 +2026,8 @@ static void ckpt_head(const ts_zone_t *z, uint64_t tick, const char *owner, uint
         cp->game_time = z->game.time;
         cp->game_spawned = z->game.spawned;
         cp->clock_ns = z->clock_ns;
+        /* a cell still replaying is not where the marks of this tick say */
+        cp->instance = (char *)(z->instance && !z->replaying ? z->instance : "");
         cp->game_state.len = z->game.state_len;
         cp->game_state.data = (uint8_t *)z->game.state;
         cp->n_game_counters = ts_zone_counters_len(z);

@@ -258,6 +258,9 @@ typedef struct ts_zone {
      * store times, ns since the Unix epoch; 0: not known): set by every
      * live step, advanced by one period per replayed step, checkpointed */
     uint64_t clock_ns;
+    /* the owning worker's instance token (borrowed; NULL: none), written
+     * into its checkpoints: its tick marks replay the cell after them */
+    const char *instance;
     /* who published the message being applied (set before each batch):
      * inputs forwarded from it keep it, so their destination checks it */
     ts_origin_t cur_origin;
@@ -359,7 +362,10 @@ void ts_zone_step(ts_zone_t *z, double dt, uint64_t tick);
 
 /* ---- replay --------------------------------------------------------------------
  * A new owner replays the input after the checkpoint (or Diff) as the last
- * owner ran it: the original stepped the cell once a tick, at clock_ns, and
+ * owner ran it. With the last owner's tick marks (ts_zone_mark_t, marks.c)
+ * it applies the input up to each mark's sequence and runs one step per
+ * mark (ts_zone_replay_mark). Without them it goes by store times: the
+ * original stepped the cell once a tick, at clock_ns, and
  * applied an input at the first step after it arrived. Before applying an
  * input stored at t_ns, the replay steps the cell (zone step and on_tick)
  * at clock_ns + period, + 2 periods, ... while that is before t_ns; the
@@ -377,6 +383,20 @@ typedef void (*ts_zone_step_fn)(void *ud, struct ts_zone *z, double dt);
  * not known (0) takes t_ns as its clock and steps nothing. */
 bool ts_zone_replay_until(struct ts_zone *z, uint64_t t_ns, uint64_t period_ns, double dt, uint64_t tick,
                           uint32_t *budget, ts_zone_step_fn step, void *ud);
+
+/* One tick of the last owner after a checkpoint, from its tick mark
+ * (TickMark): the cell had applied its input up to through_seq, then
+ * stepped, at clock_ns. */
+typedef struct {
+    uint64_t tick;
+    uint64_t through_seq;
+    uint64_t clock_ns;
+} ts_zone_mark_t;
+/* Runs the step of mark m as ts_zone_replay_until runs one (step(ud, z,
+ * dt), NULL: ts_zone_step; it costs 1 + the zone's entities of *budget) and
+ * sets clock_ns to the mark's. False (nothing done) if *budget is 0. */
+bool ts_zone_replay_mark(struct ts_zone *z, const ts_zone_mark_t *m, double dt, uint64_t tick,
+                         uint32_t *budget, ts_zone_step_fn step, void *ud);
 
 /* ---- message size ----------------------------------------------------------
  * Every message the zone packs for the bus (a state delta part, an outbox or

@@ -219,6 +219,18 @@ static void test_stack_runs_secured(void **state)
     (void)state;
     assert_int_equal(play(20, 20), 4);
 
+    /* the workers' tick marks are stored under their users' permissions */
+    ts_bus_t *bus = NULL;
+    assert_int_equal(ts_bus_connect(&bus, ts_h.nats_url, "it_auth-marks"), TS_OK);
+    char stream[64];
+    ts_bus_marks_stream(stream, sizeof stream, 0);
+    ts_bus_stream_state_t ss = {0};
+    uint64_t deadline = ts_mono_us() + WAIT_MS * 1000ull;
+    while ((ts_bus_stream_state(bus, stream, &ss) != TS_OK || ss.msgs == 0) && ts_mono_us() < deadline)
+        ts_sleep_ms(50);
+    ts_bus_destroy(bus);
+    if (ss.msgs == 0) fail_msg("no tick mark stored in %s", stream);
+
     /* tessera-ctl reads the registry and asks the orchestrator as user ctl */
     const char *args[] = {"cells", NULL};
     int ctl = ts_h_spawn(&ts_h, "ctl-cells", "tessera-ctl", args);
@@ -296,6 +308,7 @@ static void test_forged_nats_traffic_refused(void **state)
     /* a worker with its own user cannot speak for another worker */
     assert_int_equal(forger_connect(&f, "worker-w1"), NATS_OK);
     forge_refused(&f, "tessera.worker.w2.hb", false);
+    forge_refused(&f, "tessera.worker.w2.marks.0.forged", false);
     forger_close(&f);
 
     /* every forged message was dropped by the server: the observer, which

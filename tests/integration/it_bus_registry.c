@@ -224,6 +224,20 @@ static void test_js_publish_sequence(void **state)
     assert_string_equal(name, "TS_INPUT_7");
     ts_bus_ckpt_stream(name, sizeof name, 7);
     assert_string_equal(name, "TS_CKPT_7");
+
+    /* a worker process's tick marks go to their own stream */
+    ts_bus_marks_stream(name, sizeof name, 7);
+    assert_string_equal(name, "TS_MARKS_7");
+    char marks[128];
+    ts_bus_marks_subject(marks, sizeof marks, "w1", 7, "0123-42");
+    assert_string_equal(marks, "tessera.worker.w1.marks.7.0123-42");
+    ts_bus_hdr_t mh = {.type = TS_TYPE_TICK_MARK, .seq = 1};
+    uint64_t mseq = 0;
+    assert_int_equal(ts_bus_js_publish(bus, marks, &mh, "m", 1, 2000, &mseq), TS_OK);
+    assert_int_equal(mseq, 1);
+    ts_bus_stream_state_t ss;
+    assert_int_equal(ts_bus_stream_state(bus, name, &ss), TS_OK);
+    assert_int_equal(ss.msgs, 1);
     ts_bus_destroy(bus);
     ts_h_pass();
 }

@@ -797,6 +797,84 @@ static void test_walker_keeps_walking_through_recovery(void **state)
         fail_msg("the recovered walker is at x %.2f, want %.2f (-%.2f, +%.2f): where its walk had it",
                  after_x, expect_x, 2 * slack, slack);
     }
+    /* the ticks between the checkpoint and the kill re-run as the dead
+     * owner ran them: by its tick marks, not by the inputs' store times */
+    char key[TS_CELL_STR_MAX], needle[TS_CELL_STR_MAX + 128];
+    ts_cell_format(&cell->cell, key, sizeof key);
+    snprintf(needle, sizeof needle,
+             "cell %s: bound at epoch %" PRIu64 " from checkpoint/replay by its last owner's tick marks", key,
+             moved[0].epoch);
+    if (!ts_h_log_has(&ts_h, stack.workers[0], needle)) {
+        ts_h.failed = true;
+        fail_msg("w1 did not replay cell %s by w2's tick marks (its log has no \"%s\")", key, needle);
+    }
+    cluster_stop();
+    ts_h_pass();
+}
+
+/* A cell handed over, then lost with its new owner: the new owner writes
+ * its checkpoint of the cell at once, so the recovery follows the new
+ * owner's tick marks from there, not the inputs' store times. */
+static void test_handed_over_cell_replayed_by_its_marks(void **state)
+{
+    (void)state;
+    cluster_start();
+    ts_probe_cell_t mine[MAX_CELLS];
+    assert_true(owned_cells("w1", mine, MAX_CELLS) > 0);
+    ts_probe_cell_t cell = mine[0];
+    char key[TS_CELL_STR_MAX], payload[160], reply[512] = "";
+    ts_cell_format(&cell.cell, key, sizeof key);
+    snprintf(payload, sizeof payload, "%s w2", key);
+    ts_status_t st = ts_probe_ctl(bus, WORLD, "handover", payload, 10000, reply, sizeof reply);
+    ts_probe_handover_t r;
+    if (st != TS_OK || !ts_probe_parse_handover(reply, &r)) {
+        ts_h.failed = true;
+        fail_msg("handover %s: %s", payload, st == TS_OK ? reply : ts_status_str(st));
+    }
+    /* committed: w1 (frozen since) writes no checkpoint of it any more, so
+     * the next one is w2's */
+    wait_checkpoints(&cell, 1, ts_mono_us());
+    ts_probe_cell_t at_w2 = {cell.cell, r.epoch_to}, moved;
+    char owner[1][TS_WORKER_ID_MAX];
+    uint64_t t_kill = ts_mono_us();
+    ts_h_signal(&ts_h, stack.workers[1], SIGKILL);
+    if (wait_reassigned("w2", &at_w2, 1, &moved, owner, t_kill, 10000000) == UINT64_MAX) {
+        ts_h.failed = true;
+        fail_msg("10 s after SIGKILL of w2 cell %s has no new owner", key);
+    }
+    char needle[TS_CELL_STR_MAX + 128];
+    snprintf(needle, sizeof needle,
+             "cell %s: bound at epoch %" PRIu64 " from checkpoint/replay by its last owner's tick marks", key,
+             moved.epoch);
+    if (!ts_h_wait_log(&ts_h, stack.workers[0], needle, WAIT_MS)) {
+        ts_h.failed = true;
+        fail_msg("w1 did not replay cell %s by w2's tick marks (its log has no \"%s\")", key, needle);
+    }
+    cluster_stop();
+    ts_h_pass();
+}
+
+/* The tick marks' stream deleted on its own: the workers create it again
+ * (their once-a-second stream check) and their marks are stored again. */
+static void test_marks_stream_created_again(void **state)
+{
+    (void)state;
+    cluster_start();
+    char stream[64], api[128];
+    ts_bus_marks_stream(stream, sizeof stream, WORLD);
+    snprintf(api, sizeof api, "$JS.API.STREAM.DELETE.%s", stream);
+    ts_bus_msg_t *rep = NULL;
+    assert_int_equal(ts_bus_request(bus, api, NULL, "", 0, 5000, &rep), TS_OK);
+    assert_non_null(strstr((const char *)ts_bus_msg_data(rep), "\"success\":true"));
+    ts_bus_msg_destroy(rep);
+    ts_bus_stream_state_t ss = {0};
+    uint64_t deadline = ts_mono_us() + WAIT_MS * 1000ULL;
+    while ((ts_bus_stream_state(bus, stream, &ss) != TS_OK || ss.msgs == 0) && ts_mono_us() < deadline)
+        ts_sleep_ms(50);
+    if (ss.msgs == 0) {
+        ts_h.failed = true;
+        fail_msg("%s not created again with marks in it within %d s", stream, WAIT_MS / 1000);
+    }
     cluster_stop();
     ts_h_pass();
 }
@@ -833,6 +911,9 @@ int main(int argc, char **argv)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_killed_worker_cells_recovered, test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_stalled_worker_is_fenced, test_setup, test_teardown),
+        cmocka_unit_test_setup_teardown(test_handed_over_cell_replayed_by_its_marks, test_setup,
+                                        test_teardown),
+        cmocka_unit_test_setup_teardown(test_marks_stream_created_again, test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_walker_keeps_walking_through_recovery, test_setup,
                                         test_teardown),
     };

@@ -89,6 +89,8 @@ void ts_bus_destroy(ts_bus_t *bus);
  *   TS_INPUT_<world>  subjects cell.<world>.*.*.*.*.input.<origin>, limits retention, max_age
  *   TS_CKPT_<world>   subjects cell.<world>.*.*.*.*.checkpoint and .checkpoint.> (parts of
  *                     chunked checkpoints), 1 message per subject
+ *   TS_MARKS_<world>  subjects tessera.worker.*.marks.<world>.* (workers' tick marks),
+ *                     the last TS_BUS_MARKS_KEPT per subject, for TS_BUS_MARKS_MAX_AGE_S
  * storage is "file" or "memory". */
 ts_status_t ts_bus_ensure_streams(ts_bus_t *bus, uint32_t world, const char *storage, int64_t max_age_s,
                                   int replicas);
@@ -223,9 +225,17 @@ uint64_t ts_bus_in_flight(const ts_bus_t *bus);
 /* Latest message on a JetStream subject (e.g. a checkpoint). TS_ERR_NOT_FOUND
  * if none. On TS_OK the caller frees *out with ts_bus_msg_destroy. */
 ts_status_t ts_bus_last_msg(ts_bus_t *bus, const char *stream, const char *subject, ts_bus_msg_t **out);
-/* Name of the input / checkpoint stream of a world, into buf. */
+/* Name of the input / checkpoint / tick mark stream of a world, into buf. */
 void ts_bus_input_stream(char *buf, size_t cap, uint32_t world);
 void ts_bus_ckpt_stream(char *buf, size_t cap, uint32_t world);
+void ts_bus_marks_stream(char *buf, size_t cap, uint32_t world);
+/* The subject of a worker instance's tick marks:
+ * tessera.worker.<worker>.marks.<world>.<instance>. */
+void ts_bus_marks_subject(char *buf, size_t cap, const char *worker, uint32_t world, const char *instance);
+/* Tick marks kept per worker instance (a checkpoint older than that many
+ * ticks is replayed without marks), and for how long at most. */
+#define TS_BUS_MARKS_KEPT 4096
+#define TS_BUS_MARKS_MAX_AGE_S 600
 
 /* Message accessors (borrowed pointers, valid while the message lives). */
 const char *ts_bus_msg_subject(const ts_bus_msg_t *m);

@@ -35,13 +35,17 @@
  * api->time): the RNG is per cell and its state is checkpointed; time is the
  * cell's simulation time (seconds, advanced by dt each tick, checkpointed).
  * Inputs (joins, commands, requests) are applied exactly once and in stream
- * order. The ticks between them are re-run too: the checkpoint carries the
- * cell's clock (its last tick in the input stream's clock), and the new
- * owner runs the steps (motion, on_tick) due before each input's store time,
- * then up to the present. An input stored within the delivery latency
- * before a tick boundary is applied a tick earlier on replay than it was
- * live (its effects move by a tick); ghosts during the replayed ticks are
- * the new owner's. Requests the cell already published are never delivered
+ * order. The ticks between them are re-run too, as the last owner ran
+ * them: each worker tick publishes a tick mark (the input-stream position
+ * its cells had applied when it ticked), and the new owner re-runs, per mark
+ * after the checkpoint, the cell's input up to that position and one step
+ * (motion, on_tick); a tick the original missed has no mark. Without marks
+ * (lost, or not kept that long) it runs the steps due before each input's
+ * store time instead, which can move an input stored within the delivery
+ * latency before a tick boundary by a tick and re-runs missed ticks. Either
+ * way the ticks from the last owner's end to the present are run before the
+ * cell goes live. Ghosts during the replayed ticks are the new owner's.
+ * Requests the cell already published are never delivered
  * twice: their message ids derive from the cell, the target's cell, the
  * input-stream position that caused them and their rank after it (in
  * on_tick: the last position, the cell's time and the rank; not the epoch),

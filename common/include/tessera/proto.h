@@ -21,6 +21,7 @@
 #define TS_TYPE_GHOST_DELTA "tessera.v1.GhostDelta"
 #define TS_TYPE_HANDOVER "tessera.v1.Handover"
 #define TS_TYPE_HEARTBEAT "tessera.v1.Heartbeat"
+#define TS_TYPE_TICK_MARK "tessera.v1.TickMark"
 #define TS_TYPE_REGISTRY_CHANGE "tessera.v1.RegistryChange"
 
 /* Converts between ts_cell_t and the wire CellId. ts_proto_cell_init fills a

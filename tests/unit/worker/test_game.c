@@ -633,25 +633,38 @@ static uint64_t stored_at(int k)
 }
 
 /* The original owner, live: at each tick it applies what has arrived
- * (stored + latency) and steps, its clock the tick's time. Stops after
- * tick `ticks`; *ckpt gets a checkpoint packed after tick ckpt_tick. */
-static void run_original(ts_zone_t *a, const uint64_t *stored, int nmsgs, uint64_t ticks, uint64_t ckpt_tick,
-                         uint8_t **ckpt, size_t *ckpt_len)
+ * (stored + latency) and steps, its clock the tick's time; a tick period
+ * with missed[j] set passes without its tick (an overloaded tick thread).
+ * Stops after period `ticks`; *ckpt gets a checkpoint packed after tick
+ * ckpt_tick; marks (may be NULL) get the tick marks of the ticks after it
+ * (marks.c: the input applied before each, its time). */
+static void run_original_marked(ts_zone_t *a, const uint64_t *stored, int nmsgs, uint64_t ticks,
+                                const bool *missed, uint64_t ckpt_tick, uint8_t **ckpt, size_t *ckpt_len,
+                                ts_zone_mark_t *marks, size_t *nmarks)
 {
     int next = 0;
+    if (nmarks) *nmarks = 0;
     for (uint64_t j = 1; j <= ticks; j++) {
+        if (missed && missed[j]) continue;
         uint64_t now = CLOCK0 + j * PERIOD_NS;
         for (; next < nmsgs && stored[next] + LATENCY_NS <= now; next++) {
             ts_input_t in[3];
             size_t n = script_inputs(next, in);
             assert_true(apply(a, (uint64_t)next + 1, in, n, j));
         }
+        if (marks && j > ckpt_tick) marks[(*nmarks)++] = (ts_zone_mark_t){j, (uint64_t)next, now};
         ts_zone_step(a, DT, j);
         a->clock_ns = now;
         if (j == ckpt_tick)
             assert_int_equal(ts_zone_pack_checkpoint(a, j, "w1", false, ckpt, ckpt_len), TS_OK);
     }
     assert_int_equal(next, nmsgs);
+}
+
+static void run_original(ts_zone_t *a, const uint64_t *stored, int nmsgs, uint64_t ticks, uint64_t ckpt_tick,
+                         uint8_t **ckpt, size_t *ckpt_len)
+{
+    run_original_marked(a, stored, nmsgs, ticks, NULL, ckpt_tick, ckpt, ckpt_len, NULL, NULL);
 }
 
 /* A new owner as the worker recovers a cell (bindings.c, ts_worker_replay):
@@ -691,6 +704,39 @@ static int recover(ts_zone_t *b, const uint8_t *ckpt, size_t ckpt_len, const uin
     return ticks;
 }
 
+/* A new owner as the worker recovers a cell from the last owner's tick
+ * marks (bindings.c, replay_marks): the checkpoint, then per mark the
+ * messages up to its sequence (the ones the checkpoint covers skipped) and
+ * one step, within `budget` entity steps per tick. Returns the ticks the
+ * catch-up took. */
+static int recover_marked(ts_zone_t *b, const uint8_t *ckpt, size_t ckpt_len, int nmsgs,
+                          const ts_zone_mark_t *marks, size_t nmarks, uint32_t budget)
+{
+    Tessera__V1__Checkpoint *cp = tessera__v1__checkpoint__unpack(NULL, ckpt_len, ckpt);
+    assert_non_null(cp);
+    assert_int_equal(ts_zone_load_checkpoint(b, cp, false, 1), TS_OK);
+    tessera__v1__checkpoint__free_unpacked(cp, NULL);
+    b->replaying = true;
+    int next = 0, ticks = 0;
+    size_t mi = 0;
+    while (mi < nmarks) {
+        ticks++;
+        assert_true(ticks < 10000);
+        uint32_t left = budget;
+        for (; mi < nmarks; mi++) {
+            for (; next < nmsgs && (uint64_t)next + 1 <= marks[mi].through_seq; next++) {
+                ts_input_t in[3];
+                size_t n = script_inputs(next, in);
+                bool fresh = (uint64_t)next + 1 > b->last_applied_seq; /* else covered: skipped */
+                assert_int_equal(apply(b, (uint64_t)next + 1, in, n, 0), fresh);
+            }
+            if (!ts_zone_replay_mark(b, &marks[mi], DT, 0, &left, NULL, NULL)) break;
+        }
+    }
+    b->replaying = false;
+    return ticks;
+}
+
 static void test_recovery_replays_the_ticks(void **state)
 {
     (void)state;
@@ -701,8 +747,10 @@ static void test_recovery_replays_the_ticks(void **state)
     const uint64_t ckpt_tick = 14, ticks = 90; /* the crash after tick 90 */
     ts_zone_t *a = zone_at(h, 0, 0);
     uint8_t *ckpt = NULL;
-    size_t ckpt_len = 0;
-    run_original(a, stored, MSGS, ticks, ckpt_tick, &ckpt, &ckpt_len);
+    size_t ckpt_len = 0, nmarks = 0;
+    ts_zone_mark_t marks[100];
+    run_original_marked(a, stored, MSGS, ticks, NULL, ckpt_tick, &ckpt, &ckpt_len, marks, &nmarks);
+    assert_int_equal(nmarks, ticks - ckpt_tick);
     assert_true(a->game.spawned > 0);
 
     /* recovered at the time of the original's last tick: everything as the
@@ -716,6 +764,18 @@ static void test_recovery_replays_the_ticks(void **state)
         assert_int_equal(b->stats.replay_steps, ticks - ckpt_tick - 1);
         assert_true(ts_zone_entities(b) >= 7);
         assert_int_equal(took, i == 0 ? 1 : (int)(ticks - ckpt_tick - 1));
+        assert_int_equal(b->clock_ns, a->clock_ns);
+        assert_same_game(a, b);
+        ts_zone_destroy(b);
+    }
+
+    /* by the last owner's tick marks: every tick it ran after the
+     * checkpoint, each after the input it had applied by then */
+    for (size_t i = 0; i < 2; i++) {
+        ts_zone_t *b = zone_at(h, 0, 0);
+        int took = recover_marked(b, ckpt, ckpt_len, MSGS, marks, nmarks, budgets[i]);
+        assert_int_equal(b->stats.replay_steps, nmarks);
+        assert_int_equal(took, i == 0 ? 1 : (int)nmarks);
         assert_int_equal(b->clock_ns, a->clock_ns);
         assert_same_game(a, b);
         ts_zone_destroy(b);
@@ -741,9 +801,10 @@ static void test_recovery_replays_the_ticks(void **state)
     ts_game_host_close(h);
 }
 
-/* The documented limit: an input stored within the delivery latency
- * before a tick boundary reached the original after that tick; the replay
- * applies it before. Only that input's effect moves by one tick. */
+/* The store-time replay's limit (the fallback when tick marks are
+ * missing): an input stored within the delivery latency before a tick
+ * boundary reached the original after that tick; the replay applies it
+ * before. Only that input's effect moves by one tick. */
 static void test_replay_boundary_within_latency(void **state)
 {
     (void)state;
@@ -771,6 +832,50 @@ static void test_replay_boundary_within_latency(void **state)
     free(ckpt);
     ts_zone_destroy(a);
     ts_zone_destroy(b);
+    ts_game_host_close(h);
+}
+
+/* What the tick marks make exact where store times cannot: an input stored
+ * within the delivery latency before a tick boundary (it reached the
+ * original after that tick), and tick periods the original missed. */
+static void test_replay_by_marks_is_exact(void **state)
+{
+    (void)state;
+    ts_game_host_t *h = host(1000);
+    uint64_t stored[MSGS];
+    for (int k = 0; k < MSGS; k++)
+        stored[k] = stored_at(k);
+    /* message 20 (it moves entity 7): just before the boundary of tick 70 */
+    stored[20] = CLOCK0 + 70 * PERIOD_NS - LATENCY_NS / 2;
+    bool missed[91] = {false};
+    missed[40] = missed[41] = missed[75] = true; /* the tick thread overran them */
+    ts_zone_t *a = zone_at(h, 0, 0);
+    uint8_t *ckpt = NULL;
+    size_t ckpt_len = 0, nmarks = 0;
+    ts_zone_mark_t marks[100];
+    run_original_marked(a, stored, MSGS, 90, missed, 14, &ckpt, &ckpt_len, marks, &nmarks);
+    assert_int_equal(nmarks, 90 - 14 - 3);
+
+    uint32_t budgets[] = {UINT32_MAX, 7};
+    for (size_t i = 0; i < 2; i++) {
+        ts_zone_t *b = zone_at(h, 0, 0);
+        recover_marked(b, ckpt, ckpt_len, MSGS, marks, nmarks, budgets[i]);
+        assert_int_equal(b->stats.replay_steps, nmarks);
+        assert_int_equal(b->clock_ns, a->clock_ns);
+        assert_same_game(a, b); /* positions, api->time, the RNG, entity and cell bytes */
+        ts_zone_destroy(b);
+    }
+
+    /* by store times (the fallback when marks are missing) both show: the
+     * missed ticks are re-run, message 20 applies a tick early */
+    ts_zone_t *c = zone_at(h, 0, 0);
+    recover(c, ckpt, ckpt_len, stored, MSGS, CLOCK0 + 90 * PERIOD_NS, UINT32_MAX);
+    assert_true(c->game.time > a->game.time);
+    const ts_entity_t *ea = get(a, 7), *ec = get(c, 7);
+    assert_true(ea->x != ec->x || ea->y != ec->y);
+    ts_zone_destroy(c);
+    free(ckpt);
+    ts_zone_destroy(a);
     ts_game_host_close(h);
 }
 
@@ -1435,6 +1540,7 @@ int main(void)
         cmocka_unit_test(test_counter_move_bad_input),
         cmocka_unit_test(test_rng_deterministic),
         cmocka_unit_test(test_recovery_replays_the_ticks),
+        cmocka_unit_test(test_replay_by_marks_is_exact),
         cmocka_unit_test(test_replay_boundary_within_latency),
         cmocka_unit_test(test_replay_clock_rules),
         cmocka_unit_test(test_spawn_ids),

@@ -28,6 +28,12 @@ void ts_worker_publish_checkpoint(ts_worker_t *w, ts_zone_t *z)
     checkpoints_written++;
 }
 
+void ts_marks_release(ts_worker_t *w, ts_binding_t *b)
+{
+    (void)w;
+    b->anchored = false;
+}
+
 void ts_worker_metrics_split(bool split, double seconds, double work_seconds)
 {
     (void)split;
