@@ -133,9 +133,9 @@ static const key_def_t keys[] = {
         "a connection that sends no frame (a Ping counts) this long is closed"),
     INT("gateway.max_backlog", gateway_max_backlog, "131072", 1024, 1073741824,
         "unsent output bytes above which a client's Deltas are withheld and it counts as a slow reader"),
-    INT("gateway.coalesce_ms", gateway_coalesce_ms, "10", 0, 1000,
-        "a fan-out waits this long at most for the cells that reported last tick to report this tick, so a "
-        "client gets one Delta per tick (0: forward state as it arrives)"),
+    INT("gateway.coalesce_ms", gateway_coalesce_ms, "0", 0, 1000,
+        "a fan-out waits this long at most for the cells that sent state in the last two ticks to send it in "
+        "this one, so a client gets one Delta per tick (0: forward state as it arrives)"),
     INT("gateway.slow_close_s", gateway_slow_close_s, "5", 1, 3600,
         "a slow reader above gateway.max_backlog this long is closed"),
     INT("gateway.max_conns_per_ip", gateway_max_conns_per_ip, "0", 0, 1000000,

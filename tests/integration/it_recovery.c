@@ -834,7 +834,7 @@ static void test_handed_over_cell_replayed_by_its_marks(void **state)
     /* committed: w1 (frozen since) writes no checkpoint of it any more, so
      * the next one is w2's */
     wait_checkpoints(&cell, 1, ts_mono_us());
-    ts_probe_cell_t at_w2 = {cell.cell, r.epoch_to}, moved;
+    ts_probe_cell_t at_w2 = {cell.cell, r.epoch_to}, moved = {0};
     char owner[1][TS_WORKER_ID_MAX];
     uint64_t t_kill = ts_mono_us();
     ts_h_signal(&ts_h, stack.workers[1], SIGKILL);

@@ -1323,7 +1323,7 @@ static void test_scores_through_split_merge_and_crash(void **state)
     ts_cell_entry_t r = scores_cell();
     if (killed_worker >= 0) bring_back(&r.cell);
     r = scores_cell();
-    hb_report_t rr;
+    hb_report_t rr = {.red = 0};
     assert_true(hb_report(&r.cell, &rr));
     int64_t points = rr.red;
     ts_cell_t kids[4];
