@@ -341,9 +341,15 @@ void ts_worker_unbind(ts_worker_t *w, ts_binding_t *b)
 
 /* ---- the registry view ------------------------------------------------- */
 
+typedef struct {
+    ts_worker_t *w;
+    uint64_t stored_ns; /* the message's store time */
+} fence_ctx_t;
+
 static uint64_t request_fence(void *ud, const ts_cell_t *from)
 {
-    return ts_worker_request_fence(ud, from);
+    fence_ctx_t *f = ud;
+    return ts_worker_request_fence(f->w, from, f->stored_ns);
 }
 
 static void apply_msg(ts_worker_t *w, ts_zone_t *z, const ts_inbox_msg_t *m)
@@ -359,7 +365,8 @@ static void apply_msg(ts_worker_t *w, ts_zone_t *z, const ts_inbox_msg_t *m)
     /* live input only: a replayed request was stored when its sender's epoch
      * was current (the last owner applied it), even if the registry moved
      * on since (the sender recovered with this cell) */
-    if (ib && !z->replaying) w->stats.requests_refused += ts_zone_fence_requests(ib, request_fence, w);
+    fence_ctx_t fence = {w, m->msg.time_ns};
+    if (ib && !z->replaying) w->stats.requests_refused += ts_zone_fence_requests(ib, request_fence, &fence);
     if (ib) ts_zone_apply_batch(z, seq, ib, w->tick);
     if (ib) ts_worker_metrics_batch(ib);
     ts_arena_reset(&w->in_arena);

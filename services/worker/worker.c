@@ -236,17 +236,23 @@ static ts_status_t view_put(ts_regview_t *v, const ts_cell_entry_t *e, const ts_
     return st;
 }
 
-/* A request sent from a cell at an epoch the registry moved past this long
- * ago is refused: it came from an owner that lost the cell (a zombie). One
- * sent just before the cell moved on (stored before the registry change,
- * applied after it) is not. */
+/* A request sent from a cell at an epoch the registry moved past is
+ * refused when it was stored more than this after the worker learned of the
+ * move: it came from an owner that lost the cell (a zombie). One stored
+ * before (sent while its sender owned the cell), however late it is
+ * applied, is not (ts_zone_fence_epoch). */
 #define REQUEST_EPOCH_GRACE_US 2000000ULL
 
-uint64_t ts_worker_request_fence(ts_worker_t *w, const ts_cell_t *from)
+uint64_t ts_worker_request_fence(ts_worker_t *w, const ts_cell_t *from, uint64_t stored_ns)
 {
     const view_entry_t *v = ts_cellmap_get(&w->view.by_cell, from);
-    if (!v || ts_mono_us() - v->since_us < REQUEST_EPOCH_GRACE_US) return 0;
-    return v->e.epoch;
+    if (!v) return 0;
+    uint64_t ago_us = ts_mono_us() - v->since_us;
+    if (ago_us < REQUEST_EPOCH_GRACE_US) return 0;
+    /* when it was learned, in the input stream's clock */
+    uint64_t server_now = stored_ns ? ts_demux_server_now_ns(w) : 0;
+    uint64_t learned_ns = server_now > ago_us * 1000ULL ? server_now - ago_us * 1000ULL : 0;
+    return ts_zone_fence_epoch(v->e.epoch, ago_us, learned_ns, stored_ns, REQUEST_EPOCH_GRACE_US);
 }
 
 static void view_clear(ts_regview_t *v)

@@ -503,10 +503,11 @@ void ts_live_stop(ts_worker_t *w);
 /* bindings.c */
 ts_binding_t *ts_worker_find_binding(ts_worker_t *w, const ts_cell_t *c);
 const ts_cell_entry_t *ts_worker_find_entry(const ts_worker_t *w, const ts_cell_t *c);
-/* worker.c: the epoch below which a game request sent from cell `from` is
- * refused (RequestInput.from_epoch): the registry's epoch of the cell once
- * the view has held it for a grace period, else 0 (none). */
-uint64_t ts_worker_request_fence(ts_worker_t *w, const ts_cell_t *from);
+/* worker.c: the epoch below which a game request sent from cell `from` and
+ * stored at stored_ns (0: not known) is refused (RequestInput.from_epoch):
+ * the registry's epoch of the cell when the request was stored more than a
+ * grace period after the view learned it, else 0 (none). */
+uint64_t ts_worker_request_fence(ts_worker_t *w, const ts_cell_t *from, uint64_t stored_ns);
 /* Binds a zone whose input context is registered with hold set (a handover
  * target or an I/O-thread bind): takes ownership of zone and ctx and
  * applies what ctx held (or rewinds ctx if it has a gap the zone needs). */

@@ -833,6 +833,14 @@ void ts_zone_input_from_pb(const Tessera__V1__Input *pb, ts_input_t *in)
     input_from_pb(pb, in);
 }
 
+uint64_t ts_zone_fence_epoch(uint64_t view_epoch, uint64_t learned_ago_us, uint64_t learned_ns,
+                             uint64_t stored_ns, uint64_t grace_us)
+{
+    if (learned_ago_us < grace_us) return 0;
+    if (stored_ns != 0 && learned_ns != 0 && stored_ns < learned_ns + grace_us * 1000ULL) return 0;
+    return view_epoch;
+}
+
 size_t ts_zone_fence_requests(Tessera__V1__InputBatch *ib, ts_zone_epoch_fn epoch_of, void *ud)
 {
     size_t keep = 0, refused = 0;

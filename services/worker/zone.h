@@ -346,6 +346,15 @@ void ts_zone_apply_input(ts_zone_t *z, const ts_input_t *in, uint64_t tick);
 void ts_zone_input_from_pb(const Tessera__V1__Input *pb, ts_input_t *in);
 /* The epoch below which requests sent from cell are refused (0: none). */
 typedef uint64_t (*ts_zone_epoch_fn)(void *ud, const ts_cell_t *cell);
+/* That epoch, for a request from a cell whose registry epoch is view_epoch:
+ * 0 (any goes) while the worker learned that epoch less than grace_us ago,
+ * or when the request was stored (stored_ns, the input stream's clock)
+ * before learned_ns + grace (when the worker learned it, the same clock):
+ * its sender owned the cell when it sent it, however late it is applied.
+ * A request stored later comes from an owner the registry replaced (a
+ * zombie). stored_ns or learned_ns 0: not known (only the first rule). */
+uint64_t ts_zone_fence_epoch(uint64_t view_epoch, uint64_t learned_ago_us, uint64_t learned_ns,
+                             uint64_t stored_ns, uint64_t grace_us);
 /* Drops, in place, the requests of ib whose sender's epoch (RequestInput.
  * from_epoch) is below epoch_of(ud, from_cell): sent by an owner the
  * registry has replaced since. Returns how many. */

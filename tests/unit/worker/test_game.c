@@ -1360,6 +1360,28 @@ static uint64_t fence_epoch(void *ud, const ts_cell_t *cell)
     return cell->cx == 1 && cell->cy == 0 ? fence_epoch_east : 0;
 }
 
+/* The fence by store time: a request stored before its sender's cell moved
+ * on (as this worker learned it, plus the grace) goes through however late
+ * it is applied; one stored after is a replaced owner's. */
+static void test_request_fence_by_store_time(void **state)
+{
+    (void)state;
+    const uint64_t grace = 2000000, s = 1000000000ULL; /* 2 s; 1 s in ns */
+    const uint64_t learned = 1000 * s;
+    /* learned just now: nothing refused yet */
+    assert_int_equal(ts_zone_fence_epoch(7, grace - 1, learned, learned + 10 * s, grace), 0);
+    /* learned 10 s ago; stored before the move: applied */
+    assert_int_equal(ts_zone_fence_epoch(7, 10000000, learned, learned - s, grace), 0);
+    /* stored just after it was learned, within the grace: applied */
+    assert_int_equal(ts_zone_fence_epoch(7, 10000000, learned, learned + 2 * s - 1, grace), 0);
+    /* stored later than that: a replaced owner's, refused */
+    assert_int_equal(ts_zone_fence_epoch(7, 10000000, learned, learned + 2 * s, grace), 7);
+    assert_int_equal(ts_zone_fence_epoch(7, 10000000, learned, learned + 9 * s, grace), 7);
+    /* store time or the stream's clock not known: the grace alone */
+    assert_int_equal(ts_zone_fence_epoch(7, 10000000, learned, 0, grace), 7);
+    assert_int_equal(ts_zone_fence_epoch(7, 10000000, 0, learned - s, grace), 7);
+}
+
 static void test_requests_fenced_by_epoch(void **state)
 {
     (void)state;
@@ -1546,6 +1568,7 @@ int main(void)
         cmocka_unit_test(test_spawn_ids),
         cmocka_unit_test(test_requests_go_through_the_target_cell),
         cmocka_unit_test(test_requests_fenced_by_epoch),
+        cmocka_unit_test(test_request_fence_by_store_time),
         cmocka_unit_test(test_views_write_back),
         cmocka_unit_test(test_visits_in_id_order),
         cmocka_unit_test(test_crash_is_reported_with_the_module_name),
