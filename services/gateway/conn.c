@@ -131,6 +131,12 @@ static void mark_closing(gw_conn_t *c)
 void gw_conn_close(gw_conn_t *c)
 {
     if (c->handle_closed) return;
+    if (c->staged) {
+        /* a writer thread may be writing to its descriptor: not closed (and
+         * reused) under it; the fan-out closes it when its writes are done */
+        c->close_staged = true;
+        return;
+    }
     gw_session_release(c);
     mark_closing(c);
     c->handle_closed = true;
@@ -216,7 +222,7 @@ static void on_write(uv_write_t *req, int status)
 }
 
 /* Queues what the socket did not take: bufs from byte `skip` on. */
-static ts_status_t queue_rest(gw_conn_t *c, const uv_buf_t *bufs, size_t nbufs, size_t skip, size_t rest)
+ts_status_t gw_conn_queue_rest(gw_conn_t *c, const uv_buf_t *bufs, size_t nbufs, size_t skip, size_t rest)
 {
     if (c->out_pending + rest > GW_MAX_CLIENT_BYTES) {
         /* a slow reader too: it gets here before gateway.slow_close_s when
@@ -267,6 +273,13 @@ ts_status_t gw_conn_writev(gw_conn_t *c, const uv_buf_t *bufs, size_t nbufs, siz
 ts_status_t gw_conn_writev_raw(gw_conn_t *c, const uv_buf_t *bufs, size_t nbufs, size_t total)
 {
     if (c->handle_closed) return TS_ERR_CLOSED;
+    if (c->staged) {
+        /* a bug: this would overtake the fan-out's staged frames */
+        ts_error("conn %llu (%s): a write while its fan-out write is staged; closing",
+                 (unsigned long long)c->id, c->peer);
+        gw_conn_close(c);
+        return TS_ERR_INVALID;
+    }
     size_t off = 0;
     if (c->out_pending == 0) {
         /* writev takes at most IOV_MAX pieces; uv_try_write passes them on */
@@ -287,7 +300,7 @@ ts_status_t gw_conn_writev_raw(gw_conn_t *c, const uv_buf_t *bufs, size_t nbufs,
         }
     }
     if (off == total) return TS_OK;
-    return queue_rest(c, bufs, nbufs, off, total - off);
+    return gw_conn_queue_rest(c, bufs, nbufs, off, total - off);
 }
 
 ts_status_t gw_conn_write(gw_conn_t *c, const uint8_t *data, size_t len)

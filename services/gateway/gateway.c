@@ -408,6 +408,15 @@ static void random_bytes(void *buf, size_t n)
     }
 }
 
+/* gateway.fanout_threads, -1 resolved: one per CPU after the loop's, at
+ * most 3 (beyond that the loop's own work dominates a fan-out). */
+static int fanout_threads(const ts_config_t *cfg)
+{
+    if (cfg->gateway_fanout_threads >= 0) return (int)cfg->gateway_fanout_threads;
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n <= 1 ? 0 : n - 1 > 3 ? 3 : (int)(n - 1);
+}
+
 ts_status_t gw_create(gw_t **out, uv_loop_t *loop, const ts_config_t *cfg, ts_bus_t *bus, ts_registry_t *reg,
                       const ts_world_t *world, const ts_cell_entry_t *cells, size_t ncells)
 {
@@ -469,6 +478,12 @@ ts_status_t gw_create(gw_t **out, uv_loop_t *loop, const ts_config_t *cfg, ts_bu
         ts_ring_destroy(gw->acks);
         free(gw);
         return TS_ERR_NOMEM;
+    }
+
+    gw->writers = gw_writers_new(fanout_threads(cfg));
+    if (gw->writers == NULL) {
+        ts_warn("cannot start the fan-out's writer threads: the loop writes to every client itself");
+        gw->writers = gw_writers_new(0);
     }
 
     uv_async_init(loop, &gw->inbox_async, on_inbox);
@@ -579,6 +594,7 @@ void gw_destroy(gw_t *gw)
     ts_celltree_free(gw->tree);
     gw_aoi_free(gw);
     gw_view_free(gw);
+    gw_writers_free(gw->writers);
     ts_map_free(&gw->players);
     ts_map_free(&gw->per_ip);
     ts_map_free(&gw->subs);

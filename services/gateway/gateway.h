@@ -9,9 +9,12 @@
  *   view.c     per-cell entity caches, fencing, spliced and filtered frames
  *   fanout.c   encoded blocks, frame heads, keyframe parts (no gw_t)
  *   counters.c world counters: heartbeats summed, WorldCounters to clients
+ *   writers.c  a fan-out's writev calls on helper threads (no gw_t)
  *
  * Everything here is touched by the loop thread only, except gw_t's inbox
- * and ack rings and the atomics beside them, which nats.c threads feed. */
+ * and ack rings and the atomics beside them, which nats.c threads feed, and
+ * a fan-out's staged writes, which the writer threads perform while the
+ * loop waits for them (writers.h). */
 #ifndef TS_GATEWAY_H
 #define TS_GATEWAY_H
 
@@ -36,6 +39,7 @@
 
 #include "fanout.h"
 #include "flood.h"
+#include "writers.h"
 
 #define GW_NAME_MAX 64
 /* gateway.max_backlog (default 128 KiB) is the one threshold of a slow
@@ -321,6 +325,8 @@ struct gw_conn {
 
     /* fan-out */
     bool flush_queued; /* on gw->flush_head */
+    bool staged;       /* a write of this fan-out waits in gw->writers */
+    bool close_staged; /* closed while staged: closed once the write is done */
     gw_conn_t *next_flush;
     gw_evref_t *evq; /* targeted events for this client in this flush */
     size_t nevq, evq_cap;
@@ -437,7 +443,8 @@ struct gw {
     ts_map_t scratch; /* per-client removed de-duplication */
     uint64_t *tmp_removed;
     size_t tmp_removed_cap;
-    uv_buf_t *iov; /* one client's frames: heads, block pieces, removed */
+    gw_writers_t *writers; /* a fan-out's writes, spread over threads (NULL: written one by one) */
+    uv_buf_t *iov;         /* one client's frames: heads, block pieces, removed */
     size_t iov_cap;
     uv_buf_t *segs; /* one client's block pieces */
     size_t segs_cap;
@@ -527,6 +534,9 @@ ts_status_t gw_conn_writev(gw_conn_t *c, const uv_buf_t *bufs, size_t nbufs, siz
 /* The same, straight to the socket: bytes the transport already framed
  * (ws.c). gw_conn_write_raw: one piece. */
 ts_status_t gw_conn_writev_raw(gw_conn_t *c, const uv_buf_t *bufs, size_t nbufs, size_t total);
+/* What a write left: bufs from byte skip on (rest bytes) go to the write
+ * queue (or the client is closed when that is over its bound). */
+ts_status_t gw_conn_queue_rest(gw_conn_t *c, const uv_buf_t *bufs, size_t nbufs, size_t skip, size_t rest);
 ts_status_t gw_conn_write_raw(gw_conn_t *c, const uint8_t *data, size_t len);
 /* Accepts on a listener (TCP, or the WebSocket one of ws.c). */
 void gw_conn_on_connection(uv_stream_t *server, int status);

@@ -50,8 +50,10 @@
  * entity was seen and each live cell of the area of interest delivered a
  * whole keyframe since it was subscribed, so it holds the own entity and
  * everything in the area of interest. */
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/uio.h>
 
 #include "gateway.h"
 #include "metrics.h"
@@ -608,6 +610,64 @@ static size_t select_events(gw_t *gw, gw_conn_t *c)
     return n;
 }
 
+/* uv_buf_t is struct iovec's layout on Unix (libuv documents it): the
+ * staged pieces are handed to writev as they are. */
+_Static_assert(sizeof(uv_buf_t) == sizeof(struct iovec) &&
+                   offsetof(uv_buf_t, base) == offsetof(struct iovec, iov_base) &&
+                   offsetof(uv_buf_t, len) == offsetof(struct iovec, iov_len),
+               "uv_buf_t is not an iovec");
+
+/* Writes the client's frames (gw->iov), or stages them for the writer
+ * threads when nothing is queued for it already (a queued write must go
+ * first) and nothing else goes to it in this flush (a Snapshot is followed
+ * by the world counters: it is written now). WebSocket clients are framed
+ * and written by ws.c, now. */
+static ts_status_t write_view(gw_t *gw, gw_conn_t *c, size_t niov, size_t total, bool stage)
+{
+    int fd = -1;
+    if (stage && gw->writers != NULL && c->ws == NULL && c->out_pending == 0 && !c->handle_closed &&
+        uv_fileno((const uv_handle_t *)&c->tcp, &fd) == 0) {
+        const struct iovec scratch[] = {{gw->heads, gw->heads_cap}, {gw->rmbuf, gw->rmbuf_cap}};
+        if (gw_writers_stage(gw->writers, c, fd, (const struct iovec *)gw->iov, niov, total, scratch, 2) ==
+            TS_OK) {
+            c->staged = true;
+            return TS_OK;
+        }
+    }
+    return gw_conn_writev(c, gw->iov, niov, total);
+}
+
+/* Performs the staged writes (on the writer threads) and queues what a
+ * socket did not take, as gw_conn_writev does. */
+static void write_staged(gw_t *gw)
+{
+    gw_writers_t *w = gw->writers;
+    size_t n = w != NULL ? gw_writers_count(w) : 0;
+    if (n == 0) return;
+    gw_writers_run(w);
+    for (size_t i = 0; i < n; i++) {
+        gw_wjob_t *j = gw_writers_job(w, i);
+        gw_conn_t *c = j->owner;
+        c->staged = false;
+        if (c->close_staged) {
+            /* closed meanwhile: its descriptor stayed open until now */
+            c->close_staged = false;
+            gw_conn_close(c);
+            continue;
+        }
+        if (c->handle_closed) continue;
+        if (j->taken < 0) {
+            ts_debug("conn %llu (%s): write failed: %s", (unsigned long long)c->id, c->peer,
+                     strerror((int)-j->taken));
+            gw_conn_close(c);
+        } else if ((size_t)j->taken < j->total) {
+            (void)gw_conn_queue_rest(c, (const uv_buf_t *)j->pieces, j->npieces, (size_t)j->taken,
+                                     j->total - (size_t)j->taken);
+        }
+    }
+    gw_writers_reset(w);
+}
+
 /* One client's frames of this flush: its Snapshot (just joined) or Delta,
  * split in GW_FRAME_MAX_BYTES frames if the view is large, then its Event
  * frames; all in one write. */
@@ -730,7 +790,7 @@ static void send_view(gw_t *gw, gw_conn_t *c)
         gw->iov[niov++] = uv_buf_init((char *)cell->ev_buf + ev->off, ev->len);
         total += flen;
     }
-    if (gw_conn_writev(c, gw->iov, niov, total) == TS_OK) {
+    if (write_view(gw, c, niov, total, !snap) == TS_OK) {
         gw->frames_sent += nframes + nev;
         gw->bytes_sent += total;
         gw->events_sent += nev;
@@ -785,6 +845,7 @@ void gw_view_flush(gw_t *gw)
             send_view(gw, c);
         c->nevq = 0;
     }
+    write_staged(gw); /* while the cells' blocks are as encoded */
     gw_cell_t *cell = gw->dirty_head;
     gw->dirty_head = NULL;
     while (cell != NULL) {

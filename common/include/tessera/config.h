@@ -102,6 +102,7 @@ typedef struct {
     int64_t gateway_hello_timeout_s;  /* no complete Hello/Join this long: closed */
     int64_t gateway_idle_timeout_s;   /* no frame at all this long: closed */
     int64_t gateway_coalesce_ms;      /* longest wait for a tick's cells before a fan-out */
+    int64_t gateway_fanout_threads;   /* writer threads beside the loop (-1: auto) */
     int64_t gateway_max_backlog;      /* unsent output bytes ... */
     int64_t gateway_slow_close_s;     /* ... above for this long: closed */
     int64_t gateway_max_conns_per_ip; /* 0: no limit */
