@@ -16,8 +16,7 @@
 
 void ts_map_init(ts_map_t *m)
 {
-    m->keys = NULL;
-    m->vals = NULL;
+    m->slots = NULL;
     m->cap = 0;
     m->len = 0;
     m->tombs = 0;
@@ -26,8 +25,7 @@ void ts_map_init(ts_map_t *m)
 void ts_map_free(ts_map_t *m)
 {
     if (m == NULL) return;
-    free(m->keys);
-    free(m->vals);
+    free(m->slots);
     ts_map_init(m);
 }
 
@@ -35,7 +33,7 @@ static size_t find_slot(const ts_map_t *m, uint64_t key)
 {
     size_t mask = m->cap - 1;
     for (size_t i = ts_mix64(key) & mask;; i = (i + 1) & mask) {
-        if (m->keys[i] == key || m->keys[i] == MAP_EMPTY) return i;
+        if (m->slots[i].key == key || m->slots[i].key == MAP_EMPTY) return i;
     }
 }
 
@@ -43,32 +41,24 @@ void *ts_map_get(const ts_map_t *m, uint64_t key)
 {
     if (m == NULL || m->cap == 0 || key == MAP_EMPTY || key == MAP_TOMB) return NULL;
     size_t i = find_slot(m, key);
-    return m->keys[i] == key ? m->vals[i] : NULL;
+    return m->slots[i].key == key ? m->slots[i].val : NULL;
 }
 
 static ts_status_t rebuild(ts_map_t *m, size_t cap)
 {
-    uint64_t *keys = calloc(cap, sizeof *keys);
-    void **vals = calloc(cap, sizeof *vals);
-    if (keys == NULL || vals == NULL) {
-        free(keys);
-        free(vals);
-        return TS_ERR_NOMEM;
-    }
+    ts_map_slot_t *slots = calloc(cap, sizeof *slots);
+    if (slots == NULL) return TS_ERR_NOMEM;
     size_t mask = cap - 1;
     for (size_t j = 0; j < m->cap; j++) {
-        uint64_t k = m->keys[j];
+        uint64_t k = m->slots[j].key;
         if (k == MAP_EMPTY || k == MAP_TOMB) continue;
         size_t i = ts_mix64(k) & mask;
-        while (keys[i] != MAP_EMPTY)
+        while (slots[i].key != MAP_EMPTY)
             i = (i + 1) & mask;
-        keys[i] = k;
-        vals[i] = m->vals[j];
+        slots[i] = m->slots[j];
     }
-    free(m->keys);
-    free(m->vals);
-    m->keys = keys;
-    m->vals = vals;
+    free(m->slots);
+    m->slots = slots;
     m->cap = cap;
     m->tombs = 0;
     return TS_OK;
@@ -79,8 +69,8 @@ ts_status_t ts_map_put(ts_map_t *m, uint64_t key, void *val)
     if (m == NULL || key == MAP_EMPTY || key == MAP_TOMB) return TS_ERR_INVALID;
     if (m->cap > 0) {
         size_t i = find_slot(m, key);
-        if (m->keys[i] == key) {
-            m->vals[i] = val;
+        if (m->slots[i].key == key) {
+            m->slots[i].val = val;
             return TS_OK;
         }
     }
@@ -94,11 +84,11 @@ ts_status_t ts_map_put(ts_map_t *m, uint64_t key, void *val)
     /* reuse the first tombstone on the probe path, else the empty slot */
     size_t mask = m->cap - 1;
     size_t i = ts_mix64(key) & mask;
-    while (m->keys[i] != MAP_EMPTY && m->keys[i] != MAP_TOMB)
+    while (m->slots[i].key != MAP_EMPTY && m->slots[i].key != MAP_TOMB)
         i = (i + 1) & mask;
-    if (m->keys[i] == MAP_TOMB) m->tombs--;
-    m->keys[i] = key;
-    m->vals[i] = val;
+    if (m->slots[i].key == MAP_TOMB) m->tombs--;
+    m->slots[i].key = key;
+    m->slots[i].val = val;
     m->len++;
     return TS_OK;
 }
@@ -107,10 +97,10 @@ void *ts_map_del(ts_map_t *m, uint64_t key)
 {
     if (m == NULL || m->cap == 0 || key == MAP_EMPTY || key == MAP_TOMB) return NULL;
     size_t i = find_slot(m, key);
-    if (m->keys[i] != key) return NULL;
-    void *val = m->vals[i];
-    m->keys[i] = MAP_TOMB;
-    m->vals[i] = NULL;
+    if (m->slots[i].key != key) return NULL;
+    void *val = m->slots[i].val;
+    m->slots[i].key = MAP_TOMB;
+    m->slots[i].val = NULL;
     m->len--;
     m->tombs++;
     return val;
@@ -120,10 +110,10 @@ int ts_map_next(const ts_map_t *m, size_t *iter, uint64_t *key, void **val)
 {
     if (m == NULL || iter == NULL) return 0;
     for (size_t i = *iter; i < m->cap; i++) {
-        uint64_t k = m->keys[i];
+        uint64_t k = m->slots[i].key;
         if (k == MAP_EMPTY || k == MAP_TOMB) continue;
         if (key) *key = k;
-        if (val) *val = m->vals[i];
+        if (val) *val = m->slots[i].val;
         *iter = i + 1;
         return 1;
     }

@@ -9,9 +9,13 @@
 #include "tessera/status.h"
 
 typedef struct {
-    uint64_t *keys;
-    void **vals;
-    size_t cap; /* power of two */
+    uint64_t key;
+    void *val;
+} ts_map_slot_t;
+
+typedef struct {
+    ts_map_slot_t *slots; /* a key beside its value: one cache line per probe */
+    size_t cap;           /* power of two */
     size_t len;
     size_t tombs;
 } ts_map_t;
