@@ -110,7 +110,10 @@ static void on_close(uv_handle_t *h)
         gw_conn_t **pp = &gw->flush_head;
         while (*pp != NULL && *pp != c)
             pp = &(*pp)->next_flush;
-        if (*pp == c) *pp = c->next_flush;
+        if (*pp == c) {
+            *pp = c->next_flush;
+            gw->nflush--;
+        }
     }
     ts_frame_reader_free(&c->reader);
     gw_ws_free(c);

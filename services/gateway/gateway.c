@@ -480,11 +480,10 @@ ts_status_t gw_create(gw_t **out, uv_loop_t *loop, const ts_config_t *cfg, ts_bu
         return TS_ERR_NOMEM;
     }
 
-    gw->writers = gw_writers_new(fanout_threads(cfg));
-    if (gw->writers == NULL) {
+    int nwriters = fanout_threads(cfg);
+    gw->writers = nwriters > 0 ? gw_writers_new(nwriters) : NULL;
+    if (nwriters > 0 && gw->writers == NULL)
         ts_warn("cannot start the fan-out's writer threads: the loop writes to every client itself");
-        gw->writers = gw_writers_new(0);
-    }
 
     uv_async_init(loop, &gw->inbox_async, on_inbox);
     uv_check_init(loop, &gw->flush_check);

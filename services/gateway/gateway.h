@@ -60,6 +60,9 @@ static inline bool gw_conn_backlogged(size_t out_pending, int64_t max_backlog)
 /* Payload bytes per Delta/Snapshot frame before the view is split over
  * several frames (clients accept 4 MB). */
 #define GW_FRAME_MAX_BYTES ((size_t)256 << 10)
+/* Clients in a fan-out from which their writes go to the writer threads
+ * (below, the loop writes each as it is built). */
+#define GW_WRITERS_MIN_FANOUT 256
 /* Inputs per InputBatch bus message. */
 #define GW_BATCH_MAX_INPUTS 1024
 /* Inputs waiting for one cell before new ones are refused (and reported). */
@@ -432,7 +435,9 @@ struct gw {
     gw_cell_t *batch_head;
     gw_cell_t *dirty_head;
     gw_conn_t *flush_head;
-    uint64_t tick; /* flushes so far */
+    size_t nflush;     /* clients on flush_head */
+    bool stage_writes; /* this fan-out's writes go to gw->writers */
+    uint64_t tick;     /* flushes so far */
     uint64_t last_flush_us;
     /* tick rounds (one period of the wall clock; gw_state_note): cells
      * expected this round, those of them in, and this round's cells that
@@ -494,6 +499,7 @@ struct gw {
     uint64_t publish_errors;
     uint64_t states_applied, states_bad;
     uint64_t frames_sent, bytes_sent, deltas_skipped;
+    uint64_t threaded_writes; /* staged in gw->writers */
     uint64_t commands_queued, events_in, events_sent, events_dropped;
     uint64_t ack_us_sum, ack_n, ack_us_max; /* publish -> acknowledgement on the loop */
     atomic_uint_fast64_t acks_ok, acks_failed;

@@ -50,6 +50,7 @@ FIELD_FN(states_bad, states_bad)
 FIELD_FN(frames_sent, frames_sent)
 FIELD_FN(bytes_sent, bytes_sent)
 FIELD_FN(deltas_skipped, deltas_skipped)
+FIELD_FN(threaded_writes, threaded_writes)
 FIELD_FN(inbox_dropped, inbox_dropped_total)
 FIELD_FN(commands_queued, commands_queued)
 FIELD_FN(events_in, events_in)
@@ -133,6 +134,9 @@ ts_status_t gw_metrics_start(const ts_config_t *cfg)
     fn("tessera_gateway_deltas_skipped_total",
        "Deltas withheld from a client whose unsent output was above gateway.max_backlog.", true,
        deltas_skipped);
+    fn("tessera_gateway_fanout_threaded_writes_total",
+       "Client writes of large fan-outs made on the writer threads (gateway.fanout_threads).", true,
+       threaded_writes);
     fn("tessera_gateway_inbox_dropped_total", "Bus messages dropped because the loop's inbox was full.", true,
        inbox_dropped);
     fn("tessera_gateway_commands_queued_total",

@@ -328,6 +328,7 @@ void gw_view_want_flush(gw_t *gw, gw_conn_t *c)
         c->flush_queued = true;
         c->next_flush = gw->flush_head;
         gw->flush_head = c;
+        gw->nflush++;
     }
     gw_flush_soon(gw);
 }
@@ -625,12 +626,13 @@ _Static_assert(sizeof(uv_buf_t) == sizeof(struct iovec) &&
 static ts_status_t write_view(gw_t *gw, gw_conn_t *c, size_t niov, size_t total, bool stage)
 {
     int fd = -1;
-    if (stage && gw->writers != NULL && c->ws == NULL && c->out_pending == 0 && !c->handle_closed &&
+    if (stage && gw->stage_writes && c->ws == NULL && c->out_pending == 0 && !c->handle_closed &&
         uv_fileno((const uv_handle_t *)&c->tcp, &fd) == 0) {
         const struct iovec scratch[] = {{gw->heads, gw->heads_cap}, {gw->rmbuf, gw->rmbuf_cap}};
         if (gw_writers_stage(gw->writers, c, fd, (const struct iovec *)gw->iov, niov, total, scratch, 2) ==
             TS_OK) {
             c->staged = true;
+            gw->threaded_writes++;
             return TS_OK;
         }
     }
@@ -836,9 +838,14 @@ void gw_view_flush(gw_t *gw)
         for (size_t i = 0; i < cell->nsubs; i++)
             gw_view_want_flush(gw, cell->subs[i].conn);
     }
+    /* a small fan-out is written as it is built: waking a writer thread
+     * would cost more than it saves */
+    gw->stage_writes =
+        gw->writers != NULL && gw_writers_threads(gw->writers) > 0 && gw->nflush >= GW_WRITERS_MIN_FANOUT;
     while (gw->flush_head != NULL) {
         gw_conn_t *c = gw->flush_head;
         gw->flush_head = c->next_flush;
+        gw->nflush--;
         c->flush_queued = false;
         c->next_flush = NULL;
         if (c->phase == GW_PHASE_JOINED && !c->closing && !c->handle_closed && c->cell != NULL)

@@ -316,6 +316,11 @@ void gw_writers_run(gw_writers_t *w)
     }
 }
 
+int gw_writers_threads(const gw_writers_t *w)
+{
+    return w->nthreads;
+}
+
 size_t gw_writers_count(const gw_writers_t *w)
 {
     return w->njobs;

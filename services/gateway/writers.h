@@ -60,6 +60,9 @@ ts_status_t gw_writers_stage(gw_writers_t *w, void *owner, int fd, const struct 
 /* Performs every staged write; returns when all are done. */
 void gw_writers_run(gw_writers_t *w);
 
+/* Helper threads running. */
+int gw_writers_threads(const gw_writers_t *w);
+
 /* The staged writes, in staging order (results valid after gw_writers_run). */
 size_t gw_writers_count(const gw_writers_t *w);
 gw_wjob_t *gw_writers_job(gw_writers_t *w, size_t i);

@@ -1008,6 +1008,17 @@ void ts_h_start_cluster(ts_h_t *h, ts_h_security_t sec)
 #define CLUSTER_NAME "tessera-it"
 #define HEALTH_POLL_MS 50
 
+double ts_h_metric(int port, const char *name)
+{
+    static char body[65536];
+    if (ts_h_http_get(port, "/metrics", body, sizeof body) != 200) return -1;
+    char key[160];
+    snprintf(key, sizeof key, "\n%s{", name);
+    const char *p = strstr(body, key);
+    if (p == NULL || (p = strchr(p, '}')) == NULL) return -1;
+    return strtod(p + 1, NULL);
+}
+
 int ts_h_http_get(int port, const char *path, char *buf, size_t cap)
 {
     if (cap == 0) return -1;

@@ -155,6 +155,9 @@ int ts_h_cluster_stream_leader(ts_h_t *h, const char *stream, int *current);
 /* GET http://127.0.0.1:port/path into buf (body, NUL-terminated, truncated
  * to cap); returns the HTTP status, or -1 if it could not be fetched. */
 int ts_h_http_get(int port, const char *path, char *buf, size_t cap);
+/* The value of the first sample of metric `name` (labels ignored) on the
+ * /metrics of http://127.0.0.1:port; -1 when it cannot be read. */
+double ts_h_metric(int port, const char *name);
 
 /* URL of the harness's NATS / Redis as user (a gen-secrets user; NULL: no
  * credentials) into buf. Without secured servers the user is ignored. A

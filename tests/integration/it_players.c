@@ -516,18 +516,6 @@ static uint64_t raw_read_welcome(int fd, int64_t ms)
     return 0;
 }
 
-/* A counter of a gateway's /metrics (-1: not readable). */
-static double gw_metric(int http_port, const char *name)
-{
-    static char body[65536];
-    if (ts_h_http_get(http_port, "/metrics", body, sizeof body) != 200) return -1;
-    char key[160];
-    snprintf(key, sizeof key, "\n%s{", name);
-    const char *p = strstr(body, key);
-    if (p == NULL || (p = strchr(p, '}')) == NULL) return -1;
-    return strtod(p + 1, NULL);
-}
-
 /* With the default gateway.max_backlog (128 KiB): a joined player that
  * stops reading while its view keeps changing has its Deltas withheld, and
  * from that moment on its slow-reader deadline runs: it is closed
@@ -547,7 +535,7 @@ static void test_slow_reader_default_backlog(void **state)
     const char *mover_args[] = {"--aoi.radius=1", "--gateway.idle_timeout_s=120", NULL};
     int midx = spawn_gateway("gwm", 10, &mport, mover_args);
     assert_true(ts_h_wait_port(http, 15000));
-    assert_true(gw_metric(http, "tessera_gateway_deltas_skipped_total") == 0);
+    assert_true(ts_h_metric(http, "tessera_gateway_deltas_skipped_total") == 0);
 
     /* it watches the slow player from afar, the movers out of its sight */
     cl_t watcher;
@@ -613,7 +601,7 @@ static void test_slow_reader_default_backlog(void **state)
         struct pollfd pfd = {.fd = fd, .events = POLLRDHUP};
         if (poll(&pfd, 1, 0) > 0 && (pfd.revents & (POLLRDHUP | POLLHUP | POLLERR))) closed_at = ts_mono_us();
         if (closed_at != 0) break;
-        if (skip_at == 0 && gw_metric(http, "tessera_gateway_deltas_skipped_total") > 0) {
+        if (skip_at == 0 && ts_h_metric(http, "tessera_gateway_deltas_skipped_total") > 0) {
             skip_at = ts_mono_us();
             assert_true(watch_moving(&watcher)); /* stopped later, by the close */
         }
