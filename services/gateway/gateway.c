@@ -409,12 +409,13 @@ static void random_bytes(void *buf, size_t n)
 }
 
 /* gateway.fanout_threads, -1 resolved: one per CPU after the loop's, at
- * most 3 (beyond that the loop's own work dominates a fan-out). */
+ * most 2 (the loop builds every client's frames, so more writers would
+ * mostly wait for it; and the gateway stays within 16 threads). */
 static int fanout_threads(const ts_config_t *cfg)
 {
     if (cfg->gateway_fanout_threads >= 0) return (int)cfg->gateway_fanout_threads;
     long n = sysconf(_SC_NPROCESSORS_ONLN);
-    return n <= 1 ? 0 : n - 1 > 3 ? 3 : (int)(n - 1);
+    return n <= 1 ? 0 : n - 1 > 2 ? 2 : (int)(n - 1);
 }
 
 ts_status_t gw_create(gw_t **out, uv_loop_t *loop, const ts_config_t *cfg, ts_bus_t *bus, ts_registry_t *reg,

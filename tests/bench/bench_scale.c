@@ -133,7 +133,7 @@ static void knobs_load(knobs_t *k)
     env_steps("BENCH_INPUT_RATES", "10 50 250", &k->input_rates);
     k->input_s = env_int("BENCH_INPUT_S", 15, 6, 600);
     k->raw_s = env_int("BENCH_RAW_S", 5, 1, 60);
-    env_steps("BENCH_CLIENT_STEPS", "100 500 1000 2000 3500 5000", &k->client_steps);
+    env_steps("BENCH_CLIENT_STEPS", "100 500 1000 1500 2000 3500 5000", &k->client_steps);
     k->client_rate_hz = env_int("BENCH_CLIENT_RATE_HZ", 10, 1, 1000);
     k->client_s = env_int("BENCH_CLIENT_S", 15, 5, 600);
     k->world_side = env_int("BENCH_WORLD_SIDE", 64, 2, 1024);
@@ -1030,7 +1030,7 @@ static void usage(FILE *out)
         "the\n"
         "                         first (lowest) rate, the hardest case for batching\n"
         "  BENCH_INPUT_S          seconds per input step (15); BENCH_RAW_S raw publish seconds (5)\n"
-        "  BENCH_CLIENT_STEPS     gateway clients per step (100 500 1000 2000 3500 5000)\n"
+        "  BENCH_CLIENT_STEPS     gateway clients per step (100 500 1000 1500 2000 3500 5000)\n"
         "  BENCH_CLIENT_RATE_HZ   moves/s per client (10); BENCH_CLIENT_S seconds per step (15)\n"
         "  BENCH_WORLD_SIDE       cells per side (64); BENCH_WORLD_WORKERS (4); BENCH_WORLD_PLAYERS (10000)\n"
         "  BENCH_WORLD_READY_S    wait for every cell bound (120); BENCH_IDLE_S idle CPU window (10)\n"
