@@ -192,3 +192,20 @@ double ts_percentile(double *v, size_t n, double pct)
     if (lo + 1 >= n) return v[n - 1];
     return v[lo] + (v[lo + 1] - v[lo]) * frac;
 }
+
+bool ts_grow(void **v, size_t *cap, size_t need, size_t elem)
+{
+    if (need <= *cap) return true;
+    size_t c = *cap ? *cap : 16;
+    while (c < need) {
+        if (c > SIZE_MAX / 2) return false;
+        c *= 2;
+    }
+    if (elem == 0 || c > SIZE_MAX / elem) return false;
+    uint8_t *nv = realloc(*v, c * elem);
+    if (nv == NULL) return false;
+    memset(nv + *cap * elem, 0, (c - *cap) * elem);
+    *v = nv;
+    *cap = c;
+    return true;
+}

@@ -64,8 +64,6 @@
 #define REMOVED_TAG ((void *)(uintptr_t)1)
 #define SHOWN ((void *)(uintptr_t)1)
 
-static bool grow(void **v, size_t *cap, size_t need, size_t elem);
-
 static bool push_id(uint64_t **v, size_t *n, size_t *cap, uint64_t id)
 {
     if (*n == *cap) {
@@ -243,8 +241,8 @@ static void take_events(gw_t *gw, gw_cell_t *cell, const Tessera__V1__StateDelta
         ev.y = g->y;
         ev.tick = d->tick;
         size_t n = tessera__v1__event__get_packed_size(&ev);
-        if (!grow((void **)&cell->ev_buf, &cell->ev_cap, cell->ev_len + n, 1) ||
-            !grow((void **)&cell->evs, &cell->evs_cap, cell->nevs + 1, sizeof *cell->evs)) {
+        if (!ts_grow((void **)&cell->ev_buf, &cell->ev_cap, cell->ev_len + n, 1) ||
+            !ts_grow((void **)&cell->evs, &cell->evs_cap, cell->nevs + 1, sizeof *cell->evs)) {
             gw->events_dropped++;
             continue;
         }
@@ -420,19 +418,6 @@ static void encode_changes(gw_t *gw, gw_cell_t *cell)
     if (gw_blk_seal(&cell->blk) != TS_OK) gw_blk_reset(&cell->blk);
 }
 
-static bool grow(void **v, size_t *cap, size_t need, size_t elem)
-{
-    if (need <= *cap) return true;
-    size_t c = *cap ? *cap : 64;
-    while (c < need)
-        c *= 2;
-    void *nv = realloc(*v, c * elem);
-    if (nv == NULL) return false;
-    *v = nv;
-    *cap = c;
-    return true;
-}
-
 static bool held_in_aoi(const gw_conn_t *c, uint64_t id)
 {
     for (size_t i = 0; i < c->naoi; i++) {
@@ -453,7 +438,7 @@ static bool aoi_has(const gw_conn_t *c, const gw_cell_t *cell)
 static void push_removed(gw_t *gw, size_t *n, uint64_t id)
 {
     if (ts_map_get(&gw->scratch, id) != NULL) return;
-    if (!grow((void **)&gw->tmp_removed, &gw->tmp_removed_cap, *n + 1, sizeof *gw->tmp_removed) ||
+    if (!ts_grow((void **)&gw->tmp_removed, &gw->tmp_removed_cap, *n + 1, sizeof *gw->tmp_removed) ||
         ts_map_put(&gw->scratch, id, REMOVED_TAG) != TS_OK)
         return;
     gw->tmp_removed[(*n)++] = id;
@@ -495,7 +480,7 @@ static bool add_piece(gw_t *gw, size_t *nseg, const gw_blk_t *b, const gw_blk_en
             return true;
         }
     }
-    if (!grow((void **)&gw->segs, &gw->segs_cap, *nseg + 1, sizeof *gw->segs)) return false;
+    if (!ts_grow((void **)&gw->segs, &gw->segs_cap, *nseg + 1, sizeof *gw->segs)) return false;
     gw->segs[(*nseg)++] = uv_buf_init(p, e->len);
     return true;
 }
@@ -586,7 +571,7 @@ static size_t select_events(gw_t *gw, gw_conn_t *c)
 {
     size_t n = 0;
     if (c->nevq > 0) {
-        if (!grow((void **)&gw->evsel, &gw->evsel_cap, c->nevq, sizeof *gw->evsel)) return 0;
+        if (!ts_grow((void **)&gw->evsel, &gw->evsel_cap, c->nevq, sizeof *gw->evsel)) return 0;
         memcpy(gw->evsel, c->evq, c->nevq * sizeof *c->evq);
         n = c->nevq;
     }
@@ -600,7 +585,7 @@ static size_t select_events(gw_t *gw, gw_conn_t *c)
             double dx = ev->x - c->aoi_x, dy = ev->y - c->aoi_y;
             if (dx * dx + dy * dy > lim) continue;
             if (n >= GW_CONN_EVENTS_MAX ||
-                !grow((void **)&gw->evsel, &gw->evsel_cap, n + 1, sizeof *gw->evsel)) {
+                !ts_grow((void **)&gw->evsel, &gw->evsel_cap, n + 1, sizeof *gw->evsel)) {
                 gw->events_dropped++;
                 continue;
             }
@@ -738,9 +723,9 @@ static void send_view(gw_t *gw, gw_conn_t *c)
         return;
     }
     size_t rmlen = gw_removed_len(gw->tmp_removed, nremoved);
-    if (!grow((void **)&gw->rmbuf, &gw->rmbuf_cap, rmlen + 1, 1) ||
-        !grow((void **)&gw->heads, &gw->heads_cap, (nseg + 1 + nev) * GW_FRAME_HEAD_MAX, 1) ||
-        !grow((void **)&gw->iov, &gw->iov_cap, 2 * (nseg + 1) + 1 + 2 * nev, sizeof *gw->iov))
+    if (!ts_grow((void **)&gw->rmbuf, &gw->rmbuf_cap, rmlen + 1, 1) ||
+        !ts_grow((void **)&gw->heads, &gw->heads_cap, (nseg + 1 + nev) * GW_FRAME_HEAD_MAX, 1) ||
+        !ts_grow((void **)&gw->iov, &gw->iov_cap, 2 * (nseg + 1) + 1 + 2 * nev, sizeof *gw->iov))
         goto oom;
     gw_removed_put(gw->rmbuf, gw->tmp_removed, nremoved);
 
@@ -817,7 +802,7 @@ static void route_events(gw_t *gw, gw_cell_t *cell)
         gw_conn_t *c = ts_map_get(&gw->players, ev->entity);
         if (c == NULL || c->entity != ev->entity || c->phase != GW_PHASE_JOINED) continue;
         if (c->nevq >= GW_CONN_EVENTS_MAX ||
-            !grow((void **)&c->evq, &c->evq_cap, c->nevq + 1, sizeof *c->evq)) {
+            !ts_grow((void **)&c->evq, &c->evq_cap, c->nevq + 1, sizeof *c->evq)) {
             gw->events_dropped++;
             continue;
         }

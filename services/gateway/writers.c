@@ -17,6 +17,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "tessera/util.h"
+
 /* Pieces per writev (Linux's IOV_MAX). */
 #define WRITEV_MAX 1024
 /* Arena chunk size; a longer copy gets a chunk of its own. */
@@ -170,19 +172,6 @@ void gw_writers_free(gw_writers_t *w)
     free(w);
 }
 
-static bool grow(void **v, size_t *cap, size_t need, size_t elem)
-{
-    if (need <= *cap) return true;
-    size_t c = *cap ? *cap : 16;
-    while (c < need)
-        c *= 2;
-    void *nv = realloc(*v, c * elem);
-    if (nv == NULL) return false;
-    *v = nv;
-    *cap = c;
-    return true;
-}
-
 /* len bytes of arena that stay where they are until the next reset. */
 static uint8_t *arena_alloc(gw_writers_t *w, size_t len)
 {
@@ -231,7 +220,7 @@ static batch_t *open_batch(gw_writers_t *w)
     }
     b->njobs = b->npieces = 0;
     pthread_mutex_lock(&w->mu); /* helpers read the list */
-    bool ok = grow((void **)&w->batches, &w->batches_cap, w->nbatches + 1, sizeof *w->batches);
+    bool ok = ts_grow((void **)&w->batches, &w->batches_cap, w->nbatches + 1, sizeof *w->batches);
     if (ok) w->batches[w->nbatches++] = b;
     pthread_mutex_unlock(&w->mu);
     if (!ok) {
@@ -264,7 +253,7 @@ ts_status_t gw_writers_stage(gw_writers_t *w, void *owner, int fd, const struct 
                              size_t total, const struct iovec *scratch, size_t nscratch)
 {
     batch_t *b = open_batch(w);
-    if (b == NULL || !grow((void **)&b->pieces, &b->pieces_cap, b->npieces + n, sizeof *b->pieces))
+    if (b == NULL || !ts_grow((void **)&b->pieces, &b->pieces_cap, b->npieces + n, sizeof *b->pieces))
         return TS_ERR_NOMEM;
     size_t first = b->npieces;
     for (size_t i = 0; i < n; i++) {

@@ -20,7 +20,6 @@ typedef struct {
 
 static void note_left(ts_zone_t *z, uint64_t id, const ts_cell_t *to);
 static void put_entity(ts_zone_t *z, ts_entity_t *e);
-static bool grow(void **arr, size_t *cap, size_t n, size_t elem);
 
 static void touch(ts_zone_t *z, ts_entity_t *e)
 {
@@ -34,8 +33,8 @@ void ts_zone_touch(ts_zone_t *z, ts_entity_t *e)
     /* a border entity changed after the step collected the band: its
      * ghosts hear of it in this tick's ghost delta (a step starts the list
      * anew, so this is never stale) */
-    if (e->ghosted &&
-        grow((void **)&z->ghost_changed, &z->cap_ghost_changed, z->nghost_changed, sizeof(*z->ghost_changed)))
+    if (e->ghosted && ts_grow((void **)&z->ghost_changed, &z->cap_ghost_changed, z->nghost_changed + 1,
+                              sizeof(*z->ghost_changed)))
         z->ghost_changed[z->nghost_changed++] = e;
 }
 
@@ -54,7 +53,7 @@ bool ts_zone_add_event(ts_zone_t *z, const ts_zone_event_t *ev)
 {
     if (z->replaying) return true; /* best effort: nobody hears a replay */
     if (z->nevents >= TS_GAME_EVENTS_PER_TICK) return false;
-    if (!grow((void **)&z->events, &z->cap_events, z->nevents, sizeof(*z->events))) return false;
+    if (!ts_grow((void **)&z->events, &z->cap_events, z->nevents + 1, sizeof(*z->events))) return false;
     z->events[z->nevents++] = *ev;
     return true;
 }
@@ -175,7 +174,8 @@ static void grid_build(ts_zone_t *z)
 
 static void ghost_out_removed(ts_zone_t *z, uint64_t id)
 {
-    if (grow((void **)&z->ghost_removed, &z->cap_ghost_removed, z->nghost_removed, sizeof(*z->ghost_removed)))
+    if (ts_grow((void **)&z->ghost_removed, &z->cap_ghost_removed, z->nghost_removed + 1,
+                sizeof(*z->ghost_removed)))
         z->ghost_removed[z->nghost_removed++] = id;
 }
 
@@ -330,19 +330,6 @@ ts_seq_verdict_t ts_entity_accept_seq(ts_entity_t *e, uint64_t seq)
     return TS_SEQ_APPLY;
 }
 
-/* Grows an array of elem-sized items to hold one more. */
-static bool grow(void **arr, size_t *cap, size_t n, size_t elem)
-{
-    if (n < *cap) return true;
-    size_t ncap = *cap ? *cap * 2 : 8;
-    void *p = realloc(*arr, ncap * elem);
-    if (!p) return false;
-    memset((char *)p + *cap * elem, 0, (ncap - *cap) * elem);
-    *arr = p;
-    *cap = ncap;
-    return true;
-}
-
 /* The outbox keeps every transfer entry before every forward-only entry, so a
  * tick publishes an entity's Transfer before any input forwarded after it,
  * whatever order they were created in. */
@@ -355,7 +342,7 @@ static ts_zone_out_t *outbox_for(ts_zone_t *z, const ts_cell_t *dest, uint64_t m
             return &z->out[i];
         if (z->out[i].marker_seq) ntransfer_entries++;
     }
-    if (!grow((void **)&z->out, &z->cap_out, z->nout, sizeof(*z->out))) return NULL;
+    if (!ts_grow((void **)&z->out, &z->cap_out, z->nout + 1, sizeof(*z->out))) return NULL;
     size_t at = marker_seq ? ntransfer_entries : z->nout;
     /* rotate the spare slot (its buffers) into place */
     ts_zone_out_t spare = z->out[z->nout];
@@ -393,7 +380,7 @@ static uint64_t request_marker(ts_zone_t *z, bool in_tick)
 bool ts_zone_send_request(ts_zone_t *z, const ts_cell_t *to, const ts_input_t *in, bool in_tick)
 {
     ts_zone_out_t *o = outbox_for(z, to, request_marker(z, in_tick), TS_ORIGIN_WORKER);
-    if (!o || !grow((void **)&o->inputs, &o->cap_inputs, o->ninputs, sizeof(*o->inputs))) return false;
+    if (!o || !ts_grow((void **)&o->inputs, &o->cap_inputs, o->ninputs + 1, sizeof(*o->inputs))) return false;
     o->inputs[o->ninputs++] = *in;
     return true;
 }
@@ -437,7 +424,7 @@ bool ts_zone_queue_counter_move(ts_zone_t *z, const ts_cell_t *to)
     uint64_t key = ts_mix64(ts_mix64(z->epoch ^ 0x636d6f7665ULL) ^ z->last_applied_seq);
     ts_zone_out_t *o =
         outbox_for(z, &z->cell, TS_ZONE_REQUEST_MARK | (key & ~TS_ZONE_REQUEST_MARK), TS_ORIGIN_WORKER);
-    if (!o || !grow((void **)&o->inputs, &o->cap_inputs, o->ninputs, sizeof(*o->inputs))) return false;
+    if (!o || !ts_grow((void **)&o->inputs, &o->cap_inputs, o->ninputs + 1, sizeof(*o->inputs))) return false;
     ts_input_t *in = &o->inputs[o->ninputs++];
     memset(in, 0, sizeof(*in));
     in->kind = TS_INPUT_COUNTER_MOVE;
@@ -454,7 +441,7 @@ static void apply_counter_move(ts_zone_t *z, const ts_input_t *in, uint64_t seq)
     if (values_len(z->game.counters) == 0) return; /* nothing (left) to move */
     ts_zone_flow_t *f = flow_for(z, &in->peer);
     ts_zone_out_t *o = f ? outbox_for(z, &in->peer, seq, TS_ORIGIN_WORKER) : NULL;
-    if (!o || !grow((void **)&o->inputs, &o->cap_inputs, o->ninputs, sizeof(*o->inputs))) {
+    if (!o || !ts_grow((void **)&o->inputs, &o->cap_inputs, o->ninputs + 1, sizeof(*o->inputs))) {
         ts_error("cell %s: cannot move its world counters (%s); they stay here", z->key,
                  f ? "out of memory" : "too many peers");
         return;
@@ -558,7 +545,7 @@ static void forward_input(ts_zone_t *z, const ts_cell_t *to, const ts_input_t *i
         return;
     }
     ts_zone_out_t *o = outbox_for(z, to, 0, z->cur_origin);
-    if (!o || !grow((void **)&o->inputs, &o->cap_inputs, o->ninputs, sizeof(*o->inputs))) {
+    if (!o || !ts_grow((void **)&o->inputs, &o->cap_inputs, o->ninputs + 1, sizeof(*o->inputs))) {
         z->stats.dropped++;
         ts_error("cell %s: out of memory forwarding input of entity %llu", z->key,
                  (unsigned long long)in->entity);
@@ -1049,7 +1036,7 @@ void ts_zone_accept_transfer(ts_zone_t *z, const ts_entity_t *in)
 
 static void note_left(ts_zone_t *z, uint64_t id, const ts_cell_t *to)
 {
-    if (!grow((void **)&z->left, &z->cap_left, z->nleft, sizeof(*z->left))) return;
+    if (!ts_grow((void **)&z->left, &z->cap_left, z->nleft + 1, sizeof(*z->left))) return;
     Tessera__V1__EntityLeft *l = &z->left[z->nleft++];
     tessera__v1__entity_left__init(l);
     l->id = id;
@@ -1069,7 +1056,8 @@ static void apply_departure(ts_zone_t *z, const ts_departure_t *dep, uint64_t ma
     if (!e || e->hops != dep->hops) return;
     departed_t *d = malloc(sizeof(*d));
     ts_zone_out_t *o = outbox_for(z, &dep->to, marker_seq, TS_ORIGIN_WORKER);
-    if (!d || !o || !grow((void **)&o->transfers, &o->cap_transfers, o->ntransfers, sizeof(*o->transfers))) {
+    if (!d || !o ||
+        !ts_grow((void **)&o->transfers, &o->cap_transfers, o->ntransfers + 1, sizeof(*o->transfers))) {
         free(d);
         ts_error("cell %s: out of memory transferring entity %llu", z->key, (unsigned long long)e->id);
         return;
@@ -1154,7 +1142,7 @@ static void bounce(double *v, double *vel, double lo, double hi)
 
 bool ts_zone_queue_departure(ts_zone_t *z, ts_entity_t *e, const ts_cell_t *to)
 {
-    if (!grow((void **)&z->deps, &z->cap_deps, z->ndeps, sizeof(*z->deps))) return false;
+    if (!ts_grow((void **)&z->deps, &z->cap_deps, z->ndeps + 1, sizeof(*z->deps))) return false;
     z->deps[z->ndeps++] = (ts_departure_t){.entity = e->id, .hops = e->hops, .to = *to};
     e->departing = true;
     return true;
@@ -1190,8 +1178,8 @@ void ts_zone_step(ts_zone_t *z, double dt, uint64_t tick)
                 e->ghosted = false;
             }
         } else if (e->dirty || !e->ghosted) {
-            if (grow((void **)&z->ghost_changed, &z->cap_ghost_changed, z->nghost_changed,
-                     sizeof(*z->ghost_changed))) {
+            if (ts_grow((void **)&z->ghost_changed, &z->cap_ghost_changed, z->nghost_changed + 1,
+                        sizeof(*z->ghost_changed))) {
                 z->ghost_changed[z->nghost_changed++] = e;
                 e->ghosted = true;
             }
@@ -1524,13 +1512,13 @@ static size_t plan_parts(size_t n, size_t budget, size_t cap, item_cost_fn cost,
                          size_t **starts)
 {
     size_t *st = NULL, nst = 0, cap_st = 0, bytes = 0, ncapped = 0;
-    if (!grow((void **)&st, &cap_st, nst, sizeof(*st))) return 0;
+    if (!ts_grow((void **)&st, &cap_st, nst + 1, sizeof(*st))) return 0;
     st[nst++] = 0;
     for (size_t i = 0; i < n; i++) {
         bool capped = false;
         size_t c = cost(ud, i, &capped);
         if (i > st[nst - 1] && (c > budget - bytes || (capped && ncapped >= cap))) {
-            if (!grow((void **)&st, &cap_st, nst, sizeof(*st))) {
+            if (!ts_grow((void **)&st, &cap_st, nst + 1, sizeof(*st))) {
                 free(st);
                 return 0;
             }
@@ -1541,7 +1529,7 @@ static size_t plan_parts(size_t n, size_t budget, size_t cap, item_cost_fn cost,
         bytes = c > budget - bytes ? budget : bytes + c;
         if (capped) ncapped++;
     }
-    if (!grow((void **)&st, &cap_st, nst, sizeof(*st))) {
+    if (!ts_grow((void **)&st, &cap_st, nst + 1, sizeof(*st))) {
         free(st);
         return 0;
     }
@@ -2216,7 +2204,7 @@ static ts_zone_out_t *outbox_load(ts_zone_t *z, const ts_cell_t *dest, uint64_t 
     if (last && !last->id_seq && last->marker_seq == marker_seq && last->origin == origin &&
         ts_cell_eq(&last->dest, dest))
         return last;
-    if (!grow((void **)&z->out, &z->cap_out, z->nout, sizeof(*z->out))) return NULL;
+    if (!ts_grow((void **)&z->out, &z->cap_out, z->nout + 1, sizeof(*z->out))) return NULL;
     ts_zone_out_t *o = &z->out[z->nout++]; /* its buffers are the spare slot's */
     o->dest = *dest;
     o->marker_seq = marker_seq;
@@ -2312,12 +2300,12 @@ ts_status_t ts_zone_load_checkpoint(ts_zone_t *z, const Tessera__V1__Checkpoint 
         ts_zone_out_t *o = outbox_load(z, &dest, ob->marker_seq, outbox_origin(ob));
         if (!o) return TS_ERR_NOMEM;
         for (size_t k = 0; k < ob->n_transfers; k++) {
-            if (!grow((void **)&o->transfers, &o->cap_transfers, o->ntransfers, sizeof(*o->transfers)))
+            if (!ts_grow((void **)&o->transfers, &o->cap_transfers, o->ntransfers + 1, sizeof(*o->transfers)))
                 return TS_ERR_NOMEM;
             entity_from_pb(ob->transfers[k], &o->transfers[o->ntransfers++]);
         }
         for (size_t k = 0; k < ob->n_inputs; k++) {
-            if (!grow((void **)&o->inputs, &o->cap_inputs, o->ninputs, sizeof(*o->inputs)))
+            if (!ts_grow((void **)&o->inputs, &o->cap_inputs, o->ninputs + 1, sizeof(*o->inputs)))
                 return TS_ERR_NOMEM;
             input_from_pb(ob->inputs[k], &o->inputs[o->ninputs++]);
         }
@@ -2571,8 +2559,8 @@ ts_status_t ts_zone_pack_ghost(ts_zone_t *z, uint64_t tick, bool full, uint32_t 
         for (size_t it = 0; ts_map_next(&z->entities, &it, &id, &v);) {
             ts_entity_t *e = v;
             if (!e->ghosted) continue;
-            if (!grow((void **)&z->ghost_changed, &z->cap_ghost_changed, z->nghost_changed,
-                      sizeof(*z->ghost_changed)))
+            if (!ts_grow((void **)&z->ghost_changed, &z->cap_ghost_changed, z->nghost_changed + 1,
+                         sizeof(*z->ghost_changed)))
                 return TS_ERR_NOMEM;
             z->ghost_changed[z->nghost_changed++] = e;
         }

@@ -2,6 +2,7 @@
 #ifndef TESSERA_UTIL_H
 #define TESSERA_UTIL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -13,6 +14,11 @@ uint64_t ts_now_us(void);
 uint64_t ts_mono_us(void);
 uint64_t ts_mono_ns(void);
 void ts_sleep_ms(int64_t ms);
+
+/* Grows the array *v of elem-byte items (capacity *cap) to hold at least
+ * need items, doubling (from 16), the new items zeroed. False when out of
+ * memory or on overflow (then *v and *cap are unchanged). */
+bool ts_grow(void **v, size_t *cap, size_t need, size_t elem);
 /* Reads a whole file into a malloc'd, NUL-terminated buffer (*len bytes
  * before the NUL). TS_ERR_IO if it cannot be opened or read,
  * TS_ERR_OVERSIZED if it holds more than max bytes. */
