@@ -276,13 +276,9 @@ ts_status_t gw_conn_writev(gw_conn_t *c, const uv_buf_t *bufs, size_t nbufs, siz
 ts_status_t gw_conn_writev_raw(gw_conn_t *c, const uv_buf_t *bufs, size_t nbufs, size_t total)
 {
     if (c->handle_closed) return TS_ERR_CLOSED;
-    if (c->staged) {
-        /* a bug: this would overtake the fan-out's staged frames */
-        ts_error("conn %llu (%s): a write while its fan-out write is staged; closing",
-                 (unsigned long long)c->id, c->peer);
-        gw_conn_close(c);
-        return TS_ERR_INVALID;
-    }
+    /* not before the frames a fan-out staged for it: those go first */
+    if (c->staged) gw_view_write_staged(c->gw);
+    if (c->handle_closed) return TS_ERR_CLOSED;
     size_t off = 0;
     if (c->out_pending == 0) {
         /* writev takes at most IOV_MAX pieces; uv_try_write passes them on */

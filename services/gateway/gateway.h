@@ -688,6 +688,8 @@ void gw_view_on_state(gw_t *gw, gw_cell_t *cell, const uint8_t *data, size_t len
 /* One fan-out: every client whose view changed gets its frame(s). */
 void gw_view_flush(gw_t *gw);
 /* Queues the client for the next flush. */
+/* Writes the fan-out's staged writes now (writers.h). */
+void gw_view_write_staged(gw_t *gw);
 void gw_view_want_flush(gw_t *gw, gw_conn_t *c);
 /* The player just joined: the next flush sends its Snapshot. */
 void gw_view_send_snapshot(gw_t *gw, gw_conn_t *c);

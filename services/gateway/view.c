@@ -611,8 +611,8 @@ _Static_assert(sizeof(uv_buf_t) == sizeof(struct iovec) &&
 static ts_status_t write_view(gw_t *gw, gw_conn_t *c, size_t niov, size_t total, bool stage)
 {
     int fd = -1;
-    if (stage && gw->stage_writes && c->ws == NULL && c->out_pending == 0 && !c->handle_closed &&
-        uv_fileno((const uv_handle_t *)&c->tcp, &fd) == 0) {
+    if (stage && gw->stage_writes && c->ws == NULL && c->out_pending == 0 && !c->staged &&
+        !c->handle_closed && uv_fileno((const uv_handle_t *)&c->tcp, &fd) == 0) {
         const struct iovec scratch[] = {{gw->heads, gw->heads_cap}, {gw->rmbuf, gw->rmbuf_cap}};
         if (gw_writers_stage(gw->writers, c, fd, (const struct iovec *)gw->iov, niov, total, scratch, 2) ==
             TS_OK) {
@@ -625,8 +625,9 @@ static ts_status_t write_view(gw_t *gw, gw_conn_t *c, size_t niov, size_t total,
 }
 
 /* Performs the staged writes (on the writer threads) and queues what a
- * socket did not take, as gw_conn_writev does. */
-static void write_staged(gw_t *gw)
+ * socket did not take, as gw_conn_writev does. Also called before any
+ * other write to a client with a staged one, so nothing overtakes it. */
+void gw_view_write_staged(gw_t *gw)
 {
     gw_writers_t *w = gw->writers;
     size_t n = w != NULL ? gw_writers_count(w) : 0;
@@ -837,7 +838,7 @@ void gw_view_flush(gw_t *gw)
             send_view(gw, c);
         c->nevq = 0;
     }
-    write_staged(gw); /* while the cells' blocks are as encoded */
+    gw_view_write_staged(gw); /* while the cells' blocks are as encoded */
     gw_cell_t *cell = gw->dirty_head;
     gw->dirty_head = NULL;
     while (cell != NULL) {
