@@ -137,8 +137,8 @@ static const key_def_t keys[] = {
         "a fan-out waits this long at most for the cells that sent state in the last two ticks to send it in "
         "this one, so a client gets one Delta per tick (0: forward state as it arrives)"),
     INT("gateway.fanout_threads", gateway_fanout_threads, "-1", -1, 8,
-        "threads that write a fan-out's frames to the clients beside the loop (-1: one per CPU after the "
-        "first, at most 2; 0: the loop writes alone)"),
+        "threads that write a fan-out's frames to the clients beside the loop (-1: one per CPU it may use "
+        "after the first, a container's CPU limit included, at most 2; 0: the loop writes alone)"),
     INT("gateway.slow_close_s", gateway_slow_close_s, "5", 1, 3600,
         "a slow reader above gateway.max_backlog this long is closed"),
     INT("gateway.max_conns_per_ip", gateway_max_conns_per_ip, "0", 0, 1000000,

@@ -23,6 +23,8 @@
  * flushed and acknowledged, connections closed, subscriptions destroyed
  * (no callback runs after that), then the remaining handles; uv_run returns
  * when the loop is empty. */
+#define _GNU_SOURCE /* sched_getaffinity, CPU_COUNT */
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -408,13 +410,34 @@ static void random_bytes(void *buf, size_t n)
     }
 }
 
+/* CPUs this process may use: its affinity mask, lowered to a cgroup v2
+ * CPU quota when there is one (a container's CPU limit), at least 1. */
+static long usable_cpus(void)
+{
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0) n = CPU_COUNT(&set);
+    FILE *f = fopen("/sys/fs/cgroup/cpu.max", "r");
+    if (f != NULL) {
+        long long quota = 0, period = 0;
+        char q[32] = "";
+        if (fscanf(f, "%31s %lld", q, &period) == 2 && strcmp(q, "max") != 0 &&
+            (quota = strtoll(q, NULL, 10)) > 0 && period > 0) {
+            long lim = (long)((quota + period - 1) / period);
+            if (lim < n) n = lim;
+        }
+        fclose(f);
+    }
+    return n < 1 ? 1 : n;
+}
+
 /* gateway.fanout_threads, -1 resolved: one per CPU after the loop's, at
  * most 2 (the loop builds every client's frames, so more writers would
  * mostly wait for it; and the gateway stays within 16 threads). */
 static int fanout_threads(const ts_config_t *cfg)
 {
     if (cfg->gateway_fanout_threads >= 0) return (int)cfg->gateway_fanout_threads;
-    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    long n = usable_cpus();
     return n <= 1 ? 0 : n - 1 > 2 ? 2 : (int)(n - 1);
 }
 
